@@ -1,0 +1,54 @@
+"""One exception tree for everything mailer reports to a person.
+
+    MailerError
+     ├── ConfigError        config.toml or the environment is wrong (carries every problem)
+     ├── TemplateError      a template cannot be found, parsed or rendered
+     ├── ImportFileError    a customers file cannot be read at all
+     └── NotFound (LookupError)  a customer, template or row that a command named does not exist
+
+The CLI turns these into one clear line each and a non-zero exit; anything else is a bug
+and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing a person must fix, and where: a file plus a key, line or column."""
+
+    where: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}"
+
+
+class MailerError(Exception):
+    """Base of every error that is the user's to fix, not a bug."""
+
+
+class ConfigError(MailerError):
+    """The configuration is invalid; every problem found is listed, not just the first."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class TemplateError(MailerError):
+    """A template is missing, malformed, refers to an undefined variable or escapes the sandbox."""
+
+    def __init__(self, problem: Problem) -> None:
+        self.problem = problem
+        super().__init__(str(problem))
+
+
+class ImportFileError(MailerError):
+    """A customers file cannot be read at all (missing, not CSV, no email column)."""
+
+
+class NotFound(MailerError, LookupError):
+    """Something a command named does not exist."""
