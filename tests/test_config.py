@@ -1,0 +1,134 @@
+"""config.toml: every mistake is named with its file and key, all at once."""
+
+from __future__ import annotations
+
+from datetime import time, timedelta
+from pathlib import Path
+
+import pytest
+
+from mailer import config
+from mailer.errors import ConfigError
+from tests.conftest import ROOT
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def problems(path: Path, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        config.load(path, env or {})
+    return [str(p) for p in caught.value.problems]
+
+
+def test_shipped_config_loads_and_documents_the_sandbox_defaults() -> None:
+    cfg = config.load(ROOT / "config.toml", {})
+    assert cfg.settings.sandbox.enabled
+    assert cfg.settings.throttle.min_gap == timedelta(hours=20)
+    assert cfg.settings.throttle.quiet_hours == (time(21), time(8))
+    assert cfg.database_url == f"sqlite:///{ROOT / 'var' / 'mailer.db'}"
+
+
+def test_an_empty_file_means_every_default(tmp_path: Path) -> None:
+    cfg = config.load(write(tmp_path, ""), {})
+    assert cfg.settings.smtp.port == 2525
+    assert cfg.settings.autoreply.once_per_sender == timedelta(days=7)
+    assert cfg.templates_dir == tmp_path / "templates"
+
+
+def test_misspelt_key_is_named_with_file_section_and_a_suggestion(tmp_path: Path) -> None:
+    path = write(tmp_path, "[smtp]\nprot = 25\n")
+    assert problems(path) == [f'{path}: [smtp] prot: unknown key (did you mean "port"?)']
+
+
+def test_unknown_section_is_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path, '[databse]\nurl = "sqlite://"\n')
+    assert problems(path) == [f'{path}: [databse]: unknown key (did you mean "database"?)']
+
+
+def test_bad_duration_names_the_key_and_the_accepted_forms(tmp_path: Path) -> None:
+    path = write(tmp_path, '[throttle]\nmin_gap = "20 hours"\n')
+    (problem,) = problems(path)
+    assert problem.startswith(f"{path}: [throttle] min_gap: '20 hours' is not a duration")
+    assert '"7d"' in problem
+
+
+def test_bad_time_zone_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, '[business_hours]\ntimezone = "Europe/Sofiya"\n')
+    assert problems(path) == [
+        f"{path}: [business_hours] timezone: 'Europe/Sofiya' is not a known IANA time zone"
+    ]
+
+
+def test_time_zone_abbreviation_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, '[business_hours]\ntimezone = "EST"\n')
+    assert "is not an IANA time zone" in problems(path)[0]
+
+
+def test_missing_secret_variable_is_named(tmp_path: Path) -> None:
+    path = write(tmp_path, '[smtp]\npassword_env = "SMTP_PASSWORD"\n')
+    assert problems(path) == [
+        f"{path}: [smtp] password_env: environment variable SMTP_PASSWORD is not set"
+    ]
+
+
+def test_secret_is_read_from_the_named_variable_only(tmp_path: Path) -> None:
+    path = write(tmp_path, '[smtp]\npassword_env = "SMTP_PASSWORD"\n')
+    cfg = config.load(path, {"SMTP_PASSWORD": "s3cret"})
+    assert cfg.secret("smtp", "password_env") == "s3cret"
+    assert "s3cret" not in cfg.settings.model_dump_json()
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[smtp]\nport = "x"\nsecurity = "ssl"\n[sender]\nfrom = "not an address"\n'
+        '[throttle.caps]\ntransactional = { per_day = 1 }\n[web]\nsecret_env = "WEB_KEY"\n',
+    )
+    found = problems(path)
+    assert len(found) == 5
+    assert {p.split(": ")[1] for p in found} == {
+        "[smtp] port",
+        "[smtp] security",
+        "[sender] from",
+        "[throttle] caps.transactional",
+        "[web] secret_env",
+    }
+
+
+def test_environment_overrides_a_key_and_is_named_when_wrong(tmp_path: Path) -> None:
+    path = write(tmp_path, "[smtp]\nport = 25\n")
+    cfg = config.load(path, {"MAILER_SMTP__PORT": "587", "MAILER_SMTP__HOST": "mx.example.com"})
+    assert (cfg.settings.smtp.port, cfg.settings.smtp.host) == (587, "mx.example.com")
+    (problem,) = problems(path, {"MAILER_SMTP__PORT": "many"})
+    assert problem.startswith("MAILER_SMTP__PORT (environment): [smtp] port:")
+
+
+def test_environment_override_of_unknown_key_is_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "")
+    (problem,) = problems(path, {"MAILER_SMTP__HOSTNAME": "x"})
+    assert problem.startswith("MAILER_SMTP__HOSTNAME (environment): [smtp] hostname: unknown key")
+
+
+def test_toml_syntax_error_names_the_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "[smtp]\nport = \n")
+    (problem,) = problems(path)
+    assert problem.startswith(f"{path}: not valid TOML") and "line 2" in problem
+
+
+def test_missing_file_says_how_to_choose_another(tmp_path: Path) -> None:
+    (problem,) = problems(tmp_path / "nope.toml")
+    assert "MAILER_CONFIG" in problem
+
+
+def test_sender_address_is_validated_and_display_name_kept(tmp_path: Path) -> None:
+    path = write(tmp_path, '[sender]\nfrom = "Служба за клиенти <Help@Example.COM>"\n')
+    assert config.load(path, {}).settings.sender.from_ == ("Служба за клиенти <Help@example.com>")
+
+
+def test_business_hours_must_open_before_they_close(tmp_path: Path) -> None:
+    path = write(tmp_path, '[business_hours]\nopen = "18:00"\nclose = "09:00"\n')
+    assert problems(path) == [f"{path}: [business_hours]: open must be earlier than close"]
