@@ -1,0 +1,174 @@
+"""The tables. Every timestamp is timezone-aware UTC (see ``db.UTCDateTime``).
+
+Changing a table means adding an Alembic revision in ``mailer/migrations/versions``; a test
+fails when these models and the migrations disagree.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Column, ForeignKey, Index, Integer, LargeBinary
+from sqlmodel import Field, SQLModel
+
+from mailer.db import UTCDateTime
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _when(nullable: bool = True, **kwargs: Any) -> Any:
+    return Field(sa_type=UTCDateTime, nullable=nullable, **kwargs)
+
+
+class Category(StrEnum):
+    """Why a message is sent; caps and unsubscribes apply per category."""
+
+    TRANSACTIONAL = "transactional"
+    RELATIONSHIP = "relationship"
+    MARKETING = "marketing"
+
+
+class Customer(SQLModel, table=True):
+    __tablename__ = "customers"
+    __table_args__ = (Index("ix_customers_birthday", "birth_month", "birth_day"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(max_length=320, unique=True, description="lower-cased, validated")
+    name: str = Field(default="", max_length=200)
+    first_name: str = Field(default="", max_length=100)
+    locale: str | None = Field(default=None, max_length=35)
+    timezone: str | None = Field(default=None, max_length=64, description="IANA zone")
+    birth_month: int | None = None
+    birth_day: int | None = None
+    birth_year: int | None = Field(default=None, description="unknown when the customer said so")
+    fields: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    marketing_consent: bool = True
+    relationship_consent: bool = True
+    unsubscribed_at: datetime | None = _when(description="no marketing or relationship mail")
+    suppressed_reason: str | None = Field(default=None, max_length=200)
+    pause_until: datetime | None = _when()
+    caps_override: dict[str, Any] | None = Field(default=None, sa_type=JSON)
+    source: str = Field(default="import", max_length=20)
+    created_at: datetime = _when(nullable=False, default_factory=utcnow)
+    updated_at: datetime = _when(nullable=False, default_factory=utcnow)
+
+
+class CustomerTag(SQLModel, table=True):
+    """Tags live in their own indexed table so audiences are chosen by set-based queries."""
+
+    __tablename__ = "customer_tags"
+
+    customer_id: int = Field(
+        sa_column=Column(Integer, ForeignKey("customers.id", ondelete="CASCADE"), primary_key=True)
+    )
+    tag: str = Field(max_length=100, primary_key=True, index=True)
+
+
+class OutboxStatus(StrEnum):
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    DEFERRED = "deferred"
+    SKIPPED = "skipped"
+    EXPIRED = "expired"
+    FAILED = "failed"
+
+
+class OutboxMessage(SQLModel, table=True):
+    """One logical message. Its dedupe key makes queueing it twice a no-op."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        Index("ix_outbox_claim", "status", "priority", "due_at"),
+        Index("ix_outbox_customer_sent", "customer_id", "sent_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    dedupe_key: str = Field(max_length=300, unique=True)
+    customer_id: int | None = Field(
+        default=None, sa_column=Column(Integer, ForeignKey("customers.id", ondelete="SET NULL"))
+    )
+    to_address: str = Field(max_length=320)
+    category: str = Field(max_length=20)
+    template: str = Field(max_length=100)
+    locale: str | None = Field(default=None, max_length=35)
+    params: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    headers: dict[str, str] = Field(default_factory=dict, sa_type=JSON)
+    priority: int = 0
+    status: str = Field(default=OutboxStatus.QUEUED, max_length=20)
+    reason: str | None = Field(default=None, max_length=1000)
+    due_at: datetime = _when(nullable=False)
+    valid_until: datetime | None = _when()
+    lease_until: datetime | None = _when()
+    attempts: int = 0
+    message_id: str | None = Field(default=None, max_length=300)
+    created_at: datetime = _when(nullable=False, default_factory=utcnow)
+    updated_at: datetime = _when(nullable=False, default_factory=utcnow)
+    sent_at: datetime | None = _when()
+
+
+class DeliveryAttempt(SQLModel, table=True):
+    """Every try at handing a message to SMTP, with the server's answer."""
+
+    __tablename__ = "delivery_attempts"
+
+    id: int | None = Field(default=None, primary_key=True)
+    outbox_id: int = Field(
+        sa_column=Column(
+            Integer, ForeignKey("outbox.id", ondelete="CASCADE"), index=True, nullable=False
+        )
+    )
+    at: datetime = _when(nullable=False)
+    outcome: str = Field(max_length=20)
+    smtp_code: int | None = None
+    smtp_reply: str | None = Field(default=None, max_length=2000)
+
+
+class InquiryStatus(StrEnum):
+    NEW = "new"
+    ACKNOWLEDGED = "acknowledged"
+    OPEN = "open"
+    ANSWERED = "answered"
+    CLOSED = "closed"
+    FAILED = "failed"
+
+
+class Inquiry(SQLModel, table=True):
+    """A message a customer wrote to support; the raw bytes are kept before any decision."""
+
+    __tablename__ = "inquiries"
+
+    id: int | None = Field(default=None, primary_key=True)
+    message_id: str | None = Field(default=None, max_length=998, unique=True)
+    thread_id: int | None = Field(
+        default=None, sa_column=Column(Integer, ForeignKey("inquiries.id"), index=True)
+    )
+    customer_id: int | None = Field(
+        default=None,
+        sa_column=Column(Integer, ForeignKey("customers.id", ondelete="SET NULL"), index=True),
+    )
+    sender: str = Field(default="", max_length=320, index=True)
+    subject: str = Field(default="", max_length=998)
+    body_text: str = ""
+    received_at: datetime = _when(nullable=False, index=True)
+    status: str = Field(default=InquiryStatus.NEW, max_length=20, index=True)
+    decision: str | None = Field(default=None, max_length=20)
+    reasons: list[str] = Field(default_factory=list, sa_type=JSON)
+    error: str | None = None
+    raw: bytes = Field(default=b"", sa_column=Column(LargeBinary, nullable=False))
+    raw_truncated: bool = False
+
+
+class MailboxState(SQLModel, table=True):
+    """How far the inbox watcher got, so a restart resumes without losing or repeating mail."""
+
+    __tablename__ = "mailbox_state"
+
+    mailbox: str = Field(primary_key=True, max_length=200)
+    uidvalidity: int = Field(sa_type=BigInteger)
+    last_uid: int = Field(default=0, sa_type=BigInteger)
+    updated_at: datetime = _when(nullable=False, default_factory=utcnow)

@@ -1,0 +1,75 @@
+"""Schema migrations keep data and match the models, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine, text
+from sqlmodel import SQLModel
+
+from mailer import db, migrate
+
+
+def test_upgrading_a_populated_database_keeps_its_customers(database_url: str) -> None:
+    engine = db.connect(database_url)
+    migrate.upgrade(engine, "0001")
+    created = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO customers (email, name, first_name, fields, marketing_consent,"
+                " relationship_consent, source, created_at, updated_at)"
+                " VALUES ('ana@example.com', 'Ана', 'Ана', '{\"city\": \"Варна\"}', true, true,"
+                " 'import', :t, :t)"
+            ),
+            {"t": created},
+        )
+        conn.execute(text("INSERT INTO customer_tags VALUES (1, 'vip')"))
+    migrate.upgrade(engine)
+    assert migrate.is_up_to_date(engine)
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT name, fields FROM customers")).one()
+        tag = conn.execute(text("SELECT tag FROM customer_tags")).scalar_one()
+        assert conn.execute(text("SELECT count(*) FROM outbox")).scalar_one() == 0
+    assert row.name == "Ана" and "Варна" in str(row.fields)
+    assert tag == "vip"
+    engine.dispose()
+
+
+def test_upgrading_twice_is_harmless(engine: Engine) -> None:
+    migrate.upgrade(engine)
+    assert migrate.current_revision(engine) == migrate.head_revision()
+
+
+def test_models_and_migrations_describe_the_same_schema(engine: Engine) -> None:
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        assert compare_metadata(context, SQLModel.metadata) == []
+
+
+def test_timestamps_come_back_aware_in_utc_and_naive_ones_are_refused(engine: Engine) -> None:
+    from mailer.customers import CUSTOMERS
+
+    sofia_noon = datetime.fromisoformat("2026-06-01T12:00:00+03:00")
+    with engine.begin() as conn:
+        conn.execute(
+            CUSTOMERS.insert().values(
+                email="t@example.com",
+                name="",
+                first_name="",
+                fields={},
+                marketing_consent=True,
+                relationship_consent=True,
+                source="test",
+                created_at=sofia_noon,
+                updated_at=sofia_noon,
+            )
+        )
+    with engine.connect() as conn:
+        stored = conn.execute(CUSTOMERS.select()).one().created_at
+    assert stored == sofia_noon and stored.tzinfo == UTC
+    with engine.begin() as conn, pytest.raises(Exception, match="naive datetime"):
+        conn.execute(CUSTOMERS.update().values(pause_until=datetime(2026, 1, 1)))
