@@ -1,0 +1,249 @@
+"""Customers in the database: batched CSV import, look-ups and unsubscribing.
+
+The import is an upsert by email, a thousand rows to a statement, so 100,000 rows take
+seconds; running the same file twice changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, fields, replace
+from datetime import datetime
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, Table, delete, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from mailer.customer_csv import CustomerRow, RejectedRow, normalise_email, parse_rows, read_rows
+from mailer.errors import ImportFileError, NotFound
+from mailer.models import Customer, CustomerTag
+
+BATCH = 1000
+CUSTOMERS: Table = Customer.__table__  # type: ignore[attr-defined]
+TAGS: Table = CustomerTag.__table__  # type: ignore[attr-defined]
+Progress = Callable[[int], None]
+
+
+@dataclass
+class ImportReport:
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    rejected: list[RejectedRow] = field(default_factory=list)
+    duplicates: list[tuple[int, int]] = field(default_factory=list)  # (line, first line)
+
+
+def count_rows(path: Path) -> int:
+    """Data lines in the file, for a progress bar; a rough count is enough."""
+    with path.open("rb") as fh:
+        return max(sum(1 for _ in fh) - 1, 0)
+
+
+def import_csv(
+    engine: Engine, path: Path, now: datetime, progress: Progress | None = None
+) -> ImportReport:
+    """Upsert every valid row of the file; report the rest. Each batch commits on its own."""
+    report = ImportReport()
+    first_line: dict[str, int] = {}
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as stream:
+            for batch in _batches(parse_rows(read_rows(stream)), BATCH):
+                good = _split(batch, report, first_line)
+                with engine.begin() as conn:
+                    _upsert(conn, good, now, report)
+                if progress:
+                    progress(len(batch))
+    except FileNotFoundError:
+        raise ImportFileError(f"{path}: file not found") from None
+    except UnicodeDecodeError as exc:
+        raise ImportFileError(
+            f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8"
+        ) from None
+    return report
+
+
+def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    iterator = iter(items)
+    while batch := list(islice(iterator, size)):
+        yield batch
+
+
+def _split(
+    batch: Sequence[CustomerRow | RejectedRow], report: ImportReport, first_line: dict[str, int]
+) -> list[CustomerRow]:
+    """Valid rows, the last one winning when a file names an address twice."""
+    good: dict[str, CustomerRow] = {}
+    for row in batch:
+        if isinstance(row, RejectedRow):
+            report.rejected.append(row)
+            continue
+        seen = first_line.setdefault(row.email, row.line)
+        if seen != row.line:
+            report.duplicates.append((row.line, seen))
+        earlier = good.get(row.email)
+        good[row.email] = _combine(earlier, row) if earlier else row
+    return list(good.values())
+
+
+def _combine(earlier: CustomerRow, later: CustomerRow) -> CustomerRow:
+    """Two rows for one address in a batch, as if they had been imported one after the other."""
+    given = {f.name: v for f in fields(later) if (v := getattr(later, f.name)) is not None}
+    given["fields"] = {**earlier.fields, **later.fields}
+    return replace(earlier, **given)
+
+
+def _upsert(conn: Connection, rows: list[CustomerRow], now: datetime, report: ImportReport) -> None:
+    if not rows:
+        return
+    existing = {
+        r.email: r._mapping
+        for r in conn.execute(
+            select(CUSTOMERS).where(CUSTOMERS.c.email.in_([r.email for r in rows]))
+        )
+    }
+    values = []
+    for row in rows:
+        before = existing.get(row.email)
+        after = _merge(before, row, now)
+        if before is not None and _same(before, after):
+            report.unchanged += 1
+            continue
+        values.append(after)
+        if before is None:
+            report.inserted += 1
+        else:
+            report.updated += 1
+    if values:
+        conn.execute(_upsert_statement(conn), values)
+    _replace_tags(conn, [r for r in rows if r.tags is not None])
+
+
+def _merge(old: Any, row: CustomerRow, now: datetime) -> dict[str, Any]:
+    """The stored values after this row: what the row leaves empty keeps its old value."""
+    base: dict[str, Any] = dict(old) if old else _new_customer(now)
+    given: dict[str, Any] = {
+        "email": row.email,
+        "name": row.name,
+        "first_name": row.first_name,
+        "locale": row.locale,
+        "timezone": row.timezone,
+        "marketing_consent": row.marketing_consent,
+        "relationship_consent": row.relationship_consent,
+    }
+    if row.birthday:
+        b = row.birthday
+        given.update(birth_month=b.month, birth_day=b.day, birth_year=b.year)
+    base.update({k: v for k, v in given.items() if v is not None})
+    base["fields"] = {**(base.get("fields") or {}), **row.fields}
+    if not base["first_name"] and base["name"]:
+        base["first_name"] = base["name"].split()[0]
+    base["updated_at"] = now
+    base.pop("id", None)
+    return base
+
+
+def _same(before: Any, after: dict[str, Any]) -> bool:
+    return all(before[k] == v for k, v in after.items() if k != "updated_at")
+
+
+def _new_customer(now: datetime) -> dict[str, Any]:
+    return {
+        "name": "",
+        "first_name": "",
+        "locale": None,
+        "timezone": None,
+        "birth_month": None,
+        "birth_day": None,
+        "birth_year": None,
+        "fields": {},
+        "marketing_consent": True,
+        "relationship_consent": True,
+        "unsubscribed_at": None,
+        "suppressed_reason": None,
+        "pause_until": None,
+        "caps_override": None,
+        "source": "import",
+        "created_at": now,
+    }
+
+
+def _upsert_statement(conn: Connection) -> Any:
+    """INSERT ... ON CONFLICT (email) DO UPDATE, in the connected database's dialect."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(CUSTOMERS)
+    keep = {"id", "email", "created_at"}
+    changes = {c.name: stmt.excluded[c.name] for c in CUSTOMERS.columns if c.name not in keep}
+    return stmt.on_conflict_do_update(index_elements=["email"], set_=changes)
+
+
+def _replace_tags(conn: Connection, rows: list[CustomerRow]) -> None:
+    if not rows:
+        return
+    emails = [r.email for r in rows]
+    query = select(CUSTOMERS.c.email, CUSTOMERS.c.id).where(CUSTOMERS.c.email.in_(emails))
+    ids = {email: customer_id for email, customer_id in conn.execute(query)}
+    conn.execute(delete(TAGS).where(TAGS.c.customer_id.in_(ids.values())))
+    pairs = [{"customer_id": ids[r.email], "tag": t} for r in rows for t in r.tags or ()]
+    if pairs:
+        conn.execute(insert(TAGS), pairs)
+
+
+def get(conn: Connection, email: str) -> dict[str, Any]:
+    """One customer with tags, by address (any case); NotFound if there is none."""
+    try:
+        key = normalise_email(email)
+    except ValueError as exc:
+        raise NotFound(str(exc)) from None
+    row = conn.execute(select(CUSTOMERS).where(CUSTOMERS.c.email == key)).one_or_none()
+    if row is None:
+        raise NotFound(f"no customer {key}")
+    customer = dict(row._mapping)
+    customer["tags"] = _tags_of(conn, [customer["id"]]).get(customer["id"], [])
+    return customer
+
+
+def find(
+    conn: Connection,
+    *,
+    tag: str | None = None,
+    search: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> list[dict[str, Any]]:
+    """Customers by email, optionally only those with a tag or matching a text."""
+    query = select(CUSTOMERS).order_by(CUSTOMERS.c.email).limit(limit).offset(offset)
+    if tag:
+        tagged = select(TAGS.c.customer_id).where(TAGS.c.tag == tag.lower())
+        query = query.where(CUSTOMERS.c.id.in_(tagged))
+    if search:
+        pattern = f"%{search.lower()}%"
+        query = query.where(CUSTOMERS.c.email.like(pattern) | CUSTOMERS.c.name.ilike(pattern))
+    rows = [dict(r._mapping) for r in conn.execute(query)]
+    tags = _tags_of(conn, [r["id"] for r in rows])
+    for row in rows:
+        row["tags"] = tags.get(row["id"], [])
+    return rows
+
+
+def _tags_of(conn: Connection, ids: list[int]) -> dict[int, list[str]]:
+    found: dict[int, list[str]] = {}
+    query = select(TAGS.c.customer_id, TAGS.c.tag).where(TAGS.c.customer_id.in_(ids))
+    for customer_id, tag in conn.execute(query.order_by(TAGS.c.tag)):
+        found.setdefault(customer_id, []).append(tag)
+    return found
+
+
+def unsubscribe(conn: Connection, email: str, now: datetime) -> dict[str, Any]:
+    """Stop all marketing and relationship mail to a customer, at once; idempotent."""
+    customer = get(conn, email)
+    if customer["unsubscribed_at"] is None:
+        conn.execute(
+            update(CUSTOMERS)
+            .where(CUSTOMERS.c.id == customer["id"])
+            .values(unsubscribed_at=now, updated_at=now)
+        )
+        customer.update(unsubscribed_at=now, updated_at=now)
+    return customer

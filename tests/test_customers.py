@@ -1,0 +1,136 @@
+"""Importing and managing customers, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+
+from mailer import customers
+from mailer.clock import ManualClock
+from mailer.errors import ImportFileError, NotFound
+
+MIXED = (
+    "\ufeffemail,name,locale,timezone,birthday,tags,city\n"
+    "maria@example.com,Мария Иванова,bg,Europe/Sofia,1988-03-14,newsletter;vip,София\n"
+    "jose@example.com,José Reyes,tl,Asia/Manila,--02-29,newsletter,Quezon City\n"
+    "not-an-address,Broken,en,UTC,,,\n"
+    "MARIA@example.com,Мария Петрова,bg-BG,,,,\n"
+    "zoe@example.com,Zoë Müller,en,Mars/Olympus,,,\n"
+    "siti@example.com,Siti Rahmawati,id,Asia/Jakarta,31.12.1992,,\n"
+)
+
+
+def write(tmp_path: Path, text: str, name: str = "customers.csv") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_import_keeps_good_rows_and_reports_bad_ones_by_line(
+    engine: Engine, tmp_path: Path, clock: ManualClock
+) -> None:
+    report = customers.import_csv(engine, write(tmp_path, MIXED), clock.now())
+    assert (report.inserted, report.updated) == (3, 0)
+    assert [(r.line, r.email) for r in report.rejected] == [
+        (4, "not-an-address"),
+        (6, "zoe@example.com"),
+    ]
+    assert "Mars/Olympus" in report.rejected[1].reason
+    assert report.duplicates == [(5, 2)]
+    with engine.connect() as conn:
+        maria = customers.get(conn, "maria@example.com")
+        jose = customers.get(conn, "Jose@Example.com")
+    assert (maria["name"], maria["first_name"], maria["locale"]) == (
+        "Мария Петрова",
+        "Мария",
+        "bg-BG",
+    )
+    assert maria["timezone"] == "Europe/Sofia", "an empty cell keeps the value given earlier"
+    assert maria["tags"] == ["newsletter", "vip"]
+    assert maria["fields"] == {"city": "София"}
+    assert (jose["birth_month"], jose["birth_day"], jose["birth_year"]) == (2, 29, None)
+
+
+def test_importing_the_same_file_twice_changes_nothing(
+    engine: Engine, tmp_path: Path, clock: ManualClock
+) -> None:
+    path = write(tmp_path, MIXED)
+    customers.import_csv(engine, path, clock.now())
+    with engine.connect() as conn:
+        before = customers.find(conn)
+    report = customers.import_csv(engine, path, clock.now())
+    assert (report.inserted, report.updated, report.unchanged) == (0, 0, 3)
+    with engine.connect() as conn:
+        assert customers.find(conn) == before
+
+
+def test_import_updates_by_email_and_never_resubscribes(
+    engine: Engine, tmp_path: Path, clock: ManualClock
+) -> None:
+    customers.import_csv(engine, write(tmp_path, MIXED), clock.now())
+    with engine.begin() as conn:
+        customers.unsubscribe(conn, "siti@example.com", clock.now())
+    update = "email,name,timezone,tags\nsiti@example.com,Siti R.,Asia/Makassar,webinar\n"
+    report = customers.import_csv(engine, write(tmp_path, update, "b.csv"), clock.now())
+    assert report.updated == 1
+    with engine.connect() as conn:
+        siti = customers.get(conn, "siti@example.com")
+    assert (siti["name"], siti["timezone"], siti["tags"]) == (
+        "Siti R.",
+        "Asia/Makassar",
+        ["webinar"],
+    )
+    assert siti["unsubscribed_at"] == clock.now()
+
+
+def test_names_with_line_breaks_are_stored_on_one_line(
+    engine: Engine, tmp_path: Path, clock: ManualClock
+) -> None:
+    text = 'email,name\nevil@example.com,"Eve\r\nBcc: victim@example.com"\n'
+    customers.import_csv(engine, write(tmp_path, text), clock.now())
+    with engine.connect() as conn:
+        assert customers.get(conn, "evil@example.com")["name"] == "Eve Bcc: victim@example.com"
+
+
+def test_a_file_that_is_not_utf8_is_refused_with_advice(
+    engine: Engine, tmp_path: Path, clock: ManualClock
+) -> None:
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("email,name\nz@example.com,Zoë\n".encode("latin-1"))
+    with pytest.raises(ImportFileError, match="not UTF-8"):
+        customers.import_csv(engine, path, clock.now())
+
+
+def test_a_large_file_is_imported_in_batches_with_progress(
+    engine: Engine, tmp_path: Path, clock: ManualClock
+) -> None:
+    lines = [f"c{i}@example.com,Customer {i},newsletter" for i in range(2500)]
+    path = write(tmp_path, "email,name,tags\n" + "\n".join(lines) + "\n")
+    seen: list[int] = []
+    report = customers.import_csv(engine, path, clock.now(), progress=seen.append)
+    assert report.inserted == 2500
+    assert seen == [1000, 1000, 500]
+    with engine.connect() as conn:
+        assert len(customers.find(conn, tag="newsletter", limit=5000)) == 2500
+
+
+def test_unsubscribe_is_immediate_and_idempotent(
+    engine: Engine, tmp_path: Path, clock: ManualClock
+) -> None:
+    customers.import_csv(engine, write(tmp_path, MIXED), clock.now())
+    with engine.begin() as conn:
+        first = customers.unsubscribe(conn, "jose@example.com", clock.now())
+    clock.advance(clock.now() - clock.now().replace(hour=0))
+    with engine.begin() as conn:
+        again = customers.unsubscribe(conn, "jose@example.com", clock.now())
+    assert first["unsubscribed_at"] == again["unsubscribed_at"]
+
+
+def test_unknown_customer_is_not_found(engine: Engine) -> None:
+    with (
+        engine.connect() as conn,
+        pytest.raises(NotFound, match=r"no customer nobody@example\.com"),
+    ):
+        customers.get(conn, "nobody@example.com")
