@@ -1,0 +1,119 @@
+"""`mailer customers ...`: import, list, show and unsubscribe."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.text import Text
+
+from mailer import customers
+from mailer.cli.common import JSON_OPTION, app_of, err, out, print_fields, print_json, print_table
+from mailer.customer_csv import RejectedRow
+
+app = typer.Typer(help="Customers: import from CSV, look up, unsubscribe.", no_args_is_help=True)
+
+LIST_COLUMNS = ("email", "name", "locale", "timezone", "tags", "unsubscribed_at")
+
+
+@app.command("import")
+def import_(
+    ctx: typer.Context,
+    file: Path = typer.Argument(..., help="CSV with a header row and an 'email' column."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Add or update customers from a CSV file (UTF-8, with or without BOM).
+
+    Columns: email (required), name, first_name, locale, timezone, birthday, tags,
+    marketing_consent, relationship_consent; any other column is kept as a custom field.
+    Rows with errors are reported by line and skipped; the rest are imported.
+    """
+    app_ = app_of(ctx)
+    engine = app_.engine()
+    with Progress(
+        TextColumn("importing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=as_json,
+    ) as bar:
+        task = bar.add_task("rows", total=customers.count_rows(file) if file.exists() else None)
+        report = customers.import_csv(
+            engine, file, app_.clock.now(), progress=lambda n: bar.advance(task, n)
+        )
+    _print_report(file, report, as_json)
+    if report.rejected:
+        raise typer.Exit(1)
+
+
+def _print_report(file: Path, report: customers.ImportReport, as_json: bool) -> None:
+    if as_json:
+        print_json(
+            {
+                "inserted": report.inserted,
+                "updated": report.updated,
+                "unchanged": report.unchanged,
+                "rejected": [vars_of(r) for r in report.rejected],
+                "duplicates": [{"line": a, "first_line": b} for a, b in report.duplicates],
+            }
+        )
+        return
+    for line, first in report.duplicates:
+        err.print(f"{file}:{line}: same email as line {first}; the later row's values were kept")
+    for row in report.rejected:
+        where = Text(f"{file}:{row.line}: rejected", style="red")
+        err.print(Text.assemble(where, f" {row.email or '(no email)'}: {row.reason}"))
+    out.print(
+        f"{report.inserted} added, {report.updated} updated, {report.unchanged} unchanged, "
+        f"{len(report.rejected)} rejected"
+    )
+
+
+def vars_of(row: RejectedRow) -> dict[str, Any]:
+    return {"line": row.line, "email": row.email, "reason": row.reason}
+
+
+@app.command("list")
+def list_(
+    ctx: typer.Context,
+    tag: str | None = typer.Option(None, help="Only customers with this tag."),
+    search: str | None = typer.Option(None, help="Text in the email or name."),
+    limit: int = typer.Option(50, min=1),
+    offset: int = typer.Option(0, min=0),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """List customers, sorted by email."""
+    with app_of(ctx).engine().connect() as conn:
+        rows = customers.find(conn, tag=tag, search=search, limit=limit, offset=offset)
+    if as_json:
+        print_json(rows)
+    else:
+        print_table(rows, LIST_COLUMNS)
+
+
+@app.command("show")
+def show(ctx: typer.Context, email: str, as_json: bool = JSON_OPTION) -> None:
+    """A customer's profile."""
+    with app_of(ctx).engine().connect() as conn:
+        customer = customers.get(conn, email)
+    if as_json:
+        print_json(customer)
+    else:
+        print_fields(customer, title=customer["email"])
+
+
+@app.command("unsubscribe")
+def unsubscribe(ctx: typer.Context, email: str, as_json: bool = JSON_OPTION) -> None:
+    """Stop all marketing and relationship mail to a customer, effective at once."""
+    app_ = app_of(ctx)
+    with app_.engine().begin() as conn:
+        customer = customers.unsubscribe(conn, email, app_.clock.now())
+    if as_json:
+        print_json(customer)
+    else:
+        since = customer["unsubscribed_at"]
+        out.print(f"{customer['email']} is unsubscribed since {since:%Y-%m-%d %H:%M} UTC")

@@ -1,0 +1,180 @@
+"""The `mailer` command as a person runs it: real processes, real databases."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+Mailer = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def _env(config: Path, database_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
+    env.update(
+        MAILER_CONFIG=str(config),
+        MAILER_DATABASE__URL=database_url,
+        MAILER_PATHS__TEMPLATES=str(ROOT / "templates"),
+        MAILER_PATHS__SCHEDULES=str(ROOT / "schedules"),
+        COLUMNS="200",
+    )
+    return env
+
+
+@pytest.fixture
+def project(tmp_path: Path, database_url: str) -> dict[str, str]:
+    """A config.toml like the shipped one, on its own database."""
+    config = tmp_path / "config.toml"
+    config.write_text((ROOT / "config.toml").read_text(encoding="utf-8"), encoding="utf-8")
+    return _env(config, database_url)
+
+
+@pytest.fixture
+def mailer(project: dict[str, str]) -> Mailer:
+    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "mailer", *args],
+            env=project,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert "Traceback" not in result.stderr, result.stderr
+        if check:
+            assert result.returncode == 0, result.stderr
+        return result
+
+    return run
+
+
+@pytest.fixture
+def with_demo(mailer: Mailer) -> Mailer:
+    mailer("db", "upgrade")
+    mailer("customers", "import", str(ROOT / "demo" / "customers.csv"))
+    return mailer
+
+
+def test_commands_before_db_upgrade_say_what_to_run(mailer: Mailer) -> None:
+    result = mailer("customers", "list", check=False)
+    assert result.returncode == 1
+    assert "run `mailer db upgrade` first" in result.stderr
+
+
+def test_db_upgrade_creates_then_reports_up_to_date(mailer: Mailer) -> None:
+    assert "upgraded from empty" in mailer("db", "upgrade").stdout
+    assert "up to date" in mailer("db", "upgrade").stdout
+
+
+def test_import_reports_rejected_rows_by_file_and_line_and_exits_1(
+    with_demo: Mailer, tmp_path: Path
+) -> None:
+    csv = tmp_path / "more.csv"
+    csv.write_text("email,name\nnew@example.com,Нов Клиент\nbroken@,Broken\n", encoding="utf-8-sig")
+    result = with_demo("customers", "import", str(csv), check=False)
+    assert result.returncode == 1
+    assert f"{csv}:3: rejected broken@" in result.stderr
+    assert "1 added, 0 updated, 0 unchanged, 1 rejected" in result.stdout
+    report = json.loads(with_demo("customers", "import", str(csv), "--json", check=False).stdout)
+    assert report["unchanged"] == 1 and report["rejected"][0]["line"] == 3
+
+
+def test_list_and_show_print_json_that_parses(with_demo: Mailer) -> None:
+    listed = json.loads(with_demo("customers", "list", "--tag", "webinar", "--json").stdout)
+    assert {c["email"] for c in listed} == {
+        "maria.ivanova@example.com",
+        "siti.rahma@example.com",
+        "jose.reyes@example.com",
+        "liam.oconnor@example.com",
+    }
+    shown = json.loads(with_demo("customers", "show", "Maria.Ivanova@example.com", "--json").stdout)
+    assert shown["name"] == "Мария Иванова" and shown["fields"] == {"city": "София"}
+
+
+def test_unsubscribe_shows_at_once_in_the_profile(with_demo: Mailer) -> None:
+    with_demo("customers", "unsubscribe", "emma.wilson@example.com")
+    shown = json.loads(with_demo("customers", "show", "emma.wilson@example.com", "--json").stdout)
+    assert shown["unsubscribed_at"] is not None
+
+
+def test_unknown_customer_is_one_line_and_exit_1(with_demo: Mailer) -> None:
+    result = with_demo("customers", "show", "nobody@example.com", check=False)
+    assert (result.returncode, result.stderr.strip()) == (
+        1,
+        "error: no customer nobody@example.com",
+    )
+
+
+def test_config_mistakes_are_listed_without_a_traceback(
+    mailer: Mailer, project: dict[str, str]
+) -> None:
+    config = Path(project["MAILER_CONFIG"])
+    config.write_text(config.read_text() + '\n[smpt]\nhost = "x"\n', encoding="utf-8")
+    result = mailer("check", check=False)
+    assert result.returncode == 1
+    assert f'{config}: [smpt]: unknown key (did you mean "smtp"?)' in result.stdout
+    result = mailer("customers", "list", check=False)
+    assert result.returncode == 1 and "[smpt]: unknown key" in result.stderr
+
+
+def test_templates_list_and_check(mailer: Mailer) -> None:
+    names = {t["name"] for t in json.loads(mailer("templates", "list", "--json").stdout)}
+    assert {"ack", "newsletter", "birthday", "webinar_invite", "webinar_reminder"} <= names
+    assert json.loads(mailer("templates", "check", "--json").stdout) == []
+
+
+def test_preview_renders_in_the_customers_language(with_demo: Mailer) -> None:
+    bulgarian = json.loads(
+        with_demo(
+            "templates", "preview", "birthday", "--customer", "maria.ivanova@example.com", "--json"
+        ).stdout
+    )
+    assert bulgarian["variant"] == "bg"
+    assert "Мария" in bulgarian["text"]
+    english = json.loads(
+        with_demo(
+            "templates",
+            "preview",
+            "birthday",
+            "--customer",
+            "maria.ivanova@example.com",
+            "--locale",
+            "en",
+            "--json",
+        ).stdout
+    )
+    assert english["variant"] is None and english["subject"] != bulgarian["subject"]
+
+
+def test_run_serves_until_sigterm_and_exits_cleanly(
+    with_demo: Mailer, project: dict[str, str]
+) -> None:
+    command = [sys.executable, "-m", "mailer", "run"]
+    with subprocess.Popen(command, env=project, stderr=subprocess.PIPE, text=True) as daemon:
+        try:
+            assert "is running with 8 customers" in _read_until(daemon, "is running", 30)
+            daemon.send_signal(signal.SIGTERM)
+            assert daemon.wait(timeout=30) == 0
+        finally:
+            daemon.kill()
+
+
+def _read_until(process: subprocess.Popen[str], marker: str, seconds: float) -> str:
+    """The process's stderr up to the line holding ``marker``, waiting at most ``seconds``."""
+    assert process.stderr is not None
+    deadline = time.monotonic() + seconds
+    seen = ""
+    while marker not in seen and time.monotonic() < deadline:
+        ready, _, _ = select.select([process.stderr], [], [], 1)
+        if ready:
+            seen += process.stderr.readline()
+    return seen
