@@ -17,6 +17,7 @@ from pathlib import Path
 from mailer import customers, db, migrate
 
 ZONES = ("Europe/Sofia", "Asia/Jakarta", "Asia/Manila", "America/Los_Angeles", "Pacific/Auckland")
+LOCALES = ("bg", "id", "tl", "en", "en-NZ")
 NAMES = ("Мария Иванова", "Siti Rahmawati", "José Reyes", "Zoë Müller", "Liam O'Connor")
 
 
@@ -25,7 +26,7 @@ def write_csv(path: Path, rows: int) -> None:
         fh.write("email,name,locale,timezone,birthday,tags,city\n")
         for i in range(rows):
             fh.write(
-                f"customer{i}@example.com,{NAMES[i % 5]},{('bg', 'id', 'tl', 'en', 'en-NZ')[i % 5]},"
+                f"customer{i}@example.com,{NAMES[i % 5]},{LOCALES[i % 5]},"
                 f"{ZONES[i % 5]},19{70 + i % 30}-{i % 12 + 1:02d}-{i % 28 + 1:02d},"
                 f"newsletter;{'vip' if i % 7 == 0 else 'webinar'},City {i % 100}\n"
             )
