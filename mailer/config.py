@@ -171,7 +171,7 @@ class Config:
     def __init__(self, settings: Settings, path: Path, secrets: Mapping[str, str]) -> None:
         self.settings = settings
         self.path = path
-        self.base_dir = path.parent
+        self.base_dir = path.resolve().parent
         self._secrets = dict(secrets)
 
     def resolve(self, relative: Path) -> Path:

@@ -17,6 +17,7 @@ in a customer's inbox.
 from __future__ import annotations
 
 import re
+import time
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import css_inline
-import html2text
+import html_to_markdown
 from jinja2 import FileSystemLoader, StrictUndefined, select_autoescape
 from jinja2.exceptions import SecurityError, TemplateNotFound, TemplateSyntaxError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -36,6 +37,7 @@ from mailer.errors import Problem, TemplateError
 from mailer.fieldtypes import locale_tag
 from mailer.formatting import DEFAULT_LOCALE, FILTERS, with_reader
 
+FOLDER_CACHE_SECONDS = 1.0
 SUBJECT, HTML, TEXT, SAMPLE = "subject.txt", "body.html", "body.txt", "sample.toml"
 
 # Remote stylesheets would make rendering depend on the network; @media rules cannot be
@@ -82,6 +84,7 @@ class TemplateStore:
             auto_reload=True,
         )
         self._env.filters.update(FILTERS)
+        self._chosen: dict[tuple[str, str | None], tuple[float, str | None, _Variant]] = {}
 
     def names(self) -> list[str]:
         """Template folders; folders starting with "_" (such as _layouts) are shared parts."""
@@ -109,8 +112,7 @@ class TemplateStore:
         self, name: str, context: Mapping[str, Any], *, locale: str | None, zone: ZoneInfo
     ) -> RenderedMessage:
         """Render the variant for `locale`; dates and times are shown in `zone`."""
-        variant = self.resolve(name, locale)
-        files = self._variant_files(name, variant)
+        variant, files = self._choose(name, locale)
         data = with_reader(context, self._reading_locale(locale, variant), zone)
         html = self._render(files.html, data) if files.html else None
         text = self._render(files.text, data) if files.text else _html_to_text(html or "")
@@ -165,6 +167,17 @@ class TemplateStore:
         except ValueError as exc:
             where = self._where(_folder(name, variant))
             raise TemplateError(Problem(where, f"not a locale folder: {exc}")) from None
+
+    def _choose(self, name: str, locale: str | None) -> tuple[str | None, _Variant]:
+        """The variant and its files, remembered for a second: a send renders one template
+        thousands of times, and looking at the folders each time cost more than rendering."""
+        key, now = (name, locale), time.monotonic()
+        cached = self._chosen.get(key)
+        if cached is None or cached[0] < now:
+            variant = self.resolve(name, locale)
+            cached = (now + FOLDER_CACHE_SECONDS, variant, self._variant_files(name, variant))
+            self._chosen[key] = cached
+        return cached[1], cached[2]
 
     def _variant_files(self, name: str, variant: str | None) -> _Variant:
         """A variant needs a subject and at least one body; a half-written folder is an error."""
@@ -306,15 +319,19 @@ def _one_line(text: str) -> str:
     return " ".join(_CONTROL.sub(" ", text).split())
 
 
+_TO_TEXT = html_to_markdown.ConversionOptions(
+    extract_metadata=False, skip_images=True, strip_tags=["b", "strong", "em", "i"]
+)
+
+
 def _html_to_text(html: str) -> str:
-    """The text part for clients that show no HTML: links kept visible, no markdown emphasis,
-    no trailing spaces (html2text writes a <br> as markdown's two-space line break)."""
-    converter = html2text.HTML2Text()
-    converter.body_width = 0
-    converter.ignore_emphasis = True
-    converter.ignore_images = True
-    lines = str(converter.handle(html)).strip().splitlines()
-    return "\n".join(line.rstrip() for line in lines) + "\n"
+    """The text part for clients that show no HTML: links kept visible, no emphasis marks,
+    no trailing spaces (a <br> comes out as markdown's two-space line break).
+
+    html-to-markdown (Rust) takes about 50 us a message where html2text took 1 ms, which
+    alone would have capped a newsletter send near 1,000 messages a second."""
+    content = html_to_markdown.convert(html, _TO_TEXT).content or ""
+    return "\n".join(line.rstrip() for line in content.strip().splitlines()) + "\n"
 
 
 def _template_frame(tb: TracebackType | None, root: Path) -> tuple[str, int] | None:
