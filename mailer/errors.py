@@ -52,3 +52,7 @@ class ImportFileError(MailerError):
 
 class NotFound(MailerError, LookupError):
     """Something a command named does not exist."""
+
+
+class SmtpUnavailable(MailerError, ConnectionError):
+    """The SMTP server cannot be reached at all: the queue waits instead of burning retries."""

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, ForeignKey, Index, Integer, LargeBinary
+from sqlalchemy import JSON, BigInteger, Column, ForeignKey, Index, Integer, LargeBinary, text
 from sqlmodel import Field, SQLModel
 
 from mailer.db import UTCDateTime
@@ -83,8 +83,10 @@ class OutboxMessage(SQLModel, table=True):
 
     __tablename__ = "outbox"
     __table_args__ = (
-        Index("ix_outbox_claim", "status", "priority", "due_at"),
-        Index("ix_outbox_customer_sent", "customer_id", "sent_at"),
+        # the claim's ORDER BY, so due rows are found without sorting the queue
+        Index("ix_outbox_claim", "status", text("priority DESC"), "due_at"),
+        # the throttle's look-back over a customer's recent contacts
+        Index("ix_outbox_customer_reserved", "customer_id", "reserved_at"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -96,8 +98,13 @@ class OutboxMessage(SQLModel, table=True):
     category: str = Field(max_length=20)
     template: str = Field(max_length=100)
     locale: str | None = Field(default=None, max_length=35)
-    params: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    context: dict[str, Any] = Field(
+        default_factory=dict, sa_type=JSON, description="template variables, see jsonvalues"
+    )
     headers: dict[str, str] = Field(default_factory=dict, sa_type=JSON)
+    envelope_from: str | None = Field(
+        default=None, max_length=320, description='None: the sender address; "": null sender'
+    )
     priority: int = 0
     status: str = Field(default=OutboxStatus.QUEUED, max_length=20)
     reason: str | None = Field(default=None, max_length=1000)
@@ -106,8 +113,10 @@ class OutboxMessage(SQLModel, table=True):
     lease_until: datetime | None = _when()
     attempts: int = 0
     message_id: str | None = Field(default=None, max_length=300)
+    subject: str | None = Field(default=None, max_length=998, description="as rendered at send")
     created_at: datetime = _when(nullable=False, default_factory=utcnow)
     updated_at: datetime = _when(nullable=False, default_factory=utcnow)
+    reserved_at: datetime | None = _when(description="when the throttle gave it a slot")
     sent_at: datetime | None = _when()
 
 
@@ -172,3 +181,17 @@ class MailboxState(SQLModel, table=True):
     uidvalidity: int = Field(sa_type=BigInteger)
     last_uid: int = Field(default=0, sa_type=BigInteger)
     updated_at: datetime = _when(nullable=False, default_factory=utcnow)
+
+
+class SandboxMessage(SQLModel, table=True):
+    """A message the local sandbox server captured instead of delivering it."""
+
+    __tablename__ = "sandbox_messages"
+
+    id: int | None = Field(default=None, primary_key=True)
+    received_at: datetime = _when(nullable=False, index=True)
+    mail_from: str = Field(default="", max_length=320)
+    recipients: list[str] = Field(default_factory=list, sa_type=JSON)
+    subject: str = Field(default="", max_length=998)
+    message_id: str | None = Field(default=None, max_length=998)
+    raw: bytes = Field(default=b"", sa_column=Column(LargeBinary, nullable=False))
