@@ -1,36 +1,91 @@
 """`mailer run`: the one long-lived process. It owns the event loop and the shutdown.
 
-Each capability (delivery workers, inbox watcher, scheduler, web app) is a task started
-here; on SIGINT or SIGTERM they are asked to stop and given a bounded time to finish.
+Each capability is a task started here (so far the sandbox mail server and the delivery
+workers); on SIGINT or SIGTERM they stop taking new work and get a bounded time to finish
+what is in flight, after which unfinished messages go back to the queue.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
+from datetime import timedelta
 
 from sqlalchemy import Engine, func, select
 
+from mailer import sandbox, throttle, tokens
+from mailer.clock import Clock, SystemClock
 from mailer.config import Config
+from mailer.delivery import Delivery
 from mailer.models import Customer
+from mailer.outbox import Policy
+from mailer.outgoing import Preparer
+from mailer.smtp import SmtpPool, SmtpTarget
 from mailer.templates import TemplateStore
 
 log = logging.getLogger("mailer")
 
+SHUTDOWN_GRACE = 15.0  # seconds in-flight messages get to finish after a stop signal
+LEASE = timedelta(minutes=5)
 
-async def serve(cfg: Config, engine: Engine, stop: asyncio.Event) -> None:
+
+def build_delivery(cfg: Config, engine: Engine, clock: Clock, target: SmtpTarget) -> Delivery:
+    """The delivery workers, wired to this configuration."""
+    settings = cfg.settings
+    policy = Policy(
+        rules=throttle.Rules.from_settings(settings.throttle),
+        fallback_zone=settings.business_hours.timezone,
+        lease=LEASE,
+    )
+    preparer = Preparer(cfg, TemplateStore(cfg.templates_dir), tokens.load_secret(cfg))
+    return Delivery(engine, preparer, SmtpPool(target), policy, clock)
+
+
+async def serve(
+    cfg: Config, engine: Engine, stop: asyncio.Event, *, sandbox_on: bool, clock: Clock
+) -> None:
     """Run until ``stop`` is set."""
+    async with contextlib.AsyncExitStack() as stack:
+        if sandbox_on:
+            server = await sandbox.start(engine, cfg.settings.sandbox.smtp_port, clock.now)
+            stack.push_async_callback(_close_server, server)
+        target = SmtpTarget.from_config(cfg, sandbox=sandbox_on)
+        delivery = build_delivery(cfg, engine, clock, target)
+        worker = asyncio.create_task(delivery.run(stop), name="delivery")
+        await _announce(cfg, engine, target, sandbox_on)
+        await stop.wait()
+        log.info("stopping: finishing messages in flight (at most %.0f s)", SHUTDOWN_GRACE)
+        await _finish(worker)
+    log.info("mailer stopped")
+
+
+async def _announce(cfg: Config, engine: Engine, target: SmtpTarget, sandbox_on: bool) -> None:
     customers = await asyncio.to_thread(_count_customers, engine)
-    templates = TemplateStore(cfg.templates_dir).names()
+    where = f"the sandbox at {target} (see `mailer sandbox list`)" if sandbox_on else str(target)
     log.info(
-        "mailer is running with %d customers and %d templates (database %s); press Ctrl+C to stop",
+        "mailer is running with %d customers, %d templates; delivering to %s; database %s; "
+        "press Ctrl+C to stop",
         customers,
-        len(templates),
+        len(TemplateStore(cfg.templates_dir).names()),
+        where,
         engine.url.render_as_string(hide_password=True),
     )
-    await stop.wait()
-    log.info("mailer stopped")
+
+
+async def _finish(task: asyncio.Task[None]) -> None:
+    try:
+        await asyncio.wait_for(asyncio.shield(task), SHUTDOWN_GRACE)
+    except TimeoutError:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _close_server(server: asyncio.Server) -> None:
+    server.close()
+    await server.wait_closed()
 
 
 def _count_customers(engine: Engine) -> int:
@@ -38,7 +93,7 @@ def _count_customers(engine: Engine) -> int:
         return int(conn.execute(select(func.count()).select_from(Customer)).scalar_one())
 
 
-def run(cfg: Config, engine: Engine) -> None:
+def run(cfg: Config, engine: Engine, *, sandbox_on: bool) -> None:
     """Serve until SIGINT/SIGTERM, then return normally so the process exits 0."""
 
     async def main() -> None:
@@ -46,6 +101,6 @@ def run(cfg: Config, engine: Engine) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await serve(cfg, engine, stop)
+        await serve(cfg, engine, stop, sandbox_on=sandbox_on, clock=SystemClock())
 
     asyncio.run(main())

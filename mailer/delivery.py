@@ -1,0 +1,185 @@
+"""Delivery workers: claim due messages, render them, hand them to SMTP, record every attempt.
+
+The loop never sleeps through time it was given: ``deliver_due`` works off everything due
+at the clock's current time and returns, so tests drive it with a clock they move, and
+``run`` only decides how long to rest between rounds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine
+
+from mailer import outbox
+from mailer.clock import Clock
+from mailer.errors import TemplateError
+from mailer.outbox import Claimed, Outcome, Policy
+from mailer.outgoing import Outgoing, Preparer
+from mailer.smtp import SmtpPool, backoff, classify
+
+log = logging.getLogger("mailer.delivery")
+
+MAX_RETRY_AGE = timedelta(days=2)  # for messages without a validity window of their own
+IDLE_POLL = 1.0  # seconds between looks at the queue when nothing is due
+OUTAGE_PROBE = (1.0, 60.0)  # first and longest wait between connection attempts in an outage
+
+
+@dataclass
+class Delivery:
+    engine: Engine
+    preparer: Preparer
+    pool: SmtpPool
+    policy: Policy
+    clock: Clock
+    batch_size: int = 200
+    rng: random.Random = field(default_factory=random.Random)
+    outage_since: datetime | None = None
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def wake(self) -> None:
+        """Something was queued: look at the queue now rather than at the next poll."""
+        self._wake.set()
+
+    async def deliver_due(self) -> int:
+        """Send everything due now, batch by batch; return how many messages were handled.
+
+        Stops early when the server cannot be reached; the claimed rows go back to the queue.
+        """
+        handled = 0
+        await asyncio.to_thread(outbox.release_expired_leases, self.engine, self.clock.now())
+        while self.outage_since is None:
+            claimed = await asyncio.to_thread(
+                outbox.claim, self.engine, self.clock.now(), self.batch_size, self.policy
+            )
+            if not claimed:
+                break
+            outcomes = await self._deliver(claimed)
+            await asyncio.to_thread(outbox.record, self.engine, outcomes)
+            handled += len(claimed)
+        return handled
+
+    async def _deliver(self, claimed: Sequence[Claimed]) -> list[Outcome]:
+        now = self.clock.now()
+        outcomes: list[Outcome] = []
+        ready: list[Outgoing] = []
+        for item in claimed:
+            try:
+                ready.append(self.preparer.prepare(item, now))
+            except TemplateError as exc:
+                outcomes.append(Outcome(item.row["id"], "failed", now, reason=f"template: {exc}"))
+        rows = {item.row["id"]: item.row for item in claimed}
+        try:
+            sent = await asyncio.gather(*(self._send(m, rows[m.outbox_id]) for m in ready))
+        except asyncio.CancelledError:
+            await asyncio.to_thread(outbox.record, self.engine, self._release(ready, "shutdown"))
+            raise
+        return outcomes + list(sent)
+
+    async def _send(self, message: Outgoing, row: object) -> Outcome:
+        if self.outage_since is not None:
+            return self._released(message, "the SMTP server is unreachable")
+        try:
+            reply = await self.pool.send(message.sender, message.recipient, message.data)
+        except Exception as exc:  # every failure is recorded on the message, none stops the loop
+            return self._failure(message, row, exc)
+        return Outcome(
+            message.outbox_id,
+            "sent",
+            self.clock.now(),
+            smtp_code=_code(reply),
+            smtp_reply=reply,
+            message_id=message.message_id,
+            subject=message.subject,
+        )
+
+    def _failure(self, message: Outgoing, row: object, exc: Exception) -> Outcome:
+        verdict = classify(exc)
+        now = self.clock.now()
+        if verdict.result == "outage":
+            self._enter_outage(verdict.reply)
+            return self._released(message, verdict.reply)
+        if verdict.result == "retry":
+            retry_at = now + backoff(row["attempts"] + 1, self.rng)  # type: ignore[index]
+            if retry_at <= _deadline(row):
+                reason = f"retrying at {retry_at:%Y-%m-%d %H:%M} UTC after: {verdict.reply}"
+                return Outcome(
+                    message.outbox_id, "retry", now, reason, verdict.code, verdict.reply, retry_at
+                )
+            reason = f"gave up after {row['attempts'] + 1} attempts: {verdict.reply}"  # type: ignore[index]
+            return Outcome(message.outbox_id, "failed", now, reason, verdict.code, verdict.reply)
+        return Outcome(message.outbox_id, "failed", now, verdict.reply, verdict.code, verdict.reply)
+
+    def _released(self, message: Outgoing, why: str) -> Outcome:
+        return Outcome(message.outbox_id, "released", self.clock.now(), reason=f"waiting: {why}")
+
+    def _release(self, messages: Sequence[Outgoing], why: str) -> list[Outcome]:
+        return [self._released(m, why) for m in messages]
+
+    def _enter_outage(self, reply: str) -> None:
+        if self.outage_since is None:
+            self.outage_since = self.clock.now()
+            log.warning("SMTP server unreachable, holding the queue until it answers: %s", reply)
+
+    async def _probe(self) -> bool:
+        try:
+            await self.pool.probe()
+        except Exception:
+            return False
+        assert self.outage_since is not None
+        log.warning(
+            "SMTP server %s answers again after %s",
+            self.pool.target,
+            self.clock.now() - self.outage_since,
+        )
+        self.outage_since = None
+        return True
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Deliver until ``stop`` is set; then finish the batch in flight and close connections."""
+        probe_wait = OUTAGE_PROBE[0]
+        try:
+            while not stop.is_set():
+                if self.outage_since is not None:
+                    if not await self._probe():
+                        await _rest(stop, self._wake, probe_wait)
+                        probe_wait = min(probe_wait * 2, OUTAGE_PROBE[1])
+                        continue
+                    probe_wait = OUTAGE_PROBE[0]
+                self._wake.clear()
+                if await self.deliver_due() == 0:
+                    await _rest(stop, self._wake, await self._idle_for())
+        finally:
+            await self.pool.close()
+
+    async def _idle_for(self) -> float:
+        due = await asyncio.to_thread(outbox.next_due, self.engine)
+        if due is None:
+            return IDLE_POLL
+        return max(0.0, min(IDLE_POLL, (due - self.clock.now()).total_seconds()))
+
+
+async def _rest(stop: asyncio.Event, wake: asyncio.Event, seconds: float) -> None:
+    """Wait for ``seconds``, or less if stopped or woken."""
+    waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+def _deadline(row: object) -> datetime:
+    valid_until: datetime | None = row["valid_until"]  # type: ignore[index]
+    created: datetime = row["created_at"]  # type: ignore[index]
+    return valid_until or created + MAX_RETRY_AGE
+
+
+def _code(reply: str) -> int | None:
+    head = reply[:3]
+    return int(head) if head.isdigit() else None

@@ -1,0 +1,110 @@
+"""Turning a claimed outbox row into the bytes for SMTP: render, address, sign, compose.
+
+Pure CPU work at send time (so a template fixed after queueing is used), kept apart from
+the SMTP I/O in ``delivery``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from email.utils import parseaddr
+from typing import Any
+from urllib.parse import quote
+
+from mailer import jsonvalues, tokens
+from mailer.compose import Envelope, compose, list_unsubscribe_headers, make_message_id
+from mailer.config import Config
+from mailer.context import customer_view, customer_zone
+from mailer.models import Category
+from mailer.outbox import Claimed
+from mailer.templates import TemplateStore
+
+LOOP_HEADER = "X-Mailer-Loop"
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    outbox_id: int
+    sender: str  # the envelope's MAIL FROM; "" is the null sender
+    recipient: str
+    data: bytes
+    subject: str
+    message_id: str
+
+
+class Preparer:
+    """Everything that stays the same from message to message is worked out once here."""
+
+    def __init__(self, cfg: Config, store: TemplateStore, secret: bytes) -> None:
+        settings = cfg.settings
+        self._cfg = cfg
+        self._store = store
+        self._secret = secret
+        self._from = settings.sender.from_
+        self._reply_to = settings.sender.reply_to
+        self._address = parseaddr(self._from)[1]
+        self._domain = self._address.rpartition("@")[2]
+        self._base_url = settings.web.base_url.rstrip("/")
+        self._company = dict(settings.company)
+        self._loop_value = f"{self._domain}"
+
+    def prepare(self, claimed: Claimed, now: datetime) -> Outgoing:
+        """Raises TemplateError when the template cannot be rendered for this customer."""
+        row, customer = claimed.row, claimed.customer
+        context = self._context(claimed)
+        zone = (
+            customer_zone(customer, self._cfg)
+            if customer
+            else self._cfg.settings.business_hours.timezone
+        )
+        locale = row["locale"] or (customer["locale"] if customer else None)
+        rendered = self._store.render(row["template"], context, locale=locale, zone=zone)
+        message_id = make_message_id(self._domain)
+        envelope = Envelope(
+            from_=self._from,
+            to_address=row["to_address"],
+            to_name=customer["name"] if customer else "",
+            reply_to=self._reply_to,
+            message_id=message_id,
+            date=now,
+        )
+        headers = {**self._list_headers(claimed), LOOP_HEADER: self._loop_value, **row["headers"]}
+        data = compose(envelope, rendered.subject, rendered.text, rendered.html, headers=headers)
+        sender = self._address if row["envelope_from"] is None else row["envelope_from"]
+        return Outgoing(row["id"], sender, row["to_address"], data, rendered.subject, message_id)
+
+    def _context(self, claimed: Claimed) -> dict[str, Any]:
+        row, customer = claimed.row, claimed.customer
+        token = tokens.sign(self._secret, customer["id"]) if customer else "none"
+        context: dict[str, Any] = {
+            "customer": customer_view(customer) if customer else _stranger(row["to_address"]),
+            "company": self._company,
+            "unsubscribe_url": f"{self._base_url}/unsubscribe/{token}",
+            "preferences_url": f"{self._base_url}/preferences/{token}",
+            "params": {},
+        }
+        context.update(jsonvalues.decode(row["context"]))
+        return context
+
+    def _list_headers(self, claimed: Claimed) -> dict[str, str]:
+        """RFC 8058 one-click unsubscribe on everything but transactional mail."""
+        if claimed.row["category"] == Category.TRANSACTIONAL or claimed.customer is None:
+            return {}
+        token = tokens.sign(self._secret, claimed.customer["id"])
+        mailto = f"mailto:{self._address}?subject={quote('unsubscribe ' + token)}"
+        return list_unsubscribe_headers(f"{self._base_url}/unsubscribe/{token}", mailto)
+
+
+def _stranger(address: str) -> dict[str, Any]:
+    """The customer variable for a test send to someone who is no customer."""
+    return {
+        "email": address,
+        "name": "",
+        "first_name": "",
+        "locale": None,
+        "timezone": "",
+        "birthday": None,
+        "tags": [],
+        "fields": {},
+    }

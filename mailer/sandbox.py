@@ -1,0 +1,86 @@
+"""The local sandbox: an SMTP server inside mailer that keeps every message it is given.
+
+With ``[sandbox] enabled`` the daemon delivers here instead of to a real server, so a
+newcomer sees the whole road work (outbox -> SMTP -> a readable message) with no mail
+account, and nothing can leave the machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.policy
+from collections.abc import Callable
+from datetime import datetime
+from email.parser import BytesParser
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+from sqlalchemy import Engine, Table, insert, select
+from sqlalchemy.engine import Connection
+
+from mailer.models import SandboxMessage
+
+SANDBOX: Table = SandboxMessage.__table__  # type: ignore[attr-defined]
+MAX_MESSAGE_BYTES = 50 * 1024 * 1024
+
+
+class Capture:
+    """aiosmtpd handler: store the message, then say 250 (only after it is stored)."""
+
+    def __init__(self, engine: Engine, now: Callable[[], datetime]) -> None:
+        self._engine = engine
+        self._now = now
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        raw = envelope.original_content or b""
+        await asyncio.to_thread(self._store, envelope.mail_from or "", list(envelope.rcpt_tos), raw)
+        return "250 2.0.0 kept in the mailer sandbox"
+
+    def _store(self, mail_from: str, recipients: list[str], raw: bytes) -> None:
+        headers = BytesParser(policy=email.policy.default).parsebytes(raw, headersonly=True)
+        with self._engine.begin() as conn:
+            conn.execute(
+                insert(SANDBOX).values(
+                    received_at=self._now(),
+                    mail_from=mail_from,
+                    recipients=recipients,
+                    subject=str(headers.get("Subject", ""))[:998],
+                    message_id=str(headers.get("Message-ID", "")) or None,
+                    raw=raw,
+                )
+            )
+
+
+async def start(engine: Engine, port: int, now: Callable[[], datetime]) -> asyncio.Server:
+    """Listen on loopback only; port 0 picks a free one (read it back from the server)."""
+    loop = asyncio.get_running_loop()
+    handler = Capture(engine, now)
+    return await loop.create_server(
+        lambda: SMTP(handler, hostname="sandbox.mailer.local", data_size_limit=MAX_MESSAGE_BYTES),
+        "127.0.0.1",
+        port,
+    )
+
+
+def find(conn: Connection, *, limit: int = 50) -> list[dict[str, Any]]:
+    """Newest first, without the raw bytes."""
+    columns = [c for c in SANDBOX.c if c.name != "raw"]
+    query = select(*columns).order_by(SANDBOX.c.id.desc()).limit(limit)
+    return [dict(r) for r in conn.execute(query).mappings()]
+
+
+def get(conn: Connection, message_id: int) -> dict[str, Any] | None:
+    """One captured message, parsed into headers, text and HTML for reading."""
+    row = conn.execute(select(SANDBOX).where(SANDBOX.c.id == message_id)).mappings().one_or_none()
+    if row is None:
+        return None
+    parsed = BytesParser(policy=email.policy.default).parsebytes(row["raw"])
+    text = parsed.get_body(preferencelist=("plain",))
+    html = parsed.get_body(preferencelist=("html",))
+    return {
+        **{k: v for k, v in row.items() if k != "raw"},
+        "headers": [(k, str(v)) for k, v in parsed.items()],
+        "text": text.get_content() if text is not None else None,
+        "html": html.get_content() if html is not None else None,
+        "size": len(row["raw"]),
+    }

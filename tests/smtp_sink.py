@@ -1,0 +1,67 @@
+"""A real SMTP server (aiosmtpd) on a loopback port for tests, with faults injected into its
+handler: a reply code on a chosen command, or a dropped connection in the middle of DATA."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+
+    @property
+    def message(self) -> EmailMessage:
+        parsed = BytesParser(policy=policy.default).parsebytes(self.data)
+        assert isinstance(parsed, EmailMessage)
+        return parsed
+
+
+@dataclass
+class Sink:
+    """Faults are consumed in order: ("RCPT", "451 4.7.1 try later") or ("DATA", "drop")."""
+
+    received: list[Received] = field(default_factory=list)
+    faults: list[tuple[str, str]] = field(default_factory=list)
+
+    def _fault(self, command: str) -> str | None:
+        if self.faults and self.faults[0][0] == command:
+            return self.faults.pop(0)[1]
+        return None
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        fault = self._fault("RCPT")
+        if fault:
+            return fault
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        fault = self._fault("DATA")
+        if fault == "drop":
+            server.transport.close()  # the connection dies before the server answers
+            return "421 closing"
+        if fault:
+            return fault
+        self.received.append(
+            Received(
+                envelope.mail_from or "", list(envelope.rcpt_tos), envelope.original_content or b""
+            )
+        )
+        return "250 2.0.0 queued as test"
+
+
+async def start_sink(sink: Sink, port: int = 0) -> tuple[asyncio.Server, int]:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: SMTP(sink, hostname="sink.test"), "127.0.0.1", port)
+    return server, server.sockets[0].getsockname()[1]
