@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from mailer import __version__, checks, config, daemon, migrate
-from mailer.cli import customers, templates
+from mailer.cli import customers, outbox, sandbox, templates
 from mailer.cli.common import App, app_of, err, out, say_error
 from mailer.errors import ConfigError, MailerError
 
@@ -21,6 +21,8 @@ app = typer.Typer(
 )
 app.add_typer(customers.app, name="customers")
 app.add_typer(templates.app, name="templates")
+app.add_typer(outbox.app, name="outbox")
+app.add_typer(sandbox.app, name="sandbox")
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 
@@ -60,14 +62,19 @@ def check(ctx: typer.Context) -> None:
 
 
 @app.command()
-def run(ctx: typer.Context) -> None:
+def run(
+    ctx: typer.Context,
+    sandbox: bool = typer.Option(
+        False, "--sandbox", help="Deliver to the local sandbox even if [sandbox] is off."
+    ),
+) -> None:
     """Run the daemon until Ctrl+C or SIGTERM."""
     app_ = app_of(ctx)
     engine = app_.engine()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    daemon.run(app_.config, engine)
+    daemon.run(app_.config, engine, sandbox_on=sandbox or app_.config.settings.sandbox.enabled)
 
 
 @db_app.command("upgrade")

@@ -9,12 +9,14 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
-from mailer import customers
+from mailer import customers, outbox, throttle
 from mailer.cli.common import JSON_OPTION, app_of, err, out, print_fields, print_json, print_table
 from mailer.customer_csv import RejectedRow
+from mailer.models import Category
 
 app = typer.Typer(help="Customers: import from CSV, look up, unsubscribe.", no_args_is_help=True)
 
+NON_TRANSACTIONAL = (Category.MARKETING.value, Category.RELATIONSHIP.value)
 LIST_COLUMNS = ("email", "name", "locale", "timezone", "tags", "unsubscribed_at")
 
 
@@ -95,15 +97,34 @@ def list_(
         print_table(rows, LIST_COLUMNS)
 
 
+HISTORY_COLUMNS = ("id", "created_at", "category", "template", "status", "sent_at", "reason")
+
+
 @app.command("show")
-def show(ctx: typer.Context, email: str, as_json: bool = JSON_OPTION) -> None:
-    """A customer's profile."""
-    with app_of(ctx).engine().connect() as conn:
+def show(
+    ctx: typer.Context,
+    email: str,
+    history: int = typer.Option(20, help="How many of the latest messages to show."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """A customer's profile, contact history and when they may next be contacted."""
+    app_ = app_of(ctx)
+    cfg, now = app_.config, app_.clock.now()
+    with app_.engine().connect() as conn:
         customer = customers.get(conn, email)
+        messages = outbox.find(conn, customer_id=customer["id"], limit=history)
+        recent = outbox.contacts(conn, [customer["id"]], now).get(customer["id"], [])
+    state = outbox.customer_state(customer, recent, cfg.settings.business_hours.timezone)
+    rules = throttle.Rules.from_settings(cfg.settings.throttle)
+    next_contact = {c: throttle.next_allowed(c, now, state, rules) for c in NON_TRANSACTIONAL}
     if as_json:
-        print_json(customer)
-    else:
-        print_fields(customer, title=customer["email"])
+        print_json({**customer, "next_contact": next_contact, "history": messages})
+        return
+    print_fields(customer, title=customer["email"])
+    never = "never (unsubscribed or no consent)"
+    allowed = {c: when or never for c, when in next_contact.items()}
+    print_fields(allowed, title="\nnext allowed contact")
+    print_table(messages, HISTORY_COLUMNS, title="\ncontact history (newest first)")
 
 
 @app.command("unsubscribe")

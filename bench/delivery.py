@@ -1,0 +1,150 @@
+"""Delivery throughput: N customers, one personalised newsletter each, every throttle check
+on, delivered over SMTP into a local sink running in another process.
+
+    .venv/bin/python bench/delivery.py [--customers 20000] [--database-url URL] [--pool 10]
+
+The sink is Postfix's smtp-sink when installed (apt-get install postfix; it is not started
+as a mail server), else aiosmtpd's Sink handler. Prints the time to enqueue, messages per
+second and peak RSS; the last line reads `N msg/s, peak RSS M MB`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from itertools import islice
+from pathlib import Path
+
+from sqlalchemy import Engine, insert
+
+from mailer import config, daemon, db, migrate, outbox
+from mailer.clock import ManualClock
+from mailer.customers import CUSTOMERS
+from mailer.models import Category
+from mailer.outbox import NewMessage
+from mailer.smtp import SmtpTarget
+
+ROOT = Path(__file__).resolve().parent.parent
+# zones where 10:00 UTC is daytime, so quiet hours are checked but do not defer
+ZONES = ("Europe/Sofia", "Europe/Berlin", "Asia/Jakarta", "Asia/Manila", "Africa/Lagos")
+LOCALES = ("bg", "en", "id", "tl", "en")
+NAMES = ("Мария Иванова", "Zoë Müller", "Siti Rahmawati", "José Reyes", "Ada Obi")
+NOW = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_sink(port: int) -> subprocess.Popen[bytes]:
+    if shutil.which("smtp-sink"):
+        command = ["smtp-sink", "-c", f"127.0.0.1:{port}", "1000"]
+        if os.geteuid() == 0:  # it refuses to run as root without a user to switch to
+            command[1:1] = ["-u", "nobody"]
+    else:
+        command = [
+            sys.executable,
+            "-m",
+            "aiosmtpd",
+            "-n",
+            "-l",
+            f"127.0.0.1:{port}",
+            "-c",
+            "aiosmtpd.handlers.Sink",
+        ]
+    sink = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):  # bounded: up to 5 s for the sink to listen
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return sink
+        time.sleep(0.05)
+    raise RuntimeError(f"the SMTP sink did not start: {command}")
+
+
+def add_customers(engine: Engine, count: int) -> None:
+    def rows() -> Iterator[dict[str, object]]:
+        for i in range(count):
+            yield {
+                "email": f"customer{i}@example.com",
+                "name": NAMES[i % 5],
+                "first_name": NAMES[i % 5].split()[0],
+                "locale": LOCALES[i % 5],
+                "timezone": ZONES[i % 5],
+                "fields": {},
+                "marketing_consent": True,
+                "relationship_consent": True,
+                "source": "bench",
+                "created_at": NOW,
+                "updated_at": NOW,
+            }
+
+    iterator = rows()
+    while batch := list(islice(iterator, 5000)):
+        with engine.begin() as conn:
+            conn.execute(insert(CUSTOMERS), batch)
+
+
+def messages(count: int) -> Iterator[NewMessage]:
+    params = {"params": {"headline": "December news", "intro": "Our winter blend is back."}}
+    for i in range(count):
+        yield NewMessage(
+            dedupe_key=f"bench:newsletter:{i + 1}",
+            to_address=f"customer{i}@example.com",
+            category=Category.MARKETING,
+            template="newsletter",
+            customer_id=i + 1,
+            context=params,
+        )
+
+
+async def deliver_all(delivery: daemon.Delivery) -> int:
+    total = 0
+    while handled := await delivery.deliver_due():
+        total += handled
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--customers", type=int, default=20_000)
+    parser.add_argument("--database-url")
+    parser.add_argument("--pool", type=int, default=10)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = db.connect(args.database_url or f"sqlite:///{tmp}/bench.db")
+        migrate.upgrade(engine)
+        add_customers(engine, args.customers)
+        cfg = config.load(ROOT / "config.toml", {"MAILER_PATHS__DATA": tmp})
+        start = time.perf_counter()
+        outbox.enqueue(engine, messages(args.customers), NOW)
+        print(f"enqueued {args.customers} messages in {time.perf_counter() - start:.1f} s")
+        port = free_port()
+        sink = start_sink(port)
+        try:
+            target = SmtpTarget("127.0.0.1", port, pool_size=args.pool)
+            delivery = daemon.build_delivery(cfg, engine, ManualClock(NOW), target)
+            start = time.perf_counter()
+            sent = asyncio.run(deliver_all(delivery))
+            elapsed = time.perf_counter() - start
+        finally:
+            sink.terminate()
+            sink.wait()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    print(f"delivered {sent} messages in {elapsed:.1f} s")
+    print(f"{sent / elapsed:.0f} msg/s, peak RSS {peak} MB")
+
+
+if __name__ == "__main__":
+    main()

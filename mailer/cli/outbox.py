@@ -1,0 +1,59 @@
+"""`mailer outbox ...`: what is queued, sent, deferred, skipped or failed, and why."""
+
+from __future__ import annotations
+
+import typer
+
+from mailer import outbox
+from mailer.cli.common import JSON_OPTION, app_of, out, print_fields, print_json, print_table
+from mailer.errors import NotFound
+from mailer.models import OutboxStatus
+
+app = typer.Typer(
+    help="The outbox: every message on its way, and what became of it.", no_args_is_help=True
+)
+
+COLUMNS = ("id", "status", "category", "template", "to_address", "due_at", "reason")
+STATUS_HELP = "Only this status: " + ", ".join(s.value for s in OutboxStatus)
+
+
+@app.command("list")
+def list_(
+    ctx: typer.Context,
+    status: OutboxStatus | None = typer.Option(None, help=STATUS_HELP),
+    limit: int = typer.Option(50, min=1),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Messages, newest first."""
+    with app_of(ctx).engine().connect() as conn:
+        rows = outbox.find(conn, status=status.value if status else None, limit=limit)
+    if as_json:
+        print_json(rows)
+    else:
+        print_table(rows, COLUMNS)
+
+
+@app.command("show")
+def show(ctx: typer.Context, message_id: int, as_json: bool = JSON_OPTION) -> None:
+    """One message with every delivery attempt and the server's replies."""
+    with app_of(ctx).engine().connect() as conn:
+        row = outbox.get(conn, message_id)
+    if row is None:
+        raise NotFound(f"no outbox message {message_id}")
+    if as_json:
+        print_json(row)
+        return
+    attempts = row.pop("attempts_log")
+    print_fields(row, title=f"outbox message {message_id}")
+    if attempts:
+        print_table(attempts, ("at", "outcome", "smtp_code", "smtp_reply"), title="attempts")
+
+
+@app.command("retry")
+def retry(ctx: typer.Context, message_id: int) -> None:
+    """Queue a failed, expired or skipped message again, due now."""
+    app_ = app_of(ctx)
+    with app_.engine().begin() as conn:
+        if not outbox.retry(conn, message_id, app_.clock.now()):
+            raise NotFound(f"no failed, expired or skipped outbox message {message_id}")
+    out.print(f"outbox message {message_id} is queued again")
