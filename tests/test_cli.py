@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from mailer import db, sandbox
 from tests.conftest import ROOT
+from tests.pg import free_port
 
 Mailer = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -155,17 +157,59 @@ def test_preview_renders_in_the_customers_language(with_demo: Mailer) -> None:
     assert english["variant"] is None and english["subject"] != bulgarian["subject"]
 
 
-def test_run_serves_until_sigterm_and_exits_cleanly(
+def test_run_delivers_a_test_message_into_the_sandbox_and_stops_on_sigterm(
     with_demo: Mailer, project: dict[str, str]
 ) -> None:
+    project["MAILER_SANDBOX__SMTP_PORT"] = str(free_port())
+    with_demo("templates", "send-test", "birthday", "--to", "maria.ivanova@example.com")
     command = [sys.executable, "-m", "mailer", "run"]
     with subprocess.Popen(command, env=project, stderr=subprocess.PIPE, text=True) as daemon:
         try:
             assert "is running with 8 customers" in _read_until(daemon, "is running", 30)
+            captured = _wait_for_capture(project["MAILER_DATABASE__URL"], 30)
             daemon.send_signal(signal.SIGTERM)
             assert daemon.wait(timeout=30) == 0
         finally:
             daemon.kill()
+    assert captured[0]["recipients"] == ["maria.ivanova@example.com"]
+    shown = json.loads(with_demo("sandbox", "show", str(captured[0]["id"]), "--json").stdout)
+    assert "Мария" in shown["text"] and shown["html"].startswith("<!DOCTYPE html>")
+    sent = json.loads(with_demo("outbox", "list", "--status", "sent", "--json").stdout)
+    assert [m["template"] for m in sent] == ["birthday"]
+    profile = json.loads(
+        with_demo("customers", "show", "maria.ivanova@example.com", "--json").stdout
+    )
+    assert [m["status"] for m in profile["history"]] == ["sent"]
+
+
+def _wait_for_capture(database_url: str, seconds: float) -> list[dict[str, object]]:
+    """Poll the sandbox table (bounded) until the daemon has delivered something."""
+    engine = db.connect(database_url)
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            with engine.connect() as conn:
+                found = sandbox.find(conn)
+            if found:
+                return found
+            time.sleep(0.1)
+        raise AssertionError("nothing reached the sandbox")
+    finally:
+        engine.dispose()
+
+
+def test_outbox_show_and_retry_name_what_is_missing(with_demo: Mailer) -> None:
+    result = with_demo("outbox", "show", "999", check=False)
+    assert (result.returncode, result.stderr.strip()) == (1, "error: no outbox message 999")
+    result = with_demo("outbox", "retry", "999", check=False)
+    assert result.returncode == 1 and "no failed, expired or skipped" in result.stderr
+
+
+def test_send_test_refuses_a_bad_address_and_an_unknown_template(with_demo: Mailer) -> None:
+    result = with_demo("templates", "send-test", "birthday", "--to", "nobody@@x", check=False)
+    assert result.returncode == 1 and "not a valid email address" in result.stderr
+    result = with_demo("templates", "send-test", "nope", "--to", "a@example.com", check=False)
+    assert result.returncode == 1 and "no such template" in result.stderr
 
 
 def _read_until(process: subprocess.Popen[str], marker: str, seconds: float) -> str:
