@@ -6,6 +6,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import timedelta
 from email.headerregistry import Address
 from pathlib import Path
@@ -61,11 +62,6 @@ async def sink() -> AsyncIterator[tuple[Sink, int]]:
     await server.wait_closed()
 
 
-@pytest.fixture
-def delivery(cfg: Config, engine: Engine, clock: ManualClock, sink: tuple[Sink, int]) -> Delivery:
-    return daemon.build_delivery(cfg, engine, clock, SmtpTarget("127.0.0.1", sink[1], pool_size=2))
-
-
 def message(people: dict[str, int], who: str, key: str, **kwargs: object) -> NewMessage:
     defaults: dict[str, object] = {
         "category": Category.MARKETING,
@@ -82,23 +78,54 @@ def message(people: dict[str, int], who: str, key: str, **kwargs: object) -> New
     )
 
 
-def status(engine: Engine, key: str) -> dict[str, object]:
-    columns = [outbox.OUTBOX.c[n] for n in ("status", "reason", "attempts", "due_at")]
-    query = select(*columns).where(outbox.OUTBOX.c.dedupe_key == key)
-    with engine.connect() as conn:
-        return dict(conn.execute(query).one()._mapping)
+@dataclass
+class Road:
+    """The outbox, a delivery worker, the sink it delivers to and the clock, for one test."""
+
+    engine: Engine
+    people: dict[str, int]
+    delivery: Delivery
+    sink: Sink
+    clock: ManualClock
+
+    def queue(self, *messages: tuple[str, str] | NewMessage, **kwargs: object) -> None:
+        """Queue (customer, key) pairs with ``kwargs``, or ready NewMessages."""
+        built = [
+            m if isinstance(m, NewMessage) else message(self.people, m[0], m[1], **kwargs)
+            for m in messages
+        ]
+        outbox.enqueue(self.engine, built, self.clock.now())
+
+    def status(self, key: str) -> dict[str, object]:
+        columns = [outbox.OUTBOX.c[n] for n in ("status", "reason", "attempts", "due_at")]
+        query = select(*columns).where(outbox.OUTBOX.c.dedupe_key == key)
+        with self.engine.connect() as conn:
+            return dict(conn.execute(query).one()._mapping)
+
+    async def deliver(self, after: timedelta = timedelta(0)) -> int:
+        self.clock.advance(after)
+        return await self.delivery.deliver_due()
 
 
-async def test_message_arrives_with_correct_headers_parts_and_encodings(
+TRANSACTIONAL: dict[str, object] = {"category": Category.TRANSACTIONAL}
+
+
+@pytest.fixture
+def road(
+    cfg: Config,
     engine: Engine,
     people: dict[str, int],
-    delivery: Delivery,
-    sink: tuple[Sink, int],
     clock: ManualClock,
-) -> None:
-    outbox.enqueue(engine, [message(people, "maria", "news:1:maria")], clock.now())
-    assert await delivery.deliver_due() == 1
-    (received,) = sink[0].received
+    sink: tuple[Sink, int],
+) -> Road:
+    target = SmtpTarget("127.0.0.1", sink[1], pool_size=2)
+    return Road(engine, people, daemon.build_delivery(cfg, engine, clock, target), sink[0], clock)
+
+
+async def test_message_arrives_with_correct_headers_parts_and_encodings(road: Road) -> None:
+    road.queue(("maria", "news:1:maria"))
+    assert await road.deliver() == 1
+    (received,) = road.sink.received
     mail = received.message
     assert received.rcpt_tos == ["maria@example.com"]
     assert received.mail_from == "support@northwind-roasters.example"
@@ -111,21 +138,18 @@ async def test_message_arrives_with_correct_headers_parts_and_encodings(
     assert mail.get_content_type() == "multipart/alternative"
     assert "Мария" in mail.get_body(("plain",)).get_content()
     assert "Мария" in mail.get_body(("html",)).get_content()
-    row = status(engine, "news:1:maria")
+    row = road.status("news:1:maria")
     assert (row["status"], row["attempts"]) == ("sent", 1)
 
 
-async def test_the_same_logical_message_queued_twice_concurrently_is_one_row(
-    engine: Engine, people: dict[str, int], clock: ManualClock
-) -> None:
+async def test_the_same_logical_message_queued_twice_concurrently_is_one_row(road: Road) -> None:
     start = threading.Barrier(4)
     added: list[int] = []
 
     def queue() -> None:
         start.wait()
-        added.append(
-            outbox.enqueue(engine, [message(people, "siti", "birthday:2:2026")], clock.now())
-        )
+        new = message(road.people, "siti", "birthday:2:2026")
+        added.append(outbox.enqueue(road.engine, [new], road.clock.now()))
 
     threads = [threading.Thread(target=queue) for _ in range(4)]
     for thread in threads:
@@ -133,115 +157,71 @@ async def test_the_same_logical_message_queued_twice_concurrently_is_one_row(
     for thread in threads:
         thread.join()
     assert sorted(added) == [0, 0, 0, 1]
-    with engine.connect() as conn:
+    with road.engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM outbox")).scalar_one() == 1
 
 
-async def test_temporary_refusal_is_retried_later_then_sent(
-    engine: Engine,
-    people: dict[str, int],
-    delivery: Delivery,
-    sink: tuple[Sink, int],
-    clock: ManualClock,
-) -> None:
-    sink[0].faults.append(("RCPT", "451 4.7.1 greylisted, try again later"))
-    outbox.enqueue(
-        engine, [message(people, "maria", "k1", category=Category.TRANSACTIONAL)], clock.now()
-    )
-    await delivery.deliver_due()
-    first = status(engine, "k1")
+async def test_temporary_refusal_is_retried_later_then_sent(road: Road) -> None:
+    road.sink.faults.append(("RCPT", "451 4.7.1 greylisted, try again later"))
+    road.queue(("maria", "k1"), **TRANSACTIONAL)
+    await road.deliver()
+    first = road.status("k1")
     assert first["status"] == "queued" and "451 4.7.1 greylisted" in str(first["reason"])
-    assert first["due_at"] > clock.now()
-    assert await delivery.deliver_due() == 0, "not before its retry time"
-    clock.advance(timedelta(minutes=5))
-    await delivery.deliver_due()
-    assert (status(engine, "k1")["status"], status(engine, "k1")["attempts"]) == ("sent", 2)
-    assert len(sink[0].received) == 1
+    assert first["due_at"] > road.clock.now()  # type: ignore[operator]
+    assert await road.deliver() == 0, "not before its retry time"
+    await road.deliver(after=timedelta(minutes=5))
+    assert (road.status("k1")["status"], road.status("k1")["attempts"]) == ("sent", 2)
+    assert len(road.sink.received) == 1
 
 
-async def test_permanent_refusal_fails_once_and_is_not_retried(
-    engine: Engine,
-    people: dict[str, int],
-    delivery: Delivery,
-    sink: tuple[Sink, int],
-    clock: ManualClock,
-) -> None:
-    sink[0].faults.append(("RCPT", "550 5.1.1 no such user here"))
-    outbox.enqueue(
-        engine, [message(people, "emma", "k2", category=Category.TRANSACTIONAL)], clock.now()
-    )
-    await delivery.deliver_due()
-    clock.advance(timedelta(days=1))
-    await delivery.deliver_due()
-    row = status(engine, "k2")
+async def test_permanent_refusal_fails_once_and_is_not_retried(road: Road) -> None:
+    road.sink.faults.append(("RCPT", "550 5.1.1 no such user here"))
+    road.queue(("emma", "k2"), **TRANSACTIONAL)
+    await road.deliver()
+    await road.deliver(after=timedelta(days=1))
+    row = road.status("k2")
     assert (row["status"], row["attempts"]) == ("failed", 1)
-    assert row["reason"] == "550 no such user here" or "5.1.1 no such user" in str(row["reason"])
-    assert sink[0].received == []
+    assert "550" in str(row["reason"]) and "no such user" in str(row["reason"])
+    assert road.sink.received == []
 
 
-async def test_552_is_treated_as_temporary(
-    engine: Engine,
-    people: dict[str, int],
-    delivery: Delivery,
-    sink: tuple[Sink, int],
-    clock: ManualClock,
+@pytest.mark.parametrize(
+    ("fault", "why"),
+    [
+        (("DATA", "552 5.2.2 mailbox full"), "552 is temporary per RFC 5321 4.5.3.1.10"),
+        (("DATA", "drop"), "the connection died in the middle of DATA"),
+    ],
+)
+async def test_these_failures_are_retried_and_then_delivered(
+    road: Road, fault: tuple[str, str], why: str
 ) -> None:
-    sink[0].faults.append(("DATA", "552 5.2.2 mailbox full"))
-    outbox.enqueue(
-        engine, [message(people, "emma", "k3", category=Category.TRANSACTIONAL)], clock.now()
-    )
-    await delivery.deliver_due()
-    assert status(engine, "k3")["status"] == "queued"
-
-
-async def test_connection_dropped_mid_data_is_retried(
-    engine: Engine,
-    people: dict[str, int],
-    delivery: Delivery,
-    sink: tuple[Sink, int],
-    clock: ManualClock,
-) -> None:
-    sink[0].faults.append(("DATA", "drop"))
-    outbox.enqueue(
-        engine, [message(people, "siti", "k4", category=Category.TRANSACTIONAL)], clock.now()
-    )
-    await delivery.deliver_due()
-    row = status(engine, "k4")
-    assert row["status"] == "queued" and "retrying" in str(row["reason"])
-    clock.advance(timedelta(minutes=5))
-    await delivery.deliver_due()
-    assert status(engine, "k4")["status"] == "sent"
+    road.sink.faults.append(fault)
+    road.queue(("siti", "k4"), **TRANSACTIONAL)
+    await road.deliver()
+    row = road.status("k4")
+    assert row["status"] == "queued" and "retrying" in str(row["reason"]), why
+    await road.deliver(after=timedelta(minutes=5))
+    assert road.status("k4")["status"] == "sent"
 
 
 async def test_outage_is_logged_once_and_loses_nothing(
-    cfg: Config,
-    engine: Engine,
-    people: dict[str, int],
-    clock: ManualClock,
-    caplog: pytest.LogCaptureFixture,
+    road: Road, cfg: Config, caplog: pytest.LogCaptureFixture
 ) -> None:
     handler = Sink()
     server, port = await start_sink(handler)
     server.close()
     await server.wait_closed()  # the port is now closed: connections are refused
-    delivery = daemon.build_delivery(cfg, engine, clock, SmtpTarget("127.0.0.1", port))
+    delivery = daemon.build_delivery(cfg, road.engine, road.clock, SmtpTarget("127.0.0.1", port))
     keys = [f"down:{i}" for i in range(5)]
     who = ["maria", "siti", "emma", "maria", "siti"]
-    outbox.enqueue(
-        engine,
-        [
-            message(people, w, k, category=Category.TRANSACTIONAL)
-            for w, k in zip(who, keys, strict=True)
-        ],
-        clock.now(),
-    )
+    road.queue(*zip(who, keys, strict=True), **TRANSACTIONAL)
     with caplog.at_level(logging.WARNING, "mailer.delivery"):
         await delivery.deliver_due()
         await delivery.deliver_due()
     assert [r.message for r in caplog.records].count(caplog.records[0].message) == 1
     assert "unreachable" in caplog.records[0].message
-    assert {status(engine, k)["status"] for k in keys} == {"queued"}
-    assert {status(engine, k)["attempts"] for k in keys} == {0}
+    assert {road.status(k)["status"] for k in keys} == {"queued"}
+    assert {road.status(k)["attempts"] for k in keys} == {0}
     server, _ = await start_sink(handler, port)
     try:
         assert await delivery._probe()
@@ -249,157 +229,105 @@ async def test_outage_is_logged_once_and_loses_nothing(
     finally:
         server.close()
         await server.wait_closed()
-    assert {status(engine, k)["status"] for k in keys} == {"sent"}
+    assert {road.status(k)["status"] for k in keys} == {"sent"}
     assert len(handler.received) == 5
 
 
-async def test_a_crashed_workers_messages_return_after_the_lease(
-    engine: Engine,
-    people: dict[str, int],
-    delivery: Delivery,
-    sink: tuple[Sink, int],
-    clock: ManualClock,
-) -> None:
-    outbox.enqueue(
-        engine, [message(people, "maria", "k5", category=Category.TRANSACTIONAL)], clock.now()
-    )
-    claimed = outbox.claim(engine, clock.now(), 10, delivery.policy)  # then the worker dies
-    assert len(claimed) == 1 and status(engine, "k5")["status"] == "sending"
-    assert await delivery.deliver_due() == 0
-    clock.advance(delivery.policy.lease + timedelta(seconds=1))
-    await delivery.deliver_due()
-    assert status(engine, "k5")["status"] == "sent"
+async def test_a_crashed_workers_messages_return_after_the_lease(road: Road) -> None:
+    road.queue(("maria", "k5"), **TRANSACTIONAL)
+    policy = road.delivery.policy
+    claimed = outbox.claim(road.engine, road.clock.now(), 10, policy)  # then the worker dies
+    assert len(claimed) == 1 and road.status("k5")["status"] == "sending"
+    assert await road.deliver() == 0
+    await road.deliver(after=policy.lease + timedelta(seconds=1))
+    assert road.status("k5")["status"] == "sent"
 
 
-async def test_a_name_with_line_breaks_cannot_add_a_header(
-    engine: Engine,
-    people: dict[str, int],
-    delivery: Delivery,
-    sink: tuple[Sink, int],
-    clock: ManualClock,
-) -> None:
-    with engine.begin() as conn:
+async def test_a_name_with_line_breaks_cannot_add_a_header(road: Road) -> None:
+    with road.engine.begin() as conn:
         conn.execute(
             update(outbox.CUSTOMERS)
-            .where(outbox.CUSTOMERS.c.id == people["emma"])
+            .where(outbox.CUSTOMERS.c.id == road.people["emma"])
             .values(name="Emma\r\nBcc: victim@example.org")
         )
-    outbox.enqueue(
-        engine, [message(people, "emma", "k6", category=Category.TRANSACTIONAL)], clock.now()
-    )
-    await delivery.deliver_due()
-    (received,) = sink[0].received
+    road.queue(("emma", "k6"), **TRANSACTIONAL)
+    await road.deliver()
+    (received,) = road.sink.received
     assert received.message["Bcc"] is None
     assert received.rcpt_tos == ["emma@example.com"]
 
 
 async def test_a_template_that_fails_for_one_customer_fails_only_that_message(
-    engine: Engine,
-    people: dict[str, int],
-    delivery: Delivery,
-    sink: tuple[Sink, int],
-    clock: ManualClock,
+    road: Road,
 ) -> None:
-    good = message(people, "maria", "k7")
-    broken = message(people, "siti", "k8", context={"params": {}})  # no headline
-    outbox.enqueue(engine, [good, broken], clock.now())
-    await delivery.deliver_due()
-    assert status(engine, "k7")["status"] == "sent"
-    row = status(engine, "k8")
+    road.queue(("maria", "k7"))
+    road.queue(("siti", "k8"), context={"params": {}})  # no headline
+    await road.deliver()
+    assert road.status("k7")["status"] == "sent"
+    row = road.status("k8")
     assert row["status"] == "failed" and "templates/newsletter" in str(row["reason"])
 
 
-async def test_an_invalid_address_is_skipped_with_a_reason(
-    engine: Engine, delivery: Delivery, clock: ManualClock
-) -> None:
-    bad = NewMessage("k9", "not an address@", Category.TRANSACTIONAL, "ack")
-    outbox.enqueue(engine, [bad], clock.now())
-    row = status(engine, "k9")
+async def test_an_invalid_address_is_skipped_with_a_reason(road: Road) -> None:
+    road.queue(NewMessage("k9", "not an address@", Category.TRANSACTIONAL, "ack"))
+    row = road.status("k9")
     assert row["status"] == "skipped" and "not a valid email address" in str(row["reason"])
 
 
 async def test_second_marketing_message_on_a_day_is_deferred_with_its_reason(
-    engine: Engine,
-    people: dict[str, int],
-    delivery: Delivery,
-    sink: tuple[Sink, int],
-    clock: ManualClock,
+    road: Road,
 ) -> None:
-    outbox.enqueue(engine, [message(people, "maria", "m1")], clock.now())
-    await delivery.deliver_due()
-    clock.advance(timedelta(hours=1))
-    outbox.enqueue(engine, [message(people, "maria", "m2")], clock.now())
-    await delivery.deliver_due()
-    row = status(engine, "m2")
+    road.queue(("maria", "m1"))
+    await road.deliver()
+    road.clock.advance(timedelta(hours=1))
+    road.queue(("maria", "m2"))
+    await road.deliver()
+    row = road.status("m2")
     assert row["status"] == "queued"
     assert "deferred until" in str(row["reason"]) and "marketing" in str(row["reason"])
-    assert len(sink[0].received) == 1
+    assert len(road.sink.received) == 1
 
 
-async def test_higher_priority_wins_a_contested_slot(
-    engine: Engine,
-    people: dict[str, int],
-    delivery: Delivery,
-    sink: tuple[Sink, int],
-    clock: ManualClock,
-) -> None:
-    newsletter = message(people, "siti", "news", priority=10)
-    webinar = message(
-        people, "siti", "invite", priority=20, context={"params": {"headline": "Webinar"}}
-    )
-    outbox.enqueue(engine, [newsletter, webinar], clock.now())
-    await delivery.deliver_due()
-    assert status(engine, "invite")["status"] == "sent"
-    assert status(engine, "news")["status"] == "queued"
+async def test_higher_priority_wins_a_contested_slot(road: Road) -> None:
+    road.queue(("siti", "news"), priority=10)
+    road.queue(("siti", "invite"), priority=20, context={"params": {"headline": "Webinar"}})
+    await road.deliver()
+    assert road.status("invite")["status"] == "sent"
+    assert road.status("news")["status"] == "queued"
 
 
-async def test_a_message_that_cannot_go_inside_its_window_expires(
-    engine: Engine, people: dict[str, int], delivery: Delivery, clock: ManualClock
-) -> None:
-    outbox.enqueue(engine, [message(people, "emma", "e1")], clock.now())
-    await delivery.deliver_due()
-    outbox.enqueue(
-        engine, [message(people, "emma", "e2", valid_for=timedelta(hours=2))], clock.now()
-    )
-    await delivery.deliver_due()
-    row = status(engine, "e2")
+async def test_a_message_that_cannot_go_inside_its_window_expires(road: Road) -> None:
+    road.queue(("emma", "e1"))
+    await road.deliver()
+    road.queue(("emma", "e2"), valid_for=timedelta(hours=2))
+    await road.deliver()
+    row = road.status("e2")
     assert row["status"] == OutboxStatus.EXPIRED and "valid" in str(row["reason"])
 
 
 async def test_unsubscribed_customer_gets_no_marketing_but_still_transactional(
-    engine: Engine,
-    people: dict[str, int],
-    delivery: Delivery,
-    sink: tuple[Sink, int],
-    clock: ManualClock,
+    road: Road,
 ) -> None:
-    with engine.begin() as conn:
-        customers.unsubscribe(conn, "maria@example.com", clock.now())
-    outbox.enqueue(
-        engine,
-        [
-            message(people, "maria", "u1"),
-            message(people, "maria", "u2", category=Category.TRANSACTIONAL),
-        ],
-        clock.now(),
-    )
-    assert status(engine, "u1")["status"] == "skipped", "checked at enqueue"
-    await delivery.deliver_due()
-    assert status(engine, "u2")["status"] == "sent"
-    assert len(sink[0].received) == 1
+    with road.engine.begin() as conn:
+        customers.unsubscribe(conn, "maria@example.com", road.clock.now())
+    road.queue(("maria", "u1"))
+    road.queue(("maria", "u2"), **TRANSACTIONAL)
+    assert road.status("u1")["status"] == "skipped", "checked at enqueue"
+    await road.deliver()
+    assert road.status("u2")["status"] == "sent"
+    assert len(road.sink.received) == 1
 
 
-def test_two_workers_cannot_both_pass_a_cap(
-    engine: Engine, people: dict[str, int], delivery: Delivery, clock: ManualClock
-) -> None:
+def test_two_workers_cannot_both_pass_a_cap(road: Road) -> None:
     keys = [f"race:{i}" for i in range(10)]
-    outbox.enqueue(engine, [message(people, "maria", k) for k in keys], clock.now())
+    road.queue(*(("maria", k) for k in keys))
     start = threading.Barrier(2)
     sent: list[int] = []
 
     def worker() -> None:
         start.wait()
-        sent.append(len(outbox.claim(engine, clock.now(), 5, delivery.policy)))
+        claimed = outbox.claim(road.engine, road.clock.now(), 5, road.delivery.policy)
+        sent.append(len(claimed))
 
     threads = [threading.Thread(target=worker) for _ in range(2)]
     for thread in threads:
@@ -407,30 +335,17 @@ def test_two_workers_cannot_both_pass_a_cap(
     for thread in threads:
         thread.join()
     assert sum(sent) == 1
-    assert sorted(status(engine, k)["status"] for k in keys).count("sending") == 1
+    assert [road.status(k)["status"] for k in keys].count("sending") == 1
 
 
-async def test_stop_lets_the_batch_in_flight_finish(
-    engine: Engine,
-    people: dict[str, int],
-    delivery: Delivery,
-    sink: tuple[Sink, int],
-    clock: ManualClock,
-) -> None:
-    outbox.enqueue(
-        engine,
-        [
-            message(people, w, f"s:{w}", category=Category.TRANSACTIONAL)
-            for w in ("maria", "siti", "emma")
-        ],
-        clock.now(),
-    )
+async def test_stop_lets_the_batch_in_flight_finish(road: Road) -> None:
+    road.queue(*((w, f"s:{w}") for w in ("maria", "siti", "emma")), **TRANSACTIONAL)
     stop = asyncio.Event()
-    worker = asyncio.create_task(delivery.run(stop))
+    worker = asyncio.create_task(road.delivery.run(stop))
     for _ in range(200):  # bounded: the three messages arrive within a few event-loop turns
-        if len(sink[0].received) == 3:
+        if len(road.sink.received) == 3:
             break
         await asyncio.sleep(0.01)
     stop.set()
     await asyncio.wait_for(worker, 10)
-    assert len(sink[0].received) == 3
+    assert len(road.sink.received) == 3
