@@ -27,6 +27,8 @@ OUTBOX: Table = OutboxMessage.__table__  # type: ignore[attr-defined]
 ATTEMPTS: Table = DeliveryAttempt.__table__  # type: ignore[attr-defined]
 CUSTOMERS: Table = Customer.__table__  # type: ignore[attr-defined]
 ENQUEUE_BATCH = 1000
+# rows a worker may claim once due: new or retried (queued) and held back by the throttle
+WAITING = (OutboxStatus.QUEUED, OutboxStatus.DEFERRED)
 HISTORY_WINDOW = timedelta(days=31)
 
 
@@ -159,7 +161,7 @@ def _claim_rows(
 ) -> list[dict[str, Any]]:
     due = (
         select(OUTBOX.c.id)
-        .where(OUTBOX.c.status == OutboxStatus.QUEUED, OUTBOX.c.due_at <= now)
+        .where(OUTBOX.c.status.in_(WAITING), OUTBOX.c.due_at <= now)
         .order_by(OUTBOX.c.priority.desc(), OUTBOX.c.due_at)
         .limit(limit)
     )
@@ -264,7 +266,7 @@ def _decide(
 
 _STATUS_OF = {
     "send": OutboxStatus.SENDING,
-    "defer": OutboxStatus.QUEUED,
+    "defer": OutboxStatus.DEFERRED,
     "expire": OutboxStatus.EXPIRED,
     "skip": OutboxStatus.SKIPPED,
 }
@@ -407,13 +409,19 @@ def next_due(engine: Engine) -> datetime | None:
     with engine.connect() as conn:
         return conn.execute(
             select(OUTBOX.c.due_at)
-            .where(OUTBOX.c.status == OutboxStatus.QUEUED)
+            .where(OUTBOX.c.status.in_(WAITING))
             .order_by(OUTBOX.c.due_at)
             .limit(1)
         ).scalar_one_or_none()
 
 
-RETRYABLE = (OutboxStatus.FAILED, OutboxStatus.EXPIRED, OutboxStatus.SKIPPED, OutboxStatus.QUEUED)
+RETRYABLE = (
+    OutboxStatus.FAILED,
+    OutboxStatus.EXPIRED,
+    OutboxStatus.SKIPPED,
+    OutboxStatus.QUEUED,
+    OutboxStatus.DEFERRED,
+)
 
 
 def retry(conn: Connection, outbox_id: int, now: datetime) -> bool:

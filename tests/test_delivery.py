@@ -283,7 +283,7 @@ async def test_second_marketing_message_on_a_day_is_deferred_with_its_reason(
     road.queue(("maria", "m2"))
     await road.deliver()
     row = road.status("m2")
-    assert row["status"] == "queued"
+    assert row["status"] == "deferred"
     assert "deferred until" in str(row["reason"]) and "marketing" in str(row["reason"])
     assert len(road.sink.received) == 1
 
@@ -293,7 +293,7 @@ async def test_higher_priority_wins_a_contested_slot(road: Road) -> None:
     road.queue(("siti", "invite"), priority=20, context={"params": {"headline": "Webinar"}})
     await road.deliver()
     assert road.status("invite")["status"] == "sent"
-    assert road.status("news")["status"] == "queued"
+    assert road.status("news")["status"] == "deferred"
 
 
 async def test_a_message_that_cannot_go_inside_its_window_expires(road: Road) -> None:
