@@ -108,9 +108,20 @@ def _insert_new(conn: Connection, rows: list[dict[str, Any]]) -> int:
 
 
 def _skip_suppressed(conn: Connection, keys: list[str], now: datetime) -> None:
-    """Checked at enqueue (and again at claim): who unsubscribed gets no non-transactional mail."""
-    unsubscribed = select(CUSTOMERS.c.id).where(
-        or_(CUSTOMERS.c.unsubscribed_at.is_not(None), CUSTOMERS.c.suppressed_reason.is_not(None))
+    """Checked at enqueue (and again at claim): who unsubscribed gets no non-transactional mail.
+
+    A correlated EXISTS looks up each row's own customer by key; an IN over all
+    unsubscribed customers would scan the customers table once per batch."""
+    unsubscribed = (
+        select(CUSTOMERS.c.id)
+        .where(
+            CUSTOMERS.c.id == OUTBOX.c.customer_id,
+            or_(
+                CUSTOMERS.c.unsubscribed_at.is_not(None),
+                CUSTOMERS.c.suppressed_reason.is_not(None),
+            ),
+        )
+        .exists()
     )
     conn.execute(
         update(OUTBOX)
@@ -118,7 +129,7 @@ def _skip_suppressed(conn: Connection, keys: list[str], now: datetime) -> None:
             OUTBOX.c.dedupe_key.in_(keys),
             OUTBOX.c.status == OutboxStatus.QUEUED,
             OUTBOX.c.category != Category.TRANSACTIONAL,
-            OUTBOX.c.customer_id.in_(unsubscribed),
+            unsubscribed,
         )
         .values(status=OutboxStatus.SKIPPED, reason="unsubscribed or suppressed", updated_at=now)
     )
