@@ -20,6 +20,7 @@ from mailer.models import Category
 from mailer.outbox import Claimed
 from mailer.templates import TemplateStore
 
+# set on everything we send, so the inbox can recognise our own mail coming back
 LOOP_HEADER = "X-Mailer-Loop"
 
 
@@ -47,7 +48,6 @@ class Preparer:
         self._domain = self._address.rpartition("@")[2]
         self._base_url = settings.web.base_url.rstrip("/")
         self._company = dict(settings.company)
-        self._loop_value = f"{self._domain}"
 
     def prepare(self, claimed: Claimed, now: datetime) -> Outgoing:
         """Raises TemplateError when the template cannot be rendered for this customer."""
@@ -69,7 +69,7 @@ class Preparer:
             message_id=message_id,
             date=now,
         )
-        headers = {**self._list_headers(claimed), LOOP_HEADER: self._loop_value, **row["headers"]}
+        headers = {**self._list_headers(claimed), LOOP_HEADER: self._domain, **row["headers"]}
         data = compose(envelope, rendered.subject, rendered.text, rendered.html, headers=headers)
         sender = self._address if row["envelope_from"] is None else row["envelope_from"]
         return Outgoing(row["id"], sender, row["to_address"], data, rendered.subject, message_id)
