@@ -1,0 +1,585 @@
+"""Should this inbound message be acknowledged? A chain of small rules over a parsed message.
+
+The inbox watcher logs every message as an inquiry first, then asks ``decide``. Every rule in
+``RULES`` runs and each one that fires records its reason ("name: why"), so support can see
+on the inquiry row why no acknowledgement went out. The message is acknowledged only when no
+rule fired. The rules follow RFC 3834 (automatic responses), RFC 5230 (Sieve vacation),
+RFC 3464 (delivery status notifications) and what help desks learned the hard way.
+
+``Verdict.kind`` says what the message is, for the log; when rules of several kinds fire,
+the first kind in ``KINDS`` wins (a bounce that also says ``Auto-Submitted`` is a bounce).
+Some rules only block the acknowledgement and leave the message an "inquiry": spam-flagged
+mail and mail from a sender whose address hard-bounced are still people writing to us.
+
+Headers are read from the top-level message only: a customer who forwards a bounce or one
+of our own messages as an attachment is still a customer asking something.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage, Message, MIMEPart
+from email.utils import getaddresses, parseaddr
+from typing import Literal, Protocol
+
+Kind = Literal["inquiry", "auto-reply", "bounce", "list", "system", "loop", "repeat"]
+
+# The order in which a fired rule's kind wins over another's.
+KINDS: tuple[Kind, ...] = ("loop", "bounce", "auto-reply", "list", "system", "repeat", "inquiry")
+
+DELIVERY_STATUS = frozenset({"message/delivery-status", "message/global-delivery-status"})
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who "we" are: the addresses and domains our own mail comes from."""
+
+    addresses: frozenset[str]  # lower-case, e.g. support@ and noreply@ of our domain
+    domains: frozenset[str]  # lower-case Message-ID and sender domains
+    loop_header: str = "X-Mailer-Loop"
+
+
+@dataclass(frozen=True, slots=True)
+class SenderHistory:
+    """What the log knows about the sender and the thread, gathered by the caller."""
+
+    last_acknowledged_at: datetime | None
+    acknowledgements_last_day: int
+    hard_bounced: bool
+    thread_already_acknowledged: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """Everything a rule may look at besides the message."""
+
+    identity: Identity
+    history: SenderHistory
+    now: datetime
+    once_per_sender: timedelta
+    max_per_day: int
+
+
+# The context is_bounce runs the bounce rules with; they look only at the message.
+_NOBODY = Context(
+    Identity(frozenset(), frozenset()),
+    SenderHistory(None, 0, hard_bounced=False, thread_already_acknowledged=False),
+    datetime(1970, 1, 1, tzinfo=UTC),
+    timedelta(0),
+    max_per_day=1,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The answer, with every reason for support to read on the inquiry row."""
+
+    acknowledge: bool
+    reasons: tuple[str, ...]  # "name: why" for every rule that fired, in chain order
+    kind: Kind
+
+
+class Rule(Protocol):
+    """One link of the chain; ``kind`` is what the message is when this rule fires."""
+
+    name: str
+    description: str
+    kind: Kind
+
+    def check(self, msg: EmailMessage, ctx: Context) -> str | None:
+        """None when the rule does not fire, else why it fired."""
+
+
+# Helpers shared by the rules ----------------------------------------------------------------
+
+
+def _headers(msg: Message, *names: str) -> list[tuple[str, str]]:
+    """(name, value) of each named header, in the message's order, folding whitespace undone."""
+    wanted = {name.lower() for name in names}
+    return [
+        (name, " ".join(str(value).split()))
+        for name, value in msg.items()
+        if name.lower() in wanted
+    ]
+
+
+def _shown(pairs: list[tuple[str, str]]) -> str:
+    return ", ".join(f"{name}: {value}" for name, value in pairs)
+
+
+def _sender(msg: Message) -> str:
+    """The From address, lower-case; "" when there is none, no "@" when it is a bare name."""
+    return parseaddr(str(msg.get("From", "")))[1].lower()
+
+
+def _local_part(address: str) -> str:
+    """The local part without a +detail: "noreply+42@x" -> "noreply"."""
+    return address.rsplit("@", 1)[0].partition("+")[0]
+
+
+def _domain(address: str) -> str:
+    return address.rpartition("@")[2].rstrip(">").lower()
+
+
+def _tokens(value: str) -> set[str]:
+    return {token.strip().lower() for token in value.split(",")}
+
+
+def _parts(msg: MIMEPart) -> Iterator[MIMEPart]:
+    """The MIME tree, without descending into attached messages (message/rfc822)."""
+    yield msg
+    if msg.get_content_maintype() == "multipart":
+        for part in msg.iter_parts():
+            yield from _parts(part)
+
+
+def _is_thread_reply(msg: Message) -> bool:
+    return "In-Reply-To" in msg or "References" in msg
+
+
+# Loop: our own mail coming back --------------------------------------------------------------
+
+
+class OwnAddress:
+    """Mail From one of our own addresses: answering it would be talking to ourselves."""
+
+    name = "own-address"
+    description = "From is one of our own addresses"
+    kind: Kind = "loop"
+
+    def check(self, msg: EmailMessage, ctx: Context) -> str | None:
+        sender = _sender(msg)
+        return f"From: {sender}" if sender in ctx.identity.addresses else None
+
+
+class OwnLoopHeader:
+    """Our loop header with our own domain: a message we sent has come back (RFC 3834 §2)."""
+
+    name = "own-loop-header"
+    description = "carries our loop header"
+    kind: Kind = "loop"
+
+    def check(self, msg: EmailMessage, ctx: Context) -> str | None:
+        ours = [
+            (name, value)
+            for name, value in _headers(msg, ctx.identity.loop_header)
+            if value.lower() in ctx.identity.domains
+        ]
+        return _shown(ours) or None
+
+
+class OwnMessageId:
+    """The message's own Message-ID was made at our domain, so we wrote it.
+
+    The domain must match exactly: our mail server's bounces (``@smtp.our.domain``) are
+    bounces to act on, not loops.
+    """
+
+    name = "own-message-id"
+    description = "its Message-ID is at one of our domains"
+    kind: Kind = "loop"
+
+    def check(self, msg: EmailMessage, ctx: Context) -> str | None:
+        message_id = str(msg.get("Message-ID", "")).strip()
+        return f"Message-ID: {message_id}" if _domain(message_id) in ctx.identity.domains else None
+
+
+# Bounce: delivery failure reports ------------------------------------------------------------
+
+
+class Report:
+    """A multipart/report is a machine's report about earlier mail (RFC 6522, RFC 3464)."""
+
+    name = "report"
+    description = "Content-Type is multipart/report"
+    kind: Kind = "bounce"
+
+    def check(self, msg: EmailMessage, ctx: Context) -> str | None:
+        if msg.get_content_type() != "multipart/report":
+            return None
+        return f"Content-Type: multipart/report; report-type={msg.get_param('report-type')}"
+
+
+class DeliveryStatusPart:
+    """A message/delivery-status part is the machine-readable half of a DSN (RFC 3464 §2)."""
+
+    name = "delivery-status"
+    description = "has a message/delivery-status part"
+    kind: Kind = "bounce"
+
+    def check(self, msg: EmailMessage, ctx: Context) -> str | None:
+        types = {part.get_content_type() for part in _parts(msg)}
+        found = sorted(types & DELIVERY_STATUS)
+        return f"{found[0]} part" if found else None
+
+
+class DaemonSender:
+    """MAILER-DAEMON and postmaster send bounces; nobody reads what we send back to them."""
+
+    name = "daemon-sender"
+    description = "From is MAILER-DAEMON or postmaster"
+    kind: Kind = "bounce"
+
+    def check(self, msg: EmailMessage, ctx: Context) -> str | None:
+        sender = _sender(msg)
+        return f"From: {sender}" if _local_part(sender) in {"mailer-daemon", "postmaster"} else None
+
+
+class NoSender:
+    """Without a From address there is nobody to acknowledge (RFC 5322 §3.6.2 requires one)."""
+
+    name = "no-sender"
+    description = "From is empty, missing or has no address"
+    kind: Kind = "bounce"
+
+    def check(self, msg: EmailMessage, ctx: Context) -> str | None:
+        if "@" in _sender(msg):
+            return None
+        return f"From: {str(msg.get('From', '(missing)')).strip() or '(empty)'}"
+
+
+class FailedRecipients:
+    """Exim and others name the addresses that failed in X-Failed-Recipients."""
+
+    name = "failed-recipients"
+    description = "has X-Failed-Recipients"
+    kind: Kind = "bounce"
+
+    def check(self, msg: EmailMessage, ctx: Context) -> str | None:
+        return _shown(_headers(msg, "X-Failed-Recipients")) or None
+
+
+# Auto-reply: machines answering mail -------------------------------------------------------
+
+
+class AutoSubmitted:
+    """RFC 3834 §2 (the field is defined in §5): never answer Auto-Submitted other than "no"."""
+
+    name = "auto-submitted"
+    description = "Auto-Submitted is present and not no"
+    kind: Kind = "auto-reply"
+
+    def check(self, msg: EmailMessage, ctx: Context) -> str | None:
+        pairs = _headers(msg, "Auto-Submitted")
+        automatic = [(name, value) for name, value in pairs if value.lower() != "no"]
+        return _shown(automatic) or None
+
+
+class PrecedenceAutoReply:
+    """Precedence: auto_reply is the old way to say what RFC 3834 spells Auto-Submitted."""
+
+    name = "precedence-auto-reply"
+    description = "Precedence or X-Precedence is auto_reply"
+    kind: Kind = "auto-reply"
+
+    def check(self, msg: EmailMessage, ctx: Context) -> str | None:
+        pairs = _headers(msg, "Precedence", "X-Precedence")
+        return _shown([(n, v) for n, v in pairs if v.lower() == "auto_reply"]) or None
+
+
+class VendorAutoReply:
+    """Auto-responders that predate RFC 3834 mark their replies with headers of their own.
+
+    X-Loop is set by procmail, ticket systems and lists to stop loops; any value counts.
+    """
+
+    name = "vendor-auto-reply"
+    description = "carries a vendor auto-reply header (X-Autoreply, X-Loop, ...)"
+    kind: Kind = "auto-reply"
+    headers = (
+        "X-Autoreply",
+        "X-Autorespond",
+        "X-Autogenerated",
+        "X-AutoReply-From",
+        "X-Mail-Autoreply",
+        "X-Loop",
+        "X-FC-MachineGenerated",
+        "X-Autoresponder",
+    )
+
+    def check(self, msg: EmailMessage, ctx: Context) -> str | None:
+        return _shown(_headers(msg, *self.headers)) or None
+
+
+class AutoReplySubject:
+    """Out-of-office subjects, a weak signal: only with In-Reply-To/References.
+
+    Some auto-responders send no header at all, only a localized subject. A person who
+    writes a new message about an "Out of office question" has no In-Reply-To, so is
+    still acknowledged; a person replying in a thread with such a subject is not, which is
+    the safe side to err on.
+    """
+
+    name = "auto-reply-subject"
+    description = "an out-of-office subject on a reply"
+    kind: Kind = "auto-reply"
+    prefixes = (
+        "automatic reply:",
+        "auto:",
+        "out of office",
+        "autosvar",
+        "réponse automatique",
+        "abwesenheitsnotiz",
+        "automatische antwort:",
+        "автоматичен отговор:",
+    )
+
+    def check(self, msg: EmailMessage, ctx: Context) -> str | None:
+        subject = str(msg.get("Subject", "")).strip()
+        if not (_is_thread_reply(msg) and subject.casefold().startswith(self.prefixes)):
+            return None
+        return f"Subject: {subject}"
+
+
+# List: mail sent to many -------------------------------------------------------------------
+
+
+class ListHeaders:
+    """List-* headers (RFC 2369, RFC 2919) mark list mail; RFC 3834 §2, RFC 5230 §4.6: skip it."""
+
+    name = "list"
+    description = "has a List-* header"
+    kind: Kind = "list"
+
+    def check(self, msg: EmailMessage, ctx: Context) -> str | None:
+        names = sorted({name for name in msg if name.lower().startswith("list-")})
+        return ", ".join(names) or None
+
+
+class Precedence:
+    """Precedence bulk, list or junk (RFC 2076 §3.9) is mass mail; RFC 3834 §2 says skip it."""
+
+    name = "precedence"
+    description = "Precedence or X-Precedence is bulk, list or junk"
+    kind: Kind = "list"
+
+    def check(self, msg: EmailMessage, ctx: Context) -> str | None:
+        pairs = _headers(msg, "Precedence", "X-Precedence")
+        mass = [(n, v) for n, v in pairs if v.lower() in {"bulk", "list", "junk"}]
+        return _shown(mass) or None
+
+
+# System: machines that are not answering anything --------------------------------------------
+
+
+class SuppressAutoResponse:
+    """Exchange's X-Auto-Response-Suppress asks that no auto-response be sent ([MS-OXCMAIL]).
+
+    All, AutoReply and DR (delivery reports) all mean "a machine sent this, do not answer".
+    """
+
+    name = "auto-response-suppress"
+    description = "X-Auto-Response-Suppress has All, AutoReply or DR"
+    kind: Kind = "system"
+
+    def check(self, msg: EmailMessage, ctx: Context) -> str | None:
+        pairs = _headers(msg, "X-Auto-Response-Suppress")
+        asked = [(n, v) for n, v in pairs if _tokens(v) & {"all", "autoreply", "dr"}]
+        return _shown(asked) or None
+
+
+class SystemSender:
+    """Robots' addresses: list owners and requests, list servers (RFC 5230 §4.6), noreply."""
+
+    name = "system-sender"
+    description = "From is a system address (noreply, owner-*, *-request, bounce*, ...)"
+    kind: Kind = "system"
+    pattern = re.compile(
+        r"owner-.*|.*-request|no[-_]?reply|do-?not-?reply|listserv|majordomo|mailer-daemon"
+        r"|bounce.*"
+    )
+
+    def check(self, msg: EmailMessage, ctx: Context) -> str | None:
+        sender = _sender(msg)
+        return f"From: {sender}" if self.pattern.fullmatch(_local_part(sender)) else None
+
+
+class NullReturnPath:
+    """An empty envelope sender marks automatic mail (RFC 5321 §4.5.5, RFC 3834 §3).
+
+    Bounces have it, and so do well-behaved out-of-office replies, so it blocks the
+    acknowledgement without making the message a bounce by itself.
+    """
+
+    name = "null-return-path"
+    description = "Return-Path is empty (<>)"
+    kind: Kind = "system"
+
+    def check(self, msg: EmailMessage, ctx: Context) -> str | None:
+        empty = [(n, v) for n, v in _headers(msg, "Return-Path") if v.strip("<> ") == ""]
+        return _shown(empty) or None
+
+
+class ForeignLoopHeader:
+    """Another mailer's loop header: machine mail from a robot like us, not a person."""
+
+    name = "foreign-loop-header"
+    description = "carries another mailer's loop header"
+    kind: Kind = "system"
+
+    def check(self, msg: EmailMessage, ctx: Context) -> str | None:
+        pairs = _headers(msg, ctx.identity.loop_header)
+        theirs = [(n, v) for n, v in pairs if v.lower() not in ctx.identity.domains]
+        return _shown(theirs) or None
+
+
+# Repeat: a person we already answered ----------------------------------------------------------
+
+
+class ThreadAcknowledged:
+    """One acknowledgement per inquiry: the follow-ups in its thread get none."""
+
+    name = "thread-acknowledged"
+    description = "the thread was already acknowledged"
+    kind: Kind = "repeat"
+
+    def check(self, msg: EmailMessage, ctx: Context) -> str | None:
+        return "inquiry already acknowledged" if ctx.history.thread_already_acknowledged else None
+
+
+class OncePerSender:
+    """RFC 3834 §2, RFC 5230 §4.1-4.2 (":days"): answer a sender at most once per period."""
+
+    name = "once-per-sender"
+    description = "the sender was acknowledged within once_per_sender"
+    kind: Kind = "repeat"
+
+    def check(self, msg: EmailMessage, ctx: Context) -> str | None:
+        last = ctx.history.last_acknowledged_at
+        if last is None or ctx.now - last >= ctx.once_per_sender:
+            return None
+        return f"last acknowledged {last.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+
+
+class RateBackstop:
+    """A cap per sender per day that holds when every other rule missed.
+
+    Two robots that strip every header still stop after max_per_day replies.
+    """
+
+    name = "rate-backstop"
+    description = "the sender got max_per_day acknowledgements in the last day"
+    kind: Kind = "repeat"
+
+    def check(self, msg: EmailMessage, ctx: Context) -> str | None:
+        count, limit = ctx.history.acknowledgements_last_day, ctx.max_per_day
+        return f"{count} acknowledgements in the last day (max {limit})" if count >= limit else None
+
+
+# Inquiry, but not to be acknowledged ---------------------------------------------------------
+
+
+class SpamFlagged:
+    """Acknowledging spam sends backscatter to forged senders; support still sees it."""
+
+    name = "spam-flagged"
+    description = "X-Spam-Flag is YES or X-Spam-Status is Yes"
+    kind: Kind = "inquiry"
+
+    def check(self, msg: EmailMessage, ctx: Context) -> str | None:
+        flags = [(n, v) for n, v in _headers(msg, "X-Spam-Flag") if v.lower() == "yes"]
+        status = _headers(msg, "X-Spam-Status")
+        flags += [(n, v) for n, v in status if v.lower().startswith("yes")]
+        return _shown(flags) or None
+
+
+class HardBounced:
+    """Mail to an address that hard-bounced would only bounce again; the person still wrote."""
+
+    name = "hard-bounced"
+    description = "the sender's address hard-bounced"
+    kind: Kind = "inquiry"
+
+    def check(self, msg: EmailMessage, ctx: Context) -> str | None:
+        return "the sender's address hard-bounced" if ctx.history.hard_bounced else None
+
+
+RULES: tuple[Rule, ...] = (
+    OwnAddress(),
+    OwnLoopHeader(),
+    OwnMessageId(),
+    Report(),
+    DeliveryStatusPart(),
+    DaemonSender(),
+    NoSender(),
+    FailedRecipients(),
+    AutoSubmitted(),
+    PrecedenceAutoReply(),
+    VendorAutoReply(),
+    AutoReplySubject(),
+    ListHeaders(),
+    Precedence(),
+    SuppressAutoResponse(),
+    SystemSender(),
+    NullReturnPath(),
+    ForeignLoopHeader(),
+    ThreadAcknowledged(),
+    OncePerSender(),
+    RateBackstop(),
+    SpamFlagged(),
+    HardBounced(),
+)
+
+
+def decide(
+    msg: EmailMessage,
+    identity: Identity,
+    history: SenderHistory,
+    now: datetime,
+    *,
+    once_per_sender: timedelta,
+    max_per_day: int = 3,
+) -> Verdict:
+    """Run every rule; acknowledge only when none fired."""
+    ctx = Context(identity, history, now, once_per_sender, max_per_day)
+    fired = [(rule, rule.check(msg, ctx)) for rule in RULES]
+    hits = [(rule, reason) for rule, reason in fired if reason is not None]
+    kinds = {rule.kind for rule, _ in hits}
+    kind: Kind = next((k for k in KINDS if k in kinds), "inquiry")
+    reasons = tuple(f"{rule.name}: {reason}" for rule, reason in hits)
+    return Verdict(not hits, reasons, kind)
+
+
+def is_bounce(msg: EmailMessage) -> bool:
+    """Whether any bounce rule fires: a DSN, a daemon's or empty From, X-Failed-Recipients."""
+    return any(rule.check(msg, _NOBODY) is not None for rule in RULES if rule.kind == "bounce")
+
+
+def bounced_addresses(msg: EmailMessage) -> list[tuple[str, bool]]:
+    """(address, permanent) for each failed recipient of a bounce.
+
+    Read from the message/delivery-status parts (RFC 3464 §2.3: Status 5.x.x is permanent,
+    4.x.x temporary; successes are left out); X-Failed-Recipients when there are none.
+    """
+    blocks = [
+        block
+        for part in _parts(msg)
+        if part.get_content_type() in DELIVERY_STATUS
+        for block in part.get_payload()
+        if isinstance(block, Message)
+    ]
+    found = [failure for block in blocks if (failure := _failure(block)) is not None]
+    return found or _failed_recipients(msg)
+
+
+def _failure(fields: Message) -> tuple[str, bool] | None:
+    """(address, permanent) from one per-recipient block of a DSN, None if not a failure."""
+    recipient = fields.get("Final-Recipient") or fields.get("Original-Recipient")
+    if recipient is None:
+        return None
+    address = str(recipient).partition(";")[2].strip().strip("<>").lower()
+    status = str(fields.get("Status", "")).strip()
+    action = str(fields.get("Action", "")).strip().lower()
+    if status.startswith("5") or (not status and action == "failed"):
+        return address, True
+    if status.startswith("4") or (not status and action == "delayed"):
+        return address, False
+    return None
+
+
+def _failed_recipients(msg: Message) -> list[tuple[str, bool]]:
+    values = [value for _, value in _headers(msg, "X-Failed-Recipients")]
+    return [(address.lower(), True) for _, address in getaddresses(values) if address]
