@@ -74,6 +74,7 @@ def run(
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every SMTP command
     daemon.run(app_.config, engine, sandbox_on=sandbox or app_.config.settings.sandbox.enabled)
 
 
