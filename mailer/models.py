@@ -161,8 +161,12 @@ class Inquiry(SQLModel, table=True):
         sa_column=Column(Integer, ForeignKey("customers.id", ondelete="SET NULL"), index=True),
     )
     sender: str = Field(default="", max_length=320, index=True)
+    sender_name: str = Field(default="", max_length=200)
     subject: str = Field(default="", max_length=998)
     body_text: str = ""
+    reply_text: str = Field(default="", description="body without the quoted history")
+    attachments: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSON)
+    defects: list[str] = Field(default_factory=list, sa_type=JSON)
     received_at: datetime = _when(nullable=False, index=True)
     status: str = Field(default=InquiryStatus.NEW, max_length=20, index=True)
     decision: str | None = Field(default=None, max_length=20)

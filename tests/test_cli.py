@@ -10,11 +10,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from mailer import db, sandbox
+from mailer import db, inquiries, sandbox
+from mailer.inbound import parse
 from tests.conftest import ROOT
 from tests.pg import free_port
 
@@ -222,3 +224,22 @@ def _read_until(process: subprocess.Popen[str], marker: str, seconds: float) -> 
         if ready:
             seen += process.stderr.readline()
     return seen
+
+
+def test_support_lists_reads_and_moves_an_inquiry(with_demo: Mailer, database_url: str) -> None:
+    raw = (
+        b"From: Siti <siti.rahma@example.com>\r\nSubject: Pesanan saya\r\n"
+        b"Message-ID: <q1@mail.example>\r\n\r\nKopi saya belum sampai.\r\n"
+    )
+    engine = db.connect(database_url)
+    with engine.begin() as conn:
+        logged = inquiries.log(conn, parse(raw), datetime.now(UTC))
+    engine.dispose()
+    listed = json.loads(with_demo("inquiries", "list", "--status", "new", "--json").stdout)
+    assert [i["subject"] for i in listed] == ["Pesanan saya"]
+    shown = with_demo("inquiries", "show", str(logged.inquiry_id)).stdout
+    assert "Kopi saya belum sampai." in shown
+    with_demo("inquiries", "set-status", str(logged.inquiry_id), "answered")
+    assert json.loads(with_demo("inquiries", "list", "--status", "new", "--json").stdout) == []
+    result = with_demo("inquiries", "set-status", "999", "closed", check=False)
+    assert (result.returncode, result.stderr.strip()) == (1, "error: no inquiry 999")
