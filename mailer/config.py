@@ -127,6 +127,8 @@ class AutoreplySettings(Section):
     enabled: bool = True
     template: str = "ack"
     once_per_sender: Duration = timedelta(days=7)
+    answer_within: Duration = timedelta(hours=4)  # working time, counted in [business_hours]
+    max_per_day: int = Field(default=3, ge=1)
 
 
 class BusinessHoursSettings(Section):

@@ -1,8 +1,9 @@
 """`mailer run`: the one long-lived process. It owns the event loop and the shutdown.
 
-Each capability is a task started here (so far the sandbox mail server and the delivery
-workers); on SIGINT or SIGTERM they stop taking new work and get a bounded time to finish
-what is in flight, after which unfinished messages go back to the queue.
+Each capability is a task started here (so far the sandbox mail server, the delivery
+workers and the inbox watcher); on SIGINT or SIGTERM they stop taking new work and get a
+bounded time to finish what is in flight, after which unfinished messages go back to the
+queue.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable
 from datetime import timedelta
 
 from sqlalchemy import Engine, func, select
@@ -19,6 +21,8 @@ from mailer import sandbox, throttle, tokens
 from mailer.clock import Clock, SystemClock
 from mailer.config import Config
 from mailer.delivery import Delivery
+from mailer.inbox import AckPolicy, Inbox
+from mailer.mailbox import Mailbox
 from mailer.models import Customer
 from mailer.outbox import Policy
 from mailer.outgoing import Preparer
@@ -43,6 +47,24 @@ def build_delivery(cfg: Config, engine: Engine, clock: Clock, target: SmtpTarget
     return Delivery(engine, preparer, SmtpPool(target), policy, clock)
 
 
+def build_inbox(cfg: Config, engine: Engine, clock: Clock, wake: Callable[[], None]) -> Inbox:
+    """The watcher of the support mailbox in ``[imap]``; it wakes delivery for each ack."""
+    imap = cfg.settings.imap
+
+    def open_mailbox() -> Mailbox:
+        return Mailbox(
+            imap.host,
+            imap.port,
+            security=imap.security,
+            username=imap.username,
+            password=cfg.secret("imap", "password_env"),
+            mailbox=imap.mailbox,
+        )
+
+    policy = AckPolicy.from_config(cfg)
+    return Inbox(engine, open_mailbox, policy, clock, imap.processed, imap.poll_seconds, wake)
+
+
 async def serve(
     cfg: Config, engine: Engine, stop: asyncio.Event, *, sandbox_on: bool, clock: Clock
 ) -> None:
@@ -53,11 +75,17 @@ async def serve(
             stack.push_async_callback(_close_server, server)
         target = SmtpTarget.from_config(cfg, sandbox=sandbox_on)
         delivery = build_delivery(cfg, engine, clock, target)
-        worker = asyncio.create_task(delivery.run(stop), name="delivery")
+        workers = [asyncio.create_task(delivery.run(stop), name="delivery")]
+        if sandbox_on:
+            log.info("the sandbox has no IMAP side yet: the inbox watcher is off")
+        else:
+            watcher = build_inbox(cfg, engine, clock, delivery.wake)
+            workers.append(asyncio.create_task(watcher.run(stop), name="inbox"))
         await _announce(cfg, engine, target, sandbox_on)
         await stop.wait()
         log.info("stopping: finishing messages in flight (at most %.0f s)", SHUTDOWN_GRACE)
-        await _finish(worker)
+        for worker in workers:
+            await _finish(worker)
     log.info("mailer stopped")
 
 

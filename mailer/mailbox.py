@@ -85,6 +85,11 @@ class Mailbox:
         self._highest_uid = 0
 
     @property
+    def name(self) -> str:
+        """The mailbox selected, e.g. "INBOX": positions are kept per mailbox."""
+        return self._mailbox
+
+    @property
     def uidvalidity(self) -> int:
         """UIDVALIDITY from the last ``open()`` (0 before): a UID means nothing without it."""
         return self._uidvalidity

@@ -62,8 +62,14 @@ def enqueue(engine: Engine, messages: Iterable[NewMessage], now: datetime) -> in
     iterator = iter(messages)
     while batch := list(islice(iterator, ENQUEUE_BATCH)):
         with engine.begin() as conn:
-            added += _insert_new(conn, [_row(m, now) for m in batch])
-            _skip_suppressed(conn, [m.dedupe_key for m in batch], now)
+            added += enqueue_in(conn, batch, now)
+    return added
+
+
+def enqueue_in(conn: Connection, batch: Sequence[NewMessage], now: datetime) -> int:
+    """Queue within the caller's transaction, e.g. an acknowledgement with its inquiry."""
+    added = _insert_new(conn, [_row(m, now) for m in batch])
+    _skip_suppressed(conn, [m.dedupe_key for m in batch], now)
     return added
 
 

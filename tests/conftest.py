@@ -10,12 +10,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from mailer import db, migrate
+from mailer import config, db, migrate
 from mailer.clock import ManualClock
+from mailer.config import Config
+from tests.dovecot import DovecotServer
 from tests.pg import PostgresServer
 
 ROOT = Path(__file__).resolve().parent.parent
 _database_names = itertools.count()
+_folders = itertools.count()
 
 
 @pytest.fixture(scope="session")
@@ -50,3 +53,34 @@ def engine(database_url: str) -> Iterator[Engine]:
 @pytest.fixture
 def clock() -> ManualClock:
     return ManualClock(datetime(2026, 11, 24, 12, 0, tzinfo=UTC))
+
+
+@pytest.fixture(scope="session")
+def dovecot() -> Iterator[DovecotServer]:
+    """A real Dovecot IMAP server on a free loopback port, for the whole session."""
+    server = DovecotServer.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def folder(dovecot: DovecotServer) -> str:
+    """A fresh mailbox per test, so UIDs and messages never leak between tests."""
+    name = f"Test{next(_folders)}"
+    dovecot.create(name)
+    return name
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> Config:
+    """The shipped config.toml, with its own data folder and an https base URL."""
+    path = tmp_path / "config.toml"
+    path.write_text((ROOT / "config.toml").read_text(encoding="utf-8"), encoding="utf-8")
+    env = {
+        "MAILER_PATHS__TEMPLATES": str(ROOT / "templates"),
+        "MAILER_PATHS__DATA": str(tmp_path / "var"),
+        "MAILER_WEB__BASE_URL": "https://mail.northwind-roasters.example",
+    }
+    return config.load(path, env)

@@ -14,14 +14,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, select, text, update
 
-from mailer import config, customers, daemon, outbox
+from mailer import customers, daemon, outbox
 from mailer.clock import ManualClock
 from mailer.config import Config
 from mailer.delivery import Delivery
 from mailer.models import Category, OutboxStatus
 from mailer.outbox import NewMessage
 from mailer.smtp import SmtpTarget
-from tests.conftest import ROOT
 from tests.smtp_sink import Sink, start_sink
 
 CUSTOMERS_CSV = (
@@ -30,18 +29,6 @@ CUSTOMERS_CSV = (
     "siti@example.com,Siti Rahmawati,id,Asia/Jakarta,newsletter\n"
     "emma@example.com,Emma Wilson,en,America/Los_Angeles,newsletter\n"
 )
-
-
-@pytest.fixture
-def cfg(tmp_path: Path) -> Config:
-    path = tmp_path / "config.toml"
-    path.write_text((ROOT / "config.toml").read_text(encoding="utf-8"), encoding="utf-8")
-    env = {
-        "MAILER_PATHS__TEMPLATES": str(ROOT / "templates"),
-        "MAILER_PATHS__DATA": str(tmp_path / "var"),
-        "MAILER_WEB__BASE_URL": "https://mail.northwind-roasters.example",
-    }
-    return config.load(path, env)
 
 
 @pytest.fixture

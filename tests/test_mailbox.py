@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import ssl
 from collections.abc import AsyncIterator, Iterator
 
@@ -13,16 +12,6 @@ from mailer.mailbox import PROCESSED_KEYWORD, Fetched, Mailbox, MailboxUnavailab
 from tests.dovecot import DovecotServer
 
 EVENT_SECONDS = 10.0  # bound on waiting for something the server will do, never a pause
-_folders = itertools.count()
-
-
-@pytest.fixture(scope="session")
-def dovecot() -> Iterator[DovecotServer]:
-    server = DovecotServer.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -32,14 +21,6 @@ def dovecot_without_idle() -> Iterator[DovecotServer]:
         yield server
     finally:
         server.stop()
-
-
-@pytest.fixture
-def folder(dovecot: DovecotServer) -> str:
-    """A fresh mailbox per test, so UIDs and messages never leak between tests."""
-    name = f"Test{next(_folders)}"
-    dovecot.create(name)
-    return name
 
 
 def connect(
