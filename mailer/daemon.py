@@ -26,6 +26,7 @@ from mailer.mailbox import Mailbox
 from mailer.models import Customer
 from mailer.outbox import Policy
 from mailer.outgoing import Preparer
+from mailer.sandbox_imap import SandboxImap
 from mailer.smtp import SmtpPool, SmtpTarget
 from mailer.templates import TemplateStore
 
@@ -47,11 +48,42 @@ def build_delivery(cfg: Config, engine: Engine, clock: Clock, target: SmtpTarget
     return Delivery(engine, preparer, SmtpPool(target), policy, clock)
 
 
-def build_inbox(cfg: Config, engine: Engine, clock: Clock, wake: Callable[[], None]) -> Inbox:
-    """The watcher of the support mailbox in ``[imap]``; it wakes delivery for each ack."""
+SANDBOX_PASSWORD = "sandbox"  # the sandbox IMAP server listens on loopback only
+
+
+async def _start_sandbox(
+    cfg: Config, engine: Engine, clock: Clock, stack: contextlib.AsyncExitStack
+) -> None:
+    """The sandbox's SMTP server, and its IMAP mailbox that mail for support lands in."""
+    settings = cfg.settings
+    imap = await SandboxImap.start(
+        settings.sandbox.imap_port, username=settings.imap.username, password=SANDBOX_PASSWORD
+    )
+    stack.push_async_callback(imap.close)
+    support = AckPolicy.from_config(cfg).identity.addresses
+    server = await sandbox.start(
+        engine, settings.sandbox.smtp_port, clock.now, support, imap.deliver
+    )
+    stack.push_async_callback(_close_server, server)
+
+
+def build_inbox(
+    cfg: Config, engine: Engine, clock: Clock, wake: Callable[[], None], *, sandbox_on: bool
+) -> Inbox:
+    """The watcher of the support mailbox (``[imap]``, or the sandbox's); it wakes delivery."""
     imap = cfg.settings.imap
 
     def open_mailbox() -> Mailbox:
+        if sandbox_on:
+            port = cfg.settings.sandbox.imap_port
+            return Mailbox(
+                "127.0.0.1",
+                port,
+                security="none",
+                username=imap.username,
+                password=SANDBOX_PASSWORD,
+                mailbox="INBOX",
+            )
         return Mailbox(
             imap.host,
             imap.port,
@@ -71,16 +103,14 @@ async def serve(
     """Run until ``stop`` is set."""
     async with contextlib.AsyncExitStack() as stack:
         if sandbox_on:
-            server = await sandbox.start(engine, cfg.settings.sandbox.smtp_port, clock.now)
-            stack.push_async_callback(_close_server, server)
+            await _start_sandbox(cfg, engine, clock, stack)
         target = SmtpTarget.from_config(cfg, sandbox=sandbox_on)
         delivery = build_delivery(cfg, engine, clock, target)
-        workers = [asyncio.create_task(delivery.run(stop), name="delivery")]
-        if sandbox_on:
-            log.info("the sandbox has no IMAP side yet: the inbox watcher is off")
-        else:
-            watcher = build_inbox(cfg, engine, clock, delivery.wake)
-            workers.append(asyncio.create_task(watcher.run(stop), name="inbox"))
+        watcher = build_inbox(cfg, engine, clock, delivery.wake, sandbox_on=sandbox_on)
+        workers = [
+            asyncio.create_task(delivery.run(stop), name="delivery"),
+            asyncio.create_task(watcher.run(stop), name="inbox"),
+        ]
         await _announce(cfg, engine, target, sandbox_on)
         await stop.wait()
         log.info("stopping: finishing messages in flight (at most %.0f s)", SHUTDOWN_GRACE)

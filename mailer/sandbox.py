@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import email.policy
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from email.parser import BytesParser
 from typing import Any
@@ -24,16 +24,29 @@ SANDBOX: Table = SandboxMessage.__table__  # type: ignore[attr-defined]
 MAX_MESSAGE_BYTES = 50 * 1024 * 1024
 
 
-class Capture:
-    """aiosmtpd handler: store the message, then say 250 (only after it is stored)."""
+Inbox = Callable[[bytes], Awaitable[None]]
 
-    def __init__(self, engine: Engine, now: Callable[[], datetime]) -> None:
+
+class Capture:
+    """aiosmtpd handler: store the message, then say 250 (only after it is stored).
+
+    Mail for one of the ``support`` addresses is also put into the sandbox's IMAP
+    mailbox, where the inbox watcher finds it, as a real server would deliver it."""
+
+    def __init__(
+        self, engine: Engine, now: Callable[[], datetime], support: frozenset[str], inbox: Inbox
+    ) -> None:
         self._engine = engine
         self._now = now
+        self._support = support
+        self._inbox = inbox
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or b""
-        await asyncio.to_thread(self._store, envelope.mail_from or "", list(envelope.rcpt_tos), raw)
+        recipients = list(envelope.rcpt_tos)
+        await asyncio.to_thread(self._store, envelope.mail_from or "", recipients, raw)
+        if any(r.lower() in self._support for r in recipients):
+            await self._inbox(raw)
         return "250 2.0.0 kept in the mailer sandbox"
 
     def _store(self, mail_from: str, recipients: list[str], raw: bytes) -> None:
@@ -51,15 +64,25 @@ class Capture:
             )
 
 
-async def start(engine: Engine, port: int, now: Callable[[], datetime]) -> asyncio.Server:
+async def start(
+    engine: Engine,
+    port: int,
+    now: Callable[[], datetime],
+    support: frozenset[str] = frozenset(),
+    inbox: Inbox | None = None,
+) -> asyncio.Server:
     """Listen on loopback only; port 0 picks a free one (read it back from the server)."""
     loop = asyncio.get_running_loop()
-    handler = Capture(engine, now)
+    handler = Capture(engine, now, support, inbox or _nowhere)
     return await loop.create_server(
         lambda: SMTP(handler, hostname="sandbox.mailer.local", data_size_limit=MAX_MESSAGE_BYTES),
         "127.0.0.1",
         port,
     )
+
+
+async def _nowhere(raw: bytes) -> None:
+    """Without an IMAP side, mail for support is only kept like any other."""
 
 
 def find(conn: Connection, *, limit: int = 50) -> list[dict[str, Any]]:

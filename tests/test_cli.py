@@ -159,40 +159,50 @@ def test_preview_renders_in_the_customers_language(with_demo: Mailer) -> None:
     assert english["variant"] is None and english["subject"] != bulgarian["subject"]
 
 
-def test_run_delivers_a_test_message_into_the_sandbox_and_stops_on_sigterm(
+def test_run_shows_the_whole_loop_in_the_sandbox_and_stops_on_sigterm(
     with_demo: Mailer, project: dict[str, str]
 ) -> None:
     project["MAILER_SANDBOX__SMTP_PORT"] = str(free_port())
+    project["MAILER_SANDBOX__IMAP_PORT"] = str(free_port())
     with_demo("templates", "send-test", "birthday", "--to", "maria.ivanova@example.com")
     command = [sys.executable, "-m", "mailer", "run"]
     with subprocess.Popen(command, env=project, stderr=subprocess.PIPE, text=True) as daemon:
         try:
             assert "is running with 8 customers" in _read_until(daemon, "is running", 30)
-            captured = _wait_for_capture(project["MAILER_DATABASE__URL"], 30)
+            captured = _wait_for_capture(project["MAILER_DATABASE__URL"], 30, count=1)
+            inquiry = ("--from", "Siti <siti.rahma@example.com>", "--subject", "Pesanan 17")
+            with_demo("sandbox", "send-inquiry", *inquiry, "--body", "Kopi saya belum sampai.")
+            # the inquiry itself, kept like any message, and its acknowledgement
+            everything = _wait_for_capture(project["MAILER_DATABASE__URL"], 30, count=3)
             daemon.send_signal(signal.SIGTERM)
             assert daemon.wait(timeout=30) == 0
         finally:
             daemon.kill()
     assert captured[0]["recipients"] == ["maria.ivanova@example.com"]
+    ack = everything[0]
+    assert ack["recipients"] == ["siti.rahma@example.com"]
+    assert ack["subject"].startswith("Pesan Anda sudah kami terima [#")
+    (logged,) = json.loads(with_demo("inquiries", "list", "--json").stdout)
+    assert (logged["subject"], logged["status"]) == ("Pesanan 17", "acknowledged")
     shown = json.loads(with_demo("sandbox", "show", str(captured[0]["id"]), "--json").stdout)
     assert "Мария" in shown["text"] and shown["html"].startswith("<!DOCTYPE html>")
     sent = json.loads(with_demo("outbox", "list", "--status", "sent", "--json").stdout)
-    assert [m["template"] for m in sent] == ["birthday"]
+    assert [m["template"] for m in sent] == ["ack", "birthday"]
     profile = json.loads(
         with_demo("customers", "show", "maria.ivanova@example.com", "--json").stdout
     )
     assert [m["status"] for m in profile["history"]] == ["sent"]
 
 
-def _wait_for_capture(database_url: str, seconds: float) -> list[dict[str, object]]:
-    """Poll the sandbox table (bounded) until the daemon has delivered something."""
+def _wait_for_capture(database_url: str, seconds: float, count: int) -> list[dict[str, object]]:
+    """Poll the sandbox table (bounded) until the daemon has delivered ``count`` messages."""
     engine = db.connect(database_url)
     deadline = time.monotonic() + seconds
     try:
         while time.monotonic() < deadline:
             with engine.connect() as conn:
                 found = sandbox.find(conn)
-            if found:
+            if len(found) >= count:
                 return found
             time.sleep(0.1)
         raise AssertionError("nothing reached the sandbox")

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+from email.headerregistry import Address
+from email.utils import parseaddr
+
+import aiosmtplib
 import typer
 
 from mailer import sandbox
 from mailer.cli.common import JSON_OPTION, app_of, out, print_json, print_table
-from mailer.errors import NotFound
+from mailer.compose import Envelope, compose
+from mailer.errors import MailerError, NotFound
+from mailer.fieldtypes import email_address
 
 app = typer.Typer(
     help="The local sandbox: messages captured instead of delivered.", no_args_is_help=True
@@ -42,3 +49,36 @@ def show(ctx: typer.Context, message_id: int, as_json: bool = JSON_OPTION) -> No
     out.print(message["text"] or "(none)")
     out.print("\n--- HTML ---", style="bold")
     out.print(message["html"] or "(none)")
+
+
+@app.command("send-inquiry")
+def send_inquiry(
+    ctx: typer.Context,
+    sender: str = typer.Option(
+        ..., "--from", help="The customer's address, e.g. 'Ana <ana@example.com>'."
+    ),
+    subject: str = typer.Option(..., "--subject"),
+    body: str = typer.Option(..., "--body"),
+) -> None:
+    """Write to support as a customer would, through the running sandbox's SMTP server."""
+    cfg = app_of(ctx).config
+    name, address = parseaddr(sender)
+    try:
+        address = email_address(address)
+    except ValueError as exc:
+        raise MailerError(str(exc)) from None
+    support = parseaddr(cfg.settings.sender.reply_to or cfg.settings.sender.from_)[1]
+    envelope = Envelope(from_=str(Address(name, addr_spec=address)), to_address=support)
+    raw = compose(envelope, subject, body, None)
+    port = cfg.settings.sandbox.smtp_port
+    try:
+        asyncio.run(
+            aiosmtplib.send(
+                raw, sender=address, recipients=[support], hostname="127.0.0.1", port=port
+            )
+        )
+    except (OSError, aiosmtplib.SMTPException) as exc:
+        raise MailerError(
+            f"the sandbox does not answer on port {port} ({exc}); start `mailer run` first"
+        ) from None
+    out.print(f"sent to {support}; `mailer inquiries list` shows it once the daemon has read it")
