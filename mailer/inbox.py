@@ -249,10 +249,9 @@ class Inbox:
             await asyncio.to_thread(
                 self._commit, name, mailbox.uidvalidity, fetched.uid, fetched.raw
             )
+            self.on_queued()  # its acknowledgement can go at once, not at the next poll
             await mailbox.mark_processed(fetched.uid, self.processed)
             handled += 1
-        if handled:
-            self.on_queued()
         return handled
 
     def _position(self, name: str, uidvalidity: int) -> int:

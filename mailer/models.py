@@ -87,6 +87,8 @@ class OutboxMessage(SQLModel, table=True):
         Index("ix_outbox_claim", "status", text("priority DESC"), "due_at"),
         # the throttle's look-back over a customer's recent contacts
         Index("ix_outbox_customer_reserved", "customer_id", "reserved_at"),
+        # the inbox's look at what was sent to one address (acknowledgements per sender)
+        Index("ix_outbox_to_created", "to_address", "created_at"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
