@@ -46,13 +46,14 @@ from email.utils import format_datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # for tests.dovecot
+sys.path.insert(0, str(ROOT))  # for tests.dovecot and tests.configs
 
 from sqlalchemy import Engine, func, select  # noqa: E402
 
-from mailer import config, daemon, db, inquiries, migrate  # noqa: E402
+from mailer import daemon, db, inquiries, migrate  # noqa: E402
 from mailer.clock import SystemClock  # noqa: E402
 from mailer.config import Config  # noqa: E402
+from tests.configs import real_servers, shipped_config  # noqa: E402
 from tests.dovecot import DovecotServer  # noqa: E402
 
 ACK_TIMEOUT = 10.0  # seconds one inquiry may take to be acknowledged before it counts as lost
@@ -198,20 +199,7 @@ def inquiry(tag: str, i: int) -> bytes:
 
 
 def make_config(tmp: Path, dovecot: DovecotServer, smtp_port: int, mailbox: str) -> Config:
-    path = tmp / "config.toml"
-    path.write_text((ROOT / "config.toml").read_text(encoding="utf-8"), encoding="utf-8")
-    env = {
-        "MAILER_PATHS__TEMPLATES": str(ROOT / "templates"),
-        "MAILER_PATHS__DATA": str(tmp / "var"),
-        "MAILER_SANDBOX__ENABLED": "false",
-        "MAILER_SMTP__PORT": str(smtp_port),
-        "MAILER_IMAP__PORT": str(dovecot.port),
-        "MAILER_IMAP__USERNAME": dovecot.user,
-        "MAILER_IMAP__PASSWORD_ENV": "BENCH_IMAP_PASSWORD",
-        "MAILER_IMAP__MAILBOX": mailbox,
-        "BENCH_IMAP_PASSWORD": dovecot.password,
-    }
-    return config.load(path, env)
+    return shipped_config(tmp, real_servers(dovecot, smtp_port, mailbox))
 
 
 def count_inquiries(engine: Engine) -> int:

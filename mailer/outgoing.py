@@ -52,12 +52,9 @@ class Preparer:
     def prepare(self, claimed: Claimed, now: datetime) -> Outgoing:
         """Raises TemplateError when the template cannot be rendered for this customer."""
         row, customer = claimed.row, claimed.customer
-        context = self._context(claimed)
-        zone = (
-            customer_zone(customer, self._cfg)
-            if customer
-            else self._cfg.settings.business_hours.timezone
-        )
+        token = tokens.sign(self._secret, customer["id"]) if customer else None
+        context = self._context(claimed, token)
+        zone = customer_zone(customer or {}, self._cfg)  # the business zone for strangers
         locale = row["locale"] or (customer["locale"] if customer else None)
         rendered = self._store.render(row["template"], context, locale=locale, zone=zone)
         message_id = make_message_id(self._domain)
@@ -69,14 +66,15 @@ class Preparer:
             message_id=message_id,
             date=now,
         )
-        headers = {**self._list_headers(claimed), LOOP_HEADER: self._domain, **row["headers"]}
+        unsubscribe = self._list_headers(row["category"], token)
+        headers = {**unsubscribe, LOOP_HEADER: self._domain, **row["headers"]}
         data = compose(envelope, rendered.subject, rendered.text, rendered.html, headers=headers)
         sender = self._address if row["envelope_from"] is None else row["envelope_from"]
         return Outgoing(row["id"], sender, row["to_address"], data, rendered.subject, message_id)
 
-    def _context(self, claimed: Claimed) -> dict[str, Any]:
+    def _context(self, claimed: Claimed, token: str | None) -> dict[str, Any]:
         row, customer = claimed.row, claimed.customer
-        token = tokens.sign(self._secret, customer["id"]) if customer else "none"
+        token = token or "none"
         context: dict[str, Any] = {
             "customer": customer_view(customer) if customer else _stranger(row["to_address"]),
             "company": self._company,
@@ -87,11 +85,10 @@ class Preparer:
         context.update(jsonvalues.decode(row["context"]))
         return context
 
-    def _list_headers(self, claimed: Claimed) -> dict[str, str]:
+    def _list_headers(self, category: str, token: str | None) -> dict[str, str]:
         """RFC 8058 one-click unsubscribe on everything but transactional mail."""
-        if claimed.row["category"] == Category.TRANSACTIONAL or claimed.customer is None:
+        if category == Category.TRANSACTIONAL or token is None:
             return {}
-        token = tokens.sign(self._secret, claimed.customer["id"])
         mailto = f"mailto:{self._address}?subject={quote('unsubscribe ' + token)}"
         return list_unsubscribe_headers(f"{self._base_url}/unsubscribe/{token}", mailto)
 

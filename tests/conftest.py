@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from mailer import config, db, migrate
+from mailer import db, migrate
 from mailer.clock import ManualClock
 from mailer.config import Config
+from tests.configs import shipped_config
 from tests.dovecot import DovecotServer
 from tests.pg import PostgresServer
 
-ROOT = Path(__file__).resolve().parent.parent
 _database_names = itertools.count()
 _folders = itertools.count()
 
@@ -76,11 +76,6 @@ def folder(dovecot: DovecotServer) -> str:
 @pytest.fixture
 def cfg(tmp_path: Path) -> Config:
     """The shipped config.toml, with its own data folder and an https base URL."""
-    path = tmp_path / "config.toml"
-    path.write_text((ROOT / "config.toml").read_text(encoding="utf-8"), encoding="utf-8")
-    env = {
-        "MAILER_PATHS__TEMPLATES": str(ROOT / "templates"),
-        "MAILER_PATHS__DATA": str(tmp_path / "var"),
-        "MAILER_WEB__BASE_URL": "https://mail.northwind-roasters.example",
-    }
-    return config.load(path, env)
+    return shipped_config(
+        tmp_path, {"MAILER_WEB__BASE_URL": "https://mail.northwind-roasters.example"}
+    )

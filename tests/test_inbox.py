@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, select
 
-from mailer import config, customers, daemon, inbox, inquiries, outbox
+from mailer import customers, daemon, inbox, inquiries, outbox
 from mailer.clock import ManualClock
 from mailer.config import Config
 from mailer.inbox import AckPolicy, Inbox
 from mailer.mailbox import PROCESSED_KEYWORD, Mailbox
 from mailer.models import InquiryStatus
 from mailer.smtp import SmtpTarget
-from tests.conftest import ROOT
+from tests.configs import real_servers, shipped_config
 from tests.dovecot import DovecotServer
 from tests.smtp_sink import Sink, start_sink
 
@@ -197,20 +197,7 @@ async def test_the_daemon_acknowledges_mail_arriving_while_it_idles(
 ) -> None:
     sink = Sink()
     server, port = await start_sink(sink)
-    path = tmp_path / "config.toml"
-    path.write_text((ROOT / "config.toml").read_text(encoding="utf-8"), encoding="utf-8")
-    env = {
-        "MAILER_PATHS__TEMPLATES": str(ROOT / "templates"),
-        "MAILER_PATHS__DATA": str(tmp_path / "var"),
-        "MAILER_SANDBOX__ENABLED": "false",
-        "MAILER_SMTP__PORT": str(port),
-        "MAILER_IMAP__PORT": str(dovecot.port),
-        "MAILER_IMAP__USERNAME": dovecot.user,
-        "MAILER_IMAP__PASSWORD_ENV": "TEST_IMAP_PASSWORD",
-        "MAILER_IMAP__MAILBOX": folder,
-        "TEST_IMAP_PASSWORD": dovecot.password,
-    }
-    cfg = config.load(path, env)
+    cfg = shipped_config(tmp_path, real_servers(dovecot, port, folder))
     stop = asyncio.Event()
     running = asyncio.create_task(daemon.serve(cfg, engine, stop, sandbox_on=False, clock=clock))
     try:

@@ -1,0 +1,35 @@
+"""The shipped config.toml, loaded for a test or benchmark with its own overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mailer import config
+from mailer.config import Config
+from tests.dovecot import DovecotServer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def shipped_config(directory: Path, env: dict[str, str]) -> Config:
+    """config.toml as shipped, with the repo's templates and a data folder in ``directory``."""
+    path = directory / "config.toml"
+    path.write_text((ROOT / "config.toml").read_text(encoding="utf-8"), encoding="utf-8")
+    defaults = {
+        "MAILER_PATHS__TEMPLATES": str(ROOT / "templates"),
+        "MAILER_PATHS__DATA": str(directory / "var"),
+    }
+    return config.load(path, {**defaults, **env})
+
+
+def real_servers(dovecot: DovecotServer, smtp_port: int, mailbox: str) -> dict[str, str]:
+    """Overrides that point the daemon at a Dovecot mailbox and an SMTP sink, not the sandbox."""
+    return {
+        "MAILER_SANDBOX__ENABLED": "false",
+        "MAILER_SMTP__PORT": str(smtp_port),
+        "MAILER_IMAP__PORT": str(dovecot.port),
+        "MAILER_IMAP__USERNAME": dovecot.user,
+        "MAILER_IMAP__PASSWORD_ENV": "MAILER_TEST_IMAP_PASSWORD",
+        "MAILER_IMAP__MAILBOX": mailbox,
+        "MAILER_TEST_IMAP_PASSWORD": dovecot.password,
+    }
