@@ -13,6 +13,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Engine
 
@@ -24,6 +25,7 @@ from mailer.outgoing import Outgoing, Preparer
 from mailer.smtp import SmtpPool, backoff, classify
 
 log = logging.getLogger("mailer.delivery")
+Row = dict[str, Any]  # an outbox row as claimed
 
 MAX_RETRY_AGE = timedelta(days=2)  # for messages without a validity window of their own
 IDLE_POLL = 1.0  # seconds between looks at the queue when nothing is due
@@ -81,7 +83,7 @@ class Delivery:
             raise
         return outcomes + list(sent)
 
-    async def _send(self, message: Outgoing, row: object) -> Outcome:
+    async def _send(self, message: Outgoing, row: Row) -> Outcome:
         if self.outage_since is not None:
             return self._released(message, "the SMTP server is unreachable")
         try:
@@ -98,20 +100,20 @@ class Delivery:
             subject=message.subject,
         )
 
-    def _failure(self, message: Outgoing, row: object, exc: Exception) -> Outcome:
+    def _failure(self, message: Outgoing, row: Row, exc: Exception) -> Outcome:
         verdict = classify(exc)
         now = self.clock.now()
         if verdict.result == "outage":
             self._enter_outage(verdict.reply)
             return self._released(message, verdict.reply)
         if verdict.result == "retry":
-            retry_at = now + backoff(row["attempts"] + 1, self.rng)  # type: ignore[index]
+            retry_at = now + backoff(row["attempts"] + 1, self.rng)
             if retry_at <= _deadline(row):
                 reason = f"retrying at {retry_at:%Y-%m-%d %H:%M} UTC after: {verdict.reply}"
                 return Outcome(
                     message.outbox_id, "retry", now, reason, verdict.code, verdict.reply, retry_at
                 )
-            reason = f"gave up after {row['attempts'] + 1} attempts: {verdict.reply}"  # type: ignore[index]
+            reason = f"gave up after {row['attempts'] + 1} attempts: {verdict.reply}"
             return Outcome(message.outbox_id, "failed", now, reason, verdict.code, verdict.reply)
         return Outcome(message.outbox_id, "failed", now, verdict.reply, verdict.code, verdict.reply)
 
@@ -174,9 +176,9 @@ async def _rest(stop: asyncio.Event, wake: asyncio.Event, seconds: float) -> Non
             waiter.cancel()
 
 
-def _deadline(row: object) -> datetime:
-    valid_until: datetime | None = row["valid_until"]  # type: ignore[index]
-    created: datetime = row["created_at"]  # type: ignore[index]
+def _deadline(row: Row) -> datetime:
+    valid_until: datetime | None = row["valid_until"]
+    created: datetime = row["created_at"]
     return valid_until or created + MAX_RETRY_AGE
 
 
