@@ -17,7 +17,7 @@ import pytest
 
 from mailer import db, inquiries, sandbox
 from mailer.inbound import parse
-from tests.conftest import ROOT
+from tests.configs import ROOT
 from tests.pg import free_port
 
 Mailer = Callable[..., subprocess.CompletedProcess[str]]

@@ -9,7 +9,7 @@ import pytest
 
 from mailer import config
 from mailer.errors import ConfigError
-from tests.conftest import ROOT
+from tests.configs import ROOT
 
 
 def write(tmp_path: Path, text: str) -> Path:
