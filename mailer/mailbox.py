@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import re
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -118,33 +118,37 @@ class Mailbox:
         self._highest_uid = _response_code(selected.lines, "UIDNEXT", default=1) - 1
         return self._uidvalidity
 
-    async def fetch_after(self, last_uid: int, *, batch: int = 100) -> AsyncIterator[Fetched]:
-        """Every message with a UID above ``last_uid``, in UID order, without setting \\Seen.
+    async def fetch_after(self, last_uid: int, *, batch: int = 100) -> AsyncIterator[list[Fetched]]:
+        """Every message with a UID above ``last_uid``, in UID order and in lists of at most
+        ``batch``, without setting \\Seen: the caller commits and marks a whole list at once.
 
         UIDs are listed first and fetched by set, so gaps in the UID space cost nothing.
         """
         uids = await self._uids_after(last_uid)
         client = self._connected()
         for start in range(0, len(uids), batch):
-            uid_set = ",".join(str(uid) for uid in uids[start : start + batch])
+            uid_set = uid_ranges(uids[start : start + batch])
             # no overall deadline: aioimaplib's own timer fails a FETCH that stops receiving
             fetch = client.uid("fetch", uid_set, "(UID BODY.PEEK[])")
             response = self._check(await self._race(fetch, "UID FETCH", None), "UID FETCH")
-            for fetched in _parse_fetch(response.lines):
+            if fetched := _parse_fetch(response.lines):
                 yield fetched
 
-    async def mark_processed(self, uid: int, processed: str) -> None:
+    async def mark_processed(self, uids: Sequence[int], processed: str) -> None:
         """``flag``: add \\Seen and the keyword; ``move:FOLDER``: also copy into FOLDER first.
 
-        Copy before flag: a crash in between leaves a duplicate copy, never a lost one.
-        ``uid`` must come from ``fetch_after`` on this connection: Dovecot silently ignores
-        a UID that the session has not seen yet.
+        One command for the whole list, whatever its size. The UIDs must come from
+        ``fetch_after`` on this connection: Dovecot silently ignores a UID that the session
+        has not seen yet.
         """
+        if not uids:
+            return
+        uid_set = uid_ranges(uids)
         if processed.startswith("move:") and processed[5:]:
-            await self._copy(uid, processed[5:])
+            await self._copy(uid_set, processed[5:])
         elif processed != "flag":
             raise ValueError(f"processed must be 'flag' or 'move:FOLDER', not {processed!r}")
-        store = self._connected().uid("store", str(uid), "+FLAGS.SILENT", PROCESSED_FLAGS)
+        store = self._connected().uid("store", uid_set, "+FLAGS.SILENT", PROCESSED_FLAGS)
         await self._command(store, "UID STORE")
 
     async def wait_for_new(self, timeout: float) -> bool:
@@ -231,15 +235,15 @@ class Mailbox:
     async def _has_new(self) -> bool:
         return bool(await self._uids_after(self._highest_uid))
 
-    async def _copy(self, uid: int, folder: str) -> None:
+    async def _copy(self, uid_set: str, folder: str) -> None:
         """UID COPY, creating the folder when the server answers TRYCREATE (RFC 3501)."""
         client, target = self._connected(), aioimaplib.quoted(folder)
-        response = await self._call(client.uid("copy", str(uid), target), "UID COPY")
+        response = await self._call(client.uid("copy", uid_set, target), "UID COPY")
         if response.result != "OK" and "TRYCREATE" in _text(response.lines):
             created = await self._call(client.create(target), f"CREATE {folder}")
             if created.result != "OK" and "ALREADYEXISTS" not in _text(created.lines):
                 self._check(created, f"CREATE {folder}")
-            response = await self._call(client.uid("copy", str(uid), target), "UID COPY")
+            response = await self._call(client.uid("copy", uid_set, target), "UID COPY")
         self._check(response, "UID COPY")
 
     async def _idle(self, seconds: float) -> bool:
@@ -312,6 +316,18 @@ async def _until_exists(client: Any, seconds: float) -> bool:
         if any(isinstance(line, bytes) and line.endswith(b" EXISTS") for line in lines):
             return True
     return False
+
+
+def uid_ranges(uids: Sequence[int]) -> str:
+    """An IMAP sequence set with consecutive runs collapsed: [3, 4, 5, 9] -> "3:5,9"."""
+    ordered = sorted(set(uids))
+    runs: list[list[int]] = []
+    for uid in ordered:
+        if runs and uid == runs[-1][1] + 1:
+            runs[-1][1] = uid
+        else:
+            runs.append([uid, uid])
+    return ",".join(str(a) if a == b else f"{a}:{b}" for a, b in runs)
 
 
 def _parse_fetch(lines: list[Any]) -> list[Fetched]:

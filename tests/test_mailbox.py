@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from mailer.mailbox import PROCESSED_KEYWORD, Fetched, Mailbox, MailboxUnavailable
+from mailer.mailbox import PROCESSED_KEYWORD, Fetched, Mailbox, MailboxUnavailable, uid_ranges
 from tests.dovecot import DovecotServer
 
 EVENT_SECONDS = 10.0  # bound on waiting for something the server will do, never a pause
@@ -60,7 +60,7 @@ async def append(server: DovecotServer, folder: str, *numbers: int) -> None:
 
 
 async def fetch_all(box: Mailbox, last_uid: int, batch: int = 100) -> list[Fetched]:
-    return [fetched async for fetched in box.fetch_after(last_uid, batch=batch)]
+    return [f async for chunk in box.fetch_after(last_uid, batch=batch) for f in chunk]
 
 
 async def test_fetch_after_returns_messages_in_uid_order_and_only_after_last_uid(
@@ -93,7 +93,7 @@ async def test_mark_processed_flag_sets_seen_and_the_keyword(
     await append(dovecot, folder, 1, 2)
     await fetch_all(mailbox, 0)
 
-    await mailbox.mark_processed(1, "flag")
+    await mailbox.mark_processed([1], "flag")
 
     flags = dovecot.flags(folder)
     assert {"\\Seen", PROCESSED_KEYWORD} <= flags[1]
@@ -107,8 +107,8 @@ async def test_mark_processed_move_copies_into_a_created_folder_and_keeps_the_or
     await fetch_all(mailbox, 0)
     target = f"{folder}-Processed"
 
-    await mailbox.mark_processed(1, f"move:{target}")
-    await mailbox.mark_processed(2, f"move:{target}")
+    await mailbox.mark_processed([1], f"move:{target}")
+    await mailbox.mark_processed([2], f"move:{target}")
 
     assert target in dovecot.list_mailboxes()
     assert len(dovecot.flags(target)) == 2
@@ -121,7 +121,7 @@ async def test_mark_processed_move_copies_into_a_created_folder_and_keeps_the_or
 
 async def test_mark_processed_rejects_an_unknown_mode(mailbox: Mailbox) -> None:
     with pytest.raises(ValueError, match="move:FOLDER"):
-        await mailbox.mark_processed(1, "delete")
+        await mailbox.mark_processed([1], "delete")
 
 
 async def test_wait_for_new_returns_true_when_mail_arrives_while_idling(
@@ -238,3 +238,23 @@ async def test_an_untrusted_certificate_is_refused(dovecot: DovecotServer) -> No
 
     with pytest.raises(MailboxUnavailable, match="TLS handshake failed"):
         await box.open()
+
+
+@pytest.mark.parametrize(
+    ("uids", "expected"),
+    [([7], "7"), ([3, 4, 5, 9], "3:5,9"), ([9, 3, 4, 4], "3:4,9"), ([1, 3, 5], "1,3,5")],
+)
+def test_uid_ranges_collapse_consecutive_runs(uids: list[int], expected: str) -> None:
+    assert uid_ranges(uids) == expected
+
+
+async def test_mark_processed_flags_a_whole_list_at_once(
+    dovecot: DovecotServer, folder: str, mailbox: Mailbox
+) -> None:
+    await append(dovecot, folder, 1, 2, 3, 4)
+    await fetch_all(mailbox, 0)
+
+    await mailbox.mark_processed([1, 2, 4], "flag")
+
+    flags = dovecot.flags(folder)
+    assert [uid for uid in sorted(flags) if PROCESSED_KEYWORD in flags[uid]] == [1, 2, 4]

@@ -52,7 +52,7 @@ async def mailbox(sandbox: SandboxImap) -> AsyncIterator[Mailbox]:
 
 
 async def fetch_all(mailbox: Mailbox, after: int = 0) -> list[Fetched]:
-    return [fetched async for fetched in mailbox.fetch_after(after)]
+    return [f async for chunk in mailbox.fetch_after(after) for f in chunk]
 
 
 async def test_port_zero_picks_a_free_loopback_port(sandbox: SandboxImap) -> None:
@@ -126,7 +126,7 @@ async def test_mark_processed_keeps_seen_but_not_the_keyword(
     await sandbox.deliver(MESSAGE)
     [fetched] = await fetch_all(mailbox)
 
-    await mailbox.mark_processed(fetched.uid, "flag")
+    await mailbox.mark_processed([fetched.uid], "flag")
 
     assert await _flags(sandbox, fetched.uid) == {"\\Seen"}  # no PROCESSED_KEYWORD
     assert [f.uid for f in await fetch_all(mailbox)] == [fetched.uid]  # kept, never deleted
