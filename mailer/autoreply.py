@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage, Message, MIMEPart
+from email.parser import HeaderParser
 from email.utils import getaddresses, parseaddr
 from typing import Literal, Protocol
 
@@ -31,6 +32,9 @@ Kind = Literal["inquiry", "auto-reply", "bounce", "list", "system", "loop", "rep
 KINDS: tuple[Kind, ...] = ("loop", "bounce", "auto-reply", "list", "system", "repeat", "inquiry")
 
 DELIVERY_STATUS = frozenset({"message/delivery-status", "message/global-delivery-status"})
+# Where a bounce returns the original (RFC 6522 allows either, RFC 6533 the global forms).
+RETURNED_HEADERS = frozenset({"text/rfc822-headers", "message/global-headers"})
+RETURNED_MESSAGE = frozenset({"message/rfc822", "message/global"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -566,6 +570,34 @@ def bounced_addresses(msg: EmailMessage) -> list[tuple[str, bool]]:
     ]
     found = [failure for block in blocks if (failure := _failure(block)) is not None]
     return found or _failed_recipients(msg)
+
+
+def bounced_message_ids(msg: EmailMessage) -> list[str]:
+    """The Message-IDs of the mail that bounced, from the copy or headers it returns.
+
+    They name the outbox row exactly, where the failed address alone may have been
+    rewritten by forwarding or aliasing on the way.
+    """
+    found = []
+    for part in _parts(msg):
+        kind = part.get_content_type()
+        if kind in RETURNED_HEADERS and isinstance(text := _content(part), str):
+            returned: Message = HeaderParser().parsestr(text)
+        elif kind in RETURNED_MESSAGE and isinstance(payload := part.get_payload(0), Message):
+            returned = payload
+        else:
+            continue
+        if message_id := str(returned.get("Message-ID", "")).strip():
+            found.append(message_id)
+    return found
+
+
+def _content(part: MIMEPart) -> object:
+    """A part's decoded content, or None when its encoding is too broken to decode."""
+    try:
+        return part.get_content()
+    except (LookupError, ValueError):
+        return None
 
 
 def _failure(fields: Message) -> tuple[str, bool] | None:

@@ -86,6 +86,7 @@ class ImapSettings(Section):
     mailbox: str = "INBOX"
     processed: str = Field(default="flag", pattern=r"^(flag|move:.+)$")
     poll_seconds: int = Field(default=60, ge=5)
+    keep_raw_mb: int = Field(default=25, ge=1)
 
 
 class SenderSettings(Section):

@@ -239,11 +239,16 @@ def _tags_of(conn: Connection, ids: list[int]) -> dict[int, list[str]]:
 def unsubscribe(conn: Connection, email: str, now: datetime) -> dict[str, Any]:
     """Stop all marketing and relationship mail to a customer, at once; idempotent."""
     customer = get(conn, email)
-    if customer["unsubscribed_at"] is None:
-        conn.execute(
-            update(CUSTOMERS)
-            .where(CUSTOMERS.c.id == customer["id"])
-            .values(unsubscribed_at=now, updated_at=now)
-        )
+    if unsubscribe_id(conn, customer["id"], now):
         customer.update(unsubscribed_at=now, updated_at=now)
     return customer
+
+
+def unsubscribe_id(conn: Connection, customer_id: int, now: datetime) -> bool:
+    """By id, as a signed token names it; False when already unsubscribed (or unknown)."""
+    result = conn.execute(
+        update(CUSTOMERS)
+        .where(CUSTOMERS.c.id == customer_id, CUSTOMERS.c.unsubscribed_at.is_(None))
+        .values(unsubscribed_at=now, updated_at=now)
+    )
+    return bool(result.rowcount)

@@ -94,7 +94,16 @@ def build_inbox(
         )
 
     policy = AckPolicy.from_config(cfg)
-    return Inbox(engine, open_mailbox, policy, clock, imap.processed, imap.poll_seconds, wake)
+    return Inbox(
+        engine,
+        open_mailbox,
+        policy,
+        clock,
+        processed=imap.processed,
+        poll_seconds=imap.poll_seconds,
+        max_raw=imap.keep_raw_mb * 1024 * 1024,
+        on_queued=wake,
+    )
 
 
 async def serve(

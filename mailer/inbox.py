@@ -14,24 +14,26 @@ import asyncio
 import contextlib
 import logging
 import random
+import traceback
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
 from email.utils import parseaddr
 from typing import Any
 
 from sqlalchemy import Engine, Table, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import InterfaceError, OperationalError
 
-from mailer import autoreply, inquiries, outbox
+from mailer import autoreply, customers, inquiries, outbox, tokens
 from mailer.business_hours import BusinessHours, reply_expected_by
 from mailer.clock import Clock
 from mailer.config import Config
-from mailer.customers import CUSTOMERS
-from mailer.inbound import Inbound, parse
-from mailer.mailbox import Mailbox, MailboxUnavailable
-from mailer.models import Category, InquiryStatus, MailboxState
+from mailer.inbound import MAX_RAW, Inbound, parse
+from mailer.mailbox import Fetched, Mailbox, MailboxUnavailable
+from mailer.models import Category, InquiryStatus, MailboxState, OutboxStatus
 from mailer.outbox import NewMessage
 from mailer.outgoing import LOOP_HEADER
 
@@ -41,6 +43,8 @@ STATE: Table = MailboxState.__table__  # type: ignore[attr-defined]
 ACK_PREFIX = "ack:inquiry:"
 RECONNECT = (1.0, 300.0)  # first and longest wait before reconnecting
 IDLE_SECONDS = 25 * 60  # re-issue IDLE well before the 29 minutes of RFC 2177
+# Failures that say nothing about the message: wait and try again, never log it as failed.
+UNAVAILABLE = (MailboxUnavailable, OperationalError, InterfaceError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +58,7 @@ class AckPolicy:
     once_per_sender: timedelta
     answer_within: timedelta
     max_per_day: int
+    secret: bytes  # checks the tokens in unsubscribe requests sent to our mailto: link
 
     @classmethod
     def from_config(cls, cfg: Config) -> AckPolicy:
@@ -70,6 +75,7 @@ class AckPolicy:
             once_per_sender=settings.autoreply.once_per_sender,
             answer_within=settings.autoreply.answer_within,
             max_per_day=settings.autoreply.max_per_day,
+            secret=tokens.load_secret(cfg),
         )
 
 
@@ -80,19 +86,31 @@ def handle(
     logged = inquiries.log(conn, inbound, now)
     if logged.duplicate:
         return logged
+    unsubscribing = tokens.requested_by_mail(policy.secret, inbound.subject)
+    if unsubscribing is not None:
+        customers.unsubscribe_id(conn, unsubscribing, now)
+        reason = f"List-Unsubscribe request by mail for customer {unsubscribing}"
+        _decided(conn, logged, InquiryStatus.CLOSED, "unsubscribe", [reason])
+        return logged
     verdict = _verdict(conn, inbound, logged, now, policy)
     acknowledge = verdict.acknowledge and policy.enabled and logged.customer_id is not None
     if acknowledge:
         outbox.enqueue_in(conn, [_acknowledgement(inbound, logged, now, policy)], now)
     if verdict.kind == "bounce" and inbound.message is not None:
-        _suppress_bounced(conn, inbound, now)
+        _record_bounce(conn, inbound.message, now)
     status = _status(acknowledge, verdict.kind)
+    _decided(conn, logged, status, verdict.kind, list(verdict.reasons))
+    return logged
+
+
+def _decided(
+    conn: Connection, logged: inquiries.Logged, status: str, decision: str, reasons: list[str]
+) -> None:
     conn.execute(
         update(inquiries.INQUIRIES)
         .where(inquiries.INQUIRIES.c.id == logged.inquiry_id)
-        .values(status=status, decision=verdict.kind, reasons=list(verdict.reasons))
+        .values(status=status, decision=decision, reasons=reasons)
     )
-    return logged
 
 
 def _status(acknowledged: bool, kind: str) -> InquiryStatus:
@@ -130,7 +148,9 @@ def _history(
         ).where(to_sender)
     ).one()
     suppressed = conn.execute(
-        select(CUSTOMERS.c.suppressed_reason).where(CUSTOMERS.c.id == logged.customer_id)
+        select(customers.CUSTOMERS.c.suppressed_reason).where(
+            customers.CUSTOMERS.c.id == logged.customer_id
+        )
     ).scalar()
     return autoreply.SenderHistory(
         last_acknowledged_at=_aware(last),
@@ -191,18 +211,34 @@ def _acknowledgement(
     )
 
 
-def _suppress_bounced(conn: Connection, inbound: Inbound, now: datetime) -> None:
-    """A permanent failure stops all further mail to that address."""
-    assert inbound.message is not None
-    for address, permanent in autoreply.bounced_addresses(inbound.message):
-        if permanent:
-            conn.execute(
-                update(CUSTOMERS)
-                .where(
-                    CUSTOMERS.c.email == address.lower(), CUSTOMERS.c.suppressed_reason.is_(None)
-                )
-                .values(suppressed_reason=f"hard bounce reported {now:%Y-%m-%d}", updated_at=now)
+def _record_bounce(conn: Connection, message: EmailMessage, now: datetime) -> None:
+    """A permanent failure marks the returned message bounced and stops all further mail to
+    that address; the message is found by its Message-ID, the address also by the report."""
+    failures = autoreply.bounced_addresses(message)
+    permanent = [address.lower() for address, is_permanent in failures if is_permanent]
+    if not permanent:
+        return  # a delay: the sending server is still trying
+    returned = autoreply.bounced_message_ids(message)
+    if returned:
+        rows = conn.execute(
+            update(outbox.OUTBOX)
+            .where(outbox.OUTBOX.c.message_id.in_(returned))
+            .values(
+                status=OutboxStatus.BOUNCED,
+                reason=f"bounced: {', '.join(permanent)} reported permanent failure",
+                updated_at=now,
             )
+            .returning(outbox.OUTBOX.c.to_address)
+        )
+        permanent.extend(address.lower() for address in rows.scalars())
+    conn.execute(
+        update(customers.CUSTOMERS)
+        .where(
+            customers.CUSTOMERS.c.email.in_(sorted(set(permanent))),
+            customers.CUSTOMERS.c.suppressed_reason.is_(None),
+        )
+        .values(suppressed_reason=f"hard bounce reported {now:%Y-%m-%d}", updated_at=now)
+    )
 
 
 def load_position(conn: Connection, mailbox: str, uidvalidity: int) -> int:
@@ -235,34 +271,57 @@ class Inbox:
     clock: Clock
     processed: str = "flag"
     poll_seconds: float = 60.0  # only for servers without IDLE
+    max_raw: int = MAX_RAW
     on_queued: Callable[[], None] = lambda: None
     rng: random.Random = field(default_factory=random.Random)
     _mailbox: Mailbox | None = None
 
     async def process_available(self) -> int:
-        """Log everything not yet handled; returns how many messages were new."""
+        """Log everything not yet handled; returns how many messages were new.
+
+        Each fetched list is committed in one transaction with the new position and then
+        marked on the server with one command: a backlog costs a commit and a round trip
+        per hundred messages, not per message.
+        """
         mailbox = await self._connected()
         name = mailbox.name
         last = await asyncio.to_thread(self._position, name, mailbox.uidvalidity)
         handled = 0
         async for fetched in mailbox.fetch_after(last):
-            await asyncio.to_thread(
-                self._commit, name, mailbox.uidvalidity, fetched.uid, fetched.raw
-            )
-            self.on_queued()  # its acknowledgement can go at once, not at the next poll
-            await mailbox.mark_processed(fetched.uid, self.processed)
-            handled += 1
+            await asyncio.to_thread(self._commit, name, mailbox.uidvalidity, fetched)
+            self.on_queued()  # their acknowledgements can go at once, not at the next poll
+            await mailbox.mark_processed([f.uid for f in fetched], self.processed)
+            handled += len(fetched)
         return handled
 
     def _position(self, name: str, uidvalidity: int) -> int:
         with self.engine.connect() as conn:
             return load_position(conn, name, uidvalidity)
 
-    def _commit(self, name: str, uidvalidity: int, uid: int, raw: bytes) -> None:
+    def _commit(self, name: str, uidvalidity: int, fetched: list[Fetched]) -> None:
+        """All or nothing per list; if the list fails, each message again on its own, so one
+        message that breaks the decision is logged as failed and the others as usual."""
         now = self.clock.now()
+        try:
+            with self.engine.begin() as conn:
+                for message in fetched:
+                    handle(conn, parse(message.raw, max_raw=self.max_raw), now, self.policy)
+                save_position(conn, name, uidvalidity, fetched[-1].uid, now)
+        except UNAVAILABLE:
+            raise  # the server or the database is unreachable: no message is to blame
+        except Exception:
+            if len(fetched) == 1:
+                self._commit_failed(name, uidvalidity, fetched[0], now)
+            else:
+                for message in fetched:
+                    self._commit(name, uidvalidity, [message])
+
+    def _commit_failed(self, name: str, uidvalidity: int, message: Fetched, now: datetime) -> None:
+        error = traceback.format_exc(limit=-3)
+        log.exception("inbox: message UID %d could not be handled; logged as failed", message.uid)
         with self.engine.begin() as conn:
-            handle(conn, parse(raw), now, self.policy)
-            save_position(conn, name, uidvalidity, uid, now)
+            inquiries.log_failed(conn, message.raw[: self.max_raw], error, now)
+            save_position(conn, name, uidvalidity, message.uid, now)
 
     async def _connected(self) -> Mailbox:
         if self._mailbox is None:
@@ -289,7 +348,7 @@ class Inbox:
                     await self.process_available()
                     await _until_stop(stop, self._wait_for_new())
                     wait = RECONNECT[0]
-                except MailboxUnavailable as exc:
+                except UNAVAILABLE as exc:
                     log.warning("inbox unavailable, retrying in %.0f s: %s", wait, exc)
                     await self.close()
                     await _sleep_or_stop(stop, wait * self.rng.uniform(0.8, 1.2))

@@ -59,6 +59,24 @@ def log(conn: Connection, inbound: Inbound, received_at: datetime) -> Logged:
     return Logged(int(new_id[0]), thread_id, customer_id, duplicate=False)
 
 
+def log_failed(conn: Connection, raw: bytes, error: str, received_at: datetime) -> int:
+    """Keep a message that could not be handled, with the error, for a human to read."""
+    new_id = conn.execute(
+        insert(INQUIRIES).values(
+            received_at=received_at,
+            status=InquiryStatus.FAILED,
+            decision="failed",
+            error=error,
+            raw=raw,
+            attachments=[],
+            defects=[],
+            reasons=[],
+        )
+    ).inserted_primary_key
+    assert new_id is not None
+    return int(new_id[0])
+
+
 def _values(
     inbound: Inbound, received_at: datetime, thread_id: int | None, customer_id: int | None
 ) -> dict[str, Any]:

@@ -76,6 +76,7 @@ class OutboxStatus(StrEnum):
     SKIPPED = "skipped"
     EXPIRED = "expired"
     FAILED = "failed"
+    BOUNCED = "bounced"  # accepted by SMTP, then returned as permanently undeliverable
 
 
 class OutboxMessage(SQLModel, table=True):
@@ -89,6 +90,8 @@ class OutboxMessage(SQLModel, table=True):
         Index("ix_outbox_customer_reserved", "customer_id", "reserved_at"),
         # the inbox's look at what was sent to one address (acknowledgements per sender)
         Index("ix_outbox_to_created", "to_address", "created_at"),
+        # a bounce names the message it returns by its Message-ID
+        Index("ix_outbox_message_id", "message_id"),
     )
 
     id: int | None = Field(default=None, primary_key=True)

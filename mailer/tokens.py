@@ -10,12 +10,15 @@ import base64
 import hashlib
 import hmac
 import os
+import re
 import secrets
 from pathlib import Path
 
 from mailer.config import Config
 
 SECRET_FILE = "secret.key"
+# The subject our List-Unsubscribe mailto: link asks for: "unsubscribe <token>".
+_MAIL_REQUEST = re.compile(r"\bunsubscribe\s+([A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)", re.IGNORECASE)
 
 
 def load_secret(cfg: Config) -> bytes:
@@ -57,3 +60,9 @@ def verify(secret: bytes, token: str) -> int | None:
         return int(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     except ValueError:
         return None
+
+
+def requested_by_mail(secret: bytes, subject: str) -> int | None:
+    """The customer whose List-Unsubscribe ``mailto:`` request this subject is, if valid."""
+    found = _MAIL_REQUEST.search(subject)
+    return verify(secret, found.group(1)) if found else None

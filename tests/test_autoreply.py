@@ -17,6 +17,7 @@ from mailer.autoreply import (
     SenderHistory,
     Verdict,
     bounced_addresses,
+    bounced_message_ids,
     decide,
     is_bounce,
 )
@@ -100,6 +101,18 @@ def test_postfix_user_unknown_bounce_is_a_permanent_failure() -> None:
     assert {"report", "delivery-status", "daemon-sender", "null-return-path"} <= fired(result)
     assert is_bounce(message)
     assert bounced_addresses(message) == [("ivan.dimitrov@mail.example.bg", True)]
+    assert bounced_message_ids(message) == ["<0b7e1f3c9d2a4e58b6c7d8e9f0a1b2c3@bilki-roza.example>"]
+
+
+def test_a_bounce_returning_the_whole_message_names_it_by_its_message_id() -> None:
+    returned = load("inquiry_bg")
+    report = EmailMessage()
+    report["From"] = "MAILER-DAEMON@mx.example"
+    report.set_content("Your message could not be delivered.")
+    report.add_attachment(returned)  # message/rfc822, as many servers return it
+    assert report.get_payload()[1].get_content_type() == "message/rfc822"
+    assert bounced_message_ids(report) == [str(returned["Message-ID"])]
+    assert bounced_message_ids(returned) == [], "an ordinary message returns nothing"
 
 
 def test_bounce_from_our_own_mail_server_is_a_bounce_not_a_loop() -> None:

@@ -5,17 +5,20 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, select
 
-from mailer import customers, daemon, inbox, inquiries, outbox
+from mailer import autoreply, customers, daemon, inbox, inquiries, outbox, tokens
 from mailer.clock import ManualClock
 from mailer.config import Config
 from mailer.inbox import AckPolicy, Inbox
 from mailer.mailbox import PROCESSED_KEYWORD, Mailbox
-from mailer.models import InquiryStatus
+from mailer.models import Category, InquiryStatus, OutboxStatus
+from mailer.outbox import NewMessage
 from mailer.smtp import SmtpTarget
 from tests.configs import real_servers, shipped_config
 from tests.dovecot import DovecotServer
@@ -214,3 +217,150 @@ async def test_the_daemon_acknowledges_mail_arriving_while_it_idles(
         await server.wait_closed()
     (ack,) = sink.received
     assert ack.message["In-Reply-To"] == "<live@mail.example>"
+
+
+async def test_a_backlog_is_committed_and_flagged_in_lists(
+    watcher: Inbox, engine: Engine, dovecot: DovecotServer, folder: str
+) -> None:
+    senders = [f"Customer {n} <c{n}@example.org>" for n in range(5)]
+    for n, sender in enumerate(senders):
+        dovecot.append(inquiry(f"<b{n}@mail.example>", sender=sender), folder)
+    assert await watcher.process_available() == 5
+    assert len(inquiry_rows(engine)) == 5
+    assert sorted(str(r["to_address"]) for r in ack_rows(engine)) == [
+        f"c{n}@example.org" for n in range(5)
+    ]
+    assert all(PROCESSED_KEYWORD in flags for flags in dovecot.flags(folder).values())
+    assert await watcher.process_available() == 0
+
+
+async def test_a_message_that_breaks_the_decision_is_logged_as_failed_and_the_rest_go_on(
+    watcher: Inbox,
+    engine: Engine,
+    dovecot: DovecotServer,
+    folder: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bug in the decision code cannot be produced by a real server: it is injected."""
+    decide = autoreply.decide
+
+    def broken_for_one(message: EmailMessage, *args: Any, **kwargs: Any) -> autoreply.Verdict:
+        if message["Message-ID"] == "<bad@mail.example>":
+            raise KeyError("a bug in a rule")
+        return decide(message, *args, **kwargs)
+
+    monkeypatch.setattr(autoreply, "decide", broken_for_one)
+    dovecot.append(inquiry("<good1@mail.example>"), folder)
+    dovecot.append(inquiry("<bad@mail.example>", sender="Siti <siti@example.com>"), folder)
+    dovecot.append(inquiry("<good2@mail.example>", sender="Иван <ivan@example.com>"), folder)
+
+    assert await watcher.process_available() == 3
+
+    rows = {r["id"]: r for r in inquiry_rows(engine)}
+    failed = [r for r in rows.values() if r["status"] == InquiryStatus.FAILED]
+    assert len(rows) == 3 and len(failed) == 1
+    with engine.connect() as conn:
+        kept = inquiries.get(conn, int(failed[0]["id"]))  # type: ignore[call-overload]
+    assert kept is not None and b"<bad@mail.example>" in kept["raw"]
+    assert "a bug in a rule" in kept["error"]
+    assert all(PROCESSED_KEYWORD in flags for flags in dovecot.flags(folder).values())
+    assert await watcher.process_available() == 0, "not fetched again"
+
+
+async def test_raw_mail_above_keep_raw_mb_is_kept_truncated_and_says_so(
+    engine: Engine,
+    tmp_path: Path,
+    clock: ManualClock,
+    dovecot: DovecotServer,
+    folder: str,
+    known: None,
+) -> None:
+    overrides = {**real_servers(dovecot, 2525, folder), "MAILER_IMAP__KEEP_RAW_MB": "1"}
+    cfg = shipped_config(tmp_path, overrides)
+    watcher = daemon.build_inbox(cfg, engine, clock, lambda: None, sandbox_on=False)
+    big = inquiry("<big@mail.example>").replace(b"\r\n\r\n", b"\r\n\r\n" + b"x" * 76 * 20_000)
+    dovecot.append(big, folder)
+    try:
+        assert await watcher.process_available() == 1
+    finally:
+        await watcher.close()
+    (row,) = inquiry_rows(engine)
+    with engine.connect() as conn:
+        kept = inquiries.get(conn, int(row["id"]))  # type: ignore[call-overload]
+    assert kept is not None and kept["raw_truncated"] and len(kept["raw"]) == 1024 * 1024
+    assert any("raw kept up to 1048576 bytes" in d for d in kept["defects"])
+    assert row["status"] == InquiryStatus.ACKNOWLEDGED
+
+
+@pytest.mark.parametrize("forged", [False, True])
+async def test_a_mailto_unsubscribe_request_unsubscribes_at_once_and_is_not_acknowledged(
+    watcher: Inbox,
+    engine: Engine,
+    cfg: Config,
+    clock: ManualClock,
+    dovecot: DovecotServer,
+    folder: str,
+    forged: bool,
+) -> None:
+    """What a mail client sends for our List-Unsubscribe mailto: link (subject from the URL)."""
+    with engine.connect() as conn:
+        maria = customers.get(conn, "maria@example.com")
+    token = tokens.sign(tokens.load_secret(cfg), maria["id"] + (1 if forged else 0))
+    if forged:
+        token = token.replace(".", ".x", 1)
+    request = inquiry("<unsub@mail.example>").replace(
+        "Поръчка 1042".encode(), f"unsubscribe {token}".encode()
+    )
+    dovecot.append(request, folder)
+    await watcher.process_available()
+    (logged,) = inquiry_rows(engine)
+    with engine.connect() as conn:
+        unsubscribed_at = customers.get(conn, "maria@example.com")["unsubscribed_at"]
+    if forged:
+        assert unsubscribed_at is None and logged["status"] == InquiryStatus.ACKNOWLEDGED
+    else:
+        assert unsubscribed_at == clock.now() and logged["decision"] == "unsubscribe"
+        assert logged["status"] == InquiryStatus.CLOSED and ack_rows(engine) == []
+
+
+async def test_a_hard_bounce_marks_the_returned_message_bounced_by_its_message_id(
+    watcher: Inbox, engine: Engine, dovecot: DovecotServer, folder: str, clock: ManualClock
+) -> None:
+    """The report names the final address; the returned headers name our message, sent to an
+    address forwarding there: both are suppressed, and the message shows why it never arrived."""
+    sent = NewMessage("newsletter:1:maria", "maria@example.com", Category.MARKETING, "newsletter")
+    outbox.enqueue(engine, [sent], clock.now())
+    with engine.begin() as conn:
+        conn.execute(
+            outbox.OUTBOX.update().values(
+                status=OutboxStatus.SENT,
+                message_id="<0b7e1f3c9d2a4e58b6c7d8e9f0a1b2c3@bilki-roza.example>",
+            )
+        )
+    dovecot.append((MAIL / "postfix_bounce_user_unknown.eml").read_bytes(), folder)
+    await watcher.process_available()
+    with engine.connect() as conn:
+        (row,) = outbox.find(conn, limit=10)
+        suppressed = conn.execute(
+            select(customers.CUSTOMERS.c.email).where(
+                customers.CUSTOMERS.c.suppressed_reason.is_not(None)
+            )
+        ).scalars()
+        assert set(suppressed) == {"ivan.dimitrov@mail.example.bg", "maria@example.com"}
+    assert row["status"] == OutboxStatus.BOUNCED
+    assert "ivan.dimitrov@mail.example.bg" in str(row["reason"])
+
+
+async def test_a_delay_notice_changes_nothing_but_the_log(
+    watcher: Inbox, engine: Engine, dovecot: DovecotServer, folder: str
+) -> None:
+    dovecot.append((MAIL / "postfix_delayed.eml").read_bytes(), folder)
+    await watcher.process_available()
+    (logged,) = inquiry_rows(engine)
+    with engine.connect() as conn:
+        flagged = conn.execute(
+            select(customers.CUSTOMERS.c.email).where(
+                customers.CUSTOMERS.c.suppressed_reason.is_not(None)
+            )
+        ).all()
+    assert logged["decision"] == "bounce" and flagged == []
