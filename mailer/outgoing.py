@@ -13,15 +13,17 @@ from typing import Any
 from urllib.parse import quote
 
 from mailer import jsonvalues, tokens
-from mailer.compose import Envelope, compose, list_unsubscribe_headers, make_message_id
+from mailer.compose import Envelope, Part, compose, list_unsubscribe_headers, make_message_id
 from mailer.config import Config
 from mailer.context import customer_view, customer_zone
+from mailer.invitations import Attendee, invitation
 from mailer.models import Category
 from mailer.outbox import Claimed
 from mailer.templates import TemplateStore
 
 # set on everything we send, so the inbox can recognise our own mail coming back
 LOOP_HEADER = "X-Mailer-Loop"
+INVITE_FILE = "invite.ics"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +46,7 @@ class Preparer:
         self._secret = secret
         self._from = settings.sender.from_
         self._reply_to = settings.sender.reply_to
-        self._address = parseaddr(self._from)[1]
+        self._sender_name, self._address = parseaddr(self._from)
         self._domain = self._address.rpartition("@")[2]
         self._base_url = settings.web.base_url.rstrip("/")
         self._company = dict(settings.company)
@@ -68,7 +70,19 @@ class Preparer:
         )
         unsubscribe = self._list_headers(row["category"], token)
         headers = {**unsubscribe, LOOP_HEADER: self._domain, **row["headers"]}
-        data = compose(envelope, rendered.subject, rendered.text, rendered.html, headers=headers)
+        calendar = context.get("calendar")
+        alternatives, attachments = (
+            self._invitation(calendar, claimed, now) if calendar is not None else ((), ())
+        )
+        data = compose(
+            envelope,
+            rendered.subject,
+            rendered.text,
+            rendered.html,
+            headers=headers,
+            alternatives=alternatives,
+            attachments=attachments,
+        )
         sender = self._address if row["envelope_from"] is None else row["envelope_from"]
         return Outgoing(row["id"], sender, row["to_address"], data, rendered.subject, message_id)
 
@@ -84,6 +98,26 @@ class Preparer:
         }
         context.update(jsonvalues.decode(row["context"]))
         return context
+
+    def _invitation(
+        self, calendar: dict[str, Any], claimed: Claimed, now: datetime
+    ) -> tuple[list[Part], list[Part]]:
+        """The event for this recipient, twice, as Google Calendar and Outlook send it: a
+        text/calendar alternative with the iTIP method, which Gmail and Outlook show as an
+        invitation with Accept and Decline, and invite.ics as an attachment, which Apple Mail
+        and the rest offer to add to the calendar."""
+        customer = claimed.customer
+        attendee = (
+            Attendee(customer["email"], customer.get("name") or "")
+            if customer
+            else Attendee(claimed.row["to_address"])
+        )
+        data = invitation(calendar, attendee, now, organizer_name=self._sender_name)
+        method = {"method": calendar["method"], "charset": "UTF-8"}
+        return (
+            [Part("text/calendar", data, method)],
+            [Part("application/ics", data, {"name": INVITE_FILE}, filename=INVITE_FILE)],
+        )
 
     def _list_headers(self, category: str, token: str | None) -> dict[str, str]:
         """RFC 8058 one-click unsubscribe on everything but transactional mail."""

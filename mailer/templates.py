@@ -269,13 +269,19 @@ def _sample_customer(locale: str | None) -> dict[str, Any]:
 
 
 def _sample_webinar() -> dict[str, Any]:
+    """A first invitation: `changed` marks an update of an earlier one, `cancelled` a
+    cancellation (the webinar_cancel template)."""
+    starts_at, duration = datetime(2025, 4, 3, 15, 0, tzinfo=UTC), timedelta(minutes=45)
     return {
         "title": "Brewing better filter coffee at home",
         "description": "Our head roaster shows how grind, ratio and water change the cup.",
-        "starts_at": datetime(2025, 4, 3, 15, 0, tzinfo=UTC),
-        "duration": timedelta(minutes=45),
+        "starts_at": starts_at,
+        "ends_at": starts_at + duration,
+        "duration": duration,
         "join_url": "https://meet.example.com/northwind-filter",
         "organizer": "Northwind Coffee Roasters <events@northwind.example>",
+        "changed": False,
+        "cancelled": False,
     }
 
 
