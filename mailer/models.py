@@ -10,7 +10,17 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, ForeignKey, Index, Integer, LargeBinary, text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    UniqueConstraint,
+    text,
+)
 from sqlmodel import Field, SQLModel
 
 from mailer.db import UTCDateTime
@@ -34,7 +44,11 @@ class Category(StrEnum):
 
 class Customer(SQLModel, table=True):
     __tablename__ = "customers"
-    __table_args__ = (Index("ix_customers_birthday", "birth_month", "birth_day"),)
+    __table_args__ = (
+        Index("ix_customers_birthday", "birth_month", "birth_day"),
+        # schedules fire per zone in use and select each zone's customers
+        Index("ix_customers_timezone", "timezone"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     email: str = Field(max_length=320, unique=True, description="lower-cased, validated")
@@ -92,6 +106,8 @@ class OutboxMessage(SQLModel, table=True):
         Index("ix_outbox_to_created", "to_address", "created_at"),
         # a bounce names the message it returns by its Message-ID
         Index("ix_outbox_message_id", "message_id"),
+        # a schedule run's results, and a cancelled webinar's messages still waiting
+        Index("ix_outbox_run", "run_id", "status"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -123,6 +139,7 @@ class OutboxMessage(SQLModel, table=True):
     updated_at: datetime = _when(nullable=False, default_factory=utcnow)
     reserved_at: datetime | None = _when(description="when the throttle gave it a slot")
     sent_at: datetime | None = _when()
+    run_id: int | None = Field(default=None, description="the schedule run that queued it")
 
 
 class DeliveryAttempt(SQLModel, table=True):
@@ -204,3 +221,44 @@ class SandboxMessage(SQLModel, table=True):
     subject: str = Field(default="", max_length=998)
     message_id: str | None = Field(default=None, max_length=998)
     raw: bytes = Field(default=b"", sa_column=Column(LargeBinary, nullable=False))
+
+
+class RunStatus(StrEnum):
+    RUNNING = "running"  # still queueing; a restart finishes it (dedupe keys make that safe)
+    DONE = "done"
+
+
+class ScheduleRun(SQLModel, table=True):
+    """One occurrence of a schedule for one zone's customers, fanned out once.
+
+    The unique (schedule, occurrence, zone) makes a double fire, an overlap or a catch-up
+    after a restart a no-op; the counts are what marketing sees for the run.
+    """
+
+    __tablename__ = "schedule_runs"
+    __table_args__ = (UniqueConstraint("schedule", "occurrence", "zone", name="uq_schedule_run"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    schedule: str = Field(max_length=100, index=True)
+    occurrence: str = Field(max_length=100)
+    zone: str = Field(default="", max_length=64)
+    kind: str = Field(max_length=20)
+    planned_at: datetime = _when(nullable=False)
+    started_at: datetime = _when(nullable=False)
+    finished_at: datetime | None = _when()
+    status: str = Field(default=RunStatus.RUNNING, max_length=20)
+    queued: int = 0
+    skipped: int = 0
+
+
+class WebinarEvent(SQLModel, table=True):
+    """A webinar's calendar identity: the UID never changes, SEQUENCE grows with each change
+    of time or place, so calendars replace the event instead of adding a second one."""
+
+    __tablename__ = "webinar_events"
+
+    schedule: str = Field(primary_key=True, max_length=100)
+    uid: str = Field(max_length=300)
+    sequence: int = 0
+    fingerprint: str = Field(max_length=500)
+    updated_at: datetime = _when(nullable=False, default_factory=utcnow)

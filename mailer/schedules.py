@@ -135,6 +135,7 @@ class Audience(_Frozen):
     tags_all: list[str] = []
     locales: list[LocaleTag] = []
     exclude_tags: list[str] = []
+    fields: dict[str, str] = {}  # custom fields from the customer import, equal to these values
 
 
 class _Common(_Frozen):
@@ -191,8 +192,9 @@ class WebinarSchedule(_Common):
     invite_at: OffsetDateTime
     reminder_template: str | None = None
     reminders: list[PositiveDuration] = []
+    cancel_template: str = Field(default="webinar_cancel", min_length=1, validate_default=True)
 
-    _reminder_template = field_validator("reminder_template")(_template_exists)
+    _reminder_template = field_validator("reminder_template", "cancel_template")(_template_exists)
 
     @property
     def category(self) -> Category:

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from mailer import db, migrate
+from mailer import customers, db, migrate
 from mailer.clock import ManualClock
 from mailer.config import Config
+from mailer.firing import Firing
 from tests.configs import shipped_config
 from tests.dovecot import DovecotServer
 from tests.pg import PostgresServer
@@ -79,3 +80,27 @@ def cfg(tmp_path: Path) -> Config:
     return shipped_config(
         tmp_path, {"MAILER_WEB__BASE_URL": "https://mail.northwind-roasters.example"}
     )
+
+
+# Customers in five zones for the schedule tests: birthdays around 29 February, one
+# without a zone (the business's), one without marketing consent, one without tags.
+HEADER = "email,name,locale,timezone,birthday,tags,marketing_consent,relationship_consent,city\n"
+PEOPLE = {
+    "aroha@example.nz": "Aroha,en-NZ,Pacific/Auckland,1990-02-28,newsletter,yes,yes,Auckland",
+    "maria@example.bg": "Мария,bg,Europe/Sofia,1988-02-29,newsletter,yes,yes,София",
+    "siti@example.id": "Siti,id,Asia/Jakarta,1992-03-01,newsletter,yes,yes,Jakarta",
+    "jose@example.ph": "Jose,tl,Asia/Manila,1985-12-01,newsletter;vip,yes,yes,Manila",
+    "dana@example.com": "Dana,en-US,America/Los_Angeles,1979-02-27,newsletter,yes,yes,LA",
+    "ivan@example.bg": "Иван,bg,,1970-02-28,newsletter,no,yes,Пловдив",
+    "nobody@example.com": "Nobody,en,Europe/Sofia,,,yes,yes,",
+}
+FIRING = Firing(fallback_zone="Europe/Sofia", domain="northwind-roasters.example")
+
+
+@pytest.fixture
+def people(engine: Engine, tmp_path: Path) -> None:
+    csv = tmp_path / "people.csv"
+    rows = [f"{email},{rest}" for email, rest in PEOPLE.items()]
+    csv.write_text(HEADER + "\n".join(rows) + "\n", encoding="utf-8")
+    report = customers.import_csv(engine, csv, datetime(2026, 1, 1, tzinfo=UTC))
+    assert not report.rejected and report.inserted == len(PEOPLE)

@@ -17,7 +17,7 @@ from mailer.schedules import (
 )
 
 SHIPPED = Path(__file__).resolve().parent.parent / "schedules"
-TEMPLATES = {"newsletter", "birthday", "webinar_invite", "webinar_reminder"}
+TEMPLATES = {"newsletter", "birthday", "webinar_invite", "webinar_reminder", "webinar_cancel"}
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
 # Each value is written to the file as is (a TOML literal); None leaves the key out.
@@ -174,12 +174,15 @@ def test_missing_template_is_reported(tmp_path: Path) -> None:
     ]
 
 
-def test_default_invite_template_must_exist_too(tmp_path: Path) -> None:
+def test_default_invite_and_cancel_templates_must_exist_too(tmp_path: Path) -> None:
     path = write(tmp_path, "webinar", toml(WEBINAR))
 
     _, problems = load_schedule(path, {"webinar_reminder"}, ManualClock(NOW))
 
-    assert problems == [Problem(f"{path}: template", "there is no template named 'webinar_invite'")]
+    assert problems == [
+        Problem(f"{path}: template", "there is no template named 'webinar_invite'"),
+        Problem(f"{path}: cancel_template", "there is no template named 'webinar_cancel'"),
+    ]
 
 
 def test_missing_or_unknown_kind_is_reported(tmp_path: Path) -> None:

@@ -1,0 +1,185 @@
+"""Fire what is due: turn each schedule's due occurrences into runs in the outbox.
+
+``fire_due`` is safe to call at any moment and as often as wanted: it computes what is due
+now (including what was missed while mailer was down, as long as it is inside
+``valid_for``), leaves out occurrences already run, and fans out the rest. The daemon calls
+it when APScheduler's triggers fire and once at start; tests call it with a clock they move.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime
+from email.utils import parseaddr
+from functools import partial
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy import ColumnElement, Engine, select
+from sqlalchemy.engine import Connection
+
+from mailer import audience, fanout, occurrences, webinars
+from mailer.config import Config
+from mailer.fanout import Plan, RunResult
+from mailer.models import OutboxStatus
+from mailer.occurrences import Occurrence, WebinarState
+from mailer.schedules import BirthdaySchedule, NewsletterSchedule, Schedule, WebinarSchedule
+
+log = logging.getLogger("mailer.firing")
+
+INVITED = ("invite", "update-%")  # the runs whose recipients hold the event in a calendar
+DELIVERED = (OutboxStatus.SENDING, OutboxStatus.SENT)
+PROMISED = (*DELIVERED, OutboxStatus.QUEUED, OutboxStatus.DEFERRED)
+
+
+@dataclass(frozen=True, slots=True)
+class Firing:
+    """What firing needs from the configuration."""
+
+    fallback_zone: str  # the business's zone, for customers who never gave theirs
+    domain: str  # of the sender address: webinar UIDs are made unique by it
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> Firing:
+        settings = cfg.settings
+        address = parseaddr(settings.sender.from_)[1]
+        return cls(settings.business_hours.timezone.key, address.rpartition("@")[2])
+
+
+def customer_zones(engine: Engine, fallback: str) -> list[str]:
+    """Every zone some customer's mail is timed on (one trigger each), read from the index."""
+    with engine.connect() as conn:
+        names = conn.execute(select(audience.zones_in_use(fallback)).distinct()).scalars()
+        return [name for name in names if _known_zone(name)]
+
+
+def fire_due(
+    engine: Engine,
+    schedules: Mapping[str, Schedule],
+    now: datetime,
+    firing: Firing,
+    progress: Callable[[str, int], None] = lambda _name, _count: None,
+) -> list[RunResult]:
+    """Run every due occurrence of every schedule that has not run yet."""
+    zones = customer_zones(engine, firing.fallback_zone)
+    results = []
+    for name, schedule in schedules.items():
+        for plan in due_plans(engine, name, schedule, now, firing, zones):
+            results.append(run(engine, plan, now, partial(progress, name)))
+    return results
+
+
+def due_plans(
+    engine: Engine,
+    name: str,
+    schedule: Schedule,
+    now: datetime,
+    firing: Firing,
+    zones: list[str],
+    *,
+    include_done: bool = False,
+) -> list[Plan]:
+    """The runs a schedule owes at ``now``; with ``include_done`` also those already run."""
+    with engine.begin() as conn:
+        state = _webinar_state(conn, name, schedule, now, firing)
+        done = set() if include_done else fanout.done_occurrences(conn, name)
+        due = occurrences.due(schedule, zones, now, state)
+        return [
+            _plan(conn, name, schedule, occurrence, firing, state)
+            for occurrence in due
+            if (occurrence.key, occurrence.zone) not in done
+        ]
+
+
+def run(
+    engine: Engine, plan: Plan, now: datetime, progress: Callable[[int], None] = lambda _: None
+) -> RunResult:
+    """One run, with what a webinar update or cancellation withdraws from earlier runs."""
+    result = fanout.execute(engine, plan, now, progress)
+    step = plan.occurrence.key
+    if plan.kind == "webinar" and (step == "cancel" or step.startswith("update-")):
+        with engine.begin() as conn:
+            earlier = [i for i in fanout.runs_of(conn, plan.schedule) if i != result.run_id]
+            why = "webinar cancelled" if step == "cancel" else f"superseded by {step}"
+            fanout.withdraw(conn, earlier, why, now)
+    return result
+
+
+def _webinar_state(
+    conn: Connection, name: str, schedule: Schedule, now: datetime, firing: Firing
+) -> WebinarState:
+    if not isinstance(schedule, WebinarSchedule):
+        return WebinarState()
+    return webinars.state(conn, name, schedule, firing.domain, now)
+
+
+def _plan(
+    conn: Connection,
+    name: str,
+    schedule: Schedule,
+    occurrence: Occurrence,
+    firing: Firing,
+    state: WebinarState,
+) -> Plan:
+    def plan(template: str, who: list[ColumnElement[bool]], context: dict[str, Any]) -> Plan:
+        return Plan(
+            name,
+            schedule.kind,
+            occurrence,
+            schedule.category,
+            template,
+            schedule.priority,
+            who,
+            context,
+        )
+
+    chosen = audience.matches(schedule.audience)
+    if isinstance(schedule, NewsletterSchedule):
+        if schedule.timezone == "customer":
+            chosen.append(audience.in_zone(occurrence.zone, firing.fallback_zone))
+        return plan(schedule.template, chosen, {"params": dict(schedule.params)})
+    if isinstance(schedule, BirthdaySchedule):
+        chosen.append(audience.in_zone(occurrence.zone, firing.fallback_zone))
+        days = occurrences.birthdays_on(date.fromisoformat(occurrence.key), schedule.feb29)
+        chosen.append(audience.born_on(days))
+        return plan(schedule.template, chosen, {"params": dict(schedule.params)})
+    return _webinar_plan(conn, name, schedule, occurrence, firing, state, plan, chosen)
+
+
+def _webinar_plan(
+    conn: Connection,
+    name: str,
+    schedule: WebinarSchedule,
+    occurrence: Occurrence,
+    firing: Firing,
+    state: WebinarState,
+    plan: Callable[[str, list[ColumnElement[bool]], dict[str, Any]], Plan],
+    chosen: list[ColumnElement[bool]],
+) -> Plan:
+    """Invitations go to the audience; everything after them only to those invited."""
+    step, domain, sequence = occurrence.key, firing.domain, state.sequence
+    invited = fanout.runs_of(conn, name, INVITED)
+    if step == "invite":
+        return plan(
+            schedule.template, chosen, webinars.context(name, schedule, domain, sequence, "REQUEST")
+        )
+    if step == "cancel":
+        context = webinars.context(name, schedule, domain, sequence, "CANCEL")
+        return plan(schedule.cancel_template, [audience.received(invited, DELIVERED)], context)
+    if step.startswith("update-"):
+        context = webinars.context(name, schedule, domain, sequence, "REQUEST", changed=True)
+        return plan(schedule.template, [audience.received(invited, PROMISED)], context)
+    assert schedule.reminder_template is not None  # reminders without one fail validation
+    context = webinars.context(name, schedule, domain, sequence, None)
+    return plan(schedule.reminder_template, [audience.received(invited, DELIVERED)], context)
+
+
+def _known_zone(name: str) -> bool:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        log.warning("customers with unknown time zone %r are not reached by schedules", name)
+        return False
+    return True
