@@ -1,9 +1,9 @@
 """`mailer run`: the one long-lived process. It owns the event loop and the shutdown.
 
-Each capability is a task started here (so far the sandbox mail server, the delivery
-workers and the inbox watcher); on SIGINT or SIGTERM they stop taking new work and get a
-bounded time to finish what is in flight, after which unfinished messages go back to the
-queue.
+Each capability is a task started here (the sandbox mail server, the delivery workers,
+the inbox watcher and the schedules); on SIGINT or SIGTERM they stop taking new work and
+get a bounded time to finish what is in flight, after which unfinished messages go back to
+the queue. SIGHUP reads the schedule files again.
 """
 
 from __future__ import annotations
@@ -21,12 +21,14 @@ from mailer import sandbox, throttle, tokens
 from mailer.clock import Clock, SystemClock
 from mailer.config import Config
 from mailer.delivery import Delivery
+from mailer.firing import Firing
 from mailer.inbox import AckPolicy, Inbox
 from mailer.mailbox import Mailbox
 from mailer.models import Customer
 from mailer.outbox import Policy
 from mailer.outgoing import Preparer
 from mailer.sandbox_imap import SandboxImap
+from mailer.scheduler import Scheduler, Schedules
 from mailer.smtp import SmtpPool, SmtpTarget
 from mailer.templates import TemplateStore
 
@@ -106,19 +108,36 @@ def build_inbox(
     )
 
 
+def build_scheduler(
+    cfg: Config, engine: Engine, clock: Clock, wake: Callable[[], None]
+) -> Scheduler:
+    """Schedule files from ``[paths] schedules``, fired into the outbox; it wakes delivery."""
+    store = TemplateStore(cfg.templates_dir)
+    files = Schedules(cfg.schedules_dir, store.names, clock)
+    return Scheduler(files, engine, clock, Firing.from_config(cfg), wake)
+
+
 async def serve(
-    cfg: Config, engine: Engine, stop: asyncio.Event, *, sandbox_on: bool, clock: Clock
+    cfg: Config,
+    engine: Engine,
+    stop: asyncio.Event,
+    *,
+    sandbox_on: bool,
+    clock: Clock,
+    reload: asyncio.Event | None = None,
 ) -> None:
-    """Run until ``stop`` is set."""
+    """Run until ``stop`` is set; ``reload`` (SIGHUP) reads the schedule files again."""
     async with contextlib.AsyncExitStack() as stack:
         if sandbox_on:
             await _start_sandbox(cfg, engine, clock, stack)
         target = SmtpTarget.from_config(cfg, sandbox=sandbox_on)
         delivery = build_delivery(cfg, engine, clock, target)
         watcher = build_inbox(cfg, engine, clock, delivery.wake, sandbox_on=sandbox_on)
+        scheduler = build_scheduler(cfg, engine, clock, delivery.wake)
         workers = [
             asyncio.create_task(delivery.run(stop), name="delivery"),
             asyncio.create_task(watcher.run(stop), name="inbox"),
+            asyncio.create_task(scheduler.run(stop, reload or asyncio.Event()), name="schedules"),
         ]
         await _announce(cfg, engine, target, sandbox_on)
         await stop.wait()
@@ -164,10 +183,11 @@ def run(cfg: Config, engine: Engine, *, sandbox_on: bool) -> None:
     """Serve until SIGINT/SIGTERM, then return normally so the process exits 0."""
 
     async def main() -> None:
-        stop = asyncio.Event()
+        stop, reload = asyncio.Event(), asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await serve(cfg, engine, stop, sandbox_on=sandbox_on, clock=SystemClock())
+        loop.add_signal_handler(signal.SIGHUP, reload.set)
+        await serve(cfg, engine, stop, sandbox_on=sandbox_on, clock=SystemClock(), reload=reload)
 
     asyncio.run(main())

@@ -160,8 +160,11 @@ def test_preview_renders_in_the_customers_language(with_demo: Mailer) -> None:
 
 
 def test_run_shows_the_whole_loop_in_the_sandbox_and_stops_on_sigterm(
-    with_demo: Mailer, project: dict[str, str]
+    with_demo: Mailer, project: dict[str, str], tmp_path: Path
 ) -> None:
+    # this runs on the real clock: no schedules, or a demo birthday on the day would join in
+    (tmp_path / "no-schedules").mkdir()
+    project["MAILER_PATHS__SCHEDULES"] = str(tmp_path / "no-schedules")
     project["MAILER_SANDBOX__SMTP_PORT"] = str(free_port())
     project["MAILER_SANDBOX__IMAP_PORT"] = str(free_port())
     with_demo("templates", "send-test", "birthday", "--to", "maria.ivanova@example.com")
@@ -253,3 +256,46 @@ def test_support_lists_reads_and_moves_an_inquiry(with_demo: Mailer, database_ur
     assert json.loads(with_demo("inquiries", "list", "--status", "new", "--json").stdout) == []
     result = with_demo("inquiries", "set-status", "999", "closed", check=False)
     assert (result.returncode, result.stderr.strip()) == (1, "error: no inquiry 999")
+
+
+def test_schedules_list_shows_when_each_fires_next(with_demo: Mailer) -> None:
+    listed = json.loads(with_demo("schedules", "list", "--json").stdout)
+    by_name = {s["name"]: s for s in listed}
+    assert set(by_name) == {"birthdays", "newsletter", "webinar-spring-roasting"}
+    assert by_name["webinar-spring-roasting"]["next_fire"] == "2027-05-06T13:00:00+00:00"
+    assert by_name["newsletter"]["zones"] >= 5  # one trigger per zone customers live in
+
+
+def test_schedules_run_dry_run_shows_who_and_why_and_queues_nothing(with_demo: Mailer) -> None:
+    at = ("--at", "2026-12-01T09:30:00+02:00")  # 09:00 in Sofia has just passed
+    found = json.loads(
+        with_demo("schedules", "run", "newsletter", "--dry-run", *at, "--json").stdout
+    )
+    sofia = next(run for run in found if run["zone"] == "Europe/Sofia")
+    assert sofia["occurrence"] == "2026-12-01T09:00" and sofia["customers"] == 2
+    assert {s["email"] for s in sofia["sample"]} == {
+        "maria.ivanova@example.com",
+        "georgi.petrov@example.com",
+    }
+    assert json.loads(with_demo("outbox", "list", "--json").stdout) == []
+    queued = json.loads(with_demo("schedules", "run", "newsletter", *at, "--json").stdout)
+    assert sum(run["queued"] for run in queued) == sum(run["customers"] for run in found)
+    again = json.loads(
+        with_demo("schedules", "run", "newsletter", "--dry-run", *at, "--json").stdout
+    )
+    assert {s["action"] for run in again for s in run["sample"]} == {"already queued"}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("nosuch",), "no schedule named 'nosuch'"),
+        (("newsletter", "--at", "2026-12-01 09:00"), "has no UTC offset"),
+        (("newsletter", "--at", "tomorrow"), "is not a date and time"),
+    ],
+)
+def test_schedules_run_refuses_what_it_cannot_do(
+    with_demo: Mailer, args: tuple[str, ...], message: str
+) -> None:
+    result = with_demo("schedules", "run", *args, check=False)
+    assert result.returncode == 1 and message in result.stderr

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from mailer import __version__, checks, config, daemon, migrate
-from mailer.cli import customers, inquiries, outbox, sandbox, templates
+from mailer.cli import customers, inquiries, outbox, sandbox, schedules, templates
 from mailer.cli.common import App, app_of, err, out, say_error
 from mailer.errors import ConfigError, MailerError
 
@@ -24,6 +24,7 @@ app.add_typer(templates.app, name="templates")
 app.add_typer(outbox.app, name="outbox")
 app.add_typer(inquiries.app, name="inquiries")
 app.add_typer(sandbox.app, name="sandbox")
+app.add_typer(schedules.app, name="schedules")
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 

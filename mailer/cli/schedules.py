@@ -1,0 +1,151 @@
+"""`mailer schedules ...`: when each schedule fires next, and running one by hand."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import typer
+
+from mailer import dryrun, firing, occurrences, throttle
+from mailer.cli.common import JSON_OPTION, App, app_of, err, out, print_json, print_table
+from mailer.errors import MailerError, NotFound
+from mailer.fanout import Plan
+from mailer.firing import Firing
+from mailer.schedules import Schedule, load_schedules
+from mailer.templates import TemplateStore
+
+app = typer.Typer(help="Newsletters, birthdays and webinars in schedules/.", no_args_is_help=True)
+
+AT_HELP = "As if it were this moment, with its UTC offset, e.g. 2026-12-01T09:00:00+02:00."
+
+
+@app.command("list")
+def list_(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
+    """Every schedule file: kind, template, and the next time it fires."""
+    app_ = app_of(ctx)
+    schedules = _loaded(app_)
+    zones = firing.customer_zones(app_.engine(), Firing.from_config(app_.config).fallback_zone)
+    now = app_.clock.now()
+    rows = [
+        {
+            "name": name,
+            "kind": schedule.kind,
+            "template": schedule.template,
+            "enabled": schedule.enabled,
+            "next_fire": occurrences.next_fire(schedule, zones, now),
+            "zones": len(occurrences.zones_for(schedule, zones)),
+        }
+        for name, schedule in schedules.items()
+    ]
+    if as_json:
+        print_json(rows)
+    else:
+        print_table(rows, ("name", "kind", "template", "enabled", "next_fire", "zones"))
+
+
+@app.command("run")
+def run(
+    ctx: typer.Context,
+    name: str,
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Show who would get what; queue nothing."
+    ),
+    at: str = typer.Option(None, "--at", help=AT_HELP, show_default=False),
+    sample: int = typer.Option(20, min=0, help="Customers listed per run in a dry run."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Run what of NAME is due now (or --at): the same runs the daemon would make, once."""
+    app_ = app_of(ctx)
+    schedules = _loaded(app_)
+    if name not in schedules:
+        known = ", ".join(sorted(schedules)) or "none"
+        raise NotFound(f"no schedule named {name!r} (loaded: {known})")
+    moment = _moment(at) if at else app_.clock.now()
+    settings = Firing.from_config(app_.config)
+    engine = app_.engine()
+    zones = firing.customer_zones(engine, settings.fallback_zone)
+    schedule = schedules[name]
+    plans = firing.due_plans(engine, name, schedule, moment, settings, zones, include_done=dry_run)
+    if not plans:
+        upcoming = occurrences.next_fire(schedule, zones, moment)
+        out.print(f"nothing of {name} is due at {moment:%Y-%m-%d %H:%M %Z}; next: {upcoming}")
+        return
+    if dry_run:
+        _dry_run(app_, plans, sample, as_json)
+        return
+    results = [firing.run(engine, plan, moment) for plan in plans]
+    rows = [
+        {"occurrence": r.occurrence, "zone": r.zone, "queued": r.queued, "skipped": r.skipped}
+        for r in results
+    ]
+    if as_json:
+        print_json(rows)
+    else:
+        print_table(rows, ("occurrence", "zone", "queued", "skipped"), title=f"{name}: queued")
+
+
+def _dry_run(app_: App, plans: list[Plan], sample: int, as_json: bool) -> None:
+    settings = app_.config.settings
+    rules = throttle.Rules.from_settings(settings.throttle)
+    zone = settings.business_hours.timezone
+    previews = [dryrun.preview(app_.engine(), plan, rules, zone, sample=sample) for plan in plans]
+    if as_json:
+        print_json([_preview_json(p) for p in previews])
+        return
+    for found in previews:
+        occurrence = found.plan.occurrence
+        where = f" ({occurrence.zone})" if occurrence.zone else ""
+        title = (
+            f"{found.plan.schedule} {occurrence.key}{where}, due {occurrence.at:%Y-%m-%d %H:%M} "
+            f"UTC: {found.total} customer(s), dry run"
+        )
+        counts = [
+            {"outcome": action, "reason": reason, "customers": count}
+            for (action, reason), count in found.outcomes.most_common()
+        ]
+        print_table(counts, ("outcome", "customers", "reason"), title=title)
+        if found.sample:
+            rows = [_outcome_row(o) for o in found.sample]
+            print_table(rows, ("email", "action", "reason"), title="first customers")
+
+
+def _outcome_row(outcome: dryrun.Outcome) -> dict[str, Any]:
+    return {"email": outcome.email, "action": outcome.action, "reason": outcome.reason}
+
+
+def _preview_json(found: dryrun.Preview) -> dict[str, Any]:
+    occurrence = found.plan.occurrence
+    return {
+        "schedule": found.plan.schedule,
+        "occurrence": occurrence.key,
+        "zone": occurrence.zone,
+        "due_at": occurrence.at,
+        "template": found.plan.template,
+        "customers": found.total,
+        "outcomes": [
+            {"action": action, "reason": reason, "customers": count}
+            for (action, reason), count in found.outcomes.most_common()
+        ],
+        "sample": [_outcome_row(o) for o in found.sample],
+    }
+
+
+def _loaded(app_: App) -> dict[str, Schedule]:
+    """The schedules that load; a broken file is named, as `mailer check` would."""
+    cfg = app_.config
+    names = TemplateStore(cfg.templates_dir).names()
+    schedules, problems = load_schedules(cfg.schedules_dir, names, app_.clock)
+    for problem in problems:
+        err.print(f"skipped: {problem}")
+    return schedules
+
+
+def _moment(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise MailerError(f"--at {text!r} is not a date and time; {AT_HELP}") from None
+    if moment.utcoffset() is None:
+        raise MailerError(f"--at {text!r} has no UTC offset; {AT_HELP}")
+    return moment
