@@ -275,6 +275,7 @@ class Inbox:
     on_queued: Callable[[], None] = lambda: None
     rng: random.Random = field(default_factory=random.Random)
     _mailbox: Mailbox | None = None
+    _swept: bool = False
 
     async def process_available(self) -> int:
         """Log everything not yet handled; returns how many messages were new.
@@ -286,6 +287,9 @@ class Inbox:
         mailbox = await self._connected()
         name = mailbox.name
         last = await asyncio.to_thread(self._position, name, mailbox.uidvalidity)
+        if not self._swept:  # once per connection: what an interruption left unmarked
+            await mailbox.mark_processed(await mailbox.unmarked_up_to(last), self.processed)
+            self._swept = True
         handled = 0
         async for fetched in mailbox.fetch_after(last):
             await asyncio.to_thread(self._commit, name, mailbox.uidvalidity, fetched)
@@ -327,7 +331,7 @@ class Inbox:
         if self._mailbox is None:
             mailbox = self.open_mailbox()
             await mailbox.open()
-            self._mailbox = mailbox
+            self._mailbox, self._swept = mailbox, False
         return self._mailbox
 
     async def close(self) -> None:

@@ -218,6 +218,17 @@ class Mailbox:
         protocol.transport = await self._call(upgrade, "TLS handshake")
         await self._call(protocol.capability(), "CAPABILITY")  # RFC 3501: forget the old ones
 
+    async def unmarked_up_to(self, last_uid: int) -> list[int]:
+        """UIDs up to ``last_uid`` without our keyword: handled, but not yet marked, when the
+        connection or the process ended between the commit and the STORE."""
+        if last_uid < 1:
+            return []
+        client = self._connected()
+        await self._command(client.noop(), "NOOP")
+        search = client.uid_search("UID", f"1:{last_uid}", "UNKEYWORD", PROCESSED_KEYWORD)
+        response = await self._command(search, "UID SEARCH")
+        return sorted(uid for uid in _search_uids(response.lines) if uid <= last_uid)
+
     async def _uids_after(self, last_uid: int) -> list[int]:
         """UIDs above ``last_uid``; ``N:*`` always matches the highest UID, hence the filter.
 

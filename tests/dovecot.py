@@ -206,6 +206,12 @@ class DovecotServer:
         with self.connect() as imap:
             _ok(imap.append(mailbox, None, None, raw))
 
+    def append_many(self, raws: list[bytes], mailbox: str = "INBOX") -> None:
+        """APPEND each message in order over one connection, as a busy MTA would deliver."""
+        with self.connect() as imap:
+            for raw in raws:
+                _ok(imap.append(mailbox, None, None, raw))
+
     def flags(self, mailbox: str) -> dict[int, set[str]]:
         """UID -> flags of every message in ``mailbox`` (read-only, so nothing changes)."""
         with self.connect() as imap:
