@@ -33,3 +33,14 @@ def real_servers(dovecot: DovecotServer, smtp_port: int, mailbox: str) -> dict[s
         "MAILER_IMAP__MAILBOX": mailbox,
         "MAILER_TEST_IMAP_PASSWORD": dovecot.password,
     }
+
+
+def inbox_config(
+    directory: Path, dovecot: DovecotServer, smtp_port: int, folder: str, **env: str
+) -> Config:
+    """The shipped config.toml pointed at a Dovecot folder and an SMTP port, without schedule
+    files: the only mail the daemon makes is acknowledgements."""
+    directory.mkdir(exist_ok=True)
+    (directory / "no-schedules").mkdir()
+    overrides = {"MAILER_PATHS__SCHEDULES": str(directory / "no-schedules"), **env}
+    return shipped_config(directory, {**real_servers(dovecot, smtp_port, folder), **overrides})

@@ -4,6 +4,8 @@ handler: a reply code on a chosen command, or a dropped connection in the middle
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from email import policy
 from email.message import EmailMessage
@@ -65,3 +67,14 @@ async def start_sink(sink: Sink, port: int = 0) -> tuple[asyncio.Server, int]:
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: SMTP(sink, hostname="sink.test"), "127.0.0.1", port)
     return server, server.sockets[0].getsockname()[1]
+
+
+@asynccontextmanager
+async def listening(sink: Sink) -> AsyncIterator[int]:
+    """The sink on a free loopback port for the ``async with`` block; yields the port."""
+    server, port = await start_sink(sink)
+    try:
+        yield port
+    finally:
+        server.close()
+        await server.wait_closed()

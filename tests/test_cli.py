@@ -177,11 +177,16 @@ def test_run_shows_the_whole_loop_in_the_sandbox_and_stops_on_sigterm(
             with_demo("sandbox", "send-inquiry", *inquiry, "--body", "Kopi saya belum sampai.")
             # the inquiry itself, kept like any message, and its acknowledgement
             everything = _wait_for_capture(project["MAILER_DATABASE__URL"], 30, count=3)
+            # SIGHUP reads the schedule files again: a broken one is reported, not fatal
+            (tmp_path / "no-schedules" / "typo.toml").write_text('kind = "newsleter"\n')
+            daemon.send_signal(signal.SIGHUP)
+            reloaded = _read_until(daemon, "typo.toml not reloaded", 30)
             daemon.send_signal(signal.SIGTERM)
             assert daemon.wait(timeout=30) == 0
         finally:
             daemon.kill()
     assert captured[0]["recipients"] == ["maria.ivanova@example.com"]
+    assert "not a kind of schedule" in reloaded
     ack = everything[0]
     assert ack["recipients"] == ["siti.rahma@example.com"]
     assert ack["subject"].startswith("Pesan Anda sudah kami terima [#")

@@ -20,9 +20,10 @@ from mailer.mailbox import PROCESSED_KEYWORD, Mailbox
 from mailer.models import Category, InquiryStatus, OutboxStatus
 from mailer.outbox import NewMessage
 from mailer.smtp import SmtpTarget
-from tests.configs import real_servers, shipped_config
+from tests.configs import inbox_config, real_servers, shipped_config
 from tests.dovecot import DovecotServer
-from tests.smtp_sink import Sink, start_sink
+from tests.running import serving
+from tests.smtp_sink import Sink, listening
 
 MAIL = Path(__file__).parent / "mail"
 EVENT_SECONDS = 10.0  # bound on waiting for something a real server will do
@@ -101,13 +102,9 @@ async def test_an_inquiry_is_logged_acknowledged_in_bulgarian_and_marked_process
     assert logged["status"] == InquiryStatus.ACKNOWLEDGED and logged["reasons"] == []
     assert PROCESSED_KEYWORD in dovecot.flags(folder)[1]
     sink = Sink()
-    server, port = await start_sink(sink)
-    try:
+    async with listening(sink) as port:
         delivery = daemon.build_delivery(cfg, engine, clock, SmtpTarget("127.0.0.1", port))
         assert await delivery.deliver_due() == 1
-    finally:
-        server.close()
-        await server.wait_closed()
     (ack,) = sink.received
     mail = ack.message
     assert ack.mail_from == "<>" and ack.rcpt_tos == ["maria@example.com"]
@@ -199,22 +196,15 @@ async def test_the_daemon_acknowledges_mail_arriving_while_it_idles(
     known: None,
 ) -> None:
     sink = Sink()
-    server, port = await start_sink(sink)
-    cfg = shipped_config(tmp_path, real_servers(dovecot, port, folder))
-    stop = asyncio.Event()
-    running = asyncio.create_task(daemon.serve(cfg, engine, stop, sandbox_on=False, clock=clock))
-    try:
-        await asyncio.to_thread(dovecot.wait_until_idling, EVENT_SECONDS)
-        dovecot.append(inquiry("<live@mail.example>"), folder)
-        for _ in range(int(EVENT_SECONDS / 0.05)):  # bounded wait for the real server's push
-            if sink.received:
-                break
-            await asyncio.sleep(0.05)
-    finally:
-        stop.set()
-        await asyncio.wait_for(running, 30)
-        server.close()
-        await server.wait_closed()
+    async with listening(sink) as port:
+        cfg = inbox_config(tmp_path, dovecot, port, folder)
+        async with serving(clock, (cfg, engine)):
+            await asyncio.to_thread(dovecot.wait_until_idling, EVENT_SECONDS)
+            dovecot.append(inquiry("<live@mail.example>"), folder)
+            for _ in range(int(EVENT_SECONDS / 0.05)):  # bounded wait for the server's push
+                if sink.received:
+                    break
+                await asyncio.sleep(0.05)
     (ack,) = sink.received
     assert ack.message["In-Reply-To"] == "<live@mail.example>"
 

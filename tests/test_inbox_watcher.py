@@ -29,10 +29,11 @@ from mailer.config import Config
 from mailer.inbox import Inbox
 from mailer.mailbox import PROCESSED_KEYWORD, MailboxUnavailable
 from mailer.models import InquiryStatus
-from tests.configs import real_servers, shipped_config
+from tests.configs import inbox_config
 from tests.dovecot import DovecotServer
 from tests.pg import PostgresServer
-from tests.smtp_sink import Sink, start_sink
+from tests.running import serving
+from tests.smtp_sink import Sink, listening
 from tests.test_inbox import EVENT_SECONDS, MAIL, inquiry
 
 MB = 1024 * 1024
@@ -55,17 +56,6 @@ def known(engine: Engine, tmp_path: Path, clock: ManualClock) -> None:
     csv = tmp_path / "customers.csv"
     csv.write_text(CUSTOMERS, encoding="utf-8")
     customers.import_csv(engine, csv, clock.now())
-
-
-def inbox_config(
-    directory: Path, dovecot: DovecotServer, smtp_port: int, folder: str, **env: str
-) -> Config:
-    """The shipped config.toml pointed at a Dovecot folder and an SMTP port, without schedule
-    files: the only mail the daemon makes is acknowledgements."""
-    directory.mkdir(exist_ok=True)
-    (directory / "no-schedules").mkdir()
-    overrides = {"MAILER_PATHS__SCHEDULES": str(directory / "no-schedules"), **env}
-    return shipped_config(directory, {**real_servers(dovecot, smtp_port, folder), **overrides})
 
 
 @pytest.fixture
@@ -459,20 +449,13 @@ async def test_mail_arriving_while_the_idle_connection_is_down_is_acknowledged_o
 ) -> None:
     """The reconnect waits RECONNECT[0] = 1 s (with jitter 0.8-1.2) before it opens again."""
     sink = Sink()
-    server, port = await start_sink(sink)
-    cfg = inbox_config(tmp_path, dovecot, port, folder)
-    stop = asyncio.Event()
-    running = asyncio.create_task(daemon.serve(cfg, engine, stop, sandbox_on=False, clock=clock))
-    try:
-        await asyncio.to_thread(dovecot.wait_until_idling, EVENT_SECONDS)
-        dovecot.kick()
-        await asyncio.to_thread(dovecot.append, inquiry("<during@mail.example>"), folder)
-        await eventually(lambda: bool(sink.received), "the acknowledgement reaches the sink")
-    finally:
-        stop.set()
-        await asyncio.wait_for(running, 30)
-        server.close()
-        await server.wait_closed()
+    async with listening(sink) as port:
+        cfg = inbox_config(tmp_path, dovecot, port, folder)
+        async with serving(clock, (cfg, engine)):
+            await asyncio.to_thread(dovecot.wait_until_idling, EVENT_SECONDS)
+            dovecot.kick()
+            await asyncio.to_thread(dovecot.append, inquiry("<during@mail.example>"), folder)
+            await eventually(lambda: bool(sink.received), "the acknowledgement reaches the sink")
 
     (ack,) = sink.received
     assert ack.message["In-Reply-To"] == "<during@mail.example>"
@@ -518,35 +501,28 @@ async def test_two_mailers_writing_to_each_other_stop_after_one_acknowledgement(
         await asyncio.to_thread(dovecot.append, data, folders[recipient])
 
     relay = Relay(deliver)
-    server, port = await start_sink(relay)
-    cfg_a = inbox_config(tmp_path / "a", dovecot, port, folders[A_SUPPORT])
-    cfg_b = inbox_config(
-        tmp_path / "b",
-        dovecot,
-        port,
-        folders[B_SUPPORT],
-        MAILER_SENDER__FROM=f"Bilki Roza Support <{B_SUPPORT}>",
-        MAILER_SENDER__REPLY_TO=B_SUPPORT,
-    )
     first = inquiry("<start@bilki-roza.example>", sender=f"Bilki Roza Support <{B_SUPPORT}>")
     dovecot.append(first, folders[A_SUPPORT])
-
-    stop = asyncio.Event()
-    instances = [
-        asyncio.create_task(daemon.serve(cfg, db_, stop, sandbox_on=False, clock=clock))
-        for cfg, db_ in ((cfg_a, engine), (cfg_b, other_engine))
-    ]
-    try:
-        await eventually(lambda: count_inquiries(other_engine) > 0, "B logs A's acknowledgement")
-        await quiet(
-            lambda: (len(relay.received), count_inquiries(engine) + count_inquiries(other_engine))
+    async with listening(relay) as port:
+        cfg_a = inbox_config(tmp_path / "a", dovecot, port, folders[A_SUPPORT])
+        cfg_b = inbox_config(
+            tmp_path / "b",
+            dovecot,
+            port,
+            folders[B_SUPPORT],
+            MAILER_SENDER__FROM=f"Bilki Roza Support <{B_SUPPORT}>",
+            MAILER_SENDER__REPLY_TO=B_SUPPORT,
         )
-    finally:
-        stop.set()
-        for instance in instances:
-            await asyncio.wait_for(instance, 30)
-        server.close()
-        await server.wait_closed()
+        async with serving(clock, (cfg_a, engine), (cfg_b, other_engine)):
+            await eventually(
+                lambda: count_inquiries(other_engine) > 0, "B logs A's acknowledgement"
+            )
+            await quiet(
+                lambda: (
+                    len(relay.received),
+                    count_inquiries(engine) + count_inquiries(other_engine),
+                )
+            )
 
     assert relay.relayed == [B_SUPPORT], "one acknowledgement in all, from A to B"
     assert logged(engine)["status"] == InquiryStatus.ACKNOWLEDGED

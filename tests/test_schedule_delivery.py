@@ -18,7 +18,7 @@ from mailer.outbox import OUTBOX
 from mailer.schedules import Audience, BirthdaySchedule, NewsletterSchedule, WebinarSchedule
 from mailer.smtp import SmtpTarget
 from tests.conftest import FIRING
-from tests.smtp_sink import Sink, start_sink
+from tests.smtp_sink import Sink, listening
 
 DECEMBER_1 = datetime(2026, 12, 1, 7, 0, tzinfo=UTC)  # 09:00 in Sofia
 
@@ -29,12 +29,8 @@ async def road(
 ) -> AsyncIterator[tuple[Delivery, Sink]]:
     """The shipped throttle: marketing at most once a day, 20 hours apart."""
     sink = Sink()
-    server, port = await start_sink(sink)
-    try:
+    async with listening(sink) as port:
         yield daemon.build_delivery(cfg, engine, clock, SmtpTarget("127.0.0.1", port)), sink
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 async def test_a_webinar_invitation_wins_the_days_slot_over_the_newsletter_by_priority(
