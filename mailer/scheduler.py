@@ -25,6 +25,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
 
 from mailer import firing, occurrences
 from mailer.clock import Clock
@@ -168,9 +169,13 @@ class Scheduler:
 
     async def _sync(self, jobs: AsyncIOScheduler) -> None:
         """Make APScheduler's jobs match the loaded schedules and the zones in use."""
-        zones = await asyncio.to_thread(
-            firing.customer_zones, self.engine, self.firing.fallback_zone
-        )
+        try:
+            zones = await asyncio.to_thread(
+                firing.customer_zones, self.engine, self.firing.fallback_zone
+            )
+        except OperationalError as exc:  # the jobs there are keep running meanwhile
+            log.warning("schedules: cannot read the zones in use, trying again: %s", exc)
+            return
         wanted = self.triggers(zones)
         for job in jobs.get_jobs():
             if job.id not in wanted:
