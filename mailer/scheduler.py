@@ -99,7 +99,9 @@ class Scheduler:
 
     def fire(self) -> list[RunResult]:
         """Everything due now (in a worker thread: a big fan-out takes seconds)."""
-        results = firing.fire_due(self.engine, self.schedules.loaded, self.clock.now(), self.firing)
+        results = firing.fire_due(
+            self.engine, self.schedules.loaded, self.clock.now(), self.firing, _progress
+        )
         for result in results:
             log.info(
                 "schedule %s %s%s: %d queued, %d skipped",
@@ -197,6 +199,12 @@ class Scheduler:
         if self._jobs is None:
             return {}
         return {job.id: job.next_run_time for job in self._jobs.get_jobs() if job.next_run_time}
+
+
+def _progress(schedule: str, written: int) -> None:
+    """A big run takes seconds: say how far it got, one line per range of customers."""
+    if written:
+        log.info("schedule %s: %d messages written so far", schedule, written)
 
 
 async def _first(*events: asyncio.Event, timeout: float) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -74,7 +75,7 @@ def run(
     if dry_run:
         _dry_run(app_, plans, sample, as_json)
         return
-    results = [firing.run(engine, plan, moment) for plan in plans]
+    results = [firing.run(engine, plan, moment, _progress(plan)) for plan in plans]
     rows = [
         {"occurrence": r.occurrence, "zone": r.zone, "queued": r.queued, "skipped": r.skipped}
         for r in results
@@ -83,6 +84,16 @@ def run(
         print_json(rows)
     else:
         print_table(rows, ("occurrence", "zone", "queued", "skipped"), title=f"{name}: queued")
+
+
+def _progress(plan: Plan) -> Callable[[int], None]:
+    where = f" ({plan.occurrence.zone})" if plan.occurrence.zone else ""
+
+    def show(written: int) -> None:
+        if written:
+            err.print(f"{plan.schedule} {plan.occurrence.key}{where}: {written} written so far")
+
+    return show
 
 
 def _dry_run(app_: App, plans: list[Plan], sample: int, as_json: bool) -> None:
