@@ -196,6 +196,7 @@ class Inquiry(SQLModel, table=True):
     error: str | None = None
     raw: bytes = Field(default=b"", sa_column=Column(LargeBinary, nullable=False))
     raw_truncated: bool = False
+    assignee: str | None = Field(default=None, max_length=100, description="a user's name")
 
 
 class MailboxState(SQLModel, table=True):
@@ -262,3 +263,39 @@ class WebinarEvent(SQLModel, table=True):
     sequence: int = 0
     fingerprint: str = Field(max_length=500)
     updated_at: datetime = _when(nullable=False, default_factory=utcnow)
+
+
+class Role(StrEnum):
+    SUPPORT = "support"
+    MARKETING = "marketing"
+    ADMIN = "admin"
+
+
+class User(SQLModel, table=True):
+    """Someone who signs in to the web app; the password is kept only as an argon2 hash."""
+
+    __tablename__ = "users"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=100, unique=True)
+    role: str = Field(max_length=20)
+    password_hash: str = Field(max_length=200)
+    disabled: bool = False
+    created_at: datetime = _when(nullable=False, default_factory=utcnow)
+
+
+class InquiryEvent(SQLModel, table=True):
+    """What people did with an inquiry: status changes, assignments, internal notes."""
+
+    __tablename__ = "inquiry_events"
+
+    id: int | None = Field(default=None, primary_key=True)
+    inquiry_id: int = Field(
+        sa_column=Column(
+            Integer, ForeignKey("inquiries.id", ondelete="CASCADE"), index=True, nullable=False
+        )
+    )
+    at: datetime = _when(nullable=False)
+    actor: str = Field(max_length=100)
+    kind: str = Field(max_length=20)  # status, assign, note
+    text: str = ""

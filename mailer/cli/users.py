@@ -1,0 +1,54 @@
+"""`mailer users ...`: who may sign in to the web app, and as what."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from mailer import users
+from mailer.cli.common import JSON_OPTION, app_of, out, print_json, print_table
+from mailer.models import Role
+
+app = typer.Typer(
+    help="Web app accounts: support, marketing and admin users.", no_args_is_help=True
+)
+
+
+@app.command("add")
+def add(
+    ctx: typer.Context,
+    name: str,
+    role: Role = typer.Option(..., help="support, marketing or admin"),
+    password_stdin: bool = typer.Option(
+        False, "--password-stdin", help="Read the password from standard input (for scripts)."
+    ),
+) -> None:
+    """Add an account; the password is asked for twice (or read from stdin)."""
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    app_ = app_of(ctx)
+    with app_.engine().begin() as conn:
+        users.add(conn, name, role, password, app_.clock.now())
+    out.print(f"{name} can now sign in as {role.value}")
+
+
+@app.command("list")
+def list_(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
+    """Every account, with its role."""
+    with app_of(ctx).engine().connect() as conn:
+        rows = users.find(conn)
+    if as_json:
+        print_json(rows)
+    else:
+        print_table(rows, ("name", "role", "disabled", "created_at"))
+
+
+@app.command("disable")
+def disable(ctx: typer.Context, name: str) -> None:
+    """Stop an account from signing in; its sessions end at their next request."""
+    with app_of(ctx).engine().begin() as conn:
+        users.disable(conn, name)
+    out.print(f"{name} can no longer sign in")

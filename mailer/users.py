@@ -1,0 +1,121 @@
+"""People who sign in to the web app, and how many wrong passwords they may try.
+
+Passwords are kept only as argon2id hashes (argon2-cffi: the OWASP recommendation, with
+parameters that can be raised later; old hashes are upgraded at the next sign-in).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import Table, insert, select, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
+from mailer.errors import MailerError, NotFound
+from mailer.models import Role, User
+
+USERS: Table = User.__table__  # type: ignore[attr-defined]
+HASHER = PasswordHasher()
+MIN_PASSWORD = 10
+# Any password check costs a hash: unknown names are checked against this one, so a
+# wrong name takes as long as a wrong password and does not reveal who has an account.
+_DECOY = HASHER.hash("no such user, no such password")
+
+
+@dataclass(frozen=True, slots=True)
+class SignedIn:
+    id: int
+    name: str
+    role: Role
+
+    def may(self, *roles: Role) -> bool:
+        """Admins may do everything; others what their role is listed for."""
+        return self.role == Role.ADMIN or self.role in roles
+
+
+def add(conn: Connection, name: str, role: Role, password: str, now: datetime) -> int:
+    if len(password) < MIN_PASSWORD:
+        raise MailerError(f"the password must have at least {MIN_PASSWORD} characters")
+    values = {
+        "name": name,
+        "role": role.value,
+        "password_hash": HASHER.hash(password),
+        "disabled": False,
+        "created_at": now,
+    }
+    try:
+        new_id = conn.execute(insert(USERS).values(**values)).inserted_primary_key
+    except IntegrityError:
+        raise MailerError(f"there is already a user named {name!r}") from None
+    assert new_id is not None
+    return int(new_id[0])
+
+
+def find(conn: Connection) -> list[dict[str, Any]]:
+    query = select(USERS.c.id, USERS.c.name, USERS.c.role, USERS.c.disabled, USERS.c.created_at)
+    return [dict(row) for row in conn.execute(query.order_by(USERS.c.name)).mappings()]
+
+
+def disable(conn: Connection, name: str) -> None:
+    if not conn.execute(update(USERS).where(USERS.c.name == name).values(disabled=True)).rowcount:
+        raise NotFound(f"no user named {name!r}")
+
+
+def authenticate(conn: Connection, name: str, password: str) -> SignedIn | None:
+    """The user, if the name and password match and the account is not disabled."""
+    row = conn.execute(select(USERS).where(USERS.c.name == name)).mappings().first()
+    try:
+        HASHER.verify(row["password_hash"] if row else _DECOY, password)
+    except (VerificationError, InvalidHashError):
+        return None
+    if row is None or row["disabled"]:
+        return None
+    if HASHER.check_needs_rehash(row["password_hash"]):
+        conn.execute(
+            update(USERS).where(USERS.c.id == row["id"]).values(password_hash=HASHER.hash(password))
+        )
+    return SignedIn(int(row["id"]), row["name"], Role(row["role"]))
+
+
+def get(conn: Connection, user_id: int) -> SignedIn | None:
+    """The user a session names, unless the account was disabled since."""
+    row = conn.execute(select(USERS).where(USERS.c.id == user_id)).mappings().first()
+    if row is None or row["disabled"]:
+        return None
+    return SignedIn(int(row["id"]), row["name"], Role(row["role"]))
+
+
+@dataclass
+class LoginGuard:
+    """At most ``attempts`` failed sign-ins per name and per client address in ``window``.
+
+    Kept in memory: one daemon serves the app, and a restart forgetting the count costs an
+    attacker nothing they could not get by waiting the window out.
+    """
+
+    attempts: int = 5
+    window: timedelta = timedelta(minutes=15)
+    _failures: dict[str, deque[datetime]] = field(default_factory=lambda: defaultdict(deque))
+
+    def allowed(self, keys: list[str], now: datetime) -> bool:
+        return all(len(self._recent(key, now)) < self.attempts for key in keys)
+
+    def failed(self, keys: list[str], now: datetime) -> None:
+        for key in keys:
+            self._recent(key, now).append(now)
+
+    def succeeded(self, keys: list[str]) -> None:
+        for key in keys:
+            self._failures.pop(key, None)
+
+    def _recent(self, key: str, now: datetime) -> deque[datetime]:
+        failures = self._failures[key]
+        while failures and failures[0] <= now - self.window:
+            failures.popleft()
+        return failures

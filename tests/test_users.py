@@ -1,0 +1,78 @@
+"""Web app accounts: argon2 hashes, disabled accounts, and the sign-in limit."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import Engine, select
+
+from mailer import users
+from mailer.clock import ManualClock
+from mailer.errors import MailerError, NotFound
+from mailer.models import Role
+from mailer.users import LoginGuard
+
+PASSWORD = "correct horse battery"
+
+
+def test_a_password_is_kept_only_as_an_argon2_hash(engine: Engine, clock: ManualClock) -> None:
+    with engine.begin() as conn:
+        users.add(conn, "sam", Role.SUPPORT, PASSWORD, clock.now())
+        stored = conn.execute(select(users.USERS.c.password_hash)).scalar_one()
+        signed_in = users.authenticate(conn, "sam", PASSWORD)
+        assert users.authenticate(conn, "sam", PASSWORD + "!") is None
+        assert users.authenticate(conn, "nobody", PASSWORD) is None
+    assert stored.startswith("$argon2id$") and PASSWORD not in stored
+    assert signed_in is not None and signed_in.role == Role.SUPPORT
+
+
+@pytest.mark.parametrize(
+    ("password", "message"), [("short", "at least 10 characters"), (PASSWORD, "already a user")]
+)
+def test_bad_accounts_are_refused_with_why(
+    engine: Engine, clock: ManualClock, password: str, message: str
+) -> None:
+    with engine.begin() as conn:
+        users.add(conn, "sam", Role.SUPPORT, PASSWORD, clock.now())
+    with pytest.raises(MailerError, match=message), engine.begin() as conn:
+        users.add(conn, "sam", Role.MARKETING, password, clock.now())
+
+
+def test_a_disabled_account_cannot_sign_in_and_its_sessions_end(
+    engine: Engine, clock: ManualClock
+) -> None:
+    with engine.begin() as conn:
+        sam = users.add(conn, "sam", Role.SUPPORT, PASSWORD, clock.now())
+        users.disable(conn, "sam")
+        assert users.authenticate(conn, "sam", PASSWORD) is None
+        assert users.get(conn, sam) is None
+        with pytest.raises(NotFound):
+            users.disable(conn, "nobody")
+
+
+def test_admins_may_everything_others_their_role() -> None:
+    support = users.SignedIn(1, "sam", Role.SUPPORT)
+    admin = users.SignedIn(2, "ada", Role.ADMIN)
+    assert support.may(Role.SUPPORT) and not support.may(Role.MARKETING) and not support.may()
+    assert admin.may(Role.MARKETING) and admin.may()
+
+
+def test_five_failed_sign_ins_lock_a_name_for_the_window(clock: ManualClock) -> None:
+    guard = LoginGuard(attempts=5, window=timedelta(minutes=15))
+    keys = ["name:sam", "client:203.0.113.9"]
+    for _ in range(5):
+        assert guard.allowed(keys, clock.now())
+        guard.failed(keys, clock.now())
+    assert not guard.allowed(keys, clock.now())
+    assert not guard.allowed(["name:other", "client:203.0.113.9"], clock.now()), "same client"
+    clock.advance(timedelta(minutes=15))
+    assert guard.allowed(keys, clock.now())
+
+
+def test_a_success_clears_the_count(clock: ManualClock) -> None:
+    guard = LoginGuard(attempts=2)
+    guard.failed(["name:sam"], clock.now())
+    guard.succeeded(["name:sam"])
+    guard.failed(["name:sam"], clock.now())
+    assert guard.allowed(["name:sam"], clock.now())
