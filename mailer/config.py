@@ -147,7 +147,9 @@ class BusinessHoursSettings(Section):
 
 
 class WebSettings(Section):
+    enabled: bool = True
     bind: str = Field(default="127.0.0.1:8025", pattern=r"^[^:]+:\d{1,5}$")
+    marketing_reads_inquiries: bool = False
     base_url: str = Field(default="http://127.0.0.1:8025", pattern=r"^https?://")
     secret_env: str = ""
 

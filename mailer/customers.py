@@ -1,4 +1,5 @@
-"""Customers in the database: batched CSV import, look-ups and unsubscribing.
+"""Customers in the database: batched CSV import, look-ups, unsubscribing, and when each
+was last and may next be contacted.
 
 The import is an upsert by email, a thousand rows to a statement, so 100,000 rows take
 seconds; running the same file twice changes nothing.
@@ -6,7 +7,7 @@ seconds; running the same file twice changes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from itertools import islice
@@ -17,14 +18,17 @@ from sqlalchemy import Engine, Table, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
+from mailer import outbox, throttle
+from mailer.config import Settings
 from mailer.customer_csv import CustomerRow, RejectedRow, normalise_email, parse_rows, read_rows
 from mailer.errors import ImportFileError, NotFound
-from mailer.models import Customer, CustomerTag
+from mailer.models import Category, Customer, CustomerTag
 
 BATCH = 1000
 CUSTOMERS: Table = Customer.__table__  # type: ignore[attr-defined]
 TAGS: Table = CustomerTag.__table__  # type: ignore[attr-defined]
 Progress = Callable[[int], None]
+NON_TRANSACTIONAL = (Category.MARKETING.value, Category.RELATIONSHIP.value)
 
 
 @dataclass
@@ -197,9 +201,18 @@ def get(conn: Connection, email: str) -> dict[str, Any]:
         key = normalise_email(email)
     except ValueError as exc:
         raise NotFound(str(exc)) from None
-    row = conn.execute(select(CUSTOMERS).where(CUSTOMERS.c.email == key)).one_or_none()
+    return _one(conn, CUSTOMERS.c.email == key, f"no customer {key}")
+
+
+def get_id(conn: Connection, customer_id: int) -> dict[str, Any]:
+    """One customer with tags, by id, as pages and links name them; NotFound if there is none."""
+    return _one(conn, CUSTOMERS.c.id == customer_id, f"no customer {customer_id}")
+
+
+def _one(conn: Connection, where: Any, missing: str) -> dict[str, Any]:
+    row = conn.execute(select(CUSTOMERS).where(where)).one_or_none()
     if row is None:
-        raise NotFound(f"no customer {key}")
+        raise NotFound(missing)
     customer = dict(row._mapping)
     customer["tags"] = _tags_of(conn, [customer["id"]]).get(customer["id"], [])
     return customer
@@ -252,3 +265,26 @@ def unsubscribe_id(conn: Connection, customer_id: int, now: datetime) -> bool:
         .values(unsubscribed_at=now, updated_at=now)
     )
     return bool(result.rowcount)
+
+
+def next_contact(
+    conn: Connection, customer: Mapping[str, Any], now: datetime, settings: Settings
+) -> dict[str, datetime | None]:
+    """When marketing and relationship mail could next go to the customer (None: never), as
+    the throttle would decide it for a message claimed now."""
+    recent = outbox.contacts(conn, [customer["id"]], now).get(customer["id"], [])
+    state = outbox.customer_state(customer, recent, settings.business_hours.timezone)
+    rules = throttle.Rules.from_settings(settings.throttle)
+    return {c: throttle.next_allowed(c, now, state, rules) for c in NON_TRANSACTIONAL}
+
+
+def last_contact(conn: Connection, customer_id: int) -> dict[str, Any] | None:
+    """The latest message the SMTP server accepted for the customer, of any category."""
+    query = (
+        select(outbox.OUTBOX)
+        .where(outbox.OUTBOX.c.customer_id == customer_id, outbox.OUTBOX.c.sent_at.is_not(None))
+        .order_by(outbox.OUTBOX.c.sent_at.desc())
+        .limit(1)
+    )
+    row = conn.execute(query).mappings().first()
+    return dict(row) if row else None

@@ -1,9 +1,9 @@
 """`mailer run`: the one long-lived process. It owns the event loop and the shutdown.
 
 Each capability is a task started here (the sandbox mail server, the delivery workers,
-the inbox watcher and the schedules); on SIGINT or SIGTERM they stop taking new work and
-get a bounded time to finish what is in flight, after which unfinished messages go back to
-the queue. SIGHUP reads the schedule files again.
+the inbox watcher, the schedules and the web app); on SIGINT or SIGTERM they stop taking
+new work and get a bounded time to finish what is in flight, after which unfinished
+messages go back to the queue. SIGHUP reads the schedule files again.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from mailer.sandbox_imap import SandboxImap
 from mailer.scheduler import Scheduler, Schedules
 from mailer.smtp import SmtpPool, SmtpTarget
 from mailer.templates import TemplateStore
+from mailer.web import server as web_server
 
 log = logging.getLogger("mailer")
 
@@ -139,6 +140,12 @@ async def serve(
             asyncio.create_task(watcher.run(stop), name="inbox"),
             asyncio.create_task(scheduler.run(stop, reload or asyncio.Event()), name="schedules"),
         ]
+        if cfg.settings.web.enabled:
+            app, sock = (
+                web_server.build(cfg, engine, clock),
+                web_server.listen(cfg.settings.web.bind),
+            )
+            workers.append(asyncio.create_task(web_server.serve(app, sock, stop), name="web"))
         await _announce(cfg, engine, target, sandbox_on)
         await stop.wait()
         log.info("stopping: finishing messages in flight (at most %.0f s)", SHUTDOWN_GRACE)

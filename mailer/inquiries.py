@@ -4,6 +4,9 @@ a customer (a new lead when the sender is unknown).
 Threading looks, in order, at In-Reply-To and References (our inquiries' Message-IDs, and
 the Message-IDs of what we sent about an inquiry), then at a reference token such as
 "[#42]" in the subject, for mail clients that drop those headers.
+
+What people do with an inquiry (status changes, assignments, notes) is recorded as an
+event with who did it, so the desk shows a timeline and nothing changes silently.
 """
 
 from __future__ import annotations
@@ -11,18 +14,19 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
-from sqlalchemy import Table, insert, select, update
+from sqlalchemy import Table, insert, or_, select, tuple_, update
 from sqlalchemy.engine import Connection
 
 from mailer.customer_csv import normalise_email
 from mailer.customers import CUSTOMERS
 from mailer.inbound import Inbound, subject_reference
-from mailer.models import Inquiry, InquiryStatus, OutboxMessage
+from mailer.models import Inquiry, InquiryEvent, InquiryStatus, OutboxMessage
 
 INQUIRIES: Table = Inquiry.__table__  # type: ignore[attr-defined]
 OUTBOX: Table = OutboxMessage.__table__  # type: ignore[attr-defined]
+EVENTS: Table = InquiryEvent.__table__  # type: ignore[attr-defined]
 ACK_KEY = "ack:inquiry:{id}"  # the dedupe key of an inquiry's acknowledgement
 _DIGITS = re.compile(r"(\d+)\]$")
 
@@ -166,31 +170,107 @@ def _customer_for(conn: Connection, inbound: Inbound, now: datetime) -> int | No
     return int(lead[0])
 
 
+_BODIES = ("raw", "body_text", "reply_text")
+_NEWEST = (INQUIRIES.c.received_at.desc(), INQUIRIES.c.id.desc())
+_OLDEST = (INQUIRIES.c.received_at, INQUIRIES.c.id)
+EventKind = Literal["status", "assign", "note"]
+
+
+def _columns(*leave_out: str) -> list[Any]:
+    return [c for c in INQUIRIES.c if c.name not in leave_out]
+
+
 def find(conn: Connection, *, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
     """Newest first, without raw bytes or bodies."""
-    skip = {"raw", "body_text", "reply_text"}
-    query = (
-        select(*(c for c in INQUIRIES.c if c.name not in skip))
-        .order_by(INQUIRIES.c.received_at.desc(), INQUIRIES.c.id.desc())
-        .limit(limit)
-    )
+    return browse(conn, status=status, size=limit).rows
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One screen of the newest-first list, and where to go on from either end."""
+
+    rows: list[dict[str, Any]]
+    newer: int | None  # browse(after=newer) is the page before this one
+    older: int | None  # browse(before=older) is the page after this one
+
+
+def browse(
+    conn: Connection,
+    *,
+    status: str | None = None,
+    search: str | None = None,
+    before: int | None = None,
+    after: int | None = None,
+    size: int = 50,
+) -> Page:
+    """Newest first, without bodies. Pages are keyset pages: ``before``/``after`` name the
+    inquiry at the edge the reader comes from, so the last page costs what the first does."""
+    query = select(*_columns(*_BODIES)).limit(size + 1)
     if status:
         query = query.where(INQUIRIES.c.status == status)
-    return [dict(r) for r in conn.execute(query).mappings()]
+    if search:
+        query = query.where(_matching(search, conn.dialect.name))
+    edge = after if after is not None else before
+    if edge is not None:
+        at = conn.execute(select(INQUIRIES.c.received_at).where(INQUIRIES.c.id == edge)).scalar()
+        if at is None:
+            return Page([], None, None)
+        key, edge_key = tuple_(*_OLDEST), tuple_(at, edge)
+        query = query.where(key > edge_key if after is not None else key < edge_key)
+    order = _OLDEST if after is not None else _NEWEST
+    rows = [dict(r) for r in conn.execute(query.order_by(*order)).mappings()]
+    return _page(rows, size, forwards=after is None, from_edge=edge is not None)
+
+
+def _page(rows: list[dict[str, Any]], size: int, *, forwards: bool, from_edge: bool) -> Page:
+    """One more row than shown was asked for: its presence says the list goes on that way."""
+    more, rows = len(rows) > size, rows[:size]
+    if not forwards:
+        rows.reverse()
+    newer = more if not forwards else from_edge
+    older = more if forwards else True
+    first, last = (rows[0]["id"], rows[-1]["id"]) if rows else (None, None)
+    return Page(rows, first if newer else None, last if older else None)
+
+
+def _matching(text: str, dialect: str) -> Any:
+    """Sender, subject or text containing ``text`` in any case. SQLite's LIKE ignores case
+    already (ASCII only, as its lower() does), and is a third faster without lower()."""
+    table = INQUIRIES.c
+    columns = (table.sender, table.sender_name, table.subject, table.body_text)
+    sqlite = dialect == "sqlite"
+    return or_(*((c.contains if sqlite else c.icontains)(text, autoescape=True) for c in columns))
 
 
 def get(conn: Connection, inquiry_id: int) -> dict[str, Any] | None:
-    """One inquiry with the other messages of its thread."""
+    """One inquiry with every message of its thread, oldest first (without raw bytes)."""
     row = conn.execute(select(INQUIRIES).where(INQUIRIES.c.id == inquiry_id)).mappings().first()
     if row is None:
         return None
     root = row["thread_id"] or row["id"]
     thread = conn.execute(
-        select(INQUIRIES.c.id, INQUIRIES.c.received_at, INQUIRIES.c.subject, INQUIRIES.c.status)
+        select(*_columns("raw"))
         .where((INQUIRIES.c.id == root) | (INQUIRIES.c.thread_id == root))
-        .order_by(INQUIRIES.c.received_at, INQUIRIES.c.id)
+        .order_by(*_OLDEST)
     ).mappings()
     return {**row, "thread": [dict(t) for t in thread]}
+
+
+def of_customer(conn: Connection, customer_id: int, *, with_text: bool) -> list[dict[str, Any]]:
+    """A customer's inquiries, newest first; what they wrote only for those who may read it."""
+    c = INQUIRIES.c
+    columns = [c.id, c.thread_id, c.received_at, c.subject, c.status]
+    if with_text:
+        columns += [c.sender, c.body_text, c.reply_text]
+    query = select(*columns).where(c.customer_id == customer_id).order_by(*_NEWEST)
+    return [dict(r) for r in conn.execute(query).mappings()]
+
+
+def acknowledgements(conn: Connection, inquiry_ids: list[int]) -> dict[int, dict[str, Any]]:
+    """The acknowledgement queued for each of these inquiries, by inquiry, where there is one."""
+    keys = {ACK_KEY.format(id=i): i for i in inquiry_ids}
+    query = select(OUTBOX).where(OUTBOX.c.dedupe_key.in_(list(keys)))
+    return {keys[r["dedupe_key"]]: dict(r) for r in conn.execute(query).mappings()}
 
 
 def set_status(conn: Connection, inquiry_id: int, status: InquiryStatus) -> bool:
@@ -198,3 +278,53 @@ def set_status(conn: Connection, inquiry_id: int, status: InquiryStatus) -> bool
         update(INQUIRIES).where(INQUIRIES.c.id == inquiry_id).values(status=status)
     )
     return bool(result.rowcount)
+
+
+def change_status(
+    conn: Connection, inquiry_id: int, status: InquiryStatus, actor: str, now: datetime
+) -> bool:
+    """Set the status, recording who moved it from what; False if there is no such inquiry."""
+    before = conn.execute(select(INQUIRIES.c.status).where(INQUIRIES.c.id == inquiry_id)).scalar()
+    if before is None:
+        return False
+    if before != status:
+        set_status(conn, inquiry_id, status)
+        _record(conn, inquiry_id, "status", f"{before} → {status}", actor, now)
+    return True
+
+
+def assign(
+    conn: Connection, inquiry_id: int, assignee: str | None, actor: str, now: datetime
+) -> bool:
+    """Give the inquiry to a user by name, or to nobody (None); recorded like a status change."""
+    found = conn.execute(
+        select(INQUIRIES.c.assignee).where(INQUIRIES.c.id == inquiry_id)
+    ).one_or_none()
+    if found is None:
+        return False
+    if found.assignee != assignee:
+        query = update(INQUIRIES).where(INQUIRIES.c.id == inquiry_id).values(assignee=assignee)
+        conn.execute(query)
+        _record(conn, inquiry_id, "assign", assignee or "", actor, now)
+    return True
+
+
+def add_note(conn: Connection, inquiry_id: int, text: str, actor: str, now: datetime) -> bool:
+    """An internal note: for colleagues, never sent to the customer."""
+    if _existing(conn, inquiry_id) is None:
+        return False
+    _record(conn, inquiry_id, "note", text, actor, now)
+    return True
+
+
+def _record(
+    conn: Connection, inquiry_id: int, kind: EventKind, text: str, actor: str, now: datetime
+) -> None:
+    values = {"inquiry_id": inquiry_id, "at": now, "actor": actor, "kind": kind, "text": text}
+    conn.execute(insert(EVENTS).values(**values))
+
+
+def events(conn: Connection, inquiry_id: int) -> list[dict[str, Any]]:
+    """What people did with the inquiry, oldest first."""
+    query = select(EVENTS).where(EVENTS.c.inquiry_id == inquiry_id).order_by(EVENTS.c.id)
+    return [dict(r) for r in conn.execute(query).mappings()]

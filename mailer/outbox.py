@@ -15,7 +15,7 @@ from itertools import islice
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Engine, Table, bindparam, insert, or_, select, update
+from sqlalchemy import Engine, Table, bindparam, case, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
@@ -462,15 +462,28 @@ def retry(conn: Connection, outbox_id: int, now: datetime) -> bool:
 
 
 def find(
-    conn: Connection, *, status: str | None = None, customer_id: int | None = None, limit: int = 50
+    conn: Connection,
+    *,
+    status: str | None = None,
+    customer_id: int | None = None,
+    limit: int = 50,
+    first: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Newest first."""
-    query = select(OUTBOX).order_by(OUTBOX.c.id.desc()).limit(limit)
+    """Newest first; with ``first``, messages of that status come before the rest (an
+    operator's view puts failures on top)."""
+    order = [] if first is None else [case((OUTBOX.c.status == first, 0), else_=1)]
+    query = select(OUTBOX).order_by(*order, OUTBOX.c.id.desc()).limit(limit)
     if status:
         query = query.where(OUTBOX.c.status == status)
     if customer_id is not None:
         query = query.where(OUTBOX.c.customer_id == customer_id)
     return [dict(r) for r in conn.execute(query).mappings()]
+
+
+def counts(conn: Connection) -> dict[str, int]:
+    """How many messages are in each status; statuses with none are left out."""
+    query = select(OUTBOX.c.status, func.count()).group_by(OUTBOX.c.status)
+    return {status: count for status, count in conn.execute(query)}
 
 
 def get(conn: Connection, outbox_id: int) -> dict[str, Any] | None:

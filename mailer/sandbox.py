@@ -11,6 +11,7 @@ import asyncio
 import email.policy
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from email.message import MIMEPart
 from email.parser import BytesParser
 from typing import Any
 
@@ -97,13 +98,22 @@ def get(conn: Connection, message_id: int) -> dict[str, Any] | None:
     row = conn.execute(select(SANDBOX).where(SANDBOX.c.id == message_id)).mappings().one_or_none()
     if row is None:
         return None
-    parsed = BytesParser(policy=email.policy.default).parsebytes(row["raw"])
+    return {**{k: v for k, v in row.items() if k != "raw"}, **read(row["raw"])}
+
+
+def read(raw: bytes) -> dict[str, Any]:
+    """A message's headers (decoded), text part, HTML part and size, as a person reads them:
+    the parts with plain newlines rather than the wire's CRLF."""
+    parsed = BytesParser(policy=email.policy.default).parsebytes(raw)
     text = parsed.get_body(preferencelist=("plain",))
     html = parsed.get_body(preferencelist=("html",))
     return {
-        **{k: v for k, v in row.items() if k != "raw"},
         "headers": [(k, str(v)) for k, v in parsed.items()],
-        "text": text.get_content() if text is not None else None,
-        "html": html.get_content() if html is not None else None,
-        "size": len(row["raw"]),
+        "text": _content(text),
+        "html": _content(html),
+        "size": len(raw),
     }
+
+
+def _content(part: MIMEPart | None) -> str | None:
+    return None if part is None else str(part.get_content()).replace("\r\n", "\n")

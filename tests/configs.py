@@ -26,6 +26,7 @@ def real_servers(dovecot: DovecotServer, smtp_port: int, mailbox: str) -> dict[s
     """Overrides that point the daemon at a Dovecot mailbox and an SMTP sink, not the sandbox."""
     return {
         "MAILER_SANDBOX__ENABLED": "false",
+        "MAILER_WEB__BIND": "127.0.0.1:0",  # any free port: tests run several daemons
         "MAILER_SMTP__PORT": str(smtp_port),
         "MAILER_IMAP__PORT": str(dovecot.port),
         "MAILER_IMAP__USERNAME": dovecot.user,

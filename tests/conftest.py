@@ -6,17 +6,22 @@ import itertools
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
+from playwright.async_api import Page
 from sqlalchemy import Engine
 
-from mailer import customers, db, migrate
+from mailer import customers, db, migrate, users
 from mailer.clock import ManualClock
 from mailer.config import Config
 from mailer.firing import Firing
+from mailer.models import Role
+from mailer.web.server import build as build_web
 from tests.configs import shipped_config
 from tests.dovecot import DovecotServer
 from tests.pg import PostgresServer
+from tests.site import Site, served
 
 _database_names = itertools.count()
 _folders = itertools.count()
@@ -104,3 +109,43 @@ def people(engine: Engine, tmp_path: Path) -> None:
     csv.write_text(HEADER + "\n".join(rows) + "\n", encoding="utf-8")
     report = customers.import_csv(engine, csv, datetime(2026, 1, 1, tzinfo=UTC))
     assert not report.rejected and report.inserted == len(PEOPLE)
+
+
+# The web app and the browser ---------------------------------------------------------------
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's; Playwright never downloads a browser here
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(
+    browser_type_launch_args: dict[str, Any], browser_name: str
+) -> dict[str, Any]:
+    if browser_name != "chromium":
+        return browser_type_launch_args
+    return {**browser_type_launch_args, "executable_path": CHROMIUM, "args": ["--disable-gpu"]}
+
+
+@pytest.fixture
+def staff(engine: Engine, clock: ManualClock) -> dict[Role, str]:
+    """One account per role, all with PASSWORD: role -> user name."""
+    names = {Role.SUPPORT: "sam", Role.MARKETING: "mia", Role.ADMIN: "ada"}
+    with engine.begin() as conn:
+        for role, name in names.items():
+            users.add(conn, name, role, PASSWORD, clock.now())
+    return names
+
+
+@pytest.fixture
+def site(engine: Engine, cfg: Config, clock: ManualClock) -> Iterator[Site]:
+    with served(build_web(cfg, engine, clock)) as running:
+        yield running
+
+
+async def sign_in(page: Page, site: Site, name: str) -> None:
+    """Through the login form, as a person would."""
+    await page.goto(site.url + "/login")
+    await page.get_by_label("Name").fill(name)
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Sign in").click()
+    await page.wait_for_url(lambda url: "/login" not in url)

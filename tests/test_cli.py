@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +32,7 @@ def _env(config: Path, database_url: str) -> dict[str, str]:
         MAILER_DATABASE__URL=database_url,
         MAILER_PATHS__TEMPLATES=str(ROOT / "templates"),
         MAILER_PATHS__SCHEDULES=str(ROOT / "schedules"),
+        MAILER_WEB__BIND="127.0.0.1:0",
         COLUMNS="200",
     )
     return env
@@ -171,7 +174,12 @@ def test_run_shows_the_whole_loop_in_the_sandbox_and_stops_on_sigterm(
     command = [sys.executable, "-m", "mailer", "run"]
     with subprocess.Popen(command, env=project, stderr=subprocess.PIPE, text=True) as daemon:
         try:
-            assert "is running with 8 customers" in _read_until(daemon, "is running", 30)
+            started = _read_until(daemon, "is running", 30)
+            assert "is running with 8 customers" in started
+            web = re.search(r"web app on (http://\S+)", started)
+            assert web is not None, started
+            with urllib.request.urlopen(web.group(1) + "/healthz", timeout=10) as health:
+                assert health.read() == b"ok\n"
             captured = _wait_for_capture(project["MAILER_DATABASE__URL"], 30, count=1)
             inquiry = ("--from", "Siti <siti.rahma@example.com>", "--subject", "Pesanan 17")
             with_demo("sandbox", "send-inquiry", *inquiry, "--body", "Kopi saya belum sampai.")
@@ -304,3 +312,41 @@ def test_schedules_run_refuses_what_it_cannot_do(
 ) -> None:
     result = with_demo("schedules", "run", *args, check=False)
     assert result.returncode == 1 and message in result.stderr
+
+
+def test_users_are_added_with_a_role_and_listed_without_their_password(
+    with_demo: Mailer, project: dict[str, str]
+) -> None:
+    command = [sys.executable, "-m", "mailer", "users", "add", "sam", "--role", "support"]
+    added = subprocess.run(
+        [*command, "--password-stdin"],
+        input="correct horse battery\n",
+        env=project,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert added.returncode == 0, added.stderr
+    assert "sam can now sign in as support" in added.stdout
+    (listed,) = json.loads(with_demo("users", "list", "--json").stdout)
+    assert (listed["name"], listed["role"]) == ("sam", "support")
+    assert "password_hash" not in listed
+    empty = with_demo("users", "add", "bo", "--role", "admin", "--password-stdin", check=False)
+    assert empty.returncode == 1 and "at least 10 characters" in empty.stderr
+
+
+def test_web_serves_the_app_alone_and_stops_on_sigterm(
+    with_demo: Mailer, project: dict[str, str]
+) -> None:
+    command = [sys.executable, "-m", "mailer", "web"]
+    with subprocess.Popen(command, env=project, stderr=subprocess.PIPE, text=True) as web:
+        try:
+            started = _read_until(web, "web app on", 30)
+            address = re.search(r"web app on (http://\S+)", started)
+            assert address is not None, started
+            with urllib.request.urlopen(address.group(1) + "/login", timeout=10) as page:
+                assert b"Sign in" in page.read()
+            web.send_signal(signal.SIGTERM)
+            assert web.wait(timeout=30) == 0
+        finally:
+            web.kill()

@@ -9,9 +9,10 @@ from pathlib import Path
 import typer
 
 from mailer import __version__, checks, config, daemon, migrate
-from mailer.cli import customers, inquiries, outbox, sandbox, schedules, templates
+from mailer.cli import customers, inquiries, outbox, sandbox, schedules, templates, users
 from mailer.cli.common import App, app_of, err, out, say_error
 from mailer.errors import ConfigError, MailerError
+from mailer.web import server as web_server
 
 app = typer.Typer(
     help="mailer: support acknowledgements, newsletters, birthdays and webinars by email.",
@@ -25,6 +26,7 @@ app.add_typer(outbox.app, name="outbox")
 app.add_typer(inquiries.app, name="inquiries")
 app.add_typer(sandbox.app, name="sandbox")
 app.add_typer(schedules.app, name="schedules")
+app.add_typer(users.app, name="users")
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 
@@ -78,6 +80,17 @@ def run(
     )
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every SMTP command
     daemon.run(app_.config, engine, sandbox_on=sandbox or app_.config.settings.sandbox.enabled)
+
+
+@app.command()
+def web(ctx: typer.Context) -> None:
+    """Serve only the web app ([web] bind), e.g. on a second machine; `run` serves it too."""
+    app_ = app_of(ctx)
+    engine = app_.engine()
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    web_server.run_alone(app_.config, engine)
 
 
 @db_app.command("upgrade")

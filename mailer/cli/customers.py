@@ -9,14 +9,12 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
-from mailer import customers, outbox, throttle
+from mailer import customers, outbox
 from mailer.cli.common import JSON_OPTION, app_of, err, out, print_fields, print_json, print_table
 from mailer.customer_csv import RejectedRow
-from mailer.models import Category
 
 app = typer.Typer(help="Customers: import from CSV, look up, unsubscribe.", no_args_is_help=True)
 
-NON_TRANSACTIONAL = (Category.MARKETING.value, Category.RELATIONSHIP.value)
 LIST_COLUMNS = ("email", "name", "locale", "timezone", "tags", "unsubscribed_at")
 
 
@@ -113,10 +111,7 @@ def show(
     with app_.engine().connect() as conn:
         customer = customers.get(conn, email)
         messages = outbox.find(conn, customer_id=customer["id"], limit=history)
-        recent = outbox.contacts(conn, [customer["id"]], now).get(customer["id"], [])
-    state = outbox.customer_state(customer, recent, cfg.settings.business_hours.timezone)
-    rules = throttle.Rules.from_settings(cfg.settings.throttle)
-    next_contact = {c: throttle.next_allowed(c, now, state, rules) for c in NON_TRANSACTIONAL}
+        next_contact = customers.next_contact(conn, customer, now, cfg.settings)
     if as_json:
         print_json({**customer, "next_contact": next_contact, "history": messages})
         return

@@ -9,6 +9,7 @@ from mailer.cli.common import JSON_OPTION, app_of, out, print_fields, print_json
 from mailer.errors import NotFound
 from mailer.models import InquiryStatus
 
+CLI_ACTOR = "command line"  # who the inquiry's history says moved it
 app = typer.Typer(help="Inquiries: every message customers wrote to support.", no_args_is_help=True)
 
 COLUMNS = ("id", "received_at", "sender", "subject", "status", "thread_id")
@@ -51,7 +52,8 @@ def show(ctx: typer.Context, inquiry_id: int, as_json: bool = JSON_OPTION) -> No
 @app.command("set-status")
 def set_status(ctx: typer.Context, inquiry_id: int, status: InquiryStatus) -> None:
     """Move an inquiry along: new, acknowledged, open, answered, closed."""
-    with app_of(ctx).engine().begin() as conn:
-        if not inquiries.set_status(conn, inquiry_id, status):
+    app_ = app_of(ctx)
+    with app_.engine().begin() as conn:
+        if not inquiries.change_status(conn, inquiry_id, status, CLI_ACTOR, app_.clock.now()):
             raise NotFound(f"no inquiry {inquiry_id}")
     out.print(f"inquiry {inquiry_id} is now {status.value}")

@@ -8,13 +8,12 @@ from typing import Any
 
 import typer
 
-from mailer import dryrun, firing, occurrences, throttle
+from mailer import dryrun, firing, occurrences, results, throttle
 from mailer.cli.common import JSON_OPTION, App, app_of, err, out, print_json, print_table
 from mailer.errors import MailerError, NotFound
 from mailer.fanout import Plan
 from mailer.firing import Firing
-from mailer.schedules import Schedule, load_schedules
-from mailer.templates import TemplateStore
+from mailer.schedules import Schedule
 
 app = typer.Typer(help="Newsletters, birthdays and webinars in schedules/.", no_args_is_help=True)
 
@@ -27,17 +26,16 @@ def list_(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
     app_ = app_of(ctx)
     schedules = _loaded(app_)
     zones = firing.customer_zones(app_.engine(), Firing.from_config(app_.config).fallback_zone)
-    now = app_.clock.now()
     rows = [
         {
-            "name": name,
-            "kind": schedule.kind,
-            "template": schedule.template,
-            "enabled": schedule.enabled,
-            "next_fire": occurrences.next_fire(schedule, zones, now),
-            "zones": len(occurrences.zones_for(schedule, zones)),
+            "name": found.name,
+            "kind": found.schedule.kind,
+            "template": found.schedule.template,
+            "enabled": found.schedule.enabled,
+            "next_fire": found.next_fire,
+            "zones": len(found.zones),
         }
-        for name, schedule in schedules.items()
+        for found in results.summaries(schedules, zones, app_.clock.now())
     ]
     if as_json:
         print_json(rows)
@@ -144,9 +142,7 @@ def _preview_json(found: dryrun.Preview) -> dict[str, Any]:
 
 def _loaded(app_: App) -> dict[str, Schedule]:
     """The schedules that load; a broken file is named, as `mailer check` would."""
-    cfg = app_.config
-    names = TemplateStore(cfg.templates_dir).names()
-    schedules, problems = load_schedules(cfg.schedules_dir, names, app_.clock)
+    schedules, problems = results.load(app_.config, app_.clock)
     for problem in problems:
         err.print(f"skipped: {problem}")
     return schedules

@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
+import dataclasses
 
 import typer
-from sqlalchemy.engine import Connection
 
-from mailer import customers, outbox
+from mailer import customers, previews, results
 from mailer.cli.common import JSON_OPTION, app_of, err, out, print_json, print_table
-from mailer.context import customer_view, customer_zone
-from mailer.customer_csv import normalise_email
-from mailer.errors import MailerError, NotFound
-from mailer.models import Category
-from mailer.outbox import NewMessage
-from mailer.templates import TemplateStore, sample_context
-
-# what a test send borrows from the sample data; the customer, company and links are real
-SAMPLE_ONLY = ("params", "inquiry", "reply_expected_by", "webinar")
+from mailer.templates import TemplateStore
 
 app = typer.Typer(help="Templates: list, check, preview.", no_args_is_help=True)
 
@@ -64,33 +55,24 @@ def preview(
     locale: str | None = typer.Option(None, help="Override the customer's locale."),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Render a template for a real customer: subject, text and HTML, exactly as sent."""
+    """Render a template for a real customer: subject, headers, text and HTML, as sent."""
     app_ = app_of(ctx)
     cfg = app_.config
-    store = _store(ctx)
     with app_.engine().connect() as conn:
         row = customers.get(conn, customer)
-    context = sample_context(store.root, name, locale, company=cfg.settings.company or None)
-    context["customer"] = customer_view(row)
-    base = cfg.settings.web.base_url.rstrip("/")
-    context.update(
-        unsubscribe_url=f"{base}/unsubscribe/preview", preferences_url=f"{base}/preferences/preview"
+    schedules, _ = results.load(cfg, app_.clock)
+    category = previews.category_of(name, schedules.values())
+    message = previews.preview(
+        cfg, _store(ctx), row, name, locale=locale, category=category, now=app_.clock.now()
     )
-    chosen = locale or row["locale"]
-    message = store.render(name, context, locale=chosen, zone=customer_zone(row, cfg))
     if as_json:
-        print_json(
-            {
-                "template": name,
-                "variant": message.variant,
-                "subject": message.subject,
-                "text": message.text,
-                "html": message.html,
-            }
-        )
+        print_json(dataclasses.asdict(message))
         return
     err.print(f"{name} / {message.variant or 'default'} for {row['email']}", style="dim")
-    out.print(f"Subject: {message.subject}\n", style="bold")
+    out.print(f"Subject: {message.subject}", style="bold")
+    for header, value in message.headers:
+        out.print(f"{header}: {value}")
+    out.print("")
     out.print(message.text)
     if message.html:
         out.print("\n--- HTML ---", style="bold")
@@ -107,36 +89,10 @@ def send_test(
 ) -> None:
     """Queue one test message through the outbox with sample data; the daemon sends it."""
     app_ = app_of(ctx)
-    cfg, now = app_.config, app_.clock.now()
-    store = _store(ctx)
-    store.variants(name)  # an unknown template is refused now, not at send time
-    try:
-        address = normalise_email(to)
-    except ValueError as exc:
-        raise MailerError(str(exc)) from None
-    engine = app_.engine()
-    with engine.connect() as conn:
-        customer_id = _customer_id(conn, address)
-    sample = sample_context(store.root, name, locale, company=cfg.settings.company or None)
-    message = NewMessage(
-        dedupe_key=f"test:{name}:{uuid.uuid4()}",
-        to_address=address,
-        category=Category.TRANSACTIONAL,
-        template=name,
-        customer_id=customer_id,
-        locale=locale,
-        context={k: sample[k] for k in SAMPLE_ONLY},
+    message = previews.send_test(
+        app_.engine(), app_.config, _store(ctx), name, to, locale=locale, now=app_.clock.now()
     )
-    outbox.enqueue(engine, [message], now)
     if as_json:
-        print_json({"dedupe_key": message.dedupe_key, "to": address})
+        print_json({"dedupe_key": message.dedupe_key, "to": message.to_address})
     else:
-        out.print(f"queued a test of {name} to {address}; `mailer run` delivers it")
-
-
-def _customer_id(conn: Connection, address: str) -> int | None:
-    """A test to a customer's address is rendered with that customer's data."""
-    try:
-        return int(customers.get(conn, address)["id"])
-    except NotFound:
-        return None
+        out.print(f"queued a test of {name} to {message.to_address}; `mailer run` delivers it")

@@ -1,0 +1,1 @@
+"""The web app (Starlette, Jinja2, htmx): see ``mailer.web.app``."""

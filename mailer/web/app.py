@@ -1,0 +1,118 @@
+"""The web app: support's desk, marketing's previews and results, customers' unsubscribe.
+
+Served by the daemon (``[web] bind``) and by ``mailer web`` alone. Sessions are signed
+cookies (HttpOnly, SameSite=Lax, Secure when ``base_url`` is https); every form carries a
+CSRF token; every page checks the role it is for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from mailer import tokens
+from mailer.clock import Clock
+from mailer.config import Config
+from mailer.models import Role
+from mailer.web import auth, health, unsubscribe
+from mailer.web.common import HERE, WebState, render, require
+
+SESSION_COOKIE = "mailer_session"
+SESSION_AGE = timedelta(hours=12)
+# The app's own pages run only its own script; mail previews are sandboxed iframes whose
+# remote images this policy keeps from loading (img-src has no remote origins).
+POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; frame-src 'self'; frame-ancestors 'self'; form-action 'self'; "
+    "base-uri 'none'; object-src 'none'"
+)
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+class SecurityHeaders:
+    """Headers on every response that make the browser refuse what the app never does."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def with_headers(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] += [
+                    (b"content-security-policy", POLICY.encode()),
+                    (b"x-content-type-options", b"nosniff"),
+                    (b"referrer-policy", b"same-origin"),
+                ]
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+def when(value: datetime | None) -> str:
+    """Times on staff pages: UTC, to the minute, the same for everyone reading them."""
+    return "" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+@require(Role.SUPPORT, Role.MARKETING)
+async def home(request: Request) -> Response:
+    user = request.scope["mailer.user"]
+    return RedirectResponse("/templates" if user.role == Role.MARKETING else "/inquiries", 303)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return render(
+        request, "error.html", {"status": exc.status_code, "detail": exc.detail}, exc.status_code
+    )
+
+
+def create_app(
+    cfg: Config,
+    engine: Engine,
+    clock: Clock,
+    pages: list[Route | Mount] | None = None,
+) -> Starlette:
+    """The app; ``pages`` are the signed-in sections (desk, marketing, operations)."""
+    templates = Jinja2Templates(directory=HERE / "templates")
+    templates.env.filters["when"] = when
+    web = WebState(cfg, engine, clock, tokens.load_secret(cfg), templates)
+    https = cfg.settings.web.base_url.startswith("https://")
+    routes: list[Route | Mount] = [
+        Route("/", home),
+        Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
+        *auth.routes,
+        *health.routes,
+        *unsubscribe.routes,
+        *(pages or []),
+    ]
+    middleware = [
+        Middleware(SecurityHeaders),
+        Middleware(
+            SessionMiddleware,
+            secret_key=web.secret.hex(),
+            session_cookie=SESSION_COOKIE,
+            max_age=int(SESSION_AGE.total_seconds()),
+            same_site="lax",
+            https_only=https,
+        ),
+    ]
+    app = Starlette(
+        routes=routes, middleware=middleware, exception_handlers={HTTPException: http_error}
+    )
+    app.state.web = web
+    return app

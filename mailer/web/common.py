@@ -1,0 +1,131 @@
+"""What every page shares: the signed-in user, roles, CSRF, and rendering.
+
+Pages are server-rendered Jinja with htmx for the small live parts: no build step, and
+nothing a customer wrote is ever handed to a browser as markup (autoescape is on, and
+bodies are shown as text).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hmac
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+from urllib.parse import quote
+
+from sqlalchemy import Engine
+from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.templating import Jinja2Templates
+
+from mailer import users
+from mailer.clock import Clock
+from mailer.config import Config
+from mailer.models import Role
+from mailer.users import LoginGuard, SignedIn
+
+HERE = Path(__file__).parent
+CSRF_FIELD = "csrf"
+CSRF_HEADER = "X-CSRF-Token"
+Endpoint = Callable[[Request], Awaitable[Response]]
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+@dataclass
+class WebState:
+    """Everything the pages need, created once per app."""
+
+    cfg: Config
+    engine: Engine
+    clock: Clock
+    secret: bytes
+    templates: Jinja2Templates
+    guard: LoginGuard = field(default_factory=LoginGuard)
+
+
+def state(request: Request) -> WebState:
+    found = request.app.state.web
+    assert isinstance(found, WebState)
+    return found
+
+
+async def db(request: Request, work: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Database work off the event loop: the engine is synchronous."""
+    return await asyncio.to_thread(work, *args, **kwargs)
+
+
+def current_user(request: Request) -> SignedIn | None:
+    found = request.scope.get("mailer.user")
+    return found if isinstance(found, SignedIn) else None
+
+
+def csrf_token(request: Request) -> str:
+    """One token per session, in every form and in htmx's requests (base.html)."""
+    token = request.session.get(CSRF_FIELD)
+    if not isinstance(token, str):
+        token = secrets.token_urlsafe(32)
+        request.session[CSRF_FIELD] = token
+    return token
+
+
+async def checked_form(request: Request) -> FormData:
+    """The posted form, refused (403) unless it carries this session's CSRF token."""
+    form = await request.form()
+    sent = form.get(CSRF_FIELD) or request.headers.get(CSRF_HEADER) or ""
+    expected = request.session.get(CSRF_FIELD)
+    if not isinstance(sent, str) or not isinstance(expected, str):
+        raise HTTPException(403, "This form has expired. Go back, reload the page and try again.")
+    if not hmac.compare_digest(sent, expected):
+        raise HTTPException(403, "This form has expired. Go back, reload the page and try again.")
+    return form
+
+
+def require(*roles: Role) -> Callable[[Endpoint], Endpoint]:
+    """Sign-in, then role: anonymous visitors go to the login page, others get 403."""
+
+    def wrap(endpoint: Endpoint) -> Endpoint:
+        @functools.wraps(endpoint)
+        async def guarded(request: Request) -> Response:
+            user_id = request.session.get("user")
+            user = await db(request, _user, state(request).engine, user_id)
+            if user is None:
+                target = quote(
+                    request.url.path + ("?" + request.url.query if request.url.query else "")
+                )
+                return RedirectResponse(f"/login?next={target}", status_code=303)
+            if not user.may(*roles):
+                raise HTTPException(403, f"This page is for {' or '.join(roles)} users.")
+            request.scope["mailer.user"] = user
+            return await endpoint(request)
+
+        return guarded
+
+    return wrap
+
+
+def _user(engine: Engine, user_id: Any) -> SignedIn | None:
+    if not isinstance(user_id, int):
+        return None
+    with engine.connect() as conn:
+        return users.get(conn, user_id)
+
+
+def render(
+    request: Request, name: str, context: dict[str, Any] | None = None, status: int = 200
+) -> Response:
+    values = {
+        "request": request,
+        "user": current_user(request),
+        "csrf_token": csrf_token(request),
+        "Role": Role,
+        "marketing_reads_inquiries": state(request).cfg.settings.web.marketing_reads_inquiries,
+        **(context or {}),
+    }
+    return state(request).templates.TemplateResponse(request, name, values, status_code=status)

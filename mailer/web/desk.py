@@ -1,0 +1,257 @@
+"""Support's desk: inquiries (the list, and one thread with what was done about it) and
+customers (who they are, what they wrote, every message we sent them, when the next may go).
+
+What customers wrote is only ever shown as text (autoescaped, in ``<pre>``): their HTML is
+never rendered, so nothing in it runs or loads. Marketing sees customers but not what they
+wrote to support, unless ``[web] marketing_reads_inquiries`` says it may; changing an
+inquiry is support's alone.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlencode
+
+from sqlalchemy.engine import Connection
+from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
+
+from mailer import customers, inquiries, outbox, users
+from mailer.errors import NotFound
+from mailer.models import InquiryStatus, Role
+from mailer.web.common import Endpoint, checked_form, current_user, db, render, require, state
+
+PAGE = 50
+HISTORY = 200  # messages on a customer's page; `mailer customers show --history` has all
+RAW_SHOWN = 100_000  # bytes of a failed message's source shown to support
+NOTE_MAX = 10_000
+STATUSES = [s.value for s in InquiryStatus]
+Action = Callable[[Connection, int, Any, str, datetime], bool]
+FormEndpoint = Callable[[Request, FormData], Awaitable[Response]]
+
+
+def _may_read(request: Request) -> bool:
+    user = current_user(request)
+    allowed = state(request).cfg.settings.web.marketing_reads_inquiries
+    return user is not None and (user.may(Role.SUPPORT) or allowed)
+
+
+def reads_inquiries(endpoint: Endpoint) -> Endpoint:
+    """Support (and admin); marketing only where ``marketing_reads_inquiries`` allows it."""
+
+    @require(Role.SUPPORT, Role.MARKETING)
+    @functools.wraps(endpoint)
+    async def guarded(request: Request) -> Response:
+        if not _may_read(request):
+            raise HTTPException(403, "What customers wrote to support is for support users.")
+        return await endpoint(request)
+
+    return guarded
+
+
+def posted_by_support(endpoint: FormEndpoint) -> Endpoint:
+    """The CSRF token first, so a forged post is refused (403) before anything else is
+    looked at; then sign-in and the support role."""
+
+    @require(Role.SUPPORT)
+    async def signed_in(request: Request) -> Response:
+        return await endpoint(request, await request.form())  # parsed once, then cached
+
+    @functools.wraps(endpoint)
+    async def checked(request: Request) -> Response:
+        await checked_form(request)
+        return await signed_in(request)
+
+    return checked
+
+
+def _number(request: Request, name: str) -> int | None:
+    value = request.query_params.get(name, "")
+    return int(value) if value.isascii() and value.isdigit() else None
+
+
+def _link(path: str, **params: Any) -> str:
+    """A link that keeps the reader's filters; empty ones are left out."""
+    given = {k: v for k, v in params.items() if v not in (None, "")}
+    return f"{path}?{urlencode(given)}" if given else path
+
+
+# Inquiries ---------------------------------------------------------------------------------
+
+
+@reads_inquiries
+async def inquiry_list(request: Request) -> Response:
+    status = request.query_params.get("status", "")
+    status = status if status in STATUSES else ""
+    q = request.query_params.get("q", "").strip()
+    before, after = _number(request, "before"), _number(request, "after")
+    page = await db(request, _browse, request, status, q, before, after)
+    context = {
+        "page": page,
+        "q": q,
+        "status": status,
+        "statuses": STATUSES,
+        "newer": _link("/inquiries", q=q, status=status, after=page.newer) if page.newer else None,
+        "older": _link("/inquiries", q=q, status=status, before=page.older) if page.older else None,
+    }
+    return render(request, "desk_inquiries.html", context)
+
+
+def _browse(
+    request: Request, status: str, q: str, before: int | None, after: int | None
+) -> inquiries.Page:
+    with state(request).engine.connect() as conn:
+        return inquiries.browse(
+            conn, status=status, search=q, before=before, after=after, size=PAGE
+        )
+
+
+@reads_inquiries
+async def inquiry_page(request: Request) -> Response:
+    context = await db(request, _inquiry, request, request.path_params["id"])
+    if context is None:
+        raise HTTPException(404, "There is no such inquiry.")
+    return render(request, "desk_inquiry.html", {**context, "statuses": STATUSES})
+
+
+def _inquiry(request: Request, inquiry_id: int) -> dict[str, Any] | None:
+    with state(request).engine.connect() as conn:
+        inquiry = inquiries.get(conn, inquiry_id)
+        if inquiry is None:
+            return None
+        ids = [message["id"] for message in inquiry["thread"]]
+        return {
+            "inquiry": inquiry,
+            "raw_text": _raw_text(inquiry),
+            "acks": inquiries.acknowledgements(conn, ids),
+            "events": inquiries.events(conn, inquiry_id),
+            "assignees": _assignees(conn),
+        }
+
+
+def _raw_text(inquiry: dict[str, Any]) -> str | None:
+    """A message that could not be read has no text: support gets its source instead."""
+    if inquiry["body_text"] or not inquiry["raw"]:
+        return None
+    return bytes(inquiry["raw"][:RAW_SHOWN]).decode("utf-8", "replace")
+
+
+def _assignees(conn: Connection) -> list[str]:
+    """Whoever may work on inquiries: active support and admin users."""
+    may = (Role.SUPPORT, Role.ADMIN)
+    return [u["name"] for u in users.find(conn) if u["role"] in may and not u["disabled"]]
+
+
+@posted_by_support
+async def change_status(request: Request, form: FormData) -> Response:
+    status = str(form.get("status", ""))
+    if status not in STATUSES:
+        raise HTTPException(400, f"{status!r} is not a status an inquiry can have.")
+    return await _act(request, inquiries.change_status, InquiryStatus(status))
+
+
+@posted_by_support
+async def assign(request: Request, form: FormData) -> Response:
+    return await _act(request, _assign, str(form.get("assignee", "")) or None)
+
+
+def _assign(conn: Connection, inquiry_id: int, name: str | None, actor: str, now: datetime) -> bool:
+    if name is not None and name not in _assignees(conn):
+        raise HTTPException(400, f"{name!r} is not an active support user.")
+    return inquiries.assign(conn, inquiry_id, name, actor, now)
+
+
+@posted_by_support
+async def add_note(request: Request, form: FormData) -> Response:
+    text = str(form.get("text", "")).strip()
+    if not text or len(text) > NOTE_MAX:
+        raise HTTPException(400, f"A note needs some text, at most {NOTE_MAX} characters.")
+    return await _act(request, inquiries.add_note, text)
+
+
+async def _act(request: Request, action: Action, value: Any) -> Response:
+    """Do it as the signed-in user, then back to the inquiry (303: reloading repeats nothing)."""
+    inquiry_id = int(request.path_params["id"])
+    user = current_user(request)
+    assert user is not None
+    now = state(request).clock.now()
+    if not await db(request, _write, request, action, inquiry_id, value, user.name, now):
+        raise HTTPException(404, "There is no such inquiry.")
+    return RedirectResponse(f"/inquiries/{inquiry_id}#timeline", status_code=303)
+
+
+def _write(
+    request: Request, action: Action, inquiry_id: int, value: Any, actor: str, now: datetime
+) -> bool:
+    with state(request).engine.begin() as conn:
+        return action(conn, inquiry_id, value, actor, now)
+
+
+# Customers ---------------------------------------------------------------------------------
+
+
+@require(Role.SUPPORT, Role.MARKETING)
+async def customer_list(request: Request) -> Response:
+    q = request.query_params.get("q", "").strip()
+    page = max(_number(request, "page") or 1, 1)
+    found = await db(request, _customers, request, q, page)
+    context = {
+        "customers": found[:PAGE],
+        "q": q,
+        "newer": _link("/customers", q=q, page=page - 1) if page > 1 else None,
+        "older": _link("/customers", q=q, page=page + 1) if len(found) > PAGE else None,
+    }
+    return render(request, "customer_list.html", context)
+
+
+def _customers(request: Request, q: str, page: int) -> list[dict[str, Any]]:
+    """One more than a page, to know whether another follows without counting them all."""
+    with state(request).engine.connect() as conn:
+        return customers.find(conn, search=q, limit=PAGE + 1, offset=(page - 1) * PAGE)
+
+
+@require(Role.SUPPORT, Role.MARKETING)
+async def customer_page(request: Request) -> Response:
+    readable = _may_read(request)
+    context = await db(request, _customer, request, request.path_params["id"], readable)
+    if context is None:
+        raise HTTPException(404, "There is no such customer.")
+    return render(request, "customer_profile.html", {**context, "readable": readable})
+
+
+def _customer(request: Request, customer_id: int, readable: bool) -> dict[str, Any] | None:
+    web = state(request)
+    now = web.clock.now()
+    with web.engine.connect() as conn:
+        try:
+            customer = customers.get_id(conn, customer_id)
+        except NotFound:
+            return None
+        messages = outbox.find(conn, customer_id=customer_id, limit=HISTORY + 1)
+        return {
+            "customer": customer,
+            "now": now,
+            "zone": customer["timezone"] or web.cfg.settings.business_hours.timezone.key,
+            "inquiries": inquiries.of_customer(conn, customer_id, with_text=readable),
+            "messages": messages[:HISTORY],
+            "more_messages": len(messages) > HISTORY,
+            "last_contact": customers.last_contact(conn, customer_id),
+            "next_contact": customers.next_contact(conn, customer, now, web.cfg.settings),
+        }
+
+
+routes = [
+    Route("/inquiries", inquiry_list),
+    Route("/inquiries/{id:int}", inquiry_page),
+    Route("/inquiries/{id:int}/status", change_status, methods=["POST"]),
+    Route("/inquiries/{id:int}/assign", assign, methods=["POST"]),
+    Route("/inquiries/{id:int}/notes", add_note, methods=["POST"]),
+    Route("/customers", customer_list),
+    Route("/customers/{id:int}", customer_page),
+]

@@ -1,0 +1,98 @@
+"""For operators and their monitoring: /healthz and Prometheus /metrics, without sign-in.
+
+Metrics are read from the database at scrape time, so they are the same whichever process
+is asked and survive restarts: messages by status, the queue due now, SMTP replies by
+outcome over the last hour, and how long ago the inbox last moved.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import Engine, func, select, text
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from mailer.clock import Clock
+from mailer.inbox import STATE as MAILBOX_STATE
+from mailer.models import DeliveryAttempt
+from mailer.outbox import OUTBOX, WAITING
+from mailer.web.common import db, state
+
+ATTEMPTS = DeliveryAttempt.__table__  # type: ignore[attr-defined]
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+async def healthz(request: Request) -> Response:
+    """200 when the database answers; 503 otherwise, with why."""
+    try:
+        await db(request, _ping, state(request).engine)
+    except SQLAlchemyError as exc:
+        return PlainTextResponse(f"database unavailable: {exc.__class__.__name__}\n", 503)
+    return PlainTextResponse("ok\n")
+
+
+def _ping(engine: Engine) -> None:
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+
+
+async def metrics(request: Request) -> Response:
+    web = state(request)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Figures(web.engine, web.clock))
+    body = await db(request, generate_latest, registry)
+    return Response(body, media_type=CONTENT_TYPE)
+
+
+class Figures(Collector):
+    def __init__(self, engine: Engine, clock: Clock) -> None:
+        self.engine, self.clock = engine, clock
+
+    def collect(self) -> list[GaugeMetricFamily]:
+        now = self.clock.now()
+        with self.engine.connect() as conn:
+            by_status = conn.execute(
+                select(OUTBOX.c.status, func.count()).group_by(OUTBOX.c.status)
+            ).all()
+            due = conn.execute(
+                select(func.count()).where(OUTBOX.c.status.in_(WAITING), OUTBOX.c.due_at <= now)
+            ).scalar_one()
+            replies = conn.execute(
+                select(ATTEMPTS.c.outcome, func.count())
+                .where(ATTEMPTS.c.at >= now - timedelta(hours=1))
+                .group_by(ATTEMPTS.c.outcome)
+            ).all()
+            moved = conn.execute(select(MAILBOX_STATE.c.mailbox, MAILBOX_STATE.c.updated_at)).all()
+        messages = GaugeMetricFamily(
+            "mailer_messages", "Outbox messages by status", labels=["status"]
+        )
+        for status, count in by_status:
+            messages.add_metric([status], count)
+        queue = GaugeMetricFamily("mailer_queue_due", "Messages waiting whose time has come")
+        queue.add_metric([], due)
+        smtp = GaugeMetricFamily(
+            "mailer_smtp_attempts_last_hour", "Delivery attempts by outcome", labels=["outcome"]
+        )
+        for outcome, count in replies:
+            smtp.add_metric([outcome], count)
+        lag = GaugeMetricFamily(
+            "mailer_inbox_idle_seconds",
+            "Seconds since the inbox watcher last logged a message, per mailbox",
+            labels=["mailbox"],
+        )
+        for mailbox, updated_at in moved:
+            lag.add_metric([mailbox], _seconds_since(updated_at, now))
+        return [messages, queue, smtp, lag]
+
+
+def _seconds_since(then: datetime, now: datetime) -> float:
+    return max(0.0, (now - then).total_seconds())
+
+
+routes = [Route("/healthz", healthz), Route("/metrics", metrics)]

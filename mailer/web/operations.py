@@ -1,0 +1,99 @@
+"""Operators' pages, for admins only: the outbox by status with its failures on top and a
+retry for each, and the messages the local sandbox captured instead of delivering.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, TypeVar
+from urllib.parse import urlencode
+
+from sqlalchemy import Engine
+from sqlalchemy.engine import Connection
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
+
+from mailer import outbox, sandbox
+from mailer.models import OutboxStatus
+from mailer.web.common import checked_form, db, render, require, state
+
+LISTED = 100
+STATUSES = [status.value for status in OutboxStatus]
+# what the retry button is offered for; outbox.retry also takes waiting messages
+RETRIED = (OutboxStatus.FAILED, OutboxStatus.EXPIRED, OutboxStatus.SKIPPED)
+T = TypeVar("T")
+
+
+@require()
+async def outbox_page(request: Request) -> Response:
+    status = request.query_params.get("status", "")
+    status = status if status in STATUSES else ""
+    found = await db(request, _outbox, state(request).engine, status)
+    retried = request.query_params.get("retried", "")
+    context = {
+        **found,
+        "status": status,
+        "statuses": STATUSES,
+        "retried": int(retried) if retried.isdigit() else None,
+        "retryable": RETRIED,
+    }
+    return render(request, "ops_outbox.html", context)
+
+
+@require()
+async def retry(request: Request) -> Response:
+    form = await checked_form(request)
+    message_id: int = request.path_params["id"]
+    web = state(request)
+    if not await db(request, _retry, web.engine, message_id, web.clock.now()):
+        raise HTTPException(404, f"There is no failed, expired or skipped message {message_id}.")
+    back = str(form.get("status", ""))
+    query = {"status": back} if back in STATUSES else {}
+    return RedirectResponse(f"/outbox?{urlencode({**query, 'retried': message_id})}", 303)
+
+
+@require()
+async def sandbox_page(request: Request) -> Response:
+    rows = await db(request, _read, state(request).engine, sandbox.find)
+    enabled = state(request).cfg.settings.sandbox.enabled
+    return render(request, "ops_sandbox.html", {"rows": rows, "enabled": enabled})
+
+
+@require()
+async def sandbox_message(request: Request) -> Response:
+    message_id: int = request.path_params["id"]
+    found = await db(
+        request, _read, state(request).engine, lambda conn: sandbox.get(conn, message_id)
+    )
+    if found is None:
+        raise HTTPException(404, f"The sandbox holds no message {message_id}.")
+    return render(request, "ops_sandbox_message.html", {"message": found})
+
+
+def _read(engine: Engine, work: Callable[[Connection], T]) -> T:
+    with engine.connect() as conn:
+        return work(conn)
+
+
+def _outbox(engine: Engine, status: str) -> dict[str, Any]:
+    """Counts by status, and one status's messages or all with the failures first."""
+    first = None if status else OutboxStatus.FAILED
+    with engine.connect() as conn:
+        rows = outbox.find(conn, status=status or None, limit=LISTED, first=first)
+        return {"counts": outbox.counts(conn), "rows": rows}
+
+
+def _retry(engine: Engine, message_id: int, now: datetime) -> bool:
+    with engine.begin() as conn:
+        return outbox.retry(conn, message_id, now)
+
+
+routes = [
+    Route("/outbox", outbox_page),
+    Route("/outbox/{id:int}/retry", retry, methods=["POST"]),
+    Route("/sandbox", sandbox_page),
+    Route("/sandbox/{id:int}", sandbox_message),
+]

@@ -1,0 +1,72 @@
+"""Serving the web app from the daemon's event loop (or alone, for ``mailer web``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Iterator
+
+import uvicorn
+from sqlalchemy import Engine
+from starlette.applications import Starlette
+
+from mailer.clock import Clock, SystemClock
+from mailer.config import Config
+from mailer.web import desk, marketing, operations
+from mailer.web.app import create_app
+
+log = logging.getLogger("mailer.web")
+BACKLOG = 2048
+
+
+def build(cfg: Config, engine: Engine, clock: Clock) -> Starlette:
+    """The whole app: customers' pages and every staff section."""
+    return create_app(cfg, engine, clock, [*desk.routes, *marketing.routes, *operations.routes])
+
+
+class _Embedded(uvicorn.Server):
+    """uvicorn inside mailer's loop: the daemon owns the signals, not the web server."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def listen(bind: str) -> socket.socket:
+    """Listen on ``host:port`` now (port 0 picks a free one), so a taken port fails at start."""
+    host, _, port = bind.rpartition(":")
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host.strip("[]"), int(port)))
+    sock.listen(BACKLOG)  # connections wait in the queue until the app is up
+    return sock
+
+
+async def serve(app: Starlette, sock: socket.socket, stop: asyncio.Event) -> None:
+    """Until ``stop``; requests in flight are finished, then the socket is closed."""
+    config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False)
+    server = _Embedded(config)
+    host, port = sock.getsockname()[:2]
+    log.info("web app on http://%s:%d", host, port)
+    running = asyncio.create_task(server.serve(sockets=[sock]))
+    await stop.wait()
+    server.should_exit = True
+    await running
+    sock.close()
+
+
+def run_alone(cfg: Config, engine: Engine) -> None:
+    """``mailer web``: only the app, until SIGINT or SIGTERM (for a separate web host)."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        sock = listen(cfg.settings.web.bind)
+        await serve(build(cfg, engine, SystemClock()), sock, stop)
+
+    asyncio.run(main())

@@ -1,0 +1,104 @@
+"""The customer's side: one-click unsubscribe and preferences, from the links in every mail.
+
+No sign-in and no CSRF token: the signed token in the link is the credential, it names one
+customer and cannot be forged or guessed (mailer.tokens). A mailbox provider's RFC 8058
+POST (``List-Unsubscribe=One-Click``) unsubscribes at once and gets a short answer, not a
+page; a person opening the link gets a page with one button and their preferences.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from mailer import customers, tokens
+from mailer.customers import CUSTOMERS
+from mailer.web.common import db, render, state
+
+PAUSES = {"": None, "30": timedelta(days=30), "90": timedelta(days=90)}
+
+
+async def page(request: Request) -> Response:
+    customer = await _customer(request)
+    if customer is None:
+        return _not_valid(request)
+    return render(request, "unsubscribe.html", {"customer": customer, "token": _token(request)})
+
+
+async def unsubscribe(request: Request) -> Response:
+    form = await request.form()
+    customer = await _customer(request)
+    if customer is None:
+        return _not_valid(request)
+    now = state(request).clock.now()
+    await db(request, _unsubscribe, request, customer["id"], now)
+    if form.get("List-Unsubscribe") == "One-Click":
+        return PlainTextResponse("Unsubscribed.\n")
+    customer["unsubscribed_at"] = now
+    context = {"customer": customer, "token": _token(request), "done": "unsubscribed"}
+    return render(request, "unsubscribe.html", context)
+
+
+async def preferences(request: Request) -> Response:
+    customer = await _customer(request)
+    if customer is None:
+        return _not_valid(request)
+    if request.method == "GET":
+        return render(request, "unsubscribe.html", {"customer": customer, "token": _token(request)})
+    form = await request.form()
+    now = state(request).clock.now()
+    pause = PAUSES.get(str(form.get("pause", "")))
+    values: dict[str, Any] = {
+        "marketing_consent": form.get("marketing") == "on",
+        "relationship_consent": form.get("relationship") == "on",
+        "pause_until": now + pause if pause else None,
+        "updated_at": now,
+    }
+    await db(request, _save, request, customer["id"], values)
+    customer.update(values)
+    context = {"customer": customer, "token": _token(request), "done": "saved"}
+    return render(request, "unsubscribe.html", context)
+
+
+def _token(request: Request) -> str:
+    return str(request.path_params["token"])
+
+
+async def _customer(request: Request) -> dict[str, Any] | None:
+    customer_id = tokens.verify(state(request).secret, _token(request))
+    if customer_id is None:
+        return None
+    return await db(request, _load, request, customer_id)
+
+
+def _load(request: Request, customer_id: int) -> dict[str, Any] | None:
+    with state(request).engine.connect() as conn:
+        row = conn.execute(select(CUSTOMERS).where(CUSTOMERS.c.id == customer_id)).mappings()
+        found = row.first()
+        return dict(found) if found else None
+
+
+def _unsubscribe(request: Request, customer_id: int, now: datetime) -> None:
+    with state(request).engine.begin() as conn:
+        customers.unsubscribe_id(conn, customer_id, now)
+
+
+def _save(request: Request, customer_id: int, values: dict[str, Any]) -> None:
+    with state(request).engine.begin() as conn:
+        conn.execute(update(CUSTOMERS).where(CUSTOMERS.c.id == customer_id).values(**values))
+
+
+def _not_valid(request: Request) -> Response:
+    return render(request, "link_not_valid.html", status=404)
+
+
+routes = [
+    Route("/unsubscribe/{token}", page, methods=["GET"]),
+    Route("/unsubscribe/{token}", unsubscribe, methods=["POST"]),
+    Route("/preferences/{token}", preferences, methods=["GET", "POST"]),
+]

@@ -1,0 +1,126 @@
+"""Screenshots of the web app's main pages for the README, taken from a demo database.
+
+    .venv/bin/python scripts/screenshots.py [--out docs/screenshots]
+
+Builds a throwaway SQLite database with the demo customers, a few inquiries (a Bulgarian
+question, an out-of-office reply, a bounce), a newsletter fired at 09:00 in every zone and
+delivered to a local sink (so some of it is throttled), and three users; serves the app on
+loopback and photographs it with Debian's Chromium.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # for tests.configs, tests.site, tests.smtp_sink
+
+from playwright.async_api import Page, async_playwright  # noqa: E402
+from sqlalchemy import Engine  # noqa: E402
+
+from mailer import customers, daemon, db, firing, inbox, migrate, outbox, tokens, users  # noqa: E402
+from mailer.clock import ManualClock  # noqa: E402
+from mailer.config import Config  # noqa: E402
+from mailer.firing import Firing  # noqa: E402
+from mailer.inbound import parse  # noqa: E402
+from mailer.inbox import AckPolicy  # noqa: E402
+from mailer.models import Role  # noqa: E402
+from mailer.outbox import NewMessage  # noqa: E402
+from mailer.schedules import load_schedules  # noqa: E402
+from mailer.smtp import SmtpTarget  # noqa: E402
+from mailer.templates import TemplateStore  # noqa: E402
+from mailer.web.server import build  # noqa: E402
+from tests.configs import shipped_config  # noqa: E402
+from tests.site import served  # noqa: E402
+from tests.smtp_sink import Sink, listening  # noqa: E402
+
+NOW = datetime(2026, 12, 1, 8, 30, tzinfo=UTC)  # 10:30 in Sofia, the newsletter's morning
+PASSWORD = "screenshots only"
+MAIL = ROOT / "tests" / "mail"
+INQUIRY = ROOT / "demo" / "inquiry_bg.eml"
+
+
+async def populate(cfg: Config, engine: Engine, clock: ManualClock) -> None:
+    migrate.upgrade(engine)
+    customers.import_csv(engine, ROOT / "demo" / "customers.csv", clock.now())
+    with engine.begin() as conn:
+        for name, role in (("sam", Role.SUPPORT), ("mia", Role.MARKETING), ("ada", Role.ADMIN)):
+            users.add(conn, name, role, PASSWORD, clock.now())
+        policy = AckPolicy.from_config(cfg)
+        for raw in (
+            INQUIRY.read_bytes(),
+            (MAIL / "exchange_out_of_office.eml").read_bytes(),
+            (MAIL / "postfix_bounce_user_unknown.eml").read_bytes(),
+        ):
+            inbox.handle(conn, parse(raw), clock.now(), policy)
+    names = TemplateStore(cfg.templates_dir).names()
+    schedules, _ = load_schedules(cfg.schedules_dir, names, clock)
+    async with listening(Sink()) as port:
+        delivery = daemon.build_delivery(cfg, engine, clock, SmtpTarget("127.0.0.1", port))
+        # a message Мария got this morning, so the newsletter waits for her next free slot
+        earlier = NewMessage(
+            "shots:welcome", "maria.ivanova@example.com", "marketing", "newsletter", 1
+        )
+        outbox.enqueue(engine, [earlier], clock.now())
+        await delivery.deliver_due()
+        firing.fire_due(engine, schedules, clock.now(), Firing.from_config(cfg))
+        await delivery.deliver_due()
+
+
+async def shoot(url: str, out: Path, cfg: Config) -> None:
+    token = tokens.sign(tokens.load_secret(cfg), 1)
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path="/usr/bin/chromium", args=["--disable-gpu"]
+        )
+        page = await browser.new_page(viewport={"width": 1280, "height": 860})
+        await page.goto(url + "/login")
+        await page.screenshot(path=out / "login.png")
+        await sign_in(page, url, "ada")
+        for name, path in (
+            ("inquiries", "/inquiries"),
+            ("inquiry", "/inquiries/1"),
+            ("customer", "/customers/1"),
+            ("templates", "/templates"),
+            ("preview", "/templates/birthday?locale=bg&customer=maria.ivanova%40example.com"),
+            ("schedules", "/schedules"),
+            ("schedule-runs", "/schedules/newsletter"),
+            ("outbox", "/outbox"),
+        ):
+            await page.goto(url + path)
+            await page.screenshot(path=out / f"{name}.png", full_page=True)
+        await page.goto(f"{url}/unsubscribe/{token}")
+        await page.screenshot(path=out / "unsubscribe.png")
+        await browser.close()
+
+
+async def sign_in(page: Page, url: str, name: str) -> None:
+    await page.get_by_label("Name").fill(name)
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Sign in").click()
+    await page.wait_for_url(lambda current: "/login" not in current)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="mailer-shots-") as tmp:
+        cfg = shipped_config(Path(tmp), {"MAILER_SANDBOX__ENABLED": "false"})
+        engine = db.connect(f"sqlite:///{tmp}/shots.db")
+        clock = ManualClock(NOW)
+        await populate(cfg, engine, clock)
+        with served(build(cfg, engine, clock)) as site:
+            await shoot(site.url, args.out, cfg)
+        engine.dispose()
+    print(f"screenshots in {args.out}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,61 @@
+"""The web app served on a free loopback port for a test, in a thread of its own, so the
+browser (driven from the test's event loop) and the app never wait on each other."""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import uvicorn
+from starlette.applications import Starlette
+
+from mailer.web.server import listen
+
+START_SECONDS = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    url: str
+
+    def get(self, path: str) -> tuple[int, str]:
+        """A plain GET (no browser): status and body."""
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=10) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def post(self, path: str, fields: dict[str, str]) -> tuple[int, str]:
+        """A form POST as any client could send it: no session, no CSRF token."""
+        data = urllib.parse.urlencode(fields).encode()
+        request = urllib.request.Request(self.url + path, data=data, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+
+@contextmanager
+def served(app: Starlette) -> Iterator[Site]:
+    sock = listen("127.0.0.1:0")
+    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + START_SECONDS
+    while not server.started and time.monotonic() < deadline:  # bounded wait for the bind
+        time.sleep(0.01)
+    assert server.started, "the web app did not start"
+    try:
+        yield Site(f"http://127.0.0.1:{sock.getsockname()[1]}")
+    finally:
+        server.should_exit = True
+        thread.join(START_SECONDS)
+        sock.close()
