@@ -63,9 +63,9 @@ async def populate(cfg: Config, engine: Engine, clock: ManualClock) -> None:
     async with listening(Sink()) as port:
         delivery = daemon.build_delivery(cfg, engine, clock, SmtpTarget("127.0.0.1", port))
         # a message Мария got this morning, so the newsletter waits for her next free slot
-        earlier = NewMessage(
-            "shots:welcome", "maria.ivanova@example.com", "marketing", "newsletter", 1
-        )
+        news = {"params": {"headline": "A welcome offer", "intro": "Ten percent off."}}
+        maria = "maria.ivanova@example.com"
+        earlier = NewMessage("shots:welcome", maria, "marketing", "newsletter", 1, context=news)
         outbox.enqueue(engine, [earlier], clock.now())
         await delivery.deliver_due()
         firing.fire_due(engine, schedules, clock.now(), Firing.from_config(cfg))
@@ -112,7 +112,11 @@ async def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mailer-shots-") as tmp:
-        cfg = shipped_config(Path(tmp), {"MAILER_SANDBOX__ENABLED": "false"})
+        overrides = {
+            "MAILER_SANDBOX__ENABLED": "false",
+            "MAILER_PATHS__SCHEDULES": str(ROOT / "schedules"),
+        }
+        cfg = shipped_config(Path(tmp), overrides)
         engine = db.connect(f"sqlite:///{tmp}/shots.db")
         clock = ManualClock(NOW)
         await populate(cfg, engine, clock)
