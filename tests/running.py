@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from sqlalchemy import Engine
@@ -13,6 +13,8 @@ from mailer.clock import Clock
 from mailer.config import Config
 
 STOP_SECONDS = 30.0
+EVENT_SECONDS = 10.0  # bound on waiting for something a real server will do
+POLL = 0.01  # seconds between two looks at its progress
 
 
 @asynccontextmanager
@@ -29,3 +31,12 @@ async def serving(clock: Clock, *instances: tuple[Config, Engine]) -> AsyncItera
         stop.set()
         for task in tasks:
             await asyncio.wait_for(task, STOP_SECONDS)
+
+
+async def eventually(condition: Callable[[], bool], what: str) -> None:
+    """Wait, bounded by EVENT_SECONDS, for something a real server will do."""
+    for _ in range(int(EVENT_SECONDS / POLL)):
+        if condition():
+            return
+        await asyncio.sleep(POLL)
+    raise AssertionError(f"not within {EVENT_SECONDS} s: {what}")

@@ -22,11 +22,10 @@ from mailer.outbox import NewMessage
 from mailer.smtp import SmtpTarget
 from tests.configs import inbox_config, real_servers, shipped_config
 from tests.dovecot import DovecotServer
-from tests.running import serving
+from tests.running import EVENT_SECONDS, eventually, serving
 from tests.smtp_sink import Sink, listening
 
 MAIL = Path(__file__).parent / "mail"
-EVENT_SECONDS = 10.0  # bound on waiting for something a real server will do
 
 
 def inquiry(
@@ -201,10 +200,7 @@ async def test_the_daemon_acknowledges_mail_arriving_while_it_idles(
         async with serving(clock, (cfg, engine)):
             await asyncio.to_thread(dovecot.wait_until_idling, EVENT_SECONDS)
             dovecot.append(inquiry("<live@mail.example>"), folder)
-            for _ in range(int(EVENT_SECONDS / 0.05)):  # bounded wait for the server's push
-                if sink.received:
-                    break
-                await asyncio.sleep(0.05)
+            await eventually(lambda: bool(sink.received), "the acknowledgement reaches the sink")
     (ack,) = sink.received
     assert ack.message["In-Reply-To"] == "<live@mail.example>"
 

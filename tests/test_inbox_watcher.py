@@ -32,12 +32,11 @@ from mailer.models import InquiryStatus
 from tests.configs import inbox_config
 from tests.dovecot import DovecotServer
 from tests.pg import PostgresServer
-from tests.running import serving
+from tests.running import POLL, eventually, serving
 from tests.smtp_sink import Sink, listening
 from tests.test_inbox import EVENT_SECONDS, MAIL, inquiry
 
 MB = 1024 * 1024
-POLL = 0.01  # seconds between two looks at a real server's progress
 QUIET = 1.0  # seconds without news after which two mailers are taken to have stopped
 NO_SMTP = 9  # the discard port: tests that run only the watcher never send
 INBOUND = MAIL / "inbound"
@@ -141,15 +140,6 @@ def fired(reasons: list[str]) -> set[str]:
 def unprocessed(dovecot: DovecotServer, folder: str) -> list[int]:
     """UIDs on the server that do not carry the processed keyword."""
     return [uid for uid, flags in dovecot.flags(folder).items() if PROCESSED_KEYWORD not in flags]
-
-
-async def eventually(condition: Callable[[], bool], what: str) -> None:
-    """Wait, bounded by EVENT_SECONDS, for something a real server will do."""
-    for _ in range(int(EVENT_SECONDS / POLL)):
-        if condition():
-            return
-        await asyncio.sleep(POLL)
-    raise AssertionError(f"not within {EVENT_SECONDS} s: {what}")
 
 
 async def quiet(progress: Callable[[], object]) -> None:
