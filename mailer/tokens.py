@@ -54,7 +54,8 @@ def sign(secret: bytes, customer_id: int) -> str:
 def verify(secret: bytes, token: str) -> int | None:
     """The customer id in a valid token; None for anything forged, altered or malformed."""
     payload, _, mac = token.partition(".")
-    if not payload or not hmac.compare_digest(mac, _mac(secret, payload)):
+    # bytes: compare_digest refuses non-ASCII str, and a link may carry anything
+    if not payload or not hmac.compare_digest(mac.encode(), _mac(secret, payload).encode()):
         return None
     try:
         return int(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))

@@ -6,7 +6,7 @@ parameters that can be raised later; old hashes are upgraded at the next sign-in
 
 from __future__ import annotations
 
-from collections import defaultdict, deque
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -95,27 +95,31 @@ def get(conn: Connection, user_id: int) -> SignedIn | None:
 class LoginGuard:
     """At most ``attempts`` failed sign-ins per name and per client address in ``window``.
 
-    Kept in memory: one daemon serves the app, and a restart forgetting the count costs an
-    attacker nothing they could not get by waiting the window out.
+    An attempt counts from the moment it starts, and is forgiven only when it succeeds, so
+    requests sent in parallel cannot all slip in before the first failure is recorded. Kept
+    in memory: a restart forgetting the count gives an attacker no more than waiting would.
     """
 
     attempts: int = 5
     window: timedelta = timedelta(minutes=15)
-    _failures: dict[str, deque[datetime]] = field(default_factory=lambda: defaultdict(deque))
+    _tries: dict[str, deque[datetime]] = field(default_factory=dict)
 
-    def allowed(self, keys: list[str], now: datetime) -> bool:
-        return all(len(self._recent(key, now)) < self.attempts for key in keys)
-
-    def failed(self, keys: list[str], now: datetime) -> None:
+    def attempt(self, keys: list[str], now: datetime) -> bool:
+        """Start an attempt: False (and nothing recorded) when any key is used up."""
+        if any(len(self._recent(key, now)) >= self.attempts for key in keys):
+            return False
         for key in keys:
-            self._recent(key, now).append(now)
+            self._tries.setdefault(key, deque()).append(now)
+        return True
 
     def succeeded(self, keys: list[str]) -> None:
         for key in keys:
-            self._failures.pop(key, None)
+            self._tries.pop(key, None)
 
     def _recent(self, key: str, now: datetime) -> deque[datetime]:
-        failures = self._failures[key]
-        while failures and failures[0] <= now - self.window:
-            failures.popleft()
-        return failures
+        tries = self._tries.get(key, deque())
+        while tries and tries[0] <= now - self.window:
+            tries.popleft()
+        if not tries:
+            self._tries.pop(key, None)  # names seen once do not pile up
+        return tries

@@ -27,6 +27,7 @@ def test_a_token_names_its_customer() -> None:
         tokens.sign(b"another key" * 3, 42),
         tokens.sign(SECRET, 42)[:-1] + "A",
         "!!!.@@@",
+        "abc.\u00e9",  # non-ASCII in a link: refused, not an error
     ],
 )
 def test_forged_altered_or_malformed_tokens_name_nobody(token: str) -> None:

@@ -62,17 +62,24 @@ def test_five_failed_sign_ins_lock_a_name_for_the_window(clock: ManualClock) -> 
     guard = LoginGuard(attempts=5, window=timedelta(minutes=15))
     keys = ["name:sam", "client:203.0.113.9"]
     for _ in range(5):
-        assert guard.allowed(keys, clock.now())
-        guard.failed(keys, clock.now())
-    assert not guard.allowed(keys, clock.now())
-    assert not guard.allowed(["name:other", "client:203.0.113.9"], clock.now()), "same client"
+        assert guard.attempt(keys, clock.now())  # each fails: nothing forgives it
+    assert not guard.attempt(keys, clock.now())
+    assert not guard.attempt(["name:other", "client:203.0.113.9"], clock.now()), "same client"
     clock.advance(timedelta(minutes=15))
-    assert guard.allowed(keys, clock.now())
+    assert guard.attempt(keys, clock.now())
+
+
+def test_parallel_attempts_count_before_they_finish(clock: ManualClock) -> None:
+    """Forty wrong passwords sent at once: only the first five get checked at all."""
+    guard = LoginGuard(attempts=5)
+    started = [guard.attempt(["name:sam"], clock.now()) for _ in range(40)]
+    assert started.count(True) == 5
 
 
 def test_a_success_clears_the_count(clock: ManualClock) -> None:
     guard = LoginGuard(attempts=2)
-    guard.failed(["name:sam"], clock.now())
+    guard.attempt(["name:sam"], clock.now())
     guard.succeeded(["name:sam"])
-    guard.failed(["name:sam"], clock.now())
-    assert guard.allowed(["name:sam"], clock.now())
+    guard.attempt(["name:sam"], clock.now())
+    assert guard.attempt(["name:sam"], clock.now())
+    assert not guard.attempt(["name:sam"], clock.now())

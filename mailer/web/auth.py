@@ -22,12 +22,12 @@ async def login(request: Request) -> Response:
     web = state(request)
     now = web.clock.now()
     keys = [f"name:{name.lower()}", f"client:{request.client.host if request.client else ''}"]
-    if not web.guard.allowed(keys, now):
+    if not web.guard.attempt(keys, now):
         message = "Too many failed sign-ins. Wait a quarter of an hour and try again."
         return render(request, "login.html", {"next": target, "error": message}, 429)
-    user = await db(request, _authenticate, request, name, password)
+    async with web.hashing:  # argon2 takes 64 MiB and tens of ms: a few at a time
+        user = await db(request, _authenticate, request, name, password)
     if user is None:
-        web.guard.failed(keys, now)
         message = "That name and password do not match an active account."
         return render(request, "login.html", {"next": target, "error": message, "name": name}, 401)
     web.guard.succeeded(keys)

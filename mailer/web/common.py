@@ -48,6 +48,7 @@ class WebState:
     secret: bytes
     templates: Jinja2Templates
     guard: LoginGuard = field(default_factory=LoginGuard)
+    hashing: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
 
 
 def state(request: Request) -> WebState:
