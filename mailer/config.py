@@ -150,6 +150,7 @@ class WebSettings(Section):
     enabled: bool = True
     bind: str = Field(default="127.0.0.1:8025", pattern=r"^[^:]+:\d{1,5}$")
     marketing_reads_inquiries: bool = False
+    metrics_token_env: str = ""
     base_url: str = Field(default="http://127.0.0.1:8025", pattern=r"^https?://")
     secret_env: str = ""
 
@@ -286,7 +287,12 @@ def _env_value(text: str) -> Any:
         return text
 
 
-SECRET_KEYS = (("smtp", "password_env"), ("imap", "password_env"), ("web", "secret_env"))
+SECRET_KEYS = (
+    ("smtp", "password_env"),
+    ("imap", "password_env"),
+    ("web", "secret_env"),
+    ("web", "metrics_token_env"),
+)
 
 
 def _read_secrets(

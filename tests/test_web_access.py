@@ -19,8 +19,22 @@ from mailer.clock import ManualClock
 from mailer.config import Config
 from mailer.models import Category
 from mailer.outbox import NewMessage
+from mailer.web.server import build as build_web
+from tests.configs import shipped_config
 from tests.conftest import PASSWORD, sign_in
-from tests.site import Site
+from tests.site import Site, served
+
+
+def test_metrics_need_the_bearer_token_when_one_is_configured(
+    engine: Engine, tmp_path: Path, clock: ManualClock
+) -> None:
+    env = {"MAILER_WEB__METRICS_TOKEN_ENV": "SCRAPE", "SCRAPE": "s3cret-scrape"}
+    with served(build_web(shipped_config(tmp_path, env), engine, clock)) as running:
+        assert running.get("/metrics")[0] == 403
+        request = urllib.request.Request(running.url + "/metrics")
+        request.add_header("Authorization", "Bearer s3cret-scrape")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert b"mailer_queue_due" in response.read()
 
 
 def test_health_answers_without_signing_in(site: Site) -> None:

@@ -1,4 +1,5 @@
-"""For operators and their monitoring: /healthz and Prometheus /metrics, without sign-in.
+"""For operators and their monitoring: /healthz and Prometheus /metrics, without sign-in
+(metrics need a bearer token, or come only to this machine).
 
 Metrics are read from the database at scrape time, so they are the same whichever process
 is asked and survive restarts: messages by status, the queue due now, SMTP replies by
@@ -7,6 +8,7 @@ outcome over the last hour, and how long ago the inbox last moved.
 
 from __future__ import annotations
 
+import hmac
 from datetime import datetime, timedelta
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -26,6 +28,7 @@ from mailer.web.common import db, state
 
 ATTEMPTS = DeliveryAttempt.__table__  # type: ignore[attr-defined]
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+LOOPBACK = {"127.0.0.1", "::1"}
 
 
 async def healthz(request: Request) -> Response:
@@ -43,11 +46,23 @@ def _ping(engine: Engine) -> None:
 
 
 async def metrics(request: Request) -> Response:
+    """Volumes and bounce rates are the business's own: only for the configured bearer
+    token, or, without one, only for a scraper on this machine."""
     web = state(request)
+    if not _may_scrape(request, web.cfg.secret("web", "metrics_token_env")):
+        return PlainTextResponse("metrics need the bearer token ([web] metrics_token_env)\n", 403)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(Figures(web.engine, web.clock))
     body = await db(request, generate_latest, registry)
     return Response(body, media_type=CONTENT_TYPE)
+
+
+def _may_scrape(request: Request, token: str | None) -> bool:
+    if token:
+        sent = request.headers.get("Authorization", "")
+        return hmac.compare_digest(sent.encode(), f"Bearer {token}".encode())
+    client = request.client.host if request.client else ""
+    return client in LOOPBACK
 
 
 class Figures(Collector):
