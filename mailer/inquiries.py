@@ -259,9 +259,9 @@ def get(conn: Connection, inquiry_id: int) -> dict[str, Any] | None:
 def of_customer(conn: Connection, customer_id: int, *, with_text: bool) -> list[dict[str, Any]]:
     """A customer's inquiries, newest first; what they wrote only for those who may read it."""
     c = INQUIRIES.c
-    columns = [c.id, c.thread_id, c.received_at, c.subject, c.status]
-    if with_text:
-        columns += [c.sender, c.body_text, c.reply_text]
+    columns = [c.id, c.thread_id, c.received_at, c.status]
+    if with_text:  # a subject is something the customer wrote too
+        columns += [c.subject, c.sender, c.body_text, c.reply_text]
     query = select(*columns).where(c.customer_id == customer_id).order_by(*_NEWEST)
     return [dict(r) for r in conn.execute(query).mappings()]
 
