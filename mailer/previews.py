@@ -92,7 +92,10 @@ def send_test(
 ) -> NewMessage:
     """Queue one test of ``name`` to ``to`` with sample data; the daemon sends it.
 
-    A test to a customer's address is rendered with that customer's data."""
+    A test to a customer's address is rendered with that customer's data. Tests go as
+    transactional mail (no caps, no quiet hours), so a customer who unsubscribed or whose
+    address is suppressed is refused: a "test" must not become a way round their choice.
+    """
     store.variants(name)  # an unknown template is refused now, not at send time
     try:
         address = normalise_email(to)
@@ -100,9 +103,12 @@ def send_test(
         raise MailerError(str(exc)) from None
     with engine.connect() as conn:
         try:
-            customer_id: int | None = int(customers.get(conn, address)["id"])
+            customer = customers.get(conn, address)
         except NotFound:
-            customer_id = None
+            customer = None
+    if customer is not None and (customer["unsubscribed_at"] or customer["suppressed_reason"]):
+        raise MailerError(f"{address} unsubscribed or is suppressed: tests do not go there")
+    customer_id = int(customer["id"]) if customer is not None else None
     message = NewMessage(
         dedupe_key=f"test:{name}:{uuid.uuid4()}",
         to_address=address,

@@ -233,11 +233,18 @@ def test_outbox_show_and_retry_name_what_is_missing(with_demo: Mailer) -> None:
     assert result.returncode == 1 and "no failed, expired or skipped" in result.stderr
 
 
-def test_send_test_refuses_a_bad_address_and_an_unknown_template(with_demo: Mailer) -> None:
+def test_send_test_refuses_a_bad_address_an_unknown_template_and_the_unsubscribed(
+    with_demo: Mailer,
+) -> None:
     result = with_demo("templates", "send-test", "birthday", "--to", "nobody@@x", check=False)
     assert result.returncode == 1 and "not a valid email address" in result.stderr
     result = with_demo("templates", "send-test", "nope", "--to", "a@example.com", check=False)
     assert result.returncode == 1 and "no such template" in result.stderr
+    with_demo("customers", "unsubscribe", "siti.rahma@example.com")
+    result = with_demo(
+        "templates", "send-test", "newsletter", "--to", "siti.rahma@example.com", check=False
+    )
+    assert result.returncode == 1 and "tests do not go there" in result.stderr
 
 
 def _read_until(process: subprocess.Popen[str], marker: str, seconds: float) -> str:
