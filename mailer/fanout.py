@@ -86,8 +86,13 @@ def execute(
     plan: Plan,
     now: datetime,
     progress: Callable[[int], None] = lambda _count: None,
+    finish: Callable[[Connection, int], None] = lambda _conn, _run_id: None,
 ) -> RunResult:
-    """Queue the run once; a run already done returns its counts and queues nothing."""
+    """Queue the run once; a run already done returns its counts and queues nothing.
+
+    ``finish`` runs in the transaction that marks the run done, so what it does (a webinar
+    withdrawing its earlier messages) happens exactly when the run counts as done.
+    """
     run_id, done = _start(engine, plan, now)
     if done:
         return _result(engine, plan, run_id, already_done=True)
@@ -99,6 +104,7 @@ def execute(
             written += conn.execute(statement, {"low": low, "high": low + RANGE}).rowcount
         progress(written)
     with engine.begin() as conn:
+        finish(conn, run_id)
         counts = _counts(conn, run_id)
         conn.execute(
             update(RUNS)

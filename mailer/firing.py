@@ -97,14 +97,16 @@ def run(
     engine: Engine, plan: Plan, now: datetime, progress: Callable[[int], None] = lambda _: None
 ) -> RunResult:
     """One run, with what a webinar update or cancellation withdraws from earlier runs."""
-    result = fanout.execute(engine, plan, now, progress)
     step = plan.occurrence.key
-    if plan.kind == "webinar" and (step == "cancel" or step.startswith("update-")):
-        with engine.begin() as conn:
-            earlier = [i for i in fanout.runs_of(conn, plan.schedule) if i != result.run_id]
-            why = "webinar cancelled" if step == "cancel" else f"superseded by {step}"
-            fanout.withdraw(conn, earlier, why, now)
-    return result
+    if plan.kind != "webinar" or not (step == "cancel" or step.startswith("update-")):
+        return fanout.execute(engine, plan, now, progress)
+    why = "webinar cancelled" if step == "cancel" else f"superseded by {step}"
+
+    def withdraw_earlier(conn: Connection, run_id: int) -> None:
+        earlier = [i for i in fanout.runs_of(conn, plan.schedule) if i != run_id]
+        fanout.withdraw(conn, earlier, why, now)
+
+    return fanout.execute(engine, plan, now, progress, withdraw_earlier)
 
 
 def _webinar_state(

@@ -113,6 +113,8 @@ def webinar_steps(
 
     Nothing is due once the webinar has started. Updates and the cancellation are due at
     once: they go to whoever was invited, and to nobody if the invitation has not gone yet.
+    Reminders are named with the SEQUENCE they announce ("reminder-1d@2"), so a webinar
+    moved after a reminder went out gets its reminder again for the new time.
     """
     starts = schedule.starts_at.astimezone(UTC)
     if now >= starts:
@@ -120,13 +122,17 @@ def webinar_steps(
     if schedule.cancelled:
         return [Occurrence("cancel", EVERYONE, now, starts)]
     found = [
-        Occurrence(key, EVERYONE, at, min(at + schedule.valid_for, starts))
+        Occurrence(_versioned(key, state), EVERYONE, at, min(at + schedule.valid_for, starts))
         for key, at in _webinar_times(schedule).items()
         if now - schedule.valid_for < at <= now
     ]
     if state.sequence > 0:
         found.append(Occurrence(f"update-{state.sequence}", EVERYONE, now, starts))
     return found
+
+
+def _versioned(key: str, state: WebinarState) -> str:
+    return f"{key}@{state.sequence}" if key.startswith("reminder-") and state.sequence else key
 
 
 def _webinar_times(schedule: WebinarSchedule) -> dict[str, datetime]:

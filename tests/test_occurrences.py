@@ -63,7 +63,7 @@ def test_webinar_steps_are_named_and_stop_at_the_start() -> None:
     assert reminder.key == "reminder-1h" and reminder.valid_until == before + timedelta(minutes=30)
     assert occurrences.webinar_steps(webinar(), WebinarState(2), STARTS) == []
     keys = [o.key for o in occurrences.webinar_steps(webinar(), WebinarState(2), before)]
-    assert keys == ["reminder-1h", "update-2"]
+    assert keys == ["reminder-1h@2", "update-2"]
     cancelled = occurrences.webinar_steps(webinar(cancelled=True), WebinarState(3), before)
     assert [o.key for o in cancelled] == ["cancel"]
 

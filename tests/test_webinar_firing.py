@@ -138,3 +138,20 @@ def test_nothing_is_sent_once_the_webinar_has_started(engine: Engine) -> None:
     assert fire(engine, STARTS + timedelta(minutes=1), late) == []
     fire(engine, STARTS - timedelta(minutes=30), late)
     assert all(r["valid_until"] <= STARTS for r in rows(engine).values())
+
+
+@pytest.mark.usefixtures("people")
+def test_a_webinar_moved_after_its_reminder_gets_the_reminder_again_for_the_new_time(
+    engine: Engine,
+) -> None:
+    fire(engine, INVITE, webinar())
+    mark_sent(engine, "maria@example.bg")
+    fire(engine, STARTS - timedelta(days=1), webinar())
+    mark_sent(engine, "maria@example.bg")
+    later = webinar(starts_at=STARTS + timedelta(days=2))
+    fire(engine, STARTS - timedelta(hours=20), later)  # the update goes out
+    mark_sent(engine, "maria@example.bg")
+    (run,) = fire(engine, STARTS + timedelta(days=1), later)
+    assert run.occurrence == "reminder-1d@1"
+    reminder = rows(engine, "reminder-1d@1")["maria@example.bg"]
+    assert reminder["context"]["webinar"]["starts_at"] == STARTS + timedelta(days=2)
