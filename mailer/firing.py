@@ -61,12 +61,21 @@ def fire_due(
     now: datetime,
     firing: Firing,
     progress: Callable[[str, int], None] = lambda _name, _count: None,
+    edited: Mapping[str, datetime] | None = None,
 ) -> list[RunResult]:
-    """Run every due occurrence of every schedule that has not run yet."""
+    """Run every due occurrence of every schedule that has not run yet.
+
+    ``edited`` (schedule -> when its file last changed) keeps catch-up from reaching back
+    before an edit: a newsletter moved from 09:00 to 10:00 at noon is not sent again for
+    today's 10:00, which its old version already covered.
+    """
     zones = customer_zones(engine, firing.fallback_zone)
     results = []
     for name, schedule in schedules.items():
+        since = (edited or {}).get(name)
         for plan in due_plans(engine, name, schedule, now, firing, zones):
+            if since is not None and plan.occurrence.at < since:
+                continue
             results.append(run(engine, plan, now, partial(progress, name)))
     return results
 

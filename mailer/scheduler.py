@@ -49,6 +49,7 @@ class Schedules:
     clock: Clock
     loaded: dict[str, Schedule] = field(default_factory=dict)
     problems: dict[str, list[Problem]] = field(default_factory=dict)
+    edited: dict[str, datetime] = field(default_factory=dict)  # changed since the first load
     _stamps: dict[Path, tuple[float, int]] = field(default_factory=dict)
 
     def changed(self) -> bool:
@@ -68,6 +69,9 @@ class Schedules:
                 log.error("schedule %s not reloaded: %s", path.name, "; ".join(map(str, found)))
             if schedule is not None:
                 loaded[path.stem] = schedule
+                before = self.loaded.get(path.stem)
+                if before is not None and before != schedule:
+                    self.edited[path.stem] = self.clock.now()
             elif path.stem in self.loaded:
                 loaded[path.stem] = self.loaded[path.stem]
                 log.warning("schedule %s keeps running as last loaded", path.stem)
@@ -99,8 +103,10 @@ class Scheduler:
 
     def fire(self) -> list[RunResult]:
         """Everything due now (in a worker thread: a big fan-out takes seconds)."""
+        files = self.schedules
+        now = self.clock.now()
         results = firing.fire_due(
-            self.engine, self.schedules.loaded, self.clock.now(), self.firing, _progress
+            self.engine, files.loaded, now, self.firing, _progress, files.edited
         )
         for result in results:
             log.info(

@@ -229,3 +229,14 @@ def test_the_zones_in_use_include_the_business_zone_for_customers_without_one(
         "Asia/Manila",
         "America/Los_Angeles",
     }
+
+
+def test_an_edited_time_is_not_caught_up_before_the_edit(engine: Engine, people: None) -> None:
+    """The newsletter went at 09:00 in Sofia; at noon marketing moves it to 10:00. Today's
+    10:00 is past and its old version already covered the day: nothing goes twice."""
+    sofia = monthly(timezone="Europe/Sofia")
+    fire(engine, utc(2026, 12, 1, 7, 30), news=sofia)
+    moved = monthly(timezone="Europe/Sofia", cron="0 10 1 * *")
+    noon = utc(2026, 12, 1, 10)
+    assert firing.fire_due(engine, {"news": moved}, noon, FIRING, edited={"news": noon}) == []
+    assert len(firing.fire_due(engine, {"news": moved}, noon, FIRING)) == 1, "without the edit"

@@ -140,3 +140,14 @@ async def test_the_daemons_clockwork_catches_up_at_start_and_reloads_on_request(
 def _recipients(engine: Engine) -> set[str]:
     with engine.connect() as conn:
         return set(conn.execute(select(OUTBOX.c.to_address)).scalars())
+
+
+def test_an_edit_is_remembered_with_its_time_the_first_load_is_not(
+    files: Schedules, folder: Path
+) -> None:
+    write(folder / "news.toml", NEWSLETTER.format(headline="November"), 1_000)
+    files.reload()
+    assert files.edited == {}
+    write(folder / "news.toml", NEWSLETTER.format(headline="December"), 2_000)
+    files.reload()
+    assert files.edited == {"news": files.clock.now()}
