@@ -135,7 +135,9 @@ class Scheduler:
                 found[f"{name}@{zone}"] = occurrences.trigger(schedule, zone)
         return found
 
-    def wake(self) -> None:
+    async def _triggered(self) -> None:
+        """APScheduler's job: a coroutine, so it runs on the loop (a plain function would
+        run in a worker thread, where an asyncio.Event must not be set)."""
         self._wake.set()
 
     async def run(self, stop: asyncio.Event, reload: asyncio.Event) -> None:
@@ -192,7 +194,7 @@ class Scheduler:
             existing = jobs.get_job(job_id)
             if existing is None or str(existing.trigger) != str(trigger):
                 jobs.add_job(
-                    self.wake,
+                    self._triggered,
                     trigger,
                     id=job_id,
                     replace_existing=True,
