@@ -307,9 +307,11 @@ class Inbox:
         message that breaks the decision is logged as failed and the others as usual."""
         now = self.clock.now()
         try:
+            # parsed before the transaction: SQLite's one writer is not kept waiting on MIME
+            parsed = [parse(message.raw, max_raw=self.max_raw) for message in fetched]
             with self.engine.begin() as conn:
-                for message in fetched:
-                    handle(conn, parse(message.raw, max_raw=self.max_raw), now, self.policy)
+                for inbound in parsed:
+                    handle(conn, inbound, now, self.policy)
                 save_position(conn, name, uidvalidity, fetched[-1].uid, now)
         except UNAVAILABLE:
             raise  # the server or the database is unreachable: no message is to blame
