@@ -83,6 +83,7 @@ class Mailbox:
         self._lost: asyncio.Future[None] | None = None
         self._uidvalidity = 0
         self._highest_uid = 0
+        self._keeps_keyword = False
 
     @property
     def name(self) -> str:
@@ -116,6 +117,7 @@ class Mailbox:
             raise
         self._uidvalidity = _response_code(selected.lines, "UIDVALIDITY")
         self._highest_uid = _response_code(selected.lines, "UIDNEXT", default=1) - 1
+        self._keeps_keyword = _keeps_keyword(selected.lines)
         return self._uidvalidity
 
     async def fetch_after(self, last_uid: int, *, batch: int = 100) -> AsyncIterator[list[Fetched]]:
@@ -221,8 +223,8 @@ class Mailbox:
     async def unmarked_up_to(self, last_uid: int) -> list[int]:
         """UIDs up to ``last_uid`` without our keyword: handled, but not yet marked, when the
         connection or the process ended between the commit and the STORE."""
-        if last_uid < 1:
-            return []
+        if last_uid < 1 or not self._keeps_keyword:
+            return []  # a server that forgets our keyword would have us mark everything again
         client = self._connected()
         await self._command(client.noop(), "NOOP")
         search = client.uid_search("UID", f"1:{last_uid}", "UNKEYWORD", PROCESSED_KEYWORD)
@@ -360,6 +362,16 @@ def _search_uids(lines: Iterable[Any]) -> list[int]:
         if isinstance(line, bytes) and re.fullmatch(rb"[\d ]+", line):
             return [int(uid) for uid in line.split()]
     return []
+
+
+def _keeps_keyword(lines: Iterable[Any]) -> bool:
+    """Whether SELECT's PERMANENTFLAGS (RFC 3501) let our keyword outlive the session."""
+    for line in lines:
+        found = re.search(rb"\[PERMANENTFLAGS \(([^)]*)\)\]", line)
+        if found:
+            flags = found[1].split()
+            return b"\\*" in flags or PROCESSED_KEYWORD.encode() in flags
+    return False
 
 
 def _response_code(lines: Iterable[Any], code: str, default: int = 0) -> int:

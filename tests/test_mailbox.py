@@ -258,3 +258,13 @@ async def test_mark_processed_flags_a_whole_list_at_once(
 
     flags = dovecot.flags(folder)
     assert [uid for uid in sorted(flags) if PROCESSED_KEYWORD in flags[uid]] == [1, 2, 4]
+
+
+async def test_unmarked_up_to_finds_handled_mail_left_without_the_keyword(
+    dovecot: DovecotServer, folder: str, mailbox: Mailbox
+) -> None:
+    await append(dovecot, folder, 1, 2, 3)
+    await fetch_all(mailbox, 0)
+    await mailbox.mark_processed([1], "flag")
+
+    assert await mailbox.unmarked_up_to(2) == [2]

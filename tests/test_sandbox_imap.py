@@ -209,3 +209,14 @@ async def _flags(sandbox: SandboxImap, uid: int) -> set[str]:
     found = re.search(rb"FLAGS \(([^)]*)\)", b" ".join(bytes(line) for line in response.lines))
     assert found is not None, response.lines
     return set(found[1].decode().split())
+
+
+async def test_a_server_that_forgets_keywords_is_not_swept(
+    sandbox: SandboxImap, mailbox: Mailbox
+) -> None:
+    """Otherwise every reconnect would mark (with move:, copy) the whole history again."""
+    await mailbox.open()
+    await sandbox.deliver(MESSAGE)
+    [fetched] = await fetch_all(mailbox)
+
+    assert await mailbox.unmarked_up_to(fetched.uid) == []
