@@ -88,18 +88,22 @@ def due_plans(
     firing: Firing,
     zones: list[str],
     *,
-    include_done: bool = False,
+    dry_run: bool = False,
 ) -> list[Plan]:
-    """The runs a schedule owes at ``now``; with ``include_done`` also those already run."""
-    with engine.begin() as conn:
+    """The runs a schedule owes at ``now``. A dry run also lists those already run, and
+    keeps nothing it noted (a webinar's new SEQUENCE is rolled back)."""
+    with engine.connect() as conn:
         state = _webinar_state(conn, name, schedule, now, firing)
-        done = set() if include_done else fanout.done_occurrences(conn, name)
+        done = set() if dry_run else fanout.done_occurrences(conn, name)
         due = occurrences.due(schedule, zones, now, state)
-        return [
+        plans = [
             _plan(conn, name, schedule, occurrence, firing, state)
             for occurrence in due
             if (occurrence.key, occurrence.zone) not in done
         ]
+        if not dry_run:
+            conn.commit()
+        return plans
 
 
 def run(

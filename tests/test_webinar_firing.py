@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select
 
-from mailer import firing, jsonvalues
+from mailer import firing, jsonvalues, webinars
 from mailer.models import OutboxStatus
 from mailer.outbox import OUTBOX
 from mailer.schedules import Audience, WebinarSchedule
@@ -155,3 +155,17 @@ def test_a_webinar_moved_after_its_reminder_gets_the_reminder_again_for_the_new_
     assert run.occurrence == "reminder-1d@1"
     reminder = rows(engine, "reminder-1d@1")["maria@example.bg"]
     assert reminder["context"]["webinar"]["starts_at"] == STARTS + timedelta(days=2)
+
+
+@pytest.mark.usefixtures("people")
+def test_a_dry_run_shows_the_update_but_keeps_nothing(engine: Engine) -> None:
+    fire(engine, INVITE, webinar())
+    later = webinar(starts_at=STARTS + timedelta(hours=2))
+    moment = INVITE + timedelta(days=1)
+    zones = firing.customer_zones(engine, FIRING.fallback_zone)
+    plans = firing.due_plans(engine, "spring", later, moment, FIRING, zones, dry_run=True)
+    assert [p.occurrence.key for p in plans] == ["update-1"]
+    with engine.connect() as conn:
+        assert conn.execute(select(webinars.EVENTS.c.sequence)).scalar_one() == 0
+    (run,) = fire(engine, moment, later)
+    assert run.occurrence == "update-1"

@@ -65,7 +65,7 @@ def run(
     engine = app_.engine()
     zones = firing.customer_zones(engine, settings.fallback_zone)
     schedule = schedules[name]
-    plans = firing.due_plans(engine, name, schedule, moment, settings, zones, include_done=dry_run)
+    plans = firing.due_plans(engine, name, schedule, moment, settings, zones, dry_run=dry_run)
     if not plans:
         upcoming = occurrences.next_fire(schedule, zones, moment)
         out.print(f"nothing of {name} is due at {moment:%Y-%m-%d %H:%M %Z}; next: {upcoming}")
