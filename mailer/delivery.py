@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -64,6 +65,8 @@ class Delivery:
             outcomes = await self._deliver(claimed)
             await asyncio.to_thread(outbox.record, self.engine, outcomes)
             handled += len(claimed)
+            tally = Counter(outcome.result for outcome in outcomes)
+            log.info("delivery: %s", ", ".join(f"{n} {what}" for what, n in sorted(tally.items())))
         return handled
 
     async def _deliver(self, claimed: Sequence[Claimed]) -> list[Outcome]:

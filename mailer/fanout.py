@@ -11,7 +11,6 @@ the same words the throttle uses, so a run's results account for everyone it sel
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -44,8 +43,6 @@ from mailer.db import UTCDateTime
 from mailer.models import Category, OutboxStatus, RunStatus, ScheduleRun
 from mailer.occurrences import Occurrence
 from mailer.outbox import OUTBOX, WAITING
-
-log = logging.getLogger("mailer.fanout")
 
 RUNS: Table = ScheduleRun.__table__  # type: ignore[attr-defined]
 C = CUSTOMERS.c
@@ -111,7 +108,6 @@ def execute(
             .where(RUNS.c.id == run_id)
             .values(status=RunStatus.DONE, finished_at=now, **counts)
         )
-    log.info("run %s %s %s: %s", plan.schedule, plan.occurrence.key, plan.occurrence.zone, counts)
     return _result(engine, plan, run_id, already_done=False)
 
 

@@ -296,6 +296,8 @@ class Inbox:
             self.on_queued()  # their acknowledgements can go at once, not at the next poll
             await mailbox.mark_processed([f.uid for f in fetched], self.processed)
             handled += len(fetched)
+        if handled:
+            log.info("inbox: %d new message(s) in %s logged", handled, name)
         return handled
 
     def _position(self, name: str, uidvalidity: int) -> int:

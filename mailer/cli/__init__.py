@@ -79,6 +79,7 @@ def run(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every SMTP command
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # a line per trigger (re)added
     daemon.run(app_.config, engine, sandbox_on=sandbox or app_.config.settings.sandbox.enabled)
 
 

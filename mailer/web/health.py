@@ -22,7 +22,7 @@ from starlette.routing import Route
 
 from mailer.clock import Clock
 from mailer.inbox import STATE as MAILBOX_STATE
-from mailer.models import DeliveryAttempt
+from mailer.models import DeliveryAttempt, OutboxStatus
 from mailer.outbox import OUTBOX, WAITING
 from mailer.web.common import db, state
 
@@ -87,8 +87,9 @@ class Figures(Collector):
         messages = GaugeMetricFamily(
             "mailer_messages", "Outbox messages by status", labels=["status"]
         )
-        for status, count in by_status:
-            messages.add_metric([status], count)
+        counted = {str(status): count for status, count in by_status}
+        for status in OutboxStatus:  # zeros too: a rate needs the series to exist
+            messages.add_metric([status.value], counted.get(status.value, 0))
         queue = GaugeMetricFamily("mailer_queue_due", "Messages waiting whose time has come")
         queue.add_metric([], due)
         smtp = GaugeMetricFamily(
