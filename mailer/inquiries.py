@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import Table, insert, or_, select, tuple_, update
+from sqlalchemy import Integer, Table, func, insert, or_, select, text, tuple_, update
 from sqlalchemy.engine import Connection
 
 from mailer.customer_csv import normalise_email
@@ -29,6 +29,7 @@ OUTBOX: Table = OutboxMessage.__table__  # type: ignore[attr-defined]
 EVENTS: Table = InquiryEvent.__table__  # type: ignore[attr-defined]
 ACK_KEY = "ack:inquiry:{id}"  # the dedupe key of an inquiry's acknowledgement
 _DIGITS = re.compile(r"(\d+)\]$")
+TRIGRAM = 3  # the shortest search the trigram indexes can answer
 
 
 def reference(inquiry_id: int) -> str:
@@ -233,13 +234,24 @@ def _page(rows: list[dict[str, Any]], size: int, *, forwards: bool, from_edge: b
     return Page(rows, first if newer else None, last if older else None)
 
 
-def _matching(text: str, dialect: str) -> Any:
-    """Sender, subject or text containing ``text`` in any case. SQLite's LIKE ignores case
-    already (ASCII only, as its lower() does), and is a third faster without lower()."""
+def _matching(search: str, dialect: str) -> Any:
+    """Sender, name, subject or text containing ``search``, in any case and script, answered
+    from the trigram indexes of migration 0009 (three characters or more; shorter ones
+    are few enough words to scan for)."""
     table = INQUIRIES.c
     columns = (table.sender, table.sender_name, table.subject, table.body_text)
-    sqlite = dialect == "sqlite"
-    return or_(*((c.contains if sqlite else c.icontains)(text, autoescape=True) for c in columns))
+    if dialect == "sqlite" and len(search) >= TRIGRAM:
+        phrase = '"' + search.replace('"', '""') + '"'  # FTS5 phrase: a substring, as typed
+        found = text("SELECT rowid FROM inquiry_search WHERE inquiry_search MATCH :phrase")
+        return table.id.in_(found.bindparams(phrase=phrase).columns(rowid=Integer))
+    if dialect == "sqlite":
+        return or_(*(c.contains(search, autoescape=True) for c in columns))
+    pattern = "%" + _escape_like(search.lower()) + "%"
+    return or_(*(func.lower(c).like(pattern, escape="\\") for c in columns))
+
+
+def _escape_like(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def get(conn: Connection, inquiry_id: int) -> dict[str, Any] | None:

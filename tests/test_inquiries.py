@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from sqlalchemy import Engine
 
 from mailer import customers, inquiries, outbox
@@ -120,3 +121,32 @@ def test_status_changes_are_kept(engine: Engine, clock: ManualClock) -> None:
         assert not inquiries.set_status(conn, 999, InquiryStatus.CLOSED)
     with engine.connect() as conn:
         assert [i["status"] for i in inquiries.find(conn, status="answered")] == ["answered"]
+
+
+@pytest.mark.parametrize(
+    ("search", "found"),
+    [
+        ("МЕЛАЧКАТА", ["<a@x>"]),  # any case, any script, inside a word of the text
+        ("елачк", ["<a@x>", "<b@x>"]),  # the subject of one, the text of the other
+        ("ana@exa", ["<a@x>"]),  # the sender
+        ("Ан", ["<a@x>"]),  # too short for trigrams: still found
+        ('50% "off"', ["<b@x>"]),  # quotes and LIKE wildcards are only text
+        ("радост", ["<a@x>"]),  # an edited name
+        ("кафе", []),
+    ],
+)
+def test_search_finds_any_part_of_sender_subject_or_text(
+    engine: Engine, clock: ManualClock, search: str, found: list[str]
+) -> None:
+    log(engine, mail("<a@x>"), clock)
+    other = mail("<b@x>", sender="Ivo <ivo@example.org>", subject='Мелачка: 50% "off"?')
+    log(engine, other.replace("мелачката ми".encode(), "нещо".encode()), clock)
+    with engine.begin() as conn:  # an edit is searched as edited (SQLite keeps a copy)
+        conn.execute(
+            inquiries.INQUIRIES.update()
+            .where(inquiries.INQUIRIES.c.message_id == "<a@x>")
+            .values(sender_name="Ана Радостова")
+        )
+    with engine.connect() as conn:
+        page = inquiries.browse(conn, search=search)
+    assert sorted(str(row["message_id"]) for row in page.rows) == found
