@@ -62,14 +62,17 @@ def fire_due(
     firing: Firing,
     progress: Callable[[str, int], None] = lambda _name, _count: None,
     edited: Mapping[str, datetime] | None = None,
+    zones: list[str] | None = None,
 ) -> list[RunResult]:
     """Run every due occurrence of every schedule that has not run yet.
 
     ``edited`` (schedule -> when its file last changed) keeps catch-up from reaching back
     before an edit: a newsletter moved from 09:00 to 10:00 at noon is not sent again for
-    today's 10:00, which its old version already covered.
+    today's 10:00, which its old version already covered. ``zones`` are the zones in use,
+    when the caller has just read them.
     """
-    zones = customer_zones(engine, firing.fallback_zone)
+    if zones is None:
+        zones = customer_zones(engine, firing.fallback_zone)
     results = []
     for name, schedule in schedules.items():
         since = (edited or {}).get(name)

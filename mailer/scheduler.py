@@ -100,13 +100,14 @@ class Scheduler:
     on_queued: Callable[[], None] = lambda: None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _jobs: AsyncIOScheduler | None = None
+    _zones: list[str] | None = None  # as the last sync read them; every firing follows one
 
     def fire(self) -> list[RunResult]:
         """Everything due now (in a worker thread: a big fan-out takes seconds)."""
         files = self.schedules
         now = self.clock.now()
         results = firing.fire_due(
-            self.engine, files.loaded, now, self.firing, _progress, files.edited
+            self.engine, files.loaded, now, self.firing, _progress, files.edited, self._zones
         )
         for result in results:
             log.info(
@@ -186,6 +187,7 @@ class Scheduler:
         except OperationalError as exc:  # the jobs there are keep running meanwhile
             log.warning("schedules: cannot read the zones in use, trying again: %s", exc)
             return
+        self._zones = zones
         wanted = self.triggers(zones)
         for job in jobs.get_jobs():
             if job.id not in wanted:
