@@ -8,6 +8,7 @@ its leased rows to come back when the lease runs out.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -29,6 +30,8 @@ CUSTOMERS: Table = Customer.__table__  # type: ignore[attr-defined]
 ENQUEUE_BATCH = 1000
 # rows a worker may claim once due: new or retried (queued) and held back by the throttle
 WAITING = (OutboxStatus.QUEUED, OutboxStatus.DEFERRED)
+_DEFERRED_UNTIL = "deferred until"
+_DEFERRED_PREFIX = re.compile(rf"^{_DEFERRED_UNTIL} .+? UTC: ")
 HISTORY_WINDOW = timedelta(days=31)
 
 
@@ -303,8 +306,13 @@ def _change(row: dict[str, Any], decision: throttle.Decision, now: datetime) -> 
 
 def _reason(decision: throttle.Decision) -> str:
     if decision.action == "defer" and decision.at:
-        return f"deferred until {decision.at:%Y-%m-%d %H:%M} UTC: {decision.reason}"
+        return f"{_DEFERRED_UNTIL} {decision.at:%Y-%m-%d %H:%M} UTC: {decision.reason}"
     return decision.reason
+
+
+def cause(reason: str) -> str:
+    """A stored reason without the time a deferral named: one cause, whatever the time."""
+    return _DEFERRED_PREFIX.sub("", reason)
 
 
 def _apply(conn: Connection, changes: list[dict[str, Any]], now: datetime) -> None:

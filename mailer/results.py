@@ -8,7 +8,6 @@ million messages costs what a run of ten does.
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, func, literal_column, select
 from sqlalchemy.engine import Connection
 
-from mailer import occurrences
+from mailer import occurrences, outbox
 from mailer.clock import Clock
 from mailer.config import Config
 from mailer.customers import CUSTOMERS
@@ -33,8 +32,6 @@ from mailer.templates import TemplateStore
 RUNS_SHOWN = 60
 DAYS_CHARTED = 30
 EXPLAINED = (OutboxStatus.SKIPPED, OutboxStatus.DEFERRED)  # counted by reason as well
-# outbox reasons for deferrals start with when; the same cause is one line whatever the time
-_DEFERRED_UNTIL = re.compile(r"^deferred until .+? UTC: ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +161,7 @@ def _reasons(conn: Connection, run_ids: list[int]) -> dict[int, Counter[tuple[st
     )
     found: dict[int, Counter[tuple[str, str]]] = {}
     for run_id, status, reason, count in conn.execute(query):
-        why = _DEFERRED_UNTIL.sub("", reason or "no reason recorded")
+        why = outbox.cause(reason or "no reason recorded")
         found.setdefault(run_id, Counter())[(status, why)] += count
     return found
 
