@@ -21,6 +21,7 @@ from mailer.delivery import Delivery
 from mailer.models import Category, OutboxStatus
 from mailer.outbox import NewMessage
 from mailer.smtp import SmtpTarget
+from tests.conftest import add_customers
 from tests.smtp_sink import Sink, start_sink
 
 CUSTOMERS_CSV = (
@@ -33,9 +34,7 @@ CUSTOMERS_CSV = (
 
 @pytest.fixture
 def people(engine: Engine, tmp_path: Path, clock: ManualClock) -> dict[str, int]:
-    csv = tmp_path / "c.csv"
-    csv.write_text(CUSTOMERS_CSV, encoding="utf-8")
-    customers.import_csv(engine, csv, clock.now())
+    add_customers(engine, tmp_path, CUSTOMERS_CSV, clock.now())
     with engine.connect() as conn:
         return {c["email"].split("@")[0]: c["id"] for c in customers.find(conn)}
 

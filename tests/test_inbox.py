@@ -21,6 +21,7 @@ from mailer.models import Category, InquiryStatus, OutboxStatus
 from mailer.outbox import NewMessage
 from mailer.smtp import SmtpTarget
 from tests.configs import inbox_config, real_servers, shipped_config
+from tests.conftest import add_customers
 from tests.dovecot import DovecotServer
 from tests.running import EVENT_SECONDS, eventually, serving
 from tests.smtp_sink import Sink, listening
@@ -42,13 +43,13 @@ def inquiry(
 
 @pytest.fixture
 def known(engine: Engine, tmp_path: Path, clock: ManualClock) -> None:
-    csv = tmp_path / "c.csv"
-    csv.write_text(
+    add_customers(
+        engine,
+        tmp_path,
         "email,name,locale,timezone\nmaria@example.com,Мария Иванова,bg,Europe/Sofia\n"
         "ivan.dimitrov@mail.example.bg,Иван Димитров,bg,Europe/Sofia\n",
-        encoding="utf-8",
+        clock.now(),
     )
-    customers.import_csv(engine, csv, clock.now())
 
 
 @pytest.fixture

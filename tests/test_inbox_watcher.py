@@ -30,6 +30,7 @@ from mailer.inbox import Inbox
 from mailer.mailbox import PROCESSED_KEYWORD, MailboxUnavailable
 from mailer.models import InquiryStatus
 from tests.configs import inbox_config
+from tests.conftest import add_customers
 from tests.dovecot import DovecotServer
 from tests.pg import PostgresServer
 from tests.running import POLL, eventually, serving
@@ -52,9 +53,7 @@ _other_databases = itertools.count()
 @pytest.fixture
 def known(engine: Engine, tmp_path: Path, clock: ManualClock) -> None:
     """Customers the sample bounces and inquiries are about."""
-    csv = tmp_path / "customers.csv"
-    csv.write_text(CUSTOMERS, encoding="utf-8")
-    customers.import_csv(engine, csv, clock.now())
+    add_customers(engine, tmp_path, CUSTOMERS, clock.now())
 
 
 @pytest.fixture

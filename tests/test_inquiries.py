@@ -13,6 +13,7 @@ from mailer.clock import ManualClock
 from mailer.inbound import parse
 from mailer.models import Category, InquiryStatus
 from mailer.outbox import NewMessage
+from tests.conftest import add_customers
 
 
 def mail(
@@ -51,9 +52,7 @@ def test_an_unknown_sender_becomes_a_lead_without_marketing_consent(
 def test_a_known_customer_is_linked_and_not_duplicated(
     engine: Engine, tmp_path: Path, clock: ManualClock
 ) -> None:
-    csv = tmp_path / "c.csv"
-    csv.write_text("email,name\nana@example.com,Ana P.\n", encoding="utf-8")
-    customers.import_csv(engine, csv, clock.now())
+    add_customers(engine, tmp_path, "email,name\nana@example.com,Ana P.\n", clock.now())
     logged = log(engine, mail("<a2@mail.example>"), clock)
     with engine.connect() as conn:
         assert logged.customer_id == customers.get(conn, "ana@example.com")["id"]

@@ -24,6 +24,7 @@ from mailer.models import Category
 from mailer.outbox import NewMessage, Policy
 from mailer.outgoing import Preparer
 from mailer.templates import TemplateStore, sample_context
+from tests.conftest import add_customers
 
 SHIPPED = Path(__file__).resolve().parent.parent / "templates"
 SOFIA = ZoneInfo("Europe/Sofia")
@@ -190,9 +191,7 @@ def prepare(
     cfg: Config, engine: Engine, clock: ManualClock, tmp_path: Path
 ) -> Callable[..., EmailMessage]:
     """Queue one message, claim it the way delivery does, and parse what Preparer makes."""
-    csv = tmp_path / "c.csv"
-    csv.write_text(CUSTOMERS_CSV, encoding="utf-8")
-    customers.import_csv(engine, csv, clock.now())
+    add_customers(engine, tmp_path, CUSTOMERS_CSV, clock.now())
     with engine.connect() as conn:
         ids = {c["email"]: c["id"] for c in customers.find(conn)}
     preparer = Preparer(cfg, TemplateStore(cfg.templates_dir), b"test-secret" * 4)

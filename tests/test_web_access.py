@@ -21,7 +21,7 @@ from mailer.models import Category
 from mailer.outbox import NewMessage
 from mailer.web.server import build as build_web
 from tests.configs import shipped_config
-from tests.conftest import PASSWORD, sign_in
+from tests.conftest import PASSWORD, add_customers, sign_in
 from tests.site import Site, served
 
 
@@ -98,9 +98,9 @@ async def test_a_form_posted_with_another_sessions_token_is_refused(
 @pytest.fixture
 def known_customer(engine: Engine, clock: ManualClock, tmp_path: Path) -> int:
     """Мария, who gets newsletters; her id is what her links' tokens carry."""
-    csv = tmp_path / "maria.csv"
-    csv.write_text("email,name,locale\nmaria@example.com,Мария Иванова,bg\n", encoding="utf-8")
-    customers.import_csv(engine, csv, clock.now())
+    add_customers(
+        engine, tmp_path, "email,name,locale\nmaria@example.com,Мария Иванова,bg\n", clock.now()
+    )
     with engine.connect() as conn:
         return int(customers.get(conn, "maria@example.com")["id"])
 

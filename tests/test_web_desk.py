@@ -25,7 +25,7 @@ from mailer.models import Category, InquiryStatus, OutboxStatus
 from mailer.outbox import NewMessage, Outcome, Policy
 from mailer.web.server import build as build_web
 from tests.configs import shipped_config
-from tests.conftest import sign_in
+from tests.conftest import add_customers, sign_in
 from tests.site import Site, served
 
 MARIA = "Мария Иванова <maria@example.com>"
@@ -52,13 +52,13 @@ def received(engine: Engine, cfg: Config, clock: ManualClock, raw: bytes) -> int
 
 @pytest.fixture
 def maria(engine: Engine, clock: ManualClock, tmp_path: Path) -> int:
-    csv = tmp_path / "maria.csv"
-    csv.write_text(
+    add_customers(
+        engine,
+        tmp_path,
         "email,name,locale,timezone,tags\n"
         "maria@example.com,Мария Иванова,bg,Europe/Sofia,newsletter\n",
-        encoding="utf-8",
+        clock.now() - timedelta(days=30),
     )
-    customers.import_csv(engine, csv, clock.now() - timedelta(days=30))
     with engine.connect() as conn:
         return int(customers.get(conn, "maria@example.com")["id"])
 
