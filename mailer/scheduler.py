@@ -109,8 +109,9 @@ class Scheduler:
         results = firing.fire_due(
             self.engine, files.loaded, now, self.firing, _progress, files.edited, self._zones
         )
-        for result in results:
-            log.info(
+        for result in results:  # a zone with nobody due is not news
+            log.log(
+                logging.INFO if result.queued or result.skipped else logging.DEBUG,
                 "schedule %s %s%s: %d queued, %d skipped",
                 result.schedule,
                 result.occurrence,
