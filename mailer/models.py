@@ -91,6 +91,7 @@ class OutboxStatus(StrEnum):
     EXPIRED = "expired"
     FAILED = "failed"
     BOUNCED = "bounced"  # accepted by SMTP, then returned as permanently undeliverable
+    CANCELLED = "cancelled"  # stopped by an operator before it was sent
 
 
 class OutboxMessage(SQLModel, table=True):

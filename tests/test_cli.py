@@ -230,7 +230,24 @@ def test_outbox_show_and_retry_name_what_is_missing(with_demo: Mailer) -> None:
     result = with_demo("outbox", "show", "999", check=False)
     assert (result.returncode, result.stderr.strip()) == (1, "error: no outbox message 999")
     result = with_demo("outbox", "retry", "999", check=False)
-    assert result.returncode == 1 and "no failed, expired or skipped" in result.stderr
+    assert result.returncode == 1 and "no failed, expired, skipped or cancelled" in result.stderr
+
+
+def test_an_admin_cancels_a_waiting_message_and_can_queue_it_again(with_demo: Mailer) -> None:
+    with_demo("templates", "send-test", "birthday", "--to", "maria.ivanova@example.com")
+    (queued,) = json.loads(with_demo("outbox", "list", "--json").stdout)
+    cancelled = with_demo("outbox", "cancel", str(queued["id"]))
+    assert cancelled.stdout.strip() == f"outbox message {queued['id']} is cancelled"
+    (row,) = json.loads(with_demo("outbox", "list", "--json").stdout)
+    assert (row["status"], row["reason"]) == ("cancelled", "cancelled by an operator")
+    again = with_demo("outbox", "cancel", str(queued["id"]), check=False)
+    assert (again.returncode, again.stderr.strip()) == (
+        1,
+        f"error: no queued, deferred or sending outbox message {queued['id']}",
+    )
+    with_demo("outbox", "retry", str(queued["id"]))
+    (row,) = json.loads(with_demo("outbox", "list", "--json").stdout)
+    assert row["status"] == "queued"
 
 
 def test_send_test_refuses_a_bad_address_an_unknown_template_and_the_unsubscribed(

@@ -246,7 +246,7 @@ def _fire_newsletter_and_deliver_some(
     return {run.zone: run.run_id for run in fired}
 
 
-async def test_an_admin_retries_a_failed_message_from_the_outbox(
+async def test_an_admin_retries_a_failed_message_and_cancels_it_from_the_outbox(
     page: Page, site: Site, staff: dict[str, str], engine: Engine, clock: ManualClock
 ) -> None:
     now = clock.now()
@@ -273,6 +273,13 @@ async def test_an_admin_retries_a_failed_message_from_the_outbox(
     await expect(page.locator(f"#message-{failed} .badge")).to_have_text("queued")
     with engine.connect() as conn:
         assert outbox.counts(conn) == {"queued": 3}
+    await page.locator(f"#message-{failed}").get_by_role("button", name="Cancel").click()
+    await expect(page.get_by_role("status")).to_have_text(
+        f"Message {failed} is cancelled; it will not be sent."
+    )
+    await expect(page.locator(f"#message-{failed} .badge")).to_have_text("cancelled")
+    with engine.connect() as conn:
+        assert outbox.counts(conn) == {"queued": 2, "cancelled": 1}
 
 
 async def test_an_admin_reads_a_captured_message_in_the_sandbox(
