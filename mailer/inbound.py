@@ -18,7 +18,7 @@ from email import policy
 from email.errors import MessageDefect
 from email.feedparser import BytesFeedParser
 from email.message import EmailMessage, MIMEPart
-from email.utils import parseaddr, parsedate_to_datetime
+from email.utils import parseaddr, parsedate_to_datetime, unquote
 
 import html_to_markdown
 
@@ -27,6 +27,7 @@ MAX_RAW = 25 * 1024 * 1024
 _CHUNK = 64 * 1024
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 _SURROGATE = re.compile(r"[\udc80-\udcff]")
+_NAME_ADDR = re.compile(r"(?P<name>[^<>]*)<(?P<address>[^<>]*@[^<>]*)>")
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
 _WORD_CHARSET = re.compile(r"=\?([^?*\s]+)(?:\*[^?]*)?\?[bBqQ]\?")
 _MSG_ID = re.compile(r"<([^<>\s]+)>")
@@ -242,8 +243,21 @@ def _sender(msg: EmailMessage, hint: str | None, notes: list[str]) -> tuple[str,
     value = _raw_header(msg, "From")
     if value is None:
         return "", ""
-    name, address = parseaddr(_eight_bit("From", value, hint, notes))
-    return _one_line(_decode_words("From", name, notes)), _unsurrogate(address).lower()
+    name, address = _split_address(_eight_bit("From", value, hint, notes))
+    decoded = _decode_words("From", name, notes)
+    if _CONTROL.search(decoded):
+        notes.append("From display name holds control characters (an encoded line break?)")
+    return _one_line(decoded), _unsurrogate(address).lower()
+
+
+def _split_address(value: str) -> tuple[str, str]:
+    """(display name, address) of one mailbox. "name <address>" is split at the last angle
+    brackets, since an encoded word in the name may hold what the address grammar reads as
+    a group or a second address ("=?utf-8?q?Ivan=0D=0AX-Evil:_1?= <ivan@example.com>")."""
+    bracketed = _NAME_ADDR.fullmatch(value.strip())
+    if bracketed is None:
+        return parseaddr(value)
+    return unquote(bracketed["name"].strip()), bracketed["address"].strip()
 
 
 def _first_id(value: str | None) -> str | None:
