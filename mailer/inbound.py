@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import binascii
 import codecs
+import hashlib
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -28,6 +29,14 @@ _CHUNK = 64 * 1024
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 _SURROGATE = re.compile(r"[\udc80-\udcff]")
 _NAME_ADDR = re.compile(r"(?P<name>[^<>]*)<(?P<address>[^<>]*@[^<>]*)>")
+# Where each header field starts: a line that is no continuation of the one before.
+_FIELD_START = re.compile(rb"(?m)^(?=[^ \t])")
+_TRACE = re.compile(
+    rb"(received|x-received|delivered-to|x-delivered-to|return-path|x-original-to|envelope-to"
+    rb"|received-spf|authentication-results|arc-[a-z-]+|x-spam-[a-z-]+|x-virus-[a-z-]+"
+    rb"|x-uid|status|x-status|x-keywords|content-length|lines)[ \t]*:",
+    re.IGNORECASE,
+)
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
 _WORD_CHARSET = re.compile(r"=\?([^?*\s]+)(?:\*[^?]*)?\?[bBqQ]\?")
 _MSG_ID = re.compile(r"<([^<>\s]+)>")
@@ -88,6 +97,7 @@ class Inbound:
     raw: bytes
     raw_truncated: bool
     defects: tuple[str, ...]
+    fingerprint: str  # of the whole message, however much of `raw` is kept
 
 
 def parse(raw: bytes, *, max_raw: int = MAX_RAW) -> Inbound:
@@ -102,6 +112,17 @@ def parse(raw: bytes, *, max_raw: int = MAX_RAW) -> Inbound:
     if msg is None:
         return _unparseable(raw, max_raw, notes)
     return _inbound(msg, raw, max_raw, notes)
+
+
+def fingerprint(raw: bytes) -> str:
+    """sha256 of the message as its sender wrote it: the trace headers that each delivery
+    adds or rewrites (Received, Delivered-To, Return-Path, spam and authentication results,
+    the local store's flags) are left out, and line ends made one kind. A re-delivery of a
+    message has its fingerprint; another message that reuses its Message-ID has not."""
+    data = raw.replace(b"\r\n", b"\n")
+    head, separator, body = data.partition(b"\n\n")
+    kept = [field for field in _FIELD_START.split(head) if not _TRACE.match(field)]
+    return hashlib.sha256(b"".join(kept) + separator + body).hexdigest()
 
 
 def subject_reference(subject: str) -> str | None:
@@ -147,6 +168,7 @@ def _unparseable(raw: bytes, max_raw: int, notes: list[str]) -> Inbound:
         raw=raw[:max_raw],
         raw_truncated=len(raw) > max_raw,
         defects=tuple(dict.fromkeys(notes)),
+        fingerprint=fingerprint(raw),
     )
 
 
@@ -171,6 +193,7 @@ def _inbound(msg: EmailMessage, raw: bytes, max_raw: int, notes: list[str]) -> I
         raw=raw[:max_raw],
         raw_truncated=len(raw) > max_raw,
         defects=tuple(dict.fromkeys([*_part_defects(msg), *notes])),
+        fingerprint=fingerprint(raw),
     )
 
 
