@@ -4,7 +4,8 @@ The inbox watcher logs every message as an inquiry first, then asks ``decide``. 
 ``RULES`` runs and each one that fires records its reason ("name: why"), so support can see
 on the inquiry row why no acknowledgement went out. The message is acknowledged only when no
 rule fired. The rules follow RFC 3834 (automatic responses), RFC 5230 (Sieve vacation),
-RFC 3464 (delivery status notifications) and what help desks learned the hard way.
+RFC 3464 (delivery status notifications) and what help desks learned the hard way; bounces
+in the servers' own formats are read by flufl.bounce, GNU Mailman's bounce parser.
 
 ``Verdict.kind`` says what the message is, for the log; when rules of several kinds fire,
 the first kind in ``KINDS`` wins (a bounce that also says ``Auto-Submitted`` is a bounce).
@@ -22,8 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage, Message, MIMEPart
-from email.parser import BytesParser, HeaderParser
-from email.policy import compat32
+from email.parser import HeaderParser
 from email.utils import getaddresses, parseaddr
 from typing import Literal, Protocol
 
@@ -38,6 +38,8 @@ DELIVERY_STATUS = frozenset({"message/delivery-status", "message/global-delivery
 # Where a bounce returns the original (RFC 6522 allows either, RFC 6533 the global forms).
 RETURNED_HEADERS = frozenset({"text/rfc822-headers", "message/global-headers"})
 RETURNED_MESSAGE = frozenset({"message/rfc822", "message/global"})
+# How much of each text part flufl.bounce reads: a bounce's own words come first.
+LIBRARY_TEXT = 8 * 1024
 # A returned message's Message-ID line in a bounce's text (Exim, qmail, Sendmail quote it).
 INLINE_MESSAGE_ID = re.compile(r"^\s*Message-ID:\s*(<[^<>\s]+>)", re.IGNORECASE | re.MULTILINE)
 
@@ -347,20 +349,39 @@ class BounceParser:
 
 def _library_failures(msg: Message) -> tuple[list[str], list[str]]:
     """(temporary, permanent) addresses flufl.bounce reads, decoded; none when a detector
-    breaks on the message (the other rules still judge it).
-
-    The library reads headers the compat32 way (Mailman's), which never refuses a value, so
-    it is handed the message parsed again under that policy. It also reads attached
-    messages, so they are emptied first: a customer forwarding a bounce is no bounce."""
+    breaks on the message (the other rules still judge it)."""
     try:
-        legacy = BytesParser(policy=compat32).parsebytes(msg.as_bytes(policy=compat32))
-        for part in legacy.walk():
-            if part.get_content_type() in RETURNED_MESSAGE:
-                part.set_payload([Message()])
-        temporary, permanent = all_failures(legacy)
+        temporary, permanent = all_failures(_legacy_view(msg))
     except Exception:  # a heuristic detector tripping on odd mail must not lose the message
         return [], []
     return _addresses(temporary), _addresses(permanent)
+
+
+def _legacy_view(part: Message) -> Message:
+    """What flufl.bounce needs of a message, in the compat32 form it was written for.
+
+    Its detectors read every line of every part: a 5 MB attachment cost 24 s. A bounce is in
+    its text and its delivery-status parts, so those are kept (text up to LIBRARY_TEXT
+    characters) and every other leaf is left empty. Attached messages are emptied too: a
+    customer forwarding a bounce is no bounce. Headers are copied as received, which the
+    compat32 policy never refuses.
+    """
+    view = Message()
+    for name, value in part.raw_items():
+        view[name] = value
+    kind = part.get_content_type()
+    payload = part.get_payload()
+    if part.get_content_maintype() == "multipart" and isinstance(payload, list):
+        view.set_payload([_legacy_view(c) for c in payload if isinstance(c, Message)])
+    elif kind in RETURNED_MESSAGE:
+        view.set_payload([Message()])
+    elif kind in DELIVERY_STATUS:
+        view.set_payload(payload)
+    elif part.get_content_maintype() == "text" and isinstance(payload, str):
+        view.set_payload(payload[:LIBRARY_TEXT])
+    else:
+        view.set_payload("")
+    return view
 
 
 def _addresses(found: frozenset[bytes]) -> list[str]:
@@ -687,7 +708,8 @@ def decide(
 
 
 def is_bounce(msg: EmailMessage) -> bool:
-    """Whether any bounce rule fires: a DSN, a daemon's or empty From, X-Failed-Recipients."""
+    """Whether any bounce rule fires: a DSN, a daemon's or empty From or Return-Path,
+    X-Failed-Recipients, a server's bounce subject, or flufl.bounce finding failures."""
     return any(rule.check(msg, _NOBODY) is not None for rule in RULES if rule.kind == "bounce")
 
 
