@@ -87,3 +87,48 @@ def test_timestamps_come_back_aware_in_utc_and_naive_ones_are_refused(engine: En
     assert stored == sofia_noon and stored.tzinfo == UTC
     with engine.begin() as conn, pytest.raises(Exception, match="naive datetime"):
         conn.execute(CUSTOMERS.update().values(pause_until=datetime(2026, 1, 1)))
+
+
+def test_upgrading_to_fingerprints_keeps_inquiries_their_events_and_search(
+    database_url: str,
+) -> None:
+    """0010 copies the inquiries table on SQLite: nothing hanging off it may be lost."""
+    engine = db.connect(database_url)
+    migrate.upgrade(engine, "0009")
+    at = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO inquiries (message_id, sender, sender_name, subject, body_text,"
+                " reply_text, attachments, defects, received_at, status, reasons, raw,"
+                " raw_truncated) VALUES ('<m1@mail.example>', 'ana@example.com', 'Ана',"
+                " 'Мелачка', 'Мелачката скърца', '', '[]', '[]', :t, 'new', '[]', :raw, false)"
+            ),
+            {"t": at, "raw": b"From: ana@example.com\r\n\r\nx\r\n"},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO inquiry_events (inquiry_id, at, actor, kind, text)"
+                " VALUES (1, :t, 'sam', 'note', 'called her back')"
+            ),
+            {"t": at},
+        )
+    migrate.upgrade(engine)
+    from mailer import inquiries
+
+    with engine.begin() as conn:
+        assert [e["text"] for e in inquiries.events(conn, 1)] == ["called her back"]
+        conn.execute(
+            inquiries.INQUIRIES.insert().values(
+                message_id="<m1@mail.example>",
+                fingerprint="f" * 64,
+                sender="ivan@example.com",
+                subject="Друго",
+                body_text="скърца ли?",
+                received_at=at,
+                raw=b"",
+            )
+        )
+        found = inquiries.browse(conn, search="скърца").rows
+    assert sorted(r["sender"] for r in found) == ["ana@example.com", "ivan@example.com"]
+    engine.dispose()

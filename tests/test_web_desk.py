@@ -123,6 +123,35 @@ async def test_the_acknowledgement_and_the_rules_that_fired_are_shown_with_the_m
     await expect(reasons).to_have_text(decided["reasons"])
 
 
+async def test_a_stranger_claiming_an_inquiry_gets_one_of_their_own_that_says_which(
+    page: Page,
+    site: Site,
+    staff: dict[str, str],
+    engine: Engine,
+    cfg: Config,
+    clock: ManualClock,
+    order: int,
+) -> None:
+    """Support sees the claim in one line, with a link to merge by hand."""
+    claim = mail(
+        "<eve@mail.example>",
+        f"Re: Order 1042 [#{order}]",
+        "Ship it to me instead.",
+        sender="Eve <eve@example.org>",
+    )
+    stranger = received(engine, cfg, clock, claim)
+    await sign_in(page, site, "sam")
+    await page.goto(f"{site.url}/inquiries/{order}")
+    await expect(page.get_by_role("article")).to_have_count(1)
+    await expect(page.locator("#claimed")).to_have_count(0)
+    await page.goto(f"{site.url}/inquiries/{stranger}")
+    await expect(page.locator("#claimed")).to_have_text(
+        f"This message claims to continue inquiry #{order} from another address."
+    )
+    await page.locator("#claimed").get_by_role("link").click()
+    await expect(page).to_have_url(f"{site.url}/inquiries/{order}")
+
+
 async def test_assigning_and_noting_are_recorded_with_who_did_it(
     page: Page, site: Site, staff: dict[str, str], order: int
 ) -> None:
