@@ -87,6 +87,22 @@ async def test_marketing_previews_the_bulgarian_birthday_for_a_bulgarian_custome
     assert await page.locator("iframe.preview").get_attribute("sandbox") == ""
 
 
+async def test_marketing_picks_a_bulgarian_customer_by_her_name_in_capitals(
+    page: Page, site: Site, staff: dict[str, str], people: None
+) -> None:
+    await sign_in(page, site, "mia")
+    await page.goto(site.url + "/templates/birthday")
+    await page.get_by_label("Customer", exact=True).fill("МАРИЯ")
+    await page.get_by_role("button", name="Preview").click()
+    await page.get_by_role("link", name=MARIA).click()
+    await expect(page.get_by_role("heading", level=2).first).to_have_text(
+        "Честит рожден ден, Мария! ☕"
+    )
+    await page.goto(site.url + "/templates/birthday?customer=%25%00")  # "%" and a NUL
+    await expect(page.get_by_role("main")).to_contain_text("birthday")
+    await expect(page.get_by_role("link", name=MARIA)).to_have_count(0)
+
+
 async def test_the_english_variant_is_chosen_by_language(
     page: Page, site: Site, staff: dict[str, str], people: None
 ) -> None:
