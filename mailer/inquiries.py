@@ -21,10 +21,12 @@ from typing import Any, Literal
 from sqlalchemy import Integer, Table, func, insert, or_, select, text, tuple_, update
 from sqlalchemy.engine import Connection
 
+from mailer import customers
 from mailer.customer_csv import normalise_email
 from mailer.customers import CUSTOMERS
 from mailer.inbound import Inbound, fingerprint, subject_reference
 from mailer.models import Inquiry, InquiryEvent, InquiryStatus, OutboxMessage
+from mailer.search import term
 
 INQUIRIES: Table = Inquiry.__table__  # type: ignore[attr-defined]
 OUTBOX: Table = OutboxMessage.__table__  # type: ignore[attr-defined]
@@ -193,22 +195,7 @@ def _customer_for(conn: Connection, inbound: Inbound, now: datetime) -> int | No
     found = conn.execute(select(CUSTOMERS.c.id).where(CUSTOMERS.c.email == email)).scalar()
     if found is not None:
         return int(found)
-    name = inbound.sender_name
-    lead = conn.execute(
-        insert(CUSTOMERS).values(
-            email=email,
-            name=name,
-            first_name=name.split()[0] if name else "",
-            fields={},
-            marketing_consent=False,  # writing to support is no consent to newsletters
-            relationship_consent=False,
-            source="inquiry",
-            created_at=now,
-            updated_at=now,
-        )
-    ).inserted_primary_key
-    assert lead is not None
-    return int(lead[0])
+    return customers.add_lead(conn, email, inbound.sender_name, now)
 
 
 _BODIES = ("raw", "body_text", "reply_text")
@@ -245,12 +232,14 @@ def browse(
     size: int = 50,
 ) -> Page:
     """Newest first, without bodies. Pages are keyset pages: ``before``/``after`` name the
-    inquiry at the edge the reader comes from, so the last page costs what the first does."""
+    inquiry at the edge the reader comes from, so the last page costs what the first does.
+    Control characters in ``search`` are not searched for (see mailer.search.term)."""
     query = select(*_columns(*_BODIES)).limit(size + 1)
     if status:
         query = query.where(INQUIRIES.c.status == status)
-    if search:
-        query = query.where(_matching(search, conn.dialect.name))
+    wanted = term(search) if search else ""
+    if wanted:
+        query = query.where(_matching(wanted, conn.dialect.name))
     edge = after if after is not None else before
     if edge is not None:
         at = conn.execute(select(INQUIRIES.c.received_at).where(INQUIRIES.c.id == edge)).scalar()

@@ -69,6 +69,11 @@ class Customer(SQLModel, table=True):
     source: str = Field(default="import", max_length=20)
     created_at: datetime = _when(nullable=False, default_factory=utcnow)
     updated_at: datetime = _when(nullable=False, default_factory=utcnow)
+    search_text: str = Field(
+        default="",
+        sa_column_kwargs={"server_default": ""},
+        description="email, name and first name case-folded by mailer.customers on each write",
+    )
 
 
 class CustomerTag(SQLModel, table=True):

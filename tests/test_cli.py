@@ -107,6 +107,19 @@ def test_list_and_show_print_json_that_parses(with_demo: Mailer) -> None:
     assert shown["name"] == "Мария Иванова" and shown["fields"] == {"city": "София"}
 
 
+def test_list_search_finds_any_script_in_any_case_and_takes_no_wildcards(
+    with_demo: Mailer,
+) -> None:
+    def listed(search: str) -> list[dict[str, object]]:
+        shown = with_demo("customers", "list", "--search", search, "--json").stdout
+        return list(json.loads(shown))
+
+    for typed in ("ИВАНОВА", "мария", "Мар\x01ия"):  # noqa: RUF001
+        assert [c["email"] for c in listed(typed)] == ["maria.ivanova@example.com"], typed
+    assert listed("%") == listed("_") == []
+    assert "search_text" not in listed("Мария")[0]  # the search's own column stays inside
+
+
 def test_unsubscribe_shows_at_once_in_the_profile(with_demo: Mailer) -> None:
     with_demo("customers", "unsubscribe", "emma.wilson@example.com")
     shown = json.loads(with_demo("customers", "show", "emma.wilson@example.com", "--json").stdout)

@@ -132,3 +132,19 @@ def test_sender_address_is_validated_and_display_name_kept(tmp_path: Path) -> No
 def test_business_hours_must_open_before_they_close(tmp_path: Path) -> None:
     path = write(tmp_path, '[business_hours]\nopen = "18:00"\nclose = "09:00"\n')
     assert problems(path) == [f"{path}: [business_hours]: open must be earlier than close"]
+
+
+def test_trusted_proxies_are_addresses_or_networks_and_a_bad_one_is_named(
+    tmp_path: Path,
+) -> None:
+    good = write(tmp_path, '[web]\ntrusted_proxies = ["127.0.0.1", "10.0.0.0/8", "::1"]\n')
+    networks = config.load(good, {}).settings.web.trusted_proxies
+    assert [str(n) for n in networks] == ["127.0.0.1/32", "10.0.0.0/8", "::1/128"]
+    assert config.load(ROOT / "config.toml", {}).settings.web.trusted_proxies == []
+    bad = write(tmp_path, '[web]\ntrusted_proxies = ["127.0.0.1", "proxy.local", "10.1.2.3/8"]\n')
+    first, second = problems(bad)
+    assert first.startswith(f"{bad}: [web] trusted_proxies.1: 'proxy.local' is not an address")
+    host_bits = "'10.1.2.3/8' has host bits set: the network is '10.0.0.0/8'"
+    assert second == f"{bad}: [web] trusted_proxies.2: {host_bits}"
+    (env,) = problems(good, {"MAILER_WEB__TRUSTED_PROXIES": '["nginx"]'})
+    assert env.startswith("MAILER_WEB__TRUSTED_PROXIES (environment): [web] trusted_proxies")

@@ -295,6 +295,49 @@ async def test_the_search_works_without_javascript(
     await expect(page.locator("#inquiries tbody tr")).to_have_text(re.compile("Grinder is noisy"))
 
 
+async def test_support_finds_a_customer_by_her_cyrillic_name_in_any_case_and_no_wildcards(
+    page: Page,
+    site: Site,
+    staff: dict[str, str],
+    maria: int,
+    engine: Engine,
+    clock: ManualClock,
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "more").mkdir()
+    add_customers(
+        engine, tmp_path / "more", "email,name\nbeans@example.com,100% Arabica\n", clock.now()
+    )
+    await sign_in(page, site, "sam")
+    await page.get_by_role("link", name="Customers").click()
+    maria_link = page.get_by_role("link", name="maria@example.com")
+    beans_link = page.get_by_role("link", name="beans@example.com")
+    for typed in ("ИВАНОВА", "иванова", "Мария"):
+        await page.get_by_role("searchbox").fill(typed)
+        await expect(maria_link).to_be_visible()
+        await expect(beans_link).to_have_count(0)
+    await page.get_by_role("searchbox").fill("%")
+    await expect(beans_link).to_be_visible()
+    await expect(maria_link).to_have_count(0)
+
+
+async def test_control_characters_in_a_search_are_ignored_not_an_error(
+    page: Page, site: Site, staff: dict[str, str], maria: int, order: int
+) -> None:
+    """What a crafted link could carry: a NUL byte, which neither database can search for."""
+    await sign_in(page, site, "sam")
+    for path, shown in (
+        ("/inquiries?q=%00", "Order 1042"),
+        ("/inquiries?q=Order%00%201042", "Order 1042"),
+        ("/inquiries?q=%00%01Or", "Order 1042"),
+        ("/customers?q=%00", "maria@example.com"),
+        ("/customers?q=%D0%98%D0%92%00%D0%90%D0%9D", "maria@example.com"),  # "ИВ", NUL, "АН"  # noqa: RUF003
+    ):
+        response = await page.goto(site.url + path)
+        assert response is not None and response.status == 200, path
+        await expect(page.get_by_role("main")).to_contain_text(shown)
+
+
 # What any client could send ----------------------------------------------------------------
 
 
