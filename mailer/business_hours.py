@@ -28,6 +28,7 @@ WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 MAX_SEARCH_DAYS = 400
 _QUARTER = timedelta(minutes=15)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+NO_WORKING_DAY = "business hours need at least one working day, and none is set"
 
 
 def holiday_country(code: str) -> str:
@@ -65,7 +66,7 @@ class BusinessHours:
     def __post_init__(self) -> None:
         """Refuse at start-up what would otherwise loop forever or promise nonsense."""
         if not self.days:
-            raise ValueError("business hours need at least one working day, and none is set")
+            raise ValueError(NO_WORKING_DAY)
         if not self.days <= frozenset(range(7)):
             raise ValueError(f"working days are 0 (Monday) to 6 (Sunday), got {sorted(self.days)}")
         if self.open >= self.close:

@@ -25,11 +25,12 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
 from mailer import db
-from mailer.business_hours import holiday_country
+from mailer.business_hours import NO_WORKING_DAY, holiday_country
 from mailer.errors import ConfigError, Problem
 from mailer.fieldtypes import ClockTime, Duration, TimeZone, clock_time, email_address
 
@@ -159,10 +160,17 @@ class AutoreplySettings(Section):
 
 class BusinessHoursSettings(Section):
     timezone: TimeZone = "UTC"  # type: ignore[assignment]  # validated into a ZoneInfo
-    days: list[Weekday] = Field(default=["mon", "tue", "wed", "thu", "fri"], min_length=1)
+    days: list[Weekday] = ["mon", "tue", "wed", "thu", "fri"]
     open: ClockTime = time(9, 0)
     close: ClockTime = time(17, 0)
     holidays: Annotated[str, AfterValidator(holiday_country)] = ""
+
+    @field_validator("days")
+    @classmethod
+    def _some_working_day(cls, days: list[Weekday]) -> list[Weekday]:
+        if not days:
+            raise ValueError(NO_WORKING_DAY)
+        return days
 
     @model_validator(mode="after")
     def _opens_before_closing(self) -> BusinessHoursSettings:

@@ -224,8 +224,8 @@ def test_settings_that_would_stop_start_up_are_refused_when_the_file_is_read(
 ) -> None:
     path = write(tmp_path, '[business_hours]\ndays = []\n[web]\nbind = "127.0.0.1:99999"\n')
     assert problems(path) == [
-        f"{path}: [business_hours] days: List should have at least 1 item after validation,"
-        " not 0 (got [])",
+        f"{path}: [business_hours] days: business hours need at least one working day,"
+        " and none is set",
         f"{path}: [web] bind: '127.0.0.1:99999' is not host:port such as '127.0.0.1:8025'"
         " (port 0-65535)",
     ]
