@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import DateTime, Engine, create_engine, event
-from sqlalchemy.engine import URL, Dialect, make_url
+from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Session
@@ -100,7 +100,7 @@ def _make_folder(folder: Path) -> None:
         ) from None
 
 
-def describe(url: str | URL) -> str:
+def describe(url: str) -> str:
     """The URL as it may be shown: the password hidden."""
     return make_url(url).render_as_string(hide_password=True)
 
