@@ -4,7 +4,8 @@ The inbox watcher logs every message as an inquiry first, then asks ``decide``. 
 ``RULES`` runs and each one that fires records its reason ("name: why"), so support can see
 on the inquiry row why no acknowledgement went out. The message is acknowledged only when no
 rule fired. The rules follow RFC 3834 (automatic responses), RFC 5230 (Sieve vacation),
-RFC 3464 (delivery status notifications) and what help desks learned the hard way.
+RFC 3464 (delivery status notifications) and what help desks learned the hard way; bounces
+in the servers' own formats are read by flufl.bounce, GNU Mailman's bounce parser.
 
 ``Verdict.kind`` says what the message is, for the log; when rules of several kinds fire,
 the first kind in ``KINDS`` wins (a bounce that also says ``Auto-Submitted`` is a bounce).
@@ -26,6 +27,8 @@ from email.parser import HeaderParser
 from email.utils import getaddresses, parseaddr
 from typing import Literal, Protocol
 
+from flufl.bounce import all_failures
+
 Kind = Literal["inquiry", "auto-reply", "bounce", "list", "system", "loop", "repeat"]
 
 # The order in which a fired rule's kind wins over another's.
@@ -35,6 +38,10 @@ DELIVERY_STATUS = frozenset({"message/delivery-status", "message/global-delivery
 # Where a bounce returns the original (RFC 6522 allows either, RFC 6533 the global forms).
 RETURNED_HEADERS = frozenset({"text/rfc822-headers", "message/global-headers"})
 RETURNED_MESSAGE = frozenset({"message/rfc822", "message/global"})
+# How much of each text part flufl.bounce reads: a bounce's own words come first.
+LIBRARY_TEXT = 8 * 1024
+# A returned message's Message-ID line in a bounce's text (Exim, qmail, Sendmail quote it).
+INLINE_MESSAGE_ID = re.compile(r"^\s*Message-ID:\s*(<[^<>\s]+>)", re.IGNORECASE | re.MULTILINE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,19 +114,39 @@ def _headers(msg: Message, *names: str) -> list[tuple[str, str]]:
     which cost 1.7 ms a call on mail with 25 Received lines, eleven calls a message."""
     wanted = {name.lower() for name in names}
     return [
-        (name, " ".join(str(msg.policy.header_fetch_parse(name, value)).split()))
+        (name, " ".join(_decoded(msg, name, value).split()))
         for name, value in msg.raw_items()
         if name.lower() in wanted
     ]
+
+
+def _decoded(msg: Message, name: str, value: str) -> str:
+    """A header decoded, or as received when the policy's header class refuses it (an
+    encoded CR/LF in a display name makes ``msg.get`` raise): every rule must still run."""
+    try:
+        return str(msg.policy.header_fetch_parse(name, value))
+    except (ValueError, TypeError, IndexError):
+        return str(value)
 
 
 def _shown(pairs: list[tuple[str, str]]) -> str:
     return ", ".join(f"{name}: {value}" for name, value in pairs)
 
 
+def _value(msg: Message, name: str) -> str:
+    """The first such header, decoded as ``_headers`` does; "" when there is none."""
+    return next((value for _, value in _headers(msg, name)), "")
+
+
+def _from(msg: Message) -> tuple[str, str]:
+    """(display name, address lower-case) of From; "" when there is none, no "@" when it is
+    a bare name."""
+    name, address = parseaddr(_value(msg, "From"))
+    return name, address.lower()
+
+
 def _sender(msg: Message) -> str:
-    """The From address, lower-case; "" when there is none, no "@" when it is a bare name."""
-    return parseaddr(str(msg.get("From", "")))[1].lower()
+    return _from(msg)[1]
 
 
 def _local_part(address: str) -> str:
@@ -190,7 +217,7 @@ class OwnMessageId:
     kind: Kind = "loop"
 
     def check(self, msg: EmailMessage, ctx: Context) -> str | None:
-        message_id = str(msg.get("Message-ID", "")).strip()
+        message_id = _value(msg, "Message-ID").strip()
         return f"Message-ID: {message_id}" if _domain(message_id) in ctx.identity.domains else None
 
 
@@ -223,16 +250,143 @@ class DeliveryStatusPart:
         return f"{found[0]} part" if found else None
 
 
+# Local parts and display names that bounce senders use: MAILER-DAEMON, postmaster,
+# post_master (Verizon), "Mail Delivery System" (Exim, Postfix), "Mail Delivery Subsystem"
+# (Sendmail), "Mail Administrator", "Mail Delivery Service".
+DAEMON_LOCAL = re.compile(r"mailer[-_.]?daemon|mail[-_.]?daemon|post[-_.]?master")
+DAEMON_NAME = re.compile(
+    r"\W*(mailer[-_ ]?daemon|post[-_ ]?master|mail delivery (sub)?system"
+    r"|mail delivery service|mail administrator)\b.*",
+    re.IGNORECASE,
+)
+
+
+def _is_daemon(local_part: str) -> bool:
+    return DAEMON_LOCAL.fullmatch(local_part) is not None
+
+
 class DaemonSender:
-    """MAILER-DAEMON and postmaster send bounces; nobody reads what we send back to them."""
+    """MAILER-DAEMON and postmaster send bounces, by address or by display name ("Mail
+    Delivery System <root@...>"); nobody reads what we send back to them."""
 
     name = "daemon-sender"
-    description = "From is MAILER-DAEMON or postmaster"
+    description = "From is MAILER-DAEMON, postmaster or a mail delivery system"
     kind: Kind = "bounce"
 
     def check(self, msg: EmailMessage, ctx: Context) -> str | None:
-        sender = _sender(msg)
-        return f"From: {sender}" if _local_part(sender) in {"mailer-daemon", "postmaster"} else None
+        display, sender = _from(msg)
+        if _is_daemon(_local_part(sender)) or DAEMON_NAME.fullmatch(display):
+            return f"From: {_value(msg, 'From')}"
+        return None
+
+
+class DaemonReturnPath:
+    """A Return-Path of MAILER-DAEMON or postmaster: some servers put the daemon there and
+    nowhere else (RFC 5321 §4.5.5 wants it empty)."""
+
+    name = "daemon-return-path"
+    description = "Return-Path is MAILER-DAEMON or postmaster"
+    kind: Kind = "bounce"
+
+    def check(self, msg: EmailMessage, ctx: Context) -> str | None:
+        pairs = _headers(msg, "Return-Path")
+        daemon = [(n, v) for n, v in pairs if _is_daemon(_local_part(parseaddr(v)[1].lower()))]
+        return _shown(daemon) or None
+
+
+class BounceSubject:
+    """The subjects that mail servers give their bounces, whole, from the start.
+
+    Only the servers' own wording counts: a person's "my delivery failed" or a forwarded
+    "Fwd: Returned mail" is not matched. Gathered from Postfix, Exim, Sendmail, qmail,
+    Exchange/Outlook, Gmail, Lotus Domino, GroupWise, Courier and antivirus gateways.
+    """
+
+    name = "bounce-subject"
+    description = "Subject is a mail server's bounce subject"
+    kind: Kind = "bounce"
+    pattern = re.compile(
+        r"(undelivered mail returned to sender"
+        r"|undeliverable: .*"
+        r"|undeliverable (mail|message)\b.*"
+        r"|(mail delivery failed|mail failed)\b.*returning.*"
+        r"|mail delivery failed"
+        r"|(returned mail|postmaster notify): .*"
+        r"|failure notice\b.*"
+        r"|delivery status notification( \((failure|delay)\)|: (failed|error|delayed))"
+        r"|delivery (failure|status) notification"
+        r"|delivery notification: delivery has failed"
+        r"|(mail|message) delivery (failure|has failed)"
+        r"|non-?deliver(y|able)( report| notification| mail)\b.*"
+        r"|mail system error - returned mail"
+        r"|message status - undeliverable"
+        r"|warning: could not send message for past .*"
+        r"|delayed mail \(still being retried\))",
+        re.IGNORECASE,
+    )
+
+    def check(self, msg: EmailMessage, ctx: Context) -> str | None:
+        subject = " ".join(_value(msg, "Subject").split())
+        return f"Subject: {subject}" if self.pattern.fullmatch(subject) else None
+
+
+class BounceParser:
+    """flufl.bounce, the bounce parser of GNU Mailman: detectors for DSNs and for the
+    non-standard reports of Exim, qmail, Postfix, GroupWise, Exchange, Yahoo, AOL, Lotus and
+    more, learned from real bounces over twenty years."""
+
+    name = "bounce-parser"
+    description = "flufl.bounce finds failed recipients"
+    kind: Kind = "bounce"
+
+    def check(self, msg: EmailMessage, ctx: Context) -> str | None:
+        temporary, permanent = _library_failures(msg)
+        if not (temporary or permanent):
+            return None
+        found = [f"{a} (permanent)" for a in permanent] + [f"{a} (temporary)" for a in temporary]
+        return ", ".join(found)
+
+
+def _library_failures(msg: Message) -> tuple[list[str], list[str]]:
+    """(temporary, permanent) addresses flufl.bounce reads, decoded; none when a detector
+    breaks on the message (the other rules still judge it)."""
+    try:
+        temporary, permanent = all_failures(_legacy_view(msg))
+    except Exception:  # a heuristic detector tripping on odd mail must not lose the message
+        return [], []
+    return _addresses(temporary), _addresses(permanent)
+
+
+def _legacy_view(part: Message) -> Message:
+    """What flufl.bounce needs of a message, in the compat32 form it was written for.
+
+    Its detectors read every line of every part: a 5 MB attachment cost 24 s. A bounce is in
+    its text and its delivery-status parts, so those are kept (text up to LIBRARY_TEXT
+    characters) and every other leaf is left empty. Attached messages are emptied too: a
+    customer forwarding a bounce is no bounce. Headers are copied as received, which the
+    compat32 policy never refuses.
+    """
+    view = Message()
+    for name, value in part.raw_items():
+        view[name] = value
+    kind = part.get_content_type()
+    payload = part.get_payload()
+    if part.get_content_maintype() == "multipart" and isinstance(payload, list):
+        view.set_payload([_legacy_view(c) for c in payload if isinstance(c, Message)])
+    elif kind in RETURNED_MESSAGE:
+        view.set_payload([Message()])
+    elif kind in DELIVERY_STATUS:
+        view.set_payload(payload)
+    elif part.get_content_maintype() == "text" and isinstance(payload, str):
+        view.set_payload(payload[:LIBRARY_TEXT])
+    else:
+        view.set_payload("")
+    return view
+
+
+def _addresses(found: frozenset[bytes]) -> list[str]:
+    decoded = (a.decode("utf-8", "replace").strip().strip("<>").lower() for a in found)
+    return sorted(a for a in decoded if "@" in a)
 
 
 class NoSender:
@@ -245,7 +399,7 @@ class NoSender:
     def check(self, msg: EmailMessage, ctx: Context) -> str | None:
         if "@" in _sender(msg):
             return None
-        return f"From: {str(msg.get('From', '(missing)')).strip() or '(empty)'}"
+        return f"From: {_value(msg, 'From').strip() or '(missing or empty)'}"
 
 
 class FailedRecipients:
@@ -335,7 +489,7 @@ class AutoReplySubject:
     )
 
     def check(self, msg: EmailMessage, ctx: Context) -> str | None:
-        subject = str(msg.get("Subject", "")).strip()
+        subject = _value(msg, "Subject").strip()
         if not (_is_thread_reply(msg) and subject.casefold().startswith(self.prefixes)):
             return None
         return f"Subject: {subject}"
@@ -511,8 +665,11 @@ RULES: tuple[Rule, ...] = (
     Report(),
     DeliveryStatusPart(),
     DaemonSender(),
+    DaemonReturnPath(),
     NoSender(),
     FailedRecipients(),
+    BounceSubject(),
+    BounceParser(),
     AutoSubmitted(),
     PrecedenceAutoReply(),
     VendorAutoReply(),
@@ -551,7 +708,8 @@ def decide(
 
 
 def is_bounce(msg: EmailMessage) -> bool:
-    """Whether any bounce rule fires: a DSN, a daemon's or empty From, X-Failed-Recipients."""
+    """Whether any bounce rule fires: a DSN, a daemon's or empty From or Return-Path,
+    X-Failed-Recipients, a server's bounce subject, or flufl.bounce finding failures."""
     return any(rule.check(msg, _NOBODY) is not None for rule in RULES if rule.kind == "bounce")
 
 
@@ -559,7 +717,8 @@ def bounced_addresses(msg: EmailMessage) -> list[tuple[str, bool]]:
     """(address, permanent) for each failed recipient of a bounce.
 
     Read from the message/delivery-status parts (RFC 3464 §2.3: Status 5.x.x is permanent,
-    4.x.x temporary; successes are left out); X-Failed-Recipients when there are none.
+    4.x.x temporary; successes are left out); else X-Failed-Recipients; else what
+    flufl.bounce reads from a server's own format (Exim, qmail, GroupWise, ...).
     """
     blocks = [
         block
@@ -569,14 +728,19 @@ def bounced_addresses(msg: EmailMessage) -> list[tuple[str, bool]]:
         if isinstance(block, Message)
     ]
     found = [failure for block in blocks if (failure := _failure(block)) is not None]
-    return found or _failed_recipients(msg)
+    if found or (found := _failed_recipients(msg)):
+        return found
+    temporary, permanent = _library_failures(msg)
+    return [(a, True) for a in permanent] + [(a, False) for a in temporary if a not in permanent]
 
 
 def bounced_message_ids(msg: EmailMessage) -> list[str]:
     """The Message-IDs of the mail that bounced, from the copy or headers it returns.
 
     They name the outbox row exactly, where the failed address alone may have been
-    rewritten by forwarding or aliasing on the way.
+    rewritten by forwarding or aliasing on the way. Servers that return the message as
+    text ("------ This is a copy of the message, including all the headers. ------") get
+    its Message-ID line read from their text.
     """
     found = []
     for part in _parts(msg):
@@ -586,10 +750,12 @@ def bounced_message_ids(msg: EmailMessage) -> list[str]:
         elif kind in RETURNED_MESSAGE and isinstance(payload := part.get_payload(0), Message):
             returned = payload
         else:
+            if kind == "text/plain" and isinstance(text := _content(part), str):
+                found.extend(INLINE_MESSAGE_ID.findall(text))
             continue
         if message_id := str(returned.get("Message-ID", "")).strip():
             found.append(message_id)
-    return found
+    return list(dict.fromkeys(found))
 
 
 def _content(part: MIMEPart) -> object:

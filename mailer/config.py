@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from datetime import time, timedelta
 from email.headerregistry import Address
 from email.utils import parseaddr
+from ipaddress import IPv4Network, IPv6Network, ip_interface, ip_network
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -73,7 +74,23 @@ def _host_port(value: str) -> str:
     return value
 
 
+def _network(value: Any) -> IPv4Network | IPv6Network:
+    """A proxy's address ("127.0.0.1", "::1") or its network ("10.0.0.0/8")."""
+    if isinstance(value, IPv4Network | IPv6Network):
+        return value
+    try:
+        network = ip_network(value, strict=False) if isinstance(value, str) else None
+    except ValueError:
+        network = None
+    if network is None:
+        raise ValueError(f"{value!r} is not an address or network such as '::1' or '10.0.0.0/8'")
+    if ip_interface(value).ip != network.network_address:
+        raise ValueError(f"{value!r} has host bits set: the network is '{network}'")
+    return network
+
+
 NamedAddress = Annotated[str, BeforeValidator(_named_address)]
+Network = Annotated[IPv4Network | IPv6Network, BeforeValidator(_network)]
 TimeRange = Annotated[tuple[time, time] | None, BeforeValidator(_time_range)]
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 
@@ -186,6 +203,7 @@ class WebSettings(Section):
     metrics_token_env: str = ""
     base_url: str = Field(default="http://127.0.0.1:8025", pattern=r"^https?://")
     secret_env: str = ""
+    trusted_proxies: list[Network] = []  # whose X-Forwarded-For is believed
 
 
 class Settings(Section):

@@ -23,12 +23,14 @@ from mailer.config import Settings
 from mailer.customer_csv import CustomerRow, RejectedRow, normalise_email, parse_rows, read_rows
 from mailer.errors import ImportFileError, NotFound
 from mailer.models import Category, Customer, CustomerTag
+from mailer.search import fold
 
 BATCH = 1000
 CUSTOMERS: Table = Customer.__table__  # type: ignore[attr-defined]
 TAGS: Table = CustomerTag.__table__  # type: ignore[attr-defined]
 Progress = Callable[[int], None]
 NON_TRANSACTIONAL = (Category.MARKETING.value, Category.RELATIONSHIP.value)
+SHOWN = [c for c in CUSTOMERS.c if c.name != "search_text"]  # that one is the search's own
 
 
 @dataclass
@@ -144,9 +146,34 @@ def _merge(old: Any, row: CustomerRow, now: datetime) -> dict[str, Any]:
     base["fields"] = {**(base.get("fields") or {}), **row.fields}
     if not base["first_name"] and base["name"]:
         base["first_name"] = base["name"].split()[0]
+    base["search_text"] = search_text(base)
     base["updated_at"] = now
     base.pop("id", None)
     return base
+
+
+def search_text(customer: Mapping[str, Any]) -> str:
+    """What customer search looks in: address, name and first name, folded (see
+    mailer.search), one to a line so that no search runs from one into the next."""
+    return "\n".join(fold(customer[k] or "") for k in ("email", "name", "first_name"))
+
+
+def add_lead(conn: Connection, email: str, name: str, now: datetime) -> int:
+    """A new customer who wrote to support: no consent to newsletters is implied."""
+    values = {
+        **_new_customer(now),
+        "email": email,
+        "name": name,
+        "first_name": name.split()[0] if name else "",
+        "marketing_consent": False,
+        "relationship_consent": False,
+        "source": "inquiry",
+        "updated_at": now,
+    }
+    values["search_text"] = search_text(values)
+    lead = conn.execute(insert(CUSTOMERS).values(values)).inserted_primary_key
+    assert lead is not None
+    return int(lead[0])
 
 
 def _same(before: Any, after: dict[str, Any]) -> bool:
@@ -210,7 +237,7 @@ def get_id(conn: Connection, customer_id: int) -> dict[str, Any]:
 
 
 def _one(conn: Connection, where: Any, missing: str) -> dict[str, Any]:
-    row = conn.execute(select(CUSTOMERS).where(where)).one_or_none()
+    row = conn.execute(select(*SHOWN).where(where)).one_or_none()
     if row is None:
         raise NotFound(missing)
     customer = dict(row._mapping)
@@ -226,14 +253,15 @@ def find(
     limit: int = 50,
     offset: int = 0,
 ) -> list[dict[str, Any]]:
-    """Customers by email, optionally only those with a tag or matching a text."""
-    query = select(CUSTOMERS).order_by(CUSTOMERS.c.email).limit(limit).offset(offset)
+    """Customers by email, optionally only those with a tag or containing a text in their
+    address or name, in any case and script (control characters in it are ignored)."""
+    query = select(*SHOWN).order_by(CUSTOMERS.c.email).limit(limit).offset(offset)
     if tag:
         tagged = select(TAGS.c.customer_id).where(TAGS.c.tag == tag.lower())
         query = query.where(CUSTOMERS.c.id.in_(tagged))
-    if search:
-        pattern = f"%{search.lower()}%"
-        query = query.where(CUSTOMERS.c.email.like(pattern) | CUSTOMERS.c.name.ilike(pattern))
+    folded = fold(search) if search else ""
+    if folded:  # "%" and "_" are letters here, not wildcards
+        query = query.where(CUSTOMERS.c.search_text.contains(folded, autoescape=True))
     rows = [dict(r._mapping) for r in conn.execute(query)]
     tags = _tags_of(conn, [r["id"] for r in rows])
     for row in rows:

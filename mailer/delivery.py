@@ -20,7 +20,7 @@ from sqlalchemy import Engine
 
 from mailer import outbox
 from mailer.clock import Clock
-from mailer.errors import TemplateError
+from mailer.errors import RenderTimeout, TemplateError
 from mailer.outbox import Claimed, Outcome, Policy
 from mailer.outgoing import Outgoing, Preparer
 from mailer.smtp import SmtpPool, backoff, classify
@@ -44,6 +44,7 @@ class Delivery:
     rng: random.Random = field(default_factory=random.Random)
     outage_since: datetime | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     def wake(self) -> None:
         """Something was queued: look at the queue now rather than at the next poll."""
@@ -70,14 +71,8 @@ class Delivery:
         return handled
 
     async def _deliver(self, claimed: Sequence[Claimed]) -> list[Outcome]:
-        now = self.clock.now()
-        outcomes: list[Outcome] = []
-        ready: list[Outgoing] = []
-        for item in claimed:
-            try:
-                ready.append(self.preparer.prepare(item, now))
-            except TemplateError as exc:
-                outcomes.append(Outcome(item.row["id"], "failed", now, reason=f"template: {exc}"))
+        # rendering waits on a render worker: in a thread, so the loop keeps serving
+        ready, outcomes = await asyncio.to_thread(self._prepare, claimed, self.clock.now())
         rows = {item.row["id"]: item.row for item in claimed}
         try:
             sent = await asyncio.gather(*(self._send(m, rows[m.outbox_id]) for m in ready))
@@ -85,6 +80,32 @@ class Delivery:
             await asyncio.to_thread(outbox.record, self.engine, self._release(ready, "shutdown"))
             raise
         return outcomes + list(sent)
+
+    def _prepare(
+        self, claimed: Sequence[Claimed], now: datetime
+    ) -> tuple[list[Outgoing], list[Outcome]]:
+        """The messages ready to send, and an outcome for each that is not: failed when it
+        cannot be rendered, released when the daemon is stopping. A template that ran out
+        of time fails the rest of its messages in the batch at once: each would take the
+        whole limit again, and hold up every other message and the shutdown."""
+        ready: list[Outgoing] = []
+        held: list[Outcome] = []
+        overran: dict[str, RenderTimeout] = {}
+        for item in claimed:
+            row_id, template = item.row["id"], item.row["template"]
+            if self._stop.is_set():
+                held.append(Outcome(row_id, "released", now, reason="waiting: shutdown"))
+                continue
+            try:
+                if template in overran:
+                    raise overran[template]
+                ready.append(self.preparer.prepare(item, now))
+            except RenderTimeout as exc:
+                overran[template] = exc
+                held.append(Outcome(row_id, "failed", now, reason=f"template: {exc}"))
+            except TemplateError as exc:
+                held.append(Outcome(row_id, "failed", now, reason=f"template: {exc}"))
+        return ready, held
 
     async def _send(self, message: Outgoing, row: Row) -> Outcome:
         if self.outage_since is not None:
@@ -148,6 +169,7 @@ class Delivery:
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop`` is set; then finish the batch in flight and close connections."""
         probe_wait = OUTAGE_PROBE[0]
+        self._stop = stop  # read by the rendering thread, which stops taking messages
         try:
             while not stop.is_set():
                 if self.outage_since is not None:

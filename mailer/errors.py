@@ -4,6 +4,7 @@
      ├── ConfigError        config.toml or the environment is wrong, or names a database
      │                      that cannot be used (carries every problem)
      ├── TemplateError      a template cannot be found, parsed or rendered
+     │    └── RenderTimeout  it ran past the time a render may take (and was stopped)
      ├── ImportFileError    a customers file cannot be read at all
      ├── DatabaseUnavailable  the configured database cannot be opened, created or used yet
      └── NotFound (LookupError)  a customer, template or row that a command named does not exist
@@ -50,6 +51,15 @@ class TemplateError(MailerError):
     def __init__(self, problem: Problem) -> None:
         self.problem = problem
         super().__init__(str(problem))
+
+    def __reduce__(self) -> tuple[type[TemplateError], tuple[Problem]]:
+        """Rebuilt from its Problem when it comes back from a render worker."""
+        return (TemplateError, (self.problem,))
+
+
+class RenderTimeout(TemplateError):
+    """A render ran past its time limit and its worker was killed. It is the template's
+    fault, not the customer's, so the same template is not tried again in that batch."""
 
 
 class ImportFileError(MailerError):

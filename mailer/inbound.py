@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import binascii
 import codecs
+import hashlib
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from email import policy
 from email.errors import MessageDefect
 from email.feedparser import BytesFeedParser
 from email.message import EmailMessage, MIMEPart
-from email.utils import parseaddr, parsedate_to_datetime
+from email.utils import parseaddr, parsedate_to_datetime, unquote
 
 import html_to_markdown
 
@@ -27,6 +28,15 @@ MAX_RAW = 25 * 1024 * 1024
 _CHUNK = 64 * 1024
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 _SURROGATE = re.compile(r"[\udc80-\udcff]")
+_NAME_ADDR = re.compile(r"(?P<name>[^<>]*)<(?P<address>[^<>]*@[^<>]*)>")
+# Where each header field starts: a line that is no continuation of the one before.
+_FIELD_START = re.compile(rb"(?m)^(?=[^ \t])")
+_TRACE = re.compile(
+    rb"(received|x-received|delivered-to|x-delivered-to|return-path|x-original-to|envelope-to"
+    rb"|received-spf|authentication-results|arc-[a-z-]+|x-spam-[a-z-]+|x-virus-[a-z-]+"
+    rb"|x-uid|status|x-status|x-keywords|content-length|lines)[ \t]*:",
+    re.IGNORECASE,
+)
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
 _WORD_CHARSET = re.compile(r"=\?([^?*\s]+)(?:\*[^?]*)?\?[bBqQ]\?")
 _MSG_ID = re.compile(r"<([^<>\s]+)>")
@@ -87,6 +97,7 @@ class Inbound:
     raw: bytes
     raw_truncated: bool
     defects: tuple[str, ...]
+    fingerprint: str  # of the whole message, however much of `raw` is kept
 
 
 def parse(raw: bytes, *, max_raw: int = MAX_RAW) -> Inbound:
@@ -101,6 +112,17 @@ def parse(raw: bytes, *, max_raw: int = MAX_RAW) -> Inbound:
     if msg is None:
         return _unparseable(raw, max_raw, notes)
     return _inbound(msg, raw, max_raw, notes)
+
+
+def fingerprint(raw: bytes) -> str:
+    """sha256 of the message as its sender wrote it: the trace headers that each delivery
+    adds or rewrites (Received, Delivered-To, Return-Path, spam and authentication results,
+    the local store's flags) are left out, and line ends made one kind. A re-delivery of a
+    message has its fingerprint; another message that reuses its Message-ID has not."""
+    data = raw.replace(b"\r\n", b"\n")
+    head, separator, body = data.partition(b"\n\n")
+    kept = [field for field in _FIELD_START.split(head) if not _TRACE.match(field)]
+    return hashlib.sha256(b"".join(kept) + separator + body).hexdigest()
 
 
 def subject_reference(subject: str) -> str | None:
@@ -146,6 +168,7 @@ def _unparseable(raw: bytes, max_raw: int, notes: list[str]) -> Inbound:
         raw=raw[:max_raw],
         raw_truncated=len(raw) > max_raw,
         defects=tuple(dict.fromkeys(notes)),
+        fingerprint=fingerprint(raw),
     )
 
 
@@ -170,6 +193,7 @@ def _inbound(msg: EmailMessage, raw: bytes, max_raw: int, notes: list[str]) -> I
         raw=raw[:max_raw],
         raw_truncated=len(raw) > max_raw,
         defects=tuple(dict.fromkeys([*_part_defects(msg), *notes])),
+        fingerprint=fingerprint(raw),
     )
 
 
@@ -242,8 +266,21 @@ def _sender(msg: EmailMessage, hint: str | None, notes: list[str]) -> tuple[str,
     value = _raw_header(msg, "From")
     if value is None:
         return "", ""
-    name, address = parseaddr(_eight_bit("From", value, hint, notes))
-    return _one_line(_decode_words("From", name, notes)), _unsurrogate(address).lower()
+    name, address = _split_address(_eight_bit("From", value, hint, notes))
+    decoded = _decode_words("From", name, notes)
+    if _CONTROL.search(decoded):
+        notes.append("From display name holds control characters (an encoded line break?)")
+    return _one_line(decoded), _unsurrogate(address).lower()
+
+
+def _split_address(value: str) -> tuple[str, str]:
+    """(display name, address) of one mailbox. "name <address>" is split at the last angle
+    brackets, since an encoded word in the name may hold what the address grammar reads as
+    a group or a second address ("=?utf-8?q?Ivan=0D=0AX-Evil:_1?= <ivan@example.com>")."""
+    bracketed = _NAME_ADDR.fullmatch(value.strip())
+    if bracketed is None:
+        return parseaddr(value)
+    return unquote(bracketed["name"].strip()), bracketed["address"].strip()
 
 
 def _first_id(value: str | None) -> str | None:

@@ -3,7 +3,9 @@ a customer (a new lead when the sender is unknown).
 
 Threading looks, in order, at In-Reply-To and References (our inquiries' Message-IDs, and
 the Message-IDs of what we sent about an inquiry), then at a reference token such as
-"[#42]" in the subject, for mail clients that drop those headers.
+"[#42]" in the subject, for mail clients that drop those headers. Both can be guessed, so a
+message joins a thread only from someone who takes part in it; from anyone else it opens
+an inquiry of its own that names the one it claimed.
 
 What people do with an inquiry (status changes, assignments, notes) is recorded as an
 event with who did it, so the desk shows a timeline and nothing changes silently.
@@ -19,10 +21,12 @@ from typing import Any, Literal
 from sqlalchemy import Integer, Table, func, insert, or_, select, text, tuple_, update
 from sqlalchemy.engine import Connection
 
+from mailer import customers
 from mailer.customer_csv import normalise_email
 from mailer.customers import CUSTOMERS
-from mailer.inbound import Inbound, subject_reference
+from mailer.inbound import Inbound, fingerprint, subject_reference
 from mailer.models import Inquiry, InquiryEvent, InquiryStatus, OutboxMessage
+from mailer.search import term
 
 INQUIRIES: Table = Inquiry.__table__  # type: ignore[attr-defined]
 OUTBOX: Table = OutboxMessage.__table__  # type: ignore[attr-defined]
@@ -42,26 +46,63 @@ class Logged:
     inquiry_id: int
     thread_id: int | None  # the first inquiry of the thread, None when this one starts it
     customer_id: int | None
-    duplicate: bool  # the same Message-ID was logged before: nothing new was written
+    duplicate: bool  # the same message was logged before: nothing new was written
 
 
 def log(conn: Connection, inbound: Inbound, received_at: datetime) -> Logged:
-    """Store one inbound message; a Message-ID seen before returns the earlier row."""
-    if inbound.message_id:
-        earlier = conn.execute(
-            select(INQUIRIES.c.id, INQUIRIES.c.thread_id, INQUIRIES.c.customer_id).where(
-                INQUIRIES.c.message_id == inbound.message_id
-            )
-        ).one_or_none()
-        if earlier is not None:
-            return Logged(earlier.id, earlier.thread_id, earlier.customer_id, duplicate=True)
-    thread_id = find_thread(conn, inbound)
+    """Store one inbound message; a re-delivery of one logged before returns the earlier row.
+
+    A message joins the thread it refers to only when its sender already takes part in it;
+    anyone else starts a new inquiry that records which one it claimed to continue."""
+    earlier = _same_message(conn, inbound)
+    if earlier is not None:
+        return earlier
+    claimed = find_thread(conn, inbound)
+    thread_id = claimed if claimed is not None and _takes_part(conn, claimed, inbound) else None
     customer_id = _customer_for(conn, inbound, received_at)
-    new_id = conn.execute(
-        insert(INQUIRIES).values(**_values(inbound, received_at, thread_id, customer_id))
-    ).inserted_primary_key
+    values = _values(inbound, received_at, thread_id, customer_id)
+    values["claimed_thread_id"] = claimed if thread_id is None else None
+    new_id = conn.execute(insert(INQUIRIES).values(**values)).inserted_primary_key
     assert new_id is not None
     return Logged(int(new_id[0]), thread_id, customer_id, duplicate=False)
+
+
+def _same_message(conn: Connection, inbound: Inbound) -> Logged | None:
+    """The earlier row of this very message: its Message-ID and its fingerprint.
+
+    Rows logged before fingerprints were kept have none: theirs is worked out from the raw
+    bytes, and one whose raw bytes were cut short is taken to be the same message, as before.
+    """
+    if not inbound.message_id:
+        return None
+    rows = conn.execute(
+        select(
+            INQUIRIES.c.id,
+            INQUIRIES.c.thread_id,
+            INQUIRIES.c.customer_id,
+            INQUIRIES.c.fingerprint,
+            INQUIRIES.c.raw,
+            INQUIRIES.c.raw_truncated,
+        )
+        .where(INQUIRIES.c.message_id == inbound.message_id)
+        .order_by(INQUIRIES.c.id)
+    )
+    for row in rows:
+        known = row.fingerprint or (None if row.raw_truncated else fingerprint(bytes(row.raw)))
+        if known in (None, inbound.fingerprint):
+            return Logged(row.id, row.thread_id, row.customer_id, duplicate=True)
+    return None
+
+
+def _takes_part(conn: Connection, root: int, inbound: Inbound) -> bool:
+    """Whether the sender opened the thread or already wrote in it."""
+    if not inbound.sender:
+        return False
+    in_thread = (INQUIRIES.c.id == root) | (INQUIRIES.c.thread_id == root)
+    found = conn.execute(
+        select(INQUIRIES.c.id).where(in_thread, INQUIRIES.c.sender == inbound.sender).limit(1)
+    ).scalar()
+    return found is not None
 
 
 def log_failed(conn: Connection, raw: bytes, error: str, received_at: datetime) -> int:
@@ -104,6 +145,7 @@ def _values(
         "reasons": [],
         "raw": inbound.raw,
         "raw_truncated": inbound.raw_truncated,
+        "fingerprint": inbound.fingerprint,
     }
 
 
@@ -153,22 +195,7 @@ def _customer_for(conn: Connection, inbound: Inbound, now: datetime) -> int | No
     found = conn.execute(select(CUSTOMERS.c.id).where(CUSTOMERS.c.email == email)).scalar()
     if found is not None:
         return int(found)
-    name = inbound.sender_name
-    lead = conn.execute(
-        insert(CUSTOMERS).values(
-            email=email,
-            name=name,
-            first_name=name.split()[0] if name else "",
-            fields={},
-            marketing_consent=False,  # writing to support is no consent to newsletters
-            relationship_consent=False,
-            source="inquiry",
-            created_at=now,
-            updated_at=now,
-        )
-    ).inserted_primary_key
-    assert lead is not None
-    return int(lead[0])
+    return customers.add_lead(conn, email, inbound.sender_name, now)
 
 
 _BODIES = ("raw", "body_text", "reply_text")
@@ -205,12 +232,14 @@ def browse(
     size: int = 50,
 ) -> Page:
     """Newest first, without bodies. Pages are keyset pages: ``before``/``after`` name the
-    inquiry at the edge the reader comes from, so the last page costs what the first does."""
+    inquiry at the edge the reader comes from, so the last page costs what the first does.
+    Control characters in ``search`` are not searched for (see mailer.search.term)."""
     query = select(*_columns(*_BODIES)).limit(size + 1)
     if status:
         query = query.where(INQUIRIES.c.status == status)
-    if search:
-        query = query.where(_matching(search, conn.dialect.name))
+    wanted = term(search) if search else ""
+    if wanted:
+        query = query.where(_matching(wanted, conn.dialect.name))
     edge = after if after is not None else before
     if edge is not None:
         at = conn.execute(select(INQUIRIES.c.received_at).where(INQUIRIES.c.id == edge)).scalar()

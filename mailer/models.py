@@ -69,6 +69,11 @@ class Customer(SQLModel, table=True):
     source: str = Field(default="import", max_length=20)
     created_at: datetime = _when(nullable=False, default_factory=utcnow)
     updated_at: datetime = _when(nullable=False, default_factory=utcnow)
+    search_text: str = Field(
+        default="",
+        sa_column_kwargs={"server_default": ""},
+        description="email, name and first name case-folded by mailer.customers on each write",
+    )
 
 
 class CustomerTag(SQLModel, table=True):
@@ -91,6 +96,7 @@ class OutboxStatus(StrEnum):
     EXPIRED = "expired"
     FAILED = "failed"
     BOUNCED = "bounced"  # accepted by SMTP, then returned as permanently undeliverable
+    CANCELLED = "cancelled"  # stopped by an operator before it was sent
 
 
 class OutboxMessage(SQLModel, table=True):
@@ -172,9 +178,16 @@ class Inquiry(SQLModel, table=True):
     """A message a customer wrote to support; the raw bytes are kept before any decision."""
 
     __tablename__ = "inquiries"
+    # Broken mailers reuse Message-IDs: only the same ID with the same content is one message.
+    __table_args__ = (
+        UniqueConstraint("message_id", "fingerprint", name="uq_inquiries_message_fingerprint"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
-    message_id: str | None = Field(default=None, max_length=998, unique=True)
+    message_id: str | None = Field(default=None, max_length=998, index=True)
+    fingerprint: str | None = Field(
+        default=None, max_length=64, description="sha256 of the message without trace headers"
+    )
     thread_id: int | None = Field(
         default=None, sa_column=Column(Integer, ForeignKey("inquiries.id"), index=True)
     )
@@ -197,6 +210,9 @@ class Inquiry(SQLModel, table=True):
     raw: bytes = Field(default=b"", sa_column=Column(LargeBinary, nullable=False))
     raw_truncated: bool = False
     assignee: str | None = Field(default=None, max_length=100, description="a user's name")
+    claimed_thread_id: int | None = Field(
+        default=None, description="the inquiry a non-participant's message said it continues"
+    )
 
 
 class MailboxState(SQLModel, table=True):

@@ -382,8 +382,14 @@ def _attempt(outcome: Outcome) -> dict[str, Any]:
 
 
 def _result_statement(**values: Any) -> Any:
+    """A message an operator cancelled while it was being sent takes no result, so its
+    worker cannot queue it again; one the server accepted is recorded as sent all the
+    same, because that is what the customer got."""
     common: dict[str, Any] = {"lease_until": None, "updated_at": bindparam("_at")}
-    return update(OUTBOX).where(OUTBOX.c.id == bindparam("_id")).values(**common, **values)
+    statement = update(OUTBOX).where(OUTBOX.c.id == bindparam("_id"))
+    if values["status"] != OutboxStatus.SENT:
+        statement = statement.where(OUTBOX.c.status != OutboxStatus.CANCELLED)
+    return statement.values(**common, **values)
 
 
 _RESULT_STATEMENTS = {
@@ -444,9 +450,12 @@ RETRYABLE = (
     OutboxStatus.FAILED,
     OutboxStatus.EXPIRED,
     OutboxStatus.SKIPPED,
+    OutboxStatus.CANCELLED,
     OutboxStatus.QUEUED,
     OutboxStatus.DEFERRED,
 )
+# not sent yet, and not settled: what an operator may stop
+CANCELLABLE = (*WAITING, OutboxStatus.SENDING)
 
 
 def retry(conn: Connection, outbox_id: int, now: datetime) -> bool:
@@ -467,6 +476,22 @@ def retry(conn: Connection, outbox_id: int, now: datetime) -> bool:
         )
     )
     return True
+
+
+def cancel(conn: Connection, outbox_id: int, now: datetime) -> bool:
+    """An operator's stop for a message that has not gone: waiting, or stuck while being
+    sent. A worker still holding it cannot queue it again (see ``_result_statement``)."""
+    result = conn.execute(
+        update(OUTBOX)
+        .where(OUTBOX.c.id == outbox_id, OUTBOX.c.status.in_(CANCELLABLE))
+        .values(
+            status=OutboxStatus.CANCELLED,
+            lease_until=None,
+            reason="cancelled by an operator",
+            updated_at=now,
+        )
+    )
+    return bool(result.rowcount)
 
 
 def find(

@@ -33,6 +33,7 @@ from jinja2 import FileSystemLoader, StrictUndefined, select_autoescape
 from jinja2.exceptions import SecurityError, TemplateNotFound, TemplateSyntaxError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from mailer import renderpool
 from mailer.errors import Problem, TemplateError
 from mailer.fieldtypes import locale_tag
 from mailer.formatting import DEFAULT_LOCALE, FILTERS, with_reader
@@ -70,21 +71,13 @@ class _Variant:
         return [f for f in (self.subject, self.html, self.text) if f is not None]
 
 
-class TemplateStore:
-    """The templates under one root, compiled once and recompiled when a file changes."""
+class _Folders:
+    """The template folders under one root: which templates and variants exist."""
 
     def __init__(self, root: Path, *, default_locale: str = DEFAULT_LOCALE) -> None:
         """`default_locale` is the language the default (non-locale) folders are written in."""
         self.root = root.resolve()
         self.default_locale = default_locale
-        self._env = ImmutableSandboxedEnvironment(
-            loader=FileSystemLoader(self.root),
-            undefined=StrictUndefined,
-            autoescape=select_autoescape(("html",), default=False),
-            auto_reload=True,
-        )
-        self._env.filters.update(FILTERS)
-        self._chosen: dict[tuple[str, str | None], tuple[float, str | None, _Variant]] = {}
 
     def names(self) -> list[str]:
         """Template folders; folders starting with "_" (such as _layouts) are shared parts."""
@@ -108,19 +101,38 @@ class TemplateStore:
         by_key = {_key(v): v for v in self.variants(name) if v is not None}
         return next((by_key[c] for c in _fallbacks(locale) if c in by_key), None)
 
+    def _where(self, name: str, line: int | None = None) -> str:
+        """A path as a person finds it from the project folder: templates/NAME/bg/body.html:12."""
+        where = f"{self.root.name}/{name}"
+        return f"{where}:{line}" if line else where
+
+
+class TemplateStore(_Folders):
+    """The templates under one root. Rendering and checking run in a render worker
+    (``renderpool``), so a template that loops or grows without end fails within seconds
+    instead of stopping the process that asked."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        default_locale: str = DEFAULT_LOCALE,
+        pool: renderpool.RenderPool | None = None,
+    ) -> None:
+        """``pool`` defaults to the process's shared one."""
+        super().__init__(root, default_locale=default_locale)
+        self._pool = pool
+
+    @property
+    def pool(self) -> renderpool.RenderPool:
+        return self._pool or renderpool.shared()
+
     def render(
         self, name: str, context: Mapping[str, Any], *, locale: str | None, zone: ZoneInfo
     ) -> RenderedMessage:
         """Render the variant for `locale`; dates and times are shown in `zone`."""
-        variant, files = self._choose(name, locale)
-        data = with_reader(context, self._reading_locale(locale, variant), zone)
-        html = self._render(files.html, data) if files.html else None
-        text = self._render(files.text, data) if files.text else _html_to_text(html or "")
-        return RenderedMessage(
-            subject=_one_line(self._render(files.subject, data)),
-            text=text,
-            html=_INLINER.inline(html) if html is not None else None,
-            variant=variant,
+        return self.pool.call(
+            self._where(name), _render, self._key, name, dict(context), locale, zone
         )
 
     def check(self, *, company: Mapping[str, Any] | None = None) -> list[Problem]:
@@ -136,13 +148,47 @@ class TemplateStore:
     def _check_template(self, name: str, company: Mapping[str, Any] | None) -> list[Problem]:
         problems: list[Problem] = []
         for variant in self.variants(name):
+            where = self._where(_folder(name, variant))
             try:
-                problems += self._check_variant(name, variant, company)
-            except TemplateError as exc:  # the folder itself is unusable
+                problems += self.pool.call(where, _check, self._key, name, variant, company)
+            except TemplateError as exc:  # the folder itself is unusable, or it overran
                 problems.append(exc.problem)
         return problems
 
-    def _check_variant(
+    @property
+    def _key(self) -> tuple[Path, str]:
+        return (self.root, self.default_locale)
+
+
+class _Renderer(_Folders):
+    """The Jinja side, inside a render worker: compiled once, recompiled when a file changes."""
+
+    def __init__(self, root: Path, *, default_locale: str = DEFAULT_LOCALE) -> None:
+        super().__init__(root, default_locale=default_locale)
+        self._env = ImmutableSandboxedEnvironment(
+            loader=FileSystemLoader(self.root),
+            undefined=StrictUndefined,
+            autoescape=select_autoescape(("html",), default=False),
+            auto_reload=True,
+        )
+        self._env.filters.update(FILTERS)
+        self._chosen: dict[tuple[str, str | None], tuple[float, str | None, _Variant]] = {}
+
+    def render(
+        self, name: str, context: Mapping[str, Any], *, locale: str | None, zone: ZoneInfo
+    ) -> RenderedMessage:
+        variant, files = self._choose(name, locale)
+        data = with_reader(context, self._reading_locale(locale, variant), zone)
+        html = self._render(files.html, data) if files.html else None
+        text = self._render(files.text, data) if files.text else _html_to_text(html or "")
+        return RenderedMessage(
+            subject=_one_line(self._render(files.subject, data)),
+            text=text,
+            html=_INLINER.inline(html) if html is not None else None,
+            variant=variant,
+        )
+
+    def check_variant(
         self, name: str, variant: str | None, company: Mapping[str, Any] | None
     ) -> list[Problem]:
         """Each file on its own, so one broken file does not hide the next."""
@@ -203,10 +249,19 @@ class TemplateStore:
         return written_in
 
     def _render(self, template: str, data: Mapping[str, Any]) -> str:
+        """The file rendered, or a TemplateError; output is counted as it is written, so a
+        template cannot grow past ``renderpool.OUTPUT_LIMIT`` characters."""
+        chunks: list[str] = []
+        size = 0
         try:
-            return self._env.get_template(template).render(data)
+            for chunk in self._env.get_template(template).generate(data):
+                size += len(chunk)
+                if size > renderpool.OUTPUT_LIMIT:
+                    raise _TooLong(f"writes more than {renderpool.OUTPUT_LIMIT:,} characters")
+                chunks.append(chunk)
         except Exception as exc:  # whatever a template raises is the template's problem
             raise TemplateError(self._problem(exc, template)) from exc
+        return "".join(chunks)
 
     def _problem(self, exc: Exception, template: str) -> Problem:
         if isinstance(exc, TemplateSyntaxError):
@@ -220,10 +275,37 @@ class TemplateStore:
             self._where(path, line), _describe(exc, _source_line(self.root / path, line))
         )
 
-    def _where(self, name: str, line: int | None = None) -> str:
-        """A path as a person finds it from the project folder: templates/NAME/bg/body.html:12."""
-        where = f"{self.root.name}/{name}"
-        return f"{where}:{line}" if line else where
+
+_RENDERERS: dict[tuple[Path, str], _Renderer] = {}
+
+
+def _renderer(key: tuple[Path, str]) -> _Renderer:
+    """The worker's renderer for one root, kept so templates are compiled once."""
+    if key not in _RENDERERS:
+        _RENDERERS[key] = _Renderer(key[0], default_locale=key[1])
+    return _RENDERERS[key]
+
+
+def _render(
+    key: tuple[Path, str],
+    name: str,
+    context: Mapping[str, Any],
+    locale: str | None,
+    zone: ZoneInfo,
+) -> RenderedMessage:
+    """Runs in a render worker."""
+    return _renderer(key).render(name, context, locale=locale, zone=zone)
+
+
+def _check(
+    key: tuple[Path, str], name: str, variant: str | None, company: Mapping[str, Any] | None
+) -> list[Problem]:
+    """Runs in a render worker."""
+    return _renderer(key).check_variant(name, variant, company)
+
+
+class _TooLong(Exception):
+    """A template wrote more than a message may hold."""
 
 
 def sample_context(
@@ -367,6 +449,10 @@ def _describe(exc: Exception, source_line: str) -> str:
         return f"not allowed in templates: {exc}"
     if isinstance(exc, TemplateNotFound):
         return f"no such template: {exc.name}"
+    if isinstance(exc, _TooLong):
+        return str(exc)
+    if isinstance(exc, MemoryError):
+        return "needs more memory than a template may use; is something repeated too often?"
     return f"cannot render: {exc} ({type(exc).__name__})"
 
 

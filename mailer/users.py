@@ -93,30 +93,42 @@ def get(conn: Connection, user_id: int) -> SignedIn | None:
 
 @dataclass
 class LoginGuard:
-    """At most ``attempts`` failed sign-ins per name and per client address in ``window``.
+    """At most ``attempts`` failed sign-ins for one name from one client, and ``per_client``
+    from one client whatever the names, in ``window``.
 
-    An attempt counts from the moment it starts, and is forgiven only when it succeeds, so
-    requests sent in parallel cannot all slip in before the first failure is recorded. Kept
-    in memory: a restart forgetting the count gives an attacker no more than waiting would.
+    A name is never locked for everyone: what one client gets wrong locks that client out,
+    so nobody can lock a colleague out by guessing at their name. An attempt counts from
+    the moment it starts, and is forgiven only when it succeeds, so requests sent in
+    parallel cannot all slip in before the first failure is recorded. Kept in memory: a
+    restart forgetting the count gives an attacker no more than waiting would.
     """
 
     attempts: int = 5
+    per_client: int = 20
     window: timedelta = timedelta(minutes=15)
-    _tries: dict[str, deque[datetime]] = field(default_factory=dict)
+    _tries: dict[tuple[str | None, str], deque[datetime]] = field(default_factory=dict)
 
-    def attempt(self, keys: list[str], now: datetime) -> bool:
-        """Start an attempt: False (and nothing recorded) when any key is used up."""
-        if any(len(self._recent(key, now)) >= self.attempts for key in keys):
+    def attempt(self, name: str, client: str, now: datetime) -> bool:
+        """Start an attempt: False (and nothing recorded) when a limit is reached."""
+        limits = self._limits(name, client)
+        if any(len(self._recent(key, now)) >= limit for key, limit in limits):
             return False
-        for key in keys:
+        for key, _ in limits:
             self._tries.setdefault(key, deque()).append(now)
         return True
 
-    def succeeded(self, keys: list[str]) -> None:
-        for key in keys:
-            self._tries.pop(key, None)
+    def succeeded(self, name: str, client: str) -> None:
+        """Forgive the name's failures from this client, and this attempt in the client's
+        count, so that an office behind one address is not locked out by signing in."""
+        (pair, _), (whole, _) = self._limits(name, client)
+        self._tries.pop(pair, None)
+        if tries := self._tries.get(whole):
+            tries.pop()
 
-    def _recent(self, key: str, now: datetime) -> deque[datetime]:
+    def _limits(self, name: str, client: str) -> list[tuple[tuple[str | None, str], int]]:
+        return [((name.casefold(), client), self.attempts), ((None, client), self.per_client)]
+
+    def _recent(self, key: tuple[str | None, str], now: datetime) -> deque[datetime]:
         tries = self._tries.get(key, deque())
         while tries and tries[0] <= now - self.window:
             tries.popleft()

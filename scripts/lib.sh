@@ -9,6 +9,9 @@ need_python() {
   fi
 }
 
+PIP_VERSION=26.3   # the installer is pinned like everything it installs
+UV_VERSION=0.13.9  # only scripts/lock uses it
+
 as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
 }
@@ -33,6 +36,13 @@ ensure_venv() {
       apt_install python3-venv
       "$PYTHON" -m venv .venv
     fi
-    .venv/bin/python -m pip install -q --upgrade pip
+    .venv/bin/python -m pip install -q "pip==$PIP_VERSION"
   fi
+}
+
+install_locked() {
+  # Exactly the versions in requirements.lock (hashes checked), then mailer itself from
+  # this folder, built with the locked setuptools.
+  .venv/bin/pip install -q --require-hashes --no-deps -r requirements.lock
+  .venv/bin/pip install -q --no-deps --no-build-isolation -e .
 }

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import uvicorn
 from starlette.applications import Starlette
 
-from mailer.web.server import listen
+from mailer.web.server import listen, uvicorn_config
 
 START_SECONDS = 10.0
 
@@ -24,10 +24,11 @@ START_SECONDS = 10.0
 class Site:
     url: str
 
-    def get(self, path: str) -> tuple[int, str]:
+    def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
         """A plain GET (no browser): status and body."""
+        request = urllib.request.Request(self.url + path, headers=headers or {})
         try:
-            with urllib.request.urlopen(self.url + path, timeout=10) as response:
+            with urllib.request.urlopen(request, timeout=10) as response:
                 return response.status, response.read().decode()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()
@@ -46,7 +47,7 @@ class Site:
 @contextmanager
 def served(app: Starlette) -> Iterator[Site]:
     sock = listen("127.0.0.1:0")
-    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning"))
+    server = uvicorn.Server(uvicorn_config(app))  # as mailer serves it
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + START_SECONDS

@@ -122,6 +122,19 @@ def test_list_and_show_print_json_that_parses(with_demo: Mailer) -> None:
     assert shown["name"] == "Мария Иванова" and shown["fields"] == {"city": "София"}
 
 
+def test_list_search_finds_any_script_in_any_case_and_takes_no_wildcards(
+    with_demo: Mailer,
+) -> None:
+    def listed(search: str) -> list[dict[str, object]]:
+        shown = with_demo("customers", "list", "--search", search, "--json").stdout
+        return list(json.loads(shown))
+
+    for typed in ("ИВАНОВА", "мария", "Мар\x01ия"):  # noqa: RUF001
+        assert [c["email"] for c in listed(typed)] == ["maria.ivanova@example.com"], typed
+    assert listed("%") == listed("_") == []
+    assert "search_text" not in listed("Мария")[0]  # the search's own column stays inside
+
+
 def test_unsubscribe_shows_at_once_in_the_profile(with_demo: Mailer) -> None:
     with_demo("customers", "unsubscribe", "emma.wilson@example.com")
     shown = json.loads(with_demo("customers", "show", "emma.wilson@example.com", "--json").stdout)
@@ -327,7 +340,24 @@ def test_outbox_show_and_retry_name_what_is_missing(with_demo: Mailer) -> None:
     result = with_demo("outbox", "show", "999", check=False)
     assert (result.returncode, result.stderr.strip()) == (1, "error: no outbox message 999")
     result = with_demo("outbox", "retry", "999", check=False)
-    assert result.returncode == 1 and "no failed, expired or skipped" in result.stderr
+    assert result.returncode == 1 and "no failed, expired, skipped or cancelled" in result.stderr
+
+
+def test_an_admin_cancels_a_waiting_message_and_can_queue_it_again(with_demo: Mailer) -> None:
+    with_demo("templates", "send-test", "birthday", "--to", "maria.ivanova@example.com")
+    (queued,) = json.loads(with_demo("outbox", "list", "--json").stdout)
+    cancelled = with_demo("outbox", "cancel", str(queued["id"]))
+    assert cancelled.stdout.strip() == f"outbox message {queued['id']} is cancelled"
+    (row,) = json.loads(with_demo("outbox", "list", "--json").stdout)
+    assert (row["status"], row["reason"]) == ("cancelled", "cancelled by an operator")
+    again = with_demo("outbox", "cancel", str(queued["id"]), check=False)
+    assert (again.returncode, again.stderr.strip()) == (
+        1,
+        f"error: no queued, deferred or sending outbox message {queued['id']}",
+    )
+    with_demo("outbox", "retry", str(queued["id"]))
+    (row,) = json.loads(with_demo("outbox", "list", "--json").stdout)
+    assert row["status"] == "queued"
 
 
 def test_send_test_refuses_a_bad_address_an_unknown_template_and_the_unsubscribed(

@@ -229,3 +229,19 @@ def test_settings_that_would_stop_start_up_are_refused_when_the_file_is_read(
         f"{path}: [web] bind: '127.0.0.1:99999' is not host:port such as '127.0.0.1:8025'"
         " (port 0-65535)",
     ]
+
+
+def test_trusted_proxies_are_addresses_or_networks_and_a_bad_one_is_named(
+    tmp_path: Path,
+) -> None:
+    good = write(tmp_path, '[web]\ntrusted_proxies = ["127.0.0.1", "10.0.0.0/8", "::1"]\n')
+    networks = config.load(good, {}).settings.web.trusted_proxies
+    assert [str(n) for n in networks] == ["127.0.0.1/32", "10.0.0.0/8", "::1/128"]
+    assert config.load(ROOT / "config.toml", {}).settings.web.trusted_proxies == []
+    bad = write(tmp_path, '[web]\ntrusted_proxies = ["127.0.0.1", "proxy.local", "10.1.2.3/8"]\n')
+    first, second = problems(bad)
+    assert first.startswith(f"{bad}: [web] trusted_proxies.1: 'proxy.local' is not an address")
+    host_bits = "'10.1.2.3/8' has host bits set: the network is '10.0.0.0/8'"
+    assert second == f"{bad}: [web] trusted_proxies.2: {host_bits}"
+    (env,) = problems(good, {"MAILER_WEB__TRUSTED_PROXIES": '["nginx"]'})
+    assert env.startswith("MAILER_WEB__TRUSTED_PROXIES (environment): [web] trusted_proxies")

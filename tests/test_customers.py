@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from mailer import customers
+from mailer import customers, db, migrate
 from mailer.clock import ManualClock
 from mailer.errors import ImportFileError, NotFound
+from tests.pg import PostgresServer
 
 MIXED = (
     "\ufeffemail,name,locale,timezone,birthday,tags,city\n"
@@ -134,3 +135,63 @@ def test_unknown_customer_is_not_found(engine: Engine) -> None:
         pytest.raises(NotFound, match=r"no customer nobody@example\.com"),
     ):
         customers.get(conn, "nobody@example.com")
+
+
+SEARCHED = (
+    "email,name,first_name\n"
+    "maria@example.com,Мария Иванова,Мария\n"
+    "georg@example.de,Georg Weiß,Georg\n"
+    "fan_club@example.com,100% Arabica,Fans\n"
+    "ivan@example.bg,Иван Петров,Ваньо\n"
+)
+
+
+def found(engine: Engine, search: str) -> list[str]:
+    with engine.connect() as conn:
+        return [c["email"] for c in customers.find(conn, search=search)]
+
+
+def assert_search_is_contains_in_any_case_and_script(engine: Engine) -> None:
+    for typed in ("Мария", "мария", "МАРИЯ", "Иванова", "ИВАНОВА", "ванов", "MARIA@EXAMPLE"):
+        assert found(engine, typed) == ["maria@example.com"], typed
+    assert found(engine, "ВАНЬО") == ["ivan@example.bg"]  # noqa: RUF001  a given first name
+    assert found(engine, "WEISS") == found(engine, "weiß") == ["georg@example.de"]
+    assert found(engine, "ИВ") == ["ivan@example.bg", "maria@example.com"]  # two letters
+    assert found(engine, "%") == ["fan_club@example.com"]  # a letter, not a wildcard
+    assert found(engine, "n_c") == ["fan_club@example.com"]
+    assert found(engine, "a_b") == found(engine, "%%") == []
+    assert found(engine, "Ива\x00нова\t") == ["maria@example.com"]  # noqa: RUF001  controls
+    assert len(found(engine, "\x00")) == 4  # nothing but control characters: no filter
+    assert found(engine, "Иванова Мария") == []  # one field at a time, not across them
+
+
+def test_customer_search_is_contains_in_any_case_and_script_and_takes_no_wildcards(
+    engine: Engine, tmp_path: Path, clock: ManualClock
+) -> None:
+    customers.import_csv(engine, write(tmp_path, SEARCHED), clock.now())
+    assert_search_is_contains_in_any_case_and_script(engine)
+
+
+def test_customer_search_folds_case_in_a_postgresql_database_that_folds_only_ascii(
+    postgres: PostgresServer, tmp_path: Path, clock: ManualClock
+) -> None:
+    """A database created with the "C" ctype: its lower() leaves "МАРИЯ" as it is."""
+    postgres.admin("CREATE DATABASE ascii_only TEMPLATE template0 LC_CTYPE 'C' LC_COLLATE 'C'")
+    engine = db.connect(postgres.url("ascii_only"))
+    migrate.upgrade(engine)
+    customers.import_csv(engine, write(tmp_path, SEARCHED), clock.now())
+    assert_search_is_contains_in_any_case_and_script(engine)
+    engine.dispose()
+
+
+def test_a_renamed_customer_and_a_new_lead_are_found_by_their_new_names(
+    engine: Engine, tmp_path: Path, clock: ManualClock
+) -> None:
+    customers.import_csv(engine, write(tmp_path, SEARCHED), clock.now())
+    renamed = "email,name\nmaria@example.com,Мария Петрова\n"
+    customers.import_csv(engine, write(tmp_path, renamed, "b.csv"), clock.now())
+    with engine.begin() as conn:
+        customers.add_lead(conn, "elena@example.bg", "Елена Димитрова", clock.now())
+    assert found(engine, "ПЕТРОВА") == ["maria@example.com"]
+    assert found(engine, "иванова") == []
+    assert found(engine, "ДИМИТРОВА") == ["elena@example.bg"]

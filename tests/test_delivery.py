@@ -19,7 +19,7 @@ from mailer.clock import ManualClock
 from mailer.config import Config
 from mailer.delivery import Delivery
 from mailer.models import Category, OutboxStatus
-from mailer.outbox import NewMessage
+from mailer.outbox import NewMessage, Outcome
 from mailer.smtp import SmtpTarget
 from tests.conftest import add_customers
 from tests.smtp_sink import Sink, start_sink
@@ -227,6 +227,21 @@ async def test_a_crashed_workers_messages_return_after_the_lease(road: Road) -> 
     assert await road.deliver() == 0
     await road.deliver(after=policy.lease + timedelta(seconds=1))
     assert road.status("k5")["status"] == "sent"
+
+
+async def test_a_cancelled_stuck_message_is_not_queued_again_by_its_late_worker(
+    road: Road,
+) -> None:
+    road.queue(("maria", "k7"), **TRANSACTIONAL)
+    now = road.clock.now()
+    (claimed,) = outbox.claim(road.engine, now, 10, road.delivery.policy)  # stuck sending
+    with road.engine.begin() as conn:
+        assert outbox.cancel(conn, claimed.row["id"], now)
+    late = Outcome(claimed.row["id"], "released", now, reason="waiting: shutdown")
+    outbox.record(road.engine, [late])
+    assert road.status("k7")["status"] == "cancelled"
+    assert await road.deliver(after=timedelta(hours=1)) == 0
+    assert road.sink.received == []
 
 
 async def test_a_name_with_line_breaks_cannot_add_a_header(road: Road) -> None:

@@ -109,6 +109,15 @@ def test_quoted_encoded_word_display_name_is_decoded() -> None:
     assert (inbound.sender_name, inbound.sender) == ("Renée Maïa", "renee@example.com")
 
 
+def test_an_encoded_line_break_in_the_display_name_keeps_the_address_and_notes_the_defect() -> None:
+    raw = headers("From: =?utf-8?q?Ivan=0D=0AX-Evil:_1?= <Ivan@Example.com>")
+
+    inbound = parse(raw)
+
+    assert (inbound.sender_name, inbound.sender) == ("Ivan X-Evil: 1", "ivan@example.com")
+    assert any("From display name holds control characters" in d for d in inbound.defects)
+
+
 # HTML and attachments -------------------------------------------------------------------------
 
 

@@ -351,3 +351,48 @@ async def test_a_delay_notice_changes_nothing_but_the_log(
             )
         ).all()
     assert logged["decision"] == "bounce" and flagged == []
+
+
+async def test_a_person_whose_from_header_breaks_the_parser_is_logged_and_acknowledged(
+    watcher: Inbox, engine: Engine, dovecot: DovecotServer, folder: str
+) -> None:
+    broken = "=?utf-8?q?Ivan=0D=0AX-Evil:_1?= <ivan@example.com>"
+    dovecot.append(inquiry("<crlf@mail.example>", sender=broken), folder)
+    await watcher.process_available()
+    (logged,) = inquiry_rows(engine)
+    assert logged["status"] == InquiryStatus.ACKNOWLEDGED, logged["error"]
+    assert (logged["sender"], logged["sender_name"]) == ("ivan@example.com", "Ivan X-Evil: 1")
+    assert any("From display name holds control characters" in d for d in logged["defects"])
+    assert [a["to_address"] for a in ack_rows(engine)] == ["ivan@example.com"]
+
+
+async def test_a_message_with_no_usable_sender_stays_unanswered_and_says_why(
+    watcher: Inbox, engine: Engine, dovecot: DovecotServer, folder: str
+) -> None:
+    dovecot.append(inquiry("<nobody@mail.example>", sender="=?utf-8?q?=0D=0A?="), folder)
+    await watcher.process_available()
+    (logged,) = inquiry_rows(engine)
+    assert logged["status"] == InquiryStatus.CLOSED and ack_rows(engine) == []
+    assert any(str(r).startswith("no-sender: From:") for r in logged["reasons"])
+
+
+async def test_a_hard_bounce_in_a_servers_own_format_marks_the_returned_message_bounced(
+    watcher: Inbox, engine: Engine, dovecot: DovecotServer, folder: str, clock: ManualClock
+) -> None:
+    """Exim's report has no delivery-status part: the address and the returned Message-ID
+    are read from its text."""
+    sent = NewMessage("newsletter:1:userx", "userx@its.example.nl", Category.MARKETING, "news")
+    outbox.enqueue(engine, [sent], clock.now())
+    with engine.begin() as conn:
+        conn.execute(
+            outbox.OUTBOX.update().values(
+                status=OutboxStatus.SENT, message_id="<19990920022322.A19735@stereo.rotzorg.org>"
+            )
+        )
+    dovecot.append((MAIL / "bounces" / "flufl-exim-01.eml").read_bytes(), folder)
+    await watcher.process_available()
+    (logged,) = inquiry_rows(engine)
+    with engine.connect() as conn:
+        (row,) = outbox.find(conn, limit=10)
+    assert logged["decision"] == "bounce" and ack_rows(engine) == []
+    assert row["status"] == OutboxStatus.BOUNCED and "userx@its.example.nl" in str(row["reason"])

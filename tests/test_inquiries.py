@@ -67,6 +67,89 @@ def test_the_same_message_logged_twice_is_one_inquiry(engine: Engine, clock: Man
         assert len(inquiries.find(conn)) == 1
 
 
+def test_a_different_message_that_reuses_a_message_id_is_logged_too(
+    engine: Engine, clock: ManualClock
+) -> None:
+    """Broken mailers give every message one ID: what the second customer wrote is kept."""
+    first = log(engine, mail("<reused@mail.example>"), clock)
+    other = mail("<reused@mail.example>", sender="Иван <ivan@example.com>", subject="Кафе")
+    second = log(engine, other, clock)
+    again = log(engine, other, clock)
+    assert not second.duplicate and second.inquiry_id != first.inquiry_id
+    assert again == inquiries.Logged(second.inquiry_id, None, second.customer_id, duplicate=True)
+    with engine.connect() as conn:
+        assert sorted(i["sender"] for i in inquiries.find(conn)) == [
+            "ana@example.com",
+            "ivan@example.com",
+        ]
+
+
+def test_a_redelivery_through_other_servers_is_still_one_inquiry(
+    engine: Engine, clock: ManualClock
+) -> None:
+    raw = mail("<relayed@mail.example>")
+    trace = (
+        b"Return-Path: <ana@example.com>\r\nDelivered-To: support@northwind-roasters.example\r\n"
+        b"Received: from mx2.example.net by mx.northwind-roasters.example\r\n"
+        b"\tfor <support@northwind-roasters.example>; Tue, 24 Nov 2026 14:00:00 +0200\r\n"
+    )
+    first = log(engine, raw, clock)
+    again = log(engine, trace + raw.replace(b"\r\n", b"\n"), clock)
+    assert again.duplicate and again.inquiry_id == first.inquiry_id
+
+
+def test_a_message_logged_before_fingerprints_is_recognised_by_its_raw_bytes(
+    engine: Engine, clock: ManualClock
+) -> None:
+    first = log(engine, mail("<old@mail.example>"), clock)
+    with engine.begin() as conn:
+        conn.execute(inquiries.INQUIRIES.update().values(fingerprint=None))
+    again = log(engine, mail("<old@mail.example>"), clock)
+    other = log(engine, mail("<old@mail.example>", subject="Друго"), clock)
+    assert again.duplicate and again.inquiry_id == first.inquiry_id
+    assert not other.duplicate
+
+
+def test_a_stranger_cannot_write_into_another_customers_inquiry(
+    engine: Engine, clock: ManualClock
+) -> None:
+    """A subject reference or an In-Reply-To is easy to guess; the sender is what counts."""
+    root = log(engine, mail("<own1@mail.example>"), clock)
+    stranger = "Eve <eve@example.org>"
+    by_subject = mail("<eve1@mail.example>", sender=stranger, subject=f"Re: [#{root.inquiry_id}]")
+    by_header = mail(
+        "<eve2@mail.example>", sender=stranger, extra="In-Reply-To: <own1@mail.example>\r\n"
+    )
+    for raw in (by_subject, by_header):
+        logged = log(engine, raw, clock)
+        with engine.connect() as conn:
+            stored = inquiries.get(conn, logged.inquiry_id)
+        assert logged.thread_id is None and stored is not None
+        assert stored["claimed_thread_id"] == root.inquiry_id
+        assert [t["id"] for t in stored["thread"]] == [logged.inquiry_id]
+    with engine.connect() as conn:
+        thread = inquiries.get(conn, root.inquiry_id)
+    assert thread is not None and [t["sender"] for t in thread["thread"]] == ["ana@example.com"]
+
+
+def test_anyone_who_already_wrote_in_a_thread_may_continue_it(
+    engine: Engine, clock: ManualClock
+) -> None:
+    root = log(engine, mail("<p1@mail.example>"), clock)
+    colleague = log(engine, mail("<p2@mail.example>", sender="Иван <ivan@example.com>"), clock)
+    with engine.begin() as conn:  # support merged it into Ана's inquiry
+        conn.execute(
+            inquiries.INQUIRIES.update()
+            .where(inquiries.INQUIRIES.c.id == colleague.inquiry_id)
+            .values(thread_id=root.inquiry_id)
+        )
+    extra = "In-Reply-To: <p1@mail.example>\r\n"
+    follow_up = log(
+        engine, mail("<p3@mail.example>", sender="ivan@example.com", extra=extra), clock
+    )
+    assert follow_up.thread_id == root.inquiry_id
+
+
 def test_replies_join_the_first_inquiry_of_their_thread(engine: Engine, clock: ManualClock) -> None:
     root = log(engine, mail("<t1@mail.example>"), clock)
     clock.advance(timedelta(hours=1))

@@ -57,11 +57,12 @@ def test_models_and_migrations_describe_the_same_schema(engine: Engine) -> None:
 
 def _not_modelled(diff: object) -> bool:
     """What models cannot say: the claim index read back from SQLite, and the search
-    indexes of migration 0009 (an FTS5 table and its shadow tables, GIN indexes)."""
+    indexes of migrations 0009 and 0011 (an FTS5 table and its shadow tables, GIN indexes)."""
     if not isinstance(diff, tuple) or diff[0] not in ("add_index", "remove_index", "remove_table"):
         return False
     name = str(diff[1].name)
-    return name == "ix_outbox_claim" or name.startswith(("inquiry_search", "ix_inquiries_search_"))
+    searches = ("inquiry_search", "ix_inquiries_search_", "ix_customers_search")
+    return name == "ix_outbox_claim" or name.startswith(searches)
 
 
 def test_timestamps_come_back_aware_in_utc_and_naive_ones_are_refused(engine: Engine) -> None:
@@ -87,3 +88,77 @@ def test_timestamps_come_back_aware_in_utc_and_naive_ones_are_refused(engine: En
     assert stored == sofia_noon and stored.tzinfo == UTC
     with engine.begin() as conn, pytest.raises(Exception, match="naive datetime"):
         conn.execute(CUSTOMERS.update().values(pause_until=datetime(2026, 1, 1)))
+
+
+def test_upgrading_to_fingerprints_keeps_inquiries_their_events_and_search(
+    database_url: str,
+) -> None:
+    """0010 copies the inquiries table on SQLite: nothing hanging off it may be lost."""
+    engine = db.connect(database_url)
+    migrate.upgrade(engine, "0009")
+    at = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO inquiries (message_id, sender, sender_name, subject, body_text,"
+                " reply_text, attachments, defects, received_at, status, reasons, raw,"
+                " raw_truncated) VALUES ('<m1@mail.example>', 'ana@example.com', 'Ана',"
+                " 'Мелачка', 'Мелачката скърца', '', '[]', '[]', :t, 'new', '[]', :raw, false)"
+            ),
+            {"t": at, "raw": b"From: ana@example.com\r\n\r\nx\r\n"},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO inquiry_events (inquiry_id, at, actor, kind, text)"
+                " VALUES (1, :t, 'sam', 'note', 'called her back')"
+            ),
+            {"t": at},
+        )
+    migrate.upgrade(engine)
+    from mailer import inquiries
+
+    with engine.begin() as conn:
+        assert [e["text"] for e in inquiries.events(conn, 1)] == ["called her back"]
+        conn.execute(
+            inquiries.INQUIRIES.insert().values(
+                message_id="<m1@mail.example>",
+                fingerprint="f" * 64,
+                sender="ivan@example.com",
+                subject="Друго",
+                body_text="скърца ли?",
+                received_at=at,
+                raw=b"",
+            )
+        )
+        found = inquiries.browse(conn, search="скърца").rows
+    engine.dispose()
+    assert sorted(r["sender"] for r in found) == ["ana@example.com", "ivan@example.com"]
+
+
+def test_customers_stored_before_the_search_column_are_found_in_any_case(
+    database_url: str,
+) -> None:
+    from mailer import customers
+
+    engine = db.connect(database_url)
+    migrate.upgrade(engine, "0009")
+    now = datetime(2026, 1, 2, tzinfo=UTC)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO customers (email, name, first_name, fields, marketing_consent,"
+                " relationship_consent, source, created_at, updated_at)"
+                " VALUES (:email, :name, :first, '{}', true, true, 'import', :t, :t)"
+            ),
+            [
+                {"email": f"c{n}@example.com", "name": f"Клиент {n}", "first": "", "t": now}
+                for n in range(1500)  # more than one batch of the backfill
+            ]
+            + [{"email": "ana@example.com", "name": "Ана Иванова", "first": "Ани", "t": now}],
+        )
+    migrate.upgrade(engine)
+    with engine.connect() as conn:
+        assert [c["email"] for c in customers.find(conn, search="ИВАНОВА")] == ["ana@example.com"]
+        assert [c["email"] for c in customers.find(conn, search="ани")] == ["ana@example.com"]
+        assert len(customers.find(conn, search="КЛИЕНТ 149")) == 11  # 149 and 1490-1499
+    engine.dispose()

@@ -58,28 +58,46 @@ def test_admins_may_everything_others_their_role() -> None:
     assert admin.may(Role.MARKETING) and admin.may()
 
 
-def test_five_failed_sign_ins_lock_a_name_for_the_window(clock: ManualClock) -> None:
+def test_five_failed_sign_ins_lock_the_name_for_that_client_only(clock: ManualClock) -> None:
+    """Five wrong passwords for sam from one address do not lock sam out everywhere."""
     guard = LoginGuard(attempts=5, window=timedelta(minutes=15))
-    keys = ["name:sam", "client:203.0.113.9"]
     for _ in range(5):
-        assert guard.attempt(keys, clock.now())  # each fails: nothing forgives it
-    assert not guard.attempt(keys, clock.now())
-    assert not guard.attempt(["name:other", "client:203.0.113.9"], clock.now()), "same client"
+        assert guard.attempt("sam", "203.0.113.9", clock.now())  # each fails: none forgiven
+    assert not guard.attempt("SAM", "203.0.113.9", clock.now())
+    assert guard.attempt("sam", "198.51.100.4", clock.now()), "sam, from his own desk"
+    assert guard.attempt("other", "203.0.113.9", clock.now()), "another name from that client"
     clock.advance(timedelta(minutes=15))
-    assert guard.attempt(keys, clock.now())
+    assert guard.attempt("sam", "203.0.113.9", clock.now())
+
+
+def test_one_client_guessing_at_many_names_is_stopped(clock: ManualClock) -> None:
+    guard = LoginGuard(attempts=5, per_client=20)
+    started = [guard.attempt(f"user{n}", "203.0.113.9", clock.now()) for n in range(30)]
+    assert started.count(True) == 20
+    assert not guard.attempt("sam", "203.0.113.9", clock.now())
+    assert guard.attempt("sam", "198.51.100.4", clock.now())
 
 
 def test_parallel_attempts_count_before_they_finish(clock: ManualClock) -> None:
     """Forty wrong passwords sent at once: only the first five get checked at all."""
     guard = LoginGuard(attempts=5)
-    started = [guard.attempt(["name:sam"], clock.now()) for _ in range(40)]
+    started = [guard.attempt("sam", "203.0.113.9", clock.now()) for _ in range(40)]
     assert started.count(True) == 5
 
 
 def test_a_success_clears_the_count(clock: ManualClock) -> None:
     guard = LoginGuard(attempts=2)
-    guard.attempt(["name:sam"], clock.now())
-    guard.succeeded(["name:sam"])
-    guard.attempt(["name:sam"], clock.now())
-    assert guard.attempt(["name:sam"], clock.now())
-    assert not guard.attempt(["name:sam"], clock.now())
+    guard.attempt("sam", "203.0.113.9", clock.now())
+    guard.succeeded("sam", "203.0.113.9")
+    guard.attempt("sam", "203.0.113.9", clock.now())
+    assert guard.attempt("sam", "203.0.113.9", clock.now())
+    assert not guard.attempt("sam", "203.0.113.9", clock.now())
+
+
+def test_an_office_behind_one_address_is_not_locked_out_by_signing_in(
+    clock: ManualClock,
+) -> None:
+    guard = LoginGuard(per_client=3)
+    for n in range(10):
+        assert guard.attempt(f"colleague{n}", "192.0.2.1", clock.now())
+        guard.succeeded(f"colleague{n}", "192.0.2.1")

@@ -7,11 +7,14 @@ Browser tests drive Debian's Chromium through Playwright against the app on loop
 from __future__ import annotations
 
 import urllib.request
+from collections.abc import Iterator
 from datetime import timedelta
+from ipaddress import ip_network
 from pathlib import Path
 
 import pytest
 from playwright.async_api import Page, expect
+from pytest_playwright_asyncio import CreateContextCallback
 from sqlalchemy import Engine
 
 from mailer import customers, outbox, tokens
@@ -19,6 +22,7 @@ from mailer.clock import ManualClock
 from mailer.config import Config
 from mailer.models import Category
 from mailer.outbox import NewMessage
+from mailer.web.clients import client_of
 from mailer.web.server import build as build_web
 from tests.configs import shipped_config
 from tests.conftest import PASSWORD, add_customers, sign_in
@@ -50,6 +54,67 @@ def test_metrics_count_messages_by_status_and_the_queue_due(
     assert status == 200
     assert 'mailer_messages{status="queued"} 1.0' in body
     assert "mailer_queue_due 1.0" in body
+
+
+# Behind a reverse proxy -----------------------------------------------------------------------
+
+FORWARDED = "X-Forwarded-For"
+PROXIES = [ip_network("127.0.0.1"), ip_network("10.0.0.0/8")]
+
+
+def test_the_client_is_the_right_most_address_no_trusted_proxy_added() -> None:
+    assert client_of("127.0.0.1", ["203.0.113.7"], PROXIES) == ("203.0.113.7", True)
+    forged = ["127.0.0.1, 198.51.100.1", "203.0.113.7, 10.1.2.3"]  # two headers, two proxies
+    assert client_of("10.0.0.2", forged, PROXIES) == ("203.0.113.7", True)
+    assert client_of("127.0.0.1", [], PROXIES) == ("127.0.0.1", True)  # forwarded, not local
+    assert client_of("10.0.0.2", ["10.0.0.9"], PROXIES) == ("10.0.0.9", True)
+    assert client_of("::ffff:10.0.0.2", [" 203.0.113.7 "], PROXIES) == ("203.0.113.7", True)
+    assert client_of("198.51.100.1", ["127.0.0.1"], PROXIES) == ("198.51.100.1", False)
+    assert client_of("127.0.0.1", ["203.0.113.7"], []) == ("127.0.0.1", False)
+
+
+def test_forwarded_for_is_ignored_unless_proxies_are_trusted(site: Site) -> None:
+    """The default: whoever opened the connection is the client, here this machine."""
+    assert site.get("/metrics", {FORWARDED: "203.0.113.7"})[0] == 200
+
+
+@pytest.fixture
+def behind_proxy(engine: Engine, tmp_path: Path, clock: ManualClock) -> Iterator[Site]:
+    """The app behind a proxy on this machine (the test's own requests come from it)."""
+    proxied = shipped_config(tmp_path, {"MAILER_WEB__TRUSTED_PROXIES": '["127.0.0.1"]'})
+    with served(build_web(proxied, engine, clock)) as running:
+        yield running
+
+
+def test_through_a_trusted_proxy_metrics_need_the_token_even_from_this_machine(
+    behind_proxy: Site,
+) -> None:
+    assert behind_proxy.get("/metrics")[0] == 403  # a proxy that names no client
+    assert behind_proxy.get("/metrics", {FORWARDED: "203.0.113.7"})[0] == 403
+    assert behind_proxy.get("/metrics", {FORWARDED: "127.0.0.1"})[0] == 403
+    assert behind_proxy.get("/healthz") == (200, "ok\n")
+
+
+async def test_failures_through_a_proxy_lock_out_the_guessing_client_not_the_name(
+    new_context: CreateContextCallback, behind_proxy: Site, staff: dict[str, str]
+) -> None:
+    """Five wrong passwords for sam from one address, each with a different forged
+    X-Forwarded-For in front of what the proxy added: that address is locked out; sam,
+    at his own desk, signs in."""
+    guesser = await new_context()
+    page = await guesser.new_page()
+    for n in range(6):
+        await guesser.set_extra_http_headers({FORWARDED: f"192.0.2.{n}, 203.0.113.7"})
+        await page.goto(behind_proxy.url + "/login")
+        await page.get_by_label("Name").fill("sam")
+        await page.get_by_label("Password").fill("not the password" if n < 5 else PASSWORD)
+        await page.get_by_role("button", name="Sign in").click()
+        expected = "do not match" if n < 5 else "Too many failed sign-ins"
+        await expect(page.get_by_role("alert")).to_contain_text(expected)
+    sams_desk = await new_context(extra_http_headers={FORWARDED: "198.51.100.4"})
+    sam = await sams_desk.new_page()
+    await sign_in(sam, behind_proxy, "sam")
+    await expect(sam.locator("form.signout")).to_contain_text("sam (support)")
 
 
 async def test_a_person_signs_in_and_out(page: Page, site: Site, staff: dict[str, str]) -> None:

@@ -123,6 +123,35 @@ async def test_the_acknowledgement_and_the_rules_that_fired_are_shown_with_the_m
     await expect(reasons).to_have_text(decided["reasons"])
 
 
+async def test_a_stranger_claiming_an_inquiry_gets_one_of_their_own_that_says_which(
+    page: Page,
+    site: Site,
+    staff: dict[str, str],
+    engine: Engine,
+    cfg: Config,
+    clock: ManualClock,
+    order: int,
+) -> None:
+    """Support sees the claim in one line, with a link to merge by hand."""
+    claim = mail(
+        "<eve@mail.example>",
+        f"Re: Order 1042 [#{order}]",
+        "Ship it to me instead.",
+        sender="Eve <eve@example.org>",
+    )
+    stranger = received(engine, cfg, clock, claim)
+    await sign_in(page, site, "sam")
+    await page.goto(f"{site.url}/inquiries/{order}")
+    await expect(page.get_by_role("article")).to_have_count(1)
+    await expect(page.locator("#claimed")).to_have_count(0)
+    await page.goto(f"{site.url}/inquiries/{stranger}")
+    await expect(page.locator("#claimed")).to_have_text(
+        f"This message claims to continue inquiry #{order} from another address."
+    )
+    await page.locator("#claimed").get_by_role("link").click()
+    await expect(page).to_have_url(f"{site.url}/inquiries/{order}")
+
+
 async def test_assigning_and_noting_are_recorded_with_who_did_it(
     page: Page, site: Site, staff: dict[str, str], order: int
 ) -> None:
@@ -264,6 +293,49 @@ async def test_the_search_works_without_javascript(
     await page.get_by_role("button", name="Search").click()
     await expect(page).to_have_url(re.compile(r"q=grinder&status=acknowledged"))
     await expect(page.locator("#inquiries tbody tr")).to_have_text(re.compile("Grinder is noisy"))
+
+
+async def test_support_finds_a_customer_by_her_cyrillic_name_in_any_case_and_no_wildcards(
+    page: Page,
+    site: Site,
+    staff: dict[str, str],
+    maria: int,
+    engine: Engine,
+    clock: ManualClock,
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "more").mkdir()
+    add_customers(
+        engine, tmp_path / "more", "email,name\nbeans@example.com,100% Arabica\n", clock.now()
+    )
+    await sign_in(page, site, "sam")
+    await page.get_by_role("link", name="Customers").click()
+    maria_link = page.get_by_role("link", name="maria@example.com")
+    beans_link = page.get_by_role("link", name="beans@example.com")
+    for typed in ("ИВАНОВА", "иванова", "Мария"):
+        await page.get_by_role("searchbox").fill(typed)
+        await expect(maria_link).to_be_visible()
+        await expect(beans_link).to_have_count(0)
+    await page.get_by_role("searchbox").fill("%")
+    await expect(beans_link).to_be_visible()
+    await expect(maria_link).to_have_count(0)
+
+
+async def test_control_characters_in_a_search_are_ignored_not_an_error(
+    page: Page, site: Site, staff: dict[str, str], maria: int, order: int
+) -> None:
+    """What a crafted link could carry: a NUL byte, which neither database can search for."""
+    await sign_in(page, site, "sam")
+    for path, shown in (
+        ("/inquiries?q=%00", "Order 1042"),
+        ("/inquiries?q=Order%00%201042", "Order 1042"),
+        ("/inquiries?q=%00%01Or", "Order 1042"),
+        ("/customers?q=%00", "maria@example.com"),
+        ("/customers?q=%D0%98%D0%92%00%D0%90%D0%9D", "maria@example.com"),  # "ИВ", NUL, "АН"  # noqa: RUF003
+    ):
+        response = await page.goto(site.url + path)
+        assert response is not None and response.status == 200, path
+        await expect(page.get_by_role("main")).to_contain_text(shown)
 
 
 # What any client could send ----------------------------------------------------------------

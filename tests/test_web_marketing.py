@@ -70,7 +70,7 @@ async def test_marketing_previews_the_bulgarian_birthday_for_a_bulgarian_custome
     await expect(row).to_contain_text("renders")
     await expect(row).to_contain_text("birthdays")  # the schedule that sends it
     await row.get_by_role("link", name="birthday", exact=True).click()
-    await page.get_by_label("Customer", exact=True).fill("maria")
+    await page.get_by_label("Customer", exact=True).fill("МАРИЯ")  # her name, in capitals
     await page.get_by_role("button", name="Preview").click()
     await page.get_by_role("link", name=MARIA).click()  # the one customer the search found
     await expect(page.get_by_role("heading", level=2).first).to_have_text(
@@ -85,6 +85,16 @@ async def test_marketing_previews_the_bulgarian_birthday_for_a_bulgarian_custome
     await expect(frame.locator("body")).to_contain_text("Днес целият екип на Northwind")
     await expect(page.locator("pre.body")).to_contain_text("Днес целият екип на Northwind")
     assert await page.locator("iframe.preview").get_attribute("sandbox") == ""
+
+
+async def test_a_wildcard_or_a_nul_in_the_customer_picker_offers_no_one(
+    page: Page, site: Site, staff: dict[str, str], people: None
+) -> None:
+    await sign_in(page, site, "mia")
+    response = await page.goto(site.url + "/templates/birthday?customer=%25%00")  # "%", NUL
+    assert response is not None and response.status == 200
+    await expect(page.get_by_role("main")).to_contain_text("birthday")
+    await expect(page.get_by_role("link", name=MARIA)).to_have_count(0)
 
 
 async def test_the_english_variant_is_chosen_by_language(
@@ -246,7 +256,7 @@ def _fire_newsletter_and_deliver_some(
     return {run.zone: run.run_id for run in fired}
 
 
-async def test_an_admin_retries_a_failed_message_from_the_outbox(
+async def test_an_admin_retries_a_failed_message_and_cancels_it_from_the_outbox(
     page: Page, site: Site, staff: dict[str, str], engine: Engine, clock: ManualClock
 ) -> None:
     now = clock.now()
@@ -273,6 +283,13 @@ async def test_an_admin_retries_a_failed_message_from_the_outbox(
     await expect(page.locator(f"#message-{failed} .badge")).to_have_text("queued")
     with engine.connect() as conn:
         assert outbox.counts(conn) == {"queued": 3}
+    await page.locator(f"#message-{failed}").get_by_role("button", name="Cancel").click()
+    await expect(page.get_by_role("status")).to_have_text(
+        f"Message {failed} is cancelled; it will not be sent."
+    )
+    await expect(page.locator(f"#message-{failed} .badge")).to_have_text("cancelled")
+    with engine.connect() as conn:
+        assert outbox.counts(conn) == {"queued": 2, "cancelled": 1}
 
 
 async def test_an_admin_reads_a_captured_message_in_the_sandbox(

@@ -51,9 +51,19 @@ def show(ctx: typer.Context, message_id: int, as_json: bool = JSON_OPTION) -> No
 
 @app.command("retry")
 def retry(ctx: typer.Context, message_id: int) -> None:
-    """Queue a failed, expired or skipped message again, due now."""
+    """Queue a failed, expired, skipped or cancelled message again, due now."""
     app_ = app_of(ctx)
     with app_.engine().begin() as conn:
         if not outbox.retry(conn, message_id, app_.clock.now()):
-            raise NotFound(f"no failed, expired or skipped outbox message {message_id}")
+            raise NotFound(f"no failed, expired, skipped or cancelled outbox message {message_id}")
     out.print(f"outbox message {message_id} is queued again")
+
+
+@app.command("cancel")
+def cancel(ctx: typer.Context, message_id: int) -> None:
+    """Stop a message that is waiting or stuck while sending; `retry` queues it again."""
+    app_ = app_of(ctx)
+    with app_.engine().begin() as conn:
+        if not outbox.cancel(conn, message_id, app_.clock.now()):
+            raise NotFound(f"no queued, deferred or sending outbox message {message_id}")
+    out.print(f"outbox message {message_id} is cancelled")

@@ -27,6 +27,7 @@ from mailer.clock import Clock
 from mailer.config import Config
 from mailer.models import Role
 from mailer.web import auth, health, unsubscribe
+from mailer.web.clients import ClientAddress
 from mailer.web.common import HERE, WebState, render, require
 
 SESSION_COOKIE = "mailer_session"
@@ -101,6 +102,7 @@ def create_app(
         *(pages or []),
     ]
     middleware = [
+        Middleware(ClientAddress, proxies=cfg.settings.web.trusted_proxies),
         Middleware(SecurityHeaders),
         Middleware(
             SessionMiddleware,

@@ -1,4 +1,5 @@
-"""Signing in and out. Failed sign-ins are limited per name and per client address."""
+"""Signing in and out. Failed sign-ins are limited per name and client, and per client
+(the address mailer.web.clients found, behind a proxy too)."""
 
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ async def login(request: Request) -> Response:
     name, password = str(form.get("name", "")).strip(), str(form.get("password", ""))
     web = state(request)
     now = web.clock.now()
-    keys = [f"name:{name.lower()}", f"client:{request.client.host if request.client else ''}"]
-    if not web.guard.attempt(keys, now):
+    client = request.client.host if request.client else ""
+    if not web.guard.attempt(name, client, now):
         message = "Too many failed sign-ins. Wait a quarter of an hour and try again."
         return render(request, "login.html", {"next": target, "error": message}, 429)
     async with web.hashing:  # argon2 takes 64 MiB and tens of ms: a few at a time
@@ -30,7 +31,7 @@ async def login(request: Request) -> Response:
     if user is None:
         message = "That name and password do not match an active account."
         return render(request, "login.html", {"next": target, "error": message, "name": name}, 401)
-    web.guard.succeeded(keys)
+    web.guard.succeeded(name, client)
     request.session.clear()  # a fresh session (and CSRF token) at every sign-in
     request.session["user"] = user.id
     return RedirectResponse(target, status_code=303)

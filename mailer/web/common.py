@@ -49,6 +49,7 @@ class WebState:
     templates: Jinja2Templates
     guard: LoginGuard = field(default_factory=LoginGuard)
     hashing: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
+    rendering: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
 
 
 def state(request: Request) -> WebState:
@@ -60,6 +61,14 @@ def state(request: Request) -> WebState:
 async def db(request: Request, work: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     """Database work off the event loop: the engine is synchronous."""
     return await asyncio.to_thread(work, *args, **kwargs)
+
+
+async def rendering(request: Request, work: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Work that renders templates: at most two at a time, the rest waiting here rather than
+    in threads, so a template that runs to its time limit cannot take every thread from the
+    pages (and /healthz) that need one for the database."""
+    async with state(request).rendering:
+        return await asyncio.to_thread(work, *args, **kwargs)
 
 
 def current_user(request: Request) -> SignedIn | None:

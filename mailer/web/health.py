@@ -24,6 +24,7 @@ from mailer.clock import Clock
 from mailer.inbox import STATE as MAILBOX_STATE
 from mailer.models import DeliveryAttempt, OutboxStatus
 from mailer.outbox import OUTBOX, WAITING
+from mailer.web.clients import proxied
 from mailer.web.common import db, state
 
 ATTEMPTS = DeliveryAttempt.__table__  # type: ignore[attr-defined]
@@ -62,7 +63,7 @@ def _may_scrape(request: Request, token: str | None) -> bool:
         sent = request.headers.get("Authorization", "")
         return hmac.compare_digest(sent.encode(), f"Bearer {token}".encode())
     client = request.client.host if request.client else ""
-    return client in LOOPBACK
+    return client in LOOPBACK and not proxied(request)  # a proxy here serves the world
 
 
 class Figures(Collector):

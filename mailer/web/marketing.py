@@ -21,7 +21,7 @@ from mailer.firing import Firing
 from mailer.models import OutboxStatus, Role
 from mailer.results import Day, Summary
 from mailer.templates import TemplateStore
-from mailer.web.common import WebState, checked_form, db, render, require, state
+from mailer.web.common import WebState, checked_form, db, render, rendering, require, state
 
 MATCHES = 10  # customers offered when the search names no one exactly
 CHART_WIDTH, CHART_HEIGHT = 600, 150  # the bars' area, in SVG units
@@ -41,7 +41,7 @@ class Bar:
 @require(Role.MARKETING)
 async def templates_page(request: Request) -> Response:
     return render(
-        request, "marketing_templates.html", await db(request, _templates, state(request))
+        request, "marketing_templates.html", await rendering(request, _templates, state(request))
     )
 
 
@@ -49,7 +49,7 @@ async def templates_page(request: Request) -> Response:
 async def template_page(request: Request) -> Response:
     name, query = request.path_params["name"], request.query_params.get("customer", "").strip()
     locale = request.query_params.get("locale", "")
-    context = await db(request, _template, state(request), name, query, locale)
+    context = await rendering(request, _template, state(request), name, query, locale)
     return render(request, "marketing_template.html", context)
 
 

@@ -1,5 +1,6 @@
-"""Operators' pages, for admins only: the outbox by status with its failures on top and a
-retry for each, and the messages the local sandbox captured instead of delivering.
+"""Operators' pages, for admins only: the outbox by status with its failures on top, a
+retry for each and a cancel for what has not gone yet, and the messages the local sandbox
+captured instead of delivering.
 """
 
 from __future__ import annotations
@@ -23,8 +24,14 @@ from mailer.web.common import checked_form, db, render, require, state
 LISTED = 100
 STATUSES = [status.value for status in OutboxStatus]
 # what the retry button is offered for; outbox.retry also takes waiting messages
-RETRIED = (OutboxStatus.FAILED, OutboxStatus.EXPIRED, OutboxStatus.SKIPPED)
+RETRIED = (
+    OutboxStatus.FAILED,
+    OutboxStatus.EXPIRED,
+    OutboxStatus.SKIPPED,
+    OutboxStatus.CANCELLED,
+)
 T = TypeVar("T")
+Change = Callable[[Connection, int, datetime], bool]
 
 
 @require()
@@ -32,27 +39,41 @@ async def outbox_page(request: Request) -> Response:
     status = request.query_params.get("status", "")
     status = status if status in STATUSES else ""
     found = await db(request, _outbox, state(request).engine, status)
-    retried = request.query_params.get("retried", "")
+    done = {
+        action: int(value) if (value := request.query_params.get(action, "")).isdigit() else None
+        for action in ("retried", "cancelled")
+    }
     context = {
         **found,
+        **done,
         "status": status,
         "statuses": STATUSES,
-        "retried": int(retried) if retried.isdigit() else None,
         "retryable": RETRIED,
+        "cancellable": outbox.CANCELLABLE,
     }
     return render(request, "ops_outbox.html", context)
 
 
 @require()
 async def retry(request: Request) -> Response:
+    return await _change(request, outbox.retry, "retried", "failed, expired or skipped")
+
+
+@require()
+async def cancel(request: Request) -> Response:
+    return await _change(request, outbox.cancel, "cancelled", "queued, deferred or sending")
+
+
+async def _change(request: Request, change: Change, done: str, which: str) -> Response:
+    """Apply an operator's retry or cancel and go back to the list it was pressed in."""
     form = await checked_form(request)
     message_id: int = request.path_params["id"]
     web = state(request)
-    if not await db(request, _retry, web.engine, message_id, web.clock.now()):
-        raise HTTPException(404, f"There is no failed, expired or skipped message {message_id}.")
+    if not await db(request, _apply, web.engine, change, message_id, web.clock.now()):
+        raise HTTPException(404, f"There is no {which} message {message_id}.")
     back = str(form.get("status", ""))
     query = {"status": back} if back in STATUSES else {}
-    return RedirectResponse(f"/outbox?{urlencode({**query, 'retried': message_id})}", 303)
+    return RedirectResponse(f"/outbox?{urlencode({**query, done: message_id})}", 303)
 
 
 @require()
@@ -86,14 +107,15 @@ def _outbox(engine: Engine, status: str) -> dict[str, Any]:
         return {"counts": outbox.counts(conn), "rows": rows}
 
 
-def _retry(engine: Engine, message_id: int, now: datetime) -> bool:
+def _apply(engine: Engine, change: Change, message_id: int, now: datetime) -> bool:
     with engine.begin() as conn:
-        return outbox.retry(conn, message_id, now)
+        return change(conn, message_id, now)
 
 
 routes = [
     Route("/outbox", outbox_page),
     Route("/outbox/{id:int}/retry", retry, methods=["POST"]),
+    Route("/outbox/{id:int}/cancel", cancel, methods=["POST"]),
     Route("/sandbox", sandbox_page),
     Route("/sandbox/{id:int}", sandbox_message),
 ]

@@ -46,10 +46,17 @@ def listen(bind: str) -> socket.socket:
     return sock
 
 
+def uvicorn_config(app: Starlette) -> uvicorn.Config:
+    """uvicorn's proxy_headers stay off: they would believe X-Forwarded-For from 127.0.0.1
+    (or $FORWARDED_ALLOW_IPS) whatever config.toml says; mailer.web.clients decides."""
+    return uvicorn.Config(
+        app, lifespan="off", log_level="warning", access_log=False, proxy_headers=False
+    )
+
+
 async def serve(app: Starlette, sock: socket.socket, stop: asyncio.Event) -> None:
     """Until ``stop``; requests in flight are finished, then the socket is closed."""
-    config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False)
-    server = _Embedded(config)
+    server = _Embedded(uvicorn_config(app))
     host, port = sock.getsockname()[:2]
     log.info("web app on http://%s:%d", host, port)
     running = asyncio.create_task(server.serve(sockets=[sock]))

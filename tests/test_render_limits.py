@@ -1,0 +1,230 @@
+"""No template can take the daemon down: a render that loops, grows a huge string or writes
+a flood of output fails with a clear reason within its limits, in delivery, previews and
+`templates check` alike, while the event loop, the pages and /healthz keep answering.
+
+The limits here are tighter than the shipped ones (1 s instead of 5) so the suite waits
+less; a render limit is wall-clock time by nature, so these tests do spend that second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import shutil
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from playwright.async_api import Page, expect
+from sqlalchemy import Engine, select
+
+from mailer import daemon, outbox, renderpool
+from mailer.clock import ManualClock
+from mailer.config import Config
+from mailer.errors import TemplateError
+from mailer.models import Category, OutboxStatus
+from mailer.outbox import NewMessage
+from mailer.renderpool import Limits, RenderPool
+from mailer.smtp import SmtpTarget
+from mailer.templates import TemplateStore
+from mailer.web.server import build as build_web
+from tests.configs import ROOT, shipped_config
+from tests.conftest import sign_in
+from tests.site import Site, served
+from tests.smtp_sink import Sink, start_sink
+
+LIMITS = Limits(seconds=1.0, memory=256 * 1024 * 1024, output=100_000)
+LOOP = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+BOUND = 10.0  # seconds: far above LIMITS.seconds, far below "the daemon froze"
+UTC_ZONE = ZoneInfo("UTC")
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[RenderPool]:
+    """The tight pool, for the whole process while these tests run."""
+    tight = RenderPool(LIMITS)
+    previous = renderpool.install(tight)
+    yield tight
+    renderpool.install(previous)
+    tight.close()
+
+
+@pytest.fixture
+def templates(tmp_path: Path) -> Path:
+    """The shipped templates plus three that a marketer got badly wrong."""
+    root = tmp_path / "templates"
+    shutil.copytree(ROOT / "templates", root)
+    for name, body in {
+        "looping": f"<p>{LOOP}</p>",
+        "huge": '<p>{{ "a" * 10**9 }}</p>',
+        "wordy": '<p>{{ "word " * 30000 }}</p>',
+    }.items():
+        (root / name).mkdir()
+        (root / name / "subject.txt").write_text(f"The {name} one", encoding="utf-8")
+        (root / name / "body.html").write_text(body, encoding="utf-8")
+    return root
+
+
+def render(store: TemplateStore, name: str) -> str:
+    return store.render(name, {"customer": {"name": "Ana"}}, locale=None, zone=UTC_ZONE).subject
+
+
+def test_a_looping_template_fails_within_its_limit_and_the_next_render_works(
+    pool: RenderPool, templates: Path
+) -> None:
+    store = TemplateStore(templates)
+    started = time.monotonic()
+    with pytest.raises(TemplateError) as failed:
+        render(store, "looping")
+    assert time.monotonic() - started < BOUND
+    assert str(failed.value) == (
+        "templates/looping: took longer than 1 s to render; is there a loop that never ends?"
+    )
+    (templates / "fine").mkdir()
+    (templates / "fine" / "subject.txt").write_text("Hello {{ customer.name }}", "utf-8")
+    (templates / "fine" / "body.txt").write_text("Hi", "utf-8")
+    assert render(store, "fine") == "Hello Ana"
+
+
+def test_a_huge_string_fails_on_memory_without_taking_the_machines(
+    pool: RenderPool, templates: Path
+) -> None:
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(TemplateError) as failed:
+        render(TemplateStore(templates), "huge")
+    assert "needs more memory than a template may use" in str(failed.value)
+    assert str(failed.value).startswith("templates/huge/body.html:1: ")
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kib < 100 * 1024  # the gigabyte never came into this process
+
+
+def test_output_past_the_limit_is_refused(pool: RenderPool, templates: Path) -> None:
+    with pytest.raises(TemplateError) as failed:
+        render(TemplateStore(templates), "wordy")
+    assert str(failed.value) == "templates/wordy/body.html: writes more than 100,000 characters"
+
+
+def test_templates_check_reports_every_overrun_and_still_checks_the_rest(
+    pool: RenderPool, templates: Path
+) -> None:
+    (templates / "broken").mkdir()
+    (templates / "broken" / "subject.txt").write_text("{{ customer.nickname }}", "utf-8")
+    (templates / "broken" / "body.txt").write_text("x", "utf-8")
+    found = {p.where: p.message for p in TemplateStore(templates).check()}
+    assert found["templates/looping"].startswith("took longer than 1 s to render")
+    assert found["templates/huge/body.html:1"].startswith("needs more memory")
+    assert found["templates/wordy/body.html"] == "writes more than 100,000 characters"
+    assert found["templates/broken/subject.txt:1"] == (
+        "undefined variable: 'customer' has no attribute 'nickname'"
+    )
+    assert not [where for where in found if "birthday" in where]  # the good ones pass
+
+
+@pytest.fixture
+async def sink() -> AsyncIterator[tuple[Sink, int]]:
+    handler = Sink()
+    server, port = await start_sink(handler)
+    yield handler, port
+    server.close()
+    await server.wait_closed()
+
+
+async def test_looping_messages_fail_at_once_while_the_loop_and_other_mail_go_on(
+    pool: RenderPool,
+    templates: Path,
+    tmp_path: Path,
+    engine: Engine,
+    clock: ManualClock,
+    sink: tuple[Sink, int],
+) -> None:
+    cfg = shipped_config(tmp_path, {"MAILER_PATHS__TEMPLATES": str(templates)})
+    delivery = daemon.build_delivery(cfg, engine, clock, SmtpTarget("127.0.0.1", sink[1]))
+    queued = [
+        NewMessage(f"loop:{n}", f"reader{n}@example.com", Category.TRANSACTIONAL, "looping")
+        for n in range(5)
+    ]
+    ack = {"inquiry": {"reference": "42", "subject": "Grinder", "received_at": clock.now()}}
+    fine = NewMessage(
+        "fine", "ana@example.com", Category.TRANSACTIONAL, "ack", context=ack | _reply_by(clock)
+    )
+    outbox.enqueue(engine, [*queued, fine], clock.now())
+
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticker = asyncio.create_task(tick())
+    started = time.monotonic()
+    await delivery.deliver_due()
+    elapsed = time.monotonic() - started
+    ticker.cancel()
+
+    assert elapsed < BOUND  # one overrun for the template, not one per message
+    assert ticks >= 0.5 * LIMITS.seconds / 0.01  # the loop kept running meanwhile
+    assert [m.rcpt_tos for m in sink[0].received] == [["ana@example.com"]]
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(outbox.OUTBOX.c.status, outbox.OUTBOX.c.reason).where(
+                outbox.OUTBOX.c.template == "looping"
+            )
+        ).all()
+    assert {status for status, _ in rows} == {OutboxStatus.FAILED}
+    assert {reason for _, reason in rows} == {
+        "template: templates/looping: took longer than 1 s to render; "
+        "is there a loop that never ends?"
+    }
+    clock.advance(timedelta(hours=1))
+    assert await delivery.deliver_due() == 0  # failed for good: not tried again and again
+
+
+def _reply_by(clock: ManualClock) -> dict[str, object]:
+    return {"reply_expected_by": clock.now() + timedelta(hours=4)}
+
+
+@pytest.fixture
+def looping_site(
+    templates: Path, tmp_path: Path, engine: Engine, clock: ManualClock
+) -> Iterator[Site]:
+    cfg: Config = shipped_config(tmp_path, {"MAILER_PATHS__TEMPLATES": str(templates)})
+    with served(build_web(cfg, engine, clock)) as site:
+        yield site
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # the database is idle here
+async def test_six_previews_of_a_looping_template_leave_the_health_page_answering(
+    pool: RenderPool,
+    page: Page,
+    looping_site: Site,
+    staff: dict[str, str],
+    people: None,
+) -> None:
+    await sign_in(page, looping_site, "mia")
+    pages = [await page.context.new_page() for _ in range(6)]
+    url = f"{looping_site.url}/templates/looping?customer=maria@example.bg"
+    previews = asyncio.gather(*(p.goto(url, timeout=60_000) for p in pages))
+    await asyncio.sleep(0.3)  # real time: the previews are rendering now
+    answered: list[tuple[int, float]] = []
+
+    def probe() -> None:
+        started = time.monotonic()
+        status, _ = looping_site.get("/healthz")
+        answered.append((status, time.monotonic() - started))
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    await asyncio.to_thread(prober.join, BOUND)
+    await previews
+    assert answered and answered[0][0] == 200
+    assert answered[0][1] < LIMITS.seconds  # not queued behind the renders
+    for shown in pages:
+        await expect(shown.get_by_role("alert")).to_contain_text(
+            "templates/looping: took longer than 1 s to render"
+        )
