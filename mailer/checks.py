@@ -1,27 +1,90 @@
-"""`mailer check`: every problem in config, templates and schedules, found in one pass."""
+"""`mailer check`: every problem in config, database, templates and schedules, in one pass.
+
+Start-up (`mailer run`, `mailer web`, every command that uses the database) refuses to go
+on for the same reasons, through the same calls: reading the config and `open_database`.
+So a clean `mailer check` means start-up will not stop on any of them.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from email.utils import parseaddr
 from pathlib import Path
 
-from mailer import config, schedules
+from sqlalchemy import Engine
+
+from mailer import config, migrate, schedules, tokens
 from mailer.clock import Clock
-from mailer.errors import ConfigError, Problem
+from mailer.errors import ConfigError, DatabaseUnavailable, Problem
+from mailer.fieldtypes import special_use_domain
 from mailer.templates import TemplateStore
 
 
 def check_all(config_path: Path, clock: Clock) -> list[Problem]:
-    """Problems of all three kinds; with a broken config, the default folders are checked."""
+    """Problems of every kind, warnings among them; with a broken config, the default
+    folders are checked and the database is not (its URL may be what is broken)."""
     problems: list[Problem] = []
     company = None
     try:
         cfg = config.load(config_path)
-        templates_dir, schedules_dir = cfg.templates_dir, cfg.schedules_dir
-        company = cfg.settings.company or None
     except ConfigError as exc:
         problems += exc.problems
         templates_dir, schedules_dir = config.folders(config_path)
+    else:
+        templates_dir, schedules_dir = cfg.templates_dir, cfg.schedules_dir
+        company = cfg.settings.company or None
+        problems += warnings(cfg) + _refusals(cfg)
     store = TemplateStore(templates_dir)
     problems += store.check(company=company)
     _, schedule_problems = schedules.load_schedules(schedules_dir, store.names(), clock)
     return problems + schedule_problems
+
+
+def _refusals(cfg: config.Config) -> list[Problem]:
+    """What start-up would stop on after reading the config: the database, and the data
+    folder where the key that signs unsubscribe links is kept (made there if missing)."""
+    problems: list[Problem] = []
+    for step in (lambda: open_database(cfg).dispose(), lambda: tokens.load_secret(cfg)):
+        try:
+            step()
+        except ConfigError as exc:
+            problems += exc.problems
+    return problems
+
+
+def open_database(cfg: config.Config, *, require_current: bool = True) -> Engine:
+    """The configured database, answering and (unless `mailer db upgrade` asks) with the
+    current schema; else a ConfigError naming ``[database] url`` and why."""
+    try:
+        return migrate.open_database(cfg.database_url, require_current=require_current)
+    except DatabaseUnavailable as exc:
+        raise ConfigError([Problem(cfg.where("database", "url"), str(exc))]) from None
+
+
+@contextmanager
+def listening(cfg: config.Config, section: str, key: str) -> Iterator[None]:
+    """Start-up listening on a port the config names: one taken or not allowed is named by
+    its key, like a mistake in the file, since `mailer check` cannot know it in advance."""
+    try:
+        yield
+    except OSError as exc:
+        message = f"cannot listen there: {exc.strerror or exc}"
+        raise ConfigError([Problem(cfg.where(section, key), message)]) from None
+
+
+def warnings(cfg: config.Config) -> list[Problem]:
+    """Settings that work but may surprise: a sender at a special-use domain, whose mail
+    stays inside the network it is sent in (fine for an intranet or a test setup)."""
+    sender = cfg.settings.sender
+    found: list[Problem] = []
+    for key, value in (("from", sender.from_), ("reply_to", sender.reply_to)):
+        address = parseaddr(value or "")[1]
+        name = special_use_domain(address)
+        if name:
+            message = (
+                f"{address} is at a special-use domain (.{name}); "
+                "mail to or from it will not leave your network"
+            )
+            found.append(Problem(cfg.where("sender", key), message, warning=True))
+    return found

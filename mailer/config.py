@@ -19,8 +19,19 @@ from ipaddress import IPv4Network, IPv6Network, ip_interface, ip_network
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from mailer import db
+from mailer.business_hours import NO_WORKING_DAY, holiday_country
 from mailer.errors import ConfigError, Problem
 from mailer.fieldtypes import ClockTime, Duration, TimeZone, clock_time, email_address
 
@@ -29,10 +40,17 @@ DEFAULT_DATABASE_URL = "sqlite:///var/mailer.db"
 
 
 def _named_address(value: Any) -> str:
-    """'Name <addr@host>' or a bare address; the address part is validated and normalised."""
-    name, addr = parseaddr(str(value))
+    """'Name <addr@host>' or a bare address; the address part is validated and normalised.
+
+    A bare value is validated whole: parseaddr would make "not an address" into "not" and
+    drop what follows a line break.
+    """
+    text = str(value).strip()
+    if any(ord(c) < 32 or c == "\x7f" for c in text):
+        raise ValueError(f"{text!r} contains a line break or control character")
+    name, addr = parseaddr(text) if "<" in text else ("", text)
     if not addr:
-        raise ValueError(f"{value!r} is not an address such as 'Support <help@example.com>'")
+        raise ValueError(f"{text!r} is not an address such as 'Support <help@example.com>'")
     return str(Address(display_name=name, addr_spec=email_address(addr)))
 
 
@@ -46,6 +64,14 @@ def _time_range(value: Any) -> tuple[time, time] | None:
     if not sep:
         raise ValueError(f"{value!r} is not a range of times such as '21:00-08:00'")
     return clock_time(start.strip()), clock_time(end.strip())
+
+
+def _host_port(value: str) -> str:
+    """Where the web app listens: host:port, port 0 (any free one) to 65535."""
+    host, _, port = value.rpartition(":")
+    if not (host and port.isdigit() and int(port) <= 65535):
+        raise ValueError(f"{value!r} is not host:port such as '127.0.0.1:8025' (port 0-65535)")
+    return value
 
 
 def _network(value: Any) -> IPv4Network | IPv6Network:
@@ -74,7 +100,7 @@ class Section(BaseModel):
 
 
 class DatabaseSettings(Section):
-    url: str = DEFAULT_DATABASE_URL
+    url: Annotated[str, AfterValidator(db.check_url)] = DEFAULT_DATABASE_URL
 
 
 class PathSettings(Section):
@@ -154,7 +180,14 @@ class BusinessHoursSettings(Section):
     days: list[Weekday] = ["mon", "tue", "wed", "thu", "fri"]
     open: ClockTime = time(9, 0)
     close: ClockTime = time(17, 0)
-    holidays: str = Field(default="", pattern=r"^([A-Z]{2})?$")
+    holidays: Annotated[str, AfterValidator(holiday_country)] = ""
+
+    @field_validator("days")
+    @classmethod
+    def _some_working_day(cls, days: list[Weekday]) -> list[Weekday]:
+        if not days:
+            raise ValueError(NO_WORKING_DAY)
+        return days
 
     @model_validator(mode="after")
     def _opens_before_closing(self) -> BusinessHoursSettings:
@@ -165,7 +198,7 @@ class BusinessHoursSettings(Section):
 
 class WebSettings(Section):
     enabled: bool = True
-    bind: str = Field(default="127.0.0.1:8025", pattern=r"^[^:]+:\d{1,5}$")
+    bind: Annotated[str, AfterValidator(_host_port)] = "127.0.0.1:8025"
     marketing_reads_inquiries: bool = False
     metrics_token_env: str = ""
     base_url: str = Field(default="http://127.0.0.1:8025", pattern=r"^https?://")
@@ -192,11 +225,23 @@ class Settings(Section):
 class Config:
     """Validated settings plus where they came from, resolved paths and secrets."""
 
-    def __init__(self, settings: Settings, path: Path, secrets: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        path: Path,
+        secrets: Mapping[str, str],
+        overridden: Mapping[tuple[str, str], str] | None = None,
+    ) -> None:
         self.settings = settings
         self.path = path
         self.base_dir = path.resolve().parent
         self._secrets = dict(secrets)
+        self._overridden = dict(overridden or {})
+
+    def where(self, section: str, key: str) -> str:
+        """Where a key's value came from, for a problem found after loading, e.g. when the
+        database it names cannot be opened: 'config.toml: [database] url'."""
+        return _where(self.path, self._overridden, section, [key])
 
     def resolve(self, relative: Path) -> Path:
         return relative if relative.is_absolute() else self.base_dir / relative
@@ -247,7 +292,7 @@ def load(path: Path, env: Mapping[str, str] | None = None) -> Config:
     problems += secret_problems
     if problems:
         raise ConfigError(problems)
-    return Config(settings, path, secrets)
+    return Config(settings, path, secrets, overridden)
 
 
 def folders(path: Path, env: Mapping[str, str] | None = None) -> tuple[Path, Path]:
@@ -273,6 +318,16 @@ def _read_toml(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise ConfigError(
             [Problem(str(path), "file not found (set --config or MAILER_CONFIG)")]
+        ) from None
+    except IsADirectoryError:
+        raise ConfigError(
+            [Problem(str(path), "is a folder; name the config.toml file inside it")]
+        ) from None
+    except OSError as exc:
+        raise ConfigError([Problem(str(path), f"cannot be read: {exc.strerror}")]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            [Problem(str(path), f"not UTF-8 text (byte {exc.start}); is it config.toml?")]
         ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([Problem(str(path), f"not valid TOML: {exc}")]) from None
@@ -336,11 +391,17 @@ def _problem(err: Any, path: Path, overridden: Mapping[tuple[str, str], str]) ->
     """Turn one pydantic error into 'file: [section] key: message'."""
     loc = [str(part) for part in err["loc"] if part != "[key]"]
     section, rest = (loc[0], loc[1:]) if loc else ("", [])
+    return Problem(_where(path, overridden, section, rest), _message(err, section, rest))
+
+
+def _where(
+    path: Path, overridden: Mapping[tuple[str, str], str], section: str, rest: list[str]
+) -> str:
+    """'config.toml: [smtp] port', or 'MAILER_SMTP__PORT (environment): [smtp] port'."""
     key = ".".join(rest)
     source = overridden.get((section, rest[0])) if rest else None
     where = f"{source} (environment)" if source else str(path)
-    where += f": [{section}] {key}" if key else f": [{section}]"
-    return Problem(where, _message(err, section, rest))
+    return where + (f": [{section}] {key}" if key else f": [{section}]")
 
 
 def _message(err: Any, section: str, rest: list[str]) -> str:

@@ -17,7 +17,7 @@ from datetime import timedelta
 
 from sqlalchemy import Engine, func, select
 
-from mailer import sandbox, throttle, tokens
+from mailer import checks, sandbox, throttle, tokens
 from mailer.clock import Clock, SystemClock
 from mailer.config import Config
 from mailer.delivery import Delivery
@@ -59,14 +59,16 @@ async def _start_sandbox(
 ) -> None:
     """The sandbox's SMTP server, and its IMAP mailbox that mail for support lands in."""
     settings = cfg.settings
-    imap = await SandboxImap.start(
-        settings.sandbox.imap_port, username=settings.imap.username, password=SANDBOX_PASSWORD
-    )
+    with checks.listening(cfg, "sandbox", "imap_port"):
+        imap = await SandboxImap.start(
+            settings.sandbox.imap_port, username=settings.imap.username, password=SANDBOX_PASSWORD
+        )
     stack.push_async_callback(imap.close)
     support = AckPolicy.from_config(cfg).identity.addresses
-    server = await sandbox.start(
-        engine, settings.sandbox.smtp_port, clock.now, support, imap.deliver
-    )
+    with checks.listening(cfg, "sandbox", "smtp_port"):
+        server = await sandbox.start(
+            engine, settings.sandbox.smtp_port, clock.now, support, imap.deliver
+        )
     stack.push_async_callback(_close_server, server)
 
 
@@ -141,10 +143,9 @@ async def serve(
             asyncio.create_task(scheduler.run(stop, reload or asyncio.Event()), name="schedules"),
         ]
         if cfg.settings.web.enabled:
-            app, sock = (
-                web_server.build(cfg, engine, clock),
-                web_server.listen(cfg.settings.web.bind),
-            )
+            with checks.listening(cfg, "web", "bind"):
+                sock = web_server.listen(cfg.settings.web.bind)
+            app = web_server.build(cfg, engine, clock)
             workers.append(asyncio.create_task(web_server.serve(app, sock, stop), name="web"))
         await _announce(cfg, engine, target, sandbox_on)
         await stop.wait()

@@ -1,14 +1,16 @@
 """One exception tree for everything mailer reports to a person.
 
     MailerError
-     ├── ConfigError        config.toml or the environment is wrong (carries every problem)
+     ├── ConfigError        config.toml or the environment is wrong, or names a database
+     │                      that cannot be used (carries every problem)
      ├── TemplateError      a template cannot be found, parsed or rendered
      │    └── RenderTimeout  it ran past the time a render may take (and was stopped)
      ├── ImportFileError    a customers file cannot be read at all
+     ├── DatabaseUnavailable  the configured database cannot be opened, created or used yet
      └── NotFound (LookupError)  a customer, template or row that a command named does not exist
 
-The CLI turns these into one clear line each and a non-zero exit; anything else is a bug
-and keeps its traceback.
+The CLI turns these into one clear line each and exit 1. Anything else is a bug: one line
+says so, and its traceback is kept in a file (or shown with MAILER_DEBUG=1).
 """
 
 from __future__ import annotations
@@ -18,10 +20,14 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class Problem:
-    """One thing a person must fix, and where: a file plus a key, line or column."""
+    """One thing a person must fix, and where: a file plus a key, line or column.
+
+    A warning is worth knowing but stops nothing: `mailer check` still exits 0.
+    """
 
     where: str
     message: str
+    warning: bool = False
 
     def __str__(self) -> str:
         return f"{self.where}: {self.message}"
@@ -58,6 +64,10 @@ class RenderTimeout(TemplateError):
 
 class ImportFileError(MailerError):
     """A customers file cannot be read at all (missing, not CSV, no email column)."""
+
+
+class DatabaseUnavailable(MailerError):
+    """The database cannot be opened or created, or its schema is not the current one."""
 
 
 class NotFound(MailerError, LookupError):

@@ -11,11 +11,29 @@ from functools import lru_cache
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import email_validator
 from babel import Locale, UnknownLocaleError
 from email_validator import EmailNotValidError, validate_email
 from pydantic import BeforeValidator, PlainSerializer
 
 from mailer.durations import format_duration, parse_duration
+
+# Special-use names (IANA registry, RFC 6761 and later): mail for them never leaves the
+# network it is sent in. Companies run intranets on them and test setups use them, so
+# mailer accepts addresses there and `mailer check` warns instead. email-validator 2.x
+# refuses them whatever it is told, so its own list is emptied for this process.
+SPECIAL_USE_DOMAINS = (
+    "alt",
+    "arpa",
+    "example",
+    "internal",
+    "invalid",
+    "local",
+    "localhost",
+    "onion",
+    "test",
+)
+email_validator.SPECIAL_USE_DOMAIN_NAMES = []
 
 
 @lru_cache(maxsize=1024)
@@ -57,14 +75,31 @@ def locale_tag(value: Any) -> str:
     return "-".join(shaped)
 
 
+def special_use_domain(address: str) -> str | None:
+    """The special-use name an address's domain is or ends in ("local"), else None."""
+    domain = address.rpartition("@")[2].strip().rstrip(".").lower()
+    for name in SPECIAL_USE_DOMAINS:
+        if domain == name or domain.endswith("." + name):
+            return name
+    return None
+
+
 def email_address(value: Any) -> str:
-    """A syntactically valid address, normalised (domain lower-cased); DNS is never asked."""
+    """A syntactically valid address, normalised (domain lower-cased); DNS is never asked.
+
+    A domain needs a dot ("john@gmail" is a typo) unless it is a special-use name itself,
+    as in "root@localhost".
+    """
     if not isinstance(value, str):
         raise ValueError(f"{value!r} is not an email address")
+    text = value.strip()
+    dotless = text.rpartition("@")[2].lower() in SPECIAL_USE_DOMAINS
     try:
-        return validate_email(value.strip(), check_deliverability=False).normalized
+        return validate_email(
+            text, check_deliverability=False, globally_deliverable=not dotless
+        ).normalized
     except EmailNotValidError as exc:
-        raise ValueError(f"{value.strip()!r} is not a valid email address: {exc}") from None
+        raise ValueError(f"{text!r} is not a valid email address: {exc}") from None
 
 
 def clock_time(value: Any) -> time:

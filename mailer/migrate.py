@@ -9,8 +9,13 @@ from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
+
+from mailer import db
+from mailer.errors import DatabaseUnavailable
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+NOT_CURRENT = "the database schema is not current; run `mailer db upgrade` first"
 
 
 def alembic_config(engine: Engine) -> AlembicConfig:
@@ -33,6 +38,24 @@ def current_revision(engine: Engine) -> str | None:
 
 def head_revision() -> str | None:
     return ScriptDirectory(str(MIGRATIONS)).get_current_head()
+
+
+def open_database(url: str, *, require_current: bool = True) -> Engine:
+    """An engine on a database that answers and, unless `mailer db upgrade` is the one
+    asking, has the current schema; else DatabaseUnavailable saying why in one line.
+
+    Every command, the daemon's start-up and `mailer check` open the database this way.
+    """
+    engine = db.connect(url)
+    try:
+        current = is_up_to_date(engine)
+    except DBAPIError as exc:
+        engine.dispose()
+        raise DatabaseUnavailable(f"cannot open {db.describe(url)}: {db.reason(exc)}") from None
+    if require_current and not current:
+        engine.dispose()
+        raise DatabaseUnavailable(NOT_CURRENT)
+    return engine
 
 
 def is_up_to_date(engine: Engine) -> bool:

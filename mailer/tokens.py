@@ -15,6 +15,7 @@ import secrets
 from pathlib import Path
 
 from mailer.config import Config
+from mailer.errors import ConfigError, Problem
 
 SECRET_FILE = "secret.key"
 # The subject our List-Unsubscribe mailto: link asks for: "unsubscribe <token>".
@@ -26,7 +27,12 @@ def load_secret(cfg: Config) -> bytes:
     configured = cfg.secret("web", "secret_env")
     if configured:
         return configured.encode()
-    return _stored_secret(cfg.data_dir / SECRET_FILE)
+    path = cfg.data_dir / SECRET_FILE
+    try:
+        return _stored_secret(path)
+    except OSError as exc:
+        message = f"cannot keep the link-signing key in {path}: {exc.strerror or exc}"
+        raise ConfigError([Problem(cfg.where("paths", "data"), message)]) from None
 
 
 def _stored_secret(path: Path) -> bytes:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from mailer import db, inquiries, sandbox
+from mailer import cli, db, inquiries, sandbox
 from mailer.inbound import parse
 from tests.configs import ROOT
 from tests.pg import free_port
@@ -46,12 +46,13 @@ def project(tmp_path: Path, database_url: str) -> dict[str, str]:
     return _env(config, database_url)
 
 
-@pytest.fixture
-def mailer(project: dict[str, str]) -> Mailer:
+def _runner(env: dict[str, str]) -> Mailer:
+    """`mailer ARGS...` in a process of its own; a traceback always fails the test."""
+
     def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             [sys.executable, "-m", "mailer", *args],
-            env=project,
+            env=env,
             capture_output=True,
             text=True,
             timeout=60,
@@ -62,6 +63,20 @@ def mailer(project: dict[str, str]) -> Mailer:
         return result
 
     return run
+
+
+@pytest.fixture
+def mailer(project: dict[str, str]) -> Mailer:
+    return _runner(project)
+
+
+@pytest.fixture
+def on_sqlite(tmp_path: Path) -> tuple[Mailer, dict[str, str]]:
+    """For mistakes made before any database is reached: one backend is enough."""
+    config = tmp_path / "config.toml"
+    config.write_text((ROOT / "config.toml").read_text(encoding="utf-8"), encoding="utf-8")
+    env = _env(config, f"sqlite:///{tmp_path / 'var' / 'mailer.db'}")
+    return _runner(env), env
 
 
 @pytest.fixture
@@ -144,6 +159,88 @@ def test_config_mistakes_are_listed_without_a_traceback(
     assert f'{config}: [smpt]: unknown key (did you mean "smtp"?)' in result.stdout
     result = mailer("customers", "list", check=False)
     assert result.returncode == 1 and "[smpt]: unknown key" in result.stderr
+
+
+def test_check_names_what_run_would_stop_on_in_the_same_words(
+    on_sqlite: tuple[Mailer, dict[str, str]],
+) -> None:
+    mailer, env = on_sqlite
+    env["MAILER_BUSINESS_HOURS__HOLIDAYS"] = "XX"
+    env["MAILER_DATABASE__URL"] = "mysql://shop@db/shop"
+    checked = mailer("check", check=False)
+    assert checked.returncode == 1
+    found = checked.stdout.splitlines()
+    assert found == [
+        "MAILER_DATABASE__URL (environment): [database] url: unsupported database 'mysql';"
+        " use sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DATABASE",
+        "MAILER_BUSINESS_HOURS__HOLIDAYS (environment): [business_hours] holidays: public"
+        " holidays are not known for country 'XX'; use a two-letter ISO code such as 'BG' or"
+        " 'DE', or \"\" for none",
+    ]
+    for command in ("run", "web", "db"):
+        started = mailer(command, *(["upgrade"] if command == "db" else []), check=False)
+        assert started.returncode == 1
+        assert started.stderr.splitlines() == [f"error: {line}" for line in found]
+
+
+def test_a_database_that_cannot_be_created_and_a_folder_as_config_are_one_line(
+    on_sqlite: tuple[Mailer, dict[str, str]], tmp_path: Path
+) -> None:
+    mailer, env = on_sqlite
+    env["MAILER_DATABASE__URL"] = f"sqlite:///{tmp_path / 'config.toml' / 'mailer.db'}"
+    problem = (
+        "MAILER_DATABASE__URL (environment): [database] url: cannot create the folder"
+        f" {tmp_path / 'config.toml'} for the SQLite file: {tmp_path / 'config.toml'} is a file"
+    )
+    for args in (["db", "upgrade"], ["customers", "list"]):
+        result = mailer(*args, check=False)
+        assert (result.returncode, result.stderr) == (1, f"error: {problem}\n")
+    result = mailer("check", check=False)
+    assert result.returncode == 1 and problem in result.stdout.splitlines()
+    result = mailer("--config", str(tmp_path), "customers", "list", check=False)
+    assert (result.returncode, result.stderr) == (
+        1,
+        f"error: {tmp_path}: is a folder; name the config.toml file inside it\n",
+    )
+
+
+def test_check_warns_of_a_sender_at_a_special_use_domain_and_still_passes(
+    mailer: Mailer, project: dict[str, str]
+) -> None:
+    mailer("db", "upgrade")
+    project["MAILER_SENDER__FROM"] = "Support <support@intranet.local>"
+    result = mailer("check")
+    assert (
+        "warning: MAILER_SENDER__FROM (environment): [sender] from: support@intranet.local is at"
+        " a special-use domain (.local); mail to or from it will not leave your network"
+    ) in result.stdout.splitlines()
+    assert "are fine" in result.stdout
+
+
+def test_a_bug_is_one_line_saying_where_its_traceback_was_saved(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def broken() -> None:
+        raise KeyError("status")
+
+    monkeypatch.delenv(cli.DEBUG_ENV, raising=False)
+    monkeypatch.setattr(cli, "app", broken)
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    assert exited.value.code == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    found = re.fullmatch(
+        r"error: unexpected KeyError: 'status' \(a bug in mailer; traceback saved in (\S+),"
+        r" or run with MAILER_DEBUG=1\)",
+        line,
+    )
+    assert found, line
+    saved = Path(found.group(1))
+    assert "raise KeyError" in saved.read_text()
+    saved.unlink()
+    monkeypatch.setenv(cli.DEBUG_ENV, "1")
+    with pytest.raises(KeyError):
+        cli.main()
 
 
 def test_templates_list_and_check(mailer: Mailer) -> None:

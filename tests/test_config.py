@@ -134,6 +134,103 @@ def test_business_hours_must_open_before_they_close(tmp_path: Path) -> None:
     assert problems(path) == [f"{path}: [business_hours]: open must be earlier than close"]
 
 
+def test_unknown_holidays_country_is_refused_when_the_file_is_read(tmp_path: Path) -> None:
+    path = write(tmp_path, '[business_hours]\nholidays = "XX"\n')
+    assert problems(path) == [
+        f"{path}: [business_hours] holidays: public holidays are not known for country 'XX';"
+        " use a two-letter ISO code such as 'BG' or 'DE', or \"\" for none"
+    ]
+    lower = write(tmp_path, '[business_hours]\nholidays = "bg"\n')
+    assert config.load(lower, {}).settings.business_hours.holidays == "BG"
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("mysql://shop:s3cret@db/shop", "unsupported database 'mysql'; use sqlite:///PATH or"),
+        ("postgresql+psycopg2://db/shop", "unsupported database 'postgresql+psycopg2'"),
+        ("postgresql//shop:s3cret@db/shop", "not a database URL; use sqlite:///PATH or"),
+        ("postgresql://shop:s3cret@db:port/shop", "not a database URL"),
+        ("sqlite:/", "not a database URL"),
+        ("nonsense", "not a database URL"),
+        ("sqlite://", "an SQLite URL names a file after three slashes"),
+    ],
+)
+def test_database_url_is_sqlite_or_postgresql_and_its_password_is_never_repeated(
+    tmp_path: Path, url: str, message: str
+) -> None:
+    path = write(tmp_path, f'[database]\nurl = "{url}"\n')
+    (problem,) = problems(path)
+    assert problem.startswith(f"{path}: [database] url: {message}")
+    assert "s3cret" not in problem
+
+
+@pytest.mark.parametrize(
+    "url", ["sqlite:///var/mailer.db", "postgresql://u:p@db:5432/m", "postgres://db/m"]
+)
+def test_supported_database_urls_are_accepted(tmp_path: Path, url: str) -> None:
+    path = write(tmp_path, f'[database]\nurl = "{url}"\n')
+    assert config.load(path, {}).settings.database.url == url
+
+
+def test_a_folder_or_a_binary_file_given_as_the_config_is_one_problem(tmp_path: Path) -> None:
+    assert problems(tmp_path) == [f"{tmp_path}: is a folder; name the config.toml file inside it"]
+    binary = tmp_path / "mailer.db"
+    binary.write_bytes(b"SQLite format 3\x00\xff\xfe\x00")
+    (problem,) = problems(binary)
+    assert problem.startswith(f"{binary}: not UTF-8 text")
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "support@intranet.local",
+        "help@shop.internal",
+        "Test Desk <desk@qa.test>",
+        "root@localhost",
+        "noreply@mail.localhost",
+        "bounce@nowhere.invalid",
+        "support@shop.example",
+    ],
+)
+def test_sender_at_a_special_use_domain_is_accepted(tmp_path: Path, address: str) -> None:
+    path = write(tmp_path, f'[sender]\nfrom = "{address}"\nreply_to = "{address}"\n')
+    sender = config.load(path, {}).settings.sender
+    assert sender.from_ == sender.reply_to == address
+
+
+@pytest.mark.parametrize(
+    ("address", "message"),
+    [
+        ("not an address", "'not an address' is not a valid email address"),
+        ("a@", "'a@' is not a valid email address"),
+        ("@b.com", "'@b.com' is not a valid email address"),
+        ("sup port@b.com", "'sup port@b.com' is not a valid email address"),
+        ("john@gmail", "'john@gmail' is not a valid email address"),
+        ("a@b.com\\r\\nBcc: all@b.com", "contains a line break or control character"),
+        ("Support <>", "is not an address such as 'Support <help@example.com>'"),
+    ],
+)
+def test_sender_that_is_not_an_address_is_refused(
+    tmp_path: Path, address: str, message: str
+) -> None:
+    path = write(tmp_path, f'[sender]\nfrom = "{address}"\n')
+    (problem,) = problems(path)
+    assert problem.startswith(f"{path}: [sender] from: ") and message in problem
+
+
+def test_settings_that_would_stop_start_up_are_refused_when_the_file_is_read(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path, '[business_hours]\ndays = []\n[web]\nbind = "127.0.0.1:99999"\n')
+    assert problems(path) == [
+        f"{path}: [business_hours] days: business hours need at least one working day,"
+        " and none is set",
+        f"{path}: [web] bind: '127.0.0.1:99999' is not host:port such as '127.0.0.1:8025'"
+        " (port 0-65535)",
+    ]
+
+
 def test_trusted_proxies_are_addresses_or_networks_and_a_bad_one_is_named(
     tmp_path: Path,
 ) -> None:

@@ -81,3 +81,19 @@ def test_consent_columns_accept_yes_and_no() -> None:
     rows = parse("email,marketing_consent\na@example.com,no\nb@example.com,perhaps\n")
     assert isinstance(rows[0], CustomerRow) and rows[0].marketing_consent is False
     assert isinstance(rows[1], RejectedRow) and "marketing_consent 'perhaps'" in rows[1].reason
+
+
+def test_customers_at_special_use_domains_are_imported_and_non_addresses_are_not() -> None:
+    rows = parse(
+        "email\nAna@Intranet.LOCAL\nqa@shop.test\nops@corp.internal\nroot@localhost\n"
+        'not an address\na@\n@b.com\n"sp ace@b.com"\n'
+    )
+    assert [r.email for r in rows if isinstance(r, CustomerRow)] == [
+        "ana@intranet.local",
+        "qa@shop.test",
+        "ops@corp.internal",
+        "root@localhost",
+    ]
+    refused = [r for r in rows if isinstance(r, RejectedRow)]
+    assert [r.line for r in refused] == [6, 7, 8, 9]
+    assert all("is not a valid email address" in r.reason for r in refused)

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import tempfile
+import traceback
 from pathlib import Path
 
 import typer
+from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
 
-from mailer import __version__, checks, config, daemon, migrate
+from mailer import __version__, checks, config, daemon, db, migrate
 from mailer.cli import customers, inquiries, outbox, sandbox, schedules, templates, users
 from mailer.cli.common import App, app_of, err, out, say_error
 from mailer.errors import ConfigError, MailerError
 from mailer.web import server as web_server
+
+log = logging.getLogger("mailer")
 
 app = typer.Typer(
     help="mailer: support acknowledgements, newsletters, birthdays and webinars by email.",
@@ -54,15 +61,29 @@ def root(
 
 @app.command()
 def check(ctx: typer.Context) -> None:
-    """Check config, templates and schedules; print every problem, exit 1 if any."""
+    """Check config, database, templates and schedules; print every problem and warning,
+    exit 1 if there is a problem (warnings alone exit 0)."""
     app_ = app_of(ctx)
-    problems = checks.check_all(app_.config_path, app_.clock)
-    for problem in problems:
-        out.print(str(problem))
+    found = checks.check_all(app_.config_path, app_.clock)
+    for problem in found:
+        out.print(f"warning: {problem}" if problem.warning else str(problem))
+    problems = sum(not p.warning for p in found)
     if problems:
-        err.print(f"{len(problems)} problem(s)", style="red")
+        err.print(f"{problems} problem(s)", style="red")
         raise typer.Exit(1)
-    out.print("config, templates and schedules are fine")
+    warned = f" ({len(found)} warning(s))" if found else ""
+    out.print(f"config, database, templates and schedules are fine{warned}")
+
+
+def _start(app_: App) -> Engine:
+    """What `run` and `web` check before serving, through the calls `mailer check` makes."""
+    engine = app_.engine()  # before logging is on: Alembic's look at the schema is chatty
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    for warning in checks.warnings(app_.config):
+        log.warning("%s", warning)
+    return engine
 
 
 @app.command()
@@ -74,10 +95,7 @@ def run(
 ) -> None:
     """Run the daemon until Ctrl+C or SIGTERM."""
     app_ = app_of(ctx)
-    engine = app_.engine()
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    engine = _start(app_)
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every SMTP command
     logging.getLogger("apscheduler").setLevel(logging.WARNING)  # a line per trigger (re)added
     daemon.run(app_.config, engine, sandbox_on=sandbox or app_.config.settings.sandbox.enabled)
@@ -87,10 +105,7 @@ def run(
 def web(ctx: typer.Context) -> None:
     """Serve only the web app ([web] bind), e.g. on a second machine; `run` serves it too."""
     app_ = app_of(ctx)
-    engine = app_.engine()
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    engine = _start(app_)
     web_server.run_alone(app_.config, engine)
 
 
@@ -107,8 +122,16 @@ def db_upgrade(ctx: typer.Context) -> None:
         out.print(f"database upgraded from {before or 'empty'} to revision {after}")
 
 
+DEBUG_ENV = "MAILER_DEBUG"
+
+
 def main() -> None:
-    """Entry point: user mistakes become a message and exit 1."""
+    """Entry point: every error is one line and exit 1, never a traceback on the terminal.
+
+    A mistake a person can fix says what and where. Anything else is a bug: its line says
+    so and where its traceback was saved, because a crash of `mailer run` may never happen
+    again when asked to; MAILER_DEBUG=1 shows the traceback here instead.
+    """
     try:
         app()
     except ConfigError as exc:
@@ -118,3 +141,27 @@ def main() -> None:
     except MailerError as exc:
         say_error(str(exc))
         sys.exit(1)
+    except OperationalError as exc:  # the database went away or stayed locked mid-command
+        say_error(f"database: {db.reason(exc)}")
+        sys.exit(1)
+    except OSError as exc:  # a file or folder named on the command line or in the config
+        say_error(f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc))
+        sys.exit(1)
+    except Exception as exc:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        say_error(_bug(exc))
+        sys.exit(1)
+
+
+def _bug(exc: Exception) -> str:
+    """One line for an unexpected error, its traceback saved to a file for the report."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    what = f"unexpected {type(exc).__name__}" + (f": {first}" if first else "")
+    try:
+        fd, saved = tempfile.mkstemp(prefix="mailer-traceback-", suffix=".txt")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            traceback.print_exc(file=fh)
+    except OSError:
+        return f"{what} (a bug in mailer; run with {DEBUG_ENV}=1 to see its traceback)"
+    return f"{what} (a bug in mailer; traceback saved in {saved}, or run with {DEBUG_ENV}=1)"

@@ -15,9 +15,8 @@ from rich.table import Table
 from rich.text import Text
 from sqlalchemy import Engine
 
-from mailer import config, db, migrate
+from mailer import checks, config
 from mailer.clock import Clock, SystemClock
-from mailer.errors import MailerError
 
 # Markup is off: customer names, file keys like "[smtp]" and template text are printed as is.
 out = Console(highlight=False, soft_wrap=True, markup=False)
@@ -47,11 +46,11 @@ class App:
         return self._config
 
     def engine(self, *, require_current: bool = True) -> Engine:
-        """The database engine; refuses a schema that `mailer db upgrade` has not brought up."""
+        """The database engine, opened as `mailer check` opens it; refuses a database that
+        does not answer, or (unless told otherwise) a schema `mailer db upgrade` has not
+        brought up."""
         if self._engine is None:
-            self._engine = db.connect(self.config.database_url)
-        if require_current and not migrate.is_up_to_date(self._engine):
-            raise MailerError("the database schema is not current; run `mailer db upgrade` first")
+            self._engine = checks.open_database(self.config, require_current=require_current)
         return self._engine
 
 

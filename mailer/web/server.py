@@ -13,6 +13,7 @@ import uvicorn
 from sqlalchemy import Engine
 from starlette.applications import Starlette
 
+from mailer import checks
 from mailer.clock import Clock, SystemClock
 from mailer.config import Config
 from mailer.web import desk, marketing, operations
@@ -73,7 +74,8 @@ def run_alone(cfg: Config, engine: Engine) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        sock = listen(cfg.settings.web.bind)
+        with checks.listening(cfg, "web", "bind"):
+            sock = listen(cfg.settings.web.bind)
         await serve(build(cfg, engine, SystemClock()), sock, stop)
 
     asyncio.run(main())
