@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -304,6 +304,39 @@ def test_schedules_run_dry_run_shows_who_and_why_and_queues_nothing(with_demo: M
         with_demo("schedules", "run", "newsletter", "--dry-run", *at, "--json").stdout
     )
     assert {s["action"] for run in again for s in run["sample"]} == {"already queued"}
+
+
+HOURLY = """\
+kind = "newsletter"
+template = "newsletter"
+cron = "0 * * * *"
+timezone = "UTC"
+valid_for = "90m"
+[audience]
+tags_any = ["newsletter"]
+[params]
+headline = "Hourly"
+intro = "News."
+"""
+
+
+def test_schedules_run_does_not_catch_up_what_was_planned_before_mailer_saw_it(
+    with_demo: Mailer, project: dict[str, str], tmp_path: Path
+) -> None:
+    """A new hourly file: the last full hour is inside valid_for but history. The dry run
+    says why nothing is due and keeps nothing; the run agrees; --at runs that hour on purpose."""
+    (tmp_path / "new-schedules").mkdir()
+    (tmp_path / "new-schedules" / "hourly.toml").write_text(HOURLY, encoding="utf-8")
+    project["MAILER_PATHS__SCHEDULES"] = str(tmp_path / "new-schedules")
+    looked = with_demo("schedules", "run", "hourly", "--dry-run").stdout
+    assert "nothing of hourly is due" in looked and "does not catch up" in looked
+    assert "nothing of hourly is due" in with_demo("schedules", "run", "hourly").stdout
+    assert json.loads(with_demo("outbox", "list", "--json").stdout) == []
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    at = (hour + timedelta(minutes=1)).isoformat()
+    queued = json.loads(with_demo("schedules", "run", "hourly", "--at", at, "--json").stdout)
+    assert hour.strftime("%Y-%m-%dT%H:%M") in {run["occurrence"] for run in queued}
+    assert sum(run["queued"] for run in queued) > 0
 
 
 @pytest.mark.parametrize(
