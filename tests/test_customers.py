@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -101,6 +104,34 @@ def test_a_file_that_is_not_utf8_is_refused_with_advice(
     path.write_bytes("email,name\nz@example.com,Zoë\n".encode("latin-1"))
     with pytest.raises(ImportFileError, match="not UTF-8"):
         customers.import_csv(engine, path, clock.now())
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda path: path.mkdir(), "a directory, not a CSV file"),
+        (lambda path: None, "file not found"),
+        (os.mkfifo, "not a regular file, not a CSV file"),
+        (
+            lambda path: path.write_bytes("email\nz@example.com\n".encode("utf-16")),
+            "UTF-16 text, not UTF-8; save it as CSV UTF-8",
+        ),
+        (
+            lambda path: path.write_bytes(b"email,name\n" + b"\x00\x01\x02" * 100),
+            "not a text file (it holds NUL bytes)",
+        ),
+    ],
+    ids=["directory", "missing", "fifo", "utf-16", "binary"],
+)
+def test_a_file_that_cannot_be_read_at_all_is_refused_in_one_line_before_anything_is_saved(
+    engine: Engine, tmp_path: Path, clock: ManualClock, make: Callable[[Path], object], message: str
+) -> None:
+    path = tmp_path / "customers.csv"
+    make(path)
+    with pytest.raises(ImportFileError, match=re.escape(f"{path}: {message}")):
+        customers.import_csv(engine, path, clock.now())
+    with engine.connect() as conn:
+        assert customers.find(conn) == []
 
 
 def test_a_large_file_is_imported_in_batches_with_progress(
