@@ -71,7 +71,7 @@ def fire_due(
     zones: list[str] | None = None,
 ) -> list[RunResult]:
     """Run every due occurrence of every schedule that has not run yet, none planned before
-    mailer first saw the schedule (this call records it for a schedule never seen).
+    mailer first saw the schedule enabled (this call records it for one never seen).
 
     ``edited`` (schedule -> when its file last changed) keeps catch-up from reaching back
     before an edit too: a newsletter moved from 09:00 to 10:00 at noon is not sent again for
@@ -80,10 +80,11 @@ def fire_due(
     """
     if zones is None:
         zones = customer_zones(engine, firing.fallback_zone)
-    seen = first_seen(engine, list(schedules), now)
+    seen = first_seen(engine, [name for name, s in schedules.items() if s.enabled], now)
     results = []
     for name, schedule in schedules.items():
-        since = max(seen[name], (edited or {}).get(name, seen[name]))
+        known = seen.get(name, now)  # a disabled schedule counts from when it is enabled
+        since = max(known, (edited or {}).get(name, known))
         for plan in due_plans(engine, name, schedule, now, firing, zones, since=since):
             results.append(run(engine, plan, now, partial(progress, name)))
     return results

@@ -285,3 +285,10 @@ def test_a_dry_run_does_not_count_as_seeing_a_schedule(engine: Engine, people: N
     monday = utc(2026, 11, 30)
     assert firing.first_seen(engine, ["news"], monday, record=False) == {"news": monday}
     assert fire(engine, utc(2026, 12, 3, 12), news=monthly(timezone="Europe/Sofia")) == []
+
+
+def test_a_schedule_counts_from_when_it_is_first_seen_enabled(engine: Engine, people: None) -> None:
+    """Prepared in November with enabled = false, switched on while mailer was down on the
+    1st: the 09:00 of that morning is not sent when mailer starts again at noon."""
+    fire(engine, utc(2026, 11, 20), news=monthly(timezone="Europe/Sofia", enabled=False))
+    assert fire(engine, utc(2026, 12, 1, 10), news=monthly(timezone="Europe/Sofia")) == []

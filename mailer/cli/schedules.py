@@ -66,7 +66,8 @@ def run(
     engine = app_.engine()
     zones = firing.customer_zones(engine, settings.fallback_zone)
     schedule = schedules[name]
-    since = None if at else firing.first_seen(engine, [name], moment, record=not dry_run)[name]
+    keep = schedule.enabled and not dry_run
+    since = None if at else firing.first_seen(engine, [name], moment, record=keep)[name]
     plans = firing.due_plans(
         engine, name, schedule, moment, settings, zones, since=since, dry_run=dry_run
     )
