@@ -74,7 +74,7 @@ def import_csv(
                 if progress:
                     progress(len(batch))
         except ImportFileError as exc:
-            raise ImportFileError(f"{shown(str(path))}: {exc}") from None
+            raise ImportFileError(f"{shown(str(path))}: {shown(str(exc), 500)}") from None
     return report
 
 

@@ -165,3 +165,12 @@ def test_unknown_customer_is_not_found(engine: Engine) -> None:
         pytest.raises(NotFound, match=r"no customer nobody@example\.com"),
     ):
         customers.get(conn, "nobody@example.com")
+
+
+def test_a_refused_header_is_named_without_its_escape_sequences(
+    engine: Engine, tmp_path: Path, clock: ManualClock
+) -> None:
+    path = write(tmp_path, "email,\x1b[8mname,\x1b[8mName\nz@example.com,a,b\n")
+    with pytest.raises(ImportFileError) as refused:
+        customers.import_csv(engine, path, clock.now())
+    assert str(refused.value) == f"{path}: the header repeats column(s): \\x1b[8mname"
