@@ -7,12 +7,13 @@ seconds; running the same file twice changes nothing.
 
 from __future__ import annotations
 
+import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from sqlalchemy import Engine, Table, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -20,7 +21,14 @@ from sqlalchemy.engine import Connection
 
 from mailer import outbox, throttle
 from mailer.config import Settings
-from mailer.customer_csv import CustomerRow, RejectedRow, normalise_email, parse_rows, read_rows
+from mailer.customer_csv import (
+    CustomerRow,
+    RejectedRow,
+    normalise_email,
+    parse_rows,
+    read_rows,
+    shown,
+)
 from mailer.errors import ImportFileError, NotFound
 from mailer.models import Category, Customer, CustomerTag
 from mailer.search import fold
@@ -43,32 +51,47 @@ class ImportReport:
 
 
 def count_rows(path: Path) -> int:
-    """Data lines in the file, for a progress bar; a rough count is enough."""
-    with path.open("rb") as fh:
-        return max(sum(1 for _ in fh) - 1, 0)
+    """Data lines in the file, for a progress bar; a rough count is enough. Raises
+    ImportFileError, naming the file, when it cannot be read at all."""
+    with _open(path) as lines:
+        return max(sum(1 for _ in lines) - 1, 0)
 
 
 def import_csv(
     engine: Engine, path: Path, now: datetime, progress: Progress | None = None
 ) -> ImportReport:
-    """Upsert every valid row of the file; report the rest. Each batch commits on its own."""
+    """Upsert every valid row of the file; report the rest. Each batch commits on its own.
+
+    A file that cannot be read at all (missing, a directory, not UTF-8 text, no email
+    column) raises ImportFileError naming it, before anything is saved.
+    """
     report = ImportReport()
     first_line: dict[str, int] = {}
-    try:
-        with path.open(encoding="utf-8-sig", newline="") as stream:
+    with _open(path) as stream:
+        try:
             for batch in _batches(parse_rows(read_rows(stream)), BATCH):
                 good = _split(batch, report, first_line)
                 with engine.begin() as conn:
                     _upsert(conn, good, now, report)
                 if progress:
                     progress(len(batch))
-    except FileNotFoundError:
-        raise ImportFileError(f"{path}: file not found") from None
-    except UnicodeDecodeError as exc:
-        raise ImportFileError(
-            f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8"
-        ) from None
+        except ImportFileError as exc:
+            raise ImportFileError(f"{shown(str(path))}: {shown(str(exc), 500)}") from None
     return report
+
+
+def _open(path: Path) -> TextIO:
+    """The file, as UTF-8 text whose stray bad bytes are kept for the row to be rejected."""
+    where = shown(str(path))
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            what = "a directory" if path.is_dir() else "not a regular file"
+            raise ImportFileError(f"{where}: {what}, not a CSV file")
+        return path.open(encoding="utf-8-sig", errors="surrogateescape", newline="")
+    except FileNotFoundError:
+        raise ImportFileError(f"{where}: file not found") from None
+    except OSError as exc:
+        raise ImportFileError(f"{where}: cannot be read ({exc.strerror or exc})") from None
 
 
 def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:

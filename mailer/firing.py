@@ -4,6 +4,10 @@
 now (including what was missed while mailer was down, as long as it is inside
 ``valid_for``), leaves out occurrences already run, and fans out the rest. The daemon calls
 it when APScheduler's triggers fire and once at start; tests call it with a clock they move.
+
+Catch-up is for downtime, not for history: nothing planned before mailer first saw a
+schedule is fired (a fresh install at 02:37 does not send yesterday's newsletter). That
+moment is kept in the database, so a restart still catches up what it missed after it.
 """
 
 from __future__ import annotations
@@ -17,13 +21,14 @@ from functools import partial
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import ColumnElement, Engine, select
+from sqlalchemy import ColumnElement, Engine, Table, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from mailer import audience, fanout, occurrences, webinars
 from mailer.config import Config
 from mailer.fanout import Plan, RunResult
-from mailer.models import OutboxStatus
+from mailer.models import OutboxStatus, ScheduleSeen
 from mailer.occurrences import Occurrence, WebinarState
 from mailer.schedules import BirthdaySchedule, NewsletterSchedule, Schedule, WebinarSchedule
 
@@ -32,6 +37,7 @@ log = logging.getLogger("mailer.firing")
 INVITED = ("invite", "update-%")  # the runs whose recipients hold the event in a calendar
 DELIVERED = (OutboxStatus.SENDING, OutboxStatus.SENT)
 PROMISED = (*DELIVERED, OutboxStatus.QUEUED, OutboxStatus.DEFERRED)
+SEEN: Table = ScheduleSeen.__table__  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,23 +70,39 @@ def fire_due(
     edited: Mapping[str, datetime] | None = None,
     zones: list[str] | None = None,
 ) -> list[RunResult]:
-    """Run every due occurrence of every schedule that has not run yet.
+    """Run every due occurrence of every schedule that has not run yet, none planned before
+    mailer first saw the schedule enabled (this call records it for one never seen).
 
     ``edited`` (schedule -> when its file last changed) keeps catch-up from reaching back
-    before an edit: a newsletter moved from 09:00 to 10:00 at noon is not sent again for
+    before an edit too: a newsletter moved from 09:00 to 10:00 at noon is not sent again for
     today's 10:00, which its old version already covered. ``zones`` are the zones in use,
     when the caller has just read them.
     """
     if zones is None:
         zones = customer_zones(engine, firing.fallback_zone)
+    seen = first_seen(engine, [name for name, s in schedules.items() if s.enabled], now)
     results = []
     for name, schedule in schedules.items():
-        since = (edited or {}).get(name)
-        for plan in due_plans(engine, name, schedule, now, firing, zones):
-            if since is not None and plan.occurrence.at < since:
-                continue
+        known = seen.get(name, now)  # a disabled schedule counts from when it is enabled
+        since = max(known, (edited or {}).get(name, known))
+        for plan in due_plans(engine, name, schedule, now, firing, zones, since=since):
             results.append(run(engine, plan, now, partial(progress, name)))
     return results
+
+
+def first_seen(
+    engine: Engine, names: list[str], now: datetime, *, record: bool = True
+) -> dict[str, datetime]:
+    """When mailer first saw each schedule; ``now`` for one never seen, which is kept unless
+    ``record`` is false (a dry run keeps nothing)."""
+    with engine.begin() as conn:
+        if record and names:
+            dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
+            new = [{"schedule": name, "first_seen_at": now} for name in names]
+            conn.execute(dialect.insert(SEEN).on_conflict_do_nothing(), new)
+        rows = conn.execute(select(SEEN).where(SEEN.c.schedule.in_(names)))
+        known = {row.schedule: row.first_seen_at for row in rows}
+    return {name: known.get(name, now) for name in names}
 
 
 def due_plans(
@@ -91,10 +113,12 @@ def due_plans(
     firing: Firing,
     zones: list[str],
     *,
+    since: datetime | None = None,
     dry_run: bool = False,
 ) -> list[Plan]:
-    """The runs a schedule owes at ``now``. A dry run also lists those already run, and
-    keeps nothing it noted (a webinar's new SEQUENCE is rolled back)."""
+    """The runs a schedule owes at ``now``, none planned before ``since``. A dry run also
+    lists those already run, and keeps nothing it noted (a webinar's new SEQUENCE is rolled
+    back)."""
     with engine.connect() as conn:
         state = _webinar_state(conn, name, schedule, now, firing)
         done = set() if dry_run else fanout.done_occurrences(conn, name)
@@ -103,6 +127,7 @@ def due_plans(
             _plan(conn, name, schedule, occurrence, firing, state)
             for occurrence in due
             if (occurrence.key, occurrence.zone) not in done
+            and (since is None or occurrence.at >= since)
         ]
         if not dry_run:
             conn.commit()

@@ -268,6 +268,16 @@ class ScheduleRun(SQLModel, table=True):
     skipped: int = 0
 
 
+class ScheduleSeen(SQLModel, table=True):
+    """When mailer first loaded a schedule to fire it: catch-up never reaches back before
+    this, so a new file or a fresh install does not send what was planned before it."""
+
+    __tablename__ = "schedules_seen"
+
+    schedule: str = Field(primary_key=True, max_length=100)
+    first_seen_at: datetime = _when(nullable=False)
+
+
 class WebinarEvent(SQLModel, table=True):
     """A webinar's calendar identity: the UID never changes, SEQUENCE grows with each change
     of time or place, so calendars replace the event instead of adding a second one."""

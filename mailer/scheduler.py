@@ -4,7 +4,7 @@ APScheduler 3 holds one trigger per schedule and zone (``newsletter@Asia/Jakarta
 per customer, and only ever wakes ``firing.fire_due``, which works out for itself what is
 due. So a trigger that fires twice, late, or not at all (the daemon was down) changes
 nothing: the next wake-up, or the one at start, catches up whatever is still inside
-``valid_for``.
+``valid_for`` and was planned after mailer first saw the schedule.
 
 Files are read again when one changes (checked every few seconds) or on SIGHUP. A file that
 no longer loads is reported and its last good version keeps running, so a typo saved in

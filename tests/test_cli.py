@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -108,6 +108,54 @@ def test_import_reports_rejected_rows_by_file_and_line_and_exits_1(
     assert "1 added, 0 updated, 0 unchanged, 1 rejected" in result.stdout
     report = json.loads(with_demo("customers", "import", str(csv), "--json", check=False).stdout)
     assert report["unchanged"] == 1 and report["rejected"][0]["line"] == 3
+
+
+def test_import_rejects_each_unreadable_row_by_line_and_finishes_the_rest(
+    with_demo: Mailer, tmp_path: Path
+) -> None:
+    """A 200 KiB cell, a byte that is not UTF-8 and a terminal escape, all past the first
+    batch: each row is named by its line, none stops the import or reaches the terminal raw."""
+    rows = [f"c{i}@example.com,Customer {i},n" for i in range(3000)]
+    rows[1500] = "big@example.com,Big," + "x" * 200 * 1024
+    rows[2500] = "latin@example.com,Zo\udce9,n"  # the byte 0xE9 alone
+    rows[2600] = "\x1b[31mred@example.com,Red,n"
+    csv = tmp_path / "late.csv"
+    csv.write_bytes(
+        ("email,name,notes\n" + "\n".join(rows) + "\n").encode("utf-8", "surrogateescape")
+    )
+    result = with_demo("customers", "import", str(csv), check=False)
+    assert result.returncode == 1
+    assert f"{csv}:1502: rejected big@example.com: notes is 200 KiB long" in result.stderr
+    assert f"{csv}:2502: rejected latin@example.com: line 2502: byte 0xE9 is not UTF-8" in (
+        result.stderr
+    )
+    assert f"{csv}:2602: rejected \\x1b[31mred@example.com: " in result.stderr
+    assert "\x1b" not in result.stderr
+    assert "2997 added, 0 updated, 0 unchanged, 3 rejected" in result.stdout
+    report = json.loads(with_demo("customers", "import", str(csv), "--json", check=False).stdout)
+    assert report["unchanged"] == 2997
+    assert [r["line"] for r in report["rejected"]] == [1502, 2502, 2602]
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda path: path.mkdir(), "a directory, not a CSV file"),
+        (lambda path: path.write_bytes(b"PK\x03\x04\x00\x00email"), "not a text file"),
+    ],
+    ids=["directory", "spreadsheet"],
+)
+def test_import_of_a_file_it_cannot_read_says_so_in_one_line_and_saves_nothing(
+    mailer: Mailer, tmp_path: Path, make: Callable[[Path], object], message: str
+) -> None:
+    mailer("db", "upgrade")
+    path = tmp_path / "customers.csv"
+    make(path)
+    result = mailer("customers", "import", str(path), check=False)
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"error: {path}: {message}")
+    assert result.stderr.count("\n") == 1
+    assert json.loads(mailer("customers", "list", "--json").stdout) == []
 
 
 def test_list_and_show_print_json_that_parses(with_demo: Mailer) -> None:
@@ -431,6 +479,39 @@ def test_schedules_run_dry_run_shows_who_and_why_and_queues_nothing(with_demo: M
         with_demo("schedules", "run", "newsletter", "--dry-run", *at, "--json").stdout
     )
     assert {s["action"] for run in again for s in run["sample"]} == {"already queued"}
+
+
+HOURLY = """\
+kind = "newsletter"
+template = "newsletter"
+cron = "0 * * * *"
+timezone = "UTC"
+valid_for = "90m"
+[audience]
+tags_any = ["newsletter"]
+[params]
+headline = "Hourly"
+intro = "News."
+"""
+
+
+def test_schedules_run_does_not_catch_up_what_was_planned_before_mailer_saw_it(
+    with_demo: Mailer, project: dict[str, str], tmp_path: Path
+) -> None:
+    """A new hourly file: the last full hour is inside valid_for but history. The dry run
+    says why nothing is due and keeps nothing; the run agrees; --at runs that hour on purpose."""
+    (tmp_path / "new-schedules").mkdir()
+    (tmp_path / "new-schedules" / "hourly.toml").write_text(HOURLY, encoding="utf-8")
+    project["MAILER_PATHS__SCHEDULES"] = str(tmp_path / "new-schedules")
+    looked = with_demo("schedules", "run", "hourly", "--dry-run").stdout
+    assert "nothing of hourly is due" in looked and "does not catch up" in looked
+    assert "nothing of hourly is due" in with_demo("schedules", "run", "hourly").stdout
+    assert json.loads(with_demo("outbox", "list", "--json").stdout) == []
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    at = (hour + timedelta(minutes=1)).isoformat()
+    queued = json.loads(with_demo("schedules", "run", "hourly", "--at", at, "--json").stdout)
+    assert hour.strftime("%Y-%m-%dT%H:%M") in {run["occurrence"] for run in queued}
+    assert sum(run["queued"] for run in queued) > 0
 
 
 @pytest.mark.parametrize(

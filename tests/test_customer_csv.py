@@ -97,3 +97,68 @@ def test_customers_at_special_use_domains_are_imported_and_non_addresses_are_not
     refused = [r for r in rows if isinstance(r, RejectedRow)]
     assert [r.line for r in refused] == [6, 7, 8, 9]
     assert all("is not a valid email address" in r.reason for r in refused)
+
+
+def test_a_cell_over_128_kib_rejects_its_row_and_the_next_rows_go_on() -> None:
+    big = "x" * (200 * 1024)
+    rows = parse(f"email,notes\na@example.com,short\nb@example.com,{big}\nc@example.com,ok\n")
+    assert [r.email for r in rows if isinstance(r, CustomerRow)] == [
+        "a@example.com",
+        "c@example.com",
+    ]
+    (rejected,) = [r for r in rows if isinstance(r, RejectedRow)]
+    assert (rejected.line, rejected.email) == (3, "b@example.com")
+    assert rejected.reason == "notes is 200 KiB long, more than a cell may hold"
+
+
+def test_a_quote_that_never_closes_is_named_by_the_line_it_starts_on() -> None:
+    runaway = "".join(f"x{i}@example.com,{'y' * 100}\n" for i in range(2000))
+    rows = parse(f'email,notes\na@example.com,"oops\n{runaway}')
+    (rejected,) = rows
+    assert isinstance(rejected, RejectedRow) and rejected.line == 2
+    assert "runs on to line 2002: a quote that never closes?" in rejected.reason
+
+
+def test_rows_are_numbered_by_the_line_they_start_on() -> None:
+    rows = parse('email,name\n\nbad,"two\nlines"\n')
+    assert [(r.line, type(r)) for r in rows] == [(3, RejectedRow)]
+
+
+def undecodable(text: str) -> io.StringIO:
+    """Text as the importer reads a file: bytes that are not UTF-8 kept by surrogateescape."""
+    raw = text.encode("utf-8").replace(b"<E9>", b"\xe9")
+    return io.StringIO(raw.decode("utf-8", "surrogateescape"), newline="")
+
+
+def test_a_stray_byte_late_in_the_file_rejects_its_row_by_line() -> None:
+    filler = "".join(f"c{i}@example.com,Customer {i}\n" for i in range(3000))  # past the sample
+    stream = undecodable(f"email,name\n{filler}z@example.com,Zo<E9>\nlast@example.com,Last\n")
+    rows = list(parse_rows(read_rows(stream)))
+    assert len([r for r in rows if isinstance(r, CustomerRow)]) == 3001
+    (rejected,) = [r for r in rows if isinstance(r, RejectedRow)]
+    assert rejected == RejectedRow(
+        3002, "z@example.com", "line 3002: byte 0xE9 is not UTF-8; save the file as CSV UTF-8"
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("email,name\nz@example.com,Zo<E9>\n", "line 2: byte 0xE9 is not UTF-8"),
+        ("PK\x03\x04\x14\x00\x00\x00email", "not a text file"),
+    ],
+    ids=["latin-1", "a-spreadsheet"],
+)
+def test_a_file_that_is_not_utf8_text_from_its_start_is_refused_as_a_whole(
+    raw: str, message: str
+) -> None:
+    with pytest.raises(ImportFileError, match=message):
+        list(read_rows(undecodable(raw)))
+
+
+def test_what_a_rejected_row_shows_cannot_drive_the_terminal() -> None:
+    (row,) = parse("email,timezone\n\x1b[2J\x1b]0;owned\x07@example.com,\u202eEurope/Sofia\n")
+    assert isinstance(row, RejectedRow)
+    shown = row.email + row.reason
+    assert "\x1b" not in shown and "\x07" not in shown and "\u202e" not in shown
+    assert row.email.startswith("\\x1b[2J")

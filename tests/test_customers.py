@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -104,6 +107,34 @@ def test_a_file_that_is_not_utf8_is_refused_with_advice(
         customers.import_csv(engine, path, clock.now())
 
 
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda path: path.mkdir(), "a directory, not a CSV file"),
+        (lambda path: None, "file not found"),
+        (os.mkfifo, "not a regular file, not a CSV file"),
+        (
+            lambda path: path.write_bytes("email\nz@example.com\n".encode("utf-16")),
+            "UTF-16 text, not UTF-8; save it as CSV UTF-8",
+        ),
+        (
+            lambda path: path.write_bytes(b"email,name\n" + b"\x00\x01\x02" * 100),
+            "not a text file (it holds NUL bytes)",
+        ),
+    ],
+    ids=["directory", "missing", "fifo", "utf-16", "binary"],
+)
+def test_a_file_that_cannot_be_read_at_all_is_refused_in_one_line_before_anything_is_saved(
+    engine: Engine, tmp_path: Path, clock: ManualClock, make: Callable[[Path], object], message: str
+) -> None:
+    path = tmp_path / "customers.csv"
+    make(path)
+    with pytest.raises(ImportFileError, match=re.escape(f"{path}: {message}")):
+        customers.import_csv(engine, path, clock.now())
+    with engine.connect() as conn:
+        assert customers.find(conn) == []
+
+
 def test_a_large_file_is_imported_in_batches_with_progress(
     engine: Engine, tmp_path: Path, clock: ManualClock
 ) -> None:
@@ -195,3 +226,12 @@ def test_a_renamed_customer_and_a_new_lead_are_found_by_their_new_names(
     assert found(engine, "ПЕТРОВА") == ["maria@example.com"]
     assert found(engine, "иванова") == []
     assert found(engine, "ДИМИТРОВА") == ["elena@example.bg"]
+
+
+def test_a_refused_header_is_named_without_its_escape_sequences(
+    engine: Engine, tmp_path: Path, clock: ManualClock
+) -> None:
+    path = write(tmp_path, "email,\x1b[8mname,\x1b[8mName\nz@example.com,a,b\n")
+    with pytest.raises(ImportFileError) as refused:
+        customers.import_csv(engine, path, clock.now())
+    assert str(refused.value) == f"{path}: the header repeats column(s): \\x1b[8mname"

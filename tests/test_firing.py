@@ -37,6 +37,11 @@ def fire(engine: Engine, at: datetime, **schedules: Schedule) -> list[firing.Run
     return firing.fire_due(engine, schedules, at, FIRING)
 
 
+def known_since(engine: Engine, at: datetime, *names: str) -> None:
+    """mailer has fired these schedules since ``at``: what it misses after is caught up."""
+    firing.first_seen(engine, list(names), at)
+
+
 def queued(engine: Engine) -> dict[str, dict[str, Any]]:
     """The outbox by recipient."""
     with engine.connect() as conn:
@@ -85,6 +90,7 @@ def test_a_fixed_zone_newsletter_goes_to_everybody_at_one_instant(
 
 
 def test_firing_twice_or_after_a_restart_queues_once(engine: Engine, people: None) -> None:
+    known_since(engine, utc(2026, 11, 1), "newsletter")
     first = fire(engine, utc(2026, 12, 1, 20), newsletter=monthly())
     again = fire(engine, utc(2026, 12, 1, 20), newsletter=monthly())
     later = fire(engine, utc(2026, 12, 2, 9), newsletter=monthly())
@@ -97,6 +103,7 @@ def test_a_run_interrupted_half_way_is_finished_without_duplicates(
     engine: Engine, people: None
 ) -> None:
     """A crash after some ranges committed leaves the run 'running'; the next fire finishes it."""
+    known_since(engine, utc(2026, 11, 1), "news")
     (result,) = fire(engine, utc(2026, 12, 1, 8), news=monthly(timezone="Europe/Sofia"))
     with engine.begin() as conn:
         conn.execute(RUNS.update().values(status="running"))
@@ -115,6 +122,7 @@ def test_after_downtime_missed_runs_are_caught_up_only_inside_valid_for(
     engine: Engine, people: None, down_until: datetime, sent: bool
 ) -> None:
     """Down from 30 November to ``down_until``: Sofia's 09:00 on 1 December was missed."""
+    known_since(engine, utc(2026, 11, 30), "news")
     fire(engine, down_until, news=monthly(timezone="Europe/Sofia"))
     rows = queued(engine)
     assert bool(rows) is sent
@@ -127,6 +135,7 @@ def test_the_dst_repeated_hour_fires_once_and_the_skipped_hour_an_hour_later(
 ) -> None:
     """Sofia: 03:30 happens twice on 25 October 2026 and not at all on 29 March 2026."""
     nightly = monthly(cron="30 3 * * *", timezone="Europe/Sofia", valid_for=timedelta(hours=20))
+    known_since(engine, utc(2026, 1, 1), "night")
     runs = fire(engine, utc(2026, 10, 25, 12), night=nightly)
     assert [(r.occurrence, r.queued + r.skipped) for r in runs] == [("2026-10-25T03:30", 6)]
     assert queued(engine)["maria@example.bg"]["due_at"] == utc(2026, 10, 25, 0, 30)  # the first
@@ -176,6 +185,7 @@ def test_feb29_can_fall_on_the_first_of_march(engine: Engine, people: None) -> N
 def test_birthdays_follow_each_customers_own_midnight(engine: Engine, people: None) -> None:
     """At 20:00 UTC on 27 February it is 09:00 on the 28th in Auckland but 12:00 on the 27th
     in Los Angeles: Aroha (28 Feb) is greeted, and Dana (27 Feb) was at 17:00 UTC."""
+    known_since(engine, utc(2027, 1, 1), "birthdays")
     results = fire(engine, utc(2027, 2, 27, 20), birthdays=birthdays())
     rows = queued(engine)
     assert set(rows) == {"aroha@example.nz", "dana@example.com"}
@@ -235,8 +245,50 @@ def test_an_edited_time_is_not_caught_up_before_the_edit(engine: Engine, people:
     """The newsletter went at 09:00 in Sofia; at noon marketing moves it to 10:00. Today's
     10:00 is past and its old version already covered the day: nothing goes twice."""
     sofia = monthly(timezone="Europe/Sofia")
+    known_since(engine, utc(2026, 11, 1), "news")
     fire(engine, utc(2026, 12, 1, 7, 30), news=sofia)
     moved = monthly(timezone="Europe/Sofia", cron="0 10 1 * *")
     noon = utc(2026, 12, 1, 10)
     assert firing.fire_due(engine, {"news": moved}, noon, FIRING, edited={"news": noon}) == []
     assert len(firing.fire_due(engine, {"news": moved}, noon, FIRING)) == 1, "without the edit"
+
+
+def test_a_fresh_install_does_not_send_what_was_planned_before_it(
+    engine: Engine, people: None
+) -> None:
+    """Installed at 02:37 in Sofia on 2 December: yesterday's 09:00 newsletter and Jose's
+    birthday greeting (1 December in Manila) are history, not downtime. Once mailer knows
+    the schedules, a restart catches up what it missed while down."""
+    news, greetings = monthly(timezone="Europe/Sofia"), birthdays(valid_for=timedelta(days=1))
+    assert fire(engine, utc(2026, 12, 2, 0, 37), news=news, birthdays=greetings) == []
+    assert queued(engine) == {}
+    # down from 31 December until 1 January, 12:00 in Sofia: 09:00 was missed
+    runs = fire(engine, utc(2027, 1, 1, 10), news=news, birthdays=greetings)
+    assert {(r.schedule, r.occurrence) for r in runs if r.queued} == {("news", "2027-01-01T09:00")}
+
+
+def test_a_schedule_file_added_after_its_time_starts_from_when_it_was_added(
+    engine: Engine, people: None
+) -> None:
+    """The newsletter file is saved at noon on the 1st in Sofia: 09:00 that day is not sent,
+    at that wake-up or any later one; next month's is."""
+    sofia = monthly(timezone="Europe/Sofia")
+    assert fire(engine, utc(2026, 12, 1, 10), news=sofia) == []
+    assert fire(engine, utc(2026, 12, 2, 10), news=sofia) == []
+    (run,) = fire(engine, utc(2027, 1, 1, 7), news=sofia)
+    assert run.occurrence == "2027-01-01T09:00"
+
+
+def test_a_dry_run_does_not_count_as_seeing_a_schedule(engine: Engine, people: None) -> None:
+    """A look on Monday with a dry run must not make Thursday's first start catch up the
+    newsletter of Tuesday the 1st."""
+    monday = utc(2026, 11, 30)
+    assert firing.first_seen(engine, ["news"], monday, record=False) == {"news": monday}
+    assert fire(engine, utc(2026, 12, 3, 12), news=monthly(timezone="Europe/Sofia")) == []
+
+
+def test_a_schedule_counts_from_when_it_is_first_seen_enabled(engine: Engine, people: None) -> None:
+    """Prepared in November with enabled = false, switched on while mailer was down on the
+    1st: the 09:00 of that morning is not sent when mailer starts again at noon."""
+    fire(engine, utc(2026, 11, 20), news=monthly(timezone="Europe/Sofia", enabled=False))
+    assert fire(engine, utc(2026, 12, 1, 10), news=monthly(timezone="Europe/Sofia")) == []

@@ -10,7 +10,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, inspect, text
 from sqlmodel import SQLModel
 
-from mailer import db, migrate
+from mailer import db, firing, migrate
 
 
 def test_upgrading_a_populated_database_keeps_its_customers(database_url: str) -> None:
@@ -36,6 +36,33 @@ def test_upgrading_a_populated_database_keeps_its_customers(database_url: str) -
         assert conn.execute(text("SELECT count(*) FROM outbox")).scalar_one() == 0
     assert row.name == "Ана" and "Варна" in str(row.fields)
     assert tag == "vip"
+    engine.dispose()
+
+
+def test_upgrading_keeps_catching_up_schedules_that_ran_before(database_url: str) -> None:
+    """A schedule with runs was known by its first run: the restart after the upgrade still
+    catches up what it missed, instead of counting the schedule as new."""
+    engine = db.connect(database_url)
+    migrate.upgrade(engine, "0009")
+    first = datetime(2026, 11, 1, 7, 0, 5, tzinfo=UTC)
+    with engine.begin() as conn:
+        for day, started in (
+            ("2026-11-01T09:00", first),
+            ("2026-11-02T09:00", first.replace(day=2)),
+        ):
+            conn.execute(
+                text(
+                    "INSERT INTO schedule_runs (schedule, occurrence, zone, kind, planned_at,"
+                    " started_at, status, queued, skipped)"
+                    " VALUES ('news', :o, '', 'newsletter', :t, :t, 'done', 1, 0)"
+                ),
+                {"o": day, "t": started},
+            )
+    migrate.upgrade(engine)
+    assert firing.first_seen(engine, ["news", "new"], datetime(2026, 12, 1, tzinfo=UTC)) == {
+        "news": first,
+        "new": datetime(2026, 12, 1, tzinfo=UTC),
+    }
     engine.dispose()
 
 

@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import Engine, select
 
+from mailer import firing
 from mailer.clock import ManualClock
 from mailer.outbox import OUTBOX
 from mailer.scheduler import Scheduler, Schedules
@@ -111,8 +112,10 @@ def test_one_trigger_per_zone_in_use_each_at_local_time(shipped: Scheduler) -> N
 async def test_the_daemons_clockwork_catches_up_at_start_and_reloads_on_request(
     shipped: Scheduler, engine: Engine
 ) -> None:
-    """At 09:30 in Sofia on 1 December, the newsletter is due for Sofia and the zones east of
-    it; Los Angeles is not. The reload event is what SIGHUP sets."""
+    """mailer ran in November and was down over 09:00 on 1 December: at 09:30 in Sofia the
+    newsletter is due for Sofia and the zones east of it; Los Angeles is not. The reload
+    event is what SIGHUP sets."""
+    firing.first_seen(engine, ["newsletter"], datetime(2026, 11, 30, tzinfo=UTC))
     stop, reload = asyncio.Event(), asyncio.Event()
     running = asyncio.create_task(shipped.run(stop, reload))
     due = {"aroha@example.nz", "jose@example.ph", "siti@example.id", "maria@example.bg"}

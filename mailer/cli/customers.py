@@ -11,7 +11,7 @@ from rich.text import Text
 
 from mailer import customers, outbox
 from mailer.cli.common import JSON_OPTION, app_of, err, out, print_fields, print_json, print_table
-from mailer.customer_csv import RejectedRow
+from mailer.customer_csv import RejectedRow, shown
 
 app = typer.Typer(help="Customers: import from CSV, look up, unsubscribe.", no_args_is_help=True)
 
@@ -32,6 +32,7 @@ def import_(
     """
     app_ = app_of(ctx)
     engine = app_.engine()
+    total = customers.count_rows(file)  # a file that cannot be read at all stops here
     with Progress(
         TextColumn("importing"),
         BarColumn(),
@@ -39,9 +40,9 @@ def import_(
         TimeRemainingColumn(),
         console=err,
         transient=True,
-        disable=as_json,
+        disable=as_json or not err.is_terminal,  # a bar drawn into a log is noise
     ) as bar:
-        task = bar.add_task("rows", total=customers.count_rows(file) if file.exists() else None)
+        task = bar.add_task("rows", total=total)
         report = customers.import_csv(
             engine, file, app_.clock.now(), progress=lambda n: bar.advance(task, n)
         )
@@ -62,10 +63,11 @@ def _print_report(file: Path, report: customers.ImportReport, as_json: bool) -> 
             }
         )
         return
+    name = shown(str(file))
     for line, first in report.duplicates:
-        err.print(f"{file}:{line}: same email as line {first}; the later row's values were kept")
+        err.print(f"{name}:{line}: same email as line {first}; the later row's values were kept")
     for row in report.rejected:
-        where = Text(f"{file}:{row.line}: rejected", style="red")
+        where = Text(f"{name}:{row.line}: rejected", style="red")
         err.print(Text.assemble(where, f" {row.email or '(no email)'}: {row.reason}"))
     out.print(
         f"{report.inserted} added, {report.updated} updated, {report.unchanged} unchanged, "

@@ -54,7 +54,8 @@ def run(
     sample: int = typer.Option(20, min=0, help="Customers listed per run in a dry run."),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Run what of NAME is due now (or --at): the same runs the daemon would make, once."""
+    """Run what of NAME is due now: the same runs the daemon would make, once, nothing
+    planned before mailer first saw NAME. --at runs what was due at that moment, even so."""
     app_ = app_of(ctx)
     schedules = _loaded(app_)
     if name not in schedules:
@@ -65,10 +66,19 @@ def run(
     engine = app_.engine()
     zones = firing.customer_zones(engine, settings.fallback_zone)
     schedule = schedules[name]
-    plans = firing.due_plans(engine, name, schedule, moment, settings, zones, dry_run=dry_run)
+    keep = schedule.enabled and not dry_run
+    since = None if at else firing.first_seen(engine, [name], moment, record=keep)[name]
+    plans = firing.due_plans(
+        engine, name, schedule, moment, settings, zones, since=since, dry_run=dry_run
+    )
     if not plans:
         upcoming = occurrences.next_fire(schedule, zones, moment)
         out.print(f"nothing of {name} is due at {moment:%Y-%m-%d %H:%M %Z}; next: {upcoming}")
+        if since is not None and since > moment - schedule.valid_for:
+            out.print(
+                f"mailer first saw {name} at {since:%Y-%m-%d %H:%M %Z} and does not catch up "
+                "what was planned before; --at DATETIME runs an earlier moment on purpose"
+            )
         return
     if dry_run:
         _dry_run(app_, plans, sample, as_json)
