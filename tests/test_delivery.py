@@ -21,7 +21,7 @@ from mailer.config import Config
 from mailer.delivery import Delivery
 from mailer.models import Category, OutboxStatus
 from mailer.outbox import NewMessage, Outcome
-from mailer.smtp import SmtpTarget
+from mailer.smtp import RateLimiter, SmtpTarget
 from mailer.templates import TemplateStore
 from tests.configs import ROOT, shipped_config
 from tests.conftest import add_customers
@@ -405,3 +405,12 @@ async def test_a_template_that_asks_for_a_tag_sends_what_its_preview_shows(
         now=clock.now(),
     )
     assert shown.text.strip() == bodies["maria@example.com"]
+
+
+def test_the_rate_limit_spaces_sends_and_a_quiet_spell_earns_no_burst(clock: ManualClock) -> None:
+    limiter = RateLimiter(2.0, clock)
+    assert [limiter.reserve() for _ in range(3)] == [0.0, 0.5, 1.0]
+    clock.advance(timedelta(seconds=0.75))
+    assert limiter.reserve() == 0.75  # the queue moved on with the clock
+    clock.advance(timedelta(minutes=10))
+    assert [limiter.reserve() for _ in range(3)] == [0.0, 0.5, 1.0]
