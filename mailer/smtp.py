@@ -11,7 +11,7 @@ import aiosmtplib
 
 from mailer.clock import Clock
 from mailer.config import Config
-from mailer.errors import SmtpUnavailable
+from mailer.errors import MailerError, SmtpUnavailable
 
 RETRY_BASE = timedelta(minutes=1)
 RETRY_CAP = timedelta(hours=1)
@@ -167,6 +167,21 @@ class SmtpPool:
                 await client.quit()
             except aiosmtplib.SMTPException:
                 client.close()
+
+
+async def send_one(
+    target: SmtpTarget, clock: Clock, sender: str, recipient: str, data: bytes
+) -> str:
+    """One message on a connection of its own, for a command that sends once and exits.
+
+    Raises SmtpUnavailable when the server cannot be reached, MailerError when it refuses."""
+    pool = SmtpPool(target, clock)
+    try:
+        return await pool.send(sender, recipient, data)
+    except aiosmtplib.SMTPException as exc:
+        raise MailerError(f"{target} did not take the message: {classify(exc).reply}") from None
+    finally:
+        await pool.close()
 
 
 async def _sendmail(client: aiosmtplib.SMTP, sender: str, recipient: str, data: bytes) -> str:

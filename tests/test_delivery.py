@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, select, text, update
 
-from mailer import customers, daemon, outbox, previews
+from mailer import customers, daemon, outbox, previews, smtp
 from mailer.clock import ManualClock
 from mailer.config import Config
 from mailer.delivery import Delivery
+from mailer.errors import MailerError
 from mailer.models import Category, OutboxStatus
 from mailer.outbox import NewMessage, Outcome
 from mailer.smtp import RateLimiter, SmtpTarget
@@ -414,3 +415,15 @@ def test_the_rate_limit_spaces_sends_and_a_quiet_spell_earns_no_burst(clock: Man
     assert limiter.reserve() == 0.75  # the queue moved on with the clock
     clock.advance(timedelta(minutes=10))
     assert [limiter.reserve() for _ in range(3)] == [0.0, 0.5, 1.0]
+
+
+async def test_a_one_off_send_the_server_refuses_is_one_clear_error(
+    sink: tuple[Sink, int], clock: ManualClock
+) -> None:
+    sink[0].faults.append(("RCPT", "550 5.1.1 no such mailbox"))
+    target = SmtpTarget("127.0.0.1", sink[1])
+    with pytest.raises(MailerError) as refused:
+        await smtp.send_one(target, clock, "ana@example.com", "nobody@example.com", b"Hi\r\n")
+    assert str(refused.value) == (
+        f"127.0.0.1:{sink[1]} did not take the message: 550 5.1.1 no such mailbox"
+    )
