@@ -1,9 +1,9 @@
 """The inbox watcher: every message in the support mailbox becomes an inquiry, and those
 from people get an acknowledgement through the outbox.
 
-Promise 2: a message is marked processed on the server only after its inquiry (and its
+A message is marked processed on the server only after its inquiry (and its
 acknowledgement, in the same transaction) is committed, and the last UID is kept with
-the mailbox's UIDVALIDITY, so a restart at any moment loses none and logs none twice.
+the mailbox's UIDVALIDITY, so a restart at any moment loses no mail and logs none twice.
 When UIDVALIDITY changes the mailbox is read again from the start and Message-IDs
 already logged are skipped.
 """

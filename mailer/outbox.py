@@ -1,9 +1,9 @@
 """The outbox: the one road every message takes to SMTP.
 
-A message is a row first (promise 1: its dedupe key makes queueing it twice a no-op), then
-a claim gives due rows to one worker with a lease, the throttle decides per customer inside
-that same transaction, and each delivery attempt is recorded. A worker that dies leaves
-its leased rows to come back when the lease runs out.
+A message is a row first (its dedupe key makes queueing the same message twice a no-op),
+then a claim gives due rows to one worker with a lease, the throttle decides per customer
+inside that same transaction, and each delivery attempt is recorded. A worker that dies
+leaves its leased rows to come back when the lease runs out.
 """
 
 from __future__ import annotations
