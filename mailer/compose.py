@@ -1,12 +1,12 @@
 """Turns a rendered message into the exact bytes handed to SMTP.
 
 Building a MIME tree with `email.message.EmailMessage` costs about 1.6 ms a message, ten
-times the template, and would cap a sender near 400 messages/s (RECIPES). The messages
+times the template, and would cap a sender near 400 messages/s (measured). The messages
 mailer sends have one fixed shape, so this module writes their bytes directly; the stdlib
 still does the parts that are easy to get wrong (address quoting, dates, RFC 2231,
 quoted-printable and base64).
 
-Customer data never breaks a message (SPEC promise 4): every control character in a header
+Customer data never breaks a message or adds a header: every control character in a header
 value becomes a space, so CR/LF cannot start a new header; non-ASCII names and subjects
 become RFC 2047 encoded words; header lines fold at 78 where words allow and are refused
 past 998; bodies are CRLF-normalised UTF-8 that decodes back to exactly what was given.
@@ -174,8 +174,8 @@ def _checked_address(address: str) -> str:
 
 
 def _one_line(value: str) -> str:
-    """Promise 4: control characters (CR and LF above all) become spaces, so customer data
-    cannot end a header line and start a new header."""
+    """Control characters (CR and LF above all) become spaces, so customer data cannot
+    end a header line and start a new header."""
     return _CONTROL.sub(" ", value).strip(" ")
 
 

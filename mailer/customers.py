@@ -264,7 +264,7 @@ def _one(conn: Connection, where: Any, missing: str) -> dict[str, Any]:
     if row is None:
         raise NotFound(missing)
     customer = dict(row._mapping)
-    customer["tags"] = _tags_of(conn, [customer["id"]]).get(customer["id"], [])
+    customer["tags"] = tags_of(conn, [customer["id"]]).get(customer["id"], [])
     return customer
 
 
@@ -286,13 +286,14 @@ def find(
     if folded:  # "%" and "_" are letters here, not wildcards
         query = query.where(CUSTOMERS.c.search_text.contains(folded, autoescape=True))
     rows = [dict(r._mapping) for r in conn.execute(query)]
-    tags = _tags_of(conn, [r["id"] for r in rows])
+    tags = tags_of(conn, [r["id"] for r in rows])
     for row in rows:
         row["tags"] = tags.get(row["id"], [])
     return rows
 
 
-def _tags_of(conn: Connection, ids: list[int]) -> dict[int, list[str]]:
+def tags_of(conn: Connection, ids: list[int]) -> dict[int, list[str]]:
+    """The tags of many customers in one query, each list sorted; untagged ones are absent."""
     found: dict[int, list[str]] = {}
     query = select(TAGS.c.customer_id, TAGS.c.tag).where(TAGS.c.customer_id.in_(ids))
     for customer_id, tag in conn.execute(query.order_by(TAGS.c.tag)):

@@ -48,7 +48,7 @@ def build_delivery(cfg: Config, engine: Engine, clock: Clock, target: SmtpTarget
         lease=LEASE,
     )
     preparer = Preparer(cfg, TemplateStore(cfg.templates_dir), tokens.load_secret(cfg))
-    return Delivery(engine, preparer, SmtpPool(target), policy, clock)
+    return Delivery(engine, preparer, SmtpPool(target, clock), policy, clock)
 
 
 SANDBOX_PASSWORD = "sandbox"  # the sandbox IMAP server listens on loopback only

@@ -1,9 +1,9 @@
 """The inbox watcher: every message in the support mailbox becomes an inquiry, and those
 from people get an acknowledgement through the outbox.
 
-Promise 2: a message is marked processed on the server only after its inquiry (and its
+A message is marked processed on the server only after its inquiry (and its
 acknowledgement, in the same transaction) is committed, and the last UID is kept with
-the mailbox's UIDVALIDITY, so a restart at any moment loses none and logs none twice.
+the mailbox's UIDVALIDITY, so a restart at any moment loses no mail and logs none twice.
 When UIDVALIDITY changes the mailbox is read again from the start and Message-IDs
 already logged are skipped.
 """
@@ -22,7 +22,7 @@ from email.message import EmailMessage
 from email.utils import parseaddr
 from typing import Any
 
-from sqlalchemy import Engine, Table, func, select, update
+from sqlalchemy import Engine, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -33,13 +33,12 @@ from mailer.clock import Clock
 from mailer.config import Config
 from mailer.inbound import MAX_RAW, Inbound, parse
 from mailer.mailbox import Fetched, Mailbox, MailboxUnavailable
-from mailer.models import Category, InquiryStatus, MailboxState, OutboxStatus
+from mailer.models import MAILBOX_STATE, Category, InquiryStatus, OutboxStatus
 from mailer.outbox import NewMessage
 from mailer.outgoing import LOOP_HEADER
 
 log = logging.getLogger("mailer.inbox")
 
-STATE: Table = MailboxState.__table__  # type: ignore[attr-defined]
 ACK_PREFIX = "ack:inquiry:"
 RECONNECT = (1.0, 300.0)  # first and longest wait before reconnecting
 IDLE_SECONDS = 25 * 60  # re-issue IDLE well before the 29 minutes of RFC 2177
@@ -243,7 +242,11 @@ def _record_bounce(conn: Connection, message: EmailMessage, now: datetime) -> No
 
 def load_position(conn: Connection, mailbox: str, uidvalidity: int) -> int:
     """The last UID handled, or 0 when the mailbox is new or its UIDVALIDITY changed."""
-    row = conn.execute(select(STATE).where(STATE.c.mailbox == mailbox)).mappings().first()
+    row = (
+        conn.execute(select(MAILBOX_STATE).where(MAILBOX_STATE.c.mailbox == mailbox))
+        .mappings()
+        .first()
+    )
     if row is None or row["uidvalidity"] != uidvalidity:
         return 0
     return int(row["last_uid"])
@@ -254,7 +257,7 @@ def save_position(
 ) -> None:
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     values = {"mailbox": mailbox, "uidvalidity": uidvalidity, "last_uid": uid, "updated_at": now}
-    statement = dialect.insert(STATE).values(**values)
+    statement = dialect.insert(MAILBOX_STATE).values(**values)
     conn.execute(
         statement.on_conflict_do_update(
             index_elements=["mailbox"],

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Index,
     Integer,
     LargeBinary,
+    Table,
     UniqueConstraint,
     text,
 )
@@ -224,6 +225,10 @@ class MailboxState(SQLModel, table=True):
     uidvalidity: int = Field(sa_type=BigInteger)
     last_uid: int = Field(default=0, sa_type=BigInteger)
     updated_at: datetime = _when(nullable=False, default_factory=utcnow)
+
+
+# the watcher writes it, the health page reads it: here, so the web needs no watcher
+MAILBOX_STATE: Table = MailboxState.__table__  # type: ignore[attr-defined]
 
 
 class SandboxMessage(SQLModel, table=True):

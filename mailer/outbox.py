@@ -1,9 +1,9 @@
 """The outbox: the one road every message takes to SMTP.
 
-A message is a row first (promise 1: its dedupe key makes queueing it twice a no-op), then
-a claim gives due rows to one worker with a lease, the throttle decides per customer inside
-that same transaction, and each delivery attempt is recorded. A worker that dies leaves
-its leased rows to come back when the lease runs out.
+A message is a row first (its dedupe key makes queueing the same message twice a no-op),
+then a claim gives due rows to one worker with a lease, the throttle decides per customer
+inside that same transaction, and each delivery attempt is recorded. A worker that dies
+leaves its leased rows to come back when the lease runs out.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from sqlalchemy import Engine, Table, bindparam, case, func, insert, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from mailer import jsonvalues, throttle
+from mailer import customers, jsonvalues, throttle
 from mailer.fieldtypes import email_address
 from mailer.models import Category, Customer, DeliveryAttempt, OutboxMessage, OutboxStatus
 
@@ -169,10 +169,11 @@ def claim(engine: Engine, now: datetime, limit: int, policy: Policy) -> list[Cla
         rows = _claim_rows(conn, now, limit, now + policy.lease)
         if not rows:
             return []
-        customers = _lock_customers(conn, {r["customer_id"] for r in rows} - {None})
-        history = contacts(conn, list(customers), now, exclude={r["id"] for r in rows})
-        keep, changes = _decide_all(rows, customers, history, now, policy)
+        locked = _lock_customers(conn, {r["customer_id"] for r in rows} - {None})
+        history = contacts(conn, list(locked), now, exclude={r["id"] for r in rows})
+        keep, changes = _decide_all(rows, locked, history, now, policy)
         _apply(conn, changes, now)
+        _add_tags(conn, keep)
     return keep
 
 
@@ -202,6 +203,17 @@ def _lock_customers(conn: Connection, ids: set[int]) -> dict[int, dict[str, Any]
     if conn.dialect.name == "postgresql":
         query = query.with_for_update()
     return {r["id"]: dict(r) for r in conn.execute(query).mappings()}
+
+
+def _add_tags(conn: Connection, keep: list[Claimed]) -> None:
+    """Templates may ask for ``customer.tags``: one query gives them to every customer in
+    the batch, so a message shows what its preview showed."""
+    receiving = {c.customer["id"]: c.customer for c in keep if c.customer is not None}
+    if not receiving:
+        return
+    found = customers.tags_of(conn, list(receiving))
+    for customer_id, customer in receiving.items():
+        customer["tags"] = found.get(customer_id, [])
 
 
 def contacts(
@@ -248,7 +260,7 @@ def customer_state(
 
 def _decide_all(
     rows: list[dict[str, Any]],
-    customers: dict[int, dict[str, Any]],
+    locked: dict[int, dict[str, Any]],
     history: dict[int, list[throttle.Contact]],
     now: datetime,
     policy: Policy,
@@ -257,7 +269,7 @@ def _decide_all(
     keep: list[Claimed] = []
     changes: list[dict[str, Any]] = []
     for row in rows:
-        customer = customers.get(row["customer_id"])
+        customer = locked.get(row["customer_id"])
         decision = _decide(row, customer, history, now, policy)
         changes.append(_change(row, decision, now))
         if decision.action == "send":

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from dataclasses import dataclass
 from datetime import timedelta
 
 import aiosmtplib
 
+from mailer.clock import Clock
 from mailer.config import Config
-from mailer.errors import SmtpUnavailable
+from mailer.errors import MailerError, SmtpUnavailable
 
 RETRY_BASE = timedelta(minutes=1)
 RETRY_CAP = timedelta(hours=1)
@@ -84,18 +84,23 @@ def backoff(attempts: int, rng: random.Random) -> timedelta:
 class RateLimiter:
     """At most ``rate`` sends a second on average; waiting callers queue, none is refused."""
 
-    def __init__(self, rate: float) -> None:
+    def __init__(self, rate: float, clock: Clock) -> None:
         self._interval = 1.0 / rate if rate > 0 else 0.0
-        self._next = 0.0
-        self._lock = asyncio.Lock()
+        self._clock = clock
+        self._next = float("-inf")  # when the next send may start
+
+    def reserve(self) -> float:
+        """Take the next free slot; the seconds until it comes (0 when it is now). Nothing
+        awaits in between, so callers in one event loop can never take the same slot."""
+        if not self._interval:
+            return 0.0
+        now = self._clock.monotonic()
+        start = max(now, self._next)
+        self._next = start + self._interval
+        return start - now
 
     async def wait(self) -> None:
-        if not self._interval:
-            return
-        async with self._lock:
-            now = time.monotonic()
-            delay = self._next - now
-            self._next = max(now, self._next) + self._interval
+        delay = self.reserve()
         if delay > 0:
             await asyncio.sleep(delay)
 
@@ -103,11 +108,11 @@ class RateLimiter:
 class SmtpPool:
     """Up to ``pool_size`` open connections, each used by one send at a time and kept open."""
 
-    def __init__(self, target: SmtpTarget) -> None:
+    def __init__(self, target: SmtpTarget, clock: Clock) -> None:
         self.target = target
         self._idle: list[aiosmtplib.SMTP] = []
         self._slots = asyncio.Semaphore(target.pool_size)
-        self._rate = RateLimiter(target.rate_per_second)
+        self._rate = RateLimiter(target.rate_per_second, clock)
 
     async def send(self, sender: str, recipient: str, data: bytes) -> str:
         """The server's final reply; raises an aiosmtplib error or SmtpUnavailable."""
@@ -162,6 +167,21 @@ class SmtpPool:
                 await client.quit()
             except aiosmtplib.SMTPException:
                 client.close()
+
+
+async def send_one(
+    target: SmtpTarget, clock: Clock, sender: str, recipient: str, data: bytes
+) -> str:
+    """One message on a connection of its own, for a command that sends once and exits.
+
+    Raises SmtpUnavailable when the server cannot be reached, MailerError when it refuses."""
+    pool = SmtpPool(target, clock)
+    try:
+        return await pool.send(sender, recipient, data)
+    except aiosmtplib.SMTPException as exc:
+        raise MailerError(f"{target} did not take the message: {classify(exc).reply}") from None
+    finally:
+        await pool.close()
 
 
 async def _sendmail(client: aiosmtplib.SMTP, sender: str, recipient: str, data: bytes) -> str:

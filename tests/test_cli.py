@@ -565,3 +565,15 @@ def test_web_serves_the_app_alone_and_stops_on_sigterm(
             assert web.wait(timeout=30) == 0
         finally:
             web.kill()
+
+
+def test_send_inquiry_without_a_running_sandbox_says_to_start_it(
+    with_demo: Mailer, project: dict[str, str]
+) -> None:
+    project["MAILER_SANDBOX__SMTP_PORT"] = str(free_port())  # nothing listens there
+    inquiry = ("--from", "ana@example.com", "--subject", "Hello", "--body", "Hi")
+    result = with_demo("sandbox", "send-inquiry", *inquiry, check=False)
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: the sandbox does not answer: cannot connect to 127.0.0.1:")
+    assert line.endswith("; start `mailer run` first")

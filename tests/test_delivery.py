@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -14,13 +15,16 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, select, text, update
 
-from mailer import customers, daemon, outbox
+from mailer import customers, daemon, outbox, previews, smtp
 from mailer.clock import ManualClock
 from mailer.config import Config
 from mailer.delivery import Delivery
+from mailer.errors import MailerError
 from mailer.models import Category, OutboxStatus
 from mailer.outbox import NewMessage, Outcome
-from mailer.smtp import SmtpTarget
+from mailer.smtp import RateLimiter, SmtpTarget
+from mailer.templates import TemplateStore
+from tests.configs import ROOT, shipped_config
 from tests.conftest import add_customers
 from tests.smtp_sink import Sink, start_sink
 
@@ -350,3 +354,76 @@ async def test_stop_lets_the_batch_in_flight_finish(road: Road) -> None:
     stop.set()
     await asyncio.wait_for(worker, 10)
     assert len(road.sink.received) == 3
+
+
+LOUNGE = (
+    '{% if "vip" in customer.tags %}The members lounge is yours.{% else %}Shop news.{% endif %}'
+)
+
+
+async def test_a_template_that_asks_for_a_tag_sends_what_its_preview_shows(
+    tmp_path: Path,
+    engine: Engine,
+    people: dict[str, int],
+    clock: ManualClock,
+    sink: tuple[Sink, int],
+) -> None:
+    add_customers(engine, tmp_path, "email,tags\nmaria@example.com,newsletter;vip\n", clock.now())
+    templates = tmp_path / "templates"
+    shutil.copytree(ROOT / "templates", templates)
+    (templates / "lounge").mkdir()
+    (templates / "lounge" / "subject.txt").write_text("This week", encoding="utf-8")
+    (templates / "lounge" / "body.txt").write_text(LOUNGE, encoding="utf-8")
+    cfg = shipped_config(tmp_path, {"MAILER_PATHS__TEMPLATES": str(templates)})
+    delivery = daemon.build_delivery(cfg, engine, clock, SmtpTarget("127.0.0.1", sink[1]))
+    outbox.enqueue(
+        engine,
+        [
+            message(people, who, f"lounge:{who}", template="lounge", **TRANSACTIONAL)
+            for who in ("maria", "emma")
+        ],
+        clock.now(),
+    )
+
+    assert await delivery.deliver_due() == 2
+    bodies = {
+        m.rcpt_tos[0]: m.message.get_body(("plain",)).get_content().strip()
+        for m in sink[0].received
+    }
+    assert bodies == {
+        "maria@example.com": "The members lounge is yours.",
+        "emma@example.com": "Shop news.",
+    }
+    with engine.connect() as conn:
+        maria = customers.get(conn, "maria@example.com")
+    shown = previews.preview(
+        cfg,
+        TemplateStore(templates),
+        maria,
+        "lounge",
+        locale=None,
+        category=Category.TRANSACTIONAL,
+        now=clock.now(),
+    )
+    assert shown.text.strip() == bodies["maria@example.com"]
+
+
+def test_the_rate_limit_spaces_sends_and_a_quiet_spell_earns_no_burst(clock: ManualClock) -> None:
+    limiter = RateLimiter(2.0, clock)
+    assert [limiter.reserve() for _ in range(3)] == [0.0, 0.5, 1.0]
+    clock.advance(timedelta(seconds=0.75))
+    assert limiter.reserve() == 0.75  # the queue moved on with the clock
+    clock.advance(timedelta(minutes=10))
+    assert [limiter.reserve() for _ in range(3)] == [0.0, 0.5, 1.0]
+
+
+async def test_a_one_off_send_the_server_refuses_is_one_clear_error(
+    sink: tuple[Sink, int], clock: ManualClock
+) -> None:
+    sink[0].faults.append(("RCPT", "550 5.1.1 no such mailbox"))
+    target = SmtpTarget("127.0.0.1", sink[1])
+    with pytest.raises(MailerError) as refused:
+        await smtp.send_one(target, clock, "ana@example.com", "nobody@example.com", b"Hi\r\n")
+    assert str(refused.value) == (
+        f"127.0.0.1:{sink[1]} did not take the message: 550 5.1.1 no such mailbox"
+    )

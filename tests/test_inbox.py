@@ -17,7 +17,7 @@ from mailer.clock import ManualClock
 from mailer.config import Config
 from mailer.inbox import AckPolicy, Inbox
 from mailer.mailbox import PROCESSED_KEYWORD, Mailbox
-from mailer.models import Category, InquiryStatus, OutboxStatus
+from mailer.models import MAILBOX_STATE, Category, InquiryStatus, OutboxStatus
 from mailer.outbox import NewMessage
 from mailer.smtp import SmtpTarget
 from tests.configs import inbox_config, real_servers, shipped_config
@@ -133,7 +133,7 @@ async def test_a_changed_uidvalidity_rereads_the_mailbox_without_duplicates(
     await watcher.process_available()
     with engine.begin() as conn:  # as if the server had rebuilt the mailbox
         inbox.save_position(conn, folder, 1, 0, clock.now())
-        conn.execute(inbox.STATE.update().values(uidvalidity=12345, last_uid=99))
+        conn.execute(MAILBOX_STATE.update().values(uidvalidity=12345, last_uid=99))
     await watcher.close()
     assert await watcher.process_available() == 1, "read again from the start"
     assert len(inquiry_rows(engine)) == 1 and len(ack_rows(engine)) == 1

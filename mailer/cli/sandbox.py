@@ -6,13 +6,12 @@ import asyncio
 from email.headerregistry import Address
 from email.utils import parseaddr
 
-import aiosmtplib
 import typer
 
-from mailer import sandbox
+from mailer import sandbox, smtp
 from mailer.cli.common import JSON_OPTION, app_of, out, print_json, print_table
 from mailer.compose import Envelope, compose
-from mailer.errors import MailerError, NotFound
+from mailer.errors import MailerError, NotFound, SmtpUnavailable
 from mailer.fieldtypes import email_address
 
 app = typer.Typer(
@@ -61,7 +60,8 @@ def send_inquiry(
     body: str = typer.Option(..., "--body"),
 ) -> None:
     """Write to support as a customer would, through the running sandbox's SMTP server."""
-    cfg = app_of(ctx).config
+    app = app_of(ctx)
+    cfg = app.config
     name, address = parseaddr(sender)
     try:
         address = email_address(address)
@@ -70,15 +70,9 @@ def send_inquiry(
     support = parseaddr(cfg.settings.sender.reply_to or cfg.settings.sender.from_)[1]
     envelope = Envelope(from_=str(Address(name, addr_spec=address)), to_address=support)
     raw = compose(envelope, subject, body, None)
-    port = cfg.settings.sandbox.smtp_port
+    target = smtp.SmtpTarget.from_config(cfg, sandbox=True)
     try:
-        asyncio.run(
-            aiosmtplib.send(
-                raw, sender=address, recipients=[support], hostname="127.0.0.1", port=port
-            )
-        )
-    except (OSError, aiosmtplib.SMTPException) as exc:
-        raise MailerError(
-            f"the sandbox does not answer on port {port} ({exc}); start `mailer run` first"
-        ) from None
+        asyncio.run(smtp.send_one(target, app.clock, address, support, raw))
+    except SmtpUnavailable as exc:
+        raise MailerError(f"the sandbox does not answer: {exc}; start `mailer run` first") from None
     out.print(f"sent to {support}; `mailer inquiries list` shows it once the daemon has read it")

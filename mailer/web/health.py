@@ -21,13 +21,11 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from mailer.clock import Clock
-from mailer.inbox import STATE as MAILBOX_STATE
-from mailer.models import DeliveryAttempt, OutboxStatus
-from mailer.outbox import OUTBOX, WAITING
+from mailer.models import MAILBOX_STATE, OutboxStatus
+from mailer.outbox import ATTEMPTS, OUTBOX, WAITING
 from mailer.web.clients import proxied
 from mailer.web.common import db, state
 
-ATTEMPTS = DeliveryAttempt.__table__  # type: ignore[attr-defined]
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LOOPBACK = {"127.0.0.1", "::1"}
 
