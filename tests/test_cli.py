@@ -423,15 +423,21 @@ def test_send_test_refuses_a_bad_address_an_unknown_template_and_the_unsubscribe
 
 
 def _read_until(process: subprocess.Popen[str], marker: str, seconds: float) -> str:
-    """The process's stderr up to the line holding ``marker``, waiting at most ``seconds``."""
+    """The process's stderr up to the chunk holding ``marker``, waiting at most ``seconds``.
+
+    Read from the pipe itself: a buffered readline can keep a second line in Python's buffer,
+    where select() never reports it, and the wait ran out with the marker already read."""
     assert process.stderr is not None
+    pipe = process.stderr.fileno()
     deadline = time.monotonic() + seconds
-    seen = ""
-    while marker not in seen and time.monotonic() < deadline:
-        ready, _, _ = select.select([process.stderr], [], [], 1)
-        if ready:
-            seen += process.stderr.readline()
-    return seen
+    seen = b""
+    while marker.encode() not in seen and time.monotonic() < deadline:
+        ready, _, _ = select.select([pipe], [], [], 1)
+        chunk = os.read(pipe, 65536) if ready else b""
+        if ready and not chunk:
+            break  # the process closed its stderr
+        seen += chunk
+    return seen.decode(errors="replace")
 
 
 def test_support_lists_reads_and_moves_an_inquiry(with_demo: Mailer, database_url: str) -> None:
