@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import datetime
+
 import typer
+from sqlalchemy.engine import Connection
 
 from mailer import outbox
 from mailer.cli.common import JSON_OPTION, app_of, out, print_fields, print_json, print_table
@@ -52,18 +56,25 @@ def show(ctx: typer.Context, message_id: int, as_json: bool = JSON_OPTION) -> No
 @app.command("retry")
 def retry(ctx: typer.Context, message_id: int) -> None:
     """Queue a failed, expired, skipped or cancelled message again, due now."""
-    app_ = app_of(ctx)
-    with app_.engine().begin() as conn:
-        if not outbox.retry(conn, message_id, app_.clock.now()):
-            raise NotFound(f"no failed, expired, skipped or cancelled outbox message {message_id}")
-    out.print(f"outbox message {message_id} is queued again")
+    _change(ctx, message_id, outbox.retry, "failed, expired, skipped or cancelled", "queued again")
 
 
 @app.command("cancel")
 def cancel(ctx: typer.Context, message_id: int) -> None:
     """Stop a message that is waiting or stuck while sending; `retry` queues it again."""
+    _change(ctx, message_id, outbox.cancel, "queued, deferred or sending", "cancelled")
+
+
+def _change(
+    ctx: typer.Context,
+    message_id: int,
+    change: Callable[[Connection, int, datetime], bool],
+    which: str,
+    done: str,
+) -> None:
+    """An operator's change to one message, refused with what it applies to."""
     app_ = app_of(ctx)
     with app_.engine().begin() as conn:
-        if not outbox.cancel(conn, message_id, app_.clock.now()):
-            raise NotFound(f"no queued, deferred or sending outbox message {message_id}")
-    out.print(f"outbox message {message_id} is cancelled")
+        if not change(conn, message_id, app_.clock.now()):
+            raise NotFound(f"no {which} outbox message {message_id}")
+    out.print(f"outbox message {message_id} is {done}")
