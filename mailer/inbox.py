@@ -29,11 +29,12 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from mailer import autoreply, customers, inquiries, outbox, tokens
 from mailer.business_hours import BusinessHours, reply_expected_by
+from mailer.categories import Category
 from mailer.clock import Clock
 from mailer.config import Config
 from mailer.inbound import MAX_RAW, Inbound, parse
 from mailer.mailbox import Fetched, Mailbox, MailboxUnavailable
-from mailer.models import MAILBOX_STATE, Category, InquiryStatus, OutboxStatus
+from mailer.models import MAILBOX_STATE, InquiryStatus, OutboxStatus
 from mailer.outbox import NewMessage
 from mailer.outgoing import LOOP_HEADER
 

@@ -21,8 +21,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from mailer import customers, jsonvalues, throttle
+from mailer.categories import Category
 from mailer.fieldtypes import email_address
-from mailer.models import Category, Customer, DeliveryAttempt, OutboxMessage, OutboxStatus
+from mailer.models import Customer, DeliveryAttempt, OutboxMessage, OutboxStatus
 
 OUTBOX: Table = OutboxMessage.__table__  # type: ignore[attr-defined]
 ATTEMPTS: Table = DeliveryAttempt.__table__  # type: ignore[attr-defined]

@@ -16,11 +16,12 @@ import pytest
 from sqlalchemy import Engine, select, text, update
 
 from mailer import customers, daemon, outbox, previews, smtp
+from mailer.categories import Category
 from mailer.clock import ManualClock
 from mailer.config import Config
 from mailer.delivery import Delivery
 from mailer.errors import MailerError
-from mailer.models import Category, OutboxStatus
+from mailer.models import OutboxStatus
 from mailer.outbox import NewMessage, Outcome
 from mailer.smtp import RateLimiter, SmtpTarget
 from mailer.templates import TemplateStore

@@ -13,11 +13,12 @@ import pytest
 from sqlalchemy import Engine, select
 
 from mailer import autoreply, customers, daemon, inbox, inquiries, outbox, tokens
+from mailer.categories import Category
 from mailer.clock import ManualClock
 from mailer.config import Config
 from mailer.inbox import AckPolicy, Inbox
 from mailer.mailbox import PROCESSED_KEYWORD, Mailbox
-from mailer.models import MAILBOX_STATE, Category, InquiryStatus, OutboxStatus
+from mailer.models import MAILBOX_STATE, InquiryStatus, OutboxStatus
 from mailer.outbox import NewMessage
 from mailer.smtp import SmtpTarget
 from tests.configs import inbox_config, real_servers, shipped_config

@@ -9,9 +9,10 @@ import pytest
 from sqlalchemy import Engine
 
 from mailer import customers, inquiries, outbox
+from mailer.categories import Category
 from mailer.clock import ManualClock
 from mailer.inbound import parse
-from mailer.models import Category, InquiryStatus
+from mailer.models import InquiryStatus
 from mailer.outbox import NewMessage
 from tests.conftest import add_customers
 

@@ -17,11 +17,12 @@ from pytest_playwright_asyncio import CreateContextCallback
 from sqlalchemy import Engine
 
 from mailer import customers, inbox, inquiries, outbox, throttle
+from mailer.categories import Category
 from mailer.clock import ManualClock
 from mailer.config import Config
 from mailer.inbound import parse
 from mailer.inbox import AckPolicy
-from mailer.models import Category, InquiryStatus, OutboxStatus
+from mailer.models import InquiryStatus, OutboxStatus
 from mailer.outbox import NewMessage, Outcome, Policy
 from mailer.web.server import build as build_web
 from tests.configs import shipped_config

@@ -15,10 +15,11 @@ from playwright.async_api import Page, expect
 from sqlalchemy import Engine, insert, select
 
 from mailer import customers, firing, outbox, results
+from mailer.categories import Category
 from mailer.clock import ManualClock
 from mailer.compose import Envelope, compose
 from mailer.config import Config
-from mailer.models import Category, OutboxStatus
+from mailer.models import OutboxStatus
 from mailer.outbox import OUTBOX, NewMessage, Outcome
 from mailer.sandbox import SANDBOX
 from mailer.web.server import build as build_web
