@@ -12,6 +12,7 @@ import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from enum import StrEnum
 from itertools import islice
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -344,12 +345,22 @@ def _apply(conn: Connection, changes: list[dict[str, Any]], now: datetime) -> No
     conn.execute(statement, changes)
 
 
-@dataclass(frozen=True, slots=True)
+class Result(StrEnum):
+    """What became of one claimed message; also the outcome its attempt records."""
+
+    SENT = "sent"
+    RETRY = "retry"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    RELEASED = "released"  # back to the queue untried: no attempt is recorded
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Outcome:
     """What became of one claimed message."""
 
     outbox_id: int
-    result: str  # sent | retry | failed | skipped | released
+    result: Result
     at: datetime
     reason: str | None = None
     smtp_code: int | None = None
@@ -368,7 +379,7 @@ def record(engine: Engine, outcomes: Sequence[Outcome]) -> None:
             params = [_params(o) for o in outcomes if o.result == result]
             if params:
                 conn.execute(statement, params)
-        attempts = [_attempt(o) for o in outcomes if o.result != "released"]
+        attempts = [_attempt(o) for o in outcomes if o.result != Result.RELEASED]
         if attempts:
             conn.execute(insert(ATTEMPTS), attempts)
 
@@ -406,7 +417,7 @@ def _result_statement(**values: Any) -> Any:
 
 
 _RESULT_STATEMENTS = {
-    "sent": _result_statement(
+    Result.SENT: _result_statement(
         status=OutboxStatus.SENT,
         sent_at=bindparam("_at"),
         message_id=bindparam("_message_id"),
@@ -414,18 +425,18 @@ _RESULT_STATEMENTS = {
         reason=None,
         attempts=OUTBOX.c.attempts + 1,
     ),
-    "retry": _result_statement(
+    Result.RETRY: _result_statement(
         status=OutboxStatus.QUEUED,
         due_at=bindparam("_retry_at"),
         reserved_at=None,
         reason=bindparam("_reason"),
         attempts=OUTBOX.c.attempts + 1,
     ),
-    "failed": _result_statement(
+    Result.FAILED: _result_statement(
         status=OutboxStatus.FAILED, reason=bindparam("_reason"), attempts=OUTBOX.c.attempts + 1
     ),
-    "skipped": _result_statement(status=OutboxStatus.SKIPPED, reason=bindparam("_reason")),
-    "released": _result_statement(
+    Result.SKIPPED: _result_statement(status=OutboxStatus.SKIPPED, reason=bindparam("_reason")),
+    Result.RELEASED: _result_statement(
         status=OutboxStatus.QUEUED, reserved_at=None, reason=bindparam("_reason")
     ),
 }

@@ -22,7 +22,7 @@ from mailer.config import Config
 from mailer.delivery import Delivery
 from mailer.errors import MailerError
 from mailer.models import OutboxStatus
-from mailer.outbox import NewMessage, Outcome
+from mailer.outbox import NewMessage, Outcome, Result
 from mailer.smtp import RateLimiter, SmtpTarget
 from mailer.templates import TemplateStore
 from tests.configs import ROOT, shipped_config
@@ -242,7 +242,9 @@ async def test_a_cancelled_stuck_message_is_not_queued_again_by_its_late_worker(
     (claimed,) = outbox.claim(road.engine, now, 10, road.delivery.policy)  # stuck sending
     with road.engine.begin() as conn:
         assert outbox.cancel(conn, claimed.row["id"], now)
-    late = Outcome(claimed.row["id"], "released", now, reason="waiting: shutdown")
+    late = Outcome(
+        outbox_id=claimed.row["id"], result=Result.RELEASED, at=now, reason="waiting: shutdown"
+    )
     outbox.record(road.engine, [late])
     assert road.status("k7")["status"] == "cancelled"
     assert await road.deliver(after=timedelta(hours=1)) == 0
