@@ -25,12 +25,12 @@ from mailer import customers
 from mailer.customer_csv import normalise_email
 from mailer.customers import CUSTOMERS
 from mailer.inbound import Inbound, fingerprint, subject_reference
-from mailer.models import Inquiry, InquiryEvent, InquiryStatus, OutboxMessage
+from mailer.models import Inquiry, InquiryEvent, InquiryStatus
+from mailer.outbox import OUTBOX
 from mailer.search import term
 
 INQUIRIES: Table = Inquiry.__table__  # type: ignore[attr-defined]
-OUTBOX: Table = OutboxMessage.__table__  # type: ignore[attr-defined]
-EVENTS: Table = InquiryEvent.__table__  # type: ignore[attr-defined]
+INQUIRY_EVENTS: Table = InquiryEvent.__table__  # type: ignore[attr-defined]
 ACK_KEY = "ack:inquiry:{id}"  # the dedupe key of an inquiry's acknowledgement
 _DIGITS = re.compile(r"(\d+)\]$")
 TRIGRAM = 3  # the shortest search the trigram indexes can answer
@@ -362,10 +362,14 @@ def _record(
     conn: Connection, inquiry_id: int, kind: EventKind, text: str, actor: str, now: datetime
 ) -> None:
     values = {"inquiry_id": inquiry_id, "at": now, "actor": actor, "kind": kind, "text": text}
-    conn.execute(insert(EVENTS).values(**values))
+    conn.execute(insert(INQUIRY_EVENTS).values(**values))
 
 
 def events(conn: Connection, inquiry_id: int) -> list[dict[str, Any]]:
     """What people did with the inquiry, oldest first."""
-    query = select(EVENTS).where(EVENTS.c.inquiry_id == inquiry_id).order_by(EVENTS.c.id)
+    query = (
+        select(INQUIRY_EVENTS)
+        .where(INQUIRY_EVENTS.c.inquiry_id == inquiry_id)
+        .order_by(INQUIRY_EVENTS.c.id)
+    )
     return [dict(r) for r in conn.execute(query).mappings()]

@@ -24,11 +24,10 @@ from sqlalchemy.engine import Connection
 from mailer import customers, jsonvalues, throttle
 from mailer.categories import Category
 from mailer.fieldtypes import email_address
-from mailer.models import Customer, DeliveryAttempt, OutboxMessage, OutboxStatus
+from mailer.models import DeliveryAttempt, OutboxMessage, OutboxStatus
 
 OUTBOX: Table = OutboxMessage.__table__  # type: ignore[attr-defined]
 ATTEMPTS: Table = DeliveryAttempt.__table__  # type: ignore[attr-defined]
-CUSTOMERS: Table = Customer.__table__  # type: ignore[attr-defined]
 ENQUEUE_BATCH = 1000
 # rows a worker may claim once due: new or retried (queued) and held back by the throttle
 WAITING = (OutboxStatus.QUEUED, OutboxStatus.DEFERRED)
@@ -124,12 +123,12 @@ def _skip_suppressed(conn: Connection, keys: list[str], now: datetime) -> None:
     A correlated EXISTS looks up each row's own customer by key; an IN over all
     unsubscribed customers would scan the customers table once per batch."""
     unsubscribed = (
-        select(CUSTOMERS.c.id)
+        select(customers.CUSTOMERS.c.id)
         .where(
-            CUSTOMERS.c.id == OUTBOX.c.customer_id,
+            customers.CUSTOMERS.c.id == OUTBOX.c.customer_id,
             or_(
-                CUSTOMERS.c.unsubscribed_at.is_not(None),
-                CUSTOMERS.c.suppressed_reason.is_not(None),
+                customers.CUSTOMERS.c.unsubscribed_at.is_not(None),
+                customers.CUSTOMERS.c.suppressed_reason.is_not(None),
             ),
         )
         .exists()
@@ -201,7 +200,11 @@ def _claim_rows(
 
 
 def _lock_customers(conn: Connection, ids: set[int]) -> dict[int, dict[str, Any]]:
-    query = select(CUSTOMERS).where(CUSTOMERS.c.id.in_(sorted(ids))).order_by(CUSTOMERS.c.id)
+    query = (
+        select(customers.CUSTOMERS)
+        .where(customers.CUSTOMERS.c.id.in_(sorted(ids)))
+        .order_by(customers.CUSTOMERS.c.id)
+    )
     if conn.dialect.name == "postgresql":
         query = query.with_for_update()
     return {r["id"]: dict(r) for r in conn.execute(query).mappings()}

@@ -254,8 +254,8 @@ async def test_a_cancelled_stuck_message_is_not_queued_again_by_its_late_worker(
 async def test_a_name_with_line_breaks_cannot_add_a_header(road: Road) -> None:
     with road.engine.begin() as conn:
         conn.execute(
-            update(outbox.CUSTOMERS)
-            .where(outbox.CUSTOMERS.c.id == road.people["emma"])
+            update(customers.CUSTOMERS)
+            .where(customers.CUSTOMERS.c.id == road.people["emma"])
             .values(name="Emma\r\nBcc: victim@example.org")
         )
     road.queue(("emma", "k6"), **TRANSACTIONAL)
