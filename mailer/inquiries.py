@@ -31,9 +31,16 @@ from mailer.search import term
 
 INQUIRIES: Table = Inquiry.__table__  # type: ignore[attr-defined]
 INQUIRY_EVENTS: Table = InquiryEvent.__table__  # type: ignore[attr-defined]
-ACK_KEY = "ack:inquiry:{id}"  # the dedupe key of an inquiry's acknowledgement
+ACK_PREFIX = "ack:inquiry:"  # an acknowledgement's dedupe key: this, then the inquiry's id
 _DIGITS = re.compile(r"(\d+)\]$")
 TRIGRAM = 3  # the shortest search the trigram indexes can answer
+# outbox rows that acknowledge an inquiry (a prefix LIKE, which an index can serve)
+IS_ACKNOWLEDGEMENT = OUTBOX.c.dedupe_key.like(ACK_PREFIX + "%")
+
+
+def ack_key(inquiry_id: int) -> str:
+    """The dedupe key of an inquiry's acknowledgement, so it is queued at most once."""
+    return f"{ACK_PREFIX}{inquiry_id}"
 
 
 def reference(inquiry_id: int) -> str:
@@ -168,11 +175,9 @@ def _by_message_ids(conn: Connection, ids: list[str]) -> int | None:
     if found is not None:
         return int(found)
     key = conn.execute(
-        select(OUTBOX.c.dedupe_key).where(
-            OUTBOX.c.message_id.in_(ids), OUTBOX.c.dedupe_key.like("ack:inquiry:%")
-        )
+        select(OUTBOX.c.dedupe_key).where(OUTBOX.c.message_id.in_(ids), IS_ACKNOWLEDGEMENT)
     ).scalar()
-    return _existing(conn, int(key.rpartition(":")[2])) if key else None
+    return _existing(conn, int(key.removeprefix(ACK_PREFIX))) if key else None
 
 
 def _by_subject(conn: Connection, subject: str) -> int | None:
@@ -309,7 +314,7 @@ def of_customer(conn: Connection, customer_id: int, *, with_text: bool) -> list[
 
 def acknowledgements(conn: Connection, inquiry_ids: list[int]) -> dict[int, dict[str, Any]]:
     """The acknowledgement queued for each of these inquiries, by inquiry, where there is one."""
-    keys = {ACK_KEY.format(id=i): i for i in inquiry_ids}
+    keys = {ack_key(i): i for i in inquiry_ids}
     query = select(OUTBOX).where(OUTBOX.c.dedupe_key.in_(list(keys)))
     return {keys[r["dedupe_key"]]: dict(r) for r in conn.execute(query).mappings()}
 

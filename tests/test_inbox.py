@@ -86,7 +86,7 @@ def inquiry_rows(engine: Engine) -> list[dict[str, object]]:
 def ack_rows(engine: Engine) -> list[dict[str, object]]:
     with engine.connect() as conn:
         rows = outbox.find(conn, limit=100)
-    return [r for r in rows if str(r["dedupe_key"]).startswith(inbox.ACK_PREFIX)]
+    return [r for r in rows if str(r["dedupe_key"]).startswith(inquiries.ACK_PREFIX)]
 
 
 async def test_an_inquiry_is_logged_acknowledged_in_bulgarian_and_marked_processed(

@@ -174,7 +174,7 @@ def test_a_reply_to_our_acknowledgement_joins_the_inquiry_it_acknowledged(
     engine: Engine, clock: ManualClock
 ) -> None:
     root = log(engine, mail("<r1@mail.example>"), clock)
-    key = inquiries.ACK_KEY.format(id=root.inquiry_id)
+    key = inquiries.ack_key(root.inquiry_id)
     ack = NewMessage(key, "ana@example.com", Category.TRANSACTIONAL, "ack")
     outbox.enqueue(engine, [ack], clock.now())
     with engine.begin() as conn:
