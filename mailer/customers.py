@@ -20,6 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from mailer import outbox, throttle
+from mailer.categories import Category
 from mailer.config import Settings
 from mailer.customer_csv import (
     CustomerRow,
@@ -30,7 +31,7 @@ from mailer.customer_csv import (
     shown,
 )
 from mailer.errors import ImportFileError, NotFound
-from mailer.models import Category, Customer, CustomerTag
+from mailer.models import Customer, CustomerTag
 from mailer.search import fold
 
 BATCH = 1000

@@ -21,9 +21,9 @@ from sqlalchemy import Engine
 from mailer import outbox
 from mailer.clock import Clock
 from mailer.errors import RenderTimeout, TemplateError
-from mailer.outbox import Claimed, Outcome, Policy
+from mailer.outbox import Claimed, Outcome, Policy, Result
 from mailer.outgoing import Outgoing, Preparer
-from mailer.smtp import SmtpPool, backoff, classify
+from mailer.smtp import Failure, SmtpPool, Verdict, backoff, classify
 
 log = logging.getLogger("mailer.delivery")
 Row = dict[str, Any]  # an outbox row as claimed
@@ -94,7 +94,7 @@ class Delivery:
         for item in claimed:
             row_id, template = item.row["id"], item.row["template"]
             if self._stop.is_set():
-                held.append(Outcome(row_id, "released", now, reason="waiting: shutdown"))
+                held.append(_waiting(row_id, now, "shutdown"))
                 continue
             try:
                 if template in overran:
@@ -102,9 +102,9 @@ class Delivery:
                 ready.append(self.preparer.prepare(item, now))
             except RenderTimeout as exc:
                 overran[template] = exc
-                held.append(Outcome(row_id, "failed", now, reason=f"template: {exc}"))
+                held.append(_template_failed(row_id, now, exc))
             except TemplateError as exc:
-                held.append(Outcome(row_id, "failed", now, reason=f"template: {exc}"))
+                held.append(_template_failed(row_id, now, exc))
         return ready, held
 
     async def _send(self, message: Outgoing, row: Row) -> Outcome:
@@ -115,9 +115,9 @@ class Delivery:
         except Exception as exc:  # every failure is recorded on the message, none stops the loop
             return self._failure(message, row, exc)
         return Outcome(
-            message.outbox_id,
-            "sent",
-            self.clock.now(),
+            outbox_id=message.outbox_id,
+            result=Result.SENT,
+            at=self.clock.now(),
             smtp_code=_code(reply),
             smtp_reply=reply,
             message_id=message.message_id,
@@ -127,22 +127,22 @@ class Delivery:
     def _failure(self, message: Outgoing, row: Row, exc: Exception) -> Outcome:
         verdict = classify(exc)
         now = self.clock.now()
-        if verdict.result == "outage":
+        if verdict.result == Failure.OUTAGE:
             self._enter_outage(verdict.reply)
             return self._released(message, verdict.reply)
-        if verdict.result == "retry":
+        if verdict.result == Failure.RETRY:
             retry_at = now + backoff(row["attempts"] + 1, self.rng)
             if retry_at <= _deadline(row):
                 reason = f"retrying at {retry_at:%Y-%m-%d %H:%M} UTC after: {verdict.reply}"
-                return Outcome(
-                    message.outbox_id, "retry", now, reason, verdict.code, verdict.reply, retry_at
+                return _failed(
+                    message, now, verdict, reason, result=Result.RETRY, retry_at=retry_at
                 )
             reason = f"gave up after {row['attempts'] + 1} attempts: {verdict.reply}"
-            return Outcome(message.outbox_id, "failed", now, reason, verdict.code, verdict.reply)
-        return Outcome(message.outbox_id, "failed", now, verdict.reply, verdict.code, verdict.reply)
+            return _failed(message, now, verdict, reason)
+        return _failed(message, now, verdict, verdict.reply)
 
     def _released(self, message: Outgoing, why: str) -> Outcome:
-        return Outcome(message.outbox_id, "released", self.clock.now(), reason=f"waiting: {why}")
+        return _waiting(message.outbox_id, self.clock.now(), why)
 
     def _release(self, messages: Sequence[Outgoing], why: str) -> list[Outcome]:
         return [self._released(m, why) for m in messages]
@@ -210,3 +210,34 @@ def _deadline(row: Row) -> datetime:
 def _code(reply: str) -> int | None:
     head = reply[:3]
     return int(head) if head.isdigit() else None
+
+
+def _waiting(outbox_id: int, at: datetime, why: str) -> Outcome:
+    """Back to the queue untried: no attempt is recorded, the reason says what it waits for."""
+    return Outcome(outbox_id=outbox_id, result=Result.RELEASED, at=at, reason=f"waiting: {why}")
+
+
+def _template_failed(row_id: int, now: datetime, exc: Exception) -> Outcome:
+    """A message that cannot be rendered fails for good: trying again renders the same."""
+    return Outcome(outbox_id=row_id, result=Result.FAILED, at=now, reason=f"template: {exc}")
+
+
+def _failed(
+    message: Outgoing,
+    now: datetime,
+    verdict: Verdict,
+    reason: str,
+    *,
+    result: Result = Result.FAILED,
+    retry_at: datetime | None = None,
+) -> Outcome:
+    """A message the SMTP server refused: failed for good, or to retry at ``retry_at``."""
+    return Outcome(
+        outbox_id=message.outbox_id,
+        result=result,
+        at=now,
+        reason=reason,
+        smtp_code=verdict.code,
+        smtp_reply=verdict.reply,
+        retry_at=retry_at,
+    )

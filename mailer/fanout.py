@@ -38,9 +38,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from mailer import jsonvalues
+from mailer.categories import Category
 from mailer.customers import CUSTOMERS
 from mailer.db import UTCDateTime
-from mailer.models import Category, OutboxStatus, RunStatus, ScheduleRun
+from mailer.models import OutboxStatus, RunStatus, ScheduleRun
 from mailer.occurrences import Occurrence
 from mailer.outbox import OUTBOX, WAITING
 
@@ -56,7 +57,7 @@ class Plan:
     schedule: str
     kind: str
     occurrence: Occurrence
-    category: str
+    category: Category
     template: str
     priority: int
     audience: Sequence[ColumnElement[bool]]
@@ -182,7 +183,7 @@ def _insert_from_customers(dialect_name: str, plan: Plan, run_id: int, now: date
         "dedupe_key": key,
         "customer_id": C.id,
         "to_address": C.email,
-        "category": literal(plan.category),
+        "category": literal(plan.category, String()),
         "template": literal(plan.template),
         "context": _json(jsonvalues.encode(plan.context), dialect_name),
         "headers": _json({}, dialect_name),

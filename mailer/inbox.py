@@ -29,17 +29,17 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from mailer import autoreply, customers, inquiries, outbox, tokens
 from mailer.business_hours import BusinessHours, reply_expected_by
+from mailer.categories import Category
 from mailer.clock import Clock
 from mailer.config import Config
 from mailer.inbound import MAX_RAW, Inbound, parse
 from mailer.mailbox import Fetched, Mailbox, MailboxUnavailable
-from mailer.models import MAILBOX_STATE, Category, InquiryStatus, OutboxStatus
+from mailer.models import MAILBOX_STATE, InquiryStatus, OutboxStatus
 from mailer.outbox import NewMessage
 from mailer.outgoing import LOOP_HEADER
 
 log = logging.getLogger("mailer.inbox")
 
-ACK_PREFIX = "ack:inquiry:"
 RECONNECT = (1.0, 300.0)  # first and longest wait before reconnecting
 IDLE_SECONDS = 25 * 60  # re-issue IDLE well before the 29 minutes of RFC 2177
 # Failures that say nothing about the message: wait and try again, never log it as failed.
@@ -139,7 +139,7 @@ def _history(
     conn: Connection, sender: str, logged: inquiries.Logged, now: datetime
 ) -> autoreply.SenderHistory:
     acks = outbox.OUTBOX.c
-    to_sender = (acks.to_address == sender) & acks.dedupe_key.like(ACK_PREFIX + "%")
+    to_sender = (acks.to_address == sender) & inquiries.IS_ACKNOWLEDGEMENT
     last, today = conn.execute(
         select(
             func.max(acks.created_at),
@@ -175,7 +175,7 @@ def _thread_acknowledged(conn: Connection, logged: inquiries.Logged) -> bool:
     members = select(table.c.id).where(
         (table.c.id == logged.thread_id) | (table.c.thread_id == logged.thread_id)
     )
-    keys = [inquiries.ACK_KEY.format(id=i) for i in conn.execute(members).scalars()]
+    keys = [inquiries.ack_key(i) for i in conn.execute(members).scalars()]
     found = conn.execute(select(func.count()).where(outbox.OUTBOX.c.dedupe_key.in_(keys))).scalar()
     return bool(found)
 
@@ -194,7 +194,7 @@ def _acknowledgement(
         "received_at": now,
     }
     return NewMessage(
-        dedupe_key=inquiries.ACK_KEY.format(id=logged.inquiry_id),
+        dedupe_key=inquiries.ack_key(logged.inquiry_id),
         to_address=inbound.sender,
         category=Category.TRANSACTIONAL,
         template=policy.template,

@@ -25,15 +25,22 @@ from mailer import customers
 from mailer.customer_csv import normalise_email
 from mailer.customers import CUSTOMERS
 from mailer.inbound import Inbound, fingerprint, subject_reference
-from mailer.models import Inquiry, InquiryEvent, InquiryStatus, OutboxMessage
+from mailer.models import Inquiry, InquiryEvent, InquiryStatus
+from mailer.outbox import OUTBOX
 from mailer.search import term
 
 INQUIRIES: Table = Inquiry.__table__  # type: ignore[attr-defined]
-OUTBOX: Table = OutboxMessage.__table__  # type: ignore[attr-defined]
-EVENTS: Table = InquiryEvent.__table__  # type: ignore[attr-defined]
-ACK_KEY = "ack:inquiry:{id}"  # the dedupe key of an inquiry's acknowledgement
+INQUIRY_EVENTS: Table = InquiryEvent.__table__  # type: ignore[attr-defined]
+ACK_PREFIX = "ack:inquiry:"  # an acknowledgement's dedupe key: this, then the inquiry's id
 _DIGITS = re.compile(r"(\d+)\]$")
 TRIGRAM = 3  # the shortest search the trigram indexes can answer
+# outbox rows that acknowledge an inquiry (a prefix LIKE, which an index can serve)
+IS_ACKNOWLEDGEMENT = OUTBOX.c.dedupe_key.like(ACK_PREFIX + "%")
+
+
+def ack_key(inquiry_id: int) -> str:
+    """The dedupe key of an inquiry's acknowledgement, so it is queued at most once."""
+    return f"{ACK_PREFIX}{inquiry_id}"
 
 
 def reference(inquiry_id: int) -> str:
@@ -168,11 +175,9 @@ def _by_message_ids(conn: Connection, ids: list[str]) -> int | None:
     if found is not None:
         return int(found)
     key = conn.execute(
-        select(OUTBOX.c.dedupe_key).where(
-            OUTBOX.c.message_id.in_(ids), OUTBOX.c.dedupe_key.like("ack:inquiry:%")
-        )
+        select(OUTBOX.c.dedupe_key).where(OUTBOX.c.message_id.in_(ids), IS_ACKNOWLEDGEMENT)
     ).scalar()
-    return _existing(conn, int(key.rpartition(":")[2])) if key else None
+    return _existing(conn, int(key.removeprefix(ACK_PREFIX))) if key else None
 
 
 def _by_subject(conn: Connection, subject: str) -> int | None:
@@ -309,7 +314,7 @@ def of_customer(conn: Connection, customer_id: int, *, with_text: bool) -> list[
 
 def acknowledgements(conn: Connection, inquiry_ids: list[int]) -> dict[int, dict[str, Any]]:
     """The acknowledgement queued for each of these inquiries, by inquiry, where there is one."""
-    keys = {ACK_KEY.format(id=i): i for i in inquiry_ids}
+    keys = {ack_key(i): i for i in inquiry_ids}
     query = select(OUTBOX).where(OUTBOX.c.dedupe_key.in_(list(keys)))
     return {keys[r["dedupe_key"]]: dict(r) for r in conn.execute(query).mappings()}
 
@@ -362,10 +367,14 @@ def _record(
     conn: Connection, inquiry_id: int, kind: EventKind, text: str, actor: str, now: datetime
 ) -> None:
     values = {"inquiry_id": inquiry_id, "at": now, "actor": actor, "kind": kind, "text": text}
-    conn.execute(insert(EVENTS).values(**values))
+    conn.execute(insert(INQUIRY_EVENTS).values(**values))
 
 
 def events(conn: Connection, inquiry_id: int) -> list[dict[str, Any]]:
     """What people did with the inquiry, oldest first."""
-    query = select(EVENTS).where(EVENTS.c.inquiry_id == inquiry_id).order_by(EVENTS.c.id)
+    query = (
+        select(INQUIRY_EVENTS)
+        .where(INQUIRY_EVENTS.c.inquiry_id == inquiry_id)
+        .order_by(INQUIRY_EVENTS.c.id)
+    )
     return [dict(r) for r in conn.execute(query).mappings()]

@@ -35,14 +35,6 @@ def _when(nullable: bool = True, **kwargs: Any) -> Any:
     return Field(sa_type=UTCDateTime, nullable=nullable, **kwargs)
 
 
-class Category(StrEnum):
-    """Why a message is sent; caps and unsubscribes apply per category."""
-
-    TRANSACTIONAL = "transactional"
-    RELATIONSHIP = "relationship"
-    MARKETING = "marketing"
-
-
 class Customer(SQLModel, table=True):
     __tablename__ = "customers"
     __table_args__ = (

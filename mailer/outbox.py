@@ -12,6 +12,7 @@ import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from enum import StrEnum
 from itertools import islice
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -21,12 +22,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from mailer import customers, jsonvalues, throttle
+from mailer.categories import Category
 from mailer.fieldtypes import email_address
-from mailer.models import Category, Customer, DeliveryAttempt, OutboxMessage, OutboxStatus
+from mailer.models import DeliveryAttempt, OutboxMessage, OutboxStatus
 
 OUTBOX: Table = OutboxMessage.__table__  # type: ignore[attr-defined]
 ATTEMPTS: Table = DeliveryAttempt.__table__  # type: ignore[attr-defined]
-CUSTOMERS: Table = Customer.__table__  # type: ignore[attr-defined]
 ENQUEUE_BATCH = 1000
 # rows a worker may claim once due: new or retried (queued) and held back by the throttle
 WAITING = (OutboxStatus.QUEUED, OutboxStatus.DEFERRED)
@@ -122,12 +123,12 @@ def _skip_suppressed(conn: Connection, keys: list[str], now: datetime) -> None:
     A correlated EXISTS looks up each row's own customer by key; an IN over all
     unsubscribed customers would scan the customers table once per batch."""
     unsubscribed = (
-        select(CUSTOMERS.c.id)
+        select(customers.CUSTOMERS.c.id)
         .where(
-            CUSTOMERS.c.id == OUTBOX.c.customer_id,
+            customers.CUSTOMERS.c.id == OUTBOX.c.customer_id,
             or_(
-                CUSTOMERS.c.unsubscribed_at.is_not(None),
-                CUSTOMERS.c.suppressed_reason.is_not(None),
+                customers.CUSTOMERS.c.unsubscribed_at.is_not(None),
+                customers.CUSTOMERS.c.suppressed_reason.is_not(None),
             ),
         )
         .exists()
@@ -199,7 +200,11 @@ def _claim_rows(
 
 
 def _lock_customers(conn: Connection, ids: set[int]) -> dict[int, dict[str, Any]]:
-    query = select(CUSTOMERS).where(CUSTOMERS.c.id.in_(sorted(ids))).order_by(CUSTOMERS.c.id)
+    query = (
+        select(customers.CUSTOMERS)
+        .where(customers.CUSTOMERS.c.id.in_(sorted(ids)))
+        .order_by(customers.CUSTOMERS.c.id)
+    )
     if conn.dialect.name == "postgresql":
         query = query.with_for_update()
     return {r["id"]: dict(r) for r in conn.execute(query).mappings()}
@@ -343,12 +348,22 @@ def _apply(conn: Connection, changes: list[dict[str, Any]], now: datetime) -> No
     conn.execute(statement, changes)
 
 
-@dataclass(frozen=True, slots=True)
+class Result(StrEnum):
+    """What became of one claimed message; also the outcome its attempt records."""
+
+    SENT = "sent"
+    RETRY = "retry"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    RELEASED = "released"  # back to the queue untried: no attempt is recorded
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Outcome:
     """What became of one claimed message."""
 
     outbox_id: int
-    result: str  # sent | retry | failed | skipped | released
+    result: Result
     at: datetime
     reason: str | None = None
     smtp_code: int | None = None
@@ -367,7 +382,7 @@ def record(engine: Engine, outcomes: Sequence[Outcome]) -> None:
             params = [_params(o) for o in outcomes if o.result == result]
             if params:
                 conn.execute(statement, params)
-        attempts = [_attempt(o) for o in outcomes if o.result != "released"]
+        attempts = [_attempt(o) for o in outcomes if o.result != Result.RELEASED]
         if attempts:
             conn.execute(insert(ATTEMPTS), attempts)
 
@@ -405,7 +420,7 @@ def _result_statement(**values: Any) -> Any:
 
 
 _RESULT_STATEMENTS = {
-    "sent": _result_statement(
+    Result.SENT: _result_statement(
         status=OutboxStatus.SENT,
         sent_at=bindparam("_at"),
         message_id=bindparam("_message_id"),
@@ -413,18 +428,18 @@ _RESULT_STATEMENTS = {
         reason=None,
         attempts=OUTBOX.c.attempts + 1,
     ),
-    "retry": _result_statement(
+    Result.RETRY: _result_statement(
         status=OutboxStatus.QUEUED,
         due_at=bindparam("_retry_at"),
         reserved_at=None,
         reason=bindparam("_reason"),
         attempts=OUTBOX.c.attempts + 1,
     ),
-    "failed": _result_statement(
+    Result.FAILED: _result_statement(
         status=OutboxStatus.FAILED, reason=bindparam("_reason"), attempts=OUTBOX.c.attempts + 1
     ),
-    "skipped": _result_statement(status=OutboxStatus.SKIPPED, reason=bindparam("_reason")),
-    "released": _result_statement(
+    Result.SKIPPED: _result_statement(status=OutboxStatus.SKIPPED, reason=bindparam("_reason")),
+    Result.RELEASED: _result_statement(
         status=OutboxStatus.QUEUED, reserved_at=None, reason=bindparam("_reason")
     ),
 }

@@ -13,11 +13,11 @@ from typing import Any
 from urllib.parse import quote
 
 from mailer import jsonvalues, tokens
+from mailer.categories import Category
 from mailer.compose import Envelope, Part, compose, list_unsubscribe_headers, make_message_id
 from mailer.config import Config
 from mailer.context import customer_view, customer_zone
 from mailer.invitations import Attendee, invitation
-from mailer.models import Category
 from mailer.outbox import Claimed
 from mailer.templates import TemplateStore
 

@@ -19,10 +19,10 @@ from typing import Any
 from sqlalchemy import Engine
 
 from mailer import customers, jsonvalues, outbox, sandbox
+from mailer.categories import Category
 from mailer.config import Config
 from mailer.customer_csv import normalise_email
 from mailer.errors import MailerError, NotFound, Problem
-from mailer.models import Category
 from mailer.outbox import Claimed, NewMessage
 from mailer.outgoing import Preparer
 from mailer.schedules import Schedule, WebinarSchedule

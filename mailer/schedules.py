@@ -32,12 +32,11 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
+from mailer.categories import Category
 from mailer.clock import Clock
 from mailer.durations import format_duration
 from mailer.errors import Problem
 from mailer.fieldtypes import ClockTime, Duration, EmailAddress, LocaleTag, zone
-
-Category = Literal["transactional", "relationship", "marketing"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 _ANY_TIME = datetime(2000, 1, 1, tzinfo=UTC)
@@ -158,7 +157,7 @@ class NewsletterSchedule(_Common):
 
     @property
     def category(self) -> Category:
-        return "marketing"
+        return Category.MARKETING
 
 
 class BirthdaySchedule(_Common):
@@ -170,7 +169,7 @@ class BirthdaySchedule(_Common):
 
     @property
     def category(self) -> Category:
-        return "relationship"
+        return Category.RELATIONSHIP
 
 
 class WebinarSchedule(_Common):
@@ -198,7 +197,7 @@ class WebinarSchedule(_Common):
 
     @property
     def category(self) -> Category:
-        return "marketing"
+        return Category.MARKETING
 
     @field_validator("starts_at")
     @classmethod

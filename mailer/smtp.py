@@ -6,6 +6,7 @@ import asyncio
 import random
 from dataclasses import dataclass
 from datetime import timedelta
+from enum import StrEnum
 
 import aiosmtplib
 
@@ -52,11 +53,19 @@ class SmtpTarget:
         return f"{self.host}:{self.port}"
 
 
+class Failure(StrEnum):
+    """How an SMTP error ends for the message."""
+
+    RETRY = "retry"  # later, with backoff
+    FAILED = "failed"  # for good
+    OUTAGE = "outage"  # the server is unreachable: wait it out, the message is not at fault
+
+
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """What an SMTP error means for the message: try again later, give up, or wait out an outage."""
 
-    result: str  # retry | failed | outage
+    result: Failure
     code: int | None
     reply: str
 
@@ -65,14 +74,14 @@ def classify(exc: BaseException) -> Verdict:
     """4xx, timeouts and dropped connections are temporary; 5xx is final, except 552, which
     RFC 5321 (4.5.3.1.10) says to treat as temporary because old servers sent it for 452."""
     if isinstance(exc, SmtpUnavailable):
-        return Verdict("outage", None, str(exc))
+        return Verdict(Failure.OUTAGE, None, str(exc))
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused) and exc.recipients:
         exc = exc.recipients[0]
     if isinstance(exc, aiosmtplib.SMTPResponseException):
         code, reply = exc.code, f"{exc.code} {exc.message}"
         permanent = 500 <= code < 600 and code != 552
-        return Verdict("failed" if permanent else "retry", code, reply)
-    return Verdict("retry", None, f"{type(exc).__name__}: {exc}".rstrip(": "))
+        return Verdict(Failure.FAILED if permanent else Failure.RETRY, code, reply)
+    return Verdict(Failure.RETRY, None, f"{type(exc).__name__}: {exc}".rstrip(": "))
 
 
 def backoff(attempts: int, rng: random.Random) -> timedelta:

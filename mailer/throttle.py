@@ -21,12 +21,11 @@ from datetime import UTC, datetime, time, timedelta
 from typing import TYPE_CHECKING, Literal
 from zoneinfo import ZoneInfo
 
+from mailer.categories import Category
 from mailer.durations import format_duration
 
 if TYPE_CHECKING:
     from mailer.config import ThrottleSettings
-
-TRANSACTIONAL = "transactional"
 
 # Each cap field: the rolling window it limits, and how people read it.
 _WINDOWS: Mapping[str, tuple[timedelta, str]] = {
@@ -141,7 +140,7 @@ def decide(
     bar = _bar(category, customer, rules)
     if bar is not None:
         return Decision("skip", None, bar.reason, bar.rule)
-    holds = [] if category == TRANSACTIONAL else _holds(category, customer, rules)
+    holds = [] if category == Category.TRANSACTIONAL else _holds(category, customer, rules)
     at, fired = _settle(now, holds, 8 * (len(customer.history) + 2))
     if deadline is not None and at > deadline:
         return _expired(at, deadline, fired)
@@ -195,7 +194,7 @@ def _bar(category: str, customer: CustomerState, rules: Rules) -> _Bar | None:
     """Why this message may never go to this customer, or None."""
     if customer.suppressed is not None:
         return _Bar("suppressed", f"suppressed: {customer.suppressed}")
-    if category == TRANSACTIONAL:
+    if category == Category.TRANSACTIONAL:
         return None
     if customer.unsubscribed:
         return _Bar("unsubscribed", "unsubscribed")
@@ -209,7 +208,7 @@ def _holds(category: str, customer: CustomerState, rules: Rules) -> list[_Hold]:
     """The deferring rules that apply, in the order their names are reported."""
     holds = [] if customer.pause_until is None else [_pause(customer.pause_until)]
     if rules.min_gap > timedelta(0):
-        throttled = _times(customer.history, lambda c: c.category != TRANSACTIONAL)
+        throttled = _times(customer.history, lambda c: c.category != Category.TRANSACTIONAL)
         holds.append(_min_gap(throttled, rules.min_gap))
     same = _times(customer.history, lambda c: c.category == category)
     limits = _caps(category, customer, rules).limits()

@@ -19,7 +19,7 @@ from mailer.models import WebinarEvent
 from mailer.occurrences import WebinarState
 from mailer.schedules import WebinarSchedule
 
-EVENTS: Table = WebinarEvent.__table__  # type: ignore[attr-defined]
+WEBINAR_EVENTS: Table = WebinarEvent.__table__  # type: ignore[attr-defined]
 
 
 def uid(schedule_name: str, domain: str) -> str:
@@ -39,10 +39,14 @@ def state(
 ) -> WebinarState:
     """The current SEQUENCE, raised by one if the file changed since it was last seen."""
     seen = fingerprint(schedule)
-    row = conn.execute(select(EVENTS).where(EVENTS.c.schedule == name)).mappings().first()
+    row = (
+        conn.execute(select(WEBINAR_EVENTS).where(WEBINAR_EVENTS.c.schedule == name))
+        .mappings()
+        .first()
+    )
     if row is None:
         conn.execute(
-            EVENTS.insert().values(
+            WEBINAR_EVENTS.insert().values(
                 schedule=name, uid=uid(name, domain), sequence=0, fingerprint=seen, updated_at=now
             )
         )
@@ -51,8 +55,8 @@ def state(
     if row["fingerprint"] != seen:
         sequence += 1
         conn.execute(
-            update(EVENTS)
-            .where(EVENTS.c.schedule == name)
+            update(WEBINAR_EVENTS)
+            .where(WEBINAR_EVENTS.c.schedule == name)
             .values(sequence=sequence, fingerprint=seen, updated_at=now)
         )
     return WebinarState(sequence)

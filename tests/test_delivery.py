@@ -16,12 +16,13 @@ import pytest
 from sqlalchemy import Engine, select, text, update
 
 from mailer import customers, daemon, outbox, previews, smtp
+from mailer.categories import Category
 from mailer.clock import ManualClock
 from mailer.config import Config
 from mailer.delivery import Delivery
 from mailer.errors import MailerError
-from mailer.models import Category, OutboxStatus
-from mailer.outbox import NewMessage, Outcome
+from mailer.models import OutboxStatus
+from mailer.outbox import NewMessage, Outcome, Result
 from mailer.smtp import RateLimiter, SmtpTarget
 from mailer.templates import TemplateStore
 from tests.configs import ROOT, shipped_config
@@ -241,7 +242,9 @@ async def test_a_cancelled_stuck_message_is_not_queued_again_by_its_late_worker(
     (claimed,) = outbox.claim(road.engine, now, 10, road.delivery.policy)  # stuck sending
     with road.engine.begin() as conn:
         assert outbox.cancel(conn, claimed.row["id"], now)
-    late = Outcome(claimed.row["id"], "released", now, reason="waiting: shutdown")
+    late = Outcome(
+        outbox_id=claimed.row["id"], result=Result.RELEASED, at=now, reason="waiting: shutdown"
+    )
     outbox.record(road.engine, [late])
     assert road.status("k7")["status"] == "cancelled"
     assert await road.deliver(after=timedelta(hours=1)) == 0
@@ -251,8 +254,8 @@ async def test_a_cancelled_stuck_message_is_not_queued_again_by_its_late_worker(
 async def test_a_name_with_line_breaks_cannot_add_a_header(road: Road) -> None:
     with road.engine.begin() as conn:
         conn.execute(
-            update(outbox.CUSTOMERS)
-            .where(outbox.CUSTOMERS.c.id == road.people["emma"])
+            update(customers.CUSTOMERS)
+            .where(customers.CUSTOMERS.c.id == road.people["emma"])
             .values(name="Emma\r\nBcc: victim@example.org")
         )
     road.queue(("emma", "k6"), **TRANSACTIONAL)

@@ -13,11 +13,12 @@ import pytest
 from sqlalchemy import Engine, select
 
 from mailer import autoreply, customers, daemon, inbox, inquiries, outbox, tokens
+from mailer.categories import Category
 from mailer.clock import ManualClock
 from mailer.config import Config
 from mailer.inbox import AckPolicy, Inbox
 from mailer.mailbox import PROCESSED_KEYWORD, Mailbox
-from mailer.models import MAILBOX_STATE, Category, InquiryStatus, OutboxStatus
+from mailer.models import MAILBOX_STATE, InquiryStatus, OutboxStatus
 from mailer.outbox import NewMessage
 from mailer.smtp import SmtpTarget
 from tests.configs import inbox_config, real_servers, shipped_config
@@ -85,7 +86,7 @@ def inquiry_rows(engine: Engine) -> list[dict[str, object]]:
 def ack_rows(engine: Engine) -> list[dict[str, object]]:
     with engine.connect() as conn:
         rows = outbox.find(conn, limit=100)
-    return [r for r in rows if str(r["dedupe_key"]).startswith(inbox.ACK_PREFIX)]
+    return [r for r in rows if str(r["dedupe_key"]).startswith(inquiries.ACK_PREFIX)]
 
 
 async def test_an_inquiry_is_logged_acknowledged_in_bulgarian_and_marked_processed(

@@ -23,7 +23,7 @@ import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from sqlalchemy import Engine, func, select
 
-from mailer import customers, daemon, db, inbox, inquiries, migrate, outbox
+from mailer import customers, daemon, db, inquiries, migrate, outbox
 from mailer.clock import ManualClock
 from mailer.config import Config
 from mailer.inbox import Inbox
@@ -125,7 +125,7 @@ def acknowledgements(engine: Engine) -> dict[str, str]:
     """Dedupe key -> recipient of every acknowledgement in the outbox, however many."""
     table = outbox.OUTBOX
     query = select(table.c.dedupe_key, table.c.to_address).where(
-        table.c.dedupe_key.startswith(inbox.ACK_PREFIX)
+        table.c.dedupe_key.startswith(inquiries.ACK_PREFIX)
     )
     with engine.connect() as conn:
         return {key: to for key, to in conn.execute(query)}

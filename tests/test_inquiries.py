@@ -9,9 +9,10 @@ import pytest
 from sqlalchemy import Engine
 
 from mailer import customers, inquiries, outbox
+from mailer.categories import Category
 from mailer.clock import ManualClock
 from mailer.inbound import parse
-from mailer.models import Category, InquiryStatus
+from mailer.models import InquiryStatus
 from mailer.outbox import NewMessage
 from tests.conftest import add_customers
 
@@ -173,7 +174,7 @@ def test_a_reply_to_our_acknowledgement_joins_the_inquiry_it_acknowledged(
     engine: Engine, clock: ManualClock
 ) -> None:
     root = log(engine, mail("<r1@mail.example>"), clock)
-    key = inquiries.ACK_KEY.format(id=root.inquiry_id)
+    key = inquiries.ack_key(root.inquiry_id)
     ack = NewMessage(key, "ana@example.com", Category.TRANSACTIONAL, "ack")
     outbox.enqueue(engine, [ack], clock.now())
     with engine.begin() as conn:

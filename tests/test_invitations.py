@@ -17,10 +17,10 @@ from icalendar import Calendar, Component
 from sqlalchemy import Engine
 
 from mailer import customers, outbox, throttle
+from mailer.categories import Category
 from mailer.clock import ManualClock
 from mailer.config import Config
 from mailer.invitations import Attendee, invitation
-from mailer.models import Category
 from mailer.outbox import NewMessage, Policy
 from mailer.outgoing import Preparer
 from mailer.templates import TemplateStore, sample_context

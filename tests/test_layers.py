@@ -1,5 +1,7 @@
 """Which parts of mailer load which: the web app serves without the inbox watcher or the
-IMAP edge, and SMTP is spoken in one place only, so its traps are handled in one place."""
+IMAP edge, SMTP and IMAP are each spoken in one place only, so their traps are handled in
+one place, and the pure decisions load no database, network or event loop, so they stay
+testable without I/O."""
 
 from __future__ import annotations
 
@@ -27,6 +29,103 @@ def imported_modules(path: Path) -> set[str]:
     tree = ast.parse(path.read_text(encoding="utf-8"))
     names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     return names | {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+
+
+def runtime_imports(path: Path) -> set[str]:
+    """The modules a file imports when it runs, ``from mailer import b`` as ``mailer.b``;
+    ``if TYPE_CHECKING:`` blocks only feed the type checker and are left out."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    typing_only = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for statement in node.body
+        for inner in ast.walk(statement)
+    }
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            submodules = {f"{node.module}.{a.name}" for a in node.names}
+            names |= {node.module} | {m for m in submodules if mailer_source(m) is not None}
+    return names
+
+
+def mailer_source(module: str) -> Path | None:
+    """The file of a mailer module, or None for anything else (a library, a function)."""
+    path = ROOT.joinpath(*module.split("."))
+    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+        if module.split(".")[0] == "mailer" and candidate.is_file():
+            return candidate
+    return None
+
+
+def loads(path: Path) -> dict[str, Path]:
+    """Every module a file loads, directly or through the mailer modules it imports, with
+    the file that imports it."""
+    found: dict[str, Path] = {}
+    seen: set[Path] = set()
+    todo = [path]
+    while todo:
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        for name in sorted(runtime_imports(current)):
+            found.setdefault(name, current)
+            source = mailer_source(name)
+            if source is not None:
+                todo.append(source)
+    return found
+
+
+PURE = (
+    "mailer/throttle.py",
+    "mailer/occurrences.py",
+    "mailer/business_hours.py",
+    "mailer/autoreply.py",
+    "mailer/durations.py",
+    "mailer/clock.py",
+)
+# a database, a mail protocol, the event loop or the network: what makes code need I/O to test
+IMPURE = (
+    "sqlalchemy",
+    "sqlmodel",
+    "psycopg",
+    "aiosqlite",
+    "aiosmtplib",
+    "aioimaplib",
+    "pymap",
+    "asyncio",
+    "socket",
+    "mailer.db",
+    "mailer.models",
+)
+
+
+def test_pure_decisions_load_no_database_network_or_event_loop() -> None:
+    wrong = [
+        f"{module} loads {name} (imported by {by.relative_to(ROOT)})"
+        for module in PURE
+        for name, by in loads(ROOT / module).items()
+        if any(name == bad or name.startswith(bad + ".") for bad in IMPURE)
+    ]
+    assert not wrong, "pure decision modules must stay free of I/O:\n" + "\n".join(wrong)
+
+
+def test_only_the_imap_edge_and_the_sandbox_imap_server_speak_imap() -> None:
+    speaking = {
+        str(path.relative_to(ROOT))
+        for path in (ROOT / "mailer").rglob("*.py")
+        if {name.split(".")[0] for name in imported_modules(path)} & {"aioimaplib", "pymap"}
+    }
+    assert speaking <= {"mailer/mailbox.py", "mailer/sandbox_imap.py"}, (
+        f"only mailer/mailbox.py and mailer/sandbox_imap.py may import aioimaplib or pymap, "
+        f"not {sorted(speaking - {'mailer/mailbox.py', 'mailer/sandbox_imap.py'})}"
+    )
 
 
 def test_only_the_smtp_edge_imports_aiosmtplib() -> None:

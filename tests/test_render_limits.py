@@ -23,10 +23,11 @@ from playwright.async_api import Page, expect
 from sqlalchemy import Engine, select
 
 from mailer import daemon, outbox, renderpool
+from mailer.categories import Category
 from mailer.clock import ManualClock
 from mailer.config import Config
 from mailer.errors import TemplateError
-from mailer.models import Category, OutboxStatus
+from mailer.models import OutboxStatus
 from mailer.outbox import NewMessage
 from mailer.renderpool import Limits, RenderPool
 from mailer.smtp import SmtpTarget

@@ -18,9 +18,9 @@ from pytest_playwright_asyncio import CreateContextCallback
 from sqlalchemy import Engine
 
 from mailer import customers, outbox, tokens
+from mailer.categories import Category
 from mailer.clock import ManualClock
 from mailer.config import Config
-from mailer.models import Category
 from mailer.outbox import NewMessage
 from mailer.web.clients import client_of
 from mailer.web.server import build as build_web

@@ -17,12 +17,13 @@ from pytest_playwright_asyncio import CreateContextCallback
 from sqlalchemy import Engine
 
 from mailer import customers, inbox, inquiries, outbox, throttle
+from mailer.categories import Category
 from mailer.clock import ManualClock
 from mailer.config import Config
 from mailer.inbound import parse
 from mailer.inbox import AckPolicy
-from mailer.models import Category, InquiryStatus, OutboxStatus
-from mailer.outbox import NewMessage, Outcome, Policy
+from mailer.models import InquiryStatus, OutboxStatus
+from mailer.outbox import NewMessage, Outcome, Policy, Result
 from mailer.web.server import build as build_web
 from tests.configs import shipped_config
 from tests.conftest import add_customers, sign_in
@@ -221,7 +222,18 @@ async def test_the_customer_page_shows_a_throttled_newsletter_with_its_reason(
     policy = Policy(rules, cfg.settings.business_hours.timezone, timedelta(minutes=5))
     claimed = [c.row for c in outbox.claim(engine, now, 10, policy)]
     sent = next(r for r in claimed if r["category"] == Category.MARKETING)
-    outbox.record(engine, [Outcome(sent["id"], "sent", now, message_id="<n1@x>", subject="Новини")])
+    outbox.record(
+        engine,
+        [
+            Outcome(
+                outbox_id=sent["id"],
+                result=Result.SENT,
+                at=now,
+                message_id="<n1@x>",
+                subject="Новини",
+            )
+        ],
+    )
     with engine.connect() as conn:
         (deferred,) = outbox.find(conn, status=OutboxStatus.DEFERRED)
     assert "marketing cap 1 per day" in deferred["reason"]

@@ -15,11 +15,12 @@ from playwright.async_api import Page, expect
 from sqlalchemy import Engine, insert, select
 
 from mailer import customers, firing, outbox, results
+from mailer.categories import Category
 from mailer.clock import ManualClock
 from mailer.compose import Envelope, compose
 from mailer.config import Config
-from mailer.models import Category, OutboxStatus
-from mailer.outbox import OUTBOX, NewMessage, Outcome
+from mailer.models import OutboxStatus
+from mailer.outbox import OUTBOX, NewMessage, Outcome, Result
 from mailer.sandbox import SANDBOX
 from mailer.web.server import build as build_web
 from tests.configs import ROOT, shipped_config
@@ -248,8 +249,19 @@ def _fire_newsletter_and_deliver_some(
     outbox.record(
         engine,
         [
-            Outcome(ids[MARIA], "sent", now, message_id="<n1@x>", subject="Новини"),
-            Outcome(ids["siti@example.id"], "failed", now, reason="550 5.1.1 no such user"),
+            Outcome(
+                outbox_id=ids[MARIA],
+                result=Result.SENT,
+                at=now,
+                message_id="<n1@x>",
+                subject="Новини",
+            ),
+            Outcome(
+                outbox_id=ids["siti@example.id"],
+                result=Result.FAILED,
+                at=now,
+                reason="550 5.1.1 no such user",
+            ),
         ],
     )
     with engine.begin() as conn:
@@ -269,7 +281,10 @@ async def test_an_admin_retries_a_failed_message_and_cancels_it_from_the_outbox(
     outbox.enqueue(engine, messages, now)
     with engine.connect() as conn:
         failed = outbox.find(conn)[-1]["id"]  # the oldest: listed last but for failing
-    outbox.record(engine, [Outcome(failed, "failed", now, reason="554 5.7.1 rejected")])
+    outbox.record(
+        engine,
+        [Outcome(outbox_id=failed, result=Result.FAILED, at=now, reason="554 5.7.1 rejected")],
+    )
     await sign_in(page, site, "ada")
     await page.goto(site.url + "/outbox")
     await expect(page.get_by_role("navigation", name="Messages by status")).to_contain_text(

@@ -167,6 +167,6 @@ def test_a_dry_run_shows_the_update_but_keeps_nothing(engine: Engine) -> None:
     plans = firing.due_plans(engine, "spring", later, moment, FIRING, zones, dry_run=True)
     assert [p.occurrence.key for p in plans] == ["update-1"]
     with engine.connect() as conn:
-        assert conn.execute(select(webinars.EVENTS.c.sequence)).scalar_one() == 0
+        assert conn.execute(select(webinars.WEBINAR_EVENTS.c.sequence)).scalar_one() == 0
     (run,) = fire(engine, moment, later)
     assert run.occurrence == "update-1"
