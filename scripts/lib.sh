@@ -41,8 +41,8 @@ ensure_venv() {
 }
 
 install_locked() {
-  # Exactly the versions in requirements.lock (hashes checked), then mailer itself from
+  # Exactly the versions in requirements.txt (hashes checked), then mailer itself from
   # this folder, built with the locked setuptools.
-  .venv/bin/pip install -q --require-hashes --no-deps -r requirements.lock
+  .venv/bin/pip install -q --require-hashes --no-deps -r requirements.txt
   .venv/bin/pip install -q --no-deps --no-build-isolation -e .
 }

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from tests.configs import shipped_config
 from tests.dovecot import DovecotServer
 from tests.pg import PostgresServer
 from tests.site import Site, served
+from tests.smtp_sink import Sink, start_sink
 
 _database_names = itertools.count()
 _folders = itertools.count()
@@ -116,6 +117,16 @@ def people(engine: Engine, tmp_path: Path) -> None:
     add_customers(
         engine, tmp_path, HEADER + "\n".join(rows) + "\n", datetime(2026, 1, 1, tzinfo=UTC)
     )
+
+
+@pytest.fixture
+async def sink() -> AsyncIterator[tuple[Sink, int]]:
+    """An aiosmtpd server on a free loopback port that keeps what it receives: (handler, port)."""
+    handler = Sink()
+    server, port = await start_sink(handler)
+    yield handler, port
+    server.close()
+    await server.wait_closed()
 
 
 # The web app and the browser ---------------------------------------------------------------

@@ -6,7 +6,6 @@ import asyncio
 import logging
 import shutil
 import threading
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
 from email.headerregistry import Address
@@ -42,15 +41,6 @@ def people(engine: Engine, tmp_path: Path, clock: ManualClock) -> dict[str, int]
     add_customers(engine, tmp_path, CUSTOMERS_CSV, clock.now())
     with engine.connect() as conn:
         return {c["email"].split("@")[0]: c["id"] for c in customers.find(conn)}
-
-
-@pytest.fixture
-async def sink() -> AsyncIterator[tuple[Sink, int]]:
-    handler = Sink()
-    server, port = await start_sink(handler)
-    yield handler, port
-    server.close()
-    await server.wait_closed()
 
 
 def message(people: dict[str, int], who: str, key: str, **kwargs: object) -> NewMessage:

@@ -1,4 +1,4 @@
-"""A fresh machine installs exactly requirements.lock: it must hold every dependency that
+"""A fresh machine installs exactly requirements.txt: it must hold every dependency that
 pyproject.toml names, at a version pyproject.toml allows, each with its hashes."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ PIN = re.compile(r"^([A-Za-z0-9._-]+)==([^\s;\\]+)")
 
 def locked() -> dict[str, str]:
     """Package name -> version, for every pin in the lock; each pin must carry hashes."""
-    text = (ROOT / "requirements.lock").read_text(encoding="utf-8")
+    text = (ROOT / "requirements.txt").read_text(encoding="utf-8")
     pins: dict[str, str] = {}
     for block in re.split(r"\n(?=\S)", text):
         match = PIN.match(block)
@@ -37,9 +37,9 @@ def test_every_declared_dependency_is_locked_at_an_allowed_version() -> None:
     pins = locked()
     for requirement in declared():
         name = canonicalize_name(requirement.name)
-        assert name in pins, f"{name} is in pyproject.toml but not in requirements.lock"
+        assert name in pins, f"{name} is in pyproject.toml but not in requirements.txt"
         assert requirement.specifier.contains(pins[name], prereleases=True), (
-            f"requirements.lock has {name}=={pins[name]}, pyproject.toml asks {requirement}: "
+            f"requirements.txt has {name}=={pins[name]}, pyproject.toml asks {requirement}: "
             "run scripts/lock"
         )
 

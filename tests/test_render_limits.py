@@ -13,7 +13,7 @@ import resource
 import shutil
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -36,7 +36,7 @@ from mailer.web.server import build as build_web
 from tests.configs import ROOT, shipped_config
 from tests.conftest import sign_in
 from tests.site import Site, served
-from tests.smtp_sink import Sink, start_sink
+from tests.smtp_sink import Sink
 
 LIMITS = Limits(seconds=1.0, memory=256 * 1024 * 1024, output=100_000)
 LOOP = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
@@ -123,15 +123,6 @@ def test_templates_check_reports_every_overrun_and_still_checks_the_rest(
         "undefined variable: 'customer' has no attribute 'nickname'"
     )
     assert not [where for where in found if "birthday" in where]  # the good ones pass
-
-
-@pytest.fixture
-async def sink() -> AsyncIterator[tuple[Sink, int]]:
-    handler = Sink()
-    server, port = await start_sink(handler)
-    yield handler, port
-    server.close()
-    await server.wait_closed()
 
 
 async def test_looping_messages_fail_at_once_while_the_loop_and_other_mail_go_on(
