@@ -96,14 +96,14 @@ class Delivery:
             if self._stop.is_set():
                 held.append(_waiting(row_id, now, "shutdown"))
                 continue
+            if template in overran:
+                held.append(_template_failed(row_id, now, overran[template]))
+                continue
             try:
-                if template in overran:
-                    raise overran[template]
                 ready.append(self.preparer.prepare(item, now))
-            except RenderTimeout as exc:
-                overran[template] = exc
-                held.append(_template_failed(row_id, now, exc))
             except TemplateError as exc:
+                if isinstance(exc, RenderTimeout):
+                    overran[template] = exc
                 held.append(_template_failed(row_id, now, exc))
         return ready, held
 
