@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from email import policy
 from email.message import EmailMessage
 
-from mailer.compose import Envelope, compose, list_unsubscribe_headers
+from mailer.outbound.compose import Envelope, compose, list_unsubscribe_headers
 
 SENDER = "Northwind Coffee Roasters <news@northwind.example>"
 UNSUBSCRIBE = list_unsubscribe_headers(

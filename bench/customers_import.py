@@ -14,7 +14,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from mailer import customers, db, migrate
+from mailer.customers import profiles
+from mailer.store import db, migrate
 
 ZONES = ("Europe/Sofia", "Asia/Jakarta", "Asia/Manila", "America/Los_Angeles", "Pacific/Auckland")
 LOCALES = ("bg", "id", "tl", "en", "en-NZ")
@@ -32,9 +33,9 @@ def write_csv(path: Path, rows: int) -> None:
             )
 
 
-def timed(engine: object, path: Path) -> tuple[float, customers.ImportReport]:
+def timed(engine: object, path: Path) -> tuple[float, profiles.ImportReport]:
     start = time.perf_counter()
-    report = customers.import_csv(engine, path, datetime.now(UTC))  # type: ignore[arg-type]
+    report = profiles.import_csv(engine, path, datetime.now(UTC))  # type: ignore[arg-type]
     return time.perf_counter() - start, report
 
 

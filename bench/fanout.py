@@ -28,11 +28,12 @@ sys.path.insert(0, str(ROOT))  # for tests.pg
 
 from sqlalchemy import Engine, func, insert, select  # noqa: E402
 
-from mailer import db, firing, migrate  # noqa: E402
-from mailer.customers import CUSTOMERS, TAGS  # noqa: E402
-from mailer.firing import Firing  # noqa: E402
-from mailer.outbox import OUTBOX  # noqa: E402
-from mailer.schedules import Audience, BirthdaySchedule, NewsletterSchedule  # noqa: E402
+from mailer.customers.profiles import CUSTOMERS, TAGS  # noqa: E402
+from mailer.outbound.outbox import OUTBOX  # noqa: E402
+from mailer.scheduling import firing  # noqa: E402
+from mailer.scheduling.firing import Firing  # noqa: E402
+from mailer.scheduling.schedules import Audience, BirthdaySchedule, NewsletterSchedule  # noqa: E402
+from mailer.store import db, migrate  # noqa: E402
 from tests.pg import PostgresServer  # noqa: E402
 
 ZONES = ("Europe/Sofia", "Asia/Jakarta", "Asia/Manila", "Pacific/Auckland", "America/Los_Angeles")

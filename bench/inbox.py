@@ -50,9 +50,11 @@ sys.path.insert(0, str(ROOT))  # for tests.dovecot and tests.configs
 
 from sqlalchemy import Engine, func, select  # noqa: E402
 
-from mailer import daemon, db, inquiries, migrate  # noqa: E402
-from mailer.clock import SystemClock  # noqa: E402
-from mailer.config import Config  # noqa: E402
+from mailer import daemon  # noqa: E402
+from mailer.core.clock import SystemClock  # noqa: E402
+from mailer.core.config import Config  # noqa: E402
+from mailer.inbound import inquiries  # noqa: E402
+from mailer.store import db, migrate  # noqa: E402
 from tests.configs import real_servers, shipped_config  # noqa: E402
 from tests.dovecot import DovecotServer  # noqa: E402
 

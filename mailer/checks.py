@@ -14,11 +14,14 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from mailer import config, migrate, schedules, tokens
-from mailer.clock import Clock
-from mailer.errors import ConfigError, DatabaseUnavailable, Problem
-from mailer.fieldtypes import special_use_domain
-from mailer.templates import TemplateStore
+from mailer.core import config
+from mailer.core.clock import Clock
+from mailer.core.errors import ConfigError, DatabaseUnavailable, Problem
+from mailer.core.fieldtypes import special_use_domain
+from mailer.customers import tokens
+from mailer.outbound.templates import TemplateStore
+from mailer.scheduling import schedules
+from mailer.store import migrate
 
 
 def check_all(config_path: Path, clock: Clock) -> list[Problem]:

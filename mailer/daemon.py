@@ -17,20 +17,23 @@ from datetime import timedelta
 
 from sqlalchemy import Engine, func, select
 
-from mailer import checks, sandbox, throttle, tokens
-from mailer.clock import Clock, SystemClock
-from mailer.config import Config
-from mailer.delivery import Delivery
-from mailer.firing import Firing
-from mailer.inbox import AckPolicy, Inbox
-from mailer.mailbox import Mailbox
-from mailer.models import Customer
-from mailer.outbox import Policy
-from mailer.outgoing import Preparer
-from mailer.sandbox_imap import SandboxImap
-from mailer.scheduler import Scheduler, Schedules
-from mailer.smtp import SmtpPool, SmtpTarget
-from mailer.templates import TemplateStore
+from mailer import checks
+from mailer.core.clock import Clock, SystemClock
+from mailer.core.config import Config
+from mailer.customers import tokens
+from mailer.inbound.mailbox import Mailbox
+from mailer.inbound.watcher import AckPolicy, Inbox
+from mailer.outbound import throttle
+from mailer.outbound.delivery import Delivery
+from mailer.outbound.outbox import Policy
+from mailer.outbound.prepare import Preparer
+from mailer.outbound.smtp import SmtpPool, SmtpTarget
+from mailer.outbound.templates import TemplateStore
+from mailer.sandbox import smtp_server
+from mailer.sandbox.imap_server import SandboxImap
+from mailer.scheduling.firing import Firing
+from mailer.scheduling.scheduler import Scheduler, Schedules
+from mailer.store.models import Customer
 from mailer.web import server as web_server
 
 log = logging.getLogger("mailer")
@@ -66,7 +69,7 @@ async def _start_sandbox(
     stack.push_async_callback(imap.close)
     support = AckPolicy.from_config(cfg).identity.addresses
     with checks.listening(cfg, "sandbox", "smtp_port"):
-        server = await sandbox.start(
+        server = await smtp_server.start(
             engine, settings.sandbox.smtp_port, clock.now, support, imap.deliver
         )
     stack.push_async_callback(_close_server, server)

@@ -23,17 +23,23 @@ sys.path.insert(0, str(ROOT))  # for tests.configs, tests.site, tests.smtp_sink
 from playwright.async_api import Page, async_playwright  # noqa: E402
 from sqlalchemy import Engine  # noqa: E402
 
-from mailer import customers, daemon, db, firing, inbox, migrate, outbox, tokens, users  # noqa: E402
-from mailer.clock import ManualClock  # noqa: E402
-from mailer.config import Config  # noqa: E402
-from mailer.firing import Firing  # noqa: E402
-from mailer.inbound import parse  # noqa: E402
-from mailer.inbox import AckPolicy  # noqa: E402
-from mailer.models import Role  # noqa: E402
-from mailer.outbox import NewMessage  # noqa: E402
-from mailer.schedules import load_schedules  # noqa: E402
-from mailer.smtp import SmtpTarget  # noqa: E402
-from mailer.templates import TemplateStore  # noqa: E402
+from mailer import daemon  # noqa: E402
+from mailer.core.clock import ManualClock  # noqa: E402
+from mailer.core.config import Config  # noqa: E402
+from mailer.customers import profiles, tokens  # noqa: E402
+from mailer.inbound import watcher  # noqa: E402
+from mailer.inbound.parsing import parse  # noqa: E402
+from mailer.inbound.watcher import AckPolicy  # noqa: E402
+from mailer.outbound import outbox  # noqa: E402
+from mailer.outbound.outbox import NewMessage  # noqa: E402
+from mailer.outbound.smtp import SmtpTarget  # noqa: E402
+from mailer.outbound.templates import TemplateStore  # noqa: E402
+from mailer.scheduling import firing  # noqa: E402
+from mailer.scheduling.firing import Firing  # noqa: E402
+from mailer.scheduling.schedules import load_schedules  # noqa: E402
+from mailer.store import db, migrate  # noqa: E402
+from mailer.store.models import Role  # noqa: E402
+from mailer.web import users  # noqa: E402
 from mailer.web.server import build  # noqa: E402
 from tests.configs import shipped_config  # noqa: E402
 from tests.site import served  # noqa: E402
@@ -47,7 +53,7 @@ INQUIRY = ROOT / "demo" / "inquiry_bg.eml"
 
 async def populate(cfg: Config, engine: Engine, clock: ManualClock) -> None:
     migrate.upgrade(engine)
-    customers.import_csv(engine, ROOT / "demo" / "customers.csv", clock.now())
+    profiles.import_csv(engine, ROOT / "demo" / "customers.csv", clock.now())
     with engine.begin() as conn:
         for name, role in (("sam", Role.SUPPORT), ("mia", Role.MARKETING), ("ada", Role.ADMIN)):
             users.add(conn, name, role, PASSWORD, clock.now())
@@ -57,7 +63,7 @@ async def populate(cfg: Config, engine: Engine, clock: ManualClock) -> None:
             (MAIL / "exchange_out_of_office.eml").read_bytes(),
             (MAIL / "postfix_bounce_user_unknown.eml").read_bytes(),
         ):
-            inbox.handle(conn, parse(raw), clock.now(), policy)
+            watcher.handle(conn, parse(raw), clock.now(), policy)
     names = TemplateStore(cfg.templates_dir).names()
     schedules, _ = load_schedules(cfg.schedules_dir, names, clock)
     async with listening(Sink()) as port:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mailer import config
-from mailer.config import Config
+from mailer.core import config
+from mailer.core.config import Config
 from tests.dovecot import DovecotServer
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,11 +12,13 @@ import pytest
 from playwright.async_api import Page
 from sqlalchemy import Engine
 
-from mailer import customers, db, migrate, users
-from mailer.clock import ManualClock
-from mailer.config import Config
-from mailer.firing import Firing
-from mailer.models import Role
+from mailer.core.clock import ManualClock
+from mailer.core.config import Config
+from mailer.customers import profiles
+from mailer.scheduling.firing import Firing
+from mailer.store import db, migrate
+from mailer.store.models import Role
+from mailer.web import users
 from mailer.web.server import build as build_web
 from tests.configs import shipped_config
 from tests.dovecot import DovecotServer
@@ -107,7 +109,7 @@ def add_customers(engine: Engine, directory: Path, csv: str, now: datetime) -> N
     """Customers as marketing would import them: a CSV file, header first, every row valid."""
     path = directory / "customers.csv"
     path.write_text(csv, encoding="utf-8")
-    report = customers.import_csv(engine, path, now)
+    report = profiles.import_csv(engine, path, now)
     assert not report.rejected, report.rejected
 
 

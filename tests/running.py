@@ -9,8 +9,8 @@ from contextlib import asynccontextmanager
 from sqlalchemy import Engine
 
 from mailer import daemon
-from mailer.clock import Clock
-from mailer.config import Config
+from mailer.core.clock import Clock
+from mailer.core.config import Config
 
 STOP_SECONDS = 30.0
 EVENT_SECONDS = 10.0  # bound on waiting for something a real server will do

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mailer.autoreply import (
+from mailer.inbound.autoreply import (
     RULES,
     Identity,
     SenderHistory,

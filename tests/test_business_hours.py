@@ -7,8 +7,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from mailer.business_hours import BusinessHours, reply_expected_by
-from mailer.config import BusinessHoursSettings
+from mailer.core.config import BusinessHoursSettings
+from mailer.inbound.business_hours import BusinessHours, reply_expected_by
 
 SOFIA = ZoneInfo("Europe/Sofia")
 MANILA = ZoneInfo("Asia/Manila")

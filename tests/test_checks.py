@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from mailer import checks, config, db, migrate
-from mailer.clock import ManualClock
-from mailer.errors import ConfigError
+from mailer import checks
+from mailer.core import config
+from mailer.core.clock import ManualClock
+from mailer.core.errors import ConfigError
+from mailer.store import db, migrate
 from tests.configs import ROOT
 from tests.pg import PostgresServer, free_port
 

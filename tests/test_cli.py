@@ -17,8 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from mailer import cli, db, inquiries, sandbox
-from mailer.inbound import parse
+from mailer import cli
+from mailer.inbound import inquiries
+from mailer.inbound.parsing import parse
+from mailer.sandbox import smtp_server
+from mailer.store import db
 from tests.configs import ROOT
 from tests.pg import free_port
 
@@ -375,7 +378,7 @@ def _wait_for_capture(database_url: str, seconds: float, count: int) -> list[dic
     try:
         while time.monotonic() < deadline:
             with engine.connect() as conn:
-                found = sandbox.find(conn)
+                found = smtp_server.find(conn)
             if len(found) >= count:
                 return found
             time.sleep(0.1)

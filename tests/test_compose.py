@@ -19,7 +19,13 @@ import pytest
 from aiosmtpd.smtp import SMTP
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
-from mailer.compose import Envelope, Part, compose, list_unsubscribe_headers, make_message_id
+from mailer.outbound.compose import (
+    Envelope,
+    Part,
+    compose,
+    list_unsubscribe_headers,
+    make_message_id,
+)
 
 SENDER = "Northwind Coffee Roasters <news@northwind.example>"
 WHEN = datetime(2026, 11, 24, 14, 30, tzinfo=timezone(timedelta(hours=2)))

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mailer import config
-from mailer.errors import ConfigError
+from mailer.core import config
+from mailer.core.errors import ConfigError
 from tests.configs import ROOT
 
 

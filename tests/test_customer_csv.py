@@ -6,7 +6,8 @@ import io
 
 import pytest
 
-from mailer.customer_csv import (
+from mailer.core.errors import ImportFileError
+from mailer.customers.csv_rows import (
     Birthday,
     CustomerRow,
     RejectedRow,
@@ -14,7 +15,6 @@ from mailer.customer_csv import (
     parse_rows,
     read_rows,
 )
-from mailer.errors import ImportFileError
 
 
 def parse(text: str) -> list[CustomerRow | RejectedRow]:

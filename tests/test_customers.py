@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from mailer import customers, db, migrate
-from mailer.clock import ManualClock
-from mailer.errors import ImportFileError, NotFound
+from mailer.core.clock import ManualClock
+from mailer.core.errors import ImportFileError, NotFound
+from mailer.customers import profiles
+from mailer.store import db, migrate
 from tests.pg import PostgresServer
 
 MIXED = (
@@ -35,7 +36,7 @@ def write(tmp_path: Path, text: str, name: str = "customers.csv") -> Path:
 def test_import_keeps_good_rows_and_reports_bad_ones_by_line(
     engine: Engine, tmp_path: Path, clock: ManualClock
 ) -> None:
-    report = customers.import_csv(engine, write(tmp_path, MIXED), clock.now())
+    report = profiles.import_csv(engine, write(tmp_path, MIXED), clock.now())
     assert (report.inserted, report.updated) == (3, 0)
     assert [(r.line, r.email) for r in report.rejected] == [
         (4, "not-an-address"),
@@ -44,8 +45,8 @@ def test_import_keeps_good_rows_and_reports_bad_ones_by_line(
     assert "Mars/Olympus" in report.rejected[1].reason
     assert report.duplicates == [(5, 2)]
     with engine.connect() as conn:
-        maria = customers.get(conn, "maria@example.com")
-        jose = customers.get(conn, "Jose@Example.com")
+        maria = profiles.get(conn, "maria@example.com")
+        jose = profiles.get(conn, "Jose@Example.com")
     assert (maria["name"], maria["first_name"], maria["locale"]) == (
         "Мария Петрова",
         "Мария",
@@ -61,26 +62,26 @@ def test_importing_the_same_file_twice_changes_nothing(
     engine: Engine, tmp_path: Path, clock: ManualClock
 ) -> None:
     path = write(tmp_path, MIXED)
-    customers.import_csv(engine, path, clock.now())
+    profiles.import_csv(engine, path, clock.now())
     with engine.connect() as conn:
-        before = customers.find(conn)
-    report = customers.import_csv(engine, path, clock.now())
+        before = profiles.find(conn)
+    report = profiles.import_csv(engine, path, clock.now())
     assert (report.inserted, report.updated, report.unchanged) == (0, 0, 3)
     with engine.connect() as conn:
-        assert customers.find(conn) == before
+        assert profiles.find(conn) == before
 
 
 def test_import_updates_by_email_and_never_resubscribes(
     engine: Engine, tmp_path: Path, clock: ManualClock
 ) -> None:
-    customers.import_csv(engine, write(tmp_path, MIXED), clock.now())
+    profiles.import_csv(engine, write(tmp_path, MIXED), clock.now())
     with engine.begin() as conn:
-        customers.unsubscribe(conn, "siti@example.com", clock.now())
+        profiles.unsubscribe(conn, "siti@example.com", clock.now())
     update = "email,name,timezone,tags\nsiti@example.com,Siti R.,Asia/Makassar,webinar\n"
-    report = customers.import_csv(engine, write(tmp_path, update, "b.csv"), clock.now())
+    report = profiles.import_csv(engine, write(tmp_path, update, "b.csv"), clock.now())
     assert report.updated == 1
     with engine.connect() as conn:
-        siti = customers.get(conn, "siti@example.com")
+        siti = profiles.get(conn, "siti@example.com")
     assert (siti["name"], siti["timezone"], siti["tags"]) == (
         "Siti R.",
         "Asia/Makassar",
@@ -93,9 +94,9 @@ def test_names_with_line_breaks_are_stored_on_one_line(
     engine: Engine, tmp_path: Path, clock: ManualClock
 ) -> None:
     text = 'email,name\nevil@example.com,"Eve\r\nBcc: victim@example.com"\n'
-    customers.import_csv(engine, write(tmp_path, text), clock.now())
+    profiles.import_csv(engine, write(tmp_path, text), clock.now())
     with engine.connect() as conn:
-        assert customers.get(conn, "evil@example.com")["name"] == "Eve Bcc: victim@example.com"
+        assert profiles.get(conn, "evil@example.com")["name"] == "Eve Bcc: victim@example.com"
 
 
 def test_a_file_that_is_not_utf8_is_refused_with_advice(
@@ -104,7 +105,7 @@ def test_a_file_that_is_not_utf8_is_refused_with_advice(
     path = tmp_path / "latin1.csv"
     path.write_bytes("email,name\nz@example.com,Zoë\n".encode("latin-1"))
     with pytest.raises(ImportFileError, match="not UTF-8"):
-        customers.import_csv(engine, path, clock.now())
+        profiles.import_csv(engine, path, clock.now())
 
 
 @pytest.mark.parametrize(
@@ -130,9 +131,9 @@ def test_a_file_that_cannot_be_read_at_all_is_refused_in_one_line_before_anythin
     path = tmp_path / "customers.csv"
     make(path)
     with pytest.raises(ImportFileError, match=re.escape(f"{path}: {message}")):
-        customers.import_csv(engine, path, clock.now())
+        profiles.import_csv(engine, path, clock.now())
     with engine.connect() as conn:
-        assert customers.find(conn) == []
+        assert profiles.find(conn) == []
 
 
 def test_a_large_file_is_imported_in_batches_with_progress(
@@ -141,22 +142,22 @@ def test_a_large_file_is_imported_in_batches_with_progress(
     lines = [f"c{i}@example.com,Customer {i},newsletter" for i in range(2500)]
     path = write(tmp_path, "email,name,tags\n" + "\n".join(lines) + "\n")
     seen: list[int] = []
-    report = customers.import_csv(engine, path, clock.now(), progress=seen.append)
+    report = profiles.import_csv(engine, path, clock.now(), progress=seen.append)
     assert report.inserted == 2500
     assert seen == [1000, 1000, 500]
     with engine.connect() as conn:
-        assert len(customers.find(conn, tag="newsletter", limit=5000)) == 2500
+        assert len(profiles.find(conn, tag="newsletter", limit=5000)) == 2500
 
 
 def test_unsubscribe_is_immediate_and_idempotent(
     engine: Engine, tmp_path: Path, clock: ManualClock
 ) -> None:
-    customers.import_csv(engine, write(tmp_path, MIXED), clock.now())
+    profiles.import_csv(engine, write(tmp_path, MIXED), clock.now())
     with engine.begin() as conn:
-        first = customers.unsubscribe(conn, "jose@example.com", clock.now())
+        first = profiles.unsubscribe(conn, "jose@example.com", clock.now())
     clock.advance(clock.now() - clock.now().replace(hour=0))
     with engine.begin() as conn:
-        again = customers.unsubscribe(conn, "jose@example.com", clock.now())
+        again = profiles.unsubscribe(conn, "jose@example.com", clock.now())
     assert first["unsubscribed_at"] == again["unsubscribed_at"]
 
 
@@ -165,7 +166,7 @@ def test_unknown_customer_is_not_found(engine: Engine) -> None:
         engine.connect() as conn,
         pytest.raises(NotFound, match=r"no customer nobody@example\.com"),
     ):
-        customers.get(conn, "nobody@example.com")
+        profiles.get(conn, "nobody@example.com")
 
 
 SEARCHED = (
@@ -179,7 +180,7 @@ SEARCHED = (
 
 def found(engine: Engine, search: str) -> list[str]:
     with engine.connect() as conn:
-        return [c["email"] for c in customers.find(conn, search=search)]
+        return [c["email"] for c in profiles.find(conn, search=search)]
 
 
 def assert_search_is_contains_in_any_case_and_script(engine: Engine) -> None:
@@ -199,7 +200,7 @@ def assert_search_is_contains_in_any_case_and_script(engine: Engine) -> None:
 def test_customer_search_is_contains_in_any_case_and_script_and_takes_no_wildcards(
     engine: Engine, tmp_path: Path, clock: ManualClock
 ) -> None:
-    customers.import_csv(engine, write(tmp_path, SEARCHED), clock.now())
+    profiles.import_csv(engine, write(tmp_path, SEARCHED), clock.now())
     assert_search_is_contains_in_any_case_and_script(engine)
 
 
@@ -210,7 +211,7 @@ def test_customer_search_folds_case_in_a_postgresql_database_that_folds_only_asc
     postgres.admin("CREATE DATABASE ascii_only TEMPLATE template0 LC_CTYPE 'C' LC_COLLATE 'C'")
     engine = db.connect(postgres.url("ascii_only"))
     migrate.upgrade(engine)
-    customers.import_csv(engine, write(tmp_path, SEARCHED), clock.now())
+    profiles.import_csv(engine, write(tmp_path, SEARCHED), clock.now())
     assert_search_is_contains_in_any_case_and_script(engine)
     engine.dispose()
 
@@ -218,11 +219,11 @@ def test_customer_search_folds_case_in_a_postgresql_database_that_folds_only_asc
 def test_a_renamed_customer_and_a_new_lead_are_found_by_their_new_names(
     engine: Engine, tmp_path: Path, clock: ManualClock
 ) -> None:
-    customers.import_csv(engine, write(tmp_path, SEARCHED), clock.now())
+    profiles.import_csv(engine, write(tmp_path, SEARCHED), clock.now())
     renamed = "email,name\nmaria@example.com,Мария Петрова\n"
-    customers.import_csv(engine, write(tmp_path, renamed, "b.csv"), clock.now())
+    profiles.import_csv(engine, write(tmp_path, renamed, "b.csv"), clock.now())
     with engine.begin() as conn:
-        customers.add_lead(conn, "elena@example.bg", "Елена Димитрова", clock.now())
+        profiles.add_lead(conn, "elena@example.bg", "Елена Димитрова", clock.now())
     assert found(engine, "ПЕТРОВА") == ["maria@example.com"]
     assert found(engine, "иванова") == []
     assert found(engine, "ДИМИТРОВА") == ["elena@example.bg"]
@@ -233,5 +234,5 @@ def test_a_refused_header_is_named_without_its_escape_sequences(
 ) -> None:
     path = write(tmp_path, "email,\x1b[8mname,\x1b[8mName\nz@example.com,a,b\n")
     with pytest.raises(ImportFileError) as refused:
-        customers.import_csv(engine, path, clock.now())
+        profiles.import_csv(engine, path, clock.now())
     assert str(refused.value) == f"{path}: the header repeats column(s): \\x1b[8mname"

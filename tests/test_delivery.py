@@ -14,16 +14,19 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, select, text, update
 
-from mailer import customers, daemon, outbox, previews, smtp
-from mailer.categories import Category
-from mailer.clock import ManualClock
-from mailer.config import Config
-from mailer.delivery import Delivery
-from mailer.errors import MailerError
-from mailer.models import OutboxStatus
-from mailer.outbox import NewMessage, Outcome, Result
-from mailer.smtp import RateLimiter, SmtpTarget
-from mailer.templates import TemplateStore
+from mailer import daemon
+from mailer.core.categories import Category
+from mailer.core.clock import ManualClock
+from mailer.core.config import Config
+from mailer.core.errors import MailerError
+from mailer.customers import profiles
+from mailer.outbound import outbox, smtp
+from mailer.outbound.delivery import Delivery
+from mailer.outbound.outbox import NewMessage, Outcome, Result
+from mailer.outbound.smtp import RateLimiter, SmtpTarget
+from mailer.outbound.templates import TemplateStore
+from mailer.scheduling import previews
+from mailer.store.models import OutboxStatus
 from tests.configs import ROOT, shipped_config
 from tests.conftest import add_customers
 from tests.smtp_sink import Sink, start_sink
@@ -40,7 +43,7 @@ CUSTOMERS_CSV = (
 def people(engine: Engine, tmp_path: Path, clock: ManualClock) -> dict[str, int]:
     add_customers(engine, tmp_path, CUSTOMERS_CSV, clock.now())
     with engine.connect() as conn:
-        return {c["email"].split("@")[0]: c["id"] for c in customers.find(conn)}
+        return {c["email"].split("@")[0]: c["id"] for c in profiles.find(conn)}
 
 
 def message(people: dict[str, int], who: str, key: str, **kwargs: object) -> NewMessage:
@@ -196,7 +199,7 @@ async def test_outage_is_logged_once_and_loses_nothing(
     keys = [f"down:{i}" for i in range(5)]
     who = ["maria", "siti", "emma", "maria", "siti"]
     road.queue(*zip(who, keys, strict=True), **TRANSACTIONAL)
-    with caplog.at_level(logging.WARNING, "mailer.delivery"):
+    with caplog.at_level(logging.WARNING, "mailer.outbound.delivery"):
         await delivery.deliver_due()
         await delivery.deliver_due()
     assert [r.message for r in caplog.records].count(caplog.records[0].message) == 1
@@ -244,8 +247,8 @@ async def test_a_cancelled_stuck_message_is_not_queued_again_by_its_late_worker(
 async def test_a_name_with_line_breaks_cannot_add_a_header(road: Road) -> None:
     with road.engine.begin() as conn:
         conn.execute(
-            update(customers.CUSTOMERS)
-            .where(customers.CUSTOMERS.c.id == road.people["emma"])
+            update(profiles.CUSTOMERS)
+            .where(profiles.CUSTOMERS.c.id == road.people["emma"])
             .values(name="Emma\r\nBcc: victim@example.org")
         )
     road.queue(("emma", "k6"), **TRANSACTIONAL)
@@ -307,7 +310,7 @@ async def test_unsubscribed_customer_gets_no_marketing_but_still_transactional(
     road: Road,
 ) -> None:
     with road.engine.begin() as conn:
-        customers.unsubscribe(conn, "maria@example.com", road.clock.now())
+        profiles.unsubscribe(conn, "maria@example.com", road.clock.now())
     road.queue(("maria", "u1"))
     road.queue(("maria", "u2"), **TRANSACTIONAL)
     assert road.status("u1")["status"] == "skipped", "checked at enqueue"
@@ -388,7 +391,7 @@ async def test_a_template_that_asks_for_a_tag_sends_what_its_preview_shows(
         "emma@example.com": "Shop news.",
     }
     with engine.connect() as conn:
-        maria = customers.get(conn, "maria@example.com")
+        maria = profiles.get(conn, "maria@example.com")
     shown = previews.preview(
         cfg,
         TemplateStore(templates),

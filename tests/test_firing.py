@@ -12,13 +12,14 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select
 
-from mailer import customers, firing
-from mailer.config import Config
-from mailer.fanout import RUNS
-from mailer.firing import Firing
-from mailer.models import OutboxStatus
-from mailer.outbox import OUTBOX
-from mailer.schedules import Audience, BirthdaySchedule, NewsletterSchedule, Schedule
+from mailer.core.config import Config
+from mailer.customers import profiles
+from mailer.outbound.outbox import OUTBOX
+from mailer.scheduling import firing
+from mailer.scheduling.fanout import RUNS
+from mailer.scheduling.firing import Firing
+from mailer.scheduling.schedules import Audience, BirthdaySchedule, NewsletterSchedule, Schedule
+from mailer.store.models import OutboxStatus
 from tests.conftest import FIRING, PEOPLE
 
 
@@ -202,7 +203,7 @@ def test_customers_who_opted_out_of_relationship_mail_get_no_greeting(
     engine: Engine, people: None
 ) -> None:
     with engine.begin() as conn:
-        customers.unsubscribe(conn, "aroha@example.nz", utc(2027, 1, 1))
+        profiles.unsubscribe(conn, "aroha@example.nz", utc(2027, 1, 1))
     fire(engine, utc(2027, 2, 27, 20), birthdays=birthdays())
     aroha = queued(engine)["aroha@example.nz"]
     assert aroha["status"] == OutboxStatus.SKIPPED and aroha["reason"] == "unsubscribed"

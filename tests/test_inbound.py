@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mailer.inbound import Attachment, parse, subject_reference
+from mailer.inbound.parsing import Attachment, parse, subject_reference
 
 MAIL = Path(__file__).parent / "mail" / "inbound"
 MB = 1024 * 1024

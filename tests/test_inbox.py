@@ -12,15 +12,18 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select
 
-from mailer import autoreply, customers, daemon, inbox, inquiries, outbox, tokens
-from mailer.categories import Category
-from mailer.clock import ManualClock
-from mailer.config import Config
-from mailer.inbox import AckPolicy, Inbox
-from mailer.mailbox import PROCESSED_KEYWORD, Mailbox
-from mailer.models import MAILBOX_STATE, InquiryStatus, OutboxStatus
-from mailer.outbox import NewMessage
-from mailer.smtp import SmtpTarget
+from mailer import daemon
+from mailer.core.categories import Category
+from mailer.core.clock import ManualClock
+from mailer.core.config import Config
+from mailer.customers import profiles, tokens
+from mailer.inbound import autoreply, inquiries
+from mailer.inbound.mailbox import PROCESSED_KEYWORD, Mailbox
+from mailer.inbound.watcher import AckPolicy, Inbox, save_position
+from mailer.outbound import outbox
+from mailer.outbound.outbox import NewMessage
+from mailer.outbound.smtp import SmtpTarget
+from mailer.store.models import MAILBOX_STATE, InquiryStatus, OutboxStatus
 from tests.configs import inbox_config, real_servers, shipped_config
 from tests.conftest import add_customers
 from tests.dovecot import DovecotServer
@@ -133,7 +136,7 @@ async def test_a_changed_uidvalidity_rereads_the_mailbox_without_duplicates(
     dovecot.append(inquiry("<u1@mail.example>"), folder)
     await watcher.process_available()
     with engine.begin() as conn:  # as if the server had rebuilt the mailbox
-        inbox.save_position(conn, folder, 1, 0, clock.now())
+        save_position(conn, folder, 1, 0, clock.now())
         conn.execute(MAILBOX_STATE.update().values(uidvalidity=12345, last_uid=99))
     await watcher.close()
     assert await watcher.process_available() == 1, "read again from the start"
@@ -182,7 +185,7 @@ async def test_a_hard_bounce_suppresses_the_address(
     dovecot.append((MAIL / "postfix_bounce_user_unknown.eml").read_bytes(), folder)
     await watcher.process_available()
     with engine.connect() as conn:
-        ivan = customers.get(conn, "ivan.dimitrov@mail.example.bg")
+        ivan = profiles.get(conn, "ivan.dimitrov@mail.example.bg")
         statuses = conn.execute(select(inquiries.INQUIRIES.c.decision)).scalars().all()
     assert statuses == ["bounce"] and ivan["suppressed_reason"].startswith("hard bounce")
     assert ack_rows(engine) == []
@@ -292,7 +295,7 @@ async def test_a_mailto_unsubscribe_request_unsubscribes_at_once_and_is_not_ackn
 ) -> None:
     """What a mail client sends for our List-Unsubscribe mailto: link (subject from the URL)."""
     with engine.connect() as conn:
-        maria = customers.get(conn, "maria@example.com")
+        maria = profiles.get(conn, "maria@example.com")
     token = tokens.sign(tokens.load_secret(cfg), maria["id"] + (1 if forged else 0))
     if forged:
         token = token.replace(".", ".x", 1)
@@ -303,7 +306,7 @@ async def test_a_mailto_unsubscribe_request_unsubscribes_at_once_and_is_not_ackn
     await watcher.process_available()
     (logged,) = inquiry_rows(engine)
     with engine.connect() as conn:
-        unsubscribed_at = customers.get(conn, "maria@example.com")["unsubscribed_at"]
+        unsubscribed_at = profiles.get(conn, "maria@example.com")["unsubscribed_at"]
     if forged:
         assert unsubscribed_at is None and logged["status"] == InquiryStatus.ACKNOWLEDGED
     else:
@@ -330,8 +333,8 @@ async def test_a_hard_bounce_marks_the_returned_message_bounced_by_its_message_i
     with engine.connect() as conn:
         (row,) = outbox.find(conn, limit=10)
         suppressed = conn.execute(
-            select(customers.CUSTOMERS.c.email).where(
-                customers.CUSTOMERS.c.suppressed_reason.is_not(None)
+            select(profiles.CUSTOMERS.c.email).where(
+                profiles.CUSTOMERS.c.suppressed_reason.is_not(None)
             )
         ).scalars()
         assert set(suppressed) == {"ivan.dimitrov@mail.example.bg", "maria@example.com"}
@@ -347,8 +350,8 @@ async def test_a_delay_notice_changes_nothing_but_the_log(
     (logged,) = inquiry_rows(engine)
     with engine.connect() as conn:
         flagged = conn.execute(
-            select(customers.CUSTOMERS.c.email).where(
-                customers.CUSTOMERS.c.suppressed_reason.is_not(None)
+            select(profiles.CUSTOMERS.c.email).where(
+                profiles.CUSTOMERS.c.suppressed_reason.is_not(None)
             )
         ).all()
     assert logged["decision"] == "bounce" and flagged == []

@@ -23,12 +23,16 @@ import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from sqlalchemy import Engine, func, select
 
-from mailer import customers, daemon, db, inquiries, migrate, outbox
-from mailer.clock import ManualClock
-from mailer.config import Config
-from mailer.inbox import Inbox
-from mailer.mailbox import PROCESSED_KEYWORD, MailboxUnavailable
-from mailer.models import InquiryStatus
+from mailer import daemon
+from mailer.core.clock import ManualClock
+from mailer.core.config import Config
+from mailer.customers import profiles
+from mailer.inbound import inquiries
+from mailer.inbound.mailbox import PROCESSED_KEYWORD, MailboxUnavailable
+from mailer.inbound.watcher import Inbox
+from mailer.outbound import outbox
+from mailer.store import db, migrate
+from mailer.store.models import InquiryStatus
 from tests.configs import inbox_config
 from tests.conftest import add_customers
 from tests.dovecot import DovecotServer
@@ -115,7 +119,7 @@ def count_inquiries(engine: Engine) -> int:
 
 
 def suppressed(engine: Engine) -> set[str]:
-    table = customers.CUSTOMERS
+    table = profiles.CUSTOMERS
     with engine.connect() as conn:
         rows = conn.execute(select(table.c.email).where(table.c.suppressed_reason.is_not(None)))
         return set(rows.scalars())

@@ -8,12 +8,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from mailer import customers, inquiries, outbox
-from mailer.categories import Category
-from mailer.clock import ManualClock
-from mailer.inbound import parse
-from mailer.models import InquiryStatus
-from mailer.outbox import NewMessage
+from mailer.core.categories import Category
+from mailer.core.clock import ManualClock
+from mailer.customers import profiles
+from mailer.inbound import inquiries
+from mailer.inbound.parsing import parse
+from mailer.outbound import outbox
+from mailer.outbound.outbox import NewMessage
+from mailer.store.models import InquiryStatus
 from tests.conftest import add_customers
 
 
@@ -42,7 +44,7 @@ def test_an_unknown_sender_becomes_a_lead_without_marketing_consent(
 ) -> None:
     logged = log(engine, mail("<a1@mail.example>"), clock)
     with engine.connect() as conn:
-        lead = customers.get(conn, "ana@example.com")
+        lead = profiles.get(conn, "ana@example.com")
         stored = inquiries.get(conn, logged.inquiry_id)
     assert logged.customer_id == lead["id"] and lead["source"] == "inquiry"
     assert (lead["name"], lead["marketing_consent"]) == ("Ана Петрова", False)
@@ -56,8 +58,8 @@ def test_a_known_customer_is_linked_and_not_duplicated(
     add_customers(engine, tmp_path, "email,name\nana@example.com,Ana P.\n", clock.now())
     logged = log(engine, mail("<a2@mail.example>"), clock)
     with engine.connect() as conn:
-        assert logged.customer_id == customers.get(conn, "ana@example.com")["id"]
-        assert len(customers.find(conn)) == 1
+        assert logged.customer_id == profiles.get(conn, "ana@example.com")["id"]
+        assert len(profiles.find(conn)) == 1
 
 
 def test_the_same_message_logged_twice_is_one_inquiry(engine: Engine, clock: ManualClock) -> None:

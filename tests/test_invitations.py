@@ -16,14 +16,15 @@ import pytest
 from icalendar import Calendar, Component
 from sqlalchemy import Engine
 
-from mailer import customers, outbox, throttle
-from mailer.categories import Category
-from mailer.clock import ManualClock
-from mailer.config import Config
-from mailer.invitations import Attendee, invitation
-from mailer.outbox import NewMessage, Policy
-from mailer.outgoing import Preparer
-from mailer.templates import TemplateStore, sample_context
+from mailer.core.categories import Category
+from mailer.core.clock import ManualClock
+from mailer.core.config import Config
+from mailer.customers import profiles
+from mailer.outbound import outbox, throttle
+from mailer.outbound.invitations import Attendee, invitation
+from mailer.outbound.outbox import NewMessage, Policy
+from mailer.outbound.prepare import Preparer
+from mailer.outbound.templates import TemplateStore, sample_context
 from tests.conftest import add_customers
 
 SHIPPED = Path(__file__).resolve().parent.parent / "templates"
@@ -193,7 +194,7 @@ def prepare(
     """Queue one message, claim it the way delivery does, and parse what Preparer makes."""
     add_customers(engine, tmp_path, CUSTOMERS_CSV, clock.now())
     with engine.connect() as conn:
-        ids = {c["email"]: c["id"] for c in customers.find(conn)}
+        ids = {c["email"]: c["id"] for c in profiles.find(conn)}
     preparer = Preparer(cfg, TemplateStore(cfg.templates_dir), b"test-secret" * 4)
     rules = throttle.Rules.from_settings(cfg.settings.throttle)
     claim_policy = Policy(rules, cfg.settings.business_hours.timezone, timedelta(minutes=5))

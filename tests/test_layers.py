@@ -22,7 +22,7 @@ def test_the_web_app_loads_without_the_inbox_watcher_or_the_imap_edge() -> None:
         check=True,
     ).stdout.split()
     assert "mailer.web.health" in loaded
-    assert not {"mailer.inbox", "mailer.mailbox", "aioimaplib"} & set(loaded)
+    assert not {"mailer.inbound.watcher", "mailer.inbound.mailbox", "aioimaplib"} & set(loaded)
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -83,12 +83,12 @@ def loads(path: Path) -> dict[str, Path]:
 
 
 PURE = (
-    "mailer/throttle.py",
-    "mailer/occurrences.py",
-    "mailer/business_hours.py",
-    "mailer/autoreply.py",
-    "mailer/durations.py",
-    "mailer/clock.py",
+    "mailer/outbound/throttle.py",
+    "mailer/scheduling/occurrences.py",
+    "mailer/inbound/business_hours.py",
+    "mailer/inbound/autoreply.py",
+    "mailer/core/durations.py",
+    "mailer/core/clock.py",
 )
 # a database, a mail protocol, the event loop or the network: what makes code need I/O to test
 IMPURE = (
@@ -102,7 +102,7 @@ IMPURE = (
     "asyncio",
     "socket",
     "mailer.db",
-    "mailer.models",
+    "mailer.store.models",
 )
 
 
@@ -122,9 +122,10 @@ def test_only_the_imap_edge_and_the_sandbox_imap_server_speak_imap() -> None:
         for path in (ROOT / "mailer").rglob("*.py")
         if {name.split(".")[0] for name in imported_modules(path)} & {"aioimaplib", "pymap"}
     }
-    assert speaking <= {"mailer/mailbox.py", "mailer/sandbox_imap.py"}, (
-        f"only mailer/mailbox.py and mailer/sandbox_imap.py may import aioimaplib or pymap, "
-        f"not {sorted(speaking - {'mailer/mailbox.py', 'mailer/sandbox_imap.py'})}"
+    assert speaking <= {"mailer/inbound/mailbox.py", "mailer/sandbox/imap_server.py"}, (
+        "only mailer/inbound/mailbox.py and mailer/sandbox/imap_server.py may import aioimaplib "
+        f"or pymap, "
+        f"not {sorted(speaking - {'mailer/inbound/mailbox.py', 'mailer/sandbox/imap_server.py'})}"
     )
 
 
@@ -134,4 +135,4 @@ def test_only_the_smtp_edge_imports_aiosmtplib() -> None:
         for path in (ROOT / "mailer").rglob("*.py")
         if any(name.split(".")[0] == "aiosmtplib" for name in imported_modules(path))
     }
-    assert speaking == {"mailer/smtp.py"}
+    assert speaking == {"mailer/outbound/smtp.py"}

@@ -8,7 +8,13 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from mailer.mailbox import PROCESSED_KEYWORD, Fetched, Mailbox, MailboxUnavailable, uid_ranges
+from mailer.inbound.mailbox import (
+    PROCESSED_KEYWORD,
+    Fetched,
+    Mailbox,
+    MailboxUnavailable,
+    uid_ranges,
+)
 from tests.dovecot import DovecotServer
 
 EVENT_SECONDS = 10.0  # bound on waiting for something the server will do, never a pause

@@ -10,7 +10,8 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, inspect, text
 from sqlmodel import SQLModel
 
-from mailer import db, firing, migrate
+from mailer.scheduling import firing
+from mailer.store import db, migrate
 
 
 def test_upgrading_a_populated_database_keeps_its_customers(database_url: str) -> None:
@@ -93,7 +94,7 @@ def _not_modelled(diff: object) -> bool:
 
 
 def test_timestamps_come_back_aware_in_utc_and_naive_ones_are_refused(engine: Engine) -> None:
-    from mailer.customers import CUSTOMERS
+    from mailer.customers.profiles import CUSTOMERS
 
     sofia_noon = datetime.fromisoformat("2026-06-01T12:00:00+03:00")
     with engine.begin() as conn:
@@ -142,7 +143,7 @@ def test_upgrading_to_fingerprints_keeps_inquiries_their_events_and_search(
             {"t": at},
         )
     migrate.upgrade(engine)
-    from mailer import inquiries
+    from mailer.inbound import inquiries
 
     with engine.begin() as conn:
         assert [e["text"] for e in inquiries.events(conn, 1)] == ["called her back"]
@@ -165,7 +166,7 @@ def test_upgrading_to_fingerprints_keeps_inquiries_their_events_and_search(
 def test_customers_stored_before_the_search_column_are_found_in_any_case(
     database_url: str,
 ) -> None:
-    from mailer import customers
+    from mailer.customers import profiles
 
     engine = db.connect(database_url)
     migrate.upgrade(engine, "0009")
@@ -185,7 +186,7 @@ def test_customers_stored_before_the_search_column_are_found_in_any_case(
         )
     migrate.upgrade(engine)
     with engine.connect() as conn:
-        assert [c["email"] for c in customers.find(conn, search="ИВАНОВА")] == ["ana@example.com"]
-        assert [c["email"] for c in customers.find(conn, search="ани")] == ["ana@example.com"]
-        assert len(customers.find(conn, search="КЛИЕНТ 149")) == 11  # 149 and 1490-1499
+        assert [c["email"] for c in profiles.find(conn, search="ИВАНОВА")] == ["ana@example.com"]
+        assert [c["email"] for c in profiles.find(conn, search="ани")] == ["ana@example.com"]
+        assert len(profiles.find(conn, search="КЛИЕНТ 149")) == 11  # 149 and 1490-1499
     engine.dispose()

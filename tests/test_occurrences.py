@@ -6,9 +6,9 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from mailer import occurrences
-from mailer.occurrences import EVERYONE, WebinarState
-from mailer.schedules import BirthdaySchedule, NewsletterSchedule, WebinarSchedule
+from mailer.scheduling import occurrences
+from mailer.scheduling.occurrences import EVERYONE, WebinarState
+from mailer.scheduling.schedules import BirthdaySchedule, NewsletterSchedule, WebinarSchedule
 
 ZONES = ["Pacific/Auckland", "America/Los_Angeles"]
 STARTS = datetime(2027, 5, 20, 13, tzinfo=UTC)

@@ -22,16 +22,17 @@ import pytest
 from playwright.async_api import Page, expect
 from sqlalchemy import Engine, select
 
-from mailer import daemon, outbox, renderpool
-from mailer.categories import Category
-from mailer.clock import ManualClock
-from mailer.config import Config
-from mailer.errors import TemplateError
-from mailer.models import OutboxStatus
-from mailer.outbox import NewMessage
-from mailer.renderpool import Limits, RenderPool
-from mailer.smtp import SmtpTarget
-from mailer.templates import TemplateStore
+from mailer import daemon
+from mailer.core.categories import Category
+from mailer.core.clock import ManualClock
+from mailer.core.config import Config
+from mailer.core.errors import TemplateError
+from mailer.outbound import outbox, renderpool
+from mailer.outbound.outbox import NewMessage
+from mailer.outbound.renderpool import Limits, RenderPool
+from mailer.outbound.smtp import SmtpTarget
+from mailer.outbound.templates import TemplateStore
+from mailer.store.models import OutboxStatus
 from mailer.web.server import build as build_web
 from tests.configs import ROOT, shipped_config
 from tests.conftest import sign_in

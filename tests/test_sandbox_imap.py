@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 import aioimaplib
 import pytest
 
-from mailer.mailbox import Fetched, Mailbox, MailboxUnavailable
-from mailer.sandbox_imap import CLOSE_GRACE, SandboxImap
+from mailer.inbound.mailbox import Fetched, Mailbox, MailboxUnavailable
+from mailer.sandbox.imap_server import CLOSE_GRACE, SandboxImap
 
 IDLE_READER = "IMAPConnection.read_idle_done"
 USER, PASSWORD = "support@sandbox.test", "sandbox-secret"

@@ -9,14 +9,20 @@ import pytest
 from icalendar import Calendar
 from sqlalchemy import Engine, select
 
-from mailer import daemon, firing
-from mailer.clock import ManualClock
-from mailer.config import Config
-from mailer.delivery import Delivery
-from mailer.models import OutboxStatus
-from mailer.outbox import OUTBOX
-from mailer.schedules import Audience, BirthdaySchedule, NewsletterSchedule, WebinarSchedule
-from mailer.smtp import SmtpTarget
+from mailer import daemon
+from mailer.core.clock import ManualClock
+from mailer.core.config import Config
+from mailer.outbound.delivery import Delivery
+from mailer.outbound.outbox import OUTBOX
+from mailer.outbound.smtp import SmtpTarget
+from mailer.scheduling import firing
+from mailer.scheduling.schedules import (
+    Audience,
+    BirthdaySchedule,
+    NewsletterSchedule,
+    WebinarSchedule,
+)
+from mailer.store.models import OutboxStatus
 from tests.conftest import FIRING
 from tests.smtp_sink import Sink, listening
 

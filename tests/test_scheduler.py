@@ -12,10 +12,10 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import Engine, select
 
-from mailer import firing
-from mailer.clock import ManualClock
-from mailer.outbox import OUTBOX
-from mailer.scheduler import Scheduler, Schedules
+from mailer.core.clock import ManualClock
+from mailer.outbound.outbox import OUTBOX
+from mailer.scheduling import firing
+from mailer.scheduling.scheduler import Scheduler, Schedules
 from tests.configs import ROOT
 from tests.conftest import FIRING, PEOPLE
 

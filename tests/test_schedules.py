@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from mailer.clock import ManualClock
-from mailer.errors import Problem
-from mailer.schedules import (
+from mailer.core.clock import ManualClock
+from mailer.core.errors import Problem
+from mailer.scheduling.schedules import (
     BirthdaySchedule,
     NewsletterSchedule,
     Schedule,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mailer.search import fold, term
+from mailer.core.search import fold, term
 
 
 def test_control_characters_are_never_searched_for() -> None:

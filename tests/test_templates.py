@@ -11,8 +11,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from babel import numbers
 
-from mailer.errors import Problem, TemplateError
-from mailer.templates import TemplateStore, sample_context
+from mailer.core.errors import Problem, TemplateError
+from mailer.outbound.templates import TemplateStore, sample_context
 
 SHIPPED = Path(__file__).resolve().parent.parent / "templates"
 SOFIA = ZoneInfo("Europe/Sofia")

@@ -10,8 +10,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from mailer.config import ThrottleSettings
-from mailer.throttle import (
+from mailer.core.config import ThrottleSettings
+from mailer.outbound.throttle import (
     SENT,
     Caps,
     Contact,

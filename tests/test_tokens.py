@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mailer import tokens
+from mailer.customers import tokens
 from tests.configs import shipped_config
 
 SECRET = b"k" * 32

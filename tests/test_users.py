@@ -7,11 +7,11 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import Engine, select
 
-from mailer import users
-from mailer.clock import ManualClock
-from mailer.errors import MailerError, NotFound
-from mailer.models import Role
-from mailer.users import LoginGuard
+from mailer.core.clock import ManualClock
+from mailer.core.errors import MailerError, NotFound
+from mailer.store.models import Role
+from mailer.web import users
+from mailer.web.users import LoginGuard
 
 PASSWORD = "correct horse battery"
 

@@ -16,14 +16,16 @@ from playwright.async_api import Page, expect
 from pytest_playwright_asyncio import CreateContextCallback
 from sqlalchemy import Engine
 
-from mailer import customers, inbox, inquiries, outbox, throttle
-from mailer.categories import Category
-from mailer.clock import ManualClock
-from mailer.config import Config
-from mailer.inbound import parse
-from mailer.inbox import AckPolicy
-from mailer.models import InquiryStatus, OutboxStatus
-from mailer.outbox import NewMessage, Outcome, Policy, Result
+from mailer.core.categories import Category
+from mailer.core.clock import ManualClock
+from mailer.core.config import Config
+from mailer.customers import profiles
+from mailer.inbound import inquiries, watcher
+from mailer.inbound.parsing import parse
+from mailer.inbound.watcher import AckPolicy
+from mailer.outbound import outbox, throttle
+from mailer.outbound.outbox import NewMessage, Outcome, Policy, Result
+from mailer.store.models import InquiryStatus, OutboxStatus
 from mailer.web.server import build as build_web
 from tests.configs import shipped_config
 from tests.conftest import add_customers, sign_in
@@ -47,7 +49,7 @@ def mail(message_id: str, subject: str, text: str, sender: str = MARIA) -> bytes
 def received(engine: Engine, cfg: Config, clock: ManualClock, raw: bytes) -> int:
     """As the inbox watcher takes a message in: logged, decided, acknowledged if due."""
     with engine.begin() as conn:
-        logged = inbox.handle(conn, parse(raw), clock.now(), AckPolicy.from_config(cfg))
+        logged = watcher.handle(conn, parse(raw), clock.now(), AckPolicy.from_config(cfg))
     return logged.inquiry_id
 
 
@@ -61,7 +63,7 @@ def maria(engine: Engine, clock: ManualClock, tmp_path: Path) -> int:
         clock.now() - timedelta(days=30),
     )
     with engine.connect() as conn:
-        return int(customers.get(conn, "maria@example.com")["id"])
+        return int(profiles.get(conn, "maria@example.com")["id"])
 
 
 @pytest.fixture

@@ -14,14 +14,16 @@ import pytest
 from playwright.async_api import Page, expect
 from sqlalchemy import Engine, insert, select
 
-from mailer import customers, firing, outbox, results
-from mailer.categories import Category
-from mailer.clock import ManualClock
-from mailer.compose import Envelope, compose
-from mailer.config import Config
-from mailer.models import OutboxStatus
-from mailer.outbox import OUTBOX, NewMessage, Outcome, Result
-from mailer.sandbox import SANDBOX
+from mailer.core.categories import Category
+from mailer.core.clock import ManualClock
+from mailer.core.config import Config
+from mailer.customers import profiles
+from mailer.outbound import outbox
+from mailer.outbound.compose import Envelope, compose
+from mailer.outbound.outbox import OUTBOX, NewMessage, Outcome, Result
+from mailer.sandbox.smtp_server import SANDBOX
+from mailer.scheduling import firing, results
+from mailer.store.models import OutboxStatus
 from mailer.web.server import build as build_web
 from tests.configs import ROOT, shipped_config
 from tests.conftest import FIRING, sign_in
@@ -265,7 +267,7 @@ def _fire_newsletter_and_deliver_some(
         ],
     )
     with engine.begin() as conn:
-        customers.unsubscribe(conn, MARIA, now + timedelta(hours=1))
+        profiles.unsubscribe(conn, MARIA, now + timedelta(hours=1))
     clock.advance(timedelta(hours=2))
     return {run.zone: run.run_id for run in fired}
 

@@ -8,10 +8,11 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select
 
-from mailer import firing, jsonvalues, webinars
-from mailer.models import OutboxStatus
-from mailer.outbox import OUTBOX
-from mailer.schedules import Audience, WebinarSchedule
+from mailer.core import jsonvalues
+from mailer.outbound.outbox import OUTBOX
+from mailer.scheduling import firing, webinars
+from mailer.scheduling.schedules import Audience, WebinarSchedule
+from mailer.store.models import OutboxStatus
 from tests.conftest import FIRING
 
 STARTS = datetime(2027, 5, 20, 13, 0, tzinfo=UTC)  # 16:00 in Sofia

@@ -13,10 +13,12 @@ import typer
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
-from mailer import __version__, checks, config, daemon, db, migrate
+from mailer import __version__, checks, daemon
 from mailer.cli import customers, inquiries, outbox, sandbox, schedules, templates, users
 from mailer.cli.common import App, app_of, err, out, say_error
-from mailer.errors import ConfigError, MailerError
+from mailer.core import config
+from mailer.core.errors import ConfigError, MailerError
+from mailer.store import db, migrate
 from mailer.web import server as web_server
 
 log = logging.getLogger("mailer")

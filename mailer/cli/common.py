@@ -15,8 +15,9 @@ from rich.table import Table
 from rich.text import Text
 from sqlalchemy import Engine
 
-from mailer import checks, config
-from mailer.clock import Clock, SystemClock
+from mailer import checks
+from mailer.core import config
+from mailer.core.clock import Clock, SystemClock
 
 # Markup is off: customer names, file keys like "[smtp]" and template text are printed as is.
 out = Console(highlight=False, soft_wrap=True, markup=False)

@@ -9,9 +9,10 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
-from mailer import customers, outbox
 from mailer.cli.common import JSON_OPTION, app_of, err, out, print_fields, print_json, print_table
-from mailer.customer_csv import RejectedRow, shown
+from mailer.customers import profiles
+from mailer.customers.csv_rows import RejectedRow, shown
+from mailer.outbound import outbox
 
 app = typer.Typer(help="Customers: import from CSV, look up, unsubscribe.", no_args_is_help=True)
 
@@ -32,7 +33,7 @@ def import_(
     """
     app_ = app_of(ctx)
     engine = app_.engine()
-    total = customers.count_rows(file)  # a file that cannot be read at all stops here
+    total = profiles.count_rows(file)  # a file that cannot be read at all stops here
     with Progress(
         TextColumn("importing"),
         BarColumn(),
@@ -43,7 +44,7 @@ def import_(
         disable=as_json or not err.is_terminal,  # a bar drawn into a log is noise
     ) as bar:
         task = bar.add_task("rows", total=total)
-        report = customers.import_csv(
+        report = profiles.import_csv(
             engine, file, app_.clock.now(), progress=lambda n: bar.advance(task, n)
         )
     _print_report(file, report, as_json)
@@ -51,7 +52,7 @@ def import_(
         raise typer.Exit(1)
 
 
-def _print_report(file: Path, report: customers.ImportReport, as_json: bool) -> None:
+def _print_report(file: Path, report: profiles.ImportReport, as_json: bool) -> None:
     if as_json:
         print_json(
             {
@@ -90,7 +91,7 @@ def list_(
 ) -> None:
     """List customers, sorted by email."""
     with app_of(ctx).engine().connect() as conn:
-        rows = customers.find(conn, tag=tag, search=search, limit=limit, offset=offset)
+        rows = profiles.find(conn, tag=tag, search=search, limit=limit, offset=offset)
     if as_json:
         print_json(rows)
     else:
@@ -111,9 +112,9 @@ def show(
     app_ = app_of(ctx)
     cfg, now = app_.config, app_.clock.now()
     with app_.engine().connect() as conn:
-        customer = customers.get(conn, email)
+        customer = profiles.get(conn, email)
         messages = outbox.find(conn, customer_id=customer["id"], limit=history)
-        next_contact = customers.next_contact(conn, customer, now, cfg.settings)
+        next_contact = profiles.next_contact(conn, customer, now, cfg.settings)
     if as_json:
         print_json({**customer, "next_contact": next_contact, "history": messages})
         return
@@ -129,7 +130,7 @@ def unsubscribe(ctx: typer.Context, email: str, as_json: bool = JSON_OPTION) -> 
     """Stop all marketing and relationship mail to a customer, effective at once."""
     app_ = app_of(ctx)
     with app_.engine().begin() as conn:
-        customer = customers.unsubscribe(conn, email, app_.clock.now())
+        customer = profiles.unsubscribe(conn, email, app_.clock.now())
     if as_json:
         print_json(customer)
     else:

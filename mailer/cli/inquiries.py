@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import typer
 
-from mailer import inquiries
 from mailer.cli.common import JSON_OPTION, app_of, out, print_fields, print_json, print_table
-from mailer.errors import NotFound
-from mailer.models import InquiryStatus
+from mailer.core.errors import NotFound
+from mailer.inbound import inquiries
+from mailer.store.models import InquiryStatus
 
 CLI_ACTOR = "command line"  # who the inquiry's history says moved it
 app = typer.Typer(help="Inquiries: every message customers wrote to support.", no_args_is_help=True)

@@ -8,10 +8,10 @@ from datetime import datetime
 import typer
 from sqlalchemy.engine import Connection
 
-from mailer import outbox
 from mailer.cli.common import JSON_OPTION, app_of, out, print_fields, print_json, print_table
-from mailer.errors import NotFound
-from mailer.models import OutboxStatus
+from mailer.core.errors import NotFound
+from mailer.outbound import outbox
+from mailer.store.models import OutboxStatus
 
 app = typer.Typer(
     help="The outbox: every message on its way, and what became of it.", no_args_is_help=True

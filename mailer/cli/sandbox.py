@@ -8,11 +8,12 @@ from email.utils import parseaddr
 
 import typer
 
-from mailer import sandbox, smtp
 from mailer.cli.common import JSON_OPTION, app_of, out, print_json, print_table
-from mailer.compose import Envelope, compose
-from mailer.errors import MailerError, NotFound, SmtpUnavailable
-from mailer.fieldtypes import email_address
+from mailer.core.errors import MailerError, NotFound, SmtpUnavailable
+from mailer.core.fieldtypes import email_address
+from mailer.outbound import smtp
+from mailer.outbound.compose import Envelope, compose
+from mailer.sandbox import smtp_server
 
 app = typer.Typer(
     help="The local sandbox: messages captured instead of delivered.", no_args_is_help=True
@@ -25,7 +26,7 @@ def list_(
 ) -> None:
     """Captured messages, newest first."""
     with app_of(ctx).engine().connect() as conn:
-        rows = sandbox.find(conn, limit=limit)
+        rows = smtp_server.find(conn, limit=limit)
     if as_json:
         print_json(rows)
     else:
@@ -36,7 +37,7 @@ def list_(
 def show(ctx: typer.Context, message_id: int, as_json: bool = JSON_OPTION) -> None:
     """One captured message: its headers, text part and HTML part."""
     with app_of(ctx).engine().connect() as conn:
-        message = sandbox.get(conn, message_id)
+        message = smtp_server.get(conn, message_id)
     if message is None:
         raise NotFound(f"no sandbox message {message_id}")
     if as_json:

@@ -8,12 +8,13 @@ from typing import Any
 
 import typer
 
-from mailer import dryrun, firing, occurrences, results, throttle
 from mailer.cli.common import JSON_OPTION, App, app_of, err, out, print_json, print_table
-from mailer.errors import MailerError, NotFound
-from mailer.fanout import Plan
-from mailer.firing import Firing
-from mailer.schedules import Schedule
+from mailer.core.errors import MailerError, NotFound
+from mailer.outbound import throttle
+from mailer.scheduling import dryrun, firing, occurrences, results
+from mailer.scheduling.fanout import Plan
+from mailer.scheduling.firing import Firing
+from mailer.scheduling.schedules import Schedule
 
 app = typer.Typer(help="Newsletters, birthdays and webinars in schedules/.", no_args_is_help=True)
 

@@ -6,9 +6,10 @@ import dataclasses
 
 import typer
 
-from mailer import customers, previews, results
 from mailer.cli.common import JSON_OPTION, app_of, err, out, print_json, print_table
-from mailer.templates import TemplateStore
+from mailer.customers import profiles
+from mailer.outbound.templates import TemplateStore
+from mailer.scheduling import previews, results
 
 app = typer.Typer(help="Templates: list, check, preview.", no_args_is_help=True)
 
@@ -59,7 +60,7 @@ def preview(
     app_ = app_of(ctx)
     cfg = app_.config
     with app_.engine().connect() as conn:
-        row = customers.get(conn, customer)
+        row = profiles.get(conn, customer)
     schedules, _ = results.load(cfg, app_.clock)
     category = previews.category_of(name, schedules.values())
     message = previews.preview(

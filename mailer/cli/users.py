@@ -6,9 +6,9 @@ import sys
 
 import typer
 
-from mailer import users
 from mailer.cli.common import JSON_OPTION, app_of, out, print_json, print_table
-from mailer.models import Role
+from mailer.store.models import Role
+from mailer.web import users
 
 app = typer.Typer(
     help="Web app accounts: support, marketing and admin users.", no_args_is_help=True

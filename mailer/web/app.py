@@ -22,10 +22,10 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from mailer import tokens
-from mailer.clock import Clock
-from mailer.config import Config
-from mailer.models import Role
+from mailer.core.clock import Clock
+from mailer.core.config import Config
+from mailer.customers import tokens
+from mailer.store.models import Role
 from mailer.web import auth, health, unsubscribe
 from mailer.web.clients import ClientAddress
 from mailer.web.common import HERE, WebState, render, require

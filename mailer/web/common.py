@@ -24,11 +24,11 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
-from mailer import users
-from mailer.clock import Clock
-from mailer.config import Config
-from mailer.models import Role
-from mailer.users import LoginGuard, SignedIn
+from mailer.core.clock import Clock
+from mailer.core.config import Config
+from mailer.store.models import Role
+from mailer.web import users
+from mailer.web.users import LoginGuard, SignedIn
 
 HERE = Path(__file__).parent
 CSRF_FIELD = "csrf"

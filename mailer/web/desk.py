@@ -22,9 +22,12 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from mailer import customers, inquiries, outbox, users
-from mailer.errors import NotFound
-from mailer.models import InquiryStatus, Role
+from mailer.core.errors import NotFound
+from mailer.customers import profiles
+from mailer.inbound import inquiries
+from mailer.outbound import outbox
+from mailer.store.models import InquiryStatus, Role
+from mailer.web import users
 from mailer.web.common import Endpoint, checked_form, current_user, db, render, require, state
 
 PAGE = 50
@@ -213,7 +216,7 @@ async def customer_list(request: Request) -> Response:
 def _customers(request: Request, q: str, page: int) -> list[dict[str, Any]]:
     """One more than a page, to know whether another follows without counting them all."""
     with state(request).engine.connect() as conn:
-        return customers.find(conn, search=q, limit=PAGE + 1, offset=(page - 1) * PAGE)
+        return profiles.find(conn, search=q, limit=PAGE + 1, offset=(page - 1) * PAGE)
 
 
 @require(Role.SUPPORT, Role.MARKETING)
@@ -230,7 +233,7 @@ def _customer(request: Request, customer_id: int, readable: bool) -> dict[str, A
     now = web.clock.now()
     with web.engine.connect() as conn:
         try:
-            customer = customers.get_id(conn, customer_id)
+            customer = profiles.get_id(conn, customer_id)
         except NotFound:
             return None
         messages = outbox.find(conn, customer_id=customer_id, limit=HISTORY + 1)
@@ -241,8 +244,8 @@ def _customer(request: Request, customer_id: int, readable: bool) -> dict[str, A
             "inquiries": inquiries.of_customer(conn, customer_id, with_text=readable),
             "messages": messages[:HISTORY],
             "more_messages": len(messages) > HISTORY,
-            "last_contact": customers.last_contact(conn, customer_id),
-            "next_contact": customers.next_contact(conn, customer, now, web.cfg.settings),
+            "last_contact": profiles.last_contact(conn, customer_id),
+            "next_contact": profiles.next_contact(conn, customer, now, web.cfg.settings),
         }
 
 

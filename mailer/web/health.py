@@ -20,9 +20,9 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from mailer.clock import Clock
-from mailer.models import MAILBOX_STATE, OutboxStatus
-from mailer.outbox import ATTEMPTS, OUTBOX, WAITING
+from mailer.core.clock import Clock
+from mailer.outbound.outbox import ATTEMPTS, OUTBOX, WAITING
+from mailer.store.models import MAILBOX_STATE, OutboxStatus
 from mailer.web.clients import proxied
 from mailer.web.common import db, state
 

@@ -15,12 +15,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from mailer import customers, firing, previews, results
-from mailer.errors import MailerError, NotFound, Problem, TemplateError
-from mailer.firing import Firing
-from mailer.models import OutboxStatus, Role
-from mailer.results import Day, Summary
-from mailer.templates import TemplateStore
+from mailer.core.errors import MailerError, NotFound, Problem, TemplateError
+from mailer.customers import profiles
+from mailer.outbound.templates import TemplateStore
+from mailer.scheduling import firing, previews, results
+from mailer.scheduling.firing import Firing
+from mailer.scheduling.results import Day, Summary
+from mailer.store.models import OutboxStatus, Role
 from mailer.web.common import WebState, checked_form, db, render, rendering, require, state
 
 MATCHES = 10  # customers offered when the search names no one exactly
@@ -126,9 +127,9 @@ def _template(web: WebState, name: str, query: str, locale: str) -> dict[str, An
         return context
     with web.engine.connect() as conn:
         try:
-            customer = customers.get(conn, query)
+            customer = profiles.get(conn, query)
         except NotFound:
-            return {**context, "matches": customers.find(conn, search=query, limit=MATCHES)}
+            return {**context, "matches": profiles.find(conn, search=query, limit=MATCHES)}
     chosen = context["locale"] or None
     return {**context, "customer": customer, **_preview(web, store, customer, name, chosen)}
 

@@ -17,8 +17,9 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from mailer import outbox, sandbox
-from mailer.models import OutboxStatus
+from mailer.outbound import outbox
+from mailer.sandbox import smtp_server
+from mailer.store.models import OutboxStatus
 from mailer.web.common import checked_form, db, render, require, state
 
 LISTED = 100
@@ -78,7 +79,7 @@ async def _change(request: Request, change: Change, done: str, which: str) -> Re
 
 @require()
 async def sandbox_page(request: Request) -> Response:
-    rows = await db(request, _read, state(request).engine, sandbox.find)
+    rows = await db(request, _read, state(request).engine, smtp_server.find)
     enabled = state(request).cfg.settings.sandbox.enabled
     return render(request, "ops_sandbox.html", {"rows": rows, "enabled": enabled})
 
@@ -87,7 +88,7 @@ async def sandbox_page(request: Request) -> Response:
 async def sandbox_message(request: Request) -> Response:
     message_id: int = request.path_params["id"]
     found = await db(
-        request, _read, state(request).engine, lambda conn: sandbox.get(conn, message_id)
+        request, _read, state(request).engine, lambda conn: smtp_server.get(conn, message_id)
     )
     if found is None:
         raise HTTPException(404, f"The sandbox holds no message {message_id}.")

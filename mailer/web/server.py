@@ -14,8 +14,8 @@ from sqlalchemy import Engine
 from starlette.applications import Starlette
 
 from mailer import checks
-from mailer.clock import Clock, SystemClock
-from mailer.config import Config
+from mailer.core.clock import Clock, SystemClock
+from mailer.core.config import Config
 from mailer.web import desk, marketing, operations
 from mailer.web.app import create_app
 

@@ -1,7 +1,7 @@
 """The customer's side: one-click unsubscribe and preferences, from the links in every mail.
 
 No sign-in and no CSRF token: the signed token in the link is the credential, it names one
-customer and cannot be forged or guessed (mailer.tokens). A mailbox provider's RFC 8058
+customer and cannot be forged or guessed (mailer.customers.tokens). A mailbox provider's RFC 8058
 POST (``List-Unsubscribe=One-Click``) unsubscribes at once and gets a short answer, not a
 page; a person opening the link gets a page with one button and their preferences.
 """
@@ -16,8 +16,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from mailer import customers, tokens
-from mailer.customers import CUSTOMERS
+from mailer.customers import profiles, tokens
+from mailer.customers.profiles import CUSTOMERS
 from mailer.web.common import db, render, state
 
 PAUSES = {"": None, "30": timedelta(days=30), "90": timedelta(days=90)}
@@ -85,7 +85,7 @@ def _load(request: Request, customer_id: int) -> dict[str, Any] | None:
 
 def _unsubscribe(request: Request, customer_id: int, now: datetime) -> None:
     with state(request).engine.begin() as conn:
-        customers.unsubscribe_id(conn, customer_id, now)
+        profiles.unsubscribe_id(conn, customer_id, now)
 
 
 def _save(request: Request, customer_id: int, values: dict[str, Any]) -> None:

@@ -1,0 +1,433 @@
+"""config.toml, read once into typed, validated settings.
+
+Every problem is collected before anything starts, each naming the file (or environment
+variable) and the key, so an operator fixes them all in one pass. Secrets never live in
+the file: it names the environment variables that hold them. Any key can be overridden
+from the environment as ``MAILER_SECTION__KEY`` (e.g. ``MAILER_SMTP__HOST``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+from collections.abc import Mapping
+from datetime import time, timedelta
+from email.headerregistry import Address
+from email.utils import parseaddr
+from ipaddress import IPv4Network, IPv6Network, ip_interface, ip_network
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from mailer.core.errors import ConfigError, Problem
+from mailer.core.fieldtypes import ClockTime, Duration, TimeZone, clock_time, email_address
+from mailer.inbound.business_hours import NO_WORKING_DAY, holiday_country
+from mailer.store import db
+
+ENV_PREFIX = "MAILER_"
+DEFAULT_DATABASE_URL = "sqlite:///var/mailer.db"
+
+
+def _named_address(value: Any) -> str:
+    """'Name <addr@host>' or a bare address; the address part is validated and normalised.
+
+    A bare value is validated whole: parseaddr would make "not an address" into "not" and
+    drop what follows a line break.
+    """
+    text = str(value).strip()
+    if any(ord(c) < 32 or c == "\x7f" for c in text):
+        raise ValueError(f"{text!r} contains a line break or control character")
+    name, addr = parseaddr(text) if "<" in text else ("", text)
+    if not addr:
+        raise ValueError(f"{text!r} is not an address such as 'Support <help@example.com>'")
+    return str(Address(display_name=name, addr_spec=email_address(addr)))
+
+
+def _time_range(value: Any) -> tuple[time, time] | None:
+    """Quiet hours written "21:00-08:00"; an empty string means none."""
+    if value in ("", None):
+        return None
+    if isinstance(value, tuple):
+        return value
+    start, sep, end = str(value).partition("-")
+    if not sep:
+        raise ValueError(f"{value!r} is not a range of times such as '21:00-08:00'")
+    return clock_time(start.strip()), clock_time(end.strip())
+
+
+def _host_port(value: str) -> str:
+    """Where the web app listens: host:port, port 0 (any free one) to 65535."""
+    host, _, port = value.rpartition(":")
+    if not (host and port.isdigit() and int(port) <= 65535):
+        raise ValueError(f"{value!r} is not host:port such as '127.0.0.1:8025' (port 0-65535)")
+    return value
+
+
+def _network(value: Any) -> IPv4Network | IPv6Network:
+    """A proxy's address ("127.0.0.1", "::1") or its network ("10.0.0.0/8")."""
+    if isinstance(value, IPv4Network | IPv6Network):
+        return value
+    try:
+        network = ip_network(value, strict=False) if isinstance(value, str) else None
+    except ValueError:
+        network = None
+    if network is None:
+        raise ValueError(f"{value!r} is not an address or network such as '::1' or '10.0.0.0/8'")
+    if ip_interface(value).ip != network.network_address:
+        raise ValueError(f"{value!r} has host bits set: the network is '{network}'")
+    return network
+
+
+NamedAddress = Annotated[str, BeforeValidator(_named_address)]
+Network = Annotated[IPv4Network | IPv6Network, BeforeValidator(_network)]
+TimeRange = Annotated[tuple[time, time] | None, BeforeValidator(_time_range)]
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatabaseSettings(Section):
+    url: Annotated[str, AfterValidator(db.check_url)] = DEFAULT_DATABASE_URL
+
+
+class PathSettings(Section):
+    templates: Path = Path("templates")
+    schedules: Path = Path("schedules")
+    data: Path = Path("var")
+
+
+class SmtpSettings(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=2525, ge=1, le=65535)
+    security: Literal["starttls", "tls", "none"] = "none"
+    username: str = ""
+    password_env: str = ""
+    pool_size: int = Field(default=4, ge=1, le=100)
+    rate_per_second: float = Field(default=0, ge=0)
+    timeout: Duration = timedelta(seconds=30)
+
+
+class ImapSettings(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=1143, ge=1, le=65535)
+    security: Literal["starttls", "tls", "none"] = "none"
+    username: str = "support"
+    password_env: str = ""
+    mailbox: str = "INBOX"
+    processed: str = Field(default="flag", pattern=r"^(flag|move:.+)$")
+    poll_seconds: int = Field(default=60, ge=5)
+    keep_raw_mb: int = Field(default=25, ge=1)
+
+
+class SenderSettings(Section):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    from_: NamedAddress = Field(default="Support <support@example.com>", alias="from")
+    reply_to: NamedAddress | None = None
+
+
+class SandboxSettings(Section):
+    enabled: bool = True
+    smtp_port: int = Field(default=2525, ge=1, le=65535)
+    imap_port: int = Field(default=1143, ge=1, le=65535)
+
+
+class CategoryCaps(Section):
+    per_day: int | None = Field(default=None, ge=0)
+    per_week: int | None = Field(default=None, ge=0)
+    per_30d: int | None = Field(default=None, ge=0)
+
+
+CappedCategory = Literal["marketing", "relationship"]
+
+
+def _default_caps() -> dict[CappedCategory, CategoryCaps]:
+    return {
+        "marketing": CategoryCaps(per_day=1, per_week=2, per_30d=6),
+        "relationship": CategoryCaps(per_week=1),
+    }
+
+
+class ThrottleSettings(Section):
+    min_gap: Duration = timedelta(hours=20)
+    quiet_hours: TimeRange = (time(21, 0), time(8, 0))
+    caps: dict[CappedCategory, CategoryCaps] = Field(default_factory=_default_caps)
+
+
+class AutoreplySettings(Section):
+    enabled: bool = True
+    template: str = "ack"
+    once_per_sender: Duration = timedelta(days=7)
+    answer_within: Duration = timedelta(hours=4)  # working time, counted in [business_hours]
+    max_per_day: int = Field(default=3, ge=1)
+
+
+class BusinessHoursSettings(Section):
+    timezone: TimeZone = "UTC"  # type: ignore[assignment]  # validated into a ZoneInfo
+    days: list[Weekday] = ["mon", "tue", "wed", "thu", "fri"]
+    open: ClockTime = time(9, 0)
+    close: ClockTime = time(17, 0)
+    holidays: Annotated[str, AfterValidator(holiday_country)] = ""
+
+    @field_validator("days")
+    @classmethod
+    def _some_working_day(cls, days: list[Weekday]) -> list[Weekday]:
+        if not days:
+            raise ValueError(NO_WORKING_DAY)
+        return days
+
+    @model_validator(mode="after")
+    def _opens_before_closing(self) -> BusinessHoursSettings:
+        if self.open >= self.close:
+            raise ValueError("open must be earlier than close")
+        return self
+
+
+class WebSettings(Section):
+    enabled: bool = True
+    bind: Annotated[str, AfterValidator(_host_port)] = "127.0.0.1:8025"
+    marketing_reads_inquiries: bool = False
+    metrics_token_env: str = ""
+    base_url: str = Field(default="http://127.0.0.1:8025", pattern=r"^https?://")
+    secret_env: str = ""
+    trusted_proxies: list[Network] = []  # whose X-Forwarded-For is believed
+
+
+class Settings(Section):
+    """The whole of config.toml. Relative paths are resolved against the file's folder."""
+
+    database: DatabaseSettings = DatabaseSettings()
+    paths: PathSettings = PathSettings()
+    smtp: SmtpSettings = SmtpSettings()
+    imap: ImapSettings = ImapSettings()
+    sender: SenderSettings = SenderSettings()
+    sandbox: SandboxSettings = SandboxSettings()
+    throttle: ThrottleSettings = ThrottleSettings()
+    autoreply: AutoreplySettings = AutoreplySettings()
+    business_hours: BusinessHoursSettings = BusinessHoursSettings()
+    web: WebSettings = WebSettings()
+    company: dict[str, Any] = Field(default_factory=dict)
+
+
+class Config:
+    """Validated settings plus where they came from, resolved paths and secrets."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        path: Path,
+        secrets: Mapping[str, str],
+        overridden: Mapping[tuple[str, str], str] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.path = path
+        self.base_dir = path.resolve().parent
+        self._secrets = dict(secrets)
+        self._overridden = dict(overridden or {})
+
+    def where(self, section: str, key: str) -> str:
+        """Where a key's value came from, for a problem found after loading, e.g. when the
+        database it names cannot be opened: 'config.toml: [database] url'."""
+        return _where(self.path, self._overridden, section, [key])
+
+    def resolve(self, relative: Path) -> Path:
+        return relative if relative.is_absolute() else self.base_dir / relative
+
+    @property
+    def templates_dir(self) -> Path:
+        return self.resolve(self.settings.paths.templates)
+
+    @property
+    def schedules_dir(self) -> Path:
+        return self.resolve(self.settings.paths.schedules)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.resolve(self.settings.paths.data)
+
+    @property
+    def database_url(self) -> str:
+        """The database URL, with a relative SQLite path taken from the config's folder."""
+        url = self.settings.database.url
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and not url.startswith(prefix + "/"):
+            rest = url[len(prefix) :]
+            if rest and rest != ":memory:":
+                return prefix + str(self.resolve(Path(rest)))
+        return url
+
+    def secret(self, section: str, key: str) -> str:
+        """The value of the environment variable named by ``[section] key`` ("" if none)."""
+        return self._secrets.get(f"{section}.{key}", "")
+
+
+def default_path(env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    return Path(env.get("MAILER_CONFIG") or "config.toml")
+
+
+def load(path: Path, env: Mapping[str, str] | None = None) -> Config:
+    """Read, override from the environment, validate; raise ConfigError listing every problem."""
+    env = os.environ if env is None else env
+    raw = _read_toml(path)
+    overridden, problems = _apply_env_overrides(raw, env, path)
+    secrets, secret_problems = _read_secrets(raw, env, path)
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as exc:
+        problems += [_problem(err, path, overridden) for err in exc.errors()]
+    problems += secret_problems
+    if problems:
+        raise ConfigError(problems)
+    return Config(settings, path, secrets, overridden)
+
+
+def folders(path: Path, env: Mapping[str, str] | None = None) -> tuple[Path, Path]:
+    """(templates, schedules) folders, read leniently so `mailer check` can look at them
+    even when the rest of the config is broken; defaults stand in for what is unreadable."""
+    env = os.environ if env is None else env
+    try:
+        raw = _read_toml(path)
+    except ConfigError:
+        raw = {}
+    _apply_env_overrides(raw, env, path)
+    try:
+        paths = PathSettings.model_validate(raw.get("paths", {}))
+    except ValidationError:
+        paths = PathSettings()
+    return path.parent / paths.templates, path.parent / paths.schedules
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(
+            [Problem(str(path), "file not found (set --config or MAILER_CONFIG)")]
+        ) from None
+    except IsADirectoryError:
+        raise ConfigError(
+            [Problem(str(path), "is a folder; name the config.toml file inside it")]
+        ) from None
+    except OSError as exc:
+        raise ConfigError([Problem(str(path), f"cannot be read: {exc.strerror}")]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            [Problem(str(path), f"not UTF-8 text (byte {exc.start}); is it config.toml?")]
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([Problem(str(path), f"not valid TOML: {exc}")]) from None
+
+
+def _apply_env_overrides(
+    raw: dict[str, Any], env: Mapping[str, str], path: Path
+) -> tuple[dict[tuple[str, str], str], list[Problem]]:
+    """Merge MAILER_SECTION__KEY variables into the raw table; remember which keys they set."""
+    overridden: dict[tuple[str, str], str] = {}
+    problems: list[Problem] = []
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
+        table = raw.setdefault(section, {})
+        if not isinstance(table, dict):
+            problems.append(Problem(name, f"[{section}] in {path} is not a table"))
+            continue
+        table[key] = _env_value(value)
+        overridden[(section, key)] = name
+    return overridden, problems
+
+
+def _env_value(text: str) -> Any:
+    """A TOML value if the text is one ("587", "true", '["a"]'), else the text itself."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+SECRET_KEYS = (
+    ("smtp", "password_env"),
+    ("imap", "password_env"),
+    ("web", "secret_env"),
+    ("web", "metrics_token_env"),
+)
+
+
+def _read_secrets(
+    raw: Mapping[str, Any], env: Mapping[str, str], path: Path
+) -> tuple[dict[str, str], list[Problem]]:
+    """Look up the variables that the file names for secrets; a named but unset one is a problem."""
+    secrets: dict[str, str] = {}
+    problems: list[Problem] = []
+    for section, key in SECRET_KEYS:
+        table = raw.get(section)
+        variable = table.get(key) if isinstance(table, dict) else None
+        if not variable or not isinstance(variable, str):
+            continue
+        if variable in env:
+            secrets[f"{section}.{key}"] = env[variable]
+        else:
+            where = f"{path}: [{section}] {key}"
+            problems.append(Problem(where, f"environment variable {variable} is not set"))
+    return secrets, problems
+
+
+def _problem(err: Any, path: Path, overridden: Mapping[tuple[str, str], str]) -> Problem:
+    """Turn one pydantic error into 'file: [section] key: message'."""
+    loc = [str(part) for part in err["loc"] if part != "[key]"]
+    section, rest = (loc[0], loc[1:]) if loc else ("", [])
+    return Problem(_where(path, overridden, section, rest), _message(err, section, rest))
+
+
+def _where(
+    path: Path, overridden: Mapping[tuple[str, str], str], section: str, rest: list[str]
+) -> str:
+    """'config.toml: [smtp] port', or 'MAILER_SMTP__PORT (environment): [smtp] port'."""
+    key = ".".join(rest)
+    source = overridden.get((section, rest[0])) if rest else None
+    where = f"{source} (environment)" if source else str(path)
+    return where + (f": [{section}] {key}" if key else f": [{section}]")
+
+
+def _message(err: Any, section: str, rest: list[str]) -> str:
+    if err["type"] == "extra_forbidden":
+        return "unknown key" + _suggestion(section, rest)
+    message = str(err["msg"]).removeprefix("Value error, ")
+    return f"{message} (got {err['input']!r})" if err["type"] != "value_error" else message
+
+
+def _suggestion(section: str, rest: list[str]) -> str:
+    """' (did you mean "port"?)' for a misspelt key, from the fields of its section."""
+    model = _model_at([section, *rest[:-1]] if rest else [])
+    if model is None:
+        return ""
+    names = [f.alias or n for n, f in model.model_fields.items()]
+    close = difflib.get_close_matches(rest[-1] if rest else section, names, n=1)
+    return f' (did you mean "{close[0]}"?)' if close else ""
+
+
+def _model_at(path: list[str]) -> type[BaseModel] | None:
+    """The settings model found by following field names from the top."""
+    model: type[BaseModel] = Settings
+    for part in path:
+        field = model.model_fields.get(part)
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model

@@ -1,0 +1,130 @@
+"""Validated value types shared by config.toml, schedules and CSV imports.
+
+Each is a pydantic-annotated type whose error message names what was wrong and what is
+accepted, so the caller only has to add the file and key.
+"""
+
+from __future__ import annotations
+
+from datetime import time, timedelta
+from functools import lru_cache
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import email_validator
+from babel import Locale, UnknownLocaleError
+from email_validator import EmailNotValidError, validate_email
+from pydantic import BeforeValidator, PlainSerializer
+
+from mailer.core.durations import format_duration, parse_duration
+
+# Special-use names (IANA registry, RFC 6761 and later): mail for them never leaves the
+# network it is sent in. Companies run intranets on them and test setups use them, so
+# mailer accepts addresses there and `mailer check` warns instead. email-validator 2.x
+# refuses them whatever it is told, so its own list is emptied for this process.
+SPECIAL_USE_DOMAINS = (
+    "alt",
+    "arpa",
+    "example",
+    "internal",
+    "invalid",
+    "local",
+    "localhost",
+    "onion",
+    "test",
+)
+email_validator.SPECIAL_USE_DOMAIN_NAMES = []
+
+
+@lru_cache(maxsize=1024)
+def _known_locale(tag: str) -> bool:
+    """Babel's look-up is slow (about 0.1 ms) and customers share few locales: remember it."""
+    try:
+        Locale.parse(tag)
+    except (UnknownLocaleError, ValueError):
+        return False
+    return True
+
+
+def zone(name: Any) -> ZoneInfo:
+    """An IANA time zone such as "Europe/Sofia"; abbreviations like "EST" are refused."""
+    if isinstance(name, ZoneInfo):
+        return name
+    if not isinstance(name, str) or ("/" not in name and name != "UTC"):
+        raise ValueError(f"{name!r} is not an IANA time zone such as 'Europe/Sofia' or 'UTC'")
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"{name!r} is not a known IANA time zone") from None
+
+
+def locale_tag(value: Any) -> str:
+    """A locale such as "bg", "bg-BG" or "en_US", normalised to BCP 47 form ("bg-BG").
+
+    The language code is kept as written ("tl" stays "tl"; babel would alias it to "fil"),
+    because template folders are named after it.
+    """
+    text = value.strip().replace("_", "-") if isinstance(value, str) else ""
+    parts = text.split("-")
+    if not text or not all(p.isalnum() for p in parts):
+        raise ValueError(f"{value!r} is not a locale such as 'en', 'bg' or 'id-ID'")
+    if not _known_locale("_".join(parts)):
+        raise ValueError(f"{value!r} is not a known locale")
+    shaped = [parts[0].lower()]
+    shaped += [p.title() if len(p) == 4 else p.upper() for p in parts[1:]]
+    return "-".join(shaped)
+
+
+def special_use_domain(address: str) -> str | None:
+    """The special-use name an address's domain is or ends in ("local"), else None."""
+    domain = address.rpartition("@")[2].strip().rstrip(".").lower()
+    for name in SPECIAL_USE_DOMAINS:
+        if domain == name or domain.endswith("." + name):
+            return name
+    return None
+
+
+def email_address(value: Any) -> str:
+    """A syntactically valid address, normalised (domain lower-cased); DNS is never asked.
+
+    A domain needs a dot ("john@gmail" is a typo) unless it is a special-use name itself,
+    as in "root@localhost".
+    """
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not an email address")
+    text = value.strip()
+    dotless = text.rpartition("@")[2].lower() in SPECIAL_USE_DOMAINS
+    try:
+        return validate_email(
+            text, check_deliverability=False, globally_deliverable=not dotless
+        ).normalized
+    except EmailNotValidError as exc:
+        raise ValueError(f"{text!r} is not a valid email address: {exc}") from None
+
+
+def clock_time(value: Any) -> time:
+    """A wall-clock time written "HH:MM"."""
+    if isinstance(value, time):
+        return value
+    try:
+        hours, minutes = str(value).split(":")
+        return time(int(hours), int(minutes))
+    except ValueError:
+        raise ValueError(f"{value!r} is not a time of day written HH:MM, e.g. '09:00'") from None
+
+
+def duration(value: Any) -> timedelta:
+    return value if isinstance(value, timedelta) else parse_duration(value)
+
+
+Duration = Annotated[
+    timedelta, BeforeValidator(duration), PlainSerializer(format_duration, return_type=str)
+]
+TimeZone = Annotated[ZoneInfo, BeforeValidator(zone), PlainSerializer(str, return_type=str)]
+LocaleTag = Annotated[str, BeforeValidator(locale_tag)]
+EmailAddress = Annotated[str, BeforeValidator(email_address)]
+ClockTime = Annotated[
+    time,
+    BeforeValidator(clock_time),
+    PlainSerializer(lambda t: t.strftime("%H:%M"), return_type=str),
+]

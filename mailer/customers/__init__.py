@@ -1,0 +1,4 @@
+"""Who mailer talks to. ``profiles`` owns the customers and tags tables (import, look-ups,
+unsubscribe, suppression); ``csv_rows`` validates CSV rows; ``context`` is what templates
+see about a customer; ``tokens`` signs the links in every mail.
+"""

@@ -1,0 +1,306 @@
+"""Reading customers from CSV: every row validated on its own, with its line number.
+
+Pure code over text; the database side is in ``customers``. A bad row never stops the
+file: it is reported with the physical line it starts on and its reason, and the good rows
+go on. That holds for a cell too long to be a customer's (a quote that never closes) and
+for a stray byte that is not UTF-8; only a file that is not UTF-8 text from its start is
+refused as a whole. What a file says is shown escaped, never as terminal control codes.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any, TextIO
+
+from mailer.core.errors import ImportFileError
+from mailer.core.fieldtypes import email_address, locale_tag, zone
+
+KNOWN_COLUMNS = frozenset(
+    {
+        "email",
+        "name",
+        "first_name",
+        "locale",
+        "timezone",
+        "birthday",
+        "tags",
+        "marketing_consent",
+        "relationship_consent",
+    }
+)
+_ALIASES = {
+    "e_mail": "email",
+    "email_address": "email",
+    "firstname": "first_name",
+    "given_name": "first_name",
+    "full_name": "name",
+    "time_zone": "timezone",
+    "language": "locale",
+    "date_of_birth": "birthday",
+    "birthdate": "birthday",
+}
+_YES = frozenset({"1", "yes", "y", "true", "t", "on"})
+_NO = frozenset({"0", "no", "n", "false", "f", "off"})
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+_UNDECODABLE = re.compile("[\udc80-\udcff]")  # a byte that was not UTF-8, as surrogateescape has it
+_LINE_END = re.compile(r"\r\n?|\n")
+SAMPLE = 64 * 1024  # characters read first: to tell the delimiter, and whether this is text
+CELL_LIMIT = 128 * 1024  # characters in one cell; more is a quote that never closes
+READ_LIMIT = 16 * 1024 * 1024  # what csv may gather for one cell before the file is given up
+_BIRTHDAY_FORMATS = (
+    (re.compile(r"^(\d{4})-(\d{1,2})-(\d{1,2})$"), ("year", "month", "day")),
+    (re.compile(r"^--(\d{1,2})-(\d{1,2})$"), ("month", "day")),
+    (re.compile(r"^(\d{1,2})-(\d{1,2})$"), ("month", "day")),
+    (re.compile(r"^(\d{1,2})\.(\d{1,2})\.(\d{4})$"), ("day", "month", "year")),
+    (re.compile(r"^(\d{1,2})\.(\d{1,2})\.?$"), ("day", "month")),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Birthday:
+    month: int
+    day: int
+    year: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerRow:
+    """One valid row. ``None`` (or an empty tuple/dict) means the file did not say."""
+
+    line: int
+    email: str
+    name: str | None = None
+    first_name: str | None = None
+    locale: str | None = None
+    timezone: str | None = None
+    birthday: Birthday | None = None
+    tags: tuple[str, ...] | None = None
+    fields: dict[str, str] = field(default_factory=dict)
+    marketing_consent: bool | None = None
+    relationship_consent: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedRow:
+    line: int
+    email: str
+    reason: str
+
+    @classmethod
+    def of(cls, line: int, email: str, reason: str) -> RejectedRow:
+        """A rejection that is safe to print: what came from the file is escaped and cut."""
+        return cls(line, shown(email.strip(), 100), shown(reason, 500))
+
+
+def shown(text: str, limit: int = 200) -> str:
+    """Text from a file as it may reach a terminal: control, format and undecodable
+    characters escaped (no ANSI sequences, no bidi overrides), at most ``limit`` long."""
+    cut = text if len(text) <= limit else text[:limit] + "…"
+    if cut.isprintable():
+        return cut
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in cut)
+
+
+def normalise_email(text: str) -> str:
+    """The key customers are stored under: validated, then lower-cased as a whole."""
+    return email_address(text).lower()
+
+
+def parse_birthday(text: str) -> Birthday:
+    """2001-02-28, --02-29 or 02-29 (year unknown), 28.02.2001 or 28.02."""
+    for pattern, names in _BIRTHDAY_FORMATS:
+        match = pattern.match(text)
+        if match:
+            parts = dict(zip(names, map(int, match.groups()), strict=True))
+            year = parts.get("year")
+            try:  # a leap year stands in for an unknown year, so 29 February is allowed
+                date(year or 2000, parts["month"], parts["day"])
+            except ValueError:
+                break
+            return Birthday(parts["month"], parts["day"], year)
+    raise ValueError(
+        f"birthday {text!r} is not a date; use 1990-04-17, --04-17 (no year) or 17.04.1990"
+    )
+
+
+def _flag(column: str, text: str) -> bool | None:
+    lowered = text.lower()
+    if not lowered:
+        return None
+    if lowered in _YES or lowered in _NO:
+        return lowered in _YES
+    raise ValueError(f"{column} {text!r} is not yes or no")
+
+
+def _tags(text: str) -> tuple[str, ...] | None:
+    tags = {t.strip().lower() for t in re.split(r"[;,|]", text) if t.strip()}
+    return tuple(sorted(tags)) or None
+
+
+def _text(value: str) -> str | None:
+    """A cell as stored: control characters (CR/LF) become spaces; empty means not given."""
+    cleaned = _CONTROL.sub(" ", value).strip()
+    return cleaned or None
+
+
+def parse_row(line: int, cells: dict[str, str]) -> CustomerRow:
+    """Validate one row; raise ValueError naming every problem in it."""
+    errors: list[str] = []
+    values: dict[str, Any] = {}
+
+    def take(column: str, convert: Any) -> None:
+        text = (cells.get(column) or "").strip()
+        if not text:
+            return
+        try:
+            values[column] = convert(text)
+        except ValueError as exc:
+            errors.append(str(exc))
+
+    take("email", normalise_email)
+    take("locale", locale_tag)
+    take("timezone", lambda t: str(zone(t)))
+    take("birthday", parse_birthday)
+    take("tags", _tags)
+    for consent in ("marketing_consent", "relationship_consent"):
+        take(consent, lambda t, c=consent: _flag(c, t))
+    if "email" not in values and not errors:
+        errors.append("no email address")
+    if errors:
+        raise ValueError("; ".join(errors))
+    for column in ("name", "first_name"):
+        values[column] = _text(cells.get(column) or "")
+    extra = {k: v for k, v in cells.items() if k not in KNOWN_COLUMNS}
+    values["fields"] = {k: t for k, v in extra.items() if (t := _text(v or ""))}
+    return CustomerRow(line=line, **values)
+
+
+def normalise_header(name: str) -> str:
+    """'E-Mail' -> 'email', 'First Name' -> 'first_name': spreadsheets name columns freely."""
+    key = re.sub(r"[\s\-]+", "_", name.lstrip("\ufeff").strip().lower())
+    return _ALIASES.get(key, key)
+
+
+def read_rows(stream: TextIO) -> Iterator[tuple[int, dict[str, str]] | RejectedRow]:
+    """(first line, cells by normalised column) for each data row, or why it was rejected.
+
+    The stream is decoded with ``errors="surrogateescape"``, so a byte that is not UTF-8
+    rejects its row by line instead of ending the file. The header is checked, and so is
+    that the start of the file is UTF-8 text at all.
+    """
+    sample = stream.read(SAMPLE)
+    _check_text(sample)
+    stream.seek(0)
+    try:
+        dialect: Any = csv.Sniffer().sniff(sample, delimiters=",;\t")
+    except csv.Error:
+        dialect = csv.excel
+    undecodable: dict[int, int] = {}  # line -> its first byte that is not UTF-8
+    reader = csv.reader(_lines(stream, undecodable), dialect)
+    limit = csv.field_size_limit(READ_LIMIT)
+    try:
+        header = _header(reader)
+        yield from _data(reader, header, undecodable)
+    finally:
+        csv.field_size_limit(limit)
+
+
+def _check_text(sample: str) -> None:
+    """Refuse a file that is not UTF-8 text from its start: a spreadsheet, UTF-16, Latin-1."""
+    if sample.startswith(("\udcff\udcfe", "\udcfe\udcff")):
+        raise ImportFileError("UTF-16 text, not UTF-8; save it as CSV UTF-8")
+    if "\x00" in sample:
+        raise ImportFileError("not a text file (it holds NUL bytes); save it as CSV UTF-8")
+    found = _UNDECODABLE.search(sample)
+    if found:
+        line = len(_LINE_END.findall(sample, 0, found.start())) + 1
+        raise ImportFileError(_not_utf8(line, ord(found.group()) - 0xDC00))
+
+
+def _not_utf8(line: int, byte: int) -> str:
+    return f"line {line}: byte 0x{byte:02X} is not UTF-8; save the file as CSV UTF-8"
+
+
+def _lines(stream: TextIO, undecodable: dict[int, int]) -> Iterator[str]:
+    """The stream's lines, noting those with a byte that is not UTF-8 (rare: checked only
+    in lines that are not ASCII)."""
+    for number, line in enumerate(stream, 1):
+        if not line.isascii() and (found := _UNDECODABLE.search(line)):
+            undecodable[number] = ord(found.group()) - 0xDC00
+        yield line
+
+
+def _header(reader: Any) -> list[str]:
+    try:
+        header = [normalise_header(h) for h in next(reader, [])]
+    except csv.Error as exc:
+        raise ImportFileError(f"line 1: {exc}") from None
+    if "email" not in header:
+        raise ImportFileError("the first line must be a header with an 'email' column")
+    duplicated = {h for h in header if header.count(h) > 1}
+    if duplicated:
+        raise ImportFileError(f"the header repeats column(s): {', '.join(sorted(duplicated))}")
+    return header
+
+
+def _data(
+    reader: Any, header: list[str], undecodable: dict[int, int]
+) -> Iterator[tuple[int, dict[str, str]] | RejectedRow]:
+    ended = reader.line_num
+    while True:
+        first = ended + 1
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:  # a quote that never closes, megabytes on: stop there
+            reason = (
+                f"not CSV from here ({exc}: a quote that never closes?); nothing after it was read"
+            )
+            yield RejectedRow.of(first, "", reason)
+            return
+        ended = reader.line_num
+        if not any(c.strip() for c in cells):
+            continue
+        found = dict(zip(header, cells, strict=False))
+        if undecodable or max(map(len, cells)) > CELL_LIMIT:  # rare: checked in full only then
+            problem = _unreadable(cells, header, first, ended, undecodable)
+            if problem:
+                yield RejectedRow.of(first, found.get("email", ""), problem)
+                continue
+        yield first, found
+
+
+def _unreadable(
+    cells: list[str], header: list[str], first: int, ended: int, undecodable: dict[int, int]
+) -> str:
+    """Why a row cannot be taken at all: a byte that is not UTF-8, or a cell far too long."""
+    for line in range(first, ended + 1):
+        if line in undecodable:
+            return _not_utf8(line, undecodable.pop(line))
+    if max(map(len, cells)) <= CELL_LIMIT:
+        return ""
+    longest = max(range(len(cells)), key=lambda i: len(cells[i]))
+    column = header[longest] if longest < len(header) else f"column {longest + 1}"
+    reason = f"{column} is {len(cells[longest]) // 1024} KiB long, more than a cell may hold"
+    if ended > first:
+        return f"{reason}; the row runs on to line {ended}: a quote that never closes?"
+    return reason
+
+
+def parse_rows(
+    rows: Iterable[tuple[int, dict[str, str]] | RejectedRow],
+) -> Iterator[CustomerRow | RejectedRow]:
+    for row in rows:
+        if isinstance(row, RejectedRow):
+            yield row
+            continue
+        line, cells = row
+        try:
+            yield parse_row(line, cells)
+        except ValueError as exc:
+            yield RejectedRow.of(line, cells.get("email") or "", str(exc))

@@ -1,0 +1,380 @@
+"""The inquiry log: every inbound message, stored before any decision, threaded and tied to
+a customer (a new lead when the sender is unknown).
+
+Threading looks, in order, at In-Reply-To and References (our inquiries' Message-IDs, and
+the Message-IDs of what we sent about an inquiry), then at a reference token such as
+"[#42]" in the subject, for mail clients that drop those headers. Both can be guessed, so a
+message joins a thread only from someone who takes part in it; from anyone else it opens
+an inquiry of its own that names the one it claimed.
+
+What people do with an inquiry (status changes, assignments, notes) is recorded as an
+event with who did it, so the desk shows a timeline and nothing changes silently.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from sqlalchemy import Integer, Table, func, insert, or_, select, text, tuple_, update
+from sqlalchemy.engine import Connection
+
+from mailer.core.search import term
+from mailer.customers import profiles
+from mailer.customers.csv_rows import normalise_email
+from mailer.customers.profiles import CUSTOMERS
+from mailer.inbound.parsing import Inbound, fingerprint, subject_reference
+from mailer.outbound.outbox import OUTBOX
+from mailer.store.models import Inquiry, InquiryEvent, InquiryStatus
+
+INQUIRIES: Table = Inquiry.__table__  # type: ignore[attr-defined]
+INQUIRY_EVENTS: Table = InquiryEvent.__table__  # type: ignore[attr-defined]
+ACK_PREFIX = "ack:inquiry:"  # an acknowledgement's dedupe key: this, then the inquiry's id
+_DIGITS = re.compile(r"(\d+)\]$")
+TRIGRAM = 3  # the shortest search the trigram indexes can answer
+# outbox rows that acknowledge an inquiry (a prefix LIKE, which an index can serve)
+IS_ACKNOWLEDGEMENT = OUTBOX.c.dedupe_key.like(ACK_PREFIX + "%")
+
+
+def ack_key(inquiry_id: int) -> str:
+    """The dedupe key of an inquiry's acknowledgement, so it is queued at most once."""
+    return f"{ACK_PREFIX}{inquiry_id}"
+
+
+def reference(inquiry_id: int) -> str:
+    """What a customer quotes back: shown in acknowledgement subjects as "[#42]"."""
+    return f"#{inquiry_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Logged:
+    inquiry_id: int
+    thread_id: int | None  # the first inquiry of the thread, None when this one starts it
+    customer_id: int | None
+    duplicate: bool  # the same message was logged before: nothing new was written
+
+
+def log(conn: Connection, inbound: Inbound, received_at: datetime) -> Logged:
+    """Store one inbound message; a re-delivery of one logged before returns the earlier row.
+
+    A message joins the thread it refers to only when its sender already takes part in it;
+    anyone else starts a new inquiry that records which one it claimed to continue."""
+    earlier = _same_message(conn, inbound)
+    if earlier is not None:
+        return earlier
+    claimed = find_thread(conn, inbound)
+    thread_id = claimed if claimed is not None and _takes_part(conn, claimed, inbound) else None
+    customer_id = _customer_for(conn, inbound, received_at)
+    values = _values(inbound, received_at, thread_id, customer_id)
+    values["claimed_thread_id"] = claimed if thread_id is None else None
+    new_id = conn.execute(insert(INQUIRIES).values(**values)).inserted_primary_key
+    assert new_id is not None
+    return Logged(int(new_id[0]), thread_id, customer_id, duplicate=False)
+
+
+def _same_message(conn: Connection, inbound: Inbound) -> Logged | None:
+    """The earlier row of this very message: its Message-ID and its fingerprint.
+
+    Rows logged before fingerprints were kept have none: theirs is worked out from the raw
+    bytes, and one whose raw bytes were cut short is taken to be the same message, as before.
+    """
+    if not inbound.message_id:
+        return None
+    rows = conn.execute(
+        select(
+            INQUIRIES.c.id,
+            INQUIRIES.c.thread_id,
+            INQUIRIES.c.customer_id,
+            INQUIRIES.c.fingerprint,
+            INQUIRIES.c.raw,
+            INQUIRIES.c.raw_truncated,
+        )
+        .where(INQUIRIES.c.message_id == inbound.message_id)
+        .order_by(INQUIRIES.c.id)
+    )
+    for row in rows:
+        known = row.fingerprint or (None if row.raw_truncated else fingerprint(bytes(row.raw)))
+        if known in (None, inbound.fingerprint):
+            return Logged(row.id, row.thread_id, row.customer_id, duplicate=True)
+    return None
+
+
+def _takes_part(conn: Connection, root: int, inbound: Inbound) -> bool:
+    """Whether the sender opened the thread or already wrote in it."""
+    if not inbound.sender:
+        return False
+    in_thread = (INQUIRIES.c.id == root) | (INQUIRIES.c.thread_id == root)
+    found = conn.execute(
+        select(INQUIRIES.c.id).where(in_thread, INQUIRIES.c.sender == inbound.sender).limit(1)
+    ).scalar()
+    return found is not None
+
+
+def log_failed(conn: Connection, raw: bytes, error: str, received_at: datetime) -> int:
+    """Keep a message that could not be handled, with the error, for a human to read."""
+    new_id = conn.execute(
+        insert(INQUIRIES).values(
+            received_at=received_at,
+            status=InquiryStatus.FAILED,
+            decision="failed",
+            error=error,
+            raw=raw,
+            attachments=[],
+            defects=[],
+            reasons=[],
+        )
+    ).inserted_primary_key
+    assert new_id is not None
+    return int(new_id[0])
+
+
+def _values(
+    inbound: Inbound, received_at: datetime, thread_id: int | None, customer_id: int | None
+) -> dict[str, Any]:
+    return {
+        "message_id": inbound.message_id,
+        "thread_id": thread_id,
+        "customer_id": customer_id,
+        "sender": inbound.sender[:320],
+        "sender_name": inbound.sender_name[:200],
+        "subject": inbound.subject[:998],
+        "body_text": inbound.text,
+        "reply_text": inbound.reply_text,
+        "attachments": [
+            {"filename": a.filename, "content_type": a.content_type, "size": a.size}
+            for a in inbound.attachments
+        ],
+        "defects": list(inbound.defects),
+        "received_at": received_at,
+        "status": InquiryStatus.NEW,
+        "reasons": [],
+        "raw": inbound.raw,
+        "raw_truncated": inbound.raw_truncated,
+        "fingerprint": inbound.fingerprint,
+    }
+
+
+def find_thread(conn: Connection, inbound: Inbound) -> int | None:
+    """The root inquiry this message continues, if any."""
+    ids = [i for i in (inbound.in_reply_to, *reversed(inbound.references)) if i]
+    parent = _by_message_ids(conn, ids) if ids else None
+    if parent is None:
+        parent = _by_subject(conn, inbound.subject)
+    if parent is None:
+        return None
+    root = conn.execute(select(INQUIRIES.c.thread_id).where(INQUIRIES.c.id == parent)).scalar()
+    return int(root) if root is not None else parent
+
+
+def _by_message_ids(conn: Connection, ids: list[str]) -> int | None:
+    found = conn.execute(
+        select(INQUIRIES.c.id).where(INQUIRIES.c.message_id.in_(ids)).order_by(INQUIRIES.c.id)
+    ).scalar()
+    if found is not None:
+        return int(found)
+    key = conn.execute(
+        select(OUTBOX.c.dedupe_key).where(OUTBOX.c.message_id.in_(ids), IS_ACKNOWLEDGEMENT)
+    ).scalar()
+    return _existing(conn, int(key.removeprefix(ACK_PREFIX))) if key else None
+
+
+def _by_subject(conn: Connection, subject: str) -> int | None:
+    token = subject_reference(subject)
+    digits = _DIGITS.search(token) if token else None
+    return _existing(conn, int(digits.group(1))) if digits else None
+
+
+def _existing(conn: Connection, inquiry_id: int) -> int | None:
+    found = conn.execute(select(INQUIRIES.c.id).where(INQUIRIES.c.id == inquiry_id)).scalar()
+    return int(found) if found is not None else None
+
+
+def _customer_for(conn: Connection, inbound: Inbound, now: datetime) -> int | None:
+    """The sender's customer; an unknown but valid sender becomes a new lead."""
+    try:
+        email = normalise_email(inbound.sender)
+    except ValueError:
+        return None
+    found = conn.execute(select(CUSTOMERS.c.id).where(CUSTOMERS.c.email == email)).scalar()
+    if found is not None:
+        return int(found)
+    return profiles.add_lead(conn, email, inbound.sender_name, now)
+
+
+_BODIES = ("raw", "body_text", "reply_text")
+_NEWEST = (INQUIRIES.c.received_at.desc(), INQUIRIES.c.id.desc())
+_OLDEST = (INQUIRIES.c.received_at, INQUIRIES.c.id)
+EventKind = Literal["status", "assign", "note"]
+
+
+def _columns(*leave_out: str) -> list[Any]:
+    return [c for c in INQUIRIES.c if c.name not in leave_out]
+
+
+def find(conn: Connection, *, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    """Newest first, without raw bytes or bodies."""
+    return browse(conn, status=status, size=limit).rows
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One screen of the newest-first list, and where to go on from either end."""
+
+    rows: list[dict[str, Any]]
+    newer: int | None  # browse(after=newer) is the page before this one
+    older: int | None  # browse(before=older) is the page after this one
+
+
+def browse(
+    conn: Connection,
+    *,
+    status: str | None = None,
+    search: str | None = None,
+    before: int | None = None,
+    after: int | None = None,
+    size: int = 50,
+) -> Page:
+    """Newest first, without bodies. Pages are keyset pages: ``before``/``after`` name the
+    inquiry at the edge the reader comes from, so the last page costs what the first does.
+    Control characters in ``search`` are not searched for (see mailer.core.search.term)."""
+    query = select(*_columns(*_BODIES)).limit(size + 1)
+    if status:
+        query = query.where(INQUIRIES.c.status == status)
+    wanted = term(search) if search else ""
+    if wanted:
+        query = query.where(_matching(wanted, conn.dialect.name))
+    edge = after if after is not None else before
+    if edge is not None:
+        at = conn.execute(select(INQUIRIES.c.received_at).where(INQUIRIES.c.id == edge)).scalar()
+        if at is None:
+            return Page([], None, None)
+        key, edge_key = tuple_(*_OLDEST), tuple_(at, edge)
+        query = query.where(key > edge_key if after is not None else key < edge_key)
+    order = _OLDEST if after is not None else _NEWEST
+    rows = [dict(r) for r in conn.execute(query.order_by(*order)).mappings()]
+    return _page(rows, size, forwards=after is None, from_edge=edge is not None)
+
+
+def _page(rows: list[dict[str, Any]], size: int, *, forwards: bool, from_edge: bool) -> Page:
+    """One more row than shown was asked for: its presence says the list goes on that way."""
+    more, rows = len(rows) > size, rows[:size]
+    if not forwards:
+        rows.reverse()
+    newer = more if not forwards else from_edge
+    older = more if forwards else True
+    first, last = (rows[0]["id"], rows[-1]["id"]) if rows else (None, None)
+    return Page(rows, first if newer else None, last if older else None)
+
+
+def _matching(search: str, dialect: str) -> Any:
+    """Sender, name, subject or text containing ``search``, in any case and script, answered
+    from the trigram indexes of migration 0009 (three characters or more; shorter ones
+    are few enough words to scan for)."""
+    table = INQUIRIES.c
+    columns = (table.sender, table.sender_name, table.subject, table.body_text)
+    if dialect == "sqlite" and len(search) >= TRIGRAM:
+        phrase = '"' + search.replace('"', '""') + '"'  # FTS5 phrase: a substring, as typed
+        found = text("SELECT rowid FROM inquiry_search WHERE inquiry_search MATCH :phrase")
+        return table.id.in_(found.bindparams(phrase=phrase).columns(rowid=Integer))
+    if dialect == "sqlite":
+        return or_(*(c.contains(search, autoescape=True) for c in columns))
+    pattern = "%" + _escape_like(search.lower()) + "%"
+    return or_(*(func.lower(c).like(pattern, escape="\\") for c in columns))
+
+
+def _escape_like(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def get(conn: Connection, inquiry_id: int) -> dict[str, Any] | None:
+    """One inquiry with every message of its thread, oldest first (without raw bytes)."""
+    row = conn.execute(select(INQUIRIES).where(INQUIRIES.c.id == inquiry_id)).mappings().first()
+    if row is None:
+        return None
+    root = row["thread_id"] or row["id"]
+    thread = conn.execute(
+        select(*_columns("raw"))
+        .where((INQUIRIES.c.id == root) | (INQUIRIES.c.thread_id == root))
+        .order_by(*_OLDEST)
+    ).mappings()
+    return {**row, "thread": [dict(t) for t in thread]}
+
+
+def of_customer(conn: Connection, customer_id: int, *, with_text: bool) -> list[dict[str, Any]]:
+    """A customer's inquiries, newest first; what they wrote only for those who may read it."""
+    c = INQUIRIES.c
+    columns = [c.id, c.thread_id, c.received_at, c.status]
+    if with_text:  # a subject is something the customer wrote too
+        columns += [c.subject, c.sender, c.body_text, c.reply_text]
+    query = select(*columns).where(c.customer_id == customer_id).order_by(*_NEWEST)
+    return [dict(r) for r in conn.execute(query).mappings()]
+
+
+def acknowledgements(conn: Connection, inquiry_ids: list[int]) -> dict[int, dict[str, Any]]:
+    """The acknowledgement queued for each of these inquiries, by inquiry, where there is one."""
+    keys = {ack_key(i): i for i in inquiry_ids}
+    query = select(OUTBOX).where(OUTBOX.c.dedupe_key.in_(list(keys)))
+    return {keys[r["dedupe_key"]]: dict(r) for r in conn.execute(query).mappings()}
+
+
+def set_status(conn: Connection, inquiry_id: int, status: InquiryStatus) -> bool:
+    result = conn.execute(
+        update(INQUIRIES).where(INQUIRIES.c.id == inquiry_id).values(status=status)
+    )
+    return bool(result.rowcount)
+
+
+def change_status(
+    conn: Connection, inquiry_id: int, status: InquiryStatus, actor: str, now: datetime
+) -> bool:
+    """Set the status, recording who moved it from what; False if there is no such inquiry."""
+    before = conn.execute(select(INQUIRIES.c.status).where(INQUIRIES.c.id == inquiry_id)).scalar()
+    if before is None:
+        return False
+    if before != status:
+        set_status(conn, inquiry_id, status)
+        _record(conn, inquiry_id, "status", f"{before} → {status}", actor, now)
+    return True
+
+
+def assign(
+    conn: Connection, inquiry_id: int, assignee: str | None, actor: str, now: datetime
+) -> bool:
+    """Give the inquiry to a user by name, or to nobody (None); recorded like a status change."""
+    found = conn.execute(
+        select(INQUIRIES.c.assignee).where(INQUIRIES.c.id == inquiry_id)
+    ).one_or_none()
+    if found is None:
+        return False
+    if found.assignee != assignee:
+        query = update(INQUIRIES).where(INQUIRIES.c.id == inquiry_id).values(assignee=assignee)
+        conn.execute(query)
+        _record(conn, inquiry_id, "assign", assignee or "", actor, now)
+    return True
+
+
+def add_note(conn: Connection, inquiry_id: int, text: str, actor: str, now: datetime) -> bool:
+    """An internal note: for colleagues, never sent to the customer."""
+    if _existing(conn, inquiry_id) is None:
+        return False
+    _record(conn, inquiry_id, "note", text, actor, now)
+    return True
+
+
+def _record(
+    conn: Connection, inquiry_id: int, kind: EventKind, text: str, actor: str, now: datetime
+) -> None:
+    values = {"inquiry_id": inquiry_id, "at": now, "actor": actor, "kind": kind, "text": text}
+    conn.execute(insert(INQUIRY_EVENTS).values(**values))
+
+
+def events(conn: Connection, inquiry_id: int) -> list[dict[str, Any]]:
+    """What people did with the inquiry, oldest first."""
+    query = (
+        select(INQUIRY_EVENTS)
+        .where(INQUIRY_EVENTS.c.inquiry_id == inquiry_id)
+        .order_by(INQUIRY_EVENTS.c.id)
+    )
+    return [dict(r) for r in conn.execute(query).mappings()]

@@ -1,0 +1,243 @@
+"""Delivery workers: claim due messages, render them, hand them to SMTP, record every attempt.
+
+The loop never sleeps through time it was given: ``deliver_due`` works off everything due
+at the clock's current time and returns, so tests drive it with a clock they move, and
+``run`` only decides how long to rest between rounds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine
+
+from mailer.core.clock import Clock
+from mailer.core.errors import RenderTimeout, TemplateError
+from mailer.outbound import outbox
+from mailer.outbound.outbox import Claimed, Outcome, Policy, Result
+from mailer.outbound.prepare import Outgoing, Preparer
+from mailer.outbound.smtp import Failure, SmtpPool, Verdict, backoff, classify
+
+log = logging.getLogger("mailer.outbound.delivery")
+Row = dict[str, Any]  # an outbox row as claimed
+
+MAX_RETRY_AGE = timedelta(days=2)  # for messages without a validity window of their own
+IDLE_POLL = 1.0  # seconds between looks at the queue when nothing is due
+OUTAGE_PROBE = (1.0, 60.0)  # first and longest wait between connection attempts in an outage
+
+
+@dataclass
+class Delivery:
+    engine: Engine
+    preparer: Preparer
+    pool: SmtpPool
+    policy: Policy
+    clock: Clock
+    batch_size: int = 200
+    rng: random.Random = field(default_factory=random.Random)
+    outage_since: datetime | None = None
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def wake(self) -> None:
+        """Something was queued: look at the queue now rather than at the next poll."""
+        self._wake.set()
+
+    async def deliver_due(self) -> int:
+        """Send everything due now, batch by batch; return how many messages were handled.
+
+        Stops early when the server cannot be reached; the claimed rows go back to the queue.
+        """
+        handled = 0
+        await asyncio.to_thread(outbox.release_expired_leases, self.engine, self.clock.now())
+        while self.outage_since is None:
+            claimed = await asyncio.to_thread(
+                outbox.claim, self.engine, self.clock.now(), self.batch_size, self.policy
+            )
+            if not claimed:
+                break
+            outcomes = await self._deliver(claimed)
+            await asyncio.to_thread(outbox.record, self.engine, outcomes)
+            handled += len(claimed)
+            tally = Counter(outcome.result for outcome in outcomes)
+            log.info("delivery: %s", ", ".join(f"{n} {what}" for what, n in sorted(tally.items())))
+        return handled
+
+    async def _deliver(self, claimed: Sequence[Claimed]) -> list[Outcome]:
+        # rendering waits on a render worker: in a thread, so the loop keeps serving
+        ready, outcomes = await asyncio.to_thread(self._prepare, claimed, self.clock.now())
+        rows = {item.row["id"]: item.row for item in claimed}
+        try:
+            sent = await asyncio.gather(*(self._send(m, rows[m.outbox_id]) for m in ready))
+        except asyncio.CancelledError:
+            await asyncio.to_thread(outbox.record, self.engine, self._release(ready, "shutdown"))
+            raise
+        return outcomes + list(sent)
+
+    def _prepare(
+        self, claimed: Sequence[Claimed], now: datetime
+    ) -> tuple[list[Outgoing], list[Outcome]]:
+        """The messages ready to send, and an outcome for each that is not: failed when it
+        cannot be rendered, released when the daemon is stopping. A template that ran out
+        of time fails the rest of its messages in the batch at once: each would take the
+        whole limit again, and hold up every other message and the shutdown."""
+        ready: list[Outgoing] = []
+        held: list[Outcome] = []
+        overran: dict[str, RenderTimeout] = {}
+        for item in claimed:
+            row_id, template = item.row["id"], item.row["template"]
+            if self._stop.is_set():
+                held.append(_waiting(row_id, now, "shutdown"))
+                continue
+            if template in overran:
+                held.append(_template_failed(row_id, now, overran[template]))
+                continue
+            try:
+                ready.append(self.preparer.prepare(item, now))
+            except TemplateError as exc:
+                if isinstance(exc, RenderTimeout):
+                    overran[template] = exc
+                held.append(_template_failed(row_id, now, exc))
+        return ready, held
+
+    async def _send(self, message: Outgoing, row: Row) -> Outcome:
+        if self.outage_since is not None:
+            return self._released(message, "the SMTP server is unreachable")
+        try:
+            reply = await self.pool.send(message.sender, message.recipient, message.data)
+        except Exception as exc:  # every failure is recorded on the message, none stops the loop
+            return self._failure(message, row, exc)
+        return Outcome(
+            outbox_id=message.outbox_id,
+            result=Result.SENT,
+            at=self.clock.now(),
+            smtp_code=_code(reply),
+            smtp_reply=reply,
+            message_id=message.message_id,
+            subject=message.subject,
+        )
+
+    def _failure(self, message: Outgoing, row: Row, exc: Exception) -> Outcome:
+        verdict = classify(exc)
+        now = self.clock.now()
+        if verdict.result == Failure.OUTAGE:
+            self._enter_outage(verdict.reply)
+            return self._released(message, verdict.reply)
+        if verdict.result == Failure.RETRY:
+            retry_at = now + backoff(row["attempts"] + 1, self.rng)
+            if retry_at <= _deadline(row):
+                reason = f"retrying at {retry_at:%Y-%m-%d %H:%M} UTC after: {verdict.reply}"
+                return _failed(
+                    message, now, verdict, reason, result=Result.RETRY, retry_at=retry_at
+                )
+            reason = f"gave up after {row['attempts'] + 1} attempts: {verdict.reply}"
+            return _failed(message, now, verdict, reason)
+        return _failed(message, now, verdict, verdict.reply)
+
+    def _released(self, message: Outgoing, why: str) -> Outcome:
+        return _waiting(message.outbox_id, self.clock.now(), why)
+
+    def _release(self, messages: Sequence[Outgoing], why: str) -> list[Outcome]:
+        return [self._released(m, why) for m in messages]
+
+    def _enter_outage(self, reply: str) -> None:
+        if self.outage_since is None:
+            self.outage_since = self.clock.now()
+            log.warning("SMTP server unreachable, holding the queue until it answers: %s", reply)
+
+    async def _probe(self) -> bool:
+        try:
+            await self.pool.probe()
+        except Exception:
+            return False
+        assert self.outage_since is not None
+        log.warning(
+            "SMTP server %s answers again after %s",
+            self.pool.target,
+            self.clock.now() - self.outage_since,
+        )
+        self.outage_since = None
+        return True
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Deliver until ``stop`` is set; then finish the batch in flight and close connections."""
+        probe_wait = OUTAGE_PROBE[0]
+        self._stop = stop  # read by the rendering thread, which stops taking messages
+        try:
+            while not stop.is_set():
+                if self.outage_since is not None:
+                    if not await self._probe():
+                        await _rest(stop, self._wake, probe_wait)
+                        probe_wait = min(probe_wait * 2, OUTAGE_PROBE[1])
+                        continue
+                    probe_wait = OUTAGE_PROBE[0]
+                self._wake.clear()
+                if await self.deliver_due() == 0:
+                    await _rest(stop, self._wake, await self._idle_for())
+        finally:
+            await self.pool.close()
+
+    async def _idle_for(self) -> float:
+        due = await asyncio.to_thread(outbox.next_due, self.engine)
+        if due is None:
+            return IDLE_POLL
+        return max(0.0, min(IDLE_POLL, (due - self.clock.now()).total_seconds()))
+
+
+async def _rest(stop: asyncio.Event, wake: asyncio.Event, seconds: float) -> None:
+    """Wait for ``seconds``, or less if stopped or woken."""
+    waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+def _deadline(row: Row) -> datetime:
+    valid_until: datetime | None = row["valid_until"]
+    created: datetime = row["created_at"]
+    return valid_until or created + MAX_RETRY_AGE
+
+
+def _code(reply: str) -> int | None:
+    head = reply[:3]
+    return int(head) if head.isdigit() else None
+
+
+def _waiting(outbox_id: int, at: datetime, why: str) -> Outcome:
+    """Back to the queue untried: no attempt is recorded, the reason says what it waits for."""
+    return Outcome(outbox_id=outbox_id, result=Result.RELEASED, at=at, reason=f"waiting: {why}")
+
+
+def _template_failed(row_id: int, now: datetime, exc: Exception) -> Outcome:
+    """A message that cannot be rendered fails for good: trying again renders the same."""
+    return Outcome(outbox_id=row_id, result=Result.FAILED, at=now, reason=f"template: {exc}")
+
+
+def _failed(
+    message: Outgoing,
+    now: datetime,
+    verdict: Verdict,
+    reason: str,
+    *,
+    result: Result = Result.FAILED,
+    retry_at: datetime | None = None,
+) -> Outcome:
+    """A message the SMTP server refused: failed for good, or to retry at ``retry_at``."""
+    return Outcome(
+        outbox_id=message.outbox_id,
+        result=result,
+        at=now,
+        reason=reason,
+        smtp_code=verdict.code,
+        smtp_reply=verdict.reply,
+        retry_at=retry_at,
+    )

@@ -1,0 +1,558 @@
+"""The outbox: the one road every message takes to SMTP.
+
+A message is a row first (its dedupe key makes queueing the same message twice a no-op),
+then a claim gives due rows to one worker with a lease, the throttle decides per customer
+inside that same transaction, and each delivery attempt is recorded. A worker that dies
+leaves its leased rows to come back when the lease runs out.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from itertools import islice
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Engine, Table, bindparam, case, func, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from mailer.core import jsonvalues
+from mailer.core.categories import Category
+from mailer.core.fieldtypes import email_address
+from mailer.customers import profiles
+from mailer.outbound import throttle
+from mailer.store.models import DeliveryAttempt, OutboxMessage, OutboxStatus
+
+OUTBOX: Table = OutboxMessage.__table__  # type: ignore[attr-defined]
+ATTEMPTS: Table = DeliveryAttempt.__table__  # type: ignore[attr-defined]
+ENQUEUE_BATCH = 1000
+# rows a worker may claim once due: new or retried (queued) and held back by the throttle
+WAITING = (OutboxStatus.QUEUED, OutboxStatus.DEFERRED)
+_DEFERRED_UNTIL = "deferred until"
+_DEFERRED_PREFIX = re.compile(rf"^{_DEFERRED_UNTIL} .+? UTC: ")
+HISTORY_WINDOW = timedelta(days=31)
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """What a part of mailer asks to be sent; everything else is decided on the road."""
+
+    dedupe_key: str
+    to_address: str
+    category: str
+    template: str
+    customer_id: int | None = None
+    locale: str | None = None
+    context: Mapping[str, Any] = field(
+        default_factory=dict
+    )  # template variables: params, inquiry...
+    headers: Mapping[str, str] = field(default_factory=dict)
+    envelope_from: str | None = None
+    priority: int = 0
+    due_at: datetime | None = None
+    valid_for: timedelta | None = None
+
+
+def enqueue(engine: Engine, messages: Iterable[NewMessage], now: datetime) -> int:
+    """Queue messages, a thousand to a statement; returns how many were new.
+
+    A dedupe key that is already queued or sent is silently kept as it was, so a schedule
+    that fires twice, or two workers racing, produce one row.
+    """
+    added = 0
+    iterator = iter(messages)
+    while batch := list(islice(iterator, ENQUEUE_BATCH)):
+        with engine.begin() as conn:
+            added += enqueue_in(conn, batch, now)
+    return added
+
+
+def enqueue_in(conn: Connection, batch: Sequence[NewMessage], now: datetime) -> int:
+    """Queue within the caller's transaction, e.g. an acknowledgement with its inquiry."""
+    added = _insert_new(conn, [_row(m, now) for m in batch])
+    _skip_suppressed(conn, [m.dedupe_key for m in batch], now)
+    return added
+
+
+def _row(message: NewMessage, now: datetime) -> dict[str, Any]:
+    due = message.due_at or now
+    problem = _address_problem(message.to_address)
+    return {
+        "dedupe_key": message.dedupe_key,
+        "customer_id": message.customer_id,
+        "to_address": message.to_address,
+        "category": str(message.category),
+        "template": message.template,
+        "locale": message.locale,
+        "context": jsonvalues.encode(message.context),
+        "headers": dict(message.headers),
+        "envelope_from": message.envelope_from,
+        "priority": message.priority,
+        "status": OutboxStatus.SKIPPED if problem else OutboxStatus.QUEUED,
+        "reason": problem,
+        "due_at": due,
+        "valid_until": due + message.valid_for if message.valid_for else None,
+        "attempts": 0,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def _address_problem(address: str) -> str | None:
+    """A bad address is recorded as skipped, with why, instead of bouncing later."""
+    try:
+        email_address(address)
+    except ValueError as exc:
+        return f"invalid address: {exc}"
+    return None
+
+
+def _insert_new(conn: Connection, rows: list[dict[str, Any]]) -> int:
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(OUTBOX).on_conflict_do_nothing(index_elements=["dedupe_key"])
+    # rowcount is not reported for batched inserts on PostgreSQL: count what came back
+    return len(conn.execute(statement.returning(OUTBOX.c.id), rows).all())
+
+
+def _skip_suppressed(conn: Connection, keys: list[str], now: datetime) -> None:
+    """Checked at enqueue (and again at claim): who unsubscribed gets no non-transactional mail.
+
+    A correlated EXISTS looks up each row's own customer by key; an IN over all
+    unsubscribed customers would scan the customers table once per batch."""
+    unsubscribed = (
+        select(profiles.CUSTOMERS.c.id)
+        .where(
+            profiles.CUSTOMERS.c.id == OUTBOX.c.customer_id,
+            or_(
+                profiles.CUSTOMERS.c.unsubscribed_at.is_not(None),
+                profiles.CUSTOMERS.c.suppressed_reason.is_not(None),
+            ),
+        )
+        .exists()
+    )
+    conn.execute(
+        update(OUTBOX)
+        .where(
+            OUTBOX.c.dedupe_key.in_(keys),
+            OUTBOX.c.status == OutboxStatus.QUEUED,
+            OUTBOX.c.category != Category.TRANSACTIONAL,
+            unsubscribed,
+        )
+        .values(status=OutboxStatus.SKIPPED, reason="unsubscribed or suppressed", updated_at=now)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A message this worker may send now: its slot is reserved and its lease is running."""
+
+    row: dict[str, Any]
+    customer: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    rules: throttle.Rules
+    fallback_zone: ZoneInfo
+    lease: timedelta
+
+
+def claim(engine: Engine, now: datetime, limit: int, policy: Policy) -> list[Claimed]:
+    """Take up to ``limit`` due rows, decide each under the throttle, keep those to send now.
+
+    Deciding happens in the claiming transaction, with the customers' rows locked on
+    PostgreSQL (SQLite has a single writer), so two workers can never both pass a cap.
+    """
+    with engine.begin() as conn:
+        rows = _claim_rows(conn, now, limit, now + policy.lease)
+        if not rows:
+            return []
+        locked = _lock_customers(conn, {r["customer_id"] for r in rows} - {None})
+        history = contacts(conn, list(locked), now, exclude={r["id"] for r in rows})
+        keep, changes = _decide_all(rows, locked, history, now, policy)
+        _apply(conn, changes, now)
+        _add_tags(conn, keep)
+    return keep
+
+
+def _claim_rows(
+    conn: Connection, now: datetime, limit: int, lease_until: datetime
+) -> list[dict[str, Any]]:
+    due = (
+        select(OUTBOX.c.id)
+        .where(OUTBOX.c.status.in_(WAITING), OUTBOX.c.due_at <= now)
+        .order_by(OUTBOX.c.priority.desc(), OUTBOX.c.due_at)
+        .limit(limit)
+    )
+    if conn.dialect.name == "postgresql":
+        due = due.with_for_update(skip_locked=True)
+    statement = (
+        update(OUTBOX)
+        .where(OUTBOX.c.id.in_(due.scalar_subquery()))
+        .values(status=OutboxStatus.SENDING, lease_until=lease_until, updated_at=now)
+        .returning(*OUTBOX.c)
+    )
+    rows = [dict(r) for r in conn.execute(statement).mappings()]
+    return sorted(rows, key=lambda r: (-r["priority"], r["due_at"], r["id"]))
+
+
+def _lock_customers(conn: Connection, ids: set[int]) -> dict[int, dict[str, Any]]:
+    query = (
+        select(profiles.CUSTOMERS)
+        .where(profiles.CUSTOMERS.c.id.in_(sorted(ids)))
+        .order_by(profiles.CUSTOMERS.c.id)
+    )
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    return {r["id"]: dict(r) for r in conn.execute(query).mappings()}
+
+
+def _add_tags(conn: Connection, keep: list[Claimed]) -> None:
+    """Templates may ask for ``customer.tags``: one query gives them to every customer in
+    the batch, so a message shows what its preview showed."""
+    receiving = {c.customer["id"]: c.customer for c in keep if c.customer is not None}
+    if not receiving:
+        return
+    found = profiles.tags_of(conn, list(receiving))
+    for customer_id, customer in receiving.items():
+        customer["tags"] = found.get(customer_id, [])
+
+
+def contacts(
+    conn: Connection, customer_ids: list[int], now: datetime, exclude: Collection[int] = ()
+) -> dict[int, list[throttle.Contact]]:
+    """Non-transactional messages sent or in flight to these customers in the last month."""
+    query = select(
+        OUTBOX.c.id, OUTBOX.c.customer_id, OUTBOX.c.category, OUTBOX.c.reserved_at
+    ).where(
+        OUTBOX.c.customer_id.in_(customer_ids),
+        OUTBOX.c.reserved_at >= now - HISTORY_WINDOW,
+        OUTBOX.c.status.in_([OutboxStatus.SENDING, OutboxStatus.SENT]),
+        OUTBOX.c.category != Category.TRANSACTIONAL,
+    )
+    history: dict[int, list[throttle.Contact]] = {}
+    for row in conn.execute(query):
+        if row.id not in exclude:
+            history.setdefault(row.customer_id, []).append(
+                throttle.Contact(row.reserved_at, row.category)
+            )
+    return history
+
+
+def customer_state(
+    customer: Mapping[str, Any],
+    history: Sequence[throttle.Contact],
+    fallback: ZoneInfo,
+) -> throttle.CustomerState:
+    """What the throttle needs to know about a customer, from the stored row."""
+    overrides = customer["caps_override"] or {}
+    return throttle.CustomerState(
+        zone=ZoneInfo(customer["timezone"]) if customer["timezone"] else fallback,
+        history=history,
+        unsubscribed=customer["unsubscribed_at"] is not None,
+        consent={
+            Category.MARKETING: customer["marketing_consent"],
+            Category.RELATIONSHIP: customer["relationship_consent"],
+        },
+        suppressed=customer["suppressed_reason"],
+        pause_until=customer["pause_until"],
+        caps_override={k: throttle.Caps(**v) for k, v in overrides.items()},
+    )
+
+
+def _decide_all(
+    rows: list[dict[str, Any]],
+    locked: dict[int, dict[str, Any]],
+    history: dict[int, list[throttle.Contact]],
+    now: datetime,
+    policy: Policy,
+) -> tuple[list[Claimed], list[dict[str, Any]]]:
+    """In priority order, so the higher priority takes a contested slot."""
+    keep: list[Claimed] = []
+    changes: list[dict[str, Any]] = []
+    for row in rows:
+        customer = locked.get(row["customer_id"])
+        decision = _decide(row, customer, history, now, policy)
+        changes.append(_change(row, decision, now))
+        if decision.action == "send":
+            keep.append(Claimed(row, customer))
+            if customer is not None and row["category"] != Category.TRANSACTIONAL:
+                history[customer["id"]].append(throttle.Contact(now, row["category"]))
+    return keep, changes
+
+
+def _decide(
+    row: dict[str, Any],
+    customer: dict[str, Any] | None,
+    history: dict[int, list[throttle.Contact]],
+    now: datetime,
+    policy: Policy,
+) -> throttle.Decision:
+    """A message to an address that is no customer (a test send) is transactional only."""
+    if customer is None:
+        if row["category"] == Category.TRANSACTIONAL:
+            return throttle.Decision("send", None, "sent", None)
+        return throttle.Decision("skip", None, "no customer with this address", "customer")
+    contacts = history.setdefault(customer["id"], [])
+    state = customer_state(customer, contacts, policy.fallback_zone)
+    return throttle.decide(row["category"], now, row["valid_until"], state, policy.rules)
+
+
+_STATUS_OF = {
+    "send": OutboxStatus.SENDING,
+    "defer": OutboxStatus.DEFERRED,
+    "expire": OutboxStatus.EXPIRED,
+    "skip": OutboxStatus.SKIPPED,
+}
+
+
+def _change(row: dict[str, Any], decision: throttle.Decision, now: datetime) -> dict[str, Any]:
+    deferred = decision.action == "defer"
+    return {
+        "_id": row["id"],
+        "status": _STATUS_OF[decision.action],
+        "due_at": decision.at if deferred and decision.at else row["due_at"],
+        "reserved_at": now if decision.action == "send" else None,
+        "lease_until": row["lease_until"] if decision.action == "send" else None,
+        "reason": None if decision.action == "send" else _reason(decision),
+    }
+
+
+def _reason(decision: throttle.Decision) -> str:
+    if decision.action == "defer" and decision.at:
+        return f"{_DEFERRED_UNTIL} {decision.at:%Y-%m-%d %H:%M} UTC: {decision.reason}"
+    return decision.reason
+
+
+def cause(reason: str) -> str:
+    """A stored reason without the time a deferral named: one cause, whatever the time."""
+    return _DEFERRED_PREFIX.sub("", reason)
+
+
+def _apply(conn: Connection, changes: list[dict[str, Any]], now: datetime) -> None:
+    statement = (
+        update(OUTBOX)
+        .where(OUTBOX.c.id == bindparam("_id"))
+        .values(
+            status=bindparam("status"),
+            due_at=bindparam("due_at"),
+            reserved_at=bindparam("reserved_at"),
+            reason=bindparam("reason"),
+            lease_until=bindparam("lease_until"),
+            updated_at=now,
+        )
+    )
+    conn.execute(statement, changes)
+
+
+class Result(StrEnum):
+    """What became of one claimed message; also the outcome its attempt records."""
+
+    SENT = "sent"
+    RETRY = "retry"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    RELEASED = "released"  # back to the queue untried: no attempt is recorded
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outcome:
+    """What became of one claimed message."""
+
+    outbox_id: int
+    result: Result
+    at: datetime
+    reason: str | None = None
+    smtp_code: int | None = None
+    smtp_reply: str | None = None
+    retry_at: datetime | None = None
+    message_id: str | None = None
+    subject: str | None = None
+
+
+def record(engine: Engine, outcomes: Sequence[Outcome]) -> None:
+    """Write a batch of outcomes and their attempts in one transaction."""
+    if not outcomes:
+        return
+    with engine.begin() as conn:
+        for result, statement in _RESULT_STATEMENTS.items():
+            params = [_params(o) for o in outcomes if o.result == result]
+            if params:
+                conn.execute(statement, params)
+        attempts = [_attempt(o) for o in outcomes if o.result != Result.RELEASED]
+        if attempts:
+            conn.execute(insert(ATTEMPTS), attempts)
+
+
+def _params(outcome: Outcome) -> dict[str, Any]:
+    return {
+        "_id": outcome.outbox_id,
+        "_at": outcome.at,
+        "_reason": outcome.reason,
+        "_retry_at": outcome.retry_at,
+        "_message_id": outcome.message_id,
+        "_subject": outcome.subject,
+    }
+
+
+def _attempt(outcome: Outcome) -> dict[str, Any]:
+    return {
+        "outbox_id": outcome.outbox_id,
+        "at": outcome.at,
+        "outcome": outcome.result,
+        "smtp_code": outcome.smtp_code,
+        "smtp_reply": (outcome.smtp_reply or outcome.reason or "")[:2000] or None,
+    }
+
+
+def _result_statement(**values: Any) -> Any:
+    """A message an operator cancelled while it was being sent takes no result, so its
+    worker cannot queue it again; one the server accepted is recorded as sent all the
+    same, because that is what the customer got."""
+    common: dict[str, Any] = {"lease_until": None, "updated_at": bindparam("_at")}
+    statement = update(OUTBOX).where(OUTBOX.c.id == bindparam("_id"))
+    if values["status"] != OutboxStatus.SENT:
+        statement = statement.where(OUTBOX.c.status != OutboxStatus.CANCELLED)
+    return statement.values(**common, **values)
+
+
+_RESULT_STATEMENTS = {
+    Result.SENT: _result_statement(
+        status=OutboxStatus.SENT,
+        sent_at=bindparam("_at"),
+        message_id=bindparam("_message_id"),
+        subject=bindparam("_subject"),
+        reason=None,
+        attempts=OUTBOX.c.attempts + 1,
+    ),
+    Result.RETRY: _result_statement(
+        status=OutboxStatus.QUEUED,
+        due_at=bindparam("_retry_at"),
+        reserved_at=None,
+        reason=bindparam("_reason"),
+        attempts=OUTBOX.c.attempts + 1,
+    ),
+    Result.FAILED: _result_statement(
+        status=OutboxStatus.FAILED, reason=bindparam("_reason"), attempts=OUTBOX.c.attempts + 1
+    ),
+    Result.SKIPPED: _result_statement(status=OutboxStatus.SKIPPED, reason=bindparam("_reason")),
+    Result.RELEASED: _result_statement(
+        status=OutboxStatus.QUEUED, reserved_at=None, reason=bindparam("_reason")
+    ),
+}
+
+
+def release_expired_leases(engine: Engine, now: datetime) -> int:
+    """Rows whose worker vanished go back to the queue (and may be sent once more)."""
+    with engine.begin() as conn:
+        result = conn.execute(
+            update(OUTBOX)
+            .where(OUTBOX.c.status == OutboxStatus.SENDING, OUTBOX.c.lease_until < now)
+            .values(
+                status=OutboxStatus.QUEUED,
+                lease_until=None,
+                reserved_at=None,
+                reason="queued again: the worker that held it stopped before finishing",
+                updated_at=now,
+            )
+        )
+    return int(result.rowcount)
+
+
+def next_due(engine: Engine) -> datetime | None:
+    """When the earliest queued message falls due, so an idle worker knows how long to rest."""
+    with engine.connect() as conn:
+        return conn.execute(
+            select(OUTBOX.c.due_at)
+            .where(OUTBOX.c.status.in_(WAITING))
+            .order_by(OUTBOX.c.due_at)
+            .limit(1)
+        ).scalar_one_or_none()
+
+
+RETRYABLE = (
+    OutboxStatus.FAILED,
+    OutboxStatus.EXPIRED,
+    OutboxStatus.SKIPPED,
+    OutboxStatus.CANCELLED,
+    OutboxStatus.QUEUED,
+    OutboxStatus.DEFERRED,
+)
+# not sent yet, and not settled: what an operator may stop
+CANCELLABLE = (*WAITING, OutboxStatus.SENDING)
+
+
+def retry(conn: Connection, outbox_id: int, now: datetime) -> bool:
+    """An operator's retry: due now, with a fresh validity window if it had expired."""
+    row = conn.execute(select(OUTBOX).where(OUTBOX.c.id == outbox_id)).mappings().one_or_none()
+    if row is None or row["status"] not in RETRYABLE:
+        return False
+    window = (row["valid_until"] - row["due_at"]) if row["valid_until"] else None
+    conn.execute(
+        update(OUTBOX)
+        .where(OUTBOX.c.id == outbox_id)
+        .values(
+            status=OutboxStatus.QUEUED,
+            due_at=now,
+            valid_until=now + window if window else None,
+            reason="queued again by an operator",
+            updated_at=now,
+        )
+    )
+    return True
+
+
+def cancel(conn: Connection, outbox_id: int, now: datetime) -> bool:
+    """An operator's stop for a message that has not gone: waiting, or stuck while being
+    sent. A worker still holding it cannot queue it again (see ``_result_statement``)."""
+    result = conn.execute(
+        update(OUTBOX)
+        .where(OUTBOX.c.id == outbox_id, OUTBOX.c.status.in_(CANCELLABLE))
+        .values(
+            status=OutboxStatus.CANCELLED,
+            lease_until=None,
+            reason="cancelled by an operator",
+            updated_at=now,
+        )
+    )
+    return bool(result.rowcount)
+
+
+def find(
+    conn: Connection,
+    *,
+    status: str | None = None,
+    customer_id: int | None = None,
+    limit: int = 50,
+    first: str | None = None,
+) -> list[dict[str, Any]]:
+    """Newest first; with ``first``, messages of that status come before the rest (an
+    operator's view puts failures on top)."""
+    order = [] if first is None else [case((OUTBOX.c.status == first, 0), else_=1)]
+    query = select(OUTBOX).order_by(*order, OUTBOX.c.id.desc()).limit(limit)
+    if status:
+        query = query.where(OUTBOX.c.status == status)
+    if customer_id is not None:
+        query = query.where(OUTBOX.c.customer_id == customer_id)
+    return [dict(r) for r in conn.execute(query).mappings()]
+
+
+def counts(conn: Connection) -> dict[str, int]:
+    """How many messages are in each status; statuses with none are left out."""
+    query = select(OUTBOX.c.status, func.count()).group_by(OUTBOX.c.status)
+    return {status: count for status, count in conn.execute(query)}
+
+
+def get(conn: Connection, outbox_id: int) -> dict[str, Any] | None:
+    row = conn.execute(select(OUTBOX).where(OUTBOX.c.id == outbox_id)).mappings().one_or_none()
+    if row is None:
+        return None
+    attempts = conn.execute(
+        select(ATTEMPTS).where(ATTEMPTS.c.outbox_id == outbox_id).order_by(ATTEMPTS.c.at)
+    ).mappings()
+    return {**row, "attempts_log": [dict(a) for a in attempts]}

@@ -1,0 +1,148 @@
+"""Turning a claimed outbox row into the bytes for SMTP: render, address, sign, compose.
+
+Pure CPU work at send time (so a template fixed after queueing is used), kept apart from
+the SMTP I/O in ``delivery``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from email.utils import parseaddr
+from typing import Any
+from urllib.parse import quote
+
+from mailer.core import jsonvalues
+from mailer.core.categories import Category
+from mailer.core.config import Config
+from mailer.customers import tokens
+from mailer.customers.context import customer_view, customer_zone
+from mailer.outbound.compose import (
+    Envelope,
+    Part,
+    compose,
+    list_unsubscribe_headers,
+    make_message_id,
+)
+from mailer.outbound.invitations import Attendee, invitation
+from mailer.outbound.outbox import Claimed
+from mailer.outbound.templates import TemplateStore
+
+# set on everything we send, so the inbox can recognise our own mail coming back
+LOOP_HEADER = "X-Mailer-Loop"
+INVITE_FILE = "invite.ics"
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    outbox_id: int
+    sender: str  # the envelope's MAIL FROM; "" is the null sender
+    recipient: str
+    data: bytes
+    subject: str
+    message_id: str
+
+
+class Preparer:
+    """Everything that stays the same from message to message is worked out once here."""
+
+    def __init__(self, cfg: Config, store: TemplateStore, secret: bytes) -> None:
+        settings = cfg.settings
+        self._cfg = cfg
+        self._store = store
+        self._secret = secret
+        self._from = settings.sender.from_
+        self._reply_to = settings.sender.reply_to
+        self._sender_name, self._address = parseaddr(self._from)
+        self._domain = self._address.rpartition("@")[2]
+        self._base_url = settings.web.base_url.rstrip("/")
+        self._company = dict(settings.company)
+
+    def prepare(self, claimed: Claimed, now: datetime) -> Outgoing:
+        """Raises TemplateError when the template cannot be rendered for this customer."""
+        row, customer = claimed.row, claimed.customer
+        token = tokens.sign(self._secret, customer["id"]) if customer else None
+        context = self._context(claimed, token)
+        zone = customer_zone(customer or {}, self._cfg)  # the business zone for strangers
+        locale = row["locale"] or (customer["locale"] if customer else None)
+        rendered = self._store.render(row["template"], context, locale=locale, zone=zone)
+        message_id = make_message_id(self._domain)
+        envelope = Envelope(
+            from_=self._from,
+            to_address=row["to_address"],
+            to_name=customer["name"] if customer else "",
+            reply_to=self._reply_to,
+            message_id=message_id,
+            date=now,
+        )
+        unsubscribe = self._list_headers(row["category"], token)
+        headers = {**unsubscribe, LOOP_HEADER: self._domain, **row["headers"]}
+        calendar = context.get("calendar")
+        alternatives, attachments = (
+            self._invitation(calendar, claimed, now) if calendar is not None else ((), ())
+        )
+        data = compose(
+            envelope,
+            rendered.subject,
+            rendered.text,
+            rendered.html,
+            headers=headers,
+            alternatives=alternatives,
+            attachments=attachments,
+        )
+        sender = self._address if row["envelope_from"] is None else row["envelope_from"]
+        return Outgoing(row["id"], sender, row["to_address"], data, rendered.subject, message_id)
+
+    def _context(self, claimed: Claimed, token: str | None) -> dict[str, Any]:
+        row, customer = claimed.row, claimed.customer
+        token = token or "none"
+        context: dict[str, Any] = {
+            "customer": customer_view(customer) if customer else _stranger(row["to_address"]),
+            "company": self._company,
+            "unsubscribe_url": f"{self._base_url}/unsubscribe/{token}",
+            "preferences_url": f"{self._base_url}/preferences/{token}",
+            "params": {},
+        }
+        context.update(jsonvalues.decode(row["context"]))
+        return context
+
+    def _invitation(
+        self, calendar: dict[str, Any], claimed: Claimed, now: datetime
+    ) -> tuple[list[Part], list[Part]]:
+        """The event for this recipient, twice, as Google Calendar and Outlook send it: a
+        text/calendar alternative with the iTIP method, which Gmail and Outlook show as an
+        invitation with Accept and Decline, and invite.ics as an attachment, which Apple Mail
+        and the rest offer to add to the calendar."""
+        customer = claimed.customer
+        attendee = (
+            Attendee(customer["email"], customer.get("name") or "")
+            if customer
+            else Attendee(claimed.row["to_address"])
+        )
+        data = invitation(calendar, attendee, now, organizer_name=self._sender_name)
+        method = {"method": calendar["method"], "charset": "UTF-8"}
+        return (
+            [Part("text/calendar", data, method)],
+            [Part("application/ics", data, {"name": INVITE_FILE}, filename=INVITE_FILE)],
+        )
+
+    def _list_headers(self, category: str, token: str | None) -> dict[str, str]:
+        """RFC 8058 one-click unsubscribe on everything but transactional mail."""
+        if category == Category.TRANSACTIONAL or token is None:
+            return {}
+        mailto = f"mailto:{self._address}?subject={quote('unsubscribe ' + token)}"
+        return list_unsubscribe_headers(f"{self._base_url}/unsubscribe/{token}", mailto)
+
+
+def _stranger(address: str) -> dict[str, Any]:
+    """The customer variable for a test send to someone who is no customer."""
+    return {
+        "email": address,
+        "name": "",
+        "first_name": "",
+        "locale": None,
+        "timezone": "",
+        "birthday": None,
+        "tags": [],
+        "fields": {},
+    }

@@ -1,0 +1,226 @@
+"""Worker processes that run template code, each call bounded in time, memory and output.
+
+Marketing edits the templates, and Jinja's sandbox keeps them away from Python's internals
+but not from looping for ever or building a gigabyte string. A thread cannot be stopped,
+so every render runs in a worker process that is killed when it overruns: the caller gets
+a TemplateError within ``Limits.seconds`` and the next call gets a fresh worker. Memory is
+bounded by the worker's address-space limit, output by the renderer counting what it
+writes (see ``templates``).
+
+A worker is a fresh interpreter (forking the daemon, with its threads and sockets, is not
+safe); it starts in about half a second and then serves call after call. The pool is
+used from threads; a caller blocks for at most a few multiples of ``Limits.seconds``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import queue
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mailer.core.errors import Problem, RenderTimeout, TemplateError
+
+__all__ = ["Limits", "RenderPool", "install", "main", "shared"]
+T = TypeVar("T")
+STARTUP_SECONDS = 30.0  # a new worker's imports, on a busy machine
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one call may take. Rendering a real message takes about a millisecond and a
+    few hundred KB, so these are three orders of magnitude above any honest template."""
+
+    seconds: float = 5.0
+    memory: int = 512 * 1024 * 1024  # bytes of address space beyond the idle worker
+    output: int = 2_000_000  # characters one rendered file may hold
+
+    def describe_timeout(self) -> str:
+        return f"took longer than {self.seconds:g} s to render; is there a loop that never ends?"
+
+
+class _Worker:
+    """One process and the socket to it. The process is started with ``python -c`` rather
+    than by multiprocessing, which would import the caller's main script again in it."""
+
+    def __init__(self, limits: Limits) -> None:
+        ours, theirs = socket.socketpair()
+        command = f"from mailer.outbound.renderpool import *; main({theirs.fileno()}, {limits!r})"
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", command],
+            pass_fds=[theirs.fileno()],
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C at a terminal is for the daemon, which stops us
+            env={**os.environ, "PYTHONPATH": _import_path()},
+        )
+        theirs.close()
+        self.conn = Connection(ours.detach())
+        self.started = False
+
+    def call(self, where: str, limits: Limits, work: Callable[..., T], *args: Any) -> T:
+        """Run ``work(*args)`` there; kill the worker (and raise) when it overruns."""
+        try:
+            self._ready(where)
+            self.conn.send((work, args))
+            if not self.conn.poll(limits.seconds):
+                self.stop()
+                raise RenderTimeout(Problem(where, limits.describe_timeout()))
+            ok, value = self.conn.recv()
+        except (EOFError, OSError):
+            stopped = f"the renderer stopped (exit code {self.stop()})"
+            raise TemplateError(Problem(where, stopped)) from None
+        if not ok:
+            raise value
+        result: T = value
+        return result
+
+    def _ready(self, where: str) -> None:
+        """A new worker first imports Jinja and the rest, and says when it has: that time is
+        not the template's."""
+        if self.started:
+            return
+        if not self.conn.poll(STARTUP_SECONDS):
+            self.stop()
+            raise TemplateError(Problem(where, "the renderer did not start"))
+        self.conn.recv()
+        self.started = True
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self) -> int | None:
+        if self.alive():
+            self.process.kill()
+        self.conn.close()
+        return self.process.wait()
+
+
+class RenderPool:
+    """Up to ``size`` workers; a call waits for a free one, starting it when needed."""
+
+    def __init__(self, limits: Limits | None = None, size: int = 2) -> None:
+        self.limits = limits or Limits()
+        self._idle: queue.LifoQueue[_Worker | None] = queue.LifoQueue()
+        for _ in range(size):
+            self._idle.put(None)  # a slot whose worker is started on first use
+        self._lock = threading.Lock()
+        self._all: set[_Worker] = set()
+
+    def call(self, where: str, work: Callable[..., T], *args: Any) -> T:
+        """``work(*args)`` in a worker. ``where`` names the template for the error a person
+        reads when the call overruns. Exceptions that ``work`` raises come back as they are."""
+        worker = self._idle.get()
+        try:
+            if worker is None or not worker.alive():
+                worker = self._start()
+            return worker.call(where, self.limits, work, *args)
+        finally:
+            self._idle.put(worker if worker is not None and worker.alive() else None)
+
+    def _start(self) -> _Worker:
+        worker = _Worker(self.limits)
+        with self._lock:
+            self._all = {w for w in self._all if w.alive()} | {worker}
+        return worker
+
+    def close(self) -> None:
+        """Stop every worker; a call still waiting on one gets a TemplateError."""
+        with self._lock:
+            workers, self._all = self._all, set()
+        for worker in workers:
+            worker.stop()
+
+
+_shared: RenderPool | None = None
+_shared_lock = threading.Lock()
+
+
+def shared() -> RenderPool:
+    """The process's pool, started on first use and stopped at exit."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = RenderPool()
+            atexit.register(_shared.close)
+        return _shared
+
+
+def install(pool: RenderPool | None) -> RenderPool | None:
+    """Use ``pool`` from now on (tests use tighter limits); returns the one it replaces."""
+    global _shared
+    with _shared_lock:
+        previous, _shared = _shared, pool
+    return previous
+
+
+# --- inside the worker ---------------------------------------------------------------
+
+OUTPUT_LIMIT = Limits().output  # the worker's own limit, set when it starts
+
+
+def main(fd: int, limits: Limits) -> None:
+    """The worker's loop: one call at a time until the socket closes."""
+    global OUTPUT_LIMIT
+    OUTPUT_LIMIT = limits.output
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
+    import mailer.outbound.templates  # noqa: F401  (imported now, not inside the first call's time)
+
+    _limit_memory(limits.memory)
+    conn = Connection(fd)
+    conn.send("ready")
+    while True:
+        try:
+            work, args = conn.recv()
+        except EOFError:
+            return
+        try:
+            reply: tuple[bool, Any] = (True, work(*args))
+        except Exception as exc:  # the caller decides what each error means
+            reply = (False, exc)
+        try:
+            conn.send(reply)
+        except Exception as exc:  # an error that cannot be pickled still comes back as one
+            conn.send((False, RuntimeError(f"{type(exc).__name__}: {exc}")))
+
+
+def _die_with_parent(every: float = 1.0) -> None:
+    """A worker busy in a loop would not notice its socket closing, so a thread looks each
+    second whether the process that started it is still there, and ends the worker if not."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _import_path() -> str:
+    """Where this ``mailer`` was imported from comes first, so the worker runs the same code."""
+    here = str(Path(__file__).resolve().parent.parent)
+    return os.pathsep.join([here, *filter(None, [os.environ.get("PYTHONPATH")])])
+
+
+def _limit_memory(extra: int) -> None:
+    """Cap the address space at what the worker uses at rest plus ``extra``: a template that
+    builds a huge string then meets MemoryError instead of taking the machine's memory."""
+    with open("/proc/self/statm") as statm:
+        pages = int(statm.read().split()[0])
+    size = pages * resource.getpagesize() + extra
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        size = min(size, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (size, hard))

@@ -1,0 +1,203 @@
+"""The SMTP edge: a small pool of reused aiosmtplib connections and what their errors mean."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass
+from datetime import timedelta
+from enum import StrEnum
+
+import aiosmtplib
+
+from mailer.core.clock import Clock
+from mailer.core.config import Config
+from mailer.core.errors import MailerError, SmtpUnavailable
+
+RETRY_BASE = timedelta(minutes=1)
+RETRY_CAP = timedelta(hours=1)
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpTarget:
+    host: str
+    port: int
+    security: str = "none"
+    username: str = ""
+    password: str = ""
+    timeout: float = 30.0
+    pool_size: int = 4
+    rate_per_second: float = 0.0
+
+    @classmethod
+    def from_config(cls, cfg: Config, *, sandbox: bool) -> SmtpTarget:
+        """The configured server, or the local sandbox server when it is on."""
+        smtp = cfg.settings.smtp
+        if sandbox:
+            port = cfg.settings.sandbox.smtp_port
+            return cls(
+                "127.0.0.1", port, pool_size=smtp.pool_size, rate_per_second=smtp.rate_per_second
+            )
+        return cls(
+            smtp.host,
+            smtp.port,
+            smtp.security,
+            smtp.username,
+            cfg.secret("smtp", "password_env"),
+            smtp.timeout.total_seconds(),
+            smtp.pool_size,
+            smtp.rate_per_second,
+        )
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class Failure(StrEnum):
+    """How an SMTP error ends for the message."""
+
+    RETRY = "retry"  # later, with backoff
+    FAILED = "failed"  # for good
+    OUTAGE = "outage"  # the server is unreachable: wait it out, the message is not at fault
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What an SMTP error means for the message: try again later, give up, or wait out an outage."""
+
+    result: Failure
+    code: int | None
+    reply: str
+
+
+def classify(exc: BaseException) -> Verdict:
+    """4xx, timeouts and dropped connections are temporary; 5xx is final, except 552, which
+    RFC 5321 (4.5.3.1.10) says to treat as temporary because old servers sent it for 452."""
+    if isinstance(exc, SmtpUnavailable):
+        return Verdict(Failure.OUTAGE, None, str(exc))
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused) and exc.recipients:
+        exc = exc.recipients[0]
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        code, reply = exc.code, f"{exc.code} {exc.message}"
+        permanent = 500 <= code < 600 and code != 552
+        return Verdict(Failure.FAILED if permanent else Failure.RETRY, code, reply)
+    return Verdict(Failure.RETRY, None, f"{type(exc).__name__}: {exc}".rstrip(": "))
+
+
+def backoff(attempts: int, rng: random.Random) -> timedelta:
+    """Exponential, capped, with jitter so a burst of failures does not come back as a burst."""
+    delay: timedelta = min(RETRY_BASE * 2 ** max(attempts - 1, 0), RETRY_CAP)
+    return delay * rng.uniform(0.75, 1.25)
+
+
+class RateLimiter:
+    """At most ``rate`` sends a second on average; waiting callers queue, none is refused."""
+
+    def __init__(self, rate: float, clock: Clock) -> None:
+        self._interval = 1.0 / rate if rate > 0 else 0.0
+        self._clock = clock
+        self._next = float("-inf")  # when the next send may start
+
+    def reserve(self) -> float:
+        """Take the next free slot; the seconds until it comes (0 when it is now). Nothing
+        awaits in between, so callers in one event loop can never take the same slot."""
+        if not self._interval:
+            return 0.0
+        now = self._clock.monotonic()
+        start = max(now, self._next)
+        self._next = start + self._interval
+        return start - now
+
+    async def wait(self) -> None:
+        delay = self.reserve()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+class SmtpPool:
+    """Up to ``pool_size`` open connections, each used by one send at a time and kept open."""
+
+    def __init__(self, target: SmtpTarget, clock: Clock) -> None:
+        self.target = target
+        self._idle: list[aiosmtplib.SMTP] = []
+        self._slots = asyncio.Semaphore(target.pool_size)
+        self._rate = RateLimiter(target.rate_per_second, clock)
+
+    async def send(self, sender: str, recipient: str, data: bytes) -> str:
+        """The server's final reply; raises an aiosmtplib error or SmtpUnavailable."""
+        async with self._slots:
+            await self._rate.wait()
+            client, reused = await self._client()
+            try:
+                reply = await _sendmail(client, sender, recipient, data)
+            except aiosmtplib.SMTPServerDisconnected:
+                if not reused:
+                    raise
+                # a connection that sat idle was closed by the server: once more on a new one
+                client = await self._connect()
+                reply = await _sendmail(client, sender, recipient, data)
+            self._idle.append(client)
+            return reply
+
+    async def _client(self) -> tuple[aiosmtplib.SMTP, bool]:
+        """An idle connection (reused=True) or a new one."""
+        while self._idle:
+            client = self._idle.pop()
+            if client.is_connected:
+                return client, True
+        return await self._connect(), False
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        client = aiosmtplib.SMTP(
+            hostname=self.target.host,
+            port=self.target.port,
+            use_tls=self.target.security == "tls",
+            start_tls=self.target.security == "starttls",
+            username=self.target.username or None,
+            password=self.target.password or None,
+            timeout=self.target.timeout,
+        )
+        try:
+            await client.connect()
+        except (OSError, aiosmtplib.SMTPConnectError, aiosmtplib.SMTPConnectTimeoutError) as exc:
+            raise SmtpUnavailable(f"cannot connect to {self.target}: {exc}") from exc
+        return client
+
+    async def probe(self) -> None:
+        """Connect once (and keep the connection) to learn whether the server is back."""
+        async with self._slots:
+            client, _ = await self._client()
+            self._idle.append(client)
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for client in idle:
+            try:
+                await client.quit()
+            except aiosmtplib.SMTPException:
+                client.close()
+
+
+async def send_one(
+    target: SmtpTarget, clock: Clock, sender: str, recipient: str, data: bytes
+) -> str:
+    """One message on a connection of its own, for a command that sends once and exits.
+
+    Raises SmtpUnavailable when the server cannot be reached, MailerError when it refuses."""
+    pool = SmtpPool(target, clock)
+    try:
+        return await pool.send(sender, recipient, data)
+    except aiosmtplib.SMTPException as exc:
+        raise MailerError(f"{target} did not take the message: {classify(exc).reply}") from None
+    finally:
+        await pool.close()
+
+
+async def _sendmail(client: aiosmtplib.SMTP, sender: str, recipient: str, data: bytes) -> str:
+    """One transaction; a connection that failed is closed, never handed out again."""
+    try:
+        _, reply = await client.sendmail(sender, [recipient], data)
+    except BaseException:
+        client.close()
+        raise
+    return reply

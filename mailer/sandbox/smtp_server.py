@@ -1,0 +1,119 @@
+"""The local sandbox: an SMTP server inside mailer that keeps every message it is given.
+
+With ``[sandbox] enabled`` the daemon delivers here instead of to a real server, so a
+newcomer sees the whole road work (outbox -> SMTP -> a readable message) with no mail
+account, and nothing can leave the machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.policy
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from email.message import MIMEPart
+from email.parser import BytesParser
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+from sqlalchemy import Engine, Table, insert, select
+from sqlalchemy.engine import Connection
+
+from mailer.store.models import SandboxMessage
+
+SANDBOX: Table = SandboxMessage.__table__  # type: ignore[attr-defined]
+MAX_MESSAGE_BYTES = 50 * 1024 * 1024
+
+
+Inbox = Callable[[bytes], Awaitable[None]]
+
+
+class Capture:
+    """aiosmtpd handler: store the message, then say 250 (only after it is stored).
+
+    Mail for one of the ``support`` addresses is also put into the sandbox's IMAP
+    mailbox, where the inbox watcher finds it, as a real server would deliver it."""
+
+    def __init__(
+        self, engine: Engine, now: Callable[[], datetime], support: frozenset[str], inbox: Inbox
+    ) -> None:
+        self._engine = engine
+        self._now = now
+        self._support = support
+        self._inbox = inbox
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        raw = envelope.original_content or b""
+        recipients = list(envelope.rcpt_tos)
+        await asyncio.to_thread(self._store, envelope.mail_from or "", recipients, raw)
+        if any(r.lower() in self._support for r in recipients):
+            await self._inbox(raw)
+        return "250 2.0.0 kept in the mailer sandbox"
+
+    def _store(self, mail_from: str, recipients: list[str], raw: bytes) -> None:
+        headers = BytesParser(policy=email.policy.default).parsebytes(raw, headersonly=True)
+        with self._engine.begin() as conn:
+            conn.execute(
+                insert(SANDBOX).values(
+                    received_at=self._now(),
+                    mail_from=mail_from,
+                    recipients=recipients,
+                    subject=str(headers.get("Subject", ""))[:998],
+                    message_id=str(headers.get("Message-ID", "")) or None,
+                    raw=raw,
+                )
+            )
+
+
+async def start(
+    engine: Engine,
+    port: int,
+    now: Callable[[], datetime],
+    support: frozenset[str] = frozenset(),
+    inbox: Inbox | None = None,
+) -> asyncio.Server:
+    """Listen on loopback only; port 0 picks a free one (read it back from the server)."""
+    loop = asyncio.get_running_loop()
+    handler = Capture(engine, now, support, inbox or _nowhere)
+    return await loop.create_server(
+        lambda: SMTP(handler, hostname="sandbox.mailer.local", data_size_limit=MAX_MESSAGE_BYTES),
+        "127.0.0.1",
+        port,
+    )
+
+
+async def _nowhere(raw: bytes) -> None:
+    """Without an IMAP side, mail for support is only kept like any other."""
+
+
+def find(conn: Connection, *, limit: int = 50) -> list[dict[str, Any]]:
+    """Newest first, without the raw bytes."""
+    columns = [c for c in SANDBOX.c if c.name != "raw"]
+    query = select(*columns).order_by(SANDBOX.c.id.desc()).limit(limit)
+    return [dict(r) for r in conn.execute(query).mappings()]
+
+
+def get(conn: Connection, message_id: int) -> dict[str, Any] | None:
+    """One captured message, parsed into headers, text and HTML for reading."""
+    row = conn.execute(select(SANDBOX).where(SANDBOX.c.id == message_id)).mappings().one_or_none()
+    if row is None:
+        return None
+    return {**{k: v for k, v in row.items() if k != "raw"}, **read(row["raw"])}
+
+
+def read(raw: bytes) -> dict[str, Any]:
+    """A message's headers (decoded), text part, HTML part and size, as a person reads them:
+    the parts with plain newlines rather than the wire's CRLF."""
+    parsed = BytesParser(policy=email.policy.default).parsebytes(raw)
+    text = parsed.get_body(preferencelist=("plain",))
+    html = parsed.get_body(preferencelist=("html",))
+    return {
+        "headers": [(k, str(v)) for k, v in parsed.items()],
+        "text": _content(text),
+        "html": _content(html),
+        "size": len(raw),
+    }
+
+
+def _content(part: MIMEPart | None) -> str | None:
+    return None if part is None else str(part.get_content()).replace("\r\n", "\n")

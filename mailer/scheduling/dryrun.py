@@ -1,0 +1,91 @@
+"""What a schedule run would do, customer by customer, without queueing anything.
+
+The same audience query as the real run, and the same throttle decision the delivery
+workers would take at the planned time, so "who would be throttled, suppressed or expired,
+and why" is answered by the code that will decide it, not by a second opinion.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Engine, select
+from sqlalchemy.engine import Connection
+
+from mailer.customers.profiles import CUSTOMERS
+from mailer.outbound import outbox, throttle
+from mailer.outbound.outbox import OUTBOX
+from mailer.scheduling.fanout import Plan, dedupe_prefix
+
+CHUNK = 1_000
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    email: str
+    action: str  # send, defer, expire, skip, or "already queued"
+    reason: str
+
+
+@dataclass
+class Preview:
+    plan: Plan
+    outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
+    sample: list[Outcome] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(self.outcomes.values())
+
+
+def preview(
+    engine: Engine,
+    plan: Plan,
+    rules: throttle.Rules,
+    fallback_zone: ZoneInfo,
+    *,
+    sample: int = 20,
+) -> Preview:
+    """Every selected customer's fate at the run's planned time; the first ``sample`` kept."""
+    found = Preview(plan)
+    occurrence = plan.occurrence
+    with engine.connect() as conn:
+        for chunk in _chunks(conn, plan):
+            queued = _already_queued(conn, plan, [row["id"] for row in chunk])
+            history = outbox.contacts(conn, [row["id"] for row in chunk], occurrence.at)
+            for row in chunk:
+                if row["id"] in queued:
+                    outcome = Outcome(row["email"], "already queued", "the run was done before")
+                else:
+                    state = outbox.customer_state(row, history.get(row["id"], []), fallback_zone)
+                    decision = throttle.decide(
+                        plan.category, occurrence.at, occurrence.valid_until, state, rules
+                    )
+                    outcome = Outcome(row["email"], decision.action, _reason(decision))
+                found.outcomes[(outcome.action, outcome.reason)] += 1
+                if len(found.sample) < sample:
+                    found.sample.append(outcome)
+    return found
+
+
+def _chunks(conn: Connection, plan: Plan) -> Iterator[list[dict[str, Any]]]:
+    query = select(CUSTOMERS).where(*plan.audience).order_by(CUSTOMERS.c.id)
+    rows = (dict(row) for row in conn.execution_options(yield_per=CHUNK).execute(query).mappings())
+    while chunk := list(islice(rows, CHUNK)):
+        yield chunk
+
+
+def _already_queued(conn: Connection, plan: Plan, ids: list[int]) -> set[int]:
+    keys = [f"{dedupe_prefix(plan.schedule)}{i}:{plan.occurrence.key}" for i in ids]
+    query = select(OUTBOX.c.customer_id).where(OUTBOX.c.dedupe_key.in_(keys))
+    return set(conn.execute(query).scalars())
+
+
+def _reason(decision: throttle.Decision) -> str:
+    """Defer reasons name their time; they are grouped without it."""
+    return "" if decision.action == "send" else decision.reason

@@ -1,0 +1,260 @@
+"""One schedule run into the outbox: ``INSERT ... SELECT`` from customers, in id ranges.
+
+Every message of a run is the same but for its customer, so the database writes them
+itself: no customer row crosses into Python, memory stays flat at a million recipients,
+and each range is its own short transaction, so delivery keeps going meanwhile. The
+dedupe key ``SCHEDULE:CUSTOMER:OCCURRENCE`` (``birthdays:42:2027-02-28``) with ON CONFLICT
+DO NOTHING makes a second run of the same occurrence, or a restart half way, add nothing.
+Who is suppressed, unsubscribed or without consent is written as skipped with the reason,
+the same words the throttle uses, so a run's results account for everyone it selected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    ColumnElement,
+    Engine,
+    Integer,
+    String,
+    Table,
+    and_,
+    bindparam,
+    case,
+    cast,
+    false,
+    func,
+    literal,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from mailer.core import jsonvalues
+from mailer.core.categories import Category
+from mailer.customers.profiles import CUSTOMERS
+from mailer.outbound.outbox import OUTBOX, WAITING
+from mailer.scheduling.occurrences import Occurrence
+from mailer.store.db import UTCDateTime
+from mailer.store.models import OutboxStatus, RunStatus, ScheduleRun
+
+RUNS: Table = ScheduleRun.__table__  # type: ignore[attr-defined]
+C = CUSTOMERS.c
+RANGE = 20_000  # customer ids per statement and transaction
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What one run queues; only the customer differs from message to message."""
+
+    schedule: str
+    kind: str
+    occurrence: Occurrence
+    category: Category
+    template: str
+    priority: int
+    audience: Sequence[ColumnElement[bool]]
+    context: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    run_id: int
+    schedule: str
+    occurrence: str
+    zone: str
+    queued: int
+    skipped: int
+    already_done: bool = False
+
+
+def dedupe_prefix(schedule: str) -> str:
+    return f"{schedule}:"
+
+
+def execute(
+    engine: Engine,
+    plan: Plan,
+    now: datetime,
+    progress: Callable[[int], None] = lambda _count: None,
+    finish: Callable[[Connection, int], None] = lambda _conn, _run_id: None,
+) -> RunResult:
+    """Queue the run once; a run already done returns its counts and queues nothing.
+
+    ``finish`` runs in the transaction that marks the run done, so what it does (a webinar
+    withdrawing its earlier messages) happens exactly when the run counts as done.
+    """
+    run_id, done = _start(engine, plan, now)
+    if done:
+        return _result(engine, plan, run_id, already_done=True)
+    statement = _insert_from_customers(engine.dialect.name, plan, run_id, now)
+    highest = _highest_customer_id(engine)
+    written = 0
+    for low in range(0, highest, RANGE):
+        with engine.begin() as conn:
+            written += conn.execute(statement, {"low": low, "high": low + RANGE}).rowcount
+        progress(written)
+    with engine.begin() as conn:
+        finish(conn, run_id)
+        counts = _counts(conn, run_id)
+        conn.execute(
+            update(RUNS)
+            .where(RUNS.c.id == run_id)
+            .values(status=RunStatus.DONE, finished_at=now, **counts)
+        )
+    return _result(engine, plan, run_id, already_done=False)
+
+
+def runs_of(conn: Connection, schedule: str, occurrences: Sequence[str] = ()) -> list[int]:
+    """The ids of a schedule's runs, all or those of some occurrence keys (LIKE patterns)."""
+    query = select(RUNS.c.id).where(RUNS.c.schedule == schedule)
+    if occurrences:
+        query = query.where(or_(*(RUNS.c.occurrence.like(p) for p in occurrences)))
+    return list(conn.execute(query).scalars())
+
+
+def withdraw(conn: Connection, run_ids: Sequence[int], reason: str, now: datetime) -> int:
+    """Skip what these runs still have waiting (a cancelled webinar, a superseded invite)."""
+    if not run_ids:
+        return 0
+    return int(
+        conn.execute(
+            update(OUTBOX)
+            .where(OUTBOX.c.run_id.in_(run_ids), OUTBOX.c.status.in_(WAITING))
+            .values(status=OutboxStatus.SKIPPED, reason=reason, updated_at=now)
+        ).rowcount
+    )
+
+
+def done_occurrences(conn: Connection, schedule: str) -> set[tuple[str, str]]:
+    """(occurrence, zone) pairs already fanned out completely."""
+    rows = conn.execute(
+        select(RUNS.c.occurrence, RUNS.c.zone).where(
+            RUNS.c.schedule == schedule, RUNS.c.status == RunStatus.DONE
+        )
+    )
+    return {(row.occurrence, row.zone) for row in rows}
+
+
+def _start(engine: Engine, plan: Plan, now: datetime) -> tuple[int, bool]:
+    """The run's row, created on first sight; (id, whether it finished before)."""
+    occurrence = plan.occurrence
+    dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
+    values = {
+        "schedule": plan.schedule,
+        "occurrence": occurrence.key,
+        "zone": occurrence.zone,
+        "kind": plan.kind,
+        "planned_at": occurrence.at,
+        "started_at": now,
+        "status": RunStatus.RUNNING,
+        "queued": 0,
+        "skipped": 0,
+    }
+    with engine.begin() as conn:
+        conn.execute(dialect.insert(RUNS).values(**values).on_conflict_do_nothing())
+        row = conn.execute(
+            select(RUNS.c.id, RUNS.c.status).where(
+                RUNS.c.schedule == plan.schedule,
+                RUNS.c.occurrence == occurrence.key,
+                RUNS.c.zone == occurrence.zone,
+            )
+        ).one()
+    return int(row.id), row.status == RunStatus.DONE
+
+
+def _insert_from_customers(dialect_name: str, plan: Plan, run_id: int, now: datetime) -> Any:
+    """INSERT INTO outbox (...) SELECT ... FROM customers WHERE <audience> AND id in range."""
+    occurrence = plan.occurrence
+    key = (
+        literal(dedupe_prefix(plan.schedule))
+        .concat(cast(C.id, String))
+        .concat(literal(f":{occurrence.key}"))
+    )
+    status, reason = _bars(plan.category)
+    columns = {
+        "dedupe_key": key,
+        "customer_id": C.id,
+        "to_address": C.email,
+        "category": literal(plan.category, String()),
+        "template": literal(plan.template),
+        "context": _json(jsonvalues.encode(plan.context), dialect_name),
+        "headers": _json({}, dialect_name),
+        "priority": literal(plan.priority),
+        "status": status,
+        "reason": reason,
+        "due_at": literal(occurrence.at, UTCDateTime()),
+        "valid_until": literal(occurrence.valid_until, UTCDateTime()),
+        "attempts": literal(0),
+        "created_at": literal(now, UTCDateTime()),
+        "updated_at": literal(now, UTCDateTime()),
+        "run_id": literal(run_id),
+    }
+    in_range = and_(C.id > bindparam("low", type_=Integer()), C.id <= bindparam("high"))
+    selection = select(*columns.values()).where(in_range, *plan.audience)
+    dialect = postgresql if dialect_name == "postgresql" else sqlite
+    return (
+        dialect.insert(OUTBOX)
+        .from_select(list(columns), selection)
+        .on_conflict_do_nothing(index_elements=["dedupe_key"])
+    )
+
+
+def _bars(category: str) -> tuple[Any, Any]:
+    """Status and reason for customers no schedule may reach: checked in the same statement."""
+    consent = C.marketing_consent if category == Category.MARKETING else C.relationship_consent
+    reasons = [
+        (C.suppressed_reason.is_not(None), literal("suppressed: ").concat(C.suppressed_reason)),
+        (C.unsubscribed_at.is_not(None), literal("unsubscribed")),
+        (consent == false(), literal(f"no consent for {category}")),
+    ]
+    status = case(
+        *((when, literal(str(OutboxStatus.SKIPPED))) for when, _ in reasons),
+        else_=literal(str(OutboxStatus.QUEUED)),
+    )
+    reason = case(*reasons, else_=literal(None, String()))
+    return status, reason
+
+
+def _json(value: Any, dialect_name: str) -> Any:
+    """A JSON constant in the SELECT list: PostgreSQL needs to be told it is JSON."""
+    constant = literal(value, JSON())
+    return cast(constant, JSON()) if dialect_name == "postgresql" else constant
+
+
+def _highest_customer_id(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.coalesce(func.max(C.id), 0))).scalar_one())
+
+
+def _counts(conn: Connection, run_id: int) -> dict[str, int]:
+    """What the run wrote: skipped at once with a reason, or queued for the road."""
+    skipped = OUTBOX.c.status == OutboxStatus.SKIPPED
+    queued, skipped_count = conn.execute(
+        select(func.count().filter(~skipped), func.count().filter(skipped)).where(
+            OUTBOX.c.run_id == run_id
+        )
+    ).one()
+    return {"queued": int(queued), "skipped": int(skipped_count)}
+
+
+def _result(engine: Engine, plan: Plan, run_id: int, *, already_done: bool) -> RunResult:
+    with engine.connect() as conn:
+        counts = _counts(conn, run_id)
+    occurrence = plan.occurrence
+    return RunResult(
+        run_id,
+        plan.schedule,
+        occurrence.key,
+        occurrence.zone,
+        counts["queued"],
+        counts["skipped"],
+        already_done,
+    )

@@ -1,0 +1,117 @@
+"""Database connections: one place that knows SQLite from PostgreSQL.
+
+mailer uses the synchronous driver everywhere; the daemon runs database work in worker
+threads, which on SQLite is cheaper than aiosqlite's per-statement cost.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import DateTime, Engine, create_engine, event
+from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.types import TypeDecorator
+
+from mailer.core.errors import DatabaseUnavailable
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+SUPPORTED = "use sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
+_DRIVERS = frozenset({"sqlite", "sqlite+pysqlite", "postgresql", "postgres", "postgresql+psycopg"})
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp that is always timezone-aware UTC in Python, whatever the database returns.
+
+    SQLite hands back naive values and PostgreSQL aware ones; comparing the two breaks, so
+    naive values are refused on the way in and made aware on the way out.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r} cannot be stored; use UTC")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def check_url(text: str) -> str:
+    """A URL of a database mailer can use: an SQLite file, or PostgreSQL through psycopg 3.
+
+    Checked when config.toml is read, so a typo is named there rather than deep inside
+    SQLAlchemy on start-up. The URL is never repeated in the message: it may hold a password.
+    """
+    try:
+        url = make_url(text)
+    except (ArgumentError, ValueError):
+        raise ValueError(f"not a database URL; {SUPPORTED}") from None
+    if url.drivername not in _DRIVERS:
+        raise ValueError(f"unsupported database {url.drivername!r}; {SUPPORTED}")
+    if url.get_backend_name() == "sqlite" and (url.host or not url.database):
+        raise ValueError("an SQLite URL names a file after three slashes: sqlite:///PATH")
+    return text
+
+
+def normalise_url(url: str) -> str:
+    """Accept plain ``postgresql://`` URLs and use the psycopg 3 driver for them."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
+def connect(url: str, **kwargs: Any) -> Engine:
+    """An engine for the URL; SQLite gets WAL and a busy timeout so CLI and daemon can share it."""
+    url = normalise_url(url)
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True, **kwargs)
+    if parsed.database and parsed.database != ":memory:":
+        _make_folder(Path(parsed.database).parent)
+    engine = create_engine(url, **kwargs)
+    event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _make_folder(folder: Path) -> None:
+    """The SQLite file's folder, made if missing; DatabaseUnavailable if it cannot be."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as exc:
+        raise DatabaseUnavailable(
+            f"cannot create the folder {folder} for the SQLite file: {exc.filename} is a file"
+        ) from None
+    except OSError as exc:
+        raise DatabaseUnavailable(
+            f"cannot create the folder {folder} for the SQLite file: {exc.strerror}"
+        ) from None
+
+
+def describe(url: str) -> str:
+    """The URL as it may be shown: the password hidden."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def reason(exc: DBAPIError) -> str:
+    """The driver's own first line ("Connection refused", "file is not a database")."""
+    lines = str(exc.orig).strip().splitlines()
+    return lines[0] if lines else type(exc.orig).__name__
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()

@@ -1,0 +1,324 @@
+"""The tables. Every timestamp is timezone-aware UTC (see ``db.UTCDateTime``).
+
+Changing a table means adding an Alembic revision in ``mailer/store/migrations/versions``; a test
+fails when these models and the migrations disagree.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    Table,
+    UniqueConstraint,
+    text,
+)
+from sqlmodel import Field, SQLModel
+
+from mailer.store.db import UTCDateTime
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _when(nullable: bool = True, **kwargs: Any) -> Any:
+    return Field(sa_type=UTCDateTime, nullable=nullable, **kwargs)
+
+
+class Customer(SQLModel, table=True):
+    __tablename__ = "customers"
+    __table_args__ = (
+        Index("ix_customers_birthday", "birth_month", "birth_day"),
+        # schedules fire per zone in use and select each zone's customers
+        Index("ix_customers_timezone", "timezone"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(max_length=320, unique=True, description="lower-cased, validated")
+    name: str = Field(default="", max_length=200)
+    first_name: str = Field(default="", max_length=100)
+    locale: str | None = Field(default=None, max_length=35)
+    timezone: str | None = Field(default=None, max_length=64, description="IANA zone")
+    birth_month: int | None = None
+    birth_day: int | None = None
+    birth_year: int | None = Field(default=None, description="unknown when the customer said so")
+    fields: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    marketing_consent: bool = True
+    relationship_consent: bool = True
+    unsubscribed_at: datetime | None = _when(description="no marketing or relationship mail")
+    suppressed_reason: str | None = Field(default=None, max_length=200)
+    pause_until: datetime | None = _when()
+    caps_override: dict[str, Any] | None = Field(default=None, sa_type=JSON)
+    source: str = Field(default="import", max_length=20)
+    created_at: datetime = _when(nullable=False, default_factory=utcnow)
+    updated_at: datetime = _when(nullable=False, default_factory=utcnow)
+    search_text: str = Field(
+        default="",
+        sa_column_kwargs={"server_default": ""},
+        description="email, name and first name case-folded by customers.profiles on each write",
+    )
+
+
+class CustomerTag(SQLModel, table=True):
+    """Tags live in their own indexed table so audiences are chosen by set-based queries."""
+
+    __tablename__ = "customer_tags"
+
+    customer_id: int = Field(
+        sa_column=Column(Integer, ForeignKey("customers.id", ondelete="CASCADE"), primary_key=True)
+    )
+    tag: str = Field(max_length=100, primary_key=True, index=True)
+
+
+class OutboxStatus(StrEnum):
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    DEFERRED = "deferred"
+    SKIPPED = "skipped"
+    EXPIRED = "expired"
+    FAILED = "failed"
+    BOUNCED = "bounced"  # accepted by SMTP, then returned as permanently undeliverable
+    CANCELLED = "cancelled"  # stopped by an operator before it was sent
+
+
+class OutboxMessage(SQLModel, table=True):
+    """One logical message. Its dedupe key makes queueing it twice a no-op."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        # the claim's ORDER BY, so due rows are found without sorting the queue
+        Index("ix_outbox_claim", "status", text("priority DESC"), "due_at"),
+        # the throttle's look-back over a customer's recent contacts
+        Index("ix_outbox_customer_reserved", "customer_id", "reserved_at"),
+        # the inbox's look at what was sent to one address (acknowledgements per sender)
+        Index("ix_outbox_to_created", "to_address", "created_at"),
+        # a bounce names the message it returns by its Message-ID
+        Index("ix_outbox_message_id", "message_id"),
+        # a schedule run's results, and a cancelled webinar's messages still waiting
+        Index("ix_outbox_run", "run_id", "status"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    dedupe_key: str = Field(max_length=300, unique=True)
+    customer_id: int | None = Field(
+        default=None, sa_column=Column(Integer, ForeignKey("customers.id", ondelete="SET NULL"))
+    )
+    to_address: str = Field(max_length=320)
+    category: str = Field(max_length=20)
+    template: str = Field(max_length=100)
+    locale: str | None = Field(default=None, max_length=35)
+    context: dict[str, Any] = Field(
+        default_factory=dict, sa_type=JSON, description="template variables, see jsonvalues"
+    )
+    headers: dict[str, str] = Field(default_factory=dict, sa_type=JSON)
+    envelope_from: str | None = Field(
+        default=None, max_length=320, description='None: the sender address; "": null sender'
+    )
+    priority: int = 0
+    status: str = Field(default=OutboxStatus.QUEUED, max_length=20)
+    reason: str | None = Field(default=None, max_length=1000)
+    due_at: datetime = _when(nullable=False)
+    valid_until: datetime | None = _when()
+    lease_until: datetime | None = _when()
+    attempts: int = 0
+    message_id: str | None = Field(default=None, max_length=300)
+    subject: str | None = Field(default=None, max_length=998, description="as rendered at send")
+    created_at: datetime = _when(nullable=False, default_factory=utcnow)
+    updated_at: datetime = _when(nullable=False, default_factory=utcnow)
+    reserved_at: datetime | None = _when(description="when the throttle gave it a slot")
+    sent_at: datetime | None = _when()
+    run_id: int | None = Field(default=None, description="the schedule run that queued it")
+
+
+class DeliveryAttempt(SQLModel, table=True):
+    """Every try at handing a message to SMTP, with the server's answer."""
+
+    __tablename__ = "delivery_attempts"
+
+    id: int | None = Field(default=None, primary_key=True)
+    outbox_id: int = Field(
+        sa_column=Column(
+            Integer, ForeignKey("outbox.id", ondelete="CASCADE"), index=True, nullable=False
+        )
+    )
+    at: datetime = _when(nullable=False)
+    outcome: str = Field(max_length=20)
+    smtp_code: int | None = None
+    smtp_reply: str | None = Field(default=None, max_length=2000)
+
+
+class InquiryStatus(StrEnum):
+    NEW = "new"
+    ACKNOWLEDGED = "acknowledged"
+    OPEN = "open"
+    ANSWERED = "answered"
+    CLOSED = "closed"
+    FAILED = "failed"
+
+
+class Inquiry(SQLModel, table=True):
+    """A message a customer wrote to support; the raw bytes are kept before any decision."""
+
+    __tablename__ = "inquiries"
+    # Broken mailers reuse Message-IDs: only the same ID with the same content is one message.
+    __table_args__ = (
+        UniqueConstraint("message_id", "fingerprint", name="uq_inquiries_message_fingerprint"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    message_id: str | None = Field(default=None, max_length=998, index=True)
+    fingerprint: str | None = Field(
+        default=None, max_length=64, description="sha256 of the message without trace headers"
+    )
+    thread_id: int | None = Field(
+        default=None, sa_column=Column(Integer, ForeignKey("inquiries.id"), index=True)
+    )
+    customer_id: int | None = Field(
+        default=None,
+        sa_column=Column(Integer, ForeignKey("customers.id", ondelete="SET NULL"), index=True),
+    )
+    sender: str = Field(default="", max_length=320, index=True)
+    sender_name: str = Field(default="", max_length=200)
+    subject: str = Field(default="", max_length=998)
+    body_text: str = ""
+    reply_text: str = Field(default="", description="body without the quoted history")
+    attachments: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSON)
+    defects: list[str] = Field(default_factory=list, sa_type=JSON)
+    received_at: datetime = _when(nullable=False, index=True)
+    status: str = Field(default=InquiryStatus.NEW, max_length=20, index=True)
+    decision: str | None = Field(default=None, max_length=20)
+    reasons: list[str] = Field(default_factory=list, sa_type=JSON)
+    error: str | None = None
+    raw: bytes = Field(default=b"", sa_column=Column(LargeBinary, nullable=False))
+    raw_truncated: bool = False
+    assignee: str | None = Field(default=None, max_length=100, description="a user's name")
+    claimed_thread_id: int | None = Field(
+        default=None, description="the inquiry a non-participant's message said it continues"
+    )
+
+
+class MailboxState(SQLModel, table=True):
+    """How far the inbox watcher got, so a restart resumes without losing or repeating mail."""
+
+    __tablename__ = "mailbox_state"
+
+    mailbox: str = Field(primary_key=True, max_length=200)
+    uidvalidity: int = Field(sa_type=BigInteger)
+    last_uid: int = Field(default=0, sa_type=BigInteger)
+    updated_at: datetime = _when(nullable=False, default_factory=utcnow)
+
+
+# the watcher writes it, the health page reads it: here, so the web needs no watcher
+MAILBOX_STATE: Table = MailboxState.__table__  # type: ignore[attr-defined]
+
+
+class SandboxMessage(SQLModel, table=True):
+    """A message the local sandbox server captured instead of delivering it."""
+
+    __tablename__ = "sandbox_messages"
+
+    id: int | None = Field(default=None, primary_key=True)
+    received_at: datetime = _when(nullable=False, index=True)
+    mail_from: str = Field(default="", max_length=320)
+    recipients: list[str] = Field(default_factory=list, sa_type=JSON)
+    subject: str = Field(default="", max_length=998)
+    message_id: str | None = Field(default=None, max_length=998)
+    raw: bytes = Field(default=b"", sa_column=Column(LargeBinary, nullable=False))
+
+
+class RunStatus(StrEnum):
+    RUNNING = "running"  # still queueing; a restart finishes it (dedupe keys make that safe)
+    DONE = "done"
+
+
+class ScheduleRun(SQLModel, table=True):
+    """One occurrence of a schedule for one zone's customers, fanned out once.
+
+    The unique (schedule, occurrence, zone) makes a double fire, an overlap or a catch-up
+    after a restart a no-op; the counts are what marketing sees for the run.
+    """
+
+    __tablename__ = "schedule_runs"
+    __table_args__ = (UniqueConstraint("schedule", "occurrence", "zone", name="uq_schedule_run"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    schedule: str = Field(max_length=100, index=True)
+    occurrence: str = Field(max_length=100)
+    zone: str = Field(default="", max_length=64)
+    kind: str = Field(max_length=20)
+    planned_at: datetime = _when(nullable=False)
+    started_at: datetime = _when(nullable=False)
+    finished_at: datetime | None = _when()
+    status: str = Field(default=RunStatus.RUNNING, max_length=20)
+    queued: int = 0
+    skipped: int = 0
+
+
+class ScheduleSeen(SQLModel, table=True):
+    """When mailer first loaded a schedule to fire it: catch-up never reaches back before
+    this, so a new file or a fresh install does not send what was planned before it."""
+
+    __tablename__ = "schedules_seen"
+
+    schedule: str = Field(primary_key=True, max_length=100)
+    first_seen_at: datetime = _when(nullable=False)
+
+
+class WebinarEvent(SQLModel, table=True):
+    """A webinar's calendar identity: the UID never changes, SEQUENCE grows with each change
+    of time or place, so calendars replace the event instead of adding a second one."""
+
+    __tablename__ = "webinar_events"
+
+    schedule: str = Field(primary_key=True, max_length=100)
+    uid: str = Field(max_length=300)
+    sequence: int = 0
+    fingerprint: str = Field(max_length=500)
+    updated_at: datetime = _when(nullable=False, default_factory=utcnow)
+
+
+class Role(StrEnum):
+    SUPPORT = "support"
+    MARKETING = "marketing"
+    ADMIN = "admin"
+
+
+class User(SQLModel, table=True):
+    """Someone who signs in to the web app; the password is kept only as an argon2 hash."""
+
+    __tablename__ = "users"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=100, unique=True)
+    role: str = Field(max_length=20)
+    password_hash: str = Field(max_length=200)
+    disabled: bool = False
+    created_at: datetime = _when(nullable=False, default_factory=utcnow)
+
+
+class InquiryEvent(SQLModel, table=True):
+    """What people did with an inquiry: status changes, assignments, internal notes."""
+
+    __tablename__ = "inquiry_events"
+
+    id: int | None = Field(default=None, primary_key=True)
+    inquiry_id: int = Field(
+        sa_column=Column(
+            Integer, ForeignKey("inquiries.id", ondelete="CASCADE"), index=True, nullable=False
+        )
+    )
+    at: datetime = _when(nullable=False)
+    actor: str = Field(max_length=100)
+    kind: str = Field(max_length=20)  # status, assign, note
+    text: str = ""

@@ -1,0 +1,137 @@
+"""People who sign in to the web app, and how many wrong passwords they may try.
+
+Passwords are kept only as argon2id hashes (argon2-cffi: the OWASP recommendation, with
+parameters that can be raised later; old hashes are upgraded at the next sign-in).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import Table, insert, select, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
+from mailer.core.errors import MailerError, NotFound
+from mailer.store.models import Role, User
+
+USERS: Table = User.__table__  # type: ignore[attr-defined]
+HASHER = PasswordHasher()
+MIN_PASSWORD = 10
+# Any password check costs a hash: unknown names are checked against this one, so a
+# wrong name takes as long as a wrong password and does not reveal who has an account.
+_DECOY = HASHER.hash("no such user, no such password")
+
+
+@dataclass(frozen=True, slots=True)
+class SignedIn:
+    id: int
+    name: str
+    role: Role
+
+    def may(self, *roles: Role) -> bool:
+        """Admins may do everything; others what their role is listed for."""
+        return self.role == Role.ADMIN or self.role in roles
+
+
+def add(conn: Connection, name: str, role: Role, password: str, now: datetime) -> int:
+    if len(password) < MIN_PASSWORD:
+        raise MailerError(f"the password must have at least {MIN_PASSWORD} characters")
+    values = {
+        "name": name,
+        "role": role.value,
+        "password_hash": HASHER.hash(password),
+        "disabled": False,
+        "created_at": now,
+    }
+    try:
+        new_id = conn.execute(insert(USERS).values(**values)).inserted_primary_key
+    except IntegrityError:
+        raise MailerError(f"there is already a user named {name!r}") from None
+    assert new_id is not None
+    return int(new_id[0])
+
+
+def find(conn: Connection) -> list[dict[str, Any]]:
+    query = select(USERS.c.id, USERS.c.name, USERS.c.role, USERS.c.disabled, USERS.c.created_at)
+    return [dict(row) for row in conn.execute(query.order_by(USERS.c.name)).mappings()]
+
+
+def disable(conn: Connection, name: str) -> None:
+    if not conn.execute(update(USERS).where(USERS.c.name == name).values(disabled=True)).rowcount:
+        raise NotFound(f"no user named {name!r}")
+
+
+def authenticate(conn: Connection, name: str, password: str) -> SignedIn | None:
+    """The user, if the name and password match and the account is not disabled."""
+    row = conn.execute(select(USERS).where(USERS.c.name == name)).mappings().first()
+    try:
+        HASHER.verify(row["password_hash"] if row else _DECOY, password)
+    except (VerificationError, InvalidHashError):
+        return None
+    if row is None or row["disabled"]:
+        return None
+    if HASHER.check_needs_rehash(row["password_hash"]):
+        conn.execute(
+            update(USERS).where(USERS.c.id == row["id"]).values(password_hash=HASHER.hash(password))
+        )
+    return SignedIn(int(row["id"]), row["name"], Role(row["role"]))
+
+
+def get(conn: Connection, user_id: int) -> SignedIn | None:
+    """The user a session names, unless the account was disabled since."""
+    row = conn.execute(select(USERS).where(USERS.c.id == user_id)).mappings().first()
+    if row is None or row["disabled"]:
+        return None
+    return SignedIn(int(row["id"]), row["name"], Role(row["role"]))
+
+
+@dataclass
+class LoginGuard:
+    """At most ``attempts`` failed sign-ins for one name from one client, and ``per_client``
+    from one client whatever the names, in ``window``.
+
+    A name is never locked for everyone: what one client gets wrong locks that client out,
+    so nobody can lock a colleague out by guessing at their name. An attempt counts from
+    the moment it starts, and is forgiven only when it succeeds, so requests sent in
+    parallel cannot all slip in before the first failure is recorded. Kept in memory: a
+    restart forgetting the count gives an attacker no more than waiting would.
+    """
+
+    attempts: int = 5
+    per_client: int = 20
+    window: timedelta = timedelta(minutes=15)
+    _tries: dict[tuple[str | None, str], deque[datetime]] = field(default_factory=dict)
+
+    def attempt(self, name: str, client: str, now: datetime) -> bool:
+        """Start an attempt: False (and nothing recorded) when a limit is reached."""
+        limits = self._limits(name, client)
+        if any(len(self._recent(key, now)) >= limit for key, limit in limits):
+            return False
+        for key, _ in limits:
+            self._tries.setdefault(key, deque()).append(now)
+        return True
+
+    def succeeded(self, name: str, client: str) -> None:
+        """Forgive the name's failures from this client, and this attempt in the client's
+        count, so that an office behind one address is not locked out by signing in."""
+        (pair, _), (whole, _) = self._limits(name, client)
+        self._tries.pop(pair, None)
+        if tries := self._tries.get(whole):
+            tries.pop()
+
+    def _limits(self, name: str, client: str) -> list[tuple[tuple[str | None, str], int]]:
+        return [((name.casefold(), client), self.attempts), ((None, client), self.per_client)]
+
+    def _recent(self, key: tuple[str | None, str], now: datetime) -> deque[datetime]:
+        tries = self._tries.get(key, deque())
+        while tries and tries[0] <= now - self.window:
+            tries.popleft()
+        if not tries:
+            self._tries.pop(key, None)  # names seen once do not pile up
+        return tries
