@@ -1,7 +1,7 @@
-"""Which parts of mailer load which: the web app serves without the inbox watcher or the
-IMAP edge, SMTP and IMAP are each spoken in one place only, so their traps are handled in
-one place, and the pure decisions load no database, network or event loop, so they stay
-testable without I/O."""
+"""Which parts of mailer load which: the domain packages stack in one order and never import
+upward, the web app serves without the inbox watcher or the IMAP edge, SMTP and IMAP are
+each spoken in one place only, so their traps are handled in one place, and the pure
+decisions load no database, network or event loop, so they stay testable without I/O."""
 
 from __future__ import annotations
 
@@ -87,6 +87,7 @@ PURE = (
     "mailer/scheduling/occurrences.py",
     "mailer/inbound/business_hours.py",
     "mailer/inbound/autoreply.py",
+    "mailer/inbound/parsing.py",
     "mailer/core/durations.py",
     "mailer/core/clock.py",
 )
@@ -101,19 +102,80 @@ IMPURE = (
     "pymap",
     "asyncio",
     "socket",
-    "mailer.db",
-    "mailer.store.models",
+    "mailer.store",
 )
 
 
-def test_pure_decisions_load_no_database_network_or_event_loop() -> None:
-    wrong = [
-        f"{module} loads {name} (imported by {by.relative_to(ROOT)})"
-        for module in PURE
-        for name, by in loads(ROOT / module).items()
+def io_loaded(path: Path) -> list[str]:
+    """What in a module's imports, direct or through mailer modules, needs I/O to test."""
+    return [
+        f"{path.name} loads {name} (imported by {by.name})"
+        for name, by in loads(path).items()
         if any(name == bad or name.startswith(bad + ".") for bad in IMPURE)
     ]
+
+
+def test_pure_decisions_load_no_database_network_or_event_loop() -> None:
+    wrong = [line for module in PURE for line in io_loaded(ROOT / module)]
     assert not wrong, "pure decision modules must stay free of I/O:\n" + "\n".join(wrong)
+
+
+def test_a_pure_module_that_reached_for_the_database_would_be_caught(tmp_path: Path) -> None:
+    changed = tmp_path / "throttle.py"
+    throttle = (ROOT / PURE[0]).read_text(encoding="utf-8")
+    changed.write_text(throttle + "\nfrom mailer.outbound import outbox\n", encoding="utf-8")
+    assert any("loads mailer.store.db" in line for line in io_loaded(changed))
+
+
+# Lowest first. A package may import its own modules and any package of a lower layer, never
+# one of its own layer or above: the core knows no database, the store no customer, the
+# outbox no inquiry, and only the application (checks, web, daemon, cli) ties them together.
+LAYERS: tuple[frozenset[str], ...] = tuple(
+    frozenset(names.split())
+    for names in (
+        "core",
+        "store",
+        "customers sandbox",
+        "outbound",
+        "inbound scheduling",
+        "checks",
+        "web",
+        "daemon",
+        "cli",
+        "__main__",
+    )
+)
+
+
+def layer_of(module: str) -> int | None:
+    part = module.split(".")[1] if module.count(".") else ""
+    return next((i for i, names in enumerate(LAYERS) if part in names), None)
+
+
+def upward_imports(path: Path) -> list[str]:
+    """Imports of mailer packages at this file's own layer or above (its package excepted)."""
+    module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+    own, level = module.split(".")[1], layer_of(module)
+    assert level is not None, f"{module} belongs to no layer: add its package to LAYERS"
+    return [
+        f"{module} imports {name}"
+        for name in sorted(runtime_imports(path))
+        if name.startswith("mailer.")
+        and name.split(".")[1] != own
+        and (other := layer_of(name)) is not None
+        and other >= level
+    ]
+
+
+def test_packages_import_only_downward() -> None:
+    files = [p for p in (ROOT / "mailer").rglob("*.py") if "migrations" not in p.parts]
+    wrong = [
+        line
+        for path in files
+        if path.name != "__init__.py" or path.parent != ROOT / "mailer"
+        for line in upward_imports(path)
+    ]
+    assert not wrong, "packages must import only from the layers below them:\n" + "\n".join(wrong)
 
 
 def test_only_the_imap_edge_and_the_sandbox_imap_server_speak_imap() -> None:

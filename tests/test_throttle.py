@@ -79,12 +79,12 @@ def test_the_default_business_rules_let_a_fresh_customer_hear_from_us_at_midday(
 
 @pytest.mark.parametrize("category", ["marketing", "relationship"])
 def test_an_unsubscribed_customer_gets_no_marketing_or_relationship_mail(category: str) -> None:
-    decision = decide(category, NOW, None, customer(unsubscribed=True), rules())
+    decision = decide(category, NOW, None, customer(unsubscribed_at=NOW), rules())
     assert decision == Decision("skip", None, "unsubscribed", "unsubscribed")
 
 
 def test_consent_is_per_category_and_missing_consent_means_consented() -> None:
-    state = customer(consent={"marketing": False})
+    state = customer(marketing_consent=False)
     assert marketing(NOW, state, rules()) == Decision(
         "skip", None, "no consent for marketing", "consent"
     )
@@ -93,12 +93,12 @@ def test_consent_is_per_category_and_missing_consent_means_consented() -> None:
 
 @pytest.mark.parametrize("category", ["transactional", "relationship", "marketing"])
 def test_a_suppressed_address_gets_nothing_at_all(category: str) -> None:
-    decision = decide(category, NOW, None, customer(suppressed=BOUNCED), rules())
+    decision = decide(category, NOW, None, customer(suppressed_reason=BOUNCED), rules())
     assert decision == Decision("skip", None, f"suppressed: {BOUNCED}", "suppressed")
 
 
 def test_suppression_is_named_before_unsubscribe_and_consent() -> None:
-    state = customer(suppressed=BOUNCED, unsubscribed=True, consent={"marketing": False})
+    state = customer(suppressed_reason=BOUNCED, unsubscribed_at=NOW, marketing_consent=False)
     assert marketing(NOW, state, rules()).rule == "suppressed"
 
 
@@ -115,7 +115,9 @@ def test_a_per_customer_cap_of_zero_is_a_quiet_opt_out_of_one_category() -> None
 
 
 def test_a_skip_is_a_skip_even_when_the_message_is_also_stale() -> None:
-    decision = marketing(NOW, customer(unsubscribed=True), rules(), valid_until=NOW - timedelta(1))
+    decision = marketing(
+        NOW, customer(unsubscribed_at=NOW), rules(), valid_until=NOW - timedelta(1)
+    )
     assert decision.action == "skip"
 
 
@@ -125,8 +127,9 @@ def test_a_skip_is_a_skip_even_when_the_message_is_also_stale() -> None:
 def test_transactional_mail_ignores_every_rule_but_suppression() -> None:
     state = customer(
         history=sent("marketing", NOW - timedelta(minutes=5)),
-        unsubscribed=True,
-        consent={"transactional": False},
+        unsubscribed_at=NOW,
+        marketing_consent=False,
+        relationship_consent=False,
         pause_until=NOW + timedelta(days=30),
         caps_override={"transactional": Caps(per_day=0)},
     )
@@ -561,9 +564,9 @@ def test_next_allowed_is_the_deferral_time_and_ignores_validity() -> None:
 @pytest.mark.parametrize(
     "state",
     [
-        customer(unsubscribed=True),
-        customer(consent={"marketing": False}),
-        customer(suppressed=BOUNCED),
+        customer(unsubscribed_at=NOW),
+        customer(marketing_consent=False),
+        customer(suppressed_reason=BOUNCED),
         customer(caps_override={"marketing": Caps(per_day=0)}),
     ],
     ids=["unsubscribed", "no consent", "suppressed", "cap of zero"],

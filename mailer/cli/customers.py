@@ -114,7 +114,7 @@ def show(
     with app_.engine().connect() as conn:
         customer = profiles.get(conn, email)
         messages = outbox.find(conn, customer_id=customer["id"], limit=history)
-        next_contact = profiles.next_contact(conn, customer, now, cfg.settings)
+        next_contact = outbox.next_contact(conn, customer, now, cfg.settings)
     if as_json:
         print_json({**customer, "next_contact": next_contact, "history": messages})
         return

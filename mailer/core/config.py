@@ -29,11 +29,19 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from mailer.core.errors import ConfigError, Problem
-from mailer.core.fieldtypes import ClockTime, Duration, TimeZone, clock_time, email_address
-from mailer.inbound.business_hours import NO_WORKING_DAY, holiday_country
-from mailer.store import db
+from mailer.core.fieldtypes import (
+    NO_WORKING_DAY,
+    ClockTime,
+    Duration,
+    TimeZone,
+    clock_time,
+    email_address,
+    holiday_country,
+)
 
 ENV_PREFIX = "MAILER_"
 DEFAULT_DATABASE_URL = "sqlite:///var/mailer.db"
@@ -95,12 +103,33 @@ TimeRange = Annotated[tuple[time, time] | None, BeforeValidator(_time_range)]
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 
 
+DATABASES = "use sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
+_DRIVERS = frozenset({"sqlite", "sqlite+pysqlite", "postgresql", "postgres", "postgresql+psycopg"})
+
+
+def check_url(text: str) -> str:
+    """A URL of a database mailer can use: an SQLite file, or PostgreSQL through psycopg 3.
+
+    Checked when config.toml is read, so a typo is named there rather than deep inside
+    SQLAlchemy on start-up. The URL is never repeated in the message: it may hold a password.
+    """
+    try:
+        url = make_url(text)
+    except (ArgumentError, ValueError):
+        raise ValueError(f"not a database URL; {DATABASES}") from None
+    if url.drivername not in _DRIVERS:
+        raise ValueError(f"unsupported database {url.drivername!r}; {DATABASES}")
+    if url.get_backend_name() == "sqlite" and (url.host or not url.database):
+        raise ValueError("an SQLite URL names a file after three slashes: sqlite:///PATH")
+    return text
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class DatabaseSettings(Section):
-    url: Annotated[str, AfterValidator(db.check_url)] = DEFAULT_DATABASE_URL
+    url: Annotated[str, AfterValidator(check_url)] = DEFAULT_DATABASE_URL
 
 
 class PathSettings(Section):

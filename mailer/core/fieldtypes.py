@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import email_validator
 from babel import Locale, UnknownLocaleError
 from email_validator import EmailNotValidError, validate_email
+from holidays.registry import EntityLoader
 from pydantic import BeforeValidator, PlainSerializer
 
 from mailer.core.durations import format_duration, parse_duration
@@ -128,3 +129,22 @@ ClockTime = Annotated[
     BeforeValidator(clock_time),
     PlainSerializer(lambda t: t.strftime("%H:%M"), return_type=str),
 ]
+
+
+NO_WORKING_DAY = "business hours need at least one working day, and none is set"
+
+
+def holiday_country(code: str) -> str:
+    """A country whose public holidays are known ("BG", "DE"); "" means none.
+
+    Checked when config.toml is read, so `mailer check` refuses what start-up would. The
+    registry's list of codes is read, not ``list_supported_countries()``, which loads every
+    country's calendar (a quarter of a second on each command).
+    """
+    known = code.strip().upper()
+    if known and known not in EntityLoader.get_country_codes():
+        raise ValueError(
+            f"public holidays are not known for country {code.strip()!r}; use a two-letter ISO code"
+            " such as 'BG' or 'DE', or \"\" for none"
+        )
+    return known

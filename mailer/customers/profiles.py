@@ -8,7 +8,7 @@ seconds; running the same file twice changes nothing.
 from __future__ import annotations
 
 import stat
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from itertools import islice
@@ -19,8 +19,6 @@ from sqlalchemy import Engine, Table, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from mailer.core.categories import Category
-from mailer.core.config import Settings
 from mailer.core.errors import ImportFileError, NotFound
 from mailer.core.search import fold
 from mailer.customers.csv_rows import (
@@ -31,14 +29,12 @@ from mailer.customers.csv_rows import (
     read_rows,
     shown,
 )
-from mailer.outbound import outbox, throttle
 from mailer.store.models import Customer, CustomerTag
 
 BATCH = 1000
 CUSTOMERS: Table = Customer.__table__  # type: ignore[attr-defined]
 TAGS: Table = CustomerTag.__table__  # type: ignore[attr-defined]
 Progress = Callable[[int], None]
-NON_TRANSACTIONAL = (Category.MARKETING.value, Category.RELATIONSHIP.value)
 SHOWN = [c for c in CUSTOMERS.c if c.name != "search_text"]  # that one is the search's own
 
 
@@ -320,24 +316,34 @@ def unsubscribe_id(conn: Connection, customer_id: int, now: datetime) -> bool:
     return bool(result.rowcount)
 
 
-def next_contact(
-    conn: Connection, customer: Mapping[str, Any], now: datetime, settings: Settings
-) -> dict[str, datetime | None]:
-    """When marketing and relationship mail could next go to the customer (None: never), as
-    the throttle would decide it for a message claimed now."""
-    recent = outbox.contacts(conn, [customer["id"]], now).get(customer["id"], [])
-    state = outbox.customer_state(customer, recent, settings.business_hours.timezone)
-    rules = throttle.Rules.from_settings(settings.throttle)
-    return {c: throttle.next_allowed(c, now, state, rules) for c in NON_TRANSACTIONAL}
-
-
-def last_contact(conn: Connection, customer_id: int) -> dict[str, Any] | None:
-    """The latest message the SMTP server accepted for the customer, of any category."""
-    query = (
-        select(outbox.OUTBOX)
-        .where(outbox.OUTBOX.c.customer_id == customer_id, outbox.OUTBOX.c.sent_at.is_not(None))
-        .order_by(outbox.OUTBOX.c.sent_at.desc())
-        .limit(1)
+def suppress(conn: Connection, emails: Collection[str], reason: str, now: datetime) -> int:
+    """Stop all mail, transactional too, to addresses that cannot receive it (a hard bounce);
+    the first reason is kept, so a later report does not hide when it began."""
+    result = conn.execute(
+        update(CUSTOMERS)
+        .where(CUSTOMERS.c.email.in_(sorted(set(emails))), CUSTOMERS.c.suppressed_reason.is_(None))
+        .values(suppressed_reason=reason, updated_at=now)
     )
-    row = conn.execute(query).mappings().first()
-    return dict(row) if row else None
+    return int(result.rowcount)
+
+
+def set_preferences(
+    conn: Connection,
+    customer_id: int,
+    *,
+    marketing_consent: bool,
+    relationship_consent: bool,
+    pause_until: datetime | None,
+    now: datetime,
+) -> None:
+    """What the customer chose on their preferences page: consent per category and a pause."""
+    conn.execute(
+        update(CUSTOMERS)
+        .where(CUSTOMERS.c.id == customer_id)
+        .values(
+            marketing_consent=marketing_consent,
+            relationship_consent=relationship_consent,
+            pause_until=pause_until,
+            updated_at=now,
+        )
+    )

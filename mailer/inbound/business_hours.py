@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 import holidays
-from holidays.registry import EntityLoader
+
+from mailer.core.fieldtypes import NO_WORKING_DAY, holiday_country
 
 if TYPE_CHECKING:
     from mailer.core.config import BusinessHoursSettings
@@ -28,23 +29,6 @@ WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 MAX_SEARCH_DAYS = 400
 _QUARTER = timedelta(minutes=15)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-NO_WORKING_DAY = "business hours need at least one working day, and none is set"
-
-
-def holiday_country(code: str) -> str:
-    """A country whose public holidays are known ("BG", "DE"); "" means none.
-
-    Checked when config.toml is read, so `mailer check` refuses what start-up would. The
-    registry's list of codes is read, not ``list_supported_countries()``, which loads every
-    country's calendar (a quarter of a second on each command).
-    """
-    known = code.strip().upper()
-    if known and known not in EntityLoader.get_country_codes():
-        raise ValueError(
-            f"public holidays are not known for country {code.strip()!r}; use a two-letter ISO code"
-            " such as 'BG' or 'DE', or \"\" for none"
-        )
-    return known
 
 
 @lru_cache(maxsize=64)

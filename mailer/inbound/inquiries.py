@@ -74,6 +74,18 @@ def log(conn: Connection, inbound: Inbound, received_at: datetime) -> Logged:
     return Logged(int(new_id[0]), thread_id, customer_id, duplicate=False)
 
 
+def record_decision(
+    conn: Connection, inquiry_id: int, *, status: str, decision: str, reasons: list[str]
+) -> None:
+    """What was decided about a logged message (acknowledge, close, wait) and why, so
+    support can read on the inquiry why it was or was not acknowledged."""
+    conn.execute(
+        update(INQUIRIES)
+        .where(INQUIRIES.c.id == inquiry_id)
+        .values(status=status, decision=decision, reasons=reasons)
+    )
+
+
 def _same_message(conn: Connection, inbound: Inbound) -> Logged | None:
     """The earlier row of this very message: its Message-ID and its fingerprint.
 

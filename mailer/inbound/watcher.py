@@ -22,7 +22,7 @@ from email.message import EmailMessage
 from email.utils import parseaddr
 from typing import Any
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -38,7 +38,7 @@ from mailer.inbound.parsing import MAX_RAW, Inbound, parse
 from mailer.outbound import outbox
 from mailer.outbound.outbox import NewMessage
 from mailer.outbound.prepare import LOOP_HEADER
-from mailer.store.models import MAILBOX_STATE, InquiryStatus, OutboxStatus
+from mailer.store.models import MAILBOX_STATE, InquiryStatus
 
 log = logging.getLogger("mailer.inbound.watcher")
 
@@ -91,7 +91,13 @@ def handle(
     if unsubscribing is not None:
         profiles.unsubscribe_id(conn, unsubscribing, now)
         reason = f"List-Unsubscribe request by mail for customer {unsubscribing}"
-        _decided(conn, logged, InquiryStatus.CLOSED, "unsubscribe", [reason])
+        inquiries.record_decision(
+            conn,
+            logged.inquiry_id,
+            status=InquiryStatus.CLOSED,
+            decision="unsubscribe",
+            reasons=[reason],
+        )
         return logged
     verdict = _verdict(conn, inbound, logged, now, policy)
     acknowledge = verdict.acknowledge and policy.enabled and logged.customer_id is not None
@@ -100,18 +106,10 @@ def handle(
     if verdict.kind == "bounce" and inbound.message is not None:
         _record_bounce(conn, inbound.message, now)
     status = _status(acknowledge, verdict.kind)
-    _decided(conn, logged, status, verdict.kind, list(verdict.reasons))
-    return logged
-
-
-def _decided(
-    conn: Connection, logged: inquiries.Logged, status: str, decision: str, reasons: list[str]
-) -> None:
-    conn.execute(
-        update(inquiries.INQUIRIES)
-        .where(inquiries.INQUIRIES.c.id == logged.inquiry_id)
-        .values(status=status, decision=decision, reasons=reasons)
+    inquiries.record_decision(
+        conn, logged.inquiry_id, status=status, decision=verdict.kind, reasons=list(verdict.reasons)
     )
+    return logged
 
 
 def _status(acknowledged: bool, kind: str) -> InquiryStatus:
@@ -220,26 +218,9 @@ def _record_bounce(conn: Connection, message: EmailMessage, now: datetime) -> No
     if not permanent:
         return  # a delay: the sending server is still trying
     returned = autoreply.bounced_message_ids(message)
-    if returned:
-        rows = conn.execute(
-            update(outbox.OUTBOX)
-            .where(outbox.OUTBOX.c.message_id.in_(returned))
-            .values(
-                status=OutboxStatus.BOUNCED,
-                reason=f"bounced: {', '.join(permanent)} reported permanent failure",
-                updated_at=now,
-            )
-            .returning(outbox.OUTBOX.c.to_address)
-        )
-        permanent.extend(address.lower() for address in rows.scalars())
-    conn.execute(
-        update(profiles.CUSTOMERS)
-        .where(
-            profiles.CUSTOMERS.c.email.in_(sorted(set(permanent))),
-            profiles.CUSTOMERS.c.suppressed_reason.is_(None),
-        )
-        .values(suppressed_reason=f"hard bounce reported {now:%Y-%m-%d}", updated_at=now)
-    )
+    reason = f"bounced: {', '.join(permanent)} reported permanent failure"
+    permanent += (a.lower() for a in outbox.mark_bounced(conn, returned, reason, now))
+    profiles.suppress(conn, permanent, f"hard bounce reported {now:%Y-%m-%d}", now)
 
 
 def load_position(conn: Connection, mailbox: str, uidvalidity: int) -> int:

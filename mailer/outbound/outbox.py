@@ -17,14 +17,31 @@ from itertools import islice
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Engine, Table, bindparam, case, func, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Engine,
+    Select,
+    String,
+    Table,
+    bindparam,
+    case,
+    false,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from mailer.core import jsonvalues
 from mailer.core.categories import Category
+from mailer.core.config import Settings
 from mailer.core.fieldtypes import email_address
 from mailer.customers import profiles
+from mailer.customers.profiles import CUSTOMERS
 from mailer.outbound import throttle
 from mailer.store.models import DeliveryAttempt, OutboxMessage, OutboxStatus
 
@@ -36,6 +53,7 @@ WAITING = (OutboxStatus.QUEUED, OutboxStatus.DEFERRED)
 _DEFERRED_UNTIL = "deferred until"
 _DEFERRED_PREFIX = re.compile(rf"^{_DEFERRED_UNTIL} .+? UTC: ")
 HISTORY_WINDOW = timedelta(days=31)
+NON_TRANSACTIONAL = (Category.MARKETING.value, Category.RELATIONSHIP.value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +93,7 @@ def enqueue(engine: Engine, messages: Iterable[NewMessage], now: datetime) -> in
 def enqueue_in(conn: Connection, batch: Sequence[NewMessage], now: datetime) -> int:
     """Queue within the caller's transaction, e.g. an acknowledgement with its inquiry."""
     added = _insert_new(conn, [_row(m, now) for m in batch])
-    _skip_suppressed(conn, [m.dedupe_key for m in batch], now)
+    _skip_barred(conn, batch, now)
     return added
 
 
@@ -119,32 +137,95 @@ def _insert_new(conn: Connection, rows: list[dict[str, Any]]) -> int:
     return len(conn.execute(statement.returning(OUTBOX.c.id), rows).all())
 
 
-def _skip_suppressed(conn: Connection, keys: list[str], now: datetime) -> None:
-    """Checked at enqueue (and again at claim): who unsubscribed gets no non-transactional mail.
+def _skip_barred(conn: Connection, batch: Sequence[NewMessage], now: datetime) -> None:
+    """Checked at enqueue (and again at claim): a barred customer's message is skipped at
+    once, with the throttle's reason, instead of waiting in the queue to be refused.
 
-    A correlated EXISTS looks up each row's own customer by key; an IN over all
-    unsubscribed customers would scan the customers table once per batch."""
-    unsubscribed = (
-        select(profiles.CUSTOMERS.c.id)
-        .where(
-            profiles.CUSTOMERS.c.id == OUTBOX.c.customer_id,
-            or_(
-                profiles.CUSTOMERS.c.unsubscribed_at.is_not(None),
-                profiles.CUSTOMERS.c.suppressed_reason.is_not(None),
-            ),
+    A correlated EXISTS looks up each row's own customer by key; an IN over all barred
+    customers would scan the customers table once per batch."""
+    for category in {str(m.category) for m in batch}:
+        bars = barred(category)
+        own = CUSTOMERS.c.id == OUTBOX.c.customer_id
+        keys = [m.dedupe_key for m in batch if m.category == category]
+        conn.execute(
+            update(OUTBOX)
+            .where(
+                OUTBOX.c.dedupe_key.in_(keys),
+                OUTBOX.c.status == OutboxStatus.QUEUED,
+                select(CUSTOMERS.c.id).where(own, or_(*(when for when, _ in bars))).exists(),
+            )
+            .values(
+                status=OutboxStatus.SKIPPED,
+                reason=select(case(*bars)).where(own).scalar_subquery(),
+                updated_at=now,
+            )
         )
-        .exists()
+
+
+def barred(category: str) -> list[tuple[ColumnElement[bool], ColumnElement[str]]]:
+    """The throttle's eligibility table as SQL over customers: (condition, reason) pairs."""
+    return [(_bars_sql(rule), _reason_sql(rule)) for rule in throttle.eligibility(category)]
+
+
+def _bars_sql(rule: throttle.Eligibility) -> ColumnElement[bool]:
+    column = CUSTOMERS.c[rule.column]
+    return column.is_not(None) if rule.bars_when == "set" else column == false()
+
+
+def _reason_sql(rule: throttle.Eligibility) -> ColumnElement[str]:
+    wording = literal(rule.wording, String())
+    return wording.concat(CUSTOMERS.c[rule.column]) if rule.quotes_value else wording
+
+
+def status_and_reason(category: str) -> tuple[ColumnElement[str], ColumnElement[str | None]]:
+    """Columns for an ``INSERT ... SELECT`` from customers: skipped with the reason of the
+    first bar that holds, else queued, decided in the same statement that writes the row."""
+    bars = barred(category)
+    status = case(
+        *((when, literal(str(OutboxStatus.SKIPPED))) for when, _ in bars),
+        else_=literal(str(OutboxStatus.QUEUED)),
     )
-    conn.execute(
+    return status, case(*bars, else_=literal(None, String()))
+
+
+def enqueue_selected(dialect_name: str, columns: Sequence[str], selection: Select[Any]) -> Any:
+    """``INSERT INTO outbox (columns) <selection>``, keeping any row whose key exists, for a
+    caller that writes many messages from one query (a schedule run over its audience)."""
+    dialect = postgresql if dialect_name == "postgresql" else sqlite
+    return (
+        dialect.insert(OUTBOX)
+        .from_select(list(columns), selection)
+        .on_conflict_do_nothing(index_elements=["dedupe_key"])
+    )
+
+
+def withdraw(conn: Connection, run_ids: Sequence[int], reason: str, now: datetime) -> int:
+    """Skip what these schedule runs still have waiting (a cancelled webinar, a superseded
+    invitation); what was sent stays sent."""
+    if not run_ids:
+        return 0
+    return int(
+        conn.execute(
+            update(OUTBOX)
+            .where(OUTBOX.c.run_id.in_(run_ids), OUTBOX.c.status.in_(WAITING))
+            .values(status=OutboxStatus.SKIPPED, reason=reason, updated_at=now)
+        ).rowcount
+    )
+
+
+def mark_bounced(
+    conn: Connection, message_ids: Collection[str], reason: str, now: datetime
+) -> list[str]:
+    """Messages a bounce names by Message-ID are bounced; returns the addresses they went to."""
+    if not message_ids:
+        return []
+    rows = conn.execute(
         update(OUTBOX)
-        .where(
-            OUTBOX.c.dedupe_key.in_(keys),
-            OUTBOX.c.status == OutboxStatus.QUEUED,
-            OUTBOX.c.category != Category.TRANSACTIONAL,
-            unsubscribed,
-        )
-        .values(status=OutboxStatus.SKIPPED, reason="unsubscribed or suppressed", updated_at=now)
+        .where(OUTBOX.c.message_id.in_(message_ids))
+        .values(status=OutboxStatus.BOUNCED, reason=reason, updated_at=now)
+        .returning(OUTBOX.c.to_address)
     )
+    return list(rows.scalars())
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,15 +335,36 @@ def customer_state(
     return throttle.CustomerState(
         zone=ZoneInfo(customer["timezone"]) if customer["timezone"] else fallback,
         history=history,
-        unsubscribed=customer["unsubscribed_at"] is not None,
-        consent={
-            Category.MARKETING: customer["marketing_consent"],
-            Category.RELATIONSHIP: customer["relationship_consent"],
-        },
-        suppressed=customer["suppressed_reason"],
+        suppressed_reason=customer["suppressed_reason"],
+        unsubscribed_at=customer["unsubscribed_at"],
+        marketing_consent=customer["marketing_consent"],
+        relationship_consent=customer["relationship_consent"],
         pause_until=customer["pause_until"],
         caps_override={k: throttle.Caps(**v) for k, v in overrides.items()},
     )
+
+
+def next_contact(
+    conn: Connection, customer: Mapping[str, Any], now: datetime, settings: Settings
+) -> dict[str, datetime | None]:
+    """When marketing and relationship mail could next go to the customer (None: never), as
+    the throttle would decide it for a message claimed now."""
+    recent = contacts(conn, [customer["id"]], now).get(customer["id"], [])
+    state = customer_state(customer, recent, settings.business_hours.timezone)
+    rules = throttle.Rules.from_settings(settings.throttle)
+    return {c: throttle.next_allowed(c, now, state, rules) for c in NON_TRANSACTIONAL}
+
+
+def last_contact(conn: Connection, customer_id: int) -> dict[str, Any] | None:
+    """The latest message the SMTP server accepted for the customer, of any category."""
+    query = (
+        select(OUTBOX)
+        .where(OUTBOX.c.customer_id == customer_id, OUTBOX.c.sent_at.is_not(None))
+        .order_by(OUTBOX.c.sent_at.desc())
+        .limit(1)
+    )
+    row = conn.execute(query).mappings().first()
+    return dict(row) if row else None
 
 
 def _decide_all(

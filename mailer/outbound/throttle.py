@@ -6,6 +6,9 @@ function of that data and the time, so it is tested exhaustively and replayed fo
 
 * A *bar* (suppressed, unsubscribed, no consent, a cap of zero) skips a message for good:
   waiting would never help, and a deferred row would only come back to be refused again.
+  The bars read from the customer's record are one table, ``ELIGIBILITY``: the schedules'
+  ``INSERT ... SELECT`` and the outbox's enqueue check build their SQL from it, so a
+  customer is refused for the same reason, in the same words, wherever the check runs.
 * A *hold* (pause, min_gap, caps, quiet hours) knows the earliest instant at or after a given
   one that it allows. Applying every hold until none moves the time gives the earliest
   instant all of them allow, which chooses between send, defer and expire.
@@ -86,9 +89,10 @@ class CustomerState:
 
     zone: ZoneInfo
     history: Sequence[Contact]
-    unsubscribed: bool = False
-    consent: Mapping[str, bool] = field(default_factory=dict)
-    suppressed: str | None = None
+    suppressed_reason: str | None = None  # named as the columns ELIGIBILITY reads
+    unsubscribed_at: datetime | None = None
+    marketing_consent: bool = True
+    relationship_consent: bool = True
     pause_until: datetime | None = None
     caps_override: Mapping[str, Caps] = field(default_factory=dict)
 
@@ -114,6 +118,44 @@ SENT = Decision("send", None, "sent", None)
 class _Bar:
     rule: str
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Eligibility:
+    """One reason a customer's record bars a category of mail for good.
+
+    ``column`` names both the customers column and the ``CustomerState`` field it reads;
+    the customer is barred when it is set (``bars_when="set"``) or false. The reason is
+    ``wording``, followed by the value itself when ``quotes_value`` (a bounce's own words).
+    """
+
+    rule: str
+    column: str
+    bars_when: Literal["set", "false"]
+    wording: str
+    quotes_value: bool = False
+
+    def bars(self, value: object) -> bool:
+        return value is not None if self.bars_when == "set" else value is False
+
+    def reason(self, value: object) -> str:
+        return f"{self.wording}{value}" if self.quotes_value else self.wording
+
+
+def eligibility(category: str) -> tuple[Eligibility, ...]:
+    """The bars for one category, in the order they are reported: the first that holds wins.
+
+    Transactional mail (an acknowledgement, a receipt) is barred by suppression alone; it
+    needs no consent and is not marketing a customer could unsubscribe from.
+    """
+    suppressed = Eligibility("suppressed", "suppressed_reason", "set", "suppressed: ", True)
+    if category == Category.TRANSACTIONAL:
+        return (suppressed,)
+    return (
+        suppressed,
+        Eligibility("unsubscribed", "unsubscribed_at", "set", "unsubscribed"),
+        Eligibility("consent", f"{category}_consent", "false", f"no consent for {category}"),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,14 +234,12 @@ def _cap_reason(category: str, name: str, count: int) -> str:
 
 def _bar(category: str, customer: CustomerState, rules: Rules) -> _Bar | None:
     """Why this message may never go to this customer, or None."""
-    if customer.suppressed is not None:
-        return _Bar("suppressed", f"suppressed: {customer.suppressed}")
+    for rule in eligibility(category):
+        value = getattr(customer, rule.column)
+        if rule.bars(value):
+            return _Bar(rule.rule, rule.reason(value))
     if category == Category.TRANSACTIONAL:
         return None
-    if customer.unsubscribed:
-        return _Bar("unsubscribed", "unsubscribed")
-    if not customer.consent.get(category, True):
-        return _Bar("consent", f"no consent for {category}")
     zero = [name for name, count in _caps(category, customer, rules).limits().items() if not count]
     return _Bar(f"cap:{category}:{zero[0]}", _cap_reason(category, zero[0], 0)) if zero else None
 

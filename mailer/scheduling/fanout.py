@@ -25,9 +25,7 @@ from sqlalchemy import (
     Table,
     and_,
     bindparam,
-    case,
     cast,
-    false,
     func,
     literal,
     or_,
@@ -40,7 +38,8 @@ from sqlalchemy.engine import Connection
 from mailer.core import jsonvalues
 from mailer.core.categories import Category
 from mailer.customers.profiles import CUSTOMERS
-from mailer.outbound.outbox import OUTBOX, WAITING
+from mailer.outbound import outbox
+from mailer.outbound.outbox import OUTBOX
 from mailer.scheduling.occurrences import Occurrence
 from mailer.store.db import UTCDateTime
 from mailer.store.models import OutboxStatus, RunStatus, ScheduleRun
@@ -120,19 +119,6 @@ def runs_of(conn: Connection, schedule: str, occurrences: Sequence[str] = ()) ->
     return list(conn.execute(query).scalars())
 
 
-def withdraw(conn: Connection, run_ids: Sequence[int], reason: str, now: datetime) -> int:
-    """Skip what these runs still have waiting (a cancelled webinar, a superseded invite)."""
-    if not run_ids:
-        return 0
-    return int(
-        conn.execute(
-            update(OUTBOX)
-            .where(OUTBOX.c.run_id.in_(run_ids), OUTBOX.c.status.in_(WAITING))
-            .values(status=OutboxStatus.SKIPPED, reason=reason, updated_at=now)
-        ).rowcount
-    )
-
-
 def done_occurrences(conn: Connection, schedule: str) -> set[tuple[str, str]]:
     """(occurrence, zone) pairs already fanned out completely."""
     rows = conn.execute(
@@ -178,7 +164,7 @@ def _insert_from_customers(dialect_name: str, plan: Plan, run_id: int, now: date
         .concat(cast(C.id, String))
         .concat(literal(f":{occurrence.key}"))
     )
-    status, reason = _bars(plan.category)
+    status, reason = outbox.status_and_reason(plan.category)
     columns = {
         "dedupe_key": key,
         "customer_id": C.id,
@@ -199,28 +185,7 @@ def _insert_from_customers(dialect_name: str, plan: Plan, run_id: int, now: date
     }
     in_range = and_(C.id > bindparam("low", type_=Integer()), C.id <= bindparam("high"))
     selection = select(*columns.values()).where(in_range, *plan.audience)
-    dialect = postgresql if dialect_name == "postgresql" else sqlite
-    return (
-        dialect.insert(OUTBOX)
-        .from_select(list(columns), selection)
-        .on_conflict_do_nothing(index_elements=["dedupe_key"])
-    )
-
-
-def _bars(category: str) -> tuple[Any, Any]:
-    """Status and reason for customers no schedule may reach: checked in the same statement."""
-    consent = C.marketing_consent if category == Category.MARKETING else C.relationship_consent
-    reasons = [
-        (C.suppressed_reason.is_not(None), literal("suppressed: ").concat(C.suppressed_reason)),
-        (C.unsubscribed_at.is_not(None), literal("unsubscribed")),
-        (consent == false(), literal(f"no consent for {category}")),
-    ]
-    status = case(
-        *((when, literal(str(OutboxStatus.SKIPPED))) for when, _ in reasons),
-        else_=literal(str(OutboxStatus.QUEUED)),
-    )
-    reason = case(*reasons, else_=literal(None, String()))
-    return status, reason
+    return outbox.enqueue_selected(dialect_name, list(columns), selection)
 
 
 def _json(value: Any, dialect_name: str) -> Any:

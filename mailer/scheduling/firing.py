@@ -26,6 +26,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from mailer.core.config import Config
+from mailer.outbound import outbox
 from mailer.scheduling import audience, fanout, occurrences, webinars
 from mailer.scheduling.fanout import Plan, RunResult
 from mailer.scheduling.occurrences import Occurrence, WebinarState
@@ -150,7 +151,7 @@ def run(
 
     def withdraw_earlier(conn: Connection, run_id: int) -> None:
         earlier = [i for i in fanout.runs_of(conn, plan.schedule) if i != run_id]
-        fanout.withdraw(conn, earlier, why, now)
+        outbox.withdraw(conn, earlier, why, now)
 
     return fanout.execute(engine, plan, now, progress, withdraw_earlier)
 

@@ -12,14 +12,12 @@ from typing import Any
 
 from sqlalchemy import DateTime, Engine, create_engine, event
 from sqlalchemy.engine import Dialect, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.types import TypeDecorator
 
 from mailer.core.errors import DatabaseUnavailable
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
-SUPPORTED = "use sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
-_DRIVERS = frozenset({"sqlite", "sqlite+pysqlite", "postgresql", "postgres", "postgresql+psycopg"})
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -43,23 +41,6 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def check_url(text: str) -> str:
-    """A URL of a database mailer can use: an SQLite file, or PostgreSQL through psycopg 3.
-
-    Checked when config.toml is read, so a typo is named there rather than deep inside
-    SQLAlchemy on start-up. The URL is never repeated in the message: it may hold a password.
-    """
-    try:
-        url = make_url(text)
-    except (ArgumentError, ValueError):
-        raise ValueError(f"not a database URL; {SUPPORTED}") from None
-    if url.drivername not in _DRIVERS:
-        raise ValueError(f"unsupported database {url.drivername!r}; {SUPPORTED}")
-    if url.get_backend_name() == "sqlite" and (url.host or not url.database):
-        raise ValueError("an SQLite URL names a file after three slashes: sqlite:///PATH")
-    return text
 
 
 def normalise_url(url: str) -> str:

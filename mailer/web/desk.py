@@ -244,8 +244,8 @@ def _customer(request: Request, customer_id: int, readable: bool) -> dict[str, A
             "inquiries": inquiries.of_customer(conn, customer_id, with_text=readable),
             "messages": messages[:HISTORY],
             "more_messages": len(messages) > HISTORY,
-            "last_contact": profiles.last_contact(conn, customer_id),
-            "next_contact": profiles.next_contact(conn, customer, now, web.cfg.settings),
+            "last_contact": outbox.last_contact(conn, customer_id),
+            "next_contact": outbox.next_contact(conn, customer, now, web.cfg.settings),
         }
 
 

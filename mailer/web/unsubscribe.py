@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
@@ -57,10 +57,9 @@ async def preferences(request: Request) -> Response:
         "marketing_consent": form.get("marketing") == "on",
         "relationship_consent": form.get("relationship") == "on",
         "pause_until": now + pause if pause else None,
-        "updated_at": now,
     }
-    await db(request, _save, request, customer["id"], values)
-    customer.update(values)
+    await db(request, _save, request, customer["id"], values, now)
+    customer.update(values, updated_at=now)
     context = {"customer": customer, "token": _token(request), "done": "saved"}
     return render(request, "unsubscribe.html", context)
 
@@ -88,9 +87,9 @@ def _unsubscribe(request: Request, customer_id: int, now: datetime) -> None:
         profiles.unsubscribe_id(conn, customer_id, now)
 
 
-def _save(request: Request, customer_id: int, values: dict[str, Any]) -> None:
+def _save(request: Request, customer_id: int, values: dict[str, Any], now: datetime) -> None:
     with state(request).engine.begin() as conn:
-        conn.execute(update(CUSTOMERS).where(CUSTOMERS.c.id == customer_id).values(**values))
+        profiles.set_preferences(conn, customer_id, **values, now=now)
 
 
 def _not_valid(request: Request) -> Response:
