@@ -138,23 +138,26 @@ class PathSettings(Section):
     data: Path = Path("var")
 
 
-class SmtpSettings(Section):
+class _ServerSettings(Section):
+    """How to reach a mail server; the password is read from the named variable, never
+    written in config.toml."""
+
     host: str = "127.0.0.1"
     port: int = Field(default=2525, ge=1, le=65535)
     security: Literal["starttls", "tls", "none"] = "none"
     username: str = ""
     password_env: str = ""
+
+
+class SmtpSettings(_ServerSettings):
     pool_size: int = Field(default=4, ge=1, le=100)
     rate_per_second: float = Field(default=0, ge=0)
     timeout: Duration = timedelta(seconds=30)
 
 
-class ImapSettings(Section):
-    host: str = "127.0.0.1"
+class ImapSettings(_ServerSettings):
     port: int = Field(default=1143, ge=1, le=65535)
-    security: Literal["starttls", "tls", "none"] = "none"
     username: str = "support"
-    password_env: str = ""
     mailbox: str = "INBOX"
     processed: str = Field(default="flag", pattern=r"^(flag|move:.+)$")
     poll_seconds: int = Field(default=60, ge=5)

@@ -35,6 +35,12 @@ def _when(nullable: bool = True, **kwargs: Any) -> Any:
     return Field(sa_type=UTCDateTime, nullable=nullable, **kwargs)
 
 
+
+def _belongs_to(parent: str) -> Any:
+    """A required link to the row this one is about, gone when that row is deleted."""
+    foreign = ForeignKey(parent, ondelete="CASCADE")
+    return Field(sa_column=Column(Integer, foreign, index=True, nullable=False))
+
 class Customer(SQLModel, table=True):
     __tablename__ = "customers"
     __table_args__ = (
@@ -147,11 +153,7 @@ class DeliveryAttempt(SQLModel, table=True):
     __tablename__ = "delivery_attempts"
 
     id: int | None = Field(default=None, primary_key=True)
-    outbox_id: int = Field(
-        sa_column=Column(
-            Integer, ForeignKey("outbox.id", ondelete="CASCADE"), index=True, nullable=False
-        )
-    )
+    outbox_id: int = _belongs_to("outbox.id")
     at: datetime = _when(nullable=False)
     outcome: str = Field(max_length=20)
     smtp_code: int | None = None
@@ -313,11 +315,7 @@ class InquiryEvent(SQLModel, table=True):
     __tablename__ = "inquiry_events"
 
     id: int | None = Field(default=None, primary_key=True)
-    inquiry_id: int = Field(
-        sa_column=Column(
-            Integer, ForeignKey("inquiries.id", ondelete="CASCADE"), index=True, nullable=False
-        )
-    )
+    inquiry_id: int = _belongs_to("inquiries.id")
     at: datetime = _when(nullable=False)
     actor: str = Field(max_length=100)
     kind: str = Field(max_length=20)  # status, assign, note
