@@ -319,11 +319,11 @@ def _one_line(text: str) -> str:
 # Body and attachments -----------------------------------------------------------------------
 
 
-def _parts(part: MIMEPart) -> Iterator[MIMEPart]:
+def _leaves(part: MIMEPart) -> Iterator[MIMEPart]:
     """The leaves of the MIME tree; an attached message (message/rfc822) is one leaf."""
     if part.is_multipart() and part.get_content_maintype() == "multipart":
         for child in part.iter_parts():
-            yield from _parts(child)
+            yield from _leaves(child)
     else:
         yield part
 
@@ -351,7 +351,7 @@ def _body_and_attachments(
     other leaf as an attachment (HTML alternatives and further text parts excepted)."""
     bodies: list[tuple[str, MIMEPart]] = []
     attachments: list[Attachment] = []
-    for part in _parts(msg):
+    for part in _leaves(msg):
         kind = _body_kind(part)
         if kind is None:
             attachments.append(_attachment(part, notes))
@@ -438,7 +438,7 @@ def _decode(data: bytes, charset: str | None, notes: list[str], what: str) -> st
 
 def _charset_hint(msg: EmailMessage) -> str | None:
     """The first declared charset in the message: the best guess for raw 8-bit headers."""
-    for part in _parts(msg):
+    for part in _leaves(msg):
         charset = part.get_content_charset()
         if charset:
             return charset
