@@ -23,10 +23,11 @@ from email.utils import parseaddr, parsedate_to_datetime, unquote
 
 import html_to_markdown
 
+from mailer.core.text import CONTROL, one_line
+
 MAX_RAW = 25 * 1024 * 1024
 # Feeding the parser in chunks keeps its peak memory near 3x a message instead of 8x.
 _CHUNK = 64 * 1024
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 _SURROGATE = re.compile(r"[\udc80-\udcff]")
 _NAME_ADDR = re.compile(r"(?P<name>[^<>]*)<(?P<address>[^<>]*@[^<>]*)>")
 # Where each header field starts: a line that is no continuation of the one before.
@@ -185,7 +186,7 @@ def _inbound(msg: EmailMessage, raw: bytes, max_raw: int, notes: list[str]) -> I
         references=tuple(references),
         sender=sender,
         sender_name=sender_name,
-        subject=_one_line(_header_text(msg, "Subject", hint, notes)),
+        subject=one_line(_header_text(msg, "Subject", hint, notes)),
         date=_date(msg, notes),
         text=text,
         reply_text=_strip_history(text),
@@ -268,9 +269,9 @@ def _sender(msg: EmailMessage, hint: str | None, notes: list[str]) -> tuple[str,
         return "", ""
     name, address = _split_address(_eight_bit("From", value, hint, notes))
     decoded = _decode_words("From", name, notes)
-    if _CONTROL.search(decoded):
+    if CONTROL.search(decoded):
         notes.append("From display name holds control characters (an encoded line break?)")
-    return _one_line(decoded), _unsurrogate(address).lower()
+    return one_line(decoded), _unsurrogate(address).lower()
 
 
 def _split_address(value: str) -> tuple[str, str]:
@@ -306,14 +307,9 @@ def _date(msg: EmailMessage, notes: list[str]) -> datetime | None:
     try:
         parsed = parsedate_to_datetime(value)
     except (ValueError, TypeError, IndexError, OverflowError):
-        notes.append(f"Date header unreadable: {_one_line(_unsurrogate(value))[:80]!r}")
+        notes.append(f"Date header unreadable: {one_line(_unsurrogate(value))[:80]!r}")
         return None
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
-
-
-def _one_line(text: str) -> str:
-    """Control characters (a folded or hostile header) become single spaces."""
-    return " ".join(_CONTROL.sub(" ", text).split())
 
 
 # Body and attachments -----------------------------------------------------------------------
@@ -376,7 +372,7 @@ def _filename(part: MIMEPart, notes: list[str]) -> str:
     except Exception as exc:  # RFC 2231 parameters in the wild break the stdlib now and then
         notes.append(f"attachment name unreadable: {type(exc).__name__}")
         return ""
-    return _one_line(_unsurrogate(re.split(r"[\\/]", name)[-1]))
+    return one_line(_unsurrogate(re.split(r"[\\/]", name)[-1]))
 
 
 def _payload(part: MIMEPart) -> bytes:
