@@ -15,9 +15,9 @@ import pytest
 
 from mailer.inbound.autoreply import (
     RULES,
+    Decision,
     Identity,
     SenderHistory,
-    Verdict,
     bounced_addresses,
     bounced_message_ids,
     decide,
@@ -65,16 +65,16 @@ def verdict(
     history: SenderHistory = NEW_SENDER,
     identity: Identity = US,
     once_per_sender: timedelta = WEEK,
-) -> Verdict:
+) -> Decision:
     return decide(message, identity, history, NOW, once_per_sender=once_per_sender)
 
 
-def fired(result: Verdict) -> set[str]:
+def fired(result: Decision) -> set[str]:
     return {reason.partition(":")[0] for reason in result.reasons}
 
 
 def test_a_customer_inquiry_in_bulgarian_is_acknowledged_with_no_reasons() -> None:
-    assert verdict(load("inquiry_bg")) == Verdict(acknowledge=True, reasons=(), kind="inquiry")
+    assert verdict(load("inquiry_bg")) == Decision(acknowledge=True, reasons=(), kind="inquiry")
 
 
 def test_exchange_out_of_office_is_an_auto_reply_not_acknowledged() -> None:
@@ -190,7 +190,7 @@ def test_reply_in_an_acknowledged_thread_is_a_repeat() -> None:
     history = replace(NEW_SENDER, thread_already_acknowledged=True)
     result = verdict(load("reply_in_thread"), history)
 
-    assert result == Verdict(
+    assert result == Decision(
         False, ("thread-acknowledged: inquiry already acknowledged",), "repeat"
     )
 
@@ -218,7 +218,7 @@ def test_rate_backstop_fires_when_no_other_rule_does() -> None:
     history = replace(NEW_SENDER, acknowledgements_last_day=3)
     result = verdict(load("inquiry_bg"), history, once_per_sender=timedelta(0))
 
-    assert result == Verdict(
+    assert result == Decision(
         False, ("rate-backstop: 3 acknowledgements in the last day (max 3)",), "repeat"
     )
 
@@ -485,7 +485,7 @@ def test_an_encoded_line_break_in_the_display_name_still_gets_a_decision() -> No
     sender = b"From: =?utf-8?q?Ivan=0D=0AX-Evil:_1?= <ivan@example.com>"
     message = parse(re.sub(rb"^From: .*$", sender, raw, count=1, flags=re.MULTILINE))
 
-    assert verdict(message) == Verdict(acknowledge=True, reasons=(), kind="inquiry")
+    assert verdict(message) == Decision(acknowledge=True, reasons=(), kind="inquiry")
 
 
 def test_a_bounce_in_a_servers_own_format_names_the_failed_address_and_returned_message() -> None:

@@ -235,7 +235,7 @@ async def test_a_message_that_breaks_the_decision_is_logged_as_failed_and_the_re
     """A bug in the decision code cannot be produced by a real server: it is injected."""
     decide = autoreply.decide
 
-    def broken_for_one(message: EmailMessage, *args: Any, **kwargs: Any) -> autoreply.Verdict:
+    def broken_for_one(message: EmailMessage, *args: Any, **kwargs: Any) -> autoreply.Decision:
         if message["Message-ID"] == "<bad@mail.example>":
             raise KeyError("a bug in a rule")
         return decide(message, *args, **kwargs)

@@ -121,9 +121,9 @@ def _status(acknowledged: bool, kind: str) -> InquiryStatus:
 
 def _verdict(
     conn: Connection, inbound: Inbound, logged: inquiries.Logged, now: datetime, policy: AckPolicy
-) -> autoreply.Verdict:
+) -> autoreply.Decision:
     if inbound.message is None:
-        return autoreply.Verdict(False, ("unparseable: " + "; ".join(inbound.defects),), "inquiry")
+        return autoreply.Decision(False, ("unparseable: " + "; ".join(inbound.defects),), "inquiry")
     history = _history(conn, inbound.sender, logged, now)
     return autoreply.decide(
         inbound.message,

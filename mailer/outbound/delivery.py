@@ -23,7 +23,7 @@ from mailer.core.errors import RenderTimeout, TemplateError
 from mailer.outbound import outbox
 from mailer.outbound.outbox import Claimed, Outcome, Policy, Result
 from mailer.outbound.prepare import Outgoing, Preparer
-from mailer.outbound.smtp import Failure, SmtpPool, Verdict, backoff, classify
+from mailer.outbound.smtp import Diagnosis, Failure, SmtpPool, backoff, classify
 
 log = logging.getLogger("mailer.outbound.delivery")
 Row = dict[str, Any]  # an outbox row as claimed
@@ -125,21 +125,21 @@ class Delivery:
         )
 
     def _failure(self, message: Outgoing, row: Row, exc: Exception) -> Outcome:
-        verdict = classify(exc)
+        diagnosis = classify(exc)
         now = self.clock.now()
-        if verdict.result == Failure.OUTAGE:
-            self._enter_outage(verdict.reply)
-            return self._released(message, verdict.reply)
-        if verdict.result == Failure.RETRY:
+        if diagnosis.result == Failure.OUTAGE:
+            self._enter_outage(diagnosis.reply)
+            return self._released(message, diagnosis.reply)
+        if diagnosis.result == Failure.RETRY:
             retry_at = now + backoff(row["attempts"] + 1, self.rng)
             if retry_at <= _deadline(row):
-                reason = f"retrying at {retry_at:%Y-%m-%d %H:%M} UTC after: {verdict.reply}"
+                reason = f"retrying at {retry_at:%Y-%m-%d %H:%M} UTC after: {diagnosis.reply}"
                 return _failed(
-                    message, now, verdict, reason, result=Result.RETRY, retry_at=retry_at
+                    message, now, diagnosis, reason, result=Result.RETRY, retry_at=retry_at
                 )
-            reason = f"gave up after {row['attempts'] + 1} attempts: {verdict.reply}"
-            return _failed(message, now, verdict, reason)
-        return _failed(message, now, verdict, verdict.reply)
+            reason = f"gave up after {row['attempts'] + 1} attempts: {diagnosis.reply}"
+            return _failed(message, now, diagnosis, reason)
+        return _failed(message, now, diagnosis, diagnosis.reply)
 
     def _released(self, message: Outgoing, why: str) -> Outcome:
         return _waiting(message.outbox_id, self.clock.now(), why)
@@ -225,7 +225,7 @@ def _template_failed(row_id: int, now: datetime, exc: Exception) -> Outcome:
 def _failed(
     message: Outgoing,
     now: datetime,
-    verdict: Verdict,
+    diagnosis: Diagnosis,
     reason: str,
     *,
     result: Result = Result.FAILED,
@@ -237,7 +237,7 @@ def _failed(
         result=result,
         at=now,
         reason=reason,
-        smtp_code=verdict.code,
-        smtp_reply=verdict.reply,
+        smtp_code=diagnosis.code,
+        smtp_reply=diagnosis.reply,
         retry_at=retry_at,
     )

@@ -458,7 +458,6 @@ class Result(StrEnum):
     SENT = "sent"
     RETRY = "retry"
     FAILED = "failed"
-    SKIPPED = "skipped"
     RELEASED = "released"  # back to the queue untried: no attempt is recorded
 
 
@@ -542,7 +541,6 @@ _RESULT_STATEMENTS = {
     Result.FAILED: _result_statement(
         status=OutboxStatus.FAILED, reason=bindparam("_reason"), attempts=OUTBOX.c.attempts + 1
     ),
-    Result.SKIPPED: _result_statement(status=OutboxStatus.SKIPPED, reason=bindparam("_reason")),
     Result.RELEASED: _result_statement(
         status=OutboxStatus.QUEUED, reserved_at=None, reason=bindparam("_reason")
     ),

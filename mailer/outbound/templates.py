@@ -35,6 +35,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from mailer.core.errors import Problem, TemplateError
 from mailer.core.fieldtypes import locale_tag
+from mailer.core.text import one_line
 from mailer.outbound import renderpool
 from mailer.outbound.formatting import DEFAULT_LOCALE, FILTERS, with_reader
 
@@ -44,7 +45,6 @@ SUBJECT, HTML, TEXT, SAMPLE = "subject.txt", "body.html", "body.txt", "sample.to
 # Remote stylesheets would make rendering depend on the network; @media rules cannot be
 # inlined, so they stay in a <style> tag for the clients that honour them.
 _INLINER = css_inline.CSSInliner(load_remote_stylesheets=False, keep_at_rules=True)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 _NO_ATTRIBUTE = re.compile(r"^'[^']*' has no attribute '(?P<attribute>.+)'$")
 _NO_VARIABLE = re.compile(r"^('.+') is undefined$")
 
@@ -182,7 +182,7 @@ class _Renderer(_Folders):
         html = self._render(files.html, data) if files.html else None
         text = self._render(files.text, data) if files.text else _html_to_text(html or "")
         return RenderedMessage(
-            subject=_one_line(self._render(files.subject, data)),
+            subject=one_line(self._render(files.subject, data)),
             text=text,
             html=_INLINER.inline(html) if html is not None else None,
             variant=variant,
@@ -400,11 +400,6 @@ def _fallbacks(locale: str | None) -> list[str]:
     """The folder names to try, most specific first: "bg_BG" -> ["bg-bg", "bg"]."""
     parts = _key(locale).split("-") if locale else []
     return ["-".join(parts[:n]) for n in range(len(parts), 0, -1)]
-
-
-def _one_line(text: str) -> str:
-    """A subject is one header line: control characters from customer data become spaces."""
-    return " ".join(_CONTROL.sub(" ", text).split())
 
 
 _TO_TEXT = html_to_markdown.ConversionOptions(

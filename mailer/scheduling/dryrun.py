@@ -26,33 +26,37 @@ CHUNK = 1_000
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
+class Fate:
+    """What the run would do for one customer, and why."""
+
     email: str
     action: str  # send, defer, expire, skip, or "already queued"
     reason: str
 
 
 @dataclass
-class Preview:
+class Forecast:
+    """One planned run, dry: how many customers meet each fate, and the first few by name."""
+
     plan: Plan
-    outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
-    sample: list[Outcome] = field(default_factory=list)
+    tally: Counter[tuple[str, str]] = field(default_factory=Counter)
+    sample: list[Fate] = field(default_factory=list)
 
     @property
     def total(self) -> int:
-        return sum(self.outcomes.values())
+        return sum(self.tally.values())
 
 
-def preview(
+def forecast(
     engine: Engine,
     plan: Plan,
     rules: throttle.Rules,
     fallback_zone: ZoneInfo,
     *,
     sample: int = 20,
-) -> Preview:
+) -> Forecast:
     """Every selected customer's fate at the run's planned time; the first ``sample`` kept."""
-    found = Preview(plan)
+    found = Forecast(plan)
     occurrence = plan.occurrence
     with engine.connect() as conn:
         for chunk in _chunks(conn, plan):
@@ -60,16 +64,16 @@ def preview(
             history = outbox.contacts(conn, [row["id"] for row in chunk], occurrence.at)
             for row in chunk:
                 if row["id"] in queued:
-                    outcome = Outcome(row["email"], "already queued", "the run was done before")
+                    fate = Fate(row["email"], "already queued", "the run was done before")
                 else:
                     state = outbox.customer_state(row, history.get(row["id"], []), fallback_zone)
                     decision = throttle.decide(
                         plan.category, occurrence.at, occurrence.valid_until, state, rules
                     )
-                    outcome = Outcome(row["email"], decision.action, _reason(decision))
-                found.outcomes[(outcome.action, outcome.reason)] += 1
+                    fate = Fate(row["email"], decision.action, _reason(decision))
+                found.tally[(fate.action, fate.reason)] += 1
                 if len(found.sample) < sample:
-                    found.sample.append(outcome)
+                    found.sample.append(fate)
     return found
 
 
