@@ -187,7 +187,7 @@ async def test_a_hard_bounce_suppresses_the_address(
     with engine.connect() as conn:
         ivan = profiles.get(conn, "ivan.dimitrov@mail.example.bg")
         statuses = conn.execute(select(inquiries.INQUIRIES.c.decision)).scalars().all()
-    assert statuses == ["bounce"] and ivan["suppressed_reason"].startswith("hard bounce")
+    assert statuses == ["bounce"] and ivan.suppressed_reason.startswith("hard bounce")
     assert ack_rows(engine) == []
 
 
@@ -296,7 +296,7 @@ async def test_a_mailto_unsubscribe_request_unsubscribes_at_once_and_is_not_ackn
     """What a mail client sends for our List-Unsubscribe mailto: link (subject from the URL)."""
     with engine.connect() as conn:
         maria = profiles.get(conn, "maria@example.com")
-    token = tokens.sign(tokens.load_secret(cfg), maria["id"] + (1 if forged else 0))
+    token = tokens.sign(tokens.load_secret(cfg), maria.id + (1 if forged else 0))
     if forged:
         token = token.replace(".", ".x", 1)
     request = inquiry("<unsub@mail.example>").replace(
@@ -306,7 +306,7 @@ async def test_a_mailto_unsubscribe_request_unsubscribes_at_once_and_is_not_ackn
     await watcher.process_available()
     (logged,) = inquiry_rows(engine)
     with engine.connect() as conn:
-        unsubscribed_at = profiles.get(conn, "maria@example.com")["unsubscribed_at"]
+        unsubscribed_at = profiles.get(conn, "maria@example.com").unsubscribed_at
     if forged:
         assert unsubscribed_at is None and logged["status"] == InquiryStatus.ACKNOWLEDGED
     else:

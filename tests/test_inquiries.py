@@ -46,8 +46,8 @@ def test_an_unknown_sender_becomes_a_lead_without_marketing_consent(
     with engine.connect() as conn:
         lead = profiles.get(conn, "ana@example.com")
         stored = inquiries.get(conn, logged.inquiry_id)
-    assert logged.customer_id == lead["id"] and lead["source"] == "inquiry"
-    assert (lead["name"], lead["marketing_consent"]) == ("Ана Петрова", False)
+    assert logged.customer_id == lead.id and lead.source == "inquiry"
+    assert (lead.name, lead.marketing_consent) == ("Ана Петрова", False)
     assert stored is not None and stored["status"] == InquiryStatus.NEW
     assert stored["raw"].startswith(b"From: ") and "мелачката" in stored["body_text"]
 
@@ -58,7 +58,7 @@ def test_a_known_customer_is_linked_and_not_duplicated(
     add_customers(engine, tmp_path, "email,name\nana@example.com,Ana P.\n", clock.now())
     logged = log(engine, mail("<a2@mail.example>"), clock)
     with engine.connect() as conn:
-        assert logged.customer_id == profiles.get(conn, "ana@example.com")["id"]
+        assert logged.customer_id == profiles.get(conn, "ana@example.com").id
         assert len(profiles.find(conn)) == 1
 
 

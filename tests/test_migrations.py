@@ -186,7 +186,7 @@ def test_customers_stored_before_the_search_column_are_found_in_any_case(
         )
     migrate.upgrade(engine)
     with engine.connect() as conn:
-        assert [c["email"] for c in profiles.find(conn, search="ИВАНОВА")] == ["ana@example.com"]
-        assert [c["email"] for c in profiles.find(conn, search="ани")] == ["ana@example.com"]
+        assert [c.email for c in profiles.find(conn, search="ИВАНОВА")] == ["ana@example.com"]
+        assert [c.email for c in profiles.find(conn, search="ани")] == ["ana@example.com"]
         assert len(profiles.find(conn, search="КЛИЕНТ 149")) == 11  # 149 and 1490-1499
     engine.dispose()

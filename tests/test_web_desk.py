@@ -63,7 +63,7 @@ def maria(engine: Engine, clock: ManualClock, tmp_path: Path) -> int:
         clock.now() - timedelta(days=30),
     )
     with engine.connect() as conn:
-        return int(profiles.get(conn, "maria@example.com")["id"])
+        return int(profiles.get(conn, "maria@example.com").id)
 
 
 @pytest.fixture
@@ -222,13 +222,13 @@ async def test_the_customer_page_shows_a_throttled_newsletter_with_its_reason(
     outbox.enqueue(engine, news, now)
     rules = throttle.Rules.from_settings(cfg.settings.throttle)
     policy = Policy(rules, cfg.settings.business_hours.timezone, timedelta(minutes=5))
-    claimed = [c.row for c in outbox.claim(engine, now, 10, policy)]
-    sent = next(r for r in claimed if r["category"] == Category.MARKETING)
+    claimed = outbox.claim(engine, now, 10, policy)
+    sent = next(c for c in claimed if c.category == Category.MARKETING)
     outbox.record(
         engine,
         [
             Outcome(
-                outbox_id=sent["id"],
+                outbox_id=sent.id,
                 result=Result.SENT,
                 at=now,
                 message_id="<n1@x>",

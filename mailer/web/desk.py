@@ -213,7 +213,7 @@ async def customer_list(request: Request) -> Response:
     return render(request, "customer_list.html", context)
 
 
-def _customers(request: Request, q: str, page: int) -> list[dict[str, Any]]:
+def _customers(request: Request, q: str, page: int) -> list[profiles.Profile]:
     """One more than a page, to know whether another follows without counting them all."""
     with state(request).engine.connect() as conn:
         return profiles.find(conn, search=q, limit=PAGE + 1, offset=(page - 1) * PAGE)
@@ -240,7 +240,7 @@ def _customer(request: Request, customer_id: int, readable: bool) -> dict[str, A
         return {
             "customer": customer,
             "now": now,
-            "zone": customer["timezone"] or web.cfg.settings.business_hours.timezone.key,
+            "zone": customer.timezone or web.cfg.settings.business_hours.timezone.key,
             "inquiries": inquiries.of_customer(conn, customer_id, with_text=readable),
             "messages": messages[:HISTORY],
             "more_messages": len(messages) > HISTORY,
