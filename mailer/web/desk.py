@@ -128,7 +128,7 @@ def _inquiry(request: Request, inquiry_id: int) -> dict[str, Any] | None:
         inquiry = inquiries.get(conn, inquiry_id)
         if inquiry is None:
             return None
-        ids = [message["id"] for message in inquiry["thread"]]
+        ids = [message.id for message in inquiry.thread]
         return {
             "inquiry": inquiry,
             "raw_text": _raw_text(inquiry),
@@ -138,11 +138,11 @@ def _inquiry(request: Request, inquiry_id: int) -> dict[str, Any] | None:
         }
 
 
-def _raw_text(inquiry: dict[str, Any]) -> str | None:
+def _raw_text(inquiry: inquiries.Opened) -> str | None:
     """A message that could not be read has no text: support gets its source instead."""
-    if inquiry["body_text"] or not inquiry["raw"]:
+    if inquiry.body_text or not inquiry.raw:
         return None
-    return bytes(inquiry["raw"][:RAW_SHOWN]).decode("utf-8", "replace")
+    return bytes(inquiry.raw[:RAW_SHOWN]).decode("utf-8", "replace")
 
 
 def _assignees(conn: Connection) -> list[str]:
