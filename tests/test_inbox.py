@@ -115,7 +115,7 @@ async def test_an_inquiry_is_logged_acknowledged_in_bulgarian_and_marked_process
     assert mail["Auto-Submitted"] == "auto-replied"
     assert mail["X-Auto-Response-Suppress"] == "All"
     assert mail["In-Reply-To"] == "<q1@mail.example>"
-    assert mail["Subject"] == f"Получихме съобщението Ви [#{logged['id']}]"
+    assert mail["Subject"] == f"Получихме съобщението Ви [#{logged.id}]"
     assert "Мария" in mail.get_body(("plain",)).get_content()
 
 
@@ -354,7 +354,7 @@ async def test_a_delay_notice_changes_nothing_but_the_log(
                 profiles.CUSTOMERS.c.suppressed_reason.is_not(None)
             )
         ).all()
-    assert logged["decision"] == "bounce" and flagged == []
+    assert logged.decision == "bounce" and flagged == []
 
 
 async def test_a_person_whose_from_header_breaks_the_parser_is_logged_and_acknowledged(
@@ -377,7 +377,7 @@ async def test_a_message_with_no_usable_sender_stays_unanswered_and_says_why(
     await watcher.process_available()
     (logged,) = inquiry_rows(engine)
     assert logged.status == InquiryStatus.CLOSED and ack_rows(engine) == []
-    assert any(str(r).startswith("no-sender: From:") for r in logged["reasons"])
+    assert any(str(r).startswith("no-sender: From:") for r in logged.reasons)
 
 
 async def test_a_hard_bounce_in_a_servers_own_format_marks_the_returned_message_bounced(

@@ -123,7 +123,7 @@ async def test_the_acknowledgement_and_the_rules_that_fired_are_shown_with_the_m
     await expect(message).to_contain_text("to maria@example.com")
     await page.goto(f"{site.url}/inquiries/{order}")
     reasons = page.get_by_role("article", name=f"Message #{order}").locator("ul.reasons li")
-    await expect(reasons).to_have_text(decided["reasons"])
+    await expect(reasons).to_have_text(decided.reasons)
 
 
 async def test_a_stranger_claiming_an_inquiry_gets_one_of_their_own_that_says_which(
