@@ -43,7 +43,7 @@ CUSTOMERS_CSV = (
 def people(engine: Engine, tmp_path: Path, clock: ManualClock) -> dict[str, int]:
     add_customers(engine, tmp_path, CUSTOMERS_CSV, clock.now())
     with engine.connect() as conn:
-        return {c["email"].split("@")[0]: c["id"] for c in profiles.find(conn)}
+        return {c.email.split("@")[0]: c.id for c in profiles.find(conn)}
 
 
 def message(people: dict[str, int], who: str, key: str, **kwargs: object) -> NewMessage:
@@ -234,10 +234,8 @@ async def test_a_cancelled_stuck_message_is_not_queued_again_by_its_late_worker(
     now = road.clock.now()
     (claimed,) = outbox.claim(road.engine, now, 10, road.delivery.policy)  # stuck sending
     with road.engine.begin() as conn:
-        assert outbox.cancel(conn, claimed.row["id"], now)
-    late = Outcome(
-        outbox_id=claimed.row["id"], result=Result.RELEASED, at=now, reason="waiting: shutdown"
-    )
+        assert outbox.cancel(conn, claimed.id, now)
+    late = Outcome(outbox_id=claimed.id, result=Result.RELEASED, at=now, reason="waiting: shutdown")
     outbox.record(road.engine, [late])
     assert road.status("k7")["status"] == "cancelled"
     assert await road.deliver(after=timedelta(hours=1)) == 0

@@ -81,7 +81,7 @@ async def watcher(
     await watcher.close()
 
 
-def inquiry_rows(engine: Engine) -> list[dict[str, object]]:
+def inquiry_rows(engine: Engine) -> list[inquiries.Listed]:
     with engine.connect() as conn:
         return inquiries.find(conn, limit=100)
 
@@ -103,7 +103,7 @@ async def test_an_inquiry_is_logged_acknowledged_in_bulgarian_and_marked_process
     dovecot.append(inquiry("<q1@mail.example>"), folder)
     assert await watcher.process_available() == 1
     (logged,) = inquiry_rows(engine)
-    assert logged["status"] == InquiryStatus.ACKNOWLEDGED and logged["reasons"] == []
+    assert logged.status == InquiryStatus.ACKNOWLEDGED and logged.reasons == []
     assert PROCESSED_KEYWORD in dovecot.flags(folder)[1]
     sink = Sink()
     async with listening(sink) as port:
@@ -115,7 +115,7 @@ async def test_an_inquiry_is_logged_acknowledged_in_bulgarian_and_marked_process
     assert mail["Auto-Submitted"] == "auto-replied"
     assert mail["X-Auto-Response-Suppress"] == "All"
     assert mail["In-Reply-To"] == "<q1@mail.example>"
-    assert mail["Subject"] == f"Получихме съобщението Ви [#{logged['id']}]"
+    assert mail["Subject"] == f"Получихме съобщението Ви [#{logged.id}]"
     assert "Мария" in mail.get_body(("plain",)).get_content()
 
 
@@ -149,8 +149,8 @@ async def test_an_out_of_office_reply_is_logged_and_closed_never_acknowledged(
     dovecot.append((MAIL / "exchange_out_of_office.eml").read_bytes(), folder)
     await watcher.process_available()
     (logged,) = inquiry_rows(engine)
-    assert logged["status"] == InquiryStatus.CLOSED and logged["decision"] == "auto-reply"
-    assert any("auto-submitted" in r for r in logged["reasons"])  # type: ignore[attr-defined]
+    assert logged.status == InquiryStatus.CLOSED and logged.decision == "auto-reply"
+    assert any("auto-submitted" in r for r in logged.reasons)
     assert ack_rows(engine) == []
 
 
@@ -161,7 +161,7 @@ async def test_our_own_acknowledgement_coming_back_is_not_answered(
     dovecot.append(inquiry("<loop@northwind-roasters.example>", extra=extra), folder)
     await watcher.process_available()
     (logged,) = inquiry_rows(engine)
-    assert logged["decision"] == "loop" and ack_rows(engine) == []
+    assert logged.decision == "loop" and ack_rows(engine) == []
 
 
 async def test_a_second_message_in_an_acknowledged_thread_gets_no_second_ack(
@@ -174,8 +174,8 @@ async def test_a_second_message_in_an_acknowledged_thread_gets_no_second_ack(
         inquiry("<th2@mail.example>", extra="In-Reply-To: <th1@mail.example>\r\n"), folder
     )
     await watcher.process_available()
-    first, second = sorted(inquiry_rows(engine), key=lambda r: r["id"])  # type: ignore[arg-type, return-value]
-    assert second["thread_id"] == first["id"] and second["status"] == InquiryStatus.NEW
+    first, second = sorted(inquiry_rows(engine), key=lambda r: r.id)
+    assert second.thread_id == first.id and second.status == InquiryStatus.NEW
     assert len(ack_rows(engine)) == 1
 
 
@@ -187,7 +187,7 @@ async def test_a_hard_bounce_suppresses_the_address(
     with engine.connect() as conn:
         ivan = profiles.get(conn, "ivan.dimitrov@mail.example.bg")
         statuses = conn.execute(select(inquiries.INQUIRIES.c.decision)).scalars().all()
-    assert statuses == ["bounce"] and ivan["suppressed_reason"].startswith("hard bounce")
+    assert statuses == ["bounce"] and ivan.suppressed_reason.startswith("hard bounce")
     assert ack_rows(engine) == []
 
 
@@ -247,13 +247,13 @@ async def test_a_message_that_breaks_the_decision_is_logged_as_failed_and_the_re
 
     assert await watcher.process_available() == 3
 
-    rows = {r["id"]: r for r in inquiry_rows(engine)}
-    failed = [r for r in rows.values() if r["status"] == InquiryStatus.FAILED]
+    rows = {r.id: r for r in inquiry_rows(engine)}
+    failed = [r for r in rows.values() if r.status == InquiryStatus.FAILED]
     assert len(rows) == 3 and len(failed) == 1
     with engine.connect() as conn:
-        kept = inquiries.get(conn, int(failed[0]["id"]))  # type: ignore[call-overload]
-    assert kept is not None and b"<bad@mail.example>" in kept["raw"]
-    assert "a bug in a rule" in kept["error"]
+        kept = inquiries.get(conn, failed[0].id)
+    assert kept is not None and b"<bad@mail.example>" in kept.raw
+    assert "a bug in a rule" in kept.error
     assert all(PROCESSED_KEYWORD in flags for flags in dovecot.flags(folder).values())
     assert await watcher.process_available() == 0, "not fetched again"
 
@@ -277,10 +277,10 @@ async def test_raw_mail_above_keep_raw_mb_is_kept_truncated_and_says_so(
         await watcher.close()
     (row,) = inquiry_rows(engine)
     with engine.connect() as conn:
-        kept = inquiries.get(conn, int(row["id"]))  # type: ignore[call-overload]
-    assert kept is not None and kept["raw_truncated"] and len(kept["raw"]) == 1024 * 1024
-    assert any("raw kept up to 1048576 bytes" in d for d in kept["defects"])
-    assert row["status"] == InquiryStatus.ACKNOWLEDGED
+        kept = inquiries.get(conn, row.id)
+    assert kept is not None and kept.raw_truncated and len(kept.raw) == 1024 * 1024
+    assert any("raw kept up to 1048576 bytes" in d for d in kept.defects)
+    assert row.status == InquiryStatus.ACKNOWLEDGED
 
 
 @pytest.mark.parametrize("forged", [False, True])
@@ -296,7 +296,7 @@ async def test_a_mailto_unsubscribe_request_unsubscribes_at_once_and_is_not_ackn
     """What a mail client sends for our List-Unsubscribe mailto: link (subject from the URL)."""
     with engine.connect() as conn:
         maria = profiles.get(conn, "maria@example.com")
-    token = tokens.sign(tokens.load_secret(cfg), maria["id"] + (1 if forged else 0))
+    token = tokens.sign(tokens.load_secret(cfg), maria.id + (1 if forged else 0))
     if forged:
         token = token.replace(".", ".x", 1)
     request = inquiry("<unsub@mail.example>").replace(
@@ -306,12 +306,12 @@ async def test_a_mailto_unsubscribe_request_unsubscribes_at_once_and_is_not_ackn
     await watcher.process_available()
     (logged,) = inquiry_rows(engine)
     with engine.connect() as conn:
-        unsubscribed_at = profiles.get(conn, "maria@example.com")["unsubscribed_at"]
+        unsubscribed_at = profiles.get(conn, "maria@example.com").unsubscribed_at
     if forged:
-        assert unsubscribed_at is None and logged["status"] == InquiryStatus.ACKNOWLEDGED
+        assert unsubscribed_at is None and logged.status == InquiryStatus.ACKNOWLEDGED
     else:
-        assert unsubscribed_at == clock.now() and logged["decision"] == "unsubscribe"
-        assert logged["status"] == InquiryStatus.CLOSED and ack_rows(engine) == []
+        assert unsubscribed_at == clock.now() and logged.decision == "unsubscribe"
+        assert logged.status == InquiryStatus.CLOSED and ack_rows(engine) == []
 
 
 async def test_a_hard_bounce_marks_the_returned_message_bounced_by_its_message_id(
@@ -354,7 +354,7 @@ async def test_a_delay_notice_changes_nothing_but_the_log(
                 profiles.CUSTOMERS.c.suppressed_reason.is_not(None)
             )
         ).all()
-    assert logged["decision"] == "bounce" and flagged == []
+    assert logged.decision == "bounce" and flagged == []
 
 
 async def test_a_person_whose_from_header_breaks_the_parser_is_logged_and_acknowledged(
@@ -364,9 +364,9 @@ async def test_a_person_whose_from_header_breaks_the_parser_is_logged_and_acknow
     dovecot.append(inquiry("<crlf@mail.example>", sender=broken), folder)
     await watcher.process_available()
     (logged,) = inquiry_rows(engine)
-    assert logged["status"] == InquiryStatus.ACKNOWLEDGED, logged["error"]
-    assert (logged["sender"], logged["sender_name"]) == ("ivan@example.com", "Ivan X-Evil: 1")
-    assert any("From display name holds control characters" in d for d in logged["defects"])
+    assert logged.status == InquiryStatus.ACKNOWLEDGED, logged.error
+    assert (logged.sender, logged.sender_name) == ("ivan@example.com", "Ivan X-Evil: 1")
+    assert any("From display name holds control characters" in d for d in logged.defects)
     assert [a["to_address"] for a in ack_rows(engine)] == ["ivan@example.com"]
 
 
@@ -376,8 +376,8 @@ async def test_a_message_with_no_usable_sender_stays_unanswered_and_says_why(
     dovecot.append(inquiry("<nobody@mail.example>", sender="=?utf-8?q?=0D=0A?="), folder)
     await watcher.process_available()
     (logged,) = inquiry_rows(engine)
-    assert logged["status"] == InquiryStatus.CLOSED and ack_rows(engine) == []
-    assert any(str(r).startswith("no-sender: From:") for r in logged["reasons"])
+    assert logged.status == InquiryStatus.CLOSED and ack_rows(engine) == []
+    assert any(str(r).startswith("no-sender: From:") for r in logged.reasons)
 
 
 async def test_a_hard_bounce_in_a_servers_own_format_marks_the_returned_message_bounced(
@@ -398,5 +398,5 @@ async def test_a_hard_bounce_in_a_servers_own_format_marks_the_returned_message_
     (logged,) = inquiry_rows(engine)
     with engine.connect() as conn:
         (row,) = outbox.find(conn, limit=10)
-    assert logged["decision"] == "bounce" and ack_rows(engine) == []
+    assert logged.decision == "bounce" and ack_rows(engine) == []
     assert row["status"] == OutboxStatus.BOUNCED and "userx@its.example.nl" in str(row["reason"])

@@ -46,10 +46,10 @@ def test_an_unknown_sender_becomes_a_lead_without_marketing_consent(
     with engine.connect() as conn:
         lead = profiles.get(conn, "ana@example.com")
         stored = inquiries.get(conn, logged.inquiry_id)
-    assert logged.customer_id == lead["id"] and lead["source"] == "inquiry"
-    assert (lead["name"], lead["marketing_consent"]) == ("Ана Петрова", False)
-    assert stored is not None and stored["status"] == InquiryStatus.NEW
-    assert stored["raw"].startswith(b"From: ") and "мелачката" in stored["body_text"]
+    assert logged.customer_id == lead.id and lead.source == "inquiry"
+    assert (lead.name, lead.marketing_consent) == ("Ана Петрова", False)
+    assert stored is not None and stored.status == InquiryStatus.NEW
+    assert stored.raw.startswith(b"From: ") and "мелачката" in stored.body_text
 
 
 def test_a_known_customer_is_linked_and_not_duplicated(
@@ -58,7 +58,7 @@ def test_a_known_customer_is_linked_and_not_duplicated(
     add_customers(engine, tmp_path, "email,name\nana@example.com,Ana P.\n", clock.now())
     logged = log(engine, mail("<a2@mail.example>"), clock)
     with engine.connect() as conn:
-        assert logged.customer_id == profiles.get(conn, "ana@example.com")["id"]
+        assert logged.customer_id == profiles.get(conn, "ana@example.com").id
         assert len(profiles.find(conn)) == 1
 
 
@@ -81,7 +81,7 @@ def test_a_different_message_that_reuses_a_message_id_is_logged_too(
     assert not second.duplicate and second.inquiry_id != first.inquiry_id
     assert again == inquiries.Logged(second.inquiry_id, None, second.customer_id, duplicate=True)
     with engine.connect() as conn:
-        assert sorted(i["sender"] for i in inquiries.find(conn)) == [
+        assert sorted(i.sender for i in inquiries.find(conn)) == [
             "ana@example.com",
             "ivan@example.com",
         ]
@@ -128,11 +128,11 @@ def test_a_stranger_cannot_write_into_another_customers_inquiry(
         with engine.connect() as conn:
             stored = inquiries.get(conn, logged.inquiry_id)
         assert logged.thread_id is None and stored is not None
-        assert stored["claimed_thread_id"] == root.inquiry_id
-        assert [t["id"] for t in stored["thread"]] == [logged.inquiry_id]
+        assert stored.claimed_thread_id == root.inquiry_id
+        assert [t.id for t in stored.thread] == [logged.inquiry_id]
     with engine.connect() as conn:
         thread = inquiries.get(conn, root.inquiry_id)
-    assert thread is not None and [t["sender"] for t in thread["thread"]] == ["ana@example.com"]
+    assert thread is not None and [t.sender for t in thread.thread] == ["ana@example.com"]
 
 
 def test_anyone_who_already_wrote_in_a_thread_may_continue_it(
@@ -165,7 +165,7 @@ def test_replies_join_the_first_inquiry_of_their_thread(engine: Engine, clock: M
     with engine.connect() as conn:
         thread = inquiries.get(conn, second.inquiry_id)
     assert thread is not None
-    assert [t["id"] for t in thread["thread"]] == [
+    assert [t.id for t in thread.thread] == [
         root.inquiry_id,
         reply.inquiry_id,
         second.inquiry_id,
@@ -205,7 +205,7 @@ def test_status_changes_are_kept(engine: Engine, clock: ManualClock) -> None:
         assert inquiries.set_status(conn, logged.inquiry_id, InquiryStatus.ANSWERED)
         assert not inquiries.set_status(conn, 999, InquiryStatus.CLOSED)
     with engine.connect() as conn:
-        assert [i["status"] for i in inquiries.find(conn, status="answered")] == ["answered"]
+        assert [i.status for i in inquiries.find(conn, status="answered")] == ["answered"]
 
 
 @pytest.mark.parametrize(
@@ -234,4 +234,4 @@ def test_search_finds_any_part_of_sender_subject_or_text(
         )
     with engine.connect() as conn:
         page = inquiries.browse(conn, search=search)
-    assert sorted(str(row["message_id"]) for row in page.rows) == found
+    assert sorted(str(row.message_id) for row in page.rows) == found

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -92,10 +93,11 @@ def list_(
     """List customers, sorted by email."""
     with app_of(ctx).engine().connect() as conn:
         rows = profiles.find(conn, tag=tag, search=search, limit=limit, offset=offset)
+    shown = [asdict(row) for row in rows]
     if as_json:
-        print_json(rows)
+        print_json(shown)
     else:
-        print_table(rows, LIST_COLUMNS)
+        print_table(shown, LIST_COLUMNS)
 
 
 HISTORY_COLUMNS = ("id", "created_at", "category", "template", "status", "sent_at", "reason")
@@ -113,12 +115,12 @@ def show(
     cfg, now = app_.config, app_.clock.now()
     with app_.engine().connect() as conn:
         customer = profiles.get(conn, email)
-        messages = outbox.find(conn, customer_id=customer["id"], limit=history)
+        messages = outbox.find(conn, customer_id=customer.id, limit=history)
         next_contact = outbox.next_contact(conn, customer, now, cfg.settings)
     if as_json:
-        print_json({**customer, "next_contact": next_contact, "history": messages})
+        print_json({**asdict(customer), "next_contact": next_contact, "history": messages})
         return
-    print_fields(customer, title=customer["email"])
+    print_fields(asdict(customer), title=customer.email)
     never = "never (unsubscribed or no consent)"
     allowed = {c: when or never for c, when in next_contact.items()}
     print_fields(allowed, title="\nnext allowed contact")
@@ -132,7 +134,7 @@ def unsubscribe(ctx: typer.Context, email: str, as_json: bool = JSON_OPTION) -> 
     with app_.engine().begin() as conn:
         customer = profiles.unsubscribe(conn, email, app_.clock.now())
     if as_json:
-        print_json(customer)
+        print_json(asdict(customer))
     else:
-        since = customer["unsubscribed_at"]
-        out.print(f"{customer['email']} is unsubscribed since {since:%Y-%m-%d %H:%M} UTC")
+        since = customer.unsubscribed_at
+        out.print(f"{customer.email} is unsubscribed since {since:%Y-%m-%d %H:%M} UTC")

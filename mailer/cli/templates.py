@@ -60,16 +60,16 @@ def preview(
     app_ = app_of(ctx)
     cfg = app_.config
     with app_.engine().connect() as conn:
-        row = profiles.get(conn, customer)
+        profile = profiles.get(conn, customer)
     schedules, _ = results.load(cfg, app_.clock)
     category = previews.category_of(name, schedules.values())
     message = previews.preview(
-        cfg, _store(ctx), row, name, locale=locale, category=category, now=app_.clock.now()
+        cfg, _store(ctx), profile, name, locale=locale, category=category, now=app_.clock.now()
     )
     if as_json:
         print_json(dataclasses.asdict(message))
         return
-    err.print(f"{name} / {message.variant or 'default'} for {row['email']}", style="dim")
+    err.print(f"{name} / {message.variant or 'default'} for {profile.email}", style="dim")
     out.print(f"Subject: {message.subject}", style="bold")
     for header, value in message.headers:
         out.print(f"{header}: {value}")

@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 from sqlalchemy import Engine, Table, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, RowMapping
 
 from mailer.core.errors import ImportFileError, NotFound
 from mailer.core.search import fold
@@ -36,6 +36,41 @@ CUSTOMERS: Table = Customer.__table__  # type: ignore[attr-defined]
 TAGS: Table = CustomerTag.__table__  # type: ignore[attr-defined]
 Progress = Callable[[int], None]
 SHOWN = [c for c in CUSTOMERS.c if c.name != "search_text"]  # that one is the search's own
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Profile:
+    """A stored customer as templates, the throttle and the pages see it: the table's
+    columns (less the search's own) and the customer's tags, sorted."""
+
+    id: int
+    email: str
+    name: str
+    first_name: str
+    locale: str | None
+    timezone: str | None
+    birth_month: int | None
+    birth_day: int | None
+    birth_year: int | None
+    fields: dict[str, Any]
+    marketing_consent: bool
+    relationship_consent: bool
+    unsubscribed_at: datetime | None
+    suppressed_reason: str | None
+    pause_until: datetime | None
+    caps_override: dict[str, Any] | None
+    source: str
+    created_at: datetime
+    updated_at: datetime
+    tags: tuple[str, ...] = ()  # left empty by readers that never show them (the dry run)
+
+
+_PROFILE_COLUMNS = [f.name for f in fields(Profile) if f.name != "tags"]
+
+
+def load(row: RowMapping, tags: Iterable[str] = ()) -> Profile:
+    """The one way a customers row becomes a Profile; columns it does not name are ignored."""
+    return Profile(**{name: row[name] for name in _PROFILE_COLUMNS}, tags=tuple(tags))
 
 
 @dataclass
@@ -242,7 +277,7 @@ def _replace_tags(conn: Connection, rows: list[CustomerRow]) -> None:
         conn.execute(insert(TAGS), pairs)
 
 
-def get(conn: Connection, email: str) -> dict[str, Any]:
+def get(conn: Connection, email: str) -> Profile:
     """One customer with tags, by address (any case); NotFound if there is none."""
     try:
         key = normalise_email(email)
@@ -251,18 +286,16 @@ def get(conn: Connection, email: str) -> dict[str, Any]:
     return _one(conn, CUSTOMERS.c.email == key, f"no customer {key}")
 
 
-def get_id(conn: Connection, customer_id: int) -> dict[str, Any]:
+def get_id(conn: Connection, customer_id: int) -> Profile:
     """One customer with tags, by id, as pages and links name them; NotFound if there is none."""
     return _one(conn, CUSTOMERS.c.id == customer_id, f"no customer {customer_id}")
 
 
-def _one(conn: Connection, where: Any, missing: str) -> dict[str, Any]:
-    row = conn.execute(select(*SHOWN).where(where)).one_or_none()
+def _one(conn: Connection, where: Any, missing: str) -> Profile:
+    row = conn.execute(select(*SHOWN).where(where)).mappings().one_or_none()
     if row is None:
         raise NotFound(missing)
-    customer = dict(row._mapping)
-    customer["tags"] = tags_of(conn, [customer["id"]]).get(customer["id"], [])
-    return customer
+    return load(row, tags_of(conn, [row["id"]]).get(row["id"], []))
 
 
 def find(
@@ -272,7 +305,7 @@ def find(
     search: str | None = None,
     limit: int = 50,
     offset: int = 0,
-) -> list[dict[str, Any]]:
+) -> list[Profile]:
     """Customers by email, optionally only those with a tag or containing a text in their
     address or name, in any case and script (control characters in it are ignored)."""
     query = select(*SHOWN).order_by(CUSTOMERS.c.email).limit(limit).offset(offset)
@@ -282,11 +315,9 @@ def find(
     folded = fold(search) if search else ""
     if folded:  # "%" and "_" are letters here, not wildcards
         query = query.where(CUSTOMERS.c.search_text.contains(folded, autoescape=True))
-    rows = [dict(r._mapping) for r in conn.execute(query)]
+    rows = conn.execute(query).mappings().all()
     tags = tags_of(conn, [r["id"] for r in rows])
-    for row in rows:
-        row["tags"] = tags.get(row["id"], [])
-    return rows
+    return [load(row, tags.get(row["id"], [])) for row in rows]
 
 
 def tags_of(conn: Connection, ids: list[int]) -> dict[int, list[str]]:
@@ -298,11 +329,11 @@ def tags_of(conn: Connection, ids: list[int]) -> dict[int, list[str]]:
     return found
 
 
-def unsubscribe(conn: Connection, email: str, now: datetime) -> dict[str, Any]:
+def unsubscribe(conn: Connection, email: str, now: datetime) -> Profile:
     """Stop all marketing and relationship mail to a customer, at once; idempotent."""
     customer = get(conn, email)
-    if unsubscribe_id(conn, customer["id"], now):
-        customer.update(unsubscribed_at=now, updated_at=now)
+    if unsubscribe_id(conn, customer.id, now):
+        return replace(customer, unsubscribed_at=now, updated_at=now)
     return customer
 
 

@@ -14,12 +14,12 @@ event with who did it, so the desk shows a timeline and nothing changes silently
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from sqlalchemy import Integer, Table, func, insert, or_, select, text, tuple_, update
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, RowMapping
 
 from mailer.core.search import term
 from mailer.customers import profiles
@@ -215,6 +215,99 @@ def _customer_for(conn: Connection, inbound: Inbound, now: datetime) -> int | No
     return profiles.add_lead(conn, email, inbound.sender_name, now)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Listed:
+    """An inquiry as lists show it: without what was written or the raw bytes."""
+
+    id: int
+    message_id: str | None
+    fingerprint: str | None
+    thread_id: int | None
+    customer_id: int | None
+    sender: str
+    sender_name: str
+    subject: str
+    attachments: list[dict[str, Any]]
+    defects: list[str]
+    received_at: datetime
+    status: str
+    decision: str | None
+    reasons: list[str]
+    error: str | None
+    raw_truncated: bool
+    assignee: str | None
+    claimed_thread_id: int | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Message(Listed):
+    """One message of a thread, with what it said (the raw bytes stay in the database)."""
+
+    body_text: str
+    reply_text: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Opened(Message):
+    """One inquiry as the desk opens it: its raw bytes and every message of its thread."""
+
+    raw: bytes
+    thread: list[Message]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OfCustomer:
+    """A customer's inquiry on their profile; what they wrote is None for readers who may
+    not see it."""
+
+    id: int
+    thread_id: int | None
+    received_at: datetime
+    status: str
+    subject: str | None = None
+    sender: str | None = None
+    body_text: str | None = None
+    reply_text: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Acknowledgement:
+    """The acknowledgement queued for an inquiry, as the desk shows it."""
+
+    status: str
+    subject: str | None
+    to_address: str
+    created_at: datetime
+    sent_at: datetime | None
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """Something a person did with an inquiry."""
+
+    id: int
+    inquiry_id: int
+    at: datetime
+    actor: str
+    kind: str
+    text: str
+
+
+_R = TypeVar("_R", Listed, Message, Opened, OfCustomer, Acknowledgement, Event)
+
+
+def _load(record: type[_R], row: RowMapping, **more: Any) -> _R:
+    """The one way a row becomes one of these records: the columns it declares, by name
+    (those a query left out take their defaults), and what is not a column."""
+    return record(**{f.name: row[f.name] for f in fields(record) if f.name in row}, **more)
+
+
+def columns(record: Listed) -> dict[str, Any]:
+    """The record's columns in the table's order, as `mailer inquiries` prints them."""
+    return {c.name: getattr(record, c.name) for c in INQUIRIES.c if hasattr(record, c.name)}
+
+
 _BODIES = ("raw", "body_text", "reply_text")
 _NEWEST = (INQUIRIES.c.received_at.desc(), INQUIRIES.c.id.desc())
 _OLDEST = (INQUIRIES.c.received_at, INQUIRIES.c.id)
@@ -225,7 +318,7 @@ def _columns(*leave_out: str) -> list[Any]:
     return [c for c in INQUIRIES.c if c.name not in leave_out]
 
 
-def find(conn: Connection, *, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+def find(conn: Connection, *, status: str | None = None, limit: int = 50) -> list[Listed]:
     """Newest first, without raw bytes or bodies."""
     return browse(conn, status=status, size=limit).rows
 
@@ -234,7 +327,7 @@ def find(conn: Connection, *, status: str | None = None, limit: int = 50) -> lis
 class Page:
     """One screen of the newest-first list, and where to go on from either end."""
 
-    rows: list[dict[str, Any]]
+    rows: list[Listed]
     newer: int | None  # browse(after=newer) is the page before this one
     older: int | None  # browse(before=older) is the page after this one
 
@@ -265,18 +358,18 @@ def browse(
         key, edge_key = tuple_(*_OLDEST), tuple_(at, edge)
         query = query.where(key > edge_key if after is not None else key < edge_key)
     order = _OLDEST if after is not None else _NEWEST
-    rows = [dict(r) for r in conn.execute(query.order_by(*order)).mappings()]
+    rows = [_load(Listed, r) for r in conn.execute(query.order_by(*order)).mappings()]
     return _page(rows, size, forwards=after is None, from_edge=edge is not None)
 
 
-def _page(rows: list[dict[str, Any]], size: int, *, forwards: bool, from_edge: bool) -> Page:
+def _page(rows: list[Listed], size: int, *, forwards: bool, from_edge: bool) -> Page:
     """One more row than shown was asked for: its presence says the list goes on that way."""
     more, rows = len(rows) > size, rows[:size]
     if not forwards:
         rows.reverse()
     newer = more if not forwards else from_edge
     older = more if forwards else True
-    first, last = (rows[0]["id"], rows[-1]["id"]) if rows else (None, None)
+    first, last = (rows[0].id, rows[-1].id) if rows else (None, None)
     return Page(rows, first if newer else None, last if older else None)
 
 
@@ -300,7 +393,7 @@ def _escape_like(value: str) -> str:
     return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def get(conn: Connection, inquiry_id: int) -> dict[str, Any] | None:
+def get(conn: Connection, inquiry_id: int) -> Opened | None:
     """One inquiry with every message of its thread, oldest first (without raw bytes)."""
     row = conn.execute(select(INQUIRIES).where(INQUIRIES.c.id == inquiry_id)).mappings().first()
     if row is None:
@@ -311,24 +404,25 @@ def get(conn: Connection, inquiry_id: int) -> dict[str, Any] | None:
         .where((INQUIRIES.c.id == root) | (INQUIRIES.c.thread_id == root))
         .order_by(*_OLDEST)
     ).mappings()
-    return {**row, "thread": [dict(t) for t in thread]}
+    return _load(Opened, row, thread=[_load(Message, t) for t in thread])
 
 
-def of_customer(conn: Connection, customer_id: int, *, with_text: bool) -> list[dict[str, Any]]:
+def of_customer(conn: Connection, customer_id: int, *, with_text: bool) -> list[OfCustomer]:
     """A customer's inquiries, newest first; what they wrote only for those who may read it."""
     c = INQUIRIES.c
     columns = [c.id, c.thread_id, c.received_at, c.status]
     if with_text:  # a subject is something the customer wrote too
         columns += [c.subject, c.sender, c.body_text, c.reply_text]
     query = select(*columns).where(c.customer_id == customer_id).order_by(*_NEWEST)
-    return [dict(r) for r in conn.execute(query).mappings()]
+    return [_load(OfCustomer, r) for r in conn.execute(query).mappings()]
 
 
-def acknowledgements(conn: Connection, inquiry_ids: list[int]) -> dict[int, dict[str, Any]]:
+def acknowledgements(conn: Connection, inquiry_ids: list[int]) -> dict[int, Acknowledgement]:
     """The acknowledgement queued for each of these inquiries, by inquiry, where there is one."""
     keys = {ack_key(i): i for i in inquiry_ids}
     query = select(OUTBOX).where(OUTBOX.c.dedupe_key.in_(list(keys)))
-    return {keys[r["dedupe_key"]]: dict(r) for r in conn.execute(query).mappings()}
+    found = conn.execute(query).mappings()
+    return {keys[r["dedupe_key"]]: _load(Acknowledgement, r) for r in found}
 
 
 def set_status(conn: Connection, inquiry_id: int, status: InquiryStatus) -> bool:
@@ -382,11 +476,11 @@ def _record(
     conn.execute(insert(INQUIRY_EVENTS).values(**values))
 
 
-def events(conn: Connection, inquiry_id: int) -> list[dict[str, Any]]:
+def events(conn: Connection, inquiry_id: int) -> list[Event]:
     """What people did with the inquiry, oldest first."""
     query = (
         select(INQUIRY_EVENTS)
         .where(INQUIRY_EVENTS.c.inquiry_id == inquiry_id)
         .order_by(INQUIRY_EVENTS.c.id)
     )
-    return [dict(r) for r in conn.execute(query).mappings()]
+    return [_load(Event, r) for r in conn.execute(query).mappings()]

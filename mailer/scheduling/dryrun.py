@@ -11,12 +11,12 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine, select
 from sqlalchemy.engine import Connection
 
+from mailer.customers import profiles
 from mailer.customers.profiles import CUSTOMERS
 from mailer.outbound import outbox, throttle
 from mailer.outbound.outbox import OUTBOX
@@ -60,26 +60,30 @@ def forecast(
     occurrence = plan.occurrence
     with engine.connect() as conn:
         for chunk in _chunks(conn, plan):
-            queued = _already_queued(conn, plan, [row["id"] for row in chunk])
-            history = outbox.contacts(conn, [row["id"] for row in chunk], occurrence.at)
-            for row in chunk:
-                if row["id"] in queued:
-                    fate = Fate(row["email"], "already queued", "the run was done before")
+            ids = [customer.id for customer in chunk]
+            queued = _already_queued(conn, plan, ids)
+            history = outbox.contacts(conn, ids, occurrence.at)
+            for customer in chunk:
+                if customer.id in queued:
+                    fate = Fate(customer.email, "already queued", "the run was done before")
                 else:
-                    state = outbox.customer_state(row, history.get(row["id"], []), fallback_zone)
+                    recent = history.get(customer.id, [])
+                    state = outbox.customer_state(customer, recent, fallback_zone)
                     decision = throttle.decide(
                         plan.category, occurrence.at, occurrence.valid_until, state, rules
                     )
-                    fate = Fate(row["email"], decision.action, _reason(decision))
+                    fate = Fate(customer.email, decision.action, _reason(decision))
                 found.tally[(fate.action, fate.reason)] += 1
                 if len(found.sample) < sample:
                     found.sample.append(fate)
     return found
 
 
-def _chunks(conn: Connection, plan: Plan) -> Iterator[list[dict[str, Any]]]:
+def _chunks(conn: Connection, plan: Plan) -> Iterator[list[profiles.Profile]]:
+    """The audience, a chunk at a time; without tags, which the throttle does not read."""
     query = select(CUSTOMERS).where(*plan.audience).order_by(CUSTOMERS.c.id)
-    rows = (dict(row) for row in conn.execution_options(yield_per=CHUNK).execute(query).mappings())
+    result = conn.execution_options(yield_per=CHUNK).execute(query).mappings()
+    rows = (profiles.load(row) for row in result)
     while chunk := list(islice(rows, CHUNK)):
         yield chunk
 

@@ -128,7 +128,7 @@ def _inquiry(request: Request, inquiry_id: int) -> dict[str, Any] | None:
         inquiry = inquiries.get(conn, inquiry_id)
         if inquiry is None:
             return None
-        ids = [message["id"] for message in inquiry["thread"]]
+        ids = [message.id for message in inquiry.thread]
         return {
             "inquiry": inquiry,
             "raw_text": _raw_text(inquiry),
@@ -138,11 +138,11 @@ def _inquiry(request: Request, inquiry_id: int) -> dict[str, Any] | None:
         }
 
 
-def _raw_text(inquiry: dict[str, Any]) -> str | None:
+def _raw_text(inquiry: inquiries.Opened) -> str | None:
     """A message that could not be read has no text: support gets its source instead."""
-    if inquiry["body_text"] or not inquiry["raw"]:
+    if inquiry.body_text or not inquiry.raw:
         return None
-    return bytes(inquiry["raw"][:RAW_SHOWN]).decode("utf-8", "replace")
+    return bytes(inquiry.raw[:RAW_SHOWN]).decode("utf-8", "replace")
 
 
 def _assignees(conn: Connection) -> list[str]:
@@ -213,7 +213,7 @@ async def customer_list(request: Request) -> Response:
     return render(request, "customer_list.html", context)
 
 
-def _customers(request: Request, q: str, page: int) -> list[dict[str, Any]]:
+def _customers(request: Request, q: str, page: int) -> list[profiles.Profile]:
     """One more than a page, to know whether another follows without counting them all."""
     with state(request).engine.connect() as conn:
         return profiles.find(conn, search=q, limit=PAGE + 1, offset=(page - 1) * PAGE)
@@ -240,7 +240,7 @@ def _customer(request: Request, customer_id: int, readable: bool) -> dict[str, A
         return {
             "customer": customer,
             "now": now,
-            "zone": customer["timezone"] or web.cfg.settings.business_hours.timezone.key,
+            "zone": customer.timezone or web.cfg.settings.business_hours.timezone.key,
             "inquiries": inquiries.of_customer(conn, customer_id, with_text=readable),
             "messages": messages[:HISTORY],
             "more_messages": len(messages) > HISTORY,

@@ -135,7 +135,7 @@ def _template(web: WebState, name: str, query: str, locale: str) -> dict[str, An
 
 
 def _preview(
-    web: WebState, store: TemplateStore, customer: dict[str, Any], name: str, locale: str | None
+    web: WebState, store: TemplateStore, customer: profiles.Profile, name: str, locale: str | None
 ) -> dict[str, Any]:
     schedules, _ = results.load(web.cfg, web.clock)
     category = previews.category_of(name, schedules.values())
