@@ -136,7 +136,7 @@ def main() -> None:
         port = free_port()
         sink = start_sink(port)
         try:
-            target = SmtpTarget("127.0.0.1", port, pool_size=args.pool)
+            target = SmtpTarget(host="127.0.0.1", port=port, pool_size=args.pool)
             delivery = daemon.build_delivery(cfg, engine, ManualClock(NOW), target)
             start = time.perf_counter()
             sent = asyncio.run(deliver_all(delivery))

@@ -67,11 +67,20 @@ async def populate(cfg: Config, engine: Engine, clock: ManualClock) -> None:
     names = TemplateStore(cfg.templates_dir).names()
     schedules, _ = load_schedules(cfg.schedules_dir, names, clock)
     async with listening(Sink()) as port:
-        delivery = daemon.build_delivery(cfg, engine, clock, SmtpTarget("127.0.0.1", port))
+        delivery = daemon.build_delivery(
+            cfg, engine, clock, SmtpTarget(host="127.0.0.1", port=port)
+        )
         # a message Мария got this morning, so the newsletter waits for her next free slot
         news = {"params": {"headline": "A welcome offer", "intro": "Ten percent off."}}
         maria = "maria.ivanova@example.com"
-        earlier = NewMessage("shots:welcome", maria, "marketing", "newsletter", 1, context=news)
+        earlier = NewMessage(
+            dedupe_key="shots:welcome",
+            to_address=maria,
+            category="marketing",
+            template="newsletter",
+            customer_id=1,
+            context=news,
+        )
         outbox.enqueue(engine, [earlier], clock.now())
         await delivery.deliver_due()
         firing.fire_due(engine, schedules, clock.now(), Firing.from_config(cfg))

@@ -76,7 +76,9 @@ async def watcher(
             timeout=5.0,
         )
 
-    watcher = Inbox(engine, open_mailbox, AckPolicy.from_config(cfg), clock)
+    watcher = Inbox(
+        engine=engine, open_mailbox=open_mailbox, policy=AckPolicy.from_config(cfg), clock=clock
+    )
     yield watcher
     await watcher.close()
 
@@ -107,7 +109,9 @@ async def test_an_inquiry_is_logged_acknowledged_in_bulgarian_and_marked_process
     assert PROCESSED_KEYWORD in dovecot.flags(folder)[1]
     sink = Sink()
     async with listening(sink) as port:
-        delivery = daemon.build_delivery(cfg, engine, clock, SmtpTarget("127.0.0.1", port))
+        delivery = daemon.build_delivery(
+            cfg, engine, clock, SmtpTarget(host="127.0.0.1", port=port)
+        )
         assert await delivery.deliver_due() == 1
     (ack,) = sink.received
     mail = ack.message
@@ -319,7 +323,12 @@ async def test_a_hard_bounce_marks_the_returned_message_bounced_by_its_message_i
 ) -> None:
     """The report names the final address; the returned headers name our message, sent to an
     address forwarding there: both are suppressed, and the message shows why it never arrived."""
-    sent = NewMessage("newsletter:1:maria", "maria@example.com", Category.MARKETING, "newsletter")
+    sent = NewMessage(
+        dedupe_key="newsletter:1:maria",
+        to_address="maria@example.com",
+        category=Category.MARKETING,
+        template="newsletter",
+    )
     outbox.enqueue(engine, [sent], clock.now())
     with engine.begin() as conn:
         conn.execute(
@@ -385,7 +394,12 @@ async def test_a_hard_bounce_in_a_servers_own_format_marks_the_returned_message_
 ) -> None:
     """Exim's report has no delivery-status part: the address and the returned Message-ID
     are read from its text."""
-    sent = NewMessage("newsletter:1:userx", "userx@its.example.nl", Category.MARKETING, "news")
+    sent = NewMessage(
+        dedupe_key="newsletter:1:userx",
+        to_address="userx@its.example.nl",
+        category=Category.MARKETING,
+        template="news",
+    )
     outbox.enqueue(engine, [sent], clock.now())
     with engine.begin() as conn:
         conn.execute(

@@ -65,7 +65,9 @@ def test_a_known_customer_is_linked_and_not_duplicated(
 def test_the_same_message_logged_twice_is_one_inquiry(engine: Engine, clock: ManualClock) -> None:
     first = log(engine, mail("<same@mail.example>"), clock)
     again = log(engine, mail("<same@mail.example>"), clock)
-    assert again == inquiries.Logged(first.inquiry_id, None, first.customer_id, duplicate=True)
+    assert again == inquiries.Logged(
+        inquiry_id=first.inquiry_id, thread_id=None, customer_id=first.customer_id, duplicate=True
+    )
     with engine.connect() as conn:
         assert len(inquiries.find(conn)) == 1
 
@@ -79,7 +81,9 @@ def test_a_different_message_that_reuses_a_message_id_is_logged_too(
     second = log(engine, other, clock)
     again = log(engine, other, clock)
     assert not second.duplicate and second.inquiry_id != first.inquiry_id
-    assert again == inquiries.Logged(second.inquiry_id, None, second.customer_id, duplicate=True)
+    assert again == inquiries.Logged(
+        inquiry_id=second.inquiry_id, thread_id=None, customer_id=second.customer_id, duplicate=True
+    )
     with engine.connect() as conn:
         assert sorted(i.sender for i in inquiries.find(conn)) == [
             "ana@example.com",
@@ -177,7 +181,12 @@ def test_a_reply_to_our_acknowledgement_joins_the_inquiry_it_acknowledged(
 ) -> None:
     root = log(engine, mail("<r1@mail.example>"), clock)
     key = inquiries.ack_key(root.inquiry_id)
-    ack = NewMessage(key, "ana@example.com", Category.TRANSACTIONAL, "ack")
+    ack = NewMessage(
+        dedupe_key=key,
+        to_address="ana@example.com",
+        category=Category.TRANSACTIONAL,
+        template="ack",
+    )
     outbox.enqueue(engine, [ack], clock.now())
     with engine.begin() as conn:
         conn.execute(

@@ -49,7 +49,12 @@ def test_health_answers_without_signing_in(site: Site) -> None:
 def test_metrics_count_messages_by_status_and_the_queue_due(
     site: Site, engine: Engine, clock: ManualClock
 ) -> None:
-    test_send = NewMessage("m:1", "maria@example.com", Category.TRANSACTIONAL, "birthday")
+    test_send = NewMessage(
+        dedupe_key="m:1",
+        to_address="maria@example.com",
+        category=Category.TRANSACTIONAL,
+        template="birthday",
+    )
     outbox.enqueue(engine, [test_send], clock.now() - timedelta(minutes=1))
     status, body = site.get("/metrics")
     assert status == 200

@@ -215,7 +215,11 @@ async def test_the_customer_page_shows_a_throttled_newsletter_with_its_reason(
     now = clock.now()
     news = [
         NewMessage(
-            f"news:{n}:{maria}", "maria@example.com", Category.MARKETING, "newsletter", maria
+            dedupe_key=f"news:{n}:{maria}",
+            to_address="maria@example.com",
+            category=Category.MARKETING,
+            template="newsletter",
+            customer_id=maria,
         )
         for n in (1, 2)
     ]

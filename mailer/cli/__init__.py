@@ -58,7 +58,7 @@ def root(
     ),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True),
 ) -> None:
-    ctx.obj = App(config_path or config.default_path())
+    ctx.obj = App(config_path=config_path or config.default_path())
 
 
 @app.command()

@@ -31,7 +31,7 @@ def say_error(message: str) -> None:
 JSON_OPTION = typer.Option(False, "--json", help="Print JSON instead of a table.")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class App:
     """Loaded on first use, so `mailer --help` works without a config file."""
 

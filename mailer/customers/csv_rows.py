@@ -67,7 +67,7 @@ class Birthday:
     year: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CustomerRow:
     """One valid row. ``None`` (or an empty tuple/dict) means the file did not say."""
 

@@ -73,7 +73,7 @@ def load(row: RowMapping, tags: Iterable[str] = ()) -> Profile:
     return Profile(**{name: row[name] for name in _PROFILE_COLUMNS}, tags=tuple(tags))
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ImportReport:
     inserted: int = 0
     updated: int = 0

@@ -53,7 +53,7 @@ class Identity:
     loop_header: str = "X-Mailer-Loop"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SenderHistory:
     """What the log knows about the sender and the thread, gathered by the caller."""
 
@@ -63,7 +63,7 @@ class SenderHistory:
     thread_already_acknowledged: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Context:
     """Everything a rule may look at besides the message."""
 
@@ -76,10 +76,15 @@ class Context:
 
 # The context is_bounce runs the bounce rules with; they look only at the message.
 _NOBODY = Context(
-    Identity(frozenset(), frozenset()),
-    SenderHistory(None, 0, hard_bounced=False, thread_already_acknowledged=False),
-    datetime(1970, 1, 1, tzinfo=UTC),
-    timedelta(0),
+    identity=Identity(frozenset(), frozenset()),
+    history=SenderHistory(
+        last_acknowledged_at=None,
+        acknowledgements_last_day=0,
+        hard_bounced=False,
+        thread_already_acknowledged=False,
+    ),
+    now=datetime(1970, 1, 1, tzinfo=UTC),
+    once_per_sender=timedelta(0),
     max_per_day=1,
 )
 
@@ -699,7 +704,13 @@ def decide(
     max_per_day: int = 3,
 ) -> Decision:
     """Run every rule; acknowledge only when none fired."""
-    ctx = Context(identity, history, now, once_per_sender, max_per_day)
+    ctx = Context(
+        identity=identity,
+        history=history,
+        now=now,
+        once_per_sender=once_per_sender,
+        max_per_day=max_per_day,
+    )
     fired = [(rule, rule.check(msg, ctx)) for rule in RULES]
     hits = [(rule, reason) for rule, reason in fired if reason is not None]
     kinds = {rule.kind for rule, _ in hits}

@@ -48,7 +48,7 @@ def reference(inquiry_id: int) -> str:
     return f"#{inquiry_id}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Logged:
     inquiry_id: int
     thread_id: int | None  # the first inquiry of the thread, None when this one starts it
@@ -71,7 +71,9 @@ def log(conn: Connection, inbound: Inbound, received_at: datetime) -> Logged:
     values["claimed_thread_id"] = claimed if thread_id is None else None
     new_id = conn.execute(insert(INQUIRIES).values(**values)).inserted_primary_key
     assert new_id is not None
-    return Logged(int(new_id[0]), thread_id, customer_id, duplicate=False)
+    return Logged(
+        inquiry_id=int(new_id[0]), thread_id=thread_id, customer_id=customer_id, duplicate=False
+    )
 
 
 def record_decision(
@@ -109,7 +111,12 @@ def _same_message(conn: Connection, inbound: Inbound) -> Logged | None:
     for row in rows:
         known = row.fingerprint or (None if row.raw_truncated else fingerprint(bytes(row.raw)))
         if known in (None, inbound.fingerprint):
-            return Logged(row.id, row.thread_id, row.customer_id, duplicate=True)
+            return Logged(
+                inquiry_id=row.id,
+                thread_id=row.thread_id,
+                customer_id=row.customer_id,
+                duplicate=True,
+            )
     return None
 
 

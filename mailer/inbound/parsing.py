@@ -80,7 +80,7 @@ class Attachment:
     size: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Inbound:
     """One inbound message as plain data; `message` is kept for the autoreply rules."""
 

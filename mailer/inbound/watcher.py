@@ -48,7 +48,7 @@ IDLE_SECONDS = 25 * 60  # re-issue IDLE well before the 29 minutes of RFC 2177
 UNAVAILABLE = (MailboxUnavailable, OperationalError, InterfaceError)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AckPolicy:
     """Everything the acknowledgement decision needs from the configuration."""
 
@@ -249,7 +249,7 @@ def save_position(
     )
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Inbox:
     engine: Engine
     open_mailbox: Callable[[], Mailbox]

@@ -31,7 +31,7 @@ IDLE_POLL = 1.0  # seconds between looks at the queue when nothing is due
 OUTAGE_PROBE = (1.0, 60.0)  # first and longest wait between connection attempts in an outage
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Delivery:
     engine: Engine
     preparer: Preparer

@@ -56,7 +56,7 @@ HISTORY_WINDOW = timedelta(days=31)
 NON_TRANSACTIONAL = (Category.MARKETING.value, Category.RELATIONSHIP.value)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class NewMessage:
     """What a part of mailer asks to be sent; everything else is decided on the road."""
 
@@ -419,8 +419,10 @@ def _decide(
     """A message to an address that is no customer (a test send) is transactional only."""
     if customer is None:
         if row["category"] == Category.TRANSACTIONAL:
-            return throttle.Decision("send", None, "sent", None)
-        return throttle.Decision("skip", None, "no customer with this address", "customer")
+            return throttle.Decision(action="send", at=None, reason="sent", rule=None)
+        return throttle.Decision(
+            action="skip", at=None, reason="no customer with this address", rule="customer"
+        )
     contacts = history.setdefault(customer.id, [])
     state = customer_state(customer, contacts, policy.fallback_zone)
     return throttle.decide(row["category"], now, row["valid_until"], state, policy.rules)

@@ -32,7 +32,7 @@ LOOP_HEADER = "X-Mailer-Loop"
 INVITE_FILE = "invite.ics"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Outgoing:
     outbox_id: int
     sender: str  # the envelope's MAIL FROM; "" is the null sender
@@ -90,7 +90,14 @@ class Preparer:
             attachments=attachments,
         )
         sender = self._address if claimed.envelope_from is None else claimed.envelope_from
-        return Outgoing(claimed.id, sender, claimed.to_address, data, rendered.subject, message_id)
+        return Outgoing(
+            outbox_id=claimed.id,
+            sender=sender,
+            recipient=claimed.to_address,
+            data=data,
+            subject=rendered.subject,
+            message_id=message_id,
+        )
 
     def _context(self, claimed: Claimed, token: str | None) -> dict[str, Any]:
         customer = claimed.customer
@@ -119,8 +126,15 @@ class Preparer:
         data = invitation(calendar, attendee, now, organizer_name=self._sender_name)
         method = {"method": calendar["method"], "charset": "UTF-8"}
         return (
-            [Part("text/calendar", data, method)],
-            [Part("application/ics", data, {"name": INVITE_FILE}, filename=INVITE_FILE)],
+            [Part(content_type="text/calendar", data=data, params=method)],
+            [
+                Part(
+                    content_type="application/ics",
+                    data=data,
+                    params={"name": INVITE_FILE},
+                    filename=INVITE_FILE,
+                )
+            ],
         )
 
     def _list_headers(self, category: str, token: str | None) -> dict[str, str]:

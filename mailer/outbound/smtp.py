@@ -18,7 +18,7 @@ RETRY_BASE = timedelta(minutes=1)
 RETRY_CAP = timedelta(hours=1)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SmtpTarget:
     host: str
     port: int
@@ -36,17 +36,20 @@ class SmtpTarget:
         if sandbox:
             port = cfg.settings.sandbox.smtp_port
             return cls(
-                "127.0.0.1", port, pool_size=smtp.pool_size, rate_per_second=smtp.rate_per_second
+                host="127.0.0.1",
+                port=port,
+                pool_size=smtp.pool_size,
+                rate_per_second=smtp.rate_per_second,
             )
         return cls(
-            smtp.host,
-            smtp.port,
-            smtp.security,
-            smtp.username,
-            cfg.secret("smtp", "password_env"),
-            smtp.timeout.total_seconds(),
-            smtp.pool_size,
-            smtp.rate_per_second,
+            host=smtp.host,
+            port=smtp.port,
+            security=smtp.security,
+            username=smtp.username,
+            password=cfg.secret("smtp", "password_env"),
+            timeout=smtp.timeout.total_seconds(),
+            pool_size=smtp.pool_size,
+            rate_per_second=smtp.rate_per_second,
         )
 
     def __str__(self) -> str:

@@ -49,7 +49,7 @@ _NO_ATTRIBUTE = re.compile(r"^'[^']*' has no attribute '(?P<attribute>.+)'$")
 _NO_VARIABLE = re.compile(r"^('.+') is undefined$")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RenderedMessage:
     """One message, ready to be put into MIME parts; `variant` says which folder was used."""
 

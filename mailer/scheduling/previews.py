@@ -37,7 +37,7 @@ PREVIEW_KEY = b"preview: links signed with this open no one's preferences"
 SHOWN_HEADERS = ("From", "To", "Reply-To", "List-Unsubscribe", "List-Unsubscribe-Post")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Preview:
     template: str
     variant: str | None  # the locale folder used; None for the default

@@ -40,7 +40,7 @@ CHECK_SECONDS = 5.0  # how often the files are looked at again
 ZONES_SECONDS = 600.0  # how often the zones in use are, for customers imported meanwhile
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Schedules:
     """The schedule files as last loaded: the good ones, and what is wrong with the rest."""
 
@@ -91,7 +91,7 @@ class Schedules:
         return found
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Scheduler:
     schedules: Schedules
     engine: Engine

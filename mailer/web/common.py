@@ -38,7 +38,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class WebState:
     """Everything the pages need, created once per app."""
 

@@ -91,7 +91,7 @@ def get(conn: Connection, user_id: int) -> SignedIn | None:
     return SignedIn(int(row["id"]), row["name"], Role(row["role"]))
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LoginGuard:
     """At most ``attempts`` failed sign-ins for one name from one client, and ``per_client``
     from one client whatever the names, in ``window``.
