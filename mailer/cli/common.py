@@ -87,6 +87,16 @@ def print_table(rows: Iterable[Mapping[str, Any]], columns: Sequence[str], title
     out.print(table)
 
 
+def print_rows(
+    rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *, as_json: bool, title: str = ""
+) -> None:
+    """A list as every ``list`` command prints it: all fields as JSON, or chosen columns."""
+    if as_json:
+        print_json(rows)
+    else:
+        print_table(rows, columns, title)
+
+
 def print_fields(data: Mapping[str, Any], title: str = "") -> None:
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold")

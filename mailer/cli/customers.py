@@ -10,7 +10,16 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
-from mailer.cli.common import JSON_OPTION, app_of, err, out, print_fields, print_json, print_table
+from mailer.cli.common import (
+    JSON_OPTION,
+    app_of,
+    err,
+    out,
+    print_fields,
+    print_json,
+    print_rows,
+    print_table,
+)
 from mailer.customers import profiles
 from mailer.customers.csv_rows import RejectedRow, shown
 from mailer.outbound import outbox
@@ -94,10 +103,7 @@ def list_(
     with app_of(ctx).engine().connect() as conn:
         rows = profiles.find(conn, tag=tag, search=search, limit=limit, offset=offset)
     shown = [asdict(row) for row in rows]
-    if as_json:
-        print_json(shown)
-    else:
-        print_table(shown, LIST_COLUMNS)
+    print_rows(shown, LIST_COLUMNS, as_json=as_json)
 
 
 HISTORY_COLUMNS = ("id", "created_at", "category", "template", "status", "sent_at", "reason")

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import typer
 
-from mailer.cli.common import JSON_OPTION, app_of, out, print_fields, print_json, print_table
+from mailer.cli.common import (
+    JSON_OPTION,
+    app_of,
+    out,
+    print_fields,
+    print_json,
+    print_rows,
+    print_table,
+)
 from mailer.core.errors import NotFound
 from mailer.inbound import inquiries
 from mailer.store.models import InquiryStatus
@@ -26,10 +34,7 @@ def list_(
     with app_of(ctx).engine().connect() as conn:
         rows = inquiries.find(conn, status=status.value if status else None, limit=limit)
     shown = [inquiries.columns(row) for row in rows]
-    if as_json:
-        print_json(shown)
-    else:
-        print_table(shown, COLUMNS)
+    print_rows(shown, COLUMNS, as_json=as_json)
 
 
 @app.command("show")

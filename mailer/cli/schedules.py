@@ -8,7 +8,16 @@ from typing import Any
 
 import typer
 
-from mailer.cli.common import JSON_OPTION, App, app_of, err, out, print_json, print_table
+from mailer.cli.common import (
+    JSON_OPTION,
+    App,
+    app_of,
+    err,
+    out,
+    print_json,
+    print_rows,
+    print_table,
+)
 from mailer.core.errors import MailerError, NotFound
 from mailer.outbound import throttle
 from mailer.scheduling import dryrun, firing, occurrences, results
@@ -38,10 +47,7 @@ def list_(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
         }
         for found in results.summaries(schedules, zones, app_.clock.now())
     ]
-    if as_json:
-        print_json(rows)
-    else:
-        print_table(rows, ("name", "kind", "template", "enabled", "next_fire", "zones"))
+    print_rows(rows, ("name", "kind", "template", "enabled", "next_fire", "zones"), as_json=as_json)
 
 
 @app.command("run")
@@ -89,10 +95,9 @@ def run(
         {"occurrence": r.occurrence, "zone": r.zone, "queued": r.queued, "skipped": r.skipped}
         for r in results
     ]
-    if as_json:
-        print_json(rows)
-    else:
-        print_table(rows, ("occurrence", "zone", "queued", "skipped"), title=f"{name}: queued")
+    print_rows(
+        rows, ("occurrence", "zone", "queued", "skipped"), as_json=as_json, title=f"{name}: queued"
+    )
 
 
 def _progress(plan: Plan) -> Callable[[int], None]:

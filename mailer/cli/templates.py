@@ -6,7 +6,7 @@ import dataclasses
 
 import typer
 
-from mailer.cli.common import JSON_OPTION, app_of, err, out, print_json, print_table
+from mailer.cli.common import JSON_OPTION, app_of, err, out, print_json, print_rows
 from mailer.customers import profiles
 from mailer.outbound.templates import TemplateStore
 from mailer.scheduling import previews, results
@@ -26,10 +26,7 @@ def list_(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
         {"name": name, "variants": [v or "default" for v in store.variants(name)]}
         for name in store.names()
     ]
-    if as_json:
-        print_json(rows)
-    else:
-        print_table(rows, ("name", "variants"))
+    print_rows(rows, ("name", "variants"), as_json=as_json)
 
 
 @app.command("check")

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from mailer.cli.common import JSON_OPTION, app_of, out, print_json, print_table
+from mailer.cli.common import JSON_OPTION, app_of, out, print_rows
 from mailer.store.models import Role
 from mailer.web import users
 
@@ -40,10 +40,7 @@ def list_(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
     """Every account, with its role."""
     with app_of(ctx).engine().connect() as conn:
         rows = users.find(conn)
-    if as_json:
-        print_json(rows)
-    else:
-        print_table(rows, ("name", "role", "disabled", "created_at"))
+    print_rows(rows, ("name", "role", "disabled", "created_at"), as_json=as_json)
 
 
 @app.command("disable")

@@ -99,15 +99,15 @@ def handle(
             reasons=[reason],
         )
         return logged
-    verdict = _verdict(conn, inbound, logged, now, policy)
-    acknowledge = verdict.acknowledge and policy.enabled and logged.customer_id is not None
+    decided = _decide(conn, inbound, logged, now, policy)
+    acknowledge = decided.acknowledge and policy.enabled and logged.customer_id is not None
     if acknowledge:
         outbox.enqueue_in(conn, [_acknowledgement(inbound, logged, now, policy)], now)
-    if verdict.kind == "bounce" and inbound.message is not None:
+    if decided.kind == "bounce" and inbound.message is not None:
         _record_bounce(conn, inbound.message, now)
-    status = _status(acknowledge, verdict.kind)
+    status = _status(acknowledge, decided.kind)
     inquiries.record_decision(
-        conn, logged.inquiry_id, status=status, decision=verdict.kind, reasons=list(verdict.reasons)
+        conn, logged.inquiry_id, status=status, decision=decided.kind, reasons=list(decided.reasons)
     )
     return logged
 
@@ -119,7 +119,7 @@ def _status(acknowledged: bool, kind: str) -> InquiryStatus:
     return InquiryStatus.NEW if kind in ("inquiry", "repeat") else InquiryStatus.CLOSED
 
 
-def _verdict(
+def _decide(
     conn: Connection, inbound: Inbound, logged: inquiries.Logged, now: datetime, policy: AckPolicy
 ) -> autoreply.Decision:
     if inbound.message is None:
