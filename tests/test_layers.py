@@ -138,6 +138,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
         "customers sandbox",
         "outbound",
         "inbound scheduling",
+        "relationship",
         "checks",
         "web",
         "daemon",

@@ -76,8 +76,12 @@ def plain(value: Any) -> Any:
     return value
 
 
+def json_text(data: Any) -> str:
+    return json.dumps(plain(data), ensure_ascii=False, indent=2)
+
+
 def print_json(data: Any) -> None:
-    print(json.dumps(plain(data), ensure_ascii=False, indent=2))
+    print(json_text(data))
 
 
 def print_table(rows: Iterable[Mapping[str, Any]], columns: Sequence[str], title: str = "") -> None:

@@ -7,6 +7,7 @@ seconds; running the same file twice changes nothing.
 
 from __future__ import annotations
 
+import hashlib
 import stat
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -29,11 +30,13 @@ from mailer.customers.csv_rows import (
     read_rows,
     shown,
 )
-from mailer.store.models import Customer, CustomerTag
+from mailer.store.models import Customer, CustomerTag, ErasedAddress
 
 BATCH = 1000
 CUSTOMERS: Table = Customer.__table__  # type: ignore[attr-defined]
 TAGS: Table = CustomerTag.__table__  # type: ignore[attr-defined]
+ERASED: Table = ErasedAddress.__table__  # type: ignore[attr-defined]
+ERASED_REASON = "erased at the customer's request"
 Progress = Callable[[int], None]
 SHOWN = [c for c in CUSTOMERS.c if c.name != "search_text"]  # that one is the search's own
 
@@ -104,7 +107,7 @@ def import_csv(
             for batch in _batches(parse_rows(read_rows(stream)), BATCH):
                 good = _split(batch, report, first_line)
                 with engine.begin() as conn:
-                    _upsert(conn, good, now, report)
+                    _upsert(conn, _not_erased(conn, good, report), now, report)
                 if progress:
                     progress(len(batch))
         except ImportFileError as exc:
@@ -147,6 +150,19 @@ def _split(
         earlier = good.get(row.email)
         good[row.email] = _combine(earlier, row) if earlier else row
     return list(good.values())
+
+
+def _not_erased(
+    conn: Connection, rows: list[CustomerRow], report: ImportReport
+) -> list[CustomerRow]:
+    """A file cannot bring back a customer who asked to be forgotten."""
+    hashes = {address_hash(row.email): row for row in rows}
+    query = select(ERASED.c.address_hash).where(ERASED.c.address_hash.in_(list(hashes)))
+    erased = set(conn.execute(query).scalars())
+    report.rejected += [
+        RejectedRow.of(hashes[h].line, hashes[h].email, ERASED_REASON) for h in erased
+    ]
+    return [row for h, row in hashes.items() if h not in erased]
 
 
 def _combine(earlier: CustomerRow, later: CustomerRow) -> CustomerRow:
@@ -225,6 +241,8 @@ def add_lead(conn: Connection, email: str, name: str, now: datetime) -> int:
         "source": "inquiry",
         "updated_at": now,
     }
+    if is_erased(conn, email):
+        values["suppressed_reason"] = ERASED_REASON
     values["search_text"] = search_text(values)
     lead = conn.execute(insert(CUSTOMERS).values(values)).inserted_primary_key
     assert lead is not None
@@ -375,6 +393,46 @@ def set_preferences(
             marketing_consent=marketing_consent,
             relationship_consent=relationship_consent,
             pause_until=pause_until,
+            updated_at=now,
+        )
+    )
+
+
+def address_hash(email: str) -> str:
+    """What is kept of an erased address: SHA-256 of its normalised form, enough to refuse
+    it again and not enough to read it back."""
+    return hashlib.sha256(email.strip().lower().encode()).hexdigest()
+
+
+def is_erased(conn: Connection, email: str) -> bool:
+    found = select(ERASED.c.address_hash).where(ERASED.c.address_hash == address_hash(email))
+    return conn.execute(found).first() is not None
+
+
+def erase(conn: Connection, customer: Profile, now: datetime) -> None:
+    """Forget who the customer is while keeping the row that throttling, dedupe and counts
+    need: the address becomes a hash on the erased list, every personal field is cleared,
+    and all mail to the row stays barred for good."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    hashed = {"address_hash": address_hash(customer.email), "erased_at": now}
+    conn.execute(dialect.insert(ERASED).values(hashed).on_conflict_do_nothing())
+    conn.execute(delete(TAGS).where(TAGS.c.customer_id == customer.id))
+    conn.execute(
+        update(CUSTOMERS)
+        .where(CUSTOMERS.c.id == customer.id)
+        .values(
+            email=f"erased-{customer.id}@erased.invalid",
+            name="",
+            first_name="",
+            birth_month=None,
+            birth_day=None,
+            birth_year=None,
+            fields={},
+            search_text="",
+            marketing_consent=False,
+            relationship_consent=False,
+            unsubscribed_at=customer.unsubscribed_at or now,
+            suppressed_reason=ERASED_REASON,
             updated_at=now,
         )
     )

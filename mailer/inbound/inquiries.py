@@ -76,6 +76,29 @@ def log(conn: Connection, inbound: Inbound, received_at: datetime) -> Logged:
     )
 
 
+def erase_customer(conn: Connection, customer_id: int, address: str) -> int:
+    """Clear everything the customer wrote and every trace of who they are from their
+    inquiries (and the notes on them), keeping each row's status and times for the counts."""
+    c = INQUIRIES.c
+    theirs = or_(c.customer_id == customer_id, func.lower(c.sender) == address.lower())
+    ids = list(conn.execute(select(c.id).where(theirs)).scalars())
+    if not ids:
+        return 0
+    cleared = {"sender": "", "sender_name": "", "subject": "", "body_text": "", "reply_text": ""}
+    conn.execute(
+        update(INQUIRIES)
+        .where(c.id.in_(ids))
+        .values(**cleared, message_id=None, attachments=[], defects=[], error=None, raw=b"")
+    )
+    events = INQUIRY_EVENTS.c
+    conn.execute(
+        update(INQUIRY_EVENTS)
+        .where(events.inquiry_id.in_(ids), events.kind == "note")
+        .values(text="")
+    )
+    return len(ids)
+
+
 def record_decision(
     conn: Connection, inquiry_id: int, *, status: str, decision: str, reasons: list[str]
 ) -> None:

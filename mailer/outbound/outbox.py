@@ -213,6 +213,31 @@ def withdraw(conn: Connection, run_ids: Sequence[int], reason: str, now: datetim
     )
 
 
+def erase_customer(conn: Connection, customer_id: int, address: str, now: datetime) -> int:
+    """Clear what the customer's messages say about them (address, template data, subject,
+    the server's replies) while keeping each row's key, category, status and times, which
+    dedupe, the throttle and the counts need; anything still waiting is withdrawn."""
+    theirs = or_(OUTBOX.c.customer_id == customer_id, OUTBOX.c.to_address == address)
+    ids = list(conn.execute(select(OUTBOX.c.id).where(theirs)).scalars())
+    if not ids:
+        return 0
+    mine = OUTBOX.c.id.in_(ids)
+    conn.execute(
+        update(OUTBOX)
+        .where(mine, OUTBOX.c.status.in_(WAITING))
+        .values(status=OutboxStatus.SKIPPED, reason=profiles.ERASED_REASON)
+    )
+    conn.execute(
+        update(OUTBOX)
+        .where(mine)
+        .values(to_address="", context={}, headers={}, subject=None, updated_at=now)
+    )
+    naming = func.lower(OUTBOX.c.reason).contains(address.lower(), autoescape=True)
+    conn.execute(update(OUTBOX).where(mine, naming).values(reason=profiles.ERASED_REASON))
+    conn.execute(update(ATTEMPTS).where(ATTEMPTS.c.outbox_id.in_(ids)).values(smtp_reply=None))
+    return len(ids)
+
+
 def mark_bounced(
     conn: Connection, message_ids: Collection[str], reason: str, now: datetime
 ) -> list[str]:

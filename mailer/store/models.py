@@ -75,6 +75,16 @@ class Customer(SQLModel, table=True):
     )
 
 
+class ErasedAddress(SQLModel, table=True):
+    """An address whose customer asked to be forgotten, kept only as a SHA-256 hash so that
+    it is never mailed again and nothing else about the person remains."""
+
+    __tablename__ = "erased_addresses"
+
+    address_hash: str = Field(primary_key=True, max_length=64)
+    erased_at: datetime = _when(nullable=False)
+
+
 class CustomerTag(SQLModel, table=True):
     """Tags live in their own indexed table so audiences are chosen by set-based queries."""
 
