@@ -304,7 +304,7 @@ class OfCustomer:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Acknowledgement:
-    """The acknowledgement queued for an inquiry, as the desk shows it."""
+    """A message queued about an inquiry (its acknowledgement, a reply), as the desk shows it."""
 
     status: str
     subject: str | None
@@ -562,3 +562,11 @@ def past_promise(conn: Connection, now: datetime, *, size: int = 50) -> list[Lis
     promised = promises(conn, waiting)
     late = [i for i in waiting if i.id in promised and promised[i.id] < now]
     return sorted(late, key=lambda i: promised[i.id])[:size]
+
+
+def replies(conn: Connection, thread_id: int) -> dict[int, Acknowledgement]:
+    """The message each reply event of the thread queued, by event id: its status, and
+    the subject once sent."""
+    query = select(OUTBOX).where(OUTBOX.c.dedupe_key.like(f"{REPLY_PREFIX}{thread_id}:%"))
+    found = conn.execute(query).mappings()
+    return {int(r["dedupe_key"].rpartition(":")[2]): _load(Acknowledgement, r) for r in found}

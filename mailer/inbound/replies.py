@@ -121,4 +121,3 @@ def _message(
         priority=100,
         valid_for=VALID_FOR,
     )
-

@@ -519,15 +519,16 @@ def _render_text(
     size, chunks = 0, []
     lines = source.splitlines()
     try:
-        for chunk in _text_environment().from_string(source).generate(
-            with_reader(context, locale, zone)
+        for chunk in (
+            _text_environment().from_string(source).generate(with_reader(context, locale, zone))
         ):
             size += len(chunk)
             if size > renderpool.OUTPUT_LIMIT:
                 raise _TooLong(f"writes more than {renderpool.OUTPUT_LIMIT:,} characters")
             chunks.append(chunk)
     except TemplateSyntaxError as exc:
-        raise TemplateError(Problem(f"{where}:{exc.lineno}", f"syntax error: {exc.message}")) from exc
+        problem = Problem(f"{where}:{exc.lineno}", f"syntax error: {exc.message}")
+        raise TemplateError(problem) from exc
     except Exception as exc:  # whatever a template raises is the template's problem
         line = _text_line(exc.__traceback__)
         shown = lines[line - 1] if line and line <= len(lines) else ""
