@@ -8,19 +8,22 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from zoneinfo import ZoneInfo
 
+import pytest
 from playwright.async_api import Page, expect
 from sqlalchemy import Engine
 
 from mailer import daemon
 from mailer.core.clock import ManualClock
 from mailer.core.config import Config
+from mailer.core.errors import TemplateError
 from mailer.customers import profiles
 from mailer.inbound import inquiries, replies, saved_replies
 from mailer.inbound.inquiries import REPLY_PREFIX
 from mailer.inbound.saved_replies import Draft
 from mailer.inbound.watcher import Inbox
-from mailer.outbound import outbox
+from mailer.outbound import outbox, templates
 from mailer.outbound.smtp import SmtpTarget
 from mailer.store.models import InquiryStatus, OutboxStatus
 from tests.conftest import sign_in
@@ -28,7 +31,7 @@ from tests.dovecot import DovecotServer
 from tests.site import Site
 from tests.smtp_sink import Received, Sink, listening
 from tests.test_inbox import inquiry, known, watcher  # noqa: F401 (fixtures)
-from tests.test_web_desk import maria, order  # noqa: F401 (fixtures)
+from tests.test_web_desk import maria, order, received  # noqa: F401 (fixtures)
 
 SUPPORT = "support@northwind-roasters.example"
 
@@ -243,3 +246,36 @@ async def test_the_desk_marks_inquiries_past_their_promised_answer_time(
     await expect(rows.first).to_contain_text("past promise")
     await page.goto(f"{site.url}/inquiries/{grinder}")
     await expect(page.locator("#promise")).to_contain_text("past promise")
+
+
+def test_a_saved_reply_runs_in_the_sandbox_and_a_failure_names_its_line() -> None:
+    zone = ZoneInfo("Europe/Sofia")
+    where = "saved reply 'x'"
+    assert templates.check_text("Hi\n{% if %}", where) == (
+        "saved reply 'x', line 2: Expected an expression, got 'end of statement block'"
+    )
+    with pytest.raises(TemplateError, match=r"saved reply 'x':2: undefined variable: 'nickname'"):
+        templates.render_text("Hi\n{{ nickname }}", where, {}, locale="bg", zone=zone)
+    with pytest.raises(TemplateError, match="not allowed in templates"):
+        templates.render_text("{{ ''.__class__.__mro__ }}", where, {}, locale="bg", zone=zone)
+    shown = templates.render_text("<b>{{ x }}</b>", where, {"x": "&"}, locale="bg", zone=zone)
+    assert shown == "<b>&</b>", "plain text: the page escapes it, the mail is text/plain"
+
+
+async def test_an_out_of_office_answer_to_a_reply_does_not_reopen_the_inquiry(
+    engine: Engine,
+    cfg: Config,
+    clock: ManualClock,
+    order: int,  # noqa: F811
+) -> None:
+    with engine.begin() as conn:
+        replies.send(conn, opened(engine, order), text="Shipped.", user="sam", now=clock.now())
+    (sent,) = [
+        m for m in await deliver(cfg, engine, clock) if m.message["Subject"].startswith("Re:")
+    ]
+    reply_id = sent.message["Message-ID"]
+    away = answer("<away@mail.example>", reply_id, reply_id, "Out of office")
+    away = away.replace(b"Date:", b"Auto-Submitted: auto-replied\r\nDate:")
+    away_id = received(engine, cfg, clock, away)
+    assert opened(engine, away_id).thread_id == order, "threaded on the reply's Message-ID"
+    assert opened(engine, order).status == InquiryStatus.ANSWERED

@@ -28,7 +28,16 @@ from mailer.inbound import inquiries
 from mailer.outbound import outbox
 from mailer.store.models import InquiryStatus, Role
 from mailer.web import reply_editor, users
-from mailer.web.common import Endpoint, checked_form, current_user, db, render, require, state
+from mailer.web.common import (
+    Endpoint,
+    checked_form,
+    current_user,
+    db,
+    render,
+    rendering,
+    require,
+    state,
+)
 
 PAGE = 50
 HISTORY = 200  # messages on a customer's page; `mailer customers show --history` has all
@@ -143,7 +152,9 @@ async def inquiry_page_with(
     request: Request, *, text: str | None = None, refused: str | None = None, status: int = 200
 ) -> Response:
     """The inquiry page; a refused reply comes back to it with its text and the reason."""
-    context = await db(request, _inquiry, request, request.path_params["id"], text)
+    # starting from a saved reply renders a template: that waits its turn with the others
+    run = rendering if "saved" in request.query_params else db
+    context = await run(request, _inquiry, request, request.path_params["id"], text)
     if context is None:
         raise HTTPException(404, "There is no such inquiry.")
     context = {**context, "statuses": STATUSES, "reply_refused": refused}
