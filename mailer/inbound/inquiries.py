@@ -7,8 +7,11 @@ the Message-IDs of what we sent about an inquiry), then at a reference token suc
 message joins a thread only from someone who takes part in it; from anyone else it opens
 an inquiry of its own that names the one it claimed.
 
-What people do with an inquiry (status changes, assignments, notes) is recorded as an
-event with who did it, so the desk shows a timeline and nothing changes silently.
+What people do with an inquiry (status changes, assignments, notes, replies) is recorded
+as an event with who did it, so the desk shows a timeline and nothing changes silently.
+A reply from the desk is such an event plus the outbox row it queued, whose dedupe key
+names the thread and the event: the customer's answer to it threads back by its
+Message-ID, and a person writing again in a thread support answered re-opens it.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any, Literal, TypeVar
 from sqlalchemy import Integer, Table, func, insert, or_, select, text, tuple_, update
 from sqlalchemy.engine import Connection, RowMapping
 
+from mailer.core import jsonvalues
 from mailer.core.search import term
 from mailer.customers import profiles
 from mailer.customers.csv_rows import normalise_email
@@ -34,13 +38,24 @@ INQUIRY_EVENTS: Table = InquiryEvent.__table__  # type: ignore[attr-defined]
 ACK_PREFIX = "ack:inquiry:"  # an acknowledgement's dedupe key: this, then the inquiry's id
 _DIGITS = re.compile(r"(\d+)\]$")
 TRIGRAM = 3  # the shortest search the trigram indexes can answer
+REPLY_PREFIX = "reply:inquiry:"  # a desk reply's dedupe key: this, the thread, the event
 # outbox rows that acknowledge an inquiry (a prefix LIKE, which an index can serve)
 IS_ACKNOWLEDGEMENT = OUTBOX.c.dedupe_key.like(ACK_PREFIX + "%")
+IS_REPLY = OUTBOX.c.dedupe_key.like(REPLY_PREFIX + "%")
+# where it is support's turn; a reply moves these to answered, the customer's answer back
+WAITING_FOR_SUPPORT = (InquiryStatus.NEW, InquiryStatus.ACKNOWLEDGED, InquiryStatus.OPEN)
+FROM_PEOPLE = ("inquiry", "repeat")  # decisions about mail a person wrote, not a robot
+REOPENED_BY_CUSTOMER = (InquiryStatus.ANSWERED, InquiryStatus.CLOSED)
 
 
 def ack_key(inquiry_id: int) -> str:
     """The dedupe key of an inquiry's acknowledgement, so it is queued at most once."""
     return f"{ACK_PREFIX}{inquiry_id}"
+
+
+def reply_key(thread_id: int, event_id: int) -> str:
+    """The dedupe key of the message one reply event queued."""
+    return f"{REPLY_PREFIX}{thread_id}:{event_id}"
 
 
 def reference(inquiry_id: int) -> str:
@@ -217,9 +232,19 @@ def _by_message_ids(conn: Connection, ids: list[str]) -> int | None:
     if found is not None:
         return int(found)
     key = conn.execute(
-        select(OUTBOX.c.dedupe_key).where(OUTBOX.c.message_id.in_(ids), IS_ACKNOWLEDGEMENT)
+        select(OUTBOX.c.dedupe_key).where(
+            OUTBOX.c.message_id.in_(ids), or_(IS_ACKNOWLEDGEMENT, IS_REPLY)
+        )
     ).scalar()
-    return _existing(conn, int(key.removeprefix(ACK_PREFIX))) if key else None
+    return _existing(conn, _inquiry_of_key(key)) if key else None
+
+
+def _inquiry_of_key(key: str) -> int:
+    """The inquiry an acknowledgement ("ack:inquiry:42") or a reply
+    ("reply:inquiry:42:7") was about."""
+    if key.startswith(REPLY_PREFIX):
+        return int(key.removeprefix(REPLY_PREFIX).partition(":")[0])
+    return int(key.removeprefix(ACK_PREFIX))
 
 
 def _by_subject(conn: Connection, subject: str) -> int | None:
@@ -302,7 +327,7 @@ class OfCustomer:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Acknowledgement:
-    """The acknowledgement queued for an inquiry, as the desk shows it."""
+    """A message queued about an inquiry (its acknowledgement, a reply), as the desk shows it."""
 
     status: str
     subject: str | None
@@ -341,7 +366,7 @@ def columns(record: Listed) -> dict[str, Any]:
 _BODIES = ("raw", "body_text", "reply_text")
 _NEWEST = (INQUIRIES.c.received_at.desc(), INQUIRIES.c.id.desc())
 _OLDEST = (INQUIRIES.c.received_at, INQUIRIES.c.id)
-EventKind = Literal["status", "assign", "note"]
+EventKind = Literal["status", "assign", "note", "reply"]
 
 
 def _columns(*leave_out: str) -> list[Any]:
@@ -499,11 +524,32 @@ def add_note(conn: Connection, inquiry_id: int, text: str, actor: str, now: date
     return True
 
 
+def reopen(conn: Connection, thread_id: int, sender: str, now: datetime) -> bool:
+    """A person wrote again in a thread support answered or closed: it is support's turn
+    again, recorded as the customer's own status change. True if it was re-opened."""
+    before = conn.execute(select(INQUIRIES.c.status).where(INQUIRIES.c.id == thread_id)).scalar()
+    if before not in REOPENED_BY_CUSTOMER:
+        return False
+    return change_status(conn, thread_id, InquiryStatus.OPEN, sender or "customer", now)
+
+
+def record_reply(conn: Connection, thread_id: int, text: str, actor: str, now: datetime) -> int:
+    """A reply's event: who wrote what, in the thread's timeline; its id keys the message."""
+    return _record(conn, thread_id, "reply", text, actor, now)
+
+
+def root_of(inquiry: Listed) -> int:
+    """The first inquiry of the thread this one belongs to."""
+    return inquiry.thread_id or inquiry.id
+
+
 def _record(
     conn: Connection, inquiry_id: int, kind: EventKind, text: str, actor: str, now: datetime
-) -> None:
+) -> int:
     values = {"inquiry_id": inquiry_id, "at": now, "actor": actor, "kind": kind, "text": text}
-    conn.execute(insert(INQUIRY_EVENTS).values(**values))
+    new_id = conn.execute(insert(INQUIRY_EVENTS).values(**values)).inserted_primary_key
+    assert new_id is not None
+    return int(new_id[0])
 
 
 def events(conn: Connection, inquiry_id: int) -> list[Event]:
@@ -514,3 +560,36 @@ def events(conn: Connection, inquiry_id: int) -> list[Event]:
         .order_by(INQUIRY_EVENTS.c.id)
     )
     return [_load(Event, r) for r in conn.execute(query).mappings()]
+
+
+def promises(conn: Connection, listed: list[Listed]) -> dict[int, datetime]:
+    """When the acknowledgement promised a person's answer, by inquiry: its own
+    acknowledgement's ``reply_expected_by``, else its thread's."""
+    wanted = {i.id: (ack_key(i.id), ack_key(root_of(i))) for i in listed}
+    keys = {key for pair in wanted.values() for key in pair}
+    query = select(OUTBOX.c.dedupe_key, OUTBOX.c.context).where(OUTBOX.c.dedupe_key.in_(keys))
+    found: dict[str, datetime] = {}
+    for key, context in conn.execute(query):
+        when = jsonvalues.decode(context or {}).get("reply_expected_by")
+        if isinstance(when, datetime):
+            found[key] = when
+    by_inquiry = {i: found.get(own, found.get(root)) for i, (own, root) in wanted.items()}
+    return {i: when for i, when in by_inquiry.items() if when is not None}
+
+
+def past_promise(conn: Connection, now: datetime, *, size: int = 50) -> list[Listed]:
+    """Inquiries still waiting for support whose promised answer time has passed, the
+    longest overdue first. Only the open backlog is read, never the whole log."""
+    query = select(*_columns(*_BODIES)).where(INQUIRIES.c.status.in_(WAITING_FOR_SUPPORT))
+    waiting = [_load(Listed, r) for r in conn.execute(query.order_by(*_OLDEST)).mappings()]
+    promised = promises(conn, waiting)
+    late = [i for i in waiting if i.id in promised and promised[i.id] < now]
+    return sorted(late, key=lambda i: promised[i.id])[:size]
+
+
+def replies(conn: Connection, thread_id: int) -> dict[int, Acknowledgement]:
+    """The message each reply event of the thread queued, by event id: its status, and
+    the subject once sent."""
+    query = select(OUTBOX).where(OUTBOX.c.dedupe_key.like(f"{REPLY_PREFIX}{thread_id}:%"))
+    found = conn.execute(query).mappings()
+    return {int(r["dedupe_key"].rpartition(":")[2]): _load(Acknowledgement, r) for r in found}

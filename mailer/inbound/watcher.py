@@ -109,6 +109,8 @@ def handle(
     inquiries.record_decision(
         conn, logged.inquiry_id, status=status, decision=decided.kind, reasons=list(decided.reasons)
     )
+    if logged.thread_id is not None and decided.kind in inquiries.FROM_PEOPLE:  # not a robot
+        inquiries.reopen(conn, logged.thread_id, inbound.sender, now)
     return logged
 
 
@@ -116,7 +118,7 @@ def _status(acknowledged: bool, kind: str) -> InquiryStatus:
     """Robots' mail is logged and closed; people's mail waits for a human."""
     if acknowledged:
         return InquiryStatus.ACKNOWLEDGED
-    return InquiryStatus.NEW if kind in ("inquiry", "repeat") else InquiryStatus.CLOSED
+    return InquiryStatus.NEW if kind in inquiries.FROM_PEOPLE else InquiryStatus.CLOSED
 
 
 def _decide(

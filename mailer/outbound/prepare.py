@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from email.headerregistry import Address
 from email.utils import parseaddr
 from typing import Any
 from urllib.parse import quote
 
 from mailer.core.categories import Category
 from mailer.core.config import Config
+from mailer.core.text import one_line
 from mailer.customers import tokens
 from mailer.customers.context import customer_view, customer_zone
 from mailer.outbound.compose import (
@@ -30,6 +32,9 @@ from mailer.outbound.templates import TemplateStore
 # set on everything we send, so the inbox can recognise our own mail coming back
 LOOP_HEADER = "X-Mailer-Loop"
 INVITE_FILE = "invite.ics"
+# a context value naming the person a message is from (a desk reply's agent), shown as
+# From's display name with the configured address
+FROM_NAME = "from_name"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -67,7 +72,7 @@ class Preparer:
         rendered = self._store.render(claimed.template, context, locale=locale, zone=zone)
         message_id = make_message_id(self._domain)
         envelope = Envelope(
-            from_=self._from,
+            from_=self._from_as(claimed.context.get(FROM_NAME)),
             to_address=claimed.to_address,
             to_name=customer.name if customer else "",
             reply_to=self._reply_to,
@@ -98,6 +103,12 @@ class Preparer:
             subject=rendered.subject,
             message_id=message_id,
         )
+
+    def _from_as(self, name: Any) -> str:
+        """The configured From, or its address under a person's name."""
+        if not isinstance(name, str) or not name.strip():
+            return self._from
+        return str(Address(display_name=one_line(name), addr_spec=self._address))
 
     def _context(self, claimed: Claimed, token: str | None) -> dict[str, Any]:
         customer = claimed.customer

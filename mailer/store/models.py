@@ -330,3 +330,18 @@ class InquiryEvent(SQLModel, table=True):
     actor: str = Field(max_length=100)
     kind: str = Field(max_length=20)  # status, assign, note
     text: str = ""
+
+
+class SavedReply(SQLModel, table=True):
+    """A canned response support starts a reply from: a Jinja template in the render
+    sandbox, one per name and language."""
+
+    __tablename__ = "saved_replies"
+    __table_args__ = (UniqueConstraint("name", "locale", name="uq_saved_replies_name_locale"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=100)
+    locale: str = Field(max_length=35)
+    body: str = ""
+    updated_at: datetime = _when(nullable=False)
+    updated_by: str = Field(max_length=100)

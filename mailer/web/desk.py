@@ -27,8 +27,17 @@ from mailer.customers import profiles
 from mailer.inbound import inquiries
 from mailer.outbound import outbox
 from mailer.store.models import InquiryStatus, Role
-from mailer.web import users
-from mailer.web.common import Endpoint, checked_form, current_user, db, render, require, state
+from mailer.web import reply_editor, users
+from mailer.web.common import (
+    Endpoint,
+    checked_form,
+    current_user,
+    db,
+    render,
+    rendering,
+    require,
+    state,
+)
 
 PAGE = 50
 HISTORY = 200  # messages on a customer's page; `mailer customers show --history` has all
@@ -94,9 +103,14 @@ async def inquiry_list(request: Request) -> Response:
     status = status if status in STATUSES else ""
     q = request.query_params.get("q", "").strip()
     before, after = _number(request, "before"), _number(request, "after")
-    page = await db(request, _browse, request, status, q, before, after)
+    late = request.query_params.get("late") == "1"
+    browse = _late if late else _browse
+    page = await db(request, browse, request, status, q, before, after)
     context = {
         "page": page,
+        "late": late,
+        "promised": await db(request, _promised, request, page.rows),
+        "now": state(request).clock.now(),
         "q": q,
         "status": status,
         "statuses": STATUSES,
@@ -104,6 +118,20 @@ async def inquiry_list(request: Request) -> Response:
         "older": _link("/inquiries", q=q, status=status, before=page.older) if page.older else None,
     }
     return render(request, "desk_inquiries.html", context)
+
+
+def _late(request: Request, *_: Any) -> inquiries.Page:
+    """The quick filter "past promise": waiting for support past the promised time."""
+    with state(request).engine.connect() as conn:
+        late = inquiries.past_promise(conn, state(request).clock.now(), size=PAGE)
+    return inquiries.Page(late, None, None)
+
+
+def _promised(request: Request, rows: list[inquiries.Listed]) -> dict[int, datetime]:
+    """The promised answer time of each inquiry on the page that still waits for support."""
+    waiting = [r for r in rows if r.status in inquiries.WAITING_FOR_SUPPORT]
+    with state(request).engine.connect() as conn:
+        return inquiries.promises(conn, waiting)
 
 
 def _browse(
@@ -117,25 +145,49 @@ def _browse(
 
 @reads_inquiries
 async def inquiry_page(request: Request) -> Response:
-    context = await db(request, _inquiry, request, request.path_params["id"])
+    return await inquiry_page_with(request)
+
+
+async def inquiry_page_with(
+    request: Request, *, text: str | None = None, refused: str | None = None, status: int = 200
+) -> Response:
+    """The inquiry page; a refused reply comes back to it with its text and the reason."""
+    # starting from a saved reply renders a template: that waits its turn with the others
+    run = rendering if "saved" in request.query_params else db
+    context = await run(request, _inquiry, request, request.path_params["id"], text)
     if context is None:
         raise HTTPException(404, "There is no such inquiry.")
-    return render(request, "desk_inquiry.html", {**context, "statuses": STATUSES})
+    context = {**context, "statuses": STATUSES, "reply_refused": refused}
+    return render(request, "desk_inquiry.html", context, status=status)
 
 
-def _inquiry(request: Request, inquiry_id: int) -> dict[str, Any] | None:
+def _inquiry(request: Request, inquiry_id: int, text: str | None = None) -> dict[str, Any] | None:
     with state(request).engine.connect() as conn:
         inquiry = inquiries.get(conn, inquiry_id)
         if inquiry is None:
             return None
         ids = [message.id for message in inquiry.thread]
+        user = current_user(request)
+        writes = user is not None and user.may(Role.SUPPORT)
         return {
             "inquiry": inquiry,
             "raw_text": _raw_text(inquiry),
             "acks": inquiries.acknowledgements(conn, ids),
             "events": inquiries.events(conn, inquiry_id),
             "assignees": _assignees(conn),
+            **_promise(request, conn, inquiry),
+            "sent_replies": inquiries.replies(conn, inquiry_id),
+            "reply_editor": reply_editor.editor(request, conn, inquiry, text) if writes else None,
         }
+
+
+def _promise(request: Request, conn: Connection, inquiry: inquiries.Listed) -> dict[str, Any]:
+    """When the acknowledgement promised an answer, and whether that has passed while the
+    inquiry still waits for support."""
+    promised = inquiries.promises(conn, [inquiry]).get(inquiry.id)
+    waiting = inquiry.status in inquiries.WAITING_FOR_SUPPORT
+    late = waiting and promised is not None and promised < state(request).clock.now()
+    return {"promised": promised if waiting else None, "past_promise": late}
 
 
 def _raw_text(inquiry: inquiries.Opened) -> str | None:
