@@ -25,7 +25,7 @@ from mailer.outbound import outbox
 from mailer.outbound.outbox import NewMessage, Outcome, Result
 from mailer.relationship import privacy
 from mailer.sandbox import smtp_server
-from mailer.store.models import OutboxStatus
+from mailer.store.models import InquiryStatus, OutboxStatus
 from tests.conftest import add_customers
 from tests.test_cli import Mailer
 from tests.test_cli import on_sqlite as on_sqlite  # the fixture, for the commands' test
@@ -57,14 +57,17 @@ def inquiry_mail(message_id: str) -> bytes:
 
 
 def zdravko_everywhere(engine: Engine, tmp_path: Path, clock: ManualClock) -> dict[str, int]:
-    """A customer with a profile, an inquiry with a note, a sent and a queued message, a
-    failed delivery whose reply names him, and a message in the sandbox."""
+    """A customer with a profile, an inquiry with a note, a reply and his re-opening of it,
+    a sent and a queued message, a server reply that names him, and a sandbox copy."""
     now = clock.now()
     add_customers(engine, tmp_path, CSV, now)
     with engine.begin() as conn:
         customer = profiles.get(conn, EMAIL)
         logged = inquiries.log(conn, parse(inquiry_mail("<q1@mail.example.bg>")), now)
         inquiries.add_note(conn, logged.inquiry_id, "обещах обаждане в петък", "mila", now)
+        inquiries.record_reply(conn, logged.inquiry_id, "Здравко, пращаме нова", "mila", now)
+        inquiries.set_status(conn, logged.inquiry_id, InquiryStatus.ANSWERED)
+        inquiries.reopen(conn, logged.inquiry_id, EMAIL, now)
         smtp_server.store(conn, "news@northwind.example", [EMAIL], inquiry_mail("<s1@x>"), now)
     sent, waiting = (
         NewMessage(

@@ -93,7 +93,8 @@ def log(conn: Connection, inbound: Inbound, received_at: datetime) -> Logged:
 
 def erase_customer(conn: Connection, customer_id: int, address: str) -> int:
     """Clear everything the customer wrote and every trace of who they are from their
-    inquiries (and the notes on them), keeping each row's status and times for the counts."""
+    inquiries (and the notes and replies on them), keeping each row's status and times for
+    the counts."""
     c = INQUIRIES.c
     theirs = or_(c.customer_id == customer_id, func.lower(c.sender) == address.lower())
     ids = list(conn.execute(select(c.id).where(theirs)).scalars())
@@ -106,11 +107,11 @@ def erase_customer(conn: Connection, customer_id: int, address: str) -> int:
         .values(**cleared, message_id=None, attachments=[], defects=[], error=None, raw=b"")
     )
     events = INQUIRY_EVENTS.c
-    conn.execute(
-        update(INQUIRY_EVENTS)
-        .where(events.inquiry_id.in_(ids), events.kind == "note")
-        .values(text="")
-    )
+    about = events.inquiry_id.in_(ids)
+    written = events.kind.not_in(("status", "assign"))  # notes and replies say who they are
+    conn.execute(update(INQUIRY_EVENTS).where(about, written).values(text=""))
+    by_them = func.lower(events.actor) == address.lower()  # a thread they re-opened
+    conn.execute(update(INQUIRY_EVENTS).where(about, by_them).values(actor="customer"))
     return len(ids)
 
 

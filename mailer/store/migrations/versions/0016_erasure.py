@@ -1,7 +1,7 @@
 """erased customers: their addresses kept only as hashes, so they are never mailed again
 
 Revision ID: 0016
-Revises: 0012
+Revises: 0015
 Create Date: 2026-12-02
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 from mailer.store.db import UTCDateTime
 
 revision: str = "0016"
-down_revision: str | None = "0012"
+down_revision: str | None = "0015"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
