@@ -35,11 +35,11 @@ def _when(nullable: bool = True, **kwargs: Any) -> Any:
     return Field(sa_type=UTCDateTime, nullable=nullable, **kwargs)
 
 
-
 def _belongs_to(parent: str) -> Any:
     """A required link to the row this one is about, gone when that row is deleted."""
     foreign = ForeignKey(parent, ondelete="CASCADE")
     return Field(sa_column=Column(Integer, foreign, index=True, nullable=False))
+
 
 class Customer(SQLModel, table=True):
     __tablename__ = "customers"

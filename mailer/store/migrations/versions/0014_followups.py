@@ -35,9 +35,7 @@ def upgrade() -> None:
         sa.Column("due_at", UTCDateTime(), nullable=False),
         sa.Column("assignee", sa.String(100), nullable=True),
         sa.Column("note", sa.String(), nullable=False),
-        sa.Column(
-            "inquiry_id", sa.Integer(), sa.ForeignKey("inquiries.id", ondelete="SET NULL")
-        ),
+        sa.Column("inquiry_id", sa.Integer(), sa.ForeignKey("inquiries.id", ondelete="SET NULL")),
         sa.Column("status", sa.String(10), nullable=False),
         sa.Column("created_by", sa.String(100), nullable=False),
         sa.Column("created_at", UTCDateTime(), nullable=False),
