@@ -31,6 +31,7 @@ from mailer.outbound.smtp import SmtpPool, SmtpTarget
 from mailer.outbound.templates import TemplateStore
 from mailer.sandbox import smtp_server
 from mailer.sandbox.imap_server import SandboxImap
+from mailer.scheduling.digests import Digests
 from mailer.scheduling.firing import Firing
 from mailer.scheduling.scheduler import Scheduler, Schedules
 from mailer.store.models import Customer
@@ -120,7 +121,8 @@ def build_scheduler(
     """Schedule files from ``[paths] schedules``, fired into the outbox; it wakes delivery."""
     store = TemplateStore(cfg.templates_dir)
     files = Schedules(cfg.schedules_dir, store.names, clock)
-    return Scheduler(files, engine, clock, Firing.from_config(cfg), wake)
+    digests = Digests.from_config(cfg, engine)
+    return Scheduler(files, engine, clock, Firing.from_config(cfg), wake, digests)
 
 
 async def serve(
