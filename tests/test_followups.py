@@ -121,7 +121,7 @@ def test_follow_ups_are_listed_soonest_first_snoozed_and_done(
 def test_unknown_customer_assignee_or_due_is_one_clear_error(
     engine: Engine, clock: ManualClock, agents: None
 ) -> None:
-    with pytest.raises(NotFound, match="no customer with the address 'who@example.com'"):
+    with pytest.raises(NotFound, match=r"no customer with the address 'who@example\.com'"):
         _add(engine, clock, "who@example.com", "3d", None)
     with pytest.raises(NotFound, match="no staff user named 'zed'"):
         _add(engine, clock, "maria@example.bg", "3d", "zed")
