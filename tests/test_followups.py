@@ -92,7 +92,11 @@ def _add(engine: Engine, clock: ManualClock, email: str, due: str, assignee: str
     with engine.begin() as conn:
         due_at = followups.due_for(conn, due, assignee, clock.now(), SOFIA)
         new = NewFollowUp(
-            email=email, due_at=due_at, note=f"call {email}", created_by="t", assignee=assignee
+            customer_id=followups.customer_id(conn, email),
+            due_at=due_at,
+            note=f"call {email}",
+            created_by="t",
+            assignee=assignee,
         )
         return followups.add(conn, new, clock.now())
 

@@ -111,6 +111,7 @@ def test_names_list_templates_but_not_layouts(shipped: TemplateStore) -> None:
     assert shipped.names() == [
         "ack",
         "birthday",
+        "followups_digest",
         "newsletter",
         "webinar_cancel",
         "webinar_invite",

@@ -29,7 +29,11 @@ def add(
     with app_.engine().begin() as conn:
         due_at = followups.due_for(conn, due, assignee, now, zone)
         new = followups.NewFollowUp(
-            email=email, due_at=due_at, note=note, created_by=CLI_ACTOR, assignee=assignee
+            customer_id=followups.customer_id(conn, email),
+            due_at=due_at,
+            note=note,
+            created_by=CLI_ACTOR,
+            assignee=assignee,
         )
         followup_id = followups.add(conn, new, now)
     out.print(f"follow-up {followup_id} due {due_at:%Y-%m-%d %H:%M} UTC")

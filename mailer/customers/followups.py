@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Table, func, insert, select, update
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
 
 from mailer.core import fieldtypes
 from mailer.core.durations import parse_duration
@@ -99,7 +100,7 @@ def due_for(
 
 @dataclass(frozen=True, slots=True)
 class NewFollowUp:
-    email: str
+    customer_id: int
     due_at: datetime
     note: str
     created_by: str
@@ -121,7 +122,7 @@ def add(conn: Connection, new: NewFollowUp, now: datetime) -> int:
     if len(new.note) > NOTE_MAX:
         raise MailerError(f"a follow-up's note has at most {NOTE_MAX} characters")
     values = {
-        "customer_id": customer_id(conn, new.email),
+        "customer_id": new.customer_id,
         "due_at": new.due_at,
         "assignee": new.assignee,
         "note": new.note.strip(),
@@ -131,7 +132,10 @@ def add(conn: Connection, new: NewFollowUp, now: datetime) -> int:
         "created_at": now,
         "snoozed": 0,
     }
-    new_id = conn.execute(insert(FOLLOWUPS).values(**values)).inserted_primary_key
+    try:
+        new_id = conn.execute(insert(FOLLOWUPS).values(**values)).inserted_primary_key
+    except IntegrityError:  # the customer or the inquiry is gone, or never was
+        raise NotFound("no such customer or inquiry for a follow-up") from None
     assert new_id is not None
     return int(new_id[0])
 
