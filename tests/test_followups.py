@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, time, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from mailer import daemon
 from mailer.core.clock import ManualClock
@@ -14,11 +16,13 @@ from mailer.core.config import Config
 from mailer.core.errors import MailerError, NotFound
 from mailer.customers import followups
 from mailer.customers.followups import Agent, NewFollowUp, digests_due, parse_due
+from mailer.outbound.outbox import OUTBOX
 from mailer.outbound.smtp import SmtpTarget
 from mailer.scheduling.digests import Digests
+from mailer.scheduling.scheduler import Scheduler, Schedules
 from mailer.store.models import Role
 from mailer.web import users
-from tests.conftest import PASSWORD
+from tests.conftest import FIRING, PASSWORD
 from tests.smtp_sink import Sink, listening
 
 SOFIA, MANILA = ZoneInfo("Europe/Sofia"), ZoneInfo("Asia/Manila")
@@ -161,3 +165,25 @@ async def test_each_agent_gets_one_digest_at_eight_in_their_own_zone(
     assert "2026-12-02 15:00" in text.get_content() and "siti@" not in text.get_content()
     sam = by_recipient["sam@northwind.example"]
     assert sam["Subject"] == "Your follow-ups for 2026-12-02: 1 overdue, 0 due today"
+
+
+async def test_the_daemons_clockwork_queues_the_digest_and_wakes_delivery(
+    engine: Engine, cfg: Config, clock: ManualClock, agents: None, tmp_path: Path
+) -> None:
+    clock.set(datetime(2026, 12, 2, 6, 0, tzinfo=UTC))  # 08:00 in Sofia
+    _add(engine, clock, "maria@example.bg", "1h", "sam")
+    woken = asyncio.Event()
+    nothing = Schedules(tmp_path / "no-schedules", list, clock)
+    clockwork = Scheduler(
+        nothing, engine, clock, FIRING, woken.set, Digests.from_config(cfg, engine)
+    )
+    stop = asyncio.Event()
+    running = asyncio.create_task(clockwork.run(stop, asyncio.Event()))
+    try:
+        await asyncio.wait_for(woken.wait(), 10)
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 10)
+    with engine.connect() as conn:
+        keys = conn.execute(select(OUTBOX.c.dedupe_key)).scalars().all()
+    assert keys == ["followups-digest:sam:2026-12-02"]

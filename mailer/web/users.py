@@ -67,10 +67,9 @@ def add(
 def change(conn: Connection, name: str, **details: str | None) -> None:
     """Set a user's display_name, timezone or email; "" clears one, None leaves it."""
     values = _checked(details)
-    if (
-        values
-        and not conn.execute(update(USERS).where(USERS.c.name == name).values(**values)).rowcount
-    ):
+    if not values:
+        raise MailerError("nothing to change: give a display name, a time zone or an address")
+    if not conn.execute(update(USERS).where(USERS.c.name == name).values(**values)).rowcount:
         raise NotFound(f"no user named {name!r}")
 
 
