@@ -119,6 +119,7 @@ def customer_id(conn: Connection, email: str) -> int:
 
 
 def add(conn: Connection, new: NewFollowUp, now: datetime) -> int:
+    """Record a follow-up; returns its id, which `mailer followups done` takes."""
     if len(new.note) > NOTE_MAX:
         raise MailerError(f"a follow-up's note has at most {NOTE_MAX} characters")
     values = {
@@ -141,12 +142,7 @@ def add(conn: Connection, new: NewFollowUp, now: datetime) -> int:
 
 
 def find(
-    conn: Connection,
-    *,
-    due_before: datetime | None = None,
-    assignee: str | None = None,
-    customer: int | None = None,
-    inquiry: int | None = None,
+    conn: Connection, *, due_before: datetime | None = None, assignee: str | None = None
 ) -> list[dict[str, Any]]:
     """Open follow-ups, soonest first, with the customer's address and name."""
     query = (
@@ -155,13 +151,8 @@ def find(
         .where(FOLLOWUPS.c.status == FollowUpStatus.OPEN)
         .order_by(FOLLOWUPS.c.due_at, FOLLOWUPS.c.id)
     )
-    for column, value in (
-        (FOLLOWUPS.c.assignee, assignee),
-        (FOLLOWUPS.c.customer_id, customer),
-        (FOLLOWUPS.c.inquiry_id, inquiry),
-    ):
-        if value is not None:
-            query = query.where(column == value)
+    if assignee is not None:
+        query = query.where(FOLLOWUPS.c.assignee == assignee)
     if due_before is not None:
         query = query.where(FOLLOWUPS.c.due_at < due_before)
     return [dict(row) for row in conn.execute(query).mappings()]
@@ -178,6 +169,7 @@ def overdue_count(conn: Connection, assignee: str, now: datetime) -> int:
 
 
 def done(conn: Connection, followup_id: int, by: str, now: datetime) -> None:
+    """Kept, not deleted: who contacted the customer, and when, stays on record."""
     _change(conn, followup_id, status=FollowUpStatus.DONE, done_at=now, done_by=by)
 
 
