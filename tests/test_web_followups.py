@@ -61,7 +61,7 @@ async def test_a_follow_up_from_an_inquiry_becomes_overdue_is_snoozed_then_done(
         assert followups.find(conn) == []
 
 
-async def test_a_follow_up_from_the_customer_page_with_a_bad_due_time_is_refused(
+async def test_a_follow_up_from_the_customer_page_needs_a_due_time_and_can_be_reassigned(
     page: Page,
     site: Site,
     staff: dict[str, str],
@@ -82,4 +82,12 @@ async def test_a_follow_up_from_the_customer_page_with_a_bad_due_time_is_refused
     await form.get_by_label("Follow up").fill("2026-11-24 09:00")  # Sofia: already past
     await form.get_by_role("button", name="Add follow-up").click()
     await page.wait_for_url(f"**/customers/{customer}")
-    await expect(page.locator("header nav a[href='/followups'] .badge")).to_have_text("1")
+    nav_count = page.locator("header nav a[href='/followups'] .badge")
+    await expect(nav_count).to_have_text("1")
+    await page.goto(site.url + "/followups")
+    await page.get_by_label("Reassign to").select_option("sam")
+    await page.get_by_role("button", name="Reassign").click()
+    await expect(page.get_by_text("Nothing.")).to_have_count(3)
+    await expect(nav_count).to_have_count(0)
+    with engine.connect() as conn:
+        assert followups.overdue_count(conn, "sam", clock.now()) == 1
