@@ -39,9 +39,9 @@ from mailer.outbound.templates import TemplateStore  # noqa: E402
 from mailer.scheduling import firing  # noqa: E402
 from mailer.scheduling.firing import Firing  # noqa: E402
 from mailer.scheduling.schedules import load_schedules  # noqa: E402
+from mailer.staff import users  # noqa: E402
 from mailer.store import db, migrate  # noqa: E402
 from mailer.store.models import Role  # noqa: E402
-from mailer.web import users  # noqa: E402
 from mailer.web.server import build  # noqa: E402
 from tests.configs import shipped_config  # noqa: E402
 from tests.site import served  # noqa: E402

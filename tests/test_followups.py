@@ -20,8 +20,8 @@ from mailer.outbound.outbox import OUTBOX
 from mailer.outbound.smtp import SmtpTarget
 from mailer.scheduling.digests import Digests
 from mailer.scheduling.scheduler import Scheduler, Schedules
+from mailer.staff import users
 from mailer.store.models import Role
-from mailer.web import users
 from tests.conftest import FIRING, PASSWORD
 from tests.smtp_sink import Sink, listening
 

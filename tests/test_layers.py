@@ -135,6 +135,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
     for names in (
         "core",
         "store",
+        "staff",
         "customers sandbox",
         "outbound",
         "inbound scheduling",

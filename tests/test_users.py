@@ -9,9 +9,9 @@ from sqlalchemy import Engine, select
 
 from mailer.core.clock import ManualClock
 from mailer.core.errors import MailerError, NotFound
+from mailer.staff import users
+from mailer.staff.users import LoginGuard
 from mailer.store.models import Role
-from mailer.web import users
-from mailer.web.users import LoginGuard
 
 PASSWORD = "correct horse battery"
 

@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 from mailer.core.clock import ManualClock
 from mailer.core.config import Config
 from mailer.customers import followups
-from mailer.web import users
+from mailer.staff import users
 from tests.conftest import add_customers, sign_in
 from tests.site import Site
 from tests.test_web_desk import mail, received

@@ -7,8 +7,8 @@ import sys
 import typer
 
 from mailer.cli.common import JSON_OPTION, app_of, out, print_rows
+from mailer.staff import users
 from mailer.store.models import Role
-from mailer.web import users
 
 app = typer.Typer(
     help="Web app accounts: support, marketing and admin users.", no_args_is_help=True

@@ -20,11 +20,11 @@ from sqlalchemy.exc import IntegrityError
 from mailer.core import fieldtypes
 from mailer.core.durations import parse_duration
 from mailer.core.errors import MailerError, NotFound
-from mailer.store.models import Customer, FollowUp, FollowUpStatus, User
+from mailer.customers.profiles import CUSTOMERS
+from mailer.staff.users import USERS
+from mailer.store.models import FollowUp, FollowUpStatus
 
 FOLLOWUPS: Table = FollowUp.__table__  # type: ignore[attr-defined]
-CUSTOMERS: Table = Customer.__table__  # type: ignore[attr-defined]
-USERS: Table = User.__table__  # type: ignore[attr-defined]
 DAY_STARTS = time(9, 0)  # a due date without a time means the start of that working day
 NOTE_MAX = 10_000
 

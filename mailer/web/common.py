@@ -26,9 +26,9 @@ from starlette.templating import Jinja2Templates
 
 from mailer.core.clock import Clock
 from mailer.core.config import Config
+from mailer.staff import users
+from mailer.staff.users import LoginGuard, SignedIn
 from mailer.store.models import Role
-from mailer.web import users
-from mailer.web.users import LoginGuard, SignedIn
 
 HERE = Path(__file__).parent
 CSRF_FIELD = "csrf"

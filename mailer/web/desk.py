@@ -26,8 +26,9 @@ from mailer.core.errors import NotFound
 from mailer.customers import profiles
 from mailer.inbound import inquiries
 from mailer.outbound import outbox
+from mailer.staff import users
 from mailer.store.models import InquiryStatus, Role
-from mailer.web import reply_editor, users
+from mailer.web import reply_editor
 from mailer.web.common import (
     Endpoint,
     checked_form,

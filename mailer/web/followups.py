@@ -20,10 +20,10 @@ from starlette.routing import Route
 from mailer.core import fieldtypes
 from mailer.core.errors import MailerError
 from mailer.customers import followups
+from mailer.staff.users import SignedIn
 from mailer.store.models import Role
 from mailer.web.common import current_user, db, render, require, state
 from mailer.web.desk import _assignees, posted_by_support
-from mailer.web.users import SignedIn
 
 SNOOZES = {"1d": timedelta(days=1), "1w": timedelta(weeks=1)}
 Change = Callable[[Connection, int, SignedIn, datetime], None]

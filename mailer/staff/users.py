@@ -180,3 +180,9 @@ class LoginGuard:
         if not tries:
             self._tries.pop(key, None)  # names seen once do not pile up
         return tries
+
+
+def shown_name(conn: Connection, name: str) -> str:
+    """How a user signs what reaches customers: the display name when set, else the name."""
+    found = conn.execute(select(USERS.c.display_name).where(USERS.c.name == name)).scalar()
+    return str(found or name)
