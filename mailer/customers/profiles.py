@@ -484,11 +484,11 @@ class Logged:
 
 
 def history(conn: Connection, customer_id: int, limit: int = 200) -> list[Logged]:
-    """The customer's recorded changes, newest first."""
+    """The customer's recorded changes, newest first; one edit's in the order of its form."""
     query = (
         select(CHANGES.c.at, CHANGES.c.actor, CHANGES.c.field, CHANGES.c.before, CHANGES.c.after)
         .where(CHANGES.c.customer_id == customer_id)
-        .order_by(CHANGES.c.at.desc(), CHANGES.c.id.desc())
+        .order_by(CHANGES.c.at.desc(), CHANGES.c.id)
         .limit(limit)
     )
     return [Logged(**row) for row in conn.execute(query).mappings()]
