@@ -57,7 +57,7 @@ def record(columns: Mapping[str, Any], tags: tuple[str, ...] | list[str]) -> dic
     """A customer's editable values as the history records them, from the table's columns:
     the birthday as one text, times as ISO text, each custom field under "fields.<key>"."""
     flat = {k: columns[k] for k in RECORDED if k in columns}
-    flat["birthday"] = _birthday_text(columns)
+    flat["birthday"] = birthday_text(columns)
     pause = columns.get("pause_until")
     flat["pause_until"] = (
         pause.astimezone(UTC).isoformat() if isinstance(pause, datetime) else pause
@@ -68,7 +68,7 @@ def record(columns: Mapping[str, Any], tags: tuple[str, ...] | list[str]) -> dic
     return flat
 
 
-def _birthday_text(columns: Mapping[str, Any]) -> str | None:
+def birthday_text(columns: Mapping[str, Any]) -> str | None:
     month, day, year = (columns.get(f"birth_{p}") for p in ("month", "day", "year"))
     if not month or not day:
         return None
