@@ -92,6 +92,11 @@ def test_every_bad_input_is_named_with_the_reason_an_import_gives() -> None:
     assert found["birthday"].startswith("birthday '31.02.1990' is not a date")
     assert found["new_field_name"] == "'email' is a column of its own, not a custom field"
     assert problems({**FORM, "email": " "}) == {"email": "no email address"}
+    too_long = problems({**FORM, "name": "Я" * 201, "tags": "vip, " + "t" * 101})
+    assert too_long == {
+        "name": "longer than 200 characters",  # what would not fit its column
+        "tags": "a tag is longer than 100 characters",
+    }
 
 
 def test_empty_inputs_clear_their_values() -> None:

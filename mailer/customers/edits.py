@@ -41,7 +41,8 @@ RECORDED = (
     "caps_override",
     "tags",
 )
-_LOCAL_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}$")
+_LOCAL_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2})?$")
+LONGEST = {"name": 200, "first_name": 100, "tags": 100}  # the columns' sizes; a tag each
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,12 +90,8 @@ def diff(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[Change]:
 def read_form(form: Mapping[str, str], zone: ZoneInfo) -> dict[str, Any]:
     """The customers columns a submitted form sets, checked as an import checks a row, with
     ``tags``; an empty input clears its value. Raises InvalidInput naming each bad input."""
-    values, errors = convert_cells({k: form.get(k, "") for k in ("email", "locale", "timezone")})
-    birthday, wrong = convert_cells(
-        {"birthday": form.get("birthday", ""), "tags": form.get("tags", "")}
-    )
-    values.update(birthday)
-    errors.update(wrong)
+    checked_columns = ("email", "locale", "timezone", "birthday", "tags")
+    values, errors = convert_cells({k: form.get(k, "") for k in checked_columns})
     if "email" not in values and "email" not in errors:
         errors["email"] = "no email address"
     checked: dict[str, Any] = {
@@ -110,6 +107,7 @@ def read_form(form: Mapping[str, str], zone: ZoneInfo) -> dict[str, Any]:
             checked[name] = read(form, zone)
         except InvalidInput as exc:
             errors.update({p.where: p.message for p in exc.problems})
+    errors.update(_too_long(checked["name"], checked["first_name"], values.get("tags") or ()))
     if errors:
         raise InvalidInput([Problem(where, message) for where, message in errors.items()])
     if not checked["first_name"] and checked["name"]:  # as an import fills it in
@@ -123,6 +121,18 @@ def read_form(form: Mapping[str, str], zone: ZoneInfo) -> dict[str, Any]:
         tags=values.get("tags") or (),
     )
     return checked
+
+
+def _too_long(name: str, first_name: str, tags: tuple[str, ...]) -> dict[str, str]:
+    """What would not fit its column (an import would fail on PostgreSQL there)."""
+    found = {
+        key: f"longer than {LONGEST[key]} characters"
+        for key, text in (("name", name), ("first_name", first_name))
+        if len(text) > LONGEST[key]
+    }
+    if any(len(tag) > LONGEST["tags"] for tag in tags):
+        found["tags"] = f"a tag is longer than {LONGEST['tags']} characters"
+    return found
 
 
 def _pause(form: Mapping[str, str], zone: ZoneInfo) -> datetime | None:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import uvicorn
 from sqlalchemy import Engine
 from starlette.applications import Starlette
+from starlette.routing import Mount, Route
 
 from mailer import checks
 from mailer.core.clock import Clock, SystemClock
@@ -25,7 +26,7 @@ BACKLOG = 2048
 
 def build(cfg: Config, engine: Engine, clock: Clock) -> Starlette:
     """The whole app: customers' pages and every staff section."""
-    sections = [
+    sections: list[Route | Mount] = [
         *desk.routes,
         *customer_edit.routes,
         *replies.routes,
