@@ -100,6 +100,7 @@ def import_csv(
 ) -> ImportReport:
     """Upsert every valid row of the file; report the rest. Each batch commits on its own.
 
+    What it changes in customers already stored goes into their history as "import:FILE".
     A file that cannot be read at all (missing, a directory, not UTF-8 text, no email
     column) raises ImportFileError naming it, before anything is saved.
     """
@@ -181,16 +182,22 @@ def _upsert(
 ) -> None:
     if not rows:
         return
-    existing = {
+    existing: dict[str, Any] = {
         r.email: r._mapping
         for r in conn.execute(
             select(CUSTOMERS).where(CUSTOMERS.c.email.in_([r.email for r in rows]))
         )
     }
-    values = []
+    old_tags = _tags_of_retagged(conn, rows, existing)
+    values, changes = [], []
     for row in rows:
         before = existing.get(row.email)
         after = _merge(before, row, now)
+        if before is not None:
+            tags = old_tags.get(before["id"], [])
+            new_tags = tags if row.tags is None else row.tags
+            found = diff(record(before, tags), record(after, new_tags))
+            changes += [(before["id"], change) for change in found]
         if before is not None and _same(before, after):
             report.unchanged += 1
             continue
@@ -199,26 +206,19 @@ def _upsert(
             report.inserted += 1
         else:
             report.updated += 1
-    changes = _import_changes(conn, rows, existing, now)
     if values:
         conn.execute(_upsert_statement(conn), values)
     _replace_tags(conn, [r for r in rows if r.tags is not None])
     _log(conn, changes, actor, now)
 
 
-def _import_changes(
-    conn: Connection, rows: list[CustomerRow], existing: Mapping[str, Any], now: datetime
-) -> list[tuple[int, Change]]:
-    """What a batch changes in customers already stored (new ones have no history yet):
-    their tags read in one query, the rest compared in memory."""
-    known = [(row, existing[row.email]) for row in rows if row.email in existing]
-    old_tags = tags_of(conn, [before["id"] for row, before in known if row.tags is not None])
-    found = []
-    for row, before in known:
-        tags = old_tags.get(before["id"], [])
-        after = record(_merge(before, row, now), tags if row.tags is None else row.tags)
-        found += [(before["id"], c) for c in diff(record(before, tags), after)]
-    return found
+def _tags_of_retagged(
+    conn: Connection, rows: list[CustomerRow], existing: Mapping[str, Any]
+) -> dict[int, list[str]]:
+    """The tags stored for customers whose row gives tags, so their history can say what
+    changed; one query a batch, none on a first import."""
+    ids = [existing[r.email]["id"] for r in rows if r.tags is not None and r.email in existing]
+    return tags_of(conn, ids) if ids else {}
 
 
 def _log(conn: Connection, changes: list[tuple[int, Change]], actor: str, now: datetime) -> None:
