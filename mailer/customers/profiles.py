@@ -194,9 +194,7 @@ def _upsert(
         before = existing.get(row.email)
         after = _merge(before, row, now)
         if before is not None:
-            tags = old_tags.get(before["id"], [])
-            new_tags = tags if row.tags is None else row.tags
-            found = diff(record(before, tags), record(after, new_tags))
+            found = _row_changes(before, after, old_tags.get(before["id"], []), row.tags)
             changes += [(before["id"], change) for change in found]
         if before is not None and _same(before, after):
             report.unchanged += 1
@@ -210,6 +208,16 @@ def _upsert(
         conn.execute(_upsert_statement(conn), values)
     _replace_tags(conn, [r for r in rows if r.tags is not None])
     _log(conn, changes, actor, now)
+
+
+def _row_changes(
+    before: Any, after: dict[str, Any], stored_tags: list[str], given_tags: tuple[str, ...] | None
+) -> list[Change]:
+    """What one row changes in a stored customer; the usual answer, nothing, found cheaply."""
+    tags = stored_tags if given_tags is None else list(given_tags)
+    if tags == stored_tags and _same(before, after):
+        return []
+    return diff(record(before, stored_tags), record(after, tags))
 
 
 def _tags_of_retagged(
