@@ -174,7 +174,7 @@ def _fields(form: Mapping[str, str], _zone: ZoneInfo) -> dict[str, str]:
     kept = {
         key.removeprefix(FIELD_PREFIX): text
         for key, value in form.items()
-        if key.startswith(FIELD_PREFIX) and (text := clean_text(value))
+        if key.startswith(FIELD_PREFIX) and key != FIELD_PREFIX and (text := clean_text(value))
     }
     name_input, value_input = NEW_FIELD
     raw_name = form.get(name_input, "").strip()
