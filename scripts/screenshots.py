@@ -101,6 +101,7 @@ async def shoot(url: str, out: Path, cfg: Config) -> None:
             ("inquiries", "/inquiries"),
             ("inquiry", "/inquiries/1"),
             ("customer", "/customers/1"),
+            ("customer-edit", "/customers/1/edit"),
             ("templates", "/templates"),
             ("preview", "/templates/birthday?locale=bg&customer=maria.ivanova%40example.com"),
             ("schedules", "/schedules"),
