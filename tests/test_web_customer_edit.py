@@ -7,17 +7,20 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from playwright.async_api import Locator, Page, expect
 from sqlalchemy import Engine
 
 from mailer.core.clock import ManualClock
-from mailer.customers import profiles
+from mailer.customers import edits, profiles
+from mailer.web.customer_edit import as_form
 from tests.conftest import add_customers, sign_in
 from tests.site import Site
 
 MARIA = "maria@example.bg"
+SOFIA = ZoneInfo("Europe/Sofia")
 CSV = (
     "email,name,locale,timezone,tags,city\n"
     f"{MARIA},Мария Иванова,bg,Europe/Sofia,newsletter,София\n"
@@ -117,6 +120,34 @@ async def test_another_customers_address_is_a_clear_error_naming_them(
     await expect(error_of(page, "email")).to_have_text(
         f"ivan@example.bg is already the address of customer #{ivan} (Иван Петров)"
     )
+
+
+async def test_a_form_opened_before_a_colleague_saved_does_not_undo_their_change(
+    page: Page,
+    site: Site,
+    staff: dict[str, str],
+    engine: Engine,
+    clock: ManualClock,
+    maria: int,
+) -> None:
+    await sign_in(page, site, "sam")
+    await open_editor(page, site, maria)
+    clock.advance(timedelta(minutes=2))
+    with engine.begin() as conn:  # mila changes the language meanwhile
+        mine = {**as_form(profiles.get_id(conn, maria), SOFIA), "locale": "en"}
+        profiles.edit(conn, maria, edits.read_form(mine, SOFIA), "mila", clock.now())
+    await page.get_by_label("Tags").fill("vip")
+    await page.get_by_role("button", name="Save").click()
+    await expect(page.locator("#problem")).to_contain_text("Someone else changed this customer")
+    await expect(page.get_by_label("Tags")).to_have_value("vip")  # sam's entry is kept
+    with engine.connect() as conn:
+        assert profiles.get_id(conn, maria).tags == ("newsletter",)
+    await page.get_by_label("Language").fill("en")  # sam takes mila's change in, and saves
+    await page.get_by_role("button", name="Save").click()
+    await expect(page.get_by_role("table", name="Profile")).to_contain_text("vip")
+    with engine.connect() as conn:
+        stored = profiles.get_id(conn, maria)
+    assert (stored.locale, stored.tags) == ("en", ("vip",))
 
 
 async def test_an_admin_exports_the_customer_and_erases_them_after_typing_the_address(

@@ -76,11 +76,14 @@ def _form_page(
     customer: profiles.Profile,
     form: dict[str, str],
     errors: dict[str, str],
+    stale: bool = False,
 ) -> Response:
     context = {
         "customer": customer,
         "form": form,
         "errors": errors,
+        "stale": stale,
+        "seen": customer.updated_at.isoformat(),
         "zone": _zone(request),
         "capped": edits.CAPPED,
         "periods": edits.CAP_PERIODS,
@@ -88,14 +91,18 @@ def _form_page(
             k.removeprefix(edits.FIELD_PREFIX) for k in form if k.startswith(edits.FIELD_PREFIX)
         ],
     }
-    return render(request, "customer_edit.html", context, status=400 if errors else 200)
+    status = 409 if stale else 400 if errors else 200
+    return render(request, "customer_edit.html", context, status=status)
 
 
 @posted(Role.SUPPORT)
 async def save(request: Request, form: FormData) -> Response:
-    """Saved whole or not at all; each bad input comes back next to its field."""
+    """Saved whole or not at all; each bad input comes back next to its field. A form
+    opened before someone else saved the customer is not saved over their changes."""
     typed = {k: v for k, v in form.items() if isinstance(v, str)}
     customer = await db(request, _profile, request)
+    if typed.get("seen") != customer.updated_at.isoformat():  # the form would undo theirs
+        return _form_page(request, customer, typed, {}, stale=True)
     try:
         values = edits.read_form(typed, _zone(request))
         if typed.get("pause_until") == as_form(customer, _zone(request))["pause_until"]:
