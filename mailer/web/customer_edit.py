@@ -131,7 +131,7 @@ def _save(request: Request, values: dict[str, Any]) -> None:
 async def history(request: Request) -> Response:
     """The list of changes, which the customer page loads into its History section."""
     zone = _zone(request)
-    with_values = await db(request, _history, request)
+    logged = await db(request, _history, request)
     entries = [
         {
             "at": entry.at.astimezone(zone).strftime("%Y-%m-%d %H:%M %Z"),
@@ -141,7 +141,7 @@ async def history(request: Request) -> Response:
             "before": shown(entry.before),
             "after": shown(entry.after),
         }
-        for entry in with_values
+        for entry in logged
     ]
     return render(request, "customer_history.html", {"entries": entries})
 
