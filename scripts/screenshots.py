@@ -124,6 +124,7 @@ async def shoot(url: str, out: Path, cfg: Config) -> None:
             ("inquiry", "/inquiries/1"),
             ("customer", "/customers/1"),
             ("followups", "/followups"),
+            ("customer-edit", "/customers/1/edit"),
             ("templates", "/templates"),
             ("preview", "/templates/birthday?locale=bg&customer=maria.ivanova%40example.com"),
             ("schedules", "/schedules"),

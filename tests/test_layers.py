@@ -90,6 +90,7 @@ PURE = (
     "mailer/inbound/parsing.py",
     "mailer/core/durations.py",
     "mailer/core/clock.py",
+    "mailer/customers/edits.py",
 )
 # a database, a mail protocol, the event loop or the network: what makes code need I/O to test
 IMPURE = (

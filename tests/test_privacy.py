@@ -10,6 +10,7 @@ import stat
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import Engine, MetaData, func, select
@@ -19,6 +20,7 @@ from mailer.core.categories import Category
 from mailer.core.clock import ManualClock
 from mailer.core.errors import NotFound
 from mailer.customers import profiles
+from mailer.customers.edits import read_form
 from mailer.inbound import inquiries
 from mailer.inbound.parsing import parse
 from mailer.outbound import outbox
@@ -40,11 +42,22 @@ IDENTIFYING = (
     "кафемелачка XQ-19",  # what he wrote about
     "поръчка 55102",
     "обещах обаждане",  # a colleague's note about him
+    "Зидарова",  # given in an edit, removed in the next: only its history holds it
 )
 CSV = (
     "email,name,first_name,birthday,tags,loyalty_code\n"
     f"{EMAIL},Здравко Киров,Здравко,1984-03-09,vip,ZK-7731\n"
 )
+
+EDIT = {  # the form as it comes, with a custom field added
+    "email": EMAIL,
+    "name": "Здравко Киров",
+    "birthday": "1984-03-09",
+    "tags": "vip",
+    "field.loyalty_code": "ZK-7731",
+    "marketing_consent": "on",
+    "relationship_consent": "on",
+}
 
 
 def inquiry_mail(message_id: str) -> bytes:
@@ -57,12 +70,16 @@ def inquiry_mail(message_id: str) -> bytes:
 
 
 def zdravko_everywhere(engine: Engine, tmp_path: Path, clock: ManualClock) -> dict[str, int]:
-    """A customer with a profile, an inquiry with a note, a reply and his re-opening of it,
-    a sent and a queued message, a server reply that names him, and a sandbox copy."""
+    """A customer with a profile and an edit to it, an inquiry with a note, a reply and his
+    re-opening of it, a sent and a queued message, a server reply that names him, and a
+    sandbox copy."""
     now = clock.now()
     add_customers(engine, tmp_path, CSV, now)
     with engine.begin() as conn:
         customer = profiles.get(conn, EMAIL)
+        for mother in ("Мария Зидарова", ""):
+            edit = {**EDIT, "field.mother": mother}
+            profiles.edit(conn, customer.id, read_form(edit, ZoneInfo("UTC")), "mila", now)
         logged = inquiries.log(conn, parse(inquiry_mail("<q1@mail.example.bg>")), now)
         inquiries.add_note(conn, logged.inquiry_id, "обещах обаждане в петък", "mila", now)
         inquiries.record_reply(conn, logged.inquiry_id, "Здравко, пращаме нова", "mila", now)
@@ -128,6 +145,8 @@ def test_the_export_holds_everything_about_the_customer(
     assert data["messages"][1]["attempts_log"][0]["smtp_code"] == 250
     assert [i["id"] for i in data["inquiries"]] == [ids["inquiry"]]
     assert data["inquiries"][0]["events"][0]["text"].startswith("обещах")
+    added_and_removed = {(None, "Мария Зидарова"), ("Мария Зидарова", None)}
+    assert {(c["before"], c["after"]) for c in data["changes"]} == added_and_removed
     for needle in IDENTIFYING:
         assert needle in exported, needle
 

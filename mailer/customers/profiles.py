@@ -1,5 +1,5 @@
-"""Customers in the database: batched CSV import, look-ups, unsubscribing, and when each
-was last and may next be contacted.
+"""Customers in the database: batched CSV import, look-ups, edits by staff with the
+history of every change, unsubscribing, erasure.
 
 The import is an upsert by email, a thousand rows to a statement, so 100,000 rows take
 seconds; running the same file twice changes nothing.
@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import stat
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime
 from itertools import islice
 from pathlib import Path
@@ -20,7 +20,7 @@ from sqlalchemy import Engine, Table, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, RowMapping
 
-from mailer.core.errors import ImportFileError, NotFound
+from mailer.core.errors import AddressTaken, ImportFileError, NotFound
 from mailer.core.search import fold
 from mailer.customers.csv_rows import (
     CustomerRow,
@@ -30,12 +30,15 @@ from mailer.customers.csv_rows import (
     read_rows,
     shown,
 )
-from mailer.store.models import Customer, CustomerTag, ErasedAddress
+from mailer.customers.edits import Change, diff, record
+from mailer.store.models import Customer, CustomerChange, CustomerTag, ErasedAddress
 
 BATCH = 1000
 CUSTOMERS: Table = Customer.__table__  # type: ignore[attr-defined]
 TAGS: Table = CustomerTag.__table__  # type: ignore[attr-defined]
 ERASED: Table = ErasedAddress.__table__  # type: ignore[attr-defined]
+CHANGES: Table = CustomerChange.__table__  # type: ignore[attr-defined]
+ACTOR_MAX = 100  # customer_changes.actor
 ERASED_REASON = "erased at the customer's request"
 Progress = Callable[[int], None]
 SHOWN = [c for c in CUSTOMERS.c if c.name != "search_text"]  # that one is the search's own
@@ -97,17 +100,19 @@ def import_csv(
 ) -> ImportReport:
     """Upsert every valid row of the file; report the rest. Each batch commits on its own.
 
+    What it changes in customers already stored goes into their history as "import:FILE".
     A file that cannot be read at all (missing, a directory, not UTF-8 text, no email
     column) raises ImportFileError naming it, before anything is saved.
     """
     report = ImportReport()
     first_line: dict[str, int] = {}
+    actor = f"import:{path.name}"[:ACTOR_MAX]
     with _open(path) as stream:
         try:
             for batch in _batches(parse_rows(read_rows(stream)), BATCH):
                 good = _split(batch, report, first_line)
                 with engine.begin() as conn:
-                    _upsert(conn, _not_erased(conn, good, report), now, report)
+                    _upsert(conn, _not_erased(conn, good, report), now, report, actor)
                 if progress:
                     progress(len(batch))
         except ImportFileError as exc:
@@ -172,19 +177,25 @@ def _combine(earlier: CustomerRow, later: CustomerRow) -> CustomerRow:
     return replace(earlier, **given)
 
 
-def _upsert(conn: Connection, rows: list[CustomerRow], now: datetime, report: ImportReport) -> None:
+def _upsert(
+    conn: Connection, rows: list[CustomerRow], now: datetime, report: ImportReport, actor: str
+) -> None:
     if not rows:
         return
-    existing = {
+    existing: dict[str, Any] = {
         r.email: r._mapping
         for r in conn.execute(
             select(CUSTOMERS).where(CUSTOMERS.c.email.in_([r.email for r in rows]))
         )
     }
-    values = []
+    old_tags = _tags_of_retagged(conn, rows, existing)
+    values, changes = [], []
     for row in rows:
         before = existing.get(row.email)
         after = _merge(before, row, now)
+        if before is not None:
+            found = _row_changes(before, after, old_tags.get(before["id"], []), row.tags)
+            changes += [(before["id"], change) for change in found]
         if before is not None and _same(before, after):
             report.unchanged += 1
             continue
@@ -196,6 +207,36 @@ def _upsert(conn: Connection, rows: list[CustomerRow], now: datetime, report: Im
     if values:
         conn.execute(_upsert_statement(conn), values)
     _replace_tags(conn, [r for r in rows if r.tags is not None])
+    _log(conn, changes, actor, now)
+
+
+def _row_changes(
+    before: Any, after: dict[str, Any], stored_tags: list[str], given_tags: tuple[str, ...] | None
+) -> list[Change]:
+    """What one row changes in a stored customer; the usual answer, nothing, found cheaply."""
+    tags = stored_tags if given_tags is None else list(given_tags)
+    if tags == stored_tags and _same(before, after):
+        return []
+    return diff(record(before, stored_tags), record(after, tags))
+
+
+def _tags_of_retagged(
+    conn: Connection, rows: list[CustomerRow], existing: Mapping[str, Any]
+) -> dict[int, list[str]]:
+    """The tags stored for customers whose row gives tags, so their history can say what
+    changed; one query a batch, none on a first import."""
+    ids = [existing[r.email]["id"] for r in rows if r.tags is not None and r.email in existing]
+    return tags_of(conn, ids) if ids else {}
+
+
+def _log(conn: Connection, changes: list[tuple[int, Change]], actor: str, now: datetime) -> None:
+    """The history's rows, all in one statement."""
+    if changes:
+        rows = [
+            {"customer_id": customer_id, "at": now, "actor": actor, **asdict(change)}
+            for customer_id, change in changes
+        ]
+        conn.execute(insert(CHANGES), rows)
 
 
 def _merge(old: Any, row: CustomerRow, now: datetime) -> dict[str, Any]:
@@ -398,6 +439,69 @@ def set_preferences(
     )
 
 
+def edit(
+    conn: Connection, customer_id: int, values: Mapping[str, Any], actor: str, now: datetime
+) -> list[Change]:
+    """Set a customer's editable columns and tags (as ``edits.read_form`` gives them) and
+    record each change with who made it; nothing is written when nothing changed.
+
+    Raises NotFound for an unknown customer, AddressTaken when the new address is another
+    customer's or was erased.
+    """
+    customer = get_id(conn, customer_id)
+    columns = {k: v for k, v in values.items() if k != "tags"}
+    if columns["email"] != customer.email:
+        _check_address(conn, columns["email"])
+    current = {name: getattr(customer, name) for name in _PROFILE_COLUMNS}
+    changes = diff(record(current, customer.tags), record(columns, values["tags"]))
+    if not changes:
+        return []
+    columns["search_text"] = search_text(columns)
+    conn.execute(
+        update(CUSTOMERS).where(CUSTOMERS.c.id == customer_id).values(**columns, updated_at=now)
+    )
+    if tuple(values["tags"]) != customer.tags:
+        conn.execute(delete(TAGS).where(TAGS.c.customer_id == customer_id))
+        if values["tags"]:
+            conn.execute(
+                insert(TAGS), [{"customer_id": customer_id, "tag": t} for t in values["tags"]]
+            )
+    _log(conn, [(customer_id, c) for c in changes], actor, now)
+    return changes
+
+
+def _check_address(conn: Connection, email: str) -> None:
+    query = select(CUSTOMERS.c.id, CUSTOMERS.c.name).where(CUSTOMERS.c.email == email)
+    other = conn.execute(query).first()
+    if other is not None:
+        who = f" ({other.name})" if other.name else ""
+        raise AddressTaken(f"{email} is already the address of customer #{other.id}{who}")
+    if is_erased(conn, email):
+        raise AddressTaken(f"{email} belonged to a customer who asked to be forgotten")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Logged:
+    """One entry of a customer's history."""
+
+    at: datetime
+    actor: str
+    field: str
+    before: Any
+    after: Any
+
+
+def history(conn: Connection, customer_id: int, limit: int = 200) -> list[Logged]:
+    """The customer's recorded changes, newest first; one edit's in the order of its form."""
+    query = (
+        select(CHANGES.c.at, CHANGES.c.actor, CHANGES.c.field, CHANGES.c.before, CHANGES.c.after)
+        .where(CHANGES.c.customer_id == customer_id)
+        .order_by(CHANGES.c.at.desc(), CHANGES.c.id)
+        .limit(limit)
+    )
+    return [Logged(**row) for row in conn.execute(query).mappings()]
+
+
 def address_hash(email: str) -> str:
     """What is kept of an erased address: SHA-256 of its normalised form, enough to refuse
     it again and not enough to read it back."""
@@ -411,12 +515,14 @@ def is_erased(conn: Connection, email: str) -> bool:
 
 def erase(conn: Connection, customer: Profile, now: datetime) -> None:
     """Forget who the customer is while keeping the row that throttling, dedupe and counts
-    need: the address becomes a hash on the erased list, every personal field is cleared,
-    and all mail to the row stays barred for good."""
+    need: the address becomes a hash on the erased list, every personal field and the values
+    in its history are cleared, and all mail to the row stays barred for good."""
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     hashed = {"address_hash": address_hash(customer.email), "erased_at": now}
     conn.execute(dialect.insert(ERASED).values(hashed).on_conflict_do_nothing())
     conn.execute(delete(TAGS).where(TAGS.c.customer_id == customer.id))
+    forget = update(CHANGES).where(CHANGES.c.customer_id == customer.id)
+    conn.execute(forget.values(before=None, after=None))  # who changed what, and when, stay
     conn.execute(
         update(CUSTOMERS)
         .where(CUSTOMERS.c.id == customer.id)

@@ -23,8 +23,9 @@ EVERYTHING = 1_000_000  # a customer's rows, all of them: an export leaves nothi
 
 
 def export(conn: Connection, email: str, now: datetime) -> dict[str, Any]:
-    """Everything stored about the customer: profile and tags, every message with its
-    delivery attempts, every inquiry with what was written and done about it."""
+    """Everything stored about the customer: profile and tags, the history of changes to
+    them, every message with its delivery attempts, every inquiry with what was written and
+    done about it."""
     customer = profiles.get(conn, email)
     messages = [
         outbox.get(conn, row["id"])
@@ -37,6 +38,7 @@ def export(conn: Connection, email: str, now: datetime) -> dict[str, Any]:
     return {
         "exported_at": now,
         "customer": asdict(customer),
+        "changes": [asdict(c) for c in profiles.history(conn, customer.id, EVERYTHING)],
         "messages": messages,
         "inquiries": written,
     }

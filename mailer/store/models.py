@@ -85,6 +85,24 @@ class ErasedAddress(SQLModel, table=True):
     erased_at: datetime = _when(nullable=False)
 
 
+class CustomerChange(SQLModel, table=True):
+    """One field of a customer changed by a person or an import: who, when, from what to
+    what (JSON). Erasure clears the values and keeps who and when."""
+
+    __tablename__ = "customer_changes"
+    __table_args__ = (Index("ix_customer_changes_customer_at", "customer_id", "at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    customer_id: int = Field(
+        sa_column=Column(Integer, ForeignKey("customers.id", ondelete="CASCADE"), nullable=False)
+    )
+    at: datetime = _when(nullable=False)
+    actor: str = Field(max_length=100, description="a user's name, or import:FILE")
+    field: str = Field(max_length=200, description="a column, tags, or fields.<key>")
+    before: Any = Field(default=None, sa_column=Column(JSON, nullable=True))
+    after: Any = Field(default=None, sa_column=Column(JSON, nullable=True))
+
+
 class CustomerTag(SQLModel, table=True):
     """Tags live in their own indexed table so audiences are chosen by set-based queries."""
 

@@ -34,6 +34,7 @@ HERE = Path(__file__).parent
 CSRF_FIELD = "csrf"
 CSRF_HEADER = "X-CSRF-Token"
 Endpoint = Callable[[Request], Awaitable[Response]]
+FormEndpoint = Callable[[Request, FormData], Awaitable[Response]]
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -116,6 +117,25 @@ def require(*roles: Role) -> Callable[[Endpoint], Endpoint]:
             return await endpoint(request)
 
         return guarded
+
+    return wrap
+
+
+def posted(*roles: Role) -> Callable[[FormEndpoint], Endpoint]:
+    """A form's endpoint: the CSRF token first, so a forged post is refused (403) before
+    anything else is looked at; then sign-in and the role."""
+
+    def wrap(endpoint: FormEndpoint) -> Endpoint:
+        @require(*roles)
+        async def signed_in(request: Request) -> Response:
+            return await endpoint(request, await request.form())  # parsed once, then cached
+
+        @functools.wraps(endpoint)
+        async def checked(request: Request) -> Response:
+            await checked_form(request)
+            return await signed_in(request)
+
+        return checked
 
     return wrap
 

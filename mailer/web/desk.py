@@ -10,7 +10,7 @@ inquiry is support's alone.
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -31,9 +31,9 @@ from mailer.store.models import InquiryStatus, Role
 from mailer.web import reply_editor
 from mailer.web.common import (
     Endpoint,
-    checked_form,
     current_user,
     db,
+    posted,
     render,
     rendering,
     require,
@@ -46,7 +46,6 @@ RAW_SHOWN = 100_000  # bytes of a failed message's source shown to support
 NOTE_MAX = 10_000
 STATUSES = [s.value for s in InquiryStatus]
 Action = Callable[[Connection, int, Any, str, datetime], bool]
-FormEndpoint = Callable[[Request, FormData], Awaitable[Response]]
 
 
 def _may_read(request: Request) -> bool:
@@ -68,20 +67,7 @@ def reads_inquiries(endpoint: Endpoint) -> Endpoint:
     return guarded
 
 
-def posted_by_support(endpoint: FormEndpoint) -> Endpoint:
-    """The CSRF token first, so a forged post is refused (403) before anything else is
-    looked at; then sign-in and the support role."""
-
-    @require(Role.SUPPORT)
-    async def signed_in(request: Request) -> Response:
-        return await endpoint(request, await request.form())  # parsed once, then cached
-
-    @functools.wraps(endpoint)
-    async def checked(request: Request) -> Response:
-        await checked_form(request)
-        return await signed_in(request)
-
-    return checked
+posted_by_support = posted(Role.SUPPORT)
 
 
 def _number(request: Request, name: str) -> int | None:
