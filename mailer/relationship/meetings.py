@@ -21,6 +21,7 @@ from sqlalchemy.engine import Connection
 
 from mailer.core.categories import Category
 from mailer.core.config import Config
+from mailer.core.durations import parse_duration
 from mailer.core.errors import MailerError, NotFound
 from mailer.customers import followups
 from mailer.customers.followups import MeetingPlan, NewFollowUp
@@ -101,6 +102,26 @@ def context(
         },
         FROM_NAME: organizer,
     }
+
+
+def plan(duration: str, place: str, attendees: tuple[str, ...] = ()) -> MeetingPlan:
+    """A plan from what a person typed (``30m``, ``1h``); one clear error for bad input."""
+    try:
+        length = parse_duration(duration)
+    except ValueError as exc:
+        raise MailerError(f"duration: {exc}") from None
+    return MeetingPlan(duration=length, place=place, attendees=attendees)
+
+
+def replan(meeting: Mapping[str, Any], duration: str | None, place: str | None) -> MeetingPlan:
+    """A moved meeting's plan: what was given, else what it was."""
+    kept = MeetingPlan(
+        duration=timedelta(minutes=int(meeting["duration_minutes"])), place=str(meeting["place"])
+    )
+    return MeetingPlan(
+        duration=plan(duration, kept.place).duration if duration else kept.duration,
+        place=place or kept.place,
+    )
 
 
 def schedule(conn: Connection, new: NewFollowUp, sender: Sender, now: datetime) -> int:
