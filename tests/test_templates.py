@@ -113,6 +113,7 @@ def test_names_list_templates_but_not_layouts(shipped: TemplateStore) -> None:
         "birthday",
         "desk_reply",
         "followups_digest",
+        "meeting_invitation",
         "newsletter",
         "webinar_cancel",
         "webinar_invite",

@@ -7,6 +7,7 @@ import typer
 from mailer.cli.common import JSON_OPTION, app_of, out, print_json, print_table
 from mailer.cli.inquiries import CLI_ACTOR
 from mailer.customers import followups
+from mailer.relationship import meetings
 
 app = typer.Typer(help="Follow-ups: when to contact a customer again.", no_args_is_help=True)
 
@@ -65,3 +66,65 @@ def done(ctx: typer.Context, followup_id: int) -> None:
     with app_.engine().begin() as conn:
         followups.done(conn, followup_id, CLI_ACTOR, app_.clock.now())
     out.print(f"follow-up {followup_id} is done")
+
+
+@app.command("meeting")
+def meeting(
+    ctx: typer.Context,
+    email: str,
+    at: str = typer.Option(..., help="'2026-12-24 15:00' (in the assignee's zone) or 3d"),
+    duration: str = typer.Option("30m", help="How long: 30m, 1h, 1h30m."),
+    where: str = typer.Option(..., help="A room, an address or a link to join."),
+    attendee: list[str] = typer.Option([], help="A staff user who also attends; repeatable."),
+    assignee: str = typer.Option(None, help="The staff user the customer meets (organizer)."),
+    note: str = typer.Option("", help="What the meeting is about, for staff."),
+) -> None:
+    """Schedule a meeting with a customer and send them a calendar invitation."""
+    app_ = app_of(ctx)
+    now, zone = app_.clock.now(), app_.config.settings.business_hours.timezone
+    with app_.engine().begin() as conn:
+        new = followups.NewFollowUp(
+            customer_id=followups.customer_id(conn, email),
+            due_at=followups.due_for(conn, at, assignee, now, zone),
+            note=note,
+            created_by=CLI_ACTOR,
+            assignee=assignee,
+            meeting=meetings.plan(duration, where, tuple(attendee)),
+        )
+        meeting_id = meetings.schedule(conn, new, meetings.Sender.from_config(app_.config), now)
+    out.print(f"meeting {meeting_id} at {new.due_at:%Y-%m-%d %H:%M} UTC; invitation queued")
+
+
+@app.command("move")
+def move(
+    ctx: typer.Context,
+    meeting_id: int,
+    at: str = typer.Option(..., help="The new start, in the assignee's zone."),
+    duration: str = typer.Option(None, help="A new length; unchanged if left out."),
+    where: str = typer.Option(None, help="A new place or link; unchanged if left out."),
+) -> None:
+    """Move a meeting; the customer's calendar gets the update."""
+    app_ = app_of(ctx)
+    now, zone = app_.clock.now(), app_.config.settings.business_hours.timezone
+    with app_.engine().begin() as conn:
+        current = followups.meeting(conn, meeting_id)
+        starts_at = followups.due_for(conn, at, current["assignee"], now, zone)
+        meetings.move(
+            conn,
+            meeting_id,
+            starts_at,
+            meetings.replan(current, duration, where),
+            sender=meetings.Sender.from_config(app_.config),
+            now=now,
+        )
+    out.print(f"meeting {meeting_id} moved to {starts_at:%Y-%m-%d %H:%M} UTC; update queued")
+
+
+@app.command("cancel")
+def cancel(ctx: typer.Context, meeting_id: int) -> None:
+    """Call a meeting off; the customer's calendar gets the cancellation."""
+    app_ = app_of(ctx)
+    sender = meetings.Sender.from_config(app_.config)
+    with app_.engine().begin() as conn:
+        meetings.cancel(conn, meeting_id, CLI_ACTOR, sender, app_.clock.now())
+    out.print(f"meeting {meeting_id} is cancelled")

@@ -27,6 +27,7 @@ from mailer.store.models import FollowUp, FollowUpStatus
 FOLLOWUPS: Table = FollowUp.__table__  # type: ignore[attr-defined]
 DAY_STARTS = time(9, 0)  # a due date without a time means the start of that working day
 NOTE_MAX = 10_000
+PLACE_MAX = 500
 
 
 def parse_due(text: str, now: datetime, zone: ZoneInfo) -> datetime:
@@ -111,6 +112,30 @@ class NewFollowUp:
     created_by: str
     assignee: str | None = None
     inquiry_id: int | None = None
+    meeting: MeetingPlan | None = None  # a meeting starts at due_at
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MeetingPlan:
+    """What makes a follow-up a meeting; the customer is always invited, so only staff
+    are named."""
+
+    duration: timedelta
+    place: str
+    attendees: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not timedelta(minutes=1) <= self.duration <= timedelta(hours=24):
+            raise MailerError("a meeting lasts between a minute and a day")
+        if not self.place.strip() or len(self.place) > PLACE_MAX:
+            raise MailerError(f"a meeting needs a place or a link, at most {PLACE_MAX} characters")
+
+    def columns(self) -> dict[str, Any]:
+        return {
+            "duration_minutes": int(self.duration.total_seconds() // 60),
+            "place": self.place.strip(),
+            "attendees": list(dict.fromkeys(self.attendees)),
+        }
 
 
 def customer_id(conn: Connection, email: str) -> int:
@@ -137,6 +162,7 @@ def add(conn: Connection, new: NewFollowUp, now: datetime) -> int:
         "created_by": new.created_by,
         "created_at": now,
         "snoozed": 0,
+        **(new.meeting.columns() if new.meeting else {}),
     }
     try:
         new_id = conn.execute(insert(FOLLOWUPS).values(**values)).inserted_primary_key
@@ -179,11 +205,59 @@ def done(conn: Connection, followup_id: int, by: str, now: datetime) -> None:
 
 
 def snooze(conn: Connection, followup_id: int, delay: timedelta, now: datetime) -> None:
-    """Due ``delay`` later than now, or than when it was due if that is still ahead."""
-    due = conn.execute(select(FOLLOWUPS.c.due_at).where(FOLLOWUPS.c.id == followup_id)).scalar()
-    if due is None:
+    """Due ``delay`` later than now, or than when it was due if that is still ahead; a
+    meeting is moved instead, since the customer must hear of it."""
+    row = conn.execute(
+        select(FOLLOWUPS.c.due_at, FOLLOWUPS.c.duration_minutes).where(
+            FOLLOWUPS.c.id == followup_id
+        )
+    ).first()
+    if row is None:
         raise NotFound(f"no follow-up {followup_id}")
+    due, minutes = row
+    if minutes is not None:
+        raise MailerError(f"follow-up {followup_id} is a meeting: move it instead")
     _change(conn, followup_id, due_at=max(due, now) + delay, snoozed=FOLLOWUPS.c.snoozed + 1)
+
+
+def meeting(conn: Connection, followup_id: int) -> dict[str, Any]:
+    """An open meeting with its customer's address and name; one clear error otherwise."""
+    row = (
+        conn.execute(
+            select(FOLLOWUPS, CUSTOMERS.c.email, CUSTOMERS.c.name.label("customer_name"))
+            .join(CUSTOMERS, CUSTOMERS.c.id == FOLLOWUPS.c.customer_id)
+            .where(
+                FOLLOWUPS.c.id == followup_id,
+                FOLLOWUPS.c.status == FollowUpStatus.OPEN,
+                FOLLOWUPS.c.duration_minutes.is_not(None),
+            )
+        )
+        .mappings()
+        .first()
+    )
+    if row is None:
+        raise NotFound(f"no open meeting {followup_id}")
+    return dict(row)
+
+
+def move(conn: Connection, followup_id: int, starts_at: datetime, plan: MeetingPlan) -> None:
+    """A new time, length or place: the calendar event's next version."""
+    meeting(conn, followup_id)
+    columns = {k: v for k, v in plan.columns().items() if k != "attendees" or v}
+    _change(conn, followup_id, due_at=starts_at, sequence=FOLLOWUPS.c.sequence + 1, **columns)
+
+
+def cancel(conn: Connection, followup_id: int, by: str, now: datetime) -> None:
+    """Called off, and kept on record: the last version of its calendar event says so."""
+    meeting(conn, followup_id)
+    _change(
+        conn,
+        followup_id,
+        status=FollowUpStatus.CANCELLED,
+        done_at=now,
+        done_by=by,
+        sequence=FOLLOWUPS.c.sequence + 1,
+    )
 
 
 def reassign(conn: Connection, followup_id: int, assignee: str | None) -> None:

@@ -76,7 +76,8 @@ def _event(
     event.add("summary", _one_line(calendar["title"]))
     event.add("description", _description(calendar["description"], join_url))
     event.add("location", join_url)
-    event.add("url", join_url)
+    if join_url.startswith(("https://", "http://")):  # a meeting's place may be a room
+        event.add("url", join_url)
     name = calendar.get("organizer_name") or organizer_name
     event.add("organizer", _organizer(calendar["organizer"], name))
     event.add("attendee", _attendee(attendee))

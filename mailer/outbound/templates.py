@@ -327,6 +327,7 @@ def sample_context(
         "reply_expected_by": received + timedelta(hours=17),
         "reply": {"text": "The burrs need a clean.\n\n> It squeaks.", "agent": "Sam"},
         "webinar": _sample_webinar(),
+        "meeting": _sample_meeting(),
     }
 
 
@@ -363,6 +364,23 @@ def _sample_webinar() -> dict[str, Any]:
         "duration": duration,
         "join_url": "https://meet.example.com/northwind-filter",
         "organizer": "Northwind Coffee Roasters <events@northwind.example>",
+        "changed": False,
+        "cancelled": False,
+    }
+
+
+def _sample_meeting() -> dict[str, Any]:
+    """A first invitation to a meeting with the customer (the meeting_invitation template);
+    `changed` marks a move, `cancelled` a cancellation."""
+    starts_at, duration = datetime(2025, 3, 18, 10, 30, tzinfo=UTC), timedelta(minutes=30)
+    return {
+        "starts_at": starts_at,
+        "ends_at": starts_at + duration,
+        "duration": duration,
+        "place": "https://meet.example.com/northwind-ana",
+        "online": True,
+        "organizer": "Sam Ivanova",
+        "attendees": ["Rio Santos"],
         "changed": False,
         "cancelled": False,
     }

@@ -371,6 +371,7 @@ class SavedReply(SQLModel, table=True):
 class FollowUpStatus(StrEnum):
     OPEN = "open"
     DONE = "done"
+    CANCELLED = "cancelled"  # a meeting called off: the customer was sent a cancellation
 
 
 class FollowUp(SQLModel, table=True):
@@ -396,3 +397,8 @@ class FollowUp(SQLModel, table=True):
     done_at: datetime | None = _when()
     done_by: str | None = Field(default=None, max_length=100)
     snoozed: int = 0
+    # a meeting: due_at is when it starts; what its calendar event needs besides
+    duration_minutes: int | None = Field(default=None, description="None: not a meeting")
+    place: str | None = Field(default=None, max_length=500, description="a room or a link")
+    attendees: list[str] | None = Field(default=None, sa_type=JSON, description="staff names")
+    sequence: int = Field(default=0, description="the calendar event's SEQUENCE")

@@ -18,8 +18,9 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from mailer.core import fieldtypes
-from mailer.core.errors import MailerError
+from mailer.core.errors import MailerError, NotFound
 from mailer.customers import followups
+from mailer.relationship import meetings
 from mailer.staff.users import SignedIn
 from mailer.store.models import Role
 from mailer.web.common import current_user, db, render, require, state
@@ -95,27 +96,38 @@ async def create(request: Request, form: FormData) -> Response:
     if customer is None:
         raise HTTPException(400, "A follow-up needs a customer.")
     due, note = str(form.get("due", "")), str(form.get("note", ""))
-    await db(request, _create, request, customer, _form_id(form, "inquiry"), due, note)
+    await db(request, _create, request, customer, _form_id(form, "inquiry"), due, note, form)
     return RedirectResponse(_back(form), status_code=303)
 
 
-def _create(request: Request, customer: int, inquiry: int | None, due: str, note: str) -> None:
+def _create(
+    request: Request, customer: int, inquiry: int | None, due: str, note: str, form: FormData
+) -> None:
+    """A follow-up, or with "meeting" ticked a meeting whose invitation goes out with it."""
     web, user = state(request), _me(request)
     now = web.clock.now()
     with web.engine.begin() as conn:
         try:
-            due_at = followups.due_for(conn, due, user.name, now, _zone(request, user))
             new = followups.NewFollowUp(
                 customer_id=customer,
-                due_at=due_at,
+                due_at=followups.due_for(conn, due, user.name, now, _zone(request, user)),
                 note=note,
                 created_by=user.name,
                 assignee=user.name,
                 inquiry_id=inquiry,
+                meeting=_plan(form) if form.get("meeting") else None,
             )
-            followups.add(conn, new, now)
+            if new.meeting is None:
+                followups.add(conn, new, now)
+            else:
+                meetings.schedule(conn, new, meetings.Sender.from_config(web.cfg), now)
         except MailerError as exc:
             raise HTTPException(400, str(exc)) from None
+
+
+def _plan(form: FormData) -> followups.MeetingPlan:
+    attendees = str(form.get("attendees", "")).replace(",", " ").split()
+    return meetings.plan(str(form.get("duration", "")), str(form.get("where", "")), (*attendees,))
 
 
 @posted_by_support
@@ -158,8 +170,36 @@ def _write(request: Request, change: Change, followup_id: int) -> None:
     with web.engine.begin() as conn:
         try:
             change(conn, followup_id, _me(request), web.clock.now())
-        except MailerError as exc:
+        except NotFound as exc:
             raise HTTPException(404, str(exc)) from None
+        except MailerError as exc:  # e.g. a meeting moved into the past
+            raise HTTPException(400, str(exc)) from None
+
+
+@posted_by_support
+async def move(request: Request, form: FormData) -> Response:
+    """A new time (in the reader's zone), length or place; the customer gets the update."""
+    at, duration, where = (str(form.get(k, "")).strip() for k in ("at", "duration", "where"))
+
+    def to(conn: Connection, meeting_id: int, user: SignedIn, now: datetime) -> None:
+        current = followups.meeting(conn, meeting_id)
+        starts_at = followups.due_for(conn, at, None, now, _zone(request, user))
+        plan = meetings.replan(current, duration or None, where or None)
+        meetings.move(conn, meeting_id, starts_at, plan, sender=_sender(request), now=now)
+
+    return await _change(request, to)
+
+
+@posted_by_support
+async def cancel(request: Request, form: FormData) -> Response:
+    return await _change(
+        request,
+        lambda conn, id_, user, now: meetings.cancel(conn, id_, user.name, _sender(request), now),
+    )
+
+
+def _sender(request: Request) -> meetings.Sender:
+    return meetings.Sender.from_config(state(request).cfg)
 
 
 routes = [
@@ -169,4 +209,6 @@ routes = [
     Route("/followups/{id:int}/done", complete, methods=["POST"]),
     Route("/followups/{id:int}/snooze", snooze, methods=["POST"]),
     Route("/followups/{id:int}/assign", reassign, methods=["POST"]),
+    Route("/followups/{id:int}/move", move, methods=["POST"]),
+    Route("/followups/{id:int}/cancel", cancel, methods=["POST"]),
 ]
