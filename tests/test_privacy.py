@@ -19,7 +19,7 @@ from sqlmodel import SQLModel
 from mailer.core.categories import Category
 from mailer.core.clock import ManualClock
 from mailer.core.errors import NotFound
-from mailer.customers import profiles
+from mailer.customers import followups, profiles
 from mailer.customers.edits import read_form
 from mailer.inbound import inquiries
 from mailer.inbound.parsing import parse
@@ -43,6 +43,8 @@ IDENTIFYING = (
     "поръчка 55102",
     "обещах обаждане",  # a colleague's note about him
     "Зидарова",  # given in an edit, removed in the next: only its history holds it
+    "донеси мелачката",  # a follow-up's note
+    "вкъщи при Киров",  # where a meeting was to be
 )
 CSV = (
     "email,name,first_name,birthday,tags,loyalty_code\n"
@@ -71,8 +73,8 @@ def inquiry_mail(message_id: str) -> bytes:
 
 def zdravko_everywhere(engine: Engine, tmp_path: Path, clock: ManualClock) -> dict[str, int]:
     """A customer with a profile and an edit to it, an inquiry with a note, a reply and his
-    re-opening of it, a sent and a queued message, a server reply that names him, and a
-    sandbox copy."""
+    re-opening of it, a meeting at his home, a sent and a queued message, a server reply
+    that names him, and a sandbox copy."""
     now = clock.now()
     add_customers(engine, tmp_path, CSV, now)
     with engine.begin() as conn:
@@ -86,6 +88,15 @@ def zdravko_everywhere(engine: Engine, tmp_path: Path, clock: ManualClock) -> di
         inquiries.set_status(conn, logged.inquiry_id, InquiryStatus.ANSWERED)
         inquiries.reopen(conn, logged.inquiry_id, EMAIL, now)
         smtp_server.store(conn, "news@northwind.example", [EMAIL], inquiry_mail("<s1@x>"), now)
+        meeting = followups.MeetingPlan(duration=timedelta(minutes=30), place="вкъщи при Киров")
+        visit = followups.NewFollowUp(
+            customer_id=customer.id,
+            due_at=now + timedelta(days=2),
+            note="донеси мелачката на Здравко",
+            created_by="mila",
+            meeting=meeting,
+        )
+        followups.add(conn, visit, now)
     sent, waiting = (
         NewMessage(
             dedupe_key=f"newsletter:{customer.id}:{n}",
@@ -159,7 +170,12 @@ def test_after_erasure_no_table_holds_anything_that_identifies_the_customer(
     assert all(any(n in text for text in before.values()) for n in IDENTIFYING)
     with engine.begin() as conn:
         erased = privacy.erase(conn, EMAIL, clock.now())
-    assert (erased.messages, erased.inquiries, erased.sandbox_messages) == (2, 1, 1)
+    assert (erased.messages, erased.inquiries, erased.followups, erased.sandbox_messages) == (
+        2,
+        1,
+        1,
+        1,
+    )
     left = {
         (table, needle)
         for table, text in stored_text(engine).items()

@@ -187,6 +187,6 @@ def erase(
     with app_.engine().begin() as conn:
         erased = privacy.erase(conn, email, app_.clock.now())
     out.print(
-        f"erased {email}: {erased.messages} messages and {erased.inquiries} inquiries cleared, "
-        f"{erased.sandbox_messages} sandbox messages deleted"
+        f"erased {email}: {erased.messages} messages, {erased.inquiries} inquiries and "
+        f"{erased.followups} follow-ups cleared, {erased.sandbox_messages} sandbox messages deleted"
     )

@@ -189,6 +189,28 @@ def find(
     return [dict(row) for row in conn.execute(query).mappings()]
 
 
+def of_customer(conn: Connection, customer_id: int) -> list[dict[str, Any]]:
+    """Every follow-up and meeting about a customer, open or not, newest due first."""
+    query = (
+        select(FOLLOWUPS)
+        .where(FOLLOWUPS.c.customer_id == customer_id)
+        .order_by(FOLLOWUPS.c.due_at.desc(), FOLLOWUPS.c.id.desc())
+    )
+    return [dict(row) for row in conn.execute(query).mappings()]
+
+
+def erase_customer(conn: Connection, customer_id: int) -> int:
+    """Clear what staff wrote about an erased customer (notes, a meeting's place), keeping
+    who, when and the status; open ones are closed, since nobody is left to contact."""
+    about = FOLLOWUPS.c.customer_id == customer_id
+    conn.execute(
+        update(FOLLOWUPS)
+        .where(about, FOLLOWUPS.c.status == FollowUpStatus.OPEN)
+        .values(status=FollowUpStatus.CANCELLED)
+    )
+    return int(conn.execute(update(FOLLOWUPS).where(about).values(note="", place=None)).rowcount)
+
+
 def overdue_count(conn: Connection, assignee: str, now: datetime) -> int:
     """What the desk's navigation shows (index on assignee, status, due_at)."""
     query = select(func.count()).where(

@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from mailer.customers import profiles
+from mailer.customers import followups, profiles
 from mailer.inbound import inquiries
 from mailer.outbound import outbox
 from mailer.sandbox import smtp_server
@@ -41,15 +41,17 @@ def export(conn: Connection, email: str, now: datetime) -> dict[str, Any]:
         "changes": [asdict(c) for c in profiles.history(conn, customer.id, EVERYTHING)],
         "messages": messages,
         "inquiries": written,
+        "followups": followups.of_customer(conn, customer.id),
     }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Erased:
     """What an erasure touched, for the person who asked to confirm it."""
 
     messages: int
     inquiries: int
+    followups: int
     sandbox_messages: int
 
 
@@ -59,6 +61,7 @@ def erase(conn: Connection, email: str, now: datetime) -> Erased:
     erased = Erased(
         messages=outbox.erase_customer(conn, customer.id, customer.email, now),
         inquiries=inquiries.erase_customer(conn, customer.id, customer.email),
+        followups=followups.erase_customer(conn, customer.id),
         sandbox_messages=smtp_server.erase_address(conn, customer.email),
     )
     profiles.erase(conn, customer, now)
