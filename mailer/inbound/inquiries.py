@@ -29,6 +29,7 @@ from mailer.core.search import term
 from mailer.customers import profiles
 from mailer.customers.csv_rows import normalise_email
 from mailer.customers.profiles import CUSTOMERS
+from mailer.inbound import autoreply
 from mailer.inbound.parsing import Inbound, fingerprint, subject_reference
 from mailer.outbound.outbox import OUTBOX
 from mailer.store.models import Inquiry, InquiryEvent, InquiryStatus
@@ -44,7 +45,7 @@ IS_ACKNOWLEDGEMENT = OUTBOX.c.dedupe_key.like(ACK_PREFIX + "%")
 IS_REPLY = OUTBOX.c.dedupe_key.like(REPLY_PREFIX + "%")
 # where it is support's turn; a reply moves these to answered, the customer's answer back
 WAITING_FOR_SUPPORT = (InquiryStatus.NEW, InquiryStatus.ACKNOWLEDGED, InquiryStatus.OPEN)
-FROM_PEOPLE = ("inquiry", "repeat")  # decisions about mail a person wrote, not a robot
+FROM_PEOPLE = autoreply.FROM_PEOPLE  # decisions about mail a person wrote, not a robot
 REOPENED_BY_CUSTOMER = (InquiryStatus.ANSWERED, InquiryStatus.CLOSED)
 
 
