@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 from urllib.parse import quote
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine
 from starlette.datastructures import FormData
@@ -69,6 +70,12 @@ async def rendering(request: Request, work: Callable[P, T], *args: P.args, **kwa
     pages (and /healthz) that need one for the database."""
     async with state(request).rendering:
         return await asyncio.to_thread(work, *args, **kwargs)
+
+
+def viewer_zone(request: Request) -> ZoneInfo:
+    """The zone the desk shows this reader's times in: the business's
+    (``[business_hours] timezone``), as long as users have no zone of their own."""
+    return state(request).cfg.settings.business_hours.timezone
 
 
 def current_user(request: Request) -> SignedIn | None:
