@@ -187,3 +187,26 @@ async def test_decisions_and_reasons_are_in_plain_words_on_the_list_and_the_page
 def _all(engine: Engine) -> list[inquiries.Conversation]:
     with engine.connect() as conn:
         return inquiries.conversations(conn, inquiries.Wanted()).rows
+
+
+async def test_the_acknowledgement_that_went_opens_from_the_inquiry_page(
+    page: Page,
+    site: Site,
+    staff: dict[str, str],
+    engine: Engine,
+    order: int,  # noqa: F811
+) -> None:
+    grinder = order - 1  # acknowledged; the order message was not
+    await sign_in(page, site, "sam")
+    await page.goto(f"{site.url}/inquiries/{grinder}")
+    await page.get_by_role("article").get_by_role("link", name="open it").click()
+    await expect(page.get_by_role("heading", level=1)).to_contain_text(
+        f"Acknowledgement of #{grinder}"
+    )
+    await expect(page.locator("#ack-subject")).to_have_text(
+        f"Получихме съобщението Ви [#{grinder}]"
+    )
+    await expect(page.locator("#ack-text")).to_contain_text("относно „Grinder is noisy“")
+    await expect(page.get_by_role("main")).to_contain_text("To maria@example.com")
+    response = await page.goto(f"{site.url}/inquiries/{order}/acknowledgement")
+    assert response is not None and response.status == 404

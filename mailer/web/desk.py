@@ -23,10 +23,13 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from mailer.core.errors import NotFound
+from mailer.core.errors import NotFound, TemplateError
 from mailer.customers import profiles
 from mailer.inbound import inquiries, plain_words
 from mailer.outbound import outbox
+from mailer.outbound.prepare import Preparer
+from mailer.outbound.templates import TemplateStore
+from mailer.sandbox import smtp_server
 from mailer.store.models import InquiryStatus, Role
 from mailer.web import reply_editor, users
 from mailer.web.common import (
@@ -219,6 +222,33 @@ def _inquiry(request: Request, inquiry_id: int, text: str | None = None) -> dict
         }
 
 
+@reads_inquiries
+async def acknowledgement(request: Request) -> Response:
+    """The acknowledgement an inquiry got, opened: what the customer was sent."""
+    context = await rendering(request, _acknowledgement, request, request.path_params["id"])
+    if context is None:
+        raise HTTPException(404, "No acknowledgement was queued for this inquiry.")
+    return render(request, "desk_acknowledgement.html", context)
+
+
+def _acknowledgement(request: Request, inquiry_id: int) -> dict[str, Any] | None:
+    """Rendered again from its template and the values it was queued with, as the delivery
+    worker made the copy that went."""
+    web = state(request)
+    with web.engine.connect() as conn:
+        queued = outbox.by_key(conn, inquiries.ack_key(inquiry_id))
+        ack = inquiries.acknowledgements(conn, [inquiry_id]).get(inquiry_id)
+    if queued is None or ack is None:
+        return None
+    shown: dict[str, Any] = {"inquiry_id": inquiry_id, "ack": ack, "zone": viewer_zone(request)}
+    preparer = Preparer(web.cfg, TemplateStore(web.cfg.templates_dir), web.secret)
+    try:
+        made = preparer.prepare(queued, ack.sent_at or ack.created_at)
+    except TemplateError as exc:
+        return {**shown, "problem": str(exc)}
+    return {**shown, "subject": made.subject, "text": smtp_server.read(made.data)["text"]}
+
+
 def _promise(request: Request, conn: Connection, inquiry: inquiries.Listed) -> dict[str, Any]:
     """When the acknowledgement promised an answer, and whether that has passed while the
     inquiry still waits for support."""
@@ -371,6 +401,7 @@ def _customer(request: Request, customer_id: int, readable: bool) -> dict[str, A
 routes = [
     Route("/inquiries", inquiry_list),
     Route("/inquiries/{id:int}", inquiry_page),
+    Route("/inquiries/{id:int}/acknowledgement", acknowledgement),
     Route("/inquiries/{id:int}/change", change, methods=["POST"]),
     Route("/inquiries/{id:int}/mine", assign_to_me, methods=["POST"]),
     Route("/customers", customer_list),
