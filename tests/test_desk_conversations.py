@@ -210,3 +210,31 @@ async def test_the_acknowledgement_that_went_opens_from_the_inquiry_page(
     await expect(page.get_by_role("main")).to_contain_text("To maria@example.com")
     response = await page.goto(f"{site.url}/inquiries/{order}/acknowledgement")
     assert response is not None and response.status == 404
+
+
+def test_conversation_pages_follow_each_other_both_ways_and_count_each_thread_once(
+    engine: Engine,
+    cfg: Config,
+    clock: ManualClock,
+    maria: int,  # noqa: F811
+) -> None:
+    roots = []
+    for n in range(5):
+        roots.append(received(engine, cfg, clock, mail(f"<c{n}@mail.example>", f"Q{n}", "?")))
+        clock.advance(timedelta(minutes=1))
+    follow_up = mail("<c1b@mail.example>", f"Re: Q1 [#{roots[1]}]", "And another thing.")
+    latest = received(engine, cfg, clock, follow_up)
+    newest = [roots[1], roots[4], roots[3], roots[2], roots[0]]
+    wanted = inquiries.Wanted()
+    with engine.connect() as conn:
+        first = inquiries.conversations(conn, wanted, size=2)
+        second = inquiries.conversations(conn, wanted, before=first.older, size=2)
+        third = inquiries.conversations(conn, wanted, before=second.older, size=2)
+        back = inquiries.conversations(conn, wanted, after=second.newer, size=2)
+        found = inquiries.conversations(conn, inquiries.Wanted(search="another thing"))
+    pages = [[c.root.id for c in p.rows] for p in (first, second, third)]
+    assert pages == [newest[:2], newest[2:4], newest[4:]]
+    assert (first.newer, third.older) == (None, None)
+    assert [c.root.id for c in back.rows] == newest[:2] and back.newer is None
+    assert [(c.latest.id, c.messages) for c in first.rows] == [(latest, 2), (roots[4], 1)]
+    assert [c.root.id for c in found.rows] == [roots[1]]
