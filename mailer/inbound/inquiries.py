@@ -23,6 +23,7 @@ from typing import Any, Literal, TypeVar
 
 from sqlalchemy import (
     Integer,
+    Select,
     Table,
     exists,
     func,
@@ -682,7 +683,7 @@ def conversations(
     if found:
         hit = INQUIRIES.alias("hit")
         threads = select(func.coalesce(hit.c.thread_id, hit.c.id))
-        query = query.where(_THREAD.in_(threads.where(_matching(found, conn.dialect.name, hit))))
+        query = query.where(_in_threads(threads.where(_matching(found, conn.dialect.name, hit))))
     page = _keyset(conn, query, before=before, after=after, size=size)
     return Conversations(_conversations(conn, page.rows), page.newer, page.older)
 
@@ -700,8 +701,9 @@ def _of_root(root: Any, wanted: Wanted) -> list[ColumnElement[bool]]:
     return conditions
 
 
-def _in_threads(roots: list[int]) -> ColumnElement[bool]:
-    """The messages of these threads, found by the primary key and the thread index."""
+def _in_threads(roots: list[int] | Select[Any]) -> ColumnElement[bool]:
+    """The messages of these threads (their roots' ids, or a query for them), found by the
+    primary key and the thread index rather than by scanning."""
     return or_(INQUIRIES.c.id.in_(roots), INQUIRIES.c.thread_id.in_(roots))
 
 
