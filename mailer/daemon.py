@@ -31,6 +31,7 @@ from mailer.outbound.smtp import SmtpPool, SmtpTarget
 from mailer.outbound.templates import TemplateStore
 from mailer.sandbox import smtp_server
 from mailer.sandbox.imap_server import SandboxImap
+from mailer.scheduling.digests import Digests
 from mailer.scheduling.firing import Firing
 from mailer.scheduling.scheduler import Scheduler, Schedules
 from mailer.store.models import Customer
@@ -123,7 +124,12 @@ def build_scheduler(
     store = TemplateStore(cfg.templates_dir)
     files = Schedules(directory=cfg.schedules_dir, template_names=store.names, clock=clock)
     return Scheduler(
-        schedules=files, engine=engine, clock=clock, firing=Firing.from_config(cfg), on_queued=wake
+        schedules=files,
+        engine=engine,
+        clock=clock,
+        firing=Firing.from_config(cfg),
+        on_queued=wake,
+        digests=Digests.from_config(cfg, engine),
     )
 
 

@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 from mailer.core.clock import ManualClock
 from mailer.core.config import Config
 from mailer.inbound import inquiries, replies
+from mailer.staff import users
 from mailer.store.models import InquiryStatus
 from tests.conftest import sign_in
 from tests.site import Site
@@ -134,6 +135,8 @@ async def test_status_assignee_and_note_in_one_action_each_recorded(
     engine: Engine,
     order: int,  # noqa: F811
 ) -> None:
+    with engine.begin() as conn:
+        users.change(conn, "sam", timezone="Asia/Manila")  # his times in his zone
     await sign_in(page, site, "sam")
     await page.goto(f"{site.url}/inquiries/{order}")
     await page.get_by_label("Status").select_option("closed")
@@ -143,10 +146,10 @@ async def test_status_assignee_and_note_in_one_action_each_recorded(
     timeline = page.locator("#timeline + ol li")
     await expect(timeline).to_have_text(
         [
-            f"2026-11-24 14:05 EET · received: {REPEAT}",
-            "2026-11-24 14:05 EET · sam changed the status: new → closed",
-            "2026-11-24 14:05 EET · sam assigned it to ada",
-            "2026-11-24 14:05 EET · sam noted:Refunded by phone.",
+            f"2026-11-24 20:05 PST · received: {REPEAT}",
+            "2026-11-24 20:05 PST · sam changed the status: new → closed",
+            "2026-11-24 20:05 PST · sam assigned it to ada",
+            "2026-11-24 20:05 PST · sam noted:Refunded by phone.",
         ]
     )
     token = await page.locator('meta[name="csrf-token"]').get_attribute("content")

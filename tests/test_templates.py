@@ -112,6 +112,7 @@ def test_names_list_templates_but_not_layouts(shipped: TemplateStore) -> None:
         "ack",
         "birthday",
         "desk_reply",
+        "followups_digest",
         "newsletter",
         "webinar_cancel",
         "webinar_invite",

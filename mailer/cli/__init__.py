@@ -14,7 +14,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
 from mailer import __version__, checks, daemon
-from mailer.cli import customers, inquiries, outbox, sandbox, schedules, templates, users
+from mailer.cli import customers, followups, inquiries, outbox, sandbox, schedules, templates, users
 from mailer.cli.common import App, app_of, err, out, say_error
 from mailer.core import config
 from mailer.core.errors import ConfigError, MailerError
@@ -36,6 +36,7 @@ app.add_typer(inquiries.app, name="inquiries")
 app.add_typer(sandbox.app, name="sandbox")
 app.add_typer(schedules.app, name="schedules")
 app.add_typer(users.app, name="users")
+app.add_typer(followups.app, name="followups")
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 

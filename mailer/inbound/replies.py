@@ -24,6 +24,7 @@ from mailer.inbound import inquiries
 from mailer.outbound import outbox
 from mailer.outbound.outbox import NewMessage
 from mailer.outbound.prepare import FROM_NAME
+from mailer.staff import users
 from mailer.store.models import InquiryStatus
 
 TEMPLATE = "desk_reply"
@@ -40,12 +41,6 @@ class Sent:
     event_id: int
     thread_id: int
     to_address: str
-
-
-def agent_name(conn: Connection, user: str) -> str:
-    """The name a customer sees on a reply: the user's display name once users have one,
-    until then their user name."""
-    return user
 
 
 def answering(inquiry: inquiries.Opened) -> inquiries.Message:
@@ -87,7 +82,9 @@ def send(
     thread_id = inquiries.root_of(inquiry)
     event_id = inquiries.record_reply(conn, thread_id, text, user, now)
     key = inquiries.reply_key(thread_id, event_id)
-    outbox.enqueue_in(conn, [_message(inquiry, message, text, agent_name(conn, user), key)], now)
+    outbox.enqueue_in(
+        conn, [_message(inquiry, message, text, users.shown_name(conn, user), key)], now
+    )
     inquiries.change_status(conn, thread_id, InquiryStatus.ANSWERED, user, now)
     return Sent(event_id=event_id, thread_id=thread_id, to_address=message.sender)
 

@@ -317,6 +317,9 @@ class User(SQLModel, table=True):
     password_hash: str = Field(max_length=200)
     disabled: bool = False
     created_at: datetime = _when(nullable=False, default_factory=utcnow)
+    display_name: str | None = Field(default=None, max_length=200)
+    timezone: str | None = Field(default=None, max_length=64, description="IANA zone")
+    email: str | None = Field(default=None, max_length=320, description="for the digest")
 
 
 class InquiryEvent(SQLModel, table=True):
@@ -345,3 +348,33 @@ class SavedReply(SQLModel, table=True):
     body: str = ""
     updated_at: datetime = _when(nullable=False)
     updated_by: str = Field(max_length=100)
+
+
+class FollowUpStatus(StrEnum):
+    OPEN = "open"
+    DONE = "done"
+
+
+class FollowUp(SQLModel, table=True):
+    """A dated reminder to contact a customer again; written by customers.followups."""
+
+    __tablename__ = "followups"
+    __table_args__ = (
+        Index("ix_followups_status_due", "status", "due_at"),
+        Index("ix_followups_assignee_status_due", "assignee", "status", "due_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    customer_id: int = _belongs_to("customers.id")
+    due_at: datetime = _when(nullable=False)
+    assignee: str | None = Field(default=None, max_length=100, description="a user's name")
+    note: str = ""
+    inquiry_id: int | None = Field(
+        default=None, sa_column=Column(Integer, ForeignKey("inquiries.id", ondelete="SET NULL"))
+    )
+    status: str = Field(default=FollowUpStatus.OPEN, max_length=10)
+    created_by: str = Field(max_length=100)
+    created_at: datetime = _when(nullable=False, default_factory=utcnow)
+    done_at: datetime | None = _when()
+    done_by: str | None = Field(default=None, max_length=100)
+    snoozed: int = 0

@@ -25,11 +25,12 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
+from mailer.core import fieldtypes
 from mailer.core.clock import Clock
 from mailer.core.config import Config
+from mailer.staff import users
+from mailer.staff.users import LoginGuard, SignedIn
 from mailer.store.models import Role
-from mailer.web import users
-from mailer.web.users import LoginGuard, SignedIn
 
 HERE = Path(__file__).parent
 CSRF_FIELD = "csrf"
@@ -73,9 +74,14 @@ async def rendering(request: Request, work: Callable[P, T], *args: P.args, **kwa
 
 
 def viewer_zone(request: Request) -> ZoneInfo:
-    """The zone the desk shows this reader's times in: the business's
-    (``[business_hours] timezone``), as long as users have no zone of their own."""
-    return state(request).cfg.settings.business_hours.timezone
+    """The zone staff pages show this reader's times in: their own, else the business's
+    (``[business_hours] timezone``)."""
+    user = current_user(request)
+    fallback = state(request).cfg.settings.business_hours.timezone
+    try:
+        return fieldtypes.zone(user.timezone) if user and user.timezone else fallback
+    except ValueError:
+        return fallback
 
 
 def current_user(request: Request) -> SignedIn | None:

@@ -30,8 +30,9 @@ from mailer.outbound import outbox
 from mailer.outbound.prepare import Preparer
 from mailer.outbound.templates import TemplateStore
 from mailer.sandbox import smtp_server
+from mailer.staff import users
 from mailer.store.models import InquiryStatus, Role
-from mailer.web import reply_editor, users
+from mailer.web import reply_editor
 from mailer.web.common import (
     Endpoint,
     checked_form,

@@ -14,6 +14,7 @@ from mailer.core.errors import NotFound, TemplateError
 from mailer.customers import profiles
 from mailer.customers.context import customer_view, customer_zone
 from mailer.inbound import inquiries, replies, saved_replies
+from mailer.staff import users
 from mailer.web.common import current_user, state
 
 PAGE_CONTEXT = "reply_editor"  # the inquiry page's context key for the editor
@@ -74,7 +75,7 @@ def _from_saved(
             "received_at": inquiry.received_at,
         },
         "company": dict(cfg.settings.company),
-        "agent": replies.agent_name(conn, user.name) if user else "",
+        "agent": users.shown_name(conn, user.name) if user else "",
     }
     try:
         text = saved_replies.render(saved, context, customer_zone(customer, cfg))

@@ -16,7 +16,7 @@ from starlette.applications import Starlette
 from mailer import checks
 from mailer.core.clock import Clock, SystemClock
 from mailer.core.config import Config
-from mailer.web import desk, marketing, operations, replies
+from mailer.web import desk, followups, marketing, operations, replies
 from mailer.web.app import create_app
 
 log = logging.getLogger("mailer.web")
@@ -26,7 +26,10 @@ BACKLOG = 2048
 def build(cfg: Config, engine: Engine, clock: Clock) -> Starlette:
     """The whole app: customers' pages and every staff section."""
     return create_app(
-        cfg, engine, clock, [*desk.routes, *replies.routes, *marketing.routes, *operations.routes]
+        cfg,
+        engine,
+        clock,
+        [*desk.routes, *replies.routes, *followups.routes, *marketing.routes, *operations.routes],
     )
 
 

@@ -1,7 +1,7 @@
 """saved replies: support's canned responses, per language
 
 Revision ID: 0015
-Revises: 0012
+Revises: 0014
 Create Date: 2026-12-02
 
 Replies themselves need no table: each is an inquiry event (who wrote what) and the outbox
@@ -16,7 +16,7 @@ from alembic import op
 from mailer.store.db import UTCDateTime
 
 revision: str = "0015"
-down_revision: str | None = "0012"
+down_revision: str | None = "0014"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
