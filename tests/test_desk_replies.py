@@ -240,7 +240,7 @@ async def test_the_desk_marks_inquiries_past_their_promised_answer_time(
     await expect(page.locator("#inquiries tbody tr")).to_have_text([re.compile("No inquiries")])
     clock.advance(promised - clock.now() + timedelta(minutes=1))
     await page.goto(f"{site.url}/inquiries")
-    await page.get_by_role("link", name="Past promise").click()
+    await page.get_by_role("link", name="Overdue").click()
     rows = page.locator("#inquiries tbody tr")
     await expect(rows).to_have_count(1)  # the order message was not acknowledged: no promise
     await expect(rows.first).to_contain_text("past promise")

@@ -87,6 +87,7 @@ PURE = (
     "mailer/scheduling/occurrences.py",
     "mailer/inbound/business_hours.py",
     "mailer/inbound/autoreply.py",
+    "mailer/inbound/plain_words.py",
     "mailer/inbound/parsing.py",
     "mailer/core/durations.py",
     "mailer/core/clock.py",

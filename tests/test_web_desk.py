@@ -20,7 +20,7 @@ from mailer.core.categories import Category
 from mailer.core.clock import ManualClock
 from mailer.core.config import Config
 from mailer.customers import profiles
-from mailer.inbound import inquiries, watcher
+from mailer.inbound import inquiries, plain_words, watcher
 from mailer.inbound.parsing import parse
 from mailer.inbound.watcher import AckPolicy
 from mailer.outbound import outbox, throttle
@@ -99,10 +99,13 @@ async def test_support_finds_an_inquiry_by_search_reads_it_and_changes_its_statu
     await expect(page.locator("pre.body")).to_have_text(ORDER_TEXT)
     message = page.get_by_role("article", name=f"Message #{order}")
     await expect(message).to_contain_text("maria@example.com")
-    await expect(message).to_contain_text("Decision: repeat")  # one ack per sender a week
+    await expect(message).to_contain_text(  # one acknowledgement per sender a week
+        "Decision: a person writing again, not answered automatically: "
+        "we already answered this sender recently"
+    )
     await expect(message).to_contain_text("Acknowledgement: none was queued")
     await page.get_by_label("Status").select_option("open")
-    await page.get_by_role("button", name="Change status").click()
+    await page.get_by_role("button", name="Save").click()
     await expect(page.locator("#timeline + ol")).to_contain_text(
         "sam changed the status: new → open"
     )
@@ -123,7 +126,8 @@ async def test_the_acknowledgement_and_the_rules_that_fired_are_shown_with_the_m
     await expect(message).to_contain_text("to maria@example.com")
     await page.goto(f"{site.url}/inquiries/{order}")
     reasons = page.get_by_role("article", name=f"Message #{order}").locator("ul.reasons li")
-    await expect(reasons).to_have_text(decided.reasons)
+    in_words = [plain_words.reason(r) for r in decided.reasons]
+    await expect(reasons).to_have_text([f"{r.words} ({r.detail})" for r in in_words])
 
 
 async def test_a_stranger_claiming_an_inquiry_gets_one_of_their_own_that_says_which(
@@ -161,14 +165,13 @@ async def test_assigning_and_noting_are_recorded_with_who_did_it(
     await sign_in(page, site, "sam")
     await page.goto(f"{site.url}/inquiries/{order}")
     await page.get_by_label("Assign to").select_option("ada")
-    await page.get_by_role("button", name="Assign").click()
     await page.get_by_label("Internal note").fill("Called her: the courier lost it.")
-    await page.get_by_role("button", name="Add note").click()
+    await page.get_by_role("button", name="Save").click()
     timeline = page.locator("#timeline + ol")
     await expect(timeline).to_contain_text("sam assigned it to ada")
     await expect(timeline).to_contain_text("sam noted:Called her: the courier lost it.")
     await page.get_by_label("Assign to").select_option("")
-    await page.get_by_role("button", name="Assign").click()
+    await page.get_by_role("button", name="Save").click()
     await expect(timeline).to_contain_text("sam unassigned it")
     await page.goto(f"{site.url}/inquiries?q=1042")
     await expect(page.locator("#inquiries tbody tr")).to_have_count(1)
@@ -291,10 +294,11 @@ async def test_marketing_reads_but_cannot_change_inquiries_where_the_config_allo
         await sign_in(page, site, "mia")
         await page.goto(f"{site.url}/inquiries/{order}")
         await expect(page.locator("pre.body")).to_have_text(ORDER_TEXT)
-        await expect(page.get_by_role("button", name="Change status")).to_have_count(0)
+        await expect(page.get_by_role("button", name="Save")).to_have_count(0)
+        await expect(page.get_by_role("button", name="Assign to me")).to_have_count(0)
         token = await page.locator('meta[name="csrf-token"]').get_attribute("content")
         posted = await page.request.post(
-            f"{site.url}/inquiries/{order}/status", form={"csrf": token or "", "status": "closed"}
+            f"{site.url}/inquiries/{order}/change", form={"csrf": token or "", "status": "closed"}
         )
         assert posted.status == 403
     assert status_of(engine, order) == InquiryStatus.NEW
@@ -363,9 +367,8 @@ def test_a_status_post_without_the_csrf_token_is_refused(
     site: Site, staff: dict[str, str], engine: Engine, order: int
 ) -> None:
     for action, fields in (
-        ("status", {"status": "closed"}),
-        ("assign", {"assignee": "sam"}),
-        ("notes", {"text": "forged"}),
+        ("change", {"status": "closed", "assignee": "sam", "note": "forged"}),
+        ("mine", {}),
     ):
         status, body = site.post(f"/inquiries/{order}/{action}", fields)
         assert status == 403 and "expired" in body
@@ -380,7 +383,7 @@ async def test_a_signed_in_browser_cannot_be_made_to_post_without_the_token(
     """What a hostile page could make sam's browser send: his cookie, but not his token."""
     await sign_in(page, site, "sam")
     posted = await page.request.post(
-        f"{site.url}/inquiries/{order}/status", form={"status": "closed"}
+        f"{site.url}/inquiries/{order}/change", form={"status": "closed"}
     )
     assert posted.status == 403
     assert status_of(engine, order) == InquiryStatus.NEW

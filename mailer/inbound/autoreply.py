@@ -33,6 +33,8 @@ Kind = Literal["inquiry", "auto-reply", "bounce", "list", "system", "loop", "rep
 
 # The order in which a fired rule's kind wins over another's.
 KINDS: tuple[Kind, ...] = ("loop", "bounce", "auto-reply", "list", "system", "repeat", "inquiry")
+# The kinds of mail a person wrote, not a robot: these wait for support.
+FROM_PEOPLE: tuple[Kind, ...] = ("inquiry", "repeat")
 
 DELIVERY_STATUS = frozenset({"message/delivery-status", "message/global-delivery-status"})
 # Where a bounce returns the original (RFC 6522 allows either, RFC 6533 the global forms).

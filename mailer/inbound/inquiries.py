@@ -21,14 +21,28 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, Literal, TypeVar
 
-from sqlalchemy import Integer, Table, func, insert, or_, select, text, tuple_, update
+from sqlalchemy import (
+    Integer,
+    Select,
+    Table,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    tuple_,
+    update,
+)
 from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.sql.elements import ColumnElement
 
 from mailer.core import jsonvalues
 from mailer.core.search import term
 from mailer.customers import profiles
 from mailer.customers.csv_rows import normalise_email
 from mailer.customers.profiles import CUSTOMERS
+from mailer.inbound import autoreply
 from mailer.inbound.parsing import Inbound, fingerprint, subject_reference
 from mailer.outbound.outbox import OUTBOX
 from mailer.store.models import Inquiry, InquiryEvent, InquiryStatus
@@ -44,7 +58,7 @@ IS_ACKNOWLEDGEMENT = OUTBOX.c.dedupe_key.like(ACK_PREFIX + "%")
 IS_REPLY = OUTBOX.c.dedupe_key.like(REPLY_PREFIX + "%")
 # where it is support's turn; a reply moves these to answered, the customer's answer back
 WAITING_FOR_SUPPORT = (InquiryStatus.NEW, InquiryStatus.ACKNOWLEDGED, InquiryStatus.OPEN)
-FROM_PEOPLE = ("inquiry", "repeat")  # decisions about mail a person wrote, not a robot
+FROM_PEOPLE = autoreply.FROM_PEOPLE  # decisions about mail a person wrote, not a robot
 REOPENED_BY_CUSTOMER = (InquiryStatus.ANSWERED, InquiryStatus.CLOSED)
 
 
@@ -400,12 +414,20 @@ def browse(
     """Newest first, without bodies. Pages are keyset pages: ``before``/``after`` name the
     inquiry at the edge the reader comes from, so the last page costs what the first does.
     Control characters in ``search`` are not searched for (see mailer.core.search.term)."""
-    query = select(*_columns(*_BODIES)).limit(size + 1)
+    query = select(*_columns(*_BODIES))
     if status:
         query = query.where(INQUIRIES.c.status == status)
     wanted = term(search) if search else ""
     if wanted:
         query = query.where(_matching(wanted, conn.dialect.name))
+    return _keyset(conn, query, before=before, after=after, size=size)
+
+
+def _keyset(
+    conn: Connection, query: Any, *, before: int | None, after: int | None, size: int
+) -> Page:
+    """One page of ``query``'s inquiries, newest first, from the edge the reader comes from."""
+    query = query.limit(size + 1)
     edge = after if after is not None else before
     if edge is not None:
         at = conn.execute(select(INQUIRIES.c.received_at).where(INQUIRIES.c.id == edge)).scalar()
@@ -429,11 +451,11 @@ def _page(rows: list[Listed], size: int, *, forwards: bool, from_edge: bool) -> 
     return Page(rows, first if newer else None, last if older else None)
 
 
-def _matching(search: str, dialect: str) -> Any:
+def _matching(search: str, dialect: str, source: Any = INQUIRIES) -> Any:
     """Sender, name, subject or text containing ``search``, in any case and script, answered
     from the trigram indexes of migration 0009 (three characters or more; shorter ones
-    are few enough words to scan for)."""
-    table = INQUIRIES.c
+    are few enough words to scan for). ``source`` may be an alias of the table."""
+    table = source.c
     columns = (table.sender, table.sender_name, table.subject, table.body_text)
     if dialect == "sqlite" and len(search) >= TRIGRAM:
         phrase = '"' + search.replace('"', '""') + '"'  # FTS5 phrase: a substring, as typed
@@ -539,6 +561,15 @@ def record_reply(conn: Connection, thread_id: int, text: str, actor: str, now: d
     return _record(conn, thread_id, "reply", text, actor, now)
 
 
+def root_id(conn: Connection, inquiry_id: int) -> int | None:
+    """The first inquiry of the thread this one belongs to; None when there is no such
+    inquiry. What people do with a conversation is recorded there."""
+    found = conn.execute(
+        select(INQUIRIES.c.thread_id).where(INQUIRIES.c.id == inquiry_id)
+    ).one_or_none()
+    return None if found is None else int(found.thread_id or inquiry_id)
+
+
 def root_of(inquiry: Listed) -> int:
     """The first inquiry of the thread this one belongs to."""
     return inquiry.thread_id or inquiry.id
@@ -578,14 +609,123 @@ def promises(conn: Connection, listed: list[Listed]) -> dict[int, datetime]:
     return {i: when for i, when in by_inquiry.items() if when is not None}
 
 
-def past_promise(conn: Connection, now: datetime, *, size: int = 50) -> list[Listed]:
-    """Inquiries still waiting for support whose promised answer time has passed, the
+def past_promise(conn: Connection, now: datetime, *, size: int = 50) -> list[Conversation]:
+    """Conversations still waiting for support whose promised answer time has passed, the
     longest overdue first. Only the open backlog is read, never the whole log."""
-    query = select(*_columns(*_BODIES)).where(INQUIRIES.c.status.in_(WAITING_FOR_SUPPORT))
+    c = INQUIRIES.c
+    query = select(*_columns(*_BODIES)).where(
+        c.thread_id.is_(None), c.status.in_(WAITING_FOR_SUPPORT)
+    )
     waiting = [_load(Listed, r) for r in conn.execute(query.order_by(*_OLDEST)).mappings()]
     promised = promises(conn, waiting)
-    late = [i for i in waiting if i.id in promised and promised[i.id] < now]
-    return sorted(late, key=lambda i: promised[i.id])[:size]
+    late = sorted(
+        (i for i in waiting if i.id in promised and promised[i.id] < now),
+        key=lambda i: promised[i.id],
+    )
+    roots = [i.id for i in late[:size]]
+    latest = select(*_columns(*_BODIES)).where(_in_threads(roots), _newest_of_thread())
+    found = [_load(Listed, r) for r in conn.execute(latest).mappings()]
+    by_root = {row.root.id: row for row in _conversations(conn, found)}
+    return [by_root[r] for r in roots if r in by_root]
+
+
+# Conversations: a thread (its first inquiry and the messages threaded onto it) as one row -----
+
+_THREAD = func.coalesce(INQUIRIES.c.thread_id, INQUIRIES.c.id)  # the root of a row's thread
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Conversation:
+    """A thread as the desk lists it: the root holds its status, assignee and promise (what
+    people change is recorded on the root); the newest message heads the row."""
+
+    root: Listed
+    latest: Listed
+    messages: int
+
+
+@dataclass(frozen=True, slots=True)
+class Conversations:
+    """One screen of conversations, newest message first, and where to go on from either end
+    (the edges name the newest message of the first and last row)."""
+
+    rows: list[Conversation]
+    newer: int | None
+    older: int | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Wanted:
+    """Which conversations a list shows, judged by the root: every condition given holds."""
+
+    status: str | None = None
+    waiting: bool = False  # support's turn: new, acknowledged or open
+    assignee: str | None = None
+    unassigned: bool = False
+    search: str = ""  # in any message of the thread
+
+
+def conversations(
+    conn: Connection,
+    wanted: Wanted,
+    *,
+    before: int | None = None,
+    after: int | None = None,
+    size: int = 50,
+) -> Conversations:
+    """One row per thread, the newest message first, in keyset pages like ``browse``: the
+    list walks messages newest first and keeps each thread's newest one."""
+    root = INQUIRIES.alias("root")
+    joined = INQUIRIES.join(root, root.c.id == _THREAD)
+    query = select(*_columns(*_BODIES)).select_from(joined).where(_newest_of_thread())
+    query = query.where(*_of_root(root, wanted))
+    found = term(wanted.search) if wanted.search else ""
+    if found:
+        hit = INQUIRIES.alias("hit")
+        threads = select(func.coalesce(hit.c.thread_id, hit.c.id))
+        query = query.where(_in_threads(threads.where(_matching(found, conn.dialect.name, hit))))
+    page = _keyset(conn, query, before=before, after=after, size=size)
+    return Conversations(_conversations(conn, page.rows), page.newer, page.older)
+
+
+def _of_root(root: Any, wanted: Wanted) -> list[ColumnElement[bool]]:
+    conditions = []
+    if wanted.status:
+        conditions.append(root.c.status == wanted.status)
+    if wanted.waiting:
+        conditions.append(root.c.status.in_(WAITING_FOR_SUPPORT))
+    if wanted.assignee:
+        conditions.append(root.c.assignee == wanted.assignee)
+    if wanted.unassigned:
+        conditions.append(root.c.assignee.is_(None))
+    return conditions
+
+
+def _in_threads(roots: list[int] | Select[Any]) -> ColumnElement[bool]:
+    """The messages of these threads (their roots' ids, or a query for them), found by the
+    primary key and the thread index rather than by scanning."""
+    return or_(INQUIRIES.c.id.in_(roots), INQUIRIES.c.thread_id.in_(roots))
+
+
+def _newest_of_thread() -> ColumnElement[bool]:
+    """The row is its thread's newest message: none in the thread came after it."""
+    later = INQUIRIES.alias("later")
+    in_thread = or_(later.c.thread_id == _THREAD, later.c.id == _THREAD)
+    after = tuple_(later.c.received_at, later.c.id) > tuple_(*_OLDEST)
+    return ~exists().where(in_thread, after)
+
+
+def _conversations(conn: Connection, latest: list[Listed]) -> list[Conversation]:
+    """Each thread's newest message with its root and how many messages the thread has."""
+    roots = [root_of(m) for m in latest]
+    c = INQUIRIES.c
+    counted = select(_THREAD, func.count()).where(_in_threads(roots))
+    counts = {int(r): int(n) for r, n in conn.execute(counted.group_by(_THREAD))}
+    found = conn.execute(select(*_columns(*_BODIES)).where(c.id.in_(roots))).mappings()
+    by_id = {r["id"]: _load(Listed, r) for r in found}
+    return [
+        Conversation(root=by_id[root_of(m)], latest=m, messages=counts[root_of(m)]) for m in latest
+    ]
 
 
 def replies(conn: Connection, thread_id: int) -> dict[int, Acknowledgement]:

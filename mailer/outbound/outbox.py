@@ -39,6 +39,7 @@ from sqlalchemy.engine import Connection
 from mailer.core import jsonvalues
 from mailer.core.categories import Category
 from mailer.core.config import Settings
+from mailer.core.errors import NotFound
 from mailer.core.fieldtypes import email_address
 from mailer.customers import profiles
 from mailer.customers.profiles import CUSTOMERS
@@ -287,6 +288,19 @@ def _claimed(row: Mapping[str, Any], customer: profiles.Profile | None) -> Claim
         valid_until=row["valid_until"],
         customer=customer,
     )
+
+
+def by_key(conn: Connection, dedupe_key: str) -> Claimed | None:
+    """The message queued under this key as the delivery worker takes it up (its customer
+    loaded, nothing reserved), so a page can show again what it says."""
+    row = conn.execute(select(OUTBOX).where(OUTBOX.c.dedupe_key == dedupe_key)).mappings().first()
+    if row is None:
+        return None
+    try:
+        customer = profiles.get_id(conn, row["customer_id"]) if row["customer_id"] else None
+    except NotFound:  # erased since
+        customer = None
+    return _claimed(dict(row), customer)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ CSRF token; every page checks the role it is for.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 from sqlalchemy import Engine
@@ -64,9 +64,10 @@ class SecurityHeaders:
         await self.app(scope, receive, with_headers)
 
 
-def when(value: datetime | None) -> str:
-    """Times on staff pages: UTC, to the minute, the same for everyone reading them."""
-    return "" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+def when(value: datetime | None, zone: tzinfo = UTC) -> str:
+    """Times on staff pages, to the minute with the zone's abbreviation: UTC unless a page
+    passes the reader's zone (``|when(zone)``)."""
+    return "" if value is None else value.astimezone(zone).strftime("%Y-%m-%d %H:%M %Z")
 
 
 @require(Role.SUPPORT, Role.MARKETING)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 from urllib.parse import quote
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine
 from starlette.datastructures import FormData
@@ -24,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
+from mailer.core import fieldtypes
 from mailer.core.clock import Clock
 from mailer.core.config import Config
 from mailer.staff import users
@@ -70,6 +72,17 @@ async def rendering(request: Request, work: Callable[P, T], *args: P.args, **kwa
     pages (and /healthz) that need one for the database."""
     async with state(request).rendering:
         return await asyncio.to_thread(work, *args, **kwargs)
+
+
+def viewer_zone(request: Request) -> ZoneInfo:
+    """The zone staff pages show this reader's times in: their own, else the business's
+    (``[business_hours] timezone``)."""
+    user = current_user(request)
+    fallback = state(request).cfg.settings.business_hours.timezone
+    try:
+        return fieldtypes.zone(user.timezone) if user and user.timezone else fallback
+    except ValueError:
+        return fallback
 
 
 def current_user(request: Request) -> SignedIn | None:

@@ -19,14 +19,9 @@ from mailer.core.errors import AddressTaken, InvalidInput, NotFound
 from mailer.customers import edits, profiles
 from mailer.relationship import privacy
 from mailer.store.models import Role
-from mailer.web.common import current_user, db, posted, render, require, state
+from mailer.web.common import current_user, db, posted, render, require, state, viewer_zone
 
 LOCAL = "%Y-%m-%dT%H:%M"  # what a datetime-local input holds
-
-
-def _zone(request: Request) -> ZoneInfo:
-    """The zone staff pages show local times in: the business's."""
-    return state(request).cfg.settings.business_hours.timezone
 
 
 def _customer_id(request: Request) -> int:
@@ -47,7 +42,7 @@ def _profile(request: Request) -> profiles.Profile:
 @require(Role.SUPPORT)
 async def edit_page(request: Request) -> Response:
     customer = await db(request, _profile, request)
-    return _form_page(request, customer, as_form(customer, _zone(request)), {})
+    return _form_page(request, customer, as_form(customer, viewer_zone(request)), {})
 
 
 def as_form(customer: profiles.Profile, zone: ZoneInfo) -> dict[str, str]:
@@ -84,7 +79,7 @@ def _form_page(
         "errors": errors,
         "stale": stale,
         "seen": customer.updated_at.isoformat(),
-        "zone": _zone(request),
+        "zone": viewer_zone(request),
         "capped": edits.CAPPED,
         "periods": edits.CAP_PERIODS,
         "custom": [
@@ -104,8 +99,8 @@ async def save(request: Request, form: FormData) -> Response:
     if typed.get("seen") != customer.updated_at.isoformat():  # the form would undo theirs
         return _form_page(request, customer, typed, {}, stale=True)
     try:
-        values = edits.read_form(typed, _zone(request))
-        if typed.get("pause_until") == as_form(customer, _zone(request))["pause_until"]:
+        values = edits.read_form(typed, viewer_zone(request))
+        if typed.get("pause_until") == as_form(customer, viewer_zone(request))["pause_until"]:
             values["pause_until"] = customer.pause_until  # to the minute shown: kept as stored
         await db(request, _save, request, values)
     except InvalidInput as exc:
@@ -130,7 +125,7 @@ def _save(request: Request, values: dict[str, Any]) -> None:
 @require(Role.SUPPORT, Role.MARKETING)
 async def history(request: Request) -> Response:
     """The list of changes, which the customer page loads into its History section."""
-    zone = _zone(request)
+    zone = viewer_zone(request)
     logged = await db(request, _history, request)
     entries = [
         {

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -22,10 +23,13 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from mailer.core.errors import NotFound
+from mailer.core.errors import NotFound, TemplateError
 from mailer.customers import profiles
-from mailer.inbound import inquiries
+from mailer.inbound import inquiries, plain_words
 from mailer.outbound import outbox
+from mailer.outbound.prepare import Preparer
+from mailer.outbound.templates import TemplateStore
+from mailer.sandbox import smtp_server
 from mailer.staff import users
 from mailer.store.models import InquiryStatus, Role
 from mailer.web import reply_editor
@@ -38,6 +42,7 @@ from mailer.web.common import (
     rendering,
     require,
     state,
+    viewer_zone,
 )
 
 PAGE = 50
@@ -86,48 +91,78 @@ def _link(path: str, **params: Any) -> str:
 
 @reads_inquiries
 async def inquiry_list(request: Request) -> Response:
+    """One row per conversation; quick filters Mine, Unassigned, Open (support's turn) and
+    Overdue (past the promised answer time) beside the status filter and the search."""
     status = request.query_params.get("status", "")
     status = status if status in STATUSES else ""
     q = request.query_params.get("q", "").strip()
+    show = request.query_params.get("show", "")
+    show = "overdue" if request.query_params.get("late") == "1" else show
+    show = show if show in QUICK else ""
     before, after = _number(request, "before"), _number(request, "after")
-    late = request.query_params.get("late") == "1"
-    browse = _late if late else _browse
-    page = await db(request, browse, request, status, q, before, after)
+    user = current_user(request)
+    assert user is not None
+    wanted = _wanted(show, status, q, user.name)
+    page = await db(request, _conversations, request, show, wanted, before, after)
+    keep = {"show": show, "q": q, "status": status}
     context = {
         "page": page,
-        "late": late,
+        "show": show,
+        "quick": QUICK,
+        "quick_links": {name: _link("/inquiries", show=name, q=q, status=status) for name in QUICK},
+        "here": _link("/inquiries", **keep, before=before, after=after),
         "promised": await db(request, _promised, request, page.rows),
+        "said": {c.root.id: _said(c.latest) for c in page.rows},
         "now": state(request).clock.now(),
+        "zone": viewer_zone(request),
         "q": q,
         "status": status,
         "statuses": STATUSES,
-        "newer": _link("/inquiries", q=q, status=status, after=page.newer) if page.newer else None,
-        "older": _link("/inquiries", q=q, status=status, before=page.older) if page.older else None,
+        "newer": _link("/inquiries", **keep, after=page.newer) if page.newer else None,
+        "older": _link("/inquiries", **keep, before=page.older) if page.older else None,
     }
     return render(request, "desk_inquiries.html", context)
 
 
-def _late(request: Request, *_: Any) -> inquiries.Page:
-    """The quick filter "past promise": waiting for support past the promised time."""
+# the quick filters, as their links name them
+QUICK = {"mine": "Mine", "unassigned": "Unassigned", "open": "Open", "overdue": "Overdue"}
+
+
+def _wanted(show: str, status: str, q: str, me: str) -> inquiries.Wanted:
+    """Open is support's turn (new, acknowledged, open); Unassigned is nobody's of those."""
+    return inquiries.Wanted(
+        status=status or None,
+        waiting=show in ("open", "unassigned"),
+        assignee=me if show == "mine" else None,
+        unassigned=show == "unassigned",
+        search=q,
+    )
+
+
+def _conversations(
+    request: Request, show: str, wanted: inquiries.Wanted, before: int | None, after: int | None
+) -> inquiries.Conversations:
+    """Overdue is its own list (the longest overdue first, one page): the others page."""
     with state(request).engine.connect() as conn:
-        late = inquiries.past_promise(conn, state(request).clock.now(), size=PAGE)
-    return inquiries.Page(late, None, None)
+        if show == "overdue":
+            late = inquiries.past_promise(conn, state(request).clock.now(), size=PAGE)
+            return inquiries.Conversations(late, None, None)
+        return inquiries.conversations(conn, wanted, before=before, after=after, size=PAGE)
 
 
-def _promised(request: Request, rows: list[inquiries.Listed]) -> dict[int, datetime]:
-    """The promised answer time of each inquiry on the page that still waits for support."""
-    waiting = [r for r in rows if r.status in inquiries.WAITING_FOR_SUPPORT]
+def _promised(request: Request, rows: list[inquiries.Conversation]) -> dict[int, datetime]:
+    """The promised answer time of each conversation on the page that waits for support."""
+    waiting = [r.root for r in rows if r.root.status in inquiries.WAITING_FOR_SUPPORT]
     with state(request).engine.connect() as conn:
         return inquiries.promises(conn, waiting)
 
 
-def _browse(
-    request: Request, status: str, q: str, before: int | None, after: int | None
-) -> inquiries.Page:
-    with state(request).engine.connect() as conn:
-        return inquiries.browse(
-            conn, status=status, search=q, before=before, after=after, size=PAGE
-        )
+def _said(message: inquiries.Listed) -> dict[str, Any]:
+    """A message's decision and reasons in support's words."""
+    return {
+        "decision": plain_words.decision(message.decision, message.reasons),
+        "reasons": [plain_words.reason(r) for r in message.reasons],
+    }
 
 
 @reads_inquiries
@@ -138,12 +173,16 @@ async def inquiry_page(request: Request) -> Response:
 async def inquiry_page_with(
     request: Request, *, text: str | None = None, refused: str | None = None, status: int = 200
 ) -> Response:
-    """The inquiry page; a refused reply comes back to it with its text and the reason."""
+    """The conversation's page; a message threaded onto it opens there at that message.
+    A refused reply comes back to it with its text and the reason."""
     # starting from a saved reply renders a template: that waits its turn with the others
     run = rendering if "saved" in request.query_params else db
     context = await run(request, _inquiry, request, request.path_params["id"], text)
     if context is None:
         raise HTTPException(404, "There is no such inquiry.")
+    inquiry = context["inquiry"]
+    if inquiry.thread_id is not None:
+        return RedirectResponse(f"/inquiries/{inquiry.thread_id}#message-{inquiry.id}", 303)
     context = {**context, "statuses": STATUSES, "reply_refused": refused}
     return render(request, "desk_inquiry.html", context, status=status)
 
@@ -151,8 +190,8 @@ async def inquiry_page_with(
 def _inquiry(request: Request, inquiry_id: int, text: str | None = None) -> dict[str, Any] | None:
     with state(request).engine.connect() as conn:
         inquiry = inquiries.get(conn, inquiry_id)
-        if inquiry is None:
-            return None
+        if inquiry is None or inquiry.thread_id is not None:
+            return None if inquiry is None else {"inquiry": inquiry}
         ids = [message.id for message in inquiry.thread]
         user = current_user(request)
         writes = user is not None and user.may(Role.SUPPORT)
@@ -160,12 +199,41 @@ def _inquiry(request: Request, inquiry_id: int, text: str | None = None) -> dict
             "inquiry": inquiry,
             "raw_text": _raw_text(inquiry),
             "acks": inquiries.acknowledgements(conn, ids),
+            "said": {m.id: _said(m) for m in inquiry.thread},
+            "zone": viewer_zone(request),
             "events": inquiries.events(conn, inquiry_id),
             "assignees": _assignees(conn),
             **_promise(request, conn, inquiry),
             "sent_replies": inquiries.replies(conn, inquiry_id),
             "reply_editor": reply_editor.editor(request, conn, inquiry, text) if writes else None,
         }
+
+
+@reads_inquiries
+async def acknowledgement(request: Request) -> Response:
+    """The acknowledgement an inquiry got, opened: what the customer was sent."""
+    context = await rendering(request, _acknowledgement, request, request.path_params["id"])
+    if context is None:
+        raise HTTPException(404, "No acknowledgement was queued for this inquiry.")
+    return render(request, "desk_acknowledgement.html", context)
+
+
+def _acknowledgement(request: Request, inquiry_id: int) -> dict[str, Any] | None:
+    """Rendered again from its template and the values it was queued with, as the delivery
+    worker made the copy that went."""
+    web = state(request)
+    with web.engine.connect() as conn:
+        queued = outbox.by_key(conn, inquiries.ack_key(inquiry_id))
+        ack = inquiries.acknowledgements(conn, [inquiry_id]).get(inquiry_id)
+    if queued is None or ack is None:
+        return None
+    shown: dict[str, Any] = {"inquiry_id": inquiry_id, "ack": ack, "zone": viewer_zone(request)}
+    preparer = Preparer(web.cfg, TemplateStore(web.cfg.templates_dir), web.secret)
+    try:
+        made = preparer.prepare(queued, ack.sent_at or ack.created_at)
+    except TemplateError as exc:
+        return {**shown, "problem": str(exc)}
+    return {**shown, "subject": made.subject, "text": smtp_server.read(made.data)["text"]}
 
 
 def _promise(request: Request, conn: Connection, inquiry: inquiries.Listed) -> dict[str, Any]:
@@ -190,17 +258,53 @@ def _assignees(conn: Connection) -> list[str]:
     return [u["name"] for u in users.find(conn) if u["role"] in may and not u["disabled"]]
 
 
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What one post of the inquiry page's form asks for; each part is recorded as its own
+    event, as if done one at a time."""
+
+    status: InquiryStatus
+    assignee: str | None
+    note: str
+
+
 @posted_by_support
-async def change_status(request: Request, form: FormData) -> Response:
+async def change(request: Request, form: FormData) -> Response:
+    """Status, assignee and a note in one action, one transaction."""
     status = str(form.get("status", ""))
     if status not in STATUSES:
         raise HTTPException(400, f"{status!r} is not a status an inquiry can have.")
-    return await _act(request, inquiries.change_status, InquiryStatus(status))
+    note = str(form.get("note", "")).strip()
+    if len(note) > NOTE_MAX:
+        raise HTTPException(400, f"A note has at most {NOTE_MAX} characters.")
+    wanted = Change(InquiryStatus(status), str(form.get("assignee", "")) or None, note)
+    await _act(request, _change, wanted)
+    return RedirectResponse(f"/inquiries/{request.path_params['id']}#timeline", 303)
+
+
+def _change(conn: Connection, inquiry_id: int, wanted: Change, actor: str, now: datetime) -> bool:
+    if not inquiries.change_status(conn, inquiry_id, wanted.status, actor, now):
+        return False
+    _assign(conn, inquiry_id, wanted.assignee, actor, now)
+    if wanted.note:
+        inquiries.add_note(conn, inquiry_id, wanted.note, actor, now)
+    return True
 
 
 @posted_by_support
-async def assign(request: Request, form: FormData) -> Response:
-    return await _act(request, _assign, str(form.get("assignee", "")) or None)
+async def assign_to_me(request: Request, form: FormData) -> Response:
+    """ "Assign to me", from a row of the list or the inquiry page: back where it was done."""
+    user = current_user(request)
+    assert user is not None
+    await _act(request, _assign, user.name)
+    back = str(form.get("back", ""))
+    inquiry_page = f"/inquiries/{request.path_params['id']}"
+    return RedirectResponse(back if _on_the_list(back) else inquiry_page, 303)
+
+
+def _on_the_list(path: str) -> bool:
+    """Only the inquiry list itself is a place to go back to, never another site."""
+    return path == "/inquiries" or path.startswith("/inquiries?")
 
 
 def _assign(conn: Connection, inquiry_id: int, name: str | None, actor: str, now: datetime) -> bool:
@@ -209,30 +313,23 @@ def _assign(conn: Connection, inquiry_id: int, name: str | None, actor: str, now
     return inquiries.assign(conn, inquiry_id, name, actor, now)
 
 
-@posted_by_support
-async def add_note(request: Request, form: FormData) -> Response:
-    text = str(form.get("text", "")).strip()
-    if not text or len(text) > NOTE_MAX:
-        raise HTTPException(400, f"A note needs some text, at most {NOTE_MAX} characters.")
-    return await _act(request, inquiries.add_note, text)
-
-
-async def _act(request: Request, action: Action, value: Any) -> Response:
-    """Do it as the signed-in user, then back to the inquiry (303: reloading repeats nothing)."""
+async def _act(request: Request, action: Action, value: Any) -> None:
+    """Do it as the signed-in user, on the conversation (its first inquiry), in one
+    transaction; 404 when there is no such inquiry."""
     inquiry_id = int(request.path_params["id"])
     user = current_user(request)
     assert user is not None
     now = state(request).clock.now()
     if not await db(request, _write, request, action, inquiry_id, value, user.name, now):
         raise HTTPException(404, "There is no such inquiry.")
-    return RedirectResponse(f"/inquiries/{inquiry_id}#timeline", status_code=303)
 
 
 def _write(
     request: Request, action: Action, inquiry_id: int, value: Any, actor: str, now: datetime
 ) -> bool:
     with state(request).engine.begin() as conn:
-        return action(conn, inquiry_id, value, actor, now)
+        root = inquiries.root_id(conn, inquiry_id)
+        return root is not None and action(conn, root, value, actor, now)
 
 
 # Customers ---------------------------------------------------------------------------------
@@ -291,9 +388,9 @@ def _customer(request: Request, customer_id: int, readable: bool) -> dict[str, A
 routes = [
     Route("/inquiries", inquiry_list),
     Route("/inquiries/{id:int}", inquiry_page),
-    Route("/inquiries/{id:int}/status", change_status, methods=["POST"]),
-    Route("/inquiries/{id:int}/assign", assign, methods=["POST"]),
-    Route("/inquiries/{id:int}/notes", add_note, methods=["POST"]),
+    Route("/inquiries/{id:int}/acknowledgement", acknowledgement),
+    Route("/inquiries/{id:int}/change", change, methods=["POST"]),
+    Route("/inquiries/{id:int}/mine", assign_to_me, methods=["POST"]),
     Route("/customers", customer_list),
     Route("/customers/{id:int}", customer_page),
 ]

@@ -8,7 +8,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from sqlalchemy.engine import Connection
 from starlette.datastructures import FormData
@@ -17,13 +16,12 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from mailer.core import fieldtypes
 from mailer.core.errors import MailerError, NotFound
 from mailer.customers import followups
 from mailer.relationship import meetings
 from mailer.staff.users import SignedIn
 from mailer.store.models import Role
-from mailer.web.common import current_user, db, render, require, state
+from mailer.web.common import current_user, db, render, require, state, viewer_zone
 from mailer.web.desk import _assignees, posted_by_support
 
 SNOOZES = {"1d": timedelta(days=1), "1w": timedelta(weeks=1)}
@@ -36,19 +34,10 @@ def _me(request: Request) -> SignedIn:
     return user
 
 
-def _zone(request: Request, user: SignedIn) -> ZoneInfo:
-    """The reader's own zone, else the business's."""
-    fallback = state(request).cfg.settings.business_hours.timezone
-    try:
-        return fieldtypes.zone(user.timezone) if user.timezone else fallback
-    except ValueError:
-        return fallback
-
-
 @require(Role.SUPPORT)
 async def my_followups(request: Request) -> Response:
     user = _me(request)
-    zone = _zone(request, user)
+    zone = viewer_zone(request)
     now = state(request).clock.now()
     rows, assignees = await db(request, _mine, request, user.name)
     context = {
@@ -110,7 +99,7 @@ def _create(
         try:
             new = followups.NewFollowUp(
                 customer_id=customer,
-                due_at=followups.due_for(conn, due, user.name, now, _zone(request, user)),
+                due_at=followups.due_for(conn, due, user.name, now, viewer_zone(request)),
                 note=note,
                 created_by=user.name,
                 assignee=user.name,
@@ -183,7 +172,7 @@ async def move(request: Request, form: FormData) -> Response:
 
     def to(conn: Connection, meeting_id: int, user: SignedIn, now: datetime) -> None:
         current = followups.meeting(conn, meeting_id)
-        starts_at = followups.due_for(conn, at, None, now, _zone(request, user))
+        starts_at = followups.due_for(conn, at, None, now, viewer_zone(request))
         plan = meetings.replan(current, duration or None, where or None)
         meetings.move(conn, meeting_id, starts_at, plan, sender=_sender(request), now=now)
 
