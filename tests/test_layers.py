@@ -90,6 +90,7 @@ PURE = (
     "mailer/inbound/parsing.py",
     "mailer/core/durations.py",
     "mailer/core/clock.py",
+    "mailer/relationship/timeline.py",
 )
 # a database, a mail protocol, the event loop or the network: what makes code need I/O to test
 IMPURE = (
@@ -138,6 +139,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
         "customers sandbox",
         "outbound",
         "inbound scheduling",
+        "relationship",
         "checks",
         "web",
         "daemon",

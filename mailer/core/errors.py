@@ -7,6 +7,7 @@
      │    └── RenderTimeout  it ran past the time a render may take (and was stopped)
      ├── ImportFileError    a customers file cannot be read at all
      ├── DatabaseUnavailable  the configured database cannot be opened, created or used yet
+     ├── InvalidContact (ValueError)  a call, meeting or note to log is incomplete or wrong
      └── NotFound (LookupError)  a customer, template or row that a command named does not exist
 
 The CLI turns these into one clear line each and exit 1. Anything else is a bug: one line
@@ -68,6 +69,10 @@ class ImportFileError(MailerError):
 
 class DatabaseUnavailable(MailerError):
     """The database cannot be opened or created, or its schema is not the current one."""
+
+
+class InvalidContact(MailerError, ValueError):
+    """A call, meeting or note to log is missing something or says something impossible."""
 
 
 class NotFound(MailerError, LookupError):
