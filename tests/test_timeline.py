@@ -276,3 +276,25 @@ def test_deleting_a_customer_takes_their_contact_log_with_them(engine: Engine, m
         conn.execute(profiles.CUSTOMERS.delete())
         assert conn.execute(contacts.CONTACTS.select()).all() == []
         assert conn.execute(contacts.LAST.select()).all() == []
+
+
+def test_two_messages_to_one_customer_recorded_in_one_batch_keep_the_later(
+    engine: Engine, maria: int
+) -> None:
+    news = [
+        NewMessage(f"news:{n}", "maria@example.com", Category.MARKETING, "newsletter", maria)
+        for n in (1, 2)
+    ]
+    outbox.enqueue(engine, news, T0)
+    with engine.connect() as conn:
+        ids = sorted(r["id"] for r in outbox.find(conn, customer_id=maria))
+    later = T0 + timedelta(minutes=1)
+    outbox.record(
+        engine,
+        [
+            Outcome(outbox_id=ids[0], result=Result.SENT, at=later),
+            Outcome(outbox_id=ids[1], result=Result.SENT, at=T0),
+        ],
+    )
+    with engine.connect() as conn:
+        assert contacts.last_of(conn, maria)["out"] == {"at": later, "channel": "email"}

@@ -104,7 +104,7 @@ def log(conn: Connection, customer_id: int, entry: NewContact, now: datetime) ->
     new_id = conn.execute(insert(CONTACTS).values(**values)).inserted_primary_key
     assert new_id is not None
     if entry.direction is not None:
-        _touch(conn, Direction(entry.direction), entry.kind, [(customer_id, entry.at)])
+        touch(conn, Direction(entry.direction), entry.kind, [(customer_id, entry.at)])
     return int(new_id[0])
 
 
@@ -112,20 +112,24 @@ def reached(
     conn: Connection, touches: Iterable[tuple[int, datetime]], channel: str = EMAIL
 ) -> None:
     """We reached these customers (id, when), e.g. the server accepted mail for them."""
-    _touch(conn, Direction.OUT, channel, list(touches))
+    touch(conn, Direction.OUT, channel, touches)
 
 
 def heard_from(conn: Connection, customer_id: int, at: datetime, channel: str = EMAIL) -> None:
     """The customer reached us, e.g. wrote to support."""
-    _touch(conn, Direction.IN, channel, [(customer_id, at)])
+    touch(conn, Direction.IN, channel, [(customer_id, at)])
 
 
-def _touch(
-    conn: Connection, direction: Direction, channel: str, touches: list[tuple[int, datetime]]
+def touch(
+    conn: Connection, direction: Direction, channel: str, touches: Iterable[tuple[int, datetime]]
 ) -> None:
     """Upsert each customer's last contact in that direction, keeping the later one, so a
-    late-recorded touch never hides a newer one."""
-    if not touches:
+    late-recorded touch never hides a newer one. One row per customer, in id order, so two
+    writers lock their rows in one order and never wait on each other in a circle."""
+    latest: dict[int, datetime] = {}
+    for customer_id, at in touches:
+        latest[customer_id] = max(at, latest.get(customer_id, at))
+    if not latest:
         return
     at_col, channel_col = f"{direction.value}_at", f"{direction.value}_channel"
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
@@ -141,7 +145,8 @@ def _touch(
         },
     )
     rows = [
-        {"customer_id": c, at_col: at, channel_col: channel, "last_at": at} for c, at in touches
+        {"customer_id": c, at_col: at, channel_col: channel, "last_at": at}
+        for c, at in sorted(latest.items())
     ]
     conn.execute(stmt, rows)
 
