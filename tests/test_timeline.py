@@ -262,6 +262,13 @@ def test_the_customer_list_sorts_by_last_contact_and_finds_the_quiet_ones(
         assert names_of("quiet", quiet_days=90) == ["zoe", "ana", "vera"]
         assert names_of(quiet_days=150) == ["ana", "zoe"]
         assert [c["name"] for c in contacts.browse(conn, search="BOR", order="recent")] == ["boris"]
+        for order, expected in (("recent", "boris vera ana zoe"), ("quiet", "zoe ana vera boris")):
+            for size in (1, 2, 3):
+                pages = [
+                    contacts.browse(conn, order=order, limit=size, offset=start)
+                    for start in range(0, 5, size)
+                ]
+                assert [c["name"] for p in pages for c in p] == expected.split(), (order, size)
         (boris,) = contacts.browse(conn, search="boris")
     assert boris["last_contact"] == {
         "out": None,

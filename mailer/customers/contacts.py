@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, case, insert, select
+from sqlalchemy import Table, case, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
@@ -179,22 +179,60 @@ def browse(
     offset: int = 0,
 ) -> list[dict[str, Any]]:
     """Customers with their last contact both ways (``last_contact``). ``order``: "recent"
-    (latest contact first), "quiet" (longest without one first, never first of all), else
-    by email; ``quiet_since`` keeps only those with no contact either way since then."""
-    c = profiles.CUSTOMERS.c
-    joined = profiles.CUSTOMERS.outerjoin(LAST, LAST.c.customer_id == c.id)
-    query = select(*profiles.SHOWN, *(LAST.c[k] for k in _SUMMARY)).select_from(joined)
-    query = query.where(*profiles.matching(search=search))
-    if quiet_since is not None:
-        query = query.where(LAST.c.last_at.is_(None) | (LAST.c.last_at < quiet_since))
-    sort = {
-        "recent": (LAST.c.last_at.desc().nulls_last(), c.id),
-        "quiet": (LAST.c.last_at.asc().nulls_first(), c.id),
-    }.get(order, (c.email,))
-    rows = profiles.with_tags(conn, query.order_by(*sort).limit(limit).offset(offset))
-    for row in rows:
-        row["last_contact"] = both_ways({k: row.pop(k) for k in _SUMMARY})
+    (latest contact first, never contacted last), "quiet" (never contacted first, then the
+    longest without one), else by email; ``quiet_since`` keeps only those with no contact
+    either way since then."""
+    if order not in ORDERS:
+        query = _with_last(LAST.c.customer_id == profiles.CUSTOMERS.c.id, search)
+        if quiet_since is not None:
+            query = query.where(LAST.c.last_at.is_(None) | (LAST.c.last_at < quiet_since))
+        return _shown(conn, query.order_by(profiles.CUSTOMERS.c.email).limit(limit).offset(offset))
+    contacted, never = _contacted(search, order, quiet_since), _never(search)
+    rows: list[dict[str, Any]] = []
+    for phase in (contacted, never) if order == "recent" else (never, contacted):
+        found = _shown(conn, phase.limit(limit - len(rows)).offset(offset))
+        rows += found
+        if len(rows) >= limit:
+            break
+        offset = 0 if found else offset - _count(conn, phase)
     return rows
 
 
+ORDERS = ("recent", "quiet")
 _SUMMARY = ("out_at", "out_channel", "in_at", "in_channel", "last_at")
+
+
+def _with_last(on: ColumnElement[bool], search: str | None, *, inner: bool = False) -> Any:
+    """Customers beside their last contacts, filtered as ``profiles.find`` filters."""
+    joined = profiles.CUSTOMERS.join(LAST, on, isouter=not inner)
+    query = select(*profiles.SHOWN, *(LAST.c[k] for k in _SUMMARY)).select_from(joined)
+    return query.where(*profiles.matching(search=search))
+
+
+def _contacted(search: str | None, order: str, quiet_since: datetime | None) -> Any:
+    """Those with a last contact, in its order: read along ix_last_contacts_last_at."""
+    query = _with_last(LAST.c.customer_id == profiles.CUSTOMERS.c.id, search, inner=True)
+    query = query.where(LAST.c.last_at.is_not(None))
+    if quiet_since is not None:
+        query = query.where(LAST.c.last_at < quiet_since)
+    keys = (LAST.c.last_at, LAST.c.customer_id)
+    return query.order_by(*(k.desc() if order == "recent" else k for k in keys))
+
+
+def _never(search: str | None) -> Any:
+    """Those never contacted either way, oldest customer first."""
+    query = _with_last(LAST.c.customer_id == profiles.CUSTOMERS.c.id, search)
+    return query.where(LAST.c.customer_id.is_(None)).order_by(profiles.CUSTOMERS.c.id)
+
+
+def _count(conn: Connection, query: Any) -> int:
+    """Rows a phase holds, needed only once a page reaches past its end."""
+    counted = select(func.count()).select_from(query.order_by(None).subquery())
+    return int(conn.execute(counted).scalar_one())
+
+
+def _shown(conn: Connection, query: Any) -> list[dict[str, Any]]:
+    rows = profiles.with_tags(conn, query)
+    for row in rows:
+        row["last_contact"] = both_ways({k: row.pop(k) for k in _SUMMARY})
+    return rows

@@ -37,7 +37,6 @@ HISTORY = 200  # messages on a customer's page; `mailer customers show --history
 RAW_SHOWN = 100_000  # bytes of a failed message's source shown to support
 NOTE_MAX = 10_000
 STATUSES = [s.value for s in InquiryStatus]
-SORTS = ("recent", "quiet")  # by last contact: latest first, or longest without one first
 Action = Callable[[Connection, int, Any, str, datetime], bool]
 FormEndpoint = Callable[[Request, FormData], Awaitable[Response]]
 
@@ -207,14 +206,14 @@ async def customer_list(request: Request) -> Response:
     q = request.query_params.get("q", "").strip()
     page = max(_number(request, "page") or 1, 1)
     sort = request.query_params.get("sort", "")
-    sort = sort if sort in SORTS else ""
+    sort = sort if sort in contacts.ORDERS else ""
     quiet = _number(request, "quiet")
     found = await db(request, _customers, request, q, page, sort, quiet)
     keep = {"q": q, "sort": sort, "quiet": quiet}
     context = {
         "customers": found[:PAGE],
         **keep,
-        "sorted": {s: _link("/customers", q=q, quiet=quiet, sort=s) for s in SORTS},
+        "sorted": {s: _link("/customers", q=q, quiet=quiet, sort=s) for s in contacts.ORDERS},
         "newer": _link("/customers", **keep, page=page - 1) if page > 1 else None,
         "older": _link("/customers", **keep, page=page + 1) if len(found) > PAGE else None,
     }

@@ -53,7 +53,7 @@ def upgrade() -> None:
         sa.Column("in_channel", sa.String(20), nullable=True),
         sa.Column("last_at", UTCDateTime(), nullable=True),
     )
-    op.create_index("ix_last_contacts_last_at", "last_contacts", ["last_at"])
+    op.create_index("ix_last_contacts_last_at", "last_contacts", ["last_at", "customer_id"])
     op.create_index("ix_outbox_customer_updated", "outbox", ["customer_id", "updated_at"])
     op.create_index("ix_inquiries_customer_received", "inquiries", ["customer_id", "received_at"])
     op.execute(BACKFILL)
