@@ -146,3 +146,28 @@ async def test_the_customer_list_sorts_by_last_contact_and_finds_who_we_have_not
     await page.get_by_role("button", name="Search").click()
     await expect(emails).to_have_text(["zoe@example.com", "ana@example.com"])
     await expect(page).to_have_url(re.compile(r"quiet=100.*sort=quiet|sort=quiet.*quiet=100"))
+
+
+async def test_a_long_timeline_pages_back_to_its_oldest_entry(
+    page: Page,
+    site: Site,
+    staff: dict[str, str],
+    engine: Engine,
+    clock: ManualClock,
+    maria: int,  # noqa: F811
+) -> None:
+    now = clock.now()
+    with engine.begin() as conn:
+        for n in range(55):
+            at = now - timedelta(hours=n)
+            note = NewContact(kind="note", direction=None, at=at, by="sam", note=f"note {n}")
+            contacts.log(conn, maria, note, now)
+    await sign_in(page, site, "mia")
+    await page.goto(f"{site.url}/customers/{maria}")
+    notes = page.get_by_role("table", name="Timeline").locator("pre.note")
+    await expect(notes).to_have_count(50)
+    await expect(notes.first).to_have_text("note 0")
+    await page.get_by_role("link", name="Older →").click()
+    await expect(notes).to_have_text([f"note {n}" for n in range(50, 55)])
+    await page.get_by_role("link", name="← Latest").click()
+    await expect(notes.first).to_have_text("note 0")

@@ -1,5 +1,6 @@
 """Support's desk: inquiries (the list, and one thread with what was done about it) and
-customers (who they are, what they wrote, every message we sent them, when the next may go).
+customers (who they are, every touch on one timeline, when we last spoke either way, when
+the next mail may go), where support logs calls, meetings and notes.
 
 What customers wrote is only ever shown as text (autoescaped, in ``<pre>``): their HTML is
 never rendered, so nothing in it runs or loads. Marketing sees customers but not what they
