@@ -114,7 +114,7 @@ def _contacts(conn: Connection, customer_id: int, limit: Bound | None, count: in
             direction=r.direction,
             channel=r.kind,
             by=r.logged_by,
-            title=r.outcome or r.location,
+            title=r.outcome,
             text=r.note,
             details={
                 "duration_seconds": r.duration_seconds,
