@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, insert
 
 from mailer.core.categories import Category
 from mailer.core.clock import ManualClock
@@ -21,9 +21,10 @@ from mailer.customers.contacts import NewContact
 from mailer.inbound import inquiries
 from mailer.inbound.parsing import parse
 from mailer.outbound import outbox
-from mailer.outbound.outbox import NewMessage, Outcome, Result
+from mailer.outbound.outbox import OUTBOX, NewMessage, Outcome, Result
 from mailer.relationship import history
 from mailer.relationship.timeline import Cursor, Entry, Source, merge
+from mailer.store import db, migrate
 from tests.conftest import add_customers
 
 T0 = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
@@ -305,3 +306,63 @@ def test_two_messages_to_one_customer_recorded_in_one_batch_keep_the_later(
     )
     with engine.connect() as conn:
         assert contacts.last_of(conn, maria)["out"] == {"at": later, "channel": "email"}
+
+
+def test_upgrading_starts_last_contacts_from_the_mail_sent_and_the_inquiries_received(
+    database_url: str, tmp_path: Path
+) -> None:
+    engine = db.connect(database_url)
+    migrate.upgrade(engine, "0012")
+    csv = "email,name\nana@example.com,Ana\nboris@example.com,Boris\ncleo@example.com,Cleo\n"
+    add_customers(engine, tmp_path, csv, T0 - timedelta(days=90))
+    with engine.begin() as conn:
+        ids = {n: int(profiles.get(conn, f"{n}@example.com")["id"]) for n in ("ana", "boris")}
+        for n, at in enumerate((T0 - timedelta(days=3), T0)):
+            message = {"dedupe_key": f"news:{n}", "customer_id": ids["ana"], "sent_at": at}
+            conn.execute(insert(OUTBOX).values(**OLD_MAIL, **message))
+        unsent = {"dedupe_key": "news:late", "customer_id": ids["boris"], "status": "deferred"}
+        conn.execute(insert(OUTBOX).values({**OLD_MAIL, **unsent}))
+        for sender, at in (("boris@example.com", T0 - timedelta(days=1)), ("x@example.com", T0)):
+            customer = ids["boris"] if sender.startswith("boris") else None
+            asked = {"sender": sender, "customer_id": customer, "received_at": at}
+            conn.execute(insert(inquiries.INQUIRIES).values({**OLD_INQUIRY, **asked}))
+    migrate.upgrade(engine)
+    with engine.connect() as conn:
+        assert contacts.last_of(conn, ids["ana"]) == {
+            "out": {"at": T0, "channel": "email"},
+            "in": None,
+        }
+        assert contacts.last_of(conn, ids["boris"]) == {
+            "out": None,
+            "in": {"at": T0 - timedelta(days=1), "channel": "email"},
+        }
+        listed = [c["name"] for c in contacts.browse(conn, order="recent")]
+    assert listed == ["Ana", "Boris", "Cleo"]
+    engine.dispose()
+
+
+OLD_MAIL = {
+    "to_address": "ana@example.com",
+    "category": "marketing",
+    "template": "newsletter",
+    "context": {},
+    "headers": {},
+    "priority": 0,
+    "status": "sent",
+    "due_at": T0 - timedelta(days=5),
+    "attempts": 1,
+    "created_at": T0 - timedelta(days=5),
+    "updated_at": T0 - timedelta(days=5),
+}
+OLD_INQUIRY = {
+    "sender_name": "",
+    "subject": "Hello",
+    "body_text": "Hi",
+    "reply_text": "Hi",
+    "attachments": [],
+    "defects": [],
+    "status": "new",
+    "reasons": [],
+    "raw": b"",
+    "raw_truncated": False,
+}
