@@ -229,8 +229,8 @@ def test_contacts_log_mistakes_are_one_line_and_exit_1(with_demo: Mailer) -> Non
         ("--kind", "fax", "--direction", "in"): "kind 'fax' is not one of call, meeting, note",
         ("--kind", "call", "--note", "hi"): "a call needs a direction: in (they reached us) "
         "or out (we reached them)",
-        ("--kind", "note", "--direction", "out", "--note", "x"): "a note has no direction; "
-        "leave --direction out",
+        ("--kind", "note", "--direction", "out", "--note", "x"): "a note has no direction: "
+        "leave it out",
         ("--kind", "note"): "a note needs some text",
         ("--kind", "call", "--direction", "in", "--at", "2026-11-20 10:00"): "--at '2026-11-20 "
         "10:00' has no UTC offset; When it happened, with its UTC offset, e.g. "

@@ -57,7 +57,7 @@ def _problem(entry: NewContact) -> str | None:
         return f"kind {entry.kind!r} is not one of {', '.join(KINDS)}"
     if entry.kind == ContactKind.NOTE:
         if entry.direction is not None:
-            return "a note has no direction; leave --direction out"
+            return "a note has no direction: leave it out"
     elif entry.direction not in DIRECTIONS:
         return f"a {entry.kind} needs a direction: in (they reached us) or out (we reached them)"
     if entry.at.tzinfo is None:
