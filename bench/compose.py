@@ -51,7 +51,10 @@ def newsletter(sentence: str) -> tuple[str, str]:
 
 def with_compose(name: str, subject: str, text: str, html: str) -> Callable[[], bytes]:
     envelope = Envelope(
-        SENDER, "customer@example.com", name, date=datetime(2026, 12, 1, 9, tzinfo=UTC)
+        from_=SENDER,
+        to_address="customer@example.com",
+        to_name=name,
+        date=datetime(2026, 12, 1, 9, tzinfo=UTC),
     )
     return lambda: compose(envelope, subject, text, html, headers=UNSUBSCRIBE)
 

@@ -29,13 +29,13 @@ from sqlalchemy import Engine, insert
 
 from mailer import daemon
 from mailer.core import config
+from mailer.core.categories import Category
 from mailer.core.clock import ManualClock
 from mailer.customers.profiles import CUSTOMERS
 from mailer.outbound import outbox
 from mailer.outbound.outbox import NewMessage
 from mailer.outbound.smtp import SmtpTarget
 from mailer.store import db, migrate
-from mailer.store.models import Category
 
 ROOT = Path(__file__).resolve().parent.parent
 # zones where 10:00 UTC is daytime, so quiet hours are checked but do not defer
@@ -136,7 +136,7 @@ def main() -> None:
         port = free_port()
         sink = start_sink(port)
         try:
-            target = SmtpTarget("127.0.0.1", port, pool_size=args.pool)
+            target = SmtpTarget(host="127.0.0.1", port=port, pool_size=args.pool)
             delivery = daemon.build_delivery(cfg, engine, ManualClock(NOW), target)
             start = time.perf_counter()
             sent = asyncio.run(deliver_all(delivery))

@@ -31,6 +31,7 @@ from mailer.outbound.smtp import SmtpPool, SmtpTarget
 from mailer.outbound.templates import TemplateStore
 from mailer.sandbox import smtp_server
 from mailer.sandbox.imap_server import SandboxImap
+from mailer.scheduling.digests import Digests
 from mailer.scheduling.firing import Firing
 from mailer.scheduling.scheduler import Scheduler, Schedules
 from mailer.store.models import Customer
@@ -51,7 +52,9 @@ def build_delivery(cfg: Config, engine: Engine, clock: Clock, target: SmtpTarget
         lease=LEASE,
     )
     preparer = Preparer(cfg, TemplateStore(cfg.templates_dir), tokens.load_secret(cfg))
-    return Delivery(engine, preparer, SmtpPool(target, clock), policy, clock)
+    return Delivery(
+        engine=engine, preparer=preparer, pool=SmtpPool(target, clock), policy=policy, clock=clock
+    )
 
 
 SANDBOX_PASSWORD = "sandbox"  # the sandbox IMAP server listens on loopback only
@@ -103,10 +106,10 @@ def build_inbox(
 
     policy = AckPolicy.from_config(cfg)
     return Inbox(
-        engine,
-        open_mailbox,
-        policy,
-        clock,
+        engine=engine,
+        open_mailbox=open_mailbox,
+        policy=policy,
+        clock=clock,
         processed=imap.processed,
         poll_seconds=imap.poll_seconds,
         max_raw=imap.keep_raw_mb * 1024 * 1024,
@@ -119,8 +122,15 @@ def build_scheduler(
 ) -> Scheduler:
     """Schedule files from ``[paths] schedules``, fired into the outbox; it wakes delivery."""
     store = TemplateStore(cfg.templates_dir)
-    files = Schedules(cfg.schedules_dir, store.names, clock)
-    return Scheduler(files, engine, clock, Firing.from_config(cfg), wake)
+    files = Schedules(directory=cfg.schedules_dir, template_names=store.names, clock=clock)
+    return Scheduler(
+        schedules=files,
+        engine=engine,
+        clock=clock,
+        firing=Firing.from_config(cfg),
+        on_queued=wake,
+        digests=Digests.from_config(cfg, engine),
+    )
 
 
 async def serve(

@@ -16,17 +16,19 @@ import sys
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # for tests.configs, tests.site, tests.smtp_sink
 
 from playwright.async_api import Page, async_playwright  # noqa: E402
 from sqlalchemy import Engine  # noqa: E402
+from sqlalchemy.engine import Connection  # noqa: E402
 
 from mailer import daemon  # noqa: E402
 from mailer.core.clock import ManualClock  # noqa: E402
 from mailer.core.config import Config  # noqa: E402
-from mailer.customers import profiles, tokens  # noqa: E402
+from mailer.customers import followups, profiles, tokens  # noqa: E402
 from mailer.inbound import watcher  # noqa: E402
 from mailer.inbound.parsing import parse  # noqa: E402
 from mailer.inbound.watcher import AckPolicy  # noqa: E402
@@ -37,9 +39,9 @@ from mailer.outbound.templates import TemplateStore  # noqa: E402
 from mailer.scheduling import firing  # noqa: E402
 from mailer.scheduling.firing import Firing  # noqa: E402
 from mailer.scheduling.schedules import load_schedules  # noqa: E402
+from mailer.staff import users  # noqa: E402
 from mailer.store import db, migrate  # noqa: E402
 from mailer.store.models import Role  # noqa: E402
-from mailer.web import users  # noqa: E402
 from mailer.web.server import build  # noqa: E402
 from tests.configs import shipped_config  # noqa: E402
 from tests.site import served  # noqa: E402
@@ -64,18 +66,47 @@ async def populate(cfg: Config, engine: Engine, clock: ManualClock) -> None:
             (MAIL / "postfix_bounce_user_unknown.eml").read_bytes(),
         ):
             watcher.handle(conn, parse(raw), clock.now(), policy)
+        add_followups(conn, clock.now())
     names = TemplateStore(cfg.templates_dir).names()
     schedules, _ = load_schedules(cfg.schedules_dir, names, clock)
     async with listening(Sink()) as port:
-        delivery = daemon.build_delivery(cfg, engine, clock, SmtpTarget("127.0.0.1", port))
+        delivery = daemon.build_delivery(
+            cfg, engine, clock, SmtpTarget(host="127.0.0.1", port=port)
+        )
         # a message Мария got this morning, so the newsletter waits for her next free slot
         news = {"params": {"headline": "A welcome offer", "intro": "Ten percent off."}}
         maria = "maria.ivanova@example.com"
-        earlier = NewMessage("shots:welcome", maria, "marketing", "newsletter", 1, context=news)
+        earlier = NewMessage(
+            dedupe_key="shots:welcome",
+            to_address=maria,
+            category="marketing",
+            template="newsletter",
+            customer_id=1,
+            context=news,
+        )
         outbox.enqueue(engine, [earlier], clock.now())
         await delivery.deliver_due()
         firing.fire_due(engine, schedules, clock.now(), Firing.from_config(cfg))
         await delivery.deliver_due()
+
+
+def add_followups(conn: Connection, now: datetime) -> None:
+    """ada's list: one overdue from the inquiry, one later today, one next week (Sofia)."""
+    users.change(conn, "ada", display_name="Ada Petrova", timezone="Europe/Sofia")
+    for email, due, note, inquiry in (
+        ("maria.ivanova@example.com", "2026-11-30 16:00", "Call back about order 1042", 1),
+        ("georgi.petrov@example.com", "2026-12-01 15:30", "Offer the grinder service", None),
+        ("maria.ivanova@example.com", "1w", "Did the replacement beans arrive?", None),
+    ):
+        new = followups.NewFollowUp(
+            customer_id=followups.customer_id(conn, email),
+            due_at=followups.parse_due(due, now, ZoneInfo("Europe/Sofia")),
+            note=note,
+            created_by="sam",
+            assignee="ada",
+            inquiry_id=inquiry,
+        )
+        followups.add(conn, new, now)
 
 
 async def shoot(url: str, out: Path, cfg: Config) -> None:
@@ -92,6 +123,8 @@ async def shoot(url: str, out: Path, cfg: Config) -> None:
             ("inquiries", "/inquiries"),
             ("inquiry", "/inquiries/1"),
             ("customer", "/customers/1"),
+            ("followups", "/followups"),
+            ("customer-edit", "/customers/1/edit"),
             ("templates", "/templates"),
             ("preview", "/templates/birthday?locale=bg&customer=maria.ivanova%40example.com"),
             ("schedules", "/schedules"),

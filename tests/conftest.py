@@ -16,9 +16,9 @@ from mailer.core.clock import ManualClock
 from mailer.core.config import Config
 from mailer.customers import profiles
 from mailer.scheduling.firing import Firing
+from mailer.staff import users
 from mailer.store import db, migrate
 from mailer.store.models import Role
-from mailer.web import users
 from mailer.web.server import build as build_web
 from tests.configs import shipped_config
 from tests.dovecot import DovecotServer

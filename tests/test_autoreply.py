@@ -15,9 +15,9 @@ import pytest
 
 from mailer.inbound.autoreply import (
     RULES,
+    Decision,
     Identity,
     SenderHistory,
-    Verdict,
     bounced_addresses,
     bounced_message_ids,
     decide,
@@ -60,25 +60,25 @@ def with_headers(message: EmailMessage, **headers: str) -> EmailMessage:
     return message
 
 
-def verdict(
+def decide_on(
     message: EmailMessage,
     history: SenderHistory = NEW_SENDER,
     identity: Identity = US,
     once_per_sender: timedelta = WEEK,
-) -> Verdict:
+) -> Decision:
     return decide(message, identity, history, NOW, once_per_sender=once_per_sender)
 
 
-def fired(result: Verdict) -> set[str]:
+def fired(result: Decision) -> set[str]:
     return {reason.partition(":")[0] for reason in result.reasons}
 
 
 def test_a_customer_inquiry_in_bulgarian_is_acknowledged_with_no_reasons() -> None:
-    assert verdict(load("inquiry_bg")) == Verdict(acknowledge=True, reasons=(), kind="inquiry")
+    assert decide_on(load("inquiry_bg")) == Decision(acknowledge=True, reasons=(), kind="inquiry")
 
 
 def test_exchange_out_of_office_is_an_auto_reply_not_acknowledged() -> None:
-    result = verdict(load("exchange_out_of_office"))
+    result = decide_on(load("exchange_out_of_office"))
 
     assert not result.acknowledge
     assert result.kind == "auto-reply"
@@ -87,7 +87,7 @@ def test_exchange_out_of_office_is_an_auto_reply_not_acknowledged() -> None:
 
 
 def test_gmail_vacation_reply_is_an_auto_reply_not_acknowledged() -> None:
-    result = verdict(load("gmail_vacation"))
+    result = decide_on(load("gmail_vacation"))
 
     assert not result.acknowledge
     assert result.kind == "auto-reply"
@@ -96,7 +96,7 @@ def test_gmail_vacation_reply_is_an_auto_reply_not_acknowledged() -> None:
 
 def test_postfix_user_unknown_bounce_is_a_permanent_failure() -> None:
     message = load("postfix_bounce_user_unknown")
-    result = verdict(message)
+    result = decide_on(message)
 
     assert not result.acknowledge
     assert result.kind == "bounce"
@@ -120,7 +120,7 @@ def test_a_bounce_returning_the_whole_message_names_it_by_its_message_id() -> No
 def test_bounce_from_our_own_mail_server_is_a_bounce_not_a_loop() -> None:
     # Our MTA's Message-ID is at smtp.<our domain>; the returned headers inside carry our
     # loop header and Message-ID, but only the top-level headers count.
-    result = verdict(load("postfix_bounce_user_unknown"))
+    result = decide_on(load("postfix_bounce_user_unknown"))
 
     assert not fired(result) & {"own-message-id", "own-loop-header", "own-address"}
 
@@ -128,14 +128,14 @@ def test_bounce_from_our_own_mail_server_is_a_bounce_not_a_loop() -> None:
 def test_postfix_delay_notice_is_a_temporary_failure() -> None:
     message = load("postfix_delayed")
 
-    assert verdict(message).kind == "bounce"
+    assert decide_on(message).kind == "bounce"
     assert bounced_addresses(message) == [("g.koleva@firma-plovdiv.example", False)]
 
 
 def test_exim_bounce_without_a_report_names_the_address_in_x_failed_recipients() -> None:
     message = load("exim_bounce")
 
-    assert verdict(message).kind == "bounce"
+    assert decide_on(message).kind == "bounce"
     assert bounced_addresses(message) == [("stoyan@old-domain.example", True)]
 
 
@@ -147,7 +147,7 @@ def test_an_inquiry_or_an_out_of_office_is_no_bounce() -> None:
 
 
 def test_mailing_list_post_is_list_traffic_not_acknowledged() -> None:
-    result = verdict(load("mailing_list_post"))
+    result = decide_on(load("mailing_list_post"))
 
     assert not result.acknowledge
     assert result.kind == "list"
@@ -156,7 +156,7 @@ def test_mailing_list_post_is_list_traffic_not_acknowledged() -> None:
 
 
 def test_noreply_sender_is_a_system_message() -> None:
-    result = verdict(load("noreply_courier"))
+    result = decide_on(load("noreply_courier"))
 
     assert not result.acknowledge
     assert result.kind == "system"
@@ -164,7 +164,7 @@ def test_noreply_sender_is_a_system_message() -> None:
 
 
 def test_our_own_acknowledgement_coming_back_is_a_loop() -> None:
-    result = verdict(load("own_acknowledgement_returned"))
+    result = decide_on(load("own_acknowledgement_returned"))
 
     assert not result.acknowledge
     assert result.kind == "loop"
@@ -172,7 +172,7 @@ def test_our_own_acknowledgement_coming_back_is_a_loop() -> None:
 
 
 def test_spam_flagged_mail_is_logged_as_an_inquiry_but_not_acknowledged() -> None:
-    result = verdict(load("spam_flagged"))
+    result = decide_on(load("spam_flagged"))
 
     assert not result.acknowledge
     assert result.kind == "inquiry"
@@ -180,7 +180,7 @@ def test_spam_flagged_mail_is_logged_as_an_inquiry_but_not_acknowledged() -> Non
 
 
 def test_sender_asking_to_suppress_delivery_reports_is_not_acknowledged() -> None:
-    result = verdict(load("auto_response_suppress_dr"))
+    result = decide_on(load("auto_response_suppress_dr"))
 
     assert not result.acknowledge
     assert result.reasons == ("auto-response-suppress: X-Auto-Response-Suppress: DR",)
@@ -188,20 +188,20 @@ def test_sender_asking_to_suppress_delivery_reports_is_not_acknowledged() -> Non
 
 def test_reply_in_an_acknowledged_thread_is_a_repeat() -> None:
     history = replace(NEW_SENDER, thread_already_acknowledged=True)
-    result = verdict(load("reply_in_thread"), history)
+    result = decide_on(load("reply_in_thread"), history)
 
-    assert result == Verdict(
+    assert result == Decision(
         False, ("thread-acknowledged: inquiry already acknowledged",), "repeat"
     )
 
 
 def test_reply_in_a_thread_not_yet_acknowledged_is_acknowledged() -> None:
-    assert verdict(load("reply_in_thread")).acknowledge
+    assert decide_on(load("reply_in_thread")).acknowledge
 
 
 def test_sender_acknowledged_two_days_ago_is_not_acknowledged_again_within_a_week() -> None:
     history = replace(NEW_SENDER, last_acknowledged_at=NOW - timedelta(days=2))
-    result = verdict(load("inquiry_bg"), history)
+    result = decide_on(load("inquiry_bg"), history)
 
     assert not result.acknowledge
     assert result.kind == "repeat"
@@ -211,27 +211,27 @@ def test_sender_acknowledged_two_days_ago_is_not_acknowledged_again_within_a_wee
 def test_sender_acknowledged_eight_days_ago_is_acknowledged_again() -> None:
     history = replace(NEW_SENDER, last_acknowledged_at=NOW - timedelta(days=8))
 
-    assert verdict(load("inquiry_bg"), history).acknowledge
+    assert decide_on(load("inquiry_bg"), history).acknowledge
 
 
 def test_rate_backstop_fires_when_no_other_rule_does() -> None:
     history = replace(NEW_SENDER, acknowledgements_last_day=3)
-    result = verdict(load("inquiry_bg"), history, once_per_sender=timedelta(0))
+    result = decide_on(load("inquiry_bg"), history, once_per_sender=timedelta(0))
 
-    assert result == Verdict(
+    assert result == Decision(
         False, ("rate-backstop: 3 acknowledgements in the last day (max 3)",), "repeat"
     )
 
 
 def test_hard_bounced_sender_is_an_inquiry_we_cannot_acknowledge() -> None:
-    result = verdict(load("inquiry_bg"), replace(NEW_SENDER, hard_bounced=True))
+    result = decide_on(load("inquiry_bg"), replace(NEW_SENDER, hard_bounced=True))
 
     assert (result.acknowledge, result.kind, fired(result)) == (False, "inquiry", {"hard-bounced"})
 
 
 def test_two_mailer_instances_do_not_acknowledge_each_others_acknowledgements() -> None:
-    theirs = verdict(load("partner_mailer_acknowledgement"), identity=US)
-    ours = verdict(load("own_acknowledgement_returned"), identity=PARTNER)
+    theirs = decide_on(load("partner_mailer_acknowledgement"), identity=US)
+    ours = decide_on(load("own_acknowledgement_returned"), identity=PARTNER)
 
     assert not theirs.acknowledge and not ours.acknowledge
     assert theirs.kind == ours.kind == "auto-reply"
@@ -245,7 +245,7 @@ def test_ping_pong_with_a_robot_that_strips_every_header_stops() -> None:
     for once_per_sender, expected in ((WEEK, 1), (timedelta(0), 3)):
         history, sent = NEW_SENDER, 0
         for _ in range(10):
-            if verdict(load("inquiry_bg"), history, once_per_sender=once_per_sender).acknowledge:
+            if decide_on(load("inquiry_bg"), history, once_per_sender=once_per_sender).acknowledge:
                 sent += 1
                 history = replace(history, last_acknowledged_at=NOW, acknowledgements_last_day=sent)
         assert sent == expected
@@ -289,7 +289,7 @@ def test_each_header_signal_blocks_an_otherwise_plain_inquiry(
     message = load("inquiry_bg")
     if header in message:
         del message[header]
-    result = verdict(with_headers(message, **{header: value}))
+    result = decide_on(with_headers(message, **{header: value}))
 
     assert fired(result) == set(rule.split() if rule else ())
 
@@ -316,7 +316,7 @@ def test_system_and_own_senders_are_recognised_by_address(sender: str, rule: str
     message = load("inquiry_bg")
     message.replace_header("From", f"Someone <{sender}>")
 
-    assert fired(verdict(message)) & {"system-sender", "daemon-sender", "own-address"} == (
+    assert fired(decide_on(message)) & {"system-sender", "daemon-sender", "own-address"} == (
         {rule} if rule else set()
     )
 
@@ -326,16 +326,16 @@ def test_mail_without_a_from_address_is_a_bounce(sender: str) -> None:
     message = load("inquiry_bg")
     message.replace_header("From", sender)
 
-    assert verdict(message).kind == "bounce"
+    assert decide_on(message).kind == "bounce"
     del message["From"]
-    assert verdict(message).kind == "bounce"
+    assert decide_on(message).kind == "bounce"
 
 
 def test_message_id_at_our_domain_is_a_loop() -> None:
     message = load("inquiry_bg")
     message.replace_header("Message-ID", "<0f3a9c2b7e1d4f6a8b5c9d0e1f2a3b4c@bilki-roza.example>")
 
-    assert verdict(message).reasons == (
+    assert decide_on(message).reasons == (
         "own-message-id: Message-ID: <0f3a9c2b7e1d4f6a8b5c9d0e1f2a3b4c@bilki-roza.example>",
     )
 
@@ -355,7 +355,7 @@ def test_message_id_at_our_domain_is_a_loop() -> None:
 def test_out_of_office_subject_on_a_reply_is_an_auto_reply(subject: str) -> None:
     message = with_headers(load("inquiry_bg"), In_Reply_To="<ack@bilki-roza.example>")
     message.replace_header("Subject", subject)
-    result = verdict(message)
+    result = decide_on(message)
 
     assert (result.kind, fired(result)) == ("auto-reply", {"auto-reply-subject"})
 
@@ -364,7 +364,7 @@ def test_person_writing_about_out_of_office_in_a_new_message_is_acknowledged() -
     message = load("inquiry_bg")
     message.replace_header("Subject", "Out of office question: are you open on 3 March?")
 
-    assert verdict(message).acknowledge
+    assert decide_on(message).acknowledge
 
 
 def test_forwarded_bounce_attached_to_a_question_is_still_an_inquiry() -> None:
@@ -377,7 +377,7 @@ def test_forwarded_bounce_attached_to_a_question_is_still_an_inquiry() -> None:
     question.add_attachment(load("postfix_bounce_user_unknown"))
     message = parse(question.as_bytes())
 
-    assert verdict(message).acknowledge
+    assert decide_on(message).acknowledge
     assert not is_bounce(message)
     assert bounced_addresses(message) == []
 
@@ -386,8 +386,8 @@ def test_kind_follows_precedence_when_rules_of_several_kinds_fire() -> None:
     history = replace(NEW_SENDER, thread_already_acknowledged=True)
     message = with_headers(load("mailing_list_post"), Auto_Submitted="auto-generated")
 
-    assert verdict(message, history).kind == "auto-reply"
-    assert verdict(load("own_acknowledgement_returned"), history).kind == "loop"
+    assert decide_on(message, history).kind == "auto-reply"
+    assert decide_on(load("own_acknowledgement_returned"), history).kind == "loop"
 
 
 def test_every_rule_says_what_it_is_and_why() -> None:
@@ -408,7 +408,7 @@ KNOWN_BY_SENDER = {"lhost-apachejames-01", "lhost-verizon-02", "flufl-aol-01"}
 @pytest.mark.parametrize("path", BOUNCES, ids=lambda path: path.stem)
 def test_no_real_bounce_from_any_mail_server_or_gateway_is_acknowledged(path: Path) -> None:
     message = parse(path.read_bytes())
-    result = verdict(message)
+    result = decide_on(message)
 
     assert (result.acknowledge, result.kind) == (False, "bounce"), result.reasons
     assert is_bounce(message)
@@ -424,12 +424,12 @@ def test_a_real_bounce_is_known_by_its_content_even_from_an_ordinary_address(pat
         del message[header]
     message["From"] = "Mail Gateway <gateway@mx.example.net>"
 
-    assert verdict(message).kind == "bounce"
+    assert decide_on(message).kind == "bounce"
 
 
 @pytest.mark.parametrize("path", PEOPLE, ids=lambda path: path.stem)
 def test_real_mail_from_people_that_mentions_bounces_is_acknowledged(path: Path) -> None:
-    assert verdict(parse(path.read_bytes())).acknowledge
+    assert decide_on(parse(path.read_bytes())).acknowledge
 
 
 @pytest.mark.parametrize(
@@ -447,7 +447,7 @@ def test_a_person_writing_about_a_failed_delivery_is_acknowledged(subject: str) 
     message = load("inquiry_bg")
     message.replace_header("Subject", subject)
 
-    assert verdict(message).acknowledge
+    assert decide_on(message).acknowledge
 
 
 @pytest.mark.parametrize(
@@ -476,7 +476,7 @@ def test_a_single_sign_of_a_mail_server_makes_an_otherwise_plain_message_a_bounc
     del message[header]
     message[header] = value
 
-    assert verdict(message).kind == "bounce"
+    assert decide_on(message).kind == "bounce"
 
 
 def test_an_encoded_line_break_in_the_display_name_still_gets_a_decision() -> None:
@@ -485,7 +485,7 @@ def test_an_encoded_line_break_in_the_display_name_still_gets_a_decision() -> No
     sender = b"From: =?utf-8?q?Ivan=0D=0AX-Evil:_1?= <ivan@example.com>"
     message = parse(re.sub(rb"^From: .*$", sender, raw, count=1, flags=re.MULTILINE))
 
-    assert verdict(message) == Verdict(acknowledge=True, reasons=(), kind="inquiry")
+    assert decide_on(message) == Decision(acknowledge=True, reasons=(), kind="inquiry")
 
 
 def test_a_bounce_in_a_servers_own_format_names_the_failed_address_and_returned_message() -> None:
@@ -502,5 +502,5 @@ def test_a_big_attachment_does_not_slow_the_decision() -> None:
     message = parse(message.as_bytes())
     started = time.perf_counter()
 
-    assert verdict(message).acknowledge
+    assert decide_on(message).acknowledge
     assert time.perf_counter() - started < 1.0

@@ -16,7 +16,7 @@ WEEKDAYS = frozenset(range(5))
 EVERY_DAY = frozenset(range(7))
 FOUR_HOURS = timedelta(hours=4)
 
-BG_DESK = BusinessHours(SOFIA, WEEKDAYS, time(9, 0), time(17, 0), "BG")
+BG_DESK = BusinessHours(zone=SOFIA, days=WEEKDAYS, open=time(9, 0), close=time(17, 0), country="BG")
 
 
 def sofia(month: int, day: int, hour: int, minute: int = 0, second: int = 0) -> datetime:
@@ -92,7 +92,9 @@ def test_promise_on_a_quarter_hour_is_not_rounded() -> None:
 
 def test_zone_far_from_utc_uses_its_own_days_and_holidays() -> None:
     # 15:00 Thursday in Manila is 07:00 UTC; Friday 12 June is Independence Day there.
-    desk = BusinessHours(MANILA, WEEKDAYS, time(9, 0), time(17, 0), "PH")
+    desk = BusinessHours(
+        zone=MANILA, days=WEEKDAYS, open=time(9, 0), close=time(17, 0), country="PH"
+    )
     received = datetime(2026, 6, 11, 7, 0, tzinfo=UTC)
     due = reply_expected_by(received, desk, FOUR_HOURS)
     assert due == datetime(2026, 6, 15, 11, 0, tzinfo=MANILA)
@@ -100,7 +102,7 @@ def test_zone_far_from_utc_uses_its_own_days_and_holidays() -> None:
 
 
 def test_without_a_country_holidays_are_working_days() -> None:
-    desk = BusinessHours(SOFIA, WEEKDAYS, time(9, 0), time(17, 0))
+    desk = BusinessHours(zone=SOFIA, days=WEEKDAYS, open=time(9, 0), close=time(17, 0))
     assert reply_expected_by(sofia(12, 25, 11, 0), desk, FOUR_HOURS) == sofia(12, 25, 15, 0)
 
 
@@ -108,14 +110,14 @@ def test_without_a_country_holidays_are_working_days() -> None:
 
 
 def test_working_day_keeps_its_eight_hours_when_dst_changes_outside_them() -> None:
-    desk = BusinessHours(SOFIA, EVERY_DAY, time(9, 0), time(17, 0))
+    desk = BusinessHours(zone=SOFIA, days=EVERY_DAY, open=time(9, 0), close=time(17, 0))
     for day in (sofia(3, 29, 9, 0), sofia(10, 25, 9, 0)):
         assert desk.add_working_time(day, timedelta(hours=8)) == day.replace(hour=17)
 
 
 def test_spring_forward_inside_opening_hours_shortens_the_day() -> None:
     # Sofia skips 03:00-04:00 on Sunday 29 March 2026: 01:00-09:00 is seven hours.
-    desk = BusinessHours(SOFIA, EVERY_DAY, time(1, 0), time(9, 0))
+    desk = BusinessHours(zone=SOFIA, days=EVERY_DAY, open=time(1, 0), close=time(9, 0))
     opening = sofia(3, 29, 1, 0)
     assert desk.add_working_time(opening, timedelta(hours=7)) == sofia(3, 29, 9, 0)
     assert desk.add_working_time(opening, timedelta(hours=8)) == sofia(3, 30, 2, 0)
@@ -123,7 +125,7 @@ def test_spring_forward_inside_opening_hours_shortens_the_day() -> None:
 
 def test_fall_back_inside_opening_hours_lengthens_the_day() -> None:
     # Sofia repeats 03:00-04:00 on Sunday 25 October 2026: 01:00-09:00 is nine hours.
-    desk = BusinessHours(SOFIA, EVERY_DAY, time(1, 0), time(9, 0))
+    desk = BusinessHours(zone=SOFIA, days=EVERY_DAY, open=time(1, 0), close=time(9, 0))
     opening = sofia(10, 25, 1, 0)
     assert desk.add_working_time(opening, timedelta(hours=9)) == sofia(10, 25, 9, 0)
     assert desk.add_working_time(opening, timedelta(hours=10)) == sofia(10, 26, 2, 0)
@@ -167,23 +169,25 @@ def test_from_settings_maps_day_names_to_weekday_numbers() -> None:
         {"timezone": "Europe/Sofia", "days": ["mon", "sun"], "open": "08:30", "holidays": "BG"}
     )
     desk = BusinessHours.from_settings(settings)
-    assert desk == BusinessHours(SOFIA, frozenset({0, 6}), time(8, 30), time(17, 0), "BG")
+    assert desk == BusinessHours(
+        zone=SOFIA, days=frozenset({0, 6}), open=time(8, 30), close=time(17, 0), country="BG"
+    )
 
 
 def test_no_working_days_is_refused() -> None:
     with pytest.raises(ValueError, match="at least one working day"):
-        BusinessHours(SOFIA, frozenset(), time(9, 0), time(17, 0))
+        BusinessHours(zone=SOFIA, days=frozenset(), open=time(9, 0), close=time(17, 0))
     with pytest.raises(ValueError, match="at least one working day"):
         BusinessHours.from_settings(BusinessHoursSettings(days=[]))
 
 
 def test_invalid_days_hours_and_country_are_refused() -> None:
     with pytest.raises(ValueError, match="0 \\(Monday\\) to 6"):
-        BusinessHours(SOFIA, frozenset({7}), time(9, 0), time(17, 0))
+        BusinessHours(zone=SOFIA, days=frozenset({7}), open=time(9, 0), close=time(17, 0))
     with pytest.raises(ValueError, match="earlier than closing"):
-        BusinessHours(SOFIA, WEEKDAYS, time(17, 0), time(9, 0))
+        BusinessHours(zone=SOFIA, days=WEEKDAYS, open=time(17, 0), close=time(9, 0))
     with pytest.raises(ValueError, match="'XX'"):
-        BusinessHours(SOFIA, WEEKDAYS, time(9, 0), time(17, 0), "XX")
+        BusinessHours(zone=SOFIA, days=WEEKDAYS, open=time(9, 0), close=time(17, 0), country="XX")
 
 
 def test_naive_datetimes_are_refused() -> None:

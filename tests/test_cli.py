@@ -648,3 +648,82 @@ def test_send_inquiry_without_a_running_sandbox_says_to_start_it(
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("error: the sandbox does not answer: cannot connect to 127.0.0.1:")
     assert line.endswith("; start `mailer run` first")
+
+
+def _add_user(
+    project: dict[str, str], name: str, *options: str
+) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "mailer", "users", "add", name, "--role", "support"]
+    return subprocess.run(
+        [*command, *options, "--password-stdin"],
+        input="correct horse battery\n",
+        env=project,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_users_get_a_display_name_a_zone_and_an_address_checked_on_the_way_in(
+    with_demo: Mailer, project: dict[str, str]
+) -> None:
+    added = _add_user(project, "sam", "--display-name", "Sam Ivanova", "--timezone", "Asia/Manila")
+    assert added.returncode == 0, added.stderr
+    with_demo("users", "set", "sam", "--email", "Sam@Northwind.example", "--display-name", "")
+    (sam,) = json.loads(with_demo("users", "list", "--json").stdout)
+    assert (sam["display_name"], sam["timezone"]) == (None, "Asia/Manila")
+    assert sam["email"] == "Sam@northwind.example"
+    zone = with_demo("users", "set", "sam", "--timezone", "EST", check=False)
+    assert zone.returncode == 1 and "timezone: 'EST' is not an IANA time zone" in zone.stderr
+    address = _add_user(project, "bo", "--email", "bo@")
+    assert address.returncode == 1 and "email: 'bo@' is not a valid email address" in address.stderr
+    assert (
+        "no user named 'zed'" in with_demo("users", "set", "zed", "--email", "", check=False).stderr
+    )
+
+
+def test_follow_ups_are_added_in_the_assignees_zone_listed_and_done(
+    with_demo: Mailer, project: dict[str, str]
+) -> None:
+    assert _add_user(project, "sam", "--timezone", "Asia/Manila").returncode == 0
+    maria = "maria.ivanova@example.com"
+    added = with_demo(
+        "followups",
+        "add",
+        maria,
+        "--due",
+        "2020-01-02 09:00",
+        "--note",
+        "call",
+        "--assignee",
+        "sam",
+    )
+    assert "follow-up 1 due 2020-01-02 01:00 UTC" in added.stdout  # 09:00 in Manila
+    with_demo("followups", "add", maria, "--due", "3d", "--note", "send the catalogue")
+    overdue = json.loads(with_demo("followups", "list", "--overdue", "--json").stdout)
+    assert [(f["id"], f["email"], f["assignee"]) for f in overdue] == [(1, maria, "sam")]
+    assert len(json.loads(with_demo("followups", "list", "--json").stdout)) == 2
+    assert json.loads(with_demo("followups", "list", "--assignee", "bo", "--json").stdout) == []
+    assert "follow-up 1 is done" in with_demo("followups", "done", "1").stdout
+    assert with_demo("followups", "list", "--overdue", "--json").stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ("nobody@example.com", "--due", "3d"),
+            "no customer with the address 'nobody@example.com'",
+        ),
+        (("maria.ivanova@example.com", "--due", "3d", "--assignee", "zed"), "no staff user named"),
+        (("maria.ivanova@example.com", "--due", "someday"), "due: 'someday' is not a due time"),
+    ],
+)
+def test_a_follow_up_for_nobody_or_with_a_bad_due_time_is_one_line(
+    with_demo: Mailer, args: tuple[str, ...], message: str
+) -> None:
+    result = with_demo("followups", "add", *args, "--note", "call", check=False)
+    assert result.returncode == 1 and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    done = with_demo("followups", "done", "99", check=False)
+    assert done.returncode == 1 and "no open follow-up 99" in done.stderr

@@ -300,8 +300,12 @@ def test_unusable_unsubscribe_targets_are_refused(
 
 
 def test_calendar_invitation_is_an_alternative_and_the_ics_an_attachment() -> None:
-    invitation = Part("text/calendar", CALENDAR, {"method": "REQUEST", "charset": "utf-8"})
-    attachment = Part("application/ics", CALENDAR, filename="invite.ics")
+    invitation = Part(
+        content_type="text/calendar",
+        data=CALENDAR,
+        params={"method": "REQUEST", "charset": "utf-8"},
+    )
+    attachment = Part(content_type="application/ics", data=CALENDAR, filename="invite.ics")
     message = parse(
         compose(
             envelope(), "Webinar", "Join us\n", "<p>Join us</p>",
@@ -326,7 +330,7 @@ def test_calendar_invitation_is_an_alternative_and_the_ics_an_attachment() -> No
 
 
 def test_text_only_message_with_an_alternative_is_multipart_alternative() -> None:
-    invitation = Part("text/calendar", CALENDAR, {"method": "CANCEL"})
+    invitation = Part(content_type="text/calendar", data=CALENDAR, params={"method": "CANCEL"})
     message = parse(
         compose(envelope(), "Cancelled", "Cancelled\n", None, alternatives=[invitation])
     )
@@ -336,7 +340,9 @@ def test_text_only_message_with_an_alternative_is_multipart_alternative() -> Non
 
 def test_attachment_bytes_and_non_ascii_filename_round_trip() -> None:
     data = bytes(range(256)) * 20 + b"\r\nFrom x\n.\r"
-    attachment = Part("application/octet-stream", data, filename="Покана за уебинар.ics")
+    attachment = Part(
+        content_type="application/octet-stream", data=data, filename="Покана за уебинар.ics"
+    )
     message = parse(compose(envelope(), "Hi", "Hi\n", None, attachments=[attachment]))
     assert message.get_content_type() == "multipart/mixed"
     _, part = message.iter_parts()
@@ -347,7 +353,10 @@ def test_attachment_bytes_and_non_ascii_filename_round_trip() -> None:
 
 @pytest.mark.parametrize(
     "part",
-    [Part("calendar", b"x"), Part("text/calendar", b"x", {"bad name": "x"})],
+    [
+        Part(content_type="calendar", data=b"x"),
+        Part(content_type="text/calendar", data=b"x", params={"bad name": "x"}),
+    ],
     ids=["media type", "parameter name"],
 )
 def test_malformed_parts_are_refused(part: Part) -> None:
@@ -428,7 +437,7 @@ async def test_composed_message_is_accepted_verbatim_by_a_real_smtp_server() -> 
         TEXTS["from and dot lines"] + TEXTS["cyrillic"],
         "<p>.</p>\n" + TEXTS["long unbroken line"],
         headers=list_unsubscribe_headers("https://m.example/u/t", "u@m.example"),
-        attachments=[Part("application/ics", CALENDAR, filename="invite.ics")],
+        attachments=[Part(content_type="application/ics", data=CALENDAR, filename="invite.ics")],
     )
     try:
         await aiosmtplib.send(

@@ -47,15 +47,15 @@ def test_import_keeps_good_rows_and_reports_bad_ones_by_line(
     with engine.connect() as conn:
         maria = profiles.get(conn, "maria@example.com")
         jose = profiles.get(conn, "Jose@Example.com")
-    assert (maria["name"], maria["first_name"], maria["locale"]) == (
+    assert (maria.name, maria.first_name, maria.locale) == (
         "Мария Петрова",
         "Мария",
         "bg-BG",
     )
-    assert maria["timezone"] == "Europe/Sofia", "an empty cell keeps the value given earlier"
-    assert maria["tags"] == ["newsletter", "vip"]
-    assert maria["fields"] == {"city": "София"}
-    assert (jose["birth_month"], jose["birth_day"], jose["birth_year"]) == (2, 29, None)
+    assert maria.timezone == "Europe/Sofia", "an empty cell keeps the value given earlier"
+    assert maria.tags == ("newsletter", "vip")
+    assert maria.fields == {"city": "София"}
+    assert (jose.birth_month, jose.birth_day, jose.birth_year) == (2, 29, None)
 
 
 def test_importing_the_same_file_twice_changes_nothing(
@@ -82,12 +82,12 @@ def test_import_updates_by_email_and_never_resubscribes(
     assert report.updated == 1
     with engine.connect() as conn:
         siti = profiles.get(conn, "siti@example.com")
-    assert (siti["name"], siti["timezone"], siti["tags"]) == (
+    assert (siti.name, siti.timezone, siti.tags) == (
         "Siti R.",
         "Asia/Makassar",
-        ["webinar"],
+        ("webinar",),
     )
-    assert siti["unsubscribed_at"] == clock.now()
+    assert siti.unsubscribed_at == clock.now()
 
 
 def test_names_with_line_breaks_are_stored_on_one_line(
@@ -96,7 +96,7 @@ def test_names_with_line_breaks_are_stored_on_one_line(
     text = 'email,name\nevil@example.com,"Eve\r\nBcc: victim@example.com"\n'
     profiles.import_csv(engine, write(tmp_path, text), clock.now())
     with engine.connect() as conn:
-        assert profiles.get(conn, "evil@example.com")["name"] == "Eve Bcc: victim@example.com"
+        assert profiles.get(conn, "evil@example.com").name == "Eve Bcc: victim@example.com"
 
 
 def test_a_file_that_is_not_utf8_is_refused_with_advice(
@@ -158,7 +158,7 @@ def test_unsubscribe_is_immediate_and_idempotent(
     clock.advance(clock.now() - clock.now().replace(hour=0))
     with engine.begin() as conn:
         again = profiles.unsubscribe(conn, "jose@example.com", clock.now())
-    assert first["unsubscribed_at"] == again["unsubscribed_at"]
+    assert first.unsubscribed_at == again.unsubscribed_at
 
 
 def test_unknown_customer_is_not_found(engine: Engine) -> None:
@@ -180,7 +180,7 @@ SEARCHED = (
 
 def found(engine: Engine, search: str) -> list[str]:
     with engine.connect() as conn:
-        return [c["email"] for c in profiles.find(conn, search=search)]
+        return [c.email for c in profiles.find(conn, search=search)]
 
 
 def assert_search_is_contains_in_any_case_and_script(engine: Engine) -> None:

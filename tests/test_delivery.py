@@ -43,7 +43,7 @@ CUSTOMERS_CSV = (
 def people(engine: Engine, tmp_path: Path, clock: ManualClock) -> dict[str, int]:
     add_customers(engine, tmp_path, CUSTOMERS_CSV, clock.now())
     with engine.connect() as conn:
-        return {c["email"].split("@")[0]: c["id"] for c in profiles.find(conn)}
+        return {c.email.split("@")[0]: c.id for c in profiles.find(conn)}
 
 
 def message(people: dict[str, int], who: str, key: str, **kwargs: object) -> NewMessage:
@@ -102,7 +102,7 @@ def road(
     clock: ManualClock,
     sink: tuple[Sink, int],
 ) -> Road:
-    target = SmtpTarget("127.0.0.1", sink[1], pool_size=2)
+    target = SmtpTarget(host="127.0.0.1", port=sink[1], pool_size=2)
     return Road(engine, people, daemon.build_delivery(cfg, engine, clock, target), sink[0], clock)
 
 
@@ -195,7 +195,9 @@ async def test_outage_is_logged_once_and_loses_nothing(
     server, port = await start_sink(handler)
     server.close()
     await server.wait_closed()  # the port is now closed: connections are refused
-    delivery = daemon.build_delivery(cfg, road.engine, road.clock, SmtpTarget("127.0.0.1", port))
+    delivery = daemon.build_delivery(
+        cfg, road.engine, road.clock, SmtpTarget(host="127.0.0.1", port=port)
+    )
     keys = [f"down:{i}" for i in range(5)]
     who = ["maria", "siti", "emma", "maria", "siti"]
     road.queue(*zip(who, keys, strict=True), **TRANSACTIONAL)
@@ -234,10 +236,8 @@ async def test_a_cancelled_stuck_message_is_not_queued_again_by_its_late_worker(
     now = road.clock.now()
     (claimed,) = outbox.claim(road.engine, now, 10, road.delivery.policy)  # stuck sending
     with road.engine.begin() as conn:
-        assert outbox.cancel(conn, claimed.row["id"], now)
-    late = Outcome(
-        outbox_id=claimed.row["id"], result=Result.RELEASED, at=now, reason="waiting: shutdown"
-    )
+        assert outbox.cancel(conn, claimed.id, now)
+    late = Outcome(outbox_id=claimed.id, result=Result.RELEASED, at=now, reason="waiting: shutdown")
     outbox.record(road.engine, [late])
     assert road.status("k7")["status"] == "cancelled"
     assert await road.deliver(after=timedelta(hours=1)) == 0
@@ -270,7 +270,14 @@ async def test_a_template_that_fails_for_one_customer_fails_only_that_message(
 
 
 async def test_an_invalid_address_is_skipped_with_a_reason(road: Road) -> None:
-    road.queue(NewMessage("k9", "not an address@", Category.TRANSACTIONAL, "ack"))
+    road.queue(
+        NewMessage(
+            dedupe_key="k9",
+            to_address="not an address@",
+            category=Category.TRANSACTIONAL,
+            template="ack",
+        )
+    )
     row = road.status("k9")
     assert row["status"] == "skipped" and "not a valid email address" in str(row["reason"])
 
@@ -371,7 +378,7 @@ async def test_a_template_that_asks_for_a_tag_sends_what_its_preview_shows(
     (templates / "lounge" / "subject.txt").write_text("This week", encoding="utf-8")
     (templates / "lounge" / "body.txt").write_text(LOUNGE, encoding="utf-8")
     cfg = shipped_config(tmp_path, {"MAILER_PATHS__TEMPLATES": str(templates)})
-    delivery = daemon.build_delivery(cfg, engine, clock, SmtpTarget("127.0.0.1", sink[1]))
+    delivery = daemon.build_delivery(cfg, engine, clock, SmtpTarget(host="127.0.0.1", port=sink[1]))
     outbox.enqueue(
         engine,
         [
@@ -417,7 +424,7 @@ async def test_a_one_off_send_the_server_refuses_is_one_clear_error(
     sink: tuple[Sink, int], clock: ManualClock
 ) -> None:
     sink[0].faults.append(("RCPT", "550 5.1.1 no such mailbox"))
-    target = SmtpTarget("127.0.0.1", sink[1])
+    target = SmtpTarget(host="127.0.0.1", port=sink[1])
     with pytest.raises(MailerError) as refused:
         await smtp.send_one(target, clock, "ana@example.com", "nobody@example.com", b"Hi\r\n")
     assert str(refused.value) == (

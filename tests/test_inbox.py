@@ -76,12 +76,14 @@ async def watcher(
             timeout=5.0,
         )
 
-    watcher = Inbox(engine, open_mailbox, AckPolicy.from_config(cfg), clock)
+    watcher = Inbox(
+        engine=engine, open_mailbox=open_mailbox, policy=AckPolicy.from_config(cfg), clock=clock
+    )
     yield watcher
     await watcher.close()
 
 
-def inquiry_rows(engine: Engine) -> list[dict[str, object]]:
+def inquiry_rows(engine: Engine) -> list[inquiries.Listed]:
     with engine.connect() as conn:
         return inquiries.find(conn, limit=100)
 
@@ -103,11 +105,13 @@ async def test_an_inquiry_is_logged_acknowledged_in_bulgarian_and_marked_process
     dovecot.append(inquiry("<q1@mail.example>"), folder)
     assert await watcher.process_available() == 1
     (logged,) = inquiry_rows(engine)
-    assert logged["status"] == InquiryStatus.ACKNOWLEDGED and logged["reasons"] == []
+    assert logged.status == InquiryStatus.ACKNOWLEDGED and logged.reasons == []
     assert PROCESSED_KEYWORD in dovecot.flags(folder)[1]
     sink = Sink()
     async with listening(sink) as port:
-        delivery = daemon.build_delivery(cfg, engine, clock, SmtpTarget("127.0.0.1", port))
+        delivery = daemon.build_delivery(
+            cfg, engine, clock, SmtpTarget(host="127.0.0.1", port=port)
+        )
         assert await delivery.deliver_due() == 1
     (ack,) = sink.received
     mail = ack.message
@@ -115,7 +119,7 @@ async def test_an_inquiry_is_logged_acknowledged_in_bulgarian_and_marked_process
     assert mail["Auto-Submitted"] == "auto-replied"
     assert mail["X-Auto-Response-Suppress"] == "All"
     assert mail["In-Reply-To"] == "<q1@mail.example>"
-    assert mail["Subject"] == f"Получихме съобщението Ви [#{logged['id']}]"
+    assert mail["Subject"] == f"Получихме съобщението Ви [#{logged.id}]"
     assert "Мария" in mail.get_body(("plain",)).get_content()
 
 
@@ -149,8 +153,8 @@ async def test_an_out_of_office_reply_is_logged_and_closed_never_acknowledged(
     dovecot.append((MAIL / "exchange_out_of_office.eml").read_bytes(), folder)
     await watcher.process_available()
     (logged,) = inquiry_rows(engine)
-    assert logged["status"] == InquiryStatus.CLOSED and logged["decision"] == "auto-reply"
-    assert any("auto-submitted" in r for r in logged["reasons"])  # type: ignore[attr-defined]
+    assert logged.status == InquiryStatus.CLOSED and logged.decision == "auto-reply"
+    assert any("auto-submitted" in r for r in logged.reasons)
     assert ack_rows(engine) == []
 
 
@@ -161,7 +165,7 @@ async def test_our_own_acknowledgement_coming_back_is_not_answered(
     dovecot.append(inquiry("<loop@northwind-roasters.example>", extra=extra), folder)
     await watcher.process_available()
     (logged,) = inquiry_rows(engine)
-    assert logged["decision"] == "loop" and ack_rows(engine) == []
+    assert logged.decision == "loop" and ack_rows(engine) == []
 
 
 async def test_a_second_message_in_an_acknowledged_thread_gets_no_second_ack(
@@ -174,8 +178,8 @@ async def test_a_second_message_in_an_acknowledged_thread_gets_no_second_ack(
         inquiry("<th2@mail.example>", extra="In-Reply-To: <th1@mail.example>\r\n"), folder
     )
     await watcher.process_available()
-    first, second = sorted(inquiry_rows(engine), key=lambda r: r["id"])  # type: ignore[arg-type, return-value]
-    assert second["thread_id"] == first["id"] and second["status"] == InquiryStatus.NEW
+    first, second = sorted(inquiry_rows(engine), key=lambda r: r.id)
+    assert second.thread_id == first.id and second.status == InquiryStatus.NEW
     assert len(ack_rows(engine)) == 1
 
 
@@ -187,7 +191,7 @@ async def test_a_hard_bounce_suppresses_the_address(
     with engine.connect() as conn:
         ivan = profiles.get(conn, "ivan.dimitrov@mail.example.bg")
         statuses = conn.execute(select(inquiries.INQUIRIES.c.decision)).scalars().all()
-    assert statuses == ["bounce"] and ivan["suppressed_reason"].startswith("hard bounce")
+    assert statuses == ["bounce"] and ivan.suppressed_reason.startswith("hard bounce")
     assert ack_rows(engine) == []
 
 
@@ -235,7 +239,7 @@ async def test_a_message_that_breaks_the_decision_is_logged_as_failed_and_the_re
     """A bug in the decision code cannot be produced by a real server: it is injected."""
     decide = autoreply.decide
 
-    def broken_for_one(message: EmailMessage, *args: Any, **kwargs: Any) -> autoreply.Verdict:
+    def broken_for_one(message: EmailMessage, *args: Any, **kwargs: Any) -> autoreply.Decision:
         if message["Message-ID"] == "<bad@mail.example>":
             raise KeyError("a bug in a rule")
         return decide(message, *args, **kwargs)
@@ -247,13 +251,13 @@ async def test_a_message_that_breaks_the_decision_is_logged_as_failed_and_the_re
 
     assert await watcher.process_available() == 3
 
-    rows = {r["id"]: r for r in inquiry_rows(engine)}
-    failed = [r for r in rows.values() if r["status"] == InquiryStatus.FAILED]
+    rows = {r.id: r for r in inquiry_rows(engine)}
+    failed = [r for r in rows.values() if r.status == InquiryStatus.FAILED]
     assert len(rows) == 3 and len(failed) == 1
     with engine.connect() as conn:
-        kept = inquiries.get(conn, int(failed[0]["id"]))  # type: ignore[call-overload]
-    assert kept is not None and b"<bad@mail.example>" in kept["raw"]
-    assert "a bug in a rule" in kept["error"]
+        kept = inquiries.get(conn, failed[0].id)
+    assert kept is not None and b"<bad@mail.example>" in kept.raw
+    assert "a bug in a rule" in kept.error
     assert all(PROCESSED_KEYWORD in flags for flags in dovecot.flags(folder).values())
     assert await watcher.process_available() == 0, "not fetched again"
 
@@ -277,10 +281,10 @@ async def test_raw_mail_above_keep_raw_mb_is_kept_truncated_and_says_so(
         await watcher.close()
     (row,) = inquiry_rows(engine)
     with engine.connect() as conn:
-        kept = inquiries.get(conn, int(row["id"]))  # type: ignore[call-overload]
-    assert kept is not None and kept["raw_truncated"] and len(kept["raw"]) == 1024 * 1024
-    assert any("raw kept up to 1048576 bytes" in d for d in kept["defects"])
-    assert row["status"] == InquiryStatus.ACKNOWLEDGED
+        kept = inquiries.get(conn, row.id)
+    assert kept is not None and kept.raw_truncated and len(kept.raw) == 1024 * 1024
+    assert any("raw kept up to 1048576 bytes" in d for d in kept.defects)
+    assert row.status == InquiryStatus.ACKNOWLEDGED
 
 
 @pytest.mark.parametrize("forged", [False, True])
@@ -296,7 +300,7 @@ async def test_a_mailto_unsubscribe_request_unsubscribes_at_once_and_is_not_ackn
     """What a mail client sends for our List-Unsubscribe mailto: link (subject from the URL)."""
     with engine.connect() as conn:
         maria = profiles.get(conn, "maria@example.com")
-    token = tokens.sign(tokens.load_secret(cfg), maria["id"] + (1 if forged else 0))
+    token = tokens.sign(tokens.load_secret(cfg), maria.id + (1 if forged else 0))
     if forged:
         token = token.replace(".", ".x", 1)
     request = inquiry("<unsub@mail.example>").replace(
@@ -306,12 +310,12 @@ async def test_a_mailto_unsubscribe_request_unsubscribes_at_once_and_is_not_ackn
     await watcher.process_available()
     (logged,) = inquiry_rows(engine)
     with engine.connect() as conn:
-        unsubscribed_at = profiles.get(conn, "maria@example.com")["unsubscribed_at"]
+        unsubscribed_at = profiles.get(conn, "maria@example.com").unsubscribed_at
     if forged:
-        assert unsubscribed_at is None and logged["status"] == InquiryStatus.ACKNOWLEDGED
+        assert unsubscribed_at is None and logged.status == InquiryStatus.ACKNOWLEDGED
     else:
-        assert unsubscribed_at == clock.now() and logged["decision"] == "unsubscribe"
-        assert logged["status"] == InquiryStatus.CLOSED and ack_rows(engine) == []
+        assert unsubscribed_at == clock.now() and logged.decision == "unsubscribe"
+        assert logged.status == InquiryStatus.CLOSED and ack_rows(engine) == []
 
 
 async def test_a_hard_bounce_marks_the_returned_message_bounced_by_its_message_id(
@@ -319,7 +323,12 @@ async def test_a_hard_bounce_marks_the_returned_message_bounced_by_its_message_i
 ) -> None:
     """The report names the final address; the returned headers name our message, sent to an
     address forwarding there: both are suppressed, and the message shows why it never arrived."""
-    sent = NewMessage("newsletter:1:maria", "maria@example.com", Category.MARKETING, "newsletter")
+    sent = NewMessage(
+        dedupe_key="newsletter:1:maria",
+        to_address="maria@example.com",
+        category=Category.MARKETING,
+        template="newsletter",
+    )
     outbox.enqueue(engine, [sent], clock.now())
     with engine.begin() as conn:
         conn.execute(
@@ -354,7 +363,7 @@ async def test_a_delay_notice_changes_nothing_but_the_log(
                 profiles.CUSTOMERS.c.suppressed_reason.is_not(None)
             )
         ).all()
-    assert logged["decision"] == "bounce" and flagged == []
+    assert logged.decision == "bounce" and flagged == []
 
 
 async def test_a_person_whose_from_header_breaks_the_parser_is_logged_and_acknowledged(
@@ -364,9 +373,9 @@ async def test_a_person_whose_from_header_breaks_the_parser_is_logged_and_acknow
     dovecot.append(inquiry("<crlf@mail.example>", sender=broken), folder)
     await watcher.process_available()
     (logged,) = inquiry_rows(engine)
-    assert logged["status"] == InquiryStatus.ACKNOWLEDGED, logged["error"]
-    assert (logged["sender"], logged["sender_name"]) == ("ivan@example.com", "Ivan X-Evil: 1")
-    assert any("From display name holds control characters" in d for d in logged["defects"])
+    assert logged.status == InquiryStatus.ACKNOWLEDGED, logged.error
+    assert (logged.sender, logged.sender_name) == ("ivan@example.com", "Ivan X-Evil: 1")
+    assert any("From display name holds control characters" in d for d in logged.defects)
     assert [a["to_address"] for a in ack_rows(engine)] == ["ivan@example.com"]
 
 
@@ -376,8 +385,8 @@ async def test_a_message_with_no_usable_sender_stays_unanswered_and_says_why(
     dovecot.append(inquiry("<nobody@mail.example>", sender="=?utf-8?q?=0D=0A?="), folder)
     await watcher.process_available()
     (logged,) = inquiry_rows(engine)
-    assert logged["status"] == InquiryStatus.CLOSED and ack_rows(engine) == []
-    assert any(str(r).startswith("no-sender: From:") for r in logged["reasons"])
+    assert logged.status == InquiryStatus.CLOSED and ack_rows(engine) == []
+    assert any(str(r).startswith("no-sender: From:") for r in logged.reasons)
 
 
 async def test_a_hard_bounce_in_a_servers_own_format_marks_the_returned_message_bounced(
@@ -385,7 +394,12 @@ async def test_a_hard_bounce_in_a_servers_own_format_marks_the_returned_message_
 ) -> None:
     """Exim's report has no delivery-status part: the address and the returned Message-ID
     are read from its text."""
-    sent = NewMessage("newsletter:1:userx", "userx@its.example.nl", Category.MARKETING, "news")
+    sent = NewMessage(
+        dedupe_key="newsletter:1:userx",
+        to_address="userx@its.example.nl",
+        category=Category.MARKETING,
+        template="news",
+    )
     outbox.enqueue(engine, [sent], clock.now())
     with engine.begin() as conn:
         conn.execute(
@@ -398,5 +412,5 @@ async def test_a_hard_bounce_in_a_servers_own_format_marks_the_returned_message_
     (logged,) = inquiry_rows(engine)
     with engine.connect() as conn:
         (row,) = outbox.find(conn, limit=10)
-    assert logged["decision"] == "bounce" and ack_rows(engine) == []
+    assert logged.decision == "bounce" and ack_rows(engine) == []
     assert row["status"] == OutboxStatus.BOUNCED and "userx@its.example.nl" in str(row["reason"])

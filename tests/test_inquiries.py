@@ -46,10 +46,10 @@ def test_an_unknown_sender_becomes_a_lead_without_marketing_consent(
     with engine.connect() as conn:
         lead = profiles.get(conn, "ana@example.com")
         stored = inquiries.get(conn, logged.inquiry_id)
-    assert logged.customer_id == lead["id"] and lead["source"] == "inquiry"
-    assert (lead["name"], lead["marketing_consent"]) == ("Ана Петрова", False)
-    assert stored is not None and stored["status"] == InquiryStatus.NEW
-    assert stored["raw"].startswith(b"From: ") and "мелачката" in stored["body_text"]
+    assert logged.customer_id == lead.id and lead.source == "inquiry"
+    assert (lead.name, lead.marketing_consent) == ("Ана Петрова", False)
+    assert stored is not None and stored.status == InquiryStatus.NEW
+    assert stored.raw.startswith(b"From: ") and "мелачката" in stored.body_text
 
 
 def test_a_known_customer_is_linked_and_not_duplicated(
@@ -58,14 +58,16 @@ def test_a_known_customer_is_linked_and_not_duplicated(
     add_customers(engine, tmp_path, "email,name\nana@example.com,Ana P.\n", clock.now())
     logged = log(engine, mail("<a2@mail.example>"), clock)
     with engine.connect() as conn:
-        assert logged.customer_id == profiles.get(conn, "ana@example.com")["id"]
+        assert logged.customer_id == profiles.get(conn, "ana@example.com").id
         assert len(profiles.find(conn)) == 1
 
 
 def test_the_same_message_logged_twice_is_one_inquiry(engine: Engine, clock: ManualClock) -> None:
     first = log(engine, mail("<same@mail.example>"), clock)
     again = log(engine, mail("<same@mail.example>"), clock)
-    assert again == inquiries.Logged(first.inquiry_id, None, first.customer_id, duplicate=True)
+    assert again == inquiries.Logged(
+        inquiry_id=first.inquiry_id, thread_id=None, customer_id=first.customer_id, duplicate=True
+    )
     with engine.connect() as conn:
         assert len(inquiries.find(conn)) == 1
 
@@ -79,9 +81,11 @@ def test_a_different_message_that_reuses_a_message_id_is_logged_too(
     second = log(engine, other, clock)
     again = log(engine, other, clock)
     assert not second.duplicate and second.inquiry_id != first.inquiry_id
-    assert again == inquiries.Logged(second.inquiry_id, None, second.customer_id, duplicate=True)
+    assert again == inquiries.Logged(
+        inquiry_id=second.inquiry_id, thread_id=None, customer_id=second.customer_id, duplicate=True
+    )
     with engine.connect() as conn:
-        assert sorted(i["sender"] for i in inquiries.find(conn)) == [
+        assert sorted(i.sender for i in inquiries.find(conn)) == [
             "ana@example.com",
             "ivan@example.com",
         ]
@@ -128,11 +132,11 @@ def test_a_stranger_cannot_write_into_another_customers_inquiry(
         with engine.connect() as conn:
             stored = inquiries.get(conn, logged.inquiry_id)
         assert logged.thread_id is None and stored is not None
-        assert stored["claimed_thread_id"] == root.inquiry_id
-        assert [t["id"] for t in stored["thread"]] == [logged.inquiry_id]
+        assert stored.claimed_thread_id == root.inquiry_id
+        assert [t.id for t in stored.thread] == [logged.inquiry_id]
     with engine.connect() as conn:
         thread = inquiries.get(conn, root.inquiry_id)
-    assert thread is not None and [t["sender"] for t in thread["thread"]] == ["ana@example.com"]
+    assert thread is not None and [t.sender for t in thread.thread] == ["ana@example.com"]
 
 
 def test_anyone_who_already_wrote_in_a_thread_may_continue_it(
@@ -165,7 +169,7 @@ def test_replies_join_the_first_inquiry_of_their_thread(engine: Engine, clock: M
     with engine.connect() as conn:
         thread = inquiries.get(conn, second.inquiry_id)
     assert thread is not None
-    assert [t["id"] for t in thread["thread"]] == [
+    assert [t.id for t in thread.thread] == [
         root.inquiry_id,
         reply.inquiry_id,
         second.inquiry_id,
@@ -177,7 +181,12 @@ def test_a_reply_to_our_acknowledgement_joins_the_inquiry_it_acknowledged(
 ) -> None:
     root = log(engine, mail("<r1@mail.example>"), clock)
     key = inquiries.ack_key(root.inquiry_id)
-    ack = NewMessage(key, "ana@example.com", Category.TRANSACTIONAL, "ack")
+    ack = NewMessage(
+        dedupe_key=key,
+        to_address="ana@example.com",
+        category=Category.TRANSACTIONAL,
+        template="ack",
+    )
     outbox.enqueue(engine, [ack], clock.now())
     with engine.begin() as conn:
         conn.execute(
@@ -205,7 +214,7 @@ def test_status_changes_are_kept(engine: Engine, clock: ManualClock) -> None:
         assert inquiries.set_status(conn, logged.inquiry_id, InquiryStatus.ANSWERED)
         assert not inquiries.set_status(conn, 999, InquiryStatus.CLOSED)
     with engine.connect() as conn:
-        assert [i["status"] for i in inquiries.find(conn, status="answered")] == ["answered"]
+        assert [i.status for i in inquiries.find(conn, status="answered")] == ["answered"]
 
 
 @pytest.mark.parametrize(
@@ -234,4 +243,4 @@ def test_search_finds_any_part_of_sender_subject_or_text(
         )
     with engine.connect() as conn:
         page = inquiries.browse(conn, search=search)
-    assert sorted(str(row["message_id"]) for row in page.rows) == found
+    assert sorted(str(row.message_id) for row in page.rows) == found

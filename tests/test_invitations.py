@@ -194,7 +194,7 @@ def prepare(
     """Queue one message, claim it the way delivery does, and parse what Preparer makes."""
     add_customers(engine, tmp_path, CUSTOMERS_CSV, clock.now())
     with engine.connect() as conn:
-        ids = {c["email"]: c["id"] for c in profiles.find(conn)}
+        ids = {c.email: c.id for c in profiles.find(conn)}
     preparer = Preparer(cfg, TemplateStore(cfg.templates_dir), b"test-secret" * 4)
     rules = throttle.Rules.from_settings(cfg.settings.throttle)
     claim_policy = Policy(rules, cfg.settings.business_hours.timezone, timedelta(minutes=5))

@@ -90,6 +90,7 @@ PURE = (
     "mailer/inbound/parsing.py",
     "mailer/core/durations.py",
     "mailer/core/clock.py",
+    "mailer/customers/edits.py",
     "mailer/relationship/timeline.py",
 )
 # a database, a mail protocol, the event loop or the network: what makes code need I/O to test
@@ -136,6 +137,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
     for names in (
         "core",
         "store",
+        "staff",
         "customers sandbox",
         "outbound",
         "inbound scheduling",
@@ -200,3 +202,19 @@ def test_only_the_smtp_edge_imports_aiosmtplib() -> None:
         if any(name.split(".")[0] == "aiosmtplib" for name in imported_modules(path))
     }
     assert speaking == {"mailer/outbound/smtp.py"}
+
+
+def test_records_of_four_fields_or_more_are_built_with_keywords() -> None:
+    """A dataclass of four fields or more is keyword-only, so the type checker holds every
+    caller to naming what it passes; a positional call could swap two fields silently."""
+    wrong = []
+    for path in (ROOT / "mailer").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.ClassDef):
+                continue
+            decorators = [ast.unparse(d) for d in node.decorator_list]
+            fields = [s for s in node.body if isinstance(s, ast.AnnAssign)]
+            dataclass = any(d.startswith("dataclass") for d in decorators)
+            if dataclass and len(fields) > 3 and not any("kw_only=True" in d for d in decorators):
+                wrong.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
+    assert not wrong, "make these kw_only=True:\n" + "\n".join(wrong)

@@ -146,7 +146,7 @@ def test_upgrading_to_fingerprints_keeps_inquiries_their_events_and_search(
     from mailer.inbound import inquiries
 
     with engine.begin() as conn:
-        assert [e["text"] for e in inquiries.events(conn, 1)] == ["called her back"]
+        assert [e.text for e in inquiries.events(conn, 1)] == ["called her back"]
         conn.execute(
             inquiries.INQUIRIES.insert().values(
                 message_id="<m1@mail.example>",
@@ -160,7 +160,7 @@ def test_upgrading_to_fingerprints_keeps_inquiries_their_events_and_search(
         )
         found = inquiries.browse(conn, search="скърца").rows
     engine.dispose()
-    assert sorted(r["sender"] for r in found) == ["ana@example.com", "ivan@example.com"]
+    assert sorted(r.sender for r in found) == ["ana@example.com", "ivan@example.com"]
 
 
 def test_customers_stored_before_the_search_column_are_found_in_any_case(
@@ -186,7 +186,7 @@ def test_customers_stored_before_the_search_column_are_found_in_any_case(
         )
     migrate.upgrade(engine)
     with engine.connect() as conn:
-        assert [c["email"] for c in profiles.find(conn, search="ИВАНОВА")] == ["ana@example.com"]
-        assert [c["email"] for c in profiles.find(conn, search="ани")] == ["ana@example.com"]
+        assert [c.email for c in profiles.find(conn, search="ИВАНОВА")] == ["ana@example.com"]
+        assert [c.email for c in profiles.find(conn, search="ани")] == ["ana@example.com"]
         assert len(profiles.find(conn, search="КЛИЕНТ 149")) == 11  # 149 and 1490-1499
     engine.dispose()

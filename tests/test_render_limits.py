@@ -135,14 +135,23 @@ async def test_looping_messages_fail_at_once_while_the_loop_and_other_mail_go_on
     sink: tuple[Sink, int],
 ) -> None:
     cfg = shipped_config(tmp_path, {"MAILER_PATHS__TEMPLATES": str(templates)})
-    delivery = daemon.build_delivery(cfg, engine, clock, SmtpTarget("127.0.0.1", sink[1]))
+    delivery = daemon.build_delivery(cfg, engine, clock, SmtpTarget(host="127.0.0.1", port=sink[1]))
     queued = [
-        NewMessage(f"loop:{n}", f"reader{n}@example.com", Category.TRANSACTIONAL, "looping")
+        NewMessage(
+            dedupe_key=f"loop:{n}",
+            to_address=f"reader{n}@example.com",
+            category=Category.TRANSACTIONAL,
+            template="looping",
+        )
         for n in range(5)
     ]
     ack = {"inquiry": {"reference": "42", "subject": "Grinder", "received_at": clock.now()}}
     fine = NewMessage(
-        "fine", "ana@example.com", Category.TRANSACTIONAL, "ack", context=ack | _reply_by(clock)
+        dedupe_key="fine",
+        to_address="ana@example.com",
+        category=Category.TRANSACTIONAL,
+        template="ack",
+        context=ack | _reply_by(clock),
     )
     outbox.enqueue(engine, [*queued, fine], clock.now())
 

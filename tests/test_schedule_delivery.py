@@ -36,7 +36,10 @@ async def road(
     """The shipped throttle: marketing at most once a day, 20 hours apart."""
     sink = Sink()
     async with listening(sink) as port:
-        yield daemon.build_delivery(cfg, engine, clock, SmtpTarget("127.0.0.1", port)), sink
+        yield (
+            daemon.build_delivery(cfg, engine, clock, SmtpTarget(host="127.0.0.1", port=port)),
+            sink,
+        )
 
 
 async def test_a_webinar_invitation_wins_the_days_slot_over_the_newsletter_by_priority(

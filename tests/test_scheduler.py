@@ -42,7 +42,7 @@ def folder(tmp_path: Path) -> Path:
 @pytest.fixture
 def files(folder: Path) -> Schedules:
     clock = ManualClock(datetime(2026, 11, 24, 12, tzinfo=UTC))
-    return Schedules(folder, lambda: TEMPLATES, clock)
+    return Schedules(directory=folder, template_names=lambda: TEMPLATES, clock=clock)
 
 
 def write(path: Path, text: str, mtime: float) -> None:
@@ -89,8 +89,8 @@ def test_a_new_broken_file_runs_nothing_and_a_removed_file_stops(
 def shipped(engine: Engine, people: None) -> Iterator[Scheduler]:
     clock = ManualClock(datetime(2026, 12, 1, 7, 30, tzinfo=UTC))  # 09:30 in Sofia
     templates = sorted(p.name for p in (ROOT / "templates").iterdir() if p.name[0] != "_")
-    files = Schedules(ROOT / "schedules", lambda: templates, clock)
-    yield Scheduler(files, engine, clock, FIRING)
+    files = Schedules(directory=ROOT / "schedules", template_names=lambda: templates, clock=clock)
+    yield Scheduler(schedules=files, engine=engine, clock=clock, firing=FIRING)
 
 
 def test_one_trigger_per_zone_in_use_each_at_local_time(shipped: Scheduler) -> None:

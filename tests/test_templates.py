@@ -111,6 +111,8 @@ def test_names_list_templates_but_not_layouts(shipped: TemplateStore) -> None:
     assert shipped.names() == [
         "ack",
         "birthday",
+        "desk_reply",
+        "followups_digest",
         "newsletter",
         "webinar_cancel",
         "webinar_invite",

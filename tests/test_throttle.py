@@ -66,7 +66,9 @@ def marketing(
 
 
 def test_a_customer_nothing_holds_back_is_sent_to_at_once() -> None:
-    assert marketing(NOW, customer(), rules()) == Decision("send", None, "sent", None)
+    assert marketing(NOW, customer(), rules()) == Decision(
+        action="send", at=None, reason="sent", rule=None
+    )
 
 
 def test_the_default_business_rules_let_a_fresh_customer_hear_from_us_at_midday() -> None:
@@ -80,13 +82,13 @@ def test_the_default_business_rules_let_a_fresh_customer_hear_from_us_at_midday(
 @pytest.mark.parametrize("category", ["marketing", "relationship"])
 def test_an_unsubscribed_customer_gets_no_marketing_or_relationship_mail(category: str) -> None:
     decision = decide(category, NOW, None, customer(unsubscribed_at=NOW), rules())
-    assert decision == Decision("skip", None, "unsubscribed", "unsubscribed")
+    assert decision == Decision(action="skip", at=None, reason="unsubscribed", rule="unsubscribed")
 
 
 def test_consent_is_per_category_and_missing_consent_means_consented() -> None:
     state = customer(marketing_consent=False)
     assert marketing(NOW, state, rules()) == Decision(
-        "skip", None, "no consent for marketing", "consent"
+        action="skip", at=None, reason="no consent for marketing", rule="consent"
     )
     assert decide("relationship", NOW, None, state, rules()) == SENT
 
@@ -94,7 +96,9 @@ def test_consent_is_per_category_and_missing_consent_means_consented() -> None:
 @pytest.mark.parametrize("category", ["transactional", "relationship", "marketing"])
 def test_a_suppressed_address_gets_nothing_at_all(category: str) -> None:
     decision = decide(category, NOW, None, customer(suppressed_reason=BOUNCED), rules())
-    assert decision == Decision("skip", None, f"suppressed: {BOUNCED}", "suppressed")
+    assert decision == Decision(
+        action="skip", at=None, reason=f"suppressed: {BOUNCED}", rule="suppressed"
+    )
 
 
 def test_suppression_is_named_before_unsubscribe_and_consent() -> None:
@@ -104,7 +108,9 @@ def test_suppression_is_named_before_unsubscribe_and_consent() -> None:
 
 def test_a_cap_of_zero_skips_instead_of_deferring_forever() -> None:
     decision = marketing(NOW, customer(), rules(marketing=Caps(per_day=3, per_week=0)))
-    assert decision == Decision("skip", None, "marketing cap 0 per week", "cap:marketing:per_week")
+    assert decision == Decision(
+        action="skip", at=None, reason="marketing cap 0 per week", rule="cap:marketing:per_week"
+    )
 
 
 def test_a_per_customer_cap_of_zero_is_a_quiet_opt_out_of_one_category() -> None:
@@ -148,7 +154,9 @@ def test_transactional_contacts_count_towards_neither_min_gap_nor_caps() -> None
 
 def test_a_paused_customer_is_deferred_to_the_end_of_the_pause() -> None:
     decision = marketing(NOW, customer(pause_until=utc(12, 1)), rules())
-    assert decision == Decision("defer", utc(12, 1), "paused until 2026-12-01 00:00 UTC", "pause")
+    assert decision == Decision(
+        action="defer", at=utc(12, 1), reason="paused until 2026-12-01 00:00 UTC", rule="pause"
+    )
 
 
 @pytest.mark.parametrize("until", [NOW, NOW - timedelta(days=2)])
@@ -178,7 +186,9 @@ def test_a_pause_given_in_local_time_is_reported_in_utc() -> None:
 def test_min_gap_spans_marketing_and_relationship(earlier: str, now_sending: str) -> None:
     state = customer(history=sent(earlier, NOW - timedelta(hours=10)))
     decision = decide(now_sending, NOW, None, state, rules(timedelta(hours=20)))
-    assert decision == Decision("defer", NOW + timedelta(hours=10), "min_gap 20h", "min_gap")
+    assert decision == Decision(
+        action="defer", at=NOW + timedelta(hours=10), reason="min_gap 20h", rule="min_gap"
+    )
 
 
 def test_min_gap_counts_from_the_latest_contact() -> None:
@@ -216,7 +226,10 @@ def test_a_daily_cap_releases_exactly_one_day_after_the_contact_that_filled_it()
     state = customer(history=sent("marketing", utc(1, 15, 9, 30)))
     decision = marketing(utc(1, 15, 20), state, rules(marketing=Caps(per_day=1)))
     assert decision == Decision(
-        "defer", utc(1, 16, 9, 30), "marketing cap 1 per day", "cap:marketing:per_day"
+        action="defer",
+        at=utc(1, 16, 9, 30),
+        reason="marketing cap 1 per day",
+        rule="cap:marketing:per_day",
     )
 
 
@@ -258,10 +271,10 @@ def test_every_full_window_is_named_and_the_latest_release_wins() -> None:
     throttle = rules(marketing=Caps(per_day=1, per_week=2, per_30d=10))
     decision = marketing(utc(1, 7, 12), customer(history=history), throttle)
     assert decision == Decision(
-        "defer",
-        utc(1, 12, 10),
-        "marketing cap 1 per day; marketing cap 2 per week",
-        "cap:marketing:per_day",
+        action="defer",
+        at=utc(1, 12, 10),
+        reason="marketing cap 1 per day; marketing cap 2 per week",
+        rule="cap:marketing:per_day",
     )
 
 
@@ -293,7 +306,10 @@ def test_a_stricter_override_defers_what_the_business_caps_allow() -> None:
     )
     decision = marketing(NOW, state, rules(marketing=Caps(per_week=2)))
     assert decision == Decision(
-        "defer", NOW + timedelta(days=5), "marketing cap 1 per week", "cap:marketing:per_week"
+        action="defer",
+        at=NOW + timedelta(days=5),
+        reason="marketing cap 1 per week",
+        rule="cap:marketing:per_week",
     )
 
 
@@ -342,7 +358,10 @@ def test_quiet_hours_end_at_the_customers_local_morning(
     where = ZoneInfo(zone)
     decision = marketing(local(where, *now), customer(where), rules(quiet=NIGHT))
     assert decision == Decision(
-        "defer", local(where, *expected), f"quiet hours 21:00-08:00 in {zone}", "quiet_hours"
+        action="defer",
+        at=local(where, *expected),
+        reason=f"quiet hours 21:00-08:00 in {zone}",
+        rule="quiet_hours",
     )
     assert decision.at is not None
     assert decision.at.tzinfo is UTC
@@ -456,10 +475,10 @@ def test_quiet_hours_outlast_a_cap_that_releases_during_the_night() -> None:
     state = customer(history=sent("marketing", utc(1, 15)))  # released 02:00 Sofia time
     decision = marketing(utc(1, 15, 20), state, rules(quiet=NIGHT, marketing=Caps(per_day=1)))
     assert decision == Decision(
-        "defer",
-        utc(1, 16, 6),
-        "marketing cap 1 per day; quiet hours 21:00-08:00 in Europe/Sofia",
-        "cap:marketing:per_day",
+        action="defer",
+        at=utc(1, 16, 6),
+        reason="marketing cap 1 per day; quiet hours 21:00-08:00 in Europe/Sofia",
+        rule="cap:marketing:per_day",
     )
 
 
@@ -485,10 +504,10 @@ def test_rules_are_reapplied_until_none_of_them_moves_the_time() -> None:
         utc(1, 15, 18, 30), customer(history=history), rules(timedelta(hours=2), NIGHT)
     )
     assert decision == Decision(
-        "defer",
-        utc(1, 16, 7, 30),
-        "min_gap 2h; quiet hours 21:00-08:00 in Europe/Sofia",
-        "min_gap",
+        action="defer",
+        at=utc(1, 16, 7, 30),
+        reason="min_gap 2h; quiet hours 21:00-08:00 in Europe/Sofia",
+        rule="min_gap",
     )
 
 
@@ -503,11 +522,11 @@ def test_every_rule_that_held_the_message_back_is_named_pause_first() -> None:
     throttle = rules(timedelta(hours=20), NIGHT, marketing=Caps(per_week=1))
     decision = marketing(utc(1, 15, 20), state, throttle)
     assert decision == Decision(
-        "defer",
-        utc(1, 23, 6),  # the cap releases at 21:00 Sofia time: quiet until the morning
-        "paused until 2026-01-15 21:00 UTC; min_gap 20h; marketing cap 1 per week; "
+        action="defer",
+        at=utc(1, 23, 6),  # the cap releases at 21:00 Sofia time: quiet until the morning
+        reason="paused until 2026-01-15 21:00 UTC; min_gap 20h; marketing cap 1 per week; "
         "quiet hours 21:00-08:00 in Europe/Sofia",
-        "pause",
+        rule="pause",
     )
 
 
@@ -518,11 +537,11 @@ def test_a_message_whose_earliest_slot_is_past_its_validity_expires() -> None:
     state = customer(history=sent("marketing", utc(1, 15, 9, 30)))
     decision = marketing(utc(1, 15, 20), state, rules(marketing=Caps(per_day=1)), utc(1, 16))
     assert decision == Decision(
-        "expire",
-        utc(1, 16, 9, 30),
-        "marketing cap 1 per day; "
+        action="expire",
+        at=utc(1, 16, 9, 30),
+        reason="marketing cap 1 per day; "
         "earliest 2026-01-16 09:30 UTC is after valid_until 2026-01-16 00:00 UTC",
-        "cap:marketing:per_day",
+        rule="cap:marketing:per_day",
     )
 
 
@@ -538,10 +557,10 @@ def test_a_message_claimed_after_its_validity_expires_even_with_nothing_holding_
 ) -> None:
     decision = decide(category, NOW, NOW - timedelta(seconds=1), customer(), rules())
     assert decision == Decision(
-        "expire",
-        NOW,
-        "now 2026-01-15 10:00 UTC is after valid_until 2026-01-15 09:59:59 UTC",
-        "valid_until",
+        action="expire",
+        at=NOW,
+        reason="now 2026-01-15 10:00 UTC is after valid_until 2026-01-15 09:59:59 UTC",
+        rule="valid_until",
     )
 
 

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine, insert, text
 
 from mailer.core.categories import Category
 from mailer.core.clock import ManualClock
@@ -22,7 +22,7 @@ from mailer.inbound import inquiries
 from mailer.inbound.parsing import parse
 from mailer.outbound import outbox
 from mailer.outbound.outbox import OUTBOX, NewMessage, Outcome, Result
-from mailer.relationship import history
+from mailer.relationship import history, privacy
 from mailer.relationship.timeline import Cursor, Entry, Source, merge
 from mailer.store import db, migrate
 from tests.conftest import add_customers
@@ -124,7 +124,7 @@ def maria(engine: Engine, tmp_path: Path) -> int:
         engine, tmp_path, "email,name\nmaria@example.com,Мария\n", T0 - timedelta(days=60)
     )
     with engine.connect() as conn:
-        return int(profiles.get(conn, "maria@example.com")["id"])
+        return int(profiles.get(conn, "maria@example.com").id)
 
 
 def call(at: datetime, direction: str = "out", note: str = "") -> NewContact:
@@ -133,7 +133,13 @@ def call(at: datetime, direction: str = "out", note: str = "") -> NewContact:
 
 def sent(engine: Engine, customer_id: int, key: str, at: datetime) -> int:
     """A newsletter queued and accepted by the server at ``at``."""
-    message = NewMessage(key, "maria@example.com", Category.MARKETING, "newsletter", customer_id)
+    message = NewMessage(
+        dedupe_key=key,
+        to_address="maria@example.com",
+        category=Category.MARKETING,
+        template="newsletter",
+        customer_id=customer_id,
+    )
     outbox.enqueue(engine, [message], at)
     with engine.connect() as conn:
         (row,) = [r for r in outbox.find(conn, customer_id=customer_id) if r["dedupe_key"] == key]
@@ -160,12 +166,18 @@ def test_the_timeline_shows_mail_inquiries_contacts_and_the_unsubscribe_with_who
             conn, maria, call(T0 + timedelta(hours=2), note="Called back"), T0 + timedelta(days=1)
         )
         profiles.unsubscribe(conn, "maria@example.com", T0 + timedelta(hours=3))
-        skipped = NewMessage("news:2", "maria@example.com", Category.MARKETING, "newsletter", maria)
+        skipped = NewMessage(
+            dedupe_key="news:2",
+            to_address="maria@example.com",
+            category=Category.MARKETING,
+            template="newsletter",
+            customer_id=maria,
+        )
     outbox.enqueue(engine, [skipped], T0 + timedelta(hours=4))  # skipped: she unsubscribed
     with engine.connect() as conn:
         customer = profiles.get(conn, "maria@example.com")
-        page = history.page(conn, maria, customer["unsubscribed_at"])
-        hidden = history.page(conn, maria, customer["unsubscribed_at"], with_text=False)
+        page = history.page(conn, maria, customer.unsubscribed_at)
+        hidden = history.page(conn, maria, customer.unsubscribed_at, with_text=False)
     shown = [(e.kind, e.direction, e.channel, e.by, e.title) for e in page.entries]
     assert shown == [
         ("skipped", "out", "email", "mailer", "newsletter"),
@@ -247,7 +259,7 @@ def test_the_customer_list_sorts_by_last_contact_and_finds_the_quiet_ones(
     rows = "".join(f"{n}@example.com,{n}\n" for n in names)
     add_customers(engine, tmp_path, "email,name\n" + rows, T0 - timedelta(days=400))
     with engine.begin() as conn:
-        ids = {n: int(profiles.get(conn, f"{n}@example.com")["id"]) for n in names}
+        ids = {n: int(profiles.get(conn, f"{n}@example.com").id) for n in names}
         contacts.log(conn, ids["ana"], call(T0 - timedelta(days=200)), T0)
         contacts.log(conn, ids["boris"], call(T0 - timedelta(days=10), "in"), T0)
         contacts.reached(conn, [(ids["vera"], T0 - timedelta(days=95))])
@@ -256,26 +268,31 @@ def test_the_customer_list_sorts_by_last_contact_and_finds_the_quiet_ones(
         def names_of(order: str = "", quiet_days: int | None = None) -> list[str]:
             since = T0 - timedelta(days=quiet_days) if quiet_days is not None else None
             found = contacts.browse(conn, order=order, quiet_since=since)
-            return [c["name"] for c in found]
+            return [c.customer.name for c in found]
 
         assert names_of("recent") == ["boris", "vera", "ana", "zoe"]
         assert names_of("quiet") == ["zoe", "ana", "vera", "boris"]
         assert names_of("quiet", quiet_days=90) == ["zoe", "ana", "vera"]
         assert names_of(quiet_days=150) == ["ana", "zoe"]
-        assert [c["name"] for c in contacts.browse(conn, search="BOR", order="recent")] == ["boris"]
+        assert [c.customer.name for c in contacts.browse(conn, search="BOR", order="recent")] == [
+            "boris"
+        ]
         for order, expected in (("recent", "boris vera ana zoe"), ("quiet", "zoe ana vera boris")):
             for size in (1, 2, 3):
                 pages = [
                     contacts.browse(conn, order=order, limit=size, offset=start)
                     for start in range(0, 5, size)
                 ]
-                assert [c["name"] for p in pages for c in p] == expected.split(), (order, size)
+                assert [c.customer.name for p in pages for c in p] == expected.split(), (
+                    order,
+                    size,
+                )
         (boris,) = contacts.browse(conn, search="boris")
-    assert boris["last_contact"] == {
+    assert boris.last_contact == {
         "out": None,
         "in": {"at": T0 - timedelta(days=10), "channel": "call"},
     }
-    assert boris["tags"] == []
+    assert boris.customer.tags == ()
 
 
 def test_deleting_a_customer_takes_their_contact_log_with_them(engine: Engine, maria: int) -> None:
@@ -290,7 +307,13 @@ def test_two_messages_to_one_customer_recorded_in_one_batch_keep_the_later(
     engine: Engine, maria: int
 ) -> None:
     news = [
-        NewMessage(f"news:{n}", "maria@example.com", Category.MARKETING, "newsletter", maria)
+        NewMessage(
+            dedupe_key=f"news:{n}",
+            to_address="maria@example.com",
+            category=Category.MARKETING,
+            template="newsletter",
+            customer_id=maria,
+        )
         for n in (1, 2)
     ]
     outbox.enqueue(engine, news, T0)
@@ -313,10 +336,18 @@ def test_upgrading_starts_last_contacts_from_the_mail_sent_and_the_inquiries_rec
 ) -> None:
     engine = db.connect(database_url)
     migrate.upgrade(engine, "0012")
-    csv = "email,name\nana@example.com,Ana\nboris@example.com,Boris\ncleo@example.com,Cleo\n"
-    add_customers(engine, tmp_path, csv, T0 - timedelta(days=90))
     with engine.begin() as conn:
-        ids = {n: int(profiles.get(conn, f"{n}@example.com")["id"]) for n in ("ana", "boris")}
+        for name in ("Ana", "Boris", "Cleo"):  # as revision 0012 stored customers
+            conn.execute(
+                text(
+                    "INSERT INTO customers (email, name, first_name, fields, marketing_consent,"
+                    " relationship_consent, source, created_at, updated_at)"
+                    " VALUES (:e, :n, :n, '{}', true, true, 'import', :t, :t)"
+                ),
+                {"e": f"{name.lower()}@example.com", "n": name, "t": T0 - timedelta(days=90)},
+            )
+        found = conn.execute(text("SELECT name, id FROM customers")).all()
+        ids = {name.lower(): int(customer) for name, customer in found}
         for n, at in enumerate((T0 - timedelta(days=3), T0)):
             message = {"dedupe_key": f"news:{n}", "customer_id": ids["ana"], "sent_at": at}
             conn.execute(insert(OUTBOX).values(**OLD_MAIL, **message))
@@ -336,7 +367,7 @@ def test_upgrading_starts_last_contacts_from_the_mail_sent_and_the_inquiries_rec
             "out": None,
             "in": {"at": T0 - timedelta(days=1), "channel": "email"},
         }
-        listed = [c["name"] for c in contacts.browse(conn, order="recent")]
+        listed = [c.customer.name for c in contacts.browse(conn, order="recent")]
     assert listed == ["Ana", "Boris", "Cleo"]
     engine.dispose()
 
@@ -366,3 +397,22 @@ OLD_INQUIRY = {
     "raw": b"",
     "raw_truncated": False,
 }
+
+
+def test_erasing_a_customer_clears_what_staff_wrote_about_them_and_export_carries_it(
+    engine: Engine, maria: int
+) -> None:
+    meeting = NewContact(
+        kind="meeting", direction="out", at=T0, by="sam", location="Café Мария",
+        attendees=["Мария Иванова"], note="Her grinder squeaks",
+    )  # fmt: skip
+    with engine.begin() as conn:
+        contacts.log(conn, maria, meeting, T0)
+        exported = privacy.export(conn, "maria@example.com", T0)
+        assert [c["note"] for c in exported["contacts"]] == ["Her grinder squeaks"]
+        erased = privacy.erase(conn, "maria@example.com", T0 + timedelta(hours=1))
+    assert erased.contacts == 1
+    with engine.connect() as conn:
+        (row,) = contacts.of_customer(conn, maria)
+        assert (row["note"], row["location"], row["attendees"]) == ("", "", [])
+        assert (row["kind"], row["at"]) == ("meeting", T0)

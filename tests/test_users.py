@@ -9,9 +9,9 @@ from sqlalchemy import Engine, select
 
 from mailer.core.clock import ManualClock
 from mailer.core.errors import MailerError, NotFound
+from mailer.staff import users
+from mailer.staff.users import LoginGuard
 from mailer.store.models import Role
-from mailer.web import users
-from mailer.web.users import LoginGuard
 
 PASSWORD = "correct horse battery"
 
@@ -52,8 +52,8 @@ def test_a_disabled_account_cannot_sign_in_and_its_sessions_end(
 
 
 def test_admins_may_everything_others_their_role() -> None:
-    support = users.SignedIn(1, "sam", Role.SUPPORT)
-    admin = users.SignedIn(2, "ada", Role.ADMIN)
+    support = users.SignedIn(id=1, name="sam", role=Role.SUPPORT)
+    admin = users.SignedIn(id=2, name="ada", role=Role.ADMIN)
     assert support.may(Role.SUPPORT) and not support.may(Role.MARKETING) and not support.may()
     assert admin.may(Role.MARKETING) and admin.may()
 
@@ -101,3 +101,29 @@ def test_an_office_behind_one_address_is_not_locked_out_by_signing_in(
     for n in range(10):
         assert guard.attempt(f"colleague{n}", "192.0.2.1", clock.now())
         guard.succeeded(f"colleague{n}", "192.0.2.1")
+
+
+def test_a_users_zone_and_address_are_checked_and_can_be_changed_or_cleared(
+    engine: Engine, clock: ManualClock
+) -> None:
+    with engine.begin() as conn:
+        sam = users.add(conn, "sam", Role.SUPPORT, PASSWORD, clock.now(), timezone="Asia/Manila")
+        with pytest.raises(MailerError, match="timezone: 'EST' is not an IANA time zone"):
+            users.add(conn, "bo", Role.SUPPORT, PASSWORD, clock.now(), timezone="EST")
+        with pytest.raises(MailerError, match="email: 'sam@' is not a valid email address"):
+            users.change(conn, "sam", email="sam@")
+        users.change(conn, "sam", display_name=" Sam I. ", email="sam@northwind.example")
+        users.change(conn, "sam", timezone="")
+        (row,) = users.find(conn)
+        assert (row["display_name"], row["email"], row["timezone"]) == (
+            "Sam I.",
+            "sam@northwind.example",
+            None,
+        )
+        users.change(conn, "sam", timezone="Europe/Sofia")
+        signed_in = users.get(conn, sam)
+        assert signed_in is not None and signed_in.timezone == "Europe/Sofia"
+        with pytest.raises(NotFound, match="no user named 'zed'"):
+            users.change(conn, "zed", email="")
+        with pytest.raises(MailerError, match="nothing to change"):
+            users.change(conn, "sam", email=None)

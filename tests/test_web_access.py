@@ -49,7 +49,12 @@ def test_health_answers_without_signing_in(site: Site) -> None:
 def test_metrics_count_messages_by_status_and_the_queue_due(
     site: Site, engine: Engine, clock: ManualClock
 ) -> None:
-    test_send = NewMessage("m:1", "maria@example.com", Category.TRANSACTIONAL, "birthday")
+    test_send = NewMessage(
+        dedupe_key="m:1",
+        to_address="maria@example.com",
+        category=Category.TRANSACTIONAL,
+        template="birthday",
+    )
     outbox.enqueue(engine, [test_send], clock.now() - timedelta(minutes=1))
     status, body = site.get("/metrics")
     assert status == 200
@@ -168,7 +173,7 @@ def known_customer(engine: Engine, clock: ManualClock, tmp_path: Path) -> int:
         engine, tmp_path, "email,name,locale\nmaria@example.com,Мария Иванова,bg\n", clock.now()
     )
     with engine.connect() as conn:
-        return int(profiles.get(conn, "maria@example.com")["id"])
+        return int(profiles.get(conn, "maria@example.com").id)
 
 
 def test_the_one_click_post_unsubscribes_at_once_without_a_page(
@@ -179,7 +184,7 @@ def test_the_one_click_post_unsubscribes_at_once_without_a_page(
     status, body = site.post(f"/unsubscribe/{token}", {"List-Unsubscribe": "One-Click"})
     assert (status, body) == (200, "Unsubscribed.\n")
     with engine.connect() as conn:
-        assert profiles.get(conn, "maria@example.com")["unsubscribed_at"] == clock.now()
+        assert profiles.get(conn, "maria@example.com").unsubscribed_at == clock.now()
 
 
 def test_a_forged_or_altered_token_unsubscribes_nobody(
@@ -191,7 +196,7 @@ def test_a_forged_or_altered_token_unsubscribes_nobody(
         status, _ = site.post(f"/unsubscribe/{token}", {"List-Unsubscribe": "One-Click"})
         assert status == 404
     with engine.connect() as conn:
-        assert profiles.get(conn, "maria@example.com")["unsubscribed_at"] is None
+        assert profiles.get(conn, "maria@example.com").unsubscribed_at is None
 
 
 async def test_the_unsubscribe_page_has_one_button_and_preferences(
@@ -206,12 +211,12 @@ async def test_the_unsubscribe_page_has_one_button_and_preferences(
     await expect(page.get_by_role("status")).to_have_text("Your preferences are saved.")
     with engine.connect() as conn:
         saved = profiles.get(conn, "maria@example.com")
-    assert saved["relationship_consent"] is False and saved["marketing_consent"] is True
-    assert saved["pause_until"] is not None and saved["unsubscribed_at"] is None
+    assert saved.relationship_consent is False and saved.marketing_consent is True
+    assert saved.pause_until is not None and saved.unsubscribed_at is None
     await page.get_by_role("button", name="Unsubscribe from everything").click()
     await expect(page.get_by_role("status")).to_contain_text("You are unsubscribed")
     with engine.connect() as conn:
-        assert profiles.get(conn, "maria@example.com")["unsubscribed_at"] is not None
+        assert profiles.get(conn, "maria@example.com").unsubscribed_at is not None
 
 
 def test_pages_tell_the_browser_to_run_only_the_apps_own_script(site: Site) -> None:

@@ -63,7 +63,7 @@ def maria(engine: Engine, clock: ManualClock, tmp_path: Path) -> int:
         clock.now() - timedelta(days=30),
     )
     with engine.connect() as conn:
-        return int(profiles.get(conn, "maria@example.com")["id"])
+        return int(profiles.get(conn, "maria@example.com").id)
 
 
 @pytest.fixture
@@ -78,7 +78,7 @@ def status_of(engine: Engine, inquiry_id: int) -> str:
     with engine.connect() as conn:
         found = inquiries.get(conn, inquiry_id)
     assert found is not None
-    return str(found["status"])
+    return str(found.status)
 
 
 # What a person sees ------------------------------------------------------------------------
@@ -113,17 +113,17 @@ async def test_the_acknowledgement_and_the_rules_that_fired_are_shown_with_the_m
     page: Page, site: Site, staff: dict[str, str], engine: Engine, order: int
 ) -> None:
     with engine.connect() as conn:
-        (first,) = [i for i in inquiries.find(conn) if i["subject"] == "Grinder is noisy"]
+        (first,) = [i for i in inquiries.find(conn) if i.subject == "Grinder is noisy"]
         decided = inquiries.get(conn, order)
-    assert decided is not None and decided["reasons"]
+    assert decided is not None and decided.reasons
     await sign_in(page, site, "sam")
-    await page.goto(f"{site.url}/inquiries/{first['id']}")
-    message = page.get_by_role("article", name=f"Message #{first['id']}")
+    await page.goto(f"{site.url}/inquiries/{first.id}")
+    message = page.get_by_role("article", name=f"Message #{first.id}")
     await expect(message).to_contain_text("Acknowledgement: queued")
     await expect(message).to_contain_text("to maria@example.com")
     await page.goto(f"{site.url}/inquiries/{order}")
     reasons = page.get_by_role("article", name=f"Message #{order}").locator("ul.reasons li")
-    await expect(reasons).to_have_text(decided["reasons"])
+    await expect(reasons).to_have_text(decided.reasons)
 
 
 async def test_a_stranger_claiming_an_inquiry_gets_one_of_their_own_that_says_which(
@@ -215,20 +215,24 @@ async def test_the_customer_page_shows_a_throttled_newsletter_with_its_reason(
     now = clock.now()
     news = [
         NewMessage(
-            f"news:{n}:{maria}", "maria@example.com", Category.MARKETING, "newsletter", maria
+            dedupe_key=f"news:{n}:{maria}",
+            to_address="maria@example.com",
+            category=Category.MARKETING,
+            template="newsletter",
+            customer_id=maria,
         )
         for n in (1, 2)
     ]
     outbox.enqueue(engine, news, now)
     rules = throttle.Rules.from_settings(cfg.settings.throttle)
     policy = Policy(rules, cfg.settings.business_hours.timezone, timedelta(minutes=5))
-    claimed = [c.row for c in outbox.claim(engine, now, 10, policy)]
-    sent = next(r for r in claimed if r["category"] == Category.MARKETING)
+    claimed = outbox.claim(engine, now, 10, policy)
+    sent = next(c for c in claimed if c.category == Category.MARKETING)
     outbox.record(
         engine,
         [
             Outcome(
-                outbox_id=sent["id"],
+                outbox_id=sent.id,
                 result=Result.SENT,
                 at=now,
                 message_id="<n1@x>",
@@ -409,9 +413,9 @@ def test_inquiry_pages_follow_each_other_both_ways_and_keep_the_filter(
         matching = inquiries.browse(conn, search="ABOUT 100%", size=2)
         more = inquiries.browse(conn, search="about 100%", before=matching.older, size=2)
         none = inquiries.browse(conn, search="100_", size=2)
-    pages = [[r["id"] for r in p.rows] for p in (first, second, third)]
+    pages = [[r.id for r in p.rows] for p in (first, second, third)]
     assert pages == [newest[:3], newest[3:6], newest[6:]]
     assert (first.newer, third.older) == (None, None)
-    assert [r["id"] for r in back.rows] == newest[:3] and back.newer is None
-    assert [r["id"] for r in matching.rows + more.rows] == [ids[5], ids[3], ids[1]]
+    assert [r.id for r in back.rows] == newest[:3] and back.newer is None
+    assert [r.id for r in matching.rows + more.rows] == [ids[5], ids[3], ids[1]]
     assert none.rows == []

@@ -277,7 +277,12 @@ async def test_an_admin_retries_a_failed_message_and_cancels_it_from_the_outbox(
 ) -> None:
     now = clock.now()
     messages = [
-        NewMessage(f"t:{n}", f"reader{n}@example.com", Category.TRANSACTIONAL, "ack")
+        NewMessage(
+            dedupe_key=f"t:{n}",
+            to_address=f"reader{n}@example.com",
+            category=Category.TRANSACTIONAL,
+            template="ack",
+        )
         for n in range(3)
     ]
     outbox.enqueue(engine, messages, now)
@@ -314,7 +319,9 @@ async def test_an_admin_retries_a_failed_message_and_cancels_it_from_the_outbox(
 async def test_an_admin_reads_a_captured_message_in_the_sandbox(
     page: Page, site: Site, staff: dict[str, str], engine: Engine, clock: ManualClock
 ) -> None:
-    envelope = Envelope("Northwind <hello@northwind.example>", MARIA, "Мария")
+    envelope = Envelope(
+        from_="Northwind <hello@northwind.example>", to_address=MARIA, to_name="Мария"
+    )
     html = "<h1>Здравейте</h1><script>document.title = 'ran'</script>"
     raw = compose(envelope, "Новини от Northwind", "Здравейте, Мария", html)
     with engine.begin() as conn:

@@ -125,7 +125,7 @@ async def test_the_customer_list_sorts_by_last_contact_and_finds_who_we_have_not
     rows = "".join(f"{n}@example.com,{n.title()}\n" for n in names)
     add_customers(engine, tmp_path, "email,name\n" + rows, now - timedelta(days=400))
     with engine.begin() as conn:
-        ids = {n: int(profiles.get(conn, f"{n}@example.com")["id"]) for n in names}
+        ids = {n: int(profiles.get(conn, f"{n}@example.com").id) for n in names}
         for name, days, way in (("ana", 200, "out"), ("boris", 10, "in"), ("vera", 95, "out")):
             call = NewContact(kind="call", direction=way, at=now - timedelta(days=days), by="sam")
             contacts.log(conn, ids[name], call, now)

@@ -17,6 +17,7 @@ from mailer import __version__, checks, daemon
 from mailer.cli import (
     contacts,
     customers,
+    followups,
     inquiries,
     outbox,
     sandbox,
@@ -46,6 +47,7 @@ app.add_typer(inquiries.app, name="inquiries")
 app.add_typer(sandbox.app, name="sandbox")
 app.add_typer(schedules.app, name="schedules")
 app.add_typer(users.app, name="users")
+app.add_typer(followups.app, name="followups")
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 
@@ -68,7 +70,7 @@ def root(
     ),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True),
 ) -> None:
-    ctx.obj = App(config_path or config.default_path())
+    ctx.obj = App(config_path=config_path or config.default_path())
 
 
 @app.command()

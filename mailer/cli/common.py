@@ -43,7 +43,7 @@ def parse_moment(text: str, explained: str, option: str = "--at") -> datetime:
     return when
 
 
-@dataclass
+@dataclass(kw_only=True)
 class App:
     """Loaded on first use, so `mailer --help` works without a config file."""
 
@@ -88,8 +88,12 @@ def plain(value: Any) -> Any:
     return value
 
 
+def json_text(data: Any) -> str:
+    return json.dumps(plain(data), ensure_ascii=False, indent=2)
+
+
 def print_json(data: Any) -> None:
-    print(json.dumps(plain(data), ensure_ascii=False, indent=2))
+    print(json_text(data))
 
 
 def print_table(rows: Iterable[Mapping[str, Any]], columns: Sequence[str], title: str = "") -> None:
@@ -97,6 +101,16 @@ def print_table(rows: Iterable[Mapping[str, Any]], columns: Sequence[str], title
     for row in rows:
         table.add_row(*(_cell(row.get(c)) for c in columns))
     out.print(table)
+
+
+def print_rows(
+    rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *, as_json: bool, title: str = ""
+) -> None:
+    """A list as every ``list`` command prints it: all fields as JSON, or chosen columns."""
+    if as_json:
+        print_json(rows)
+    else:
+        print_table(rows, columns, title)
 
 
 def print_fields(data: Mapping[str, Any], title: str = "") -> None:

@@ -52,13 +52,13 @@ def log(
     )
     with app_.engine().begin() as conn:
         customer = profiles.get(conn, email)
-        entry_id = contacts.log(conn, customer["id"], entry, now)
+        entry_id = contacts.log(conn, customer.id, entry, now)
     if as_json:
-        print_json({"id": entry_id, "email": customer["email"], "kind": kind, "at": entry.at})
+        print_json({"id": entry_id, "email": customer.email, "kind": kind, "at": entry.at})
     else:
         way = f" ({direction})" if direction else ""
         when = f"{entry.at:%Y-%m-%d %H:%M %Z}"
-        out.print(f"logged {kind}{way} #{entry_id} for {customer['email']} at {when}")
+        out.print(f"logged {kind}{way} #{entry_id} for {customer.email} at {when}")
 
 
 def _duration(text: str | None) -> timedelta | None:

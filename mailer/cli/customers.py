@@ -1,7 +1,8 @@
-"""`mailer customers ...`: import, list, show and unsubscribe."""
+"""`mailer customers ...`: import, list, show, unsubscribe, export and erase."""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -10,13 +11,27 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
-from mailer.cli.common import JSON_OPTION, app_of, err, out, print_fields, print_json, print_table
+from mailer.cli.common import (
+    JSON_OPTION,
+    app_of,
+    err,
+    json_text,
+    out,
+    print_fields,
+    print_json,
+    print_rows,
+    print_table,
+)
+from mailer.core.errors import MailerError
 from mailer.customers import contacts, profiles
 from mailer.customers.csv_rows import RejectedRow, shown
 from mailer.outbound import outbox
 from mailer.relationship import history as relationship
+from mailer.relationship import privacy
 
-app = typer.Typer(help="Customers: import from CSV, look up, unsubscribe.", no_args_is_help=True)
+app = typer.Typer(
+    help="Customers: import from CSV, look up, unsubscribe, export, erase.", no_args_is_help=True
+)
 
 LIST_COLUMNS = ("email", "name", "locale", "timezone", "tags", "unsubscribed_at")
 
@@ -94,10 +109,8 @@ def list_(
     """List customers, sorted by email."""
     with app_of(ctx).engine().connect() as conn:
         rows = profiles.find(conn, tag=tag, search=search, limit=limit, offset=offset)
-    if as_json:
-        print_json(rows)
-    else:
-        print_table(rows, LIST_COLUMNS)
+    shown = [asdict(row) for row in rows]
+    print_rows(shown, LIST_COLUMNS, as_json=as_json)
 
 
 HISTORY_COLUMNS = ("id", "created_at", "category", "template", "status", "sent_at", "reason")
@@ -117,17 +130,15 @@ def show(
     cfg, now = app_.config, app_.clock.now()
     with app_.engine().connect() as conn:
         customer = profiles.get(conn, email)
-        messages = outbox.find(conn, customer_id=customer["id"], limit=history)
+        messages = outbox.find(conn, customer_id=customer.id, limit=history)
         next_contact = outbox.next_contact(conn, customer, now, cfg.settings)
-        last = contacts.last_of(conn, customer["id"])
-        touches = relationship.page(
-            conn, customer["id"], customer["unsubscribed_at"], size=timeline
-        ).entries
-    entries = [asdict(e) for e in touches]
+        last = contacts.last_of(conn, customer.id)
+        touches = relationship.page(conn, customer.id, customer.unsubscribed_at, size=timeline)
+    entries = [asdict(e) for e in touches.entries]
     if as_json:
         print_json(
             {
-                **customer,
+                **asdict(customer),
                 "next_contact": next_contact,
                 "history": messages,
                 "timeline": entries,
@@ -135,7 +146,7 @@ def show(
             }
         )
         return
-    print_fields(customer, title=customer["email"])
+    print_fields(asdict(customer), title=customer.email)
     never = "never (unsubscribed or no consent)"
     allowed = {c: when or never for c, when in next_contact.items()}
     print_fields(allowed, title="\nnext allowed contact")
@@ -162,7 +173,47 @@ def unsubscribe(ctx: typer.Context, email: str, as_json: bool = JSON_OPTION) -> 
     with app_.engine().begin() as conn:
         customer = profiles.unsubscribe(conn, email, app_.clock.now())
     if as_json:
-        print_json(customer)
+        print_json(asdict(customer))
     else:
-        since = customer["unsubscribed_at"]
-        out.print(f"{customer['email']} is unsubscribed since {since:%Y-%m-%d %H:%M} UTC")
+        since = customer.unsubscribed_at
+        out.print(f"{customer.email} is unsubscribed since {since:%Y-%m-%d %H:%M} UTC")
+
+
+@app.command("export")
+def export(
+    ctx: typer.Context,
+    email: str,
+    out_file: Path | None = typer.Option(None, "--out", help="Write here (mode 600), not stdout."),
+) -> None:
+    """Everything mailer holds about one customer, as JSON (a data-access request)."""
+    app_ = app_of(ctx)
+    with app_.engine().connect() as conn:
+        data = privacy.export(conn, email, app_.clock.now())
+    if out_file is None:
+        print_json(data)
+        return
+    try:
+        out_file.touch(mode=0o600, exist_ok=False)
+        out_file.write_text(json_text(data) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise MailerError(f"{out_file}: cannot write the export ({exc.strerror or exc})") from None
+    out.print(f"wrote everything about {data['customer']['email']} to {out_file}")
+
+
+@app.command("erase")
+def erase(
+    ctx: typer.Context,
+    email: str,
+    yes: bool = typer.Option(False, "--yes", help="Confirm; there is no undo."),
+) -> None:
+    """Forget a customer for good: personal data cleared, the address kept only as a hash so
+    it is never mailed again; counts and the throttle's history stay."""
+    if not yes and not (sys.stdin.isatty() and typer.confirm(f"Erase {email} for good?")):
+        raise MailerError(f"{email} was not erased: erasing cannot be undone, confirm with --yes")
+    app_ = app_of(ctx)
+    with app_.engine().begin() as conn:
+        erased = privacy.erase(conn, email, app_.clock.now())
+    out.print(
+        f"erased {email}: {erased.messages} messages and {erased.inquiries} inquiries cleared, "
+        f"{erased.sandbox_messages} sandbox messages deleted"
+    )

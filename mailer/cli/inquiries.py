@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import typer
 
-from mailer.cli.common import JSON_OPTION, app_of, out, print_fields, print_json, print_table
+from mailer.cli.common import (
+    JSON_OPTION,
+    app_of,
+    out,
+    print_fields,
+    print_json,
+    print_rows,
+    print_table,
+)
 from mailer.core.errors import NotFound
 from mailer.inbound import inquiries
 from mailer.store.models import InquiryStatus
@@ -25,26 +33,25 @@ def list_(
     """Inquiries, newest first."""
     with app_of(ctx).engine().connect() as conn:
         rows = inquiries.find(conn, status=status.value if status else None, limit=limit)
-    if as_json:
-        print_json(rows)
-    else:
-        print_table(rows, COLUMNS)
+    shown = [inquiries.columns(row) for row in rows]
+    print_rows(shown, COLUMNS, as_json=as_json)
 
 
 @app.command("show")
 def show(ctx: typer.Context, inquiry_id: int, as_json: bool = JSON_OPTION) -> None:
     """One inquiry: who wrote, what, the rest of its thread."""
     with app_of(ctx).engine().connect() as conn:
-        row = inquiries.get(conn, inquiry_id)
-    if row is None:
+        inquiry = inquiries.get(conn, inquiry_id)
+    if inquiry is None:
         raise NotFound(f"no inquiry {inquiry_id}")
+    thread = [inquiries.columns(message) for message in inquiry.thread]
+    row = inquiries.columns(inquiry)
     if as_json:
-        print_json(row)
+        print_json({**row, "thread": thread})
         return
-    thread, text = row.pop("thread"), row.pop("reply_text") or row["body_text"]
-    row.pop("body_text")
+    del row["body_text"], row["reply_text"]
     print_fields(row, title=f"inquiry {inquiry_id}")
-    out.print("\n" + text)
+    out.print("\n" + (inquiry.reply_text or inquiry.body_text))
     if len(thread) > 1:
         print_table(thread, ("id", "received_at", "subject", "status"), title="\nthread")
 

@@ -8,7 +8,15 @@ from datetime import datetime
 import typer
 from sqlalchemy.engine import Connection
 
-from mailer.cli.common import JSON_OPTION, app_of, out, print_fields, print_json, print_table
+from mailer.cli.common import (
+    JSON_OPTION,
+    app_of,
+    out,
+    print_fields,
+    print_json,
+    print_rows,
+    print_table,
+)
 from mailer.core.errors import NotFound
 from mailer.outbound import outbox
 from mailer.store.models import OutboxStatus
@@ -31,10 +39,7 @@ def list_(
     """Messages, newest first."""
     with app_of(ctx).engine().connect() as conn:
         rows = outbox.find(conn, status=status.value if status else None, limit=limit)
-    if as_json:
-        print_json(rows)
-    else:
-        print_table(rows, COLUMNS)
+    print_rows(rows, COLUMNS, as_json=as_json)
 
 
 @app.command("show")

@@ -8,7 +8,7 @@ from email.utils import parseaddr
 
 import typer
 
-from mailer.cli.common import JSON_OPTION, app_of, out, print_json, print_table
+from mailer.cli.common import JSON_OPTION, app_of, out, print_json, print_rows
 from mailer.core.errors import MailerError, NotFound, SmtpUnavailable
 from mailer.core.fieldtypes import email_address
 from mailer.outbound import smtp
@@ -27,10 +27,7 @@ def list_(
     """Captured messages, newest first."""
     with app_of(ctx).engine().connect() as conn:
         rows = smtp_server.find(conn, limit=limit)
-    if as_json:
-        print_json(rows)
-    else:
-        print_table(rows, ("id", "received_at", "recipients", "subject"))
+    print_rows(rows, ("id", "received_at", "recipients", "subject"), as_json=as_json)
 
 
 @app.command("show")

@@ -15,6 +15,7 @@ from mailer.cli.common import (
     out,
     parse_moment,
     print_json,
+    print_rows,
     print_table,
 )
 from mailer.core.errors import NotFound
@@ -46,10 +47,7 @@ def list_(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
         }
         for found in results.summaries(schedules, zones, app_.clock.now())
     ]
-    if as_json:
-        print_json(rows)
-    else:
-        print_table(rows, ("name", "kind", "template", "enabled", "next_fire", "zones"))
+    print_rows(rows, ("name", "kind", "template", "enabled", "next_fire", "zones"), as_json=as_json)
 
 
 @app.command("run")
@@ -97,10 +95,9 @@ def run(
         {"occurrence": r.occurrence, "zone": r.zone, "queued": r.queued, "skipped": r.skipped}
         for r in results
     ]
-    if as_json:
-        print_json(rows)
-    else:
-        print_table(rows, ("occurrence", "zone", "queued", "skipped"), title=f"{name}: queued")
+    print_rows(
+        rows, ("occurrence", "zone", "queued", "skipped"), as_json=as_json, title=f"{name}: queued"
+    )
 
 
 def _progress(plan: Plan) -> Callable[[int], None]:
@@ -117,11 +114,11 @@ def _dry_run(app_: App, plans: list[Plan], sample: int, as_json: bool) -> None:
     settings = app_.config.settings
     rules = throttle.Rules.from_settings(settings.throttle)
     zone = settings.business_hours.timezone
-    previews = [dryrun.preview(app_.engine(), plan, rules, zone, sample=sample) for plan in plans]
+    forecasts = [dryrun.forecast(app_.engine(), plan, rules, zone, sample=sample) for plan in plans]
     if as_json:
-        print_json([_preview_json(p) for p in previews])
+        print_json([_forecast_json(f) for f in forecasts])
         return
-    for found in previews:
+    for found in forecasts:
         occurrence = found.plan.occurrence
         where = f" ({occurrence.zone})" if occurrence.zone else ""
         title = (
@@ -130,19 +127,19 @@ def _dry_run(app_: App, plans: list[Plan], sample: int, as_json: bool) -> None:
         )
         counts = [
             {"outcome": action, "reason": reason, "customers": count}
-            for (action, reason), count in found.outcomes.most_common()
+            for (action, reason), count in found.tally.most_common()
         ]
         print_table(counts, ("outcome", "customers", "reason"), title=title)
         if found.sample:
-            rows = [_outcome_row(o) for o in found.sample]
+            rows = [_fate_row(f) for f in found.sample]
             print_table(rows, ("email", "action", "reason"), title="first customers")
 
 
-def _outcome_row(outcome: dryrun.Outcome) -> dict[str, Any]:
-    return {"email": outcome.email, "action": outcome.action, "reason": outcome.reason}
+def _fate_row(fate: dryrun.Fate) -> dict[str, Any]:
+    return {"email": fate.email, "action": fate.action, "reason": fate.reason}
 
 
-def _preview_json(found: dryrun.Preview) -> dict[str, Any]:
+def _forecast_json(found: dryrun.Forecast) -> dict[str, Any]:
     occurrence = found.plan.occurrence
     return {
         "schedule": found.plan.schedule,
@@ -153,9 +150,9 @@ def _preview_json(found: dryrun.Preview) -> dict[str, Any]:
         "customers": found.total,
         "outcomes": [
             {"action": action, "reason": reason, "customers": count}
-            for (action, reason), count in found.outcomes.most_common()
+            for (action, reason), count in found.tally.most_common()
         ],
-        "sample": [_outcome_row(o) for o in found.sample],
+        "sample": [_fate_row(f) for f in found.sample],
     }
 
 

@@ -6,7 +6,7 @@ import dataclasses
 
 import typer
 
-from mailer.cli.common import JSON_OPTION, app_of, err, out, print_json, print_table
+from mailer.cli.common import JSON_OPTION, app_of, err, out, print_json, print_rows
 from mailer.customers import profiles
 from mailer.outbound.templates import TemplateStore
 from mailer.scheduling import previews, results
@@ -26,10 +26,7 @@ def list_(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
         {"name": name, "variants": [v or "default" for v in store.variants(name)]}
         for name in store.names()
     ]
-    if as_json:
-        print_json(rows)
-    else:
-        print_table(rows, ("name", "variants"))
+    print_rows(rows, ("name", "variants"), as_json=as_json)
 
 
 @app.command("check")
@@ -60,16 +57,16 @@ def preview(
     app_ = app_of(ctx)
     cfg = app_.config
     with app_.engine().connect() as conn:
-        row = profiles.get(conn, customer)
+        profile = profiles.get(conn, customer)
     schedules, _ = results.load(cfg, app_.clock)
     category = previews.category_of(name, schedules.values())
     message = previews.preview(
-        cfg, _store(ctx), row, name, locale=locale, category=category, now=app_.clock.now()
+        cfg, _store(ctx), profile, name, locale=locale, category=category, now=app_.clock.now()
     )
     if as_json:
         print_json(dataclasses.asdict(message))
         return
-    err.print(f"{name} / {message.variant or 'default'} for {row['email']}", style="dim")
+    err.print(f"{name} / {message.variant or 'default'} for {profile.email}", style="dim")
     out.print(f"Subject: {message.subject}", style="bold")
     for header, value in message.headers:
         out.print(f"{header}: {value}")

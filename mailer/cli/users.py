@@ -6,13 +6,17 @@ import sys
 
 import typer
 
-from mailer.cli.common import JSON_OPTION, app_of, out, print_json, print_table
+from mailer.cli.common import JSON_OPTION, app_of, out, print_rows
+from mailer.staff import users
 from mailer.store.models import Role
-from mailer.web import users
 
 app = typer.Typer(
     help="Web app accounts: support, marketing and admin users.", no_args_is_help=True
 )
+
+DISPLAY_NAME = typer.Option(None, "--display-name", help="The name customers and colleagues see.")
+TIMEZONE = typer.Option(None, "--timezone", help="IANA zone for due times and the morning digest.")
+EMAIL = typer.Option(None, "--email", help="Where the morning digest of follow-ups goes.")
 
 
 @app.command("add")
@@ -23,6 +27,9 @@ def add(
     password_stdin: bool = typer.Option(
         False, "--password-stdin", help="Read the password from standard input (for scripts)."
     ),
+    display_name: str = DISPLAY_NAME,
+    timezone: str = TIMEZONE,
+    email: str = EMAIL,
 ) -> None:
     """Add an account; the password is asked for twice (or read from stdin)."""
     if password_stdin:
@@ -31,7 +38,16 @@ def add(
         password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
     app_ = app_of(ctx)
     with app_.engine().begin() as conn:
-        users.add(conn, name, role, password, app_.clock.now())
+        users.add(
+            conn,
+            name,
+            role,
+            password,
+            app_.clock.now(),
+            display_name=display_name,
+            timezone=timezone,
+            email=email,
+        )
     out.print(f"{name} can now sign in as {role.value}")
 
 
@@ -40,10 +56,9 @@ def list_(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
     """Every account, with its role."""
     with app_of(ctx).engine().connect() as conn:
         rows = users.find(conn)
-    if as_json:
-        print_json(rows)
-    else:
-        print_table(rows, ("name", "role", "disabled", "created_at"))
+    print_rows(
+        rows, ("name", "role", "display_name", "timezone", "email", "disabled"), as_json=as_json
+    )
 
 
 @app.command("disable")
@@ -52,3 +67,17 @@ def disable(ctx: typer.Context, name: str) -> None:
     with app_of(ctx).engine().begin() as conn:
         users.disable(conn, name)
     out.print(f"{name} can no longer sign in")
+
+
+@app.command("set")
+def set_(
+    ctx: typer.Context,
+    name: str,
+    display_name: str = DISPLAY_NAME,
+    timezone: str = TIMEZONE,
+    email: str = EMAIL,
+) -> None:
+    """Change an account's display name, zone or address ("" clears one)."""
+    with app_of(ctx).engine().begin() as conn:
+        users.change(conn, name, display_name=display_name, timezone=timezone, email=email)
+    out.print(f"{name} updated")

@@ -6,6 +6,8 @@
      ├── TemplateError      a template cannot be found, parsed or rendered
      │    └── RenderTimeout  it ran past the time a render may take (and was stopped)
      ├── ImportFileError    a customers file cannot be read at all
+     ├── InvalidInput       values given in a form are not valid (carries each, by input)
+     ├── AddressTaken       a customer's new address is another customer's
      ├── DatabaseUnavailable  the configured database cannot be opened, created or used yet
      ├── InvalidContact (ValueError)  a call, meeting or note to log is incomplete or wrong
      └── NotFound (LookupError)  a customer, template or row that a command named does not exist
@@ -65,6 +67,20 @@ class RenderTimeout(TemplateError):
 
 class ImportFileError(MailerError):
     """A customers file cannot be read at all (missing, not CSV, no email column)."""
+
+
+class InvalidInput(MailerError):
+    """Values a person gave are not valid; each problem names its input, so a form can show
+    every reason next to its field."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(str(p) for p in problems))
+
+
+class AddressTaken(MailerError):
+    """A customer's address cannot change to one that another customer has (or had, and
+    asked to be forgotten)."""
 
 
 class DatabaseUnavailable(MailerError):

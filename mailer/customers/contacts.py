@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, case, func, insert, select
+from sqlalchemy import Table, case, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
@@ -108,6 +108,22 @@ def log(conn: Connection, customer_id: int, entry: NewContact, now: datetime) ->
     return int(new_id[0])
 
 
+def of_customer(conn: Connection, customer_id: int) -> list[dict[str, Any]]:
+    """Every contact logged about the customer, oldest first, for a data-access request."""
+    query = select(CONTACTS).where(CONTACTS.c.customer_id == customer_id)
+    return [dict(r) for r in conn.execute(query.order_by(CONTACTS.c.at, CONTACTS.c.id)).mappings()]
+
+
+def erase_customer(conn: Connection, customer_id: int) -> int:
+    """Clear what staff wrote about the customer and who was there, keeping each contact's
+    kind, direction and time for the counts and the last contact."""
+    cleared = {"note": "", "outcome": "", "location": "", "attendees": []}
+    result = conn.execute(
+        update(CONTACTS).where(CONTACTS.c.customer_id == customer_id).values(**cleared)
+    )
+    return int(result.rowcount)
+
+
 def reached(
     conn: Connection, touches: Iterable[tuple[int, datetime]], channel: str = EMAIL
 ) -> None:
@@ -169,6 +185,14 @@ def both_ways(row: Any) -> dict[str, dict[str, Any] | None]:
     }
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Listed:
+    """A customer in a list, beside their last contact both ways (see ``both_ways``)."""
+
+    customer: profiles.Profile
+    last_contact: dict[str, dict[str, Any] | None]
+
+
 def browse(
     conn: Connection,
     *,
@@ -177,8 +201,8 @@ def browse(
     quiet_since: datetime | None = None,
     limit: int = 50,
     offset: int = 0,
-) -> list[dict[str, Any]]:
-    """Customers with their last contact both ways (``last_contact``). ``order``: "recent"
+) -> list[Listed]:
+    """Customers with their last contact both ways. ``order``: "recent"
     (latest contact first, never contacted last), "quiet" (never contacted first, then the
     longest without one), else by email; ``quiet_since`` keeps only those with no contact
     either way since then."""
@@ -188,7 +212,7 @@ def browse(
             query = query.where(LAST.c.last_at.is_(None) | (LAST.c.last_at < quiet_since))
         return _shown(conn, query.order_by(profiles.CUSTOMERS.c.email).limit(limit).offset(offset))
     contacted, never = _contacted(search, order, quiet_since), _never(search)
-    rows: list[dict[str, Any]] = []
+    rows: list[Listed] = []
     for phase in (contacted, never) if order == "recent" else (never, contacted):
         found = _shown(conn, phase.limit(limit - len(rows)).offset(offset))
         rows += found
@@ -231,8 +255,7 @@ def _count(conn: Connection, query: Any) -> int:
     return int(conn.execute(counted).scalar_one())
 
 
-def _shown(conn: Connection, query: Any) -> list[dict[str, Any]]:
-    rows = profiles.with_tags(conn, query)
-    for row in rows:
-        row["last_contact"] = both_ways({k: row.pop(k) for k in _SUMMARY})
-    return rows
+def _shown(conn: Connection, query: Any) -> list[Listed]:
+    return [
+        Listed(customer=p, last_contact=both_ways(row)) for p, row in profiles.selected(conn, query)
+    ]

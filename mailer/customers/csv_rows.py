@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, TextIO
@@ -67,7 +67,7 @@ class Birthday:
     year: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CustomerRow:
     """One valid row. ``None`` (or an empty tuple/dict) means the file did not say."""
 
@@ -141,7 +141,7 @@ def _tags(text: str) -> tuple[str, ...] | None:
     return tuple(sorted(tags)) or None
 
 
-def _text(value: str) -> str | None:
+def clean_text(value: str) -> str | None:
     """A cell as stored: control characters (CR/LF) become spaces; empty means not given."""
     cleaned = _CONTROL.sub(" ", value).strip()
     return cleaned or None
@@ -149,34 +149,43 @@ def _text(value: str) -> str | None:
 
 def parse_row(line: int, cells: dict[str, str]) -> CustomerRow:
     """Validate one row; raise ValueError naming every problem in it."""
-    errors: list[str] = []
-    values: dict[str, Any] = {}
+    values, errors = convert_cells(cells)
+    if "email" not in values and not errors:
+        errors["email"] = "no email address"
+    if errors:
+        raise ValueError("; ".join(errors.values()))
+    for column in ("name", "first_name"):
+        values[column] = clean_text(cells.get(column) or "")
+    extra = {k: v for k, v in cells.items() if k not in KNOWN_COLUMNS}
+    values["fields"] = {k: t for k, v in extra.items() if (t := clean_text(v or ""))}
+    return CustomerRow(line=line, **values)
 
-    def take(column: str, convert: Any) -> None:
+
+def convert_cells(cells: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The known columns that are given, converted, and what is wrong with each of the rest,
+    by column: the checks an import and the customer form share."""
+    values: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    for column, convert in _CONVERTERS.items():
         text = (cells.get(column) or "").strip()
         if not text:
-            return
+            continue
         try:
             values[column] = convert(text)
         except ValueError as exc:
-            errors.append(str(exc))
+            errors[column] = str(exc)
+    return values, errors
 
-    take("email", normalise_email)
-    take("locale", locale_tag)
-    take("timezone", lambda t: str(zone(t)))
-    take("birthday", parse_birthday)
-    take("tags", _tags)
-    for consent in ("marketing_consent", "relationship_consent"):
-        take(consent, lambda t, c=consent: _flag(c, t))
-    if "email" not in values and not errors:
-        errors.append("no email address")
-    if errors:
-        raise ValueError("; ".join(errors))
-    for column in ("name", "first_name"):
-        values[column] = _text(cells.get(column) or "")
-    extra = {k: v for k, v in cells.items() if k not in KNOWN_COLUMNS}
-    values["fields"] = {k: t for k, v in extra.items() if (t := _text(v or ""))}
-    return CustomerRow(line=line, **values)
+
+_CONVERTERS: dict[str, Callable[[str], Any]] = {
+    "email": normalise_email,
+    "locale": locale_tag,
+    "timezone": lambda t: str(zone(t)),
+    "birthday": parse_birthday,
+    "tags": _tags,
+    "marketing_consent": lambda t: _flag("marketing_consent", t),
+    "relationship_consent": lambda t: _flag("relationship_consent", t),
+}
 
 
 def normalise_header(name: str) -> str:

@@ -1,5 +1,5 @@
-"""Customers in the database: batched CSV import, look-ups, unsubscribing, and when each
-was last and may next be contacted.
+"""Customers in the database: batched CSV import, look-ups, edits by staff with the
+history of every change, unsubscribing, erasure.
 
 The import is an upsert by email, a thousand rows to a statement, so 100,000 rows take
 seconds; running the same file twice changes nothing.
@@ -7,9 +7,10 @@ seconds; running the same file twice changes nothing.
 
 from __future__ import annotations
 
+import hashlib
 import stat
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime
 from itertools import islice
 from pathlib import Path
@@ -17,10 +18,10 @@ from typing import Any, TextIO
 
 from sqlalchemy import Engine, Select, Table, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.sql.elements import ColumnElement
 
-from mailer.core.errors import ImportFileError, NotFound
+from mailer.core.errors import AddressTaken, ImportFileError, NotFound
 from mailer.core.search import fold
 from mailer.customers.csv_rows import (
     CustomerRow,
@@ -30,16 +31,56 @@ from mailer.customers.csv_rows import (
     read_rows,
     shown,
 )
-from mailer.store.models import Customer, CustomerTag
+from mailer.customers.edits import Change, diff, record
+from mailer.store.models import Customer, CustomerChange, CustomerTag, ErasedAddress
 
 BATCH = 1000
 CUSTOMERS: Table = Customer.__table__  # type: ignore[attr-defined]
 TAGS: Table = CustomerTag.__table__  # type: ignore[attr-defined]
+ERASED: Table = ErasedAddress.__table__  # type: ignore[attr-defined]
+CHANGES: Table = CustomerChange.__table__  # type: ignore[attr-defined]
+ACTOR_MAX = 100  # customer_changes.actor
+ERASED_REASON = "erased at the customer's request"
 Progress = Callable[[int], None]
 SHOWN = [c for c in CUSTOMERS.c if c.name != "search_text"]  # that one is the search's own
 
 
-@dataclass
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Profile:
+    """A stored customer as templates, the throttle and the pages see it: the table's
+    columns (less the search's own) and the customer's tags, sorted."""
+
+    id: int
+    email: str
+    name: str
+    first_name: str
+    locale: str | None
+    timezone: str | None
+    birth_month: int | None
+    birth_day: int | None
+    birth_year: int | None
+    fields: dict[str, Any]
+    marketing_consent: bool
+    relationship_consent: bool
+    unsubscribed_at: datetime | None
+    suppressed_reason: str | None
+    pause_until: datetime | None
+    caps_override: dict[str, Any] | None
+    source: str
+    created_at: datetime
+    updated_at: datetime
+    tags: tuple[str, ...] = ()  # left empty by readers that never show them (the dry run)
+
+
+_PROFILE_COLUMNS = [f.name for f in fields(Profile) if f.name != "tags"]
+
+
+def load(row: RowMapping, tags: Iterable[str] = ()) -> Profile:
+    """The one way a customers row becomes a Profile; columns it does not name are ignored."""
+    return Profile(**{name: row[name] for name in _PROFILE_COLUMNS}, tags=tuple(tags))
+
+
+@dataclass(kw_only=True)
 class ImportReport:
     inserted: int = 0
     updated: int = 0
@@ -60,17 +101,19 @@ def import_csv(
 ) -> ImportReport:
     """Upsert every valid row of the file; report the rest. Each batch commits on its own.
 
+    What it changes in customers already stored goes into their history as "import:FILE".
     A file that cannot be read at all (missing, a directory, not UTF-8 text, no email
     column) raises ImportFileError naming it, before anything is saved.
     """
     report = ImportReport()
     first_line: dict[str, int] = {}
+    actor = f"import:{path.name}"[:ACTOR_MAX]
     with _open(path) as stream:
         try:
             for batch in _batches(parse_rows(read_rows(stream)), BATCH):
                 good = _split(batch, report, first_line)
                 with engine.begin() as conn:
-                    _upsert(conn, good, now, report)
+                    _upsert(conn, _not_erased(conn, good, report), now, report, actor)
                 if progress:
                     progress(len(batch))
         except ImportFileError as exc:
@@ -115,6 +158,19 @@ def _split(
     return list(good.values())
 
 
+def _not_erased(
+    conn: Connection, rows: list[CustomerRow], report: ImportReport
+) -> list[CustomerRow]:
+    """A file cannot bring back a customer who asked to be forgotten."""
+    hashes = {address_hash(row.email): row for row in rows}
+    query = select(ERASED.c.address_hash).where(ERASED.c.address_hash.in_(list(hashes)))
+    erased = set(conn.execute(query).scalars())
+    report.rejected += [
+        RejectedRow.of(hashes[h].line, hashes[h].email, ERASED_REASON) for h in erased
+    ]
+    return [row for h, row in hashes.items() if h not in erased]
+
+
 def _combine(earlier: CustomerRow, later: CustomerRow) -> CustomerRow:
     """Two rows for one address in a batch, as if they had been imported one after the other."""
     given = {f.name: v for f in fields(later) if (v := getattr(later, f.name)) is not None}
@@ -122,19 +178,25 @@ def _combine(earlier: CustomerRow, later: CustomerRow) -> CustomerRow:
     return replace(earlier, **given)
 
 
-def _upsert(conn: Connection, rows: list[CustomerRow], now: datetime, report: ImportReport) -> None:
+def _upsert(
+    conn: Connection, rows: list[CustomerRow], now: datetime, report: ImportReport, actor: str
+) -> None:
     if not rows:
         return
-    existing = {
+    existing: dict[str, Any] = {
         r.email: r._mapping
         for r in conn.execute(
             select(CUSTOMERS).where(CUSTOMERS.c.email.in_([r.email for r in rows]))
         )
     }
-    values = []
+    old_tags = _tags_of_retagged(conn, rows, existing)
+    values, changes = [], []
     for row in rows:
         before = existing.get(row.email)
         after = _merge(before, row, now)
+        if before is not None:
+            found = _row_changes(before, after, old_tags.get(before["id"], []), row.tags)
+            changes += [(before["id"], change) for change in found]
         if before is not None and _same(before, after):
             report.unchanged += 1
             continue
@@ -146,6 +208,36 @@ def _upsert(conn: Connection, rows: list[CustomerRow], now: datetime, report: Im
     if values:
         conn.execute(_upsert_statement(conn), values)
     _replace_tags(conn, [r for r in rows if r.tags is not None])
+    _log(conn, changes, actor, now)
+
+
+def _row_changes(
+    before: Any, after: dict[str, Any], stored_tags: list[str], given_tags: tuple[str, ...] | None
+) -> list[Change]:
+    """What one row changes in a stored customer; the usual answer, nothing, found cheaply."""
+    tags = stored_tags if given_tags is None else list(given_tags)
+    if tags == stored_tags and _same(before, after):
+        return []
+    return diff(record(before, stored_tags), record(after, tags))
+
+
+def _tags_of_retagged(
+    conn: Connection, rows: list[CustomerRow], existing: Mapping[str, Any]
+) -> dict[int, list[str]]:
+    """The tags stored for customers whose row gives tags, so their history can say what
+    changed; one query a batch, none on a first import."""
+    ids = [existing[r.email]["id"] for r in rows if r.tags is not None and r.email in existing]
+    return tags_of(conn, ids) if ids else {}
+
+
+def _log(conn: Connection, changes: list[tuple[int, Change]], actor: str, now: datetime) -> None:
+    """The history's rows, all in one statement."""
+    if changes:
+        rows = [
+            {"customer_id": customer_id, "at": now, "actor": actor, **asdict(change)}
+            for customer_id, change in changes
+        ]
+        conn.execute(insert(CHANGES), rows)
 
 
 def _merge(old: Any, row: CustomerRow, now: datetime) -> dict[str, Any]:
@@ -191,6 +283,8 @@ def add_lead(conn: Connection, email: str, name: str, now: datetime) -> int:
         "source": "inquiry",
         "updated_at": now,
     }
+    if is_erased(conn, email):
+        values["suppressed_reason"] = ERASED_REASON
     values["search_text"] = search_text(values)
     lead = conn.execute(insert(CUSTOMERS).values(values)).inserted_primary_key
     assert lead is not None
@@ -243,7 +337,7 @@ def _replace_tags(conn: Connection, rows: list[CustomerRow]) -> None:
         conn.execute(insert(TAGS), pairs)
 
 
-def get(conn: Connection, email: str) -> dict[str, Any]:
+def get(conn: Connection, email: str) -> Profile:
     """One customer with tags, by address (any case); NotFound if there is none."""
     try:
         key = normalise_email(email)
@@ -252,18 +346,16 @@ def get(conn: Connection, email: str) -> dict[str, Any]:
     return _one(conn, CUSTOMERS.c.email == key, f"no customer {key}")
 
 
-def get_id(conn: Connection, customer_id: int) -> dict[str, Any]:
+def get_id(conn: Connection, customer_id: int) -> Profile:
     """One customer with tags, by id, as pages and links name them; NotFound if there is none."""
     return _one(conn, CUSTOMERS.c.id == customer_id, f"no customer {customer_id}")
 
 
-def _one(conn: Connection, where: Any, missing: str) -> dict[str, Any]:
-    row = conn.execute(select(*SHOWN).where(where)).one_or_none()
+def _one(conn: Connection, where: Any, missing: str) -> Profile:
+    row = conn.execute(select(*SHOWN).where(where)).mappings().one_or_none()
     if row is None:
         raise NotFound(missing)
-    customer = dict(row._mapping)
-    customer["tags"] = tags_of(conn, [customer["id"]]).get(customer["id"], [])
-    return customer
+    return load(row, tags_of(conn, [row["id"]]).get(row["id"], []))
 
 
 def find(
@@ -273,11 +365,11 @@ def find(
     search: str | None = None,
     limit: int = 50,
     offset: int = 0,
-) -> list[dict[str, Any]]:
+) -> list[Profile]:
     """Customers by email, optionally only those with a tag or containing a text in their
     address or name, in any case and script (control characters in it are ignored)."""
     query = select(*SHOWN).order_by(CUSTOMERS.c.email).limit(limit).offset(offset)
-    return with_tags(conn, query.where(*matching(tag=tag, search=search)))
+    return [p for p, _ in selected(conn, query.where(*matching(tag=tag, search=search)))]
 
 
 def matching(*, tag: str | None = None, search: str | None = None) -> list[ColumnElement[bool]]:
@@ -292,13 +384,12 @@ def matching(*, tag: str | None = None, search: str | None = None) -> list[Colum
     return conditions
 
 
-def with_tags(conn: Connection, query: Select[Any]) -> list[dict[str, Any]]:
-    """The customers a query selects, each with its tags."""
-    rows = [dict(r._mapping) for r in conn.execute(query)]
+def selected(conn: Connection, query: Select[Any]) -> list[tuple[Profile, RowMapping]]:
+    """The customers a query selects, each as a Profile beside its row, for lists that
+    select more than a profile holds."""
+    rows = conn.execute(query).mappings().all()
     tags = tags_of(conn, [r["id"] for r in rows])
-    for row in rows:
-        row["tags"] = tags.get(row["id"], [])
-    return rows
+    return [(load(row, tags.get(row["id"], [])), row) for row in rows]
 
 
 def tags_of(conn: Connection, ids: list[int]) -> dict[int, list[str]]:
@@ -310,11 +401,11 @@ def tags_of(conn: Connection, ids: list[int]) -> dict[int, list[str]]:
     return found
 
 
-def unsubscribe(conn: Connection, email: str, now: datetime) -> dict[str, Any]:
+def unsubscribe(conn: Connection, email: str, now: datetime) -> Profile:
     """Stop all marketing and relationship mail to a customer, at once; idempotent."""
     customer = get(conn, email)
-    if unsubscribe_id(conn, customer["id"], now):
-        customer.update(unsubscribed_at=now, updated_at=now)
+    if unsubscribe_id(conn, customer.id, now):
+        return replace(customer, unsubscribed_at=now, updated_at=now)
     return customer
 
 
@@ -356,6 +447,111 @@ def set_preferences(
             marketing_consent=marketing_consent,
             relationship_consent=relationship_consent,
             pause_until=pause_until,
+            updated_at=now,
+        )
+    )
+
+
+def edit(
+    conn: Connection, customer_id: int, values: Mapping[str, Any], actor: str, now: datetime
+) -> list[Change]:
+    """Set a customer's editable columns and tags (as ``edits.read_form`` gives them) and
+    record each change with who made it; nothing is written when nothing changed.
+
+    Raises NotFound for an unknown customer, AddressTaken when the new address is another
+    customer's or was erased.
+    """
+    customer = get_id(conn, customer_id)
+    columns = {k: v for k, v in values.items() if k != "tags"}
+    if columns["email"] != customer.email:
+        _check_address(conn, columns["email"])
+    current = {name: getattr(customer, name) for name in _PROFILE_COLUMNS}
+    changes = diff(record(current, customer.tags), record(columns, values["tags"]))
+    if not changes:
+        return []
+    columns["search_text"] = search_text(columns)
+    conn.execute(
+        update(CUSTOMERS).where(CUSTOMERS.c.id == customer_id).values(**columns, updated_at=now)
+    )
+    if tuple(values["tags"]) != customer.tags:
+        conn.execute(delete(TAGS).where(TAGS.c.customer_id == customer_id))
+        if values["tags"]:
+            conn.execute(
+                insert(TAGS), [{"customer_id": customer_id, "tag": t} for t in values["tags"]]
+            )
+    _log(conn, [(customer_id, c) for c in changes], actor, now)
+    return changes
+
+
+def _check_address(conn: Connection, email: str) -> None:
+    query = select(CUSTOMERS.c.id, CUSTOMERS.c.name).where(CUSTOMERS.c.email == email)
+    other = conn.execute(query).first()
+    if other is not None:
+        who = f" ({other.name})" if other.name else ""
+        raise AddressTaken(f"{email} is already the address of customer #{other.id}{who}")
+    if is_erased(conn, email):
+        raise AddressTaken(f"{email} belonged to a customer who asked to be forgotten")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Logged:
+    """One entry of a customer's history."""
+
+    at: datetime
+    actor: str
+    field: str
+    before: Any
+    after: Any
+
+
+def history(conn: Connection, customer_id: int, limit: int = 200) -> list[Logged]:
+    """The customer's recorded changes, newest first; one edit's in the order of its form."""
+    query = (
+        select(CHANGES.c.at, CHANGES.c.actor, CHANGES.c.field, CHANGES.c.before, CHANGES.c.after)
+        .where(CHANGES.c.customer_id == customer_id)
+        .order_by(CHANGES.c.at.desc(), CHANGES.c.id)
+        .limit(limit)
+    )
+    return [Logged(**row) for row in conn.execute(query).mappings()]
+
+
+def address_hash(email: str) -> str:
+    """What is kept of an erased address: SHA-256 of its normalised form, enough to refuse
+    it again and not enough to read it back."""
+    return hashlib.sha256(email.strip().lower().encode()).hexdigest()
+
+
+def is_erased(conn: Connection, email: str) -> bool:
+    found = select(ERASED.c.address_hash).where(ERASED.c.address_hash == address_hash(email))
+    return conn.execute(found).first() is not None
+
+
+def erase(conn: Connection, customer: Profile, now: datetime) -> None:
+    """Forget who the customer is while keeping the row that throttling, dedupe and counts
+    need: the address becomes a hash on the erased list, every personal field and the values
+    in its history are cleared, and all mail to the row stays barred for good."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    hashed = {"address_hash": address_hash(customer.email), "erased_at": now}
+    conn.execute(dialect.insert(ERASED).values(hashed).on_conflict_do_nothing())
+    conn.execute(delete(TAGS).where(TAGS.c.customer_id == customer.id))
+    forget = update(CHANGES).where(CHANGES.c.customer_id == customer.id)
+    conn.execute(forget.values(before=None, after=None))  # who changed what, and when, stay
+    conn.execute(
+        update(CUSTOMERS)
+        .where(CUSTOMERS.c.id == customer.id)
+        .values(
+            email=f"erased-{customer.id}@erased.invalid",
+            name="",
+            first_name="",
+            birth_month=None,
+            birth_day=None,
+            birth_year=None,
+            fields={},
+            search_text="",
+            marketing_consent=False,
+            relationship_consent=False,
+            unsubscribed_at=customer.unsubscribed_at or now,
+            suppressed_reason=ERASED_REASON,
             updated_at=now,
         )
     )

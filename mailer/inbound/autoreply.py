@@ -7,7 +7,7 @@ rule fired. The rules follow RFC 3834 (automatic responses), RFC 5230 (Sieve vac
 RFC 3464 (delivery status notifications) and what help desks learned the hard way; bounces
 in the servers' own formats are read by flufl.bounce, GNU Mailman's bounce parser.
 
-``Verdict.kind`` says what the message is, for the log; when rules of several kinds fire,
+``Decision.kind`` says what the message is, for the log; when rules of several kinds fire,
 the first kind in ``KINDS`` wins (a bounce that also says ``Auto-Submitted`` is a bounce).
 Some rules only block the acknowledgement and leave the message an "inquiry": spam-flagged
 mail and mail from a sender whose address hard-bounced are still people writing to us.
@@ -53,7 +53,7 @@ class Identity:
     loop_header: str = "X-Mailer-Loop"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SenderHistory:
     """What the log knows about the sender and the thread, gathered by the caller."""
 
@@ -63,7 +63,7 @@ class SenderHistory:
     thread_already_acknowledged: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Context:
     """Everything a rule may look at besides the message."""
 
@@ -76,16 +76,21 @@ class Context:
 
 # The context is_bounce runs the bounce rules with; they look only at the message.
 _NOBODY = Context(
-    Identity(frozenset(), frozenset()),
-    SenderHistory(None, 0, hard_bounced=False, thread_already_acknowledged=False),
-    datetime(1970, 1, 1, tzinfo=UTC),
-    timedelta(0),
+    identity=Identity(frozenset(), frozenset()),
+    history=SenderHistory(
+        last_acknowledged_at=None,
+        acknowledgements_last_day=0,
+        hard_bounced=False,
+        thread_already_acknowledged=False,
+    ),
+    now=datetime(1970, 1, 1, tzinfo=UTC),
+    once_per_sender=timedelta(0),
     max_per_day=1,
 )
 
 
 @dataclass(frozen=True, slots=True)
-class Verdict:
+class Decision:
     """The answer, with every reason for support to read on the inquiry row."""
 
     acknowledge: bool
@@ -162,12 +167,13 @@ def _tokens(value: str) -> set[str]:
     return {token.strip().lower() for token in value.split(",")}
 
 
-def _parts(msg: MIMEPart) -> Iterator[MIMEPart]:
-    """The MIME tree, without descending into attached messages (message/rfc822)."""
+def _nodes(msg: MIMEPart) -> Iterator[MIMEPart]:
+    """Every part of the MIME tree, multiparts included; attached messages (message/rfc822)
+    are not descended into."""
     yield msg
     if msg.get_content_maintype() == "multipart":
         for part in msg.iter_parts():
-            yield from _parts(part)
+            yield from _nodes(part)
 
 
 def _is_thread_reply(msg: Message) -> bool:
@@ -245,7 +251,7 @@ class DeliveryStatusPart:
     kind: Kind = "bounce"
 
     def check(self, msg: EmailMessage, ctx: Context) -> str | None:
-        types = {part.get_content_type() for part in _parts(msg)}
+        types = {part.get_content_type() for part in _nodes(msg)}
         found = sorted(types & DELIVERY_STATUS)
         return f"{found[0]} part" if found else None
 
@@ -696,15 +702,21 @@ def decide(
     *,
     once_per_sender: timedelta,
     max_per_day: int = 3,
-) -> Verdict:
+) -> Decision:
     """Run every rule; acknowledge only when none fired."""
-    ctx = Context(identity, history, now, once_per_sender, max_per_day)
+    ctx = Context(
+        identity=identity,
+        history=history,
+        now=now,
+        once_per_sender=once_per_sender,
+        max_per_day=max_per_day,
+    )
     fired = [(rule, rule.check(msg, ctx)) for rule in RULES]
     hits = [(rule, reason) for rule, reason in fired if reason is not None]
     kinds = {rule.kind for rule, _ in hits}
     kind: Kind = next((k for k in KINDS if k in kinds), "inquiry")
     reasons = tuple(f"{rule.name}: {reason}" for rule, reason in hits)
-    return Verdict(not hits, reasons, kind)
+    return Decision(not hits, reasons, kind)
 
 
 def is_bounce(msg: EmailMessage) -> bool:
@@ -722,7 +734,7 @@ def bounced_addresses(msg: EmailMessage) -> list[tuple[str, bool]]:
     """
     blocks = [
         block
-        for part in _parts(msg)
+        for part in _nodes(msg)
         if part.get_content_type() in DELIVERY_STATUS
         for block in part.get_payload()
         if isinstance(block, Message)
@@ -743,7 +755,7 @@ def bounced_message_ids(msg: EmailMessage) -> list[str]:
     its Message-ID line read from their text.
     """
     found = []
-    for part in _parts(msg):
+    for part in _nodes(msg):
         kind = part.get_content_type()
         if kind in RETURNED_HEADERS and isinstance(text := _content(part), str):
             returned: Message = HeaderParser().parsestr(text)

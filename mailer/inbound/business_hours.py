@@ -37,7 +37,7 @@ def _holiday_dates(country: str, year: int) -> frozenset[date]:
     return frozenset(holidays.country_holidays(country, years=year))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class BusinessHours:
     """The desk's opening hours, working weekdays (Monday = 0) and public holidays."""
 
@@ -60,7 +60,13 @@ class BusinessHours:
     @classmethod
     def from_settings(cls, settings: BusinessHoursSettings) -> BusinessHours:
         days = frozenset(WEEKDAYS.index(day) for day in settings.days)
-        return cls(settings.timezone, days, settings.open, settings.close, settings.holidays)
+        return cls(
+            zone=settings.timezone,
+            days=days,
+            open=settings.open,
+            close=settings.close,
+            country=settings.holidays,
+        )
 
     def is_open(self, when: datetime) -> bool:
         return self.next_open(when) == _utc(when, "when")

@@ -7,20 +7,24 @@ the Message-IDs of what we sent about an inquiry), then at a reference token suc
 message joins a thread only from someone who takes part in it; from anyone else it opens
 an inquiry of its own that names the one it claimed.
 
-What people do with an inquiry (status changes, assignments, notes) is recorded as an
-event with who did it, so the desk shows a timeline and nothing changes silently.
+What people do with an inquiry (status changes, assignments, notes, replies) is recorded
+as an event with who did it, so the desk shows a timeline and nothing changes silently.
+A reply from the desk is such an event plus the outbox row it queued, whose dedupe key
+names the thread and the event: the customer's answer to it threads back by its
+Message-ID, and a person writing again in a thread support answered re-opens it.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from sqlalchemy import Integer, Table, func, insert, or_, select, text, tuple_, update
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, RowMapping
 
+from mailer.core import jsonvalues
 from mailer.core.search import term
 from mailer.customers import contacts, profiles
 from mailer.customers.csv_rows import normalise_email
@@ -34,8 +38,14 @@ INQUIRY_EVENTS: Table = InquiryEvent.__table__  # type: ignore[attr-defined]
 ACK_PREFIX = "ack:inquiry:"  # an acknowledgement's dedupe key: this, then the inquiry's id
 _DIGITS = re.compile(r"(\d+)\]$")
 TRIGRAM = 3  # the shortest search the trigram indexes can answer
+REPLY_PREFIX = "reply:inquiry:"  # a desk reply's dedupe key: this, the thread, the event
 # outbox rows that acknowledge an inquiry (a prefix LIKE, which an index can serve)
 IS_ACKNOWLEDGEMENT = OUTBOX.c.dedupe_key.like(ACK_PREFIX + "%")
+IS_REPLY = OUTBOX.c.dedupe_key.like(REPLY_PREFIX + "%")
+# where it is support's turn; a reply moves these to answered, the customer's answer back
+WAITING_FOR_SUPPORT = (InquiryStatus.NEW, InquiryStatus.ACKNOWLEDGED, InquiryStatus.OPEN)
+FROM_PEOPLE = ("inquiry", "repeat")  # decisions about mail a person wrote, not a robot
+REOPENED_BY_CUSTOMER = (InquiryStatus.ANSWERED, InquiryStatus.CLOSED)
 
 
 def ack_key(inquiry_id: int) -> str:
@@ -43,12 +53,17 @@ def ack_key(inquiry_id: int) -> str:
     return f"{ACK_PREFIX}{inquiry_id}"
 
 
+def reply_key(thread_id: int, event_id: int) -> str:
+    """The dedupe key of the message one reply event queued."""
+    return f"{REPLY_PREFIX}{thread_id}:{event_id}"
+
+
 def reference(inquiry_id: int) -> str:
     """What a customer quotes back: shown in acknowledgement subjects as "[#42]"."""
     return f"#{inquiry_id}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Logged:
     inquiry_id: int
     thread_id: int | None  # the first inquiry of the thread, None when this one starts it
@@ -73,7 +88,33 @@ def log(conn: Connection, inbound: Inbound, received_at: datetime) -> Logged:
     assert new_id is not None
     if customer_id is not None:
         contacts.heard_from(conn, customer_id, received_at)
-    return Logged(int(new_id[0]), thread_id, customer_id, duplicate=False)
+    return Logged(
+        inquiry_id=int(new_id[0]), thread_id=thread_id, customer_id=customer_id, duplicate=False
+    )
+
+
+def erase_customer(conn: Connection, customer_id: int, address: str) -> int:
+    """Clear everything the customer wrote and every trace of who they are from their
+    inquiries (and the notes and replies on them), keeping each row's status and times for
+    the counts."""
+    c = INQUIRIES.c
+    theirs = or_(c.customer_id == customer_id, func.lower(c.sender) == address.lower())
+    ids = list(conn.execute(select(c.id).where(theirs)).scalars())
+    if not ids:
+        return 0
+    cleared = {"sender": "", "sender_name": "", "subject": "", "body_text": "", "reply_text": ""}
+    conn.execute(
+        update(INQUIRIES)
+        .where(c.id.in_(ids))
+        .values(**cleared, message_id=None, attachments=[], defects=[], error=None, raw=b"")
+    )
+    events = INQUIRY_EVENTS.c
+    about = events.inquiry_id.in_(ids)
+    written = events.kind.not_in(("status", "assign"))  # notes and replies say who they are
+    conn.execute(update(INQUIRY_EVENTS).where(about, written).values(text=""))
+    by_them = func.lower(events.actor) == address.lower()  # a thread they re-opened
+    conn.execute(update(INQUIRY_EVENTS).where(about, by_them).values(actor="customer"))
+    return len(ids)
 
 
 def record_decision(
@@ -111,7 +152,12 @@ def _same_message(conn: Connection, inbound: Inbound) -> Logged | None:
     for row in rows:
         known = row.fingerprint or (None if row.raw_truncated else fingerprint(bytes(row.raw)))
         if known in (None, inbound.fingerprint):
-            return Logged(row.id, row.thread_id, row.customer_id, duplicate=True)
+            return Logged(
+                inquiry_id=row.id,
+                thread_id=row.thread_id,
+                customer_id=row.customer_id,
+                duplicate=True,
+            )
     return None
 
 
@@ -189,9 +235,19 @@ def _by_message_ids(conn: Connection, ids: list[str]) -> int | None:
     if found is not None:
         return int(found)
     key = conn.execute(
-        select(OUTBOX.c.dedupe_key).where(OUTBOX.c.message_id.in_(ids), IS_ACKNOWLEDGEMENT)
+        select(OUTBOX.c.dedupe_key).where(
+            OUTBOX.c.message_id.in_(ids), or_(IS_ACKNOWLEDGEMENT, IS_REPLY)
+        )
     ).scalar()
-    return _existing(conn, int(key.removeprefix(ACK_PREFIX))) if key else None
+    return _existing(conn, _inquiry_of_key(key)) if key else None
+
+
+def _inquiry_of_key(key: str) -> int:
+    """The inquiry an acknowledgement ("ack:inquiry:42") or a reply
+    ("reply:inquiry:42:7") was about."""
+    if key.startswith(REPLY_PREFIX):
+        return int(key.removeprefix(REPLY_PREFIX).partition(":")[0])
+    return int(key.removeprefix(ACK_PREFIX))
 
 
 def _by_subject(conn: Connection, subject: str) -> int | None:
@@ -217,17 +273,110 @@ def _customer_for(conn: Connection, inbound: Inbound, now: datetime) -> int | No
     return profiles.add_lead(conn, email, inbound.sender_name, now)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Listed:
+    """An inquiry as lists show it: without what was written or the raw bytes."""
+
+    id: int
+    message_id: str | None
+    fingerprint: str | None
+    thread_id: int | None
+    customer_id: int | None
+    sender: str
+    sender_name: str
+    subject: str
+    attachments: list[dict[str, Any]]
+    defects: list[str]
+    received_at: datetime
+    status: str
+    decision: str | None
+    reasons: list[str]
+    error: str | None
+    raw_truncated: bool
+    assignee: str | None
+    claimed_thread_id: int | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Message(Listed):
+    """One message of a thread, with what it said (the raw bytes stay in the database)."""
+
+    body_text: str
+    reply_text: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Opened(Message):
+    """One inquiry as the desk opens it: its raw bytes and every message of its thread."""
+
+    raw: bytes
+    thread: list[Message]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OfCustomer:
+    """A customer's inquiry on their profile; what they wrote is None for readers who may
+    not see it."""
+
+    id: int
+    thread_id: int | None
+    received_at: datetime
+    status: str
+    subject: str | None = None
+    sender: str | None = None
+    body_text: str | None = None
+    reply_text: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Acknowledgement:
+    """A message queued about an inquiry (its acknowledgement, a reply), as the desk shows it."""
+
+    status: str
+    subject: str | None
+    to_address: str
+    created_at: datetime
+    sent_at: datetime | None
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """Something a person did with an inquiry."""
+
+    id: int
+    inquiry_id: int
+    at: datetime
+    actor: str
+    kind: str
+    text: str
+
+
+_R = TypeVar("_R", Listed, Message, Opened, OfCustomer, Acknowledgement, Event)
+
+
+def _load(record: type[_R], row: RowMapping, **more: Any) -> _R:
+    """The one way a row becomes one of these records: the columns it declares, by name
+    (those a query left out take their defaults), and what is not a column."""
+    return record(**{f.name: row[f.name] for f in fields(record) if f.name in row}, **more)
+
+
+def columns(record: Listed) -> dict[str, Any]:
+    """The record's columns in the table's order, as `mailer inquiries` prints them."""
+    return {c.name: getattr(record, c.name) for c in INQUIRIES.c if hasattr(record, c.name)}
+
+
 _BODIES = ("raw", "body_text", "reply_text")
 _NEWEST = (INQUIRIES.c.received_at.desc(), INQUIRIES.c.id.desc())
 _OLDEST = (INQUIRIES.c.received_at, INQUIRIES.c.id)
-EventKind = Literal["status", "assign", "note"]
+EventKind = Literal["status", "assign", "note", "reply"]
 
 
 def _columns(*leave_out: str) -> list[Any]:
     return [c for c in INQUIRIES.c if c.name not in leave_out]
 
 
-def find(conn: Connection, *, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+def find(conn: Connection, *, status: str | None = None, limit: int = 50) -> list[Listed]:
     """Newest first, without raw bytes or bodies."""
     return browse(conn, status=status, size=limit).rows
 
@@ -236,7 +385,7 @@ def find(conn: Connection, *, status: str | None = None, limit: int = 50) -> lis
 class Page:
     """One screen of the newest-first list, and where to go on from either end."""
 
-    rows: list[dict[str, Any]]
+    rows: list[Listed]
     newer: int | None  # browse(after=newer) is the page before this one
     older: int | None  # browse(before=older) is the page after this one
 
@@ -267,18 +416,18 @@ def browse(
         key, edge_key = tuple_(*_OLDEST), tuple_(at, edge)
         query = query.where(key > edge_key if after is not None else key < edge_key)
     order = _OLDEST if after is not None else _NEWEST
-    rows = [dict(r) for r in conn.execute(query.order_by(*order)).mappings()]
+    rows = [_load(Listed, r) for r in conn.execute(query.order_by(*order)).mappings()]
     return _page(rows, size, forwards=after is None, from_edge=edge is not None)
 
 
-def _page(rows: list[dict[str, Any]], size: int, *, forwards: bool, from_edge: bool) -> Page:
+def _page(rows: list[Listed], size: int, *, forwards: bool, from_edge: bool) -> Page:
     """One more row than shown was asked for: its presence says the list goes on that way."""
     more, rows = len(rows) > size, rows[:size]
     if not forwards:
         rows.reverse()
     newer = more if not forwards else from_edge
     older = more if forwards else True
-    first, last = (rows[0]["id"], rows[-1]["id"]) if rows else (None, None)
+    first, last = (rows[0].id, rows[-1].id) if rows else (None, None)
     return Page(rows, first if newer else None, last if older else None)
 
 
@@ -302,7 +451,7 @@ def _escape_like(value: str) -> str:
     return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def get(conn: Connection, inquiry_id: int) -> dict[str, Any] | None:
+def get(conn: Connection, inquiry_id: int) -> Opened | None:
     """One inquiry with every message of its thread, oldest first (without raw bytes)."""
     row = conn.execute(select(INQUIRIES).where(INQUIRIES.c.id == inquiry_id)).mappings().first()
     if row is None:
@@ -313,24 +462,25 @@ def get(conn: Connection, inquiry_id: int) -> dict[str, Any] | None:
         .where((INQUIRIES.c.id == root) | (INQUIRIES.c.thread_id == root))
         .order_by(*_OLDEST)
     ).mappings()
-    return {**row, "thread": [dict(t) for t in thread]}
+    return _load(Opened, row, thread=[_load(Message, t) for t in thread])
 
 
-def of_customer(conn: Connection, customer_id: int, *, with_text: bool) -> list[dict[str, Any]]:
+def of_customer(conn: Connection, customer_id: int, *, with_text: bool) -> list[OfCustomer]:
     """A customer's inquiries, newest first; what they wrote only for those who may read it."""
     c = INQUIRIES.c
     columns = [c.id, c.thread_id, c.received_at, c.status]
     if with_text:  # a subject is something the customer wrote too
         columns += [c.subject, c.sender, c.body_text, c.reply_text]
     query = select(*columns).where(c.customer_id == customer_id).order_by(*_NEWEST)
-    return [dict(r) for r in conn.execute(query).mappings()]
+    return [_load(OfCustomer, r) for r in conn.execute(query).mappings()]
 
 
-def acknowledgements(conn: Connection, inquiry_ids: list[int]) -> dict[int, dict[str, Any]]:
+def acknowledgements(conn: Connection, inquiry_ids: list[int]) -> dict[int, Acknowledgement]:
     """The acknowledgement queued for each of these inquiries, by inquiry, where there is one."""
     keys = {ack_key(i): i for i in inquiry_ids}
     query = select(OUTBOX).where(OUTBOX.c.dedupe_key.in_(list(keys)))
-    return {keys[r["dedupe_key"]]: dict(r) for r in conn.execute(query).mappings()}
+    found = conn.execute(query).mappings()
+    return {keys[r["dedupe_key"]]: _load(Acknowledgement, r) for r in found}
 
 
 def set_status(conn: Connection, inquiry_id: int, status: InquiryStatus) -> bool:
@@ -377,18 +527,72 @@ def add_note(conn: Connection, inquiry_id: int, text: str, actor: str, now: date
     return True
 
 
+def reopen(conn: Connection, thread_id: int, sender: str, now: datetime) -> bool:
+    """A person wrote again in a thread support answered or closed: it is support's turn
+    again, recorded as the customer's own status change. True if it was re-opened."""
+    before = conn.execute(select(INQUIRIES.c.status).where(INQUIRIES.c.id == thread_id)).scalar()
+    if before not in REOPENED_BY_CUSTOMER:
+        return False
+    return change_status(conn, thread_id, InquiryStatus.OPEN, sender or "customer", now)
+
+
+def record_reply(conn: Connection, thread_id: int, text: str, actor: str, now: datetime) -> int:
+    """A reply's event: who wrote what, in the thread's timeline; its id keys the message."""
+    return _record(conn, thread_id, "reply", text, actor, now)
+
+
+def root_of(inquiry: Listed) -> int:
+    """The first inquiry of the thread this one belongs to."""
+    return inquiry.thread_id or inquiry.id
+
+
 def _record(
     conn: Connection, inquiry_id: int, kind: EventKind, text: str, actor: str, now: datetime
-) -> None:
+) -> int:
     values = {"inquiry_id": inquiry_id, "at": now, "actor": actor, "kind": kind, "text": text}
-    conn.execute(insert(INQUIRY_EVENTS).values(**values))
+    new_id = conn.execute(insert(INQUIRY_EVENTS).values(**values)).inserted_primary_key
+    assert new_id is not None
+    return int(new_id[0])
 
 
-def events(conn: Connection, inquiry_id: int) -> list[dict[str, Any]]:
+def events(conn: Connection, inquiry_id: int) -> list[Event]:
     """What people did with the inquiry, oldest first."""
     query = (
         select(INQUIRY_EVENTS)
         .where(INQUIRY_EVENTS.c.inquiry_id == inquiry_id)
         .order_by(INQUIRY_EVENTS.c.id)
     )
-    return [dict(r) for r in conn.execute(query).mappings()]
+    return [_load(Event, r) for r in conn.execute(query).mappings()]
+
+
+def promises(conn: Connection, listed: list[Listed]) -> dict[int, datetime]:
+    """When the acknowledgement promised a person's answer, by inquiry: its own
+    acknowledgement's ``reply_expected_by``, else its thread's."""
+    wanted = {i.id: (ack_key(i.id), ack_key(root_of(i))) for i in listed}
+    keys = {key for pair in wanted.values() for key in pair}
+    query = select(OUTBOX.c.dedupe_key, OUTBOX.c.context).where(OUTBOX.c.dedupe_key.in_(keys))
+    found: dict[str, datetime] = {}
+    for key, context in conn.execute(query):
+        when = jsonvalues.decode(context or {}).get("reply_expected_by")
+        if isinstance(when, datetime):
+            found[key] = when
+    by_inquiry = {i: found.get(own, found.get(root)) for i, (own, root) in wanted.items()}
+    return {i: when for i, when in by_inquiry.items() if when is not None}
+
+
+def past_promise(conn: Connection, now: datetime, *, size: int = 50) -> list[Listed]:
+    """Inquiries still waiting for support whose promised answer time has passed, the
+    longest overdue first. Only the open backlog is read, never the whole log."""
+    query = select(*_columns(*_BODIES)).where(INQUIRIES.c.status.in_(WAITING_FOR_SUPPORT))
+    waiting = [_load(Listed, r) for r in conn.execute(query.order_by(*_OLDEST)).mappings()]
+    promised = promises(conn, waiting)
+    late = [i for i in waiting if i.id in promised and promised[i.id] < now]
+    return sorted(late, key=lambda i: promised[i.id])[:size]
+
+
+def replies(conn: Connection, thread_id: int) -> dict[int, Acknowledgement]:
+    """The message each reply event of the thread queued, by event id: its status, and
+    the subject once sent."""
+    query = select(OUTBOX).where(OUTBOX.c.dedupe_key.like(f"{REPLY_PREFIX}{thread_id}:%"))
+    found = conn.execute(query).mappings()
+    return {int(r["dedupe_key"].rpartition(":")[2]): _load(Acknowledgement, r) for r in found}

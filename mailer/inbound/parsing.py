@@ -23,10 +23,11 @@ from email.utils import parseaddr, parsedate_to_datetime, unquote
 
 import html_to_markdown
 
+from mailer.core.text import CONTROL, one_line
+
 MAX_RAW = 25 * 1024 * 1024
 # Feeding the parser in chunks keeps its peak memory near 3x a message instead of 8x.
 _CHUNK = 64 * 1024
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 _SURROGATE = re.compile(r"[\udc80-\udcff]")
 _NAME_ADDR = re.compile(r"(?P<name>[^<>]*)<(?P<address>[^<>]*@[^<>]*)>")
 # Where each header field starts: a line that is no continuation of the one before.
@@ -79,7 +80,7 @@ class Attachment:
     size: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Inbound:
     """One inbound message as plain data; `message` is kept for the autoreply rules."""
 
@@ -185,7 +186,7 @@ def _inbound(msg: EmailMessage, raw: bytes, max_raw: int, notes: list[str]) -> I
         references=tuple(references),
         sender=sender,
         sender_name=sender_name,
-        subject=_one_line(_header_text(msg, "Subject", hint, notes)),
+        subject=one_line(_header_text(msg, "Subject", hint, notes)),
         date=_date(msg, notes),
         text=text,
         reply_text=_strip_history(text),
@@ -268,9 +269,9 @@ def _sender(msg: EmailMessage, hint: str | None, notes: list[str]) -> tuple[str,
         return "", ""
     name, address = _split_address(_eight_bit("From", value, hint, notes))
     decoded = _decode_words("From", name, notes)
-    if _CONTROL.search(decoded):
+    if CONTROL.search(decoded):
         notes.append("From display name holds control characters (an encoded line break?)")
-    return _one_line(decoded), _unsurrogate(address).lower()
+    return one_line(decoded), _unsurrogate(address).lower()
 
 
 def _split_address(value: str) -> tuple[str, str]:
@@ -306,24 +307,19 @@ def _date(msg: EmailMessage, notes: list[str]) -> datetime | None:
     try:
         parsed = parsedate_to_datetime(value)
     except (ValueError, TypeError, IndexError, OverflowError):
-        notes.append(f"Date header unreadable: {_one_line(_unsurrogate(value))[:80]!r}")
+        notes.append(f"Date header unreadable: {one_line(_unsurrogate(value))[:80]!r}")
         return None
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
-
-
-def _one_line(text: str) -> str:
-    """Control characters (a folded or hostile header) become single spaces."""
-    return " ".join(_CONTROL.sub(" ", text).split())
 
 
 # Body and attachments -----------------------------------------------------------------------
 
 
-def _parts(part: MIMEPart) -> Iterator[MIMEPart]:
+def _leaves(part: MIMEPart) -> Iterator[MIMEPart]:
     """The leaves of the MIME tree; an attached message (message/rfc822) is one leaf."""
     if part.is_multipart() and part.get_content_maintype() == "multipart":
         for child in part.iter_parts():
-            yield from _parts(child)
+            yield from _leaves(child)
     else:
         yield part
 
@@ -351,7 +347,7 @@ def _body_and_attachments(
     other leaf as an attachment (HTML alternatives and further text parts excepted)."""
     bodies: list[tuple[str, MIMEPart]] = []
     attachments: list[Attachment] = []
-    for part in _parts(msg):
+    for part in _leaves(msg):
         kind = _body_kind(part)
         if kind is None:
             attachments.append(_attachment(part, notes))
@@ -376,7 +372,7 @@ def _filename(part: MIMEPart, notes: list[str]) -> str:
     except Exception as exc:  # RFC 2231 parameters in the wild break the stdlib now and then
         notes.append(f"attachment name unreadable: {type(exc).__name__}")
         return ""
-    return _one_line(_unsurrogate(re.split(r"[\\/]", name)[-1]))
+    return one_line(_unsurrogate(re.split(r"[\\/]", name)[-1]))
 
 
 def _payload(part: MIMEPart) -> bytes:
@@ -438,7 +434,7 @@ def _decode(data: bytes, charset: str | None, notes: list[str], what: str) -> st
 
 def _charset_hint(msg: EmailMessage) -> str | None:
     """The first declared charset in the message: the best guess for raw 8-bit headers."""
-    for part in _parts(msg):
+    for part in _leaves(msg):
         charset = part.get_content_charset()
         if charset:
             return charset

@@ -48,7 +48,7 @@ IDLE_SECONDS = 25 * 60  # re-issue IDLE well before the 29 minutes of RFC 2177
 UNAVAILABLE = (MailboxUnavailable, OperationalError, InterfaceError)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AckPolicy:
     """Everything the acknowledgement decision needs from the configuration."""
 
@@ -99,16 +99,18 @@ def handle(
             reasons=[reason],
         )
         return logged
-    verdict = _verdict(conn, inbound, logged, now, policy)
-    acknowledge = verdict.acknowledge and policy.enabled and logged.customer_id is not None
+    decided = _decide(conn, inbound, logged, now, policy)
+    acknowledge = decided.acknowledge and policy.enabled and logged.customer_id is not None
     if acknowledge:
         outbox.enqueue_in(conn, [_acknowledgement(inbound, logged, now, policy)], now)
-    if verdict.kind == "bounce" and inbound.message is not None:
+    if decided.kind == "bounce" and inbound.message is not None:
         _record_bounce(conn, inbound.message, now)
-    status = _status(acknowledge, verdict.kind)
+    status = _status(acknowledge, decided.kind)
     inquiries.record_decision(
-        conn, logged.inquiry_id, status=status, decision=verdict.kind, reasons=list(verdict.reasons)
+        conn, logged.inquiry_id, status=status, decision=decided.kind, reasons=list(decided.reasons)
     )
+    if logged.thread_id is not None and decided.kind in inquiries.FROM_PEOPLE:  # not a robot
+        inquiries.reopen(conn, logged.thread_id, inbound.sender, now)
     return logged
 
 
@@ -116,14 +118,14 @@ def _status(acknowledged: bool, kind: str) -> InquiryStatus:
     """Robots' mail is logged and closed; people's mail waits for a human."""
     if acknowledged:
         return InquiryStatus.ACKNOWLEDGED
-    return InquiryStatus.NEW if kind in ("inquiry", "repeat") else InquiryStatus.CLOSED
+    return InquiryStatus.NEW if kind in inquiries.FROM_PEOPLE else InquiryStatus.CLOSED
 
 
-def _verdict(
+def _decide(
     conn: Connection, inbound: Inbound, logged: inquiries.Logged, now: datetime, policy: AckPolicy
-) -> autoreply.Verdict:
+) -> autoreply.Decision:
     if inbound.message is None:
-        return autoreply.Verdict(False, ("unparseable: " + "; ".join(inbound.defects),), "inquiry")
+        return autoreply.Decision(False, ("unparseable: " + "; ".join(inbound.defects),), "inquiry")
     history = _history(conn, inbound.sender, logged, now)
     return autoreply.decide(
         inbound.message,
@@ -249,7 +251,7 @@ def save_position(
     )
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Inbox:
     engine: Engine
     open_mailbox: Callable[[], Mailbox]

@@ -56,7 +56,7 @@ _LONGEST_RAW_NAME = 56  # quoted, after "To: ", it still fits in 78
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Part:
     """An extra MIME part, such as a calendar invitation; `filename` makes it an attachment."""
 
@@ -66,7 +66,7 @@ class Part:
     filename: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Envelope:
     """Who a message is from and to, and its identity; `to_name` is customer data."""
 

@@ -14,7 +14,6 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy import Engine
 
@@ -23,17 +22,16 @@ from mailer.core.errors import RenderTimeout, TemplateError
 from mailer.outbound import outbox
 from mailer.outbound.outbox import Claimed, Outcome, Policy, Result
 from mailer.outbound.prepare import Outgoing, Preparer
-from mailer.outbound.smtp import Failure, SmtpPool, Verdict, backoff, classify
+from mailer.outbound.smtp import Diagnosis, Failure, SmtpPool, backoff, classify
 
 log = logging.getLogger("mailer.outbound.delivery")
-Row = dict[str, Any]  # an outbox row as claimed
 
 MAX_RETRY_AGE = timedelta(days=2)  # for messages without a validity window of their own
 IDLE_POLL = 1.0  # seconds between looks at the queue when nothing is due
 OUTAGE_PROBE = (1.0, 60.0)  # first and longest wait between connection attempts in an outage
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Delivery:
     engine: Engine
     preparer: Preparer
@@ -73,9 +71,9 @@ class Delivery:
     async def _deliver(self, claimed: Sequence[Claimed]) -> list[Outcome]:
         # rendering waits on a render worker: in a thread, so the loop keeps serving
         ready, outcomes = await asyncio.to_thread(self._prepare, claimed, self.clock.now())
-        rows = {item.row["id"]: item.row for item in claimed}
+        by_id = {item.id: item for item in claimed}
         try:
-            sent = await asyncio.gather(*(self._send(m, rows[m.outbox_id]) for m in ready))
+            sent = await asyncio.gather(*(self._send(m, by_id[m.outbox_id]) for m in ready))
         except asyncio.CancelledError:
             await asyncio.to_thread(outbox.record, self.engine, self._release(ready, "shutdown"))
             raise
@@ -92,28 +90,28 @@ class Delivery:
         held: list[Outcome] = []
         overran: dict[str, RenderTimeout] = {}
         for item in claimed:
-            row_id, template = item.row["id"], item.row["template"]
+            template = item.template
             if self._stop.is_set():
-                held.append(_waiting(row_id, now, "shutdown"))
+                held.append(_waiting(item.id, now, "shutdown"))
                 continue
             if template in overran:
-                held.append(_template_failed(row_id, now, overran[template]))
+                held.append(_template_failed(item.id, now, overran[template]))
                 continue
             try:
                 ready.append(self.preparer.prepare(item, now))
             except TemplateError as exc:
                 if isinstance(exc, RenderTimeout):
                     overran[template] = exc
-                held.append(_template_failed(row_id, now, exc))
+                held.append(_template_failed(item.id, now, exc))
         return ready, held
 
-    async def _send(self, message: Outgoing, row: Row) -> Outcome:
+    async def _send(self, message: Outgoing, claimed: Claimed) -> Outcome:
         if self.outage_since is not None:
             return self._released(message, "the SMTP server is unreachable")
         try:
             reply = await self.pool.send(message.sender, message.recipient, message.data)
         except Exception as exc:  # every failure is recorded on the message, none stops the loop
-            return self._failure(message, row, exc)
+            return self._failure(message, claimed, exc)
         return Outcome(
             outbox_id=message.outbox_id,
             result=Result.SENT,
@@ -124,22 +122,22 @@ class Delivery:
             subject=message.subject,
         )
 
-    def _failure(self, message: Outgoing, row: Row, exc: Exception) -> Outcome:
-        verdict = classify(exc)
+    def _failure(self, message: Outgoing, claimed: Claimed, exc: Exception) -> Outcome:
+        diagnosis = classify(exc)
         now = self.clock.now()
-        if verdict.result == Failure.OUTAGE:
-            self._enter_outage(verdict.reply)
-            return self._released(message, verdict.reply)
-        if verdict.result == Failure.RETRY:
-            retry_at = now + backoff(row["attempts"] + 1, self.rng)
-            if retry_at <= _deadline(row):
-                reason = f"retrying at {retry_at:%Y-%m-%d %H:%M} UTC after: {verdict.reply}"
+        if diagnosis.result == Failure.OUTAGE:
+            self._enter_outage(diagnosis.reply)
+            return self._released(message, diagnosis.reply)
+        if diagnosis.result == Failure.RETRY:
+            retry_at = now + backoff(claimed.attempts + 1, self.rng)
+            if retry_at <= _deadline(claimed):
+                reason = f"retrying at {retry_at:%Y-%m-%d %H:%M} UTC after: {diagnosis.reply}"
                 return _failed(
-                    message, now, verdict, reason, result=Result.RETRY, retry_at=retry_at
+                    message, now, diagnosis, reason, result=Result.RETRY, retry_at=retry_at
                 )
-            reason = f"gave up after {row['attempts'] + 1} attempts: {verdict.reply}"
-            return _failed(message, now, verdict, reason)
-        return _failed(message, now, verdict, verdict.reply)
+            reason = f"gave up after {claimed.attempts + 1} attempts: {diagnosis.reply}"
+            return _failed(message, now, diagnosis, reason)
+        return _failed(message, now, diagnosis, diagnosis.reply)
 
     def _released(self, message: Outgoing, why: str) -> Outcome:
         return _waiting(message.outbox_id, self.clock.now(), why)
@@ -201,10 +199,8 @@ async def _rest(stop: asyncio.Event, wake: asyncio.Event, seconds: float) -> Non
             waiter.cancel()
 
 
-def _deadline(row: Row) -> datetime:
-    valid_until: datetime | None = row["valid_until"]
-    created: datetime = row["created_at"]
-    return valid_until or created + MAX_RETRY_AGE
+def _deadline(claimed: Claimed) -> datetime:
+    return claimed.valid_until or claimed.created_at + MAX_RETRY_AGE
 
 
 def _code(reply: str) -> int | None:
@@ -225,7 +221,7 @@ def _template_failed(row_id: int, now: datetime, exc: Exception) -> Outcome:
 def _failed(
     message: Outgoing,
     now: datetime,
-    verdict: Verdict,
+    diagnosis: Diagnosis,
     reason: str,
     *,
     result: Result = Result.FAILED,
@@ -237,7 +233,7 @@ def _failed(
         result=result,
         at=now,
         reason=reason,
-        smtp_code=verdict.code,
-        smtp_reply=verdict.reply,
+        smtp_code=diagnosis.code,
+        smtp_reply=diagnosis.reply,
         retry_at=retry_at,
     )

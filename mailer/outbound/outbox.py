@@ -57,7 +57,7 @@ HISTORY_WINDOW = timedelta(days=31)
 NON_TRANSACTIONAL = (Category.MARKETING.value, Category.RELATIONSHIP.value)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class NewMessage:
     """What a part of mailer asks to be sent; everything else is decided on the road."""
 
@@ -214,6 +214,31 @@ def withdraw(conn: Connection, run_ids: Sequence[int], reason: str, now: datetim
     )
 
 
+def erase_customer(conn: Connection, customer_id: int, address: str, now: datetime) -> int:
+    """Clear what the customer's messages say about them (address, template data, subject,
+    the server's replies) while keeping each row's key, category, status and times, which
+    dedupe, the throttle and the counts need; anything still waiting is withdrawn."""
+    theirs = or_(OUTBOX.c.customer_id == customer_id, OUTBOX.c.to_address == address)
+    ids = list(conn.execute(select(OUTBOX.c.id).where(theirs)).scalars())
+    if not ids:
+        return 0
+    mine = OUTBOX.c.id.in_(ids)
+    conn.execute(
+        update(OUTBOX)
+        .where(mine, OUTBOX.c.status.in_(WAITING))
+        .values(status=OutboxStatus.SKIPPED, reason=profiles.ERASED_REASON)
+    )
+    conn.execute(
+        update(OUTBOX)
+        .where(mine)
+        .values(to_address="", context={}, headers={}, subject=None, updated_at=now)
+    )
+    naming = func.lower(OUTBOX.c.reason).contains(address.lower(), autoescape=True)
+    conn.execute(update(OUTBOX).where(mine, naming).values(reason=profiles.ERASED_REASON))
+    conn.execute(update(ATTEMPTS).where(ATTEMPTS.c.outbox_id.in_(ids)).values(smtp_reply=None))
+    return len(ids)
+
+
 def mark_bounced(
     conn: Connection, message_ids: Collection[str], reason: str, now: datetime
 ) -> list[str]:
@@ -229,12 +254,40 @@ def mark_bounced(
     return list(rows.scalars())
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Claimed:
     """A message this worker may send now: its slot is reserved and its lease is running."""
 
-    row: dict[str, Any]
-    customer: dict[str, Any] | None
+    id: int
+    to_address: str
+    category: str
+    template: str
+    locale: str | None
+    context: dict[str, Any]  # the template variables it was queued with, decoded
+    headers: dict[str, str]
+    envelope_from: str | None  # None: the configured sender; "" is the null sender
+    attempts: int
+    created_at: datetime
+    valid_until: datetime | None
+    customer: profiles.Profile | None
+
+
+def _claimed(row: Mapping[str, Any], customer: profiles.Profile | None) -> Claimed:
+    """The one way a claimed outbox row becomes a Claimed."""
+    return Claimed(
+        id=row["id"],
+        to_address=row["to_address"],
+        category=row["category"],
+        template=row["template"],
+        locale=row["locale"],
+        context=jsonvalues.decode(row["context"]),
+        headers=dict(row["headers"]),
+        envelope_from=row["envelope_from"],
+        attempts=row["attempts"],
+        created_at=row["created_at"],
+        valid_until=row["valid_until"],
+        customer=customer,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,7 +311,6 @@ def claim(engine: Engine, now: datetime, limit: int, policy: Policy) -> list[Cla
         history = contacts(conn, list(locked), now, exclude={r["id"] for r in rows})
         keep, changes = _decide_all(rows, locked, history, now, policy)
         _apply(conn, changes, now)
-        _add_tags(conn, keep)
     return keep
 
 
@@ -283,7 +335,10 @@ def _claim_rows(
     return sorted(rows, key=lambda r: (-r["priority"], r["due_at"], r["id"]))
 
 
-def _lock_customers(conn: Connection, ids: set[int]) -> dict[int, dict[str, Any]]:
+def _lock_customers(conn: Connection, ids: set[int]) -> dict[int, profiles.Profile]:
+    """The customers of the claimed rows, locked, with their tags: templates may ask for
+    ``customer.tags``, and one query gives them to the whole batch, so a message shows
+    what its preview showed."""
     query = (
         select(profiles.CUSTOMERS)
         .where(profiles.CUSTOMERS.c.id.in_(sorted(ids)))
@@ -291,18 +346,9 @@ def _lock_customers(conn: Connection, ids: set[int]) -> dict[int, dict[str, Any]
     )
     if conn.dialect.name == "postgresql":
         query = query.with_for_update()
-    return {r["id"]: dict(r) for r in conn.execute(query).mappings()}
-
-
-def _add_tags(conn: Connection, keep: list[Claimed]) -> None:
-    """Templates may ask for ``customer.tags``: one query gives them to every customer in
-    the batch, so a message shows what its preview showed."""
-    receiving = {c.customer["id"]: c.customer for c in keep if c.customer is not None}
-    if not receiving:
-        return
-    found = profiles.tags_of(conn, list(receiving))
-    for customer_id, customer in receiving.items():
-        customer["tags"] = found.get(customer_id, [])
+    rows = conn.execute(query).mappings().all()
+    tags = profiles.tags_of(conn, [r["id"] for r in rows]) if rows else {}
+    return {r["id"]: profiles.load(r, tags.get(r["id"], [])) for r in rows}
 
 
 def contacts(
@@ -327,30 +373,30 @@ def contacts(
 
 
 def customer_state(
-    customer: Mapping[str, Any],
+    customer: profiles.Profile,
     history: Sequence[throttle.Contact],
     fallback: ZoneInfo,
 ) -> throttle.CustomerState:
-    """What the throttle needs to know about a customer, from the stored row."""
-    overrides = customer["caps_override"] or {}
+    """What the throttle needs to know about a customer, from the stored profile."""
+    overrides = customer.caps_override or {}
     return throttle.CustomerState(
-        zone=ZoneInfo(customer["timezone"]) if customer["timezone"] else fallback,
+        zone=ZoneInfo(customer.timezone) if customer.timezone else fallback,
         history=history,
-        suppressed_reason=customer["suppressed_reason"],
-        unsubscribed_at=customer["unsubscribed_at"],
-        marketing_consent=customer["marketing_consent"],
-        relationship_consent=customer["relationship_consent"],
-        pause_until=customer["pause_until"],
+        suppressed_reason=customer.suppressed_reason,
+        unsubscribed_at=customer.unsubscribed_at,
+        marketing_consent=customer.marketing_consent,
+        relationship_consent=customer.relationship_consent,
+        pause_until=customer.pause_until,
         caps_override={k: throttle.Caps(**v) for k, v in overrides.items()},
     )
 
 
 def next_contact(
-    conn: Connection, customer: Mapping[str, Any], now: datetime, settings: Settings
+    conn: Connection, customer: profiles.Profile, now: datetime, settings: Settings
 ) -> dict[str, datetime | None]:
     """When marketing and relationship mail could next go to the customer (None: never), as
     the throttle would decide it for a message claimed now."""
-    recent = contacts(conn, [customer["id"]], now).get(customer["id"], [])
+    recent = contacts(conn, [customer.id], now).get(customer.id, [])
     state = customer_state(customer, recent, settings.business_hours.timezone)
     rules = throttle.Rules.from_settings(settings.throttle)
     return {c: throttle.next_allowed(c, now, state, rules) for c in NON_TRANSACTIONAL}
@@ -370,7 +416,7 @@ def last_contact(conn: Connection, customer_id: int) -> dict[str, Any] | None:
 
 def _decide_all(
     rows: list[dict[str, Any]],
-    locked: dict[int, dict[str, Any]],
+    locked: dict[int, profiles.Profile],
     history: dict[int, list[throttle.Contact]],
     now: datetime,
     policy: Policy,
@@ -383,15 +429,15 @@ def _decide_all(
         decision = _decide(row, customer, history, now, policy)
         changes.append(_change(row, decision, now))
         if decision.action == "send":
-            keep.append(Claimed(row, customer))
+            keep.append(_claimed(row, customer))
             if customer is not None and row["category"] != Category.TRANSACTIONAL:
-                history[customer["id"]].append(throttle.Contact(now, row["category"]))
+                history[customer.id].append(throttle.Contact(now, row["category"]))
     return keep, changes
 
 
 def _decide(
     row: dict[str, Any],
-    customer: dict[str, Any] | None,
+    customer: profiles.Profile | None,
     history: dict[int, list[throttle.Contact]],
     now: datetime,
     policy: Policy,
@@ -399,9 +445,11 @@ def _decide(
     """A message to an address that is no customer (a test send) is transactional only."""
     if customer is None:
         if row["category"] == Category.TRANSACTIONAL:
-            return throttle.Decision("send", None, "sent", None)
-        return throttle.Decision("skip", None, "no customer with this address", "customer")
-    contacts = history.setdefault(customer["id"], [])
+            return throttle.Decision(action="send", at=None, reason="sent", rule=None)
+        return throttle.Decision(
+            action="skip", at=None, reason="no customer with this address", rule="customer"
+        )
+    contacts = history.setdefault(customer.id, [])
     state = customer_state(customer, contacts, policy.fallback_zone)
     return throttle.decide(row["category"], now, row["valid_until"], state, policy.rules)
 
@@ -459,7 +507,6 @@ class Result(StrEnum):
     SENT = "sent"
     RETRY = "retry"
     FAILED = "failed"
-    SKIPPED = "skipped"
     RELEASED = "released"  # back to the queue untried: no attempt is recorded
 
 
@@ -554,7 +601,6 @@ _RESULT_STATEMENTS = {
     Result.FAILED: _result_statement(
         status=OutboxStatus.FAILED, reason=bindparam("_reason"), attempts=OUTBOX.c.attempts + 1
     ),
-    Result.SKIPPED: _result_statement(status=OutboxStatus.SKIPPED, reason=bindparam("_reason")),
     Result.RELEASED: _result_statement(
         status=OutboxStatus.QUEUED, reserved_at=None, reason=bindparam("_reason")
     ),

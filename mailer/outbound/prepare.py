@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from email.headerregistry import Address
 from email.utils import parseaddr
 from typing import Any
 from urllib.parse import quote
 
-from mailer.core import jsonvalues
 from mailer.core.categories import Category
 from mailer.core.config import Config
+from mailer.core.text import one_line
 from mailer.customers import tokens
 from mailer.customers.context import customer_view, customer_zone
 from mailer.outbound.compose import (
@@ -31,9 +32,12 @@ from mailer.outbound.templates import TemplateStore
 # set on everything we send, so the inbox can recognise our own mail coming back
 LOOP_HEADER = "X-Mailer-Loop"
 INVITE_FILE = "invite.ics"
+# a context value naming the person a message is from (a desk reply's agent), shown as
+# From's display name with the configured address
+FROM_NAME = "from_name"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Outgoing:
     outbox_id: int
     sender: str  # the envelope's MAIL FROM; "" is the null sender
@@ -60,23 +64,23 @@ class Preparer:
 
     def prepare(self, claimed: Claimed, now: datetime) -> Outgoing:
         """Raises TemplateError when the template cannot be rendered for this customer."""
-        row, customer = claimed.row, claimed.customer
-        token = tokens.sign(self._secret, customer["id"]) if customer else None
+        customer = claimed.customer
+        token = tokens.sign(self._secret, customer.id) if customer else None
         context = self._context(claimed, token)
-        zone = customer_zone(customer or {}, self._cfg)  # the business zone for strangers
-        locale = row["locale"] or (customer["locale"] if customer else None)
-        rendered = self._store.render(row["template"], context, locale=locale, zone=zone)
+        zone = customer_zone(customer, self._cfg)  # the business zone for strangers
+        locale = claimed.locale or (customer.locale if customer else None)
+        rendered = self._store.render(claimed.template, context, locale=locale, zone=zone)
         message_id = make_message_id(self._domain)
         envelope = Envelope(
-            from_=self._from,
-            to_address=row["to_address"],
-            to_name=customer["name"] if customer else "",
+            from_=self._from_as(claimed.context.get(FROM_NAME)),
+            to_address=claimed.to_address,
+            to_name=customer.name if customer else "",
             reply_to=self._reply_to,
             message_id=message_id,
             date=now,
         )
-        unsubscribe = self._list_headers(row["category"], token)
-        headers = {**unsubscribe, LOOP_HEADER: self._domain, **row["headers"]}
+        unsubscribe = self._list_headers(claimed.category, token)
+        headers = {**unsubscribe, LOOP_HEADER: self._domain, **claimed.headers}
         calendar = context.get("calendar")
         alternatives, attachments = (
             self._invitation(calendar, claimed, now) if calendar is not None else ((), ())
@@ -90,20 +94,33 @@ class Preparer:
             alternatives=alternatives,
             attachments=attachments,
         )
-        sender = self._address if row["envelope_from"] is None else row["envelope_from"]
-        return Outgoing(row["id"], sender, row["to_address"], data, rendered.subject, message_id)
+        sender = self._address if claimed.envelope_from is None else claimed.envelope_from
+        return Outgoing(
+            outbox_id=claimed.id,
+            sender=sender,
+            recipient=claimed.to_address,
+            data=data,
+            subject=rendered.subject,
+            message_id=message_id,
+        )
+
+    def _from_as(self, name: Any) -> str:
+        """The configured From, or its address under a person's name."""
+        if not isinstance(name, str) or not name.strip():
+            return self._from
+        return str(Address(display_name=one_line(name), addr_spec=self._address))
 
     def _context(self, claimed: Claimed, token: str | None) -> dict[str, Any]:
-        row, customer = claimed.row, claimed.customer
+        customer = claimed.customer
         token = token or "none"
         context: dict[str, Any] = {
-            "customer": customer_view(customer) if customer else _stranger(row["to_address"]),
+            "customer": customer_view(customer) if customer else _stranger(claimed.to_address),
             "company": self._company,
             "unsubscribe_url": f"{self._base_url}/unsubscribe/{token}",
             "preferences_url": f"{self._base_url}/preferences/{token}",
             "params": {},
         }
-        context.update(jsonvalues.decode(row["context"]))
+        context.update(claimed.context)
         return context
 
     def _invitation(
@@ -115,15 +132,20 @@ class Preparer:
         and the rest offer to add to the calendar."""
         customer = claimed.customer
         attendee = (
-            Attendee(customer["email"], customer.get("name") or "")
-            if customer
-            else Attendee(claimed.row["to_address"])
+            Attendee(customer.email, customer.name) if customer else Attendee(claimed.to_address)
         )
         data = invitation(calendar, attendee, now, organizer_name=self._sender_name)
         method = {"method": calendar["method"], "charset": "UTF-8"}
         return (
-            [Part("text/calendar", data, method)],
-            [Part("application/ics", data, {"name": INVITE_FILE}, filename=INVITE_FILE)],
+            [Part(content_type="text/calendar", data=data, params=method)],
+            [
+                Part(
+                    content_type="application/ics",
+                    data=data,
+                    params={"name": INVITE_FILE},
+                    filename=INVITE_FILE,
+                )
+            ],
         )
 
     def _list_headers(self, category: str, token: str | None) -> dict[str, str]:

@@ -18,7 +18,7 @@ RETRY_BASE = timedelta(minutes=1)
 RETRY_CAP = timedelta(hours=1)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SmtpTarget:
     host: str
     port: int
@@ -36,17 +36,20 @@ class SmtpTarget:
         if sandbox:
             port = cfg.settings.sandbox.smtp_port
             return cls(
-                "127.0.0.1", port, pool_size=smtp.pool_size, rate_per_second=smtp.rate_per_second
+                host="127.0.0.1",
+                port=port,
+                pool_size=smtp.pool_size,
+                rate_per_second=smtp.rate_per_second,
             )
         return cls(
-            smtp.host,
-            smtp.port,
-            smtp.security,
-            smtp.username,
-            cfg.secret("smtp", "password_env"),
-            smtp.timeout.total_seconds(),
-            smtp.pool_size,
-            smtp.rate_per_second,
+            host=smtp.host,
+            port=smtp.port,
+            security=smtp.security,
+            username=smtp.username,
+            password=cfg.secret("smtp", "password_env"),
+            timeout=smtp.timeout.total_seconds(),
+            pool_size=smtp.pool_size,
+            rate_per_second=smtp.rate_per_second,
         )
 
     def __str__(self) -> str:
@@ -62,7 +65,7 @@ class Failure(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class Verdict:
+class Diagnosis:
     """What an SMTP error means for the message: try again later, give up, or wait out an outage."""
 
     result: Failure
@@ -70,18 +73,18 @@ class Verdict:
     reply: str
 
 
-def classify(exc: BaseException) -> Verdict:
+def classify(exc: BaseException) -> Diagnosis:
     """4xx, timeouts and dropped connections are temporary; 5xx is final, except 552, which
     RFC 5321 (4.5.3.1.10) says to treat as temporary because old servers sent it for 452."""
     if isinstance(exc, SmtpUnavailable):
-        return Verdict(Failure.OUTAGE, None, str(exc))
+        return Diagnosis(Failure.OUTAGE, None, str(exc))
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused) and exc.recipients:
         exc = exc.recipients[0]
     if isinstance(exc, aiosmtplib.SMTPResponseException):
         code, reply = exc.code, f"{exc.code} {exc.message}"
         permanent = 500 <= code < 600 and code != 552
-        return Verdict(Failure.FAILED if permanent else Failure.RETRY, code, reply)
-    return Verdict(Failure.RETRY, None, f"{type(exc).__name__}: {exc}".rstrip(": "))
+        return Diagnosis(Failure.FAILED if permanent else Failure.RETRY, code, reply)
+    return Diagnosis(Failure.RETRY, None, f"{type(exc).__name__}: {exc}".rstrip(": "))
 
 
 def backoff(attempts: int, rng: random.Random) -> timedelta:

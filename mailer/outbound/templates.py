@@ -35,6 +35,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from mailer.core.errors import Problem, TemplateError
 from mailer.core.fieldtypes import locale_tag
+from mailer.core.text import one_line
 from mailer.outbound import renderpool
 from mailer.outbound.formatting import DEFAULT_LOCALE, FILTERS, with_reader
 
@@ -44,12 +45,11 @@ SUBJECT, HTML, TEXT, SAMPLE = "subject.txt", "body.html", "body.txt", "sample.to
 # Remote stylesheets would make rendering depend on the network; @media rules cannot be
 # inlined, so they stay in a <style> tag for the clients that honour them.
 _INLINER = css_inline.CSSInliner(load_remote_stylesheets=False, keep_at_rules=True)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 _NO_ATTRIBUTE = re.compile(r"^'[^']*' has no attribute '(?P<attribute>.+)'$")
 _NO_VARIABLE = re.compile(r"^('.+') is undefined$")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RenderedMessage:
     """One message, ready to be put into MIME parts; `variant` says which folder was used."""
 
@@ -182,7 +182,7 @@ class _Renderer(_Folders):
         html = self._render(files.html, data) if files.html else None
         text = self._render(files.text, data) if files.text else _html_to_text(html or "")
         return RenderedMessage(
-            subject=_one_line(self._render(files.subject, data)),
+            subject=one_line(self._render(files.subject, data)),
             text=text,
             html=_INLINER.inline(html) if html is not None else None,
             variant=variant,
@@ -325,6 +325,7 @@ def sample_context(
         "params": _sample_params(root.resolve(), name),
         "inquiry": {"reference": "NW-1042", "subject": "Grinder settings", "received_at": received},
         "reply_expected_by": received + timedelta(hours=17),
+        "reply": {"text": "The burrs need a clean.\n\n> It squeaks.", "agent": "Sam"},
         "webinar": _sample_webinar(),
     }
 
@@ -402,11 +403,6 @@ def _fallbacks(locale: str | None) -> list[str]:
     return ["-".join(parts[:n]) for n in range(len(parts), 0, -1)]
 
 
-def _one_line(text: str) -> str:
-    """A subject is one header line: control characters from customer data become spaces."""
-    return " ".join(_CONTROL.sub(" ", text).split())
-
-
 _TO_TEXT = html_to_markdown.ConversionOptions(
     extract_metadata=False, skip_images=True, strip_tags=["b", "strong", "em", "i"]
 )
@@ -469,3 +465,82 @@ def _undefined_subject(message: str, source_line: str) -> str:
         rf"([A-Za-z_][\w.]*?)\s*(?:\.{attribute}\b|\[\s*['\"]{attribute}['\"])", source_line
     )
     return f"'{owner[1]}' has no attribute '{match['attribute']}'" if owner else message
+
+
+# Template text kept in the database (support's saved replies) ------------------------------
+
+
+def check_text(source: str, where: str, pool: renderpool.RenderPool | None = None) -> str | None:
+    """A syntax error in ``source`` as one line naming its line number, or None; compiled
+    in a render worker like every other template, so saving never runs it here."""
+    return (pool or renderpool.shared()).call(where, _text_problem, source, where)
+
+
+def render_text(
+    source: str,
+    where: str,
+    context: Mapping[str, Any],
+    *,
+    locale: str,
+    zone: ZoneInfo,
+    pool: renderpool.RenderPool | None = None,
+) -> str:
+    """``source`` rendered in the sandbox with the same filters as template files; raises
+    TemplateError with the line at fault."""
+    call = (pool or renderpool.shared()).call
+    return call(where, _render_text, source, where, dict(context), locale, zone)
+
+
+_TEXT_ENVIRONMENT: list[ImmutableSandboxedEnvironment] = []
+
+
+def _text_environment() -> ImmutableSandboxedEnvironment:
+    """The worker's environment for template text: plain text, so nothing is escaped."""
+    if not _TEXT_ENVIRONMENT:
+        env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+        env.filters.update(FILTERS)
+        _TEXT_ENVIRONMENT.append(env)
+    return _TEXT_ENVIRONMENT[0]
+
+
+def _text_problem(source: str, where: str) -> str | None:
+    """Runs in a render worker."""
+    try:
+        _text_environment().parse(source)
+    except TemplateSyntaxError as exc:
+        return f"{where}, line {exc.lineno}: {one_line(exc.message or str(exc))}"
+    return None
+
+
+def _render_text(
+    source: str, where: str, context: Mapping[str, Any], locale: str, zone: ZoneInfo
+) -> str:
+    """Runs in a render worker; output is bounded as for template files."""
+    size, chunks = 0, []
+    lines = source.splitlines()
+    try:
+        for chunk in (
+            _text_environment().from_string(source).generate(with_reader(context, locale, zone))
+        ):
+            size += len(chunk)
+            if size > renderpool.OUTPUT_LIMIT:
+                raise _TooLong(f"writes more than {renderpool.OUTPUT_LIMIT:,} characters")
+            chunks.append(chunk)
+    except TemplateSyntaxError as exc:
+        problem = Problem(f"{where}:{exc.lineno}", f"syntax error: {exc.message}")
+        raise TemplateError(problem) from exc
+    except Exception as exc:  # whatever a template raises is the template's problem
+        line = _text_line(exc.__traceback__)
+        shown = lines[line - 1] if line and line <= len(lines) else ""
+        raise TemplateError(Problem(f"{where}:{line or '?'}", _describe(exc, shown))) from exc
+    return "".join(chunks)
+
+
+def _text_line(tb: TracebackType | None) -> int | None:
+    """The line in template text from a string, whose frames Jinja names "<template>"."""
+    found = None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == "<template>":
+            found = tb.tb_lineno
+        tb = tb.tb_next
+    return found

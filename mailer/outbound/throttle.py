@@ -83,7 +83,7 @@ class Rules:
         return cls(settings.min_gap, settings.quiet_hours, caps)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CustomerState:
     """What the throttle needs to know about one customer; the caller picks the zone."""
 
@@ -101,7 +101,7 @@ class CustomerState:
             _utc(self.pause_until, "pause_until")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Decision:
     """What to do with one message, and why, in words for people and a name for machines."""
 
@@ -111,7 +111,7 @@ class Decision:
     rule: str | None
 
 
-SENT = Decision("send", None, "sent", None)
+SENT = Decision(action="send", at=None, reason="sent", rule=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +120,7 @@ class _Bar:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Eligibility:
     """One reason a customer's record bars a category of mail for good.
 
@@ -148,13 +148,26 @@ def eligibility(category: str) -> tuple[Eligibility, ...]:
     Transactional mail (an acknowledgement, a receipt) is barred by suppression alone; it
     needs no consent and is not marketing a customer could unsubscribe from.
     """
-    suppressed = Eligibility("suppressed", "suppressed_reason", "set", "suppressed: ", True)
+    suppressed = Eligibility(
+        rule="suppressed",
+        column="suppressed_reason",
+        bars_when="set",
+        wording="suppressed: ",
+        quotes_value=True,
+    )
     if category == Category.TRANSACTIONAL:
         return (suppressed,)
     return (
         suppressed,
-        Eligibility("unsubscribed", "unsubscribed_at", "set", "unsubscribed"),
-        Eligibility("consent", f"{category}_consent", "false", f"no consent for {category}"),
+        Eligibility(
+            rule="unsubscribed", column="unsubscribed_at", bars_when="set", wording="unsubscribed"
+        ),
+        Eligibility(
+            rule="consent",
+            column=f"{category}_consent",
+            bars_when="false",
+            wording=f"no consent for {category}",
+        ),
     )
 
 
@@ -181,14 +194,16 @@ def decide(
     deadline = None if valid_until is None else _utc(valid_until, "valid_until")
     bar = _bar(category, customer, rules)
     if bar is not None:
-        return Decision("skip", None, bar.reason, bar.rule)
+        return Decision(action="skip", at=None, reason=bar.reason, rule=bar.rule)
     holds = [] if category == Category.TRANSACTIONAL else _holds(category, customer, rules)
     at, fired = _settle(now, holds, 8 * (len(customer.history) + 2))
     if deadline is not None and at > deadline:
         return _expired(at, deadline, fired)
     if not fired:
         return SENT
-    return Decision("defer", at, "; ".join(hold.reason for hold in fired), fired[0].rule)
+    return Decision(
+        action="defer", at=at, reason="; ".join(hold.reason for hold in fired), rule=fired[0].rule
+    )
 
 
 def next_allowed(
@@ -218,9 +233,9 @@ def _expired(at: datetime, deadline: datetime, fired: Sequence[_Hold]) -> Decisi
     """Name what held the message back, or say it was already stale when it was claimed."""
     late = f"{_stamp(at)} is after valid_until {_stamp(deadline)}"
     if not fired:
-        return Decision("expire", at, f"now {late}", "valid_until")
+        return Decision(action="expire", at=at, reason=f"now {late}", rule="valid_until")
     held = "; ".join(hold.reason for hold in fired)
-    return Decision("expire", at, f"{held}; earliest {late}", fired[0].rule)
+    return Decision(action="expire", at=at, reason=f"{held}; earliest {late}", rule=fired[0].rule)
 
 
 def _caps(category: str, customer: CustomerState, rules: Rules) -> Caps:

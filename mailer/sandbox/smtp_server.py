@@ -16,7 +16,7 @@ from email.parser import BytesParser
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
-from sqlalchemy import Engine, Table, insert, select
+from sqlalchemy import Engine, Table, delete, insert, select
 from sqlalchemy.engine import Connection
 
 from mailer.store.models import SandboxMessage
@@ -51,18 +51,25 @@ class Capture:
         return "250 2.0.0 kept in the mailer sandbox"
 
     def _store(self, mail_from: str, recipients: list[str], raw: bytes) -> None:
-        headers = BytesParser(policy=email.policy.default).parsebytes(raw, headersonly=True)
         with self._engine.begin() as conn:
-            conn.execute(
-                insert(SANDBOX).values(
-                    received_at=self._now(),
-                    mail_from=mail_from,
-                    recipients=recipients,
-                    subject=str(headers.get("Subject", ""))[:998],
-                    message_id=str(headers.get("Message-ID", "")) or None,
-                    raw=raw,
-                )
-            )
+            store(conn, mail_from, recipients, raw, self._now())
+
+
+def store(
+    conn: Connection, mail_from: str, recipients: list[str], raw: bytes, now: datetime
+) -> None:
+    """Keep one message as the sandbox received it, with what a list of them shows."""
+    headers = BytesParser(policy=email.policy.default).parsebytes(raw, headersonly=True)
+    conn.execute(
+        insert(SANDBOX).values(
+            received_at=now,
+            mail_from=mail_from,
+            recipients=recipients,
+            subject=str(headers.get("Subject", ""))[:998],
+            message_id=str(headers.get("Message-ID", "")) or None,
+            raw=raw,
+        )
+    )
 
 
 async def start(
@@ -84,6 +91,17 @@ async def start(
 
 async def _nowhere(raw: bytes) -> None:
     """Without an IMAP side, mail for support is only kept like any other."""
+
+
+def erase_address(conn: Connection, address: str) -> int:
+    """Drop every captured message that went to the address: the sandbox keeps whole
+    messages, and there is nothing in one worth keeping once its reader is forgotten."""
+    wanted = address.lower()
+    rows = conn.execute(select(SANDBOX.c.id, SANDBOX.c.recipients)).all()
+    ids = [r.id for r in rows if wanted in (a.lower() for a in r.recipients)]
+    if ids:
+        conn.execute(delete(SANDBOX).where(SANDBOX.c.id.in_(ids)))
+    return len(ids)
 
 
 def find(conn: Connection, *, limit: int = 50) -> list[dict[str, Any]]:

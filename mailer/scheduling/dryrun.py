@@ -11,12 +11,12 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine, select
 from sqlalchemy.engine import Connection
 
+from mailer.customers import profiles
 from mailer.customers.profiles import CUSTOMERS
 from mailer.outbound import outbox, throttle
 from mailer.outbound.outbox import OUTBOX
@@ -26,56 +26,64 @@ CHUNK = 1_000
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
+class Fate:
+    """What the run would do for one customer, and why."""
+
     email: str
     action: str  # send, defer, expire, skip, or "already queued"
     reason: str
 
 
 @dataclass
-class Preview:
+class Forecast:
+    """One planned run, dry: how many customers meet each fate, and the first few by name."""
+
     plan: Plan
-    outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
-    sample: list[Outcome] = field(default_factory=list)
+    tally: Counter[tuple[str, str]] = field(default_factory=Counter)
+    sample: list[Fate] = field(default_factory=list)
 
     @property
     def total(self) -> int:
-        return sum(self.outcomes.values())
+        return sum(self.tally.values())
 
 
-def preview(
+def forecast(
     engine: Engine,
     plan: Plan,
     rules: throttle.Rules,
     fallback_zone: ZoneInfo,
     *,
     sample: int = 20,
-) -> Preview:
+) -> Forecast:
     """Every selected customer's fate at the run's planned time; the first ``sample`` kept."""
-    found = Preview(plan)
+    found = Forecast(plan)
     occurrence = plan.occurrence
     with engine.connect() as conn:
         for chunk in _chunks(conn, plan):
-            queued = _already_queued(conn, plan, [row["id"] for row in chunk])
-            history = outbox.contacts(conn, [row["id"] for row in chunk], occurrence.at)
-            for row in chunk:
-                if row["id"] in queued:
-                    outcome = Outcome(row["email"], "already queued", "the run was done before")
+            ids = [customer.id for customer in chunk]
+            queued = _already_queued(conn, plan, ids)
+            history = outbox.contacts(conn, ids, occurrence.at)
+            for customer in chunk:
+                if customer.id in queued:
+                    fate = Fate(customer.email, "already queued", "the run was done before")
                 else:
-                    state = outbox.customer_state(row, history.get(row["id"], []), fallback_zone)
+                    recent = history.get(customer.id, [])
+                    state = outbox.customer_state(customer, recent, fallback_zone)
                     decision = throttle.decide(
                         plan.category, occurrence.at, occurrence.valid_until, state, rules
                     )
-                    outcome = Outcome(row["email"], decision.action, _reason(decision))
-                found.outcomes[(outcome.action, outcome.reason)] += 1
+                    fate = Fate(customer.email, decision.action, _reason(decision))
+                found.tally[(fate.action, fate.reason)] += 1
                 if len(found.sample) < sample:
-                    found.sample.append(outcome)
+                    found.sample.append(fate)
     return found
 
 
-def _chunks(conn: Connection, plan: Plan) -> Iterator[list[dict[str, Any]]]:
+def _chunks(conn: Connection, plan: Plan) -> Iterator[list[profiles.Profile]]:
+    """The audience, a chunk at a time; without tags, which the throttle does not read."""
     query = select(CUSTOMERS).where(*plan.audience).order_by(CUSTOMERS.c.id)
-    rows = (dict(row) for row in conn.execution_options(yield_per=CHUNK).execute(query).mappings())
+    result = conn.execution_options(yield_per=CHUNK).execute(query).mappings()
+    rows = (profiles.load(row) for row in result)
     while chunk := list(islice(rows, CHUNK)):
         yield chunk
 

@@ -49,7 +49,7 @@ C = CUSTOMERS.c
 RANGE = 20_000  # customer ids per statement and transaction
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Plan:
     """What one run queues; only the customer differs from message to message."""
 
@@ -63,7 +63,7 @@ class Plan:
     context: Mapping[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RunResult:
     run_id: int
     schedule: str
@@ -215,11 +215,11 @@ def _result(engine: Engine, plan: Plan, run_id: int, *, already_done: bool) -> R
         counts = _counts(conn, run_id)
     occurrence = plan.occurrence
     return RunResult(
-        run_id,
-        plan.schedule,
-        occurrence.key,
-        occurrence.zone,
-        counts["queued"],
-        counts["skipped"],
-        already_done,
+        run_id=run_id,
+        schedule=plan.schedule,
+        occurrence=occurrence.key,
+        zone=occurrence.zone,
+        queued=counts["queued"],
+        skipped=counts["skipped"],
+        already_done=already_done,
     )

@@ -174,14 +174,14 @@ def _plan(
 ) -> Plan:
     def plan(template: str, who: list[ColumnElement[bool]], context: dict[str, Any]) -> Plan:
         return Plan(
-            name,
-            schedule.kind,
-            occurrence,
-            schedule.category,
-            template,
-            schedule.priority,
-            who,
-            context,
+            schedule=name,
+            kind=schedule.kind,
+            occurrence=occurrence,
+            category=schedule.category,
+            template=template,
+            priority=schedule.priority,
+            audience=who,
+            context=context,
         )
 
     chosen = audience.matches(schedule.audience)

@@ -33,7 +33,7 @@ EVERYONE = ""  # the zone of an occurrence that is for all customers at one inst
 MAX_PER_WINDOW = 10_000  # bound on a crontab that fires every minute over a long valid_for
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Occurrence:
     key: str
     zone: str  # IANA name of the customers' zone, or EVERYONE
@@ -83,7 +83,7 @@ def due(
         for at in _once_per_wall_time(fires):
             key = _key(schedule, at)
             at = at.astimezone(UTC)
-            found.append(Occurrence(key, zone, at, at + schedule.valid_for))
+            found.append(Occurrence(key=key, zone=zone, at=at, valid_until=at + schedule.valid_for))
     return found
 
 
@@ -125,14 +125,21 @@ def webinar_steps(
     if now >= starts:
         return []
     if schedule.cancelled:
-        return [Occurrence("cancel", EVERYONE, now, starts)]
+        return [Occurrence(key="cancel", zone=EVERYONE, at=now, valid_until=starts)]
     found = [
-        Occurrence(_versioned(key, state), EVERYONE, at, min(at + schedule.valid_for, starts))
+        Occurrence(
+            key=_versioned(key, state),
+            zone=EVERYONE,
+            at=at,
+            valid_until=min(at + schedule.valid_for, starts),
+        )
         for key, at in _webinar_times(schedule).items()
         if now - schedule.valid_for < at <= now
     ]
     if state.sequence > 0:
-        found.append(Occurrence(f"update-{state.sequence}", EVERYONE, now, starts))
+        found.append(
+            Occurrence(key=f"update-{state.sequence}", zone=EVERYONE, at=now, valid_until=starts)
+        )
     return found
 
 

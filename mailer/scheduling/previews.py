@@ -37,7 +37,7 @@ PREVIEW_KEY = b"preview: links signed with this open no one's preferences"
 SHOWN_HEADERS = ("From", "To", "Reply-To", "List-Unsubscribe", "List-Unsubscribe-Post")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Preview:
     template: str
     variant: str | None  # the locale folder used; None for the default
@@ -51,7 +51,7 @@ class Preview:
 def preview(
     cfg: Config,
     store: TemplateStore,
-    customer: Mapping[str, Any],
+    customer: profiles.Profile,
     name: str,
     *,
     locale: str | None,
@@ -60,21 +60,26 @@ def preview(
 ) -> Preview:
     """``name`` as ``customer`` would receive it as ``category`` mail; TemplateError if it
     cannot be rendered. ``locale`` overrides the customer's own."""
-    row = {
-        "id": 0,
-        "template": name,
-        "locale": locale,
-        "category": category,
-        "to_address": customer["email"],
-        "headers": {},
-        "envelope_from": None,
-        "context": jsonvalues.encode(_sample(cfg, store, name, locale)),
-    }
-    sent = Preparer(cfg, store, PREVIEW_KEY).prepare(Claimed(row, dict(customer)), now)
+    claimed = Claimed(
+        id=0,
+        to_address=customer.email,
+        category=category,
+        template=name,
+        locale=locale,
+        # as the outbox would give it back once stored
+        context=jsonvalues.decode(jsonvalues.encode(_sample(cfg, store, name, locale))),
+        headers={},
+        envelope_from=None,
+        attempts=0,
+        created_at=now,
+        valid_until=None,
+        customer=customer,
+    )
+    sent = Preparer(cfg, store, PREVIEW_KEY).prepare(claimed, now)
     message = smtp_server.read(sent.data)
     return Preview(
         template=name,
-        variant=store.resolve(name, locale or customer["locale"]),
+        variant=store.resolve(name, locale or customer.locale),
         category=category,
         subject=sent.subject,
         headers=[(k, v) for k, v in message["headers"] if k in SHOWN_HEADERS],
@@ -109,9 +114,9 @@ def send_test(
             customer = profiles.get(conn, address)
         except NotFound:
             customer = None
-    if customer is not None and (customer["unsubscribed_at"] or customer["suppressed_reason"]):
+    if customer is not None and (customer.unsubscribed_at or customer.suppressed_reason):
         raise MailerError(f"{address} unsubscribed or is suppressed: tests do not go there")
-    customer_id = int(customer["id"]) if customer is not None else None
+    customer_id = customer.id if customer is not None else None
     message = NewMessage(
         dedupe_key=f"test:{name}:{uuid.uuid4()}",
         to_address=address,

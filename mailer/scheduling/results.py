@@ -35,7 +35,7 @@ DAYS_CHARTED = 30
 EXPLAINED = (OutboxStatus.SKIPPED, OutboxStatus.DEFERRED)  # counted by reason as well
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Summary:
     name: str
     schedule: Schedule
@@ -43,7 +43,7 @@ class Summary:
     zones: list[str]  # occurrences.EVERYONE ("") for one instant for everybody
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RunReport:
     """One run as fanned out (queued, skipped) and as its messages stand now."""
 
@@ -79,7 +79,12 @@ def summaries(
     """Each schedule with its next firing, given the zones customers live in."""
     zones = list(zones)
     return [
-        Summary(name, s, occurrences.next_fire(s, zones, now), occurrences.zones_for(s, zones))
+        Summary(
+            name=name,
+            schedule=s,
+            next_fire=occurrences.next_fire(s, zones, now),
+            zones=occurrences.zones_for(s, zones),
+        )
         for name, s in schedules.items()
     ]
 

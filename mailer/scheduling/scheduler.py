@@ -30,6 +30,7 @@ from sqlalchemy.exc import OperationalError
 from mailer.core.clock import Clock
 from mailer.core.errors import Problem
 from mailer.scheduling import firing, occurrences
+from mailer.scheduling.digests import Digests
 from mailer.scheduling.fanout import RunResult
 from mailer.scheduling.firing import Firing
 from mailer.scheduling.schedules import Schedule, WebinarSchedule, load_schedule
@@ -40,7 +41,7 @@ CHECK_SECONDS = 5.0  # how often the files are looked at again
 ZONES_SECONDS = 600.0  # how often the zones in use are, for customers imported meanwhile
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Schedules:
     """The schedule files as last loaded: the good ones, and what is wrong with the rest."""
 
@@ -91,13 +92,14 @@ class Schedules:
         return found
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Scheduler:
     schedules: Schedules
     engine: Engine
     clock: Clock
     firing: Firing
     on_queued: Callable[[], None] = lambda: None
+    digests: Digests | None = None  # the morning digest of follow-ups, asked every minute
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _jobs: AsyncIOScheduler | None = None
     _zones: list[str] | None = None  # as the last sync read them; every firing follows one
@@ -157,6 +159,7 @@ class Scheduler:
                     await self._sync(jobs)
                     synced_at = loop.time()
                 await self._fire()
+                await self._send_digests()
                 await _first(stop, reload, self._wake, timeout=CHECK_SECONDS)
                 if reload.is_set() or await asyncio.to_thread(self.schedules.changed):
                     reload.clear()
@@ -177,6 +180,17 @@ class Scheduler:
             log.exception("firing schedules failed; trying again at the next wake-up")
             return
         if any(result.queued for result in results):
+            self.on_queued()
+
+    async def _send_digests(self) -> None:
+        if self.digests is None:
+            return
+        try:
+            queued = await asyncio.to_thread(self.digests.tick, self.clock.now())
+        except Exception:  # like firing: an outage must not stop the clockwork
+            log.exception("queuing follow-up digests failed; trying again in a minute")
+            return
+        if queued:
             self.on_queued()
 
     async def _sync(self, jobs: AsyncIOScheduler) -> None:

@@ -75,6 +75,34 @@ class Customer(SQLModel, table=True):
     )
 
 
+class ErasedAddress(SQLModel, table=True):
+    """An address whose customer asked to be forgotten, kept only as a SHA-256 hash so that
+    it is never mailed again and nothing else about the person remains."""
+
+    __tablename__ = "erased_addresses"
+
+    address_hash: str = Field(primary_key=True, max_length=64)
+    erased_at: datetime = _when(nullable=False)
+
+
+class CustomerChange(SQLModel, table=True):
+    """One field of a customer changed by a person or an import: who, when, from what to
+    what (JSON). Erasure clears the values and keeps who and when."""
+
+    __tablename__ = "customer_changes"
+    __table_args__ = (Index("ix_customer_changes_customer_at", "customer_id", "at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    customer_id: int = Field(
+        sa_column=Column(Integer, ForeignKey("customers.id", ondelete="CASCADE"), nullable=False)
+    )
+    at: datetime = _when(nullable=False)
+    actor: str = Field(max_length=100, description="a user's name, or import:FILE")
+    field: str = Field(max_length=200, description="a column, tags, or fields.<key>")
+    before: Any = Field(default=None, sa_column=Column(JSON, nullable=True))
+    after: Any = Field(default=None, sa_column=Column(JSON, nullable=True))
+
+
 class CustomerTag(SQLModel, table=True):
     """Tags live in their own indexed table so audiences are chosen by set-based queries."""
 
@@ -311,6 +339,9 @@ class User(SQLModel, table=True):
     password_hash: str = Field(max_length=200)
     disabled: bool = False
     created_at: datetime = _when(nullable=False, default_factory=utcnow)
+    display_name: str | None = Field(default=None, max_length=200)
+    timezone: str | None = Field(default=None, max_length=64, description="IANA zone")
+    email: str | None = Field(default=None, max_length=320, description="for the digest")
 
 
 class InquiryEvent(SQLModel, table=True):
@@ -378,3 +409,48 @@ class LastContact(SQLModel, table=True):
     in_at: datetime | None = _when()
     in_channel: str | None = Field(default=None, max_length=20)
     last_at: datetime | None = _when(description="the later of the two")
+
+
+class SavedReply(SQLModel, table=True):
+    """A canned response support starts a reply from: a Jinja template in the render
+    sandbox, one per name and language."""
+
+    __tablename__ = "saved_replies"
+    __table_args__ = (UniqueConstraint("name", "locale", name="uq_saved_replies_name_locale"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=100)
+    locale: str = Field(max_length=35)
+    body: str = ""
+    updated_at: datetime = _when(nullable=False)
+    updated_by: str = Field(max_length=100)
+
+
+class FollowUpStatus(StrEnum):
+    OPEN = "open"
+    DONE = "done"
+
+
+class FollowUp(SQLModel, table=True):
+    """A dated reminder to contact a customer again; written by customers.followups."""
+
+    __tablename__ = "followups"
+    __table_args__ = (
+        Index("ix_followups_status_due", "status", "due_at"),
+        Index("ix_followups_assignee_status_due", "assignee", "status", "due_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    customer_id: int = _belongs_to("customers.id")
+    due_at: datetime = _when(nullable=False)
+    assignee: str | None = Field(default=None, max_length=100, description="a user's name")
+    note: str = ""
+    inquiry_id: int | None = Field(
+        default=None, sa_column=Column(Integer, ForeignKey("inquiries.id", ondelete="SET NULL"))
+    )
+    status: str = Field(default=FollowUpStatus.OPEN, max_length=10)
+    created_by: str = Field(max_length=100)
+    created_at: datetime = _when(nullable=False, default_factory=utcnow)
+    done_at: datetime | None = _when()
+    done_by: str | None = Field(default=None, max_length=100)
+    snoozed: int = 0

@@ -91,7 +91,9 @@ def create_app(
     """The app; ``pages`` are the signed-in sections (desk, marketing, operations)."""
     templates = Jinja2Templates(directory=HERE / "templates")
     templates.env.filters["when"] = when
-    web = WebState(cfg, engine, clock, tokens.load_secret(cfg), templates)
+    web = WebState(
+        cfg=cfg, engine=engine, clock=clock, secret=tokens.load_secret(cfg), templates=templates
+    )
     https = cfg.settings.web.base_url.startswith("https://")
     routes: list[Route | Mount] = [
         Route("/", home),

@@ -9,9 +9,9 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from mailer.web import users
+from mailer.staff import users
+from mailer.staff.users import SignedIn
 from mailer.web.common import checked_form, db, render, state
-from mailer.web.users import SignedIn
 
 
 async def login(request: Request) -> Response:

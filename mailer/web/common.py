@@ -26,19 +26,20 @@ from starlette.templating import Jinja2Templates
 
 from mailer.core.clock import Clock
 from mailer.core.config import Config
+from mailer.staff import users
+from mailer.staff.users import LoginGuard, SignedIn
 from mailer.store.models import Role
-from mailer.web import users
-from mailer.web.users import LoginGuard, SignedIn
 
 HERE = Path(__file__).parent
 CSRF_FIELD = "csrf"
 CSRF_HEADER = "X-CSRF-Token"
 Endpoint = Callable[[Request], Awaitable[Response]]
+FormEndpoint = Callable[[Request, FormData], Awaitable[Response]]
 P = ParamSpec("P")
 T = TypeVar("T")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class WebState:
     """Everything the pages need, created once per app."""
 
@@ -116,6 +117,25 @@ def require(*roles: Role) -> Callable[[Endpoint], Endpoint]:
             return await endpoint(request)
 
         return guarded
+
+    return wrap
+
+
+def posted(*roles: Role) -> Callable[[FormEndpoint], Endpoint]:
+    """A form's endpoint: the CSRF token first, so a forged post is refused (403) before
+    anything else is looked at; then sign-in and the role."""
+
+    def wrap(endpoint: FormEndpoint) -> Endpoint:
+        @require(*roles)
+        async def signed_in(request: Request) -> Response:
+            return await endpoint(request, await request.form())  # parsed once, then cached
+
+        @functools.wraps(endpoint)
+        async def checked(request: Request) -> Response:
+            await checked_form(request)
+            return await signed_in(request)
+
+        return checked
 
     return wrap
 

@@ -11,7 +11,7 @@ inquiry is support's alone.
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
@@ -29,9 +29,19 @@ from mailer.inbound import inquiries
 from mailer.outbound import outbox
 from mailer.relationship import history
 from mailer.relationship.timeline import Cursor
+from mailer.staff import users
 from mailer.store.models import InquiryStatus, Role
-from mailer.web import users
-from mailer.web.common import Endpoint, checked_form, current_user, db, render, require, state
+from mailer.web import reply_editor
+from mailer.web.common import (
+    Endpoint,
+    current_user,
+    db,
+    posted,
+    render,
+    rendering,
+    require,
+    state,
+)
 
 PAGE = 50
 HISTORY = 200  # messages on a customer's page; `mailer customers show --history` has all
@@ -39,7 +49,6 @@ RAW_SHOWN = 100_000  # bytes of a failed message's source shown to support
 NOTE_MAX = 10_000
 STATUSES = [s.value for s in InquiryStatus]
 Action = Callable[[Connection, int, Any, str, datetime], bool]
-FormEndpoint = Callable[[Request, FormData], Awaitable[Response]]
 
 
 def _may_read(request: Request) -> bool:
@@ -61,20 +70,7 @@ def reads_inquiries(endpoint: Endpoint) -> Endpoint:
     return guarded
 
 
-def posted_by_support(endpoint: FormEndpoint) -> Endpoint:
-    """The CSRF token first, so a forged post is refused (403) before anything else is
-    looked at; then sign-in and the support role."""
-
-    @require(Role.SUPPORT)
-    async def signed_in(request: Request) -> Response:
-        return await endpoint(request, await request.form())  # parsed once, then cached
-
-    @functools.wraps(endpoint)
-    async def checked(request: Request) -> Response:
-        await checked_form(request)
-        return await signed_in(request)
-
-    return checked
+posted_by_support = posted(Role.SUPPORT)
 
 
 def _number(request: Request, name: str) -> int | None:
@@ -97,9 +93,14 @@ async def inquiry_list(request: Request) -> Response:
     status = status if status in STATUSES else ""
     q = request.query_params.get("q", "").strip()
     before, after = _number(request, "before"), _number(request, "after")
-    page = await db(request, _browse, request, status, q, before, after)
+    late = request.query_params.get("late") == "1"
+    browse = _late if late else _browse
+    page = await db(request, browse, request, status, q, before, after)
     context = {
         "page": page,
+        "late": late,
+        "promised": await db(request, _promised, request, page.rows),
+        "now": state(request).clock.now(),
         "q": q,
         "status": status,
         "statuses": STATUSES,
@@ -107,6 +108,20 @@ async def inquiry_list(request: Request) -> Response:
         "older": _link("/inquiries", q=q, status=status, before=page.older) if page.older else None,
     }
     return render(request, "desk_inquiries.html", context)
+
+
+def _late(request: Request, *_: Any) -> inquiries.Page:
+    """The quick filter "past promise": waiting for support past the promised time."""
+    with state(request).engine.connect() as conn:
+        late = inquiries.past_promise(conn, state(request).clock.now(), size=PAGE)
+    return inquiries.Page(late, None, None)
+
+
+def _promised(request: Request, rows: list[inquiries.Listed]) -> dict[int, datetime]:
+    """The promised answer time of each inquiry on the page that still waits for support."""
+    waiting = [r for r in rows if r.status in inquiries.WAITING_FOR_SUPPORT]
+    with state(request).engine.connect() as conn:
+        return inquiries.promises(conn, waiting)
 
 
 def _browse(
@@ -120,32 +135,56 @@ def _browse(
 
 @reads_inquiries
 async def inquiry_page(request: Request) -> Response:
-    context = await db(request, _inquiry, request, request.path_params["id"])
+    return await inquiry_page_with(request)
+
+
+async def inquiry_page_with(
+    request: Request, *, text: str | None = None, refused: str | None = None, status: int = 200
+) -> Response:
+    """The inquiry page; a refused reply comes back to it with its text and the reason."""
+    # starting from a saved reply renders a template: that waits its turn with the others
+    run = rendering if "saved" in request.query_params else db
+    context = await run(request, _inquiry, request, request.path_params["id"], text)
     if context is None:
         raise HTTPException(404, "There is no such inquiry.")
-    return render(request, "desk_inquiry.html", {**context, "statuses": STATUSES})
+    context = {**context, "statuses": STATUSES, "reply_refused": refused}
+    return render(request, "desk_inquiry.html", context, status=status)
 
 
-def _inquiry(request: Request, inquiry_id: int) -> dict[str, Any] | None:
+def _inquiry(request: Request, inquiry_id: int, text: str | None = None) -> dict[str, Any] | None:
     with state(request).engine.connect() as conn:
         inquiry = inquiries.get(conn, inquiry_id)
         if inquiry is None:
             return None
-        ids = [message["id"] for message in inquiry["thread"]]
+        ids = [message.id for message in inquiry.thread]
+        user = current_user(request)
+        writes = user is not None and user.may(Role.SUPPORT)
         return {
             "inquiry": inquiry,
             "raw_text": _raw_text(inquiry),
             "acks": inquiries.acknowledgements(conn, ids),
             "events": inquiries.events(conn, inquiry_id),
             "assignees": _assignees(conn),
+            **_promise(request, conn, inquiry),
+            "sent_replies": inquiries.replies(conn, inquiry_id),
+            "reply_editor": reply_editor.editor(request, conn, inquiry, text) if writes else None,
         }
 
 
-def _raw_text(inquiry: dict[str, Any]) -> str | None:
+def _promise(request: Request, conn: Connection, inquiry: inquiries.Listed) -> dict[str, Any]:
+    """When the acknowledgement promised an answer, and whether that has passed while the
+    inquiry still waits for support."""
+    promised = inquiries.promises(conn, [inquiry]).get(inquiry.id)
+    waiting = inquiry.status in inquiries.WAITING_FOR_SUPPORT
+    late = waiting and promised is not None and promised < state(request).clock.now()
+    return {"promised": promised if waiting else None, "past_promise": late}
+
+
+def _raw_text(inquiry: inquiries.Opened) -> str | None:
     """A message that could not be read has no text: support gets its source instead."""
-    if inquiry["body_text"] or not inquiry["raw"]:
+    if inquiry.body_text or not inquiry.raw:
         return None
-    return bytes(inquiry["raw"][:RAW_SHOWN]).decode("utf-8", "replace")
+    return bytes(inquiry.raw[:RAW_SHOWN]).decode("utf-8", "replace")
 
 
 def _assignees(conn: Connection) -> list[str]:
@@ -223,7 +262,7 @@ async def customer_list(request: Request) -> Response:
 
 def _customers(
     request: Request, q: str, page: int, sort: str, quiet: int | None
-) -> list[dict[str, Any]]:
+) -> list[contacts.Listed]:
     """One more than a page, to know whether another follows without counting them all."""
     web = state(request)
     since = web.clock.now() - timedelta(days=quiet) if quiet is not None else None
@@ -264,11 +303,11 @@ def _customer(
         except NotFound:
             return None
         messages = outbox.find(conn, customer_id=customer_id, limit=HISTORY + 1)
-        unsubscribed = customer["unsubscribed_at"]
+        unsubscribed = customer.unsubscribed_at
         return {
             "customer": customer,
             "now": now,
-            "zone": customer["timezone"] or web.cfg.settings.business_hours.timezone.key,
+            "zone": customer.timezone or web.cfg.settings.business_hours.timezone.key,
             "inquiries": inquiries.of_customer(conn, customer_id, with_text=readable),
             "messages": messages[:HISTORY],
             "more_messages": len(messages) > HISTORY,

@@ -28,7 +28,7 @@ MATCHES = 10  # customers offered when the search names no one exactly
 CHART_WIDTH, CHART_HEIGHT = 600, 150  # the bars' area, in SVG units
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Bar:
     """One day of the chart: sent stacked under not sent, heights in SVG units."""
 
@@ -135,7 +135,7 @@ def _template(web: WebState, name: str, query: str, locale: str) -> dict[str, An
 
 
 def _preview(
-    web: WebState, store: TemplateStore, customer: dict[str, Any], name: str, locale: str | None
+    web: WebState, store: TemplateStore, customer: profiles.Profile, name: str, locale: str | None
 ) -> dict[str, Any]:
     schedules, _ = results.load(web.cfg, web.clock)
     category = previews.category_of(name, schedules.values())
@@ -186,7 +186,7 @@ def _chart(days: list[Day]) -> dict[str, Any]:
     step, scale = CHART_WIDTH / len(days), CHART_HEIGHT / (tallest or 1)
     bars = [
         Bar(
-            day,
+            day=day,
             x=round(i * step + 1, 1),
             width=round(step - 2, 1),
             sent=round(day.sent * scale, 1),

@@ -12,11 +12,12 @@ from collections.abc import Iterator
 import uvicorn
 from sqlalchemy import Engine
 from starlette.applications import Starlette
+from starlette.routing import Mount, Route
 
 from mailer import checks
 from mailer.core.clock import Clock, SystemClock
 from mailer.core.config import Config
-from mailer.web import desk, marketing, operations
+from mailer.web import customer_edit, desk, followups, marketing, operations, replies
 from mailer.web.app import create_app
 
 log = logging.getLogger("mailer.web")
@@ -25,7 +26,15 @@ BACKLOG = 2048
 
 def build(cfg: Config, engine: Engine, clock: Clock) -> Starlette:
     """The whole app: customers' pages and every staff section."""
-    return create_app(cfg, engine, clock, [*desk.routes, *marketing.routes, *operations.routes])
+    sections: list[Route | Mount] = [
+        *desk.routes,
+        *customer_edit.routes,
+        *replies.routes,
+        *followups.routes,
+        *marketing.routes,
+        *operations.routes,
+    ]
+    return create_app(cfg, engine, clock, sections)
 
 
 class _Embedded(uvicorn.Server):

@@ -8,16 +8,16 @@ page; a person opening the link gets a page with one button and their preference
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from mailer.core.errors import NotFound
 from mailer.customers import profiles, tokens
-from mailer.customers.profiles import CUSTOMERS
 from mailer.web.common import db, render, state
 
 PAUSES = {"": None, "30": timedelta(days=30), "90": timedelta(days=90)}
@@ -36,11 +36,14 @@ async def unsubscribe(request: Request) -> Response:
     if customer is None:
         return _not_valid(request)
     now = state(request).clock.now()
-    await db(request, _unsubscribe, request, customer["id"], now)
+    await db(request, _unsubscribe, request, customer.id, now)
     if form.get("List-Unsubscribe") == "One-Click":
         return PlainTextResponse("Unsubscribed.\n")
-    customer["unsubscribed_at"] = now
-    context = {"customer": customer, "token": _token(request), "done": "unsubscribed"}
+    context = {
+        "customer": replace(customer, unsubscribed_at=now),
+        "token": _token(request),
+        "done": "unsubscribed",
+    }
     return render(request, "unsubscribe.html", context)
 
 
@@ -58,9 +61,12 @@ async def preferences(request: Request) -> Response:
         "relationship_consent": form.get("relationship") == "on",
         "pause_until": now + pause if pause else None,
     }
-    await db(request, _save, request, customer["id"], values, now)
-    customer.update(values, updated_at=now)
-    context = {"customer": customer, "token": _token(request), "done": "saved"}
+    await db(request, _save, request, customer.id, values, now)
+    context = {
+        "customer": replace(customer, **values, updated_at=now),
+        "token": _token(request),
+        "done": "saved",
+    }
     return render(request, "unsubscribe.html", context)
 
 
@@ -68,18 +74,19 @@ def _token(request: Request) -> str:
     return str(request.path_params["token"])
 
 
-async def _customer(request: Request) -> dict[str, Any] | None:
+async def _customer(request: Request) -> profiles.Profile | None:
     customer_id = tokens.verify(state(request).secret, _token(request))
     if customer_id is None:
         return None
     return await db(request, _load, request, customer_id)
 
 
-def _load(request: Request, customer_id: int) -> dict[str, Any] | None:
+def _load(request: Request, customer_id: int) -> profiles.Profile | None:
     with state(request).engine.connect() as conn:
-        row = conn.execute(select(CUSTOMERS).where(CUSTOMERS.c.id == customer_id)).mappings()
-        found = row.first()
-        return dict(found) if found else None
+        try:
+            return profiles.get_id(conn, customer_id)
+        except NotFound:
+            return None
 
 
 def _unsubscribe(request: Request, customer_id: int, now: datetime) -> None:

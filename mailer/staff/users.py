@@ -7,6 +7,7 @@ parameters that can be raised later; old hashes are upgraded at the next sign-in
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -17,6 +18,7 @@ from sqlalchemy import Table, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
+from mailer.core import fieldtypes
 from mailer.core.errors import MailerError, NotFound
 from mailer.store.models import Role, User
 
@@ -28,18 +30,22 @@ MIN_PASSWORD = 10
 _DECOY = HASHER.hash("no such user, no such password")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SignedIn:
     id: int
     name: str
     role: Role
+    timezone: str | None = None  # the zone staff pages show times in; None: the business zone
 
     def may(self, *roles: Role) -> bool:
         """Admins may do everything; others what their role is listed for."""
         return self.role == Role.ADMIN or self.role in roles
 
 
-def add(conn: Connection, name: str, role: Role, password: str, now: datetime) -> int:
+def add(
+    conn: Connection, name: str, role: Role, password: str, now: datetime, **details: str | None
+) -> int:
+    """A new account; ``details`` are display_name, timezone and email (see ``change``)."""
     if len(password) < MIN_PASSWORD:
         raise MailerError(f"the password must have at least {MIN_PASSWORD} characters")
     values = {
@@ -48,6 +54,7 @@ def add(conn: Connection, name: str, role: Role, password: str, now: datetime) -
         "password_hash": HASHER.hash(password),
         "disabled": False,
         "created_at": now,
+        **_checked(details),
     }
     try:
         new_id = conn.execute(insert(USERS).values(**values)).inserted_primary_key
@@ -57,8 +64,40 @@ def add(conn: Connection, name: str, role: Role, password: str, now: datetime) -
     return int(new_id[0])
 
 
+def change(conn: Connection, name: str, **details: str | None) -> None:
+    """Set a user's display_name, timezone or email; "" clears one, None leaves it."""
+    values = _checked(details)
+    if not values:
+        raise MailerError("nothing to change: give a display name, a time zone or an address")
+    if not conn.execute(update(USERS).where(USERS.c.name == name).values(**values)).rowcount:
+        raise NotFound(f"no user named {name!r}")
+
+
+_CHECKS: dict[str, Callable[[str], str]] = {
+    "display_name": str.strip,
+    "timezone": lambda text: str(fieldtypes.zone(text)),
+    "email": fieldtypes.email_address,
+}
+
+
+def _checked(details: dict[str, str | None]) -> dict[str, str | None]:
+    """The details given, validated; an empty one becomes NULL."""
+    values: dict[str, str | None] = {}
+    for key, value in details.items():
+        if value is None:
+            continue
+        try:
+            values[key] = _CHECKS[key](value) if value.strip() else None
+        except ValueError as exc:
+            raise MailerError(f"{key.replace('_', ' ')}: {exc}") from None
+    return values
+
+
 def find(conn: Connection) -> list[dict[str, Any]]:
-    query = select(USERS.c.id, USERS.c.name, USERS.c.role, USERS.c.disabled, USERS.c.created_at)
+    query = select(
+        *(USERS.c[key] for key in ("id", "name", "role", "disabled", "created_at")),
+        *(USERS.c[key] for key in _CHECKS),
+    )
     return [dict(row) for row in conn.execute(query.order_by(USERS.c.name)).mappings()]
 
 
@@ -80,7 +119,7 @@ def authenticate(conn: Connection, name: str, password: str) -> SignedIn | None:
         conn.execute(
             update(USERS).where(USERS.c.id == row["id"]).values(password_hash=HASHER.hash(password))
         )
-    return SignedIn(int(row["id"]), row["name"], Role(row["role"]))
+    return _signed_in(row)
 
 
 def get(conn: Connection, user_id: int) -> SignedIn | None:
@@ -88,10 +127,16 @@ def get(conn: Connection, user_id: int) -> SignedIn | None:
     row = conn.execute(select(USERS).where(USERS.c.id == user_id)).mappings().first()
     if row is None or row["disabled"]:
         return None
-    return SignedIn(int(row["id"]), row["name"], Role(row["role"]))
+    return _signed_in(row)
 
 
-@dataclass
+def _signed_in(row: Any) -> SignedIn:
+    return SignedIn(
+        id=int(row["id"]), name=row["name"], role=Role(row["role"]), timezone=row["timezone"]
+    )
+
+
+@dataclass(kw_only=True)
 class LoginGuard:
     """At most ``attempts`` failed sign-ins for one name from one client, and ``per_client``
     from one client whatever the names, in ``window``.
@@ -135,3 +180,9 @@ class LoginGuard:
         if not tries:
             self._tries.pop(key, None)  # names seen once do not pile up
         return tries
+
+
+def shown_name(conn: Connection, name: str) -> str:
+    """How a user signs what reaches customers: the display name when set, else the name."""
+    found = conn.execute(select(USERS.c.display_name).where(USERS.c.name == name)).scalar()
+    return str(found or name)

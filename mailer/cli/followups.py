@@ -1,0 +1,67 @@
+"""`mailer followups ...`: dated reminders to contact a customer again."""
+
+from __future__ import annotations
+
+import typer
+
+from mailer.cli.common import JSON_OPTION, app_of, out, print_json, print_table
+from mailer.cli.inquiries import CLI_ACTOR
+from mailer.customers import followups
+
+app = typer.Typer(help="Follow-ups: when to contact a customer again.", no_args_is_help=True)
+
+COLUMNS = ("id", "due_at", "email", "assignee", "note", "snoozed")
+
+
+@app.command("add")
+def add(
+    ctx: typer.Context,
+    email: str,
+    due: str = typer.Option(
+        ..., help="3d, 4h, 2026-12-24 or '2026-12-24 15:00' (in the assignee's zone)"
+    ),
+    note: str = typer.Option(..., help="What to contact the customer about."),
+    assignee: str = typer.Option(None, help="The staff user who should do it."),
+) -> None:
+    """Remind someone to contact a customer again."""
+    app_ = app_of(ctx)
+    now, zone = app_.clock.now(), app_.config.settings.business_hours.timezone
+    with app_.engine().begin() as conn:
+        due_at = followups.due_for(conn, due, assignee, now, zone)
+        new = followups.NewFollowUp(
+            customer_id=followups.customer_id(conn, email),
+            due_at=due_at,
+            note=note,
+            created_by=CLI_ACTOR,
+            assignee=assignee,
+        )
+        followup_id = followups.add(conn, new, now)
+    out.print(f"follow-up {followup_id} due {due_at:%Y-%m-%d %H:%M} UTC")
+
+
+@app.command("list")
+def list_(
+    ctx: typer.Context,
+    overdue: bool = typer.Option(False, "--overdue", help="Only those past their due time."),
+    assignee: str = typer.Option(None, help="Only this staff user's."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Open follow-ups, soonest first."""
+    app_ = app_of(ctx)
+    with app_.engine().connect() as conn:
+        rows = followups.find(
+            conn, assignee=assignee, due_before=app_.clock.now() if overdue else None
+        )
+    if as_json:
+        print_json(rows)
+    else:
+        print_table(rows, COLUMNS)
+
+
+@app.command("done")
+def done(ctx: typer.Context, followup_id: int) -> None:
+    """Mark a follow-up as done."""
+    app_ = app_of(ctx)
+    with app_.engine().begin() as conn:
+        followups.done(conn, followup_id, CLI_ACTOR, app_.clock.now())
+    out.print(f"follow-up {followup_id} is done")

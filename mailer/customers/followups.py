@@ -1,0 +1,259 @@
+"""Follow-ups: dated reminders that someone contacts a customer again (owner of ``followups``).
+
+Due times are stored in UTC and entered in the agent's own zone: a date-time written
+without a zone is read in the assignee's zone, else in the business zone. Who gets a
+morning digest, and when, is decided here by a pure function over plain data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Table, func, insert, select, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
+from mailer.core import fieldtypes
+from mailer.core.durations import parse_duration
+from mailer.core.errors import MailerError, NotFound
+from mailer.customers.profiles import CUSTOMERS
+from mailer.staff.users import USERS
+from mailer.store.models import FollowUp, FollowUpStatus
+
+FOLLOWUPS: Table = FollowUp.__table__  # type: ignore[attr-defined]
+DAY_STARTS = time(9, 0)  # a due date without a time means the start of that working day
+NOTE_MAX = 10_000
+
+
+def parse_due(text: str, now: datetime, zone: ZoneInfo) -> datetime:
+    """``3d``, ``2h30m`` (from now), ``2026-12-24`` or ``2026-12-24T15:00`` (in ``zone``
+    unless it carries an offset) as a UTC time; ValueError says what is accepted."""
+    text = text.strip()
+    try:
+        return now + parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not a due time; write a duration such as '3d' or '4h', "
+            "a date such as '2026-12-24' or a date-time such as '2026-12-24 15:00'"
+        ) from None
+    if len(text) <= len("2026-12-24"):
+        when = datetime.combine(when.date(), DAY_STARTS)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=zone)
+    return when.astimezone(now.tzinfo)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Agent:
+    """A staff user as follow-ups see them: where they are and where their digest goes."""
+
+    name: str
+    display_name: str
+    zone: ZoneInfo
+    email: str | None
+
+
+def agents(conn: Connection, fallback: ZoneInfo) -> dict[str, Agent]:
+    """Every enabled staff user by name; those without a zone are in ``fallback``."""
+    rows = conn.execute(
+        select(USERS.c.name, USERS.c.display_name, USERS.c.timezone, USERS.c.email).where(
+            USERS.c.disabled.is_(False)
+        )
+    ).mappings()
+    return {row["name"]: _agent(row, fallback) for row in rows}
+
+
+def _agent(row: Any, fallback: ZoneInfo) -> Agent:
+    try:
+        zone = fieldtypes.zone(row["timezone"]) if row["timezone"] else fallback
+    except ValueError:  # validated when set; a zone the system dropped falls back
+        zone = fallback
+    return Agent(
+        name=row["name"],
+        display_name=row["display_name"] or row["name"],
+        zone=zone,
+        email=row["email"],
+    )
+
+
+def agent(conn: Connection, name: str, fallback: ZoneInfo) -> Agent:
+    """The enabled user named ``name``; one clear error otherwise."""
+    found = agents(conn, fallback).get(name)
+    if found is None:
+        raise NotFound(f"no staff user named {name!r}")
+    return found
+
+
+def due_for(
+    conn: Connection, text: str, assignee: str | None, now: datetime, fallback: ZoneInfo
+) -> datetime:
+    """``parse_due`` in the assignee's zone (checking they exist), else in ``fallback``."""
+    zone = agent(conn, assignee, fallback).zone if assignee else fallback
+    try:
+        return parse_due(text, now, zone)
+    except ValueError as exc:
+        raise MailerError(f"due: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewFollowUp:
+    customer_id: int
+    due_at: datetime
+    note: str
+    created_by: str
+    assignee: str | None = None
+    inquiry_id: int | None = None
+
+
+def customer_id(conn: Connection, email: str) -> int:
+    """The customer's id by address: the one read of ``customers`` follow-ups need."""
+    found = conn.execute(
+        select(CUSTOMERS.c.id).where(CUSTOMERS.c.email == email.strip().lower())
+    ).scalar()
+    if found is None:
+        raise NotFound(f"no customer with the address {email.strip()!r}")
+    return int(found)
+
+
+def add(conn: Connection, new: NewFollowUp, now: datetime) -> int:
+    """Record a follow-up; returns its id, which `mailer followups done` takes."""
+    if len(new.note) > NOTE_MAX:
+        raise MailerError(f"a follow-up's note has at most {NOTE_MAX} characters")
+    values = {
+        "customer_id": new.customer_id,
+        "due_at": new.due_at,
+        "assignee": new.assignee,
+        "note": new.note.strip(),
+        "inquiry_id": new.inquiry_id,
+        "status": FollowUpStatus.OPEN,
+        "created_by": new.created_by,
+        "created_at": now,
+        "snoozed": 0,
+    }
+    try:
+        new_id = conn.execute(insert(FOLLOWUPS).values(**values)).inserted_primary_key
+    except IntegrityError:  # the customer or the inquiry is gone, or never was
+        raise NotFound("no such customer or inquiry for a follow-up") from None
+    assert new_id is not None
+    return int(new_id[0])
+
+
+def find(
+    conn: Connection, *, due_before: datetime | None = None, assignee: str | None = None
+) -> list[dict[str, Any]]:
+    """Open follow-ups, soonest first, with the customer's address and name."""
+    query = (
+        select(FOLLOWUPS, CUSTOMERS.c.email, CUSTOMERS.c.name.label("customer_name"))
+        .join(CUSTOMERS, CUSTOMERS.c.id == FOLLOWUPS.c.customer_id)
+        .where(FOLLOWUPS.c.status == FollowUpStatus.OPEN)
+        .order_by(FOLLOWUPS.c.due_at, FOLLOWUPS.c.id)
+    )
+    if assignee is not None:
+        query = query.where(FOLLOWUPS.c.assignee == assignee)
+    if due_before is not None:
+        query = query.where(FOLLOWUPS.c.due_at < due_before)
+    return [dict(row) for row in conn.execute(query).mappings()]
+
+
+def overdue_count(conn: Connection, assignee: str, now: datetime) -> int:
+    """What the desk's navigation shows (index on assignee, status, due_at)."""
+    query = select(func.count()).where(
+        FOLLOWUPS.c.assignee == assignee,
+        FOLLOWUPS.c.status == FollowUpStatus.OPEN,
+        FOLLOWUPS.c.due_at < now,
+    )
+    return int(conn.execute(query).scalar_one())
+
+
+def done(conn: Connection, followup_id: int, by: str, now: datetime) -> None:
+    """Kept, not deleted: who contacted the customer, and when, stays on record."""
+    _change(conn, followup_id, status=FollowUpStatus.DONE, done_at=now, done_by=by)
+
+
+def snooze(conn: Connection, followup_id: int, delay: timedelta, now: datetime) -> None:
+    """Due ``delay`` later than now, or than when it was due if that is still ahead."""
+    due = conn.execute(select(FOLLOWUPS.c.due_at).where(FOLLOWUPS.c.id == followup_id)).scalar()
+    if due is None:
+        raise NotFound(f"no follow-up {followup_id}")
+    _change(conn, followup_id, due_at=max(due, now) + delay, snoozed=FOLLOWUPS.c.snoozed + 1)
+
+
+def reassign(conn: Connection, followup_id: int, assignee: str | None) -> None:
+    _change(conn, followup_id, assignee=assignee)
+
+
+def _change(conn: Connection, followup_id: int, **values: Any) -> None:
+    """Change an open follow-up; a done or unknown one is a clear error."""
+    changed = conn.execute(
+        update(FOLLOWUPS)
+        .where(FOLLOWUPS.c.id == followup_id, FOLLOWUPS.c.status == FollowUpStatus.OPEN)
+        .values(**values)
+    ).rowcount
+    if not changed:
+        raise NotFound(f"no open follow-up {followup_id}")
+
+
+def end_of_day(now: datetime, zone: ZoneInfo) -> datetime:
+    """The next local midnight in ``zone``, in UTC: what is due before it is due today."""
+    tomorrow = now.astimezone(zone).date() + timedelta(days=1)
+    return datetime.combine(tomorrow, time(0), tzinfo=zone).astimezone(now.tzinfo)
+
+
+@dataclass(frozen=True, slots=True)
+class Digest:
+    agent: Agent
+    day: date  # the agent's local date: one digest per agent and day
+
+    @property
+    def dedupe_key(self) -> str:
+        return f"followups-digest:{self.agent.name}:{self.day.isoformat()}"
+
+
+def digests_due(
+    staff: Iterable[Agent],
+    earliest_due: Mapping[str, datetime],
+    now: datetime,
+    send_at: time,
+) -> list[Digest]:
+    """Agents owed a digest now: an address, ``send_at`` passed in their own zone today,
+    and an open follow-up due before their local midnight. Sending is idempotent per day,
+    so asking again later that day (a restart, the next tick) adds nothing."""
+    found = []
+    for person in staff:
+        local = now.astimezone(person.zone)
+        first = earliest_due.get(person.name)
+        if not person.email or first is None or local.time() < send_at:
+            continue
+        if first < end_of_day(now, person.zone):
+            found.append(Digest(person, local.date()))
+    return found
+
+
+def earliest_due(conn: Connection) -> dict[str, datetime]:
+    """Each assignee's soonest open follow-up."""
+    query = (
+        select(FOLLOWUPS.c.assignee, func.min(FOLLOWUPS.c.due_at))
+        .where(FOLLOWUPS.c.status == FollowUpStatus.OPEN, FOLLOWUPS.c.assignee.is_not(None))
+        .group_by(FOLLOWUPS.c.assignee)
+    )
+    return {name: first for name, first in conn.execute(query)}
+
+
+def by_day(
+    rows: Sequence[Mapping[str, Any]], now: datetime, zone: ZoneInfo
+) -> dict[str, list[Any]]:
+    """Open follow-ups as "overdue", "today" and "upcoming" for someone in ``zone``."""
+    midnight = end_of_day(now, zone)
+    groups: dict[str, list[Any]] = {"overdue": [], "today": [], "upcoming": []}
+    for row in rows:
+        due = row["due_at"]
+        groups["overdue" if due < now else "today" if due < midnight else "upcoming"].append(row)
+    return groups

@@ -1,0 +1,68 @@
+"""A data-access request and a request to be forgotten: everything mailer holds about one
+customer, as JSON, and its erasure.
+
+Erasure asks each table's owner to clear what identifies the person and keeps what
+throttling, dedupe and the counts need (a message's key, category, status and times), so
+an erased customer is never mailed again and reports still add up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.engine import Connection
+
+from mailer.customers import contacts, profiles
+from mailer.inbound import inquiries
+from mailer.outbound import outbox
+from mailer.sandbox import smtp_server
+
+EVERYTHING = 1_000_000  # a customer's rows, all of them: an export leaves nothing out
+
+
+def export(conn: Connection, email: str, now: datetime) -> dict[str, Any]:
+    """Everything stored about the customer: profile and tags, the history of changes to
+    them, every message with its delivery attempts, every inquiry with what was written and
+    done about it, every call, meeting and note logged."""
+    customer = profiles.get(conn, email)
+    messages = [
+        outbox.get(conn, row["id"])
+        for row in outbox.find(conn, customer_id=customer.id, limit=EVERYTHING)
+    ]
+    written = [
+        {**asdict(inquiry), "events": [asdict(e) for e in inquiries.events(conn, inquiry.id)]}
+        for inquiry in inquiries.of_customer(conn, customer.id, with_text=True)
+    ]
+    return {
+        "exported_at": now,
+        "customer": asdict(customer),
+        "changes": [asdict(c) for c in profiles.history(conn, customer.id, EVERYTHING)],
+        "messages": messages,
+        "inquiries": written,
+        "contacts": contacts.of_customer(conn, customer.id),
+    }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Erased:
+    """What an erasure touched, for the person who asked to confirm it."""
+
+    messages: int
+    inquiries: int
+    sandbox_messages: int
+    contacts: int = 0
+
+
+def erase(conn: Connection, email: str, now: datetime) -> Erased:
+    """Forget the customer in one transaction (the caller's), or not at all."""
+    customer = profiles.get(conn, email)
+    erased = Erased(
+        messages=outbox.erase_customer(conn, customer.id, customer.email, now),
+        inquiries=inquiries.erase_customer(conn, customer.id, customer.email),
+        sandbox_messages=smtp_server.erase_address(conn, customer.email),
+        contacts=contacts.erase_customer(conn, customer.id),
+    )
+    profiles.erase(conn, customer, now)
+    return erased

@@ -1,0 +1,172 @@
+"""Support's follow-ups: "My follow-ups" (overdue, today, upcoming, in the reader's zone),
+created from an inquiry or a customer's page, completed, snoozed and reassigned; and the
+count of overdue ones the navigation shows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy.engine import Connection
+from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from mailer.core import fieldtypes
+from mailer.core.errors import MailerError
+from mailer.customers import followups
+from mailer.staff.users import SignedIn
+from mailer.store.models import Role
+from mailer.web.common import current_user, db, render, require, state
+from mailer.web.desk import _assignees, posted_by_support
+
+SNOOZES = {"1d": timedelta(days=1), "1w": timedelta(weeks=1)}
+Change = Callable[[Connection, int, SignedIn, datetime], None]
+
+
+def _me(request: Request) -> SignedIn:
+    user = current_user(request)
+    assert user is not None  # every route here requires a signed-in user
+    return user
+
+
+def _zone(request: Request, user: SignedIn) -> ZoneInfo:
+    """The reader's own zone, else the business's."""
+    fallback = state(request).cfg.settings.business_hours.timezone
+    try:
+        return fieldtypes.zone(user.timezone) if user.timezone else fallback
+    except ValueError:
+        return fallback
+
+
+@require(Role.SUPPORT)
+async def my_followups(request: Request) -> Response:
+    user = _me(request)
+    zone = _zone(request, user)
+    now = state(request).clock.now()
+    rows, assignees = await db(request, _mine, request, user.name)
+    context = {
+        "groups": followups.by_day(rows, now, zone),
+        "zone": zone,
+        "assignees": assignees,
+        "snoozes": SNOOZES,
+    }
+    return render(request, "followups.html", context)
+
+
+def _mine(request: Request, name: str) -> tuple[list[dict[str, Any]], list[str]]:
+    with state(request).engine.connect() as conn:
+        return followups.find(conn, assignee=name), _assignees(conn)
+
+
+@require(Role.SUPPORT)
+async def overdue_badge(request: Request) -> Response:
+    """The navigation's count, fetched by htmx so no page waits for it."""
+    now = state(request).clock.now()
+    count = await db(request, _overdue, request, _me(request).name, now)
+    badge = f'<span class="badge failed" title="overdue">{count}</span>' if count else ""
+    return HTMLResponse(badge)
+
+
+def _overdue(request: Request, name: str, now: datetime) -> int:
+    with state(request).engine.connect() as conn:
+        return followups.overdue_count(conn, name, now)
+
+
+def _form_id(form: FormData, name: str) -> int | None:
+    value = str(form.get(name, ""))
+    return int(value) if value.isascii() and value.isdigit() else None
+
+
+def _back(form: FormData) -> str:
+    """Where the form came from: only a path on this site."""
+    back = str(form.get("back", ""))
+    return back if back.startswith("/") and not back.startswith("//") else "/followups"
+
+
+@posted_by_support
+async def create(request: Request, form: FormData) -> Response:
+    customer = _form_id(form, "customer")
+    if customer is None:
+        raise HTTPException(400, "A follow-up needs a customer.")
+    due, note = str(form.get("due", "")), str(form.get("note", ""))
+    await db(request, _create, request, customer, _form_id(form, "inquiry"), due, note)
+    return RedirectResponse(_back(form), status_code=303)
+
+
+def _create(request: Request, customer: int, inquiry: int | None, due: str, note: str) -> None:
+    web, user = state(request), _me(request)
+    now = web.clock.now()
+    with web.engine.begin() as conn:
+        try:
+            due_at = followups.due_for(conn, due, user.name, now, _zone(request, user))
+            new = followups.NewFollowUp(
+                customer_id=customer,
+                due_at=due_at,
+                note=note,
+                created_by=user.name,
+                assignee=user.name,
+                inquiry_id=inquiry,
+            )
+            followups.add(conn, new, now)
+        except MailerError as exc:
+            raise HTTPException(400, str(exc)) from None
+
+
+@posted_by_support
+async def complete(request: Request, form: FormData) -> Response:
+    return await _change(
+        request, lambda conn, id_, user, now: followups.done(conn, id_, user.name, now)
+    )
+
+
+@posted_by_support
+async def snooze(request: Request, form: FormData) -> Response:
+    delay = SNOOZES.get(str(form.get("by", "")))
+    if delay is None:
+        raise HTTPException(400, f"Snooze by one of {', '.join(SNOOZES)}.")
+    return await _change(
+        request, lambda conn, id_, user, now: followups.snooze(conn, id_, delay, now)
+    )
+
+
+@posted_by_support
+async def reassign(request: Request, form: FormData) -> Response:
+    name = str(form.get("assignee", "")) or None
+
+    def to(conn: Connection, followup_id: int, user: SignedIn, now: datetime) -> None:
+        if name is not None and name not in _assignees(conn):
+            raise HTTPException(400, f"{name!r} is not an active support user.")
+        followups.reassign(conn, followup_id, name)
+
+    return await _change(request, to)
+
+
+async def _change(request: Request, change: Change) -> Response:
+    """Do it as the signed-in user, then back to the list (303: reloading repeats nothing)."""
+    await db(request, _write, request, change, int(request.path_params["id"]))
+    return RedirectResponse("/followups", status_code=303)
+
+
+def _write(request: Request, change: Change, followup_id: int) -> None:
+    web = state(request)
+    with web.engine.begin() as conn:
+        try:
+            change(conn, followup_id, _me(request), web.clock.now())
+        except MailerError as exc:
+            raise HTTPException(404, str(exc)) from None
+
+
+routes = [
+    Route("/followups", my_followups),
+    Route("/followups", create, methods=["POST"]),
+    Route("/followups/overdue", overdue_badge),
+    Route("/followups/{id:int}/done", complete, methods=["POST"]),
+    Route("/followups/{id:int}/snooze", snooze, methods=["POST"]),
+    Route("/followups/{id:int}/assign", reassign, methods=["POST"]),
+]
