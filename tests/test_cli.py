@@ -192,6 +192,68 @@ def test_unsubscribe_shows_at_once_in_the_profile(with_demo: Mailer) -> None:
     assert shown["unsubscribed_at"] is not None
 
 
+def test_contacts_logged_show_on_the_customers_timeline_and_last_contact(
+    with_demo: Mailer,
+) -> None:
+    maria = "maria.ivanova@example.com"
+    call = ("--kind", "call", "--by", "sam")
+    with_demo("contacts", "log", maria, *call, "--direction", "out", "--duration", "15m",
+              "--outcome", "agreed a demo", "--note", "About the grinder",
+              "--at", "2026-11-20T10:00:00+02:00")  # fmt: skip
+    with_demo("contacts", "log", maria, "--kind", "note", "--by", "sam",
+              "--note", "Prefers <b>mornings</b>", "--at", "2026-11-21T09:00:00+00:00")  # fmt: skip
+    logged = with_demo("contacts", "log", maria, *call, "--direction", "in",
+                       "--at", "2026-11-22T08:00:00Z", "--json")  # fmt: skip
+    assert json.loads(logged.stdout)["kind"] == "call"
+    shown = json.loads(with_demo("customers", "show", maria, "--json").stdout)
+    assert shown["name"] == "Мария Иванова" and {"next_contact", "history"} <= set(shown)
+    assert [(e["kind"], e["direction"], e["at"]) for e in shown["timeline"]] == [
+        ("call", "in", "2026-11-22T08:00:00+00:00"),
+        ("note", None, "2026-11-21T09:00:00+00:00"),
+        ("call", "out", "2026-11-20T08:00:00+00:00"),
+    ]
+    first_call = shown["timeline"][2]
+    assert (first_call["by"], first_call["text"]) == ("sam", "About the grinder")
+    assert first_call["details"]["duration_seconds"] == 900
+    assert shown["last_contact"] == {
+        "out": {"at": "2026-11-20T08:00:00+00:00", "channel": "call"},
+        "in": {"at": "2026-11-22T08:00:00+00:00", "channel": "call"},
+    }
+    table = with_demo("customers", "show", maria).stdout
+    assert "we reached them  2026-11-20 08:00 UTC by call" in table
+
+
+def test_contacts_log_mistakes_are_one_line_and_exit_1(with_demo: Mailer) -> None:
+    maria = "maria.ivanova@example.com"
+    mistakes = {
+        ("--kind", "fax", "--direction", "in"): "kind 'fax' is not one of call, meeting, note",
+        ("--kind", "call", "--note", "hi"): "a call needs a direction: in (they reached us) "
+        "or out (we reached them)",
+        ("--kind", "note", "--direction", "out", "--note", "x"): "a note has no direction: "
+        "leave it out",
+        ("--kind", "note"): "a note needs some text",
+        ("--kind", "call", "--direction", "in", "--at", "2026-11-20 10:00"): "--at '2026-11-20 "
+        "10:00' has no UTC offset; When it happened, with its UTC offset, e.g. "
+        "2026-12-01T09:00:00+02:00 [default: now].",
+        ("--kind", "call", "--direction", "in", "--duration", "long"): "--duration: 'long' is "
+        'not a duration; write a number and a unit, e.g. "90s", "15m", "20h", "7d", "2w" or '
+        '"1h30m"',
+        ("--kind", "call", "--direction", "in", "--at", "2999-01-01T00:00:00Z"): "it has not "
+        "happened yet: log a contact at or before now",
+    }
+    for args, said in mistakes.items():
+        result = with_demo("contacts", "log", maria, *args, check=False)
+        assert (result.returncode, result.stderr.strip()) == (1, f"error: {said}"), args
+    unknown = with_demo("contacts", "log", "nobody@example.com", "--kind", "note", "--note", "x",
+                        check=False)  # fmt: skip
+    assert (unknown.returncode, unknown.stderr.strip()) == (
+        1,
+        "error: no customer nobody@example.com",
+    )
+    shown = json.loads(with_demo("customers", "show", maria, "--json").stdout)
+    assert shown["timeline"] == [] and shown["last_contact"] == {"out": None, "in": None}
+
+
 def test_unknown_customer_is_one_line_and_exit_1(with_demo: Mailer) -> None:
     result = with_demo("customers", "show", "nobody@example.com", check=False)
     assert (result.returncode, result.stderr.strip()) == (

@@ -92,6 +92,7 @@ PURE = (
     "mailer/core/durations.py",
     "mailer/core/clock.py",
     "mailer/customers/edits.py",
+    "mailer/relationship/timeline.py",
 )
 # a database, a mail protocol, the event loop or the network: what makes code need I/O to test
 IMPURE = (

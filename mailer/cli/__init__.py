@@ -14,7 +14,17 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
 from mailer import __version__, checks, daemon
-from mailer.cli import customers, followups, inquiries, outbox, sandbox, schedules, templates, users
+from mailer.cli import (
+    contacts,
+    customers,
+    followups,
+    inquiries,
+    outbox,
+    sandbox,
+    schedules,
+    templates,
+    users,
+)
 from mailer.cli.common import App, app_of, err, out, say_error
 from mailer.core import config
 from mailer.core.errors import ConfigError, MailerError
@@ -30,6 +40,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(customers.app, name="customers")
+app.add_typer(contacts.app, name="contacts")
 app.add_typer(templates.app, name="templates")
 app.add_typer(outbox.app, name="outbox")
 app.add_typer(inquiries.app, name="inquiries")

@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 from mailer import checks
 from mailer.core import config
 from mailer.core.clock import Clock, SystemClock
+from mailer.core.errors import MailerError
 
 # Markup is off: customer names, file keys like "[smtp]" and template text are printed as is.
 out = Console(highlight=False, soft_wrap=True, markup=False)
@@ -29,6 +30,17 @@ def say_error(message: str) -> None:
 
 
 JSON_OPTION = typer.Option(False, "--json", help="Print JSON instead of a table.")
+
+
+def parse_moment(text: str, explained: str, option: str = "--at") -> datetime:
+    """A date and time given on the command line, with its UTC offset."""
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise MailerError(f"{option} {text!r} is not a date and time; {explained}") from None
+    if when.utcoffset() is None:
+        raise MailerError(f"{option} {text!r} has no UTC offset; {explained}")
+    return when
 
 
 @dataclass(kw_only=True)

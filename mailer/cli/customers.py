@@ -23,9 +23,10 @@ from mailer.cli.common import (
     print_table,
 )
 from mailer.core.errors import MailerError
-from mailer.customers import profiles
+from mailer.customers import contacts, profiles
 from mailer.customers.csv_rows import RejectedRow, shown
 from mailer.outbound import outbox
+from mailer.relationship import history as relationship
 from mailer.relationship import privacy
 
 app = typer.Typer(
@@ -120,23 +121,49 @@ def show(
     ctx: typer.Context,
     email: str,
     history: int = typer.Option(20, help="How many of the latest messages to show."),
+    timeline: int = typer.Option(50, min=1, help="How many of the latest touches to show."),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """A customer's profile, contact history and when they may next be contacted."""
+    """A customer's profile, timeline, last contact both ways, contact history and when
+    they may next be contacted."""
     app_ = app_of(ctx)
     cfg, now = app_.config, app_.clock.now()
     with app_.engine().connect() as conn:
         customer = profiles.get(conn, email)
         messages = outbox.find(conn, customer_id=customer.id, limit=history)
         next_contact = outbox.next_contact(conn, customer, now, cfg.settings)
+        last = contacts.last_of(conn, customer.id)
+        touches = relationship.page(conn, customer.id, customer.unsubscribed_at, size=timeline)
+    entries = [asdict(e) for e in touches.entries]
     if as_json:
-        print_json({**asdict(customer), "next_contact": next_contact, "history": messages})
+        print_json(
+            {
+                **asdict(customer),
+                "next_contact": next_contact,
+                "history": messages,
+                "timeline": entries,
+                "last_contact": last,
+            }
+        )
         return
     print_fields(asdict(customer), title=customer.email)
     never = "never (unsubscribed or no consent)"
     allowed = {c: when or never for c, when in next_contact.items()}
     print_fields(allowed, title="\nnext allowed contact")
+    print_fields(_both_ways(last), title="\nlast contact")
+    print_table(entries, TIMELINE_COLUMNS, title="\ntimeline (newest first)")
     print_table(messages, HISTORY_COLUMNS, title="\ncontact history (newest first)")
+
+
+TIMELINE_COLUMNS = ("at", "kind", "direction", "channel", "by", "title", "text")
+
+
+def _both_ways(last: dict[str, dict[str, Any] | None]) -> dict[str, str]:
+    named = {"out": "we reached them", "in": "they reached us"}
+    return {
+        named[way]: f"{seen['at']:%Y-%m-%d %H:%M %Z} by {seen['channel']}" if seen else "never"
+        for way, seen in last.items()
+    }
 
 
 @app.command("unsubscribe")

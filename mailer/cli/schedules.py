@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 import typer
@@ -14,11 +13,12 @@ from mailer.cli.common import (
     app_of,
     err,
     out,
+    parse_moment,
     print_json,
     print_rows,
     print_table,
 )
-from mailer.core.errors import MailerError, NotFound
+from mailer.core.errors import NotFound
 from mailer.outbound import throttle
 from mailer.scheduling import dryrun, firing, occurrences, results
 from mailer.scheduling.fanout import Plan
@@ -68,7 +68,7 @@ def run(
     if name not in schedules:
         known = ", ".join(sorted(schedules)) or "none"
         raise NotFound(f"no schedule named {name!r} (loaded: {known})")
-    moment = _moment(at) if at else app_.clock.now()
+    moment = parse_moment(at, AT_HELP) if at else app_.clock.now()
     settings = Firing.from_config(app_.config)
     engine = app_.engine()
     zones = firing.customer_zones(engine, settings.fallback_zone)
@@ -162,13 +162,3 @@ def _loaded(app_: App) -> dict[str, Schedule]:
     for problem in problems:
         err.print(f"skipped: {problem}")
     return schedules
-
-
-def _moment(text: str) -> datetime:
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise MailerError(f"--at {text!r} is not a date and time; {AT_HELP}") from None
-    if moment.utcoffset() is None:
-        raise MailerError(f"--at {text!r} has no UTC offset; {AT_HELP}")
-    return moment

@@ -9,6 +9,7 @@
      ├── InvalidInput       values given in a form are not valid (carries each, by input)
      ├── AddressTaken       a customer's new address is another customer's
      ├── DatabaseUnavailable  the configured database cannot be opened, created or used yet
+     ├── InvalidContact (ValueError)  a call, meeting or note to log is incomplete or wrong
      └── NotFound (LookupError)  a customer, template or row that a command named does not exist
 
 The CLI turns these into one clear line each and exit 1. Anything else is a bug: one line
@@ -84,6 +85,10 @@ class AddressTaken(MailerError):
 
 class DatabaseUnavailable(MailerError):
     """The database cannot be opened or created, or its schema is not the current one."""
+
+
+class InvalidContact(MailerError, ValueError):
+    """A call, meeting or note to log is missing something or says something impossible."""
 
 
 class NotFound(MailerError, LookupError):

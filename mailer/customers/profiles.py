@@ -16,9 +16,10 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, TextIO
 
-from sqlalchemy import Engine, Table, delete, insert, select, update
+from sqlalchemy import Engine, Select, Table, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.sql.elements import ColumnElement
 
 from mailer.core.errors import AddressTaken, ImportFileError, NotFound
 from mailer.core.search import fold
@@ -368,15 +369,27 @@ def find(
     """Customers by email, optionally only those with a tag or containing a text in their
     address or name, in any case and script (control characters in it are ignored)."""
     query = select(*SHOWN).order_by(CUSTOMERS.c.email).limit(limit).offset(offset)
+    return [p for p, _ in selected(conn, query.where(*matching(tag=tag, search=search)))]
+
+
+def matching(*, tag: str | None = None, search: str | None = None) -> list[ColumnElement[bool]]:
+    """The conditions on customers that ``find`` and other customer lists filter by."""
+    conditions: list[ColumnElement[bool]] = []
     if tag:
         tagged = select(TAGS.c.customer_id).where(TAGS.c.tag == tag.lower())
-        query = query.where(CUSTOMERS.c.id.in_(tagged))
+        conditions.append(CUSTOMERS.c.id.in_(tagged))
     folded = fold(search) if search else ""
     if folded:  # "%" and "_" are letters here, not wildcards
-        query = query.where(CUSTOMERS.c.search_text.contains(folded, autoescape=True))
+        conditions.append(CUSTOMERS.c.search_text.contains(folded, autoescape=True))
+    return conditions
+
+
+def selected(conn: Connection, query: Select[Any]) -> list[tuple[Profile, RowMapping]]:
+    """The customers a query selects, each as a Profile beside its row, for lists that
+    select more than a profile holds."""
     rows = conn.execute(query).mappings().all()
     tags = tags_of(conn, [r["id"] for r in rows])
-    return [load(row, tags.get(row["id"], [])) for row in rows]
+    return [(load(row, tags.get(row["id"], [])), row) for row in rows]
 
 
 def tags_of(conn: Connection, ids: list[int]) -> dict[int, list[str]]:

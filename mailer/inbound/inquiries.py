@@ -39,7 +39,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from mailer.core import jsonvalues
 from mailer.core.search import term
-from mailer.customers import profiles
+from mailer.customers import contacts, profiles
 from mailer.customers.csv_rows import normalise_email
 from mailer.customers.profiles import CUSTOMERS
 from mailer.inbound import autoreply
@@ -100,6 +100,8 @@ def log(conn: Connection, inbound: Inbound, received_at: datetime) -> Logged:
     values["claimed_thread_id"] = claimed if thread_id is None else None
     new_id = conn.execute(insert(INQUIRIES).values(**values)).inserted_primary_key
     assert new_id is not None
+    if customer_id is not None:
+        contacts.heard_from(conn, customer_id, received_at)
     return Logged(
         inquiry_id=int(new_id[0]), thread_id=thread_id, customer_id=customer_id, duplicate=False
     )

@@ -41,6 +41,7 @@ from mailer.core.categories import Category
 from mailer.core.config import Settings
 from mailer.core.errors import NotFound
 from mailer.core.fieldtypes import email_address
+from mailer.customers import contacts as contact_log
 from mailer.customers import profiles
 from mailer.customers.profiles import CUSTOMERS
 from mailer.outbound import throttle
@@ -550,6 +551,17 @@ def record(engine: Engine, outcomes: Sequence[Outcome]) -> None:
         attempts = [_attempt(o) for o in outcomes if o.result != Result.RELEASED]
         if attempts:
             conn.execute(insert(ATTEMPTS), attempts)
+        _reached(conn, {o.outbox_id: o.at for o in outcomes if o.result == Result.SENT})
+
+
+def _reached(conn: Connection, sent: dict[int, datetime]) -> None:
+    """What the server accepted is each customer's latest contact from us, by email."""
+    if not sent:
+        return
+    query = select(OUTBOX.c.id, OUTBOX.c.customer_id).where(
+        OUTBOX.c.id.in_(list(sent)), OUTBOX.c.customer_id.is_not(None)
+    )
+    contact_log.reached(conn, [(customer, sent[row]) for row, customer in conn.execute(query)])
 
 
 def _params(outcome: Outcome) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from mailer.customers import followups, profiles
+from mailer.customers import contacts, followups, profiles
 from mailer.inbound import inquiries
 from mailer.outbound import outbox
 from mailer.sandbox import smtp_server
@@ -25,7 +25,7 @@ EVERYTHING = 1_000_000  # a customer's rows, all of them: an export leaves nothi
 def export(conn: Connection, email: str, now: datetime) -> dict[str, Any]:
     """Everything stored about the customer: profile and tags, the history of changes to
     them, every message with its delivery attempts, every inquiry with what was written and
-    done about it."""
+    done about it, every call, meeting and note logged."""
     customer = profiles.get(conn, email)
     messages = [
         outbox.get(conn, row["id"])
@@ -42,6 +42,7 @@ def export(conn: Connection, email: str, now: datetime) -> dict[str, Any]:
         "messages": messages,
         "inquiries": written,
         "followups": followups.of_customer(conn, customer.id),
+        "contacts": contacts.of_customer(conn, customer.id),
     }
 
 
@@ -53,6 +54,7 @@ class Erased:
     inquiries: int
     followups: int
     sandbox_messages: int
+    contacts: int = 0
 
 
 def erase(conn: Connection, email: str, now: datetime) -> Erased:
@@ -63,6 +65,7 @@ def erase(conn: Connection, email: str, now: datetime) -> Erased:
         inquiries=inquiries.erase_customer(conn, customer.id, customer.email),
         followups=followups.erase_customer(conn, customer.id),
         sandbox_messages=smtp_server.erase_address(conn, customer.email),
+        contacts=contacts.erase_customer(conn, customer.id),
     )
     profiles.erase(conn, customer, now)
     return erased

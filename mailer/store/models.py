@@ -141,6 +141,8 @@ class OutboxMessage(SQLModel, table=True):
         Index("ix_outbox_message_id", "message_id"),
         # a schedule run's results, and a cancelled webinar's messages still waiting
         Index("ix_outbox_run", "run_id", "status"),
+        # a customer's timeline pages through their messages by when each last changed
+        Index("ix_outbox_customer_updated", "customer_id", "updated_at"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -204,6 +206,8 @@ class Inquiry(SQLModel, table=True):
     # Broken mailers reuse Message-IDs: only the same ID with the same content is one message.
     __table_args__ = (
         UniqueConstraint("message_id", "fingerprint", name="uq_inquiries_message_fingerprint"),
+        # a customer's timeline pages through what they wrote by when it came
+        Index("ix_inquiries_customer_received", "customer_id", "received_at"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -351,6 +355,60 @@ class InquiryEvent(SQLModel, table=True):
     actor: str = Field(max_length=100)
     kind: str = Field(max_length=20)  # status, assign, note
     text: str = ""
+
+
+class ContactKind(StrEnum):
+    """Touches that are not mail; the column is a plain string so a new channel fits."""
+
+    CALL = "call"
+    MEETING = "meeting"
+    NOTE = "note"
+
+
+class Direction(StrEnum):
+    OUT = "out"  # we reached them
+    IN = "in"  # they reached us
+
+
+class ContactEntry(SQLModel, table=True):
+    """A call, meeting or note staff logged about a customer."""
+
+    __tablename__ = "contacts"
+    # a timeline of thousands pages by time without a scan
+    __table_args__ = (Index("ix_contacts_customer_at", "customer_id", "at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    customer_id: int = Field(
+        sa_column=Column(Integer, ForeignKey("customers.id", ondelete="CASCADE"), nullable=False)
+    )
+    kind: str = Field(max_length=20)
+    direction: str | None = Field(default=None, max_length=3, description="notes have none")
+    at: datetime = _when(nullable=False)
+    duration_seconds: int | None = Field(default=None, description="calls")
+    outcome: str = Field(default="", max_length=200)
+    location: str = Field(default="", max_length=500, description="a meeting's place or link")
+    attendees: list[str] = Field(default_factory=list, sa_type=JSON)
+    note: str = ""
+    logged_by: str = Field(max_length=100, description="a staff user's name")
+    created_at: datetime = _when(nullable=False, default_factory=utcnow)
+
+
+class LastContact(SQLModel, table=True):
+    """When we last reached a customer and they last reached us, by which channel; kept as
+    each touch is written, so the customer list sorts and filters by it without a scan."""
+
+    __tablename__ = "last_contacts"
+    # the customer list by last contact reads along this, both ways, and stops at a page
+    __table_args__ = (Index("ix_last_contacts_last_at", "last_at", "customer_id"),)
+
+    customer_id: int = Field(
+        sa_column=Column(Integer, ForeignKey("customers.id", ondelete="CASCADE"), primary_key=True)
+    )
+    out_at: datetime | None = _when()
+    out_channel: str | None = Field(default=None, max_length=20)
+    in_at: datetime | None = _when()
+    in_channel: str | None = Field(default=None, max_length=20)
+    last_at: datetime | None = _when(description="the later of the two")
 
 
 class SavedReply(SQLModel, table=True):

@@ -1,5 +1,6 @@
 """Support's desk: inquiries (the list, and one thread with what was done about it) and
-customers (who they are, what they wrote, every message we sent them, when the next may go).
+customers (who they are, every touch on one timeline, when we last spoke either way, when
+the next mail may go), where support logs calls, meetings and notes.
 
 What customers wrote is only ever shown as text (autoescaped, in ``<pre>``): their HTML is
 never rendered, so nothing in it runs or loads. Marketing sees customers but not what they
@@ -12,7 +13,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
@@ -23,12 +24,14 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from mailer.core.errors import NotFound, TemplateError
-from mailer.customers import profiles
+from mailer.core.errors import InvalidContact, NotFound, TemplateError
+from mailer.customers import contacts, profiles
 from mailer.inbound import inquiries, plain_words
 from mailer.outbound import outbox
 from mailer.outbound.prepare import Preparer
 from mailer.outbound.templates import TemplateStore
+from mailer.relationship import history
+from mailer.relationship.timeline import Cursor
 from mailer.sandbox import smtp_server
 from mailer.staff import users
 from mailer.store.models import InquiryStatus, Role
@@ -339,32 +342,56 @@ def _write(
 async def customer_list(request: Request) -> Response:
     q = request.query_params.get("q", "").strip()
     page = max(_number(request, "page") or 1, 1)
-    found = await db(request, _customers, request, q, page)
+    sort = request.query_params.get("sort", "")
+    sort = sort if sort in contacts.ORDERS else ""
+    quiet = _number(request, "quiet")
+    found = await db(request, _customers, request, q, page, sort, quiet)
+    keep = {"q": q, "sort": sort, "quiet": quiet}
     context = {
         "customers": found[:PAGE],
-        "q": q,
-        "newer": _link("/customers", q=q, page=page - 1) if page > 1 else None,
-        "older": _link("/customers", q=q, page=page + 1) if len(found) > PAGE else None,
+        **keep,
+        "sorted": {s: _link("/customers", q=q, quiet=quiet, sort=s) for s in contacts.ORDERS},
+        "newer": _link("/customers", **keep, page=page - 1) if page > 1 else None,
+        "older": _link("/customers", **keep, page=page + 1) if len(found) > PAGE else None,
     }
     return render(request, "customer_list.html", context)
 
 
-def _customers(request: Request, q: str, page: int) -> list[profiles.Profile]:
+def _customers(
+    request: Request, q: str, page: int, sort: str, quiet: int | None
+) -> list[contacts.Listed]:
     """One more than a page, to know whether another follows without counting them all."""
-    with state(request).engine.connect() as conn:
-        return profiles.find(conn, search=q, limit=PAGE + 1, offset=(page - 1) * PAGE)
+    web = state(request)
+    since = web.clock.now() - timedelta(days=quiet) if quiet is not None else None
+    with web.engine.connect() as conn:
+        return contacts.browse(
+            conn,
+            search=q,
+            order=sort,
+            quiet_since=since,
+            limit=PAGE + 1,
+            offset=(page - 1) * PAGE,
+        )
 
 
 @require(Role.SUPPORT, Role.MARKETING)
 async def customer_page(request: Request) -> Response:
     readable = _may_read(request)
-    context = await db(request, _customer, request, request.path_params["id"], readable)
+    cursor = Cursor.decode(request.query_params.get("before", ""))
+    customer_id = request.path_params["id"]
+    context = await db(request, _customer, request, customer_id, readable, cursor)
     if context is None:
         raise HTTPException(404, "There is no such customer.")
+    older = context["timeline"].older
+    context["older"] = _link(f"/customers/{customer_id}", before=older.encode()) if older else None
+    context["newer"] = f"/customers/{customer_id}#timeline" if cursor else None
+    context["kinds"], context["directions"] = contacts.KINDS, contacts.DIRECTIONS
     return render(request, "customer_profile.html", {**context, "readable": readable})
 
 
-def _customer(request: Request, customer_id: int, readable: bool) -> dict[str, Any] | None:
+def _customer(
+    request: Request, customer_id: int, readable: bool, cursor: Cursor | None
+) -> dict[str, Any] | None:
     web = state(request)
     now = web.clock.now()
     with web.engine.connect() as conn:
@@ -373,6 +400,7 @@ def _customer(request: Request, customer_id: int, readable: bool) -> dict[str, A
         except NotFound:
             return None
         messages = outbox.find(conn, customer_id=customer_id, limit=HISTORY + 1)
+        unsubscribed = customer.unsubscribed_at
         return {
             "customer": customer,
             "now": now,
@@ -381,8 +409,73 @@ def _customer(request: Request, customer_id: int, readable: bool) -> dict[str, A
             "messages": messages[:HISTORY],
             "more_messages": len(messages) > HISTORY,
             "last_contact": outbox.last_contact(conn, customer_id),
+            "both_ways": contacts.last_of(conn, customer_id),
+            "timeline": history.page(
+                conn, customer_id, unsubscribed, cursor=cursor, with_text=readable
+            ),
             "next_contact": outbox.next_contact(conn, customer, now, web.cfg.settings),
         }
+
+
+@posted_by_support
+async def log_contact(request: Request, form: FormData) -> Response:
+    """A call, meeting or note from the customer's page, as the signed-in user."""
+    customer_id = int(request.path_params["id"])
+    user = current_user(request)
+    assert user is not None
+    now = state(request).clock.now()
+    try:
+        entry = _new_contact(form, user.name, now)
+        found = await db(request, _log_contact, request, customer_id, entry, now)
+    except InvalidContact as exc:
+        raise HTTPException(400, str(exc)) from None
+    if not found:
+        raise HTTPException(404, "There is no such customer.")
+    return RedirectResponse(f"/customers/{customer_id}#timeline", status_code=303)
+
+
+def _new_contact(form: FormData, by: str, now: datetime) -> contacts.NewContact:
+    """The form as a contact; a time without an offset is UTC, as every time on these pages."""
+    minutes = _field(form, "minutes")
+    if minutes and not (minutes.isascii() and minutes.isdigit()):
+        raise InvalidContact(f"the duration {minutes!r} is not a whole number of minutes")
+    return contacts.NewContact(
+        kind=_field(form, "kind"),
+        direction=_field(form, "direction") or None,
+        at=_utc(_field(form, "at")) or now,
+        by=by,
+        note=str(form.get("note", "")),
+        duration=timedelta(minutes=int(minutes)) if minutes else None,
+        outcome=str(form.get("outcome", "")),
+        location=str(form.get("where", "")),
+        attendees=[a for a in _field(form, "attendees").split(",") if a.strip()],
+    )
+
+
+def _field(form: FormData, name: str) -> str:
+    return str(form.get(name, "")).strip()
+
+
+def _utc(text: str) -> datetime | None:
+    if not text:
+        return None
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidContact(f"the time {text!r} is not a date and time") from None
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+def _log_contact(
+    request: Request, customer_id: int, entry: contacts.NewContact, now: datetime
+) -> bool:
+    with state(request).engine.begin() as conn:
+        try:
+            profiles.get_id(conn, customer_id)
+        except NotFound:
+            return False
+        contacts.log(conn, customer_id, entry, now)
+        return True
 
 
 routes = [
@@ -393,4 +486,5 @@ routes = [
     Route("/inquiries/{id:int}/mine", assign_to_me, methods=["POST"]),
     Route("/customers", customer_list),
     Route("/customers/{id:int}", customer_page),
+    Route("/customers/{id:int}/contacts", log_contact, methods=["POST"]),
 ]

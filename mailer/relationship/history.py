@@ -1,0 +1,134 @@
+"""Reads a page of a customer's timeline: a bounded, indexed query per source, merged by
+``timeline.merge``. Marketing may see that a customer wrote, not what: ``with_text``."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, Table, and_, select, true
+from sqlalchemy.engine import Connection
+
+from mailer.customers.contacts import CONTACTS, EMAIL
+from mailer.inbound.inquiries import INQUIRIES
+from mailer.outbound.outbox import OUTBOX
+from mailer.relationship.timeline import Bound, Cursor, Entry, Page, Source, after, bound, merge
+from mailer.store.models import OutboxStatus
+
+PAGE = 50
+# what happened to a message; queued and sending ones have not happened yet
+MAIL_SHOWN = [s.value for s in OutboxStatus if s not in (OutboxStatus.QUEUED, OutboxStatus.SENDING)]
+AUTOMATIC = "mailer"  # who sent what the outbox sent
+
+
+def page(
+    conn: Connection,
+    customer_id: int,
+    unsubscribed_at: datetime | None,
+    *,
+    cursor: Cursor | None = None,
+    size: int = PAGE,
+    with_text: bool = True,
+) -> Page:
+    """The ``size`` latest entries after ``cursor`` (the newest when None)."""
+    read = size + 1  # one more than a page says whether an older page exists
+    sources = [
+        _mail(conn, customer_id, bound(cursor, Source.MAIL), read),
+        _inquiries(conn, customer_id, bound(cursor, Source.INQUIRY), read, with_text),
+        _contacts(conn, customer_id, bound(cursor, Source.CONTACT), read),
+        _unsubscribed(customer_id, unsubscribed_at, cursor),
+    ]
+    return merge(sources, size, cursor)
+
+
+def _below(table: Table, at: str, limit: Bound | None) -> ColumnElement[bool]:
+    column, row = table.c[at], table.c.id
+    if limit is None:
+        return true()
+    if limit.inclusive:
+        return column <= limit.at
+    if limit.below_id is None:
+        return column < limit.at
+    return (column < limit.at) | and_(column == limit.at, row < limit.below_id)
+
+
+def _newest(query: Select[Any], table: Table, at: str, limit: int) -> Select[Any]:
+    return query.order_by(table.c[at].desc(), table.c.id.desc()).limit(limit)
+
+
+def _mail(conn: Connection, customer_id: int, limit: Bound | None, count: int) -> list[Entry]:
+    o = OUTBOX.c
+    query = select(o.id, o.status, o.template, o.category, o.reason, o.subject, o.updated_at)
+    query = query.where(
+        o.customer_id == customer_id, _below(OUTBOX, "updated_at", limit), o.status.in_(MAIL_SHOWN)
+    )
+    return [
+        Entry(
+            at=r.updated_at,
+            source=Source.MAIL,
+            id=r.id,
+            kind=r.status,
+            direction="out",
+            channel=EMAIL,
+            by=AUTOMATIC,
+            title=r.template,
+            text=r.reason or "",
+            details={"category": r.category, "subject": r.subject},
+        )
+        for r in conn.execute(_newest(query, OUTBOX, "updated_at", count))
+    ]
+
+
+def _inquiries(
+    conn: Connection, customer_id: int, limit: Bound | None, count: int, with_text: bool
+) -> list[Entry]:
+    i = INQUIRIES.c
+    query = select(i.id, i.received_at, i.sender, i.subject, i.status, i.thread_id).where(
+        i.customer_id == customer_id, _below(INQUIRIES, "received_at", limit)
+    )
+    return [
+        Entry(
+            at=r.received_at,
+            source=Source.INQUIRY,
+            id=r.id,
+            kind="inquiry",
+            direction="in",
+            channel=EMAIL,
+            by=r.sender,
+            title=r.subject if with_text else "",  # a subject is something they wrote too
+            details={"status": r.status, "thread_id": r.thread_id or r.id},
+        )
+        for r in conn.execute(_newest(query, INQUIRIES, "received_at", count))
+    ]
+
+
+def _contacts(conn: Connection, customer_id: int, limit: Bound | None, count: int) -> list[Entry]:
+    c = CONTACTS.c
+    query = select(CONTACTS).where(c.customer_id == customer_id, _below(CONTACTS, "at", limit))
+    return [
+        Entry(
+            at=r.at,
+            source=Source.CONTACT,
+            id=r.id,
+            kind=r.kind,
+            direction=r.direction,
+            channel=r.kind,
+            by=r.logged_by,
+            title=r.outcome,
+            text=r.note,
+            details={
+                "duration_seconds": r.duration_seconds,
+                "outcome": r.outcome,
+                "location": r.location,
+                "attendees": list(r.attendees or []),
+            },
+        )
+        for r in conn.execute(_newest(query, CONTACTS, "at", count))
+    ]
+
+
+def _unsubscribed(customer_id: int, at: datetime | None, cursor: Cursor | None) -> list[Entry]:
+    if at is None:
+        return []
+    entry = Entry(at=at, source=Source.UNSUBSCRIBE, id=customer_id, kind="unsubscribed")
+    return [entry] if after(entry, cursor) else []

@@ -1,0 +1,173 @@
+"""The customer's page as one timeline, logging a call from it, and the customer list by how
+long since we last spoke; in Debian's Chromium, on SQLite and PostgreSQL. Time moves only by
+the injected clock."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from pathlib import Path
+
+from playwright.async_api import Page, expect
+from sqlalchemy import Engine
+
+from mailer.core.clock import ManualClock
+from mailer.customers import contacts, profiles
+from mailer.customers.contacts import NewContact
+from tests.conftest import add_customers, sign_in
+from tests.site import Site
+from tests.test_timeline import sent
+from tests.test_web_desk import maria, order  # noqa: F401  (fixtures)
+
+STAMP = "%Y-%m-%d %H:%M UTC"
+
+
+async def test_support_logs_a_call_and_sees_it_beside_the_inquiry_and_the_mail_we_sent(
+    page: Page,
+    site: Site,
+    staff: dict[str, str],
+    engine: Engine,
+    clock: ManualClock,
+    maria: int,  # noqa: F811
+    order: int,  # noqa: F811
+) -> None:
+    sent(engine, maria, "news:1", clock.now() - timedelta(days=2))
+    clock.advance(timedelta(hours=1))
+    await sign_in(page, site, "sam")
+    await page.goto(f"{site.url}/customers/{maria}")
+    await page.get_by_text("Log a call, meeting or note").click()
+    await page.get_by_label("Kind").select_option("call")
+    await page.get_by_label("Direction").select_option("out")
+    await page.get_by_label("Minutes (calls)").fill("12")
+    await page.get_by_label("Outcome").fill("agreed a demo")
+    await page.get_by_label("Note", exact=True).fill("<b>Prefers</b> mornings")
+    await page.get_by_role("button", name="Log it").click()
+    await expect(page).to_have_url(f"{site.url}/customers/{maria}#timeline")
+
+    rows = page.get_by_role("table", name="Timeline").locator("tbody tr")
+    await expect(rows.nth(0)).to_contain_text("Call: agreed a demo")
+    await expect(rows.nth(0)).to_contain_text(f"{clock.now():{STAMP}}")
+    await expect(rows.nth(0)).to_contain_text("sam")
+    await expect(rows.nth(0)).to_contain_text("12 min.")
+    await expect(rows.nth(0).locator("pre.note")).to_have_text("<b>Prefers</b> mornings")
+    await expect(rows.filter(has_text="Wrote: Order 1042")).to_have_count(1)
+    await expect(rows.filter(has_text="Wrote: Grinder is noisy")).to_have_count(1)
+    await expect(rows.filter(has_text="Mail sent: newsletter (marketing)")).to_have_count(1)
+    contact = page.get_by_role("table", name="Contact")
+    reached = contact.locator("tr", has_text="We last reached them")
+    await expect(reached).to_contain_text(f"{clock.now():{STAMP}} · by call")
+    heard = contact.locator("tr", has_text="They last reached us")
+    await expect(heard).to_contain_text("by email")
+
+
+async def test_a_contact_that_makes_no_sense_is_refused_with_the_reason(
+    page: Page,
+    site: Site,
+    staff: dict[str, str],
+    engine: Engine,
+    maria: int,  # noqa: F811
+) -> None:
+    await sign_in(page, site, "ada")  # admin may do what support does
+    await page.goto(f"{site.url}/customers/{maria}")
+    await page.get_by_text("Log a call, meeting or note").click()
+    await page.get_by_label("Kind").select_option("note")
+    await page.get_by_label("Direction").select_option("in")
+    await page.get_by_label("Note", exact=True).fill("x")
+    await page.get_by_role("button", name="Log it").click()
+    await expect(page.get_by_role("main")).to_contain_text("a note has no direction")
+    with engine.connect() as conn:
+        assert contacts.last_of(conn, maria) == {"out": None, "in": None}
+
+
+async def test_marketing_sees_the_timeline_but_may_not_log_contacts(
+    page: Page,
+    site: Site,
+    staff: dict[str, str],
+    engine: Engine,
+    maria: int,  # noqa: F811
+    order: int,  # noqa: F811
+) -> None:
+    await sign_in(page, site, "mia")
+    await page.goto(f"{site.url}/customers/{maria}")
+    rows = page.get_by_role("table", name="Timeline").locator("tbody tr")
+    await expect(rows.filter(has_text="Wrote to support")).to_have_count(2)
+    await expect(page.get_by_text("Log a call, meeting or note")).to_have_count(0)
+    token = await page.locator('meta[name="csrf-token"]').get_attribute("content")
+    posted = await page.request.post(
+        f"{site.url}/customers/{maria}/contacts",
+        form={"csrf": token or "", "kind": "note", "note": "forged"},
+    )
+    assert posted.status == 403
+
+
+def test_a_contact_post_without_the_csrf_token_is_refused(
+    site: Site,
+    staff: dict[str, str],
+    engine: Engine,
+    maria: int,  # noqa: F811
+) -> None:
+    status, body = site.post(f"/customers/{maria}/contacts", {"kind": "note", "note": "forged"})
+    assert status == 403 and "expired" in body
+    with engine.connect() as conn:
+        assert conn.execute(contacts.CONTACTS.select()).all() == []
+
+
+async def test_the_customer_list_sorts_by_last_contact_and_finds_who_we_have_not_spoken_to(
+    page: Page,
+    site: Site,
+    staff: dict[str, str],
+    engine: Engine,
+    clock: ManualClock,
+    tmp_path: Path,
+) -> None:
+    now = clock.now()
+    names = ("ana", "boris", "vera", "zoe")
+    rows = "".join(f"{n}@example.com,{n.title()}\n" for n in names)
+    add_customers(engine, tmp_path, "email,name\n" + rows, now - timedelta(days=400))
+    with engine.begin() as conn:
+        ids = {n: int(profiles.get(conn, f"{n}@example.com").id) for n in names}
+        for name, days, way in (("ana", 200, "out"), ("boris", 10, "in"), ("vera", 95, "out")):
+            call = NewContact(kind="call", direction=way, at=now - timedelta(days=days), by="sam")
+            contacts.log(conn, ids[name], call, now)
+    await sign_in(page, site, "sam")
+    await page.goto(f"{site.url}/customers")
+    emails = page.locator("#customers tbody tr td:first-child")
+    await expect(emails).to_have_text([f"{n}@example.com" for n in names])
+    await page.get_by_role("link", name="Sort by last contact").click()
+    await expect(emails).to_have_text([f"{n}@example.com" for n in ("boris", "vera", "ana", "zoe")])
+    boris = page.locator("#customers tbody tr", has_text="boris@")
+    await expect(boris.locator("td.last-contact")).to_contain_text(
+        f"← {now - timedelta(days=10):{STAMP}} · call"
+    )
+    await page.get_by_role("link", name="Sort by last contact").click()
+    await expect(page).to_have_url(re.compile(r"sort=quiet"))
+    await expect(emails).to_have_text([f"{n}@example.com" for n in ("zoe", "ana", "vera", "boris")])
+    await page.get_by_label("Not spoken to in").fill("100")
+    await page.get_by_role("button", name="Search").click()
+    await expect(emails).to_have_text(["zoe@example.com", "ana@example.com"])
+    await expect(page).to_have_url(re.compile(r"quiet=100.*sort=quiet|sort=quiet.*quiet=100"))
+
+
+async def test_a_long_timeline_pages_back_to_its_oldest_entry(
+    page: Page,
+    site: Site,
+    staff: dict[str, str],
+    engine: Engine,
+    clock: ManualClock,
+    maria: int,  # noqa: F811
+) -> None:
+    now = clock.now()
+    with engine.begin() as conn:
+        for n in range(55):
+            at = now - timedelta(hours=n)
+            note = NewContact(kind="note", direction=None, at=at, by="sam", note=f"note {n}")
+            contacts.log(conn, maria, note, now)
+    await sign_in(page, site, "mia")
+    await page.goto(f"{site.url}/customers/{maria}")
+    notes = page.get_by_role("table", name="Timeline").locator("pre.note")
+    await expect(notes).to_have_count(50)
+    await expect(notes.first).to_have_text("note 0")
+    await page.get_by_role("link", name="Older →").click()
+    await expect(notes).to_have_text([f"note {n}" for n in range(50, 55)])
+    await page.get_by_role("link", name="← Latest").click()
+    await expect(notes.first).to_have_text("note 0")
