@@ -16,7 +16,7 @@ from mailer.core.categories import Category
 from mailer.core.clock import ManualClock
 from mailer.core.config import Config
 from mailer.core.errors import InvalidContact
-from mailer.customers import contacts, profiles
+from mailer.customers import contacts, followups, profiles
 from mailer.customers.contacts import NewContact
 from mailer.inbound import inquiries
 from mailer.inbound.parsing import parse
@@ -28,6 +28,7 @@ from mailer.store import db, migrate
 from tests.conftest import add_customers
 
 T0 = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
+HOUR = timedelta(hours=1)
 
 
 def entry(source: Source, row: int, minutes: int, kind: str = "x") -> Entry:
@@ -416,3 +417,27 @@ def test_erasing_a_customer_clears_what_staff_wrote_about_them_and_export_carrie
         (row,) = contacts.of_customer(conn, maria)
         assert (row["note"], row["location"], row["attendees"]) == ("", "", [])
         assert (row["kind"], row["at"]) == ("meeting", T0)
+
+
+def test_desk_replies_and_follow_ups_join_the_timeline_with_who(engine: Engine, maria: int) -> None:
+    inquiry = wrote(engine, T0)
+    with engine.begin() as conn:
+        inquiries.record_reply(conn, inquiry, "A new grinder is on its way.", "sam", T0 + HOUR)
+        plan = followups.NewFollowUp(
+            customer_id=maria,
+            due_at=T0 + timedelta(days=3),
+            note="Ask whether the grinder arrived",
+            created_by="mila",
+            assignee="sam",
+        )
+        followups.add(conn, plan, T0 + 2 * HOUR)
+        page = history.page(conn, maria, None)
+        hidden = history.page(conn, maria, None, with_text=False)
+    shown = [(e.source, e.kind, e.by, e.text) for e in page.entries]
+    assert shown == [
+        ("followup", "follow-up", "mila", "Ask whether the grinder arrived"),
+        ("reply", "reply", "sam", "A new grinder is on its way."),
+        ("inquiry", "inquiry", "maria@example.com", ""),
+    ]
+    assert page.entries[0].details["due_at"] == T0 + timedelta(days=3)
+    assert [e.text for e in hidden.entries if e.kind == "reply"] == [""]  # marketing's view

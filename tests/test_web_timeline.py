@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from playwright.async_api import Page, expect
 from sqlalchemy import Engine
@@ -19,7 +20,8 @@ from tests.site import Site
 from tests.test_timeline import sent
 from tests.test_web_desk import maria, order  # noqa: F401  (fixtures)
 
-STAMP = "%Y-%m-%d %H:%M UTC"
+STAMP = "%Y-%m-%d %H:%M %Z"
+SOFIA = ZoneInfo("Europe/Sofia")  # the business's zone: sam has none of his own
 
 
 async def test_support_logs_a_call_and_sees_it_beside_the_inquiry_and_the_mail_we_sent(
@@ -46,7 +48,7 @@ async def test_support_logs_a_call_and_sees_it_beside_the_inquiry_and_the_mail_w
 
     rows = page.get_by_role("table", name="Timeline").locator("tbody tr")
     await expect(rows.nth(0)).to_contain_text("Call: agreed a demo")
-    await expect(rows.nth(0)).to_contain_text(f"{clock.now():{STAMP}}")
+    await expect(rows.nth(0)).to_contain_text(f"{clock.now().astimezone(SOFIA):{STAMP}}")
     await expect(rows.nth(0)).to_contain_text("sam")
     await expect(rows.nth(0)).to_contain_text("12 min.")
     await expect(rows.nth(0).locator("pre.note")).to_have_text("<b>Prefers</b> mornings")
@@ -55,7 +57,7 @@ async def test_support_logs_a_call_and_sees_it_beside_the_inquiry_and_the_mail_w
     await expect(rows.filter(has_text="Mail sent: newsletter (marketing)")).to_have_count(1)
     contact = page.get_by_role("table", name="Contact")
     reached = contact.locator("tr", has_text="We last reached them")
-    await expect(reached).to_contain_text(f"{clock.now():{STAMP}} · by call")
+    await expect(reached).to_contain_text(f"{clock.now().astimezone(SOFIA):{STAMP}} · by call")
     heard = contact.locator("tr", has_text="They last reached us")
     await expect(heard).to_contain_text("by email")
 

@@ -10,7 +10,8 @@ from sqlalchemy import ColumnElement, Select, Table, and_, select, true
 from sqlalchemy.engine import Connection
 
 from mailer.customers.contacts import CONTACTS, EMAIL
-from mailer.inbound.inquiries import INQUIRIES
+from mailer.customers.followups import FOLLOWUPS
+from mailer.inbound.inquiries import INQUIRIES, INQUIRY_EVENTS
 from mailer.outbound.outbox import OUTBOX
 from mailer.relationship.timeline import Bound, Cursor, Entry, Page, Source, after, bound, merge
 from mailer.store.models import OutboxStatus
@@ -36,6 +37,8 @@ def page(
         _mail(conn, customer_id, bound(cursor, Source.MAIL), read),
         _inquiries(conn, customer_id, bound(cursor, Source.INQUIRY), read, with_text),
         _contacts(conn, customer_id, bound(cursor, Source.CONTACT), read),
+        _replies(conn, customer_id, bound(cursor, Source.REPLY), read, with_text),
+        _followups(conn, customer_id, bound(cursor, Source.FOLLOWUP), read),
         _unsubscribed(customer_id, unsubscribed_at, cursor),
     ]
     return merge(sources, size, cursor)
@@ -124,6 +127,58 @@ def _contacts(conn: Connection, customer_id: int, limit: Bound | None, count: in
             },
         )
         for r in conn.execute(_newest(query, CONTACTS, "at", count))
+    ]
+
+
+def _replies(
+    conn: Connection, customer_id: int, limit: Bound | None, count: int, with_text: bool
+) -> list[Entry]:
+    """What support wrote back from the desk, by whom; the mail that carried it is a mail
+    entry of its own, with what became of it."""
+    e, i = INQUIRY_EVENTS.c, INQUIRIES.c
+    query = (
+        select(e.id, e.at, e.actor, e.text, e.inquiry_id)
+        .join(INQUIRIES, i.id == e.inquiry_id)
+        .where(i.customer_id == customer_id, e.kind == "reply", _below(INQUIRY_EVENTS, "at", limit))
+    )
+    return [
+        Entry(
+            at=r.at,
+            source=Source.REPLY,
+            id=r.id,
+            kind="reply",
+            direction="out",
+            channel=EMAIL,
+            by=r.actor,
+            text=r.text if with_text else "",
+            details={"thread_id": r.inquiry_id},
+        )
+        for r in conn.execute(_newest(query, INQUIRY_EVENTS, "at", count))
+    ]
+
+
+def _followups(conn: Connection, customer_id: int, limit: Bound | None, count: int) -> list[Entry]:
+    """Follow-ups and meetings, when they were set up and by whom, with when they are due."""
+    f = FOLLOWUPS.c
+    query = select(FOLLOWUPS).where(
+        f.customer_id == customer_id, _below(FOLLOWUPS, "created_at", limit)
+    )
+    return [
+        Entry(
+            at=r.created_at,
+            source=Source.FOLLOWUP,
+            id=r.id,
+            kind="meeting" if r.duration_minutes else "follow-up",
+            by=r.created_by,
+            text=r.note,
+            details={
+                "due_at": r.due_at,
+                "status": r.status,
+                "assignee": r.assignee,
+                "location": r.place,
+            },
+        )
+        for r in conn.execute(_newest(query, FOLLOWUPS, "created_at", count))
     ]
 
 

@@ -23,7 +23,9 @@ class Source(StrEnum):
     UNSUBSCRIBE = "unsubscribe"
     INQUIRY = "inquiry"
     MAIL = "mail"
+    REPLY = "reply"
     CONTACT = "contact"
+    FOLLOWUP = "followup"
 
 
 RANK = {source: rank for rank, source in enumerate(Source)}

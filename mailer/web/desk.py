@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
 
 from sqlalchemy.engine import Connection
 from starlette.datastructures import FormData
@@ -386,6 +387,7 @@ async def customer_page(request: Request) -> Response:
     context["older"] = _link(f"/customers/{customer_id}", before=older.encode()) if older else None
     context["newer"] = f"/customers/{customer_id}#timeline" if cursor else None
     context["kinds"], context["directions"] = contacts.KINDS, contacts.DIRECTIONS
+    context["viewer"] = viewer_zone(request)
     return render(request, "customer_profile.html", {**context, "readable": readable})
 
 
@@ -425,7 +427,7 @@ async def log_contact(request: Request, form: FormData) -> Response:
     assert user is not None
     now = state(request).clock.now()
     try:
-        entry = _new_contact(form, user.name, now)
+        entry = _new_contact(form, user.name, now, viewer_zone(request))
         found = await db(request, _log_contact, request, customer_id, entry, now)
     except InvalidContact as exc:
         raise HTTPException(400, str(exc)) from None
@@ -434,15 +436,16 @@ async def log_contact(request: Request, form: FormData) -> Response:
     return RedirectResponse(f"/customers/{customer_id}#timeline", status_code=303)
 
 
-def _new_contact(form: FormData, by: str, now: datetime) -> contacts.NewContact:
-    """The form as a contact; a time without an offset is UTC, as every time on these pages."""
+def _new_contact(form: FormData, by: str, now: datetime, zone: ZoneInfo) -> contacts.NewContact:
+    """The form as a contact; a time without an offset is in the reader's zone, as the
+    page shows every time."""
     minutes = _field(form, "minutes")
     if minutes and not (minutes.isascii() and minutes.isdigit()):
         raise InvalidContact(f"the duration {minutes!r} is not a whole number of minutes")
     return contacts.NewContact(
         kind=_field(form, "kind"),
         direction=_field(form, "direction") or None,
-        at=_utc(_field(form, "at")) or now,
+        at=_moment(_field(form, "at"), zone) or now,
         by=by,
         note=str(form.get("note", "")),
         duration=timedelta(minutes=int(minutes)) if minutes else None,
@@ -456,14 +459,14 @@ def _field(form: FormData, name: str) -> str:
     return str(form.get(name, "")).strip()
 
 
-def _utc(text: str) -> datetime | None:
+def _moment(text: str, zone: ZoneInfo) -> datetime | None:
     if not text:
         return None
     try:
         at = datetime.fromisoformat(text)
     except ValueError:
         raise InvalidContact(f"the time {text!r} is not a date and time") from None
-    return at if at.tzinfo else at.replace(tzinfo=UTC)
+    return (at if at.tzinfo else at.replace(tzinfo=zone)).astimezone(UTC)
 
 
 def _log_contact(
