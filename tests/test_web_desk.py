@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from playwright.async_api import Page, expect
@@ -255,9 +256,11 @@ async def test_the_customer_page_shows_a_throttled_newsletter_with_its_reason(
     await expect(row).to_contain_text("newsletter")
     await expect(row).to_contain_text(deferred["reason"])
     contact = page.get_by_role("table", name="Contact")
-    stamp = "%Y-%m-%d %H:%M UTC"
-    await expect(contact).to_contain_text(f"{now:{stamp}} · newsletter (marketing)")
-    next_news = f"{deferred['due_at']:{stamp}}"
+    sofia, stamp = ZoneInfo("Europe/Sofia"), "%Y-%m-%d %H:%M %Z"  # sam reads the business's zone
+    await expect(contact).to_contain_text(
+        f"{now.astimezone(sofia):{stamp}} · newsletter (marketing)"
+    )
+    next_news = f"{deferred['due_at'].astimezone(sofia):{stamp}}"
     await expect(contact.locator("tr", has_text="Next marketing")).to_contain_text(next_news)
     await expect(page.get_by_role("table", name="Profile")).to_contain_text("Europe/Sofia")
     await expect(page.locator("pre.body")).to_have_count(2)  # support reads what she wrote
