@@ -15,6 +15,9 @@ from sqlalchemy import Engine
 from mailer.core.clock import ManualClock
 from mailer.customers import contacts, profiles
 from mailer.customers.contacts import NewContact
+from mailer.inbound import inquiries
+from mailer.inbound.parsing import parse
+from mailer.store.models import InquiryStatus
 from tests.conftest import add_customers, sign_in
 from tests.site import Site
 from tests.test_timeline import sent
@@ -173,3 +176,46 @@ async def test_a_long_timeline_pages_back_to_its_oldest_entry(
     await expect(notes).to_have_text([f"note {n}" for n in range(50, 55)])
     await page.get_by_role("link", name="← Latest").click()
     await expect(notes.first).to_have_text("note 0")
+
+
+def asks(sender: str, message_id: str, *, reply_to: str = "") -> bytes:
+    threading = f"In-Reply-To: {reply_to}\r\n" if reply_to else ""
+    return (
+        f"From: {sender}\r\nTo: support@northwind-roasters.example\r\nSubject: Grinder\r\n"
+        f"Message-ID: {message_id}\r\n{threading}\r\nIt stopped working.\r\n"
+    ).encode()
+
+
+async def test_the_list_finds_customers_who_wrote_and_were_never_answered_by_a_person(
+    page: Page,
+    site: Site,
+    staff: dict[str, str],
+    engine: Engine,
+    clock: ManualClock,
+    tmp_path: Path,
+) -> None:
+    now = clock.now()
+    names = ("ana", "boris", "vera", "zoe")
+    rows = "".join(f"{n}@example.com,{n.title()}\n" for n in names)
+    add_customers(engine, tmp_path, "email,name\n" + rows, now - timedelta(days=30))
+    with engine.begin() as conn:
+        logged = {
+            n: inquiries.log(conn, parse(asks(f"{n}@example.com", f"<{n}@mail.example>")), now)
+            for n in ("ana", "boris", "vera")
+        }
+        for name in logged:  # what the watcher decides for a person's mail
+            inquiries.record_decision(
+                conn, logged[name].inquiry_id, status="new", decision="inquiry", reasons=[]
+            )
+        inquiries.record_reply(conn, logged["boris"].inquiry_id, "On its way.", "sam", now)
+        inquiries.set_status(conn, logged["vera"].inquiry_id, InquiryStatus.ANSWERED)  # by phone
+        # ana wrote twice in one conversation and nobody answered either; zoe never wrote
+        again = asks("ana@example.com", "<ana2@x>", reply_to="<ana@mail.example>")
+        inquiries.log(conn, parse(again), now)
+    await sign_in(page, site, "sam")
+    await page.goto(f"{site.url}/customers")
+    await page.get_by_label("Wrote and never answered by a person").check()
+    await page.get_by_role("button", name="Search").click()
+    emails = page.locator("#customers tbody tr td:first-child")
+    await expect(emails).to_have_text(["ana@example.com"])
+    await expect(page).to_have_url(re.compile(r"unanswered=1"))

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, case, func, insert, select, update
+from sqlalchemy import Select, Table, case, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
@@ -199,19 +199,21 @@ def browse(
     search: str | None = None,
     order: str = "",
     quiet_since: datetime | None = None,
+    only: Select[Any] | None = None,
     limit: int = 50,
     offset: int = 0,
 ) -> list[Listed]:
     """Customers with their last contact both ways. ``order``: "recent"
     (latest contact first, never contacted last), "quiet" (never contacted first, then the
     longest without one), else by email; ``quiet_since`` keeps only those with no contact
-    either way since then."""
+    either way since then; ``only`` (a query of customer ids) keeps only those it names."""
+    where = Filter(search, only)
     if order not in ORDERS:
-        query = _with_last(LAST.c.customer_id == profiles.CUSTOMERS.c.id, search)
+        query = _with_last(LAST.c.customer_id == profiles.CUSTOMERS.c.id, where)
         if quiet_since is not None:
             query = query.where(LAST.c.last_at.is_(None) | (LAST.c.last_at < quiet_since))
         return _shown(conn, query.order_by(profiles.CUSTOMERS.c.email).limit(limit).offset(offset))
-    contacted, never = _contacted(search, order, quiet_since), _never(search)
+    contacted, never = _contacted(where, order, quiet_since), _never(where)
     rows: list[Listed] = []
     for phase in (contacted, never) if order == "recent" else (never, contacted):
         found = _shown(conn, phase.limit(limit - len(rows)).offset(offset))
@@ -226,16 +228,23 @@ ORDERS = ("recent", "quiet")
 _SUMMARY = ("out_at", "out_channel", "in_at", "in_channel", "last_at")
 
 
-def _with_last(on: ColumnElement[bool], search: str | None, *, inner: bool = False) -> Any:
+@dataclass(frozen=True, slots=True)
+class Filter:
+    search: str | None
+    only: Select[Any] | None
+
+
+def _with_last(on: ColumnElement[bool], where: Filter, *, inner: bool = False) -> Any:
     """Customers beside their last contacts, filtered as ``profiles.find`` filters."""
     joined = profiles.CUSTOMERS.join(LAST, on, isouter=not inner)
     query = select(*profiles.SHOWN, *(LAST.c[k] for k in _SUMMARY)).select_from(joined)
-    return query.where(*profiles.matching(search=search))
+    query = query.where(*profiles.matching(search=where.search))
+    return query if where.only is None else query.where(profiles.CUSTOMERS.c.id.in_(where.only))
 
 
-def _contacted(search: str | None, order: str, quiet_since: datetime | None) -> Any:
+def _contacted(where: Filter, order: str, quiet_since: datetime | None) -> Any:
     """Those with a last contact, in its order: read along ix_last_contacts_last_at."""
-    query = _with_last(LAST.c.customer_id == profiles.CUSTOMERS.c.id, search, inner=True)
+    query = _with_last(LAST.c.customer_id == profiles.CUSTOMERS.c.id, where, inner=True)
     query = query.where(LAST.c.last_at.is_not(None))
     if quiet_since is not None:
         query = query.where(LAST.c.last_at < quiet_since)
@@ -243,9 +252,9 @@ def _contacted(search: str | None, order: str, quiet_since: datetime | None) -> 
     return query.order_by(*(k.desc() if order == "recent" else k for k in keys))
 
 
-def _never(search: str | None) -> Any:
+def _never(where: Filter) -> Any:
     """Those never contacted either way, oldest customer first."""
-    query = _with_last(LAST.c.customer_id == profiles.CUSTOMERS.c.id, search)
+    query = _with_last(LAST.c.customer_id == profiles.CUSTOMERS.c.id, where)
     return query.where(LAST.c.customer_id.is_(None)).order_by(profiles.CUSTOMERS.c.id)
 
 

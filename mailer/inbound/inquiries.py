@@ -131,6 +131,23 @@ def erase_customer(conn: Connection, customer_id: int, address: str) -> int:
     return len(ids)
 
 
+def never_answered() -> Select[Any]:
+    """The ids of customers who wrote (a person, not a robot) in a conversation that no one
+    at the company has answered: no reply from the desk, not marked answered."""
+    asked, e = INQUIRIES.alias("asked"), INQUIRY_EVENTS.c
+    root = func.coalesce(asked.c.thread_id, asked.c.id)
+    replied = select(e.id).where(e.inquiry_id == root, e.kind == "reply").exists()
+    marked = select(INQUIRIES.c.id).where(
+        INQUIRIES.c.id == root, INQUIRIES.c.status == InquiryStatus.ANSWERED
+    )
+    return select(asked.c.customer_id).where(
+        asked.c.customer_id.is_not(None),
+        asked.c.decision.in_(FROM_PEOPLE),
+        ~replied,
+        ~marked.exists(),
+    )
+
+
 def record_decision(
     conn: Connection, inquiry_id: int, *, status: str, decision: str, reasons: list[str]
 ) -> None:

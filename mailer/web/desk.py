@@ -346,12 +346,13 @@ async def customer_list(request: Request) -> Response:
     sort = request.query_params.get("sort", "")
     sort = sort if sort in contacts.ORDERS else ""
     quiet = _number(request, "quiet")
-    found = await db(request, _customers, request, q, page, sort, quiet)
-    keep = {"q": q, "sort": sort, "quiet": quiet}
+    unanswered = 1 if request.query_params.get("unanswered") else None
+    found = await db(request, _customers, request, q, page, sort, quiet, unanswered)
+    keep = {"q": q, "sort": sort, "quiet": quiet, "unanswered": unanswered}
     context = {
         "customers": found[:PAGE],
         **keep,
-        "sorted": {s: _link("/customers", q=q, quiet=quiet, sort=s) for s in contacts.ORDERS},
+        "sorted": {s: _link("/customers", **{**keep, "sort": s}) for s in contacts.ORDERS},
         "newer": _link("/customers", **keep, page=page - 1) if page > 1 else None,
         "older": _link("/customers", **keep, page=page + 1) if len(found) > PAGE else None,
     }
@@ -359,7 +360,7 @@ async def customer_list(request: Request) -> Response:
 
 
 def _customers(
-    request: Request, q: str, page: int, sort: str, quiet: int | None
+    request: Request, q: str, page: int, sort: str, quiet: int | None, unanswered: int | None
 ) -> list[contacts.Listed]:
     """One more than a page, to know whether another follows without counting them all."""
     web = state(request)
@@ -370,6 +371,7 @@ def _customers(
             search=q,
             order=sort,
             quiet_since=since,
+            only=inquiries.never_answered() if unanswered else None,
             limit=PAGE + 1,
             offset=(page - 1) * PAGE,
         )
