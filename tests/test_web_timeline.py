@@ -13,7 +13,7 @@ from playwright.async_api import Page, expect
 from sqlalchemy import Engine
 
 from mailer.core.clock import ManualClock
-from mailer.customers import contacts, profiles
+from mailer.customers import contacts, followups, profiles
 from mailer.customers.contacts import NewContact
 from mailer.inbound import inquiries
 from mailer.inbound.parsing import parse
@@ -46,10 +46,19 @@ async def test_support_logs_a_call_and_sees_it_beside_the_inquiry_and_the_mail_w
     await page.get_by_label("Minutes (calls)").fill("12")
     await page.get_by_label("Outcome").fill("agreed a demo")
     await page.get_by_label("Note", exact=True).fill("<b>Prefers</b> mornings")
+    await page.get_by_label("Follow up in").fill("3d")
     await page.get_by_role("button", name="Log it").click()
     await expect(page).to_have_url(f"{site.url}/customers/{maria}#timeline")
 
     rows = page.get_by_role("table", name="Timeline").locator("tbody tr")
+    due = clock.now() + timedelta(days=3)
+    await expect(rows.nth(0)).to_contain_text(f"Follow-up set for {due.astimezone(SOFIA):{STAMP}}")
+    await expect(rows.nth(0)).to_contain_text("after the call: <b>Prefers</b> mornings")
+    with engine.connect() as conn:
+        (reminder,) = followups.find(conn, assignee="sam")
+        logged = contacts.of_customer(conn, maria)
+    assert reminder["contact_id"] == logged[0]["id"]  # it remembers the call it came from
+    rows = rows.filter(has_not_text="Follow-up set for")
     await expect(rows.nth(0)).to_contain_text("Call: agreed a demo")
     await expect(rows.nth(0)).to_contain_text(f"{clock.now().astimezone(SOFIA):{STAMP}}")
     await expect(rows.nth(0)).to_contain_text("sam")

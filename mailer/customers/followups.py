@@ -112,6 +112,7 @@ class NewFollowUp:
     created_by: str
     assignee: str | None = None
     inquiry_id: int | None = None
+    contact_id: int | None = None  # the call or meeting it came from
     meeting: MeetingPlan | None = None  # a meeting starts at due_at
 
 
@@ -158,6 +159,7 @@ def add(conn: Connection, new: NewFollowUp, now: datetime) -> int:
         "assignee": new.assignee,
         "note": new.note.strip(),
         "inquiry_id": new.inquiry_id,
+        "contact_id": new.contact_id,
         "status": FollowUpStatus.OPEN,
         "created_by": new.created_by,
         "created_at": now,

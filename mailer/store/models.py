@@ -449,6 +449,9 @@ class FollowUp(SQLModel, table=True):
     inquiry_id: int | None = Field(
         default=None, sa_column=Column(Integer, ForeignKey("inquiries.id", ondelete="SET NULL"))
     )
+    contact_id: int | None = Field(  # the call or meeting it came from
+        default=None, sa_column=Column(Integer, ForeignKey("contacts.id", ondelete="SET NULL"))
+    )
     status: str = Field(default=FollowUpStatus.OPEN, max_length=10)
     created_by: str = Field(max_length=100)
     created_at: datetime = _when(nullable=False, default_factory=utcnow)

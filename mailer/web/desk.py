@@ -25,8 +25,8 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from mailer.core.errors import InvalidContact, NotFound, TemplateError
-from mailer.customers import contacts, profiles
+from mailer.core.errors import InvalidContact, MailerError, NotFound, TemplateError
+from mailer.customers import contacts, followups, profiles
 from mailer.inbound import inquiries, plain_words
 from mailer.outbound import outbox
 from mailer.outbound.prepare import Preparer
@@ -428,10 +428,11 @@ async def log_contact(request: Request, form: FormData) -> Response:
     user = current_user(request)
     assert user is not None
     now = state(request).clock.now()
+    later = _field(form, "follow_up")
     try:
         entry = _new_contact(form, user.name, now, viewer_zone(request))
-        found = await db(request, _log_contact, request, customer_id, entry, now)
-    except InvalidContact as exc:
+        found = await db(request, _log_contact, request, customer_id, entry, later, now)
+    except (InvalidContact, MailerError) as exc:
         raise HTTPException(400, str(exc)) from None
     if not found:
         raise HTTPException(404, "There is no such customer.")
@@ -472,14 +473,28 @@ def _moment(text: str, zone: ZoneInfo) -> datetime | None:
 
 
 def _log_contact(
-    request: Request, customer_id: int, entry: contacts.NewContact, now: datetime
+    request: Request, customer_id: int, entry: contacts.NewContact, later: str, now: datetime
 ) -> bool:
+    """The contact, and with ``later`` ("3d") a follow-up for whoever logged it that names
+    the contact it came from; both or neither."""
     with state(request).engine.begin() as conn:
         try:
             profiles.get_id(conn, customer_id)
         except NotFound:
             return False
-        contacts.log(conn, customer_id, entry, now)
+        contact_id = contacts.log(conn, customer_id, entry, now)
+        if later:
+            due = followups.due_for(conn, later, entry.by, now, viewer_zone(request))
+            about = f"after the {entry.kind}" + (f": {entry.note}" if entry.note else "")
+            reminder = followups.NewFollowUp(
+                customer_id=customer_id,
+                due_at=due,
+                note=about,
+                created_by=entry.by,
+                assignee=entry.by,
+                contact_id=contact_id,
+            )
+            followups.add(conn, reminder, now)
         return True
 
 
