@@ -101,6 +101,12 @@ def find(conn: Connection) -> list[dict[str, Any]]:
     return [dict(row) for row in conn.execute(query.order_by(USERS.c.name)).mappings()]
 
 
+def assignable(conn: Connection) -> list[str]:
+    """Who may be given inquiries and follow-ups: active support and admin users, by name."""
+    may = (Role.SUPPORT, Role.ADMIN)
+    return [u["name"] for u in find(conn) if u["role"] in may and not u["disabled"]]
+
+
 def disable(conn: Connection, name: str) -> None:
     if not conn.execute(update(USERS).where(USERS.c.name == name).values(disabled=True)).rowcount:
         raise NotFound(f"no user named {name!r}")

@@ -206,7 +206,7 @@ def _inquiry(request: Request, inquiry_id: int, text: str | None = None) -> dict
             "said": {m.id: _said(m) for m in inquiry.thread},
             "zone": viewer_zone(request),
             "events": inquiries.events(conn, inquiry_id),
-            "assignees": _assignees(conn),
+            "assignees": users.assignable(conn),
             **_promise(request, conn, inquiry),
             "sent_replies": inquiries.replies(conn, inquiry_id),
             "reply_editor": reply_editor.editor(request, conn, inquiry, text) if writes else None,
@@ -254,12 +254,6 @@ def _raw_text(inquiry: inquiries.Opened) -> str | None:
     if inquiry.body_text or not inquiry.raw:
         return None
     return bytes(inquiry.raw[:RAW_SHOWN]).decode("utf-8", "replace")
-
-
-def _assignees(conn: Connection) -> list[str]:
-    """Whoever may work on inquiries: active support and admin users."""
-    may = (Role.SUPPORT, Role.ADMIN)
-    return [u["name"] for u in users.find(conn) if u["role"] in may and not u["disabled"]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,7 +306,7 @@ def _on_the_list(path: str) -> bool:
 
 
 def _assign(conn: Connection, inquiry_id: int, name: str | None, actor: str, now: datetime) -> bool:
-    if name is not None and name not in _assignees(conn):
+    if name is not None and name not in users.assignable(conn):
         raise HTTPException(400, f"{name!r} is not an active support user.")
     return inquiries.assign(conn, inquiry_id, name, actor, now)
 

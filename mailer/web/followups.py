@@ -19,10 +19,11 @@ from starlette.routing import Route
 from mailer.core.errors import MailerError, NotFound
 from mailer.customers import followups
 from mailer.relationship import meetings
+from mailer.staff import users
 from mailer.staff.users import SignedIn
 from mailer.store.models import Role
 from mailer.web.common import current_user, db, render, require, state, viewer_zone
-from mailer.web.desk import _assignees, posted_by_support
+from mailer.web.desk import posted_by_support
 
 SNOOZES = {"1d": timedelta(days=1), "1w": timedelta(weeks=1)}
 Change = Callable[[Connection, int, SignedIn, datetime], None]
@@ -51,7 +52,7 @@ async def my_followups(request: Request) -> Response:
 
 def _mine(request: Request, name: str) -> tuple[list[dict[str, Any]], list[str]]:
     with state(request).engine.connect() as conn:
-        return followups.find(conn, assignee=name), _assignees(conn)
+        return followups.find(conn, assignee=name), users.assignable(conn)
 
 
 @require(Role.SUPPORT)
@@ -141,7 +142,7 @@ async def reassign(request: Request, form: FormData) -> Response:
     name = str(form.get("assignee", "")) or None
 
     def to(conn: Connection, followup_id: int, user: SignedIn, now: datetime) -> None:
-        if name is not None and name not in _assignees(conn):
+        if name is not None and name not in users.assignable(conn):
             raise HTTPException(400, f"{name!r} is not an active support user.")
         followups.reassign(conn, followup_id, name)
 
