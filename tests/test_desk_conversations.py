@@ -241,3 +241,36 @@ def test_conversation_pages_follow_each_other_both_ways_and_count_each_thread_on
     assert [c.root.id for c in back.rows] == newest[:2] and back.newer is None
     assert [(c.latest.id, c.messages) for c in first.rows] == [(latest, 2), (roots[4], 1)]
     assert [c.root.id for c in found.rows] == [roots[1]]
+
+
+@pytest.mark.parametrize("few_roots", [inquiries.FEW_ROOTS, 0], ids=["by-roots", "by-walk"])
+def test_filtered_pages_are_the_same_whether_read_by_their_roots_or_by_walking_the_log(
+    engine: Engine,
+    cfg: Config,
+    clock: ManualClock,
+    maria: int,  # noqa: F811
+    few_roots: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A filter that keeps few conversations reads them by index; one that keeps many walks
+    the log newest first. Support sees the same pages either way."""
+    monkeypatch.setattr(inquiries, "FEW_ROOTS", few_roots)
+    roots = []
+    for n in range(5):
+        roots.append(received(engine, cfg, clock, mail(f"<f{n}@mail.example>", f"Q{n}", "?")))
+        clock.advance(timedelta(minutes=1))
+    with engine.begin() as conn:
+        for root in roots[1::2]:
+            inquiries.assign(conn, root, "sam", "sam", clock.now())
+    received(engine, cfg, clock, mail("<f1b@mail.example>", f"Re: Q1 [#{roots[1]}]", "More."))
+    with engine.connect() as conn:
+        mine = inquiries.conversations(conn, inquiries.Wanted(assignee="sam"), size=1)
+        then = inquiries.conversations(
+            conn, inquiries.Wanted(assignee="sam"), before=mine.older, size=1
+        )
+        nobody = inquiries.conversations(conn, inquiries.Wanted(unassigned=True))
+        none = inquiries.conversations(conn, inquiries.Wanted(assignee="lee"))
+    assert [c.root.id for c in mine.rows + then.rows] == [roots[1], roots[3]]
+    assert mine.rows[0].messages == 2 and then.older is None
+    assert [c.root.id for c in nobody.rows] == [roots[4], roots[2], roots[0]]
+    assert none.rows == []

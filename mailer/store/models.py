@@ -236,7 +236,9 @@ class Inquiry(SQLModel, table=True):
     error: str | None = None
     raw: bytes = Field(default=b"", sa_column=Column(LargeBinary, nullable=False))
     raw_truncated: bool = False
-    assignee: str | None = Field(default=None, max_length=100, description="a user's name")
+    assignee: str | None = Field(
+        default=None, max_length=100, index=True, description="a user's name"
+    )
     claimed_thread_id: int | None = Field(
         default=None, description="the inquiry a non-participant's message said it continues"
     )
