@@ -29,7 +29,7 @@ def folder(name: str, variant: str | None) -> Path:
 def references(path: Path) -> set[str]:
     """The dotted names a file reads ("meeting.starts_at", "company.name"), and what it extends."""
     tree = Environment().parse(path.read_text(encoding="utf-8"))
-    found = {"extends " + str(e.template.value) for e in tree.find_all(nodes.Extends)}  # type: ignore[attr-defined]
+    found = {f"extends {getattr(e.template, 'value', '')}" for e in tree.find_all(nodes.Extends)}
     for node in tree.find_all(nodes.Getattr):
         parts = [node.attr]
         inner = node.node
