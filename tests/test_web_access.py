@@ -199,26 +199,6 @@ def test_a_forged_or_altered_token_unsubscribes_nobody(
         assert profiles.get(conn, "maria@example.com").unsubscribed_at is None
 
 
-async def test_the_unsubscribe_page_has_one_button_and_preferences(
-    page: Page, site: Site, engine: Engine, cfg: Config, known_customer: int
-) -> None:
-    token = tokens.sign(tokens.load_secret(cfg), known_customer)
-    await page.goto(f"{site.url}/unsubscribe/{token}")
-    await expect(page.get_by_text("maria@example.com")).to_be_visible()
-    await page.get_by_label("Birthday greetings").uncheck()
-    await page.get_by_label("Take a break").select_option("30")
-    await page.get_by_role("button", name="Save my preferences").click()
-    await expect(page.get_by_role("status")).to_have_text("Your preferences are saved.")
-    with engine.connect() as conn:
-        saved = profiles.get(conn, "maria@example.com")
-    assert saved.relationship_consent is False and saved.marketing_consent is True
-    assert saved.pause_until is not None and saved.unsubscribed_at is None
-    await page.get_by_role("button", name="Unsubscribe from everything").click()
-    await expect(page.get_by_role("status")).to_contain_text("You are unsubscribed")
-    with engine.connect() as conn:
-        assert profiles.get(conn, "maria@example.com").unsubscribed_at is not None
-
-
 def test_pages_tell_the_browser_to_run_only_the_apps_own_script(site: Site) -> None:
     with urllib.request.urlopen(site.url + "/login", timeout=10) as response:
         policy = response.headers["Content-Security-Policy"]

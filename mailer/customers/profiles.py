@@ -419,6 +419,17 @@ def unsubscribe_id(conn: Connection, customer_id: int, now: datetime) -> bool:
     return bool(result.rowcount)
 
 
+def resubscribe_id(conn: Connection, customer_id: int, now: datetime) -> bool:
+    """Undo an unsubscribe the customer made themselves: their consents were never touched,
+    so they get what they chose before. False when not unsubscribed (or unknown)."""
+    result = conn.execute(
+        update(CUSTOMERS)
+        .where(CUSTOMERS.c.id == customer_id, CUSTOMERS.c.unsubscribed_at.is_not(None))
+        .values(unsubscribed_at=None, updated_at=now)
+    )
+    return bool(result.rowcount)
+
+
 def suppress(conn: Connection, emails: Collection[str], reason: str, now: datetime) -> int:
     """Stop all mail, transactional too, to addresses that cannot receive it (a hard bounce);
     the first reason is kept, so a later report does not hide when it began."""

@@ -1,0 +1,137 @@
+# ruff: noqa: RUF001  (Bulgarian is written in Cyrillic, not in look-alike Latin letters)
+"""What the customer's own pages (unsubscribe, preferences) say, in each language we write
+to customers in. One dict per language, so a translator edits one place and a test can see
+that no language misses a line.
+
+The language is picked as mail templates pick their variant: "bg-BG", then "bg", then
+English; a customer gets their page in the language their mail came in.
+"""
+
+from __future__ import annotations
+
+DEFAULT = "en"
+
+WORDS: dict[str, dict[str, str]] = {
+    "en": {
+        "title": "Your email preferences",
+        "for_address": "For",
+        "unsubscribe": "Unsubscribe from everything",
+        "unsubscribed": "You are unsubscribed: you will get no more newsletters, greetings or "
+        "invitations from us. Replies about your own questions to support still reach you.",
+        "changed_mind": "Changed your mind?",
+        "resubscribe": "Subscribe me again",
+        "resubscribed": "Welcome back: you are subscribed again, with the choices you had before.",
+        "saved": "Your preferences are saved.",
+        "choose": "Or choose what you get",
+        "marketing": "Newsletters and webinar invitations",
+        "relationship": "Birthday greetings",
+        "pause": "Take a break",
+        "no_pause": "no break",
+        "pause_30": "for a month",
+        "pause_90": "for three months",
+        "save": "Save my preferences",
+        "not_valid": "This link is not valid",
+        "not_valid_help": "It may have been copied incompletely. Use the unsubscribe link at "
+        "the bottom of any of our messages, or reply to one of them and we will take care of it.",
+        "questions": "Questions? Write to us at",
+    },
+    "bg": {
+        "title": "Настройки за писмата",
+        "for_address": "За",
+        "unsubscribe": "Отписване от всичко",
+        "unsubscribed": "Отписахте се: няма да получавате повече бюлетини, поздравления и "
+        "покани от нас. Отговорите на въпросите, които сте ни задали, ще продължат да стигат "
+        "до Вас.",
+        "changed_mind": "Размислихте ли?",
+        "resubscribe": "Абонирайте ме отново",
+        "resubscribed": "Добре дошли отново! Абонирани сте с настройките, които имахте преди.",
+        "saved": "Настройките Ви са запазени.",
+        "choose": "Или изберете какво да получавате",
+        "marketing": "Бюлетини и покани за уебинари",
+        "relationship": "Поздравления за рождения ден",
+        "pause": "Почивка от писмата",
+        "no_pause": "без почивка",
+        "pause_30": "за един месец",
+        "pause_90": "за три месеца",
+        "save": "Запазване на настройките",
+        "not_valid": "Тази връзка не е валидна",
+        "not_valid_help": "Възможно е да е копирана непълно. Използвайте връзката за отписване "
+        "в края на някое от писмата ни или просто отговорете на него и ние ще се погрижим.",
+        "questions": "Имате въпроси? Пишете ни на",
+    },
+    "id": {
+        "title": "Preferensi email Anda",
+        "for_address": "Untuk",
+        "unsubscribe": "Berhenti berlangganan semuanya",
+        "unsubscribed": "Anda telah berhenti berlangganan: Anda tidak akan lagi menerima "
+        "buletin, ucapan, atau undangan dari kami. Balasan atas pertanyaan yang Anda kirim ke "
+        "kami tetap akan sampai kepada Anda.",
+        "changed_mind": "Berubah pikiran?",
+        "resubscribe": "Berlangganan lagi",
+        "resubscribed": "Selamat datang kembali! Anda berlangganan lagi dengan pilihan yang "
+        "sama seperti sebelumnya.",
+        "saved": "Preferensi Anda sudah disimpan.",
+        "choose": "Atau pilih email yang ingin Anda terima",
+        "marketing": "Buletin dan undangan webinar",
+        "relationship": "Ucapan ulang tahun",
+        "pause": "Istirahat sejenak",
+        "no_pause": "tanpa jeda",
+        "pause_30": "selama sebulan",
+        "pause_90": "selama tiga bulan",
+        "save": "Simpan preferensi saya",
+        "not_valid": "Tautan ini tidak valid",
+        "not_valid_help": "Mungkin tautannya tidak tersalin dengan lengkap. Gunakan tautan "
+        "berhenti berlangganan di bagian bawah salah satu email kami, atau balas salah satunya "
+        "dan kami akan mengurusnya.",
+        "questions": "Ada pertanyaan? Kirim email ke",
+    },
+    "tl": {
+        "title": "Mga setting ng inyong email",
+        "for_address": "Para sa",
+        "unsubscribe": "Mag-unsubscribe sa lahat",
+        "unsubscribed": "Naka-unsubscribe na po kayo: hindi na kayo makatatanggap ng mga "
+        "newsletter, pagbati o imbitasyon mula sa amin. Makatatanggap pa rin kayo ng mga "
+        "sagot sa mga tanong na ipinadala ninyo sa amin.",
+        "changed_mind": "Nagbago ang isip ninyo?",
+        "resubscribe": "I-subscribe ulit ako",
+        "resubscribed": "Maligayang pagbabalik! Naka-subscribe na po ulit kayo, gamit ang dati "
+        "ninyong mga pinili.",
+        "saved": "Nai-save na po ang inyong mga setting.",
+        "choose": "O piliin kung ano ang matatanggap ninyo",
+        "marketing": "Mga newsletter at imbitasyon sa webinar",
+        "relationship": "Mga pagbati sa kaarawan",
+        "pause": "Magpahinga muna",
+        "no_pause": "walang pahinga",
+        "pause_30": "nang isang buwan",
+        "pause_90": "nang tatlong buwan",
+        "save": "I-save ang aking mga setting",
+        "not_valid": "Hindi valid ang link na ito",
+        "not_valid_help": "Baka hindi nakopya nang buo ang link. Gamitin ang link para "
+        "mag-unsubscribe sa ibaba ng alinman sa aming mga email, o i-reply lang ito at kami na "
+        "ang bahala.",
+        "questions": "May tanong? Sumulat sa",
+    },
+}
+
+
+def language(locale: str | None) -> str:
+    """The catalogue's language for a locale: "bg-BG" and "bg_BG" give "bg", an unknown or
+    missing one gives English."""
+    code = (locale or "").strip().replace("_", "-").split("-")[0].lower()
+    return code if code in WORDS else DEFAULT
+
+
+def from_header(accept_language: str) -> str:
+    """The best catalogue language for a browser's Accept-Language, for pages that do not
+    know the customer (a broken link): "tl-PH,en;q=0.8" gives "tl"."""
+    ranked: list[tuple[float, int, str]] = []
+    for position, item in enumerate(accept_language.split(",")):
+        tag, _, weight = item.strip().partition(";q=")
+        try:
+            quality = float(weight) if weight else 1.0
+        except ValueError:
+            continue
+        known = language(tag) != DEFAULT or tag.strip().lower().startswith(DEFAULT)
+        if known and quality > 0:
+            ranked.append((-quality, position, language(tag)))
+    return min(ranked)[2] if ranked else DEFAULT
