@@ -76,6 +76,8 @@ async def test_a_bulgarian_customer_unsubscribes_and_undoes_it_and_support_sees_
     profile = staff_page.get_by_role("table", name="Profile")
     await expect(profile.locator("tr", has_text="Unsubscribed")).to_contain_text("no")
     await expect(timeline.locator("tr", has_text="Unsubscribed")).to_have_count(0)
+    history = staff_page.locator("ol.history li", has_text="the customer changed unsubscribed_at")
+    await expect(history).to_have_count(2)  # undone, but the history keeps that it happened
 
 
 async def test_a_tagalog_customer_stops_birthday_greetings_in_tagalog(

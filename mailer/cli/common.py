@@ -29,6 +29,8 @@ def say_error(message: str) -> None:
     err.print(Text.assemble(("error:", "bold red"), " ", message))
 
 
+CLI_ACTOR = "command line"  # who a history says made a change from here
+
 JSON_OPTION = typer.Option(False, "--json", help="Print JSON instead of a table.")
 
 

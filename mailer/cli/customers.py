@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.text import Text
 
 from mailer.cli.common import (
+    CLI_ACTOR,
     JSON_OPTION,
     app_of,
     err,
@@ -171,7 +172,7 @@ def unsubscribe(ctx: typer.Context, email: str, as_json: bool = JSON_OPTION) -> 
     """Stop all marketing and relationship mail to a customer, effective at once."""
     app_ = app_of(ctx)
     with app_.engine().begin() as conn:
-        customer = profiles.unsubscribe(conn, email, app_.clock.now())
+        customer = profiles.unsubscribe(conn, email, app_.clock.now(), actor=CLI_ACTOR)
     if as_json:
         print_json(asdict(customer))
     else:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from mailer.cli.common import JSON_OPTION, app_of, out, print_json, print_table
-from mailer.cli.inquiries import CLI_ACTOR
+from mailer.cli.common import CLI_ACTOR, JSON_OPTION, app_of, out, print_json, print_table
 from mailer.customers import followups
 from mailer.relationship import meetings
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from mailer.cli.common import (
+    CLI_ACTOR,
     JSON_OPTION,
     app_of,
     out,
@@ -17,7 +18,6 @@ from mailer.core.errors import NotFound
 from mailer.inbound import inquiries
 from mailer.store.models import InquiryStatus
 
-CLI_ACTOR = "command line"  # who the inquiry's history says moved it
 app = typer.Typer(help="Inquiries: every message customers wrote to support.", no_args_is_help=True)
 
 COLUMNS = ("id", "received_at", "sender", "subject", "status", "thread_id")

@@ -11,7 +11,7 @@ import hashlib
 import stat
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
 from typing import Any, TextIO
@@ -39,6 +39,8 @@ CUSTOMERS: Table = Customer.__table__  # type: ignore[attr-defined]
 TAGS: Table = CustomerTag.__table__  # type: ignore[attr-defined]
 ERASED: Table = ErasedAddress.__table__  # type: ignore[attr-defined]
 CHANGES: Table = CustomerChange.__table__  # type: ignore[attr-defined]
+# who the history names for what customers chose themselves: a link, their preferences page
+CUSTOMER_ACTOR = "the customer"
 ACTOR_MAX = 100  # customer_changes.actor
 ERASED_REASON = "erased at the customer's request"
 Progress = Callable[[int], None]
@@ -401,33 +403,50 @@ def tags_of(conn: Connection, ids: list[int]) -> dict[int, list[str]]:
     return found
 
 
-def unsubscribe(conn: Connection, email: str, now: datetime) -> Profile:
+def unsubscribe(
+    conn: Connection, email: str, now: datetime, actor: str = CUSTOMER_ACTOR
+) -> Profile:
     """Stop all marketing and relationship mail to a customer, at once; idempotent."""
     customer = get(conn, email)
-    if unsubscribe_id(conn, customer.id, now):
+    if unsubscribe_id(conn, customer.id, now, actor):
         return replace(customer, unsubscribed_at=now, updated_at=now)
     return customer
 
 
-def unsubscribe_id(conn: Connection, customer_id: int, now: datetime) -> bool:
-    """By id, as a signed token names it; False when already unsubscribed (or unknown)."""
+def unsubscribe_id(
+    conn: Connection, customer_id: int, now: datetime, actor: str = CUSTOMER_ACTOR
+) -> bool:
+    """By id, as a signed token names it; False when already unsubscribed (or unknown).
+    The history keeps it, so an unsubscribe undone later still shows it happened."""
     result = conn.execute(
         update(CUSTOMERS)
         .where(CUSTOMERS.c.id == customer_id, CUSTOMERS.c.unsubscribed_at.is_(None))
         .values(unsubscribed_at=now, updated_at=now)
     )
+    if result.rowcount:
+        _log(conn, [(customer_id, Change("unsubscribed_at", None, _iso(now)))], actor, now)
     return bool(result.rowcount)
 
 
 def resubscribe_id(conn: Connection, customer_id: int, now: datetime) -> bool:
     """Undo an unsubscribe the customer made themselves: their consents were never touched,
     so they get what they chose before. False when not unsubscribed (or unknown)."""
+    before = conn.execute(
+        select(CUSTOMERS.c.unsubscribed_at).where(CUSTOMERS.c.id == customer_id)
+    ).scalar()
     result = conn.execute(
         update(CUSTOMERS)
         .where(CUSTOMERS.c.id == customer_id, CUSTOMERS.c.unsubscribed_at.is_not(None))
         .values(unsubscribed_at=None, updated_at=now)
     )
+    if result.rowcount and before is not None:
+        undone = Change("unsubscribed_at", _iso(before), None)
+        _log(conn, [(customer_id, undone)], CUSTOMER_ACTOR, now)
     return bool(result.rowcount)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat()
 
 
 def suppress(conn: Connection, emails: Collection[str], reason: str, now: datetime) -> int:
@@ -450,17 +469,27 @@ def set_preferences(
     pause_until: datetime | None,
     now: datetime,
 ) -> None:
-    """What the customer chose on their preferences page: consent per category and a pause."""
-    conn.execute(
-        update(CUSTOMERS)
-        .where(CUSTOMERS.c.id == customer_id)
-        .values(
-            marketing_consent=marketing_consent,
-            relationship_consent=relationship_consent,
-            pause_until=pause_until,
-            updated_at=now,
-        )
+    """What the customer chose on their preferences page: consent per category and a pause,
+    kept in the history as the customer's own change."""
+    chosen = {
+        "marketing_consent": marketing_consent,
+        "relationship_consent": relationship_consent,
+        "pause_until": pause_until,
+    }
+    current = (
+        conn.execute(select(*(CUSTOMERS.c[k] for k in chosen)).where(CUSTOMERS.c.id == customer_id))
+        .mappings()
+        .first()
     )
+    if current is None:
+        return
+    changes = diff(record(dict(current), ()), record(chosen, ()))
+    if not changes:
+        return
+    conn.execute(
+        update(CUSTOMERS).where(CUSTOMERS.c.id == customer_id).values(**chosen, updated_at=now)
+    )
+    _log(conn, [(customer_id, c) for c in changes], CUSTOMER_ACTOR, now)
 
 
 def edit(
