@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import sys
 from dataclasses import asdict
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -20,12 +22,12 @@ from mailer.cli.common import (
     out,
     print_fields,
     print_json,
-    print_rows,
     print_table,
 )
 from mailer.core.errors import MailerError
 from mailer.customers import contacts, profiles
 from mailer.customers.csv_rows import RejectedRow, shown
+from mailer.inbound import inquiries
 from mailer.outbound import outbox
 from mailer.relationship import history as relationship
 from mailer.relationship import privacy
@@ -34,7 +36,7 @@ app = typer.Typer(
     help="Customers: import from CSV, look up, unsubscribe, export, erase.", no_args_is_help=True
 )
 
-LIST_COLUMNS = ("email", "name", "locale", "timezone", "tags", "unsubscribed_at")
+LIST_COLUMNS = ("email", "name", "locale", "tags", "last_out", "last_in", "unsubscribed_at")
 
 
 @app.command("import")
@@ -103,15 +105,52 @@ def list_(
     ctx: typer.Context,
     tag: str | None = typer.Option(None, help="Only customers with this tag."),
     search: str | None = typer.Option(None, help="Text in the email or name."),
+    sort: str = typer.Option(
+        "email",
+        help="email; recent (latest contact first); quiet (never contacted, then the "
+        "longest without contact, first).",
+    ),
+    quiet: int | None = typer.Option(
+        None, min=0, metavar="DAYS", help="Only those with no contact either way in DAYS days."
+    ),
+    unanswered: bool = typer.Option(
+        False, "--unanswered", help="Only those who wrote and were never answered by a person."
+    ),
     limit: int = typer.Option(50, min=1),
     offset: int = typer.Option(0, min=0),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """List customers, sorted by email."""
-    with app_of(ctx).engine().connect() as conn:
-        rows = profiles.find(conn, tag=tag, search=search, limit=limit, offset=offset)
-    shown = [asdict(row) for row in rows]
-    print_rows(shown, LIST_COLUMNS, as_json=as_json)
+    """List customers with their last contact each way, sorted by email unless --sort says
+    otherwise."""
+    if sort not in ("email", *contacts.ORDERS):
+        raise MailerError(f"--sort {sort!r}: choose email, {', '.join(contacts.ORDERS)}")
+    app_ = app_of(ctx)
+    since = app_.clock.now() - timedelta(days=quiet) if quiet is not None else None
+    with app_.engine().connect() as conn:
+        found = contacts.browse(
+            conn,
+            search=search,
+            tag=tag,
+            order="" if sort == "email" else sort,
+            quiet_since=since,
+            only=inquiries.never_answered() if unanswered else None,
+            limit=limit,
+            offset=offset,
+        )
+    if as_json:
+        print_json([{**asdict(r.customer), "last_contact": r.last_contact} for r in found])
+        return
+    zone = app_.config.settings.business_hours.timezone
+    print_table([_listed(row, zone) for row in found], LIST_COLUMNS)
+
+
+def _listed(row: contacts.Listed, zone: ZoneInfo) -> dict[str, Any]:
+    """A row of the table: each way's last contact as its local day and channel."""
+    cells = {
+        f"last_{way}": f"{c['at'].astimezone(zone):%Y-%m-%d} {c['channel']}" if c else ""
+        for way, c in row.last_contact.items()
+    }
+    return {**asdict(row.customer), **cells}
 
 
 HISTORY_COLUMNS = ("id", "created_at", "category", "template", "status", "sent_at", "reason")

@@ -197,6 +197,7 @@ def browse(
     conn: Connection,
     *,
     search: str | None = None,
+    tag: str | None = None,
     order: str = "",
     quiet_since: datetime | None = None,
     only: Select[Any] | None = None,
@@ -206,8 +207,9 @@ def browse(
     """Customers with their last contact both ways. ``order``: "recent"
     (latest contact first, never contacted last), "quiet" (never contacted first, then the
     longest without one), else by email; ``quiet_since`` keeps only those with no contact
-    either way since then; ``only`` (a query of customer ids) keeps only those it names."""
-    where = Filter(search, only)
+    either way since then; ``search``, ``tag`` and ``only`` (a query of customer ids) keep
+    only those they name."""
+    where = Filter(search=search, tag=tag, only=only)
     if order not in ORDERS:
         query = _with_last(LAST.c.customer_id == profiles.CUSTOMERS.c.id, where)
         if quiet_since is not None:
@@ -228,9 +230,10 @@ ORDERS = ("recent", "quiet")
 _SUMMARY = ("out_at", "out_channel", "in_at", "in_channel", "last_at")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Filter:
     search: str | None
+    tag: str | None
     only: Select[Any] | None
 
 
@@ -238,7 +241,7 @@ def _with_last(on: ColumnElement[bool], where: Filter, *, inner: bool = False) -
     """Customers beside their last contacts, filtered as ``profiles.find`` filters."""
     joined = profiles.CUSTOMERS.join(LAST, on, isouter=not inner)
     query = select(*profiles.SHOWN, *(LAST.c[k] for k in _SUMMARY)).select_from(joined)
-    query = query.where(*profiles.matching(search=where.search))
+    query = query.where(*profiles.matching(search=where.search, tag=where.tag))
     return query if where.only is None else query.where(profiles.CUSTOMERS.c.id.in_(where.only))
 
 
