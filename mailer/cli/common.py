@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -25,12 +26,19 @@ out = Console(highlight=False, soft_wrap=True, markup=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
 
+def group(summary: str) -> typer.Typer:
+    """A group of commands. Help is plain text: rich markup would eat config names such
+    as "[web]" and label every flag "<bool>"."""
+    return typer.Typer(help=summary, no_args_is_help=True, rich_markup_mode=None)
+
+
 def say_error(message: str) -> None:
     err.print(Text.assemble(("error:", "bold red"), " ", message))
 
 
 CLI_ACTOR = "command line"  # who a history says made a change from here
 
+LONG_AT_LEAST = 8  # what a column cut to keep the times whole still shows
 JSON_OPTION = typer.Option(False, "--json", help="Print JSON instead of a table.")
 
 
@@ -98,11 +106,60 @@ def print_json(data: Any) -> None:
     print(json_text(data))
 
 
-def print_table(rows: Iterable[Mapping[str, Any]], columns: Sequence[str], title: str = "") -> None:
-    table = Table(*columns, title=title or None, title_justify="left")
-    for row in rows:
-        table.add_row(*(_cell(row.get(c)) for c in columns))
+def print_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], title: str = "") -> None:
+    """One line per row at any width, 80 columns included: a long cell is cut with "…"
+    (``show`` and ``--json`` have the full text). Times are to the minute in this
+    terminal's zone (``TZ``), named once under the table."""
+    cells = [[_short(row.get(c)) for c in columns] for row in rows]
+    table = Table(title=title or None, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False)
+    naturals = [max([len(c), *(len(line[n]) for line in cells)]) for n, c in enumerate(columns)]
+    times = {n for n, c in enumerate(columns) if any(isinstance(r.get(c), datetime) for r in rows)}
+    for column, width in zip(columns, fit(naturals, out.width, times), strict=True):
+        table.add_column(column, no_wrap=True, overflow="ellipsis", width=width)
+    for line in cells:
+        table.add_row(*line)
+    if times:
+        table.caption = f"times in {_local_zone()}"
+        table.caption_justify = "left"
     out.print(table)
+
+
+def fit(naturals: Sequence[int], total: int, kept: Collection[int] = ()) -> list[int]:
+    """Column widths that fit ``total`` characters with 3 between columns: the widest
+    columns give way first, down to a common width, so short ones (ids, statuses) stay
+    whole; columns in ``kept`` (times) give way only when nothing else can."""
+    room = max(total - 3 * len(naturals), len(naturals))
+    if sum(naturals) <= room:
+        return list(naturals)
+    free = [n for n in range(len(naturals)) if n not in kept]
+    fixed = sum(naturals[n] for n in kept)
+    if free and room - fixed >= sum(min(naturals[n], LONG_AT_LEAST) for n in free):
+        cap = _cap([naturals[n] for n in free], room - fixed)
+        return [w if n in kept else min(w, cap) for n, w in enumerate(naturals)]
+    cap = _cap(list(naturals), room)
+    return [min(w, cap) for w in naturals]
+
+
+def _cap(widths: list[int], room: int) -> int:
+    """The largest width that, given to every column wider than it, fits ``room``."""
+    cap = max(widths)
+    while cap > 1 and sum(min(w, cap) for w in widths) > room:
+        cap -= 1
+    return cap
+
+
+def _short(value: Any) -> str:
+    """A cell of a list: a time to the minute in the terminal's zone, the rest as in ``show``."""
+    if isinstance(value, datetime):
+        return value.astimezone().strftime("%Y-%m-%d %H:%M")
+    return _cell(value)
+
+
+def _local_zone() -> str:
+    """This terminal's zone as people read it: its abbreviation and offset."""
+    now = datetime.now().astimezone()
+    offset = now.strftime("%z")
+    return f"{now.tzname()} (UTC{offset[:3]}:{offset[3:]})"
 
 
 def print_rows(

@@ -7,14 +7,12 @@ from datetime import timedelta
 
 import typer
 
-from mailer.cli.common import JSON_OPTION, app_of, out, parse_moment, print_json
+from mailer.cli.common import JSON_OPTION, app_of, group, out, parse_moment, print_json
 from mailer.core.durations import parse_duration
 from mailer.core.errors import InvalidContact
 from mailer.customers import contacts, profiles
 
-app = typer.Typer(
-    help="Calls, meetings and notes: touches that are not mail.", no_args_is_help=True
-)
+app = group("Calls, meetings and notes: touches that are not mail.")
 
 AT_HELP = "When it happened, with its UTC offset, e.g. 2026-12-01T09:00:00+02:00 [default: now]."
 

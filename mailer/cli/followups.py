@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import typer
 
-from mailer.cli.common import CLI_ACTOR, JSON_OPTION, app_of, out, print_json, print_table
+from mailer.cli.common import CLI_ACTOR, JSON_OPTION, app_of, group, out, print_json, print_table
 from mailer.customers import followups
 from mailer.relationship import meetings
 
-app = typer.Typer(help="Follow-ups: when to contact a customer again.", no_args_is_help=True)
+app = group("Follow-ups: when to contact a customer again.")
 
 COLUMNS = ("id", "due_at", "email", "assignee", "note", "snoozed")
 

@@ -8,6 +8,7 @@ from mailer.cli.common import (
     CLI_ACTOR,
     JSON_OPTION,
     app_of,
+    group,
     out,
     print_fields,
     print_json,
@@ -18,7 +19,7 @@ from mailer.core.errors import NotFound
 from mailer.inbound import inquiries
 from mailer.store.models import InquiryStatus
 
-app = typer.Typer(help="Inquiries: every message customers wrote to support.", no_args_is_help=True)
+app = group("Inquiries: every message customers wrote to support.")
 
 COLUMNS = ("id", "received_at", "sender", "subject", "status", "thread_id")
 

@@ -11,6 +11,7 @@ from sqlalchemy.engine import Connection
 from mailer.cli.common import (
     JSON_OPTION,
     app_of,
+    group,
     out,
     print_fields,
     print_json,
@@ -21,9 +22,7 @@ from mailer.core.errors import NotFound
 from mailer.outbound import outbox
 from mailer.store.models import OutboxStatus
 
-app = typer.Typer(
-    help="The outbox: every message on its way, and what became of it.", no_args_is_help=True
-)
+app = group("The outbox: every message on its way, and what became of it.")
 
 COLUMNS = ("id", "status", "category", "template", "to_address", "due_at", "reason")
 STATUS_HELP = "Only this status: " + ", ".join(s.value for s in OutboxStatus)

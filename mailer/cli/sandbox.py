@@ -8,16 +8,14 @@ from email.utils import parseaddr
 
 import typer
 
-from mailer.cli.common import JSON_OPTION, app_of, out, print_json, print_rows
+from mailer.cli.common import JSON_OPTION, app_of, group, out, print_json, print_rows
 from mailer.core.errors import MailerError, NotFound, SmtpUnavailable
 from mailer.core.fieldtypes import email_address
 from mailer.outbound import smtp
 from mailer.outbound.compose import Envelope, compose
 from mailer.sandbox import smtp_server
 
-app = typer.Typer(
-    help="The local sandbox: messages captured instead of delivered.", no_args_is_help=True
-)
+app = group("The local sandbox: messages captured instead of delivered.")
 
 
 @app.command("list")

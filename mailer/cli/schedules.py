@@ -12,6 +12,7 @@ from mailer.cli.common import (
     App,
     app_of,
     err,
+    group,
     out,
     parse_moment,
     print_json,
@@ -25,7 +26,7 @@ from mailer.scheduling.fanout import Plan
 from mailer.scheduling.firing import Firing
 from mailer.scheduling.schedules import Schedule
 
-app = typer.Typer(help="Newsletters, birthdays and webinars in schedules/.", no_args_is_help=True)
+app = group("Newsletters, birthdays and webinars in schedules/.")
 
 AT_HELP = "As if it were this moment, with its UTC offset, e.g. 2026-12-01T09:00:00+02:00."
 

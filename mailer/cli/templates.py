@@ -6,12 +6,12 @@ import dataclasses
 
 import typer
 
-from mailer.cli.common import JSON_OPTION, app_of, err, out, print_json, print_rows
+from mailer.cli.common import JSON_OPTION, app_of, err, group, out, print_json, print_rows
 from mailer.customers import profiles
 from mailer.outbound.templates import TemplateStore
 from mailer.scheduling import previews, results
 
-app = typer.Typer(help="Templates: list, check, preview.", no_args_is_help=True)
+app = group("Templates: list, check, preview.")
 
 
 def _store(ctx: typer.Context) -> TemplateStore:

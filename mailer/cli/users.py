@@ -6,13 +6,11 @@ import sys
 
 import typer
 
-from mailer.cli.common import JSON_OPTION, app_of, out, print_rows
+from mailer.cli.common import JSON_OPTION, app_of, group, out, print_rows
 from mailer.staff import users
 from mailer.store.models import Role
 
-app = typer.Typer(
-    help="Web app accounts: support, marketing and admin users.", no_args_is_help=True
-)
+app = group("Web app accounts: support, marketing and admin users.")
 
 DISPLAY_NAME = typer.Option(None, "--display-name", help="The name customers and colleagues see.")
 TIMEZONE = typer.Option(None, "--timezone", help="IANA zone for due times and the morning digest.")
