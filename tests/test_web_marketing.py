@@ -198,12 +198,17 @@ async def test_schedules_show_next_fire_times_and_what_a_run_became(
 ) -> None:
     await sign_in(page, site, "mia")
     await page.goto(site.url + "/schedules")
-    # 24 November 12:00 UTC: 09:00 in Los Angeles comes next; 1 December reaches Auckland first
-    await expect(page.locator("#schedule-birthdays")).to_contain_text("2026-11-24 17:00 UTC")
-    await expect(page.locator("#schedule-newsletter")).to_contain_text("2026-11-30 20:00 UTC")
+    # 24 November 12:00 UTC: 09:00 in Los Angeles comes next; 1 December reaches Auckland
+    # first; mia has no zone of her own, so she reads them in the business's (Sofia)
+    for row, soon, at in (
+        ("birthdays", "in 5 hours", "2026-11-24 19:00 EET"),  # 17:00 UTC
+        ("newsletter", "in 6 days", "2026-11-30 22:00 EET"),  # 20:00 UTC
+        ("webinar-spring-roasting", "in 5 months", "2027-05-06 16:00 EEST"),  # 13:00 UTC
+    ):
+        fire = page.locator(f"#schedule-{row} time")
+        await expect(fire).to_have_text(soon)
+        await expect(fire).to_have_attribute("title", f"{at} (Europe/Sofia)")
     await expect(page.locator("#schedule-newsletter")).to_contain_text("5 (America/Los_Angeles")
-    webinar = page.locator("#schedule-webinar-spring-roasting")
-    await expect(webinar).to_contain_text("2027-05-06 13:00 UTC")
     await expect(page.locator("#broken-typo")).to_contain_text("'newsleter' is not a kind")
     response = await page.goto(site.url + "/schedules/nosuch")
     assert response is not None and response.status == 404

@@ -150,9 +150,7 @@ async def test_the_customer_list_sorts_by_last_contact_and_finds_who_we_have_not
     await page.get_by_role("link", name="Sort by last contact").click()
     await expect(emails).to_have_text([f"{n}@example.com" for n in ("boris", "vera", "ana", "zoe")])
     boris = page.locator("#customers tbody tr", has_text="boris@")
-    await expect(boris.locator("td.last-contact")).to_contain_text(
-        f"← {now - timedelta(days=10):{STAMP}} · call"
-    )
+    await expect(boris.locator("td.last-contact")).to_contain_text("← 10 days ago · call")
     await page.get_by_role("link", name="Sort by last contact").click()
     await expect(page).to_have_url(re.compile(r"sort=quiet"))
     await expect(emails).to_have_text([f"{n}@example.com" for n in ("zoe", "ana", "vera", "boris")])

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
+from mailer.core import moments
 from mailer.core.categories import Category
 from mailer.core.errors import MailerError
 from mailer.customers.profiles import CUSTOMERS
@@ -50,12 +52,14 @@ def answering(inquiry: inquiries.Opened) -> inquiries.Message:
     return written[-1] if written else inquiry
 
 
-def quoted(message: inquiries.Message) -> str:
-    """The customer's message as the editor starts below the reply, each line behind "> "."""
+def quoted(message: inquiries.Message, zone: ZoneInfo) -> str:
+    """The customer's message as the editor starts below the reply, each line behind "> ",
+    under the attribution mail clients write ("On ..., X wrote:"), its time in ``zone``
+    (the customer's) with the zone named, since the customer reads it."""
     text = (message.reply_text or message.body_text).strip()
     who = message.sender_name or message.sender
     lines = "\n".join(f"> {line}".rstrip() for line in text.splitlines())
-    return f"\n\n{who} wrote on {message.received_at:%Y-%m-%d %H:%M} UTC:\n{lines}\n"
+    return f"\n\nOn {moments.named(message.received_at, zone)}, {who} wrote:\n{lines}\n"
 
 
 def refusal(conn: Connection, address: str) -> str | None:

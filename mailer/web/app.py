@@ -8,7 +8,7 @@ CSRF token; every page checks the role it is for.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Engine
@@ -26,7 +26,7 @@ from mailer.core.clock import Clock
 from mailer.core.config import Config
 from mailer.customers import tokens
 from mailer.store.models import Role
-from mailer.web import auth, health, unsubscribe
+from mailer.web import auth, health, times, unsubscribe
 from mailer.web.clients import ClientAddress
 from mailer.web.common import HERE, WebState, render, require
 
@@ -64,12 +64,6 @@ class SecurityHeaders:
         await self.app(scope, receive, with_headers)
 
 
-def when(value: datetime | None, zone: tzinfo = UTC) -> str:
-    """Times on staff pages, to the minute with the zone's abbreviation: UTC unless a page
-    passes the reader's zone (``|when(zone)``)."""
-    return "" if value is None else value.astimezone(zone).strftime("%Y-%m-%d %H:%M %Z")
-
-
 @require(Role.SUPPORT, Role.MARKETING)
 async def home(request: Request) -> Response:
     user = request.scope["mailer.user"]
@@ -91,7 +85,8 @@ def create_app(
 ) -> Starlette:
     """The app; ``pages`` are the signed-in sections (desk, marketing, operations)."""
     templates = Jinja2Templates(directory=HERE / "templates")
-    templates.env.filters["when"] = when
+    templates.env.filters.update(times.FILTERS)  # every time on a page in the reader's zone
+    templates.env.globals["zone_name"] = times.zone_name
     web = WebState(
         cfg=cfg, engine=engine, clock=clock, secret=tokens.load_secret(cfg), templates=templates
     )

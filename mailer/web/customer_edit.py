@@ -79,7 +79,6 @@ def _form_page(
         "errors": errors,
         "stale": stale,
         "seen": customer.updated_at.isoformat(),
-        "zone": viewer_zone(request),
         "capped": edits.CAPPED,
         "periods": edits.CAP_PERIODS,
         "custom": [
@@ -125,11 +124,10 @@ def _save(request: Request, values: dict[str, Any]) -> None:
 @require(Role.SUPPORT, Role.MARKETING)
 async def history(request: Request) -> Response:
     """The list of changes, which the customer page loads into its History section."""
-    zone = viewer_zone(request)
     logged = await db(request, _history, request)
     entries = [
         {
-            "at": entry.at.astimezone(zone).strftime("%Y-%m-%d %H:%M %Z"),
+            "at": entry.at,
             "actor": entry.actor,
             "field": entry.field,
             "erased": entry.before is None and entry.after is None,

@@ -118,7 +118,6 @@ async def inquiry_list(request: Request) -> Response:
         "promised": await db(request, _promised, request, page.rows),
         "said": {c.root.id: _said(c.latest) for c in page.rows},
         "now": state(request).clock.now(),
-        "zone": viewer_zone(request),
         "q": q,
         "status": status,
         "statuses": STATUSES,
@@ -204,7 +203,6 @@ def _inquiry(request: Request, inquiry_id: int, text: str | None = None) -> dict
             "raw_text": _raw_text(inquiry),
             "acks": inquiries.acknowledgements(conn, ids),
             "said": {m.id: _said(m) for m in inquiry.thread},
-            "zone": viewer_zone(request),
             "events": inquiries.events(conn, inquiry_id),
             "assignees": users.assignable(conn),
             **_promise(request, conn, inquiry),
@@ -231,7 +229,7 @@ def _acknowledgement(request: Request, inquiry_id: int) -> dict[str, Any] | None
         ack = inquiries.acknowledgements(conn, [inquiry_id]).get(inquiry_id)
     if queued is None or ack is None:
         return None
-    shown: dict[str, Any] = {"inquiry_id": inquiry_id, "ack": ack, "zone": viewer_zone(request)}
+    shown: dict[str, Any] = {"inquiry_id": inquiry_id, "ack": ack}
     preparer = Preparer(web.cfg, TemplateStore(web.cfg.templates_dir), web.secret)
     try:
         made = preparer.prepare(queued, ack.sent_at or ack.created_at)
@@ -383,7 +381,6 @@ async def customer_page(request: Request) -> Response:
     context["older"] = _link(f"/customers/{customer_id}", before=older.encode()) if older else None
     context["newer"] = f"/customers/{customer_id}#timeline" if cursor else None
     context["kinds"], context["directions"] = contacts.KINDS, contacts.DIRECTIONS
-    context["viewer"] = viewer_zone(request)
     return render(request, "customer_profile.html", {**context, "readable": readable})
 
 

@@ -43,7 +43,6 @@ async def my_followups(request: Request) -> Response:
     rows, assignees = await db(request, _mine, request, user.name)
     context = {
         "groups": followups.by_day(rows, now, zone),
-        "zone": zone,
         "assignees": assignees,
         "snoozes": SNOOZES,
     }

@@ -27,12 +27,13 @@ def editor(
     (the customer's language first), and why a reply cannot go, if it cannot."""
     answering = replies.answering(inquiry)
     customer = _customer(conn, answering.customer_id)
+    zone = customer_zone(customer, state(request).cfg)
     chosen = _number(request.query_params.get("saved", ""))
     problem = None
     if text is None and chosen is not None:
         text, problem = _from_saved(request, conn, chosen, inquiry, customer)
     return {
-        "text": text if text is not None else replies.quoted(answering),
+        "text": text if text is not None else replies.quoted(answering, zone),
         "saved": saved_replies.in_language_first(
             saved_replies.find(conn), customer.locale if customer else None
         ),
@@ -77,8 +78,9 @@ def _from_saved(
         "company": dict(cfg.settings.company),
         "agent": users.shown_name(conn, user.name) if user else "",
     }
+    zone = customer_zone(customer, cfg)
     try:
-        text = saved_replies.render(saved, context, customer_zone(customer, cfg))
+        text = saved_replies.render(saved, context, zone)
     except TemplateError as exc:
         return None, f"The saved reply could not be used: {exc}"
-    return text + replies.quoted(replies.answering(inquiry)), None
+    return text + replies.quoted(replies.answering(inquiry), zone), None
