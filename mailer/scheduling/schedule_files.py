@@ -120,16 +120,12 @@ def _merge(container: Container | Table | InlineTable, values: Values) -> None:
         elif isinstance(value, Mapping) and isinstance(container.get(key), Table | InlineTable):
             _merge(container[key], value)
         elif isinstance(value, Mapping):
-            container[key] = _table({k: v for k, v in value.items() if v is not None})
+            table = tomlkit.table()
+            _merge(table, value)
+            if table:
+                container[key] = table
         else:
             container[key] = value
-
-
-def _table(values: Values) -> Table:
-    table = tomlkit.table()
-    for key, value in values.items():
-        table[key] = value
-    return table
 
 
 def write_atomically(path: Path, text: str) -> None:
