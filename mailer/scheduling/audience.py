@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 
 from sqlalchemy import ColumnElement, false, func, literal, or_, select, tuple_
+from sqlalchemy.engine import Connection
 
 from mailer.customers.profiles import CUSTOMERS, TAGS
 from mailer.outbound.outbox import OUTBOX
@@ -30,6 +31,13 @@ def matches(audience: Audience) -> list[ColumnElement[bool]]:
         found.append(or_(*(_speaks(locale) for locale in audience.locales)))
     found += [C.fields[name].as_string() == value for name, value in audience.fields.items()]
     return found
+
+
+def count(conn: Connection, where: Sequence[ColumnElement[bool]]) -> int:
+    """How many customers match now, by the conditions a run selects with (consent and caps
+    are decided per message when it runs)."""
+    query = select(func.count()).select_from(CUSTOMERS).where(*where)
+    return int(conn.execute(query).scalar_one())
 
 
 def in_zone(zone: str, fallback: str) -> ColumnElement[bool]:

@@ -77,7 +77,8 @@ def fire_due(
     zones: list[str] | None = None,
 ) -> list[RunResult]:
     """Run every due occurrence of every schedule that has not run yet, none planned before
-    mailer first saw the schedule enabled (this call records it for one never seen).
+    mailer first saw the schedule enabled (this call records it for one never seen) or
+    before it was last resumed (what fell due while paused is not caught up).
 
     ``edited`` (schedule -> when its file last changed) keeps catch-up from reaching back
     before an edit too: a newsletter moved from 09:00 to 10:00 at noon is not sent again for
@@ -90,7 +91,7 @@ def fire_due(
     results = []
     for name, schedule in schedules.items():
         known = seen.get(name, now)  # a disabled schedule counts from when it is enabled
-        since = max(known, (edited or {}).get(name, known))
+        since = max(known, (edited or {}).get(name, known), schedule.resumed_at or known)
         for plan in due_plans(engine, name, schedule, now, firing, zones, since=since):
             results.append(run(engine, plan, now, partial(progress, name)))
     return results

@@ -101,6 +101,27 @@ def next_fire(schedule: Schedule, customer_zones: Iterable[str], now: datetime) 
     return min((t.astimezone(UTC) for t in times if t is not None), default=None)
 
 
+def upcoming(
+    schedule: Schedule, customer_zones: Iterable[str], now: datetime, count: int = 5
+) -> list[tuple[str, datetime]]:
+    """The next ``count`` occurrences as (key, first instant any zone reaches it), paused or
+    not: 1 December's 09:00 is one line however many zones it reaches."""
+    if isinstance(schedule, WebinarSchedule):
+        steps = sorted((at, key) for key, at in _webinar_times(schedule).items() if at > now)
+        return [(key, at) for at, key in steps[:count]]
+    first: dict[str, datetime] = {}
+    for zone in zones_for(schedule, customer_zones):
+        cron, previous, moment = trigger(schedule, zone), None, now + timedelta(microseconds=1)
+        for _ in range(count):
+            fire = cron.get_next_fire_time(previous, moment)
+            if fire is None:
+                break
+            key, at = _key(schedule, fire), fire.astimezone(UTC)
+            first[key] = min(first.get(key, at), at)
+            previous, moment = fire, fire + timedelta(microseconds=1)
+    return sorted(first.items(), key=lambda item: item[1])[:count]
+
+
 def birthdays_on(day: date, feb29: str) -> list[tuple[int, int]]:
     """The (month, day) birthdays greeted on ``day``: 29 February falls on 28 February or
     1 March (as the schedule says) in years that lack it."""

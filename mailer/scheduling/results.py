@@ -33,6 +33,14 @@ from mailer.store.models import OutboxStatus
 RUNS_SHOWN = 60
 DAYS_CHARTED = 30
 EXPLAINED = (OutboxStatus.SKIPPED, OutboxStatus.DEFERRED)  # counted by reason as well
+TOTALLED = (
+    OutboxStatus.QUEUED,
+    OutboxStatus.SENT,
+    OutboxStatus.DEFERRED,
+    OutboxStatus.SKIPPED,
+    OutboxStatus.EXPIRED,
+    OutboxStatus.BOUNCED,
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -124,6 +132,17 @@ def runs(conn: Connection, schedule: str, limit: int = RUNS_SHOWN) -> list[RunRe
         )
         for row in rows
     ]
+
+
+def totals(reports: Iterable[RunReport]) -> dict[str, int]:
+    """The runs' messages by status now, and ``audience``: the customers they were fanned
+    out to (queued or skipped at fan-out)."""
+    found = dict.fromkeys(["audience", *TOTALLED], 0)
+    for report in reports:
+        found["audience"] += report.queued + report.skipped
+        for status in TOTALLED:
+            found[status] += report.by_status.get(status, 0)
+    return found
 
 
 def daily(conn: Connection, schedule: str, today: date, days: int = DAYS_CHARTED) -> list[Day]:

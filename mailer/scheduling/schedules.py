@@ -143,7 +143,8 @@ class _Common(_Frozen):
     valid_for: PositiveDuration = timedelta(days=1)
     priority: int = 0
     params: dict[str, Any] = {}
-    enabled: bool = True
+    enabled: bool = True  # false pauses it: nothing fires
+    resumed_at: OffsetDateTime | None = None  # nothing planned before it fires (no catch-up)
 
     _template = field_validator("template")(_template_exists)
 
@@ -277,13 +278,22 @@ def load_schedule(
         return None, [*problems, Problem(where, f"not valid TOML: {exc}")]
     except (OSError, UnicodeDecodeError) as exc:
         return None, [*problems, Problem(where, f"cannot be read: {exc}")]
+    schedule, found = validate(where, data, template_names, clock.now())
+    return (None if problems else schedule), [*problems, *found]
+
+
+def validate(
+    where: str, data: dict[str, Any], template_names: Collection[str], now: datetime
+) -> tuple[Schedule | None, list[Problem]]:
+    """A schedule's parsed TOML checked as `mailer check` checks it, before it is written."""
     try:
-        schedule = _SCHEDULE.validate_python(
-            data, context=_Surroundings(template_names, clock.now())
-        )
+        return _SCHEDULE.validate_python(data, context=_Surroundings(template_names, now)), []
     except ValidationError as exc:
-        return None, [*problems, *_problems_from(where, exc)]
-    return (None if problems else schedule), problems
+        return None, _problems_from(where, exc)
+
+
+def valid_name(name: str) -> bool:
+    return bool(_NAME.match(name))
 
 
 def _bad_name(where: str) -> Problem:

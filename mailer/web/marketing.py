@@ -175,6 +175,7 @@ def _schedule(web: WebState, name: str) -> dict[str, Any]:
         "summary": summary,
         "problems": broken.get(name, []),
         "runs": runs,
+        "totals": results.totals(runs),
         "statuses": list(OutboxStatus),
         "chart": _chart(days),
     }
