@@ -17,7 +17,15 @@ from starlette.routing import Mount, Route
 from mailer import checks
 from mailer.core.clock import Clock, SystemClock
 from mailer.core.config import Config
-from mailer.web import customer_edit, desk, followups, marketing, operations, replies
+from mailer.web import (
+    customer_edit,
+    desk,
+    followups,
+    marketing,
+    operations,
+    replies,
+    template_editor,
+)
 from mailer.web.app import create_app
 
 log = logging.getLogger("mailer.web")
@@ -31,6 +39,7 @@ def build(cfg: Config, engine: Engine, clock: Clock) -> Starlette:
         *customer_edit.routes,
         *replies.routes,
         *followups.routes,
+        *template_editor.routes,
         *marketing.routes,
         *operations.routes,
     ]
