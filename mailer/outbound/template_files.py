@@ -242,7 +242,9 @@ def diff(old: Draft, new: Draft, context: int = 3) -> list[DiffLine]:
 def _limits(store: TemplateStore, name: str, variant: str | None, draft: Draft) -> list[Problem]:
     where = f"{store.root.name}/{name if variant is None else f'{name}/{variant}'}"
     too_long = [p for p, text in draft.parts().items() if text and len(text) > PART_MAX]
-    return [Problem(f"{where}/{p}", f"longer than {PART_MAX:,} characters") for p in too_long]
+    found = [Problem(f"{where}/{p}", f"longer than {PART_MAX:,} characters") for p in too_long]
+    empty = [] if draft.subject.strip() else [Problem(f"{where}/{SUBJECT}", "the subject is empty")]
+    return found + empty
 
 
 def _load(row: RowMapping) -> Version:
