@@ -49,3 +49,17 @@ def test_the_install_scripts_use_the_lock() -> None:
         text = (ROOT / script).read_text(encoding="utf-8")
         assert "install_locked" in text, f"{script} installs without the lock"
         assert "pip install" not in text, f"{script} installs something the lock does not pin"
+
+
+def test_the_wheel_carries_every_page_template_and_static_file() -> None:
+    """The web app's files (the vendored editor too) are package data, or an installed
+    mailer serves its pages without them."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    globs = project["tool"]["setuptools"]["package-data"]["mailer"]
+    package = ROOT / "mailer"
+    for path in (package / "web").rglob("*"):
+        if path.is_file() and path.suffix != ".py" and "__pycache__" not in path.parts:
+            relative = path.relative_to(package)
+            assert any(
+                relative.match(g) and len(relative.parts) == len(Path(g).parts) for g in globs
+            ), f"{relative} is not in the wheel's package data"

@@ -16,10 +16,13 @@ in a customer's inbox.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import re
 import time
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -29,8 +32,9 @@ from zoneinfo import ZoneInfo
 
 import css_inline
 import html_to_markdown
-from jinja2 import FileSystemLoader, StrictUndefined, select_autoescape
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, Template, select_autoescape
 from jinja2.exceptions import SecurityError, TemplateNotFound, TemplateSyntaxError, UndefinedError
+from jinja2.loaders import split_template_path
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from mailer.core.errors import Problem, TemplateError
@@ -67,8 +71,11 @@ class _Variant:
     html: str | None
     text: str | None
 
+    def parts(self) -> tuple[str, str | None, str | None]:
+        return (self.subject, self.html, self.text)
+
     def files(self) -> list[str]:
-        return [f for f in (self.subject, self.html, self.text) if f is not None]
+        return [f for f in self.parts() if f is not None]
 
 
 class _Folders:
@@ -145,6 +152,26 @@ class TemplateStore(_Folders):
         problems = [p for name in self.names() for p in self._check_template(name, company)]
         return list(dict.fromkeys(problems))  # a broken layout is reported once, not per child
 
+    def check_draft(
+        self,
+        name: str,
+        variant: str | None,
+        parts: Mapping[str, str | None],
+        *,
+        company: Mapping[str, Any] | None = None,
+    ) -> list[Problem]:
+        """Check one variant as it would be with ``parts`` (SUBJECT, HTML, TEXT -> text, None
+        for no such file) in place of its files, before anything is written: syntax,
+        variables against the sample data, the layout it extends."""
+        folder = _folder(name, variant)
+        drafts = {f"{folder}/{part}": parts.get(part) for part in (SUBJECT, HTML, TEXT)}
+        try:
+            return self.pool.call(
+                self._where(folder), _check_draft, self._key, name, variant, drafts, company
+            )
+        except TemplateError as exc:
+            return [exc.problem]
+
     def _check_template(self, name: str, company: Mapping[str, Any] | None) -> list[Problem]:
         problems: list[Problem] = []
         for variant in self.variants(name):
@@ -161,30 +188,57 @@ class TemplateStore(_Folders):
 
 
 class _Renderer(_Folders):
-    """The Jinja side, inside a render worker: compiled once, recompiled when a file changes."""
+    """The Jinja side, inside a render worker: compiled once, recompiled when a file changes.
 
-    def __init__(self, root: Path, *, default_locale: str = DEFAULT_LOCALE) -> None:
+    A message must never get a subject from one save and a body from the one before. The
+    editor writes a variant's files while holding an exclusive ``folder_lock`` on the
+    template's folder; here the variant's files are looked up and their compiled templates
+    fetched (recompiled if changed) under the shared lock, then rendered from those objects
+    after it is released. That costs an open and a flock of one folder per message (a few
+    microseconds against about a millisecond of rendering), where comparing the parts'
+    stats before and after loading could not see a save that is only half done, and a
+    generation counter would be one more file for every deployment to carry. Whether a file
+    changed is decided by its (mtime_ns, size, inode): every save replaces the file, so
+    its inode changes even within one tick of the file system's clock, which Jinja's own
+    float mtime check would miss.
+
+    ``drafts`` (template path -> text, None for no file) stand in for files when the editor
+    checks a variant before saving it.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        default_locale: str = DEFAULT_LOCALE,
+        drafts: Mapping[str, str | None] | None = None,
+    ) -> None:
         super().__init__(root, default_locale=default_locale)
+        self._drafts = dict(drafts or {})
         self._env = ImmutableSandboxedEnvironment(
-            loader=FileSystemLoader(self.root),
+            loader=_StatLoader(self.root, self._drafts),
             undefined=StrictUndefined,
             autoescape=select_autoescape(("html",), default=False),
             auto_reload=True,
         )
         self._env.filters.update(FILTERS)
-        self._chosen: dict[tuple[str, str | None], tuple[float, str | None, _Variant]] = {}
+        self._chosen: dict[tuple[str, str | None], tuple[float, str | None]] = {}
 
     def render(
         self, name: str, context: Mapping[str, Any], *, locale: str | None, zone: ZoneInfo
     ) -> RenderedMessage:
-        variant, files = self._choose(name, locale)
+        variant = self._choose(name, locale)
+        with folder_lock(self.root / name, shared=True, where=self._where(name)):
+            files = self._variant_files(name, variant)
+            subject, html, text = (self._compiled(f) if f else None for f in files.parts())
+        assert subject is not None  # a variant without a subject is refused above
         data = with_reader(context, self._reading_locale(locale, variant), zone)
-        html = self._render(files.html, data) if files.html else None
-        text = self._render(files.text, data) if files.text else _html_to_text(html or "")
+        html_out = self._render(html, data) if html else None
+        text_out = self._render(text, data) if text else _html_to_text(html_out or "")
         return RenderedMessage(
-            subject=one_line(self._render(files.subject, data)),
-            text=text,
-            html=_INLINER.inline(html) if html is not None else None,
+            subject=one_line(self._render(subject, data)),
+            text=text_out,
+            html=_INLINER.inline(html_out) if html_out is not None else None,
             variant=variant,
         )
 
@@ -200,7 +254,7 @@ class _Renderer(_Folders):
         problems: list[Problem] = []
         for file in files.files():
             try:
-                self._render(file, data)
+                self._render(self._compiled(file), data)
             except TemplateError as exc:
                 problems.append(exc.problem)
         return problems
@@ -214,21 +268,21 @@ class _Renderer(_Folders):
             where = self._where(_folder(name, variant))
             raise TemplateError(Problem(where, f"not a locale folder: {exc}")) from None
 
-    def _choose(self, name: str, locale: str | None) -> tuple[str | None, _Variant]:
-        """The variant and its files, remembered for a second: a send renders one template
-        thousands of times, and looking at the folders each time cost more than rendering."""
+    def _choose(self, name: str, locale: str | None) -> str | None:
+        """The variant, remembered for a second: a send renders one template thousands of
+        times, and listing the folders each time cost more than rendering. Its files are
+        looked at on every render (``_variant_files``), so a save is seen at once."""
         key, now = (name, locale), time.monotonic()
         cached = self._chosen.get(key)
         if cached is None or cached[0] < now:
-            variant = self.resolve(name, locale)
-            cached = (now + FOLDER_CACHE_SECONDS, variant, self._variant_files(name, variant))
+            cached = (now + FOLDER_CACHE_SECONDS, self.resolve(name, locale))
             self._chosen[key] = cached
-        return cached[1], cached[2]
+        return cached[1]
 
     def _variant_files(self, name: str, variant: str | None) -> _Variant:
         """A variant needs a subject and at least one body; a half-written folder is an error."""
         folder = _folder(name, variant)
-        present = {f for f in (SUBJECT, HTML, TEXT) if (self.root / folder / f).is_file()}
+        present = {f for f in (SUBJECT, HTML, TEXT) if self._exists(f"{folder}/{f}")}
         missing = [] if SUBJECT in present else [SUBJECT]
         missing += [] if present & {HTML, TEXT} else [f"{HTML} or {TEXT}"]
         if missing:
@@ -248,19 +302,31 @@ class _Renderer(_Folders):
             return locale
         return written_in
 
-    def _render(self, template: str, data: Mapping[str, Any]) -> str:
-        """The file rendered, or a TemplateError; output is counted as it is written, so a
-        template cannot grow past ``renderpool.OUTPUT_LIMIT`` characters."""
+    def _exists(self, path: str) -> bool:
+        if path in self._drafts:
+            return self._drafts[path] is not None
+        return (self.root / path).is_file()
+
+    def _compiled(self, template: str) -> Template:
+        """The compiled file (recompiled when it changed), or a TemplateError."""
+        try:
+            return self._env.get_template(template)
+        except Exception as exc:  # a syntax error, or a file that went away
+            raise TemplateError(self._problem(exc, template)) from exc
+
+    def _render(self, template: Template, data: Mapping[str, Any]) -> str:
+        """The template rendered, or a TemplateError; output is counted as it is written, so
+        a template cannot grow past ``renderpool.OUTPUT_LIMIT`` characters."""
         chunks: list[str] = []
         size = 0
         try:
-            for chunk in self._env.get_template(template).generate(data):
+            for chunk in template.generate(data):
                 size += len(chunk)
                 if size > renderpool.OUTPUT_LIMIT:
                     raise _TooLong(f"writes more than {renderpool.OUTPUT_LIMIT:,} characters")
                 chunks.append(chunk)
         except Exception as exc:  # whatever a template raises is the template's problem
-            raise TemplateError(self._problem(exc, template)) from exc
+            raise TemplateError(self._problem(exc, template.name or "")) from exc
         return "".join(chunks)
 
     def _problem(self, exc: Exception, template: str) -> Problem:
@@ -271,9 +337,62 @@ class _Renderer(_Folders):
         if frame is None:
             return Problem(self._where(template), _describe(exc, ""))
         path, line = frame
-        return Problem(
-            self._where(path, line), _describe(exc, _source_line(self.root / path, line))
-        )
+        return Problem(self._where(path, line), _describe(exc, self._source_line(path, line)))
+
+    def _source_line(self, path: str, line: int) -> str:
+        try:
+            source = self._drafts.get(path)
+            if source is None:
+                source = (self.root / path).read_text(encoding="utf-8")
+            return source.splitlines()[line - 1]
+        except (OSError, UnicodeDecodeError, IndexError):
+            return ""
+
+
+class _StatLoader(FileSystemLoader):
+    """Template files, with drafts in place of some, each up to date while its
+    (mtime_ns, size, inode) is unchanged (see ``_Renderer``)."""
+
+    def __init__(self, root: Path, drafts: Mapping[str, str | None]) -> None:
+        super().__init__(root)
+        self._root, self._drafts = root, drafts
+
+    def get_source(
+        self, environment: Environment, template: str
+    ) -> tuple[str, str, Callable[[], bool]]:
+        path = self._root.joinpath(*split_template_path(template))
+        if template in self._drafts:
+            draft = self._drafts[template]
+            if draft is None:
+                raise TemplateNotFound(template)
+            return draft, str(path), lambda: True
+        before = _signature(path)  # taken first: a file replaced while read is read again
+        source, filename, _ = super().get_source(environment, template)
+        return source, filename, lambda: _signature(path) == before
+
+
+def _signature(path: Path) -> tuple[int, int, int] | None:
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return (found.st_mtime_ns, found.st_size, found.st_ino)
+
+
+@contextmanager
+def folder_lock(folder: Path, *, shared: bool, where: str) -> Iterator[None]:
+    """An advisory lock on a template's folder itself (no lock file for a repository to
+    carry): shared while a renderer loads a variant's files, exclusive while the editor
+    writes them. Held for microseconds by readers and for one save by a writer."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise TemplateError(Problem(where, f"cannot open the folder: {exc.strerror}")) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the last descriptor releases the lock
 
 
 _RENDERERS: dict[tuple[Path, str], _Renderer] = {}
@@ -302,6 +421,18 @@ def _check(
 ) -> list[Problem]:
     """Runs in a render worker."""
     return _renderer(key).check_variant(name, variant, company)
+
+
+def _check_draft(
+    key: tuple[Path, str],
+    name: str,
+    variant: str | None,
+    drafts: Mapping[str, str | None],
+    company: Mapping[str, Any] | None,
+) -> list[Problem]:
+    """Runs in a render worker, in a renderer of its own that is dropped afterwards."""
+    renderer = _Renderer(key[0], default_locale=key[1], drafts=drafts)
+    return renderer.check_variant(name, variant, company)
 
 
 class _TooLong(Exception):
@@ -446,13 +577,6 @@ def _template_frame(tb: TracebackType | None, root: Path) -> tuple[str, int] | N
             found = (filename.relative_to(root).as_posix(), tb.tb_lineno)
         tb = tb.tb_next
     return found
-
-
-def _source_line(path: Path, line: int) -> str:
-    try:
-        return path.read_text(encoding="utf-8").splitlines()[line - 1]
-    except (OSError, UnicodeDecodeError, IndexError):
-        return ""
 
 
 def _describe(exc: Exception, source_line: str) -> str:

@@ -465,3 +465,20 @@ class FollowUp(SQLModel, table=True):
     place: str | None = Field(default=None, max_length=500, description="a room or a link")
     attendees: list[str] | None = Field(default=None, sa_type=JSON, description="staff names")
     sequence: int = Field(default=0, description="the calendar event's SEQUENCE")
+
+
+class TemplateVersion(SQLModel, table=True):
+    """One save of a template variant from the browser, all its parts as saved; written by
+    outbound.template_files. The files stay the source of truth; this is their history."""
+
+    __tablename__ = "template_versions"
+    __table_args__ = (Index("ix_template_versions_variant", "template", "variant", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    template: str = Field(max_length=100)
+    variant: str = Field(max_length=35, description="the locale folder; '' for the default")
+    subject: str
+    html: str | None = None
+    text: str | None = None
+    saved_by: str = Field(max_length=100)
+    saved_at: datetime = _when(nullable=False)

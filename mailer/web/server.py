@@ -25,6 +25,7 @@ from mailer.web import (
     operations,
     replies,
     schedule_editor,
+    template_editor,
 )
 from mailer.web.app import create_app
 
@@ -40,6 +41,7 @@ def build(cfg: Config, engine: Engine, clock: Clock) -> Starlette:
         *replies.routes,
         *followups.routes,
         *schedule_editor.routes,  # before marketing's /schedules/{name}
+        *template_editor.routes,
         *marketing.routes,
         *operations.routes,
     ]
