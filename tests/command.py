@@ -8,6 +8,7 @@ itself (signals, the entry point) use ``process=True``."""
 from __future__ import annotations
 
 import io
+import logging
 import os
 import subprocess
 import sys
@@ -62,6 +63,8 @@ def in_process(
         patch.setattr(sys, "argv", ["mailer", *args])
         patch.setattr(sys, "stdin", io.StringIO(stdin))
         patch.setattr(db, "connect", connect_and_keep)
+        # no handlers, as in a new process: a warning logged reaches stderr, pytest's capture not
+        patch.setattr(logging.getLogger(), "handlers", [])
         for console in (common.out, common.err):  # colours are chosen at import, on a pipe none
             patch.setattr(console, "_color_system", None)
         try:
