@@ -1,4 +1,5 @@
-"""The `mailer` command as a person runs it: real processes, real databases."""
+"""The `mailer` command as a person runs it, on real databases; `run` and `web` in real
+processes, the other commands in this one (tests/command.py)."""
 
 from __future__ import annotations
 
@@ -22,75 +23,19 @@ from mailer.inbound import inquiries
 from mailer.inbound.parsing import parse
 from mailer.sandbox import smtp_server
 from mailer.store import db
-from tests.configs import ROOT
+from tests.command import Mailer, add_user, runner
+
+# the fixtures of the `mailer` command's tests
+from tests.command import mailer as mailer
+from tests.command import on_sqlite as on_sqlite
+from tests.command import project as project
+from tests.command import with_demo as with_demo
 from tests.pg import free_port
 
-Mailer = Callable[..., subprocess.CompletedProcess[str]]
 
-
-def _env(config: Path, database_url: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
-    env.update(
-        MAILER_CONFIG=str(config),
-        MAILER_DATABASE__URL=database_url,
-        MAILER_PATHS__TEMPLATES=str(ROOT / "templates"),
-        MAILER_PATHS__SCHEDULES=str(ROOT / "schedules"),
-        MAILER_WEB__BIND="127.0.0.1:0",
-        COLUMNS="200",
-    )
-    return env
-
-
-@pytest.fixture
-def project(tmp_path: Path, database_url: str) -> dict[str, str]:
-    """A config.toml like the shipped one, on its own database."""
-    config = tmp_path / "config.toml"
-    config.write_text((ROOT / "config.toml").read_text(encoding="utf-8"), encoding="utf-8")
-    return _env(config, database_url)
-
-
-def _runner(env: dict[str, str]) -> Mailer:
-    """`mailer ARGS...` in a process of its own; a traceback always fails the test."""
-
-    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [sys.executable, "-m", "mailer", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert "Traceback" not in result.stderr, result.stderr
-        if check:
-            assert result.returncode == 0, result.stderr
-        return result
-
-    return run
-
-
-@pytest.fixture
-def mailer(project: dict[str, str]) -> Mailer:
-    return _runner(project)
-
-
-@pytest.fixture
-def on_sqlite(tmp_path: Path) -> tuple[Mailer, dict[str, str]]:
-    """For mistakes made before any database is reached: one backend is enough."""
-    config = tmp_path / "config.toml"
-    config.write_text((ROOT / "config.toml").read_text(encoding="utf-8"), encoding="utf-8")
-    env = _env(config, f"sqlite:///{tmp_path / 'var' / 'mailer.db'}")
-    return _runner(env), env
-
-
-@pytest.fixture
-def with_demo(mailer: Mailer) -> Mailer:
-    mailer("db", "upgrade")
-    mailer("customers", "import", str(ROOT / "demo" / "customers.csv"))
-    return mailer
-
-
-def test_commands_before_db_upgrade_say_what_to_run(mailer: Mailer) -> None:
-    result = mailer("customers", "list", check=False)
+def test_commands_before_db_upgrade_say_what_to_run(project: dict[str, str]) -> None:
+    """In a process of its own: `python -m mailer` itself, its exit code and its stderr."""
+    result = runner(project, process=True)("customers", "list", check=False)
     assert result.returncode == 1
     assert "run `mailer db upgrade` first" in result.stderr
 
@@ -600,18 +545,8 @@ def test_schedules_run_refuses_what_it_cannot_do(
     assert result.returncode == 1 and message in result.stderr
 
 
-def test_users_are_added_with_a_role_and_listed_without_their_password(
-    with_demo: Mailer, project: dict[str, str]
-) -> None:
-    command = [sys.executable, "-m", "mailer", "users", "add", "sam", "--role", "support"]
-    added = subprocess.run(
-        [*command, "--password-stdin"],
-        input="correct horse battery\n",
-        env=project,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+def test_users_are_added_with_a_role_and_listed_without_their_password(with_demo: Mailer) -> None:
+    added = add_user(with_demo, "sam")
     assert added.returncode == 0, added.stderr
     assert "sam can now sign in as support" in added.stdout
     (listed,) = json.loads(with_demo("users", "list", "--json").stdout)
@@ -650,24 +585,10 @@ def test_send_inquiry_without_a_running_sandbox_says_to_start_it(
     assert line.endswith("; start `mailer run` first")
 
 
-def _add_user(
-    project: dict[str, str], name: str, *options: str
-) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "mailer", "users", "add", name, "--role", "support"]
-    return subprocess.run(
-        [*command, *options, "--password-stdin"],
-        input="correct horse battery\n",
-        env=project,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 def test_users_get_a_display_name_a_zone_and_an_address_checked_on_the_way_in(
-    with_demo: Mailer, project: dict[str, str]
+    with_demo: Mailer,
 ) -> None:
-    added = _add_user(project, "sam", "--display-name", "Sam Ivanova", "--timezone", "Asia/Manila")
+    added = add_user(with_demo, "sam", "--display-name", "Sam Ivanova", "--timezone", "Asia/Manila")
     assert added.returncode == 0, added.stderr
     with_demo("users", "set", "sam", "--email", "Sam@Northwind.example", "--display-name", "")
     (sam,) = json.loads(with_demo("users", "list", "--json").stdout)
@@ -675,17 +596,15 @@ def test_users_get_a_display_name_a_zone_and_an_address_checked_on_the_way_in(
     assert sam["email"] == "Sam@northwind.example"
     zone = with_demo("users", "set", "sam", "--timezone", "EST", check=False)
     assert zone.returncode == 1 and "timezone: 'EST' is not an IANA time zone" in zone.stderr
-    address = _add_user(project, "bo", "--email", "bo@")
+    address = add_user(with_demo, "bo", "--email", "bo@")
     assert address.returncode == 1 and "email: 'bo@' is not a valid email address" in address.stderr
     assert (
         "no user named 'zed'" in with_demo("users", "set", "zed", "--email", "", check=False).stderr
     )
 
 
-def test_follow_ups_are_added_in_the_assignees_zone_listed_and_done(
-    with_demo: Mailer, project: dict[str, str]
-) -> None:
-    assert _add_user(project, "sam", "--timezone", "Asia/Manila").returncode == 0
+def test_follow_ups_are_added_in_the_assignees_zone_listed_and_done(with_demo: Mailer) -> None:
+    assert add_user(with_demo, "sam", "--timezone", "Asia/Manila").returncode == 0
     maria = "maria.ivanova@example.com"
     added = with_demo(
         "followups",

@@ -1,4 +1,4 @@
-"""`mailer followups meeting`, `move` and `cancel` as a person runs them: real processes.
+"""`mailer followups meeting`, `move` and `cancel` as a person runs them.
 
 The command reads the system clock, so times here are far ahead or far behind it."""
 
@@ -6,19 +6,20 @@ from __future__ import annotations
 
 import json
 
-from tests import test_cli
-from tests.test_cli import Mailer, _add_user
+from tests.command import Mailer, add_user
 
 # the fixtures of the `mailer` command's tests
-project, mailer, with_demo = test_cli.project, test_cli.mailer, test_cli.with_demo
+from tests.command import mailer as mailer
+from tests.command import project as project
+from tests.command import with_demo as with_demo
 
 MARIA = "maria.ivanova@example.com"
 
 
 def test_a_meeting_is_scheduled_moved_and_cancelled_with_a_message_for_each(
-    with_demo: Mailer, project: dict[str, str]
+    with_demo: Mailer,
 ) -> None:
-    assert _add_user(project, "sam", "--timezone", "Asia/Manila").returncode == 0
+    assert add_user(with_demo, "sam", "--timezone", "Asia/Manila").returncode == 0
     scheduled = with_demo(
         "followups", "meeting", MARIA, "--at", "2099-01-05 10:00", "--duration", "45m",
         "--where", "https://meet.example/maria", "--assignee", "sam", "--note", "grinder demo",

@@ -28,9 +28,9 @@ from mailer.outbound.outbox import NewMessage, Outcome, Result
 from mailer.relationship import privacy
 from mailer.sandbox import smtp_server
 from mailer.store.models import InquiryStatus, OutboxStatus
+from tests.command import Mailer
+from tests.command import on_sqlite as on_sqlite  # the fixture, for the commands' test
 from tests.conftest import add_customers
-from tests.test_cli import Mailer
-from tests.test_cli import on_sqlite as on_sqlite  # the fixture, for the commands' test
 
 EMAIL = "zdravko.kirov@example.bg"
 # Everything below identifies Zdravko; none of it may survive his erasure, in any table.

@@ -1,4 +1,7 @@
-"""The `mailer` command. A mistake a person can fix is one clear line and exit 1."""
+"""The `mailer` command. A mistake a person can fix is one clear line and exit 1.
+
+The daemon and the web app are imported by `run` and `web` only: most of the start-up time
+of a command that lists or changes something would otherwise be spent loading them."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import typer
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
-from mailer import __version__, checks, daemon
+from mailer import __version__, checks
 from mailer.cli import (
     contacts,
     customers,
@@ -29,7 +32,6 @@ from mailer.cli.common import App, app_of, err, out, say_error
 from mailer.core import config
 from mailer.core.errors import ConfigError, MailerError
 from mailer.store import db, migrate
-from mailer.web import server as web_server
 
 log = logging.getLogger("mailer")
 
@@ -108,6 +110,8 @@ def run(
     ),
 ) -> None:
     """Run the daemon until Ctrl+C or SIGTERM."""
+    from mailer import daemon
+
     app_ = app_of(ctx)
     engine = _start(app_)
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every SMTP command
@@ -118,6 +122,8 @@ def run(
 @app.command()
 def web(ctx: typer.Context) -> None:
     """Serve only the web app ([web] bind), e.g. on a second machine; `run` serves it too."""
+    from mailer.web import server as web_server
+
     app_ = app_of(ctx)
     engine = _start(app_)
     web_server.run_alone(app_.config, engine)
