@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import itertools
+import shutil
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from argon2 import PasswordHasher
 from playwright.async_api import Page
-from sqlalchemy import Engine
+from sqlalchemy import Engine, make_url
 
 from mailer.core.clock import ManualClock
 from mailer.core.config import Config
@@ -50,13 +52,53 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return server.url(name)
 
 
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    """A migrated database, on each backend."""
-    engine = db.connect(database_url)
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The whole migration chain run once: each test's database starts as a copy of it,
+    which saves about a second a test (tests/test_migrations.py runs the chain itself)."""
+    path = tmp_path_factory.mktemp("migrated") / "mailer.db"
+    engine = db.connect(f"sqlite:///{path}")
     migrate.upgrade(engine)
+    engine.dispose()
+    return path
+
+
+@pytest.fixture(scope="session")
+def migrated_postgres(postgres: PostgresServer) -> str:
+    """The same for PostgreSQL: a template database that test databases are created from."""
+    postgres.admin("CREATE DATABASE migrated")
+    engine = db.connect(postgres.url("migrated"))
+    migrate.upgrade(engine)
+    engine.dispose()
+    return "migrated"
+
+
+@pytest.fixture
+def engine(request: pytest.FixtureRequest, database_url: str) -> Iterator[Engine]:
+    """A migrated database, on each backend."""
+    name = make_url(database_url).database
+    assert name is not None
+    if database_url.startswith("sqlite"):
+        shutil.copyfile(request.getfixturevalue("migrated_sqlite"), name)
+    else:
+        server: PostgresServer = request.getfixturevalue("postgres")
+        template = request.getfixturevalue("migrated_postgres")
+        server.admin(f"DROP DATABASE {name}", f"CREATE DATABASE {name} TEMPLATE {template}")
+    engine = db.connect(database_url)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def quick_password_hashes() -> Iterator[None]:
+    """Staff passwords hashed with argon2id at its lowest cost: signing in is what these
+    tests check, not the hash's strength, and the shipped cost (64 MiB, three passes) made
+    each sign-in and each new account take a second on this machine. Processes the tests
+    start still use the shipped cost."""
+    shipped = users.HASHER
+    users.HASHER = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+    yield
+    users.HASHER = shipped
 
 
 @pytest.fixture

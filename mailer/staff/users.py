@@ -6,6 +6,7 @@ parameters that can be raised later; old hashes are upgraded at the next sign-in
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,9 +26,6 @@ from mailer.store.models import Role, User
 USERS: Table = User.__table__  # type: ignore[attr-defined]
 HASHER = PasswordHasher()
 MIN_PASSWORD = 10
-# Any password check costs a hash: unknown names are checked against this one, so a
-# wrong name takes as long as a wrong password and does not reveal who has an account.
-_DECOY = HASHER.hash("no such user, no such password")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -112,11 +110,20 @@ def disable(conn: Connection, name: str) -> None:
         raise NotFound(f"no user named {name!r}")
 
 
+@functools.cache
+def _decoy() -> str:
+    """Any password check costs a hash: unknown names are checked against this one, so a
+    wrong name takes as long as a wrong password and does not reveal who has an account.
+    Made on the first sign-in, not at import, so commands that check no password do not
+    pay for it."""
+    return HASHER.hash("no such user, no such password")
+
+
 def authenticate(conn: Connection, name: str, password: str) -> SignedIn | None:
     """The user, if the name and password match and the account is not disabled."""
     row = conn.execute(select(USERS).where(USERS.c.name == name)).mappings().first()
     try:
-        HASHER.verify(row["password_hash"] if row else _DECOY, password)
+        HASHER.verify(row["password_hash"] if row else _decoy(), password)
     except (VerificationError, InvalidHashError):
         return None
     if row is None or row["disabled"]:
