@@ -168,6 +168,37 @@ def test_contacts_logged_show_on_the_customers_timeline_and_last_contact(
     assert "we reached them  2026-11-20 08:00 UTC by call" in table
 
 
+def test_the_list_sorts_and_filters_by_last_contact_and_fits_80_columns(
+    with_demo: Mailer, project: dict[str, str]
+) -> None:
+    now = datetime.now(UTC)
+    long_ago, lately = (now - timedelta(days=d) for d in (200, 10))
+    with_demo("contacts", "log", "maria.ivanova@example.com", "--kind", "call", "--direction",
+              "out", "--by", "sam", "--at", long_ago.isoformat())  # fmt: skip
+    with_demo("contacts", "log", "siti.rahma@example.com", "--kind", "call", "--direction",
+              "in", "--by", "sam", "--at", lately.isoformat())  # fmt: skip
+
+    def emails(*options: str) -> list[str]:
+        found = json.loads(with_demo("customers", "list", *options, "--json").stdout)
+        return [c["email"] for c in found]
+
+    assert emails("--sort", "recent")[:2] == ["siti.rahma@example.com", "maria.ivanova@example.com"]
+    assert emails("--sort", "quiet")[-2:] == ["maria.ivanova@example.com", "siti.rahma@example.com"]
+    quiet = emails("--quiet", "90")
+    assert "maria.ivanova@example.com" in quiet and "siti.rahma@example.com" not in quiet
+    assert emails("--unanswered") == []  # nobody wrote yet
+    refused = with_demo("customers", "list", "--sort", "loudest", check=False)
+    assert refused.returncode == 2 and "'loudest' is not one of" in refused.stderr
+
+    narrow = runner({**project, "COLUMNS": "80"})
+    lines = narrow("customers", "list", "--sort", "recent").stdout.splitlines()
+    assert len(lines) == 2 + 8  # header, rule, one line per customer of the demo
+    assert all(len(line) <= 80 for line in lines)
+    assert "Siti Rahmawati" in lines[2] and lately.strftime("%Y-%m-%d call") in lines[2]
+    help_text = narrow("web", "--help").stdout
+    assert "[web] bind" in help_text and "<bool>" not in help_text
+
+
 def test_contacts_log_mistakes_are_one_line_and_exit_1(with_demo: Mailer) -> None:
     maria = "maria.ivanova@example.com"
     mistakes = {

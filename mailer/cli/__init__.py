@@ -28,7 +28,7 @@ from mailer.cli import (
     templates,
     users,
 )
-from mailer.cli.common import App, app_of, err, out, say_error
+from mailer.cli.common import App, app_of, err, group, out, say_error
 from mailer.core import config
 from mailer.core.errors import ConfigError, MailerError
 from mailer.store import db, migrate
@@ -40,6 +40,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # as in common.group: "[web]" in a help text stays as written
 )
 app.add_typer(customers.app, name="customers")
 app.add_typer(contacts.app, name="contacts")
@@ -50,7 +51,7 @@ app.add_typer(sandbox.app, name="sandbox")
 app.add_typer(schedules.app, name="schedules")
 app.add_typer(users.app, name="users")
 app.add_typer(followups.app, name="followups")
-db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+db_app = group("Database schema.")
 app.add_typer(db_app, name="db")
 
 
@@ -121,7 +122,8 @@ def run(
 
 @app.command()
 def web(ctx: typer.Context) -> None:
-    """Serve only the web app ([web] bind), e.g. on a second machine; `run` serves it too."""
+    """Serve only the web app on [web] bind, for example on a second machine; `run` serves it
+    too."""
     from mailer.web import server as web_server
 
     app_ = app_of(ctx)
