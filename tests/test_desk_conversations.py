@@ -115,17 +115,17 @@ async def test_assign_to_me_from_the_list_and_from_the_inquiry_page(
     grinder = next(c.root.id for c in _all(engine) if c.latest.subject == "Grinder is noisy")
     await sign_in(page, site, "sam")
     await page.goto(f"{site.url}/inquiries?show=unassigned")
-    await page.get_by_role("button", name=f"Assign #{grinder} to me").click()
+    await page.get_by_role("button", name=f"Assign to me (#{grinder})").click()
     await expect(page).to_have_url(f"{site.url}/inquiries?show=unassigned")  # back, filtered
     await expect(page.locator("#inquiries tbody tr")).to_have_text(["No inquiries match."])
     await page.get_by_role("link", name="Mine", exact=True).click()
     await expect(page.locator("#inquiries tbody tr")).to_have_count(2)
     await page.goto(f"{site.url}/inquiries/{refund}")
     await expect(page.locator("#assignee")).to_have_text("assigned to nobody")
-    await page.get_by_role("button", name=f"Assign #{refund} to me").click()
+    await page.get_by_role("button", name=f"Assign to me (#{refund})").click()
     await expect(page.locator("#assignee")).to_have_text("assigned to sam")
     await expect(page.locator("#timeline + ol")).to_contain_text("sam assigned it to sam")
-    await expect(page.get_by_role("button", name=f"Assign #{refund} to me")).to_have_count(0)
+    await expect(page.get_by_role("button", name=f"Assign to me (#{refund})")).to_have_count(0)
 
 
 async def test_status_assignee_and_note_in_one_action_each_recorded(

@@ -353,6 +353,18 @@ def get_id(conn: Connection, customer_id: int) -> Profile:
     return _one(conn, CUSTOMERS.c.id == customer_id, f"no customer {customer_id}")
 
 
+def languages(conn: Connection, customer_ids: Collection[int | None]) -> dict[int, str]:
+    """The language of each of these customers whose profile names one, so that pages can
+    mark what they wrote with it (screen readers then read it in that language)."""
+    wanted = {i for i in customer_ids if i is not None}
+    if not wanted:
+        return {}
+    query = select(CUSTOMERS.c.id, CUSTOMERS.c.locale).where(
+        CUSTOMERS.c.id.in_(wanted), CUSTOMERS.c.locale.is_not(None)
+    )
+    return {int(row.id): str(row.locale) for row in conn.execute(query)}
+
+
 def _one(conn: Connection, where: Any, missing: str) -> Profile:
     row = conn.execute(select(*SHOWN).where(where)).mappings().one_or_none()
     if row is None:

@@ -117,6 +117,7 @@ async def inquiry_list(request: Request) -> Response:
         "here": _link("/inquiries", **keep, before=before, after=after),
         "promised": await db(request, _promised, request, page.rows),
         "said": {c.root.id: _said(c.latest) for c in page.rows},
+        "langs": await db(request, _languages, request, [c.latest.customer_id for c in page.rows]),
         "now": state(request).clock.now(),
         "q": q,
         "status": status,
@@ -158,6 +159,11 @@ def _promised(request: Request, rows: list[inquiries.Conversation]) -> dict[int,
     waiting = [r.root for r in rows if r.root.status in inquiries.WAITING_FOR_SUPPORT]
     with state(request).engine.connect() as conn:
         return inquiries.promises(conn, waiting)
+
+
+def _languages(request: Request, customer_ids: list[int | None]) -> dict[int, str]:
+    with state(request).engine.connect() as conn:
+        return profiles.languages(conn, customer_ids)
 
 
 def _said(message: inquiries.Listed) -> dict[str, Any]:
@@ -203,6 +209,7 @@ def _inquiry(request: Request, inquiry_id: int, text: str | None = None) -> dict
             "raw_text": _raw_text(inquiry),
             "acks": inquiries.acknowledgements(conn, ids),
             "said": {m.id: _said(m) for m in inquiry.thread},
+            "langs": profiles.languages(conn, [m.customer_id for m in inquiry.thread]),
             "events": inquiries.events(conn, inquiry_id),
             "assignees": users.assignable(conn),
             **_promise(request, conn, inquiry),

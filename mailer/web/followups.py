@@ -17,7 +17,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from mailer.core.errors import MailerError, NotFound
-from mailer.customers import followups
+from mailer.customers import followups, profiles
 from mailer.relationship import meetings
 from mailer.staff import users
 from mailer.staff.users import SignedIn
@@ -50,8 +50,12 @@ async def my_followups(request: Request) -> Response:
 
 
 def _mine(request: Request, name: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """The follow-ups, each with its customer's language (``lang``), and who may take them."""
     with state(request).engine.connect() as conn:
-        return followups.find(conn, assignee=name), users.assignable(conn)
+        rows = followups.find(conn, assignee=name)
+        langs = profiles.languages(conn, [row["customer_id"] for row in rows])
+        mine = [{**row, "lang": langs.get(row["customer_id"])} for row in rows]
+        return mine, users.assignable(conn)
 
 
 @require(Role.SUPPORT)
