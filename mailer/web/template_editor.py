@@ -204,8 +204,7 @@ def _draft_preview(
 ) -> dict[str, Any]:
     """The preview of ``draft`` in place of the variant's files; nothing is written."""
     store = _store(web)
-    if variant not in _variants_or_404(store, name):
-        raise HTTPException(404, f"{name} has no {variant} variant.")
+    _variant_or_404(store, name, variant)
     problems = template_files.limits(store, name, variant, draft)
     if problems:
         shown = located(problems, _folder(store, name, variant))
@@ -257,8 +256,7 @@ def _preview(
 
 def _save(web: WebState, name: str, variant: str | None, draft: Draft, by: str) -> list[Shown]:
     store = _store(web)
-    if variant not in _variants_or_404(store, name):
-        raise HTTPException(404, f"{name} has no {variant} variant.")
+    _variant_or_404(store, name, variant)
     problems = template_files.save(
         web.engine,
         store,
@@ -270,6 +268,11 @@ def _save(web: WebState, name: str, variant: str | None, draft: Draft, by: str) 
         company=web.cfg.settings.company or None,
     )
     return located(problems, _folder(store, name, variant))
+
+
+def _variant_or_404(store: TemplateStore, name: str, variant: str | None) -> None:
+    if variant not in _variants_or_404(store, name):
+        raise HTTPException(404, f"{name} has no {variant} variant.")
 
 
 def _variants_or_404(store: TemplateStore, name: str) -> list[str | None]:
