@@ -1,8 +1,10 @@
 """The template editor in Debian's Chromium: a save with a mistake is refused at its line and
 nothing is written, a fix is saved and kept as a version to compare and restore, the
 preview shows a real customer in two languages at phone and desktop widths, a new language
-starts as a copy, and support may not edit. Then the renderer against a real concurrent
-save: never a subject from one save with a body from another.
+starts as a copy, and support may not edit; a new template from the list, whose preview
+follows the text as it is typed (nothing saved) and shows a mistake at its line, beside the
+editor on a wide screen; and a save without JavaScript. Then the renderer against a real
+concurrent save: never a subject from one save with a body from another.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from playwright.async_api import Page, expect
+from playwright.async_api import Locator, Page, expect
+from pytest_playwright_asyncio import CreateContextCallback
 from sqlalchemy import Engine
 
 from mailer.core.clock import ManualClock
@@ -165,6 +168,69 @@ async def test_preview_in_two_languages_and_widths_a_new_language_and_support_re
     )
     assert posted.status == 403
     assert "Hacked" not in (templates / "birthday" / "subject.txt").read_text(encoding="utf-8")
+
+
+async def test_a_new_template_previews_unsaved_text_as_typed_and_a_mistake_at_its_line(
+    page: Page, editing: Site, templates: Path, staff: dict[str, str], people: None
+) -> None:
+    await page.set_viewport_size({"width": 1280, "height": 900})
+    await sign_in(page, editing, "mia")
+    await page.goto(editing.url + "/templates")
+    await page.get_by_label("New template").fill("spring_sale")
+    await page.get_by_role("button", name="Create").click()
+    await expect(page.get_by_role("heading", name="Edit spring_sale")).to_be_visible()
+    body = templates / "spring_sale" / "body.html"
+    created = body.read_text(encoding="utf-8")
+    await page.get_by_label("Customer").fill(MARIA)
+    await page.get_by_role("button", name="Show").click()
+    desktop = page.frame_locator("iframe.preview-desktop")
+    await expect(desktop.locator("body")).to_contain_text("Hello Мария")
+    assert await _beside(page.locator("form.editor"), page.locator(".preview-side"))
+
+    await type_into(page, "subject", "Spring beans for {{ customer.first_name }}\n")
+    await type_into(page, "html", created.replace("Hello", "Spring is here"))
+    await expect(desktop.locator("body")).to_contain_text("Spring is here Мария")
+    await expect(page.locator(".preview-subject")).to_have_text("Spring beans for Мария")
+    await expect(page.locator("pre.preview-text")).to_contain_text("Spring is here Мария")
+    await expect(page.locator(".preview-side")).to_contain_text("Your unsaved text")
+    assert body.read_text(encoding="utf-8") == created  # nothing written
+    await expect(page.locator("table.versions tbody tr")).to_have_count(1)  # nor recorded
+
+    broken = created.replace("customer.name", "customer.nickname")
+    await type_into(page, "html", broken)
+    alert = page.locator("#live-preview").get_by_role("alert")
+    await expect(alert).to_contain_text(
+        "Line 3 of body.html: templates/spring_sale/body.html:3: undefined variable: "
+        "'customer' has no attribute 'nickname'"
+    )
+    await expect(page.locator("iframe.preview-desktop")).to_have_count(0)
+    await expect(page.locator(".CodeMirror .problem-line")).to_contain_text("customer.nickname")
+
+    await page.reload()  # the saved files again, and what was typed never reached them
+    await expect(desktop.locator("body")).to_contain_text("Hello Мария")
+    await page.set_viewport_size({"width": 900, "height": 900})
+    assert not await _beside(page.locator("form.editor"), page.locator(".preview-side"))
+
+
+async def _beside(left: Locator, right: Locator) -> bool:
+    """Whether ``right`` starts to the right of where ``left`` ends (else it is below)."""
+    first, second = await left.bounding_box(), await right.bounding_box()
+    assert first is not None and second is not None
+    return second["x"] >= first["x"] + first["width"]
+
+
+async def test_the_editor_saves_without_javascript(
+    new_context: CreateContextCallback, editing: Site, templates: Path, staff: dict[str, str]
+) -> None:
+    context = await new_context(java_script_enabled=False)
+    page = await context.new_page()
+    await sign_in(page, editing, "mia")
+    await page.goto(editing.url + "/templates/birthday/edit?variant=bg")
+    await page.get_by_label("HTML body").fill(FIXED)
+    await page.get_by_role("button", name="Save").click()
+    await expect(page.get_by_role("status")).to_contain_text("Saved")
+    assert (templates / "birthday" / "bg" / "body.html").read_text(encoding="utf-8") == FIXED
+    await expect(page.locator("table.versions tbody tr")).to_have_count(1)
 
 
 def test_a_message_never_mixes_the_subject_of_one_save_with_the_body_of_another(

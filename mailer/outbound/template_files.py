@@ -95,7 +95,7 @@ def save(
 ) -> list[Problem]:
     """Write ``draft`` as the variant and record it as a version, unless it has problems,
     which are returned (and nothing is written)."""
-    problems = _limits(store, name, variant, draft) or store.check_draft(
+    problems = limits(store, name, variant, draft) or store.check_draft(
         name, variant, draft.parts(), company=company
     )
     if problems:
@@ -239,7 +239,8 @@ def diff(old: Draft, new: Draft, context: int = 3) -> list[DiffLine]:
     return found
 
 
-def _limits(store: TemplateStore, name: str, variant: str | None, draft: Draft) -> list[Problem]:
+def limits(store: TemplateStore, name: str, variant: str | None, draft: Draft) -> list[Problem]:
+    """What is wrong with a draft before it is rendered at all: a part too long, no subject."""
     where = f"{store.root.name}/{name if variant is None else f'{name}/{variant}'}"
     too_long = [p for p, text in draft.parts().items() if text and len(text) > PART_MAX]
     found = [Problem(f"{where}/{p}", f"longer than {PART_MAX:,} characters") for p in too_long]

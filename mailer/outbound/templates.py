@@ -125,10 +125,24 @@ class TemplateStore(_Folders):
         *,
         default_locale: str = DEFAULT_LOCALE,
         pool: renderpool.RenderPool | None = None,
+        drafts: Mapping[str, str | None] | None = None,
     ) -> None:
-        """``pool`` defaults to the process's shared one."""
+        """``pool`` defaults to the process's shared one; ``drafts`` (template path -> text,
+        None for no file) stand in for files (``with_draft``)."""
         super().__init__(root, default_locale=default_locale)
         self._pool = pool
+        self._drafts = dict(drafts or {})
+
+    def with_draft(
+        self, name: str, variant: str | None, parts: Mapping[str, str | None]
+    ) -> TemplateStore:
+        """This store with one variant's ``parts`` (SUBJECT, HTML, TEXT -> text, None for no
+        such file) in place of its files: the editor previews text as it is typed, through
+        the same renderer a send uses, without writing anything."""
+        drafts = {**self._drafts, **_draft_paths(name, variant, parts)}
+        return TemplateStore(
+            self.root, default_locale=self.default_locale, pool=self._pool, drafts=drafts
+        )
 
     @property
     def pool(self) -> renderpool.RenderPool:
@@ -139,7 +153,7 @@ class TemplateStore(_Folders):
     ) -> RenderedMessage:
         """Render the variant for `locale`; dates and times are shown in `zone`."""
         return self.pool.call(
-            self._where(name), _render, self._key, name, dict(context), locale, zone
+            self._where(name), _render, self._key, name, dict(context), locale, zone, self._drafts
         )
 
     def check(self, *, company: Mapping[str, Any] | None = None) -> list[Problem]:
@@ -163,12 +177,10 @@ class TemplateStore(_Folders):
         """Check one variant as it would be with ``parts`` (SUBJECT, HTML, TEXT -> text, None
         for no such file) in place of its files, before anything is written: syntax,
         variables against the sample data, the layout it extends."""
-        folder = _folder(name, variant)
-        drafts = {f"{folder}/{part}": parts.get(part) for part in (SUBJECT, HTML, TEXT)}
+        drafts = _draft_paths(name, variant, parts)
         try:
-            return self.pool.call(
-                self._where(folder), _check_draft, self._key, name, variant, drafts, company
-            )
+            where = self._where(_folder(name, variant))
+            return self.pool.call(where, _check_draft, self._key, name, variant, drafts, company)
         except TemplateError as exc:
             return [exc.problem]
 
@@ -411,9 +423,12 @@ def _render(
     context: Mapping[str, Any],
     locale: str | None,
     zone: ZoneInfo,
+    drafts: Mapping[str, str | None],
 ) -> RenderedMessage:
-    """Runs in a render worker."""
-    return _renderer(key).render(name, context, locale=locale, zone=zone)
+    """Runs in a render worker; with ``drafts``, in a renderer of its own that is dropped
+    afterwards, so a preview's text is never compiled into what a send renders."""
+    renderer = _Renderer(key[0], default_locale=key[1], drafts=drafts) if drafts else None
+    return (renderer or _renderer(key)).render(name, context, locale=locale, zone=zone)
 
 
 def _check(
@@ -536,6 +551,14 @@ def _sample_params(root: Path, name: str) -> dict[str, Any]:
 
 def _folder(name: str, variant: str | None) -> str:
     return name if variant is None else f"{name}/{variant}"
+
+
+def _draft_paths(
+    name: str, variant: str | None, parts: Mapping[str, str | None]
+) -> dict[str, str | None]:
+    """A variant's parts under the template paths the loader asks for."""
+    folder = _folder(name, variant)
+    return {f"{folder}/{part}": parts.get(part) for part in (SUBJECT, HTML, TEXT)}
 
 
 def _key(locale: str) -> str:

@@ -5,7 +5,8 @@ any earlier save.
 Every save is checked first (syntax, variables against the sample data, the layout) and an
 invalid one is not written: the text stays in the form and each problem is shown at its
 line. The files stay the source of truth (``outbound.template_files``); without JavaScript
-the page is a plain form of textareas, with it a CodeMirror editor is laid over them.
+the page is a plain form of textareas, with it a CodeMirror editor is laid over them and
+the preview follows the text as it is typed, rendered from the form and never written.
 """
 
 from __future__ import annotations
@@ -77,12 +78,23 @@ async def editor_page(request: Request) -> Response:
 @posted(Role.MARKETING)
 async def save(request: Request, form: FormData) -> Response:
     web, name, variant = state(request), request.path_params["name"], _variant(request)
-    draft = Draft.typed(*(str(form.get(field, "")) for field in ("subject", "html", "text")))
+    draft = _typed(form)
     problems = await rendering(request, _save, web, name, variant, draft, _by(request))
     if not problems:
-        return RedirectResponse(_editor_url(name, variant, saved="1"), status_code=303)
-    context = await rendering(request, _page, web, name, variant, request.query_params)
+        customer = str(form.get("customer", ""))  # the preview stays on the same customer
+        url = _editor_url(name, variant, saved="1", customer=customer)
+        return RedirectResponse(url, status_code=303)
+    context = await rendering(request, _page, web, name, variant, form)  # the form's customer
     return _render(request, {**context, "draft": draft, "problems": problems}, 400)
+
+
+@posted(Role.MARKETING)
+async def preview_draft(request: Request, form: FormData) -> Response:
+    """The preview of the text in the form, for the page to show as it is typed."""
+    web, name, variant = state(request), request.path_params["name"], _variant(request)
+    query = str(form.get("customer", "")).strip()
+    context = await rendering(request, _draft_preview, web, name, variant, _typed(form), query)
+    return render(request, "template_preview.html", context)
 
 
 @posted(Role.MARKETING)
@@ -139,6 +151,10 @@ def _render(request: Request, context: dict[str, Any], status: int = 200) -> Res
     return render(request, "template_editor.html", context, status)
 
 
+def _typed(form: FormData) -> Draft:
+    return Draft.typed(*(str(form.get(field, "")) for field in ("subject", "html", "text")))
+
+
 def _variant(request: Request) -> str | None:
     return request.query_params.get("variant") or None
 
@@ -158,6 +174,11 @@ def _store(web: WebState) -> TemplateStore:
     return TemplateStore(web.cfg.templates_dir)
 
 
+def _folder(store: TemplateStore, name: str, variant: str | None) -> str:
+    """The variant's folder as problems name it: "templates/NAME/bg"."""
+    return f"{store.root.name}/{name}" + (f"/{variant}" if variant else "")
+
+
 def _page(web: WebState, name: str, variant: str | None, params: Any) -> dict[str, Any]:
     """The editor with the variant's current files, its saved versions and the preview."""
     store = _store(web)
@@ -167,35 +188,55 @@ def _page(web: WebState, name: str, variant: str | None, params: Any) -> dict[st
         raise HTTPException(404, f"There is no template {name!r} with that language.") from None
     with web.engine.connect() as conn:
         saved = template_files.versions(conn, name, variant)
-    folder = f"{store.root.name}/{name}" + (f"/{variant}" if variant else "")
     context: dict[str, Any] = {
-        "name": name,
-        "variant": variant,
         "variants": store.variants(name),
-        "default_locale": store.default_locale,
-        "folder": folder,
         "draft": draft,
         "current": draft,
         "versions": saved,
         "saved": params.get("saved") == "1",
-        "query": params.get("customer", "").strip(),
+    }
+    query = params.get("customer", "").strip()
+    return {**context, **_preview(web, store, name, variant, query)}
+
+
+def _draft_preview(
+    web: WebState, name: str, variant: str | None, draft: Draft, query: str
+) -> dict[str, Any]:
+    """The preview of ``draft`` in place of the variant's files; nothing is written."""
+    store = _store(web)
+    _variant_or_404(store, name, variant)
+    problems = template_files.limits(store, name, variant, draft)
+    if problems:
+        shown = located(problems, _folder(store, name, variant))
+        return {**_shared(store, name, variant, query), "unsaved": True, "preview_problems": shown}
+    drafted = store.with_draft(name, variant, draft.parts())
+    return {**_preview(web, drafted, name, variant, query), "unsaved": True}
+
+
+def _shared(store: TemplateStore, name: str, variant: str | None, query: str) -> dict[str, Any]:
+    """What the editor page and its preview both show."""
+    return {
+        "name": name,
+        "variant": variant,
+        "default_locale": store.default_locale,
+        "query": query,
         "widths": WIDTHS,
     }
-    return {**context, **_preview(web, store, name, variant, context["query"])}
 
 
 def _preview(
     web: WebState, store: TemplateStore, name: str, variant: str | None, query: str
 ) -> dict[str, Any]:
-    """The saved variant for the customer ``query`` names by address; the customers whose
-    address or name contains it when it names no one exactly."""
+    """The variant (as ``store`` has it) for the customer ``query`` names by address; the
+    customers whose address or name contains it when it names no one exactly."""
+    shared = _shared(store, name, variant, query)
     if not query:
-        return {}
+        return shared
     with web.engine.connect() as conn:
         try:
             customer = profiles.get(conn, query)
         except NotFound:
-            return {"matches": profiles.find(conn, search=query, limit=MATCHES)}
+            return {**shared, "matches": profiles.find(conn, search=query, limit=MATCHES)}
     schedules, _ = results.load(web.cfg, web.clock)
     try:
         shown = previews.preview(
@@ -208,14 +249,14 @@ def _preview(
             now=web.clock.now(),
         )
     except TemplateError as exc:
-        return {"customer": customer, "preview_problem": exc.problem}
-    return {"customer": customer, "preview": shown}
+        shown_problems = located([exc.problem], _folder(store, name, variant))
+        return {**shared, "customer": customer, "preview_problems": shown_problems}
+    return {**shared, "customer": customer, "preview": shown}
 
 
 def _save(web: WebState, name: str, variant: str | None, draft: Draft, by: str) -> list[Shown]:
     store = _store(web)
-    if variant not in _variants_or_404(store, name):
-        raise HTTPException(404, f"{name} has no {variant} variant.")
+    _variant_or_404(store, name, variant)
     problems = template_files.save(
         web.engine,
         store,
@@ -226,7 +267,12 @@ def _save(web: WebState, name: str, variant: str | None, draft: Draft, by: str) 
         now=web.clock.now(),
         company=web.cfg.settings.company or None,
     )
-    return located(problems, f"{store.root.name}/{name}" + (f"/{variant}" if variant else ""))
+    return located(problems, _folder(store, name, variant))
+
+
+def _variant_or_404(store: TemplateStore, name: str, variant: str | None) -> None:
+    if variant not in _variants_or_404(store, name):
+        raise HTTPException(404, f"{name} has no {variant} variant.")
 
 
 def _variants_or_404(store: TemplateStore, name: str) -> list[str | None]:
@@ -294,6 +340,7 @@ routes = [
     Route("/templates/new", new_template, methods=["POST"]),
     Route("/templates/{name}/edit", editor_page),
     Route("/templates/{name}/edit", save, methods=["POST"]),
+    Route("/templates/{name}/preview", preview_draft, methods=["POST"]),
     Route("/templates/{name}/versions/diff", diff_page),
     Route("/templates/{name}/versions/{id:int}/restore", restore, methods=["POST"]),
     Route("/templates/{name}/variants", new_variant, methods=["POST"]),
