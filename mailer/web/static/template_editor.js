@@ -11,6 +11,9 @@
     const editor = CodeMirror.fromTextArea(area, {
       mode: area.dataset.mode, lineNumbers: true, lineWrapping: true, viewportMargin: Infinity,
     });
+    // the editor types into a textarea of its own: give it the name the page's label gives
+    const label = document.querySelector(`label[for="${area.id}"]`);
+    editor.getInputField().setAttribute("aria-label", label ? label.textContent.trim() : area.name);
     editor.on("change", () => {
       editor.save();
       area.dispatchEvent(new Event("input", { bubbles: true }));
