@@ -127,12 +127,19 @@ async def shoot(url: str, out: Path, cfg: Config) -> None:
             ("customer-edit", "/customers/1/edit"),
             ("templates", "/templates"),
             ("preview", "/templates/birthday?locale=bg&customer=maria.ivanova%40example.com"),
+            ("template-editor", "/templates/birthday/edit?variant=bg&customer=maria.ivanova%40example.com"),
             ("schedules", "/schedules"),
             ("schedule-runs", "/schedules/newsletter"),
+            ("schedule-form", "/schedules/newsletter/edit"),
             ("outbox", "/outbox"),
         ):
             await page.goto(url + path)
+            await page.wait_for_load_state("networkidle")  # htmx's parts are in
             await page.screenshot(path=out / f"{name}.png", full_page=True)
+        await page.set_viewport_size({"width": 390, "height": 844})
+        await page.goto(url + "/customers/1")
+        await page.screenshot(path=out / "phone-customer.png")
+        await page.set_viewport_size({"width": 1280, "height": 860})
         await page.goto(f"{url}/unsubscribe/{token}")
         await page.screenshot(path=out / "unsubscribe.png")
         await browser.close()
