@@ -7,6 +7,7 @@ morning digest, and when, is decided here by a pure function over plain data.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
@@ -28,6 +29,18 @@ FOLLOWUPS: Table = FollowUp.__table__  # type: ignore[attr-defined]
 DAY_STARTS = time(9, 0)  # a due date without a time means the start of that working day
 NOTE_MAX = 10_000
 PLACE_MAX = 500
+_MEETING_UID = re.compile(r"meeting-(\d{1,18})@(.+)")
+
+
+def meeting_uid(meeting_id: int, domain: str) -> str:
+    """The calendar UID every message about one meeting names."""
+    return f"meeting-{meeting_id}@{domain}"
+
+
+def meeting_of_uid(uid: str) -> tuple[int, str] | None:
+    """(meeting id, domain) of a UID ``meeting_uid`` made, None for any other UID."""
+    found = _MEETING_UID.fullmatch(uid)
+    return (int(found[1]), found[2].lower()) if found else None
 
 
 def parse_due(text: str, now: datetime, zone: ZoneInfo) -> datetime:

@@ -24,6 +24,7 @@ from email.utils import parseaddr, parsedate_to_datetime, unquote
 import html_to_markdown
 
 from mailer.core.text import CONTROL, one_line
+from mailer.inbound.itip import CalendarReply, calendar_reply
 
 MAX_RAW = 25 * 1024 * 1024
 # Feeding the parser in chunks keeps its peak memory near 3x a message instead of 8x.
@@ -99,6 +100,7 @@ class Inbound:
     raw_truncated: bool
     defects: tuple[str, ...]
     fingerprint: str  # of the whole message, however much of `raw` is kept
+    calendar_reply: CalendarReply | None = None  # an answer to a calendar invitation
 
 
 def parse(raw: bytes, *, max_raw: int = MAX_RAW) -> Inbound:
@@ -195,6 +197,7 @@ def _inbound(msg: EmailMessage, raw: bytes, max_raw: int, notes: list[str]) -> I
         raw_truncated=len(raw) > max_raw,
         defects=tuple(dict.fromkeys([*_part_defects(msg), *notes])),
         fingerprint=fingerprint(raw),
+        calendar_reply=calendar_reply(msg, sender),
     )
 
 

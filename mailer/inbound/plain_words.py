@@ -42,6 +42,7 @@ REASONS: dict[str, str] = {
     "spam-flagged": "the mail server marked it as spam",
     "hard-bounced": "mail to this sender's address bounced before",
     "unparseable": "the message could not be read well",
+    "calendar-reply": "it is a calendar's automatic answer to one of our invitations",
 }
 
 # What the message is, by the decision recorded on it.
@@ -54,6 +55,7 @@ KINDS: dict[str, str] = {
     "system": "automatic mail from a system address",
     "loop": "our own mail coming back",
     "unsubscribe": "an unsubscribe request by mail: the customer was unsubscribed",
+    "calendar-reply": "an answer to a calendar invitation: kept as the customer's answer",
     "failed": "a message that could not be handled, kept for a person to look at",
 }
 UNDECIDED = "not decided yet"

@@ -31,7 +31,7 @@ from mailer.core.categories import Category
 from mailer.core.clock import Clock
 from mailer.core.config import Config
 from mailer.customers import profiles, tokens
-from mailer.inbound import autoreply, inquiries
+from mailer.inbound import autoreply, inquiries, rsvp
 from mailer.inbound.business_hours import BusinessHours, reply_expected_by
 from mailer.inbound.mailbox import Fetched, Mailbox, MailboxUnavailable
 from mailer.inbound.parsing import MAX_RAW, Inbound, parse
@@ -87,17 +87,9 @@ def handle(
     logged = inquiries.log(conn, inbound, now)
     if logged.duplicate:
         return logged
-    unsubscribing = tokens.requested_by_mail(policy.secret, inbound.subject)
-    if unsubscribing is not None:
-        profiles.unsubscribe_id(conn, unsubscribing, now)
-        reason = f"List-Unsubscribe request by mail for customer {unsubscribing}"
-        inquiries.record_decision(
-            conn,
-            logged.inquiry_id,
-            status=InquiryStatus.CLOSED,
-            decision="unsubscribe",
-            reasons=[reason],
-        )
+    if _unsubscribed(conn, inbound, logged, now, policy) or _answered(
+        conn, inbound, logged, now, policy
+    ):
         return logged
     decided = _decide(conn, inbound, logged, now, policy)
     acknowledge = decided.acknowledge and policy.enabled and logged.customer_id is not None
@@ -112,6 +104,46 @@ def handle(
     if logged.thread_id is not None and decided.kind in inquiries.FROM_PEOPLE:  # not a robot
         inquiries.reopen(conn, logged.thread_id, inbound.sender, now)
     return logged
+
+
+def _unsubscribed(
+    conn: Connection, inbound: Inbound, logged: inquiries.Logged, now: datetime, policy: AckPolicy
+) -> bool:
+    """A request sent to our List-Unsubscribe mailto: link is carried out and closed."""
+    unsubscribing = tokens.requested_by_mail(policy.secret, inbound.subject)
+    if unsubscribing is None:
+        return False
+    profiles.unsubscribe_id(conn, unsubscribing, now)
+    reason = f"List-Unsubscribe request by mail for customer {unsubscribing}"
+    _close(conn, logged, "unsubscribe", reason)
+    return True
+
+
+def _answered(
+    conn: Connection, inbound: Inbound, logged: inquiries.Logged, now: datetime, policy: AckPolicy
+) -> bool:
+    """A calendar's answer to one of our invitations is kept as the customer's answer and
+    closed unacknowledged: a calendar sent it, and nobody at the desk needs to act on it.
+    An answer about an event that is not ours is mail like any other."""
+    reply = inbound.calendar_reply
+    if reply is None:
+        return False
+    event = rsvp.event_of(conn, reply.uid, policy.identity.domains)
+    customer_id = rsvp.customer_of(conn, reply, logged.customer_id)
+    if event is None or customer_id is None:
+        return False
+    kept = rsvp.record(
+        conn, reply, event, customer_id=customer_id, inquiry_id=logged.inquiry_id, now=now
+    )
+    late = "" if kept else "; kept the newer answer recorded before"
+    _close(conn, logged, "calendar-reply", f"calendar-reply: {reply.attendee} {reply.answer}{late}")
+    return True
+
+
+def _close(conn: Connection, logged: inquiries.Logged, decision: str, reason: str) -> None:
+    inquiries.record_decision(
+        conn, logged.inquiry_id, status=InquiryStatus.CLOSED, decision=decision, reasons=[reason]
+    )
 
 
 def _status(acknowledged: bool, kind: str) -> InquiryStatus:

@@ -12,6 +12,7 @@ from sqlalchemy.engine import Connection
 from mailer.customers.contacts import CONTACTS, EMAIL
 from mailer.customers.followups import FOLLOWUPS
 from mailer.inbound.inquiries import INQUIRIES, INQUIRY_EVENTS
+from mailer.inbound.rsvp import CALENDAR_REPLIES
 from mailer.outbound.outbox import OUTBOX
 from mailer.relationship.timeline import Bound, Cursor, Entry, Page, Source, after, bound, merge
 from mailer.store.models import OutboxStatus
@@ -39,6 +40,7 @@ def page(
         _contacts(conn, customer_id, bound(cursor, Source.CONTACT), read),
         _replies(conn, customer_id, bound(cursor, Source.REPLY), read, with_text),
         _followups(conn, customer_id, bound(cursor, Source.FOLLOWUP), read),
+        _answers(conn, customer_id, bound(cursor, Source.RSVP), read),
         _unsubscribed(customer_id, unsubscribed_at, cursor),
     ]
     return merge(sources, size, cursor)
@@ -159,9 +161,11 @@ def _replies(
 
 def _followups(conn: Connection, customer_id: int, limit: Bound | None, count: int) -> list[Entry]:
     """Follow-ups and meetings, when they were set up and by whom, with when they are due."""
-    f = FOLLOWUPS.c
-    query = select(FOLLOWUPS).where(
-        f.customer_id == customer_id, _below(FOLLOWUPS, "created_at", limit)
+    f, answers = FOLLOWUPS.c, CALENDAR_REPLIES.c
+    query = (
+        select(FOLLOWUPS, answers.answer)
+        .outerjoin(CALENDAR_REPLIES, answers.followup_id == f.id)
+        .where(f.customer_id == customer_id, _below(FOLLOWUPS, "created_at", limit))
     )
     return [
         Entry(
@@ -176,9 +180,32 @@ def _followups(conn: Connection, customer_id: int, limit: Bound | None, count: i
                 "status": r.status,
                 "assignee": r.assignee,
                 "location": r.place,
+                "answer": r.answer,  # the customer's, to a meeting's invitation
             },
         )
         for r in conn.execute(_newest(query, FOLLOWUPS, "created_at", count))
+    ]
+
+
+def _answers(conn: Connection, customer_id: int, limit: Bound | None, count: int) -> list[Entry]:
+    """The customer's latest answer to each calendar invitation: when it arrived, what it
+    was, and the event it answers."""
+    a = CALENDAR_REPLIES.c
+    query = select(a.id, a.answered_at, a.answer, a.title, a.schedule, a.followup_id).where(
+        a.customer_id == customer_id, _below(CALENDAR_REPLIES, "answered_at", limit)
+    )
+    return [
+        Entry(
+            at=r.answered_at,
+            source=Source.RSVP,
+            id=r.id,
+            kind=r.answer,
+            direction="in",
+            channel=EMAIL,
+            title=r.title,
+            details={"schedule": r.schedule, "followup_id": r.followup_id},
+        )
+        for r in conn.execute(_newest(query, CALENDAR_REPLIES, "answered_at", count))
     ]
 
 

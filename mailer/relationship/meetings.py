@@ -52,10 +52,6 @@ class Sender:
         return self.address.rpartition("@")[2]
 
 
-def uid(meeting_id: int, domain: str) -> str:
-    return f"meeting-{meeting_id}@{domain}"
-
-
 def dedupe_key(meeting_id: int, sequence: int) -> str:
     """One message per version of the event."""
     return f"meeting:{meeting_id}:{sequence}"
@@ -89,7 +85,7 @@ def context(
             "cancelled": method == "CANCEL",
         },
         "calendar": {
-            "uid": uid(int(meeting["id"]), sender.domain),
+            "uid": followups.meeting_uid(int(meeting["id"]), sender.domain),
             "sequence": sequence,
             "method": method,
             "title": title,

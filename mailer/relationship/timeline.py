@@ -26,6 +26,7 @@ class Source(StrEnum):
     REPLY = "reply"
     CONTACT = "contact"
     FOLLOWUP = "followup"
+    RSVP = "rsvp"
 
 
 RANK = {source: rank for rank, source in enumerate(Source)}
@@ -34,7 +35,8 @@ RANK = {source: rank for rank, source in enumerate(Source)}
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Entry:
     """One touch. ``kind``: the mail's status (sent, deferred, skipped, bounced, ...),
-    "inquiry", a contact's kind (call, meeting, note) or "unsubscribed"; ``direction``:
+    "inquiry", a contact's kind (call, meeting, note), "unsubscribed" or a calendar answer
+    (accepted, tentative, declined); ``direction``:
     "out" (from us), "in" (from them) or None; ``by``: who did it, where known."""
 
     at: datetime

@@ -482,3 +482,30 @@ class TemplateVersion(SQLModel, table=True):
     text: str | None = None
     saved_by: str = Field(max_length=100)
     saved_at: datetime = _when(nullable=False)
+
+
+class CalendarReply(SQLModel, table=True):
+    """A customer's latest answer to a calendar invitation of ours (a webinar's or a
+    meeting's), as their calendar client mailed it back; written by inbound.rsvp."""
+
+    __tablename__ = "calendar_replies"
+    __table_args__ = (
+        UniqueConstraint("uid", "customer_id", name="uq_calendar_replies_uid_customer"),
+        Index("ix_calendar_replies_schedule", "schedule"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    uid: str = Field(max_length=300, description="the event's UID")
+    customer_id: int = _belongs_to("customers.id")
+    schedule: str | None = Field(default=None, max_length=100, description="a webinar's")
+    followup_id: int | None = Field(  # a meeting's
+        default=None, sa_column=Column(Integer, ForeignKey("followups.id", ondelete="CASCADE"))
+    )
+    answer: str = Field(max_length=10, description="accepted, tentative or declined")
+    sequence: int = Field(default=0, description="the event version answered")
+    stamp: datetime | None = _when(description="the reply's DTSTAMP")
+    title: str = Field(default="", max_length=300)
+    answered_at: datetime = _when(nullable=False, description="when the reply arrived")
+    inquiry_id: int | None = Field(
+        default=None, sa_column=Column(Integer, ForeignKey("inquiries.id", ondelete="SET NULL"))
+    )

@@ -24,6 +24,7 @@ from starlette.routing import Route
 
 from mailer.core.durations import format_duration
 from mailer.core.errors import Problem
+from mailer.inbound import rsvp
 from mailer.outbound.templates import TemplateStore
 from mailer.scheduling import (
     audience,
@@ -317,12 +318,14 @@ def _webinar(web: WebState, name: str) -> dict[str, Any]:
     with web.engine.connect() as conn:
         runs = fanout.runs_of(conn, name, firing.INVITED)
         invited = audience.count(conn, [audience.received(runs, firing.DELIVERED)])
+        answers = rsvp.of_webinar(conn, name)
     return {
         "name": name,
         "webinar": schedule,
         "duration": format_duration(schedule.duration),
         "reminders": reminders,
         "invited": invited,
+        "answers": answers,
     }
 
 
