@@ -109,6 +109,9 @@ def add_followups(conn: Connection, now: datetime) -> None:
         followups.add(conn, new, now)
 
 
+MARIA = "maria.ivanova%40example.com"
+
+
 async def shoot(url: str, out: Path, cfg: Config) -> None:
     token = tokens.sign(tokens.load_secret(cfg), 1)
     async with async_playwright() as playwright:
@@ -126,8 +129,8 @@ async def shoot(url: str, out: Path, cfg: Config) -> None:
             ("followups", "/followups"),
             ("customer-edit", "/customers/1/edit"),
             ("templates", "/templates"),
-            ("preview", "/templates/birthday?locale=bg&customer=maria.ivanova%40example.com"),
-            ("template-editor", "/templates/birthday/edit?variant=bg&customer=maria.ivanova%40example.com"),
+            ("preview", f"/templates/birthday?locale=bg&customer={MARIA}"),
+            ("template-editor", f"/templates/birthday/edit?variant=bg&customer={MARIA}"),
             ("schedules", "/schedules"),
             ("schedule-runs", "/schedules/newsletter"),
             ("schedule-form", "/schedules/newsletter/edit"),
