@@ -20,7 +20,7 @@ from mailer.customers import contacts
 from mailer.customers.contacts import NewContact
 from mailer.customers.profiles import CUSTOMERS
 from mailer.outbound import outbox
-from mailer.outbound.outbox import NewMessage
+from mailer.outbound.outbox import NewMessage, Outcome, Result
 from mailer.staff import users
 from tests.conftest import sign_in
 from tests.site import Site
@@ -53,6 +53,15 @@ def test_a_time_names_its_zone_because_abbreviations_are_ambiguous() -> None:
     manila, los_angeles = ZoneInfo("Asia/Manila"), ZoneInfo("America/Los_Angeles")
     assert moments.named(NOW, manila) == "2026-11-24 20:00 PST (Asia/Manila)"
     assert moments.named(NOW, los_angeles) == "2026-11-24 04:00 PST (America/Los_Angeles)"
+
+
+def test_a_stored_reason_states_its_times_in_the_readers_zone() -> None:
+    sofia = ZoneInfo("Europe/Sofia")
+    stored = "deferred until 2026-12-02 08:00 UTC: acked 2026-07-01 09:30:15 UTC"
+    assert moments.restated(stored, sofia) == (
+        "deferred until 2026-12-02 10:00 EET: acked 2026-07-01 12:30 EEST"
+    )
+    assert moments.restated("no time here, UTC or not", sofia) == "no time here, UTC or not"
 
 
 async def test_a_marketer_in_manila_reads_schedules_in_manila_and_one_without_a_zone_in_sofia(
@@ -114,16 +123,23 @@ async def test_an_admin_in_manila_reads_the_outbox_in_manila_and_one_without_a_z
         template="ack",
     )
     outbox.enqueue(engine, [message], clock.now())
+    with engine.connect() as conn:
+        queued = outbox.find(conn)[0]["id"]
+    stored = "retrying at 2026-11-24 13:00 UTC after: 421 busy"  # as delivery writes it
+    failed = Outcome(outbox_id=queued, result=Result.FAILED, at=clock.now(), reason=stored)
+    outbox.record(engine, [failed])
     await sign_in(page, site, "ada")
     await page.goto(site.url + "/outbox")
     row = page.locator("tbody tr").first
     await expect(page.get_by_role("main")).to_contain_text("Times are in Europe/Sofia")
     await expect(row).to_contain_text("2026-11-24 14:00 EET")
+    await expect(row).to_contain_text("retrying at 2026-11-24 15:00 EET after: 421 busy")
     with engine.begin() as conn:
         users.change(conn, "ada", timezone="Asia/Manila")
     await page.reload()
     await expect(page.get_by_role("main")).to_contain_text("Times are in Asia/Manila")
     await expect(row).to_contain_text("2026-11-24 20:00 PST")
+    await expect(row).to_contain_text("retrying at 2026-11-24 21:00 PST after")
     await expect(row.locator("time")).to_have_attribute(
         "title", "2026-11-24 20:00 PST (Asia/Manila)"
     )

@@ -7,6 +7,7 @@ quote of their message) say times the same way.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -24,6 +25,21 @@ UNITS = (
 def absolute(at: datetime, zone: ZoneInfo) -> str:
     """To the minute with the zone's abbreviation, as in "2026-11-24 20:05 PST"."""
     return at.astimezone(zone).strftime(f"{MINUTE} %Z")
+
+
+# how reasons stored with a message state a time: "deferred until 2026-12-02 08:00 UTC: ..."
+_STORED_UTC = re.compile(r"\b(\d{4}-\d{2}-\d{2}) (\d{2}:\d{2})(:\d{2})? UTC\b")
+
+
+def restated(text: str, zone: ZoneInfo) -> str:
+    """A stored reason with each time it states in UTC restated in ``zone``, as
+    ``absolute`` says it; the rest of the text as it is."""
+
+    def local(found: re.Match[str]) -> str:
+        at = datetime.fromisoformat(f"{found[1]}T{found[2]}{found[3] or ''}+00:00")
+        return absolute(at, zone)
+
+    return _STORED_UTC.sub(local, text)
 
 
 def named(at: datetime, zone: ZoneInfo) -> str:

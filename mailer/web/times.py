@@ -17,7 +17,7 @@ from jinja2.runtime import Context
 from markupsafe import Markup
 from starlette.requests import Request
 
-from mailer.core.moments import MINUTE, absolute, named, relative
+from mailer.core.moments import MINUTE, absolute, named, relative, restated
 from mailer.web.common import state, viewer_zone
 
 
@@ -48,12 +48,19 @@ def typed(context: Context, at: datetime | None) -> str:
 
 
 @pass_context
+def local(context: Context, text: str | None) -> str:
+    """``{{ reason|local }}``: a stored reason ("deferred until 2026-12-02 08:00 UTC: ...")
+    with its times in the reader's zone."""
+    return restated(text or "", _zone(context))
+
+
+@pass_context
 def zone_name(context: Context) -> str:
     """``{{ zone_name() }}``: the reader's zone, for the pages that say which it is."""
     return _zone(context).key
 
 
-FILTERS = {"when": when, "ago": ago, "typed": typed}
+FILTERS = {"when": when, "ago": ago, "typed": typed, "local": local}
 
 
 def _element(at: datetime, text: str, title: str) -> Markup:
