@@ -106,5 +106,5 @@ def test_fits_that_cannot_work_say_why() -> None:
         fit_bgnbd([0, 0, 0], [0, 0, 0], [10, 20, 30])
     with pytest.raises(ValueError, match="1 customers with recency after age"):
         fit_bgnbd([1, 2], [40, 10], [30, 30])
-    with pytest.raises(FitFailed, match="at least two customers with repeat purchases"):
-        fit_gamma_gamma([0, 3], [0, 20.0])
+    with pytest.raises(FitFailed, match="at least two customers with paid repeat purchases"):
+        fit_gamma_gamma([0, 3, 2], [0, 20.0, 0.0])

@@ -189,14 +189,15 @@ def gamma_gamma_log_likelihood(model: GammaGamma, x: Floats, mean: Floats) -> Fl
 
 def fit_gamma_gamma(frequency: ArrayLike, mean_value: ArrayLike) -> GammaGamma:
     """Maximum-likelihood Gamma-Gamma parameters from the customers with repeat purchases
-    (their number of repeat purchases and the mean value of those)."""
+    (their number of repeat purchases and the mean value of those). Repeat purchases that
+    were all free (a mean of 0) have no place in a gamma density and are left out."""
     x, mean = as_floats(frequency), as_floats(mean_value)
-    repeat = x > 0
-    x, mean = x[repeat], mean[repeat]
+    if not np.all(np.isfinite(mean)):
+        raise ValueError(f"{int(np.sum(~np.isfinite(mean)))} customers have no finite mean spend")
+    paid = (x > 0) & (mean > 0)
+    x, mean = x[paid], mean[paid]
     if len(x) < 2:
-        raise FitFailed("Gamma-Gamma fit needs at least two customers with repeat purchases")
-    if np.any(~np.isfinite(mean) | (mean <= 0)):
-        raise ValueError(f"{int(np.sum(~(mean > 0)))} repeat customers have no positive mean spend")
+        raise FitFailed("Gamma-Gamma fit needs at least two customers with paid repeat purchases")
 
     def log_likelihood(theta: Floats) -> float:
         model = GammaGamma(*np.exp(theta))
