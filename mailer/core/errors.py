@@ -9,6 +9,7 @@
      ├── InvalidInput       values given in a form are not valid (carries each, by input)
      ├── AddressTaken       a customer's new address is another customer's
      ├── DatabaseUnavailable  the configured database cannot be opened, created or used yet
+     ├── FitFailed          a purchase model cannot be fitted to this purchase history
      ├── InvalidContact (ValueError)  a call, meeting or note to log is incomplete or wrong
      └── NotFound (LookupError)  a customer, template or row that a command named does not exist
 
@@ -97,3 +98,9 @@ class NotFound(MailerError, LookupError):
 
 class SmtpUnavailable(MailerError, ConnectionError):
     """The SMTP server cannot be reached at all: the queue waits instead of burning retries."""
+
+
+class FitFailed(MailerError):
+    """A purchase model could not be fitted to the purchase history: too few repeat
+    purchases, or the likelihood has no maximum inside the model's range. Nothing is
+    predicted from a model that did not converge."""
