@@ -93,6 +93,8 @@ PURE = (
     "mailer/core/clock.py",
     "mailer/customers/edits.py",
     "mailer/relationship/timeline.py",
+    "mailer/commerce/order_rows.py",
+    "mailer/core/money.py",
 )
 # a database, a mail protocol, the event loop or the network: what makes code need I/O to test
 IMPURE = (
@@ -140,6 +142,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
         "store",
         "staff",
         "customers sandbox",
+        "commerce",
         "outbound",
         "inbound scheduling",
         "relationship",
