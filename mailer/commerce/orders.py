@@ -79,7 +79,7 @@ def _add(
             select(ORDERS.c.order_ref, ORDERS.c.fingerprint).where(
                 ORDERS.c.order_ref.in_([d.order_ref for d in drafts])
             )
-        ).tuples()
+        ).all()
     )
     new = [d for d in drafts if d.order_ref not in stored]
     for draft in drafts:
@@ -119,7 +119,7 @@ def _insert_orders(
     stmt = dialect.insert(ORDERS).on_conflict_do_nothing(index_elements=["order_ref"])
     values = [_order(d, customers[d.lines[0].email], now, source) for d in new]
     returned = conn.execute(stmt.returning(ORDERS.c.order_ref, ORDERS.c.id), values)
-    return dict(returned.tuples())
+    return dict(returned.all())
 
 
 def _order(draft: Draft, customer_id: int, now: datetime, source: str) -> dict[str, Any]:
@@ -192,7 +192,7 @@ def summary(conn: Connection, customer_id: int) -> dict[str, Any]:
         .group_by(ORDERS.c.currency)
         .order_by(ORDERS.c.currency)
     )
-    amounts = {cur: from_minor(int(total), cur) for cur, total in conn.execute(totals).tuples()}
+    amounts = {cur: from_minor(int(total), cur) for cur, total in conn.execute(totals)}
     return {"count": count, "first_at": first, "last_at": last, "totals": amounts}
 
 

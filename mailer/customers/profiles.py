@@ -288,7 +288,7 @@ def ensure(
     added as a lead, with no consent implied; and how many were added. Three statements
     for any number of addresses."""
     query = select(CUSTOMERS.c.email, CUSTOMERS.c.id)
-    ids: dict[str, int] = dict(conn.execute(query.where(CUSTOMERS.c.email.in_(emails))).tuples())
+    ids: dict[str, int] = dict(conn.execute(query.where(CUSTOMERS.c.email.in_(emails))).all())
     missing = [e for e in emails if e not in ids]
     if missing:
         hashes = [address_hash(e) for e in missing]
@@ -297,7 +297,7 @@ def ensure(
         leads = [_lead(e, "", now, source, erased=address_hash(e) in gone) for e in missing]
         dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
         conn.execute(dialect.insert(CUSTOMERS).on_conflict_do_nothing(), leads)
-        ids |= dict(conn.execute(query.where(CUSTOMERS.c.email.in_(missing))).tuples())
+        ids |= dict(conn.execute(query.where(CUSTOMERS.c.email.in_(missing))).all())
     return ids, len(missing)
 
 
