@@ -111,7 +111,7 @@ class Rejected:
 
 def parse_row(line: int, cells: Mapping[str, str], rules: Rules) -> LineRow:
     """Validate one row; raise ValueError naming every problem in it."""
-    text = {c: clean_text(cells.get(c) or "") or "" for c in _TEXT_COLUMNS}
+    text = {c: _cell(cells.get(c) or "") for c in _TEXT_COLUMNS}
     errors = [f"{c} is longer than {n} characters" for c, n in LIMITS.items() if len(text[c]) > n]
     values: dict[str, object] = {}
     for column, convert in _CONVERTERS:
@@ -129,6 +129,11 @@ def parse_row(line: int, cells: Mapping[str, str], rules: Rules) -> LineRow:
         raise ValueError("; ".join(errors))
     channel, category = text["channel"].lower(), text["category"]
     return LineRow(line=line, channel=channel, category=category, **values)  # type: ignore[arg-type]
+
+
+def _cell(value: str) -> str:
+    """A cell as stored; the usual printable one costs a strip, not a regular expression."""
+    return value.strip() if value.isprintable() else clean_text(value) or ""
 
 
 _TEXT_COLUMNS = (
