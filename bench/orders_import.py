@@ -1,6 +1,6 @@
 """How fast `mailer orders import` takes a large CSV: lines/s for a first import and a re-import.
 
-    .venv/bin/python bench/orders_import.py [--lines 1000000] [--customers 100000] [--database-url URL]
+    .venv/bin/python bench/orders_import.py [--lines N] [--customers N] [--database-url URL]
 
 Without --database-url it uses a fresh SQLite file in a temp dir. Orders of 1-9 lines, three
 channels, EUR and BGN, one order in fifty a return.
@@ -39,13 +39,15 @@ def write_csv(path: Path, lines: int, customers: int) -> None:
             returned = order % 50 == 0
             when = (START + timedelta(minutes=order * 3)).strftime("%Y-%m-%d %H:%M")
             head = f"O{order},customer{order * 7919 % customers}@example.com,{when}"
-            tail = f"{('EUR', 'BGN')[order % 2]},{CHANNELS[order % 3]},{'returned' if returned else 'placed'}"
+            status = "returned" if returned else "placed"
+            tail = f"{('EUR', 'BGN')[order % 2]},{CHANNELS[order % 3]},{status}"
             for n in range(size):
                 sku, name, category = PRODUCTS[(order + n * 31) % len(PRODUCTS)]
                 qty = -1 if returned else 1 + n % 3
                 price = 100 + (order + n) % 5000
                 fh.write(
-                    f"{head},{sku},{name},{category},{qty},{price // 100}.{price % 100:02d},{price // 300}.{price % 100:02d},{tail}\n"
+                    f"{head},{sku},{name},{category},{qty},{price // 100}.{price % 100:02d},"
+                    f"{price // 300}.{price % 100:02d},{tail}\n"
                 )
             written += size
 
