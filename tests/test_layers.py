@@ -98,6 +98,8 @@ PURE = (
     "mailer/insight/btyd.py",
     "mailer/insight/next_order.py",
     "mailer/insight/simulate.py",
+    "mailer/commerce/order_rows.py",
+    "mailer/core/money.py",
 )
 # a database, a mail protocol, the event loop or the network: what makes code need I/O to test
 IMPURE = (
@@ -147,6 +149,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
         "store",
         "staff",
         "customers sandbox",
+        "commerce",
         "outbound",
         "inbound scheduling",
         "relationship",

@@ -22,6 +22,7 @@ from mailer.cli import (
     customers,
     followups,
     inquiries,
+    orders,
     outbox,
     sandbox,
     schedules,
@@ -51,6 +52,8 @@ app.add_typer(sandbox.app, name="sandbox")
 app.add_typer(schedules.app, name="schedules")
 app.add_typer(users.app, name="users")
 app.add_typer(followups.app, name="followups")
+app.add_typer(orders.app, name="orders")
+app.add_typer(orders.products_app, name="products")
 db_app = group("Database schema.")
 app.add_typer(db_app, name="db")
 

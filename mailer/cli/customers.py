@@ -26,6 +26,7 @@ from mailer.cli.common import (
     print_json,
     print_table,
 )
+from mailer.commerce import orders
 from mailer.core.errors import MailerError
 from mailer.customers import contacts, profiles
 from mailer.customers.csv_rows import RejectedRow, shown
@@ -178,6 +179,7 @@ def show(
         next_contact = outbox.next_contact(conn, customer, now, cfg.settings)
         last = contacts.last_of(conn, customer.id)
         touches = relationship.page(conn, customer.id, customer.unsubscribed_at, size=timeline)
+        bought = orders.summary(conn, customer.id)
     entries = [asdict(e) for e in touches.entries]
     if as_json:
         print_json(
@@ -187,6 +189,7 @@ def show(
                 "history": messages,
                 "timeline": entries,
                 "last_contact": last,
+                "orders": bought,
             }
         )
         return

@@ -31,6 +31,7 @@ from pydantic import (
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
+from typing_extensions import TypedDict
 
 from mailer.core.errors import ConfigError, Problem
 from mailer.core.fieldtypes import (
@@ -42,6 +43,7 @@ from mailer.core.fieldtypes import (
     email_address,
     holiday_country,
 )
+from mailer.core.money import currency_code
 
 ENV_PREFIX = "MAILER_"
 DEFAULT_DATABASE_URL = "sqlite:///var/mailer.db"
@@ -238,6 +240,13 @@ class WebSettings(Section):
     trusted_proxies: list[Network] = []  # whose X-Forwarded-For is believed
 
 
+class CompanyValues(TypedDict, total=False):
+    """[company]: free-form values every template sees; the few mailer reads are typed."""
+
+    __pydantic_config__ = ConfigDict(extra="allow")  # type: ignore[misc]
+    currencies: list[Annotated[str, AfterValidator(currency_code)]]  # what orders may be in
+
+
 class Settings(Section):
     """The whole of config.toml. Relative paths are resolved against the file's folder."""
 
@@ -251,7 +260,7 @@ class Settings(Section):
     autoreply: AutoreplySettings = AutoreplySettings()
     business_hours: BusinessHoursSettings = BusinessHoursSettings()
     web: WebSettings = WebSettings()
-    company: dict[str, Any] = Field(default_factory=dict)
+    company: CompanyValues = Field(default_factory=lambda: CompanyValues())
 
 
 class Config:

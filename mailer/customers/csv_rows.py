@@ -194,8 +194,12 @@ def normalise_header(name: str) -> str:
     return _ALIASES.get(key, key)
 
 
-def read_rows(stream: TextIO) -> Iterator[tuple[int, dict[str, str]] | RejectedRow]:
+def read_rows(
+    stream: TextIO, name: Callable[[str], str] = normalise_header, required: str = "email"
+) -> Iterator[tuple[int, dict[str, str]] | RejectedRow]:
     """(first line, cells by normalised column) for each data row, or why it was rejected.
+    ``name`` turns a header cell into a column name, and ``required`` is the column the
+    header must have (orders and products are read with their own).
 
     The stream is decoded with ``errors="surrogateescape"``, so a byte that is not UTF-8
     rejects its row by line instead of ending the file. The header is checked, and so is
@@ -212,7 +216,7 @@ def read_rows(stream: TextIO) -> Iterator[tuple[int, dict[str, str]] | RejectedR
     reader = csv.reader(_lines(stream, undecodable), dialect)
     limit = csv.field_size_limit(READ_LIMIT)
     try:
-        header = _header(reader)
+        header = _header(reader, name, required)
         yield from _data(reader, header, undecodable)
     finally:
         csv.field_size_limit(limit)
@@ -243,13 +247,13 @@ def _lines(stream: TextIO, undecodable: dict[int, int]) -> Iterator[str]:
         yield line
 
 
-def _header(reader: Any) -> list[str]:
+def _header(reader: Any, name: Callable[[str], str], required: str) -> list[str]:
     try:
-        header = [normalise_header(h) for h in next(reader, [])]
+        header = [name(h) for h in next(reader, [])]
     except csv.Error as exc:
         raise ImportFileError(f"line 1: {exc}") from None
-    if "email" not in header:
-        raise ImportFileError("the first line must be a header with an 'email' column")
+    if required not in header:
+        raise ImportFileError(f"the first line must be a header with an {required!r} column")
     duplicated = {h for h in header if header.count(h) > 1}
     if duplicated:
         raise ImportFileError(f"the header repeats column(s): {', '.join(sorted(duplicated))}")

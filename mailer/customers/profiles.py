@@ -275,6 +275,33 @@ def search_text(customer: Mapping[str, Any]) -> str:
 
 def add_lead(conn: Connection, email: str, name: str, now: datetime) -> int:
     """A new customer who wrote to support: no consent to newsletters is implied."""
+    values = _lead(email, name, now, "inquiry", erased=is_erased(conn, email))
+    lead = conn.execute(insert(CUSTOMERS).values(values)).inserted_primary_key
+    assert lead is not None
+    return int(lead[0])
+
+
+def ensure(
+    conn: Connection, emails: Collection[str], now: datetime, source: str
+) -> tuple[dict[str, int], int]:
+    """The ids of the customers with these (normalised) addresses, each one not known yet
+    added as a lead, with no consent implied; and how many were added. Three statements
+    for any number of addresses."""
+    query = select(CUSTOMERS.c.email, CUSTOMERS.c.id)
+    ids: dict[str, int] = dict(conn.execute(query.where(CUSTOMERS.c.email.in_(emails))).all())
+    missing = [e for e in emails if e not in ids]
+    if missing:
+        hashes = [address_hash(e) for e in missing]
+        erased = select(ERASED.c.address_hash).where(ERASED.c.address_hash.in_(hashes))
+        gone = set(conn.execute(erased).scalars())
+        leads = [_lead(e, "", now, source, erased=address_hash(e) in gone) for e in missing]
+        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+        conn.execute(dialect.insert(CUSTOMERS).on_conflict_do_nothing(), leads)
+        ids |= dict(conn.execute(query.where(CUSTOMERS.c.email.in_(missing))).all())
+    return ids, len(missing)
+
+
+def _lead(email: str, name: str, now: datetime, source: str, *, erased: bool) -> dict[str, Any]:
     values = {
         **_new_customer(now),
         "email": email,
@@ -282,15 +309,13 @@ def add_lead(conn: Connection, email: str, name: str, now: datetime) -> int:
         "first_name": name.split()[0] if name else "",
         "marketing_consent": False,
         "relationship_consent": False,
-        "source": "inquiry",
+        "source": source,
         "updated_at": now,
     }
-    if is_erased(conn, email):
+    if erased:
         values["suppressed_reason"] = ERASED_REASON
     values["search_text"] = search_text(values)
-    lead = conn.execute(insert(CUSTOMERS).values(values)).inserted_primary_key
-    assert lead is not None
-    return int(lead[0])
+    return values
 
 
 def _same(before: Any, after: dict[str, Any]) -> bool:

@@ -509,3 +509,60 @@ class CalendarReply(SQLModel, table=True):
     inquiry_id: int | None = Field(
         default=None, sa_column=Column(Integer, ForeignKey("inquiries.id", ondelete="SET NULL"))
     )
+
+
+class OrderStatus(StrEnum):
+    PLACED = "placed"
+    RETURNED = "returned"  # its lines may be negative: what came back
+    CANCELLED = "cancelled"
+
+
+class Order(SQLModel, table=True):
+    """What a customer bought, as the shop recorded it; written by commerce.orders. Amounts
+    are integers in the currency's minor units (see mailer.core.money)."""
+
+    __tablename__ = "orders"
+    # a customer's purchase history, and the insight models' recency and frequency, by time
+    __table_args__ = (Index("ix_orders_customer_ordered", "customer_id", "ordered_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    order_ref: str = Field(max_length=100, unique=True, description="the shop's order id")
+    customer_id: int = Field(
+        sa_column=Column(Integer, ForeignKey("customers.id", ondelete="CASCADE"), nullable=False)
+    )
+    ordered_at: datetime = _when(nullable=False)
+    channel: str = Field(default="", max_length=50, description="web shop, phone, store, ...")
+    currency: str = Field(max_length=3, description="ISO 4217")
+    status: str = Field(default=OrderStatus.PLACED, max_length=20)
+    created_at: datetime = _when(nullable=False, default_factory=utcnow)
+    source: str = Field(default="", max_length=100, description="import:FILE")
+    fingerprint: str = Field(max_length=64, description="its content, to tell a re-import")
+
+
+class OrderLine(SQLModel, table=True):
+    """One line item of an order; a return's quantities are negative."""
+
+    __tablename__ = "order_lines"
+    __table_args__ = (Index("ix_order_lines_sku", "sku"),)
+
+    order_id: int = Field(
+        sa_column=Column(Integer, ForeignKey("orders.id", ondelete="CASCADE"), primary_key=True)
+    )
+    line_no: int = Field(primary_key=True, description="1, 2, ... in the file's order")
+    sku: str = Field(max_length=100)
+    product: str = Field(default="", max_length=200)
+    category: str = Field(default="", max_length=100)
+    quantity: int
+    unit_price: int = Field(sa_type=BigInteger, description="minor units")
+    unit_cost: int | None = Field(default=None, sa_type=BigInteger, description="minor units")
+
+
+class Product(SQLModel, table=True):
+    """The catalogue as the shop names it; written by commerce.products."""
+
+    __tablename__ = "products"
+
+    sku: str = Field(max_length=100, primary_key=True)
+    name: str = Field(default="", max_length=200)
+    category: str = Field(default="", max_length=100)
+    updated_at: datetime = _when(nullable=False)

@@ -1,0 +1,90 @@
+"""How fast `mailer orders import` takes a large CSV: lines/s for a first import and a re-import.
+
+    .venv/bin/python bench/orders_import.py [--lines N] [--customers N] [--database-url URL]
+
+Without --database-url it uses a fresh SQLite file in a temp dir. Orders of 1-9 lines, three
+channels, EUR and BGN, one order in fifty a return.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from mailer.commerce import orders
+from mailer.commerce.order_rows import Rules
+from mailer.store import db, migrate
+
+CHANNELS = ("web shop", "phone", "store")
+PRODUCTS = [
+    (f"SKU-{i:05d}", f"Product {i}", ("coffee", "tea", "cups", "gifts")[i % 4]) for i in range(4000)
+]
+START = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+def write_csv(path: Path, lines: int, customers: int) -> None:
+    with path.open("w", encoding="utf-8") as fh:
+        fh.write(
+            "order_id,email,ordered_at,sku,product,category,quantity,unit_price,cost,currency,channel,status\n"
+        )
+        written, order = 0, 0
+        while written < lines:
+            order += 1
+            size = min(1 + order * 7 % 9, lines - written)
+            returned = order % 50 == 0
+            when = (START + timedelta(minutes=order * 3)).strftime("%Y-%m-%d %H:%M")
+            head = f"O{order},customer{order * 7919 % customers}@example.com,{when}"
+            status = "returned" if returned else "placed"
+            tail = f"{('EUR', 'BGN')[order % 2]},{CHANNELS[order % 3]},{status}"
+            for n in range(size):
+                sku, name, category = PRODUCTS[(order + n * 31) % len(PRODUCTS)]
+                qty = -1 if returned else 1 + n % 3
+                price = 100 + (order + n) % 5000
+                fh.write(
+                    f"{head},{sku},{name},{category},{qty},{price // 100}.{price % 100:02d},"
+                    f"{price // 300}.{price % 100:02d},{tail}\n"
+                )
+            written += size
+
+
+def timed(engine: object, path: Path) -> tuple[float, orders.ImportReport]:
+    rules = Rules(
+        now=datetime.now(UTC), zone=ZoneInfo("Europe/Sofia"), currencies=frozenset({"EUR", "BGN"})
+    )
+    start = time.perf_counter()
+    report = orders.import_csv(engine, path, rules)  # type: ignore[arg-type]
+    return time.perf_counter() - start, report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--lines", type=int, default=1_000_000)
+    parser.add_argument("--customers", type=int, default=100_000)
+    parser.add_argument("--database-url")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "orders.csv"
+        started = time.perf_counter()
+        write_csv(path, args.lines, args.customers)
+        print(f"wrote {args.lines} lines in {time.perf_counter() - started:.1f} s")
+        engine = db.connect(args.database_url or f"sqlite:///{tmp}/bench.db")
+        migrate.upgrade(engine)
+        first, report = timed(engine, path)
+        print(
+            f"first import: {report.added} orders, {report.lines} lines, "
+            f"{report.customers_added} customers, {len(report.rejected)} rejected in {first:.1f} s "
+            f"({report.lines / first:.0f} lines/s)"
+        )
+        again, report = timed(engine, path)
+        print(f"re-import:    {report.unchanged} orders unchanged in {again:.1f} s")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    print(f"peak RSS {peak} MB")
+
+
+if __name__ == "__main__":
+    main()

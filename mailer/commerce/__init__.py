@@ -1,0 +1,1 @@
+"""What customers bought: orders, their lines and the product catalogue."""

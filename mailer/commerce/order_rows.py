@@ -1,0 +1,331 @@
+"""Reading orders from CSV: one row per line item, the rows of one order together.
+
+Pure code over text and a clock's reading; the database side is ``commerce.orders``. Each
+row is checked on its own, then each order as a whole: an order with one bad line is
+rejected whole, every bad line named by its file line and reason, so nothing is half
+imported. Money never passes through a float (see ``mailer.core.money``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, tzinfo
+from functools import lru_cache
+
+from mailer.core.money import currency_code, to_minor
+from mailer.customers.csv_rows import RejectedRow, clean_text, normalise_email, normalise_header
+
+_ALIASES = {
+    **dict.fromkeys(("order_id", "orderid", "order_no", "orderno", "order_number"), "order_ref"),
+    **dict.fromkeys(("invoice", "invoiceno", "invoice_no", "order"), "order_ref"),
+    **dict.fromkeys(("customer_email", "customer_e_mail", "mail"), "email"),
+    **dict.fromkeys(
+        ("date", "invoicedate", "invoice_date", "order_date", "created_at"), "ordered_at"
+    ),
+    **dict.fromkeys(("stockcode", "stock_code", "item", "product_id", "article"), "sku"),
+    **dict.fromkeys(("description", "product_name", "item_name", "name", "title"), "product"),
+    **dict.fromkeys(("qty", "amount", "count", "units"), "quantity"),
+    **dict.fromkeys(("unitprice", "price", "unit_price_gross", "item_price"), "unit_price"),
+    **dict.fromkeys(("cost", "unitcost", "unit_cost_price", "purchase_price"), "unit_cost"),
+    **dict.fromkeys(("source", "sales_channel", "store"), "channel"),
+    **dict.fromkeys(("product_category", "product_type", "type"), "category"),
+    **dict.fromkeys(("currency_code", "ccy"), "currency"),
+    **dict.fromkeys(("order_status", "state"), "status"),
+}
+_STATUS_WORDS = {
+    **dict.fromkeys(("", "placed", "paid", "complete", "completed", "shipped"), "placed"),
+    **dict.fromkeys(("returned", "return", "refunded", "refund"), "returned"),
+    **dict.fromkeys(("cancelled", "canceled", "void"), "cancelled"),
+}
+_DOTTED = re.compile(r"^(\d{1,2})\.(\d{1,2})\.(\d{4})(?:[ T](\d{1,2}):(\d{2})(?::(\d{2}))?)?$")
+LIMITS = {"order_ref": 100, "sku": 100, "product": 200, "category": 100, "channel": 50}
+ORDER_FIELDS = ("email", "ordered_at", "currency", "channel", "status")
+ORDER_STATUSES = ("placed", "returned", "cancelled")
+
+
+Converter = Callable[[Mapping[str, str], "Rules"], object]
+
+
+def order_header(name: str) -> str:
+    """'Order ID', 'OrderNo', 'InvoiceNo' -> 'order_ref'; 'StockCode' -> 'sku'; and so on."""
+    key = normalise_header(name)
+    return _ALIASES.get(key, key)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rules:
+    """What a row is checked against: the time now, the zone of a date without one, and
+    the currencies the company sells in (empty: any ISO 4217 currency)."""
+
+    now: datetime
+    zone: tzinfo
+    currencies: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LineRow:
+    """One valid CSV row: the order it belongs to and one of its line items."""
+
+    line: int
+    order_ref: str
+    email: str
+    ordered_at: datetime
+    currency: str
+    channel: str
+    status: str
+    sku: str
+    product: str
+    category: str
+    quantity: int
+    unit_price: int
+    unit_cost: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class BadLine:
+    line: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Draft:
+    """An order read from the file, every line valid; its fingerprint tells a re-import."""
+
+    order_ref: str
+    first_line: int
+    lines: tuple[LineRow, ...]
+    fingerprint: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """An order left out whole (or a row that names no order), with each bad line."""
+
+    order_ref: str
+    lines: int
+    problems: tuple[BadLine, ...]
+
+
+def parse_row(line: int, cells: Mapping[str, str], rules: Rules) -> LineRow:
+    """Validate one row; raise ValueError naming every problem in it."""
+    text = {c: _cell(cells.get(c) or "") for c in _TEXT_COLUMNS}
+    errors = [f"{c} is longer than {n} characters" for c, n in LIMITS.items() if len(text[c]) > n]
+    values: dict[str, object] = {}
+    for column, convert in _CONVERTERS:
+        try:
+            values[column] = convert(text, rules)
+        except ValueError as exc:
+            errors.append(str(exc))
+    if "currency" in values:  # a price is read in its currency's decimals
+        for column in ("unit_price", "unit_cost"):
+            try:
+                values[column] = _price(text[column], column, str(values["currency"]))
+            except ValueError as exc:
+                errors.append(str(exc))
+    if errors:
+        raise ValueError("; ".join(errors))
+    channel, category = text["channel"].lower(), text["category"]
+    return LineRow(line=line, channel=channel, category=category, **values)  # type: ignore[arg-type]
+
+
+def _cell(value: str) -> str:
+    """A cell as stored; the usual printable one costs a strip, not a regular expression."""
+    return value.strip() if value.isprintable() else clean_text(value) or ""
+
+
+_TEXT_COLUMNS = (
+    "order_ref",
+    "email",
+    "ordered_at",
+    "sku",
+    "product",
+    "category",
+    "quantity",
+    "unit_price",
+    "unit_cost",
+    "currency",
+    "channel",
+    "status",
+)
+
+
+def _email(text: Mapping[str, str], rules: Rules) -> str:
+    if not text["email"]:
+        raise ValueError("no email address")
+    return _valid_email(text["email"])
+
+
+@lru_cache(maxsize=1 << 17)  # checking an address costs ~70 us; an order repeats it per line
+def _valid_email(text: str) -> str:
+    return normalise_email(text)
+
+
+def _ordered_at(text: Mapping[str, str], rules: Rules) -> datetime:
+    if not text["ordered_at"]:
+        raise ValueError("no order date")
+    moment = parse_moment(text["ordered_at"], rules.zone)
+    if moment > rules.now:
+        raise ValueError(f"order date {text['ordered_at']!r} is in the future")
+    return moment
+
+
+@lru_cache(maxsize=4096)  # the lines of an order share its time
+def parse_moment(text: str, zone: tzinfo) -> datetime:
+    """2024-03-01, 2024-03-01 14:30, 2024-03-01T14:30:00+02:00, 01.03.2024 14:30, in UTC;
+    without an offset the time is the business's (``zone``)."""
+    dotted = _DOTTED.match(text)
+    try:
+        if dotted:
+            d, m, y, hh, mm, ss = (int(g or 0) for g in dotted.groups())
+            moment = datetime(y, m, d, hh, mm, ss)
+        elif len(text) == 10:
+            moment = datetime.combine(date.fromisoformat(text), datetime.min.time())
+        else:
+            moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"order date {text!r} is not a date; use 2024-03-01, 2024-03-01 14:30 or 01.03.2024"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=zone)
+    return moment.astimezone(UTC)
+
+
+def _currency(text: Mapping[str, str], rules: Rules) -> str:
+    if not text["currency"]:
+        if len(rules.currencies) == 1:
+            return next(iter(rules.currencies))
+        raise ValueError("no currency (it may be left out when [company] currencies names one)")
+    code = currency_code(text["currency"])
+    if rules.currencies and code not in rules.currencies:
+        sold = ", ".join(sorted(rules.currencies))
+        raise ValueError(f"the company does not sell in {code} ([company] currencies: {sold})")
+    return code
+
+
+def _status(text: Mapping[str, str], rules: Rules) -> str:
+    status = _STATUS_WORDS.get(text["status"].lower())
+    if status is None:
+        raise ValueError(f"status {text['status']!r} is not one of {', '.join(ORDER_STATUSES)}")
+    return status
+
+
+def _quantity(text: Mapping[str, str], rules: Rules) -> int:
+    try:
+        quantity = int(text["quantity"])
+    except ValueError:
+        raise ValueError(f"quantity {text['quantity']!r} is not a whole number") from None
+    if not quantity:
+        raise ValueError("quantity is 0")
+    return quantity
+
+
+def _price(text: str, column: str, currency: str) -> int | None:
+    if not text:
+        if column == "unit_cost":
+            return None
+        raise ValueError("no unit price")
+    if text.startswith("-"):
+        raise ValueError(f"{column} is negative; a return has a negative quantity")
+    return to_minor(text, currency)
+
+
+def _required(column: str, missing: str) -> Converter:
+    def convert(text: Mapping[str, str], rules: Rules) -> str:
+        if not text[column]:
+            raise ValueError(missing)
+        return text[column]
+
+    return convert
+
+
+_CONVERTERS: tuple[tuple[str, Converter], ...] = (
+    ("order_ref", _required("order_ref", "no order id")),
+    ("email", _email),
+    ("ordered_at", _ordered_at),
+    ("currency", _currency),
+    ("status", _status),
+    ("sku", _required("sku", "no SKU")),
+    ("product", _required("product", "no product name")),
+    ("quantity", _quantity),
+)
+
+
+def parse_rows(
+    rows: Iterable[tuple[int, dict[str, str]] | RejectedRow], rules: Rules
+) -> Iterator[LineRow | tuple[str, BadLine]]:
+    """Each row checked, or (its order id, why it is bad)."""
+    for row in rows:
+        if isinstance(row, RejectedRow):
+            yield "", BadLine(row.line, row.reason)
+            continue
+        line, cells = row
+        try:
+            yield parse_row(line, cells, rules)
+        except ValueError as exc:
+            ref = (clean_text(cells.get("order_ref") or "") or "")[: LIMITS["order_ref"]]
+            yield ref, BadLine(line, str(exc))
+
+
+def orders(rows: Iterable[LineRow | tuple[str, BadLine]]) -> Iterator[Draft | Rejected]:
+    """The rows gathered into orders, an order's rows being next to each other as a shop
+    exports them; each order checked whole. An order that comes back after other orders is
+    rejected from there on: its first part has been read already."""
+    seen: dict[str, int] = {}
+    group: list[LineRow | tuple[str, BadLine]] = []
+    for row in rows:
+        ref = row.order_ref if isinstance(row, LineRow) else row[0]
+        if group and (not ref or ref != _ref(group[0])):
+            yield _finish(group, seen)
+            group = []
+        group.append(row)
+    if group:
+        yield _finish(group, seen)
+
+
+def _ref(row: LineRow | tuple[str, BadLine]) -> str:
+    return row.order_ref if isinstance(row, LineRow) else row[0]
+
+
+def _finish(group: list[LineRow | tuple[str, BadLine]], seen: dict[str, int]) -> Draft | Rejected:
+    ref = _ref(group[0])
+    good = [row for row in group if isinstance(row, LineRow)]
+    bad = [row[1] for row in group if not isinstance(row, LineRow)]
+    first = group[0].line if isinstance(group[0], LineRow) else group[0][1].line
+    if ref and ref in seen:
+        reason = f"order {ref} began at line {seen[ref]}; keep an order's lines together"
+        return Rejected(ref, len(group), (BadLine(first, reason),))
+    if ref:
+        seen[ref] = first
+    bad += _disagreements(good)
+    if bad or not good:
+        return Rejected(ref, len(group), tuple(sorted(bad, key=lambda b: b.line)))
+    return Draft(order_ref=ref, first_line=first, lines=tuple(good), fingerprint=fingerprint(good))
+
+
+def _disagreements(lines: list[LineRow]) -> list[BadLine]:
+    """Lines that say something else about their order than its first line, and negative
+    quantities in an order not marked as returned."""
+    if not lines:
+        return []
+    head, bad = lines[0], []
+    for row in lines:
+        differ = [f for f in ORDER_FIELDS if getattr(row, f) != getattr(head, f)]
+        if differ:
+            bad.append(BadLine(row.line, f"{', '.join(differ)} not as on line {head.line}"))
+        elif row.quantity < 0 and row.status != "returned":
+            reason = f"quantity {row.quantity} is negative but the order's status is not returned"
+            bad.append(BadLine(row.line, reason))
+    return bad
+
+
+def fingerprint(lines: Iterable[LineRow]) -> str:
+    """What an order says, hashed: the same order imported again has the same one."""
+    rows = list(lines)
+    head = rows[0]
+    content = [head.email, head.ordered_at.isoformat(), head.currency, head.channel, head.status]
+    items = [(r.sku, r.product, r.category, r.quantity, r.unit_price, r.unit_cost) for r in rows]
+    return hashlib.sha256(repr((content, items)).encode()).hexdigest()

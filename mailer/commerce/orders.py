@@ -1,0 +1,202 @@
+"""Orders and their lines in the database: a batched, set-based CSV import that can run
+twice, and the look-ups a person or a model needs.
+
+An import works a thousand orders at a time, in one transaction each: one SELECT finds the
+orders already stored, one the customers (unknown addresses become leads), then one
+INSERT ... RETURNING for the orders, one for the products they name and one for their lines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, Table, func, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from mailer.commerce import order_rows, products
+from mailer.commerce.order_rows import BadLine, Draft, Rejected, Rules
+from mailer.core.errors import ImportFileError
+from mailer.core.money import from_minor
+from mailer.customers import profiles
+from mailer.customers.csv_rows import read_rows, shown
+from mailer.store.models import Customer, Order, OrderLine, OrderStatus
+
+ORDERS: Table = Order.__table__  # type: ignore[attr-defined]
+LINES: Table = OrderLine.__table__  # type: ignore[attr-defined]
+CUSTOMERS: Table = Customer.__table__  # type: ignore[attr-defined]
+BATCH = 1000  # orders to a transaction
+LEAD_SOURCE = "orders"
+Progress = Callable[[int], None]
+
+
+@dataclass(kw_only=True)
+class ImportReport:
+    added: int = 0  # orders
+    unchanged: int = 0
+    lines: int = 0  # lines of the orders added
+    customers_added: int = 0
+    rejected: list[Rejected] = field(default_factory=list)
+
+    @property
+    def rejected_lines(self) -> int:
+        return sum(r.lines for r in self.rejected)
+
+
+def import_csv(
+    engine: Engine, path: Path, rules: Rules, progress: Progress | None = None
+) -> ImportReport:
+    """Add every valid order of the file; report the rest by line. An order already stored
+    with the same content is left as it is; with other content it is reported, unchanged."""
+    report = ImportReport()
+    source = f"import:{path.name}"[:100]
+    with profiles._open(path) as stream:
+        rows = read_rows(stream, order_rows.order_header, "order_ref")
+        try:
+            for batch in profiles._batches(
+                order_rows.orders(order_rows.parse_rows(rows, rules)), BATCH
+            ):
+                drafts = [d for d in batch if isinstance(d, Draft)]
+                report.rejected += [r for r in batch if isinstance(r, Rejected)]
+                with engine.begin() as conn:
+                    _add(conn, drafts, rules.now, source, report)
+                if progress:
+                    progress(sum(len(d.lines) if isinstance(d, Draft) else d.lines for d in batch))
+        except ImportFileError as exc:
+            raise ImportFileError(f"{shown(str(path))}: {shown(str(exc), 500)}") from None
+    return report
+
+
+def _add(
+    conn: Connection, drafts: list[Draft], now: datetime, source: str, report: ImportReport
+) -> None:
+    stored = dict(
+        conn.execute(
+            select(ORDERS.c.order_ref, ORDERS.c.fingerprint).where(
+                ORDERS.c.order_ref.in_([d.order_ref for d in drafts])
+            )
+        ).all()
+    )
+    new = [d for d in drafts if d.order_ref not in stored]
+    for draft in drafts:
+        if draft.order_ref in stored and stored[draft.order_ref] == draft.fingerprint:
+            report.unchanged += 1
+        elif draft.order_ref in stored:
+            report.rejected.append(_conflict(draft))
+    if not new:
+        return
+    customers, added = profiles.ensure(conn, {d.lines[0].email for d in new}, now, LEAD_SOURCE)
+    report.customers_added += added
+    ids = _insert_orders(conn, new, customers, now, source)
+    products.add_missing(conn, {r.sku: (r.product, r.category) for d in new for r in d.lines}, now)
+    lines = [
+        _line(ids[d.order_ref], n, r)
+        for d in new
+        if d.order_ref in ids
+        for n, r in enumerate(d.lines, 1)
+    ]
+    conn.execute(insert(LINES), lines)
+    report.added += len(ids)
+    report.lines += len(lines)
+
+
+def _conflict(draft: Draft) -> Rejected:
+    reason = (
+        f"order {draft.order_ref} was imported before with other content; nothing of it was changed"
+    )
+    return Rejected(draft.order_ref, len(draft.lines), (BadLine(draft.first_line, reason),))
+
+
+def _insert_orders(
+    conn: Connection, new: list[Draft], customers: dict[str, int], now: datetime, source: str
+) -> dict[str, int]:
+    """Order ids by order id of the shop; one that another import stored meanwhile is left out."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(ORDERS).on_conflict_do_nothing(index_elements=["order_ref"])
+    values = [_order(d, customers[d.lines[0].email], now, source) for d in new]
+    returned = conn.execute(stmt.returning(ORDERS.c.order_ref, ORDERS.c.id), values)
+    return dict(returned.all())
+
+
+def _order(draft: Draft, customer_id: int, now: datetime, source: str) -> dict[str, Any]:
+    head = draft.lines[0]
+    return {
+        "order_ref": draft.order_ref,
+        "customer_id": customer_id,
+        "ordered_at": head.ordered_at,
+        "channel": head.channel,
+        "currency": head.currency,
+        "status": head.status,
+        "created_at": now,
+        "source": source,
+        "fingerprint": draft.fingerprint,
+    }
+
+
+def _line(order_id: int, number: int, row: order_rows.LineRow) -> dict[str, Any]:
+    return {
+        "order_id": order_id,
+        "line_no": number,
+        "sku": row.sku,
+        "product": row.product,
+        "category": row.category,
+        "quantity": row.quantity,
+        "unit_price": row.unit_price,
+        "unit_cost": row.unit_cost,
+    }
+
+
+def _total() -> Any:
+    return func.coalesce(func.sum(LINES.c.quantity * LINES.c.unit_price), 0)
+
+
+def find(conn: Connection, customer_id: int | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    """The latest orders (of one customer), each with its line count and total."""
+    query = (
+        select(
+            ORDERS.c.order_ref,
+            CUSTOMERS.c.email,
+            ORDERS.c.ordered_at,
+            ORDERS.c.channel,
+            ORDERS.c.status,
+            ORDERS.c.currency,
+            func.count(LINES.c.line_no).label("lines"),
+            _total().label("total"),
+        )
+        .join(CUSTOMERS, CUSTOMERS.c.id == ORDERS.c.customer_id)
+        .outerjoin(LINES, LINES.c.order_id == ORDERS.c.id)
+        .group_by(ORDERS.c.id, CUSTOMERS.c.email)
+        .order_by(ORDERS.c.ordered_at.desc(), ORDERS.c.id.desc())
+        .limit(limit)
+    )
+    if customer_id is not None:
+        query = query.where(ORDERS.c.customer_id == customer_id)
+    found = [dict(row) for row in conn.execute(query).mappings()]
+    return [{**row, "total": from_minor(int(row["total"]), row["currency"])} for row in found]
+
+
+def summary(conn: Connection, customer_id: int) -> dict[str, Any]:
+    """How many orders, the first and the last, and what they came to in each currency
+    (returns subtract; cancelled orders count for nothing)."""
+    mine = ORDERS.c.customer_id == customer_id
+    when = select(func.count(), func.min(ORDERS.c.ordered_at), func.max(ORDERS.c.ordered_at))
+    count, first, last = conn.execute(when.where(mine)).one()
+    totals = (
+        select(ORDERS.c.currency, _total())
+        .join(LINES, LINES.c.order_id == ORDERS.c.id)
+        .where(mine, ORDERS.c.status != OrderStatus.CANCELLED)
+        .group_by(ORDERS.c.currency)
+        .order_by(ORDERS.c.currency)
+    )
+    amounts = {cur: from_minor(int(total), cur) for cur, total in conn.execute(totals)}
+    return {"count": count, "first_at": first, "last_at": last, "totals": amounts}
+
+
+def reasons(rejected: Iterable[Rejected]) -> Sequence[tuple[int, str, str]]:
+    """(line, order id, reason) for every bad line, in file order."""
+    found = [(bad.line, r.order_ref, bad.reason) for r in rejected for bad in r.problems]
+    return sorted(found)

@@ -1,0 +1,136 @@
+"""Orders from the shop's CSV: exact money, whole orders only, re-imports that change
+nothing, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from sqlalchemy import Engine, select
+
+from mailer.commerce import orders, products
+from mailer.commerce.order_rows import Rules, parse_moment
+from mailer.core.money import from_minor, to_minor
+from mailer.customers import profiles
+from mailer.store.models import Product
+
+NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+RULES = Rules(now=NOW, zone=ZoneInfo("Europe/Sofia"), currencies=frozenset({"EUR", "JPY", "BHD"}))
+HEADER = "Order ID,Email,Date,SKU,Description,Qty,UnitPrice,Currency,Status\n"
+
+
+def test_amounts_are_exact_in_each_currencys_decimals() -> None:
+    assert to_minor("0.1", "EUR") + to_minor("0.2", "EUR") == to_minor("0.3", "EUR") == 30
+    assert to_minor("1200", "JPY") == 1200 and from_minor(1200, "JPY") == "1200"
+    assert to_minor("1.234", "BHD") == 1234 and from_minor(-5, "BHD") == "-0.005"
+    assert to_minor("12,50", "EUR") == 1250 and to_minor("12.500", "EUR") == 1250
+    for wrong in ("12.345", "1e3", "12.5.0", "abc"):
+        with pytest.raises(ValueError):
+            to_minor(wrong, "EUR")
+    with pytest.raises(ValueError, match="more decimals than JPY's 0"):
+        to_minor("100.5", "JPY")
+
+
+def test_a_date_without_a_zone_is_the_businesss() -> None:
+    sofia = ZoneInfo("Europe/Sofia")
+    assert parse_moment("2026-03-01 14:30", sofia) == datetime(2026, 3, 1, 12, 30, tzinfo=UTC)
+    assert parse_moment("01.03.2026", sofia) == datetime(2026, 2, 28, 22, 0, tzinfo=UTC)
+
+
+def write(tmp_path: Path, rows: str) -> Path:
+    path = tmp_path / "orders.csv"
+    path.write_text(HEADER + rows, encoding="utf-8")
+    return path
+
+
+GOOD = (
+    "A1,ana@example.com,2026-11-01,BEAN-1,Beans,3,0.10,EUR,\n"
+    "A1,ana@example.com,2026-11-01,MUG-2,Mug,1,0.20,EUR,\n"
+    "J1,ken@example.jp,2026-11-02 10:00,BEAN-1,Beans,2,1200,JPY,\n"
+    "B1,ali@example.bh,2026-11-03,BEAN-1,Beans,1,1.234,BHD,\n"
+    "R1,ana@example.com,2026-11-05,BEAN-1,Beans,-1,0.10,EUR,returned\n"
+)
+
+
+def test_import_adds_orders_and_unknown_buyers_then_changes_nothing_again(
+    engine: Engine, tmp_path: Path
+) -> None:
+    path = write(tmp_path, GOOD)
+    report = orders.import_csv(engine, path, RULES)
+    assert (report.added, report.lines, report.customers_added, report.rejected) == (4, 5, 3, [])
+    again = orders.import_csv(engine, path, RULES)
+    assert (again.added, again.unchanged, again.rejected) == (0, 4, [])
+    with engine.connect() as conn:
+        ana = profiles.get(conn, "ana@example.com")
+        summary = orders.summary(conn, ana.id)
+        listed = orders.find(conn)
+    assert not ana.marketing_consent and ana.source == "orders"
+    assert summary["count"] == 2 and summary["totals"] == {"EUR": "0.40"}  # 0.30 + 0.20 - 0.10
+    assert summary["last_at"] == datetime(2026, 11, 4, 22, 0, tzinfo=UTC)
+    totals = {row["order_ref"]: (row["total"], row["status"]) for row in listed}
+    assert totals == {
+        "A1": ("0.50", "placed"),
+        "J1": ("2400", "placed"),
+        "B1": ("1.234", "placed"),
+        "R1": ("-0.10", "returned"),
+    }
+
+
+def test_each_bad_line_is_named_and_its_order_is_left_out_whole(
+    engine: Engine, tmp_path: Path
+) -> None:
+    path = write(
+        tmp_path,
+        "G1,ana@example.com,2026-11-01,BEAN-1,Beans,1,5.00,EUR,\n"
+        "X1,bo@example.com,2026-11-01,BEAN-1,Beans,1,5.00,EUR,\n"
+        "X1,bo@example.com,2026-11-01,MUG-2,Mug,1,5.00,USD,\n"
+        "X2,bo@example.com,2026-11-01,MUG-2,Mug,-1,5.00,EUR,\n"
+        "X3,bo@example.com,2099-01-01,MUG-2,Mug,1,5.00,EUR,\n"
+        "X4,bo@example.com,yesterday,MUG-2,Mug,1,five,EUR,\n"
+        ",bo@example.com,2026-11-01,MUG-2,Mug,1,5.00,EUR,\n"
+        "X5,,2026-11-01,MUG-2,Mug,1,5.00,EUR,\n",
+    )
+    report = orders.import_csv(engine, path, RULES)
+    bad = {line: reason for line, _, reason in orders.reasons(report.rejected)}
+    assert "does not sell in USD" in bad[4]
+    assert "negative but the order's status is not returned" in bad[5]
+    assert "in the future" in bad[6]
+    assert "is not a date" in bad[7] and "'five' is not an amount" in bad[7]
+    assert bad[8] == "no order id" and bad[9] == "no email address"
+    assert report.added == 1 and len(report.rejected) == 6
+    with engine.connect() as conn:
+        assert [o["order_ref"] for o in orders.find(conn)] == ["G1"]  # nothing of X1 went in
+
+
+def test_an_order_imported_again_with_other_content_is_reported_and_kept(
+    engine: Engine, tmp_path: Path
+) -> None:
+    orders.import_csv(engine, write(tmp_path, GOOD), RULES)
+    changed = GOOD.replace("MUG-2,Mug,1,0.20", "MUG-2,Mug,2,0.20")
+    report = orders.import_csv(engine, write(tmp_path, changed), RULES)
+    assert orders.reasons(report.rejected) == [
+        (2, "A1", "order A1 was imported before with other content; nothing of it was changed")
+    ]
+    with engine.connect() as conn:
+        assert {o["order_ref"]: o["total"] for o in orders.find(conn)}["A1"] == "0.50"
+
+
+def test_products_are_upserted_by_sku_and_learnt_from_orders(
+    engine: Engine, tmp_path: Path
+) -> None:
+    orders.import_csv(engine, write(tmp_path, GOOD), RULES)
+    path = tmp_path / "products.csv"
+    path.write_text("StockCode,Name,Category\nBEAN-1,Espresso beans,coffee\nNEW-3,Filter,\n")
+    report = products.import_csv(engine, path, NOW)
+    assert (report.added, report.updated, report.unchanged) == (1, 1, 0)
+    again = products.import_csv(engine, path, NOW)
+    assert (again.added, again.updated, again.unchanged) == (0, 0, 2)
+    with engine.connect() as conn:
+        rows = conn.execute(select(Product.sku, Product.name, Product.category)).all()  # type: ignore[call-overload]
+    assert sorted(map(tuple, rows)) == [
+        ("BEAN-1", "Espresso beans", "coffee"),
+        ("MUG-2", "Mug", ""),
+        ("NEW-3", "Filter", ""),
+    ]
