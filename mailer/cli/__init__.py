@@ -22,6 +22,7 @@ from mailer.cli import (
     customers,
     followups,
     inquiries,
+    insights,
     orders,
     outbox,
     sandbox,
@@ -54,6 +55,7 @@ app.add_typer(users.app, name="users")
 app.add_typer(followups.app, name="followups")
 app.add_typer(orders.app, name="orders")
 app.add_typer(orders.products_app, name="products")
+app.add_typer(insights.app, name="insights")
 db_app = group("Database schema.")
 app.add_typer(db_app, name="db")
 

@@ -26,7 +26,7 @@ from mailer.cli.common import (
     print_json,
     print_table,
 )
-from mailer.commerce import orders
+from mailer.commerce import insights, orders
 from mailer.core.errors import MailerError
 from mailer.customers import contacts, profiles
 from mailer.customers.csv_rows import RejectedRow, shown
@@ -180,6 +180,7 @@ def show(
         last = contacts.last_of(conn, customer.id)
         touches = relationship.page(conn, customer.id, customer.unsubscribed_at, size=timeline)
         bought = orders.summary(conn, customer.id)
+        insight = insights.export(conn, customer_id=customer.id)
     entries = [asdict(e) for e in touches.entries]
     if as_json:
         print_json(
@@ -190,6 +191,7 @@ def show(
                 "timeline": entries,
                 "last_contact": last,
                 "orders": bought,
+                "insight": insight[0] if insight else None,
             }
         )
         return

@@ -52,7 +52,9 @@ def import_(
         disable=as_json or not err.is_terminal,
     ) as bar:
         task = bar.add_task("lines", total=total)
-        report = orders.import_csv(engine, file, rules, progress=lambda n: bar.advance(task, n))
+        report = orders.import_csv(
+            engine, file, rules, progress=lambda n: bar.advance(task, n), insight=settings.insight
+        )
     _print_report(file, report, as_json)
     if report.rejected:
         raise typer.Exit(1)

@@ -18,8 +18,9 @@ from sqlalchemy import Engine, Table, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from mailer.commerce import order_rows, products
+from mailer.commerce import insights, order_rows, products
 from mailer.commerce.order_rows import BadLine, Draft, Rejected, Rules
+from mailer.core.config import InsightSettings
 from mailer.core.errors import ImportFileError
 from mailer.core.money import from_minor
 from mailer.customers import profiles
@@ -48,10 +49,16 @@ class ImportReport:
 
 
 def import_csv(
-    engine: Engine, path: Path, rules: Rules, progress: Progress | None = None
+    engine: Engine,
+    path: Path,
+    rules: Rules,
+    progress: Progress | None = None,
+    insight: InsightSettings | None = None,
 ) -> ImportReport:
     """Add every valid order of the file; report the rest by line. An order already stored
-    with the same content is left as it is; with other content it is reported, unchanged."""
+    with the same content is left as it is; with other content it is reported, unchanged.
+    The insight of the customers whose orders were added is brought up to date with them,
+    in the same transaction (once a refresh has fitted the models)."""
     report = ImportReport()
     source = f"import:{path.name}"[:100]
     with profiles._open(path) as stream:
@@ -63,7 +70,10 @@ def import_csv(
                 drafts = [d for d in batch if isinstance(d, Draft)]
                 report.rejected += [r for r in batch if isinstance(r, Rejected)]
                 with engine.begin() as conn:
-                    _add(conn, drafts, rules.now, source, report)
+                    touched = _add(conn, drafts, rules.now, source, report)
+                    insights.update_customers(
+                        conn, touched, rules.now, insight or InsightSettings(), rules.zone
+                    )
                 if progress:
                     progress(sum(len(d.lines) if isinstance(d, Draft) else d.lines for d in batch))
         except ImportFileError as exc:
@@ -73,7 +83,8 @@ def import_csv(
 
 def _add(
     conn: Connection, drafts: list[Draft], now: datetime, source: str, report: ImportReport
-) -> None:
+) -> list[int]:
+    """The customers whose orders were added."""
     stored = dict(
         conn.execute(
             select(ORDERS.c.order_ref, ORDERS.c.fingerprint).where(
@@ -88,7 +99,7 @@ def _add(
         elif draft.order_ref in stored:
             report.rejected.append(_conflict(draft))
     if not new:
-        return
+        return []
     customers, added = profiles.ensure(conn, {d.lines[0].email for d in new}, now, LEAD_SOURCE)
     report.customers_added += added
     ids = _insert_orders(conn, new, customers, now, source)
@@ -102,6 +113,7 @@ def _add(
     conn.execute(insert(LINES), lines)
     report.added += len(ids)
     report.lines += len(lines)
+    return sorted({customers[d.lines[0].email] for d in new if d.order_ref in ids})
 
 
 def _conflict(draft: Draft) -> Rejected:

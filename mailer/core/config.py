@@ -240,6 +240,35 @@ class WebSettings(Section):
     trusted_proxies: list[Network] = []  # whose X-Forwarded-For is believed
 
 
+ScoreRange = Annotated[tuple[int, int], Field(description="lowest and highest score, 1-5")]
+
+
+class SegmentSettings(Section):
+    """One ``[insight.segments.NAME]`` rule: the R, F and M score ranges that put a customer
+    in segment NAME. Omitted ranges are 1-5."""
+
+    recency: ScoreRange = (1, 5)
+    frequency: ScoreRange = (1, 5)
+    monetary: ScoreRange = (1, 5)
+
+
+class InsightSettings(Section):
+    """[insight]: how far ahead expected orders and lifetime value look, and the RFM
+    segments in order, the first match winning. No segments: the shipped ones of
+    mailer.insight.rfm (new, champions, loyal, potential, can't lose, at risk, hibernating,
+    lost); rules given replace them all and must leave no score combination out."""
+
+    horizon: Duration = timedelta(days=90)
+    segments: dict[str, SegmentSettings] = {}
+
+    @field_validator("horizon")
+    @classmethod
+    def _whole_days(cls, horizon: timedelta) -> timedelta:
+        if horizon < timedelta(days=1):
+            raise ValueError("the horizon is at least one day, e.g. '90d'")
+        return horizon
+
+
 class CompanyValues(TypedDict, total=False):
     """[company]: free-form values every template sees; the few mailer reads are typed."""
 
@@ -260,6 +289,7 @@ class Settings(Section):
     autoreply: AutoreplySettings = AutoreplySettings()
     business_hours: BusinessHoursSettings = BusinessHoursSettings()
     web: WebSettings = WebSettings()
+    insight: InsightSettings = InsightSettings()
     company: CompanyValues = Field(default_factory=lambda: CompanyValues())
 
 

@@ -6,7 +6,7 @@ fails when these models and the migrations disagree.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -14,6 +14,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Column,
+    Date,
     ForeignKey,
     Index,
     Integer,
@@ -566,3 +567,59 @@ class Product(SQLModel, table=True):
     name: str = Field(default="", max_length=200)
     category: str = Field(default="", max_length=100)
     updated_at: datetime = _when(nullable=False)
+
+
+class CustomerInsight(SQLModel, table=True):
+    """What a customer's orders up to ``as_of`` say about them; written only by
+    commerce.insights (a refresh of everyone, or one customer after an order import).
+    Money is in minor units of ``currency``, the customer's main currency (the one most of
+    their orders are in): their figures come from their orders in it alone, since amounts in
+    different currencies are never added together."""
+
+    __tablename__ = "customer_insights"
+    __table_args__ = (Index("ix_customer_insights_segment", "rfm_segment"),)
+
+    customer_id: int = Field(
+        sa_column=Column(Integer, ForeignKey("customers.id", ondelete="CASCADE"), primary_key=True)
+    )
+    as_of: date = Field(sa_type=Date)
+    updated_at: datetime = _when(nullable=False)
+    orders: int = Field(description="orders placed in any currency")
+    first_order: date = Field(sa_type=Date)
+    last_order: date = Field(sa_type=Date)
+    recency_days: int = Field(description="days from the last order to as_of")
+    frequency: int = Field(description="repeat purchase days: days with an order after the first")
+    span_days: int = Field(description="days from the first order to the last")
+    age_days: int = Field(description="days from the first order to as_of")
+    currency: str = Field(max_length=3)
+    monetary: int = Field(sa_type=BigInteger, description="placed less returned, minor units")
+    mean_repeat: float = Field(description="mean amount of a repeat purchase day, minor units")
+    margin: int | None = Field(default=None, sa_type=BigInteger, description="None: a cost unknown")
+    r_score: int
+    f_score: int
+    m_score: int
+    rfm_segment: str = Field(max_length=50)
+    p_active: float | None = None
+    horizon_days: int
+    expected_orders: float | None = None
+    clv: int | None = Field(default=None, sa_type=BigInteger, description="minor units")
+    predicted_next_order: date | None = Field(default=None, sa_type=Date)
+    next_order_confidence: float | None = None
+    basis: str = Field(max_length=30, description="what the next order date rests on")
+    one_time_buyer: bool
+    preferred_channel: str = Field(default="", max_length=50)
+    basket: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSON)
+
+
+class InsightFit(SQLModel, table=True):
+    """The purchase models as last fitted by a refresh (the newest row counts), so the
+    update after an order import scores one customer without fitting again."""
+
+    __tablename__ = "insight_fits"
+
+    id: int | None = Field(default=None, primary_key=True)
+    fitted_at: datetime = _when(nullable=False)
+    as_of: date = Field(sa_type=Date)
+    customers: int
+    failure: str | None = Field(default=None, max_length=500, description="why no model")
+    parameters: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)

@@ -1,0 +1,608 @@
+"""Per-customer insight kept in the database: the one module that writes customer_insights
+and insight_fits.
+
+A refresh reads every order up to a day in two set-based queries (orders with their totals,
+and each customer's most-bought SKUs) into numpy arrays, fits the purchase models of
+mailer.insight once, computes every customer's figures in one vectorised pass and writes them
+in batches. After an order import, the customers it touched are scored the same way with the
+stored models, without fitting again. Each customer's money figures are in their main
+currency, the one most of their placed orders are in; their models read those orders only,
+and the spend model is fitted per currency, since amounts in two currencies never add up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from sqlalchemy import Engine, Table, case, delete, func, insert, select
+from sqlalchemy.engine import Connection
+
+from mailer.core.config import InsightSettings
+from mailer.core.errors import FitFailed
+from mailer.core.money import from_minor
+from mailer.insight import btyd, history, next_order, rfm
+from mailer.insight.history import Floats, Ints, Purchases
+from mailer.store.models import (
+    Customer,
+    CustomerInsight,
+    InsightFit,
+    Order,
+    OrderLine,
+    OrderStatus,
+)
+
+INSIGHTS: Table = CustomerInsight.__table__  # type: ignore[attr-defined]
+FITS: Table = InsightFit.__table__  # type: ignore[attr-defined]
+ORDERS: Table = Order.__table__  # type: ignore[attr-defined]
+LINES: Table = OrderLine.__table__  # type: ignore[attr-defined]
+CUSTOMERS: Table = Customer.__table__  # type: ignore[attr-defined]
+BATCH = 5000  # rows to an INSERT
+BASKET = 3  # SKUs in a typical basket
+CENTILES = np.linspace(0, 1, 101)  # the stored score distributions an update scores against
+Bools = NDArray[np.bool_]
+Texts = NDArray[np.str_]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OrderArrays:
+    """One entry per placed or returned order up to the day, aligned."""
+
+    customer: Ints
+    day: Ints  # date.toordinal() of the UTC date
+    currency: Texts
+    channel: Texts
+    returned: Bools
+    amount: Ints  # minor units; a return's is negative
+    margin: Ints  # amount less cost, where every line has a cost
+    costed: Bools  # every line has a cost
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Fit:
+    """The models the figures come from: BG/NBD over everyone (None when it could not be
+    fitted), Gamma-Gamma per currency, and the score distributions of the refresh."""
+
+    as_of: date
+    purchases: btyd.BgNbd | None
+    values: dict[str, btyd.GammaGamma]
+    references: dict[str, list[float]]
+    failure: str | None = None
+
+
+@dataclass(kw_only=True)
+class RefreshReport:
+    customers: int = 0
+    orders: int = 0
+    notes: list[str] = field(default_factory=list)  # what could not be fitted, one line each
+
+
+def day_end(as_of: date, zone: tzinfo) -> datetime:
+    """The first moment after ``as_of`` in the business's zone, in UTC."""
+    return datetime.combine(as_of + timedelta(days=1), time(), zone).astimezone(UTC)
+
+
+def read_orders(
+    conn: Connection, as_of: date, zone: tzinfo, customers: Sequence[int] | None = None
+) -> OrderArrays:
+    """Every placed or returned order up to ``as_of`` (of these customers) with its total,
+    in one grouped query."""
+    quantity = LINES.c.quantity
+    query = (
+        select(
+            ORDERS.c.customer_id,
+            ORDERS.c.ordered_at,
+            ORDERS.c.currency,
+            ORDERS.c.channel,
+            ORDERS.c.status,
+            func.coalesce(func.sum(quantity * LINES.c.unit_price), 0),
+            func.coalesce(func.sum(quantity * (LINES.c.unit_price - LINES.c.unit_cost)), 0),
+            func.sum(
+                case((LINES.c.order_id.is_not(None) & LINES.c.unit_cost.is_(None), 1), else_=0)
+            ),
+        )
+        .outerjoin(LINES, LINES.c.order_id == ORDERS.c.id)
+        .where(ORDERS.c.ordered_at < day_end(as_of, zone), ORDERS.c.status != OrderStatus.CANCELLED)
+        .group_by(ORDERS.c.id)
+    )
+    if customers is not None:
+        query = query.where(ORDERS.c.customer_id.in_(customers))
+    rows = conn.execute(query).all()
+    columns = list(zip(*rows, strict=True)) if rows else [()] * 8
+    return OrderArrays(
+        customer=np.array(columns[0], dtype=np.int64),
+        day=np.array([t.astimezone(zone).date().toordinal() for t in columns[1]], dtype=np.int64),
+        currency=np.array(columns[2], dtype="<U3"),
+        channel=np.array(columns[3], dtype=np.str_),
+        returned=np.array(columns[4], dtype=np.str_) == OrderStatus.RETURNED,
+        amount=np.array(columns[5], dtype=np.int64),
+        margin=np.array(columns[6], dtype=np.int64),
+        costed=np.array(columns[7], dtype=np.int64) == 0,
+    )
+
+
+def read_baskets(
+    conn: Connection, as_of: date, zone: tzinfo, customers: Sequence[int] | None = None
+) -> dict[int, list[dict[str, Any]]]:
+    """Each customer's most-bought SKUs (by how many placed orders hold them), in one
+    windowed query."""
+    orders = func.count(func.distinct(ORDERS.c.id))
+    rank = func.row_number().over(
+        partition_by=ORDERS.c.customer_id, order_by=(orders.desc(), LINES.c.sku)
+    )
+    inner = (
+        select(ORDERS.c.customer_id, LINES.c.sku, orders.label("orders"), rank.label("rank"))
+        .join(LINES, LINES.c.order_id == ORDERS.c.id)
+        .where(ORDERS.c.ordered_at < day_end(as_of, zone), ORDERS.c.status == OrderStatus.PLACED)
+        .group_by(ORDERS.c.customer_id, LINES.c.sku)
+    )
+    if customers is not None:
+        inner = inner.where(ORDERS.c.customer_id.in_(customers))
+    ranked = inner.subquery()
+    query = select(ranked.c.customer_id, ranked.c.sku, ranked.c.orders).where(
+        ranked.c.rank <= BASKET
+    )
+    found: dict[int, list[dict[str, Any]]] = {}
+    for customer, sku, count in conn.execute(query.order_by(ranked.c.customer_id, ranked.c.rank)):
+        found.setdefault(customer, []).append({"sku": sku, "orders": count})
+    return found
+
+
+def most_used(group: Ints, groups: int, values: Texts, weight: Bools) -> Texts:
+    """Each group's most frequent value among the weighted entries (ties: the first in
+    sorted order); "" for a group with none."""
+    names, index = np.unique(values, return_inverse=True)
+    if not len(names):
+        return np.full(groups, "", dtype=np.str_)
+    counts = np.bincount(
+        group * len(names) + index, weights=weight, minlength=groups * len(names)
+    ).reshape(groups, len(names))
+    chosen: Texts = np.where(counts.max(axis=1) > 0, names[counts.argmax(axis=1)], "")
+    return chosen
+
+
+def group_sum(group: Ints, groups: int, values: Ints, where: Bools) -> Ints:
+    """Exact integer sums per group over the selected entries."""
+    total = np.zeros(groups, dtype=np.int64)
+    np.add.at(total, group[where], values[where])
+    return total
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Customers:
+    """The per-customer view of the orders: the purchase summary of each customer's orders
+    in their main currency, and what is counted over all their orders."""
+
+    ids: Ints
+    days: Purchases  # purchase days, for the next-order rhythm
+    summary: history.Summary
+    currency: Texts
+    orders: Ints
+    monetary: Ints
+    margin: Ints
+    costed: Bools  # every line of the customer's orders in their currency has a cost
+    channel: Texts
+
+
+def per_customer(orders: OrderArrays, today: int) -> Customers:
+    """Group the orders by customer; a customer with only returns is left out."""
+    ids, group = np.unique(orders.customer, return_inverse=True)
+    n, placed = len(ids), ~orders.returned
+    main = most_used(group, n, orders.currency, placed)
+    in_main = orders.currency == main[group]
+    events = placed & in_main
+    purchases = Purchases(
+        group[events], orders.day[events], orders.amount[events].astype(np.float64)
+    )
+    summary = history.summarise(purchases, today)
+    keep = summary.customer
+    uncosted = np.bincount(group[in_main & ~orders.costed], minlength=n)[keep]
+    return Customers(
+        ids=ids[keep],
+        days=history.purchase_days(purchases),
+        summary=summary,
+        currency=main[keep],
+        orders=np.bincount(group[placed], minlength=n)[keep],
+        monetary=group_sum(group, n, orders.amount, in_main)[keep],
+        margin=group_sum(group, n, orders.margin, in_main)[keep],
+        costed=uncosted == 0,
+        channel=most_used(group, n, orders.channel, placed)[keep],
+    )
+
+
+def fit(customers: Customers, as_of: date) -> Fit:
+    """The models fitted to these customers; what could not be fitted is named in
+    ``failure`` (BG/NBD) or left out of ``values`` (a currency's spend model)."""
+    summary, failure = customers.summary, None
+    try:
+        purchases: btyd.BgNbd | None = btyd.fit_bgnbd(
+            summary.frequency, summary.recency, summary.age
+        )
+    except FitFailed as exc:
+        purchases, failure = None, str(exc)
+    values: dict[str, btyd.GammaGamma] = {}
+    for currency in np.unique(customers.currency):
+        mine = customers.currency == currency
+        try:
+            values[str(currency)] = btyd.fit_gamma_gamma(
+                summary.frequency[mine], summary.mean_repeat[mine]
+            )
+        except FitFailed:
+            continue
+    days_since = (as_of.toordinal() - summary.last_day).astype(np.float64)
+    references = {
+        "recency": -days_since,
+        "frequency": summary.orders.astype(np.float64),
+        **{
+            f"monetary:{c}": customers.monetary[customers.currency == c].astype(np.float64)
+            for c in np.unique(customers.currency)
+        },
+    }
+    centiles = {k: [float(q) for q in np.quantile(v, CENTILES)] for k, v in references.items()}
+    return Fit(
+        as_of=as_of, purchases=purchases, values=values, references=centiles, failure=failure
+    )
+
+
+Scorer = Callable[[str, Floats], Ints]
+
+
+def exact_scores(name: str, values: Floats) -> Ints:
+    """Quintiles among these customers themselves (a refresh)."""
+    return rfm.quintiles(values)
+
+
+def scores_against(fit_: Fit) -> Scorer:
+    """Quintiles against the distribution stored by the last refresh (an update of a few
+    customers, who cannot be ranked among themselves alone)."""
+
+    def score(name: str, values: Floats) -> Ints:
+        reference = np.asarray(fit_.references.get(name, []), dtype=np.float64)
+        if not len(reference):
+            return np.full(len(values), 3, dtype=np.int64)
+        below = np.searchsorted(reference, values, "left") + np.searchsorted(
+            reference, values, "right"
+        )
+        share = below / (2 * len(reference))
+        scored: Ints = np.minimum(1 + np.floor(5 * share), 5).astype(np.int64)
+        return scored
+
+    return score
+
+
+def rfm_scores(customers: Customers, today: int, score: Scorer) -> rfm.Scores:
+    """R from days since the last order, F from purchase days (one is always F 1), M from
+    the net spend, compared only with customers of the same main currency."""
+    summary = customers.summary
+    recency = score("recency", (summary.last_day - today).astype(np.float64))
+    frequency = score("frequency", summary.orders.astype(np.float64))
+    monetary = np.zeros(len(customers.ids), dtype=np.int64)
+    for currency in np.unique(customers.currency):
+        mine = customers.currency == currency
+        monetary[mine] = score(f"monetary:{currency}", customers.monetary[mine].astype(np.float64))
+    return rfm.Scores(recency, np.where(summary.orders > 1, frequency, 1), monetary)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outlook:
+    p_active: Floats
+    expected_orders: Floats
+    clv: Floats  # NaN where the currency has no spend model
+
+
+def outlook(
+    fit_: Fit,
+    *,
+    frequency: Floats,
+    recency: Floats,
+    age: Floats,
+    mean_repeat: Floats,
+    currency: Texts,
+    horizon_days: int,
+) -> Outlook | None:
+    """What the models expect of each customer over the horizon; None without a model."""
+    model = fit_.purchases
+    if model is None:
+        return None
+    history_ = {"frequency": frequency, "recency": recency, "age": age}
+    with np.errstate(invalid="ignore", over="ignore"):  # beyond the model's range: left empty
+        return _expected(model, fit_, history_, mean_repeat, currency, horizon_days)
+
+
+def _expected(
+    model: btyd.BgNbd,
+    fit_: Fit,
+    history_: dict[str, Floats],
+    mean_repeat: Floats,
+    currency: Texts,
+    horizon_days: int,
+) -> Outlook:
+    worth = np.full(len(mean_repeat), np.nan)
+    for code, values in fit_.values.items():
+        mine = currency == code
+        worth[mine] = btyd.clv(
+            model,
+            values,
+            **{k: v[mine] for k, v in history_.items()},
+            mean_value=mean_repeat[mine],
+            horizon=btyd.Horizon(length=float(horizon_days)),
+        )
+    return Outlook(
+        p_active=btyd.p_alive(model, **history_),
+        expected_orders=btyd.expected_purchases(model, horizon_days, **history_),
+        clv=worth,
+    )
+
+
+def segments_config(settings: InsightSettings) -> rfm.SegmentsConfig:
+    """The configured segment rules, or the shipped ones; ConfigError if they leave a gap."""
+    if not settings.segments:
+        return rfm.SegmentsConfig()
+    return rfm.SegmentsConfig(
+        tuple(
+            rfm.SegmentRule(name=name, **rule.model_dump())
+            for name, rule in settings.segments.items()
+        )
+    )
+
+
+def _optional(values: Floats, index: int) -> float | None:
+    value = float(values[index])
+    return value if np.isfinite(value) else None
+
+
+def rows(
+    customers: Customers,
+    fit_: Fit,
+    score: Scorer,
+    *,
+    settings: InsightSettings,
+    baskets: dict[int, list[dict[str, Any]]],
+    now: datetime,
+) -> list[dict[str, Any]]:
+    """Each customer's customer_insights row, computed for all of them at once."""
+    summary, today, horizon = customers.summary, fit_.as_of.toordinal(), settings.horizon.days
+    scores = rfm_scores(customers, today, score)
+    segment = rfm.segments(scores, segments_config(settings))
+    ahead = outlook(
+        fit_,
+        frequency=summary.frequency.astype(np.float64),
+        recency=summary.recency,
+        age=summary.age,
+        mean_repeat=summary.mean_repeat,
+        currency=customers.currency,
+        horizon_days=horizon,
+    )
+    n, nothing = len(customers.ids), np.full(len(customers.ids), np.nan)
+    model = fit_.purchases
+    nexts = (
+        next_order.next_orders(customers.days, summary, model, today=today)
+        if model is not None
+        else next_order.NextOrders(
+            day=nothing,
+            earliest=nothing,
+            latest=nothing,
+            confidence=nothing,
+            basis=np.full(n, "no model fitted"),
+        )
+    )
+    first = summary.last_day - summary.recency.astype(np.int64)
+    return [
+        {
+            "customer_id": int(customers.ids[i]),
+            "as_of": fit_.as_of,
+            "updated_at": now,
+            "orders": int(customers.orders[i]),
+            "first_order": date.fromordinal(int(first[i])),
+            "last_order": date.fromordinal(int(summary.last_day[i])),
+            "recency_days": today - int(summary.last_day[i]),
+            "frequency": int(summary.frequency[i]),
+            "span_days": int(summary.recency[i]),
+            "age_days": int(summary.age[i]),
+            "currency": str(customers.currency[i]),
+            "monetary": int(customers.monetary[i]),
+            "mean_repeat": float(summary.mean_repeat[i]),
+            "margin": int(customers.margin[i]) if customers.costed[i] else None,
+            "r_score": int(scores.recency[i]),
+            "f_score": int(scores.frequency[i]),
+            "m_score": int(scores.monetary[i]),
+            "rfm_segment": str(segment[i]),
+            "p_active": _optional(ahead.p_active, i) if ahead else None,
+            "horizon_days": horizon,
+            "expected_orders": _optional(ahead.expected_orders, i) if ahead else None,
+            "clv": _rounded(ahead.clv, i) if ahead else None,
+            "predicted_next_order": _day(nexts.day, i),
+            "next_order_confidence": _optional(nexts.confidence, i),
+            "basis": str(nexts.basis[i]),
+            "one_time_buyer": bool(summary.frequency[i] == 0),
+            "preferred_channel": str(customers.channel[i]),
+            "basket": baskets.get(int(customers.ids[i]), []),
+        }
+        for i in range(n)
+    ]
+
+
+def _rounded(values: Floats, index: int) -> int | None:
+    value = _optional(values, index)
+    return None if value is None else round(value)
+
+
+def _day(days: Floats, index: int) -> date | None:
+    value = _optional(days, index)
+    return None if value is None else date.fromordinal(round(value))
+
+
+def _write(conn: Connection, found: list[dict[str, Any]]) -> None:
+    for start in range(0, len(found), BATCH):
+        conn.execute(insert(INSIGHTS), found[start : start + BATCH])
+
+
+def store_fit(conn: Connection, fit_: Fit, customers: int, now: datetime) -> None:
+    parameters: dict[str, Any] = {
+        "bgnbd": None if fit_.purchases is None else vars_of(fit_.purchases),
+        "gamma_gamma": {c: vars_of(v) for c, v in fit_.values.items()},
+        "references": fit_.references,
+    }
+    conn.execute(
+        insert(FITS).values(
+            fitted_at=now,
+            as_of=fit_.as_of,
+            customers=customers,
+            failure=fit_.failure and fit_.failure[:500],
+            parameters=parameters,
+        )
+    )
+
+
+def vars_of(model: btyd.BgNbd | btyd.GammaGamma) -> dict[str, float]:
+    return {name: float(getattr(model, name)) for name in model.__slots__}
+
+
+def last_fit(conn: Connection) -> Fit | None:
+    """The models of the latest refresh, or None if there was none."""
+    row = conn.execute(select(FITS).order_by(FITS.c.id.desc()).limit(1)).mappings().first()
+    if row is None:
+        return None
+    found = row["parameters"]
+    return Fit(
+        as_of=row["as_of"],
+        purchases=btyd.BgNbd(**found["bgnbd"]) if found["bgnbd"] else None,
+        values={c: btyd.GammaGamma(**v) for c, v in found["gamma_gamma"].items()},
+        references=found["references"],
+        failure=row["failure"],
+    )
+
+
+def refresh(
+    engine: Engine, settings: InsightSettings, as_of: date, now: datetime, zone: tzinfo = UTC
+) -> RefreshReport:
+    """Every customer's insight from their orders up to ``as_of`` (later ones are ignored,
+    so a backtest is a refresh as of a past day); the models are fitted again and kept.
+    Days are the business's (``zone``)."""
+    segments_config(settings)  # a gap in the rules is reported before any work
+    with engine.connect() as conn:
+        orders = read_orders(conn, as_of, zone)
+        baskets = read_baskets(conn, as_of, zone)
+    customers = per_customer(orders, as_of.toordinal())
+    fitted = fit(customers, as_of)
+    found = rows(customers, fitted, exact_scores, settings=settings, baskets=baskets, now=now)
+    with engine.begin() as conn:
+        store_fit(conn, fitted, len(found), now)
+        conn.execute(delete(INSIGHTS))
+        _write(conn, found)
+    report = RefreshReport(customers=len(found), orders=len(orders.customer))
+    if fitted.failure:
+        report.notes.append(
+            f"no purchase model: {fitted.failure}; RFM and recency written, "
+            "p_active and clv left empty"
+        )
+    missing = sorted(set(np.unique(customers.currency).tolist()) - set(fitted.values))
+    if fitted.purchases and missing:
+        report.notes.append(
+            f"no spend model for {', '.join(missing)} (too few repeat buyers): clv left empty there"
+        )
+    return report
+
+
+def update_customers(
+    conn: Connection,
+    customer_ids: Sequence[int],
+    now: datetime,
+    settings: InsightSettings,
+    zone: tzinfo = UTC,
+) -> int:
+    """Recompute these customers' rows as of today with the stored models (nothing before
+    the first refresh); returns how many rows were written."""
+    fitted = last_fit(conn)
+    if fitted is None or not customer_ids:
+        return 0
+    today = max(now.astimezone(zone).date(), fitted.as_of)
+    fitted = Fit(
+        as_of=today,
+        purchases=fitted.purchases,
+        values=fitted.values,
+        references=fitted.references,
+        failure=fitted.failure,
+    )
+    ids = sorted(set(customer_ids))
+    customers = per_customer(read_orders(conn, today, zone, ids), today.toordinal())
+    found = rows(
+        customers,
+        fitted,
+        scores_against(fitted),
+        settings=settings,
+        baskets=read_baskets(conn, today, zone, ids),
+        now=now,
+    )
+    conn.execute(delete(INSIGHTS).where(INSIGHTS.c.customer_id.in_(ids)))
+    _write(conn, found)
+    return len(found)
+
+
+def update_customer(
+    conn: Connection,
+    customer_id: int,
+    now: datetime,
+    settings: InsightSettings | None = None,
+    zone: tzinfo = UTC,
+) -> int:
+    """One customer's row again after a new order, with the stored models."""
+    return update_customers(conn, [customer_id], now, settings or InsightSettings(), zone)
+
+
+def export(
+    conn: Connection, horizon_days: int | None = None, customer_id: int | None = None
+) -> list[dict[str, Any]]:
+    """The stored insight, one object per customer, money as exact decimal text in the
+    customer's currency; another horizon than the stored one is computed from the stored
+    models."""
+    query = (
+        select(CUSTOMERS.c.email, INSIGHTS)
+        .join(CUSTOMERS, CUSTOMERS.c.id == INSIGHTS.c.customer_id)
+        .order_by(CUSTOMERS.c.email)
+    )
+    if customer_id is not None:
+        query = query.where(INSIGHTS.c.customer_id == customer_id)
+    found = [dict(row) for row in conn.execute(query).mappings()]
+    if found and horizon_days is not None and horizon_days != found[0]["horizon_days"]:
+        _reproject(conn, found, horizon_days)
+    return [shown(row) for row in found]
+
+
+def _reproject(conn: Connection, found: list[dict[str, Any]], horizon_days: int) -> None:
+    fitted = last_fit(conn)
+    column = {
+        k: np.array([r[k] for r in found], dtype=np.float64)
+        for k in ("frequency", "span_days", "age_days", "mean_repeat")
+    }
+    ahead = (
+        None
+        if fitted is None
+        else outlook(
+            fitted,
+            frequency=column["frequency"],
+            recency=column["span_days"],
+            age=column["age_days"],
+            mean_repeat=column["mean_repeat"],
+            currency=np.array([r["currency"] for r in found], dtype="<U3"),
+            horizon_days=horizon_days,
+        )
+    )
+    for i, row in enumerate(found):
+        row["horizon_days"] = horizon_days
+        row["expected_orders"] = _optional(ahead.expected_orders, i) if ahead else None
+        row["clv"] = _rounded(ahead.clv, i) if ahead else None
+
+
+def shown(row: dict[str, Any]) -> dict[str, Any]:
+    currency = row["currency"]
+    money = {
+        k: None if row[k] is None else from_minor(row[k], currency)
+        for k in ("monetary", "margin", "clv")
+    }
+    hidden = {"customer_id", "updated_at", "span_days", "age_days", "mean_repeat"}
+    return {k: v for k, v in row.items() if k not in hidden} | money
