@@ -21,7 +21,7 @@ from mailer.store.models import InquiryStatus
 
 app = group("Inquiries: every message customers wrote to support.")
 
-COLUMNS = ("id", "received_at", "sender", "subject", "status", "thread_id")
+COLUMNS = ("id", "received_at", "sender", "subject", "status")  # the thread: show, --json
 
 
 @app.command("list")
