@@ -89,6 +89,17 @@ def test_predictions_stay_finite_for_very_frequent_and_very_old_customers() -> N
     assert values[2] == pytest.approx(35, rel=0.01)
 
 
+def test_a_fit_where_hardly_anyone_drops_out_still_predicts() -> None:
+    """Fitted a and b can be huge when customers almost never leave; the paper's terms then
+    overflow, and the prediction is their finite limit, which meets the exact value where
+    both can be computed."""
+    history = ([0, 3, 10], [0, 50, 200], [100, 100, 300])
+    huge = expected_purchases(BgNbd(r=0.5, alpha=10.0, a=1e7, b=1e9), 90, *history)
+    large = expected_purchases(BgNbd(r=0.5, alpha=10.0, a=2e3, b=2e5), 90, *history)
+    assert np.all(np.isfinite(huge)) and huge == pytest.approx(large, rel=1e-3)
+    assert huge[0] == pytest.approx(0.5 / 110 * 90, rel=0.01)  # a new customer: r/(alpha+T)*t
+
+
 def test_clv_is_purchases_times_value_and_shrinks_with_discount_and_margin() -> None:
     history = {"frequency": [0, 4], "recency": [0, 200], "age": [300, 300], "mean_value": [0, 50]}
     plain = clv(CDNOW, SPEND, **history, horizon=Horizon(length=365))

@@ -152,9 +152,18 @@ def expected_purchases(
     x, t_x, big_t = checked(frequency, recency, age)
     r, alpha, a, b = model.r, model.alpha, model.a, model.b
     z = horizon / (alpha + big_t + horizon)
-    hyper = np.exp((a - 1) * np.log1p(-z)) * hyp2f1(a + b - 1 - r, a - 1, a + b + x - 1, z)
-    expected: Floats = (a + b + x - 1) / (a - 1) * (1 - hyper) * p_alive(model, x, t_x, big_t)
-    return expected
+    alive = p_alive(model, x, t_x, big_t)
+    with np.errstate(invalid="ignore", over="ignore"):
+        hyper = np.exp((a - 1) * np.log1p(-z)) * hyp2f1(a + b - 1 - r, a - 1, a + b + x - 1, z)
+        expected: Floats = (a + b + x - 1) / (a - 1) * (1 - hyper) * alive
+    if np.all(np.isfinite(expected)):
+        return expected
+    # a and b so large that the terms above overflow: hardly anyone drops out, and the drop-out
+    # probability is p = a/(a+b) for all. Then 2F1 -> (1 - (1-p)z)^-(r+x) and the whole
+    # expectation -> (1 - ((alpha+T)/(alpha+T+p*t))^(r+x)) / p, finite as p -> 0.
+    p = a / (a + b)
+    steady: Floats = -np.expm1(-(r + x) * np.log1p(p * horizon / (alpha + big_t))) / p * alive
+    return np.where(np.isfinite(expected), expected, steady)
 
 
 def population_purchases(model: BgNbd, horizon: float) -> float:
