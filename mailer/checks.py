@@ -14,6 +14,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
+from mailer.commerce import insights
 from mailer.core import config
 from mailer.core.clock import Clock
 from mailer.core.errors import ConfigError, DatabaseUnavailable, Problem
@@ -46,9 +47,15 @@ def check_all(config_path: Path, clock: Clock) -> list[Problem]:
 
 def _refusals(cfg: config.Config) -> list[Problem]:
     """What start-up would stop on after reading the config: the database, and the data
-    folder where the key that signs unsubscribe links is kept (made there if missing)."""
+    folder where the key that signs unsubscribe links is kept (made there if missing); and
+    what an insight refresh would stop on: segment rules that leave customers unnamed."""
     problems: list[Problem] = []
-    for step in (lambda: open_database(cfg).dispose(), lambda: tokens.load_secret(cfg)):
+    steps = (
+        lambda: open_database(cfg).dispose(),
+        lambda: tokens.load_secret(cfg),
+        lambda: insights.segments_config(cfg.settings.insight),
+    )
+    for step in steps:
         try:
             step()
         except ConfigError as exc:

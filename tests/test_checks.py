@@ -131,3 +131,12 @@ def test_a_sender_at_a_special_use_domain_is_a_warning_not_a_problem(
             " mail to or from it will not leave your network",
         ],
     )
+
+
+def test_segment_rules_that_leave_customers_unnamed_are_a_problem_before_any_refresh(
+    tmp_path: Path, upgraded: str, clock: ManualClock
+) -> None:
+    rules = "[insight.segments.best]\nrecency = [4, 5]\nfrequency = [4, 5]\nmonetary = [1, 5]\n"
+    errors, _ = errors_and_warnings(project(tmp_path, upgraded, extra=rules), clock)
+    assert len(errors) == 1
+    assert "[insight] segments" in errors[0] and "score combinations fit no segment" in errors[0]
