@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 import typer
 from rich import box
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 from sqlalchemy import Engine
@@ -30,6 +32,19 @@ def group(summary: str) -> typer.Typer:
     """A group of commands. Help is plain text: rich markup would eat config names such
     as "[web]" and label every flag "<bool>"."""
     return typer.Typer(help=summary, no_args_is_help=True, rich_markup_mode=None)
+
+
+@contextmanager
+def progress(total: int, unit: str, *, quiet: bool) -> Iterator[Callable[[int], None]]:
+    """A bar on stderr for an import of ``total`` rows or lines, advanced by the callable
+    given; none when ``quiet`` (``--json``) or when stderr is not a terminal, since a bar
+    drawn into a log is noise."""
+    columns = (TextColumn("importing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(
+        *columns, console=err, transient=True, disable=quiet or not err.is_terminal
+    ) as bar:
+        task = bar.add_task(unit, total=total)
+        yield lambda n: bar.advance(task, n)
 
 
 def say_error(message: str) -> None:

@@ -11,7 +11,6 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
 from mailer.cli.common import (
@@ -25,6 +24,7 @@ from mailer.cli.common import (
     print_fields,
     print_json,
     print_table,
+    progress,
 )
 from mailer.commerce import insights, orders
 from mailer.core.errors import MailerError
@@ -55,19 +55,8 @@ def import_(
     app_ = app_of(ctx)
     engine = app_.engine()
     total = profiles.count_rows(file)  # a file that cannot be read at all stops here
-    with Progress(
-        TextColumn("importing"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-        disable=as_json or not err.is_terminal,  # a bar drawn into a log is noise
-    ) as bar:
-        task = bar.add_task("rows", total=total)
-        report = profiles.import_csv(
-            engine, file, app_.clock.now(), progress=lambda n: bar.advance(task, n)
-        )
+    with progress(total, "rows", quiet=as_json) as advance:
+        report = profiles.import_csv(engine, file, app_.clock.now(), progress=advance)
     _print_report(file, report, as_json)
     if report.rejected:
         raise typer.Exit(1)

@@ -5,10 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
-from mailer.cli.common import JSON_OPTION, app_of, err, group, out, print_json, print_table
+from mailer.cli.common import (
+    JSON_OPTION,
+    app_of,
+    err,
+    group,
+    out,
+    print_json,
+    print_table,
+    progress,
+)
 from mailer.commerce import orders, products
 from mailer.commerce.order_rows import Rules
 from mailer.customers import profiles
@@ -42,19 +50,8 @@ def import_(
     )
     engine = app_.engine()
     total = profiles.count_rows(file)
-    with Progress(
-        TextColumn("importing"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-        disable=as_json or not err.is_terminal,
-    ) as bar:
-        task = bar.add_task("lines", total=total)
-        report = orders.import_csv(
-            engine, file, rules, progress=lambda n: bar.advance(task, n), insight=settings.insight
-        )
+    with progress(total, "lines", quiet=as_json) as advance:
+        report = orders.import_csv(engine, file, rules, progress=advance, insight=settings.insight)
     _print_report(file, report, as_json)
     if report.rejected:
         raise typer.Exit(1)
