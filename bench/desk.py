@@ -11,9 +11,7 @@ the busy one, Unassigned, and a search. Figures only; nothing is asserted.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
-import tempfile
 import time
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
@@ -25,11 +23,11 @@ sys.path.insert(0, str(ROOT))  # for tests.pg and the timeline bench's helpers
 
 from sqlalchemy import Engine, insert, update  # noqa: E402
 
+from bench.common import add_database_options, database_url  # noqa: E402
 from bench.timeline import median_ms  # noqa: E402
 from mailer.inbound import inquiries  # noqa: E402
 from mailer.inbound.inquiries import INQUIRIES, Wanted  # noqa: E402
 from mailer.store import db, migrate  # noqa: E402
-from tests.pg import PostgresServer  # noqa: E402
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 BATCH = 10_000
@@ -101,19 +99,11 @@ def measure(engine: Engine) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--inquiries", type=int, default=100_000)
-    parser.add_argument("--database-url")
-    parser.add_argument("--postgres", action="store_true", help="on a throwaway PostgreSQL")
+    add_database_options(parser)
     args = parser.parse_args()
     with ExitStack() as stack:
-        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="mailer-desk-"))
-        url = args.database_url or f"sqlite:///{Path(tmp) / 'desk.db'}"
-        if args.postgres:
-            server = PostgresServer.start()
-            stack.callback(server.stop)
-            server.admin("CREATE DATABASE desk")
-            url = server.url("desk")
+        url = database_url(stack, args, "desk")
         kind = url.split(":")[0]
-        print(f"machine: {platform.machine()}, Python {platform.python_version()}, {kind}")
         engine = db.connect(url)
         migrate.upgrade(engine)
         write(engine, args.inquiries)

@@ -11,11 +11,9 @@ and peak RSS; the last line reads `birthdays X s, newsletter Y s (N/s), peak RSS
 from __future__ import annotations
 
 import argparse
-import platform
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -24,17 +22,17 @@ from itertools import islice
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # for tests.pg
+sys.path.insert(0, str(ROOT))  # for bench.common and tests.pg
 
 from sqlalchemy import Engine, func, insert, select  # noqa: E402
 
+from bench.common import add_database_options, database_url  # noqa: E402
 from mailer.customers.profiles import CUSTOMERS, TAGS  # noqa: E402
 from mailer.outbound.outbox import OUTBOX  # noqa: E402
 from mailer.scheduling import firing  # noqa: E402
 from mailer.scheduling.firing import Firing  # noqa: E402
 from mailer.scheduling.schedules import Audience, BirthdaySchedule, NewsletterSchedule  # noqa: E402
 from mailer.store import db, migrate  # noqa: E402
-from tests.pg import PostgresServer  # noqa: E402
 
 ZONES = ("Europe/Sofia", "Asia/Jakarta", "Asia/Manila", "Pacific/Auckland", "America/Los_Angeles")
 CREATED = datetime(2026, 1, 1, tzinfo=UTC)
@@ -104,23 +102,14 @@ def newsletter(engine: Engine) -> tuple[float, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--customers", type=int, default=1_000_000)
-    parser.add_argument("--database-url")
-    parser.add_argument("--postgres", action="store_true", help="on a throwaway PostgreSQL")
+    add_database_options(parser)
     parser.add_argument("--populate-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.populate_only:
         populate(args.database_url, args.customers)
         return
     with ExitStack() as stack:
-        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="mailer-fanout-"))
-        url = args.database_url or f"sqlite:///{Path(tmp) / 'fanout.db'}"
-        if args.postgres:
-            server = PostgresServer.start()
-            stack.callback(server.stop)
-            server.admin("CREATE DATABASE fanout")
-            url = server.url("fanout")
-        kind = url.split(":")[0]
-        print(f"machine: {platform.machine()}, Python {platform.python_version()}, {kind}")
+        url = database_url(stack, args, "fanout")
         command = [sys.executable, __file__, "--populate-only", "--customers", str(args.customers)]
         subprocess.run([*command, "--database-url", url], check=True)
         engine = db.connect(url)

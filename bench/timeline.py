@@ -14,10 +14,8 @@ days". Figures only; nothing is asserted.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -27,17 +25,17 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # for tests.pg
+sys.path.insert(0, str(ROOT))  # for bench.common and tests.pg
 
 from sqlalchemy import Engine, insert  # noqa: E402
 
+from bench.common import add_database_options, database_url  # noqa: E402
 from mailer.customers import contacts  # noqa: E402
 from mailer.customers.profiles import CUSTOMERS  # noqa: E402
 from mailer.inbound.inquiries import INQUIRIES  # noqa: E402
 from mailer.outbound.outbox import OUTBOX  # noqa: E402
 from mailer.relationship import history  # noqa: E402
 from mailer.store import db, migrate  # noqa: E402
-from tests.pg import PostgresServer  # noqa: E402
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 MAIL_STATUSES = ("sent", "sent", "sent", "deferred", "skipped", "bounced", "expired")
@@ -211,19 +209,11 @@ def main() -> None:
     parser.add_argument("--entries", type=int, default=5000)
     parser.add_argument("--customers", type=int, default=100_000)
     parser.add_argument("--contacts", type=int, default=10, help="per customer")
-    parser.add_argument("--database-url")
-    parser.add_argument("--postgres", action="store_true", help="on a throwaway PostgreSQL")
+    add_database_options(parser)
     args = parser.parse_args()
     with ExitStack() as stack:
-        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="mailer-timeline-"))
-        url = args.database_url or f"sqlite:///{Path(tmp) / 'timeline.db'}"
-        if args.postgres:
-            server = PostgresServer.start()
-            stack.callback(server.stop)
-            server.admin("CREATE DATABASE timeline")
-            url = server.url("timeline")
+        url = database_url(stack, args, "timeline")
         kind = url.split(":")[0]
-        print(f"machine: {platform.machine()}, Python {platform.python_version()}, {kind}")
         engine = db.connect(url)
         migrate.upgrade(engine)
         customer_id = the_customer(engine, args.entries)
