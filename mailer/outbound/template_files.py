@@ -12,9 +12,7 @@ sends either the old set or the new one, never a mix.
 from __future__ import annotations
 
 import difflib
-import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime
@@ -24,6 +22,7 @@ from typing import Any
 from sqlalchemy import Engine, Table, insert, select
 from sqlalchemy.engine import Connection, RowMapping
 
+from mailer.core import files
 from mailer.core.errors import MailerError, NotFound, Problem, TemplateError
 from mailer.core.fieldtypes import locale_tag
 from mailer.outbound.templates import HTML, SUBJECT, TEXT, TemplateStore, folder_lock
@@ -125,34 +124,10 @@ def write(root: Path, name: str, variant: str | None, draft: Draft) -> None:
         folder.mkdir(exist_ok=True)
         for part, content in draft.parts().items():
             if content is not None:
-                _replace(folder / part, content)
+                files.replace(folder / part, content)
             else:
                 (folder / part).unlink(missing_ok=True)
-        _sync(folder)
-
-
-def _replace(path: Path, content: str) -> None:
-    """A temporary file in the same folder, flushed to disk, then renamed over the old one:
-    a reader sees the whole old file or the whole new one."""
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as file:
-            file.write(content)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def _sync(folder: Path) -> None:
-    """The renames themselves reach the disk."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        files.sync_folder(folder)
 
 
 def create_variant(

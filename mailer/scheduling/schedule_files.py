@@ -14,8 +14,6 @@ paused newsletter that arrives days later is not what anybody paused it for.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import tomllib
 from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
@@ -26,6 +24,7 @@ import tomlkit
 from tomlkit.container import Container
 from tomlkit.items import InlineTable, Table
 
+from mailer.core import files
 from mailer.core.errors import Problem
 from mailer.scheduling.schedules import Schedule, valid_name, validate
 
@@ -100,7 +99,8 @@ def _write(
     schedule, problems = _checked(path, text, template_names, now)
     if schedule is None:
         return problems
-    write_atomically(path, text)
+    files.replace(path, text)
+    files.sync_folder(path.parent)
     return []
 
 
@@ -126,23 +126,3 @@ def _merge(container: Container | Table | InlineTable, values: Values) -> None:
                 container[key] = table
         else:
             container[key] = value
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Readers see the old file or the new one, never a part: a temporary file beside it
-    (named with a leading dot, which the loaders skip) is synced, then renamed over it."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)  # the rename itself survives a power cut
-    finally:
-        os.close(folder)

@@ -1,0 +1,34 @@
+"""Files the app itself writes where the daemon reads them (templates and schedules edited
+in the browser): a reader sees the whole old file or the whole new one, never a part, and
+a power cut loses neither.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def replace(path: Path, text: str) -> None:
+    """A temporary file beside ``path`` (named with a leading dot, which the loaders skip),
+    flushed to disk, then renamed over it. Call ``sync_folder`` once the renames are done."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8", newline="") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def sync_folder(folder: Path) -> None:
+    """The renames in ``folder`` themselves reach the disk."""
+    handle = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
