@@ -185,7 +185,7 @@ def _plan(
             context=context,
         )
 
-    chosen = audience.matches(schedule.audience)
+    chosen = audience.matches(schedule.audience, occurrence.at)
     if isinstance(schedule, NewsletterSchedule):
         if schedule.timezone == "customer":
             chosen.append(audience.in_zone(occurrence.zone, firing.fallback_zone))
