@@ -16,8 +16,10 @@ the amount's. A date in ``last_order_before``/``after`` starts at 00:00 UTC; a d
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 
 from sqlalchemy import ColumnElement, and_, false, func, literal, or_, select, tuple_
 from sqlalchemy.engine import Connection
@@ -118,6 +120,82 @@ def _bought(values: Collection[str]) -> ColumnElement[bool]:
         .exists()
     )
     return _ordered(line)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Evidence:
+    """What one matched customer's rows say about the purchase and insight filters."""
+
+    insight: Mapping[str, Any] | None = None
+    last_order: datetime | None = None
+    bought: frozenset[str] = frozenset()  # the filter values a placed order's line matched
+
+
+def why(audience: Audience, seen: Evidence) -> str:
+    """Why a customer meets the purchase and insight filters, e.g. "segment at risk;
+    p_active 0.12 < 0.2"; "" when the audience has none."""
+    row = seen.insight or {}
+    found = [f"bought {', '.join(sorted(seen.bought))}"] if audience.bought_any else []
+    if audience.bought_none:
+        found.append(f"bought none of {', '.join(audience.bought_none)}")
+    if seen.last_order is not None and (audience.last_order_before or audience.last_order_after):
+        found.append(f"last order {seen.last_order:%Y-%m-%d}")
+    if audience.rfm_segments:
+        found.append(f"segment {row.get('rfm_segment')}")
+    if audience.orders_min is not None:
+        found.append(f"{row.get('orders')} orders >= {audience.orders_min}")
+    for name, key, floor in (
+        ("spent", "monetary", audience.spent_min),
+        ("clv", "clv", audience.clv_min),
+    ):
+        if floor is not None and row.get(key) is not None:
+            found.append(f"{name} {Money(row[key], floor.currency)} >= {floor}")
+    if audience.active_probability_below is not None and row.get("p_active") is not None:
+        found.append(f"p_active {row['p_active']:.2f} < {audience.active_probability_below}")
+    return "; ".join(found)
+
+
+def evidence(conn: Connection, audience: Audience, ids: Sequence[int]) -> dict[int, Evidence]:
+    """The rows ``why`` reads for these customers: at most three queries, for a chunk."""
+    rows: dict[int, Mapping[str, Any]] = {}
+    if _insight(audience):
+        query = select(INSIGHTS).where(INSIGHT.customer_id.in_(ids))
+        rows = {r["customer_id"]: dict(r) for r in conn.execute(query).mappings()}
+    last: dict[int, datetime] = {}
+    if audience.last_order_before or audience.last_order_after:
+        query = (
+            select(ORDERS.c.customer_id, func.max(ORDERS.c.ordered_at))
+            .where(ORDERS.c.customer_id.in_(ids), ORDERS.c.status == OrderStatus.PLACED)
+            .group_by(ORDERS.c.customer_id)
+        )
+        last = dict(conn.execute(query).tuples().all())
+    bought = _bought_of(conn, audience.bought_any, ids) if audience.bought_any else {}
+    return {
+        i: Evidence(insight=rows.get(i), last_order=last.get(i), bought=bought.get(i, frozenset()))
+        for i in ids
+    }
+
+
+def _bought_of(
+    conn: Connection, values: list[str], ids: Sequence[int]
+) -> dict[int, frozenset[str]]:
+    lowered = {value.lower(): value for value in values}
+    query = (
+        select(ORDERS.c.customer_id, func.lower(LINES.c.sku), func.lower(LINES.c.category))
+        .join(LINES, LINES.c.order_id == ORDERS.c.id)
+        .where(
+            ORDERS.c.customer_id.in_(ids),
+            ORDERS.c.status == OrderStatus.PLACED,
+            or_(func.lower(LINES.c.sku).in_(lowered), func.lower(LINES.c.category).in_(lowered)),
+        )
+        .distinct()
+    )
+    found: dict[int, set[str]] = {}
+    for customer, sku, category in conn.execute(query):
+        found.setdefault(customer, set()).update(
+            lowered[v] for v in (sku, category) if v in lowered
+        )
+    return {customer: frozenset(matched) for customer, matched in found.items()}
 
 
 def count(conn: Connection, where: Sequence[ColumnElement[bool]]) -> int:

@@ -183,6 +183,7 @@ def _plan(
             priority=schedule.priority,
             audience=who,
             context=context,
+            chosen_by=schedule.audience if who is chosen else None,
         )
 
     chosen = audience.matches(schedule.audience, occurrence.at)

@@ -14,7 +14,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
@@ -35,12 +35,14 @@ from pydantic_core import ErrorDetails
 
 from mailer.core.categories import Category
 from mailer.core.clock import Clock
-from mailer.core.config import InsightSettings
 from mailer.core.durations import format_duration, parse_duration
 from mailer.core.errors import Problem
 from mailer.core.fieldtypes import ClockTime, Duration, EmailAddress, LocaleTag, zone
 from mailer.core.money import currency_code, from_minor, to_minor
 from mailer.insight import rfm
+
+if TYPE_CHECKING:  # the config loads the database layer, which occurrences must not
+    from mailer.core.config import InsightSettings
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 _ANY_TIME = datetime(2000, 1, 1, tzinfo=UTC)
