@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import Engine, select
@@ -16,8 +17,9 @@ from mailer.commerce.order_rows import Rules
 from mailer.core.clock import ManualClock
 from mailer.core.config import InsightSettings
 from mailer.customers.profiles import CUSTOMERS
-from mailer.scheduling import audience
-from mailer.scheduling.schedules import Audience, load_schedule, segment_names
+from mailer.outbound import throttle
+from mailer.scheduling import audience, dryrun, firing
+from mailer.scheduling.schedules import Audience, NewsletterSchedule, load_schedule, segment_names
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 RULES = Rules(now=NOW, zone=UTC, currencies=frozenset())
@@ -97,6 +99,26 @@ def test_orders_and_spend_come_from_the_insight_in_its_own_currency(shop: Engine
     assert named(shop, spent_min="100.00 EUR") == {"ana"}  # ken's 60000 JPY is not compared
     assert named(shop, spent_min="50000 JPY") == {"ken"}
     assert named(shop, spent_min="100.00 EUR", orders_min=5) == set()
+
+
+def test_the_dry_run_counts_the_chosen_and_says_why_each_was(shop: Engine) -> None:
+    schedule = NewsletterSchedule(
+        template="t",
+        cron="0 9 * * *",
+        timezone=ZoneInfo("UTC"),
+        audience=Audience.model_validate(
+            {"bought_any": ["coffee", "tea"], "spent_min": "100.00 EUR", "last_order_before": "30d"}
+        ),
+    )
+    due = firing.due_plans(
+        shop, "winback", schedule, NOW, firing.Firing("UTC", "example.com"), ["UTC"], dry_run=True
+    )
+    rules = throttle.Rules(min_gap=timedelta(0), quiet_hours=None, caps={})
+    found = dryrun.forecast(shop, due[0], rules, ZoneInfo("UTC"))
+    assert found.total == 1 and found.sample[0].email == "ana@example.com"
+    assert found.sample[0].reason.endswith(
+        "bought coffee; last order 2026-09-01; spent 120.00 EUR >= 100.00 EUR"
+    )
 
 
 def stored(engine: Engine) -> dict[str, dict[str, Any]]:

@@ -168,7 +168,7 @@ def evidence(conn: Connection, audience: Audience, ids: Sequence[int]) -> dict[i
             .where(ORDERS.c.customer_id.in_(ids), ORDERS.c.status == OrderStatus.PLACED)
             .group_by(ORDERS.c.customer_id)
         )
-        last = dict(conn.execute(query).tuples().all())
+        last = dict(conn.execute(query).all())
     bought = _bought_of(conn, audience.bought_any, ids) if audience.bought_any else {}
     return {
         i: Evidence(insight=rows.get(i), last_order=last.get(i), bought=bought.get(i, frozenset()))
