@@ -19,6 +19,7 @@ from mailer.core.config import InsightSettings
 from mailer.customers.profiles import CUSTOMERS
 from mailer.outbound import throttle
 from mailer.scheduling import audience, dryrun, firing
+from mailer.scheduling.scheduler import Schedules
 from mailer.scheduling.schedules import Audience, NewsletterSchedule, load_schedule, segment_names
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
@@ -197,3 +198,20 @@ def test_the_money_and_dates_a_marketer_writes_are_read_exactly() -> None:
     assert Audience.model_validate({"last_order_after": "2026-09-01"}).last_order_after == date(
         2026, 9, 1
     )
+
+
+def test_the_running_scheduler_keeps_a_file_with_an_unknown_segment_out(tmp_path: Path) -> None:
+    (tmp_path / "winback.toml").write_text(
+        'kind = "newsletter"\ntemplate = "t"\ncron = "0 9 1 * *"\n'
+        '[audience]\nrfm_segments = ["sleepy"]\n',
+        encoding="utf-8",
+    )
+    files = Schedules(
+        directory=tmp_path,
+        template_names=lambda: ["t"],
+        clock=ManualClock(NOW),
+        segments=segment_names(InsightSettings()),
+    )
+    problems = files.reload()
+    assert files.loaded == {}
+    assert [p.where for p in problems] == [f"{tmp_path / 'winback.toml'}: audience.rfm_segments"]
