@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import Engine, select
 
+from mailer import checks
 from mailer.commerce import insights, orders
 from mailer.commerce.order_rows import Rules
 from mailer.core.clock import ManualClock
@@ -215,3 +216,27 @@ def test_the_running_scheduler_keeps_a_file_with_an_unknown_segment_out(tmp_path
     problems = files.reload()
     assert files.loaded == {}
     assert [p.where for p in problems] == [f"{tmp_path / 'winback.toml'}: audience.rfm_segments"]
+
+
+def test_mailer_check_names_segments_by_the_configured_ones(engine: Engine, tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parent.parent
+    (tmp_path / "schedules").mkdir()
+    (tmp_path / "schedules" / "winback.toml").write_text(
+        'kind = "newsletter"\ntemplate = "newsletter"\ncron = "0 9 1 * *"\n'
+        '[audience]\nrfm_segments = ["everyone", "at risk"]\n',
+        encoding="utf-8",
+    )
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[database]\nurl = "{engine.url.render_as_string(hide_password=False)}"\n'
+        f'[paths]\ntemplates = "{root / "templates"}"\nschedules = "schedules"\n'
+        "[insight.segments.everyone]\n",
+        encoding="utf-8",
+    )
+    problems = [p for p in checks.check_all(config, ManualClock(NOW)) if not p.warning]
+    assert [(p.where, p.message) for p in problems] == [
+        (
+            f"{tmp_path / 'schedules' / 'winback.toml'}: audience.rfm_segments",
+            "'at risk': no such RFM segment; the segments are 'everyone'",
+        )
+    ]
