@@ -125,12 +125,13 @@ def _web_link(value: str) -> str:
 
 def _segment_exists(names: list[str], info: ValidationInfo) -> list[str]:
     around = _surroundings(info)
-    known = around.segments if around is not None else None
-    unknown = [name for name in names if known is not None and name not in known]
+    if around is None or around.segments is None:
+        return names
+    unknown = [name for name in names if name not in around.segments]
     if unknown:
         raise ValueError(
             f"{', '.join(map(repr, unknown))}: no such RFM segment; the segments are "
-            + ", ".join(map(repr, known or []))
+            + ", ".join(map(repr, around.segments))
         )
     return names
 
