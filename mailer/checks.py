@@ -29,7 +29,7 @@ def check_all(config_path: Path, clock: Clock) -> list[Problem]:
     """Problems of every kind, warnings among them; with a broken config, the default
     folders are checked and the database is not (its URL may be what is broken)."""
     problems: list[Problem] = []
-    company = None
+    company, segments = None, None
     try:
         cfg = config.load(config_path)
     except ConfigError as exc:
@@ -38,10 +38,11 @@ def check_all(config_path: Path, clock: Clock) -> list[Problem]:
     else:
         templates_dir, schedules_dir = cfg.templates_dir, cfg.schedules_dir
         company = cfg.settings.company or None
+        segments = schedules.segment_names(cfg.settings.insight)
         problems += warnings(cfg) + _refusals(cfg)
     store = TemplateStore(templates_dir)
     problems += store.check(company=company)
-    _, schedule_problems = schedules.load_schedules(schedules_dir, store.names(), clock)
+    _, schedule_problems = schedules.load_schedules(schedules_dir, store.names(), clock, segments)
     return problems + schedule_problems
 
 

@@ -34,6 +34,7 @@ from mailer.sandbox.imap_server import SandboxImap
 from mailer.scheduling.digests import Digests
 from mailer.scheduling.firing import Firing
 from mailer.scheduling.scheduler import Scheduler, Schedules
+from mailer.scheduling.schedules import segment_names
 from mailer.store.models import Customer
 from mailer.web import server as web_server
 
@@ -122,7 +123,12 @@ def build_scheduler(
 ) -> Scheduler:
     """Schedule files from ``[paths] schedules``, fired into the outbox; it wakes delivery."""
     store = TemplateStore(cfg.templates_dir)
-    files = Schedules(directory=cfg.schedules_dir, template_names=store.names, clock=clock)
+    files = Schedules(
+        directory=cfg.schedules_dir,
+        template_names=store.names,
+        clock=clock,
+        segments=segment_names(cfg.settings.insight),
+    )
     return Scheduler(
         schedules=files,
         engine=engine,

@@ -20,6 +20,7 @@ from mailer.customers import profiles
 from mailer.customers.profiles import CUSTOMERS
 from mailer.outbound import outbox, throttle
 from mailer.outbound.outbox import OUTBOX
+from mailer.scheduling import audience
 from mailer.scheduling.fanout import Plan, dedupe_prefix
 
 CHUNK = 1_000
@@ -31,7 +32,7 @@ class Fate:
 
     email: str
     action: str  # send, defer, expire, skip, or "already queued"
-    reason: str
+    reason: str  # for the first few, also why the customer is chosen (purchases, insight)
 
 
 @dataclass
@@ -63,6 +64,7 @@ def forecast(
             ids = [customer.id for customer in chunk]
             queued = _already_queued(conn, plan, ids)
             history = outbox.contacts(conn, ids, occurrence.at)
+            seen = audience.evidence(conn, plan.chosen_by, ids) if plan.chosen_by else {}
             for customer in chunk:
                 if customer.id in queued:
                     fate = Fate(customer.email, "already queued", "the run was done before")
@@ -75,7 +77,7 @@ def forecast(
                     fate = Fate(customer.email, decision.action, _reason(decision))
                 found.tally[(fate.action, fate.reason)] += 1
                 if len(found.sample) < sample:
-                    found.sample.append(fate)
+                    found.sample.append(_with_why(fate, plan, seen.get(customer.id)))
     return found
 
 
@@ -92,6 +94,13 @@ def _already_queued(conn: Connection, plan: Plan, ids: list[int]) -> set[int]:
     keys = [f"{dedupe_prefix(plan.schedule)}{i}:{plan.occurrence.key}" for i in ids]
     query = select(OUTBOX.c.customer_id).where(OUTBOX.c.dedupe_key.in_(keys))
     return set(conn.execute(query).scalars())
+
+
+def _with_why(fate: Fate, plan: Plan, seen: audience.Evidence | None) -> Fate:
+    """The sample says why each customer was chosen; the tally groups by outcome only."""
+    chosen = audience.why(plan.chosen_by, seen) if plan.chosen_by and seen else ""
+    reason = "; ".join(part for part in (fate.reason, chosen) if part)
+    return Fate(fate.email, fate.action, reason)
 
 
 def _reason(decision: throttle.Decision) -> str:

@@ -41,6 +41,7 @@ from mailer.customers.profiles import CUSTOMERS
 from mailer.outbound import outbox
 from mailer.outbound.outbox import OUTBOX
 from mailer.scheduling.occurrences import Occurrence
+from mailer.scheduling.schedules import Audience
 from mailer.store.db import UTCDateTime
 from mailer.store.models import OutboxStatus, RunStatus, ScheduleRun
 
@@ -61,6 +62,7 @@ class Plan:
     priority: int
     audience: Sequence[ColumnElement[bool]]
     context: Mapping[str, Any]
+    chosen_by: Audience | None = None  # the filters behind ``audience``, to say why in a dry run
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

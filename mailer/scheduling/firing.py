@@ -183,9 +183,10 @@ def _plan(
             priority=schedule.priority,
             audience=who,
             context=context,
+            chosen_by=schedule.audience if who is chosen else None,
         )
 
-    chosen = audience.matches(schedule.audience)
+    chosen = audience.matches(schedule.audience, occurrence.at)
     if isinstance(schedule, NewsletterSchedule):
         if schedule.timezone == "customer":
             chosen.append(audience.in_zone(occurrence.zone, firing.fallback_zone))

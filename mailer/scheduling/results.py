@@ -27,7 +27,7 @@ from mailer.outbound.outbox import OUTBOX
 from mailer.outbound.templates import TemplateStore
 from mailer.scheduling import occurrences
 from mailer.scheduling.fanout import RUNS
-from mailer.scheduling.schedules import Schedule, load_schedules
+from mailer.scheduling.schedules import Schedule, load_schedules, segment_names
 from mailer.store.models import OutboxStatus
 
 RUNS_SHOWN = 60
@@ -78,7 +78,7 @@ class Day:
 def load(cfg: Config, clock: Clock) -> tuple[dict[str, Schedule], list[Problem]]:
     """The schedule files as the daemon loads them; broken ones come back as problems."""
     names = TemplateStore(cfg.templates_dir).names()
-    return load_schedules(cfg.schedules_dir, names, clock)
+    return load_schedules(cfg.schedules_dir, names, clock, segment_names(cfg.settings.insight))
 
 
 def summaries(

@@ -48,6 +48,7 @@ class Schedules:
     directory: Path
     template_names: Callable[[], list[str]]
     clock: Clock
+    segments: list[str] | None = None  # the configured RFM segment names, to check against
     loaded: dict[str, Schedule] = field(default_factory=dict)
     problems: dict[str, list[Problem]] = field(default_factory=dict)
     edited: dict[str, datetime] = field(default_factory=dict)  # changed since the first load
@@ -64,7 +65,7 @@ class Schedules:
         loaded: dict[str, Schedule] = {}
         problems: dict[str, list[Problem]] = {}
         for path in stamps:
-            schedule, found = load_schedule(path, names, self.clock)
+            schedule, found = load_schedule(path, names, self.clock, self.segments)
             if found:
                 problems[path.stem] = found
                 log.error("schedule %s not reloaded: %s", path.name, "; ".join(map(str, found)))

@@ -12,9 +12,9 @@ import re
 import tomllib
 from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
@@ -25,6 +25,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
     TypeAdapter,
     ValidationError,
     ValidationInfo,
@@ -34,9 +35,14 @@ from pydantic_core import ErrorDetails
 
 from mailer.core.categories import Category
 from mailer.core.clock import Clock
-from mailer.core.durations import format_duration
+from mailer.core.durations import format_duration, parse_duration
 from mailer.core.errors import Problem
 from mailer.core.fieldtypes import ClockTime, Duration, EmailAddress, LocaleTag, zone
+from mailer.core.money import currency_code, from_minor, to_minor
+from mailer.insight import rfm
+
+if TYPE_CHECKING:  # the config loads the database layer, which occurrences must not
+    from mailer.core.config import InsightSettings
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 _ANY_TIME = datetime(2000, 1, 1, tzinfo=UTC)
@@ -52,6 +58,7 @@ class _Surroundings:
 
     template_names: Collection[str]
     now: datetime
+    segments: Collection[str] | None = None  # the configured RFM segment names
 
 
 def _surroundings(info: ValidationInfo) -> _Surroundings | None:
@@ -116,11 +123,85 @@ def _web_link(value: str) -> str:
     return value
 
 
+def _segment_exists(names: list[str], info: ValidationInfo) -> list[str]:
+    around = _surroundings(info)
+    if around is None or around.segments is None:
+        return names
+    unknown = [name for name in names if name not in around.segments]
+    if unknown:
+        raise ValueError(
+            f"{', '.join(map(repr, unknown))}: no such RFM segment; the segments are "
+            + ", ".join(map(repr, around.segments))
+        )
+    return names
+
+
+def segment_names(settings: InsightSettings) -> list[str]:
+    """The segments customers are put in: the configured ones, else the shipped ones."""
+    return list(settings.segments) or [rule.name for rule in rfm.default_rules()]
+
+
+@dataclass(frozen=True, slots=True)
+class Money:
+    """An amount in one currency, in its minor units, as the insight stores money."""
+
+    minor: int
+    currency: str
+
+    def __str__(self) -> str:
+        return f"{from_minor(self.minor, self.currency)} {self.currency}"
+
+
+def _money(value: Any) -> Money:
+    """'100.00 EUR' (amount, then an ISO 4217 code)."""
+    if isinstance(value, Money):
+        return value
+    example = "write an amount and a currency, e.g. '100.00 EUR'"
+    parts = str(value).split()
+    if len(parts) != 2:
+        raise ValueError(f"{value!r}: {example}")
+    try:
+        currency = currency_code(parts[1])
+        return Money(to_minor(parts[0], currency), currency)
+    except ValueError as exc:
+        raise ValueError(f"{value!r}: {exc}; {example}") from None
+
+
+def _day_or_age(value: Any) -> date | timedelta:
+    """A date ('2026-09-01') or how long before the run ('90d')."""
+    if isinstance(value, date | timedelta) and not isinstance(value, datetime):
+        return value
+    try:
+        return date.fromisoformat(str(value))
+    except ValueError:
+        pass
+    try:
+        return parse_duration(str(value))
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is neither a date such as '2026-09-01' nor a time before the run"
+            " such as '90d'"
+        ) from None
+
+
+def _probability(value: float) -> float:
+    if not 0 <= value <= 1:
+        raise ValueError(f"{value} is not a probability from 0 to 1, e.g. 0.2")
+    return value
+
+
 Crontab = Annotated[str, AfterValidator(_crontab)]
 CustomerOrZone = Annotated[Literal["customer"] | ZoneInfo, BeforeValidator(_customer_or_zone)]
 OffsetDateTime = Annotated[datetime, AfterValidator(_has_offset)]
 PositiveDuration = Annotated[Duration, AfterValidator(_positive)]
 WebLink = Annotated[str, AfterValidator(_web_link)]
+MoneyAmount = Annotated[Money, BeforeValidator(_money), PlainSerializer(str, return_type=str)]
+DayOrAge = Annotated[
+    date | timedelta,
+    BeforeValidator(_day_or_age),
+    PlainSerializer(lambda v: v if isinstance(v, date) else format_duration(v)),
+]
+Probability = Annotated[float, AfterValidator(_probability)]
 
 
 class _Frozen(BaseModel):
@@ -135,6 +216,18 @@ class Audience(_Frozen):
     locales: list[LocaleTag] = []
     exclude_tags: list[str] = []
     fields: dict[str, str] = {}  # custom fields from the customer import, equal to these values
+    # what customers bought and what their insight says (see scheduling.audience)
+    rfm_segments: list[str] = []
+    bought_any: list[str] = []  # SKUs or categories, see scheduling.audience
+    bought_none: list[str] = []
+    orders_min: int | None = Field(default=None, ge=1)
+    spent_min: MoneyAmount | None = None
+    clv_min: MoneyAmount | None = None
+    last_order_before: DayOrAge | None = None
+    last_order_after: DayOrAge | None = None
+    active_probability_below: Probability | None = None
+
+    _segments = field_validator("rfm_segments")(_segment_exists)
 
 
 class _Common(_Frozen):
@@ -245,7 +338,10 @@ _BY_KIND: dict[str, type[BaseModel]] = {
 
 
 def load_schedules(
-    directory: Path, template_names: Collection[str], clock: Clock
+    directory: Path,
+    template_names: Collection[str],
+    clock: Clock,
+    segments: Collection[str] | None = None,
 ) -> tuple[dict[str, Schedule], list[Problem]]:
     """Every `*.toml` in `directory`, named by file stem: the flawless ones and all problems.
 
@@ -258,7 +354,7 @@ def load_schedules(
     for path in sorted(directory.glob("*.toml")):
         if path.name.startswith("."):  # editor lock and swap files
             continue
-        schedule, found = load_schedule(path, template_names, clock)
+        schedule, found = load_schedule(path, template_names, clock, segments)
         problems += found
         if schedule is not None:
             schedules[path.stem] = schedule
@@ -266,9 +362,13 @@ def load_schedules(
 
 
 def load_schedule(
-    path: Path, template_names: Collection[str], clock: Clock
+    path: Path,
+    template_names: Collection[str],
+    clock: Clock,
+    segments: Collection[str] | None = None,
 ) -> tuple[Schedule | None, list[Problem]]:
-    """One schedule file, e.g. on reload; the schedule comes back only if it has no problem."""
+    """One schedule file, e.g. on reload; the schedule comes back only if it has no problem.
+    Segment names are checked against ``segments`` when given."""
     where = str(path)
     problems = [] if _NAME.match(path.stem) else [_bad_name(where)]
     try:
@@ -278,16 +378,21 @@ def load_schedule(
         return None, [*problems, Problem(where, f"not valid TOML: {exc}")]
     except (OSError, UnicodeDecodeError) as exc:
         return None, [*problems, Problem(where, f"cannot be read: {exc}")]
-    schedule, found = validate(where, data, template_names, clock.now())
+    schedule, found = validate(where, data, template_names, clock.now(), segments)
     return (None if problems else schedule), [*problems, *found]
 
 
 def validate(
-    where: str, data: dict[str, Any], template_names: Collection[str], now: datetime
+    where: str,
+    data: dict[str, Any],
+    template_names: Collection[str],
+    now: datetime,
+    segments: Collection[str] | None = None,
 ) -> tuple[Schedule | None, list[Problem]]:
     """A schedule's parsed TOML checked as `mailer check` checks it, before it is written."""
+    around = _Surroundings(template_names, now, segments)
     try:
-        return _SCHEDULE.validate_python(data, context=_Surroundings(template_names, now)), []
+        return _SCHEDULE.validate_python(data, context=around), []
     except ValidationError as exc:
         return None, _problems_from(where, exc)
 
