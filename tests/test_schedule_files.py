@@ -12,7 +12,7 @@ from mailer.scheduling.schedules import NewsletterSchedule, load_schedule
 from tests.configs import ROOT
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
-TEMPLATES = ["newsletter", "birthday"]
+KNOWN = schedule_files.Known(["newsletter", "birthday"], ["champions"])
 
 
 def _copy(tmp_path: Path) -> Path:
@@ -25,12 +25,13 @@ def _copy(tmp_path: Path) -> Path:
 def test_an_edit_keeps_the_files_comments_and_other_keys(tmp_path: Path) -> None:
     folder = _copy(tmp_path)
     values = {"cron": "0 10 1 * *", "audience": {"tags_any": ["vip"], "locales": []}}
-    assert schedule_files.update(folder, "newsletter", values, TEMPLATES, NOW) == []
+    assert schedule_files.update(folder, "newsletter", values, KNOWN, NOW) == []
     text = (folder / "newsletter.toml").read_text(encoding="utf-8")
     assert 'cron = "0 10 1 * *"' in text
     assert "# When it goes out, as a crontab line" in text
     assert 'headline = "December news from Northwind Roasters"' in text  # params untouched
-    schedule, problems = load_schedule(folder / "newsletter.toml", TEMPLATES, ManualClock(NOW))
+    path = folder / "newsletter.toml"
+    schedule, problems = load_schedule(path, KNOWN.templates, ManualClock(NOW))
     assert problems == [] and isinstance(schedule, NewsletterSchedule)
     assert schedule.audience.tags_any == ["vip"]
     assert [p.name for p in folder.iterdir()] == ["newsletter.toml"]  # no temporary left
@@ -40,19 +41,19 @@ def test_a_wrong_value_writes_nothing_and_names_its_key(tmp_path: Path) -> None:
     folder = _copy(tmp_path)
     before = (folder / "newsletter.toml").read_bytes()
     values = {"cron": "0 9 1 * 1", "template": "nosuch"}
-    problems = schedule_files.update(folder, "newsletter", values, TEMPLATES, NOW)
+    problems = schedule_files.update(folder, "newsletter", values, KNOWN, NOW)
     assert [p.where.rpartition(": ")[2] for p in problems] == ["template", "cron"]
     assert "there is no template named 'nosuch'" in problems[0].message
     assert (folder / "newsletter.toml").read_bytes() == before
-    taken = schedule_files.create(folder, "newsletter", {"kind": "newsletter"}, TEMPLATES, NOW)
+    taken = schedule_files.create(folder, "newsletter", {"kind": "newsletter"}, KNOWN, NOW)
     assert [p.message for p in taken] == ["a schedule named 'newsletter' exists already"]
 
 
 def test_resuming_records_when_so_nothing_missed_is_sent(tmp_path: Path) -> None:
     folder = _copy(tmp_path)
-    assert schedule_files.pause(folder, "newsletter", TEMPLATES, NOW) == []
+    assert schedule_files.pause(folder, "newsletter", KNOWN, NOW) == []
     assert schedule_files.read(folder, "newsletter")["enabled"] is False  # type: ignore[index]
-    assert schedule_files.resume(folder, "newsletter", TEMPLATES, NOW) == []
+    assert schedule_files.resume(folder, "newsletter", KNOWN, NOW) == []
     data = schedule_files.read(folder, "newsletter")
     assert data is not None and data["enabled"] is True and data["resumed_at"] == NOW
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,14 @@ from mailer.scheduling.schedules import Schedule, valid_name, validate
 Values = Mapping[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class Known:
+    """What a schedule may name: the templates there are, and the customer segments."""
+
+    templates: Collection[str]
+    segments: Collection[str]
+
+
 def path_of(directory: Path, name: str) -> Path:
     return directory / f"{name}.toml"
 
@@ -47,18 +56,18 @@ def read(directory: Path, name: str) -> dict[str, Any] | None:
 
 
 def create(
-    directory: Path, name: str, values: Values, template_names: Collection[str], now: datetime
+    directory: Path, name: str, values: Values, known: Known, now: datetime
 ) -> list[Problem]:
     """A new schedule file, unless the name is taken or unusable, or the values are wrong."""
     if not valid_name(name):
         return [Problem("name", "use letters, digits, '-' and '_' only, e.g. spring-news")]
     if path_of(directory, name).exists():
         return [Problem("name", f"a schedule named {name!r} exists already")]
-    return _write(directory, name, tomlkit.document(), values, template_names, now)
+    return _write(directory, name, tomlkit.document(), values, known, now)
 
 
 def update(
-    directory: Path, name: str, values: Values, template_names: Collection[str], now: datetime
+    directory: Path, name: str, values: Values, known: Known, now: datetime
 ) -> list[Problem]:
     """Change these keys of an existing file, keeping its comments and every other key."""
     path = path_of(directory, name)
@@ -68,21 +77,17 @@ def update(
         return [Problem(str(path), "no longer exists")]
     except (tomlkit.exceptions.ParseError, OSError, UnicodeDecodeError) as exc:
         return [Problem(str(path), f"cannot be read: {exc}")]
-    return _write(directory, name, document, values, template_names, now)
+    return _write(directory, name, document, values, known, now)
 
 
-def pause(
-    directory: Path, name: str, template_names: Collection[str], now: datetime
-) -> list[Problem]:
-    return update(directory, name, {"enabled": False}, template_names, now)
+def pause(directory: Path, name: str, known: Known, now: datetime) -> list[Problem]:
+    return update(directory, name, {"enabled": False}, known, now)
 
 
-def resume(
-    directory: Path, name: str, template_names: Collection[str], now: datetime
-) -> list[Problem]:
+def resume(directory: Path, name: str, known: Known, now: datetime) -> list[Problem]:
     """From ``now`` on; what fell due while paused is not sent (see the module's note)."""
     stamp = now.astimezone(UTC).replace(microsecond=0)
-    return update(directory, name, {"enabled": True, "resumed_at": stamp}, template_names, now)
+    return update(directory, name, {"enabled": True, "resumed_at": stamp}, known, now)
 
 
 def _write(
@@ -90,13 +95,13 @@ def _write(
     name: str,
     document: tomlkit.TOMLDocument,
     values: Values,
-    template_names: Collection[str],
+    known: Known,
     now: datetime,
 ) -> list[Problem]:
     _merge(document, values)
     text = tomlkit.dumps(document)
     path = path_of(directory, name)
-    schedule, problems = _checked(path, text, template_names, now)
+    schedule, problems = _checked(path, text, known, now)
     if schedule is None:
         return problems
     files.replace(path, text)
@@ -105,10 +110,10 @@ def _write(
 
 
 def _checked(
-    path: Path, text: str, template_names: Collection[str], now: datetime
+    path: Path, text: str, known: Known, now: datetime
 ) -> tuple[Schedule | None, list[Problem]]:
     """The text as the daemon will read it, validated by the same code."""
-    return validate(str(path), tomllib.loads(text), template_names, now)
+    return validate(str(path), tomllib.loads(text), known.templates, now, known.segments)
 
 
 def _merge(container: Container | Table | InlineTable, values: Values) -> None:

@@ -41,6 +41,7 @@ from mailer.scheduling.schedules import (
     NewsletterSchedule,
     Schedule,
     WebinarSchedule,
+    segment_names,
     validate,
 )
 from mailer.store.models import Role
@@ -202,8 +203,8 @@ async def _save(request: Request, form: FormData, name: str, write: Any) -> Resp
     typed = {key: str(value) for key, value in form.items() if key != "csrf"}
     values, errors = values_from_form(kind, typed)
     if not errors:
-        names, now = TemplateStore(web.cfg.templates_dir).names(), web.clock.now()
-        problems = await db(request, write, web.cfg.schedules_dir, name, values, names, now)
+        known, now = _known(web), web.clock.now()
+        problems = await db(request, write, web.cfg.schedules_dir, name, values, known, now)
         if not problems:
             return RedirectResponse(f"/schedules/{name}", status_code=303)
         errors, other = errors_by_field(kind, problems)
@@ -230,20 +231,25 @@ def _preview(web: WebState, kind: str, typed: dict[str, str]) -> dict[str, Any]:
     values, errors = values_from_form(kind, typed)
     now = web.clock.now()
     found: dict[str, Any] = {"kind": kind, "count": None, "words": None, "upcoming": None}
-    names = TemplateStore(web.cfg.templates_dir).names()
+    known = _known(web)
     with web.engine.connect() as conn:
         try:
             chosen = Audience.model_validate(_without_none(values["audience"]))
-            found["count"] = audience.count(conn, audience.matches(chosen))
+            found["count"] = audience.count(conn, audience.matches(chosen, now))
         except ValidationError:
             pass  # the audience's own fields say what is wrong on saving
     if kind == "newsletter" and values.get("cron"):
         found["words"] = cron_words.describe(values["cron"], values.get("timezone") or "customer")
-    schedule, _ = validate("form", _without_none(values), names, now)
+    schedule, _ = validate("form", _without_none(values), known.templates, now, known.segments)
     if schedule is not None and not errors:
         found["upcoming"] = occurrences.upcoming(schedule, _zones(web), now, UPCOMING)
         found["words"] = _words(schedule) or found["words"]
     return found
+
+
+def _known(web: WebState) -> schedule_files.Known:
+    templates = TemplateStore(web.cfg.templates_dir).names()
+    return schedule_files.Known(templates, segment_names(web.cfg.settings.insight))
 
 
 def _without_none(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -295,8 +301,8 @@ async def resume(request: Request, form: FormData) -> Response:
 
 async def _switch(request: Request, switch: Any) -> Response:
     web, name = state(request), request.path_params["name"]
-    names, now = TemplateStore(web.cfg.templates_dir).names(), web.clock.now()
-    problems = await db(request, switch, web.cfg.schedules_dir, name, names, now)
+    known, now = _known(web), web.clock.now()
+    problems = await db(request, switch, web.cfg.schedules_dir, name, known, now)
     if problems:
         detail = "Nothing was changed: " + "; ".join(map(str, problems))
         raise HTTPException(400, detail)
