@@ -35,7 +35,7 @@ def shop(engine: Engine, tmp_path: Path) -> report.Report:
     assert not orders.import_csv(engine, path, rules).rejected
     insights.refresh(engine, InsightSettings(), AS_OF, NOW)
     with engine.connect() as conn:
-        return report.build(conn, AS_OF)
+        return report.build(conn)
 
 
 def test_each_currency_is_reported_apart_with_its_customers_products_and_cohorts(
@@ -92,4 +92,4 @@ def test_the_report_as_json_keeps_money_exact_in_its_currency(
 
 def test_before_any_refresh_the_report_is_empty(engine: Engine) -> None:
     with engine.connect() as conn:
-        assert report.build(conn, AS_OF) == report.Report(as_of=None, currencies=())
+        assert report.build(conn) == report.Report(as_of=None, currencies=())

@@ -6,20 +6,21 @@ currency: amounts in two currencies are never added together, so each currency g
 section. Customer figures (segments, lifetime value, repeat buyers) come from the stored
 insight, where each customer counts in their main currency; order figures (products,
 cohorts, channels) come from the orders themselves, in the currency each order was in.
-Cohort months are calendar months in UTC.
+Cohort months are calendar months in UTC. Everything is as of the day of the stored
+insight, so the order figures and the customer figures describe the same moment.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime, tzinfo
 from typing import Any
 
 from sqlalchemy import Table, and_, case, extract, func, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
-from mailer.commerce.insights import CUSTOMERS, INSIGHTS, LINES, ORDERS
+from mailer.commerce.insights import CUSTOMERS, INSIGHTS, LINES, ORDERS, day_end
 from mailer.core.money import exponent, from_minor
 from mailer.store.models import OrderStatus, Product
 
@@ -101,23 +102,32 @@ class Report:
     currencies: tuple[CurrencyReport, ...]  # the one with most customers first
 
 
-def build(conn: Connection, today: date) -> Report:
-    """The whole report from the stored insight and the orders; ``today`` bounds the
-    cohort months that have had time to happen."""
+def build(conn: Connection, zone: tzinfo = UTC) -> Report:
+    """The whole report as of the stored insight's day: orders after it (in the business's
+    ``zone``) are left out, so every figure describes the same moment."""
     as_of = conn.execute(select(func.max(INSIGHTS.c.as_of))).scalar()
+    if as_of is None:
+        return Report(as_of=None, currencies=())
+    until = Until(month=as_of.year * 12 + as_of.month - 1, end=day_end(as_of, zone))
     counts = conn.execute(
         select(INSIGHTS.c.currency, func.count())
         .group_by(INSIGHTS.c.currency)
         .order_by(func.count().desc(), INSIGHTS.c.currency)
     ).all()
-    this_month = today.year * 12 + today.month - 1
     return Report(
-        as_of=as_of,
-        currencies=tuple(_currency(conn, code, count, this_month) for code, count in counts),
+        as_of=as_of, currencies=tuple(_currency(conn, code, count, until) for code, count in counts)
     )
 
 
-def _currency(conn: Connection, currency: str, customers: int, this_month: int) -> CurrencyReport:
+@dataclass(frozen=True, slots=True)
+class Until:
+    """The last month counted (year * 12 + month - 1) and the moment orders stop counting."""
+
+    month: int
+    end: datetime
+
+
+def _currency(conn: Connection, currency: str, customers: int, until: Until) -> CurrencyReport:
     segments = _segments(conn, currency)
     repeat = conn.execute(
         select(func.count()).where(INSIGHTS.c.currency == currency, INSIGHTS.c.frequency > 0)
@@ -132,9 +142,9 @@ def _currency(conn: Connection, currency: str, customers: int, this_month: int) 
         top_customers=_top_customers(conn, currency),
         clv=clv,
         clv_unknown=unknown,
-        products=_products(conn, currency),
-        cohorts=_cohorts(conn, currency, this_month),
-        channels=_channels(conn, currency),
+        products=_products(conn, currency, until.end),
+        cohorts=_cohorts(conn, currency, until),
+        channels=_channels(conn, currency, until.end),
     )
 
 
@@ -217,14 +227,16 @@ def _clv(conn: Connection, currency: str) -> tuple[tuple[Bucket, ...], int]:
     return buckets, unknown
 
 
-def _counted(currency: str) -> ColumnElement[bool]:
-    return and_(ORDERS.c.currency == currency, ORDERS.c.status != OrderStatus.CANCELLED)
+def _counted(currency: str, end: datetime, *statuses: str) -> ColumnElement[bool]:
+    """The currency's orders before ``end`` of these statuses (default: placed or returned)."""
+    status = ORDERS.c.status.in_(statuses) if statuses else ORDERS.c.status != OrderStatus.CANCELLED
+    return and_(ORDERS.c.currency == currency, ORDERS.c.ordered_at < end, status)
 
 
-def _products(conn: Connection, currency: str) -> tuple[ProductRow, ...]:
+def _products(conn: Connection, currency: str, end: datetime) -> tuple[ProductRow, ...]:
     buyers_all = conn.execute(
         select(func.count(func.distinct(ORDERS.c.customer_id))).where(
-            ORDERS.c.currency == currency, ORDERS.c.status == OrderStatus.PLACED
+            _counted(currency, end, OrderStatus.PLACED)
         )
     ).scalar_one()
     revenue = func.sum(LINES.c.quantity * LINES.c.unit_price)
@@ -235,7 +247,7 @@ def _products(conn: Connection, currency: str) -> tuple[ProductRow, ...]:
         select(LINES.c.sku, func.coalesce(func.max(PRODUCTS.c.name), ""), revenue, buyers)
         .join(ORDERS, ORDERS.c.id == LINES.c.order_id)
         .outerjoin(PRODUCTS, PRODUCTS.c.sku == LINES.c.sku)
-        .where(_counted(currency))
+        .where(_counted(currency, end))
         .group_by(LINES.c.sku)
         .order_by(revenue.desc(), LINES.c.sku)
         .limit(TOP)
@@ -251,11 +263,11 @@ def _month(column: Any) -> ColumnElement[int]:
     return months
 
 
-def _cohorts(conn: Connection, currency: str, this_month: int) -> tuple[Cohort, ...]:
+def _cohorts(conn: Connection, currency: str, until: Until) -> tuple[Cohort, ...]:
     """Per first-order month, how many customers ordered again in each following month."""
     months = (
         select(ORDERS.c.customer_id, _month(ORDERS.c.ordered_at).label("month"))
-        .where(ORDERS.c.currency == currency, ORDERS.c.status == OrderStatus.PLACED)
+        .where(_counted(currency, until.end, OrderStatus.PLACED))
         .distinct()
         .subquery()
     )
@@ -268,7 +280,7 @@ def _cohorts(conn: Connection, currency: str, this_month: int) -> tuple[Cohort, 
     found = conn.execute(
         select(first.c.first, offset, func.count())
         .join(first, first.c.customer_id == months.c.customer_id)
-        .where(offset <= MONTHS, first.c.first > this_month - COHORTS)
+        .where(offset <= MONTHS, first.c.first > until.month - COHORTS)
         .group_by(first.c.first, offset)
     ).all()
     table: dict[int, dict[int, int]] = {}
@@ -279,7 +291,7 @@ def _cohorts(conn: Connection, currency: str, this_month: int) -> tuple[Cohort, 
             month=f"{start // 12}-{start % 12 + 1:02d}",
             customers=seen[0],
             returned=tuple(
-                _share(seen.get(k, 0), seen[0]) if start + k <= this_month else None
+                _share(seen.get(k, 0), seen[0]) if start + k <= until.month else None
                 for k in range(1, MONTHS + 1)
             ),
         )
@@ -287,7 +299,7 @@ def _cohorts(conn: Connection, currency: str, this_month: int) -> tuple[Cohort, 
     )
 
 
-def _channels(conn: Connection, currency: str) -> tuple[Channel, ...]:
+def _channels(conn: Connection, currency: str, end: datetime) -> tuple[Channel, ...]:
     per_order = (
         select(
             ORDERS.c.id,
@@ -295,7 +307,7 @@ def _channels(conn: Connection, currency: str) -> tuple[Channel, ...]:
             func.coalesce(func.sum(LINES.c.quantity * LINES.c.unit_price), 0).label("total"),
         )
         .outerjoin(LINES, LINES.c.order_id == ORDERS.c.id)
-        .where(_counted(currency))
+        .where(_counted(currency, end))
         .group_by(ORDERS.c.id, ORDERS.c.channel)
         .subquery()
     )
