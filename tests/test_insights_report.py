@@ -28,12 +28,17 @@ SHOP = (
 )
 
 
-def shop(engine: Engine, tmp_path: Path) -> report.Report:
+def stock(engine: Engine, tmp_path: Path) -> None:
+    """The shop's orders imported and the insight refreshed as of the end of June."""
     path = tmp_path / "orders.csv"
     path.write_text(HEADER + SHOP, encoding="utf-8")
     rules = Rules(now=NOW, zone=UTC, currencies=frozenset())
     assert not orders.import_csv(engine, path, rules).rejected
     insights.refresh(engine, InsightSettings(), AS_OF, NOW)
+
+
+def shop(engine: Engine, tmp_path: Path) -> report.Report:
+    stock(engine, tmp_path)
     with engine.connect() as conn:
         return report.build(conn)
 
