@@ -234,27 +234,42 @@ def _counted(currency: str, end: datetime, *statuses: str) -> ColumnElement[bool
 
 
 def _products(conn: Connection, currency: str, end: datetime) -> tuple[ProductRow, ...]:
+    """The best-selling products by revenue, then their buyers: counting distinct buyers
+    of the few products shown is far cheaper than of every product."""
+    placed = _counted(currency, end, OrderStatus.PLACED)
     buyers_all = conn.execute(
-        select(func.count(func.distinct(ORDERS.c.customer_id))).where(
-            _counted(currency, end, OrderStatus.PLACED)
-        )
+        select(func.count(func.distinct(ORDERS.c.customer_id))).where(placed)
     ).scalar_one()
     revenue = func.sum(LINES.c.quantity * LINES.c.unit_price)
-    buyers = func.count(
-        func.distinct(case((ORDERS.c.status == OrderStatus.PLACED, ORDERS.c.customer_id)))
-    )
-    found = conn.execute(
-        select(LINES.c.sku, func.coalesce(func.max(PRODUCTS.c.name), ""), revenue, buyers)
+    top = conn.execute(
+        select(LINES.c.sku, revenue)
         .join(ORDERS, ORDERS.c.id == LINES.c.order_id)
-        .outerjoin(PRODUCTS, PRODUCTS.c.sku == LINES.c.sku)
         .where(_counted(currency, end))
         .group_by(LINES.c.sku)
         .order_by(revenue.desc(), LINES.c.sku)
         .limit(TOP)
     ).all()
+    skus = [sku for sku, _ in top]
+    buyers: dict[str, int] = dict(
+        conn.execute(
+            select(LINES.c.sku, func.count(func.distinct(ORDERS.c.customer_id)))
+            .join(ORDERS, ORDERS.c.id == LINES.c.order_id)
+            .where(placed, LINES.c.sku.in_(skus))
+            .group_by(LINES.c.sku)
+        ).all()
+    )
+    names: dict[str, str] = dict(
+        conn.execute(select(PRODUCTS.c.sku, PRODUCTS.c.name).where(PRODUCTS.c.sku.in_(skus))).all()
+    )
     return tuple(
-        ProductRow(sku=s, name=n, revenue=int(r), buyers=b, never_bought=buyers_all - b)
-        for s, n, r, b in found
+        ProductRow(
+            sku=sku,
+            name=names.get(sku, ""),
+            revenue=int(money),
+            buyers=buyers.get(sku, 0),
+            never_bought=buyers_all - buyers.get(sku, 0),
+        )
+        for sku, money in top
     )
 
 

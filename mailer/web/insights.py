@@ -6,15 +6,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
+from sqlalchemy.engine import Connection
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from mailer.commerce import report
-from mailer.commerce.insights import INSIGHTS
+from mailer.commerce.insights import INSIGHTS, ORDERS
 from mailer.core.money import from_minor
 from mailer.store.models import Role
 from mailer.web.common import db, render, require, state
@@ -73,11 +76,29 @@ def _charts(part: report.CurrencyReport) -> dict[str, Chart]:
     return {"segments": bars(money), "clv": bars(buckets)}
 
 
+Key = tuple[str, datetime | None, int | None]
+_latest: dict[Key, report.Report] = {}  # the one report last built, by what it was built from
+
+
+def _report(conn: Connection, key: Key, zone: ZoneInfo) -> report.Report:
+    """The report, built again only when the insight or the orders changed since the last
+    build: a refresh or an import moves the latest insight update or the latest order id.
+    Building it reads every order line; reading these two takes milliseconds."""
+    found = _latest.get(key)
+    if found is None:
+        found = report.build(conn, zone)
+        _latest.clear()
+        _latest[key] = found
+    return found
+
+
 def _page(request: Request) -> dict[str, Any]:
     web = state(request)
     with web.engine.connect() as conn:
-        found = report.build(conn, web.cfg.settings.business_hours.timezone)
         refreshed = conn.execute(select(func.max(INSIGHTS.c.updated_at))).scalar()
+        last_order = conn.execute(select(func.max(ORDERS.c.id))).scalar()
+        key = (str(web.engine.url), refreshed, last_order)
+        found = _report(conn, key, web.cfg.settings.business_hours.timezone)
     return {
         "report": found,
         "refreshed": refreshed,
