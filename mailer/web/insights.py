@@ -35,7 +35,7 @@ class HBar:
     width: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Chart:
     width: int
     height: int
@@ -52,7 +52,9 @@ def bars(rows: Sequence[tuple[str, float, str]]) -> Chart:
         HBar(label=label, text=text, y=n * ROW, width=round(max(value, 0) / largest * room, 1))
         for n, (label, value, text) in enumerate(rows)
     )
-    return Chart(CHART_WIDTH, max(len(rows), 1) * ROW, LABEL_WIDTH, found)
+    return Chart(
+        width=CHART_WIDTH, height=max(len(rows), 1) * ROW, label_width=LABEL_WIDTH, bars=found
+    )
 
 
 def heat(share: float | None) -> str:
