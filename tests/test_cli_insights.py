@@ -9,6 +9,9 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from mailer.cli import common
 from tests.command import Mailer
 
 # the fixtures of the `mailer` command's tests
@@ -114,3 +117,34 @@ def test_a_fit_that_fails_says_so_in_one_line_and_still_writes_rfm(
     assert all(r["p_active"] is None and r["clv"] is None for r in found.values())
     assert found["o4@example.com"]["r_score"] == 5 and found["o0@example.com"]["r_score"] == 1
     assert {r["rfm_segment"] for r in found.values()} <= {"new", "potential", "hibernating", "lost"}
+
+
+def test_the_report_gives_each_currency_its_segments_products_and_cohorts(
+    mailer: Mailer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mailer("db", "upgrade")
+    regular = [line(f"R{k}", "reg@example.com", START + timedelta(days=30 * k)) for k in range(6)]
+    leva = "Y1,ken@example.bg,2026-03-01,BEAN-1,Beans,2,12.00,BGN,store\n"
+    mailer("orders", "import", str(orders_file(tmp_path, [*regular, leva, *crowd()])))
+    mailer("insights", "refresh", "--as-of", "2026-06-30")
+    found = json.loads(mailer("insights", "report", "--json").stdout)
+    assert found["as_of"] == "2026-06-30"
+    eur, bgn = found["currencies"]
+    assert (eur["currency"], eur["customers"], bgn["currency"], bgn["revenue"]) == (
+        "EUR",
+        61,
+        "BGN",
+        "24.00",
+    )
+    assert sum(s["customers"] for s in eur["segments"]) == 61
+    assert eur["top_customers"][0]["revenue"] >= eur["top_customers"][-1]["revenue"]
+    assert eur["products"][0]["sku"] == "BEAN-1" and eur["products"][0]["never_bought"] == 0
+    # the twelve months up to the refresh's hold one first order: reg's, 1 January in Sofia,
+    # which is 31 December in UTC; reg ordered again the month after
+    (cohort,) = eur["cohorts"]
+    assert (cohort["month"], cohort["customers"], cohort["returned"][0]) == ("2025-12", 1, 1.0)
+    assert [c["name"] for c in bgn["channels"]] == ["store"]
+    monkeypatch.setattr(common.out, "width", 80)
+    text = mailer("insights", "report").stdout
+    assert "EUR: 61 customers" in text and "BGN products" in text and "BEAN-1" in text
+    assert all(len(row) <= 80 for row in text.splitlines())

@@ -34,6 +34,7 @@ from mailer.sandbox.smtp_server import SANDBOX
 from tests.configs import ROOT
 from tests.conftest import sign_in
 from tests.site import Site
+from tests.test_insights_report import stock
 from tests.test_web_desk import mail, received
 
 AXE = (Path(__file__).parent / "vendor" / "axe-core" / "axe.min.js").read_text(encoding="utf-8")
@@ -91,16 +92,24 @@ class Seeded:
 
 @pytest.fixture
 def seeded(
-    engine: Engine, cfg: Config, clock: ManualClock, staff: dict[str, str], people: None
+    engine: Engine,
+    cfg: Config,
+    clock: ManualClock,
+    staff: dict[str, str],
+    people: None,
+    tmp_path: Path,
 ) -> Seeded:
     """Something on every page: Мария's inquiry (acknowledged), a saved reply, a follow-up
-    for the admin, a failed message and a captured one."""
+    for the admin, a failed message and a captured one, and a shop's orders with their
+    insight."""
+    stock(engine, tmp_path)
     inquiry = received(
         engine, cfg, clock, mail("<a1@mail.example>", "Поръчка 1042", "Здравейте!", MARIA)
     )
     now = clock.now()
     with engine.begin() as conn:
         maria = profiles.get(conn, MARIA).id
+        ana = profiles.get(conn, "ana@example.com").id
         draft = Draft(name="Shipping delay", locale="bg", body="Здравейте, {{ agent }}")
         saved = saved_replies.save(conn, draft, None, "sam", now)
         call = NewFollowUp(
@@ -153,6 +162,8 @@ def seeded(
             "/schedules/new?kind=newsletter",
             "/schedules/newsletter/edit",
             "/schedules/webinar-spring-roasting/webinar",
+            "/insights",
+            f"/customers/{ana}",  # with orders and their insight
             "/outbox",
             "/sandbox",
             "/sandbox/1",

@@ -172,7 +172,13 @@ async def test_support_may_not_open_marketing_pages(
     page: Page, site: Site, staff: dict[str, str]
 ) -> None:
     await sign_in(page, site, "sam")
-    for path in ("/templates", "/templates/birthday", "/schedules", "/schedules/newsletter"):
+    for path in (
+        "/templates",
+        "/templates/birthday",
+        "/schedules",
+        "/schedules/newsletter",
+        "/insights",
+    ):
         response = await page.goto(site.url + path)
         assert response is not None and response.status == 403, path
         await expect(page.get_by_role("heading")).to_have_text("Not for you")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from datetime import date
+from typing import Any
 
 import typer
 
 from mailer.cli.common import JSON_OPTION, app_of, err, group, out, print_json, print_table
-from mailer.commerce import insights
+from mailer.commerce import insights, report
 from mailer.core.durations import parse_duration
 from mailer.core.errors import MailerError
 
@@ -83,3 +84,52 @@ def export(
         print_json(found)
     else:
         print_table(found, COLUMNS)
+
+
+SECTIONS = (
+    ("segments", ("name", "customers", "revenue", "revenue_share", "margin", "margin_share")),
+    ("top_customers", ("email", "revenue", "orders", "segment")),
+    ("clv", ("low", "high", "customers")),
+    ("products", ("sku", "name", "revenue", "buyers", "never_bought")),
+    ("cohorts", ("month", "customers", *(f"+{k}" for k in range(1, report.MONTHS + 1)))),
+    ("channels", ("name", "orders", "revenue", "share")),
+)
+
+
+@app.command("report")
+def report_(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
+    """Segments, top customers, lifetime values, products, returning cohorts and channels.
+
+    Each currency is reported on its own: amounts in two currencies are never added.
+    Figures are as of the last refresh's day; shares are of the currency's revenue or
+    customers; cohort months are in UTC.
+    """
+    app_ = app_of(ctx)
+    zone = app_.config.settings.business_hours.timezone
+    with app_.engine().connect() as conn:
+        found = report.shown(report.build(conn, zone))
+    if as_json:
+        print_json(found)
+        return
+    if not found["currencies"]:
+        err.print("no insight yet: run `mailer insights refresh` first")
+    for part in found["currencies"]:
+        out.print(
+            f"{part['currency']}: {part['customers']} customers, revenue {part['revenue']}, "
+            f"{_percent(part['repeat_rate'])} bought again, as of {found['as_of']}"
+        )
+        for name, columns in SECTIONS:
+            rows = [_cells(row) for row in part[name]]
+            print_table(rows, columns, title=f"{part['currency']} {name.replace('_', ' ')}")
+
+
+def _percent(share: float | None) -> str:
+    return "" if share is None else f"{share:.0%}"
+
+
+def _cells(row: dict[str, Any]) -> dict[str, Any]:
+    """Shares as percentages; a cohort's months as columns +1, +2, ..."""
+    cells = {k: _percent(v) if k.endswith("share") else v for k, v in row.items()}
+    for k, share in enumerate(row.get("returned", []), 1):
+        cells[f"+{k}"] = _percent(share)
+    return cells

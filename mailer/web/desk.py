@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
+from mailer.commerce import insights, orders
 from mailer.core.errors import InvalidContact, MailerError, NotFound, TemplateError
 from mailer.customers import contacts, followups, profiles
 from mailer.inbound import inquiries, plain_words
@@ -50,6 +51,7 @@ from mailer.web.common import (
 )
 
 PAGE = 50
+ORDERS = 5  # latest orders on a customer's page
 HISTORY = 200  # messages on a customer's page; `mailer customers show --history` has all
 RAW_SHOWN = 100_000  # bytes of a failed message's source shown to support
 NOTE_MAX = 10_000
@@ -416,7 +418,15 @@ def _customer(
                 conn, customer_id, unsubscribed, cursor=cursor, with_text=readable
             ),
             "next_contact": outbox.next_contact(conn, customer, now, web.cfg.settings),
+            "orders": orders.find(conn, customer_id, limit=ORDERS),
+            "insight": next(iter(insights.export(conn, customer_id=customer_id)), None),
+            "day_start": functools.partial(_day_start, web.cfg.settings.business_hours.timezone),
         }
+
+
+def _day_start(zone: ZoneInfo, day: date) -> datetime:
+    """A day's first moment in the business's zone, for ``|ago``."""
+    return datetime.combine(day, time(), zone)
 
 
 @posted_by_support

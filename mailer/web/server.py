@@ -21,6 +21,7 @@ from mailer.web import (
     customer_edit,
     desk,
     followups,
+    insights,
     marketing,
     operations,
     replies,
@@ -43,6 +44,7 @@ def build(cfg: Config, engine: Engine, clock: Clock) -> Starlette:
         *schedule_editor.routes,  # before marketing's /schedules/{name}
         *template_editor.routes,
         *marketing.routes,
+        *insights.routes,
         *operations.routes,
     ]
     return create_app(cfg, engine, clock, sections)
