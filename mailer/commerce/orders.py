@@ -24,7 +24,7 @@ from mailer.core.config import InsightSettings
 from mailer.core.errors import ImportFileError
 from mailer.core.money import from_minor
 from mailer.customers import profiles
-from mailer.customers.csv_rows import read_rows, shown
+from mailer.customers.csv_rows import read_table, shown
 from mailer.store.models import Customer, Order, OrderLine, OrderStatus
 
 ORDERS: Table = Order.__table__  # type: ignore[attr-defined]
@@ -62,11 +62,10 @@ def import_csv(
     report = ImportReport()
     source = f"import:{path.name}"[:100]
     with profiles._open(path) as stream:
-        rows = read_rows(stream, order_rows.order_header, "order_ref")
         try:
-            for batch in profiles._batches(
-                order_rows.orders(order_rows.parse_rows(rows, rules)), BATCH
-            ):
+            header, rows = read_table(stream, order_rows.order_header, "order_ref")
+            lines = order_rows.parse_rows(header, rows, rules)
+            for batch in profiles._batches(order_rows.orders(lines), BATCH):
                 drafts = [d for d in batch if isinstance(d, Draft)]
                 report.rejected += [r for r in batch if isinstance(r, Rejected)]
                 with engine.begin() as conn:
