@@ -303,7 +303,7 @@ def _records(
             yield RejectedRow.of(first, "", reason)
             return
         ended = reader.line_num
-        if not any(c.strip() for c in cells):
+        if not "".join(cells).strip():  # a blank row, said in one call
             continue
         if undecodable or max(map(len, cells)) > CELL_LIMIT:  # rare: checked in full only then
             problem = _unreadable(cells, header, first, ended, undecodable)
