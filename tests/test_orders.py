@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import Engine, select
 
 from mailer.commerce import orders, products
-from mailer.commerce.order_rows import Rules, parse_moment
+from mailer.commerce.order_rows import LineRow, Rules, parse_moment, parse_row, parse_rows
 from mailer.core.money import from_minor, to_minor
 from mailer.customers import profiles
 from mailer.store.models import Product
@@ -52,6 +52,38 @@ GOOD = (
     "B1,ali@example.bh,2026-11-03,BEAN-1,Beans,1,1.234,BHD,\n"
     "R1,ana@example.com,2026-11-05,BEAN-1,Beans,-1,0.10,EUR,returned\n"
 )
+
+
+ODD_ROWS = [
+    "O1,a@example.com,2026-03-01 14:30,S1,Tea,2,12.50,EUR,placed",
+    "O1, A@Example.COM ,2026-03-01 14:30,S2, Cups ,1,3,EUR,placed",
+    "O1,a@example.com,2026-03-01 14:30,S3,Mug\x1b[31m,1,3.5,EUR,placed",
+    "O2,b@example.com,01.03.2026,S1,Tea,-1,12.5,eur,returned",
+    "O3,b@example.com,2026-03-01,S1,Tea,0,1.00,EUR,placed",
+    "O4,b@example.com,2026-03-01,S1,Tea,1,1.005,EUR,placed",
+    "O5,not an address,2030-01-01,,Tea,x,-1,USD,lost",
+    "O6,c@example.com,2026-03-01,S1,Tea,1,7,JPY,",
+    "O7,c@example.com,2026-03-01," + "S" * 101 + ",Tea,1,7,JPY,placed",
+    "O8,c@example.com,2026-03-01,S1,Tea,1,7,JPY,placed,an extra cell",
+    "O9,c@example.com,2026-03-01,S1,Tea,1",
+    ",c@example.com,2026-03-01,S1,Tea,1,7,JPY,placed",
+    "O10,c@example.com,2026-03-01,S1,Tea,1,12\u0660.5,BHD,placed",
+]
+
+
+def test_every_row_is_judged_as_the_full_check_judges_it() -> None:
+    """Well-formed rows take a fast path: what it accepts, and the line and reason of what
+    it leaves to the full check, are what the full check says of the row alone."""
+    header = ["order_ref", "email", "ordered_at", "sku", "product", "quantity", "unit_price"]
+    header += ["currency", "status"]
+    rows = [(n, text.split(",")) for n, text in enumerate(ODD_ROWS, 2)]
+    fast = list(parse_rows(header, [(n, list(cells)) for n, cells in rows], RULES))
+    for (line, cells), got in zip(rows, fast, strict=True):
+        try:
+            assert got == parse_row(line, dict(zip(header, cells, strict=False)), RULES)
+        except ValueError as exc:
+            assert not isinstance(got, LineRow) and got[1].reason == str(exc)
+    assert sum(isinstance(got, LineRow) for got in fast) == 7
 
 
 def test_import_adds_orders_and_unknown_buyers_then_changes_nothing_again(

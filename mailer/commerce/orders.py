@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, Table, func, insert, select
+from sqlalchemy import Engine, Table, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
@@ -24,7 +24,7 @@ from mailer.core.config import InsightSettings
 from mailer.core.errors import ImportFileError
 from mailer.core.money import from_minor
 from mailer.customers import profiles
-from mailer.customers.csv_rows import read_rows, shown
+from mailer.customers.csv_rows import read_table, shown
 from mailer.store.models import Customer, Order, OrderLine, OrderStatus
 
 ORDERS: Table = Order.__table__  # type: ignore[attr-defined]
@@ -62,11 +62,10 @@ def import_csv(
     report = ImportReport()
     source = f"import:{path.name}"[:100]
     with profiles._open(path) as stream:
-        rows = read_rows(stream, order_rows.order_header, "order_ref")
         try:
-            for batch in profiles._batches(
-                order_rows.orders(order_rows.parse_rows(rows, rules)), BATCH
-            ):
+            header, rows = read_table(stream, order_rows.order_header, "order_ref")
+            lines = order_rows.parse_rows(header, rows, rules)
+            for batch in profiles._batches(order_rows.orders(lines), BATCH):
                 drafts = [d for d in batch if isinstance(d, Draft)]
                 report.rejected += [r for r in batch if isinstance(r, Rejected)]
                 with engine.begin() as conn:
@@ -105,12 +104,12 @@ def _add(
     ids = _insert_orders(conn, new, customers, now, source)
     products.add_missing(conn, {r.sku: (r.product, r.category) for d in new for r in d.lines}, now)
     lines = [
-        _line(ids[d.order_ref], n, r)
+        (ids[d.order_ref], n, r.sku, r.product, r.category, r.quantity, r.unit_price, r.unit_cost)
         for d in new
         if d.order_ref in ids
         for n, r in enumerate(d.lines, 1)
     ]
-    conn.execute(insert(LINES), lines)
+    _insert_plain(conn, LINES, _LINE_COLUMNS, lines)
     report.added += len(ids)
     report.lines += len(lines)
     return sorted({customers[d.lines[0].email] for d in new if d.order_ref in ids})
@@ -149,17 +148,29 @@ def _order(draft: Draft, customer_id: int, now: datetime, source: str) -> dict[s
     }
 
 
-def _line(order_id: int, number: int, row: order_rows.LineRow) -> dict[str, Any]:
-    return {
-        "order_id": order_id,
-        "line_no": number,
-        "sku": row.sku,
-        "product": row.product,
-        "category": row.category,
-        "quantity": row.quantity,
-        "unit_price": row.unit_price,
-        "unit_cost": row.unit_cost,
-    }
+_LINE_COLUMNS = (
+    "order_id",
+    "line_no",
+    "sku",
+    "product",
+    "category",
+    "quantity",
+    "unit_price",
+    "unit_cost",
+)
+
+
+def _insert_plain(
+    conn: Connection, table: Table, columns: Sequence[str], rows: list[tuple[Any, ...]]
+) -> None:
+    """One INSERT for many rows of plain integers and text, handed to the driver as they
+    are: SQLAlchemy would build each row's parameters in Python, over a tenth of the import."""
+    if not rows:
+        return
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    names = ", ".join(columns)
+    marks = ", ".join([mark] * len(columns))
+    conn.exec_driver_sql(f"INSERT INTO {table.name} ({names}) VALUES ({marks})", rows)
 
 
 def _total() -> Any:

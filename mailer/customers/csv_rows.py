@@ -205,6 +205,21 @@ def read_rows(
     rejects its row by line instead of ending the file. The header is checked, and so is
     that the start of the file is UTF-8 text at all.
     """
+    header, rows = read_table(stream, name, required)
+    for row in rows:
+        yield (
+            row
+            if isinstance(row, RejectedRow)
+            else (row[0], dict(zip(header, row[1], strict=False)))
+        )
+
+
+def read_table(
+    stream: TextIO, name: Callable[[str], str] = normalise_header, required: str = "email"
+) -> tuple[list[str], Iterator[tuple[int, list[str]] | RejectedRow]]:
+    """The checked header, and (first line, cells in column order) for each data row, or why
+    it was rejected: ``read_rows`` without a dictionary per row, for files of millions.
+    The start of the file and its header are read and checked at once."""
     sample = stream.read(SAMPLE)
     _check_text(sample)
     stream.seek(0)
@@ -217,9 +232,9 @@ def read_rows(
     limit = csv.field_size_limit(READ_LIMIT)
     try:
         header = _header(reader, name, required)
-        yield from _data(reader, header, undecodable)
     finally:
         csv.field_size_limit(limit)
+    return header, _data(reader, header, undecodable)
 
 
 def _check_text(sample: str) -> None:
@@ -262,7 +277,18 @@ def _header(reader: Any, name: Callable[[str], str], required: str) -> list[str]
 
 def _data(
     reader: Any, header: list[str], undecodable: dict[int, int]
-) -> Iterator[tuple[int, dict[str, str]] | RejectedRow]:
+) -> Iterator[tuple[int, list[str]] | RejectedRow]:
+    limit = csv.field_size_limit(READ_LIMIT)
+    try:
+        yield from _records(reader, header, undecodable)
+    finally:
+        csv.field_size_limit(limit)
+
+
+def _records(
+    reader: Any, header: list[str], undecodable: dict[int, int]
+) -> Iterator[tuple[int, list[str]] | RejectedRow]:
+    email = header.index("email") if "email" in header else len(header)
     ended = reader.line_num
     while True:
         first = ended + 1
@@ -277,15 +303,14 @@ def _data(
             yield RejectedRow.of(first, "", reason)
             return
         ended = reader.line_num
-        if not any(c.strip() for c in cells):
+        if not "".join(cells).strip():  # a blank row, said in one call
             continue
-        found = dict(zip(header, cells, strict=False))
         if undecodable or max(map(len, cells)) > CELL_LIMIT:  # rare: checked in full only then
             problem = _unreadable(cells, header, first, ended, undecodable)
             if problem:
-                yield RejectedRow.of(first, found.get("email", ""), problem)
+                yield RejectedRow.of(first, cells[email] if email < len(cells) else "", problem)
                 continue
-        yield first, found
+        yield first, cells
 
 
 def _unreadable(
