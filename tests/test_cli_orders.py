@@ -44,3 +44,26 @@ def test_products_import_upserts(mailer: Mailer, tmp_path: Path) -> None:
     result = mailer("products", "import", str(csv), check=False)
     assert result.returncode == 1 and f"{csv}:3: rejected no SKU" in result.stderr
     assert "1 added, 0 updated, 0 unchanged, 1 rejected" in result.stdout
+
+
+def test_a_file_without_quantities_is_one_item_a_line_and_insight_needs_orders_first(
+    mailer: Mailer, tmp_path: Path
+) -> None:
+    mailer("db", "upgrade")
+    nothing = mailer("insights", "refresh", check=False)
+    assert nothing.returncode == 1
+    assert nothing.stderr.strip().splitlines() == [
+        "error: no orders up to"
+        f" {nothing.stderr.split('up to ')[1].split()[0]} to learn from;"
+        " `mailer orders import` first"
+    ]
+    csv = tmp_path / "orders.csv"
+    csv.write_text(
+        "order_id,email,ordered_at,sku,product,unit_price,currency\n"
+        "B1,ana@example.com,2026-01-05,BEAN-1,Beans,12.50,EUR\n"
+        "B1,ana@example.com,2026-01-05,MUG-2,Mug,9.00,EUR\n",
+        encoding="utf-8",
+    )
+    assert "1 orders added (2 lines" in mailer("orders", "import", str(csv)).stdout
+    listed = json.loads(mailer("orders", "list", "--json").stdout)
+    assert [(o["order_ref"], o["total"]) for o in listed] == [("B1", "21.50")]

@@ -23,7 +23,7 @@ from sqlalchemy import Engine, Table, case, delete, func, insert, select
 from sqlalchemy.engine import Connection
 
 from mailer.core.config import InsightSettings
-from mailer.core.errors import FitFailed
+from mailer.core.errors import FitFailed, MailerError
 from mailer.core.money import from_minor
 from mailer.insight import btyd, history, next_order, rfm
 from mailer.insight.history import Floats, Ints, Purchases
@@ -487,6 +487,8 @@ def refresh(
     with engine.connect() as conn:
         orders = read_orders(conn, as_of, zone)
         baskets = read_baskets(conn, as_of, zone)
+    if not len(orders.customer):
+        raise MailerError(f"no orders up to {as_of} to learn from; `mailer orders import` first")
     customers = per_customer(orders, as_of.toordinal())
     fitted = fit(customers, as_of)
     found = rows(customers, fitted, exact_scores, settings=settings, baskets=baskets, now=now)

@@ -220,6 +220,9 @@ def _status(text: Mapping[str, str], rules: Rules) -> str:
 
 
 def _quantity(text: Mapping[str, str], rules: Rules) -> int:
+    """A line without a quantity (no column, or an empty cell) is one item."""
+    if not text["quantity"]:
+        return 1
     try:
         quantity = int(text["quantity"])
     except ValueError:
@@ -312,7 +315,7 @@ class _FastPath:
         if not (sku and product) or _too_long(values) or head is None:
             return None
         try:
-            amount = int(quantity)
+            amount = int(quantity) if quantity else 1  # as _quantity: no quantity is one item
             if not amount:
                 return None
             currency = str(head["currency"])

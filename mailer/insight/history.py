@@ -39,6 +39,8 @@ def purchase_days(orders: Purchases) -> Purchases:
     order = np.lexsort((day, customer))
     customer, day = customer[order], day[order]
     amount = np.asarray(orders.amount, dtype=np.float64)[order]
+    if not customer.size:
+        return Purchases(customer, day, amount)
     starts = np.flatnonzero(np.r_[True, (customer[1:] != customer[:-1]) | (day[1:] != day[:-1])])
     return Purchases(customer[starts], day[starts], np.add.reduceat(amount, starts))
 
