@@ -108,6 +108,16 @@ def _templates(web: WebState) -> dict[str, Any]:
     return {"templates": rows, "shared": shared, "default_locale": store.default_locale}
 
 
+def chosen_customer(web: WebState, query: str) -> profiles.Profile | list[profiles.Profile]:
+    """The customer a preview form names by address, else those whose address or name
+    contains the text, to pick from."""
+    with web.engine.connect() as conn:
+        try:
+            return profiles.get(conn, query)
+        except NotFound:
+            return profiles.find(conn, search=query, limit=MATCHES)
+
+
 def _template(web: WebState, name: str, query: str, locale: str) -> dict[str, Any]:
     """The preview form, and the preview once ``query`` names one customer by address."""
     store = TemplateStore(web.cfg.templates_dir)
@@ -125,11 +135,9 @@ def _template(web: WebState, name: str, query: str, locale: str) -> dict[str, An
     }
     if not query:
         return context
-    with web.engine.connect() as conn:
-        try:
-            customer = profiles.get(conn, query)
-        except NotFound:
-            return {**context, "matches": profiles.find(conn, search=query, limit=MATCHES)}
+    customer = chosen_customer(web, query)
+    if isinstance(customer, list):
+        return {**context, "matches": customer}
     chosen = context["locale"] or None
     return {**context, "customer": customer, **_preview(web, store, customer, name, chosen)}
 

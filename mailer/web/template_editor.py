@@ -23,12 +23,12 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from mailer.core.errors import MailerError, NotFound, Problem, TemplateError
-from mailer.customers import profiles
 from mailer.outbound import template_files
 from mailer.outbound.template_files import Draft
 from mailer.outbound.templates import TemplateStore
 from mailer.scheduling import previews, results
 from mailer.store.models import Role
+from mailer.web import marketing
 from mailer.web.common import (
     WebState,
     current_user,
@@ -40,7 +40,6 @@ from mailer.web.common import (
     state,
 )
 
-MATCHES = 10  # customers offered when the search names no one exactly
 WIDTHS = {"phone": 390, "desktop": 800}  # the preview's widths, in CSS pixels
 _AT_LINE = re.compile(r"^(?P<file>.+?)(?::(?P<line>\d+))?$")
 
@@ -232,11 +231,9 @@ def _preview(
     shared = _shared(store, name, variant, query)
     if not query:
         return shared
-    with web.engine.connect() as conn:
-        try:
-            customer = profiles.get(conn, query)
-        except NotFound:
-            return {**shared, "matches": profiles.find(conn, search=query, limit=MATCHES)}
+    customer = marketing.chosen_customer(web, query)
+    if isinstance(customer, list):
+        return {**shared, "matches": customer}
     schedules, _ = results.load(web.cfg, web.clock)
     try:
         shown = previews.preview(
