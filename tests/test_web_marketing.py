@@ -23,6 +23,7 @@ from mailer.outbound.compose import Envelope, compose
 from mailer.outbound.outbox import OUTBOX, NewMessage, Outcome, Result
 from mailer.sandbox.smtp_server import SANDBOX
 from mailer.scheduling import firing, results
+from mailer.staff import users
 from mailer.store.models import OutboxStatus
 from mailer.web.server import build as build_web
 from tests.configs import ROOT, shipped_config
@@ -236,6 +237,13 @@ async def test_schedules_show_next_fire_times_and_what_a_run_became(
     await expect(days).to_have_count(30)
     await expect(days.last).to_have_text("2026-12-01: 1 sent, 3 not sent")
     await expect(days.nth(28)).to_have_text("2026-11-30: 0 sent, 1 not sent")
+    # a reader in Auckland counts its 09:00 newsletter (20:00 UTC the day before) on 1 December
+    with engine.begin() as conn:
+        users.change(conn, "mia", timezone="Pacific/Auckland")
+    await page.reload()
+    await expect(page.get_by_text("The last 30 days (Pacific/Auckland)")).to_be_visible()
+    await expect(days.last).to_have_text("2026-12-01: 1 sent, 4 not sent")
+    await expect(days.nth(28)).to_have_text("2026-11-30: 0 sent, 0 not sent")
 
 
 def _fire_newsletter_and_deliver_some(

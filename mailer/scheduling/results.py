@@ -11,11 +11,10 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, datetime, time, timedelta, tzinfo
 from pathlib import Path
-from typing import Any
 
-from sqlalchemy import ColumnElement, func, literal_column, select
+from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
 from mailer.core.clock import Clock
@@ -28,6 +27,7 @@ from mailer.outbound.templates import TemplateStore
 from mailer.scheduling import occurrences
 from mailer.scheduling.fanout import RUNS
 from mailer.scheduling.schedules import Schedule, load_schedules, segment_names
+from mailer.store.db import QUARTER_HOUR, quarter_hour
 from mailer.store.models import OutboxStatus
 
 RUNS_SHOWN = 60
@@ -145,21 +145,29 @@ def totals(reports: Iterable[RunReport]) -> dict[str, int]:
     return found
 
 
-def daily(conn: Connection, schedule: str, today: date, days: int = DAYS_CHARTED) -> list[Day]:
-    """The schedule's messages by the UTC day they were due, sent or not, up to ``today``."""
+def daily(
+    conn: Connection, schedule: str, today: date, zone: tzinfo, days: int = DAYS_CHARTED
+) -> list[Day]:
+    """The schedule's messages by the day in ``zone`` (the reader's) they were due, sent or
+    not, up to ``today`` there. The database counts per quarter hour (at most 2,880 rows for
+    30 days), which fold into local days here."""
     first = today - timedelta(days=days - 1)
-    day = _utc_day(OUTBOX.c.due_at, conn.dialect.name).label("day")
+    quarter = quarter_hour(OUTBOX.c.due_at, conn.dialect.name).label("quarter")
     sent = OUTBOX.c.status == OutboxStatus.SENT
     query = (
-        select(day, func.count().filter(sent), func.count().filter(~sent))
+        select(quarter, func.count().filter(sent), func.count().filter(~sent))
         .where(
             OUTBOX.c.run_id.in_(select(RUNS.c.id).where(RUNS.c.schedule == schedule)),
-            OUTBOX.c.due_at >= datetime.combine(first, time(), UTC),
-            OUTBOX.c.due_at < datetime.combine(today + timedelta(days=1), time(), UTC),
+            OUTBOX.c.due_at >= datetime.combine(first, time(), zone),
+            OUTBOX.c.due_at < datetime.combine(today + timedelta(days=1), time(), zone),
         )
-        .group_by(day)
+        .group_by(quarter)
     )
-    counted = {date.fromisoformat(str(d)): (s, n) for d, s, n in conn.execute(query)}
+    counted: dict[date, tuple[int, int]] = {}
+    for number, sent_count, not_sent in conn.execute(query):
+        day = datetime.fromtimestamp(number * QUARTER_HOUR, zone).date()
+        before = counted.get(day, (0, 0))
+        counted[day] = (before[0] + sent_count, before[1] + not_sent)
     every = (first + timedelta(days=i) for i in range(days))
     return [Day(d, *counted.get(d, (0, 0))) for d in every]
 
@@ -202,11 +210,3 @@ def _unsubscribed(conn: Connection, run_ids: list[int]) -> dict[int, int]:
         .group_by(OUTBOX.c.run_id)
     )
     return {run_id: count for run_id, count in conn.execute(query)}
-
-
-def _utc_day(column: Any, dialect: str) -> ColumnElement[Any]:
-    """A timestamp's UTC calendar day: SQLite keeps UTC text, PostgreSQL a timestamptz that
-    ``date()`` would read in the session's zone."""
-    if dialect == "postgresql":
-        return func.date(func.timezone(literal_column("'UTC'"), column))
-    return func.date(column)

@@ -10,7 +10,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import DateTime, Engine, create_engine, event
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    DateTime,
+    Engine,
+    cast,
+    create_engine,
+    event,
+    extract,
+    func,
+)
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.types import TypeDecorator
@@ -41,6 +51,18 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+QUARTER_HOUR = 900  # seconds
+
+
+def quarter_hour(column: Any, dialect: str) -> ColumnElement[int]:
+    """Which quarter hour since 1970 a stored time falls in. Every zone's offset from UTC is
+    a whole number of quarter hours, so counts grouped by it fold exactly into the days of
+    any zone, DST included, without the database knowing zones (SQLite does not)."""
+    if dialect == "postgresql":
+        return cast(func.floor(extract("epoch", column)), BigInteger) // QUARTER_HOUR
+    return cast(func.strftime("%s", column), BigInteger) // QUARTER_HOUR
 
 
 def normalise_url(url: str) -> str:

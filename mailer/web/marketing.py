@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -22,7 +23,16 @@ from mailer.scheduling import firing, previews, results
 from mailer.scheduling.firing import Firing
 from mailer.scheduling.results import Day, Summary
 from mailer.store.models import OutboxStatus, Role
-from mailer.web.common import WebState, checked_form, db, render, rendering, require, state
+from mailer.web.common import (
+    WebState,
+    checked_form,
+    db,
+    render,
+    rendering,
+    require,
+    state,
+    viewer_zone,
+)
 
 MATCHES = 10  # customers offered when the search names no one exactly
 CHART_WIDTH, CHART_HEIGHT = 600, 150  # the bars' area, in SVG units
@@ -85,7 +95,8 @@ async def schedules_page(request: Request) -> Response:
 
 @require(Role.MARKETING)
 async def schedule_page(request: Request) -> Response:
-    context = await db(request, _schedule, state(request), request.path_params["name"])
+    name, zone = request.path_params["name"], viewer_zone(request)
+    context = await db(request, _schedule, state(request), name, zone)
     return render(request, "marketing_schedule.html", context)
 
 
@@ -170,12 +181,12 @@ def _summaries(web: WebState) -> tuple[list[Summary], dict[str, list[Problem]]]:
     return found, results.problems_by_file(problems)
 
 
-def _schedule(web: WebState, name: str) -> dict[str, Any]:
+def _schedule(web: WebState, name: str, zone: ZoneInfo) -> dict[str, Any]:
     summaries, broken = _summaries(web)
     summary = next((s for s in summaries if s.name == name), None)
     with web.engine.connect() as conn:
         runs = results.runs(conn, name)
-        days = results.daily(conn, name, web.clock.now().date())
+        days = results.daily(conn, name, web.clock.now().astimezone(zone).date(), zone)
     if summary is None and not runs and name not in broken:
         raise HTTPException(404, f"There is no schedule named {name!r}.")
     return {
