@@ -100,6 +100,130 @@ def test_a_fit_where_hardly_anyone_drops_out_still_predicts() -> None:
     assert huge[0] == pytest.approx(0.5 / 110 * 90, rel=0.01)  # a new customer: r/(alpha+T)*t
 
 
+def test_a_shop_whose_customers_all_leave_alike_gets_a_model() -> None:
+    """Thirty-odd customers who each bought every 20 days, one to five times, then stopped
+    months ago: the likelihood keeps growing as a and b grow together, so the fit reaches
+    its edge with their ratio pinned. That is one drop-out chance for everybody, a real
+    answer, not a failure."""
+    frequency = np.array(
+        [
+            3,
+            4,
+            2,
+            0,
+            3,
+            2,
+            3,
+            4,
+            2,
+            4,
+            2,
+            1,
+            1,
+            4,
+            0,
+            1,
+            2,
+            4,
+            2,
+            0,
+            2,
+            0,
+            3,
+            1,
+            0,
+            1,
+            3,
+            0,
+            1,
+            4,
+            3,
+            0,
+            3,
+        ]
+    )
+    recency = np.array(
+        [
+            184,
+            80,
+            40,
+            0,
+            60,
+            40,
+            60,
+            80,
+            61,
+            80,
+            40,
+            20,
+            20,
+            80,
+            0,
+            20,
+            40,
+            80,
+            40,
+            0,
+            40,
+            0,
+            60,
+            20,
+            0,
+            20,
+            60,
+            0,
+            20,
+            80,
+            60,
+            0,
+            60,
+        ]
+    )
+    age = np.array(
+        [
+            268,
+            312,
+            300,
+            294,
+            301,
+            316,
+            295,
+            315,
+            228,
+            293,
+            306,
+            321,
+            305,
+            296,
+            310,
+            292,
+            290,
+            309,
+            303,
+            313,
+            319,
+            297,
+            304,
+            311,
+            323,
+            302,
+            298,
+            307,
+            308,
+            299,
+            314,
+            4,
+            317,
+        ]
+    )
+    fitted = fit_bgnbd(frequency, recency, age)
+    assert min(fitted.a, fitted.b) > 1e3  # the narrow Beta: one chance, a/(a+b)
+    assert 0.2 < fitted.a / (fitted.a + fitted.b) < 0.6
+    alive = p_alive(fitted, frequency, recency, age)
+    assert alive[0] > alive[1]  # ordered later, so more likely still a customer
+    assert np.all((alive > 0) & (alive <= 1))
+
+
 def test_clv_is_purchases_times_value_and_shrinks_with_discount_and_margin() -> None:
     history = {"frequency": [0, 4], "recency": [0, 200], "age": [300, 300], "mean_value": [0, 50]}
     plain = clv(CDNOW, SPEND, **history, horizon=Horizon(length=365))

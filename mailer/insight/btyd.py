@@ -27,6 +27,7 @@ from mailer.core.errors import FitFailed
 from mailer.insight.history import Floats
 
 LOG_BOUND = 12.0  # parameters between e^-12 and e^12; one at the edge did not converge
+POINT_MASS = 3.0  # Beta(a, b) with both above e^9 is one drop-out chance for everybody
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -73,8 +74,17 @@ def checked(frequency: ArrayLike, recency: ArrayLike, age: ArrayLike) -> tuple[F
     return x, t_x, big_t
 
 
-def maximise(name: str, log_likelihood: Callable[[Floats], float], start: Floats) -> list[float]:
-    """The parameters (not their logs) that maximise a log-likelihood of log-parameters."""
+def maximise(
+    name: str,
+    log_likelihood: Callable[[Floats], float],
+    start: Floats,
+    limit: tuple[int, int] | None = None,
+) -> list[float]:
+    """The parameters (not their logs) that maximise a log-likelihood of log-parameters.
+
+    ``limit`` names two parameters of a Beta distribution: both growing without end is a
+    real answer (the Beta narrows to one value, a/(a+b)), so reaching the edge together,
+    with their ratio pinned, is accepted rather than refused."""
     result = minimize(
         lambda theta: -log_likelihood(theta),
         start,
@@ -83,7 +93,10 @@ def maximise(name: str, log_likelihood: Callable[[Floats], float], start: Floats
     )
     if not result.success or not np.isfinite(result.fun):
         raise FitFailed(f"{name} fit did not converge: {result.message}")
-    if np.any(np.abs(result.x) > LOG_BOUND - 0.01):
+    at_edge = np.abs(result.x) > LOG_BOUND - 0.01
+    if limit is not None and np.all(result.x[list(limit)] > LOG_BOUND - POINT_MASS):
+        at_edge[list(limit)] = False
+    if np.any(at_edge):
         raise FitFailed(
             f"{name} fit ran to the edge of its range (log-parameters {np.round(result.x, 1)}):"
             " the purchase history does not pin the model down"
@@ -122,7 +135,7 @@ def fit_bgnbd(frequency: ArrayLike, recency: ArrayLike, age: ArrayLike) -> BgNbd
 
     rate = x.sum() / max(big_t.sum(), 1e-9)
     start = np.log([1.0, 1.0 / max(rate, 1e-5), 1.0, 1.0])
-    r, alpha, a, b = maximise("BG/NBD", lambda t: log_likelihood(np.exp(t)), start)
+    r, alpha, a, b = maximise("BG/NBD", lambda t: log_likelihood(np.exp(t)), start, limit=(2, 3))
     return BgNbd(r=r, alpha=alpha, a=a, b=b)
 
 
