@@ -5,12 +5,14 @@ Customers are the shared schedule people (tests/conftest.py); their orders are i
 the shop would send them, and their insight is what a refresh computes from them:
 - maria (Sofia) buys coffee every 30 days, last on 29 October: next order predicted 28 Nov;
 - jose (Manila) bought tea three times early in the year: likely lapsed (p_active ~0.02);
-- siti (Jakarta) bought one mug on 20 November.
+- siti (Jakarta) bought two mugs on 20 November, ivan (Sofia, no marketing consent) one;
+  dana's order that day was cancelled.
 Thirty filler buyers, imported without consent, let the purchase models fit.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -61,6 +63,8 @@ def _history() -> str:
     ]
     rows.append("S1,siti@example.id,2026-11-20,MUG-2,Mug,Kitchen,1,15.00,EUR,\n")
     rows.append("S2,siti@example.id,2026-11-20,MUG-3,Mug,Kitchen,1,15.00,EUR,\n")  # same day
+    rows.append("D1,dana@example.com,2026-11-20,MUG-2,Mug,Kitchen,1,15.00,EUR,cancelled\n")
+    rows.append("I1,ivan@example.bg,2026-11-20,MUG-2,Mug,Kitchen,1,15.00,EUR,\n")
     for i in range(30):
         first = date(2026, 1, 5) + timedelta(days=i)
         for n in range(1 + i % 5):
@@ -232,6 +236,9 @@ def test_after_purchase_thanks_once_per_order_day_in_the_customers_zone(
     assert message["dedupe_key"] == f"thanks:{message['customer_id']}:order-2026-11-20"
     assert message["category"] == "marketing" and message["context"]["ordered_on"] == "2026-11-20"
     assert written(shop, "maria@example.bg") == []  # no order three days before
+    assert written(shop, "dana@example.com") == []  # hers was cancelled
+    (to_ivan,) = written(shop, "ivan@example.bg")
+    assert (to_ivan["status"], to_ivan["reason"]) == ("skipped", "no consent for marketing")
 
     # 23:30 in Jakarta on 1 December is still 1 December there, 16:30 UTC
     buy(
@@ -243,6 +250,17 @@ def test_after_purchase_thanks_once_per_order_day_in_the_customers_zone(
     fire(shop, datetime(2026, 12, 4, 2, tzinfo=UTC), thanks=thanks)
     keys = [row["dedupe_key"].rpartition(":")[2] for row in written(shop, "siti@example.id")]
     assert keys == ["order-2026-11-20", "order-2026-12-01"]
+
+
+def test_a_plain_thank_you_may_go_as_relationship_mail(shop: Engine) -> None:
+    """Ivan agreed to relationship mail only: a thank-you declared as such reaches him."""
+    thanks = AfterPurchaseSchedule(
+        template="newsletter", after=timedelta(days=3), category="relationship", params=PARAMS
+    )
+    firing.first_seen(shop, ["thanks"], REFRESHED - timedelta(days=3))
+    fire(shop, sofia_nine(date(2026, 11, 23)), thanks=thanks)
+    (to_ivan,) = written(shop, "ivan@example.bg")
+    assert (to_ivan["category"], to_ivan["status"]) == ("relationship", OutboxStatus.QUEUED)
 
 
 def test_a_dry_run_says_who_is_due_and_why_then_that_they_were_written(shop: Engine) -> None:
@@ -266,6 +284,36 @@ def test_a_dry_run_says_who_is_due_and_why_then_that_they_were_written(shop: Eng
         "already queued",
         "written before in this purchase cycle; predicted next order 2026-11-28, 2 days ahead",
     )
+
+
+@pytest.mark.parametrize(
+    ("schedule", "at", "zone", "email", "why"),
+    [
+        (
+            WinbackSchedule(template="newsletter", below=0.3),
+            datetime(2026, 11, 25, 1, tzinfo=UTC),
+            "Asia/Manila",
+            "jose@example.ph",
+            r"p_active 0\.0\d < 0\.3; last order 2026-03-01",
+        ),
+        (
+            AfterPurchaseSchedule(template="newsletter", after=timedelta(days=3)),
+            datetime(2026, 11, 23, 2, tzinfo=UTC),
+            "Asia/Jakarta",
+            "siti@example.id",
+            r"ordered 2026-11-20 \(S1, S2\), 3 days ago",
+        ),
+    ],
+    ids=["winback", "after_purchase"],
+)
+def test_the_dry_run_names_the_figure_behind_each_choice(
+    shop: Engine, schedule: Schedule, at: datetime, zone: str, email: str, why: str
+) -> None:
+    rules = throttle.Rules(min_gap=timedelta(0), quiet_hours=None, caps={})
+    (plan,) = firing.due_plans(shop, "it", schedule, at, FIRING, [zone], dry_run=True)
+    found = dryrun.forecast(shop, plan, rules, ZoneInfo(zone))
+    (fate,) = [fate for fate in found.sample if fate.email == email]
+    assert re.fullmatch(why, fate.reason)
 
 
 # What customers receive: the shipped throttle decides between these and other mail.
