@@ -189,7 +189,9 @@ def test_missing_or_unknown_kind_is_reported(tmp_path: Path) -> None:
     _, missing = load_one(tmp_path, toml(NEWSLETTER, kind=None))
     _, unknown = load_one(tmp_path, toml(NEWSLETTER, kind='"digest"'))
 
-    kinds = 'write kind = "newsletter", "birthday" or "webinar"'
+    kinds = (
+        'write kind = "newsletter", "birthday", "webinar", "reorder", "winback" or "after_purchase"'
+    )
     assert missing == [f"kind: is required; {kinds}"]
     assert unknown == [f"kind: 'digest' is not a kind of schedule; {kinds}"]
 

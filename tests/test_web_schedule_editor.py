@@ -123,3 +123,30 @@ async def test_a_webinars_page_and_its_runs_totals(
     for path in ("/schedules/new", f"/schedules/{name}/edit", f"/schedules/{name}/webinar"):
         response = await page.goto(site.url + path)
         assert response is not None and response.status == 403, path
+
+
+async def test_marketing_makes_a_reorder_reminder_with_the_form(
+    page: Page, site: Site, staff: dict[str, str], people: None, cfg: Config
+) -> None:
+    await sign_in(page, site, "mia")
+    await page.goto(site.url + "/schedules")
+    await page.locator("#new-schedule").get_by_role("link", name="reorder").click()
+    await page.locator("#name").fill("beans")
+    await page.get_by_label("Template").select_option("newsletter")
+    await expect(page.locator("#in-words")).to_have_text(
+        "09:00 daily, 7d before each customer's predicted next order,"
+        " in each customer's own time zone"
+    )
+    lead = page.get_by_label("Lead")
+    await lead.fill("36h")
+    await page.get_by_role("button", name="Save").click()
+    await expect(page.locator("#lead-error")).to_have_text(
+        "'1d12h' is not a whole number of days, e.g. '7d'"
+    )
+    await lead.fill("5d")
+    await page.get_by_role("button", name="Save").click()
+    await page.wait_for_url(site.url + "/schedules/beans")
+    schedules, problems = results.load(cfg, ManualClock(datetime(2026, 11, 24, tzinfo=UTC)))
+    assert problems == []
+    assert schedules["beans"].kind == "reorder" and schedules["beans"].template == "newsletter"
+    assert "5d" in (cfg.schedules_dir / "beans.toml").read_text(encoding="utf-8")

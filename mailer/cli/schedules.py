@@ -26,7 +26,7 @@ from mailer.scheduling.fanout import Plan
 from mailer.scheduling.firing import Firing
 from mailer.scheduling.schedules import Schedule
 
-app = group("Newsletters, birthdays and webinars in schedules/.")
+app = group("Newsletters, birthdays, webinars, reorder, winback and after_purchase in schedules/.")
 
 AT_HELP = "As if it were this moment, with its UTC offset, e.g. 2026-12-01T09:00:00+02:00."
 

@@ -66,10 +66,13 @@ def _purchases(audience: Audience, at: datetime) -> list[ColumnElement[bool]]:
     if audience.bought_none:
         found.append(~_bought(audience.bought_none))
     if audience.last_order_after is not None:
-        found.append(_ordered(ORDERS.c.ordered_at >= _moment(audience.last_order_after, at)))
+        found.append(placed_order(ORDERS.c.ordered_at >= _moment(audience.last_order_after, at)))
     if audience.last_order_before is not None:
         cutoff = _moment(audience.last_order_before, at)
-        found += [_ordered(ORDERS.c.ordered_at < cutoff), ~_ordered(ORDERS.c.ordered_at >= cutoff)]
+        found += [
+            placed_order(ORDERS.c.ordered_at < cutoff),
+            ~placed_order(ORDERS.c.ordered_at >= cutoff),
+        ]
     return found
 
 
@@ -99,7 +102,7 @@ def _moment(value: date | timedelta, at: datetime) -> datetime:
     return datetime.combine(value, time(), UTC)
 
 
-def _ordered(*where: ColumnElement[bool]) -> ColumnElement[bool]:
+def placed_order(*where: ColumnElement[bool]) -> ColumnElement[bool]:
     """The customer has a placed order meeting ``where``."""
     return (
         select(ORDERS.c.id)
@@ -119,7 +122,7 @@ def _bought(values: Collection[str]) -> ColumnElement[bool]:
         )
         .exists()
     )
-    return _ordered(line)
+    return placed_order(line)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -21,7 +21,7 @@ from mailer.customers.profiles import CUSTOMERS
 from mailer.outbound import outbox, throttle
 from mailer.outbound.outbox import OUTBOX
 from mailer.scheduling import audience
-from mailer.scheduling.fanout import Plan, dedupe_prefix
+from mailer.scheduling.fanout import Plan, dedupe_key
 
 CHUNK = 1_000
 
@@ -65,9 +65,10 @@ def forecast(
             queued = _already_queued(conn, plan, ids)
             history = outbox.contacts(conn, ids, occurrence.at)
             seen = audience.evidence(conn, plan.chosen_by, ids) if plan.chosen_by else {}
+            because = plan.explain(conn, ids) if plan.explain else {}
             for customer in chunk:
                 if customer.id in queued:
-                    fate = Fate(customer.email, "already queued", "the run was done before")
+                    fate = Fate(customer.email, "already queued", plan.repeat)
                 else:
                     recent = history.get(customer.id, [])
                     state = outbox.customer_state(customer, recent, fallback_zone)
@@ -77,7 +78,8 @@ def forecast(
                     fate = Fate(customer.email, decision.action, _reason(decision))
                 found.tally[(fate.action, fate.reason)] += 1
                 if len(found.sample) < sample:
-                    found.sample.append(_with_why(fate, plan, seen.get(customer.id)))
+                    why = because.get(customer.id, "")
+                    found.sample.append(_with_why(fate, plan, seen.get(customer.id), why))
     return found
 
 
@@ -91,15 +93,16 @@ def _chunks(conn: Connection, plan: Plan) -> Iterator[list[profiles.Profile]]:
 
 
 def _already_queued(conn: Connection, plan: Plan, ids: list[int]) -> set[int]:
-    keys = [f"{dedupe_prefix(plan.schedule)}{i}:{plan.occurrence.key}" for i in ids]
-    query = select(OUTBOX.c.customer_id).where(OUTBOX.c.dedupe_key.in_(keys))
+    """Those whose message of this run already exists, by the key the run would write."""
+    written = select(OUTBOX.c.id).where(OUTBOX.c.dedupe_key == dedupe_key(plan)).exists()
+    query = select(CUSTOMERS.c.id).where(CUSTOMERS.c.id.in_(ids), written)
     return set(conn.execute(query).scalars())
 
 
-def _with_why(fate: Fate, plan: Plan, seen: audience.Evidence | None) -> Fate:
+def _with_why(fate: Fate, plan: Plan, seen: audience.Evidence | None, because: str) -> Fate:
     """The sample says why each customer was chosen; the tally groups by outcome only."""
     chosen = audience.why(plan.chosen_by, seen) if plan.chosen_by and seen else ""
-    reason = "; ".join(part for part in (fate.reason, chosen) if part)
+    reason = "; ".join(part for part in (fate.reason, because, chosen) if part)
     return Fate(fate.email, fate.action, reason)
 
 

@@ -5,6 +5,9 @@ itself: no customer row crosses into Python, memory stays flat at a million reci
 and each range is its own short transaction, so delivery keeps going meanwhile. The
 dedupe key ``SCHEDULE:CUSTOMER:OCCURRENCE`` (``birthdays:42:2027-02-28``) with ON CONFLICT
 DO NOTHING makes a second run of the same occurrence, or a restart half way, add nothing.
+A plan may put its own per-customer SQL expression in place of the occurrence, so that a
+message is once per something that outlives a run: ``reorder:42:cycle-2026-11-02`` is
+written once per purchase cycle however many daily runs select the customer.
 Who is suppressed, unsubscribed or without consent is written as skipped with the reason,
 the same words the throttle uses, so a run's results account for everyone it selected.
 """
@@ -63,6 +66,10 @@ class Plan:
     audience: Sequence[ColumnElement[bool]]
     context: Mapping[str, Any]
     chosen_by: Audience | None = None  # the filters behind ``audience``, to say why in a dry run
+    once_per: ColumnElement[str] | None = None  # per customer, in place of the occurrence key
+    repeat: str = "the run was done before"  # why a customer already written gets nothing
+    # why each customer is chosen beyond the audience (a dry run's sample), by customer id
+    explain: Callable[[Connection, Sequence[int]], Mapping[int, str]] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -78,6 +85,13 @@ class RunResult:
 
 def dedupe_prefix(schedule: str) -> str:
     return f"{schedule}:"
+
+
+def dedupe_key(plan: Plan) -> ColumnElement[str]:
+    """Each customer's message key, as SQL over the customers row (and what ``once_per``
+    reads): ``SCHEDULE:CUSTOMER:OCCURRENCE`` unless the plan says once per what else."""
+    once = plan.once_per if plan.once_per is not None else literal(plan.occurrence.key)
+    return literal(dedupe_prefix(plan.schedule)).concat(cast(C.id, String)).concat(":").concat(once)
 
 
 def execute(
@@ -161,14 +175,9 @@ def _start(engine: Engine, plan: Plan, now: datetime) -> tuple[int, bool]:
 def _insert_from_customers(dialect_name: str, plan: Plan, run_id: int, now: datetime) -> Any:
     """INSERT INTO outbox (...) SELECT ... FROM customers WHERE <audience> AND id in range."""
     occurrence = plan.occurrence
-    key = (
-        literal(dedupe_prefix(plan.schedule))
-        .concat(cast(C.id, String))
-        .concat(literal(f":{occurrence.key}"))
-    )
     status, reason = outbox.status_and_reason(plan.category)
     columns = {
-        "dedupe_key": key,
+        "dedupe_key": dedupe_key(plan),
         "customer_id": C.id,
         "to_address": C.email,
         "category": literal(plan.category, String()),

@@ -27,12 +27,13 @@ from sqlalchemy.engine import Connection
 
 from mailer.core.config import Config
 from mailer.outbound import outbox
-from mailer.scheduling import audience, fanout, occurrences, webinars
+from mailer.scheduling import audience, fanout, occurrences, purchases, webinars
 from mailer.scheduling.fanout import Plan, RunResult
 from mailer.scheduling.occurrences import Occurrence, WebinarState
 from mailer.scheduling.schedules import (
     BirthdaySchedule,
     NewsletterSchedule,
+    PurchaseSchedule,
     Schedule,
     WebinarSchedule,
 )
@@ -173,7 +174,9 @@ def _plan(
     firing: Firing,
     state: WebinarState,
 ) -> Plan:
-    def plan(template: str, who: list[ColumnElement[bool]], context: dict[str, Any]) -> Plan:
+    def plan(
+        template: str, who: list[ColumnElement[bool]], context: dict[str, Any], **how: Any
+    ) -> Plan:
         return Plan(
             schedule=name,
             kind=schedule.kind,
@@ -184,6 +187,7 @@ def _plan(
             audience=who,
             context=context,
             chosen_by=schedule.audience if who is chosen else None,
+            **how,
         )
 
     chosen = audience.matches(schedule.audience, occurrence.at)
@@ -196,6 +200,20 @@ def _plan(
         days = occurrences.birthdays_on(date.fromisoformat(occurrence.key), schedule.feb29)
         chosen.append(audience.born_on(days))
         return plan(schedule.template, chosen, {"params": dict(schedule.params)})
+    if isinstance(schedule, PurchaseSchedule):
+        chosen.append(audience.in_zone(occurrence.zone, firing.fallback_zone))
+        day, zone = date.fromisoformat(occurrence.key), ZoneInfo(occurrence.zone)
+        due = purchases.select_for(schedule, day, zone, conn.dialect.name)
+        chosen += due.who
+        context = {"params": dict(schedule.params), **due.context}
+        return plan(
+            schedule.template,
+            chosen,
+            context,
+            once_per=due.once_per,
+            repeat=due.repeat,
+            explain=due.explain,
+        )
     return _webinar_plan(conn, name, schedule, occurrence, firing, state, plan, chosen)
 
 

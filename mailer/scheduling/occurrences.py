@@ -2,10 +2,10 @@
 
 An occurrence is one firing of a schedule for one zone's customers, named by a key that is
 the same however often it is computed: the local wall time for a newsletter
-("2026-12-01T09:00"), the local date for birthdays ("2027-02-28"), the step for a webinar
-("invite", "reminder-1d", "update-2", "cancel"). Firing records each key once, so a double
-fire, a restart or a repeated DST hour sends nothing twice, and catch-up after downtime is
-simply every occurrence still inside its ``valid_for`` window.
+("2026-12-01T09:00"), the local date for birthdays and the purchase kinds ("2027-02-28"),
+the step for a webinar ("invite", "reminder-1d", "update-2", "cancel"). Firing records each
+key once, so a double fire, a restart or a repeated DST hour sends nothing twice, and
+catch-up after downtime is simply every occurrence still inside its ``valid_for`` window.
 
 Wall times follow cron practice across DST: a time skipped by the clock change fires an hour
 later in wall terms (at the same instant as the hour after it), a repeated time fires once.
@@ -23,7 +23,7 @@ from apscheduler.triggers.cron import CronTrigger
 
 from mailer.core.durations import format_duration
 from mailer.scheduling.schedules import (
-    BirthdaySchedule,
+    Daily,
     NewsletterSchedule,
     Schedule,
     WebinarSchedule,
@@ -48,7 +48,7 @@ class WebinarState:
     sequence: int = 0
 
 
-def trigger(schedule: NewsletterSchedule | BirthdaySchedule, zone: str) -> CronTrigger:
+def trigger(schedule: NewsletterSchedule | Daily, zone: str) -> CronTrigger:
     """The APScheduler trigger for one zone (a newsletter in a fixed zone has only that one)."""
     where = ZoneInfo(zone) if zone else UTC
     if isinstance(schedule, NewsletterSchedule):
@@ -199,7 +199,7 @@ def _once_per_wall_time(fires: Iterable[datetime]) -> Iterator[datetime]:
             yield fire
 
 
-def _key(schedule: NewsletterSchedule | BirthdaySchedule, fire: datetime) -> str:
-    if isinstance(schedule, BirthdaySchedule):
-        return fire.date().isoformat()
-    return fire.strftime("%Y-%m-%dT%H:%M")
+def _key(schedule: NewsletterSchedule | Daily, fire: datetime) -> str:
+    if isinstance(schedule, NewsletterSchedule):
+        return fire.strftime("%Y-%m-%dT%H:%M")
+    return fire.date().isoformat()

@@ -114,6 +114,29 @@ def _positive(value: timedelta) -> timedelta:
     return value
 
 
+def _whole_days(value: timedelta) -> timedelta:
+    """Purchase schedules compare calendar days, so a duration must be days, or weeks."""
+    if value < timedelta(0) or value % timedelta(days=1):
+        raise ValueError(f"{format_duration(value)!r} is not a whole number of days, e.g. '7d'")
+    return value
+
+
+def _a_day_or_more(value: timedelta) -> timedelta:
+    if value < timedelta(days=1):
+        raise ValueError("must be a day or more, e.g. '3d'")
+    return value
+
+
+def _purchase_category(value: Any) -> Category:
+    """Transactional is for what a customer asked for; this mail they did not."""
+    if value in (Category.MARKETING, Category.RELATIONSHIP):
+        return Category(value)
+    raise ValueError(
+        f"{value!r}: write 'marketing' (a review request, an offer) or 'relationship'"
+        " (a plain thank-you)"
+    )
+
+
 def _web_link(value: str) -> str:
     """Only links a mail client will open for everyone: http(s) with a host."""
     parts = urlsplit(value)
@@ -194,6 +217,7 @@ Crontab = Annotated[str, AfterValidator(_crontab)]
 CustomerOrZone = Annotated[Literal["customer"] | ZoneInfo, BeforeValidator(_customer_or_zone)]
 OffsetDateTime = Annotated[datetime, AfterValidator(_has_offset)]
 PositiveDuration = Annotated[Duration, AfterValidator(_positive)]
+Days = Annotated[Duration, AfterValidator(_whole_days)]
 WebLink = Annotated[str, AfterValidator(_web_link)]
 MoneyAmount = Annotated[Money, BeforeValidator(_money), PlainSerializer(str, return_type=str)]
 DayOrAge = Annotated[
@@ -254,16 +278,67 @@ class NewsletterSchedule(_Common):
         return Category.MARKETING
 
 
-class BirthdaySchedule(_Common):
+class _Daily(_Common):
+    """Looked at once a day, at `send_at` in each customer's own zone; the occurrence is
+    that local date."""
+
+    send_at: ClockTime = time(9, 0)
+
+
+class BirthdaySchedule(_Daily):
     """Once per customer per year, at `send_at` in the customer's own zone."""
 
     kind: Literal["birthday"] = "birthday"
-    send_at: ClockTime = time(9, 0)
     feb29: Literal["feb28", "mar1"] = "feb28"
 
     @property
     def category(self) -> Category:
         return Category.RELATIONSHIP
+
+
+class ReorderSchedule(_Daily):
+    """A message `lead` before each customer's predicted next order, once per purchase
+    cycle (a new order starts the next one); see scheduling.purchases."""
+
+    kind: Literal["reorder"] = "reorder"
+    template: str = Field(default="reorder", min_length=1, validate_default=True)
+    lead: Days = timedelta(days=7)
+
+    @property
+    def category(self) -> Category:
+        return Category.MARKETING
+
+
+class WinbackSchedule(_Daily):
+    """A message once a customer's active probability falls below `below`, once per lapse:
+    who buys again and drifts again is written again."""
+
+    kind: Literal["winback"] = "winback"
+    template: str = Field(default="winback", min_length=1, validate_default=True)
+    below: Probability = 0.3
+
+    @property
+    def category(self) -> Category:
+        return Category.MARKETING
+
+
+class AfterPurchaseSchedule(_Daily):
+    """A thank-you or review request `after` an order day, once per customer and order day,
+    optionally only for orders with a line in one of `categories`.
+
+    A review request or an offer is marketing in most law, so that is the default; a plain
+    thank-you may say ``category = "relationship"``.
+    """
+
+    kind: Literal["after_purchase"] = "after_purchase"
+    template: str = Field(default="after_purchase", min_length=1, validate_default=True)
+    after: Annotated[Days, AfterValidator(_a_day_or_more)]
+    categories: list[Annotated[str, Field(min_length=1)]] = []
+    category: Annotated[Category, BeforeValidator(_purchase_category)] = Category.MARKETING
+
+
+PurchaseSchedule = ReorderSchedule | WinbackSchedule | AfterPurchaseSchedule
+Daily = BirthdaySchedule | ReorderSchedule | WinbackSchedule | AfterPurchaseSchedule
 
 
 class WebinarSchedule(_Common):
@@ -327,13 +402,22 @@ class WebinarSchedule(_Common):
 
 
 Schedule = Annotated[
-    NewsletterSchedule | BirthdaySchedule | WebinarSchedule, Field(discriminator="kind")
+    NewsletterSchedule
+    | BirthdaySchedule
+    | WebinarSchedule
+    | ReorderSchedule
+    | WinbackSchedule
+    | AfterPurchaseSchedule,
+    Field(discriminator="kind"),
 ]
 _SCHEDULE: TypeAdapter[Schedule] = TypeAdapter(Schedule)
 _BY_KIND: dict[str, type[BaseModel]] = {
     "newsletter": NewsletterSchedule,
     "birthday": BirthdaySchedule,
     "webinar": WebinarSchedule,
+    "reorder": ReorderSchedule,
+    "winback": WinbackSchedule,
+    "after_purchase": AfterPurchaseSchedule,
 }
 
 
@@ -420,7 +504,9 @@ def _key(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(part) for part in loc[1:]) or "kind"
 
 
-_KINDS = 'write kind = "newsletter", "birthday" or "webinar"'
+_KINDS = (
+    'write kind = "newsletter", "birthday", "webinar", "reorder", "winback" or "after_purchase"'
+)
 
 
 def _message(detail: ErrorDetails) -> str:
@@ -434,6 +520,8 @@ def _message(detail: ErrorDetails) -> str:
             return str(ctx["error"])
         case "missing":
             return "is required"
+        case "list_type":
+            return 'is not a list; write e.g. ["coffee", "tea"]'
         case "extra_forbidden":
             key, allowed = str(detail["loc"][-1]), _keys_beside(detail["loc"])
             close = difflib.get_close_matches(key, allowed, n=1)

@@ -1,5 +1,6 @@
-"""Marketing's schedule form: create and edit newsletters, birthdays and webinars, pause and
-resume them, and see a webinar's invitations.
+"""Marketing's schedule form: create and edit newsletters, birthdays, webinars and the
+purchase kinds (reorder, winback, after_purchase), pause and resume them, and see a
+webinar's invitations.
 
 The form writes the schedule file (mailer.scheduling.schedule_files) after the checks
 `mailer check` runs, so the file stays the one source of truth and the daemon picks the
@@ -37,17 +38,20 @@ from mailer.scheduling import (
 )
 from mailer.scheduling.firing import Firing
 from mailer.scheduling.schedules import (
+    AfterPurchaseSchedule,
     Audience,
     NewsletterSchedule,
+    ReorderSchedule,
     Schedule,
     WebinarSchedule,
+    WinbackSchedule,
     segment_names,
     validate,
 )
 from mailer.store.models import Role
 from mailer.web.common import WebState, db, posted, render, require, state
 
-KINDS = ("newsletter", "birthday", "webinar")
+KINDS = ("newsletter", "birthday", "webinar", "reorder", "winback", "after_purchase")
 COMMON = (
     "valid_for",
     "priority",
@@ -60,6 +64,9 @@ COMMON = (
 FIELDS = {
     "newsletter": ("template", "cron", "timezone", *COMMON),
     "birthday": ("template", "send_at", "feb29", *COMMON),
+    "reorder": ("template", "send_at", "lead", *COMMON),
+    "winback": ("template", "send_at", "below", *COMMON),
+    "after_purchase": ("template", "send_at", "after", "categories", "category", *COMMON),
     "webinar": (
         "template",
         "title",
@@ -75,12 +82,26 @@ FIELDS = {
         *COMMON,
     ),
 }
-LISTS = {"audience.tags_any", "audience.tags_all", "audience.exclude_tags", "audience.locales"}
+LISTS = {
+    "audience.tags_any",
+    "audience.tags_all",
+    "audience.exclude_tags",
+    "audience.locales",
+    "categories",
+}
 MOMENTS = {"starts_at", "invite_at"}  # written as TOML date-times when they parse as one
 NEW = {
     "newsletter": {"template": "newsletter", "cron": "0 9 1 * *", "timezone": "customer"},
     "birthday": {"template": "birthday", "send_at": "09:00", "feb29": "feb28"},
     "webinar": {"template": "webinar_invite", "reminder_template": "webinar_reminder"},
+    "reorder": {"template": "reorder", "send_at": "09:00", "lead": "7d"},
+    "winback": {"template": "winback", "send_at": "09:00", "below": "0.3"},
+    "after_purchase": {
+        "template": "after_purchase",
+        "send_at": "09:00",
+        "after": "3d",
+        "category": "marketing",
+    },
 }
 UPCOMING = 5
 
@@ -111,6 +132,8 @@ def _value(field: str, raw: str) -> Any:
         return None
     if field == "priority" and re.fullmatch(r"-?\d+", raw):
         return int(raw)
+    if field == "below" and re.fullmatch(r"\d*\.?\d+", raw):
+        return float(raw)
     if field in MOMENTS:
         try:
             return datetime.fromisoformat(raw)
@@ -266,8 +289,18 @@ def _words(schedule: Schedule) -> str | None:
         return cron_words.describe(schedule.cron, zone)
     if isinstance(schedule, WebinarSchedule):
         return None
-    clock = schedule.send_at.strftime("%H:%M")
-    return f"{clock} on each customer's birthday, in each customer's own time zone"
+    clock, zone = schedule.send_at.strftime("%H:%M"), "in each customer's own time zone"
+    if isinstance(schedule, ReorderSchedule):
+        lead = format_duration(schedule.lead)
+        return f"{clock} daily, {lead} before each customer's predicted next order, {zone}"
+    if isinstance(schedule, WinbackSchedule):
+        return (
+            f"{clock} daily, to customers whose active probability fell below"
+            f" {schedule.below:g}, once per lapse, {zone}"
+        )
+    if isinstance(schedule, AfterPurchaseSchedule):
+        return f"{clock}, {format_duration(schedule.after)} after each order day, {zone}"
+    return f"{clock} on each customer's birthday, {zone}"
 
 
 def _zones(web: WebState) -> list[str]:
@@ -286,6 +319,7 @@ def _form_context(
         "errors": {},
         "other": [],
         "template_names": TemplateStore(web.cfg.templates_dir).names(),
+        "kinds": KINDS,
     }
 
 
