@@ -186,7 +186,7 @@ def _plan(
             chosen_by=schedule.audience if who is chosen else None,
         )
 
-    chosen = audience.matches(schedule.audience, occurrence.at)
+    chosen = audience.matches(schedule.audience, occurrence.at, ZoneInfo(firing.fallback_zone))
     if isinstance(schedule, NewsletterSchedule):
         if schedule.timezone == "customer":
             chosen.append(audience.in_zone(occurrence.zone, firing.fallback_zone))
