@@ -15,6 +15,7 @@ from sqlalchemy import Engine, delete, func, select
 from mailer.commerce import insights, orders, report
 from mailer.commerce.order_rows import Rules
 from mailer.core.config import InsightSettings
+from mailer.relationship import privacy
 
 NOW = datetime(2026, 6, 30, 12, 0, tzinfo=UTC)
 AS_OF = date(2026, 6, 30)
@@ -178,3 +179,14 @@ def test_cohort_months_and_the_last_day_are_the_business_zones(
     assert eur.cohorts[1].returned == (None,) * report.MONTHS  # July has not begun there
     assert [(c.name, c.orders) for c in eur.channels] == [("web", 2), ("store", 1)]
     assert [(p.sku, p.revenue, p.buyers) for p in eur.products] == [("BEAN-1", 5000, 2)]
+
+
+def test_a_top_customer_erased_since_the_refresh_is_not_shown_by_their_address(
+    engine: Engine, tmp_path: Path
+) -> None:
+    stock(engine, tmp_path)
+    with engine.begin() as conn:
+        privacy.erase(conn, "ana@example.com", NOW)
+    (eur, _) = report.current(engine, UTC, NOW).report.currencies
+    assert eur.top_customers[0].email.endswith("@erased.invalid")
+    assert "ana@example.com" not in {c.email for c in eur.top_customers}
