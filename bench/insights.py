@@ -35,9 +35,8 @@ sys.path.insert(0, str(ROOT))  # for tests.pg
 
 from sqlalchemy import Engine, insert  # noqa: E402
 
-from mailer.commerce import insights  # noqa: E402
+from mailer.commerce import insights, report  # noqa: E402
 from mailer.commerce.orders import LINES, ORDERS  # noqa: E402
-from mailer.commerce import report  # noqa: E402
 from mailer.core.config import InsightSettings  # noqa: E402
 from mailer.customers.profiles import CUSTOMERS  # noqa: E402
 from mailer.store import db, migrate  # noqa: E402
@@ -141,7 +140,8 @@ def measure(engine: Engine) -> None:
 
 def measure_report(engine: Engine) -> None:
     started = time.perf_counter()
-    report.rebuild(engine, UTC, NOW)
+    with engine.begin() as conn:
+        report.rebuild(conn, UTC, NOW)
     took = time.perf_counter() - started
     print(f"insights report build (orders read again, as after an upgrade): {took:.1f} s")
     times = []

@@ -140,7 +140,8 @@ def current(engine: Engine, zone: tzinfo, now: datetime) -> Stored:
             return Stored(report=addressed(conn, decoded(row.report)), built_at=row.built_at)
     if fitted is None:
         return Stored(report=Report(as_of=None, currencies=()), built_at=None)
-    return Stored(report=rebuild(engine, zone, now), built_at=now)
+    with engine.begin() as conn:
+        return Stored(report=rebuild(conn, zone, now), built_at=now)
 
 
 def addressed(conn: Connection, report: Report) -> Report:
@@ -169,23 +170,23 @@ def _latest(conn: Connection) -> Any:
 
 
 def rebuild(
-    engine: Engine, zone: tzinfo, now: datetime, orders: OrderArrays | None = None
+    conn: Connection, zone: tzinfo, now: datetime, orders: OrderArrays | None = None
 ) -> Report:
-    """Build the report of the last refresh and keep it as the one stored row; ``orders``
-    are the refresh's own, read again when not given."""
-    with engine.begin() as conn:
-        fitted = conn.execute(select(FITS.c.id).order_by(FITS.c.id.desc()).limit(1)).scalar()
-        found = build(conn, zone, orders)
-        conn.execute(delete(REPORTS))
-        conn.execute(
-            insert(REPORTS).values(
-                fit_id=fitted,
-                as_of=found.as_of,
-                timezone=str(zone),
-                report=encoded(found),
-                built_at=now,
-            )
+    """Build the report of the last refresh and keep it as the one stored row, in the
+    caller's transaction (the refresh's own, so the page never sees new figures with an
+    old report); ``orders`` are the refresh's, read again when not given."""
+    fitted = conn.execute(select(FITS.c.id).order_by(FITS.c.id.desc()).limit(1)).scalar()
+    found = build(conn, zone, orders)
+    conn.execute(delete(REPORTS))
+    conn.execute(
+        insert(REPORTS).values(
+            fit_id=fitted,
+            as_of=found.as_of,
+            timezone=str(zone),
+            report=encoded(found),
+            built_at=now,
         )
+    )
     return found
 
 
