@@ -118,7 +118,9 @@ def test_the_refresh_stores_the_report_and_later_imports_leave_it_as_of_that_ref
     with engine.connect() as conn:
         built = report.build(conn)
     later = NOW + timedelta(hours=3)
-    assert report.current(engine, UTC, later) == report.Stored(report=built, built_at=NOW)
+    assert report.current(engine, UTC, later) == report.Stored(
+        report=built, refreshed=NOW, built_at=NOW
+    )
     path = tmp_path / "more.csv"
     path.write_text(HEADER + "D1,dan@example.com,2026-06-30,MUG-2,Mug,9,25.00,,EUR,web,\n")
     assert not orders.import_csv(
@@ -141,7 +143,8 @@ def test_without_a_stored_report_it_is_built_once_on_demand(engine: Engine, tmp_
         conn.execute(delete(report.REPORTS))  # as after the upgrade that brought the table
     first, second = NOW + timedelta(hours=1), NOW + timedelta(hours=2)
     found = report.current(engine, UTC, first)
-    assert found.built_at == first and found.report.currencies[0].customers == 3
+    assert (found.refreshed, found.built_at) == (NOW, first)
+    assert found.report.currencies[0].customers == 3
     assert report.current(engine, UTC, second) == found  # read, not built again
     manila = report.current(engine, ZoneInfo("Asia/Manila"), second)  # the zone changed
     assert manila.built_at == second and stored_reports(engine) == 1
@@ -149,7 +152,8 @@ def test_without_a_stored_report_it_is_built_once_on_demand(engine: Engine, tmp_
 
 def test_before_any_refresh_nothing_is_stored(engine: Engine) -> None:
     found = report.current(engine, UTC, NOW)
-    assert found == report.Stored(report=report.Report(as_of=None, currencies=()), built_at=None)
+    nothing = report.Report(as_of=None, currencies=())
+    assert found == report.Stored(report=nothing, refreshed=None, built_at=None)
     assert stored_reports(engine) == 0
 
 

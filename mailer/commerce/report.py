@@ -123,10 +123,12 @@ class Report:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Stored:
-    """The report as read back, with when it was built."""
+    """The report as read back, with when the refresh it is of ran and when it was built
+    (the same moment, unless it was built on demand)."""
 
     report: Report
-    built_at: datetime | None  # None: nothing to report yet, so nothing stored
+    refreshed: datetime | None  # None: nothing to report yet, so nothing stored
+    built_at: datetime | None
 
 
 def current(engine: Engine, zone: tzinfo, now: datetime) -> Stored:
@@ -135,13 +137,16 @@ def current(engine: Engine, zone: tzinfo, now: datetime) -> Stored:
     business zone since)."""
     with engine.connect() as conn:
         row = _latest(conn)
-        fitted = conn.execute(select(func.max(FITS.c.id))).scalar()
+        fitted, refreshed = conn.execute(
+            select(FITS.c.id, FITS.c.fitted_at).order_by(FITS.c.id.desc()).limit(1)
+        ).first() or (None, None)
         if row is not None and row.fit_id == fitted and row.timezone == str(zone):
-            return Stored(report=addressed(conn, decoded(row.report)), built_at=row.built_at)
+            found = addressed(conn, decoded(row.report))
+            return Stored(report=found, refreshed=refreshed, built_at=row.built_at)
     if fitted is None:
-        return Stored(report=Report(as_of=None, currencies=()), built_at=None)
+        return Stored(report=Report(as_of=None, currencies=()), refreshed=None, built_at=None)
     with engine.begin() as conn:
-        return Stored(report=rebuild(conn, zone, now), built_at=now)
+        return Stored(report=rebuild(conn, zone, now), refreshed=refreshed, built_at=now)
 
 
 def addressed(conn: Connection, report: Report) -> Report:

@@ -80,7 +80,7 @@ def _page(request: Request) -> dict[str, Any]:
     found = stored.report
     return {
         "report": found,
-        "refreshed": stored.built_at,
+        "refreshed": stored.refreshed,
         "charts": {part.currency: _charts(part) for part in found.currencies},
         "months": range(1, report.MONTHS + 1),
         "money": from_minor,
