@@ -65,17 +65,21 @@ def shop(engine: Engine, tmp_path: Path) -> Engine:
     return engine
 
 
-def chosen(engine: Engine, at: datetime = NOW, **filters: Any) -> set[str]:
-    where = audience.matches(Audience.model_validate(filters), at)
+def chosen(
+    engine: Engine, at: datetime = NOW, zone: ZoneInfo = ZoneInfo("UTC"), **filters: Any
+) -> set[str]:
+    where = audience.matches(Audience.model_validate(filters), at, zone)
     with engine.connect() as conn:
         found = set(conn.execute(select(CUSTOMERS.c.email).where(*where)).scalars())
         assert audience.count(conn, where) == len(found)
     return found
 
 
-def named(engine: Engine, at: datetime = NOW, **filters: Any) -> set[str]:
+def named(
+    engine: Engine, at: datetime = NOW, zone: ZoneInfo = ZoneInfo("UTC"), **filters: Any
+) -> set[str]:
     """The chosen among ana, ben, ken and cal (the fillers left out)."""
-    return {email.split("@")[0] for email in chosen(engine, at, **filters) if email[0] != "f"}
+    return {email.split("@")[0] for email in chosen(engine, at, zone, **filters) if email[0] != "f"}
 
 
 def test_bought_matches_a_sku_or_a_category_in_any_case_of_placed_orders(shop: Engine) -> None:
@@ -94,6 +98,26 @@ def test_last_order_dates_and_durations_count_back_from_the_run(shop: Engine) ->
     a_month_later = NOW + timedelta(days=30)
     assert named(shop, a_month_later, last_order_after="30d") == set()
     assert named(shop, a_month_later, last_order_before="90d") == {"ana", "ken"}
+
+
+def test_a_last_order_date_is_a_day_of_the_business_zone(shop: Engine) -> None:
+    new_york = ZoneInfo("America/New_York")  # ana's last order, 1 September 00:00 UTC, was
+    assert named(shop, NOW, new_york, last_order_after="2026-09-01") == {"ben"}  # 31 August
+    assert named(shop, NOW, new_york, last_order_before="2026-09-01") == {"ana", "ken"}
+    schedule = NewsletterSchedule(
+        template="t",
+        cron="0 9 * * *",
+        timezone=new_york,
+        audience=Audience.model_validate(
+            {"bought_any": ["coffee"], "last_order_before": "2026-09-01"}
+        ),
+    )
+    where = firing.Firing("America/New_York", "example.com")
+    due = firing.due_plans(shop, "n", schedule, NOW, where, ["America/New_York"], dry_run=True)
+    rules = throttle.Rules(min_gap=timedelta(0), quiet_hours=None, caps={})
+    found = dryrun.forecast(shop, due[0], rules, new_york)
+    assert [fate.email for fate in found.sample] == ["ana@example.com"]
+    assert found.sample[0].reason.endswith("bought coffee; last order 2026-08-31")
 
 
 def test_orders_and_spend_come_from_the_insight_in_its_own_currency(shop: Engine) -> None:

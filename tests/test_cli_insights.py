@@ -139,10 +139,11 @@ def test_the_report_gives_each_currency_its_segments_products_and_cohorts(
     assert sum(s["customers"] for s in eur["segments"]) == 61
     assert eur["top_customers"][0]["revenue"] >= eur["top_customers"][-1]["revenue"]
     assert eur["products"][0]["sku"] == "BEAN-1" and eur["products"][0]["never_bought"] == 0
-    # the twelve months up to the refresh's hold one first order: reg's, 1 January in Sofia,
-    # which is 31 December in UTC; reg ordered again the month after
+    # the twelve months up to the refresh's hold one first order: reg's, 1 January in Sofia
+    # (31 December in UTC), so January; the next, 31 January, is January too, then 2 March
     (cohort,) = eur["cohorts"]
-    assert (cohort["month"], cohort["customers"], cohort["returned"][0]) == ("2025-12", 1, 1.0)
+    assert (cohort["month"], cohort["customers"]) == ("2026-01", 1)
+    assert cohort["returned"][:2] == [0.0, 1.0]
     assert [c["name"] for c in bgn["channels"]] == ["store"]
     monkeypatch.setattr(common.out, "width", 80)
     text = mailer("insights", "report").stdout

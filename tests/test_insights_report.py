@@ -1,17 +1,21 @@
 """The insights report on a small shop whose figures are known by hand, on SQLite and
 PostgreSQL: segments, top customers, products nobody else bought, returning cohorts and
-channels, each currency on its own."""
+channels, each currency on its own; built by the refresh and read back as it was stored,
+with its months and its last day those of the business's zone."""
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
-from sqlalchemy import Engine
+import pytest
+from sqlalchemy import Engine, delete, func, select
 
 from mailer.commerce import insights, orders, report
 from mailer.commerce.order_rows import Rules
 from mailer.core.config import InsightSettings
+from mailer.relationship import privacy
 
 NOW = datetime(2026, 6, 30, 12, 0, tzinfo=UTC)
 AS_OF = date(2026, 6, 30)
@@ -28,13 +32,20 @@ SHOP = (
 )
 
 
-def stock(engine: Engine, tmp_path: Path) -> None:
-    """The shop's orders imported and the insight refreshed as of the end of June."""
+def stock(
+    engine: Engine,
+    tmp_path: Path,
+    rows: str = SHOP,
+    zone: ZoneInfo | None = None,
+    now: datetime = NOW,
+) -> None:
+    """The shop's orders imported and the insight refreshed as of the end of June, both
+    in the business's ``zone`` (UTC if not given)."""
     path = tmp_path / "orders.csv"
-    path.write_text(HEADER + SHOP, encoding="utf-8")
-    rules = Rules(now=NOW, zone=UTC, currencies=frozenset())
+    path.write_text(HEADER + rows, encoding="utf-8")
+    rules = Rules(now=now, zone=zone or UTC, currencies=frozenset())
     assert not orders.import_csv(engine, path, rules).rejected
-    insights.refresh(engine, InsightSettings(), AS_OF, NOW)
+    insights.refresh(engine, InsightSettings(), AS_OF, now, zone or UTC)
 
 
 def shop(engine: Engine, tmp_path: Path) -> report.Report:
@@ -98,3 +109,88 @@ def test_the_report_as_json_keeps_money_exact_in_its_currency(
 def test_before_any_refresh_the_report_is_empty(engine: Engine) -> None:
     with engine.connect() as conn:
         assert report.build(conn) == report.Report(as_of=None, currencies=())
+
+
+def test_the_refresh_stores_the_report_and_later_imports_leave_it_as_of_that_refresh(
+    engine: Engine, tmp_path: Path
+) -> None:
+    stock(engine, tmp_path)
+    with engine.connect() as conn:
+        built = report.build(conn)
+    later = NOW + timedelta(hours=3)
+    assert report.current(engine, UTC, later) == report.Stored(
+        report=built, refreshed=NOW, built_at=NOW
+    )
+    path = tmp_path / "more.csv"
+    path.write_text(HEADER + "D1,dan@example.com,2026-06-30,MUG-2,Mug,9,25.00,,EUR,web,\n")
+    assert not orders.import_csv(
+        engine, path, Rules(now=later, zone=UTC, currencies=frozenset())
+    ).rejected
+    with engine.begin() as conn:
+        assert insights.update_customers(conn, [1, 2, 3, 4, 5], later, InsightSettings()) == 5
+    kept = report.current(engine, UTC, later)
+    assert kept.built_at == NOW and kept.report.currencies[0].revenue == 10000  # dan not yet
+
+
+def stored_reports(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(report.REPORTS)).scalar_one())
+
+
+def test_without_a_stored_report_it_is_built_once_on_demand(engine: Engine, tmp_path: Path) -> None:
+    stock(engine, tmp_path)
+    with engine.begin() as conn:
+        conn.execute(delete(report.REPORTS))  # as after the upgrade that brought the table
+    first, second = NOW + timedelta(hours=1), NOW + timedelta(hours=2)
+    found = report.current(engine, UTC, first)
+    assert (found.refreshed, found.built_at) == (NOW, first)
+    assert found.report.currencies[0].customers == 3
+    assert report.current(engine, UTC, second) == found  # read, not built again
+    manila = report.current(engine, ZoneInfo("Asia/Manila"), second)  # the zone changed
+    assert manila.built_at == second and stored_reports(engine) == 1
+
+
+def test_before_any_refresh_nothing_is_stored(engine: Engine) -> None:
+    found = report.current(engine, UTC, NOW)
+    nothing = report.Report(as_of=None, currencies=())
+    assert found == report.Stored(report=nothing, refreshed=None, built_at=None)
+    assert stored_reports(engine) == 0
+
+
+@pytest.mark.parametrize(
+    ("zone", "first", "again", "months"),
+    [
+        # just before local midnight at the end of a month: in UTC already the next
+        ("America/New_York", "2026-03-31 23:30", "2026-04-30 23:30", ("2026-03", "2026-06")),
+        # just after local midnight: in UTC still the month before
+        ("Asia/Manila", "2026-04-01 00:30", "2026-05-01 00:30", ("2026-04", "2026-06")),
+    ],
+)
+def test_cohort_months_and_the_last_day_are_the_business_zones(
+    engine: Engine, tmp_path: Path, zone: str, first: str, again: str, months: tuple[str, ...]
+) -> None:
+    rows = (
+        f"N1,nia@example.com,{first},BEAN-1,Beans,1,10.00,,EUR,web,\n"
+        f"N2,nia@example.com,{again},BEAN-1,Beans,1,10.00,,EUR,web,\n"
+        # the last evening of June, local time: on the report's last day, in July in UTC
+        "O1,oli@example.com,2026-06-30 23:00,BEAN-1,Beans,3,10.00,,EUR,store,\n"
+    )
+    july = datetime(2026, 7, 1, 12, 0, tzinfo=UTC)
+    stock(engine, tmp_path, rows, ZoneInfo(zone), july)
+    (eur,) = report.current(engine, ZoneInfo(zone), july).report.currencies
+    assert tuple(c.month for c in eur.cohorts) == months
+    assert eur.cohorts[0].returned[:2] == (1.0, 0.0)  # nia came back the month after
+    assert eur.cohorts[1].returned == (None,) * report.MONTHS  # July has not begun there
+    assert [(c.name, c.orders) for c in eur.channels] == [("web", 2), ("store", 1)]
+    assert [(p.sku, p.revenue, p.buyers) for p in eur.products] == [("BEAN-1", 5000, 2)]
+
+
+def test_a_top_customer_erased_since_the_refresh_is_not_shown_by_their_address(
+    engine: Engine, tmp_path: Path
+) -> None:
+    stock(engine, tmp_path)
+    with engine.begin() as conn:
+        privacy.erase(conn, "ana@example.com", NOW)
+    (eur, _) = report.current(engine, UTC, NOW).report.currencies
+    assert eur.top_customers[0].email.endswith("@erased.invalid")
+    assert "ana@example.com" not in {c.email for c in eur.top_customers}

@@ -1,17 +1,22 @@
 """The insights page and a customer's purchases in Debian's Chromium, on SQLite and
 PostgreSQL: what marketing reads about segments, lifetime values and returning cohorts,
-and what one customer's orders say about them."""
+and what one customer's orders say about them; the page shows the report the last refresh
+kept, whatever was imported since."""
 
 from __future__ import annotations
 
+from datetime import UTC, timedelta
 from pathlib import Path
 
 from playwright.async_api import Page, expect
-from sqlalchemy import Engine
+from sqlalchemy import Engine, delete
 
+from mailer.commerce import insights, orders, report
+from mailer.commerce.order_rows import Rules
+from mailer.core.config import InsightSettings
 from tests.conftest import sign_in
 from tests.site import Site
-from tests.test_insights_report import stock
+from tests.test_insights_report import AS_OF, HEADER, NOW, stock, stored_reports
 
 
 async def test_marketing_reads_segments_cohorts_and_a_customers_purchases(
@@ -37,3 +42,29 @@ async def test_marketing_reads_segments_cohorts_and_a_customers_purchases(
     await expect(said).to_contain_text("chance they still buy from us")
     await expect(said).to_contain_text("what we expect them to spend in the next")
     await expect(page.get_by_role("table", name="Latest orders")).to_contain_text("A3")
+
+
+async def test_the_page_shows_the_report_kept_by_the_last_refresh(
+    page: Page, site: Site, staff: dict[str, str], engine: Engine, tmp_path: Path
+) -> None:
+    stock(engine, tmp_path)
+    with engine.begin() as conn:
+        conn.execute(delete(report.REPORTS))  # as after the upgrade that brought the table
+    await sign_in(page, site, "mia")
+    await page.goto(site.url + "/insights")
+    eur = page.get_by_role("heading", name="EUR: 3 customers, 100.00 EUR")
+    await expect(eur).to_be_visible()
+    assert stored_reports(engine) == 1  # built on this first view, kept for every other
+    later = NOW + timedelta(hours=2)
+    path = tmp_path / "more.csv"
+    path.write_text(HEADER + "D1,dan@example.com,2026-06-30,MUG-2,Mug,9,25.00,,EUR,web,\n")
+    rules = Rules(now=later, zone=UTC, currencies=frozenset())
+    assert not orders.import_csv(engine, path, rules).rejected
+    with engine.begin() as conn:
+        insights.update_customers(conn, [1, 2, 3, 4, 5], later, InsightSettings())
+    await page.reload()
+    await expect(eur).to_be_visible()  # as of the last refresh, as the page says
+    await expect(page.get_by_text(f"Figures as of {AS_OF}")).to_be_visible()
+    insights.refresh(engine, InsightSettings(), AS_OF, later)
+    await page.reload()
+    await expect(page.get_by_role("heading", name="EUR: 4 customers, 325.00 EUR")).to_be_visible()

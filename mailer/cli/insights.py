@@ -101,13 +101,12 @@ def report_(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
     """Segments, top customers, lifetime values, products, returning cohorts and channels.
 
     Each currency is reported on its own: amounts in two currencies are never added.
-    Figures are as of the last refresh's day; shares are of the currency's revenue or
-    customers; cohort months are in UTC.
+    Figures are as of the last refresh's day, built by that refresh; shares are of the
+    currency's revenue or customers; cohort months are in [business_hours] timezone.
     """
     app_ = app_of(ctx)
     zone = app_.config.settings.business_hours.timezone
-    with app_.engine().connect() as conn:
-        found = report.shown(report.build(conn, zone))
+    found = report.shown(report.current(app_.engine(), zone, app_.clock.now()).report)
     if as_json:
         print_json(found)
         return

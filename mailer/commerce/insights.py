@@ -496,6 +496,9 @@ def refresh(
         store_fit(conn, fitted, len(found), now)
         conn.execute(delete(INSIGHTS))
         _write(conn, found)
+        from mailer.commerce import report as insight_report  # it reads this module's tables
+
+        insight_report.rebuild(conn, zone, now, orders)  # with the figures it reports, at once
     report = RefreshReport(customers=len(found), orders=len(orders.customer))
     if fitted.failure:
         report.notes.append(

@@ -10,15 +10,16 @@ case. The last order's time is read from the orders too, so it is current after 
 Everything else comes from the stored insight (``mailer insights refresh``, and after each
 order import for the customers it touched): a customer without insight matches none of
 those filters. Money compares in minor units only with customers whose insight currency is
-the amount's. A date in ``last_order_before``/``after`` starts at 00:00 UTC; a duration
-('90d') is counted back from the run's planned time.
+the amount's. A date in ``last_order_before``/``after`` starts at 00:00 in the business's
+zone (``[business_hours] timezone``), as a shop owner means a day; a duration ('90d') is
+counted back from the run's planned time.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, false, func, literal, or_, select, tuple_
@@ -34,11 +35,13 @@ C = CUSTOMERS.c
 INSIGHT = INSIGHTS.c
 
 
-def matches(audience: Audience, at: datetime | None = None) -> list[ColumnElement[bool]]:
+def matches(
+    audience: Audience, at: datetime | None = None, zone: tzinfo = UTC
+) -> list[ColumnElement[bool]]:
     """Tags (any, all, none of), locales (a language includes its regional variants),
-    custom fields, purchases and insight, for a run at ``at`` (now if not given); an empty
-    filter does not filter."""
-    found = _profile(audience) + _purchases(audience, at or datetime.now(UTC))
+    custom fields, purchases and insight, for a run at ``at`` (now if not given); dates
+    are days of the business's ``zone``; an empty filter does not filter."""
+    found = _profile(audience) + _purchases(audience, at or datetime.now(UTC), zone)
     insight = _insight(audience)
     if insight:
         found.append(C.id.in_(select(INSIGHT.customer_id).where(*insight)))
@@ -58,7 +61,7 @@ def _profile(audience: Audience) -> list[ColumnElement[bool]]:
     return found
 
 
-def _purchases(audience: Audience, at: datetime) -> list[ColumnElement[bool]]:
+def _purchases(audience: Audience, at: datetime, zone: tzinfo) -> list[ColumnElement[bool]]:
     """Through the orders' (customer_id, ordered_at) index, one EXISTS per filter."""
     found: list[ColumnElement[bool]] = []
     if audience.bought_any:
@@ -66,9 +69,11 @@ def _purchases(audience: Audience, at: datetime) -> list[ColumnElement[bool]]:
     if audience.bought_none:
         found.append(~_bought(audience.bought_none))
     if audience.last_order_after is not None:
-        found.append(placed_order(ORDERS.c.ordered_at >= _moment(audience.last_order_after, at)))
+        found.append(
+            placed_order(ORDERS.c.ordered_at >= _moment(audience.last_order_after, at, zone))
+        )
     if audience.last_order_before is not None:
-        cutoff = _moment(audience.last_order_before, at)
+        cutoff = _moment(audience.last_order_before, at, zone)
         found += [
             placed_order(ORDERS.c.ordered_at < cutoff),
             ~placed_order(ORDERS.c.ordered_at >= cutoff),
@@ -96,10 +101,12 @@ def _at_least(column: ColumnElement[int], amount: Money) -> ColumnElement[bool]:
     return and_(INSIGHT.currency == amount.currency, column >= amount.minor)
 
 
-def _moment(value: date | timedelta, at: datetime) -> datetime:
+def _moment(value: date | timedelta, at: datetime, zone: tzinfo) -> datetime:
+    """The moment a filter's date begins in ``zone`` (one constant, so the orders'
+    (customer_id, ordered_at) index still serves), or the duration counted back."""
     if isinstance(value, timedelta):
         return at - value
-    return datetime.combine(value, time(), UTC)
+    return datetime.combine(value, time(), zone).astimezone(UTC)
 
 
 def placed_order(*where: ColumnElement[bool]) -> ColumnElement[bool]:
@@ -158,8 +165,11 @@ def why(audience: Audience, seen: Evidence) -> str:
     return "; ".join(found)
 
 
-def evidence(conn: Connection, audience: Audience, ids: Sequence[int]) -> dict[int, Evidence]:
-    """The rows ``why`` reads for these customers: at most three queries, for a chunk."""
+def evidence(
+    conn: Connection, audience: Audience, ids: Sequence[int], zone: tzinfo = UTC
+) -> dict[int, Evidence]:
+    """The rows ``why`` reads for these customers: at most three queries, for a chunk; the
+    last order's time in the business's ``zone``, whose days the filters speak of."""
     rows: dict[int, Mapping[str, Any]] = {}
     if _insight(audience):
         query = select(INSIGHTS).where(INSIGHT.customer_id.in_(ids))
@@ -171,7 +181,7 @@ def evidence(conn: Connection, audience: Audience, ids: Sequence[int]) -> dict[i
             .where(ORDERS.c.customer_id.in_(ids), ORDERS.c.status == OrderStatus.PLACED)
             .group_by(ORDERS.c.customer_id)
         )
-        last = dict(conn.execute(query).all())
+        last = {i: moment.astimezone(zone) for i, moment in conn.execute(query).all()}
     bought = _bought_of(conn, audience.bought_any, ids) if audience.bought_any else {}
     return {
         i: Evidence(insight=rows.get(i), last_order=last.get(i), bought=bought.get(i, frozenset()))

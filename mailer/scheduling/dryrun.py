@@ -64,7 +64,11 @@ def forecast(
             ids = [customer.id for customer in chunk]
             queued = _already_queued(conn, plan, ids)
             history = outbox.contacts(conn, ids, occurrence.at)
-            seen = audience.evidence(conn, plan.chosen_by, ids) if plan.chosen_by else {}
+            seen = (
+                audience.evidence(conn, plan.chosen_by, ids, fallback_zone)
+                if plan.chosen_by
+                else {}
+            )
             because = plan.explain(conn, ids) if plan.explain else {}
             for customer in chunk:
                 if customer.id in queued:

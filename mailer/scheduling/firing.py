@@ -190,7 +190,7 @@ def _plan(
             **how,
         )
 
-    chosen = audience.matches(schedule.audience, occurrence.at)
+    chosen = audience.matches(schedule.audience, occurrence.at, ZoneInfo(firing.fallback_zone))
     if isinstance(schedule, NewsletterSchedule):
         if schedule.timezone == "customer":
             chosen.append(audience.in_zone(occurrence.zone, firing.fallback_zone))

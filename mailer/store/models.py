@@ -623,3 +623,17 @@ class InsightFit(SQLModel, table=True):
     customers: int
     failure: str | None = Field(default=None, max_length=500, description="why no model")
     parameters: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+
+
+class InsightReport(SQLModel, table=True):
+    """The insight report as built at the end of the last refresh (the newest row counts),
+    so the page and the CLI read one row instead of every order line."""
+
+    __tablename__ = "insight_reports"
+
+    id: int | None = Field(default=None, primary_key=True)
+    fit_id: int | None = Field(default=None, description="the insight_fits row it is of")
+    as_of: date | None = Field(default=None, sa_type=Date)
+    timezone: str = Field(max_length=64, description="the business zone its days are in")
+    report: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    built_at: datetime = _when(nullable=False)

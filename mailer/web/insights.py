@@ -7,16 +7,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select
-from sqlalchemy.engine import Connection
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from mailer.commerce import report
-from mailer.commerce.insights import FITS, INSIGHTS
 from mailer.core.money import from_minor
 from mailer.store.models import Role
 from mailer.web.common import db, render, require, state
@@ -77,32 +73,14 @@ def _charts(part: report.CurrencyReport) -> dict[str, Chart]:
     return {"segments": bars(money), "clv": bars(buckets)}
 
 
-Key = tuple[str, int | None]
-_latest: dict[Key, report.Report] = {}  # the one report last built, by the refresh it is of
-
-
-def _report(conn: Connection, key: Key, zone: ZoneInfo) -> report.Report:
-    """The report of the last refresh, built on the first view after it: building reads
-    every order line (seconds at a million), so an order import that brings a few
-    customers up to date does not build it again; the next refresh does."""
-    found = _latest.get(key)
-    if found is None:
-        found = report.build(conn, zone)
-        _latest.clear()
-        _latest[key] = found
-    return found
-
-
 def _page(request: Request) -> dict[str, Any]:
     web = state(request)
-    with web.engine.connect() as conn:
-        refreshed = conn.execute(select(func.max(INSIGHTS.c.updated_at))).scalar()
-        fitted = conn.execute(select(func.max(FITS.c.id))).scalar()
-        key = (str(web.engine.url), fitted)
-        found = _report(conn, key, web.cfg.settings.business_hours.timezone)
+    zone = web.cfg.settings.business_hours.timezone
+    stored = report.current(web.engine, zone, web.clock.now())
+    found = stored.report
     return {
         "report": found,
-        "refreshed": refreshed,
+        "refreshed": stored.refreshed,
         "charts": {part.currency: _charts(part) for part in found.currencies},
         "months": range(1, report.MONTHS + 1),
         "money": from_minor,

@@ -255,10 +255,11 @@ def _preview(web: WebState, kind: str, typed: dict[str, str]) -> dict[str, Any]:
     now = web.clock.now()
     found: dict[str, Any] = {"kind": kind, "count": None, "words": None, "upcoming": None}
     known = _known(web)
+    zone = web.cfg.settings.business_hours.timezone
     with web.engine.connect() as conn:
         try:
             chosen = Audience.model_validate(_without_none(values["audience"]))
-            found["count"] = audience.count(conn, audience.matches(chosen, now))
+            found["count"] = audience.count(conn, audience.matches(chosen, now, zone))
         except ValidationError:
             pass  # the audience's own fields say what is wrong on saving
     if kind == "newsletter" and values.get("cron"):
