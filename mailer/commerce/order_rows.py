@@ -17,7 +17,13 @@ from functools import lru_cache
 from operator import attrgetter, itemgetter
 
 from mailer.core.money import currency_code, to_minor
-from mailer.customers.csv_rows import RejectedRow, clean_text, normalise_email, normalise_header
+from mailer.customers.csv_rows import (
+    InvalidRow,
+    RejectedRow,
+    clean_text,
+    normalise_email,
+    normalise_header,
+)
 
 _ALIASES = {
     **dict.fromkeys(("order_id", "orderid", "order_no", "orderno", "order_number"), "order_ref"),
@@ -116,23 +122,25 @@ class Rejected:
 
 
 def parse_row(line: int, cells: Mapping[str, str], rules: Rules) -> LineRow:
-    """Validate one row; raise ValueError naming every problem in it."""
+    """Validate one row; raise InvalidRow naming every problem in it, by column."""
     text = {c: _cell(cells.get(c) or "") for c in _TEXT_COLUMNS}
-    errors = [f"{c} is longer than {n} characters" for c, n in LIMITS.items() if len(text[c]) > n]
+    errors = {
+        c: f"{c} is longer than {n} characters" for c, n in LIMITS.items() if len(text[c]) > n
+    }
     values: dict[str, object] = {}
     for column, convert in _CONVERTERS:
         try:
             values[column] = convert(text, rules)
         except ValueError as exc:
-            errors.append(str(exc))
+            errors.setdefault(column, str(exc))
     if "currency" in values:  # a price is read in its currency's decimals
         for column in ("unit_price", "unit_cost"):
             try:
                 values[column] = _price(text[column], column, str(values["currency"]))
             except ValueError as exc:
-                errors.append(str(exc))
+                errors.setdefault(column, str(exc))
     if errors:
-        raise ValueError("; ".join(errors))
+        raise InvalidRow(errors)
     channel, category = text["channel"].lower(), text["category"]
     return LineRow(line=line, channel=channel, category=category, **values)  # type: ignore[arg-type]
 

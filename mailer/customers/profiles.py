@@ -123,6 +123,18 @@ def import_csv(
     return report
 
 
+def upsert(
+    conn: Connection, rows: Sequence[CustomerRow], now: datetime, actor: str
+) -> ImportReport:
+    """Upsert valid rows as an import does, in the caller's transaction (the API's: one
+    call, one transaction). An erased address is reported in ``rejected``, not stored;
+    a row that names an address an earlier one named is merged into it."""
+    report = ImportReport()
+    good = _split(rows, report, {})
+    _upsert(conn, _not_erased(conn, good, report), now, report, actor[:ACTOR_MAX])
+    return report
+
+
 def _open(path: Path) -> TextIO:
     """The file, as UTF-8 text whose stray bad bytes are kept for the row to be rejected."""
     where = shown(str(path))
