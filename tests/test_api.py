@@ -3,10 +3,12 @@ with keys, scopes and a rate limit per key, and RFC 9457 problems naming the fie
 
 from __future__ import annotations
 
+import http.client
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from playwright.async_api import Page, expect
 from sqlalchemy import Engine
 
 from mailer.api import keys
@@ -290,3 +292,33 @@ def test_the_openapi_document_describes_every_route_and_the_key(site: Site) -> N
     assert "ProblemDocument" in str(upsert["responses"]["422"])
     one_or_many = upsert["requestBody"]["content"]["application/json"]["schema"]["oneOf"]
     assert one_or_many[1]["maxItems"] == 1000
+
+
+def test_a_body_sent_in_chunks_without_a_length_is_cut_off_at_the_limit(
+    site: Site, shop: dict[str, str]
+) -> None:
+    host, port = site.url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    chunks = (b" " * 65536 for _ in range(32))  # 2 MiB, never said up front
+    headers = {**shop, "Content-Type": "application/json"}
+    connection.request("POST", "/api/v1/customers", chunks, headers, encode_chunked=True)
+    response = connection.getresponse()
+    assert response.status == 413 and response.getheader("content-type") == PROBLEM
+    connection.close()
+
+
+async def test_the_docs_page_shows_every_route_without_asking_any_other_server(
+    page: Page, site: Site
+) -> None:
+    asked: list[str] = []
+    failed: list[str] = []
+    page.on("request", lambda request: asked.append(request.url))
+    page.on("console", lambda m: failed.append(m.text) if m.type == "error" else None)
+    await page.goto(site.url + "/api/v1/docs")
+    routes = page.locator(".opblock-summary-path")
+    await expect(routes).to_have_count(4)
+    await expect(page.get_by_role("button", name="Authorize")).to_be_visible()
+    assert {url.split("/")[2] for url in asked if not url.startswith("data:")} == {
+        site.url.removeprefix("http://")
+    }
+    assert not failed  # nothing refused by the Content-Security-Policy, nothing missing
