@@ -87,6 +87,20 @@ class TimelineEntry(BaseModel):
     details: dict[str, Any]
 
 
+class Message(BaseModel):
+    """A message to the customer, sent or not; its template data stays inside mailer."""
+
+    id: int
+    template: str
+    category: str
+    status: str
+    reason: str | None = Field(description="why it was not sent, or not yet")
+    subject: str | None
+    created_at: datetime
+    due_at: datetime
+    sent_at: datetime | None
+
+
 class CustomerView(BaseModel):
     """A customer as `mailer customers show --json` gives them."""
 
@@ -112,7 +126,7 @@ class CustomerView(BaseModel):
     next_contact: dict[str, datetime | None]
     last_contact: dict[str, dict[str, Any] | None]
     timeline: list[TimelineEntry]
-    history: list[dict[str, Any]] = Field(description="the latest messages sent or not sent")
+    history: list[Message] = Field(description="the latest messages, newest first")
     orders: dict[str, Any]
     insight: dict[str, Any] | None
 
