@@ -82,6 +82,7 @@ def test_a_shop_upserts_a_customer_and_reads_them_back_with_their_timeline(
     assert shown["first_name"] == "Мария"  # what the second call left out stays
     assert (shown["birth_month"], shown["birth_day"]) == (2, 29)
     assert shown["tags"] == ["newsletter", "vip"] and shown["fields"] == {"city": "София"}
+    assert shown["source"] == "api"
     assert shown["timeline"] == [] and shown["orders"]["count"] == 0
     assert set(shown["next_contact"]) == {"marketing", "relationship"}
     sent(engine, shown["id"], "newsletter-1", clock.now())

@@ -31,6 +31,7 @@ from mailer.relationship.overview import overview
 from mailer.relationship.timeline import Source
 
 BATCH_MAX = 1000
+SOURCE = "api"  # a customer's source when the API added them
 router = APIRouter(prefix="/customers", tags=["customers"])
 
 
@@ -194,7 +195,7 @@ def upsert(
     rows = _rows(items, single)
     api = state(request)
     with api.engine.begin() as conn:
-        report = profiles.upsert(conn, rows, api.clock.now(), f"api:{key.name}")
+        report = profiles.upsert(conn, rows, api.clock.now(), f"api:{key.name}", SOURCE)
         if report.rejected:  # an erased address: nothing of the call is kept
             raise Invalid(
                 [item_error(None if single else r.line, "email", r.reason) for r in report.rejected]
