@@ -304,7 +304,8 @@ def test_the_openapi_document_describes_every_route_and_the_key(site: Site) -> N
     assert document["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     upsert = document["paths"]["/customers"]["post"]
     assert upsert["security"] == [{"HTTPBearer": []}]
-    assert "ProblemDocument" in str(upsert["responses"]["422"])
+    invalid = upsert["responses"]["422"]["content"]
+    assert invalid == {PROBLEM: {"schema": {"$ref": "#/components/schemas/ProblemDocument"}}}
     one_or_many = upsert["requestBody"]["content"]["application/json"]["schema"]["oneOf"]
     assert one_or_many[1]["maxItems"] == 1000
 

@@ -58,6 +58,8 @@ def create_api(cfg: Config, engine: Engine, clock: Clock) -> FastAPI:
     api.include_router(orders.router)
     api.mount("/docs-assets", StaticFiles(directory=STATIC), name="docs-assets")
     api.add_api_route("/docs", docs, include_in_schema=False, response_class=HTMLResponse)
+    generate = api.openapi
+    api.openapi = lambda: problems.as_problem_json(generate())  # type: ignore[method-assign]
     return api
 
 

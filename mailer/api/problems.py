@@ -84,6 +84,19 @@ def problem(
     )
 
 
+def as_problem_json(document: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI document with every problem response under its own media type: FastAPI
+    files a response model under application/json."""
+    problem_schema = {"$ref": "#/components/schemas/ProblemDocument"}
+    for operations in document.get("paths", {}).values():
+        for operation in operations.values():
+            for response in operation.get("responses", {}).values():
+                content = response.get("content", {})
+                if content.get("application/json", {}).get("schema") == problem_schema:
+                    content[MEDIA_TYPE] = content.pop("application/json")
+    return document
+
+
 def from_pydantic(error: dict[str, Any]) -> FieldError:
     """A validation error of FastAPI's, located in the body, a path or a header."""
     where, *rest = error["loc"]
