@@ -342,3 +342,31 @@ async def test_the_docs_page_shows_every_route_without_asking_any_other_server(
         site.url.removeprefix("http://")
     }
     assert not failed  # nothing refused by the Content-Security-Policy, nothing missing
+
+
+def _order(**line: object) -> dict[str, object]:
+    head = {"order_id": "Z-1", "email": "a@example.com", "ordered_at": "2026-01-01"}
+    return {**head, "currency": "EUR", "lines": [{"sku": "a", "product": "b", **line}]}
+
+
+ODD = [
+    ("/api/v1/customers", None, ""),
+    ("/api/v1/customers", "x", ""),
+    ("/api/v1/customers", [1], "/0"),
+    ("/api/v1/customers", {"email": "a@example.com", "tags": "x"}, "/tags"),
+    ("/api/v1/customers", {"email": "a@example.com", "fields": {"a": 1}}, "/fields/a"),
+    ("/api/v1/customers", {"email": "a@example.com\r\nBcc: x@example.com"}, "/email"),
+    ("/api/v1/orders", _order(unit_price="NaN"), "/lines/0/unit_price"),
+    ("/api/v1/orders", _order(unit_price="99999999999999999999"), "/lines/0/unit_price"),
+    ("/api/v1/orders", _order(unit_price=1, quantity=10**20), "/lines/0/quantity"),
+    ("/api/v1/orders", {**_order(unit_price=1), "lines": []}, "/lines"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "pointer"), ODD)
+def test_odd_input_is_a_problem_naming_the_field_never_a_failure(
+    site: Site, shop: dict[str, str], path: str, body: object, pointer: str
+) -> None:
+    raw = json.dumps(body).encode()
+    refused = problem_of(site.call("POST", path, headers=shop, raw=raw), 422)
+    assert list(pointers(refused)) == [pointer]

@@ -56,6 +56,7 @@ _HEAD = ("order_ref", "email", "ordered_at", "currency", "status", "channel")  #
 _ITEM = ("sku", "product", "category", "quantity", "unit_price", "unit_cost")  # a line's
 _LIMITED = tuple((i, LIMITS[c]) for i, c in enumerate(_HEAD + _ITEM) if c in LIMITS)
 _SHORTEST = min(LIMITS.values())
+MAX_QUANTITY = 100_000  # items of one line; more is a typo, and would overflow the totals
 
 
 Converter = Callable[[Mapping[str, str], "Rules"], object]
@@ -237,6 +238,8 @@ def _quantity(text: Mapping[str, str], rules: Rules) -> int:
         raise ValueError(f"quantity {text['quantity']!r} is not a whole number") from None
     if not quantity:
         raise ValueError("quantity is 0")
+    if abs(quantity) > MAX_QUANTITY:
+        raise ValueError(f"quantity {quantity} is more than {MAX_QUANTITY:,} items")
     return quantity
 
 
@@ -324,7 +327,7 @@ class _FastPath:
             return None
         try:
             amount = int(quantity) if quantity else 1  # as _quantity: no quantity is one item
-            if not amount:
+            if not amount or abs(amount) > MAX_QUANTITY:
                 return None
             currency = str(head["currency"])
             unit_price = _price(price, "unit_price", currency)
