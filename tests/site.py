@@ -3,6 +3,7 @@ browser (driven from the test's event loop) and the app never wait on each other
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import urllib.error
@@ -11,6 +12,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -18,6 +20,16 @@ from starlette.applications import Starlette
 from mailer.web.server import listen, uvicorn_config
 
 START_SECONDS = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    status: int
+    headers: dict[str, str]  # lower-cased names
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +54,31 @@ class Site:
                 return response.status, response.read().decode()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        raw: bytes | None = None,
+    ) -> Reply:
+        """An HTTP request as another system sends it to the API: ``body`` as JSON (or
+        ``raw`` bytes as they are); any status comes back, with its headers."""
+        data = raw if raw is not None else None if body is None else json.dumps(body).encode()
+        sent = {"Content-Type": "application/json"} if data is not None else {}
+        request = urllib.request.Request(
+            self.url + path, data=data, method=method, headers={**sent, **(headers or {})}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return Reply(response.status, _lower(response.headers), response.read())
+        except urllib.error.HTTPError as exc:
+            return Reply(exc.code, _lower(exc.headers), exc.read())
+
+
+def _lower(headers: Any) -> dict[str, str]:
+    return {k.lower(): v for k, v in headers.items()}
 
 
 @contextmanager

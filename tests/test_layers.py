@@ -153,6 +153,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
         "outbound",
         "inbound scheduling",
         "relationship",
+        "api",
         "checks",
         "web",
         "daemon",

@@ -18,6 +18,7 @@ from sqlalchemy.exc import OperationalError
 
 from mailer import __version__, checks
 from mailer.cli import (
+    api_keys,
     contacts,
     customers,
     followups,
@@ -56,6 +57,7 @@ app.add_typer(followups.app, name="followups")
 app.add_typer(orders.app, name="orders")
 app.add_typer(orders.products_app, name="products")
 app.add_typer(insights.app, name="insights")
+app.add_typer(api_keys.app, name="api-keys")
 db_app = group("Database schema.")
 app.add_typer(db_app, name="db")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -26,14 +26,12 @@ from mailer.cli.common import (
     print_table,
     progress,
 )
-from mailer.commerce import insights, orders
 from mailer.core.errors import MailerError
 from mailer.customers import contacts, profiles
 from mailer.customers.csv_rows import RejectedRow, shown
 from mailer.inbound import inquiries
-from mailer.outbound import outbox
-from mailer.relationship import history as relationship
 from mailer.relationship import privacy
+from mailer.relationship.overview import overview
 
 app = group("Customers: import from CSV, look up, unsubscribe, export, erase.")
 
@@ -161,38 +159,23 @@ def show(
     """A customer's profile, timeline, last contact both ways, contact history and when
     they may next be contacted."""
     app_ = app_of(ctx)
-    cfg, now = app_.config, app_.clock.now()
+    settings, now = app_.config.settings, app_.clock.now()
     with app_.engine().connect() as conn:
-        customer = profiles.get(conn, email)
-        messages = outbox.find(conn, customer_id=customer.id, limit=history)
-        next_contact = outbox.next_contact(conn, customer, now, cfg.settings)
-        last = contacts.last_of(conn, customer.id)
-        touches = relationship.page(conn, customer.id, customer.unsubscribed_at, size=timeline)
-        bought = orders.summary(conn, customer.id)
-        insight = insights.export(conn, customer_id=customer.id)
-    entries = [asdict(e) for e in touches.entries]
+        found = overview(conn, email, now, settings, messages=history, timeline=timeline)
     if as_json:
-        print_json(
-            {
-                **asdict(customer),
-                "next_contact": next_contact,
-                "history": messages,
-                "timeline": entries,
-                "last_contact": last,
-                "orders": bought,
-                "insight": insight[0] if insight else None,
-            }
-        )
+        print_json(found)
         return
-    print_fields(asdict(customer), title=customer.email)
+    shown_fields = {k: v for k, v in found.items() if k in _PROFILE}
+    print_fields(shown_fields, title=found["email"])
     never = "never (unsubscribed or no consent)"
-    allowed = {c: when or never for c, when in next_contact.items()}
+    allowed = {c: when or never for c, when in found["next_contact"].items()}
     print_fields(allowed, title="\nnext allowed contact")
-    print_fields(_both_ways(last), title="\nlast contact")
-    print_table(entries, TIMELINE_COLUMNS, title="\ntimeline (newest first)")
-    print_table(messages, HISTORY_COLUMNS, title="\ncontact history (newest first)")
+    print_fields(_both_ways(found["last_contact"]), title="\nlast contact")
+    print_table(found["timeline"], TIMELINE_COLUMNS, title="\ntimeline (newest first)")
+    print_table(found["history"], HISTORY_COLUMNS, title="\ncontact history (newest first)")
 
 
+_PROFILE = frozenset(f.name for f in fields(profiles.Profile))
 TIMELINE_COLUMNS = ("at", "kind", "direction", "channel", "by", "title", "text")
 
 

@@ -17,7 +17,13 @@ from functools import lru_cache
 from operator import attrgetter, itemgetter
 
 from mailer.core.money import currency_code, to_minor
-from mailer.customers.csv_rows import RejectedRow, clean_text, normalise_email, normalise_header
+from mailer.customers.csv_rows import (
+    InvalidRow,
+    RejectedRow,
+    clean_text,
+    normalise_email,
+    normalise_header,
+)
 
 _ALIASES = {
     **dict.fromkeys(("order_id", "orderid", "order_no", "orderno", "order_number"), "order_ref"),
@@ -50,6 +56,7 @@ _HEAD = ("order_ref", "email", "ordered_at", "currency", "status", "channel")  #
 _ITEM = ("sku", "product", "category", "quantity", "unit_price", "unit_cost")  # a line's
 _LIMITED = tuple((i, LIMITS[c]) for i, c in enumerate(_HEAD + _ITEM) if c in LIMITS)
 _SHORTEST = min(LIMITS.values())
+MAX_QUANTITY = 100_000  # items of one line; more is a typo, and would overflow the totals
 
 
 Converter = Callable[[Mapping[str, str], "Rules"], object]
@@ -116,23 +123,25 @@ class Rejected:
 
 
 def parse_row(line: int, cells: Mapping[str, str], rules: Rules) -> LineRow:
-    """Validate one row; raise ValueError naming every problem in it."""
+    """Validate one row; raise InvalidRow naming every problem in it, by column."""
     text = {c: _cell(cells.get(c) or "") for c in _TEXT_COLUMNS}
-    errors = [f"{c} is longer than {n} characters" for c, n in LIMITS.items() if len(text[c]) > n]
+    errors = {
+        c: f"{c} is longer than {n} characters" for c, n in LIMITS.items() if len(text[c]) > n
+    }
     values: dict[str, object] = {}
     for column, convert in _CONVERTERS:
         try:
             values[column] = convert(text, rules)
         except ValueError as exc:
-            errors.append(str(exc))
+            errors.setdefault(column, str(exc))
     if "currency" in values:  # a price is read in its currency's decimals
         for column in ("unit_price", "unit_cost"):
             try:
                 values[column] = _price(text[column], column, str(values["currency"]))
             except ValueError as exc:
-                errors.append(str(exc))
+                errors.setdefault(column, str(exc))
     if errors:
-        raise ValueError("; ".join(errors))
+        raise InvalidRow(errors)
     channel, category = text["channel"].lower(), text["category"]
     return LineRow(line=line, channel=channel, category=category, **values)  # type: ignore[arg-type]
 
@@ -229,6 +238,8 @@ def _quantity(text: Mapping[str, str], rules: Rules) -> int:
         raise ValueError(f"quantity {text['quantity']!r} is not a whole number") from None
     if not quantity:
         raise ValueError("quantity is 0")
+    if abs(quantity) > MAX_QUANTITY:
+        raise ValueError(f"quantity {quantity} is more than {MAX_QUANTITY:,} items")
     return quantity
 
 
@@ -316,7 +327,7 @@ class _FastPath:
             return None
         try:
             amount = int(quantity) if quantity else 1  # as _quantity: no quantity is one item
-            if not amount:
+            if not amount or abs(amount) > MAX_QUANTITY:
                 return None
             currency = str(head["currency"])
             unit_price = _price(price, "unit_price", currency)

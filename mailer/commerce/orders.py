@@ -69,15 +69,27 @@ def import_csv(
                 drafts = [d for d in batch if isinstance(d, Draft)]
                 report.rejected += [r for r in batch if isinstance(r, Rejected)]
                 with engine.begin() as conn:
-                    touched = _add(conn, drafts, rules.now, source, report)
-                    insights.update_customers(
-                        conn, touched, rules.now, insight or InsightSettings(), rules.zone
-                    )
+                    add(conn, drafts, rules, source, report, insight)
                 if progress:
                     progress(sum(len(d.lines) if isinstance(d, Draft) else d.lines for d in batch))
         except ImportFileError as exc:
             raise ImportFileError(f"{shown(str(path))}: {shown(str(exc), 500)}") from None
     return report
+
+
+def add(
+    conn: Connection,
+    drafts: list[Draft],
+    rules: Rules,
+    source: str,
+    report: ImportReport,
+    insight: InsightSettings | None = None,
+) -> None:
+    """Store the orders not stored yet, in the caller's transaction, and bring the insight
+    of their customers up to date; one stored before is counted unchanged when it says the
+    same, and rejected (left as it was) when it says something else."""
+    touched = _add(conn, drafts, rules.now, source, report)
+    insights.update_customers(conn, touched, rules.now, insight or InsightSettings(), rules.zone)
 
 
 def _add(

@@ -240,6 +240,14 @@ class WebSettings(Section):
     trusted_proxies: list[Network] = []  # whose X-Forwarded-For is believed
 
 
+class ApiSettings(Section):
+    """[api]: the HTTP API under /api/v1. A key's own rate, set when it is created,
+    overrides ``rate_per_minute``."""
+
+    rate_per_minute: int = Field(default=600, ge=1)  # requests per key per minute
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)  # a larger request body: 413
+
+
 ScoreRange = Annotated[tuple[int, int], Field(description="lowest and highest score, 1-5")]
 
 
@@ -289,6 +297,7 @@ class Settings(Section):
     autoreply: AutoreplySettings = AutoreplySettings()
     business_hours: BusinessHoursSettings = BusinessHoursSettings()
     web: WebSettings = WebSettings()
+    api: ApiSettings = ApiSettings()
     insight: InsightSettings = InsightSettings()
     company: CompanyValues = Field(default_factory=lambda: CompanyValues())
 

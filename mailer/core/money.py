@@ -56,6 +56,9 @@ def exponent(currency: str) -> int:
     return _EXPONENTS.get(currency, 2)
 
 
+MAX_MINOR = 10**12  # a unit price's bound in minor units: sums of lines stay in 64 bits
+
+
 def to_minor(text: str, currency: str) -> int:
     """'12.50' EUR -> 1250, '1200' JPY -> 1200, '1.234' BHD -> 1234, exactly; a decimal
     comma ('12,50') is read too. ValueError for anything else, or more decimals than the
@@ -67,7 +70,10 @@ def to_minor(text: str, currency: str) -> int:
     digits = exponent(currency)
     if len(fraction) > digits:
         raise ValueError(f"price {text!r} has more decimals than {currency}'s {digits}")
-    return int(whole + fraction.ljust(digits, "0"))
+    amount = int(whole + fraction.ljust(digits, "0"))
+    if amount > MAX_MINOR:
+        raise ValueError(f"price {text!r} is more than an item can cost")
+    return amount
 
 
 def from_minor(amount: int, currency: str) -> str:

@@ -96,6 +96,15 @@ class RejectedRow:
         return cls(line, shown(email.strip(), 100), shown(reason, 500))
 
 
+class InvalidRow(ValueError):
+    """A row with problems, each by its column, so an API can point at the field; its
+    message is them all in one line, as an import reports it."""
+
+    def __init__(self, problems: Mapping[str, str]) -> None:
+        self.problems = dict(problems)
+        super().__init__("; ".join(self.problems.values()))
+
+
 def shown(text: str, limit: int = 200) -> str:
     """Text from a file as it may reach a terminal: control, format and undecodable
     characters escaped (no ANSI sequences, no bidi overrides), at most ``limit`` long."""
@@ -148,12 +157,12 @@ def clean_text(value: str) -> str | None:
 
 
 def parse_row(line: int, cells: dict[str, str]) -> CustomerRow:
-    """Validate one row; raise ValueError naming every problem in it."""
+    """Validate one row; raise InvalidRow naming every problem in it."""
     values, errors = convert_cells(cells)
     if "email" not in values and not errors:
         errors["email"] = "no email address"
     if errors:
-        raise ValueError("; ".join(errors.values()))
+        raise InvalidRow(errors)
     for column in ("name", "first_name"):
         values[column] = clean_text(cells.get(column) or "")
     extra = {k: v for k, v in cells.items() if k not in KNOWN_COLUMNS}

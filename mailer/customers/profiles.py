@@ -123,6 +123,19 @@ def import_csv(
     return report
 
 
+def upsert(
+    conn: Connection, rows: Sequence[CustomerRow], now: datetime, actor: str, source: str
+) -> ImportReport:
+    """Upsert valid rows as an import does, in the caller's transaction (the API's: one
+    call, one transaction); ``source`` is where the customers it adds came from. An erased
+    address is reported in ``rejected``, not stored; a row that names an address an
+    earlier one named is merged into it."""
+    report = ImportReport()
+    good = _split(rows, report, {})
+    _upsert(conn, _not_erased(conn, good, report), now, report, actor[:ACTOR_MAX], source)
+    return report
+
+
 def _open(path: Path) -> TextIO:
     """The file, as UTF-8 text whose stray bad bytes are kept for the row to be rejected."""
     where = shown(str(path))
@@ -181,7 +194,12 @@ def _combine(earlier: CustomerRow, later: CustomerRow) -> CustomerRow:
 
 
 def _upsert(
-    conn: Connection, rows: list[CustomerRow], now: datetime, report: ImportReport, actor: str
+    conn: Connection,
+    rows: list[CustomerRow],
+    now: datetime,
+    report: ImportReport,
+    actor: str,
+    source: str = "import",
 ) -> None:
     if not rows:
         return
@@ -195,7 +213,7 @@ def _upsert(
     values, changes = [], []
     for row in rows:
         before = existing.get(row.email)
-        after = _merge(before, row, now)
+        after = _merge(before, row, now, source)
         if before is not None:
             found = _row_changes(before, after, old_tags.get(before["id"], []), row.tags)
             changes += [(before["id"], change) for change in found]
@@ -242,9 +260,9 @@ def _log(conn: Connection, changes: list[tuple[int, Change]], actor: str, now: d
         conn.execute(insert(CHANGES), rows)
 
 
-def _merge(old: Any, row: CustomerRow, now: datetime) -> dict[str, Any]:
+def _merge(old: Any, row: CustomerRow, now: datetime, source: str) -> dict[str, Any]:
     """The stored values after this row: what the row leaves empty keeps its old value."""
-    base: dict[str, Any] = dict(old) if old else _new_customer(now)
+    base: dict[str, Any] = dict(old) if old else {**_new_customer(now), "source": source}
     given: dict[str, Any] = {
         "email": row.email,
         "name": row.name,

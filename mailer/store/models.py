@@ -637,3 +637,34 @@ class InsightReport(SQLModel, table=True):
     timezone: str = Field(max_length=64, description="the business zone its days are in")
     report: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     built_at: datetime = _when(nullable=False)
+
+
+class ApiKey(SQLModel, table=True):
+    """A key another system sends to the HTTP API; written only by mailer.api.keys. The key
+    itself is never stored: only its SHA-256 and a prefix people can tell it by."""
+
+    __tablename__ = "api_keys"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=100, unique=True)
+    prefix: str = Field(max_length=20, description="the key's start, shown to people")
+    key_hash: str = Field(max_length=64, unique=True, description="SHA-256 of the key, hex")
+    scopes: list[str] = Field(default_factory=list, sa_type=JSON)
+    rate_per_minute: int | None = Field(default=None, description="None: [api] default")
+    created_at: datetime = _when(nullable=False)
+    created_by: str = Field(max_length=100)
+    last_used_at: datetime | None = _when()
+    revoked_at: datetime | None = _when()
+
+
+class ApiRateWindow(SQLModel, table=True):
+    """Requests one key made in one minute, counted by every process serving the API;
+    written only by mailer.api.limits."""
+
+    __tablename__ = "api_rate_windows"
+
+    key_id: int = Field(
+        sa_column=Column(Integer, ForeignKey("api_keys.id", ondelete="CASCADE"), primary_key=True)
+    )
+    window_start: datetime = Field(sa_type=UTCDateTime, primary_key=True)
+    requests: int

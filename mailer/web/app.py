@@ -22,6 +22,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
+from mailer.api.app import PREFIX, create_api
 from mailer.core.clock import Clock
 from mailer.core.config import Config
 from mailer.customers import tokens
@@ -93,6 +94,7 @@ def create_app(
     https = cfg.settings.web.base_url.startswith("https://")
     routes: list[Route | Mount] = [
         Route("/", home),
+        Mount(PREFIX, create_api(cfg, engine, clock)),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         *auth.routes,
         *health.routes,

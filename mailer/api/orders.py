@@ -1,0 +1,178 @@
+"""``/orders``: record what customers bought, as an order import does, idempotent by the
+shop's order id: the same order sent again changes nothing, and one that says something
+else than the stored one is refused (409) with nothing of the call kept.
+
+Each line is checked by ``commerce.order_rows`` (the CSV import's checks) and stored by
+``commerce.orders``; a problem is named by the order's index and the field, down to the
+line (``/2/lines/0/unit_price``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Request
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+
+from mailer.api.access import ApiState, caller, state
+from mailer.api.keys import ApiKey, Scope
+from mailer.api.problems import FieldError, Invalid, item_error
+from mailer.commerce import order_rows, orders
+from mailer.commerce.order_rows import Draft, LineRow, Rejected, Rules
+from mailer.customers.csv_rows import InvalidRow
+
+BATCH_MAX = 1000
+router = APIRouter(prefix="/orders", tags=["orders"])
+# an order's columns as the API names them; a line's are named as in the CSV
+HEAD = {"order_ref": "order_id", "email": "email", "ordered_at": "ordered_at"}
+HEAD |= {c: c for c in ("currency", "status", "channel")}
+
+
+class LineIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sku: str
+    product: str
+    category: str = ""
+    quantity: int = Field(1, description="negative in a returned order: what came back")
+    unit_price: Decimal = Field(description="in the currency's units, e.g. 12.90")
+    unit_cost: Decimal | None = None
+
+
+class OrderIn(BaseModel):
+    """One order of the shop with its lines."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    order_id: str = Field(description="the shop's; sending it again is safe")
+    email: str
+    ordered_at: str = Field(
+        description="2024-03-01, 2024-03-01T14:30:00+02:00 (no offset: the business's zone)"
+    )
+    currency: str = Field("", description="ISO 4217; may be left out when the company sells in one")
+    channel: str = ""
+    status: str = Field("placed", description="placed, returned or cancelled")
+    lines: list[LineIn] = Field(min_length=1, max_length=BATCH_MAX)
+
+
+def _shape(value: Any) -> str:
+    return "batch" if isinstance(value, list) else "one"
+
+
+Orders = Annotated[
+    Annotated[OrderIn, Tag("one")]
+    | Annotated[list[OrderIn], Tag("batch"), Field(min_length=1, max_length=BATCH_MAX)],
+    Discriminator(_shape),
+]
+
+
+class OrdersResult(BaseModel):
+    added: int = Field(description="orders stored by this call")
+    unchanged: int = Field(description="orders stored before, with the same content")
+    lines: int = Field(description="lines of the orders added")
+    customers_added: int = Field(description="addresses not known before, added as leads")
+
+
+def _cells(order: OrderIn, line: LineIn) -> dict[str, str]:
+    return {
+        "order_ref": order.order_id,
+        "email": order.email,
+        "ordered_at": order.ordered_at,
+        "currency": order.currency,
+        "channel": order.channel,
+        "status": order.status,
+        "sku": line.sku,
+        "product": line.product,
+        "category": line.category,
+        "quantity": str(line.quantity),
+        "unit_price": str(line.unit_price),
+        "unit_cost": "" if line.unit_cost is None else str(line.unit_cost),
+    }
+
+
+def _numbered(items: list[OrderIn]) -> Iterator[tuple[int, int, int, LineIn]]:
+    """(line number, order index, line index, line), numbered from 1 across the call."""
+    number = 0
+    for i, order in enumerate(items):
+        for j, line in enumerate(order.lines):
+            number += 1
+            yield number, i, j, line
+
+
+def _field(column: str, line: int) -> str:
+    return HEAD.get(column) or f"lines.{line}.{column}"
+
+
+def _drafts(items: list[OrderIn], single: bool, rules: Rules) -> list[Draft]:
+    """Every order checked whole; Invalid names each problem, once, by order and field."""
+    at = {n: (i, j) for n, i, j, _ in _numbered(items)}
+    where = (lambda i: None) if single else (lambda i: i)
+    errors: dict[tuple[int | None, str], FieldError] = {}
+    first: dict[str, int] = {}
+    for i, order in enumerate(items):
+        seen = first.setdefault(order.order_id, i)
+        if seen != i:
+            errors[(i, "order_id")] = item_error(i, "order_id", f"order {seen} has this id too")
+    rows: list[LineRow | tuple[str, order_rows.BadLine]] = []
+    for n, i, j, line in _numbered(items):
+        try:
+            rows.append(order_rows.parse_row(n, _cells(items[i], line), rules))
+        except InvalidRow as exc:
+            for column, text in exc.problems.items():
+                name = _field(column, j)
+                errors.setdefault((where(i), name), item_error(where(i), name, text))
+    if errors:
+        raise Invalid(list(errors.values()))
+    drafts = list(order_rows.orders(rows))
+    bad = [
+        item_error(where(at[b.line][0]), _field("quantity", at[b.line][1]), b.reason)
+        for r in drafts
+        if isinstance(r, Rejected)
+        for b in r.problems
+    ]
+    if bad:
+        raise Invalid(bad)
+    return [d for d in drafts if isinstance(d, Draft)]
+
+
+def _rules(api: ApiState) -> Rules:
+    settings = api.cfg.settings
+    return Rules(
+        now=api.clock.now(),
+        zone=settings.business_hours.timezone,
+        currencies=frozenset(settings.company.get("currencies", [])),
+    )
+
+
+@router.post("", response_model=OrdersResult, summary="Record orders")
+def record(
+    request: Request,
+    body: Annotated[Orders, Body()],
+    key: Annotated[ApiKey, Depends(caller(Scope.ORDERS_WRITE))],
+) -> OrdersResult:
+    """One order or a list of up to 1,000. All are stored or, when any is invalid or
+    conflicts with a stored order of the same id, none."""
+    single = isinstance(body, OrderIn)
+    items = [body] if isinstance(body, OrderIn) else body
+    api = state(request)
+    rules = _rules(api)
+    drafts = _drafts(items, single, rules)
+    index = {order.order_id: i for i, order in enumerate(items)}
+    report = orders.ImportReport()
+    with api.engine.begin() as conn:
+        orders.add(conn, drafts, rules, f"api:{key.name}", report, api.cfg.settings.insight)
+        if report.rejected:  # stored before with other content: nothing of the call is kept
+            conflicts = [
+                item_error(None if single else index[r.order_ref], "order_id", b.reason)
+                for r in report.rejected
+                for b in r.problems
+            ]
+            raise Invalid(conflicts, 409, "orders with these ids were stored with other content")
+    return OrdersResult(
+        added=report.added,
+        unchanged=report.unchanged,
+        lines=report.lines,
+        customers_added=report.customers_added,
+    )
