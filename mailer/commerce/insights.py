@@ -22,6 +22,7 @@ from numpy.typing import NDArray
 from sqlalchemy import Engine, Table, case, delete, func, insert, select
 from sqlalchemy.engine import Connection
 
+from mailer.commerce import recommendations
 from mailer.core.config import InsightSettings
 from mailer.core.errors import FitFailed, MailerError
 from mailer.core.money import from_minor
@@ -78,6 +79,7 @@ class Fit:
 class RefreshReport:
     customers: int = 0
     orders: int = 0
+    recommended: int = 0  # SKUs with co-bought SKUs to recommend
     notes: list[str] = field(default_factory=list)  # what could not be fitted, one line each
 
 
@@ -496,7 +498,10 @@ def refresh(
         store_fit(conn, fitted, len(found), now)
         conn.execute(delete(INSIGHTS))
         _write(conn, found)
-    report = RefreshReport(customers=len(found), orders=len(orders.customer))
+        recommended = recommendations.refresh(conn, as_of, day_end(as_of, zone))
+    report = RefreshReport(
+        customers=len(found), orders=len(orders.customer), recommended=recommended
+    )
     if fitted.failure:
         report.notes.append(
             f"no purchase model: {fitted.failure}; RFM and recency written, "

@@ -623,3 +623,17 @@ class InsightFit(SQLModel, table=True):
     customers: int
     failure: str | None = Field(default=None, max_length=500, description="why no model")
     parameters: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+
+
+class ProductRecommendation(SQLModel, table=True):
+    """What customers who bought ``sku`` also bought, closest first; written only by
+    commerce.recommendations at each full insight refresh (see mailer.insight.cobought)."""
+
+    __tablename__ = "product_recommendations"
+
+    sku: str = Field(max_length=100, primary_key=True)
+    rank: int = Field(primary_key=True, description="1 = the closest")
+    other_sku: str = Field(max_length=100)
+    customers: int = Field(description="customers who bought both")
+    score: float = Field(description="cosine of the two SKUs' buyer sets")
+    as_of: date = Field(sa_type=Date)
