@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import Table, delete, insert, select
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, CursorResult
 
 from mailer.insight import cobought
+from mailer.insight.history import Ints
 from mailer.store.models import Order, OrderLine, OrderStatus, Product, ProductRecommendation
 
 RECOMMENDATIONS: Table = ProductRecommendation.__table__  # type: ignore[attr-defined]
@@ -25,18 +26,19 @@ PRODUCTS: Table = Product.__table__  # type: ignore[attr-defined]
 ORDERS: Table = Order.__table__  # type: ignore[attr-defined]
 LINES: Table = OrderLine.__table__  # type: ignore[attr-defined]
 SHOWN = 5  # recommendations a template gets per customer
-BATCH = 5000
+BATCH = 5000  # rows to an INSERT
+CHUNK = 100_000  # purchase lines read at a time
 
 
 def _bought(
     conn: Connection, upto: datetime | None = None, customers: Sequence[int] | None = None
-) -> Any:
-    """Distinct (customer, SKU) pairs of placed orders, before ``upto`` when given."""
+) -> CursorResult[Any]:
+    """(customer, SKU) of every line of placed orders, before ``upto`` when given; repeats
+    are left to the reader, which is cheaper than sorting them away in the database."""
     query = (
         select(ORDERS.c.customer_id, LINES.c.sku)
         .join(LINES, LINES.c.order_id == ORDERS.c.id)
         .where(ORDERS.c.status == OrderStatus.PLACED, LINES.c.quantity > 0)
-        .distinct()
     )
     if upto is not None:
         query = query.where(ORDERS.c.ordered_at < upto)
@@ -45,20 +47,34 @@ def _bought(
     return conn.execute(query)
 
 
+def _pairs(result: CursorResult[Any]) -> tuple[Ints, Ints, list[str]]:
+    """Customers and SKU numbers, read a chunk at a time as plain tuples (an int and a str
+    need no conversion), so a million lines never sit in memory as Python objects; SKUs are
+    numbered in sorted order, so ties rank the same on every database."""
+    number: dict[str, int] = {}
+    customers, skus = [], []
+    while chunk := result.cursor.fetchmany(CHUNK):
+        customer, sku = zip(*chunk, strict=True)
+        customers.append(np.array(customer, dtype=np.int64))
+        skus.append(np.fromiter((number.setdefault(s, len(number)) for s in sku), np.int64))
+    result.close()
+    names = sorted(number)
+    position = np.empty(len(names), dtype=np.int64)
+    position[[number[n] for n in names]] = np.arange(len(names))
+    found: Ints = position[np.concatenate(skus)] if skus else np.zeros(0, dtype=np.int64)
+    return np.concatenate(customers) if customers else found, found, names
+
+
 def refresh(conn: Connection, as_of: date, upto: datetime) -> int:
     """Replace every SKU's co-bought SKUs from the placed orders before ``upto`` (the end
     of the day ``as_of``); returns how many SKUs have any."""
-    result = _bought(conn, upto)
-    pairs = result.cursor.fetchall()  # plain tuples: an int and a str need no conversion
-    result.close()
-    customer = np.fromiter((p[0] for p in pairs), dtype=np.int64, count=len(pairs))
-    names, sku = np.unique(np.array([p[1] for p in pairs], dtype=np.str_), return_inverse=True)
-    found = cobought.neighbours(customer, sku.astype(np.int64), len(names))
+    customer, sku, names = _pairs(_bought(conn, upto))
+    found = cobought.neighbours(customer, sku, len(names))
     rows = [
         {
-            "sku": str(names[a]),
+            "sku": names[a],
             "rank": int(r),
-            "other_sku": str(names[b]),
+            "other_sku": names[b],
             "customers": int(c),
             "score": float(s),
             "as_of": as_of,
@@ -80,19 +96,30 @@ def for_customers(
     ``because_sku`` / ``because_product`` it goes with), in three queries for them all;
     a customer with none gets []."""
     ids = sorted(set(customer_ids))
+    if not ids:
+        return {}
     bought: dict[int, set[str]] = {i: set() for i in ids}
-    for customer_id, sku in _bought(conn, customers=ids) if ids else []:
+    for customer_id, sku in _bought(conn, customers=ids):
         bought[customer_id].add(sku)
-    skus = sorted(set().union(*bought.values())) if ids else []
-    near: dict[str, list[tuple[str, float]]] = {}
-    query = select(RECOMMENDATIONS).where(RECOMMENDATIONS.c.sku.in_(skus))
-    for row in (
-        conn.execute(query.order_by(RECOMMENDATIONS.c.sku, RECOMMENDATIONS.c.rank)) if skus else []
-    ):
-        near.setdefault(row.sku, []).append((row.other_sku, row.score))
+    near = _neighbours(conn, sorted(set().union(*bought.values())))
     chosen = {i: cobought.for_customer(bought[i], near, limit) for i in ids}
-    named = _catalogue(conn, {s.sku for found in chosen.values() for s in found} | set(skus))
+    shown = {sku for found in chosen.values() for s in found for sku in (s.sku, s.because)}
+    named = _catalogue(conn, shown)
     return {i: [_shown(s, named) for s in found] for i, found in chosen.items()}
+
+
+def _neighbours(conn: Connection, skus: list[str]) -> dict[str, list[tuple[str, float]]]:
+    """The stored co-bought SKUs of these, closest first, with their scores."""
+    near: dict[str, list[tuple[str, float]]] = {}
+    if not skus:
+        return near
+    query = select(RECOMMENDATIONS.c.sku, RECOMMENDATIONS.c.other_sku, RECOMMENDATIONS.c.score)
+    query = query.where(RECOMMENDATIONS.c.sku.in_(skus))
+    for sku, other, score in conn.execute(
+        query.order_by(RECOMMENDATIONS.c.sku, RECOMMENDATIONS.c.rank)
+    ):
+        near.setdefault(sku, []).append((other, score))
+    return near
 
 
 def _catalogue(conn: Connection, skus: set[str]) -> dict[str, tuple[str, str]]:

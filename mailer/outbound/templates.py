@@ -586,8 +586,7 @@ def _sample_purchases(at: datetime) -> dict[str, Any]:
     orders = [
         {
             "id": "NW-5531",
-            "ordered_at": at,
-            "date": at.date(),
+            "date": at,
             "channel": "web",
             "currency": "EUR",
             "status": "placed",
@@ -596,8 +595,7 @@ def _sample_purchases(at: datetime) -> dict[str, Any]:
         },
         {
             "id": "NW-5107",
-            "ordered_at": earlier,
-            "date": earlier.date(),
+            "date": earlier,
             "channel": "web",
             "currency": "EUR",
             "status": "placed",
