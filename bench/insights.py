@@ -143,7 +143,7 @@ def measure_recommendations(engine: Engine) -> None:
     messages adds when its template reads orders, insight and recommendations."""
     with engine.begin() as conn:
         started = time.perf_counter()
-        skus = recommendations.refresh(conn, NOW.date(), NOW)
+        skus = recommendations.store(conn, recommendations.learn(conn, NOW.date(), NOW))
         took = time.perf_counter() - started
     print(f"co-bought products (part of the refresh): {skus:,} SKUs in {took:.2f} s")
     times = []

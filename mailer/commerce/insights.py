@@ -487,6 +487,8 @@ def refresh(
     Days are the business's (``zone``)."""
     segments_config(settings)  # a gap in the rules is reported before any work
     with engine.connect() as conn:
+        # first, so its memory is reused by what follows rather than added on top of it
+        bought_together = recommendations.learn(conn, as_of, day_end(as_of, zone))
         orders = read_orders(conn, as_of, zone)
         baskets = read_baskets(conn, as_of, zone)
     if not len(orders.customer):
@@ -498,7 +500,7 @@ def refresh(
         store_fit(conn, fitted, len(found), now)
         conn.execute(delete(INSIGHTS))
         _write(conn, found)
-        recommended = recommendations.refresh(conn, as_of, day_end(as_of, zone))
+        recommended = recommendations.store(conn, bought_together)
     report = RefreshReport(
         customers=len(found), orders=len(orders.customer), recommended=recommended
     )

@@ -1,7 +1,7 @@
 """What customers who bought the same also bought: the one module that writes
 product_recommendations.
 
-The full insight refresh reads who bought which SKU in one distinct query, finds each SKU's
+The full insight refresh reads who bought which SKU in one query, finds each SKU's
 nearest other SKUs (mailer.insight.cobought) and replaces the table. A customer's
 recommendations are then read for many customers at once at send time: the neighbours of
 what they bought, less what they bought, with the catalogue's name and category.
@@ -65,12 +65,12 @@ def _pairs(result: CursorResult[Any]) -> tuple[Ints, Ints, list[str]]:
     return np.concatenate(customers) if customers else found, found, names
 
 
-def refresh(conn: Connection, as_of: date, upto: datetime) -> int:
-    """Replace every SKU's co-bought SKUs from the placed orders before ``upto`` (the end
-    of the day ``as_of``); returns how many SKUs have any."""
+def learn(conn: Connection, as_of: date, upto: datetime) -> list[dict[str, Any]]:
+    """Every SKU's co-bought SKUs from the placed orders before ``upto`` (the end of the
+    day ``as_of``), as product_recommendations rows."""
     customer, sku, names = _pairs(_bought(conn, upto))
     found = cobought.neighbours(customer, sku, len(names))
-    rows = [
+    return [
         {
             "sku": names[a],
             "rank": int(r),
@@ -83,10 +83,14 @@ def refresh(conn: Connection, as_of: date, upto: datetime) -> int:
             found.sku, found.other, found.rank, found.customers, found.score, strict=True
         )
     ]
+
+
+def store(conn: Connection, rows: list[dict[str, Any]]) -> int:
+    """Replace the table with ``rows`` (from ``learn``); returns how many SKUs have any."""
     conn.execute(delete(RECOMMENDATIONS))
     for start in range(0, len(rows), BATCH):
         conn.execute(insert(RECOMMENDATIONS), rows[start : start + BATCH])
-    return len(np.unique(found.sku))
+    return len({row["sku"] for row in rows})
 
 
 def for_customers(
@@ -99,8 +103,8 @@ def for_customers(
     if not ids:
         return {}
     bought: dict[int, set[str]] = {i: set() for i in ids}
-    for customer_id, sku in _bought(conn, customers=ids):
-        bought[customer_id].add(sku)
+    for row in _bought(conn, customers=ids):
+        bought[row.customer_id].add(row.sku)
     near = _neighbours(conn, sorted(set().union(*bought.values())))
     chosen = {i: cobought.for_customer(bought[i], near, limit) for i in ids}
     shown = {sku for found in chosen.values() for s in found for sku in (s.sku, s.because)}
