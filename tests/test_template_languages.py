@@ -126,3 +126,12 @@ def test_purchase_mail_reads_well_for_a_customer_without_orders(
         "<li>" not in (message.html or "") and "\u00d7" not in message.text
     )  # no "2 x product" line
     assert "https://mail.example.com/u/sample-token" in message.text
+
+
+def test_a_thank_you_names_the_order_its_schedule_thanks_for_not_a_later_one() -> None:
+    """after_purchase fires days after an order (``ordered_on``, the customer's local day):
+    an order placed since then must not be the one thanked for."""
+    data = sample_context(SHIPPED, "after_purchase", "id") | {"ordered_on": "2025-02-08"}
+    message = STORE.render("after_purchase", data, locale="id", zone=MANILA)
+    assert "pesanan NW-5107 tanggal 8 Februari 2025" in message.text
+    assert "NW-5531" not in message.text
