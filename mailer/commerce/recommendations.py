@@ -50,7 +50,8 @@ def _bought(
 def _pairs(result: CursorResult[Any]) -> tuple[Ints, Ints, list[str]]:
     """Customers and SKU numbers, read a chunk at a time as plain tuples (an int and a str
     need no conversion), so a million lines never sit in memory as Python objects; SKUs are
-    numbered in sorted order, so ties rank the same on every database."""
+    numbered in sorted order, so ties rank the same on every database. (Not ``yield_per``:
+    SQLAlchemy would then buffer the first rows itself, out of the raw cursor's reach.)"""
     number: dict[str, int] = {}
     customers, skus = [], []
     while chunk := result.cursor.fetchmany(CHUNK):
