@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))  # for tests.pg
 
 from sqlalchemy import Engine, insert  # noqa: E402
 
-from mailer.commerce import insights, report  # noqa: E402
+from mailer.commerce import facts, insights, recommendations, report  # noqa: E402
 from mailer.commerce.orders import LINES, ORDERS  # noqa: E402
 from mailer.core.config import InsightSettings  # noqa: E402
 from mailer.customers.profiles import CUSTOMERS  # noqa: E402
@@ -136,6 +136,25 @@ def measure(engine: Engine) -> None:
             insights.update_customer(conn, customer, NOW, settings)
             times.append(time.perf_counter() - started)
     print(f"update of one customer: median {statistics.median(times) * 1000:.1f} ms (goal 10 ms)")
+    measure_recommendations(engine)
+
+
+def measure_recommendations(engine: Engine) -> None:
+    """The co-bought part of the refresh on its own, and what a claim batch of 200
+    messages adds when its template reads orders, insight and recommendations."""
+    with engine.begin() as conn:
+        started = time.perf_counter()
+        skus = recommendations.store(conn, recommendations.learn(conn, NOW.date(), NOW))
+        took = time.perf_counter() - started
+    print(f"co-bought products (part of the refresh): {skus:,} SKUs in {took:.2f} s")
+    times = []
+    for first in range(1, 2001, 200):
+        with engine.connect() as conn:
+            started = time.perf_counter()
+            facts.load(conn, list(range(first, first + 200)), set(facts.NAMES))
+            times.append(time.perf_counter() - started)
+    median = statistics.median(times) * 1000
+    print(f"template facts for a claim batch of 200 customers: median {median:.0f} ms")
 
 
 def measure_report(engine: Engine) -> None:

@@ -400,6 +400,7 @@ async def test_a_template_that_asks_for_a_tag_sends_what_its_preview_shows(
     with engine.connect() as conn:
         maria = profiles.get(conn, "maria@example.com")
     shown = previews.preview(
+        engine,
         cfg,
         TemplateStore(templates),
         maria,

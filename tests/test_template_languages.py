@@ -95,10 +95,43 @@ def test_an_indonesian_desk_reply_keeps_the_agents_words_and_the_reference() -> 
     assert "Nomor referensi: NW-1042." in message.text
 
 
-@pytest.mark.parametrize("name", ["newsletter", "birthday", "webinar_invite", "webinar_reminder"])
+MARKETING = ["newsletter", "birthday", "webinar_invite", "webinar_reminder"]
+PURCHASES = ["reorder", "winback", "after_purchase"]
+
+
+@pytest.mark.parametrize("name", MARKETING + PURCHASES)
 def test_tagalog_marketing_mail_links_to_unsubscribe_and_preferences(name: str) -> None:
     data = sample_context(SHIPPED, name, "tl")
     message = STORE.render(name, data, locale="tl", zone=MANILA)
     for part in (message.text, message.html or ""):
         assert "https://mail.example.com/u/sample-token" in part
         assert "https://mail.example.com/preferences/sample-token" in part
+
+
+@pytest.mark.parametrize("name", PURCHASES)
+@pytest.mark.parametrize("variant", STORE.variants("ack"))
+def test_purchase_mail_reads_well_for_a_customer_without_orders(
+    name: str, variant: str | None
+) -> None:
+    """A new customer has no orders, insight or recommendations yet: the message still
+    greets them, offers the shop and keeps the unsubscribe link, with no empty list."""
+    data = sample_context(SHIPPED, name, variant) | {
+        "orders": [],
+        "insight": None,
+        "recommendations": [],
+    }
+    message = STORE.render(name, data, locale=variant, zone=MANILA)
+    assert message.subject.strip() and "Ana" in message.text
+    assert (
+        "<li>" not in (message.html or "") and "\u00d7" not in message.text
+    )  # no "2 x product" line
+    assert "https://mail.example.com/u/sample-token" in message.text
+
+
+def test_a_thank_you_names_the_order_its_schedule_thanks_for_not_a_later_one() -> None:
+    """after_purchase fires days after an order (``ordered_on``, the customer's local day):
+    an order placed since then must not be the one thanked for."""
+    data = sample_context(SHIPPED, "after_purchase", "id") | {"ordered_on": "2025-02-08"}
+    message = STORE.render("after_purchase", data, locale="id", zone=MANILA)
+    assert "pesanan NW-5107 tanggal 8 Februari 2025" in message.text
+    assert "NW-5531" not in message.text

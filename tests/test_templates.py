@@ -110,14 +110,17 @@ def test_variant_without_any_body_is_an_error(tmp_path: Path) -> None:
 def test_names_list_templates_but_not_layouts(shipped: TemplateStore) -> None:
     assert shipped.names() == [
         "ack",
+        "after_purchase",
         "birthday",
         "desk_reply",
         "followups_digest",
         "meeting_invitation",
         "newsletter",
+        "reorder",
         "webinar_cancel",
         "webinar_invite",
         "webinar_reminder",
+        "winback",
     ]
     assert shipped.variants("ack") == [None, "bg", "id", "tl"]
 

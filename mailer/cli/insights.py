@@ -50,7 +50,10 @@ def refresh(
     report = insights.refresh(app_.engine(), settings.insight, day, now, zone)
     for note in report.notes:
         err.print(note)
-    out.print(f"{report.customers} customers from {report.orders} orders, as of {day}")
+    out.print(
+        f"{report.customers} customers from {report.orders} orders, as of {day}; "
+        f"customers who bought the same also bought: found for {report.recommended} SKUs"
+    )
 
 
 def _day(text: str) -> date:

@@ -61,7 +61,14 @@ def preview(
     schedules, _ = results.load(cfg, app_.clock)
     category = previews.category_of(name, schedules.values())
     message = previews.preview(
-        cfg, _store(ctx), profile, name, locale=locale, category=category, now=app_.clock.now()
+        app_.engine(),
+        cfg,
+        _store(ctx),
+        profile,
+        name,
+        locale=locale,
+        category=category,
+        now=app_.clock.now(),
     )
     if as_json:
         print_json(dataclasses.asdict(message))

@@ -22,6 +22,7 @@ from numpy.typing import NDArray
 from sqlalchemy import Engine, Table, case, delete, func, insert, select
 from sqlalchemy.engine import Connection
 
+from mailer.commerce import recommendations
 from mailer.core.config import InsightSettings
 from mailer.core.errors import FitFailed, MailerError
 from mailer.core.money import from_minor
@@ -78,6 +79,7 @@ class Fit:
 class RefreshReport:
     customers: int = 0
     orders: int = 0
+    recommended: int = 0  # SKUs with co-bought SKUs to recommend
     notes: list[str] = field(default_factory=list)  # what could not be fitted, one line each
 
 
@@ -485,6 +487,8 @@ def refresh(
     Days are the business's (``zone``)."""
     segments_config(settings)  # a gap in the rules is reported before any work
     with engine.connect() as conn:
+        # first, so its memory is reused by what follows rather than added on top of it
+        bought_together = recommendations.learn(conn, as_of, day_end(as_of, zone))
         orders = read_orders(conn, as_of, zone)
         baskets = read_baskets(conn, as_of, zone)
     if not len(orders.customer):
@@ -496,10 +500,13 @@ def refresh(
         store_fit(conn, fitted, len(found), now)
         conn.execute(delete(INSIGHTS))
         _write(conn, found)
+        recommended = recommendations.store(conn, bought_together)
         from mailer.commerce import report as insight_report  # it reads this module's tables
 
         insight_report.rebuild(conn, zone, now, orders)  # with the figures it reports, at once
-    report = RefreshReport(customers=len(found), orders=len(orders.customer))
+    report = RefreshReport(
+        customers=len(found), orders=len(orders.customer), recommended=recommended
+    )
     if fitted.failure:
         report.notes.append(
             f"no purchase model: {fitted.failure}; RFM and recency written, "
@@ -565,17 +572,27 @@ def export(
     """The stored insight, one object per customer, money as exact decimal text in the
     customer's currency; another horizon than the stored one is computed from the stored
     models."""
+    found = _stored(conn, None if customer_id is None else [customer_id])
+    if found and horizon_days is not None and horizon_days != found[0]["horizon_days"]:
+        _reproject(conn, found, horizon_days)
+    return [shown(row) for row in found]
+
+
+def of_customers(conn: Connection, customer_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    """These customers' stored insight as ``export`` shows it, by customer id, in one query
+    (a customer without orders has none)."""
+    return {row["customer_id"]: shown(row) for row in _stored(conn, sorted(set(customer_ids)))}
+
+
+def _stored(conn: Connection, customer_ids: Sequence[int] | None) -> list[dict[str, Any]]:
     query = (
         select(CUSTOMERS.c.email, INSIGHTS)
         .join(CUSTOMERS, CUSTOMERS.c.id == INSIGHTS.c.customer_id)
         .order_by(CUSTOMERS.c.email)
     )
-    if customer_id is not None:
-        query = query.where(INSIGHTS.c.customer_id == customer_id)
-    found = [dict(row) for row in conn.execute(query).mappings()]
-    if found and horizon_days is not None and horizon_days != found[0]["horizon_days"]:
-        _reproject(conn, found, horizon_days)
-    return [shown(row) for row in found]
+    if customer_ids is not None:
+        query = query.where(INSIGHTS.c.customer_id.in_(customer_ids))
+    return [dict(row) for row in conn.execute(query).mappings()]
 
 
 def _reproject(conn: Connection, found: list[dict[str, Any]], horizon_days: int) -> None:

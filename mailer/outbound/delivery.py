@@ -21,7 +21,7 @@ from mailer.core.clock import Clock
 from mailer.core.errors import RenderTimeout, TemplateError
 from mailer.outbound import outbox
 from mailer.outbound.outbox import Claimed, Outcome, Policy, Result
-from mailer.outbound.prepare import Outgoing, Preparer
+from mailer.outbound.prepare import Outgoing, Preparer, purchases_of
 from mailer.outbound.smtp import Diagnosis, Failure, SmtpPool, backoff, classify
 
 log = logging.getLogger("mailer.outbound.delivery")
@@ -89,6 +89,7 @@ class Delivery:
         ready: list[Outgoing] = []
         held: list[Outcome] = []
         overran: dict[str, RenderTimeout] = {}
+        purchases = purchases_of(self.engine, self.preparer.store, claimed)
         for item in claimed:
             template = item.template
             if self._stop.is_set():
@@ -98,7 +99,7 @@ class Delivery:
                 held.append(_template_failed(item.id, now, overran[template]))
                 continue
             try:
-                ready.append(self.preparer.prepare(item, now))
+                ready.append(self.preparer.prepare(item, now, purchases.get(item.id)))
             except TemplateError as exc:
                 if isinstance(exc, RenderTimeout):
                     overran[template] = exc

@@ -6,6 +6,7 @@ the SMTP I/O in ``delivery``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email.headerregistry import Address
@@ -13,8 +14,12 @@ from email.utils import parseaddr
 from typing import Any
 from urllib.parse import quote
 
+from sqlalchemy import Engine
+
+from mailer.commerce import facts
 from mailer.core.categories import Category
 from mailer.core.config import Config
+from mailer.core.errors import TemplateError
 from mailer.core.text import one_line
 from mailer.customers import tokens
 from mailer.customers.context import customer_view, customer_zone
@@ -62,11 +67,18 @@ class Preparer:
         self._base_url = settings.web.base_url.rstrip("/")
         self._company = dict(settings.company)
 
-    def prepare(self, claimed: Claimed, now: datetime) -> Outgoing:
-        """Raises TemplateError when the template cannot be rendered for this customer."""
+    @property
+    def store(self) -> TemplateStore:
+        return self._store
+
+    def prepare(
+        self, claimed: Claimed, now: datetime, purchases: Mapping[str, Any] | None = None
+    ) -> Outgoing:
+        """Raises TemplateError when the template cannot be rendered for this customer.
+        ``purchases`` are the customer's facts its template reads (``purchases_of``)."""
         customer = claimed.customer
         token = tokens.sign(self._secret, customer.id) if customer else None
-        context = self._context(claimed, token)
+        context = self._context(claimed, token, purchases or {})
         zone = customer_zone(customer, self._cfg)  # the business zone for strangers
         locale = claimed.locale or (customer.locale if customer else None)
         rendered = self._store.render(claimed.template, context, locale=locale, zone=zone)
@@ -110,7 +122,9 @@ class Preparer:
             return self._from
         return str(Address(display_name=one_line(name), addr_spec=self._address))
 
-    def _context(self, claimed: Claimed, token: str | None) -> dict[str, Any]:
+    def _context(
+        self, claimed: Claimed, token: str | None, purchases: Mapping[str, Any]
+    ) -> dict[str, Any]:
         customer = claimed.customer
         token = token or "none"
         context: dict[str, Any] = {
@@ -119,8 +133,9 @@ class Preparer:
             "unsubscribe_url": f"{self._base_url}/unsubscribe/{token}",
             "preferences_url": f"{self._base_url}/preferences/{token}",
             "params": {},
+            **purchases,
         }
-        context.update(claimed.context)
+        context.update(claimed.context)  # what the message was queued with wins
         return context
 
     def _invitation(
@@ -154,6 +169,36 @@ class Preparer:
             return {}
         mailto = f"mailto:{self._address}?subject={quote('unsubscribe ' + token)}"
         return list_unsubscribe_headers(f"{self._base_url}/unsubscribe/{token}", mailto)
+
+
+def purchases_of(
+    engine: Engine, store: TemplateStore, claimed: Sequence[Claimed]
+) -> dict[int, dict[str, Any]]:
+    """For each claimed message (by outbox id) whose template reads ``orders``, ``insight``
+    or ``recommendations``, its customer's values of those names, loaded for the whole
+    batch at once; a stranger's are empty. Messages whose templates read none are left out."""
+    wanted: dict[str, frozenset[str]] = {}
+    for template in {item.template for item in claimed}:
+        try:
+            wanted[template] = store.reads(template) & frozenset(facts.NAMES)
+        except TemplateError:  # an unknown template fails when it is rendered
+            wanted[template] = frozenset()
+    needing = [item for item in claimed if wanted[item.template]]
+    if not needing:
+        return {}
+    ids = [item.customer.id for item in needing if item.customer]
+    with engine.connect() as conn:
+        loaded = facts.load(conn, ids, frozenset().union(*wanted.values()))
+    return {
+        item.id: {
+            name: value
+            for name, value in (
+                loaded[item.customer.id] if item.customer else facts.empty(wanted[item.template])
+            ).items()
+            if name in wanted[item.template]
+        }
+        for item in needing
+    }
 
 
 def _stranger(address: str) -> dict[str, Any]:

@@ -17,6 +17,7 @@ in a customer's inbox.
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import re
 import time
@@ -32,7 +33,14 @@ from zoneinfo import ZoneInfo
 
 import css_inline
 import html_to_markdown
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, Template, select_autoescape
+from jinja2 import (
+    Environment,
+    FileSystemLoader,
+    StrictUndefined,
+    Template,
+    meta,
+    select_autoescape,
+)
 from jinja2.exceptions import SecurityError, TemplateNotFound, TemplateSyntaxError, UndefinedError
 from jinja2.loaders import split_template_path
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -155,6 +163,21 @@ class TemplateStore(_Folders):
         return self.pool.call(
             self._where(name), _render, self._key, name, dict(context), locale, zone, self._drafts
         )
+
+    def reads(self, name: str) -> frozenset[str]:
+        """The top-level variables any variant of ``name`` reads, so a send loads costly
+        ones (a customer's orders) only for the templates that show them; a file that does
+        not parse reads nothing here (rendering reports it)."""
+        found: set[str] = set()
+        for variant in self.variants(name):
+            folder = _folder(name, variant)
+            for file in (SUBJECT, HTML, TEXT):
+                path = f"{folder}/{file}"
+                if path in self._drafts:
+                    found |= _variables(self._drafts[path] or "")
+                else:
+                    found |= _file_variables(self.root / path, _signature(self.root / path))
+        return frozenset(found)
 
     def check(self, *, company: Mapping[str, Any] | None = None) -> list[Problem]:
         """Render every file of every variant against sample data and report every problem.
@@ -383,6 +406,27 @@ class _StatLoader(FileSystemLoader):
         return source, filename, lambda: _signature(path) == before
 
 
+_PARSER = Environment()
+
+
+def _variables(source: str) -> frozenset[str]:
+    try:
+        return frozenset(meta.find_undeclared_variables(_PARSER.parse(source)))
+    except TemplateSyntaxError:
+        return frozenset()
+
+
+@functools.lru_cache(maxsize=1024)
+def _file_variables(path: Path, signature: tuple[int, int, int] | None) -> frozenset[str]:
+    """A file's variables, once per version of it (``signature``); none when it is absent."""
+    if signature is None:
+        return frozenset()
+    try:
+        return _variables(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError):
+        return frozenset()
+
+
 def _signature(path: Path) -> tuple[int, int, int] | None:
     try:
         found = path.stat()
@@ -474,6 +518,7 @@ def sample_context(
         "reply": {"text": "The burrs need a clean.\n\n> It squeaks.", "agent": "Sam"},
         "webinar": _sample_webinar(),
         "meeting": _sample_meeting(),
+        **_sample_purchases(received),
     }
 
 
@@ -530,6 +575,79 @@ def _sample_meeting() -> dict[str, Any]:
         "changed": False,
         "cancelled": False,
     }
+
+
+def _sample_purchases(at: datetime) -> dict[str, Any]:
+    """``orders``, ``insight`` and ``recommendations`` as mailer.commerce.facts gives them
+    for a customer with two orders (one without is [], None, [])."""
+    earlier = at - timedelta(days=34)
+    line = {"sku": "ETH-YIR-250", "product": "Ethiopia Yirgacheffe 250 g", "category": "coffee"}
+    filters = {"sku": "FLT-V60-100", "product": "V60 paper filters (100)", "category": "gear"}
+    orders = [
+        {
+            "id": "NW-5531",
+            "date": at,
+            "channel": "web",
+            "currency": "EUR",
+            "status": "placed",
+            "total": "27.80",
+            "lines": [{**line, "quantity": 2}],
+        },
+        {
+            "id": "NW-5107",
+            "date": earlier,
+            "channel": "web",
+            "currency": "EUR",
+            "status": "placed",
+            "total": "19.40",
+            "lines": [{**line, "quantity": 1}, {**filters, "quantity": 1}],
+        },
+    ]
+    insight = {
+        "email": "ana.petrova@example.com",
+        "as_of": at.date(),
+        "orders": 2,
+        "first_order": earlier.date(),
+        "last_order": at.date(),
+        "recency_days": 0,
+        "frequency": 1,
+        "currency": "EUR",
+        "monetary": "47.20",
+        "margin": "18.10",
+        "r_score": 5,
+        "f_score": 3,
+        "m_score": 3,
+        "rfm_segment": "potential",
+        "p_active": 0.91,
+        "horizon_days": 90,
+        "expected_orders": 2.4,
+        "clv": "61.00",
+        "predicted_next_order": (at + timedelta(days=30)).date(),
+        "next_order_confidence": 0.6,
+        "basis": "own rhythm",
+        "one_time_buyer": False,
+        "preferred_channel": "web",
+        "basket": [{"sku": "ETH-YIR-250", "orders": 2}],
+    }
+    recommendations = [
+        {
+            "sku": "KEN-AA-250",
+            "product": "Kenya AA 250 g",
+            "category": "coffee",
+            "score": 0.42,
+            "because_sku": "ETH-YIR-250",
+            "because_product": "Ethiopia Yirgacheffe 250 g",
+        },
+        {
+            "sku": "GRD-HND-01",
+            "product": "Hand grinder",
+            "category": "gear",
+            "score": 0.31,
+            "because_sku": "FLT-V60-100",
+            "because_product": "V60 paper filters (100)",
+        },
+    ]
+    return {"orders": orders, "insight": insight, "recommendations": recommendations}
 
 
 def _sample_params(root: Path, name: str) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from mailer.customers import profiles
 from mailer.customers.csv_rows import normalise_email
 from mailer.outbound import outbox
 from mailer.outbound.outbox import Claimed, NewMessage
-from mailer.outbound.prepare import Preparer
+from mailer.outbound.prepare import Preparer, purchases_of
 from mailer.outbound.templates import TemplateStore, sample_context
 from mailer.sandbox import smtp_server
 from mailer.scheduling.schedules import Schedule, WebinarSchedule
@@ -49,6 +49,7 @@ class Preview:
 
 
 def preview(
+    engine: Engine,
     cfg: Config,
     store: TemplateStore,
     customer: profiles.Profile,
@@ -59,7 +60,8 @@ def preview(
     now: datetime,
 ) -> Preview:
     """``name`` as ``customer`` would receive it as ``category`` mail; TemplateError if it
-    cannot be rendered. ``locale`` overrides the customer's own."""
+    cannot be rendered. ``locale`` overrides the customer's own. The customer's orders,
+    insight and recommendations are their real ones, loaded as a send loads them."""
     claimed = Claimed(
         id=0,
         to_address=customer.email,
@@ -75,7 +77,8 @@ def preview(
         valid_until=None,
         customer=customer,
     )
-    sent = Preparer(cfg, store, PREVIEW_KEY).prepare(claimed, now)
+    purchases = purchases_of(engine, store, [claimed]).get(claimed.id)
+    sent = Preparer(cfg, store, PREVIEW_KEY).prepare(claimed, now, purchases)
     message = smtp_server.read(sent.data)
     return Preview(
         template=name,

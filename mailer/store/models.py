@@ -668,3 +668,17 @@ class ApiRateWindow(SQLModel, table=True):
     )
     window_start: datetime = Field(sa_type=UTCDateTime, primary_key=True)
     requests: int
+
+
+class ProductRecommendation(SQLModel, table=True):
+    """What customers who bought ``sku`` also bought, closest first; written only by
+    commerce.recommendations at each full insight refresh (see mailer.insight.cobought)."""
+
+    __tablename__ = "product_recommendations"
+
+    sku: str = Field(max_length=100, primary_key=True)
+    rank: int = Field(primary_key=True, description="1 = the closest")
+    other_sku: str = Field(max_length=100)
+    customers: int = Field(description="customers who bought both")
+    score: float = Field(description="cosine of the two SKUs' buyer sets")
+    as_of: date = Field(sa_type=Date)

@@ -30,7 +30,7 @@ from mailer.core.errors import InvalidContact, MailerError, NotFound, TemplateEr
 from mailer.customers import contacts, followups, profiles
 from mailer.inbound import inquiries, plain_words
 from mailer.outbound import outbox
-from mailer.outbound.prepare import Preparer
+from mailer.outbound.prepare import Preparer, purchases_of
 from mailer.outbound.templates import TemplateStore
 from mailer.relationship import history
 from mailer.relationship.timeline import Cursor
@@ -240,8 +240,9 @@ def _acknowledgement(request: Request, inquiry_id: int) -> dict[str, Any] | None
         return None
     shown: dict[str, Any] = {"inquiry_id": inquiry_id, "ack": ack}
     preparer = Preparer(web.cfg, TemplateStore(web.cfg.templates_dir), web.secret)
+    purchases = purchases_of(web.engine, preparer.store, [queued]).get(queued.id)
     try:
-        made = preparer.prepare(queued, ack.sent_at or ack.created_at)
+        made = preparer.prepare(queued, ack.sent_at or ack.created_at, purchases)
     except TemplateError as exc:
         return {**shown, "problem": str(exc)}
     return {**shown, "subject": made.subject, "text": smtp_server.read(made.data)["text"]}

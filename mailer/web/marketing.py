@@ -160,6 +160,7 @@ def _preview(
     category = previews.category_of(name, schedules.values())
     try:
         shown = previews.preview(
+            web.engine,
             web.cfg,
             store,
             customer,

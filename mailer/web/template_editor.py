@@ -237,6 +237,7 @@ def _preview(
     schedules, _ = results.load(web.cfg, web.clock)
     try:
         shown = previews.preview(
+            web.engine,
             web.cfg,
             store,
             customer,

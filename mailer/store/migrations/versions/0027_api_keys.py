@@ -1,7 +1,7 @@
 """api_keys and api_rate_windows: keys for the HTTP API and their requests per minute
 
 Revision ID: 0027
-Revises: 0025
+Revises: 0026
 Create Date: 2026-12-02
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 from mailer.store.db import UTCDateTime
 
 revision: str = "0027"
-down_revision: str | None = "0025"
+down_revision: str | None = "0026"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
