@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -340,14 +341,17 @@ def _expected(
 
 def segments_config(settings: InsightSettings) -> rfm.SegmentsConfig:
     """The configured segment rules, or the shipped ones; ConfigError if they leave a gap."""
-    if not settings.segments:
-        return rfm.SegmentsConfig()
-    return rfm.SegmentsConfig(
+    return _checked_rules(
         tuple(
             rfm.SegmentRule(name=name, **rule.model_dump())
             for name, rule in settings.segments.items()
         )
     )
+
+
+@lru_cache(maxsize=16)  # checking the 125 score combinations costs more than updating a customer
+def _checked_rules(rules: tuple[rfm.SegmentRule, ...]) -> rfm.SegmentsConfig:
+    return rfm.SegmentsConfig(rules) if rules else rfm.SegmentsConfig()
 
 
 def _optional(values: Floats, index: int) -> float | None:

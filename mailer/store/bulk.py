@@ -55,6 +55,13 @@ def copy_insert(
     return added
 
 
+def analyze(conn: Connection, *tables: Table) -> None:
+    """Fresh planner statistics for tables that have just grown by many rows. Until
+    autovacuum gets to them (a minute or more), PostgreSQL guesses, and guessed wrong: a
+    seq scan of every order line to update one customer's insight (300 ms instead of 1)."""
+    conn.exec_driver_sql(f"ANALYZE {', '.join(t.name for t in tables)}")
+
+
 def one_of(
     column: ColumnElement[Any], values: Collection[Any], dialect: str
 ) -> ColumnElement[bool]:
