@@ -28,6 +28,7 @@ from mailer.core.errors import FitFailed, MailerError
 from mailer.core.money import from_minor
 from mailer.insight import btyd, history, next_order, rfm
 from mailer.insight.history import Floats, Ints, Purchases
+from mailer.store import bulk
 from mailer.store.models import (
     Customer,
     CustomerInsight,
@@ -111,7 +112,7 @@ def read_orders(
         .group_by(ORDERS.c.id)
     )
     if customers is not None:
-        query = query.where(ORDERS.c.customer_id.in_(customers))
+        query = query.where(bulk.one_of(ORDERS.c.customer_id, customers, conn.dialect.name))
     rows = conn.execute(query).all()
     columns = list(zip(*rows, strict=True)) if rows else [()] * 8
     return OrderArrays(
@@ -142,7 +143,7 @@ def read_baskets(
         .group_by(ORDERS.c.customer_id, LINES.c.sku)
     )
     if customers is not None:
-        inner = inner.where(ORDERS.c.customer_id.in_(customers))
+        inner = inner.where(bulk.one_of(ORDERS.c.customer_id, customers, conn.dialect.name))
     ranked = inner.subquery()
     query = select(ranked.c.customer_id, ranked.c.sku, ranked.c.orders).where(
         ranked.c.rank <= BASKET
@@ -544,7 +545,9 @@ def update_customers(
         baskets=read_baskets(conn, today, zone, ids),
         now=now,
     )
-    conn.execute(delete(INSIGHTS).where(INSIGHTS.c.customer_id.in_(ids)))
+    conn.execute(
+        delete(INSIGHTS).where(bulk.one_of(INSIGHTS.c.customer_id, ids, conn.dialect.name))
+    )
     _write(conn, found)
     return len(found)
 

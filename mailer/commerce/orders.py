@@ -86,7 +86,8 @@ def import_csv(
 
     with ExitStack() as stack:
         stream = stack.enter_context(profiles._open(path))
-        writer = stack.enter_context(ThreadPoolExecutor(1, "orders")) if _overlap(engine) else None
+        overlap = engine.dialect.name == "postgresql"
+        writer = stack.enter_context(ThreadPoolExecutor(1, "orders")) if overlap else None
         try:
             header, rows = read_table(stream, order_rows.order_header, "order_ref")
             lines = order_rows.parse_rows(header, rows, rules)
@@ -106,10 +107,6 @@ def import_csv(
         with engine.begin() as conn:
             bulk.analyze(conn, ORDERS, LINES, CUSTOMERS)
     return report
-
-
-def _overlap(engine: Engine) -> bool:
-    return engine.dialect.name == "postgresql"
 
 
 def _add(

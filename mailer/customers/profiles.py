@@ -286,8 +286,8 @@ def ensure(
     conn: Connection, emails: Collection[str], now: datetime, source: str
 ) -> tuple[dict[str, int], int]:
     """The ids of the customers with these (normalised) addresses, each one not known yet
-    added as a lead, with no consent implied; and how many were added. Three statements
-    for any number of addresses."""
+    added as a lead, with no consent implied; and how many were added. A few statements
+    for any number of addresses (PostgreSQL takes the leads by COPY)."""
     dialect = conn.dialect.name
     query = select(CUSTOMERS.c.email, CUSTOMERS.c.id)
     ids: dict[str, int] = dict(
