@@ -1,8 +1,10 @@
 """How fast `mailer orders import` takes a large CSV: lines/s for a first import and a re-import.
 
-    .venv/bin/python bench/orders_import.py [--lines N] [--customers N] [--database-url URL]
+    .venv/bin/python bench/orders_import.py [--lines N] [--customers N]
+        [--postgres | --database-url URL]
 
-Without --database-url it uses a fresh SQLite file in a temp dir. Orders of 1-9 lines, three
+Without either it uses a fresh SQLite file in a temp dir; --postgres starts a throwaway
+PostgreSQL server. Orders of 1-9 lines, three
 channels, EUR and BGN, one order in fifty a return.
 """
 
@@ -10,15 +12,21 @@ from __future__ import annotations
 
 import argparse
 import resource
+import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from mailer.commerce import orders
-from mailer.commerce.order_rows import Rules
-from mailer.store import db, migrate
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # for tests.pg
+
+from mailer.commerce import orders  # noqa: E402
+from mailer.commerce.order_rows import Rules  # noqa: E402
+from mailer.store import db, migrate  # noqa: E402
+from tests.pg import PostgresServer  # noqa: E402
 
 CHANNELS = ("web shop", "phone", "store")
 PRODUCTS = [
@@ -65,15 +73,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--lines", type=int, default=1_000_000)
     parser.add_argument("--customers", type=int, default=100_000)
-    parser.add_argument("--database-url")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--postgres", action="store_true", help="a throwaway PostgreSQL server")
+    where.add_argument("--database-url", help="an empty database to fill")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
+    with ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory())
+        url = args.database_url or f"sqlite:///{tmp}/bench.db"
+        if args.postgres:
+            server = PostgresServer.start()
+            stack.callback(server.stop)
+            server.admin("CREATE DATABASE bench")
+            url = server.url("bench")
         path = Path(tmp) / "orders.csv"
         started = time.perf_counter()
         write_csv(path, args.lines, args.customers)
         print(f"wrote {args.lines} lines in {time.perf_counter() - started:.1f} s")
-        engine = db.connect(args.database_url or f"sqlite:///{tmp}/bench.db")
+        engine = db.connect(url)
         migrate.upgrade(engine)
+        print(f"database: {engine.dialect.name}")
         first, report = timed(engine, path)
         print(
             f"first import: {report.added} orders, {report.lines} lines, "
@@ -82,6 +100,7 @@ def main() -> None:
         )
         again, report = timed(engine, path)
         print(f"re-import:    {report.unchanged} orders unchanged in {again:.1f} s")
+        engine.dispose()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
     print(f"peak RSS {peak} MB")
 

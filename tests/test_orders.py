@@ -136,6 +136,40 @@ def test_each_bad_line_is_named_and_its_order_is_left_out_whole(
         assert [o["order_ref"] for o in orders.find(conn)] == ["G1"]  # nothing of X1 went in
 
 
+def test_a_file_of_many_batches_is_imported_whole_orders_and_reported_by_line(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches of two orders: on PostgreSQL each is written by COPY while the next is read."""
+    monkeypatch.setattr(orders, "BATCH", 2)
+    orders.import_csv(engine, write(tmp_path, GOOD), RULES)
+    head = "N{0},buyer{1}@example.com,2026-11-0{2}"
+    rows = "".join(
+        f"{head.format(n, n % 3, 1 + n % 5)},BEAN-{n % 4},Beans {n % 4},1,1.00,EUR,\n"
+        f"{head.format(n, n % 3, 1 + n % 5)},MUG-2,Mug,2,0.50,EUR,\n"
+        for n in range(1, 10)
+    )
+    bad = "N5,buyer2@example.com,2026-11-01,MUG-2,Mug,1,nine,EUR,\n"  # N5's third line
+    changed = GOOD.splitlines(keepends=True)[2].replace("1200", "1300")  # J1 with another price
+    rows = rows.replace("N6,", bad + "N6,", 1) + changed
+    seen: list[int] = []
+    report = orders.import_csv(engine, write(tmp_path, rows), RULES, progress=seen.append)
+    assert sum(seen) == 20 and len(seen) == 5
+    assert orders.reasons(report.rejected) == [
+        (12, "N5", "price 'nine' is not an amount like 12.50"),
+        (21, "J1", "order J1 was imported before with other content; nothing of it was changed"),
+    ]
+    assert (report.added, report.lines, report.customers_added) == (8, 16, 3)
+    with engine.connect() as conn:
+        listed = {row["order_ref"]: row["lines"] for row in orders.find(conn, limit=100)}
+        buyer = profiles.get(conn, "buyer1@example.com")
+        skus = conn.execute(select(Product.sku).order_by(Product.sku)).scalars().all()
+    assert "N5" not in listed and all(listed[f"N{n}"] == 2 for n in (1, 2, 3, 4, 6, 7, 8, 9))
+    assert buyer.fields == {} and buyer.source == "orders" and not buyer.marketing_consent
+    assert skus == ["BEAN-0", "BEAN-1", "BEAN-2", "BEAN-3", "MUG-2"]
+    again = orders.import_csv(engine, write(tmp_path, rows), RULES)
+    assert (again.added, again.unchanged, len(again.rejected)) == (0, 8, 2)
+
+
 def test_an_order_imported_again_with_other_content_is_reported_and_kept(
     engine: Engine, tmp_path: Path
 ) -> None:

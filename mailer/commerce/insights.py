@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,7 @@ from mailer.core.errors import FitFailed, MailerError
 from mailer.core.money import from_minor
 from mailer.insight import btyd, history, next_order, rfm
 from mailer.insight.history import Floats, Ints, Purchases
+from mailer.store import bulk
 from mailer.store.models import (
     Customer,
     CustomerInsight,
@@ -112,7 +114,7 @@ def read_orders(
         .group_by(ORDERS.c.id)
     )
     if customers is not None:
-        query = query.where(ORDERS.c.customer_id.in_(customers))
+        query = query.where(bulk.one_of(ORDERS.c.customer_id, customers, conn.dialect.name))
     rows = conn.execute(query).all()
     columns = list(zip(*rows, strict=True)) if rows else [()] * 8
     return OrderArrays(
@@ -143,7 +145,7 @@ def read_baskets(
         .group_by(ORDERS.c.customer_id, LINES.c.sku)
     )
     if customers is not None:
-        inner = inner.where(ORDERS.c.customer_id.in_(customers))
+        inner = inner.where(bulk.one_of(ORDERS.c.customer_id, customers, conn.dialect.name))
     ranked = inner.subquery()
     query = select(ranked.c.customer_id, ranked.c.sku, ranked.c.orders).where(
         ranked.c.rank <= BASKET
@@ -342,14 +344,17 @@ def _expected(
 
 def segments_config(settings: InsightSettings) -> rfm.SegmentsConfig:
     """The configured segment rules, or the shipped ones; ConfigError if they leave a gap."""
-    if not settings.segments:
-        return rfm.SegmentsConfig()
-    return rfm.SegmentsConfig(
+    return _checked_rules(
         tuple(
             rfm.SegmentRule(name=name, **rule.model_dump())
             for name, rule in settings.segments.items()
         )
     )
+
+
+@lru_cache(maxsize=16)  # checking the 125 score combinations costs more than updating a customer
+def _checked_rules(rules: tuple[rfm.SegmentRule, ...]) -> rfm.SegmentsConfig:
+    return rfm.SegmentsConfig(rules) if rules else rfm.SegmentsConfig()
 
 
 def _optional(values: Floats, index: int) -> float | None:
@@ -550,7 +555,9 @@ def update_customers(
         baskets=read_baskets(conn, today, zone, ids),
         now=now,
     )
-    conn.execute(delete(INSIGHTS).where(INSIGHTS.c.customer_id.in_(ids)))
+    conn.execute(
+        delete(INSIGHTS).where(bulk.one_of(INSIGHTS.c.customer_id, ids, conn.dialect.name))
+    )
     _write(conn, found)
     return len(found)
 

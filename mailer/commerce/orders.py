@@ -4,18 +4,22 @@ twice, and the look-ups a person or a model needs.
 An import works a thousand orders at a time, in one transaction each: one SELECT finds the
 orders already stored, one the customers (unknown addresses become leads), then one
 INSERT ... RETURNING for the orders, one for the products they name and one for their lines.
+PostgreSQL takes those rows by COPY (``mailer.store.bulk``) and writes a batch while the
+next is read; a large import ends with fresh planner statistics.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, Table, func, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Connection
 
 from mailer.commerce import insights, order_rows, products
@@ -25,12 +29,14 @@ from mailer.core.errors import ImportFileError
 from mailer.core.money import from_minor
 from mailer.customers import profiles
 from mailer.customers.csv_rows import read_table, shown
+from mailer.store import bulk
 from mailer.store.models import Customer, Order, OrderLine, OrderStatus
 
 ORDERS: Table = Order.__table__  # type: ignore[attr-defined]
 LINES: Table = OrderLine.__table__  # type: ignore[attr-defined]
 CUSTOMERS: Table = Customer.__table__  # type: ignore[attr-defined]
 BATCH = 1000  # orders to a transaction
+ANALYZE_AFTER = 10_000  # lines added that are worth fresh statistics at once (PostgreSQL)
 LEAD_SOURCE = "orders"
 Progress = Callable[[int], None]
 
@@ -58,22 +64,47 @@ def import_csv(
     """Add every valid order of the file; report the rest by line. An order already stored
     with the same content is left as it is; with other content it is reported, unchanged.
     The insight of the customers whose orders were added is brought up to date with them,
-    in the same transaction (once a refresh has fitted the models)."""
+    in the same transaction (once a refresh has fitted the models).
+
+    On PostgreSQL a batch is written in a thread while the next one is read: checking rows
+    is about half the work and the server does its part in its own process, so the two
+    overlap. SQLite writes in this process, taking the GIL back after every row: there the
+    thread would only wait."""
     report = ImportReport()
     source = f"import:{path.name}"[:100]
-    with profiles._open(path) as stream:
+    settings = insight or InsightSettings()
+    catalogued: set[str] = set()  # SKUs this import has made sure of
+
+    def write(batch: list[Draft | Rejected]) -> None:
+        drafts = [d for d in batch if isinstance(d, Draft)]
+        report.rejected += [r for r in batch if isinstance(r, Rejected)]
+        with engine.begin() as conn:
+            add(conn, drafts, rules, source, report, settings, catalogued)
+        if progress:
+            progress(sum(len(d.lines) if isinstance(d, Draft) else d.lines for d in batch))
+
+    with ExitStack() as stack:
+        stream = stack.enter_context(profiles._open(path))
+        overlap = engine.dialect.name == "postgresql"
+        writer = stack.enter_context(ThreadPoolExecutor(1, "orders")) if overlap else None
         try:
             header, rows = read_table(stream, order_rows.order_header, "order_ref")
             lines = order_rows.parse_rows(header, rows, rules)
+            written: Future[None] | None = None
             for batch in profiles._batches(order_rows.orders(lines), BATCH):
-                drafts = [d for d in batch if isinstance(d, Draft)]
-                report.rejected += [r for r in batch if isinstance(r, Rejected)]
-                with engine.begin() as conn:
-                    add(conn, drafts, rules, source, report, insight)
-                if progress:
-                    progress(sum(len(d.lines) if isinstance(d, Draft) else d.lines for d in batch))
+                if writer is None:
+                    write(batch)
+                    continue
+                if written:
+                    written.result()  # one batch at a time, in file order; its error stops all
+                written = writer.submit(write, batch)
+            if written:
+                written.result()
         except ImportFileError as exc:
             raise ImportFileError(f"{shown(str(path))}: {shown(str(exc), 500)}") from None
+    if report.lines >= ANALYZE_AFTER and engine.dialect.name == "postgresql":
+        with engine.begin() as conn:
+            bulk.analyze(conn, ORDERS, LINES, CUSTOMERS)
     return report
 
 
@@ -84,22 +115,31 @@ def add(
     source: str,
     report: ImportReport,
     insight: InsightSettings | None = None,
+    catalogued: set[str] | None = None,
 ) -> None:
     """Store the orders not stored yet, in the caller's transaction, and bring the insight
     of their customers up to date; one stored before is counted unchanged when it says the
-    same, and rejected (left as it was) when it says something else."""
-    touched = _add(conn, drafts, rules.now, source, report)
+    same, and rejected (left as it was) when it says something else. ``catalogued`` holds
+    the SKUs an import has already made sure of, across its batches."""
+    known = set() if catalogued is None else catalogued
+    touched = _add(conn, drafts, rules.now, source, report, known)
     insights.update_customers(conn, touched, rules.now, insight or InsightSettings(), rules.zone)
 
 
 def _add(
-    conn: Connection, drafts: list[Draft], now: datetime, source: str, report: ImportReport
+    conn: Connection,
+    drafts: list[Draft],
+    now: datetime,
+    source: str,
+    report: ImportReport,
+    catalogued: set[str],
 ) -> list[int]:
-    """The customers whose orders were added."""
+    """The customers whose orders were added. A SKU is looked for in the catalogue the
+    first time the import names it, not in every batch."""
     stored = dict(
         conn.execute(
             select(ORDERS.c.order_ref, ORDERS.c.fingerprint).where(
-                ORDERS.c.order_ref.in_([d.order_ref for d in drafts])
+                bulk.one_of(ORDERS.c.order_ref, [d.order_ref for d in drafts], conn.dialect.name)
             )
         ).all()
     )
@@ -114,7 +154,11 @@ def _add(
     customers, added = profiles.ensure(conn, {d.lines[0].email for d in new}, now, LEAD_SOURCE)
     report.customers_added += added
     ids = _insert_orders(conn, new, customers, now, source)
-    products.add_missing(conn, {r.sku: (r.product, r.category) for d in new for r in d.lines}, now)
+    named = {
+        r.sku: (r.product, r.category) for d in new for r in d.lines if r.sku not in catalogued
+    }
+    products.add_missing(conn, named, now)
+    catalogued.update(named)
     lines = [
         (ids[d.order_ref], n, r.sku, r.product, r.category, r.quantity, r.unit_price, r.unit_cost)
         for d in new
@@ -138,9 +182,11 @@ def _insert_orders(
     conn: Connection, new: list[Draft], customers: dict[str, int], now: datetime, source: str
 ) -> dict[str, int]:
     """Order ids by order id of the shop; one that another import stored meanwhile is left out."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(ORDERS).on_conflict_do_nothing(index_elements=["order_ref"])
     values = [_order(d, customers[d.lines[0].email], now, source) for d in new]
+    if conn.dialect.name == "postgresql":
+        rows = [tuple(v.values()) for v in values]
+        return dict(bulk.copy_insert(conn, ORDERS, list(values[0]), rows, ("order_ref", "id")))
+    stmt = sqlite.insert(ORDERS).on_conflict_do_nothing(index_elements=["order_ref"])
     returned = conn.execute(stmt.returning(ORDERS.c.order_ref, ORDERS.c.id), values)
     return dict(returned.all())
 
@@ -176,8 +222,12 @@ def _insert_plain(
     conn: Connection, table: Table, columns: Sequence[str], rows: list[tuple[Any, ...]]
 ) -> None:
     """One INSERT for many rows of plain integers and text, handed to the driver as they
-    are: SQLAlchemy would build each row's parameters in Python, over a tenth of the import."""
+    are: SQLAlchemy would build each row's parameters in Python, over a tenth of the import.
+    PostgreSQL takes them by COPY."""
     if not rows:
+        return
+    if conn.dialect.name == "postgresql":
+        bulk.copy_rows(conn, table, columns, rows)
         return
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     names = ", ".join(columns)

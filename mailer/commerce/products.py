@@ -16,6 +16,7 @@ from mailer.commerce.order_rows import LIMITS, BadLine
 from mailer.core.errors import ImportFileError
 from mailer.customers.csv_rows import RejectedRow, clean_text, normalise_header, read_rows, shown
 from mailer.customers.profiles import BATCH, _batches, _open
+from mailer.store import bulk
 from mailer.store.models import Product
 
 PRODUCTS: Table = Product.__table__  # type: ignore[attr-defined]
@@ -41,9 +42,16 @@ def _dialect(conn: Connection) -> object:
 def add_missing(conn: Connection, named: Mapping[str, tuple[str, str]], now: datetime) -> None:
     """SKUs an order names, (name, category) by SKU, added when the catalogue lacks them;
     what the catalogue says already stays."""
-    rows = [{"sku": s, "name": n, "category": c, "updated_at": now} for s, (n, c) in named.items()]
-    if rows:
-        conn.execute(_dialect(conn).insert(PRODUCTS).on_conflict_do_nothing(), rows)  # type: ignore[attr-defined]
+    if not named:
+        return
+    if conn.dialect.name == "postgresql":
+        rows = [(s, n, c, now) for s, (n, c) in named.items()]
+        bulk.copy_insert(conn, PRODUCTS, ("sku", "name", "category", "updated_at"), rows)
+        return
+    values = [
+        {"sku": s, "name": n, "category": c, "updated_at": now} for s, (n, c) in named.items()
+    ]
+    conn.execute(sqlite.insert(PRODUCTS).on_conflict_do_nothing(), values)
 
 
 def import_csv(engine: Engine, path: Path, now: datetime) -> ImportReport:

@@ -32,6 +32,7 @@ from mailer.customers.csv_rows import (
     shown,
 )
 from mailer.customers.edits import Change, diff, record
+from mailer.store import bulk
 from mailer.store.models import Customer, CustomerChange, CustomerTag, ErasedAddress
 
 BATCH = 1000
@@ -303,19 +304,32 @@ def ensure(
     conn: Connection, emails: Collection[str], now: datetime, source: str
 ) -> tuple[dict[str, int], int]:
     """The ids of the customers with these (normalised) addresses, each one not known yet
-    added as a lead, with no consent implied; and how many were added. Three statements
-    for any number of addresses."""
+    added as a lead, with no consent implied; and how many were added. A few statements
+    for any number of addresses (PostgreSQL takes the leads by COPY)."""
+    dialect = conn.dialect.name
     query = select(CUSTOMERS.c.email, CUSTOMERS.c.id)
-    ids: dict[str, int] = dict(conn.execute(query.where(CUSTOMERS.c.email.in_(emails))).all())
+    ids: dict[str, int] = dict(
+        conn.execute(query.where(bulk.one_of(CUSTOMERS.c.email, emails, dialect))).all()
+    )
     missing = [e for e in emails if e not in ids]
     if missing:
         hashes = [address_hash(e) for e in missing]
-        erased = select(ERASED.c.address_hash).where(ERASED.c.address_hash.in_(hashes))
+        erased = select(ERASED.c.address_hash).where(
+            bulk.one_of(ERASED.c.address_hash, hashes, dialect)
+        )
         gone = set(conn.execute(erased).scalars())
-        leads = [_lead(e, "", now, source, erased=address_hash(e) in gone) for e in missing]
-        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-        conn.execute(dialect.insert(CUSTOMERS).on_conflict_do_nothing(), leads)
-        ids |= dict(conn.execute(query.where(CUSTOMERS.c.email.in_(missing))).all())
+        leads = [
+            _lead(e, "", now, source, erased=h in gone)
+            for e, h in zip(missing, hashes, strict=True)
+        ]
+        if dialect == "postgresql":
+            rows = [tuple(lead.values()) for lead in leads]
+            bulk.copy_insert(conn, CUSTOMERS, list(leads[0]), rows)
+        else:
+            conn.execute(sqlite.insert(CUSTOMERS).on_conflict_do_nothing(), leads)
+        ids |= dict(
+            conn.execute(query.where(bulk.one_of(CUSTOMERS.c.email, missing, dialect))).all()
+        )
     return ids, len(missing)
 
 

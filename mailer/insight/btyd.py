@@ -153,9 +153,10 @@ def p_alive(model: BgNbd, frequency: ArrayLike, recency: ArrayLike, age: ArrayLi
 
 
 def expected_purchases(
-    model: BgNbd, horizon: float, frequency: ArrayLike, recency: ArrayLike, age: ArrayLike
+    model: BgNbd, horizon: float | Floats, frequency: ArrayLike, recency: ArrayLike, age: ArrayLike
 ) -> Floats:
-    """Each customer's expected number of purchases in the next ``horizon``.
+    """Each customer's expected number of purchases in the next ``horizon`` (a column of
+    horizons gives a row of customers for each).
 
     The paper's conditional expectation with its hypergeometric term rewritten by Euler's
     transformation, 2F1(r+x, b+x; a+b+x-1; z) = (1-z)^(a-1-r-x) 2F1(a+b-1-r, a-1; a+b+x-1; z),
@@ -269,7 +270,7 @@ def clv(
     """Each customer's value over the horizon: expected purchases in each step times the
     expected value per purchase, times the margin, each step discounted."""
     ends = horizon.length * np.arange(1, horizon.steps + 1) / horizon.steps
-    cumulative = np.stack([expected_purchases(purchases, t, frequency, recency, age) for t in ends])
+    cumulative = expected_purchases(purchases, ends[:, np.newaxis], frequency, recency, age)
     per_step = np.diff(cumulative, axis=0, prepend=0.0)
     discounts = (1 + horizon.discount) ** -np.arange(1, horizon.steps + 1)
     worth: Floats = (

@@ -10,6 +10,7 @@ however many others also bought once, never coming back is not frequent buying.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from itertools import product
 
 import numpy as np
@@ -118,10 +119,16 @@ class SegmentsConfig:
 
     def table(self) -> NDArray[np.int64]:
         """The segment index for every (R, F, M), so segmenting is one array lookup."""
-        lookup = np.zeros((6, 6, 6), dtype=np.int64)
-        for r, f, m in product(range(1, 6), repeat=3):
-            lookup[r, f, m] = next(i for i, rule in enumerate(self.rules) if matches(rule, r, f, m))
-        return lookup
+        return _table(self.rules)
+
+
+@lru_cache(maxsize=16)  # built once per set of rules: an update of one customer needs it too
+def _table(rules: tuple[SegmentRule, ...]) -> NDArray[np.int64]:
+    lookup = np.zeros((6, 6, 6), dtype=np.int64)
+    for r, f, m in product(range(1, 6), repeat=3):
+        lookup[r, f, m] = next(i for i, rule in enumerate(rules) if matches(rule, r, f, m))
+    lookup.flags.writeable = False
+    return lookup
 
 
 def segments(rfm: Scores, config: SegmentsConfig) -> NDArray[np.str_]:

@@ -1,0 +1,90 @@
+"""Many rows into PostgreSQL at once, by COPY.
+
+A multi-row INSERT of a thousand rows holds ten thousand placeholders, which psycopg parses
+in Python each time (its statement cache skips long statements), and an executemany sends
+one statement per row: either way an order import spent two thirds of its time there. COPY
+streams the rows as text, formatted in C, and the server parses each value by its column's
+type; a temporary table then lets one INSERT ... SELECT skip conflicts and return ids.
+Nothing is committed here: the rows belong to the caller's transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import JSON, Table, any_, bindparam
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.engine import Connection
+from sqlalchemy.sql.elements import ColumnElement
+
+STAGE = "bulk_stage"
+
+
+def copy_rows(
+    conn: Connection, table: Table, columns: Sequence[str], rows: Iterable[Sequence[Any]]
+) -> None:
+    """Rows (values in the order of ``columns``) straight into the table."""
+    with _cursor(conn) as cursor:
+        _copy(cursor, table, table.name, columns, rows)
+
+
+def copy_insert(
+    conn: Connection,
+    table: Table,
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    returning: Sequence[str] = (),
+) -> list[tuple[Any, ...]]:
+    """Rows into the table, each one that conflicts with a stored row left out (ON CONFLICT
+    DO NOTHING); the ``returning`` columns of the rows added."""
+    names = ", ".join(columns)
+    with _cursor(conn) as cursor:
+        cursor.execute(
+            f"CREATE TEMPORARY TABLE {STAGE} ON COMMIT DROP AS "
+            f"SELECT {names} FROM {table.name} WITH NO DATA"
+        )
+        _copy(cursor, table, STAGE, columns, rows)
+        cursor.execute(
+            f"INSERT INTO {table.name} ({names}) SELECT {names} FROM {STAGE} ON CONFLICT DO NOTHING"
+            + (f" RETURNING {', '.join(returning)}" if returning else "")
+        )
+        added = cursor.fetchall() if returning else []
+        cursor.execute(f"DROP TABLE {STAGE}")
+    return added
+
+
+def analyze(conn: Connection, *tables: Table) -> None:
+    """Fresh planner statistics for tables that have just grown by many rows. Until
+    autovacuum gets to them (a minute or more), PostgreSQL guesses, and guessed wrong: a
+    seq scan of every order line to update one customer's insight (300 ms instead of 1)."""
+    conn.exec_driver_sql(f"ANALYZE {', '.join(t.name for t in tables)}")
+
+
+def one_of(
+    column: ColumnElement[Any], values: Collection[Any], dialect: str
+) -> ColumnElement[bool]:
+    """``column IN values``; on PostgreSQL ``= ANY(array)``, one parameter however many
+    values, so the statement stays short and cached."""
+    if dialect != "postgresql":
+        return column.in_(values)
+    return column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))
+
+
+def _cursor(conn: Connection) -> Any:
+    return conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+
+
+def _copy(
+    cursor: Any, table: Table, into: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]
+) -> None:
+    as_json = [i for i, c in enumerate(columns) if isinstance(table.c[c].type, JSON)]
+    with cursor.copy(f"COPY {into} ({', '.join(columns)}) FROM STDIN") as copy:
+        for row in rows:
+            if as_json:
+                row = [
+                    json.dumps(v) if i in as_json and v is not None else v
+                    for i, v in enumerate(row)
+                ]
+            copy.write_row(row)
