@@ -72,6 +72,21 @@ def test_line_numbers_count_multiline_cells() -> None:
     assert isinstance(rows[1], RejectedRow) and rows[1].line == 4
 
 
+def test_a_row_with_a_stray_comma_is_refused_rather_than_read_into_the_wrong_columns() -> None:
+    rows = parse(
+        "email,name,city\n"
+        "maria@example.com,Ivanova, Maria,Sofia\n"  # the name needed quotes
+        "siti@example.com,Siti,Jakarta,\n"  # a trailing comma, as some exporters write
+    )
+    assert rows[0] == RejectedRow(
+        2,
+        "maria@example.com",
+        "4 cells but the header has 3 columns: a value holding the separator (a comma) needs"
+        " double quotes around it",
+    )
+    assert isinstance(rows[1], CustomerRow) and rows[1].fields == {"city": "Jakarta"}
+
+
 def test_a_file_without_an_email_column_is_refused_as_a_whole() -> None:
     with pytest.raises(ImportFileError, match="'email' column"):
         parse("name,phone\nAna,123\n")

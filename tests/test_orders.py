@@ -14,6 +14,7 @@ from mailer.commerce import orders, products
 from mailer.commerce.order_rows import LineRow, Rules, parse_moment, parse_row, parse_rows
 from mailer.core.money import from_minor, to_minor
 from mailer.customers import profiles
+from mailer.customers.csv_rows import too_many_cells
 from mailer.store.models import Product
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
@@ -80,10 +81,12 @@ def test_every_row_is_judged_as_the_full_check_judges_it() -> None:
     fast = list(parse_rows(header, [(n, list(cells)) for n, cells in rows], RULES))
     for (line, cells), got in zip(rows, fast, strict=True):
         try:
+            if extra := too_many_cells(header, cells):
+                raise ValueError(extra)
             assert got == parse_row(line, dict(zip(header, cells, strict=False)), RULES)
         except ValueError as exc:
             assert not isinstance(got, LineRow) and got[1].reason == str(exc)
-    assert sum(isinstance(got, LineRow) for got in fast) == 7
+    assert sum(isinstance(got, LineRow) for got in fast) == 6  # O8 has a cell too many
 
 
 def test_import_adds_orders_and_unknown_buyers_then_changes_nothing_again(
@@ -122,7 +125,9 @@ def test_each_bad_line_is_named_and_its_order_is_left_out_whole(
         "X3,bo@example.com,2099-01-01,MUG-2,Mug,1,5.00,EUR,\n"
         "X4,bo@example.com,yesterday,MUG-2,Mug,1,five,EUR,\n"
         ",bo@example.com,2026-11-01,MUG-2,Mug,1,5.00,EUR,\n"
-        "X5,,2026-11-01,MUG-2,Mug,1,5.00,EUR,\n",
+        "X5,,2026-11-01,MUG-2,Mug,1,5.00,EUR,\n"
+        "X6,bo@example.com,2026-11-01,MUG-2,Mug,1,5.00,EUR,\n"
+        "X6,bo@example.com,2026-11-01,MUG-3,Mug, large,1,5.00,EUR,placed\n",  # unquoted comma
     )
     report = orders.import_csv(engine, path, RULES)
     bad = {line: reason for line, _, reason in orders.reasons(report.rejected)}
@@ -131,9 +136,13 @@ def test_each_bad_line_is_named_and_its_order_is_left_out_whole(
     assert "in the future" in bad[6]
     assert "is not a date" in bad[7] and "'five' is not an amount" in bad[7]
     assert bad[8] == "no order id" and bad[9] == "no email address"
-    assert report.added == 1 and len(report.rejected) == 6
+    assert bad[11] == (
+        "10 cells but the header has 9 columns: a value holding the separator (a comma) needs"
+        " double quotes around it"
+    )
+    assert report.added == 1 and len(report.rejected) == 7
     with engine.connect() as conn:
-        assert [o["order_ref"] for o in orders.find(conn)] == ["G1"]  # nothing of X1 went in
+        assert [o["order_ref"] for o in orders.find(conn)] == ["G1"]  # nothing of X1 or X6 went in
 
 
 def test_a_file_of_many_batches_is_imported_whole_orders_and_reported_by_line(

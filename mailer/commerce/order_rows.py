@@ -23,6 +23,7 @@ from mailer.customers.csv_rows import (
     clean_text,
     normalise_email,
     normalise_header,
+    too_many_cells,
 )
 
 _ALIASES = {
@@ -293,7 +294,10 @@ def parse_rows(
             yield parsed
             continue
         named = dict(zip(header, cells, strict=False))
+        extra = too_many_cells(header, cells)
         try:
+            if extra:
+                raise ValueError(extra)
             yield parse_row(line, named, rules)
         except ValueError as exc:
             ref = (clean_text(named.get("order_ref") or "") or "")[: LIMITS["order_ref"]]
@@ -314,7 +318,7 @@ class _FastPath:
         self._head: dict[str, object] | None = None
 
     def row(self, line: int, cells: list[str]) -> LineRow | None:
-        if len(cells) < self._width:
+        if len(cells) != self._width:  # a short row, or one with a stray separator
             return None
         cells.append("")
         values: tuple[str, ...] = self._cells(cells)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, TextIO
@@ -216,11 +216,25 @@ def read_rows(
     """
     header, rows = read_table(stream, name, required)
     for row in rows:
-        yield (
-            row
-            if isinstance(row, RejectedRow)
-            else (row[0], dict(zip(header, row[1], strict=False)))
-        )
+        if isinstance(row, RejectedRow):
+            yield row
+            continue
+        line, cells = row
+        named = dict(zip(header, cells, strict=False))
+        extra = too_many_cells(header, cells)
+        yield RejectedRow.of(line, named.get("email") or "", extra) if extra else (line, named)
+
+
+def too_many_cells(header: Sequence[str], cells: Sequence[str]) -> str:
+    """Why a row with more filled cells than the header has columns cannot be read: every
+    value after the stray separator would land in the wrong column. Empty cells at the end
+    (a trailing comma, as some exporters write) are harmless."""
+    if len(cells) <= len(header) or not any(cell.strip() for cell in cells[len(header) :]):
+        return ""
+    return (
+        f"{len(cells)} cells but the header has {len(header)} columns: a value holding the"
+        " separator (a comma) needs double quotes around it"
+    )
 
 
 def read_table(
