@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))  # for tests.pg
 
 from sqlalchemy import Engine, insert  # noqa: E402
 
-from mailer.commerce import facts, insights, recommendations, report  # noqa: E402
+from mailer.commerce import facts, insights, recommendations, refresh, report  # noqa: E402
 from mailer.commerce.orders import LINES, ORDERS  # noqa: E402
 from mailer.core.config import InsightSettings  # noqa: E402
 from mailer.customers.profiles import CUSTOMERS  # noqa: E402
@@ -125,7 +125,7 @@ def measure(engine: Engine) -> None:
     settings = InsightSettings()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     started, cpu = time.perf_counter(), time.process_time()
-    done = insights.refresh(engine, settings, NOW.date(), NOW)
+    done = refresh.run(engine, settings, NOW.date(), NOW)
     took, cpu = time.perf_counter() - started, time.process_time() - cpu
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     for note in done.notes:

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import Engine, select
 
 from mailer import checks
-from mailer.commerce import insights, orders
+from mailer.commerce import insights, orders, refresh
 from mailer.commerce.order_rows import Rules
 from mailer.core.clock import ManualClock
 from mailer.core.config import InsightSettings
@@ -61,7 +61,7 @@ def shop(engine: Engine, tmp_path: Path) -> Engine:
     path.write_text(HEADER + NAMED + _fillers(), encoding="utf-8")
     report = orders.import_csv(engine, path, RULES)
     assert report.rejected == []
-    insights.refresh(engine, InsightSettings(), NOW.date(), NOW)
+    refresh.run(engine, InsightSettings(), NOW.date(), NOW)
     return engine
 
 

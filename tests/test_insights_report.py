@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import Engine, delete, func, select
 
-from mailer.commerce import insights, orders, report
+from mailer.commerce import insights, orders, refresh, report
 from mailer.commerce.order_rows import Rules
 from mailer.core.config import InsightSettings
 from mailer.relationship import privacy
@@ -45,7 +45,7 @@ def stock(
     path.write_text(HEADER + rows, encoding="utf-8")
     rules = Rules(now=now, zone=zone or UTC, currencies=frozenset())
     assert not orders.import_csv(engine, path, rules).rejected
-    insights.refresh(engine, InsightSettings(), AS_OF, now, zone or UTC)
+    refresh.run(engine, InsightSettings(), AS_OF, now, zone or UTC)
 
 
 def shop(engine: Engine, tmp_path: Path) -> report.Report:

@@ -23,7 +23,7 @@ import pytest
 from sqlalchemy import Engine, select
 
 from mailer import daemon
-from mailer.commerce import insights, orders
+from mailer.commerce import insights, orders, refresh
 from mailer.commerce.order_rows import Rules
 from mailer.core.clock import ManualClock
 from mailer.core.config import Config, InsightSettings
@@ -86,7 +86,7 @@ def buy(engine: Engine, tmp_path: Path, rows: str, now: datetime) -> None:
 @pytest.fixture
 def shop(engine: Engine, people: None, tmp_path: Path) -> Engine:
     buy(engine, tmp_path, _history(), REFRESHED)
-    insights.refresh(engine, InsightSettings(), REFRESHED.date(), REFRESHED)
+    refresh.run(engine, InsightSettings(), REFRESHED.date(), REFRESHED)
     return engine
 
 
@@ -209,7 +209,7 @@ def test_winback_writes_a_lapsed_buyer_once_per_lapse(shop: Engine, tmp_path: Pa
     assert insight_of(shop, "jose@example.ph")["p_active"] > 0.3
     fire(shop, manila_nine + timedelta(days=8), lapsed=lapsed)
     assert len(written(shop, "jose@example.ph")) == 1
-    insights.refresh(shop, InsightSettings(), date(2027, 6, 1), december)  # half a year on
+    refresh.run(shop, InsightSettings(), date(2027, 6, 1), december)  # half a year on
     assert insight_of(shop, "jose@example.ph")["p_active"] < 0.3
     firing.first_seen(shop, ["lapsed"], datetime(2027, 6, 1, tzinfo=UTC))
     fire(shop, datetime(2027, 6, 2, 1, tzinfo=UTC), lapsed=lapsed)

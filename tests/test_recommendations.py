@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import Engine, select
 
 from mailer import daemon
-from mailer.commerce import facts, insights, orders, products, recommendations
+from mailer.commerce import facts, insights, orders, products, recommendations, refresh
 from mailer.commerce.order_rows import Rules
 from mailer.core.categories import Category
 from mailer.core.clock import ManualClock
@@ -123,7 +123,7 @@ def shop(engine: Engine, tmp_path: Path) -> Engine:
     (tmp_path / "orders.csv").write_text(order_rows(), encoding="utf-8")
     rules = Rules(now=NOW, zone=SOFIA, currencies=frozenset({"EUR"}))
     assert not orders.import_csv(engine, tmp_path / "orders.csv", rules).rejected
-    report = insights.refresh(engine, InsightSettings(), date(2026, 11, 24), NOW, SOFIA)
+    report = refresh.run(engine, InsightSettings(), date(2026, 11, 24), NOW, SOFIA)
     assert report.recommended == 5
     return engine
 

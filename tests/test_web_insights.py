@@ -11,7 +11,7 @@ from pathlib import Path
 from playwright.async_api import Page, expect
 from sqlalchemy import Engine, delete
 
-from mailer.commerce import insights, orders, report
+from mailer.commerce import insights, orders, refresh, report
 from mailer.commerce.order_rows import Rules
 from mailer.core.config import InsightSettings
 from tests.conftest import sign_in
@@ -65,6 +65,6 @@ async def test_the_page_shows_the_report_kept_by_the_last_refresh(
     await page.reload()
     await expect(eur).to_be_visible()  # as of the last refresh, as the page says
     await expect(page.get_by_text(f"Figures as of {AS_OF}")).to_be_visible()
-    insights.refresh(engine, InsightSettings(), AS_OF, later)
+    refresh.run(engine, InsightSettings(), AS_OF, later)
     await page.reload()
     await expect(page.get_by_role("heading", name="EUR: 4 customers, 325.00 EUR")).to_be_visible()

@@ -9,6 +9,7 @@ import typer
 
 from mailer.cli.common import JSON_OPTION, app_of, err, group, out, print_json, print_table
 from mailer.commerce import insights, report
+from mailer.commerce import refresh as full_refresh
 from mailer.core.durations import parse_duration
 from mailer.core.errors import MailerError
 
@@ -47,7 +48,7 @@ def refresh(
     day = _day(as_of) if as_of else today
     if day > today:
         raise MailerError(f"--as-of {as_of} is in the future")
-    report = insights.refresh(app_.engine(), settings.insight, day, now, zone)
+    report = full_refresh.run(app_.engine(), settings.insight, day, now, zone)
     for note in report.notes:
         err.print(note)
     out.print(

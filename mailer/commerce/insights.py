@@ -20,12 +20,11 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from sqlalchemy import Engine, Table, case, delete, func, insert, select
+from sqlalchemy import Table, case, delete, func, insert, select
 from sqlalchemy.engine import Connection
 
-from mailer.commerce import recommendations
 from mailer.core.config import InsightSettings
-from mailer.core.errors import FitFailed, MailerError
+from mailer.core.errors import FitFailed
 from mailer.core.money import from_minor
 from mailer.insight import btyd, history, next_order, rfm
 from mailer.insight.history import Floats, Ints, Purchases
@@ -56,7 +55,7 @@ class OrderArrays:
     """One entry per placed or returned order up to the day, aligned."""
 
     customer: Ints
-    day: Ints  # date.toordinal() of the UTC date
+    day: Ints  # date.toordinal() of the order's day in the business's zone
     currency: Texts
     channel: Texts
     returned: Bools
@@ -484,45 +483,12 @@ def last_fit(conn: Connection) -> Fit | None:
     )
 
 
-def refresh(
-    engine: Engine, settings: InsightSettings, as_of: date, now: datetime, zone: tzinfo = UTC
-) -> RefreshReport:
-    """Every customer's insight from their orders up to ``as_of`` (later ones are ignored,
-    so a backtest is a refresh as of a past day); the models are fitted again and kept.
-    Days are the business's (``zone``)."""
-    segments_config(settings)  # a gap in the rules is reported before any work
-    with engine.connect() as conn:
-        # first, so its memory is reused by what follows rather than added on top of it
-        bought_together = recommendations.learn(conn, as_of, day_end(as_of, zone))
-        orders = read_orders(conn, as_of, zone)
-        baskets = read_baskets(conn, as_of, zone)
-    if not len(orders.customer):
-        raise MailerError(f"no orders up to {as_of} to learn from; `mailer orders import` first")
-    customers = per_customer(orders, as_of.toordinal())
-    fitted = fit(customers, as_of)
-    found = rows(customers, fitted, exact_scores, settings=settings, baskets=baskets, now=now)
-    with engine.begin() as conn:
-        store_fit(conn, fitted, len(found), now)
-        conn.execute(delete(INSIGHTS))
-        _write(conn, found)
-        recommended = recommendations.store(conn, bought_together)
-        from mailer.commerce import report as insight_report  # it reads this module's tables
-
-        insight_report.rebuild(conn, zone, now, orders)  # with the figures it reports, at once
-    report = RefreshReport(
-        customers=len(found), orders=len(orders.customer), recommended=recommended
-    )
-    if fitted.failure:
-        report.notes.append(
-            f"no purchase model: {fitted.failure}; RFM and recency written, "
-            "p_active and clv left empty"
-        )
-    missing = sorted(set(np.unique(customers.currency).tolist()) - set(fitted.values))
-    if fitted.purchases and missing:
-        report.notes.append(
-            f"no spend model for {', '.join(missing)} (too few repeat buyers): clv left empty there"
-        )
-    return report
+def replace_all(conn: Connection, fitted: Fit, found: list[dict[str, Any]], now: datetime) -> None:
+    """A full refresh's figures in place of every customer's, with the models they came
+    from, in the caller's transaction."""
+    store_fit(conn, fitted, len(found), now)
+    conn.execute(delete(INSIGHTS))
+    _write(conn, found)
 
 
 def update_customers(
