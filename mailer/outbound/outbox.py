@@ -76,6 +76,7 @@ class NewMessage:
     priority: int = 0
     due_at: datetime | None = None
     valid_for: timedelta | None = None
+    request_hash: str | None = None  # an API call's, to tell a replay from a reuse of its key
 
 
 def enqueue(engine: Engine, messages: Iterable[NewMessage], now: datetime) -> int:
@@ -118,6 +119,7 @@ def _row(message: NewMessage, now: datetime) -> dict[str, Any]:
         "due_at": due,
         "valid_until": due + message.valid_for if message.valid_for else None,
         "attempts": 0,
+        "request_hash": message.request_hash,
         "created_at": now,
         "updated_at": now,
     }
