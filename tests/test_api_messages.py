@@ -240,3 +240,13 @@ def test_the_openapi_document_describes_the_send(site: Site) -> None:
     }
     (header,) = [p for p in send_doc["parameters"] if p["in"] == "header"]
     assert header["name"] == "Idempotency-Key" and header["required"] is True
+
+
+def test_a_suppressed_customer_is_not_sent_to_and_the_answer_says_why(
+    site: Site, sender: dict[str, str], engine: Engine, clock: ManualClock, tmp_path: Path
+) -> None:
+    add_customers(engine, tmp_path, "email\nana@example.com\n", clock.now())
+    with engine.begin() as conn:
+        profiles.suppress(conn, ["ana@example.com"], "hard bounce", clock.now())
+    message = send(site, RECEIPT, sender).json()
+    assert message["status"] == "skipped" and message["reason"] == "suppressed: hard bounce"

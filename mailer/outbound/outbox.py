@@ -96,7 +96,7 @@ def enqueue(engine: Engine, messages: Iterable[NewMessage], now: datetime) -> in
 def enqueue_in(conn: Connection, batch: Sequence[NewMessage], now: datetime) -> int:
     """Queue within the caller's transaction, e.g. an acknowledgement with its inquiry."""
     added = _insert_new(conn, [_row(m, now) for m in batch])
-    _skip_barred(conn, batch, now)
+    _skip_barred(conn, [m for m in batch if m.customer_id is not None], now)
     return added
 
 
@@ -146,7 +146,8 @@ def _skip_barred(conn: Connection, batch: Sequence[NewMessage], now: datetime) -
     once, with the throttle's reason, instead of waiting in the queue to be refused.
 
     A correlated EXISTS looks up each row's own customer by key; an IN over all barred
-    customers would scan the customers table once per batch."""
+    customers would scan the customers table once per batch. A message to no customer
+    (a stranger's receipt) has nothing to be barred by and costs no statement."""
     for category in {str(m.category) for m in batch}:
         bars = barred(category)
         own = CUSTOMERS.c.id == OUTBOX.c.customer_id
