@@ -193,15 +193,17 @@ def test_the_key_must_name_the_call_and_hold_the_send_scope(
     assert rows(engine) == 0
 
 
-def test_an_erased_address_is_refused(
+def test_an_erased_customer_is_forgotten_by_their_messages_and_not_sent_to_again(
     site: Site, sender: dict[str, str], engine: Engine, clock: ManualClock, tmp_path: Path
 ) -> None:
     add_customers(engine, tmp_path, "email\nana@example.com\n", clock.now())
-    site.call(
-        "DELETE",
-        "/api/v1/customers/ana@example.com",
-        headers=make_key(engine, clock, "admin", Scope.CUSTOMERS_WRITE),
-    )
+    queued = send(site, RECEIPT, sender).json()
+    admin = make_key(engine, clock, "admin", Scope.CUSTOMERS_WRITE)
+    assert site.call("DELETE", "/api/v1/customers/ana@example.com", headers=admin).status == 200
+    shown = site.call("GET", f"/api/v1/messages/{queued['id']}", headers=sender).json()
+    assert shown["to"] == "" and shown["status"] == "skipped"
+    with engine.connect() as conn:
+        assert outbox.get(conn, queued["id"])["request_hash"] is None  # type: ignore[index]
     assert "erased" in pointers(problem_of(send(site, RECEIPT, sender), 422))["/to"]
 
 

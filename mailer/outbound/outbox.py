@@ -220,8 +220,9 @@ def withdraw(conn: Connection, run_ids: Sequence[int], reason: str, now: datetim
 
 def erase_customer(conn: Connection, customer_id: int, address: str, now: datetime) -> int:
     """Clear what the customer's messages say about them (address, template data, subject,
-    the server's replies) while keeping each row's key, category, status and times, which
-    dedupe, the throttle and the counts need; anything still waiting is withdrawn."""
+    the hash of the API call, the server's replies) while keeping each row's key, category,
+    status and times, which dedupe, the throttle and the counts need; anything still
+    waiting is withdrawn."""
     theirs = or_(OUTBOX.c.customer_id == customer_id, OUTBOX.c.to_address == address)
     ids = list(conn.execute(select(OUTBOX.c.id).where(theirs)).scalars())
     if not ids:
@@ -235,7 +236,9 @@ def erase_customer(conn: Connection, customer_id: int, address: str, now: dateti
     conn.execute(
         update(OUTBOX)
         .where(mine)
-        .values(to_address="", context={}, headers={}, subject=None, updated_at=now)
+        .values(
+            to_address="", context={}, headers={}, subject=None, request_hash=None, updated_at=now
+        )
     )
     naming = func.lower(OUTBOX.c.reason).contains(address.lower(), autoescape=True)
     conn.execute(update(OUTBOX).where(mine, naming).values(reason=profiles.ERASED_REASON))
