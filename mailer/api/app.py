@@ -16,7 +16,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import Engine
 
-from mailer.api import customers, orders, problems
+from mailer.api import customers, messages, orders, problems
 from mailer.api.access import ApiState
 from mailer.core.clock import Clock
 from mailer.core.config import Config
@@ -56,6 +56,7 @@ def create_api(cfg: Config, engine: Engine, clock: Clock) -> FastAPI:
     problems.install(api, cfg.settings.api.max_body_bytes)
     api.include_router(customers.router)
     api.include_router(orders.router)
+    api.include_router(messages.router)
     api.mount("/docs-assets", StaticFiles(directory=STATIC), name="docs-assets")
     api.add_api_route("/docs", docs, include_in_schema=False, response_class=HTMLResponse)
     generate = api.openapi

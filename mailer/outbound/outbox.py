@@ -76,6 +76,7 @@ class NewMessage:
     priority: int = 0
     due_at: datetime | None = None
     valid_for: timedelta | None = None
+    request_hash: str | None = None  # an API call's, to tell a replay from a reuse of its key
 
 
 def enqueue(engine: Engine, messages: Iterable[NewMessage], now: datetime) -> int:
@@ -95,7 +96,7 @@ def enqueue(engine: Engine, messages: Iterable[NewMessage], now: datetime) -> in
 def enqueue_in(conn: Connection, batch: Sequence[NewMessage], now: datetime) -> int:
     """Queue within the caller's transaction, e.g. an acknowledgement with its inquiry."""
     added = _insert_new(conn, [_row(m, now) for m in batch])
-    _skip_barred(conn, batch, now)
+    _skip_barred(conn, [m for m in batch if m.customer_id is not None], now)
     return added
 
 
@@ -118,6 +119,7 @@ def _row(message: NewMessage, now: datetime) -> dict[str, Any]:
         "due_at": due,
         "valid_until": due + message.valid_for if message.valid_for else None,
         "attempts": 0,
+        "request_hash": message.request_hash,
         "created_at": now,
         "updated_at": now,
     }
@@ -144,7 +146,8 @@ def _skip_barred(conn: Connection, batch: Sequence[NewMessage], now: datetime) -
     once, with the throttle's reason, instead of waiting in the queue to be refused.
 
     A correlated EXISTS looks up each row's own customer by key; an IN over all barred
-    customers would scan the customers table once per batch."""
+    customers would scan the customers table once per batch. A message to no customer
+    (a stranger's receipt) has nothing to be barred by and costs no statement."""
     for category in {str(m.category) for m in batch}:
         bars = barred(category)
         own = CUSTOMERS.c.id == OUTBOX.c.customer_id
@@ -217,8 +220,9 @@ def withdraw(conn: Connection, run_ids: Sequence[int], reason: str, now: datetim
 
 def erase_customer(conn: Connection, customer_id: int, address: str, now: datetime) -> int:
     """Clear what the customer's messages say about them (address, template data, subject,
-    the server's replies) while keeping each row's key, category, status and times, which
-    dedupe, the throttle and the counts need; anything still waiting is withdrawn."""
+    the hash of the API call, the server's replies) while keeping each row's key, category,
+    status and times, which dedupe, the throttle and the counts need; anything still
+    waiting is withdrawn."""
     theirs = or_(OUTBOX.c.customer_id == customer_id, OUTBOX.c.to_address == address)
     ids = list(conn.execute(select(OUTBOX.c.id).where(theirs)).scalars())
     if not ids:
@@ -232,7 +236,9 @@ def erase_customer(conn: Connection, customer_id: int, address: str, now: dateti
     conn.execute(
         update(OUTBOX)
         .where(mine)
-        .values(to_address="", context={}, headers={}, subject=None, updated_at=now)
+        .values(
+            to_address="", context={}, headers={}, subject=None, request_hash=None, updated_at=now
+        )
     )
     naming = func.lower(OUTBOX.c.reason).contains(address.lower(), autoescape=True)
     conn.execute(update(OUTBOX).where(mine, naming).values(reason=profiles.ERASED_REASON))

@@ -116,6 +116,16 @@ class _Folders:
         by_key = {_key(v): v for v in self.variants(name) if v is not None}
         return next((by_key[c] for c in _fallbacks(locale) if c in by_key), None)
 
+    def unsendable(self, name: str, locale: str | None) -> str | None:
+        """Why a message of ``name`` for ``locale`` could not be rendered, judged from the
+        files alone (no rendering): the variant the locale falls back to lacks a subject or
+        a body. None: it can be sent. TemplateError when there is no such template."""
+        folder = _folder(name, self.resolve(name, locale))
+        present = {f for f in (SUBJECT, HTML, TEXT) if (self.root / folder / f).is_file()}
+        if SUBJECT in present and present & {HTML, TEXT}:
+            return None
+        return f"no variant for this locale, and {self._where(folder)} has no subject and body"
+
     def _where(self, name: str, line: int | None = None) -> str:
         """A path as a person finds it from the project folder: templates/NAME/bg/body.html:12."""
         where = f"{self.root.name}/{name}"

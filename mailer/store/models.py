@@ -176,6 +176,9 @@ class OutboxMessage(SQLModel, table=True):
     reserved_at: datetime | None = _when(description="when the throttle gave it a slot")
     sent_at: datetime | None = _when()
     run_id: int | None = Field(default=None, description="the schedule run that queued it")
+    request_hash: str | None = Field(
+        default=None, max_length=64, description="SHA-256 of the API call that queued it"
+    )
 
 
 class DeliveryAttempt(SQLModel, table=True):

@@ -1,0 +1,251 @@
+"""Transactional sends through the HTTP API: a real `mailer web` process taking
+`POST /api/v1/messages` at a fixed rate, and a delivery worker (another process) sending
+what it queued to a local SMTP sink.
+
+    .venv/bin/python bench/api.py [--rate 200] [--seconds 10] [--postgres | --database-url URL]
+
+Requests go out on schedule whatever the server does (an open loop), each timed from when
+it was due, so a server that falls behind shows it in p99 instead of slowing the load.
+Prints accepted p50/p99/max, and delivered p50/p99 (SMTP accepted, from the row's created
+and sent times); the last line reads `accepted p99 X ms at R req/s, delivered p99 Y ms`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.client
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from contextlib import ExitStack
+from datetime import UTC, datetime
+from multiprocessing import get_context
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from bench.common import add_database_options, database_url
+from bench.delivery import ROOT, free_port, start_sink
+from mailer import daemon
+from mailer.api import keys
+from mailer.api.keys import Scope
+from mailer.core import config
+from mailer.core.clock import SystemClock
+from mailer.outbound import outbox
+from mailer.outbound.smtp import SmtpTarget
+from mailer.store import db, migrate
+
+CONNECTIONS = 32  # client threads, each with one kept-alive connection
+START_SECONDS = 60.0  # a busy machine takes long to import
+DRAIN_SECONDS = 60.0  # at most this long for the worker to send the rest after the load
+TEMPLATE = {
+    "subject.txt": "Your order {{ params.order }}",
+    "body.txt": "Hello {{ customer.first_name or 'there' }},\n"
+    "thank you for order {{ params.order }} ({{ params.total }}).\n",
+}
+
+
+def prepare(folder: Path, url: str, port: int, smtp_port: int) -> tuple[Path, dict[str, str]]:
+    """config.toml as shipped, a templates folder with one receipt, and the overrides."""
+    (folder / "templates" / "receipt").mkdir(parents=True)
+    for name, text in TEMPLATE.items():
+        (folder / "templates" / "receipt" / name).write_text(text, encoding="utf-8")
+    path = folder / "config.toml"
+    path.write_text((ROOT / "config.toml").read_text(encoding="utf-8"), encoding="utf-8")
+    env = {
+        "MAILER_DATABASE__URL": url,
+        "MAILER_PATHS__TEMPLATES": str(folder / "templates"),
+        "MAILER_PATHS__DATA": str(folder / "var"),
+        "MAILER_WEB__BIND": f"127.0.0.1:{port}",
+        "MAILER_SANDBOX__ENABLED": "false",
+        "MAILER_SMTP__PORT": str(smtp_port),
+    }
+    return path, env
+
+
+def start_web(path: Path, env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "mailer", "--config", str(path), "web"]
+    full = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
+    web = subprocess.Popen(command, env=full, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + START_SECONDS
+    while time.monotonic() < deadline:  # bounded wait for the listening socket
+        try:
+            http.client.HTTPConnection("127.0.0.1", port, timeout=1).request("GET", "/login")
+            return web
+        except OSError:
+            time.sleep(0.05)
+    web.kill()
+    raise RuntimeError(
+        f"mailer web did not start: {web.stderr.read().decode() if web.stderr else ''}"
+    )
+
+
+def deliver(path: Path, env: dict[str, str], smtp_port: int) -> None:
+    """The delivery worker, in a process of its own until SIGTERM."""
+    cfg = config.load(path, env)
+    engine = db.connect(cfg.database_url)
+    target = SmtpTarget(host="127.0.0.1", port=smtp_port, pool_size=4)
+    delivery = daemon.build_delivery(cfg, engine, SystemClock(), target)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await delivery.run(stop)
+
+    asyncio.run(main())
+
+
+def post(connection: http.client.HTTPConnection, secret: str, i: int | str) -> int:
+    """One receipt, named by ``i``; the answer's status."""
+    body = {
+        "template": "receipt",
+        "to": f"buyer{i}@example.com",
+        "data": {"order": f"B-{i}", "total": "42.90 EUR"},
+    }
+    headers = {
+        "Authorization": f"Bearer {secret}",
+        "Idempotency-Key": f"bench-{i}",
+        "Content-Type": "application/json",
+    }
+    connection.request("POST", "/api/v1/messages", json.dumps(body), headers)
+    response = connection.getresponse()
+    response.read()
+    return response.status
+
+
+def warm_up(url: str, port: int, secret: str) -> None:
+    """One message through the server and the worker before the clock starts, so neither
+    process's start (imports, the render worker) is counted as the API's latency."""
+    status = post(http.client.HTTPConnection("127.0.0.1", port, timeout=30), secret, "warm")
+    if status != 202:
+        raise RuntimeError(f"the warm-up send was answered {status}")
+    if len(delivered(url, 1)) != 1:
+        raise RuntimeError("the delivery worker sent nothing; is the SMTP sink up?")
+
+
+def load(port: int, secret: str, rate: int, seconds: int) -> tuple[list[float], list[int]]:
+    """Each request due at start + i/rate; its latency counted from then, in ms."""
+    total = rate * seconds
+    latencies: list[float] = []
+    statuses: list[int] = []
+    lock = threading.Lock()
+    counter = iter(range(total))
+    start = time.monotonic() + 0.2
+
+    def worker() -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        while True:
+            with lock:
+                i = next(counter, None)
+            if i is None:
+                return
+            due = start + i / rate
+            time.sleep(max(0.0, due - time.monotonic()))
+            status = post(connection, secret, i)
+            with lock:
+                latencies.append((time.monotonic() - due) * 1000)
+                statuses.append(status)
+
+    threads = [threading.Thread(target=worker) for _ in range(CONNECTIONS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return latencies, statuses
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far (Linux), to tell what one request costs
+    the server from how long it waited for a core on a shared machine."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def percentile(values: list[float], p: float) -> float:
+    return statistics.quantiles(values, n=1000, method="inclusive")[int(p * 10) - 1]
+
+
+def delivered(url: str, expected: int) -> list[float]:
+    """Once all are sent (or the drain time is up): each one's created-to-sent time in ms."""
+    engine = db.connect(url)
+    table = outbox.OUTBOX
+    sent = select(func.count()).where(table.c.sent_at.is_not(None))
+    deadline = time.monotonic() + DRAIN_SECONDS
+    with engine.connect() as conn:
+        while conn.execute(sent).scalar_one() < expected and time.monotonic() < deadline:
+            conn.commit()
+            time.sleep(0.2)
+        rows = conn.execute(
+            select(table.c.created_at, table.c.sent_at)
+            .where(table.c.sent_at.is_not(None))
+            .order_by(table.c.id)
+        )
+        times = [(s - c).total_seconds() * 1000 for c, s in rows]
+    engine.dispose()
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rate", type=int, default=200, help="requests per second")
+    parser.add_argument("--seconds", type=int, default=10)
+    add_database_options(parser)
+    args = parser.parse_args()
+    with ExitStack() as stack:
+        url = database_url(stack, args, "bench_api")
+        engine = db.connect(url)
+        migrate.upgrade(engine)
+        with engine.begin() as conn:
+            _, secret = keys.create(
+                conn,
+                "bench",
+                [Scope.SEND],
+                rate_per_minute=args.rate * 120,
+                created_by="bench",
+                now=datetime.now(UTC),
+            )
+        engine.dispose()
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mailer-api-")))
+        port, smtp_port = free_port(), free_port()
+        path, env = prepare(folder, url, port, smtp_port)
+        sink = start_sink(smtp_port)
+        stack.callback(sink.kill)
+        web = start_web(path, env, port)
+        stack.callback(web.terminate)
+        worker = get_context("spawn").Process(target=deliver, args=(path, env, smtp_port))
+        worker.start()
+        stack.callback(worker.join, 10)
+        stack.callback(worker.terminate)
+
+        warm_up(url, port, secret)
+        cpu = cpu_seconds(web.pid)
+        began = time.monotonic()
+        latencies, statuses = load(port, secret, args.rate, args.seconds)
+        took = time.monotonic() - began
+        cpu = cpu_seconds(web.pid) - cpu
+        accepted = statuses.count(202)
+        print(
+            f"{len(statuses)} requests in {took:.1f} s ({len(statuses) / took:.0f} req/s), "
+            f"{accepted} accepted, others: {sorted(set(statuses) - {202}) or 'none'}"
+        )
+        print(
+            f"server CPU: {cpu * 1000 / len(statuses):.1f} ms a request "
+            f"(load average {os.getloadavg()[0]:.1f})"
+        )
+        p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
+        print(f"accepted: p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {max(latencies):.1f} ms")
+        times = delivered(url, accepted + 1)[1:]  # the warm-up's left out
+        d50, d99 = percentile(times, 50), percentile(times, 99)
+        print(f"delivered {len(times)} of {accepted}: p50 {d50:.0f} ms, p99 {d99:.0f} ms")
+        print(f"accepted p99 {p99:.1f} ms at {args.rate} req/s, delivered p99 {d99:.0f} ms")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,236 @@
+"""``/messages``: a transactional message (a receipt, a password reset) sent for a shop's
+own system, and what became of it.
+
+The call is checked and queued in the outbox, the one road to SMTP, as a transactional
+message; the delivery worker renders and sends it like any other. Every call carries an
+``Idempotency-Key``: the key's dedupe key in the outbox (``api:KEY-ID:IDEMPOTENCY-KEY``)
+makes a retry return the message the first call queued, even when retries race, because
+the outbox's unique key decides, not a look before the insert. The same key with another
+body is refused (409), as Stripe does: the outbox row keeps a hash of the call.
+
+The key is required rather than optional: a receipt sent twice is a mistake a customer
+sees, and a caller that retries after a timeout cannot know whether its first call
+arrived; naming the call makes the retry safe.
+
+The template is checked at acceptance as far as its files say (it exists, and the locale
+falls back to a variant with a subject and a body), not rendered: rendering costs a
+render worker's round trip on every call, and the message is rendered at send time anyway
+(a template fixed after queueing is used). A template that fails with the given data
+fails the message, and ``GET /messages/{id}`` names the file and line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+from sqlalchemy.engine import Connection
+
+from mailer.api.access import ApiState, caller, state
+from mailer.api.keys import ApiKey, Scope
+from mailer.api.problems import FieldError, Invalid, ProblemDocument, item_error
+from mailer.core.categories import Category
+from mailer.core.errors import NotFound, TemplateError
+from mailer.core.fieldtypes import email_address, locale_tag
+from mailer.customers import profiles
+from mailer.outbound import outbox
+from mailer.outbound.templates import TemplateStore
+
+PREFIX = "api:"  # every message queued through the API, and only those, can be read here
+router = APIRouter(prefix="/messages", tags=["messages"])
+IdempotencyKey = Annotated[
+    str,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=200,
+        pattern=r"^[\x21-\x7e]+$",
+        description="the caller's name for this send (printable ASCII, no spaces); the "
+        "same key again returns the same message, with another body it is refused (409)",
+    ),
+]
+
+
+class MessageIn(BaseModel):
+    """A transactional message: a template of the templates folder, for one address."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    template: str = Field(max_length=100, examples=["order_confirmation"])
+    to: str = Field(
+        max_length=320,
+        description="any address; a customer with it is linked, no customer is added",
+        examples=["maria@example.bg"],
+    )
+    data: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the template's `params`, as values only: text in it is never run as a "
+        "template; no key may start with $",
+        examples=[{"order": "A-1042", "total": "42.90 EUR"}],
+    )
+    locale: str | None = Field(
+        None,
+        max_length=35,
+        description="the template's variant (bg-BG, then bg, then the default); left out: "
+        "the customer's, else the default",
+        examples=["bg-BG"],
+    )
+
+
+class Attempt(BaseModel):
+    at: datetime
+    outcome: str = Field(description="sent, retry or failed")
+    smtp_code: int | None
+    smtp_reply: str | None
+
+
+class MessageView(BaseModel):
+    """A message queued through the API, as it stands."""
+
+    id: int
+    template: str
+    to: str
+    locale: str | None
+    status: str = Field(description="queued, sending, deferred, sent, failed, skipped, ...")
+    reason: str | None = Field(description="why it was not sent, or not yet")
+    created_at: datetime
+    updated_at: datetime
+    sent_at: datetime | None
+    attempts: list[Attempt]
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=MessageView,
+    summary="Send a transactional message",
+    responses={
+        409: {
+            "model": ProblemDocument,
+            "description": "the Idempotency-Key was used with another body",
+        }
+    },
+)
+def send(
+    request: Request,
+    response: Response,
+    body: MessageIn,
+    idempotency_key: IdempotencyKey,
+    key: Annotated[ApiKey, Depends(caller(Scope.SEND))],
+) -> MessageView:
+    """Queued at once and sent by the delivery worker; the answer is the message as it
+    stands (usually queued), and ``Location`` is where to follow it."""
+    api = state(request)
+    address = _checked(api, body)
+    dedupe_key = f"{PREFIX}{key.id}:{idempotency_key}"
+    digest = _digest(body)
+    with api.engine.begin() as conn:
+        if profiles.is_erased(conn, address):
+            raise Invalid([item_error(None, "to", "this address was erased at its owner's wish")])
+        message = outbox.NewMessage(
+            dedupe_key=dedupe_key,
+            to_address=address,
+            customer_id=_customer_id(conn, address),
+            category=Category.TRANSACTIONAL,
+            template=body.template,
+            locale=body.locale,
+            context={"params": body.data},
+            request_hash=digest,
+        )
+        outbox.enqueue_in(conn, [message], api.clock.now())
+        query = select(outbox.OUTBOX.c.id).where(outbox.OUTBOX.c.dedupe_key == dedupe_key)
+        row = outbox.get(conn, conn.execute(query).scalar_one())
+    assert row is not None
+    if row["request_hash"] != digest:
+        conflict = FieldError(pointer="", field="Idempotency-Key", detail="used with another body")
+        raise Invalid([conflict], 409, "this Idempotency-Key was used for another message")
+    found = _view(row)
+    response.headers["Location"] = f"{request.scope.get('root_path', '')}/messages/{found.id}"
+    return found
+
+
+@router.get("/{message_id}", response_model=MessageView, summary="A message sent through the API")
+def show(
+    request: Request,
+    message_id: int,
+    key: Annotated[ApiKey, Depends(caller(Scope.SEND))],
+) -> MessageView:
+    """Any key that may send may read any message sent through the API; mail mailer makes
+    itself (schedules, acknowledgements) is not shown here."""
+    with state(request).engine.connect() as conn:
+        row = outbox.get(conn, message_id)
+    if row is None or not row["dedupe_key"].startswith(PREFIX):
+        raise NotFound("no message sent through the API has this id")
+    return _view(row)
+
+
+def _checked(api: ApiState, body: MessageIn) -> str:
+    """The normalised address; Invalid names every field that is wrong."""
+    errors: list[FieldError] = []
+    try:
+        address = email_address(body.to)
+    except ValueError as exc:
+        address = ""
+        errors.append(item_error(None, "to", str(exc)))
+    try:
+        locale = locale_tag(body.locale) if body.locale else None
+    except ValueError as exc:
+        locale = None
+        errors.append(item_error(None, "locale", str(exc)))
+    try:
+        problem = TemplateStore(api.cfg.templates_dir).unsendable(body.template, locale)
+    except TemplateError as exc:
+        errors.append(item_error(None, "template", exc.problem.message))
+    else:
+        errors += [item_error(None, "locale", problem)] if problem else []
+    errors += [item_error(None, f"data.{path}", RESERVED) for path in _reserved(body.data)]
+    if errors:
+        raise Invalid(errors)
+    return address
+
+
+RESERVED = "keys starting with $ are kept for mailer's own values"
+
+
+def _reserved(value: Any, path: str = "") -> list[str]:
+    """Where in ``data`` a key starts with $: the outbox stores dates as {"$date": ...}, so
+    such a key could come back from the queue as something else than was sent."""
+    if isinstance(value, dict):
+        found = [f"{path}{k}" for k in value if str(k).startswith("$")]
+        return found + [p for k, v in value.items() for p in _reserved(v, f"{path}{k}.")]
+    if isinstance(value, list):
+        return [p for n, v in enumerate(value) for p in _reserved(v, f"{path}{n}.")]
+    return []
+
+
+def _digest(body: MessageIn) -> str:
+    """The call's content, whatever the order of its keys."""
+    canonical = json.dumps(body.model_dump(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _customer_id(conn: Connection, address: str) -> int | None:
+    column = profiles.CUSTOMERS.c
+    query = select(column.id).where(column.email == address.lower())
+    return conn.execute(query).scalar_one_or_none()
+
+
+def _view(row: dict[str, Any]) -> MessageView:
+    """An outbox row as ``outbox.get`` gives it, with its attempts."""
+    return MessageView(
+        id=row["id"],
+        template=row["template"],
+        to=row["to_address"],
+        locale=row["locale"],
+        status=row["status"],
+        reason=row["reason"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        sent_at=row["sent_at"],
+        attempts=[Attempt.model_validate(a, from_attributes=False) for a in row["attempts_log"]],
+    )

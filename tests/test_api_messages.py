@@ -1,0 +1,254 @@
+"""A shop's system sends a receipt through the API: over real HTTP, on SQLite and
+PostgreSQL, delivered to a real SMTP server, once however often the call is retried."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, func, select
+
+from mailer import daemon
+from mailer.api.keys import Scope
+from mailer.core.categories import Category
+from mailer.core.clock import ManualClock
+from mailer.core.config import Config
+from mailer.customers import profiles
+from mailer.outbound import outbox
+from mailer.outbound.delivery import Delivery
+from mailer.outbound.outbox import NewMessage
+from mailer.outbound.smtp import SmtpTarget
+from tests.configs import shipped_config
+from tests.conftest import add_customers
+from tests.site import Reply, Site
+from tests.smtp_sink import Sink
+from tests.test_api import PROBLEM, make_key, pointers, problem_of
+
+TEMPLATES = {
+    "receipt/subject.txt": "Your order {{ params.order }}",
+    "receipt/body.txt": "Hello {{ customer.first_name or 'there' }},\n"
+    "order {{ params.order }}: {{ params.total }}\n{{ params.note | default('') }}\n",
+    "receipt/bg/subject.txt": "Вашата поръчка {{ params.order }}",
+    "receipt/bg/body.txt": "Здравейте, {{ customer.first_name }}! Поръчка {{ params.order }}.\n",
+    "welcome/bg/subject.txt": "Добре дошли",  # no default to fall back to
+    "welcome/bg/body.txt": "Здравейте!\n",
+}
+RECEIPT = {"template": "receipt", "to": "ana@example.com", "data": {"order": "A-1", "total": "9 €"}}
+BODY_LIMIT = 4096
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> Config:
+    """The shipped config with a templates folder of its own and a small body limit."""
+    for name, text in TEMPLATES.items():
+        path = tmp_path / "templates" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    return shipped_config(
+        tmp_path,
+        {
+            "MAILER_PATHS__TEMPLATES": str(tmp_path / "templates"),
+            "MAILER_API__MAX_BODY_BYTES": str(BODY_LIMIT),
+        },
+    )
+
+
+@pytest.fixture
+def sender(engine: Engine, clock: ManualClock) -> dict[str, str]:
+    return make_key(engine, clock, "checkout", Scope.SEND)
+
+
+@pytest.fixture
+def delivery(cfg: Config, engine: Engine, clock: ManualClock, sink: tuple[Sink, int]) -> Delivery:
+    return daemon.build_delivery(cfg, engine, clock, SmtpTarget(host="127.0.0.1", port=sink[1]))
+
+
+def send(site: Site, body: object, headers: dict[str, str], key: str = "order-A-1") -> Reply:
+    return site.call("POST", "/api/v1/messages", body, {**headers, "Idempotency-Key": key})
+
+
+def rows(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(outbox.OUTBOX)).scalar_one())
+
+
+async def test_a_receipt_is_accepted_then_delivered_with_its_data_and_shown_as_sent(
+    site: Site,
+    sender: dict[str, str],
+    delivery: Delivery,
+    sink: tuple[Sink, int],
+    engine: Engine,
+) -> None:
+    note = "{{ 7 * 7 }} {% if true %}x{% endif %} <b>"
+    accepted = send(site, {**RECEIPT, "data": {**RECEIPT["data"], "note": note}}, sender)
+    assert accepted.status == 202, accepted.body
+    message = accepted.json()
+    assert message["status"] == "queued" and message["to"] == "ana@example.com"
+    assert accepted.headers["location"] == f"/api/v1/messages/{message['id']}"
+
+    assert await delivery.deliver_due() == 1
+    (received,) = sink[0].received
+    assert received.rcpt_tos == ["ana@example.com"]
+    assert received.message["Subject"] == "Your order A-1"
+    text = received.message.get_body(("plain",)).get_content().replace("\r\n", "\n")
+    assert "Hello there,\norder A-1: 9 €" in text
+    assert note in text and "49" not in text  # data is shown as text, never run
+    assert "List-Unsubscribe" not in received.message  # transactional
+    with engine.connect() as conn:
+        assert profiles.find(conn) == []  # a stranger is sent to, not added
+
+    shown = site.call("GET", accepted.headers["location"], headers=sender).json()
+    assert shown["status"] == "sent" and shown["sent_at"] and shown["reason"] is None
+    (attempt,) = shown["attempts"]
+    assert attempt["outcome"] == "sent" and attempt["smtp_reply"]
+
+
+async def test_a_known_customer_gets_it_in_their_language_with_their_name(
+    site: Site,
+    sender: dict[str, str],
+    delivery: Delivery,
+    sink: tuple[Sink, int],
+    engine: Engine,
+    clock: ManualClock,
+    tmp_path: Path,
+) -> None:
+    add_customers(
+        engine, tmp_path, "email,name,locale\nana@example.com,Ана Иванова,bg\n", clock.now()
+    )
+    assert send(site, {**RECEIPT, "to": "Ana@Example.com"}, sender).status == 202
+    await delivery.deliver_due()
+    (received,) = sink[0].received
+    assert received.message["Subject"] == "Вашата поръчка A-1"
+    assert "Здравейте, Ана!" in received.message.get_body(("plain",)).get_content()
+    with engine.connect() as conn:
+        customer = profiles.get(conn, "ana@example.com")
+        (row,) = outbox.find(conn, customer_id=customer.id)
+    assert row["category"] == Category.TRANSACTIONAL
+
+
+async def test_the_same_idempotency_key_sends_once_and_with_another_body_is_refused(
+    site: Site,
+    sender: dict[str, str],
+    delivery: Delivery,
+    sink: tuple[Sink, int],
+    engine: Engine,
+    clock: ManualClock,
+) -> None:
+    first = send(site, RECEIPT, sender).json()
+    reordered = {k: RECEIPT[k] for k in reversed(list(RECEIPT))}
+    again = send(site, reordered, sender)
+    assert again.status == 202 and again.json()["id"] == first["id"]
+    await delivery.deliver_due()
+    after = send(site, RECEIPT, sender).json()
+    assert after["id"] == first["id"] and after["status"] == "sent"
+    assert len(sink[0].received) == 1
+
+    changed = {**RECEIPT, "data": {"order": "A-2", "total": "9 €"}}
+    conflict = problem_of(send(site, changed, sender), 409)
+    assert "Idempotency-Key" in str(conflict["errors"])
+    other_key = make_key(engine, clock, "pos", Scope.SEND)
+    assert send(site, changed, other_key).json()["id"] != first["id"]  # keys are per API key
+    assert rows(engine) == 2
+
+
+def test_ten_concurrent_retries_of_one_call_queue_one_message(
+    site: Site, sender: dict[str, str], engine: Engine
+) -> None:
+    with ThreadPoolExecutor(10) as pool:
+        replies = list(pool.map(lambda _: send(site, RECEIPT, sender), range(10)))
+    assert {r.status for r in replies} == {202}, [r.body for r in replies]
+    assert len({r.json()["id"] for r in replies}) == 1
+    assert rows(engine) == 1
+
+
+def test_each_invalid_field_is_named(site: Site, sender: dict[str, str]) -> None:
+    def refused(body: object, status: int = 422) -> dict[str, str]:
+        return pointers(problem_of(send(site, body, sender), status))
+
+    assert set(refused({**RECEIPT, "to": "ana@@example.com"})) == {"/to"}
+    unknown = refused({**RECEIPT, "template": "reciept"})
+    assert "no such template" in unknown["/template"] and "receipt" in unknown["/template"]
+    assert set(refused({**RECEIPT, "locale": "bulgarian!"})) == {"/locale"}
+    assert "no variant" in refused({**RECEIPT, "template": "welcome", "locale": "en"})["/locale"]
+    assert set(refused({**RECEIPT, "data": ["A-1"]})) == {"/data"}
+    assert set(refused({**RECEIPT, "data": {"when": {"$date": "x"}}})) == {"/data/when/$date"}
+    assert set(refused({**RECEIPT, "colour": "red"})) == {"/colour"}
+    both = refused({**RECEIPT, "to": "nobody", "template": "nothing"})
+    assert set(both) == {"/to", "/template"}
+    assert "max_body_bytes" in str(
+        problem_of(send(site, {**RECEIPT, "data": {"x": "y" * BODY_LIMIT}}, sender), 413)
+    )
+    welcome_bg = send(site, {**RECEIPT, "template": "welcome", "locale": "bg-BG"}, sender, "w")
+    assert welcome_bg.status == 202  # bg-BG falls back to bg
+
+
+def test_the_key_must_name_the_call_and_hold_the_send_scope(
+    site: Site, sender: dict[str, str], engine: Engine, clock: ManualClock
+) -> None:
+    unnamed = site.call("POST", "/api/v1/messages", RECEIPT, sender)
+    assert "idempotency-key" in str(problem_of(unnamed, 422)["errors"]).lower()
+    reader = make_key(engine, clock, "reader", Scope.CUSTOMERS_READ)
+    problem_of(send(site, RECEIPT, reader), 403)
+    assert rows(engine) == 0
+
+
+def test_an_erased_customer_is_forgotten_by_their_messages_and_not_sent_to_again(
+    site: Site, sender: dict[str, str], engine: Engine, clock: ManualClock, tmp_path: Path
+) -> None:
+    add_customers(engine, tmp_path, "email\nana@example.com\n", clock.now())
+    queued = send(site, RECEIPT, sender).json()
+    admin = make_key(engine, clock, "admin", Scope.CUSTOMERS_WRITE)
+    assert site.call("DELETE", "/api/v1/customers/ana@example.com", headers=admin).status == 200
+    shown = site.call("GET", f"/api/v1/messages/{queued['id']}", headers=sender).json()
+    assert shown["to"] == "" and shown["status"] == "skipped"
+    with engine.connect() as conn:
+        assert outbox.get(conn, queued["id"])["request_hash"] is None  # type: ignore[index]
+    assert "erased" in pointers(problem_of(send(site, RECEIPT, sender), 422))["/to"]
+
+
+async def test_data_the_template_cannot_render_fails_the_message_naming_the_line(
+    site: Site, sender: dict[str, str], delivery: Delivery, sink: tuple[Sink, int]
+) -> None:
+    accepted = send(site, {**RECEIPT, "data": {"order": "A-1"}}, sender)
+    assert accepted.status == 202  # checked as far as the files say, rendered at send
+    await delivery.deliver_due()
+    shown = site.call("GET", accepted.headers["location"], headers=sender).json()
+    assert shown["status"] == "failed" and sink[0].received == []
+    assert "receipt/body.txt:2" in shown["reason"] and "total" in shown["reason"]
+
+
+def test_only_messages_sent_through_the_api_can_be_read(
+    site: Site, sender: dict[str, str], engine: Engine, clock: ManualClock
+) -> None:
+    news = NewMessage(
+        dedupe_key="news:1",
+        to_address="ana@example.com",
+        category="transactional",
+        template="receipt",
+    )
+    outbox.enqueue(engine, [news], clock.now())
+    with engine.connect() as conn:
+        (row,) = outbox.find(conn)
+    assert problem_of(site.call("GET", f"/api/v1/messages/{row['id']}", headers=sender), 404)
+    assert problem_of(site.call("GET", "/api/v1/messages/999", headers=sender), 404)
+
+
+def test_the_openapi_document_describes_the_send(site: Site) -> None:
+    send_doc = site.call("GET", "/api/v1/openapi.json").json()["paths"]["/messages"]["post"]
+    assert {"202", "409", "422"} <= set(send_doc["responses"])
+    assert send_doc["responses"]["409"]["content"] == {
+        PROBLEM: {"schema": {"$ref": "#/components/schemas/ProblemDocument"}}
+    }
+    (header,) = [p for p in send_doc["parameters"] if p["in"] == "header"]
+    assert header["name"] == "Idempotency-Key" and header["required"] is True
+
+
+def test_a_suppressed_customer_is_not_sent_to_and_the_answer_says_why(
+    site: Site, sender: dict[str, str], engine: Engine, clock: ManualClock, tmp_path: Path
+) -> None:
+    add_customers(engine, tmp_path, "email\nana@example.com\n", clock.now())
+    with engine.begin() as conn:
+        profiles.suppress(conn, ["ana@example.com"], "hard bounce", clock.now())
+    message = send(site, RECEIPT, sender).json()
+    assert message["status"] == "skipped" and message["reason"] == "suppressed: hard bounce"
