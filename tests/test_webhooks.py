@@ -4,6 +4,7 @@ is lost when a worker stops, and no webhook reaches a private address unless all
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -22,6 +23,8 @@ from mailer.customers import profiles
 from mailer.hooks import addresses, deliveries, endpoints, signing
 from mailer.hooks.events import EventType
 from mailer.hooks.sender import Webhooks
+from mailer.inbound import inquiries
+from mailer.inbound.parsing import parse
 from mailer.outbound import outbox
 from mailer.store.models import WebhookDelivery
 from tests.command import Mailer
@@ -219,6 +222,51 @@ async def test_messages_sent_and_bounced_are_told_to_those_who_asked(
         assert event["data"]["message_id"] == "<m1@x>" and event["data"]["to"] == maria
     bounced = next(e for e in told if e["type"] == "message.bounced")
     assert bounced["data"]["reason"] == "550 5.1.1 no such user"
+
+
+async def test_an_inquiry_is_told_once_however_often_the_mail_server_delivers_it(
+    engine: Engine, clock: ManualClock, receiver: Receiver
+) -> None:
+    secret = register(engine, clock, receiver.url, EventType.INQUIRY_CREATED)
+    raw = (
+        "From: Ана Петрова <ana@example.com>\r\nTo: support@northwind-roasters.example\r\n"
+        "Subject: Мелачка\r\nMessage-ID: <a1@mail.example>\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n\r\nThe grinder is broken.\r\n"
+    ).encode()
+    for _ in range(2):
+        with engine.begin() as conn:
+            logged = inquiries.log(conn, parse(raw), clock.now())
+    hooks = worker(engine, clock)
+    assert await hooks.deliver_due() == 1
+    (got,) = receiver.received
+    assert verified(secret, got.headers, got.body)
+    event = json.loads(got.body)
+    assert event["type"] == "inquiry.created"
+    assert event["data"] == {
+        "inquiry_id": logged.inquiry_id,
+        "thread_id": None,
+        "customer_id": logged.customer_id,
+        "from": "ana@example.com",
+        "subject": "Мелачка",
+        "received_at": "2026-11-24T12:00:00Z",
+    }
+
+
+async def test_the_daemons_worker_delivers_when_woken_and_stops_when_told(
+    engine: Engine, clock: ManualClock, receiver: Receiver, maria: str
+) -> None:
+    register(engine, clock, receiver.url, EventType.CUSTOMER_UNSUBSCRIBED)
+    hooks, stop = worker(engine, clock), asyncio.Event()
+    running = asyncio.create_task(hooks.run(stop))
+    with engine.begin() as conn:
+        profiles.unsubscribe(conn, maria, clock.now())
+    hooks.wake()
+    async with asyncio.timeout(10):
+        while not receiver.received:
+            await asyncio.sleep(0.01)
+        stop.set()
+        await running
+    assert len(receiver.received) == 1
 
 
 @pytest.mark.parametrize(
