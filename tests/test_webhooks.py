@@ -26,6 +26,7 @@ from mailer.hooks.sender import Webhooks
 from mailer.inbound import inquiries
 from mailer.inbound.parsing import parse
 from mailer.outbound import outbox
+from mailer.relationship import privacy
 from mailer.store.models import WebhookDelivery
 from tests.command import Mailer
 from tests.command import mailer as mailer
@@ -267,6 +268,40 @@ async def test_the_daemons_worker_delivers_when_woken_and_stops_when_told(
         stop.set()
         await running
     assert len(receiver.received) == 1
+
+
+async def test_erasing_a_customer_empties_what_their_events_said(
+    engine: Engine, clock: ManualClock, receiver: Receiver, maria: str
+) -> None:
+    for _ in range(2):  # two endpoints: one delivered before the erasure, one still waiting
+        register(engine, clock, receiver.url, EventType.CUSTOMER_UNSUBSCRIBED)
+    with engine.begin() as conn:
+        profiles.unsubscribe(conn, maria, clock.now())
+    hooks = worker(engine, clock)
+    first = deliveries.claim(engine, clock.now(), 1, hooks.lease)
+    deliveries.record(
+        engine,
+        first,
+        [
+            deliveries.Outcome(
+                delivery_id=first[0].id, at=clock.now(), duration_ms=3, status_code=204
+            )
+        ],
+        8,
+        lambda: 0.0,
+    )
+    with engine.begin() as conn:
+        erased = privacy.erase(conn, maria, clock.now())
+    assert erased.webhooks == 2
+    assert await hooks.deliver_due() == 0 and receiver.received == []
+    with engine.connect() as conn:
+        rows = deliveries.find(conn)
+    assert {(r["status"], r["last_error"]) for r in rows} == {
+        ("delivered", None),
+        ("failed", "the customer was erased"),
+    }
+    assert all(r["payload"] == {} for r in rows)
+    assert maria not in json.dumps([r["payload"] for r in rows])
 
 
 @pytest.mark.parametrize(

@@ -217,6 +217,19 @@ def drop(conn: Connection, endpoint_id: int, reason: str, now: datetime) -> int:
     return int(result.rowcount)
 
 
+def erase_customer(conn: Connection, customer_id: int) -> int:
+    """Forget what the customer's events said: those still waiting are not sent, and every
+    payload about them is emptied; the rows, their type, status and attempts stay."""
+    theirs = DELIVERIES.c.customer_id == customer_id
+    waiting = (WebhookStatus.QUEUED, WebhookStatus.SENDING)
+    conn.execute(
+        update(DELIVERIES)
+        .where(theirs, DELIVERIES.c.status.in_(waiting))
+        .values(status=WebhookStatus.FAILED, last_error="the customer was erased", lease_until=None)
+    )
+    return int(conn.execute(update(DELIVERIES).where(theirs).values(payload={})).rowcount)
+
+
 def next_due(engine: Engine) -> datetime | None:
     """When the earliest queued delivery falls due, so an idle worker knows how long to rest."""
     with engine.connect() as conn:

@@ -72,6 +72,7 @@ def record(
                 "endpoint_id": endpoint_id,
                 "event_type": str(event_type),
                 "event_id": event_id,
+                "customer_id": data.get("customer_id"),  # so an erasure can find it
                 "payload": body,
                 "status": WebhookStatus.QUEUED,
                 "attempts": 0,

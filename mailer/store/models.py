@@ -704,6 +704,7 @@ class WebhookDelivery(SQLModel, table=True):
     endpoint_id: int = _belongs_to("webhook_endpoints.id")
     event_type: str = Field(max_length=50)
     event_id: str = Field(max_length=64, description="webhook-id: the same on every attempt")
+    customer_id: int | None = Field(default=None, index=True, description="whom it is about")
     payload: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     status: str = Field(default=WebhookStatus.QUEUED, max_length=10)
     attempts: int = 0

@@ -36,6 +36,7 @@ def upgrade() -> None:
         sa.Column("endpoint_id", sa.Integer(), endpoint, nullable=False, index=True),
         sa.Column("event_type", sa.String(50), nullable=False),
         sa.Column("event_id", sa.String(64), nullable=False),
+        sa.Column("customer_id", sa.Integer(), nullable=True, index=True),
         sa.Column("payload", sa.JSON(), nullable=False),
         sa.Column("status", sa.String(10), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
