@@ -14,6 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from playwright.async_api import Page, expect
 from sqlalchemy import Engine, select
 
 from mailer.core.clock import ManualClock
@@ -31,7 +32,8 @@ from mailer.store.models import WebhookDelivery
 from tests.command import Mailer
 from tests.command import mailer as mailer
 from tests.command import project as project
-from tests.conftest import HEADER, add_customers
+from tests.conftest import HEADER, add_customers, sign_in
+from tests.site import Site
 from tests.webhook_receiver import Receiver, start
 
 ALLOWED = WebhookSettings(allow_private=True, timeout=5)
@@ -391,3 +393,30 @@ async def test_an_admin_adds_lists_and_removes_webhooks(
     assert json.loads(mailer("webhooks", "deliveries", "--failed", "--json").stdout) == []
     missing = mailer("webhooks", "remove", "99", check=False)
     assert missing.stderr.strip() == "error: no webhook 99; `mailer webhooks list` shows them"
+
+
+async def test_an_admin_sees_each_attempt_of_a_failed_delivery_on_the_webhooks_page(
+    page: Page,
+    site: Site,
+    staff: dict[str, str],
+    engine: Engine,
+    clock: ManualClock,
+    receiver: Receiver,
+    maria: str,
+) -> None:
+    register(engine, clock, receiver.url, EventType.CUSTOMER_UNSUBSCRIBED)
+    receiver.answers = [500]
+    with engine.begin() as conn:
+        profiles.unsubscribe(conn, maria, clock.now())
+    await worker(engine, clock, WebhookSettings(allow_private=True, max_attempts=1)).deliver_due()
+    await sign_in(page, site, "ada")
+    await page.goto(site.url + "/webhooks?failed=1")
+    await expect(page.locator("#webhook-1")).to_contain_text(receiver.url)
+    delivery = page.locator("tbody tr[id^=delivery-]")
+    await expect(delivery).to_have_count(1)
+    await expect(delivery).to_contain_text("customer.unsubscribed")
+    await expect(delivery.locator(".badge")).to_have_text("failed")
+    await expect(delivery.get_by_role("listitem")).to_contain_text("500 the receiver answered 500")
+    await sign_in(page, site, "mia")
+    response = await page.goto(site.url + "/webhooks")
+    assert response is not None and response.status == 403
