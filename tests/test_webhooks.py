@@ -163,6 +163,14 @@ async def test_a_delivery_that_keeps_failing_is_failed_after_the_last_attempt(
     with engine.connect() as conn:
         (row,) = deliveries.find(conn, failed=True)
     assert row["attempts"] == 3 and len(row["attempts_log"]) == 3
+    with engine.begin() as conn:  # an admin's retry, once the receiver is mended
+        assert deliveries.retry(conn, row["id"], clock.now())
+        assert not deliveries.retry(conn, row["id"], clock.now())  # queued, not failed
+    receiver.answers = []
+    assert await hooks.deliver_due() == 1
+    with engine.connect() as conn:
+        (row,) = deliveries.find(conn)
+    assert row["status"] == "delivered" and row["attempts"] == 4
 
 
 def test_waits_grow_to_about_a_day_with_jitter() -> None:
@@ -391,6 +399,8 @@ async def test_an_admin_adds_lists_and_removes_webhooks(
     )
     assert json.loads(mailer("webhooks", "list", "--json").stdout)[0]["disabled_at"]
     assert json.loads(mailer("webhooks", "deliveries", "--failed", "--json").stdout) == []
+    again = mailer("webhooks", "retry", "7", check=False)
+    assert again.stderr.strip().startswith("error: delivery 7 was not queued again: only a")
     missing = mailer("webhooks", "remove", "99", check=False)
     assert missing.stderr.strip() == "error: no webhook 99; `mailer webhooks list` shows them"
 

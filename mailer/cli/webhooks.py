@@ -8,6 +8,7 @@ from typing import Any
 import typer
 
 from mailer.cli.common import CLI_ACTOR, JSON_OPTION, app_of, err, group, out, print_rows
+from mailer.core.errors import MailerError
 from mailer.hooks import deliveries, endpoints
 from mailer.hooks.events import EventType
 
@@ -88,3 +89,16 @@ def deliveries_(
     with app_of(ctx).engine().connect() as conn:
         rows = deliveries.find(conn, failed=failed, limit=limit)
     print_rows(rows, DELIVERY_COLUMNS, as_json=as_json)
+
+
+@app.command("retry")
+def retry(ctx: typer.Context, delivery_id: int = typer.Argument(..., metavar="ID")) -> None:
+    """Try a failed delivery once more, now (`mailer run` sends it)."""
+    app_ = app_of(ctx)
+    with app_.engine().begin() as conn:
+        if not deliveries.retry(conn, delivery_id, app_.clock.now()):
+            raise MailerError(
+                f"delivery {delivery_id} was not queued again: only a failed delivery of a "
+                "webhook still in use can be; `mailer webhooks deliveries --failed` lists them"
+            )
+    out.print(f"delivery {delivery_id} is queued again, due now")

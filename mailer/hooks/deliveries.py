@@ -206,6 +206,29 @@ def release_expired_leases(engine: Engine, now: datetime) -> int:
     return int(result.rowcount)
 
 
+def retry(conn: Connection, delivery_id: int, now: datetime) -> bool:
+    """An admin's retry of a failed delivery: due now, for one more attempt (more if it was
+    failed before its last); False if it is not failed, its webhook was removed or its
+    customer erased (an empty payload)."""
+    row = conn.execute(
+        select(DELIVERIES.c.payload)
+        .join(ENDPOINTS, ENDPOINTS.c.id == DELIVERIES.c.endpoint_id)
+        .where(
+            DELIVERIES.c.id == delivery_id,
+            DELIVERIES.c.status == WebhookStatus.FAILED,
+            ENDPOINTS.c.disabled_at.is_(None),
+        )
+    ).first()
+    if row is None or not row.payload:
+        return False
+    conn.execute(
+        update(DELIVERIES)
+        .where(DELIVERIES.c.id == delivery_id)
+        .values(status=WebhookStatus.QUEUED, next_attempt_at=now)
+    )
+    return True
+
+
 def drop(conn: Connection, endpoint_id: int, reason: str, now: datetime) -> int:
     """Fail what still waits for an endpoint that is no longer in use."""
     waiting = (WebhookStatus.QUEUED, WebhookStatus.SENDING)
