@@ -367,6 +367,9 @@ def test_urls_nobody_could_post_to_are_refused() -> None:
         ("https://user:pw@example.com/", "carries a user, password"),
         ("http://example.com:99999/", "is not a URL"),
         ("https:///path", "is not an http:// or https:// URL"),
+        ("https://example.com/a b", "has spaces, control or non-ASCII"),
+        ("https://example.com/x\r\nX-Evil: 1", "has spaces, control or non-ASCII"),
+        ("https://bücher.example/", "has spaces, control or non-ASCII"),
     ]:
         with pytest.raises(InvalidInput, match=said):
             addresses.parse(url)

@@ -35,6 +35,11 @@ def parse(url: str) -> Target:
     """InvalidInput names what is wrong with a URL nobody could POST to."""
     if len(url) > URL_MAX:
         _refuse(f"longer than {URL_MAX} characters")
+    if not url.isascii() or any(c <= " " or c == "\x7f" for c in url):
+        _refuse(
+            f"{url!r} has spaces, control or non-ASCII characters; give its ASCII form "
+            "(an IDNA host name, a percent-encoded path)"
+        )
     try:
         parts = urlsplit(url)
         port = parts.port

@@ -17,9 +17,10 @@ import random
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
 
 from mailer import __version__
 from mailer.core.clock import Clock
@@ -32,6 +33,7 @@ log = logging.getLogger("mailer.webhooks")
 
 BATCH = 20  # deliveries claimed, and POSTed concurrently, at a time
 IDLE_POLL = 5.0  # seconds an idle worker rests: events come from other processes too
+MIN_REST = 0.1  # seconds: a row due but not claimable (locked elsewhere) is no busy loop
 ANSWER_MAX = 8192  # bytes of an answer's status line read at most
 
 
@@ -125,17 +127,22 @@ class Webhooks:
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Deliver until ``stop``; a batch in flight is finished, or released if cancelled."""
+        """Deliver until ``stop``; a batch in flight is finished, or released if cancelled.
+        A database that cannot be reached is waited out, not a reason to stop."""
         while not stop.is_set():
-            if await self.deliver_due():
-                continue
-            await self._rest(stop)
+            try:
+                if await self.deliver_due():
+                    continue
+                due = await asyncio.to_thread(deliveries.next_due, self.engine)
+            except OperationalError as exc:
+                log.warning("webhooks wait for the database: %s", exc.orig)
+                due = None
+            await self._rest(stop, due)
 
-    async def _rest(self, stop: asyncio.Event) -> None:
-        due = await asyncio.to_thread(deliveries.next_due, self.engine)
+    async def _rest(self, stop: asyncio.Event, due: datetime | None) -> None:
         seconds = IDLE_POLL
         if due is not None:
-            seconds = min(seconds, max(0.0, (due - self.clock.now()).total_seconds()))
+            seconds = min(seconds, max(MIN_REST, (due - self.clock.now()).total_seconds()))
         self._wake.clear()
         stopping = asyncio.create_task(stop.wait())
         waking = asyncio.create_task(self._wake.wait())
@@ -183,6 +190,9 @@ class Webhooks:
             error = str(exc)
         except TimeoutError:
             error = f"no answer within {self.settings.timeout:g} s"
+        except Exception as exc:  # recorded on the delivery: one bad URL stops no batch
+            log.exception("webhook %s to %s", claimed.event_id, claimed.url)
+            error = f"unexpected error: {exc!r}"
         if error:
             log.warning("webhook %s to %s: %s", claimed.event_id, claimed.url, error)
         elapsed = max(0, round((self.clock.monotonic() - started) * 1000))
