@@ -130,6 +130,7 @@ class Webhooks:
         """Deliver until ``stop``; a batch in flight is finished, or released if cancelled.
         A database that cannot be reached is waited out, not a reason to stop."""
         while not stop.is_set():
+            self._wake.clear()  # an event recorded from now on is not missed
             try:
                 if await self.deliver_due():
                     continue
@@ -143,12 +144,12 @@ class Webhooks:
         seconds = IDLE_POLL
         if due is not None:
             seconds = min(seconds, max(MIN_REST, (due - self.clock.now()).total_seconds()))
-        self._wake.clear()
-        stopping = asyncio.create_task(stop.wait())
-        waking = asyncio.create_task(self._wake.wait())
-        await asyncio.wait({stopping, waking}, timeout=seconds, return_when="FIRST_COMPLETED")
-        stopping.cancel()
-        waking.cancel()
+        waiters = {asyncio.create_task(stop.wait()), asyncio.create_task(self._wake.wait())}
+        try:
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
 
     async def deliver_due(self) -> int:
         """One batch: claim what is due, POST it all, record every attempt; how many tried."""
