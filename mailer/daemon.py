@@ -1,9 +1,9 @@
 """`mailer run`: the one long-lived process. It owns the event loop and the shutdown.
 
 Each capability is a task started here (the sandbox mail server, the delivery workers,
-the inbox watcher, the schedules and the web app); on SIGINT or SIGTERM they stop taking
-new work and get a bounded time to finish what is in flight, after which unfinished
-messages go back to the queue. SIGHUP reads the schedule files again.
+the inbox watcher, the schedules, the webhook worker and the web app); on SIGINT or
+SIGTERM they stop taking new work and get a bounded time to finish what is in flight,
+after which unfinished messages go back to the queue. SIGHUP reads the schedule files again.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from mailer import checks
 from mailer.core.clock import Clock, SystemClock
 from mailer.core.config import Config
 from mailer.customers import tokens
+from mailer.hooks.sender import Webhooks
 from mailer.inbound.mailbox import Mailbox
 from mailer.inbound.watcher import AckPolicy, Inbox
 from mailer.outbound import throttle
@@ -156,10 +157,12 @@ async def serve(
         delivery = build_delivery(cfg, engine, clock, target)
         watcher = build_inbox(cfg, engine, clock, delivery.wake, sandbox_on=sandbox_on)
         scheduler = build_scheduler(cfg, engine, clock, delivery.wake)
+        webhooks = Webhooks(engine=engine, clock=clock, settings=cfg.settings.webhooks)
         workers = [
             asyncio.create_task(delivery.run(stop), name="delivery"),
             asyncio.create_task(watcher.run(stop), name="inbox"),
             asyncio.create_task(scheduler.run(stop, reload or asyncio.Event()), name="schedules"),
+            asyncio.create_task(webhooks.run(stop), name="webhooks"),
         ]
         if cfg.settings.web.enabled:
             with checks.listening(cfg, "web", "bind"):

@@ -147,7 +147,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
         "core",
         "insight",
         "store",
-        "staff",
+        "staff hooks",
         "customers sandbox",
         "commerce",
         "outbound",

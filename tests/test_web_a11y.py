@@ -167,6 +167,7 @@ def seeded(
             "/outbox",
             "/sandbox",
             "/sandbox/1",
+            "/webhooks",
             "/no-such-page",
         ],
     )

@@ -30,6 +30,7 @@ from mailer.cli import (
     schedules,
     templates,
     users,
+    webhooks,
 )
 from mailer.cli.common import App, app_of, err, group, out, say_error
 from mailer.core import config
@@ -58,6 +59,7 @@ app.add_typer(orders.app, name="orders")
 app.add_typer(orders.products_app, name="products")
 app.add_typer(insights.app, name="insights")
 app.add_typer(api_keys.app, name="api-keys")
+app.add_typer(webhooks.app, name="webhooks")
 db_app = group("Database schema.")
 app.add_typer(db_app, name="db")
 

@@ -248,6 +248,14 @@ class ApiSettings(Section):
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)  # a larger request body: 413
 
 
+class WebhookSettings(Section):
+    """[webhooks]: events POSTed to URLs admins register (`mailer webhooks add`)."""
+
+    allow_private: bool = False  # loopback, private and link-local addresses: refused
+    timeout: float = Field(default=10.0, gt=0, le=60)  # seconds for one POST and its answer
+    max_attempts: int = Field(default=8, ge=1, le=20)  # then the delivery is failed
+
+
 ScoreRange = Annotated[tuple[int, int], Field(description="lowest and highest score, 1-5")]
 
 
@@ -298,6 +306,7 @@ class Settings(Section):
     business_hours: BusinessHoursSettings = BusinessHoursSettings()
     web: WebSettings = WebSettings()
     api: ApiSettings = ApiSettings()
+    webhooks: WebhookSettings = WebhookSettings()
     insight: InsightSettings = InsightSettings()
     company: CompanyValues = Field(default_factory=lambda: CompanyValues())
 

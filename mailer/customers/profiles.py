@@ -32,6 +32,8 @@ from mailer.customers.csv_rows import (
     shown,
 )
 from mailer.customers.edits import Change, diff, record
+from mailer.hooks import events as webhooks
+from mailer.hooks.events import EventType
 from mailer.store import bulk
 from mailer.store.models import Customer, CustomerChange, CustomerTag, ErasedAddress
 
@@ -494,7 +496,18 @@ def unsubscribe_id(
     )
     if result.rowcount:
         _log(conn, [(customer_id, Change("unsubscribed_at", None, _iso(now)))], actor, now)
+        webhooks.record(
+            conn, EventType.CUSTOMER_UNSUBSCRIBED, _unsubscribed(conn, customer_id), now
+        )
     return bool(result.rowcount)
+
+
+def _unsubscribed(conn: Connection, customer_id: int) -> Iterator[dict[str, Any]]:
+    """What a ``customer.unsubscribed`` webhook says, read only when some endpoint wants it."""
+    row = conn.execute(
+        select(CUSTOMERS.c.email, CUSTOMERS.c.unsubscribed_at).where(CUSTOMERS.c.id == customer_id)
+    ).one()
+    yield {"customer_id": customer_id, "email": row.email, "unsubscribed_at": row.unsubscribed_at}
 
 
 def resubscribe_id(conn: Connection, customer_id: int, now: datetime) -> bool:

@@ -42,6 +42,8 @@ from mailer.core.search import term
 from mailer.customers import contacts, profiles
 from mailer.customers.csv_rows import normalise_email
 from mailer.customers.profiles import CUSTOMERS
+from mailer.hooks import events as webhooks
+from mailer.hooks.events import EventType
 from mailer.inbound import autoreply
 from mailer.inbound.parsing import Inbound, fingerprint, subject_reference
 from mailer.outbound.outbox import OUTBOX
@@ -102,6 +104,15 @@ def log(conn: Connection, inbound: Inbound, received_at: datetime) -> Logged:
     assert new_id is not None
     if customer_id is not None:
         contacts.heard_from(conn, customer_id, received_at)
+    created = {
+        "inquiry_id": int(new_id[0]),
+        "thread_id": thread_id,
+        "customer_id": customer_id,
+        "from": values["sender"],
+        "subject": values["subject"],
+        "received_at": received_at,
+    }
+    webhooks.record(conn, EventType.INQUIRY_CREATED, [created], received_at)
     return Logged(
         inquiry_id=int(new_id[0]), thread_id=thread_id, customer_id=customer_id, duplicate=False
     )

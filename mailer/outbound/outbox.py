@@ -9,7 +9,7 @@ leaves its leased rows to come back when the lease runs out.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -44,6 +44,8 @@ from mailer.core.fieldtypes import email_address
 from mailer.customers import contacts as contact_log
 from mailer.customers import profiles
 from mailer.customers.profiles import CUSTOMERS
+from mailer.hooks import events as webhooks
+from mailer.hooks.events import EventType
 from mailer.outbound import throttle
 from mailer.store.models import DeliveryAttempt, OutboxMessage, OutboxStatus
 
@@ -256,9 +258,12 @@ def mark_bounced(
         update(OUTBOX)
         .where(OUTBOX.c.message_id.in_(message_ids))
         .values(status=OutboxStatus.BOUNCED, reason=reason, updated_at=now)
-        .returning(OUTBOX.c.to_address)
-    )
-    return list(rows.scalars())
+        .returning(OUTBOX.c.id, OUTBOX.c.to_address)
+    ).all()
+    bounced = [row.id for row in rows]
+    if bounced:
+        webhooks.record(conn, EventType.MESSAGE_BOUNCED, _told(conn, bounced), now)
+    return [row.to_address for row in rows]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -557,7 +562,38 @@ def record(engine: Engine, outcomes: Sequence[Outcome]) -> None:
         attempts = [_attempt(o) for o in outcomes if o.result != Result.RELEASED]
         if attempts:
             conn.execute(insert(ATTEMPTS), attempts)
-        _reached(conn, {o.outbox_id: o.at for o in outcomes if o.result == Result.SENT})
+        sent = {o.outbox_id: o.at for o in outcomes if o.result == Result.SENT}
+        _reached(conn, sent)
+        if sent:
+            now = max(sent.values())
+            webhooks.record(conn, EventType.MESSAGE_SENT, _told(conn, list(sent)), now)
+
+
+def _told(conn: Connection, ids: list[int]) -> Iterator[dict[str, Any]]:
+    """What a ``message.sent`` or ``message.bounced`` webhook says of each message, read only
+    when some endpoint wants it."""
+    query = select(
+        OUTBOX.c.id,
+        OUTBOX.c.message_id,
+        OUTBOX.c.customer_id,
+        OUTBOX.c.to_address,
+        OUTBOX.c.category,
+        OUTBOX.c.template,
+        OUTBOX.c.status,
+        OUTBOX.c.reason,
+        OUTBOX.c.sent_at,
+    ).where(OUTBOX.c.id.in_(ids))
+    for row in conn.execute(query.order_by(OUTBOX.c.id)).mappings():
+        yield {
+            "outbox_id": row["id"],
+            "message_id": row["message_id"],
+            "customer_id": row["customer_id"],
+            "to": row["to_address"],
+            "category": row["category"],
+            "template": row["template"],
+            "sent_at": row["sent_at"],
+            **({"reason": row["reason"]} if row["status"] == OutboxStatus.BOUNCED else {}),
+        }
 
 
 def _reached(conn: Connection, sent: dict[int, datetime]) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from mailer.customers import contacts, followups, profiles
+from mailer.hooks import deliveries
 from mailer.inbound import inquiries
 from mailer.outbound import outbox
 from mailer.sandbox import smtp_server
@@ -55,6 +56,7 @@ class Erased:
     followups: int
     sandbox_messages: int
     contacts: int = 0
+    webhooks: int = 0  # deliveries whose payload was emptied
 
 
 def erase(conn: Connection, email: str, now: datetime) -> Erased:
@@ -66,6 +68,7 @@ def erase(conn: Connection, email: str, now: datetime) -> Erased:
         followups=followups.erase_customer(conn, customer.id),
         sandbox_messages=smtp_server.erase_address(conn, customer.email),
         contacts=contacts.erase_customer(conn, customer.id),
+        webhooks=deliveries.erase_customer(conn, customer.id),
     )
     profiles.erase(conn, customer, now)
     return erased

@@ -685,3 +685,63 @@ class ProductRecommendation(SQLModel, table=True):
     customers: int = Field(description="customers who bought both")
     score: float = Field(description="cosine of the two SKUs' buyer sets")
     as_of: date = Field(sa_type=Date)
+
+
+class WebhookEndpoint(SQLModel, table=True):
+    """A URL an admin registered for some events; written only by mailer.hooks.endpoints.
+    Removing one disables it, so its deliveries keep saying where they went."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: int | None = Field(default=None, primary_key=True)
+    url: str = Field(max_length=2000)
+    events: list[str] = Field(default_factory=list, sa_type=JSON)
+    secret: str = Field(max_length=100, description="whsec_ and base64: the receiver's too")
+    created_at: datetime = _when(nullable=False)
+    created_by: str = Field(max_length=100)
+    disabled_at: datetime | None = _when()
+
+
+class WebhookStatus(StrEnum):
+    QUEUED = "queued"
+    SENDING = "sending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """One event on its way to one endpoint: the durable queue of webhooks. Rows are added
+    by mailer.hooks.events in the transaction of the change they tell of, and written after
+    that only by mailer.hooks.deliveries."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_status_next", "status", "next_attempt_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    endpoint_id: int = _belongs_to("webhook_endpoints.id")
+    event_type: str = Field(max_length=50)
+    event_id: str = Field(max_length=64, description="webhook-id: the same on every attempt")
+    customer_id: int | None = Field(default=None, index=True, description="whom it is about")
+    payload: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    status: str = Field(default=WebhookStatus.QUEUED, max_length=10)
+    attempts: int = 0
+    next_attempt_at: datetime = _when(nullable=False)
+    lease_until: datetime | None = _when()
+    last_status_code: int | None = None
+    last_error: str | None = Field(default=None, max_length=500)
+    created_at: datetime = _when(nullable=False)
+    delivered_at: datetime | None = _when()
+
+
+class WebhookAttempt(SQLModel, table=True):
+    """Each POST of a delivery and what came back, for admins; written by
+    mailer.hooks.deliveries."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: int | None = Field(default=None, primary_key=True)
+    delivery_id: int = _belongs_to("webhook_deliveries.id")
+    at: datetime = _when(nullable=False)
+    status_code: int | None = None
+    error: str | None = Field(default=None, max_length=500)
+    duration_ms: int

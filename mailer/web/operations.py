@@ -1,6 +1,6 @@
 """Operators' pages, for admins only: the outbox by status with its failures on top, a
-retry for each and a cancel for what has not gone yet, and the messages the local sandbox
-captured instead of delivering.
+retry for each and a cancel for what has not gone yet, the messages the local sandbox
+captured instead of delivering, and the webhooks with every delivery attempt.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
+from mailer.hooks import deliveries, endpoints
 from mailer.outbound import outbox
 from mailer.sandbox import smtp_server
 from mailer.store.models import OutboxStatus
@@ -95,6 +96,23 @@ async def sandbox_message(request: Request) -> Response:
     return render(request, "ops_sandbox_message.html", {"message": found})
 
 
+@require()
+async def webhooks_page(request: Request) -> Response:
+    """Read-only: webhooks are added and removed with `mailer webhooks`, which shows the
+    signing secret once in a terminal rather than in a page a browser may keep."""
+    found = await db(request, _webhooks, state(request).engine, request.query_params.get("failed"))
+    return render(request, "ops_webhooks.html", found)
+
+
+def _webhooks(engine: Engine, failed: str | None) -> dict[str, Any]:
+    with engine.connect() as conn:
+        return {
+            "endpoints": endpoints.find(conn),
+            "deliveries": deliveries.find(conn, failed=bool(failed), limit=LISTED),
+            "failed": bool(failed),
+        }
+
+
 def _read(engine: Engine, work: Callable[[Connection], T]) -> T:
     with engine.connect() as conn:
         return work(conn)
@@ -119,4 +137,5 @@ routes = [
     Route("/outbox/{id:int}/cancel", cancel, methods=["POST"]),
     Route("/sandbox", sandbox_page),
     Route("/sandbox/{id:int}", sandbox_message),
+    Route("/webhooks", webhooks_page),
 ]
