@@ -21,6 +21,7 @@ from email.utils import format_datetime, make_msgid
 from mailer.core.text import one_line
 from mailer.customers.csv_rows import normalise_email
 
+FORM_DOMAIN = "web-form.invalid"  # RFC 2606: a name that is nobody's
 HONEYPOT = "website"  # hidden from people; a robot that fills every field fills this one
 SHORT = {"email": 320, "name": 200, "subject": 200, "locale": 35}  # characters
 _LOCALE = re.compile(r"^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*$")
@@ -74,14 +75,16 @@ def read_subscribe(fields: Mapping[str, object]) -> SubscribeForm:
     return SubscribeForm(_email(fields), _text(fields, "name", SHORT["name"]), _locale(fields))
 
 
-def inquiry_message(form: InquiryForm, now: datetime, domain: str) -> bytes:
-    """The inquiry as the mail it stands for, from the visitor, with a Message-ID of ours."""
+def inquiry_message(form: InquiryForm, now: datetime) -> bytes:
+    """The inquiry as the mail it stands for, from the visitor. Its Message-ID is in a
+    domain of no one's, never ours: the autoreply rules take a message with one of our own
+    Message-IDs for a mail loop."""
     mail = EmailMessage(policy=SMTP)
     local, _, host = form.email.rpartition("@")
     mail["From"] = Address(display_name=form.name, username=local, domain=host)
     mail["Subject"] = form.subject
     mail["Date"] = format_datetime(now)
-    mail["Message-ID"] = make_msgid("form", domain=domain)
+    mail["Message-ID"] = make_msgid("form", domain=FORM_DOMAIN)
     mail.set_content(form.message)
     return mail.as_bytes()
 

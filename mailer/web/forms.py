@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime, timedelta
-from email.utils import parseaddr
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -152,7 +151,7 @@ def _take_inquiry(
     web: WebState, policy: AckPolicy, form: InquiryForm, ip: str, now: datetime
 ) -> Verdict:
     """Logged and decided like mail, in one transaction with the posts' counts."""
-    inbound = parse(inquiry_message(form, now, _domain(web)))
+    inbound = parse(inquiry_message(form, now))
     with web.engine.begin() as conn:
         verdict = _counted(conn, web.cfg.settings.forms, ip, form.email, now)
         if verdict.allowed:
@@ -358,11 +357,6 @@ def _policy(request: Request) -> AckPolicy:
         policy = AckPolicy.from_config(state(request).cfg)
         request.app.state.ack_policy = policy
     return policy
-
-
-def _domain(web: WebState) -> str:
-    """Our Message-IDs' domain: the sender address's."""
-    return parseaddr(web.cfg.settings.sender.from_)[1].rpartition("@")[2] or "localhost"
 
 
 def _confirm_url(web: WebState, token: str) -> str:
