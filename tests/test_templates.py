@@ -115,6 +115,7 @@ def test_names_list_templates_but_not_layouts(shipped: TemplateStore) -> None:
         "followups_digest",
         "meeting_invitation",
         "newsletter",
+        "subscribe_confirm",
         "webinar_cancel",
         "webinar_invite",
         "webinar_reminder",
