@@ -18,8 +18,8 @@ from mailer.core.clock import ManualClock
 from mailer.core.config import Config
 from mailer.customers import profiles, tokens
 from mailer.inbound import autoreply, inquiries
-from mailer.inbound.mailbox import PROCESSED_KEYWORD, Mailbox
 from mailer.inbound.intake import AckPolicy
+from mailer.inbound.mailbox import PROCESSED_KEYWORD, Mailbox
 from mailer.inbound.watcher import Inbox, save_position
 from mailer.outbound import outbox
 from mailer.outbound.outbox import NewMessage

@@ -23,8 +23,8 @@ from mailer.core.clock import ManualClock
 from mailer.core.config import Config
 from mailer.customers import profiles
 from mailer.inbound import inquiries, intake, plain_words
-from mailer.inbound.parsing import parse
 from mailer.inbound.intake import AckPolicy
+from mailer.inbound.parsing import parse
 from mailer.outbound import outbox, throttle
 from mailer.outbound.outbox import NewMessage, Outcome, Policy, Result
 from mailer.store.models import InquiryStatus, OutboxStatus

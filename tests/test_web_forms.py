@@ -339,6 +339,10 @@ def test_reading_a_post_names_the_field_and_never_its_value() -> None:
         read_inquiry({"email": "ana@example.com", "message": "Hi", "name": ["x"]}, 100)
     form = read_inquiry({"email": "Ana@Example.com", "message": "Hi", "name": "Ana\r\nBcc: x"}, 9)
     assert (form.email, form.name) == ("ana@example.com", "Ana Bcc: x")
+    assert (
+        read_inquiry({"email": "ana@example.com", "message": "Hi", "locale": None}, 9).locale
+        is None
+    )
     assert is_robot({"website": "x"}) and not is_robot({"website": " "})
     assert allowed_origin(WEBSITE + "/", [WEBSITE]) == WEBSITE + "/"
     assert allowed_origin("https://evil.example", [WEBSITE]) is None

@@ -98,7 +98,7 @@ def allowed_origin(origin: str | None, allowed: Sequence[str]) -> str | None:
 
 
 def _text(fields: Mapping[str, object], name: str, limit: int, *, multiline: bool = False) -> str:
-    value = fields.get(name, "")
+    value = fields.get(name) or ""  # JSON's null is a field left empty
     if not isinstance(value, str):
         raise FormProblem(422, name, f"{name} must be text")
     if len(value) > limit:
