@@ -22,8 +22,9 @@ from mailer.core.clock import Clock, SystemClock
 from mailer.core.config import Config
 from mailer.customers import tokens
 from mailer.hooks.sender import Webhooks
+from mailer.inbound.intake import AckPolicy
 from mailer.inbound.mailbox import Mailbox
-from mailer.inbound.watcher import AckPolicy, Inbox
+from mailer.inbound.watcher import Inbox
 from mailer.outbound import throttle
 from mailer.outbound.delivery import Delivery
 from mailer.outbound.outbox import Policy

@@ -18,8 +18,9 @@ from mailer.core.clock import ManualClock
 from mailer.core.config import Config
 from mailer.customers import profiles, tokens
 from mailer.inbound import autoreply, inquiries
+from mailer.inbound.intake import AckPolicy
 from mailer.inbound.mailbox import PROCESSED_KEYWORD, Mailbox
-from mailer.inbound.watcher import AckPolicy, Inbox, save_position
+from mailer.inbound.watcher import Inbox, save_position
 from mailer.outbound import outbox
 from mailer.outbound.outbox import NewMessage
 from mailer.outbound.smtp import SmtpTarget

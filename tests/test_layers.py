@@ -100,6 +100,7 @@ PURE = (
     "mailer/insight/simulate.py",
     "mailer/commerce/order_rows.py",
     "mailer/core/money.py",
+    "mailer/web/form_fields.py",
 )
 # a database, a mail protocol, the event loop or the network: what makes code need I/O to test
 IMPURE = (

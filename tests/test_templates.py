@@ -117,6 +117,7 @@ def test_names_list_templates_but_not_layouts(shipped: TemplateStore) -> None:
         "meeting_invitation",
         "newsletter",
         "reorder",
+        "subscribe_confirm",
         "webinar_cancel",
         "webinar_invite",
         "webinar_reminder",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -138,10 +139,18 @@ def seeded(
         failed = outbox.find(conn)[0]["id"]
     outbox.record(engine, [Outcome(outbox_id=failed, result=Result.FAILED, at=now, reason="550")])
     token = tokens.sign(tokens.load_secret(cfg), maria)
+    confirming = tokens.sign_confirmation(tokens.load_secret(cfg), ana, now + timedelta(days=1))
     return Seeded(
         inquiry=inquiry,
         maria=maria,
-        anonymous=["/login", f"/unsubscribe/{token}", "/unsubscribe/not-a-token"],
+        anonymous=[
+            "/login",
+            f"/unsubscribe/{token}",
+            "/unsubscribe/not-a-token",
+            "/forms/thanks/inquiry?lang=bg",
+            "/forms/thanks/subscribe",
+            f"/forms/confirm/{confirming}",
+        ],
         signed_in=[
             "/inquiries",
             f"/inquiries/{inquiry}",

@@ -22,9 +22,9 @@ from mailer.core.categories import Category
 from mailer.core.clock import ManualClock
 from mailer.core.config import Config
 from mailer.customers import profiles
-from mailer.inbound import inquiries, plain_words, watcher
+from mailer.inbound import inquiries, intake, plain_words
+from mailer.inbound.intake import AckPolicy
 from mailer.inbound.parsing import parse
-from mailer.inbound.watcher import AckPolicy
 from mailer.outbound import outbox, throttle
 from mailer.outbound.outbox import NewMessage, Outcome, Policy, Result
 from mailer.store.models import InquiryStatus, OutboxStatus
@@ -51,7 +51,7 @@ def mail(message_id: str, subject: str, text: str, sender: str = MARIA) -> bytes
 def received(engine: Engine, cfg: Config, clock: ManualClock, raw: bytes) -> int:
     """As the inbox watcher takes a message in: logged, decided, acknowledged if due."""
     with engine.begin() as conn:
-        logged = watcher.handle(conn, parse(raw), clock.now(), AckPolicy.from_config(cfg))
+        logged = intake.handle(conn, parse(raw), clock.now(), AckPolicy.from_config(cfg))
     return logged.inquiry_id
 
 

@@ -1,25 +1,29 @@
-"""Requests per key per minute, counted in the database so that every process serving the
-API (the daemon, `mailer web` on another host) shares one count.
+"""Requests per key per minute, and posts to the public web forms per client and per
+address, counted in the database so that every process serving them (the daemon,
+`mailer web` on another host) shares one count.
 
-A fixed window: one row per key per minute, bumped by one UPSERT per request that returns
-the new count. Its first request also clears the key's older windows, so the table holds
-about one row per key in use.
+A fixed window: one row per counted thing per window, bumped by one UPSERT per request
+that returns the new count. Its first request also clears that thing's older windows, so
+the tables hold about one row per key, client or address in use.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Table, delete
+from sqlalchemy import Table, and_, delete
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from mailer.store.models import ApiRateWindow
+from mailer.store.models import ApiRateWindow, FormRateWindow
 
 WINDOWS: Table = ApiRateWindow.__table__  # type: ignore[attr-defined]
+FORM_WINDOWS: Table = FormRateWindow.__table__  # type: ignore[attr-defined]
 WINDOW = timedelta(minutes=1)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,29 +32,43 @@ class Verdict:
     retry_after: int  # whole seconds until the next window, when not allowed
 
 
-def window_start(now: datetime) -> datetime:
-    return now.replace(second=0, microsecond=0)
+def window_start(now: datetime, window: timedelta = WINDOW) -> datetime:
+    """The start of the window ``now`` falls in; windows are aligned to the epoch."""
+    return now - (now - _EPOCH) % window
 
 
-def judge(count: int, limit: int, now: datetime) -> Verdict:
+def judge(count: int, limit: int, now: datetime, window: timedelta = WINDOW) -> Verdict:
     """May the ``count``-th request of this window pass; if not, when to come back."""
     if count <= limit:
         return Verdict(True, 0)
-    left = window_start(now) + WINDOW - now
+    left = window_start(now, window) + window - now
     return Verdict(False, max(1, math.ceil(left.total_seconds())))
 
 
 def count(conn: Connection, key_id: int, now: datetime) -> int:
-    """This request's number in the key's current window."""
-    start = window_start(now)
+    """This request's number in the API key's current window."""
+    return count_in(conn, WINDOWS, {"key_id": key_id}, now, WINDOW)
+
+
+def count_form_post(
+    conn: Connection, scope: str, subject: str, now: datetime, window: timedelta
+) -> int:
+    """This post's number in the window of one client or address (``scope`` says which)."""
+    return count_in(conn, FORM_WINDOWS, {"scope": scope, "subject": subject}, now, window)
+
+
+def count_in(
+    conn: Connection, table: Table, key: Mapping[str, object], now: datetime, window: timedelta
+) -> int:
+    """Bump the row of ``key`` in ``table`` for the current window and return its count."""
+    start = window_start(now, window)
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(WINDOWS).values(key_id=key_id, window_start=start, requests=1)
+    stmt = dialect.insert(table).values(**key, window_start=start, requests=1)
     stmt = stmt.on_conflict_do_update(
-        index_elements=["key_id", "window_start"],
-        set_={"requests": WINDOWS.c.requests + 1},
+        index_elements=[*key, "window_start"], set_={"requests": table.c.requests + 1}
     )
-    number = int(conn.execute(stmt.returning(WINDOWS.c.requests)).scalar_one())
+    number = int(conn.execute(stmt.returning(table.c.requests)).scalar_one())
     if number == 1:
-        old = (WINDOWS.c.key_id == key_id) & (WINDOWS.c.window_start < start)
-        conn.execute(delete(WINDOWS).where(old))
+        same = and_(*(table.c[name] == value for name, value in key.items()))
+        conn.execute(delete(table).where(same, table.c.window_start < start))
     return number

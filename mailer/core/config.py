@@ -256,6 +256,19 @@ class WebhookSettings(Section):
     max_attempts: int = Field(default=8, ge=1, le=20)  # then the delivery is failed
 
 
+class FormsSettings(Section):
+    """[forms]: the public inquiry and subscribe forms a company's website posts to."""
+
+    cors_origins: list[Annotated[str, Field(pattern=r"^https?://[^/\s]+$")]] = []
+    inquiry_thanks_url: str = Field(default="", pattern=r"^(https?://\S+)?$")
+    subscribe_thanks_url: str = Field(default="", pattern=r"^(https?://\S+)?$")
+    per_ip_per_hour: int = Field(default=20, ge=1)  # posts from one client, both forms
+    per_address_per_hour: int = Field(default=5, ge=1)  # posts naming one e-mail address
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)  # a larger post: 413
+    max_message_chars: int = Field(default=10_000, ge=100)
+    confirm_within: Duration = timedelta(days=7)  # how long a confirmation link works
+
+
 ScoreRange = Annotated[tuple[int, int], Field(description="lowest and highest score, 1-5")]
 
 
@@ -307,6 +320,7 @@ class Settings(Section):
     web: WebSettings = WebSettings()
     api: ApiSettings = ApiSettings()
     webhooks: WebhookSettings = WebhookSettings()
+    forms: FormsSettings = FormsSettings()
     insight: InsightSettings = InsightSettings()
     company: CompanyValues = Field(default_factory=lambda: CompanyValues())
 

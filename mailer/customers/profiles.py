@@ -302,6 +302,53 @@ def add_lead(conn: Connection, email: str, name: str, now: datetime) -> int:
     return int(lead[0])
 
 
+def find_or_add(
+    conn: Connection, email: str, name: str, locale: str | None, now: datetime, source: str
+) -> int:
+    """The customer with this (normalised) address; one not known yet is added as a lead in
+    ``locale``, with no consent implied. A known customer is left as they are: what a
+    public form says about them is not believed over what they have."""
+    found = conn.execute(select(CUSTOMERS.c.id).where(CUSTOMERS.c.email == email)).scalar()
+    if found is not None:
+        return int(found)
+    values = _lead(email, name, now, source, erased=is_erased(conn, email)) | {"locale": locale}
+    lead = conn.execute(insert(CUSTOMERS).values(values)).inserted_primary_key
+    assert lead is not None
+    return int(lead[0])
+
+
+def confirm_marketing(
+    conn: Connection, customer_id: int, *, now: datetime, source: str, ip: str | None
+) -> bool:
+    """The customer confirmed they want marketing mail (a double opt-in's link): consent is
+    recorded with when, where and from which address, and an earlier unsubscribe ends,
+    since asking again is the customer's own choice. False for an unknown customer."""
+    chosen = {
+        "marketing_consent": True,
+        "unsubscribed_at": None,
+        "consent_at": now,
+        "consent_source": source[:50],
+        "consent_ip": ip[:45] if ip else None,
+    }
+    current = (
+        conn.execute(select(*(CUSTOMERS.c[k] for k in chosen)).where(CUSTOMERS.c.id == customer_id))
+        .mappings()
+        .first()
+    )
+    if current is None:
+        return False
+    conn.execute(
+        update(CUSTOMERS).where(CUSTOMERS.c.id == customer_id).values(**chosen, updated_at=now)
+    )
+    changes = [Change(k, _json(current[k]), _json(v)) for k, v in chosen.items() if current[k] != v]
+    _log(conn, [(customer_id, c) for c in changes], CUSTOMER_ACTOR, now)
+    return True
+
+
+def _json(value: Any) -> Any:
+    return _iso(value) if isinstance(value, datetime) else value
+
+
 def ensure(
     conn: Connection, emails: Collection[str], now: datetime, source: str
 ) -> tuple[dict[str, int], int]:
@@ -672,6 +719,7 @@ def erase(conn: Connection, customer: Profile, now: datetime) -> None:
             search_text="",
             marketing_consent=False,
             relationship_consent=False,
+            consent_ip=None,  # the address they confirmed from says where they were
             unsubscribed_at=customer.unsubscribed_at or now,
             suppressed_reason=ERASED_REASON,
             updated_at=now,

@@ -2,6 +2,7 @@
 
 A token names one customer and carries an HMAC, so it cannot be forged or guessed from
 another, and it never expires: an unsubscribe link in a year-old newsletter must work.
+A subscription's confirmation token (double opt-in) does expire: it carries its end.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import hmac
 import os
 import re
 import secrets
+from datetime import UTC, datetime
 from pathlib import Path
 
 from mailer.core.config import Config
@@ -19,6 +21,7 @@ from mailer.core.errors import ConfigError, Problem
 
 SECRET_FILE = "secret.key"
 # The subject our List-Unsubscribe mailto: link asks for: "unsubscribe <token>".
+_CONFIRM = "confirm-subscription:"  # what a confirmation token's MAC covers before its payload
 _MAIL_REQUEST = re.compile(r"\bunsubscribe\s+([A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)", re.IGNORECASE)
 
 
@@ -73,3 +76,25 @@ def requested_by_mail(secret: bytes, subject: str) -> int | None:
     """The customer whose List-Unsubscribe ``mailto:`` request this subject is, if valid."""
     found = _MAIL_REQUEST.search(subject)
     return verify(secret, found.group(1)) if found else None
+
+
+def sign_confirmation(secret: bytes, customer_id: int, expires: datetime) -> str:
+    """A double opt-in link's token: one customer, valid until ``expires``. Signed apart
+    from unsubscribe tokens, so neither kind can be passed off as the other."""
+    payload = _b64(f"{customer_id}:{int(expires.timestamp())}".encode())
+    return f"{payload}.{_mac(secret, _CONFIRM + payload)}"
+
+
+def verify_confirmation(secret: bytes, token: str, now: datetime) -> int | None:
+    """The customer a valid, unexpired confirmation token names; None otherwise."""
+    payload, _, mac = token.partition(".")
+    expected = _mac(secret, _CONFIRM + payload).encode()
+    if not payload or not hmac.compare_digest(mac.encode(), expected):
+        return None
+    try:
+        decoded = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+        customer, _, until = decoded.partition(b":")
+        customer_id, expires = int(customer), datetime.fromtimestamp(int(until), UTC)
+    except ValueError:
+        return None
+    return customer_id if now < expires else None

@@ -87,8 +87,9 @@ class Logged:
     duplicate: bool  # the same message was logged before: nothing new was written
 
 
-def log(conn: Connection, inbound: Inbound, received_at: datetime) -> Logged:
-    """Store one inbound message; a re-delivery of one logged before returns the earlier row.
+def log(conn: Connection, inbound: Inbound, received_at: datetime, channel: str = "mail") -> Logged:
+    """Store one inbound message (from ``channel``: mail, or web for the website's form); a
+    re-delivery of one logged before returns the earlier row.
 
     A message joins the thread it refers to only when its sender already takes part in it;
     anyone else starts a new inquiry that records which one it claimed to continue."""
@@ -100,6 +101,7 @@ def log(conn: Connection, inbound: Inbound, received_at: datetime) -> Logged:
     customer_id = _customer_for(conn, inbound, received_at)
     values = _values(inbound, received_at, thread_id, customer_id)
     values["claimed_thread_id"] = claimed if thread_id is None else None
+    values["channel"] = channel
     new_id = conn.execute(insert(INQUIRIES).values(**values)).inserted_primary_key
     assert new_id is not None
     if customer_id is not None:
@@ -337,6 +339,7 @@ class Listed:
     raw_truncated: bool
     assignee: str | None
     claimed_thread_id: int | None
+    channel: str = "mail"  # or "web": asked on the website's inquiry form
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

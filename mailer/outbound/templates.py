@@ -526,6 +526,8 @@ def sample_context(
         "inquiry": {"reference": "NW-1042", "subject": "Grinder settings", "received_at": received},
         "reply_expected_by": received + timedelta(hours=17),
         "reply": {"text": "The burrs need a clean.\n\n> It squeaks.", "agent": "Sam"},
+        "confirm_url": "https://mail.example.com/forms/confirm/sample-token",
+        "confirm_until": received + timedelta(days=7),
         "webinar": _sample_webinar(),
         "meeting": _sample_meeting(),
         **_sample_purchases(received),

@@ -67,6 +67,10 @@ class Customer(SQLModel, table=True):
     pause_until: datetime | None = _when()
     caps_override: dict[str, Any] | None = Field(default=None, sa_type=JSON)
     source: str = Field(default="import", max_length=20)
+    # where the marketing consent was given, when a customer confirmed it themselves
+    consent_at: datetime | None = _when(description="when the customer confirmed marketing")
+    consent_source: str | None = Field(default=None, max_length=50, description="e.g. web form")
+    consent_ip: str | None = Field(default=None, max_length=45, description="who confirmed")
     created_at: datetime = _when(nullable=False, default_factory=utcnow)
     updated_at: datetime = _when(nullable=False, default_factory=utcnow)
     search_text: str = Field(
@@ -245,6 +249,12 @@ class Inquiry(SQLModel, table=True):
     )
     claimed_thread_id: int | None = Field(
         default=None, description="the inquiry a non-participant's message said it continues"
+    )
+    channel: str = Field(
+        default="mail",
+        max_length=20,
+        sa_column_kwargs={"server_default": "mail"},
+        description="how it came: mail, or web (the website's inquiry form)",
     )
 
 
@@ -745,3 +755,16 @@ class WebhookAttempt(SQLModel, table=True):
     status_code: int | None = None
     error: str | None = Field(default=None, max_length=500)
     duration_ms: int
+
+
+class FormRateWindow(SQLModel, table=True):
+    """Posts to the public web forms in one window, per client address or per e-mail
+    address (kept as a hash), counted by every process serving the forms; written only by
+    mailer.api.limits."""
+
+    __tablename__ = "form_rate_windows"
+
+    scope: str = Field(primary_key=True, max_length=20, description="ip or address")
+    subject: str = Field(primary_key=True, max_length=64, description="sha256 of the ip or address")
+    window_start: datetime = Field(sa_type=UTCDateTime, primary_key=True)
+    requests: int

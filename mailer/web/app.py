@@ -1,4 +1,5 @@
-"""The web app: support's desk, marketing's previews and results, customers' unsubscribe.
+"""The web app: support's desk, marketing's previews and results, customers' unsubscribe,
+and the public forms a company's website posts to.
 
 Served by the daemon (``[web] bind``) and by ``mailer web`` alone. Sessions are signed
 cookies (HttpOnly, SameSite=Lax, Secure when ``base_url`` is https); every form carries a
@@ -27,7 +28,7 @@ from mailer.core.clock import Clock
 from mailer.core.config import Config
 from mailer.customers import tokens
 from mailer.store.models import Role
-from mailer.web import auth, health, times, unsubscribe
+from mailer.web import auth, forms, health, times, unsubscribe
 from mailer.web.clients import ClientAddress
 from mailer.web.common import HERE, WebState, render, require
 
@@ -99,6 +100,7 @@ def create_app(
         *auth.routes,
         *health.routes,
         *unsubscribe.routes,
+        *forms.routes,
         *(pages or []),
     ]
     middleware = [

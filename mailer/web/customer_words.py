@@ -1,7 +1,7 @@
 # ruff: noqa: RUF001  (Bulgarian is written in Cyrillic, not in look-alike Latin letters)
-"""What the customer's own pages (unsubscribe, preferences) say, in each language we write
-to customers in. One dict per language, so a translator edits one place and a test can see
-that no language misses a line.
+"""What the customer's own pages (unsubscribe, preferences, the web forms' answers) say, in
+each language we write to customers in. One dict per language, so a translator edits one
+place and a test can see that no language misses a line.
 
 The language is picked as mail templates pick their variant: "bg-BG", then "bg", then
 English; a customer gets their page in the language their mail came in.
@@ -34,6 +34,18 @@ WORDS: dict[str, dict[str, str]] = {
         "not_valid_help": "It may have been copied incompletely. Use the unsubscribe link at "
         "the bottom of any of our messages, or reply to one of them and we will take care of it.",
         "questions": "Questions? Write to us at",
+        "thanks_inquiry": "Thank you, your message reached us",
+        "thanks_inquiry_help": "We have sent a short note to your e-mail address with your "
+        "reference. Someone from our team will answer by e-mail.",
+        "thanks_subscribe": "Almost done: check your e-mail",
+        "thanks_subscribe_help": "We have sent you a message with a link. Open it to confirm "
+        "your subscription; until then you get no newsletters from us.",
+        "confirm_title": "Confirm your subscription",
+        "confirm_help": "One click and you will receive our newsletters and invitations. You "
+        "can unsubscribe at any time from the link in every message.",
+        "confirm_button": "Yes, subscribe me",
+        "subscribed": "You are subscribed. Thank you!",
+        "form_problem": "Your message could not be sent",
     },
     "bg": {
         "title": "Настройки за писмата",
@@ -58,6 +70,18 @@ WORDS: dict[str, dict[str, str]] = {
         "not_valid_help": "Възможно е да е копирана непълно. Използвайте връзката за отписване "
         "в края на някое от писмата ни или просто отговорете на него и ние ще се погрижим.",
         "questions": "Имате въпроси? Пишете ни на",
+        "thanks_inquiry": "Благодарим Ви, съобщението Ви пристигна",
+        "thanks_inquiry_help": "Изпратихме кратко писмо на адреса Ви с номера на запитването. "
+        "Наш колега ще Ви отговори по имейл.",
+        "thanks_subscribe": "Почти готово: проверете пощата си",
+        "thanks_subscribe_help": "Изпратихме Ви писмо с връзка. Отворете я, за да потвърдите "
+        "абонамента си; дотогава няма да получавате бюлетини от нас.",
+        "confirm_title": "Потвърдете абонамента си",
+        "confirm_help": "Едно натискане и ще получавате нашите бюлетини и покани. Можете да се "
+        "отпишете по всяко време от връзката във всяко писмо.",
+        "confirm_button": "Да, абонирайте ме",
+        "subscribed": "Абонирани сте. Благодарим Ви!",
+        "form_problem": "Съобщението Ви не можа да бъде изпратено",
     },
     "id": {
         "title": "Preferensi email Anda",
@@ -84,6 +108,18 @@ WORDS: dict[str, dict[str, str]] = {
         "berhenti berlangganan di bagian bawah salah satu email kami, atau balas salah satunya "
         "dan kami akan mengurusnya.",
         "questions": "Ada pertanyaan? Kirim email ke",
+        "thanks_inquiry": "Terima kasih, pesan Anda sudah kami terima",
+        "thanks_inquiry_help": "Kami sudah mengirim email singkat ke alamat Anda beserta nomor "
+        "referensinya. Tim kami akan membalas lewat email.",
+        "thanks_subscribe": "Hampir selesai: periksa email Anda",
+        "thanks_subscribe_help": "Kami sudah mengirim email berisi tautan. Buka tautan itu untuk "
+        "mengonfirmasi langganan Anda; sebelum itu Anda tidak akan menerima buletin dari kami.",
+        "confirm_title": "Konfirmasi langganan Anda",
+        "confirm_help": "Satu klik dan Anda akan menerima buletin dan undangan kami. Anda bisa "
+        "berhenti berlangganan kapan saja lewat tautan di setiap email.",
+        "confirm_button": "Ya, saya mau berlangganan",
+        "subscribed": "Anda sudah berlangganan. Terima kasih!",
+        "form_problem": "Pesan Anda tidak dapat dikirim",
     },
     "tl": {
         "title": "Mga setting ng inyong email",
@@ -110,6 +146,19 @@ WORDS: dict[str, dict[str, str]] = {
         "mag-unsubscribe sa ibaba ng alinman sa aming mga email, o i-reply lang ito at kami na "
         "ang bahala.",
         "questions": "May tanong? Sumulat sa",
+        "thanks_inquiry": "Salamat po, natanggap namin ang inyong mensahe",
+        "thanks_inquiry_help": "Nagpadala kami ng maikling email sa inyong address kasama ang "
+        "inyong reference number. Sasagutin kayo ng aming team sa email.",
+        "thanks_subscribe": "Malapit na: tingnan ang inyong email",
+        "thanks_subscribe_help": "Nagpadala kami ng email na may link. Buksan ito para "
+        "kumpirmahin ang inyong subscription; hanggang doon, wala kayong matatanggap na "
+        "newsletter mula sa amin.",
+        "confirm_title": "Kumpirmahin ang inyong subscription",
+        "confirm_help": "Isang click lang at makatatanggap na kayo ng aming mga newsletter at "
+        "imbitasyon. Puwede kayong mag-unsubscribe anumang oras gamit ang link sa bawat email.",
+        "confirm_button": "Oo, i-subscribe ako",
+        "subscribed": "Naka-subscribe na po kayo. Salamat!",
+        "form_problem": "Hindi naipadala ang inyong mensahe",
     },
 }
 

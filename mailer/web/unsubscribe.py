@@ -80,10 +80,10 @@ def _page(request: Request, customer: profiles.Profile, done: str | None = None)
     """The preferences page in the customer's language; `done` says what just happened."""
     lang = customer_words.language(customer.locale)
     context = {"customer": customer, "token": _token(request), "done": done}
-    return render(request, "unsubscribe.html", context | _framing(request, lang))
+    return render(request, "unsubscribe.html", context | framing(request, lang))
 
 
-def _framing(request: Request, lang: str) -> dict[str, Any]:
+def framing(request: Request, lang: str) -> dict[str, Any]:
     """What customer_base.html needs: the language, its words and the company."""
     company = state(request).cfg.settings.company
     return {"lang": lang, "t": customer_words.WORDS[lang], "company": company}
@@ -126,7 +126,7 @@ def _save(request: Request, customer_id: int, values: dict[str, Any], now: datet
 def _not_valid(request: Request) -> Response:
     """Nobody is known from a broken link, so the browser's languages choose the words."""
     lang = customer_words.from_header(request.headers.get("accept-language", ""))
-    return render(request, "link_not_valid.html", _framing(request, lang), status=404)
+    return render(request, "link_not_valid.html", framing(request, lang), status=404)
 
 
 routes = [

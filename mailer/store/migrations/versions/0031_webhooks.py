@@ -1,7 +1,7 @@
 """webhook_endpoints, webhook_deliveries and webhook_attempts: events POSTed to admins' URLs
 
 Revision ID: 0031
-Revises: 0029
+Revises: 0030
 Create Date: 2026-12-02
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 from mailer.store.db import UTCDateTime
 
 revision: str = "0031"
-down_revision: str | None = "0029"
+down_revision: str | None = "0030"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
