@@ -338,7 +338,7 @@ async def test_the_docs_page_shows_every_route_without_asking_any_other_server(
     page.on("console", lambda m: failed.append(m.text) if m.type == "error" else None)
     await page.goto(site.url + "/api/v1/docs")
     routes = page.locator(".opblock-summary-path")
-    await expect(routes).to_have_count(6)
+    await expect(routes).to_have_count(7)
     await expect(page.get_by_role("button", name="Authorize")).to_be_visible()
     assert {url.split("/")[2] for url in asked if not url.startswith("data:")} == {
         site.url.removeprefix("http://")

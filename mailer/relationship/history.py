@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
@@ -10,6 +11,7 @@ from sqlalchemy import ColumnElement, Select, Table, and_, select, true
 from sqlalchemy.engine import Connection
 
 from mailer.customers.contacts import CONTACTS, EMAIL
+from mailer.customers.events import EVENTS
 from mailer.customers.followups import FOLLOWUPS
 from mailer.inbound.inquiries import INQUIRIES, INQUIRY_EVENTS
 from mailer.inbound.rsvp import CALENDAR_REPLIES
@@ -21,6 +23,8 @@ PAGE = 50
 # what happened to a message; queued and sending ones have not happened yet
 MAIL_SHOWN = [s.value for s in OutboxStatus if s not in (OutboxStatus.QUEUED, OutboxStatus.SENDING)]
 AUTOMATIC = "mailer"  # who sent what the outbox sent
+SHOP = "shop"  # the channel of the events a shop sends through the API
+SUMMARY = 200  # characters of an event's payload a timeline shows
 
 
 def page(
@@ -41,6 +45,7 @@ def page(
         _replies(conn, customer_id, bound(cursor, Source.REPLY), read, with_text),
         _followups(conn, customer_id, bound(cursor, Source.FOLLOWUP), read),
         _answers(conn, customer_id, bound(cursor, Source.RSVP), read),
+        _events(conn, customer_id, bound(cursor, Source.EVENT), read),
         _unsubscribed(customer_id, unsubscribed_at, cursor),
     ]
     return merge(sources, size, cursor)
@@ -207,6 +212,35 @@ def _answers(conn: Connection, customer_id: int, limit: Bound | None, count: int
         )
         for r in conn.execute(_newest(query, CALENDAR_REPLIES, "answered_at", count))
     ]
+
+
+def _events(conn: Connection, customer_id: int, limit: Bound | None, count: int) -> list[Entry]:
+    """What the shop saw the customer do, by the event's name, with what it sent along."""
+    e = EVENTS.c
+    query = select(e.id, e.occurred_at, e.name, e.payload, e.source).where(
+        e.customer_id == customer_id, _below(EVENTS, "occurred_at", limit)
+    )
+    return [
+        Entry(
+            at=r.occurred_at,
+            source=Source.EVENT,
+            id=r.id,
+            kind="event",
+            direction="in",
+            channel=SHOP,
+            by=r.source,
+            title=r.name,
+            text=_summary(r.payload),
+            details={"payload": r.payload},
+        )
+        for r in conn.execute(_newest(query, EVENTS, "occurred_at", count))
+    ]
+
+
+def _summary(payload: dict[str, Any]) -> str:
+    """An event's payload on one line, as far as a timeline's column shows it."""
+    text = json.dumps(payload, ensure_ascii=False, separators=(", ", ": "), sort_keys=True)
+    return "" if text == "{}" else text if len(text) <= SUMMARY else text[: SUMMARY - 1] + "…"
 
 
 def _unsubscribed(customer_id: int, at: datetime | None, cursor: Cursor | None) -> list[Entry]:

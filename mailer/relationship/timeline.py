@@ -27,6 +27,7 @@ class Source(StrEnum):
     CONTACT = "contact"
     FOLLOWUP = "followup"
     RSVP = "rsvp"
+    EVENT = "event"
 
 
 RANK = {source: rank for rank, source in enumerate(Source)}
@@ -36,7 +37,8 @@ RANK = {source: rank for rank, source in enumerate(Source)}
 class Entry:
     """One touch. ``kind``: the mail's status (sent, deferred, skipped, bounced, ...),
     "inquiry", a contact's kind (call, meeting, note), "unsubscribed" or a calendar answer
-    (accepted, tentative, declined); ``direction``:
+    (accepted, tentative, declined) or "event" (one the shop sent, named in ``title``);
+    ``direction``:
     "out" (from us), "in" (from them) or None; ``by``: who did it, where known."""
 
     at: datetime

@@ -768,3 +768,26 @@ class FormRateWindow(SQLModel, table=True):
     subject: str = Field(primary_key=True, max_length=64, description="sha256 of the ip or address")
     window_start: datetime = Field(sa_type=UTCDateTime, primary_key=True)
     requests: int
+
+
+class CustomerEvent(SQLModel, table=True):
+    """Something the shop saw a customer do (viewed_product, cart_abandoned, ...), sent by
+    its API and shown on their timeline; written only by mailer.customers.events."""
+
+    __tablename__ = "customer_events"
+    __table_args__ = (
+        # a timeline pages by time without a scan; a caller's id is kept once per customer
+        Index("ix_customer_events_customer_at", "customer_id", "occurred_at"),
+        UniqueConstraint("customer_id", "ref", name="uq_customer_events_customer_ref"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    customer_id: int = Field(
+        sa_column=Column(Integer, ForeignKey("customers.id", ondelete="CASCADE"), nullable=False)
+    )
+    name: str = Field(max_length=100)
+    occurred_at: datetime = _when(nullable=False)
+    payload: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    ref: str | None = Field(default=None, max_length=200, description="the caller's id, if any")
+    source: str = Field(max_length=120, description="api:<key name>")
+    created_at: datetime = _when(nullable=False)

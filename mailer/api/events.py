@@ -1,0 +1,135 @@
+"""``/events``: what the shop saw its customers do (viewed_product, cart_abandoned, ...),
+kept on each customer's timeline as an inbound touch named by the event.
+
+One event or a list of up to 1,000, all stored or, when any is invalid, none, each problem
+named by the item's index and field. An address not known yet becomes a lead, as an order
+makes one; an event with the caller's ``id`` is kept once per customer, so a call sent again
+after a timeout stores nothing twice.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Request
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+)
+
+from mailer.api.access import caller, state
+from mailer.api.keys import ApiKey, Scope
+from mailer.api.problems import FieldError, Invalid, item_error
+from mailer.customers import events
+from mailer.customers.csv_rows import normalise_email
+
+BATCH_MAX = 1000
+PAYLOAD_MAX = 8192  # bytes of an event's payload as compact JSON: a timeline entry, not a store
+NAME = r"^[a-z][a-z0-9_.:-]*$"
+router = APIRouter(prefix="/events", tags=["events"])
+
+
+class EventIn(BaseModel):
+    """Something a customer did in the shop."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    email: str = Field(max_length=320, examples=["maria@example.bg"])
+    name: str = Field(
+        min_length=1,
+        max_length=100,
+        pattern=NAME,
+        description="lower case, digits and _ . : -",
+        examples=["viewed_product", "cart_abandoned", "order_placed"],
+    )
+    occurred_at: AwareDatetime | None = Field(
+        None, description="with its offset, e.g. 2024-03-01T14:30:00+02:00; left out: now"
+    )
+    payload: dict[str, Any] = Field(
+        default_factory=dict, description=f"any JSON object, at most {PAYLOAD_MAX} bytes"
+    )
+    id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="the caller's id: the same event sent again is stored once",
+    )
+
+    @field_validator("payload")
+    @classmethod
+    def _small(cls, payload: dict[str, Any]) -> dict[str, Any]:
+        size = len(json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode())
+        if size > PAYLOAD_MAX:
+            raise ValueError(f"the payload is {size} bytes as JSON; at most {PAYLOAD_MAX} are kept")
+        return payload
+
+
+def _shape(value: Any) -> str:
+    return "batch" if isinstance(value, list) else "one"
+
+
+Events = Annotated[
+    Annotated[EventIn, Tag("one")]
+    | Annotated[list[EventIn], Tag("batch"), Field(min_length=1, max_length=BATCH_MAX)],
+    Discriminator(_shape),
+]
+
+
+class EventsResult(BaseModel):
+    added: int = Field(description="events stored by this call")
+    unchanged: int = Field(description="events with an id stored before for the customer")
+    customers_added: int = Field(description="addresses not known before, added as leads")
+
+
+def drafts(items: list[EventIn], single: bool, now: datetime) -> list[events.Draft]:
+    """Every event checked; Invalid names each bad one by index and field. An event in the
+    future is refused: a clock that is wrong would put it on top of every timeline."""
+    where = (lambda i: None) if single else (lambda i: i)
+    errors: list[FieldError] = []
+    found: list[events.Draft] = []
+    first: dict[tuple[str, str], int] = {}
+    for i, item in enumerate(items):
+        try:
+            email = normalise_email(item.email)
+        except ValueError as exc:
+            errors.append(item_error(where(i), "email", str(exc)))
+            continue
+        at = item.occurred_at or now
+        if at > now:
+            errors.append(item_error(where(i), "occurred_at", f"{at.isoformat()} is in the future"))
+        if item.id is not None and first.setdefault((email, item.id), i) != i:
+            seen = first[(email, item.id)]
+            errors.append(item_error(where(i), "id", f"event {seen} has this id too"))
+        found.append(
+            events.Draft(
+                email=email, name=item.name, occurred_at=at, payload=item.payload, ref=item.id
+            )
+        )
+    if errors:
+        raise Invalid(errors)
+    return found
+
+
+@router.post("", response_model=EventsResult, summary="Record customer events")
+def record(
+    request: Request,
+    body: Annotated[Events, Body()],
+    key: Annotated[ApiKey, Depends(caller(Scope.EVENTS_WRITE))],
+) -> EventsResult:
+    """One event or a list of up to 1,000, shown on each customer's timeline."""
+    items = [body] if isinstance(body, EventIn) else body
+    api = state(request)
+    now = api.clock.now()
+    checked = drafts(items, isinstance(body, EventIn), now)
+    with api.engine.begin() as conn:
+        report = events.record(conn, checked, now, f"api:{key.name}")
+    return EventsResult(
+        added=report.added, unchanged=report.unchanged, customers_added=report.customers_added
+    )
