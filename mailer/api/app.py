@@ -16,7 +16,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import Engine
 
-from mailer.api import customers, events, messages, orders, problems
+from mailer.api import customers, events, inquiries, messages, orders, problems
 from mailer.api.access import ApiState
 from mailer.core.clock import Clock
 from mailer.core.config import Config
@@ -58,6 +58,7 @@ def create_api(cfg: Config, engine: Engine, clock: Clock) -> FastAPI:
     api.include_router(orders.router)
     api.include_router(messages.router)
     api.include_router(events.router)
+    api.include_router(inquiries.router)
     api.mount("/docs-assets", StaticFiles(directory=STATIC), name="docs-assets")
     api.add_api_route("/docs", docs, include_in_schema=False, response_class=HTMLResponse)
     generate = api.openapi

@@ -456,6 +456,31 @@ def browse(
     return _keyset(conn, query, before=before, after=after, size=size)
 
 
+def since(
+    conn: Connection,
+    *,
+    status: str | None = None,
+    received_since: datetime | None = None,
+    email: str | None = None,
+    after: int | None = None,
+    size: int = 50,
+) -> list[Listed]:
+    """Up to ``size`` inquiries with ids above ``after``, oldest first and without bodies:
+    what another system reads to keep up with support, going on from the last id it saw.
+    ``email`` is the sender's address or their customer's."""
+    c = INQUIRIES.c
+    query = select(*_columns(*_BODIES)).where(c.id > (after or 0))
+    if status:
+        query = query.where(c.status == status)
+    if received_since is not None:
+        query = query.where(c.received_at >= received_since)
+    if email:
+        theirs = select(CUSTOMERS.c.id).where(CUSTOMERS.c.email == email)
+        query = query.where((func.lower(c.sender) == email) | c.customer_id.in_(theirs))
+    rows = conn.execute(query.order_by(c.id).limit(size)).mappings()
+    return [_load(Listed, r) for r in rows]
+
+
 def _keyset(
     conn: Connection, query: Any, *, before: int | None, after: int | None, size: int
 ) -> Page:
