@@ -13,7 +13,7 @@ from playwright.async_api import Page, expect
 from sqlalchemy import Engine
 
 from mailer.core.clock import ManualClock
-from mailer.customers import contacts, followups, profiles
+from mailer.customers import contacts, events, followups, profiles
 from mailer.customers.contacts import NewContact
 from mailer.inbound import inquiries
 from mailer.inbound.parsing import parse
@@ -226,3 +226,28 @@ async def test_the_list_finds_customers_who_wrote_and_were_never_answered_by_a_p
     emails = page.locator("#customers tbody tr td:first-child")
     await expect(emails).to_have_text(["ana@example.com"])
     await expect(page).to_have_url(re.compile(r"unanswered=1"))
+
+
+async def test_support_sees_what_the_shop_said_the_customer_did(
+    page: Page,
+    site: Site,
+    staff: dict[str, str],
+    engine: Engine,
+    clock: ManualClock,
+    maria: int,  # noqa: F811
+) -> None:
+    left = events.Draft(
+        email="maria@example.com",
+        name="cart_abandoned",
+        occurred_at=clock.now() - timedelta(minutes=10),
+        payload={"items": 2, "total": "31.80 EUR"},
+    )
+    with engine.begin() as conn:
+        events.record(conn, [left], clock.now(), "api:shop")
+    await sign_in(page, site, "sam")
+    await page.goto(f"{site.url}/customers/{maria}")
+    row = page.locator("table[aria-label=Timeline] tbody tr").filter(has_text="cart_abandoned")
+    await expect(row).to_contain_text("Event: cart_abandoned")
+    await expect(row).to_contain_text("← us · shop")
+    await expect(row).to_contain_text('"total": "31.80 EUR"')
+    await expect(row).to_contain_text("api:shop")
