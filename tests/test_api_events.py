@@ -10,6 +10,7 @@ from sqlalchemy import Engine, func, select
 from mailer.api.keys import Scope
 from mailer.core.clock import ManualClock
 from mailer.customers.events import EVENTS
+from mailer.relationship import privacy
 from tests.site import Site
 from tests.test_api import make_key, pointers, problem_of
 
@@ -49,6 +50,9 @@ def test_an_event_shows_on_the_customers_timeline_once_however_often_it_is_sent(
     viewed = shown["timeline"][1]
     assert viewed["details"]["payload"] == VIEWED["payload"] and "Зелен чай" in viewed["text"]
     assert viewed["by"] == "api:shop"
+    with engine.begin() as conn:
+        assert privacy.erase(conn, "ana@example.com", clock.now()).events == 2
+    assert _stored(engine) == 0  # a payload may say anything about them
 
 
 def test_one_bad_event_in_a_batch_is_named_and_nothing_of_the_call_is_kept(

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, insert, select, tuple_
+from sqlalchemy import Table, delete, insert, select, tuple_
 from sqlalchemy.engine import Connection
 
 from mailer.customers import profiles
@@ -70,3 +70,9 @@ def record(conn: Connection, drafts: Sequence[Draft], now: datetime, source: str
         conn.execute(insert(EVENTS), rows)
     report.added, report.unchanged = len(rows), len(drafts) - len(rows)
     return report
+
+
+def erase_customer(conn: Connection, customer_id: int) -> int:
+    """Delete the customer's events: a payload may say anything about them, and what they
+    did is no count anyone needs once they are forgotten."""
+    return int(conn.execute(delete(EVENTS).where(EVENTS.c.customer_id == customer_id)).rowcount)

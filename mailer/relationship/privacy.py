@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from mailer.customers import contacts, followups, profiles
+from mailer.customers import contacts, events, followups, profiles
 from mailer.hooks import deliveries
 from mailer.inbound import inquiries
 from mailer.outbound import outbox
@@ -57,6 +57,7 @@ class Erased:
     sandbox_messages: int
     contacts: int = 0
     webhooks: int = 0  # deliveries whose payload was emptied
+    events: int = 0  # what the shop said they did, deleted
 
 
 def erase(conn: Connection, email: str, now: datetime) -> Erased:
@@ -69,6 +70,7 @@ def erase(conn: Connection, email: str, now: datetime) -> Erased:
         sandbox_messages=smtp_server.erase_address(conn, customer.email),
         contacts=contacts.erase_customer(conn, customer.id),
         webhooks=deliveries.erase_customer(conn, customer.id),
+        events=events.erase_customer(conn, customer.id),
     )
     profiles.erase(conn, customer, now)
     return erased
