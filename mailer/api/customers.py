@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from mailer.api.access import caller, state
 from mailer.api.keys import ApiKey, Scope
-from mailer.api.problems import FieldError, Invalid, item_error
+from mailer.api.problems import FieldError, Invalid, item_error, not_found
 from mailer.customers import profiles
 from mailer.customers.csv_rows import (
     KNOWN_COLUMNS,
@@ -205,7 +205,12 @@ def upsert(
     )
 
 
-@router.get("/{email}", response_model=CustomerView, summary="A customer with their timeline")
+@router.get(
+    "/{email}",
+    response_model=CustomerView,
+    summary="A customer with their timeline",
+    responses=not_found("customer"),
+)
 def show(
     request: Request,
     email: str,
@@ -216,7 +221,12 @@ def show(
         return overview(conn, email, api.clock.now(), api.cfg.settings)
 
 
-@router.delete("/{email}", response_model=Erased, summary="Forget a customer for good")
+@router.delete(
+    "/{email}",
+    response_model=Erased,
+    summary="Forget a customer for good",
+    responses=not_found("customer"),
+)
 def erase(
     request: Request,
     email: str,

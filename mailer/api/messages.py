@@ -26,14 +26,14 @@ import json
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
 from mailer.api.access import ApiState, caller, state
 from mailer.api.keys import ApiKey, Scope
-from mailer.api.problems import FieldError, Invalid, ProblemDocument, item_error
+from mailer.api.problems import FieldError, Invalid, ProblemDocument, item_error, not_found
 from mailer.core.categories import Category
 from mailer.core.errors import NotFound, TemplateError
 from mailer.core.fieldtypes import email_address, locale_tag
@@ -54,6 +54,9 @@ IdempotencyKey = Annotated[
         "same key again returns the same message, with another body it is refused (409)",
     ),
 ]
+# ids are the outbox's integer keys (32-bit on PostgreSQL): a larger number is no message,
+# and sent to the database it would fail there rather than be found missing
+MessageId = Annotated[int, Path(ge=1, le=2**31 - 1, description="the id a send returned")]
 
 
 class MessageIn(BaseModel):
@@ -154,10 +157,15 @@ def send(
     return found
 
 
-@router.get("/{message_id}", response_model=MessageView, summary="A message sent through the API")
+@router.get(
+    "/{message_id}",
+    response_model=MessageView,
+    summary="A message sent through the API",
+    responses=not_found("message"),
+)
 def show(
     request: Request,
-    message_id: int,
+    message_id: MessageId,
     key: Annotated[ApiKey, Depends(caller(Scope.SEND))],
 ) -> MessageView:
     """Any key that may send may read any message sent through the API; mail mailer makes

@@ -56,6 +56,12 @@ class Invalid(Exception):
         super().__init__(self.detail)
 
 
+def not_found(what: str) -> dict[int | str, dict[str, Any]]:
+    """The 404 a route answers for an address or id it does not know, documented so
+    clients can tell it from a wrong URL."""
+    return {404: {"model": ProblemDocument, "description": f"no such {what}"}}
+
+
 def _counted(n: int) -> str:
     return f"{n} field{'s' if n != 1 else ''} of the request {'are' if n != 1 else 'is'} not valid"
 
