@@ -11,12 +11,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import AwareDatetime, BaseModel, Field
 
 from mailer.api.access import caller, state
 from mailer.api.keys import ApiKey, Scope
-from mailer.api.problems import FieldError, Invalid
+from mailer.api.problems import FieldError, Invalid, not_found
 from mailer.core.errors import NotFound
 from mailer.customers.csv_rows import normalise_email
 from mailer.inbound import inquiries
@@ -102,10 +102,15 @@ def listed(
     )
 
 
-@router.get("/{inquiry_id}", response_model=InquiryView, summary="One inquiry with its replies")
+@router.get(
+    "/{inquiry_id}",
+    response_model=InquiryView,
+    summary="One inquiry with its replies",
+    responses=not_found("inquiry"),
+)
 def show(
     request: Request,
-    inquiry_id: int,
+    inquiry_id: Annotated[int, Path(ge=1, le=2**31 - 1, description="the inquiry's id")],
     key: Annotated[ApiKey, Depends(caller(Scope.INQUIRIES_READ))],
 ) -> InquiryView:
     with state(request).engine.connect() as conn:
