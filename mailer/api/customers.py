@@ -13,9 +13,10 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Request
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, ConfigDict, Field
 
 from mailer.api.access import caller, state
+from mailer.api.batches import OneOrBatch
 from mailer.api.keys import ApiKey, Scope
 from mailer.api.problems import FieldError, Invalid, item_error, not_found
 from mailer.customers import profiles
@@ -30,7 +31,6 @@ from mailer.relationship import privacy
 from mailer.relationship.overview import overview
 from mailer.relationship.timeline import Source
 
-BATCH_MAX = 1000
 SOURCE = "api"  # a customer's source when the API added them
 router = APIRouter(prefix="/customers", tags=["customers"])
 
@@ -58,15 +58,7 @@ class CustomerIn(BaseModel):
     )
 
 
-def _shape(value: Any) -> str:
-    return "batch" if isinstance(value, list) else "one"
-
-
-Customers = Annotated[
-    Annotated[CustomerIn, Tag("one")]
-    | Annotated[list[CustomerIn], Tag("batch"), Field(min_length=1, max_length=BATCH_MAX)],
-    Discriminator(_shape),
-]
+Customers = OneOrBatch[CustomerIn]
 
 
 class UpsertResult(BaseModel):

@@ -18,19 +18,17 @@ from pydantic import (
     AwareDatetime,
     BaseModel,
     ConfigDict,
-    Discriminator,
     Field,
-    Tag,
     field_validator,
 )
 
 from mailer.api.access import caller, state
+from mailer.api.batches import OneOrBatch
 from mailer.api.keys import ApiKey, Scope
 from mailer.api.problems import FieldError, Invalid, item_error
 from mailer.customers import events
 from mailer.customers.csv_rows import normalise_email
 
-BATCH_MAX = 1000
 PAYLOAD_MAX = 8192  # bytes of an event's payload as compact JSON: a timeline entry, not a store
 NAME = r"^[a-z][a-z0-9_.:-]*$"
 router = APIRouter(prefix="/events", tags=["events"])
@@ -71,15 +69,7 @@ class EventIn(BaseModel):
         return payload
 
 
-def _shape(value: Any) -> str:
-    return "batch" if isinstance(value, list) else "one"
-
-
-Events = Annotated[
-    Annotated[EventIn, Tag("one")]
-    | Annotated[list[EventIn], Tag("batch"), Field(min_length=1, max_length=BATCH_MAX)],
-    Discriminator(_shape),
-]
+Events = OneOrBatch[EventIn]
 
 
 class EventsResult(BaseModel):

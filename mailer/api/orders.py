@@ -11,19 +11,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Request
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, ConfigDict, Field
 
 from mailer.api.access import ApiState, caller, state
+from mailer.api.batches import BATCH_MAX, OneOrBatch
 from mailer.api.keys import ApiKey, Scope
 from mailer.api.problems import FieldError, Invalid, item_error
 from mailer.commerce import order_rows, orders
 from mailer.commerce.order_rows import Draft, LineRow, Rejected, Rules
 from mailer.customers.csv_rows import InvalidRow
 
-BATCH_MAX = 1000
 router = APIRouter(prefix="/orders", tags=["orders"])
 # an order's columns as the API names them; a line's are named as in the CSV
 HEAD = {"order_ref": "order_id", "email": "email", "ordered_at": "ordered_at"}
@@ -57,15 +57,7 @@ class OrderIn(BaseModel):
     lines: list[LineIn] = Field(min_length=1, max_length=BATCH_MAX)
 
 
-def _shape(value: Any) -> str:
-    return "batch" if isinstance(value, list) else "one"
-
-
-Orders = Annotated[
-    Annotated[OrderIn, Tag("one")]
-    | Annotated[list[OrderIn], Tag("batch"), Field(min_length=1, max_length=BATCH_MAX)],
-    Discriminator(_shape),
-]
+Orders = OneOrBatch[OrderIn]
 
 
 class OrdersResult(BaseModel):
