@@ -479,6 +479,8 @@ class FollowUp(SQLModel, table=True):
     place: str | None = Field(default=None, max_length=500, description="a room or a link")
     attendees: list[str] | None = Field(default=None, sa_type=JSON, description="staff names")
     sequence: int = Field(default=0, description="the calendar event's SEQUENCE")
+    # the due_at a followup.due webhook was recorded for: once per due time, in any process
+    told_due_at: datetime | None = _when()
 
 
 class TemplateVersion(SQLModel, table=True):
