@@ -177,6 +177,7 @@ def seeded(
             "/sandbox",
             "/sandbox/1",
             "/webhooks",
+            "/api-keys",
             "/no-such-page",
         ],
     )

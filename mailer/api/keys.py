@@ -121,24 +121,28 @@ def find(conn: Connection) -> list[ApiKey]:
     return [_load(r) for r in conn.execute(select(KEYS).order_by(KEYS.c.name)).mappings()]
 
 
-def get(conn: Connection, name_or_id: str) -> ApiKey:
-    """A key by its name, or by its id when no key has that name."""
-    where = KEYS.c.name == name_or_id
-    if name_or_id.isdigit():
-        where = where | (KEYS.c.id == int(name_or_id))
-    rows = conn.execute(select(KEYS).where(where).order_by(KEYS.c.name != name_or_id)).mappings()
-    row = rows.first()
+def get(conn: Connection, name_or_id: str | int) -> ApiKey:
+    """A key by its id (an int, as the web app's links name it), or by its name, or by its
+    id when no key has that name (as a command line names it)."""
+    if isinstance(name_or_id, int):
+        where = KEYS.c.id == name_or_id
+    else:
+        where = KEYS.c.name == name_or_id
+        if name_or_id.isdigit():
+            where = where | (KEYS.c.id == int(name_or_id))
+    rows = conn.execute(select(KEYS).where(where).order_by(KEYS.c.name != str(name_or_id)))
+    row = rows.mappings().first()
     if row is None:
         raise NotFound(f"no API key {name_or_id!r}; `mailer api-keys list` shows them")
     return _load(row)
 
 
-def revoke(conn: Connection, name_or_id: str, now: datetime) -> ApiKey:
+def revoke(conn: Connection, name_or_id: str | int, now: datetime) -> ApiKey:
     """Refuse the key from now on, in every process; revoking twice keeps the first time."""
     key = get(conn, name_or_id)
     if key.revoked_at is None:
         conn.execute(update(KEYS).where(KEYS.c.id == key.id).values(revoked_at=now))
-        return get(conn, str(key.id))
+        return get(conn, key.id)
     return key
 
 
