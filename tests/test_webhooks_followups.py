@@ -19,6 +19,9 @@ from mailer.customers import followups
 from mailer.hooks import deliveries
 from mailer.hooks.events import EventType
 from mailer.scheduling.scheduler import Scheduler, Schedules
+from tests.command import Mailer
+from tests.command import mailer as mailer
+from tests.command import project as project
 from tests.conftest import FIRING
 from tests.running import EVENT_SECONDS, eventually
 from tests.test_webhooks import maria as maria
@@ -151,3 +154,13 @@ async def test_nothing_is_recorded_while_no_webhook_asks_for_due_followups(
     assert tell(engine, clock) == 0  # from now on, not of the backlog
     with engine.connect() as conn:
         assert deliveries.find(conn) == []
+
+
+def test_an_admin_asks_for_due_followups_with_the_command(
+    mailer: Mailer, project: dict[str, str]
+) -> None:
+    mailer("db", "upgrade")
+    project["MAILER_WEBHOOKS__ALLOW_PRIVATE"] = "true"
+    mailer("webhooks", "add", "http://127.0.0.1:9/hooks", "--event", "followup.due")
+    (listed,) = json.loads(mailer("webhooks", "list", "--json").stdout)
+    assert listed["events"] == "followup.due"

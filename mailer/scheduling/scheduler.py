@@ -188,8 +188,7 @@ class Scheduler:
 
     async def _send_digests(self) -> None:
         if self.digests is not None:
-            digests = self.digests
-            await self._step(digests.tick, self.on_queued, "queuing follow-up digests")
+            await self._step(self.digests.tick, self.on_queued, "queuing follow-up digests")
 
     async def _tell_due_followups(self) -> None:
         """Each pass: ``followup.due`` webhooks for what came due since the last one."""
@@ -207,7 +206,7 @@ class Scheduler:
         try:
             done = await asyncio.to_thread(work, self.clock.now())
         except Exception:
-            log.exception("%s failed; trying again at the next pass", what)
+            log.exception("%s failed; trying again later", what)
             return
         if done:
             then()

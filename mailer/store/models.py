@@ -448,6 +448,9 @@ class FollowUpStatus(StrEnum):
     CANCELLED = "cancelled"  # a meeting called off: the customer was sent a cancellation
 
 
+FOLLOWUP_UNTOLD = "told_due_at IS NULL OR told_due_at != due_at"
+
+
 class FollowUp(SQLModel, table=True):
     """A dated reminder to contact a customer again; written by customers.followups."""
 
@@ -455,6 +458,14 @@ class FollowUp(SQLModel, table=True):
     __table_args__ = (
         Index("ix_followups_status_due", "status", "due_at"),
         Index("ix_followups_assignee_status_due", "assignee", "status", "due_at"),
+        # the rows a followup.due pass looks at: not those told already, however many
+        Index(
+            "ix_followups_untold_due",
+            "status",
+            "due_at",
+            sqlite_where=text(FOLLOWUP_UNTOLD),
+            postgresql_where=text(FOLLOWUP_UNTOLD),
+        ),
     )
 
     id: int | None = Field(default=None, primary_key=True)
