@@ -16,13 +16,13 @@ from sqlalchemy import Engine
 
 from mailer.core.clock import ManualClock
 from mailer.customers import followups
+from mailer.daemon import build_scheduler
 from mailer.hooks import deliveries
 from mailer.hooks.events import EventType
-from mailer.scheduling.scheduler import Scheduler, Schedules
 from tests.command import Mailer
 from tests.command import mailer as mailer
 from tests.command import project as project
-from tests.conftest import FIRING
+from tests.configs import shipped_config
 from tests.running import EVENT_SECONDS, eventually
 from tests.test_webhooks import maria as maria
 from tests.test_webhooks import receiver as receiver
@@ -50,13 +50,12 @@ def tell(engine: Engine, clock: ManualClock) -> int:
 
 @asynccontextmanager
 async def daemon(engine: Engine, clock: ManualClock, tmp_path: Path) -> AsyncIterator[None]:
-    """The scheduling pass and the webhook worker, wired as `mailer run` wires them."""
+    """The scheduling pass and the webhook worker, wired as `mailer run` wires them (with
+    no schedule files: only follow-ups are due)."""
     (tmp_path / "no-schedules").mkdir(exist_ok=True)
-    files = Schedules(directory=tmp_path / "no-schedules", template_names=list, clock=clock)
+    cfg = shipped_config(tmp_path, {"MAILER_PATHS__SCHEDULES": str(tmp_path / "no-schedules")})
     hooks = worker(engine, clock)
-    scheduler = Scheduler(
-        schedules=files, engine=engine, clock=clock, firing=FIRING, on_told=hooks.wake
-    )
+    scheduler = build_scheduler(cfg, engine, clock, lambda: None, hooks.wake)
     stop = asyncio.Event()
     tasks = [
         asyncio.create_task(hooks.run(stop)),
