@@ -48,6 +48,10 @@ async def test_an_admin_makes_a_key_sees_it_once_and_revoking_it_locks_the_shop_
     await page.get_by_role("button", name="Create key").click()  # no scope ticked
     await expect(page.locator("#problem")).to_have_text("No key was made: tick at least one scope")
     await page.get_by_label("customers:read").check()
+    await page.get_by_label("Requests a minute").fill("99999999999")
+    await page.get_by_role("button", name="Create key").click()
+    await expect(page.locator("#problem")).to_contain_text("at most 1,000,000 requests a minute")
+    await page.get_by_label("Requests a minute").fill("")
     await page.get_by_role("button", name="Create key").click()
     await expect(page.get_by_role("heading", name="Key shop is made")).to_be_visible()
     secret = await page.locator("#new-key").input_value()

@@ -27,6 +27,7 @@ MARK = "mlr_"  # tells a mailer key in a config file or a leak scanner's report
 PREFIX_LENGTH = len(MARK) + 8  # what people see of a key: enough to tell keys apart
 USED_EVERY = timedelta(minutes=1)  # last_used_at is rewritten at most this often
 NAME_MAX = 100
+RATE_MAX = 1_000_000  # requests a minute; far past any need, well inside the column
 
 
 class Scope(StrEnum):
@@ -102,6 +103,8 @@ def create(
         _refuse("NAME", f"there is a key named {name!r} already (revoked keys keep their name)")
     if rate_per_minute is not None and rate_per_minute < 1:
         _refuse("--rate", "the rate must be at least 1 request a minute")
+    if rate_per_minute is not None and rate_per_minute > RATE_MAX:
+        _refuse("--rate", f"the rate may be at most {RATE_MAX:,} requests a minute")
     key = MARK + secrets.token_urlsafe(32)
     values = {
         "name": name,
