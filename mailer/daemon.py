@@ -121,9 +121,14 @@ def build_inbox(
 
 
 def build_scheduler(
-    cfg: Config, engine: Engine, clock: Clock, wake: Callable[[], None]
+    cfg: Config,
+    engine: Engine,
+    clock: Clock,
+    wake: Callable[[], None],
+    tell: Callable[[], None],
 ) -> Scheduler:
-    """Schedule files from ``[paths] schedules``, fired into the outbox; it wakes delivery."""
+    """Schedule files from ``[paths] schedules``, fired into the outbox; it wakes delivery,
+    and ``tell`` (the webhook worker) when due follow-ups were recorded as webhooks."""
     store = TemplateStore(cfg.templates_dir)
     files = Schedules(
         directory=cfg.schedules_dir,
@@ -137,6 +142,7 @@ def build_scheduler(
         clock=clock,
         firing=Firing.from_config(cfg),
         on_queued=wake,
+        on_told=tell,
         digests=Digests.from_config(cfg, engine),
     )
 
@@ -157,8 +163,8 @@ async def serve(
         target = SmtpTarget.from_config(cfg, sandbox=sandbox_on)
         delivery = build_delivery(cfg, engine, clock, target)
         watcher = build_inbox(cfg, engine, clock, delivery.wake, sandbox_on=sandbox_on)
-        scheduler = build_scheduler(cfg, engine, clock, delivery.wake)
         webhooks = Webhooks(engine=engine, clock=clock, settings=cfg.settings.webhooks)
+        scheduler = build_scheduler(cfg, engine, clock, delivery.wake, webhooks.wake)
         workers = [
             asyncio.create_task(delivery.run(stop), name="delivery"),
             asyncio.create_task(watcher.run(stop), name="inbox"),

@@ -21,6 +21,7 @@ from playwright.async_api import Page, expect
 from pytest_playwright_asyncio import CreateContextCallback
 from sqlalchemy import Engine, insert
 
+from mailer.api import keys
 from mailer.core.categories import Category
 from mailer.core.clock import ManualClock
 from mailer.core.config import Config
@@ -101,8 +102,8 @@ def seeded(
     tmp_path: Path,
 ) -> Seeded:
     """Something on every page: Мария's inquiry (acknowledged), a saved reply, a follow-up
-    for the admin, a failed message and a captured one, and a shop's orders with their
-    insight."""
+    for the admin, a failed message and a captured one, a shop's orders with their
+    insight, and its API key."""
     stock(engine, tmp_path)
     inquiry = received(
         engine, cfg, clock, mail("<a1@mail.example>", "Поръчка 1042", "Здравейте!", MARIA)
@@ -117,6 +118,9 @@ def seeded(
             customer_id=maria, due_at=now, note="Обаждане", created_by="ada", assignee="ada"
         )
         followups.add(conn, call, now)
+        shop, _ = keys.create(
+            conn, "shop", [keys.Scope.SEND], rate_per_minute=None, created_by="ada", now=now
+        )
         conn.execute(
             insert(SANDBOX).values(
                 received_at=now,
@@ -177,6 +181,8 @@ def seeded(
             "/sandbox",
             "/sandbox/1",
             "/webhooks",
+            "/api-keys",
+            f"/api-keys/{shop.id}/revoke",
             "/no-such-page",
         ],
     )

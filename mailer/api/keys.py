@@ -27,6 +27,7 @@ MARK = "mlr_"  # tells a mailer key in a config file or a leak scanner's report
 PREFIX_LENGTH = len(MARK) + 8  # what people see of a key: enough to tell keys apart
 USED_EVERY = timedelta(minutes=1)  # last_used_at is rewritten at most this often
 NAME_MAX = 100
+RATE_MAX = 1_000_000  # requests a minute; far past any need, well inside the column
 
 
 class Scope(StrEnum):
@@ -102,6 +103,8 @@ def create(
         _refuse("NAME", f"there is a key named {name!r} already (revoked keys keep their name)")
     if rate_per_minute is not None and rate_per_minute < 1:
         _refuse("--rate", "the rate must be at least 1 request a minute")
+    if rate_per_minute is not None and rate_per_minute > RATE_MAX:
+        _refuse("--rate", f"the rate may be at most {RATE_MAX:,} requests a minute")
     key = MARK + secrets.token_urlsafe(32)
     values = {
         "name": name,
@@ -121,24 +124,28 @@ def find(conn: Connection) -> list[ApiKey]:
     return [_load(r) for r in conn.execute(select(KEYS).order_by(KEYS.c.name)).mappings()]
 
 
-def get(conn: Connection, name_or_id: str) -> ApiKey:
-    """A key by its name, or by its id when no key has that name."""
-    where = KEYS.c.name == name_or_id
-    if name_or_id.isdigit():
-        where = where | (KEYS.c.id == int(name_or_id))
-    rows = conn.execute(select(KEYS).where(where).order_by(KEYS.c.name != name_or_id)).mappings()
-    row = rows.first()
+def get(conn: Connection, name_or_id: str | int) -> ApiKey:
+    """A key by its id (an int, as the web app's links name it), or by its name, or by its
+    id when no key has that name (as a command line names it)."""
+    if isinstance(name_or_id, int):
+        where = KEYS.c.id == name_or_id
+    else:
+        where = KEYS.c.name == name_or_id
+        if name_or_id.isdigit():
+            where = where | (KEYS.c.id == int(name_or_id))
+    rows = conn.execute(select(KEYS).where(where).order_by(KEYS.c.name != str(name_or_id)))
+    row = rows.mappings().first()
     if row is None:
         raise NotFound(f"no API key {name_or_id!r}; `mailer api-keys list` shows them")
     return _load(row)
 
 
-def revoke(conn: Connection, name_or_id: str, now: datetime) -> ApiKey:
+def revoke(conn: Connection, name_or_id: str | int, now: datetime) -> ApiKey:
     """Refuse the key from now on, in every process; revoking twice keeps the first time."""
     key = get(conn, name_or_id)
     if key.revoked_at is None:
         conn.execute(update(KEYS).where(KEYS.c.id == key.id).values(revoked_at=now))
-        return get(conn, str(key.id))
+        return get(conn, key.id)
     return key
 
 

@@ -8,20 +8,22 @@ morning digest, and when, is decided here by a pure function over plain data.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Table, func, insert, select, update
-from sqlalchemy.engine import Connection
+from sqlalchemy import Table, func, insert, or_, select, update
+from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError
 
 from mailer.core import fieldtypes
 from mailer.core.durations import parse_duration
 from mailer.core.errors import MailerError, NotFound
 from mailer.customers.profiles import CUSTOMERS
+from mailer.hooks import events as webhooks
+from mailer.hooks.events import EventType
 from mailer.staff.users import USERS
 from mailer.store.models import FollowUp, FollowUpStatus
 
@@ -310,6 +312,48 @@ def _change(conn: Connection, followup_id: int, **values: Any) -> None:
     ).rowcount
     if not changed:
         raise NotFound(f"no open follow-up {followup_id}")
+
+
+def tell_due(conn: Connection, now: datetime) -> int:
+    """Record a ``followup.due`` webhook for each open follow-up whose due time has come and
+    was not told yet; returns how many. One UPDATE marks them (``told_due_at`` takes the due
+    time told), so a restart or a second daemon tells none twice: on PostgreSQL the second
+    UPDATE waits for the first and then finds the rows told. A follow-up moved to a new due
+    time is told again when that comes."""
+    f = FOLLOWUPS.c
+    told = (
+        conn.execute(
+            update(FOLLOWUPS)
+            .where(
+                f.status == FollowUpStatus.OPEN,
+                f.due_at <= now,
+                or_(f.told_due_at.is_(None), f.told_due_at != f.due_at),
+            )
+            .values(told_due_at=f.due_at)
+            .returning(f.id, f.customer_id, f.due_at, f.note, f.assignee)
+        )
+        .mappings()
+        .all()
+    )
+    if told:
+        webhooks.record(conn, EventType.FOLLOWUP_DUE, _due_events(conn, told), now)
+    return len(told)
+
+
+def _due_events(conn: Connection, told: Sequence[RowMapping]) -> Iterator[dict[str, Any]]:
+    """What ``followup.due`` says, read only when some endpoint wants it."""
+    ids = {row["customer_id"] for row in told}
+    query = select(CUSTOMERS.c.id, CUSTOMERS.c.email).where(CUSTOMERS.c.id.in_(ids))
+    emails = {row.id: row.email for row in conn.execute(query)}
+    for row in sorted(told, key=lambda r: (r["due_at"], r["id"])):
+        yield {
+            "followup_id": row["id"],
+            "customer_id": row["customer_id"],
+            "email": emails.get(row["customer_id"]),
+            "due_at": row["due_at"],
+            "note": row["note"],
+            "assignee": row["assignee"],
+        }
 
 
 def end_of_day(now: datetime, zone: ZoneInfo) -> datetime:

@@ -27,6 +27,7 @@ class EventType(StrEnum):
     MESSAGE_SENT = "message.sent"
     MESSAGE_BOUNCED = "message.bounced"
     CUSTOMER_UNSUBSCRIBED = "customer.unsubscribed"
+    FOLLOWUP_DUE = "followup.due"
 
 
 def new_event_id() -> str:

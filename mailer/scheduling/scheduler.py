@@ -29,6 +29,7 @@ from sqlalchemy.exc import OperationalError
 
 from mailer.core.clock import Clock
 from mailer.core.errors import Problem
+from mailer.customers import followups
 from mailer.scheduling import firing, occurrences
 from mailer.scheduling.digests import Digests
 from mailer.scheduling.fanout import RunResult
@@ -100,6 +101,7 @@ class Scheduler:
     clock: Clock
     firing: Firing
     on_queued: Callable[[], None] = lambda: None
+    on_told: Callable[[], None] = lambda: None  # webhooks were recorded: wake their worker
     digests: Digests | None = None  # the morning digest of follow-ups, asked every minute
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _jobs: AsyncIOScheduler | None = None
@@ -161,6 +163,7 @@ class Scheduler:
                     synced_at = loop.time()
                 await self._fire()
                 await self._send_digests()
+                await self._tell_due_followups()
                 await _first(stop, reload, self._wake, timeout=CHECK_SECONDS)
                 if reload.is_set() or await asyncio.to_thread(self.schedules.changed):
                     reload.clear()
@@ -184,15 +187,29 @@ class Scheduler:
             self.on_queued()
 
     async def _send_digests(self) -> None:
-        if self.digests is None:
-            return
+        if self.digests is not None:
+            await self._step(self.digests.tick, self.on_queued, "queuing follow-up digests")
+
+    async def _tell_due_followups(self) -> None:
+        """Each pass: ``followup.due`` webhooks for what came due since the last one."""
+        await self._step(self._tell_due, self.on_told, "telling webhooks of due follow-ups")
+
+    def _tell_due(self, now: datetime) -> int:
+        with self.engine.begin() as conn:
+            return followups.tell_due(conn, now)
+
+    async def _step(
+        self, work: Callable[[datetime], int], then: Callable[[], None], what: str
+    ) -> None:
+        """``work`` in a thread at the clock's now; ``then`` when it did something. Like
+        firing, a failure (an outage, a bug) is logged and the next pass tries again."""
         try:
-            queued = await asyncio.to_thread(self.digests.tick, self.clock.now())
-        except Exception:  # like firing: an outage must not stop the clockwork
-            log.exception("queuing follow-up digests failed; trying again in a minute")
+            done = await asyncio.to_thread(work, self.clock.now())
+        except Exception:
+            log.exception("%s failed; trying again later", what)
             return
-        if queued:
-            self.on_queued()
+        if done:
+            then()
 
     async def _sync(self, jobs: AsyncIOScheduler) -> None:
         """Make APScheduler's jobs match the loaded schedules and the zones in use."""

@@ -448,6 +448,9 @@ class FollowUpStatus(StrEnum):
     CANCELLED = "cancelled"  # a meeting called off: the customer was sent a cancellation
 
 
+FOLLOWUP_UNTOLD = "told_due_at IS NULL OR told_due_at != due_at"
+
+
 class FollowUp(SQLModel, table=True):
     """A dated reminder to contact a customer again; written by customers.followups."""
 
@@ -455,6 +458,14 @@ class FollowUp(SQLModel, table=True):
     __table_args__ = (
         Index("ix_followups_status_due", "status", "due_at"),
         Index("ix_followups_assignee_status_due", "assignee", "status", "due_at"),
+        # the rows a followup.due pass looks at: not those told already, however many
+        Index(
+            "ix_followups_untold_due",
+            "status",
+            "due_at",
+            sqlite_where=text(FOLLOWUP_UNTOLD),
+            postgresql_where=text(FOLLOWUP_UNTOLD),
+        ),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -479,6 +490,8 @@ class FollowUp(SQLModel, table=True):
     place: str | None = Field(default=None, max_length=500, description="a room or a link")
     attendees: list[str] | None = Field(default=None, sa_type=JSON, description="staff names")
     sequence: int = Field(default=0, description="the calendar event's SEQUENCE")
+    # the due_at a followup.due webhook was recorded for: once per due time, in any process
+    told_due_at: datetime | None = _when()
 
 
 class TemplateVersion(SQLModel, table=True):

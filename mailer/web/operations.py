@@ -18,6 +18,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from mailer.hooks import deliveries, endpoints
+from mailer.hooks.events import EventType
 from mailer.outbound import outbox
 from mailer.sandbox import smtp_server
 from mailer.store.models import OutboxStatus
@@ -110,6 +111,7 @@ def _webhooks(engine: Engine, failed: str | None) -> dict[str, Any]:
             "endpoints": endpoints.find(conn),
             "deliveries": deliveries.find(conn, failed=bool(failed), limit=LISTED),
             "failed": bool(failed),
+            "events": list(EventType),
         }
 
 

@@ -18,6 +18,7 @@ from mailer import checks
 from mailer.core.clock import Clock, SystemClock
 from mailer.core.config import Config
 from mailer.web import (
+    api_keys,
     customer_edit,
     desk,
     followups,
@@ -46,6 +47,7 @@ def build(cfg: Config, engine: Engine, clock: Clock) -> Starlette:
         *marketing.routes,
         *insights.routes,
         *operations.routes,
+        *api_keys.routes,
     ]
     return create_app(cfg, engine, clock, sections)
 
