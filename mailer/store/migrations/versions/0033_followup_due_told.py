@@ -1,7 +1,7 @@
 """followups.told_due_at: the due time a followup.due webhook was recorded for, and an
 index of the follow-ups not told yet, so a pass every few seconds reads only those
 
-Revision ID: 0036
+Revision ID: 0033
 Revises: 0032
 Create Date: 2026-12-02
 """
@@ -13,7 +13,7 @@ from alembic import op
 
 from mailer.store.db import UTCDateTime
 
-revision: str = "0036"
+revision: str = "0033"
 down_revision: str | None = "0032"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
