@@ -23,6 +23,7 @@ from mailer.core.errors import TemplateError
 from mailer.core.text import one_line
 from mailer.customers import tokens
 from mailer.customers.context import customer_view, customer_zone
+from mailer.outbound import dkim
 from mailer.outbound.compose import (
     Envelope,
     Part,
@@ -55,8 +56,12 @@ class Outgoing:
 class Preparer:
     """Everything that stays the same from message to message is worked out once here."""
 
-    def __init__(self, cfg: Config, store: TemplateStore, secret: bytes) -> None:
+    def __init__(
+        self, cfg: Config, store: TemplateStore, secret: bytes, signer: dkim.Signer | None = None
+    ) -> None:
+        """``signer`` DKIM-signs what is sent; previews, which never leave, go unsigned."""
         settings = cfg.settings
+        self._signer = signer
         self._cfg = cfg
         self._store = store
         self._secret = secret
@@ -106,6 +111,8 @@ class Preparer:
             alternatives=alternatives,
             attachments=attachments,
         )
+        if self._signer is not None:
+            data = self._signer.sign(data, now)
         sender = self._address if claimed.envelope_from is None else claimed.envelope_from
         return Outgoing(
             outbox_id=claimed.id,
