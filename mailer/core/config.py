@@ -211,6 +211,24 @@ class SenderSettings(Section):
         return self
 
 
+def _return_path(value: str) -> str:
+    address = email_address(value)
+    if "+" in address.partition("@")[0]:
+        raise ValueError(f"{value!r}: mailer adds +ID to it, so it must not have a + already")
+    return address
+
+
+class BounceSettings(Section):
+    """Where bounces return and when repeated temporary failures stop mail to an address."""
+
+    # the return path of every message but acknowledgements (which have none): with an
+    # address here each message returns to its own, bounces+ID-SIGNATURE@ its domain, so a
+    # bounce names the message and customer whatever the bouncing server writes
+    return_path: Annotated[str, AfterValidator(_return_path)] | None = None
+    soft_limit: int = Field(default=3, ge=1)  # this many soft bounces in a row ...
+    soft_window: Duration = timedelta(days=14)  # ... within this time suppress the address
+
+
 class SandboxSettings(Section):
     enabled: bool = True
     smtp_port: int = Field(default=2525, ge=1, le=65535)
@@ -353,6 +371,7 @@ class Settings(Section):
     sender: SenderSettings = SenderSettings()
     sandbox: SandboxSettings = SandboxSettings()
     throttle: ThrottleSettings = ThrottleSettings()
+    bounces: BounceSettings = BounceSettings()
     autoreply: AutoreplySettings = AutoreplySettings()
     business_hours: BusinessHoursSettings = BusinessHoursSettings()
     web: WebSettings = WebSettings()
