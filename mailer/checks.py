@@ -20,6 +20,7 @@ from mailer.core.clock import Clock
 from mailer.core.errors import ConfigError, DatabaseUnavailable, Problem
 from mailer.core.fieldtypes import special_use_domain
 from mailer.customers import tokens
+from mailer.outbound import dkim
 from mailer.outbound.templates import TemplateStore
 from mailer.scheduling import schedules
 from mailer.store import migrate
@@ -47,13 +48,15 @@ def check_all(config_path: Path, clock: Clock) -> list[Problem]:
 
 
 def _refusals(cfg: config.Config) -> list[Problem]:
-    """What start-up would stop on after reading the config: the database, and the data
-    folder where the key that signs unsubscribe links is kept (made there if missing); and
-    what an insight refresh would stop on: segment rules that leave customers unnamed."""
+    """What start-up would stop on after reading the config: the database, the data folder
+    where the key that signs unsubscribe links is kept (made there if missing), and the
+    DKIM keys; and what an insight refresh would stop on: segment rules that leave
+    customers unnamed."""
     problems: list[Problem] = []
     steps = (
         lambda: open_database(cfg).dispose(),
         lambda: tokens.load_secret(cfg),
+        lambda: dkim.from_config(cfg),
         lambda: insights.segments_config(cfg.settings.insight),
     )
     for step in steps:

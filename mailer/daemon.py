@@ -25,7 +25,7 @@ from mailer.hooks.sender import Webhooks
 from mailer.inbound.intake import AckPolicy
 from mailer.inbound.mailbox import Mailbox
 from mailer.inbound.watcher import Inbox
-from mailer.outbound import throttle
+from mailer.outbound import dkim, throttle
 from mailer.outbound.delivery import Delivery
 from mailer.outbound.outbox import Policy
 from mailer.outbound.prepare import Preparer
@@ -54,7 +54,8 @@ def build_delivery(cfg: Config, engine: Engine, clock: Clock, target: SmtpTarget
         fallback_zone=settings.business_hours.timezone,
         lease=LEASE,
     )
-    preparer = Preparer(cfg, TemplateStore(cfg.templates_dir), tokens.load_secret(cfg))
+    store = TemplateStore(cfg.templates_dir)
+    preparer = Preparer(cfg, store, tokens.load_secret(cfg), dkim.from_config(cfg))
     return Delivery(
         engine=engine, preparer=preparer, pool=SmtpPool(target, clock), policy=policy, clock=clock
     )

@@ -225,7 +225,7 @@ async def test_messages_sent_and_bounced_are_told_to_those_who_asked(
     )
     outbox.record(engine, [sent])
     with engine.begin() as conn:
-        outbox.mark_bounced(conn, ["<m1@x>"], "550 5.1.1 no such user", clock.now())
+        outbox.mark_bounced(conn, [queued["id"]], "550 5.1.1 no such user", clock.now())
     assert await worker(engine, clock).deliver_due() == 2
     told = [json.loads(r.body) for r in receiver.received]
     assert sorted(e["type"] for e in told) == ["message.bounced", "message.sent"]

@@ -21,6 +21,7 @@ from mailer.cli import (
     api_keys,
     contacts,
     customers,
+    dkim,
     followups,
     inquiries,
     insights,
@@ -60,6 +61,7 @@ app.add_typer(orders.products_app, name="products")
 app.add_typer(insights.app, name="insights")
 app.add_typer(api_keys.app, name="api-keys")
 app.add_typer(webhooks.app, name="webhooks")
+app.add_typer(dkim.app, name="dkim")
 db_app = group("Database schema.")
 app.add_typer(db_app, name="db")
 

@@ -9,7 +9,9 @@ from the environment as ``MAILER_SECTION__KEY`` (e.g. ``MAILER_SMTP__HOST``).
 from __future__ import annotations
 
 import difflib
+import functools
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from datetime import time, timedelta
@@ -99,7 +101,20 @@ def _network(value: Any) -> IPv4Network | IPv6Network:
     return network
 
 
+def dns_name(value: Any, what: str = "domain", example: str = "example.com") -> str:
+    """A domain or DKIM selector: dot-separated labels of letters, digits and hyphens."""
+    text = str(value).strip().lower().rstrip(".")
+    if not text or not all(_LABEL.fullmatch(label) for label in text.split(".")):
+        raise ValueError(f"{value!r} is not a {what} such as {example!r}")
+    return text
+
+
+_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 NamedAddress = Annotated[str, BeforeValidator(_named_address)]
+DkimSelector = Annotated[
+    str, BeforeValidator(functools.partial(dns_name, what="DKIM selector", example="mail2026"))
+]
+Hostname = Annotated[str, BeforeValidator(dns_name)]
 Network = Annotated[IPv4Network | IPv6Network, BeforeValidator(_network)]
 TimeRange = Annotated[tuple[time, time] | None, BeforeValidator(_time_range)]
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
@@ -171,6 +186,47 @@ class SenderSettings(Section):
 
     from_: NamedAddress = Field(default="Support <support@example.com>", alias="from")
     reply_to: NamedAddress | None = None
+    # DKIM: one selector, or several to sign with each (RSA beside Ed25519, or the old and
+    # the new key during a rotation); each key is var/dkim/SELECTOR.pem unless named below
+    dkim_selector: list[DkimSelector] = []
+    dkim_domain: Hostname | None = None  # the From address's domain when not given
+    dkim_key_file: Path | None = None  # for a single selector
+    dkim_key_env: str = ""  # a variable holding the PEM key, for a single selector
+
+    @field_validator("dkim_selector", mode="before")
+    @classmethod
+    def _one_or_several(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> SenderSettings:
+        named = [key for key in ("dkim_key_file", "dkim_key_env") if getattr(self, key)]
+        if len(named) > 1:
+            raise ValueError("set dkim_key_file or dkim_key_env, not both")
+        if named and len(self.dkim_selector) != 1:
+            raise ValueError(
+                f"{named[0]} names the key of one selector; with {len(self.dkim_selector)} "
+                "selectors keep each key in var/dkim/SELECTOR.pem"
+            )
+        return self
+
+
+def _return_path(value: str) -> str:
+    address = email_address(value)
+    if "+" in address.partition("@")[0]:
+        raise ValueError(f"{value!r}: mailer adds +ID to it, so it must not have a + already")
+    return address
+
+
+class BounceSettings(Section):
+    """Where bounces return and when repeated temporary failures stop mail to an address."""
+
+    # the return path of every message but acknowledgements (which have none): with an
+    # address here each message returns to its own, bounces+ID-SIGNATURE@ its domain, so a
+    # bounce names the message and customer whatever the bouncing server writes
+    return_path: Annotated[str, AfterValidator(_return_path)] | None = None
+    soft_limit: int = Field(default=3, ge=1)  # this many soft bounces in a row ...
+    soft_window: Duration = timedelta(days=14)  # ... within this time suppress the address
 
 
 class SandboxSettings(Section):
@@ -315,6 +371,7 @@ class Settings(Section):
     sender: SenderSettings = SenderSettings()
     sandbox: SandboxSettings = SandboxSettings()
     throttle: ThrottleSettings = ThrottleSettings()
+    bounces: BounceSettings = BounceSettings()
     autoreply: AutoreplySettings = AutoreplySettings()
     business_hours: BusinessHoursSettings = BusinessHoursSettings()
     web: WebSettings = WebSettings()
@@ -468,6 +525,7 @@ SECRET_KEYS = (
     ("imap", "password_env"),
     ("web", "secret_env"),
     ("web", "metrics_token_env"),
+    ("sender", "dkim_key_env"),
 )
 
 

@@ -22,6 +22,7 @@ from mailer.core.errors import ConfigError, Problem
 SECRET_FILE = "secret.key"
 # The subject our List-Unsubscribe mailto: link asks for: "unsubscribe <token>".
 _CONFIRM = "confirm-subscription:"  # what a confirmation token's MAC covers before its payload
+_LINK = re.compile(r"/unsubscribe/([A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)")
 _MAIL_REQUEST = re.compile(r"\bunsubscribe\s+([A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)", re.IGNORECASE)
 
 
@@ -75,6 +76,13 @@ def verify(secret: bytes, token: str) -> int | None:
 def requested_by_mail(secret: bytes, subject: str) -> int | None:
     """The customer whose List-Unsubscribe ``mailto:`` request this subject is, if valid."""
     found = _MAIL_REQUEST.search(subject)
+    return verify(secret, found.group(1)) if found else None
+
+
+def customer_in_link(secret: bytes, list_unsubscribe: str) -> int | None:
+    """The customer a List-Unsubscribe header's https link names, if its token is valid:
+    a spam complaint returns our message, and this link says whose it was."""
+    found = _LINK.search(list_unsubscribe)
     return verify(secret, found.group(1)) if found else None
 
 

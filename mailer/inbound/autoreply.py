@@ -727,8 +727,24 @@ def is_bounce(msg: EmailMessage) -> bool:
     return any(rule.check(msg, _NOBODY) is not None for rule in RULES if rule.kind == "bounce")
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Failure:
+    """One failed recipient of a bounce, with what the report said of it."""
+
+    address: str
+    permanent: bool
+    status: str = ""  # RFC 3464 Status, e.g. "5.1.1"; "" when the report has none
+    diagnostic: str = ""  # the remote server's words (Diagnostic-Code), if given
+    action: str = ""  # RFC 3464 Action: "failed", or "delayed" while it is still trying
+
+
 def bounced_addresses(msg: EmailMessage) -> list[tuple[str, bool]]:
-    """(address, permanent) for each failed recipient of a bounce.
+    """(address, permanent) for each failed recipient of a bounce."""
+    return [(failure.address, failure.permanent) for failure in failures(msg)]
+
+
+def failures(msg: EmailMessage) -> list[Failure]:
+    """Each failed recipient of a bounce.
 
     Read from the message/delivery-status parts (RFC 3464 §2.3: Status 5.x.x is permanent,
     4.x.x temporary; successes are left out); else X-Failed-Recipients; else what
@@ -745,7 +761,9 @@ def bounced_addresses(msg: EmailMessage) -> list[tuple[str, bool]]:
     if found or (found := _failed_recipients(msg)):
         return found
     temporary, permanent = _library_failures(msg)
-    return [(a, True) for a in permanent] + [(a, False) for a in temporary if a not in permanent]
+    return [Failure(address=a, permanent=True) for a in permanent] + [
+        Failure(address=a, permanent=False) for a in temporary if a not in permanent
+    ]
 
 
 def bounced_message_ids(msg: EmailMessage) -> list[str]:
@@ -780,21 +798,30 @@ def _content(part: MIMEPart) -> object:
         return None
 
 
-def _failure(fields: Message) -> tuple[str, bool] | None:
-    """(address, permanent) from one per-recipient block of a DSN, None if not a failure."""
+def _failure(fields: Message) -> Failure | None:
+    """One per-recipient block of a DSN, None if not a failure."""
     recipient = fields.get("Final-Recipient") or fields.get("Original-Recipient")
     if recipient is None:
         return None
     address = str(recipient).partition(";")[2].strip().strip("<>").lower()
-    status = str(fields.get("Status", "")).strip()
+    status = str(fields.get("Status", "")).strip().split(" ")[0]
     action = str(fields.get("Action", "")).strip().lower()
+    diagnostic = str(fields.get("Diagnostic-Code", "")).partition(";")[2].strip()
     if status.startswith("5") or (not status and action == "failed"):
-        return address, True
+        return Failure(
+            address=address, permanent=True, status=status, diagnostic=diagnostic, action=action
+        )
     if status.startswith("4") or (not status and action == "delayed"):
-        return address, False
+        return Failure(
+            address=address, permanent=False, status=status, diagnostic=diagnostic, action=action
+        )
     return None
 
 
-def _failed_recipients(msg: Message) -> list[tuple[str, bool]]:
+def _failed_recipients(msg: Message) -> list[Failure]:
     values = [value for _, value in _headers(msg, "X-Failed-Recipients")]
-    return [(address.lower(), True) for _, address in getaddresses(values) if address]
+    return [
+        Failure(address=address.lower(), permanent=True)
+        for _, address in getaddresses(values)
+        if address
+    ]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from email.message import EmailMessage
 from email.utils import parseaddr
 from typing import Any
 
@@ -20,7 +19,7 @@ from sqlalchemy.engine import Connection
 from mailer.core.categories import Category
 from mailer.core.config import Config
 from mailer.customers import profiles, tokens
-from mailer.inbound import autoreply, inquiries, rsvp
+from mailer.inbound import autoreply, inquiries, reports, rsvp
 from mailer.inbound.business_hours import BusinessHours, reply_expected_by
 from mailer.inbound.parsing import Inbound
 from mailer.outbound import outbox
@@ -41,6 +40,7 @@ class AckPolicy:
     answer_within: timedelta
     max_per_day: int
     secret: bytes  # checks the tokens in unsubscribe requests sent to our mailto: link
+    report_policy: reports.ReportPolicy  # what bounces and complaints change
 
     @classmethod
     def from_config(cls, cfg: Config) -> AckPolicy:
@@ -58,6 +58,7 @@ class AckPolicy:
             answer_within=settings.autoreply.answer_within,
             max_per_day=settings.autoreply.max_per_day,
             secret=tokens.load_secret(cfg),
+            report_policy=reports.ReportPolicy.from_config(cfg),
         )
 
 
@@ -77,7 +78,7 @@ def handle(
     if acknowledge:
         outbox.enqueue_in(conn, [_acknowledgement(inbound, logged, now, policy)], now)
     if decided.kind == "bounce" and inbound.message is not None:
-        _record_bounce(conn, inbound.message, now)
+        reports.record(conn, inbound.message, now, policy.report_policy)
     status = _status(acknowledge, decided.kind)
     inquiries.record_decision(
         conn, logged.inquiry_id, status=status, decision=decided.kind, reasons=list(decided.reasons)
@@ -223,16 +224,3 @@ def _acknowledgement(
         priority=100,
         valid_for=timedelta(days=1),
     )
-
-
-def _record_bounce(conn: Connection, message: EmailMessage, now: datetime) -> None:
-    """A permanent failure marks the returned message bounced and stops all further mail to
-    that address; the message is found by its Message-ID, the address also by the report."""
-    failures = autoreply.bounced_addresses(message)
-    permanent = [address.lower() for address, is_permanent in failures if is_permanent]
-    if not permanent:
-        return  # a delay: the sending server is still trying
-    returned = autoreply.bounced_message_ids(message)
-    reason = f"bounced: {', '.join(permanent)} reported permanent failure"
-    permanent += (a.lower() for a in outbox.mark_bounced(conn, returned, reason, now))
-    profiles.suppress(conn, permanent, f"hard bounce reported {now:%Y-%m-%d}", now)

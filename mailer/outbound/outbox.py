@@ -248,22 +248,38 @@ def erase_customer(conn: Connection, customer_id: int, address: str, now: dateti
     return len(ids)
 
 
-def mark_bounced(
-    conn: Connection, message_ids: Collection[str], reason: str, now: datetime
-) -> list[str]:
-    """Messages a bounce names by Message-ID are bounced; returns the addresses they went to."""
-    if not message_ids:
+@dataclass(frozen=True, slots=True)
+class Returned:
+    """A message a bounce or complaint is about."""
+
+    id: int
+    to_address: str
+    customer_id: int | None
+
+
+def returned(
+    conn: Connection, *, ids: Collection[int] = (), message_ids: Collection[str] = ()
+) -> list[Returned]:
+    """The sent messages a report names, by outbox id (its return path) or Message-ID."""
+    if not ids and not message_ids:
         return []
-    rows = conn.execute(
+    named = or_(OUTBOX.c.id.in_(sorted(ids)), OUTBOX.c.message_id.in_(sorted(message_ids)))
+    query = select(OUTBOX.c.id, OUTBOX.c.to_address, OUTBOX.c.customer_id).where(
+        named, OUTBOX.c.to_address != ""
+    )
+    return [Returned(row.id, row.to_address, row.customer_id) for row in conn.execute(query)]
+
+
+def mark_bounced(conn: Connection, ids: Collection[int], reason: str, now: datetime) -> None:
+    """Messages that bounced for good are marked so, and webhooks hear of it."""
+    if not ids:
+        return
+    conn.execute(
         update(OUTBOX)
-        .where(OUTBOX.c.message_id.in_(message_ids))
+        .where(OUTBOX.c.id.in_(sorted(ids)))
         .values(status=OutboxStatus.BOUNCED, reason=reason, updated_at=now)
-        .returning(OUTBOX.c.id, OUTBOX.c.to_address)
-    ).all()
-    bounced = [row.id for row in rows]
-    if bounced:
-        webhooks.record(conn, EventType.MESSAGE_BOUNCED, _told(conn, bounced), now)
-    return [row.to_address for row in rows]
+    )
+    webhooks.record(conn, EventType.MESSAGE_BOUNCED, _told(conn, sorted(ids)), now)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

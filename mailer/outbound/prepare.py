@@ -23,6 +23,7 @@ from mailer.core.errors import TemplateError
 from mailer.core.text import one_line
 from mailer.customers import tokens
 from mailer.customers.context import customer_view, customer_zone
+from mailer.outbound import dkim, return_path
 from mailer.outbound.compose import (
     Envelope,
     Part,
@@ -55,11 +56,16 @@ class Outgoing:
 class Preparer:
     """Everything that stays the same from message to message is worked out once here."""
 
-    def __init__(self, cfg: Config, store: TemplateStore, secret: bytes) -> None:
+    def __init__(
+        self, cfg: Config, store: TemplateStore, secret: bytes, signer: dkim.Signer | None = None
+    ) -> None:
+        """``signer`` DKIM-signs what is sent; previews, which never leave, go unsigned."""
         settings = cfg.settings
+        self._signer = signer
         self._cfg = cfg
         self._store = store
         self._secret = secret
+        self._return_path = settings.bounces.return_path
         self._from = settings.sender.from_
         self._reply_to = settings.sender.reply_to
         self._sender_name, self._address = parseaddr(self._from)
@@ -106,7 +112,9 @@ class Preparer:
             alternatives=alternatives,
             attachments=attachments,
         )
-        sender = self._address if claimed.envelope_from is None else claimed.envelope_from
+        if self._signer is not None:
+            data = self._signer.sign(data, now)
+        sender = self._envelope_sender(claimed)
         return Outgoing(
             outbox_id=claimed.id,
             sender=sender,
@@ -115,6 +123,16 @@ class Preparer:
             subject=rendered.subject,
             message_id=message_id,
         )
+
+    def _envelope_sender(self, claimed: Claimed) -> str:
+        """Where a bounce goes: the message's own VERP address when ``[bounces]
+        return_path`` is set, else the From address; a message that asked for its own (an
+        acknowledgement's null sender) keeps it."""
+        if claimed.envelope_from is not None:
+            return claimed.envelope_from
+        if self._return_path:
+            return return_path.address(self._secret, self._return_path, claimed.id)
+        return self._address
 
     def _from_as(self, name: Any) -> str:
         """The configured From, or its address under a person's name."""

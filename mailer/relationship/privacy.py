@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection
 from mailer.customers import contacts, events, followups, profiles
 from mailer.hooks import deliveries
 from mailer.inbound import inquiries
-from mailer.outbound import outbox
+from mailer.outbound import bounces, outbox
 from mailer.sandbox import smtp_server
 
 EVERYTHING = 1_000_000  # a customer's rows, all of them: an export leaves nothing out
@@ -58,6 +58,7 @@ class Erased:
     contacts: int = 0
     webhooks: int = 0  # deliveries whose payload was emptied
     events: int = 0  # what the shop said they did, deleted
+    bounce_reports: int = 0  # bounces and complaints about mail to them, deleted
 
 
 def erase(conn: Connection, email: str, now: datetime) -> Erased:
@@ -71,6 +72,7 @@ def erase(conn: Connection, email: str, now: datetime) -> Erased:
         contacts=contacts.erase_customer(conn, customer.id),
         webhooks=deliveries.erase_customer(conn, customer.id),
         events=events.erase_customer(conn, customer.id),
+        bounce_reports=bounces.erase_address(conn, customer.email),
     )
     profiles.erase(conn, customer, now)
     return erased

@@ -804,3 +804,23 @@ class CustomerEvent(SQLModel, table=True):
     ref: str | None = Field(default=None, max_length=200, description="the caller's id, if any")
     source: str = Field(max_length=120, description="api:<key name>")
     created_at: datetime = _when(nullable=False)
+
+
+class BounceReport(SQLModel, table=True):
+    """A bounce or complaint about one of our messages, as the report said it: the soft ones
+    are counted to suppress an address that keeps failing; written only by
+    mailer.outbound.bounces."""
+
+    __tablename__ = "bounce_reports"
+    __table_args__ = (Index("ix_bounce_reports_address_at", "address", "reported_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    outbox_id: int | None = Field(
+        default=None,
+        sa_column=Column(Integer, ForeignKey("outbox.id", ondelete="SET NULL"), index=True),
+    )
+    address: str = Field(max_length=320)
+    kind: str = Field(max_length=20, description="hard, soft or complaint")
+    status: str = Field(default="", max_length=20, description="the DSN status, e.g. 5.1.1")
+    diagnostic: str = Field(default="", max_length=1000, description="the server's words")
+    reported_at: datetime = _when(nullable=False)
