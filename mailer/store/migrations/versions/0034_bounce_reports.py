@@ -1,7 +1,7 @@
 """bounce_reports: bounces and complaints per message, soft ones counted per address
 
-Revision ID: 0038
-Revises: 0032
+Revision ID: 0034
+Revises: 0033
 Create Date: 2026-12-02
 """
 
@@ -12,8 +12,8 @@ from alembic import op
 
 from mailer.store.db import UTCDateTime
 
-revision: str = "0038"
-down_revision: str | None = "0032"
+revision: str = "0034"
+down_revision: str | None = "0033"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
