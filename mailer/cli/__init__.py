@@ -34,7 +34,7 @@ from mailer.cli import (
 )
 from mailer.cli.common import App, app_of, err, group, out, say_error
 from mailer.core import config
-from mailer.core.errors import ConfigError, MailerError
+from mailer.core.errors import ConfigError, InvalidInput, MailerError, Problem
 from mailer.store import db, migrate
 
 log = logging.getLogger("mailer")
@@ -118,15 +118,38 @@ def run(
     sandbox: bool = typer.Option(
         False, "--sandbox", help="Deliver to the local sandbox even if [sandbox] is off."
     ),
+    only: str = typer.Option(
+        "",
+        "--only",
+        help="Run only these roles, comma-separated: delivery, inbox, schedules, web "
+        "[default: [daemon] roles, all of them]",
+        show_default=False,
+    ),
 ) -> None:
     """Run the daemon until Ctrl+C or SIGTERM."""
     from mailer import daemon
 
+    roles = _roles(only)
     app_ = app_of(ctx)
     engine = _start(app_)
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every SMTP command
     logging.getLogger("apscheduler").setLevel(logging.WARNING)  # a line per trigger (re)added
-    daemon.run(app_.config, engine, sandbox_on=sandbox or app_.config.settings.sandbox.enabled)
+    daemon.run(
+        app_.config,
+        engine,
+        sandbox_on=sandbox or app_.config.settings.sandbox.enabled,
+        roles=roles,
+    )
+
+
+def _roles(only: str) -> frozenset[config.Role] | None:
+    """The roles ``--only`` names, None when it is not given (then [daemon] roles holds)."""
+    if not only:
+        return None
+    try:
+        return config.roles(only)
+    except ValueError as exc:
+        raise InvalidInput([Problem("--only", str(exc))]) from None
 
 
 @app.command()
