@@ -93,9 +93,8 @@ class Leader:
                 if await self._take():
                     log.info("%s: this process leads", self.name)
                     standing_by = False
-                    await self._lead(work, stop)
-                    continue
-                if not standing_by and self._conn is not None:
+                    await self._lead(work, stop)  # then, having lost it, a rest like the others'
+                elif not standing_by and self._conn is not None:
                     log.info("%s: another process leads; standing by", self.name)
                     standing_by = True
                 await _sleep_or_stop(stop, self.retry)
