@@ -318,8 +318,8 @@ def _count_customers(engine: Engine) -> int:
 def run(
     cfg: Config, engine: Engine, *, sandbox_on: bool, roles: frozenset[Role] | None = None
 ) -> None:
-    """Serve until SIGINT/SIGTERM, then return normally so the process exits 0. On SQLite,
-    refuse to start beside another `mailer run` on the same file."""
+    """Serve until SIGINT/SIGTERM, then return normally so the process exits 0. On SQLite
+    the caller holds ``workers.alone``: this is then the only process."""
 
     async def main() -> None:
         stop, reload = asyncio.Event(), asyncio.Event()
@@ -337,5 +337,4 @@ def run(
             roles=roles,
         )
 
-    with workers.alone(engine.url):
-        asyncio.run(main())
+    asyncio.run(main())

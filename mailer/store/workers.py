@@ -17,6 +17,7 @@ import socket
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.engine import URL
@@ -90,10 +91,11 @@ def alone(url: URL) -> Iterator[None]:
     as the block runs: an exclusive lock on a file beside it, freed by the kernel however
     the process ends. A second one stops with one line; other commands are not affected.
     PostgreSQL takes any number of processes."""
-    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
-        yield
+    database = url.database or ""
+    if url.get_backend_name() != "sqlite" or not Path(database).parent.is_dir():
+        yield  # PostgreSQL; or no SQLite file yet, which the start refuses for its own reason
         return
-    path = f"{url.database}.run-lock"
+    path = f"{database}.run-lock"
     with open(path, "a+", encoding="utf-8") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -101,7 +103,7 @@ def alone(url: URL) -> Iterator[None]:
             lock.seek(0)
             holder = lock.read().strip() or "unknown"
             raise DatabaseUnavailable(
-                f"another `mailer run` (pid {holder}) is using {url.database}; on SQLite only "
+                f"another `mailer run` (pid {holder}) is using {database}; on SQLite only "
                 "one may run: stop it first, or use PostgreSQL to run several"
             ) from None
         lock.truncate(0)
