@@ -177,12 +177,12 @@ async def serve(
             await _start_sandbox(cfg, engine, clock, stack)
         target = SmtpTarget.from_config(cfg, sandbox=sandbox_on)
         worker = await _arrive(engine, clock)
-        delivery = build_delivery(cfg, engine, clock, target, worker)
-        wake = delivery.wake if "delivery" in roles else _nobody
-        tasks = []
+        wake, tasks = _nobody, []
         if "delivery" in roles:
+            delivery = build_delivery(cfg, engine, clock, target, worker)
             webhooks = Webhooks(engine=engine, clock=clock, settings=cfg.settings.webhooks)
             tasks += [_task(delivery.run(stop), "delivery"), _task(webhooks.run(stop), "webhooks")]
+            wake = delivery.wake
         if "inbox" in roles:
             watcher = build_inbox(cfg, engine, clock, wake, sandbox_on=sandbox_on)
             mailbox = "INBOX" if sandbox_on else cfg.settings.imap.mailbox
