@@ -192,7 +192,8 @@ async def serve(
             fire = functools.partial(_fire_schedules, scheduler, reload or asyncio.Event())
             tasks.append(_task(_led(engine, "schedules", fire, stop), "schedules"))
         if worker is not None:
-            tasks.append(_task(_keep_alive(engine, clock, worker, wake, stop), "heartbeat"))
+            beating = _keep_alive(engine, clock, worker, wake, stop, workers.HEARTBEAT)
+            tasks.append(_task(beating, "heartbeat"))
         if "web" in roles and cfg.settings.web.enabled:
             with checks.listening(cfg, "web", "bind"):
                 sock = web_server.listen(cfg.settings.web.bind)
@@ -257,7 +258,7 @@ async def _keep_alive(
     worker: str,
     wake: Callable[[], None],
     stop: asyncio.Event,
-    every: float = workers.HEARTBEAT,
+    every: float,
 ) -> None:
     """Renew this process's heartbeat, and take back what dead processes left, until stopped."""
     while not stop.is_set():

@@ -188,3 +188,43 @@ def statuses(engine: Engine) -> dict[str, str]:
         return {
             key: status for key, status in conn.execute(select(columns.dedupe_key, columns.status))
         }
+
+
+async def test_a_process_that_stops_beating_is_taken_over_by_a_running_one(
+    engine: Engine,
+    people: dict[str, int],
+    clock: ManualClock,
+    sink: tuple[Sink, int],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """PostgreSQL: a running daemon notices, at its next heartbeat, that another process
+    stopped beating, and sends what that one held without waiting out the lease."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("on SQLite there is one process: nobody else to notice")
+    monkeypatch.setattr(workers, "HEARTBEAT", 0.05)
+    now = clock.now()
+    cfg = shipped_config(
+        tmp_path, {"MAILER_SANDBOX__ENABLED": "false", "MAILER_SMTP__PORT": str(sink[1])}
+    )
+    target = SmtpTarget(host="127.0.0.1", port=sink[1], pool_size=1)
+    policy = daemon.build_delivery(cfg, engine, clock, target).policy
+    outbox.enqueue(engine, [message(people, "maria", "k-maria", **TRANSACTIONAL)], now)
+    workers.register(engine, "other", now)
+    outbox.claim(engine, now, 1, dataclasses.replace(policy, worker="other"))
+    stop = asyncio.Event()
+    serving = asyncio.create_task(
+        daemon.serve(
+            cfg, engine, stop, sandbox_on=False, clock=clock, roles=frozenset({"delivery"})
+        )
+    )
+    try:
+        await eventually(lambda: len(workers.seen(engine)) == 2, "this daemon beats too")
+        assert statuses(engine) == {"k-maria": "sending"}, "the other is alive: it keeps it"
+        clock.advance(workers.LIFETIME + timedelta(seconds=1))
+        await eventually(lambda: len(sink[0].received) == 1, "the other's message goes")
+        assert [w.id for w in workers.seen(engine) if w.id == "other"] == []
+    finally:
+        stop.set()
+        await asyncio.wait_for(serving, 30)
+    assert statuses(engine) == {"k-maria": "sent"}
