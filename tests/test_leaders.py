@@ -190,6 +190,7 @@ def statuses(engine: Engine) -> dict[str, str]:
         }
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # SQLite: one process
 async def test_a_process_that_stops_beating_is_taken_over_by_a_running_one(
     engine: Engine,
     people: dict[str, int],
@@ -200,8 +201,6 @@ async def test_a_process_that_stops_beating_is_taken_over_by_a_running_one(
 ) -> None:
     """PostgreSQL: a running daemon notices, at its next heartbeat, that another process
     stopped beating, and sends what that one held without waiting out the lease."""
-    if engine.dialect.name != "postgresql":
-        pytest.skip("on SQLite there is one process: nobody else to notice")
     monkeypatch.setattr(workers, "HEARTBEAT", 0.05)
     now = clock.now()
     cfg = shipped_config(
