@@ -4,28 +4,41 @@ Each capability is a task started here (the sandbox mail server, the delivery wo
 the inbox watcher, the schedules, the webhook worker and the web app); on SIGINT or
 SIGTERM they stop taking new work and get a bounded time to finish what is in flight,
 after which unfinished messages go back to the queue. SIGHUP reads the schedule files again.
+
+A process runs the roles it is given (``[daemon] roles``, ``--only``). The webhook worker
+goes with delivery: both send what the outbox tables hold to the outside world, are safe to
+run in many processes (claims skip what another holds) and need outbound network access,
+which a machine that only serves the web app may well not have. On PostgreSQL the inbox
+watcher and the scheduler run in one process at a time (``store.leader``), and what a dead
+process was sending is taken back as soon as its heartbeat stops (``store.workers``); on
+SQLite a second `mailer run` on the same file refuses to start, so a start takes back
+everything that was in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
-from collections.abc import Callable
-from datetime import timedelta
+from collections.abc import Callable, Coroutine
+from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import DBAPIError
 
 from mailer import checks
+from mailer.core import config
 from mailer.core.clock import Clock, SystemClock
-from mailer.core.config import Config
+from mailer.core.config import Config, Role
 from mailer.customers import tokens
 from mailer.hooks.sender import Webhooks
 from mailer.inbound.intake import AckPolicy
 from mailer.inbound.mailbox import Mailbox
 from mailer.inbound.watcher import Inbox
-from mailer.outbound import dkim, throttle
+from mailer.outbound import dkim, outbox, throttle
 from mailer.outbound.delivery import Delivery
 from mailer.outbound.outbox import Policy
 from mailer.outbound.prepare import Preparer
@@ -37,6 +50,8 @@ from mailer.scheduling.digests import Digests
 from mailer.scheduling.firing import Firing
 from mailer.scheduling.scheduler import Scheduler, Schedules
 from mailer.scheduling.schedules import segment_names
+from mailer.store import db, workers
+from mailer.store.leader import Leader, Work
 from mailer.store.models import Customer
 from mailer.web import server as web_server
 
@@ -46,16 +61,20 @@ SHUTDOWN_GRACE = 15.0  # seconds in-flight messages get to finish after a stop s
 LEASE = timedelta(minutes=5)
 
 
-def build_delivery(cfg: Config, engine: Engine, clock: Clock, target: SmtpTarget) -> Delivery:
-    """The delivery workers, wired to this configuration."""
+def build_delivery(
+    cfg: Config, engine: Engine, clock: Clock, target: SmtpTarget, worker: str | None = None
+) -> Delivery:
+    """The delivery workers, wired to this configuration; ``worker`` marks what they claim."""
     settings = cfg.settings
     policy = Policy(
         rules=throttle.Rules.from_settings(settings.throttle),
         fallback_zone=settings.business_hours.timezone,
         lease=LEASE,
+        worker=worker,
     )
     store = TemplateStore(cfg.templates_dir)
-    preparer = Preparer(cfg, store, tokens.load_secret(cfg), dkim.from_config(cfg))
+    signer = dkim.from_config(cfg)
+    preparer = Preparer(cfg, store, tokens.load_secret(cfg), signer)
     return Delivery(
         engine=engine, preparer=preparer, pool=SmtpPool(target, clock), policy=policy, clock=clock
     )
@@ -156,44 +175,133 @@ async def serve(
     sandbox_on: bool,
     clock: Clock,
     reload: asyncio.Event | None = None,
+    roles: frozenset[Role] | None = None,
 ) -> None:
-    """Run until ``stop`` is set; ``reload`` (SIGHUP) reads the schedule files again."""
+    """Run ``roles`` (default ``[daemon] roles``) until ``stop`` is set; ``reload`` (SIGHUP)
+    reads the schedule files again."""
+    roles = frozenset(cfg.settings.daemon.roles) if roles is None else roles
     async with contextlib.AsyncExitStack() as stack:
-        if sandbox_on:
+        if sandbox_on and roles & {"delivery", "inbox"}:
             await _start_sandbox(cfg, engine, clock, stack)
         target = SmtpTarget.from_config(cfg, sandbox=sandbox_on)
-        delivery = build_delivery(cfg, engine, clock, target)
-        watcher = build_inbox(cfg, engine, clock, delivery.wake, sandbox_on=sandbox_on)
-        webhooks = Webhooks(engine=engine, clock=clock, settings=cfg.settings.webhooks)
-        scheduler = build_scheduler(cfg, engine, clock, delivery.wake, webhooks.wake)
-        workers = [
-            asyncio.create_task(delivery.run(stop), name="delivery"),
-            asyncio.create_task(watcher.run(stop), name="inbox"),
-            asyncio.create_task(scheduler.run(stop, reload or asyncio.Event()), name="schedules"),
-            asyncio.create_task(webhooks.run(stop), name="webhooks"),
-        ]
-        if cfg.settings.web.enabled:
+        worker = await _arrive(engine, clock)
+        wake, tell, tasks = _nobody, _nobody, []
+        if "delivery" in roles:
+            delivery = build_delivery(cfg, engine, clock, target, worker)
+            webhooks = Webhooks(engine=engine, clock=clock, settings=cfg.settings.webhooks)
+            tasks += [_task(delivery.run(stop), "delivery"), _task(webhooks.run(stop), "webhooks")]
+            wake, tell = delivery.wake, webhooks.wake
+        if "inbox" in roles:
+            watcher = build_inbox(cfg, engine, clock, wake, sandbox_on=sandbox_on)
+            mailbox = "INBOX" if sandbox_on else cfg.settings.imap.mailbox
+            tasks.append(_task(_led(engine, f"inbox {mailbox}", watcher.run, stop), "inbox"))
+        if "schedules" in roles:
+            scheduler = build_scheduler(cfg, engine, clock, wake, tell)
+            fire = functools.partial(_fire_schedules, scheduler, reload or asyncio.Event())
+            tasks.append(_task(_led(engine, "schedules", fire, stop), "schedules"))
+        if worker is not None:
+            beating = _keep_alive(engine, clock, worker, wake, stop, workers.HEARTBEAT)
+            tasks.append(_task(beating, "heartbeat"))
+        if "web" in roles and cfg.settings.web.enabled:
             with checks.listening(cfg, "web", "bind"):
                 sock = web_server.listen(cfg.settings.web.bind)
             app = web_server.build(cfg, engine, clock)
-            workers.append(asyncio.create_task(web_server.serve(app, sock, stop), name="web"))
-        await _announce(cfg, engine, target, sandbox_on)
+            tasks.append(_task(web_server.serve(app, sock, stop), "web"))
+        await _announce(cfg, engine, target, sandbox_on, roles)
         await stop.wait()
         log.info("stopping: finishing messages in flight (at most %.0f s)", SHUTDOWN_GRACE)
-        for worker in workers:
-            await _finish(worker)
+        for task in tasks:
+            await _finish(task)
+        if worker is not None:
+            await asyncio.to_thread(workers.forget, engine, [worker])
     log.info("mailer stopped")
 
 
-async def _announce(cfg: Config, engine: Engine, target: SmtpTarget, sandbox_on: bool) -> None:
+def _task(work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+    return asyncio.create_task(work, name=name)
+
+
+def _nobody() -> None:
+    """No delivery here: another process's delivery (and webhook worker) finds what was
+    queued at its next look."""
+
+
+async def _fire_schedules(scheduler: Scheduler, reload: asyncio.Event, stop: asyncio.Event) -> None:
+    await scheduler.run(stop, reload)
+
+
+def _led(engine: Engine, name: str, work: Work, stop: asyncio.Event) -> Coroutine[Any, Any, None]:
+    """``work`` in one process at a time on PostgreSQL; on SQLite this is the only process."""
+    if engine.dialect.name != "postgresql":
+        return work(stop)
+    return Leader(url=engine.url, name=name).run(work, stop)
+
+
+async def _arrive(engine: Engine, clock: Clock) -> str | None:
+    """This process's worker id on PostgreSQL (None on SQLite), once what processes that are
+    gone left in flight is back in the queue: on SQLite all of it, this being the only one."""
+    now = clock.now()
+    worker = None
+    if engine.dialect.name == "postgresql":
+        worker = workers.new_id()
+        await asyncio.to_thread(workers.register, engine, worker, now)
+        taken = await asyncio.to_thread(_take_back, engine, now)
+    else:
+        taken = await asyncio.to_thread(outbox.take_back, engine, now, None)
+    if taken:
+        log.info("took back %d message(s) that a stopped process was sending", taken)
+    return worker
+
+
+def _take_back(engine: Engine, now: datetime) -> int:
+    """Queue again what the processes whose heartbeat stopped were sending; forget them."""
+    gone = workers.dead(workers.seen(engine), now)
+    taken = outbox.take_back(engine, now, gone)
+    workers.forget(engine, gone)
+    return taken
+
+
+async def _keep_alive(
+    engine: Engine,
+    clock: Clock,
+    worker: str,
+    wake: Callable[[], None],
+    stop: asyncio.Event,
+    every: float,
+) -> None:
+    """Renew this process's heartbeat, and take back what dead processes left, until stopped."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every)
+        if stop.is_set():
+            return
+        try:
+            if not await asyncio.to_thread(workers.renew, engine, worker, clock.now()):
+                log.warning(
+                    "this process was taken for dead (no heartbeat for %s); what it was "
+                    "sending went back to the queue",
+                    workers.LIFETIME,
+                )
+            if await asyncio.to_thread(_take_back, engine, clock.now()):
+                log.info("took back the messages of a process that stopped")
+                wake()
+        except DBAPIError as exc:  # the database is away: the next beat tries again
+            log.warning("heartbeat: %s", db.reason(exc))
+
+
+async def _announce(
+    cfg: Config, engine: Engine, target: SmtpTarget, sandbox_on: bool, roles: frozenset[Role]
+) -> None:
     customers = await asyncio.to_thread(_count_customers, engine)
     where = f"the sandbox at {target} (see `mailer sandbox list`)" if sandbox_on else str(target)
+    delivering = f"delivering to {where}" if "delivery" in roles else "not delivering"
     log.info(
-        "mailer is running with %d customers, %d templates; delivering to %s; database %s; "
+        "mailer is running with %d customers, %d templates; %s; roles %s; database %s; "
         "press Ctrl+C to stop",
         customers,
         len(TemplateStore(cfg.templates_dir).names()),
-        where,
+        delivering,
+        ",".join(name for name in config.ROLES if name in roles),
         engine.url.render_as_string(hide_password=True),
     )
 
@@ -217,8 +325,11 @@ def _count_customers(engine: Engine) -> int:
         return int(conn.execute(select(func.count()).select_from(Customer)).scalar_one())
 
 
-def run(cfg: Config, engine: Engine, *, sandbox_on: bool) -> None:
-    """Serve until SIGINT/SIGTERM, then return normally so the process exits 0."""
+def run(
+    cfg: Config, engine: Engine, *, sandbox_on: bool, roles: frozenset[Role] | None = None
+) -> None:
+    """Serve until SIGINT/SIGTERM, then return normally so the process exits 0. On SQLite
+    the caller holds ``workers.alone``: this is then the only process."""
 
     async def main() -> None:
         stop, reload = asyncio.Event(), asyncio.Event()
@@ -226,6 +337,14 @@ def run(cfg: Config, engine: Engine, *, sandbox_on: bool) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, reload.set)
-        await serve(cfg, engine, stop, sandbox_on=sandbox_on, clock=SystemClock(), reload=reload)
+        await serve(
+            cfg,
+            engine,
+            stop,
+            sandbox_on=sandbox_on,
+            clock=SystemClock(),
+            reload=reload,
+            roles=roles,
+        )
 
     asyncio.run(main())

@@ -197,7 +197,9 @@ def prepare(
         ids = {c.email: c.id for c in profiles.find(conn)}
     preparer = Preparer(cfg, TemplateStore(cfg.templates_dir), b"test-secret" * 4)
     rules = throttle.Rules.from_settings(cfg.settings.throttle)
-    claim_policy = Policy(rules, cfg.settings.business_hours.timezone, timedelta(minutes=5))
+    claim_policy = Policy(
+        rules=rules, fallback_zone=cfg.settings.business_hours.timezone, lease=timedelta(minutes=5)
+    )
 
     def queue_and_prepare(
         context: dict[str, Any],

@@ -232,7 +232,9 @@ async def test_the_customer_page_shows_a_throttled_newsletter_with_its_reason(
     ]
     outbox.enqueue(engine, news, now)
     rules = throttle.Rules.from_settings(cfg.settings.throttle)
-    policy = Policy(rules, cfg.settings.business_hours.timezone, timedelta(minutes=5))
+    policy = Policy(
+        rules=rules, fallback_zone=cfg.settings.business_hours.timezone, lease=timedelta(minutes=5)
+    )
     claimed = outbox.claim(engine, now, 10, policy)
     sent = next(c for c in claimed if c.category == Category.MARKETING)
     outbox.record(

@@ -13,7 +13,7 @@ import traceback
 from pathlib import Path
 
 import typer
-from sqlalchemy import Engine
+from sqlalchemy import Engine, make_url
 from sqlalchemy.exc import OperationalError
 
 from mailer import __version__, checks
@@ -36,8 +36,8 @@ from mailer.cli import (
 )
 from mailer.cli.common import App, app_of, err, group, out, say_error
 from mailer.core import config
-from mailer.core.errors import ConfigError, MailerError
-from mailer.store import db, migrate
+from mailer.core.errors import ConfigError, InvalidInput, MailerError, Problem
+from mailer.store import db, migrate, workers
 
 log = logging.getLogger("mailer")
 
@@ -122,15 +122,39 @@ def run(
     sandbox: bool = typer.Option(
         False, "--sandbox", help="Deliver to the local sandbox even if [sandbox] is off."
     ),
+    only: str = typer.Option(
+        "",
+        "--only",
+        help="Run only these roles, comma-separated: delivery, inbox, schedules, web "
+        "[default: [daemon] roles, all of them]",
+        show_default=False,
+    ),
 ) -> None:
     """Run the daemon until Ctrl+C or SIGTERM."""
     from mailer import daemon
 
+    roles = _roles(only)
     app_ = app_of(ctx)
-    engine = _start(app_)
-    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every SMTP command
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # a line per trigger (re)added
-    daemon.run(app_.config, engine, sandbox_on=sandbox or app_.config.settings.sandbox.enabled)
+    with workers.alone(make_url(app_.config.database_url)):  # before anything is logged
+        engine = _start(app_)
+        logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd: every SMTP command
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)  # a line per trigger added
+        daemon.run(
+            app_.config,
+            engine,
+            sandbox_on=sandbox or app_.config.settings.sandbox.enabled,
+            roles=roles,
+        )
+
+
+def _roles(only: str) -> frozenset[config.Role] | None:
+    """The roles ``--only`` names, None when it is not given (then [daemon] roles holds)."""
+    if not only:
+        return None
+    try:
+        return config.roles(only)
+    except ValueError as exc:
+        raise InvalidInput([Problem("--only", str(exc))]) from None
 
 
 @app.command()

@@ -366,6 +366,34 @@ class CompanyValues(TypedDict, total=False):
     currencies: list[Annotated[str, AfterValidator(currency_code)]]  # what orders may be in
 
 
+Role = Literal["delivery", "inbox", "schedules", "web"]
+ROLES: tuple[Role, ...] = ("delivery", "inbox", "schedules", "web")
+
+
+def roles(text: str) -> frozenset[Role]:
+    """The roles named in ``--only delivery,web``; ValueError naming what is not a role."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in ROLES]
+    if unknown or not names:
+        wrong = f"{', '.join(map(repr, unknown))} is not a role" if unknown else "no role given"
+        raise ValueError(f"{wrong}; roles are {', '.join(ROLES)}")
+    return frozenset(name for name in ROLES if name in names)
+
+
+class DaemonSettings(Section):
+    """[daemon]: what `mailer run` runs here. Several machines on one PostgreSQL each run
+    some roles; the inbox watcher and the scheduler are led by one process at a time."""
+
+    roles: list[Role] = list(ROLES)
+
+    @field_validator("roles")
+    @classmethod
+    def _some_role(cls, value: list[Role]) -> list[Role]:
+        if not value:
+            raise ValueError(f"name at least one role of {', '.join(ROLES)}")
+        return value
+
+
 class Settings(Section):
     """The whole of config.toml. Relative paths are resolved against the file's folder."""
 
@@ -380,6 +408,7 @@ class Settings(Section):
     autoreply: AutoreplySettings = AutoreplySettings()
     business_hours: BusinessHoursSettings = BusinessHoursSettings()
     web: WebSettings = WebSettings()
+    daemon: DaemonSettings = DaemonSettings()
     api: ApiSettings = ApiSettings()
     webhooks: WebhookSettings = WebhookSettings()
     forms: FormsSettings = FormsSettings()

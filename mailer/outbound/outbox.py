@@ -3,7 +3,8 @@
 A message is a row first (its dedupe key makes queueing the same message twice a no-op),
 then a claim gives due rows to one worker with a lease, the throttle decides per customer
 inside that same transaction, and each delivery attempt is recorded. A worker that dies
-leaves its leased rows to come back when the lease runs out.
+leaves its leased rows to come back when the lease runs out, or at once when its death is
+known (``take_back``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    true,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -331,11 +333,12 @@ def by_key(conn: Connection, dedupe_key: str) -> Claimed | None:
     return _claimed(dict(row), customer)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Policy:
     rules: throttle.Rules
     fallback_zone: ZoneInfo
     lease: timedelta
+    worker: str | None = None  # the claiming process (workers.id), so its death is noticed
 
 
 def claim(engine: Engine, now: datetime, limit: int, policy: Policy) -> list[Claimed]:
@@ -345,7 +348,7 @@ def claim(engine: Engine, now: datetime, limit: int, policy: Policy) -> list[Cla
     PostgreSQL (SQLite has a single writer), so two workers can never both pass a cap.
     """
     with engine.begin() as conn:
-        rows = _claim_rows(conn, now, limit, now + policy.lease)
+        rows = _claim_rows(conn, now, limit, now + policy.lease, policy.worker)
         if not rows:
             return []
         locked = _lock_customers(conn, {r["customer_id"] for r in rows} - {None})
@@ -356,7 +359,7 @@ def claim(engine: Engine, now: datetime, limit: int, policy: Policy) -> list[Cla
 
 
 def _claim_rows(
-    conn: Connection, now: datetime, limit: int, lease_until: datetime
+    conn: Connection, now: datetime, limit: int, lease_until: datetime, worker: str | None
 ) -> list[dict[str, Any]]:
     due = (
         select(OUTBOX.c.id)
@@ -369,7 +372,9 @@ def _claim_rows(
     statement = (
         update(OUTBOX)
         .where(OUTBOX.c.id.in_(due.scalar_subquery()))
-        .values(status=OutboxStatus.SENDING, lease_until=lease_until, updated_at=now)
+        .values(
+            status=OutboxStatus.SENDING, lease_until=lease_until, worker_id=worker, updated_at=now
+        )
         .returning(*OUTBOX.c)
     )
     rows = [dict(r) for r in conn.execute(statement).mappings()]
@@ -681,14 +686,29 @@ _RESULT_STATEMENTS = {
 
 def release_expired_leases(engine: Engine, now: datetime) -> int:
     """Rows whose worker vanished go back to the queue (and may be sent once more)."""
+    return _requeue(engine, OUTBOX.c.lease_until < now, now)
+
+
+def take_back(engine: Engine, now: datetime, workers: Collection[str] | None) -> int:
+    """What processes that are gone were sending goes back to the queue at once, not when
+    the lease runs out: those of ``workers``, or every row in flight when None (a daemon
+    starting on SQLite, where it is the only process)."""
+    if workers is not None and not workers:
+        return 0
+    held = true() if workers is None else OUTBOX.c.worker_id.in_(workers)
+    return _requeue(engine, held, now)
+
+
+def _requeue(engine: Engine, held: ColumnElement[bool], now: datetime) -> int:
     with engine.begin() as conn:
         result = conn.execute(
             update(OUTBOX)
-            .where(OUTBOX.c.status == OutboxStatus.SENDING, OUTBOX.c.lease_until < now)
+            .where(OUTBOX.c.status == OutboxStatus.SENDING, held)
             .values(
                 status=OutboxStatus.QUEUED,
                 lease_until=None,
                 reserved_at=None,
+                worker_id=None,
                 reason="queued again: the worker that held it stopped before finishing",
                 updated_at=now,
             )

@@ -178,6 +178,9 @@ class OutboxMessage(SQLModel, table=True):
     created_at: datetime = _when(nullable=False, default_factory=utcnow)
     updated_at: datetime = _when(nullable=False, default_factory=utcnow)
     reserved_at: datetime | None = _when(description="when the throttle gave it a slot")
+    worker_id: str | None = Field(
+        default=None, max_length=64, description="the process that claimed it (workers.id)"
+    )
     sent_at: datetime | None = _when()
     run_id: int | None = Field(default=None, description="the schedule run that queued it")
     request_hash: str | None = Field(
@@ -271,6 +274,22 @@ class MailboxState(SQLModel, table=True):
 
 # the watcher writes it, the health page reads it: here, so the web needs no watcher
 MAILBOX_STATE: Table = MailboxState.__table__  # type: ignore[attr-defined]
+
+
+class Worker(SQLModel, table=True):
+    """A `mailer run` process on PostgreSQL, alive while ``seen_at`` is recent: the messages
+    a dead one held are taken back at once instead of when their leases run out."""
+
+    __tablename__ = "workers"
+
+    id: str = Field(primary_key=True, max_length=64)
+    host: str = Field(max_length=255)
+    pid: int
+    started_at: datetime = _when(nullable=False)
+    seen_at: datetime = _when(nullable=False)
+
+
+WORKERS: Table = Worker.__table__  # type: ignore[attr-defined]
 
 
 class SandboxMessage(SQLModel, table=True):
