@@ -190,7 +190,8 @@ def test_missing_or_unknown_kind_is_reported(tmp_path: Path) -> None:
     _, unknown = load_one(tmp_path, toml(NEWSLETTER, kind='"digest"'))
 
     kinds = (
-        'write kind = "newsletter", "birthday", "webinar", "reorder", "winback" or "after_purchase"'
+        'write kind = "newsletter", "birthday", "webinar", "reorder", "winback", "after_purchase"'
+        ' or "event"'
     )
     assert missing == [f"kind: is required; {kinds}"]
     assert unknown == [f"kind: 'digest' is not a kind of schedule; {kinds}"]
