@@ -17,7 +17,14 @@ from mailer.scheduling.schedules import (
 )
 
 SHIPPED = Path(__file__).resolve().parent.parent / "schedules"
-TEMPLATES = {"newsletter", "birthday", "webinar_invite", "webinar_reminder", "webinar_cancel"}
+TEMPLATES = {
+    "newsletter",
+    "birthday",
+    "webinar_invite",
+    "webinar_reminder",
+    "webinar_cancel",
+    "cart_abandoned",
+}
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
 # Each value is written to the file as is (a TOML literal); None leaves the key out.
@@ -64,7 +71,7 @@ def test_shipped_samples_load_without_problems() -> None:
     schedules, problems = load_schedules(SHIPPED, TEMPLATES, ManualClock(NOW))
 
     assert problems == []
-    assert set(schedules) == {"newsletter", "birthdays", "webinar-spring-roasting"}
+    assert set(schedules) == {"newsletter", "birthdays", "webinar-spring-roasting", "cart-reminder"}
     newsletter = schedules["newsletter"]
     assert isinstance(newsletter, NewsletterSchedule)
     assert newsletter.params.keys() == {"headline", "intro"}
@@ -84,6 +91,7 @@ def test_each_kind_has_its_throttling_category() -> None:
         "newsletter": "marketing",
         "birthdays": "relationship",
         "webinar-spring-roasting": "marketing",
+        "cart-reminder": "marketing",
     }
 
 

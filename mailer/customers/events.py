@@ -37,7 +37,7 @@ class Draft:
     ref: str | None = None
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class Recorded:
     added: int = 0
     unchanged: int = 0
