@@ -127,9 +127,9 @@ def test_a_cart_reminder_is_written_after_the_delay_once_per_event(seen: Engine)
     assert len(written(seen, "maria@example.bg")) == 2
 
 
-def test_an_order_before_the_delay_cancels_and_one_after_the_send_does_not_unsend(
-    seen: Engine,
-) -> None:
+def test_an_order_before_the_send_cancels_the_reminder(seen: Engine) -> None:
+    """Before its time nothing is written; once written but still waiting for the road
+    (the throttle deferred it), it is withdrawn with the reason."""
     at = SEEN + timedelta(minutes=5)
     happen(seen, "maria@example.bg", "cart_abandoned", at, **CART)
     happen(seen, "maria@example.bg", "order_placed", at + timedelta(minutes=30))
@@ -138,9 +138,14 @@ def test_an_order_before_the_delay_cancels_and_one_after_the_send_does_not_unsen
     fire(seen, at + timedelta(hours=2))
     assert written(seen, "maria@example.bg") == []
     (to_aroha,) = written(seen, "aroha@example.nz")
+    assert to_aroha["status"] == OutboxStatus.QUEUED
     happen(seen, "aroha@example.nz", "order_placed", at + timedelta(hours=3))
     fire(seen, at + timedelta(hours=4))
-    assert written(seen, "aroha@example.nz") == [to_aroha]  # still queued, as before
+    (to_aroha,) = written(seen, "aroha@example.nz")
+    assert (to_aroha["status"], to_aroha["reason"]) == (
+        OutboxStatus.SKIPPED,
+        "order_placed arrived before it was sent",
+    )
 
 
 def test_who_may_not_receive_marketing_is_barred_with_the_reason(seen: Engine) -> None:
@@ -238,7 +243,7 @@ async def road(
         yield daemon.build_delivery(cfg, engine, clock, target), sink
 
 
-async def test_the_reminder_reaches_the_customer_with_the_carts_items(
+async def test_the_reminder_reaches_the_customer_with_the_carts_items_and_stays_sent(
     seen: Engine, clock: ManualClock, road: tuple[Delivery, Sink]
 ) -> None:
     delivery, sink = road
@@ -255,7 +260,13 @@ async def test_the_reminder_reaches_the_customer_with_the_carts_items(
     text = html.get_content()
     assert "Ethiopia Yirgacheffe 250 g" in text and "https://shop.example/cart/7" in text
     assert "кошница" in text  # in her language
-    assert written(seen, "maria@example.bg")[0]["status"] == OutboxStatus.SENT
+    # she orders after the reminder went: what was sent stays sent, and nothing more goes
+    happen(seen, "maria@example.bg", "order_placed", clock.now() + timedelta(minutes=5))
+    clock.advance(timedelta(minutes=10))
+    fire(seen, clock.now())
+    await delivery.deliver_due()
+    (message,) = written(seen, "maria@example.bg")
+    assert message["status"] == OutboxStatus.SENT and len(sink.received) == 1
 
 
 # Mistakes in a schedule file: one line each, with file and key.

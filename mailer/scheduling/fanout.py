@@ -141,6 +141,7 @@ def _execute_events(engine: Engine, plan: Plan, trigger: Trigger, now: datetime)
     this pass wrote. A pass that finds nothing new writes nothing."""
     run_id, _ = _start(engine, plan, now)
     with engine.begin() as conn:
+        _withdraw_cancelled(conn, plan, trigger, now)
         before = _counts(conn, run_id)
         conn.execute(_insert_from_events(engine.dialect.name, plan, trigger, run_id, now))
         counts = _counts(conn, run_id)
@@ -157,6 +158,26 @@ def _execute_events(engine: Engine, plan: Plan, trigger: Trigger, now: datetime)
         queued=counts["queued"] - before["queued"],
         skipped=counts["skipped"] - before["skipped"],
     )
+
+
+def _withdraw_cancelled(conn: Connection, plan: Plan, trigger: Trigger, now: datetime) -> None:
+    """A message still waiting (deferred by the throttle) when a cancelling event arrives
+    is withdrawn: the customer ordered before it was sent. What was sent stays sent."""
+    if not trigger.unless:
+        return
+    its_event = (
+        select(triggers.E.id)
+        .select_from(triggers.of_customers())
+        .where(
+            C.id == OUTBOX.c.customer_id,
+            triggers.E.name == trigger.event,
+            OUTBOX.c.dedupe_key == dedupe_key(plan),
+            triggers.cancelled(trigger),
+        )
+        .exists()
+    )
+    reason = f"{' or '.join(trigger.unless)} arrived before it was sent"
+    outbox.withdraw(conn, runs_of(conn, plan.schedule), reason, now, its_event)
 
 
 def runs_of(conn: Connection, schedule: str, occurrences: Sequence[str] = ()) -> list[int]:
