@@ -1,7 +1,7 @@
 """customer_events by (name, occurred_at): event schedules find the events due in a pass
 
-Revision ID: 0033
-Revises: 0032
+Revision ID: 0036
+Revises: 0035
 Create Date: 2026-12-02
 """
 
@@ -9,8 +9,8 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "0033"
-down_revision: str | None = "0032"
+revision: str = "0036"
+down_revision: str | None = "0035"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
