@@ -3,6 +3,8 @@ HTTP on SQLite and PostgreSQL, and staff see it on the customer's timeline."""
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 from sqlalchemy import Engine, func, select
@@ -11,7 +13,7 @@ from mailer.api.keys import Scope
 from mailer.core.clock import ManualClock
 from mailer.customers.events import EVENTS
 from mailer.relationship import privacy
-from tests.site import Site
+from tests.site import Reply, Site
 from tests.test_api import make_key, pointers, problem_of
 
 VIEWED = {
@@ -90,3 +92,42 @@ def test_a_key_without_the_events_scope_is_refused(
     refused = problem_of(site.call("POST", "/api/v1/events", VIEWED, reader), 403)
     assert "events:write" in str(refused["detail"])
     assert _stored(engine) == 0
+
+
+def test_an_id_sent_again_with_other_content_is_a_conflict_and_nothing_of_the_call_is_kept(
+    site: Site, engine: Engine, clock: ManualClock
+) -> None:
+    shop = make_key(engine, clock, "shop", Scope.EVENTS_WRITE)
+    assert site.call("POST", "/api/v1/events", VIEWED, shop).status == 200
+    changed = {**VIEWED, "payload": {"sku": "TEA-2"}}
+    fresh = {"email": "bob@example.com", "name": "viewed_product", "id": "ev-9"}
+    refused = problem_of(site.call("POST", "/api/v1/events", [fresh, changed], shop), 409)
+    assert pointers(refused) == {
+        "/1/id": "event 'ev-1' of ana@example.com was stored before with another name, time"
+        " or payload; send it with a new id"
+    }
+    assert _stored(engine) == 1  # bob's event went back with the call
+    again = site.call("POST", "/api/v1/events", [fresh, VIEWED], shop)
+    assert again.json() == {"added": 1, "unchanged": 1, "customers_added": 1}
+
+
+def test_calls_racing_with_the_same_new_events_store_each_once_without_an_error(
+    site: Site, engine: Engine, clock: ManualClock
+) -> None:
+    """Eight shop workers retry the same batch at once, for an address mailer has not seen."""
+    shop = make_key(engine, clock, "shop", Scope.EVENTS_WRITE)
+    batch = [
+        {"email": "racer@example.com", "name": "cart_abandoned", "id": f"r{n}", "payload": {"n": n}}
+        for n in range(20)
+    ]
+    start = threading.Barrier(8)
+
+    def send(_: int) -> Reply:
+        start.wait()
+        return site.call("POST", "/api/v1/events", batch, shop)
+
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(send, range(8)))
+    assert [reply.status for reply in replies] == [200] * 8, [r.body for r in replies]
+    assert sum(reply.json()["added"] for reply in replies) == 20
+    assert _stored(engine) == 20

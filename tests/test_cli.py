@@ -503,7 +503,7 @@ def test_support_lists_reads_and_moves_an_inquiry(with_demo: Mailer, database_ur
 def test_schedules_list_shows_when_each_fires_next(with_demo: Mailer) -> None:
     listed = json.loads(with_demo("schedules", "list", "--json").stdout)
     by_name = {s["name"]: s for s in listed}
-    assert set(by_name) == {"birthdays", "newsletter", "webinar-spring-roasting"}
+    assert set(by_name) == {"birthdays", "newsletter", "webinar-spring-roasting", "cart-reminder"}
     assert by_name["webinar-spring-roasting"]["next_fire"] == "2027-05-06T13:00:00+00:00"
     assert by_name["newsletter"]["zones"] >= 5  # one trigger per zone customers live in
 

@@ -17,7 +17,14 @@ from mailer.scheduling.schedules import (
 )
 
 SHIPPED = Path(__file__).resolve().parent.parent / "schedules"
-TEMPLATES = {"newsletter", "birthday", "webinar_invite", "webinar_reminder", "webinar_cancel"}
+TEMPLATES = {
+    "newsletter",
+    "birthday",
+    "webinar_invite",
+    "webinar_reminder",
+    "webinar_cancel",
+    "cart_abandoned",
+}
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
 # Each value is written to the file as is (a TOML literal); None leaves the key out.
@@ -64,7 +71,7 @@ def test_shipped_samples_load_without_problems() -> None:
     schedules, problems = load_schedules(SHIPPED, TEMPLATES, ManualClock(NOW))
 
     assert problems == []
-    assert set(schedules) == {"newsletter", "birthdays", "webinar-spring-roasting"}
+    assert set(schedules) == {"newsletter", "birthdays", "webinar-spring-roasting", "cart-reminder"}
     newsletter = schedules["newsletter"]
     assert isinstance(newsletter, NewsletterSchedule)
     assert newsletter.params.keys() == {"headline", "intro"}
@@ -84,6 +91,7 @@ def test_each_kind_has_its_throttling_category() -> None:
         "newsletter": "marketing",
         "birthdays": "relationship",
         "webinar-spring-roasting": "marketing",
+        "cart-reminder": "marketing",
     }
 
 
@@ -190,7 +198,8 @@ def test_missing_or_unknown_kind_is_reported(tmp_path: Path) -> None:
     _, unknown = load_one(tmp_path, toml(NEWSLETTER, kind='"digest"'))
 
     kinds = (
-        'write kind = "newsletter", "birthday", "webinar", "reorder", "winback" or "after_purchase"'
+        'write kind = "newsletter", "birthday", "webinar", "reorder", "winback", "after_purchase"'
+        ' or "event"'
     )
     assert missing == [f"kind: is required; {kinds}"]
     assert unknown == [f"kind: 'digest' is not a kind of schedule; {kinds}"]

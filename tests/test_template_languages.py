@@ -95,7 +95,7 @@ def test_an_indonesian_desk_reply_keeps_the_agents_words_and_the_reference() -> 
     assert "Nomor referensi: NW-1042." in message.text
 
 
-MARKETING = ["newsletter", "birthday", "webinar_invite", "webinar_reminder"]
+MARKETING = ["newsletter", "birthday", "webinar_invite", "webinar_reminder", "cart_abandoned"]
 PURCHASES = ["reorder", "winback", "after_purchase"]
 
 
@@ -135,3 +135,20 @@ def test_a_thank_you_names_the_order_its_schedule_thanks_for_not_a_later_one() -
     message = STORE.render("after_purchase", data, locale="id", zone=MANILA)
     assert "pesanan NW-5107 tanggal 8 Februari 2025" in message.text
     assert "NW-5531" not in message.text
+
+
+@pytest.mark.parametrize("variant", STORE.variants("cart_abandoned"))
+def test_a_cart_reminder_lists_what_the_shop_sent_and_reads_well_without_it(
+    variant: str | None,
+) -> None:
+    """The event's payload is the shop's: its items and link when it sends them, the
+    shop's own site when it sends nothing."""
+    data = sample_context(SHIPPED, "cart_abandoned", variant)
+    message = STORE.render("cart_abandoned", data, locale=variant, zone=MANILA)
+    assert "2 \u00d7 Ethiopia Yirgacheffe 250 g" in message.text
+    assert "https://northwind.example/cart/sample" in (message.html or "")
+    data["event"] = {"name": "cart_abandoned", "occurred_at": data["event"]["occurred_at"]}
+    data["event"]["payload"] = {}
+    bare = STORE.render("cart_abandoned", data, locale=variant, zone=MANILA)
+    assert "<li>" not in (bare.html or "") and data["company"]["website"] in (bare.html or "")
+    assert bare.subject.strip() and "https://mail.example.com/u/sample-token" in bare.text

@@ -112,6 +112,7 @@ def test_names_list_templates_but_not_layouts(shipped: TemplateStore) -> None:
         "ack",
         "after_purchase",
         "birthday",
+        "cart_abandoned",
         "desk_reply",
         "followups_digest",
         "meeting_invitation",

@@ -6,7 +6,7 @@ resumed without catching up; a webinar's page and a run's totals. SQLite and Pos
 from __future__ import annotations
 
 import shutil
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from playwright.async_api import Page, expect
@@ -17,6 +17,7 @@ from mailer.core.config import Config
 from mailer.outbound import outbox
 from mailer.outbound.outbox import OUTBOX, Outcome, Result
 from mailer.scheduling import firing, results
+from mailer.scheduling.schedules import EventSchedule
 from tests.configs import ROOT
 from tests.conftest import FIRING, sign_in
 from tests.site import Site
@@ -150,3 +151,34 @@ async def test_marketing_makes_a_reorder_reminder_with_the_form(
     assert problems == []
     assert schedules["beans"].kind == "reorder" and schedules["beans"].template == "newsletter"
     assert "5d" in (cfg.schedules_dir / "beans.toml").read_text(encoding="utf-8")
+
+
+async def test_marketing_makes_a_cart_reminder_with_the_form(
+    page: Page, site: Site, staff: dict[str, str], people: None, cfg: Config
+) -> None:
+    await sign_in(page, site, "mia")
+    await page.goto(site.url + "/schedules")
+    await page.locator("#new-schedule").get_by_role("link", name="event").click()
+    await page.locator("#name").fill("cart")
+    await expect(page.locator("#in-words")).to_have_text(
+        "1h after each cart_abandoned event, unless order_placed comes first"
+    )
+    delay = page.get_by_label("Send after")
+    await delay.fill("an hour")
+    await page.get_by_role("button", name="Save").click()
+    await expect(page.locator("#delay-error")).to_contain_text("'an hour' is not a duration")
+    await delay.fill("2h")
+    await page.get_by_label("Unless first").fill("order_placed, cart_recovered")
+    await page.get_by_role("button", name="Save").click()
+    await page.wait_for_url(site.url + "/schedules/cart")
+    schedules, problems = results.load(cfg, ManualClock(datetime(2026, 11, 24, tzinfo=UTC)))
+    assert problems == []
+    cart = schedules["cart"]
+    assert isinstance(cart, EventSchedule)
+    assert (cart.event, cart.delay, cart.unless) == (
+        "cart_abandoned",
+        timedelta(hours=2),
+        ["order_placed", "cart_recovered"],
+    )
+    await page.goto(site.url + "/schedules/cart/edit")
+    await expect(page.get_by_label("Unless first")).to_have_value("order_placed, cart_recovered")

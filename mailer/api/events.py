@@ -21,16 +21,18 @@ from pydantic import (
     Field,
     field_validator,
 )
+from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
 
 from mailer.api.access import caller, state
 from mailer.api.batches import OneOrBatch
 from mailer.api.keys import ApiKey, Scope
-from mailer.api.problems import FieldError, Invalid, item_error
+from mailer.api.problems import FieldError, Invalid, ProblemDocument, item_error
+from mailer.core.fieldtypes import EVENT_NAME
 from mailer.customers import events
 from mailer.customers.csv_rows import normalise_email
 
 PAYLOAD_MAX = 8192  # bytes of an event's payload as compact JSON: a timeline entry, not a store
-NAME = r"^[a-z][a-z0-9_.:-]*$"
 router = APIRouter(prefix="/events", tags=["events"])
 
 
@@ -43,7 +45,7 @@ class EventIn(BaseModel):
     name: str = Field(
         min_length=1,
         max_length=100,
-        pattern=NAME,
+        pattern=EVENT_NAME,
         description="lower case, digits and _ . : -",
         examples=["viewed_product", "cart_abandoned", "order_placed"],
     )
@@ -70,6 +72,15 @@ class EventIn(BaseModel):
 
 
 Events = OneOrBatch[EventIn]
+
+
+CONFLICT: dict[int | str, dict[str, Any]] = {
+    409: {
+        "model": ProblemDocument,
+        "description": "an event with this id was stored before with another name, time or"
+        " payload; nothing of the call is kept",
+    }
+}
 
 
 class EventsResult(BaseModel):
@@ -107,19 +118,54 @@ def drafts(items: list[EventIn], single: bool, now: datetime) -> list[events.Dra
     return found
 
 
-@router.post("", response_model=EventsResult, summary="Record customer events")
+@router.post("", response_model=EventsResult, summary="Record customer events", responses=CONFLICT)
 def record(
     request: Request,
     body: Annotated[Events, Body()],
     key: Annotated[ApiKey, Depends(caller(Scope.EVENTS_WRITE))],
 ) -> EventsResult:
-    """One event or a list of up to 1,000, shown on each customer's timeline."""
+    """One event or a list of up to 1,000, shown on each customer's timeline. All are
+    stored or, when any is invalid or its id was stored with other content, none."""
     items = [body] if isinstance(body, EventIn) else body
     api = state(request)
     now = api.clock.now()
-    checked = drafts(items, isinstance(body, EventIn), now)
-    with api.engine.begin() as conn:
-        report = events.record(conn, checked, now, f"api:{key.name}")
+    single = isinstance(body, EventIn)
+    checked = drafts(items, single, now)
+    report = _stored(api.engine, checked, now, f"api:{key.name}", single)
     return EventsResult(
         added=report.added, unchanged=report.unchanged, customers_added=report.customers_added
+    )
+
+
+def _stored(
+    engine: Engine, checked: list[events.Draft], now: datetime, source: str, single: bool
+) -> events.Recorded:
+    """Recorded in one transaction, tried once more if a concurrent call added one of the
+    same new addresses first (the second try finds it)."""
+    try:
+        return _record(engine, checked, now, source, single)
+    except IntegrityError:
+        return _record(engine, checked, now, source, single)
+
+
+def _record(
+    engine: Engine, checked: list[events.Draft], now: datetime, source: str, single: bool
+) -> events.Recorded:
+    with engine.begin() as conn:
+        report = events.record(conn, checked, now, source)
+        if report.conflicts:  # raised inside the transaction: nothing of the call is kept
+            raise Invalid(
+                [_conflict(checked[i], None if single else i) for i in report.conflicts],
+                409,
+                "events with these ids were stored with other content",
+            )
+        return report
+
+
+def _conflict(draft: events.Draft, index: int | None) -> FieldError:
+    return item_error(
+        index,
+        "id",
+        f"event {draft.ref!r} of {draft.email} was stored before with another name, time or"
+        " payload; send it with a new id",
     )

@@ -6,6 +6,7 @@ accepted, so the caller only has to add the file and key.
 
 from __future__ import annotations
 
+import re
 from datetime import time, timedelta
 from functools import lru_cache
 from typing import Annotated, Any
@@ -114,6 +115,18 @@ def clock_time(value: Any) -> time:
         raise ValueError(f"{value!r} is not a time of day written HH:MM, e.g. '09:00'") from None
 
 
+EVENT_NAME = r"^[a-z][a-z0-9_.:-]*$"  # what the shop names its customer events
+
+
+def event_name(value: Any) -> str:
+    """A customer event's name as the API takes it: "cart_abandoned", "order_placed"."""
+    if not isinstance(value, str) or not re.match(EVENT_NAME, value) or len(value) > 100:
+        raise ValueError(
+            f"{value!r} is not an event name: lower case, digits and _ . : -, e.g. 'cart_abandoned'"
+        )
+    return value
+
+
 def duration(value: Any) -> timedelta:
     return value if isinstance(value, timedelta) else parse_duration(value)
 
@@ -124,6 +137,7 @@ Duration = Annotated[
 TimeZone = Annotated[ZoneInfo, BeforeValidator(zone), PlainSerializer(str, return_type=str)]
 LocaleTag = Annotated[str, BeforeValidator(locale_tag)]
 EmailAddress = Annotated[str, BeforeValidator(email_address)]
+EventName = Annotated[str, BeforeValidator(event_name)]
 ClockTime = Annotated[
     time,
     BeforeValidator(clock_time),

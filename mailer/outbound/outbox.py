@@ -208,15 +208,21 @@ def enqueue_selected(dialect_name: str, columns: Sequence[str], selection: Selec
     )
 
 
-def withdraw(conn: Connection, run_ids: Sequence[int], reason: str, now: datetime) -> int:
+def withdraw(
+    conn: Connection,
+    run_ids: Sequence[int],
+    reason: str,
+    now: datetime,
+    *where: ColumnElement[bool],
+) -> int:
     """Skip what these schedule runs still have waiting (a cancelled webinar, a superseded
-    invitation); what was sent stays sent."""
+    invitation), or those of it that meet ``where``; what was sent stays sent."""
     if not run_ids:
         return 0
     return int(
         conn.execute(
             update(OUTBOX)
-            .where(OUTBOX.c.run_id.in_(run_ids), OUTBOX.c.status.in_(WAITING))
+            .where(OUTBOX.c.run_id.in_(run_ids), OUTBOX.c.status.in_(WAITING), *where)
             .values(status=OutboxStatus.SKIPPED, reason=reason, updated_at=now)
         ).rowcount
     )

@@ -530,6 +530,7 @@ def sample_context(
         "confirm_until": received + timedelta(days=7),
         "webinar": _sample_webinar(),
         "meeting": _sample_meeting(),
+        "event": _sample_event(received),
         **_sample_purchases(received),
     }
 
@@ -587,6 +588,13 @@ def _sample_meeting() -> dict[str, Any]:
         "changed": False,
         "cancelled": False,
     }
+
+
+def _sample_event(at: datetime) -> dict[str, Any]:
+    """A customer event as an event schedule passes it: what the shop sent, as values."""
+    items = [{"title": "Ethiopia Yirgacheffe 250 g", "quantity": 2}]
+    payload = {"items": items, "cart_url": "https://northwind.example/cart/sample"}
+    return {"name": "cart_abandoned", "occurred_at": at, "payload": payload}
 
 
 def _sample_purchases(at: datetime) -> dict[str, Any]:

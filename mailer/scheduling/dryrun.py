@@ -2,7 +2,9 @@
 
 The same audience query as the real run, and the same throttle decision the delivery
 workers would take at the planned time, so "who would be throttled, suppressed or expired,
-and why" is answered by the code that will decide it, not by a second opinion.
+and why" is answered by the code that will decide it, not by a second opinion. An event
+schedule's forecast is per due event: cancelled ones are shown with the event that came
+first.
 """
 
 from __future__ import annotations
@@ -14,14 +16,15 @@ from itertools import islice
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine, select
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, RowMapping
 
 from mailer.customers import profiles
 from mailer.customers.profiles import CUSTOMERS
 from mailer.outbound import outbox, throttle
 from mailer.outbound.outbox import OUTBOX
-from mailer.scheduling import audience
+from mailer.scheduling import audience, triggers
 from mailer.scheduling.fanout import Plan, dedupe_key
+from mailer.scheduling.triggers import Trigger
 
 CHUNK = 1_000
 
@@ -57,6 +60,8 @@ def forecast(
     sample: int = 20,
 ) -> Forecast:
     """Every selected customer's fate at the run's planned time; the first ``sample`` kept."""
+    if plan.trigger is not None:
+        return _forecast_events(engine, plan, plan.trigger, rules, fallback_zone, sample)
     found = Forecast(plan)
     occurrence = plan.occurrence
     with engine.connect() as conn:
@@ -75,16 +80,79 @@ def forecast(
                     fate = Fate(customer.email, "already queued", plan.repeat)
                 else:
                     recent = history.get(customer.id, [])
-                    state = outbox.customer_state(customer, recent, fallback_zone)
-                    decision = throttle.decide(
-                        plan.category, occurrence.at, occurrence.valid_until, state, rules
-                    )
-                    fate = Fate(customer.email, decision.action, _reason(decision))
+                    fate = _throttled(plan, customer, recent, rules, fallback_zone)
                 found.tally[(fate.action, fate.reason)] += 1
                 if len(found.sample) < sample:
                     why = because.get(customer.id, "")
                     found.sample.append(_with_why(fate, plan, seen.get(customer.id), why))
     return found
+
+
+def _throttled(
+    plan: Plan,
+    customer: profiles.Profile,
+    recent: list[throttle.Contact],
+    rules: throttle.Rules,
+    fallback_zone: ZoneInfo,
+) -> Fate:
+    """What the throttle would decide for this customer at the run's planned time."""
+    occurrence = plan.occurrence
+    state = outbox.customer_state(customer, recent, fallback_zone)
+    decision = throttle.decide(plan.category, occurrence.at, occurrence.valid_until, state, rules)
+    return Fate(customer.email, decision.action, _reason(decision))
+
+
+def _forecast_events(
+    engine: Engine,
+    plan: Plan,
+    trigger: Trigger,
+    rules: throttle.Rules,
+    fallback_zone: ZoneInfo,
+    sample: int,
+) -> Forecast:
+    """Each due event's fate: written before, cancelled by a later event, or the throttle's."""
+    found = Forecast(plan)
+    with engine.connect() as conn:
+        for chunk in _event_chunks(conn, plan, trigger):
+            people = {row["id"]: profiles.load(row) for row in chunk}
+            history = outbox.contacts(conn, list(people), plan.occurrence.at)
+            for row in chunk:
+                customer = people[row["id"]]
+                if row["written"]:
+                    fate = Fate(customer.email, "already queued", plan.repeat)
+                elif row["cancelled_by"]:
+                    fate = Fate(customer.email, "cancelled", f"{row['cancelled_by']} came first")
+                else:
+                    recent = history.get(customer.id, [])
+                    fate = _throttled(plan, customer, recent, rules, fallback_zone)
+                found.tally[(fate.action, fate.reason)] += 1
+                if len(found.sample) < sample:
+                    what = triggers.why(row["event_name"], row["occurred_at"], row["event_id"])
+                    reason = "; ".join(part for part in (fate.reason, what) if part)
+                    found.sample.append(Fate(fate.email, fate.action, reason))
+    return found
+
+
+def _event_chunks(conn: Connection, plan: Plan, trigger: Trigger) -> Iterator[list[RowMapping]]:
+    """The due events with their customers, a chunk at a time, oldest first."""
+    events = triggers.E
+    written = select(OUTBOX.c.id).where(OUTBOX.c.dedupe_key == dedupe_key(plan)).exists()
+    query = (
+        select(
+            CUSTOMERS,
+            events.id.label("event_id"),
+            events.name.label("event_name"),
+            events.occurred_at,
+            triggers.first_cancelling(trigger).label("cancelled_by"),
+            written.label("written"),
+        )
+        .select_from(triggers.of_customers())
+        .where(*triggers.due(trigger, plan.occurrence.at), *plan.audience)
+        .order_by(events.occurred_at, events.id)
+    )
+    rows = conn.execution_options(yield_per=CHUNK).execute(query).mappings()
+    while chunk := list(islice(rows, CHUNK)):
+        yield chunk
 
 
 def _chunks(conn: Connection, plan: Plan) -> Iterator[list[profiles.Profile]]:

@@ -10,6 +10,10 @@ message is once per something that outlives a run: ``reorder:42:cycle-2026-11-02
 written once per purchase cycle however many daily runs select the customer.
 Who is suppressed, unsubscribed or without consent is written as skipped with the reason,
 the same words the throttle uses, so a run's results account for everyone it selected.
+
+An event schedule's plan selects from the customers' events instead (scheduling.triggers),
+one message per event, in a single statement per pass; its run is the day's, and each pass
+adds to it what fell due since.
 """
 
 from __future__ import annotations
@@ -43,8 +47,10 @@ from mailer.core.categories import Category
 from mailer.customers.profiles import CUSTOMERS
 from mailer.outbound import outbox
 from mailer.outbound.outbox import OUTBOX
+from mailer.scheduling import triggers
 from mailer.scheduling.occurrences import Occurrence
 from mailer.scheduling.schedules import Audience
+from mailer.scheduling.triggers import Trigger
 from mailer.store.db import UTCDateTime
 from mailer.store.models import OutboxStatus, RunStatus, ScheduleRun
 
@@ -70,6 +76,7 @@ class Plan:
     repeat: str = "the run was done before"  # why a customer already written gets nothing
     # why each customer is chosen beyond the audience (a dry run's sample), by customer id
     explain: Callable[[Connection, Sequence[int]], Mapping[int, str]] | None = None
+    trigger: Trigger | None = None  # an event schedule's: one message per due event
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -106,6 +113,8 @@ def execute(
     ``finish`` runs in the transaction that marks the run done, so what it does (a webinar
     withdrawing its earlier messages) happens exactly when the run counts as done.
     """
+    if plan.trigger is not None:
+        return _execute_events(engine, plan, plan.trigger, now)
     run_id, done = _start(engine, plan, now)
     if done:
         return _result(engine, plan, run_id, already_done=True)
@@ -125,6 +134,50 @@ def execute(
             .values(status=RunStatus.DONE, finished_at=now, **counts)
         )
     return _result(engine, plan, run_id, already_done=False)
+
+
+def _execute_events(engine: Engine, plan: Plan, trigger: Trigger, now: datetime) -> RunResult:
+    """Every event due now into the day's run, in one statement; the result counts what
+    this pass wrote. A pass that finds nothing new writes nothing."""
+    run_id, _ = _start(engine, plan, now)
+    with engine.begin() as conn:
+        _withdraw_cancelled(conn, plan, trigger, now)
+        before = _counts(conn, run_id)
+        conn.execute(_insert_from_events(engine.dialect.name, plan, trigger, run_id, now))
+        counts = _counts(conn, run_id)
+        conn.execute(
+            update(RUNS)
+            .where(RUNS.c.id == run_id)
+            .values(status=RunStatus.DONE, finished_at=now, **counts)
+        )
+    return RunResult(
+        run_id=run_id,
+        schedule=plan.schedule,
+        occurrence=plan.occurrence.key,
+        zone=plan.occurrence.zone,
+        queued=counts["queued"] - before["queued"],
+        skipped=counts["skipped"] - before["skipped"],
+    )
+
+
+def _withdraw_cancelled(conn: Connection, plan: Plan, trigger: Trigger, now: datetime) -> None:
+    """A message still waiting (deferred by the throttle) when a cancelling event arrives
+    is withdrawn: the customer ordered before it was sent. What was sent stays sent."""
+    if not trigger.unless:
+        return
+    its_event = (
+        select(triggers.E.id)
+        .select_from(triggers.of_customers())
+        .where(
+            C.id == OUTBOX.c.customer_id,
+            triggers.E.name == trigger.event,
+            OUTBOX.c.dedupe_key == dedupe_key(plan),
+            triggers.cancelled(trigger),
+        )
+        .exists()
+    )
+    reason = f"{' or '.join(trigger.unless)} arrived before it was sent"
+    outbox.withdraw(conn, runs_of(conn, plan.schedule), reason, now, its_event)
 
 
 def runs_of(conn: Connection, schedule: str, occurrences: Sequence[str] = ()) -> list[int]:
@@ -174,9 +227,34 @@ def _start(engine: Engine, plan: Plan, now: datetime) -> tuple[int, bool]:
 
 def _insert_from_customers(dialect_name: str, plan: Plan, run_id: int, now: datetime) -> Any:
     """INSERT INTO outbox (...) SELECT ... FROM customers WHERE <audience> AND id in range."""
+    columns = _columns(dialect_name, plan, run_id, now)
+    in_range = and_(C.id > bindparam("low", type_=Integer()), C.id <= bindparam("high"))
+    selection = select(*columns.values()).where(in_range, *plan.audience)
+    return outbox.enqueue_selected(dialect_name, list(columns), selection)
+
+
+def _insert_from_events(
+    dialect_name: str, plan: Plan, trigger: Trigger, run_id: int, now: datetime
+) -> Any:
+    """INSERT INTO outbox (...) SELECT ... FROM customer_events JOIN customers WHERE the
+    event is due, not cancelled, its customer in the audience and its message not written
+    yet (which keeps PostgreSQL from spending an id on every event of every pass)."""
+    columns = _columns(dialect_name, plan, run_id, now)
+    columns["context"] = triggers.context(plan.context, dialect_name)
+    written = select(OUTBOX.c.id).where(OUTBOX.c.dedupe_key == dedupe_key(plan)).exists()
+    selection = (
+        select(*columns.values())
+        .select_from(triggers.of_customers())
+        .where(*triggers.due(trigger, now), ~triggers.cancelled(trigger), ~written, *plan.audience)
+    )
+    return outbox.enqueue_selected(dialect_name, list(columns), selection)
+
+
+def _columns(dialect_name: str, plan: Plan, run_id: int, now: datetime) -> dict[str, Any]:
+    """The outbox row of each selected customer."""
     occurrence = plan.occurrence
     status, reason = outbox.status_and_reason(plan.category)
-    columns = {
+    return {
         "dedupe_key": dedupe_key(plan),
         "customer_id": C.id,
         "to_address": C.email,
@@ -194,9 +272,6 @@ def _insert_from_customers(dialect_name: str, plan: Plan, run_id: int, now: date
         "updated_at": literal(now, UTCDateTime()),
         "run_id": literal(run_id),
     }
-    in_range = and_(C.id > bindparam("low", type_=Integer()), C.id <= bindparam("high"))
-    selection = select(*columns.values()).where(in_range, *plan.audience)
-    return outbox.enqueue_selected(dialect_name, list(columns), selection)
 
 
 def _json(value: Any, dialect_name: str) -> Any:

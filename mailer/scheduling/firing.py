@@ -27,11 +27,12 @@ from sqlalchemy.engine import Connection
 
 from mailer.core.config import Config
 from mailer.outbound import outbox
-from mailer.scheduling import audience, fanout, occurrences, purchases, webinars
+from mailer.scheduling import audience, fanout, occurrences, purchases, triggers, webinars
 from mailer.scheduling.fanout import Plan, RunResult
 from mailer.scheduling.occurrences import Occurrence, WebinarState
 from mailer.scheduling.schedules import (
     BirthdaySchedule,
+    EventSchedule,
     NewsletterSchedule,
     PurchaseSchedule,
     Schedule,
@@ -83,8 +84,10 @@ def fire_due(
 
     ``edited`` (schedule -> when its file last changed) keeps catch-up from reaching back
     before an edit too: a newsletter moved from 09:00 to 10:00 at noon is not sent again for
-    today's 10:00, which its old version already covered. ``zones`` are the zones in use,
-    when the caller has just read them.
+    today's 10:00, which its old version already covered. An event schedule keys each
+    message by its event, so an edit needs no such cut: its events since it was first seen
+    (or resumed) stay due. ``zones`` are the zones in use, when the caller has just read
+    them.
     """
     if zones is None:
         zones = customer_zones(engine, firing.fallback_zone)
@@ -92,7 +95,8 @@ def fire_due(
     results = []
     for name, schedule in schedules.items():
         known = seen.get(name, now)  # a disabled schedule counts from when it is enabled
-        since = max(known, (edited or {}).get(name, known), schedule.resumed_at or known)
+        changed = known if isinstance(schedule, EventSchedule) else (edited or {}).get(name, known)
+        since = max(known, changed, schedule.resumed_at or known)
         for plan in due_plans(engine, name, schedule, now, firing, zones, since=since):
             results.append(run(engine, plan, now, partial(progress, name)))
     return results
@@ -126,13 +130,15 @@ def due_plans(
 ) -> list[Plan]:
     """The runs a schedule owes at ``now``, none planned before ``since``. A dry run also
     lists those already run, and keeps nothing it noted (a webinar's new SEQUENCE is rolled
-    back)."""
+    back). An event schedule's run of the day is owed at every pass, for events before
+    ``since`` never (None: only its ``valid_for`` bounds how far back events are due)."""
     with engine.connect() as conn:
         state = _webinar_state(conn, name, schedule, now, firing)
-        done = set() if dry_run else fanout.done_occurrences(conn, name)
+        again = dry_run or isinstance(schedule, EventSchedule)
+        done = set() if again else fanout.done_occurrences(conn, name)
         due = occurrences.due(schedule, zones, now, state)
         plans = [
-            _plan(conn, name, schedule, occurrence, firing, state)
+            _plan(conn, name, schedule, occurrence, firing, state, since)
             for occurrence in due
             if (occurrence.key, occurrence.zone) not in done
             and (since is None or occurrence.at >= since)
@@ -173,6 +179,7 @@ def _plan(
     occurrence: Occurrence,
     firing: Firing,
     state: WebinarState,
+    since: datetime | None,
 ) -> Plan:
     def plan(
         template: str, who: list[ColumnElement[bool]], context: dict[str, Any], **how: Any
@@ -200,6 +207,22 @@ def _plan(
         days = occurrences.birthdays_on(date.fromisoformat(occurrence.key), schedule.feb29)
         chosen.append(audience.born_on(days))
         return plan(schedule.template, chosen, {"params": dict(schedule.params)})
+    if isinstance(schedule, EventSchedule):
+        trigger = triggers.Trigger(
+            event=schedule.event,
+            unless=tuple(schedule.unless),
+            delay=schedule.delay,
+            valid_for=schedule.valid_for,
+            since=since,
+        )
+        return plan(
+            schedule.template,
+            chosen,
+            {"params": dict(schedule.params)},
+            once_per=triggers.once_per(),
+            repeat="written before for this event",
+            trigger=trigger,
+        )
     if isinstance(schedule, PurchaseSchedule):
         chosen.append(audience.in_zone(occurrence.zone, firing.fallback_zone))
         day, zone = date.fromisoformat(occurrence.key), ZoneInfo(occurrence.zone)

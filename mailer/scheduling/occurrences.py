@@ -3,7 +3,8 @@
 An occurrence is one firing of a schedule for one zone's customers, named by a key that is
 the same however often it is computed: the local wall time for a newsletter
 ("2026-12-01T09:00"), the local date for birthdays and the purchase kinds ("2027-02-28"),
-the step for a webinar ("invite", "reminder-1d", "update-2", "cancel"). Firing records each
+the step for a webinar ("invite", "reminder-1d", "update-2", "cancel"), the UTC date for an
+event schedule, whose one run a day takes whatever events fell due in each pass. Firing records each
 key once, so a double fire, a restart or a repeated DST hour sends nothing twice, and
 catch-up after downtime is simply every occurrence still inside its ``valid_for`` window.
 
@@ -24,6 +25,7 @@ from apscheduler.triggers.cron import CronTrigger
 from mailer.core.durations import format_duration
 from mailer.scheduling.schedules import (
     Daily,
+    EventSchedule,
     NewsletterSchedule,
     Schedule,
     WebinarSchedule,
@@ -48,9 +50,12 @@ class WebinarState:
     sequence: int = 0
 
 
-def trigger(schedule: NewsletterSchedule | Daily, zone: str) -> CronTrigger:
-    """The APScheduler trigger for one zone (a newsletter in a fixed zone has only that one)."""
+def trigger(schedule: NewsletterSchedule | Daily | EventSchedule, zone: str) -> CronTrigger:
+    """The APScheduler trigger for one zone (a newsletter in a fixed zone has only that one);
+    an event schedule looks for due events every minute."""
     where = ZoneInfo(zone) if zone else UTC
+    if isinstance(schedule, EventSchedule):
+        return CronTrigger(minute="*", timezone=UTC)
     if isinstance(schedule, NewsletterSchedule):
         return CronTrigger.from_crontab(schedule.cron, timezone=where)
     return CronTrigger(hour=schedule.send_at.hour, minute=schedule.send_at.minute, timezone=where)
@@ -58,7 +63,7 @@ def trigger(schedule: NewsletterSchedule | Daily, zone: str) -> CronTrigger:
 
 def zones_for(schedule: Schedule, customer_zones: Iterable[str]) -> list[str]:
     """The zones a schedule fires in: each customer zone in use, one fixed zone, or none."""
-    if isinstance(schedule, WebinarSchedule):
+    if isinstance(schedule, WebinarSchedule | EventSchedule):
         return [EVERYONE]
     if isinstance(schedule, NewsletterSchedule) and schedule.timezone != "customer":
         assert isinstance(schedule.timezone, ZoneInfo)
@@ -77,6 +82,9 @@ def due(
         return []
     if isinstance(schedule, WebinarSchedule):
         return webinar_steps(schedule, webinar, now)
+    if isinstance(schedule, EventSchedule):  # messages are due now, valid_for from now
+        day = now.astimezone(UTC).date().isoformat()
+        return [Occurrence(key=day, zone=EVERYONE, at=now, valid_until=now + schedule.valid_for)]
     found: list[Occurrence] = []
     for zone in zones_for(schedule, customer_zones):
         fires = _fire_times(trigger(schedule, zone), now - schedule.valid_for, now)
@@ -199,7 +207,7 @@ def _once_per_wall_time(fires: Iterable[datetime]) -> Iterator[datetime]:
             yield fire
 
 
-def _key(schedule: NewsletterSchedule | Daily, fire: datetime) -> str:
+def _key(schedule: NewsletterSchedule | Daily | EventSchedule, fire: datetime) -> str:
     if isinstance(schedule, NewsletterSchedule):
         return fire.strftime("%Y-%m-%dT%H:%M")
     return fire.date().isoformat()

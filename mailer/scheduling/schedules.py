@@ -37,7 +37,7 @@ from mailer.core.categories import Category
 from mailer.core.clock import Clock
 from mailer.core.durations import format_duration, parse_duration
 from mailer.core.errors import Problem
-from mailer.core.fieldtypes import ClockTime, Duration, EmailAddress, LocaleTag, zone
+from mailer.core.fieldtypes import ClockTime, Duration, EmailAddress, EventName, LocaleTag, zone
 from mailer.core.money import currency_code, from_minor, to_minor
 from mailer.insight import rfm
 
@@ -134,6 +134,23 @@ def _purchase_category(value: Any) -> Category:
     raise ValueError(
         f"{value!r}: write 'marketing' (a review request, an offer) or 'relationship'"
         " (a plain thank-you)"
+    )
+
+
+def _not_negative(value: timedelta) -> timedelta:
+    if value < timedelta(0):
+        raise ValueError("must not be negative; write '0s' to send at once, or e.g. '1h'")
+    return value
+
+
+def _event_category(value: Any) -> Category:
+    """Mail a customer's own action sets off but did not ask for (a cart reminder) is
+    marketing; a welcome after signing up may be relationship. Transactional is for what
+    they asked for, and goes through the send API."""
+    if value in (Category.MARKETING, Category.RELATIONSHIP):
+        return Category(value)
+    raise ValueError(
+        f"{value!r}: write 'marketing' (a cart reminder, an offer) or 'relationship' (a welcome)"
     )
 
 
@@ -337,6 +354,19 @@ class AfterPurchaseSchedule(_Daily):
     category: Annotated[Category, BeforeValidator(_purchase_category)] = Category.MARKETING
 
 
+class EventSchedule(_Common):
+    """A message `delay` after each customer event named `event` (cart_abandoned) unless
+    one named in `unless` (order_placed) arrives for that customer first; once per event.
+    Only events that occur after mailer first saw the schedule fire; see
+    scheduling.triggers."""
+
+    kind: Literal["event"] = "event"
+    event: EventName
+    delay: Annotated[Duration, AfterValidator(_not_negative)]
+    unless: list[EventName] = []
+    category: Annotated[Category, BeforeValidator(_event_category)] = Category.MARKETING
+
+
 PurchaseSchedule = ReorderSchedule | WinbackSchedule | AfterPurchaseSchedule
 Daily = BirthdaySchedule | ReorderSchedule | WinbackSchedule | AfterPurchaseSchedule
 
@@ -407,7 +437,8 @@ Schedule = Annotated[
     | WebinarSchedule
     | ReorderSchedule
     | WinbackSchedule
-    | AfterPurchaseSchedule,
+    | AfterPurchaseSchedule
+    | EventSchedule,
     Field(discriminator="kind"),
 ]
 _SCHEDULE: TypeAdapter[Schedule] = TypeAdapter(Schedule)
@@ -418,6 +449,7 @@ _BY_KIND: dict[str, type[BaseModel]] = {
     "reorder": ReorderSchedule,
     "winback": WinbackSchedule,
     "after_purchase": AfterPurchaseSchedule,
+    "event": EventSchedule,
 }
 
 
@@ -505,7 +537,8 @@ def _key(loc: tuple[int | str, ...]) -> str:
 
 
 _KINDS = (
-    'write kind = "newsletter", "birthday", "webinar", "reorder", "winback" or "after_purchase"'
+    'write kind = "newsletter", "birthday", "webinar", "reorder", "winback", "after_purchase"'
+    ' or "event"'
 )
 
 

@@ -810,6 +810,8 @@ class CustomerEvent(SQLModel, table=True):
     __table_args__ = (
         # a timeline pages by time without a scan; a caller's id is kept once per customer
         Index("ix_customer_events_customer_at", "customer_id", "occurred_at"),
+        # an event schedule's pass finds the events of one name due in a window
+        Index("ix_customer_events_name_at", "name", "occurred_at"),
         UniqueConstraint("customer_id", "ref", name="uq_customer_events_customer_ref"),
     )
 

@@ -40,6 +40,7 @@ from mailer.scheduling.firing import Firing
 from mailer.scheduling.schedules import (
     AfterPurchaseSchedule,
     Audience,
+    EventSchedule,
     NewsletterSchedule,
     ReorderSchedule,
     Schedule,
@@ -51,7 +52,7 @@ from mailer.scheduling.schedules import (
 from mailer.store.models import Role
 from mailer.web.common import WebState, db, posted, render, require, state
 
-KINDS = ("newsletter", "birthday", "webinar", "reorder", "winback", "after_purchase")
+KINDS = ("newsletter", "birthday", "webinar", "reorder", "winback", "after_purchase", "event")
 COMMON = (
     "valid_for",
     "priority",
@@ -67,6 +68,7 @@ FIELDS = {
     "reorder": ("template", "send_at", "lead", *COMMON),
     "winback": ("template", "send_at", "below", *COMMON),
     "after_purchase": ("template", "send_at", "after", "categories", "category", *COMMON),
+    "event": ("template", "event", "delay", "unless", "category", *COMMON),
     "webinar": (
         "template",
         "title",
@@ -88,6 +90,7 @@ LISTS = {
     "audience.exclude_tags",
     "audience.locales",
     "categories",
+    "unless",
 }
 MOMENTS = {"starts_at", "invite_at"}  # written as TOML date-times when they parse as one
 NEW = {
@@ -100,6 +103,13 @@ NEW = {
         "template": "after_purchase",
         "send_at": "09:00",
         "after": "3d",
+        "category": "marketing",
+    },
+    "event": {
+        "template": "cart_abandoned",
+        "event": "cart_abandoned",
+        "delay": "1h",
+        "unless": "order_placed",
         "category": "marketing",
     },
 }
@@ -290,6 +300,9 @@ def _words(schedule: Schedule) -> str | None:
         return cron_words.describe(schedule.cron, zone)
     if isinstance(schedule, WebinarSchedule):
         return None
+    if isinstance(schedule, EventSchedule):
+        unless = f", unless {' or '.join(schedule.unless)} comes first" if schedule.unless else ""
+        return f"{format_duration(schedule.delay)} after each {schedule.event} event{unless}"
     clock, zone = schedule.send_at.strftime("%H:%M"), "in each customer's own time zone"
     if isinstance(schedule, ReorderSchedule):
         lead = format_duration(schedule.lead)
