@@ -35,7 +35,7 @@ DAY = timedelta(days=1)
 log = logging.getLogger("mailer.deliverability")
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class Counts:
     sent: int = 0
     deferred: int = 0  # the receiving server said "try later" (4xx)
