@@ -38,7 +38,7 @@ from mailer.hooks.sender import Webhooks
 from mailer.inbound.intake import AckPolicy
 from mailer.inbound.mailbox import Mailbox
 from mailer.inbound.watcher import Inbox
-from mailer.outbound import dkim, outbox, throttle
+from mailer.outbound import deliverability, dkim, outbox, throttle
 from mailer.outbound.delivery import Delivery
 from mailer.outbound.outbox import Policy
 from mailer.outbound.prepare import Preparer
@@ -164,6 +164,11 @@ def build_scheduler(
         on_queued=wake,
         on_told=tell,
         digests=Digests.from_config(cfg, engine),
+        watch=deliverability.Watch(
+            engine=engine,
+            limits=deliverability.Thresholds.from_config(cfg),
+            zone=cfg.settings.business_hours.timezone,
+        ),
     )
 
 

@@ -182,6 +182,7 @@ def seeded(
             "/sandbox/1",
             "/webhooks",
             "/api-keys",
+            "/deliverability",
             f"/api-keys/{shop.id}/revoke",
             "/no-such-page",
         ],

@@ -29,6 +29,7 @@ from mailer.cli import (
     outbox,
     sandbox,
     schedules,
+    stats,
     templates,
     users,
     webhooks,
@@ -62,6 +63,7 @@ app.add_typer(insights.app, name="insights")
 app.add_typer(api_keys.app, name="api-keys")
 app.add_typer(webhooks.app, name="webhooks")
 app.add_typer(dkim.app, name="dkim")
+app.command("stats")(stats.stats)
 db_app = group("Database schema.")
 app.add_typer(db_app, name="db")
 

@@ -227,6 +227,11 @@ class BounceSettings(Section):
     return_path: Annotated[str, AfterValidator(_return_path)] | None = None
     soft_limit: int = Field(default=3, ge=1)  # this many soft bounces in a row ...
     soft_window: Duration = timedelta(days=14)  # ... within this time suppress the address
+    # rates past which `mailer stats`, the deliverability page and the log warn: Gmail and
+    # Yahoo (2024) junk senders whose spam complaints pass 0.3%; a hard-bounce rate over a
+    # few percent says a list is stale, and relays (Amazon SES reviews at 5%) act on it
+    complaint_rate_max: float = Field(default=0.003, gt=0, lt=1)
+    bounce_rate_max: float = Field(default=0.02, gt=0, lt=1)
 
 
 class SandboxSettings(Section):

@@ -578,15 +578,26 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat()
 
 
-def suppress(conn: Connection, emails: Collection[str], reason: str, now: datetime) -> int:
+def suppress(
+    conn: Connection, emails: Collection[str], reason: str, now: datetime, actor: str = "bounces"
+) -> int:
     """Stop all mail, transactional too, to addresses that cannot receive it (a hard bounce);
-    the first reason is kept, so a later report does not hide when it began."""
-    result = conn.execute(
-        update(CUSTOMERS)
-        .where(CUSTOMERS.c.email.in_(sorted(set(emails))), CUSTOMERS.c.suppressed_reason.is_(None))
-        .values(suppressed_reason=reason, updated_at=now)
+    the first reason is kept, so a later report does not hide when it began. The history
+    keeps when and why, for the customer's timeline and the deliverability figures."""
+    suppressed = (
+        conn.execute(
+            update(CUSTOMERS)
+            .where(
+                CUSTOMERS.c.email.in_(sorted(set(emails))), CUSTOMERS.c.suppressed_reason.is_(None)
+            )
+            .values(suppressed_reason=reason, updated_at=now)
+            .returning(CUSTOMERS.c.id)
+        )
+        .scalars()
+        .all()
     )
-    return int(result.rowcount)
+    _log(conn, [(id_, Change("suppressed_reason", None, reason)) for id_ in suppressed], actor, now)
+    return len(suppressed)
 
 
 def set_preferences(

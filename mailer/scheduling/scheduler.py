@@ -30,6 +30,7 @@ from sqlalchemy.exc import OperationalError
 from mailer.core.clock import Clock
 from mailer.core.errors import Problem
 from mailer.customers import followups
+from mailer.outbound import deliverability
 from mailer.scheduling import firing, occurrences
 from mailer.scheduling.digests import Digests
 from mailer.scheduling.fanout import RunResult
@@ -103,6 +104,7 @@ class Scheduler:
     on_queued: Callable[[], None] = lambda: None
     on_told: Callable[[], None] = lambda: None  # webhooks were recorded: wake their worker
     digests: Digests | None = None  # the morning digest of follow-ups, asked every minute
+    watch: deliverability.Watch | None = None  # bounce and complaint rates, looked at hourly
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _jobs: AsyncIOScheduler | None = None
     _zones: list[str] | None = None  # as the last sync read them; every firing follows one
@@ -164,6 +166,8 @@ class Scheduler:
                 await self._fire()
                 await self._send_digests()
                 await self._tell_due_followups()
+                if self.watch is not None:
+                    await self._step(self.watch.tick, _nothing, "looking at deliverability")
                 await _first(stop, reload, self._wake, timeout=CHECK_SECONDS)
                 if reload.is_set() or await asyncio.to_thread(self.schedules.changed):
                     reload.clear()
@@ -258,3 +262,7 @@ async def _first(*events: asyncio.Event, timeout: float) -> None:
     finally:
         for waiter in waiters:
             waiter.cancel()
+
+
+def _nothing() -> None:
+    """What follows a step that queues nothing."""

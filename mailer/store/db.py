@@ -65,6 +65,13 @@ def quarter_hour(column: Any, dialect: str) -> ColumnElement[int]:
     return cast(func.strftime("%s", column), BigInteger) // QUARTER_HOUR
 
 
+def domain_of(column: Any, dialect: str) -> ColumnElement[str]:
+    """The part of a stored address after its @, lower-cased, for counts per domain."""
+    if dialect == "postgresql":
+        return func.lower(func.split_part(column, "@", 2))
+    return func.lower(func.substr(column, func.instr(column, "@") + 1))
+
+
 def normalise_url(url: str) -> str:
     """Accept plain ``postgresql://`` URLs and use the psycopg 3 driver for them."""
     parsed = make_url(url)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -21,6 +22,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from mailer.core.clock import Clock
+from mailer.outbound import deliverability
 from mailer.outbound.outbox import ATTEMPTS, OUTBOX, WAITING
 from mailer.store.models import MAILBOX_STATE, OutboxStatus
 from mailer.web.clients import proxied
@@ -28,6 +30,8 @@ from mailer.web.common import db, state
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LOOPBACK = {"127.0.0.1", "::1"}
+DAY = timedelta(days=1)
+UTC_ZONE = ZoneInfo("UTC")
 
 
 async def healthz(request: Request) -> Response:
@@ -83,6 +87,7 @@ class Figures(Collector):
                 .group_by(ATTEMPTS.c.outcome)
             ).all()
             moved = conn.execute(select(MAILBOX_STATE.c.mailbox, MAILBOX_STATE.c.updated_at)).all()
+            day = deliverability.total(deliverability.collect(conn, now - DAY, now, UTC_ZONE))
         messages = GaugeMetricFamily(
             "mailer_messages", "Outbox messages by status", labels=["status"]
         )
@@ -103,7 +108,26 @@ class Figures(Collector):
         )
         for mailbox, updated_at in moved:
             lag.add_metric([mailbox], _seconds_since(updated_at, now))
-        return [messages, queue, smtp, lag]
+        return [messages, queue, smtp, lag, *_deliverability(day)]
+
+
+def _deliverability(day: deliverability.Counts) -> list[GaugeMetricFamily]:
+    """The last 24 hours as `mailer stats` counts them, and the rates providers judge by."""
+    counts = GaugeMetricFamily(
+        "mailer_deliverability_last_day",
+        "Sent, deferred, bounced, complained about and suppressed in the last 24 hours",
+        labels=["kind"],
+    )
+    for kind in deliverability.COUNTED:
+        counts.add_metric([kind], getattr(day, kind))
+    rates = GaugeMetricFamily(
+        "mailer_deliverability_rate_last_day",
+        "Hard bounces and complaints per message sent in the last 24 hours",
+        labels=["kind"],
+    )
+    rates.add_metric(["bounce"], day.bounce_rate or 0.0)
+    rates.add_metric(["complaint"], day.complaint_rate or 0.0)
+    return [counts, rates]
 
 
 def _seconds_since(then: datetime, now: datetime) -> float:

@@ -1,14 +1,16 @@
 """Operators' pages, for admins only: the outbox by status with its failures on top, a
 retry for each and a cancel for what has not gone yet, the messages the local sandbox
-captured instead of delivering, and the webhooks with every delivery attempt.
+captured instead of delivering, the webhooks with every delivery attempt, and how the mail
+is doing with the receiving providers (deliverability).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine
 from sqlalchemy.engine import Connection
@@ -19,10 +21,10 @@ from starlette.routing import Route
 
 from mailer.hooks import deliveries, endpoints
 from mailer.hooks.events import EventType
-from mailer.outbound import outbox
+from mailer.outbound import deliverability, outbox
 from mailer.sandbox import smtp_server
 from mailer.store.models import OutboxStatus
-from mailer.web.common import checked_form, db, render, require, state
+from mailer.web.common import checked_form, db, render, require, state, viewer_zone
 
 LISTED = 100
 STATUSES = [status.value for status in OutboxStatus]
@@ -105,6 +107,43 @@ async def webhooks_page(request: Request) -> Response:
     return render(request, "ops_webhooks.html", found)
 
 
+@require()
+async def deliverability_page(request: Request) -> Response:
+    """The last days per day and receiving domain, in the reader's zone, with the rates
+    providers judge the sender by and a warning where one is over its threshold."""
+    web = state(request)
+    zone = viewer_zone(request)
+    days = _days(request.query_params.get("days"))
+    found = await db(request, _deliverability, web.engine, web.clock.now(), zone, days)
+    limits = deliverability.Thresholds.from_config(web.cfg)
+    rows = found["rows"]
+    return render(
+        request,
+        "ops_deliverability.html",
+        {
+            "rows": rows,
+            "days": days,
+            "total": deliverability.total(rows),
+            "limits": limits,
+            "warnings": deliverability.warnings(rows, limits),
+        },
+    )
+
+
+DAY_CHOICES = (1, 7, 30, 90)
+
+
+def _days(text: str | None) -> int:
+    return int(text) if text and text.isdigit() and int(text) in DAY_CHOICES else 7
+
+
+def _deliverability(engine: Engine, now: datetime, zone: ZoneInfo, days: int) -> dict[str, Any]:
+    start = now.astimezone(zone).replace(hour=0, minute=0, second=0, microsecond=0)
+    since = start - timedelta(days=days - 1)
+    with engine.connect() as conn:
+        return {"rows": deliverability.collect(conn, since, now, zone)}
+
+
 def _webhooks(engine: Engine, failed: str | None) -> dict[str, Any]:
     with engine.connect() as conn:
         return {
@@ -140,4 +179,5 @@ routes = [
     Route("/sandbox", sandbox_page),
     Route("/sandbox/{id:int}", sandbox_message),
     Route("/webhooks", webhooks_page),
+    Route("/deliverability", deliverability_page),
 ]

@@ -1,0 +1,59 @@
+"""`mailer stats`: how the installation's mail is doing, per day and receiving domain."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import timedelta
+from typing import Any
+
+import typer
+
+from mailer.cli.common import JSON_OPTION, app_of, err, print_json, print_table
+from mailer.outbound import deliverability
+from mailer.outbound.deliverability import Counts, Row
+
+COLUMNS = ("day", "domain", *deliverability.COUNTED, "bounce_rate", "complaint_rate")
+
+
+def stats(
+    ctx: typer.Context,
+    days: int = typer.Option(7, "--days", min=1, max=400, help="Days back, today included."),
+    top: int = typer.Option(10, "--top", min=1, help="Domains shown; the rest are summed."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Sent, deferred, soft and hard bounces, complaints and suppressions per day and domain
+    (days in [business_hours] timezone), with the rates providers judge a sender by."""
+    app_ = app_of(ctx)
+    cfg, now = app_.config, app_.clock.now()
+    zone = cfg.settings.business_hours.timezone
+    start = now.astimezone(zone).replace(hour=0, minute=0, second=0, microsecond=0)
+    since = (start - timedelta(days=days - 1)).astimezone(now.tzinfo)
+    with app_.engine().connect() as conn:
+        rows = deliverability.collect(conn, since, now, zone, top=top)
+    limits = deliverability.Thresholds.from_config(cfg)
+    found = deliverability.warnings(rows, limits)
+    if as_json:
+        print_json(
+            {
+                "since": since,
+                "until": now,
+                "thresholds": asdict(limits),
+                "total": _figures(deliverability.total(rows)),
+                "days": [_row(row) for row in rows],
+                "warnings": found,
+            }
+        )
+        return
+    print_table([_row(row) for row in rows], COLUMNS, f"Mail since {since:%Y-%m-%d}")
+    print_table([_figures(deliverability.total(rows))], COLUMNS[2:], "All of it")
+    for warning in found:
+        err.print(f"warning: {warning}")
+
+
+def _row(row: Row) -> dict[str, Any]:
+    return {"day": row.day, "domain": row.domain, **_figures(row.counts)}
+
+
+def _figures(counts: Counts) -> dict[str, Any]:
+    rates = {"bounce_rate": counts.bounce_rate, "complaint_rate": counts.complaint_rate}
+    return {**asdict(counts), **{k: None if v is None else round(v, 5) for k, v in rates.items()}}
