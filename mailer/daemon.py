@@ -25,7 +25,7 @@ from mailer.hooks.sender import Webhooks
 from mailer.inbound.intake import AckPolicy
 from mailer.inbound.mailbox import Mailbox
 from mailer.inbound.watcher import Inbox
-from mailer.outbound import throttle
+from mailer.outbound import rates, throttle
 from mailer.outbound.delivery import Delivery
 from mailer.outbound.outbox import Policy
 from mailer.outbound.prepare import Preparer
@@ -55,9 +55,8 @@ def build_delivery(cfg: Config, engine: Engine, clock: Clock, target: SmtpTarget
         lease=LEASE,
     )
     preparer = Preparer(cfg, TemplateStore(cfg.templates_dir), tokens.load_secret(cfg))
-    return Delivery(
-        engine=engine, preparer=preparer, pool=SmtpPool(target, clock), policy=policy, clock=clock
-    )
+    pool = SmtpPool(target, clock, rates.shared(engine, target, clock))
+    return Delivery(engine=engine, preparer=preparer, pool=pool, policy=policy, clock=clock)
 
 
 SANDBOX_PASSWORD = "sandbox"  # the sandbox IMAP server listens on loopback only
