@@ -23,7 +23,7 @@ async def login(request: Request) -> Response:
     web = state(request)
     now = web.clock.now()
     client = request.client.host if request.client else ""
-    if not web.guard.attempt(name, client, now):
+    if not await db(request, web.guard.attempt, name, client, now):
         message = "Too many failed sign-ins. Wait a quarter of an hour and try again."
         return render(request, "login.html", {"next": target, "error": message}, 429)
     async with web.hashing:  # argon2 takes 64 MiB and tens of ms: a few at a time
@@ -31,7 +31,7 @@ async def login(request: Request) -> Response:
     if user is None:
         message = "That name and password do not match an active account."
         return render(request, "login.html", {"next": target, "error": message, "name": name}, 401)
-    web.guard.succeeded(name, client)
+    await db(request, web.guard.succeeded, name, client)
     request.session.clear()  # a fresh session (and CSRF token) at every sign-in
     request.session["user"] = user.id
     return RedirectResponse(target, status_code=303)

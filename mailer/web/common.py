@@ -29,7 +29,8 @@ from mailer.core import fieldtypes
 from mailer.core.clock import Clock
 from mailer.core.config import Config
 from mailer.staff import users
-from mailer.staff.users import LoginGuard, SignedIn
+from mailer.staff.signins import LoginGuard
+from mailer.staff.users import SignedIn
 from mailer.store.models import Role
 
 HERE = Path(__file__).parent
@@ -50,9 +51,12 @@ class WebState:
     clock: Clock
     secret: bytes
     templates: Jinja2Templates
-    guard: LoginGuard = field(default_factory=LoginGuard)
     hashing: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
     rendering: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
+    guard: LoginGuard = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.guard = LoginGuard(engine=self.engine)  # counted with every other process
 
 
 def state(request: Request) -> WebState:
