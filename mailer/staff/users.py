@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 
 from mailer.core import fieldtypes
 from mailer.core.errors import MailerError, NotFound
+from mailer.staff import sessions
 from mailer.store.models import Role, User
 
 USERS: Table = User.__table__  # type: ignore[attr-defined]
@@ -43,12 +44,10 @@ def add(
     conn: Connection, name: str, role: Role, password: str, now: datetime, **details: str | None
 ) -> int:
     """A new account; ``details`` are display_name, timezone and email (see ``change``)."""
-    if len(password) < MIN_PASSWORD:
-        raise MailerError(f"the password must have at least {MIN_PASSWORD} characters")
     values = {
         "name": name,
         "role": role.value,
-        "password_hash": HASHER.hash(password),
+        "password_hash": _hashed(password),
         "disabled": False,
         "created_at": now,
         **_checked(details),
@@ -105,8 +104,28 @@ def assignable(conn: Connection) -> list[str]:
 
 
 def disable(conn: Connection, name: str) -> None:
-    if not conn.execute(update(USERS).where(USERS.c.name == name).values(disabled=True)).rowcount:
+    """No more sign-ins, and every session the user has ends at once, in every process."""
+    _change_and_sign_out(conn, name, disabled=True)
+
+
+def set_password(conn: Connection, name: str, password: str) -> None:
+    """A new password ends every session signed in with the old one (it may have leaked)."""
+    _change_and_sign_out(conn, name, password_hash=_hashed(password))
+
+
+def _hashed(password: str) -> str:
+    if len(password) < MIN_PASSWORD:
+        raise MailerError(f"the password must have at least {MIN_PASSWORD} characters")
+    return HASHER.hash(password)
+
+
+def _change_and_sign_out(conn: Connection, name: str, **values: Any) -> None:
+    found = conn.execute(
+        update(USERS).where(USERS.c.name == name).values(**values).returning(USERS.c.id)
+    ).scalar()
+    if found is None:
         raise NotFound(f"no user named {name!r}")
+    sessions.end_all(conn, found)
 
 
 @functools.cache
