@@ -100,7 +100,7 @@ async def test_a_webinars_page_and_its_runs_totals(
     with engine.connect() as conn:
         ids = dict(conn.execute(select(OUTBOX.c.to_address, OUTBOX.c.id)).all())
     sent = Outcome(outbox_id=ids["maria@example.bg"], result=Result.SENT, at=clock.now())
-    outbox.record(engine, [sent])
+    outbox.record(engine, [sent], {sent.outbox_id: 0})  # never claimed: lease token 0
 
     await sign_in(page, site, "mia")
     await page.goto(f"{site.url}/schedules/{name}")
