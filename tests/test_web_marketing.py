@@ -221,6 +221,7 @@ async def test_schedules_show_next_fire_times_and_what_a_run_became(
     assert response is not None and response.status == 404
 
     runs = _fire_newsletter_and_deliver_some(engine, cfg, clock)
+    await sign_in(page, site, "mia")  # a week later: her session ran out after 12 idle hours
     await page.goto(site.url + "/schedules/newsletter")
     sofia = page.locator(f"#run-{runs['Europe/Sofia']}")
     await expect(sofia).to_contain_text("1 queued, 1 skipped")  # at fan-out: Иван gave no consent

@@ -75,6 +75,8 @@ async def test_marketing_makes_pauses_and_resumes_a_newsletter(
     await expect(page.get_by_role("main")).to_contain_text("paused")
     clock.set(datetime(2026, 11, 30, 2, 30, tzinfo=UTC))  # Monday 10:30 in Manila
     assert _fire(engine, cfg, clock, "vip-news") == []
+    await sign_in(page, site, "mia")  # six days later: her session ran out after 12 idle hours
+    await page.goto(site.url + "/schedules/vip-news")
     await page.get_by_role("button", name="Resume").click()
     await expect(page.get_by_role("button", name="Pause")).to_be_visible()
     assert _fire(engine, cfg, clock, "vip-news") == []  # this morning's is not caught up

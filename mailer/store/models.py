@@ -172,8 +172,8 @@ class OutboxMessage(SQLModel, table=True):
     due_at: datetime = _when(nullable=False)
     valid_until: datetime | None = _when()
     lease_until: datetime | None = _when()
-    lease_token: int = Field(
-        default=0, description="bumped by every claim: a result counts only from its holder"
+    lease_token: int = Field(  # bumped by every claim: a result counts only from its holder
+        default=0, sa_column=Column(Integer, nullable=False, server_default=text("0"))
     )
     attempts: int = 0
     message_id: str | None = Field(default=None, max_length=300)
