@@ -38,7 +38,7 @@ from mailer.hooks.sender import Webhooks
 from mailer.inbound.intake import AckPolicy
 from mailer.inbound.mailbox import Mailbox
 from mailer.inbound.watcher import Inbox
-from mailer.outbound import deliverability, dkim, outbox, throttle
+from mailer.outbound import deliverability, dkim, outbox, rates, throttle
 from mailer.outbound.delivery import Delivery
 from mailer.outbound.outbox import Policy
 from mailer.outbound.prepare import Preparer
@@ -73,11 +73,9 @@ def build_delivery(
         worker=worker,
     )
     store = TemplateStore(cfg.templates_dir)
-    signer = dkim.from_config(cfg)
-    preparer = Preparer(cfg, store, tokens.load_secret(cfg), signer)
-    return Delivery(
-        engine=engine, preparer=preparer, pool=SmtpPool(target, clock), policy=policy, clock=clock
-    )
+    preparer = Preparer(cfg, store, tokens.load_secret(cfg), dkim.from_config(cfg))
+    pool = SmtpPool(target, clock, rates.shared(engine, target, clock))
+    return Delivery(engine=engine, preparer=preparer, pool=pool, policy=policy, clock=clock)
 
 
 SANDBOX_PASSWORD = "sandbox"  # the sandbox IMAP server listens on loopback only

@@ -587,6 +587,17 @@ def test_users_are_added_with_a_role_and_listed_without_their_password(with_demo
     assert empty.returncode == 1 and "at least 10 characters" in empty.stderr
 
 
+def test_a_new_password_is_set_from_the_command_line_and_checked(with_demo: Mailer) -> None:
+    add_user(with_demo, "sam")
+    new = "a brand new passphrase\n"
+    changed = with_demo("users", "password", "sam", "--password-stdin", stdin=new)
+    assert "sam has a new password; their sessions have ended" in changed.stdout
+    short = with_demo("users", "password", "sam", "--password-stdin", check=False, stdin="x\n")
+    assert short.returncode == 1 and "at least 10 characters" in short.stderr
+    nobody = with_demo("users", "password", "zed", "--password-stdin", check=False, stdin=new)
+    assert nobody.returncode == 1 and "no user named 'zed'" in nobody.stderr
+
+
 def test_web_serves_the_app_alone_and_stops_on_sigterm(
     with_demo: Mailer, project: dict[str, str]
 ) -> None:

@@ -238,7 +238,7 @@ async def test_a_cancelled_stuck_message_is_not_queued_again_by_its_late_worker(
     with road.engine.begin() as conn:
         assert outbox.cancel(conn, claimed.id, now)
     late = Outcome(outbox_id=claimed.id, result=Result.RELEASED, at=now, reason="waiting: shutdown")
-    outbox.record(road.engine, [late])
+    outbox.record(road.engine, [late], outbox.leases([claimed]))
     assert road.status("k7")["status"] == "cancelled"
     assert await road.deliver(after=timedelta(hours=1)) == 0
     assert road.sink.received == []

@@ -239,6 +239,7 @@ async def test_the_desk_marks_inquiries_past_their_promised_answer_time(
     await page.goto(f"{site.url}/inquiries?late=1")
     await expect(page.locator("#inquiries tbody tr")).to_have_text([re.compile("No inquiries")])
     clock.advance(promised - clock.now() + timedelta(minutes=1))
+    await sign_in(page, site, "sam")  # sessions end after 12 idle hours
     await page.goto(f"{site.url}/inquiries")
     await page.get_by_role("link", name="Overdue").click()
     rows = page.locator("#inquiries tbody tr")

@@ -144,7 +144,8 @@ def sent(engine: Engine, customer_id: int, key: str, at: datetime) -> int:
     outbox.enqueue(engine, [message], at)
     with engine.connect() as conn:
         (row,) = [r for r in outbox.find(conn, customer_id=customer_id) if r["dedupe_key"] == key]
-    outbox.record(engine, [Outcome(outbox_id=row["id"], result=Result.SENT, at=at)])
+    sent = Outcome(outbox_id=row["id"], result=Result.SENT, at=at)
+    outbox.record(engine, [sent], {row["id"]: 0})  # never claimed: lease token 0
     return int(row["id"])
 
 
@@ -327,6 +328,7 @@ def test_two_messages_to_one_customer_recorded_in_one_batch_keep_the_later(
             Outcome(outbox_id=ids[0], result=Result.SENT, at=later),
             Outcome(outbox_id=ids[1], result=Result.SENT, at=T0),
         ],
+        dict.fromkeys(ids, 0),
     )
     with engine.connect() as conn:
         assert contacts.last_of(conn, maria)["out"] == {"at": later, "channel": "email"}

@@ -141,7 +141,8 @@ def seeded(
     outbox.enqueue(engine, [letter], now)
     with engine.connect() as conn:
         failed = outbox.find(conn)[0]["id"]
-    outbox.record(engine, [Outcome(outbox_id=failed, result=Result.FAILED, at=now, reason="550")])
+    fail = Outcome(outbox_id=failed, result=Result.FAILED, at=now, reason="550")
+    outbox.record(engine, [fail], {failed: 0})  # never claimed: token 0
     token = tokens.sign(tokens.load_secret(cfg), maria)
     confirming = tokens.sign_confirmation(tokens.load_secret(cfg), ana, now + timedelta(days=1))
     return Seeded(

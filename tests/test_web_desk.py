@@ -248,6 +248,7 @@ async def test_the_customer_page_shows_a_throttled_newsletter_with_its_reason(
                 subject="Новини",
             )
         ],
+        outbox.leases(claimed),
     )
     with engine.connect() as conn:
         (deferred,) = outbox.find(conn, status=OutboxStatus.DEFERRED)

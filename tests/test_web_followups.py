@@ -47,7 +47,8 @@ async def test_a_follow_up_from_an_inquiry_becomes_overdue_is_snoozed_then_done(
     await expect(nav_count).to_have_count(0)
 
     clock.advance(timedelta(days=4))
-    await page.reload()
+    await sign_in(page, site, "sam")  # her session ran out after 12 idle hours
+    await page.goto(site.url + "/followups")
     await expect(nav_count).to_have_text("1")
     overdue = page.get_by_role("region", name="Overdue")
     await overdue.get_by_role("button", name="Snooze 1d").click()

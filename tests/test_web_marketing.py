@@ -221,6 +221,7 @@ async def test_schedules_show_next_fire_times_and_what_a_run_became(
     assert response is not None and response.status == 404
 
     runs = _fire_newsletter_and_deliver_some(engine, cfg, clock)
+    await sign_in(page, site, "mia")  # a week later: her session ran out after 12 idle hours
     await page.goto(site.url + "/schedules/newsletter")
     sofia = page.locator(f"#run-{runs['Europe/Sofia']}")
     await expect(sofia).to_contain_text("1 queued, 1 skipped")  # at fan-out: Иван gave no consent
@@ -284,6 +285,7 @@ def _fire_newsletter_and_deliver_some(
                 reason="550 5.1.1 no such user",
             ),
         ],
+        dict.fromkeys(ids.values(), 0),  # never claimed: lease token 0
     )
     with engine.begin() as conn:
         profiles.unsubscribe(conn, MARIA, now + timedelta(hours=1))
@@ -310,6 +312,7 @@ async def test_an_admin_retries_a_failed_message_and_cancels_it_from_the_outbox(
     outbox.record(
         engine,
         [Outcome(outbox_id=failed, result=Result.FAILED, at=now, reason="554 5.7.1 rejected")],
+        {failed: 0},  # never claimed: lease token 0
     )
     await sign_in(page, site, "ada")
     await page.goto(site.url + "/outbox")

@@ -76,6 +76,8 @@ async def test_marketing_makes_pauses_and_resumes_a_newsletter(
     await expect(page.get_by_role("main")).to_contain_text("paused")
     clock.set(datetime(2026, 11, 30, 2, 30, tzinfo=UTC))  # Monday 10:30 in Manila
     assert _fire(engine, cfg, clock, "vip-news") == []
+    await sign_in(page, site, "mia")  # six days later: her session ran out after 12 idle hours
+    await page.goto(site.url + "/schedules/vip-news")
     await page.get_by_role("button", name="Resume").click()
     await expect(page.get_by_role("button", name="Pause")).to_be_visible()
     assert _fire(engine, cfg, clock, "vip-news") == []  # this morning's is not caught up
@@ -101,7 +103,7 @@ async def test_a_webinars_page_and_its_runs_totals(
     with engine.connect() as conn:
         ids = dict(conn.execute(select(OUTBOX.c.to_address, OUTBOX.c.id)).all())
     sent = Outcome(outbox_id=ids["maria@example.bg"], result=Result.SENT, at=clock.now())
-    outbox.record(engine, [sent])
+    outbox.record(engine, [sent], {sent.outbox_id: 0})  # never claimed: lease token 0
 
     await sign_in(page, site, "mia")
     await page.goto(f"{site.url}/schedules/{name}")

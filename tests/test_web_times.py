@@ -127,7 +127,7 @@ async def test_an_admin_in_manila_reads_the_outbox_in_manila_and_one_without_a_z
         queued = outbox.find(conn)[0]["id"]
     stored = "retrying at 2026-11-24 13:00 UTC after: 421 busy"  # as delivery writes it
     failed = Outcome(outbox_id=queued, result=Result.FAILED, at=clock.now(), reason=stored)
-    outbox.record(engine, [failed])
+    outbox.record(engine, [failed], {queued: 0})
     await sign_in(page, site, "ada")
     await page.goto(site.url + "/outbox")
     row = page.locator("tbody tr").first

@@ -223,7 +223,7 @@ async def test_messages_sent_and_bounced_are_told_to_those_who_asked(
     sent = outbox.Outcome(
         outbox_id=queued["id"], result=outbox.Result.SENT, at=clock.now(), message_id="<m1@x>"
     )
-    outbox.record(engine, [sent])
+    outbox.record(engine, [sent], {queued["id"]: 0})  # never claimed: lease token 0
     with engine.begin() as conn:
         outbox.mark_bounced(conn, [queued["id"]], "550 5.1.1 no such user", clock.now())
     assert await worker(engine, clock).deliver_due() == 2

@@ -17,30 +17,36 @@ TIMEZONE = typer.Option(None, "--timezone", help="IANA zone for due times and th
 EMAIL = typer.Option(None, "--email", help="Where the morning digest of follow-ups goes.")
 
 
+PASSWORD_STDIN = typer.Option(
+    False, "--password-stdin", help="Read the password from standard input (for scripts)."
+)
+
+
+def _password(from_stdin: bool) -> str:
+    """Asked for twice, or read from stdin."""
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    return str(typer.prompt("Password", hide_input=True, confirmation_prompt=True))
+
+
 @app.command("add")
 def add(
     ctx: typer.Context,
     name: str,
     role: Role = typer.Option(..., help="support, marketing or admin"),
-    password_stdin: bool = typer.Option(
-        False, "--password-stdin", help="Read the password from standard input (for scripts)."
-    ),
+    password_stdin: bool = PASSWORD_STDIN,
     display_name: str = DISPLAY_NAME,
     timezone: str = TIMEZONE,
     email: str = EMAIL,
 ) -> None:
     """Add an account; the password is asked for twice (or read from stdin)."""
-    if password_stdin:
-        password = sys.stdin.readline().rstrip("\n")
-    else:
-        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
     app_ = app_of(ctx)
     with app_.engine().begin() as conn:
         users.add(
             conn,
             name,
             role,
-            password,
+            _password(password_stdin),
             app_.clock.now(),
             display_name=display_name,
             timezone=timezone,
@@ -61,10 +67,18 @@ def list_(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
 
 @app.command("disable")
 def disable(ctx: typer.Context, name: str) -> None:
-    """Stop an account from signing in; its sessions end at their next request."""
+    """Stop an account from signing in; every session it has ends at once."""
     with app_of(ctx).engine().begin() as conn:
         users.disable(conn, name)
     out.print(f"{name} can no longer sign in")
+
+
+@app.command("password")
+def password(ctx: typer.Context, name: str, password_stdin: bool = PASSWORD_STDIN) -> None:
+    """Give an account a new password; every session signed in with the old one ends."""
+    with app_of(ctx).engine().begin() as conn:
+        users.set_password(conn, name, _password(password_stdin))
+    out.print(f"{name} has a new password; their sessions have ended")
 
 
 @app.command("set")

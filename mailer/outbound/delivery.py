@@ -61,8 +61,13 @@ class Delivery:
             )
             if not claimed:
                 break
-            outcomes = await self._deliver(claimed)
-            await asyncio.to_thread(outbox.record, self.engine, outcomes)
+            held = outbox.leases(claimed)
+            keeper = asyncio.ensure_future(self._keep_leases(held))
+            try:
+                outcomes = await self._deliver(claimed)
+            finally:
+                keeper.cancel()
+            await asyncio.to_thread(outbox.record, self.engine, outcomes, held)
             handled += len(claimed)
             tally = Counter(outcome.result for outcome in outcomes)
             log.info("delivery: %s", ", ".join(f"{n} {what}" for what, n in sorted(tally.items())))
@@ -75,9 +80,20 @@ class Delivery:
         try:
             sent = await asyncio.gather(*(self._send(m, by_id[m.outbox_id]) for m in ready))
         except asyncio.CancelledError:
-            await asyncio.to_thread(outbox.record, self.engine, self._release(ready, "shutdown"))
+            released = self._release(ready, "shutdown")
+            await asyncio.to_thread(outbox.record, self.engine, released, outbox.leases(claimed))
             raise
         return outcomes + list(sent)
+
+    async def _keep_leases(self, held: dict[int, int]) -> None:
+        """While a batch is in flight, push its lease forward every third of its length: a
+        slow server or a low shared rate can make a batch outlast the lease, and another
+        worker would then claim and send the same messages again."""
+        lease = self.policy.lease
+        while True:
+            await asyncio.sleep(lease.total_seconds() / 3)
+            until = self.clock.now() + lease
+            await asyncio.to_thread(outbox.extend, self.engine, held, until)
 
     def _prepare(
         self, claimed: Sequence[Claimed], now: datetime

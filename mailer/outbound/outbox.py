@@ -5,6 +5,12 @@ then a claim gives due rows to one worker with a lease, the throttle decides per
 inside that same transaction, and each delivery attempt is recorded. A worker that dies
 leaves its leased rows to come back when the lease runs out, or at once when its death is
 known (``take_back``).
+
+Every claim bumps the row's lease token (a fencing token): a result is written only by
+the worker whose token the row still holds. A worker that lost its lease (it stalled past
+the lease and another worker claimed the row again) finds its result logged as a late
+attempt, never over the new holder's state, so it can neither queue the message again nor
+mark as failed what the other worker sent.
 """
 
 from __future__ import annotations
@@ -306,6 +312,12 @@ class Claimed:
     created_at: datetime
     valid_until: datetime | None
     customer: profiles.Profile | None
+    lease: int = 0  # this claim's fencing token (0: not claimed, a preview); see ``record``
+
+
+def leases(claimed: Iterable[Claimed]) -> dict[int, int]:
+    """The fencing tokens a worker holds, by row: what ``record`` and ``extend`` check."""
+    return {item.id: item.lease for item in claimed}
 
 
 def _claimed(row: Mapping[str, Any], customer: profiles.Profile | None) -> Claimed:
@@ -323,6 +335,7 @@ def _claimed(row: Mapping[str, Any], customer: profiles.Profile | None) -> Claim
         created_at=row["created_at"],
         valid_until=row["valid_until"],
         customer=customer,
+        lease=row["lease_token"],
     )
 
 
@@ -379,7 +392,11 @@ def _claim_rows(
         update(OUTBOX)
         .where(OUTBOX.c.id.in_(due.scalar_subquery()))
         .values(
-            status=OutboxStatus.SENDING, lease_until=lease_until, worker_id=worker, updated_at=now
+            status=OutboxStatus.SENDING,
+            lease_until=lease_until,
+            lease_token=OUTBOX.c.lease_token + 1,
+            worker_id=worker,
+            updated_at=now,
         )
         .returning(*OUTBOX.c)
     )
@@ -560,6 +577,7 @@ class Result(StrEnum):
     RETRY = "retry"
     FAILED = "failed"
     RELEASED = "released"  # back to the queue untried: no attempt is recorded
+    LATE = "late"  # only on an attempt: the result of a worker that had lost the lease
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -577,23 +595,60 @@ class Outcome:
     subject: str | None = None
 
 
-def record(engine: Engine, outcomes: Sequence[Outcome]) -> None:
-    """Write a batch of outcomes and their attempts in one transaction."""
+def record(engine: Engine, outcomes: Sequence[Outcome], held: Mapping[int, int]) -> list[int]:
+    """Write a batch of outcomes and their attempts in one transaction, each only if its row
+    still holds the lease token in ``held`` (see ``leases``); returns the rows whose result
+    came too late, each logged as a late attempt and nothing else."""
     if not outcomes:
-        return
+        return []
     with engine.begin() as conn:
         for result, statement in _RESULT_STATEMENTS.items():
-            params = [_params(o) for o in outcomes if o.result == result]
+            params = [_params(o, held) for o in outcomes if o.result == result]
             if params:
                 conn.execute(statement, params)
-        attempts = [_attempt(o) for o in outcomes if o.result != Result.RELEASED]
+        # after the fenced updates: a row they matched is locked by this transaction, and a
+        # token that did not match only grows, so this split is exact
+        lost = _lost(conn, held, [o.outbox_id for o in outcomes])
+        current = [o for o in outcomes if o.outbox_id not in lost]
+        attempts = [_attempt(o) for o in current if o.result != Result.RELEASED]
+        attempts += [_late(o) for o in outcomes if o.outbox_id in lost]
         if attempts:
             conn.execute(insert(ATTEMPTS), attempts)
-        sent = {o.outbox_id: o.at for o in outcomes if o.result == Result.SENT}
+        sent = {o.outbox_id: o.at for o in current if o.result == Result.SENT}
         _reached(conn, sent)
         if sent:
             now = max(sent.values())
             webhooks.record(conn, EventType.MESSAGE_SENT, _told(conn, list(sent)), now)
+    return sorted(lost)
+
+
+def _lost(conn: Connection, held: Mapping[int, int], ids: list[int]) -> set[int]:
+    """The rows another claim has taken since this worker's."""
+    tokens = conn.execute(select(OUTBOX.c.id, OUTBOX.c.lease_token).where(OUTBOX.c.id.in_(ids)))
+    return {row_id for row_id, token in tokens if token != held[row_id]}
+
+
+def extend(engine: Engine, held: Mapping[int, int], until: datetime) -> int:
+    """Push the lease of rows still being sent by this worker to ``until``, so a batch that
+    runs long (a slow server, a low rate) is not claimed again while it is in flight;
+    returns how many rows this worker still holds."""
+    if not held:
+        return 0
+    statement = (
+        update(OUTBOX)
+        .where(
+            OUTBOX.c.id == bindparam("_id"),
+            OUTBOX.c.lease_token == bindparam("_lease"),
+            OUTBOX.c.status == OutboxStatus.SENDING,
+        )
+        .values(lease_until=until)
+    )
+    with engine.begin() as conn:
+        conn.execute(statement, [{"_id": i, "_lease": token} for i, token in held.items()])
+        still = select(func.count()).where(
+            OUTBOX.c.id.in_(list(held)), OUTBOX.c.lease_until == until
+        )
+        return int(conn.execute(still).scalar_one())
 
 
 def _told(conn: Connection, ids: list[int]) -> Iterator[dict[str, Any]]:
@@ -633,9 +688,10 @@ def _reached(conn: Connection, sent: dict[int, datetime]) -> None:
     contact_log.reached(conn, [(customer, sent[row]) for row, customer in conn.execute(query)])
 
 
-def _params(outcome: Outcome) -> dict[str, Any]:
+def _params(outcome: Outcome, held: Mapping[int, int]) -> dict[str, Any]:
     return {
         "_id": outcome.outbox_id,
+        "_lease": held[outcome.outbox_id],
         "_at": outcome.at,
         "_reason": outcome.reason,
         "_retry_at": outcome.retry_at,
@@ -654,12 +710,24 @@ def _attempt(outcome: Outcome) -> dict[str, Any]:
     }
 
 
+def _late(outcome: Outcome) -> dict[str, Any]:
+    """The result of a worker that had lost its lease, kept for the record only."""
+    said = outcome.smtp_reply or outcome.reason or ""
+    return {
+        **_attempt(outcome),
+        "outcome": Result.LATE,
+        "smtp_reply": f"late result after lease lost: {outcome.result}: {said}"[:2000],
+    }
+
+
 def _result_statement(**values: Any) -> Any:
     """A message an operator cancelled while it was being sent takes no result, so its
     worker cannot queue it again; one the server accepted is recorded as sent all the
     same, because that is what the customer got."""
     common: dict[str, Any] = {"lease_until": None, "updated_at": bindparam("_at")}
-    statement = update(OUTBOX).where(OUTBOX.c.id == bindparam("_id"))
+    statement = update(OUTBOX).where(
+        OUTBOX.c.id == bindparam("_id"), OUTBOX.c.lease_token == bindparam("_lease")
+    )
     if values["status"] != OutboxStatus.SENT:
         statement = statement.where(OUTBOX.c.status != OutboxStatus.CANCELLED)
     return statement.values(**common, **values)

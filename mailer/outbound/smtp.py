@@ -7,6 +7,7 @@ import random
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
+from typing import Protocol
 
 import aiosmtplib
 
@@ -93,8 +94,16 @@ def backoff(attempts: int, rng: random.Random) -> timedelta:
     return delay * rng.uniform(0.75, 1.25)
 
 
+class Pacer(Protocol):
+    """What spaces sends out: this process's own limit, or one shared by every process
+    (mailer.outbound.rates.SharedRate)."""
+
+    async def wait(self) -> None: ...
+
+
 class RateLimiter:
-    """At most ``rate`` sends a second on average; waiting callers queue, none is refused."""
+    """At most ``rate`` sends a second on average in this process; waiting callers queue,
+    none is refused."""
 
     def __init__(self, rate: float, clock: Clock) -> None:
         self._interval = 1.0 / rate if rate > 0 else 0.0
@@ -120,11 +129,11 @@ class RateLimiter:
 class SmtpPool:
     """Up to ``pool_size`` open connections, each used by one send at a time and kept open."""
 
-    def __init__(self, target: SmtpTarget, clock: Clock) -> None:
+    def __init__(self, target: SmtpTarget, clock: Clock, pacer: Pacer | None = None) -> None:
         self.target = target
         self._idle: list[aiosmtplib.SMTP] = []
         self._slots = asyncio.Semaphore(target.pool_size)
-        self._rate = RateLimiter(target.rate_per_second, clock)
+        self._rate = pacer or RateLimiter(target.rate_per_second, clock)
 
     async def send(self, sender: str, recipient: str, data: bytes) -> str:
         """The server's final reply; raises an aiosmtplib error or SmtpUnavailable."""

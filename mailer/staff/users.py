@@ -1,4 +1,4 @@
-"""People who sign in to the web app, and how many wrong passwords they may try.
+"""People who sign in to the web app (how many wrong passwords they may try: signins).
 
 Passwords are kept only as argon2id hashes (argon2-cffi: the OWASP recommendation, with
 parameters that can be raised later; old hashes are upgraded at the next sign-in).
@@ -7,10 +7,9 @@ parameters that can be raised later; old hashes are upgraded at the next sign-in
 from __future__ import annotations
 
 import functools
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from argon2 import PasswordHasher
@@ -21,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 
 from mailer.core import fieldtypes
 from mailer.core.errors import MailerError, NotFound
+from mailer.staff import sessions
 from mailer.store.models import Role, User
 
 USERS: Table = User.__table__  # type: ignore[attr-defined]
@@ -44,12 +44,10 @@ def add(
     conn: Connection, name: str, role: Role, password: str, now: datetime, **details: str | None
 ) -> int:
     """A new account; ``details`` are display_name, timezone and email (see ``change``)."""
-    if len(password) < MIN_PASSWORD:
-        raise MailerError(f"the password must have at least {MIN_PASSWORD} characters")
     values = {
         "name": name,
         "role": role.value,
-        "password_hash": HASHER.hash(password),
+        "password_hash": _hashed(password),
         "disabled": False,
         "created_at": now,
         **_checked(details),
@@ -106,8 +104,28 @@ def assignable(conn: Connection) -> list[str]:
 
 
 def disable(conn: Connection, name: str) -> None:
-    if not conn.execute(update(USERS).where(USERS.c.name == name).values(disabled=True)).rowcount:
+    """No more sign-ins, and every session the user has ends at once, in every process."""
+    _change_and_sign_out(conn, name, disabled=True)
+
+
+def set_password(conn: Connection, name: str, password: str) -> None:
+    """A new password ends every session signed in with the old one (it may have leaked)."""
+    _change_and_sign_out(conn, name, password_hash=_hashed(password))
+
+
+def _hashed(password: str) -> str:
+    if len(password) < MIN_PASSWORD:
+        raise MailerError(f"the password must have at least {MIN_PASSWORD} characters")
+    return HASHER.hash(password)
+
+
+def _change_and_sign_out(conn: Connection, name: str, **values: Any) -> None:
+    found = conn.execute(
+        update(USERS).where(USERS.c.name == name).values(**values).returning(USERS.c.id)
+    ).scalar()
+    if found is None:
         raise NotFound(f"no user named {name!r}")
+    sessions.end_all(conn, found)
 
 
 @functools.cache
@@ -147,52 +165,6 @@ def _signed_in(row: Any) -> SignedIn:
     return SignedIn(
         id=int(row["id"]), name=row["name"], role=Role(row["role"]), timezone=row["timezone"]
     )
-
-
-@dataclass(kw_only=True)
-class LoginGuard:
-    """At most ``attempts`` failed sign-ins for one name from one client, and ``per_client``
-    from one client whatever the names, in ``window``.
-
-    A name is never locked for everyone: what one client gets wrong locks that client out,
-    so nobody can lock a colleague out by guessing at their name. An attempt counts from
-    the moment it starts, and is forgiven only when it succeeds, so requests sent in
-    parallel cannot all slip in before the first failure is recorded. Kept in memory: a
-    restart forgetting the count gives an attacker no more than waiting would.
-    """
-
-    attempts: int = 5
-    per_client: int = 20
-    window: timedelta = timedelta(minutes=15)
-    _tries: dict[tuple[str | None, str], deque[datetime]] = field(default_factory=dict)
-
-    def attempt(self, name: str, client: str, now: datetime) -> bool:
-        """Start an attempt: False (and nothing recorded) when a limit is reached."""
-        limits = self._limits(name, client)
-        if any(len(self._recent(key, now)) >= limit for key, limit in limits):
-            return False
-        for key, _ in limits:
-            self._tries.setdefault(key, deque()).append(now)
-        return True
-
-    def succeeded(self, name: str, client: str) -> None:
-        """Forgive the name's failures from this client, and this attempt in the client's
-        count, so that an office behind one address is not locked out by signing in."""
-        (pair, _), (whole, _) = self._limits(name, client)
-        self._tries.pop(pair, None)
-        if tries := self._tries.get(whole):
-            tries.pop()
-
-    def _limits(self, name: str, client: str) -> list[tuple[tuple[str | None, str], int]]:
-        return [((name.casefold(), client), self.attempts), ((None, client), self.per_client)]
-
-    def _recent(self, key: tuple[str | None, str], now: datetime) -> deque[datetime]:
-        tries = self._tries.get(key, deque())
-        while tries and tries[0] <= now - self.window:
-            tries.popleft()
-        if not tries:
-            self._tries.pop(key, None)  # names seen once do not pile up
-        return tries
 
 
 def shown_name(conn: Connection, name: str) -> str:

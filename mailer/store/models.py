@@ -172,6 +172,9 @@ class OutboxMessage(SQLModel, table=True):
     due_at: datetime = _when(nullable=False)
     valid_until: datetime | None = _when()
     lease_until: datetime | None = _when()
+    lease_token: int = Field(  # bumped by every claim: a result counts only from its holder
+        default=0, sa_column=Column(Integer, nullable=False, server_default=text("0"))
+    )
     attempts: int = 0
     message_id: str | None = Field(default=None, max_length=300)
     subject: str | None = Field(default=None, max_length=998, description="as rendered at send")
@@ -377,6 +380,35 @@ class User(SQLModel, table=True):
     display_name: str | None = Field(default=None, max_length=200)
     timezone: str | None = Field(default=None, max_length=64, description="IANA zone")
     email: str | None = Field(default=None, max_length=320, description="for the digest")
+
+
+class WebSession(SQLModel, table=True):
+    """A signed-in browser; the cookie carries only a random id, kept here as its SHA-256,
+    so signing out, disabling the user or a new password ends it in every process.
+    Written only by mailer.staff.sessions."""
+
+    __tablename__ = "web_sessions"
+
+    id_hash: str = Field(primary_key=True, max_length=64, description="SHA-256 of the id, hex")
+    user_id: int = _belongs_to("users.id")
+    created_at: datetime = _when(nullable=False)
+    last_seen_at: datetime = _when(nullable=False)
+    expires_at: datetime = _when(nullable=False, index=True)
+
+
+class SignInAttempt(SQLModel, table=True):
+    """A sign-in under way or failed, counted by every process serving the web app; written
+    only by mailer.staff.signins."""
+
+    __tablename__ = "sign_in_attempts"
+    __table_args__ = (Index("ix_sign_in_attempts_client_at", "client", "at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    client: str = Field(max_length=64, description="the client's address")
+    name: str | None = Field(
+        default=None, max_length=100, description="casefolded; None once forgiven for the name"
+    )
+    at: datetime = _when(nullable=False)
 
 
 class InquiryEvent(SQLModel, table=True):
@@ -800,6 +832,16 @@ class FormRateWindow(SQLModel, table=True):
     subject: str = Field(primary_key=True, max_length=64, description="sha256 of the ip or address")
     window_start: datetime = Field(sa_type=UTCDateTime, primary_key=True)
     requests: int
+
+
+class RateBucket(SQLModel, table=True):
+    """A rate shared by every process, as the time its next free slot starts (the virtual
+    schedule of a token bucket); written only by mailer.outbound.rates."""
+
+    __tablename__ = "rate_buckets"
+
+    name: str = Field(primary_key=True, max_length=50)
+    free_at: float = Field(description="seconds since the epoch when the next slot is free")
 
 
 class CustomerEvent(SQLModel, table=True):

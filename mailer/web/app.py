@@ -1,22 +1,21 @@
 """The web app: support's desk, marketing's previews and results, customers' unsubscribe,
 and the public forms a company's website posts to.
 
-Served by the daemon (``[web] bind``) and by ``mailer web`` alone. Sessions are signed
-cookies (HttpOnly, SameSite=Lax, Secure when ``base_url`` is https); every form carries a
-CSRF token; every page checks the role it is for.
+Served by the daemon (``[web] bind``) and by ``mailer web`` alone. Sessions are kept in
+the database, the cookie carrying only a random id (HttpOnly, SameSite=Lax, Secure when
+``base_url`` is https), so every process serving the app sees a sign-out at once; every
+form carries a CSRF token; every page checks the role it is for.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
-from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Engine
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -31,9 +30,8 @@ from mailer.store.models import Role
 from mailer.web import auth, forms, health, times, unsubscribe
 from mailer.web.clients import ClientAddress
 from mailer.web.common import HERE, WebState, render, require
+from mailer.web.sessions import SessionCookie
 
-SESSION_COOKIE = "mailer_session"
-SESSION_AGE = timedelta(hours=12)
 # The app's own pages run only its own script; mail previews are sandboxed iframes whose
 # remote images this policy keeps from loading (img-src has no remote origins).
 POLICY = (
@@ -106,14 +104,7 @@ def create_app(
     middleware = [
         Middleware(ClientAddress, proxies=cfg.settings.web.trusted_proxies),
         Middleware(SecurityHeaders),
-        Middleware(
-            SessionMiddleware,
-            secret_key=web.secret.hex(),
-            session_cookie=SESSION_COOKIE,
-            max_age=int(SESSION_AGE.total_seconds()),
-            same_site="lax",
-            https_only=https,
-        ),
+        Middleware(SessionCookie, https=https),
     ]
     app = Starlette(
         routes=routes, middleware=middleware, exception_handlers={HTTPException: http_error}

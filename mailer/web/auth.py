@@ -9,8 +9,8 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from mailer.staff import users
-from mailer.staff.users import SignedIn
+from mailer.staff import sessions, users
+from mailer.web import sessions as web_sessions
 from mailer.web.common import checked_form, db, render, state
 
 
@@ -23,29 +23,42 @@ async def login(request: Request) -> Response:
     web = state(request)
     now = web.clock.now()
     client = request.client.host if request.client else ""
-    if not web.guard.attempt(name, client, now):
+    if not await db(request, web.guard.attempt, name, client, now):
         message = "Too many failed sign-ins. Wait a quarter of an hour and try again."
         return render(request, "login.html", {"next": target, "error": message}, 429)
+    visit = web_sessions.visit(request)
     async with web.hashing:  # argon2 takes 64 MiB and tens of ms: a few at a time
-        user = await db(request, _authenticate, request, name, password)
-    if user is None:
+        started = await db(request, _sign_in, request, name, password, visit.id)
+    if started is None:
         message = "That name and password do not match an active account."
         return render(request, "login.html", {"next": target, "error": message, "name": name}, 401)
-    web.guard.succeeded(name, client)
-    request.session.clear()  # a fresh session (and CSRF token) at every sign-in
-    request.session["user"] = user.id
+    await db(request, web.guard.succeeded, name, client)
+    visit.replace(started)  # a new session id (and CSRF token) at every sign-in
     return RedirectResponse(target, status_code=303)
 
 
-def _authenticate(request: Request, name: str, password: str) -> SignedIn | None:
-    with state(request).engine.begin() as conn:
-        return users.authenticate(conn, name, password)
+def _sign_in(request: Request, name: str, password: str, previous: str) -> str | None:
+    """A new server-side session for the user, ending the one this browser had, if any."""
+    web = state(request)
+    with web.engine.begin() as conn:
+        user = users.authenticate(conn, name, password)
+        if user is None:
+            return None
+        sessions.end(conn, previous)
+        return sessions.start(conn, user.id, web.clock.now())
 
 
 async def logout(request: Request) -> Response:
     await checked_form(request)
-    request.session.clear()
+    visit = web_sessions.visit(request)
+    await db(request, _sign_out, request, visit.id)
+    visit.replace(sessions.new_id())
     return RedirectResponse("/login", status_code=303)
+
+
+def _sign_out(request: Request, session_id: str) -> None:
+    with state(request).engine.begin() as conn:
+        sessions.end(conn, session_id)
 
 
 def _safe_next(target: str) -> str:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import hmac
-import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 from urllib.parse import quote
@@ -28,9 +28,11 @@ from starlette.templating import Jinja2Templates
 from mailer.core import fieldtypes
 from mailer.core.clock import Clock
 from mailer.core.config import Config
-from mailer.staff import users
-from mailer.staff.users import LoginGuard, SignedIn
+from mailer.staff import sessions, users
+from mailer.staff.signins import LoginGuard
+from mailer.staff.users import SignedIn
 from mailer.store.models import Role
+from mailer.web import sessions as web_sessions
 
 HERE = Path(__file__).parent
 CSRF_FIELD = "csrf"
@@ -50,9 +52,12 @@ class WebState:
     clock: Clock
     secret: bytes
     templates: Jinja2Templates
-    guard: LoginGuard = field(default_factory=LoginGuard)
     hashing: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
     rendering: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
+    guard: LoginGuard = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.guard = LoginGuard(engine=self.engine)  # counted with every other process
 
 
 def state(request: Request) -> WebState:
@@ -92,19 +97,15 @@ def current_user(request: Request) -> SignedIn | None:
 
 def csrf_token(request: Request) -> str:
     """One token per session, in every form and in htmx's requests (base.html)."""
-    token = request.session.get(CSRF_FIELD)
-    if not isinstance(token, str):
-        token = secrets.token_urlsafe(32)
-        request.session[CSRF_FIELD] = token
-    return token
+    return web_sessions.csrf(request, state(request).secret)
 
 
 async def checked_form(request: Request) -> FormData:
     """The posted form, refused (403) unless it carries this session's CSRF token."""
     form = await request.form()
     sent = form.get(CSRF_FIELD) or request.headers.get(CSRF_HEADER) or ""
-    expected = request.session.get(CSRF_FIELD)
-    if not isinstance(sent, str) or not isinstance(expected, str):
+    expected = csrf_token(request)
+    if not isinstance(sent, str):
         raise HTTPException(403, "This form has expired. Go back, reload the page and try again.")
     if not hmac.compare_digest(sent, expected):
         raise HTTPException(403, "This form has expired. Go back, reload the page and try again.")
@@ -117,8 +118,7 @@ def require(*roles: Role) -> Callable[[Endpoint], Endpoint]:
     def wrap(endpoint: Endpoint) -> Endpoint:
         @functools.wraps(endpoint)
         async def guarded(request: Request) -> Response:
-            user_id = request.session.get("user")
-            user = await db(request, _user, state(request).engine, user_id)
+            user = await signed_in_user(request)
             if user is None:
                 target = quote(
                     request.url.path + ("?" + request.url.query if request.url.query else "")
@@ -153,11 +153,20 @@ def posted(*roles: Role) -> Callable[[FormEndpoint], Endpoint]:
     return wrap
 
 
-def _user(engine: Engine, user_id: Any) -> SignedIn | None:
-    if not isinstance(user_id, int):
+async def signed_in_user(request: Request) -> SignedIn | None:
+    """Whom this browser's session belongs to: nobody once it was signed out, or the user
+    was disabled or given a new password, in this process or any other."""
+    current = web_sessions.visit(request)
+    if current.fresh:
         return None
-    with engine.connect() as conn:
-        return users.get(conn, user_id)
+    web = state(request)
+    return await db(request, _user, web.engine, current.id, web.clock.now())
+
+
+def _user(engine: Engine, session_id: str, now: datetime) -> SignedIn | None:
+    with engine.begin() as conn:
+        user_id = sessions.user_of(conn, session_id, now)
+        return users.get(conn, user_id) if user_id is not None else None
 
 
 def render(
