@@ -33,7 +33,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.engine import Connection
 
 from mailer.api import attachments
@@ -168,8 +168,7 @@ def send(
             attachments=files,
         )
         outbox.enqueue_in(conn, [message], api.clock.now())
-        query = select(outbox.OUTBOX.c.id).where(outbox.OUTBOX.c.dedupe_key == dedupe_key)
-        row = outbox.get(conn, conn.execute(query).scalar_one())
+        row = outbox.get_by_key(conn, dedupe_key)
     assert row is not None
     if row["request_hash"] != digest:
         conflict = FieldError(pointer="", field="Idempotency-Key", detail="used with another body")
@@ -269,10 +268,11 @@ def body_limit(settings: ApiSettings) -> tuple[int, str]:
     )
 
 
+_CUSTOMER_ID = select(profiles.CUSTOMERS.c.id).where(profiles.CUSTOMERS.c.email == bindparam("_a"))
+
+
 def _customer_id(conn: Connection, address: str) -> int | None:
-    column = profiles.CUSTOMERS.c
-    query = select(column.id).where(column.email == address.lower())
-    return conn.execute(query).scalar_one_or_none()
+    return conn.execute(_CUSTOMER_ID, {"_a": address.lower()}).scalar_one_or_none()
 
 
 def _view(row: dict[str, Any]) -> MessageView:

@@ -16,7 +16,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, TextIO
 
-from sqlalchemy import Engine, Select, Table, delete, insert, select, update
+from sqlalchemy import Engine, Select, Table, bindparam, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.sql.elements import ColumnElement
@@ -45,6 +45,7 @@ CHANGES: Table = CustomerChange.__table__  # type: ignore[attr-defined]
 # who the history names for what customers chose themselves: a link, their preferences page
 CUSTOMER_ACTOR = "the customer"
 ACTOR_MAX = 100  # customer_changes.actor
+_IS_ERASED = select(ERASED.c.address_hash).where(ERASED.c.address_hash == bindparam("hash"))
 ERASED_REASON = "erased at the customer's request"
 Progress = Callable[[int], None]
 SHOWN = [c for c in CUSTOMERS.c if c.name != "search_text"]  # that one is the search's own
@@ -691,8 +692,7 @@ def address_hash(email: str) -> str:
 
 
 def is_erased(conn: Connection, email: str) -> bool:
-    found = select(ERASED.c.address_hash).where(ERASED.c.address_hash == address_hash(email))
-    return conn.execute(found).first() is not None
+    return conn.execute(_IS_ERASED, {"hash": address_hash(email)}).first() is not None
 
 
 def erase(conn: Connection, customer: Profile, now: datetime) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
+from functools import lru_cache
 from itertools import islice
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -35,7 +36,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, RowMapping
 
 from mailer.core import jsonvalues
 from mailer.core.categories import Category
@@ -151,11 +152,19 @@ def _address_problem(address: str) -> str | None:
 
 def _insert_new(conn: Connection, rows: list[dict[str, Any]]) -> dict[str, int]:
     """The ids of the rows that were new, by dedupe key (a replayed key adds nothing)."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(OUTBOX).on_conflict_do_nothing(index_elements=["dedupe_key"])
     # rowcount is not reported for batched inserts on PostgreSQL: count what came back
-    returned = conn.execute(statement.returning(OUTBOX.c.dedupe_key, OUTBOX.c.id), rows)
+    returned = conn.execute(_statements_for(conn.dialect.name), rows)
     return {key: id_ for key, id_ in returned}
+
+
+@lru_cache(maxsize=2)
+def _statements_for(dialect_name: str) -> Any:
+    """The enqueue INSERT, built once per dialect: a transactional send through the API
+    queues one message a call, and building a statement costs more than running it
+    (SQLAlchemy memoises the cache key of a statement object it has seen)."""
+    dialect = postgresql if dialect_name == "postgresql" else sqlite
+    statement = dialect.insert(OUTBOX).on_conflict_do_nothing(index_elements=["dedupe_key"])
+    return statement.returning(OUTBOX.c.dedupe_key, OUTBOX.c.id)
 
 
 def _attach(conn: Connection, added: Mapping[str, int], batch: Sequence[NewMessage]) -> None:
@@ -827,11 +836,26 @@ def counts(conn: Connection) -> dict[str, int]:
     return {status: count for status, count in conn.execute(query)}
 
 
+# built once: the API reads the message back on every send
+_BY_ID = select(OUTBOX).where(OUTBOX.c.id == bindparam("_id"))
+_BY_KEY = select(OUTBOX).where(OUTBOX.c.dedupe_key == bindparam("_key"))
+_ATTEMPTS_OF = (
+    select(ATTEMPTS).where(ATTEMPTS.c.outbox_id == bindparam("_id")).order_by(ATTEMPTS.c.at)
+)
+
+
 def get(conn: Connection, outbox_id: int) -> dict[str, Any] | None:
-    row = conn.execute(select(OUTBOX).where(OUTBOX.c.id == outbox_id)).mappings().one_or_none()
+    return _with_attempts(conn, conn.execute(_BY_ID, {"_id": outbox_id}).mappings().one_or_none())
+
+
+def get_by_key(conn: Connection, dedupe_key: str) -> dict[str, Any] | None:
+    """As ``get``, the message queued under this dedupe key."""
+    found = conn.execute(_BY_KEY, {"_key": dedupe_key}).mappings().one_or_none()
+    return _with_attempts(conn, found)
+
+
+def _with_attempts(conn: Connection, row: RowMapping | None) -> dict[str, Any] | None:
     if row is None:
         return None
-    attempts = conn.execute(
-        select(ATTEMPTS).where(ATTEMPTS.c.outbox_id == outbox_id).order_by(ATTEMPTS.c.at)
-    ).mappings()
+    attempts = conn.execute(_ATTEMPTS_OF, {"_id": row["id"]}).mappings()
     return {**row, "attempts_log": [dict(a) for a in attempts]}
