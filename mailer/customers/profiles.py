@@ -231,8 +231,17 @@ def _upsert(
             report.updated += 1
     if values:
         conn.execute(_upsert_statement(conn), values)
-    _replace_tags(conn, [r for r in rows if r.tags is not None])
+    _replace_tags(conn, [r for r in rows if _retags(r, existing, old_tags)])
     _log(conn, changes, actor, now)
+
+
+def _retags(row: CustomerRow, existing: Mapping[str, Any], stored: Mapping[int, list[str]]) -> bool:
+    """The row gives tags other than the customer's: a shop that sends its whole list again
+    rewrites no tags of the customers it already had right."""
+    if row.tags is None:
+        return False
+    before = existing.get(row.email)
+    return before is None or set(stored.get(before["id"], [])) != set(row.tags)
 
 
 def _row_changes(
