@@ -3,6 +3,7 @@ PostgreSQL, delivered to a real SMTP server, once however often the call is retr
 
 from __future__ import annotations
 
+import base64
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -36,6 +37,8 @@ TEMPLATES = {
 }
 RECEIPT = {"template": "receipt", "to": "ana@example.com", "data": {"order": "A-1", "total": "9 €"}}
 BODY_LIMIT = 4096
+ATTACHMENT_LIMIT = 51200  # bytes: [api] attachment_max_mb below
+PDF = b"%PDF-1.7\n" + bytes(range(256)) * 8 + b"\n%%EOF\n"
 
 
 @pytest.fixture
@@ -50,6 +53,8 @@ def cfg(tmp_path: Path) -> Config:
         {
             "MAILER_PATHS__TEMPLATES": str(tmp_path / "templates"),
             "MAILER_API__MAX_BODY_BYTES": str(BODY_LIMIT),
+            "MAILER_API__ATTACHMENT_MAX_MB": str(ATTACHMENT_LIMIT / 1024 / 1024),
+            "MAILER_API__ATTACHMENT_MAX_COUNT": "3",
         },
     )
 
@@ -252,3 +257,123 @@ def test_a_suppressed_customer_is_not_sent_to_and_the_answer_says_why(
         profiles.suppress(conn, ["ana@example.com"], "hard bounce", clock.now())
     message = send(site, RECEIPT, sender).json()
     assert message["status"] == "skipped" and message["reason"] == "suppressed: hard bounce"
+
+
+def attached(
+    filename: str, content: bytes, content_type: str = "application/pdf"
+) -> dict[str, str]:
+    encoded = base64.b64encode(content).decode()
+    return {"filename": filename, "content_type": content_type, "content": encoded}
+
+
+def stored_attachments(engine: Engine) -> int:
+    with engine.connect() as conn:
+        query = select(func.count()).select_from(outbox.ATTACHMENTS)
+        return int(conn.execute(query).scalar_one())
+
+
+async def test_attachments_arrive_intact_with_their_names_in_any_language(
+    site: Site, sender: dict[str, str], delivery: Delivery, sink: tuple[Sink, int]
+) -> None:
+    notes = "Бележка: доставка до 17:00\n".encode()
+    files = [attached("фактура-№42.pdf", PDF), attached("notes.txt", notes, "text/plain")]
+    accepted = send(site, {**RECEIPT, "attachments": files}, sender)
+    assert accepted.status == 202, accepted.body
+    assert await delivery.deliver_due() == 1
+    (received,) = sink[0].received
+    message = received.message
+    assert message.get_content_type() == "multipart/mixed"
+    body = message.get_body(("plain",))
+    assert body is not None and "order A-1: 9 €" in body.get_content()
+    got = [
+        (a.get_filename(), a.get_content_type(), a.get_payload(decode=True))
+        for a in message.iter_attachments()
+    ]
+    assert got == [
+        ("фактура-№42.pdf", "application/pdf", PDF),
+        ("notes.txt", "text/plain", notes),
+    ]
+    assert b"filename*=utf-8''" in received.data  # RFC 2231, which every client reads
+
+
+def test_attachments_past_the_limit_are_refused_and_nothing_is_queued(
+    site: Site, sender: dict[str, str], engine: Engine
+) -> None:
+    over = [attached("a.pdf", PDF), attached("big.pdf", b"x" * (ATTACHMENT_LIMIT - len(PDF) + 1))]
+    document = problem_of(send(site, {**RECEIPT, "attachments": over}, sender), 413)
+    detail = str(document["detail"])
+    assert "(51,200 bytes" in detail and "attachment_max_mb" in detail
+    assert set(pointers(document)) == {"/attachments"}
+    huge = [attached("huge.pdf", b"x" * ATTACHMENT_LIMIT * 2)]
+    assert "attachment_max_mb" in str(
+        problem_of(send(site, {**RECEIPT, "attachments": huge}, sender), 413)["detail"]
+    )
+    many = [attached(f"{n}.pdf", PDF) for n in range(4)]
+    assert (
+        "at most 3"
+        in pointers(problem_of(send(site, {**RECEIPT, "attachments": many}, sender), 422))[
+            "/attachments"
+        ]
+    )
+    assert rows(engine) == 0 and stored_attachments(engine) == 0
+
+
+def test_each_wrong_attachment_field_is_named(
+    site: Site, sender: dict[str, str], engine: Engine
+) -> None:
+    wrong = [
+        {**attached("a.pdf", PDF), "content": "not base64!"},
+        attached(" ", PDF),
+        attached("../../etc/passwd", PDF),
+        attached("a\r\nb.pdf", PDF),
+        attached("invoice.pdf", PDF, "application/x-msdownload"),
+        attached("invoice.pdf.EXE", PDF),
+        attached("invoice.pdf", b"MZ\x90\x00" + PDF),
+        attached("invoice.pdf", PDF, "multipart/mixed"),
+    ]
+    found = {}
+    for n, item in enumerate(wrong):
+        body = {**RECEIPT, "attachments": [item]}
+        found[n] = pointers(problem_of(send(site, body, sender, f"k{n}"), 422))
+    assert found[0] == {"/attachments/0/content": "not base64"}
+    assert "empty" in found[1]["/attachments/0/filename"]
+    assert "folders" in found[2]["/attachments/0/filename"]
+    assert "control" in found[3]["/attachments/0/filename"]
+    assert "program" in found[4]["/attachments/0/content_type"]
+    assert "program" in found[5]["/attachments/0/filename"]
+    assert "program" in found[6]["/attachments/0/content"]
+    assert "multipart" in found[7]["/attachments/0/content_type"]
+    assert rows(engine) == 0
+
+
+def test_the_idempotency_key_covers_the_attachments(
+    site: Site, sender: dict[str, str], engine: Engine
+) -> None:
+    first = send(site, {**RECEIPT, "attachments": [attached("a.pdf", PDF)]}, sender).json()
+    encoded = base64.encodebytes(PDF).decode()  # the same bytes in 76-character lines
+    rewrapped = {**attached("a.pdf", PDF), "content": encoded}
+    again = send(site, {**RECEIPT, "attachments": [rewrapped]}, sender)
+    assert again.status == 202 and again.json()["id"] == first["id"]
+    other = [attached("a.pdf", PDF + b"2")]
+    problem_of(send(site, {**RECEIPT, "attachments": other}, sender), 409)
+    problem_of(send(site, RECEIPT, sender), 409)  # without the file is another call too
+    assert rows(engine) == 1 and stored_attachments(engine) == 1
+
+
+def test_erasing_the_customer_deletes_their_attachments(
+    site: Site, sender: dict[str, str], engine: Engine, clock: ManualClock, tmp_path: Path
+) -> None:
+    add_customers(engine, tmp_path, "email\nana@example.com\n", clock.now())
+    send(site, {**RECEIPT, "attachments": [attached("a.pdf", PDF)]}, sender)
+    send(
+        site,
+        {**RECEIPT, "to": "bo@example.com", "attachments": [attached("b.pdf", PDF)]},
+        sender,
+        "bo",
+    )
+    assert stored_attachments(engine) == 2
+    admin = make_key(engine, clock, "admin", Scope.CUSTOMERS_WRITE)
+    assert site.call("DELETE", "/api/v1/customers/ana@example.com", headers=admin).status == 200
+    with engine.connect() as conn:
+        (left,) = conn.execute(select(outbox.ATTACHMENTS.c.filename)).scalars()
+    assert left == "b.pdf"  # another recipient's file stays

@@ -53,7 +53,8 @@ def create_api(cfg: Config, engine: Engine, clock: Clock) -> FastAPI:
         },
     )
     api.state.api = ApiState(cfg=cfg, engine=engine, clock=clock)
-    problems.install(api, cfg.settings.api.max_body_bytes)
+    settings = cfg.settings.api
+    problems.install(api, settings.max_body_bytes, {"/messages": messages.body_limit(settings)})
     api.include_router(customers.router)
     api.include_router(orders.router)
     api.include_router(messages.router)

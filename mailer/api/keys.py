@@ -16,13 +16,17 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import NoReturn
 
-from sqlalchemy import Table, insert, select, update
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.engine import Connection, RowMapping
 
 from mailer.core.errors import InvalidInput, NotFound, Problem
 from mailer.store.models import ApiKey as ApiKeyRow
 
 KEYS: Table = ApiKeyRow.__table__  # type: ignore[attr-defined]
+# built once: every API request runs these, and a statement built anew costs more than the
+# query (SQLAlchemy memoises the cache key of a statement object it has seen)
+_BY_HASH = select(KEYS).where(KEYS.c.key_hash == bindparam("key_hash"))
+_USED = update(KEYS).where(KEYS.c.id == bindparam("_id")).values(last_used_at=bindparam("_at"))
 MARK = "mlr_"  # tells a mailer key in a config file or a leak scanner's report
 PREFIX_LENGTH = len(MARK) + 8  # what people see of a key: enough to tell keys apart
 USED_EVERY = timedelta(minutes=1)  # last_used_at is rewritten at most this often
@@ -152,12 +156,12 @@ def revoke(conn: Connection, name_or_id: str | int, now: datetime) -> ApiKey:
 def authenticate(conn: Connection, key: str, now: datetime) -> ApiKey | None:
     """The live key this is, or None (unknown or revoked). Its last use is recorded when
     the recorded one is older than USED_EVERY, so a busy key is not a write per request."""
-    row = conn.execute(select(KEYS).where(KEYS.c.key_hash == hash_key(key))).mappings().first()
+    row = conn.execute(_BY_HASH, {"key_hash": hash_key(key)}).mappings().first()
     if row is None or row["revoked_at"] is not None:
         return None
     found = _load(row)
     if stale(found.last_used_at, now):
-        conn.execute(update(KEYS).where(KEYS.c.id == found.id).values(last_used_at=now))
+        conn.execute(_USED, {"_id": found.id, "_at": now})
     return found
 
 

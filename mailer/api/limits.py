@@ -13,8 +13,10 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from typing import Any
 
-from sqlalchemy import Table, and_, delete
+from sqlalchemy import BindParameter, Table, and_, bindparam, delete
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
@@ -61,14 +63,27 @@ def count_in(
     conn: Connection, table: Table, key: Mapping[str, object], now: datetime, window: timedelta
 ) -> int:
     """Bump the row of ``key`` in ``table`` for the current window and return its count."""
-    start = window_start(now, window)
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    bump, clear = _statements(conn.dialect.name, table, tuple(key))
+    params = {f"_{name}": value for name, value in key.items()}
+    params["_window_start"] = window_start(now, window)
+    number = int(conn.execute(bump, params).scalar_one())
+    if number == 1:
+        conn.execute(clear, params)
+    return number
+
+
+@lru_cache(maxsize=16)
+def _statements(dialect_name: str, table: Table, names: tuple[str, ...]) -> tuple[Any, Any]:
+    """The UPSERT that counts a request and the DELETE of older windows, built once: every
+    API request runs them, and building a statement costs more than running it."""
+    dialect = postgresql if dialect_name == "postgresql" else sqlite
+    # bound as _NAME: SQLAlchemy keeps a column's own name for the values it writes
+    key: dict[str, BindParameter[Any]] = {name: bindparam(f"_{name}") for name in names}
+    start: BindParameter[datetime] = bindparam("_window_start")
     stmt = dialect.insert(table).values(**key, window_start=start, requests=1)
     stmt = stmt.on_conflict_do_update(
-        index_elements=[*key, "window_start"], set_={"requests": table.c.requests + 1}
+        index_elements=[*names, "window_start"], set_={"requests": table.c.requests + 1}
     )
-    number = int(conn.execute(stmt.returning(table.c.requests)).scalar_one())
-    if number == 1:
-        same = and_(*(table.c[name] == value for name, value in key.items()))
-        conn.execute(delete(table).where(same, table.c.window_start < start))
-    return number
+    same = and_(*(table.c[name] == value for name, value in key.items()))
+    older = delete(table).where(same, table.c.window_start < start)
+    return stmt.returning(table.c.requests), older

@@ -17,6 +17,11 @@ falls back to a variant with a subject and a body), not rendered: rendering cost
 render worker's round trip on every call, and the message is rendered at send time anyway
 (a template fixed after queueing is used). A template that fails with the given data
 fails the message, and ``GET /messages/{id}`` names the file and line.
+
+Attachments (a PDF invoice, a ticket) come base64 in the body, are checked as
+``api.attachments`` says and queued with the message in the same transaction; this route
+alone takes a body larger than ``[api] max_body_bytes``, by the attachments' own limit,
+and what is not attachments is still held to ``max_body_bytes``.
 """
 
 from __future__ import annotations
@@ -28,13 +33,16 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.engine import Connection
 
+from mailer.api import attachments
 from mailer.api.access import ApiState, caller, state
+from mailer.api.attachments import AttachmentIn
 from mailer.api.keys import ApiKey, Scope
 from mailer.api.problems import FieldError, Invalid, ProblemDocument, item_error, not_found
 from mailer.core.categories import Category
+from mailer.core.config import ApiSettings
 from mailer.core.errors import NotFound, TemplateError
 from mailer.core.fieldtypes import email_address, locale_tag
 from mailer.customers import profiles
@@ -83,6 +91,12 @@ class MessageIn(BaseModel):
         "the customer's, else the default",
         examples=["bg-BG"],
     )
+    attachments: list[AttachmentIn] = Field(
+        default_factory=list,
+        description="files sent with the message; together at most [api] attachment_max_mb "
+        "(decoded; more is 413) and at most [api] attachment_max_count of them; programs are "
+        "refused",
+    )
 
 
 class Attempt(BaseModel):
@@ -116,7 +130,11 @@ class MessageView(BaseModel):
         409: {
             "model": ProblemDocument,
             "description": "the Idempotency-Key was used with another body",
-        }
+        },
+        413: {
+            "model": ProblemDocument,
+            "description": "the attachments, or the rest of the body, pass their limit",
+        },
     },
 )
 def send(
@@ -129,9 +147,12 @@ def send(
     """Queued at once and sent by the delivery worker; the answer is the message as it
     stands (usually queued), and ``Location`` is where to follow it."""
     api = state(request)
-    address = _checked(api, body)
+    canonical = _canonical(body)
+    if len(canonical) > api.cfg.settings.api.max_body_bytes:
+        raise Invalid([], 413, TOO_LARGE)
+    address, files = _checked(api, body)
     dedupe_key = f"{PREFIX}{key.id}:{idempotency_key}"
-    digest = _digest(body)
+    digest = _digest(canonical, files)
     with api.engine.begin() as conn:
         if profiles.is_erased(conn, address):
             raise Invalid([item_error(None, "to", "this address was erased at its owner's wish")])
@@ -144,10 +165,10 @@ def send(
             locale=body.locale,
             context={"params": body.data},
             request_hash=digest,
+            attachments=files,
         )
         outbox.enqueue_in(conn, [message], api.clock.now())
-        query = select(outbox.OUTBOX.c.id).where(outbox.OUTBOX.c.dedupe_key == dedupe_key)
-        row = outbox.get(conn, conn.execute(query).scalar_one())
+        row = outbox.get_by_key(conn, dedupe_key)
     assert row is not None
     if row["request_hash"] != digest:
         conflict = FieldError(pointer="", field="Idempotency-Key", detail="used with another body")
@@ -177,9 +198,13 @@ def show(
     return _view(row)
 
 
-def _checked(api: ApiState, body: MessageIn) -> str:
-    """The normalised address; Invalid names every field that is wrong."""
-    errors: list[FieldError] = []
+def _checked(api: ApiState, body: MessageIn) -> tuple[str, list[outbox.Attachment]]:
+    """The normalised address and the decoded files; Invalid names every field that is
+    wrong, with 413 when the files together pass their limit."""
+    files = attachments.check(body.attachments, api.cfg.settings.api)
+    if files.too_large:
+        raise Invalid([item_error(None, "attachments", files.too_large)], 413, files.too_large)
+    errors = list(files.errors)
     try:
         address = email_address(body.to)
     except ValueError as exc:
@@ -199,9 +224,12 @@ def _checked(api: ApiState, body: MessageIn) -> str:
     errors += [item_error(None, f"data.{path}", RESERVED) for path in _reserved(body.data)]
     if errors:
         raise Invalid(errors)
-    return address
+    return address, files.files
 
 
+TOO_LARGE = (
+    "the message, its attachments aside, is larger than the API takes ([api] max_body_bytes)"
+)
 RESERVED = "keys starting with $ are kept for mailer's own values"
 
 
@@ -216,16 +244,35 @@ def _reserved(value: Any, path: str = "") -> list[str]:
     return []
 
 
-def _digest(body: MessageIn) -> str:
-    """The call's content, whatever the order of its keys."""
-    canonical = json.dumps(body.model_dump(), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+def _canonical(body: MessageIn) -> bytes:
+    """The call without its files, whatever the order of its keys: what ``max_body_bytes``
+    still limits, and what the Idempotency-Key's hash covers besides the files."""
+    fields = body.model_dump(exclude={"attachments"})
+    return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _digest(canonical: bytes, files: list[outbox.Attachment]) -> str:
+    """The call's hash; a call without files hashes as it did before files were taken, so a
+    retry of a send queued by an older mailer is still its replay."""
+    digest = hashlib.sha256(canonical)
+    if files:
+        digest.update(json.dumps(attachments.canonical(files)).encode())
+    return digest.hexdigest()
+
+
+def body_limit(settings: ApiSettings) -> tuple[int, str]:
+    """This route's body limit and the 413's detail (see ``attachments.body_limit``)."""
+    return attachments.body_limit(settings), (
+        "the request body is larger than a message with its attachments may be "
+        "([api] max_body_bytes, plus attachment_max_mb for the files)"
+    )
+
+
+_CUSTOMER_ID = select(profiles.CUSTOMERS.c.id).where(profiles.CUSTOMERS.c.email == bindparam("_a"))
 
 
 def _customer_id(conn: Connection, address: str) -> int | None:
-    column = profiles.CUSTOMERS.c
-    query = select(column.id).where(column.email == address.lower())
-    return conn.execute(query).scalar_one_or_none()
+    return conn.execute(_CUSTOMER_ID, {"_a": address.lower()}).scalar_one_or_none()
 
 
 def _view(row: dict[str, Any]) -> MessageView:

@@ -157,19 +157,29 @@ async def _bug(request: Request, exc: Exception) -> Any:
 class BodyLimit:
     """Refuse a request body over ``limit`` bytes as a problem (413): at once when its
     Content-Length says so, else as soon as the bytes read pass it, so a body sent in chunks
-    without a length is never read further than the limit."""
+    without a length is never read further than the limit. ``wider`` gives routes (by the
+    end of their path) that take more, such as a send with attachments, their own limit and
+    the detail that names it."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(
+        self, app: ASGIApp, limit: int, wider: Mapping[str, tuple[int, str]] | None = None
+    ) -> None:
         self.app = app
         self.limit = limit
+        self.wider = dict(wider or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        path = scope["path"].rstrip("/")
+        limit, detail = next(
+            (wide for end, wide in self.wider.items() if path.endswith(end)),
+            (self.limit, _said(413)),
+        )
         length = Headers(scope=scope).get("content-length", "")
-        if length.isdigit() and int(length) > self.limit:
-            await problem(413, _said(413))(scope, receive, send)
+        if length.isdigit() and int(length) > limit:
+            await problem(413, detail)(scope, receive, send)
             return
         read = 0
 
@@ -177,15 +187,17 @@ class BodyLimit:
             nonlocal read
             message = await receive()
             read += len(message.get("body", b""))
-            if read > self.limit:
-                raise HTTPException(413)
+            if read > limit:
+                raise HTTPException(413, detail)
             return message
 
         await self.app(scope, counted, send)
 
 
-def install(api: FastAPI, max_body_bytes: int) -> None:
-    api.add_middleware(BodyLimit, limit=max_body_bytes)
+def install(
+    api: FastAPI, max_body_bytes: int, wider: Mapping[str, tuple[int, str]] | None = None
+) -> None:
+    api.add_middleware(BodyLimit, limit=max_body_bytes, wider=wider)
     api.add_exception_handler(RequestValidationError, _invalid_request)
     api.add_exception_handler(Invalid, _invalid)
     api.add_exception_handler(HTTPException, _http)

@@ -307,6 +307,14 @@ class ApiSettings(Section):
 
     rate_per_minute: int = Field(default=600, ge=1)  # requests per key per minute
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)  # a larger request body: 413
+    # a transactional send's attachments: their decoded bytes together (413 past it), and
+    # how many one message may carry; they widen that route's body limit by their base64
+    attachment_max_mb: float = Field(default=10.0, gt=0, le=50)
+    attachment_max_count: int = Field(default=10, ge=0, le=100)
+
+    @property
+    def attachment_max_bytes(self) -> int:
+        return int(self.attachment_max_mb * 1024 * 1024)
 
 
 class WebhookSettings(Section):

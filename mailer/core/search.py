@@ -13,6 +13,8 @@ import unicodedata
 def term(typed: str) -> str:
     """What the person meant: control characters (a NUL from a crafted link, a pasted tab)
     are never part of a search; whitespace ones become spaces, the rest are dropped."""
+    if typed.isprintable():  # no control character (nor other unprintable ones): as typed
+        return typed.strip()
     kept = (
         (" " if char.isspace() else "") if unicodedata.category(char) == "Cc" else char
         for char in typed

@@ -16,7 +16,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, TextIO
 
-from sqlalchemy import Engine, Select, Table, delete, insert, select, update
+from sqlalchemy import Engine, Select, Table, bindparam, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.sql.elements import ColumnElement
@@ -45,6 +45,7 @@ CHANGES: Table = CustomerChange.__table__  # type: ignore[attr-defined]
 # who the history names for what customers chose themselves: a link, their preferences page
 CUSTOMER_ACTOR = "the customer"
 ACTOR_MAX = 100  # customer_changes.actor
+_IS_ERASED = select(ERASED.c.address_hash).where(ERASED.c.address_hash == bindparam("hash"))
 ERASED_REASON = "erased at the customer's request"
 Progress = Callable[[int], None]
 SHOWN = [c for c in CUSTOMERS.c if c.name != "search_text"]  # that one is the search's own
@@ -230,8 +231,17 @@ def _upsert(
             report.updated += 1
     if values:
         conn.execute(_upsert_statement(conn), values)
-    _replace_tags(conn, [r for r in rows if r.tags is not None])
+    _replace_tags(conn, [r for r in rows if _retags(r, existing, old_tags)])
     _log(conn, changes, actor, now)
+
+
+def _retags(row: CustomerRow, existing: Mapping[str, Any], stored: Mapping[int, list[str]]) -> bool:
+    """The row gives tags other than the customer's: a shop that sends its whole list again
+    rewrites no tags of the customers it already had right."""
+    if row.tags is None:
+        return False
+    before = existing.get(row.email)
+    return before is None or set(stored.get(before["id"], [])) != set(row.tags)
 
 
 def _row_changes(
@@ -702,8 +712,7 @@ def address_hash(email: str) -> str:
 
 
 def is_erased(conn: Connection, email: str) -> bool:
-    found = select(ERASED.c.address_hash).where(ERASED.c.address_hash == address_hash(email))
-    return conn.execute(found).first() is not None
+    return conn.execute(_IS_ERASED, {"hash": address_hash(email)}).first() is not None
 
 
 def erase(conn: Connection, customer: Profile, now: datetime) -> None:

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
+from functools import lru_cache
 from itertools import islice
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -32,6 +33,7 @@ from sqlalchemy import (
     Table,
     bindparam,
     case,
+    delete,
     false,
     func,
     insert,
@@ -42,7 +44,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, RowMapping
 
 from mailer.core import jsonvalues
 from mailer.core.categories import Category
@@ -55,10 +57,11 @@ from mailer.customers.profiles import CUSTOMERS
 from mailer.hooks import events as webhooks
 from mailer.hooks.events import EventType
 from mailer.outbound import throttle
-from mailer.store.models import DeliveryAttempt, OutboxMessage, OutboxStatus
+from mailer.store.models import DeliveryAttempt, OutboxAttachment, OutboxMessage, OutboxStatus
 
 OUTBOX: Table = OutboxMessage.__table__  # type: ignore[attr-defined]
 ATTEMPTS: Table = DeliveryAttempt.__table__  # type: ignore[attr-defined]
+ATTACHMENTS: Table = OutboxAttachment.__table__  # type: ignore[attr-defined]
 ENQUEUE_BATCH = 1000
 # rows a worker may claim once due: new or retried (queued) and held back by the throttle
 WAITING = (OutboxStatus.QUEUED, OutboxStatus.DEFERRED)
@@ -66,6 +69,15 @@ _DEFERRED_UNTIL = "deferred until"
 _DEFERRED_PREFIX = re.compile(rf"^{_DEFERRED_UNTIL} .+? UTC: ")
 HISTORY_WINDOW = timedelta(days=31)
 NON_TRANSACTIONAL = (Category.MARKETING.value, Category.RELATIONSHIP.value)
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """A file a message carries, as the caller gave it (checked before it is queued)."""
+
+    filename: str
+    content_type: str
+    content: bytes
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -87,6 +99,7 @@ class NewMessage:
     due_at: datetime | None = None
     valid_for: timedelta | None = None
     request_hash: str | None = None  # an API call's, to tell a replay from a reuse of its key
+    attachments: Sequence[Attachment] = ()
 
 
 def enqueue(engine: Engine, messages: Iterable[NewMessage], now: datetime) -> int:
@@ -106,8 +119,9 @@ def enqueue(engine: Engine, messages: Iterable[NewMessage], now: datetime) -> in
 def enqueue_in(conn: Connection, batch: Sequence[NewMessage], now: datetime) -> int:
     """Queue within the caller's transaction, e.g. an acknowledgement with its inquiry."""
     added = _insert_new(conn, [_row(m, now) for m in batch])
+    _attach(conn, added, batch)
     _skip_barred(conn, [m for m in batch if m.customer_id is not None], now)
-    return added
+    return len(added)
 
 
 def _row(message: NewMessage, now: datetime) -> dict[str, Any]:
@@ -144,11 +158,59 @@ def _address_problem(address: str) -> str | None:
     return None
 
 
-def _insert_new(conn: Connection, rows: list[dict[str, Any]]) -> int:
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(OUTBOX).on_conflict_do_nothing(index_elements=["dedupe_key"])
+def _insert_new(conn: Connection, rows: list[dict[str, Any]]) -> dict[str, int]:
+    """The ids of the rows that were new, by dedupe key (a replayed key adds nothing)."""
     # rowcount is not reported for batched inserts on PostgreSQL: count what came back
-    return len(conn.execute(statement.returning(OUTBOX.c.id), rows).all())
+    returned = conn.execute(_statements_for(conn.dialect.name), rows)
+    return {key: id_ for key, id_ in returned}
+
+
+@lru_cache(maxsize=2)
+def _statements_for(dialect_name: str) -> Any:
+    """The enqueue INSERT, built once per dialect: a transactional send through the API
+    queues one message a call, and building a statement costs more than running it
+    (SQLAlchemy memoises the cache key of a statement object it has seen)."""
+    dialect = postgresql if dialect_name == "postgresql" else sqlite
+    statement = dialect.insert(OUTBOX).on_conflict_do_nothing(index_elements=["dedupe_key"])
+    return statement.returning(OUTBOX.c.dedupe_key, OUTBOX.c.id)
+
+
+def _attach(conn: Connection, added: Mapping[str, int], batch: Sequence[NewMessage]) -> None:
+    """The files of the messages that were new, in the same transaction as their rows: a
+    message is never queued without them, and a replay does not store them twice.
+
+    Bytes live in the database rather than in files: a transactional message's attachments
+    are small (``[api] attachment_max_mb``), and so they commit, back up, replicate to every
+    process serving the API and get erased together with the row that sends them."""
+    rows = [
+        {
+            "outbox_id": added[message.dedupe_key],
+            "position": position,
+            "filename": attachment.filename,
+            "content_type": attachment.content_type,
+            "content": attachment.content,
+        }
+        for message in batch
+        if message.attachments and message.dedupe_key in added
+        for position, attachment in enumerate(message.attachments)
+    ]
+    if rows:
+        conn.execute(insert(ATTACHMENTS), rows)
+
+
+def attachments_of(conn: Connection, ids: Collection[int]) -> dict[int, tuple[Attachment, ...]]:
+    """The files of these messages, in the order they were given; one query for a batch."""
+    query = (
+        select(ATTACHMENTS)
+        .where(ATTACHMENTS.c.outbox_id.in_(list(ids)))
+        .order_by(ATTACHMENTS.c.outbox_id, ATTACHMENTS.c.position)
+    )
+    found: dict[int, list[Attachment]] = {}
+    for row in conn.execute(query) if ids else ():
+        found.setdefault(row.outbox_id, []).append(
+            Attachment(row.filename, row.content_type, bytes(row.content))
+        )
+    return {id_: tuple(files) for id_, files in found.items()}
 
 
 def _skip_barred(conn: Connection, batch: Sequence[NewMessage], now: datetime) -> None:
@@ -236,9 +298,9 @@ def withdraw(
 
 def erase_customer(conn: Connection, customer_id: int, address: str, now: datetime) -> int:
     """Clear what the customer's messages say about them (address, template data, subject,
-    the hash of the API call, the server's replies) while keeping each row's key, category,
-    status and times, which dedupe, the throttle and the counts need; anything still
-    waiting is withdrawn."""
+    the hash of the API call, the server's replies, the files attached) while keeping each
+    row's key, category, status and times, which dedupe, the throttle and the counts need;
+    anything still waiting is withdrawn."""
     theirs = or_(OUTBOX.c.customer_id == customer_id, OUTBOX.c.to_address == address)
     ids = list(conn.execute(select(OUTBOX.c.id).where(theirs)).scalars())
     if not ids:
@@ -259,6 +321,7 @@ def erase_customer(conn: Connection, customer_id: int, address: str, now: dateti
     naming = func.lower(OUTBOX.c.reason).contains(address.lower(), autoescape=True)
     conn.execute(update(OUTBOX).where(mine, naming).values(reason=profiles.ERASED_REASON))
     conn.execute(update(ATTEMPTS).where(ATTEMPTS.c.outbox_id.in_(ids)).values(smtp_reply=None))
+    conn.execute(delete(ATTACHMENTS).where(ATTACHMENTS.c.outbox_id.in_(ids)))
     return len(ids)
 
 
@@ -313,6 +376,7 @@ class Claimed:
     valid_until: datetime | None
     customer: profiles.Profile | None
     lease: int = 0  # this claim's fencing token (0: not claimed, a preview); see ``record``
+    attachments: tuple[Attachment, ...] = ()
 
 
 def leases(claimed: Iterable[Claimed]) -> dict[int, int]:
@@ -320,7 +384,11 @@ def leases(claimed: Iterable[Claimed]) -> dict[int, int]:
     return {item.id: item.lease for item in claimed}
 
 
-def _claimed(row: Mapping[str, Any], customer: profiles.Profile | None) -> Claimed:
+def _claimed(
+    row: Mapping[str, Any],
+    customer: profiles.Profile | None,
+    attachments: tuple[Attachment, ...] = (),
+) -> Claimed:
     """The one way a claimed outbox row becomes a Claimed."""
     return Claimed(
         id=row["id"],
@@ -336,6 +404,7 @@ def _claimed(row: Mapping[str, Any], customer: profiles.Profile | None) -> Claim
         valid_until=row["valid_until"],
         customer=customer,
         lease=row["lease_token"],
+        attachments=attachments,
     )
 
 
@@ -349,7 +418,7 @@ def by_key(conn: Connection, dedupe_key: str) -> Claimed | None:
         customer = profiles.get_id(conn, row["customer_id"]) if row["customer_id"] else None
     except NotFound:  # erased since
         customer = None
-    return _claimed(dict(row), customer)
+    return _claimed(dict(row), customer, attachments_of(conn, [row["id"]]).get(row["id"], ()))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -374,7 +443,10 @@ def claim(engine: Engine, now: datetime, limit: int, policy: Policy) -> list[Cla
         history = contacts(conn, list(locked), now, exclude={r["id"] for r in rows})
         keep, changes = _decide_all(rows, locked, history, now, policy)
         _apply(conn, changes, now)
-    return keep
+        files = attachments_of(conn, [item.id for item in keep])
+    return [
+        replace(item, attachments=files[item.id]) if item.id in files else item for item in keep
+    ]
 
 
 def _claim_rows(
@@ -874,11 +946,26 @@ def counts(conn: Connection) -> dict[str, int]:
     return {status: count for status, count in conn.execute(query)}
 
 
+# built once: the API reads the message back on every send
+_BY_ID = select(OUTBOX).where(OUTBOX.c.id == bindparam("_id"))
+_BY_KEY = select(OUTBOX).where(OUTBOX.c.dedupe_key == bindparam("_key"))
+_ATTEMPTS_OF = (
+    select(ATTEMPTS).where(ATTEMPTS.c.outbox_id == bindparam("_id")).order_by(ATTEMPTS.c.at)
+)
+
+
 def get(conn: Connection, outbox_id: int) -> dict[str, Any] | None:
-    row = conn.execute(select(OUTBOX).where(OUTBOX.c.id == outbox_id)).mappings().one_or_none()
+    return _with_attempts(conn, conn.execute(_BY_ID, {"_id": outbox_id}).mappings().one_or_none())
+
+
+def get_by_key(conn: Connection, dedupe_key: str) -> dict[str, Any] | None:
+    """As ``get``, the message queued under this dedupe key."""
+    found = conn.execute(_BY_KEY, {"_key": dedupe_key}).mappings().one_or_none()
+    return _with_attempts(conn, found)
+
+
+def _with_attempts(conn: Connection, row: RowMapping | None) -> dict[str, Any] | None:
     if row is None:
         return None
-    attempts = conn.execute(
-        select(ATTEMPTS).where(ATTEMPTS.c.outbox_id == outbox_id).order_by(ATTEMPTS.c.at)
-    ).mappings()
+    attempts = conn.execute(_ATTEMPTS_OF, {"_id": row["id"]}).mappings()
     return {**row, "attempts_log": [dict(a) for a in attempts]}

@@ -32,7 +32,7 @@ from mailer.outbound.compose import (
     make_message_id,
 )
 from mailer.outbound.invitations import Attendee, invitation
-from mailer.outbound.outbox import Claimed
+from mailer.outbound.outbox import Attachment, Claimed
 from mailer.outbound.templates import TemplateStore
 
 # set on everything we send, so the inbox can recognise our own mail coming back
@@ -100,9 +100,10 @@ class Preparer:
         unsubscribe = self._list_headers(claimed.category, token)
         headers = {**unsubscribe, LOOP_HEADER: self._domain, **claimed.headers}
         calendar = context.get("calendar")
-        alternatives, attachments = (
-            self._invitation(calendar, claimed, now) if calendar is not None else ((), ())
+        alternatives, invite = (
+            self._invitation(calendar, claimed, now) if calendar is not None else ([], [])
         )
+        attachments = [*invite, *(_part(file) for file in claimed.attachments)]
         data = compose(
             envelope,
             rendered.subject,
@@ -217,6 +218,17 @@ def purchases_of(
         }
         for item in needing
     }
+
+
+def _part(file: Attachment) -> Part:
+    """A caller's file as an attachment; its name also as Content-Type's ``name``, which
+    older clients read instead of Content-Disposition's ``filename``."""
+    return Part(
+        content_type=file.content_type,
+        data=file.content,
+        params={"name": file.filename},
+        filename=file.filename,
+    )
 
 
 def _stranger(address: str) -> dict[str, Any]:

@@ -204,6 +204,20 @@ class DeliveryAttempt(SQLModel, table=True):
     smtp_reply: str | None = Field(default=None, max_length=2000)
 
 
+class OutboxAttachment(SQLModel, table=True):
+    """A file sent with a transactional message, kept with it until it is sent and after, so
+    a retry sends the same bytes; erased with the message's customer."""
+
+    __tablename__ = "outbox_attachments"
+
+    id: int | None = Field(default=None, primary_key=True)
+    outbox_id: int = _belongs_to("outbox.id")
+    position: int = Field(description="the order the caller gave, from 0")
+    filename: str = Field(max_length=255)
+    content_type: str = Field(max_length=255)
+    content: bytes = Field(default=b"", sa_column=Column(LargeBinary, nullable=False))
+
+
 class InquiryStatus(StrEnum):
     NEW = "new"
     ACKNOWLEDGED = "acknowledged"
