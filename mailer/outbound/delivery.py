@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine
 
 from mailer.core.clock import Clock
-from mailer.core.errors import RenderTimeout, TemplateError
+from mailer.core.errors import TemplateError
 from mailer.outbound import outbox
 from mailer.outbound.outbox import Claimed, Outcome, Policy, Result
 from mailer.outbound.prepare import Outgoing, Preparer, purchases_of
@@ -29,6 +29,15 @@ log = logging.getLogger("mailer.outbound.delivery")
 MAX_RETRY_AGE = timedelta(days=2)  # for messages without a validity window of their own
 IDLE_POLL = 1.0  # seconds between looks at the queue when nothing is due
 OUTAGE_PROBE = (1.0, 60.0)  # first and longest wait between connection attempts in an outage
+
+
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """Claimed rows, the messages rendered from them, and the outcomes of those that were not."""
+
+    claimed: list[Claimed]
+    ready: list[Outgoing]
+    held: list[Outcome]
 
 
 @dataclass(kw_only=True)
@@ -43,6 +52,7 @@ class Delivery:
     outage_since: datetime | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _in_flight: dict[int, int] = field(default_factory=dict)  # lease tokens of claimed rows
 
     def wake(self) -> None:
         """Something was queued: look at the queue now rather than at the next poll."""
@@ -51,75 +61,115 @@ class Delivery:
     async def deliver_due(self) -> int:
         """Send everything due now, batch by batch; return how many messages were handled.
 
-        Stops early when the server cannot be reached; the claimed rows go back to the queue.
+        The batches overlap: the next one is claimed and rendered (in a thread and a render
+        worker) and the last one recorded while this one's sends are in flight, so the
+        SMTP connections rarely wait for the database or the templates. Stops early when
+        the server cannot be reached or the daemon is stopping; the claimed rows that were
+        not tried go back to the queue.
         """
         handled = 0
         await asyncio.to_thread(outbox.release_expired_leases, self.engine, self.clock.now())
-        while self.outage_since is None:
-            claimed = await asyncio.to_thread(
-                outbox.claim, self.engine, self.clock.now(), self.batch_size, self.policy
-            )
-            if not claimed:
-                break
-            held = outbox.leases(claimed)
-            keeper = asyncio.ensure_future(self._keep_leases(held))
-            try:
-                outcomes = await self._deliver(claimed)
-            finally:
-                keeper.cancel()
-            await asyncio.to_thread(outbox.record, self.engine, outcomes, held)
-            handled += len(claimed)
-            tally = Counter(outcome.result for outcome in outcomes)
-            log.info("delivery: %s", ", ".join(f"{n} {what}" for what, n in sorted(tally.items())))
+        if self._halted():
+            return 0
+        keeper = asyncio.ensure_future(self._keep_leases())
+        recording: asyncio.Task[None] | None = None
+        batch = await self._take()
+        try:
+            while batch.claimed:
+                following = None if self._halted() else asyncio.create_task(self._take())
+                try:
+                    outcomes = batch.held + await self._send_all(batch)
+                except asyncio.CancelledError:
+                    await self._give_back(batch, following, "shutdown")
+                    raise
+                if recording is not None:
+                    await recording
+                recording = asyncio.create_task(self._record(outcomes, batch))
+                handled += len(batch.claimed)
+                if following is None:
+                    break
+                if why := self._halted():
+                    await self._give_back(None, following, why)
+                    break
+                batch = await following
+        finally:
+            if recording is not None:
+                await recording
+            keeper.cancel()
         return handled
 
-    async def _deliver(self, claimed: Sequence[Claimed]) -> list[Outcome]:
-        # rendering waits on a render worker: in a thread, so the loop keeps serving
-        ready, outcomes = await asyncio.to_thread(self._prepare, claimed, self.clock.now())
-        by_id = {item.id: item for item in claimed}
-        try:
-            sent = await asyncio.gather(*(self._send(m, by_id[m.outbox_id]) for m in ready))
-        except asyncio.CancelledError:
-            released = self._release(ready, "shutdown")
-            await asyncio.to_thread(outbox.record, self.engine, released, outbox.leases(claimed))
-            raise
-        return outcomes + list(sent)
+    def _halted(self) -> str | None:
+        """Why no further batch may be sent now: the daemon is stopping, or the server is out."""
+        if self._stop.is_set():
+            return "shutdown"
+        if self.outage_since is not None:
+            return "the SMTP server is unreachable"
+        return None
 
-    async def _keep_leases(self, held: dict[int, int]) -> None:
-        """While a batch is in flight, push its lease forward every third of its length: a
-        slow server or a low shared rate can make a batch outlast the lease, and another
+    async def _take(self) -> _Batch:
+        """Claim the next batch and render it, off the event loop."""
+        claimed = await asyncio.to_thread(
+            outbox.claim, self.engine, self.clock.now(), self.batch_size, self.policy
+        )
+        if not claimed:
+            return _Batch([], [], [])
+        # rendering waits on a render worker: in a thread, so the loop keeps serving
+        self._in_flight.update(outbox.leases(claimed))
+        ready, held = await asyncio.to_thread(self._prepare, claimed, self.clock.now())
+        return _Batch(claimed, ready, held)
+
+    async def _record(self, outcomes: list[Outcome], batch: _Batch) -> None:
+        """Each result written only where this worker still holds the row's lease."""
+        leases = outbox.leases(batch.claimed)
+        await asyncio.to_thread(outbox.record, self.engine, outcomes, leases)
+        for outbox_id in leases:
+            self._in_flight.pop(outbox_id, None)
+        tally = Counter(outcome.result for outcome in outcomes)
+        log.info("delivery: %s", ", ".join(f"{n} {what}" for what, n in sorted(tally.items())))
+
+    async def _send_all(self, batch: _Batch) -> list[Outcome]:
+        by_id = {item.id: item for item in batch.claimed}
+        return list(await asyncio.gather(*(self._send(m, by_id[m.outbox_id]) for m in batch.ready)))
+
+    async def _give_back(
+        self, batch: _Batch | None, following: asyncio.Task[_Batch] | None, why: str
+    ) -> None:
+        """Release messages that were prepared but not sent, with those of the batch being
+        claimed meanwhile (render failures are recorded as such)."""
+        if batch is not None:
+            await self._record(self._release(batch.ready, why) + batch.held, batch)
+        if following is not None:
+            taken = await asyncio.shield(following)
+            await self._record(self._release(taken.ready, why) + taken.held, taken)
+
+    async def _keep_leases(self) -> None:
+        """While batches are in flight, push their leases forward every third of the lease:
+        a slow server or a low shared rate can make a batch outlast its lease, and another
         worker would then claim and send the same messages again."""
         lease = self.policy.lease
         while True:
             await asyncio.sleep(lease.total_seconds() / 3)
-            until = self.clock.now() + lease
-            await asyncio.to_thread(outbox.extend, self.engine, held, until)
+            if self._in_flight:
+                until = self.clock.now() + lease
+                await asyncio.to_thread(outbox.extend, self.engine, dict(self._in_flight), until)
 
     def _prepare(
         self, claimed: Sequence[Claimed], now: datetime
     ) -> tuple[list[Outgoing], list[Outcome]]:
         """The messages ready to send, and an outcome for each that is not: failed when it
-        cannot be rendered, released when the daemon is stopping. A template that ran out
-        of time fails the rest of its messages in the batch at once: each would take the
-        whole limit again, and hold up every other message and the shutdown."""
+        cannot be rendered (a template that runs out of time fails the rest of its messages
+        in the batch at once, see ``RenderPool.map``), released when the daemon is stopping."""
+        if self._stop.is_set():
+            return [], [_waiting(item.id, now, "shutdown") for item in claimed]
+        purchases = purchases_of(self.engine, self.preparer.store, claimed)
         ready: list[Outgoing] = []
         held: list[Outcome] = []
-        overran: dict[str, RenderTimeout] = {}
-        purchases = purchases_of(self.engine, self.preparer.store, claimed)
-        for item in claimed:
-            template = item.template
-            if self._stop.is_set():
-                held.append(_waiting(item.id, now, "shutdown"))
-                continue
-            if template in overran:
-                held.append(_template_failed(item.id, now, overran[template]))
-                continue
-            try:
-                ready.append(self.preparer.prepare(item, now, purchases.get(item.id)))
-            except TemplateError as exc:
-                if isinstance(exc, RenderTimeout):
-                    overran[template] = exc
-                held.append(_template_failed(item.id, now, exc))
+        made_all = self.preparer.prepare_all(claimed, now, purchases)
+        for item, made in zip(claimed, made_all, strict=True):
+            if isinstance(made, TemplateError):
+                held.append(_template_failed(item.id, now, made))
+            else:
+                ready.append(made)
         return ready, held
 
     async def _send(self, message: Outgoing, claimed: Claimed) -> Outcome:
@@ -184,7 +234,7 @@ class Delivery:
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop`` is set; then finish the batch in flight and close connections."""
         probe_wait = OUTAGE_PROBE[0]
-        self._stop = stop  # read by the rendering thread, which stops taking messages
+        self._stop = stop  # read before each batch is claimed and rendered
         try:
             while not stop.is_set():
                 if self.outage_since is not None:

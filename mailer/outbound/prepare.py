@@ -33,7 +33,7 @@ from mailer.outbound.compose import (
 )
 from mailer.outbound.invitations import Attendee, invitation
 from mailer.outbound.outbox import Attachment, Claimed
-from mailer.outbound.templates import TemplateStore
+from mailer.outbound.templates import RenderedMessage, RenderJob, TemplateStore
 
 # set on everything we send, so the inbox can recognise our own mail coming back
 LOOP_HEADER = "X-Mailer-Loop"
@@ -82,12 +82,51 @@ class Preparer:
     ) -> Outgoing:
         """Raises TemplateError when the template cannot be rendered for this customer.
         ``purchases`` are the customer's facts its template reads (``purchases_of``)."""
+        (made,) = self.prepare_all([claimed], now, {claimed.id: purchases or {}})
+        if isinstance(made, TemplateError):
+            raise made
+        return made
+
+    def prepare_all(
+        self,
+        claimed: Sequence[Claimed],
+        now: datetime,
+        purchases: Mapping[int, Mapping[str, Any]],
+    ) -> list[Outgoing | TemplateError]:
+        """Each message ready to send, or the TemplateError that says why it cannot be
+        rendered for its customer; the whole batch is rendered in one round trip to a render
+        worker. ``purchases`` maps outbox ids to their facts (``purchases_of``)."""
+        tokens_of = [
+            tokens.sign(self._secret, c.customer.id) if c.customer else None for c in claimed
+        ]
+        contexts = [
+            self._context(item, token, purchases.get(item.id, {}))
+            for item, token in zip(claimed, tokens_of, strict=True)
+        ]
+        jobs = [
+            RenderJob(
+                item.template,
+                context,
+                item.locale or (item.customer.locale if item.customer else None),
+                customer_zone(item.customer, self._cfg),  # the business zone for strangers
+            )
+            for item, context in zip(claimed, contexts, strict=True)
+        ]
+        rendered = self._store.render_all(jobs)
+        return [
+            made if isinstance(made, TemplateError) else self._compose(item, made, ctx, tok, now)
+            for item, made, ctx, tok in zip(claimed, rendered, contexts, tokens_of, strict=True)
+        ]
+
+    def _compose(
+        self,
+        claimed: Claimed,
+        rendered: RenderedMessage,
+        context: Mapping[str, Any],
+        token: str | None,
+        now: datetime,
+    ) -> Outgoing:
         customer = claimed.customer
-        token = tokens.sign(self._secret, customer.id) if customer else None
-        context = self._context(claimed, token, purchases or {})
-        zone = customer_zone(customer, self._cfg)  # the business zone for strangers
-        locale = claimed.locale or (customer.locale if customer else None)
-        rendered = self._store.render(claimed.template, context, locale=locale, zone=zone)
         message_id = make_message_id(self._domain)
         envelope = Envelope(
             from_=self._from_as(claimed.context.get(FROM_NAME)),

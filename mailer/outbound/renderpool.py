@@ -24,7 +24,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -58,7 +58,7 @@ class _Worker:
         ours, theirs = socket.socketpair()
         command = f"from mailer.outbound.renderpool import *; main({theirs.fileno()}, {limits!r})"
         self.process = subprocess.Popen(
-            [sys.executable, "-c", command],
+            [sys.executable, "-P", "-c", command],  # -P: a mailer/ in the cwd is not ours
             pass_fds=[theirs.fileno()],
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C at a terminal is for the daemon, which stops us
@@ -68,22 +68,29 @@ class _Worker:
         self.conn = Connection(ours.detach())
         self.started = False
 
-    def call(self, where: str, limits: Limits, work: Callable[..., T], *args: Any) -> T:
-        """Run ``work(*args)`` there; kill the worker (and raise) when it overruns."""
+    def send(self, where: str, work: Callable[..., Any], calls: Sequence[tuple[Any, ...]]) -> None:
+        """Start ``work(*args)`` for each of ``calls`` there, one after the other; each result
+        is read back with ``reply``."""
         try:
             self._ready(where)
-            self.conn.send((work, args))
+            self.conn.send((work, list(calls)))
+        except (EOFError, OSError):
+            raise self._stopped(where) from None
+
+    def reply(self, where: str, limits: Limits) -> Any:
+        """The next call's result, or the exception it raised (returned, not raised); kill the
+        worker (and raise) when the call overruns."""
+        try:
             if not self.conn.poll(limits.seconds):
                 self.stop()
                 raise RenderTimeout(Problem(where, limits.describe_timeout()))
-            ok, value = self.conn.recv()
+            _, value = self.conn.recv()
         except (EOFError, OSError):
-            stopped = f"the renderer stopped (exit code {self.stop()})"
-            raise TemplateError(Problem(where, stopped)) from None
-        if not ok:
-            raise value
-        result: T = value
-        return result
+            raise self._stopped(where) from None
+        return value
+
+    def _stopped(self, where: str) -> TemplateError:
+        return TemplateError(Problem(where, f"the renderer stopped (exit code {self.stop()})"))
 
     def _ready(self, where: str) -> None:
         """A new worker first imports Jinja and the rest, and says when it has: that time is
@@ -120,12 +127,60 @@ class RenderPool:
     def call(self, where: str, work: Callable[..., T], *args: Any) -> T:
         """``work(*args)`` in a worker. ``where`` names the template for the error a person
         reads when the call overruns. Exceptions that ``work`` raises come back as they are."""
+        (result,) = self.map(work, [(where, args)])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def map(
+        self, work: Callable[..., T], calls: Sequence[tuple[str, tuple[Any, ...]]]
+    ) -> list[T | Exception]:
+        """``work(*args)`` for each ``(where, args)``, in order, in one worker: one round trip
+        for a batch instead of one per message. Each call has the whole time limit; an
+        exception comes back in the list in place of its result. A call that overran is
+        not tried again for the rest of its ``where`` (they fail at once with its error:
+        each would take the whole limit again); the other calls go on in a new worker."""
+        results: dict[int, T | Exception] = {}
+        overran: dict[str, TemplateError] = {}
+        while todo := [i for i in range(len(calls)) if i not in results]:
+            for i in todo:
+                if calls[i][0] in overran:
+                    results[i] = overran[calls[i][0]]
+            todo = [i for i in todo if i not in results]
+            if todo:
+                self._run(work, [(i, *calls[i]) for i in todo], results, overran)
+        return [results[i] for i in range(len(calls))]
+
+    def _run(
+        self,
+        work: Callable[..., T],
+        calls: list[tuple[int, str, tuple[Any, ...]]],
+        results: dict[int, T | Exception],
+        overran: dict[str, TemplateError],
+    ) -> None:
+        """As many of ``calls`` as one worker gets through before one overruns or it stops."""
         worker = self._idle.get()
+        read = 0
         try:
             if worker is None or not worker.alive():
                 worker = self._start()
-            return worker.call(where, self.limits, work, *args)
+            worker.send(calls[0][1], work, [args for _, _, args in calls])
+            for i, where, _ in calls:
+                try:
+                    results[i] = worker.reply(where, self.limits)
+                except RenderTimeout as exc:
+                    results[i] = overran[where] = exc
+                    return
+                except TemplateError as exc:  # the worker died: the rest go to a new one
+                    results[i] = exc
+                    return
+                finally:
+                    read += 1
+        except TemplateError as exc:  # it did not start or took nothing
+            results[calls[0][0]] = exc
         finally:
+            if worker is not None and read < len(calls) and worker.alive():
+                worker.stop()  # replies still unread would answer the next caller's calls
             self._idle.put(worker if worker is not None and worker.alive() else None)
 
     def _start(self) -> _Worker:
@@ -182,17 +237,18 @@ def main(fd: int, limits: Limits) -> None:
     conn.send("ready")
     while True:
         try:
-            work, args = conn.recv()
+            work, calls = conn.recv()
         except EOFError:
             return
-        try:
-            reply: tuple[bool, Any] = (True, work(*args))
-        except Exception as exc:  # the caller decides what each error means
-            reply = (False, exc)
-        try:
-            conn.send(reply)
-        except Exception as exc:  # an error that cannot be pickled still comes back as one
-            conn.send((False, RuntimeError(f"{type(exc).__name__}: {exc}")))
+        for args in calls:  # each result goes back as soon as it is ready: its time is timed
+            try:
+                reply: tuple[bool, Any] = (True, work(*args))
+            except Exception as exc:  # the caller decides what each error means
+                reply = (False, exc)
+            try:
+                conn.send(reply)
+            except Exception as exc:  # an error that cannot be pickled still comes back as one
+                conn.send((False, RuntimeError(f"{type(exc).__name__}: {exc}")))
 
 
 def _die_with_parent(every: float = 1.0) -> None:

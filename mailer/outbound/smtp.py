@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 from typing import Protocol
 
 import aiosmtplib
+from aiosmtplib.email import quote_address
+from aiosmtplib.protocol import normalize_message_line_endings
+from aiosmtplib.status import SMTPStatus
 
 from mailer.core.clock import Clock
 from mailer.core.config import Config
@@ -17,6 +21,9 @@ from mailer.core.errors import MailerError, SmtpUnavailable
 
 RETRY_BASE = timedelta(minutes=1)
 RETRY_CAP = timedelta(hours=1)
+# an addr-spec of printable ASCII without the characters that need parsing or quoting
+_ATOM = r'[^\x00-\x20\x7f-\U0010ffff<>()\[\],;:\\"@]+'
+_PLAIN_ADDRESS = re.compile(f"{_ATOM}@{_ATOM}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -206,10 +213,42 @@ async def send_one(
 
 
 async def _sendmail(client: aiosmtplib.SMTP, sender: str, recipient: str, data: bytes) -> str:
-    """One transaction; a connection that failed is closed, never handed out again."""
+    """One transaction; a connection that failed is closed, never handed out again.
+
+    The commands are written here rather than by aiosmtplib's ``sendmail``, which parses
+    both addresses with the email package four times a message (measured: a quarter of
+    its time); plain addresses, what mailer sends to, go out as they are."""
     try:
-        _, reply = await client.sendmail(sender, [recipient], data)
+        if client.is_ehlo_or_helo_needed:  # a new connection without TLS or login
+            await _greet(client)
+        size = len(normalize_message_line_endings(data))  # RFC 1870: the octets DATA carries
+        options = [b"SIZE=%d" % size] if client.supports_extension("size") else []
+        reply = await client.execute_command(b"MAIL", b"FROM:" + _quoted(sender), *options)
+        if reply.code != SMTPStatus.completed:
+            raise aiosmtplib.SMTPSenderRefused(reply.code, reply.message, sender)
+        reply = await client.execute_command(b"RCPT", b"TO:" + _quoted(recipient))
+        if reply.code not in (SMTPStatus.completed, SMTPStatus.will_forward):
+            refused = aiosmtplib.SMTPRecipientRefused(reply.code, reply.message, recipient)
+            raise aiosmtplib.SMTPRecipientsRefused([refused])
+        return (await client.data(data)).message
     except BaseException:
         client.close()
         raise
-    return reply
+
+
+async def _greet(client: aiosmtplib.SMTP) -> None:
+    """EHLO, or HELO for a server that knows no ESMTP: MAIL must come after one of them."""
+    try:
+        await client.ehlo()
+    except aiosmtplib.SMTPHeloError:
+        if not client.is_connected:
+            raise
+        await client.helo()
+
+
+def _quoted(address: str) -> bytes:
+    """``<address>`` for MAIL and RCPT; anything but a plain address (a display name, odd
+    characters) is parsed and checked by aiosmtplib, as its ``sendmail`` would."""
+    if not address or _PLAIN_ADDRESS.fullmatch(address):
+        return f"<{address}>".encode("ascii")
+    return quote_address(address).encode("ascii")

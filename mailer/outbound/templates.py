@@ -20,19 +20,20 @@ import fcntl
 import functools
 import os
 import re
+import secrets
 import time
 import tomllib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 import css_inline
-import html_to_markdown
+from html_to_markdown import _html_to_markdown as html_to_markdown_rust
 from jinja2 import (
     Environment,
     FileSystemLoader,
@@ -56,6 +57,7 @@ SUBJECT, HTML, TEXT, SAMPLE = "subject.txt", "body.html", "body.txt", "sample.to
 
 # Remote stylesheets would make rendering depend on the network; @media rules cannot be
 # inlined, so they stay in a <style> tag for the clients that honour them.
+_Compiled = tuple[Template, Template | None, Template | None]  # subject, HTML, text
 _INLINER = css_inline.CSSInliner(load_remote_stylesheets=False, keep_at_rules=True)
 _NO_ATTRIBUTE = re.compile(r"^'[^']*' has no attribute '(?P<attribute>.+)'$")
 _NO_VARIABLE = re.compile(r"^('.+') is undefined$")
@@ -69,6 +71,15 @@ class RenderedMessage:
     text: str
     html: str | None
     variant: str | None
+
+
+class RenderJob(NamedTuple):
+    """One message to render: the arguments of ``TemplateStore.render``."""
+
+    name: str
+    context: Mapping[str, Any]
+    locale: str | None
+    zone: ZoneInfo
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +185,22 @@ class TemplateStore(_Folders):
             self._where(name), _render, self._key, name, dict(context), locale, zone, self._drafts
         )
 
+    def render_all(self, jobs: Sequence[RenderJob]) -> list[RenderedMessage | TemplateError]:
+        """``render`` for each job, in one round trip to a render worker for the whole batch;
+        a message that cannot be rendered has its TemplateError in its place."""
+        batch = secrets.randbits(63)
+        calls = [
+            (self._where(name), (self._key, name, dict(context), locale, zone, self._drafts, batch))
+            for name, context, locale, zone in jobs
+        ]
+        rendered: list[RenderedMessage | TemplateError] = []
+        for result in self.pool.map(_render, calls):
+            if isinstance(result, TemplateError) or not isinstance(result, Exception):
+                rendered.append(result)
+            else:
+                raise result  # a bug, not a template's fault: raised, as ``render`` does
+        return rendered
+
     def reads(self, name: str) -> frozenset[str]:
         """The top-level variables any variant of ``name`` reads, so a send loads costly
         ones (a customer's orders) only for the templates that show them; a file that does
@@ -268,24 +295,51 @@ class _Renderer(_Folders):
         )
         self._env.filters.update(FILTERS)
         self._chosen: dict[tuple[str, str | None], tuple[float, str | None]] = {}
+        self._batch: tuple[int | None, dict[tuple[str, str | None], _Compiled]] = (None, {})
 
     def render(
-        self, name: str, context: Mapping[str, Any], *, locale: str | None, zone: ZoneInfo
+        self,
+        name: str,
+        context: Mapping[str, Any],
+        *,
+        locale: str | None,
+        zone: ZoneInfo,
+        batch: int | None = None,
     ) -> RenderedMessage:
+        """``batch`` names the batch this message is rendered with (``TemplateStore.render_all``):
+        its messages are rendered from the files as the batch's first message of each variant
+        found them, so a save lands between two batches, never inside one."""
         variant = self._choose(name, locale)
-        with folder_lock(self.root / name, shared=True, where=self._where(name)):
-            files = self._variant_files(name, variant)
-            subject, html, text = (self._compiled(f) if f else None for f in files.parts())
-        assert subject is not None  # a variant without a subject is refused above
+        seen = self._batch[1] if batch is not None and batch == self._batch[0] else {}
+        self._batch = (batch, seen)
+        compiled = seen.get((name, variant))
+        first = compiled is None
+        if compiled is None:
+            compiled = seen[(name, variant)] = self._load(name, variant)
+        subject, html, text = compiled
         data = with_reader(context, self._reading_locale(locale, variant), zone)
-        html_out = self._render(html, data) if html else None
-        text_out = self._render(text, data) if text else _html_to_text(html_out or "")
+        # the layouts that ``extends`` loads were looked at by the variant's first message
+        self._env.auto_reload = first
+        try:
+            html_out = self._render(html, data) if html else None
+            text_out = self._render(text, data) if text else _html_to_text(html_out or "")
+            subject_out = self._render(subject, data)
+        finally:
+            self._env.auto_reload = True
         return RenderedMessage(
-            subject=one_line(self._render(subject, data)),
+            subject=one_line(subject_out),
             text=text_out,
             html=_INLINER.inline(html_out) if html_out is not None else None,
             variant=variant,
         )
+
+    def _load(self, name: str, variant: str | None) -> _Compiled:
+        """The variant's compiled files, fetched under the folder's shared lock (see above)."""
+        with folder_lock(self.root / name, shared=True, where=self._where(name)):
+            files = self._variant_files(name, variant)
+            subject, html, text = (self._compiled(f) if f else None for f in files.parts())
+        assert subject is not None  # a variant without a subject is refused above
+        return subject, html, text
 
     def check_variant(
         self, name: str, variant: str | None, company: Mapping[str, Any] | None
@@ -478,11 +532,12 @@ def _render(
     locale: str | None,
     zone: ZoneInfo,
     drafts: Mapping[str, str | None],
+    batch: int | None = None,
 ) -> RenderedMessage:
     """Runs in a render worker; with ``drafts``, in a renderer of its own that is dropped
     afterwards, so a preview's text is never compiled into what a send renders."""
     renderer = _Renderer(key[0], default_locale=key[1], drafts=drafts) if drafts else None
-    return (renderer or _renderer(key)).render(name, context, locale=locale, zone=zone)
+    return (renderer or _renderer(key)).render(name, context, locale=locale, zone=zone, batch=batch)
 
 
 def _check(
@@ -713,7 +768,9 @@ def _fallbacks(locale: str | None) -> list[str]:
     return ["-".join(parts[:n]) for n in range(len(parts), 0, -1)]
 
 
-_TO_TEXT = html_to_markdown.ConversionOptions(
+# Built once as the extension's own options object: html_to_markdown.convert translates its
+# Python options into this on every call, which cost as much as the conversion itself.
+_TO_TEXT = html_to_markdown_rust.ConversionOptions(
     extract_metadata=False, skip_images=True, strip_tags=["b", "strong", "em", "i"]
 )
 
@@ -724,7 +781,7 @@ def _html_to_text(html: str) -> str:
 
     html-to-markdown (Rust) takes about 50 us a message where html2text took 1 ms, which
     alone would have capped a newsletter send near 1,000 messages a second."""
-    content = html_to_markdown.convert(html, _TO_TEXT).content or ""
+    content = html_to_markdown_rust.convert(html, _TO_TEXT).content or ""
     return "\n".join(line.rstrip() for line in content.strip().splitlines()) + "\n"
 
 
