@@ -96,6 +96,7 @@ async def test_two_delivery_workers_together_send_no_faster_than_the_rate(
     assert sum(handled) == 31 and min(handled) > 0, handled
     arrivals = sink.arrivals
     assert len(arrivals) == 31
-    assert arrivals[-1] - arrivals[0] >= 30 / RATE - 0.05
+    # the first arrival also waited for its connection to open, the later ones did not
+    assert arrivals[-1] - arrivals[0] >= 30 / RATE - 0.15
     closest = min(later - first for first, later in zip(arrivals, arrivals[20:], strict=False))
     assert closest >= 1.0 - 0.1, "never 21 messages inside one second"
