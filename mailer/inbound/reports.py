@@ -95,15 +95,7 @@ def _bounce(conn: Connection, message: EmailMessage, now: datetime, policy: Repo
     reason = f"bounced: {failure.address} reported permanent failure{said}"
     outbox.mark_bounced(conn, [sent.id for sent in messages], reason[:200], now)
     for sent in messages:
-        bounces.record(
-            conn,
-            outbox_id=sent.id,
-            address=sent.to_address,
-            kind=Kind.HARD,
-            status=failure.status,
-            diagnostic=failure.diagnostic,
-            now=now,
-        )
+        _keep(conn, sent, Kind.HARD, now, failure.status, failure.diagnostic)
     named = [f.address for f in found if kind_of(f) == "hard"]
     addresses = [sent.to_address for sent in messages] + named
     profiles.suppress(conn, addresses, f"hard bounce reported {now:%Y-%m-%d}", now)
@@ -116,15 +108,7 @@ def _soft(
     now: datetime,
     policy: ReportPolicy,
 ) -> None:
-    bounces.record(
-        conn,
-        outbox_id=sent.id,
-        address=sent.to_address,
-        kind=Kind.SOFT,
-        status=failure.status,
-        diagnostic=failure.diagnostic,
-        now=now,
-    )
+    _keep(conn, sent, Kind.SOFT, now, failure.status, failure.diagnostic)
     history = bounces.soft_history(conn, sent.to_address, now - policy.soft.window)
     run = bounces.soft_run(history)
     if run >= policy.soft.limit:
@@ -145,14 +129,27 @@ def _complaint(
     for customer_id in sorted(customers):
         profiles.unsubscribe_id(conn, customer_id, now, actor=f"{COMPLAINT_ACTOR} via {reporter}")
     for sent in messages:
-        bounces.record(
-            conn,
-            outbox_id=sent.id,
-            address=sent.to_address,
-            kind=Kind.COMPLAINT,
-            diagnostic=f"marked as spam, reported by {reporter}",
-            now=now,
-        )
+        _keep(conn, sent, Kind.COMPLAINT, now, diagnostic=f"marked as spam, reported by {reporter}")
+
+
+def _keep(
+    conn: Connection,
+    sent: outbox.Returned,
+    kind: Kind,
+    now: datetime,
+    status: str = "",
+    diagnostic: str = "",
+) -> None:
+    """The report, kept with the message it is about."""
+    bounces.record(
+        conn,
+        outbox_id=sent.id,
+        address=sent.to_address,
+        kind=kind,
+        status=status,
+        diagnostic=diagnostic,
+        now=now,
+    )
 
 
 def _about(conn: Connection, message: EmailMessage, policy: ReportPolicy) -> list[outbox.Returned]:
