@@ -14,9 +14,12 @@ from argon2 import PasswordHasher
 from playwright.async_api import Page
 from sqlalchemy import Engine, make_url
 
+from mailer import daemon
 from mailer.core.clock import ManualClock
 from mailer.core.config import Config
 from mailer.customers import profiles
+from mailer.outbound.delivery import Delivery
+from mailer.outbound.smtp import SmtpTarget
 from mailer.scheduling.firing import Firing
 from mailer.staff import users
 from mailer.store import db, migrate
@@ -171,6 +174,15 @@ async def sink() -> AsyncIterator[tuple[Sink, int]]:
     yield handler, port
     server.close()
     await server.wait_closed()
+
+
+@pytest.fixture
+async def delivering(
+    engine: Engine, cfg: Config, clock: ManualClock, sink: tuple[Sink, int]
+) -> tuple[Delivery, Sink]:
+    """The daemon's delivery workers on the shipped config, delivering to a sink."""
+    target = SmtpTarget(host="127.0.0.1", port=sink[1])
+    return daemon.build_delivery(cfg, engine, clock, target), sink[0]
 
 
 # The web app and the browser ---------------------------------------------------------------

@@ -9,7 +9,6 @@ marketing, ivan did not.
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,20 +17,17 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import Engine, select, update
 
-from mailer import daemon
 from mailer.core.clock import ManualClock
-from mailer.core.config import Config
 from mailer.customers import events
 from mailer.customers.profiles import CUSTOMERS
 from mailer.outbound import throttle
 from mailer.outbound.delivery import Delivery
 from mailer.outbound.outbox import OUTBOX
-from mailer.outbound.smtp import SmtpTarget
 from mailer.scheduling import dryrun, firing, triggers
 from mailer.scheduling.schedules import EventSchedule, load_schedules
 from mailer.store.models import OutboxStatus
 from tests.conftest import FIRING
-from tests.smtp_sink import Sink, listening
+from tests.smtp_sink import Sink
 
 FIRING_ZONE = ZoneInfo(FIRING.fallback_zone)
 SEEN = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)  # when mailer first saw the schedule
@@ -233,20 +229,10 @@ def test_the_dry_run_names_each_event_and_what_cancelled_it(seen: Engine) -> Non
 # What the customer receives.
 
 
-@pytest.fixture
-async def road(
-    engine: Engine, cfg: Config, clock: ManualClock
-) -> AsyncIterator[tuple[Delivery, Sink]]:
-    sink = Sink()
-    async with listening(sink) as port:
-        target = SmtpTarget(host="127.0.0.1", port=port)
-        yield daemon.build_delivery(cfg, engine, clock, target), sink
-
-
 async def test_the_reminder_reaches_the_customer_with_the_carts_items_and_stays_sent(
-    seen: Engine, clock: ManualClock, road: tuple[Delivery, Sink]
+    seen: Engine, clock: ManualClock, delivering: tuple[Delivery, Sink]
 ) -> None:
-    delivery, sink = road
+    delivery, sink = delivering
     at = SEEN + timedelta(minutes=5)
     happen(seen, "maria@example.bg", "cart_abandoned", at, **CART)
     clock.set(at + timedelta(hours=1))

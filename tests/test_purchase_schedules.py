@@ -13,7 +13,6 @@ Thirty filler buyers, imported without consent, let the purchase models fit.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,16 +21,14 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import Engine, select
 
-from mailer import daemon
 from mailer.commerce import insights, orders, refresh
 from mailer.commerce.order_rows import Rules
 from mailer.core.clock import ManualClock
-from mailer.core.config import Config, InsightSettings
+from mailer.core.config import InsightSettings
 from mailer.customers.profiles import CUSTOMERS
 from mailer.outbound import throttle
 from mailer.outbound.delivery import Delivery
 from mailer.outbound.outbox import OUTBOX
-from mailer.outbound.smtp import SmtpTarget
 from mailer.scheduling import dryrun, firing, purchases
 from mailer.scheduling.schedules import (
     AfterPurchaseSchedule,
@@ -43,7 +40,7 @@ from mailer.scheduling.schedules import (
 )
 from mailer.store.models import OutboxStatus
 from tests.conftest import FIRING
-from tests.smtp_sink import Sink, listening
+from tests.smtp_sink import Sink
 
 REFRESHED = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 HEADER = "Order ID,Email,Date,SKU,Description,Category,Qty,UnitPrice,Currency,Status\n"
@@ -319,22 +316,12 @@ def test_the_dry_run_names_the_figure_behind_each_choice(
 # What customers receive: the shipped throttle decides between these and other mail.
 
 
-@pytest.fixture
-async def road(
-    engine: Engine, cfg: Config, clock: ManualClock
-) -> AsyncIterator[tuple[Delivery, Sink]]:
-    sink = Sink()
-    async with listening(sink) as port:
-        target = SmtpTarget(host="127.0.0.1", port=port)
-        yield daemon.build_delivery(cfg, engine, clock, target), sink
-
-
 async def test_a_reorder_reminder_waits_for_the_days_marketing_slot(
-    shop: Engine, clock: ManualClock, road: tuple[Delivery, Sink]
+    shop: Engine, clock: ManualClock, delivering: tuple[Delivery, Sink]
 ) -> None:
     """The shipped throttle allows one marketing message a day: the newsletter, by priority;
     the reminder is deferred, not lost, and arrives the next day once, within valid_for."""
-    delivery, sink = road
+    delivery, sink = delivering
     newsletter = NewsletterSchedule(
         template="newsletter", cron="0 9 26 * *", priority=10, params=PARAMS
     )
