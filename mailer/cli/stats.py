@@ -44,7 +44,8 @@ def stats(
             }
         )
         return
-    print_table([_row(row) for row in rows], COLUMNS, f"Mail since {since:%Y-%m-%d}")
+    first = since.astimezone(zone)
+    print_table([_row(row) for row in rows], COLUMNS, f"Mail since {first:%Y-%m-%d} ({zone.key})")
     print_table([_figures(deliverability.total(rows))], COLUMNS[2:], "All of it")
     for warning in found:
         err.print(f"warning: {warning}")
