@@ -36,9 +36,11 @@ from mailer.core.clock import Clock, SystemClock
 from mailer.core.config import Config, Role
 from mailer.customers import tokens
 from mailer.hooks.sender import Webhooks
+from mailer.inbound.bounce_mailbox import Reports
 from mailer.inbound.intake import AckPolicy
 from mailer.inbound.mailbox import Mailbox
-from mailer.inbound.watcher import Inbox
+from mailer.inbound.reports import ReportPolicy
+from mailer.inbound.watcher import Inbox, Inquiries
 from mailer.outbound import deliverability, dkim, outbox, rates, throttle
 from mailer.outbound.delivery import Delivery
 from mailer.outbound.outbox import Policy
@@ -126,16 +128,45 @@ def build_inbox(
             mailbox=imap.mailbox,
         )
 
-    policy = AckPolicy.from_config(cfg)
     return Inbox(
         engine=engine,
         open_mailbox=open_mailbox,
-        policy=policy,
+        handler=Inquiries(AckPolicy.from_config(cfg)),
         clock=clock,
         processed=imap.processed,
         poll_seconds=imap.poll_seconds,
         max_raw=imap.keep_raw_mb * 1024 * 1024,
         on_queued=wake,
+    )
+
+
+def build_bounce_mailbox(
+    cfg: Config, engine: Engine, clock: Clock, *, sandbox_on: bool
+) -> Inbox | None:
+    """The watcher of the bounce mailbox (``[bounces.imap]``): its reports are read beside
+    support's mail and none becomes an inquiry. None when none is set, and in the sandbox,
+    which sends nothing out, so nothing bounces."""
+    imap = cfg.settings.bounces.imap
+    if sandbox_on or not imap.enabled:
+        return None
+
+    def open_mailbox() -> Mailbox:
+        return Mailbox(
+            imap.host,
+            imap.port,
+            security=imap.security,
+            username=imap.username,
+            password=cfg.secret("bounces.imap", "password_env"),
+            mailbox=imap.mailbox,
+        )
+
+    return Inbox(
+        engine=engine,
+        open_mailbox=open_mailbox,
+        handler=Reports(ReportPolicy.from_config(cfg)),
+        clock=clock,
+        processed=imap.processed,
+        poll_seconds=imap.poll_seconds,
     )
 
 
@@ -199,6 +230,10 @@ async def serve(
             watcher = build_inbox(cfg, engine, clock, wake, sandbox_on=sandbox_on)
             mailbox = "INBOX" if sandbox_on else cfg.settings.imap.mailbox
             tasks.append(_task(_led(engine, f"inbox {mailbox}", watcher.run, stop), "inbox"))
+            bounced = build_bounce_mailbox(cfg, engine, clock, sandbox_on=sandbox_on)
+            if bounced is not None:
+                lock = bounced.position_name(cfg.settings.bounces.imap.mailbox)
+                tasks.append(_task(_led(engine, lock, bounced.run, stop), "bounce mailbox"))
         if "schedules" in roles:
             scheduler = build_scheduler(cfg, engine, clock, wake, tell)
             fire = functools.partial(_fire_schedules, scheduler, reload or asyncio.Event())

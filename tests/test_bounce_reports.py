@@ -285,6 +285,20 @@ async def test_a_complaint_unsubscribes_the_customer_from_marketing_at_once(
     assert [tuple(k) for k in kinds] == [("complaint", outbox_id)]
 
 
+async def test_feedback_that_is_no_complaint_unsubscribes_nobody(
+    engine: Engine, verp_cfg: Config, delivery: Delivery, clock: ManualClock, sink: tuple[Sink, int]
+) -> None:
+    """A DMARC failure report (RFC 6591) is an ARF report too, about our authentication."""
+    await send(engine, delivery, clock, "maria")
+    (received,) = sink[0].received
+    original = f"Return-Path: <{received.mail_from}>\r\n".encode() + received.data
+    dmarc = arf(original, headers_only=True).replace(b"abuse", b"auth-failure")
+    assert report(engine, verp_cfg, dmarc, clock.now()) == "bounce"
+    with engine.connect() as conn:
+        assert profiles.get(conn, "maria@example.com").unsubscribed_at is None
+        assert conn.execute(select(bounces.REPORTS.c.kind)).all() == []
+
+
 async def test_a_complaint_without_a_return_path_finds_the_customer_by_the_unsubscribe_link(
     engine: Engine, cfg: Config, clock: ManualClock, sink: tuple[Sink, int], tmp_path: Path
 ) -> None:

@@ -245,3 +245,40 @@ def test_trusted_proxies_are_addresses_or_networks_and_a_bad_one_is_named(
     assert second == f"{bad}: [web] trusted_proxies.2: {host_bits}"
     (env,) = problems(good, {"MAILER_WEB__TRUSTED_PROXIES": '["nginx"]'})
     assert env.startswith("MAILER_WEB__TRUSTED_PROXIES (environment): [web] trusted_proxies")
+
+
+def test_a_bounce_mailbox_is_off_unless_set_and_its_keys_are_checked(tmp_path: Path) -> None:
+    assert not config.load(write(tmp_path, ""), {}).settings.bounces.imap.enabled
+    path = write(
+        tmp_path,
+        '[bounces.imap]\nhost = "imap.example.com"\nusername = "bounces"\n'
+        'password_env = "BOUNCE_PASSWORD"\nprocessed = "move:Read"\n',
+    )
+    cfg = config.load(path, {"BOUNCE_PASSWORD": "s3cret"})
+    imap = cfg.settings.bounces.imap
+    assert imap.enabled and (imap.port, imap.security, imap.mailbox) == (993, "tls", "INBOX")
+    assert cfg.secret("bounces.imap", "password_env") == "s3cret"
+    assert problems(path) == [
+        f"{path}: [bounces.imap] password_env: environment variable BOUNCE_PASSWORD is not set"
+    ]
+    bad = write(
+        tmp_path,
+        '[bounces.imap]\nhost = "imap.example.com"\nusername = "bounces"\nport = 0\n'
+        'security = "ssl"\nprocessed = "delete"\npoll_secs = 5\n',
+    )
+    found = problems(bad)
+    assert {p.split(": ")[1] for p in found} == {
+        "[bounces.imap] port",
+        "[bounces.imap] security",
+        "[bounces.imap] processed",
+        "[bounces.imap] poll_secs",
+    }
+    assert f'{bad}: [bounces.imap] poll_secs: unknown key (did you mean "poll_seconds"?)' in found
+    assert all("\n" not in problem for problem in found)
+    half = write(tmp_path, '[bounces.imap]\nmailbox = "Bounces"\n')
+    assert problems(half) == [
+        f"{half}: [bounces.imap]: set host and username to watch a bounce mailbox,"
+        " or leave out the section"
+    ]
+    (env,) = problems(half, {"MAILER_BOUNCES__IMAP": '{host = "h", username = "u", port = "x"}'})
+    assert env.startswith("MAILER_BOUNCES__IMAP (environment): [bounces.imap] port:")

@@ -20,7 +20,7 @@ from mailer.customers import profiles, tokens
 from mailer.inbound import autoreply, inquiries
 from mailer.inbound.intake import AckPolicy
 from mailer.inbound.mailbox import PROCESSED_KEYWORD, Mailbox
-from mailer.inbound.watcher import Inbox, save_position
+from mailer.inbound.watcher import Inbox, Inquiries, save_position
 from mailer.outbound import outbox
 from mailer.outbound.outbox import NewMessage
 from mailer.outbound.smtp import SmtpTarget
@@ -78,7 +78,10 @@ async def watcher(
         )
 
     watcher = Inbox(
-        engine=engine, open_mailbox=open_mailbox, policy=AckPolicy.from_config(cfg), clock=clock
+        engine=engine,
+        open_mailbox=open_mailbox,
+        handler=Inquiries(AckPolicy.from_config(cfg)),
+        clock=clock,
     )
     yield watcher
     await watcher.close()

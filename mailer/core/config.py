@@ -172,13 +172,38 @@ class SmtpSettings(_ServerSettings):
     timeout: Duration = timedelta(seconds=30)
 
 
-class ImapSettings(_ServerSettings):
-    port: int = Field(default=1143, ge=1, le=65535)
-    username: str = "support"
+class _MailboxSettings(_ServerSettings):
+    """A mailbox the daemon watches: which one, and what marks a message as read by mailer."""
+
     mailbox: str = "INBOX"
     processed: str = Field(default="flag", pattern=r"^(flag|move:.+)$")
     poll_seconds: int = Field(default=60, ge=5)
+
+
+class ImapSettings(_MailboxSettings):
+    port: int = Field(default=1143, ge=1, le=65535)
+    username: str = "support"
     keep_raw_mb: int = Field(default=25, ge=1)
+
+
+class BounceMailboxSettings(_MailboxSettings):
+    """[bounces.imap]: a mailbox of its own that the return path's mail lands in, watched
+    beside support's; off while ``host`` is empty."""
+
+    host: str = ""
+    port: int = Field(default=993, ge=1, le=65535)
+    security: Literal["starttls", "tls", "none"] = "tls"
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.host)
+
+    @model_validator(mode="after")
+    def _reachable(self) -> BounceMailboxSettings:
+        if self.model_fields_set and not (self.host and self.username):
+            missing = " and ".join(key for key in ("host", "username") if not getattr(self, key))
+            raise ValueError(f"set {missing} to watch a bounce mailbox, or leave out the section")
+        return self
 
 
 class SenderSettings(Section):
@@ -232,6 +257,7 @@ class BounceSettings(Section):
     # few percent says a list is stale, and relays (Amazon SES reviews at 5%) act on it
     complaint_rate_max: float = Field(default=0.003, gt=0, lt=1)
     bounce_rate_max: float = Field(default=0.02, gt=0, lt=1)
+    imap: BounceMailboxSettings = BounceMailboxSettings()
 
 
 class SandboxSettings(Section):
@@ -568,6 +594,7 @@ SECRET_KEYS = (
     ("web", "secret_env"),
     ("web", "metrics_token_env"),
     ("sender", "dkim_key_env"),
+    ("bounces.imap", "password_env"),
 )
 
 
@@ -578,7 +605,9 @@ def _read_secrets(
     secrets: dict[str, str] = {}
     problems: list[Problem] = []
     for section, key in SECRET_KEYS:
-        table = raw.get(section)
+        table: Any = raw
+        for name in section.split("."):  # "bounces.imap": the table [bounces.imap]
+            table = table.get(name) if isinstance(table, dict) else None
         variable = table.get(key) if isinstance(table, dict) else None
         if not variable or not isinstance(variable, str):
             continue
@@ -593,7 +622,10 @@ def _read_secrets(
 def _problem(err: Any, path: Path, overridden: Mapping[tuple[str, str], str]) -> Problem:
     """Turn one pydantic error into 'file: [section] key: message'."""
     loc = [str(part) for part in err["loc"] if part != "[key]"]
-    section, rest = (loc[0], loc[1:]) if loc else ("", [])
+    depth = 1 if loc else 0
+    while depth < len(loc) and _model_at(loc[: depth + 1]) is not None:
+        depth += 1  # a table inside a section, written [bounces.imap]
+    section, rest = ".".join(loc[:depth]), loc[depth:]
     return Problem(_where(path, overridden, section, rest), _message(err, section, rest))
 
 
@@ -602,7 +634,9 @@ def _where(
 ) -> str:
     """'config.toml: [smtp] port', or 'MAILER_SMTP__PORT (environment): [smtp] port'."""
     key = ".".join(rest)
-    source = overridden.get((section, rest[0])) if rest else None
+    top, _, table = section.partition(".")
+    set_by = table or (rest[0] if rest else "")  # MAILER_BOUNCES__IMAP sets all [bounces.imap]
+    source = overridden.get((top, set_by)) if set_by else None
     where = f"{source} (environment)" if source else str(path)
     return where + (f": [{section}] {key}" if key else f": [{section}]")
 
@@ -616,7 +650,7 @@ def _message(err: Any, section: str, rest: list[str]) -> str:
 
 def _suggestion(section: str, rest: list[str]) -> str:
     """' (did you mean "port"?)' for a misspelt key, from the fields of its section."""
-    model = _model_at([section, *rest[:-1]] if rest else [])
+    model = _model_at([*section.split("."), *rest[:-1]] if rest else [])
     if model is None:
         return ""
     names = [f.alias or n for n, f in model.model_fields.items()]

@@ -17,6 +17,7 @@ from datetime import datetime
 from email.message import EmailMessage, Message
 from email.parser import HeaderParser
 from email.utils import parseaddr
+from enum import StrEnum
 from typing import Literal
 
 from sqlalchemy.engine import Connection
@@ -32,6 +33,9 @@ ENVELOPE_HEADERS = ("Delivered-To", "X-Original-To", "Envelope-To", "X-Envelope-
 # RFC 3463 X.2.2: the mailbox is full; its owner may empty it, so it is soft even as 5.2.2
 MAILBOX_FULL = ".2.2"
 COMPLAINT_ACTOR = "complaint"  # who the history says unsubscribed a customer who complained
+# RFC 5965 Feedback-Types that are someone's complaint; DMARC's auth-failure reports,
+# virus and not-spam reports are feedback about mail, not a wish to receive less of it
+COMPLAINT_TYPES = frozenset({"abuse", "fraud"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -53,6 +57,21 @@ class ReportPolicy:
 BounceKind = Literal["hard", "soft", "delay"]
 
 
+class Outcome(StrEnum):
+    """What a report changed; the last two changed nothing, and the report is worth a look."""
+
+    SUPPRESSED = "hard bounce: address suppressed"
+    COUNTED = "soft bounce: counted"
+    DELAYED = "delay: the reporting server still tries, nothing to do"
+    COMPLAINED = "complaint: customer unsubscribed from marketing"
+    FEEDBACK = "feedback report that is no complaint: nothing to do"
+    NOT_OURS = "names no message or customer of ours: nothing changed"
+    UNREAD = "nothing in it says who failed or complained: nothing changed"
+
+
+UNCHANGED = frozenset({Outcome.NOT_OURS, Outcome.UNREAD})
+
+
 def kind_of(failure: autoreply.Failure) -> BounceKind:
     """Hard: the address cannot receive mail. Soft: it failed for now (a full mailbox, a
     temporary 4.x.x failure reported as final). Delay: the sending server still tries."""
@@ -71,26 +90,32 @@ def is_complaint(message: Message) -> bool:
     )
 
 
-def record(conn: Connection, message: EmailMessage, now: datetime, policy: ReportPolicy) -> None:
+def is_report(message: EmailMessage) -> bool:
+    """A machine's report about mail: a bounce (by the autoreply rules) or a complaint."""
+    return is_complaint(message) or autoreply.is_bounce(message)
+
+
+def record(conn: Connection, message: EmailMessage, now: datetime, policy: ReportPolicy) -> Outcome:
     """Act on one report in the caller's transaction (the one logging it)."""
     if is_complaint(message):
-        _complaint(conn, message, now, policy)
-    else:
-        _bounce(conn, message, now, policy)
+        return _complaint(conn, message, now, policy)
+    return _bounce(conn, message, now, policy)
 
 
-def _bounce(conn: Connection, message: EmailMessage, now: datetime, policy: ReportPolicy) -> None:
+def _bounce(
+    conn: Connection, message: EmailMessage, now: datetime, policy: ReportPolicy
+) -> Outcome:
     found = autoreply.failures(message)
     kinds = {kind_of(failure) for failure in found}
     worst = next((kind for kind in ("hard", "soft") if kind in kinds), None)
-    if worst is None:
-        return  # a delay, or nothing a report says can be read: nobody is suppressed by guess
+    if worst is None:  # nobody is suppressed by guess
+        return Outcome.DELAYED if found else Outcome.UNREAD
     failure = next(f for f in found if kind_of(f) == worst)
     messages = _about(conn, message, policy)
     if worst == "soft":
         for sent in messages:
             _soft(conn, sent, failure, now, policy)
-        return
+        return Outcome.COUNTED if messages else Outcome.NOT_OURS
     said = f": {failure.status} {failure.diagnostic}".rstrip() if failure.status else ""
     reason = f"bounced: {failure.address} reported permanent failure{said}"
     outbox.mark_bounced(conn, [sent.id for sent in messages], reason[:200], now)
@@ -99,6 +124,7 @@ def _bounce(conn: Connection, message: EmailMessage, now: datetime, policy: Repo
     named = [f.address for f in found if kind_of(f) == "hard"]
     addresses = [sent.to_address for sent in messages] + named
     profiles.suppress(conn, addresses, f"hard bounce reported {now:%Y-%m-%d}", now)
+    return Outcome.SUPPRESSED
 
 
 def _soft(
@@ -118,8 +144,14 @@ def _soft(
 
 def _complaint(
     conn: Connection, message: EmailMessage, now: datetime, policy: ReportPolicy
-) -> None:
-    """The customer is unsubscribed from marketing at once, and their history says why."""
+) -> Outcome:
+    """The customer is unsubscribed from marketing at once, and their history says why.
+    A report without the machine-readable part that says it is a complaint changes nothing."""
+    feedback = _feedback_type(message)
+    if not feedback:
+        return Outcome.UNREAD
+    if feedback not in COMPLAINT_TYPES:
+        return Outcome.FEEDBACK
     messages = _about(conn, message, policy)
     customers = {sent.customer_id for sent in messages if sent.customer_id is not None}
     original = _returned(message)
@@ -130,6 +162,9 @@ def _complaint(
         profiles.unsubscribe_id(conn, customer_id, now, actor=f"{COMPLAINT_ACTOR} via {reporter}")
     for sent in messages:
         _keep(conn, sent, Kind.COMPLAINT, now, diagnostic=f"marked as spam, reported by {reporter}")
+    if customers or messages:
+        return Outcome.COMPLAINED
+    return Outcome.UNREAD if original is None else Outcome.NOT_OURS
 
 
 def _keep(
@@ -163,6 +198,16 @@ def _about(conn: Connection, message: EmailMessage, policy: ReportPolicy) -> lis
         if found is not None:
             return outbox.returned(conn, ids=[found])
     return outbox.returned(conn, message_ids=autoreply.bounced_message_ids(message))
+
+
+def _feedback_type(message: EmailMessage) -> str:
+    """The Feedback-Type of a report's message/feedback-report part, "" when it has none."""
+    for part in message.walk():
+        if part.get_content_type() == "message/feedback-report":
+            fields = part.get_payload(0) if part.is_multipart() else None
+            if isinstance(fields, Message):
+                return str(fields.get("Feedback-Type", "")).strip().lower()
+    return ""
 
 
 def _values(message: Message, names: Iterable[str]) -> list[str]:

@@ -1,9 +1,12 @@
-"""The inbox watcher: every message in the support mailbox becomes an inquiry, and those
-from people get an acknowledgement through the outbox.
+"""The mailbox watcher: every message in a watched mailbox is handed to its handler. In the
+support mailbox (:class:`Inquiries`) each becomes an inquiry, and those from people get an
+acknowledgement through the outbox; in the bounce mailbox
+(:class:`mailer.inbound.bounce_mailbox.Reports`) reports change what they report and
+nothing becomes an inquiry.
 
-A message is marked processed on the server only after its inquiry (and its
-acknowledgement, in the same transaction) is committed, and the last UID is kept with
-the mailbox's UIDVALIDITY, so a restart at any moment loses no mail and logs none twice.
+A message is marked processed on the server only after what its handler wrote (an
+inquiry and its acknowledgement, or a bounce) is committed, and the last UID is kept with
+the mailbox's UIDVALIDITY, so a restart at any moment loses no mail and handles none twice.
 When UIDVALIDITY changes the mailbox is read again from the start and Message-IDs
 already logged are skipped.
 """
@@ -18,7 +21,7 @@ import traceback
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Engine, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -29,7 +32,7 @@ from mailer.core.clock import Clock
 from mailer.inbound import inquiries
 from mailer.inbound.intake import AckPolicy, handle
 from mailer.inbound.mailbox import Fetched, Mailbox, MailboxUnavailable
-from mailer.inbound.parsing import MAX_RAW, parse
+from mailer.inbound.parsing import MAX_RAW, Inbound, parse
 from mailer.store.models import MAILBOX_STATE
 
 log = logging.getLogger("mailer.inbound.watcher")
@@ -66,11 +69,40 @@ def save_position(
     )
 
 
+class Handler(Protocol):
+    """What a watched mailbox's messages become, written in the caller's transaction, the one
+    that also moves the mailbox's position."""
+
+    @property
+    def name(self) -> str:
+        """The mailbox's part in the log ("inbox"); a prefix to its position unless "inbox"."""
+
+    def handle(self, conn: Connection, inbound: Inbound, now: datetime) -> None: ...
+
+    def failed(self, conn: Connection, raw: bytes, error: str, now: datetime) -> None:
+        """A message that made ``handle`` fail (``error`` is the traceback), kept or logged."""
+
+
+@dataclass(frozen=True, slots=True)
+class Inquiries:
+    """The support mailbox: each message becomes an inquiry; one that fails is kept as a
+    failed inquiry, for a person to read."""
+
+    policy: AckPolicy
+    name = "inbox"
+
+    def handle(self, conn: Connection, inbound: Inbound, now: datetime) -> None:
+        handle(conn, inbound, now, self.policy)
+
+    def failed(self, conn: Connection, raw: bytes, error: str, now: datetime) -> None:
+        inquiries.log_failed(conn, raw, error, now)
+
+
 @dataclass(kw_only=True)
 class Inbox:
     engine: Engine
     open_mailbox: Callable[[], Mailbox]
-    policy: AckPolicy
+    handler: Handler
     clock: Clock
     processed: str = "flag"
     poll_seconds: float = 60.0  # only for servers without IDLE
@@ -88,7 +120,7 @@ class Inbox:
         per hundred messages, not per message.
         """
         mailbox = await self._connected()
-        name = mailbox.name
+        name = self.position_name(mailbox.name)
         last = await asyncio.to_thread(self._position, name, mailbox.uidvalidity)
         if not self._swept:  # once per connection: what an interruption left unmarked
             await mailbox.mark_processed(await mailbox.unmarked_up_to(last), self.processed)
@@ -100,8 +132,16 @@ class Inbox:
             await mailbox.mark_processed([f.uid for f in fetched], self.processed)
             handled += len(fetched)
         if handled:
-            log.info("inbox: %d new message(s) in %s logged", handled, name)
+            log.info(
+                "%s: %d new message(s) in %s handled", self.handler.name, handled, mailbox.name
+            )
         return handled
+
+    def position_name(self, mailbox: str) -> str:
+        """Where the position is kept: the support mailbox's by its name, another's with its
+        handler's name before it, as a bounce mailbox is often an INBOX too."""
+        kind = self.handler.name
+        return mailbox if kind == Inquiries.name else f"{kind} {mailbox}"
 
     def _position(self, name: str, uidvalidity: int) -> int:
         with self.engine.connect() as conn:
@@ -116,7 +156,7 @@ class Inbox:
             parsed = [parse(message.raw, max_raw=self.max_raw) for message in fetched]
             with self.engine.begin() as conn:
                 for inbound in parsed:
-                    handle(conn, inbound, now, self.policy)
+                    self.handler.handle(conn, inbound, now)
                 save_position(conn, name, uidvalidity, fetched[-1].uid, now)
         except UNAVAILABLE:
             raise  # the server or the database is unreachable: no message is to blame
@@ -129,9 +169,9 @@ class Inbox:
 
     def _commit_failed(self, name: str, uidvalidity: int, message: Fetched, now: datetime) -> None:
         error = traceback.format_exc(limit=-3)
-        log.exception("inbox: message UID %d could not be handled; logged as failed", message.uid)
+        log.exception("%s: message UID %d could not be handled", self.handler.name, message.uid)
         with self.engine.begin() as conn:
-            inquiries.log_failed(conn, message.raw[: self.max_raw], error, now)
+            self.handler.failed(conn, message.raw[: self.max_raw], error, now)
             save_position(conn, name, uidvalidity, message.uid, now)
 
     async def _connected(self) -> Mailbox:
@@ -160,7 +200,8 @@ class Inbox:
                     await _until_stop(stop, self._wait_for_new())
                     wait = RECONNECT[0]
                 except UNAVAILABLE as exc:
-                    log.warning("inbox unavailable, retrying in %.0f s: %s", wait, exc)
+                    kind = self.handler.name
+                    log.warning("%s unavailable, retrying in %.0f s: %s", kind, wait, exc)
                     await self.close()
                     await _sleep_or_stop(stop, wait * self.rng.uniform(0.8, 1.2))
                     wait = min(wait * 2, RECONNECT[1])
