@@ -21,8 +21,9 @@ import asyncio
 import contextlib
 import functools
 import logging
+import random
 import signal
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -41,11 +42,11 @@ from mailer.inbound.intake import AckPolicy
 from mailer.inbound.mailbox import Mailbox
 from mailer.inbound.reports import ReportPolicy
 from mailer.inbound.watcher import Inbox, Inquiries
-from mailer.outbound import deliverability, dkim, outbox, rates, throttle
+from mailer.outbound import deliverability, dkim, outbox, relays, throttle
 from mailer.outbound.delivery import Delivery
 from mailer.outbound.outbox import Policy
 from mailer.outbound.prepare import Preparer
-from mailer.outbound.smtp import SmtpPool, SmtpTarget
+from mailer.outbound.smtp import SmtpTarget
 from mailer.outbound.templates import TemplateStore
 from mailer.sandbox import smtp_server
 from mailer.sandbox.imap_server import SandboxImap
@@ -65,9 +66,14 @@ LEASE = timedelta(minutes=5)
 
 
 def build_delivery(
-    cfg: Config, engine: Engine, clock: Clock, target: SmtpTarget, worker: str | None = None
+    cfg: Config,
+    engine: Engine,
+    clock: Clock,
+    target: SmtpTarget | Sequence[SmtpTarget],
+    worker: str | None = None,
 ) -> Delivery:
-    """The delivery workers, wired to this configuration; ``worker`` marks what they claim."""
+    """The delivery workers, wired to this configuration and sending through ``target``, one
+    relay or several (see relays.targets); ``worker`` marks what they claim."""
     settings = cfg.settings
     policy = Policy(
         rules=throttle.Rules.from_settings(settings.throttle),
@@ -77,8 +83,12 @@ def build_delivery(
     )
     store = TemplateStore(cfg.templates_dir)
     preparer = Preparer(cfg, store, tokens.load_secret(cfg), dkim.from_config(cfg))
-    pool = SmtpPool(target, clock, rates.shared(engine, target, clock))
-    return Delivery(engine=engine, preparer=preparer, pool=pool, policy=policy, clock=clock)
+    rng = random.Random()
+    chosen = [target] if isinstance(target, SmtpTarget) else target
+    sender = relays.Relays(chosen, engine, clock, rng)
+    return Delivery(
+        engine=engine, preparer=preparer, relays=sender, policy=policy, clock=clock, rng=rng
+    )
 
 
 SANDBOX_PASSWORD = "sandbox"  # the sandbox IMAP server listens on loopback only
@@ -218,11 +228,11 @@ async def serve(
     async with contextlib.AsyncExitStack() as stack:
         if sandbox_on and roles & {"delivery", "inbox"}:
             await _start_sandbox(cfg, engine, clock, stack)
-        target = SmtpTarget.from_config(cfg, sandbox=sandbox_on)
+        targets = relays.targets(cfg, sandbox=sandbox_on)
         worker = await _arrive(engine, clock)
         wake, tell, tasks = _nobody, _nobody, []
         if "delivery" in roles:
-            delivery = build_delivery(cfg, engine, clock, target, worker)
+            delivery = build_delivery(cfg, engine, clock, targets, worker)
             webhooks = Webhooks(engine=engine, clock=clock, settings=cfg.settings.webhooks)
             tasks += [_task(delivery.run(stop), "delivery"), _task(webhooks.run(stop), "webhooks")]
             wake, tell = delivery.wake, webhooks.wake
@@ -246,7 +256,7 @@ async def serve(
                 sock = web_server.listen(cfg.settings.web.bind)
             app = web_server.build(cfg, engine, clock)
             tasks.append(_task(web_server.serve(app, sock, stop), "web"))
-        await _announce(cfg, engine, target, sandbox_on, roles)
+        await _announce(cfg, engine, targets, sandbox_on, roles)
         await stop.wait()
         log.info("stopping: finishing messages in flight (at most %.0f s)", SHUTDOWN_GRACE)
         for task in tasks:
@@ -329,10 +339,15 @@ async def _keep_alive(
 
 
 async def _announce(
-    cfg: Config, engine: Engine, target: SmtpTarget, sandbox_on: bool, roles: frozenset[Role]
+    cfg: Config,
+    engine: Engine,
+    targets: Sequence[SmtpTarget],
+    sandbox_on: bool,
+    roles: frozenset[Role],
 ) -> None:
     customers = await asyncio.to_thread(_count_customers, engine)
-    where = f"the sandbox at {target} (see `mailer sandbox list`)" if sandbox_on else str(target)
+    relayed = ", ".join(f"{t.name} {t}" if len(targets) > 1 else str(t) for t in targets)
+    where = f"the sandbox at {relayed} (see `mailer sandbox list`)" if sandbox_on else relayed
     delivering = f"delivering to {where}" if "delivery" in roles else "not delivering"
     log.info(
         "mailer is running with %d customers, %d templates; %s; roles %s; database %s; "

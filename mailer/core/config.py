@@ -19,7 +19,7 @@ from email.headerregistry import Address
 from email.utils import parseaddr
 from ipaddress import IPv4Network, IPv6Network, ip_interface, ip_network
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import (
     AfterValidator,
@@ -28,6 +28,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -35,6 +36,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from typing_extensions import TypedDict
 
+from mailer.core.categories import Category
 from mailer.core.errors import ConfigError, Problem
 from mailer.core.fieldtypes import (
     NO_WORKING_DAY,
@@ -167,9 +169,26 @@ class _ServerSettings(Section):
 
 
 class SmtpSettings(_ServerSettings):
+    """One SMTP relay: ``[smtp]``, the default, or one of ``[relays.NAME]``. A message goes
+    to the relays that carry its category, the lowest ``priority`` first, shared by
+    ``weight`` among relays of equal priority."""
+
     pool_size: int = Field(default=4, ge=1, le=100)
     rate_per_second: float = Field(default=0, ge=0)
     timeout: Duration = timedelta(seconds=30)
+    priority: int = Field(default=1, ge=0)
+    weight: int = Field(default=1, ge=1)
+    categories: list[Category] = Field(default_factory=lambda: list(Category), min_length=1)
+
+
+def _relay_name(value: str) -> str:
+    if not _RELAY_NAME.fullmatch(value):
+        raise ValueError("a relay's name is up to 40 lower-case letters, digits, '-' and '_'")
+    return value
+
+
+_RELAY_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
+RelayName = Annotated[str, AfterValidator(_relay_name)]
 
 
 class _MailboxSettings(_ServerSettings):
@@ -434,6 +453,7 @@ class Settings(Section):
     database: DatabaseSettings = DatabaseSettings()
     paths: PathSettings = PathSettings()
     smtp: SmtpSettings = SmtpSettings()
+    relays: dict[RelayName, SmtpSettings] = Field(default={}, validate_default=True)
     imap: ImapSettings = ImapSettings()
     sender: SenderSettings = SenderSettings()
     sandbox: SandboxSettings = SandboxSettings()
@@ -448,6 +468,20 @@ class Settings(Section):
     forms: FormsSettings = FormsSettings()
     insight: InsightSettings = InsightSettings()
     company: CompanyValues = Field(default_factory=lambda: CompanyValues())
+
+    @field_validator("relays")
+    @classmethod
+    def _every_category_carried(
+        cls, relays: dict[str, SmtpSettings], info: ValidationInfo
+    ) -> dict[str, SmtpSettings]:
+        """A category no relay carries would wait in the queue for good."""
+        smtp = info.data.get("smtp")
+        carried = {c for r in [smtp, *relays.values()] if r is not None for c in r.categories}
+        if "smtp" in relays:
+            raise ValueError("'smtp' names the default relay, [smtp]: call this one otherwise")
+        if smtp is not None and (missing := [c.value for c in Category if c not in carried]):
+            raise ValueError(f"no relay carries {', '.join(missing)}: add it to some categories")
+        return relays
 
 
 class Config:
@@ -604,10 +638,11 @@ def _read_secrets(
     """Look up the variables that the file names for secrets; a named but unset one is a problem."""
     secrets: dict[str, str] = {}
     problems: list[Problem] = []
-    for section, key in SECRET_KEYS:
-        table: Any = raw
-        for name in section.split("."):  # "bounces.imap": the table [bounces.imap]
-            table = table.get(name) if isinstance(table, dict) else None
+    relays = raw.get("relays")
+    named = [(section, key, _table(raw, section)) for section, key in SECRET_KEYS]
+    if isinstance(relays, dict):  # [relays.NAME] password_env, read as ("relays.NAME", key)
+        named += [(f"relays.{n}", "password_env", table) for n, table in relays.items()]
+    for section, key, table in named:
         variable = table.get(key) if isinstance(table, dict) else None
         if not variable or not isinstance(variable, str):
             continue
@@ -619,6 +654,14 @@ def _read_secrets(
     return secrets, problems
 
 
+def _table(raw: Mapping[str, Any], section: str) -> Any:
+    """The table a dotted section names: "bounces.imap" is [bounces.imap]."""
+    table: Any = raw
+    for name in section.split("."):
+        table = table.get(name) if isinstance(table, dict) else None
+    return table
+
+
 def _problem(err: Any, path: Path, overridden: Mapping[tuple[str, str], str]) -> Problem:
     """Turn one pydantic error into 'file: [section] key: message'."""
     loc = [str(part) for part in err["loc"] if part != "[key]"]
@@ -626,7 +669,10 @@ def _problem(err: Any, path: Path, overridden: Mapping[tuple[str, str], str]) ->
     while depth < len(loc) and _model_at(loc[: depth + 1]) is not None:
         depth += 1  # a table inside a section, written [bounces.imap]
     section, rest = ".".join(loc[:depth]), loc[depth:]
-    return Problem(_where(path, overridden, section, rest), _message(err, section, rest))
+    message = _message(err, section, rest)
+    if section == "relays" and len(rest) > 1:  # a key of one relay: [relays.NAME] key
+        section, rest = f"{section}.{rest[0]}", rest[1:]
+    return Problem(_where(path, overridden, section, rest), message)
 
 
 def _where(
@@ -661,9 +707,14 @@ def _suggestion(section: str, rest: list[str]) -> str:
 def _model_at(path: list[str]) -> type[BaseModel] | None:
     """The settings model found by following field names from the top."""
     model: type[BaseModel] = Settings
-    for part in path:
+    parts = iter(path)
+    for part in parts:
         field = model.model_fields.get(part)
         annotation = field.annotation if field else None
+        if get_origin(annotation) is dict:  # named tables such as [relays.NAME]: skip the name
+            annotation = get_args(annotation)[1]
+            if next(parts, None) is None:
+                return None
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return None
         model = annotation

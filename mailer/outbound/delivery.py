@@ -22,7 +22,8 @@ from mailer.core.errors import TemplateError
 from mailer.outbound import outbox
 from mailer.outbound.outbox import Claimed, Outcome, Policy, Result
 from mailer.outbound.prepare import Outgoing, Preparer, purchases_of
-from mailer.outbound.smtp import Diagnosis, Failure, SmtpPool, backoff, classify
+from mailer.outbound.relays import Relays
+from mailer.outbound.smtp import Diagnosis, Failure, backoff, classify
 
 log = logging.getLogger("mailer.outbound.delivery")
 
@@ -44,7 +45,7 @@ class _Batch:
 class Delivery:
     engine: Engine
     preparer: Preparer
-    pool: SmtpPool
+    relays: Relays
     policy: Policy
     clock: Clock
     batch_size: int = 200
@@ -176,7 +177,9 @@ class Delivery:
         if self.outage_since is not None:
             return self._released(message, "the SMTP server is unreachable")
         try:
-            reply = await self.pool.send(message.sender, message.recipient, message.data)
+            reply = await self.relays.send(
+                message.sender, message.recipient, message.data, claimed.category
+            )
         except Exception as exc:  # every failure is recorded on the message, none stops the loop
             return self._failure(message, claimed, exc)
         return Outcome(
@@ -219,13 +222,13 @@ class Delivery:
 
     async def _probe(self) -> bool:
         try:
-            await self.pool.probe()
+            await self.relays.probe()
         except Exception:
             return False
         assert self.outage_since is not None
         log.warning(
             "SMTP server %s answers again after %s",
-            self.pool.target,
+            self.relays,
             self.clock.now() - self.outage_since,
         )
         self.outage_since = None
@@ -247,7 +250,7 @@ class Delivery:
                 if await self.deliver_due() == 0:
                     await _rest(stop, self._wake, await self._idle_for())
         finally:
-            await self.pool.close()
+            await self.relays.close()
 
     async def _idle_for(self) -> float:
         due = await asyncio.to_thread(outbox.next_due, self.engine)

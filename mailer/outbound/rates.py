@@ -20,7 +20,7 @@ from sqlalchemy import Engine, Table, bindparam, case, literal, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from mailer.core.clock import Clock
-from mailer.outbound.smtp import SmtpTarget
+from mailer.outbound.smtp import DEFAULT_RELAY, SmtpTarget
 from mailer.store.models import RateBucket
 
 BUCKETS: Table = RateBucket.__table__  # type: ignore[attr-defined]
@@ -82,9 +82,9 @@ class SharedRate:
 
 
 def shared(engine: Engine, target: SmtpTarget, clock: Clock) -> SharedRate | None:
-    """The configured server's rate shared through ``engine``; None when it has no rate."""
+    """A relay's rate shared through ``engine``; None when it has no rate. Each relay has a
+    bucket of its own, by name; [smtp] keeps the bucket it had before there were several."""
     if target.rate_per_second <= 0:
         return None
-    return SharedRate(
-        engine=engine, name=f"smtp {target}", rate=target.rate_per_second, clock=clock
-    )
+    name = f"smtp {target}" if target.name == DEFAULT_RELAY else f"relay {target.name}"
+    return SharedRate(engine=engine, name=name, rate=target.rate_per_second, clock=clock)

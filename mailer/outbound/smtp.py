@@ -15,19 +15,25 @@ from aiosmtplib.email import quote_address
 from aiosmtplib.protocol import normalize_message_line_endings
 from aiosmtplib.status import SMTPStatus
 
+from mailer.core.categories import Category
 from mailer.core.clock import Clock
-from mailer.core.config import Config
+from mailer.core.config import Config, SmtpSettings
 from mailer.core.errors import MailerError, SmtpUnavailable
 
+DEFAULT_RELAY = "smtp"  # the name of the relay [smtp] describes
 RETRY_BASE = timedelta(minutes=1)
 RETRY_CAP = timedelta(hours=1)
 # an addr-spec of printable ASCII without the characters that need parsing or quoting
 _ATOM = r'[^\x00-\x20\x7f-\U0010ffff<>()\[\],;:\\"@]+'
 _PLAIN_ADDRESS = re.compile(f"{_ATOM}@{_ATOM}")
+# the relay is at fault, not the message: it cannot be reached, or it refuses our login
+RELAY_FAULTS = (SmtpUnavailable, aiosmtplib.SMTPAuthenticationError)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SmtpTarget:
+    """One relay: where it is, how much it takes, and which mail it carries (see relays)."""
+
     host: str
     port: int
     security: str = "none"
@@ -36,6 +42,10 @@ class SmtpTarget:
     timeout: float = 30.0
     pool_size: int = 4
     rate_per_second: float = 0.0
+    name: str = DEFAULT_RELAY
+    priority: int = 1
+    weight: int = 1
+    categories: frozenset[str] = frozenset(Category)
 
     @classmethod
     def from_config(cls, cfg: Config, *, sandbox: bool) -> SmtpTarget:
@@ -49,15 +59,23 @@ class SmtpTarget:
                 pool_size=smtp.pool_size,
                 rate_per_second=smtp.rate_per_second,
             )
+        return cls.of(DEFAULT_RELAY, smtp, cfg.secret("smtp", "password_env"))
+
+    @classmethod
+    def of(cls, name: str, relay: SmtpSettings, password: str) -> SmtpTarget:
         return cls(
-            host=smtp.host,
-            port=smtp.port,
-            security=smtp.security,
-            username=smtp.username,
-            password=cfg.secret("smtp", "password_env"),
-            timeout=smtp.timeout.total_seconds(),
-            pool_size=smtp.pool_size,
-            rate_per_second=smtp.rate_per_second,
+            host=relay.host,
+            port=relay.port,
+            security=relay.security,
+            username=relay.username,
+            password=password,
+            timeout=relay.timeout.total_seconds(),
+            pool_size=relay.pool_size,
+            rate_per_second=relay.rate_per_second,
+            name=name,
+            priority=relay.priority,
+            weight=relay.weight,
+            categories=frozenset(relay.categories),
         )
 
     def __str__(self) -> str:
