@@ -666,7 +666,7 @@ def _problem(err: Any, path: Path, overridden: Mapping[tuple[str, str], str]) ->
     """Turn one pydantic error into 'file: [section] key: message'."""
     loc = [str(part) for part in err["loc"] if part != "[key]"]
     depth = 1 if loc else 0
-    while depth < len(loc) and _model_at(loc[: depth + 1]) is not None:
+    while loc[:1] != ["relays"] and depth < len(loc) and _model_at(loc[: depth + 1]) is not None:
         depth += 1  # a table inside a section, written [bounces.imap]
     section, rest = ".".join(loc[:depth]), loc[depth:]
     message = _message(err, section, rest)
