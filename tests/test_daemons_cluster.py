@@ -7,7 +7,10 @@ clock): every wait has a deadline and polls."""
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -24,13 +27,17 @@ from mailer.core.categories import Category
 from mailer.outbound import outbox
 from mailer.outbound.outbox import NewMessage
 from mailer.store import db
+from tests.command import runner
 from tests.configs import real_servers
+from tests.conftest import PASSWORD
 from tests.dovecot import DovecotServer
 from tests.pg import PostgresServer
+from tests.site import Site
 from tests.smtp_sink import Sink, start_sink
 from tests.test_daemons import TAKEOVER_SECONDS, Daemon, daemons, project
 from tests.test_inbox import inquiry
 from tests.test_shared_rate import TimedSink
+from tests.test_web_sessions import PAGE, Browser, copy_of
 
 __all__ = ["daemons"]  # the fixture, shared with tests/test_daemons.py
 
@@ -61,8 +68,11 @@ class Logged(Daemon):
     """A `mailer run` whose log is read all along by a thread: three processes logging into
     pipes that nobody empties while the test waits on one of them would block on a full pipe."""
 
-    def __init__(self, env: dict[str, str], *args: str) -> None:
-        super().__init__(env, *args)
+    def __init__(self, env: dict[str, str], *args: str, command: str = "run") -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mailer", command, *args], env=env, stderr=subprocess.PIPE
+        )
+        self.log = ""
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
@@ -284,3 +294,29 @@ def test_the_smtp_rate_holds_across_two_delivery_processes(
     assert busiest <= 11, f"{busiest} messages within one second"
     workers = rows(url, "SELECT count(DISTINCT worker_id) FROM outbox")[0][0]
     assert workers == 2, "both processes sent a share"
+
+
+def test_signing_out_in_one_web_process_ends_the_session_in_another(
+    tmp_path: Path, postgres: PostgresServer, migrated_postgres: str, daemons: list[Daemon]
+) -> None:
+    """Two `mailer web` on one PostgreSQL, over real HTTP: a cookie copied from the first
+    works on the second until its owner signs out on the first."""
+    url = fresh_database(postgres, migrated_postgres, "cluster_web")
+    env = project(tmp_path, url)
+    added = runner(env)(
+        "users", "add", "sam", "--role", "support", "--password-stdin", stdin=f"{PASSWORD}\n"
+    )
+    assert added.returncode == 0
+    daemons.extend(Logged(env, command="web") for _ in range(2))
+    first, second = (
+        Site(re.findall(r"web app on (http://\S+)", d.wait_for("web app on"))[0]) for d in daemons
+    )
+    sam = Browser()
+    sam.sign_in(first, "sam")
+    stolen = copy_of(sam)
+    assert stolen.request(second, "GET", PAGE)[0] == 200, "one session, any process"
+    assert sam.request(first, "POST", "/logout", {}) == (303, "/login")
+    status, where = stolen.request(second, "GET", PAGE)
+    assert status == 303 and where.startswith("/login"), "signed out everywhere"
+    for daemon in daemons:
+        assert daemon.stop() == 0
