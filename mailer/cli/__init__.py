@@ -111,6 +111,8 @@ def _start(app_: App) -> Engine:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    for chatty in ("flufl.bounce", "aioimaplib"):  # a line per detector, per message read
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     for warning in checks.warnings(app_.config):
         log.warning("%s", warning)
     return engine

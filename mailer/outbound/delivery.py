@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
 
 from mailer.core.clock import Clock
 from mailer.core.errors import TemplateError
@@ -247,8 +248,12 @@ class Delivery:
                         continue
                     probe_wait = OUTAGE_PROBE[0]
                 self._wake.clear()
-                if await self.deliver_due() == 0:
-                    await _rest(stop, self._wake, await self._idle_for())
+                try:
+                    if await self.deliver_due() == 0:
+                        await _rest(stop, self._wake, await self._idle_for())
+                except OperationalError as exc:  # a restart or failover: wait it out, not die
+                    log.warning("delivery waits for the database: %s", exc.orig)
+                    await _rest(stop, self._wake, IDLE_POLL)
         finally:
             await self.relays.close()
 
