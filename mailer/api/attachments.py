@@ -108,6 +108,7 @@ PROGRAM_TYPES = frozenset(
 PROGRAM_MAGIC = (b"MZ", b"\x7fELF", b"\xcf\xfa\xed\xfe", b"\xfe\xed\xfa\xcf", b"#!")
 CONTAINERS = ("multipart/", "message/")
 MAX_FILENAME = 255
+_BASE64 = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"  # without breaks
 
 
 class AttachmentIn(BaseModel):
@@ -115,11 +116,24 @@ class AttachmentIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    filename: str = Field(max_length=MAX_FILENAME, examples=["invoice-A-1042.pdf"])
-    content_type: str = Field(max_length=255, examples=["application/pdf"])
+    filename: str = Field(
+        max_length=MAX_FILENAME,
+        description="a name without folders or control characters, not a program's",
+        examples=["invoice-A-1042.pdf"],
+        json_schema_extra={
+            "pattern": rf"^(?!\s*\.{{1,2}}\s*$)(?=.*\S)[^/\\{_CONTROL.pattern[1:-1]}]+$"
+        },
+    )
+    content_type: str = Field(
+        max_length=255,
+        description="type/subtype without parameters; not multipart, message or a program",
+        examples=["application/pdf"],
+        json_schema_extra={"pattern": f"^{_MEDIA_TYPE.pattern}$"},
+    )
     content: str = Field(
         description="the file's bytes in base64 (RFC 4648; line breaks are ignored)",
         examples=["JVBERi0xLjcK"],
+        json_schema_extra={"contentEncoding": "base64", "pattern": _BASE64},
     )
 
 

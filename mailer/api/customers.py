@@ -13,10 +13,10 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from mailer.api.access import caller, state
-from mailer.api.batches import OneOrBatch
+from mailer.api.batches import Address, OneOrBatch
 from mailer.api.keys import ApiKey, Scope
 from mailer.api.problems import FieldError, Invalid, item_error, not_found
 from mailer.customers import profiles
@@ -32,6 +32,7 @@ from mailer.relationship.overview import overview
 from mailer.relationship.timeline import Source
 
 SOURCE = "api"  # a customer's source when the API added them
+_COLUMNS: list[JsonValue] = [*sorted(KNOWN_COLUMNS)]  # what a custom field is not named
 router = APIRouter(prefix="/customers", tags=["customers"])
 
 
@@ -40,7 +41,7 @@ class CustomerIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    email: str = Field(max_length=320, examples=["maria@example.bg"])
+    email: Address
     name: str | None = Field(None, max_length=200)
     first_name: str | None = Field(None, max_length=100)
     locale: str | None = Field(None, max_length=35, examples=["bg-BG"])
@@ -54,7 +55,9 @@ class CustomerIn(BaseModel):
     marketing_consent: bool | None = None
     relationship_consent: bool | None = None
     fields: dict[str, Annotated[str, Field(max_length=10_000)]] = Field(
-        default_factory=dict, description="custom fields, as extra CSV columns are kept"
+        default_factory=dict,
+        description="custom fields, as extra CSV columns are kept; not named as a column",
+        json_schema_extra={"propertyNames": {"pattern": r"\S", "not": {"enum": _COLUMNS}}},
     )
 
 

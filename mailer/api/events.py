@@ -25,9 +25,9 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 
 from mailer.api.access import caller, state
-from mailer.api.batches import OneOrBatch
+from mailer.api.batches import Address, OneOrBatch
 from mailer.api.keys import ApiKey, Scope
-from mailer.api.problems import FieldError, Invalid, ProblemDocument, item_error
+from mailer.api.problems import FieldError, Invalid, conflict, item_error
 from mailer.core.fieldtypes import EVENT_NAME
 from mailer.customers import events
 from mailer.customers.csv_rows import normalise_email
@@ -41,7 +41,7 @@ class EventIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    email: str = Field(max_length=320, examples=["maria@example.bg"])
+    email: Address
     name: str = Field(
         min_length=1,
         max_length=100,
@@ -72,15 +72,6 @@ class EventIn(BaseModel):
 
 
 Events = OneOrBatch[EventIn]
-
-
-CONFLICT: dict[int | str, dict[str, Any]] = {
-    409: {
-        "model": ProblemDocument,
-        "description": "an event with this id was stored before with another name, time or"
-        " payload; nothing of the call is kept",
-    }
-}
 
 
 class EventsResult(BaseModel):
@@ -118,7 +109,12 @@ def drafts(items: list[EventIn], single: bool, now: datetime) -> list[events.Dra
     return found
 
 
-@router.post("", response_model=EventsResult, summary="Record customer events", responses=CONFLICT)
+@router.post(
+    "",
+    response_model=EventsResult,
+    summary="Record customer events",
+    responses=conflict("an event"),
+)
 def record(
     request: Request,
     body: Annotated[Events, Body()],

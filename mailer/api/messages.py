@@ -39,6 +39,7 @@ from sqlalchemy.engine import Connection
 from mailer.api import attachments
 from mailer.api.access import ApiState, caller, state
 from mailer.api.attachments import AttachmentIn
+from mailer.api.batches import Address
 from mailer.api.keys import ApiKey, Scope
 from mailer.api.problems import FieldError, Invalid, ProblemDocument, item_error, not_found
 from mailer.core.categories import Category
@@ -73,16 +74,15 @@ class MessageIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     template: str = Field(max_length=100, examples=["order_confirmation"])
-    to: str = Field(
-        max_length=320,
-        description="any address; a customer with it is linked, no customer is added",
-        examples=["maria@example.bg"],
+    to: Address = Field(
+        description="any address; a customer with it is linked, no customer is added"
     )
     data: dict[str, Any] = Field(
         default_factory=dict,
         description="the template's `params`, as values only: text in it is never run as a "
         "template; no key may start with $",
         examples=[{"order": "A-1042", "total": "42.90 EUR"}],
+        json_schema_extra={"propertyNames": {"pattern": r"^[^$]"}},
     )
     locale: str | None = Field(
         None,

@@ -14,46 +14,108 @@ from decimal import Decimal
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic.config import JsonDict
 
 from mailer.api.access import ApiState, caller, state
-from mailer.api.batches import BATCH_MAX, OneOrBatch
+from mailer.api.batches import BATCH_MAX, Address, OneOrBatch
 from mailer.api.keys import ApiKey, Scope
-from mailer.api.problems import FieldError, Invalid, item_error
+from mailer.api.problems import FieldError, Invalid, conflict, item_error
 from mailer.commerce import order_rows, orders
-from mailer.commerce.order_rows import Draft, LineRow, Rejected, Rules
+from mailer.commerce.order_rows import (
+    LIMITS,
+    MAX_QUANTITY,
+    ORDER_STATUSES,
+    Draft,
+    LineRow,
+    Rejected,
+    Rules,
+)
+from mailer.core.money import MAX_MINOR
 from mailer.customers.csv_rows import InvalidRow
 
 router = APIRouter(prefix="/orders", tags=["orders"])
 # an order's columns as the API names them; a line's are named as in the CSV
 HEAD = {"order_ref": "order_id", "email": "email", "ordered_at": "ordered_at"}
 HEAD |= {c: c for c in ("currency", "status", "channel")}
+# what the import reads as an amount (``money.to_minor``): never negative, a decimal point
+# or comma; the document says it so a client need not learn it from a 422. The bound is
+# every currency's, three-decimal ones (BHD) included.
+_AMOUNT = {
+    "anyOf": [
+        {"type": "number", "minimum": 0, "maximum": MAX_MINOR // 1000},
+        {"type": "string", "pattern": r"^\s*\d{1,9}(?:[.,]\d*)?\s*$"},
+    ]
+}
+
+
+def _given(longest: int) -> JsonDict:
+    """What the document says of a text the import requires: something in it besides
+    spaces and control characters (which the import clears), and its limit."""
+    return {"pattern": r"[^\s\x00-\x1f\x7f-\x9f]", "maxLength": longest}
 
 
 class LineIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    sku: str
-    product: str
-    category: str = ""
-    quantity: int = Field(1, description="negative in a returned order: what came back")
-    unit_price: Decimal = Field(description="in the currency's units, e.g. 12.90")
-    unit_cost: Decimal | None = None
+    sku: str = Field(json_schema_extra=_given(LIMITS["sku"]))
+    product: str = Field(json_schema_extra=_given(LIMITS["product"]))
+    category: str = Field("", json_schema_extra={"maxLength": LIMITS["category"]})
+    quantity: int = Field(
+        1,
+        description="negative in a returned order: what came back; never 0",
+        json_schema_extra={
+            "minimum": -MAX_QUANTITY,
+            "maximum": MAX_QUANTITY,
+            "not": {"const": 0},
+        },
+    )
+    unit_price: Annotated[Decimal, WithJsonSchema(_AMOUNT)] = Field(
+        description="in the currency's units, e.g. 12.90; no more decimals than it has"
+    )
+    unit_cost: Annotated[Decimal | None, WithJsonSchema({"anyOf": [_AMOUNT, {"type": "null"}]})] = (
+        None
+    )
 
 
 class OrderIn(BaseModel):
     """One order of the shop with its lines."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    order_id: str = Field(description="the shop's; sending it again is safe")
-    email: str
-    ordered_at: str = Field(
-        description="2024-03-01, 2024-03-01T14:30:00+02:00 (no offset: the business's zone)"
+    # a line comes back (a negative quantity) only in a returned order
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "if": {"properties": {"status": {"const": "returned"}}, "required": ["status"]},
+            "else": {
+                "properties": {"lines": {"items": {"properties": {"quantity": {"minimum": 1}}}}}
+            },
+        },
     )
-    currency: str = Field("", description="ISO 4217; may be left out when the company sells in one")
-    channel: str = ""
-    status: str = Field("placed", description="placed, returned or cancelled")
+
+    order_id: str = Field(
+        description="the shop's; sending it again is safe",
+        json_schema_extra=_given(LIMITS["order_ref"]),
+    )
+    email: Address
+    ordered_at: str = Field(
+        description="2024-03-01, 2024-03-01T14:30:00+02:00 (no offset: the business's zone);"
+        " not in the future",
+        examples=["2024-03-01T14:30:00+02:00"],
+    )
+    currency: str = Field(
+        "",
+        description="ISO 4217, one the company sells in ([company] currencies); may be left"
+        " out when it names one",
+        json_schema_extra={"pattern": "^([A-Za-z]{3})?$"},
+        examples=["EUR"],
+    )
+    channel: str = Field("", json_schema_extra={"maxLength": LIMITS["channel"]})
+    status: str = Field(
+        "placed",
+        description="placed, returned or cancelled (paid, refunded, void and the like are"
+        " read as one of them)",
+        json_schema_extra={"enum": list(ORDER_STATUSES)},
+    )
     lines: list[LineIn] = Field(min_length=1, max_length=BATCH_MAX)
 
 
@@ -138,7 +200,9 @@ def _rules(api: ApiState) -> Rules:
     )
 
 
-@router.post("", response_model=OrdersResult, summary="Record orders")
+@router.post(
+    "", response_model=OrdersResult, summary="Record orders", responses=conflict("an order")
+)
 def record(
     request: Request,
     body: Annotated[Orders, Body()],

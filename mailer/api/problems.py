@@ -62,6 +62,18 @@ def not_found(what: str) -> dict[int | str, dict[str, Any]]:
     return {404: {"model": ProblemDocument, "description": f"no such {what}"}}
 
 
+def conflict(what: str) -> dict[int | str, dict[str, Any]]:
+    """The 409 of a write route whose item, sent again with the same id, says something
+    else than the stored one: nothing of the call is kept."""
+    return {
+        409: {
+            "model": ProblemDocument,
+            "description": f"{what} with this id was stored before with other content;"
+            " nothing of the call is kept",
+        }
+    }
+
+
 def _counted(n: int) -> str:
     return f"{n} field{'s' if n != 1 else ''} of the request {'are' if n != 1 else 'is'} not valid"
 

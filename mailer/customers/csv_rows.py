@@ -146,7 +146,8 @@ def _flag(column: str, text: str) -> bool | None:
 
 
 def _tags(text: str) -> tuple[str, ...] | None:
-    tags = {t.strip().lower() for t in re.split(r"[;,|]", text) if t.strip()}
+    # control characters cleared as in any text: PostgreSQL cannot store a NUL
+    tags = {c.lower() for t in re.split(r"[;,|]", text) if (c := clean_text(t))}
     return tuple(sorted(tags)) or None
 
 
@@ -199,7 +200,7 @@ _CONVERTERS: dict[str, Callable[[str], Any]] = {
 
 def normalise_header(name: str) -> str:
     """'E-Mail' -> 'email', 'First Name' -> 'first_name': spreadsheets name columns freely."""
-    key = re.sub(r"[\s\-]+", "_", name.lstrip("\ufeff").strip().lower())
+    key = re.sub(r"[\s\-\x00-\x1f\x7f-\x9f]+", "_", name.lstrip("\ufeff").strip().lower())
     return _ALIASES.get(key, key)
 
 
