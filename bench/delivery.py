@@ -4,11 +4,25 @@ on, delivered over SMTP into a local sink running in another process, on the eve
 the same size into a sink of the same kind, in the same run, as the ceiling to compare with.
 
     .venv/bin/python bench/delivery.py [--customers 20000] [--database-url URL] [--pool 10]
+    .venv/bin/python bench/delivery.py --dkim rsa|ed25519|both [--customers 5000]
+    .venv/bin/python bench/delivery.py --workers 4 --postgres [--customers 10000]
 
 The sink is Postfix's smtp-sink when installed (apt-get install postfix; it is not started
 as a mail server), else aiosmtpd's Sink handler. Prints the time to enqueue, messages per
 second and peak RSS, then smtp-source's rate and the ratio; the last line reads
 `mailer/smtp-source: R` (or says that smtp-source is not installed).
+
+``--dkim`` answers "what does signing cost?": the same delivery, each on a fresh copy of
+the audience, unsigned, signed with each key asked for, and unsigned again (the machine may
+be shared: the two unsigned runs bracket the signed ones), each rate with the load average
+at its end, and each signed rate over the mean unsigned one.
+
+``--workers N --postgres`` answers "does delivery scale out?": on a throwaway PostgreSQL,
+the audience is queued once, held; for 1, 2, 4 ... N processes, a copy of it is released
+to that many real `mailer run --only delivery` processes (each its own SMTP pool to the
+sink, no rate limit; quiet hours off, as the wall clock would defer some zones), and the
+rate from release to the last message sent is printed with its ratio to one process and
+the statements the processes ran per message (pg_stat_statements).
 """
 
 from __future__ import annotations
@@ -17,35 +31,49 @@ import argparse
 import os
 import resource
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from itertools import islice
 from pathlib import Path
 
-import uvloop
-from sqlalchemy import Engine, insert
-
-from mailer import daemon
-from mailer.core import config
-from mailer.core.categories import Category
-from mailer.core.clock import ManualClock
-from mailer.customers.profiles import CUSTOMERS
-from mailer.outbound import outbox
-from mailer.outbound.outbox import NewMessage
-from mailer.outbound.smtp import SmtpTarget
-from mailer.store import db, migrate
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # for tests.pg
+
+import psycopg  # noqa: E402
+import uvloop  # noqa: E402
+from sqlalchemy import ColumnElement, Engine, func, insert, select, update  # noqa: E402
+
+from mailer import daemon  # noqa: E402
+from mailer.core import config  # noqa: E402
+from mailer.core.categories import Category  # noqa: E402
+from mailer.core.clock import ManualClock  # noqa: E402
+from mailer.customers import tokens  # noqa: E402
+from mailer.customers.profiles import CUSTOMERS  # noqa: E402
+from mailer.outbound import dkim, outbox  # noqa: E402
+from mailer.outbound.outbox import OUTBOX, NewMessage  # noqa: E402
+from mailer.outbound.smtp import SmtpTarget  # noqa: E402
+from mailer.store import db, migrate, workers  # noqa: E402
+from mailer.store.models import OutboxStatus  # noqa: E402
+from tests.pg import PostgresServer, _as_owner, _bindir  # noqa: E402
+
 # zones where 10:00 UTC is daytime, so quiet hours are checked but do not defer
 ZONES = ("Europe/Sofia", "Europe/Berlin", "Asia/Jakarta", "Asia/Manila", "Africa/Lagos")
 LOCALES = ("bg", "en", "id", "tl", "en")
 NAMES = ("Мария Иванова", "Zoë Müller", "Siti Rahmawati", "José Reyes", "Ada Obi")
 NOW = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
+HELD = datetime(2099, 1, 1, tzinfo=UTC)  # queued but not due until the processes are up
+LEAD = timedelta(seconds=3)  # release to first due: longer than the daemon's idle poll (1 s)
+ALGORITHMS: dict[str, tuple[dkim.Algorithm, ...]] = {
+    "rsa": ("rsa",),
+    "ed25519": ("ed25519",),
+    "both": ("rsa", "ed25519"),
+}
 
 
 def free_port() -> int:
@@ -119,7 +147,7 @@ def add_customers(engine: Engine, count: int) -> None:
             conn.execute(insert(CUSTOMERS), batch)
 
 
-def messages(count: int) -> Iterator[NewMessage]:
+def messages(count: int, due_at: datetime | None = None) -> Iterator[NewMessage]:
     params = {"params": {"headline": "December news", "intro": "Our winter blend is back."}}
     for i in range(count):
         yield NewMessage(
@@ -129,31 +157,61 @@ def messages(count: int) -> Iterator[NewMessage]:
             template="newsletter",
             customer_id=i + 1,
             context=params,
+            due_at=due_at,
         )
 
 
-async def deliver_all(delivery: daemon.Delivery) -> tuple[int, int]:
-    """How many messages went, and their mean size in bytes (smtp-source sends that size)."""
+def load() -> str:
+    """The 1-minute load average, printed with every rate: on a shared machine a rate means
+    little without it."""
+    return f"load {os.getloadavg()[0]:.2f}"
+
+
+async def deliver_all(delivery: daemon.Delivery) -> tuple[int, int, bytes]:
+    """How many messages went, their mean size in bytes (smtp-source sends that size), and
+    the first one as sent, to show what was measured (signed or not)."""
     sizes: list[int] = []
+    first: list[bytes] = []
     send = delivery.pool.send
 
     async def counted(sender: str, recipient: str, data: bytes) -> str:
         sizes.append(len(data))
+        first[:] = first or [data]
         return await send(sender, recipient, data)
 
     delivery.pool.send = counted  # type: ignore[method-assign]
     total = 0
     while handled := await delivery.deliver_due():
         total += handled
-    return total, sum(sizes) // max(len(sizes), 1)
+    return total, sum(sizes) // max(len(sizes), 1), b"".join(first)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--customers", type=int, default=20_000)
-    parser.add_argument("--database-url")
-    parser.add_argument("--pool", type=int, default=10)
-    args = parser.parse_args()
+def deliver(cfg: config.Config, engine: Engine, pool: int) -> tuple[int, int, bytes, float]:
+    """Everything queued in ``engine``, delivered into a new sink in this process: how many,
+    their mean size, the first message, and the seconds it took."""
+    port = free_port()
+    sink = start_sink(port)
+    try:
+        target = SmtpTarget(host="127.0.0.1", port=port, pool_size=pool)
+        delivery = daemon.build_delivery(cfg, engine, ManualClock(NOW), target)
+        start = time.perf_counter()
+        sent, size, first = uvloop.run(deliver_all(delivery))  # as `mailer run` does
+        return sent, size, first, time.perf_counter() - start
+    finally:
+        sink.terminate()
+        sink.wait()
+
+
+def filled(url: str, count: int) -> Engine:
+    """A migrated database at ``url`` with ``count`` customers and a newsletter queued to each."""
+    engine = db.connect(url)
+    migrate.upgrade(engine)
+    add_customers(engine, count)
+    outbox.enqueue(engine, messages(count), NOW)
+    return engine
+
+
+def single(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         engine = db.connect(args.database_url or f"sqlite:///{tmp}/bench.db")
         migrate.upgrade(engine)
@@ -162,17 +220,7 @@ def main() -> None:
         start = time.perf_counter()
         outbox.enqueue(engine, messages(args.customers), NOW)
         print(f"enqueued {args.customers} messages in {time.perf_counter() - start:.1f} s")
-        port = free_port()
-        sink = start_sink(port)
-        try:
-            target = SmtpTarget(host="127.0.0.1", port=port, pool_size=args.pool)
-            delivery = daemon.build_delivery(cfg, engine, ManualClock(NOW), target)
-            start = time.perf_counter()
-            sent, size = uvloop.run(deliver_all(delivery))  # as `mailer run` does
-            elapsed = time.perf_counter() - start
-        finally:
-            sink.terminate()
-            sink.wait()
+        sent, size, _, elapsed = deliver(cfg, engine, args.pool)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
     rate = sent / elapsed
     print(f"delivered {sent} messages of {size:,} bytes on average in {elapsed:.1f} s")
@@ -183,6 +231,235 @@ def main() -> None:
         return
     print(f"smtp-source -s 10 -d, {sent} messages of {size:,} bytes: {ceiling:.0f} msg/s")
     print(f"mailer/smtp-source: {rate / ceiling:.3f}")
+
+
+def signing(args: argparse.Namespace) -> None:
+    """Unsigned, signed with each algorithm, unsigned again: each on its own copy of the
+    audience (a second newsletter to the same customers would be held by the throttle)."""
+    algorithms = ALGORITHMS[args.dkim]
+    with tempfile.TemporaryDirectory() as tmp:
+        for algorithm in algorithms:
+            dkim.write_new(Path(tmp) / "dkim" / f"bench{algorithm}.pem", dkim.generate(algorithm))
+        rates: dict[str, list[float]] = {}
+        for run, variant in enumerate(("none", *algorithms, "none")):
+            env = {"MAILER_PATHS__DATA": tmp}
+            if variant != "none":
+                env["MAILER_SENDER__DKIM_SELECTOR"] = f"bench{variant}"
+            cfg = config.load(ROOT / "config.toml", env)
+            engine = filled(f"sqlite:///{tmp}/run{run}.db", args.customers)
+            sent, size, first, elapsed = deliver(cfg, engine, args.pool)
+            engine.dispose()
+            signed = first.count(b"DKIM-Signature:")
+            if signed != (variant != "none"):
+                raise SystemExit(f"{variant}: the first message carries {signed} DKIM signatures")
+            rate = sent / elapsed
+            rates.setdefault(variant, []).append(rate)
+            print(
+                f"dkim {variant}: {sent} messages of {size:,} bytes in {elapsed:.1f} s, "
+                f"{rate:.0f} msg/s ({load()})"
+            )
+    unsigned = sum(rates["none"]) / len(rates["none"])
+    for algorithm in algorithms:
+        print(f"signed {algorithm}/unsigned: {rates[algorithm][0] / unsigned:.3f}")
+
+
+def worker_counts(most: int) -> list[int]:
+    """1, 2, 4 ... up to ``most``, and ``most`` itself."""
+    counts = [1]
+    while counts[-1] * 2 <= most:
+        counts.append(counts[-1] * 2)
+    return counts if counts[-1] == most else [*counts, most]
+
+
+def scale_out(args: argparse.Namespace) -> None:
+    server = PostgresServer.start()
+    sink: subprocess.Popen[bytes] | None = None
+    try:
+        # pg_stat_statements must be loaded at start: restart with the options it started with
+        server.admin("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
+        pg_ctl = str(_bindir() / "pg_ctl")
+        data, log = str(server.directory / "data"), str(server.directory / "log")
+        restart = [pg_ctl, "-D", data, "-l", log, "-w", "-t", "30", "restart"]  # -l: not our pipe
+        subprocess.run(_as_owner(restart), check=True, capture_output=True)
+        server.admin(
+            "CREATE EXTENSION pg_stat_statements",
+            "CREATE ROLE watcher SUPERUSER LOGIN",  # the bench's own statements are not counted
+            "CREATE DATABASE audience",
+        )
+        engine = filled_held(server.url("audience"), args.customers)
+        engine.dispose()
+        print(f"machine: {os.cpu_count()} cores; {args.customers} messages queued, held")
+        port = free_port()
+        sink = start_sink(port)
+        with tempfile.TemporaryDirectory() as tmp:
+            base: float | None = None
+            for count in worker_counts(args.workers):
+                server.admin(f"CREATE DATABASE run{count} TEMPLATE audience")
+                url = server.url(f"run{count}")
+                sent, elapsed, statements = run_workers(args, url, port, count, Path(tmp))
+                rate = sent / elapsed
+                base = base or rate
+                print(
+                    f"workers {count}: {sent} messages in {elapsed:.1f} s, {rate:.0f} msg/s, "
+                    f"x{rate / base:.2f} of one ({load()}); "
+                    f"{statements / max(sent, 1):.2f} statements a message"
+                )
+    finally:
+        if sink is not None:
+            sink.terminate()
+            sink.wait()
+        server.stop()
+
+
+def filled_held(url: str, count: int) -> Engine:
+    """Customers and their newsletters, queued but not due: each run releases a copy."""
+    engine = db.connect(url)
+    migrate.upgrade(engine)
+    add_customers(engine, count)
+    outbox.enqueue(engine, messages(count, HELD), datetime.now(UTC))
+    return engine
+
+
+def run_workers(
+    args: argparse.Namespace, url: str, port: int, count: int, tmp: Path
+) -> tuple[int, float, int]:
+    """``count`` `mailer run --only delivery` processes on ``url``: how many messages they
+    sent, the seconds from release to the last one sent, and the statements they ran."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "MAILER_DATABASE__URL": url,
+        "MAILER_PATHS__DATA": str(tmp),
+        "MAILER_SANDBOX__ENABLED": "false",
+        "MAILER_SMTP__HOST": "127.0.0.1",
+        "MAILER_SMTP__PORT": str(port),
+        "MAILER_SMTP__POOL_SIZE": str(args.pool),  # each process its own pool
+        "MAILER_SMTP__RATE_PER_SECOND": "0",
+        "MAILER_THROTTLE__QUIET_HOURS": "",
+    }
+    cfg = config.load(ROOT / "config.toml", env)
+    tokens.load_secret(cfg)  # made once here, not raced for by the processes
+    command = [sys.executable, "-m", "mailer", "--config", str(ROOT / "config.toml")]
+    logs = [tmp / f"run{count}-{i}.log" for i in range(count)]
+    processes = [
+        subprocess.Popen(
+            [*command, "run", "--only", "delivery"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log.open("wb"),
+        )
+        for log in logs
+    ]
+    watcher = db.connect(_as_watcher(url))
+    try:
+        wait_for(lambda: len(workers.seen(watcher)) >= count, processes, logs, 60, "start")
+        reset_statements(url)
+        released = datetime.now(UTC)
+        with watcher.begin() as conn:
+            conn.execute(update(OUTBOX).values(due_at=released + LEAD))
+        waiting = OUTBOX.c.status.in_([*outbox.WAITING, OutboxStatus.SENDING])
+        wait_for(lambda: count_of(watcher, waiting) == 0, processes, logs, args.timeout, "drain")
+        statements = statements_run(url)
+        with watcher.connect() as conn:
+            row = conn.execute(
+                select(func.count(), func.max(OUTBOX.c.sent_at)).where(
+                    OUTBOX.c.status == OutboxStatus.SENT
+                )
+            ).one()
+        if row[0] != args.customers:
+            raise SystemExit(f"{count} workers sent {row[0]} of {args.customers}: see {tmp}")
+        return int(row[0]), (row[1] - released - LEAD).total_seconds(), statements
+    finally:
+        watcher.dispose()
+        stop(processes)
+
+
+def count_of(engine: Engine, where: ColumnElement[bool]) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(OUTBOX).where(where)).scalar_one())
+
+
+def wait_for(
+    done: Callable[[], bool],
+    processes: list[subprocess.Popen[bytes]],
+    logs: list[Path],
+    seconds: float,
+    what: str,
+) -> None:
+    """Poll ``done`` every 0.2 s for at most ``seconds``; stop at once if a process exits."""
+    for _ in range(int(seconds / 0.2)):
+        if done():
+            return
+        for process, log in zip(processes, logs, strict=True):
+            if process.poll() is not None:
+                tail = log.read_text(errors="replace")[-2000:]
+                raise SystemExit(f"a delivery process exited ({process.returncode}):\n{tail}")
+        time.sleep(0.2)
+    tail = logs[0].read_text(errors="replace")[-2000:]
+    raise SystemExit(f"the delivery processes did not {what} within {seconds:.0f} s:\n{tail}")
+
+
+def stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _as_watcher(url: str) -> str:
+    return url.replace("postgresql://postgres@", "postgresql://watcher@")
+
+
+def _server_as_watcher(url: str) -> str:
+    """The server's own database, where pg_stat_statements was created, as the watcher."""
+    return _as_watcher(url.rsplit("/", 1)[0] + "/postgres")
+
+
+def reset_statements(url: str) -> None:
+    with psycopg.connect(_server_as_watcher(url), autocommit=True) as conn:
+        conn.execute("SELECT pg_stat_statements_reset()")
+
+
+def statements_run(url: str) -> int:
+    """Statements the delivery processes (user postgres) ran on their database since the reset."""
+    database = url.rsplit("/", 1)[1]
+    with psycopg.connect(_server_as_watcher(url), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT coalesce(sum(s.calls), 0) FROM pg_stat_statements s"
+            " JOIN pg_roles r ON r.oid = s.userid JOIN pg_database d ON d.oid = s.dbid"
+            " WHERE r.rolname = 'postgres' AND d.datname = %s",
+            (database,),
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--customers", type=int, default=20_000)
+    parser.add_argument("--database-url")
+    parser.add_argument("--pool", type=int, default=10)
+    parser.add_argument("--dkim", choices=sorted(ALGORITHMS), help="compare signed and unsigned")
+    parser.add_argument("--workers", type=int, help="up to this many `mailer run` processes")
+    parser.add_argument("--postgres", action="store_true", help="a throwaway PostgreSQL")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds for a drain at most")
+    args = parser.parse_args()
+    if args.workers is not None:
+        if not args.postgres or args.database_url or args.workers < 1:
+            parser.error("--workers N (N >= 1) needs --postgres: SQLite has one process")
+        scale_out(args)
+    elif args.dkim:
+        if args.database_url or args.postgres:
+            parser.error("--dkim runs on SQLite files of its own")
+        signing(args)
+    else:
+        if args.postgres:
+            parser.error("--postgres goes with --workers")
+        single(args)
 
 
 if __name__ == "__main__":
