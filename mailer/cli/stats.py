@@ -12,7 +12,8 @@ from mailer.cli.common import JSON_OPTION, app_of, err, print_json, print_table
 from mailer.outbound import deliverability
 from mailer.outbound.deliverability import Counts, Row
 
-COLUMNS = ("day", "domain", *deliverability.COUNTED, "bounce_rate", "complaint_rate")
+COLUMNS = ("day", "domain", *deliverability.COUNTED)  # rates: in the total and --json
+RATES = ("bounce_rate", "complaint_rate")
 
 
 def stats(
@@ -46,7 +47,7 @@ def stats(
         return
     first = since.astimezone(zone)
     print_table([_row(row) for row in rows], COLUMNS, f"Mail since {first:%Y-%m-%d} ({zone.key})")
-    print_table([_figures(deliverability.total(rows))], COLUMNS[2:], "All of it")
+    print_table([_figures(deliverability.total(rows))], (*COLUMNS[2:], *RATES), "All of it")
     for warning in found:
         err.print(f"warning: {warning}")
 
