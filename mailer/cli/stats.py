@@ -8,12 +8,22 @@ from typing import Any
 
 import typer
 
-from mailer.cli.common import JSON_OPTION, app_of, err, print_json, print_table
+from mailer.cli.common import JSON_OPTION, app_of, err, out, print_json, print_table
 from mailer.outbound import deliverability
 from mailer.outbound.deliverability import Counts, Row
 
-COLUMNS = ("day", "domain", *deliverability.COUNTED)  # rates: in the total and --json
-RATES = ("bounce_rate", "complaint_rate")
+# the table's headings, short so that day and domain stay whole in 80 columns
+HEADINGS = {
+    "sent": "sent",
+    "deferred": "defer",
+    "soft": "soft",
+    "hard": "hard",
+    "complaints": "compl",
+    "suppressed": "suppr",
+    "bounce_rate": "bounce %",
+    "complaint_rate": "compl %",
+}
+KEY = "defer: deferred by the receiving server; compl: spam complaints; suppr: suppressed"
 
 
 def stats(
@@ -46,10 +56,25 @@ def stats(
         )
         return
     first = since.astimezone(zone)
-    print_table([_row(row) for row in rows], COLUMNS, f"Mail since {first:%Y-%m-%d} ({zone.key})")
-    print_table([_figures(deliverability.total(rows))], (*COLUMNS[2:], *RATES), "All of it")
+    per_day = [{"day": r.day, "domain": r.domain, **_headed(r.counts, rates=False)} for r in rows]
+    columns = ["day", "domain", *(HEADINGS[name] for name in deliverability.COUNTED)]
+    print_table(per_day, columns, f"Mail since {first:%Y-%m-%d} ({zone.key})")
+    summed = _headed(deliverability.total(rows), rates=True)
+    print_table([summed], list(summed), "All of it")
+    out.print(KEY)
     for warning in found:
         err.print(f"warning: {warning}")
+
+
+def _headed(counts: Counts, *, rates: bool) -> dict[str, Any]:
+    """The figures under the table's short headings, rates as percentages."""
+    figures = _figures(counts)
+    shown = {HEADINGS[k]: v for k, v in figures.items() if k in deliverability.COUNTED}
+    if rates:
+        for name in ("bounce_rate", "complaint_rate"):
+            value = figures[name]
+            shown[HEADINGS[name]] = "" if value is None else f"{value:.2%}"
+    return shown
 
 
 def _row(row: Row) -> dict[str, Any]:
