@@ -288,12 +288,15 @@ def _lines(stream: TextIO, undecodable: dict[int, int]) -> Iterator[str]:
 
 def _header(reader: Any, name: Callable[[str], str], required: str) -> list[str]:
     try:
-        header = [name(h) for h in next(reader, [])]
+        written: list[str] = next(reader, [])
     except csv.Error as exc:
         raise ImportFileError(f"line 1: {exc}") from None
+    header = [name(h) for h in written]
     if required not in header:
         raise ImportFileError(f"the first line must be a header with an {required!r} column")
-    duplicated = {h for h in header if header.count(h) > 1}
+    # a repeated column is named as the file first spells it, not as it is normalised
+    first = {key: text for key, text in reversed(list(zip(header, written, strict=True)))}
+    duplicated = {first[h].strip().lower() for h in header if header.count(h) > 1}
     if duplicated:
         raise ImportFileError(f"the header repeats column(s): {', '.join(sorted(duplicated))}")
     return header
