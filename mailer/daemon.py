@@ -34,7 +34,7 @@ from sqlalchemy.exc import DBAPIError
 from mailer import checks
 from mailer.core import config
 from mailer.core.clock import Clock, SystemClock
-from mailer.core.config import Config, Role
+from mailer.core.config import BounceMailboxSettings, Config, ImapSettings, Role
 from mailer.customers import tokens
 from mailer.hooks.sender import Webhooks
 from mailer.inbound.bounce_mailbox import Reports
@@ -129,14 +129,7 @@ def build_inbox(
                 password=SANDBOX_PASSWORD,
                 mailbox="INBOX",
             )
-        return Mailbox(
-            imap.host,
-            imap.port,
-            security=imap.security,
-            username=imap.username,
-            password=cfg.secret("imap", "password_env"),
-            mailbox=imap.mailbox,
-        )
+        return _mailbox(cfg, imap, "imap")
 
     return Inbox(
         engine=engine,
@@ -150,6 +143,18 @@ def build_inbox(
     )
 
 
+def _mailbox(cfg: Config, settings: ImapSettings | BounceMailboxSettings, section: str) -> Mailbox:
+    """The mailbox ``[section]`` configures, with the password its ``password_env`` names."""
+    return Mailbox(
+        settings.host,
+        settings.port,
+        security=settings.security,
+        username=settings.username,
+        password=cfg.secret(section, "password_env"),
+        mailbox=settings.mailbox,
+    )
+
+
 def build_bounce_mailbox(
     cfg: Config, engine: Engine, clock: Clock, *, sandbox_on: bool
 ) -> Inbox | None:
@@ -160,19 +165,9 @@ def build_bounce_mailbox(
     if sandbox_on or not imap.enabled:
         return None
 
-    def open_mailbox() -> Mailbox:
-        return Mailbox(
-            imap.host,
-            imap.port,
-            security=imap.security,
-            username=imap.username,
-            password=cfg.secret("bounces.imap", "password_env"),
-            mailbox=imap.mailbox,
-        )
-
     return Inbox(
         engine=engine,
-        open_mailbox=open_mailbox,
+        open_mailbox=lambda: _mailbox(cfg, imap, "bounces.imap"),
         handler=Reports(ReportPolicy.from_config(cfg)),
         clock=clock,
         processed=imap.processed,
