@@ -12,7 +12,7 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine
@@ -32,7 +32,7 @@ log = logging.getLogger("mailer.outbound.delivery")
 
 MAX_RETRY_AGE = timedelta(days=2)  # for messages without a validity window of their own
 IDLE_POLL = 1.0  # seconds between looks at the queue when nothing is due
-OUTAGE_PROBE = (1.0, 60.0)  # first and longest wait between connection attempts in an outage
+HOLD_PROBE = (1.0, 60.0)  # first and longest wait between looks at a held category's relays
 DB_AWAY = "the database is unreachable"
 
 
@@ -43,6 +43,21 @@ class _Batch:
     claimed: list[Claimed]
     ready: list[Outgoing]
     held: list[Outcome]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Hold:
+    """A category whose mail waits: no relay for it answered. Its relays are probed at
+    ``probe_at``, each miss doubling the wait (see HOLD_PROBE)."""
+
+    since: datetime
+    reason: str
+    probe_at: datetime
+    wait: float = HOLD_PROBE[0]
+
+    def missed(self, now: datetime) -> Hold:
+        wait = min(self.wait * 2, HOLD_PROBE[1])
+        return replace(self, probe_at=now + timedelta(seconds=wait), wait=wait)
 
 
 @dataclass
@@ -71,7 +86,7 @@ class Delivery:
     clock: Clock
     batch_size: int = 200
     rng: random.Random = field(default_factory=random.Random)
-    outage_since: datetime | None = None
+    held: dict[str, Hold] = field(default_factory=dict)  # categories no relay takes now
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _in_flight: dict[int, int] = field(default_factory=dict)  # lease tokens of claimed rows
@@ -130,14 +145,12 @@ class Delivery:
         return handled
 
     def _halted(self) -> str | None:
-        """Why no further batch may be sent now: the daemon is stopping, the database is away
-        (results would pile up unwritten), or the server is out."""
+        """Why no further batch may be sent now: the daemon is stopping, or the database is
+        away (results would pile up unwritten). A category no relay takes is held alone."""
         if self._stop.is_set():
             return "shutdown"
         if self._db_away is not None:
             return DB_AWAY
-        if self.outage_since is not None:
-            return "the SMTP server is unreachable"
         return None
 
     async def _take(self) -> _Batch:
@@ -145,7 +158,12 @@ class Delivery:
         away meanwhile, nothing is claimed, or what was claimed goes back untried."""
         try:
             claimed = await asyncio.to_thread(
-                outbox.claim, self.engine, self.clock.now(), self.batch_size, self.policy
+                outbox.claim,
+                self.engine,
+                self.clock.now(),
+                self.batch_size,
+                self.policy,
+                skip_categories=frozenset(self.held),
             )
         except UNREACHABLE as exc:
             self._lost(exc)
@@ -263,8 +281,8 @@ class Delivery:
         return DB_AWAY if self._db_away is not None else None
 
     async def _send(self, message: Outgoing, claimed: Claimed) -> Outcome:
-        if self.outage_since is not None:
-            return self._released(message, "the SMTP server is unreachable")
+        if (hold := self.held.get(claimed.category)) is not None:
+            return self._released(message, hold.reason)
         try:
             reply = await self.relays.send(
                 message.sender, message.recipient, message.data, claimed.category
@@ -288,7 +306,7 @@ class Delivery:
         diagnosis = classify(exc)
         now = self.clock.now()
         if diagnosis.result == Failure.OUTAGE:
-            self._enter_outage(diagnosis.reply)
+            self._hold(claimed.category, diagnosis.reply)
             return self._released(message, diagnosis.reply)
         if diagnosis.result == Failure.RETRY:
             retry_at = now + backoff(claimed.attempts + 1, self.rng)
@@ -307,37 +325,36 @@ class Delivery:
     def _release(self, messages: Sequence[Outgoing], why: str) -> list[Outcome]:
         return [self._released(m, why) for m in messages]
 
-    def _enter_outage(self, reply: str) -> None:
-        if self.outage_since is None:
-            self.outage_since = self.clock.now()
-            log.warning("SMTP server unreachable, holding the queue until it answers: %s", reply)
+    def _hold(self, category: str, reply: str) -> None:
+        """No relay for the category answers: its mail waits, the other categories' goes on."""
+        if category not in self.held:
+            now = self.clock.now()
+            probe_at = now + timedelta(seconds=HOLD_PROBE[0])
+            self.held[category] = Hold(since=now, reason=reply, probe_at=probe_at)
+            log.warning("holding %s mail until a relay for it answers: %s", category, reply)
 
-    async def _probe(self) -> bool:
-        try:
-            await self.relays.probe()
-        except Exception:
-            return False
-        assert self.outage_since is not None
-        log.warning(
-            "SMTP server %s answers again after %s",
-            self.relays,
-            self.clock.now() - self.outage_since,
-        )
-        self.outage_since = None
-        return True
+    async def probe_held(self) -> None:
+        """Connect to the relays of each held category whose probe is due: the category
+        flows again when one answers, else its next probe waits twice as long."""
+        for category, hold in list(self.held.items()):
+            now = self.clock.now()
+            if now < hold.probe_at:
+                continue
+            try:
+                await self.relays.probe(category)
+            except Exception:  # every probe that does not connect is a miss, none stops the loop
+                self.held[category] = hold.missed(now)
+                continue
+            del self.held[category]
+            log.warning("%s mail flows again after %s", category, self.clock.now() - hold.since)
+            self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop`` is set; then finish the batch in flight and close connections."""
-        probe_wait = OUTAGE_PROBE[0]
         self._stop = stop  # read before each batch is claimed and rendered
         try:
             while not stop.is_set():
-                if self.outage_since is not None:
-                    if not await self._probe():
-                        await _rest(stop, self._wake, probe_wait)
-                        probe_wait = min(probe_wait * 2, OUTAGE_PROBE[1])
-                        continue
-                    probe_wait = OUTAGE_PROBE[0]
+                await self.probe_held()
                 self._wake.clear()
                 try:
                     if await self.deliver_due() == 0:
@@ -367,12 +384,17 @@ class Delivery:
         )
 
     async def _idle_for(self) -> float:
+        """Until the next message of a category that is not held falls due, or the next
+        probe of a held one: at most IDLE_POLL."""
         if self._db_away is not None:
             return IDLE_POLL
-        due = await asyncio.to_thread(outbox.next_due, self.engine)
-        if due is None:
+        held = frozenset(self.held)
+        due = await asyncio.to_thread(outbox.next_due, self.engine, skip_categories=held)
+        soonest = [due] if due is not None else []
+        soonest += [hold.probe_at for hold in self.held.values()]
+        if not soonest:
             return IDLE_POLL
-        return max(0.0, min(IDLE_POLL, (due - self.clock.now()).total_seconds()))
+        return max(0.0, min(IDLE_POLL, (min(soonest) - self.clock.now()).total_seconds()))
 
 
 async def _rest(stop: asyncio.Event, wake: asyncio.Event, seconds: float) -> None:

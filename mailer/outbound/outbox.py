@@ -429,14 +429,23 @@ class Policy:
     worker: str | None = None  # the claiming process (workers.id), so its death is noticed
 
 
-def claim(engine: Engine, now: datetime, limit: int, policy: Policy) -> list[Claimed]:
-    """Take up to ``limit`` due rows, decide each under the throttle, keep those to send now.
+def claim(
+    engine: Engine,
+    now: datetime,
+    limit: int,
+    policy: Policy,
+    *,
+    skip_categories: Collection[str] = (),
+) -> list[Claimed]:
+    """Take up to ``limit`` due rows, decide each under the throttle, keep those to send now;
+    rows of ``skip_categories`` (held: no relay for them answers) stay in the queue.
 
     Deciding happens in the claiming transaction, with the customers' rows locked on
     PostgreSQL (SQLite has a single writer), so two workers can never both pass a cap.
     """
     with engine.begin() as conn:
-        rows = _claim_rows(conn, now, limit, now + policy.lease, policy.worker)
+        lease_until = now + policy.lease
+        rows = _claim_rows(conn, now, limit, lease_until, policy.worker, skip_categories)
         if not rows:
             return []
         locked = _lock_customers(conn, {r["customer_id"] for r in rows} - {None})
@@ -450,7 +459,12 @@ def claim(engine: Engine, now: datetime, limit: int, policy: Policy) -> list[Cla
 
 
 def _claim_rows(
-    conn: Connection, now: datetime, limit: int, lease_until: datetime, worker: str | None
+    conn: Connection,
+    now: datetime,
+    limit: int,
+    lease_until: datetime,
+    worker: str | None,
+    skip_categories: Collection[str],
 ) -> list[dict[str, Any]]:
     due = (
         select(OUTBOX.c.id)
@@ -458,6 +472,8 @@ def _claim_rows(
         .order_by(OUTBOX.c.priority.desc(), OUTBOX.c.due_at)
         .limit(limit)
     )
+    if skip_categories:
+        due = due.where(OUTBOX.c.category.not_in(sorted(skip_categories)))
     if conn.dialect.name == "postgresql":
         due = due.with_for_update(skip_locked=True)
     statement = (
@@ -862,15 +878,19 @@ def _requeue(engine: Engine, held: ColumnElement[bool], now: datetime) -> int:
     return int(result.rowcount)
 
 
-def next_due(engine: Engine) -> datetime | None:
-    """When the earliest queued message falls due, so an idle worker knows how long to rest."""
+def next_due(engine: Engine, *, skip_categories: Collection[str] = ()) -> datetime | None:
+    """When the earliest queued message falls due, so an idle worker knows how long to rest;
+    those of ``skip_categories`` (held) do not count."""
+    query = (
+        select(OUTBOX.c.due_at)
+        .where(OUTBOX.c.status.in_(WAITING))
+        .order_by(OUTBOX.c.due_at)
+        .limit(1)
+    )
+    if skip_categories:
+        query = query.where(OUTBOX.c.category.not_in(sorted(skip_categories)))
     with engine.connect() as conn:
-        return conn.execute(
-            select(OUTBOX.c.due_at)
-            .where(OUTBOX.c.status.in_(WAITING))
-            .order_by(OUTBOX.c.due_at)
-            .limit(1)
-        ).scalar_one_or_none()
+        return conn.execute(query).scalar_one_or_none()
 
 
 RETRYABLE = (
