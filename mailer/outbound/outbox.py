@@ -958,9 +958,12 @@ def get(conn: Connection, outbox_id: int) -> dict[str, Any] | None:
     return _with_attempts(conn, conn.execute(_BY_ID, {"_id": outbox_id}).mappings().one_or_none())
 
 
-def get_by_key(conn: Connection, dedupe_key: str) -> dict[str, Any] | None:
-    """As ``get``, the message queued under this dedupe key."""
+def get_by_key(conn: Connection, dedupe_key: str, *, new: bool = False) -> dict[str, Any] | None:
+    """As ``get``, the message queued under this dedupe key. ``new``: the caller queued it in
+    this transaction, so it has no attempts to look up."""
     found = conn.execute(_BY_KEY, {"_key": dedupe_key}).mappings().one_or_none()
+    if new and found is not None:
+        return {**found, "attempts_log": []}
     return _with_attempts(conn, found)
 
 
