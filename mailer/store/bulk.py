@@ -72,6 +72,15 @@ def one_of(
     return column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))
 
 
+def any_of(column: ColumnElement[Any], name: str, dialect: str) -> ColumnElement[bool]:
+    """``column IN :name``, the values given when the statement runs, so that it is built
+    once and reused: an expanding ``IN`` on SQLite, ``= ANY(:name)`` (one array) on
+    PostgreSQL."""
+    if dialect != "postgresql":
+        return column.in_(bindparam(name, expanding=True))
+    return column == any_(bindparam(name, type_=ARRAY(column.type)))
+
+
 def _cursor(conn: Connection) -> Any:
     return conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
 
