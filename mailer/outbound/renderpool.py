@@ -230,7 +230,9 @@ def main(fd: int, limits: Limits) -> None:
     OUTPUT_LIMIT = limits.output
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
-    import mailer.outbound.templates  # noqa: F401  (imported now, not inside the first call's time)
+    # imported now, not inside the first call's time; signing (dkim) is done here too
+    import mailer.outbound.dkim
+    import mailer.outbound.templates  # noqa: F401
 
     _limit_memory(limits.memory)
     conn = Connection(fd)
