@@ -84,11 +84,17 @@ def build_delivery(
     )
     store = TemplateStore(cfg.templates_dir)
     preparer = Preparer(cfg, store, tokens.load_secret(cfg), dkim.from_config(cfg))
+    rng = random.Random()  # one generator for both, so a test can seed the relays' draws
     chosen = [target] if isinstance(target, SmtpTarget) else target
-    via = relays.Relays(chosen, engine, clock, random.Random())
-    pacing = DomainPacing.from_config(cfg, engine)
+    sender = relays.Relays(chosen, engine, clock, rng)
     return Delivery(
-        engine=engine, preparer=preparer, relays=via, policy=policy, clock=clock, pacing=pacing
+        engine=engine,
+        preparer=preparer,
+        relays=sender,
+        pacing=DomainPacing.from_config(cfg, engine),
+        policy=policy,
+        clock=clock,
+        rng=rng,
     )
 
 

@@ -107,7 +107,8 @@ def slows_down(code: int | None, reply: str) -> bool:
 
 def rate_now(pace: Pace, rules: Rules, key: str, now: datetime) -> int | None:
     """The key's rate per minute at ``now``; None: unlimited. Past its hold it climbs back a
-    tenth of its normal rate a minute; once there, it is its normal rate again."""
+    tenth of its normal rate a minute (of ``deferred_per_minute`` for an unlimited key,
+    which is unlimited again once past that); once there, it is its normal rate again."""
     if pace.rate is None:
         return rules.normal(key) or None
     top = rules.normal(key) or rules.deferred_per_minute
@@ -115,7 +116,9 @@ def rate_now(pace: Pace, rules: Rules, key: str, now: datetime) -> int | None:
         return pace.rate
     quiet = (now - pace.slowed_until) // MINUTE
     climbed = pace.rate + quiet * max(1, math.ceil(top / 10))
-    return None if climbed >= top and not rules.normal(key) else min(climbed, top)
+    if not rules.normal(key):  # unlimited again once past the rate it first dropped to
+        return None if climbed > top else climbed
+    return min(climbed, top)
 
 
 def recovered(pace: Pace, rules: Rules, key: str, now: datetime) -> bool:
