@@ -705,17 +705,25 @@ def _problem(err: Any, path: Path, overridden: Mapping[tuple[str, str], str]) ->
 
 def _table_depth(loc: list[str]) -> int:
     """How many parts of an error's location name the table its key is in: a section
-    ([smtp]), a table inside one ([bounces.imap]) or a named table ([relays.NAME],
-    [pacing.groups.NAME])."""
-    depth = 1 if loc else 0
+    ([smtp]), a table inside one ([bounces.imap]) or a named table with a key in it
+    ([relays.NAME] port, [pacing.groups.NAME] domains); a bad name itself is a key of the
+    table that holds the names ([relays] NAME)."""
+    depth = 2 if loc and _named(loc[:1]) and len(loc) > 2 else min(len(loc), 1)
     while depth < len(loc):
-        if _model_at(loc[: depth + 1]) is not None:
+        if _named(loc[: depth + 1]) and len(loc) > depth + 2:
+            depth += 2
+        elif not _named(loc[:depth]) and _model_at(loc[: depth + 1]) is not None:
             depth += 1
-        elif depth + 2 < len(loc) and _model_at(loc[: depth + 2]) is not None:
-            depth += 2  # a name, then its table and a key in it
         else:
             break
     return depth
+
+
+def _named(path: list[str]) -> bool:
+    """Whether the key ``path`` leads to holds named tables, as ``relays`` does."""
+    model = _model_at(path[:-1])
+    field = model.model_fields.get(path[-1]) if model is not None and path else None
+    return field is not None and get_origin(field.annotation) is dict
 
 
 def _where(
