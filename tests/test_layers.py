@@ -84,6 +84,7 @@ def loads(path: Path) -> dict[str, Path]:
 
 PURE = (
     "mailer/outbound/throttle.py",
+    "mailer/outbound/pacing_rules.py",
     "mailer/scheduling/occurrences.py",
     "mailer/inbound/business_hours.py",
     "mailer/inbound/autoreply.py",

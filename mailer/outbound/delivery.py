@@ -22,6 +22,7 @@ from mailer.core.clock import Clock
 from mailer.core.errors import TemplateError
 from mailer.outbound import outbox
 from mailer.outbound.outbox import Claimed, Outcome, Policy, Result
+from mailer.outbound.pacing import DomainPacing, domain
 from mailer.outbound.prepare import Outgoing, Preparer, purchases_of
 from mailer.outbound.relays import Relays
 from mailer.outbound.smtp import Diagnosis, Failure, backoff, classify
@@ -50,6 +51,7 @@ class Delivery:
     policy: Policy
     clock: Clock
     batch_size: int = 200
+    pacing: DomainPacing | None = None  # None: no domain is paced
     rng: random.Random = field(default_factory=random.Random)
     outage_since: datetime | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -109,21 +111,41 @@ class Delivery:
         return None
 
     async def _take(self) -> _Batch:
-        """Claim the next batch and render it, off the event loop."""
-        claimed = await asyncio.to_thread(
-            outbox.claim, self.engine, self.clock.now(), self.batch_size, self.policy
-        )
+        """Claim the next batch and render it, off the event loop; what a paced domain may
+        not get in this minute goes back to the queue untried."""
+        claimed, paced = await asyncio.to_thread(self._claim, self.clock.now())
         if not claimed:
             return _Batch([], [], [])
         # rendering waits on a render worker: in a thread, so the loop keeps serving
         self._in_flight.update(outbox.leases(claimed))
-        ready, held = await asyncio.to_thread(self._prepare, claimed, self.clock.now())
-        return _Batch(claimed, ready, held)
+        sending = [item for item in claimed if item.id not in paced]
+        ready, held = await asyncio.to_thread(self._prepare, sending, self.clock.now())
+        return _Batch(claimed, ready, held + list(paced.values()))
+
+    def _claim(self, now: datetime) -> tuple[list[Claimed], dict[int, Outcome]]:
+        """The next batch, skipping the domains that spent this minute's budget, and the
+        outcomes of those of it that their domain's pace holds back."""
+        if self.pacing is None:
+            return outbox.claim(self.engine, now, self.batch_size, self.policy), {}
+        skip = self.pacing.paced(now)
+        claimed = outbox.claim(
+            self.engine, now, self.batch_size, self.policy, skip_domains=list(skip)
+        )
+        _, held = self.pacing.hold_back(claimed, now)
+        return claimed, {item.id: _waiting(item.id, now, why) for item, why in held}
 
     async def _record(self, outcomes: list[Outcome], batch: _Batch) -> None:
         """Each result written only where this worker still holds the row's lease."""
         leases = outbox.leases(batch.claimed)
         await asyncio.to_thread(outbox.record, self.engine, outcomes, leases)
+        if self.pacing is not None:
+            addresses = {item.id: item.to_address for item in batch.claimed}
+            replies = [
+                (domain(addresses[o.outbox_id]), o.smtp_code, o.smtp_reply)
+                for o in outcomes
+                if o.smtp_reply and o.result in (Result.RETRY, Result.FAILED)
+            ]
+            await asyncio.to_thread(self.pacing.deferred, replies, self.clock.now())
         for outbox_id in leases:
             self._in_flight.pop(outbox_id, None)
         tally = Counter(outcome.result for outcome in outcomes)
@@ -258,10 +280,15 @@ class Delivery:
             await self.relays.close()
 
     async def _idle_for(self) -> float:
-        due = await asyncio.to_thread(outbox.next_due, self.engine)
-        if due is None:
+        """Until the next message falls due, leaving out the domains paced for now, or the
+        first of those may take more; at most IDLE_POLL."""
+        now = self.clock.now()
+        paced = await asyncio.to_thread(self.pacing.paced, now) if self.pacing else {}
+        due = await asyncio.to_thread(outbox.next_due, self.engine, skip_domains=list(paced))
+        wake_at = min([*([due] if due else []), *paced.values()], default=None)
+        if wake_at is None:
             return IDLE_POLL
-        return max(0.0, min(IDLE_POLL, (due - self.clock.now()).total_seconds()))
+        return max(0.0, min(IDLE_POLL, (wake_at - now).total_seconds()))
 
 
 async def _rest(stop: asyncio.Event, wake: asyncio.Event, seconds: float) -> None:

@@ -57,6 +57,7 @@ from mailer.customers.profiles import CUSTOMERS
 from mailer.hooks import events as webhooks
 from mailer.hooks.events import EventType
 from mailer.outbound import throttle
+from mailer.store import db
 from mailer.store.models import DeliveryAttempt, OutboxAttachment, OutboxMessage, OutboxStatus
 
 OUTBOX: Table = OutboxMessage.__table__  # type: ignore[attr-defined]
@@ -429,14 +430,23 @@ class Policy:
     worker: str | None = None  # the claiming process (workers.id), so its death is noticed
 
 
-def claim(engine: Engine, now: datetime, limit: int, policy: Policy) -> list[Claimed]:
-    """Take up to ``limit`` due rows, decide each under the throttle, keep those to send now.
+def claim(
+    engine: Engine,
+    now: datetime,
+    limit: int,
+    policy: Policy,
+    *,
+    skip_domains: Collection[str] = (),
+) -> list[Claimed]:
+    """Take up to ``limit`` due rows, decide each under the throttle, keep those to send now;
+    rows to ``skip_domains`` (receiving domains that may take no more for now) stay queued.
 
     Deciding happens in the claiming transaction, with the customers' rows locked on
     PostgreSQL (SQLite has a single writer), so two workers can never both pass a cap.
     """
     with engine.begin() as conn:
-        rows = _claim_rows(conn, now, limit, now + policy.lease, policy.worker)
+        due = _due(conn.dialect.name, now, skip_domains)
+        rows = _claim_rows(conn, due, limit, now, policy)
         if not rows:
             return []
         locked = _lock_customers(conn, {r["customer_id"] for r in rows} - {None})
@@ -449,12 +459,29 @@ def claim(engine: Engine, now: datetime, limit: int, policy: Policy) -> list[Cla
     ]
 
 
+def _due(
+    dialect: str, now: datetime | None, skip_domains: Collection[str]
+) -> list[ColumnElement[bool]]:
+    """What a waiting row must meet to be taken: due by ``now`` (any time when None), and
+    not to a domain that is skipped."""
+    where: list[ColumnElement[bool]] = [OUTBOX.c.status.in_(WAITING)]
+    if now is not None:
+        where.append(OUTBOX.c.due_at <= now)
+    if skip_domains:
+        where.append(db.domain_of(OUTBOX.c.to_address, dialect).not_in(sorted(skip_domains)))
+    return where
+
+
 def _claim_rows(
-    conn: Connection, now: datetime, limit: int, lease_until: datetime, worker: str | None
+    conn: Connection,
+    due_where: list[ColumnElement[bool]],
+    limit: int,
+    now: datetime,
+    policy: Policy,
 ) -> list[dict[str, Any]]:
     due = (
         select(OUTBOX.c.id)
-        .where(OUTBOX.c.status.in_(WAITING), OUTBOX.c.due_at <= now)
+        .where(*due_where)
         .order_by(OUTBOX.c.priority.desc(), OUTBOX.c.due_at)
         .limit(limit)
     )
@@ -465,9 +492,9 @@ def _claim_rows(
         .where(OUTBOX.c.id.in_(due.scalar_subquery()))
         .values(
             status=OutboxStatus.SENDING,
-            lease_until=lease_until,
+            lease_until=now + policy.lease,
             lease_token=OUTBOX.c.lease_token + 1,
-            worker_id=worker,
+            worker_id=policy.worker,
             updated_at=now,
         )
         .returning(*OUTBOX.c)
@@ -862,12 +889,13 @@ def _requeue(engine: Engine, held: ColumnElement[bool], now: datetime) -> int:
     return int(result.rowcount)
 
 
-def next_due(engine: Engine) -> datetime | None:
-    """When the earliest queued message falls due, so an idle worker knows how long to rest."""
+def next_due(engine: Engine, *, skip_domains: Collection[str] = ()) -> datetime | None:
+    """When the earliest queued message falls due, so an idle worker knows how long to rest;
+    messages to ``skip_domains`` (paced for now) are left out."""
     with engine.connect() as conn:
         return conn.execute(
             select(OUTBOX.c.due_at)
-            .where(OUTBOX.c.status.in_(WAITING))
+            .where(*_due(conn.dialect.name, None, skip_domains))
             .order_by(OUTBOX.c.due_at)
             .limit(1)
         ).scalar_one_or_none()
