@@ -304,9 +304,10 @@ async def _arrive(engine: Engine, clock: Clock) -> str | None:
     return worker
 
 
-def _take_back(engine: Engine, now: datetime) -> int:
-    """Queue again what the processes whose heartbeat stopped were sending; forget them."""
-    gone = workers.dead(workers.seen(engine), now)
+def _take_back(engine: Engine, now: datetime, back_at: datetime | None = None) -> int:
+    """Queue again what the processes whose heartbeat stopped were sending; forget them.
+    ``back_at``: when this process found the database again after losing it."""
+    gone = workers.gone(engine, now, back_at)
     taken = outbox.take_back(engine, now, gone)
     workers.forget(engine, gone)
     return taken
@@ -320,7 +321,9 @@ async def _keep_alive(
     stop: asyncio.Event,
     every: float,
 ) -> None:
-    """Renew this process's heartbeat, and take back what dead processes left, until stopped."""
+    """Renew this process's heartbeat, and take back what dead processes left, until
+    stopped. After the database was away, the others get a whole lifetime to beat again."""
+    away, back_at = False, None
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), every)
@@ -333,10 +336,13 @@ async def _keep_alive(
                     "sending went back to the queue",
                     workers.LIFETIME,
                 )
-            if await asyncio.to_thread(_take_back, engine, clock.now()):
+            if away:
+                away, back_at = False, clock.now()
+            if await asyncio.to_thread(_take_back, engine, clock.now(), back_at):
                 log.info("took back the messages of a process that stopped")
                 wake()
         except DBAPIError as exc:  # the database is away: the next beat tries again
+            away = True
             log.warning("heartbeat: %s", db.reason(exc))
 
 

@@ -83,6 +83,13 @@ class PostgresServer:
         on the same port with the same data, as an operator's restart under load."""
         self._pg_ctl("restart")
 
+    def halt(self) -> None:
+        """Stopped, every session cut, its data kept: the database is away until ``resume``."""
+        self._pg_ctl("stop")
+
+    def resume(self) -> None:
+        self._pg_ctl("start")
+
     def stop(self) -> None:
         pg_ctl = _bindir() / "pg_ctl"
         subprocess.run(

@@ -59,6 +59,23 @@ def test_a_process_is_taken_for_dead_after_three_missed_heartbeats() -> None:
     assert workers.dead(seen, NOON) == ["gone"]
 
 
+def test_after_the_database_was_away_every_process_gets_a_lifetime_to_beat_again() -> None:
+    """No process could beat while the database was away: none is taken for dead until
+    each had the whole lifetime after its return, however long ago its last beat was."""
+    back = NOON - timedelta(seconds=10)
+    seen = [
+        workers.Seen("beat before the outage", NOON - timedelta(minutes=2)),
+        workers.Seen("beat since", NOON - timedelta(seconds=2)),
+    ]
+    assert workers.dead(seen, NOON, back_at=back) == []
+    assert workers.dead(seen, back + workers.LIFETIME, back_at=back) == []
+    later = back + workers.LIFETIME + timedelta(seconds=1)
+    assert workers.dead(seen, later, back_at=back) == ["beat before the outage"]
+    assert workers.dead(seen, NOON, back_at=NOON - timedelta(hours=1)) == [
+        "beat before the outage"
+    ], "a return long ago changes nothing"
+
+
 def test_each_leadership_has_its_own_lock_the_same_in_every_process() -> None:
     keys = {leader.lock_key(name) for name in ("schedules", "inbox INBOX", "inbox Support")}
     assert len(keys) == 3 and all(-(2**63) <= key < 2**63 for key in keys)

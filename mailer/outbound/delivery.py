@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError
 
 from mailer.core.clock import Clock
 from mailer.core.errors import TemplateError
@@ -26,12 +26,15 @@ from mailer.outbound.pacing import DomainPacing, domain
 from mailer.outbound.prepare import Outgoing, Preparer, purchases_of
 from mailer.outbound.relays import Relays
 from mailer.outbound.smtp import Diagnosis, Failure, backoff, classify
+from mailer.store import db
+from mailer.store.db import UNREACHABLE
 
 log = logging.getLogger("mailer.outbound.delivery")
 
 MAX_RETRY_AGE = timedelta(days=2)  # for messages without a validity window of their own
 IDLE_POLL = 1.0  # seconds between looks at the queue when nothing is due
 OUTAGE_PROBE = (1.0, 60.0)  # first and longest wait between connection attempts in an outage
+DB_AWAY = "the database is unreachable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +44,23 @@ class _Batch:
     claimed: list[Claimed]
     ready: list[Outgoing]
     held: list[Outcome]
+
+
+@dataclass
+class _Unwritten:
+    """Results the database could not take when they came (it was away), with the lease
+    tokens they are written under: kept in memory, and written before anything is claimed."""
+
+    outcomes: list[Outcome] = field(default_factory=list)
+    leases: dict[int, int] = field(default_factory=dict)
+
+    def add(self, outcomes: Sequence[Outcome], leases: dict[int, int]) -> None:
+        self.outcomes += outcomes
+        self.leases |= leases
+
+    @property
+    def sent(self) -> list[int]:
+        return [o.outbox_id for o in self.outcomes if o.result == Result.SENT]
 
 
 @dataclass(kw_only=True)
@@ -57,6 +77,9 @@ class Delivery:
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _in_flight: dict[int, int] = field(default_factory=dict)  # lease tokens of claimed rows
+    _unwritten: _Unwritten = field(default_factory=_Unwritten)
+    _writing: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _db_away: str | None = None  # why the database did not answer, until it does again
 
     def wake(self) -> None:
         """Something was queued: look at the queue now rather than at the next poll."""
@@ -70,15 +93,21 @@ class Delivery:
         SMTP connections rarely wait for the database or the templates. Stops early when
         the server cannot be reached or the daemon is stopping; the claimed rows that were
         not tried go back to the queue.
+
+        Results that could not be written because the database went away are kept and
+        written first when it answers again; until then nothing is claimed.
         """
         handled = 0
+        if not await self._flush():
+            return 0
         await asyncio.to_thread(outbox.release_expired_leases, self.engine, self.clock.now())
+        self._answers()
         if self._halted():
             return 0
         keeper = asyncio.ensure_future(self._keep_leases())
         recording: asyncio.Task[None] | None = None
-        batch = await self._take()
         try:
+            batch = await self._take()
             while batch.claimed:
                 following = None if self._halted() else asyncio.create_task(self._take())
                 try:
@@ -103,23 +132,36 @@ class Delivery:
         return handled
 
     def _halted(self) -> str | None:
-        """Why no further batch may be sent now: the daemon is stopping, or the server is out."""
+        """Why no further batch may be sent now: the daemon is stopping, the database is away
+        (results would pile up unwritten), or the server is out."""
         if self._stop.is_set():
             return "shutdown"
+        if self._db_away is not None:
+            return DB_AWAY
         if self.outage_since is not None:
             return "the SMTP server is unreachable"
         return None
 
     async def _take(self) -> _Batch:
         """Claim the next batch and render it, off the event loop; what a paced domain may
-        not get in this minute goes back to the queue untried."""
-        claimed, paced = await asyncio.to_thread(self._claim, self.clock.now())
+        not get in this minute goes back to the queue untried. When the database goes away
+        meanwhile, nothing is claimed, or what was claimed goes back untried."""
+        try:
+            claimed, paced = await asyncio.to_thread(self._claim, self.clock.now())
+        except UNREACHABLE as exc:
+            self._lost(exc)
+            return _Batch([], [], [])
         if not claimed:
             return _Batch([], [], [])
         # rendering waits on a render worker: in a thread, so the loop keeps serving
         self._in_flight.update(outbox.leases(claimed))
         sending = [item for item in claimed if item.id not in paced]
-        ready, held = await asyncio.to_thread(self._prepare, sending, self.clock.now())
+        try:
+            ready, held = await asyncio.to_thread(self._prepare, sending, self.clock.now())
+        except UNREACHABLE as exc:  # reading the customers' purchases
+            self._lost(exc)
+            now = self.clock.now()
+            return _Batch(claimed, [], [_waiting(item.id, now, DB_AWAY) for item in claimed])
         return _Batch(claimed, ready, held + list(paced.values()))
 
     def _claim(self, now: datetime) -> tuple[list[Claimed], dict[int, Outcome]]:
@@ -135,21 +177,58 @@ class Delivery:
         return claimed, {item.id: _waiting(item.id, now, why) for item, why in held}
 
     async def _record(self, outcomes: list[Outcome], batch: _Batch) -> None:
-        """Each result written only where this worker still holds the row's lease."""
-        leases = outbox.leases(batch.claimed)
-        await asyncio.to_thread(outbox.record, self.engine, outcomes, leases)
-        if self.pacing is not None:
+        """Each result written only where this worker still holds the row's lease; kept
+        until the database answers when it does not. Deferrals slow their domain down."""
+        async with self._writing:  # not into a list that is being written
+            self._unwritten.add(outcomes, outbox.leases(batch.claimed))
+        if await self._flush() and self.pacing is not None:
             addresses = {item.id: item.to_address for item in batch.claimed}
             replies = [
                 (domain(addresses[o.outbox_id]), o.smtp_code, o.smtp_reply)
                 for o in outcomes
                 if o.smtp_reply and o.result in (Result.RETRY, Result.FAILED)
             ]
-            await asyncio.to_thread(self.pacing.deferred, replies, self.clock.now())
-        for outbox_id in leases:
+            try:
+                await asyncio.to_thread(self.pacing.deferred, replies, self.clock.now())
+            except UNREACHABLE as exc:  # the pace is advice: not kept like a result
+                self._lost(exc)
+
+    async def _flush(self) -> bool:
+        """Write every result kept so far, oldest first, in one transaction; False when the
+        database is still away (they stay kept, their rows leased to this worker)."""
+        async with self._writing:
+            pending = self._unwritten
+            if not pending.outcomes:
+                return True
+            try:
+                await asyncio.to_thread(
+                    outbox.record, self.engine, pending.outcomes, pending.leases
+                )
+            except UNREACHABLE as exc:
+                self._lost(exc)
+                return False
+            self._unwritten = _Unwritten()
+        for outbox_id in pending.leases:
             self._in_flight.pop(outbox_id, None)
-        tally = Counter(outcome.result for outcome in outcomes)
+        self._answers()
+        tally = Counter(outcome.result for outcome in pending.outcomes)
         log.info("delivery: %s", ", ".join(f"{n} {what}" for what, n in sorted(tally.items())))
+        return True
+
+    def _lost(self, exc: DBAPIError) -> None:
+        """The database went away: results are kept and nothing more is claimed until it is back."""
+        if self._db_away is None:
+            log.warning(
+                "delivery waits for the database, keeping %d results to write first: %s",
+                len(self._unwritten.outcomes),
+                db.reason(exc),
+            )
+        self._db_away = db.reason(exc)
+
+    def _answers(self) -> None:
+        if self._db_away is not None:
+            log.warning("delivery: the database answers again")
+            self._db_away = None
 
     async def _send_all(self, batch: _Batch) -> list[Outcome]:
         by_id = {item.id: item for item in batch.claimed}
@@ -175,16 +254,22 @@ class Delivery:
             await asyncio.sleep(lease.total_seconds() / 3)
             if self._in_flight:
                 until = self.clock.now() + lease
-                await asyncio.to_thread(outbox.extend, self.engine, dict(self._in_flight), until)
+                try:
+                    await asyncio.to_thread(
+                        outbox.extend, self.engine, dict(self._in_flight), until
+                    )
+                except UNREACHABLE as exc:  # the next turn tries again
+                    self._lost(exc)
 
     def _prepare(
         self, claimed: Sequence[Claimed], now: datetime
     ) -> tuple[list[Outgoing], list[Outcome]]:
         """The messages ready to send, and an outcome for each that is not: failed when it
         cannot be rendered (a template that runs out of time fails the rest of its messages
-        in the batch at once, see ``RenderPool.map``), released when the daemon is stopping."""
-        if self._stop.is_set():
-            return [], [_waiting(item.id, now, "shutdown") for item in claimed]
+        in the batch at once, see ``RenderPool.map``), released when the daemon is stopping
+        or the database went away meanwhile."""
+        if why := self._halted_before_rendering():
+            return [], [_waiting(item.id, now, why) for item in claimed]
         purchases = purchases_of(self.engine, self.preparer.store, claimed)
         ready: list[Outgoing] = []
         held: list[Outcome] = []
@@ -196,6 +281,11 @@ class Delivery:
                 ready.append(made)
         return ready, held
 
+    def _halted_before_rendering(self) -> str | None:
+        if self._stop.is_set():
+            return "shutdown"
+        return DB_AWAY if self._db_away is not None else None
+
     async def _send(self, message: Outgoing, claimed: Claimed) -> Outcome:
         if self.outage_since is not None:
             return self._released(message, "the SMTP server is unreachable")
@@ -203,6 +293,9 @@ class Delivery:
             reply = await self.relays.send(
                 message.sender, message.recipient, message.data, claimed.category
             )
+        except UNREACHABLE as exc:  # the shared rate's bucket: nothing was sent
+            self._lost(exc)
+            return self._released(message, DB_AWAY)
         except Exception as exc:  # every failure is recorded on the message, none stops the loop
             return self._failure(message, claimed, exc)
         return Outcome(
@@ -273,15 +366,35 @@ class Delivery:
                 try:
                     if await self.deliver_due() == 0:
                         await _rest(stop, self._wake, await self._idle_for())
-                except OperationalError as exc:  # a restart or failover: wait it out, not die
-                    log.warning("delivery waits for the database: %s", exc.orig)
+                except UNREACHABLE as exc:  # a restart or failover: wait it out, not die
+                    self._lost(exc)
                     await _rest(stop, self._wake, IDLE_POLL)
         finally:
-            await self.relays.close()
+            try:
+                if not await self._flush():
+                    self._left_unwritten()
+            finally:
+                await self.relays.close()
+
+    def _left_unwritten(self) -> None:
+        """Stopping while the database is away: what could not be written is said, and
+        what becomes of it."""
+        kept, sent = self._unwritten.outcomes, self._unwritten.sent
+        log.error(
+            "delivery stops with %d results (%d sent) not written: %s (%s); their messages "
+            "stay 'sending' until their lease runs out and then go out again%s",
+            len(kept),
+            len(sent),
+            DB_AWAY,
+            self._db_away,
+            f" (the sent ones are outbox ids {', '.join(map(str, sent))})" if sent else "",
+        )
 
     async def _idle_for(self) -> float:
         """Until the next message falls due, leaving out the domains paced for now, or the
         first of those may take more; at most IDLE_POLL."""
+        if self._db_away is not None:
+            return IDLE_POLL
         now = self.clock.now()
         paced = await asyncio.to_thread(self.pacing.paced, now) if self.pacing else {}
         due = await asyncio.to_thread(outbox.next_due, self.engine, skip_domains=list(paced))

@@ -22,12 +22,15 @@ from sqlalchemy import (
     func,
 )
 from sqlalchemy.engine import Dialect, make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.types import TypeDecorator
 
 from mailer.core.errors import DatabaseUnavailable
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+# what a statement raises when the database is away (restarted, failed over, cut off), as
+# opposed to a mistake in the statement: the work waits for it instead of failing
+UNREACHABLE = (OperationalError, InterfaceError)
 
 
 class UTCDateTime(TypeDecorator[datetime]):

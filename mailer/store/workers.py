@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy import Engine, delete, func, insert, select, update
 from sqlalchemy.engine import URL
 
 from mailer.core.errors import DatabaseUnavailable
@@ -37,9 +37,37 @@ class Seen:
     seen_at: datetime
 
 
-def dead(workers: Iterable[Seen], now: datetime, lifetime: timedelta = LIFETIME) -> list[str]:
-    """The processes that have not renewed their rows for longer than ``lifetime``."""
-    return sorted(worker.id for worker in workers if now - worker.seen_at > lifetime)
+def dead(
+    workers: Iterable[Seen],
+    now: datetime,
+    lifetime: timedelta = LIFETIME,
+    *,
+    back_at: datetime | None = None,
+) -> list[str]:
+    """The processes that have not renewed their rows for longer than ``lifetime``. When
+    the database was away (restarted, or out of this process's reach) until ``back_at``,
+    no process could beat meanwhile: each gets ``lifetime`` from then on before it is
+    taken for dead, however old its row."""
+    return sorted(
+        worker.id
+        for worker in workers
+        if now - max(worker.seen_at, back_at or worker.seen_at) > lifetime
+    )
+
+
+def gone(engine: Engine, now: datetime, back_at: datetime | None = None) -> list[str]:
+    """The processes taken for dead now (see ``dead``): ``back_at`` is when this process
+    found the database again, and a restarted PostgreSQL counts from its own start (how
+    long it has been up, by its own clock, so that the two clocks need not agree)."""
+    with engine.connect() as conn:
+        since_start = func.now() - func.pg_postmaster_start_time()
+        up = timedelta(
+            seconds=float(conn.execute(select(func.extract("epoch", since_start))).scalar_one())
+        )
+        rows = conn.execute(select(WORKERS.c.id, WORKERS.c.seen_at))
+        seen = [Seen(row.id, row.seen_at) for row in rows]
+    started = now - up
+    return dead(seen, now, back_at=started if back_at is None else max(started, back_at))
 
 
 def new_id() -> str:
