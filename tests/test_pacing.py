@@ -370,13 +370,16 @@ async def test_a_slowed_group_holds_back_all_its_domains(road: Road) -> None:
     assert "waiting: group google is paced until 2026-11-24 12:02 UTC" in reasons
 
 
+# SQLite has one writer: there is no second process to share a budget with
+ON_POSTGRESQL = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+
+
+@ON_POSTGRESQL
 def test_two_processes_on_postgresql_share_one_budget(
     engine: Engine, cfg: Config, clock: ManualClock, customers: None
 ) -> None:
     """Both claim at once, each with its own connection: the rows locked in key order split
     the minute's budget between them, whatever the interleaving."""
-    if engine.dialect.name != "postgresql":
-        pytest.skip("SQLite has one writer: there is no second process to share with")
     queue(engine, clock, ADDRESSES)
     other = db.connect(engine.url.render_as_string(hide_password=False))
     start = threading.Barrier(2)
@@ -416,11 +419,10 @@ def test_two_processes_on_postgresql_share_one_budget(
     assert len(set(kept)) == len(kept)
 
 
+@ON_POSTGRESQL
 async def test_two_delivery_processes_on_postgresql_send_one_budget_between_them(
     road: Road,
 ) -> None:
-    if road.engine.dialect.name != "postgresql":
-        pytest.skip("SQLite has one writer: there is no second process to share with")
     road.queue(ADDRESSES)
     other = db.connect(road.engine.url.render_as_string(hide_password=False))
     try:

@@ -146,8 +146,9 @@ class Delivery:
         """Claim the next batch and render it, off the event loop; what a paced domain may
         not get in this minute goes back to the queue untried. When the database goes away
         meanwhile, nothing is claimed, or what was claimed goes back untried."""
+        now = self.clock.now()
         try:
-            claimed, paced = await asyncio.to_thread(self._claim, self.clock.now())
+            claimed = await asyncio.to_thread(self._claim, now)
         except UNREACHABLE as exc:
             self._lost(exc)
             return _Batch([], [], [])
@@ -155,26 +156,28 @@ class Delivery:
             return _Batch([], [], [])
         # rendering waits on a render worker: in a thread, so the loop keeps serving
         self._in_flight.update(outbox.leases(claimed))
-        sending = [item for item in claimed if item.id not in paced]
         try:
-            ready, held = await asyncio.to_thread(self._prepare, sending, self.clock.now())
-        except UNREACHABLE as exc:  # reading the customers' purchases
+            ready, held = await asyncio.to_thread(self._ready, claimed, now)
+        except UNREACHABLE as exc:  # pacing, or reading the customers' purchases
             self._lost(exc)
-            now = self.clock.now()
             return _Batch(claimed, [], [_waiting(item.id, now, DB_AWAY) for item in claimed])
-        return _Batch(claimed, ready, held + list(paced.values()))
+        return _Batch(claimed, ready, held)
 
-    def _claim(self, now: datetime) -> tuple[list[Claimed], dict[int, Outcome]]:
-        """The next batch, skipping the domains that spent this minute's budget, and the
-        outcomes of those of it that their domain's pace holds back."""
+    def _claim(self, now: datetime) -> list[Claimed]:
+        """The next batch, skipping the domains that spent this minute's budget."""
+        skip = self.pacing.paced(now) if self.pacing else {}
+        return outbox.claim(self.engine, now, self.batch_size, self.policy, skip_domains=list(skip))
+
+    def _ready(self, claimed: list[Claimed], now: datetime) -> tuple[list[Outgoing], list[Outcome]]:
+        """The batch rendered, but for what its domain's pace holds back for this minute,
+        which goes back to the queue untried."""
         if self.pacing is None:
-            return outbox.claim(self.engine, now, self.batch_size, self.policy), {}
-        skip = self.pacing.paced(now)
-        claimed = outbox.claim(
-            self.engine, now, self.batch_size, self.policy, skip_domains=list(skip)
-        )
-        _, held = self.pacing.hold_back(claimed, now)
-        return claimed, {item.id: _waiting(item.id, now, why) for item, why in held}
+            return self._prepare(claimed, now)
+        _, paced = self.pacing.hold_back(claimed, now)
+        held_ids = {item.id for item, _ in paced}
+        sending = [item for item in claimed if item.id not in held_ids]
+        ready, held = self._prepare(sending, now)
+        return ready, held + [_waiting(item.id, now, why) for item, why in paced]
 
     async def _record(self, outcomes: list[Outcome], batch: _Batch) -> None:
         """Each result written only where this worker still holds the row's lease; kept
