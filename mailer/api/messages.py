@@ -195,14 +195,19 @@ def _queued(api: ApiState, body: MessageIn, dedupe_key: str) -> MessageView:
     summary="A message sent through the API",
     responses=not_found("message"),
 )
-def show(
+async def show(
     request: Request,
     message_id: MessageId,
     key: Annotated[ApiKey, Depends(caller(Scope.SEND))],
-) -> MessageView:
+) -> Response:
     """Any key that may send may read any message sent through the API; mail mailer makes
     itself (schedules, acknowledgements) is not shown here."""
-    with state(request).engine.connect() as conn:
+    found = await run_in_threadpool(_shown, state(request), message_id)
+    return Response(found.model_dump_json(), media_type="application/json")
+
+
+def _shown(api: ApiState, message_id: int) -> MessageView:
+    with api.engine.connect() as conn:
         row = outbox.get(conn, message_id)
     if row is None or not row["dedupe_key"].startswith(PREFIX):
         raise NotFound("no message sent through the API has this id")
