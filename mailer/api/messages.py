@@ -166,12 +166,13 @@ def _queued(api: ApiState, body: MessageIn, dedupe_key: str) -> MessageView:
     address, files = _checked(api, body)
     digest = _digest(canonical, files)
     with api.engine.begin() as conn:
-        if profiles.is_erased(conn, address):
+        customer_id, erased = _recipient(conn, address)
+        if erased:
             raise Invalid([item_error(None, "to", "this address was erased at its owner's wish")])
         message = outbox.NewMessage(
             dedupe_key=dedupe_key,
             to_address=address,
-            customer_id=_customer_id(conn, address),
+            customer_id=customer_id,
             category=Category.TRANSACTIONAL,
             template=body.template,
             locale=body.locale,
@@ -194,14 +195,19 @@ def _queued(api: ApiState, body: MessageIn, dedupe_key: str) -> MessageView:
     summary="A message sent through the API",
     responses=not_found("message"),
 )
-def show(
+async def show(
     request: Request,
     message_id: MessageId,
     key: Annotated[ApiKey, Depends(caller(Scope.SEND))],
-) -> MessageView:
+) -> Response:
     """Any key that may send may read any message sent through the API; mail mailer makes
     itself (schedules, acknowledgements) is not shown here."""
-    with state(request).engine.connect() as conn:
+    found = await run_in_threadpool(_shown, state(request), message_id)
+    return Response(found.model_dump_json(), media_type="application/json")
+
+
+def _shown(api: ApiState, message_id: int) -> MessageView:
+    with api.engine.connect() as conn:
         row = outbox.get(conn, message_id)
     if row is None or not row["dedupe_key"].startswith(PREFIX):
         raise NotFound("no message sent through the API has this id")
@@ -285,11 +291,23 @@ def body_limit(settings: ApiSettings) -> tuple[int, str]:
     )
 
 
-_CUSTOMER_ID = select(profiles.CUSTOMERS.c.id).where(profiles.CUSTOMERS.c.email == bindparam("_a"))
+# the customer with the address, and whether it was erased, in one statement built once
+_RECIPIENT = select(
+    select(profiles.CUSTOMERS.c.id)
+    .where(profiles.CUSTOMERS.c.email == bindparam("_address"))
+    .scalar_subquery(),
+    select(profiles.ERASED.c.address_hash)
+    .where(profiles.ERASED.c.address_hash == bindparam("_hash"))
+    .exists(),
+)
 
 
-def _customer_id(conn: Connection, address: str) -> int | None:
-    return conn.execute(_CUSTOMER_ID, {"_a": address.lower()}).scalar_one_or_none()
+def _recipient(conn: Connection, address: str) -> tuple[int | None, bool]:
+    """The id of the customer with ``address`` (None: a stranger), and whether the address
+    was erased (as ``profiles.is_erased`` judges it)."""
+    params = {"_address": address.lower(), "_hash": profiles.address_hash(address)}
+    customer_id, erased = conn.execute(_RECIPIENT, params).one()
+    return customer_id, bool(erased)
 
 
 def _view(row: dict[str, Any]) -> MessageView:
