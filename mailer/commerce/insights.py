@@ -16,7 +16,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from functools import lru_cache
-from itertools import islice
 from math import isfinite
 from typing import Any
 
@@ -46,7 +45,6 @@ FITS: Table = InsightFit.__table__  # type: ignore[attr-defined]
 ORDERS: Table = Order.__table__  # type: ignore[attr-defined]
 LINES: Table = OrderLine.__table__  # type: ignore[attr-defined]
 CUSTOMERS: Table = Customer.__table__  # type: ignore[attr-defined]
-BATCH = 5000  # rows to an INSERT
 COPY_FROM = 100  # rows from which COPY beats an INSERT on PostgreSQL
 BASKET = 3  # SKUs in a typical basket
 CENTILES = np.linspace(0, 1, 101)  # the stored score distributions an update scores against
@@ -475,14 +473,15 @@ def _dates(days: list[int] | list[int | None]) -> list[date | None]:
 
 
 def _write(conn: Connection, found: dict[str, list[Any]]) -> None:
-    """The rows of these columns: by COPY into PostgreSQL when there are many, else by
-    batches of an executemany INSERT."""
+    """The rows of these columns: into PostgreSQL by COPY when there are many, else by an
+    INSERT; into SQLite by the driver's executemany."""
     rows = zip(*found.values(), strict=True)
-    if conn.dialect.name == "postgresql" and len(found["customer_id"]) >= COPY_FROM:
+    if conn.dialect.name != "postgresql":
+        bulk.insert_columns(conn, INSIGHTS, found)
+    elif len(found["customer_id"]) >= COPY_FROM:
         bulk.copy_rows(conn, INSIGHTS, list(found), rows)
-        return
-    while batch := [dict(zip(found, row, strict=True)) for row in islice(rows, BATCH)]:
-        conn.execute(insert(INSIGHTS), batch)
+    else:
+        conn.execute(insert(INSIGHTS), [dict(zip(found, row, strict=True)) for row in rows])
 
 
 def store_fit(conn: Connection, fit_: Fit, customers: int, now: datetime) -> None:
