@@ -4,7 +4,7 @@ on, delivered over SMTP into a local sink running in another process, on the eve
 the same size into a sink of the same kind, in the same run, as the ceiling to compare with.
 
     .venv/bin/python bench/delivery.py [--customers 20000] [--database-url URL] [--pool 10]
-    .venv/bin/python bench/delivery.py --dkim rsa|ed25519|both [--customers 5000]
+    .venv/bin/python bench/delivery.py --dkim rsa|ed25519|both [--customers 5000] [--rounds 2]
     .venv/bin/python bench/delivery.py --workers 4 --postgres [--customers 10000]
 
 The sink is Postfix's smtp-sink when installed (apt-get install postfix; it is not started
@@ -13,9 +13,11 @@ second and peak RSS, then smtp-source's rate and the ratio; the last line reads
 `mailer/smtp-source: R` (or says that smtp-source is not installed).
 
 ``--dkim`` answers "what does signing cost?": the same delivery, each on a fresh copy of
-the audience, unsigned, signed with each key asked for, and unsigned again (the machine may
-be shared: the two unsigned runs bracket the signed ones), each rate with the load average
-at its end, and each signed rate over the mean unsigned one.
+the audience, unsigned and signed with each key asked for, in turn for ``--rounds`` rounds
+and unsigned once more (the machine may be shared: unsigned runs bracket the signed ones),
+each rate with the CPU a message took in this process and in the render workers (where
+messages are rendered and signed) and the load average at its end; then each signed mean
+rate over the unsigned one, and the CPU signing added to a message.
 
 ``--workers N --postgres`` answers "does delivery scale out?": on a throwaway PostgreSQL,
 the audience is queued once, held; for 1, 2, 4 ... N processes, a copy of it is released
@@ -38,6 +40,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 from pathlib import Path
@@ -56,6 +59,7 @@ from mailer.core.clock import ManualClock  # noqa: E402
 from mailer.customers import tokens  # noqa: E402
 from mailer.customers.profiles import CUSTOMERS  # noqa: E402
 from mailer.outbound import dkim, outbox  # noqa: E402
+from mailer.outbound.delivery import Delivery  # noqa: E402
 from mailer.outbound.outbox import OUTBOX, NewMessage  # noqa: E402
 from mailer.outbound.smtp import SmtpTarget  # noqa: E402
 from mailer.store import db, migrate, workers  # noqa: E402
@@ -167,39 +171,72 @@ def load() -> str:
     return f"load {os.getloadavg()[0]:.2f}"
 
 
-async def deliver_all(delivery: daemon.Delivery) -> tuple[int, int, bytes]:
+async def deliver_all(delivery: Delivery) -> tuple[int, int, bytes]:
     """How many messages went, their mean size in bytes (smtp-source sends that size), and
     the first one as sent, to show what was measured (signed or not)."""
     sizes: list[int] = []
     first: list[bytes] = []
-    send = delivery.pool.send
+    send = delivery.relays.send
 
-    async def counted(sender: str, recipient: str, data: bytes) -> str:
+    async def counted(sender: str, recipient: str, data: bytes, category: str) -> str:
         sizes.append(len(data))
         first[:] = first or [data]
-        return await send(sender, recipient, data)
+        return await send(sender, recipient, data, category)
 
-    delivery.pool.send = counted  # type: ignore[method-assign]
+    delivery.relays.send = counted  # type: ignore[method-assign]
     total = 0
     while handled := await delivery.deliver_due():
         total += handled
     return total, sum(sizes) // max(len(sizes), 1), b"".join(first)
 
 
-def deliver(cfg: config.Config, engine: Engine, pool: int) -> tuple[int, int, bytes, float]:
-    """Everything queued in ``engine``, delivered into a new sink in this process: how many,
-    their mean size, the first message, and the seconds it took."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Run:
+    """What one delivery into a sink took."""
+
+    sent: int
+    size: int  # mean bytes a message
+    first: bytes  # the first message as sent
+    seconds: float
+    cpu: float  # seconds of CPU in this process (the daemon's part)
+    worker_cpu: float  # and in its render workers
+
+
+def deliver(cfg: config.Config, engine: Engine, pool: int) -> Run:
+    """Everything queued in ``engine``, delivered into a new sink in this process."""
     port = free_port()
     sink = start_sink(port)
     try:
         target = SmtpTarget(host="127.0.0.1", port=port, pool_size=pool)
         delivery = daemon.build_delivery(cfg, engine, ManualClock(NOW), target)
+        workers = children_cpu(sink.pid)
+        cpu = time.process_time()
         start = time.perf_counter()
         sent, size, first = uvloop.run(deliver_all(delivery))  # as `mailer run` does
-        return sent, size, first, time.perf_counter() - start
+        took = time.perf_counter() - start
+        cpu = time.process_time() - cpu
+        spent = sum(t - workers.get(pid, 0.0) for pid, t in children_cpu(sink.pid).items())
+        return Run(sent=sent, size=size, first=first, seconds=took, cpu=cpu, worker_cpu=spent)
     finally:
         sink.terminate()
         sink.wait()
+
+
+def children_cpu(*but: int) -> dict[int, float]:
+    """CPU seconds (user and system) of each process this one started, but ``but``: the
+    render workers, which live from one run to the next."""
+    tick = os.sysconf("SC_CLK_TCK")
+    me = os.getpid()
+    found: dict[int, float] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        pid = int(stat.parent.name)
+        if int(fields[1]) == me and pid not in but:  # fields[1] is the parent's pid
+            found[pid] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return found
 
 
 def filled(url: str, count: int) -> Engine:
@@ -220,47 +257,74 @@ def single(args: argparse.Namespace) -> None:
         start = time.perf_counter()
         outbox.enqueue(engine, messages(args.customers), NOW)
         print(f"enqueued {args.customers} messages in {time.perf_counter() - start:.1f} s")
-        sent, size, _, elapsed = deliver(cfg, engine, args.pool)
+        run = deliver(cfg, engine, args.pool)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
-    rate = sent / elapsed
-    print(f"delivered {sent} messages of {size:,} bytes on average in {elapsed:.1f} s")
+    rate = run.sent / run.seconds
+    print(f"delivered {run.sent} messages of {run.size:,} bytes on average in {run.seconds:.1f} s")
     print(f"{rate:.0f} msg/s, peak RSS {peak} MB")
-    ceiling = smtp_source(sent, size)
+    ceiling = smtp_source(run.sent, run.size)
     if ceiling is None:
         print("smtp-source is not installed (apt-get install postfix): no ratio")
         return
-    print(f"smtp-source -s 10 -d, {sent} messages of {size:,} bytes: {ceiling:.0f} msg/s")
+    print(f"smtp-source -s 10 -d, {run.sent} messages of {run.size:,} bytes: {ceiling:.0f} msg/s")
     print(f"mailer/smtp-source: {rate / ceiling:.3f}")
 
 
 def signing(args: argparse.Namespace) -> None:
-    """Unsigned, signed with each algorithm, unsigned again: each on its own copy of the
-    audience (a second newsletter to the same customers would be held by the throttle)."""
+    """Unsigned and signed with each algorithm, in turn, then unsigned again: each on its
+    own copy of the audience (a second newsletter to the same customers would be held by
+    the throttle)."""
     algorithms = ALGORITHMS[args.dkim]
+    order = [*(["none", *algorithms] * args.rounds), "none"]
+    runs: dict[str, list[Run]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for algorithm in algorithms:
             dkim.write_new(Path(tmp) / "dkim" / f"bench{algorithm}.pem", dkim.generate(algorithm))
-        rates: dict[str, list[float]] = {}
-        for run, variant in enumerate(("none", *algorithms, "none")):
+        warm = filled(f"sqlite:///{tmp}/warm.db", 200)  # the render workers start here
+        deliver(config.load(ROOT / "config.toml", {"MAILER_PATHS__DATA": tmp}), warm, args.pool)
+        warm.dispose()
+        for number, variant in enumerate(order):
             env = {"MAILER_PATHS__DATA": tmp}
             if variant != "none":
                 env["MAILER_SENDER__DKIM_SELECTOR"] = f"bench{variant}"
             cfg = config.load(ROOT / "config.toml", env)
-            engine = filled(f"sqlite:///{tmp}/run{run}.db", args.customers)
-            sent, size, first, elapsed = deliver(cfg, engine, args.pool)
+            engine = filled(f"sqlite:///{tmp}/run{number}.db", args.customers)
+            run = deliver(cfg, engine, args.pool)
             engine.dispose()
-            signed = first.count(b"DKIM-Signature:")
+            signed = run.first.count(b"DKIM-Signature:")
             if signed != (variant != "none"):
                 raise SystemExit(f"{variant}: the first message carries {signed} DKIM signatures")
-            rate = sent / elapsed
-            rates.setdefault(variant, []).append(rate)
+            runs.setdefault(variant, []).append(run)
             print(
-                f"dkim {variant}: {sent} messages of {size:,} bytes in {elapsed:.1f} s, "
-                f"{rate:.0f} msg/s ({load()})"
+                f"dkim {variant:8}: {run.sent} messages of {run.size:,} bytes in "
+                f"{run.seconds:.1f} s, {run.sent / run.seconds:.0f} msg/s, CPU a message "
+                f"{_ms(run.cpu, run)} here + {_ms(run.worker_cpu, run)} in workers "
+                f"({load()})"
             )
-    unsigned = sum(rates["none"]) / len(rates["none"])
+    unsigned = _mean_rate(runs["none"])
+    cpu = _mean_cpu(runs["none"])
     for algorithm in algorithms:
-        print(f"signed {algorithm}/unsigned: {rates[algorithm][0] / unsigned:.3f}")
+        extra = [c - u for c, u in zip(_mean_cpu(runs[algorithm]), cpu, strict=True)]
+        print(
+            f"signed {algorithm}/unsigned: {_mean_rate(runs[algorithm]) / unsigned:.3f} of the "
+            f"rate; signing added {extra[0]:+.3f} ms CPU here, {extra[1]:+.3f} ms in workers "
+            "a message"
+        )
+
+
+def _ms(seconds: float, run: Run) -> str:
+    return f"{seconds / run.sent * 1000:.3f} ms"
+
+
+def _mean_rate(runs: list[Run]) -> float:
+    return sum(run.sent / run.seconds for run in runs) / len(runs)
+
+
+def _mean_cpu(runs: list[Run]) -> tuple[float, float]:
+    """Milliseconds of CPU a message, in this process and in the render workers."""
+    sent = sum(run.sent for run in runs)
+    here = sum(run.cpu for run in runs) / sent * 1000
+    return here, sum(run.worker_cpu for run in runs) / sent * 1000
 
 
 def worker_counts(most: int) -> list[int]:
@@ -444,6 +508,7 @@ def main() -> None:
     parser.add_argument("--database-url")
     parser.add_argument("--pool", type=int, default=10)
     parser.add_argument("--dkim", choices=sorted(ALGORITHMS), help="compare signed and unsigned")
+    parser.add_argument("--rounds", type=int, default=2, help="with --dkim: turns of each")
     parser.add_argument("--workers", type=int, help="up to this many `mailer run` processes")
     parser.add_argument("--postgres", action="store_true", help="a throwaway PostgreSQL")
     parser.add_argument("--timeout", type=float, default=600, help="seconds for a drain at most")

@@ -45,6 +45,7 @@ from mailer.inbound.watcher import Inbox, Inquiries
 from mailer.outbound import deliverability, dkim, outbox, relays, throttle
 from mailer.outbound.delivery import Delivery
 from mailer.outbound.outbox import Policy
+from mailer.outbound.pacing import DomainPacing
 from mailer.outbound.prepare import Preparer
 from mailer.outbound.smtp import SmtpTarget
 from mailer.outbound.templates import TemplateStore
@@ -83,11 +84,17 @@ def build_delivery(
     )
     store = TemplateStore(cfg.templates_dir)
     preparer = Preparer(cfg, store, tokens.load_secret(cfg), dkim.from_config(cfg))
-    rng = random.Random()
+    rng = random.Random()  # one generator for both, so a test can seed the relays' draws
     chosen = [target] if isinstance(target, SmtpTarget) else target
     sender = relays.Relays(chosen, engine, clock, rng)
     return Delivery(
-        engine=engine, preparer=preparer, relays=sender, policy=policy, clock=clock, rng=rng
+        engine=engine,
+        preparer=preparer,
+        relays=sender,
+        pacing=DomainPacing.from_config(cfg, engine),
+        policy=policy,
+        clock=clock,
+        rng=rng,
     )
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtplib.protocol import normalize_message_line_endings
 from sqlalchemy import Engine, select, text, update
 
 from mailer import daemon
@@ -462,6 +463,15 @@ def test_the_rate_limit_spaces_sends_and_a_quiet_spell_earns_no_burst(clock: Man
     assert limiter.reserve() == 0.75  # the queue moved on with the clock
     clock.advance(timedelta(minutes=10))
     assert [limiter.reserve() for _ in range(3)] == [0.0, 0.5, 1.0]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"A: b\r\n\r\nbody\r\n", b"A: b\n\nbare\rends\n", b"no end", b"\r\n\r", b"x\n\r"],
+)
+def test_size_counts_the_octets_data_carries_without_converting_them(data: bytes) -> None:
+    """RFC 1870: what aiosmtplib sends, each line ending CRLF and a last one added."""
+    assert smtp.wire_size(data) == len(normalize_message_line_endings(data))
 
 
 async def test_a_one_off_send_the_server_refuses_is_one_clear_error(

@@ -4,8 +4,9 @@ keys are made and checked from the command line, and a bad key stops start-up.""
 from __future__ import annotations
 
 import asyncio
+import logging
 import stat
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import dns.message
 import dns.rcode
 import dns.rrset
 import pytest
+from aiosmtplib.protocol import normalize_message_line_endings
 from sqlalchemy import Engine
 
 from mailer import daemon
@@ -21,6 +23,7 @@ from mailer.core.categories import Category
 from mailer.core.clock import ManualClock
 from mailer.outbound import dkim, outbox
 from mailer.outbound.outbox import NewMessage
+from mailer.outbound.renderpool import Limits, RenderPool
 from mailer.outbound.smtp import SmtpTarget
 from tests.command import Mailer
 from tests.command import on_sqlite as on_sqlite  # the fixture, for the commands
@@ -79,6 +82,84 @@ def test_two_selectors_sign_twice_and_each_signature_stands_alone(tmp_path: Path
         assert any(dkimpy.DKIM(signed).verify(idx=i, dnsfunc=verifier(key)) for i in range(2)), (
             key.selector
         )
+
+
+# headers as other mail software writes them: folded anywhere, runs of spaces and tabs,
+# space at line ends, names in odd case; a body with space before line ends and blank
+# lines at its end. Canonicalization must make of them what a verifier makes.
+ODD = (
+    b"fROM:\tNorthwind Coffee\r\n <support@northwind-roasters.example>  \r\n"
+    b"To: maria@example.com\r\n"
+    b"Subject:  Winter\t\t news,\r\n\t  and   more \t\r\n   news\r\n"
+    b"Date: Wed, 02 Dec 2026\r\n 09:30:00 +0000\r\n"
+    b"message-ID:<2@northwind-roasters.example>\r\n"
+    b"List-Unsubscribe:\r\n <https://mail.northwind-roasters.example/unsubscribe/t>\r\n"
+    b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
+    b"MIME-Version: 1.0\r\nContent-Type: text/plain;\r\n\tcharset=utf-8\r\n\r\n"
+    b"Hello \t there  \r\n \r\nline two\t\r\n\r\n\r\n"
+)
+MESSAGES = {
+    "plain": MESSAGE,
+    "folded": ODD,
+    "empty body": MESSAGE.split(b"\r\n\r\n")[0] + b"\r\n\r\n",
+    "LF lines": ODD.replace(b"\r\n", b"\n"),  # SMTP sends them as CRLF
+}
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[RenderPool]:
+    """A render worker of the tests' own: signing goes there as delivery's does."""
+    workers = RenderPool(size=1)
+    yield workers
+    workers.close()
+
+
+@pytest.mark.parametrize("algorithm", ["rsa", "ed25519"])
+def test_signatures_made_in_a_render_worker_verify_whatever_the_headers_look_like(
+    tmp_path: Path, algorithm: dkim.Algorithm, pool: RenderPool, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = a_key(tmp_path, "mail2026", algorithm)
+    signer = dkim.Signer((key,))
+    with caplog.at_level(logging.WARNING, logger="mailer.outbound.dkim"):
+        signed = signer.sign_all(list(MESSAGES.values()), WHEN, pool)
+    assert not caplog.records, "signed in the worker, not here"
+    for (what, message), made in zip(MESSAGES.items(), signed, strict=True):
+        assert made.endswith(message), what
+        sent = normalize_message_line_endings(made)  # as the relay receives it
+        assert dkimpy.verify(sent, dnsfunc=verifier(key)), what
+        assert made == signer.sign(message, WHEN), what  # both signatures are deterministic
+        assert not dkimpy.verify(sent.replace(b"news", b"new"), dnsfunc=verifier(key)), what
+    covered = signed[1].split(b"h=")[1].split(b";")[0].split(b":")
+    assert covered[:5] == [b"from", b"to", b"subject", b"date", b"message-id"]
+
+
+def test_a_message_the_worker_does_not_sign_is_signed_here(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker that does not answer in time is stopped; the caller signs the message."""
+    keys = (a_key(tmp_path, "rsa2026", "rsa"), a_key(tmp_path, "ed2026", "ed25519"))
+    stalled = RenderPool(Limits(seconds=0.0), size=1)
+    try:
+        with caplog.at_level(logging.WARNING, logger="mailer.outbound.dkim"):
+            signed = dkim.Signer(keys).sign_all([MESSAGE, ODD], WHEN, stalled)
+    finally:
+        stalled.close()
+    assert "signing here" in caplog.text
+    for made in signed:
+        assert made.count(b"DKIM-Signature:") == 2
+        for i in range(2):
+            assert dkimpy.DKIM(made).verify(idx=i, dnsfunc=verifier(*keys))
+
+
+def test_a_render_worker_signs_without_loading_the_configuration(
+    tmp_path: Path, pool: RenderPool
+) -> None:
+    signer = dkim.Signer((a_key(tmp_path, "ed2026", "ed25519"),))
+    signer.sign_all([MESSAGE], WHEN, pool)
+    loaded = "sorted(__import__('sys').modules)"
+    modules = pool.call("modules", eval, loaded)
+    assert "mailer.outbound.dkim" in modules and "mailer.core.config" not in modules
+    assert "dkim" not in modules, "dkimpy is the tests' verifier, not what signs"
 
 
 @pytest.fixture

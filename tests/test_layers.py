@@ -109,6 +109,7 @@ def test_commands_start_without_loading_scipy_or_aiosmtpd() -> None:
 
 PURE = (
     "mailer/outbound/throttle.py",
+    "mailer/outbound/pacing_rules.py",
     "mailer/scheduling/occurrences.py",
     "mailer/inbound/business_hours.py",
     "mailer/inbound/autoreply.py",

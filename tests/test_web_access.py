@@ -6,6 +6,12 @@ Browser tests drive Debian's Chromium through Playwright against the app on loop
 
 from __future__ import annotations
 
+import asyncio
+import http.client
+import queue
+import statistics
+import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from datetime import timedelta
@@ -23,6 +29,7 @@ from mailer.core.config import Config
 from mailer.customers import profiles, tokens
 from mailer.outbound import outbox
 from mailer.outbound.outbox import NewMessage
+from mailer.web import server as web_server
 from mailer.web.clients import client_of
 from mailer.web.server import build as build_web
 from tests.configs import shipped_config
@@ -44,6 +51,40 @@ def test_metrics_need_the_bearer_token_when_one_is_configured(
 
 def test_health_answers_without_signing_in(site: Site) -> None:
     assert site.get("/healthz") == (200, "ok\n")
+
+
+def test_kept_alive_requests_do_not_wait_for_a_delayed_ack(
+    engine: Engine, tmp_path: Path, clock: ManualClock
+) -> None:
+    """Sequential requests on one kept-alive connection, as a shop's HTTP client sends its
+    API calls, served as ``mailer web`` serves them but on asyncio's own loop (the one that
+    stalled): with Nagle's algorithm on, each answer's body waited for the client's delayed
+    ACK, 40 ms a request whatever the app did."""
+    app = build_web(shipped_config(tmp_path, {}), engine, clock)
+    sock = web_server.listen("127.0.0.1:0")
+    ready: queue.Queue[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = queue.Queue()
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        ready.put((asyncio.get_running_loop(), stop))
+        await web_server.serve(app, sock, stop)
+
+    thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
+    thread.start()
+    loop, stop = ready.get(timeout=10)
+    connection = http.client.HTTPConnection("127.0.0.1", sock.getsockname()[1], timeout=10)
+    took = []
+    try:
+        for _ in range(20):
+            started = time.perf_counter()
+            connection.request("GET", "/healthz")
+            assert connection.getresponse().read() == b"ok\n"
+            took.append(time.perf_counter() - started)
+    finally:
+        connection.close()
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(10)
+    assert statistics.median(took) < 0.020, f"{statistics.median(took) * 1000:.0f} ms a request"
 
 
 def test_metrics_count_messages_by_status_and_the_queue_due(

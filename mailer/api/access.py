@@ -6,13 +6,14 @@ route needs is 403; a key past its requests for the minute is 429 with ``Retry-A
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from mailer.api import keys, limits
@@ -37,17 +38,22 @@ def state(request: Request) -> ApiState:
     return found
 
 
-def caller(scope: Scope) -> Callable[[Request, Credentials], ApiKey]:
-    """A dependency: the calling key, which must hold ``scope``."""
+def caller(scope: Scope) -> Callable[[Request, Credentials], Awaitable[ApiKey]]:
+    """A dependency: the calling key, which must hold ``scope``; looked up, counted and
+    judged in one trip to a worker thread (the database calls block)."""
 
-    def check(request: Request, credentials: Credentials) -> ApiKey:
-        api = state(request)
-        key = _counted(api, credentials.credentials if credentials else "")
-        if scope not in key.scopes:
-            raise HTTPException(403, f"this key lacks the scope {scope.value}")
-        return key
+    async def check(request: Request, credentials: Credentials) -> ApiKey:
+        secret = credentials.credentials if credentials else ""
+        return await run_in_threadpool(_allowed, state(request), secret, scope)
 
     return check
+
+
+def _allowed(api: ApiState, secret: str, scope: Scope) -> ApiKey:
+    key = _counted(api, secret)
+    if scope not in key.scopes:
+        raise HTTPException(403, f"this key lacks the scope {scope.value}")
+    return key
 
 
 def _counted(api: ApiState, secret: str) -> ApiKey:

@@ -26,8 +26,10 @@ and what is not attachments is still held to ``max_body_bytes``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import pathlib
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -35,6 +37,7 @@ from fastapi import APIRouter, Depends, Header, Path, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import bindparam, select
 from sqlalchemy.engine import Connection
+from starlette.concurrency import run_in_threadpool
 
 from mailer.api import attachments
 from mailer.api.access import ApiState, caller, state
@@ -137,29 +140,39 @@ class MessageView(BaseModel):
         },
     },
 )
-def send(
+async def send(
     request: Request,
-    response: Response,
     body: MessageIn,
     idempotency_key: IdempotencyKey,
     key: Annotated[ApiKey, Depends(caller(Scope.SEND))],
-) -> MessageView:
+) -> Response:
     """Queued at once and sent by the delivery worker; the answer is the message as it
     stands (usually queued), and ``Location`` is where to follow it."""
     api = state(request)
+    dedupe_key = f"{PREFIX}{key.id}:{idempotency_key}"
+    found = await run_in_threadpool(_queued, api, body, dedupe_key)  # the one blocking part
+    where = f"{request.scope.get('root_path', '')}/messages/{found.id}"
+    return Response(
+        found.model_dump_json(), 202, {"Location": where}, media_type="application/json"
+    )
+
+
+def _queued(api: ApiState, body: MessageIn, dedupe_key: str) -> MessageView:
+    """The message queued under ``dedupe_key``: by this call, or by the first call that
+    named it with the same body (Invalid with 409 when the body was another)."""
     canonical = _canonical(body)
     if len(canonical) > api.cfg.settings.api.max_body_bytes:
         raise Invalid([], 413, TOO_LARGE)
     address, files = _checked(api, body)
-    dedupe_key = f"{PREFIX}{key.id}:{idempotency_key}"
     digest = _digest(canonical, files)
     with api.engine.begin() as conn:
-        if profiles.is_erased(conn, address):
+        customer_id, erased = _recipient(conn, address)
+        if erased:
             raise Invalid([item_error(None, "to", "this address was erased at its owner's wish")])
         message = outbox.NewMessage(
             dedupe_key=dedupe_key,
             to_address=address,
-            customer_id=_customer_id(conn, address),
+            customer_id=customer_id,
             category=Category.TRANSACTIONAL,
             template=body.template,
             locale=body.locale,
@@ -167,15 +180,13 @@ def send(
             request_hash=digest,
             attachments=files,
         )
-        outbox.enqueue_in(conn, [message], api.clock.now())
-        row = outbox.get_by_key(conn, dedupe_key)
+        added = outbox.enqueue_in(conn, [message], api.clock.now())
+        row = outbox.get_by_key(conn, dedupe_key, new=added == 1)
     assert row is not None
     if row["request_hash"] != digest:
         conflict = FieldError(pointer="", field="Idempotency-Key", detail="used with another body")
         raise Invalid([conflict], 409, "this Idempotency-Key was used for another message")
-    found = _view(row)
-    response.headers["Location"] = f"{request.scope.get('root_path', '')}/messages/{found.id}"
-    return found
+    return _view(row)
 
 
 @router.get(
@@ -184,14 +195,19 @@ def send(
     summary="A message sent through the API",
     responses=not_found("message"),
 )
-def show(
+async def show(
     request: Request,
     message_id: MessageId,
     key: Annotated[ApiKey, Depends(caller(Scope.SEND))],
-) -> MessageView:
+) -> Response:
     """Any key that may send may read any message sent through the API; mail mailer makes
     itself (schedules, acknowledgements) is not shown here."""
-    with state(request).engine.connect() as conn:
+    found = await run_in_threadpool(_shown, state(request), message_id)
+    return Response(found.model_dump_json(), media_type="application/json")
+
+
+def _shown(api: ApiState, message_id: int) -> MessageView:
+    with api.engine.connect() as conn:
         row = outbox.get(conn, message_id)
     if row is None or not row["dedupe_key"].startswith(PREFIX):
         raise NotFound("no message sent through the API has this id")
@@ -216,7 +232,7 @@ def _checked(api: ApiState, body: MessageIn) -> tuple[str, list[outbox.Attachmen
         locale = None
         errors.append(item_error(None, "locale", str(exc)))
     try:
-        problem = TemplateStore(api.cfg.templates_dir).unsendable(body.template, locale)
+        problem = _templates(api.cfg.templates_dir).unsendable(body.template, locale)
     except TemplateError as exc:
         errors.append(item_error(None, "template", exc.problem.message))
     else:
@@ -231,6 +247,13 @@ TOO_LARGE = (
     "the message, its attachments aside, is larger than the API takes ([api] max_body_bytes)"
 )
 RESERVED = "keys starting with $ are kept for mailer's own values"
+
+
+@functools.lru_cache(maxsize=4)
+def _templates(root: pathlib.Path) -> TemplateStore:
+    """One store per templates folder, made once: making it resolves the folder's path, a
+    system call per part of it, and the store keeps nothing that a file's change stales."""
+    return TemplateStore(root)
 
 
 def _reserved(value: Any, path: str = "") -> list[str]:
@@ -268,11 +291,23 @@ def body_limit(settings: ApiSettings) -> tuple[int, str]:
     )
 
 
-_CUSTOMER_ID = select(profiles.CUSTOMERS.c.id).where(profiles.CUSTOMERS.c.email == bindparam("_a"))
+# the customer with the address, and whether it was erased, in one statement built once
+_RECIPIENT = select(
+    select(profiles.CUSTOMERS.c.id)
+    .where(profiles.CUSTOMERS.c.email == bindparam("_address"))
+    .scalar_subquery(),
+    select(profiles.ERASED.c.address_hash)
+    .where(profiles.ERASED.c.address_hash == bindparam("_hash"))
+    .exists(),
+)
 
 
-def _customer_id(conn: Connection, address: str) -> int | None:
-    return conn.execute(_CUSTOMER_ID, {"_a": address.lower()}).scalar_one_or_none()
+def _recipient(conn: Connection, address: str) -> tuple[int | None, bool]:
+    """The id of the customer with ``address`` (None: a stranger), and whether the address
+    was erased (as ``profiles.is_erased`` judges it)."""
+    params = {"_address": address.lower(), "_hash": profiles.address_hash(address)}
+    customer_id, erased = conn.execute(_RECIPIENT, params).one()
+    return customer_id, bool(erased)
 
 
 def _view(row: dict[str, Any]) -> MessageView:

@@ -11,6 +11,7 @@ import typer
 from mailer.cli.common import JSON_OPTION, app_of, err, out, print_json, print_table
 from mailer.outbound import deliverability
 from mailer.outbound.deliverability import Counts, Row
+from mailer.outbound.pacing import DomainPacing, Slowed
 
 # the table's headings, short so that day and domain stay whole in 80 columns
 HEADINGS = {
@@ -39,8 +40,10 @@ def stats(
     zone = cfg.settings.business_hours.timezone
     start = now.astimezone(zone).replace(hour=0, minute=0, second=0, microsecond=0)
     since = (start - timedelta(days=days - 1)).astimezone(now.tzinfo)
-    with app_.engine().connect() as conn:
+    engine = app_.engine()
+    with engine.connect() as conn:
         rows = deliverability.collect(conn, since, now, zone, top=top)
+        slowed = DomainPacing.from_config(cfg, engine).slowed_now(conn, now)
     limits = deliverability.Thresholds.from_config(cfg)
     found = deliverability.warnings(rows, limits)
     if as_json:
@@ -52,6 +55,7 @@ def stats(
                 "total": _figures(deliverability.total(rows)),
                 "days": [_row(row) for row in rows],
                 "warnings": found,
+                "slowed": [asdict(s) for s in slowed],
             }
         )
         return
@@ -62,8 +66,26 @@ def stats(
     summed = _headed(deliverability.total(rows), rates=True)
     print_table([summed], list(summed), "All of it")
     out.print(KEY)
+    if slowed:
+        print_table([_slowed(s) for s in slowed], list(SLOWED_COLUMNS), SLOWED_TITLE)
     for warning in found:
         err.print(f"warning: {warning}")
+
+
+SLOWED_TITLE = "Slowed down now (pacing)"
+SLOWED_COLUMNS = ("domain", "per min", "normal", "held until", "last reply")
+
+
+def _slowed(slowed: Slowed) -> dict[str, Any]:
+    """A domain or group the receiving servers slowed down, as the table shows it."""
+    values = (
+        slowed.name,
+        slowed.rate,
+        slowed.normal or "unlimited",
+        slowed.slowed_until,
+        slowed.reason,
+    )
+    return dict(zip(SLOWED_COLUMNS, values, strict=True))
 
 
 def _headed(counts: Counts, *, rates: bool) -> dict[str, Any]:

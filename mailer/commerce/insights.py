@@ -16,12 +16,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from functools import lru_cache
+from math import isfinite
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from sqlalchemy import Table, case, delete, func, insert, select
+from sqlalchemy import Delete, Select, Table, bindparam, case, delete, func, insert, select
 from sqlalchemy.engine import Connection
+from sqlalchemy.sql.elements import ColumnElement
 
 from mailer.core.config import InsightSettings
 from mailer.core.errors import FitFailed
@@ -43,9 +45,10 @@ FITS: Table = InsightFit.__table__  # type: ignore[attr-defined]
 ORDERS: Table = Order.__table__  # type: ignore[attr-defined]
 LINES: Table = OrderLine.__table__  # type: ignore[attr-defined]
 CUSTOMERS: Table = Customer.__table__  # type: ignore[attr-defined]
-BATCH = 5000  # rows to an INSERT
+COPY_FROM = 100  # rows from which COPY beats an INSERT on PostgreSQL
 BASKET = 3  # SKUs in a typical basket
 CENTILES = np.linspace(0, 1, 101)  # the stored score distributions an update scores against
+LAST_FIT = select(FITS).order_by(FITS.c.id.desc()).limit(1)
 Bools = NDArray[np.bool_]
 Texts = NDArray[np.str_]
 
@@ -94,6 +97,29 @@ def read_orders(
 ) -> OrderArrays:
     """Every placed or returned order up to ``as_of`` (of these customers) with its total,
     in one grouped query."""
+    query = _orders_query(conn.dialect.name, customers is not None)
+    found = {"end": day_end(as_of, zone), "customers": list(customers or ())}
+    rows = conn.execute(query, found).all()
+    columns = list(zip(*rows, strict=True)) if rows else [()] * 8
+    return OrderArrays(
+        customer=np.array(columns[0], dtype=np.int64),
+        day=np.array([t.astimezone(zone).date().toordinal() for t in columns[1]], dtype=np.int64),
+        currency=np.array(columns[2], dtype="<U3"),
+        channel=np.array(columns[3], dtype=np.str_),
+        returned=np.array(columns[4], dtype=np.str_) == OrderStatus.RETURNED,
+        amount=np.array(columns[5], dtype=np.int64),
+        margin=np.array(columns[6], dtype=np.int64),
+        costed=np.array(columns[7], dtype=np.int64) == 0,
+    )
+
+
+def _before_end() -> ColumnElement[bool]:
+    return ORDERS.c.ordered_at < bindparam("end", type_=ORDERS.c.ordered_at.type)
+
+
+@lru_cache(maxsize=8)  # built once: building the statement cost more than running it for one
+def _orders_query(dialect: str, some: bool) -> Select[Any]:
+    """The orders up to ``:end`` with their totals (of the ``:customers`` if ``some``)."""
     quantity = LINES.c.quantity
     query = (
         select(
@@ -109,23 +135,12 @@ def read_orders(
             ),
         )
         .outerjoin(LINES, LINES.c.order_id == ORDERS.c.id)
-        .where(ORDERS.c.ordered_at < day_end(as_of, zone), ORDERS.c.status != OrderStatus.CANCELLED)
+        .where(_before_end(), ORDERS.c.status != OrderStatus.CANCELLED)
         .group_by(ORDERS.c.id)
     )
-    if customers is not None:
-        query = query.where(bulk.one_of(ORDERS.c.customer_id, customers, conn.dialect.name))
-    rows = conn.execute(query).all()
-    columns = list(zip(*rows, strict=True)) if rows else [()] * 8
-    return OrderArrays(
-        customer=np.array(columns[0], dtype=np.int64),
-        day=np.array([t.astimezone(zone).date().toordinal() for t in columns[1]], dtype=np.int64),
-        currency=np.array(columns[2], dtype="<U3"),
-        channel=np.array(columns[3], dtype=np.str_),
-        returned=np.array(columns[4], dtype=np.str_) == OrderStatus.RETURNED,
-        amount=np.array(columns[5], dtype=np.int64),
-        margin=np.array(columns[6], dtype=np.int64),
-        costed=np.array(columns[7], dtype=np.int64) == 0,
-    )
+    if some:
+        query = query.where(bulk.any_of(ORDERS.c.customer_id, "customers", dialect))
+    return query
 
 
 def read_baskets(
@@ -133,6 +148,17 @@ def read_baskets(
 ) -> dict[int, list[dict[str, Any]]]:
     """Each customer's most-bought SKUs (by how many placed orders hold them), in one
     windowed query."""
+    query = _baskets_query(conn.dialect.name, customers is not None)
+    found: dict[int, list[dict[str, Any]]] = {}
+    given = {"end": day_end(as_of, zone), "customers": list(customers or ())}
+    for customer, sku, count in conn.execute(query, given):
+        found.setdefault(customer, []).append({"sku": sku, "orders": count})
+    return found
+
+
+@lru_cache(maxsize=8)
+def _baskets_query(dialect: str, some: bool) -> Select[Any]:
+    """Each customer's (of the ``:customers`` if ``some``) top SKUs up to ``:end``."""
     orders = func.count(func.distinct(ORDERS.c.id))
     rank = func.row_number().over(
         partition_by=ORDERS.c.customer_id, order_by=(orders.desc(), LINES.c.sku)
@@ -140,19 +166,22 @@ def read_baskets(
     inner = (
         select(ORDERS.c.customer_id, LINES.c.sku, orders.label("orders"), rank.label("rank"))
         .join(LINES, LINES.c.order_id == ORDERS.c.id)
-        .where(ORDERS.c.ordered_at < day_end(as_of, zone), ORDERS.c.status == OrderStatus.PLACED)
+        .where(_before_end(), ORDERS.c.status == OrderStatus.PLACED)
         .group_by(ORDERS.c.customer_id, LINES.c.sku)
     )
-    if customers is not None:
-        inner = inner.where(bulk.one_of(ORDERS.c.customer_id, customers, conn.dialect.name))
+    if some:
+        inner = inner.where(bulk.any_of(ORDERS.c.customer_id, "customers", dialect))
     ranked = inner.subquery()
     query = select(ranked.c.customer_id, ranked.c.sku, ranked.c.orders).where(
         ranked.c.rank <= BASKET
     )
-    found: dict[int, list[dict[str, Any]]] = {}
-    for customer, sku, count in conn.execute(query.order_by(ranked.c.customer_id, ranked.c.rank)):
-        found.setdefault(customer, []).append({"sku": sku, "orders": count})
-    return found
+    return query.order_by(ranked.c.customer_id, ranked.c.rank)
+
+
+@lru_cache(maxsize=4)
+def _forget(dialect: str) -> Delete:
+    """Delete the rows of the ``:customers``."""
+    return delete(INSIGHTS).where(bulk.any_of(INSIGHTS.c.customer_id, "customers", dialect))
 
 
 def most_used(group: Ints, groups: int, values: Texts, weight: Bools) -> Texts:
@@ -356,12 +385,7 @@ def _checked_rules(rules: tuple[rfm.SegmentRule, ...]) -> rfm.SegmentsConfig:
     return rfm.SegmentsConfig(rules) if rules else rfm.SegmentsConfig()
 
 
-def _optional(values: Floats, index: int) -> float | None:
-    value = float(values[index])
-    return value if np.isfinite(value) else None
-
-
-def rows(
+def columns(
     customers: Customers,
     fit_: Fit,
     score: Scorer,
@@ -369,8 +393,9 @@ def rows(
     settings: InsightSettings,
     baskets: dict[int, list[dict[str, Any]]],
     now: datetime,
-) -> list[dict[str, Any]]:
-    """Each customer's customer_insights row, computed for all of them at once."""
+) -> dict[str, list[Any]]:
+    """Each customer_insights column for all these customers at once, one Python list per
+    column (made from whole arrays, not element by element)."""
     summary, today, horizon = customers.summary, fit_.as_of.toordinal(), settings.horizon.days
     scores = rfm_scores(customers, today, score)
     segment = rfm.segments(scores, segments_config(settings))
@@ -397,54 +422,66 @@ def rows(
         )
     )
     first = summary.last_day - summary.recency.astype(np.int64)
-    return [
-        {
-            "customer_id": int(customers.ids[i]),
-            "as_of": fit_.as_of,
-            "updated_at": now,
-            "orders": int(customers.orders[i]),
-            "first_order": date.fromordinal(int(first[i])),
-            "last_order": date.fromordinal(int(summary.last_day[i])),
-            "recency_days": today - int(summary.last_day[i]),
-            "frequency": int(summary.frequency[i]),
-            "span_days": int(summary.recency[i]),
-            "age_days": int(summary.age[i]),
-            "currency": str(customers.currency[i]),
-            "monetary": int(customers.monetary[i]),
-            "mean_repeat": float(summary.mean_repeat[i]),
-            "margin": int(customers.margin[i]) if customers.costed[i] else None,
-            "r_score": int(scores.recency[i]),
-            "f_score": int(scores.frequency[i]),
-            "m_score": int(scores.monetary[i]),
-            "rfm_segment": str(segment[i]),
-            "p_active": _optional(ahead.p_active, i) if ahead else None,
-            "horizon_days": horizon,
-            "expected_orders": _optional(ahead.expected_orders, i) if ahead else None,
-            "clv": _rounded(ahead.clv, i) if ahead else None,
-            "predicted_next_order": _day(nexts.day, i),
-            "next_order_confidence": _optional(nexts.confidence, i),
-            "basis": str(nexts.basis[i]),
-            "one_time_buyer": bool(summary.frequency[i] == 0),
-            "preferred_channel": str(customers.channel[i]),
-            "basket": baskets.get(int(customers.ids[i]), []),
-        }
-        for i in range(n)
-    ]
+    ids = customers.ids.tolist()
+    return {
+        "customer_id": ids,
+        "as_of": [fit_.as_of] * n,
+        "updated_at": [now] * n,
+        "orders": customers.orders.tolist(),
+        "first_order": _dates(first.tolist()),
+        "last_order": _dates(summary.last_day.tolist()),
+        "recency_days": (today - summary.last_day).tolist(),
+        "frequency": summary.frequency.tolist(),
+        "span_days": summary.recency.astype(np.int64).tolist(),
+        "age_days": summary.age.astype(np.int64).tolist(),
+        "currency": customers.currency.tolist(),
+        "monetary": customers.monetary.tolist(),
+        "mean_repeat": summary.mean_repeat.tolist(),
+        "margin": [
+            m if c else None
+            for m, c in zip(customers.margin.tolist(), customers.costed.tolist(), strict=True)
+        ],
+        "r_score": scores.recency.tolist(),
+        "f_score": scores.frequency.tolist(),
+        "m_score": scores.monetary.tolist(),
+        "rfm_segment": segment.tolist(),
+        "p_active": _optional(ahead.p_active) if ahead else [None] * n,
+        "horizon_days": [horizon] * n,
+        "expected_orders": _optional(ahead.expected_orders) if ahead else [None] * n,
+        "clv": _rounded(ahead.clv) if ahead else [None] * n,
+        "predicted_next_order": _dates(_rounded(nexts.day)),
+        "next_order_confidence": _optional(nexts.confidence),
+        "basis": nexts.basis.tolist(),
+        "one_time_buyer": (summary.frequency == 0).tolist(),
+        "preferred_channel": customers.channel.tolist(),
+        "basket": [baskets.get(customer, []) for customer in ids],
+    }
 
 
-def _rounded(values: Floats, index: int) -> int | None:
-    value = _optional(values, index)
-    return None if value is None else round(value)
+def _optional(values: Floats) -> list[float | None]:
+    return [v if isfinite(v) else None for v in values.tolist()]
 
 
-def _day(days: Floats, index: int) -> date | None:
-    value = _optional(days, index)
-    return None if value is None else date.fromordinal(round(value))
+def _rounded(values: Floats) -> list[int | None]:
+    return [round(v) if isfinite(v) else None for v in values.tolist()]
 
 
-def _write(conn: Connection, found: list[dict[str, Any]]) -> None:
-    for start in range(0, len(found), BATCH):
-        conn.execute(insert(INSIGHTS), found[start : start + BATCH])
+def _dates(days: list[int] | list[int | None]) -> list[date | None]:
+    """Day numbers as dates, each distinct day made once (most customers share a few)."""
+    made = {d: date.fromordinal(d) for d in set(days) if d is not None}
+    return [None if d is None else made[d] for d in days]
+
+
+def _write(conn: Connection, found: dict[str, list[Any]]) -> None:
+    """The rows of these columns: into PostgreSQL by COPY when there are many, else by an
+    INSERT; into SQLite by the driver's executemany."""
+    rows = zip(*found.values(), strict=True)
+    if conn.dialect.name != "postgresql":
+        bulk.insert_columns(conn, INSIGHTS, found)
+    elif len(found["customer_id"]) >= COPY_FROM:
+        bulk.copy_rows(conn, INSIGHTS, list(found), rows)
+    else:
+        conn.execute(insert(INSIGHTS), [dict(zip(found, row, strict=True)) for row in rows])
 
 
 def store_fit(conn: Connection, fit_: Fit, customers: int, now: datetime) -> None:
@@ -470,7 +507,7 @@ def vars_of(model: btyd.BgNbd | btyd.GammaGamma) -> dict[str, float]:
 
 def last_fit(conn: Connection) -> Fit | None:
     """The models of the latest refresh, or None if there was none."""
-    row = conn.execute(select(FITS).order_by(FITS.c.id.desc()).limit(1)).mappings().first()
+    row = conn.execute(LAST_FIT).mappings().first()
     if row is None:
         return None
     found = row["parameters"]
@@ -483,10 +520,10 @@ def last_fit(conn: Connection) -> Fit | None:
     )
 
 
-def replace_all(conn: Connection, fitted: Fit, found: list[dict[str, Any]], now: datetime) -> None:
-    """A full refresh's figures in place of every customer's, with the models they came
-    from, in the caller's transaction."""
-    store_fit(conn, fitted, len(found), now)
+def replace_all(conn: Connection, fitted: Fit, found: dict[str, list[Any]], now: datetime) -> None:
+    """A full refresh's figures (``columns``) in place of every customer's, with the models
+    they came from, in the caller's transaction."""
+    store_fit(conn, fitted, len(found["customer_id"]), now)
     conn.execute(delete(INSIGHTS))
     _write(conn, found)
 
@@ -513,7 +550,7 @@ def update_customers(
     )
     ids = sorted(set(customer_ids))
     customers = per_customer(read_orders(conn, today, zone, ids), today.toordinal())
-    found = rows(
+    found = columns(
         customers,
         fitted,
         scores_against(fitted),
@@ -521,11 +558,9 @@ def update_customers(
         baskets=read_baskets(conn, today, zone, ids),
         now=now,
     )
-    conn.execute(
-        delete(INSIGHTS).where(bulk.one_of(INSIGHTS.c.customer_id, ids, conn.dialect.name))
-    )
+    conn.execute(_forget(conn.dialect.name), {"customers": ids})
     _write(conn, found)
-    return len(found)
+    return len(found["customer_id"])
 
 
 def update_customer(
@@ -587,10 +622,13 @@ def _reproject(conn: Connection, found: list[dict[str, Any]], horizon_days: int)
             horizon_days=horizon_days,
         )
     )
-    for i, row in enumerate(found):
+    nothing = [None] * len(found)
+    expected = _optional(ahead.expected_orders) if ahead else nothing
+    worth = _rounded(ahead.clv) if ahead else nothing
+    for row, orders, clv in zip(found, expected, worth, strict=True):
         row["horizon_days"] = horizon_days
-        row["expected_orders"] = _optional(ahead.expected_orders, i) if ahead else None
-        row["clv"] = _rounded(ahead.clv, i) if ahead else None
+        row["expected_orders"] = orders
+        row["clv"] = clv
 
 
 def shown(row: dict[str, Any]) -> dict[str, Any]:

@@ -31,7 +31,7 @@ def run(
         raise MailerError(f"no orders up to {as_of} to learn from; `mailer orders import` first")
     customers = insights.per_customer(orders, as_of.toordinal())
     fitted = insights.fit(customers, as_of)
-    found = insights.rows(
+    found = insights.columns(
         customers, fitted, insights.exact_scores, settings=settings, baskets=baskets, now=now
     )
     with engine.begin() as conn:
@@ -39,7 +39,7 @@ def run(
         recommended = recommendations.store(conn, bought_together)
         report.rebuild(conn, zone, now, orders)  # with the figures it reports, at once
     done = insights.RefreshReport(
-        customers=len(found), orders=len(orders.customer), recommended=recommended
+        customers=len(found["customer_id"]), orders=len(orders.customer), recommended=recommended
     )
     if fitted.failure:
         done.notes.append(

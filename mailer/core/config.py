@@ -181,14 +181,16 @@ class SmtpSettings(_ServerSettings):
     categories: list[Category] = Field(default_factory=lambda: list(Category), min_length=1)
 
 
-def _relay_name(value: str) -> str:
-    if not _RELAY_NAME.fullmatch(value):
-        raise ValueError("a relay's name is up to 40 lower-case letters, digits, '-' and '_'")
+def _table_name(value: str, what: str) -> str:
+    """The NAME of a named table such as [relays.NAME]."""
+    if not _TABLE_NAME.fullmatch(value):
+        raise ValueError(f"{what} name is up to 40 lower-case letters, digits, '-' and '_'")
     return value
 
 
-_RELAY_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
-RelayName = Annotated[str, AfterValidator(_relay_name)]
+_TABLE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
+RelayName = Annotated[str, AfterValidator(functools.partial(_table_name, what="a relay's"))]
+GroupName = Annotated[str, AfterValidator(functools.partial(_table_name, what="a group's"))]
 
 
 class _MailboxSettings(_ServerSettings):
@@ -277,6 +279,36 @@ class BounceSettings(Section):
     complaint_rate_max: float = Field(default=0.003, gt=0, lt=1)
     bounce_rate_max: float = Field(default=0.02, gt=0, lt=1)
     imap: BounceMailboxSettings = BounceMailboxSettings()
+
+
+class PacingGroup(Section):
+    """One ``[pacing.groups.NAME]``: domains one provider receives, paced together (their
+    replies slow them all down) with a budget of their own; 0: unlimited."""
+
+    domains: list[Hostname] = Field(min_length=1)
+    per_minute: int = Field(default=0, ge=0)
+
+
+class PacingSettings(Section):
+    """[pacing]: how many messages a minute each receiving domain may get, and how a
+    domain that answers "try later" (421, 4.7.x) is slowed down and recovers."""
+
+    per_minute: int = Field(default=0, ge=0)  # each domain; 0: as fast as the relays go
+    deferred_per_minute: int = Field(default=60, ge=1)  # an unlimited domain, once it defers
+    floor_per_minute: int = Field(default=1, ge=1)
+    slow_for: Duration = timedelta(minutes=10)
+    groups: dict[GroupName, PacingGroup] = {}
+
+    @field_validator("groups")
+    @classmethod
+    def _each_domain_once(cls, groups: dict[str, PacingGroup]) -> dict[str, PacingGroup]:
+        seen: dict[str, str] = {}
+        for name, group in groups.items():
+            for domain in group.domains:
+                if domain in seen and seen[domain] != name:
+                    raise ValueError(f"{domain} is in groups {seen[domain]} and {name}: keep one")
+                seen[domain] = name
+        return groups
 
 
 class SandboxSettings(Section):
@@ -458,6 +490,7 @@ class Settings(Section):
     sender: SenderSettings = SenderSettings()
     sandbox: SandboxSettings = SandboxSettings()
     throttle: ThrottleSettings = ThrottleSettings()
+    pacing: PacingSettings = PacingSettings()
     bounces: BounceSettings = BounceSettings()
     autoreply: AutoreplySettings = AutoreplySettings()
     business_hours: BusinessHoursSettings = BusinessHoursSettings()
@@ -665,14 +698,32 @@ def _table(raw: Mapping[str, Any], section: str) -> Any:
 def _problem(err: Any, path: Path, overridden: Mapping[tuple[str, str], str]) -> Problem:
     """Turn one pydantic error into 'file: [section] key: message'."""
     loc = [str(part) for part in err["loc"] if part != "[key]"]
-    depth = 1 if loc else 0
-    while loc[:1] != ["relays"] and depth < len(loc) and _model_at(loc[: depth + 1]) is not None:
-        depth += 1  # a table inside a section, written [bounces.imap]
+    depth = _table_depth(loc)
     section, rest = ".".join(loc[:depth]), loc[depth:]
-    message = _message(err, section, rest)
-    if section == "relays" and len(rest) > 1:  # a key of one relay: [relays.NAME] key
-        section, rest = f"{section}.{rest[0]}", rest[1:]
-    return Problem(_where(path, overridden, section, rest), message)
+    return Problem(_where(path, overridden, section, rest), _message(err, section, rest))
+
+
+def _table_depth(loc: list[str]) -> int:
+    """How many parts of an error's location name the table its key is in: a section
+    ([smtp]), a table inside one ([bounces.imap]) or a named table with a key in it
+    ([relays.NAME] port, [pacing.groups.NAME] domains); a bad name itself is a key of the
+    table that holds the names ([relays] NAME)."""
+    depth = 2 if loc and _named(loc[:1]) and len(loc) > 2 else min(len(loc), 1)
+    while depth < len(loc):
+        if _named(loc[: depth + 1]) and len(loc) > depth + 2:
+            depth += 2
+        elif not _named(loc[:depth]) and _model_at(loc[: depth + 1]) is not None:
+            depth += 1
+        else:
+            break
+    return depth
+
+
+def _named(path: list[str]) -> bool:
+    """Whether the key ``path`` leads to holds named tables, as ``relays`` does."""
+    model = _model_at(path[:-1])
+    field = model.model_fields.get(path[-1]) if model is not None and path else None
+    return field is not None and get_origin(field.annotation) is dict
 
 
 def _where(

@@ -22,6 +22,7 @@ from mailer.core.clock import Clock
 from mailer.core.errors import TemplateError
 from mailer.outbound import outbox
 from mailer.outbound.outbox import Claimed, Outcome, Policy, Result
+from mailer.outbound.pacing import DomainPacing, domain
 from mailer.outbound.prepare import Outgoing, Preparer, purchases_of
 from mailer.outbound.relays import Relays
 from mailer.outbound.smtp import Diagnosis, Failure, backoff, classify
@@ -85,6 +86,7 @@ class Delivery:
     policy: Policy
     clock: Clock
     batch_size: int = 200
+    pacing: DomainPacing | None = None  # None: no domain is paced
     rng: random.Random = field(default_factory=random.Random)
     held: dict[str, Hold] = field(default_factory=dict)  # categories no relay takes now
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -154,17 +156,12 @@ class Delivery:
         return None
 
     async def _take(self) -> _Batch:
-        """Claim the next batch and render it, off the event loop. When the database goes
-        away meanwhile, nothing is claimed, or what was claimed goes back untried."""
+        """Claim the next batch and render it, off the event loop; what a paced domain may
+        not get in this minute goes back to the queue untried. When the database goes away
+        meanwhile, nothing is claimed, or what was claimed goes back untried."""
+        now = self.clock.now()
         try:
-            claimed = await asyncio.to_thread(
-                outbox.claim,
-                self.engine,
-                self.clock.now(),
-                self.batch_size,
-                self.policy,
-                skip_categories=frozenset(self.held),
-            )
+            claimed = await asyncio.to_thread(self._claim, now)
         except UNREACHABLE as exc:
             self._lost(exc)
             return _Batch([], [], [])
@@ -173,19 +170,52 @@ class Delivery:
         # rendering waits on a render worker: in a thread, so the loop keeps serving
         self._in_flight.update(outbox.leases(claimed))
         try:
-            ready, held = await asyncio.to_thread(self._prepare, claimed, self.clock.now())
-        except UNREACHABLE as exc:  # reading the customers' purchases
+            ready, held = await asyncio.to_thread(self._ready, claimed, now)
+        except UNREACHABLE as exc:  # pacing, or reading the customers' purchases
             self._lost(exc)
-            now = self.clock.now()
             return _Batch(claimed, [], [_waiting(item.id, now, DB_AWAY) for item in claimed])
         return _Batch(claimed, ready, held)
 
+    def _claim(self, now: datetime) -> list[Claimed]:
+        """The next batch, skipping the domains that spent this minute's budget and the
+        categories held."""
+        skip = self.pacing.paced(now) if self.pacing else {}
+        return outbox.claim(
+            self.engine,
+            now,
+            self.batch_size,
+            self.policy,
+            skip_domains=list(skip),
+            skip_categories=frozenset(self.held),
+        )
+
+    def _ready(self, claimed: list[Claimed], now: datetime) -> tuple[list[Outgoing], list[Outcome]]:
+        """The batch rendered, but for what its domain's pace holds back for this minute,
+        which goes back to the queue untried."""
+        if self.pacing is None:
+            return self._prepare(claimed, now)
+        _, paced = self.pacing.hold_back(claimed, now)
+        held_ids = {item.id for item, _ in paced}
+        sending = [item for item in claimed if item.id not in held_ids]
+        ready, held = self._prepare(sending, now)
+        return ready, held + [_waiting(item.id, now, why) for item, why in paced]
+
     async def _record(self, outcomes: list[Outcome], batch: _Batch) -> None:
         """Each result written only where this worker still holds the row's lease; kept
-        until the database answers when it does not."""
+        until the database answers when it does not. Deferrals slow their domain down."""
         async with self._writing:  # not into a list that is being written
             self._unwritten.add(outcomes, outbox.leases(batch.claimed))
-        await self._flush()
+        if await self._flush() and self.pacing is not None:
+            addresses = {item.id: item.to_address for item in batch.claimed}
+            replies = [
+                (domain(addresses[o.outbox_id]), o.smtp_code, o.smtp_reply)
+                for o in outcomes
+                if o.smtp_reply and o.result in (Result.RETRY, Result.FAILED)
+            ]
+            try:
+                await asyncio.to_thread(self.pacing.deferred, replies, self.clock.now())
+            except UNREACHABLE as exc:  # the pace is advice: not kept like a result
+                self._lost(exc)
 
     async def _flush(self) -> bool:
         """Write every result kept so far, oldest first, in one transaction; False when the
@@ -384,17 +414,24 @@ class Delivery:
         )
 
     async def _idle_for(self) -> float:
-        """Until the next message of a category that is not held falls due, or the next
-        probe of a held one: at most IDLE_POLL."""
+        """Until the next message falls due, leaving out the domains paced for now and the
+        categories held, or the first of those domains may take more, or the next probe of a
+        held category; at most IDLE_POLL."""
         if self._db_away is not None:
             return IDLE_POLL
-        held = frozenset(self.held)
-        due = await asyncio.to_thread(outbox.next_due, self.engine, skip_categories=held)
-        soonest = [due] if due is not None else []
-        soonest += [hold.probe_at for hold in self.held.values()]
-        if not soonest:
+        now = self.clock.now()
+        paced = await asyncio.to_thread(self.pacing.paced, now) if self.pacing else {}
+        due = await asyncio.to_thread(
+            outbox.next_due,
+            self.engine,
+            skip_domains=list(paced),
+            skip_categories=frozenset(self.held),
+        )
+        probes = [hold.probe_at for hold in self.held.values()]
+        wake_at = min([*([due] if due else []), *paced.values(), *probes], default=None)
+        if wake_at is None:
             return IDLE_POLL
-        return max(0.0, min(IDLE_POLL, (min(soonest) - self.clock.now()).total_seconds()))
+        return max(0.0, min(IDLE_POLL, (wake_at - now).total_seconds()))
 
 
 async def _rest(stop: asyncio.Event, wake: asyncio.Event, seconds: float) -> None:

@@ -5,9 +5,13 @@ RSA or Ed25519; the algorithm is the key's. With several selectors every message
 one signature per key: an Ed25519 signature beside an RSA one (RFC 8463 advises both while
 receivers learn Ed25519), or the old and the new key while a rotation's DNS spreads.
 
-dkimpy reads the message and canonicalizes it exactly as verifiers do (relaxed headers,
-simple body); the signature itself is made with `cryptography` (OpenSSL) on a key parsed
-once, because dkimpy's own RSA is pure Python: 11 ms a message against well under one here.
+Signing is on the send path, so it is done here in a few passes over bytes: the message is
+in the wire form ``compose`` writes (CRLF lines), the headers are canonicalized "relaxed"
+and the body "simple" (RFC 6376 3.4) by this module, and the signature is made with
+`cryptography` (OpenSSL) on a key parsed once per process. dkimpy, which verifiers use,
+checks these signatures in the tests; its own parsing cost more than the RSA signature.
+Delivery signs a batch in the render workers (``sign_all``), which get the keys as PEM
+and parse them once, so signing runs beside the daemon's sends rather than in its turn.
 The signature covers the headers a provider judges the message by (From, To, Subject, Date,
 Message-ID, List-Unsubscribe and List-Unsubscribe-Post, which RFC 8058 wants signed) and
 the MIME headers, when present.
@@ -16,23 +20,29 @@ the MIME headers, when present.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
+import logging
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import parseaddr
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import dkim
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
-from dkim.canonicalization import CanonicalizationPolicy
 
-from mailer.core.config import Config
 from mailer.core.errors import ConfigError, Problem
+
+if TYPE_CHECKING:  # a render worker signs without ever loading the configuration
+    from mailer.core.config import Config
+    from mailer.outbound.renderpool import RenderPool
+
+log = logging.getLogger("mailer.outbound.dkim")
 
 Algorithm = Literal["rsa", "ed25519"]
 PrivateKey = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
@@ -54,9 +64,13 @@ SIGNED_HEADERS = (
     b"mime-version",
     b"content-type",
 )
-CANONICAL = CanonicalizationPolicy.from_c_value(b"relaxed/simple")
+_SIGNED = frozenset(SIGNED_HEADERS)
 MIN_RSA_BITS = 1024  # what RFC 8301 requires verifiers to accept at least
 RSA_BITS = 2048
+_WSP = re.compile(rb"[ \t]+")
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+_FIELD_START = re.compile(rb"\r\n(?![ \t])")  # a line break that does not fold
+WHERE = "DKIM signing"  # names a signing call that a render worker could not finish
 
 
 class KeyProblem(ValueError):
@@ -91,6 +105,14 @@ class Key:
         )
         return f"v=DKIM1; k=rsa; p={base64.b64encode(der).decode()}"
 
+    @property
+    def pem(self) -> bytes:
+        return self.private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
     def signature(self, signed: bytes) -> bytes:
         if isinstance(self.private, ed25519.Ed25519PrivateKey):
             # RFC 8463: Ed25519 signs the SHA-256 hash of the data, not the data
@@ -98,22 +120,95 @@ class Key:
         return self.private.sign(signed, padding.PKCS1v15(), hashes.SHA256())
 
 
+KeySpec = tuple[tuple[str, str, bytes], ...]  # (selector, domain, PEM) of each key
+
+
 @dataclass(frozen=True, slots=True)
 class Signer:
+    """The keys every message is signed with. Pickled (to a render worker) as their PEM,
+    which each process parses once (``_parsed``)."""
+
     keys: tuple[Key, ...]
+    _spec: KeySpec = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        spec = tuple((key.selector, key.domain, key.pem) for key in self.keys)
+        object.__setattr__(self, "_spec", spec)
+
+    def __reduce__(self) -> tuple[Callable[[KeySpec], Signer], tuple[KeySpec]]:
+        return _parsed, (self._spec,)
 
     def sign(self, message: bytes, now: datetime) -> bytes:
         """The message with one DKIM-Signature per key in front of its headers."""
-        parsed = dkim.DKIM(message)
-        body = CANONICAL.canonicalize_body(parsed.body)
-        body_hash = base64.b64encode(hashlib.sha256(body).digest())
-        present = {name.lower() for name, _ in parsed.headers}
-        names = [name for name in SIGNED_HEADERS if name in present]
-        last = {n.lower(): (n, v) for n, v in CANONICAL.canonicalize_headers(parsed.headers)}
-        # each header as a verifier takes it: its last occurrence (RFC 6376 5.4.2)
-        signed = b"".join(last[name][0] + b":" + last[name][1] for name in names)
+        wire = _wire(message)
+        names, signed, body_hash = _digest(wire)
         at = int(now.timestamp())
         return b"".join(_field(key, names, signed, body_hash, at) for key in self.keys) + message
+
+    def sign_all(
+        self, messages: Sequence[bytes], now: datetime, pool: RenderPool | None
+    ) -> list[bytes]:
+        """``sign`` for each message, in a render worker of ``pool`` (one round trip for the
+        batch), so the signatures are made beside this process's work, not in its turn; a
+        message the worker could not sign (it died or was stopped) is signed here."""
+        if pool is None or not messages:
+            return [self.sign(message, now) for message in messages]
+        results = pool.map(_sign, [(WHERE, (self, message, now)) for message in messages])
+        signed = []
+        for message, result in zip(messages, results, strict=True):
+            if isinstance(result, Exception):
+                log.warning("signing here: the render worker did not: %s", result)
+                result = self.sign(message, now)
+            signed.append(result)
+        return signed
+
+
+@functools.cache
+def _parsed(spec: KeySpec) -> Signer:
+    """The signer for these keys, parsed once in each process that is handed them."""
+    return Signer(tuple(load(selector, domain, pem) for selector, domain, pem in spec))
+
+
+def _sign(signer: Signer, message: bytes, now: datetime) -> bytes:
+    """Runs in a render worker."""
+    return signer.sign(message, now)
+
+
+def _wire(message: bytes) -> bytes:
+    """The message as SMTP carries it, every line ending in CRLF: what ``compose`` writes
+    already (counted, not copied), else converted as the SMTP client will."""
+    lines = message.count(b"\n")
+    if lines == message.count(b"\r\n") == message.count(b"\r"):
+        return message
+    return _LINE_END.sub(b"\r\n", message)
+
+
+def _digest(wire: bytes) -> tuple[list[bytes], bytes, bytes]:
+    """The names of the headers signed, their relaxed canonical form (RFC 6376 3.4.2), and
+    the body hash under "simple" (3.4.3: trailing empty lines dropped, one CRLF kept)."""
+    split = wire.find(b"\r\n\r\n")
+    head, start = (wire, len(wire)) if split < 0 else (wire[: split + 2], split + 4)
+    last: dict[bytes, bytes] = {}  # a verifier takes each header's last occurrence (5.4.2)
+    for raw in _FIELD_START.split(head):
+        name, colon, value = raw.partition(b":")
+        key = name.rstrip(b" \t").lower()
+        if colon and key in _SIGNED:
+            last[key] = value
+    names = [name for name in SIGNED_HEADERS if name in last]
+    signed = b"".join(_relaxed(name, last[name]) + b"\r\n" for name in names)
+    end = len(wire)
+    while end - 2 >= start and wire[end - 2 : end] == b"\r\n":
+        end -= 2
+    body = hashlib.sha256(memoryview(wire)[start:end])
+    body.update(b"\r\n")
+    return names, signed, base64.b64encode(body.digest())
+
+
+def _relaxed(name: bytes, value: bytes) -> bytes:
+    """One header field canonicalized "relaxed", without its line break: the name in lower
+    case, the value unfolded, runs of spaces and tabs made one space, none at its ends."""
+    unfolded = value.replace(b"\r\n", b"")
+    return name + b":" + _WSP.sub(b" ", unfolded).strip(b" \t")
 
 
 def _field(key: Key, names: list[bytes], signed: bytes, body_hash: bytes, at: int) -> bytes:
@@ -131,9 +226,8 @@ def _field(key: Key, names: list[bytes], signed: bytes, body_hash: bytes, at: in
         b"bh=" + body_hash,
     ]
     value = b" " + b";\r\n\t".join(tags) + b";\r\n\tb="
-    name, own = CANONICAL.canonicalize_headers([(b"DKIM-Signature", value)])[0]
     # the field's own text is hashed without its trailing line break
-    signature = base64.b64encode(key.signature(signed + name + b":" + own.rstrip()))
+    signature = base64.b64encode(key.signature(signed + _relaxed(b"dkim-signature", value)))
     folded = b"\r\n\t ".join(signature[i : i + 64] for i in range(0, len(signature), 64))
     return b"DKIM-Signature:" + value + folded + b"\r\n"
 

@@ -57,6 +57,7 @@ from mailer.customers.profiles import CUSTOMERS
 from mailer.hooks import events as webhooks
 from mailer.hooks.events import EventType
 from mailer.outbound import throttle
+from mailer.store import db
 from mailer.store.models import DeliveryAttempt, OutboxAttachment, OutboxMessage, OutboxStatus
 
 OUTBOX: Table = OutboxMessage.__table__  # type: ignore[attr-defined]
@@ -217,26 +218,34 @@ def _skip_barred(conn: Connection, batch: Sequence[NewMessage], now: datetime) -
     """Checked at enqueue (and again at claim): a barred customer's message is skipped at
     once, with the throttle's reason, instead of waiting in the queue to be refused.
 
-    A correlated EXISTS looks up each row's own customer by key; an IN over all barred
-    customers would scan the customers table once per batch. A message to no customer
-    (a stranger's receipt) has nothing to be barred by and costs no statement."""
+    A message to no customer (a stranger's receipt) has nothing to be barred by and costs
+    no statement."""
     for category in {str(m.category) for m in batch}:
-        bars = barred(category)
-        own = CUSTOMERS.c.id == OUTBOX.c.customer_id
         keys = [m.dedupe_key for m in batch if m.category == category]
-        conn.execute(
-            update(OUTBOX)
-            .where(
-                OUTBOX.c.dedupe_key.in_(keys),
-                OUTBOX.c.status == OutboxStatus.QUEUED,
-                select(CUSTOMERS.c.id).where(own, or_(*(when for when, _ in bars))).exists(),
-            )
-            .values(
-                status=OutboxStatus.SKIPPED,
-                reason=select(case(*bars)).where(own).scalar_subquery(),
-                updated_at=now,
-            )
+        conn.execute(_skip_statement(category), {"_keys": keys, "_now": now})
+
+
+@lru_cache(maxsize=8)
+def _skip_statement(category: str) -> Any:
+    """The UPDATE that skips a category's barred messages, built once per category: a
+    receipt sent through the API to a customer runs it on every call, and building it
+    cost more than running it. A correlated EXISTS looks up each row's own customer by
+    key; an IN over all barred customers would scan the customers table once per batch."""
+    bars = barred(category)
+    own = CUSTOMERS.c.id == OUTBOX.c.customer_id
+    return (
+        update(OUTBOX)
+        .where(
+            OUTBOX.c.dedupe_key.in_(bindparam("_keys", expanding=True)),
+            OUTBOX.c.status == OutboxStatus.QUEUED,
+            select(CUSTOMERS.c.id).where(own, or_(*(when for when, _ in bars))).exists(),
         )
+        .values(
+            status=OutboxStatus.SKIPPED,
+            reason=select(case(*bars)).where(own).scalar_subquery(),
+            updated_at=bindparam("_now"),
+        )
+    )
 
 
 def barred(category: str) -> list[tuple[ColumnElement[bool], ColumnElement[str]]]:
@@ -435,17 +444,19 @@ def claim(
     limit: int,
     policy: Policy,
     *,
+    skip_domains: Collection[str] = (),
     skip_categories: Collection[str] = (),
 ) -> list[Claimed]:
     """Take up to ``limit`` due rows, decide each under the throttle, keep those to send now;
-    rows of ``skip_categories`` (held: no relay for them answers) stay in the queue.
+    rows to ``skip_domains`` (receiving domains that may take no more for now) and of
+    ``skip_categories`` (held: no relay for them answers) stay queued.
 
     Deciding happens in the claiming transaction, with the customers' rows locked on
     PostgreSQL (SQLite has a single writer), so two workers can never both pass a cap.
     """
     with engine.begin() as conn:
-        lease_until = now + policy.lease
-        rows = _claim_rows(conn, now, limit, lease_until, policy.worker, skip_categories)
+        due = _due(conn.dialect.name, now, skip_domains, skip_categories)
+        rows = _claim_rows(conn, due, limit, now, policy)
         if not rows:
             return []
         locked = _lock_customers(conn, {r["customer_id"] for r in rows} - {None})
@@ -458,22 +469,37 @@ def claim(
     ]
 
 
+def _due(
+    dialect: str,
+    now: datetime | None,
+    skip_domains: Collection[str],
+    skip_categories: Collection[str] = (),
+) -> list[ColumnElement[bool]]:
+    """What a waiting row must meet to be taken: due by ``now`` (any time when None), not
+    to a domain that is skipped, and not of a category that is."""
+    where: list[ColumnElement[bool]] = [OUTBOX.c.status.in_(WAITING)]
+    if now is not None:
+        where.append(OUTBOX.c.due_at <= now)
+    if skip_domains:
+        where.append(db.domain_of(OUTBOX.c.to_address, dialect).not_in(sorted(skip_domains)))
+    if skip_categories:
+        where.append(OUTBOX.c.category.not_in(sorted(skip_categories)))
+    return where
+
+
 def _claim_rows(
     conn: Connection,
-    now: datetime,
+    due_where: list[ColumnElement[bool]],
     limit: int,
-    lease_until: datetime,
-    worker: str | None,
-    skip_categories: Collection[str],
+    now: datetime,
+    policy: Policy,
 ) -> list[dict[str, Any]]:
     due = (
         select(OUTBOX.c.id)
-        .where(OUTBOX.c.status.in_(WAITING), OUTBOX.c.due_at <= now)
+        .where(*due_where)
         .order_by(OUTBOX.c.priority.desc(), OUTBOX.c.due_at)
         .limit(limit)
     )
-    if skip_categories:
-        due = due.where(OUTBOX.c.category.not_in(sorted(skip_categories)))
     if conn.dialect.name == "postgresql":
         due = due.with_for_update(skip_locked=True)
     statement = (
@@ -481,9 +507,9 @@ def _claim_rows(
         .where(OUTBOX.c.id.in_(due.scalar_subquery()))
         .values(
             status=OutboxStatus.SENDING,
-            lease_until=lease_until,
+            lease_until=now + policy.lease,
             lease_token=OUTBOX.c.lease_token + 1,
-            worker_id=worker,
+            worker_id=policy.worker,
             updated_at=now,
         )
         .returning(*OUTBOX.c)
@@ -878,19 +904,18 @@ def _requeue(engine: Engine, held: ColumnElement[bool], now: datetime) -> int:
     return int(result.rowcount)
 
 
-def next_due(engine: Engine, *, skip_categories: Collection[str] = ()) -> datetime | None:
+def next_due(
+    engine: Engine, *, skip_domains: Collection[str] = (), skip_categories: Collection[str] = ()
+) -> datetime | None:
     """When the earliest queued message falls due, so an idle worker knows how long to rest;
-    those of ``skip_categories`` (held) do not count."""
-    query = (
-        select(OUTBOX.c.due_at)
-        .where(OUTBOX.c.status.in_(WAITING))
-        .order_by(OUTBOX.c.due_at)
-        .limit(1)
-    )
-    if skip_categories:
-        query = query.where(OUTBOX.c.category.not_in(sorted(skip_categories)))
+    messages to ``skip_domains`` (paced for now) and of ``skip_categories`` (held) are left out."""
     with engine.connect() as conn:
-        return conn.execute(query).scalar_one_or_none()
+        return conn.execute(
+            select(OUTBOX.c.due_at)
+            .where(*_due(conn.dialect.name, None, skip_domains, skip_categories))
+            .order_by(OUTBOX.c.due_at)
+            .limit(1)
+        ).scalar_one_or_none()
 
 
 RETRYABLE = (
@@ -978,9 +1003,12 @@ def get(conn: Connection, outbox_id: int) -> dict[str, Any] | None:
     return _with_attempts(conn, conn.execute(_BY_ID, {"_id": outbox_id}).mappings().one_or_none())
 
 
-def get_by_key(conn: Connection, dedupe_key: str) -> dict[str, Any] | None:
-    """As ``get``, the message queued under this dedupe key."""
+def get_by_key(conn: Connection, dedupe_key: str, *, new: bool = False) -> dict[str, Any] | None:
+    """As ``get``, the message queued under this dedupe key. ``new``: the caller queued it in
+    this transaction, so it has no attempts to look up."""
     found = conn.execute(_BY_KEY, {"_key": dedupe_key}).mappings().one_or_none()
+    if new and found is not None:
+        return {**found, "attempts_log": []}
     return _with_attempts(conn, found)
 
 

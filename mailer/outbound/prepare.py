@@ -7,7 +7,7 @@ the SMTP I/O in ``delivery``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from email.headerregistry import Address
 from email.utils import parseaddr
@@ -113,10 +113,21 @@ class Preparer:
             for item, context in zip(claimed, contexts, strict=True)
         ]
         rendered = self._store.render_all(jobs)
-        return [
+        made = [
             made if isinstance(made, TemplateError) else self._compose(item, made, ctx, tok, now)
             for item, made, ctx, tok in zip(claimed, rendered, contexts, tokens_of, strict=True)
         ]
+        return self._signed(made, now)
+
+    def _signed(
+        self, made: list[Outgoing | TemplateError], now: datetime
+    ) -> list[Outgoing | TemplateError]:
+        """The composed messages DKIM-signed, in a render worker (see ``dkim.Signer.sign_all``)."""
+        if self._signer is None:
+            return made
+        ready = [m for m in made if isinstance(m, Outgoing)]
+        signed = iter(self._signer.sign_all([m.data for m in ready], now, self._store.pool))
+        return [m if isinstance(m, TemplateError) else replace(m, data=next(signed)) for m in made]
 
     def _compose(
         self,
@@ -152,8 +163,6 @@ class Preparer:
             alternatives=alternatives,
             attachments=attachments,
         )
-        if self._signer is not None:
-            data = self._signer.sign(data, now)
         sender = self._envelope_sender(claimed)
         return Outgoing(
             outbox_id=claimed.id,

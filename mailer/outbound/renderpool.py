@@ -10,6 +10,8 @@ writes (see ``templates``).
 A worker is a fresh interpreter (forking the daemon, with its threads and sockets, is not
 safe); it starts in about half a second and then serves call after call. The pool is
 used from threads; a caller blocks for at most a few multiples of ``Limits.seconds``.
+Delivery also DKIM-signs its rendered messages here (``dkim.Signer.sign_all``), so that
+signing runs on another core than the daemon's sends.
 """
 
 from __future__ import annotations
@@ -230,7 +232,9 @@ def main(fd: int, limits: Limits) -> None:
     OUTPUT_LIMIT = limits.output
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
-    import mailer.outbound.templates  # noqa: F401  (imported now, not inside the first call's time)
+    # imported now, not inside the first call's time; signing (dkim) is done here too
+    import mailer.outbound.dkim
+    import mailer.outbound.templates  # noqa: F401
 
     _limit_memory(limits.memory)
     conn = Connection(fd)

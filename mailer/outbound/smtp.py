@@ -12,7 +12,6 @@ from typing import Protocol
 
 import aiosmtplib
 from aiosmtplib.email import quote_address
-from aiosmtplib.protocol import normalize_message_line_endings
 from aiosmtplib.status import SMTPStatus
 
 from mailer.core.categories import Category
@@ -239,7 +238,7 @@ async def _sendmail(client: aiosmtplib.SMTP, sender: str, recipient: str, data: 
     try:
         if client.is_ehlo_or_helo_needed:  # a new connection without TLS or login
             await _greet(client)
-        size = len(normalize_message_line_endings(data))  # RFC 1870: the octets DATA carries
+        size = wire_size(data)
         options = [b"SIZE=%d" % size] if client.supports_extension("size") else []
         reply = await client.execute_command(b"MAIL", b"FROM:" + _quoted(sender), *options)
         if reply.code != SMTPStatus.completed:
@@ -252,6 +251,14 @@ async def _sendmail(client: aiosmtplib.SMTP, sender: str, recipient: str, data: 
     except BaseException:
         client.close()
         raise
+
+
+def wire_size(data: bytes) -> int:
+    """The octets DATA carries (RFC 1870 SIZE): each line ending sent as CRLF and a last one
+    added, as aiosmtplib sends it; counted without the copy that converting would make."""
+    pairs = data.count(b"\r\n")
+    ended = data.endswith((b"\n", b"\r"))
+    return len(data) + (data.count(b"\n") - pairs) + (data.count(b"\r") - pairs) + 2 * (not ended)
 
 
 async def _greet(client: aiosmtplib.SMTP) -> None:

@@ -901,3 +901,19 @@ class BounceReport(SQLModel, table=True):
     status: str = Field(default="", max_length=20, description="the DSN status, e.g. 5.1.1")
     diagnostic: str = Field(default="", max_length=1000, description="the server's words")
     reported_at: datetime = _when(nullable=False)
+
+
+class DomainPacing(SQLModel, table=True):
+    """How fast one receiving domain, or a group of domains named in [pacing.groups], may
+    get mail now: slowed down after it answered "try later", and the messages it took in
+    the current minute; written only by mailer.outbound.pacing."""
+
+    __tablename__ = "domain_pacing"
+
+    key: str = Field(primary_key=True, max_length=255, description="a domain or a group's name")
+    rate: int | None = Field(default=None, description="per minute now; None: its normal rate")
+    slowed_until: datetime | None = _when()
+    changed_at: datetime | None = _when(description="when the rate was last cut")
+    reason: str | None = Field(default=None, max_length=500, description="the reply that cut it")
+    window_start: datetime | None = _when(description="the start of the current minute")
+    used: int = Field(default=0, sa_column_kwargs={"server_default": "0"})

@@ -22,6 +22,7 @@ from starlette.routing import Route
 from mailer.hooks import deliveries, endpoints
 from mailer.hooks.events import EventType
 from mailer.outbound import deliverability, outbox
+from mailer.outbound.pacing import DomainPacing
 from mailer.sandbox import smtp_server
 from mailer.store.models import OutboxStatus
 from mailer.web.common import checked_form, db, render, require, state, viewer_zone
@@ -114,7 +115,8 @@ async def deliverability_page(request: Request) -> Response:
     web = state(request)
     zone = viewer_zone(request)
     days = _days(request.query_params.get("days"))
-    found = await db(request, _deliverability, web.engine, web.clock.now(), zone, days)
+    pacing = DomainPacing.from_config(web.cfg, web.engine)
+    found = await db(request, _deliverability, pacing, web.clock.now(), zone, days)
     limits = deliverability.Thresholds.from_config(web.cfg)
     rows = found["rows"]
     return render(
@@ -126,6 +128,7 @@ async def deliverability_page(request: Request) -> Response:
             "total": deliverability.total(rows),
             "limits": limits,
             "warnings": deliverability.warnings(rows, limits),
+            "slowed": found["slowed"],
         },
     )
 
@@ -137,11 +140,16 @@ def _days(text: str | None) -> int:
     return int(text) if text and text.isdigit() and int(text) in DAY_CHOICES else 7
 
 
-def _deliverability(engine: Engine, now: datetime, zone: ZoneInfo, days: int) -> dict[str, Any]:
+def _deliverability(
+    pacing: DomainPacing, now: datetime, zone: ZoneInfo, days: int
+) -> dict[str, Any]:
     start = now.astimezone(zone).replace(hour=0, minute=0, second=0, microsecond=0)
     since = start - timedelta(days=days - 1)
-    with engine.connect() as conn:
-        return {"rows": deliverability.collect(conn, since, now, zone)}
+    with pacing.engine.connect() as conn:
+        return {
+            "rows": deliverability.collect(conn, since, now, zone),
+            "slowed": pacing.slowed_now(conn, now),
+        }
 
 
 def _webhooks(engine: Engine, failed: str | None) -> dict[str, Any]:

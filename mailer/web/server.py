@@ -10,6 +10,7 @@ import socket
 from collections.abc import Iterator
 
 import uvicorn
+import uvloop
 from sqlalchemy import Engine
 from starlette.applications import Starlette
 from starlette.routing import Mount, Route
@@ -61,10 +62,17 @@ class _Embedded(uvicorn.Server):
 
 
 def listen(bind: str) -> socket.socket:
-    """Listen on ``host:port`` now (port 0 picks a free one), so a taken port fails at start."""
+    """Listen on ``host:port`` now (port 0 picks a free one), so a taken port fails at start.
+
+    Nagle's algorithm is off on every connection (TCP_NODELAY; accepted sockets inherit it,
+    and asyncio sets it only on sockets made with IPPROTO_TCP): the server writes a
+    response's head and body separately, and with Nagle on, the body waited for the
+    client's delayed ACK, 40 ms on every kept-alive request."""
     host, _, port = bind.rpartition(":")
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind((host.strip("[]"), int(port)))
     sock.listen(BACKLOG)  # connections wait in the queue until the app is up
     return sock
@@ -102,4 +110,4 @@ def run_alone(cfg: Config, engine: Engine) -> None:
             sock = listen(cfg.settings.web.bind)
         await serve(build(cfg, engine, SystemClock()), sock, stop)
 
-    asyncio.run(main())
+    uvloop.run(main())  # as the daemon's: the same work costs less CPU on it
