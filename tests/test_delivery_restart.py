@@ -6,10 +6,11 @@ clock; the waits for the real servers are bounded polls."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import re
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -26,12 +27,13 @@ from mailer.outbound import outbox
 from mailer.outbound.delivery import Delivery
 from mailer.outbound.outbox import NewMessage
 from mailer.outbound.smtp import SmtpTarget
+from mailer.store import db, migrate
 from tests.pg import PostgresServer
 from tests.running import eventually
 from tests.smtp_sink import Sink, listening
 from tests.test_delivery import HeldSink
 
-PG = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+_databases = itertools.count()
 COUNT = 10
 
 
@@ -77,9 +79,25 @@ class Scene:
     postgres: PostgresServer
 
 
+@pytest.fixture(scope="module")
+def own_postgres() -> Iterator[PostgresServer]:
+    """A server of these tests' own: stopping it leaves the other tests' server alone (and
+    its start time, from which the processes' heartbeats are judged)."""
+    server = PostgresServer.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
-def scene(cfg: Config, engine: Engine, clock: ManualClock, postgres: PostgresServer) -> Scene:
-    return Scene(cfg, engine, clock, postgres)
+def scene(cfg: Config, clock: ManualClock, own_postgres: PostgresServer) -> Iterator[Scene]:
+    name = f"restart_{next(_databases)}"
+    own_postgres.admin(f"CREATE DATABASE {name}")
+    engine = db.connect(own_postgres.url(name))
+    migrate.upgrade(engine)
+    yield Scene(cfg, engine, clock, own_postgres)
+    engine.dispose()
 
 
 @asynccontextmanager
@@ -117,7 +135,6 @@ async def under_way(scene: Scene, sink: HeldSink) -> AsyncIterator[asyncio.Event
             await asyncio.wait_for(worker, 30)
 
 
-@PG
 async def test_results_sent_while_the_database_is_away_are_written_first_when_it_is_back(
     scene: Scene, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -142,7 +159,6 @@ async def test_results_sent_while_the_database_is_away_are_written_first_when_it
     assert "delivery: the database answers again" in caplog.text
 
 
-@PG
 async def test_a_stop_while_the_database_is_away_says_what_could_not_be_written(
     scene: Scene, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -187,7 +203,6 @@ async def cut_after_claim(
     delivery._stop.clear()
 
 
-@PG
 async def test_a_batch_cut_off_before_rendering_goes_back_untried_with_its_reason(
     scene: Scene, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -205,7 +220,6 @@ async def test_a_batch_cut_off_before_rendering_goes_back_untried_with_its_reaso
     }
 
 
-@PG
 async def test_the_shared_rate_failing_with_the_database_sends_nothing_and_releases_the_batch(
     scene: Scene, monkeypatch: pytest.MonkeyPatch
 ) -> None:

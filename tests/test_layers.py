@@ -31,15 +31,16 @@ def imported_modules(path: Path) -> set[str]:
     return names | {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
 
 
-def runtime_imports(path: Path) -> set[str]:
+def runtime_imports(path: Path, *, eager: bool = False) -> set[str]:
     """The modules a file imports when it runs, ``from mailer import b`` as ``mailer.b``;
-    ``if TYPE_CHECKING:`` blocks only feed the type checker and are left out."""
+    ``if TYPE_CHECKING:`` blocks only feed the type checker and are left out. ``eager``:
+    only those imported when the file is imported, not by its functions when called."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     typing_only = {
         id(inner)
         for node in ast.walk(tree)
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-        for statement in node.body
+        if left_out(node, eager)
+        for statement in node.body  # type: ignore[attr-defined]
         for inner in ast.walk(statement)
     }
     names: set[str] = set()
@@ -54,6 +55,13 @@ def runtime_imports(path: Path) -> set[str]:
     return names
 
 
+def left_out(node: ast.AST, eager: bool) -> bool:
+    """A block whose imports do not run when its file is imported."""
+    if isinstance(node, ast.If):
+        return "TYPE_CHECKING" in ast.unparse(node.test)
+    return eager and isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+
+
 def mailer_source(module: str) -> Path | None:
     """The file of a mailer module, or None for anything else (a library, a function)."""
     path = ROOT.joinpath(*module.split("."))
@@ -63,9 +71,10 @@ def mailer_source(module: str) -> Path | None:
     return None
 
 
-def loads(path: Path) -> dict[str, Path]:
+def loads(path: Path, *, eager: bool = False) -> dict[str, Path]:
     """Every module a file loads, directly or through the mailer modules it imports, with
-    the file that imports it."""
+    the file that imports it; ``eager``: only what importing it loads (see runtime_imports),
+    the packages of each mailer module included."""
     found: dict[str, Path] = {}
     seen: set[Path] = set()
     todo = [path]
@@ -74,12 +83,28 @@ def loads(path: Path) -> dict[str, Path]:
         if current in seen:
             continue
         seen.add(current)
-        for name in sorted(runtime_imports(current)):
+        for name in sorted(runtime_imports(current, eager=eager)):
             found.setdefault(name, current)
-            source = mailer_source(name)
-            if source is not None:
-                todo.append(source)
+            parts = name.split(".")
+            packages = [".".join(parts[:n]) for n in range(2, len(parts))] if eager else []
+            todo += [s for m in [*packages, name] if (s := mailer_source(m)) is not None]
     return found
+
+
+SLOW_TO_LOAD = ("scipy", "aiosmtpd")  # most of a command's start; needed by few commands
+
+
+def test_commands_start_without_loading_scipy_or_aiosmtpd() -> None:
+    """`mailer --help` and every command import mailer.cli first: scipy is loaded by the
+    insight fits and scores that use it, aiosmtpd by the sandbox server, when they run."""
+    cli = ROOT / "mailer/cli/__init__.py"
+    slow = [
+        f"{name} (imported by {by.relative_to(ROOT)})"
+        for name, by in loads(cli, eager=True).items()
+        if name.split(".")[0] in SLOW_TO_LOAD
+    ]
+    assert not slow, "imported when any command starts:\n" + "\n".join(slow)
+    assert {"scipy.stats", "aiosmtpd.smtp"} <= set(loads(cli)), "the commands do reach them"
 
 
 PURE = (

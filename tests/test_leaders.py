@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import Engine, make_url, select
+from sqlalchemy import Engine, make_url, select, text
 
 from mailer import daemon
 from mailer.core import config
@@ -178,6 +178,7 @@ async def test_what_a_dead_process_was_sending_goes_out_at_once_when_a_daemon_st
         if engine.dialect.name == "postgresql":
             workers.register(engine, worker, seen)
         outbox.claim(engine, now, 1, dataclasses.replace(policy, worker=worker))
+    await lifetime_since_start(engine)
     stop = asyncio.Event()
     serving = asyncio.create_task(
         daemon.serve(
@@ -207,6 +208,21 @@ def statuses(engine: Engine) -> dict[str, str]:
         }
 
 
+async def lifetime_since_start(engine: Engine) -> None:
+    """No process is taken for dead until every one had the heartbeat lifetime after the
+    database (re)started; another test may have just restarted the test server: wait for
+    that to pass, bounded (at once when it did not)."""
+    if engine.dialect.name != "postgresql":
+        return
+    up = text("SELECT extract(epoch FROM now() - pg_postmaster_start_time())")
+    for _ in range(400):
+        with engine.connect() as conn:
+            if float(conn.execute(up).scalar_one()) > workers.LIFETIME.total_seconds():
+                return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the test server was restarted 20 s ago and more, yet seems new")
+
+
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # SQLite: one process
 async def test_a_process_that_stops_beating_is_taken_over_by_a_running_one(
     engine: Engine,
@@ -228,6 +244,7 @@ async def test_a_process_that_stops_beating_is_taken_over_by_a_running_one(
     outbox.enqueue(engine, [message(people, "maria", "k-maria", **TRANSACTIONAL)], now)
     workers.register(engine, "other", now)
     outbox.claim(engine, now, 1, dataclasses.replace(policy, worker="other"))
+    await lifetime_since_start(engine)
     stop = asyncio.Event()
     serving = asyncio.create_task(
         daemon.serve(

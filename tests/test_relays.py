@@ -23,7 +23,7 @@ from mailer.core.clock import ManualClock
 from mailer.core.config import Config
 from mailer.customers import profiles
 from mailer.outbound import outbox, rates, relays
-from mailer.outbound.delivery import Delivery
+from mailer.outbound.delivery import Delivery, Hold
 from mailer.outbound.outbox import NewMessage
 from mailer.outbound.relays import Down, route
 from mailer.outbound.smtp import SmtpTarget
@@ -154,7 +154,7 @@ async def test_a_relay_that_cannot_be_reached_hands_its_mail_to_the_next_until_i
         assert await delivery.deliver_due() == 1
         assert status(engine, "k1") == ("sent", 1)  # one attempt, not a failed one
         assert len(backup.received) == 1 and "main" in delivery.relays.down
-        assert delivery.outage_since is None
+        assert delivery.held == {}
 
         queue(engine, clock, "k2", Category.TRANSACTIONAL)
         await delivery.deliver_due()  # main is resting: straight to the backup
@@ -225,7 +225,7 @@ async def test_a_relay_that_refuses_the_login_is_rested_and_the_next_one_takes_t
 
 
 @SQLITE
-async def test_when_every_relay_for_the_mail_is_down_the_queue_waits_as_in_an_outage(
+async def test_when_every_relay_for_the_mail_is_down_its_category_waits(
     cfg: Config, engine: Engine, clock: ManualClock, maria: None
 ) -> None:
     strict = Sink()
@@ -241,7 +241,7 @@ async def test_when_every_relay_for_the_mail_is_down_the_queue_waits_as_in_an_ou
         await delivery.deliver_due()
         await delivery.relays.close()
     assert status(engine, "k1") == ("queued", 0)  # nothing lost, no attempt counted
-    assert delivery.outage_since is not None
+    assert set(delivery.held) == {"transactional"}
     assert set(delivery.relays.down) == {"main", "strict"}
 
 
@@ -264,6 +264,71 @@ async def test_transactional_and_marketing_mail_leave_through_their_own_relays(
         await delivery.relays.close()
     assert [r.message["Subject"] for r in receipts.received] == ["order"]
     assert [r.message["Subject"] for r in newsletters.received] == ["news"]
+
+
+async def test_when_no_relay_for_marketing_answers_only_marketing_waits_until_one_does(
+    cfg: Config, engine: Engine, clock: ManualClock, maria: None
+) -> None:
+    """The bulk relay is down: marketing is held (left in the queue, its reason saying why)
+    and its relay probed ever less often, while receipts keep leaving through theirs."""
+    receipts, newsletters = Sink(), Sink()
+    bulk_port = await closed_port()
+    async with listening(receipts) as port:
+        delivery = build(
+            cfg,
+            engine,
+            clock,
+            relay("receipts", port, categories=frozenset({Category.TRANSACTIONAL})),
+            relay("bulk", bulk_port, categories=frozenset({Category.MARKETING})),
+        )
+        queue(engine, clock, "news", Category.MARKETING)
+        queue(engine, clock, "order:1", Category.TRANSACTIONAL)
+        assert await delivery.deliver_due() == 2
+        assert set(delivery.held) == {"marketing"}
+        with engine.connect() as conn:
+            news = outbox.get_by_key(conn, "news")
+        assert news is not None and (news["status"], news["attempts"]) == ("queued", 0)
+        assert news["reason"].startswith(
+            f"waiting: no relay for marketing mail answers: bulk (127.0.0.1:{bulk_port}): "
+        )
+        assert outbox.next_due(engine, skip_categories={"marketing"}) is None
+        assert outbox.next_due(engine) is not None
+
+        queue(engine, clock, "order:2", Category.TRANSACTIONAL)
+        assert await delivery.deliver_due() == 1, "the held marketing mail is not claimed"
+        waits = []
+        for _ in range(3):  # each probe that finds no relay doubles the wait for the next
+            clock.advance(timedelta(seconds=delivery.held["marketing"].wait))
+            await delivery.probe_held()
+            waits.append(delivery.held["marketing"].wait)
+        assert waits == [2.0, 4.0, 8.0]
+
+        server, _ = await start_sink(newsletters, bulk_port)
+        try:
+            clock.advance(timedelta(seconds=4))
+            await delivery.probe_held()
+            assert set(delivery.held) == {"marketing"}, "not probed before its time"
+            clock.advance(timedelta(seconds=4))
+            await delivery.probe_held()
+            assert delivery.held == {}
+            assert await delivery.deliver_due() == 1
+            await delivery.relays.close()
+        finally:
+            server.close()
+            await server.wait_closed()
+    assert [r.message["Subject"] for r in receipts.received] == ["order:1", "order:2"]
+    assert [r.message["Subject"] for r in newsletters.received] == ["news"]
+    assert status(engine, "news") == ("sent", 1)
+
+
+def test_a_held_category_is_probed_from_one_second_doubling_to_a_minute() -> None:
+    hold = Hold(since=NOW, reason="no relay", probe_at=NOW + timedelta(seconds=1))
+    waits = [hold.wait]
+    for _ in range(8):
+        hold = hold.missed(NOW)
+        waits.append(hold.wait)
+    assert waits == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0, 60.0]
+    assert hold.probe_at == NOW + timedelta(minutes=1)
 
 
 @SQLITE

@@ -11,6 +11,9 @@ over arrays of all customers at once; customers with the same (x, t_x, T) are co
 with a weight, so a refresh of 100,000 customers costs a few thousand likelihood terms.
 Frequency is repeat purchases, recency the time from first to last purchase, age the time
 from first purchase to now, all in one unit (days in mailer; alpha and gamma carry it).
+
+scipy is imported by the functions that use it: it takes most of a command's start, and
+only a refresh of the insights needs it.
 """
 
 from __future__ import annotations
@@ -20,8 +23,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy.optimize import minimize
-from scipy.special import expit, gammaln, hyp2f1
 
 from mailer.core.errors import FitFailed
 from mailer.insight.history import Floats
@@ -85,6 +86,8 @@ def maximise(
     ``limit`` names two parameters of a Beta distribution: both growing without end is a
     real answer (the Beta narrows to one value, a/(a+b)), so reaching the edge together,
     with their ratio pinned, is accepted rather than refused."""
+    from scipy.optimize import minimize
+
     result = minimize(
         lambda theta: -log_likelihood(theta),
         start,
@@ -107,6 +110,8 @@ def maximise(
 def bgnbd_log_likelihood(model: BgNbd, x: Floats, t_x: Floats, big_t: Floats) -> Floats:
     """Each customer's log-likelihood, in the paper's closed form: A1 + A2 + ln(e^A3 + e^A4),
     where A4 (dropping out right after the last purchase) exists only for x > 0."""
+    from scipy.special import gammaln
+
     r, alpha, a, b = model.r, model.alpha, model.a, model.b
     a1 = gammaln(r + x) - gammaln(r) + r * np.log(alpha)
     a2 = gammaln(a + b) + gammaln(b + x) - gammaln(b) - gammaln(a + b + x)
@@ -142,6 +147,8 @@ def fit_bgnbd(frequency: ArrayLike, recency: ArrayLike, age: ArrayLike) -> BgNbd
 def p_alive(model: BgNbd, frequency: ArrayLike, recency: ArrayLike, age: ArrayLike) -> Floats:
     """The probability each customer has not dropped out. 1 for customers with no repeat
     purchase: in BG/NBD a customer can only drop out right after a purchase."""
+    from scipy.special import expit
+
     x, t_x, big_t = checked(frequency, recency, age)
     log_odds = (
         np.log(model.a)
@@ -163,6 +170,8 @@ def expected_purchases(
     so the large powers of (alpha+T)/(alpha+T+t) cancel and 2F1's first parameters stay
     small however many purchases a customer made.
     """
+    from scipy.special import hyp2f1
+
     x, t_x, big_t = checked(frequency, recency, age)
     r, alpha, a, b = model.r, model.alpha, model.a, model.b
     z = horizon / (alpha + big_t + horizon)
@@ -196,6 +205,8 @@ def wait_quantile(model: BgNbd, frequency: ArrayLike, age: ArrayLike, share: flo
 
 def gamma_gamma_log_likelihood(model: GammaGamma, x: Floats, mean: Floats) -> Floats:
     """Each repeat customer's log-density of their mean spend over x purchases."""
+    from scipy.special import gammaln
+
     p, q, gamma = model.p, model.q, model.gamma
     px = p * x
     result: Floats = (

@@ -14,7 +14,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import sparse
 
 from mailer.insight.history import Floats, Ints
 
@@ -44,6 +43,8 @@ def neighbours(
 ) -> Neighbours:
     """Each SKU's ``top`` nearest other SKUs from (customer, sku) purchase pairs (repeats
     allowed); ties go to more co-buyers, then to the lower index."""
+    from scipy import sparse  # loaded when neighbours are computed, not by every command
+
     _, rows = np.unique(customer, return_inverse=True)
     bought = sparse.csr_matrix(
         (np.ones(len(rows), dtype=np.int32), (rows, sku)),

@@ -15,7 +15,6 @@ from itertools import product
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.stats import rankdata
 
 from mailer.core.errors import ConfigError, Problem
 from mailer.insight.history import Ints, Summary
@@ -32,6 +31,8 @@ class Scores:
 
 def quintiles(values: NDArray[np.float64] | NDArray[np.int64]) -> Ints:
     """1-5 by mid-rank: the share of customers below plus half of those tied, in fifths."""
+    from scipy.stats import rankdata  # loaded when scoring, not by every command
+
     if len(values) == 0:
         return np.zeros(0, dtype=np.int64)
     share = (np.asarray(rankdata(values, method="average"), dtype=np.float64) - 0.5) / len(values)

@@ -12,7 +12,7 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine
@@ -33,7 +33,7 @@ log = logging.getLogger("mailer.outbound.delivery")
 
 MAX_RETRY_AGE = timedelta(days=2)  # for messages without a validity window of their own
 IDLE_POLL = 1.0  # seconds between looks at the queue when nothing is due
-OUTAGE_PROBE = (1.0, 60.0)  # first and longest wait between connection attempts in an outage
+HOLD_PROBE = (1.0, 60.0)  # first and longest wait between looks at a held category's relays
 DB_AWAY = "the database is unreachable"
 
 
@@ -44,6 +44,21 @@ class _Batch:
     claimed: list[Claimed]
     ready: list[Outgoing]
     held: list[Outcome]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Hold:
+    """A category whose mail waits: no relay for it answered. Its relays are probed at
+    ``probe_at``, each miss doubling the wait (see HOLD_PROBE)."""
+
+    since: datetime
+    reason: str
+    probe_at: datetime
+    wait: float = HOLD_PROBE[0]
+
+    def missed(self, now: datetime) -> Hold:
+        wait = min(self.wait * 2, HOLD_PROBE[1])
+        return replace(self, probe_at=now + timedelta(seconds=wait), wait=wait)
 
 
 @dataclass
@@ -73,7 +88,7 @@ class Delivery:
     batch_size: int = 200
     pacing: DomainPacing | None = None  # None: no domain is paced
     rng: random.Random = field(default_factory=random.Random)
-    outage_since: datetime | None = None
+    held: dict[str, Hold] = field(default_factory=dict)  # categories no relay takes now
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _in_flight: dict[int, int] = field(default_factory=dict)  # lease tokens of claimed rows
@@ -132,14 +147,12 @@ class Delivery:
         return handled
 
     def _halted(self) -> str | None:
-        """Why no further batch may be sent now: the daemon is stopping, the database is away
-        (results would pile up unwritten), or the server is out."""
+        """Why no further batch may be sent now: the daemon is stopping, or the database is
+        away (results would pile up unwritten). A category no relay takes is held alone."""
         if self._stop.is_set():
             return "shutdown"
         if self._db_away is not None:
             return DB_AWAY
-        if self.outage_since is not None:
-            return "the SMTP server is unreachable"
         return None
 
     async def _take(self) -> _Batch:
@@ -164,9 +177,17 @@ class Delivery:
         return _Batch(claimed, ready, held)
 
     def _claim(self, now: datetime) -> list[Claimed]:
-        """The next batch, skipping the domains that spent this minute's budget."""
+        """The next batch, skipping the domains that spent this minute's budget and the
+        categories held."""
         skip = self.pacing.paced(now) if self.pacing else {}
-        return outbox.claim(self.engine, now, self.batch_size, self.policy, skip_domains=list(skip))
+        return outbox.claim(
+            self.engine,
+            now,
+            self.batch_size,
+            self.policy,
+            skip_domains=list(skip),
+            skip_categories=frozenset(self.held),
+        )
 
     def _ready(self, claimed: list[Claimed], now: datetime) -> tuple[list[Outgoing], list[Outcome]]:
         """The batch rendered, but for what its domain's pace holds back for this minute,
@@ -290,8 +311,8 @@ class Delivery:
         return DB_AWAY if self._db_away is not None else None
 
     async def _send(self, message: Outgoing, claimed: Claimed) -> Outcome:
-        if self.outage_since is not None:
-            return self._released(message, "the SMTP server is unreachable")
+        if (hold := self.held.get(claimed.category)) is not None:
+            return self._released(message, hold.reason)
         try:
             reply = await self.relays.send(
                 message.sender, message.recipient, message.data, claimed.category
@@ -315,7 +336,7 @@ class Delivery:
         diagnosis = classify(exc)
         now = self.clock.now()
         if diagnosis.result == Failure.OUTAGE:
-            self._enter_outage(diagnosis.reply)
+            self._hold(claimed.category, diagnosis.reply)
             return self._released(message, diagnosis.reply)
         if diagnosis.result == Failure.RETRY:
             retry_at = now + backoff(claimed.attempts + 1, self.rng)
@@ -334,37 +355,36 @@ class Delivery:
     def _release(self, messages: Sequence[Outgoing], why: str) -> list[Outcome]:
         return [self._released(m, why) for m in messages]
 
-    def _enter_outage(self, reply: str) -> None:
-        if self.outage_since is None:
-            self.outage_since = self.clock.now()
-            log.warning("SMTP server unreachable, holding the queue until it answers: %s", reply)
+    def _hold(self, category: str, reply: str) -> None:
+        """No relay for the category answers: its mail waits, the other categories' goes on."""
+        if category not in self.held:
+            now = self.clock.now()
+            probe_at = now + timedelta(seconds=HOLD_PROBE[0])
+            self.held[category] = Hold(since=now, reason=reply, probe_at=probe_at)
+            log.warning("holding %s mail until a relay for it answers: %s", category, reply)
 
-    async def _probe(self) -> bool:
-        try:
-            await self.relays.probe()
-        except Exception:
-            return False
-        assert self.outage_since is not None
-        log.warning(
-            "SMTP server %s answers again after %s",
-            self.relays,
-            self.clock.now() - self.outage_since,
-        )
-        self.outage_since = None
-        return True
+    async def probe_held(self) -> None:
+        """Connect to the relays of each held category whose probe is due: the category
+        flows again when one answers, else its next probe waits twice as long."""
+        for category, hold in list(self.held.items()):
+            now = self.clock.now()
+            if now < hold.probe_at:
+                continue
+            try:
+                await self.relays.probe(category)
+            except Exception:  # every probe that does not connect is a miss, none stops the loop
+                self.held[category] = hold.missed(now)
+                continue
+            del self.held[category]
+            log.warning("%s mail flows again after %s", category, self.clock.now() - hold.since)
+            self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop`` is set; then finish the batch in flight and close connections."""
-        probe_wait = OUTAGE_PROBE[0]
         self._stop = stop  # read before each batch is claimed and rendered
         try:
             while not stop.is_set():
-                if self.outage_since is not None:
-                    if not await self._probe():
-                        await _rest(stop, self._wake, probe_wait)
-                        probe_wait = min(probe_wait * 2, OUTAGE_PROBE[1])
-                        continue
-                    probe_wait = OUTAGE_PROBE[0]
+                await self.probe_held()
                 self._wake.clear()
                 try:
                     if await self.deliver_due() == 0:
@@ -394,14 +414,21 @@ class Delivery:
         )
 
     async def _idle_for(self) -> float:
-        """Until the next message falls due, leaving out the domains paced for now, or the
-        first of those may take more; at most IDLE_POLL."""
+        """Until the next message falls due, leaving out the domains paced for now and the
+        categories held, or the first of those domains may take more, or the next probe of a
+        held category; at most IDLE_POLL."""
         if self._db_away is not None:
             return IDLE_POLL
         now = self.clock.now()
         paced = await asyncio.to_thread(self.pacing.paced, now) if self.pacing else {}
-        due = await asyncio.to_thread(outbox.next_due, self.engine, skip_domains=list(paced))
-        wake_at = min([*([due] if due else []), *paced.values()], default=None)
+        due = await asyncio.to_thread(
+            outbox.next_due,
+            self.engine,
+            skip_domains=list(paced),
+            skip_categories=frozenset(self.held),
+        )
+        probes = [hold.probe_at for hold in self.held.values()]
+        wake_at = min([*([due] if due else []), *paced.values(), *probes], default=None)
         if wake_at is None:
             return IDLE_POLL
         return max(0.0, min(IDLE_POLL, (wake_at - now).total_seconds()))

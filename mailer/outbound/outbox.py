@@ -445,15 +445,17 @@ def claim(
     policy: Policy,
     *,
     skip_domains: Collection[str] = (),
+    skip_categories: Collection[str] = (),
 ) -> list[Claimed]:
     """Take up to ``limit`` due rows, decide each under the throttle, keep those to send now;
-    rows to ``skip_domains`` (receiving domains that may take no more for now) stay queued.
+    rows to ``skip_domains`` (receiving domains that may take no more for now) and of
+    ``skip_categories`` (held: no relay for them answers) stay queued.
 
     Deciding happens in the claiming transaction, with the customers' rows locked on
     PostgreSQL (SQLite has a single writer), so two workers can never both pass a cap.
     """
     with engine.begin() as conn:
-        due = _due(conn.dialect.name, now, skip_domains)
+        due = _due(conn.dialect.name, now, skip_domains, skip_categories)
         rows = _claim_rows(conn, due, limit, now, policy)
         if not rows:
             return []
@@ -468,15 +470,20 @@ def claim(
 
 
 def _due(
-    dialect: str, now: datetime | None, skip_domains: Collection[str]
+    dialect: str,
+    now: datetime | None,
+    skip_domains: Collection[str],
+    skip_categories: Collection[str] = (),
 ) -> list[ColumnElement[bool]]:
-    """What a waiting row must meet to be taken: due by ``now`` (any time when None), and
-    not to a domain that is skipped."""
+    """What a waiting row must meet to be taken: due by ``now`` (any time when None), not
+    to a domain that is skipped, and not of a category that is."""
     where: list[ColumnElement[bool]] = [OUTBOX.c.status.in_(WAITING)]
     if now is not None:
         where.append(OUTBOX.c.due_at <= now)
     if skip_domains:
         where.append(db.domain_of(OUTBOX.c.to_address, dialect).not_in(sorted(skip_domains)))
+    if skip_categories:
+        where.append(OUTBOX.c.category.not_in(sorted(skip_categories)))
     return where
 
 
@@ -897,13 +904,15 @@ def _requeue(engine: Engine, held: ColumnElement[bool], now: datetime) -> int:
     return int(result.rowcount)
 
 
-def next_due(engine: Engine, *, skip_domains: Collection[str] = ()) -> datetime | None:
+def next_due(
+    engine: Engine, *, skip_domains: Collection[str] = (), skip_categories: Collection[str] = ()
+) -> datetime | None:
     """When the earliest queued message falls due, so an idle worker knows how long to rest;
-    messages to ``skip_domains`` (paced for now) are left out."""
+    messages to ``skip_domains`` (paced for now) and of ``skip_categories`` (held) are left out."""
     with engine.connect() as conn:
         return conn.execute(
             select(OUTBOX.c.due_at)
-            .where(*_due(conn.dialect.name, None, skip_domains))
+            .where(*_due(conn.dialect.name, None, skip_domains, skip_categories))
             .order_by(OUTBOX.c.due_at)
             .limit(1)
         ).scalar_one_or_none()

@@ -4,7 +4,8 @@
 rate and credentials. A message goes to the relays that carry its category, the lowest
 priority first, shared by weight among equal priorities. A relay that cannot be reached or
 refuses our login is resting for a while (longer each time it fails again) and the message
-goes on to the next relay in the same attempt; only when none is left is it an outage.
+goes on to the next relay in the same attempt; only when none is left for a message's
+category does that category's mail wait (delivery holds it, the others go on).
 """
 
 from __future__ import annotations
@@ -111,10 +112,12 @@ class Relays:
         why = "; ".join(failures) or self._resting_reasons(category)
         raise SmtpUnavailable(f"no relay for {category} mail answers: {why}")
 
-    async def probe(self) -> None:
-        """In an outage: connect to each resting relay, whatever its rest; the first that
-        answers ends the outage. Raises the last failure when none does."""
-        resting = [r for r in self.targets if r.name in self.down] or self.targets
+    async def probe(self, category: str) -> None:
+        """While the category's mail is held: connect to each of its resting relays (all of
+        them when none rests), whatever its rest; returns when one answers. Raises the last
+        failure when none does."""
+        carrying = [r for r in self.targets if category in r.categories]
+        resting = [r for r in carrying if r.name in self.down] or carrying
         failure: Exception | None = None
         for relay in resting:
             try:
@@ -147,7 +150,7 @@ class Relays:
 
     @property
     def _level(self) -> int:
-        """A warning when there is another relay to turn to; with one, the outage says it."""
+        """A warning when there is another relay to turn to; with one, the held mail says it."""
         return logging.WARNING if len(self.targets) > 1 else logging.INFO
 
     def _resting_reasons(self, category: str) -> str:

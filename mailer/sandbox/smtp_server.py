@@ -13,13 +13,15 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from email.message import MIMEPart
 from email.parser import BytesParser
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
 from sqlalchemy import Engine, Table, delete, insert, select
 from sqlalchemy.engine import Connection
 
 from mailer.store.models import SandboxMessage
+
+if TYPE_CHECKING:
+    from aiosmtpd.smtp import SMTP, Envelope, Session
 
 SANDBOX: Table = SandboxMessage.__table__  # type: ignore[attr-defined]
 MAX_MESSAGE_BYTES = 50 * 1024 * 1024
@@ -79,7 +81,10 @@ async def start(
     support: frozenset[str] = frozenset(),
     inbox: Inbox | None = None,
 ) -> asyncio.Server:
-    """Listen on loopback only; port 0 picks a free one (read it back from the server)."""
+    """Listen on loopback only; port 0 picks a free one (read it back from the server).
+    aiosmtpd is loaded here, by the daemon, not by every command that reads the sandbox."""
+    from aiosmtpd.smtp import SMTP
+
     loop = asyncio.get_running_loop()
     handler = Capture(engine, now, support, inbox or _nowhere)
     return await loop.create_server(
