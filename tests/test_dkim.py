@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import stat
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any, TypeVar
 
 import dkim as dkimpy
 import dns.message
@@ -149,6 +150,36 @@ def test_a_message_the_worker_does_not_sign_is_signed_here(
         assert made.count(b"DKIM-Signature:") == 2
         for i in range(2):
             assert dkimpy.DKIM(made).verify(idx=i, dnsfunc=verifier(*keys))
+
+
+T = TypeVar("T")
+
+
+class Watched(RenderPool):
+    """A real render pool that notes the size of each message handed to its worker."""
+
+    shipped: list[int]
+
+    def map(self, work: Callable[..., T], calls: Sequence[tuple[str, tuple[Any, ...]]]) -> Any:
+        self.shipped = [len(args[1]) for _, args in calls]
+        return super().map(work, calls)
+
+
+def test_a_message_with_large_attachments_is_signed_here_not_copied_to_a_worker(
+    tmp_path: Path,
+) -> None:
+    """A batch of big messages would go through the worker's pipe and back; such a message
+    is signed here at once, and verifies like the rest."""
+    key = a_key(tmp_path, "ed2026", "ed25519")
+    big = MESSAGE + b"A" * 76 * 8_000 + b"\r\n"  # 600 KB, as a base64 attachment would be
+    watched = Watched(size=1)
+    try:
+        signed = dkim.Signer((key,)).sign_all([big, MESSAGE], WHEN, watched)
+    finally:
+        watched.close()
+    assert watched.shipped == [len(MESSAGE)]
+    for made in signed:
+        assert dkimpy.verify(normalize_message_line_endings(made), dnsfunc=verifier(key))
 
 
 def test_a_render_worker_signs_without_loading_the_configuration(

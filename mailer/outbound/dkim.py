@@ -70,6 +70,10 @@ RSA_BITS = 2048
 _WSP = re.compile(rb"[ \t]+")
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 _FIELD_START = re.compile(rb"\r\n(?![ \t])")  # a line break that does not fold
+# a message is hashed once either way; past this size copying it to a worker and back
+# (a batch of 200 with 10 MB attachments would be 2 GB through a pipe) costs more than
+# signing it here
+SHIP_AT_MOST = 256 * 1024
 WHERE = "DKIM signing"  # names a signing call that a render worker could not finish
 
 
@@ -150,16 +154,19 @@ class Signer:
     ) -> list[bytes]:
         """``sign`` for each message, in a render worker of ``pool`` (one round trip for the
         batch), so the signatures are made beside this process's work, not in its turn; a
-        message the worker could not sign (it died or was stopped) is signed here."""
-        if pool is None or not messages:
+        message the worker could not sign (it died or was stopped), or one too big to be
+        worth copying there and back (attachments), is signed here."""
+        shipped = [i for i, message in enumerate(messages) if len(message) <= SHIP_AT_MOST]
+        if pool is None or not shipped:
             return [self.sign(message, now) for message in messages]
-        results = pool.map(_sign, [(WHERE, (self, message, now)) for message in messages])
+        made = pool.map(_sign, [(WHERE, (self, messages[i], now)) for i in shipped])
+        results: dict[int, bytes | Exception] = dict(zip(shipped, made, strict=True))
         signed = []
-        for message, result in zip(messages, results, strict=True):
+        for i, message in enumerate(messages):
+            result = results.get(i)
             if isinstance(result, Exception):
                 log.warning("signing here: the render worker did not: %s", result)
-                result = self.sign(message, now)
-            signed.append(result)
+            signed.append(result if isinstance(result, bytes) else self.sign(message, now))
         return signed
 
 
