@@ -236,3 +236,41 @@ async def test_the_shared_rate_failing_with_the_database_sends_nothing_and_relea
         assert await delivery.deliver_due() == 3
         await delivery.relays.close()
     assert sorted(received(sink).values()) == [1, 1, 1]
+
+
+def read_only(scene: Scene, on: bool) -> None:
+    """The database takes no writes, as a standby that a failover landed on: new sessions
+    start read only (the engine's are dropped so that its next ones are new)."""
+    name = scene.engine.url.database
+    setting = "SET default_transaction_read_only = on" if on else "RESET ALL"
+    scene.postgres.admin(f"ALTER DATABASE {name} {setting}")
+    scene.engine.dispose()
+
+
+async def test_results_are_kept_while_the_database_answers_but_takes_no_writes(
+    scene: Scene, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Writes fail with "cannot execute UPDATE in a read-only transaction", not a lost
+    connection; the sends' results are kept all the same and written once writes work."""
+    sink = HeldSink()
+    caplog.set_level(logging.INFO, "mailer.outbound.delivery")
+    async with listening(sink) as port:
+        delivery = build(scene, port)
+        outbox.enqueue(scene.engine, receipts(3), scene.clock.now())
+        first = asyncio.create_task(delivery.deliver_due())
+        try:
+            await eventually(sink.waiting.is_set, "the batch is being sent")
+            await asyncio.to_thread(read_only, scene, True)
+            sink.gate.set()
+            assert await asyncio.wait_for(first, 30) == 3
+            assert "delivery waits for the database" in caplog.text
+            assert "read-only transaction" in caplog.text
+            assert {status for status, _, _ in rows(scene.engine).values()} == {"sending"}
+        finally:
+            sink.gate.set()
+            await asyncio.to_thread(read_only, scene, False)
+        delivery._stop.set()  # a round that only writes what was kept
+        assert await delivery.deliver_due() == 0
+    assert received(sink) == {f"buyer{n}@example.com": 1 for n in range(3)}
+    assert {status for status, _, _ in rows(scene.engine).values()} == {"sent"}
+    assert {attempts for _, _, attempts in rows(scene.engine).values()} == {1}

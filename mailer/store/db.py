@@ -22,15 +22,16 @@ from sqlalchemy import (
     func,
 )
 from sqlalchemy.engine import Dialect, make_url
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, InternalError, OperationalError
 from sqlalchemy.types import TypeDecorator
 
 from mailer.core.errors import DatabaseUnavailable
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
-# what a statement raises when the database is away (restarted, failed over, cut off), as
-# opposed to a mistake in the statement: the work waits for it instead of failing
-UNREACHABLE = (OperationalError, InterfaceError)
+# what a statement raises when the database is away (restarted, failed over, cut off) or
+# cannot take writes yet (a failover that landed on a standby still read only: an
+# InternalError), as opposed to a mistake in the statement: the work waits instead of failing
+UNREACHABLE = (OperationalError, InterfaceError, InternalError)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
