@@ -236,40 +236,55 @@ async def serve(
         if "delivery" in roles:
             delivery = build_delivery(cfg, engine, clock, targets, worker)
             webhooks = Webhooks(engine=engine, clock=clock, settings=cfg.settings.webhooks)
-            tasks += [_task(delivery.run(stop), "delivery"), _task(webhooks.run(stop), "webhooks")]
+            tasks += [
+                _task(delivery.run(stop), "delivery", stop),
+                _task(webhooks.run(stop), "webhooks", stop),
+            ]
             wake, tell = delivery.wake, webhooks.wake
         if "inbox" in roles:
             watcher = build_inbox(cfg, engine, clock, wake, sandbox_on=sandbox_on)
             mailbox = "INBOX" if sandbox_on else cfg.settings.imap.mailbox
-            tasks.append(_task(_led(engine, f"inbox {mailbox}", watcher.run, stop), "inbox"))
+            tasks.append(_task(_led(engine, f"inbox {mailbox}", watcher.run, stop), "inbox", stop))
             bounced = build_bounce_mailbox(cfg, engine, clock, sandbox_on=sandbox_on)
             if bounced is not None:
                 lock = bounced.position_name(cfg.settings.bounces.imap.mailbox)
-                tasks.append(_task(_led(engine, lock, bounced.run, stop), "bounce mailbox"))
+                tasks.append(_task(_led(engine, lock, bounced.run, stop), "bounce mailbox", stop))
         if "schedules" in roles:
             scheduler = build_scheduler(cfg, engine, clock, wake, tell)
             fire = functools.partial(_fire_schedules, scheduler, reload or asyncio.Event())
-            tasks.append(_task(_led(engine, "schedules", fire, stop), "schedules"))
+            tasks.append(_task(_led(engine, "schedules", fire, stop), "schedules", stop))
         if worker is not None:
             beating = _keep_alive(engine, clock, worker, wake, stop, workers.HEARTBEAT)
-            tasks.append(_task(beating, "heartbeat"))
+            tasks.append(_task(beating, "heartbeat", stop))
         if "web" in roles and cfg.settings.web.enabled:
             with checks.listening(cfg, "web", "bind"):
                 sock = web_server.listen(cfg.settings.web.bind)
             app = web_server.build(cfg, engine, clock)
-            tasks.append(_task(web_server.serve(app, sock, stop), "web"))
+            tasks.append(_task(web_server.serve(app, sock, stop), "web", stop))
         await _announce(cfg, engine, targets, sandbox_on, roles)
         await stop.wait()
         log.info("stopping: finishing messages in flight (at most %.0f s)", SHUTDOWN_GRACE)
-        for task in tasks:
-            await _finish(task)
+        failed = [error for task in tasks if (error := await _finish(task)) is not None]
         if worker is not None:
             await asyncio.to_thread(workers.forget, engine, [worker])
+    if failed:
+        raise failed[0]  # the process exits 1, for a service manager to start it again
     log.info("mailer stopped")
 
 
-def _task(work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
-    return asyncio.create_task(work, name=name)
+def _task(work: Coroutine[Any, Any, None], name: str, stop: asyncio.Event) -> asyncio.Task[None]:
+    """A role's task. One that ends on an error of its own stops the daemon at once, the
+    others finishing as at a signal, rather than run on without that role and say nothing."""
+    task = asyncio.create_task(work, name=name)
+    task.add_done_callback(functools.partial(_ended, stop))
+    return task
+
+
+def _ended(stop: asyncio.Event, task: asyncio.Task[None]) -> None:
+    if task.cancelled() or task.exception() is None:
+        return
+    log.error("%s stopped on an error, so mailer stops: %r", task.get_name(), task.exception())
+    stop.set()
 
 
 def _nobody() -> None:
@@ -368,13 +383,17 @@ async def _announce(
     )
 
 
-async def _finish(task: asyncio.Task[None]) -> None:
+async def _finish(task: asyncio.Task[None]) -> BaseException | None:
+    """Wait for a role to end, cancelled past the grace; the error it ended on, if any."""
     try:
         await asyncio.wait_for(asyncio.shield(task), SHUTDOWN_GRACE)
     except TimeoutError:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+    except Exception as error:  # said in the log when it happened
+        return error
+    return None
 
 
 async def _close_server(server: asyncio.Server) -> None:
