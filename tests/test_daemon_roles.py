@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 
 from mailer import daemon
 from mailer.core.clock import ManualClock
+from mailer.core.config import Role
 from mailer.hooks.sender import Webhooks
 from mailer.outbound.delivery import Delivery
 from tests.configs import shipped_config
@@ -46,7 +47,7 @@ async def test_a_role_that_fails_stops_the_daemon_and_the_others_finish(
     monkeypatch.setattr(Webhooks, "run", broken)
     monkeypatch.setattr(Delivery, "run", delivering)
     stop = asyncio.Event()
-    roles = frozenset({"delivery"})
+    roles: frozenset[Role] = frozenset({"delivery"})
     serving = daemon.serve(cfg, engine, stop, sandbox_on=False, clock=clock, roles=roles)
     with caplog.at_level(logging.ERROR, "mailer"), pytest.raises(RuntimeError, match="a bug"):
         await asyncio.wait_for(serving, 30)
