@@ -170,7 +170,11 @@ async def test_a_stop_while_the_database_is_away_says_what_could_not_be_written(
         await eventually(logged(caplog, "delivery stops with"), "the stop is logged")
     said = re.search(r"delivery stops with (\d+) results \((\d+) sent\) not written", caplog.text)
     assert said is not None, caplog.text
-    assert int(said[1]) == int(said[2]) == len(sink.received) >= 4
+    kept, sent = int(said[1]), int(said[2])
+    assert sent == len(sink.received) >= 4, "what the server took is what is said to be sent"
+    # the next batch, claimed meanwhile, may have been released for want of the database
+    # (its release then waits to be written too) or not yet have been taken any further
+    assert kept in (sent, sent + 4)
     assert "the database is unreachable" in caplog.text
 
 
