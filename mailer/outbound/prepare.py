@@ -7,7 +7,7 @@ the SMTP I/O in ``delivery``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from email.headerregistry import Address
 from email.utils import parseaddr
@@ -24,13 +24,8 @@ from mailer.core.text import one_line
 from mailer.customers import tokens
 from mailer.customers.context import customer_view, customer_zone
 from mailer.outbound import dkim, return_path
-from mailer.outbound.compose import (
-    Envelope,
-    Part,
-    compose,
-    list_unsubscribe_headers,
-    make_message_id,
-)
+from mailer.outbound.compose import Envelope, Part, list_unsubscribe_headers, make_message_id
+from mailer.outbound.finishing import Finish, Finished
 from mailer.outbound.invitations import Attendee, invitation
 from mailer.outbound.outbox import Attachment, Claimed
 from mailer.outbound.templates import RenderedMessage, RenderJob, TemplateStore
@@ -112,39 +107,31 @@ class Preparer:
             )
             for item, context in zip(claimed, contexts, strict=True)
         ]
-        rendered = self._store.render_all(jobs)
-        made = [
-            made if isinstance(made, TemplateError) else self._compose(item, made, ctx, tok, now)
-            for item, made, ctx, tok in zip(claimed, rendered, contexts, tokens_of, strict=True)
+        finishes = [
+            self._finish(item, context, token, now)
+            for item, context, token in zip(claimed, contexts, tokens_of, strict=True)
         ]
-        return self._signed(made, now)
+        # small messages are composed and signed in the render worker right after their
+        # template; one with large attachments is rendered there and finished here, not
+        # copied to the worker and back
+        finishers = [None if _large(c) else f for c, f in zip(claimed, finishes, strict=True)]
+        made = self._store.finish_all(jobs, finishers)
+        return [
+            _outgoing(item, finish, self._envelope_sender(item), done)
+            for item, finish, done in zip(claimed, finishes, made, strict=True)
+        ]
 
-    def _signed(
-        self, made: list[Outgoing | TemplateError], now: datetime
-    ) -> list[Outgoing | TemplateError]:
-        """The composed messages DKIM-signed, in a render worker (see ``dkim.Signer.sign_all``)."""
-        if self._signer is None:
-            return made
-        ready = [m for m in made if isinstance(m, Outgoing)]
-        signed = iter(self._signer.sign_all([m.data for m in ready], now, self._store.pool))
-        return [m if isinstance(m, TemplateError) else replace(m, data=next(signed)) for m in made]
-
-    def _compose(
-        self,
-        claimed: Claimed,
-        rendered: RenderedMessage,
-        context: Mapping[str, Any],
-        token: str | None,
-        now: datetime,
-    ) -> Outgoing:
+    def _finish(
+        self, claimed: Claimed, context: Mapping[str, Any], token: str | None, now: datetime
+    ) -> Finish:
+        """Everything the message's bytes take but its rendered text."""
         customer = claimed.customer
-        message_id = make_message_id(self._domain)
         envelope = Envelope(
             from_=self._from_as(claimed.context.get(FROM_NAME)),
             to_address=claimed.to_address,
             to_name=customer.name if customer else "",
             reply_to=self._reply_to,
-            message_id=message_id,
+            message_id=make_message_id(self._domain),
             date=now,
         )
         unsubscribe = self._list_headers(claimed.category, token)
@@ -153,24 +140,13 @@ class Preparer:
         alternatives, invite = (
             self._invitation(calendar, claimed, now) if calendar is not None else ([], [])
         )
-        attachments = [*invite, *(_part(file) for file in claimed.attachments)]
-        data = compose(
-            envelope,
-            rendered.subject,
-            rendered.text,
-            rendered.html,
+        return Finish(
+            envelope=envelope,
             headers=headers,
             alternatives=alternatives,
-            attachments=attachments,
-        )
-        sender = self._envelope_sender(claimed)
-        return Outgoing(
-            outbox_id=claimed.id,
-            sender=sender,
-            recipient=claimed.to_address,
-            data=data,
-            subject=rendered.subject,
-            message_id=message_id,
+            attachments=[*invite, *(_part(file) for file in claimed.attachments)],
+            signer=self._signer,
+            now=now,
         )
 
     def _envelope_sender(self, claimed: Claimed) -> str:
@@ -266,6 +242,30 @@ def purchases_of(
         }
         for item in needing
     }
+
+
+def _large(claimed: Claimed) -> bool:
+    """Attachments too big to be worth copying to a render worker and back."""
+    return sum(len(file.content) for file in claimed.attachments) > dkim.SHIP_AT_MOST
+
+
+def _outgoing(
+    claimed: Claimed,
+    finish: Finish,
+    sender: str,
+    done: RenderedMessage | Finished | TemplateError,
+) -> Outgoing | TemplateError:
+    """The message to send: finished in the render worker, or here from what it rendered."""
+    if isinstance(done, TemplateError):
+        return done
+    finished = done if isinstance(done, Finished) else finish(done)
+    return Outgoing(
+        outbox_id=claimed.id,
+        sender=sender,
+        recipient=claimed.to_address,
+        message_id=finish.envelope.message_id,
+        **finished._asdict(),  # subject and data
+    )
 
 
 def _part(file: Attachment) -> Part:

@@ -232,8 +232,9 @@ def main(fd: int, limits: Limits) -> None:
     OUTPUT_LIMIT = limits.output
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
-    # imported now, not inside the first call's time; signing (dkim) is done here too
+    # imported now, not inside the first call's time; composing and signing are done here too
     import mailer.outbound.dkim
+    import mailer.outbound.finishing
     import mailer.outbound.templates  # noqa: F401
 
     _limit_memory(limits.memory)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol, TypeVar
 from zoneinfo import ZoneInfo
 
 import css_inline
@@ -54,6 +54,8 @@ from mailer.outbound.formatting import DEFAULT_LOCALE, FILTERS, with_reader
 
 FOLDER_CACHE_SECONDS = 1.0
 SUBJECT, HTML, TEXT, SAMPLE = "subject.txt", "body.html", "body.txt", "sample.toml"
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 
 # Remote stylesheets would make rendering depend on the network; @media rules cannot be
 # inlined, so they stay in a <style> tag for the clients that honour them.
@@ -71,6 +73,12 @@ class RenderedMessage:
     text: str
     html: str | None
     variant: str | None
+
+
+class Finisher(Protocol[T_co]):
+    """What a render worker does with a message right after rendering it (picklable)."""
+
+    def __call__(self, rendered: RenderedMessage, /) -> T_co: ...
 
 
 class RenderJob(NamedTuple):
@@ -184,18 +192,31 @@ class TemplateStore(_Folders):
     def render_all(self, jobs: Sequence[RenderJob]) -> list[RenderedMessage | TemplateError]:
         """``render`` for each job, in one round trip to a render worker for the whole batch;
         a message that cannot be rendered has its TemplateError in its place."""
+        unfinished: list[Finisher[RenderedMessage] | None] = [None] * len(jobs)
+        return self.finish_all(jobs, unfinished)
+
+    def finish_all(
+        self, jobs: Sequence[RenderJob], finishers: Sequence[Finisher[T] | None]
+    ) -> list[RenderedMessage | T | TemplateError]:
+        """``render_all``, but each message whose finisher is given is finished by it in the
+        render worker, right after its template (composed and signed, see
+        ``mailer.outbound.finishing``): what comes back is the finisher's result, not the
+        rendered text, and the daemon neither composes nor ships it back for signing."""
         batch = secrets.randbits(63)
         calls = [
-            (self._where(name), (self._key, name, dict(context), locale, zone, self._drafts, batch))
-            for name, context, locale, zone in jobs
+            (
+                self._where(name),
+                (finisher, self._key, name, dict(context), locale, zone, self._drafts, batch),
+            )
+            for (name, context, locale, zone), finisher in zip(jobs, finishers, strict=True)
         ]
-        rendered: list[RenderedMessage | TemplateError] = []
-        for result in self.pool.map(_render, calls):
+        made: list[RenderedMessage | T | TemplateError] = []
+        for result in self.pool.map(_render_finished, calls):
             if isinstance(result, TemplateError) or not isinstance(result, Exception):
-                rendered.append(result)
+                made.append(result)
             else:
                 raise result  # a bug, not a template's fault: raised, as ``render`` does
-        return rendered
+        return made
 
     def reads(self, name: str) -> frozenset[str]:
         """The top-level variables any variant of ``name`` reads, so a send loads costly
@@ -534,6 +555,12 @@ def _render(
     afterwards, so a preview's text is never compiled into what a send renders."""
     renderer = _Renderer(key[0], default_locale=key[1], drafts=drafts) if drafts else None
     return (renderer or _renderer(key)).render(name, context, locale=locale, zone=zone, batch=batch)
+
+
+def _render_finished(finisher: Finisher[T] | None, *render: Any) -> RenderedMessage | T:
+    """Runs in a render worker: ``_render(*render)``, then the finisher on what it rendered."""
+    rendered = _render(*render)
+    return rendered if finisher is None else finisher(rendered)
 
 
 def _check(
