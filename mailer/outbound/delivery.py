@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -86,6 +86,7 @@ class Delivery:
     policy: Policy
     clock: Clock
     batch_size: int = 200
+    ahead: int = 2  # batches claimed and rendering while one is sent: one per render worker
     pacing: DomainPacing | None = None  # None: no domain is paced
     rng: random.Random = field(default_factory=random.Random)
     held: dict[str, Hold] = field(default_factory=dict)  # categories no relay takes now
@@ -94,6 +95,7 @@ class Delivery:
     _in_flight: dict[int, int] = field(default_factory=dict)  # lease tokens of claimed rows
     _unwritten: _Unwritten = field(default_factory=_Unwritten)
     _writing: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _claiming: asyncio.Lock = field(default_factory=asyncio.Lock)  # one claim at a time
     _db_away: str | None = None  # why the database did not answer, until it does again
 
     def wake(self) -> None:
@@ -103,9 +105,10 @@ class Delivery:
     async def deliver_due(self) -> int:
         """Send everything due now, batch by batch; return how many messages were handled.
 
-        The batches overlap: the next one is claimed and rendered (in a thread and a render
-        worker) and the last one recorded while this one's sends are in flight, so the
-        SMTP connections rarely wait for the database or the templates. Stops early when
+        The batches overlap: the next ``ahead`` are claimed (in turn) and rendered (at once,
+        each in a thread and its own render worker, where it is also composed and signed)
+        and the last one recorded while this one's sends are in flight, so the SMTP
+        connections rarely wait for the database or the templates. Stops early when
         the server cannot be reached or the daemon is stopping; the claimed rows that were
         not tried go back to the queue.
 
@@ -121,10 +124,12 @@ class Delivery:
             return 0
         keeper = asyncio.ensure_future(self._keep_leases())
         recording: asyncio.Task[None] | None = None
+        following: deque[asyncio.Task[_Batch]] = deque()  # claimed in turn, rendered at once
         try:
             batch = await self._take()
             while batch.claimed:
-                following = None if self._halted() else asyncio.create_task(self._take())
+                while not self._halted() and len(following) < self.ahead:
+                    following.append(asyncio.create_task(self._take()))
                 try:
                     outcomes = batch.held + await self._send_all(batch)
                 except asyncio.CancelledError:
@@ -134,12 +139,12 @@ class Delivery:
                     await recording
                 recording = asyncio.create_task(self._record(outcomes, batch))
                 handled += len(batch.claimed)
-                if following is None:
-                    break
                 if why := self._halted():
                     await self._give_back(None, following, why)
                     break
-                batch = await following
+                batch = _Batch([], [], [])
+                while following and not batch.claimed:  # an empty one: the queue ran dry
+                    batch = await following.popleft()
         finally:
             if recording is not None:
                 await recording
@@ -159,22 +164,28 @@ class Delivery:
         """Claim the next batch and render it, off the event loop; what a paced domain may
         not get in this minute goes back to the queue untried. When the database goes away
         meanwhile, nothing is claimed, or what was claimed goes back untried."""
-        now = self.clock.now()
-        try:
-            claimed = await asyncio.to_thread(self._claim, now)
-        except UNREACHABLE as exc:
-            self._lost(exc)
-            return _Batch([], [], [])
-        if not claimed:
-            return _Batch([], [], [])
+        async with self._claiming:  # claims and paces in turn; the renders overlap
+            now = self.clock.now()
+            try:
+                claimed = await asyncio.to_thread(self._claim, now)
+            except UNREACHABLE as exc:
+                self._lost(exc)
+                return _Batch([], [], [])
+            if not claimed:
+                return _Batch([], [], [])
+            self._in_flight.update(outbox.leases(claimed))
+            try:
+                sending, paced = await asyncio.to_thread(self._paced, claimed, now)
+            except UNREACHABLE as exc:
+                self._lost(exc)
+                return _Batch(claimed, [], [_waiting(item.id, now, DB_AWAY) for item in claimed])
         # rendering waits on a render worker: in a thread, so the loop keeps serving
-        self._in_flight.update(outbox.leases(claimed))
         try:
-            ready, held = await asyncio.to_thread(self._ready, claimed, now)
-        except UNREACHABLE as exc:  # pacing, or reading the customers' purchases
+            ready, held = await asyncio.to_thread(self._prepare, sending, now)
+        except UNREACHABLE as exc:  # reading the customers' purchases
             self._lost(exc)
             return _Batch(claimed, [], [_waiting(item.id, now, DB_AWAY) for item in claimed])
-        return _Batch(claimed, ready, held)
+        return _Batch(claimed, ready, held + paced)
 
     def _claim(self, now: datetime) -> list[Claimed]:
         """The next batch, skipping the domains that spent this minute's budget and the
@@ -189,16 +200,15 @@ class Delivery:
             skip_categories=frozenset(self.held),
         )
 
-    def _ready(self, claimed: list[Claimed], now: datetime) -> tuple[list[Outgoing], list[Outcome]]:
-        """The batch rendered, but for what its domain's pace holds back for this minute,
-        which goes back to the queue untried."""
+    def _paced(self, claimed: list[Claimed], now: datetime) -> tuple[list[Claimed], list[Outcome]]:
+        """The batch but for what its domain's pace holds back for this minute, and the
+        outcomes of those held, which go back to the queue untried."""
         if self.pacing is None:
-            return self._prepare(claimed, now)
+            return claimed, []
         _, paced = self.pacing.hold_back(claimed, now)
         held_ids = {item.id for item, _ in paced}
         sending = [item for item in claimed if item.id not in held_ids]
-        ready, held = self._prepare(sending, now)
-        return ready, held + [_waiting(item.id, now, why) for item, why in paced]
+        return sending, [_waiting(item.id, now, why) for item, why in paced]
 
     async def _record(self, outcomes: list[Outcome], batch: _Batch) -> None:
         """Each result written only where this worker still holds the row's lease; kept
@@ -259,14 +269,14 @@ class Delivery:
         return list(await asyncio.gather(*(self._send(m, by_id[m.outbox_id]) for m in batch.ready)))
 
     async def _give_back(
-        self, batch: _Batch | None, following: asyncio.Task[_Batch] | None, why: str
+        self, batch: _Batch | None, following: Sequence[asyncio.Task[_Batch]], why: str
     ) -> None:
-        """Release messages that were prepared but not sent, with those of the batch being
+        """Release messages that were prepared but not sent, with those of the batches being
         claimed meanwhile (render failures are recorded as such)."""
         if batch is not None:
             await self._record(self._release(batch.ready, why) + batch.held, batch)
-        if following is not None:
-            taken = await asyncio.shield(following)
+        for task in following:
+            taken = await asyncio.shield(task)
             await self._record(self._release(taken.ready, why) + taken.held, taken)
 
     async def _keep_leases(self) -> None:
