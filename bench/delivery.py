@@ -4,13 +4,18 @@ on, delivered over SMTP into a local sink running in another process, on the eve
 the same size into a sink of the same kind, in the same run, as the ceiling to compare with.
 
     .venv/bin/python bench/delivery.py [--customers 20000] [--database-url URL] [--pool 10]
+        [--profile FILE]
     .venv/bin/python bench/delivery.py --dkim rsa|ed25519|both [--customers 5000] [--rounds 2]
     .venv/bin/python bench/delivery.py --workers 4 --postgres [--customers 10000]
 
 The sink is Postfix's smtp-sink when installed (apt-get install postfix; it is not started
-as a mail server), else aiosmtpd's Sink handler. Prints the time to enqueue, messages per
-second and peak RSS, then smtp-source's rate and the ratio; the last line reads
-`mailer/smtp-source: R` (or says that smtp-source is not installed).
+as a mail server), else aiosmtpd's Sink handler. The render workers are started on a few
+messages first, as with ``--dkim``, so no run counts their start; only messages that reached
+the sink are counted. Prints the time to enqueue, messages per second, peak RSS and the CPU
+a message took in this process and in the render workers, then smtp-source's rate and the
+ratio; the last line reads `mailer/smtp-source: R` (or says that smtp-source is not
+installed). ``--profile FILE`` profiles the delivery with cProfile (the event loop and the
+threads it hands claims, rendering and recording to) and prints where the time went.
 
 ``--dkim`` answers "what does signing cost?": the same delivery, each on a fresh copy of
 the audience, unsigned and signed with each key asked for, in turn for ``--rounds`` rounds
@@ -30,7 +35,10 @@ the statements the processes ran per message (pg_stat_statements).
 from __future__ import annotations
 
 import argparse
+import asyncio
+import cProfile
 import os
+import pstats
 import resource
 import shutil
 import signal
@@ -44,6 +52,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 from pathlib import Path
+from typing import TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # for tests.pg
@@ -73,6 +82,7 @@ NAMES = ("Мария Иванова", "Zoë Müller", "Siti Rahmawati", "José R
 NOW = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
 HELD = datetime(2099, 1, 1, tzinfo=UTC)  # queued but not due until the processes are up
 LEAD = timedelta(seconds=3)  # release to first due: longer than the daemon's idle poll (1 s)
+T = TypeVar("T")
 ALGORITHMS: dict[str, tuple[dkim.Algorithm, ...]] = {
     "rsa": ("rsa",),
     "ed25519": ("ed25519",),
@@ -172,8 +182,9 @@ def load() -> str:
 
 
 async def deliver_all(delivery: Delivery) -> tuple[int, int, bytes]:
-    """How many messages went, their mean size in bytes (smtp-source sends that size), and
-    the first one as sent, to show what was measured (signed or not)."""
+    """How many messages went to the sink (not how many rows were handled: a row the
+    throttle defers is handled but not sent), their mean size in bytes (smtp-source sends
+    that size), and the first one as sent, to show what was measured (signed or not)."""
     sizes: list[int] = []
     first: list[bytes] = []
     send = delivery.relays.send
@@ -184,10 +195,9 @@ async def deliver_all(delivery: Delivery) -> tuple[int, int, bytes]:
         return await send(sender, recipient, data, category)
 
     delivery.relays.send = counted  # type: ignore[method-assign]
-    total = 0
-    while handled := await delivery.deliver_due():
-        total += handled
-    return total, sum(sizes) // max(len(sizes), 1), b"".join(first)
+    while await delivery.deliver_due():
+        pass
+    return len(sizes), sum(sizes) // max(len(sizes), 1), b"".join(first)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -248,8 +258,17 @@ def filled(url: str, count: int) -> Engine:
     return engine
 
 
+def warm_up(tmp: str, pool: int) -> None:
+    """Start the render workers on 200 messages of a throwaway database, so that no run
+    counts their start (about a second on a busy machine) in its time."""
+    warm = filled(f"sqlite:///{tmp}/warm.db", 200)
+    deliver(config.load(ROOT / "config.toml", {"MAILER_PATHS__DATA": tmp}), warm, pool)
+    warm.dispose()
+
+
 def single(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
+        warm_up(tmp, args.pool)
         engine = db.connect(args.database_url or f"sqlite:///{tmp}/bench.db")
         migrate.upgrade(engine)
         add_customers(engine, args.customers)
@@ -257,11 +276,16 @@ def single(args: argparse.Namespace) -> None:
         start = time.perf_counter()
         outbox.enqueue(engine, messages(args.customers), NOW)
         print(f"enqueued {args.customers} messages in {time.perf_counter() - start:.1f} s")
-        run = deliver(cfg, engine, args.pool)
+        run = profiled(args.profile, lambda: deliver(cfg, engine, args.pool))
+    if run.sent != args.customers:
+        raise SystemExit(f"{run.sent} of {args.customers} messages reached the sink")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
     rate = run.sent / run.seconds
     print(f"delivered {run.sent} messages of {run.size:,} bytes on average in {run.seconds:.1f} s")
-    print(f"{rate:.0f} msg/s, peak RSS {peak} MB")
+    print(
+        f"{rate:.0f} msg/s, peak RSS {peak} MB; CPU a message {_ms(run.cpu, run)} here + "
+        f"{_ms(run.worker_cpu, run)} in render workers ({load()})"
+    )
     ceiling = smtp_source(run.sent, run.size)
     if ceiling is None:
         print("smtp-source is not installed (apt-get install postfix): no ratio")
@@ -280,9 +304,7 @@ def signing(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for algorithm in algorithms:
             dkim.write_new(Path(tmp) / "dkim" / f"bench{algorithm}.pem", dkim.generate(algorithm))
-        warm = filled(f"sqlite:///{tmp}/warm.db", 200)  # the render workers start here
-        deliver(config.load(ROOT / "config.toml", {"MAILER_PATHS__DATA": tmp}), warm, args.pool)
-        warm.dispose()
+        warm_up(tmp, args.pool)
         for number, variant in enumerate(order):
             env = {"MAILER_PATHS__DATA": tmp}
             if variant != "none":
@@ -291,6 +313,8 @@ def signing(args: argparse.Namespace) -> None:
             engine = filled(f"sqlite:///{tmp}/run{number}.db", args.customers)
             run = deliver(cfg, engine, args.pool)
             engine.dispose()
+            if run.sent != args.customers:
+                raise SystemExit(f"{variant}: {run.sent} of {args.customers} reached the sink")
             signed = run.first.count(b"DKIM-Signature:")
             if signed != (variant != "none"):
                 raise SystemExit(f"{variant}: the first message carries {signed} DKIM signatures")
@@ -310,6 +334,39 @@ def signing(args: argparse.Namespace) -> None:
             f"rate; signing added {extra[0]:+.3f} ms CPU here, {extra[1]:+.3f} ms in workers "
             "a message"
         )
+
+
+def profiled(path: str | None, work: Callable[[], Run]) -> Run:
+    """``work()``, profiled with cProfile when ``path`` is given: the event loop's thread
+    and each call delivery hands to a thread (claims, rendering, recording), merged; the
+    stats are written to ``path`` and the top of them printed. The render workers are other
+    processes: their CPU is printed beside, not profiled."""
+    if path is None:
+        return work()
+    profiles: list[cProfile.Profile] = []
+    to_thread = asyncio.to_thread
+
+    async def in_thread(func: Callable[..., T], /, *args: object, **kwargs: object) -> T:
+        def run() -> T:
+            profile = cProfile.Profile()
+            profiles.append(profile)
+            return profile.runcall(func, *args, **kwargs)
+
+        return await to_thread(run)
+
+    asyncio.to_thread = in_thread
+    main = cProfile.Profile()
+    try:
+        run = main.runcall(work)
+    finally:
+        asyncio.to_thread = to_thread
+    stats = pstats.Stats(main)
+    for profile in profiles:
+        stats.add(profile)
+    stats.dump_stats(path)
+    stats.sort_stats("tottime").print_stats(25)
+    stats.sort_stats("cumulative").print_stats(40)
+    return run
 
 
 def _ms(seconds: float, run: Run) -> str:
@@ -512,6 +569,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, help="up to this many `mailer run` processes")
     parser.add_argument("--postgres", action="store_true", help="a throwaway PostgreSQL")
     parser.add_argument("--timeout", type=float, default=600, help="seconds for a drain at most")
+    parser.add_argument("--profile", metavar="FILE", help="cProfile the delivery into FILE")
     args = parser.parse_args()
     if args.workers is not None:
         if not args.postgres or args.database_url or args.workers < 1:
