@@ -20,7 +20,7 @@ import re
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.utils import encode_rfc2231, format_datetime, formataddr, parseaddr, quote
 from functools import lru_cache
 from types import MappingProxyType
@@ -127,7 +127,7 @@ def compose(
 
 def _envelope_headers(envelope: Envelope, subject: str) -> str:
     """Date, From, To, Reply-To, Subject and Message-ID; missing ids and dates are made here."""
-    sender_name, sender = _parse_mailbox(envelope.from_)
+    sender = _parse_mailbox(envelope.from_)[1]
     when = envelope.date or datetime.now(UTC)
     if when.utcoffset() is None:
         raise ValueError("the Date header needs an aware datetime")
@@ -136,12 +136,12 @@ def _envelope_headers(envelope: Envelope, subject: str) -> str:
         raise ValueError(f"not a usable Message-ID: {message_id!r}")
     to_address = _checked_address(envelope.to_address)
     lines = [
-        _fold("Date", [format_datetime(when)]),
-        _fold("From", _mailbox_words(sender_name, sender)),
+        _date_line(when, when.utcoffset()),
+        _own_line("From", envelope.from_),
         _fold("To", _mailbox_words(_one_line(envelope.to_name), to_address)),
     ]
     if envelope.reply_to is not None:
-        lines.append(_fold("Reply-To", _mailbox_words(*_parse_mailbox(envelope.reply_to))))
+        lines.append(_own_line("Reply-To", envelope.reply_to))
     lines.append(_fold("Subject", _text_words(_one_line(subject))))
     lines.append(_fold("Message-ID", [message_id]))
     return "".join(lines)
@@ -163,6 +163,19 @@ def _parse_mailbox(mailbox: str) -> tuple[str, str]:
     """Our own "Name <addr>" from config, parsed once: it is the same for every message."""
     name, address = parseaddr(mailbox)
     return _one_line(name), _checked_address(address)
+
+
+@lru_cache(maxsize=16)
+def _date_line(when: datetime, offset: timedelta | None) -> str:
+    """The Date header: a batch's messages share one time, so it is written once for them.
+    ``offset`` is in the key because equal times in two zones are equal datetimes."""
+    return _fold("Date", [format_datetime(when)])
+
+
+@lru_cache(maxsize=64)
+def _own_line(name: str, mailbox: str) -> str:
+    """From or Reply-To, our own addresses from config: the same line for every message."""
+    return _fold(name, _mailbox_words(*_parse_mailbox(mailbox)))
 
 
 def _checked_address(address: str) -> str:
