@@ -26,7 +26,8 @@ from mailer.core.config import Config
 from mailer.core.errors import ConfigError
 from mailer.core.moments import absolute
 from mailer.customers import profiles
-from mailer.outbound import outbox
+from mailer.outbound import outbox, pacing_rules
+from mailer.outbound import pacing as pacing_module
 from mailer.outbound.delivery import Delivery
 from mailer.outbound.outbox import NewMessage
 from mailer.outbound.pacing import DomainPacing
@@ -435,6 +436,69 @@ async def test_two_delivery_processes_on_postgresql_send_one_budget_between_them
     sent = road.sent_to()
     assert sum(d in ("gmail.com", "googlemail.com") for d in sent) == 3
     assert sent.count("example.org") == 4
+
+
+def test_a_deferral_while_a_batch_is_counted_waits_and_is_kept(
+    engine: Engine,
+    cfg: Config,
+    clock: ManualClock,
+    customers: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A 421 slows example.org down from the thread that records results while a batch's
+    share is being counted in another. The counting is held at that point (no real server
+    can hold it there); the deferral waits for it instead of being written over by it."""
+    policy = daemon.build_delivery(cfg, engine, clock, SmtpTarget(host="x", port=1)).policy
+    pacing = DomainPacing.from_config(cfg, engine)
+    queue(engine, clock, ["o0@example.org"])
+    pacing.hold_back(outbox.claim(engine, clock.now(), 4, policy), clock.now())  # its row
+    clock.advance(MINUTE)
+    queue(engine, clock, ["o1@example.org"])
+    claimed = outbox.claim(engine, clock.now(), 4, policy)
+    counting, go_on = threading.Event(), threading.Event()
+    decide = pacing_rules.take
+
+    def held(*args: object) -> tuple[int, Pace]:
+        counting.set()
+        go_on.wait(10)
+        return decide(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pacing_rules, "take", held)
+    count = threading.Thread(target=pacing.hold_back, args=(claimed, clock.now()))
+    reply = [("example.org", 421, "421 4.7.0 Try again later")]
+    slow = threading.Thread(target=pacing.deferred, args=(reply, clock.now()))
+    count.start()
+    try:
+        assert counting.wait(10)
+        slow.start()
+        slow.join(0.5)  # unguarded, the deferral is written by now and the count goes over it
+    finally:
+        go_on.set()
+        count.join(10)
+        slow.join(10)
+    with engine.connect() as conn:
+        slowed = pacing.slowed_now(conn, clock.now())
+        used = conn.execute(select(pacing_module.PACING.c.used)).scalar_one()
+    assert [(s.name, s.rate) for s in slowed] == [("example.org", 2)]
+    assert used == 1, "the batch's message is counted"
+
+
+async def test_a_too_fast_reply_kept_while_the_database_was_away_slows_its_domain_later(
+    road: Road,
+) -> None:
+    """The 421 came while results could not be written: it slows example.org down when
+    they are written, as it would have at once."""
+    road.provider.replies = {"example.org": ["421 4.7.0 Try again later, closing connection"]}
+    road.queue(["o0@example.org"])
+    delivery = road.delivery
+    claimed = outbox.claim(road.engine, road.clock.now(), 4, delivery.policy)
+    ready, _ = await asyncio.to_thread(delivery._prepare, claimed, road.clock.now())
+    (outcome,) = await asyncio.gather(*(delivery._send(m, claimed[0]) for m in ready))
+    await delivery.relays.close()
+    delivery._unwritten.add([outcome], claimed)  # as when the write found no database
+    assert await delivery._flush()
+    with road.engine.connect() as conn:
+        assert [s.name for s in road.pacing.slowed_now(conn, road.clock.now())] == ["example.org"]
 
 
 # What operators see -----------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
@@ -68,10 +69,21 @@ class _Unwritten:
 
     outcomes: list[Outcome] = field(default_factory=list)
     leases: dict[int, int] = field(default_factory=dict)
+    domains: dict[int, str] = field(default_factory=dict)  # of each row's recipient
 
-    def add(self, outcomes: Sequence[Outcome], leases: dict[int, int]) -> None:
+    def add(self, outcomes: Sequence[Outcome], claimed: Sequence[Claimed]) -> None:
         self.outcomes += outcomes
-        self.leases |= leases
+        self.leases |= outbox.leases(claimed)
+        self.domains |= {item.id: domain(item.to_address) for item in claimed}
+
+    @property
+    def replies(self) -> list[tuple[str, int | None, str]]:
+        """The (domain, code, reply) of each send a server refused, for pacing."""
+        return [
+            (self.domains[o.outbox_id], o.smtp_code, o.smtp_reply)
+            for o in self.outcomes
+            if o.smtp_reply and o.result in (Result.RETRY, Result.FAILED)
+        ]
 
     @property
     def sent(self) -> list[int]:
@@ -141,9 +153,11 @@ class Delivery:
                     break
                 batch = await following
         finally:
-            if recording is not None:
-                await recording
-            keeper.cancel()
+            try:
+                if recording is not None:
+                    await recording
+            finally:
+                keeper.cancel()
         return handled
 
     def _halted(self) -> str | None:
@@ -202,41 +216,43 @@ class Delivery:
 
     async def _record(self, outcomes: list[Outcome], batch: _Batch) -> None:
         """Each result written only where this worker still holds the row's lease; kept
-        until the database answers when it does not. Deferrals slow their domain down."""
+        until the database answers when it does not."""
         async with self._writing:  # not into a list that is being written
-            self._unwritten.add(outcomes, outbox.leases(batch.claimed))
-        if await self._flush() and self.pacing is not None:
-            addresses = {item.id: item.to_address for item in batch.claimed}
-            replies = [
-                (domain(addresses[o.outbox_id]), o.smtp_code, o.smtp_reply)
-                for o in outcomes
-                if o.smtp_reply and o.result in (Result.RETRY, Result.FAILED)
-            ]
-            try:
-                await asyncio.to_thread(self.pacing.deferred, replies, self.clock.now())
-            except UNREACHABLE as exc:  # the pace is advice: not kept like a result
-                self._lost(exc)
+            self._unwritten.add(outcomes, batch.claimed)
+        await self._flush()
 
     async def _flush(self) -> bool:
         """Write every result kept so far, oldest first, in one transaction; False when the
-        database is still away (they stay kept, their rows leased to this worker)."""
+        database is still away (they stay kept, their rows leased to this worker). Then the
+        domains whose servers said "too fast" are slowed down.
+
+        A stop that comes while the write is in its thread waits for it: the thread cannot
+        be stopped, and results it wrote but that were still kept would be written again."""
         async with self._writing:
             pending = self._unwritten
             if not pending.outcomes:
                 return True
+            write = asyncio.ensure_future(
+                asyncio.to_thread(outbox.record, self.engine, pending.outcomes, pending.leases)
+            )
             try:
-                await asyncio.to_thread(
-                    outbox.record, self.engine, pending.outcomes, pending.leases
-                )
+                await _to_its_end(write)
             except UNREACHABLE as exc:
                 self._lost(exc)
                 return False
-            self._unwritten = _Unwritten()
+            finally:
+                if write.done() and not write.cancelled() and write.exception() is None:
+                    self._unwritten = _Unwritten()
         for outbox_id in pending.leases:
             self._in_flight.pop(outbox_id, None)
         self._answers()
         tally = Counter(outcome.result for outcome in pending.outcomes)
         log.info("delivery: %s", ", ".join(f"{n} {what}" for what, n in sorted(tally.items())))
+        if self.pacing is not None and (replies := pending.replies):
+            try:
+                await asyncio.to_thread(self.pacing.deferred, replies, self.clock.now())
+            except UNREACHABLE as exc:  # the pace is advice: not kept like a result
+                self._lost(exc)
         return True
 
     def _lost(self, exc: DBAPIError) -> None:
@@ -432,6 +448,16 @@ class Delivery:
         if wake_at is None:
             return IDLE_POLL
         return max(0.0, min(IDLE_POLL, (wake_at - now).total_seconds()))
+
+
+async def _to_its_end(work: asyncio.Future[Any]) -> None:
+    """Await ``work``; when cancelled meanwhile, wait for it to end before passing the
+    cancellation on, so the caller learns what it did."""
+    try:
+        await asyncio.shield(work)
+    except asyncio.CancelledError:
+        await asyncio.wait([work])
+        raise
 
 
 async def _rest(stop: asyncio.Event, wake: asyncio.Event, seconds: float) -> None:

@@ -7,7 +7,8 @@ them), how much of a claimed batch each domain may get (``hold_back``: the rest 
 to the queue untried), and it tells which domains answered "too fast" (``deferred``).
 
 On PostgreSQL the rows of a batch are locked in key order while its share is decided, so
-two processes claiming at once split one budget between them and cannot deadlock.
+two processes claiming at once split one budget between them and cannot deadlock; on
+SQLite the whole database is, so a deferral recorded meanwhile is not written over.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from mailer.core.config import Config
 from mailer.outbound import pacing_rules as rules_
 from mailer.outbound.outbox import Claimed
 from mailer.outbound.pacing_rules import Pace, Rules, label
-from mailer.store import models
+from mailer.store import db, models
 
 log = logging.getLogger("mailer.outbound.pacing")
 
@@ -165,6 +166,7 @@ def _pace(row: RowMapping) -> Pace:
 def _locked(conn: Connection, keys: Iterable[str], needed: Sequence[str]) -> dict[str, Pace]:
     """The rows of ``keys`` that exist, locked in key order, with a new row for each of
     ``needed`` that had none."""
+    db.lock_for_writing(conn, PACING)
     found = _read(conn, list(keys), lock=True)
     missing = sorted(set(needed) - set(found))
     if missing:
