@@ -34,6 +34,7 @@ from mailer.outbound.pacing import DomainPacing
 from mailer.outbound.pacing_rules import (
     Pace,
     Rules,
+    given_back,
     paced_until,
     rate_now,
     recovered,
@@ -371,6 +372,43 @@ async def test_a_slowed_group_holds_back_all_its_domains(road: Road) -> None:
     assert "waiting: group google is paced until 2026-11-24 12:02 UTC" in reasons
 
 
+async def test_what_a_domain_was_allowed_but_did_not_send_is_left_to_other_mail(
+    road: Road,
+) -> None:
+    """Two of example.org's four this minute cannot be rendered (no headline): they fail
+    unsent, and two other messages to example.org still go in the same minute."""
+    road.queue(["o0@example.org", "o1@example.org"])
+    broken = [
+        NewMessage(
+            dedupe_key=f"broken:{address}",
+            to_address=address,
+            category=Category.TRANSACTIONAL,
+            template="newsletter",
+            context={},
+        )
+        for address in ("o2@example.org", "o3@example.org")
+    ]
+    outbox.enqueue(road.engine, broken, road.clock.now())
+    delivery = road.delivery
+    await delivery.deliver_due()
+    assert road.sent_to() == ["example.org"] * 2
+    failed = [a for a, r in rows(road.engine).items() if r["status"] == "failed"]
+    assert sorted(failed) == ["o2@example.org", "o3@example.org"]
+
+    road.queue(["o4@example.org", "o5@example.org"], tag="2:")
+    await delivery.deliver_due()
+    assert road.sent_to() == ["example.org"] * 4, "the failed two left their room"
+    assert rows(road.engine)["o5@example.org"]["status"] == "sent"
+
+
+def test_room_is_given_back_only_in_the_minute_it_was_taken() -> None:
+    taken = Pace(window_start=T0, used=4)
+    assert given_back(taken, T0, 3) == replace(taken, used=1)
+    assert given_back(taken, T0, 9).used == 0
+    later = replace(taken, window_start=T0 + MINUTE, used=2)
+    assert given_back(later, T0, 3) == later, "a later minute never counted them"
+
+
 # SQLite has one writer: there is no second process to share a budget with
 ON_POSTGRESQL = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 
@@ -393,15 +431,15 @@ def test_two_processes_on_postgresql_share_one_budget(
             start.wait()
             now = clock.now()
             claimed = outbox.claim(on, now, 4, policy, skip_domains=list(pacing.paced(now)))
-            allowed, held = pacing.hold_back(claimed, now)
-            kept.extend(item.id for item in allowed)
+            share = pacing.hold_back(claimed, now)
+            kept.extend(item.id for item in share.allowed)
             outbox.record(
                 on,
                 [
                     outbox.Outcome(
                         outbox_id=item.id, result=outbox.Result.RELEASED, at=now, reason=why
                     )
-                    for item, why in held
+                    for item, why in share.held
                 ],
                 outbox.leases(claimed),
             )

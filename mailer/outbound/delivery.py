@@ -23,7 +23,7 @@ from mailer.core.clock import Clock
 from mailer.core.errors import TemplateError
 from mailer.outbound import outbox
 from mailer.outbound.outbox import Claimed, Outcome, Policy, Result
-from mailer.outbound.pacing import DomainPacing, domain
+from mailer.outbound.pacing import DomainPacing, Share, domain
 from mailer.outbound.prepare import Outgoing, Preparer, purchases_of
 from mailer.outbound.relays import Relays
 from mailer.outbound.smtp import Diagnosis, Failure, backoff, classify
@@ -38,13 +38,15 @@ HOLD_PROBE = (1.0, 60.0)  # first and longest wait between looks at a held categ
 DB_AWAY = "the database is unreachable"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class _Batch:
-    """Claimed rows, the messages rendered from them, and the outcomes of those that were not."""
+    """Claimed rows, the messages rendered from them, the outcomes of those that were not,
+    and what pacing allowed of them."""
 
     claimed: list[Claimed]
-    ready: list[Outgoing]
-    held: list[Outcome]
+    ready: list[Outgoing] = field(default_factory=list)
+    held: list[Outcome] = field(default_factory=list)
+    share: Share | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -178,17 +180,17 @@ class Delivery:
             claimed = await asyncio.to_thread(self._claim, now)
         except UNREACHABLE as exc:
             self._lost(exc)
-            return _Batch([], [], [])
+            return _Batch(claimed=[])
         if not claimed:
-            return _Batch([], [], [])
+            return _Batch(claimed=[])
         # rendering waits on a render worker: in a thread, so the loop keeps serving
         self._in_flight.update(outbox.leases(claimed))
         try:
-            ready, held = await asyncio.to_thread(self._ready, claimed, now)
+            return await asyncio.to_thread(self._ready, claimed, now)
         except UNREACHABLE as exc:  # pacing, or reading the customers' purchases
             self._lost(exc)
-            return _Batch(claimed, [], [_waiting(item.id, now, DB_AWAY) for item in claimed])
-        return _Batch(claimed, ready, held)
+            away = [_waiting(item.id, now, DB_AWAY) for item in claimed]
+            return _Batch(claimed=claimed, held=away)
 
     def _claim(self, now: datetime) -> list[Claimed]:
         """The next batch, skipping the domains that spent this minute's budget and the
@@ -203,16 +205,16 @@ class Delivery:
             skip_categories=frozenset(self.held),
         )
 
-    def _ready(self, claimed: list[Claimed], now: datetime) -> tuple[list[Outgoing], list[Outcome]]:
+    def _ready(self, claimed: list[Claimed], now: datetime) -> _Batch:
         """The batch rendered, but for what its domain's pace holds back for this minute,
         which goes back to the queue untried."""
         if self.pacing is None:
-            return self._prepare(claimed, now)
-        _, paced = self.pacing.hold_back(claimed, now)
-        held_ids = {item.id for item, _ in paced}
-        sending = [item for item in claimed if item.id not in held_ids]
-        ready, held = self._prepare(sending, now)
-        return ready, held + [_waiting(item.id, now, why) for item, why in paced]
+            ready, held = self._prepare(claimed, now)
+            return _Batch(claimed=claimed, ready=ready, held=held)
+        share = self.pacing.hold_back(claimed, now)
+        ready, held = self._prepare(share.allowed, now)
+        paced = [_waiting(item.id, now, why) for item, why in share.held]
+        return _Batch(claimed=claimed, ready=ready, held=held + paced, share=share)
 
     async def _record(self, outcomes: list[Outcome], batch: _Batch) -> None:
         """Each result written only where this worker still holds the row's lease; kept
@@ -220,6 +222,20 @@ class Delivery:
         async with self._writing:  # not into a list that is being written
             self._unwritten.add(outcomes, batch.claimed)
         await self._flush()
+        if batch.share is not None:
+            await self._give_back_pace(outcomes, batch, batch.share)
+
+    async def _give_back_pace(self, outcomes: list[Outcome], batch: _Batch, share: Share) -> None:
+        """What pacing allowed but was not tried (a stop, a held category, a template that
+        failed) leaves its room in this minute to other messages."""
+        untried = {o.outbox_id for o in batch.held}
+        untried |= {o.outbox_id for o in outcomes if o.result == Result.RELEASED}
+        unsent = [item for item in share.allowed if item.id in untried]
+        if unsent and self.pacing is not None:
+            try:
+                await asyncio.to_thread(self.pacing.give_back, unsent, share.counted_in)
+            except UNREACHABLE as exc:  # the pace is advice: not kept like a result
+                self._lost(exc)
 
     async def _flush(self) -> bool:
         """Write every result kept so far, oldest first, in one transaction; False when the
