@@ -278,3 +278,43 @@ async def test_results_are_kept_while_the_database_answers_but_takes_no_writes(
     assert received(sink) == {f"buyer{n}@example.com": 1 for n in range(3)}
     assert {status for status, _, _ in rows(scene.engine).values()} == {"sent"}
     assert {attempts for _, _, attempts in rows(scene.engine).values()} == {1}
+
+
+def waiting_on_a_lock(engine: Engine) -> bool:
+    with engine.connect() as conn:
+        query = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        return bool(conn.exec_driver_sql(query).scalar())
+
+
+async def test_a_stop_while_results_are_being_written_writes_each_once(scene: Scene) -> None:
+    """The daemon's grace runs out, and delivery is cancelled, while a batch's results are
+    being written (the write waits for a row another connection holds: a slow commit). The
+    write goes on in its thread; delivery waits for it, so its last round does not write the
+    same results again (a second attempt and a second webhook for each message)."""
+    sink = HeldSink()
+    engine = scene.engine
+    async with listening(sink) as port:
+        delivery = build(scene, port)
+        outbox.enqueue(engine, receipts(4), scene.clock.now())
+        worker = asyncio.create_task(delivery.run(asyncio.Event()))
+        with engine.connect() as other:
+            try:
+                await eventually(sink.waiting.is_set, "the batch is being sent")
+                c = outbox.OUTBOX.c
+                first = select(c.id).where(c.to_address == "buyer0@example.com")
+                other.execute(first.with_for_update())
+                sink.gate.set()
+                await eventually(lambda: len(sink.received) == 4, "the batch is accepted")
+                await eventually(lambda: waiting_on_a_lock(engine), "its write waits")
+                worker.cancel()
+                await asyncio.sleep(0)  # the cancellation reaches the write's await
+            finally:
+                sink.gate.set()
+                other.commit()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(worker, 30)
+    assert {status for status, _, _ in rows(engine).values()} == {"sent"}
+    assert {attempts for _, _, attempts in rows(engine).values()} == {1}
+    with engine.connect() as conn:
+        attempts = conn.execute(select(outbox.ATTEMPTS.c.outbox_id)).scalars().all()
+    assert sorted(Counter(attempts).values()) == [1, 1, 1, 1]

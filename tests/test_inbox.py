@@ -35,14 +35,18 @@ MAIL = Path(__file__).parent / "mail"
 
 
 def inquiry(
-    message_id: str, *, sender: str = "Мария Иванова <maria@example.com>", extra: str = ""
+    message_id: str,
+    *,
+    sender: str = "Мария Иванова <maria@example.com>",
+    extra: str = "",
+    subject: str = "Поръчка 1042",
+    text: str = "Здравейте, поръчката ми още не пристига.",
 ) -> bytes:
     return (
         f"From: {sender}\r\nTo: support@northwind-roasters.example\r\n"
-        f"Subject: Поръчка 1042\r\nMessage-ID: {message_id}\r\n"
+        f"Subject: {subject}\r\nMessage-ID: {message_id}\r\n"
         "Date: Tue, 24 Nov 2026 13:55:00 +0200\r\n"
-        f"{extra}Content-Type: text/plain; charset=utf-8\r\n\r\n"
-        "Здравейте, поръчката ми още не пристига.\r\n"
+        f"{extra}Content-Type: text/plain; charset=utf-8\r\n\r\n{text}\r\n"
     ).encode()
 
 
@@ -125,6 +129,38 @@ async def test_an_inquiry_is_logged_acknowledged_in_bulgarian_and_marked_process
     assert mail["In-Reply-To"] == "<q1@mail.example>"
     assert mail["Subject"] == f"Получихме съобщението Ви [#{logged.id}]"
     assert "Мария" in mail.get_body(("plain",)).get_content()
+
+
+async def test_a_new_sender_is_acknowledged_in_the_language_they_wrote_in(
+    watcher: Inbox,
+    dovecot: DovecotServer,
+    folder: str,
+    engine: Engine,
+    cfg: Config,
+    clock: ManualClock,
+) -> None:
+    """Nobody told mailer Siti's language: her mail is Indonesian, so is the answer, and so
+    is her profile. Klaus writes German, which no acknowledgement is written in: English."""
+    indonesian = (
+        "Halo, saya sudah memesan biji kopi minggu lalu tetapi paketnya belum sampai. "
+        "Bisakah Anda memeriksa status pesanan saya?"
+    )
+    german = "Hallo, ich habe letzte Woche Kaffee bestellt, aber das Paket ist noch nicht da."
+    siti = inquiry("<s1@x>", sender="Siti <siti@example.id>", subject="Pesanan", text=indonesian)
+    klaus = inquiry("<k1@x>", sender="Klaus <klaus@example.de>", subject="Paket", text=german)
+    dovecot.append(siti, folder)
+    dovecot.append(klaus, folder)
+    assert await watcher.process_available() == 2
+    sink = Sink()
+    async with listening(sink) as port:
+        target = SmtpTarget(host="127.0.0.1", port=port)
+        assert await daemon.build_delivery(cfg, engine, clock, target).deliver_due() == 2
+    subjects = {got.rcpt_tos[0]: got.message["Subject"] for got in sink.received}
+    assert subjects["siti@example.id"].startswith("Pesan Anda sudah kami terima [#")
+    assert subjects["klaus@example.de"].startswith("We've received your message [#")
+    with engine.connect() as conn:
+        assert profiles.get(conn, "siti@example.id").locale == "id"
+        assert profiles.get(conn, "klaus@example.de").locale is None
 
 
 async def test_a_restart_logs_nothing_twice(

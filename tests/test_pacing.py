@@ -26,13 +26,15 @@ from mailer.core.config import Config
 from mailer.core.errors import ConfigError
 from mailer.core.moments import absolute
 from mailer.customers import profiles
-from mailer.outbound import outbox
+from mailer.outbound import outbox, pacing_rules
+from mailer.outbound import pacing as pacing_module
 from mailer.outbound.delivery import Delivery
 from mailer.outbound.outbox import NewMessage
 from mailer.outbound.pacing import DomainPacing
 from mailer.outbound.pacing_rules import (
     Pace,
     Rules,
+    given_back,
     paced_until,
     rate_now,
     recovered,
@@ -370,6 +372,43 @@ async def test_a_slowed_group_holds_back_all_its_domains(road: Road) -> None:
     assert "waiting: group google is paced until 2026-11-24 12:02 UTC" in reasons
 
 
+async def test_what_a_domain_was_allowed_but_did_not_send_is_left_to_other_mail(
+    road: Road,
+) -> None:
+    """Two of example.org's four this minute cannot be rendered (no headline): they fail
+    unsent, and two other messages to example.org still go in the same minute."""
+    road.queue(["o0@example.org", "o1@example.org"])
+    broken = [
+        NewMessage(
+            dedupe_key=f"broken:{address}",
+            to_address=address,
+            category=Category.TRANSACTIONAL,
+            template="newsletter",
+            context={},
+        )
+        for address in ("o2@example.org", "o3@example.org")
+    ]
+    outbox.enqueue(road.engine, broken, road.clock.now())
+    delivery = road.delivery
+    await delivery.deliver_due()
+    assert road.sent_to() == ["example.org"] * 2
+    failed = [a for a, r in rows(road.engine).items() if r["status"] == "failed"]
+    assert sorted(failed) == ["o2@example.org", "o3@example.org"]
+
+    road.queue(["o4@example.org", "o5@example.org"], tag="2:")
+    await delivery.deliver_due()
+    assert road.sent_to() == ["example.org"] * 4, "the failed two left their room"
+    assert rows(road.engine)["o5@example.org"]["status"] == "sent"
+
+
+def test_room_is_given_back_only_in_the_minute_it_was_taken() -> None:
+    taken = Pace(window_start=T0, used=4)
+    assert given_back(taken, T0, 3) == replace(taken, used=1)
+    assert given_back(taken, T0, 9).used == 0
+    later = replace(taken, window_start=T0 + MINUTE, used=2)
+    assert given_back(later, T0, 3) == later, "a later minute never counted them"
+
+
 # SQLite has one writer: there is no second process to share a budget with
 ON_POSTGRESQL = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 
@@ -392,15 +431,15 @@ def test_two_processes_on_postgresql_share_one_budget(
             start.wait()
             now = clock.now()
             claimed = outbox.claim(on, now, 4, policy, skip_domains=list(pacing.paced(now)))
-            allowed, held = pacing.hold_back(claimed, now)
-            kept.extend(item.id for item in allowed)
+            share = pacing.hold_back(claimed, now)
+            kept.extend(item.id for item in share.allowed)
             outbox.record(
                 on,
                 [
                     outbox.Outcome(
                         outbox_id=item.id, result=outbox.Result.RELEASED, at=now, reason=why
                     )
-                    for item, why in held
+                    for item, why in share.held
                 ],
                 outbox.leases(claimed),
             )
@@ -435,6 +474,69 @@ async def test_two_delivery_processes_on_postgresql_send_one_budget_between_them
     sent = road.sent_to()
     assert sum(d in ("gmail.com", "googlemail.com") for d in sent) == 3
     assert sent.count("example.org") == 4
+
+
+def test_a_deferral_while_a_batch_is_counted_waits_and_is_kept(
+    engine: Engine,
+    cfg: Config,
+    clock: ManualClock,
+    customers: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A 421 slows example.org down from the thread that records results while a batch's
+    share is being counted in another. The counting is held at that point (no real server
+    can hold it there); the deferral waits for it instead of being written over by it."""
+    policy = daemon.build_delivery(cfg, engine, clock, SmtpTarget(host="x", port=1)).policy
+    pacing = DomainPacing.from_config(cfg, engine)
+    queue(engine, clock, ["o0@example.org"])
+    pacing.hold_back(outbox.claim(engine, clock.now(), 4, policy), clock.now())  # its row
+    clock.advance(MINUTE)
+    queue(engine, clock, ["o1@example.org"])
+    claimed = outbox.claim(engine, clock.now(), 4, policy)
+    counting, go_on = threading.Event(), threading.Event()
+    decide = pacing_rules.take
+
+    def held(*args: object) -> tuple[int, Pace]:
+        counting.set()
+        go_on.wait(10)
+        return decide(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pacing_rules, "take", held)
+    count = threading.Thread(target=pacing.hold_back, args=(claimed, clock.now()))
+    reply = [("example.org", 421, "421 4.7.0 Try again later")]
+    slow = threading.Thread(target=pacing.deferred, args=(reply, clock.now()))
+    count.start()
+    try:
+        assert counting.wait(10)
+        slow.start()
+        slow.join(0.5)  # unguarded, the deferral is written by now and the count goes over it
+    finally:
+        go_on.set()
+        count.join(10)
+        slow.join(10)
+    with engine.connect() as conn:
+        slowed = pacing.slowed_now(conn, clock.now())
+        used = conn.execute(select(pacing_module.PACING.c.used)).scalar_one()
+    assert [(s.name, s.rate) for s in slowed] == [("example.org", 2)]
+    assert used == 1, "the batch's message is counted"
+
+
+async def test_a_too_fast_reply_kept_while_the_database_was_away_slows_its_domain_later(
+    road: Road,
+) -> None:
+    """The 421 came while results could not be written: it slows example.org down when
+    they are written, as it would have at once."""
+    road.provider.replies = {"example.org": ["421 4.7.0 Try again later, closing connection"]}
+    road.queue(["o0@example.org"])
+    delivery = road.delivery
+    claimed = outbox.claim(road.engine, road.clock.now(), 4, delivery.policy)
+    ready, _ = await asyncio.to_thread(delivery._prepare, claimed, road.clock.now())
+    (outcome,) = await asyncio.gather(*(delivery._send(m, claimed[0]) for m in ready))
+    await delivery.relays.close()
+    delivery._unwritten.add([outcome], claimed)  # as when the write found no database
+    assert await delivery._flush()
+    with road.engine.connect() as conn:
+        assert [s.name for s in road.pacing.slowed_now(conn, road.clock.now())] == ["example.org"]
 
 
 # What operators see -----------------------------------------------------------------------------

@@ -275,6 +275,22 @@ def test_a_robot_filling_the_hidden_field_is_thanked_and_nothing_is_kept(
     assert counts(engine) == before
 
 
+async def test_a_form_that_says_no_language_is_answered_in_the_one_written(
+    site: Site, engine: Engine, cfg: Config, clock: ManualClock
+) -> None:
+    fields = {
+        "email": "jose@example.ph",
+        "subject": "Order 1042",
+        "message": "Magandang araw po. Hindi pa po dumarating ang order ko na kape. "
+        "Pwede po bang pakitingnan kung nasaan na?",
+    }
+    assert post(site, "/forms/inquiry", fields, as_json=True).status == 202
+    with engine.connect() as conn:
+        assert profiles.get(conn, "jose@example.ph").locale == "tl"
+    (ack,) = await deliver(cfg, engine, clock)
+    assert ack.message["Subject"].startswith("Natanggap namin ang inyong mensahe [#")
+
+
 def test_posts_beyond_the_limits_per_address_and_per_client_are_refused_for_the_hour(
     site: Site, clock: ManualClock
 ) -> None:

@@ -304,9 +304,13 @@ def search_text(customer: Mapping[str, Any]) -> str:
     return "\n".join(fold(customer[k] or "") for k in ("email", "name", "first_name"))
 
 
-def add_lead(conn: Connection, email: str, name: str, now: datetime) -> int:
-    """A new customer who wrote to support: no consent to newsletters is implied."""
+def add_lead(
+    conn: Connection, email: str, name: str, now: datetime, locale: str | None = None
+) -> int:
+    """A new customer who wrote to support, in ``locale`` if it could be told: no consent to
+    newsletters is implied."""
     values = _lead(email, name, now, "inquiry", erased=is_erased(conn, email))
+    values["locale"] = locale
     lead = conn.execute(insert(CUSTOMERS).values(values)).inserted_primary_key
     assert lead is not None
     return int(lead[0])

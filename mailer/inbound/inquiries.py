@@ -17,6 +17,7 @@ Message-ID, and a person writing again in a thread support answered re-opens it.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, Literal, TypeVar
@@ -87,9 +88,17 @@ class Logged:
     duplicate: bool  # the same message was logged before: nothing new was written
 
 
-def log(conn: Connection, inbound: Inbound, received_at: datetime, channel: str = "mail") -> Logged:
+def log(
+    conn: Connection,
+    inbound: Inbound,
+    received_at: datetime,
+    channel: str = "mail",
+    language: Callable[[], str | None] | None = None,
+) -> Logged:
     """Store one inbound message (from ``channel``: mail, or web for the website's form); a
-    re-delivery of one logged before returns the earlier row.
+    re-delivery of one logged before returns the earlier row. A sender not known yet becomes
+    a customer in the ``language`` they wrote in (asked only then: telling takes a model;
+    None: in no language of their own).
 
     A message joins the thread it refers to only when its sender already takes part in it;
     anyone else starts a new inquiry that records which one it claimed to continue."""
@@ -98,7 +107,7 @@ def log(conn: Connection, inbound: Inbound, received_at: datetime, channel: str 
         return earlier
     claimed = find_thread(conn, inbound)
     thread_id = claimed if claimed is not None and _takes_part(conn, claimed, inbound) else None
-    customer_id = _customer_for(conn, inbound, received_at)
+    customer_id = _customer_for(conn, inbound, received_at, language)
     values = _values(inbound, received_at, thread_id, customer_id)
     values["claimed_thread_id"] = claimed if thread_id is None else None
     values["channel"] = channel
@@ -305,7 +314,9 @@ def _existing(conn: Connection, inquiry_id: int) -> int | None:
     return int(found) if found is not None else None
 
 
-def _customer_for(conn: Connection, inbound: Inbound, now: datetime) -> int | None:
+def _customer_for(
+    conn: Connection, inbound: Inbound, now: datetime, language: Callable[[], str | None] | None
+) -> int | None:
     """The sender's customer; an unknown but valid sender becomes a new lead."""
     try:
         email = normalise_email(inbound.sender)
@@ -314,7 +325,8 @@ def _customer_for(conn: Connection, inbound: Inbound, now: datetime) -> int | No
     found = conn.execute(select(CUSTOMERS.c.id).where(CUSTOMERS.c.email == email)).scalar()
     if found is not None:
         return int(found)
-    return profiles.add_lead(conn, email, inbound.sender_name, now)
+    locale = language() if language is not None else None
+    return profiles.add_lead(conn, email, inbound.sender_name, now, locale)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

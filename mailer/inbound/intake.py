@@ -19,12 +19,13 @@ from sqlalchemy.engine import Connection
 from mailer.core.categories import Category
 from mailer.core.config import Config
 from mailer.customers import profiles, tokens
-from mailer.inbound import autoreply, inquiries, reports, rsvp
+from mailer.inbound import autoreply, inquiries, language, reports, rsvp
 from mailer.inbound.business_hours import BusinessHours, reply_expected_by
 from mailer.inbound.parsing import Inbound
 from mailer.outbound import outbox
 from mailer.outbound.outbox import NewMessage
 from mailer.outbound.prepare import LOOP_HEADER
+from mailer.outbound.templates import TemplateStore
 from mailer.store.models import InquiryStatus
 
 
@@ -41,6 +42,7 @@ class AckPolicy:
     max_per_day: int
     secret: bytes  # checks the tokens in unsubscribe requests sent to our mailto: link
     report_policy: reports.ReportPolicy  # what bounces and complaints change
+    templates: TemplateStore  # which languages the acknowledgement is written in
 
     @classmethod
     def from_config(cls, cfg: Config) -> AckPolicy:
@@ -59,14 +61,20 @@ class AckPolicy:
             max_per_day=settings.autoreply.max_per_day,
             secret=tokens.load_secret(cfg),
             report_policy=reports.ReportPolicy.from_config(cfg),
+            templates=TemplateStore(cfg.templates_dir),
         )
+
+    def language_of(self, inbound: Inbound) -> str | None:
+        """The language the sender wrote in, if the acknowledgement is written in it too."""
+        offered = self.templates.languages(self.template)
+        return language.written_in(f"{inbound.subject}\n{inbound.reply_text}", offered)
 
 
 def handle(
     conn: Connection, inbound: Inbound, now: datetime, policy: AckPolicy, channel: str = "mail"
 ) -> inquiries.Logged:
     """Log one message, decide, and queue its acknowledgement, all in the caller's transaction."""
-    logged = inquiries.log(conn, inbound, now, channel)
+    logged = inquiries.log(conn, inbound, now, channel, lambda: policy.language_of(inbound))
     if logged.duplicate:
         return logged
     if _unsubscribed(conn, inbound, logged, now, policy) or _answered(

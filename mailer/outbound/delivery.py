@@ -14,6 +14,7 @@ from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
@@ -22,7 +23,7 @@ from mailer.core.clock import Clock
 from mailer.core.errors import TemplateError
 from mailer.outbound import outbox
 from mailer.outbound.outbox import Claimed, Outcome, Policy, Result
-from mailer.outbound.pacing import DomainPacing, domain
+from mailer.outbound.pacing import DomainPacing, Share, domain
 from mailer.outbound.prepare import Outgoing, Preparer, purchases_of
 from mailer.outbound.relays import Relays
 from mailer.outbound.smtp import Diagnosis, Failure, backoff, classify
@@ -37,13 +38,15 @@ HOLD_PROBE = (1.0, 60.0)  # first and longest wait between looks at a held categ
 DB_AWAY = "the database is unreachable"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class _Batch:
-    """Claimed rows, the messages rendered from them, and the outcomes of those that were not."""
+    """Claimed rows, the messages rendered from them, the outcomes of those that were not,
+    and what pacing allowed of them."""
 
     claimed: list[Claimed]
-    ready: list[Outgoing]
-    held: list[Outcome]
+    ready: list[Outgoing] = field(default_factory=list)
+    held: list[Outcome] = field(default_factory=list)
+    share: Share | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -68,10 +71,21 @@ class _Unwritten:
 
     outcomes: list[Outcome] = field(default_factory=list)
     leases: dict[int, int] = field(default_factory=dict)
+    domains: dict[int, str] = field(default_factory=dict)  # of each row's recipient
 
-    def add(self, outcomes: Sequence[Outcome], leases: dict[int, int]) -> None:
+    def add(self, outcomes: Sequence[Outcome], claimed: Sequence[Claimed]) -> None:
         self.outcomes += outcomes
-        self.leases |= leases
+        self.leases |= outbox.leases(claimed)
+        self.domains |= {item.id: domain(item.to_address) for item in claimed}
+
+    @property
+    def replies(self) -> list[tuple[str, int | None, str]]:
+        """The (domain, code, reply) of each send a server refused, for pacing."""
+        return [
+            (self.domains[o.outbox_id], o.smtp_code, o.smtp_reply)
+            for o in self.outcomes
+            if o.smtp_reply and o.result in (Result.RETRY, Result.FAILED)
+        ]
 
     @property
     def sent(self) -> list[int]:
@@ -142,13 +156,15 @@ class Delivery:
                 if why := self._halted():
                     await self._give_back(None, following, why)
                     break
-                batch = _Batch([], [], [])
+                batch = _Batch(claimed=[])
                 while following and not batch.claimed:  # an empty one: the queue ran dry
                     batch = await following.popleft()
         finally:
-            if recording is not None:
-                await recording
-            keeper.cancel()
+            try:
+                if recording is not None:
+                    await recording
+            finally:
+                keeper.cancel()
         return handled
 
     def _halted(self) -> str | None:
@@ -170,22 +186,23 @@ class Delivery:
                 claimed = await asyncio.to_thread(self._claim, now)
             except UNREACHABLE as exc:
                 self._lost(exc)
-                return _Batch([], [], [])
+                return _Batch(claimed=[])
             if not claimed:
-                return _Batch([], [], [])
+                return _Batch(claimed=[])
             self._in_flight.update(outbox.leases(claimed))
             try:
-                sending, paced = await asyncio.to_thread(self._paced, claimed, now)
+                share = await asyncio.to_thread(self._paced, claimed, now)
             except UNREACHABLE as exc:
                 self._lost(exc)
-                return _Batch(claimed, [], [_waiting(item.id, now, DB_AWAY) for item in claimed])
+                away = [_waiting(item.id, now, DB_AWAY) for item in claimed]
+                return _Batch(claimed=claimed, held=away)
         # rendering waits on a render worker: in a thread, so the loop keeps serving
         try:
-            ready, held = await asyncio.to_thread(self._prepare, sending, now)
+            return await asyncio.to_thread(self._ready, claimed, share, now)
         except UNREACHABLE as exc:  # reading the customers' purchases
             self._lost(exc)
-            return _Batch(claimed, [], [_waiting(item.id, now, DB_AWAY) for item in claimed])
-        return _Batch(claimed, ready, held + paced)
+            away = [_waiting(item.id, now, DB_AWAY) for item in claimed]
+            return _Batch(claimed=claimed, held=away)
 
     def _claim(self, now: datetime) -> list[Claimed]:
         """The next batch, skipping the domains that spent this minute's budget and the
@@ -200,53 +217,73 @@ class Delivery:
             skip_categories=frozenset(self.held),
         )
 
-    def _paced(self, claimed: list[Claimed], now: datetime) -> tuple[list[Claimed], list[Outcome]]:
-        """The batch but for what its domain's pace holds back for this minute, and the
-        outcomes of those held, which go back to the queue untried."""
-        if self.pacing is None:
-            return claimed, []
-        _, paced = self.pacing.hold_back(claimed, now)
-        held_ids = {item.id for item, _ in paced}
-        sending = [item for item in claimed if item.id not in held_ids]
-        return sending, [_waiting(item.id, now, why) for item, why in paced]
+    def _paced(self, claimed: list[Claimed], now: datetime) -> Share | None:
+        """What each domain's pace allows of the batch in this minute (None: nothing is
+        paced); the rest goes back to the queue untried."""
+        return None if self.pacing is None else self.pacing.hold_back(claimed, now)
+
+    def _ready(self, claimed: list[Claimed], share: Share | None, now: datetime) -> _Batch:
+        """The batch rendered, but for what its domain's pace holds back for this minute."""
+        if share is None:
+            ready, held = self._prepare(claimed, now)
+            return _Batch(claimed=claimed, ready=ready, held=held)
+        ready, held = self._prepare(share.allowed, now)
+        paced = [_waiting(item.id, now, why) for item, why in share.held]
+        return _Batch(claimed=claimed, ready=ready, held=held + paced, share=share)
 
     async def _record(self, outcomes: list[Outcome], batch: _Batch) -> None:
         """Each result written only where this worker still holds the row's lease; kept
-        until the database answers when it does not. Deferrals slow their domain down."""
+        until the database answers when it does not."""
         async with self._writing:  # not into a list that is being written
-            self._unwritten.add(outcomes, outbox.leases(batch.claimed))
-        if await self._flush() and self.pacing is not None:
-            addresses = {item.id: item.to_address for item in batch.claimed}
-            replies = [
-                (domain(addresses[o.outbox_id]), o.smtp_code, o.smtp_reply)
-                for o in outcomes
-                if o.smtp_reply and o.result in (Result.RETRY, Result.FAILED)
-            ]
+            self._unwritten.add(outcomes, batch.claimed)
+        await self._flush()
+        if batch.share is not None:
+            await self._give_back_pace(outcomes, batch, batch.share)
+
+    async def _give_back_pace(self, outcomes: list[Outcome], batch: _Batch, share: Share) -> None:
+        """What pacing allowed but was not tried (a stop, a held category, a template that
+        failed) leaves its room in this minute to other messages."""
+        untried = {o.outbox_id for o in batch.held}
+        untried |= {o.outbox_id for o in outcomes if o.result == Result.RELEASED}
+        unsent = [item for item in share.allowed if item.id in untried]
+        if unsent and self.pacing is not None:
             try:
-                await asyncio.to_thread(self.pacing.deferred, replies, self.clock.now())
+                await asyncio.to_thread(self.pacing.give_back, unsent, share.counted_in)
             except UNREACHABLE as exc:  # the pace is advice: not kept like a result
                 self._lost(exc)
 
     async def _flush(self) -> bool:
         """Write every result kept so far, oldest first, in one transaction; False when the
-        database is still away (they stay kept, their rows leased to this worker)."""
+        database is still away (they stay kept, their rows leased to this worker). Then the
+        domains whose servers said "too fast" are slowed down.
+
+        A stop that comes while the write is in its thread waits for it: the thread cannot
+        be stopped, and results it wrote but that were still kept would be written again."""
         async with self._writing:
             pending = self._unwritten
             if not pending.outcomes:
                 return True
+            write = asyncio.ensure_future(
+                asyncio.to_thread(outbox.record, self.engine, pending.outcomes, pending.leases)
+            )
             try:
-                await asyncio.to_thread(
-                    outbox.record, self.engine, pending.outcomes, pending.leases
-                )
+                await _to_its_end(write)
             except UNREACHABLE as exc:
                 self._lost(exc)
                 return False
-            self._unwritten = _Unwritten()
+            finally:
+                if write.done() and not write.cancelled() and write.exception() is None:
+                    self._unwritten = _Unwritten()
         for outbox_id in pending.leases:
             self._in_flight.pop(outbox_id, None)
         self._answers()
         tally = Counter(outcome.result for outcome in pending.outcomes)
         log.info("delivery: %s", ", ".join(f"{n} {what}" for what, n in sorted(tally.items())))
+        if self.pacing is not None and (replies := pending.replies):
+            try:
+                await asyncio.to_thread(self.pacing.deferred, replies, self.clock.now())
+            except UNREACHABLE as exc:  # the pace is advice: not kept like a result
+                self._lost(exc)
         return True
 
     def _lost(self, exc: DBAPIError) -> None:
@@ -442,6 +479,16 @@ class Delivery:
         if wake_at is None:
             return IDLE_POLL
         return max(0.0, min(IDLE_POLL, (wake_at - now).total_seconds()))
+
+
+async def _to_its_end(work: asyncio.Future[Any]) -> None:
+    """Await ``work``; when cancelled meanwhile, wait for it to end before passing the
+    cancellation on, so the caller learns what it did."""
+    try:
+        await asyncio.shield(work)
+    except asyncio.CancelledError:
+        await asyncio.wait([work])
+        raise
 
 
 async def _rest(stop: asyncio.Event, wake: asyncio.Event, seconds: float) -> None:

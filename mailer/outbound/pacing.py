@@ -4,15 +4,18 @@ The rules are in ``pacing_rules``; this module reads and writes their state, one
 ``domain_pacing`` per domain or group, and is the only one that writes it. Delivery asks
 three things: which domains have spent this minute's budget (``paced``: the claim skips
 them), how much of a claimed batch each domain may get (``hold_back``: the rest goes back
-to the queue untried), and it tells which domains answered "too fast" (``deferred``).
+to the queue untried), and it tells which domains answered "too fast" (``deferred``) and
+which messages it was given but did not send (``give_back``).
 
 On PostgreSQL the rows of a batch are locked in key order while its share is decided, so
-two processes claiming at once split one budget between them and cannot deadlock.
+two processes claiming at once split one budget between them and cannot deadlock; on
+SQLite the whole database is, so a deferral recorded meanwhile is not written over.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,7 +28,7 @@ from mailer.core.config import Config
 from mailer.outbound import pacing_rules as rules_
 from mailer.outbound.outbox import Claimed
 from mailer.outbound.pacing_rules import Pace, Rules, label
-from mailer.store import models
+from mailer.store import db, models
 
 log = logging.getLogger("mailer.outbound.pacing")
 
@@ -45,6 +48,17 @@ class Slowed:
     slowed_until: datetime | None
     since: datetime | None
     reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Share:
+    """What a claimed batch may send in this minute: ``allowed``, in claim order; ``held``,
+    each with why it waits; and the start of the minute each limited key's allowed
+    messages were counted in (for ``give_back``)."""
+
+    allowed: list[Claimed]
+    held: list[tuple[Claimed, str]]
+    counted_in: dict[str, datetime]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,24 +88,27 @@ class DomainPacing:
                 skipped.update(dict.fromkeys(self.rules.domains(key), until))
         return skipped
 
-    def hold_back(
-        self, claimed: Sequence[Claimed], now: datetime
-    ) -> tuple[list[Claimed], list[tuple[Claimed, str]]]:
-        """The claimed messages each domain may get in this minute, in their order, and
-        the rest with why they wait; decided in one transaction with the keys' rows locked
-        in key order, and counted against their budgets."""
+    def hold_back(self, claimed: Sequence[Claimed], now: datetime) -> Share:
+        """The claimed messages each domain may get in this minute, and the rest with why
+        they wait; decided in one transaction with the keys' rows locked in key order, and
+        counted against their budgets."""
         by_key: dict[str, list[Claimed]] = {}
         for item in claimed:
             by_key.setdefault(self.rules.key(domain(item.to_address)), []).append(item)
         limited = [k for k in by_key if self.rules.limited(k)]
         held: list[tuple[Claimed, str]] = []
+        counted_in: dict[str, datetime] = {}
         with self.engine.begin() as conn:
             found = _locked(conn, by_key, limited)
             changed: dict[str, Pace] = {}
             for key in sorted(found):
-                granted, after = rules_.take(found[key], self.rules, key, now, len(by_key[key]))
-                if after != found[key]:
+                before = found[key]
+                granted, after = rules_.take(before, self.rules, key, now, len(by_key[key]))
+                if after != before:
                     changed[key] = after
+                if rules_.rate_now(before, self.rules, key, now) is not None:
+                    assert after.window_start is not None
+                    counted_in[key] = after.window_start
                 if granted < len(by_key[key]):
                     assert after.window_start is not None
                     until = after.window_start + rules_.MINUTE
@@ -99,7 +116,24 @@ class DomainPacing:
                     held += [(item, why) for item in by_key[key][granted:]]
             _save(conn, changed)
         waiting = {item.id for item, _ in held}
-        return [item for item in claimed if item.id not in waiting], held
+        allowed = [item for item in claimed if item.id not in waiting]
+        return Share(allowed=allowed, held=held, counted_in=counted_in)
+
+    def give_back(self, unsent: Sequence[Claimed], counted_in: Mapping[str, datetime]) -> None:
+        """Room again for messages ``hold_back`` counted but that were not sent (a stop, a
+        held category, a template that failed), in the minute they were counted in if it
+        is still the current one."""
+        by_key = Counter(self.rules.key(domain(item.to_address)) for item in unsent)
+        if not (keys := sorted(k for k in by_key if k in counted_in)):
+            return
+        with self.engine.begin() as conn:
+            found = _locked(conn, keys, [])
+            changed = {
+                key: after
+                for key, before in found.items()
+                if (after := rules_.given_back(before, counted_in[key], by_key[key])) != before
+            }
+            _save(conn, changed)
 
     def deferred(self, replies: Iterable[tuple[str, int | None, str]], now: datetime) -> None:
         """Slow down the domains whose replies (domain, code, text) say we send too fast."""
@@ -165,6 +199,7 @@ def _pace(row: RowMapping) -> Pace:
 def _locked(conn: Connection, keys: Iterable[str], needed: Sequence[str]) -> dict[str, Pace]:
     """The rows of ``keys`` that exist, locked in key order, with a new row for each of
     ``needed`` that had none."""
+    db.lock_for_writing(conn, PACING)
     found = _read(conn, list(keys), lock=True)
     missing = sorted(set(needed) - set(found))
     if missing:

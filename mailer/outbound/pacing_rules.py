@@ -163,6 +163,15 @@ def take(pace: Pace, rules: Rules, key: str, now: datetime, wanted: int) -> tupl
     return granted, replace(pace, window_start=start, used=used + granted)
 
 
+def given_back(pace: Pace, counted_in: datetime, unsent: int) -> Pace:
+    """The pace with ``unsent`` of the messages taken in the minute that started at
+    ``counted_in`` taken off again, if no later minute has started since (one never
+    counted them)."""
+    if pace.window_start != counted_in:
+        return pace
+    return replace(pace, used=max(0, pace.used - unsent))
+
+
 def paced_until(pace: Pace, rules: Rules, key: str, now: datetime) -> datetime | None:
     """When the key may take more mail if its budget for this minute is spent; None if it
     may take some now."""

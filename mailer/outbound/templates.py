@@ -126,6 +126,13 @@ class _Folders:
             raise TemplateError(Problem(self._where(name), f"no such template (known: {known})"))
         return [None, *_subfolders(self.root / name)]
 
+    def languages(self, name: str) -> frozenset[str]:
+        """The languages ``name`` is written in ("bg" for a "bg-BG" folder), the default
+        folders' among them; none for a template that does not exist."""
+        if name not in self.names():
+            return frozenset()
+        return frozenset(_language(v or self.default_locale) for v in self.variants(name))
+
     def resolve(self, name: str, locale: str | None) -> str | None:
         """The variant for a locale: "bg-BG", then "bg", then the default (None)."""
         by_key = {_key(v): v for v in self.variants(name) if v is not None}

@@ -15,13 +15,16 @@ from sqlalchemy import (
     ColumnElement,
     DateTime,
     Engine,
+    Table,
     cast,
     create_engine,
     event,
     extract,
+    false,
     func,
+    update,
 )
-from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.engine import Connection, Dialect, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, InternalError, OperationalError
 from sqlalchemy.types import TypeDecorator
 
@@ -74,6 +77,16 @@ def domain_of(column: Any, dialect: str) -> ColumnElement[str]:
     if dialect == "postgresql":
         return func.lower(func.split_part(column, "@", 2))
     return func.lower(func.substr(column, func.instr(column, "@") + 1))
+
+
+def lock_for_writing(conn: Connection, table: Table) -> None:
+    """On SQLite, take the database's write lock now, by a write that changes nothing, so
+    that what the transaction reads next is what it writes over: SQLite has no
+    ``SELECT ... FOR UPDATE``, and a transaction that starts with a read takes the lock
+    only at its first write, after another may have written over what it read."""
+    if conn.dialect.name == "sqlite":
+        key = next(iter(table.primary_key.columns))
+        conn.execute(update(table).where(false()).values({key: key}))
 
 
 def normalise_url(url: str) -> str:

@@ -152,10 +152,11 @@ def _take_inquiry(
 ) -> Verdict:
     """Logged and decided like mail, in one transaction with the posts' counts."""
     inbound = parse(inquiry_message(form, now))
+    locale = form.locale or policy.language_of(inbound)  # told before the write lock
     with web.engine.begin() as conn:
         verdict = _counted(conn, web.cfg.settings.forms, ip, form.email, now)
         if verdict.allowed:
-            profiles.find_or_add(conn, form.email, form.name, form.locale, now, SOURCE)
+            profiles.find_or_add(conn, form.email, form.name, locale, now, SOURCE)
             intake.handle(conn, inbound, now, policy, channel=CHANNEL)
     return verdict
 
