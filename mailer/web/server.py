@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -105,6 +106,7 @@ def run_alone(cfg: Config, engine: Engine) -> None:
     with checks.listening(cfg, "web", "bind"):
         sock = listen(cfg.settings.web.bind)
     app = build(cfg, engine, SystemClock())  # before any fork: each process has its copy
+    settle()
     count = cfg.settings.web.processes
     if count == 1:
         _serve_until_signalled(app, sock)
@@ -113,6 +115,14 @@ def run_alone(cfg: Config, engine: Engine) -> None:
     sock.close()
     if failed:
         raise SystemExit(1)
+
+
+def settle() -> None:
+    """Keep what a server process holds from its start (modules, the app, its schemas and
+    statements) out of the garbage collector's passes: it lives as long as the process,
+    and a full pass over it, which a 1,000-item API batch sets off, took a third of the
+    batch's CPU. Only for a process's own start: whatever exists now is never collected."""
+    gc.freeze()
 
 
 def _serve_until_signalled(app: Starlette, sock: socket.socket) -> None:
