@@ -2,7 +2,8 @@
 `POST /api/v1/messages` at a fixed rate, and a delivery worker (another process) sending
 what it queued to a local SMTP sink.
 
-    .venv/bin/python bench/api.py [--rate 200] [--seconds 10] [--postgres | --database-url URL]
+    .venv/bin/python bench/api.py [--rate 200] [--seconds 10] [--processes 1]
+                                  [--postgres | --database-url URL]
 
 Requests go out on schedule whatever the server does (an open loop), each timed from when
 it was due, so a server that falls behind shows it in p99 instead of slowing the load.
@@ -162,10 +163,13 @@ def load(port: int, secret: str, rate: int, seconds: int) -> tuple[list[float], 
 
 
 def cpu_seconds(pid: int) -> float:
-    """User and system CPU time of a process so far (Linux), to tell what one request costs
-    the server from how long it waited for a core on a shared machine."""
+    """User and system CPU time of a process and its child processes so far (Linux; the
+    web processes of `[web] processes`), to tell what one request costs the server from
+    how long it waited for a core on a shared machine."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return own + sum(cpu_seconds(int(child)) for child in children)
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -196,6 +200,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rate", type=int, default=200, help="requests per second")
     parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--processes", type=int, default=1, help="[web] processes")
     add_database_options(parser)
     args = parser.parse_args()
     with ExitStack() as stack:
@@ -215,6 +220,8 @@ def main() -> None:
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mailer-api-")))
         port, smtp_port = free_port(), free_port()
         path, env = prepare(folder, url, port, smtp_port)
+        if args.processes > 1:
+            env["MAILER_WEB__PROCESSES"] = str(args.processes)
         sink = start_sink(smtp_port)
         stack.callback(sink.kill)
         web = start_web(path, env, port)

@@ -428,5 +428,6 @@ def run(
             roles=roles,
         )
 
+    web_server.settle()
     # uvloop: aiosmtplib's protocol handling, most of a send's CPU, runs about 1.5x as fast
     uvloop.run(main())

@@ -198,6 +198,32 @@ def test_the_key_must_name_the_call_and_hold_the_send_scope(
     assert rows(engine) == 0
 
 
+def test_a_send_is_judged_by_its_key_before_its_body_and_counted_once(
+    site: Site, sender: dict[str, str], engine: Engine, clock: ManualClock
+) -> None:
+    wrong = {"Authorization": "Bearer mlr_" + "x" * 43}
+    bad_bodies = [
+        {**RECEIPT, "colour": "red"},  # refused by the model
+        {**RECEIPT, "template": "reciept"},  # refused by mailer's own checks
+        {**RECEIPT, "data": {"x": "y" * BODY_LIMIT}},  # too large, as JSON
+    ]
+    for body in bad_bodies:
+        for headers in ({}, wrong):
+            refused = send(site, body, headers)
+            assert problem_of(refused, 401) and refused.headers["www-authenticate"] == "Bearer"
+        assert problem_of(site.call("POST", "/api/v1/messages", body, wrong), 401)  # unnamed
+    reader = make_key(engine, clock, "reader", Scope.CUSTOMERS_READ)
+    for body in bad_bodies:
+        problem_of(send(site, body, reader), 403)
+    slow = make_key(engine, clock, "slow", Scope.SEND, rate=2)
+    problem_of(send(site, bad_bodies[0], slow), 422)
+    problem_of(send(site, bad_bodies[1], slow), 422)
+    for body in (RECEIPT, bad_bodies[0]):
+        past = send(site, body, slow)
+        assert problem_of(past, 429) and "retry-after" in past.headers
+    assert rows(engine) == 0
+
+
 def test_an_erased_customer_is_forgotten_by_their_messages_and_not_sent_to_again(
     site: Site, sender: dict[str, str], engine: Engine, clock: ManualClock, tmp_path: Path
 ) -> None:

@@ -1,14 +1,17 @@
 """Two `mailer web` processes serving the API from one PostgreSQL, as behind a load
 balancer: a key's rate is counted once across both, and a key revoked with the command
-line is refused by both at once."""
+line is refused by both at once; and one `mailer web` of several processes
+(`[web] processes`), which start, serve one port and stop together."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from mailer.api import limits
+from mailer.store import db, migrate
 from tests.command import environment, runner
 from tests.configs import ROOT
 from tests.pg import PostgresServer
@@ -104,3 +108,53 @@ def test_two_processes_share_a_keys_rate_and_both_refuse_it_once_revoked(
     after = [site.call("GET", PATH, headers=headers) for site in two_servers]
     assert [reply.status for reply in after] == [401, 401]
     assert all(reply.headers["www-authenticate"] == "Bearer" for reply in after)
+
+
+@contextlib.contextmanager
+def forked_web(database_url: str, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Site]]:
+    """`mailer web` with `[web] processes = 2` on a migrated database, once both say
+    they listen."""
+    engine = db.connect(database_url)
+    migrate.upgrade(engine)
+    engine.dispose()
+    config = tmp_path / "config.toml"
+    config.write_text((ROOT / "config.toml").read_text(encoding="utf-8"), encoding="utf-8")
+    env = {**environment(config, database_url), "MAILER_WEB__PROCESSES": "2"}
+    command = [sys.executable, "-m", "mailer", "web"]
+    with subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True) as process:
+        try:
+            said = ""
+            deadline = time.monotonic() + START_SECONDS
+            while said.count("web app on") < 2 and time.monotonic() < deadline:
+                said += _read_until(process, "web app on", START_SECONDS)
+            addresses = set(re.findall(r"web app on (http://\S+)", said))
+            assert len(addresses) == 1 and said.count("web app on") == 2, said
+            yield process, Site(addresses.pop().rstrip("/"))
+        finally:
+            process.kill()  # however the test ends; after an exit, a no-op
+
+
+def children(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def test_mailer_web_serves_one_port_from_several_processes_and_stops_as_one(
+    database_url: str, tmp_path: Path
+) -> None:
+    with forked_web(database_url, tmp_path) as (process, site):
+        web = children(process.pid)
+        assert len(web) == 2
+        assert {site.call("GET", PATH).status for _ in range(20)} == {401}
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=START_SECONDS) == 0
+        assert not any(Path(f"/proc/{pid}").exists() for pid in web)
+
+
+def test_when_one_web_process_dies_the_others_stop_and_the_command_fails(
+    database_url: str, tmp_path: Path
+) -> None:
+    with forked_web(database_url, tmp_path) as (process, _):
+        first, second = children(process.pid)
+        os.kill(first, signal.SIGKILL)
+        assert process.wait(timeout=START_SECONDS) == 1
+        assert not Path(f"/proc/{second}").exists()

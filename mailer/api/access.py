@@ -13,6 +13,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
+from sqlalchemy.engine import Connection
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
@@ -49,28 +50,72 @@ def caller(scope: Scope) -> Callable[[Request, Credentials], Awaitable[ApiKey]]:
     return check
 
 
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A key not checked yet, and the scope the route needs: the route checks it first
+    thing in its own transaction (see ``deferred``)."""
+
+    secret: str
+    scope: Scope
+
+
+def deferred(scope: Scope) -> Callable[[Request, Credentials], Awaitable[Pending]]:
+    """A dependency for a route that checks the key in the same worker-thread trip and
+    transaction as its own work (the transactional send), a trip and a commit fewer than
+    ``caller``: the route calls ``admit`` before it looks at what the body asks.
+
+    The key is still judged before the body: when the body fails validation, the route
+    never runs, and the validation error's handler asks ``refusal`` first, so a missing or
+    bad key is 401 whatever the body, and the request is counted once either way."""
+
+    async def note(request: Request, credentials: Credentials) -> Pending:
+        pending = Pending(credentials.credentials if credentials else "", scope)
+        request.state.pending_key = pending
+        return pending
+
+    return note
+
+
+async def refusal(request: Request) -> HTTPException | None:
+    """For a request whose body failed validation: the refusal of its key when its route
+    defers the key's check (None when the key may make the request, or was checked)."""
+    pending = getattr(request.state, "pending_key", None)
+    if not isinstance(pending, Pending):
+        return None
+    try:
+        await run_in_threadpool(_allowed, state(request), pending.secret, pending.scope)
+    except HTTPException as exc:
+        return exc
+    return None
+
+
 def _allowed(api: ApiState, secret: str, scope: Scope) -> ApiKey:
-    key = _counted(api, secret)
-    if scope not in key.scopes:
-        raise HTTPException(403, f"this key lacks the scope {scope.value}")
-    return key
-
-
-def _counted(api: ApiState, secret: str) -> ApiKey:
-    now = api.clock.now()
     with api.engine.begin() as conn:
-        key = keys.authenticate(conn, secret, now) if secret else None
-        if key is None:
-            raise HTTPException(
-                401, "a valid API key is required", headers={"WWW-Authenticate": "Bearer"}
-            )
-        number = limits.count(conn, key.id, now)
+        verdict = admit(conn, api, Pending(secret, scope))
+    if isinstance(verdict, HTTPException):
+        raise verdict
+    return verdict
+
+
+def admit(conn: Connection, api: ApiState, pending: Pending) -> ApiKey | HTTPException:
+    """In the caller's transaction: the key, when it may make this request, else the
+    refusal to raise once the transaction is committed (so the request's count stays):
+    401 for a missing, unknown or revoked key, 429 past its rate, 403 without the scope."""
+    now = api.clock.now()
+    key = keys.authenticate(conn, pending.secret, now) if pending.secret else None
+    if key is None:
+        return HTTPException(
+            401, "a valid API key is required", headers={"WWW-Authenticate": "Bearer"}
+        )
+    number = limits.count(conn, key.id, now)
     limit = key.rate_per_minute or api.cfg.settings.api.rate_per_minute
     verdict = limits.judge(number, limit, now)
     if not verdict.allowed:
-        raise HTTPException(
+        return HTTPException(
             429,
             f"this key may make {limit} requests a minute",
             headers={"Retry-After": str(verdict.retry_after)},
         )
+    if pending.scope not in key.scopes:
+        return HTTPException(403, f"this key lacks the scope {pending.scope.value}")
     return key

@@ -30,6 +30,7 @@ import functools
 import hashlib
 import json
 import pathlib
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -38,9 +39,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import bindparam, select
 from sqlalchemy.engine import Connection
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 
 from mailer.api import attachments
-from mailer.api.access import ApiState, caller, state
+from mailer.api.access import ApiState, Pending, admit, caller, deferred, state
 from mailer.api.attachments import AttachmentIn
 from mailer.api.batches import Address
 from mailer.api.keys import ApiKey, Scope
@@ -124,6 +126,16 @@ class MessageView(BaseModel):
     attempts: list[Attempt]
 
 
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """A send's body as checked before its transaction: the normalised address, the
+    decoded files, and the call's hash."""
+
+    address: str
+    files: list[outbox.Attachment]
+    digest: str
+
+
 @router.post(
     "",
     status_code=202,
@@ -144,49 +156,75 @@ async def send(
     request: Request,
     body: MessageIn,
     idempotency_key: IdempotencyKey,
-    key: Annotated[ApiKey, Depends(caller(Scope.SEND))],
+    pending: Annotated[Pending, Depends(deferred(Scope.SEND))],
 ) -> Response:
     """Queued at once and sent by the delivery worker; the answer is the message as it
     stands (usually queued), and ``Location`` is where to follow it."""
-    api = state(request)
-    dedupe_key = f"{PREFIX}{key.id}:{idempotency_key}"
-    found = await run_in_threadpool(_queued, api, body, dedupe_key)  # the one blocking part
+    found = await run_in_threadpool(_queued, state(request), body, pending, idempotency_key)
     where = f"{request.scope.get('root_path', '')}/messages/{found.id}"
     return Response(
         found.model_dump_json(), 202, {"Location": where}, media_type="application/json"
     )
 
 
-def _queued(api: ApiState, body: MessageIn, dedupe_key: str) -> MessageView:
-    """The message queued under ``dedupe_key``: by this call, or by the first call that
-    named it with the same body (Invalid with 409 when the body was another)."""
-    canonical = _canonical(body)
-    if len(canonical) > api.cfg.settings.api.max_body_bytes:
-        raise Invalid([], 413, TOO_LARGE)
-    address, files = _checked(api, body)
-    digest = _digest(canonical, files)
+def _queued(api: ApiState, body: MessageIn, pending: Pending, idempotency_key: str) -> MessageView:
+    """The message queued under the key's ``idempotency_key``: by this call, or by the
+    first call that named it with the same body (Invalid with 409 when the body was
+    another). The key is checked, counted and the message queued in one transaction; what
+    is wrong with the body is found before it (no files are read while the transaction
+    holds the database) and said only once the key has passed."""
+    try:
+        canonical = _canonical(body)
+        if len(canonical) > api.cfg.settings.api.max_body_bytes:
+            raise Invalid([], 413, TOO_LARGE)
+        address, files = _checked(api, body)
+        checked: Checked | Invalid = Checked(address, files, _digest(canonical, files))
+    except Invalid as exc:
+        checked = exc
     with api.engine.begin() as conn:
-        customer_id, erased = _recipient(conn, address)
-        if erased:
-            raise Invalid([item_error(None, "to", "this address was erased at its owner's wish")])
-        message = outbox.NewMessage(
-            dedupe_key=dedupe_key,
-            to_address=address,
-            customer_id=customer_id,
-            category=Category.TRANSACTIONAL,
-            template=body.template,
-            locale=body.locale,
-            context={"params": body.data},
-            request_hash=digest,
-            attachments=files,
-        )
-        added = outbox.enqueue_in(conn, [message], api.clock.now())
-        row = outbox.get_by_key(conn, dedupe_key, new=added == 1)
-    assert row is not None
-    if row["request_hash"] != digest:
+        key = admit(conn, api, pending)
+        if isinstance(key, ApiKey) and not isinstance(checked, Invalid):
+            outcome = _enqueued(conn, api, body, checked, f"{PREFIX}{key.id}:{idempotency_key}")
+    # raised once committed: a refused key or a wrong body still counts against the rate
+    if isinstance(key, HTTPException):
+        raise key
+    if isinstance(checked, Invalid):
+        raise checked
+    if isinstance(outcome, Invalid):
+        raise outcome
+    if outcome["request_hash"] != checked.digest:
         conflict = FieldError(pointer="", field="Idempotency-Key", detail="used with another body")
         raise Invalid([conflict], 409, "this Idempotency-Key was used for another message")
-    return _view(row)
+    return _view(outcome)
+
+
+def _enqueued(
+    conn: Connection,
+    api: ApiState,
+    body: MessageIn,
+    checked: Checked,
+    dedupe_key: str,
+) -> dict[str, Any] | Invalid:
+    """The outbox row under ``dedupe_key``, queued now unless it was before; Invalid for an
+    erased address."""
+    customer_id, erased = _recipient(conn, checked.address)
+    if erased:
+        return Invalid([item_error(None, "to", "this address was erased at its owner's wish")])
+    message = outbox.NewMessage(
+        dedupe_key=dedupe_key,
+        to_address=checked.address,
+        customer_id=customer_id,
+        category=Category.TRANSACTIONAL,
+        template=body.template,
+        locale=body.locale,
+        context={"params": body.data},
+        request_hash=checked.digest,
+        attachments=checked.files,
+    )
+    added = outbox.enqueue_in(conn, [message], api.clock.now())
+    row = outbox.get_by_key(conn, dedupe_key, new=added == 1)
+    assert row is not None
+    return row
 
 
 @router.get(

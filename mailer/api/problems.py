@@ -20,6 +20,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from mailer.api import access
 from mailer.core.errors import NotFound
 
 MEDIA_TYPE = "application/problem+json"
@@ -133,6 +134,9 @@ def from_pydantic(error: dict[str, Any]) -> FieldError:
 
 async def _invalid_request(request: Request, exc: Exception) -> Any:
     assert isinstance(exc, RequestValidationError)
+    refused = await access.refusal(request)  # a route that checks its key itself
+    if refused is not None:
+        return await _http(request, refused)
     errors = [from_pydantic(e) for e in exc.errors()]
     if any(e["type"] == "json_invalid" for e in exc.errors()):
         return problem(400, "the request body is not JSON", errors)

@@ -371,6 +371,9 @@ class BusinessHoursSettings(Section):
 class WebSettings(Section):
     enabled: bool = True
     bind: Annotated[str, AfterValidator(_host_port)] = "127.0.0.1:8025"
+    # `mailer web` alone: processes taking connections from the one socket (`mailer run`
+    # serves the app in its own loop, as one)
+    processes: int = Field(default=1, ge=1, le=64)
     marketing_reads_inquiries: bool = False
     metrics_token_env: str = ""
     base_url: str = Field(default="http://127.0.0.1:8025", pattern=r"^https?://")
