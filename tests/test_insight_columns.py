@@ -149,3 +149,24 @@ def test_local_days_are_each_moments_day_in_the_zone(zone: str) -> None:
         datetime.fromtimestamp(s, UTC).astimezone(tz).date().toordinal() for s in seconds.tolist()
     ]
     assert insights.local_days(seconds, tz).tolist() == expected
+
+
+def test_baskets_count_orders_not_lines_and_break_ties_by_sku() -> None:
+    """An order counts once for a SKU however many of its lines hold it; no lines, no
+    baskets."""
+    lines = insights.BoughtLines(
+        customer=np.array([1, 1, 1, 1, 1, 2], dtype=np.int64),
+        order=np.array([10, 10, 11, 11, 12, 20], dtype=np.int64),
+        sku=np.array([2, 2, 1, 2, 0, 3], dtype=np.int64),
+        positive=np.ones(6, dtype=bool),
+        names=["A", "B", "C", "D"],
+    )
+    assert insights.baskets(lines) == {
+        1: [{"sku": "C", "orders": 2}, {"sku": "A", "orders": 1}, {"sku": "B", "orders": 1}],
+        2: [{"sku": "D", "orders": 1}],
+    }
+    nothing = np.zeros(0, dtype=np.int64)
+    empty = insights.BoughtLines(
+        customer=nothing, order=nothing, sku=nothing, positive=nothing > 0, names=[]
+    )
+    assert insights.baskets(empty) == {}

@@ -261,6 +261,8 @@ def read_baskets(
 def baskets(lines: BoughtLines) -> dict[int, list[dict[str, Any]]]:
     """Each customer's BASKET most-bought SKUs, by how many placed orders hold them (ties:
     the first SKU in sorted order), by sorting the lines rather than by a windowed query."""
+    if not len(lines.order):
+        return {}
     by = np.lexsort((lines.sku, lines.order))
     order, sku, customer = lines.order[by], lines.sku[by], lines.customer[by]
     once = np.r_[True, (order[1:] != order[:-1]) | (sku[1:] != sku[:-1])]  # a SKU per order
