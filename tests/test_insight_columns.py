@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
@@ -131,3 +132,41 @@ def test_the_columns_hold_each_customers_figures_exactly(seed: int) -> None:
         assert [type(v) for v in got.values()] == [type(v) for v in want.values()]
     assert any(r["clv"] is None for r in rows) and any(r["margin"] is None for r in rows)
     assert any(r["predicted_next_order"] is None for r in rows)
+
+
+@pytest.mark.parametrize(
+    "zone", ["UTC", "Europe/Sofia", "America/St_Johns", "Australia/Lord_Howe", "Asia/Kathmandu"]
+)
+def test_local_days_are_each_moments_day_in_the_zone(zone: str) -> None:
+    """Asked once per hour, the zone still gives each moment its own day, across DST
+    changes at odd minutes (St John's changed at 00:01 until 2011) and half-hour ones."""
+    tz = ZoneInfo(zone)
+    rng = np.random.default_rng(7)
+    seconds = np.concatenate(
+        [rng.integers(0, 2_000_000_000, 20_000), np.arange(1_130_000_000, 1_310_000_000, 1201)]
+    )
+    expected = [
+        datetime.fromtimestamp(s, UTC).astimezone(tz).date().toordinal() for s in seconds.tolist()
+    ]
+    assert insights.local_days(seconds, tz).tolist() == expected
+
+
+def test_baskets_count_orders_not_lines_and_break_ties_by_sku() -> None:
+    """An order counts once for a SKU however many of its lines hold it; no lines, no
+    baskets."""
+    lines = insights.BoughtLines(
+        customer=np.array([1, 1, 1, 1, 1, 2], dtype=np.int64),
+        order=np.array([10, 10, 11, 11, 12, 20], dtype=np.int64),
+        sku=np.array([2, 2, 1, 2, 0, 3], dtype=np.int64),
+        positive=np.ones(6, dtype=bool),
+        names=["A", "B", "C", "D"],
+    )
+    assert insights.baskets(lines) == {
+        1: [{"sku": "C", "orders": 2}, {"sku": "A", "orders": 1}, {"sku": "B", "orders": 1}],
+        2: [{"sku": "D", "orders": 1}],
+    }
+    nothing = np.zeros(0, dtype=np.int64)
+    empty = insights.BoughtLines(
+        customer=nothing, order=nothing, sku=nothing, positive=nothing > 0, names=[]
+    )
+    assert insights.baskets(empty) == {}

@@ -31,6 +31,7 @@ from mailer.core.money import from_minor
 from mailer.insight import btyd, history, next_order, rfm
 from mailer.insight.history import Floats, Ints, Purchases
 from mailer.store import bulk
+from mailer.store.db import epoch_seconds
 from mailer.store.models import (
     Customer,
     CustomerInsight,
@@ -99,11 +100,12 @@ def read_orders(
     in one grouped query."""
     query = _orders_query(conn.dialect.name, customers is not None)
     found = {"end": day_end(as_of, zone), "customers": list(customers or ())}
-    rows = conn.execute(query, found).all()
+    rows = _fetched(conn, query, found)
     columns = list(zip(*rows, strict=True)) if rows else [()] * 8
+    del rows  # the columns hold the same values: half the peak
     return OrderArrays(
         customer=np.array(columns[0], dtype=np.int64),
-        day=np.array([t.astimezone(zone).date().toordinal() for t in columns[1]], dtype=np.int64),
+        day=local_days(np.array(columns[1], dtype=np.int64), zone),
         currency=np.array(columns[2], dtype="<U3"),
         channel=np.array(columns[3], dtype=np.str_),
         returned=np.array(columns[4], dtype=np.str_) == OrderStatus.RETURNED,
@@ -111,6 +113,41 @@ def read_orders(
         margin=np.array(columns[6], dtype=np.int64),
         costed=np.array(columns[7], dtype=np.int64) == 0,
     )
+
+
+def _fetched(conn: Connection, query: Select[Any], parameters: dict[str, Any]) -> list[Any]:
+    """The rows as the driver gives them: plain tuples, without SQLAlchemy making a Row of
+    each (the columns read here need no conversion)."""
+    result = conn.execute(query, parameters)
+    try:
+        return list(result.cursor.fetchall())
+    finally:
+        result.close()
+
+
+EPOCH_DAY = date(1970, 1, 1).toordinal()
+
+
+def local_days(seconds: Ints, zone: tzinfo) -> Ints:
+    """The day (``date.toordinal()``) in ``zone`` of each moment, given in whole seconds
+    since 1970 UTC. The zone is asked once per hour that holds any moment, and for each
+    moment only in an hour where the offset changes, instead of once per order."""
+    hours, inverse = np.unique(seconds // 3600, return_inverse=True)
+    inverse = inverse.ravel()
+    start = np.array([_offset(h * 3600, zone) for h in hours.tolist()], dtype=np.int64)
+    end = np.array([_offset(h * 3600 + 3599, zone) for h in hours.tolist()], dtype=np.int64)
+    shift = start[inverse]
+    changing = (start != end)[inverse]
+    if changing.any():
+        shift[changing] = [_offset(s, zone) for s in seconds[changing].tolist()]
+    days: Ints = (seconds + shift) // 86400 + EPOCH_DAY
+    return days
+
+
+def _offset(seconds: int, zone: tzinfo) -> int:
+    """The zone's offset from UTC at this moment, in seconds."""
+    offset = datetime.fromtimestamp(seconds, UTC).astimezone(zone).utcoffset()
+    return 0 if offset is None else offset.days * 86400 + offset.seconds
 
 
 def _before_end() -> ColumnElement[bool]:
@@ -124,7 +161,7 @@ def _orders_query(dialect: str, some: bool) -> Select[Any]:
     query = (
         select(
             ORDERS.c.customer_id,
-            ORDERS.c.ordered_at,
+            epoch_seconds(ORDERS.c.ordered_at, dialect),
             ORDERS.c.currency,
             ORDERS.c.channel,
             ORDERS.c.status,
@@ -143,39 +180,108 @@ def _orders_query(dialect: str, some: bool) -> Select[Any]:
     return query
 
 
-def read_baskets(
-    conn: Connection, as_of: date, zone: tzinfo, customers: Sequence[int] | None = None
-) -> dict[int, list[dict[str, Any]]]:
-    """Each customer's most-bought SKUs (by how many placed orders hold them), in one
-    windowed query."""
-    query = _baskets_query(conn.dialect.name, customers is not None)
-    found: dict[int, list[dict[str, Any]]] = {}
-    given = {"end": day_end(as_of, zone), "customers": list(customers or ())}
-    for customer, sku, count in conn.execute(query, given):
-        found.setdefault(customer, []).append({"sku": sku, "orders": count})
-    return found
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BoughtLines:
+    """One entry per line of a placed order up to the day, aligned; SKUs are numbered in
+    sorted order, so ties rank the same on every database."""
+
+    customer: Ints
+    order: Ints
+    sku: Ints  # index into ``names``
+    positive: Bools  # quantity above zero
+    names: list[str]
+
+
+CHUNK = 100_000  # lines read at a time
+
+
+def read_lines(
+    conn: Connection, end: datetime, customers: Sequence[int] | None = None
+) -> BoughtLines:
+    """Every line of the placed orders before ``end`` (of these customers), in one query,
+    read a chunk at a time as plain tuples, so a million lines never sit in memory as
+    Python objects. (Not ``yield_per``: SQLAlchemy would then buffer the first rows itself,
+    out of the raw cursor's reach.)"""
+    query = _lines_query(conn.dialect.name, customers is not None)
+    result = conn.execute(query, {"end": end, "customers": list(customers or ())})
+    number: dict[str, int] = {}
+    parts: list[tuple[Ints, Ints, Ints, Bools]] = []
+    while chunk := result.cursor.fetchmany(CHUNK):
+        customer, order, sku, quantity = zip(*chunk, strict=True)
+        del chunk
+        numbered = np.fromiter((number.setdefault(s, len(number)) for s in sku), np.int64)
+        parts.append(
+            (
+                np.array(customer, dtype=np.int64),
+                np.array(order, dtype=np.int64),
+                numbered,
+                np.array(quantity, dtype=np.int64) > 0,
+            )
+        )
+    result.close()
+    names = sorted(number)
+    position = np.empty(len(names), dtype=np.int64)
+    position[[number[n] for n in names]] = np.arange(len(names))
+    if not parts:
+        nothing = np.zeros(0, dtype=np.int64)
+        return BoughtLines(
+            customer=nothing, order=nothing, sku=nothing, positive=nothing > 0, names=names
+        )
+    columns = [np.concatenate(column) for column in zip(*parts, strict=True)]
+    return BoughtLines(
+        customer=columns[0],
+        order=columns[1],
+        sku=position[columns[2]],
+        positive=columns[3],
+        names=names,
+    )
 
 
 @lru_cache(maxsize=8)
-def _baskets_query(dialect: str, some: bool) -> Select[Any]:
-    """Each customer's (of the ``:customers`` if ``some``) top SKUs up to ``:end``."""
-    orders = func.count(func.distinct(ORDERS.c.id))
-    rank = func.row_number().over(
-        partition_by=ORDERS.c.customer_id, order_by=(orders.desc(), LINES.c.sku)
-    )
-    inner = (
-        select(ORDERS.c.customer_id, LINES.c.sku, orders.label("orders"), rank.label("rank"))
+def _lines_query(dialect: str, some: bool) -> Select[Any]:
+    """(customer, order, SKU, quantity) of the lines of placed orders before ``:end`` (of
+    the ``:customers`` if ``some``)."""
+    query = (
+        select(ORDERS.c.customer_id, LINES.c.order_id, LINES.c.sku, LINES.c.quantity)
         .join(LINES, LINES.c.order_id == ORDERS.c.id)
         .where(_before_end(), ORDERS.c.status == OrderStatus.PLACED)
-        .group_by(ORDERS.c.customer_id, LINES.c.sku)
     )
     if some:
-        inner = inner.where(bulk.any_of(ORDERS.c.customer_id, "customers", dialect))
-    ranked = inner.subquery()
-    query = select(ranked.c.customer_id, ranked.c.sku, ranked.c.orders).where(
-        ranked.c.rank <= BASKET
-    )
-    return query.order_by(ranked.c.customer_id, ranked.c.rank)
+        query = query.where(bulk.any_of(ORDERS.c.customer_id, "customers", dialect))
+    return query
+
+
+def read_baskets(
+    conn: Connection, as_of: date, zone: tzinfo, customers: Sequence[int] | None = None
+) -> dict[int, list[dict[str, Any]]]:
+    """Each customer's most-bought SKUs (see ``baskets``)."""
+    return baskets(read_lines(conn, day_end(as_of, zone), customers))
+
+
+def baskets(lines: BoughtLines) -> dict[int, list[dict[str, Any]]]:
+    """Each customer's BASKET most-bought SKUs, by how many placed orders hold them (ties:
+    the first SKU in sorted order), by sorting the lines rather than by a windowed query."""
+    if not len(lines.order):
+        return {}
+    by = np.lexsort((lines.sku, lines.order))
+    order, sku, customer = lines.order[by], lines.sku[by], lines.customer[by]
+    once = np.r_[True, (order[1:] != order[:-1]) | (sku[1:] != sku[:-1])]  # a SKU per order
+    customer, sku = customer[once], sku[once]
+    by = np.lexsort((sku, customer))
+    customer, sku = customer[by], sku[by]
+    starts = np.flatnonzero(np.r_[True, (customer[1:] != customer[:-1]) | (sku[1:] != sku[:-1])])
+    orders = np.diff(np.r_[starts, len(sku)])
+    customer, sku = customer[starts], sku[starts]
+    by = np.lexsort((sku, -orders, customer))
+    customer, sku, orders = customer[by], sku[by], orders[by]
+    kept = np.arange(len(customer)) - np.searchsorted(customer, customer) < BASKET
+    found: dict[int, list[dict[str, Any]]] = {}
+    names = lines.names
+    for c, s, n in zip(
+        customer[kept].tolist(), sku[kept].tolist(), orders[kept].tolist(), strict=True
+    ):
+        found.setdefault(c, []).append({"sku": names[s], "orders": n})
+    return found
 
 
 @lru_cache(maxsize=4)
@@ -475,12 +581,12 @@ def _dates(days: list[int] | list[int | None]) -> list[date | None]:
 def _write(conn: Connection, found: dict[str, list[Any]]) -> None:
     """The rows of these columns: into PostgreSQL by COPY when there are many, else by an
     INSERT; into SQLite by the driver's executemany."""
-    rows = zip(*found.values(), strict=True)
     if conn.dialect.name != "postgresql":
         bulk.insert_columns(conn, INSIGHTS, found)
     elif len(found["customer_id"]) >= COPY_FROM:
-        bulk.copy_rows(conn, INSIGHTS, list(found), rows)
+        bulk.copy_columns(conn, INSIGHTS, found)
     else:
+        rows = zip(*found.values(), strict=True)
         conn.execute(insert(INSIGHTS), [dict(zip(found, row, strict=True)) for row in rows])
 
 

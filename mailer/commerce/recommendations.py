@@ -13,12 +13,11 @@ from collections.abc import Sequence
 from datetime import date, datetime
 from typing import Any
 
-import numpy as np
 from sqlalchemy import Table, delete, insert, select
 from sqlalchemy.engine import Connection, CursorResult
 
+from mailer.commerce import insights
 from mailer.insight import cobought
-from mailer.insight.history import Ints
 from mailer.store.models import Order, OrderLine, OrderStatus, Product, ProductRecommendation
 
 RECOMMENDATIONS: Table = ProductRecommendation.__table__  # type: ignore[attr-defined]
@@ -27,50 +26,31 @@ ORDERS: Table = Order.__table__  # type: ignore[attr-defined]
 LINES: Table = OrderLine.__table__  # type: ignore[attr-defined]
 SHOWN = 5  # recommendations a template gets per customer
 BATCH = 5000  # rows to an INSERT
-CHUNK = 100_000  # purchase lines read at a time
 
 
-def _bought(
-    conn: Connection, upto: datetime | None = None, customers: Sequence[int] | None = None
-) -> CursorResult[Any]:
-    """(customer, SKU) of every line of placed orders, before ``upto`` when given; repeats
-    are left to the reader, which is cheaper than sorting them away in the database."""
+def _bought(conn: Connection, customers: Sequence[int]) -> CursorResult[Any]:
+    """(customer, SKU) of every line of these customers' placed orders; repeats are left
+    to the reader, which is cheaper than sorting them away in the database."""
     query = (
         select(ORDERS.c.customer_id, LINES.c.sku)
         .join(LINES, LINES.c.order_id == ORDERS.c.id)
         .where(ORDERS.c.status == OrderStatus.PLACED, LINES.c.quantity > 0)
+        .where(ORDERS.c.customer_id.in_(customers))
     )
-    if upto is not None:
-        query = query.where(ORDERS.c.ordered_at < upto)
-    if customers is not None:
-        query = query.where(ORDERS.c.customer_id.in_(customers))
     return conn.execute(query)
 
 
-def _pairs(result: CursorResult[Any]) -> tuple[Ints, Ints, list[str]]:
-    """Customers and SKU numbers, read a chunk at a time as plain tuples (an int and a str
-    need no conversion), so a million lines never sit in memory as Python objects; SKUs are
-    numbered in sorted order, so ties rank the same on every database. (Not ``yield_per``:
-    SQLAlchemy would then buffer the first rows itself, out of the raw cursor's reach.)"""
-    number: dict[str, int] = {}
-    customers, skus = [], []
-    while chunk := result.cursor.fetchmany(CHUNK):
-        customer, sku = zip(*chunk, strict=True)
-        customers.append(np.array(customer, dtype=np.int64))
-        skus.append(np.fromiter((number.setdefault(s, len(number)) for s in sku), np.int64))
-    result.close()
-    names = sorted(number)
-    position = np.empty(len(names), dtype=np.int64)
-    position[[number[n] for n in names]] = np.arange(len(names))
-    found: Ints = position[np.concatenate(skus)] if skus else np.zeros(0, dtype=np.int64)
-    return np.concatenate(customers) if customers else found, found, names
-
-
-def learn(conn: Connection, as_of: date, upto: datetime) -> list[dict[str, Any]]:
+def learn(
+    conn: Connection, as_of: date, upto: datetime, lines: insights.BoughtLines | None = None
+) -> list[dict[str, Any]]:
     """Every SKU's co-bought SKUs from the placed orders before ``upto`` (the end of the
-    day ``as_of``), as product_recommendations rows."""
-    customer, sku, names = _pairs(_bought(conn, upto))
-    found = cobought.neighbours(customer, sku, len(names))
+    day ``as_of``), as product_recommendations rows; from ``lines`` when the caller has
+    read them (``insights.read_lines`` up to ``upto``), else read here."""
+    bought = lines if lines is not None else insights.read_lines(conn, upto)
+    names = bought.names
+    found = cobought.neighbours(
+        bought.customer[bought.positive], bought.sku[bought.positive], len(names)
+    )
     return [
         {
             "sku": names[a],
@@ -104,7 +84,7 @@ def for_customers(
     if not ids:
         return {}
     bought: dict[int, set[str]] = {i: set() for i in ids}
-    for row in _bought(conn, customers=ids):
+    for row in _bought(conn, ids):
         bought[row.customer_id].add(row.sku)
     near = _neighbours(conn, sorted(set().union(*bought.values())))
     chosen = {i: cobought.for_customer(bought[i], near, limit) for i in ids}

@@ -23,10 +23,15 @@ def run(
     Days are the business's (``zone``)."""
     insights.segments_config(settings)  # a gap in the rules is reported before any work
     with engine.connect() as conn:
-        # first, so its memory is reused by what follows rather than added on top of it
-        bought_together = recommendations.learn(conn, as_of, insights.day_end(as_of, zone))
+        # the orders first: once read they are a few compact arrays, so the memory their
+        # rows took is reused by the lines; one read of those serves both the co-bought
+        # products and the baskets
         orders = insights.read_orders(conn, as_of, zone)
-        baskets = insights.read_baskets(conn, as_of, zone)
+        end = insights.day_end(as_of, zone)
+        lines = insights.read_lines(conn, end)
+        bought_together = recommendations.learn(conn, as_of, end, lines)
+        baskets = insights.baskets(lines)
+        del lines
     if not len(orders.customer):
         raise MailerError(f"no orders up to {as_of} to learn from; `mailer orders import` first")
     customers = insights.per_customer(orders, as_of.toordinal())

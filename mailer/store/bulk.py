@@ -30,6 +30,20 @@ def copy_rows(
         _copy(cursor, table, table.name, columns, rows)
 
 
+def copy_columns(conn: Connection, table: Table, columns: Mapping[str, Sequence[Any]]) -> None:
+    """Rows given as columns (aligned lists) straight into the table; a JSON column is
+    encoded once as a whole, not cell by cell inside each row."""
+    values = [
+        [None if v is None else json.dumps(v) for v in column]
+        if isinstance(table.c[name].type, JSON)
+        else column
+        for name, column in columns.items()
+    ]
+    with _cursor(conn) as cursor, cursor.copy(_copy_sql(table.name, list(columns))) as copy:
+        for row in zip(*values, strict=True):
+            copy.write_row(row)
+
+
 def insert_columns(conn: Connection, table: Table, columns: Mapping[str, Sequence[Any]]) -> None:
     """Rows given as columns (aligned lists) into the table by one executemany of the
     driver: each column's values converted by its type's bind processor, as SQLAlchemy
@@ -112,7 +126,7 @@ def _copy(
     cursor: Any, table: Table, into: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]
 ) -> None:
     as_json = [i for i, c in enumerate(columns) if isinstance(table.c[c].type, JSON)]
-    with cursor.copy(f"COPY {into} ({', '.join(columns)}) FROM STDIN") as copy:
+    with cursor.copy(_copy_sql(into, columns)) as copy:
         for row in rows:
             if as_json:
                 row = [
@@ -120,3 +134,7 @@ def _copy(
                     for i, v in enumerate(row)
                 ]
             copy.write_row(row)
+
+
+def _copy_sql(into: str, columns: Sequence[str]) -> str:
+    return f"COPY {into} ({', '.join(columns)}) FROM STDIN"

@@ -67,9 +67,14 @@ def quarter_hour(column: Any, dialect: str) -> ColumnElement[int]:
     """Which quarter hour since 1970 a stored time falls in. Every zone's offset from UTC is
     a whole number of quarter hours, so counts grouped by it fold exactly into the days of
     any zone, DST included, without the database knowing zones (SQLite does not)."""
+    return epoch_seconds(column, dialect) // QUARTER_HOUR
+
+
+def epoch_seconds(column: Any, dialect: str) -> ColumnElement[int]:
+    """The whole seconds since 1970 of a stored time."""
     if dialect == "postgresql":
-        return cast(func.floor(extract("epoch", column)), BigInteger) // QUARTER_HOUR
-    return cast(func.strftime("%s", column), BigInteger) // QUARTER_HOUR
+        return cast(func.floor(extract("epoch", column)), BigInteger)
+    return cast(func.strftime("%s", column), BigInteger)
 
 
 def domain_of(column: Any, dialect: str) -> ColumnElement[str]:
