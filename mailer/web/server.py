@@ -82,9 +82,15 @@ def listen(bind: str) -> socket.socket:
 
 def uvicorn_config(app: Starlette) -> uvicorn.Config:
     """uvicorn's proxy_headers stay off: they would believe X-Forwarded-For from 127.0.0.1
-    (or $FORWARDED_ALLOW_IPS) whatever config.toml says; mailer.web.clients decides."""
+    (or $FORWARDED_ALLOW_IPS) whatever config.toml says; mailer.web.clients decides. HTTP is
+    parsed by httptools, named rather than found, so tests run the parser production does."""
     return uvicorn.Config(
-        app, lifespan="off", log_level="warning", access_log=False, proxy_headers=False
+        app,
+        lifespan="off",
+        log_level="warning",
+        access_log=False,
+        proxy_headers=False,
+        http="httptools",
     )
 
 
