@@ -44,11 +44,19 @@ def copy_columns(conn: Connection, table: Table, columns: Mapping[str, Sequence[
             copy.write_row(row)
 
 
-def insert_columns(conn: Connection, table: Table, columns: Mapping[str, Sequence[Any]]) -> None:
+def insert_columns(
+    conn: Connection,
+    table: Table,
+    columns: Mapping[str, Sequence[Any]],
+    *,
+    skip_conflicts: bool = False,
+) -> int:
     """Rows given as columns (aligned lists) into the table by one executemany of the
     driver: each column's values converted by its type's bind processor, as SQLAlchemy
     would, but without the parameter dict SQLAlchemy builds for every row, which cost
-    more than SQLite inserting it. For SQLite; PostgreSQL takes many rows by ``copy_rows``."""
+    more than SQLite inserting it; a row that conflicts with a stored one is left out when
+    ``skip_conflicts``. How many rows were added. For SQLite; PostgreSQL takes many rows by
+    ``copy_rows``."""
     dialect = conn.dialect
     values = []
     for name, column in columns.items():
@@ -59,10 +67,12 @@ def insert_columns(conn: Connection, table: Table, columns: Mapping[str, Sequenc
     sql = (
         f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in columns)}) "
         f"VALUES ({', '.join(mark for _ in columns)})"
+        + (" ON CONFLICT DO NOTHING" if skip_conflicts else "")
     )
     cursor = _cursor(conn)
     try:
         cursor.executemany(sql, zip(*values, strict=True))
+        return int(cursor.rowcount)
     finally:
         cursor.close()
 
