@@ -274,7 +274,6 @@ _CONVERTERS: tuple[tuple[str, Converter], ...] = (
     ("product", _required("product", "no product name")),
     ("quantity", _quantity),
 )
-_HEAD_CONVERTERS = tuple((c, convert) for c, convert in _CONVERTERS if c in _HEAD)
 
 
 def parse_rows(
@@ -315,7 +314,7 @@ class _FastPath:
         self._width = len(header)
         self._rules = rules
         self._key: tuple[str, ...] = ()
-        self._head: dict[str, object] | None = None
+        self._head: tuple[str, str, datetime, str, str, str] | None = None
 
     def row(self, line: int, cells: list[str]) -> LineRow | None:
         if len(cells) != self._width:  # a short row, or one with a stray separator
@@ -325,46 +324,56 @@ class _FastPath:
         if not "".join(values).isprintable():
             return None
         values = tuple(map(str.strip, values))
-        head = self._order(values[:6])
+        if values[:6] != self._key:
+            self._order(values[:6])
+        head = self._head
         sku, product, category, quantity, price, cost = values[6:]
-        if not (sku and product) or _too_long(values) or head is None:
+        if head is None or not (sku and product):
             return None
+        if max(map(len, values)) > _SHORTEST and _too_long(values):
+            return None
+        order_ref, email, ordered_at, currency, status, channel = head
         try:
             amount = int(quantity) if quantity else 1  # as _quantity: no quantity is one item
             if not amount or abs(amount) > MAX_QUANTITY:
                 return None
-            currency = str(head["currency"])
             unit_price = _price(price, "unit_price", currency)
             unit_cost = _price(cost, "unit_cost", currency)
         except ValueError:
             return None
         return LineRow(
             line=line,
+            order_ref=order_ref,
+            email=email,
+            ordered_at=ordered_at,
+            currency=currency,
+            channel=channel,
+            status=status,
             sku=sku,
             product=product,
             category=category,
             quantity=amount,
             unit_price=unit_price,  # type: ignore[arg-type]  # None only for a cost
             unit_cost=unit_cost,
-            **head,  # type: ignore[arg-type]
         )
 
-    def _order(self, key: tuple[str, ...]) -> dict[str, object] | None:
-        """The order's values of the row, the previous row's when it says the same."""
-        if key != self._key:
-            self._key, self._head = key, None
-            text = dict(zip(_HEAD, key, strict=True))
-            try:
-                self._head = {c: convert(text, self._rules) for c, convert in _HEAD_CONVERTERS}
-            except ValueError:
-                return None
-            self._head["channel"] = key[5].lower()
-        return self._head
+    def _order(self, key: tuple[str, ...]) -> None:
+        """The order's values of a row that says other than the previous row: checked once
+        for all the lines of an order (None when one is bad)."""
+        self._key, self._head = key, None
+        text, rules = dict(zip(_HEAD, key, strict=True)), self._rules
+        if not key[0]:  # no order id
+            return
+        try:
+            email, moment = _email(text, rules), _ordered_at(text, rules)
+            currency, status = _currency(text, rules), _status(text, rules)
+        except ValueError:
+            return
+        self._head = (key[0], email, moment, currency, status, key[5].lower())
 
 
 def _too_long(values: tuple[str, ...]) -> bool:
-    if max(map(len, values)) <= _SHORTEST:  # the usual row: one call
-        return False
+    """Whether a cell is over its limit; asked only of a row with one over the shortest."""
     return any(len(values[i]) > limit for i, limit in _LIMITED)
 
 
@@ -374,11 +383,14 @@ def orders(rows: Iterable[LineRow | tuple[str, BadLine]]) -> Iterator[Draft | Re
     rejected from there on: its first part has been read already."""
     seen: dict[str, int] = {}
     group: list[LineRow | tuple[str, BadLine]] = []
+    current = ""  # the order id of the group's first row
     for row in rows:
         ref = row.order_ref if isinstance(row, LineRow) else row[0]
-        if group and (not ref or ref != _ref(group[0])):
+        if group and (not ref or ref != current):
             yield _finish(group, seen)
             group = []
+        if not group:
+            current = ref
         group.append(row)
     if group:
         yield _finish(group, seen)
