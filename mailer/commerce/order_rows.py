@@ -332,7 +332,7 @@ class _FastPath:
             return None
         if max(map(len, values)) > _SHORTEST and _too_long(values):
             return None
-        order_ref, email, ordered_at, currency, status, channel = head
+        currency = head[3]
         try:
             amount = int(quantity) if quantity else 1  # as _quantity: no quantity is one item
             if not amount or abs(amount) > MAX_QUANTITY:
@@ -343,12 +343,12 @@ class _FastPath:
             return None
         return LineRow(
             line=line,
-            order_ref=order_ref,
-            email=email,
-            ordered_at=ordered_at,
+            order_ref=head[0],
+            email=head[1],
+            ordered_at=head[2],
             currency=currency,
-            channel=channel,
-            status=status,
+            status=head[4],
+            channel=head[5],
             sku=sku,
             product=product,
             category=category,

@@ -61,7 +61,7 @@ def insert_columns(
     values = []
     for name, column in columns.items():
         process = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
-        values.append(column if process is None else [process(v) for v in column])
+        values.append(column if process is None else _converted(column, process))
     mark = "?" if dialect.paramstyle == "qmark" else "%s"
     quote = dialect.identifier_preparer.quote
     sql = (
@@ -75,6 +75,14 @@ def insert_columns(
         return int(cursor.rowcount)
     finally:
         cursor.close()
+
+
+def _converted(column: Sequence[Any], process: Any) -> Sequence[Any]:
+    """A column's values by its bind processor; one that is the same object in every row
+    (a time of import, say) converted once."""
+    if column and column[-1] is column[0] and len(set(map(id, column))) == 1:
+        return [process(column[0])] * len(column)
+    return [process(v) for v in column]
 
 
 def copy_insert(
