@@ -53,6 +53,7 @@ LIMITS = {"order_ref": 100, "sku": 100, "product": 200, "category": 100, "channe
 ORDER_FIELDS = ("email", "ordered_at", "currency", "channel", "status")
 ORDER_STATUSES = ("placed", "returned", "cancelled")
 _order_fields = attrgetter(*ORDER_FIELDS)
+_item_fields = attrgetter("sku", "product", "category", "quantity", "unit_price", "unit_cost")
 _HEAD = ("order_ref", "email", "ordered_at", "currency", "status", "channel")  # an order's
 _ITEM = ("sku", "product", "category", "quantity", "unit_price", "unit_cost")  # a line's
 _LIMITED = tuple((i, LIMITS[c]) for i, c in enumerate(_HEAD + _ITEM) if c in LIMITS)
@@ -403,7 +404,9 @@ def _ref(row: LineRow | tuple[str, BadLine]) -> str:
 def _finish(group: list[LineRow | tuple[str, BadLine]], seen: dict[str, int]) -> Draft | Rejected:
     ref = _ref(group[0])
     good = [row for row in group if isinstance(row, LineRow)]
-    bad = [row[1] for row in group if not isinstance(row, LineRow)]
+    bad = (
+        [row[1] for row in group if not isinstance(row, LineRow)] if len(good) < len(group) else []
+    )
     first = group[0].line if isinstance(group[0], LineRow) else group[0][1].line
     if ref and ref in seen:
         reason = f"order {ref} began at line {seen[ref]}; keep an order's lines together"
@@ -438,5 +441,5 @@ def fingerprint(lines: Iterable[LineRow]) -> str:
     rows = list(lines)
     head = rows[0]
     content = [head.email, head.ordered_at.isoformat(), head.currency, head.channel, head.status]
-    items = [(r.sku, r.product, r.category, r.quantity, r.unit_price, r.unit_cost) for r in rows]
+    items = list(map(_item_fields, rows))
     return hashlib.sha256(repr((content, items)).encode()).hexdigest()
