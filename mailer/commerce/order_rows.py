@@ -53,6 +53,7 @@ LIMITS = {"order_ref": 100, "sku": 100, "product": 200, "category": 100, "channe
 ORDER_FIELDS = ("email", "ordered_at", "currency", "channel", "status")
 ORDER_STATUSES = ("placed", "returned", "cancelled")
 _order_fields = attrgetter(*ORDER_FIELDS)
+_item_fields = attrgetter("sku", "product", "category", "quantity", "unit_price", "unit_cost")
 _HEAD = ("order_ref", "email", "ordered_at", "currency", "status", "channel")  # an order's
 _ITEM = ("sku", "product", "category", "quantity", "unit_price", "unit_cost")  # a line's
 _LIMITED = tuple((i, LIMITS[c]) for i, c in enumerate(_HEAD + _ITEM) if c in LIMITS)
@@ -274,7 +275,6 @@ _CONVERTERS: tuple[tuple[str, Converter], ...] = (
     ("product", _required("product", "no product name")),
     ("quantity", _quantity),
 )
-_HEAD_CONVERTERS = tuple((c, convert) for c, convert in _CONVERTERS if c in _HEAD)
 
 
 def parse_rows(
@@ -315,7 +315,7 @@ class _FastPath:
         self._width = len(header)
         self._rules = rules
         self._key: tuple[str, ...] = ()
-        self._head: dict[str, object] | None = None
+        self._head: tuple[str, str, datetime, str, str, str] | None = None
 
     def row(self, line: int, cells: list[str]) -> LineRow | None:
         if len(cells) != self._width:  # a short row, or one with a stray separator
@@ -325,46 +325,56 @@ class _FastPath:
         if not "".join(values).isprintable():
             return None
         values = tuple(map(str.strip, values))
-        head = self._order(values[:6])
+        if values[:6] != self._key:
+            self._order(values[:6])
+        head = self._head
         sku, product, category, quantity, price, cost = values[6:]
-        if not (sku and product) or _too_long(values) or head is None:
+        if head is None or not (sku and product):
             return None
+        if max(map(len, values)) > _SHORTEST and _too_long(values):
+            return None
+        currency = head[3]
         try:
             amount = int(quantity) if quantity else 1  # as _quantity: no quantity is one item
             if not amount or abs(amount) > MAX_QUANTITY:
                 return None
-            currency = str(head["currency"])
             unit_price = _price(price, "unit_price", currency)
             unit_cost = _price(cost, "unit_cost", currency)
         except ValueError:
             return None
         return LineRow(
             line=line,
+            order_ref=head[0],
+            email=head[1],
+            ordered_at=head[2],
+            currency=currency,
+            status=head[4],
+            channel=head[5],
             sku=sku,
             product=product,
             category=category,
             quantity=amount,
             unit_price=unit_price,  # type: ignore[arg-type]  # None only for a cost
             unit_cost=unit_cost,
-            **head,  # type: ignore[arg-type]
         )
 
-    def _order(self, key: tuple[str, ...]) -> dict[str, object] | None:
-        """The order's values of the row, the previous row's when it says the same."""
-        if key != self._key:
-            self._key, self._head = key, None
-            text = dict(zip(_HEAD, key, strict=True))
-            try:
-                self._head = {c: convert(text, self._rules) for c, convert in _HEAD_CONVERTERS}
-            except ValueError:
-                return None
-            self._head["channel"] = key[5].lower()
-        return self._head
+    def _order(self, key: tuple[str, ...]) -> None:
+        """The order's values of a row that says other than the previous row: checked once
+        for all the lines of an order (None when one is bad)."""
+        self._key, self._head = key, None
+        text, rules = dict(zip(_HEAD, key, strict=True)), self._rules
+        if not key[0]:  # no order id
+            return
+        try:
+            email, moment = _email(text, rules), _ordered_at(text, rules)
+            currency, status = _currency(text, rules), _status(text, rules)
+        except ValueError:
+            return
+        self._head = (key[0], email, moment, currency, status, key[5].lower())
 
 
 def _too_long(values: tuple[str, ...]) -> bool:
-    if max(map(len, values)) <= _SHORTEST:  # the usual row: one call
-        return False
+    """Whether a cell is over its limit; asked only of a row with one over the shortest."""
     return any(len(values[i]) > limit for i, limit in _LIMITED)
 
 
@@ -374,11 +384,14 @@ def orders(rows: Iterable[LineRow | tuple[str, BadLine]]) -> Iterator[Draft | Re
     rejected from there on: its first part has been read already."""
     seen: dict[str, int] = {}
     group: list[LineRow | tuple[str, BadLine]] = []
+    current = ""  # the order id of the group's first row
     for row in rows:
         ref = row.order_ref if isinstance(row, LineRow) else row[0]
-        if group and (not ref or ref != _ref(group[0])):
+        if group and (not ref or ref != current):
             yield _finish(group, seen)
             group = []
+        if not group:
+            current = ref
         group.append(row)
     if group:
         yield _finish(group, seen)
@@ -391,7 +404,9 @@ def _ref(row: LineRow | tuple[str, BadLine]) -> str:
 def _finish(group: list[LineRow | tuple[str, BadLine]], seen: dict[str, int]) -> Draft | Rejected:
     ref = _ref(group[0])
     good = [row for row in group if isinstance(row, LineRow)]
-    bad = [row[1] for row in group if not isinstance(row, LineRow)]
+    bad = (
+        [row[1] for row in group if not isinstance(row, LineRow)] if len(good) < len(group) else []
+    )
     first = group[0].line if isinstance(group[0], LineRow) else group[0][1].line
     if ref and ref in seen:
         reason = f"order {ref} began at line {seen[ref]}; keep an order's lines together"
@@ -426,5 +441,5 @@ def fingerprint(lines: Iterable[LineRow]) -> str:
     rows = list(lines)
     head = rows[0]
     content = [head.email, head.ordered_at.isoformat(), head.currency, head.channel, head.status]
-    items = [(r.sku, r.product, r.category, r.quantity, r.unit_price, r.unit_cost) for r in rows]
+    items = list(map(_item_fields, rows))
     return hashlib.sha256(repr((content, items)).encode()).hexdigest()

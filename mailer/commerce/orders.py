@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, Table, func, select
-from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Connection
 
 from mailer.commerce import insights, order_rows, products
@@ -182,28 +181,27 @@ def _insert_orders(
     conn: Connection, new: list[Draft], customers: dict[str, int], now: datetime, source: str
 ) -> dict[str, int]:
     """Order ids by order id of the shop; one that another import stored meanwhile is left out."""
-    values = [_order(d, customers[d.lines[0].email], now, source) for d in new]
-    if conn.dialect.name == "postgresql":
-        rows = [tuple(v.values()) for v in values]
-        return dict(bulk.copy_insert(conn, ORDERS, list(values[0]), rows, ("order_ref", "id")))
-    stmt = sqlite.insert(ORDERS).on_conflict_do_nothing(index_elements=["order_ref"])
-    returned = conn.execute(stmt.returning(ORDERS.c.order_ref, ORDERS.c.id), values)
-    return dict(returned.all())
-
-
-def _order(draft: Draft, customer_id: int, now: datetime, source: str) -> dict[str, Any]:
-    head = draft.lines[0]
-    return {
-        "order_ref": draft.order_ref,
-        "customer_id": customer_id,
-        "ordered_at": head.ordered_at,
-        "channel": head.channel,
-        "currency": head.currency,
-        "status": head.status,
-        "created_at": now,
-        "source": source,
-        "fingerprint": draft.fingerprint,
+    heads = [d.lines[0] for d in new]
+    columns: dict[str, list[Any]] = {
+        "order_ref": [d.order_ref for d in new],
+        "customer_id": [customers[h.email] for h in heads],
+        "ordered_at": [h.ordered_at for h in heads],
+        "channel": [h.channel for h in heads],
+        "currency": [h.currency for h in heads],
+        "status": [h.status for h in heads],
+        "created_at": [now] * len(new),
+        "source": [source] * len(new),
+        "fingerprint": [d.fingerprint for d in new],
     }
+    if conn.dialect.name == "postgresql":
+        rows = zip(*columns.values(), strict=True)
+        return dict(bulk.copy_insert(conn, ORDERS, list(columns), rows, ("order_ref", "id")))
+    # One executemany of the driver, then the ids. Its first row took SQLite's write lock,
+    # kept to the end of the transaction, and each row added got an id above all stored:
+    # the ones added are the newest, whatever another import stored before.
+    added = bulk.insert_columns(conn, ORDERS, columns, skip_conflicts=True)
+    newest = select(ORDERS.c.order_ref, ORDERS.c.id).order_by(ORDERS.c.id.desc()).limit(added)
+    return dict(conn.execute(newest).all()) if added else {}
 
 
 _LINE_COLUMNS = (

@@ -389,7 +389,8 @@ def ensure(
             rows = [tuple(lead.values()) for lead in leads]
             bulk.copy_insert(conn, CUSTOMERS, list(leads[0]), rows)
         else:
-            conn.execute(sqlite.insert(CUSTOMERS).on_conflict_do_nothing(), leads)
+            columns = {name: [lead[name] for lead in leads] for name in leads[0]}
+            bulk.insert_columns(conn, CUSTOMERS, columns, skip_conflicts=True)
         ids |= dict(
             conn.execute(query.where(bulk.one_of(CUSTOMERS.c.email, missing, dialect))).all()
         )

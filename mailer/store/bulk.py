@@ -44,27 +44,45 @@ def copy_columns(conn: Connection, table: Table, columns: Mapping[str, Sequence[
             copy.write_row(row)
 
 
-def insert_columns(conn: Connection, table: Table, columns: Mapping[str, Sequence[Any]]) -> None:
+def insert_columns(
+    conn: Connection,
+    table: Table,
+    columns: Mapping[str, Sequence[Any]],
+    *,
+    skip_conflicts: bool = False,
+) -> int:
     """Rows given as columns (aligned lists) into the table by one executemany of the
     driver: each column's values converted by its type's bind processor, as SQLAlchemy
     would, but without the parameter dict SQLAlchemy builds for every row, which cost
-    more than SQLite inserting it. For SQLite; PostgreSQL takes many rows by ``copy_rows``."""
+    more than SQLite inserting it; a row that conflicts with a stored one is left out when
+    ``skip_conflicts``. How many rows were added. For SQLite; PostgreSQL takes many rows by
+    ``copy_rows``."""
     dialect = conn.dialect
     values = []
     for name, column in columns.items():
         process = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
-        values.append(column if process is None else [process(v) for v in column])
+        values.append(column if process is None else _converted(column, process))
     mark = "?" if dialect.paramstyle == "qmark" else "%s"
     quote = dialect.identifier_preparer.quote
     sql = (
         f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in columns)}) "
         f"VALUES ({', '.join(mark for _ in columns)})"
+        + (" ON CONFLICT DO NOTHING" if skip_conflicts else "")
     )
     cursor = _cursor(conn)
     try:
         cursor.executemany(sql, zip(*values, strict=True))
+        return int(cursor.rowcount)
     finally:
         cursor.close()
+
+
+def _converted(column: Sequence[Any], process: Any) -> Sequence[Any]:
+    """A column's values by its bind processor; one that is the same object in every row
+    (a time of import, say) converted once."""
+    if column and column[-1] is column[0] and len(set(map(id, column))) == 1:
+        return [process(column[0])] * len(column)
+    return [process(v) for v in column]
 
 
 def copy_insert(
