@@ -45,6 +45,9 @@ class Reports:
     def failed(self, conn: Connection, raw: bytes, error: str, now: datetime) -> None:
         _log_raw("a message could not be handled, nothing changed", raw)
 
+    def ready(self) -> None:
+        """Reading reports needs nothing loaded first."""
+
 
 def _described(inbound: Inbound) -> str:
     return f"{inbound.message_id or '(no Message-ID)'} from {inbound.sender or '(no sender)'}"

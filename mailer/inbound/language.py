@@ -4,7 +4,7 @@ sends them after, is in it when a template speaks it.
 The model is py3langid's (a maintained fork of langid.py, BSD licensed): naive Bayes over
 byte n-grams of 97 languages, Bulgarian, Indonesian and Tagalog among them, shipped inside
 the wheel; about 0.2 ms a message and no service to call. It is loaded on first use, in
-about a second: most commands never need it.
+about a second (the inbox watcher loads it when it starts): most commands never need it.
 
 Only a confident answer counts: the model must find the language more likely than all its
 other languages together (Indonesian mail is typically read as 0.67-0.79 Indonesian and the
@@ -31,6 +31,12 @@ def written_in(text: str, offered: Collection[str]) -> str | None:
     if not offered or not text.strip():
         return None
     return choose(_identifier().rank(text[:SAMPLE]), offered)
+
+
+def load() -> None:
+    """Load the model now (about a second), before a caller holds anything that others wait
+    for; later calls cost nothing."""
+    _identifier()
 
 
 def choose(ranked: Sequence[tuple[str, float]], offered: Collection[str]) -> str | None:

@@ -29,7 +29,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from mailer.core.clock import Clock
-from mailer.inbound import inquiries
+from mailer.inbound import inquiries, language
 from mailer.inbound.intake import AckPolicy, handle
 from mailer.inbound.mailbox import Fetched, Mailbox, MailboxUnavailable
 from mailer.inbound.parsing import MAX_RAW, Inbound, parse
@@ -82,6 +82,9 @@ class Handler(Protocol):
     def failed(self, conn: Connection, raw: bytes, error: str, now: datetime) -> None:
         """A message that made ``handle`` fail (``error`` is the traceback), kept or logged."""
 
+    def ready(self) -> None:
+        """Load what ``handle`` needs before it runs inside the mailbox's transaction."""
+
 
 @dataclass(frozen=True, slots=True)
 class Inquiries:
@@ -96,6 +99,11 @@ class Inquiries:
 
     def failed(self, conn: Connection, raw: bytes, error: str, now: datetime) -> None:
         inquiries.log_failed(conn, raw, error, now)
+
+    def ready(self) -> None:
+        """The language model for new senders: loading it takes about a second, which the
+        first new sender's transaction (SQLite's one writer) would otherwise wait for."""
+        language.load()
 
 
 @dataclass(kw_only=True)
@@ -193,6 +201,7 @@ class Inbox:
     async def run(self, stop: asyncio.Event) -> None:
         """Watch until stopped; any connection problem is logged and retried with backoff."""
         wait = RECONNECT[0]
+        await asyncio.to_thread(self.handler.ready)
         try:
             while not stop.is_set():
                 try:

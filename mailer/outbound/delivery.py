@@ -202,7 +202,7 @@ class Delivery:
         except UNREACHABLE as exc:  # reading the customers' purchases
             self._lost(exc)
             away = [_waiting(item.id, now, DB_AWAY) for item in claimed]
-            return _Batch(claimed=claimed, held=away)
+            return _Batch(claimed=claimed, held=away, share=share)  # its pace given back
 
     def _claim(self, now: datetime) -> list[Claimed]:
         """The next batch, skipping the domains that spent this minute's budget and the
