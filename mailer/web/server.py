@@ -145,6 +145,19 @@ def _serve_until_signalled(app: Starlette, sock: socket.socket) -> None:
 STOPS = (signal.SIGINT, signal.SIGTERM)
 
 
+def _run_child(work: Callable[[], None]) -> int:
+    """A forked web process's exit code: 0 when it stopped as asked (a Ctrl-C that reaches
+    it after its loop gave the signals back is a stop too), 1 on an error."""
+    try:
+        work()
+    except KeyboardInterrupt:
+        return 0
+    except BaseException:
+        log.exception("a web process failed")
+        return 1
+    return 0
+
+
 def _child(app: Starlette, engine: Engine, sock: socket.socket) -> None:
     """One forked web process: the parent's pooled database connections are left to the
     parent (SQLAlchemy's advice for a fork), and its own are opened as it needs them."""
@@ -168,29 +181,28 @@ def _forked(count: int, work: Callable[[], None]) -> bool:
 
     previous = {sig: signal.signal(sig, stop) for sig in STOPS}
     try:
-        for _ in range(count):
-            pid = os.fork()
-            if pid == 0:  # the child: the default signal handling until its loop sets its own
-                for sig in STOPS:
-                    signal.signal(sig, signal.SIG_DFL)
-                code = 1
-                try:
-                    work()
-                    code = 0
-                except BaseException:
-                    log.exception("a web process failed")
-                finally:
-                    os._exit(code)
-            children.add(pid)
+        try:
+            for _ in range(count):
+                pid = os.fork()
+                if pid == 0:  # the child: default signal handling until its loop sets its own
+                    for sig in STOPS:
+                        signal.signal(sig, signal.SIG_DFL)
+                    os._exit(_run_child(work))
+                children.add(pid)
+        except BaseException:  # a fork failed: the processes started must not serve alone
+            stop()
+            raise
         failed = False
         while children:
             pid, status = os.wait()
             children.discard(pid)
-            if os.waitstatus_to_exitcode(status) != 0 or not stopping:
-                if not stopping:
-                    log.error("web process %d ended on its own; stopping the others", pid)
-                failed = True
-                stop()
+            ended = os.waitstatus_to_exitcode(status)
+            if stopping and ended in (0, -signal.SIGTERM, -signal.SIGINT):
+                continue  # stopped as asked, before or after its loop took the signals
+            if not stopping:
+                log.error("web process %d ended on its own; stopping the others", pid)
+            failed = True
+            stop()
         return failed
     finally:
         for sig, handler in previous.items():
