@@ -64,9 +64,10 @@ def deferred(scope: Scope) -> Callable[[Request, Credentials], Awaitable[Pending
     transaction as its own work (the transactional send), a trip and a commit fewer than
     ``caller``: the route calls ``admit`` before it looks at what the body asks.
 
-    The key is still judged before the body: when the body fails validation, the route
+    The key is still judged before the body's fields: when they fail validation, the route
     never runs, and the validation error's handler asks ``refusal`` first, so a missing or
-    bad key is 401 whatever the body, and the request is counted once either way."""
+    bad key is 401 whatever the fields say, and the request is counted once either way. A
+    body that is not JSON at all is refused (400) before any of this, as on every route."""
 
     async def note(request: Request, credentials: Credentials) -> Pending:
         pending = Pending(credentials.credentials if credentials else "", scope)
