@@ -10,8 +10,9 @@ in the wire form ``compose`` writes (CRLF lines), the headers are canonicalized 
 and the body "simple" (RFC 6376 3.4) by this module, and the signature is made with
 `cryptography` (OpenSSL) on a key parsed once per process. dkimpy, which verifiers use,
 checks these signatures in the tests; its own parsing cost more than the RSA signature.
-Delivery signs a batch in the render workers (``sign_all``), which get the keys as PEM
-and parse them once, so signing runs beside the daemon's sends rather than in its turn.
+Delivery signs each message in a render worker right after composing it
+(``mailer.outbound.finishing``); the worker gets the keys as PEM and parses them once, so
+signing runs beside the daemon's sends rather than in its turn.
 The signature covers the headers a provider judges the message by (From, To, Subject, Date,
 Message-ID, List-Unsubscribe and List-Unsubscribe-Post, which RFC 8058 wants signed) and
 the MIME headers, when present.

@@ -10,8 +10,8 @@ writes (see ``templates``).
 A worker is a fresh interpreter (forking the daemon, with its threads and sockets, is not
 safe); it starts in about half a second and then serves call after call. The pool is
 used from threads; a caller blocks for at most a few multiples of ``Limits.seconds``.
-Delivery also DKIM-signs its rendered messages here (``dkim.Signer.sign_all``), so that
-signing runs on another core than the daemon's sends.
+Delivery also composes and DKIM-signs its rendered messages here
+(``mailer.outbound.finishing``), so that this runs on another core than the daemon's sends.
 """
 
 from __future__ import annotations
