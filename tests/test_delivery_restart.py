@@ -12,12 +12,13 @@ import re
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, select
+from sqlalchemy.pool import Pool
 
 from mailer import daemon
 from mailer.core.categories import Category
@@ -69,7 +70,7 @@ def build(scene: Scene, port: int, **target: Any) -> Delivery:
     return delivery
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Scene:
     """A migrated PostgreSQL database, the shipped config and a moved clock."""
 
@@ -77,6 +78,7 @@ class Scene:
     engine: Engine
     clock: ManualClock
     postgres: PostgresServer
+    retired: list[Pool] = field(default_factory=list)
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +98,11 @@ def scene(cfg: Config, clock: ManualClock, own_postgres: PostgresServer) -> Iter
     own_postgres.admin(f"CREATE DATABASE {name}")
     engine = db.connect(own_postgres.url(name))
     migrate.upgrade(engine)
-    yield Scene(cfg, engine, clock, own_postgres)
+    scene = Scene(cfg=cfg, engine=engine, clock=clock, postgres=own_postgres)
+    yield scene
     engine.dispose()
+    for pool in scene.retired:
+        pool.dispose()
 
 
 @asynccontextmanager
@@ -245,10 +250,13 @@ async def test_the_shared_rate_failing_with_the_database_sends_nothing_and_relea
 
 def read_only(scene: Scene, on: bool) -> None:
     """The database takes no writes, as a standby that a failover landed on: new sessions
-    start read only (the engine's are dropped so that its next ones are new)."""
+    start read only (the engine's are dropped so that its next ones are new). A connection
+    that delivery had checked out goes back to the dropped pool when it is done; that pool is
+    kept and closed at the end, or its connections would be left to the garbage collector."""
     name = scene.engine.url.database
     setting = "SET default_transaction_read_only = on" if on else "RESET ALL"
     scene.postgres.admin(f"ALTER DATABASE {name} {setting}")
+    scene.retired.append(scene.engine.pool)
     scene.engine.dispose()
 
 
