@@ -23,10 +23,9 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
-import logging
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import parseaddr
@@ -41,9 +40,6 @@ from mailer.core.errors import ConfigError, Problem
 
 if TYPE_CHECKING:  # a render worker signs without ever loading the configuration
     from mailer.core.config import Config
-    from mailer.outbound.renderpool import RenderPool
-
-log = logging.getLogger("mailer.outbound.dkim")
 
 Algorithm = Literal["rsa", "ed25519"]
 PrivateKey = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
@@ -71,11 +67,10 @@ RSA_BITS = 2048
 _WSP = re.compile(rb"[ \t]+")
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 _FIELD_START = re.compile(rb"\r\n(?![ \t])")  # a line break that does not fold
-# a message is hashed once either way; past this size copying it to a worker and back
-# (a batch of 200 with 10 MB attachments would be 2 GB through a pipe) costs more than
-# signing it here
+# a message is hashed once either way; past this size of attachments copying them to a
+# render worker and back (a batch of 200 with 10 MB attachments would be 2 GB through a
+# pipe) costs more than composing and signing the message in the daemon
 SHIP_AT_MOST = 256 * 1024
-WHERE = "DKIM signing"  # names a signing call that a render worker could not finish
 
 
 class KeyProblem(ValueError):
@@ -150,36 +145,11 @@ class Signer:
         at = int(now.timestamp())
         return b"".join(_field(key, names, signed, body_hash, at) for key in self.keys) + message
 
-    def sign_all(
-        self, messages: Sequence[bytes], now: datetime, pool: RenderPool | None
-    ) -> list[bytes]:
-        """``sign`` for each message, in a render worker of ``pool`` (one round trip for the
-        batch), so the signatures are made beside this process's work, not in its turn; a
-        message the worker could not sign (it died or was stopped), or one too big to be
-        worth copying there and back (attachments), is signed here."""
-        shipped = [i for i, message in enumerate(messages) if len(message) <= SHIP_AT_MOST]
-        if pool is None or not shipped:
-            return [self.sign(message, now) for message in messages]
-        made = pool.map(_sign, [(WHERE, (self, messages[i], now)) for i in shipped])
-        results: dict[int, bytes | Exception] = dict(zip(shipped, made, strict=True))
-        signed = []
-        for i, message in enumerate(messages):
-            result = results.get(i)
-            if isinstance(result, Exception):
-                log.warning("signing here: the render worker did not: %s", result)
-            signed.append(result if isinstance(result, bytes) else self.sign(message, now))
-        return signed
-
 
 @functools.cache
 def _parsed(spec: KeySpec) -> Signer:
     """The signer for these keys, parsed once in each process that is handed them."""
     return Signer(tuple(load(selector, domain, pem) for selector, domain, pem in spec))
-
-
-def _sign(signer: Signer, message: bytes, now: datetime) -> bytes:
-    """Runs in a render worker."""
-    return signer.sign(message, now)
 
 
 def _wire(message: bytes) -> bytes:
