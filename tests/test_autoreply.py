@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from dataclasses import replace
@@ -23,6 +24,7 @@ from mailer.inbound.autoreply import (
     decide,
     is_bounce,
 )
+from tests.test_inquiries import mail as inquiry
 
 MAIL = Path(__file__).parent / "mail"
 NOW = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
@@ -504,3 +506,21 @@ def test_a_big_attachment_does_not_slow_the_decision() -> None:
 
     assert decide_on(message).acknowledge
     assert time.perf_counter() - started < 1.0
+
+
+@pytest.mark.parametrize("name", ["inquiry_8bit_from", "missing_headers"])
+def test_mail_without_a_from_or_with_an_unencoded_name_leaves_no_traceback_in_the_log(
+    name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The bounce parser's detectors broke on both (a name in raw UTF-8 came to them as an
+    object they cannot read) and each break was logged as an error with a traceback: two
+    for every plain Bulgarian inquiry. Now they read the name, and a detector that still
+    trips is debugging detail."""
+    if name == "inquiry_8bit_from":
+        message = parse(inquiry("<ana1@example.com>"))  # From: Ана Петрова, as UTF-8 bytes
+    else:
+        message = load(f"inbound/{name}")
+    caplog.set_level(logging.WARNING)
+
+    assert decide_on(message).kind == ("inquiry" if name == "inquiry_8bit_from" else "bounce")
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

@@ -18,6 +18,7 @@ of our own messages as an attachment is still a customer asking something.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -44,6 +45,21 @@ RETURNED_MESSAGE = frozenset({"message/rfc822", "message/global"})
 LIBRARY_TEXT = 8 * 1024
 # A returned message's Message-ID line in a bounce's text (Exim, qmail, Sendmail quote it).
 INLINE_MESSAGE_ID = re.compile(r"^\s*Message-ID:\s*(<[^<>\s]+>)", re.IGNORECASE | re.MULTILINE)
+
+
+class _DetectorCrashes(logging.Filter):
+    """flufl.bounce logs a traceback at ERROR when one of its heuristic detectors trips on
+    ordinary odd mail (Yale's on a message without From); the other detectors and the rules
+    still judge the message, so that is debugging detail, not an error for the operator."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.getMessage().startswith("Exception in detector"):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+logging.getLogger("flufl.bounce").addFilter(_DetectorCrashes())
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,12 +387,12 @@ def _legacy_view(part: Message) -> Message:
     Its detectors read every line of every part: a 5 MB attachment cost 24 s. A bounce is in
     its text and its delivery-status parts, so those are kept (text up to LIBRARY_TEXT
     characters) and every other leaf is left empty. Attached messages are emptied too: a
-    customer forwarding a bounce is no bounce. Headers are copied as received, which the
-    compat32 policy never refuses.
+    customer forwarding a bounce is no bounce. Headers are copied as received (8-bit ones
+    decoded), which the compat32 policy never refuses.
     """
     view = Message()
     for name, value in part.raw_items():
-        view[name] = value
+        view[name] = _text(value)
     kind = part.get_content_type()
     payload = part.get_payload()
     if part.get_content_maintype() == "multipart" and isinstance(payload, list):
@@ -390,6 +406,14 @@ def _legacy_view(part: Message) -> Message:
     else:
         view.set_payload("")
     return view
+
+
+def _text(value: str) -> str:
+    """A header value as text: raw 8-bit bytes (an unencoded name in From), which compat32
+    would hand out as a ``Header`` the detectors cannot read, are decoded as UTF-8."""
+    if value.isascii():
+        return value
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _addresses(found: frozenset[bytes]) -> list[str]:
