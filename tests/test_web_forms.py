@@ -27,13 +27,14 @@ from mailer.core.clock import ManualClock
 from mailer.core.config import Config
 from mailer.customers import profiles, tokens
 from mailer.customers.profiles import CUSTOMERS
-from mailer.inbound import inquiries
+from mailer.inbound import inquiries, language
 from mailer.inbound.inquiries import INQUIRIES
 from mailer.outbound.outbox import OUTBOX
 from mailer.outbound.smtp import SmtpTarget
 from mailer.scheduling import firing
 from mailer.scheduling.schedules import NewsletterSchedule
 from mailer.web.form_fields import FormProblem, allowed_origin, is_robot, read_inquiry
+from mailer.web.server import build as build_web
 from tests.configs import shipped_config
 from tests.conftest import FIRING, sign_in
 from tests.site import Reply, Site
@@ -289,6 +290,15 @@ async def test_a_form_that_says_no_language_is_answered_in_the_one_written(
         assert profiles.get(conn, "jose@example.ph").locale == "tl"
     (ack,) = await deliver(cfg, engine, clock)
     assert ack.message["Subject"].startswith("Natanggap namin ang inyong mensahe [#")
+
+
+def test_the_language_model_is_ready_before_the_first_post(
+    cfg: Config, engine: Engine, clock: ManualClock
+) -> None:
+    """Loading it takes about a second; the first new sender's post does not wait for it."""
+    language._identifier.cache_clear()
+    build_web(cfg, engine, clock)
+    assert language._identifier.cache_info().currsize == 1
 
 
 def test_posts_beyond_the_limits_per_address_and_per_client_are_refused_for_the_hour(

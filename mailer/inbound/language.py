@@ -4,7 +4,8 @@ sends them after, is in it when a template speaks it.
 The model is py3langid's (a maintained fork of langid.py, BSD licensed): naive Bayes over
 byte n-grams of 97 languages, Bulgarian, Indonesian and Tagalog among them, shipped inside
 the wheel; about 0.2 ms a message and no service to call. It is loaded on first use, in
-about a second (the inbox watcher loads it when it starts): most commands never need it.
+about a second (the inbox watcher when it starts, the web app before it serves): most
+commands never need it.
 
 Only a confident answer counts: the model must find the language more likely than all its
 other languages together (Indonesian mail is typically read as 0.67-0.79 Indonesian and the

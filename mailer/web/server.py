@@ -20,6 +20,7 @@ from starlette.routing import Mount, Route
 from mailer import checks
 from mailer.core.clock import Clock, SystemClock
 from mailer.core.config import Config
+from mailer.inbound import language
 from mailer.web import (
     api_keys,
     customer_edit,
@@ -39,7 +40,11 @@ BACKLOG = 2048
 
 
 def build(cfg: Config, engine: Engine, clock: Clock) -> Starlette:
-    """The whole app: customers' pages and every staff section."""
+    """The whole app: customers' pages and every staff section. The model the inquiry form
+    tells a new sender's language with is loaded here, before serving and before ``mailer
+    web`` forks: the first post does not hold a thread and the event loop for a second, and
+    the processes share its 55 MB."""
+    language.load()
     sections: list[Route | Mount] = [
         *desk.routes,
         *customer_edit.routes,
