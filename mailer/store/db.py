@@ -6,6 +6,10 @@ threads, which on SQLite is cheaper than aiosqlite's per-statement cost.
 
 from __future__ import annotations
 
+import threading
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -92,6 +96,30 @@ def lock_for_writing(conn: Connection, table: Table) -> None:
     if conn.dialect.name == "sqlite":
         key = next(iter(table.primary_key.columns))
         conn.execute(update(table).where(false()).values({key: key}))
+
+
+_WRITERS: weakref.WeakKeyDictionary[Engine, threading.RLock] = weakref.WeakKeyDictionary()
+_WRITERS_LOCK = threading.Lock()
+
+
+@contextmanager
+def writing(engine: Engine) -> Iterator[Connection]:
+    """``engine.begin()`` for a short transaction that writes, as a server's worker threads
+    run many at once (each API call counts its key). SQLite takes one writer at a time, and
+    a connection that finds the file locked polls on SQLite's busy handler, which sleeps 1,
+    2, 5, 10 ... up to 100 ms between tries: threads of one process that queued there woke
+    long after the writer ahead had committed, and ran into each other again. On SQLite
+    they take turns on a lock of this process instead, handed on the moment a transaction
+    ends; the busy handler is left to wait only for other processes. PostgreSQL locks rows,
+    not the database: there it is ``engine.begin()``."""
+    if engine.dialect.name != "sqlite":
+        with engine.begin() as conn:
+            yield conn
+        return
+    with _WRITERS_LOCK:
+        turn = _WRITERS.setdefault(engine, threading.RLock())
+    with turn, engine.begin() as conn:
+        yield conn
 
 
 def normalise_url(url: str) -> str:
