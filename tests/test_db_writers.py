@@ -4,10 +4,13 @@ handler; on PostgreSQL they run side by side."""
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from sqlalchemy import Engine, event, text
+from sqlalchemy.engine import make_url
 
 from mailer.store import db
 
@@ -55,11 +58,30 @@ def test_sqlite_writers_of_one_process_take_turns_without_the_busy_handler(
         assert conn.execute(text("SELECT n FROM bench_counter")).scalar_one() == THREADS * WRITES
 
 
-def test_a_writer_may_open_another_write_in_its_own_thread_on_sqlite(engine: Engine) -> None:
-    """The turn is the thread's: a nested write on the same engine is not a deadlock (it
-    is SQLite's own business then, as it was without the turn)."""
-    with db.writing(engine), db.writing(engine) as inner:
-        assert inner.execute(text("SELECT 1")).scalar_one() == 1
+def test_a_write_waits_for_another_process_to_commit(engine: Engine) -> None:
+    """Another process's write transaction holds SQLite's lock: the write starts only once
+    that one has committed, and then goes through."""
+    if engine.dialect.name != "sqlite":
+        return
+    _counter(engine)
+    other = sqlite3.connect(make_url(str(engine.url)).database or "", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("UPDATE bench_counter SET n = 10")
+    entered = threading.Event()
+
+    def bump() -> None:
+        with db.writing(engine) as conn:
+            entered.set()
+            conn.execute(text("UPDATE bench_counter SET n = n + 1"))
+
+    with ThreadPoolExecutor(1) as pool:
+        run = pool.submit(bump)
+        assert not entered.is_set()
+        other.execute("COMMIT")
+        run.result()
+    other.close()
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT n FROM bench_counter")).scalar_one() == 11
 
 
 def test_writers_on_postgresql_commit_what_they_wrote(engine: Engine) -> None:
