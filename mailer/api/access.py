@@ -21,6 +21,7 @@ from mailer.api import keys, limits
 from mailer.api.keys import ApiKey, Scope
 from mailer.core.clock import Clock
 from mailer.core.config import Config
+from mailer.store import db
 
 BEARER = HTTPBearer(auto_error=False, description="an API key from `mailer api-keys create`")
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
@@ -91,7 +92,7 @@ async def refusal(request: Request) -> HTTPException | None:
 
 
 def _allowed(api: ApiState, secret: str, scope: Scope) -> ApiKey:
-    with api.engine.begin() as conn:
+    with db.writing(api.engine) as conn:
         verdict = admit(conn, api, Pending(secret, scope))
     if isinstance(verdict, HTTPException):
         raise verdict

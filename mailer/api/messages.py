@@ -54,6 +54,7 @@ from mailer.core.fieldtypes import email_address, locale_tag
 from mailer.customers import profiles
 from mailer.outbound import outbox
 from mailer.outbound.templates import TemplateStore
+from mailer.store import db
 
 PREFIX = "api:"  # every message queued through the API, and only those, can be read here
 router = APIRouter(prefix="/messages", tags=["messages"])
@@ -181,7 +182,7 @@ def _queued(api: ApiState, body: MessageIn, pending: Pending, idempotency_key: s
         checked: Checked | Invalid = Checked(address, files, _digest(canonical, files))
     except Invalid as exc:
         checked = exc
-    with api.engine.begin() as conn:
+    with db.writing(api.engine) as conn:
         key = admit(conn, api, pending)
         if isinstance(key, ApiKey) and not isinstance(checked, Invalid):
             outcome = _enqueued(conn, api, body, checked, f"{PREFIX}{key.id}:{idempotency_key}")
