@@ -12,6 +12,7 @@ from sqlalchemy import Engine, select
 
 from mailer.commerce import orders, products
 from mailer.commerce.order_rows import LineRow, Rules, parse_moment, parse_row, parse_rows
+from mailer.core.errors import ImportFileError
 from mailer.core.money import from_minor, to_minor
 from mailer.customers import profiles
 from mailer.customers.csv_rows import too_many_cells
@@ -145,11 +146,14 @@ def test_each_bad_line_is_named_and_its_order_is_left_out_whole(
         assert [o["order_ref"] for o in orders.find(conn)] == ["G1"]  # nothing of X1 or X6 went in
 
 
+@pytest.mark.parametrize("apart", [False, True], ids=["read here", "read in a child"])
 def test_a_file_of_many_batches_is_imported_whole_orders_and_reported_by_line(
-    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, apart: bool
 ) -> None:
-    """Batches of two orders: on PostgreSQL each is written by COPY while the next is read."""
+    """Batches of two orders, read in this process or (as a large file is) in a child
+    process while the batches before are written: the same orders, lines and reasons."""
     monkeypatch.setattr(orders, "BATCH", 2)
+    monkeypatch.setattr(orders, "READ_APART", 0 if apart else 1 << 40)
     orders.import_csv(engine, write(tmp_path, GOOD), RULES)
     head = "N{0},buyer{1}@example.com,2026-11-0{2}"
     rows = "".join(
@@ -177,6 +181,21 @@ def test_a_file_of_many_batches_is_imported_whole_orders_and_reported_by_line(
     assert skus == ["BEAN-0", "BEAN-1", "BEAN-2", "BEAN-3", "MUG-2"]
     again = orders.import_csv(engine, write(tmp_path, rows), RULES)
     assert (again.added, again.unchanged, len(again.rejected)) == (0, 8, 2)
+
+
+def test_a_file_read_in_a_child_that_cannot_be_read_is_refused_by_name(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(orders, "READ_APART", 0)
+    path = tmp_path / "orders.csv"
+    path.write_text("Email,SKU\nana@example.com,BEAN-1\n", encoding="utf-8")
+    with pytest.raises(ImportFileError, match=r"orders\.csv: the first line must be a header"):
+        orders.import_csv(engine, path, RULES)
+    path.write_bytes(b"Order ID,Email\n\xff\xfe,ana@example.com\n")
+    with pytest.raises(ImportFileError, match=r"orders\.csv: line 2: byte 0xFF is not UTF-8"):
+        orders.import_csv(engine, path, RULES)
+    with engine.connect() as conn:
+        assert orders.find(conn) == []
 
 
 def test_an_order_imported_again_with_other_content_is_reported_and_kept(
