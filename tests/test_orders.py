@@ -11,7 +11,18 @@ import pytest
 from sqlalchemy import Engine, select
 
 from mailer.commerce import orders, products
-from mailer.commerce.order_rows import LineRow, Rules, parse_moment, parse_row, parse_rows
+from mailer.commerce.order_rows import (
+    Draft,
+    LineRow,
+    Packed,
+    Rules,
+    packed,
+    packed_orders,
+    parse_moment,
+    parse_row,
+    parse_rows,
+)
+from mailer.commerce.order_rows import orders as order_rows
 from mailer.core.errors import ImportFileError
 from mailer.core.money import from_minor, to_minor
 from mailer.customers import profiles
@@ -88,6 +99,39 @@ def test_every_row_is_judged_as_the_full_check_judges_it() -> None:
         except ValueError as exc:
             assert not isinstance(got, LineRow) and got[1].reason == str(exc)
     assert sum(isinstance(got, LineRow) for got in fast) == 6  # O8 has a cell too many
+
+
+def test_orders_packed_from_the_fast_path_are_the_orders_the_full_check_gives() -> None:
+    """A large file's orders skip LineRows where the fast path took every row: each order,
+    its fingerprint, and each reason are what checking the rows one by one gives."""
+    header = ["order_ref", "email", "ordered_at", "sku", "product", "quantity", "unit_price"]
+    header += ["currency", "status"]
+    texts = [
+        *ODD_ROWS,
+        "P1,a@example.com,2026-03-01,S1,Tea,2,12.50,EUR,placed",
+        "P1,A@example.com,2026-03-01,S2,Cups,1,3,EUR,placed",  # the same, said otherwise
+        "P2,a@example.com,2026-03-01,S1,Tea,2,12.50,EUR,",
+        "P2,a@example.com,2026-03-02,S1,Tea,2,12.50,EUR,",  # another date
+        "P3,a@example.com,2026-03-01,S1,Tea,-2,12.50,EUR,placed",  # not a return
+        "P4,a@example.com,2026-03-01,S1,Tea,1,1,EUR,returned",
+        "P4,a@example.com,2026-03-01,S1,Tea,-1,1,EUR,returned",
+        "P1,a@example.com,2026-03-01,S1,Tea,2,12.50,EUR,placed",  # back after others
+        "P5,a@example.com,2026-03-01,S1,Tea,1,1,EUR,placed",
+        "P5,a@example.com,2026-03-01,S1,,1,1,EUR,placed",  # no product name
+        "P6,a@example.com,2026-03-01,S1,Tea,1,1,EUR,placed",
+        ",a@example.com,2026-03-01,S1,Tea,1,1,EUR,placed",
+        "P6,a@example.com,2026-03-01,S1,Tea,1,1,EUR,placed",
+    ]
+
+    def rows() -> list[tuple[int, list[str]]]:
+        return [(n, text.split(",")) for n, text in enumerate(texts, 2)]
+
+    expected = [
+        packed(o) if isinstance(o, Draft) else o
+        for o in order_rows(parse_rows(header, rows(), RULES))
+    ]
+    assert list(packed_orders(header, rows(), RULES)) == expected
+    assert sum(isinstance(o, Packed) for o in expected) == 7
 
 
 def test_import_adds_orders_and_unknown_buyers_then_changes_nothing_again(

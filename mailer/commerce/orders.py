@@ -107,9 +107,7 @@ def _read(path: Path, rules: Rules) -> Generator[Batch, None, None]:
     with profiles._open(path) as stream:
         try:
             header, rows = read_table(stream, order_rows.order_header, "order_ref")
-            lines = order_rows.parse_rows(header, rows, rules)
-            for batch in profiles._batches(order_rows.orders(lines), BATCH):
-                yield [order_rows.packed(o) if isinstance(o, Draft) else o for o in batch]
+            yield from profiles._batches(order_rows.packed_orders(header, rows, rules), BATCH)
         except ImportFileError as exc:
             raise ImportFileError(f"{shown(str(path))}: {shown(str(exc), 500)}") from None
 
