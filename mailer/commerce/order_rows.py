@@ -420,19 +420,19 @@ def packed_orders(
     current = ""  # the order id of the group's first row
     for row in rows:
         took = None if isinstance(row, RejectedRow) else fast.row(*row)
-        slow = None if took else _slow(header, row, rules)
-        ref = took[1][0] if took else _ref(slow)  # type: ignore[arg-type]
+        checked = _slow(header, row, rules) if took is None else None
+        ref = took[1][0] if took is not None else _ref(checked) if checked is not None else ""
         if (quick or full) and (not ref or ref != current):
             yield _packed(quick, seen) if quick else _pack(_finish(full, seen))
             quick, full = [], []
         if not (quick or full):
             current = ref
-        if took and not full:
+        if took is not None and not full:
             quick.append(took)
             continue
         if quick:
             full, quick = list(map(_line_row, quick)), []
-        full.append(_line_row(took) if took else slow)  # type: ignore[arg-type]
+        full.append(_line_row(took) if took is not None else checked)  # type: ignore[arg-type]
     if quick or full:
         yield _packed(quick, seen) if quick else _pack(_finish(full, seen))
 

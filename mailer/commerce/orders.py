@@ -85,10 +85,10 @@ def import_csv(
     batches = _read_apart(path, rules) if apart else _read(path, rules)
     with closing(batches):
         for batch in batches:
-            orders = [o for o in batch if isinstance(o, Packed)]
+            packs = [o for o in batch if isinstance(o, Packed)]
             report.rejected += [r for r in batch if isinstance(r, Rejected)]
             with engine.begin() as conn:
-                touched = _add(conn, orders, rules.now, source, report, catalogued)
+                touched = _add(conn, packs, rules.now, source, report, catalogued)
                 insights.update_customers(conn, touched, rules.now, settings, rules.zone)
             if progress:
                 progress(sum(len(o.items) if isinstance(o, Packed) else o.lines for o in batch))
