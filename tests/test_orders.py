@@ -11,7 +11,19 @@ import pytest
 from sqlalchemy import Engine, select
 
 from mailer.commerce import orders, products
-from mailer.commerce.order_rows import LineRow, Rules, parse_moment, parse_row, parse_rows
+from mailer.commerce.order_rows import (
+    Draft,
+    LineRow,
+    Packed,
+    Rules,
+    packed,
+    packed_orders,
+    parse_moment,
+    parse_row,
+    parse_rows,
+)
+from mailer.commerce.order_rows import orders as order_rows
+from mailer.core.errors import ImportFileError
 from mailer.core.money import from_minor, to_minor
 from mailer.customers import profiles
 from mailer.customers.csv_rows import too_many_cells
@@ -89,6 +101,39 @@ def test_every_row_is_judged_as_the_full_check_judges_it() -> None:
     assert sum(isinstance(got, LineRow) for got in fast) == 6  # O8 has a cell too many
 
 
+def test_orders_packed_from_the_fast_path_are_the_orders_the_full_check_gives() -> None:
+    """A large file's orders skip LineRows where the fast path took every row: each order,
+    its fingerprint, and each reason are what checking the rows one by one gives."""
+    header = ["order_ref", "email", "ordered_at", "sku", "product", "quantity", "unit_price"]
+    header += ["currency", "status"]
+    texts = [
+        *ODD_ROWS,
+        "P1,a@example.com,2026-03-01,S1,Tea,2,12.50,EUR,placed",
+        "P1,A@example.com,2026-03-01,S2,Cups,1,3,EUR,placed",  # the same, said otherwise
+        "P2,a@example.com,2026-03-01,S1,Tea,2,12.50,EUR,",
+        "P2,a@example.com,2026-03-02,S1,Tea,2,12.50,EUR,",  # another date
+        "P3,a@example.com,2026-03-01,S1,Tea,-2,12.50,EUR,placed",  # not a return
+        "P4,a@example.com,2026-03-01,S1,Tea,1,1,EUR,returned",
+        "P4,a@example.com,2026-03-01,S1,Tea,-1,1,EUR,returned",
+        "P1,a@example.com,2026-03-01,S1,Tea,2,12.50,EUR,placed",  # back after others
+        "P5,a@example.com,2026-03-01,S1,Tea,1,1,EUR,placed",
+        "P5,a@example.com,2026-03-01,S1,,1,1,EUR,placed",  # no product name
+        "P6,a@example.com,2026-03-01,S1,Tea,1,1,EUR,placed",
+        ",a@example.com,2026-03-01,S1,Tea,1,1,EUR,placed",
+        "P6,a@example.com,2026-03-01,S1,Tea,1,1,EUR,placed",
+    ]
+
+    def rows() -> list[tuple[int, list[str]]]:
+        return [(n, text.split(",")) for n, text in enumerate(texts, 2)]
+
+    expected = [
+        packed(o) if isinstance(o, Draft) else o
+        for o in order_rows(parse_rows(header, rows(), RULES))
+    ]
+    assert list(packed_orders(header, rows(), RULES)) == expected
+    assert sum(isinstance(o, Packed) for o in expected) == 7
+
+
 def test_import_adds_orders_and_unknown_buyers_then_changes_nothing_again(
     engine: Engine, tmp_path: Path
 ) -> None:
@@ -145,11 +190,14 @@ def test_each_bad_line_is_named_and_its_order_is_left_out_whole(
         assert [o["order_ref"] for o in orders.find(conn)] == ["G1"]  # nothing of X1 or X6 went in
 
 
+@pytest.mark.parametrize("apart", [False, True], ids=["read here", "read in a child"])
 def test_a_file_of_many_batches_is_imported_whole_orders_and_reported_by_line(
-    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, apart: bool
 ) -> None:
-    """Batches of two orders: on PostgreSQL each is written by COPY while the next is read."""
+    """Batches of two orders, read in this process or (as a large file is) in a child
+    process while the batches before are written: the same orders, lines and reasons."""
     monkeypatch.setattr(orders, "BATCH", 2)
+    monkeypatch.setattr(orders, "READ_APART", 0 if apart else 1 << 40)
     orders.import_csv(engine, write(tmp_path, GOOD), RULES)
     head = "N{0},buyer{1}@example.com,2026-11-0{2}"
     rows = "".join(
@@ -177,6 +225,21 @@ def test_a_file_of_many_batches_is_imported_whole_orders_and_reported_by_line(
     assert skus == ["BEAN-0", "BEAN-1", "BEAN-2", "BEAN-3", "MUG-2"]
     again = orders.import_csv(engine, write(tmp_path, rows), RULES)
     assert (again.added, again.unchanged, len(again.rejected)) == (0, 8, 2)
+
+
+def test_a_file_read_in_a_child_that_cannot_be_read_is_refused_by_name(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(orders, "READ_APART", 0)
+    path = tmp_path / "orders.csv"
+    path.write_text("Email,SKU\nana@example.com,BEAN-1\n", encoding="utf-8")
+    with pytest.raises(ImportFileError, match=r"orders\.csv: the first line must be a header"):
+        orders.import_csv(engine, path, RULES)
+    path.write_bytes(b"Order ID,Email\n\xff\xfe,ana@example.com\n")
+    with pytest.raises(ImportFileError, match=r"orders\.csv: line 2: byte 0xFF is not UTF-8"):
+        orders.import_csv(engine, path, RULES)
+    with engine.connect() as conn:
+        assert orders.find(conn) == []
 
 
 def test_an_order_imported_again_with_other_content_is_reported_and_kept(

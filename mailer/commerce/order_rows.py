@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, tzinfo
 from functools import lru_cache
 from operator import attrgetter, itemgetter
+from typing import NamedTuple
 
 from mailer.core.money import currency_code, to_minor
 from mailer.customers.csv_rows import (
@@ -113,6 +114,24 @@ class Draft:
     first_line: int
     lines: tuple[LineRow, ...]
     fingerprint: str
+
+
+class Packed(NamedTuple):
+    """A checked order as the database side takes it, in plain values: sent to another
+    process, a Draft of LineRows costs ten times as much to pickle and unpickle."""
+
+    order_ref: str
+    first_line: int
+    fingerprint: str
+    head: tuple[str, datetime, str, str, str]  # email, ordered_at, currency, channel, status
+    items: tuple[tuple[str, str, str, int, int, int | None], ...]  # _item_fields of each line
+
+
+def packed(draft: Draft) -> Packed:
+    first = draft.lines[0]
+    head = (first.email, first.ordered_at, first.currency, first.channel, first.status)
+    items = tuple(map(_item_fields, draft.lines))
+    return Packed(draft.order_ref, draft.first_line, draft.fingerprint, head, items)
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,31 +296,58 @@ _CONVERTERS: tuple[tuple[str, Converter], ...] = (
 )
 
 
+Row = tuple[int, list[str]] | RejectedRow  # as csv_rows.read_table gives them
+_Head = tuple[str, str, datetime, str, str, str]  # order_ref and ORDER_FIELDS, checked
+_Item = tuple[str, str, str, int, int, int | None]  # as _item_fields gives them
+_Quick = tuple[int, _Head, _Item]  # a row the fast path took: its line, order and item
+
+
 def parse_rows(
-    header: Sequence[str], rows: Iterable[tuple[int, list[str]] | RejectedRow], rules: Rules
+    header: Sequence[str], rows: Iterable[Row], rules: Rules
 ) -> Iterator[LineRow | tuple[str, BadLine]]:
     """Each row (cells in the order of ``header``) checked, or (its order id, why it is bad).
     A well-formed row takes a fast path; any other goes through ``parse_row``, whose
     messages are the ones a user sees."""
     fast = _FastPath(header, rules)
     for row in rows:
-        if isinstance(row, RejectedRow):
-            yield "", BadLine(row.line, row.reason)
-            continue
-        line, cells = row
-        parsed = fast.row(line, cells)
-        if parsed is not None:
-            yield parsed
-            continue
-        named = dict(zip(header, cells, strict=False))
-        extra = too_many_cells(header, cells)
-        try:
-            if extra:
-                raise ValueError(extra)
-            yield parse_row(line, named, rules)
-        except ValueError as exc:
-            ref = (clean_text(named.get("order_ref") or "") or "")[: LIMITS["order_ref"]]
-            yield ref, BadLine(line, str(exc))
+        quick = None if isinstance(row, RejectedRow) else fast.row(*row)
+        yield _slow(header, row, rules) if quick is None else _line_row(quick)
+
+
+def _slow(header: Sequence[str], row: Row, rules: Rules) -> LineRow | tuple[str, BadLine]:
+    """A row the fast path did not take, checked by ``parse_row``."""
+    if isinstance(row, RejectedRow):
+        return "", BadLine(row.line, row.reason)
+    line, cells = row
+    named = dict(zip(header, cells, strict=False))
+    extra = too_many_cells(header, cells)
+    try:
+        if extra:
+            raise ValueError(extra)
+        return parse_row(line, named, rules)
+    except ValueError as exc:
+        ref = (clean_text(named.get("order_ref") or "") or "")[: LIMITS["order_ref"]]
+        return ref, BadLine(line, str(exc))
+
+
+def _line_row(quick: _Quick) -> LineRow:
+    line, (ref, email, moment, currency, status, channel), item = quick
+    sku, product, category, quantity, unit_price, unit_cost = item
+    return LineRow(
+        line=line,
+        order_ref=ref,
+        email=email,
+        ordered_at=moment,
+        currency=currency,
+        status=status,
+        channel=channel,
+        sku=sku,
+        product=product,
+        category=category,
+        quantity=quantity,
+        unit_price=unit_price,
+        unit_cost=unit_cost,
+    )
 
 
 class _FastPath:
@@ -315,9 +361,9 @@ class _FastPath:
         self._width = len(header)
         self._rules = rules
         self._key: tuple[str, ...] = ()
-        self._head: tuple[str, str, datetime, str, str, str] | None = None
+        self._head: _Head | None = None
 
-    def row(self, line: int, cells: list[str]) -> LineRow | None:
+    def row(self, line: int, cells: list[str]) -> _Quick | None:
         if len(cells) != self._width:  # a short row, or one with a stray separator
             return None
         cells.append("")
@@ -342,21 +388,8 @@ class _FastPath:
             unit_cost = _price(cost, "unit_cost", currency)
         except ValueError:
             return None
-        return LineRow(
-            line=line,
-            order_ref=head[0],
-            email=head[1],
-            ordered_at=head[2],
-            currency=currency,
-            status=head[4],
-            channel=head[5],
-            sku=sku,
-            product=product,
-            category=category,
-            quantity=amount,
-            unit_price=unit_price,  # type: ignore[arg-type]  # None only for a cost
-            unit_cost=unit_cost,
-        )
+        # a price is None only for a cost
+        return line, head, (sku, product, category, amount, unit_price, unit_cost)  # type: ignore[return-value]
 
     def _order(self, key: tuple[str, ...]) -> None:
         """The order's values of a row that says other than the previous row: checked once
@@ -371,6 +404,57 @@ class _FastPath:
         except ValueError:
             return
         self._head = (key[0], email, moment, currency, status, key[5].lower())
+
+
+def packed_orders(
+    header: Sequence[str], rows: Iterable[Row], rules: Rules
+) -> Iterator[Packed | Rejected]:
+    """``orders(parse_rows(header, rows, rules))`` with each Draft packed, for files of
+    millions of rows: an order whose rows all took the fast path and agree is packed from
+    them as they are, without a LineRow or a Draft; any other goes through ``orders``'
+    checks, so its reasons are the ones they give."""
+    fast = _FastPath(header, rules)
+    seen: dict[str, int] = {}
+    quick: list[_Quick] = []  # the order's rows, while the fast path took each
+    full: list[LineRow | tuple[str, BadLine]] = []  # its rows, once it did not take one
+    current = ""  # the order id of the group's first row
+    for row in rows:
+        took = None if isinstance(row, RejectedRow) else fast.row(*row)
+        checked = _slow(header, row, rules) if took is None else None
+        ref = took[1][0] if took is not None else _ref(checked) if checked is not None else ""
+        if (quick or full) and (not ref or ref != current):
+            yield _packed(quick, seen) if quick else _pack(_finish(full, seen))
+            quick, full = [], []
+        if not (quick or full):
+            current = ref
+        if took is not None and not full:
+            quick.append(took)
+            continue
+        if quick:
+            full, quick = list(map(_line_row, quick)), []
+        full.append(_line_row(took) if took is not None else checked)  # type: ignore[arg-type]
+    if quick or full:
+        yield _packed(quick, seen) if quick else _pack(_finish(full, seen))
+
+
+def _pack(checked: Draft | Rejected) -> Packed | Rejected:
+    return packed(checked) if isinstance(checked, Draft) else checked
+
+
+def _packed(quick: list[_Quick], seen: dict[str, int]) -> Packed | Rejected:
+    """An order all of whose rows the fast path took: packed as it is when they agree, as
+    ``_finish`` would have it; checked by ``_finish`` when they do not."""
+    first, head, _ = quick[0]
+    items = [item for _, _, item in quick]
+    disagree = any(h is not head and h != head for _, h, _ in quick)
+    if disagree or (head[4] != "returned" and any(item[3] < 0 for item in items)):
+        return _pack(_finish(list(map(_line_row, quick)), seen))
+    ref = head[0]
+    if ref in seen:
+        return _came_back(ref, first, len(quick), seen)
+    seen[ref] = first
+    said = (head[1], head[2], head[3], head[5], head[4])  # ORDER_FIELDS
+    return Packed(ref, first, _digest(said, items), said, tuple(items))
 
 
 def _too_long(values: tuple[str, ...]) -> bool:
@@ -409,14 +493,18 @@ def _finish(group: list[LineRow | tuple[str, BadLine]], seen: dict[str, int]) ->
     )
     first = group[0].line if isinstance(group[0], LineRow) else group[0][1].line
     if ref and ref in seen:
-        reason = f"order {ref} began at line {seen[ref]}; keep an order's lines together"
-        return Rejected(ref, len(group), (BadLine(first, reason),))
+        return _came_back(ref, first, len(group), seen)
     if ref:
         seen[ref] = first
     bad += _disagreements(good)
     if bad or not good:
         return Rejected(ref, len(group), tuple(sorted(bad, key=lambda b: b.line)))
     return Draft(order_ref=ref, first_line=first, lines=tuple(good), fingerprint=fingerprint(good))
+
+
+def _came_back(ref: str, first: int, lines: int, seen: dict[str, int]) -> Rejected:
+    reason = f"order {ref} began at line {seen[ref]}; keep an order's lines together"
+    return Rejected(ref, lines, (BadLine(first, reason),))
 
 
 def _disagreements(lines: list[LineRow]) -> list[BadLine]:
@@ -439,7 +527,11 @@ def _disagreements(lines: list[LineRow]) -> list[BadLine]:
 def fingerprint(lines: Iterable[LineRow]) -> str:
     """What an order says, hashed: the same order imported again has the same one."""
     rows = list(lines)
-    head = rows[0]
-    content = [head.email, head.ordered_at.isoformat(), head.currency, head.channel, head.status]
-    items = list(map(_item_fields, rows))
+    return _digest(_order_fields(rows[0]), list(map(_item_fields, rows)))
+
+
+def _digest(said: tuple[str, datetime, str, str, str], items: list[_Item]) -> str:
+    """The fingerprint of an order that says ``said`` (ORDER_FIELDS) with these items."""
+    email, moment, currency, channel, status = said
+    content = [email, moment.isoformat(), currency, channel, status]
     return hashlib.sha256(repr((content, items)).encode()).hexdigest()

@@ -4,25 +4,29 @@ twice, and the look-ups a person or a model needs.
 An import works a thousand orders at a time, in one transaction each: one SELECT finds the
 orders already stored, one the customers (unknown addresses become leads), then one
 INSERT ... RETURNING for the orders, one for the products they name and one for their lines.
-PostgreSQL takes those rows by COPY (``mailer.store.bulk``) and writes a batch while the
-next is read; a large import ends with fresh planner statistics.
+PostgreSQL takes those rows by COPY (``mailer.store.bulk``); a large file is read and
+checked in a child process while the batches before are written, and a large import ends
+with fresh planner statistics.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack
+import multiprocessing
+import os
+import signal
+from collections.abc import Callable, Generator, Iterable, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from queue import Empty, Full
 from typing import Any
 
 from sqlalchemy import Engine, Table, func, select
 from sqlalchemy.engine import Connection
 
 from mailer.commerce import insights, order_rows, products
-from mailer.commerce.order_rows import BadLine, Draft, Rejected, Rules
+from mailer.commerce.order_rows import BadLine, Draft, Packed, Rejected, Rules
 from mailer.core.config import InsightSettings
 from mailer.core.errors import ImportFileError
 from mailer.core.money import from_minor
@@ -35,6 +39,8 @@ ORDERS: Table = Order.__table__  # type: ignore[attr-defined]
 LINES: Table = OrderLine.__table__  # type: ignore[attr-defined]
 CUSTOMERS: Table = Customer.__table__  # type: ignore[attr-defined]
 BATCH = 1000  # orders to a transaction
+READ_APART = 4 << 20  # bytes of a file read and checked in a child process (40,000 lines)
+AHEAD = 4  # batches the child may have checked that are not written yet
 ANALYZE_AFTER = 10_000  # lines added that are worth fresh statistics at once (PostgreSQL)
 LEAD_SOURCE = "orders"
 Progress = Callable[[int], None]
@@ -65,46 +71,106 @@ def import_csv(
     The insight of the customers whose orders were added is brought up to date with them,
     in the same transaction (once a refresh has fitted the models).
 
-    On PostgreSQL a batch is written in a thread while the next one is read: checking rows
-    is about half the work and the server does its part in its own process, so the two
-    overlap. SQLite writes in this process, taking the GIL back after every row: there the
-    thread would only wait."""
+    A large file is read and checked in a child process while this one writes: checking
+    rows is about half the work, and a thread would share one core with the writer (the
+    GIL). The orders come over a pipe in batches, as plain values, in file order."""
     report = ImportReport()
     source = f"import:{path.name}"[:100]
     settings = insight or InsightSettings()
     catalogued: set[str] = set()  # SKUs this import has made sure of
-
-    def write(batch: list[Draft | Rejected]) -> None:
-        drafts = [d for d in batch if isinstance(d, Draft)]
-        report.rejected += [r for r in batch if isinstance(r, Rejected)]
-        with engine.begin() as conn:
-            add(conn, drafts, rules, source, report, settings, catalogued)
-        if progress:
-            progress(sum(len(d.lines) if isinstance(d, Draft) else d.lines for d in batch))
-
-    with ExitStack() as stack:
-        stream = stack.enter_context(profiles._open(path))
-        overlap = engine.dialect.name == "postgresql"
-        writer = stack.enter_context(ThreadPoolExecutor(1, "orders")) if overlap else None
-        try:
-            header, rows = read_table(stream, order_rows.order_header, "order_ref")
-            lines = order_rows.parse_rows(header, rows, rules)
-            written: Future[None] | None = None
-            for batch in profiles._batches(order_rows.orders(lines), BATCH):
-                if writer is None:
-                    write(batch)
-                    continue
-                if written:
-                    written.result()  # one batch at a time, in file order; its error stops all
-                written = writer.submit(write, batch)
-            if written:
-                written.result()
-        except ImportFileError as exc:
-            raise ImportFileError(f"{shown(str(path))}: {shown(str(exc), 500)}") from None
+    try:
+        apart = path.stat().st_size >= READ_APART
+    except OSError:  # the reader names what is wrong with the file
+        apart = False
+    batches = _read_apart(path, rules) if apart else _read(path, rules)
+    with closing(batches):
+        for batch in batches:
+            packs = [o for o in batch if isinstance(o, Packed)]
+            report.rejected += [r for r in batch if isinstance(r, Rejected)]
+            with engine.begin() as conn:
+                touched = _add(conn, packs, rules.now, source, report, catalogued)
+                insights.update_customers(conn, touched, rules.now, settings, rules.zone)
+            if progress:
+                progress(sum(len(o.items) if isinstance(o, Packed) else o.lines for o in batch))
     if report.lines >= ANALYZE_AFTER and engine.dialect.name == "postgresql":
         with engine.begin() as conn:
             bulk.analyze(conn, ORDERS, LINES, CUSTOMERS)
     return report
+
+
+Batch = list[Packed | Rejected]
+
+
+def _read(path: Path, rules: Rules) -> Generator[Batch, None, None]:
+    """The file's orders, checked, a batch at a time. ImportFileError, naming the file,
+    when it cannot be read at all."""
+    with profiles._open(path) as stream:
+        try:
+            header, rows = read_table(stream, order_rows.order_header, "order_ref")
+            yield from profiles._batches(order_rows.packed_orders(header, rows, rules), BATCH)
+        except ImportFileError as exc:
+            raise ImportFileError(f"{shown(str(path))}: {shown(str(exc), 500)}") from None
+
+
+def _read_apart(path: Path, rules: Rules) -> Generator[Batch, None, None]:
+    """``_read`` in a forked child process, a few batches ahead of the caller. Its error
+    is raised here; the child is stopped when the caller stops early."""
+    context = multiprocessing.get_context("fork")
+    queue: Any = context.Queue(AHEAD)
+    child = context.Process(target=_reader, args=(path, rules, queue), daemon=True)
+    child.start()
+    try:
+        while True:
+            item = _next(queue, child)
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        if child.is_alive():
+            child.kill()
+        child.join()
+        queue.close()
+
+
+def _reader(path: Path, rules: Rules, queue: Any) -> None:
+    """The child: each batch onto the queue, then None, or the error that stopped it. A
+    Ctrl-C is the parent's to handle; a parent that has gone is not waited for."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = os.getppid()
+
+    def send(item: Batch | BaseException | None) -> bool:
+        while True:
+            try:
+                queue.put(item, timeout=1)
+                return True
+            except Full:
+                if os.getppid() != parent:
+                    queue.cancel_join_thread()  # nobody will read what is still in the pipe
+                    return False
+
+    try:
+        for batch in _read(path, rules):
+            if not send(batch):
+                return
+    except Exception as exc:  # any error is the import's: raised in the parent
+        send(exc if isinstance(exc, ImportFileError) else RuntimeError(repr(exc)))
+        return
+    send(None)
+
+
+def _next(queue: Any, child: Any) -> Batch | BaseException | None:
+    """The child's next item; an error once it has ended without saying so."""
+    while True:
+        try:
+            return queue.get(timeout=1)  # type: ignore[no-any-return]
+        except Empty:
+            if child.exitcode is not None:
+                try:
+                    return queue.get(timeout=1)  # type: ignore[no-any-return]
+                except Empty:
+                    return RuntimeError(f"reading the file stopped (exit code {child.exitcode})")
 
 
 def add(
@@ -121,13 +187,14 @@ def add(
     same, and rejected (left as it was) when it says something else. ``catalogued`` holds
     the SKUs an import has already made sure of, across its batches."""
     known = set() if catalogued is None else catalogued
-    touched = _add(conn, drafts, rules.now, source, report, known)
+    packs = [order_rows.packed(d) for d in drafts]
+    touched = _add(conn, packs, rules.now, source, report, known)
     insights.update_customers(conn, touched, rules.now, insight or InsightSettings(), rules.zone)
 
 
 def _add(
     conn: Connection,
-    drafts: list[Draft],
+    drafts: list[Packed],
     now: datetime,
     source: str,
     report: ImportReport,
@@ -150,45 +217,44 @@ def _add(
             report.rejected.append(_conflict(draft))
     if not new:
         return []
-    customers, added = profiles.ensure(conn, {d.lines[0].email for d in new}, now, LEAD_SOURCE)
+    customers, added = profiles.ensure(conn, {d.head[0] for d in new}, now, LEAD_SOURCE)
     report.customers_added += added
     ids = _insert_orders(conn, new, customers, now, source)
-    named = {
-        r.sku: (r.product, r.category) for d in new for r in d.lines if r.sku not in catalogued
-    }
+    named = {sku: (name, group) for d in new for sku, name, group, *_ in d.items}
+    named = {sku: said for sku, said in named.items() if sku not in catalogued}
     products.add_missing(conn, named, now)
     catalogued.update(named)
     lines = [
-        (ids[d.order_ref], n, r.sku, r.product, r.category, r.quantity, r.unit_price, r.unit_cost)
+        (ids[d.order_ref], n, *item)
         for d in new
         if d.order_ref in ids
-        for n, r in enumerate(d.lines, 1)
+        for n, item in enumerate(d.items, 1)
     ]
     _insert_plain(conn, LINES, _LINE_COLUMNS, lines)
     report.added += len(ids)
     report.lines += len(lines)
-    return sorted({customers[d.lines[0].email] for d in new if d.order_ref in ids})
+    return sorted({customers[d.head[0]] for d in new if d.order_ref in ids})
 
 
-def _conflict(draft: Draft) -> Rejected:
+def _conflict(draft: Packed) -> Rejected:
     reason = (
         f"order {draft.order_ref} was imported before with other content; nothing of it was changed"
     )
-    return Rejected(draft.order_ref, len(draft.lines), (BadLine(draft.first_line, reason),))
+    return Rejected(draft.order_ref, len(draft.items), (BadLine(draft.first_line, reason),))
 
 
 def _insert_orders(
-    conn: Connection, new: list[Draft], customers: dict[str, int], now: datetime, source: str
+    conn: Connection, new: list[Packed], customers: dict[str, int], now: datetime, source: str
 ) -> dict[str, int]:
     """Order ids by order id of the shop; one that another import stored meanwhile is left out."""
-    heads = [d.lines[0] for d in new]
-    columns: dict[str, list[Any]] = {
+    emails, moments, currencies, channels, statuses = zip(*(d.head for d in new), strict=True)
+    columns: dict[str, Sequence[Any]] = {
         "order_ref": [d.order_ref for d in new],
-        "customer_id": [customers[h.email] for h in heads],
-        "ordered_at": [h.ordered_at for h in heads],
-        "channel": [h.channel for h in heads],
-        "currency": [h.currency for h in heads],
-        "status": [h.status for h in heads],
+        "customer_id": [customers[e] for e in emails],
+        "ordered_at": moments,
+        "channel": channels,
+        "currency": currencies,
+        "status": statuses,
         "created_at": [now] * len(new),
         "source": [source] * len(new),
         "fingerprint": [d.fingerprint for d in new],
