@@ -8,13 +8,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from mailer.core.clock import ManualClock
 from mailer.core.errors import ImportFileError, NotFound
 from mailer.customers import profiles
 from mailer.store import db, migrate
 from tests.pg import PostgresServer
+
+CUSTOMERS = profiles.CUSTOMERS
 
 MIXED = (
     "\ufeffemail,name,locale,timezone,birthday,tags,city\n"
@@ -88,6 +90,27 @@ def test_import_updates_by_email_and_never_resubscribes(
         ("webinar",),
     )
     assert siti.unsubscribed_at == clock.now()
+
+
+def test_a_batch_that_adds_a_customer_keeps_a_stored_customers_confirmed_consent(
+    engine: Engine, tmp_path: Path, clock: ManualClock
+) -> None:
+    profiles.import_csv(engine, write(tmp_path, "email\nold@example.com\n"), clock.now())
+    with engine.begin() as conn:
+        old = profiles.get(conn, "old@example.com").id
+        profiles.confirm_marketing(conn, old, now=clock.now(), source="web form", ip="192.0.2.7")
+    text = "email,name,tags\nnew@example.com,New,a\nold@example.com,Old,b\n"
+    report = profiles.import_csv(engine, write(tmp_path, text, "b.csv"), clock.now())
+    assert (report.inserted, report.updated) == (1, 1)
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(
+                CUSTOMERS.c.consent_at, CUSTOMERS.c.consent_source, CUSTOMERS.c.consent_ip
+            ).where(CUSTOMERS.c.id == old)
+        ).one()
+        assert tuple(row) == (clock.now(), "web form", "192.0.2.7")
+        assert profiles.get(conn, "old@example.com").tags == ("b",)
+        assert profiles.get(conn, "new@example.com").tags == ("a",)
 
 
 def test_names_with_line_breaks_are_stored_on_one_line(

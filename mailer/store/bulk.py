@@ -94,6 +94,36 @@ def copy_insert(
 ) -> list[tuple[Any, ...]]:
     """Rows into the table, each one that conflicts with a stored row left out (ON CONFLICT
     DO NOTHING); the ``returning`` columns of the rows added."""
+    return _staged(conn, table, columns, rows, "DO NOTHING", returning)
+
+
+def copy_upsert(
+    conn: Connection,
+    table: Table,
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    *,
+    key: str,
+    update: Sequence[str],
+    returning: Sequence[str] = (),
+) -> list[tuple[Any, ...]]:
+    """Rows into the table, a row whose ``key`` (a unique column) is stored setting that
+    row's ``update`` columns instead (ON CONFLICT (key) DO UPDATE); the ``returning``
+    columns of every row written. No two rows may share a key."""
+    sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in update)
+    return _staged(conn, table, columns, rows, f"({key}) DO UPDATE SET {sets}", returning)
+
+
+def _staged(
+    conn: Connection,
+    table: Table,
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    conflict: str,
+    returning: Sequence[str],
+) -> list[tuple[Any, ...]]:
+    """Rows copied into a temporary table, then into ``table`` by one INSERT ... SELECT
+    ... ON CONFLICT ``conflict``."""
     names = ", ".join(columns)
     with _cursor(conn) as cursor:
         cursor.execute(
@@ -102,7 +132,8 @@ def copy_insert(
         )
         _copy(cursor, table, STAGE, columns, rows)
         cursor.execute(
-            f"INSERT INTO {table.name} ({names}) SELECT {names} FROM {STAGE} ON CONFLICT DO NOTHING"
+            f"INSERT INTO {table.name} ({names}) SELECT {names} FROM {STAGE} ON CONFLICT "
+            + conflict
             + (f" RETURNING {', '.join(returning)}" if returning else "")
         )
         added = cursor.fetchall() if returning else []
