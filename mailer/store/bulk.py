@@ -11,10 +11,11 @@ Nothing is committed here: the rows belong to the caller's transaction.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Table, any_, bindparam
+from sqlalchemy import JSON, DateTime, Table, any_, bindparam
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
@@ -174,15 +175,21 @@ def _cursor(conn: Connection) -> Any:
 def _copy(
     cursor: Any, table: Table, into: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]
 ) -> None:
-    as_json = [i for i, c in enumerate(columns) if isinstance(table.c[c].type, JSON)]
+    # JSON encoded here; a datetime as ISO text, which costs a tenth of psycopg's dumping
+    # of an aware datetime (that was half the COPY of a batch of customers)
+    kinds = {i: table.c[c].type._type_affinity for i, c in enumerate(columns)}
+    convert = {i: _TEXT[k] for i, k in kinds.items() if k in _TEXT}
     with cursor.copy(_copy_sql(into, columns)) as copy:
         for row in rows:
-            if as_json:
-                row = [
-                    json.dumps(v) if i in as_json and v is not None else v
-                    for i, v in enumerate(row)
-                ]
+            if convert:
+                row = list(row)
+                for i, text in convert.items():
+                    if row[i] is not None:
+                        row[i] = text(row[i])
             copy.write_row(row)
+
+
+_TEXT: dict[Any, Callable[[Any], str]] = {JSON: json.dumps, DateTime: datetime.isoformat}
 
 
 def _copy_sql(into: str, columns: Sequence[str]) -> str:
