@@ -292,7 +292,8 @@ def _merge(old: Any, row: CustomerRow, now: datetime, source: str) -> dict[str, 
         base["first_name"] = base["name"].split()[0]
     base["search_text"] = search_text(base)
     base["updated_at"] = now
-    base.pop("id", None)
+    for column in ("id", *_CONSENT_RECORD):  # every row of a batch names the same columns
+        base.pop(column, None)
     return base
 
 
@@ -433,16 +434,13 @@ def _new_customer(now: datetime) -> dict[str, Any]:
         "pause_until": None,
         "caps_override": None,
         "source": "import",
-        # every column an upsert writes, so that in a batch a new customer's row leaves a
-        # stored one's consent record as it was
-        "consent_at": None,
-        "consent_source": None,
-        "consent_ip": None,
         "created_at": now,
     }
 
 
-_KEPT = {"id", "email", "created_at"}  # what an upsert never changes in a stored customer
+# what an upsert never changes in a stored customer; the consent record is the customer's own
+_CONSENT_RECORD = ("consent_at", "consent_source", "consent_ip")
+_KEPT = {"id", "email", "created_at", *_CONSENT_RECORD}
 
 
 def _write(conn: Connection, values: list[dict[str, Any]]) -> dict[str, int]:
