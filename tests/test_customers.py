@@ -8,13 +8,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from mailer.core.clock import ManualClock
 from mailer.core.errors import ImportFileError, NotFound
 from mailer.customers import profiles
 from mailer.store import db, migrate
 from tests.pg import PostgresServer
+
+CUSTOMERS = profiles.CUSTOMERS
 
 MIXED = (
     "\ufeffemail,name,locale,timezone,birthday,tags,city\n"
@@ -88,6 +90,29 @@ def test_import_updates_by_email_and_never_resubscribes(
         ("webinar",),
     )
     assert siti.unsubscribed_at == clock.now()
+
+
+@pytest.mark.parametrize("order", ["new first", "stored first"])
+def test_a_batch_that_adds_a_customer_keeps_a_stored_customers_confirmed_consent(
+    engine: Engine, tmp_path: Path, clock: ManualClock, order: str
+) -> None:
+    profiles.import_csv(engine, write(tmp_path, "email\nold@example.com\n"), clock.now())
+    with engine.begin() as conn:
+        old = profiles.get(conn, "old@example.com").id
+        profiles.confirm_marketing(conn, old, now=clock.now(), source="web form", ip="192.0.2.7")
+    lines = ["new@example.com,New,a", "old@example.com,Old,b"]
+    text = "\n".join(["email,name,tags", *(lines if order == "new first" else lines[::-1])])
+    report = profiles.import_csv(engine, write(tmp_path, text, "b.csv"), clock.now())
+    assert (report.inserted, report.updated) == (1, 1)
+    consent = (CUSTOMERS.c.consent_at, CUSTOMERS.c.consent_source, CUSTOMERS.c.consent_ip)
+    with engine.connect() as conn:
+        stored = {r.email: tuple(r)[1:] for r in conn.execute(select(CUSTOMERS.c.email, *consent))}
+        assert stored == {
+            "old@example.com": (clock.now(), "web form", "192.0.2.7"),
+            "new@example.com": (None, None, None),
+        }
+        assert profiles.get(conn, "old@example.com").tags == ("b",)
+        assert profiles.get(conn, "new@example.com").tags == ("a",)
 
 
 def test_names_with_line_breaks_are_stored_on_one_line(

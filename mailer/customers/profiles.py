@@ -182,7 +182,8 @@ def _not_erased(
 ) -> list[CustomerRow]:
     """A file cannot bring back a customer who asked to be forgotten."""
     hashes = {address_hash(row.email): row for row in rows}
-    query = select(ERASED.c.address_hash).where(ERASED.c.address_hash.in_(list(hashes)))
+    dialect = conn.dialect.name
+    query = select(ERASED.c.address_hash).where(bulk.one_of(ERASED.c.address_hash, hashes, dialect))
     erased = set(conn.execute(query).scalars())
     report.rejected += [
         RejectedRow.of(hashes[h].line, hashes[h].email, ERASED_REASON) for h in erased
@@ -207,12 +208,9 @@ def _upsert(
 ) -> None:
     if not rows:
         return
-    existing: dict[str, Any] = {
-        r.email: r._mapping
-        for r in conn.execute(
-            select(CUSTOMERS).where(CUSTOMERS.c.email.in_([r.email for r in rows]))
-        )
-    }
+    emails = [r.email for r in rows]
+    query = select(CUSTOMERS).where(bulk.one_of(CUSTOMERS.c.email, emails, conn.dialect.name))
+    existing: dict[str, Any] = {r.email: r._mapping for r in conn.execute(query)}
     old_tags = _tags_of_retagged(conn, rows, existing)
     values, changes = [], []
     for row in rows:
@@ -229,9 +227,9 @@ def _upsert(
             report.inserted += 1
         else:
             report.updated += 1
-    if values:
-        conn.execute(_upsert_statement(conn), values)
-    _replace_tags(conn, [r for r in rows if _retags(r, existing, old_tags)])
+    ids = {email: before["id"] for email, before in existing.items()}
+    ids |= _write(conn, values) if values else {}
+    _replace_tags(conn, [r for r in rows if _retags(r, existing, old_tags)], ids)
     _log(conn, changes, actor, now)
 
 
@@ -294,7 +292,8 @@ def _merge(old: Any, row: CustomerRow, now: datetime, source: str) -> dict[str, 
         base["first_name"] = base["name"].split()[0]
     base["search_text"] = search_text(base)
     base["updated_at"] = now
-    base.pop("id", None)
+    for column in ("id", *_CONSENT_RECORD):  # every row of a batch names the same columns
+        base.pop(column, None)
     return base
 
 
@@ -439,25 +438,53 @@ def _new_customer(now: datetime) -> dict[str, Any]:
     }
 
 
-def _upsert_statement(conn: Connection) -> Any:
-    """INSERT ... ON CONFLICT (email) DO UPDATE, in the connected database's dialect."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(CUSTOMERS)
-    keep = {"id", "email", "created_at"}
-    changes = {c.name: stmt.excluded[c.name] for c in CUSTOMERS.columns if c.name not in keep}
-    return stmt.on_conflict_do_update(index_elements=["email"], set_=changes)
+# what an upsert never changes in a stored customer; the consent record is the customer's own
+_CONSENT_RECORD = ("consent_at", "consent_source", "consent_ip")
+_KEPT = {"id", "email", "created_at", *_CONSENT_RECORD}
 
 
-def _replace_tags(conn: Connection, rows: list[CustomerRow]) -> None:
+def _write(conn: Connection, values: list[dict[str, Any]]) -> dict[str, int]:
+    """Insert or update customers by address (every row with the same columns); the id of
+    each address written where the database tells it at no cost (PostgreSQL)."""
+    if conn.dialect.name != "postgresql":
+        stmt = sqlite.insert(CUSTOMERS)
+        changes = {c.name: stmt.excluded[c.name] for c in CUSTOMERS.columns if c.name not in _KEPT}
+        conn.execute(stmt.on_conflict_do_update(index_elements=["email"], set_=changes), values)
+        return {}
+    # COPY and one INSERT ... SELECT: an executemany sent a statement per customer
+    columns = list(values[0])
+    written = bulk.copy_upsert(
+        conn,
+        CUSTOMERS,
+        columns,
+        ([row[c] for c in columns] for row in values),
+        key="email",
+        update=[c for c in columns if c not in _KEPT],
+        returning=("email", "id"),
+    )
+    return dict(written)
+
+
+def _replace_tags(conn: Connection, rows: list[CustomerRow], known: Mapping[str, int]) -> None:
+    """The rows' tags in place of their customers' stored ones; ``known`` maps addresses
+    to ids where they are known already."""
     if not rows:
         return
-    emails = [r.email for r in rows]
-    query = select(CUSTOMERS.c.email, CUSTOMERS.c.id).where(CUSTOMERS.c.email.in_(emails))
-    ids = {email: customer_id for email, customer_id in conn.execute(query)}
-    conn.execute(delete(TAGS).where(TAGS.c.customer_id.in_(ids.values())))
-    pairs = [{"customer_id": ids[r.email], "tag": t} for r in rows for t in r.tags or ()]
-    if pairs:
-        conn.execute(insert(TAGS), pairs)
+    dialect = conn.dialect.name
+    ids = {r.email: known[r.email] for r in rows if r.email in known}
+    if missing := [r.email for r in rows if r.email not in ids]:
+        query = select(CUSTOMERS.c.email, CUSTOMERS.c.id)
+        ids |= dict(
+            conn.execute(query.where(bulk.one_of(CUSTOMERS.c.email, missing, dialect))).all()
+        )
+    conn.execute(delete(TAGS).where(bulk.one_of(TAGS.c.customer_id, list(ids.values()), dialect)))
+    pairs = [(ids[r.email], t) for r in rows for t in r.tags or ()]
+    if not pairs:
+        return
+    if dialect == "postgresql":
+        bulk.copy_rows(conn, TAGS, ["customer_id", "tag"], pairs)
+    else:
+        conn.execute(insert(TAGS), [{"customer_id": i, "tag": t} for i, t in pairs])
 
 
 def get(conn: Connection, email: str) -> Profile:
@@ -530,7 +557,8 @@ def selected(conn: Connection, query: Select[Any]) -> list[tuple[Profile, RowMap
 def tags_of(conn: Connection, ids: list[int]) -> dict[int, list[str]]:
     """The tags of many customers in one query, each list sorted; untagged ones are absent."""
     found: dict[int, list[str]] = {}
-    query = select(TAGS.c.customer_id, TAGS.c.tag).where(TAGS.c.customer_id.in_(ids))
+    owned = bulk.one_of(TAGS.c.customer_id, ids, conn.dialect.name)
+    query = select(TAGS.c.customer_id, TAGS.c.tag).where(owned)
     for customer_id, tag in conn.execute(query.order_by(TAGS.c.tag)):
         found.setdefault(customer_id, []).append(tag)
     return found
