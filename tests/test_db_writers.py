@@ -6,16 +6,20 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import pytest
 from sqlalchemy import Engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 from mailer.store import db
 
 THREADS = 8
 WRITES = 25
+on_sqlite = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
 def _counter(engine: Engine) -> None:
@@ -38,14 +42,13 @@ def _bump_from_threads(engine: Engine) -> list[BaseException]:
     return [error for run in runs if (error := run.exception()) is not None]
 
 
+@on_sqlite
 def test_sqlite_writers_of_one_process_take_turns_without_the_busy_handler(
     engine: Engine,
 ) -> None:
     """With SQLite's busy handler turned off, a writer that found the file locked would
     fail at once ("database is locked"), and a read before the write would lose updates:
     each transaction runs alone, so every bump counts."""
-    if engine.dialect.name != "sqlite":
-        return
     _counter(engine)
     engine.dispose()
 
@@ -58,14 +61,19 @@ def test_sqlite_writers_of_one_process_take_turns_without_the_busy_handler(
         assert conn.execute(text("SELECT n FROM bench_counter")).scalar_one() == THREADS * WRITES
 
 
+def _other_process(engine: Engine) -> sqlite3.Connection:
+    """A connection of its own, as another process's, holding SQLite's write lock."""
+    other = sqlite3.connect(make_url(str(engine.url)).database or "", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    return other
+
+
+@on_sqlite
 def test_a_write_waits_for_another_process_to_commit(engine: Engine) -> None:
     """Another process's write transaction holds SQLite's lock: the write starts only once
     that one has committed, and then goes through."""
-    if engine.dialect.name != "sqlite":
-        return
     _counter(engine)
-    other = sqlite3.connect(make_url(str(engine.url)).database or "", isolation_level=None)
-    other.execute("BEGIN IMMEDIATE")
+    other = _other_process(engine)
     other.execute("UPDATE bench_counter SET n = 10")
     entered = threading.Event()
 
@@ -98,3 +106,42 @@ def test_writers_on_postgresql_commit_what_they_wrote(engine: Engine) -> None:
         pass
     with engine.connect() as conn:
         assert conn.execute(text("SELECT n FROM bench_counter")).scalar_one() == 5
+
+
+@on_sqlite
+def test_writes_held_up_by_another_process_each_fail_after_the_busy_timeout(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four API writes wait behind a write elsewhere that does not end: each fails with
+    "database is locked" once the busy timeout has passed since it was asked, not after
+    the timeouts of the writes queued ahead of it in this process (4 x 0.5 s)."""
+    _counter(engine)
+    monkeypatch.setattr(db, "SQLITE_BUSY_TIMEOUT_MS", 500)
+    engine.dispose()  # new connections with the shorter timeout
+    other = _other_process(engine)
+    started = time.monotonic()
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            runs = [pool.submit(_bump, engine) for _ in range(4)]
+        errors = [run.exception() for run in runs]
+    finally:
+        other.close()
+    assert all(isinstance(e, OperationalError) and "locked" in str(e) for e in errors), errors
+    assert time.monotonic() - started < 1.5
+
+
+@on_sqlite
+def test_a_write_leaves_the_connections_own_busy_timeout_and_may_not_nest(engine: Engine) -> None:
+    def patient(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.execute("PRAGMA busy_timeout=1234")
+
+    engine.dispose()
+    event.listen(engine, "connect", patient)
+    _counter(engine)
+    with db.writing(engine) as conn:
+        conn.execute(text("UPDATE bench_counter SET n = 1"))
+        with pytest.raises(RuntimeError, match=r"inside db\.writing"), db.writing(engine):
+            pass
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar_one() == 1234
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT n FROM bench_counter")).scalar_one() == 1

@@ -100,12 +100,12 @@ def lock_for_writing(conn: Connection, table: Table) -> None:
         conn.execute(update(table).where(false()).values({key: key}))
 
 
-_WRITERS: weakref.WeakKeyDictionary[Engine, threading.RLock] = weakref.WeakKeyDictionary()
+_WRITERS: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
 _WRITERS_LOCK = threading.Lock()
+_WRITING = threading.local()  # the engine this thread is writing through, if any
 # how ``writing`` waits for another process's write on SQLite: tries this far apart (the
-# pause doubles up to the last), for up to a second; then the busy handler as elsewhere
-WRITE_LOCK_PAUSES = (0.0002, 0.0005, 0.001, 0.002)
-WRITE_LOCK_POLLING = 1.0  # seconds
+# pause grows to the last), until the busy timeout has passed since the call
+WRITE_LOCK_PAUSES = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01)
 
 
 @contextmanager
@@ -119,44 +119,60 @@ def writing(engine: Engine) -> Iterator[Connection]:
     78 ms, and threads of one process queued there woke long after the writer ahead had
     committed. On SQLite the threads of this process take turns on a lock of the process,
     handed on the moment a transaction ends, and the one whose turn it is takes SQLite's
-    write lock at once (``BEGIN IMMEDIATE``), trying again every 0.2-2 ms while another
-    process writes. PostgreSQL locks rows, not the database: there it is ``engine.begin()``.
+    write lock at once (``BEGIN IMMEDIATE``), trying again every 0.2-10 ms while another
+    process writes. The busy timeout bounds the whole wait, turn included, so a write
+    held up behind a long one elsewhere fails after it as any write would ("database is
+    locked"), not after the waits of every thread ahead of it. Not re-entrant: a thread
+    writing through the engine already would wait for itself. PostgreSQL locks rows, not
+    the database: there it is ``engine.begin()``.
     """
     if engine.dialect.name != "sqlite":
         with engine.begin() as conn:
             yield conn
         return
+    if getattr(_WRITING, "engine", None) is engine:
+        raise RuntimeError("db.writing inside db.writing: the inner write would wait for the outer")
     with _WRITERS_LOCK:
-        turn = _WRITERS.setdefault(engine, threading.RLock())
-    with turn, engine.begin() as conn:
-        _take_write_lock(conn)
-        yield conn
+        turn = _WRITERS.setdefault(engine, threading.Lock())
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    if not turn.acquire(timeout=SQLITE_BUSY_TIMEOUT_MS / 1000):
+        locked = sqlite3.OperationalError("database is locked (by this process's other writes)")
+        raise OperationalError("BEGIN IMMEDIATE", None, locked)
+    _WRITING.engine = engine
+    try:
+        with engine.begin() as conn:
+            _take_write_lock(conn, deadline)
+            yield conn
+    finally:
+        _WRITING.engine = None
+        turn.release()
 
 
-def _take_write_lock(conn: Connection) -> None:
+def _take_write_lock(conn: Connection, deadline: float) -> None:
     """Begin the SQLite transaction holding the database's write lock, polling for it
-    while another process holds it, for up to WRITE_LOCK_POLLING seconds; after that the
-    busy handler waits out the rest of the busy timeout (and "database is locked" is
-    raised as on any write)."""
+    while another process holds it, until ``deadline``; then once more through SQLAlchemy,
+    so that "database is locked", or any other error of the driver, is raised wrapped as
+    on any write. The connection's own busy timeout is put back."""
     raw = conn.connection.driver_connection
     assert raw is not None
+    (timeout,) = raw.execute("PRAGMA busy_timeout").fetchone()
     raw.execute("PRAGMA busy_timeout=0")
     try:
         pauses = iter(WRITE_LOCK_PAUSES)
         pause = next(pauses)
-        deadline = time.monotonic() + WRITE_LOCK_POLLING
-        while time.monotonic() < deadline:
+        while True:
             try:
                 raw.execute("BEGIN IMMEDIATE")
                 return
             except sqlite3.OperationalError as exc:
-                if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
-                    raise
+                busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+                if not busy or time.monotonic() + pause > deadline:
+                    break
             time.sleep(pause)
             pause = next(pauses, pause)
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
     finally:
-        raw.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+        raw.execute(f"PRAGMA busy_timeout={int(timeout)}")
 
 
 def normalise_url(url: str) -> str:
