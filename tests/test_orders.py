@@ -3,6 +3,10 @@ nothing, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -240,6 +244,36 @@ def test_a_file_read_in_a_child_that_cannot_be_read_is_refused_by_name(
         orders.import_csv(engine, path, RULES)
     with engine.connect() as conn:
         assert orders.find(conn) == []
+
+
+def test_a_reading_child_killed_half_way_through_a_batch_stops_the_import_with_a_line(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The child is killed (as the out-of-memory killer would) while it is sending a batch
+    bigger than the pipe can hold: the import stops with a line that says so instead of
+    waiting for the rest of the batch, and the orders written before it are kept."""
+    monkeypatch.setattr(orders, "READ_APART", 0)
+    monkeypatch.setattr(orders, "PIPE_BYTES", 4096)
+    rows = "".join(
+        f"K{n},buyer{n % 50}@example.com,2026-11-01,BEAN-1,Beans,1,1.00,EUR,\n"
+        for n in range(3 * orders.BATCH)
+    )
+
+    def kill_the_child_mid_batch(_lines: int) -> None:
+        (child,) = multiprocessing.active_children()
+        wchan = Path(f"/proc/{child.pid}/wchan")
+        for _ in range(1000):  # at most 10 s for the child to fill the pipe
+            if "pipe_write" in wchan.read_text():
+                break
+            time.sleep(0.01)
+        else:
+            raise AssertionError("the child never waited on the pipe")
+        os.kill(child.pid, signal.SIGKILL)
+
+    with pytest.raises(ImportFileError, match=r"orders\.csv: the process reading it stopped"):
+        orders.import_csv(engine, write(tmp_path, rows), RULES, progress=kill_the_child_mid_batch)
+    with engine.connect() as conn:
+        assert len(orders.find(conn, limit=5000)) == orders.BATCH
 
 
 def test_an_order_imported_again_with_other_content_is_reported_and_kept(

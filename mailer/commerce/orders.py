@@ -11,15 +11,16 @@ with fresh planner statistics.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import multiprocessing
-import os
 import signal
 from collections.abc import Callable, Generator, Iterable, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime
+from multiprocessing.connection import Connection as Connection_
 from pathlib import Path
-from queue import Empty, Full
 from typing import Any
 
 from sqlalchemy import Engine, Table, func, select
@@ -40,7 +41,7 @@ LINES: Table = OrderLine.__table__  # type: ignore[attr-defined]
 CUSTOMERS: Table = Customer.__table__  # type: ignore[attr-defined]
 BATCH = 1000  # orders to a transaction
 READ_APART = 4 << 20  # bytes of a file read and checked in a child process (40,000 lines)
-AHEAD = 4  # batches the child may have checked that are not written yet
+PIPE_BYTES = 1 << 20  # what the child may have sent that is not read yet (a few batches)
 ANALYZE_AFTER = 10_000  # lines added that are worth fresh statistics at once (PostgreSQL)
 LEAD_SOURCE = "orders"
 Progress = Callable[[int], None]
@@ -113,15 +114,28 @@ def _read(path: Path, rules: Rules) -> Generator[Batch, None, None]:
 
 
 def _read_apart(path: Path, rules: Rules) -> Generator[Batch, None, None]:
-    """``_read`` in a forked child process, a few batches ahead of the caller. Its error
+    """``_read`` in a forked child process, a few batches ahead of the caller. Only the
+    child holds the write end of the pipe, so a child that dies, even half way through
+    sending a batch, is an end of the pipe here (ImportFileError), never a wait. Its error
     is raised here; the child is stopped when the caller stops early."""
     context = multiprocessing.get_context("fork")
-    queue: Any = context.Queue(AHEAD)
-    child = context.Process(target=_reader, args=(path, rules, queue), daemon=True)
+    reader, writer = context.Pipe(duplex=False)
+    with contextlib.suppress(OSError):  # room for a few batches, where Linux allows it
+        fcntl.fcntl(writer.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    child = context.Process(target=_reader, args=(path, rules, writer), daemon=True)
     child.start()
+    writer.close()
     try:
         while True:
-            item = _next(queue, child)
+            try:
+                item = reader.recv()
+            except (EOFError, OSError):  # OSError: the end came in the middle of a batch
+                child.join()
+                raise ImportFileError(
+                    f"{shown(str(path))}: the process reading it stopped (exit code "
+                    f"{child.exitcode}); the orders before were kept, and importing the "
+                    "file again adds the rest"
+                ) from None
             if item is None:
                 return
             if isinstance(item, BaseException):
@@ -131,46 +145,23 @@ def _read_apart(path: Path, rules: Rules) -> Generator[Batch, None, None]:
         if child.is_alive():
             child.kill()
         child.join()
-        queue.close()
+        reader.close()
 
 
-def _reader(path: Path, rules: Rules, queue: Any) -> None:
-    """The child: each batch onto the queue, then None, or the error that stopped it. A
-    Ctrl-C is the parent's to handle; a parent that has gone is not waited for."""
+def _reader(path: Path, rules: Rules, writer: Connection_) -> None:
+    """The child: each batch into the pipe (waiting while it is full), then None, or the
+    error that stopped it. A Ctrl-C is the parent's to handle; a parent that has gone
+    breaks the pipe, which ends the child."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    parent = os.getppid()
-
-    def send(item: Batch | BaseException | None) -> bool:
-        while True:
-            try:
-                queue.put(item, timeout=1)
-                return True
-            except Full:
-                if os.getppid() != parent:
-                    queue.cancel_join_thread()  # nobody will read what is still in the pipe
-                    return False
-
     try:
         for batch in _read(path, rules):
-            if not send(batch):
-                return
-    except Exception as exc:  # any error is the import's: raised in the parent
-        send(exc if isinstance(exc, ImportFileError) else RuntimeError(repr(exc)))
+            writer.send(batch)
+        writer.send(None)
+    except BrokenPipeError:  # nobody is reading any more
         return
-    send(None)
-
-
-def _next(queue: Any, child: Any) -> Batch | BaseException | None:
-    """The child's next item; an error once it has ended without saying so."""
-    while True:
-        try:
-            return queue.get(timeout=1)  # type: ignore[no-any-return]
-        except Empty:
-            if child.exitcode is not None:
-                try:
-                    return queue.get(timeout=1)  # type: ignore[no-any-return]
-                except Empty:
-                    return RuntimeError(f"reading the file stopped (exit code {child.exitcode})")
+    except Exception as exc:  # any error is the import's: raised in the parent
+        with contextlib.suppress(BrokenPipeError):
+            writer.send(exc if isinstance(exc, ImportFileError) else RuntimeError(repr(exc)))
 
 
 def add(
