@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -113,6 +115,40 @@ def test_a_batch_that_adds_a_customer_keeps_a_stored_customers_confirmed_consent
         }
         assert profiles.get(conn, "old@example.com").tags == ("b",)
         assert profiles.get(conn, "new@example.com").tags == ("a",)
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_an_opt_in_confirmed_while_a_batch_changes_the_customer_is_kept(
+    engine: Engine, tmp_path: Path, clock: ManualClock
+) -> None:
+    """The customer clicks the confirmation link while an import renames them: the import
+    waits for the confirmation and keeps it (it used to write the consent it had read
+    before, false, over it). SQLite has one writer, so the two cannot interleave there."""
+    first = write(tmp_path, "email,name,marketing_consent\nana@example.com,Ana,no\n")
+    profiles.import_csv(engine, first, clock.now())
+    with engine.connect() as link:
+        customer = profiles.get(link, "ana@example.com").id
+        profiles.confirm_marketing(link, customer, now=clock.now(), source="link", ip=None)
+        with ThreadPoolExecutor(1) as pool:  # the confirmation is not committed yet
+            renamed = write(tmp_path, "email,name\nana@example.com,Ana Cruz\n", "b.csv")
+            batch = pool.submit(profiles.import_csv, engine, renamed, clock.now())
+            for _ in range(1000):  # at most 10 s for the import to reach the row
+                if waiting_on_a_lock(engine):
+                    break
+                time.sleep(0.01)
+            else:
+                raise AssertionError("the import never waited for the confirmation")
+            link.commit()
+            assert batch.result().updated == 1
+    with engine.connect() as conn:
+        ana = profiles.get(conn, "ana@example.com")
+    assert (ana.name, ana.marketing_consent) == ("Ana Cruz", True)
+
+
+def waiting_on_a_lock(engine: Engine) -> bool:
+    with engine.connect() as conn:
+        query = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        return bool(conn.exec_driver_sql(query).scalar())
 
 
 def test_names_with_line_breaks_are_stored_on_one_line(

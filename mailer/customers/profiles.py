@@ -210,6 +210,9 @@ def _upsert(
         return
     emails = [r.email for r in rows]
     query = select(CUSTOMERS).where(bulk.one_of(CUSTOMERS.c.email, emails, conn.dialect.name))
+    # locked (PostgreSQL; SQLite's one writer needs none) in one order, so that an opt-in
+    # confirmed meanwhile is read, not written over with the value read before it
+    query = query.order_by(CUSTOMERS.c.id).with_for_update()
     existing: dict[str, Any] = {r.email: r._mapping for r in conn.execute(query)}
     old_tags = _tags_of_retagged(conn, rows, existing)
     values, changes = [], []
