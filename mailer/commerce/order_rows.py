@@ -128,9 +128,8 @@ class Packed(NamedTuple):
 
 
 def packed(draft: Draft) -> Packed:
-    first = draft.lines[0]
-    head = (first.email, first.ordered_at, first.currency, first.channel, first.status)
     items = tuple(map(_item_fields, draft.lines))
+    head = _order_fields(draft.lines[0])
     return Packed(draft.order_ref, draft.first_line, draft.fingerprint, head, items)
 
 
