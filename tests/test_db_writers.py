@@ -1,17 +1,18 @@
 """Short write transactions from many threads of one server process (each API call counts
-its key): on SQLite they take turns in the process instead of polling on SQLite's busy
-handler; on PostgreSQL they run side by side."""
+its key): on SQLite the writes waiting at once are committed together, without SQLite's
+busy handler; on PostgreSQL they run side by side."""
 
 from __future__ import annotations
 
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, event, text
+from sqlalchemy import Connection, Engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
@@ -28,11 +29,15 @@ def _counter(engine: Engine) -> None:
         conn.execute(text("INSERT INTO bench_counter (n) VALUES (0)"))
 
 
+def _bump_once(conn: Connection) -> int:
+    n = int(conn.execute(text("SELECT n FROM bench_counter")).scalar_one()) + 1
+    conn.execute(text("UPDATE bench_counter SET n = :n"), {"n": n})
+    return n
+
+
 def _bump(engine: Engine) -> None:
     for _ in range(WRITES):
-        with db.writing(engine) as conn:
-            n = conn.execute(text("SELECT n FROM bench_counter")).scalar_one()
-            conn.execute(text("UPDATE bench_counter SET n = :n"), {"n": n + 1})
+        db.write_together(engine, _bump_once)
 
 
 def _bump_from_threads(engine: Engine) -> list[BaseException]:
@@ -43,7 +48,7 @@ def _bump_from_threads(engine: Engine) -> list[BaseException]:
 
 
 @on_sqlite
-def test_sqlite_writers_of_one_process_take_turns_without_the_busy_handler(
+def test_sqlite_writers_of_one_process_write_one_at_a_time_without_the_busy_handler(
     engine: Engine,
 ) -> None:
     """With SQLite's busy handler turned off, a writer that found the file locked would
@@ -77,13 +82,12 @@ def test_a_write_waits_for_another_process_to_commit(engine: Engine) -> None:
     other.execute("UPDATE bench_counter SET n = 10")
     entered = threading.Event()
 
-    def bump() -> None:
-        with db.writing(engine) as conn:
-            entered.set()
-            conn.execute(text("UPDATE bench_counter SET n = n + 1"))
+    def bump(conn: Connection) -> None:
+        entered.set()
+        conn.execute(text("UPDATE bench_counter SET n = n + 1"))
 
     with ThreadPoolExecutor(1) as pool:
-        run = pool.submit(bump)
+        run = pool.submit(db.write_together, engine, bump)
         assert not entered.is_set()
         other.execute("COMMIT")
         run.result()
@@ -93,19 +97,19 @@ def test_a_write_waits_for_another_process_to_commit(engine: Engine) -> None:
 
 
 def test_writers_on_postgresql_commit_what_they_wrote(engine: Engine) -> None:
-    """On PostgreSQL ``writing`` is ``engine.begin()``: committed at the end, rolled back
-    on an error."""
+    """On PostgreSQL ``write_together`` is ``engine.begin()``: committed at the end, rolled
+    back on an error."""
     _counter(engine)
-    with db.writing(engine) as conn:
-        conn.execute(text("UPDATE bench_counter SET n = 5"))
-    try:
-        with db.writing(engine) as conn:
-            conn.execute(text("UPDATE bench_counter SET n = 7"))
-            raise RuntimeError("undo")
-    except RuntimeError:
-        pass
+    assert db.write_together(engine, _bump_once) == 1
+
+    def undone(conn: Connection) -> None:
+        _bump_once(conn)
+        raise RuntimeError("undo")
+
+    with pytest.raises(RuntimeError, match="undo"):
+        db.write_together(engine, undone)
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT n FROM bench_counter")).scalar_one() == 5
+        assert conn.execute(text("SELECT n FROM bench_counter")).scalar_one() == 1
 
 
 @on_sqlite
@@ -138,10 +142,50 @@ def test_a_write_leaves_the_connections_own_busy_timeout_and_may_not_nest(engine
     engine.dispose()
     event.listen(engine, "connect", patient)
     _counter(engine)
-    with db.writing(engine) as conn:
-        conn.execute(text("UPDATE bench_counter SET n = 1"))
-        with pytest.raises(RuntimeError, match=r"inside db\.writing"), db.writing(engine):
-            pass
-        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar_one() == 1234
+
+    def nesting(conn: Connection) -> int:
+        _bump_once(conn)
+        with pytest.raises(RuntimeError, match="inside its own work"):
+            db.write_together(engine, _bump_once)
+        return int(conn.exec_driver_sql("PRAGMA busy_timeout").scalar_one())
+
+    assert db.write_together(engine, nesting) == 1234
     with engine.connect() as conn:
         assert conn.execute(text("SELECT n FROM bench_counter")).scalar_one() == 1
+
+
+@on_sqlite
+def test_writes_waiting_at_once_are_committed_together_and_a_failing_one_alone_is_undone(
+    engine: Engine,
+) -> None:
+    """Eight writes arrive while another process holds the lock: once it commits, they are
+    committed in one or two transactions instead of eight, each thread gets its own result,
+    and the one that raised gets its error with its own change undone and nobody else's."""
+    _counter(engine)
+    other = _other_process(engine)
+    commits: list[int] = []
+    event.listen(engine, "commit", lambda conn: commits.append(1))
+
+    def bump_or_fail(fail: bool) -> Callable[[Connection], int]:
+        def work(conn: Connection) -> int:
+            n = _bump_once(conn)
+            if fail:
+                raise ValueError(f"write {n} refused")
+            return n
+
+        return work
+
+    with ThreadPoolExecutor(8) as pool:
+        runs = [pool.submit(db.write_together, engine, bump_or_fail(i == 3)) for i in range(8)]
+        deadline = time.monotonic() + 10
+        while len(db._GROUPS[engine].waiting) < 7 and time.monotonic() < deadline:
+            time.sleep(0.01)  # until the leader waits for the lock and seven wait behind it
+        other.execute("ROLLBACK")
+        other.close()
+        errors = [run.exception() for run in runs]
+    failed = [e for e in errors if e is not None]
+    assert len(failed) == 1 and isinstance(failed[0], ValueError), errors
+    assert sorted(run.result() for run in runs if run.exception() is None) == list(range(1, 8))
+    assert len(commits) <= 2
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT n FROM bench_counter")).scalar_one() == 7

@@ -92,8 +92,7 @@ async def refusal(request: Request) -> HTTPException | None:
 
 
 def _allowed(api: ApiState, secret: str, scope: Scope) -> ApiKey:
-    with db.writing(api.engine) as conn:
-        verdict = admit(conn, api, Pending(secret, scope))
+    verdict = db.write_together(api.engine, lambda conn: admit(conn, api, Pending(secret, scope)))
     if isinstance(verdict, HTTPException):
         raise verdict
     return verdict

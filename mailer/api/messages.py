@@ -182,10 +182,18 @@ def _queued(api: ApiState, body: MessageIn, pending: Pending, idempotency_key: s
         checked: Checked | Invalid = Checked(address, files, _digest(canonical, files))
     except Invalid as exc:
         checked = exc
-    with db.writing(api.engine) as conn:
+    ready = checked if isinstance(checked, Checked) else None
+
+    def admitted(
+        conn: Connection,
+    ) -> tuple[ApiKey | HTTPException, dict[str, Any] | Invalid | None]:
+        """The key's verdict, and the message queued when the key and the body passed."""
         key = admit(conn, api, pending)
-        if isinstance(key, ApiKey) and not isinstance(checked, Invalid):
-            outcome = _enqueued(conn, api, body, checked, f"{PREFIX}{key.id}:{idempotency_key}")
+        if isinstance(key, HTTPException) or ready is None:
+            return key, None
+        return key, _enqueued(conn, api, body, ready, f"{PREFIX}{key.id}:{idempotency_key}")
+
+    key, outcome = db.write_together(api.engine, admitted)
     # raised once committed: a refused key or a wrong body still counts against the rate
     if isinstance(key, HTTPException):
         raise key
@@ -193,6 +201,7 @@ def _queued(api: ApiState, body: MessageIn, pending: Pending, idempotency_key: s
         raise checked
     if isinstance(outcome, Invalid):
         raise outcome
+    assert outcome is not None  # queued: the key and the body passed
     if outcome["request_hash"] != checked.digest:
         conflict = FieldError(pointer="", field="Idempotency-Key", detail="used with another body")
         raise Invalid([conflict], 409, "this Idempotency-Key was used for another message")
