@@ -96,6 +96,34 @@ def test_a_write_waits_for_another_process_to_commit(engine: Engine) -> None:
         assert conn.execute(text("SELECT n FROM bench_counter")).scalar_one() == 11
 
 
+@on_sqlite
+def test_a_write_transaction_polls_for_the_lock_without_the_busy_handler(engine: Engine) -> None:
+    """Delivery's claims and results take SQLite's lock as the API's writes do, by trying
+    again every few milliseconds instead of sleeping on SQLite's busy handler (here turned
+    off: a write that found the lock taken would fail at once): the transaction starts
+    only once the other process has committed, then writes."""
+    _counter(engine)
+    engine.dispose()
+    event.listen(engine, "connect", lambda dbapi, _record: dbapi.execute("PRAGMA busy_timeout=0"))
+    other = _other_process(engine)
+    other.execute("UPDATE bench_counter SET n = 10")
+    entered = threading.Event()
+
+    def bump() -> None:
+        with db.begin_writing(engine) as conn:
+            entered.set()
+            _bump_once(conn)
+
+    with ThreadPoolExecutor(1) as pool:
+        run = pool.submit(bump)
+        assert not entered.wait(0.2)
+        other.execute("COMMIT")
+        run.result()
+    other.close()
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT n FROM bench_counter")).scalar_one() == 11
+
+
 def test_writers_on_postgresql_commit_what_they_wrote(engine: Engine) -> None:
     """On PostgreSQL ``write_together`` is ``engine.begin()``: committed at the end, rolled
     back on an error."""

@@ -454,7 +454,7 @@ def claim(
     Deciding happens in the claiming transaction, with the customers' rows locked on
     PostgreSQL (SQLite has a single writer), so two workers can never both pass a cap.
     """
-    with engine.begin() as conn:
+    with db.begin_writing(engine) as conn:
         due = _due(conn.dialect.name, now, skip_domains, skip_categories)
         rows = _claim_rows(conn, due, limit, now, policy)
         if not rows:
@@ -715,7 +715,7 @@ def record(engine: Engine, outcomes: Sequence[Outcome], held: Mapping[int, int])
     came too late, each logged as a late attempt and nothing else."""
     if not outcomes:
         return []
-    with engine.begin() as conn:
+    with db.begin_writing(engine) as conn:
         for result, statement in _RESULT_STATEMENTS.items():
             params = [_params(o, held) for o in outcomes if o.result == result]
             if params:
