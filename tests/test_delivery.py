@@ -22,6 +22,7 @@ from mailer.core.clock import ManualClock
 from mailer.core.config import Config
 from mailer.core.errors import MailerError
 from mailer.customers import profiles
+from mailer.outbound import delivery as delivery_module
 from mailer.outbound import outbox, smtp
 from mailer.outbound.delivery import Delivery
 from mailer.outbound.outbox import NewMessage, Outcome, Result
@@ -361,6 +362,32 @@ async def test_stop_lets_the_batch_in_flight_finish(road: Road) -> None:
     stop.set()
     await asyncio.wait_for(worker, 10)
     assert len(road.sink.received) == 3
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_a_message_another_process_queues_goes_out_without_waiting_for_the_next_look(
+    road: Road, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An API send queued by a web process of its own cannot wake the daemon's worker; on
+    SQLite the idle worker sees the commit and looks at the queue (its rest between looks
+    made a minute here, so only that can deliver in time)."""
+    monkeypatch.setattr(delivery_module, "IDLE_POLL", 60.0)
+    road.queue(("maria", "first"), **TRANSACTIONAL)
+    stop = asyncio.Event()
+    worker = asyncio.create_task(road.delivery.run(stop))
+    for _ in range(500):  # bounded: the first arrives, then the worker finds nothing due
+        if road.sink.received:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)  # the worker rests idle
+    await asyncio.to_thread(road.queue, ("siti", "second"), **TRANSACTIONAL)
+    for _ in range(500):  # bounded: 5 s, far below the minute of rest
+        if len(road.sink.received) == 2:
+            break
+        await asyncio.sleep(0.01)
+    stop.set()
+    await asyncio.wait_for(worker, 10)
+    assert [r.rcpt_tos for r in road.sink.received] == [["maria@example.com"], ["siti@example.com"]]
 
 
 @dataclass
