@@ -8,7 +8,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -217,3 +217,80 @@ def test_writes_waiting_at_once_are_committed_together_and_a_failing_one_alone_i
     assert len(commits) <= 2
     with engine.connect() as conn:
         assert conn.execute(text("SELECT n FROM bench_counter")).scalar_one() == 7
+
+
+def _queue_in_order(
+    engine: Engine, pool: ThreadPoolExecutor, works: list[Callable[[Connection], Any]]
+) -> list[Future[Any]]:
+    """Each write submitted once the one before waits in this process's group, so that the
+    first leads (waiting for the lock) and the rest form its next transaction, in order."""
+    runs: list[Future[Any]] = []
+    for work in works:
+        runs.append(pool.submit(db.write_together, engine, work))
+        deadline = time.monotonic() + 10
+        while len(db._GROUPS[engine].waiting) < len(runs) - 1 and time.monotonic() < deadline:
+            time.sleep(0.005)  # until this one waits behind the leader
+    return runs
+
+
+def _insert(value: int) -> Callable[[Connection], int]:
+    def work(conn: Connection) -> int:
+        conn.execute(text("INSERT INTO bench_rows (x) VALUES (:x)"), {"x": value})
+        return value
+
+    return work
+
+
+def _disk_full(conn: Connection) -> None:
+    """A write that SQLite refuses for want of space: it rolls back the whole transaction,
+    not the statement (a real SQLITE_FULL, from a page limit instead of a full disk)."""
+    conn.exec_driver_sql("PRAGMA max_page_count=20")
+    try:
+        conn.execute(text("INSERT INTO bench_rows (x) VALUES (zeroblob(400000))"))
+    finally:
+        conn.exec_driver_sql("PRAGMA max_page_count=1073741823")
+
+
+@on_sqlite
+def test_a_write_that_loses_the_whole_transaction_fails_every_write_of_it(engine: Engine) -> None:
+    """A send answered 202 must be stored: when one write of a transaction makes SQLite roll
+    all of it back (a full disk), every write of it fails, and none is reported done."""
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE bench_rows (x)"))
+    other = _other_process(engine)
+    with ThreadPoolExecutor(4) as pool:
+        runs = _queue_in_order(engine, pool, [_insert(0), _insert(1), _disk_full, _insert(3)])
+        other.execute("ROLLBACK")
+        other.close()
+        done = [run.result() for run in runs if run.exception() is None]
+    assert done == [0]
+    assert all("full" in str(run.exception()) for run in runs[1:]), [r.exception() for r in runs]
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT x FROM bench_rows")).scalars().all() == [0]
+
+
+@on_sqlite
+def test_writes_queued_behind_a_write_that_does_not_end_give_up_after_the_busy_timeout(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write of this process that never ends holds the others no longer than SQLite's
+    busy timeout: they fail with "database is locked" and are never run afterwards."""
+    _counter(engine)
+    monkeypatch.setattr(db, "SQLITE_BUSY_TIMEOUT_MS", 500)
+    release = threading.Event()
+
+    def held(conn: Connection) -> int:
+        release.wait(10)
+        return _bump_once(conn)
+
+    with ThreadPoolExecutor(3) as pool:
+        started = time.monotonic()
+        runs = _queue_in_order(engine, pool, [held, _bump_once, _bump_once])
+        errors = [run.exception(timeout=10) for run in runs[1:]]
+        waited = time.monotonic() - started
+        release.set()
+        assert runs[0].result() == 1
+    assert all(isinstance(e, OperationalError) and "locked" in str(e) for e in errors), errors
+    assert waited < 5
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT n FROM bench_counter")).scalar_one() == 1

@@ -6,6 +6,7 @@ threads, which on SQLite is cheaper than aiosqlite's per-statement cost.
 
 from __future__ import annotations
 
+import copy
 import sqlite3
 import threading
 import time
@@ -120,6 +121,7 @@ class _Write(Generic[T]):
     done: bool = False
     outcome: Any = None  # what ``work`` returned, once done
     error: BaseException | None = None
+    shared: bool = False  # the error is the whole transaction's, raised in every write's thread
 
 
 @dataclass(eq=False)
@@ -165,12 +167,36 @@ def write_together(engine: Engine, work: Callable[[Connection], T]) -> T:
         if not group.leading:
             group.leading = True
             mine.woken.set()
-    mine.woken.wait()
+    if not mine.woken.wait(_left(mine.asked)):
+        with group.lock:  # not taken by a leader in time: given up, as a busy SQLite write is
+            if not mine.woken.is_set() and mine in group.waiting:
+                group.waiting.remove(mine)
+                raise _locked("database is locked (by this process's other writes)")
+        mine.woken.wait()  # taken by a leader, or made one, at the last moment
     if not mine.done:
         _lead(engine, group)
     if mine.error is not None:
-        raise mine.error
+        raise _own(mine.error) if mine.shared else mine.error
     return typing.cast(T, mine.outcome)
+
+
+def _left(asked: float) -> float:
+    return max(0.0, asked + SQLITE_BUSY_TIMEOUT_MS / 1000 - time.monotonic())
+
+
+def _locked(message: str) -> OperationalError:
+    return OperationalError("BEGIN IMMEDIATE", None, sqlite3.OperationalError(message))
+
+
+def _own(error: BaseException) -> BaseException:
+    """A copy of a failure several writes share, so that each request's traceback is its
+    own (raising one object in many threads piles their frames onto it)."""
+    try:
+        copied = copy.copy(error)
+    except Exception:  # an exception that cannot be copied is raised as it is
+        return error
+    copied.__cause__, copied.__context__ = error.__cause__, error.__context__
+    return copied
 
 
 def _lead(engine: Engine, group: _Group) -> None:
@@ -196,17 +222,27 @@ def _commit_together(engine: Engine, batch: list[_Write[Any]]) -> None:
     _WRITING.engine = engine
     try:
         with begin_writing(engine, min(write.asked for write in batch)) as conn:
+            raw = conn.connection.driver_connection
+            assert raw is not None
             for write in batch:
+                savepoint = conn.begin_nested()
                 try:
-                    with conn.begin_nested():
-                        write.outcome = write.work(conn)
-                except Exception as exc:  # its own writes are undone; the others go on
+                    write.outcome = write.work(conn)
+                except Exception as exc:
+                    if not raw.in_transaction:  # SQLite rolled back the whole transaction
+                        raise  # (a full disk, an I/O error): every write of it failed
+                    savepoint.rollback()  # its own writes are undone; the others go on
                     write.error = exc
-    except BaseException as exc:  # nothing was committed: every write of it failed
+                else:
+                    savepoint.commit()
+    except Exception as exc:  # nothing was committed: every write of it failed
         for write in batch:
-            write.error = exc
-        if not isinstance(exc, Exception):
-            raise
+            write.error, write.shared = exc, True
+    except BaseException as exc:  # an interrupt: this thread's to raise, the others fail
+        for write in batch:
+            write.error = RuntimeError("the write's transaction was interrupted")
+        batch[0].error = exc
+        raise
     finally:
         _WRITING.engine = None
 
