@@ -364,13 +364,13 @@ async def test_stop_lets_the_batch_in_flight_finish(road: Road) -> None:
     assert len(road.sink.received) == 3
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_a_message_another_process_queues_goes_out_without_waiting_for_the_next_look(
     road: Road, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An API send queued by a web process of its own cannot wake the daemon's worker; on
-    SQLite the idle worker sees the commit and looks at the queue (its rest between looks
-    made a minute here, so only that can deliver in time)."""
+    """An API send queued by a web process of its own cannot wake the daemon's worker; the
+    idle worker sees the commit (SQLite) or the outbox's NOTIFY (PostgreSQL) and looks at
+    the queue (its rest between looks made a minute here, so only that can deliver in
+    time)."""
     monkeypatch.setattr(delivery_module, "IDLE_POLL", 60.0)
     road.queue(("maria", "first"), **TRANSACTIONAL)
     stop = asyncio.Event()

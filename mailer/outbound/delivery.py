@@ -34,7 +34,7 @@ log = logging.getLogger("mailer.outbound.delivery")
 
 MAX_RETRY_AGE = timedelta(days=2)  # for messages without a validity window of their own
 IDLE_POLL = 1.0  # seconds between looks at the queue when nothing is due
-COMMIT_POLL = 0.05  # seconds between looks on SQLite at whether another connection committed
+COMMIT_POLL = 0.05  # seconds between looks at whether anything may have been queued
 HOLD_PROBE = (1.0, 60.0)  # first and longest wait between looks at a held category's relays
 DB_AWAY = "the database is unreachable"
 
@@ -430,14 +430,15 @@ class Delivery:
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop`` is set; then finish the batch in flight and close connections."""
         self._stop = stop  # read before each batch is claimed and rendered
-        commits = db.commit_watch(self.engine)
+        queued: db.Watch | None = None
         try:
+            queued = outbox.watch(self.engine)
             while not stop.is_set():
                 await self.probe_held()
                 self._wake.clear()
                 try:
                     if await self.deliver_due() == 0:
-                        await self._rest_idle(stop, commits)
+                        await self._rest_idle(stop, queued)
                 except UNREACHABLE as exc:  # a restart or failover: wait it out, not die
                     self._lost(exc)
                     await _rest(stop, self._wake, IDLE_POLL)
@@ -446,25 +447,29 @@ class Delivery:
                 if not await self._flush():
                     self._left_unwritten()
             finally:
-                if commits is not None:
-                    commits.close()
+                if queued is not None:
+                    queued.close()
                 await self.relays.close()
 
-    async def _rest_idle(self, stop: asyncio.Event, commits: db.CommitWatch | None) -> None:
+    async def _rest_idle(self, stop: asyncio.Event, queued: db.Watch | None) -> None:
         """Rest until the next message falls due, or until woken. A message queued by
         another process (a web process of ``mailer web``, whose ``wake`` cannot reach this
-        one) would wait for the next look, up to IDLE_POLL; on SQLite the queue is looked
-        at again whenever another connection has committed, asked every COMMIT_POLL."""
+        one) would wait for the next look, up to IDLE_POLL; instead, every COMMIT_POLL, the
+        worker asks whether anything may have been queued (SQLite: another connection
+        committed; PostgreSQL: the outbox's NOTIFY came) and then looks at the queue."""
         seconds = await self._idle_for()
-        if commits is None:
+        if queued is None:
             await _rest(stop, self._wake, seconds)
             return
         loop = asyncio.get_running_loop()
         end = loop.time() + seconds
         while (left := end - loop.time()) > 0 and not stop.is_set() and not self._wake.is_set():
             await _rest(stop, self._wake, min(left, COMMIT_POLL))
-            if commits.changed() and await self._idle_for() == 0:
-                return
+            if await asyncio.to_thread(queued.changed):
+                seconds = await self._idle_for()
+                if seconds == 0:
+                    return
+                end = min(end, loop.time() + seconds)
 
     def _left_unwritten(self) -> None:
         """Stopping while the database is away: what could not be written is said, and

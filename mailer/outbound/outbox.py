@@ -117,6 +117,15 @@ def enqueue(engine: Engine, messages: Iterable[NewMessage], now: datetime) -> in
     return added
 
 
+QUEUED_CHANNEL = "mailer_outbox"  # PostgreSQL: a trigger NOTIFYs it after each insert
+
+
+def watch(engine: Engine) -> db.Watch | None:
+    """A cheap look at whether messages may have been queued since the last look, by this
+    process or another (see ``db.watch``)."""
+    return db.watch(engine, QUEUED_CHANNEL)
+
+
 def enqueue_in(conn: Connection, batch: Sequence[NewMessage], now: datetime) -> int:
     """Queue within the caller's transaction, e.g. an acknowledgement with its inquiry."""
     added = _insert_new(conn, [_row(m, now) for m in batch])

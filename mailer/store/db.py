@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -33,11 +33,14 @@ from sqlalchemy import (
     func,
     update,
 )
-from sqlalchemy.engine import Connection, Dialect, make_url
+from sqlalchemy.engine import URL, Connection, Dialect, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, InternalError, OperationalError
 from sqlalchemy.types import TypeDecorator
 
 from mailer.core.errors import DatabaseUnavailable
+
+if TYPE_CHECKING:
+    import psycopg
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 T = TypeVar("T")
@@ -290,33 +293,93 @@ def _take_write_lock(conn: Connection, deadline: float) -> None:
         raw.execute(f"PRAGMA busy_timeout={int(timeout)}")
 
 
-class CommitWatch:
+class Watch(Protocol):
+    """Whether something may have been written since the last look (see ``watch``)."""
+
+    def changed(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+class _Commits:
     """Whether any other connection has committed to a SQLite file since the last look:
     SQLite's ``PRAGMA data_version`` on a connection of its own, a few microseconds with no
-    lock taken and no table read, so an idle worker can ask it often."""
+    lock taken and no table read, so an idle worker can ask it often. A look that fails
+    counts as a change (the caller looks at the data) and opens the connection again at
+    the next look."""
 
-    def __init__(self, path: str) -> None:
-        self._conn = sqlite3.connect(path, check_same_thread=False)
-        self._seen = self._version()
-
-    def _version(self) -> int:
-        return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+    def __init__(self, database: str, uri: bool) -> None:
+        self._database, self._uri = database, uri
+        self._conn: sqlite3.Connection | None = None
+        self._seen = 0
 
     def changed(self) -> bool:
-        version = self._version()
+        try:
+            if self._conn is None:
+                self._conn = sqlite3.connect(
+                    self._database, timeout=0, uri=self._uri, check_same_thread=False
+                )
+                self._seen = self._version(self._conn)
+                return True
+            version = self._version(self._conn)
+        except sqlite3.Error:
+            self.close()
+            return True
         changed, self._seen = version != self._seen, version
         return changed
 
+    @staticmethod
+    def _version(conn: sqlite3.Connection) -> int:
+        return int(conn.execute("PRAGMA data_version").fetchone()[0])
+
     def close(self) -> None:
-        self._conn.close()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
-def commit_watch(engine: Engine) -> CommitWatch | None:
-    """A watch on the engine's SQLite file; None on PostgreSQL (or SQLite in memory)."""
+class _Notices:
+    """Whether a NOTIFY on ``channel`` has come since the last look (PostgreSQL): a
+    connection of its own LISTENs, and a look reads what has already arrived, without a
+    round trip. A lost connection counts as a change (the caller looks at the data) and is
+    made again at the next look."""
+
+    def __init__(self, url: URL, channel: str) -> None:
+        self._conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self._channel = channel
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def changed(self) -> bool:
+        import psycopg  # here: only a PostgreSQL worker needs the driver loaded for this
+
+        try:
+            if self._conn is None:
+                self._conn = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5)
+                listen = psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(self._channel))
+                self._conn.execute(listen)
+                return True
+            return len(list(self._conn.notifies(timeout=0))) > 0
+        except psycopg.Error:
+            self.close()
+            return True
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def watch(engine: Engine, channel: str) -> Watch | None:
+    """A cheap look at whether the database may have changed, for a worker that rests
+    between looks at a table: on SQLite, any commit by another connection; on PostgreSQL,
+    a NOTIFY on ``channel`` (sent by a trigger of the table). Each look blocks for
+    microseconds, or for a connection when one is made; None for SQLite in memory."""
+    if engine.dialect.name != "sqlite":
+        return _Notices(engine.url, channel)
     database = engine.url.database
-    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+    if not database or database == ":memory:":
         return None
-    return CommitWatch(database)
+    return _Commits(database, uri=engine.url.query.get("uri") in ("true", "1"))
 
 
 def normalise_url(url: str) -> str:
