@@ -342,31 +342,46 @@ class _Notices:
     """Whether a NOTIFY on ``channel`` has come since the last look (PostgreSQL): a
     connection of its own LISTENs, and a look reads what has already arrived, without a
     round trip. A lost connection counts as a change (the caller looks at the data) and is
-    made again at the next look."""
+    made again at the next look. Looks run in a worker thread; ``close`` may come while
+    one is making the connection, which is then closed at once instead of kept."""
 
     def __init__(self, url: URL, channel: str) -> None:
         self._conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
         self._channel = channel
         self._conn: psycopg.Connection[Any] | None = None
+        self._lock = threading.Lock()
+        self._closed = False
 
     def changed(self) -> bool:
         import psycopg  # here: only a PostgreSQL worker needs the driver loaded for this
 
         try:
             if self._conn is None:
-                self._conn = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5)
+                conn = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5)
                 listen = psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(self._channel))
-                self._conn.execute(listen)
+                conn.execute(listen)
+                with self._lock:
+                    keep = not self._closed
+                    if keep:
+                        self._conn = conn
+                if not keep:
+                    conn.close()
                 return True
             return len(list(self._conn.notifies(timeout=0))) > 0
         except psycopg.Error:
-            self.close()
+            self._drop()
             return True
 
+    def _drop(self) -> None:
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        with self._lock:
+            self._closed = True
+        self._drop()
 
 
 def watch(engine: Engine, channel: str) -> Watch | None:
