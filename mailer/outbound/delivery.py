@@ -458,7 +458,8 @@ class Delivery:
         worker asks whether anything may have been queued (SQLite: another connection
         committed; PostgreSQL: the outbox's NOTIFY came) and then looks at the queue."""
         seconds = await self._idle_for()
-        if queued is None:
+        away = self._db_away is not None  # then the watch would try to reconnect each look
+        if queued is None or away:
             await _rest(stop, self._wake, seconds)
             return
         loop = asyncio.get_running_loop()
