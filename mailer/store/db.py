@@ -114,7 +114,7 @@ GROUP_LIMIT = 50  # writes in one transaction at most: the others' wait for the 
 _WRITING = threading.local()  # the engine this thread is writing through, if any
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, kw_only=True)
 class _Write(Generic[T]):
     """One thread's write, waiting for a leader to run it (or to be made the leader)."""
 
@@ -164,7 +164,7 @@ def write_together(engine: Engine, work: Callable[[Connection], T]) -> T:
         raise RuntimeError("db.write_together inside its own work: it would wait for itself")
     with _GROUPS_LOCK:
         group = _GROUPS.setdefault(engine, _Group())
-    mine = _Write(work, time.monotonic())
+    mine = _Write(work=work, asked=time.monotonic())
     with group.lock:
         group.waiting.append(mine)
         if not group.leading:
