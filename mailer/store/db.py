@@ -358,14 +358,15 @@ class _Notices:
         try:
             if self._conn is None:
                 conn = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5)
-                listen = psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(self._channel))
-                conn.execute(listen)
                 with self._lock:
                     keep = not self._closed
                     if keep:
                         self._conn = conn
                 if not keep:
                     conn.close()
+                    return True
+                listen = psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(self._channel))
+                conn.execute(listen)  # a failure drops the connection below, as any other
                 return True
             return len(list(self._conn.notifies(timeout=0))) > 0
         except psycopg.Error:
