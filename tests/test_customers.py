@@ -15,6 +15,7 @@ from sqlalchemy import Engine, select
 from mailer.core.clock import ManualClock
 from mailer.core.errors import ImportFileError, NotFound
 from mailer.customers import profiles
+from mailer.customers.csv_rows import CustomerRow
 from mailer.store import db, migrate
 from tests.pg import PostgresServer
 
@@ -143,6 +144,34 @@ def test_an_opt_in_confirmed_while_a_batch_changes_the_customer_is_kept(
     with engine.connect() as conn:
         ana = profiles.get(conn, "ana@example.com")
     assert (ana.name, ana.marketing_consent) == ("Ana Cruz", True)
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_customer_added_elsewhere_while_a_batch_adds_them_is_updated_by_the_batch(
+    engine: Engine, tmp_path: Path, clock: ManualClock
+) -> None:
+    """The web form adds a customer while an import that also names them is under way: the
+    import read them as new, meets them stored when it writes, and updates them instead of
+    failing (its other new customer is added all the same)."""
+    with engine.connect() as form:
+        rows = [CustomerRow(line=1, email="ana@example.com", name="Ana", tags=("form",))]
+        profiles.upsert(form, rows, clock.now(), "the form", "web")  # not committed yet
+        with ThreadPoolExecutor(1) as pool:
+            text = "email,name,tags\nana@example.com,Ana Cruz,vip\nben@example.com,Ben,vip\n"
+            batch = pool.submit(profiles.import_csv, engine, write(tmp_path, text), clock.now())
+            for _ in range(1000):  # at most 10 s for the import to reach the address
+                if waiting_on_a_lock(engine):
+                    break
+                time.sleep(0.01)
+            else:
+                raise AssertionError("the import never met the address being added")
+            form.commit()
+            assert batch.result().rejected == []
+    with engine.connect() as conn:
+        assert [(c.email, c.name, c.tags) for c in profiles.find(conn)] == [
+            ("ana@example.com", "Ana Cruz", ("vip",)),
+            ("ben@example.com", "Ben", ("vip",)),
+        ]
 
 
 def waiting_on_a_lock(engine: Engine) -> bool:

@@ -12,7 +12,7 @@ import stat
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -215,25 +215,50 @@ def _upsert(
     query = query.order_by(CUSTOMERS.c.id).with_for_update()
     existing: dict[str, Any] = {r.email: r._mapping for r in conn.execute(query)}
     old_tags = _tags_of_retagged(conn, rows, existing)
-    values, changes = [], []
+    values, new, changes = [], [], []
     for row in rows:
         before = existing.get(row.email)
+        if before is None:
+            new.append(row)
+            continue
         after = _merge(before, row, now, source)
-        if before is not None:
-            found = _row_changes(before, after, old_tags.get(before["id"], []), row.tags)
-            changes += [(before["id"], change) for change in found]
-        if before is not None and _same(before, after):
+        found = _row_changes(before, after, old_tags.get(before["id"], []), row.tags)
+        changes += [(before["id"], change) for change in found]
+        if _same(before, after):
             report.unchanged += 1
             continue
         values.append(after)
-        if before is None:
-            report.inserted += 1
-        else:
-            report.updated += 1
+        report.updated += 1
+    report.inserted += len(new)
     ids = {email: before["id"] for email, before in existing.items()}
     ids |= _write(conn, values) if values else {}
-    _replace_tags(conn, [r for r in rows if _retags(r, existing, old_tags)], ids)
+    added, untagged = _add(conn, new, now, source)
+    ids |= added
+    _replace_tags(conn, [r for r in rows if _retags(r, existing, old_tags)], ids, untagged)
     _log(conn, changes, actor, now)
+
+
+def _add(
+    conn: Connection, rows: list[CustomerRow], now: datetime, source: str
+) -> tuple[dict[str, int], Collection[str]]:
+    """Customers for addresses that were not stored: their ids (where the database tells
+    them at no cost), and the addresses of those sure to have no tags yet.
+
+    On PostgreSQL each is made as COPY takes it, so the server stores one while the next is
+    made; an address another writer added meanwhile sends them all the way of an update."""
+    if not rows:
+        return {}, ()
+    made = (_merge(None, row, now, source) for row in rows)
+    if conn.dialect.name == "postgresql":
+        first = next(made)
+        columns = list(first)
+        values = ([v[c] for c in columns] for v in chain([first], made))
+        ids = bulk.copy_with_ids(conn, CUSTOMERS, columns, values, len(rows))
+        if ids is not None:
+            added = dict(zip((r.email for r in rows), ids, strict=True))
+            return added, added.keys()
+        made = (_merge(None, row, now, source) for row in rows)
+    return _write(conn, list(made)), ()
 
 
 def _retags(row: CustomerRow, existing: Mapping[str, Any], stored: Mapping[int, list[str]]) -> bool:
@@ -468,9 +493,12 @@ def _write(conn: Connection, values: list[dict[str, Any]]) -> dict[str, int]:
     return dict(written)
 
 
-def _replace_tags(conn: Connection, rows: list[CustomerRow], known: Mapping[str, int]) -> None:
+def _replace_tags(
+    conn: Connection, rows: list[CustomerRow], known: Mapping[str, int], untagged: Collection[str]
+) -> None:
     """The rows' tags in place of their customers' stored ones; ``known`` maps addresses
-    to ids where they are known already."""
+    to ids where they are known already, and ``untagged`` are addresses of customers just
+    made, who have no tags to remove."""
     if not rows:
         return
     dialect = conn.dialect.name
@@ -480,7 +508,8 @@ def _replace_tags(conn: Connection, rows: list[CustomerRow], known: Mapping[str,
         ids |= dict(
             conn.execute(query.where(bulk.one_of(CUSTOMERS.c.email, missing, dialect))).all()
         )
-    conn.execute(delete(TAGS).where(bulk.one_of(TAGS.c.customer_id, list(ids.values()), dialect)))
+    if tagged := [i for email, i in ids.items() if email not in untagged]:
+        conn.execute(delete(TAGS).where(bulk.one_of(TAGS.c.customer_id, tagged, dialect)))
     pairs = [(ids[r.email], t) for r in rows for t in r.tags or ()]
     if not pairs:
         return

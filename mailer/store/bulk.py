@@ -15,7 +15,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Table, TypeDecorator, any_, bindparam
+from sqlalchemy import JSON, DateTime, Table, TypeDecorator, any_, bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.sql.elements import ColumnElement
@@ -108,6 +108,39 @@ def copy_upsert(
     columns of every row written. No two rows may share a key."""
     sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in update)
     return _staged(conn, table, columns, rows, f"({key}) DO UPDATE SET {sets}", returning)
+
+
+def copy_with_ids(
+    conn: Connection,
+    table: Table,
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    count: int,
+) -> list[int] | None:
+    """``count`` rows straight into the table under ids taken from its id sequence, the
+    ids in row order; None, with nothing written, when a row's unique key was stored
+    meanwhile (the caller writes them another way).
+
+    Faster than ``copy_upsert`` for rows known to be new, and not only by the staging
+    table it skips: PostgreSQL updates the table's indexes while the rows still stream
+    in, so a caller that makes each row as it is read (a generator) works beside the
+    server instead of before it."""
+    ids = list(conn.execute(_NEXT_IDS, {"table": table.name, "count": count}).scalars())
+    try:
+        with conn.begin_nested(), _cursor(conn) as cursor:
+            numbered = ((i, *row) for i, row in zip(ids, rows, strict=True))
+            _copy(cursor, table, table.name, ["id", *columns], numbered)
+    except Exception as exc:
+        if getattr(exc, "sqlstate", None) != UNIQUE_VIOLATION:
+            raise
+        return None
+    return ids
+
+
+_NEXT_IDS = text(
+    "SELECT nextval(pg_get_serial_sequence(:table, 'id')) FROM generate_series(1, :count)"
+)
+UNIQUE_VIOLATION = "23505"
 
 
 def _staged(
