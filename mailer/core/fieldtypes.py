@@ -75,7 +75,16 @@ def locale_tag(value: Any) -> str:
     The language code is kept as written ("tl" stays "tl"; babel would alias it to "fil"),
     because template folders are named after it.
     """
-    text = value.strip().replace("_", "-") if isinstance(value, str) else ""
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not a locale such as 'en', 'bg' or 'id-ID'")
+    return _shaped_locale(value)
+
+
+@lru_cache(maxsize=1024)
+def _shaped_locale(value: str) -> str:
+    """``locale_tag`` of a text, remembered: customers share few locales, and an API batch
+    or an import checks the same ones a thousand times."""
+    text = value.strip().replace("_", "-")
     parts = text.split("-")
     if not text or not all(p.isalnum() for p in parts):
         raise ValueError(f"{value!r} is not a locale such as 'en', 'bg' or 'id-ID'")
