@@ -245,9 +245,12 @@ def _add(
     them at no cost), and the addresses of those sure to have no tags yet.
 
     On PostgreSQL each is made as COPY takes it, so the server stores one while the next is
-    made; an address another writer added meanwhile sends them all the way of an update."""
+    made; an address another writer added meanwhile sends them all the way of an update.
+    They are added in address order, as every batch adds them, so two batches adding some
+    of the same addresses wait for each other instead of deadlocking."""
     if not rows:
         return {}, ()
+    rows = sorted(rows, key=lambda row: row.email)
     made = (_merge(None, row, now, source) for row in rows)
     if conn.dialect.name == "postgresql":
         first = next(made)
