@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, select
 
 from mailer.core.clock import ManualClock
 from mailer.core.errors import ImportFileError, NotFound
@@ -130,17 +130,8 @@ def test_an_opt_in_confirmed_while_a_batch_changes_the_customer_is_kept(
     with engine.connect() as link:
         customer = profiles.get(link, "ana@example.com").id
         profiles.confirm_marketing(link, customer, now=clock.now(), source="link", ip=None)
-        with ThreadPoolExecutor(1) as pool:  # the confirmation is not committed yet
-            renamed = write(tmp_path, "email,name\nana@example.com,Ana Cruz\n", "b.csv")
-            batch = pool.submit(profiles.import_csv, engine, renamed, clock.now())
-            for _ in range(1000):  # at most 10 s for the import to reach the row
-                if waiting_on_a_lock(engine):
-                    break
-                time.sleep(0.01)
-            else:
-                raise AssertionError("the import never waited for the confirmation")
-            link.commit()
-            assert batch.result().updated == 1
+        renamed = write(tmp_path, "email,name\nana@example.com,Ana Cruz\n", "b.csv")
+        assert import_behind(link, engine, renamed, clock).updated == 1
     with engine.connect() as conn:
         ana = profiles.get(conn, "ana@example.com")
     assert (ana.name, ana.marketing_consent) == ("Ana Cruz", True)
@@ -156,22 +147,30 @@ def test_a_customer_added_elsewhere_while_a_batch_adds_them_is_updated_by_the_ba
     with engine.connect() as form:
         rows = [CustomerRow(line=1, email="ana@example.com", name="Ana", tags=("form",))]
         profiles.upsert(form, rows, clock.now(), "the form", "web")  # not committed yet
-        with ThreadPoolExecutor(1) as pool:
-            text = "email,name,tags\nana@example.com,Ana Cruz,vip\nben@example.com,Ben,vip\n"
-            batch = pool.submit(profiles.import_csv, engine, write(tmp_path, text), clock.now())
-            for _ in range(1000):  # at most 10 s for the import to reach the address
-                if waiting_on_a_lock(engine):
-                    break
-                time.sleep(0.01)
-            else:
-                raise AssertionError("the import never met the address being added")
-            form.commit()
-            assert batch.result().rejected == []
+        text = "email,name,tags\nana@example.com,Ana Cruz,vip\nben@example.com,Ben,vip\n"
+        assert import_behind(form, engine, write(tmp_path, text), clock).rejected == []
     with engine.connect() as conn:
         assert [(c.email, c.name, c.tags) for c in profiles.find(conn)] == [
             ("ana@example.com", "Ana Cruz", ("vip",)),
             ("ben@example.com", "Ben", ("vip",)),
         ]
+
+
+def import_behind(
+    held: Connection, engine: Engine, path: Path, clock: ManualClock
+) -> profiles.ImportReport:
+    """Import ``path`` in another thread until it waits for what ``held`` has not committed
+    yet, then commit that; the import's report."""
+    with ThreadPoolExecutor(1) as pool:
+        batch = pool.submit(profiles.import_csv, engine, path, clock.now())
+        for _ in range(1000):  # at most 10 s for the import to reach the row
+            if waiting_on_a_lock(engine):
+                break
+            time.sleep(0.01)
+        else:
+            raise AssertionError("the import never waited for the uncommitted write")
+        held.commit()
+        return batch.result()
 
 
 def waiting_on_a_lock(engine: Engine) -> bool:
