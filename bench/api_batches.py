@@ -1,12 +1,16 @@
 """Batch writes through the HTTP API: a real `mailer web` process taking
 `POST /api/v1/customers` and `POST /api/v1/orders` in calls of 1,000, one after another.
 
-    .venv/bin/python bench/api_batches.py [--calls 10] [--postgres | --database-url URL]
+    .venv/bin/python bench/api_batches.py [--calls 10] [--clients 1]
+                                          [--postgres | --database-url URL]
 
 New customers, the same customers again (unchanged), then orders of 2 lines each for
 them; each figure is items per second over the calls, timed at the client, with the
 server's CPU per item beside it. The last line reads
-`customers X/s, unchanged Y/s, order lines Z/s`.
+`customers X/s, unchanged Y/s, order lines Z/s`. ``--clients N`` sends the calls over N
+connections at once, each its share one call after another, as a shop that sends its
+batches side by side would: the web process's Python and the database's work on
+different calls then overlap.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
@@ -61,27 +66,41 @@ def order(i: int) -> dict[str, Any]:
 
 
 def timed(
-    port: int, pid: int, secret: str, path: str, items: Callable[[int], dict[str, Any]], calls: int
+    port: int,
+    pid: int,
+    secret: str,
+    path: str,
+    items: Callable[[int], dict[str, Any]],
+    calls: int,
+    clients: int,
 ) -> tuple[float, float]:
-    """Seconds for ``calls`` calls of a batch each, and the server's CPU seconds."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-    headers = {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"}
+    """Seconds for ``calls`` calls of a batch each, sent over ``clients`` connections side
+    by side (each its share, one call after another), and the server's CPU seconds."""
     bodies = [
         json.dumps([items(c * BATCH + i) for i in range(BATCH)]).encode() for c in range(calls)
     ]
+
+    def send(share: list[bytes]) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        headers = {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"}
+        for body in share:
+            connection.request("POST", path, body, headers)
+            response = connection.getresponse()
+            answer = response.read()
+            if response.status != 200:
+                raise RuntimeError(f"{path} answered {response.status}: {answer[:500]!r}")
+
     cpu, began = cpu_seconds(pid), time.perf_counter()
-    for body in bodies:
-        connection.request("POST", path, body, headers)
-        response = connection.getresponse()
-        answer = response.read()
-        if response.status != 200:
-            raise RuntimeError(f"{path} answered {response.status}: {answer[:500]!r}")
+    with ThreadPoolExecutor(clients) as pool:
+        for sent in [pool.submit(send, bodies[i::clients]) for i in range(clients)]:
+            sent.result()
     return time.perf_counter() - began, cpu_seconds(pid) - cpu
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=10, help="calls of 1,000 for each figure")
+    parser.add_argument("--clients", type=int, default=1, help="connections sending at once")
     add_database_options(parser)
     args = parser.parse_args()
     with ExitStack() as stack:
@@ -107,7 +126,7 @@ def main() -> None:
             ("unchanged customers", "/api/v1/customers", customer, 1),
             ("order lines", "/api/v1/orders", order, 2),
         ):
-            took, cpu = timed(port, web.pid, secret, route, items, args.calls)
+            took, cpu = timed(port, web.pid, secret, route, items, args.calls, args.clients)
             count = args.calls * BATCH * per
             rates.append(count / took)
             print(
