@@ -251,8 +251,8 @@ def _add(
     if not rows:
         return {}, ()
     rows = sorted(rows, key=lambda row: row.email)
-    made = (_merge(None, row, now, source) for row in rows)
     if conn.dialect.name == "postgresql":
+        made = (_merge(None, row, now, source) for row in rows)
         first = next(made)
         columns = list(first)
         values = ([v[c] for c in columns] for v in chain([first], made))
@@ -260,8 +260,7 @@ def _add(
         if ids is not None:
             added = dict(zip((r.email for r in rows), ids, strict=True))
             return added, added.keys()
-        made = (_merge(None, row, now, source) for row in rows)
-    return _write(conn, list(made)), ()
+    return _write(conn, [_merge(None, row, now, source) for row in rows]), ()
 
 
 def _retags(row: CustomerRow, existing: Mapping[str, Any], stored: Mapping[int, list[str]]) -> bool:

@@ -131,7 +131,7 @@ def copy_with_ids(
             numbered = ((i, *row) for i, row in zip(ids, rows, strict=True))
             _copy(cursor, table, table.name, ["id", *columns], numbered)
     except Exception as exc:
-        if getattr(exc, "sqlstate", None) != UNIQUE_VIOLATION:
+        if getattr(exc, "sqlstate", None) != _UNIQUE_VIOLATION:
             raise
         return None
     return ids
@@ -140,7 +140,7 @@ def copy_with_ids(
 _NEXT_IDS = text(
     "SELECT nextval(pg_get_serial_sequence(:table, 'id')) FROM generate_series(1, :count)"
 )
-UNIQUE_VIOLATION = "23505"
+_UNIQUE_VIOLATION = "23505"
 
 
 def _staged(
