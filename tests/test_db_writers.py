@@ -251,6 +251,43 @@ def _disk_full(conn: Connection) -> None:
         conn.exec_driver_sql("PRAGMA max_page_count=1073741823")
 
 
+def _insert_then_repeat(value: int, repeated: int) -> Callable[[Connection], int]:
+    """A write whose second statement breaks the table's unique rule: SQLite refuses that
+    statement alone, and the write must be undone as a whole."""
+
+    def work(conn: Connection) -> int:
+        _insert(value)(conn)
+        return _insert(repeated)(conn)
+
+    return work
+
+
+@on_sqlite
+def test_a_write_the_database_refuses_is_undone_alone(engine: Engine) -> None:
+    """A send whose statement the database refuses (a unique rule) fails alone: what it
+    wrote before is undone, the writes before and after it in the same transaction are
+    stored, and the connection goes on as if nothing happened."""
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE bench_rows (x INTEGER UNIQUE)"))
+    other = _other_process(engine)
+    with ThreadPoolExecutor(4) as pool:
+        works = [_insert(0), _insert_then_repeat(5, 0), _insert(2), _insert(3)]
+        runs = _queue_in_order(engine, pool, works)
+        other.execute("ROLLBACK")
+        other.close()
+        errors = [run.exception() for run in runs]
+    assert [type(e).__name__ if e else None for e in errors] == [
+        None,
+        "IntegrityError",
+        None,
+        None,
+    ]
+    assert db.write_together(engine, _insert(4)) == 4
+    with engine.connect() as conn:
+        stored = conn.execute(text("SELECT x FROM bench_rows ORDER BY x")).scalars().all()
+    assert stored == [0, 2, 3, 4]
+
+
 @on_sqlite
 def test_a_write_that_loses_the_whole_transaction_fails_every_write_of_it(engine: Engine) -> None:
     """A send answered 202 must be stored: when one write of a transaction makes SQLite roll

@@ -221,6 +221,11 @@ def _lead(engine: Engine, group: _Group) -> None:
             write.woken.set()
 
 
+# each write's savepoint, named on the driver's connection: SQLAlchemy's ``begin_nested``
+# builds its SAVEPOINT and RELEASE statements anew each time, 0.12 ms of the API send's 1.4
+_SAVEPOINT = "mailer_write"
+
+
 def _commit_together(engine: Engine, batch: list[_Write[Any]]) -> None:
     _WRITING.engine = engine
     try:
@@ -228,16 +233,15 @@ def _commit_together(engine: Engine, batch: list[_Write[Any]]) -> None:
             raw = conn.connection.driver_connection
             assert raw is not None
             for write in batch:
-                savepoint = conn.begin_nested()
+                raw.execute(f"SAVEPOINT {_SAVEPOINT}")
                 try:
                     write.outcome = write.work(conn)
                 except Exception as exc:
                     if not raw.in_transaction:  # SQLite rolled back the whole transaction
                         raise  # (a full disk, an I/O error): every write of it failed
-                    savepoint.rollback()  # its own writes are undone; the others go on
-                    write.error = exc
-                else:
-                    savepoint.commit()
+                    raw.execute(f"ROLLBACK TO {_SAVEPOINT}")  # its own writes are undone;
+                    write.error = exc  # the others go on
+                raw.execute(f"RELEASE {_SAVEPOINT}")
     except Exception as exc:  # nothing was committed: every write of it failed
         for write in batch:
             write.error, write.shared = exc, True
