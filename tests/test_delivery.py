@@ -423,6 +423,48 @@ def test_claiming_receipts_to_strangers_does_not_read_the_sent_history(road: Roa
     assert long <= short + 5, (short, long)
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_claim_costs_the_same_however_long_the_queue(road: Road) -> None:
+    """A newsletter to many customers waits in the queue while the worker claims it 20 at a
+    time: each claim reads the next 20 in priority and due order and stops, so it costs
+    SQLite the same with 4,000 waiting as with 400 (it sorted every waiting one), and the
+    order is kept: the highest priority first, then the earliest due, deferred or not."""
+
+    def queue(start: int, count: int, **kwargs: object) -> None:
+        road.queue(*(("siti", f"q:{n}") for n in range(start, start + count)), **kwargs)
+
+    def claim() -> tuple[int, list[int]]:
+        claimed: list[outbox.Claimed] = []
+
+        def take() -> None:
+            claimed.extend(outbox.claim(road.engine, road.clock.now(), 20, road.delivery.policy))
+
+        steps = _sqlite_steps(road.engine, take)
+        return steps, [item.id for item in claimed]
+
+    queue(0, 400, **TRANSACTIONAL)
+    short, _ = claim()
+    queue(400, 3_600, **TRANSACTIONAL)
+    long, _ = claim()
+    assert long <= short + 5, (short, long)
+
+    table = outbox.OUTBOX
+    earlier = road.clock.now() - timedelta(hours=1)
+    changes = {
+        "q:100": {"status": OutboxStatus.DEFERRED, "due_at": earlier},
+        "q:101": {"priority": 100},
+    }
+    with road.engine.begin() as conn:  # q:100 was deferred and is due, q:101 is urgent
+        for key, values in changes.items():
+            conn.execute(update(table).where(table.c.dedupe_key == key).values(**values))
+        ids: dict[str, int] = {
+            k: i for k, i in conn.execute(select(table.c.dedupe_key, table.c.id))
+        }
+    _, taken = claim()
+    assert taken[:2] == [ids["q:101"], ids["q:100"]]
+    assert len(taken) == 20
+
+
 async def test_stop_lets_the_batch_in_flight_finish(road: Road) -> None:
     road.queue(*((w, f"s:{w}") for w in ("maria", "siti", "emma")), **TRANSACTIONAL)
     stop = asyncio.Event()

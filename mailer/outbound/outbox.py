@@ -28,6 +28,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import (
     ColumnElement,
     Engine,
+    ScalarSelect,
     Select,
     String,
     Table,
@@ -41,6 +42,7 @@ from sqlalchemy import (
     or_,
     select,
     true,
+    union_all,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -484,9 +486,9 @@ def _due(
     skip_domains: Collection[str],
     skip_categories: Collection[str] = (),
 ) -> list[ColumnElement[bool]]:
-    """What a waiting row must meet to be taken: due by ``now`` (any time when None), not
-    to a domain that is skipped, and not of a category that is."""
-    where: list[ColumnElement[bool]] = [OUTBOX.c.status.in_(WAITING)]
+    """What a waiting row must meet, besides its status, to be taken: due by ``now`` (any
+    time when None), not to a domain that is skipped, and not of a category that is."""
+    where: list[ColumnElement[bool]] = []
     if now is not None:
         where.append(OUTBOX.c.due_at <= now)
     if skip_domains:
@@ -503,17 +505,9 @@ def _claim_rows(
     now: datetime,
     policy: Policy,
 ) -> list[dict[str, Any]]:
-    due = (
-        select(OUTBOX.c.id)
-        .where(*due_where)
-        .order_by(OUTBOX.c.priority.desc(), OUTBOX.c.due_at)
-        .limit(limit)
-    )
-    if conn.dialect.name == "postgresql":
-        due = due.with_for_update(skip_locked=True)
     statement = (
         update(OUTBOX)
-        .where(OUTBOX.c.id.in_(due.scalar_subquery()))
+        .where(OUTBOX.c.id.in_(_first_due(conn.dialect.name, due_where, limit)))
         .values(
             status=OutboxStatus.SENDING,
             lease_until=now + policy.lease,
@@ -525,6 +519,41 @@ def _claim_rows(
     )
     rows = [dict(r) for r in conn.execute(statement).mappings()]
     return sorted(rows, key=lambda r: (-r["priority"], r["due_at"], r["id"]))
+
+
+_CLAIM_ORDER = (OUTBOX.c.priority.desc(), OUTBOX.c.due_at)
+
+
+def _first_due(dialect: str, due_where: list[ColumnElement[bool]], limit: int) -> ScalarSelect[int]:
+    """The ids of the ``limit`` waiting rows to take first: highest priority, then earliest
+    due. SQLite reads each waiting status apart, so that each reads ix_outbox_claim in its
+    order and stops at ``limit``: with both statuses in one ``IN`` it sorted every waiting
+    row for each claim, 20 ms of a claim of 200 out of 100,000, the write lock held.
+    PostgreSQL takes the rows ``FOR UPDATE SKIP LOCKED``, which a ``UNION`` may not."""
+    if dialect == "postgresql":
+        return (
+            select(OUTBOX.c.id)
+            .where(OUTBOX.c.status.in_(WAITING), *due_where)
+            .order_by(*_CLAIM_ORDER)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+    firsts = [
+        select(OUTBOX.c.id, OUTBOX.c.priority, OUTBOX.c.due_at)
+        .where(OUTBOX.c.status == status, *due_where)
+        .order_by(*_CLAIM_ORDER)
+        .limit(limit)
+        .subquery()
+        for status in WAITING
+    ]
+    both = union_all(*(select(first) for first in firsts)).subquery()
+    return (
+        select(both.c.id)
+        .order_by(both.c.priority.desc(), both.c.due_at)
+        .limit(limit)
+        .scalar_subquery()
+    )
 
 
 def _lock_customers(conn: Connection, ids: set[int]) -> dict[int, profiles.Profile]:
@@ -927,7 +956,10 @@ def next_due(
     with engine.connect() as conn:
         return conn.execute(
             select(OUTBOX.c.due_at)
-            .where(*_due(conn.dialect.name, None, skip_domains, skip_categories))
+            .where(
+                OUTBOX.c.status.in_(WAITING),
+                *_due(conn.dialect.name, None, skip_domains, skip_categories),
+            )
             .order_by(OUTBOX.c.due_at)
             .limit(1)
         ).scalar_one_or_none()
