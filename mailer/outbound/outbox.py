@@ -513,6 +513,8 @@ def _claim_rows(
             lease_until=now + policy.lease,
             lease_token=OUTBOX.c.lease_token + 1,
             worker_id=policy.worker,
+            reserved_at=now,  # as sent now: the throttle's decisions change the others
+            reason=None,
             updated_at=now,
         )
         .returning(*OUTBOX.c)
@@ -648,14 +650,16 @@ def _decide_all(
     now: datetime,
     policy: Policy,
 ) -> tuple[list[Claimed], list[dict[str, Any]]]:
-    """In priority order, so the higher priority takes a contested slot."""
+    """In priority order, so the higher priority takes a contested slot. The changes are
+    those of the rows not sent now: the claim already wrote each row as sent now."""
     keep: list[Claimed] = []
     changes: list[dict[str, Any]] = []
     for row in rows:
         customer = locked.get(row["customer_id"])
         decision = _decide(row, customer, history, now, policy)
-        changes.append(_change(row, decision, now))
-        if decision.action == "send":
+        if decision.action != "send":
+            changes.append(_change(row, decision))
+        else:
             keep.append(_claimed(row, customer))
             if customer is not None and row["category"] != Category.TRANSACTIONAL:
                 history[customer.id].append(throttle.Contact(now, row["category"]))
@@ -689,15 +693,16 @@ _STATUS_OF = {
 }
 
 
-def _change(row: dict[str, Any], decision: throttle.Decision, now: datetime) -> dict[str, Any]:
+def _change(row: dict[str, Any], decision: throttle.Decision) -> dict[str, Any]:
+    """A claimed row that is not sent now: back to waiting, or done with, and why."""
     deferred = decision.action == "defer"
     return {
         "_id": row["id"],
         "status": _STATUS_OF[decision.action],
         "due_at": decision.at if deferred and decision.at else row["due_at"],
-        "reserved_at": now if decision.action == "send" else None,
-        "lease_until": row["lease_until"] if decision.action == "send" else None,
-        "reason": None if decision.action == "send" else _reason(decision),
+        "reserved_at": None,
+        "lease_until": None,
+        "reason": _reason(decision),
     }
 
 
@@ -713,6 +718,8 @@ def cause(reason: str) -> str:
 
 
 def _apply(conn: Connection, changes: list[dict[str, Any]], now: datetime) -> None:
+    if not changes:  # every claimed row is sent now
+        return
     statement = (
         update(OUTBOX)
         .where(OUTBOX.c.id == bindparam("_id"))
