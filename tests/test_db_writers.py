@@ -270,13 +270,14 @@ def test_a_write_the_database_refuses_is_undone_alone(engine: Engine) -> None:
     with engine.begin() as conn:
         conn.execute(text("CREATE TABLE bench_rows (x INTEGER UNIQUE)"))
     other = _other_process(engine)
-    with ThreadPoolExecutor(4) as pool:
-        works = [_insert(0), _insert_then_repeat(5, 0), _insert(2), _insert(3)]
+    with ThreadPoolExecutor(5) as pool:
+        works = [_insert(0), _insert(1), _insert_then_repeat(5, 1), _insert(2), _insert(3)]
         runs = _queue_in_order(engine, pool, works)
         other.execute("ROLLBACK")
         other.close()
         errors = [run.exception() for run in runs]
     assert [type(e).__name__ if e else None for e in errors] == [
+        None,
         None,
         "IntegrityError",
         None,
@@ -285,7 +286,7 @@ def test_a_write_the_database_refuses_is_undone_alone(engine: Engine) -> None:
     assert db.write_together(engine, _insert(4)) == 4
     with engine.connect() as conn:
         stored = conn.execute(text("SELECT x FROM bench_rows ORDER BY x")).scalars().all()
-    assert stored == [0, 2, 3, 4]
+    assert stored == [0, 1, 2, 3, 4]
 
 
 @on_sqlite

@@ -354,7 +354,7 @@ def test_two_workers_cannot_both_pass_a_cap(road: Road) -> None:
 
 
 def _sqlite_steps(engine: Engine, work: Callable[[], object]) -> int:
-    """The thousands of virtual-machine steps SQLite took for ``work``: what the database
+    """The hundreds of virtual-machine steps SQLite took for ``work``: what the database
     did, counted the same on a busy machine as on a quiet one."""
     steps = 0
 
@@ -364,7 +364,7 @@ def _sqlite_steps(engine: Engine, work: Callable[[], object]) -> int:
         return 0  # go on
 
     def counted(dbapi_connection: Any, *_: object) -> None:
-        dbapi_connection.set_progress_handler(step, 1000)
+        dbapi_connection.set_progress_handler(step, 100)
 
     def uncounted(dbapi_connection: Any, *_: object) -> None:
         dbapi_connection.set_progress_handler(None, 0)
@@ -420,15 +420,15 @@ def test_claiming_receipts_to_strangers_does_not_read_the_sent_history(road: Roa
     short = claimed_receipts(0)
     sent_newsletters(200, 2_000)
     long = claimed_receipts(3)
-    assert long <= short + 5, (short, long)
+    assert short > 0 and long <= short + 50, (short, long)
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_claim_costs_the_same_however_long_the_queue(road: Road) -> None:
-    """A newsletter to many customers waits in the queue while the worker claims it 20 at a
-    time: each claim reads the next 20 in priority and due order and stops, so it costs
-    SQLite the same with 4,000 waiting as with 400 (it sorted every waiting one), and the
-    order is kept: the highest priority first, then the earliest due, deferred or not."""
+    """A long queue of due messages is claimed 20 at a time: each claim reads the next 20
+    in priority and due order and stops, so it costs SQLite the same with 4,000 waiting as
+    with 400 (it sorted every waiting one), and the order is kept: the highest priority
+    first, then the earliest due, deferred or not."""
 
     def queue(start: int, count: int, **kwargs: object) -> None:
         road.queue(*(("siti", f"q:{n}") for n in range(start, start + count)), **kwargs)
@@ -446,7 +446,7 @@ def test_a_claim_costs_the_same_however_long_the_queue(road: Road) -> None:
     short, _ = claim()
     queue(400, 3_600, **TRANSACTIONAL)
     long, _ = claim()
-    assert long <= short + 5, (short, long)
+    assert short > 0 and long <= short + 50, (short, long)
 
     table = outbox.OUTBOX
     earlier = road.clock.now() - timedelta(hours=1)

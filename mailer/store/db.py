@@ -226,6 +226,15 @@ def _lead(engine: Engine, group: _Group) -> None:
 _SAVEPOINT = "mailer_write"
 
 
+def _savepoint(raw: sqlite3.Connection, verb: str) -> None:
+    """A savepoint statement; its failure raised as SQLAlchemy's, as any write's would be."""
+    statement = f"{verb} {_SAVEPOINT}"
+    try:
+        raw.execute(statement)
+    except sqlite3.Error as exc:
+        raise DBAPIError.instance(statement, None, exc, sqlite3.Error) from exc
+
+
 def _commit_together(engine: Engine, batch: list[_Write[Any]]) -> None:
     _WRITING.engine = engine
     try:
@@ -233,15 +242,15 @@ def _commit_together(engine: Engine, batch: list[_Write[Any]]) -> None:
             raw = conn.connection.driver_connection
             assert raw is not None
             for write in batch:
-                raw.execute(f"SAVEPOINT {_SAVEPOINT}")
+                _savepoint(raw, "SAVEPOINT")
                 try:
                     write.outcome = write.work(conn)
                 except Exception as exc:
                     if not raw.in_transaction:  # SQLite rolled back the whole transaction
                         raise  # (a full disk, an I/O error): every write of it failed
-                    raw.execute(f"ROLLBACK TO {_SAVEPOINT}")  # its own writes are undone;
-                    write.error = exc  # the others go on
-                raw.execute(f"RELEASE {_SAVEPOINT}")
+                    _savepoint(raw, "ROLLBACK TO")  # its own writes are undone; the others
+                    write.error = exc  # go on
+                _savepoint(raw, "RELEASE")
     except Exception as exc:  # nothing was committed: every write of it failed
         for write in batch:
             write.error, write.shared = exc, True

@@ -136,7 +136,8 @@ class OutboxMessage(SQLModel, table=True):
 
     __tablename__ = "outbox"
     __table_args__ = (
-        # the claim's ORDER BY, so due rows are found without sorting the queue
+        # the claim's ORDER BY, so due rows are found without sorting the queue (on SQLite,
+        # one status at a time; PostgreSQL sorts what its IN over both statuses finds)
         Index("ix_outbox_claim", "status", text("priority DESC"), "due_at"),
         # the throttle's look-back over a customer's recent contacts
         Index("ix_outbox_customer_reserved", "customer_id", "reserved_at"),

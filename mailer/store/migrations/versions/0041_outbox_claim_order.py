@@ -1,8 +1,8 @@
 """outbox claim index in claim order again on SQLite: (status, priority DESC, due_at)
 
 Rebuilding the outbox table on SQLite (0007 and later) copied this index without its DESC,
-so a claim sorted every waiting row to take the first 200; with the order back, a claim of
-one status reads the index in order and stops at the 200th.
+and a claim sorted every waiting row to take the first 200; with the order back, and the
+claim reading one status at a time, it reads the index in order and stops at the 200th.
 
 Revision ID: 0041
 Revises: 0040
