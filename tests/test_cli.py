@@ -171,8 +171,9 @@ def test_contacts_logged_show_on_the_customers_timeline_and_last_contact(
 def test_the_list_sorts_and_filters_by_last_contact_and_fits_80_columns(
     with_demo: Mailer, project: dict[str, str]
 ) -> None:
-    now = datetime.now(UTC)
-    long_ago, lately = (now - timedelta(days=d) for d in (200, 10))
+    noon = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
+    # at noon UTC, so that the list shows the same day whatever zone it shows times in
+    long_ago, lately = (noon - timedelta(days=d) for d in (200, 10))
     with_demo("contacts", "log", "maria.ivanova@example.com", "--kind", "call", "--direction",
               "out", "--by", "sam", "--at", long_ago.isoformat())  # fmt: skip
     with_demo("contacts", "log", "siti.rahma@example.com", "--kind", "call", "--direction",
