@@ -379,6 +379,16 @@ def _sqlite_steps(engine: Engine, work: Callable[[], object]) -> int:
     return steps
 
 
+def _counted_claim(road: Road, limit: int) -> tuple[int, list[outbox.Claimed]]:
+    """One claim of up to ``limit`` messages, with the SQLite steps it took."""
+    claimed: list[outbox.Claimed] = []
+
+    def claim() -> None:
+        claimed.extend(outbox.claim(road.engine, road.clock.now(), limit, road.delivery.policy))
+
+    return _sqlite_steps(road.engine, claim), claimed
+
+
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_claiming_receipts_to_strangers_does_not_read_the_sent_history(road: Road) -> None:
     """A shop's receipts to people who are no customers are claimed without reading anyone's
@@ -407,12 +417,7 @@ def test_claiming_receipts_to_strangers_does_not_read_the_sent_history(road: Roa
             for n in range(start, start + 3)
         ]
         road.queue(*receipts)
-        claimed: list[outbox.Claimed] = []
-
-        def claim() -> None:
-            claimed.extend(outbox.claim(road.engine, road.clock.now(), 10, road.delivery.policy))
-
-        steps = _sqlite_steps(road.engine, claim)
+        steps, claimed = _counted_claim(road, 10)
         assert len(claimed) == 3
         return steps
 
@@ -434,12 +439,7 @@ def test_a_claim_costs_the_same_however_long_the_queue(road: Road) -> None:
         road.queue(*(("siti", f"q:{n}") for n in range(start, start + count)), **kwargs)
 
     def claim() -> tuple[int, list[int]]:
-        claimed: list[outbox.Claimed] = []
-
-        def take() -> None:
-            claimed.extend(outbox.claim(road.engine, road.clock.now(), 20, road.delivery.policy))
-
-        steps = _sqlite_steps(road.engine, take)
+        steps, claimed = _counted_claim(road, 20)
         return steps, [item.id for item in claimed]
 
     queue(0, 400, **TRANSACTIONAL)

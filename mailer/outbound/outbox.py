@@ -47,6 +47,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.sql.base import ReadOnlyColumnCollection
 
 from mailer.core import jsonvalues
 from mailer.core.categories import Category
@@ -523,8 +524,10 @@ def _claim_rows(
     return sorted(rows, key=lambda r: (-r["priority"], r["due_at"], r["id"]))
 
 
-_CLAIM_ORDER_COLUMNS = (OUTBOX.c.id, OUTBOX.c.priority, OUTBOX.c.due_at)
-_CLAIM_ORDER = (OUTBOX.c.priority.desc(), OUTBOX.c.due_at, OUTBOX.c.id)  # ties: first queued
+def _claim_order(columns: ReadOnlyColumnCollection[str, Any]) -> tuple[ColumnElement[Any], ...]:
+    """Highest priority first, then earliest due, then first queued, of the outbox or of a
+    subquery of its id, priority and due_at."""
+    return (columns.priority.desc(), columns.due_at, columns.id)
 
 
 def _first_due(dialect: str, due_where: list[ColumnElement[bool]], limit: int) -> ScalarSelect[int]:
@@ -538,26 +541,21 @@ def _first_due(dialect: str, due_where: list[ColumnElement[bool]], limit: int) -
         return (
             select(OUTBOX.c.id)
             .where(OUTBOX.c.status.in_(WAITING), *due_where)
-            .order_by(*_CLAIM_ORDER)
+            .order_by(*_claim_order(OUTBOX.c))
             .limit(limit)
             .with_for_update(skip_locked=True)
             .scalar_subquery()
         )
     firsts = [
-        select(*_CLAIM_ORDER_COLUMNS)
+        select(OUTBOX.c.id, OUTBOX.c.priority, OUTBOX.c.due_at)
         .where(OUTBOX.c.status == status, *due_where)
-        .order_by(*_CLAIM_ORDER)
+        .order_by(*_claim_order(OUTBOX.c))
         .limit(limit)
         .subquery()
         for status in WAITING
     ]
     both = union_all(*(select(first) for first in firsts)).subquery()
-    return (
-        select(both.c.id)
-        .order_by(both.c.priority.desc(), both.c.due_at, both.c.id)
-        .limit(limit)
-        .scalar_subquery()
-    )
+    return select(both.c.id).order_by(*_claim_order(both.c)).limit(limit).scalar_subquery()
 
 
 def _lock_customers(conn: Connection, ids: set[int]) -> dict[int, profiles.Profile]:
