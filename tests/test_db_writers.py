@@ -1,14 +1,16 @@
-"""Short write transactions from many threads of one server process (each API call counts
-its key): on SQLite the writes waiting at once are committed together, without SQLite's
-busy handler; on PostgreSQL they run side by side."""
+"""Short write transactions from many requests of one server process at once (each API
+call counts its key): on SQLite the writes waiting at once are committed together, on
+the event loop, without SQLite's busy handler; on PostgreSQL they run side by side."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -18,7 +20,7 @@ from sqlalchemy.exc import OperationalError
 
 from mailer.store import db
 
-THREADS = 8
+TASKS = 8
 WRITES = 25
 on_sqlite = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
@@ -29,31 +31,49 @@ def _counter(engine: Engine) -> None:
         conn.execute(text("INSERT INTO bench_counter (n) VALUES (0)"))
 
 
+def _count(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text("SELECT n FROM bench_counter")).scalar_one())
+
+
 def _bump_once(conn: Connection) -> int:
     n = int(conn.execute(text("SELECT n FROM bench_counter")).scalar_one()) + 1
     conn.execute(text("UPDATE bench_counter SET n = :n"), {"n": n})
     return n
 
 
-def _bump(engine: Engine) -> None:
+async def _bump(engine: Engine) -> None:
     for _ in range(WRITES):
-        db.write_together(engine, _bump_once)
+        await db.write_together(engine, _bump_once)
 
 
-def _bump_from_threads(engine: Engine) -> list[BaseException]:
-    """Each thread's failure (none when every write went through)."""
-    with ThreadPoolExecutor(THREADS) as pool:
-        runs = [pool.submit(_bump, engine) for _ in range(THREADS)]
-    return [error for run in runs if (error := run.exception()) is not None]
+def _queue(engine: Engine) -> db._Queue:
+    """This loop's queue of writes through ``engine``, as ``write_together`` finds it."""
+    queues = db._QUEUES.setdefault(asyncio.get_running_loop(), weakref.WeakKeyDictionary())
+    return queues.setdefault(engine, db._Queue())
+
+
+def _taken(engine: Engine) -> Callable[[], bool]:
+    """Whether every write queued so far was taken by the leader (which may wait for the lock)."""
+    return lambda: _queue(engine).leader is not None and not _queue(engine).waiting
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    """Yield to the event loop until ``condition`` holds (at most 10 s): the writes under
+    test make progress on this loop meanwhile."""
+    deadline = time.monotonic() + 10
+    while not condition() and time.monotonic() < deadline:
+        await asyncio.sleep(0.001)
+    assert condition()
 
 
 @on_sqlite
-def test_sqlite_writers_of_one_process_write_one_at_a_time_without_the_busy_handler(
+async def test_sqlite_writes_of_one_process_go_one_transaction_at_a_time_without_the_busy_handler(
     engine: Engine,
 ) -> None:
     """With SQLite's busy handler turned off, a writer that found the file locked would
     fail at once ("database is locked"), and a read before the write would lose updates:
-    each transaction runs alone, so every bump counts."""
+    the writes of many requests at once each count."""
     _counter(engine)
     engine.dispose()
 
@@ -61,9 +81,8 @@ def test_sqlite_writers_of_one_process_write_one_at_a_time_without_the_busy_hand
         dbapi_connection.execute("PRAGMA busy_timeout=0")
 
     event.listen(engine, "connect", no_waiting)
-    assert _bump_from_threads(engine) == []
-    with engine.connect() as conn:
-        assert conn.execute(text("SELECT n FROM bench_counter")).scalar_one() == THREADS * WRITES
+    await asyncio.gather(*(_bump(engine) for _ in range(TASKS)))
+    assert _count(engine) == TASKS * WRITES
 
 
 def _other_process(engine: Engine) -> sqlite3.Connection:
@@ -74,9 +93,13 @@ def _other_process(engine: Engine) -> sqlite3.Connection:
 
 
 @on_sqlite
-def test_a_write_waits_for_another_process_to_commit(engine: Engine) -> None:
+async def test_a_write_waits_for_another_process_to_commit_while_the_loop_serves_others(
+    engine: Engine,
+) -> None:
     """Another process's write transaction holds SQLite's lock: the write starts only once
-    that one has committed, and then goes through."""
+    that one has committed, and then goes through. Meanwhile the event loop goes on (this
+    test runs on it: a write that blocked the loop while waiting would never see the
+    other process commit)."""
     _counter(engine)
     other = _other_process(engine)
     other.execute("UPDATE bench_counter SET n = 10")
@@ -86,14 +109,14 @@ def test_a_write_waits_for_another_process_to_commit(engine: Engine) -> None:
         entered.set()
         conn.execute(text("UPDATE bench_counter SET n = n + 1"))
 
-    with ThreadPoolExecutor(1) as pool:
-        run = pool.submit(db.write_together, engine, bump)
-        assert not entered.is_set()
-        other.execute("COMMIT")
-        run.result()
+    run = asyncio.ensure_future(db.write_together(engine, bump))
+    await _until(_taken(engine))  # by the leader, which waits for the lock
+    await asyncio.sleep(0.05)  # a real other process's lock: tries of the leader fail
+    assert not entered.is_set() and not run.done()
+    other.execute("COMMIT")
+    await run
     other.close()
-    with engine.connect() as conn:
-        assert conn.execute(text("SELECT n FROM bench_counter")).scalar_one() == 11
+    assert _count(engine) == 11
 
 
 @on_sqlite
@@ -124,24 +147,23 @@ def test_a_write_transaction_polls_for_the_lock_without_the_busy_handler(engine:
         assert conn.execute(text("SELECT n FROM bench_counter")).scalar_one() == 11
 
 
-def test_writers_on_postgresql_commit_what_they_wrote(engine: Engine) -> None:
-    """On PostgreSQL ``write_together`` is ``engine.begin()``: committed at the end, rolled
-    back on an error."""
+async def test_writes_commit_what_they_wrote_and_undo_what_raised(engine: Engine) -> None:
+    """On either database: committed at the end, rolled back on an error (on PostgreSQL
+    ``engine.begin()`` in a worker thread)."""
     _counter(engine)
-    assert db.write_together(engine, _bump_once) == 1
+    assert await db.write_together(engine, _bump_once) == 1
 
     def undone(conn: Connection) -> None:
         _bump_once(conn)
         raise RuntimeError("undo")
 
     with pytest.raises(RuntimeError, match="undo"):
-        db.write_together(engine, undone)
-    with engine.connect() as conn:
-        assert conn.execute(text("SELECT n FROM bench_counter")).scalar_one() == 1
+        await db.write_together(engine, undone)
+    assert _count(engine) == 1
 
 
 @on_sqlite
-def test_writes_held_up_by_another_process_each_fail_after_the_busy_timeout(
+async def test_writes_held_up_by_another_process_each_fail_after_the_busy_timeout(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Four API writes wait behind a write elsewhere that does not end: each fails with
@@ -153,17 +175,17 @@ def test_writes_held_up_by_another_process_each_fail_after_the_busy_timeout(
     other = _other_process(engine)
     started = time.monotonic()
     try:
-        with ThreadPoolExecutor(4) as pool:
-            runs = [pool.submit(_bump, engine) for _ in range(4)]
-        errors = [run.exception() for run in runs]
+        writes = (db.write_together(engine, _bump_once) for _ in range(4))
+        errors = await asyncio.gather(*writes, return_exceptions=True)
     finally:
         other.close()
     assert all(isinstance(e, OperationalError) and "locked" in str(e) for e in errors), errors
     assert time.monotonic() - started < 1.5
+    assert await db.write_together(engine, _bump_once) == 1  # and the next write goes through
 
 
 @on_sqlite
-def test_a_write_leaves_the_connections_own_busy_timeout_and_may_not_nest(engine: Engine) -> None:
+async def test_a_write_leaves_the_connections_own_busy_timeout(engine: Engine) -> None:
     def patient(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.execute("PRAGMA busy_timeout=1234")
 
@@ -171,24 +193,22 @@ def test_a_write_leaves_the_connections_own_busy_timeout_and_may_not_nest(engine
     event.listen(engine, "connect", patient)
     _counter(engine)
 
-    def nesting(conn: Connection) -> int:
+    def bump_and_ask(conn: Connection) -> int:
         _bump_once(conn)
-        with pytest.raises(RuntimeError, match="inside its own work"):
-            db.write_together(engine, _bump_once)
         return int(conn.exec_driver_sql("PRAGMA busy_timeout").scalar_one())
 
-    assert db.write_together(engine, nesting) == 1234
-    with engine.connect() as conn:
-        assert conn.execute(text("SELECT n FROM bench_counter")).scalar_one() == 1
+    assert await db.write_together(engine, bump_and_ask) == 1234
+    assert _count(engine) == 1
 
 
 @on_sqlite
-def test_writes_waiting_at_once_are_committed_together_and_a_failing_one_alone_is_undone(
+async def test_writes_waiting_at_once_are_committed_together_and_a_failing_one_alone_is_undone(
     engine: Engine,
 ) -> None:
     """Eight writes arrive while another process holds the lock: once it commits, they are
-    committed in one or two transactions instead of eight, each thread gets its own result,
-    and the one that raised gets its error with its own change undone and nobody else's."""
+    committed in one or two transactions instead of eight, each caller gets its own
+    result, and the one that raised gets its error with its own change undone and nobody
+    else's."""
     _counter(engine)
     other = _other_process(engine)
     commits: list[int] = []
@@ -203,34 +223,34 @@ def test_writes_waiting_at_once_are_committed_together_and_a_failing_one_alone_i
 
         return work
 
-    with ThreadPoolExecutor(8) as pool:
-        runs = [pool.submit(db.write_together, engine, bump_or_fail(i == 3)) for i in range(8)]
-        deadline = time.monotonic() + 10
-        while len(db._GROUPS[engine].waiting) < 7 and time.monotonic() < deadline:
-            time.sleep(0.01)  # until the leader waits for the lock and seven wait behind it
-        other.execute("ROLLBACK")
-        other.close()
-        errors = [run.exception() for run in runs]
-    failed = [e for e in errors if e is not None]
-    assert len(failed) == 1 and isinstance(failed[0], ValueError), errors
-    assert sorted(run.result() for run in runs if run.exception() is None) == list(range(1, 8))
+    writes = [
+        asyncio.ensure_future(db.write_together(engine, bump_or_fail(i == 3))) for i in range(8)
+    ]
+    await _until(_taken(engine))
+    other.execute("ROLLBACK")
+    other.close()
+    results = await asyncio.gather(*writes, return_exceptions=True)
+    failed = [r for r in results if isinstance(r, BaseException)]
+    assert len(failed) == 1 and isinstance(failed[0], ValueError), results
+    assert sorted(r for r in results if isinstance(r, int)) == list(range(1, 8))
     assert len(commits) <= 2
-    with engine.connect() as conn:
-        assert conn.execute(text("SELECT n FROM bench_counter")).scalar_one() == 7
+    assert _count(engine) == 7
 
 
-def _queue_in_order(
-    engine: Engine, pool: ThreadPoolExecutor, works: list[Callable[[Connection], Any]]
-) -> list[Future[Any]]:
-    """Each write submitted once the one before waits in this process's group, so that the
-    first leads (waiting for the lock) and the rest form its next transaction, in order."""
-    runs: list[Future[Any]] = []
-    for work in works:
-        runs.append(pool.submit(db.write_together, engine, work))
-        deadline = time.monotonic() + 10
-        while len(db._GROUPS[engine].waiting) < len(runs) - 1 and time.monotonic() < deadline:
-            time.sleep(0.005)  # until this one waits behind the leader
-    return runs
+async def _behind_one(
+    engine: Engine, first: Callable[[Connection], Any], then: list[Callable[[Connection], Any]]
+) -> list[Any]:
+    """``first`` alone in a transaction that waits for another process's lock, ``then``
+    queued behind it (the next transaction, in order); once the lock is given back, each
+    one's result or error."""
+    other = _other_process(engine)
+    runs = [asyncio.ensure_future(db.write_together(engine, first))]
+    await _until(_taken(engine))  # the leader took it and waits for the lock
+    runs += [asyncio.ensure_future(db.write_together(engine, work)) for work in then]
+    await _until(lambda: len(_queue(engine).waiting) == len(then))
+    other.execute("ROLLBACK")
+    other.close()
+    return await asyncio.gather(*runs, return_exceptions=True)
 
 
 def _insert(value: int) -> Callable[[Connection], int]:
@@ -263,72 +283,50 @@ def _insert_then_repeat(value: int, repeated: int) -> Callable[[Connection], int
 
 
 @on_sqlite
-def test_a_write_the_database_refuses_is_undone_alone(engine: Engine) -> None:
+async def test_a_write_the_database_refuses_is_undone_alone(engine: Engine) -> None:
     """A send whose statement the database refuses (a unique rule) fails alone: what it
     wrote before is undone, the writes before and after it in the same transaction are
     stored, and the connection goes on as if nothing happened."""
     with engine.begin() as conn:
         conn.execute(text("CREATE TABLE bench_rows (x INTEGER UNIQUE)"))
-    other = _other_process(engine)
-    with ThreadPoolExecutor(5) as pool:
-        works = [_insert(0), _insert(1), _insert_then_repeat(5, 1), _insert(2), _insert(3)]
-        runs = _queue_in_order(engine, pool, works)
-        other.execute("ROLLBACK")
-        other.close()
-        errors = [run.exception() for run in runs]
-    assert [type(e).__name__ if e else None for e in errors] == [
-        None,
-        None,
-        "IntegrityError",
-        None,
-        None,
-    ]
-    assert db.write_together(engine, _insert(4)) == 4
+    works = [_insert(1), _insert_then_repeat(5, 1), _insert(2), _insert(3)]
+    results = await _behind_one(engine, _insert(0), works)
+    assert [type(r).__name__ for r in results] == ["int", "int", "IntegrityError", "int", "int"]
+    assert await db.write_together(engine, _insert(4)) == 4
     with engine.connect() as conn:
         stored = conn.execute(text("SELECT x FROM bench_rows ORDER BY x")).scalars().all()
     assert stored == [0, 1, 2, 3, 4]
 
 
 @on_sqlite
-def test_a_write_that_loses_the_whole_transaction_fails_every_write_of_it(engine: Engine) -> None:
+async def test_a_write_that_loses_the_whole_transaction_fails_every_write_of_it(
+    engine: Engine,
+) -> None:
     """A send answered 202 must be stored: when one write of a transaction makes SQLite roll
     all of it back (a full disk), every write of it fails, and none is reported done."""
     with engine.begin() as conn:
         conn.execute(text("CREATE TABLE bench_rows (x)"))
-    other = _other_process(engine)
-    with ThreadPoolExecutor(4) as pool:
-        runs = _queue_in_order(engine, pool, [_insert(0), _insert(1), _disk_full, _insert(3)])
-        other.execute("ROLLBACK")
-        other.close()
-        done = [run.result() for run in runs if run.exception() is None]
-    assert done == [0]
-    assert all("full" in str(run.exception()) for run in runs[1:]), [r.exception() for r in runs]
+    results = await _behind_one(engine, _insert(0), [_insert(1), _disk_full, _insert(3)])
+    assert results[0] == 0
+    assert all("full" in str(r) for r in results[1:]), results
     with engine.connect() as conn:
         assert conn.execute(text("SELECT x FROM bench_rows")).scalars().all() == [0]
 
 
 @on_sqlite
-def test_writes_queued_behind_a_write_that_does_not_end_give_up_after_the_busy_timeout(
-    engine: Engine, monkeypatch: pytest.MonkeyPatch
+async def test_a_caller_that_goes_away_while_its_write_waits_leaves_the_others_working(
+    engine: Engine,
 ) -> None:
-    """A write of this process that never ends holds the others no longer than SQLite's
-    busy timeout: they fail with "database is locked" and are never run afterwards."""
+    """A client that hangs up cancels its request while the write waits for the lock: the
+    writes queued with it are still committed and answered, and later writes go through."""
     _counter(engine)
-    monkeypatch.setattr(db, "SQLITE_BUSY_TIMEOUT_MS", 500)
-    release = threading.Event()
-
-    def held(conn: Connection) -> int:
-        release.wait(10)
-        return _bump_once(conn)
-
-    with ThreadPoolExecutor(3) as pool:
-        started = time.monotonic()
-        runs = _queue_in_order(engine, pool, [held, _bump_once, _bump_once])
-        errors = [run.exception(timeout=10) for run in runs[1:]]
-        waited = time.monotonic() - started
-        release.set()
-        assert runs[0].result() == 1
-    assert all(isinstance(e, OperationalError) and "locked" in str(e) for e in errors), errors
-    assert waited < 5
-    with engine.connect() as conn:
-        assert conn.execute(text("SELECT n FROM bench_counter")).scalar_one() == 1
+    other = _other_process(engine)
+    runs = [asyncio.ensure_future(db.write_together(engine, _bump_once)) for _ in range(3)]
+    await _until(_taken(engine))
+    runs[1].cancel()
+    other.execute("ROLLBACK")
+    other.close()
+    results = await asyncio.gather(*runs, return_exceptions=True)
+    assert isinstance(results[1], asyncio.CancelledError)
+    assert [results[0], results[2]] == [1, 3]  # its write was under way: stored too
+    assert await db.write_together(engine, _bump_once) == 4

@@ -14,7 +14,6 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
 from sqlalchemy.engine import Connection
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from mailer.api import keys, limits
@@ -42,11 +41,11 @@ def state(request: Request) -> ApiState:
 
 def caller(scope: Scope) -> Callable[[Request, Credentials], Awaitable[ApiKey]]:
     """A dependency: the calling key, which must hold ``scope``; looked up, counted and
-    judged in one trip to a worker thread (the database calls block)."""
+    judged in one short write (``db.write_together``)."""
 
     async def check(request: Request, credentials: Credentials) -> ApiKey:
         secret = credentials.credentials if credentials else ""
-        return await run_in_threadpool(_allowed, state(request), secret, scope)
+        return await _allowed(state(request), secret, scope)
 
     return check
 
@@ -61,9 +60,9 @@ class Pending:
 
 
 def deferred(scope: Scope) -> Callable[[Request, Credentials], Awaitable[Pending]]:
-    """A dependency for a route that checks the key in the same worker-thread trip and
-    transaction as its own work (the transactional send), a trip and a commit fewer than
-    ``caller``: the route calls ``admit`` before it looks at what the body asks.
+    """A dependency for a route that checks the key in the same transaction as its own
+    work (the transactional send), a commit fewer than ``caller``: the route calls
+    ``admit`` before it looks at what the body asks.
 
     The key is still judged before the body's fields: when they fail validation, the route
     never runs, and the validation error's handler asks ``refusal`` first, so a missing or
@@ -85,14 +84,15 @@ async def refusal(request: Request) -> HTTPException | None:
     if not isinstance(pending, Pending):
         return None
     try:
-        await run_in_threadpool(_allowed, state(request), pending.secret, pending.scope)
+        await _allowed(state(request), pending.secret, pending.scope)
     except HTTPException as exc:
         return exc
     return None
 
 
-def _allowed(api: ApiState, secret: str, scope: Scope) -> ApiKey:
-    verdict = db.write_together(api.engine, lambda conn: admit(conn, api, Pending(secret, scope)))
+async def _allowed(api: ApiState, secret: str, scope: Scope) -> ApiKey:
+    pending = Pending(secret, scope)
+    verdict = await db.write_together(api.engine, lambda conn: admit(conn, api, pending))
     if isinstance(verdict, HTTPException):
         raise verdict
     return verdict

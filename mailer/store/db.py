@@ -1,19 +1,21 @@
 """Database connections: one place that knows SQLite from PostgreSQL.
 
 mailer uses the synchronous driver everywhere; the daemon runs database work in worker
-threads, which on SQLite is cheaper than aiosqlite's per-statement cost.
+threads, which on SQLite is cheaper than aiosqlite's per-statement cost. The API's short
+writes on SQLite run on the event loop instead, committed together (``write_together``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import sqlite3
 import threading
 import time
 import typing
 import weakref
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Generator, Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -107,93 +109,82 @@ def lock_for_writing(conn: Connection, table: Table) -> None:
         conn.execute(update(table).where(false()).values({key: key}))
 
 
-# how ``write_together`` waits for another process's write on SQLite: tries this far apart
-# (the pause grows to the last), until the busy timeout has passed since the oldest call
+# how a write waits for another process's write on SQLite: tries this far apart (the
+# pause grows to the last), until the busy timeout has passed since the oldest call
 WRITE_LOCK_PAUSES = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01)
 GROUP_LIMIT = 50  # writes in one transaction at most: the others' wait for the lock stays short
-_WRITING = threading.local()  # the engine this thread is writing through, if any
 
 
 @dataclass(eq=False, kw_only=True)
 class _Write(Generic[T]):
-    """One thread's write, waiting for a leader to run it (or to be made the leader)."""
+    """One request's write, waiting on its event loop for the next transaction."""
 
     work: Callable[[Connection], T]
     asked: float
-    woken: threading.Event = field(default_factory=threading.Event)
-    done: bool = False
+    done: asyncio.Future[None]
     outcome: Any = None  # what ``work`` returned, once done
     error: BaseException | None = None
-    shared: bool = False  # the error is the whole transaction's, raised in every write's thread
+    shared: bool = False  # the error is the whole transaction's, raised in every write's task
 
 
 @dataclass(eq=False)
-class _Group:
-    """The writes of one engine's threads: those waiting, and whether one of them leads."""
+class _Queue:
+    """The writes through one engine waiting on one event loop, and the task that commits
+    them while any wait."""
 
-    lock: threading.Lock = field(default_factory=threading.Lock)
     waiting: list[_Write[Any]] = field(default_factory=list)
-    leading: bool = False
+    leader: asyncio.Task[None] | None = None
 
 
-_GROUPS: weakref.WeakKeyDictionary[Engine, _Group] = weakref.WeakKeyDictionary()
-_GROUPS_LOCK = threading.Lock()
+_QUEUES: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, weakref.WeakKeyDictionary[Engine, _Queue]
+] = weakref.WeakKeyDictionary()
 
 
-def write_together(engine: Engine, work: Callable[[Connection], T]) -> T:
-    """``work(conn)`` in a short write transaction, for a server whose worker threads run
-    many at once (each API call counts its key); its result, or what it raised.
+async def write_together(engine: Engine, work: Callable[[Connection], T]) -> T:
+    """``work(conn)`` in a short write transaction, for a server answering many requests
+    at once (each API call counts its key); its result, or what it raised.
 
-    SQLite takes one writer at a time. Threads that took turns each paid for a transaction,
-    a commit and a wait for the lock, and under load the turns were the queue: sends at
-    100 a second spent 0.15-1.2 s waiting for their turn. Here the writes of this process's
-    threads are committed together (group commit): the thread that finds no write under
-    way leads; it takes SQLite's write lock at once (``BEGIN IMMEDIATE``, tried again every
-    0.2-10 ms while another process writes), runs every write waiting then, up to
-    GROUP_LIMIT, each in a savepoint of its own (one that raises is undone alone and its
-    error goes back to its thread), commits once, and hands the lead to the first write
-    that came meanwhile. A failed commit fails each write of it. The busy timeout counts
-    from the oldest write's call, so a write held up behind a long one elsewhere fails as
-    any write would ("database is locked"). Not re-entrant: ``work`` writing through the
-    engine again would wait for itself. PostgreSQL locks rows, not the database: there it
-    is ``work`` in ``engine.begin()``."""
+    SQLite takes one writer at a time, so the writes waiting at once are committed
+    together, on the event loop's own thread: one task takes SQLite's write lock (``BEGIN
+    IMMEDIATE``, tried again every 0.2-10 ms while another process writes, the loop
+    serving requests meanwhile), runs every write waiting by then, up to GROUP_LIMIT,
+    each in a savepoint of its own (one that raises is undone alone and its error goes
+    back to its caller), and commits once; a failed commit fails each write of it. The
+    busy timeout counts from the oldest write's call, so a write held up behind a long
+    one elsewhere fails as any write would ("database is locked").
+
+    On the loop rather than in worker threads: a thread that holds SQLite's lock waits,
+    after each statement, for the interpreter's lock behind the loop and the other
+    requests' threads. At 200 API sends a second (bench/api.py) the worker threads' groups
+    held SQLite's lock p50 1.3-2.6 ms, p99 12-58 ms; on the loop ~1 ms, p99 7-13 ms, and
+    the loop is busy only for the transaction (about half a millisecond a send). So
+    ``work`` must be short, and must not write through the engine itself.
+
+    PostgreSQL locks rows, not the database: there ``work`` runs in ``engine.begin()`` in
+    a worker thread, its statements' round trips off the loop."""
     if engine.dialect.name != "sqlite":
-        with engine.begin() as conn:
-            return work(conn)
-    if getattr(_WRITING, "engine", None) is engine:
-        raise RuntimeError("db.write_together inside its own work: it would wait for itself")
-    with _GROUPS_LOCK:
-        group = _GROUPS.setdefault(engine, _Group())
-    mine = _Write(work=work, asked=time.monotonic())
-    with group.lock:
-        group.waiting.append(mine)
-        if not group.leading:
-            group.leading = True
-            mine.woken.set()
-    if not mine.woken.wait(_left(mine.asked)):
-        with group.lock:  # not taken by a leader in time: given up, as a busy SQLite write is
-            if not mine.woken.is_set() and mine in group.waiting:
-                group.waiting.remove(mine)
-                raise _locked("database is locked (by this process's other writes)")
-        mine.woken.wait()  # taken by a leader, or made one, at the last moment
-    if not mine.done:
-        _lead(engine, group)
+        return await asyncio.to_thread(_in_transaction, engine, work)
+    loop = asyncio.get_running_loop()
+    queue = _QUEUES.setdefault(loop, weakref.WeakKeyDictionary()).setdefault(engine, _Queue())
+    mine = _Write(work=work, asked=time.monotonic(), done=loop.create_future())
+    queue.waiting.append(mine)
+    if queue.leader is None:
+        queue.leader = loop.create_task(_lead(engine, queue))
+    await mine.done
     if mine.error is not None:
         raise _own(mine.error) if mine.shared else mine.error
     return typing.cast(T, mine.outcome)
 
 
-def _left(asked: float) -> float:
-    return max(0.0, asked + SQLITE_BUSY_TIMEOUT_MS / 1000 - time.monotonic())
-
-
-def _locked(message: str) -> OperationalError:
-    return OperationalError("BEGIN IMMEDIATE", None, sqlite3.OperationalError(message))
+def _in_transaction(engine: Engine, work: Callable[[Connection], T]) -> T:
+    with engine.begin() as conn:
+        return work(conn)
 
 
 def _own(error: BaseException) -> BaseException:
     """A copy of a failure several writes share, so that each request's traceback is its
-    own (raising one object in many threads piles their frames onto it)."""
+    own (raising one object in many tasks piles their frames onto it)."""
     try:
         copied = copy.copy(error)
     except Exception:  # an exception that cannot be copied is raised as it is
@@ -202,23 +193,32 @@ def _own(error: BaseException) -> BaseException:
     return copied
 
 
-def _lead(engine: Engine, group: _Group) -> None:
-    """Run the waiting writes (this thread's first among them) in one transaction, then wake
-    them, and the next leader when more are waiting."""
-    with group.lock:
-        batch = group.waiting[:GROUP_LIMIT]
-        del group.waiting[:GROUP_LIMIT]
+async def _lead(engine: Engine, queue: _Queue) -> None:
+    """Commit the waiting writes, a transaction at a time, until none wait; each write's
+    caller woken once its transaction has ended. Cancelled (the loop is closing), the
+    writes still waiting fail."""
     try:
-        _commit_together(engine, batch)
+        while queue.waiting:
+            batch = queue.waiting[:GROUP_LIMIT]
+            del queue.waiting[:GROUP_LIMIT]
+            try:
+                await _commit_together(engine, batch)
+            finally:
+                _wake(batch)
+    except BaseException:
+        for write in queue.waiting:
+            write.error = RuntimeError("the write's transaction was interrupted")
+        _wake(queue.waiting)
+        queue.waiting.clear()
+        raise
     finally:
-        with group.lock:
-            if group.waiting:
-                group.waiting[0].woken.set()
-            else:
-                group.leading = False
-        for write in batch:
-            write.done = True
-            write.woken.set()
+        queue.leader = None
+
+
+def _wake(writes: list[_Write[Any]]) -> None:
+    for write in writes:
+        if not write.done.done():  # not when its caller was cancelled meanwhile
+            write.done.set_result(None)
 
 
 # each write's savepoint, named on the driver's connection: SQLAlchemy's ``begin_nested``
@@ -235,10 +235,13 @@ def _savepoint(raw: sqlite3.Connection, verb: str) -> None:
         raise DBAPIError.instance(statement, None, exc, sqlite3.Error) from exc
 
 
-def _commit_together(engine: Engine, batch: list[_Write[Any]]) -> None:
-    _WRITING.engine = engine
+async def _commit_together(engine: Engine, batch: list[_Write[Any]]) -> None:
+    deadline = min(write.asked for write in batch) + SQLITE_BUSY_TIMEOUT_MS / 1000
     try:
-        with begin_writing(engine, min(write.asked for write in batch)) as conn:
+        with engine.begin() as conn:
+            with closing(_write_lock_tries(conn, deadline)) as tries:
+                for pause in tries:
+                    await asyncio.sleep(pause)
             raw = conn.connection.driver_connection
             assert raw is not None
             for write in batch:
@@ -254,13 +257,10 @@ def _commit_together(engine: Engine, batch: list[_Write[Any]]) -> None:
     except Exception as exc:  # nothing was committed: every write of it failed
         for write in batch:
             write.error, write.shared = exc, True
-    except BaseException as exc:  # an interrupt: this thread's to raise, the others fail
+    except BaseException:  # cancelled: the loop is closing
         for write in batch:
             write.error = RuntimeError("the write's transaction was interrupted")
-        batch[0].error = exc
         raise
-    finally:
-        _WRITING.engine = None
 
 
 @contextmanager
@@ -275,15 +275,17 @@ def begin_writing(engine: Engine, asked: float | None = None) -> Iterator[Connec
     with engine.begin() as conn:
         if engine.dialect.name == "sqlite":
             start = time.monotonic() if asked is None else asked
-            _take_write_lock(conn, start + SQLITE_BUSY_TIMEOUT_MS / 1000)
+            for pause in _write_lock_tries(conn, start + SQLITE_BUSY_TIMEOUT_MS / 1000):
+                time.sleep(pause)
         yield conn
 
 
-def _take_write_lock(conn: Connection, deadline: float) -> None:
-    """Begin the SQLite transaction holding the database's write lock, polling for it
-    while another process holds it, until ``deadline``; then once more through SQLAlchemy,
-    so that "database is locked", or any other error of the driver, is raised wrapped as
-    on any write. The connection's own busy timeout is put back."""
+def _write_lock_tries(conn: Connection, deadline: float) -> Generator[float, None, None]:
+    """Begin the SQLite transaction holding the database's write lock: while another
+    process holds it, yield the pause before the next try (the caller sleeps, or serves
+    others), until ``deadline``; then try once more through SQLAlchemy, so that "database
+    is locked", or any other error of the driver, is raised wrapped as on any write. The
+    connection's own busy timeout is put back."""
     raw = conn.connection.driver_connection
     assert raw is not None
     (timeout,) = raw.execute("PRAGMA busy_timeout").fetchone()
@@ -299,7 +301,7 @@ def _take_write_lock(conn: Connection, deadline: float) -> None:
                 busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
                 if not busy or time.monotonic() + pause > deadline:
                     break
-            time.sleep(pause)
+            yield pause
             pause = next(pauses, pause)
         conn.exec_driver_sql("BEGIN IMMEDIATE")
     finally:
