@@ -544,6 +544,64 @@ async def test_the_next_batch_is_claimed_during_a_send_and_given_back_at_a_stop(
     assert b3["status"] == "queued"
 
 
+def _claims(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many messages each claim of the delivery worker took, in order."""
+    taken: list[int] = []
+    claim = outbox.claim
+
+    def counted(*args: Any, **kwargs: Any) -> list[outbox.Claimed]:
+        claimed = claim(*args, **kwargs)
+        taken.append(len(claimed))
+        return claimed
+
+    monkeypatch.setattr(outbox, "claim", counted)
+    return taken
+
+
+async def test_a_claim_that_drains_the_queue_claims_nothing_ahead(
+    road: Road, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From a backlog the next batches are claimed while one is sent; a claim that finds
+    fewer than a batch has drained the queue, and a claim ahead would find only what came
+    meanwhile: a write transaction on SQLite's one lock for a message or two, which the
+    API's sends wait behind. Three receipts, room for 200: one claim, all three sent."""
+    taken = _claims(monkeypatch)
+    road.queue(*(("maria", f"receipt-{n}") for n in range(3)), **TRANSACTIONAL)
+    assert await road.deliver() == 3
+    assert taken == [3]
+    assert len(road.sink.received) == 3
+
+
+async def test_messages_queued_one_by_one_after_the_queue_drained_go_out_in_one_claim(
+    road: Road, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a claim that drained the queue the worker waits TRICKLE_GAP (here half a
+    second, so that this machine's speed does not matter) before it claims again: four
+    receipts queued one by one meanwhile, each committed alone as the API queues them, go
+    out together, one claim and one record instead of one each."""
+    monkeypatch.setattr(delivery_module, "TRICKLE_GAP", 0.5)
+    taken = _claims(monkeypatch)
+    road.queue(("maria", "first"), **TRANSACTIONAL)
+    stop = asyncio.Event()
+    worker = asyncio.create_task(road.delivery.run(stop))
+    try:
+        for _ in range(500):  # bounded: the first receipt's claim, render and send
+            if road.sink.received:
+                break
+            await asyncio.sleep(0.01)
+        for n in range(4):
+            road.queue(("siti", f"then-{n}"), **TRANSACTIONAL)
+        for _ in range(500):
+            if len(road.sink.received) == 5:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        await asyncio.wait_for(worker, 10)
+    assert len(road.sink.received) == 5
+    assert [n for n in taken if n] == [1, 4]
+
+
 LOUNGE = (
     '{% if "vip" in customer.tags %}The members lounge is yours.{% else %}Shop news.{% endif %}'
 )
