@@ -166,22 +166,53 @@ async def test_writes_commit_what_they_wrote_and_undo_what_raised(engine: Engine
 async def test_writes_held_up_by_another_process_each_fail_after_the_busy_timeout(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Four API writes wait behind a write elsewhere that does not end: each fails with
-    "database is locked" once the busy timeout has passed since it was asked, not after
-    the timeouts of the writes queued ahead of it in this process (4 x 0.5 s)."""
+    """A write waits for another process's write that does not end, and three more queue
+    behind it: each fails with "database is locked" once the busy timeout (0.5 s) has
+    passed since it was asked, not once the write ahead of it has given up (1 s)."""
     _counter(engine)
     monkeypatch.setattr(db, "SQLITE_BUSY_TIMEOUT_MS", 500)
     engine.dispose()  # new connections with the shorter timeout
     other = _other_process(engine)
     started = time.monotonic()
     try:
-        writes = (db.write_together(engine, _bump_once) for _ in range(4))
-        errors = await asyncio.gather(*writes, return_exceptions=True)
+        runs = [asyncio.ensure_future(db.write_together(engine, _bump_once))]
+        await _until(_taken(engine))  # the leader waits for the lock with the first
+        runs += [asyncio.ensure_future(db.write_together(engine, _bump_once)) for _ in range(3)]
+        errors = await asyncio.gather(*runs, return_exceptions=True)
+        waited = time.monotonic() - started
     finally:
         other.close()
     assert all(isinstance(e, OperationalError) and "locked" in str(e) for e in errors), errors
-    assert time.monotonic() - started < 1.5
+    assert waited < 0.9
     assert await db.write_together(engine, _bump_once) == 1  # and the next write goes through
+
+
+@on_sqlite
+async def test_writes_interrupted_by_the_loop_closing_fail_and_the_next_goes_through(
+    engine: Engine,
+) -> None:
+    """The loop closes (the server stops) while a write waits for another process's lock
+    and another waits behind it: both fail instead of hanging, nothing of theirs is
+    stored, and the connection's busy timeout is put back for the next write."""
+    _counter(engine)
+    other = _other_process(engine)
+    runs = [asyncio.ensure_future(db.write_together(engine, _bump_once))]
+    await _until(_taken(engine))
+    runs.append(asyncio.ensure_future(db.write_together(engine, _bump_once)))
+    await _until(lambda: len(_queue(engine).waiting) == 1)
+    leader = _queue(engine).leader
+    assert leader is not None
+    leader.cancel()
+    errors = await asyncio.gather(*runs, return_exceptions=True)
+    other.execute("ROLLBACK")
+    other.close()
+    assert [str(e) for e in errors] == ["the write's transaction was interrupted"] * 2
+
+    def busy_timeout(conn: Connection) -> int:
+        return int(conn.exec_driver_sql("PRAGMA busy_timeout").scalar_one())
+
+    assert await db.write_together(engine, busy_timeout) == db.SQLITE_BUSY_TIMEOUT_MS
+    assert _count(engine) == 0
 
 
 @on_sqlite

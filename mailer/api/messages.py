@@ -30,6 +30,7 @@ import functools
 import hashlib
 import json
 import pathlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
@@ -176,22 +177,16 @@ async def _queued(
     another). The key is checked, counted and the message queued in one transaction; what
     is wrong with the body is found before it (no files are read while the transaction
     holds the database) and said only once the key has passed."""
-    if body.attachments:  # decoding files of up to the size limit: off the event loop
+    checked: Checked | Invalid
+    if body.attachments:  # files of up to the size limit: decoded, then inserted and
+        # committed in a transaction of their own, off the event loop (tens of milliseconds)
         checked = await run_in_threadpool(_checked_body, api, body)
+        admitted = _admitted(api, body, checked, pending, idempotency_key)
+        key, outcome = await run_in_threadpool(db.write_alone, api.engine, admitted)
     else:  # a template folder's look-up and an address: less than a thread's round trip
         checked = _checked_body(api, body)
-    ready = checked if isinstance(checked, Checked) else None
-
-    def admitted(
-        conn: Connection,
-    ) -> tuple[ApiKey | HTTPException, dict[str, Any] | Invalid | None]:
-        """The key's verdict, and the message queued when the key and the body passed."""
-        key = admit(conn, api, pending)
-        if isinstance(key, HTTPException) or ready is None:
-            return key, None
-        return key, _enqueued(conn, api, body, ready, f"{PREFIX}{key.id}:{idempotency_key}")
-
-    key, outcome = await db.write_together(api.engine, admitted)
+        admitted = _admitted(api, body, checked, pending, idempotency_key)
+        key, outcome = await db.write_together(api.engine, admitted)
     # raised once committed: a refused key or a wrong body still counts against the rate
     if isinstance(key, HTTPException):
         raise key
@@ -204,6 +199,28 @@ async def _queued(
         conflict = FieldError(pointer="", field="Idempotency-Key", detail="used with another body")
         raise Invalid([conflict], 409, "this Idempotency-Key was used for another message")
     return _view(outcome)
+
+
+Admitted = tuple[ApiKey | HTTPException, dict[str, Any] | Invalid | None]
+
+
+def _admitted(
+    api: ApiState,
+    body: MessageIn,
+    checked: Checked | Invalid,
+    pending: Pending,
+    idempotency_key: str,
+) -> Callable[[Connection], Admitted]:
+    """The send's write: the key's verdict, and the message queued when the key and the
+    body passed."""
+
+    def write(conn: Connection) -> Admitted:
+        key = admit(conn, api, pending)
+        if isinstance(key, HTTPException) or not isinstance(checked, Checked):
+            return key, None
+        return key, _enqueued(conn, api, body, checked, f"{PREFIX}{key.id}:{idempotency_key}")
+
+    return write
 
 
 def _checked_body(api: ApiState, body: MessageIn) -> Checked | Invalid:

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
+import anyio.to_thread
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
@@ -161,15 +162,17 @@ async def write_together(engine: Engine, work: Callable[[Connection], T]) -> T:
     the loop is busy only for the transaction (about half a millisecond a send). So
     ``work`` must be short, and must not write through the engine itself.
 
-    PostgreSQL locks rows, not the database: there ``work`` runs in ``engine.begin()`` in
-    a worker thread, its statements' round trips off the loop."""
+    A write that carries megabytes (an API send's files) takes ``write_alone`` in a worker
+    thread instead: its insert and commit would stop the loop for tens of milliseconds.
+    PostgreSQL locks rows, not the database: there ``work`` runs in ``write_alone`` in a
+    worker thread (anyio's, as the web app's), its statements' round trips off the loop."""
     if engine.dialect.name != "sqlite":
-        return await asyncio.to_thread(_in_transaction, engine, work)
+        return await anyio.to_thread.run_sync(write_alone, engine, work)
     loop = asyncio.get_running_loop()
     queue = _QUEUES.setdefault(loop, weakref.WeakKeyDictionary()).setdefault(engine, _Queue())
     mine = _Write(work=work, asked=time.monotonic(), done=loop.create_future())
     queue.waiting.append(mine)
-    if queue.leader is None:
+    if queue.leader is None or queue.leader.done():  # done: cancelled before it began
         queue.leader = loop.create_task(_lead(engine, queue))
     await mine.done
     if mine.error is not None:
@@ -177,8 +180,10 @@ async def write_together(engine: Engine, work: Callable[[Connection], T]) -> T:
     return typing.cast(T, mine.outcome)
 
 
-def _in_transaction(engine: Engine, work: Callable[[Connection], T]) -> T:
-    with engine.begin() as conn:
+def write_alone(engine: Engine, work: Callable[[Connection], T]) -> T:
+    """``work(conn)`` in a write transaction of its own (``begin_writing``), in the
+    calling thread."""
+    with begin_writing(engine) as conn:
         return work(conn)
 
 
@@ -195,8 +200,8 @@ def _own(error: BaseException) -> BaseException:
 
 async def _lead(engine: Engine, queue: _Queue) -> None:
     """Commit the waiting writes, a transaction at a time, until none wait; each write's
-    caller woken once its transaction has ended. Cancelled (the loop is closing), the
-    writes still waiting fail."""
+    caller woken once its transaction has ended, and the loop let go between transactions.
+    Cancelled (the loop is closing), the writes of its transaction and those waiting fail."""
     try:
         while queue.waiting:
             batch = queue.waiting[:GROUP_LIMIT]
@@ -205,6 +210,7 @@ async def _lead(engine: Engine, queue: _Queue) -> None:
                 await _commit_together(engine, batch)
             finally:
                 _wake(batch)
+            await asyncio.sleep(0)  # the loop serves others before the next transaction
     except BaseException:
         for write in queue.waiting:
             write.error = RuntimeError("the write's transaction was interrupted")
@@ -238,7 +244,9 @@ def _savepoint(raw: sqlite3.Connection, verb: str) -> None:
 async def _commit_together(engine: Engine, batch: list[_Write[Any]]) -> None:
     deadline = min(write.asked for write in batch) + SQLITE_BUSY_TIMEOUT_MS / 1000
     try:
-        with engine.begin() as conn:
+        # taken in a thread: when threads hold every pooled connection (reads, writes that
+        # wait for another process), the pool makes its taker wait, and the loop must not
+        with await anyio.to_thread.run_sync(engine.connect) as conn, conn.begin():
             with closing(_write_lock_tries(conn, deadline)) as tries:
                 for pause in tries:
                     await asyncio.sleep(pause)
