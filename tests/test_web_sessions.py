@@ -135,3 +135,24 @@ def test_a_session_unused_for_twelve_hours_ends(
     assert sam.request(two_sites[0], "GET", PAGE)[0] == 200
     clock.advance(sessions.IDLE)
     assert sam.request(two_sites[1], "GET", PAGE)[0] == 303
+
+
+def test_a_session_id_is_made_only_for_a_page_that_uses_one(
+    two_sites: tuple[Site, Site], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sign-in page's form needs an id (its CSRF token is derived from it) and sends its
+    cookie; a call that uses none (the API's, with its key) costs no random id and sets no
+    cookie."""
+    made: list[str] = []
+    new_id = sessions.new_id
+
+    def counted() -> str:
+        made.append(new_id())
+        return made[-1]
+
+    monkeypatch.setattr(sessions, "new_id", counted)
+    browser = Browser()
+    assert browser.request(two_sites[0], "GET", "/api/v1/openapi.json")[0] == 200
+    assert (made, browser.cookie) == ([], "")
+    browser.request(two_sites[0], "GET", "/login")
+    assert len(made) == 1 and browser.cookie == f"mailer_session={made[0]}"
