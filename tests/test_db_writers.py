@@ -11,7 +11,6 @@ import time
 import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -362,54 +361,3 @@ async def test_a_caller_that_goes_away_while_its_write_waits_leaves_the_others_w
     assert isinstance(results[1], asyncio.CancelledError)
     assert [results[0], results[2]] == [1, 3]  # its write was under way: stored too
     assert await db.write_together(engine, _bump_once) == 4
-
-
-def _blob_table(engine: Engine) -> Callable[[Connection], None]:
-    """A table for 4 kB rows, and a write that adds one."""
-    with engine.begin() as conn:
-        conn.execute(text("CREATE TABLE bench_rows (x BLOB)"))
-
-    def insert(conn: Connection) -> None:
-        conn.execute(text("INSERT INTO bench_rows (x) VALUES (randomblob(4000))"))
-
-    return insert
-
-
-def _wal_bytes(engine: Engine) -> int:
-    return Path(f"{make_url(str(engine.url)).database}-wal").stat().st_size
-
-
-@on_sqlite
-async def test_the_loops_commits_never_checkpoint_the_wal(
-    engine: Engine, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A commit on the event loop never copies the WAL into the database (SQLite does it
-    in the commit that takes the WAL past 1,000 pages: 10-30 ms of writing and syncing the
-    file, every request waiting): with the thread's checkpoints held off, 1,200 writes of
-    4 kB leave all of their pages in the WAL."""
-    monkeypatch.setattr(db, "CHECKPOINT_EVERY", 1e9)
-    insert = _blob_table(engine)
-    await db.write_together(engine, insert)
-    if (checkpoint := _queue(engine).checkpoint) is not None:
-        await checkpoint  # the first, before the clock counts
-    for _ in range(1200):
-        await db.write_together(engine, insert)
-    assert _wal_bytes(engine) > 1200 * 4000
-
-
-@on_sqlite
-async def test_a_checkpoint_in_a_thread_keeps_the_wal_from_growing(
-    engine: Engine, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The checkpoint in a worker thread after the loop's commits keeps the WAL small when
-    only the API writes: 300 writes of 4 kB leave it a fraction of the 1.2 MB they wrote,
-    and the connections keep their own setting for their other work."""
-    monkeypatch.setattr(db, "CHECKPOINT_EVERY", 0.0)
-    insert = _blob_table(engine)
-    for _ in range(300):
-        await db.write_together(engine, insert)
-        if (checkpoint := _queue(engine).checkpoint) is not None:
-            await checkpoint
-    assert _wal_bytes(engine) < 300 * 4000 / 4
-    with engine.connect() as conn:
-        assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one() == 1000

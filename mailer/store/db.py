@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import logging
 import sqlite3
 import threading
 import time
@@ -46,7 +45,6 @@ from mailer.core.errors import DatabaseUnavailable
 if TYPE_CHECKING:
     import psycopg
 
-log = logging.getLogger("mailer.store.db")
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 T = TypeVar("T")
 # what a statement raises when the database is away (restarted, failed over, cut off) or
@@ -137,8 +135,6 @@ class _Queue:
 
     waiting: list[_Write[Any]] = field(default_factory=list)
     leader: asyncio.Task[None] | None = None
-    checkpoint: asyncio.Task[None] | None = None  # the last one started in a thread
-    checkpointed: float = 0.0  # when it started (time.monotonic)
 
 
 _QUEUES: weakref.WeakKeyDictionary[
@@ -164,12 +160,7 @@ async def write_together(engine: Engine, work: Callable[[Connection], T]) -> T:
     requests' threads. At 200 API sends a second (bench/api.py) the worker threads' groups
     held SQLite's lock p50 1.3-2.6 ms, p99 12-58 ms; on the loop ~1 ms, p99 7-13 ms, and
     the loop is busy only for the transaction (about half a millisecond a send). So
-    ``work`` must be short, and must not write through the engine itself. Nor does a
-    commit on the loop checkpoint the WAL (SQLite's commit that takes the WAL past 1,000
-    pages copies it into the database and syncs the file, 10-30 ms): the loop's
-    connections leave that to a checkpoint in a worker thread, at most one a
-    CHECKPOINT_EVERY while they write (measured at 200 sends a second: p99 17-18 ms
-    against 22-26 ms with checkpoints on the loop).
+    ``work`` must be short, and must not write through the engine itself.
 
     A write that carries megabytes (an API send's files) takes ``write_alone`` in a worker
     thread instead: its insert and commit would stop the loop for tens of milliseconds.
@@ -219,7 +210,6 @@ async def _lead(engine: Engine, queue: _Queue) -> None:
                 await _commit_together(engine, batch)
             finally:
                 _wake(batch)
-            _checkpoint_soon(engine, queue)
             await asyncio.sleep(0)  # the loop serves others before the next transaction
     except BaseException:
         for write in queue.waiting:
@@ -256,23 +246,22 @@ async def _commit_together(engine: Engine, batch: list[_Write[Any]]) -> None:
     try:
         # taken in a thread: when threads hold every pooled connection (reads, writes that
         # wait for another process), the pool makes its taker wait, and the loop must not
-        with await anyio.to_thread.run_sync(engine.connect) as conn:
+        with await anyio.to_thread.run_sync(engine.connect) as conn, conn.begin():
+            with closing(_write_lock_tries(conn, deadline)) as tries:
+                for pause in tries:
+                    await asyncio.sleep(pause)
             raw = conn.connection.driver_connection
             assert raw is not None
-            with _no_autocheckpoint(raw), conn.begin():
-                with closing(_write_lock_tries(conn, deadline)) as tries:
-                    for pause in tries:
-                        await asyncio.sleep(pause)
-                for write in batch:
-                    _savepoint(raw, "SAVEPOINT")
-                    try:
-                        write.outcome = write.work(conn)
-                    except Exception as exc:
-                        if not raw.in_transaction:  # SQLite rolled back the transaction
-                            raise  # (a full disk, an I/O error): every write of it failed
-                        _savepoint(raw, "ROLLBACK TO")  # its own writes are undone; the
-                        write.error = exc  # others go on
-                    _savepoint(raw, "RELEASE")
+            for write in batch:
+                _savepoint(raw, "SAVEPOINT")
+                try:
+                    write.outcome = write.work(conn)
+                except Exception as exc:
+                    if not raw.in_transaction:  # SQLite rolled back the whole transaction
+                        raise  # (a full disk, an I/O error): every write of it failed
+                    _savepoint(raw, "ROLLBACK TO")  # its own writes are undone; the others
+                    write.error = exc  # go on
+                _savepoint(raw, "RELEASE")
     except Exception as exc:  # nothing was committed: every write of it failed
         for write in batch:
             write.error, write.shared = exc, True
@@ -280,44 +269,6 @@ async def _commit_together(engine: Engine, batch: list[_Write[Any]]) -> None:
         for write in batch:
             write.error = RuntimeError("the write's transaction was interrupted")
         raise
-
-
-CHECKPOINT_EVERY = 1.0  # seconds: at 200 sends a second about 1,000 pages of WAL, as SQLite's
-
-
-@contextmanager
-def _no_autocheckpoint(raw: sqlite3.Connection) -> Iterator[None]:
-    """The connection's commits leave the WAL as it is, then its setting is put back."""
-    (pages,) = raw.execute("PRAGMA wal_autocheckpoint").fetchone()
-    raw.execute("PRAGMA wal_autocheckpoint=0")
-    try:
-        yield
-    finally:
-        raw.execute(f"PRAGMA wal_autocheckpoint={int(pages)}")
-
-
-def _checkpoint_soon(engine: Engine, queue: _Queue) -> None:
-    """After the loop's commit: a checkpoint in a worker thread, unless one is under way
-    or started less than CHECKPOINT_EVERY ago."""
-    if (queue.checkpoint is not None and not queue.checkpoint.done()) or (
-        time.monotonic() - queue.checkpointed < CHECKPOINT_EVERY
-    ):
-        return
-    queue.checkpointed = time.monotonic()
-    queue.checkpoint = asyncio.get_running_loop().create_task(
-        anyio.to_thread.run_sync(_checkpoint, engine)
-    )
-
-
-def _checkpoint(engine: Engine) -> None:
-    """Copy the WAL into the database as far as no reader needs it (PASSIVE: it waits for
-    nobody and nobody waits for it). One that fails (another process checkpoints, a
-    busy file) is left to the next: the WAL only grows meanwhile."""
-    try:
-        with engine.connect() as conn:
-            conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
-    except DBAPIError as exc:
-        log.warning("the WAL checkpoint failed, the next will try again: %s", exc)
 
 
 @contextmanager

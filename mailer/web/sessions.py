@@ -48,8 +48,8 @@ class Visit:
 
 
 class SessionCookie:
-    """Reads the id from the cookie (or makes one) and sends a new id back when it changed;
-    HttpOnly, SameSite=Lax, Secure when the app is served over https."""
+    """Reads the id from the cookie (a page that needs one makes it) and sends a new id back
+    when it changed; HttpOnly, SameSite=Lax, Secure when the app is served over https."""
 
     def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], https: bool):
         self.app = app
