@@ -1,6 +1,7 @@
 """Short write transactions from many requests of one server process at once (each API
-call counts its key): on SQLite the writes waiting at once are committed together, on
-the event loop, without SQLite's busy handler; on PostgreSQL they run side by side."""
+call counts its key): the writes waiting at once are committed together, on SQLite on
+the event loop without SQLite's busy handler, on PostgreSQL in a worker thread, a group
+that one write made fail run again write by write."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import psycopg
 import pytest
 from sqlalchemy import Connection, Engine, event, text
 from sqlalchemy.engine import make_url
@@ -90,6 +92,22 @@ def _other_process(engine: Engine) -> sqlite3.Connection:
     other = sqlite3.connect(make_url(str(engine.url)).database or "", isolation_level=None)
     other.execute("BEGIN IMMEDIATE")
     return other
+
+
+def _holding(engine: Engine, table: str) -> Any:
+    """A connection of its own, as another process's, that holds up every write to
+    ``table`` until it rolls back: SQLite's write lock, or PostgreSQL's lock on the table."""
+    if engine.dialect.name == "sqlite":
+        return _other_process(engine)
+    url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    other = psycopg.connect(url)
+    other.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+    return other
+
+
+def _release(other: Any) -> None:
+    other.rollback()
+    other.close()
 
 
 @on_sqlite
@@ -232,18 +250,29 @@ async def test_a_write_leaves_the_connections_own_busy_timeout(engine: Engine) -
     assert _count(engine) == 1
 
 
-@on_sqlite
-async def test_writes_waiting_at_once_are_committed_together_and_a_failing_one_alone_is_undone(
-    engine: Engine,
-) -> None:
-    """Eight writes arrive while another process holds the lock: once it commits, they are
-    committed in one or two transactions instead of eight, each caller gets its own
-    result, and the one that raised gets its error with its own change undone and nobody
-    else's."""
+async def test_writes_waiting_at_once_are_committed_together(engine: Engine) -> None:
+    """Eight writes arrive while another process holds them up: once it lets go, they are
+    committed in one or two transactions instead of eight, each caller with its own
+    result."""
     _counter(engine)
-    other = _other_process(engine)
+    other = _holding(engine, "bench_counter")
     commits: list[int] = []
     event.listen(engine, "commit", lambda conn: commits.append(1))
+    writes = [asyncio.ensure_future(db.write_together(engine, _bump_once)) for _ in range(8)]
+    await _until(_taken(engine))
+    _release(other)
+    assert sorted(await asyncio.gather(*writes)) == list(range(1, 9))
+    assert len(commits) <= 2
+    assert _count(engine) == 8
+
+
+async def test_a_write_that_raises_fails_alone_and_the_others_are_stored(engine: Engine) -> None:
+    """Eight writes committed together, one of which raises: its caller gets its error
+    with its own change undone, and every other write is stored once, with its result
+    (on SQLite the write's savepoint is undone; on PostgreSQL the group runs again write
+    by write)."""
+    _counter(engine)
+    other = _holding(engine, "bench_counter")
 
     def bump_or_fail(fail: bool) -> Callable[[Connection], int]:
         def work(conn: Connection) -> int:
@@ -258,29 +287,26 @@ async def test_writes_waiting_at_once_are_committed_together_and_a_failing_one_a
         asyncio.ensure_future(db.write_together(engine, bump_or_fail(i == 3))) for i in range(8)
     ]
     await _until(_taken(engine))
-    other.execute("ROLLBACK")
-    other.close()
+    _release(other)
     results = await asyncio.gather(*writes, return_exceptions=True)
     failed = [r for r in results if isinstance(r, BaseException)]
     assert len(failed) == 1 and isinstance(failed[0], ValueError), results
     assert sorted(r for r in results if isinstance(r, int)) == list(range(1, 8))
-    assert len(commits) <= 2
     assert _count(engine) == 7
 
 
 async def _behind_one(
     engine: Engine, first: Callable[[Connection], Any], then: list[Callable[[Connection], Any]]
 ) -> list[Any]:
-    """``first`` alone in a transaction that waits for another process's lock, ``then``
-    queued behind it (the next transaction, in order); once the lock is given back, each
-    one's result or error."""
-    other = _other_process(engine)
+    """``first`` alone in a transaction that waits for another process's lock on
+    bench_rows, ``then`` queued behind it (the next transaction, in order); once the lock
+    is given back, each one's result or error."""
+    other = _holding(engine, "bench_rows")
     runs = [asyncio.ensure_future(db.write_together(engine, first))]
     await _until(_taken(engine))  # the leader took it and waits for the lock
     runs += [asyncio.ensure_future(db.write_together(engine, work)) for work in then]
     await _until(lambda: len(_queue(engine).waiting) == len(then))
-    other.execute("ROLLBACK")
-    other.close()
+    _release(other)
     return await asyncio.gather(*runs, return_exceptions=True)
 
 
@@ -313,7 +339,6 @@ def _insert_then_repeat(value: int, repeated: int) -> Callable[[Connection], int
     return work
 
 
-@on_sqlite
 async def test_a_write_the_database_refuses_is_undone_alone(engine: Engine) -> None:
     """A send whose statement the database refuses (a unique rule) fails alone: what it
     wrote before is undone, the writes before and after it in the same transaction are
@@ -344,20 +369,77 @@ async def test_a_write_that_loses_the_whole_transaction_fails_every_write_of_it(
         assert conn.execute(text("SELECT x FROM bench_rows")).scalars().all() == [0]
 
 
-@on_sqlite
 async def test_a_caller_that_goes_away_while_its_write_waits_leaves_the_others_working(
     engine: Engine,
 ) -> None:
     """A client that hangs up cancels its request while the write waits for the lock: the
     writes queued with it are still committed and answered, and later writes go through."""
     _counter(engine)
-    other = _other_process(engine)
+    other = _holding(engine, "bench_counter")
     runs = [asyncio.ensure_future(db.write_together(engine, _bump_once)) for _ in range(3)]
     await _until(_taken(engine))
     runs[1].cancel()
-    other.execute("ROLLBACK")
-    other.close()
+    _release(other)
     results = await asyncio.gather(*runs, return_exceptions=True)
     assert isinstance(results[1], asyncio.CancelledError)
     assert [results[0], results[2]] == [1, 3]  # its write was under way: stored too
     assert await db.write_together(engine, _bump_once) == 4
+
+
+on_postgresql = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+
+
+@on_postgresql
+async def test_a_commit_postgresql_refuses_fails_every_write_of_it_and_runs_none_again(
+    engine: Engine,
+) -> None:
+    """A rule checked only at COMMIT (a deferred unique rule) refuses the group's commit:
+    every write of it fails, none is reported done or run again alone (whether a commit
+    that failed stored anything is not known), and the next write goes through."""
+    with engine.begin() as conn:
+        deferred = "UNIQUE DEFERRABLE INITIALLY DEFERRED"  # checked at COMMIT
+        conn.execute(text(f"CREATE TABLE bench_rows (x INTEGER {deferred})"))
+    results = await _behind_one(engine, _insert(0), [_insert(1), _insert(1), _insert(3)])
+    assert results[0] == 0
+    assert all("duplicate key" in str(r) for r in results[1:]), results
+    assert await db.write_together(engine, _insert(4)) == 4
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT x FROM bench_rows ORDER BY x")).scalars().all() == [0, 4]
+
+
+@on_postgresql
+async def test_two_processes_groups_that_deadlock_are_each_stored_once(engine: Engine) -> None:
+    """Two server processes' groups lock two rows in opposite orders (two API keys' counts,
+    say): PostgreSQL ends the deadlock by failing one group's statement, that group runs
+    again write by write once the other has committed, and every write is stored once."""
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE bench_pairs (id INTEGER PRIMARY KEY, n INTEGER)"))
+        conn.execute(text("INSERT INTO bench_pairs VALUES (1, 0), (2, 0)"))
+    other = db.connect(engine.url.render_as_string(hide_password=False))  # its own pool
+    both_hold_one = threading.Barrier(2, timeout=10)
+    waited: set[int] = set()
+
+    def bump(row: int, first: bool) -> Callable[[Connection], int]:
+        def work(conn: Connection) -> int:
+            update = "UPDATE bench_pairs SET n = n + 1 WHERE id = :id RETURNING n"
+            n = int(conn.execute(text(update), {"id": row}).scalar_one())
+            if first and row not in waited:  # the groups' first run: each holds one row
+                waited.add(row)
+                both_hold_one.wait()
+            return n
+
+        return work
+
+    # queued before either leader runs: each process's two writes are one group
+    runs = [
+        asyncio.ensure_future(db.write_together(engine, bump(1, True))),
+        asyncio.ensure_future(db.write_together(other, bump(2, True))),
+        asyncio.ensure_future(db.write_together(engine, bump(2, False))),
+        asyncio.ensure_future(db.write_together(other, bump(1, False))),
+    ]
+    results = await asyncio.gather(*runs, return_exceptions=True)
+    other.dispose()
+    assert all(isinstance(r, int) for r in results), results
+    with engine.connect() as conn:
+        stored = conn.execute(text("SELECT id, n FROM bench_pairs ORDER BY id")).all()
+    assert [tuple(row) for row in stored] == [(1, 2), (2, 2)]

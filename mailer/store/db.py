@@ -2,7 +2,9 @@
 
 mailer uses the synchronous driver everywhere; the daemon runs database work in worker
 threads, which on SQLite is cheaper than aiosqlite's per-statement cost. The API's short
-writes on SQLite run on the event loop instead, committed together (``write_together``).
+writes are committed together (``write_together``): on SQLite on the event loop, on
+PostgreSQL a group at a time in a worker thread. (psycopg's async driver, through
+SQLAlchemy's ``run_sync``, answered fewer API sends a second than threads did.)
 """
 
 from __future__ import annotations
@@ -144,30 +146,37 @@ _QUEUES: weakref.WeakKeyDictionary[
 
 async def write_together(engine: Engine, work: Callable[[Connection], T]) -> T:
     """``work(conn)`` in a short write transaction, for a server answering many requests
-    at once (each API call counts its key); its result, or what it raised.
+    at once (each API call counts its key); its result, or what it raised. The writes
+    waiting at once are committed together, up to GROUP_LIMIT in a transaction, one
+    transaction at a time per event loop: a commit and its round trips are paid once for
+    the group, not once a request.
 
-    SQLite takes one writer at a time, so the writes waiting at once are committed
-    together, on the event loop's own thread: one task takes SQLite's write lock (``BEGIN
-    IMMEDIATE``, tried again every 0.2-10 ms while another process writes, the loop
-    serving requests meanwhile), runs every write waiting by then, up to GROUP_LIMIT,
-    each in a savepoint of its own (one that raises is undone alone and its error goes
-    back to its caller), and commits once; a failed commit fails each write of it. The
-    busy timeout counts from the oldest write's call, so a write held up behind a long
-    one elsewhere fails as any write would ("database is locked").
+    SQLite takes one writer at a time, so the group runs on the event loop's own thread:
+    one task takes SQLite's write lock (``BEGIN IMMEDIATE``, tried again every 0.2-10 ms
+    while another process writes, the loop serving requests meanwhile), runs each write in
+    a savepoint of its own (one that raises is undone alone and its error goes back to its
+    caller), and commits once; a failed commit fails each write of it. The busy timeout
+    counts from the oldest write's call, so a write held up behind a long one elsewhere
+    fails as any write would ("database is locked"). On the loop rather than in worker
+    threads: a thread that holds SQLite's lock waits, after each statement, for the
+    interpreter's lock behind the loop and the other requests' threads. At 200 API sends
+    a second (bench/api.py) the worker threads' groups held SQLite's lock p50 1.3-2.6 ms,
+    p99 12-58 ms; on the loop ~1 ms, p99 7-13 ms, and the loop is busy only for the
+    transaction (about half a millisecond a send). So ``work`` must be short, and must not
+    write through the engine itself.
 
-    On the loop rather than in worker threads: a thread that holds SQLite's lock waits,
-    after each statement, for the interpreter's lock behind the loop and the other
-    requests' threads. At 200 API sends a second (bench/api.py) the worker threads' groups
-    held SQLite's lock p50 1.3-2.6 ms, p99 12-58 ms; on the loop ~1 ms, p99 7-13 ms, and
-    the loop is busy only for the transaction (about half a millisecond a send). So
-    ``work`` must be short, and must not write through the engine itself.
+    PostgreSQL locks rows, not the database: there the group runs in a worker thread
+    (``_commit_group``), its statements' round trips off the loop, and ``work`` must be
+    safe to run again after a rollback. At 200 API sends a second (bench/api.py, one web
+    process) a transaction a request, each in a thread of its own, cost 3.4-3.8 ms of the
+    process's CPU a send and accepted p99 was 0.46-0.72 s (on a busier machine it kept up
+    with only 125-150 a second): each of a send's eight round trips (the pool's ping,
+    BEGIN, five statements, COMMIT) woke a thread that then waited for the interpreter's
+    lock behind the loop and the other threads. Grouped: 3.1-3.5 ms, p99 42-48 ms.
 
     A write that carries megabytes (an API send's files) takes ``write_alone`` in a worker
-    thread instead: its insert and commit would stop the loop for tens of milliseconds.
-    PostgreSQL locks rows, not the database: there ``work`` runs in ``write_alone`` in a
-    worker thread (anyio's, as the web app's), its statements' round trips off the loop."""
-    if engine.dialect.name != "sqlite":
-        return await anyio.to_thread.run_sync(write_alone, engine, work)
+    thread instead: its insert and commit would hold the group up for tens of
+    milliseconds."""
     loop = asyncio.get_running_loop()
     queue = _QUEUES.setdefault(loop, weakref.WeakKeyDictionary()).setdefault(engine, _Queue())
     mine = _Write(work=work, asked=time.monotonic(), done=loop.create_future())
@@ -242,33 +251,74 @@ def _savepoint(raw: sqlite3.Connection, verb: str) -> None:
 
 
 async def _commit_together(engine: Engine, batch: list[_Write[Any]]) -> None:
-    deadline = min(write.asked for write in batch) + SQLITE_BUSY_TIMEOUT_MS / 1000
     try:
-        # taken in a thread: when threads hold every pooled connection (reads, writes that
-        # wait for another process), the pool makes its taker wait, and the loop must not
-        with await anyio.to_thread.run_sync(engine.connect) as conn, conn.begin():
-            with closing(_write_lock_tries(conn, deadline)) as tries:
-                for pause in tries:
-                    await asyncio.sleep(pause)
-            raw = conn.connection.driver_connection
-            assert raw is not None
-            for write in batch:
-                _savepoint(raw, "SAVEPOINT")
-                try:
-                    write.outcome = write.work(conn)
-                except Exception as exc:
-                    if not raw.in_transaction:  # SQLite rolled back the whole transaction
-                        raise  # (a full disk, an I/O error): every write of it failed
-                    _savepoint(raw, "ROLLBACK TO")  # its own writes are undone; the others
-                    write.error = exc  # go on
-                _savepoint(raw, "RELEASE")
+        if engine.dialect.name == "sqlite":
+            await _commit_on_loop(engine, batch)
+        else:
+            await anyio.to_thread.run_sync(_commit_group, engine, batch)
     except Exception as exc:  # nothing was committed: every write of it failed
         for write in batch:
             write.error, write.shared = exc, True
-    except BaseException:  # cancelled: the loop is closing
+    except BaseException:  # cancelled: the loop is closing (on PostgreSQL a group already
+        # in its thread still ends there, committed or not; its callers are told it failed,
+        # as a client that loses an answer is)
         for write in batch:
             write.error = RuntimeError("the write's transaction was interrupted")
         raise
+
+
+async def _commit_on_loop(engine: Engine, batch: list[_Write[Any]]) -> None:
+    """SQLite: the group in one transaction on the loop's thread, each write in a savepoint
+    of its own (a function call here, not a round trip)."""
+    deadline = min(write.asked for write in batch) + SQLITE_BUSY_TIMEOUT_MS / 1000
+    # taken in a thread: when threads hold every pooled connection (reads, writes that
+    # wait for another process), the pool makes its taker wait, and the loop must not
+    with await anyio.to_thread.run_sync(engine.connect) as conn, conn.begin():
+        with closing(_write_lock_tries(conn, deadline)) as tries:
+            for pause in tries:
+                await asyncio.sleep(pause)
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        for write in batch:
+            _savepoint(raw, "SAVEPOINT")
+            try:
+                write.outcome = write.work(conn)
+            except Exception as exc:
+                if not raw.in_transaction:  # SQLite rolled back the whole transaction
+                    raise  # (a full disk, an I/O error): every write of it failed
+                _savepoint(raw, "ROLLBACK TO")  # its own writes are undone; the others
+                write.error = exc  # go on
+            _savepoint(raw, "RELEASE")
+
+
+def _commit_group(engine: Engine, batch: list[_Write[Any]]) -> None:
+    """PostgreSQL, in a worker thread: the group in one transaction without savepoints
+    (each is a round trip there, two a write). When a write raises (rare: the API's
+    writes return their refusals; a deadlock between two processes' groups, a lost
+    connection), the group is rolled back and each write runs again in a transaction of
+    its own, so that each caller gets its own outcome. A commit that fails fails every
+    write of it, none run again: whether PostgreSQL stored them is not known."""
+    try:
+        with begin_writing(engine) as conn:
+            outcomes = []
+            for write in batch:
+                try:
+                    outcomes.append(write.work(conn))
+                except Exception as exc:
+                    raise _OneRaised from exc
+    except _OneRaised:
+        for write in batch:
+            try:
+                write.outcome = write_alone(engine, write.work)
+            except Exception as exc:
+                write.error = exc
+        return
+    for write, outcome in zip(batch, outcomes, strict=True):
+        write.outcome = outcome
+
+
+class _OneRaised(Exception):
+    """A write of a PostgreSQL group raised: the group is rolled back and run again."""
 
 
 @contextmanager
