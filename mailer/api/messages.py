@@ -258,9 +258,8 @@ def _enqueued(
         request_hash=checked.digest,
         attachments=checked.files,
     )
-    added = outbox.enqueue_in(conn, [message], api.clock.now())
-    row = outbox.get_by_key(conn, dedupe_key, new=added == 1)
-    assert row is not None
+    row = outbox.enqueue_one(conn, message, api.clock.now()) or outbox.get_by_key(conn, dedupe_key)
+    assert row is not None  # queued now, or before under the same key
     return row
 
 

@@ -137,6 +137,20 @@ def enqueue_in(conn: Connection, batch: Sequence[NewMessage], now: datetime) -> 
     return len(added)
 
 
+def enqueue_one(conn: Connection, message: NewMessage, now: datetime) -> dict[str, Any] | None:
+    """Queue one message within the caller's transaction and return its row as ``get_by_key``
+    gives it (no attempts yet), or None when its dedupe key was queued before. The row
+    comes back from the insert itself: the API's send answers with it, and reading it back
+    was one of a send's five round trips on PostgreSQL."""
+    inserted = conn.execute(_statements_for(conn.dialect.name, whole=True), _row(message, now))
+    row = inserted.mappings().one_or_none()
+    if row is None:
+        return None
+    _attach(conn, {message.dedupe_key: row["id"]}, [message])
+    skipped = _skip_barred(conn, [message] if message.customer_id is not None else [], now)
+    return {**row, **skipped.get(message.dedupe_key, {}), "attempts_log": []}
+
+
 def _row(message: NewMessage, now: datetime) -> dict[str, Any]:
     due = message.due_at or now
     problem = _address_problem(message.to_address)
@@ -174,17 +188,20 @@ def _address_problem(address: str) -> str | None:
 def _insert_new(conn: Connection, rows: list[dict[str, Any]]) -> dict[str, int]:
     """The ids of the rows that were new, by dedupe key (a replayed key adds nothing)."""
     # rowcount is not reported for batched inserts on PostgreSQL: count what came back
-    returned = conn.execute(_statements_for(conn.dialect.name), rows)
+    returned = conn.execute(_statements_for(conn.dialect.name, whole=False), rows)
     return {key: id_ for key, id_ in returned}
 
 
-@lru_cache(maxsize=2)
-def _statements_for(dialect_name: str) -> Any:
+@lru_cache(maxsize=4)
+def _statements_for(dialect_name: str, *, whole: bool) -> Any:
     """The enqueue INSERT, built once per dialect: a transactional send through the API
     queues one message a call, and building a statement costs more than running it
-    (SQLAlchemy memoises the cache key of a statement object it has seen)."""
+    (SQLAlchemy memoises the cache key of a statement object it has seen). It returns
+    the new rows' keys and ids, or (``whole``) every column of the new row."""
     dialect = postgresql if dialect_name == "postgresql" else sqlite
     statement = dialect.insert(OUTBOX).on_conflict_do_nothing(index_elements=["dedupe_key"])
+    if whole:
+        return statement.returning(*OUTBOX.c)
     return statement.returning(OUTBOX.c.dedupe_key, OUTBOX.c.id)
 
 
@@ -226,15 +243,22 @@ def attachments_of(conn: Connection, ids: Collection[int]) -> dict[int, tuple[At
     return {id_: tuple(files) for id_, files in found.items()}
 
 
-def _skip_barred(conn: Connection, batch: Sequence[NewMessage], now: datetime) -> None:
+def _skip_barred(
+    conn: Connection, batch: Sequence[NewMessage], now: datetime
+) -> dict[str, dict[str, Any]]:
     """Checked at enqueue (and again at claim): a barred customer's message is skipped at
-    once, with the throttle's reason, instead of waiting in the queue to be refused.
+    once, with the throttle's reason, instead of waiting in the queue to be refused. What
+    the skipped rows became (status, reason, updated_at), by dedupe key.
 
     A message to no customer (a stranger's receipt) has nothing to be barred by and costs
     no statement."""
+    skipped: dict[str, dict[str, Any]] = {}
     for category in {str(m.category) for m in batch}:
         keys = [m.dedupe_key for m in batch if m.category == category]
-        conn.execute(_skip_statement(category), {"_keys": keys, "_now": now})
+        for row in conn.execute(_skip_statement(category), {"_keys": keys, "_now": now}):
+            key, *changed = row
+            skipped[key] = dict(zip(("status", "reason", "updated_at"), changed, strict=True))
+    return skipped
 
 
 @lru_cache(maxsize=8)
@@ -257,6 +281,7 @@ def _skip_statement(category: str) -> Any:
             reason=select(case(*bars)).where(own).scalar_subquery(),
             updated_at=bindparam("_now"),
         )
+        .returning(OUTBOX.c.dedupe_key, OUTBOX.c.status, OUTBOX.c.reason, OUTBOX.c.updated_at)
     )
 
 
@@ -1045,7 +1070,7 @@ def counts(conn: Connection) -> dict[str, int]:
     return {status: count for status, count in conn.execute(query)}
 
 
-# built once: the API reads the message back on every send
+# built once: the API reads a message back on every replay and every look
 _BY_ID = select(OUTBOX).where(OUTBOX.c.id == bindparam("_id"))
 _BY_KEY = select(OUTBOX).where(OUTBOX.c.dedupe_key == bindparam("_key"))
 _ATTEMPTS_OF = (
@@ -1057,12 +1082,9 @@ def get(conn: Connection, outbox_id: int) -> dict[str, Any] | None:
     return _with_attempts(conn, conn.execute(_BY_ID, {"_id": outbox_id}).mappings().one_or_none())
 
 
-def get_by_key(conn: Connection, dedupe_key: str, *, new: bool = False) -> dict[str, Any] | None:
-    """As ``get``, the message queued under this dedupe key. ``new``: the caller queued it in
-    this transaction, so it has no attempts to look up."""
+def get_by_key(conn: Connection, dedupe_key: str) -> dict[str, Any] | None:
+    """As ``get``, the message queued under this dedupe key."""
     found = conn.execute(_BY_KEY, {"_key": dedupe_key}).mappings().one_or_none()
-    if new and found is not None:
-        return {**found, "attempts_log": []}
     return _with_attempts(conn, found)
 
 
