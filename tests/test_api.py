@@ -192,6 +192,43 @@ def test_past_its_rate_a_key_gets_429_with_retry_after_counted_across_servers(
     assert site.call("GET", path, headers=slow).status == 404
 
 
+def test_a_keys_count_keeps_one_window_and_a_refused_key_counts_nothing(
+    site: Site, engine: Engine, clock: ManualClock
+) -> None:
+    """The counts an operator's database keeps: a key's first request in a new minute
+    clears its older minutes, and a revoked or unknown key adds no count at all."""
+    clock.set(datetime(2026, 11, 24, 12, 0, 30, tzinfo=UTC))
+    shop = make_key(engine, clock, "shop", Scope.CUSTOMERS_READ)
+    gone = make_key(engine, clock, "gone", Scope.CUSTOMERS_READ)
+    with engine.begin() as conn:
+        keys.revoke(conn, "gone", clock.now())
+    path = "/api/v1/customers/a@example.com"
+
+    def windows() -> list[tuple[str, datetime, int]]:
+        query = (
+            "SELECT k.name, w.window_start, w.requests FROM api_rate_windows w"
+            " JOIN api_keys k ON k.id = w.key_id ORDER BY k.name"
+        )
+        with engine.connect() as conn:
+            return [(n, _utc(start), r) for n, start, r in conn.exec_driver_sql(query)]
+
+    for _ in range(2):
+        assert site.call("GET", path, headers=shop).status == 404
+    assert site.call("GET", path, headers=gone).status == 401
+    assert site.call("GET", path, headers={"Authorization": "Bearer mlr_nobody"}).status == 401
+    assert windows() == [("shop", datetime(2026, 11, 24, 12, 0, tzinfo=UTC), 2)]
+    clock.advance(timedelta(minutes=1))
+    assert site.call("GET", path, headers=shop).status == 404
+    assert windows() == [("shop", datetime(2026, 11, 24, 12, 1, tzinfo=UTC), 1)]
+
+
+def _utc(value: datetime | str) -> datetime:
+    """A time as either database hands it to plain SQL: aware, or SQLite's text in UTC."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 ORDERS = [
     {
         "order_id": "A-1",

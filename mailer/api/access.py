@@ -103,12 +103,12 @@ def admit(conn: Connection, api: ApiState, pending: Pending) -> ApiKey | HTTPExc
     refusal to raise once the transaction is committed (so the request's count stays):
     401 for a missing, unknown or revoked key, 429 past its rate, 403 without the scope."""
     now = api.clock.now()
-    key = keys.authenticate(conn, pending.secret, now) if pending.secret else None
-    if key is None:
+    counted = keys.authenticate(conn, pending.secret, now) if pending.secret else None
+    if counted is None:
         return HTTPException(
             401, "a valid API key is required", headers={"WWW-Authenticate": "Bearer"}
         )
-    number = limits.count(conn, key.id, now)
+    key, number = counted
     limit = key.rate_per_minute or api.cfg.settings.api.rate_per_minute
     verdict = limits.judge(number, limit, now)
     if not verdict.allowed:

@@ -19,13 +19,14 @@ from typing import NoReturn
 from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.engine import Connection, RowMapping
 
+from mailer.api import limits
 from mailer.core.errors import InvalidInput, NotFound, Problem
 from mailer.store.models import ApiKey as ApiKeyRow
 
 KEYS: Table = ApiKeyRow.__table__  # type: ignore[attr-defined]
 # built once: every API request runs these, and a statement built anew costs more than the
 # query (SQLAlchemy memoises the cache key of a statement object it has seen)
-_BY_HASH = select(KEYS).where(KEYS.c.key_hash == bindparam("key_hash"))
+_LIVE = select(KEYS).where(KEYS.c.key_hash == bindparam("key_hash"), KEYS.c.revoked_at.is_(None))
 _USED = update(KEYS).where(KEYS.c.id == bindparam("_id")).values(last_used_at=bindparam("_at"))
 MARK = "mlr_"  # tells a mailer key in a config file or a leak scanner's report
 PREFIX_LENGTH = len(MARK) + 8  # what people see of a key: enough to tell keys apart
@@ -153,16 +154,19 @@ def revoke(conn: Connection, name_or_id: str | int, now: datetime) -> ApiKey:
     return key
 
 
-def authenticate(conn: Connection, key: str, now: datetime) -> ApiKey | None:
-    """The live key this is, or None (unknown or revoked). Its last use is recorded when
-    the recorded one is older than USED_EVERY, so a busy key is not a write per request."""
-    row = conn.execute(_BY_HASH, {"key_hash": hash_key(key)}).mappings().first()
-    if row is None or row["revoked_at"] is not None:
+def authenticate(conn: Connection, key: str, now: datetime) -> tuple[ApiKey, int] | None:
+    """The live key this is, and this request's number in its rate window (``limits``);
+    None for an unknown or revoked key, which is not counted. Its last use is recorded
+    when the recorded one is older than USED_EVERY, so a busy key is not a write per
+    request."""
+    counted = limits.count_key(conn, _LIVE, {"key_hash": hash_key(key)}, now)
+    if counted is None:
         return None
+    row, number = counted
     found = _load(row)
     if stale(found.last_used_at, now):
         conn.execute(_USED, {"_id": found.id, "_at": now})
-    return found
+    return found, number
 
 
 def stale(last_used_at: datetime | None, now: datetime) -> bool:

@@ -16,9 +16,9 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import BindParameter, Table, and_, bindparam, delete
+from sqlalchemy import BindParameter, Select, Table, and_, bindparam, delete, literal, select, true
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, RowMapping
 
 from mailer.store.models import ApiRateWindow, FormRateWindow
 
@@ -50,6 +50,47 @@ def judge(count: int, limit: int, now: datetime, window: timedelta = WINDOW) -> 
 def count(conn: Connection, key_id: int, now: datetime) -> int:
     """This request's number in the API key's current window."""
     return count_in(conn, WINDOWS, {"key_id": key_id}, now, WINDOW)
+
+
+def count_key(
+    conn: Connection, keyed: Select[Any], params: Mapping[str, Any], now: datetime
+) -> tuple[RowMapping, int] | None:
+    """The API key ``keyed`` selects (with ``params``), and this request's number in its
+    current window; None when it selects no key, and then nothing is counted. On
+    PostgreSQL the look-up and the count are one statement (the count a CTE beside the
+    look-up): every API request makes them, and each round trip was a fifth of a send's."""
+    if conn.dialect.name != "postgresql":
+        row = conn.execute(keyed, params).mappings().first()
+        return None if row is None else (row, count(conn, row["id"], now))
+    start = window_start(now, WINDOW)
+    found = conn.execute(_counted(keyed), {**params, "_window_start": start}).mappings().first()
+    if found is None:
+        return None
+    number = int(found[_NUMBER])
+    if number == 1:  # the key's first request of this window: its older windows go
+        clear = _statements(conn.dialect.name, WINDOWS, ("key_id",))[1]
+        conn.execute(clear, {"_key_id": found["id"], "_window_start": start})
+    return found, number
+
+
+_NUMBER = "_requests"  # the count's column beside the key's in ``count_key``
+
+
+@lru_cache(maxsize=4)
+def _counted(keyed: Select[Any]) -> Select[Any]:
+    """PostgreSQL: the key ``keyed`` selects with its request counted, built once."""
+    key = keyed.cte("key")
+    start = bindparam("_window_start", type_=WINDOWS.c.window_start.type)
+    bump = (
+        postgresql.insert(WINDOWS)
+        .from_select(["key_id", "window_start", "requests"], select(key.c.id, start, literal(1)))
+        .on_conflict_do_update(
+            index_elements=["key_id", "window_start"], set_={"requests": WINDOWS.c.requests + 1}
+        )
+        .returning(WINDOWS.c.requests)
+        .cte("bump")
+    )
+    return select(key, bump.c.requests.label(_NUMBER)).select_from(key.join(bump, true()))
 
 
 def count_form_post(
