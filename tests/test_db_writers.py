@@ -44,6 +44,9 @@ def _bump_once(conn: Connection) -> int:
     return n
 
 
+BUMP = "UPDATE bench_counter SET n = n + 1 RETURNING n"
+
+
 async def _bump(engine: Engine) -> None:
     for _ in range(WRITES):
         await db.write_together(engine, _bump_once)
@@ -275,8 +278,9 @@ async def test_a_write_that_raises_fails_alone_and_the_others_are_stored(engine:
     other = _holding(engine, "bench_counter")
 
     def bump_or_fail(fail: bool) -> Callable[[Connection], int]:
-        def work(conn: Connection) -> int:
-            n = _bump_once(conn)
+        def work(conn: Connection) -> int:  # one statement: on PostgreSQL the writes of a
+            # group that failed run again side by side
+            n = int(conn.execute(text(BUMP)).scalar_one())
             if fail:
                 raise ValueError(f"write {n} refused")
             return n
@@ -408,34 +412,59 @@ async def test_a_commit_postgresql_refuses_fails_every_write_of_it_and_runs_none
 
 
 @on_postgresql
-async def test_two_processes_groups_that_deadlock_are_each_stored_once(engine: Engine) -> None:
-    """Two server processes' groups lock two rows in opposite orders (two API keys' counts,
-    say): PostgreSQL ends the deadlock by failing one group's statement, that group runs
-    again write by write once the other has committed, and every write is stored once."""
+@pytest.mark.parametrize("ordered", [True, False], ids=["by-key", "as-they-came"])
+async def test_two_processes_groups_that_cross_on_two_rows_each_store_every_write_once(
+    engine: Engine, ordered: bool
+) -> None:
+    """Two server processes' groups each bump two rows (two API keys' counts, say) that
+    arrived in opposite orders. Sorted by their key, as the API's writes are, the groups
+    take the rows in one order: the second waits for the first, and each commits once. As
+    they came, they cross and would deadlock: the group that waits past the lock timeout
+    is rolled back and its writes run again alone. Either way every write is stored once."""
     with engine.begin() as conn:
         conn.execute(text("CREATE TABLE bench_pairs (id INTEGER PRIMARY KEY, n INTEGER)"))
         conn.execute(text("INSERT INTO bench_pairs VALUES (1, 0), (2, 0)"))
     other = db.connect(engine.url.render_as_string(hide_password=False))  # its own pool
-    both_hold_one = threading.Barrier(2, timeout=10)
-    waited: set[int] = set()
+    engines = {"first": engine, "second": other}
+    commits = {name: 0 for name in engines}
+    for name, each in engines.items():
+        event.listen(
+            each, "commit", lambda conn, name=name: commits.__setitem__(name, commits[name] + 1)
+        )
+    started = {name: threading.Event() for name in engines}
 
-    def bump(row: int, first: bool) -> Callable[[Connection], int]:
+    waited: set[str] = set()
+
+    def bump(row: int, process: str, first: bool) -> Callable[[Connection], int]:
+        """``first``: the write that holds its row until the other group is under way (on
+        its group's first run); sorted, both groups start with row 1, and the one that waits
+        for it tells the other it is under way before it waits."""
+
         def work(conn: Connection) -> int:
+            if ordered:
+                started[process].set()
             update = "UPDATE bench_pairs SET n = n + 1 WHERE id = :id RETURNING n"
             n = int(conn.execute(text(update), {"id": row}).scalar_one())
-            if first and row not in waited:  # the groups' first run: each holds one row
-                waited.add(row)
-                both_hold_one.wait()
+            if first and process not in waited:
+                waited.add(process)
+                started[process].set()
+                peer = "second" if process == "first" else "first"
+                started[peer].wait(5)
             return n
 
         return work
 
+    def queued(process: str, row: int, first: bool) -> asyncio.Future[int]:
+        work = bump(row, process, first)
+        order = str(row) if ordered else ""
+        return asyncio.ensure_future(db.write_together(engines[process], work, order=order))
+
     # queued before either leader runs: each process's two writes are one group
     runs = [
-        asyncio.ensure_future(db.write_together(engine, bump(1, True))),
-        asyncio.ensure_future(db.write_together(other, bump(2, True))),
-        asyncio.ensure_future(db.write_together(engine, bump(2, False))),
-        asyncio.ensure_future(db.write_together(other, bump(1, False))),
+        queued("first", 1, True),
+        queued("second", 2, not ordered),
+        queued("first", 2, False),
+        queued("second", 1, ordered),
     ]
     results = await asyncio.gather(*runs, return_exceptions=True)
     other.dispose()
@@ -443,3 +472,35 @@ async def test_two_processes_groups_that_deadlock_are_each_stored_once(engine: E
     with engine.connect() as conn:
         stored = conn.execute(text("SELECT id, n FROM bench_pairs ORDER BY id")).all()
     assert [tuple(row) for row in stored] == [(1, 2), (2, 2)]
+    if ordered:
+        assert commits == {"first": 1, "second": 1}
+    else:  # one group or both gave up on the other's row, and ran their writes alone
+        assert sum(commits.values()) > 2
+
+
+@on_postgresql
+async def test_a_write_held_up_by_a_long_lock_holds_up_no_other_write(engine: Engine) -> None:
+    """An import holds a customer's row for seconds: a write that needs it waits for it,
+    alone, while the writes queued with and after it, for other rows, are committed and
+    answered meanwhile (the group gives up on the row after its lock timeout)."""
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE bench_pairs (id INTEGER PRIMARY KEY, n INTEGER)"))
+        conn.execute(text("INSERT INTO bench_pairs VALUES (1, 0), (2, 0)"))
+    url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    importer = psycopg.connect(url)
+    importer.execute("SELECT n FROM bench_pairs WHERE id = 1 FOR UPDATE")
+
+    def bump(row: int) -> Callable[[Connection], int]:
+        def work(conn: Connection) -> int:
+            update = "UPDATE bench_pairs SET n = n + 1 WHERE id = :id RETURNING n"
+            return int(conn.execute(text(update), {"id": row}).scalar_one())
+
+        return work
+
+    held = asyncio.ensure_future(db.write_together(engine, bump(1)))
+    with_it = asyncio.ensure_future(db.write_together(engine, bump(2)))
+    assert await asyncio.wait_for(with_it, 5) == 1
+    after = [await asyncio.wait_for(db.write_together(engine, bump(2)), 5) for _ in range(3)]
+    assert after == [2, 3, 4] and not held.done()
+    _release(importer)
+    assert await asyncio.wait_for(held, 5) == 1

@@ -92,7 +92,9 @@ async def refusal(request: Request) -> HTTPException | None:
 
 async def _allowed(api: ApiState, secret: str, scope: Scope) -> ApiKey:
     pending = Pending(secret, scope)
-    verdict = await db.write_together(api.engine, lambda conn: admit(conn, api, pending))
+    verdict = await db.write_together(
+        api.engine, lambda conn: admit(conn, api, pending), order=secret
+    )
     if isinstance(verdict, HTTPException):
         raise verdict
     return verdict

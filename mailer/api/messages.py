@@ -186,7 +186,7 @@ async def _queued(
     else:  # a template folder's look-up and an address: less than a thread's round trip
         checked = _checked_body(api, body)
         admitted = _admitted(api, body, checked, pending, idempotency_key)
-        key, outcome = await db.write_together(api.engine, admitted)
+        key, outcome = await db.write_together(api.engine, admitted, order=pending.secret)
     # raised once committed: a refused key or a wrong body still counts against the rate
     if isinstance(key, HTTPException):
         raise key

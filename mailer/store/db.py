@@ -116,6 +116,10 @@ def lock_for_writing(conn: Connection, table: Table) -> None:
 # pause grows to the last), until the busy timeout has passed since the oldest call
 WRITE_LOCK_PAUSES = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01)
 GROUP_LIMIT = 50  # writes in one transaction at most: the others' wait for the lock stays short
+# PostgreSQL: how long a grouped write waits for a row another transaction holds (an
+# import's batch of customers, a delivery claim) before its group gives up and each of its
+# writes runs alone; every write of the process waits behind a group meanwhile
+GROUP_LOCK_TIMEOUT = "SET LOCAL lock_timeout = '100ms'"
 
 
 @dataclass(eq=False, kw_only=True)
@@ -125,6 +129,7 @@ class _Write(Generic[T]):
     work: Callable[[Connection], T]
     asked: float
     done: asyncio.Future[None]
+    order: str = ""  # PostgreSQL: a group runs its writes sorted by this
     outcome: Any = None  # what ``work`` returned, once done
     error: BaseException | None = None
     shared: bool = False  # the error is the whole transaction's, raised in every write's task
@@ -137,6 +142,8 @@ class _Queue:
 
     waiting: list[_Write[Any]] = field(default_factory=list)
     leader: asyncio.Task[None] | None = None
+    # PostgreSQL: the writes of a group that failed, each in a transaction of its own
+    alone: set[asyncio.Task[None]] = field(default_factory=set)
 
 
 _QUEUES: weakref.WeakKeyDictionary[
@@ -144,7 +151,7 @@ _QUEUES: weakref.WeakKeyDictionary[
 ] = weakref.WeakKeyDictionary()
 
 
-async def write_together(engine: Engine, work: Callable[[Connection], T]) -> T:
+async def write_together(engine: Engine, work: Callable[[Connection], T], order: str = "") -> T:
     """``work(conn)`` in a short write transaction, for a server answering many requests
     at once (each API call counts its key); its result, or what it raised. The writes
     waiting at once are committed together, up to GROUP_LIMIT in a transaction, one
@@ -167,19 +174,22 @@ async def write_together(engine: Engine, work: Callable[[Connection], T]) -> T:
 
     PostgreSQL locks rows, not the database: there the group runs in a worker thread
     (``_commit_group``), its statements' round trips off the loop, and ``work`` must be
-    safe to run again after a rollback. At 200 API sends a second (bench/api.py, one web
-    process) a transaction a request, each in a thread of its own, cost 3.4-3.8 ms of the
-    process's CPU a send and accepted p99 was 0.46-0.72 s (on a busier machine it kept up
-    with only 125-150 a second): each of a send's eight round trips (the pool's ping,
-    BEGIN, five statements, COMMIT) woke a thread that then waited for the interpreter's
-    lock behind the loop and the other threads. Grouped: 3.1-3.5 ms, p99 42-48 ms.
+    safe to run again after a rollback. The group runs its writes sorted by ``order``
+    (the API passes the caller's key), so that two processes' groups take the rows they
+    share, such as a key's count, in one order instead of deadlocking. At 200 API sends a
+    second (bench/api.py, one web process) a transaction a request, each in a thread of
+    its own, cost 3.4-3.8 ms of the process's CPU a send and accepted p99 was 0.46-0.72 s
+    (on a busier machine it kept up with only 125-150 a second): each of a send's eight
+    round trips (the pool's ping, BEGIN, five statements, COMMIT) woke a thread that then
+    waited for the interpreter's lock behind the loop and the other threads. Grouped:
+    3.1-3.5 ms, p99 42-48 ms.
 
     A write that carries megabytes (an API send's files) takes ``write_alone`` in a worker
     thread instead: its insert and commit would hold the group up for tens of
     milliseconds."""
     loop = asyncio.get_running_loop()
     queue = _QUEUES.setdefault(loop, weakref.WeakKeyDictionary()).setdefault(engine, _Queue())
-    mine = _Write(work=work, asked=time.monotonic(), done=loop.create_future())
+    mine = _Write(work=work, asked=time.monotonic(), done=loop.create_future(), order=order)
     queue.waiting.append(mine)
     if queue.leader is None or queue.leader.done():  # done: cancelled before it began
         queue.leader = loop.create_task(_lead(engine, queue))
@@ -211,14 +221,20 @@ async def _lead(engine: Engine, queue: _Queue) -> None:
     """Commit the waiting writes, a transaction at a time, until none wait; each write's
     caller woken once its transaction has ended, and the loop let go between transactions.
     Cancelled (the loop is closing), the writes of its transaction and those waiting fail."""
+    loop = asyncio.get_running_loop()
     try:
         while queue.waiting:
             batch = queue.waiting[:GROUP_LIMIT]
             del queue.waiting[:GROUP_LIMIT]
+            alone: list[_Write[Any]] = []
             try:
-                await _commit_together(engine, batch)
+                alone = await _commit_together(engine, batch)
             finally:
-                _wake(batch)
+                _wake([write for write in batch if write not in alone])
+            for write in alone:  # side by side, and not in the way of the next group
+                task = loop.create_task(_run_alone(engine, write))
+                queue.alone.add(task)
+                task.add_done_callback(queue.alone.discard)
             await asyncio.sleep(0)  # the loop serves others before the next transaction
     except BaseException:
         for write in queue.waiting:
@@ -250,15 +266,18 @@ def _savepoint(raw: sqlite3.Connection, verb: str) -> None:
         raise DBAPIError.instance(statement, None, exc, sqlite3.Error) from exc
 
 
-async def _commit_together(engine: Engine, batch: list[_Write[Any]]) -> None:
+async def _commit_together(engine: Engine, batch: list[_Write[Any]]) -> list[_Write[Any]]:
+    """The group committed (each write's outcome or error set), or failed as a whole; the
+    writes left to run alone (PostgreSQL, when one of the group raised)."""
     try:
         if engine.dialect.name == "sqlite":
             await _commit_on_loop(engine, batch)
-        else:
-            await anyio.to_thread.run_sync(_commit_group, engine, batch)
+            return []
+        return await anyio.to_thread.run_sync(_commit_group, engine, batch)
     except Exception as exc:  # nothing was committed: every write of it failed
         for write in batch:
             write.error, write.shared = exc, True
+        return []
     except BaseException:  # cancelled: the loop is closing (on PostgreSQL a group already
         # in its thread still ends there, committed or not; its callers are told it failed,
         # as a client that loses an answer is)
@@ -291,30 +310,44 @@ async def _commit_on_loop(engine: Engine, batch: list[_Write[Any]]) -> None:
             _savepoint(raw, "RELEASE")
 
 
-def _commit_group(engine: Engine, batch: list[_Write[Any]]) -> None:
+def _commit_group(engine: Engine, batch: list[_Write[Any]]) -> list[_Write[Any]]:
     """PostgreSQL, in a worker thread: the group in one transaction without savepoints
-    (each is a round trip there, two a write). When a write raises (rare: the API's
-    writes return their refusals; a deadlock between two processes' groups, a lost
-    connection), the group is rolled back and each write runs again in a transaction of
-    its own, so that each caller gets its own outcome. A commit that fails fails every
-    write of it, none run again: whether PostgreSQL stored them is not known."""
+    (each is a round trip there, two a write), its writes sorted by their ``order``. When a
+    write raises (rare: the API's writes return their refusals; a row held longer than
+    GROUP_LOCK_TIMEOUT by an import or a claim; a lost connection), the group is rolled
+    back and its writes are returned, to run again each in a transaction of its own, so
+    that each caller gets its own outcome and one write that waits holds up no other. A
+    commit that fails fails every write of it, none run again: whether PostgreSQL stored
+    them is not known."""
+    ordered = sorted(batch, key=lambda write: write.order)
     try:
         with begin_writing(engine) as conn:
+            conn.exec_driver_sql(GROUP_LOCK_TIMEOUT)
             outcomes = []
-            for write in batch:
+            for write in ordered:
                 try:
                     outcomes.append(write.work(conn))
                 except Exception as exc:
                     raise _OneRaised from exc
     except _OneRaised:
-        for write in batch:
-            try:
-                write.outcome = write_alone(engine, write.work)
-            except Exception as exc:
-                write.error = exc
-        return
-    for write, outcome in zip(batch, outcomes, strict=True):
+        return batch
+    for write, outcome in zip(ordered, outcomes, strict=True):
         write.outcome = outcome
+    return []
+
+
+async def _run_alone(engine: Engine, write: _Write[Any]) -> None:
+    """PostgreSQL: a write of a group that failed, in a transaction and a thread of its own
+    and without the group's lock timeout, its caller woken when it ends."""
+    try:
+        write.outcome = await anyio.to_thread.run_sync(write_alone, engine, write.work)
+    except Exception as exc:
+        write.error = exc
+    except BaseException:  # cancelled: the loop is closing
+        write.error = RuntimeError("the write's transaction was interrupted")
+        raise
+    finally:
+        _wake([write])
 
 
 class _OneRaised(Exception):
