@@ -351,7 +351,7 @@ async def _run_alone(engine: Engine, write: _Write[Any]) -> None:
 
 
 class _OneRaised(Exception):
-    """A write of a PostgreSQL group raised: the group is rolled back and run again."""
+    """A write of a PostgreSQL group raised: the group is rolled back, its writes run alone."""
 
 
 @contextmanager
