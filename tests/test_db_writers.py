@@ -102,10 +102,16 @@ def _holding(engine: Engine, table: str) -> Any:
     ``table`` until it rolls back: SQLite's write lock, or PostgreSQL's lock on the table."""
     if engine.dialect.name == "sqlite":
         return _other_process(engine)
-    url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-    other = psycopg.connect(url)
+    other = _psycopg(engine)
     other.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
     return other
+
+
+def _psycopg(engine: Engine) -> psycopg.Connection[Any]:
+    """A driver connection of its own to the engine's PostgreSQL database."""
+    return psycopg.connect(
+        engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    )
 
 
 def _release(other: Any) -> None:
@@ -393,6 +399,18 @@ async def test_a_caller_that_goes_away_while_its_write_waits_leaves_the_others_w
 on_postgresql = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 
 
+def _pairs(engine: Engine) -> None:
+    """Two counter rows, 1 and 2, for writes that lock rows one by one."""
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE bench_pairs (id INTEGER PRIMARY KEY, n INTEGER)"))
+        conn.execute(text("INSERT INTO bench_pairs VALUES (1, 0), (2, 0)"))
+
+
+def _bump_pair(conn: Connection, row: int) -> int:
+    update = "UPDATE bench_pairs SET n = n + 1 WHERE id = :id RETURNING n"
+    return int(conn.execute(text(update), {"id": row}).scalar_one())
+
+
 @on_postgresql
 async def test_a_commit_postgresql_refuses_fails_every_write_of_it_and_runs_none_again(
     engine: Engine,
@@ -421,9 +439,7 @@ async def test_two_processes_groups_that_cross_on_two_rows_each_store_every_writ
     take the rows in one order: the second waits for the first, and each commits once. As
     they came, they cross and would deadlock: the group that waits past the lock timeout
     is rolled back and its writes run again alone. Either way every write is stored once."""
-    with engine.begin() as conn:
-        conn.execute(text("CREATE TABLE bench_pairs (id INTEGER PRIMARY KEY, n INTEGER)"))
-        conn.execute(text("INSERT INTO bench_pairs VALUES (1, 0), (2, 0)"))
+    _pairs(engine)
     other = db.connect(engine.url.render_as_string(hide_password=False))  # its own pool
     engines = {"first": engine, "second": other}
     commits = {name: 0 for name in engines}
@@ -443,8 +459,7 @@ async def test_two_processes_groups_that_cross_on_two_rows_each_store_every_writ
         def work(conn: Connection) -> int:
             if ordered:
                 started[process].set()
-            update = "UPDATE bench_pairs SET n = n + 1 WHERE id = :id RETURNING n"
-            n = int(conn.execute(text(update), {"id": row}).scalar_one())
+            n = _bump_pair(conn, row)
             if first and process not in waited:
                 waited.add(process)
                 started[process].set()
@@ -483,19 +498,12 @@ async def test_a_write_held_up_by_a_long_lock_holds_up_no_other_write(engine: En
     """An import holds a customer's row for seconds: a write that needs it waits for it,
     alone, while the writes queued with and after it, for other rows, are committed and
     answered meanwhile (the group gives up on the row after its lock timeout)."""
-    with engine.begin() as conn:
-        conn.execute(text("CREATE TABLE bench_pairs (id INTEGER PRIMARY KEY, n INTEGER)"))
-        conn.execute(text("INSERT INTO bench_pairs VALUES (1, 0), (2, 0)"))
-    url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-    importer = psycopg.connect(url)
+    _pairs(engine)
+    importer = _psycopg(engine)
     importer.execute("SELECT n FROM bench_pairs WHERE id = 1 FOR UPDATE")
 
     def bump(row: int) -> Callable[[Connection], int]:
-        def work(conn: Connection) -> int:
-            update = "UPDATE bench_pairs SET n = n + 1 WHERE id = :id RETURNING n"
-            return int(conn.execute(text(update), {"id": row}).scalar_one())
-
-        return work
+        return lambda conn: _bump_pair(conn, row)
 
     held = asyncio.ensure_future(db.write_together(engine, bump(1)))
     with_it = asyncio.ensure_future(db.write_together(engine, bump(2)))

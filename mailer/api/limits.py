@@ -67,9 +67,7 @@ def count_key(
     if found is None:
         return None
     number = int(found[_NUMBER])
-    if number == 1:  # the key's first request of this window: its older windows go
-        clear = _statements(conn.dialect.name, WINDOWS, ("key_id",))[1]
-        conn.execute(clear, {"_key_id": found["id"], "_window_start": start})
+    _clear_older(conn, WINDOWS, {"key_id": found["id"]}, start, number)
     return found, number
 
 
@@ -104,13 +102,24 @@ def count_in(
     conn: Connection, table: Table, key: Mapping[str, object], now: datetime, window: timedelta
 ) -> int:
     """Bump the row of ``key`` in ``table`` for the current window and return its count."""
-    bump, clear = _statements(conn.dialect.name, table, tuple(key))
-    params = {f"_{name}": value for name, value in key.items()}
-    params["_window_start"] = window_start(now, window)
-    number = int(conn.execute(bump, params).scalar_one())
-    if number == 1:
-        conn.execute(clear, params)
+    bump, _ = _statements(conn.dialect.name, table, tuple(key))
+    start = window_start(now, window)
+    number = int(conn.execute(bump, _params(key, start)).scalar_one())
+    _clear_older(conn, table, key, start, number)
     return number
+
+
+def _params(key: Mapping[str, object], start: datetime) -> dict[str, object]:
+    return {**{f"_{name}": value for name, value in key.items()}, "_window_start": start}
+
+
+def _clear_older(
+    conn: Connection, table: Table, key: Mapping[str, object], start: datetime, number: int
+) -> None:
+    """On the thing's first request of a window (``number`` 1), delete its older windows."""
+    if number == 1:
+        clear = _statements(conn.dialect.name, table, tuple(key))[1]
+        conn.execute(clear, _params(key, start))
 
 
 @lru_cache(maxsize=16)

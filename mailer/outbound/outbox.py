@@ -133,7 +133,7 @@ def enqueue_in(conn: Connection, batch: Sequence[NewMessage], now: datetime) -> 
     """Queue within the caller's transaction, e.g. an acknowledgement with its inquiry."""
     added = _insert_new(conn, [_row(m, now) for m in batch])
     _attach(conn, added, batch)
-    _skip_barred(conn, [m for m in batch if m.customer_id is not None], now)
+    _skip_barred(conn, batch, now)
     return len(added)
 
 
@@ -147,7 +147,7 @@ def enqueue_one(conn: Connection, message: NewMessage, now: datetime) -> dict[st
     if row is None:
         return None
     _attach(conn, {message.dedupe_key: row["id"]}, [message])
-    skipped = _skip_barred(conn, [message] if message.customer_id is not None else [], now)
+    skipped = _skip_barred(conn, [message], now)
     return {**row, **skipped.get(message.dedupe_key, {}), "attempts_log": []}
 
 
@@ -253,8 +253,9 @@ def _skip_barred(
     A message to no customer (a stranger's receipt) has nothing to be barred by and costs
     no statement."""
     skipped: dict[str, dict[str, Any]] = {}
-    for category in {str(m.category) for m in batch}:
-        keys = [m.dedupe_key for m in batch if m.category == category]
+    customers = [m for m in batch if m.customer_id is not None]
+    for category in {str(m.category) for m in customers}:
+        keys = [m.dedupe_key for m in customers if m.category == category]
         for row in conn.execute(_skip_statement(category), {"_keys": keys, "_now": now}):
             key, *changed = row
             skipped[key] = dict(zip(("status", "reason", "updated_at"), changed, strict=True))
