@@ -1,10 +1,12 @@
 """A real SMTP server (aiosmtpd) on a loopback port for tests, with faults injected into its
-handler: a reply code on a chosen command, or a dropped connection in the middle of DATA."""
+handler: a reply code on a chosen command, or a dropped connection in the middle of DATA;
+PIPELINING advertised when asked; and a relay to put between a client and it that records
+what the client wrote in each write and can hold the server's replies back."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from email import policy
@@ -33,6 +35,20 @@ class Sink:
 
     received: list[Received] = field(default_factory=list)
     faults: list[tuple[str, str]] = field(default_factory=list)
+    pipelining: bool = False  # advertise PIPELINING (RFC 2920); aiosmtpd reads commands in turn
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        if self.pipelining:
+            return [*responses[:-1], "250-PIPELINING", responses[-1]]
+        return responses
 
     def _fault(self, command: str) -> str | None:
         if self.faults and self.faults[0][0] == command:
@@ -78,3 +94,53 @@ async def listening(sink: Sink) -> AsyncIterator[int]:
     finally:
         server.close()
         await server.wait_closed()
+
+
+@dataclass
+class Relay:
+    """Bytes passed on both ways between a client and a server; what the client wrote is
+    kept a read at a time (on loopback, one read a write). ``hold_until``: the server's
+    replies after the client's MAIL are held back until this has come, then passed on in
+    one write."""
+
+    port: int
+    hold_until: bytes = b""
+    writes: list[bytes] = field(default_factory=list)
+    _holding: bool = False
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        server_reader, server_writer = await asyncio.open_connection("127.0.0.1", self.port)
+        await asyncio.gather(
+            self._pass(reader, server_writer, self.writes.append),
+            self._pass(server_reader, writer, None),
+        )
+
+    async def _pass(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        keep: Callable[[bytes], None] | None,
+    ) -> None:
+        held = b""
+        while data := await reader.read(65536):
+            if keep is not None:
+                keep(data)
+                self._holding = self._holding or bool(self.hold_until and data.startswith(b"MAIL"))
+                writer.write(data)
+                continue
+            held += data
+            if self._holding and self.hold_until not in held:
+                continue
+            writer.write(held)
+            held, self._holding = b"", False
+        writer.close()
+
+
+@asynccontextmanager
+async def relayed(relay: Relay) -> AsyncIterator[int]:
+    """The relay on a free loopback port for the ``async with`` block; yields the port."""
+    server = await asyncio.start_server(relay.serve, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()

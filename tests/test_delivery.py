@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import uvloop
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from aiosmtplib.protocol import normalize_message_line_endings
 from sqlalchemy import Engine, event, select, text, update
@@ -34,7 +35,7 @@ from mailer.scheduling import previews
 from mailer.store.models import OutboxStatus
 from tests.configs import ROOT, shipped_config
 from tests.conftest import add_customers
-from tests.smtp_sink import Sink, listening, start_sink
+from tests.smtp_sink import Relay, Sink, listening, relayed, start_sink
 
 CUSTOMERS_CSV = (
     "email,name,locale,timezone,tags\n"
@@ -97,6 +98,10 @@ class Road:
 
 
 TRANSACTIONAL: dict[str, object] = {"category": Category.TRANSACTIONAL}
+# the server advertises PIPELINING (RFC 2920) or not: what it refuses reads the same either way
+PIPELINED_OR_NOT = pytest.mark.parametrize(
+    "pipelining", [False, True], ids=["in turn", "pipelined"]
+)
 
 
 @pytest.fixture
@@ -150,7 +155,9 @@ async def test_the_same_logical_message_queued_twice_concurrently_is_one_row(roa
         assert conn.execute(text("SELECT count(*) FROM outbox")).scalar_one() == 1
 
 
-async def test_temporary_refusal_is_retried_later_then_sent(road: Road) -> None:
+@PIPELINED_OR_NOT
+async def test_temporary_refusal_is_retried_later_then_sent(road: Road, pipelining: bool) -> None:
+    road.sink.pipelining = pipelining
     road.sink.faults.append(("RCPT", "451 4.7.1 greylisted, try again later"))
     road.queue(("maria", "k1"), **TRANSACTIONAL)
     await road.deliver()
@@ -163,7 +170,11 @@ async def test_temporary_refusal_is_retried_later_then_sent(road: Road) -> None:
     assert len(road.sink.received) == 1
 
 
-async def test_permanent_refusal_fails_once_and_is_not_retried(road: Road) -> None:
+@PIPELINED_OR_NOT
+async def test_permanent_refusal_fails_once_and_is_not_retried(
+    road: Road, pipelining: bool
+) -> None:
+    road.sink.pipelining = pipelining
     road.sink.faults.append(("RCPT", "550 5.1.1 no such user here"))
     road.queue(("emma", "k2"), **TRANSACTIONAL)
     await road.deliver()
@@ -181,9 +192,11 @@ async def test_permanent_refusal_fails_once_and_is_not_retried(road: Road) -> No
         (("DATA", "drop"), "the connection died in the middle of DATA"),
     ],
 )
+@PIPELINED_OR_NOT
 async def test_these_failures_are_retried_and_then_delivered(
-    road: Road, fault: tuple[str, str], why: str
+    road: Road, fault: tuple[str, str], why: str, pipelining: bool
 ) -> None:
+    road.sink.pipelining = pipelining
     road.sink.faults.append(fault)
     road.queue(("siti", "k4"), **TRANSACTIONAL)
     await road.deliver()
@@ -676,7 +689,7 @@ def test_the_rate_limit_spaces_sends_and_a_quiet_spell_earns_no_burst(clock: Man
     [b"", b"A: b\r\n\r\nbody\r\n", b"A: b\n\nbare\rends\n", b"no end", b"\r\n\r", b"x\n\r"],
 )
 def test_size_counts_the_octets_data_carries_without_converting_them(data: bytes) -> None:
-    """RFC 1870: what aiosmtplib sends, each line ending CRLF and a last one added."""
+    """RFC 1870: the content as DATA carries it, each line ending CRLF and a last one added."""
     assert smtp.wire_size(data) == len(normalize_message_line_endings(data))
 
 
@@ -690,3 +703,70 @@ async def test_a_one_off_send_the_server_refuses_is_one_clear_error(
     assert str(refused.value) == (
         f"127.0.0.1:{sink[1]} did not take the message: 550 5.1.1 no such mailbox"
     )
+
+
+@PIPELINED_OR_NOT
+async def test_a_message_arrives_as_written_in_two_round_trips_when_the_server_pipelines(
+    sink: tuple[Sink, int], clock: ManualClock, pipelining: bool
+) -> None:
+    """MAIL, RCPT and DATA go in one write when the server allows it (four round trips a
+    message become two); either way a line that begins with a dot, or is one, arrives
+    whole and bare line endings arrive as CRLF."""
+    handler, port = sink
+    handler.pipelining = pipelining
+    data = b"Subject: dots\r\n\r\n.a dot first\r\n.\r\nbare\nends\r\n..two"
+    relay = Relay(port)
+    async with relayed(relay) as relay_port:
+        target = SmtpTarget(host="127.0.0.1", port=relay_port)
+        await smtp.send_one(target, clock, "ana@example.com", "maria@example.com", data)
+    assert handler.received[0].data == normalize_message_line_endings(data)
+    mail = b"MAIL FROM:<ana@example.com> SIZE=%d\r\n" % smtp.wire_size(data)
+    commands = [mail, b"RCPT TO:<maria@example.com>\r\n", b"DATA\r\n"]
+    sent = [write for write in relay.writes if write.startswith((b"MAIL", b"RCPT", b"DATA"))]
+    assert sent == ([b"".join(commands)] if pipelining else commands)
+
+
+@pytest.mark.parametrize(
+    ("fault", "outcome"),
+    [(None, "queued as test"), ("550 5.1.1 no such mailbox", "550 5.1.1 no such mailbox")],
+)
+async def test_replies_to_pipelined_commands_that_arrive_together_are_each_read(
+    sink: tuple[Sink, int], clock: ManualClock, fault: str | None, outcome: str
+) -> None:
+    """The server's replies to MAIL, RCPT and DATA come back in one read: each is taken
+    for its command, so a refused recipient is the refusal and an accepted one is sent."""
+    handler, port = sink
+    handler.pipelining = True
+    handler.faults.extend([("RCPT", fault)] if fault else [])
+    relay = Relay(port, hold_until=b"503 " if fault else b"354 ")  # DATA's reply, the last
+    async with relayed(relay) as relay_port:
+        target = SmtpTarget(host="127.0.0.1", port=relay_port)
+        send = smtp.send_one(target, clock, "ana@example.com", "maria@example.com", b"Hi\r\n")
+        if fault:
+            with pytest.raises(MailerError, match=outcome):
+                await send
+        else:
+            assert outcome in await send
+    assert len(handler.received) == (0 if fault else 1)
+
+
+async def test_an_address_with_a_control_character_cannot_add_a_command(
+    sink: tuple[Sink, int], clock: ManualClock
+) -> None:
+    target = SmtpTarget(host="127.0.0.1", port=sink[1])
+    with pytest.raises(ValueError, match="prohibited control character"):
+        await smtp.send_one(target, clock, "ana@example.com", "a\x00b@example.com", b"Hi\r\n")
+    assert sink[0].received == []
+
+
+def test_messages_go_out_on_the_event_loop_that_mailer_runs_on(clock: ManualClock) -> None:
+    """`mailer run` delivers on uvloop, whose transports are not asyncio's own classes."""
+
+    async def send() -> Sink:
+        handler = Sink(pipelining=True)
+        async with listening(handler) as port:
+            target = SmtpTarget(host="127.0.0.1", port=port)
+            await smtp.send_one(target, clock, "ana@example.com", "maria@example.com", b"Hi\r\n")
+        return handler
+
+    assert [r.rcpt_tos for r in uvloop.run(send()).received] == [["maria@example.com"]]
