@@ -101,14 +101,16 @@ class Relay:
     """Bytes passed on both ways between a client and a server; what the client wrote is
     kept a read at a time (on loopback, one read a write). ``hold_until``: the server's
     replies after the client's MAIL are held back until this has come, then passed on in
-    one write."""
+    one write. ``clients``: each connection's writer to its client, to speak out of turn."""
 
     port: int
     hold_until: bytes = b""
     writes: list[bytes] = field(default_factory=list)
+    clients: list[asyncio.StreamWriter] = field(default_factory=list)
     _holding: bool = False
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.clients.append(writer)
         server_reader, server_writer = await asyncio.open_connection("127.0.0.1", self.port)
         await asyncio.gather(
             self._pass(reader, server_writer, self.writes.append),

@@ -770,3 +770,31 @@ def test_messages_go_out_on_the_event_loop_that_mailer_runs_on(clock: ManualCloc
         return handler
 
     assert [r.rcpt_tos for r in uvloop.run(send()).received] == [["maria@example.com"]]
+
+
+@pytest.mark.parametrize(
+    "said",
+    [b"421 4.4.2 idle too long\r\n", b"garbage\r\n", b"x" * 40_000],
+    ids=["a reply", "not a reply", "a line without end"],
+)
+async def test_what_a_server_says_to_an_idle_connection_is_not_taken_for_the_next_reply(
+    sink: tuple[Sink, int], clock: ManualClock, said: bytes
+) -> None:
+    """Nothing asked for it: that connection is closed, and the next message goes out at
+    once on a new one (a 421 read as the next MAIL's reply held the message back)."""
+    handler, port = sink
+    handler.pipelining = True
+    relay = Relay(port)
+    async with relayed(relay) as relay_port:
+        pool = smtp.SmtpPool(SmtpTarget(host="127.0.0.1", port=relay_port, pool_size=1), clock)
+        await pool.send("ana@example.com", "maria@example.com", b"Hi\r\n")
+        idle = pool._idle[0]
+        relay.clients[0].write(said)
+        for _ in range(1000):  # until the client has read it: a few turns of the loop
+            if not idle.is_open:
+                break
+            await asyncio.sleep(0)
+        await pool.send("ana@example.com", "maria@example.com", b"Hi again\r\n")
+        await pool.close()
+    assert [r.data for r in handler.received] == [b"Hi\r\n", b"Hi again\r\n"]
+    assert len(relay.clients) == 2 and idle.replies.transport.is_closing()

@@ -6,12 +6,11 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-import typing
 from collections import deque
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
-from typing import Protocol
+from typing import Protocol, cast
 
 import aiosmtplib
 from aiosmtplib.email import quote_address
@@ -187,6 +186,7 @@ class SmtpPool:
             connection = self._idle.pop()
             if connection.is_open:
                 return connection, True
+            connection.close()  # failed, or the server spoke out of turn while it was idle
         return await self._connect(), False
 
     async def _connect(self) -> _Connection:
@@ -270,15 +270,24 @@ class _Replies(asyncio.Protocol):
         transport.set_protocol(self)
 
     def data_received(self, data: bytes) -> None:
+        if self.error is not None:  # a connection that failed is not read any further
+            return
         self._buffer += data
         try:
             while (reply := self._parse()) is not None:
                 self._replies.append(reply)
+            if len(self._buffer) > _LONGEST_REPLY:
+                raise _invalid("Response too long")
         except aiosmtplib.SMTPResponseException as exc:
+            self._buffer.clear()
+            self.transport.close()  # a server that breaks the protocol is not listened to
             self._fail(exc)
-        if len(self._buffer) > _LONGEST_REPLY:
-            self._fail(_invalid("Response too long"))
         self._wake()
+
+    @property
+    def pending(self) -> bool:
+        """Whether replies have come that nobody has read yet."""
+        return bool(self._replies)
 
     def _parse(self) -> SMTPResponse | None:
         """The first whole reply in the buffer, taken out of it; None until one has come."""
@@ -359,7 +368,7 @@ class _Connection:
     @classmethod
     def taken_from(cls, client: aiosmtplib.SMTP, timeout: float) -> _Connection:
         """The connection aiosmtplib made, greeted: its transport, from now on read here."""
-        transport = typing.cast(asyncio.Transport, client.transport)  # uvloop's is no subclass
+        transport = cast(asyncio.Transport, client.transport)  # uvloop's is no subclass
         return cls(
             replies=_Replies(transport),
             timeout=timeout,
@@ -369,7 +378,11 @@ class _Connection:
 
     @property
     def is_open(self) -> bool:
-        return self.replies.error is None and not self.replies.transport.is_closing()
+        """Fit for a new transaction: not failed, not closing, and no reply waiting that no
+        command asked for (a 421 a server sends before closing an idle connection would
+        otherwise be read as the next MAIL's reply)."""
+        replies = self.replies
+        return replies.error is None and not replies.transport.is_closing() and not replies.pending
 
     async def send(self, sender: str, recipient: str, data: bytes) -> str:
         """One transaction: the server's final reply, or aiosmtplib's error for the step
