@@ -6,7 +6,7 @@ what the client wrote in each write and can hold the server's replies back."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from email import policy
@@ -113,20 +113,17 @@ class Relay:
         self.clients.append(writer)
         server_reader, server_writer = await asyncio.open_connection("127.0.0.1", self.port)
         await asyncio.gather(
-            self._pass(reader, server_writer, self.writes.append),
-            self._pass(server_reader, writer, None),
+            self._pass(reader, server_writer, from_client=True),
+            self._pass(server_reader, writer, from_client=False),
         )
 
     async def _pass(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        keep: Callable[[bytes], None] | None,
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, from_client: bool
     ) -> None:
         held = b""
         while data := await reader.read(65536):
-            if keep is not None:
-                keep(data)
+            if from_client:
+                self.writes.append(data)
                 self._holding = self._holding or bool(self.hold_until and data.startswith(b"MAIL"))
                 writer.write(data)
                 continue
