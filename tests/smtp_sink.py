@@ -1,11 +1,13 @@
 """A real SMTP server (aiosmtpd) on a loopback port for tests, with faults injected into its
 handler: a reply code on a chosen command, or a dropped connection in the middle of DATA;
 PIPELINING advertised when asked; and a relay to put between a client and it that records
-what the client wrote in each write and can hold the server's replies back."""
+what the client wrote in each write, can hold the server's replies back, and can stand for
+a slow uplink."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -101,31 +103,57 @@ class Relay:
     """Bytes passed on both ways between a client and a server; what the client wrote is
     kept a read at a time (on loopback, one read a write). ``hold_until``: the server's
     replies after the client's MAIL are held back until this has come, then passed on in
-    one write. ``clients``: each connection's writer to its client, to speak out of turn."""
+    one write. ``clients``: each connection's writer to its client, to speak out of turn.
+    ``pace``: the octets a second passed on from the client, as over a slow uplink (a
+    fiftieth of it every 20 ms), and none after ``stall_after`` octets (a peer that stopped
+    reading); the relay then takes in little more than it passes (small buffers)."""
 
     port: int
     hold_until: bytes = b""
+    pace: int = 0
+    stall_after: int | None = None
     writes: list[bytes] = field(default_factory=list)
     clients: list[asyncio.StreamWriter] = field(default_factory=list)
     _holding: bool = False
+    _ended: asyncio.Event = field(default_factory=asyncio.Event)
+    _serving: set[asyncio.Task[None]] = field(default_factory=set)
+
+    @property
+    def tick(self) -> int:
+        """What a paced relay reads at a time, and buffers at most (twice, in the kernel and
+        in its reader)."""
+        return self.pace // 50
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.clients.append(writer)
+        task = asyncio.current_task()
+        assert task is not None
+        self._serving.add(task)
         server_reader, server_writer = await asyncio.open_connection("127.0.0.1", self.port)
-        await asyncio.gather(
-            self._pass(reader, server_writer, from_client=True),
-            self._pass(server_reader, writer, from_client=False),
-        )
+        try:
+            await asyncio.gather(
+                self._pass(reader, server_writer, from_client=True),
+                self._pass(server_reader, writer, from_client=False),
+            )
+        finally:
+            writer.close()
+            server_writer.close()
 
     async def _pass(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, from_client: bool
     ) -> None:
-        held = b""
-        while data := await reader.read(65536):
+        held, passed = b"", 0
+        while data := await reader.read(self.tick if self.pace and from_client else 65536):
             if from_client:
                 self.writes.append(data)
                 self._holding = self._holding or bool(self.hold_until and data.startswith(b"MAIL"))
                 writer.write(data)
+                passed += len(data)
+                if self.pace:
+                    await asyncio.sleep(0.02)
+                if self.stall_after is not None and passed >= self.stall_after:
+                    await self._ended.wait()  # read no more, until the test ends
+                    break
                 continue
             held += data
             if self._holding and self.hold_until not in held:
@@ -138,8 +166,13 @@ class Relay:
 @asynccontextmanager
 async def relayed(relay: Relay) -> AsyncIterator[int]:
     """The relay on a free loopback port for the ``async with`` block; yields the port."""
-    server = await asyncio.start_server(relay.serve, "127.0.0.1", 0)
+    server = await asyncio.start_server(relay.serve, "127.0.0.1", 0, limit=relay.tick or 2**16)
+    if relay.pace:  # connections accepted from now on take it from the listening socket
+        server.sockets[0].setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, relay.tick)
     try:
         yield server.sockets[0].getsockname()[1]
     finally:
+        relay._ended.set()
         server.close()
+        if relay._serving:  # each connection closed both ways before the loop may end
+            await asyncio.wait(relay._serving, timeout=5)

@@ -6,13 +6,14 @@ import asyncio
 import logging
 import shutil
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import timedelta
 from email.headerregistry import Address
 from pathlib import Path
 from typing import Any
 
+import aiosmtplib
 import pytest
 import uvloop
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -798,3 +799,42 @@ async def test_what_a_server_says_to_an_idle_connection_is_not_taken_for_the_nex
         await pool.close()
     assert [r.data for r in handler.received] == [b"Hi\r\n", b"Hi again\r\n"]
     assert len(relay.clients) == 2 and idle.replies.transport.is_closing()
+
+
+# Real sockets time out in real time: these run on a timeout of a fifth of a second.
+BIG = b"Subject: the catalogue\r\n\r\n" + (b"x" * 74 + b"\r\n") * 8000  # 608 KB
+
+
+@pytest.mark.parametrize("run", [asyncio.run, uvloop.run], ids=["asyncio", "uvloop"])
+def test_a_large_message_on_a_slow_uplink_is_not_timed_out_while_it_is_still_leaving(
+    clock: ManualClock, run: Callable[[Coroutine[Any, Any, Sink]], Sink]
+) -> None:
+    """The server cannot answer before it has all of it: three quarters of a second at
+    800 KB/s, four times the timeout; the wait for its reply counts from when it stopped
+    leaving (on both loops: what is unsent sits in the socket, not in the transport)."""
+
+    async def send() -> Sink:
+        handler = Sink()
+        async with listening(handler) as port, relayed(Relay(port, pace=800_000)) as relay_port:
+            target = SmtpTarget(host="127.0.0.1", port=relay_port, timeout=0.2)
+            await smtp.send_one(target, clock, "ana@example.com", "maria@example.com", BIG)
+        return handler
+
+    assert [r.data for r in run(send()).received] == [BIG]
+
+
+async def test_a_server_that_stops_taking_a_message_times_out_and_is_retried(
+    sink: tuple[Sink, int], clock: ManualClock
+) -> None:
+    handler, port = sink
+    relay = Relay(port, pace=800_000, stall_after=256_000)
+    async with relayed(relay) as relay_port:
+        pool = smtp.SmtpPool(SmtpTarget(host="127.0.0.1", port=relay_port, timeout=0.2), clock)
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(aiosmtplib.SMTPReadTimeoutError) as raised:
+            await pool.send("ana@example.com", "maria@example.com", BIG)
+        waited = asyncio.get_running_loop().time() - started
+        await pool.close()
+    assert smtp.classify(raised.value).result is smtp.Failure.RETRY
+    assert waited < 3, "a fifth of a second after the last octet left, not never"
+    assert handler.received == [] and pool._idle == []

@@ -4,8 +4,11 @@ when the server allows it) and what their errors mean."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import random
 import re
+import sys
+import termios
 from collections import deque
 from dataclasses import dataclass
 from datetime import timedelta
@@ -267,6 +270,7 @@ class _Replies(asyncio.Protocol):
         self._buffer = bytearray()
         self._replies: deque[SMTPResponse] = deque()
         self._waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
         transport.set_protocol(self)
 
     def data_received(self, data: bytes) -> None:
@@ -326,26 +330,49 @@ class _Replies(asyncio.Protocol):
 
     async def next(self, timeout: float) -> SMTPResponse:
         """The next reply, in the order the commands went; the connection's failure once
-        every reply that came before it has been read."""
+        every reply that came before it has been read. The wait times out ``timeout`` after
+        what was written stopped leaving: a large message on a slow uplink may take minutes
+        to reach the server, which cannot answer before it has all of it."""
         loop = asyncio.get_running_loop()
         while not self._replies:
             if self.error is not None:
                 raise self.error
             waiter = self._waiter = loop.create_future()
-            timer = loop.call_later(timeout, _expire, waiter)
+            self._timer = loop.call_later(timeout, self._expire, waiter, timeout, self._unsent())
             try:
                 await waiter
             finally:
-                timer.cancel()
+                self._timer.cancel()
                 self._waiter = None
         return self._replies.popleft()
 
-
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
+    def _expire(self, waiter: asyncio.Future[None], timeout: float, unsent: int) -> None:
+        """Time out the wait, unless what was unsent when it was last armed has shrunk since."""
+        if waiter.done():
+            return
+        if (left := self._unsent()) < unsent:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(timeout, self._expire, waiter, timeout, left)
+            return
         waiter.set_exception(
             aiosmtplib.SMTPReadTimeoutError("Timed out waiting for server response")
         )
+
+    def _unsent(self) -> int:
+        """Octets written that the server has not yet acknowledged: those still in the
+        transport's buffer and, where the system tells (Linux), in the socket's send queue."""
+        return self.transport.get_write_buffer_size() + _send_queue(self.transport)
+
+
+def _send_queue(transport: asyncio.BaseTransport) -> int:
+    """The octets in a socket's send queue not yet acknowledged by the peer (TIOCOUTQ); 0
+    where the system does not tell or the socket is gone."""
+    sock = transport.get_extra_info("socket")
+    try:
+        queued = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4)
+    except (AttributeError, OSError):
+        return 0
+    return int.from_bytes(queued, sys.byteorder, signed=True)
 
 
 def _invalid(text: str) -> aiosmtplib.SMTPResponseException:
