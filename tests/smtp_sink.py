@@ -33,7 +33,8 @@ class Received:
 
 @dataclass
 class Sink:
-    """Faults are consumed in order: ("RCPT", "451 4.7.1 try later") or ("DATA", "drop")."""
+    """Faults are consumed in order: ("MAIL" or "RCPT", "451 4.7.1 try later"), ("DATA",
+    "554 5.7.1 refused") as the reply to the content, or ("DATA", "drop")."""
 
     received: list[Received] = field(default_factory=list)
     faults: list[tuple[str, str]] = field(default_factory=list)
@@ -56,6 +57,16 @@ class Sink:
         if self.faults and self.faults[0][0] == command:
             return self.faults.pop(0)[1]
         return None
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        fault = self._fault("MAIL")
+        if fault:
+            return fault
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]

@@ -838,3 +838,76 @@ async def test_a_server_that_stops_taking_a_message_times_out_and_is_retried(
     assert smtp.classify(raised.value).result is smtp.Failure.RETRY
     assert waited < 3, "a fifth of a second after the last octet left, not never"
     assert handler.received == [] and pool._idle == []
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        ("MAIL", "552 5.3.4 too big for this sender"),
+        ("RCPT", "550 5.1.1 no such user here"),
+        ("DATA", "554 5.7.1 looks like spam"),
+    ],
+    ids=["sender", "recipient", "content"],
+)
+@PIPELINED_OR_NOT
+async def test_after_a_refusal_the_next_message_goes_on_the_same_connection(
+    sink: tuple[Sink, int], clock: ManualClock, fault: tuple[str, str], pipelining: bool
+) -> None:
+    """Reset (RSET), not dropped: a campaign meets many unknown addresses, and each new
+    connection costs a greeting, TLS and a sign-in more on both sides."""
+    handler, port = sink
+    handler.pipelining = pipelining
+    handler.faults.append(fault)
+    relay = Relay(port)
+    async with relayed(relay) as relay_port:
+        pool = smtp.SmtpPool(SmtpTarget(host="127.0.0.1", port=relay_port, pool_size=1), clock)
+        with pytest.raises(aiosmtplib.SMTPException) as refused:
+            await pool.send("ana@example.com", "emma@example.com", b"Hi\r\n")
+        await pool.send("ana@example.com", "maria@example.com", b"Hi again\r\n")
+        await pool.close()
+    assert smtp.classify(refused.value).reply == fault[1]
+    assert [r.rcpt_tos for r in handler.received] == [["maria@example.com"]]
+    assert len(relay.clients) == 1 and b"RSET\r\n" in b"".join(relay.writes)
+
+
+async def test_a_server_that_says_it_is_closing_is_not_asked_for_the_next_message(
+    sink: tuple[Sink, int], clock: ManualClock
+) -> None:
+    handler, port = sink
+    handler.faults.append(("RCPT", "421 4.7.0 too many errors, closing"))
+    relay = Relay(port)
+    async with relayed(relay) as relay_port:
+        pool = smtp.SmtpPool(SmtpTarget(host="127.0.0.1", port=relay_port, pool_size=1), clock)
+        with pytest.raises(aiosmtplib.SMTPRecipientsRefused):
+            await pool.send("ana@example.com", "emma@example.com", b"Hi\r\n")
+        await pool.send("ana@example.com", "maria@example.com", b"Hi again\r\n")
+        await pool.close()
+    assert [r.rcpt_tos for r in handler.received] == [["maria@example.com"]]
+    assert len(relay.clients) == 2 and b"RSET" not in b"".join(relay.writes)
+
+
+async def test_a_server_that_takes_content_for_a_transaction_it_refused_is_left_at_once(
+    clock: ManualClock,
+) -> None:
+    """It answers DATA with 354 though it refused the only recipient, and waits for
+    content: RSET would be read as content and wait out the timeout. RFC 2920 forbids
+    this and aiosmtpd does not do it, so a scripted server stands in for one that does."""
+    connections: list[asyncio.StreamWriter] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        writer.write(b"220 scripted\r\n")
+        await reader.readline()  # EHLO
+        writer.write(b"250-scripted\r\n250 PIPELINING\r\n")
+        await reader.readuntil(b"DATA\r\n")
+        writer.write(b"250 2.1.0 ok\r\n550 5.1.1 no such user\r\n354 go ahead\r\n")
+        await reader.read()  # until the client closes
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pool = smtp.SmtpPool(SmtpTarget(host="127.0.0.1", port=port, timeout=30), clock)
+    with pytest.raises(aiosmtplib.SMTPRecipientsRefused):
+        await asyncio.wait_for(pool.send("ana@example.com", "emma@example.com", b"Hi\r\n"), 5)
+    assert pool._idle == []
+    server.close()

@@ -10,7 +10,7 @@ import re
 import sys
 import termios
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
 from typing import Protocol, cast
@@ -173,15 +173,16 @@ class SmtpPool:
             await self._rate.wait()
             connection, reused = await self._connection()
             try:
-                reply = await connection.send(sender, recipient, data)
+                return await connection.send(sender, recipient, data)
             except aiosmtplib.SMTPServerDisconnected:
                 if not reused:
                     raise
                 # a connection that sat idle was closed by the server: once more on a new one
                 connection = await self._connect()
-                reply = await connection.send(sender, recipient, data)
-            self._idle.append(connection)
-            return reply
+                return await connection.send(sender, recipient, data)
+            finally:
+                if connection.is_open:  # it sent the message, or was reset after a refusal
+                    self._idle.append(connection)
 
     async def _connection(self) -> tuple[_Connection, bool]:
         """An idle connection (reused=True) or a new one."""
@@ -391,6 +392,7 @@ class _Connection:
     timeout: float
     pipelining: bool
     size: bool
+    _owed: int = field(default=0, init=False)  # replies to commands written, not yet read
 
     @classmethod
     def taken_from(cls, client: aiosmtplib.SMTP, timeout: float) -> _Connection:
@@ -413,13 +415,14 @@ class _Connection:
 
     async def send(self, sender: str, recipient: str, data: bytes) -> str:
         """One transaction: the server's final reply, or aiosmtplib's error for the step
-        it refused. A connection that failed is closed, never handed out again."""
+        it refused. After a refusal the connection is reset for the next message; one that
+        failed otherwise is closed, never handed out again."""
         try:
             size = b" SIZE=%d" % wire_size(data) if self.size else b""
             mail = b"MAIL FROM:" + _quoted(sender) + size + b"\r\n"
             rcpt = b"RCPT TO:" + _quoted(recipient) + b"\r\n"
             if self.pipelining:
-                self._write(mail + rcpt + b"DATA\r\n")
+                self._ask(mail, rcpt, b"DATA\r\n")
             reply = await self._reply(b"" if self.pipelining else mail)
             if reply.code != SMTPStatus.completed:
                 raise aiosmtplib.SMTPSenderRefused(reply.code, reply.message, sender)
@@ -434,15 +437,44 @@ class _Connection:
             if reply.code != SMTPStatus.completed:
                 raise aiosmtplib.SMTPDataError(reply.code, reply.message)
             return reply.message
+        except (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused) as refusal:
+            await self._reset(refusal)
+            raise
         except BaseException:
             self.close()
             raise
 
-    async def _reply(self, command: bytes) -> SMTPResponse:
+    async def _reset(self, refusal: aiosmtplib.SMTPException) -> None:
+        """After a refusal: the replies to commands written ahead read, then RSET, so that
+        the next message need not open, greet, secure and sign in to a new connection (a
+        campaign meets many unknown recipients). Closed instead when the server is closing
+        (421) or broke the protocol, when it answered DATA with 354 though it refused the
+        transaction (it waits for content that will not come), or when RSET fails."""
+        if classify(refusal).code in (SMTPStatus.domain_unavailable, SMTPStatus.invalid_response):
+            self.close()
+            return
+        try:
+            owed = [(await self._reply()).code for _ in range(self._owed)]
+            if SMTPStatus.start_input not in owed:
+                reset = await self._reply(b"RSET\r\n")
+                if reset.code == SMTPStatus.completed:
+                    return
+        except aiosmtplib.SMTPException:
+            pass  # closed below
+        self.close()
+
+    def _ask(self, *commands: bytes) -> None:
+        """Write ``commands`` at once; each is owed a reply."""
+        self._write(b"".join(commands))
+        self._owed += len(commands)
+
+    async def _reply(self, command: bytes = b"") -> SMTPResponse:
         """The next reply, after writing ``command`` (nothing when it went ahead)."""
         if command:
-            self._write(command)
-        return await self.replies.next(self.timeout)
+            self._ask(command)
+        reply = await self.replies.next(self.timeout)
+        self._owed -= 1
+        return reply
 
     def _write(self, data: bytes) -> None:
         if not self.is_open:
