@@ -8,14 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
+from ipaddress import ip_address
+from pathlib import Path
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 
 @dataclass
@@ -34,7 +42,8 @@ class Received:
 @dataclass
 class Sink:
     """Faults are consumed in order: ("MAIL" or "RCPT", "451 4.7.1 try later"), ("DATA",
-    "554 5.7.1 refused") as the reply to the content, or ("DATA", "drop")."""
+    "554 5.7.1 refused") as the reply to the content, ("DATA", "drop"), or ("MAIL" or
+    "RSET", "hang"): no reply until the client goes."""
 
     received: list[Received] = field(default_factory=list)
     faults: list[tuple[str, str]] = field(default_factory=list)
@@ -53,32 +62,38 @@ class Sink:
             return [*responses[:-1], "250-PIPELINING", responses[-1]]
         return responses
 
-    def _fault(self, command: str) -> str | None:
+    async def _fault(self, command: str) -> str | None:
         if self.faults and self.faults[0][0] == command:
-            return self.faults.pop(0)[1]
+            fault = self.faults.pop(0)[1]
+            if fault == "hang":
+                await asyncio.Event().wait()  # aiosmtpd cancels it when the client goes
+            return fault
         return None
 
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
-        fault = self._fault("MAIL")
+        fault = await self._fault("MAIL")
         if fault:
             return fault
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return "250 OK"
 
+    async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        return await self._fault("RSET") or "250 OK"
+
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
-        fault = self._fault("RCPT")
+        fault = await self._fault("RCPT")
         if fault:
             return fault
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        fault = self._fault("DATA")
+        fault = await self._fault("DATA")
         if fault == "drop":
             server.transport.close()  # the connection dies before the server answers
             return "421 closing"
@@ -92,16 +107,21 @@ class Sink:
         return "250 2.0.0 queued as test"
 
 
-async def start_sink(sink: Sink, port: int = 0) -> tuple[asyncio.Server, int]:
+async def start_sink(
+    sink: Sink, port: int = 0, tls: ssl.SSLContext | None = None
+) -> tuple[asyncio.Server, int]:
+    """With ``tls``, the server speaks TLS from the start (implicit TLS, port 465's way)."""
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: SMTP(sink, hostname="sink.test"), "127.0.0.1", port)
+    server = await loop.create_server(
+        lambda: SMTP(sink, hostname="sink.test"), "127.0.0.1", port, ssl=tls
+    )
     return server, server.sockets[0].getsockname()[1]
 
 
 @asynccontextmanager
-async def listening(sink: Sink) -> AsyncIterator[int]:
+async def listening(sink: Sink, tls: ssl.SSLContext | None = None) -> AsyncIterator[int]:
     """The sink on a free loopback port for the ``async with`` block; yields the port."""
-    server, port = await start_sink(sink)
+    server, port = await start_sink(sink, tls=tls)
     try:
         yield port
     finally:
@@ -187,3 +207,37 @@ async def relayed(relay: Relay) -> AsyncIterator[int]:
         server.close()
         if relay._serving:  # each connection closed both ways before the loop may end
             await asyncio.wait(relay._serving, timeout=5)
+
+
+def loopback_tls(directory: Path) -> tuple[ssl.SSLContext, Path]:
+    """A server context with a new self-signed certificate for 127.0.0.1, and the file
+    holding that certificate, for the client to trust (SSL_CERT_FILE)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file)
+    return context, cert_file

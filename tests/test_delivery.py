@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from email.headerregistry import Address
 from pathlib import Path
+from socket import SO_SNDBUF, SOL_SOCKET
 from typing import Any
 
 import aiosmtplib
@@ -36,7 +37,7 @@ from mailer.scheduling import previews
 from mailer.store.models import OutboxStatus
 from tests.configs import ROOT, shipped_config
 from tests.conftest import add_customers
-from tests.smtp_sink import Relay, Sink, listening, relayed, start_sink
+from tests.smtp_sink import Relay, Sink, listening, loopback_tls, relayed, start_sink
 
 CUSTOMERS_CSV = (
     "email,name,locale,timezone,tags\n"
@@ -801,33 +802,66 @@ async def test_what_a_server_says_to_an_idle_connection_is_not_taken_for_the_nex
     assert len(relay.clients) == 2 and idle.replies.transport.is_closing()
 
 
-# Real sockets time out in real time: these run on a timeout of a fifth of a second.
-BIG = b"Subject: the catalogue\r\n\r\n" + (b"x" * 74 + b"\r\n") * 8000  # 608 KB
+# Real sockets time out in real time: these run on timeouts of tenths of a second.
+BIG = b"Subject: the catalogue\r\n\r\n" + (b"x" * 74 + b"\r\n") * 32_000  # 2.4 MB
 
 
+@pytest.mark.parametrize("security", ["none", "tls"])
 @pytest.mark.parametrize("run", [asyncio.run, uvloop.run], ids=["asyncio", "uvloop"])
 def test_a_large_message_on_a_slow_uplink_is_not_timed_out_while_it_is_still_leaving(
-    clock: ManualClock, run: Callable[[Coroutine[Any, Any, Sink]], Sink]
+    clock: ManualClock,
+    run: Callable[[Coroutine[Any, Any, Sink]], Sink],
+    security: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The server cannot answer before it has all of it: three quarters of a second at
-    800 KB/s, four times the timeout; the wait for its reply counts from when it stopped
-    leaving (on both loops: what is unsent sits in the socket, not in the transport)."""
+    """The server cannot answer before it has all of it: 0.6 s at 4 MB/s, three times the
+    timeout; the wait for its reply counts from the server's last acknowledgement. The
+    socket's send buffer is 128 KB, as TCP sizes it for a slow link, so most of the
+    message waits above the socket: in the transport, or inside TLS, which no transport
+    reports."""
+    tls, certificate = loopback_tls(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificate))
+    taken_from = smtp._Connection.taken_from
+
+    def with_a_small_send_buffer(client: aiosmtplib.SMTP, timeout: float) -> smtp._Connection:
+        client.transport.get_extra_info("socket").setsockopt(SOL_SOCKET, SO_SNDBUF, 128 * 1024)
+        return taken_from(client, timeout)
+
+    monkeypatch.setattr(smtp._Connection, "taken_from", with_a_small_send_buffer)
 
     async def send() -> Sink:
         handler = Sink()
-        async with listening(handler) as port, relayed(Relay(port, pace=800_000)) as relay_port:
-            target = SmtpTarget(host="127.0.0.1", port=relay_port, timeout=0.2)
+        async with (
+            listening(handler, tls if security == "tls" else None) as port,
+            relayed(Relay(port, pace=4_000_000)) as relay_port,
+        ):
+            target = SmtpTarget(host="127.0.0.1", port=relay_port, security=security, timeout=0.2)
             await smtp.send_one(target, clock, "ana@example.com", "maria@example.com", BIG)
         return handler
 
     assert [r.data for r in run(send()).received] == [BIG]
 
 
+async def test_a_server_that_does_not_answer_times_out_after_the_timeout(
+    sink: tuple[Sink, int], clock: ManualClock
+) -> None:
+    """Not twice it: the command's own octets, acknowledged at once, are no progress."""
+    handler, port = sink
+    handler.faults.append(("MAIL", "hang"))
+    pool = smtp.SmtpPool(SmtpTarget(host="127.0.0.1", port=port, timeout=0.4), clock)
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(aiosmtplib.SMTPReadTimeoutError):
+        await pool.send("ana@example.com", "maria@example.com", b"Hi\r\n")
+    assert 0.4 <= asyncio.get_running_loop().time() - started < 0.7
+    await pool.close()
+
+
 async def test_a_server_that_stops_taking_a_message_times_out_and_is_retried(
     sink: tuple[Sink, int], clock: ManualClock
 ) -> None:
     handler, port = sink
-    relay = Relay(port, pace=800_000, stall_after=256_000)
+    relay = Relay(port, pace=4_000_000, stall_after=1_000_000)
     async with relayed(relay) as relay_port:
         pool = smtp.SmtpPool(SmtpTarget(host="127.0.0.1", port=relay_port, timeout=0.2), clock)
         started = asyncio.get_running_loop().time()
@@ -911,3 +945,35 @@ async def test_a_server_that_takes_content_for_a_transaction_it_refused_is_left_
         await asyncio.wait_for(pool.send("ana@example.com", "emma@example.com", b"Hi\r\n"), 5)
     assert pool._idle == []
     server.close()
+
+
+async def test_a_send_cancelled_while_its_connection_is_reset_leaves_the_connection(
+    sink: tuple[Sink, int], clock: ManualClock
+) -> None:
+    """The RSET's reply, still to come, would be read as the next message's MAIL reply."""
+    handler, port = sink
+    handler.pipelining = True
+    handler.faults += [("RCPT", "550 5.1.1 no such user here"), ("RSET", "hang")]
+    pool = smtp.SmtpPool(SmtpTarget(host="127.0.0.1", port=port, pool_size=1), clock)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(pool.send("ana@example.com", "emma@example.com", b"Hi\r\n"), 0.3)
+    assert pool._idle == []
+    await pool.send("ana@example.com", "maria@example.com", b"Hi again\r\n")
+    await pool.close()
+    assert [r.rcpt_tos for r in handler.received] == [["maria@example.com"]]
+
+
+@pytest.mark.parametrize(
+    ("armed", "now", "left"),
+    [
+        (None, smtp._Acks(900, 0.05), 0.0),  # the system does not tell: time out as armed
+        (smtp._Acks(900, 0.0), smtp._Acks(900, 0.05), 0.0),  # nothing more acknowledged
+        (smtp._Acks(100, 0.0), smtp._Acks(900, 0.05), 0.15),  # still leaving
+        (smtp._Acks(100, 0.0), smtp._Acks(134, 0.19), 0.01),  # only the command, at once
+    ],
+    ids=["unknown", "stalled", "leaving", "command"],
+)
+def test_a_reply_wait_goes_on_only_while_the_server_acknowledges_more(
+    armed: smtp._Acks | None, now: smtp._Acks, left: float
+) -> None:
+    assert smtp._time_left(armed, now, timeout=0.2) == pytest.approx(left)

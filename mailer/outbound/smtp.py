@@ -4,16 +4,15 @@ when the server allows it) and what their errors mean."""
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import random
 import re
-import sys
-import termios
+import socket
+import struct
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
-from typing import Protocol, cast
+from typing import NamedTuple, Protocol, cast
 
 import aiosmtplib
 from aiosmtplib.email import quote_address
@@ -332,14 +331,15 @@ class _Replies(asyncio.Protocol):
     async def next(self, timeout: float) -> SMTPResponse:
         """The next reply, in the order the commands went; the connection's failure once
         every reply that came before it has been read. The wait times out ``timeout`` after
-        what was written stopped leaving: a large message on a slow uplink may take minutes
-        to reach the server, which cannot answer before it has all of it."""
+        the server last acknowledged what was written: a large message on a slow uplink may
+        take minutes to reach the server, which cannot answer before it has all of it."""
         loop = asyncio.get_running_loop()
         while not self._replies:
             if self.error is not None:
                 raise self.error
             waiter = self._waiter = loop.create_future()
-            self._timer = loop.call_later(timeout, self._expire, waiter, timeout, self._unsent())
+            acks = _acks(self.transport)
+            self._timer = loop.call_later(timeout, self._expire, waiter, timeout, acks)
             try:
                 await waiter
             finally:
@@ -347,33 +347,56 @@ class _Replies(asyncio.Protocol):
                 self._waiter = None
         return self._replies.popleft()
 
-    def _expire(self, waiter: asyncio.Future[None], timeout: float, unsent: int) -> None:
-        """Time out the wait, unless what was unsent when it was last armed has shrunk since."""
+    def _expire(self, waiter: asyncio.Future[None], timeout: float, armed: _Acks | None) -> None:
+        """Time out the wait, unless the server has acknowledged more since the timer was
+        armed: then it runs on until ``timeout`` after that acknowledgement."""
         if waiter.done():
             return
-        if (left := self._unsent()) < unsent:
+        acks = _acks(self.transport)
+        if (left := _time_left(armed, acks, timeout)) > 0:
             loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(timeout, self._expire, waiter, timeout, left)
+            self._timer = loop.call_later(left, self._expire, waiter, timeout, acks)
             return
         waiter.set_exception(
             aiosmtplib.SMTPReadTimeoutError("Timed out waiting for server response")
         )
 
-    def _unsent(self) -> int:
-        """Octets written that the server has not yet acknowledged: those still in the
-        transport's buffer and, where the system tells (Linux), in the socket's send queue."""
-        return self.transport.get_write_buffer_size() + _send_queue(self.transport)
+
+class _Acks(NamedTuple):
+    """What the server has acknowledged of a connection, as TCP tells it."""
+
+    octets: int
+    seconds_since: float  # since the last acknowledgement came
 
 
-def _send_queue(transport: asyncio.BaseTransport) -> int:
-    """The octets in a socket's send queue not yet acknowledged by the peer (TIOCOUTQ); 0
-    where the system does not tell or the socket is gone."""
+def _time_left(armed: _Acks | None, acks: _Acks | None, timeout: float) -> float:
+    """The seconds a wait whose timer ran out may go on: until ``timeout`` after the last
+    acknowledgement, when the server has acknowledged more since the timer was armed (a
+    command's own octets, acknowledged at once, give nothing more); else none. A server
+    that stopped reading acknowledges no more octets, only window probes, and times out."""
+    if armed is None or acks is None or acks.octets <= armed.octets:
+        return 0.0
+    return timeout - acks.seconds_since
+
+
+# Linux's struct tcp_info (linux/tcp.h), whose fields are only ever added at its end:
+# tcpi_last_ack_recv (ms) at offset 56, tcpi_bytes_acked at 120 (since Linux 4.1)
+_TCP_INFO = struct.Struct("=56xI60xQ")
+
+
+def _acks(transport: asyncio.BaseTransport) -> _Acks | None:
+    """The server's acknowledgements on the connection's socket, counted by the kernel
+    below every buffer (TLS keeps its own, which the transport does not report); None
+    where the system does not tell (not Linux), and the wait then times out as armed."""
     sock = transport.get_extra_info("socket")
     try:
-        queued = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4)
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO.size)
     except (AttributeError, OSError):
-        return 0
-    return int.from_bytes(queued, sys.byteorder, signed=True)
+        return None
+    if len(info) < _TCP_INFO.size:
+        return None
+    last_ack_ms, octets = _TCP_INFO.unpack(info)
+    return _Acks(octets, last_ack_ms / 1000)
 
 
 def _invalid(text: str) -> aiosmtplib.SMTPResponseException:
@@ -461,6 +484,9 @@ class _Connection:
                     return
         except aiosmtplib.SMTPException:
             pass  # closed below
+        except BaseException:  # cancelled: replies still owed would answer the next message
+            self.close()
+            raise
         self.close()
 
     def _ask(self, *commands: bytes) -> None:
