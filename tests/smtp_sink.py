@@ -19,7 +19,7 @@ from email.parser import BytesParser
 from ipaddress import ip_address
 from pathlib import Path
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -72,13 +72,8 @@ class Sink:
 
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
-    ) -> str:
-        fault = await self._fault("MAIL")
-        if fault:
-            return fault
-        envelope.mail_from = address
-        envelope.mail_options.extend(options)
-        return "250 OK"
+    ) -> str | object:
+        return await self._fault("MAIL") or MISSING  # MISSING: aiosmtpd takes the sender
 
     async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         return await self._fault("RSET") or "250 OK"
