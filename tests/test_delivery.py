@@ -977,3 +977,22 @@ def test_a_reply_wait_goes_on_only_while_the_server_acknowledges_more(
     armed: smtp._Acks | None, now: smtp._Acks, left: float
 ) -> None:
     assert smtp._time_left(armed, now, timeout=0.2) == pytest.approx(left)
+
+
+def test_a_closed_connection_tells_nothing_of_acknowledgements() -> None:
+    """A reply timer may run out just as the connection closes (over TLS on uvloop the TCP
+    socket is gone an iteration before the protocol hears of it): no error in the loop."""
+
+    async def closed() -> smtp._Acks | None:
+        server = await asyncio.start_server(lambda _, writer: writer.close(), "127.0.0.1", 0)
+        transport, _ = await asyncio.get_running_loop().create_connection(
+            asyncio.Protocol, "127.0.0.1", server.sockets[0].getsockname()[1]
+        )
+        assert smtp._acks(transport) is not None
+        transport.close()
+        await asyncio.sleep(0.01)
+        server.close()
+        return smtp._acks(transport)
+
+    assert uvloop.run(closed()) is None
+    assert asyncio.run(closed()) is None

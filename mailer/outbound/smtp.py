@@ -8,6 +8,7 @@ import random
 import re
 import socket
 import struct
+import sys
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -387,11 +388,15 @@ _TCP_INFO = struct.Struct("=56xI60xQ")
 def _acks(transport: asyncio.BaseTransport) -> _Acks | None:
     """The server's acknowledgements on the connection's socket, counted by the kernel
     below every buffer (TLS keeps its own, which the transport does not report); None
-    where the system does not tell (not Linux), and the wait then times out as armed."""
+    where the system does not tell, and the wait then times out as armed. Only Linux's
+    layout is read: the BSDs name a different struct TCP_INFO too. A closed socket says
+    nothing (uvloop's has no descriptor left: ValueError)."""
+    if sys.platform != "linux":
+        return None
     sock = transport.get_extra_info("socket")
     try:
         info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO.size)
-    except (AttributeError, OSError):
+    except (AttributeError, OSError, ValueError):
         return None
     if len(info) < _TCP_INFO.size:
         return None
