@@ -20,6 +20,7 @@ import atexit
 import os
 import queue
 import resource
+import select
 import signal
 import socket
 import subprocess
@@ -68,7 +69,15 @@ class _Worker:
         )
         theirs.close()
         self.conn = Connection(ours.detach())
+        # multiprocessing's own poll builds a selector on every call: 16 us a reply, and
+        # delivery reads one reply a message
+        self._replies = select.poll()
+        self._replies.register(self.conn.fileno(), select.POLLIN)
         self.started = False
+
+    def _wait(self, seconds: float) -> bool:
+        """Whether a reply (or the end of the worker) came within ``seconds``."""
+        return bool(self._replies.poll(seconds * 1000))
 
     def send(self, where: str, work: Callable[..., Any], calls: Sequence[tuple[Any, ...]]) -> None:
         """Start ``work(*args)`` for each of ``calls`` there, one after the other; each result
@@ -83,7 +92,7 @@ class _Worker:
         """The next call's result, or the exception it raised (returned, not raised); kill the
         worker (and raise) when the call overruns."""
         try:
-            if not self.conn.poll(limits.seconds):
+            if not self._wait(limits.seconds):
                 self.stop()
                 raise RenderTimeout(Problem(where, limits.describe_timeout()))
             _, value = self.conn.recv()
@@ -99,7 +108,7 @@ class _Worker:
         not the template's."""
         if self.started:
             return
-        if not self.conn.poll(STARTUP_SECONDS):
+        if not self._wait(STARTUP_SECONDS):
             self.stop()
             raise TemplateError(Problem(where, "the renderer did not start"))
         self.conn.recv()
