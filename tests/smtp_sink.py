@@ -1,8 +1,8 @@
 """A real SMTP server (aiosmtpd) on a loopback port for tests, with faults injected into its
-handler: a reply code on a chosen command, or a dropped connection in the middle of DATA;
-PIPELINING advertised when asked; and a relay to put between a client and it that records
-what the client wrote in each write, can hold the server's replies back, and can stand for
-a slow uplink."""
+handler: a reply code on a chosen command, no reply at all, or a dropped connection in the
+middle of DATA; PIPELINING advertised when asked; implicit TLS with a certificate made for
+the test; and a relay to put between a client and it that records what the client wrote
+in each write, can hold the server's replies back, and can stand for a slow uplink."""
 
 from __future__ import annotations
 
