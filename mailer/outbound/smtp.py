@@ -33,6 +33,7 @@ RETRY_CAP = timedelta(hours=1)
 _ATOM = r'[^\x00-\x20\x7f-\U0010ffff<>()\[\],;:\\"@]+'
 _PLAIN_ADDRESS = re.compile(f"{_ATOM}@{_ATOM}")
 _CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
+_CLOSING = SMTPStatus.domain_unavailable  # 421: the server is closing the connection
 # the relay is at fault, not the message: it cannot be reached, or it refuses our login
 RELAY_FAULTS = (SmtpUnavailable, aiosmtplib.SMTPAuthenticationError)
 
@@ -478,21 +479,17 @@ class _Connection:
         campaign meets many unknown recipients). Closed instead when the server is closing
         (421) or broke the protocol, when it answered DATA with 354 though it refused the
         transaction (it waits for content that will not come), or when RSET fails."""
-        if classify(refusal).code in (SMTPStatus.domain_unavailable, SMTPStatus.invalid_response):
-            self.close()
-            return
+        kept = False
         try:
-            owed = [(await self._reply()).code for _ in range(self._owed)]
-            if SMTPStatus.start_input not in owed:
-                reset = await self._reply(b"RSET\r\n")
-                if reset.code == SMTPStatus.completed:
-                    return
+            if classify(refusal).code not in (_CLOSING, SMTPStatus.invalid_response):
+                owed = [(await self._reply()).code for _ in range(self._owed)]
+                if SMTPStatus.start_input not in owed:
+                    kept = (await self._reply(b"RSET\r\n")).code == SMTPStatus.completed
         except aiosmtplib.SMTPException:
             pass  # closed below
-        except BaseException:  # cancelled: replies still owed would answer the next message
-            self.close()
-            raise
-        self.close()
+        finally:  # also when cancelled: replies still owed would answer the next message
+            if not kept:
+                self.close()
 
     def _ask(self, *commands: bytes) -> None:
         """Write ``commands`` at once; each is owed a reply."""
