@@ -189,13 +189,16 @@ def test_text_part_is_generated_from_html_when_there_is_no_body_txt(tmp_path: Pa
             "t/body.html": (
                 "<html><head><style>p { color: red; }</style></head><body>"
                 "<h1>Spring news</h1><p>Hi <b>{{ customer.first_name }}</b>,<br>"
-                '<a href="{{ unsubscribe_url }}">Unsubscribe</a></p></body></html>'
+                '<a href="{{ unsubscribe_url }}">Unsubscribe</a></p>'
+                '<p><strong title="a > b">New:</strong> <EM>two</EM> <i class="x">roasts</i>'
+                '<br/><big>5 * 3</big> <img src="cup.png" alt="cup"></p></body></html>'
             ),
         },
     )
     message = store.render("t", context(), locale=None, zone=SOFIA)
     assert message.text == (
-        "# Spring news\n\nHi Ana,\n[Unsubscribe](https://mail.example.com/u/sample-token)\n"
+        "# Spring news\n\nHi Ana,\n[Unsubscribe](https://mail.example.com/u/sample-token)\n\n"
+        "New: two roasts\n5 * 3\n"
     )
 
 

@@ -806,19 +806,24 @@ def _fallbacks(locale: str | None) -> list[str]:
 
 
 # Built once as the extension's own options object: html_to_markdown.convert translates its
-# Python options into this on every call, which cost as much as the conversion itself.
+# Python options into this on every call, which cost as much as the conversion itself. Its
+# single-pass scanner (tier 1) is chosen outright: it reads our mail in 40-60% of the time of
+# the DOM walk, which "auto" picks whenever tags are to be stripped, and hands the DOM walk
+# what it cannot read. Tier 1 ignores ``strip_tags``, so the emphasis tags go beforehand.
 _TO_TEXT = html_to_markdown_rust.ConversionOptions(
-    extract_metadata=False, skip_images=True, strip_tags=["b", "strong", "em", "i"]
+    extract_metadata=False, skip_images=True, tier_strategy=html_to_markdown_rust.TierStrategy.TIER1
 )
+# <b>, <strong>, <em>, <i> with any attributes (a quoted ">" included), not <br>, <img>, ...
+_EMPHASIS = re.compile(r"""</?(?:b|strong|em|i)(?:\s(?:[^>"']|"[^"]*"|'[^']*')*)?/?>""", re.I)
 
 
 def _html_to_text(html: str) -> str:
     """The text part for clients that show no HTML: links kept visible, no emphasis marks,
     no trailing spaces (a <br> comes out as markdown's two-space line break).
 
-    html-to-markdown (Rust) takes about 50 us a message where html2text took 1 ms, which
+    html-to-markdown (Rust) takes 20-60 us a message where html2text took 1 ms, which
     alone would have capped a newsletter send near 1,000 messages a second."""
-    content = html_to_markdown_rust.convert(html, _TO_TEXT).content or ""
+    content = html_to_markdown_rust.convert(_EMPHASIS.sub("", html), _TO_TEXT).content or ""
     return "\n".join(line.rstrip() for line in content.strip().splitlines()) + "\n"
 
 
