@@ -688,11 +688,26 @@ def test_the_rate_limit_spaces_sends_and_a_quiet_spell_earns_no_burst(clock: Man
 
 @pytest.mark.parametrize(
     "data",
-    [b"", b"A: b\r\n\r\nbody\r\n", b"A: b\n\nbare\rends\n", b"no end", b"\r\n\r", b"x\n\r"],
+    [
+        b"",
+        b"A: b\r\n\r\nbody\r\n",
+        b"A: b\n\nbare\rends\n",
+        b"no end",
+        b"\r\n\r",
+        b"x\n\r",
+        b".a\n.",
+    ],
 )
-def test_size_counts_the_octets_data_carries_without_converting_them(data: bytes) -> None:
-    """RFC 1870: the content as DATA carries it, each line ending CRLF and a last one added."""
-    assert smtp.wire_size(data) == len(normalize_message_line_endings(data))
+def test_size_counts_the_octets_data_carries_without_the_dots_it_adds(data: bytes) -> None:
+    """RFC 1870: the content as DATA carries it, each line ending CRLF and a last one added,
+    but not the dots doubled at line starts (RFC 5321 4.5.2) nor the final dot line."""
+    size, content = smtp._content(data)
+    sent = normalize_message_line_endings(data)
+    assert size == len(sent)
+    assert (
+        content
+        == (b"." if sent.startswith(b".") else b"") + sent.replace(b"\n.", b"\n..") + b".\r\n"
+    )
 
 
 async def test_a_one_off_send_the_server_refuses_is_one_clear_error(
@@ -722,7 +737,7 @@ async def test_a_message_arrives_as_written_in_two_round_trips_when_the_server_p
         target = SmtpTarget(host="127.0.0.1", port=relay_port)
         await smtp.send_one(target, clock, "ana@example.com", "maria@example.com", data)
     assert handler.received[0].data == normalize_message_line_endings(data)
-    mail = b"MAIL FROM:<ana@example.com> SIZE=%d\r\n" % smtp.wire_size(data)
+    mail = b"MAIL FROM:<ana@example.com> SIZE=%d\r\n" % len(normalize_message_line_endings(data))
     commands = [mail, b"RCPT TO:<maria@example.com>\r\n", b"DATA\r\n"]
     sent = [write for write in relay.writes if write.startswith((b"MAIL", b"RCPT", b"DATA"))]
     assert sent == ([b"".join(commands)] if pipelining else commands)

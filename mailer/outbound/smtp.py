@@ -447,7 +447,8 @@ class _Connection:
         it refused. After a refusal the connection is reset for the next message; one that
         failed otherwise is closed, never handed out again."""
         try:
-            size = b" SIZE=%d" % wire_size(data) if self.size else b""
+            octets, content = _content(data)
+            size = b" SIZE=%d" % octets if self.size else b""
             mail = b"MAIL FROM:" + _quoted(sender) + size + b"\r\n"
             rcpt = b"RCPT TO:" + _quoted(recipient) + b"\r\n"
             if self.pipelining:
@@ -462,7 +463,7 @@ class _Connection:
             reply = await self._reply(b"" if self.pipelining else b"DATA\r\n")
             if reply.code != SMTPStatus.start_input:
                 raise aiosmtplib.SMTPDataError(reply.code, reply.message)
-            reply = await self._reply(_content(data))
+            reply = await self._reply(content)
             if reply.code != SMTPStatus.completed:
                 raise aiosmtplib.SMTPDataError(reply.code, reply.message)
             return reply.message
@@ -522,16 +523,9 @@ class _Connection:
         self.replies.transport.close()
 
 
-def wire_size(data: bytes) -> int:
-    """The octets DATA carries (RFC 1870 SIZE): each line ending sent as CRLF and a last one
-    added; counted without the copy that converting would make."""
-    pairs = data.count(b"\r\n")
-    ended = data.endswith((b"\n", b"\r"))
-    return len(data) + (data.count(b"\n") - pairs) + (data.count(b"\r") - pairs) + 2 * (not ended)
-
-
-def _content(data: bytes) -> bytes:
-    """What goes after DATA: every line ending CRLF, the last line ended, a dot that begins
+def _content(data: bytes) -> tuple[int, bytes]:
+    """The message's size (RFC 1870 SIZE: its octets as sent, without the dots added below)
+    and what goes after DATA: every line ending CRLF, the last line ended, a dot that begins
     a line doubled (RFC 5321 4.5.2), and the line with one dot. compose writes CRLF, so the
     conversion (a regular expression over every line) runs only for content that needs it."""
     pairs = data.count(b"\r\n")
@@ -539,9 +533,10 @@ def _content(data: bytes) -> bytes:
         data = normalize_message_line_endings(data)
     elif not data.endswith(b"\r\n"):
         data += b"\r\n"
+    size = len(data)
     if data.startswith(b"."):
         data = b"." + data
-    return data.replace(b"\n.", b"\n..") + b".\r\n"
+    return size, data.replace(b"\n.", b"\n..") + b".\r\n"
 
 
 def _quoted(address: str) -> bytes:
