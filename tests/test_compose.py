@@ -43,6 +43,7 @@ TEXTS = {
     "long ascii line": "word " * 400 + "\n",
     "long unbroken line": "x" * 2500 + "\n",
     "long cyrillic line": "ж" * 1200 + "\n",
+    "long line after short ones": "Hi Ana,\n\n" + "word " * 20 + "\nBye\n",
     "from and dot lines": "From here on\n.\n..two dots\nFrom \n.leading dot\n",
     "line endings mixed": "one\r\ntwo\nthree\rfour\r\n\r\nsix",
     "trailing whitespace": "tab\t\nspace \nend  ",
