@@ -25,6 +25,7 @@ from mailer.outbound.outbox import OUTBOX, NewMessage, Outcome, Result
 from mailer.relationship import history, privacy
 from mailer.relationship.timeline import Cursor, Entry, Source, merge
 from mailer.store import db, migrate
+from mailer.store.models import Direction
 from tests.conftest import add_customers
 
 T0 = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
@@ -264,7 +265,7 @@ def test_the_customer_list_sorts_by_last_contact_and_finds_the_quiet_ones(
         ids = {n: int(profiles.get(conn, f"{n}@example.com").id) for n in names}
         contacts.log(conn, ids["ana"], call(T0 - timedelta(days=200)), T0)
         contacts.log(conn, ids["boris"], call(T0 - timedelta(days=10), "in"), T0)
-        contacts.reached(conn, [(ids["vera"], T0 - timedelta(days=95))])
+        contacts.touch(conn, Direction.OUT, "email", [(ids["vera"], T0 - timedelta(days=95))])
         # zoe: never
 
         def names_of(order: str = "", quiet_days: int | None = None) -> list[str]:
@@ -332,6 +333,27 @@ def test_two_messages_to_one_customer_recorded_in_one_batch_keep_the_later(
     )
     with engine.connect() as conn:
         assert contacts.last_of(conn, maria)["out"] == {"at": later, "channel": "email"}
+
+
+def test_mail_recorded_after_a_later_call_leaves_the_call_as_the_last_contact(
+    engine: Engine, maria: int
+) -> None:
+    """Results are recorded in batches, after the fact: a newsletter the server took at T0
+    but recorded after a call at T0 + 1 h does not hide the call."""
+    with engine.begin() as conn:
+        contacts.log(conn, maria, call(T0 + timedelta(hours=1)), T0 + timedelta(hours=1))
+    sent(engine, maria, "news:late", T0)
+    with engine.connect() as conn:
+        assert contacts.last_of(conn, maria)["out"] == {
+            "at": T0 + timedelta(hours=1),
+            "channel": "call",
+        }
+    sent(engine, maria, "news:next", T0 + timedelta(hours=2))
+    with engine.connect() as conn:
+        assert contacts.last_of(conn, maria)["out"] == {
+            "at": T0 + timedelta(hours=2),
+            "channel": "email",
+        }
 
 
 def test_upgrading_starts_last_contacts_from_the_mail_sent_and_the_inquiries_received(

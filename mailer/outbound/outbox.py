@@ -805,11 +805,13 @@ def record(engine: Engine, outcomes: Sequence[Outcome], held: Mapping[int, int])
         attempts += [_late(o) for o in outcomes if o.outbox_id in lost]
         if attempts:
             conn.execute(insert(ATTEMPTS), attempts)
-        sent = {o.outbox_id: o.at for o in current if o.result == Result.SENT}
-        _reached(conn, sent)
+        sent = [o for o in current if o.result == Result.SENT]
+        _reached(conn, [o.outbox_id for o in sent])
         if sent:
-            now = max(sent.values())
-            webhooks.record(conn, EventType.MESSAGE_SENT, _told(conn, list(sent)), now)
+            now = max(o.at for o in sent)
+            webhooks.record(
+                conn, EventType.MESSAGE_SENT, _told(conn, [o.outbox_id for o in sent]), now
+            )
     return sorted(lost)
 
 
@@ -869,14 +871,18 @@ def _told(conn: Connection, ids: list[int]) -> Iterator[dict[str, Any]]:
         }
 
 
-def _reached(conn: Connection, sent: dict[int, datetime]) -> None:
-    """What the server accepted is each customer's latest contact from us, by email."""
+def _reached(conn: Connection, sent: list[int]) -> None:
+    """What the server accepted is each customer's latest contact from us, by email: the
+    latest ``sent_at`` the fenced update just wrote."""
     if not sent:
         return
-    query = select(OUTBOX.c.id, OUTBOX.c.customer_id).where(
-        OUTBOX.c.id.in_(list(sent)), OUTBOX.c.customer_id.is_not(None)
+    latest = (
+        select(OUTBOX.c.customer_id, func.max(OUTBOX.c.sent_at))
+        .where(OUTBOX.c.id.in_(sent), OUTBOX.c.customer_id.is_not(None))
+        .group_by(OUTBOX.c.customer_id)
+        .order_by(OUTBOX.c.customer_id)
     )
-    contact_log.reached(conn, [(customer, sent[row]) for row, customer in conn.execute(query)])
+    contact_log.reached(conn, latest)
 
 
 def _params(outcome: Outcome, held: Mapping[int, int]) -> dict[str, Any]:
