@@ -18,6 +18,7 @@ function of that data and the time, so it is tested exhaustively and replayed fo
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
@@ -142,6 +143,7 @@ class Eligibility:
         return f"{self.wording}{value}" if self.quotes_value else self.wording
 
 
+@functools.cache  # asked for every claimed message; a handful of categories exist
 def eligibility(category: str) -> tuple[Eligibility, ...]:
     """The bars for one category, in the order they are reported: the first that holds wins.
 
@@ -243,6 +245,7 @@ def _caps(category: str, customer: CustomerState, rules: Rules) -> Caps:
     return customer.caps_override.get(category) or rules.caps.get(category) or Caps()
 
 
+@functools.cache  # the reasons are built for every claimed message, whether a hold fires or not
 def _cap_reason(category: str, name: str, count: int) -> str:
     return f"{category} cap {count} per {_WINDOWS[name][1]}"
 
@@ -308,7 +311,12 @@ def _min_gap(times: Sequence[datetime], gap: timedelta) -> _Hold:
         near = [sent + gap for sent in times if abs(moment - sent) < gap]
         return max(near, default=moment)
 
-    return _Hold("min_gap", f"min_gap {format_duration(gap)}", earliest)
+    return _Hold("min_gap", _gap_reason(gap), earliest)
+
+
+@functools.cache
+def _gap_reason(gap: timedelta) -> str:
+    return f"min_gap {format_duration(gap)}"
 
 
 def _cap(category: str, name: str, count: int, times: Sequence[datetime]) -> _Hold:
@@ -328,8 +336,13 @@ def _cap(category: str, name: str, count: int, times: Sequence[datetime]) -> _Ho
 
 def _quiet(hours: tuple[time, time], zone: ZoneInfo) -> _Hold:
     start, end = hours
-    reason = f"quiet hours {start:%H:%M}-{end:%H:%M} in {zone.key}"
+    reason = _quiet_reason(start, end, zone.key)
     return _Hold("quiet_hours", reason, lambda moment: _quiet_end(moment, start, end, zone))
+
+
+@functools.cache
+def _quiet_reason(start: time, end: time, zone: str) -> str:
+    return f"quiet hours {start:%H:%M}-{end:%H:%M} in {zone}"
 
 
 def _is_quiet(wall: time, start: time, end: time) -> bool:
