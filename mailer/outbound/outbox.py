@@ -525,6 +525,18 @@ def _due(
     return where
 
 
+# What deciding and sending a claimed row read of it (``_claimed``, the throttle, the claim
+# order), and no more: each column read back is converted for every row of every batch.
+_CLAIM_READS = [
+    OUTBOX.c[name]
+    for name in (
+        *("id", "customer_id", "to_address", "category", "template", "locale", "context"),
+        *("headers", "envelope_from", "priority", "due_at", "valid_until", "lease_token"),
+        *("attempts", "created_at"),
+    )
+]
+
+
 def _claim_rows(
     conn: Connection,
     due_where: list[ColumnElement[bool]],
@@ -544,7 +556,7 @@ def _claim_rows(
             reason=None,
             updated_at=now,
         )
-        .returning(*OUTBOX.c)
+        .returning(*_CLAIM_READS)
     )
     rows = [dict(r) for r in conn.execute(statement).mappings()]
     return sorted(rows, key=lambda r: (-r["priority"], r["due_at"], r["id"]))
