@@ -191,14 +191,16 @@ def test_text_part_is_generated_from_html_when_there_is_no_body_txt(tmp_path: Pa
                 "<h1>Spring news</h1><p>Hi <b>{{ customer.first_name }}</b>,<br>"
                 '<a href="{{ unsubscribe_url }}">Unsubscribe</a></p>'
                 '<p><strong title="a > b">New:</strong> <EM>two</EM> <i class="x">roasts</i>'
-                '<br/><big>5 * 3</big> <img src="cup.png" alt="cup"></p></body></html>'
+                '<br/><big>5 * 3</big> <img src="cup.png" alt="cup"></p>'
+                "<p>Your order\n  <strong>NW-1042</strong>\n  has shipped.</p>"
+                "<p><b title='it's'>Ana's</b> beans.</p></body></html>"
             ),
         },
     )
     message = store.render("t", context(), locale=None, zone=SOFIA)
     assert message.text == (
         "# Spring news\n\nHi Ana,\n[Unsubscribe](https://mail.example.com/u/sample-token)\n\n"
-        "New: two roasts\n5 * 3\n"
+        "New: two roasts\n5 * 3\n\nYour order NW-1042 has shipped.\n\nAna's beans.\n"
     )
 
 

@@ -42,7 +42,7 @@ _URI_UNSAFE = re.compile(r"[^!-~]|[<>]")  # inside <...>: printable ASCII, no an
 _NOT_7BIT = re.compile(
     rb"[^\t\r\n -~]|[ \t](?:\r|\Z)|(?:\A|\n)[^\r\n]{77}|\r(?!\n)|(?<!\r)\n|(?:\A|\n)From "
 )
-_LONG_LINE = re.compile(rb"(?:\A|\n)[^\r\n]{77}")
+_LONG_LINE = re.compile(rb"(?:\A|\n)[^\r\n]{77}")  # in CRLF text only: a bare CR starts no line
 _HIGH_BYTES = bytes(range(128, 256))
 # Headers compose writes itself: a second copy from `headers` would make the message ambiguous.
 _COMPOSED = frozenset(
