@@ -819,6 +819,25 @@ async def test_what_a_server_says_to_an_idle_connection_is_not_taken_for_the_nex
 
 # Real sockets time out in real time: these run on timeouts of tenths of a second.
 BIG = b"Subject: the catalogue\r\n\r\n" + (b"x" * 74 + b"\r\n") * 32_000  # 2.4 MB
+GREETING_TIMEOUT = 5.0  # connecting, TLS and EHLO: not what these tests time
+
+
+def waiting_for_replies(
+    monkeypatch: pytest.MonkeyPatch, seconds: float, send_buffer: int | None = None
+) -> None:
+    """Connections are made with the target's timeout (GREETING_TIMEOUT) but wait
+    ``seconds`` for each reply of a transaction: a greeting on a busy machine can take longer
+    than the tenths of a second these tests give a reply. ``send_buffer`` sets the socket's
+    send buffer (SO_SNDBUF), as TCP sizes it for a slow link."""
+    taken_from = smtp._Connection.taken_from
+
+    def with_reply_timeout(client: aiosmtplib.SMTP, timeout: float) -> smtp._Connection:
+        if send_buffer is not None:
+            socket = client.transport.get_extra_info("socket")
+            socket.setsockopt(SOL_SOCKET, SO_SNDBUF, send_buffer)
+        return taken_from(client, seconds)
+
+    monkeypatch.setattr(smtp._Connection, "taken_from", with_reply_timeout)
 
 
 @pytest.mark.parametrize("security", ["none", "tls"])
@@ -837,13 +856,7 @@ def test_a_large_message_on_a_slow_uplink_is_not_timed_out_while_it_is_still_lea
     reports."""
     tls, certificate = loopback_tls(tmp_path)
     monkeypatch.setenv("SSL_CERT_FILE", str(certificate))
-    taken_from = smtp._Connection.taken_from
-
-    def with_a_small_send_buffer(client: aiosmtplib.SMTP, timeout: float) -> smtp._Connection:
-        client.transport.get_extra_info("socket").setsockopt(SOL_SOCKET, SO_SNDBUF, 128 * 1024)
-        return taken_from(client, timeout)
-
-    monkeypatch.setattr(smtp._Connection, "taken_from", with_a_small_send_buffer)
+    waiting_for_replies(monkeypatch, 0.2, send_buffer=128 * 1024)
 
     async def send() -> Sink:
         handler = Sink()
@@ -851,7 +864,9 @@ def test_a_large_message_on_a_slow_uplink_is_not_timed_out_while_it_is_still_lea
             listening(handler, tls if security == "tls" else None) as port,
             relayed(Relay(port, pace=4_000_000)) as relay_port,
         ):
-            target = SmtpTarget(host="127.0.0.1", port=relay_port, security=security, timeout=0.2)
+            target = SmtpTarget(
+                host="127.0.0.1", port=relay_port, security=security, timeout=GREETING_TIMEOUT
+            )
             await smtp.send_one(target, clock, "ana@example.com", "maria@example.com", BIG)
         return handler
 
@@ -859,12 +874,14 @@ def test_a_large_message_on_a_slow_uplink_is_not_timed_out_while_it_is_still_lea
 
 
 async def test_a_server_that_does_not_answer_times_out_after_the_timeout(
-    sink: tuple[Sink, int], clock: ManualClock
+    sink: tuple[Sink, int], clock: ManualClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Not twice it: the command's own octets, acknowledged at once, are no progress."""
     handler, port = sink
     handler.faults.append(("MAIL", "hang"))
-    pool = smtp.SmtpPool(SmtpTarget(host="127.0.0.1", port=port, timeout=0.4), clock)
+    waiting_for_replies(monkeypatch, 0.4)
+    pool = smtp.SmtpPool(SmtpTarget(host="127.0.0.1", port=port, timeout=GREETING_TIMEOUT), clock)
+    await pool.probe()  # connected and greeted: what follows is the wait for MAIL's reply
     started = asyncio.get_running_loop().time()
     with pytest.raises(aiosmtplib.SMTPReadTimeoutError):
         await pool.send("ana@example.com", "maria@example.com", b"Hi\r\n")
@@ -873,12 +890,15 @@ async def test_a_server_that_does_not_answer_times_out_after_the_timeout(
 
 
 async def test_a_server_that_stops_taking_a_message_times_out_and_is_retried(
-    sink: tuple[Sink, int], clock: ManualClock
+    sink: tuple[Sink, int], clock: ManualClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     handler, port = sink
+    waiting_for_replies(monkeypatch, 0.2)
     relay = Relay(port, pace=4_000_000, stall_after=1_000_000)
     async with relayed(relay) as relay_port:
-        pool = smtp.SmtpPool(SmtpTarget(host="127.0.0.1", port=relay_port, timeout=0.2), clock)
+        target = SmtpTarget(host="127.0.0.1", port=relay_port, timeout=GREETING_TIMEOUT)
+        pool = smtp.SmtpPool(target, clock)
+        await pool.probe()  # connected and greeted: what follows is the transaction
         started = asyncio.get_running_loop().time()
         with pytest.raises(aiosmtplib.SMTPReadTimeoutError) as raised:
             await pool.send("ana@example.com", "maria@example.com", BIG)
