@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.pg import free_port
+from tests.tls import self_signed_certificate
 
 USER = "support"
 PASSWORD = "s3cret-pass"
@@ -81,18 +82,6 @@ service imap-login {{
 """
 
 
-def _self_signed_certificate(directory: Path) -> None:
-    subprocess.run(
-        [
-            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"),
-            *("-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"),
-            *("-keyout", str(directory / "key.pem"), "-out", str(directory / "cert.pem")),
-        ],
-        check=True,
-        capture_output=True,
-    )
-
-
 def _wait_listening(port: int, directory: Path) -> None:
     deadline = time.monotonic() + START_SECONDS
     while time.monotonic() < deadline:
@@ -126,7 +115,7 @@ class DovecotServer:
         for sub in ("run", "state", "log", f"mail/{USER}"):
             (directory / sub).mkdir(parents=True)
         server = cls(directory, free_port(), free_port())
-        _self_signed_certificate(directory)
+        self_signed_certificate(directory)
         (directory / "dovecot.conf").write_text(
             _config(directory, server.port, server.tls_port, idle)
         )

@@ -818,12 +818,11 @@ def record(engine: Engine, outcomes: Sequence[Outcome], held: Mapping[int, int])
         if attempts:
             conn.execute(insert(ATTEMPTS), attempts)
         sent = [o for o in current if o.result == Result.SENT]
-        _reached(conn, [o.outbox_id for o in sent])
+        sent_ids = [o.outbox_id for o in sent]
+        _reached(conn, sent_ids)
         if sent:
             now = max(o.at for o in sent)
-            webhooks.record(
-                conn, EventType.MESSAGE_SENT, _told(conn, [o.outbox_id for o in sent]), now
-            )
+            webhooks.record(conn, EventType.MESSAGE_SENT, _told(conn, sent_ids), now)
     return sorted(lost)
 
 
