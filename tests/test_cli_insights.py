@@ -119,6 +119,27 @@ def test_a_fit_that_fails_says_so_in_one_line_and_still_writes_rfm(
     assert {r["rfm_segment"] for r in found.values()} <= {"new", "potential", "hibernating", "lost"}
 
 
+def test_a_currency_without_a_spend_model_is_named_with_the_reason(
+    mailer: Mailer, tmp_path: Path
+) -> None:
+    """One customer buying in leva, one repeat purchase: the purchase model is fitted on
+    everybody, the leva have no spend model, and the note says why."""
+    mailer("db", "upgrade")
+    leva = [
+        line(f"B{k}", "bg@example.com", START + timedelta(days=20 * k)).replace("EUR", "BGN")
+        for k in range(2)
+    ]
+    mailer("orders", "import", str(orders_file(tmp_path, [*crowd(), *leva])))
+    result = mailer("insights", "refresh", "--as-of", "2026-06-30")
+    assert result.stderr == (
+        "no spend model for BGN: Gamma-Gamma fit needs at least two customers with paid "
+        "repeat purchases; clv left empty there\n"
+    )
+    found = exported(mailer)
+    assert found["bg@example.com"]["clv"] is None and found["bg@example.com"]["p_active"]
+    assert all(row["clv"] is not None for email, row in found.items() if email != "bg@example.com")
+
+
 def test_the_report_gives_each_currency_its_segments_products_and_cohorts(
     mailer: Mailer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

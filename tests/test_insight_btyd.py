@@ -51,6 +51,34 @@ def test_gamma_gamma_fit_recovers_the_parameters_its_data_came_from() -> None:
     assert fitted.gamma == pytest.approx(SPEND.gamma, rel=0.25)
 
 
+@pytest.mark.parametrize("unit", [0.01, 1, 100, 10_000])
+def test_gamma_gamma_fits_the_same_mean_spend_in_any_currency_unit_and_customer_order(
+    unit: float,
+) -> None:
+    """Customers who all spend around one mean (q growing without end, a real answer) in
+    cents, yen or rupiah: every order of the customers gives the same mean spend, where the
+    fit used to run to the edge and leave the shop without lifetime values."""
+    rng = np.random.default_rng(12)
+    repeat = rng.integers(1, 8, 40)
+    mean = rng.gamma(6.0 * repeat, 35.0 / 6.0 / repeat) * unit  # one mean: 35 a purchase
+    fitted = []
+    for _ in range(25):
+        order = rng.permutation(len(repeat))
+        model = fit_gamma_gamma(repeat[order], mean[order])
+        fitted.append(model.p * model.gamma / (model.q - 1) / unit)
+    assert fitted == pytest.approx([fitted[0]] * len(fitted), rel=1e-4)
+    assert fitted[0] == pytest.approx(np.mean(mean) / unit, rel=0.05)
+
+
+def test_one_price_for_everybody_is_the_value_expected_of_everybody() -> None:
+    """A shop selling one subscription box: no spread to fit, and every customer, new or
+    repeat, is expected to spend its price."""
+    model = fit_gamma_gamma([1, 4, 0, 9], [1999.0, 1999.0, 0.0, 1999.0])
+    assert expected_value(model, [0, 1, 4, 30], [0, 1999.0, 1999.0, 1999.0]) == pytest.approx(
+        [1999.0] * 4
+    )
+
+
 def test_a_customer_without_repeat_purchases_is_alive_and_one_who_went_quiet_fades() -> None:
     alive = p_alive(CDNOW, [0, 0, 5, 5, 5], [0, 0, 100, 100, 100], [10, 500, 100, 200, 400])
     assert list(alive[:2]) == [1.0, 1.0]  # in BG/NBD one drops out only after a purchase

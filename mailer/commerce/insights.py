@@ -78,6 +78,7 @@ class Fit:
     values: dict[str, btyd.GammaGamma]
     references: dict[str, list[float]]
     failure: str | None = None
+    spend_failures: dict[str, str] = field(default_factory=dict)  # currency: why no model
 
 
 @dataclass(kw_only=True)
@@ -354,7 +355,7 @@ def per_customer(orders: OrderArrays, today: int) -> Customers:
 
 def fit(customers: Customers, as_of: date) -> Fit:
     """The models fitted to these customers; what could not be fitted is named in
-    ``failure`` (BG/NBD) or left out of ``values`` (a currency's spend model)."""
+    ``failure`` (BG/NBD) or ``spend_failures`` (a currency's spend model)."""
     summary, failure = customers.summary, None
     try:
         purchases: btyd.BgNbd | None = btyd.fit_bgnbd(
@@ -363,14 +364,15 @@ def fit(customers: Customers, as_of: date) -> Fit:
     except FitFailed as exc:
         purchases, failure = None, str(exc)
     values: dict[str, btyd.GammaGamma] = {}
+    spend_failures: dict[str, str] = {}
     for currency in np.unique(customers.currency):
         mine = customers.currency == currency
         try:
             values[str(currency)] = btyd.fit_gamma_gamma(
                 summary.frequency[mine], summary.mean_repeat[mine]
             )
-        except FitFailed:
-            continue
+        except FitFailed as exc:
+            spend_failures[str(currency)] = str(exc)
     days_since = (as_of.toordinal() - summary.last_day).astype(np.float64)
     references = {
         "recency": -days_since,
@@ -382,7 +384,12 @@ def fit(customers: Customers, as_of: date) -> Fit:
     }
     centiles = {k: [float(q) for q in np.quantile(v, CENTILES)] for k, v in references.items()}
     return Fit(
-        as_of=as_of, purchases=purchases, values=values, references=centiles, failure=failure
+        as_of=as_of,
+        purchases=purchases,
+        values=values,
+        references=centiles,
+        failure=failure,
+        spend_failures=spend_failures,
     )
 
 

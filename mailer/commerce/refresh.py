@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, tzinfo
 
-import numpy as np
 from sqlalchemy import Engine
 
 from mailer.commerce import insights, recommendations, report
@@ -51,9 +50,9 @@ def run(
             f"no purchase model: {fitted.failure}; RFM and recency written, "
             "p_active and clv left empty"
         )
-    missing = sorted(set(np.unique(customers.currency).tolist()) - set(fitted.values))
-    if fitted.purchases and missing:
-        done.notes.append(
-            f"no spend model for {', '.join(missing)} (too few repeat buyers): clv left empty there"
+    if fitted.purchases:
+        done.notes.extend(
+            f"no spend model for {currency}: {why}; clv left empty there"
+            for currency, why in sorted(fitted.spend_failures.items())
         )
     return done

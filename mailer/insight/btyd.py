@@ -28,7 +28,8 @@ from mailer.core.errors import FitFailed
 from mailer.insight.history import Floats
 
 LOG_BOUND = 12.0  # parameters between e^-12 and e^12; one at the edge did not converge
-POINT_MASS = 3.0  # Beta(a, b) with both above e^9 is one drop-out chance for everybody
+STIRLING_FROM = 100.0
+POINT_MASS = 3.0  # Beta(a, b) both above e^9, or Gamma shape q above it: one value for all
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -79,13 +80,13 @@ def maximise(
     name: str,
     log_likelihood: Callable[[Floats], float],
     start: Floats,
-    limit: tuple[int, int] | None = None,
+    limit: tuple[int, ...] = (),
 ) -> list[float]:
     """The parameters (not their logs) that maximise a log-likelihood of log-parameters.
 
-    ``limit`` names two parameters of a Beta distribution: both growing without end is a
-    real answer (the Beta narrows to one value, a/(a+b)), so reaching the edge together,
-    with their ratio pinned, is accepted rather than refused."""
+    ``limit`` names the parameters whose growing without end, all of them together, is a
+    real answer: a Beta(a, b) or a Gamma(q, q*c) narrowing to one value (a/(a+b), 1/c) as
+    they grow with the rest pinned. Reaching the edge that way is accepted, not refused."""
     from scipy.optimize import minimize
 
     result = minimize(
@@ -97,7 +98,7 @@ def maximise(
     if not result.success or not np.isfinite(result.fun):
         raise FitFailed(f"{name} fit did not converge: {result.message}")
     at_edge = np.abs(result.x) > LOG_BOUND - 0.01
-    if limit is not None and np.all(result.x[list(limit)] > LOG_BOUND - POINT_MASS):
+    if limit and np.all(result.x[list(limit)] > LOG_BOUND - POINT_MASS):
         at_edge[list(limit)] = False
     if np.any(at_edge):
         raise FitFailed(
@@ -204,27 +205,54 @@ def wait_quantile(model: BgNbd, frequency: ArrayLike, age: ArrayLike, share: flo
 
 
 def gamma_gamma_log_likelihood(model: GammaGamma, x: Floats, mean: Floats) -> Floats:
-    """Each repeat customer's log-density of their mean spend over x purchases."""
+    """Each repeat customer's log-density of their mean spend over x purchases.
+
+    Written with c = gamma/q and the terms that grow with q taken together, so it stays
+    exact to rounding as q grows without end (customers who all spend alike around one
+    mean): the plain form subtracts numbers near q*log(q) from each other, and its rounding
+    noise swamps the slope an optimiser reads along that ridge."""
     from scipy.special import gammaln
 
-    p, q, gamma = model.p, model.q, model.gamma
+    p, q = model.p, model.q
+    c = model.gamma / q
     px = p * x
     result: Floats = (
-        gammaln(px + q)
+        log_gamma_ratio(px, q)
         - gammaln(px)
-        - gammaln(q)
-        + q * np.log(gamma)
+        - px * np.log(c)
         + (px - 1) * np.log(mean)
         + px * np.log(x)
-        - (px + q) * np.log(gamma + x * mean)
+        - (px + q) * np.log1p(x * mean / (q * c))
     )
     return result
+
+
+def log_gamma_ratio(a: Floats, q: float) -> Floats:
+    """log(Gamma(q + a) / Gamma(q)) - a*log(q), which tends to 0 as q grows: computed
+    directly for small q, and from Stirling's series (to the z^-5 term, exact to rounding
+    from q = 100) where the direct difference would lose its digits."""
+    from scipy.special import gammaln
+
+    if q < STIRLING_FROM:
+        direct: Floats = gammaln(q + a) - gammaln(q) - a * np.log(q)
+        return direct
+
+    def series(z: Floats | float) -> Floats | float:
+        return 1 / (12 * z) - 1 / (360 * z**3) + 1 / (1260 * z**5)
+
+    stirling: Floats = (q + a - 0.5) * np.log1p(a / q) - a + series(q + a) - series(q)
+    return stirling
 
 
 def fit_gamma_gamma(frequency: ArrayLike, mean_value: ArrayLike) -> GammaGamma:
     """Maximum-likelihood Gamma-Gamma parameters from the customers with repeat purchases
     (their number of repeat purchases and the mean value of those). Repeat purchases that
-    were all free (a mean of 0) have no place in a gamma density and are left out."""
+    were all free (a mean of 0) have no place in a gamma density and are left out.
+
+    The model scales with the currency's unit (gamma carries it), so it is fitted to spend
+    divided by its mean and gamma scaled back: the same fit for cents, yen or rupiah. When
+    every repeat buyer's mean is the same, the answer is that limit of the model (p and q at
+    the edge) which expects that one value from everybody."""
     x, mean = as_floats(frequency), as_floats(mean_value)
     if not np.all(np.isfinite(mean)):
         raise ValueError(f"{int(np.sum(~np.isfinite(mean)))} customers have no finite mean spend")
@@ -232,19 +260,23 @@ def fit_gamma_gamma(frequency: ArrayLike, mean_value: ArrayLike) -> GammaGamma:
     x, mean = x[paid], mean[paid]
     if len(x) < 2:
         raise FitFailed("Gamma-Gamma fit needs at least two customers with paid repeat purchases")
+    unit = float(np.mean(mean))
+    relative = mean / unit
+    if np.ptp(relative) < 1e-9:  # one price for everybody, every time: both shapes unbounded
+        edge = float(np.exp(LOG_BOUND))
+        return GammaGamma(edge, edge, unit * (edge - 1) / edge)
 
     def log_likelihood(theta: Floats) -> float:
-        model = GammaGamma(*np.exp(theta))
-        return float(gamma_gamma_log_likelihood(model, x, mean).mean())
+        p, q, c = np.exp(theta)
+        return float(gamma_gamma_log_likelihood(GammaGamma(p, q, q * c), x, relative).mean())
 
-    start = np.log([1.0, 2.0, float(np.mean(mean))])
-    fitted = GammaGamma(*maximise("Gamma-Gamma", log_likelihood, start))
-    if fitted.q <= 1:
+    p, q, c = maximise("Gamma-Gamma", log_likelihood, np.log([1.0, 2.0, 0.5]), limit=(1,))
+    if q <= 1:
         raise FitFailed(
-            f"Gamma-Gamma fit gives q = {fitted.q:.2f} <= 1: spend varies too wildly between "
+            f"Gamma-Gamma fit gives q = {q:.2f} <= 1: spend varies too wildly between "
             "customers for a mean to exist"
         )
-    return fitted
+    return GammaGamma(p, q, q * c * unit)
 
 
 def expected_value(model: GammaGamma, frequency: ArrayLike, mean_value: ArrayLike) -> Floats:
