@@ -62,7 +62,7 @@ def test_gamma_gamma_fits_the_same_mean_spend_in_any_currency_unit_and_customer_
     repeat = rng.integers(1, 8, 40)
     mean = rng.gamma(6.0 * repeat, 35.0 / 6.0 / repeat) * unit  # one mean: 35 a purchase
     fitted = []
-    for _ in range(25):
+    for _ in range(10):
         order = rng.permutation(len(repeat))
         model = fit_gamma_gamma(repeat[order], mean[order])
         fitted.append(model.p * model.gamma / (model.q - 1) / unit)
@@ -71,12 +71,25 @@ def test_gamma_gamma_fits_the_same_mean_spend_in_any_currency_unit_and_customer_
 
 
 def test_one_price_for_everybody_is_the_value_expected_of_everybody() -> None:
-    """A shop selling one subscription box: no spread to fit, and every customer, new or
-    repeat, is expected to spend its price."""
+    """A shop selling one subscription box: no spread to fit, and every customer, new,
+    repeat, or later buying something else, is expected to spend its price."""
     model = fit_gamma_gamma([1, 4, 0, 9], [1999.0, 1999.0, 0.0, 1999.0])
-    assert expected_value(model, [0, 1, 4, 30], [0, 1999.0, 1999.0, 1999.0]) == pytest.approx(
-        [1999.0] * 4
-    )
+    values = expected_value(model, [0, 1, 4, 30], [0, 1999.0, 1999.0, 999.0])
+    assert values == pytest.approx([1999.0] * 4, rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    "spend",
+    [[35.0, 35.000035, 35.0, 35.0], [1999.0] * 9 + [1998.0], [10.0, 12.0]],
+    ids=["a millionth apart", "one discount", "two customers"],
+)
+def test_spend_that_hardly_varies_still_gives_its_mean(spend: list[float]) -> None:
+    """Spend almost the same every time for everybody: the likelihood is then as narrow
+    as a point mass, where a fit used to stop short or run to the edge."""
+    repeat = [1, 2, 3, 4] * 3
+    model = fit_gamma_gamma(repeat[: len(spend)], spend)
+    bought = np.average(spend, weights=repeat[: len(spend)])  # a mean over all repeat purchases
+    assert model.p * model.gamma / (model.q - 1) == pytest.approx(bought, rel=1e-3)
 
 
 def test_a_customer_without_repeat_purchases_is_alive_and_one_who_went_quiet_fades() -> None:

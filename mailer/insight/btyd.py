@@ -28,8 +28,7 @@ from mailer.core.errors import FitFailed
 from mailer.insight.history import Floats
 
 LOG_BOUND = 12.0  # parameters between e^-12 and e^12; one at the edge did not converge
-STIRLING_FROM = 100.0
-POINT_MASS = 3.0  # Beta(a, b) both above e^9, or Gamma shape q above it: one value for all
+POINT_MASS = 3.0  # shapes above e^9: a Beta or Gamma narrowed to one value for everybody
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -80,26 +79,38 @@ def maximise(
     name: str,
     log_likelihood: Callable[[Floats], float],
     start: Floats,
-    limit: tuple[int, ...] = (),
+    limits: tuple[tuple[int, ...], ...] = (),
 ) -> list[float]:
     """The parameters (not their logs) that maximise a log-likelihood of log-parameters.
 
-    ``limit`` names the parameters whose growing without end, all of them together, is a
-    real answer: a Beta(a, b) or a Gamma(q, q*c) narrowing to one value (a/(a+b), 1/c) as
-    they grow with the rest pinned. Reaching the edge that way is accepted, not refused."""
+    ``limits`` names groups of parameters whose growing without end, a whole group
+    together, is a real answer: a Beta(a, b) narrowing to one drop-out chance a/(a+b), or
+    a Gamma-Gamma shape going to a point mass with the mean spend pinned. Reaching the edge
+    that way is accepted, not refused.
+
+    L-BFGS-B reads slopes by finite differences; where the likelihood is as narrow as a
+    point mass (spend that hardly varies at all), its line search can stop short of
+    settling. A simplex search (Nelder-Mead), which reads no slopes, then finishes from
+    where it stopped."""
     from scipy.optimize import minimize
 
-    result = minimize(
-        lambda theta: -log_likelihood(theta),
-        start,
-        method="L-BFGS-B",
-        bounds=[(-LOG_BOUND, LOG_BOUND)] * len(start),
-    )
+    def loss(theta: Floats) -> float:
+        return -log_likelihood(theta)
+
+    bounds = [(-LOG_BOUND, LOG_BOUND)] * len(start)
+    result = minimize(loss, start, method="L-BFGS-B", bounds=bounds)
+    if not result.success:
+        result = minimize(
+            loss, result.x, method="Nelder-Mead", bounds=bounds, options={"maxfev": 4000}
+        )
     if not result.success or not np.isfinite(result.fun):
-        raise FitFailed(f"{name} fit did not converge: {result.message}")
+        raise FitFailed(
+            f"{name} fit did not converge (the optimiser stopped: {result.message.strip(': ')})"
+        )
     at_edge = np.abs(result.x) > LOG_BOUND - 0.01
-    if limit and np.all(result.x[list(limit)] > LOG_BOUND - POINT_MASS):
-        at_edge[list(limit)] = False
+    for group in limits:
+        if np.all(result.x[list(group)] > LOG_BOUND - POINT_MASS):
+            at_edge[list(group)] = False
     if np.any(at_edge):
         raise FitFailed(
             f"{name} fit ran to the edge of its range (log-parameters {np.round(result.x, 1)}):"
@@ -141,7 +152,8 @@ def fit_bgnbd(frequency: ArrayLike, recency: ArrayLike, age: ArrayLike) -> BgNbd
 
     rate = x.sum() / max(big_t.sum(), 1e-9)
     start = np.log([1.0, 1.0 / max(rate, 1e-5), 1.0, 1.0])
-    r, alpha, a, b = maximise("BG/NBD", lambda t: log_likelihood(np.exp(t)), start, limit=(2, 3))
+    fitted = maximise("BG/NBD", lambda t: log_likelihood(np.exp(t)), start, limits=((2, 3),))
+    r, alpha, a, b = fitted
     return BgNbd(r=r, alpha=alpha, a=a, b=b)
 
 
@@ -207,41 +219,49 @@ def wait_quantile(model: BgNbd, frequency: ArrayLike, age: ArrayLike, share: flo
 def gamma_gamma_log_likelihood(model: GammaGamma, x: Floats, mean: Floats) -> Floats:
     """Each repeat customer's log-density of their mean spend over x purchases.
 
-    Written with c = gamma/q and the terms that grow with q taken together, so it stays
-    exact to rounding as q grows without end (customers who all spend alike around one
-    mean): the plain form subtracts numbers near q*log(q) from each other, and its rounding
-    noise swamps the slope an optimiser reads along that ridge."""
-    from scipy.special import gammaln
-
+    The density is a beta prime's; it is written here around its mode, with Stirling's
+    remainders and log1p(e) - e, so every term stays small and exact to rounding however
+    large p and q grow (a point mass: each customer spending the same every time, or all
+    customers alike). The textbook form subtracts numbers near q*log(q) from each other,
+    and its rounding noise swamps the slope an optimiser reads as a fit nears those limits.
+    """
     p, q = model.p, model.q
-    c = model.gamma / q
-    px = p * x
+    w = p * model.gamma / q  # the mean spend as q grows (q*w/(q-1) in general)
+    a = p * x
+    beside = q * w / p + x * mean  # gamma + the customer's total spend
+    gap = mean - w
     result: Floats = (
-        log_gamma_ratio(px, q)
-        - gammaln(px)
-        - px * np.log(c)
-        + (px - 1) * np.log(mean)
-        + px * np.log(x)
-        - (px + q) * np.log1p(x * mean / (q * c))
+        0.5 * (np.log(a) - np.log1p(a / q) - np.log(2 * np.pi))  # log(a*q/(a+q)/(2*pi))/2
+        + stirling_remainder(a + q)
+        - stirling_remainder(a)
+        - stirling_remainder(q)
+        + a * log1p_minus(q * gap / (p * beside))
+        + q * log1p_minus(-x * gap / beside)
+        - np.log(mean)
     )
     return result
 
 
-def log_gamma_ratio(a: Floats, q: float) -> Floats:
-    """log(Gamma(q + a) / Gamma(q)) - a*log(q), which tends to 0 as q grows: computed
-    directly for small q, and from Stirling's series (to the z^-5 term, exact to rounding
-    from q = 100) where the direct difference would lose its digits."""
+def stirling_remainder(z: Floats | float) -> Floats:
+    """log(Gamma(z)) less Stirling's approximation (z - 1/2)*log(z) - z + log(2*pi)/2: about
+    1/(12z), taken from its series where z is large enough for four terms to be exact to
+    rounding (z >= 10), and directly below that, where nothing large cancels."""
     from scipy.special import gammaln
 
-    if q < STIRLING_FROM:
-        direct: Floats = gammaln(q + a) - gammaln(q) - a * np.log(q)
-        return direct
+    z = np.asarray(z, dtype=np.float64)
+    large = np.maximum(z, 10.0)
+    series = 1 / (12 * large) - 1 / (360 * large**3) + 1 / (1260 * large**5) - 1 / (1680 * large**7)
+    small = np.minimum(z, 10.0)
+    direct = gammaln(small) - (small - 0.5) * np.log(small) + small - 0.5 * np.log(2 * np.pi)
+    result: Floats = np.where(z >= 10.0, series, direct)
+    return result
 
-    def series(z: Floats | float) -> Floats | float:
-        return 1 / (12 * z) - 1 / (360 * z**3) + 1 / (1260 * z**5)
 
-    stirling: Floats = (q + a - 0.5) * np.log1p(a / q) - a + series(q + a) - series(q)
-    return stirling
+def log1p_minus(e: Floats) -> Floats:
+    """log(1 + e) - e, which is near -e^2/2 for small e: exact enough to be multiplied by a
+    large shape, as log1p keeps e's own digits."""
+    result: Floats = np.log1p(e) - e
+    return result
 
 
 def fit_gamma_gamma(frequency: ArrayLike, mean_value: ArrayLike) -> GammaGamma:
@@ -250,9 +270,11 @@ def fit_gamma_gamma(frequency: ArrayLike, mean_value: ArrayLike) -> GammaGamma:
     were all free (a mean of 0) have no place in a gamma density and are left out.
 
     The model scales with the currency's unit (gamma carries it), so it is fitted to spend
-    divided by its mean and gamma scaled back: the same fit for cents, yen or rupiah. When
-    every repeat buyer's mean is the same, the answer is that limit of the model (p and q at
-    the edge) which expects that one value from everybody."""
+    divided by its mean and gamma scaled back: the same fit for cents, yen or rupiah. It is
+    fitted as (p, q, w = p*gamma/q), so that p or q growing without end (each customer
+    always spending the same; all customers spending alike) leaves w, the mean, pinned: both
+    are answers. When every repeat buyer's mean is the same, the customers are alike and
+    everybody is expected to spend that one value."""
     x, mean = as_floats(frequency), as_floats(mean_value)
     if not np.all(np.isfinite(mean)):
         raise ValueError(f"{int(np.sum(~np.isfinite(mean)))} customers have no finite mean spend")
@@ -261,22 +283,23 @@ def fit_gamma_gamma(frequency: ArrayLike, mean_value: ArrayLike) -> GammaGamma:
     if len(x) < 2:
         raise FitFailed("Gamma-Gamma fit needs at least two customers with paid repeat purchases")
     unit = float(np.mean(mean))
+    edge = float(np.exp(LOG_BOUND))
+    if np.ptp(mean) <= 1e-12 * unit:  # no spread at all: the likelihood grows without end
+        return GammaGamma(1.0, edge, unit * (edge - 1))
     relative = mean / unit
-    if np.ptp(relative) < 1e-9:  # one price for everybody, every time: both shapes unbounded
-        edge = float(np.exp(LOG_BOUND))
-        return GammaGamma(edge, edge, unit * (edge - 1) / edge)
 
     def log_likelihood(theta: Floats) -> float:
-        p, q, c = np.exp(theta)
-        return float(gamma_gamma_log_likelihood(GammaGamma(p, q, q * c), x, relative).mean())
+        p, q, w = np.exp(theta)
+        return float(gamma_gamma_log_likelihood(GammaGamma(p, q, q * w / p), x, relative).mean())
 
-    p, q, c = maximise("Gamma-Gamma", log_likelihood, np.log([1.0, 2.0, 0.5]), limit=(1,))
+    start = np.log([1.0, 2.0, 0.5])  # a mean spend of q*w/(q-1) = 1
+    p, q, w = maximise("Gamma-Gamma", log_likelihood, start, limits=((0,), (1,)))
     if q <= 1:
         raise FitFailed(
             f"Gamma-Gamma fit gives q = {q:.2f} <= 1: spend varies too wildly between "
             "customers for a mean to exist"
         )
-    return GammaGamma(p, q, q * c * unit)
+    return GammaGamma(p, q, q * w / p * unit)
 
 
 def expected_value(model: GammaGamma, frequency: ArrayLike, mean_value: ArrayLike) -> Floats:
