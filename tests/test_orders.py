@@ -231,6 +231,31 @@ def test_a_file_of_many_batches_is_imported_whole_orders_and_reported_by_line(
     assert (again.added, again.unchanged, len(again.rejected)) == (0, 8, 2)
 
 
+def test_an_order_whose_lines_are_apart_is_left_out_whole_and_imports_once_put_together(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """D1's third line comes after D2, and its first part was stored in an earlier batch:
+    the whole of D1 is left out, both places named, and the corrected file adds it."""
+    monkeypatch.setattr(orders, "BATCH", 1)
+    d1 = "D1,ana@example.com,2026-11-01,BEAN-1,Beans,1,5.00,EUR,\n"
+    d2 = "D2,bo@example.com,2026-11-02,MUG-2,Mug,1,3.00,EUR,\n"
+    late = "D1,ana@example.com,2026-11-01,MUG-2,Mug,2,3.00,EUR,\n"
+    report = orders.import_csv(
+        engine, write(tmp_path, d1 + d1.replace("BEAN-1", "TEA") + d2 + late), RULES
+    )
+    assert orders.reasons(report.rejected) == [
+        (2, "D1", "order D1 goes on after other orders; left out whole, with the rest of it"),
+        (5, "D1", "order D1 began at line 2; keep an order's lines together"),
+    ]
+    assert (report.added, report.lines, report.rejected_lines) == (1, 1, 3)
+    with engine.connect() as conn:
+        assert [o["order_ref"] for o in orders.find(conn)] == ["D2"]
+    fixed = orders.import_csv(
+        engine, write(tmp_path, d1 + d1.replace("BEAN-1", "TEA") + late + d2), RULES
+    )
+    assert (fixed.added, fixed.lines, fixed.unchanged, fixed.rejected) == (1, 3, 1, [])
+
+
 def test_a_file_read_in_a_child_that_cannot_be_read_is_refused_by_name(
     engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -140,6 +140,7 @@ class Rejected:
     order_ref: str
     lines: int
     problems: tuple[BadLine, ...]
+    began_at: int | None = None  # an order met again after others: the line it began at
 
 
 def parse_row(line: int, cells: Mapping[str, str], rules: Rules) -> LineRow:
@@ -503,7 +504,7 @@ def _finish(group: list[LineRow | tuple[str, BadLine]], seen: dict[str, int]) ->
 
 def _came_back(ref: str, first: int, lines: int, seen: dict[str, int]) -> Rejected:
     reason = f"order {ref} began at line {seen[ref]}; keep an order's lines together"
-    return Rejected(ref, lines, (BadLine(first, reason),))
+    return Rejected(ref, lines, (BadLine(first, reason),), began_at=seen[ref])
 
 
 def _disagreements(lines: list[LineRow]) -> list[BadLine]:

@@ -93,6 +93,11 @@ def import_csv(
                 insights.update_customers(conn, touched, rules.now, settings, rules.zone)
             if progress:
                 progress(sum(len(o.items) if isinstance(o, Packed) else o.lines for o in batch))
+    split = {r.order_ref: r.began_at for r in report.rejected if r.began_at is not None}
+    if split:
+        with engine.begin() as conn:
+            touched = _leave_out(conn, split, source, rules.now, report)
+            insights.update_customers(conn, touched, rules.now, settings, rules.zone)
     if report.lines >= ANALYZE_AFTER and engine.dialect.name == "postgresql":
         with engine.begin() as conn:
             bulk.analyze(conn, ORDERS, LINES, CUSTOMERS)
@@ -225,6 +230,37 @@ def _add(
     report.added += len(ids)
     report.lines += len(lines)
     return sorted({customers[d.head[0]] for d in new if d.order_ref in ids})
+
+
+def _leave_out(
+    conn: Connection, split: dict[str, int], source: str, now: datetime, report: ImportReport
+) -> list[int]:
+    """Remove the first part of each order whose lines were not together, which this import
+    stored before it met the rest (so the order is left out whole, and the corrected file
+    imports it); returns the customers whose orders were removed. An order stored by an
+    earlier import is not touched."""
+    mine = (
+        bulk.one_of(ORDERS.c.order_ref, list(split), conn.dialect.name)
+        & (ORDERS.c.source == source)
+        & (ORDERS.c.created_at == now)
+    )
+    found = conn.execute(
+        select(ORDERS.c.id, ORDERS.c.order_ref, ORDERS.c.customer_id, func.count(LINES.c.line_no))
+        .join(LINES, LINES.c.order_id == ORDERS.c.id)
+        .where(mine)
+        .group_by(ORDERS.c.id, ORDERS.c.order_ref, ORDERS.c.customer_id)
+    ).all()
+    if not found:
+        return []
+    ids = [row.id for row in found]
+    conn.execute(LINES.delete().where(LINES.c.order_id.in_(ids)))
+    conn.execute(ORDERS.delete().where(ORDERS.c.id.in_(ids)))
+    for _, ref, _, lines in found:
+        reason = f"order {ref} goes on after other orders; left out whole, with the rest of it"
+        report.rejected.append(Rejected(ref, lines, (BadLine(split[ref], reason),)))
+        report.added -= 1
+        report.lines -= lines
+    return sorted({row.customer_id for row in found})
 
 
 def _conflict(draft: Packed) -> Rejected:
