@@ -134,6 +134,29 @@ def test_a_quote_that_never_closes_is_named_by_the_line_it_starts_on() -> None:
     assert "runs on to line 2002: a quote that never closes?" in rejected.reason
 
 
+def test_a_quote_that_never_closes_in_a_short_file_rejects_the_rows_it_swallowed() -> None:
+    """Three rows after an unclosed quote would be one name; they are named instead, while
+    a quoted address over two lines is still a cell."""
+    rows = parse(
+        'email,name,city\nq1@example.com,"Ann,Sofia\nq2@example.com,Bob,Varna\n'
+        "q3@example.com,Cy,Ruse\n"
+    )
+    (rejected,) = rows
+    assert isinstance(rejected, RejectedRow) and (rejected.line, rejected.email) == (
+        2,
+        "q1@example.com",
+    )
+    assert rejected.reason == (
+        "a quoted cell runs on to line 4 and holds whole rows: a quote that never closes?"
+        " Those rows were not read"
+    )
+    kept = parse('email,name,city\nq1@example.com,"Ann\n1 Road, Sofia",Sofia\nq2@example.com,B,V\n')
+    assert [r.email for r in kept if isinstance(r, CustomerRow)] == [
+        "q1@example.com",
+        "q2@example.com",
+    ]
+
+
 def test_rows_are_numbered_by_the_line_they_start_on() -> None:
     rows = parse('email,name\n\nbad,"two\nlines"\n')
     assert [(r.line, type(r)) for r in rows] == [(3, RejectedRow)]

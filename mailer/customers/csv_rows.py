@@ -339,8 +339,9 @@ def _records(
         ended = reader.line_num
         if not "".join(cells).strip():  # a blank row, said in one call
             continue
-        if undecodable or max(map(len, cells)) > CELL_LIMIT:  # rare: checked in full only then
-            problem = _unreadable(cells, header, first, ended, undecodable)
+        # rare: checked in full only then
+        if undecodable or ended > first or max(map(len, cells)) > CELL_LIMIT:
+            problem = _unreadable(cells, header, first, ended, undecodable, reader.dialect)
             if problem:
                 yield RejectedRow.of(first, cells[email] if email < len(cells) else "", problem)
                 continue
@@ -348,12 +349,23 @@ def _records(
 
 
 def _unreadable(
-    cells: list[str], header: list[str], first: int, ended: int, undecodable: dict[int, int]
+    cells: list[str],
+    header: list[str],
+    first: int,
+    ended: int,
+    undecodable: dict[int, int],
+    dialect: Any,
 ) -> str:
-    """Why a row cannot be taken at all: a byte that is not UTF-8, or a cell far too long."""
+    """Why a row cannot be taken at all: a byte that is not UTF-8, a cell far too long, or
+    one that holds whole rows (a quote that never closes)."""
     for line in range(first, ended + 1):
         if line in undecodable:
             return _not_utf8(line, undecodable.pop(line))
+    if _holds_rows(cells, len(header), dialect.delimiter):
+        return (
+            f"a quoted cell runs on to line {ended} and holds whole rows: a quote that never"
+            " closes? Those rows were not read"
+        )
     if max(map(len, cells)) <= CELL_LIMIT:
         return ""
     longest = max(range(len(cells)), key=lambda i: len(cells[i]))
@@ -362,6 +374,17 @@ def _unreadable(
     if ended > first:
         return f"{reason}; the row runs on to line {ended}: a quote that never closes?"
     return reason
+
+
+def _holds_rows(cells: list[str], columns: int, delimiter: str) -> bool:
+    """Whether a cell's later lines each carry a row's worth of separators: a quoted cell
+    may hold line breaks (an address), but not rows of the file swallowed whole. Told only
+    in files of three columns or more: in two, one separator is as likely an address's."""
+    return columns >= 3 and any(
+        all(line.count(delimiter) >= columns - 1 for line in cell.splitlines()[1:])
+        for cell in cells
+        if "\n" in cell or "\r" in cell
+    )
 
 
 def parse_rows(
