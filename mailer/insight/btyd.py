@@ -28,6 +28,9 @@ from mailer.core.errors import FitFailed
 from mailer.insight.history import Floats
 
 LOG_BOUND = 12.0  # parameters between e^-12 and e^12; one at the edge did not converge
+# where the Gamma-Gamma fit starts, (p, q, w): both shapes moderate, and both large (near
+# the point masses), as a few customers can give a likelihood with a peak on either side
+STARTS = (np.log([1.0, 2.0, 0.5]), np.log([150.0, 150.0, 1.0]))
 POINT_MASS = 3.0  # shapes above e^9: a Beta or Gamma narrowed to one value for everybody
 
 
@@ -91,7 +94,8 @@ def maximise(
     L-BFGS-B reads slopes by finite differences; where the likelihood is as narrow as a
     point mass (spend that hardly varies at all), its line search can stop short of
     settling. A simplex search (Nelder-Mead), which reads no slopes, then finishes from
-    where it stopped."""
+    where it stopped; as a simplex halts short of an edge where the likelihood is flat, a
+    parameter it leaves within e^1 of one counts as at the edge."""
     from scipy.optimize import minimize
 
     def loss(theta: Floats) -> float:
@@ -99,15 +103,16 @@ def maximise(
 
     bounds = [(-LOG_BOUND, LOG_BOUND)] * len(start)
     result = minimize(loss, start, method="L-BFGS-B", bounds=bounds)
+    near = 0.01
     if not result.success:
+        stopped = result.message.strip(": ")
         result = minimize(
             loss, result.x, method="Nelder-Mead", bounds=bounds, options={"maxfev": 4000}
         )
+        result.message, near = stopped, 1.0
     if not result.success or not np.isfinite(result.fun):
-        raise FitFailed(
-            f"{name} fit did not converge (the optimiser stopped: {result.message.strip(': ')})"
-        )
-    at_edge = np.abs(result.x) > LOG_BOUND - 0.01
+        raise FitFailed(f"{name} fit did not converge (the optimiser stopped: {result.message})")
+    at_edge = np.abs(result.x) > LOG_BOUND - near
     for group in limits:
         if np.all(result.x[list(group)] > LOG_BOUND - POINT_MASS):
             at_edge[list(group)] = False
@@ -152,8 +157,9 @@ def fit_bgnbd(frequency: ArrayLike, recency: ArrayLike, age: ArrayLike) -> BgNbd
 
     rate = x.sum() / max(big_t.sum(), 1e-9)
     start = np.log([1.0, 1.0 / max(rate, 1e-5), 1.0, 1.0])
-    fitted = maximise("BG/NBD", lambda t: log_likelihood(np.exp(t)), start, limits=((2, 3),))
-    r, alpha, a, b = fitted
+    r, alpha, a, b = maximise(
+        "BG/NBD", lambda t: log_likelihood(np.exp(t)), start, limits=((2, 3),)
+    )
     return BgNbd(r=r, alpha=alpha, a=a, b=b)
 
 
@@ -230,13 +236,14 @@ def gamma_gamma_log_likelihood(model: GammaGamma, x: Floats, mean: Floats) -> Fl
     a = p * x
     beside = q * w / p + x * mean  # gamma + the customer's total spend
     gap = mean - w
+    log_ratio = np.log1p(a / q) - np.log(w + a * mean / q)  # log((q + a)/(q*w + a*mean))
     result: Floats = (
         0.5 * (np.log(a) - np.log1p(a / q) - np.log(2 * np.pi))  # log(a*q/(a+q)/(2*pi))/2
         + stirling_remainder(a + q)
         - stirling_remainder(a)
         - stirling_remainder(q)
-        + a * log1p_minus(q * gap / (p * beside))
-        + q * log1p_minus(-x * gap / beside)
+        + a * log1p_minus(q * gap / (p * beside), np.log(mean) + log_ratio)
+        + q * log1p_minus(-x * gap / beside, np.log(w) + log_ratio)
         - np.log(mean)
     )
     return result
@@ -257,10 +264,12 @@ def stirling_remainder(z: Floats | float) -> Floats:
     return result
 
 
-def log1p_minus(e: Floats) -> Floats:
-    """log(1 + e) - e, which is near -e^2/2 for small e: exact enough to be multiplied by a
-    large shape, as log1p keeps e's own digits."""
-    result: Floats = np.log1p(e) - e
+def log1p_minus(e: Floats, log_one_plus: Floats) -> Floats:
+    """log(1 + e) - e, near -e^2/2 for small e, so log1p keeps it exact enough to be
+    multiplied by a large shape; ``log_one_plus`` is log(1 + e) from the quantities e
+    came from, used where e is near -1 (a spend far below the mean) and 1 + e has lost
+    its digits."""
+    result: Floats = np.where(e > -0.5, np.log1p(np.maximum(e, -0.5)), log_one_plus) - e
     return result
 
 
@@ -283,23 +292,38 @@ def fit_gamma_gamma(frequency: ArrayLike, mean_value: ArrayLike) -> GammaGamma:
     if len(x) < 2:
         raise FitFailed("Gamma-Gamma fit needs at least two customers with paid repeat purchases")
     unit = float(np.mean(mean))
-    edge = float(np.exp(LOG_BOUND))
     if np.ptp(mean) <= 1e-12 * unit:  # no spread at all: the likelihood grows without end
-        return GammaGamma(1.0, edge, unit * (edge - 1))
-    relative = mean / unit
-
-    def log_likelihood(theta: Floats) -> float:
-        p, q, w = np.exp(theta)
-        return float(gamma_gamma_log_likelihood(GammaGamma(p, q, q * w / p), x, relative).mean())
-
-    start = np.log([1.0, 2.0, 0.5])  # a mean spend of q*w/(q-1) = 1
-    p, q, w = maximise("Gamma-Gamma", log_likelihood, start, limits=((0,), (1,)))
+        p, q, w = 1.0, float(np.exp(LOG_BOUND)), 1.0
+    else:
+        p, q, w = _fit_relative(x, mean / unit)
     if q <= 1:
         raise FitFailed(
             f"Gamma-Gamma fit gives q = {q:.2f} <= 1: spend varies too wildly between "
             "customers for a mean to exist"
         )
+    edge = np.exp(LOG_BOUND - 1)
+    if q > edge:  # customers alike, the limit: w is everybody's mean spend
+        p = p if p < edge else 1.0  # both at the edge: the weights are the edge's, not data's
+        return GammaGamma(p, q, w * (q - 1) / p * unit)
     return GammaGamma(p, q, q * w / p * unit)
+
+
+def _fit_relative(x: Floats, relative: Floats) -> list[float]:
+    """(p, q, w) for spend in units of its mean: the best of the fits from each start."""
+
+    def log_likelihood(theta: Floats) -> float:
+        p, q, w = np.exp(theta)
+        return float(gamma_gamma_log_likelihood(GammaGamma(p, q, q * w / p), x, relative).mean())
+
+    fits, failure = [], None
+    for start in STARTS:
+        try:
+            fits.append(maximise("Gamma-Gamma", log_likelihood, start, limits=((0,), (1,))))
+        except FitFailed as exc:
+            failure = exc
+    if failure is not None and not fits:
+        raise failure
+    return max(fits, key=lambda fit: log_likelihood(np.log(fit)))
 
 
 def expected_value(model: GammaGamma, frequency: ArrayLike, mean_value: ArrayLike) -> Floats:
