@@ -57,6 +57,9 @@ def test_a_migrated_database_and_the_shipped_templates_pass(
 def test_a_database_without_the_schema_is_a_problem_as_at_start_up(
     tmp_path: Path, database_url: str, clock: ManualClock
 ) -> None:
+    empty = db.connect(database_url)  # there, but without the schema
+    empty.connect().close()
+    empty.dispose()
     path = project(tmp_path, database_url)
     expected = f"{path}: [database] url: {migrate.NOT_CURRENT}"
     assert errors_and_warnings(path, clock) == ([expected], [])
@@ -66,26 +69,20 @@ def test_a_database_without_the_schema_is_a_problem_as_at_start_up(
 @pytest.mark.parametrize(
     ("location", "reason"),
     [
-        (
-            "{tmp}/config.toml/mailer.db",
-            "cannot create the folder {tmp}/config.toml for the"
-            " SQLite file: {tmp}/config.toml is a file",
-        ),
-        (
-            "{tmp}/config.toml/var/mailer.db",
-            "cannot create the folder {tmp}/config.toml/var for the SQLite file: Not a directory",
-        ),
-        ("/proc/mailer/mailer.db", "cannot create the folder /proc/mailer for the SQLite file"),
+        ("{tmp}/db/mailer.db", "no database at {tmp}/db/mailer.db; `mailer db upgrade` creates"),
+        ("/proc/mailer/mailer.db", "no database at /proc/mailer/mailer.db; `mailer db upgrade`"),
         ("{tmp}", "cannot open sqlite:///{tmp}: unable to open database file"),
     ],
 )
-def test_an_sqlite_file_that_cannot_be_created_is_named_by_check_and_start_up(
+def test_an_sqlite_file_that_is_not_there_is_named_by_check_and_start_up_and_not_made(
     tmp_path: Path, clock: ManualClock, location: str, reason: str
 ) -> None:
+    """Not made, nor its folder: a mistyped path must not become an empty database."""
     path = project(tmp_path, "sqlite:///" + location.format(tmp=tmp_path))
     (problem,), _ = errors_and_warnings(path, clock)
     assert problem.startswith(f"{path}: [database] url: " + reason.format(tmp=tmp_path))
     assert start_up_problems(path) == [problem]
+    assert not (tmp_path / "db").exists()
 
 
 def test_a_postgresql_server_that_does_not_answer_is_named_without_its_password(

@@ -525,6 +525,14 @@ def connect(url: str, **kwargs: Any) -> Engine:
     return engine
 
 
+def missing_file(url: str) -> str:
+    """The path of the SQLite file the URL names when no file is there yet, else ""."""
+    parsed = make_url(normalise_url(url))
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return ""
+    return "" if Path(parsed.database).exists() else parsed.database
+
+
 def _make_folder(folder: Path) -> None:
     """The SQLite file's folder, made if missing; DatabaseUnavailable if it cannot be."""
     try:

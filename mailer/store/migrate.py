@@ -44,8 +44,16 @@ def open_database(url: str, *, require_current: bool = True) -> Engine:
     """An engine on a database that answers and, unless `mailer db upgrade` is the one
     asking, has the current schema; else DatabaseUnavailable saying why in one line.
 
-    Every command, the daemon's start-up and `mailer check` open the database this way.
+    Every command, the daemon's start-up and `mailer check` open the database this way. A
+    SQLite file that is not there is not made, but for `mailer db upgrade`: a mistyped path
+    would otherwise be a new, empty database that looks as if the data were gone.
     """
+    missing = db.missing_file(url)
+    if require_current and missing:
+        raise DatabaseUnavailable(
+            f"no database at {missing}; `mailer db upgrade` creates one there"
+            " (if it should already exist, check the path)"
+        )
     engine = db.connect(url)
     try:
         current = is_up_to_date(engine)
