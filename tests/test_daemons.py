@@ -104,12 +104,18 @@ def test_a_second_daemon_on_one_sqlite_file_refuses_and_web_alone_delivers_nothi
     assert still["status"] == "queued", "the web app alone sends nothing"
 
 
-def test_an_unknown_role_is_one_line(tmp_path: Path) -> None:
+def test_an_unknown_role_or_none_is_one_line(tmp_path: Path) -> None:
+    """`--only "$ROLES"` with the variable unset must not run every role."""
     env = project(tmp_path, f"sqlite:///{tmp_path / 'mailer.db'}")
     result = runner(env)("run", "--only", "web,inbx", check=False)
     assert (result.returncode, result.stderr.strip()) == (
         1,
         "error: --only: 'inbx' is not a role; roles are delivery, inbox, schedules, web",
+    )
+    result = runner(env)("run", "--only", "", check=False)
+    assert (result.returncode, result.stderr.strip()) == (
+        1,
+        "error: --only: no role given; roles are delivery, inbox, schedules, web",
     )
 
 

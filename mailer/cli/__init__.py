@@ -124,8 +124,8 @@ def run(
     sandbox: bool = typer.Option(
         False, "--sandbox", help="Deliver to the local sandbox even if [sandbox] is off."
     ),
-    only: str = typer.Option(
-        "",
+    only: str | None = typer.Option(
+        None,
         "--only",
         help="Run only these roles, comma-separated: delivery, inbox, schedules, web "
         "[default: [daemon] roles, all of them]",
@@ -149,9 +149,10 @@ def run(
         )
 
 
-def _roles(only: str) -> frozenset[config.Role] | None:
-    """The roles ``--only`` names, None when it is not given (then [daemon] roles holds)."""
-    if not only:
+def _roles(only: str | None) -> frozenset[config.Role] | None:
+    """The roles ``--only`` names, None when it is not given (then [daemon] roles holds);
+    given empty, as a script's unset variable gives it, it is an error, not every role."""
+    if only is None:
         return None
     try:
         return config.roles(only)
