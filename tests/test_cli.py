@@ -445,6 +445,15 @@ def _wait_for_capture(database_url: str, seconds: float, count: int) -> list[dic
 def test_outbox_show_and_retry_name_what_is_missing(with_demo: Mailer) -> None:
     result = with_demo("outbox", "show", "999", check=False)
     assert (result.returncode, result.stderr.strip()) == (1, "error: no outbox message 999")
+    result = with_demo("outbox", "show", "99999999999999999999999", check=False)
+    assert result.returncode == 2 and "should be less than or equal to" in result.stderr
+    result = with_demo(
+        "schedules", "run", "birthdays", "--at", "0001-01-01T00:00+01:00", check=False
+    )
+    assert (result.returncode, result.stderr.strip()) == (
+        1,
+        "error: --at '0001-01-01T00:00+01:00' is not between the years 1900 and 2999",
+    )
     result = with_demo("outbox", "retry", "999", check=False)
     assert result.returncode == 1 and "no failed, expired, skipped or cancelled" in result.stderr
 

@@ -54,6 +54,10 @@ def test_bad_duration_names_the_key_and_the_accepted_forms(tmp_path: Path) -> No
     (problem,) = problems(path)
     assert problem.startswith(f"{path}: [throttle] min_gap: '20 hours' is not a duration")
     assert '"7d"' in problem
+    path = write(tmp_path, '[throttle]\nmin_gap = "99999999999d"\n')
+    assert problems(path) == [
+        f"{path}: [throttle] min_gap: '99999999999d' is longer than 100 years"
+    ]
 
 
 def test_bad_time_zone_is_refused(tmp_path: Path) -> None:

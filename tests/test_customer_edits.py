@@ -92,6 +92,9 @@ def test_every_bad_input_is_named_with_the_reason_an_import_gives() -> None:
     assert found["birthday"].startswith("birthday '31.02.1990' is not a date")
     assert found["new_field_name"] == "'email' is a column of its own, not a custom field"
     assert problems({**FORM, "email": " "}) == {"email": "no email address"}
+    assert problems({**FORM, "pause_until": "0001-01-01T00:00"}) == {
+        "pause_until": "'0001-01-01T00:00' is not between the years 1900 and 2999"
+    }
     too_long = problems({**FORM, "name": "Я" * 201, "tags": "vip, " + "t" * 101})
     assert too_long == {
         "name": "longer than 200 characters",  # what would not fit its column

@@ -54,6 +54,9 @@ def test_a_date_without_a_zone_is_the_businesss() -> None:
     sofia = ZoneInfo("Europe/Sofia")
     assert parse_moment("2026-03-01 14:30", sofia) == datetime(2026, 3, 1, 12, 30, tzinfo=UTC)
     assert parse_moment("01.03.2026", sofia) == datetime(2026, 2, 28, 22, 0, tzinfo=UTC)
+    for placeholder in ("0001-01-01", "01.01.0001", "9999-12-31T23:00-12:00"):
+        with pytest.raises(ValueError, match="is not between the years 1900 and 2999"):
+            parse_moment(placeholder, sofia)
 
 
 def write(tmp_path: Path, rows: str) -> Path:

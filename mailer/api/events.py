@@ -15,7 +15,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Request
 from pydantic import (
-    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -28,7 +27,7 @@ from mailer.api.access import caller, state
 from mailer.api.batches import Address, OneOrBatch
 from mailer.api.keys import ApiKey, Scope
 from mailer.api.problems import FieldError, Invalid, conflict, item_error
-from mailer.core.fieldtypes import EVENT_NAME
+from mailer.core.fieldtypes import EVENT_NAME, UtcMoment
 from mailer.customers import events
 from mailer.customers.csv_rows import normalise_email
 
@@ -49,7 +48,7 @@ class EventIn(BaseModel):
         description="lower case, digits and _ . : -",
         examples=["viewed_product", "cart_abandoned", "order_placed"],
     )
-    occurred_at: AwareDatetime | None = Field(
+    occurred_at: UtcMoment | None = Field(
         None, description="with its offset, e.g. 2024-03-01T14:30:00+02:00; left out: now"
     )
     payload: dict[str, Any] = Field(

@@ -12,12 +12,13 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import BaseModel, Field
 
 from mailer.api.access import caller, state
 from mailer.api.keys import ApiKey, Scope
 from mailer.api.problems import FieldError, Invalid, not_found
 from mailer.core.errors import NotFound
+from mailer.core.fieldtypes import UtcMoment
 from mailer.customers.csv_rows import normalise_email
 from mailer.inbound import inquiries
 from mailer.store.models import InquiryStatus
@@ -74,7 +75,7 @@ def listed(
     request: Request,
     key: Annotated[ApiKey, Depends(caller(Scope.INQUIRIES_READ))],
     status: InquiryStatus | None = None,
-    since: Annotated[AwareDatetime | None, Query(description="received at or after")] = None,
+    since: Annotated[UtcMoment | None, Query(description="received at or after")] = None,
     email: Annotated[str | None, Query(description="the sender's or their customer's")] = None,
     after: Annotated[int | None, Query(ge=0, description="the last id of the page before")] = None,
     limit: Annotated[int, Query(ge=1, le=LIMIT_MAX)] = 50,

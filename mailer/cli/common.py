@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich import box
@@ -22,6 +22,7 @@ from mailer import checks
 from mailer.core import config
 from mailer.core.clock import Clock, SystemClock
 from mailer.core.errors import MailerError
+from mailer.core.fieldtypes import utc_moment
 
 # Markup is off: customer names, file keys like "[smtp]" and template text are printed as is.
 out = Console(highlight=False, soft_wrap=True, markup=False)
@@ -55,6 +56,9 @@ CLI_ACTOR = "command line"  # who a history says made a change from here
 
 LONG_AT_LEAST = 8  # what a column cut to keep the times whole still shows
 JSON_OPTION = typer.Option(False, "--json", help="Print JSON instead of a table.")
+MAX_ROW = 2**63 - 1  # the largest id, or count of rows, a database integer holds
+# a row's id as a command takes it: one out of range is a usage error, not a database's
+RowId = Annotated[int, typer.Argument(min=1, max=MAX_ROW, show_default=False)]
 
 
 def parse_moment(text: str, explained: str, option: str = "--at") -> datetime:
@@ -65,7 +69,10 @@ def parse_moment(text: str, explained: str, option: str = "--at") -> datetime:
         raise MailerError(f"{option} {text!r} is not a date and time; {explained}") from None
     if when.utcoffset() is None:
         raise MailerError(f"{option} {text!r} has no UTC offset; {explained}")
-    return when
+    try:
+        return utc_moment(when)
+    except ValueError as exc:
+        raise MailerError(f"{option} {text!r} is {exc}") from None
 
 
 @dataclass(kw_only=True)

@@ -16,6 +16,7 @@ from rich.text import Text
 from mailer.cli.common import (
     CLI_ACTOR,
     JSON_OPTION,
+    MAX_ROW,
     app_of,
     err,
     group,
@@ -105,13 +106,17 @@ def list_(
         "without contact, first.",
     ),
     quiet: int | None = typer.Option(
-        None, min=0, metavar="DAYS", help="Only those with no contact either way in DAYS days."
+        None,
+        min=0,
+        max=36_500,
+        metavar="DAYS",
+        help="Only those with no contact either way in DAYS days.",
     ),
     unanswered: bool = typer.Option(
         False, "--unanswered", help="Only those who wrote and were never answered by a person."
     ),
-    limit: int = typer.Option(50, min=1),
-    offset: int = typer.Option(0, min=0),
+    limit: int = typer.Option(50, min=1, max=MAX_ROW),
+    offset: int = typer.Option(0, min=0, max=MAX_ROW),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """List customers with their last contact each way, sorted by email unless --sort says
@@ -152,8 +157,12 @@ HISTORY_COLUMNS = ("id", "created_at", "category", "template", "status", "sent_a
 def show(
     ctx: typer.Context,
     email: str,
-    history: int = typer.Option(20, help="How many of the latest messages to show."),
-    timeline: int = typer.Option(50, min=1, help="How many of the latest touches to show."),
+    history: int = typer.Option(
+        20, min=0, max=MAX_ROW, help="How many of the latest messages to show."
+    ),
+    timeline: int = typer.Option(
+        50, min=1, max=MAX_ROW, help="How many of the latest touches to show."
+    ),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """A customer's profile, timeline, last contact both ways, contact history and when

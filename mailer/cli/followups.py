@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import typer
 
-from mailer.cli.common import CLI_ACTOR, JSON_OPTION, app_of, group, out, print_json, print_table
+from mailer.cli.common import (
+    CLI_ACTOR,
+    JSON_OPTION,
+    RowId,
+    app_of,
+    group,
+    out,
+    print_json,
+    print_table,
+)
 from mailer.customers import followups
 from mailer.relationship import meetings
 
@@ -59,7 +68,7 @@ def list_(
 
 
 @app.command("done")
-def done(ctx: typer.Context, followup_id: int) -> None:
+def done(ctx: typer.Context, followup_id: RowId) -> None:
     """Mark a follow-up as done."""
     app_ = app_of(ctx)
     with app_.engine().begin() as conn:
@@ -97,7 +106,7 @@ def meeting(
 @app.command("move")
 def move(
     ctx: typer.Context,
-    meeting_id: int,
+    meeting_id: RowId,
     at: str = typer.Option(..., help="The new start, in the assignee's zone."),
     duration: str = typer.Option(None, help="A new length; unchanged if left out."),
     where: str = typer.Option(None, help="A new place or link; unchanged if left out."),
@@ -120,7 +129,7 @@ def move(
 
 
 @app.command("cancel")
-def cancel(ctx: typer.Context, meeting_id: int) -> None:
+def cancel(ctx: typer.Context, meeting_id: RowId) -> None:
     """Call a meeting off; the customer's calendar gets the cancellation."""
     app_ = app_of(ctx)
     sender = meetings.Sender.from_config(app_.config)

@@ -7,6 +7,8 @@ import typer
 from mailer.cli.common import (
     CLI_ACTOR,
     JSON_OPTION,
+    MAX_ROW,
+    RowId,
     app_of,
     group,
     out,
@@ -28,7 +30,7 @@ COLUMNS = ("id", "received_at", "sender", "subject", "status")  # the thread: sh
 def list_(
     ctx: typer.Context,
     status: InquiryStatus | None = typer.Option(None, help="Only this status."),
-    limit: int = typer.Option(50, min=1),
+    limit: int = typer.Option(50, min=1, max=MAX_ROW),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Inquiries, newest first."""
@@ -39,7 +41,7 @@ def list_(
 
 
 @app.command("show")
-def show(ctx: typer.Context, inquiry_id: int, as_json: bool = JSON_OPTION) -> None:
+def show(ctx: typer.Context, inquiry_id: RowId, as_json: bool = JSON_OPTION) -> None:
     """One inquiry: who wrote, what, the rest of its thread."""
     with app_of(ctx).engine().connect() as conn:
         inquiry = inquiries.get(conn, inquiry_id)
@@ -58,7 +60,7 @@ def show(ctx: typer.Context, inquiry_id: int, as_json: bool = JSON_OPTION) -> No
 
 
 @app.command("set-status")
-def set_status(ctx: typer.Context, inquiry_id: int, status: InquiryStatus) -> None:
+def set_status(ctx: typer.Context, inquiry_id: RowId, status: InquiryStatus) -> None:
     """Move an inquiry along: new, acknowledged, open, answered, closed."""
     app_ = app_of(ctx)
     with app_.engine().begin() as conn:

@@ -9,6 +9,7 @@ from rich.text import Text
 
 from mailer.cli.common import (
     JSON_OPTION,
+    MAX_ROW,
     app_of,
     err,
     group,
@@ -87,7 +88,7 @@ def _print_report(file: Path, report: orders.ImportReport, as_json: bool) -> Non
 def list_(
     ctx: typer.Context,
     customer: str | None = typer.Option(None, metavar="EMAIL", help="Only this customer's."),
-    limit: int = typer.Option(50, min=1),
+    limit: int = typer.Option(50, min=1, max=MAX_ROW),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """The latest orders, each with its number of lines and total."""

@@ -10,6 +10,8 @@ from sqlalchemy.engine import Connection
 
 from mailer.cli.common import (
     JSON_OPTION,
+    MAX_ROW,
+    RowId,
     app_of,
     group,
     out,
@@ -32,7 +34,7 @@ STATUS_HELP = "Only this status: " + ", ".join(s.value for s in OutboxStatus)
 def list_(
     ctx: typer.Context,
     status: OutboxStatus | None = typer.Option(None, help=STATUS_HELP),
-    limit: int = typer.Option(50, min=1),
+    limit: int = typer.Option(50, min=1, max=MAX_ROW),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Messages, newest first."""
@@ -42,7 +44,7 @@ def list_(
 
 
 @app.command("show")
-def show(ctx: typer.Context, message_id: int, as_json: bool = JSON_OPTION) -> None:
+def show(ctx: typer.Context, message_id: RowId, as_json: bool = JSON_OPTION) -> None:
     """One message with every delivery attempt and the server's replies."""
     with app_of(ctx).engine().connect() as conn:
         row = outbox.get(conn, message_id)
@@ -58,13 +60,13 @@ def show(ctx: typer.Context, message_id: int, as_json: bool = JSON_OPTION) -> No
 
 
 @app.command("retry")
-def retry(ctx: typer.Context, message_id: int) -> None:
+def retry(ctx: typer.Context, message_id: RowId) -> None:
     """Queue a failed, expired, skipped or cancelled message again, due now."""
     _change(ctx, message_id, outbox.retry, "failed, expired, skipped or cancelled", "queued again")
 
 
 @app.command("cancel")
-def cancel(ctx: typer.Context, message_id: int) -> None:
+def cancel(ctx: typer.Context, message_id: RowId) -> None:
     """Stop a message that is waiting or stuck while sending; `retry` queues it again."""
     _change(ctx, message_id, outbox.cancel, "queued, deferred or sending", "cancelled")
 

@@ -8,7 +8,16 @@ from email.utils import parseaddr
 
 import typer
 
-from mailer.cli.common import JSON_OPTION, app_of, group, out, print_json, print_rows
+from mailer.cli.common import (
+    JSON_OPTION,
+    MAX_ROW,
+    RowId,
+    app_of,
+    group,
+    out,
+    print_json,
+    print_rows,
+)
 from mailer.core.errors import MailerError, NotFound, SmtpUnavailable
 from mailer.core.fieldtypes import email_address
 from mailer.outbound import smtp
@@ -20,7 +29,9 @@ app = group("The local sandbox: messages captured instead of delivered.")
 
 @app.command("list")
 def list_(
-    ctx: typer.Context, limit: int = typer.Option(50, min=1), as_json: bool = JSON_OPTION
+    ctx: typer.Context,
+    limit: int = typer.Option(50, min=1, max=MAX_ROW),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Captured messages, newest first."""
     with app_of(ctx).engine().connect() as conn:
@@ -29,7 +40,7 @@ def list_(
 
 
 @app.command("show")
-def show(ctx: typer.Context, message_id: int, as_json: bool = JSON_OPTION) -> None:
+def show(ctx: typer.Context, message_id: RowId, as_json: bool = JSON_OPTION) -> None:
     """One captured message: its headers, text part and HTML part."""
     with app_of(ctx).engine().connect() as conn:
         message = smtp_server.get(conn, message_id)

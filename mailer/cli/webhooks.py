@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from mailer.cli.common import CLI_ACTOR, JSON_OPTION, app_of, err, group, out, print_rows
+from mailer.cli.common import CLI_ACTOR, JSON_OPTION, MAX_ROW, app_of, err, group, out, print_rows
 from mailer.core.errors import MailerError
 from mailer.hooks import deliveries, endpoints
 from mailer.hooks.events import EventType
@@ -68,7 +68,9 @@ def _listed(endpoint: endpoints.Endpoint) -> dict[str, Any]:
 
 
 @app.command("remove")
-def remove(ctx: typer.Context, webhook_id: int = typer.Argument(..., metavar="ID")) -> None:
+def remove(
+    ctx: typer.Context, webhook_id: int = typer.Argument(..., metavar="ID", min=1, max=MAX_ROW)
+) -> None:
     """Send this URL no more events; what still waited for it is failed, with why."""
     app_ = app_of(ctx)
     with app_.engine().begin() as conn:
@@ -82,7 +84,7 @@ def remove(ctx: typer.Context, webhook_id: int = typer.Argument(..., metavar="ID
 def deliveries_(
     ctx: typer.Context,
     failed: bool = typer.Option(False, "--failed", help="Only those that gave up."),
-    limit: int = typer.Option(50, min=1),
+    limit: int = typer.Option(50, min=1, max=MAX_ROW),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Deliveries, newest first; --json adds the payload and every attempt."""
@@ -92,7 +94,9 @@ def deliveries_(
 
 
 @app.command("retry")
-def retry(ctx: typer.Context, delivery_id: int = typer.Argument(..., metavar="ID")) -> None:
+def retry(
+    ctx: typer.Context, delivery_id: int = typer.Argument(..., metavar="ID", min=1, max=MAX_ROW)
+) -> None:
     """Try a failed delivery once more, now (`mailer run` sends it)."""
     app_ = app_of(ctx)
     with app_.engine().begin() as conn:

@@ -12,11 +12,12 @@ import hashlib
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, tzinfo
+from datetime import date, datetime, tzinfo
 from functools import lru_cache
 from operator import attrgetter, itemgetter
 from typing import NamedTuple
 
+from mailer.core.fieldtypes import utc_moment
 from mailer.core.money import currency_code, to_minor
 from mailer.customers.csv_rows import (
     InvalidRow,
@@ -227,7 +228,10 @@ def parse_moment(text: str, zone: tzinfo) -> datetime:
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=zone)
-    return moment.astimezone(UTC)
+    try:
+        return utc_moment(moment)
+    except ValueError as exc:
+        raise ValueError(f"order date {text!r} is {exc}") from None
 
 
 def _currency(text: Mapping[str, str], rules: Rules) -> str:

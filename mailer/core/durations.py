@@ -8,6 +8,7 @@ from datetime import timedelta
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _PART = re.compile(r"(\d+)\s*([smhdw])")
 _WHOLE = re.compile(r"^\s*(?:\d+\s*[smhdw]\s*)+$")
+LONGEST = timedelta(days=100 * 365)
 
 
 def parse_duration(text: str) -> timedelta:
@@ -21,7 +22,13 @@ def parse_duration(text: str) -> timedelta:
     for number, unit in _PART.findall(text.lower()):
         key = _UNITS[unit]
         parts[key] = parts.get(key, 0) + int(number)
-    return timedelta(**parts)
+    try:
+        length = timedelta(**parts)
+    except OverflowError:
+        length = LONGEST + LONGEST
+    if length > LONGEST:  # meant for nothing here, and now + it must stay a date
+        raise ValueError(f"{text!r} is longer than {LONGEST.days // 365} years")
+    return length
 
 
 def format_duration(delta: timedelta) -> str:

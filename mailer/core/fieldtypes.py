@@ -7,7 +7,7 @@ accepted, so the caller only has to add the file and key.
 from __future__ import annotations
 
 import re
-from datetime import time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from functools import lru_cache
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -16,7 +16,7 @@ import email_validator
 from babel import Locale, UnknownLocaleError
 from email_validator import EmailNotValidError, validate_email
 from holidays.registry import EntityLoader
-from pydantic import BeforeValidator, PlainSerializer
+from pydantic import AfterValidator, AwareDatetime, BeforeValidator, PlainSerializer
 
 from mailer.core.durations import format_duration, parse_duration
 
@@ -159,6 +159,23 @@ def event_name(value: Any) -> str:
     return value
 
 
+EARLIEST, LATEST = datetime(1900, 1, 1, tzinfo=UTC), datetime(3000, 1, 1, tzinfo=UTC)
+OUT_OF_RANGE = "not between the years 1900 and 2999"
+
+
+def utc_moment(value: datetime) -> datetime:
+    """A moment from outside (a file, a form, a request) in UTC. Outside the years 1900 to
+    2999 it is a placeholder (0001-01-01 is a common "no date") or a typo, and a zone's
+    offset can push it past the calendar's ends: refused, saying so."""
+    try:
+        at = value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(OUT_OF_RANGE) from None
+    if not EARLIEST <= at < LATEST:
+        raise ValueError(OUT_OF_RANGE)
+    return at
+
+
 def duration(value: Any) -> timedelta:
     return value if isinstance(value, timedelta) else parse_duration(value)
 
@@ -170,6 +187,7 @@ TimeZone = Annotated[ZoneInfo, BeforeValidator(zone), PlainSerializer(str, retur
 LocaleTag = Annotated[str, BeforeValidator(locale_tag)]
 EmailAddress = Annotated[str, BeforeValidator(email_address)]
 EventName = Annotated[str, BeforeValidator(event_name)]
+UtcMoment = Annotated[AwareDatetime, AfterValidator(utc_moment)]
 ClockTime = Annotated[
     time,
     BeforeValidator(clock_time),
