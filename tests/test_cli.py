@@ -511,6 +511,7 @@ def test_support_lists_reads_and_moves_an_inquiry(with_demo: Mailer, database_ur
     raw = (
         b"From: Siti <siti.rahma@example.com>\r\nSubject: Pesanan saya\r\n"
         b"Message-ID: <q1@mail.example>\r\n\r\nKopi saya belum sampai.\r\n"
+        b"\x1b]0;pwned\x07\x1b[31mmerah\r\n"  # retitles and recolours a terminal, raw
     )
     engine = db.connect(database_url)
     with engine.begin() as conn:
@@ -519,7 +520,8 @@ def test_support_lists_reads_and_moves_an_inquiry(with_demo: Mailer, database_ur
     listed = json.loads(with_demo("inquiries", "list", "--status", "new", "--json").stdout)
     assert [i["subject"] for i in listed] == ["Pesanan saya"]
     shown = with_demo("inquiries", "show", str(logged.inquiry_id)).stdout
-    assert "Kopi saya belum sampai." in shown
+    assert "Kopi saya belum sampai.\n\\x1b]0;pwned\\x07\\x1b[31mmerah" in shown
+    assert "\x1b" not in shown
     with_demo("inquiries", "set-status", str(logged.inquiry_id), "answered")
     assert json.loads(with_demo("inquiries", "list", "--status", "new", "--json").stdout) == []
     result = with_demo("inquiries", "set-status", "999", "closed", check=False)

@@ -23,6 +23,7 @@ from mailer.core import config
 from mailer.core.clock import Clock, SystemClock
 from mailer.core.errors import MailerError
 from mailer.core.fieldtypes import utc_moment
+from mailer.customers.csv_rows import shown
 
 # Markup is off: customer names, file keys like "[smtp]" and template text are printed as is.
 out = Console(highlight=False, soft_wrap=True, markup=False)
@@ -209,7 +210,14 @@ def _cell(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, list | tuple):
-        return ", ".join(str(v) for v in value)
+        return terminal(", ".join(str(v) for v in value))
     if isinstance(value, datetime):
         return value.strftime("%Y-%m-%d %H:%M:%S %Z")
-    return str(plain(value))
+    return terminal(str(plain(value)))
+
+
+def terminal(text: str) -> str:
+    """Text from outside (a customer's message, a note, a name) as it may reach a terminal:
+    line breaks kept, every other control or format character escaped, so that no escape
+    sequence in it can recolour, move or retitle the operator's terminal."""
+    return "\n".join(shown(line, len(line)) for line in text.split("\n"))

@@ -16,6 +16,7 @@ from mailer.cli.common import (
     print_json,
     print_rows,
     print_table,
+    terminal,
 )
 from mailer.core.errors import NotFound
 from mailer.inbound import inquiries
@@ -54,7 +55,7 @@ def show(ctx: typer.Context, inquiry_id: RowId, as_json: bool = JSON_OPTION) -> 
         return
     del row["body_text"], row["reply_text"]
     print_fields(row, title=f"inquiry {inquiry_id}")
-    out.print("\n" + (inquiry.reply_text or inquiry.body_text))
+    out.print("\n" + terminal(inquiry.reply_text or inquiry.body_text))
     if len(thread) > 1:
         print_table(thread, ("id", "received_at", "subject", "status"), title="\nthread")
 
