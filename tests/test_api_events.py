@@ -73,8 +73,9 @@ def test_one_bad_event_in_a_batch_is_named_and_nothing_of_the_call_is_kept(
     shaped.append({"email": "b@example.com", "name": "x", "occurred_at": "2026-11-24T10:00:00"})
     dotnet_none = "0001-01-01T00:00:00+01:00"  # a client's "no date": past the calendar in UTC
     shaped.append({"email": "b@example.com", "name": "x", "occurred_at": dotnet_none})
+    shaped.append({"email": "b@example.com", "name": "x", "payload": {"price": float("nan")}})
     found = pointers(problem_of(site.call("POST", "/api/v1/events", shaped, shop), 422))
-    assert set(found) == {"/1/name", "/2/payload", "/3/occurred_at", "/4/occurred_at"}
+    assert set(found) == {"/1/name", "/2/payload", "/3/occurred_at", "/4/occurred_at", "/5/payload"}
     assert "not between the years 1900 and 2999" in found["/4/occurred_at"]
     assert "9010 bytes" in found["/2/payload"]
     twice = [batch[0], {**batch[0], "email": "C0@example.com"}]

@@ -613,6 +613,14 @@ def test_users_are_added_with_a_role_and_listed_without_their_password(with_demo
     assert "password_hash" not in listed
     empty = with_demo("users", "add", "bo", "--role", "admin", "--password-stdin", check=False)
     assert empty.returncode == 1 and "at least 10 characters" in empty.stderr
+    for name in ("", "bad name!"):
+        refused = add_user(with_demo, name)
+        assert (refused.returncode, refused.stderr) == (
+            1,
+            f"error: user name {name!r} is not 1-64 letters, digits or . _ - @ (it is typed to"
+            " sign in)\n",
+        )
+    assert add_user(with_demo, "мария.и").returncode == 0  # a name in any script
 
 
 def test_a_new_password_is_set_from_the_command_line_and_checked(with_demo: Mailer) -> None:

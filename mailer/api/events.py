@@ -36,7 +36,9 @@ router = APIRouter(prefix="/events", tags=["events"])
 
 
 class EventIn(BaseModel):
-    """Something a customer did in the shop."""
+    """Something a customer did in the shop. Its payload is JSON as the standard has it:
+    NaN and Infinity, which some encoders write, are refused rather than stored and printed
+    back as JSON no other reader takes."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -64,7 +66,13 @@ class EventIn(BaseModel):
     @field_validator("payload")
     @classmethod
     def _small(cls, payload: dict[str, Any]) -> dict[str, Any]:
-        size = len(json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode())
+        try:
+            text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        except ValueError:
+            raise ValueError(
+                "NaN and Infinity are not JSON numbers; send null or a number"
+            ) from None
+        size = len(text.encode())
         if size > PAYLOAD_MAX:
             raise ValueError(f"the payload is {size} bytes as JSON; at most {PAYLOAD_MAX} are kept")
         return payload

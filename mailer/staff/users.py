@@ -7,6 +7,7 @@ parameters that can be raised later; old hashes are upgraded at the next sign-in
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,6 +27,7 @@ from mailer.store.models import Role, User
 USERS: Table = User.__table__  # type: ignore[attr-defined]
 HASHER = PasswordHasher()
 MIN_PASSWORD = 10
+USER_NAME = re.compile(r"[\w.@-]{1,64}")  # letters of any script, digits and . _ - @
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -43,7 +45,12 @@ class SignedIn:
 def add(
     conn: Connection, name: str, role: Role, password: str, now: datetime, **details: str | None
 ) -> int:
-    """A new account; ``details`` are display_name, timezone and email (see ``change``)."""
+    """A new account; ``details`` are display_name, timezone and email (see ``change``).
+    The name is what the user types to sign in and what notes and follow-ups are by."""
+    if not USER_NAME.fullmatch(name):
+        raise MailerError(
+            f"user name {name!r} is not 1-64 letters, digits or . _ - @ (it is typed to sign in)"
+        )
     values = {
         "name": name,
         "role": role.value,
