@@ -92,6 +92,13 @@ def test_a_file_without_an_email_column_is_refused_as_a_whole() -> None:
         parse("name,phone\nAna,123\n")
 
 
+def test_empty_columns_at_the_end_of_a_header_are_a_spreadsheets_and_one_between_is_named() -> None:
+    rows = parse("email,name,,\nana@example.com,Ana,,\n")
+    assert [r.email for r in rows if isinstance(r, CustomerRow)] == ["ana@example.com"]
+    with pytest.raises(ImportFileError, match=r"^the header gives no name to column 2$"):
+        parse("email,,name\nana@example.com,x,Ana\n")
+
+
 def test_consent_columns_accept_yes_and_no() -> None:
     rows = parse("email,marketing_consent\na@example.com,no\nb@example.com,perhaps\n")
     assert isinstance(rows[0], CustomerRow) and rows[0].marketing_consent is False

@@ -265,7 +265,10 @@ def test_a_file_read_in_a_child_that_cannot_be_read_is_refused_by_name(
     monkeypatch.setattr(orders, "READ_APART", 0)
     path = tmp_path / "orders.csv"
     path.write_text("Email,SKU\nana@example.com,BEAN-1\n", encoding="utf-8")
-    with pytest.raises(ImportFileError, match=r"orders\.csv: the first line must be a header"):
+    with pytest.raises(
+        ImportFileError,
+        match=r"orders\.csv: the first line must be a header with an 'order_id' column$",
+    ):
         orders.import_csv(engine, path, RULES)
     path.write_bytes(b"Order ID,Email\n\xff\xfe,ana@example.com\n")
     with pytest.raises(ImportFileError, match=r"orders\.csv: line 2: byte 0xFF is not UTF-8"):

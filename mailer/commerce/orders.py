@@ -112,7 +112,7 @@ def _read(path: Path, rules: Rules) -> Generator[Batch, None, None]:
     when it cannot be read at all."""
     with profiles._open(path) as stream:
         try:
-            header, rows = read_table(stream, order_rows.order_header, "order_ref")
+            header, rows = read_table(stream, order_rows.order_header, "order_id")
             yield from profiles._batches(order_rows.packed_orders(header, rows, rules), BATCH)
         except ImportFileError as exc:
             raise ImportFileError(f"{shown(str(path))}: {shown(str(exc), 500)}") from None

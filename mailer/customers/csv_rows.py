@@ -299,10 +299,17 @@ def _header(reader: Any, name: Callable[[str], str], required: str) -> list[str]
     except csv.Error as exc:
         raise ImportFileError(f"line 1: {exc}") from None
     header = [name(h) for h in written]
-    if required not in header:
+    while header and not header[-1]:  # a spreadsheet's empty columns at the end
+        header.pop()
+    if name(required) not in header:
         raise ImportFileError(f"the first line must be a header with an {required!r} column")
+    unnamed = [str(n) for n, column in enumerate(header, 1) if not column]
+    if unnamed:
+        raise ImportFileError(f"the header gives no name to column {', '.join(unnamed)}")
     # a repeated column is named as the file first spells it, not as it is normalised
-    first = {key: text for key, text in reversed(list(zip(header, written, strict=True)))}
+    first = {
+        k: text for k, text in reversed(list(zip(header, written[: len(header)], strict=True)))
+    }
     duplicated = {first[h].strip().lower() for h in header if header.count(h) > 1}
     if duplicated:
         raise ImportFileError(f"the header repeats column(s): {', '.join(sorted(duplicated))}")
