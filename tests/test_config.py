@@ -115,6 +115,8 @@ def test_environment_override_of_unknown_key_is_an_error(tmp_path: Path) -> None
     path = write(tmp_path, "")
     (problem,) = problems(path, {"MAILER_SMTP__HOSTNAME": "x"})
     assert problem.startswith("MAILER_SMTP__HOSTNAME (environment): [smtp] hostname: unknown key")
+    (problem,) = problems(path, {"MAILER_BOGUS__KEY": "1"})
+    assert problem.startswith("MAILER_BOGUS__KEY (environment): [bogus]: unknown key")
 
 
 def test_toml_syntax_error_names_the_line(tmp_path: Path) -> None:

@@ -736,7 +736,10 @@ def _where(
     key = ".".join(rest)
     top, _, table = section.partition(".")
     set_by = table or (rest[0] if rest else "")  # MAILER_BOUNCES__IMAP sets all [bounces.imap]
-    source = overridden.get((top, set_by)) if set_by else None
+    if set_by:
+        source = overridden.get((top, set_by))
+    else:  # a whole section is wrong (one unknown): a variable that made it is to blame
+        source = next((name for (at, _), name in sorted(overridden.items()) if at == top), None)
     where = f"{source} (environment)" if source else str(path)
     return where + (f": [{section}] {key}" if key else f": [{section}]")
 
