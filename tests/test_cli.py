@@ -226,8 +226,7 @@ def test_contacts_log_mistakes_are_one_line_and_exit_1(with_demo: Mailer) -> Non
         "leave it out",
         ("--kind", "note"): "a note needs some text",
         ("--kind", "call", "--direction", "in", "--at", "2026-11-20 10:00"): "--at '2026-11-20 "
-        "10:00' has no UTC offset; When it happened, with its UTC offset, e.g. "
-        "2026-12-01T09:00:00+02:00 [default: now].",
+        "10:00' has no UTC offset; write it with its UTC offset, e.g. 2026-12-01T09:00:00+02:00",
         ("--kind", "call", "--direction", "in", "--duration", "long"): "--duration: 'long' is "
         'not a duration; write a number and a unit, e.g. "90s", "15m", "20h", "7d", "2w" or '
         '"1h30m"',

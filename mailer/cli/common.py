@@ -62,14 +62,15 @@ MAX_ROW = 2**63 - 1  # the largest id, or count of rows, a database integer hold
 RowId = Annotated[int, typer.Argument(min=1, max=MAX_ROW, show_default=False)]
 
 
-def parse_moment(text: str, explained: str, option: str = "--at") -> datetime:
+def parse_moment(text: str, option: str = "--at") -> datetime:
     """A date and time given on the command line, with its UTC offset."""
+    hint = "write it with its UTC offset, e.g. 2026-12-01T09:00:00+02:00"
     try:
         when = datetime.fromisoformat(text)
     except ValueError:
-        raise MailerError(f"{option} {text!r} is not a date and time; {explained}") from None
+        raise MailerError(f"{option} {text!r} is not a date and time; {hint}") from None
     if when.utcoffset() is None:
-        raise MailerError(f"{option} {text!r} has no UTC offset; {explained}")
+        raise MailerError(f"{option} {text!r} has no UTC offset; {hint}")
     try:
         return utc_moment(when)
     except ValueError as exc:

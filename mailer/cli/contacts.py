@@ -40,7 +40,7 @@ def log(
     entry = contacts.NewContact(
         kind=kind,
         direction=direction,
-        at=parse_moment(at, AT_HELP) if at else now,
+        at=parse_moment(at) if at else now,
         by=by or getpass.getuser(),
         note=note,
         duration=_duration(duration),

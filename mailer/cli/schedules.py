@@ -69,7 +69,7 @@ def run(
     if name not in schedules:
         known = ", ".join(sorted(schedules)) or "none"
         raise NotFound(f"no schedule named {name!r} (loaded: {known})")
-    moment = parse_moment(at, AT_HELP) if at else app_.clock.now()
+    moment = parse_moment(at) if at else app_.clock.now()
     settings = Firing.from_config(app_.config)
     engine = app_.engine()
     zones = firing.customer_zones(engine, settings.fallback_zone)
