@@ -58,6 +58,8 @@ def test_headers_are_forgiving_and_extra_columns_become_fields() -> None:
         first_name="Ana",
         fields={"favourite_roast": "Ethiopia Guji"},
     )
+    (row,) = parse("E-mail Address,Name\nbo@example.com,Bo\n")  # as Outlook exports it
+    assert (row.email, row.name) == ("bo@example.com", "Bo")
 
 
 def test_semicolon_separated_file_from_a_european_spreadsheet() -> None:

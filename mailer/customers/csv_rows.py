@@ -36,6 +36,7 @@ KNOWN_COLUMNS = frozenset(
 _ALIASES = {
     "e_mail": "email",
     "email_address": "email",
+    "e_mail_address": "email",
     "firstname": "first_name",
     "given_name": "first_name",
     "full_name": "name",
