@@ -7,6 +7,7 @@ itself (signals, the entry point) use ``process=True``."""
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import os
@@ -22,6 +23,7 @@ from sqlalchemy import Engine
 
 from mailer import cli
 from mailer.cli import common
+from mailer.core.clock import Clock
 from mailer.store import db
 from tests.configs import ROOT
 
@@ -43,10 +45,11 @@ def environment(config: Path, database_url: str) -> dict[str, str]:
 
 
 def in_process(
-    env: Mapping[str, str], args: Sequence[str], stdin: str = ""
+    env: Mapping[str, str], args: Sequence[str], stdin: str = "", clock: Clock | None = None
 ) -> subprocess.CompletedProcess[str]:
     """`mailer ARGS...` through `cli.main()`; everything it changes is put back afterwards,
-    and the engines it opened are closed, as the end of a process would close them."""
+    and the engines it opened are closed, as the end of a process would close them. With
+    ``clock``, the command reads the time from it, not from the wall."""
     stdout, stderr = io.StringIO(), io.StringIO()
     engines: list[Engine] = []
     connect = db.connect
@@ -63,6 +66,8 @@ def in_process(
         patch.setattr(sys, "argv", ["mailer", *args])
         patch.setattr(sys, "stdin", io.StringIO(stdin))
         patch.setattr(db, "connect", connect_and_keep)
+        if clock is not None:
+            patch.setattr(cli, "App", functools.partial(common.App, clock=clock))
         # no handlers, as in a new process: a warning logged reaches stderr, pytest's capture not
         patch.setattr(logging.getLogger(), "handlers", [])
         for console in (common.out, common.err):  # colours are chosen at import, on a pipe none
@@ -103,12 +108,17 @@ def in_a_process(
     )
 
 
-def runner(env: Mapping[str, str], *, process: bool = False) -> Mailer:
+def runner(env: Mapping[str, str], *, process: bool = False, clock: Clock | None = None) -> Mailer:
     """`mailer ARGS...` on this environment (read at each call, so a test can change it);
-    a traceback always fails the test, and so does exit 1 unless ``check=False``."""
+    a traceback always fails the test, and so does exit 1 unless ``check=False``. A
+    ``clock`` is the time the commands read (in this process only)."""
 
     def run(*args: str, check: bool = True, stdin: str = "") -> subprocess.CompletedProcess[str]:
-        result = (in_a_process if process else in_process)(env, args, stdin)
+        if process:
+            assert clock is None, "a process of its own reads the wall clock"
+            result = in_a_process(env, args, stdin)
+        else:
+            result = in_process(env, args, stdin, clock)
         assert "Traceback" not in result.stderr, result.stderr
         if check:
             assert result.returncode == 0, result.stderr

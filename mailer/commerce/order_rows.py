@@ -134,7 +134,7 @@ def packed(draft: Draft) -> Packed:
     return Packed(draft.order_ref, draft.first_line, draft.fingerprint, head, items)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Rejected:
     """An order left out whole (or a row that names no order), with each bad line."""
 
@@ -502,13 +502,16 @@ def _finish(group: list[LineRow | tuple[str, BadLine]], seen: dict[str, int]) ->
         seen[ref] = first
     bad += _disagreements(good)
     if bad or not good:
-        return Rejected(ref, len(group), tuple(sorted(bad, key=lambda b: b.line)))
+        problems = tuple(sorted(bad, key=lambda b: b.line))
+        return Rejected(order_ref=ref, lines=len(group), problems=problems)
     return Draft(order_ref=ref, first_line=first, lines=tuple(good), fingerprint=fingerprint(good))
 
 
 def _came_back(ref: str, first: int, lines: int, seen: dict[str, int]) -> Rejected:
     reason = f"order {ref} began at line {seen[ref]}; keep an order's lines together"
-    return Rejected(ref, lines, (BadLine(first, reason),), began_at=seen[ref])
+    return Rejected(
+        order_ref=ref, lines=lines, problems=(BadLine(first, reason),), began_at=seen[ref]
+    )
 
 
 def _disagreements(lines: list[LineRow]) -> list[BadLine]:

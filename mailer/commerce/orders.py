@@ -257,7 +257,8 @@ def _leave_out(
     conn.execute(ORDERS.delete().where(ORDERS.c.id.in_(ids)))
     for _, ref, _, lines in found:
         reason = f"order {ref} goes on after other orders; left out whole, with the rest of it"
-        report.rejected.append(Rejected(ref, lines, (BadLine(split[ref], reason),)))
+        problems = (BadLine(split[ref], reason),)
+        report.rejected.append(Rejected(order_ref=ref, lines=lines, problems=problems))
         report.added -= 1
         report.lines -= lines
     return sorted({row.customer_id for row in found})
@@ -267,7 +268,11 @@ def _conflict(draft: Packed) -> Rejected:
     reason = (
         f"order {draft.order_ref} was imported before with other content; nothing of it was changed"
     )
-    return Rejected(draft.order_ref, len(draft.items), (BadLine(draft.first_line, reason),))
+    return Rejected(
+        order_ref=draft.order_ref,
+        lines=len(draft.items),
+        problems=(BadLine(draft.first_line, reason),),
+    )
 
 
 def _insert_orders(
