@@ -88,7 +88,20 @@ async def test_a_contact_that_makes_no_sense_is_refused_with_the_reason(
     await page.get_by_label("Direction").select_option("in")
     await page.get_by_label("Note", exact=True).fill("x")
     await page.get_by_role("button", name="Log it").click()
-    await expect(page.get_by_role("main")).to_contain_text("a note has no direction")
+    await expect(page.get_by_role("alert")).to_have_text(
+        "Nothing was logged: a note has no direction: leave it out"
+    )
+    note = page.locator("textarea[name=note]")  # its label's name now holds what is typed
+    await expect(note).to_have_value("x")  # the form is shown again, with what was typed
+    await page.get_by_label("Kind").select_option("call")
+    await page.get_by_label("Direction").select_option("out")
+    await note.fill("Long talk about the grinder's warranty")
+    for wrong, why in (("next week", "is not a due time"), ("0001-01-01", "not between the years")):
+        await page.get_by_label("Follow up in").fill(wrong)
+        await page.get_by_role("button", name="Log it").click()
+        await expect(page.get_by_role("alert")).to_contain_text(why)
+        await expect(note).to_have_value("Long talk about the grinder's warranty")
+        await expect(page.get_by_label("Kind")).to_have_value("call")
     with engine.connect() as conn:
         assert contacts.last_of(conn, maria) == {"out": None, "in": None}
 

@@ -64,7 +64,10 @@ def parse_due(text: str, now: datetime, zone: ZoneInfo) -> datetime:
         when = datetime.combine(when.date(), DAY_STARTS)
     if when.tzinfo is None:
         when = when.replace(tzinfo=zone)
-    return when.astimezone(now.tzinfo)
+    try:
+        return fieldtypes.utc_moment(when).astimezone(now.tzinfo)
+    except ValueError as exc:
+        raise ValueError(f"{text!r} is {exc}") from None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -11,9 +11,9 @@ inquiry is support's alone.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, datetime, time, timedelta
 from typing import Any
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
@@ -27,6 +27,7 @@ from starlette.routing import Route
 
 from mailer.commerce import insights, orders
 from mailer.core.errors import InvalidContact, MailerError, NotFound, TemplateError
+from mailer.core.fieldtypes import utc_moment
 from mailer.customers import contacts, followups, profiles
 from mailer.inbound import inquiries, plain_words
 from mailer.outbound import outbox
@@ -55,6 +56,7 @@ ORDERS = 5  # latest orders on a customer's page
 HISTORY = 200  # messages on a customer's page; `mailer customers show --history` has all
 RAW_SHOWN = 100_000  # bytes of a failed message's source shown to support
 NOTE_MAX = 10_000
+LONGEST_CONTACT = 7 * 24 * 60  # minutes: a call or meeting logged as longer is a typo
 STATUSES = [s.value for s in InquiryStatus]
 Action = Callable[[Connection, int, Any, str, datetime], bool]
 
@@ -381,9 +383,16 @@ def _customers(
 
 @require(Role.SUPPORT, Role.MARKETING)
 async def customer_page(request: Request) -> Response:
+    return await _profile(request, request.path_params["id"])
+
+
+async def _profile(
+    request: Request, customer_id: int, typed: Mapping[str, str] | None = None, problem: str = ""
+) -> Response:
+    """The customer's page; with ``problem``, the contact form that was refused is shown
+    open again, saying why, with what was typed in it (so a note is never lost)."""
     readable = _may_read(request)
     cursor = Cursor.decode(request.query_params.get("before", ""))
-    customer_id = request.path_params["id"]
     context = await db(request, _customer, request, customer_id, readable, cursor)
     if context is None:
         raise HTTPException(404, "There is no such customer.")
@@ -391,7 +400,13 @@ async def customer_page(request: Request) -> Response:
     context["older"] = _link(f"/customers/{customer_id}", before=older.encode()) if older else None
     context["newer"] = f"/customers/{customer_id}#timeline" if cursor else None
     context["kinds"], context["directions"] = contacts.KINDS, contacts.DIRECTIONS
-    return render(request, "customer_profile.html", {**context, "readable": readable})
+    context["typed"], context["contact_problem"] = typed or {}, problem
+    return render(
+        request,
+        "customer_profile.html",
+        {**context, "readable": readable},
+        status=400 if problem else 200,
+    )
 
 
 def _customer(
@@ -442,7 +457,8 @@ async def log_contact(request: Request, form: FormData) -> Response:
         entry = _new_contact(form, user.name, now, viewer_zone(request))
         found = await db(request, _log_contact, request, customer_id, entry, later, now)
     except (InvalidContact, MailerError) as exc:
-        raise HTTPException(400, str(exc)) from None
+        typed = {name: value for name, value in form.items() if isinstance(value, str)}
+        return await _profile(request, customer_id, typed, str(exc))
     if not found:
         raise HTTPException(404, "There is no such customer.")
     return RedirectResponse(f"/customers/{customer_id}#timeline", status_code=303)
@@ -452,8 +468,10 @@ def _new_contact(form: FormData, by: str, now: datetime, zone: ZoneInfo) -> cont
     """The form as a contact; a time without an offset is in the reader's zone, as the
     page shows every time."""
     minutes = _field(form, "minutes")
-    if minutes and not (minutes.isascii() and minutes.isdigit()):
-        raise InvalidContact(f"the duration {minutes!r} is not a whole number of minutes")
+    if minutes and not (
+        minutes.isascii() and minutes.isdigit() and int(minutes) <= LONGEST_CONTACT
+    ):
+        raise InvalidContact(f"the duration {minutes!r} is not a number of minutes up to a week")
     return contacts.NewContact(
         kind=_field(form, "kind"),
         direction=_field(form, "direction") or None,
@@ -478,7 +496,10 @@ def _moment(text: str, zone: ZoneInfo) -> datetime | None:
         at = datetime.fromisoformat(text)
     except ValueError:
         raise InvalidContact(f"the time {text!r} is not a date and time") from None
-    return (at if at.tzinfo else at.replace(tzinfo=zone)).astimezone(UTC)
+    try:
+        return utc_moment(at if at.tzinfo else at.replace(tzinfo=zone))
+    except ValueError as exc:
+        raise InvalidContact(f"the time {text!r} is {exc}") from None
 
 
 def _log_contact(
