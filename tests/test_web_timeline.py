@@ -106,6 +106,30 @@ async def test_a_contact_that_makes_no_sense_is_refused_with_the_reason(
         assert contacts.last_of(conn, maria) == {"out": None, "in": None}
 
 
+async def test_numbers_out_of_range_and_forged_tokens_are_answered_not_crashed(
+    page: Page,
+    site: Site,
+    staff: dict[str, str],
+    maria: int,  # noqa: F811
+) -> None:
+    """Ids, counts and cursors too large for a database or a calendar, and a CSRF token
+    with characters beyond ASCII, each as a hand-edited address or a forged post sends it."""
+    await sign_in(page, site, "ada")
+    huge = "9" * 20
+    for path, status in (
+        (f"/customers/{huge}", 404),
+        (f"/customers/{huge}/edit", 404),
+        ("/customers?quiet=800000", 400),
+        (f"/customers/{maria}?before=253402300800000000.contact.1", 200),  # not a cursor of ours
+    ):
+        answered = await page.request.get(site.url + path)
+        assert answered.status == status, path
+    forged = await page.request.post(
+        f"{site.url}/customers/{maria}/contacts", form={"csrf": "é", "kind": "note", "note": "x"}
+    )
+    assert forged.status == 403 and "This form has expired" in await forged.text()
+
+
 async def test_marketing_sees_the_timeline_but_may_not_log_contacts(
     page: Page,
     site: Site,

@@ -10,6 +10,7 @@ index and none is scanned, whatever the customer's history holds.
 from __future__ import annotations
 
 import heapq
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,6 +32,8 @@ class Source(StrEnum):
 
 
 RANK = {source: rank for rank, source in enumerate(Source)}
+_ID = re.compile(r"[0-9]{1,18}")  # what a database integer holds
+_MICROS = re.compile(r"[0-9]{1,16}")  # microseconds since 1970, up to the year 2286
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -82,7 +85,8 @@ class Cursor:
         if len(parts) != 3 or parts[1] not in {s.value for s in Source}:
             return None
         micros, source, row = parts
-        if not (micros.isascii() and micros.isdigit() and row.isascii() and row.isdigit()):
+        # longer numbers were not made here, and would not fit a date or a database integer
+        if not (_MICROS.fullmatch(micros) and _ID.fullmatch(row)):
             return None
         at = datetime.fromtimestamp(int(micros) // 1_000_000, UTC)
         at = at.replace(microsecond=int(micros) % 1_000_000)

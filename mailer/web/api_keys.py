@@ -131,6 +131,6 @@ def _known(key_id: int) -> Iterator[None]:
 routes = [
     Route("/api-keys", keys_page),
     Route("/api-keys", create, methods=["POST"]),
-    Route("/api-keys/{id:int}/revoke", revoke_page),
-    Route("/api-keys/{id:int}/revoke", revoke, methods=["POST"]),
+    Route("/api-keys/{id:rowid}/revoke", revoke_page),
+    Route("/api-keys/{id:rowid}/revoke", revoke, methods=["POST"]),
 ]

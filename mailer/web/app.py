@@ -77,6 +77,13 @@ async def http_error(request: Request, exc: Exception) -> Response:
     )
 
 
+async def out_of_range(request: Request, exc: Exception) -> Response:
+    """A number or date in the request beyond what a database or a calendar holds (a page
+    number of twenty digits): the request is wrong, not the server."""
+    detail = "A number or date in this address or form is out of range."
+    return render(request, "error.html", {"status": 400, "detail": detail}, 400)
+
+
 def create_app(
     cfg: Config,
     engine: Engine,
@@ -107,7 +114,9 @@ def create_app(
         Middleware(SessionCookie, https=https),
     ]
     app = Starlette(
-        routes=routes, middleware=middleware, exception_handlers={HTTPException: http_error}
+        routes=routes,
+        middleware=middleware,
+        exception_handlers={HTTPException: http_error, OverflowError: out_of_range},
     )
     app.state.web = web
     return app

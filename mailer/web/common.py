@@ -19,6 +19,7 @@ from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -95,6 +96,22 @@ def current_user(request: Request) -> SignedIn | None:
     return found if isinstance(found, SignedIn) else None
 
 
+class RowIdConvertor(Convertor[int]):
+    """A row's id in a page's path: at most 18 digits, so it always fits a database integer;
+    a longer one matches no page (404) instead of reaching the database."""
+
+    regex = "[0-9]{1,18}"
+
+    def convert(self, value: str) -> int:
+        return int(value)
+
+    def to_string(self, value: int) -> str:
+        return str(value)
+
+
+register_url_convertor("rowid", RowIdConvertor())  # before any route of the pages is made
+
+
 def csrf_token(request: Request) -> str:
     """One token per session, in every form and in htmx's requests (base.html)."""
     return web_sessions.csrf(request, state(request).secret)
@@ -105,9 +122,8 @@ async def checked_form(request: Request) -> FormData:
     form = await request.form()
     sent = form.get(CSRF_FIELD) or request.headers.get(CSRF_HEADER) or ""
     expected = csrf_token(request)
-    if not isinstance(sent, str):
-        raise HTTPException(403, "This form has expired. Go back, reload the page and try again.")
-    if not hmac.compare_digest(sent, expected):
+    # bytes: compare_digest refuses str with characters beyond ASCII, which a forged one has
+    if not isinstance(sent, str) or not hmac.compare_digest(sent.encode(), expected.encode()):
         raise HTTPException(403, "This form has expired. Go back, reload the page and try again.")
     return form
 

@@ -202,10 +202,10 @@ def _erase(request: Request, email: str) -> privacy.Erased:
 
 
 routes = [
-    Route("/customers/{id:int}/edit", edit_page),
-    Route("/customers/{id:int}/edit", save, methods=["POST"]),
-    Route("/customers/{id:int}/history", history),
-    Route("/customers/{id:int}/export.json", export),
-    Route("/customers/{id:int}/erase", erase_page),
-    Route("/customers/{id:int}/erase", erase, methods=["POST"]),
+    Route("/customers/{id:rowid}/edit", edit_page),
+    Route("/customers/{id:rowid}/edit", save, methods=["POST"]),
+    Route("/customers/{id:rowid}/history", history),
+    Route("/customers/{id:rowid}/export.json", export),
+    Route("/customers/{id:rowid}/erase", erase_page),
+    Route("/customers/{id:rowid}/erase", erase, methods=["POST"]),
 ]

@@ -530,11 +530,11 @@ def _log_contact(
 
 routes = [
     Route("/inquiries", inquiry_list),
-    Route("/inquiries/{id:int}", inquiry_page),
-    Route("/inquiries/{id:int}/acknowledgement", acknowledgement),
-    Route("/inquiries/{id:int}/change", change, methods=["POST"]),
-    Route("/inquiries/{id:int}/mine", assign_to_me, methods=["POST"]),
+    Route("/inquiries/{id:rowid}", inquiry_page),
+    Route("/inquiries/{id:rowid}/acknowledgement", acknowledgement),
+    Route("/inquiries/{id:rowid}/change", change, methods=["POST"]),
+    Route("/inquiries/{id:rowid}/mine", assign_to_me, methods=["POST"]),
     Route("/customers", customer_list),
-    Route("/customers/{id:int}", customer_page),
-    Route("/customers/{id:int}/contacts", log_contact, methods=["POST"]),
+    Route("/customers/{id:rowid}", customer_page),
+    Route("/customers/{id:rowid}/contacts", log_contact, methods=["POST"]),
 ]

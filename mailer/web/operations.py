@@ -182,10 +182,10 @@ def _apply(engine: Engine, change: Change, message_id: int, now: datetime) -> bo
 
 routes = [
     Route("/outbox", outbox_page),
-    Route("/outbox/{id:int}/retry", retry, methods=["POST"]),
-    Route("/outbox/{id:int}/cancel", cancel, methods=["POST"]),
+    Route("/outbox/{id:rowid}/retry", retry, methods=["POST"]),
+    Route("/outbox/{id:rowid}/cancel", cancel, methods=["POST"]),
     Route("/sandbox", sandbox_page),
-    Route("/sandbox/{id:int}", sandbox_message),
+    Route("/sandbox/{id:rowid}", sandbox_message),
     Route("/webhooks", webhooks_page),
     Route("/deliverability", deliverability_page),
 ]

@@ -123,11 +123,11 @@ def _remove(request: Request, saved_id: int) -> None:
 
 
 routes = [
-    Route("/inquiries/{id:int}/reply", send_reply, methods=["POST"]),
+    Route("/inquiries/{id:rowid}/reply", send_reply, methods=["POST"]),
     Route("/desk/replies", saved_list),
     Route("/desk/replies/new", saved_form),
     Route("/desk/replies/new", save, methods=["POST"]),
-    Route("/desk/replies/{id:int}", saved_form),
-    Route("/desk/replies/{id:int}", save, methods=["POST"]),
-    Route("/desk/replies/{id:int}/delete", remove, methods=["POST"]),
+    Route("/desk/replies/{id:rowid}", saved_form),
+    Route("/desk/replies/{id:rowid}", save, methods=["POST"]),
+    Route("/desk/replies/{id:rowid}/delete", remove, methods=["POST"]),
 ]

@@ -340,6 +340,6 @@ routes = [
     Route("/templates/{name}/edit", save, methods=["POST"]),
     Route("/templates/{name}/preview", preview_draft, methods=["POST"]),
     Route("/templates/{name}/versions/diff", diff_page),
-    Route("/templates/{name}/versions/{id:int}/restore", restore, methods=["POST"]),
+    Route("/templates/{name}/versions/{id:rowid}/restore", restore, methods=["POST"]),
     Route("/templates/{name}/variants", new_variant, methods=["POST"]),
 ]
