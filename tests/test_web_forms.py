@@ -365,6 +365,10 @@ def test_reading_a_post_names_the_field_and_never_its_value() -> None:
         read_inquiry({"email": "ana@example.com", "message": "Hi", "name": ["x"]}, 100)
     form = read_inquiry({"email": "Ana@Example.com", "message": "Hi", "name": "Ana\r\nBcc: x"}, 9)
     assert (form.email, form.name) == ("ana@example.com", "Ana Bcc: x")
+    with pytest.raises(FormProblem, match=r"^email must have plain Latin letters before the @"):
+        read_inquiry({"email": "пример@example.com", "message": "Hi"}, 100)  # no SMTPUTF8 yet
+    form = read_inquiry({"email": "Ana@Bücher.example", "message": "Hi"}, 100)
+    assert form.email == "ana@xn--bcher-kva.example"  # the domain as SMTP carries it
     assert (
         read_inquiry({"email": "ana@example.com", "message": "Hi", "locale": None}, 9).locale
         is None

@@ -125,6 +125,19 @@ def email_address(value: Any) -> str:
         raise ValueError(f"{text!r} is not a valid email address: {exc}") from None
 
 
+def sendable_address(address: str) -> str | None:
+    """A valid address as SMTP without SMTPUTF8 carries it: an international domain in its
+    ASCII form (bücher.example -> xn--bcher-kva.example); None when the part before the @
+    is not ASCII, which mailer cannot send to yet."""
+    if address.isascii():
+        return address
+    try:
+        found = validate_email(address, check_deliverability=False, globally_deliverable=False)
+    except EmailNotValidError:
+        return None
+    return found.ascii_email
+
+
 def _plain_address(text: str) -> str | None:
     """The normalised address when ``text`` has the plain shape, else None."""
     match = _PLAIN_ADDRESS.fullmatch(text)

@@ -18,6 +18,7 @@ from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime, make_msgid
 
+from mailer.core.fieldtypes import sendable_address
 from mailer.core.text import one_line
 from mailer.customers.csv_rows import normalise_email
 
@@ -111,9 +112,14 @@ def _email(fields: Mapping[str, object]) -> str:
     if not text:
         raise FormProblem(422, "email", "email is required")
     try:
-        return normalise_email(text)
+        address = sendable_address(normalise_email(text))
     except ValueError:
         raise FormProblem(422, "email", "email is not a valid e-mail address") from None
+    if address is None:  # the answer would not reach them: said now, not lost later
+        raise FormProblem(
+            422, "email", "email must have plain Latin letters before the @ for our replies"
+        )
+    return address
 
 
 def _locale(fields: Mapping[str, object]) -> str | None:
