@@ -184,3 +184,22 @@ async def test_marketing_makes_a_cart_reminder_with_the_form(
     )
     await page.goto(site.url + "/schedules/cart/edit")
     await expect(page.get_by_label("Unless first")).to_have_value("order_placed, cart_recovered")
+
+
+async def test_a_file_broken_by_hand_is_named_on_its_edit_page_not_a_server_error(
+    page: Page, site: Site, staff: dict[str, str], cfg: Config
+) -> None:
+    """A schedule file edited outside mailer into bad TOML, another encoding or an unknown
+    kind: its edit page says what is wrong with it, so it is mended in the file."""
+    (cfg.schedules_dir / "typo.toml").write_text('kind = "newsletter\n', encoding="utf-8")
+    (cfg.schedules_dir / "latin.toml").write_bytes('title = "Café"\n'.encode("latin-1"))
+    (cfg.schedules_dir / "five.toml").write_text("kind = 5\n", encoding="utf-8")
+    await sign_in(page, site, "mia")
+    for name, said in (
+        ("typo", "cannot be edited here: it is not valid TOML"),
+        ("latin", "cannot be edited here: it is not UTF-8 text"),
+        ("five", "has kind 5, not one of"),
+    ):
+        response = await page.goto(f"{site.url}/schedules/{name}/edit")
+        assert response is not None and response.status == 400, name
+        await expect(page.get_by_role("main")).to_contain_text(said)

@@ -267,3 +267,20 @@ def test_a_message_never_mixes_the_subject_of_one_save_with_the_body_of_another(
         saver.join()
         pool.close()
     assert len(seen) > 1  # the saves really ran between the renders
+
+
+async def test_a_file_saved_in_another_encoding_is_named_not_opened_and_not_overwritten(
+    page: Page, editing: Site, templates: Path, staff: dict[str, str]
+) -> None:
+    """A body.html saved as Windows-1251 by an editor outside mailer: the editor and the
+    comparison of versions say which file and how to mend it, and leave the file as it is."""
+    body = templates / "birthday" / "bg" / "body.html"
+    body.write_bytes("<p>Честит рожден ден!</p>".encode("cp1251"))
+    await sign_in(page, editing, "mia")
+    for path in ("/edit?variant=bg", "/versions/diff?variant=bg&old=current&new=current"):
+        response = await page.goto(f"{editing.url}/templates/birthday{path}")
+        assert response is not None and response.status == 400, path
+        await expect(page.get_by_role("main")).to_contain_text(
+            "templates/birthday/bg/body.html is not UTF-8 text (byte 0xD7 at 3); save it as UTF-8"
+        )
+    assert body.read_bytes() == "<p>Честит рожден ден!</p>".encode("cp1251")

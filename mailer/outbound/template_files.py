@@ -77,8 +77,23 @@ def read(store: TemplateStore, name: str, variant: str | None) -> Draft:
     if variant not in store.variants(name):
         raise TemplateError(Problem(f"{store.root.name}/{name}", f"no variant {variant!r}"))
     folder = _folder(store.root, name, variant)
-    found = {p: (folder / p).read_text("utf-8") if (folder / p).is_file() else None for p in _PARTS}
+    found = {part: _text(store.root, folder / part) for part in _PARTS}
     return Draft(found[SUBJECT] or "", found[HTML], found[TEXT])
+
+
+def _text(root: Path, path: Path) -> str | None:
+    """A part's text, None when there is no such file; MailerError for one saved in another
+    encoding than UTF-8 (by an editor outside mailer), which the editor must not overwrite."""
+    if not path.is_file():
+        return None
+    try:
+        return path.read_text("utf-8")
+    except UnicodeDecodeError as exc:
+        where = path.relative_to(root.parent)
+        raise MailerError(
+            f"{where} is not UTF-8 text (byte 0x{exc.object[exc.start]:02X} at {exc.start});"
+            " save it as UTF-8 to edit it here"
+        ) from None
 
 
 def save(

@@ -47,12 +47,18 @@ def path_of(directory: Path, name: str) -> Path:
 
 
 def read(directory: Path, name: str) -> dict[str, Any] | None:
-    """The file's keys as written (durations stay "3d"); None when there is no such file."""
+    """The file's keys as written (durations stay "3d"); None when there is no such file;
+    ValueError saying why when it is not UTF-8 TOML (a hand edit gone wrong)."""
     path = path_of(directory, name)
     if not path.is_file():
         return None
-    with path.open("rb") as file:
-        return tomllib.load(file)
+    try:
+        with path.open("rb") as file:
+            return tomllib.load(file)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"it is not valid TOML ({exc})") from None
+    except UnicodeDecodeError:
+        raise ValueError("it is not UTF-8 text") from None
 
 
 def create(

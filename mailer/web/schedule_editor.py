@@ -210,9 +210,21 @@ async def new_form(request: Request) -> Response:
 @require(Role.MARKETING)
 async def edit_form(request: Request) -> Response:
     name = request.path_params["name"]
-    data = await db(request, schedule_files.read, state(request).cfg.schedules_dir, name)
-    if data is None or data.get("kind") not in KINDS:
+    try:
+        data = await db(request, schedule_files.read, state(request).cfg.schedules_dir, name)
+    except ValueError as exc:
+        raise HTTPException(
+            400,
+            f"The schedule file {name!r} cannot be edited here: {exc}. "
+            "Correct it in the file; `mailer check` names every problem.",
+        ) from None
+    if data is None:
         raise HTTPException(404, f"There is no schedule file named {name!r} to edit.")
+    if data.get("kind") not in KINDS:
+        kinds = ", ".join(KINDS)
+        raise HTTPException(
+            400, f"The schedule file {name!r} has kind {data.get('kind')!r}, not one of {kinds}."
+        )
     context = _form_context(state(request), data["kind"], form_from_file(data), name=name)
     return render(request, "schedule_form.html", context)
 

@@ -185,6 +185,8 @@ def _page(web: WebState, name: str, variant: str | None, params: Any) -> dict[st
         draft = template_files.read(store, name, variant)
     except TemplateError:
         raise HTTPException(404, f"There is no template {name!r} with that language.") from None
+    except MailerError as exc:
+        raise HTTPException(400, str(exc)) from None
     with web.engine.connect() as conn:
         saved = template_files.versions(conn, name, variant)
     context: dict[str, Any] = {
@@ -299,7 +301,10 @@ def _diff(
     """Two saved versions compared ("current" is the files as they are now)."""
     store = _store(web)
     _variants_or_404(store, name)
-    current = template_files.read(store, name, variant)
+    try:
+        current = template_files.read(store, name, variant)
+    except MailerError as exc:
+        raise HTTPException(400, str(exc)) from None
     sides = [
         None if side in (None, "", "current") else _version(web, name, variant, side)
         for side in (old, new)
