@@ -170,6 +170,12 @@ def test_fixed_iana_zone_is_kept_and_bad_zone_is_reported(tmp_path: Path) -> Non
     ]
 
 
+def test_a_priority_out_of_range_is_reported_before_any_run(tmp_path: Path) -> None:
+    """A priority no column holds (99999999999999999999999) failed every run, not the check."""
+    _, problems = load_one(tmp_path, toml(NEWSLETTER, priority="99999999999999999999999"))
+    assert problems == ["priority: Input should be less than or equal to 1000"]
+
+
 def test_missing_template_is_reported(tmp_path: Path) -> None:
     text = toml(WEBINAR, template='"webinar_invitation"', reminder_template='"reminder"')
 

@@ -275,7 +275,7 @@ class _Common(_Frozen):
     template: str = Field(min_length=1)
     audience: Audience = Audience()
     valid_for: PositiveDuration = timedelta(days=1)
-    priority: int = 0
+    priority: int = Field(default=0, ge=-1000, le=1000)  # transactional mail goes at 100
     params: dict[str, Any] = {}
     enabled: bool = True  # false pauses it: nothing fires
     resumed_at: OffsetDateTime | None = None  # nothing planned before it fires (no catch-up)
