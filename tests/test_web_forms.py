@@ -369,6 +369,11 @@ def test_reading_a_post_names_the_field_and_never_its_value() -> None:
         read_inquiry({"email": "пример@example.com", "message": "Hi"}, 100)  # no SMTPUTF8 yet
     form = read_inquiry({"email": "Ana@Bücher.example", "message": "Hi"}, 100)
     assert form.email == "ana@xn--bcher-kva.example"  # the domain as SMTP carries it
+    unknown = read_inquiry({"email": "a@example.com", "message": "Hi", "locale": "zz-ZZ"}, 9)
+    assert unknown.locale is None  # no such language: the message's own is detected
+    assert read_inquiry(
+        {"email": "a@example.com", "message": "Hi", "locale": "bg_bg"}, 9
+    ).locale == ("bg-BG")
     assert (
         read_inquiry({"email": "ana@example.com", "message": "Hi", "locale": None}, 9).locale
         is None

@@ -18,7 +18,7 @@ from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime, make_msgid
 
-from mailer.core.fieldtypes import sendable_address
+from mailer.core.fieldtypes import locale_tag, sendable_address
 from mailer.core.text import one_line
 from mailer.customers.csv_rows import normalise_email
 
@@ -126,4 +126,7 @@ def _locale(fields: Mapping[str, object]) -> str | None:
     text = _text(fields, "locale", SHORT["locale"])
     if text and not _LOCALE.match(text):
         raise FormProblem(422, "locale", "locale is not a language tag such as en or bg-BG")
-    return text or None
+    try:  # a well-formed tag of no known language: the message's own language is used
+        return locale_tag(text) if text else None
+    except ValueError:
+        return None
