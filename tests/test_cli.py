@@ -375,6 +375,9 @@ def test_preview_renders_in_the_customers_language(with_demo: Mailer) -> None:
         ).stdout
     )
     assert english["variant"] is None and english["subject"] != bulgarian["subject"]
+    for about in ("desk_reply", "meeting_invitation", "subscribe_confirm"):  # one message each
+        shown = with_demo("templates", "preview", about, "--customer", "maria.ivanova@example.com")
+        assert "Мария" in shown.stdout or about == "desk_reply", about
 
 
 def test_run_shows_the_whole_loop_in_the_sandbox_and_stops_on_sigterm(

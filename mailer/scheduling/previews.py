@@ -31,8 +31,12 @@ from mailer.outbound.templates import TemplateStore, sample_context
 from mailer.sandbox import smtp_server
 from mailer.scheduling.schedules import Schedule, WebinarSchedule
 
-# what a preview or a test borrows from the sample data; the customer, company and links are real
-SAMPLE_ONLY = ("params", "inquiry", "reply_expected_by", "webinar")
+# what a preview or a test borrows from the sample data, being what one message is about (a
+# reply, a meeting, a link to confirm); the customer, company and links are real
+SAMPLE_ONLY = (
+    *("params", "inquiry", "reply_expected_by", "reply", "confirm_url", "confirm_until"),
+    *("webinar", "meeting", "event"),
+)
 PREVIEW_KEY = b"preview: links signed with this open no one's preferences"
 SHOWN_HEADERS = ("From", "To", "Reply-To", "List-Unsubscribe", "List-Unsubscribe-Post")
 
