@@ -257,8 +257,9 @@ def test_a_confirmation_link_past_its_week_or_forged_confirms_nothing(
     secret = tokens.load_secret(cfg)
     late = tokens.sign_confirmation(secret, ana.id, clock.now() + timedelta(days=7))
     clock.advance(timedelta(days=7, seconds=1))
-    assert site.get(f"/forms/confirm/{late}")[0] == 404
-    assert post(site, f"/forms/confirm/{late}", {}).status == 404
+    status, page = site.get(f"/forms/confirm/{late}")
+    assert status == 410 and "This link has expired" in page and "Sign up again" in page
+    assert post(site, f"/forms/confirm/{late}", {}).status == 410
     assert post(site, f"/forms/confirm/{tokens.sign(secret, ana.id)}", {}).status == 404
     with engine.connect() as conn:
         assert not profiles.get(conn, "ana@example.com").marketing_consent

@@ -46,6 +46,9 @@ WORDS: dict[str, dict[str, str]] = {
         "confirm_button": "Yes, subscribe me",
         "subscribed": "You are subscribed. Thank you!",
         "form_problem": "Your message could not be sent",
+        "link_expired": "This link has expired",
+        "link_expired_help": "Confirmation links are valid for a limited time. Sign up again on "
+        "our website and we will send you a new one.",
     },
     "bg": {
         "title": "Настройки за писмата",
@@ -82,6 +85,9 @@ WORDS: dict[str, dict[str, str]] = {
         "confirm_button": "Да, абонирайте ме",
         "subscribed": "Абонирани сте. Благодарим Ви!",
         "form_problem": "Съобщението Ви не можа да бъде изпратено",
+        "link_expired": "Тази връзка е изтекла",
+        "link_expired_help": "Връзките за потвърждение са валидни ограничено време. "
+        "Абонирайте се отново на нашия сайт и ще Ви изпратим нова.",
     },
     "id": {
         "title": "Preferensi email Anda",
@@ -120,6 +126,9 @@ WORDS: dict[str, dict[str, str]] = {
         "confirm_button": "Ya, saya mau berlangganan",
         "subscribed": "Anda sudah berlangganan. Terima kasih!",
         "form_problem": "Pesan Anda tidak dapat dikirim",
+        "link_expired": "Tautan ini sudah kedaluwarsa",
+        "link_expired_help": "Tautan konfirmasi hanya berlaku untuk waktu terbatas. Daftar lagi "
+        "di situs kami dan kami akan mengirimkan tautan baru.",
     },
     "tl": {
         "title": "Mga setting ng inyong email",
@@ -159,6 +168,9 @@ WORDS: dict[str, dict[str, str]] = {
         "confirm_button": "Oo, i-subscribe ako",
         "subscribed": "Naka-subscribe na po kayo. Salamat!",
         "form_problem": "Hindi naipadala ang inyong mensahe",
+        "link_expired": "Nag-expire na ang link na ito",
+        "link_expired_help": "May takdang oras lang ang bisa ng mga link ng kumpirmasyon. "
+        "Mag-sign up muli sa aming website at magpapadala kami ng bago.",
     },
 }
 

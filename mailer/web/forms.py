@@ -95,8 +95,8 @@ async def thanks(request: Request) -> Response:
 async def confirm_page(request: Request) -> Response:
     """The link in the confirmation mail: a page with one button that confirms."""
     customer = await _confirming(request)
-    if customer is None:
-        return _not_valid(request)
+    if isinstance(customer, Response):
+        return customer
     lang = customer_words.language(customer.locale)
     words = customer_words.WORDS[lang]
     return _page(
@@ -111,8 +111,8 @@ async def confirm_page(request: Request) -> Response:
 
 async def confirm(request: Request) -> Response:
     customer = await _confirming(request)
-    if customer is None:
-        return _not_valid(request)
+    if isinstance(customer, Response):
+        return customer
     web = state(request)
     ip = request.client.host if request.client else None
     await db(request, _confirm, web, customer.id, ip, web.clock.now())
@@ -219,13 +219,19 @@ def _confirm(web: WebState, customer_id: int, ip: str | None, now: datetime) -> 
         profiles.confirm_marketing(conn, customer_id, now=now, source=SOURCE, ip=ip)
 
 
-async def _confirming(request: Request) -> profiles.Profile | None:
+async def _confirming(request: Request) -> profiles.Profile | Response:
+    """The customer an unexpired link confirms; else the page that says why not: a link
+    past its time says so in the customer's language, and how to get a new one."""
     web = state(request)
-    token = str(request.path_params["token"])
-    customer_id = tokens.verify_confirmation(web.secret, token, web.clock.now())
-    if customer_id is None:
-        return None
-    return await db(request, _load, web, customer_id)
+    signed = tokens.read_confirmation(web.secret, str(request.path_params["token"]))
+    customer = None if signed is None else await db(request, _load, web, signed[0])
+    if signed is None or customer is None:
+        return _not_valid(request)
+    if web.clock.now() < signed[1]:
+        return customer
+    lang = customer_words.language(customer.locale)
+    words = customer_words.WORDS[lang]
+    return _page(request, lang, words["link_expired"], words["link_expired_help"], status=410)
 
 
 def _load(web: WebState, customer_id: int) -> profiles.Profile | None:
