@@ -84,7 +84,11 @@ def test_a_page_ends_at_a_cursor_and_the_next_starts_right_after_it_even_within_
 
 
 @pytest.mark.parametrize(
-    "text", ["", "1.mail", "x.mail.1", "1.fax.1", "1.mail.-1", "\u0661.mail.1"]
+    "text",
+    [
+        *("", "1.mail", "x.mail.1", "1.fax.1", "1.mail.-1", "\u0661.mail.1"),
+        *("253402300800000000.contact.1", "1.contact.99999999999999999999"),  # past what fits
+    ],
 )
 def test_a_cursor_from_a_link_that_is_not_one_is_none(text: str) -> None:
     assert Cursor.decode(text) is None
@@ -127,6 +131,21 @@ def maria(engine: Engine, tmp_path: Path) -> int:
     )
     with engine.connect() as conn:
         return int(profiles.get(conn, "maria@example.com").id)
+
+
+def test_control_characters_in_what_staff_type_are_kept_out_as_everywhere(
+    engine: Engine, maria: int
+) -> None:
+    """A NUL pasted into a note (which PostgreSQL cannot store) or an escape sequence: gone
+    from what is written, the line breaks of the note kept."""
+    entry = NewContact(
+        kind="call", direction="out", at=T0, by="sam", outcome="ok\x00", note="a\x00b\n\x1b[31mc"
+    )
+    with engine.begin() as conn:
+        contacts.log(conn, maria, entry, T0)
+    with engine.connect() as conn:
+        (row,) = contacts.of_customer(conn, maria)
+    assert (row["outcome"], row["note"]) == ("ok", "ab\n[31mc")
 
 
 def call(at: datetime, direction: str = "out", note: str = "") -> NewContact:

@@ -19,6 +19,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
 from mailer.core.errors import InvalidContact
+from mailer.core.text import one_line, plain_lines
 from mailer.customers import profiles
 from mailer.store.models import ContactEntry, ContactKind, Direction, LastContact
 
@@ -94,11 +95,11 @@ def log(conn: Connection, customer_id: int, entry: NewContact, now: datetime) ->
         "direction": entry.direction,
         "at": entry.at,
         "duration_seconds": int(entry.duration.total_seconds()) if entry.duration else None,
-        "outcome": entry.outcome.strip(),
-        "location": entry.location.strip(),
-        "attendees": [a.strip() for a in entry.attendees if a.strip()],
-        "note": entry.note.strip(),
-        "logged_by": entry.by.strip(),
+        "outcome": one_line(entry.outcome),
+        "location": one_line(entry.location),
+        "attendees": [name for a in entry.attendees if (name := one_line(a))],
+        "note": plain_lines(entry.note),
+        "logged_by": one_line(entry.by),
         "created_at": now,
     }
     new_id = conn.execute(insert(CONTACTS).values(**values)).inserted_primary_key

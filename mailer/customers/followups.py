@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from mailer.core import fieldtypes
 from mailer.core.durations import parse_duration
 from mailer.core.errors import MailerError, NotFound
+from mailer.core.text import plain_lines
 from mailer.customers.profiles import CUSTOMERS
 from mailer.hooks import events as webhooks
 from mailer.hooks.events import EventType
@@ -175,7 +176,7 @@ def add(conn: Connection, new: NewFollowUp, now: datetime) -> int:
         "customer_id": new.customer_id,
         "due_at": new.due_at,
         "assignee": new.assignee,
-        "note": new.note.strip(),
+        "note": plain_lines(new.note),
         "inquiry_id": new.inquiry_id,
         "contact_id": new.contact_id,
         "status": FollowUpStatus.OPEN,
