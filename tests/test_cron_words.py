@@ -30,7 +30,10 @@ def test_a_fixed_zone_is_named() -> None:
 
 @pytest.mark.parametrize(
     "cron",
-    ["*/15 * * * *", "0 9-17 * * *", "0 9 1 * mon", "0 9 * dec *", "0 9 L * *", "0 9 1 *", "x"],
+    [
+        *("*/15 * * * *", "0 9-17 * * *", "0 9 1 * mon", "0 9 * dec *", "0 9 L * *", "0 9 1 *"),
+        *("x", "\u00b2 9 * * *", "0 9 \u0663 * *", "0 9 * \u00b9 *"),  # digits, not ASCII ones
+    ],
 )
 def test_unusual_lines_are_shown_as_written(cron: str) -> None:
     assert describe(cron) == f"{cron}, in each customer's own time zone"

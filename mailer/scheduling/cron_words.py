@@ -22,12 +22,17 @@ def describe(cron: str, timezone: str = "customer") -> str:
     return f"{_when(cron) or cron}, {zone}"
 
 
+def _digits(text: str) -> bool:
+    """ASCII digits only: "²" is a digit to str.isdigit, and int() refuses it."""
+    return text.isascii() and text.isdigit()
+
+
 def _when(cron: str) -> str | None:
     fields = cron.split()
     if len(fields) != 5:
         return None
     minute, hour, day, month, weekday = fields
-    if not (minute.isdigit() and hour.isdigit() and int(minute) < 60 and int(hour) < 24):
+    if not (_digits(minute) and _digits(hour) and int(minute) < 60 and int(hour) < 24):
         return None
     clock = f"{int(hour):02d}:{int(minute):02d}"
     days, months, weekdays = _numbers(day, 31), _months(month), _weekdays(weekday)
@@ -45,7 +50,7 @@ def _when(cron: str) -> str | None:
 def _numbers(field: str, highest: int) -> list[int] | None:
     """A comma list of plain numbers from 1 to ``highest``, else None."""
     parts = field.split(",")
-    if not all(part.isdigit() and 1 <= int(part) <= highest for part in parts):
+    if not all(_digits(part) and 1 <= int(part) <= highest for part in parts):
         return None
     return sorted({int(part) for part in parts})
 
@@ -54,7 +59,7 @@ def _months(field: str) -> list[str] | None:
     """Month names for a comma list of numbers or three-letter names."""
     numbers = []
     for part in field.lower().split(","):
-        number = _MONTHS.get(part) or (int(part) if part.isdigit() else 0)
+        number = _MONTHS.get(part) or (int(part) if _digits(part) else 0)
         if not 1 <= number <= 12:
             return None
         numbers.append(number)
