@@ -128,6 +128,16 @@ async def test_numbers_out_of_range_and_forged_tokens_are_answered_not_crashed(
         f"{site.url}/customers/{maria}/contacts", form={"csrf": "é", "kind": "note", "note": "x"}
     )
     assert forged.status == 403 and "This form has expired" in await forged.text()
+    token = await page.locator('meta[name="csrf-token"]').get_attribute("content")
+    filed = await page.request.post(
+        f"{site.url}/customers/{maria}/contacts",
+        multipart={
+            "csrf": token or "",
+            "kind": "note",
+            "note": {"name": "n.txt", "mimeType": "text/plain", "buffer": b"x"},
+        },
+    )
+    assert filed.status == 400 and "takes text only" in await filed.text()
 
 
 async def test_marketing_sees_the_timeline_but_may_not_log_contacts(
