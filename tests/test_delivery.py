@@ -56,6 +56,7 @@ def people(engine: Engine, tmp_path: Path, clock: ManualClock) -> dict[str, int]
 
 def message(people: dict[str, int], who: str, key: str, **kwargs: object) -> NewMessage:
     defaults: dict[str, object] = {
+        "to_address": f"{who}@example.com",
         "category": Category.MARKETING,
         "template": "newsletter",
         "context": {"params": {"headline": "Зимни новини", "intro": "Нов бленд."}},
@@ -64,7 +65,6 @@ def message(people: dict[str, int], who: str, key: str, **kwargs: object) -> New
     defaults.update(kwargs)
     return NewMessage(
         dedupe_key=key,
-        to_address=f"{who}@example.com",
         customer_id=people[who],
         **defaults,  # type: ignore[arg-type]
     )
@@ -302,6 +302,31 @@ async def test_an_invalid_address_is_skipped_with_a_reason(road: Road) -> None:
     )
     row = road.status("k9")
     assert row["status"] == "skipped" and "not a valid email address" in str(row["reason"])
+
+
+async def test_an_address_beyond_ascii_is_skipped_or_sent_in_ascii_and_never_stops_a_batch(
+    road: Road,
+) -> None:
+    """Mail leaves without SMTPUTF8: a local part beyond ASCII is skipped at the door, an
+    international domain goes in its ASCII form; a row queued with such an address before
+    (or written by hand) fails alone, and the rest of its batch is delivered."""
+    road.queue(("maria", "u1"), to_address="пример@example.com")
+    road.queue(("siti", "u2"), to_address="siti@bücher.example")
+    row = road.status("u1")
+    assert row["status"] == "skipped" and "need SMTPUTF8" in str(row["reason"])
+    road.queue(("emma", "u3"), **TRANSACTIONAL)
+    with road.engine.begin() as conn:  # as a queue filled before the door was there
+        conn.execute(
+            update(outbox.OUTBOX)
+            .where(outbox.OUTBOX.c.dedupe_key == "u3")
+            .values(to_address="эмма@example.com")
+        )
+    await road.deliver()
+    (received,) = road.sink.received
+    assert received.rcpt_tos == ["siti@xn--bcher-kva.example"]
+    assert road.status("u2")["status"] == "sent"
+    row = road.status("u3")
+    assert row["status"] == "failed" and "not a plain ASCII address" in str(row["reason"])
 
 
 async def test_second_marketing_message_on_a_day_is_deferred_with_its_reason(

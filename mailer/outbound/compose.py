@@ -179,10 +179,15 @@ def _own_line(name: str, mailbox: str) -> str:
     return _fold(name, _mailbox_words(*_parse_mailbox(mailbox)))
 
 
+def usable_address(address: str) -> bool:
+    """One plain ASCII addr-spec, the only kind a message is addressed to: a customer's
+    address must never add a second recipient or text to the header. (Non-ASCII addresses
+    would need SMTPUTF8.)"""
+    return _ADDRESS.fullmatch(address) is not None
+
+
 def _checked_address(address: str) -> str:
-    """Refuse what is not one plain ASCII addr-spec: a customer's address must never add a
-    second recipient or text to the header. (Non-ASCII addresses would need SMTPUTF8.)"""
-    if not _ADDRESS.fullmatch(address):
+    if not usable_address(address):
         raise ValueError(f"not a usable email address: {address!r}")
     return address
 

@@ -22,6 +22,7 @@ from sqlalchemy.exc import DBAPIError
 from mailer.core.clock import Clock
 from mailer.core.errors import TemplateError
 from mailer.outbound import outbox
+from mailer.outbound.compose import usable_address
 from mailer.outbound.outbox import Claimed, Outcome, Policy, Result
 from mailer.outbound.pacing import DomainPacing, Share, domain
 from mailer.outbound.prepare import Outgoing, Preparer, purchases_of
@@ -352,9 +353,12 @@ class Delivery:
         or the database went away meanwhile."""
         if why := self._halted_before_rendering():
             return [], [_waiting(item.id, now, why) for item in claimed]
-        purchases = purchases_of(self.engine, self.preparer.store, claimed)
         ready: list[Outgoing] = []
-        held: list[Outcome] = []
+        held = [
+            _unaddressable(item.id, now) for item in claimed if not usable_address(item.to_address)
+        ]
+        claimed = [item for item in claimed if usable_address(item.to_address)]
+        purchases = purchases_of(self.engine, self.preparer.store, claimed)
         made_all = self.preparer.prepare_all(claimed, now, purchases)
         for item, made in zip(claimed, made_all, strict=True):
             if isinstance(made, TemplateError):
@@ -559,6 +563,13 @@ def _code(reply: str) -> int | None:
 def _waiting(outbox_id: int, at: datetime, why: str) -> Outcome:
     """Back to the queue untried: no attempt is recorded, the reason says what it waits for."""
     return Outcome(outbox_id=outbox_id, result=Result.RELEASED, at=at, reason=f"waiting: {why}")
+
+
+def _unaddressable(row_id: int, now: datetime) -> Outcome:
+    """A message to an address no header may hold (one queued before mailer refused such
+    addresses at the door): failed for good, not the batch it came in."""
+    reason = "invalid address: not a plain ASCII address (mail without SMTPUTF8 cannot reach it)"
+    return Outcome(outbox_id=row_id, result=Result.FAILED, at=now, reason=reason)
 
 
 def _template_failed(row_id: int, now: datetime, exc: Exception) -> Outcome:

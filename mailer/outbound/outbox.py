@@ -53,7 +53,7 @@ from mailer.core import jsonvalues
 from mailer.core.categories import Category
 from mailer.core.config import Settings
 from mailer.core.errors import NotFound
-from mailer.core.fieldtypes import email_address
+from mailer.core.fieldtypes import email_address, sendable_address
 from mailer.customers import contacts as contact_log
 from mailer.customers import profiles
 from mailer.customers.profiles import CUSTOMERS
@@ -153,11 +153,11 @@ def enqueue_one(conn: Connection, message: NewMessage, now: datetime) -> dict[st
 
 def _row(message: NewMessage, now: datetime) -> dict[str, Any]:
     due = message.due_at or now
-    problem = _address_problem(message.to_address)
+    address, problem = _addressed(message.to_address)
     return {
         "dedupe_key": message.dedupe_key,
         "customer_id": message.customer_id,
-        "to_address": message.to_address,
+        "to_address": address,
         "category": str(message.category),
         "template": message.template,
         "locale": message.locale,
@@ -176,13 +176,17 @@ def _row(message: NewMessage, now: datetime) -> dict[str, Any]:
     }
 
 
-def _address_problem(address: str) -> str | None:
-    """A bad address is recorded as skipped, with why, instead of bouncing later."""
+def _addressed(address: str) -> tuple[str, str | None]:
+    """The address as mail carries it (an international domain in ASCII form) and, for one
+    that cannot be written to, why: it is recorded as skipped instead of failing later."""
     try:
         email_address(address)
     except ValueError as exc:
-        return f"invalid address: {exc}"
-    return None
+        return address, f"invalid address: {exc}"
+    sendable = sendable_address(address)
+    if sendable is None:
+        return address, "invalid address: letters beyond ASCII before the @ need SMTPUTF8"
+    return sendable, None
 
 
 def _insert_new(conn: Connection, rows: list[dict[str, Any]]) -> dict[str, int]:
