@@ -329,6 +329,33 @@ async def test_an_address_beyond_ascii_is_skipped_or_sent_in_ascii_and_never_sto
     assert row["status"] == "failed" and "not a plain ASCII address" in str(row["reason"])
 
 
+async def test_a_bug_preparing_one_message_fails_it_alone_and_its_batch_is_sent(
+    road: Road, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fault no server or template can produce, mailer's own bug, injected here: it fails
+    the one message it is in, with what was raised, instead of stopping its batch at every
+    lease."""
+    road.queue(("maria", "b1"), ("siti", "b2"), ("emma", "b3"), **TRANSACTIONAL)
+    prepare_all = road.delivery.preparer.prepare_all
+
+    def buggy(claimed: list[Any], now: Any, purchases: Any) -> list[Any]:
+        if any(item.to_address.startswith("siti") for item in claimed):
+            raise KeyError("a bug")
+        return prepare_all(claimed, now, purchases)
+
+    monkeypatch.setattr(road.delivery.preparer, "prepare_all", buggy)
+    with caplog.at_level(logging.ERROR, logger="mailer.outbound.delivery"):
+        assert await road.deliver() == 3
+    assert sorted(r.rcpt_tos[0] for r in road.sink.received) == [
+        "emma@example.com",
+        "maria@example.com",
+    ]
+    row = road.status("b2")
+    assert row["status"] == "failed"
+    assert row["reason"] == "internal error (a bug in mailer, in the log): KeyError('a bug')"
+    assert "preparing a batch of 3 failed; preparing each alone" in caplog.text
+
+
 async def test_second_marketing_message_on_a_day_is_deferred_with_its_reason(
     road: Road,
 ) -> None:

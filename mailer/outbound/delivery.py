@@ -11,7 +11,7 @@ import asyncio
 import logging
 import random
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -354,18 +354,36 @@ class Delivery:
         if why := self._halted_before_rendering():
             return [], [_waiting(item.id, now, why) for item in claimed]
         ready: list[Outgoing] = []
-        held = [
-            _unaddressable(item.id, now) for item in claimed if not usable_address(item.to_address)
-        ]
-        claimed = [item for item in claimed if usable_address(item.to_address)]
+        unusable = {item.id for item in claimed if not usable_address(item.to_address)}
+        held = [_unaddressable(row_id, now) for row_id in unusable]
+        claimed = [item for item in claimed if item.id not in unusable]
         purchases = purchases_of(self.engine, self.preparer.store, claimed)
-        made_all = self.preparer.prepare_all(claimed, now, purchases)
-        for item, made in zip(claimed, made_all, strict=True):
+        for item, made in zip(claimed, self._made(claimed, now, purchases), strict=True):
             if isinstance(made, TemplateError):
                 held.append(_template_failed(item.id, now, made))
+            elif isinstance(made, Exception):
+                held.append(_broken(item.id, now, made))
             else:
                 ready.append(made)
         return ready, held
+
+    def _made(
+        self, claimed: Sequence[Claimed], now: datetime, purchases: Mapping[int, Any]
+    ) -> list[Outgoing | Exception]:
+        """The batch prepared in one round trip; when that raises (a bug, not a template's
+        fault), each message alone, so the one it is in fails with it and the rest go on:
+        one message must never stop a batch at every lease."""
+        try:
+            return list(self.preparer.prepare_all(claimed, now, purchases))
+        except Exception:
+            log.exception("preparing a batch of %d failed; preparing each alone", len(claimed))
+        made: list[Outgoing | Exception] = []
+        for item in claimed:
+            try:
+                made += self.preparer.prepare_all([item], now, purchases)
+            except Exception as exc:
+                made.append(exc)
+        return made
 
     def _halted_before_rendering(self) -> str | None:
         if self._stop.is_set():
@@ -569,6 +587,13 @@ def _unaddressable(row_id: int, now: datetime) -> Outcome:
     """A message to an address no header may hold (one queued before mailer refused such
     addresses at the door): failed for good, not the batch it came in."""
     reason = "invalid address: not a plain ASCII address (mail without SMTPUTF8 cannot reach it)"
+    return Outcome(outbox_id=row_id, result=Result.FAILED, at=now, reason=reason)
+
+
+def _broken(row_id: int, now: datetime, exc: Exception) -> Outcome:
+    """A message mailer itself failed to prepare (logged when it happened): failed for good
+    with what was raised, for an operator to report."""
+    reason = f"internal error (a bug in mailer, in the log): {exc!r}"[:500]
     return Outcome(outbox_id=row_id, result=Result.FAILED, at=now, reason=reason)
 
 
