@@ -259,14 +259,15 @@ def read_table(
         dialect: Any = csv.Sniffer().sniff(sample, delimiters=",;\t")
     except csv.Error:
         dialect = csv.excel
-    undecodable: dict[int, int] = {}  # line -> its first byte that is not UTF-8
-    reader = csv.reader(_lines(stream, undecodable), dialect)
+    source = _Source(quote=dialect.quotechar or '"')
+    reader = csv.reader(_lines(stream, source), dialect)
     limit = csv.field_size_limit(READ_LIMIT)
     try:
         header = _header(reader, name, required)
     finally:
         csv.field_size_limit(limit)
-    return header, _data(reader, header, undecodable)
+    source.quotes = 0
+    return header, _data(reader, header, source)
 
 
 def _check_text(sample: str) -> None:
@@ -285,12 +286,23 @@ def _not_utf8(line: int, byte: int) -> str:
     return f"line {line}: byte 0x{byte:02X} is not UTF-8; save the file as CSV UTF-8"
 
 
-def _lines(stream: TextIO, undecodable: dict[int, int]) -> Iterator[str]:
+@dataclass(slots=True)
+class _Source:
+    """What the reader of a file notes about its lines that csv does not say."""
+
+    quote: str
+    undecodable: dict[int, int] = field(default_factory=dict)  # line: its first non-UTF-8 byte
+    quotes: int = 0  # quote characters in the lines of the record being read
+
+
+def _lines(stream: TextIO, source: _Source) -> Iterator[str]:
     """The stream's lines, noting those with a byte that is not UTF-8 (rare: checked only
-    in lines that are not ASCII)."""
+    in lines that are not ASCII) and counting quote characters: a record read with an odd
+    number of them ended inside a quote, which only the end of the file does."""
     for number, line in enumerate(stream, 1):
         if not line.isascii() and (found := _UNDECODABLE.search(line)):
-            undecodable[number] = ord(found.group()) - 0xDC00
+            source.undecodable[number] = ord(found.group()) - 0xDC00
+        source.quotes += line.count(source.quote)
         yield line
 
 
@@ -318,17 +330,17 @@ def _header(reader: Any, name: Callable[[str], str], required: str) -> list[str]
 
 
 def _data(
-    reader: Any, header: list[str], undecodable: dict[int, int]
+    reader: Any, header: list[str], source: _Source
 ) -> Iterator[tuple[int, list[str]] | RejectedRow]:
     limit = csv.field_size_limit(READ_LIMIT)
     try:
-        yield from _records(reader, header, undecodable)
+        yield from _records(reader, header, source)
     finally:
         csv.field_size_limit(limit)
 
 
 def _records(
-    reader: Any, header: list[str], undecodable: dict[int, int]
+    reader: Any, header: list[str], source: _Source
 ) -> Iterator[tuple[int, list[str]] | RejectedRow]:
     email = header.index("email") if "email" in header else len(header)
     ended = reader.line_num
@@ -344,12 +356,13 @@ def _records(
             )
             yield RejectedRow.of(first, "", reason)
             return
-        ended = reader.line_num
+        ended, unclosed = reader.line_num, source.quotes % 2 == 1
+        source.quotes = 0
         if not "".join(cells).strip():  # a blank row, said in one call
             continue
         # rare: checked in full only then
-        if undecodable or ended > first or max(map(len, cells)) > CELL_LIMIT:
-            problem = _unreadable(cells, header, first, ended, undecodable, reader.dialect)
+        if source.undecodable or ended > first or max(map(len, cells)) > CELL_LIMIT:
+            problem = _unreadable(cells, header, first, ended, source.undecodable, unclosed)
             if problem:
                 yield RejectedRow.of(first, cells[email] if email < len(cells) else "", problem)
                 continue
@@ -362,17 +375,17 @@ def _unreadable(
     first: int,
     ended: int,
     undecodable: dict[int, int],
-    dialect: Any,
+    unclosed: bool,
 ) -> str:
-    """Why a row cannot be taken at all: a byte that is not UTF-8, a cell far too long, or
-    one that holds whole rows (a quote that never closes)."""
+    """Why a row cannot be taken at all: a byte that is not UTF-8, a quote that never
+    closes (the row ran to the end of the file), or a cell far too long."""
     for line in range(first, ended + 1):
         if line in undecodable:
             return _not_utf8(line, undecodable.pop(line))
-    if _holds_rows(cells, len(header), dialect.delimiter):
+    if unclosed and ended > first:
         return (
-            f"a quoted cell runs on to line {ended} and holds whole rows: a quote that never"
-            " closes? Those rows were not read"
+            f"a quote opened here never closes: lines {first} to {ended}, the end of the"
+            " file, were read as this one row, and none of them was imported"
         )
     if max(map(len, cells)) <= CELL_LIMIT:
         return ""
@@ -382,17 +395,6 @@ def _unreadable(
     if ended > first:
         return f"{reason}; the row runs on to line {ended}: a quote that never closes?"
     return reason
-
-
-def _holds_rows(cells: list[str], columns: int, delimiter: str) -> bool:
-    """Whether a cell's later lines each carry a row's worth of separators: a quoted cell
-    may hold line breaks (an address), but not rows of the file swallowed whole. Told only
-    in files of three columns or more: in two, one separator is as likely an address's."""
-    return columns >= 3 and any(
-        all(line.count(delimiter) >= columns - 1 for line in cell.splitlines()[1:])
-        for cell in cells
-        if "\n" in cell or "\r" in cell
-    )
 
 
 def parse_rows(
