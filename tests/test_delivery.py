@@ -308,8 +308,9 @@ async def test_an_address_beyond_ascii_is_skipped_or_sent_in_ascii_and_never_sto
     road: Road,
 ) -> None:
     """Mail leaves without SMTPUTF8: a local part beyond ASCII is skipped at the door, an
-    international domain goes in its ASCII form; a row queued with such an address before
-    (or written by hand) fails alone, and the rest of its batch is delivered."""
+    international domain is kept as the customer has it and written to in its ASCII form;
+    a row queued with such an address before (or written by hand) fails alone, and the rest
+    of its batch is delivered."""
     road.queue(("maria", "u1"), to_address="пример@example.com")
     road.queue(("siti", "u2"), to_address="siti@bücher.example")
     row = road.status("u1")

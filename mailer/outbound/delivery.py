@@ -21,6 +21,7 @@ from sqlalchemy.exc import DBAPIError
 
 from mailer.core.clock import Clock
 from mailer.core.errors import TemplateError
+from mailer.core.fieldtypes import sendable_address
 from mailer.outbound import outbox
 from mailer.outbound.compose import usable_address
 from mailer.outbound.outbox import Claimed, Outcome, Policy, Result
@@ -354,9 +355,16 @@ class Delivery:
         if why := self._halted_before_rendering():
             return [], [_waiting(item.id, now, why) for item in claimed]
         ready: list[Outgoing] = []
-        unusable = {item.id for item in claimed if not usable_address(item.to_address)}
-        held = [_unaddressable(row_id, now) for row_id in unusable]
-        claimed = [item for item in claimed if item.id not in unusable]
+        held: list[Outcome] = []
+        addressed = []
+        for item in claimed:
+            ascii_form = sendable_address(item.to_address)
+            if ascii_form is None or not usable_address(ascii_form):
+                held.append(_unaddressable(item.id, now))
+            else:  # an international domain is written in its ASCII form (xn--...)
+                same = ascii_form == item.to_address
+                addressed.append(item if same else replace(item, to_address=ascii_form))
+        claimed = addressed
         purchases = purchases_of(self.engine, self.preparer.store, claimed)
         for item, made in zip(claimed, self._made(claimed, now, purchases), strict=True):
             if isinstance(made, TemplateError):

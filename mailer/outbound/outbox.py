@@ -153,11 +153,11 @@ def enqueue_one(conn: Connection, message: NewMessage, now: datetime) -> dict[st
 
 def _row(message: NewMessage, now: datetime) -> dict[str, Any]:
     due = message.due_at or now
-    address, problem = _addressed(message.to_address)
+    problem = _address_problem(message.to_address)
     return {
         "dedupe_key": message.dedupe_key,
         "customer_id": message.customer_id,
-        "to_address": address,
+        "to_address": message.to_address,
         "category": str(message.category),
         "template": message.template,
         "locale": message.locale,
@@ -176,17 +176,16 @@ def _row(message: NewMessage, now: datetime) -> dict[str, Any]:
     }
 
 
-def _addressed(address: str) -> tuple[str, str | None]:
-    """The address as mail carries it (an international domain in ASCII form) and, for one
-    that cannot be written to, why: it is recorded as skipped instead of failing later."""
+def _address_problem(address: str) -> str | None:
+    """Why mail cannot be written to this address, if it cannot: it is recorded as skipped
+    instead of failing later. (An international domain can: delivery uses its ASCII form.)"""
     try:
         email_address(address)
     except ValueError as exc:
-        return address, f"invalid address: {exc}"
-    sendable = sendable_address(address)
-    if sendable is None:
-        return address, "invalid address: letters beyond ASCII before the @ need SMTPUTF8"
-    return sendable, None
+        return f"invalid address: {exc}"
+    if sendable_address(address) is None:
+        return "invalid address: letters beyond ASCII before the @ need SMTPUTF8"
+    return None
 
 
 def _insert_new(conn: Connection, rows: list[dict[str, Any]]) -> dict[str, int]:

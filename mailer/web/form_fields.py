@@ -112,10 +112,10 @@ def _email(fields: Mapping[str, object]) -> str:
     if not text:
         raise FormProblem(422, "email", "email is required")
     try:
-        address = sendable_address(normalise_email(text))
+        address = normalise_email(text)  # as every other road in keys its customer
     except ValueError:
         raise FormProblem(422, "email", "email is not a valid e-mail address") from None
-    if address is None:  # the answer would not reach them: said now, not lost later
+    if sendable_address(address) is None:  # the answer would not reach them: said now
         raise FormProblem(
             422, "email", "email must have plain Latin letters before the @ for our replies"
         )
