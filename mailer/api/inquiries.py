@@ -18,7 +18,7 @@ from mailer.api.access import caller, state
 from mailer.api.keys import ApiKey, Scope
 from mailer.api.problems import FieldError, Invalid, not_found
 from mailer.core.errors import NotFound
-from mailer.core.fieldtypes import UtcMoment
+from mailer.core.fieldtypes import MAX_ID, UtcMoment
 from mailer.customers.csv_rows import normalise_email
 from mailer.inbound import inquiries
 from mailer.store.models import InquiryStatus
@@ -77,7 +77,9 @@ def listed(
     status: InquiryStatus | None = None,
     since: Annotated[UtcMoment | None, Query(description="received at or after")] = None,
     email: Annotated[str | None, Query(description="the sender's or their customer's")] = None,
-    after: Annotated[int | None, Query(ge=0, description="the last id of the page before")] = None,
+    after: Annotated[
+        int | None, Query(ge=0, le=MAX_ID, description="the last id of the page before")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=LIMIT_MAX)] = 50,
 ) -> InquiryList:
     address = None
@@ -111,7 +113,7 @@ def listed(
 )
 def show(
     request: Request,
-    inquiry_id: Annotated[int, Path(ge=1, le=2**31 - 1, description="the inquiry's id")],
+    inquiry_id: Annotated[int, Path(ge=1, le=MAX_ID, description="the inquiry's id")],
     key: Annotated[ApiKey, Depends(caller(Scope.INQUIRIES_READ))],
 ) -> InquiryView:
     with state(request).engine.connect() as conn:

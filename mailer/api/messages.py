@@ -51,7 +51,7 @@ from mailer.api.problems import FieldError, Invalid, ProblemDocument, item_error
 from mailer.core.categories import Category
 from mailer.core.config import ApiSettings
 from mailer.core.errors import NotFound, TemplateError
-from mailer.core.fieldtypes import email_address, locale_tag
+from mailer.core.fieldtypes import MAX_ID, email_address, locale_tag
 from mailer.customers import profiles
 from mailer.outbound import outbox
 from mailer.outbound.templates import TemplateStore
@@ -72,7 +72,7 @@ IdempotencyKey = Annotated[
 ]
 # ids are the outbox's integer keys (32-bit on PostgreSQL): a larger number is no message,
 # and sent to the database it would fail there rather than be found missing
-MessageId = Annotated[int, Path(ge=1, le=2**31 - 1, description="the id a send returned")]
+MessageId = Annotated[int, Path(ge=1, le=MAX_ID, description="the id a send returned")]
 
 
 class MessageIn(BaseModel):

@@ -22,7 +22,7 @@ from mailer import checks
 from mailer.core import config
 from mailer.core.clock import Clock, SystemClock
 from mailer.core.errors import MailerError
-from mailer.core.fieldtypes import utc_moment
+from mailer.core.fieldtypes import MAX_ID, utc_moment
 from mailer.customers.csv_rows import shown
 
 # Markup is off: customer names, file keys like "[smtp]" and template text are printed as is.
@@ -57,9 +57,8 @@ CLI_ACTOR = "command line"  # who a history says made a change from here
 
 LONG_AT_LEAST = 8  # what a column cut to keep the times whole still shows
 JSON_OPTION = typer.Option(False, "--json", help="Print JSON instead of a table.")
-MAX_ROW = 2**63 - 1  # the largest id, or count of rows, a database integer holds
 # a row's id as a command takes it: one out of range is a usage error, not a database's
-RowId = Annotated[int, typer.Argument(min=1, max=MAX_ROW, show_default=False)]
+RowId = Annotated[int, typer.Argument(min=1, max=MAX_ID, show_default=False)]
 
 
 def parse_moment(text: str, option: str = "--at") -> datetime:

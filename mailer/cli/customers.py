@@ -16,7 +16,6 @@ from rich.text import Text
 from mailer.cli.common import (
     CLI_ACTOR,
     JSON_OPTION,
-    MAX_ROW,
     app_of,
     err,
     group,
@@ -28,6 +27,7 @@ from mailer.cli.common import (
     progress,
 )
 from mailer.core.errors import MailerError
+from mailer.core.fieldtypes import MAX_ID
 from mailer.customers import contacts, profiles
 from mailer.customers.csv_rows import RejectedRow, shown
 from mailer.inbound import inquiries
@@ -115,8 +115,8 @@ def list_(
     unanswered: bool = typer.Option(
         False, "--unanswered", help="Only those who wrote and were never answered by a person."
     ),
-    limit: int = typer.Option(50, min=1, max=MAX_ROW),
-    offset: int = typer.Option(0, min=0, max=MAX_ROW),
+    limit: int = typer.Option(50, min=1, max=MAX_ID),
+    offset: int = typer.Option(0, min=0, max=MAX_ID),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """List customers with their last contact each way, sorted by email unless --sort says
@@ -158,10 +158,10 @@ def show(
     ctx: typer.Context,
     email: str,
     history: int = typer.Option(
-        20, min=0, max=MAX_ROW, help="How many of the latest messages to show."
+        20, min=0, max=MAX_ID, help="How many of the latest messages to show."
     ),
     timeline: int = typer.Option(
-        50, min=1, max=MAX_ROW, help="How many of the latest touches to show."
+        50, min=1, max=MAX_ID, help="How many of the latest touches to show."
     ),
     as_json: bool = JSON_OPTION,
 ) -> None:

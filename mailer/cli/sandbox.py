@@ -10,7 +10,6 @@ import typer
 
 from mailer.cli.common import (
     JSON_OPTION,
-    MAX_ROW,
     RowId,
     app_of,
     group,
@@ -19,7 +18,7 @@ from mailer.cli.common import (
     print_rows,
 )
 from mailer.core.errors import MailerError, NotFound, SmtpUnavailable
-from mailer.core.fieldtypes import email_address
+from mailer.core.fieldtypes import MAX_ID, email_address
 from mailer.outbound import smtp
 from mailer.outbound.compose import Envelope, compose
 from mailer.sandbox import smtp_server
@@ -30,7 +29,7 @@ app = group("The local sandbox: messages captured instead of delivered.")
 @app.command("list")
 def list_(
     ctx: typer.Context,
-    limit: int = typer.Option(50, min=1, max=MAX_ROW),
+    limit: int = typer.Option(50, min=1, max=MAX_ID),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Captured messages, newest first."""

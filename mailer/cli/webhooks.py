@@ -7,8 +7,9 @@ from typing import Any
 
 import typer
 
-from mailer.cli.common import CLI_ACTOR, JSON_OPTION, MAX_ROW, app_of, err, group, out, print_rows
+from mailer.cli.common import CLI_ACTOR, JSON_OPTION, app_of, err, group, out, print_rows
 from mailer.core.errors import MailerError
+from mailer.core.fieldtypes import MAX_ID
 from mailer.hooks import deliveries, endpoints
 from mailer.hooks.events import EventType
 
@@ -69,7 +70,7 @@ def _listed(endpoint: endpoints.Endpoint) -> dict[str, Any]:
 
 @app.command("remove")
 def remove(
-    ctx: typer.Context, webhook_id: int = typer.Argument(..., metavar="ID", min=1, max=MAX_ROW)
+    ctx: typer.Context, webhook_id: int = typer.Argument(..., metavar="ID", min=1, max=MAX_ID)
 ) -> None:
     """Send this URL no more events; what still waited for it is failed, with why."""
     app_ = app_of(ctx)
@@ -84,7 +85,7 @@ def remove(
 def deliveries_(
     ctx: typer.Context,
     failed: bool = typer.Option(False, "--failed", help="Only those that gave up."),
-    limit: int = typer.Option(50, min=1, max=MAX_ROW),
+    limit: int = typer.Option(50, min=1, max=MAX_ID),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Deliveries, newest first; --json adds the payload and every attempt."""
@@ -95,7 +96,7 @@ def deliveries_(
 
 @app.command("retry")
 def retry(
-    ctx: typer.Context, delivery_id: int = typer.Argument(..., metavar="ID", min=1, max=MAX_ROW)
+    ctx: typer.Context, delivery_id: int = typer.Argument(..., metavar="ID", min=1, max=MAX_ID)
 ) -> None:
     """Try a failed delivery once more, now (`mailer run` sends it)."""
     app_ = app_of(ctx)

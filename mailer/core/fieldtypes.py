@@ -172,6 +172,7 @@ def event_name(value: Any) -> str:
     return value
 
 
+MAX_ID = 2**31 - 1  # the largest id an id column holds (INTEGER: int4 on PostgreSQL)
 EARLIEST, LATEST = datetime(1900, 1, 1, tzinfo=UTC), datetime(3000, 1, 1, tzinfo=UTC)
 OUT_OF_RANGE = "not between the years 1900 and 2999"
 

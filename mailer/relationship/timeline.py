@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from mailer.core.fieldtypes import MAX_ID
+
 
 class Source(StrEnum):
     """Where an entry comes from; the order breaks ties between entries of one instant."""
@@ -32,7 +34,7 @@ class Source(StrEnum):
 
 
 RANK = {source: rank for rank, source in enumerate(Source)}
-_ID = re.compile(r"[0-9]{1,18}")  # what a database integer holds
+_ID = re.compile(r"[0-9]{1,10}")  # an id column's digits (and its value, see decode)
 _MICROS = re.compile(r"[0-9]{1,16}")  # microseconds since 1970, up to the year 2286
 
 
@@ -86,7 +88,7 @@ class Cursor:
             return None
         micros, source, row = parts
         # longer numbers were not made here, and would not fit a date or a database integer
-        if not (_MICROS.fullmatch(micros) and _ID.fullmatch(row)):
+        if not (_MICROS.fullmatch(micros) and _ID.fullmatch(row)) or int(row) > MAX_ID:
             return None
         at = datetime.fromtimestamp(int(micros) // 1_000_000, UTC)
         at = at.replace(microsecond=int(micros) % 1_000_000)

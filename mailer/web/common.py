@@ -29,6 +29,7 @@ from starlette.templating import Jinja2Templates
 from mailer.core import fieldtypes
 from mailer.core.clock import Clock
 from mailer.core.config import Config
+from mailer.core.fieldtypes import MAX_ID
 from mailer.staff import sessions, users
 from mailer.staff.signins import LoginGuard
 from mailer.staff.users import SignedIn
@@ -97,13 +98,14 @@ def current_user(request: Request) -> SignedIn | None:
 
 
 class RowIdConvertor(Convertor[int]):
-    """A row's id in a page's path: at most 18 digits, so it always fits a database integer;
-    a longer one matches no page (404) instead of reaching the database."""
+    """A row's id in a page's path. One larger than an id column holds matches no page
+    (404), never reaching the database, which would refuse it (an error page)."""
 
-    regex = "[0-9]{1,18}"
+    regex = "[0-9]{1,10}"
 
     def convert(self, value: str) -> int:
-        return int(value)
+        number = int(value)
+        return number if number <= MAX_ID else 0  # no row has id 0
 
     def to_string(self, value: int) -> str:
         return str(value)
