@@ -178,6 +178,8 @@ def test_each_invalid_field_is_named(site: Site, sender: dict[str, str]) -> None
     assert "no variant" in refused({**RECEIPT, "template": "welcome", "locale": "en"})["/locale"]
     assert set(refused({**RECEIPT, "data": ["A-1"]})) == {"/data"}
     assert set(refused({**RECEIPT, "data": {"when": {"$date": "x"}}})) == {"/data/when/$date"}
+    nan = refused({**RECEIPT, "data": {"total": float("nan")}})  # as some encoders write it
+    assert nan == {"/data": "NaN and Infinity are not JSON numbers; send null or a number"}
     assert set(refused({**RECEIPT, "colour": "red"})) == {"/colour"}
     both = refused({**RECEIPT, "to": "nobody", "template": "nothing"})
     assert set(both) == {"/to", "/template"}

@@ -9,7 +9,6 @@ after a timeout stores nothing twice.
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -27,6 +26,7 @@ from mailer.api.access import caller, state
 from mailer.api.batches import Address, OneOrBatch
 from mailer.api.keys import ApiKey, Scope
 from mailer.api.problems import FieldError, Invalid, conflict, item_error
+from mailer.core import jsonvalues
 from mailer.core.fieldtypes import EVENT_NAME, UtcMoment
 from mailer.customers import events
 from mailer.customers.csv_rows import normalise_email
@@ -66,13 +66,7 @@ class EventIn(BaseModel):
     @field_validator("payload")
     @classmethod
     def _small(cls, payload: dict[str, Any]) -> dict[str, Any]:
-        try:
-            text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-        except ValueError:
-            raise ValueError(
-                "NaN and Infinity are not JSON numbers; send null or a number"
-            ) from None
-        size = len(text.encode())
+        size = len(jsonvalues.standard_text(payload).encode())
         if size > PAYLOAD_MAX:
             raise ValueError(f"the payload is {size} bytes as JSON; at most {PAYLOAD_MAX} are kept")
         return payload

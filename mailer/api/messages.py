@@ -36,7 +36,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from sqlalchemy import bindparam, select
 from sqlalchemy.engine import Connection
 from starlette.concurrency import run_in_threadpool
@@ -48,6 +48,7 @@ from mailer.api.attachments import AttachmentIn
 from mailer.api.batches import Address
 from mailer.api.keys import ApiKey, Scope
 from mailer.api.problems import FieldError, Invalid, ProblemDocument, item_error, not_found
+from mailer.core import jsonvalues
 from mailer.core.categories import Category
 from mailer.core.config import ApiSettings
 from mailer.core.errors import NotFound, TemplateError
@@ -75,6 +76,12 @@ IdempotencyKey = Annotated[
 MessageId = Annotated[int, Path(ge=1, le=MAX_ID, description="the id a send returned")]
 
 
+def _standard(data: dict[str, Any]) -> dict[str, Any]:
+    """Stored as JSON: standard JSON only (no NaN), which PostgreSQL's json type refuses."""
+    jsonvalues.standard_text(data)
+    return data
+
+
 class MessageIn(BaseModel):
     """A transactional message: a template of the templates folder, for one address."""
 
@@ -84,7 +91,7 @@ class MessageIn(BaseModel):
     to: Address = Field(
         description="any address; a customer with it is linked, no customer is added"
     )
-    data: dict[str, Any] = Field(
+    data: Annotated[dict[str, Any], AfterValidator(_standard)] = Field(
         default_factory=dict,
         description="the template's `params`, as values only: text in it is never run as a "
         "template; no key may start with $",

@@ -122,13 +122,14 @@ def from_pydantic(error: dict[str, Any]) -> FieldError:
     parts = [p for n, p in enumerate(rest) if not (n == 0 and p in SHAPES)]
     index = parts[0] if parts and isinstance(parts[0], int) else None
     field = ".".join(str(p) for p in parts[index is not None :])
+    detail = str(error["msg"]).removeprefix("Value error, ")  # our own checks say it whole
     if where != "body":
-        return FieldError(pointer="", field=field or str(where), detail=error["msg"])
+        return FieldError(pointer="", field=field or str(where), detail=detail)
     if error["type"] == "json_invalid":
         detail = f"not JSON: {error.get('ctx', {}).get('error', 'cannot be read')}"
         return FieldError(pointer="", field="", detail=detail)
     return FieldError(
-        pointer=_pointer([str(p) for p in parts]), index=index, field=field, detail=error["msg"]
+        pointer=_pointer([str(p) for p in parts]), index=index, field=field, detail=detail
     )
 
 

@@ -218,6 +218,7 @@ def _cell(value: Any) -> str:
 
 def terminal(text: str) -> str:
     """Text from outside (a customer's message, a note, a name) as it may reach a terminal:
-    line breaks kept, every other control or format character escaped, so that no escape
-    sequence in it can recolour, move or retitle the operator's terminal."""
-    return "\n".join(shown(line, len(line)) for line in text.split("\n"))
+    line breaks and tabs kept, every other control or format character escaped, so that no
+    escape sequence in it can recolour, move or retitle the operator's terminal."""
+    lines = text.split("\n")
+    return "\n".join("\t".join(shown(cut, len(cut)) for cut in line.split("\t")) for line in lines)

@@ -16,6 +16,7 @@ from mailer.cli.common import (
     out,
     print_json,
     print_rows,
+    terminal,
 )
 from mailer.core.errors import MailerError, NotFound, SmtpUnavailable
 from mailer.core.fieldtypes import MAX_ID, email_address
@@ -49,11 +50,11 @@ def show(ctx: typer.Context, message_id: RowId, as_json: bool = JSON_OPTION) -> 
         print_json(message)
         return
     for name, value in message["headers"]:
-        out.print(f"{name}: {value}")
+        out.print(terminal(f"{name}: {value}"))
     out.print("\n--- text ---", style="bold")
-    out.print(message["text"] or "(none)")
+    out.print(terminal(message["text"] or "(none)"))
     out.print("\n--- HTML ---", style="bold")
-    out.print(message["html"] or "(none)")
+    out.print(terminal(message["html"] or "(none)"))
 
 
 @app.command("send-inquiry")

@@ -703,7 +703,8 @@ def _problem(err: Any, path: Path, overridden: Mapping[tuple[str, str], str]) ->
     loc = [str(part) for part in err["loc"] if part != "[key]"]
     depth = _table_depth(loc)
     section, rest = ".".join(loc[:depth]), loc[depth:]
-    return Problem(_where(path, overridden, section, rest), _message(err, section, rest))
+    unknown = err["type"] == "extra_forbidden"
+    return Problem(_where(path, overridden, section, rest, unknown), _message(err, section, rest))
 
 
 def _table_depth(loc: list[str]) -> int:
@@ -730,7 +731,11 @@ def _named(path: list[str]) -> bool:
 
 
 def _where(
-    path: Path, overridden: Mapping[tuple[str, str], str], section: str, rest: list[str]
+    path: Path,
+    overridden: Mapping[tuple[str, str], str],
+    section: str,
+    rest: list[str],
+    unknown: bool = False,
 ) -> str:
     """'config.toml: [smtp] port', or 'MAILER_SMTP__PORT (environment): [smtp] port'."""
     key = ".".join(rest)
@@ -738,8 +743,10 @@ def _where(
     set_by = table or (rest[0] if rest else "")  # MAILER_BOUNCES__IMAP sets all [bounces.imap]
     if set_by:
         source = overridden.get((top, set_by))
-    else:  # a whole section is wrong (one unknown): a variable that made it is to blame
+    elif unknown:  # a section that is no section: a variable that made it is to blame
         source = next((name for (at, _), name in sorted(overridden.items()) if at == top), None)
+    else:  # a rule over the section's keys together: the file's, whatever the environment set
+        source = None
     where = f"{source} (environment)" if source else str(path)
     return where + (f": [{section}] {key}" if key else f": [{section}]")
 

@@ -177,6 +177,15 @@ EARLIEST, LATEST = datetime(1900, 1, 1, tzinfo=UTC), datetime(3000, 1, 1, tzinfo
 OUT_OF_RANGE = "not between the years 1900 and 2999"
 
 
+def whole_number(text: str, most: int = MAX_ID) -> int | None:
+    """A count or id typed into a form or an address, or None: ASCII digits only ("²" is a
+    digit to str.isdigit, and int() refuses it), and no more than ``most``."""
+    if not (text.isascii() and text.isdigit()) or len(text) > len(str(most)):
+        return None
+    number = int(text)
+    return number if number <= most else None
+
+
 def utc_moment(value: datetime) -> datetime:
     """A moment from outside (a file, a form, a request) in UTC. Outside the years 1900 to
     2999 it is a placeholder (0001-01-01 is a common "no date") or a typo, and a zone's

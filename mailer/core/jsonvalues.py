@@ -7,6 +7,7 @@ come back as the same types the date filters expect.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -42,3 +43,12 @@ def decode(value: Any) -> Any:
     if isinstance(value, list):
         return [decode(v) for v in value]
     return value
+
+
+def standard_text(value: Any) -> str:
+    """``value`` as compact standard JSON; ValueError for NaN or Infinity, which Python's
+    JSON reads and writes but no other reader takes (nor PostgreSQL's json type)."""
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        raise ValueError("NaN and Infinity are not JSON numbers; send null or a number") from None

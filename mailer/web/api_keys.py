@@ -21,6 +21,7 @@ from starlette.routing import Route
 
 from mailer.api import keys
 from mailer.core.errors import InvalidInput, NotFound, Problem
+from mailer.core.fieldtypes import whole_number
 from mailer.web.common import current_user, db, posted, render, require, state
 
 NO_STORE = {"Cache-Control": "no-store"}
@@ -30,7 +31,7 @@ FIELDS = {"NAME": "name", "--scope": "scope", "--rate": "rate"}  # keys' problem
 @require()
 async def keys_page(request: Request) -> Response:
     revoked = request.query_params.get("revoked", "")
-    context = {"revoked": int(revoked) if revoked.isascii() and revoked.isdigit() else None}
+    context = {"revoked": whole_number(revoked)}
     return await _page(request, context)
 
 
@@ -79,7 +80,7 @@ def _create(request: Request, entered: dict[str, Any]) -> tuple[keys.ApiKey, str
     if not scopes:
         raise InvalidInput([Problem("--scope", "tick at least one scope")])
     rate = entered["rate"]
-    if rate and not (rate.isascii() and rate.isdigit()):
+    if rate and whole_number(rate) is None:
         raise InvalidInput([Problem("--rate", "the rate is a whole number of requests")])
     web, user = state(request), current_user(request)
     assert user is not None  # the route requires a signed-in admin

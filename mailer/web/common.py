@@ -127,7 +127,7 @@ async def checked_form(request: Request) -> FormData:
     # bytes: compare_digest refuses str with characters beyond ASCII, which a forged one has
     if not isinstance(sent, str) or not hmac.compare_digest(sent.encode(), expected.encode()):
         raise HTTPException(403, "This form has expired. Go back, reload the page and try again.")
-    if any(not isinstance(value, str) for value in form.values()):  # no staff form has a file
+    if any(not isinstance(value, str) for _, value in form.multi_items()):  # no form has a file
         await form.close()
         raise HTTPException(400, "This form takes text only, no files.")
     return form

@@ -27,7 +27,7 @@ from starlette.routing import Route
 
 from mailer.commerce import insights, orders
 from mailer.core.errors import InvalidContact, MailerError, NotFound, TemplateError
-from mailer.core.fieldtypes import utc_moment
+from mailer.core.fieldtypes import utc_moment, whole_number
 from mailer.customers import contacts, followups, profiles
 from mailer.inbound import inquiries, plain_words
 from mailer.outbound import outbox
@@ -84,8 +84,7 @@ posted_by_support = posted(Role.SUPPORT)
 
 
 def _number(request: Request, name: str) -> int | None:
-    value = request.query_params.get(name, "")
-    return int(value) if value.isascii() and value.isdigit() else None
+    return whole_number(request.query_params.get(name, ""))
 
 
 def _link(path: str, **params: Any) -> str:
@@ -468,9 +467,7 @@ def _new_contact(form: FormData, by: str, now: datetime, zone: ZoneInfo) -> cont
     """The form as a contact; a time without an offset is in the reader's zone, as the
     page shows every time."""
     minutes = _field(form, "minutes")
-    if minutes and not (
-        minutes.isascii() and minutes.isdigit() and int(minutes) <= LONGEST_CONTACT
-    ):
+    if minutes and whole_number(minutes, LONGEST_CONTACT) is None:
         raise InvalidContact(f"the duration {minutes!r} is not a number of minutes up to a week")
     return contacts.NewContact(
         kind=_field(form, "kind"),

@@ -17,6 +17,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from mailer.core.errors import MailerError, NotFound
+from mailer.core.fieldtypes import whole_number
 from mailer.customers import followups, profiles
 from mailer.relationship import meetings
 from mailer.staff import users
@@ -73,8 +74,8 @@ def _overdue(request: Request, name: str, now: datetime) -> int:
 
 
 def _form_id(form: FormData, name: str) -> int | None:
-    value = str(form.get(name, ""))
-    return int(value) if value.isascii() and value.isdigit() else None
+    value = form.get(name, "")
+    return whole_number(value) if isinstance(value, str) else None
 
 
 def _back(form: FormData) -> str:

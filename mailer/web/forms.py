@@ -267,7 +267,7 @@ async def _fields(request: Request, limit: int) -> dict[str, Any]:
 async def _body(request: Request, limit: int) -> bytes:
     too_large = FormProblem(413, "", f"the form is larger than {limit} bytes")
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise too_large
     body = bytearray()
     async for chunk in request.stream():

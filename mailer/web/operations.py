@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
+from mailer.core.fieldtypes import whole_number
 from mailer.hooks import deliveries, endpoints
 from mailer.hooks.events import EventType
 from mailer.outbound import deliverability, outbox
@@ -46,7 +47,7 @@ async def outbox_page(request: Request) -> Response:
     status = status if status in STATUSES else ""
     found = await db(request, _outbox, state(request).engine, status)
     done = {
-        action: int(value) if (value := request.query_params.get(action, "")).isdigit() else None
+        action: whole_number(request.query_params.get(action, ""))
         for action in ("retried", "cancelled")
     }
     context = {
@@ -137,7 +138,8 @@ DAY_CHOICES = (1, 7, 30, 90)
 
 
 def _days(text: str | None) -> int:
-    return int(text) if text and text.isdigit() and int(text) in DAY_CHOICES else 7
+    days = whole_number(text or "")
+    return days if days in DAY_CHOICES else 7
 
 
 def _deliverability(

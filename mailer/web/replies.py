@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
+from mailer.core.text import plain_lines
 from mailer.inbound import inquiries, replies, saved_replies
 from mailer.inbound.saved_replies import Draft
 from mailer.store.models import Role
@@ -27,7 +28,7 @@ async def send_reply(request: Request, form: FormData) -> Response:
     inquiry_id = int(request.path_params["id"])
     user = current_user(request)
     assert user is not None
-    text = str(form.get("text", "")).replace("\r\n", "\n")
+    text = plain_lines(str(form.get("text", "")))  # as notes are kept: no NUL, no escapes
     now = state(request).clock.now()
     refused = await db(request, _send, request, inquiry_id, text, user.name, now)
     if refused is None:

@@ -11,6 +11,7 @@ from sqlalchemy.engine import Connection
 from starlette.requests import Request
 
 from mailer.core.errors import NotFound, TemplateError
+from mailer.core.fieldtypes import whole_number
 from mailer.customers import profiles
 from mailer.customers.context import customer_view, customer_zone
 from mailer.inbound import inquiries, replies, saved_replies
@@ -28,7 +29,7 @@ def editor(
     answering = replies.answering(inquiry)
     customer = _customer(conn, answering.customer_id)
     zone = customer_zone(customer, state(request).cfg)
-    chosen = _number(request.query_params.get("saved", ""))
+    chosen = whole_number(request.query_params.get("saved", ""))
     problem = None
     if text is None and chosen is not None:
         text, problem = _from_saved(request, conn, chosen, inquiry, customer)
@@ -42,10 +43,6 @@ def editor(
         "refusal": replies.refusal(conn, answering.sender),
         "to": answering.sender,
     }
-
-
-def _number(value: str) -> int | None:
-    return int(value) if value.isascii() and value.isdigit() else None
 
 
 def _customer(conn: Connection, customer_id: int | None) -> profiles.Profile | None:
