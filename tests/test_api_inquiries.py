@@ -66,6 +66,7 @@ def test_a_helpdesk_pages_through_inquiries_and_filters_them(
     assert ids("email=ANA@example.com") == [first, again]
     assert ids("status=closed") == [refund]
     assert ids("since=2026-11-24T13:30:00%2B01:00") == [refund, again]  # 12:30 UTC
+    assert len(ids("since=0001-01-01T00:00:00%2B01:00")) > 2  # "from the start": every one
     bad = problem_of(site.call("GET", "/api/v1/inquiries?limit=500", headers=desk), 422)
     assert [e["field"] for e in bad["errors"]] == ["limit"]  # type: ignore[union-attr]
     bad = problem_of(site.call("GET", "/api/v1/inquiries?since=2026-11-24", headers=desk), 422)

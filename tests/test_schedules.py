@@ -260,6 +260,18 @@ def test_bad_join_url_and_organizer_are_reported(tmp_path: Path) -> None:
     assert problems[1].startswith("organizer: 'events at example' is not a valid email address")
 
 
+@pytest.mark.parametrize("moment", ["9999-12-31T23:00:00+00:00", "0001-01-01T00:00:00+01:00"])
+def test_a_webinar_time_past_the_calendar_is_reported_not_a_crash(
+    tmp_path: Path, moment: str
+) -> None:
+    """Its reminders and end would be computed past year 9999 (or before year 1)."""
+    _, problems = load_one(tmp_path, toml(WEBINAR, starts_at=moment))
+    assert problems == [
+        f"starts_at: {datetime.fromisoformat(moment).isoformat()} is not"
+        " between the years 1900 and 2999"
+    ]
+
+
 def test_past_webinar_is_reported(tmp_path: Path) -> None:
     after_start = datetime(2027, 5, 20, 13, 0, 1, tzinfo=UTC)
 

@@ -18,7 +18,7 @@ from mailer.api.access import caller, state
 from mailer.api.keys import ApiKey, Scope
 from mailer.api.problems import FieldError, Invalid, not_found
 from mailer.core.errors import NotFound
-from mailer.core.fieldtypes import MAX_ID, UtcMoment
+from mailer.core.fieldtypes import MAX_ID, BoundMoment
 from mailer.customers.csv_rows import normalise_email
 from mailer.inbound import inquiries
 from mailer.store.models import InquiryStatus
@@ -75,7 +75,7 @@ def listed(
     request: Request,
     key: Annotated[ApiKey, Depends(caller(Scope.INQUIRIES_READ))],
     status: InquiryStatus | None = None,
-    since: Annotated[UtcMoment | None, Query(description="received at or after")] = None,
+    since: Annotated[BoundMoment | None, Query(description="received at or after")] = None,
     email: Annotated[str | None, Query(description="the sender's or their customer's")] = None,
     after: Annotated[
         int | None, Query(ge=0, le=MAX_ID, description="the last id of the page before")

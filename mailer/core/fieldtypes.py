@@ -199,6 +199,15 @@ def utc_moment(value: datetime) -> datetime:
     return at
 
 
+def bound_moment(value: datetime) -> datetime:
+    """A moment that only bounds a search ("since"), in UTC: one before 1900 or after 2999
+    is taken as that end of the range, as it selects the same."""
+    try:
+        return utc_moment(value)
+    except ValueError:
+        return EARLIEST if value.year < 1900 else LATEST
+
+
 def duration(value: Any) -> timedelta:
     return value if isinstance(value, timedelta) else parse_duration(value)
 
@@ -211,6 +220,7 @@ LocaleTag = Annotated[str, BeforeValidator(locale_tag)]
 EmailAddress = Annotated[str, BeforeValidator(email_address)]
 EventName = Annotated[str, BeforeValidator(event_name)]
 UtcMoment = Annotated[AwareDatetime, AfterValidator(utc_moment)]
+BoundMoment = Annotated[AwareDatetime, AfterValidator(bound_moment)]
 ClockTime = Annotated[
     time,
     BeforeValidator(clock_time),

@@ -37,7 +37,15 @@ from mailer.core.categories import Category
 from mailer.core.clock import Clock
 from mailer.core.durations import format_duration, parse_duration
 from mailer.core.errors import Problem
-from mailer.core.fieldtypes import ClockTime, Duration, EmailAddress, EventName, LocaleTag, zone
+from mailer.core.fieldtypes import (
+    ClockTime,
+    Duration,
+    EmailAddress,
+    EventName,
+    LocaleTag,
+    utc_moment,
+    zone,
+)
 from mailer.core.money import currency_code, from_minor, to_minor
 from mailer.insight import rfm
 
@@ -100,11 +108,16 @@ def _customer_or_zone(value: Any) -> ZoneInfo | str:
 
 
 def _has_offset(value: datetime) -> datetime:
-    """Without an offset a time means a different instant to every reader."""
+    """Without an offset a time means a different instant to every reader; one outside
+    the years 1900 to 2999 is a typo (and its reminders would fall off the calendar)."""
     if value.utcoffset() is None:
         raise ValueError(
             f"{value.isoformat()} has no UTC offset; write one, e.g. 2027-05-20T16:00:00+03:00"
         )
+    try:
+        utc_moment(value)
+    except ValueError as exc:
+        raise ValueError(f"{value.isoformat()} is {exc}") from None
     return value
 
 

@@ -530,6 +530,8 @@ def missing_file(url: str) -> str:
     parsed = make_url(normalise_url(url))
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return ""
+    if parsed.query.get("uri"):  # a file: URI names its path its own way: sqlite opens it
+        return ""
     return "" if Path(parsed.database).exists() else parsed.database
 
 
