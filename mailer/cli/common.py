@@ -57,6 +57,7 @@ CLI_ACTOR = "command line"  # who a history says made a change from here
 
 LONG_AT_LEAST = 8  # what a column cut to keep the times whole still shows
 JSON_OPTION = typer.Option(False, "--json", help="Print JSON instead of a table.")
+LIMIT_OPTION = typer.Option(50, min=1, max=MAX_ID)  # a list's length, as every list takes it
 # a row's id as a command takes it: one out of range is a usage error, not a database's
 RowId = Annotated[int, typer.Argument(min=1, max=MAX_ID, show_default=False)]
 

@@ -16,6 +16,7 @@ from rich.text import Text
 from mailer.cli.common import (
     CLI_ACTOR,
     JSON_OPTION,
+    LIMIT_OPTION,
     app_of,
     err,
     group,
@@ -115,7 +116,7 @@ def list_(
     unanswered: bool = typer.Option(
         False, "--unanswered", help="Only those who wrote and were never answered by a person."
     ),
-    limit: int = typer.Option(50, min=1, max=MAX_ID),
+    limit: int = LIMIT_OPTION,
     offset: int = typer.Option(0, min=0, max=MAX_ID),
     as_json: bool = JSON_OPTION,
 ) -> None:

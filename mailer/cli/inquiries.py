@@ -7,6 +7,7 @@ import typer
 from mailer.cli.common import (
     CLI_ACTOR,
     JSON_OPTION,
+    LIMIT_OPTION,
     RowId,
     app_of,
     group,
@@ -18,7 +19,6 @@ from mailer.cli.common import (
     terminal,
 )
 from mailer.core.errors import NotFound
-from mailer.core.fieldtypes import MAX_ID
 from mailer.inbound import inquiries
 from mailer.store.models import InquiryStatus
 
@@ -31,7 +31,7 @@ COLUMNS = ("id", "received_at", "sender", "subject", "status")  # the thread: sh
 def list_(
     ctx: typer.Context,
     status: InquiryStatus | None = typer.Option(None, help="Only this status."),
-    limit: int = typer.Option(50, min=1, max=MAX_ID),
+    limit: int = LIMIT_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Inquiries, newest first."""

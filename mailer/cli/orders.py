@@ -9,6 +9,7 @@ from rich.text import Text
 
 from mailer.cli.common import (
     JSON_OPTION,
+    LIMIT_OPTION,
     app_of,
     err,
     group,
@@ -19,7 +20,6 @@ from mailer.cli.common import (
 )
 from mailer.commerce import orders, products
 from mailer.commerce.order_rows import Rules
-from mailer.core.fieldtypes import MAX_ID
 from mailer.customers import profiles
 from mailer.customers.csv_rows import shown
 
@@ -88,7 +88,7 @@ def _print_report(file: Path, report: orders.ImportReport, as_json: bool) -> Non
 def list_(
     ctx: typer.Context,
     customer: str | None = typer.Option(None, metavar="EMAIL", help="Only this customer's."),
-    limit: int = typer.Option(50, min=1, max=MAX_ID),
+    limit: int = LIMIT_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """The latest orders, each with its number of lines and total."""

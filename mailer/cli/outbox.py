@@ -10,6 +10,7 @@ from sqlalchemy.engine import Connection
 
 from mailer.cli.common import (
     JSON_OPTION,
+    LIMIT_OPTION,
     RowId,
     app_of,
     group,
@@ -20,7 +21,6 @@ from mailer.cli.common import (
     print_table,
 )
 from mailer.core.errors import NotFound
-from mailer.core.fieldtypes import MAX_ID
 from mailer.outbound import outbox
 from mailer.store.models import OutboxStatus
 
@@ -34,7 +34,7 @@ STATUS_HELP = "Only this status: " + ", ".join(s.value for s in OutboxStatus)
 def list_(
     ctx: typer.Context,
     status: OutboxStatus | None = typer.Option(None, help=STATUS_HELP),
-    limit: int = typer.Option(50, min=1, max=MAX_ID),
+    limit: int = LIMIT_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Messages, newest first."""

@@ -10,6 +10,7 @@ import typer
 
 from mailer.cli.common import (
     JSON_OPTION,
+    LIMIT_OPTION,
     RowId,
     app_of,
     group,
@@ -19,7 +20,7 @@ from mailer.cli.common import (
     terminal,
 )
 from mailer.core.errors import MailerError, NotFound, SmtpUnavailable
-from mailer.core.fieldtypes import MAX_ID, email_address
+from mailer.core.fieldtypes import email_address
 from mailer.outbound import smtp
 from mailer.outbound.compose import Envelope, compose
 from mailer.sandbox import smtp_server
@@ -30,7 +31,7 @@ app = group("The local sandbox: messages captured instead of delivered.")
 @app.command("list")
 def list_(
     ctx: typer.Context,
-    limit: int = typer.Option(50, min=1, max=MAX_ID),
+    limit: int = LIMIT_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Captured messages, newest first."""

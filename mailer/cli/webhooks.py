@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
-from mailer.cli.common import CLI_ACTOR, JSON_OPTION, app_of, err, group, out, print_rows
+from mailer.cli.common import (
+    CLI_ACTOR,
+    JSON_OPTION,
+    LIMIT_OPTION,
+    app_of,
+    err,
+    group,
+    out,
+    print_rows,
+)
 from mailer.core.errors import MailerError
 from mailer.core.fieldtypes import MAX_ID
 from mailer.hooks import deliveries, endpoints
 from mailer.hooks.events import EventType
 
+WebhookId = Annotated[int, typer.Argument(metavar="ID", min=1, max=MAX_ID)]  # or a delivery's
 app = group("Webhooks: events POSTed, signed, to URLs an admin adds.")
 
 COLUMNS = ("id", "url", "events", "created_at", "created_by", "disabled_at")
@@ -69,9 +79,7 @@ def _listed(endpoint: endpoints.Endpoint) -> dict[str, Any]:
 
 
 @app.command("remove")
-def remove(
-    ctx: typer.Context, webhook_id: int = typer.Argument(..., metavar="ID", min=1, max=MAX_ID)
-) -> None:
+def remove(ctx: typer.Context, webhook_id: WebhookId) -> None:
     """Send this URL no more events; what still waited for it is failed, with why."""
     app_ = app_of(ctx)
     with app_.engine().begin() as conn:
@@ -85,7 +93,7 @@ def remove(
 def deliveries_(
     ctx: typer.Context,
     failed: bool = typer.Option(False, "--failed", help="Only those that gave up."),
-    limit: int = typer.Option(50, min=1, max=MAX_ID),
+    limit: int = LIMIT_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Deliveries, newest first; --json adds the payload and every attempt."""
@@ -95,9 +103,7 @@ def deliveries_(
 
 
 @app.command("retry")
-def retry(
-    ctx: typer.Context, delivery_id: int = typer.Argument(..., metavar="ID", min=1, max=MAX_ID)
-) -> None:
+def retry(ctx: typer.Context, delivery_id: WebhookId) -> None:
     """Try a failed delivery once more, now (`mailer run` sends it)."""
     app_ = app_of(ctx)
     with app_.engine().begin() as conn:

@@ -22,12 +22,13 @@ def parse_duration(text: str) -> timedelta:
     for number, unit in _PART.findall(text.lower()):
         key = _UNITS[unit]
         parts[key] = parts.get(key, 0) + int(number)
+    too_long = ValueError(f"{text!r} is longer than {LONGEST.days // 365} years")
     try:
         length = timedelta(**parts)
     except OverflowError:
-        length = LONGEST + LONGEST
+        raise too_long from None
     if length > LONGEST:  # meant for nothing here, and now + it must stay a date
-        raise ValueError(f"{text!r} is longer than {LONGEST.days // 365} years")
+        raise too_long
     return length
 
 

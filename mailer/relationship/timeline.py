@@ -10,14 +10,13 @@ index and none is scanned, whatever the customer's history holds.
 from __future__ import annotations
 
 import heapq
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from mailer.core.fieldtypes import MAX_ID
+from mailer.core.fieldtypes import whole_number
 
 
 class Source(StrEnum):
@@ -34,8 +33,7 @@ class Source(StrEnum):
 
 
 RANK = {source: rank for rank, source in enumerate(Source)}
-_ID = re.compile(r"[0-9]{1,10}")  # an id column's digits (and its value, see decode)
-_MICROS = re.compile(r"[0-9]{1,16}")  # microseconds since 1970, up to the year 2286
+LAST_MICROS = 10**16 - 1  # microseconds since 1970, up to the year 2286
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -86,13 +84,12 @@ class Cursor:
         parts = text.split(".")
         if len(parts) != 3 or parts[1] not in {s.value for s in Source}:
             return None
-        micros, source, row = parts
-        # longer numbers were not made here, and would not fit a date or a database integer
-        if not (_MICROS.fullmatch(micros) and _ID.fullmatch(row)) or int(row) > MAX_ID:
+        # larger numbers were not made here, and would not fit a date or an id column
+        micros, row = whole_number(parts[0], LAST_MICROS), whole_number(parts[2])
+        if micros is None or row is None:
             return None
-        at = datetime.fromtimestamp(int(micros) // 1_000_000, UTC)
-        at = at.replace(microsecond=int(micros) % 1_000_000)
-        return cls(at, Source(source), int(row))
+        at = datetime.fromtimestamp(micros // 1_000_000, UTC)
+        return cls(at.replace(microsecond=micros % 1_000_000), Source(parts[1]), row)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import calendar
 
+from mailer.core.fieldtypes import whole_number
+
 _MONTHS = {name.lower(): n for n, name in enumerate(calendar.month_abbr) if name}
 _WEEKDAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 
@@ -22,19 +24,15 @@ def describe(cron: str, timezone: str = "customer") -> str:
     return f"{_when(cron) or cron}, {zone}"
 
 
-def _digits(text: str) -> bool:
-    """ASCII digits only: "²" is a digit to str.isdigit, and int() refuses it."""
-    return text.isascii() and text.isdigit()
-
-
 def _when(cron: str) -> str | None:
     fields = cron.split()
     if len(fields) != 5:
         return None
     minute, hour, day, month, weekday = fields
-    if not (_digits(minute) and _digits(hour) and int(minute) < 60 and int(hour) < 24):
+    at_minute, at_hour = whole_number(minute, 59), whole_number(hour, 23)
+    if at_minute is None or at_hour is None:
         return None
-    clock = f"{int(hour):02d}:{int(minute):02d}"
+    clock = f"{at_hour:02d}:{at_minute:02d}"
     days, months, weekdays = _numbers(day, 31), _months(month), _weekdays(weekday)
     if day == "*" and month == "*" and weekday == "*":
         return f"{clock} every day"
@@ -50,16 +48,15 @@ def _when(cron: str) -> str | None:
 def _numbers(field: str, highest: int) -> list[int] | None:
     """A comma list of plain numbers from 1 to ``highest``, else None."""
     parts = field.split(",")
-    if not all(_digits(part) and 1 <= int(part) <= highest for part in parts):
-        return None
-    return sorted({int(part) for part in parts})
+    numbers = [number for part in parts if (number := whole_number(part, highest))]  # not 0
+    return sorted(set(numbers)) if len(numbers) == len(parts) else None
 
 
 def _months(field: str) -> list[str] | None:
     """Month names for a comma list of numbers or three-letter names."""
     numbers = []
     for part in field.lower().split(","):
-        number = _MONTHS.get(part) or (int(part) if _digits(part) else 0)
+        number = _MONTHS.get(part) or whole_number(part) or 0
         if not 1 <= number <= 12:
             return None
         numbers.append(number)

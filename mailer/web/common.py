@@ -29,7 +29,7 @@ from starlette.templating import Jinja2Templates
 from mailer.core import fieldtypes
 from mailer.core.clock import Clock
 from mailer.core.config import Config
-from mailer.core.fieldtypes import MAX_ID
+from mailer.core.fieldtypes import whole_number
 from mailer.staff import sessions, users
 from mailer.staff.signins import LoginGuard
 from mailer.staff.users import SignedIn
@@ -104,8 +104,7 @@ class RowIdConvertor(Convertor[int]):
     regex = "[0-9]{1,10}"
 
     def convert(self, value: str) -> int:
-        number = int(value)
-        return number if number <= MAX_ID else 0  # no row has id 0
+        return whole_number(value) or 0  # no row has id 0
 
     def to_string(self, value: int) -> str:
         return str(value)

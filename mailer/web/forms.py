@@ -34,6 +34,7 @@ from mailer.api.limits import Verdict
 from mailer.core.categories import Category
 from mailer.core.config import FormsSettings
 from mailer.core.errors import NotFound
+from mailer.core.fieldtypes import whole_number
 from mailer.customers import profiles, tokens
 from mailer.inbound import intake
 from mailer.inbound.intake import AckPolicy
@@ -266,8 +267,8 @@ async def _fields(request: Request, limit: int) -> dict[str, Any]:
 
 async def _body(request: Request, limit: int) -> bytes:
     too_large = FormProblem(413, "", f"the form is larger than {limit} bytes")
-    declared = request.headers.get("content-length", "")
-    if declared.isascii() and declared.isdigit() and int(declared) > limit:
+    declared = whole_number(request.headers.get("content-length", ""))
+    if declared is not None and declared > limit:  # a length past any id: left to the count
         raise too_large
     body = bytearray()
     async for chunk in request.stream():
