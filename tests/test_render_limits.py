@@ -187,6 +187,54 @@ async def test_looping_messages_fail_at_once_while_the_loop_and_other_mail_go_on
     assert await delivery.deliver_due() == 0  # failed for good: not tried again and again
 
 
+async def test_messages_rendered_before_one_that_loops_are_still_sent(
+    pool: RenderPool,
+    templates: Path,
+    tmp_path: Path,
+    engine: Engine,
+    clock: ManualClock,
+    sink: tuple[Sink, int],
+) -> None:
+    """The worker sends its results in groups; those finished before a call that never ends
+    still come back, and only that call is charged with the overrun."""
+    (templates / "moody").mkdir()
+    (templates / "moody" / "subject.txt").write_text("News", encoding="utf-8")
+    body = f"<p>{{% if stuck %}}{LOOP}{{% endif %}}Hello</p>"
+    (templates / "moody" / "body.html").write_text(body, encoding="utf-8")
+    cfg = shipped_config(tmp_path, {"MAILER_PATHS__TEMPLATES": str(templates)})
+    delivery = daemon.build_delivery(cfg, engine, clock, SmtpTarget(host="127.0.0.1", port=sink[1]))
+    queued = [
+        NewMessage(
+            dedupe_key=f"moody:{n}",
+            to_address=f"reader{n}@example.com",
+            category=Category.TRANSACTIONAL,
+            template="moody",
+            context={"stuck": n == 3},
+        )
+        for n in range(4)
+    ]
+    outbox.enqueue(engine, queued, clock.now())
+
+    await delivery.deliver_due()
+
+    assert sorted(m.rcpt_tos[0] for m in sink[0].received) == [
+        "reader0@example.com",
+        "reader1@example.com",
+        "reader2@example.com",
+    ]
+    with engine.connect() as conn:
+        stuck = conn.execute(
+            select(outbox.OUTBOX.c.status, outbox.OUTBOX.c.reason).where(
+                outbox.OUTBOX.c.to_address == "reader3@example.com"
+            )
+        ).one()
+    assert stuck == (
+        OutboxStatus.FAILED,
+        "template: templates/moody: took longer than 1 s to render; "
+        "is there a loop that never ends?",
+    )
+
+
 def _reply_by(clock: ManualClock) -> dict[str, object]:
     return {"reply_expected_by": clock.now() + timedelta(hours=4)}
 
