@@ -106,7 +106,9 @@ class Delivery:
     relays: Relays
     policy: Policy
     clock: Clock
-    batch_size: int = 200
+    # per batch: a claim, a render round trip, a result transaction; 400 spread them over
+    # enough messages that a newsletter went 5-10% faster than with 200
+    batch_size: int = 400
     ahead: int = 2  # batches claimed and rendering while one is sent: one per render worker
     pacing: DomainPacing | None = None  # None: no domain is paced
     rng: random.Random = field(default_factory=random.Random)
