@@ -62,8 +62,8 @@ def route(
     order: list[SmtpTarget] = []
     for priority in sorted({r.priority for r in ready}):
         left = [r for r in ready if r.priority == priority]
-        while left:
-            chosen = rng.choices(left, weights=[r.weight for r in left])[0]
+        while left:  # one left needs no draw: a relay of its own is most setups' only one
+            chosen = left[0] if len(left) == 1 else rng.choices(left, [r.weight for r in left])[0]
             order.append(chosen)
             left.remove(chosen)
     return order
