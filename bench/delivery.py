@@ -78,6 +78,7 @@ from mailer.outbound.outbox import OUTBOX, NewMessage  # noqa: E402
 from mailer.outbound.smtp import SmtpTarget  # noqa: E402
 from mailer.store import db, migrate, workers  # noqa: E402
 from mailer.store.models import OutboxStatus  # noqa: E402
+from mailer.web import server as web_server  # noqa: E402
 from tests.pg import PostgresServer, _as_owner, _bindir  # noqa: E402
 
 # zones where 10:00 UTC is daytime, so quiet hours are checked but do not defer
@@ -224,6 +225,7 @@ def deliver(cfg: config.Config, engine: Engine, pool: int) -> Run:
     try:
         target = SmtpTarget(host="127.0.0.1", port=port, pool_size=pool)
         delivery = daemon.build_delivery(cfg, engine, ManualClock(NOW), target)
+        web_server.settle()  # as `mailer run` does before its event loop (daemon.run)
         workers = children_cpu(sink.pid)
         cpu = time.process_time()
         start = time.perf_counter()
