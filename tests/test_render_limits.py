@@ -22,6 +22,7 @@ import pytest
 from playwright.async_api import Page, expect
 from sqlalchemy import Engine, select
 
+import mailer
 from mailer import daemon
 from mailer.core.categories import Category
 from mailer.core.clock import ManualClock
@@ -233,6 +234,13 @@ async def test_messages_rendered_before_one_that_loops_are_still_sent(
         "template: templates/moody: took longer than 1 s to render; "
         "is there a loop that never ends?",
     )
+
+
+def test_a_render_worker_imports_the_same_mailer_as_the_daemon(pool: RenderPool) -> None:
+    """Its import path starts with the folder this mailer was imported from, not whatever
+    mailer the interpreter has installed."""
+    here = str(Path(mailer.__file__).resolve().parents[1])
+    assert pool.call("templates/any", eval, "__import__('sys').path")[0] == here
 
 
 def _reply_by(clock: ManualClock) -> dict[str, object]:

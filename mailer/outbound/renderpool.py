@@ -343,7 +343,7 @@ def _die_with_parent(every: float = 1.0) -> None:
 
 def _import_path() -> str:
     """Where this ``mailer`` was imported from comes first, so the worker runs the same code."""
-    here = str(Path(__file__).resolve().parent.parent)
+    here = str(Path(__file__).resolve().parents[2])  # the folder that holds mailer/
     return os.pathsep.join([here, *filter(None, [os.environ.get("PYTHONPATH")])])
 
 
