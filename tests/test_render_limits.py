@@ -243,6 +243,15 @@ def test_a_render_worker_imports_the_same_mailer_as_the_daemon(pool: RenderPool)
     assert pool.call("templates/any", eval, "__import__('sys').path")[0] == here
 
 
+def test_a_result_that_cannot_come_back_fails_alone(pool: RenderPool) -> None:
+    """Results travel back in groups; one that cannot be pickled (a generator) does not
+    take the others of its group with it."""
+    made = pool.map(eval, [("templates/news", (made,)) for made in ("0", "(x for x in ())", "2")])
+    assert made[0] == 0 and made[2] == 2
+    assert isinstance(made[1], RuntimeError)
+    assert str(made[1]) == "TypeError: cannot pickle 'generator' object"
+
+
 def _reply_by(clock: ManualClock) -> dict[str, object]:
     return {"reply_expected_by": clock.now() + timedelta(hours=4)}
 

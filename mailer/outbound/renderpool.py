@@ -317,7 +317,10 @@ class _Replies:
                 while not self._finished:
                     self._lock.wait()
             time.sleep(SEND_EVERY)
-            self.send()
+            try:
+                self.send()
+            except OSError:  # the caller is gone: the main loop ends at its next read
+                return
 
 
 def _picklable(reply: tuple[bool, Any]) -> tuple[bool, Any]:
