@@ -268,8 +268,6 @@ class _Replies(asyncio.Protocol):
 
     def __init__(self, transport: asyncio.Transport) -> None:
         self.transport = transport
-        # uvloop builds a new socket object each time it is asked; one wait a reply asks
-        self.socket = transport.get_extra_info("socket")
         self.error: aiosmtplib.SMTPException | None = None  # the connection is unusable
         self._buffer = bytearray()
         self._replies: deque[SMTPResponse] = deque()
@@ -342,7 +340,7 @@ class _Replies(asyncio.Protocol):
             if self.error is not None:
                 raise self.error
             waiter = self._waiter = loop.create_future()
-            acks = _acks(self.socket)
+            acks = _acks(self.transport)
             self._timer = loop.call_later(timeout, self._expire, waiter, timeout, acks)
             try:
                 await waiter
@@ -356,7 +354,7 @@ class _Replies(asyncio.Protocol):
         armed: then it runs on until ``timeout`` after that acknowledgement."""
         if waiter.done():
             return
-        acks = _acks(self.socket)
+        acks = _acks(self.transport)
         if (left := _time_left(armed, acks, timeout)) > 0:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(left, self._expire, waiter, timeout, acks)
@@ -388,14 +386,15 @@ def _time_left(armed: _Acks | None, acks: _Acks | None, timeout: float) -> float
 _TCP_INFO = struct.Struct("=56xI60xQ")
 
 
-def _acks(sock: socket.socket | None) -> _Acks | None:
+def _acks(transport: asyncio.BaseTransport) -> _Acks | None:
     """The server's acknowledgements on the connection's socket, counted by the kernel
     below every buffer (TLS keeps its own, which the transport does not report); None
     where the system does not tell, and the wait then times out as armed. Only Linux's
     layout is read: the BSDs name a different struct TCP_INFO too. A closed socket says
     nothing (uvloop's has no descriptor left: ValueError)."""
-    if sys.platform != "linux" or sock is None:
+    if sys.platform != "linux":
         return None
+    sock = transport.get_extra_info("socket")
     try:
         info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO.size)
     except (AttributeError, OSError, ValueError):
