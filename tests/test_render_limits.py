@@ -243,6 +243,26 @@ def test_a_render_worker_imports_the_same_mailer_as_the_daemon(pool: RenderPool)
     assert pool.call("templates/any", eval, "__import__('sys').path")[0] == here
 
 
+def test_a_call_that_kills_its_worker_fails_alone(pool: RenderPool) -> None:
+    """Results finished before it but not yet sent back are made again by a new worker; the
+    call the worker was in when it died is the one that fails."""
+    crash = "__import__('os').kill(__import__('os').getpid(), 11)"  # SIGSEGV
+    made = pool.map(eval, [("templates/news", (made,)) for made in ("0", "1", crash, "3")])
+    assert made[0:2] == [0, 1] and made[3] == 3
+    assert str(made[2]) == "templates/news: the renderer stopped (exit code -11)"
+
+
+def test_a_call_stuck_in_c_code_is_charged_alone(pool: RenderPool) -> None:
+    """A long computation in C holds the interpreter, so the worker can send nothing while it
+    runs; the calls finished before it still succeed and only it overruns."""
+    stuck = "(9 ** 99999999).bit_length()"  # minutes of C code
+    made = pool.map(eval, [("templates/news", (made,)) for made in ("0", "1", stuck)])
+    assert made[0:2] == [0, 1]
+    assert str(made[2]) == (
+        "templates/news: took longer than 1 s to render; is there a loop that never ends?"
+    )
+
+
 def test_a_result_that_cannot_come_back_fails_alone(pool: RenderPool) -> None:
     """Results travel back in groups; one that cannot be pickled (a generator) does not
     take the others of its group with it."""

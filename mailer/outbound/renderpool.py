@@ -17,21 +17,24 @@ Delivery also composes and DKIM-signs its rendered messages here
 from __future__ import annotations
 
 import atexit
+import mmap
 import os
-import pickle
 import queue
 import resource
 import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -41,7 +44,7 @@ __all__ = ["Limits", "RenderPool", "install", "main", "shared"]
 T = TypeVar("T")
 STARTUP_SECONDS = 30.0  # a new worker's imports, on a busy machine
 # A worker sends the results it has finished at least this often (see ``_Replies``); the
-# caller's wait for the next ones allows for it.
+# caller's wait for the next ones allows twice this for it.
 SEND_EVERY = 0.02
 
 
@@ -64,10 +67,13 @@ class _Worker:
 
     def __init__(self, limits: Limits) -> None:
         ours, theirs = socket.socketpair()
-        command = f"from mailer.outbound.renderpool import *; main({theirs.fileno()}, {limits!r})"
+        self._progress = _Progress.new()
+        self.stopped_in: int | None = None  # the call it was in when it was stopped or died
+        fds = f"{theirs.fileno()}, {self._progress.fd}"
+        command = f"from mailer.outbound.renderpool import *; main({fds}, {limits!r})"
         self.process = subprocess.Popen(
             [sys.executable, "-P", "-c", command],  # -P: a mailer/ in the cwd is not ours
-            pass_fds=[theirs.fileno()],
+            pass_fds=[theirs.fileno(), self._progress.fd],
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C at a terminal is for the daemon, which stops us
             env={**os.environ, "PYTHONPATH": _import_path()},
@@ -78,35 +84,38 @@ class _Worker:
         # delivery reads one reply a message
         self._replies = select.poll()
         self._replies.register(self.conn.fileno(), select.POLLIN)
-        self._received: deque[tuple[bool, Any]] = deque()  # results come back in groups
+        self._received: deque[tuple[int, bool, Any]] = deque()  # results come in groups
         self.started = False
 
     def _wait(self, seconds: float) -> bool:
         """Whether a reply (or the end of the worker) came within ``seconds``."""
         return bool(self._replies.poll(seconds * 1000))
 
-    def send(self, work: Callable[..., Any], calls: Sequence[tuple[str, tuple[Any, ...]]]) -> None:
-        """Start ``work(*args)`` for each ``(where, args)`` of ``calls`` there, one after the
-        other; each result is read back with ``reply``."""
-        where = calls[0][0]
+    def send(self, where: str, work: Callable[..., Any], calls: Sequence[tuple[Any, ...]]) -> None:
+        """Start ``work(*args)`` for each of ``calls`` there, one after the other; each result
+        is read back with ``reply``."""
         try:
             self._ready(where)
             self.conn.send((work, list(calls)))
         except (EOFError, OSError):
             raise self._stopped(where) from None
 
-    def reply(self, where: str, limits: Limits) -> Any:
-        """The next call's result, or the exception it raised (returned, not raised); kill the
-        worker (and raise) when the call overruns."""
+    def reply(self, where: str, limits: Limits, position: int) -> Any:
+        """The result of the batch's call at ``position``, or the exception it raised
+        (returned, not raised); kill the worker (and raise) when no result came in time: see
+        ``stopped_in`` for the call that overran."""
         try:
             if not self._received:
-                if not self._wait(limits.seconds + SEND_EVERY):
+                if not self._wait(limits.seconds + 2 * SEND_EVERY):
                     self.stop()
                     raise RenderTimeout(Problem(where, limits.describe_timeout()))
                 self._received.extend(self.conn.recv())
-            _, value = self._received.popleft()
+            answered, _, value = self._received.popleft()
         except (EOFError, OSError):
             raise self._stopped(where) from None
+        if answered != position:  # never expected; a wrong one would go to another customer
+            self.stop()
+            raise TemplateError(Problem(where, "the renderer answered out of turn"))
         return value
 
     def _stopped(self, where: str) -> TemplateError:
@@ -130,7 +139,11 @@ class _Worker:
         if self.alive():
             self.process.kill()
         self.conn.close()
-        return self.process.wait()
+        code = self.process.wait()
+        if not self._progress.closed:  # read once the process is gone, so it stays put
+            self.stopped_in = self._progress.read()
+            self._progress.close()
+        return code
 
 
 class RenderPool:
@@ -158,14 +171,16 @@ class RenderPool:
         """``work(*args)`` for each ``(where, args)``, in order, in one worker: one round trip
         for a batch instead of one per message. Each call has the whole time limit; an
         exception comes back in the list in place of its result. A call that overran is
-        not tried again for the rest of its ``where`` (they fail at once with its error:
-        each would take the whole limit again); the other calls go on in a new worker."""
+        not tried again for the rest of its ``where`` after it (they fail at once with its
+        error: each would take the whole limit again); the other calls, and those before it
+        whose results had not come back, go on in a new worker."""
         results: dict[int, T | Exception] = {}
-        overran: dict[str, TemplateError] = {}
+        overran: dict[str, tuple[int, TemplateError]] = {}  # by where: the call, its error
         while todo := [i for i in range(len(calls)) if i not in results]:
             for i in todo:
-                if calls[i][0] in overran:
-                    results[i] = overran[calls[i][0]]
+                culprit = overran.get(calls[i][0])
+                if culprit is not None and i > culprit[0]:
+                    results[i] = culprit[1]
             todo = [i for i in todo if i not in results]
             if todo:
                 self._run(work, [(i, *calls[i]) for i in todo], results, overran)
@@ -176,23 +191,24 @@ class RenderPool:
         work: Callable[..., T],
         calls: list[tuple[int, str, tuple[Any, ...]]],
         results: dict[int, T | Exception],
-        overran: dict[str, TemplateError],
+        overran: dict[str, tuple[int, TemplateError]],
     ) -> None:
         """As many of ``calls`` as one worker gets through before one overruns or it stops."""
         worker = self._idle.get()
         read = 0
         try:
+            if worker is not None and not worker.alive():
+                worker.stop()  # it ended while idle: its descriptors are let go
             if worker is None or not worker.alive():
                 worker = self._start()
-            worker.send(work, [(where, args) for _, where, args in calls])
-            for i, where, _ in calls:
+            worker.send(calls[0][1], work, [args for _, _, args in calls])
+            for position, (i, where, _) in enumerate(calls):
                 try:
-                    results[i] = worker.reply(where, self.limits)
-                except RenderTimeout as exc:
-                    results[i] = overran[where] = exc
-                    return
-                except TemplateError as exc:  # the worker died: the rest go to a new one
-                    results[i] = exc
+                    results[i] = worker.reply(where, self.limits, position)
+                except TemplateError as exc:  # it overran or died: the rest go to a new one
+                    culprit = worker.stopped_in
+                    at = position if culprit is None or culprit < position else culprit
+                    _charge(exc, calls[at], results, overran)
                     return
                 finally:
                     read += 1
@@ -215,6 +231,59 @@ class RenderPool:
             workers, self._all = self._all, set()
         for worker in workers:
             worker.stop()
+
+
+def _charge(
+    error: TemplateError,
+    culprit: tuple[int, str, tuple[Any, ...]],
+    results: dict[int, Any],
+    overran: dict[str, tuple[int, TemplateError]],
+) -> None:
+    """A worker's overrun or end is the fault of the call it was in (the first without a
+    result when it was between calls); the calls before it, finished but not yet sent back,
+    have no result and go to a new worker with the rest."""
+    i, where, _ = culprit
+    charged = type(error)(Problem(where, error.problem.message))
+    results[i] = charged
+    if isinstance(charged, RenderTimeout):
+        overran[where] = (i, charged)
+
+
+class _Progress:
+    """Which call of its batch a worker is in, in a few bytes of memory both processes map:
+    the daemon reads it when the worker overran or died, so that the call at fault is
+    charged, not the first one whose result had not been sent yet (see ``_Replies``)."""
+
+    _SLOT = struct.Struct("=q")
+    BETWEEN_CALLS = -1
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._memory = mmap.mmap(fd, self._SLOT.size)
+
+    @classmethod
+    def new(cls) -> _Progress:
+        fd, path = tempfile.mkstemp(prefix="mailer-render-")
+        os.unlink(path)  # only the two processes' descriptors keep it
+        os.ftruncate(fd, cls._SLOT.size)
+        progress = cls(fd)
+        progress.write(cls.BETWEEN_CALLS)
+        return progress
+
+    @property
+    def closed(self) -> bool:
+        return self._memory.closed
+
+    def write(self, position: int) -> None:
+        self._SLOT.pack_into(self._memory, 0, position)
+
+    def read(self) -> int | None:
+        (position,) = self._SLOT.unpack_from(self._memory, 0)
+        return None if position == self.BETWEEN_CALLS else int(position)
+
+    def close(self) -> None:
+        self._memory.close()
+        os.close(self.fd)
 
 
 _shared: RenderPool | None = None
@@ -244,7 +313,7 @@ def install(pool: RenderPool | None) -> RenderPool | None:
 OUTPUT_LIMIT = Limits().output  # the worker's own limit, set when it starts
 
 
-def main(fd: int, limits: Limits) -> None:
+def main(fd: int, progress_fd: int, limits: Limits) -> None:
     """The worker's loop: one call at a time until the socket closes."""
     global OUTPUT_LIMIT
     OUTPUT_LIMIT = limits.output
@@ -255,79 +324,68 @@ def main(fd: int, limits: Limits) -> None:
     import mailer.outbound.finishing
     import mailer.outbound.templates  # noqa: F401
 
-    _limit_memory(limits.memory)
     conn = Connection(fd)
-    conn.send("ready")
+    progress = _Progress(progress_fd)
     replies = _Replies(conn)
+    _limit_memory(limits.memory)
+    conn.send("ready")
     while True:
         try:
             work, calls = conn.recv()
         except EOFError:
             return
-        previous = None
-        for where, args in calls:
-            if where != previous:  # an overrun is charged to the template it is in
-                replies.send()
-                previous = where
+        for position, args in enumerate(calls):
+            progress.write(position)
+            started = time.monotonic()
             try:
-                reply: tuple[bool, Any] = (True, work(*args))
+                reply: tuple[int, bool, Any] = (position, True, work(*args))
             except Exception as exc:  # the caller decides what each error means
-                reply = (False, exc)
-            replies.add(reply)
+                reply = (position, False, exc)
+            progress.write(_Progress.BETWEEN_CALLS)
+            replies.add(reply, time.monotonic() - started)
         replies.send()
 
 
 class _Replies:
     """Results go back in groups: one message a result cost the two processes 10-12 us of
-    CPU and a wakeup each, a tenth of a small newsletter's rendering. A call is timed by
-    the caller from the results before it, so a thread sends what is finished at least each
-    ``SEND_EVERY`` while a long call runs: the call that overran is the first one whose
-    result never came. (A call stuck in C code that holds the GIL keeps that thread from
-    sending; the results it holds back are then charged with its overrun, but only those of
-    the same template, which fails the rest of the batch anyway: see ``main``.)"""
+    CPU and a wakeup each, a tenth of a small newsletter's rendering. A group goes when the
+    oldest result in it has waited ``SEND_EVERY``, after any call that took that long itself,
+    and at the end of the batch, so a call starts at most twice ``SEND_EVERY`` after the
+    last group went: the caller, waiting its time limit plus that for the next group, never
+    stops a call that has had less than the limit. Everything is sent from the one thread
+    that runs the calls, so a call that never ends cannot hold a group half written, and a
+    failed send ends the worker (the caller sees it end) instead of losing results."""
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
-        self._finished: list[tuple[bool, Any]] = []
-        self._lock = threading.Condition()
-        threading.Thread(target=self._send_every, name="replies", daemon=True).start()
+        self._finished: list[tuple[int, bool, Any]] = []
+        self._since = 0.0  # when the oldest result not yet sent was finished
 
-    def add(self, reply: tuple[bool, Any]) -> None:
-        with self._lock:
-            self._finished.append(reply)
-            if len(self._finished) == 1:
-                self._lock.notify()
+    def add(self, reply: tuple[int, bool, Any], took: float) -> None:
+        now = time.monotonic()
+        if not self._finished:
+            self._since = now
+        self._finished.append(reply)
+        if took >= SEND_EVERY or now - self._since >= SEND_EVERY:
+            self.send()
 
     def send(self) -> None:
-        """Every finished result, now; an error that cannot be pickled comes back as one."""
-        with self._lock:
-            finished, self._finished = self._finished, []
-            if not finished:
-                return
-            try:
-                self._conn.send(finished)
-            except (OSError, EOFError):
-                raise
-            except Exception:  # a result that cannot be pickled: nothing was written yet
-                self._conn.send([_picklable(reply) for reply in finished])
-
-    def _send_every(self) -> None:
-        while True:
-            with self._lock:
-                while not self._finished:
-                    self._lock.wait()
-            time.sleep(SEND_EVERY)
-            try:
-                self.send()
-            except OSError:  # the caller is gone: the main loop ends at its next read
-                return
+        """Every finished result, now; one that cannot be pickled comes back as an error."""
+        finished, self._finished = self._finished, []
+        if not finished:
+            return
+        try:
+            data = ForkingPickler.dumps(finished)
+        except Exception:
+            data = ForkingPickler.dumps([_picklable(reply) for reply in finished])
+        self._conn.send_bytes(data)
 
 
-def _picklable(reply: tuple[bool, Any]) -> tuple[bool, Any]:
+def _picklable(reply: tuple[int, bool, Any]) -> tuple[int, bool, Any]:
     try:
-        pickle.dumps(reply)
+        ForkingPickler.dumps(reply)
     except Exception as exc:
-        return (False, RuntimeError(f"{type(exc).__name__}: {exc}"))
+        return (reply[0], False, RuntimeError(f"{type(exc).__name__}: {exc}"))
     return reply
 
 
