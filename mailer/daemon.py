@@ -64,6 +64,9 @@ log = logging.getLogger("mailer")
 
 SHUTDOWN_GRACE = 15.0  # seconds in-flight messages get to finish after a stop signal
 LEASE = timedelta(minutes=5)
+# messages a delivery batch holds when no rate limits it: each batch costs a render round
+# trip and a result transaction whatever its size (claims take at most 200 rows at a time)
+BATCH = 400
 
 
 def build_delivery(
@@ -89,6 +92,7 @@ def build_delivery(
     sender = relays.Relays(chosen, engine, clock, rng)
     return Delivery(
         engine=engine,
+        batch_size=relays.batch_for(chosen, BATCH),
         preparer=preparer,
         relays=sender,
         pacing=DomainPacing.from_config(cfg, engine),

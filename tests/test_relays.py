@@ -52,6 +52,27 @@ def test_relays_are_tried_by_priority_and_only_those_carrying_the_category() -> 
     assert route([second, bulk, first], "marketing", {}, NOW, rng) == [bulk, first, second]
 
 
+def test_a_rate_limited_send_claims_about_a_second_of_mail_at_a_time() -> None:
+    """Mail queued during a newsletter (an acknowledgement) waits behind the batches claimed
+    ahead: at 20 a second, seconds of them, not a minute."""
+    assert relays.batch_for([relay("one")], 400) == 400  # no limit: as many as it may
+    assert relays.batch_for([relay("one", rate_per_second=20)], 400) == 20
+    limited = [relay("one", rate_per_second=10), relay("two", rate_per_second=5.5)]
+    assert relays.batch_for(limited, 400) == 16
+    assert relays.batch_for([*limited, relay("three")], 400) == 400
+    assert relays.batch_for([relay("one", rate_per_second=0.2)], 400) == 1
+    assert relays.batch_for([relay("one", rate_per_second=5000)], 400) == 400
+
+
+def test_the_daemon_sizes_its_batches_to_the_configured_rate(
+    cfg: Config, engine: Engine, clock: ManualClock
+) -> None:
+    limited = SmtpTarget(host="127.0.0.1", port=1, rate_per_second=20)
+    assert daemon.build_delivery(cfg, engine, clock, limited).batch_size == 20
+    free = SmtpTarget(host="127.0.0.1", port=1)
+    assert daemon.build_delivery(cfg, engine, clock, free).batch_size == daemon.BATCH
+
+
 def test_a_resting_relay_is_skipped_until_its_rest_is_over() -> None:
     first, second = relay("first", priority=1), relay("second", priority=2)
     down = {"first": relays.fell(None, NOW, "refused")}

@@ -11,6 +11,7 @@ category does that category's mail wait (delivery holds it, the others go on).
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -67,6 +68,17 @@ def route(
             order.append(chosen)
             left.remove(chosen)
     return order
+
+
+def batch_for(relays: Sequence[SmtpTarget], most: int) -> int:
+    """How many messages delivery claims at a time: ``most``, or, when every relay has a
+    rate limit, about a second of their rates together. Delivery claims a few batches
+    ahead, and what is queued meanwhile (an acknowledgement) waits behind them: at 20 a
+    second, three batches of 400 would hold it a minute."""
+    rates = [relay.rate_per_second for relay in relays]
+    if not rates or min(rates) <= 0:  # a relay without a limit sends as fast as it can
+        return most
+    return max(1, min(most, math.ceil(sum(rates))))
 
 
 def fell(down: Down | None, now: datetime, reason: str) -> Down:
