@@ -632,27 +632,12 @@ async def test_a_claim_that_drains_the_queue_claims_nothing_ahead(
     """From a backlog the next batches are claimed while one is sent; a claim that finds
     fewer than a batch has drained the queue, and a claim ahead would find only what came
     meanwhile: a write transaction on SQLite's one lock for a message or two, which the
-    API's sends wait behind. Three receipts, room for 400: one claim, all three sent."""
+    API's sends wait behind. Three receipts, room for 200: one claim, all three sent."""
     taken = _claims(monkeypatch)
     road.queue(*(("maria", f"receipt-{n}") for n in range(3)), **TRANSACTIONAL)
     assert await road.deliver() == 3
     assert taken == [3]
     assert len(road.sink.received) == 3
-
-
-async def test_a_batch_is_claimed_in_transactions_of_a_bounded_size(
-    road: Road, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A claim holds SQLite's write lock (on PostgreSQL, its customers' rows) while it
-    decides: a large batch is taken in several short claims, so an API call waits behind one
-    of them at most. Here batches of 5 in claims of at most 2: every receipt sent once."""
-    monkeypatch.setattr(delivery_module, "CLAIM_AT_MOST", 2)
-    road.delivery.batch_size = 5
-    taken = _claims(monkeypatch)
-    road.queue(*(("maria", f"receipt-{n}") for n in range(7)), **TRANSACTIONAL)
-    assert await road.deliver() == 7
-    assert sum(taken) == 7 and max(taken) == 2
-    assert sorted(len(m.rcpt_tos) for m in road.sink.received) == [1] * 7
 
 
 async def test_messages_queued_one_by_one_after_the_queue_drained_go_out_in_one_claim(

@@ -41,7 +41,6 @@ COMMIT_POLL = 0.05  # seconds between looks at whether anything may have been qu
 # transaction, and at 200 sends a second a claim at once after each found 2-3 messages,
 # holding SQLite's one write lock a third of the time (what the API's sends wait for)
 TRICKLE_GAP = 0.05
-CLAIM_AT_MOST = 200  # rows a claim transaction takes: it holds SQLite's write lock ~15 ms
 HOLD_PROBE = (1.0, 60.0)  # first and longest wait between looks at a held category's relays
 DB_AWAY = "the database is unreachable"
 
@@ -107,7 +106,7 @@ class Delivery:
     relays: Relays
     policy: Policy
     clock: Clock
-    batch_size: int = 200  # see daemon.BATCH and relays.batch_for
+    batch_size: int = 200  # the daemon's: see daemon.BATCH and relays.batch_for
     ahead: int = 2  # batches claimed and rendering while one is sent: one per render worker
     pacing: DomainPacing | None = None  # None: no domain is paced
     rng: random.Random = field(default_factory=random.Random)
@@ -220,22 +219,16 @@ class Delivery:
 
     def _claim(self, now: datetime) -> list[Claimed]:
         """The next batch, skipping the domains that spent this minute's budget and the
-        categories held; in transactions of at most ``CLAIM_AT_MOST`` rows."""
+        categories held."""
         skip = self.pacing.paced(now) if self.pacing else {}
-        claimed: list[Claimed] = []
-        while (wanted := min(CLAIM_AT_MOST, self.batch_size - len(claimed))) > 0:
-            taken = outbox.claim(
-                self.engine,
-                now,
-                wanted,
-                self.policy,
-                skip_domains=list(skip),
-                skip_categories=frozenset(self.held),
-            )
-            claimed += taken
-            if len(taken) < wanted:
-                break
-        return claimed
+        return outbox.claim(
+            self.engine,
+            now,
+            self.batch_size,
+            self.policy,
+            skip_domains=list(skip),
+            skip_categories=frozenset(self.held),
+        )
 
     def _paced(self, claimed: list[Claimed], now: datetime) -> Share | None:
         """What each domain's pace allows of the batch in this minute (None: nothing is
