@@ -3,12 +3,16 @@
 what it queued to a local SMTP sink.
 
     .venv/bin/python bench/api.py [--rate 200] [--seconds 10] [--processes 1]
-                                  [--postgres | --database-url URL]
+                                  [--backlog 30000] [--postgres | --database-url URL]
 
 Requests go out on schedule whatever the server does (an open loop), each timed from when
 it was due, so a server that falls behind shows it in p99 instead of slowing the load.
 Prints accepted p50/p99/max, and delivered p50/p99 (SMTP accepted, from the row's created
 and sent times); the last line reads `accepted p99 X ms at R req/s, delivered p99 Y ms`.
+``--backlog N`` queues a newsletter to each of N customers right before the load (quiet
+hours off, as the wall clock would defer some zones), so the worker sends a campaign while
+the API is measured, as when one goes out during the shop's day; it prints how many went
+meanwhile. (Receipts queued after the campaign, at the same priority, are sent after it.)
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import asyncio
 import http.client
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -33,7 +38,7 @@ import uvloop
 from sqlalchemy import func, select
 
 from bench.common import add_database_options, database_url
-from bench.delivery import ROOT, free_port, start_sink
+from bench.delivery import ROOT, add_customers, free_port, messages, start_sink
 from mailer import daemon
 from mailer.api import keys
 from mailer.api.keys import Scope
@@ -55,8 +60,9 @@ TEMPLATE = {
 
 
 def prepare(folder: Path, url: str, port: int, smtp_port: int) -> tuple[Path, dict[str, str]]:
-    """config.toml as shipped, a templates folder with one receipt, and the overrides."""
-    (folder / "templates" / "receipt").mkdir(parents=True)
+    """config.toml as shipped, the shipped templates and a receipt, and the overrides."""
+    shutil.copytree(ROOT / "templates", folder / "templates")
+    (folder / "templates" / "receipt").mkdir()
     for name, text in TEMPLATE.items():
         (folder / "templates" / "receipt" / name).write_text(text, encoding="utf-8")
     path = folder / "config.toml"
@@ -210,11 +216,29 @@ def percentile(values: list[float], p: float) -> float:
     return statistics.quantiles(values, n=1000, method="inclusive")[int(p * 10) - 1]
 
 
-def delivered(url: str, expected: int) -> list[float]:
-    """Once all are sent (or the drain time is up): each one's created-to-sent time in ms."""
+def queue_campaign(url: str, count: int) -> None:
+    engine = db.connect(url)
+    outbox.enqueue(engine, messages(count), datetime.now(UTC))
+    engine.dispose()
+
+
+def newsletters_sent(url: str) -> int:
     engine = db.connect(url)
     table = outbox.OUTBOX
-    sent = select(func.count()).where(table.c.sent_at.is_not(None))
+    with engine.connect() as conn:
+        query = select(func.count()).where(table.c.template == "newsletter")
+        count = int(conn.execute(query.where(table.c.sent_at.is_not(None))).scalar_one())
+    engine.dispose()
+    return count
+
+
+def delivered(url: str, expected: int) -> list[float]:
+    """Once all receipts are sent (or the drain time is up): each one's created-to-sent
+    time in ms."""
+    engine = db.connect(url)
+    table = outbox.OUTBOX
+    receipts = table.c.template == "receipt"
+    sent = select(func.count()).where(table.c.sent_at.is_not(None), receipts)
     deadline = time.monotonic() + DRAIN_SECONDS
     with engine.connect() as conn:
         while conn.execute(sent).scalar_one() < expected and time.monotonic() < deadline:
@@ -222,7 +246,7 @@ def delivered(url: str, expected: int) -> list[float]:
             time.sleep(0.2)
         rows = conn.execute(
             select(table.c.created_at, table.c.sent_at)
-            .where(table.c.sent_at.is_not(None))
+            .where(table.c.sent_at.is_not(None), receipts)
             .order_by(table.c.id)
         )
         times = [(s - c).total_seconds() * 1000 for c, s in rows]
@@ -235,6 +259,7 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=200, help="requests per second")
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--processes", type=int, default=1, help="[web] processes")
+    parser.add_argument("--backlog", type=int, default=0, help="newsletters sent meanwhile")
     add_database_options(parser)
     args = parser.parse_args()
     with ExitStack() as stack:
@@ -250,12 +275,16 @@ def main() -> None:
                 created_by="bench",
                 now=datetime.now(UTC),
             )
+        if args.backlog:
+            add_customers(engine, args.backlog)
         engine.dispose()
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mailer-api-")))
         port, smtp_port = free_port(), free_port()
         path, env = prepare(folder, url, port, smtp_port)
         if args.processes > 1:
             env["MAILER_WEB__PROCESSES"] = str(args.processes)
+        if args.backlog:
+            env["MAILER_THROTTLE__QUIET_HOURS"] = ""
         sink = start_sink(smtp_port)
         stack.callback(sink.kill)
         web = start_web(path, env, port)
@@ -266,11 +295,15 @@ def main() -> None:
         stack.callback(worker.terminate)
 
         warm_up(url, port, secret)
+        if args.backlog:  # queued now, so that it goes out while the API is measured
+            queue_campaign(url, args.backlog)
+        campaign = newsletters_sent(url)
         cpu = cpu_seconds(web.pid)
         began = time.monotonic()
         latencies, statuses = load(port, secret, args.rate, args.seconds)
         took = time.monotonic() - began
         cpu = cpu_seconds(web.pid) - cpu
+        campaign = newsletters_sent(url) - campaign
         accepted = statuses.count(202)
         print(
             f"{len(statuses)} requests in {took:.1f} s ({len(statuses) / took:.0f} req/s), "
@@ -280,6 +313,8 @@ def main() -> None:
             f"server CPU: {cpu * 1000 / len(statuses):.1f} ms a request "
             f"(load average {os.getloadavg()[0]:.1f})"
         )
+        if args.backlog:
+            print(f"newsletters sent during the load: {campaign} ({campaign / took:.0f}/s)")
         p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
         print(f"accepted: p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {max(latencies):.1f} ms")
         times = delivered(url, accepted + 1)[1:]  # the warm-up's left out
