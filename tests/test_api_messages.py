@@ -109,6 +109,34 @@ async def test_a_receipt_is_accepted_then_delivered_with_its_data_and_shown_as_s
     assert attempt["outcome"] == "sent" and attempt["smtp_reply"]
 
 
+async def test_a_receipt_goes_out_before_mail_queued_earlier_at_the_usual_priority(
+    site: Site,
+    sender: dict[str, str],
+    delivery: Delivery,
+    sink: tuple[Sink, int],
+    engine: Engine,
+    clock: ManualClock,
+) -> None:
+    """Someone at the shop's checkout waits for the receipt; the campaign queued before it
+    (a schedule's mail, priority 0 unless its file says more) can wait: the receipt is
+    claimed first, as acknowledgements and desk replies are."""
+    earlier = [
+        NewMessage(
+            dedupe_key=f"campaign:{n}",
+            to_address=f"reader{n}@example.com",
+            category=Category.TRANSACTIONAL,
+            template="receipt",
+            context={"params": {"order": f"C-{n}", "total": "1 €"}},
+        )
+        for n in range(3)
+    ]
+    outbox.enqueue(engine, earlier, clock.now())
+    assert send(site, RECEIPT, sender).status == 202
+    delivery.batch_size = 1  # one at a time, so the order at the server is the claims'
+    assert await delivery.deliver_due() == 4
+    assert sink[0].received[0].rcpt_tos == ["ana@example.com"]
+
+
 async def test_a_known_customer_gets_it_in_their_language_with_their_name(
     site: Site,
     sender: dict[str, str],

@@ -259,6 +259,7 @@ def _enqueued(
         to_address=checked.address,
         customer_id=customer_id,
         category=Category.TRANSACTIONAL,
+        priority=100,  # someone waits for it: before a campaign queued earlier, as an ack
         template=body.template,
         locale=body.locale,
         context={"params": body.data},
