@@ -29,6 +29,7 @@ from mailer.core.clock import ManualClock
 from mailer.core.config import Config
 from mailer.core.errors import TemplateError
 from mailer.outbound import outbox, renderpool
+from mailer.outbound.delivery import Delivery
 from mailer.outbound.outbox import NewMessage
 from mailer.outbound.renderpool import Limits, RenderPool
 from mailer.outbound.smtp import SmtpTarget
@@ -135,8 +136,7 @@ async def test_looping_messages_fail_at_once_while_the_loop_and_other_mail_go_on
     clock: ManualClock,
     sink: tuple[Sink, int],
 ) -> None:
-    cfg = shipped_config(tmp_path, {"MAILER_PATHS__TEMPLATES": str(templates)})
-    delivery = daemon.build_delivery(cfg, engine, clock, SmtpTarget(host="127.0.0.1", port=sink[1]))
+    delivery = _delivery(templates, tmp_path, engine, clock, sink[1])
     queued = [
         NewMessage(
             dedupe_key=f"loop:{n}",
@@ -202,8 +202,7 @@ async def test_messages_rendered_before_one_that_loops_are_still_sent(
     (templates / "moody" / "subject.txt").write_text("News", encoding="utf-8")
     body = f"<p>{{% if stuck %}}{LOOP}{{% endif %}}Hello</p>"
     (templates / "moody" / "body.html").write_text(body, encoding="utf-8")
-    cfg = shipped_config(tmp_path, {"MAILER_PATHS__TEMPLATES": str(templates)})
-    delivery = daemon.build_delivery(cfg, engine, clock, SmtpTarget(host="127.0.0.1", port=sink[1]))
+    delivery = _delivery(templates, tmp_path, engine, clock, sink[1])
     queued = [
         NewMessage(
             dedupe_key=f"moody:{n}",
@@ -270,6 +269,14 @@ def test_a_result_that_cannot_come_back_fails_alone(pool: RenderPool) -> None:
     assert made[0] == 0 and made[2] == 2
     assert isinstance(made[1], RuntimeError)
     assert str(made[1]) == "TypeError: cannot pickle 'generator' object"
+
+
+def _delivery(
+    templates: Path, tmp_path: Path, engine: Engine, clock: ManualClock, port: int
+) -> Delivery:
+    """The shipped configuration's delivery, rendering from ``templates``, to the sink."""
+    cfg = shipped_config(tmp_path, {"MAILER_PATHS__TEMPLATES": str(templates)})
+    return daemon.build_delivery(cfg, engine, clock, SmtpTarget(host="127.0.0.1", port=port))
 
 
 def _reply_by(clock: ManualClock) -> dict[str, object]:
