@@ -27,7 +27,7 @@ from mailer import daemon
 from mailer.core.categories import Category
 from mailer.core.clock import ManualClock
 from mailer.core.config import Config
-from mailer.core.errors import TemplateError
+from mailer.core.errors import RenderTimeout, TemplateError
 from mailer.outbound import outbox, renderpool
 from mailer.outbound.delivery import Delivery
 from mailer.outbound.outbox import NewMessage
@@ -260,6 +260,31 @@ def test_a_call_stuck_in_c_code_is_charged_alone(pool: RenderPool) -> None:
     assert str(made[2]) == (
         "templates/news: took longer than 1 s to render; is there a loop that never ends?"
     )
+
+
+def test_a_call_finishing_just_as_the_daemon_gives_up_is_the_one_charged(
+    pool: RenderPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call that overruns by a little may finish, and the worker start the next, between
+    the daemon's wait running out and its kill (the daemon's thread waits for the
+    interpreter meanwhile: here 0.3 s before every kill, a delay a real worker cannot be
+    made to show on demand). The slow call is charged; the calls after it keep their
+    results."""
+    kill = renderpool._Worker.stop
+
+    def late_kill(worker: renderpool._Worker) -> int | None:
+        if worker.alive():
+            time.sleep(0.3)
+        return kill(worker)
+
+    monkeypatch.setattr(renderpool._Worker, "stop", late_kill)
+    slow = "__import__('time').sleep(1.06) or 1"  # just past the limit and its 40 ms
+    calls = [("templates/a", ("0",)), ("templates/slow", (slow,))]
+    calls += [("templates/b", ("__import__('time').sleep(0.1) or 2",)), ("templates/b", ("3",))]
+    made = pool.map(eval, calls)
+    assert made[0] == 0 and made[2:] == [2, 3]
+    assert isinstance(made[1], RenderTimeout)
+    assert str(made[1]).startswith("templates/slow: took longer than 1 s to render")
 
 
 def test_a_result_that_cannot_come_back_fails_alone(pool: RenderPool) -> None:

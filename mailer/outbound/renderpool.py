@@ -43,6 +43,9 @@ from mailer.core.errors import Problem, RenderTimeout, TemplateError
 __all__ = ["Limits", "RenderPool", "install", "main", "shared"]
 T = TypeVar("T")
 STARTUP_SECONDS = 30.0  # a new worker's imports, on a busy machine
+# A call's result as a worker sends it back: its place in the batch, whether it returned
+# (else ``value`` is what it raised), the value, and the seconds it took.
+_Reply = tuple[int, bool, Any, float]
 # A worker sends the results it has finished at least this often (see ``_Replies``); the
 # caller's wait for the next ones allows twice this for it.
 SEND_EVERY = 0.02
@@ -67,24 +70,32 @@ class _Worker:
 
     def __init__(self, limits: Limits) -> None:
         ours, theirs = socket.socketpair()
-        self._progress = _Progress.new()
+        progress_fd = _Progress.new_file()
+        try:
+            self._progress = _Progress(progress_fd)
+            command = (
+                "from mailer.outbound.renderpool import *; "
+                f"main({theirs.fileno()}, {progress_fd}, {limits!r})"
+            )
+            self.process = subprocess.Popen(
+                [sys.executable, "-P", "-c", command],  # -P: a mailer/ in the cwd is not ours
+                pass_fds=[theirs.fileno(), progress_fd],
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C at a terminal is for the daemon: it stops us
+                env={**os.environ, "PYTHONPATH": _import_path()},
+            )
+        finally:
+            os.close(progress_fd)  # the map holds its own descriptor
+            theirs.close()
         self.stopped_in: int | None = None  # the call it was in when it was stopped or died
-        fds = f"{theirs.fileno()}, {self._progress.fd}"
-        command = f"from mailer.outbound.renderpool import *; main({fds}, {limits!r})"
-        self.process = subprocess.Popen(
-            [sys.executable, "-P", "-c", command],  # -P: a mailer/ in the cwd is not ours
-            pass_fds=[theirs.fileno(), self._progress.fd],
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # Ctrl-C at a terminal is for the daemon, which stops us
-            env={**os.environ, "PYTHONPATH": _import_path()},
-        )
-        theirs.close()
+        self.late: list[_Reply] = []  # results that came after the caller gave up waiting
+        self._stopping = threading.Lock()  # the pool's close() may stop it from another thread
         self.conn = Connection(ours.detach())
         # multiprocessing's own poll builds a selector on every call: 16 us a reply, and
         # delivery reads one reply a message
         self._replies = select.poll()
         self._replies.register(self.conn.fileno(), select.POLLIN)
-        self._received: deque[tuple[int, bool, Any]] = deque()  # results come in groups
+        self._received: deque[_Reply] = deque()  # results come in groups
         self.started = False
 
     def _wait(self, seconds: float) -> bool:
@@ -110,7 +121,7 @@ class _Worker:
                     self.stop()
                     raise RenderTimeout(Problem(where, limits.describe_timeout()))
                 self._received.extend(self.conn.recv())
-            answered, _, value = self._received.popleft()
+            answered, _, value, _ = self._received.popleft()
         except (EOFError, OSError):
             raise self._stopped(where) from None
         if answered != position:  # never expected; a wrong one would go to another customer
@@ -136,14 +147,27 @@ class _Worker:
         return self.process.poll() is None
 
     def stop(self) -> int | None:
-        if self.alive():
-            self.process.kill()
-        self.conn.close()
-        code = self.process.wait()
-        if not self._progress.closed:  # read once the process is gone, so it stays put
-            self.stopped_in = self._progress.read()
-            self._progress.close()
-        return code
+        """Kill the worker; keep the call it was in and the results it sent meanwhile."""
+        with self._stopping:
+            if self.alive():
+                self.process.kill()
+            code = self.process.wait()
+            if not self._progress.closed:  # read once the process is gone: it stays put
+                self.stopped_in = self._progress.read()
+                self._progress.close()
+                self.late = self._unread()
+            self.conn.close()
+            return code
+
+    def _unread(self) -> list[_Reply]:
+        """The whole groups of results still in the socket of a worker that has ended."""
+        unread: list[_Reply] = []
+        try:
+            while self._wait(0):
+                unread += self.conn.recv()
+        except (EOFError, OSError):  # its end, or a group it did not finish writing
+            pass
+        return unread
 
 
 class RenderPool:
@@ -206,9 +230,7 @@ class RenderPool:
                 try:
                     results[i] = worker.reply(where, self.limits, position)
                 except TemplateError as exc:  # it overran or died: the rest go to a new one
-                    culprit = worker.stopped_in
-                    at = position if culprit is None or culprit < position else culprit
-                    _charge(exc, calls[at], results, overran)
+                    _settle(exc, calls, position, worker, self.limits, results, overran)
                     return
                 finally:
                     read += 1
@@ -233,16 +255,35 @@ class RenderPool:
             worker.stop()
 
 
-def _charge(
+def _settle(
     error: TemplateError,
-    culprit: tuple[int, str, tuple[Any, ...]],
+    calls: list[tuple[int, str, tuple[Any, ...]]],
+    position: int,
+    worker: _Worker,
+    limits: Limits,
     results: dict[int, Any],
     overran: dict[str, tuple[int, TemplateError]],
 ) -> None:
-    """A worker's overrun or end is the fault of the call it was in (the first without a
-    result when it was between calls); the calls before it, finished but not yet sent back,
-    have no result and go to a new worker with the rest."""
-    i, where, _ = culprit
+    """A worker overran or ended while the caller waited for the call at ``position``.
+    Results it sent meanwhile stand; the call at fault is the one that took the whole
+    limit (it may have finished just as the caller gave up), else the one it was in. A
+    worker found between calls faults nobody's template: the first call without a result
+    gets the error, without failing its template's others. The calls left without a result
+    go to a new worker."""
+    culprit = None
+    for answered, _, value, took in worker.late:
+        slow = isinstance(error, RenderTimeout) and took >= limits.seconds
+        if slow and culprit is None:
+            culprit = answered
+        else:
+            results[calls[answered][0]] = value
+    if culprit is None and worker.stopped_in is not None and worker.stopped_in >= position:
+        culprit = worker.stopped_in
+    if culprit is None:
+        i, where, _ = calls[position]
+        results[i] = TemplateError(Problem(where, error.problem.message))
+        return
+    i, where, _ = calls[culprit]
     charged = type(error)(Problem(where, error.problem.message))
     results[i] = charged
     if isinstance(charged, RenderTimeout):
@@ -258,17 +299,23 @@ class _Progress:
     BETWEEN_CALLS = -1
 
     def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self._memory = mmap.mmap(fd, self._SLOT.size)
+        self._memory = mmap.mmap(fd, self._SLOT.size)  # with a descriptor of its own
 
     @classmethod
-    def new(cls) -> _Progress:
-        fd, path = tempfile.mkstemp(prefix="mailer-render-")
-        os.unlink(path)  # only the two processes' descriptors keep it
-        os.ftruncate(fd, cls._SLOT.size)
-        progress = cls(fd)
-        progress.write(cls.BETWEEN_CALLS)
-        return progress
+    def new_file(cls) -> int:
+        """A file of its own for one worker, written through (not only mapped), so that no
+        room left surfaces here as an OSError rather than as SIGBUS at the first store."""
+        if hasattr(os, "memfd_create"):  # Linux: in memory, in no folder
+            fd = os.memfd_create("mailer-render-progress")
+        else:
+            fd, path = tempfile.mkstemp(prefix="mailer-render-")
+            os.unlink(path)
+        try:
+            os.pwrite(fd, cls._SLOT.pack(cls.BETWEEN_CALLS), 0)
+        except OSError:
+            os.close(fd)
+            raise
+        return fd
 
     @property
     def closed(self) -> bool:
@@ -283,7 +330,6 @@ class _Progress:
 
     def close(self) -> None:
         self._memory.close()
-        os.close(self.fd)
 
 
 _shared: RenderPool | None = None
@@ -338,11 +384,11 @@ def main(fd: int, progress_fd: int, limits: Limits) -> None:
             progress.write(position)
             started = time.monotonic()
             try:
-                reply: tuple[int, bool, Any] = (position, True, work(*args))
+                done, value = True, work(*args)
             except Exception as exc:  # the caller decides what each error means
-                reply = (position, False, exc)
+                done, value = False, exc
             progress.write(_Progress.BETWEEN_CALLS)
-            replies.add(reply, time.monotonic() - started)
+            replies.add((position, done, value, time.monotonic() - started))
         replies.send()
 
 
@@ -358,15 +404,15 @@ class _Replies:
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
-        self._finished: list[tuple[int, bool, Any]] = []
+        self._finished: list[_Reply] = []
         self._since = 0.0  # when the oldest result not yet sent was finished
 
-    def add(self, reply: tuple[int, bool, Any], took: float) -> None:
+    def add(self, reply: _Reply) -> None:
         now = time.monotonic()
         if not self._finished:
             self._since = now
         self._finished.append(reply)
-        if took >= SEND_EVERY or now - self._since >= SEND_EVERY:
+        if reply[3] >= SEND_EVERY or now - self._since >= SEND_EVERY:
             self.send()
 
     def send(self) -> None:
@@ -381,11 +427,11 @@ class _Replies:
         self._conn.send_bytes(data)
 
 
-def _picklable(reply: tuple[int, bool, Any]) -> tuple[int, bool, Any]:
+def _picklable(reply: _Reply) -> _Reply:
     try:
         ForkingPickler.dumps(reply)
     except Exception as exc:
-        return (reply[0], False, RuntimeError(f"{type(exc).__name__}: {exc}"))
+        return (reply[0], False, RuntimeError(f"{type(exc).__name__}: {exc}"), reply[3])
     return reply
 
 
