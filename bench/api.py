@@ -12,7 +12,7 @@ and sent times); the last line reads `accepted p99 X ms at R req/s, delivered p9
 ``--backlog N`` queues a newsletter to each of N customers right before the load (quiet
 hours off, as the wall clock would defer some zones), so the worker sends a campaign while
 the API is measured, as when one goes out during the shop's day; it prints how many went
-meanwhile. (Receipts queued after the campaign, at the same priority, are sent after it.)
+meanwhile; the receipts, like acknowledgements, are claimed before the campaign.
 """
 
 from __future__ import annotations

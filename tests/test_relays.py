@@ -62,6 +62,10 @@ def test_a_rate_limited_send_claims_about_a_second_of_mail_at_a_time() -> None:
     assert relays.batch_for([*limited, relay("three")], 400) == 400
     assert relays.batch_for([relay("one", rate_per_second=0.2)], 400) == 1
     assert relays.batch_for([relay("one", rate_per_second=5000)], 400) == 400
+    news = frozenset({Category.MARKETING})
+    fast_receipts = relay("receipts", categories=frozenset({Category.TRANSACTIONAL}))
+    slow_news = relay("news", rate_per_second=5, categories=news)
+    assert relays.batch_for([fast_receipts, slow_news], 400) == 5  # the slowest category
 
 
 def test_the_daemon_sizes_its_batches_to_the_configured_rate(

@@ -71,14 +71,17 @@ def route(
 
 
 def batch_for(relays: Sequence[SmtpTarget], most: int) -> int:
-    """How many messages delivery claims at a time: ``most``, or, when every relay has a
-    rate limit, about a second of their rates together. Delivery claims a few batches
+    """How many messages delivery claims at a time: ``most``, or about a second of the
+    slowest category's rate, the rates of the relays that carry it together (a category
+    with a relay without a limit goes as fast as it can). Delivery claims a few batches
     ahead, and what is queued meanwhile (an acknowledgement) waits behind them: at 20 a
-    second, three batches of 400 would hold it a minute."""
-    rates = [relay.rate_per_second for relay in relays]
-    if not rates or min(rates) <= 0:  # a relay without a limit sends as fast as it can
-        return most
-    return max(1, min(most, math.ceil(sum(rates))))
+    second, three batches of 200 would hold it half a minute."""
+    rates = []
+    for category in frozenset().union(*(relay.categories for relay in relays)):
+        carrying = [relay.rate_per_second for relay in relays if category in relay.categories]
+        if min(carrying) > 0:
+            rates.append(sum(carrying))
+    return max(1, min(most, math.ceil(min(rates)))) if rates else most
 
 
 def fell(down: Down | None, now: datetime, reason: str) -> Down:
