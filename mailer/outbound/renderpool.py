@@ -84,6 +84,9 @@ class _Worker:
                 start_new_session=True,  # Ctrl-C at a terminal is for the daemon: it stops us
                 env={**os.environ, "PYTHONPATH": _import_path()},
             )
+        except BaseException:
+            ours.close()
+            raise
         finally:
             os.close(progress_fd)  # the map holds its own descriptor
             theirs.close()
@@ -91,8 +94,8 @@ class _Worker:
         self.late: list[_Reply] = []  # results that came after the caller gave up waiting
         self._stopping = threading.Lock()  # the pool's close() may stop it from another thread
         self.conn = Connection(ours.detach())
-        # multiprocessing's own poll builds a selector on every call: 16 us a reply, and
-        # delivery reads one reply a message
+        # multiprocessing's own poll builds a selector on every call (16 us), and delivery
+        # waits for a group of replies every few milliseconds
         self._replies = select.poll()
         self._replies.register(self.conn.fileno(), select.POLLIN)
         self._received: deque[_Reply] = deque()  # results come in groups
