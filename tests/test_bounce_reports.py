@@ -332,7 +332,9 @@ async def test_a_complaint_without_a_return_path_finds_the_customer_by_the_unsub
         assert profiles.get(conn, "maria@example.com").unsubscribed_at is None
 
 
-def _dsn(status: str, action: str, diagnostic: str):  # type: ignore[no-untyped-def]
+def _dsn(  # type: ignore[no-untyped-def]
+    status: str, action: str, diagnostic: str, recipient: str = "someone-else@example.id"
+):
     """An RFC 3464 report about a message of ours, to its return path."""
 
     def make(verp: str) -> bytes:
@@ -343,9 +345,21 @@ def _dsn(status: str, action: str, diagnostic: str):  # type: ignore[no-untyped-
             "--b\r\nContent-Type: text/plain\r\n\r\nThe mailbox is full.\r\n"
             "--b\r\nContent-Type: message/delivery-status\r\n\r\n"
             "Reporting-MTA: dns; mx.example.id\r\n\r\n"
-            "Final-Recipient: rfc822; someone-else@example.id\r\n"
+            f"Final-Recipient: rfc822; {recipient}\r\n"
             f"Action: {action}\r\nStatus: {status}\r\n"
             f"Diagnostic-Code: smtp; {diagnostic}\r\n--b--\r\n"
         ).encode()
 
     return make
+
+
+async def test_a_hard_bounce_naming_an_international_domain_suppresses_its_customer(
+    engine: Engine, clock: ManualClock, tmp_path: Path
+) -> None:
+    """Mail to bücher.example goes out as xn--bcher-kva.example, and a report that names no
+    message of ours names that form, in whatever case: it is the same customer."""
+    add_customers(engine, tmp_path, "email,name\nsiti@bücher.example,Siti\n", clock.now())
+    hard = _dsn("5.1.1", "failed", "550 no such user", "Siti@XN--BCHER-KVA.example")
+    cfg = shipped_config(tmp_path, {})
+    assert report(engine, cfg, hard("support@northwind-roasters.example"), clock.now()) == "bounce"
+    assert suppressed(engine)["siti@bücher.example"].startswith("hard bounce reported")

@@ -660,13 +660,15 @@ def suppress(
 ) -> int:
     """Stop all mail, transactional too, to addresses that cannot receive it (a hard bounce);
     the first reason is kept, so a later report does not hide when it began. The history
-    keeps when and why, for the customer's timeline and the deliverability figures."""
+    keeps when and why, for the customer's timeline and the deliverability figures.
+
+    A report may name an address as SMTP carried it, an international domain in its ASCII
+    form (xn--...) and in any case: each is looked up under the key customers are kept by."""
+    keys = {_key_or_itself(email) for email in emails}
     suppressed = (
         conn.execute(
             update(CUSTOMERS)
-            .where(
-                CUSTOMERS.c.email.in_(sorted(set(emails))), CUSTOMERS.c.suppressed_reason.is_(None)
-            )
+            .where(CUSTOMERS.c.email.in_(sorted(keys)), CUSTOMERS.c.suppressed_reason.is_(None))
             .values(suppressed_reason=reason, updated_at=now)
             .returning(CUSTOMERS.c.id)
         )
@@ -675,6 +677,15 @@ def suppress(
     )
     _log(conn, [(id_, Change("suppressed_reason", None, reason)) for id_ in suppressed], actor, now)
     return len(suppressed)
+
+
+def _key_or_itself(email: str) -> str:
+    """The customer key for an address; an address no customer could have is looked up as
+    it is (and finds nobody)."""
+    try:
+        return normalise_email(email)
+    except ValueError:
+        return email
 
 
 def set_preferences(
