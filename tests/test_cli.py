@@ -230,6 +230,8 @@ def test_contacts_log_mistakes_are_one_line_and_exit_1(with_demo: Mailer) -> Non
         ("--kind", "call", "--direction", "in", "--duration", "long"): "--duration: 'long' is "
         'not a duration; write a number and a unit, e.g. "90s", "15m", "20h", "7d", "2w" or '
         '"1h30m"',
+        ("--kind", "call", "--direction", "in", "--duration", "8d"): "a call lasts at most a "
+        "week: a longer one is a typo",
         ("--kind", "call", "--direction", "in", "--at", "2999-01-01T00:00:00Z"): "it has not "
         "happened yet: log a contact at or before now",
     }

@@ -28,6 +28,7 @@ LAST: Table = LastContact.__table__  # type: ignore[attr-defined]
 EMAIL = "email"  # the channel of mail, both ways
 NOTE_MAX = 10_000
 ATTENDEES_MAX = 50
+LONGEST_CALL = timedelta(days=7)  # the desk, the CLI and the API alike
 KINDS = tuple(k.value for k in ContactKind)
 DIRECTIONS = tuple(d.value for d in Direction)
 
@@ -67,6 +68,8 @@ def _problem(entry: NewContact) -> str | None:
         entry.kind != ContactKind.CALL or entry.duration < timedelta()
     ):
         return "only a call has a duration, and it cannot be negative"
+    if entry.duration is not None and entry.duration > LONGEST_CALL:
+        return "a call lasts at most a week: a longer one is a typo"
     if not entry.by.strip() or len(entry.by) > 100:
         return "who logged it needs a name of at most 100 characters"
     return _text_problem(entry)

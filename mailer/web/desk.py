@@ -56,7 +56,6 @@ ORDERS = 5  # latest orders on a customer's page
 HISTORY = 200  # messages on a customer's page; `mailer customers show --history` has all
 RAW_SHOWN = 100_000  # bytes of a failed message's source shown to support
 NOTE_MAX = 10_000
-LONGEST_CONTACT = 7 * 24 * 60  # minutes: a call or meeting logged as longer is a typo
 STATUSES = [s.value for s in InquiryStatus]
 Action = Callable[[Connection, int, Any, str, datetime], bool]
 
@@ -467,7 +466,8 @@ def _new_contact(form: FormData, by: str, now: datetime, zone: ZoneInfo) -> cont
     """The form as a contact; a time without an offset is in the reader's zone, as the
     page shows every time."""
     minutes = _field(form, "minutes")
-    if minutes and whole_number(minutes, LONGEST_CONTACT) is None:
+    longest = int(contacts.LONGEST_CALL.total_seconds()) // 60
+    if minutes and whole_number(minutes, longest) is None:
         raise InvalidContact(f"the duration {minutes!r} is not a number of minutes up to a week")
     return contacts.NewContact(
         kind=_field(form, "kind"),
