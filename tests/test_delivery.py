@@ -1052,9 +1052,9 @@ async def test_a_send_cancelled_while_its_connection_is_reset_leaves_the_connect
 
 
 @pytest.mark.parametrize(
-    ("armed", "now", "left"),
+    ("seen", "now", "left"),
     [
-        (None, smtp._Acks(900, 0.05), 0.0),  # the system does not tell: time out as armed
+        (None, smtp._Acks(900, 0.05), 0.0),  # the system does not tell: time out
         (smtp._Acks(900, 0.0), smtp._Acks(900, 0.05), 0.0),  # nothing more acknowledged
         (smtp._Acks(100, 0.0), smtp._Acks(900, 0.05), 0.15),  # still leaving
         (smtp._Acks(100, 0.0), smtp._Acks(134, 0.19), 0.01),  # only the command, at once
@@ -1062,9 +1062,9 @@ async def test_a_send_cancelled_while_its_connection_is_reset_leaves_the_connect
     ids=["unknown", "stalled", "leaving", "command"],
 )
 def test_a_reply_wait_goes_on_only_while_the_server_acknowledges_more(
-    armed: smtp._Acks | None, now: smtp._Acks, left: float
+    seen: smtp._Acks | None, now: smtp._Acks, left: float
 ) -> None:
-    assert smtp._time_left(armed, now, timeout=0.2) == pytest.approx(left)
+    assert smtp._time_left(seen, now, timeout=0.2) == pytest.approx(left)
 
 
 def test_a_closed_connection_tells_nothing_of_acknowledgements() -> None:

@@ -273,6 +273,9 @@ class _Replies(asyncio.Protocol):
         self._replies: deque[SMTPResponse] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        # what the server had acknowledged when last looked at: only a wait that runs out
+        # looks again (a look is a system call, and most waits end in microseconds)
+        self._seen = _acks(transport)
         transport.set_protocol(self)
 
     def data_received(self, data: bytes) -> None:
@@ -340,8 +343,7 @@ class _Replies(asyncio.Protocol):
             if self.error is not None:
                 raise self.error
             waiter = self._waiter = loop.create_future()
-            acks = _acks(self.transport)
-            self._timer = loop.call_later(timeout, self._expire, waiter, timeout, acks)
+            self._timer = loop.call_later(timeout, self._expire, waiter, timeout)
             try:
                 await waiter
             finally:
@@ -349,15 +351,16 @@ class _Replies(asyncio.Protocol):
                 self._waiter = None
         return self._replies.popleft()
 
-    def _expire(self, waiter: asyncio.Future[None], timeout: float, armed: _Acks | None) -> None:
-        """Time out the wait, unless the server has acknowledged more since the timer was
-        armed: then it runs on until ``timeout`` after that acknowledgement."""
+    def _expire(self, waiter: asyncio.Future[None], timeout: float) -> None:
+        """Time out the wait, unless the server has acknowledged more since the last look:
+        then it runs on until ``timeout`` after that acknowledgement."""
         if waiter.done():
             return
-        acks = _acks(self.transport)
-        if (left := _time_left(armed, acks, timeout)) > 0:
+        acks, seen = _acks(self.transport), self._seen
+        self._seen = acks
+        if (left := _time_left(seen, acks, timeout)) > 0:
             loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(left, self._expire, waiter, timeout, acks)
+            self._timer = loop.call_later(left, self._expire, waiter, timeout)
             return
         waiter.set_exception(
             aiosmtplib.SMTPReadTimeoutError("Timed out waiting for server response")
@@ -371,12 +374,13 @@ class _Acks(NamedTuple):
     seconds_since: float  # since the last acknowledgement came
 
 
-def _time_left(armed: _Acks | None, acks: _Acks | None, timeout: float) -> float:
+def _time_left(seen: _Acks | None, acks: _Acks | None, timeout: float) -> float:
     """The seconds a wait whose timer ran out may go on: until ``timeout`` after the last
-    acknowledgement, when the server has acknowledged more since the timer was armed (a
-    command's own octets, acknowledged at once, give nothing more); else none. A server
-    that stopped reading acknowledges no more octets, only window probes, and times out."""
-    if armed is None or acks is None or acks.octets <= armed.octets:
+    acknowledgement, when the server has acknowledged more since ``seen`` (a command's own
+    octets, acknowledged at once, give a few milliseconds at most: their acknowledgement
+    is as old as the wait); else none. A server that stopped reading acknowledges no more
+    octets, only window probes, and times out."""
+    if seen is None or acks is None or acks.octets <= seen.octets:
         return 0.0
     return timeout - acks.seconds_since
 
