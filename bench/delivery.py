@@ -297,9 +297,7 @@ def single(args: argparse.Namespace) -> None:
             run = profiled(args.profile, partial(deliver, cfg, engine, args.pool))
             engine.dispose()
             ratio = _against_smtp_source(run, args.customers)
-            if ratio is None:
-                return
-            ratios.append(ratio)
+            ratios += [] if ratio is None else [ratio]
     if len(ratios) > 1:
         spread = f"median of {len(ratios)}, {min(ratios):.3f}-{max(ratios):.3f}"
         print(f"mailer/smtp-source: {statistics.median(ratios):.3f} ({spread})")

@@ -29,7 +29,7 @@ LAST: Table = LastContact.__table__  # type: ignore[attr-defined]
 EMAIL = "email"  # the channel of mail, both ways
 NOTE_MAX = 10_000
 ATTENDEES_MAX = 50
-LONGEST_CALL = timedelta(days=7)  # the desk, the CLI and the API alike
+LONGEST_CALL = timedelta(days=7)  # the desk and the CLI alike
 KINDS = tuple(k.value for k in ContactKind)
 DIRECTIONS = tuple(d.value for d in Direction)
 
