@@ -554,8 +554,13 @@ def _claim_rows(
     skip_categories: Collection[str],
 ) -> list[dict[str, Any]]:
     statement = _claim_statement(conn.dialect.name, bool(skip_domains), bool(skip_categories))
-    params: dict[str, Any] = {"now": now, "until": now + policy.lease, "limit": limit}
-    params |= {"worker": policy.worker, **_skips(skip_domains, skip_categories)}
+    params: dict[str, Any] = {
+        "now": now,
+        "until": now + policy.lease,
+        "limit": limit,
+        "worker": policy.worker,
+        **_skips(skip_domains, skip_categories),
+    }
     rows = [dict(r) for r in conn.execute(statement, params).mappings()]
     return sorted(rows, key=lambda r: (-r["priority"], r["due_at"], r["id"]))
 

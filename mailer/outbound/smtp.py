@@ -393,7 +393,7 @@ _TCP_INFO = struct.Struct("=56xI60xQ")
 def _acks(transport: asyncio.BaseTransport) -> _Acks | None:
     """The server's acknowledgements on the connection's socket, counted by the kernel
     below every buffer (TLS keeps its own, which the transport does not report); None
-    where the system does not tell, and the wait then times out as armed. Only Linux's
+    where the system does not tell, and the wait then times out at its timeout. Only Linux's
     layout is read: the BSDs name a different struct TCP_INFO too. A closed socket says
     nothing (uvloop's has no descriptor left: ValueError)."""
     if sys.platform != "linux":
