@@ -677,6 +677,66 @@ async def test_messages_queued_one_by_one_after_the_queue_drained_go_out_in_one_
     assert [n for n in taken if n] == [1, 4]
 
 
+@dataclass
+class SlowSink(Sink):
+    """A server that takes a quarter of a second of the test's clock for each message, and
+    calls ``on_arrival`` with how many it has taken."""
+
+    clock: ManualClock = field(default_factory=ManualClock)
+    on_arrival: Callable[[int], None] = lambda count: None
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.clock.advance(timedelta(seconds=0.25))
+        reply = await super().handle_DATA(server, session, envelope)
+        self.on_arrival(len(self.received))
+        return reply
+
+
+def receipt(key: str, to: str, **kwargs: Any) -> NewMessage:
+    return NewMessage(
+        dedupe_key=key,
+        to_address=to,
+        category=Category.TRANSACTIONAL,
+        template="newsletter",
+        context={"params": {"headline": "Receipt", "intro": "Thank you."}},
+        **kwargs,
+    )
+
+
+async def test_a_slow_server_gets_batches_of_about_a_second_so_an_ack_waits_seconds(
+    road: Road, cfg: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At four messages a second a claim of 20 holds five seconds of sends, and an
+    acknowledgement queued meanwhile waits behind the batches claimed ahead: once the first
+    batch shows the pace, each claim takes about a second of it (four) instead. The clock
+    moves only as the server takes its time."""
+    sink = SlowSink(clock=road.clock)
+    queued_at: list[int] = []
+
+    def ack_after_seventy(count: int) -> None:
+        if count == 70:
+            queued_at.append(count)
+            ack = receipt("ack", "asker@example.com", priority=100)
+            outbox.enqueue(road.engine, [ack], road.clock.now())
+
+    sink.on_arrival = ack_after_seventy
+    async with listening(sink) as port:
+        target = SmtpTarget(host="127.0.0.1", port=port, pool_size=2)
+        road.delivery = daemon.build_delivery(cfg, road.engine, road.clock, target)
+        road.delivery.batch_size = 20
+        taken = _claims(monkeypatch)
+        road.queue(*(receipt(f"r{n}", f"buyer{n}@example.com") for n in range(100)))
+        assert await road.deliver() == 101
+    # two or three claimed before the first batch showed the pace; then about a second's
+    # worth each (the last ones: what was left)
+    assert taken[:2] == [20, 20] and set(taken[3:]) <= {4, 1, 0}, taken
+    assert queued_at == [70]
+    arrived = [r.rcpt_tos[0] for r in sink.received].index("asker@example.com")
+    # behind at most three batches of four (before, all 100 receipts were claimed by then)
+    assert arrived <= 70 + 3 * 4, f"the ack went out after {arrived - 70} more receipts"
+    assert len(sink.received) == 101
+
+
 LOUNGE = (
     '{% if "vip" in customer.tags %}The members lounge is yours.{% else %}Shop news.{% endif %}'
 )

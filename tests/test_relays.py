@@ -68,6 +68,18 @@ def test_a_rate_limited_send_claims_about_a_second_of_mail_at_a_time() -> None:
     assert relays.batch_for([fast_receipts, slow_news], 400) == 5  # the slowest category
 
 
+def test_each_claim_takes_about_a_second_of_the_pace_the_last_batch_went_at() -> None:
+    """Four processes sharing 20 a second each get five: a claim of 20 would hold four
+    seconds of their sends, and what is queued meanwhile would wait behind three of them."""
+    assert relays.next_batch(20, 4.0, least=4, most=20) == 5
+    assert relays.next_batch(200, 0.08, least=4, most=200) == 200  # faster: as many as it may
+    assert relays.next_batch(5, 1.2, least=4, most=200) == 5  # a slow server: about a second
+    assert relays.next_batch(4, 8.0, least=4, most=200) == 4  # never fewer than carried at once
+    assert relays.next_batch(1, 0.004, least=4, most=200) == 200  # one fast ack: grows at once
+    assert relays.next_batch(10, 0.0, least=4, most=200) == 200  # the clock could not tell
+    assert relays.next_batch(10, -3.0, least=4, most=200) == 200  # or was set back
+
+
 def test_the_daemon_sizes_its_batches_to_the_configured_rate(
     cfg: Config, engine: Engine, clock: ManualClock
 ) -> None:

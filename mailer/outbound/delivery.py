@@ -27,7 +27,7 @@ from mailer.outbound.compose import usable_address
 from mailer.outbound.outbox import Claimed, Outcome, Policy, Result
 from mailer.outbound.pacing import DomainPacing, Share, domain
 from mailer.outbound.prepare import Outgoing, Preparer, purchases_of
-from mailer.outbound.relays import Relays
+from mailer.outbound.relays import Relays, next_batch
 from mailer.outbound.smtp import Diagnosis, Failure, backoff, classify
 from mailer.store import db
 from mailer.store.db import UNREACHABLE
@@ -119,6 +119,7 @@ class Delivery:
     _claiming: asyncio.Lock = field(default_factory=asyncio.Lock)  # one claim at a time
     _db_away: str | None = None  # why the database did not answer, until it does again
     _drained: bool = False  # the last claim found fewer than a batch due
+    _size: int = 0  # the next claim's size, from the pace of the last batch (0: none yet)
     _claimed_at: float = 0.0  # when the last claim began, by the event loop's clock
 
     def wake(self) -> None:
@@ -194,12 +195,13 @@ class Delivery:
         async with self._claiming:  # claims and paces in turn; the renders overlap
             now = self.clock.now()
             self._claimed_at = asyncio.get_running_loop().time()
+            size = min(self._size or self.batch_size, self.batch_size)
             try:
-                claimed = await asyncio.to_thread(self._claim, now)
+                claimed = await asyncio.to_thread(self._claim, now, size)
             except UNREACHABLE as exc:
                 self._lost(exc)
                 return _Batch(claimed=[])
-            self._drained = len(claimed) < self.batch_size
+            self._drained = len(claimed) < size
             if not claimed:
                 return _Batch(claimed=[])
             self._in_flight.update(outbox.leases(claimed))
@@ -217,14 +219,14 @@ class Delivery:
             away = [_waiting(item.id, now, DB_AWAY) for item in claimed]
             return _Batch(claimed=claimed, held=away, share=share)  # its pace given back
 
-    def _claim(self, now: datetime) -> list[Claimed]:
+    def _claim(self, now: datetime, size: int) -> list[Claimed]:
         """The next batch, skipping the domains that spent this minute's budget and the
         categories held."""
         skip = self.pacing.paced(now) if self.pacing else {}
         return outbox.claim(
             self.engine,
             now,
-            self.batch_size,
+            size,
             self.policy,
             skip_domains=list(skip),
             skip_categories=frozenset(self.held),
@@ -315,8 +317,17 @@ class Delivery:
             self._db_away = None
 
     async def _send_all(self, batch: _Batch) -> list[Outcome]:
+        """The batch sent, and the next claim sized to about a second of the pace it went at
+        (see ``next_batch``), timed by the worker's clock."""
+        started = self.clock.now()
         by_id = {item.id: item for item in batch.claimed}
-        return list(await asyncio.gather(*(self._send(m, by_id[m.outbox_id]) for m in batch.ready)))
+        sent = list(await asyncio.gather(*(self._send(m, by_id[m.outbox_id]) for m in batch.ready)))
+        if sent:
+            seconds = (self.clock.now() - started).total_seconds()
+            carried = max(target.pool_size for target in self.relays.targets)
+            least = min(carried, self.batch_size)
+            self._size = next_batch(len(sent), seconds, least, self.batch_size)
+        return sent
 
     async def _give_back(
         self, batch: _Batch | None, following: Sequence[asyncio.Task[_Batch]], why: str

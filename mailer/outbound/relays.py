@@ -28,6 +28,7 @@ from mailer.outbound.smtp import RELAY_FAULTS, SmtpPool, SmtpTarget
 log = logging.getLogger("mailer.outbound.relays")
 
 REST = (timedelta(seconds=30), timedelta(minutes=10))  # first and longest rest after a failure
+BATCH_SECONDS = 1.0  # what sending one batch should take, see next_batch
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,17 +72,29 @@ def route(
 
 
 def batch_for(relays: Sequence[SmtpTarget], most: int) -> int:
-    """How many messages delivery claims at a time: ``most``, or about a second of the
+    """The most messages delivery claims at a time: ``most``, or about a second of the
     slowest category's rate, the rates of the relays that carry it together (a category
     with a relay without a limit goes as fast as it can). Delivery claims a few batches
     ahead, and what is queued meanwhile (an acknowledgement) waits behind them: at 20 a
-    second, three batches of 200 would hold it half a minute."""
+    second, three batches of 200 would hold it half a minute. Once a batch has gone out,
+    ``next_batch`` sizes the claims from the pace it achieved."""
     rates = []
     for category in frozenset().union(*(relay.categories for relay in relays)):
         carrying = [relay.rate_per_second for relay in relays if category in relay.categories]
         if min(carrying) > 0:
             rates.append(sum(carrying))
     return max(1, min(most, math.ceil(min(rates)))) if rates else most
+
+
+def next_batch(sent: int, seconds: float, least: int, most: int) -> int:
+    """The size of the next claim: about BATCH_SECONDS of what the last batch achieved, so
+    that mail queued meanwhile waits seconds behind the batches claimed ahead however slow
+    the server, or however many processes share a rate (``batch_for`` knows only the rate,
+    not the share one process gets). Never below ``least``, the messages the connections
+    carry at once (a smaller batch would take as long), nor above ``most``."""
+    if seconds <= 0:  # as fast as the clock can tell, or a clock set back
+        return most
+    return max(least, min(most, math.ceil(sent * BATCH_SECONDS / seconds)))
 
 
 def fell(down: Down | None, now: datetime, reason: str) -> Down:
