@@ -52,7 +52,7 @@ def main() -> None:
         clock = time.thread_time  # this thread's CPU: not the render workers', not waits
         while True:
             start = clock()
-            claimed = delivery._claim(NOW)
+            claimed = delivery._claim(NOW, delivery.batch_size)
             if not claimed:
                 break
             claiming, start = clock() - start, clock()
