@@ -386,6 +386,16 @@ async def test_the_docs_page_shows_every_route_without_asking_any_other_server(
     assert not failed  # nothing refused by the Content-Security-Policy, nothing missing
 
 
+def _nested(levels: int) -> object:
+    value: object = 1
+    for _ in range(levels):
+        value = {"a": value}
+    return value
+
+
+_DEEP = "/a" * 31  # the 32nd level, below the payload or the data
+
+
 def _order(**line: object) -> dict[str, object]:
     head = {"order_id": "Z-1", "email": "a@example.com", "ordered_at": "2026-01-01"}
     return {**head, "currency": "EUR", "lines": [{"sku": "a", "product": "b", **line}]}
@@ -402,6 +412,13 @@ ODD = [
     ("/api/v1/orders", _order(unit_price="99999999999999999999"), "/lines/0/unit_price"),
     ("/api/v1/orders", _order(unit_price=1, quantity=10**20), "/lines/0/quantity"),
     ("/api/v1/orders", {**_order(unit_price=1), "lines": []}, "/lines"),
+    # half of a surrogate pair, as a client leaves it when it cuts a string inside an emoji
+    ("/api/v1/orders", _order(unit_price=1, product="Beans \ud83d"), "/lines/0/product"),
+    ("/api/v1/customers", {"email": "a@example.com", "name": "\udc00"}, "/name"),
+    ("/api/v1/messages", {"template": "t", "to": "a@example.com", "data": {"x": "\ud800"}}, "/data/x"),
+    # nested past any real payload: refused where it passes 32 levels
+    ("/api/v1/events", {"email": "a@example.com", "name": "x", "payload": _nested(40)}, "/payload" + _DEEP),
+    ("/api/v1/messages", {"template": "t", "to": "a@example.com", "data": _nested(40)}, "/data" + _DEEP),
 ]
 
 
@@ -412,3 +429,20 @@ def test_odd_input_is_a_problem_naming_the_field_never_a_failure(
     raw = json.dumps(body).encode()
     refused = problem_of(site.call("POST", path, headers=shop, raw=raw), 422)
     assert list(pointers(refused)) == [pointer]
+
+
+def test_a_body_not_sent_as_json_is_refused_and_a_whole_emoji_is_kept(
+    site: Site, shop: dict[str, str]
+) -> None:
+    """`curl -d` sends a form's Content-Type: the body was read as a string and refused for
+    its shape ("a valid dictionary"). Now it is told how to send it. A character outside
+    the BMP escaped as its pair (what JSON writers do) is whole, and kept."""
+    body = json.dumps(MARIA).encode()
+    for sent in ({"Content-Type": "application/x-www-form-urlencoded"}, {"Content-Type": ""}):
+        refused = problem_of(site.call("POST", "/api/v1/customers", None, shop | sent, body), 415)
+        assert refused["detail"] == "send the body as JSON, with Content-Type: application/json"
+    coffee = {**MARIA, "name": "Мария \ud83d\ude00"}
+    assert json.dumps(coffee).count("\\ud83d\\ude00") == 1  # sent as the escaped pair
+    assert site.call("POST", "/api/v1/customers", coffee, shop).status == 200
+    shown = site.call("GET", "/api/v1/customers/maria@example.bg", headers=shop).json()
+    assert shown["name"] == "Мария 😀"

@@ -354,6 +354,15 @@ def test_an_oversized_field_or_body_is_refused_with_what_and_the_limit_not_echoe
     assert "<script>x" not in html and "&lt;script&gt;" not in html
     huge = post(site, "/forms/inquiry", {"email": "a@example.com", "message": "a" * 70_000})
     assert huge.status == 413
+    # half an emoji, as a script leaves it when it cuts a name: was a server error
+    for path in ("/forms/inquiry", "/forms/subscribe"):
+        cut = {"email": "ana@example.com", "name": "Ana \ud83d", "message": "Hi"}
+        refused = post(site, path, cut, as_json=True)
+        assert refused.status == 422
+        assert refused.json() == {
+            "error": "name holds half of a character (a lone surrogate)",
+            "field": "name",
+        }
     assert counts(engine) == before
 
 

@@ -47,6 +47,7 @@ def create_api(cfg: Config, engine: Engine, clock: Clock) -> FastAPI:
             for code, text in {
                 401: "no valid key",
                 403: "the key lacks the scope",
+                415: "a body not sent as application/json",
                 422: "invalid input, each field named",
                 429: "too many requests this minute",
             }.items()

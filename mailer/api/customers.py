@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from mailer.api.access import caller, state
 from mailer.api.batches import Address, OneOrBatch
+from mailer.api.bodies import JsonRoute
 from mailer.api.keys import ApiKey, Scope
 from mailer.api.problems import FieldError, Invalid, item_error, not_found
 from mailer.customers import profiles
@@ -33,7 +34,7 @@ from mailer.relationship.timeline import Source
 
 SOURCE = "api"  # a customer's source when the API added them
 _COLUMNS: list[JsonValue] = [*sorted(KNOWN_COLUMNS)]  # what a custom field is not named
-router = APIRouter(prefix="/customers", tags=["customers"])
+router = APIRouter(prefix="/customers", tags=["customers"], route_class=JsonRoute)
 
 
 class CustomerIn(BaseModel):

@@ -24,6 +24,7 @@ from sqlalchemy.exc import IntegrityError
 
 from mailer.api.access import caller, state
 from mailer.api.batches import Address, OneOrBatch
+from mailer.api.bodies import JsonRoute
 from mailer.api.keys import ApiKey, Scope
 from mailer.api.problems import FieldError, Invalid, conflict, item_error
 from mailer.core import jsonvalues
@@ -32,7 +33,7 @@ from mailer.customers import events
 from mailer.customers.csv_rows import normalise_email
 
 PAYLOAD_MAX = 8192  # bytes of an event's payload as compact JSON: a timeline entry, not a store
-router = APIRouter(prefix="/events", tags=["events"])
+router = APIRouter(prefix="/events", tags=["events"], route_class=JsonRoute)
 
 
 class EventIn(BaseModel):

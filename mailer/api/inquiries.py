@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, Field
 
 from mailer.api.access import caller, state
+from mailer.api.bodies import JsonRoute
 from mailer.api.keys import ApiKey, Scope
 from mailer.api.problems import FieldError, Invalid, not_found
 from mailer.core.errors import NotFound
@@ -24,7 +25,7 @@ from mailer.inbound import inquiries
 from mailer.store.models import InquiryStatus
 
 LIMIT_MAX = 200
-router = APIRouter(prefix="/inquiries", tags=["inquiries"])
+router = APIRouter(prefix="/inquiries", tags=["inquiries"], route_class=JsonRoute)
 
 
 class InquirySummary(BaseModel):

@@ -46,6 +46,7 @@ from mailer.api import attachments
 from mailer.api.access import ApiState, Pending, admit, caller, deferred, state
 from mailer.api.attachments import AttachmentIn
 from mailer.api.batches import Address
+from mailer.api.bodies import JsonRoute
 from mailer.api.keys import ApiKey, Scope
 from mailer.api.problems import FieldError, Invalid, ProblemDocument, item_error, not_found
 from mailer.core import jsonvalues
@@ -59,7 +60,7 @@ from mailer.outbound.templates import TemplateStore
 from mailer.store import db
 
 PREFIX = "api:"  # every message queued through the API, and only those, can be read here
-router = APIRouter(prefix="/messages", tags=["messages"])
+router = APIRouter(prefix="/messages", tags=["messages"], route_class=JsonRoute)
 IdempotencyKey = Annotated[
     str,
     Header(

@@ -19,6 +19,7 @@ from pydantic.config import JsonDict
 
 from mailer.api.access import ApiState, caller, state
 from mailer.api.batches import BATCH_MAX, Address, OneOrBatch
+from mailer.api.bodies import JsonRoute
 from mailer.api.keys import ApiKey, Scope
 from mailer.api.problems import FieldError, Invalid, conflict, item_error
 from mailer.commerce import order_rows, orders
@@ -34,7 +35,7 @@ from mailer.commerce.order_rows import (
 from mailer.core.money import MAX_MINOR
 from mailer.customers.csv_rows import InvalidRow
 
-router = APIRouter(prefix="/orders", tags=["orders"])
+router = APIRouter(prefix="/orders", tags=["orders"], route_class=JsonRoute)
 # an order's columns as the API names them; a line's are named as in the CSV
 HEAD = {"order_ref": "order_id", "email": "email", "ordered_at": "ordered_at"}
 HEAD |= {c: c for c in ("currency", "status", "channel")}

@@ -47,14 +47,14 @@ class ProblemDocument(BaseModel):
     errors: list[FieldError] = []
 
 
-class Invalid(Exception):
-    """Input that pydantic let through but mailer's own checks refused, field by field."""
+class Invalid(HTTPException):
+    """Input that pydantic let through but mailer's own checks refused, field by field. An
+    HTTPException, so that FastAPI lets it through from where it reads the body."""
 
     def __init__(self, errors: Sequence[FieldError], status: int = 422, detail: str = "") -> None:
         self.errors = list(errors)
         self.status = status
-        self.detail = detail or _counted(len(self.errors))
-        super().__init__(self.detail)
+        super().__init__(status, detail or _counted(len(self.errors)))
 
 
 def not_found(what: str) -> dict[int | str, dict[str, Any]]:
@@ -83,6 +83,15 @@ def item_error(index: int | None, field: str, detail: str) -> FieldError:
     """An error in item ``index`` of a batch (None: the body is one object)."""
     parts = ([] if index is None else [str(index)]) + (field.split(".") if field else [])
     return FieldError(pointer=_pointer(parts), index=index, field=field, detail=detail)
+
+
+def at(path: Sequence[str | int], detail: str) -> FieldError:
+    """An error at ``path`` into the body, keys and positions (the first, in a batch, its
+    item)."""
+    index = path[0] if path and isinstance(path[0], int) else None
+    field = ".".join(str(p) for p in path[index is not None :])
+    pointer = _pointer([str(p) for p in path])
+    return FieldError(pointer=pointer, index=index, field=field, detail=detail)
 
 
 def _pointer(parts: Sequence[str]) -> str:
@@ -120,17 +129,13 @@ def from_pydantic(error: dict[str, Any]) -> FieldError:
     """A validation error of FastAPI's, located in the body, a path or a header."""
     where, *rest = error["loc"]
     parts = [p for n, p in enumerate(rest) if not (n == 0 and p in SHAPES)]
-    index = parts[0] if parts and isinstance(parts[0], int) else None
-    field = ".".join(str(p) for p in parts[index is not None :])
     detail = str(error["msg"]).removeprefix("Value error, ")  # our own checks say it whole
     if where != "body":
-        return FieldError(pointer="", field=field or str(where), detail=detail)
+        return FieldError(pointer="", field=".".join(map(str, parts)) or str(where), detail=detail)
     if error["type"] == "json_invalid":
         detail = f"not JSON: {error.get('ctx', {}).get('error', 'cannot be read')}"
         return FieldError(pointer="", field="", detail=detail)
-    return FieldError(
-        pointer=_pointer([str(p) for p in parts]), index=index, field=field, detail=detail
-    )
+    return at(parts, detail)
 
 
 async def _invalid_request(request: Request, exc: Exception) -> Any:

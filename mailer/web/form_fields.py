@@ -19,7 +19,7 @@ from email.policy import SMTP
 from email.utils import format_datetime, make_msgid
 
 from mailer.core.fieldtypes import locale_tag, sendable_address
-from mailer.core.text import one_line, plain_lines
+from mailer.core.text import half_a_character, one_line, plain_lines
 from mailer.customers.csv_rows import normalise_email
 
 FORM_DOMAIN = "web-form.invalid"  # RFC 2606: a name that is nobody's
@@ -104,6 +104,8 @@ def _text(fields: Mapping[str, object], name: str, limit: int, *, multiline: boo
         raise FormProblem(422, name, f"{name} must be text")
     if len(value) > limit:
         raise FormProblem(422, name, f"{name} is longer than {limit} characters")
+    if half_a_character(value):
+        raise FormProblem(422, name, f"{name} holds half of a character (a lone surrogate)")
     return plain_lines(value) if multiline else one_line(value)
 
 
