@@ -66,6 +66,9 @@ def test_a_helpdesk_pages_through_inquiries_and_filters_them(
     assert ids("email=ANA@example.com") == [first, again]
     assert ids("status=closed") == [refund]
     assert ids("since=2026-11-24T13:30:00%2B01:00") == [refund, again]  # 12:30 UTC
+    # "+" not written as %2B reaches the server as a space: still the offset it was
+    assert ids("since=2026-11-24T13:30:00+01:00") == [refund, again]
+    assert ids("since=2026-11-24T13:30:00.000+0100") == [refund, again]
     assert len(ids("since=0001-01-01T00:00:00%2B01:00")) > 2  # "from the start": every one
     bad = problem_of(site.call("GET", "/api/v1/inquiries?limit=500", headers=desk), 422)
     assert [e["field"] for e in bad["errors"]] == ["limit"]  # type: ignore[union-attr]

@@ -8,11 +8,12 @@ customer's inquiries have none left (``privacy.erase`` clears them).
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 
 from mailer.api.access import caller, state
 from mailer.api.bodies import JsonRoute
@@ -25,6 +26,7 @@ from mailer.inbound import inquiries
 from mailer.store.models import InquiryStatus
 
 LIMIT_MAX = 200
+_SPACED_OFFSET = re.compile(r"(\d\d:\d\d(?::\d\d(?:\.\d+)?)?) (\d\d:?\d\d)$")
 router = APIRouter(prefix="/inquiries", tags=["inquiries"], route_class=JsonRoute)
 
 
@@ -71,12 +73,21 @@ def _summary(found: inquiries.Listed) -> dict[str, Any]:
     } | {"thread_id": inquiries.root_of(found)}
 
 
+def _offset_plus(value: Any) -> Any:
+    """A query string reads "+" as a space, so "10:00:00+02:00" not written as %2B arrives as
+    "10:00:00 02:00": the offset it was, not an error about "extra characters"."""
+    return _SPACED_OFFSET.sub(r"\1+\2", value) if isinstance(value, str) else value
+
+
+Since = Annotated[BoundMoment, BeforeValidator(_offset_plus)]
+
+
 @router.get("", response_model=InquiryList, summary="Inquiries, from the last one seen")
 def listed(
     request: Request,
     key: Annotated[ApiKey, Depends(caller(Scope.INQUIRIES_READ))],
     status: InquiryStatus | None = None,
-    since: Annotated[BoundMoment | None, Query(description="received at or after")] = None,
+    since: Annotated[Since | None, Query(description="received at or after")] = None,
     email: Annotated[str | None, Query(description="the sender's or their customer's")] = None,
     after: Annotated[
         int | None, Query(ge=0, le=MAX_ID, description="the last id of the page before")
