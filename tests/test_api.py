@@ -20,6 +20,7 @@ from mailer.core.config import Config
 from mailer.web.server import build as build_web
 from tests.site import Reply, Site, served
 from tests.test_timeline import sent
+from tests.test_web_forms import deliver
 
 PROBLEM = "application/problem+json"
 ALL = tuple(Scope)
@@ -394,6 +395,8 @@ def _nested(levels: int) -> object:
 
 
 _DEEP = "/a" * 31  # the 32nd level, below the payload or the data
+_SEND = {"template": "t", "to": "a@example.com"}
+_EVENT = {"email": "a@example.com", "name": "x"}
 
 
 def _order(**line: object) -> dict[str, object]:
@@ -415,10 +418,10 @@ ODD = [
     # half of a surrogate pair, as a client leaves it when it cuts a string inside an emoji
     ("/api/v1/orders", _order(unit_price=1, product="Beans \ud83d"), "/lines/0/product"),
     ("/api/v1/customers", {"email": "a@example.com", "name": "\udc00"}, "/name"),
-    ("/api/v1/messages", {"template": "t", "to": "a@example.com", "data": {"x": "\ud800"}}, "/data/x"),
+    ("/api/v1/messages", {**_SEND, "data": {"x": "\ud800"}}, "/data/x"),
     # nested past any real payload: refused where it passes 32 levels
-    ("/api/v1/events", {"email": "a@example.com", "name": "x", "payload": _nested(40)}, "/payload" + _DEEP),
-    ("/api/v1/messages", {"template": "t", "to": "a@example.com", "data": _nested(40)}, "/data" + _DEEP),
+    ("/api/v1/events", {**_EVENT, "payload": _nested(40)}, "/payload" + _DEEP),
+    ("/api/v1/messages", {**_SEND, "data": _nested(40)}, "/data" + _DEEP),
 ]
 
 
@@ -438,11 +441,34 @@ def test_a_body_not_sent_as_json_is_refused_and_a_whole_emoji_is_kept(
     its shape ("a valid dictionary"). Now it is told how to send it. A character outside
     the BMP escaped as its pair (what JSON writers do) is whole, and kept."""
     body = json.dumps(MARIA).encode()
-    for sent in ({"Content-Type": "application/x-www-form-urlencoded"}, {"Content-Type": ""}):
-        refused = problem_of(site.call("POST", "/api/v1/customers", None, shop | sent, body), 415)
+    for kind in ({"Content-Type": "application/x-www-form-urlencoded"}, {"Content-Type": ""}):
+        refused = problem_of(site.call("POST", "/api/v1/customers", None, shop | kind, body), 415)
         assert refused["detail"] == "send the body as JSON, with Content-Type: application/json"
     coffee = {**MARIA, "name": "Мария \ud83d\ude00"}
     assert json.dumps(coffee).count("\\ud83d\\ude00") == 1  # sent as the escaped pair
     assert site.call("POST", "/api/v1/customers", coffee, shop).status == 200
     shown = site.call("GET", "/api/v1/customers/maria@example.bg", headers=shop).json()
     assert shown["name"] == "Мария 😀"
+
+
+async def test_the_readmes_send_goes_out_with_the_shipped_receipt_in_the_customers_language(
+    site: Site, shop: dict[str, str], cfg: Config, engine: Engine, clock: ManualClock
+) -> None:
+    """The README's example call, as a shop copies it, against the templates mailer ships."""
+    assert site.call("POST", "/api/v1/customers", MARIA, shop).status == 200
+    body = {
+        "template": "order_confirmation",
+        "to": "maria@example.bg",
+        "locale": "bg-BG",
+        "data": {"order": "1042", "total": "42.90 EUR"},
+    }
+    headers = shop | {"Idempotency-Key": "order-1042-confirmation"}
+    assert site.call("POST", "/api/v1/messages", body, headers).status == 202
+    (received,) = await deliver(cfg, engine, clock)
+    message = received.message
+    assert message["Subject"] == "Поръчка 1042 е потвърдена"  # noqa: RUF001
+    html = message.get_body(("html",))
+    assert html is not None
+    content = str(html.get_content())  # type: ignore[attr-defined]
+    assert "Мария" in content and "42.90 EUR" in content
+    assert "unsubscribe" not in content.lower()  # a receipt: no unsubscribe link

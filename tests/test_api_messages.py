@@ -34,6 +34,10 @@ TEMPLATES = {
     "receipt/bg/body.txt": "Здравейте, {{ customer.first_name }}! Поръчка {{ params.order }}.\n",
     "welcome/bg/subject.txt": "Добре дошли",  # no default to fall back to
     "welcome/bg/body.txt": "Здравейте!\n",
+    # an acknowledgement: what it reads comes only with mailer's own messages
+    "ack/subject.txt": "We got your message [#{{ inquiry.reference }}]",
+    "ack/body.txt": "{% set by = reply_expected_by %}{{ customer.name }}, {{ by }}"
+    " {{ range(1) | list }}\n",
 }
 RECEIPT = {"template": "receipt", "to": "ana@example.com", "data": {"order": "A-1", "total": "9 €"}}
 BODY_LIMIT = 4096
@@ -216,6 +220,9 @@ def test_each_invalid_field_is_named(site: Site, sender: dict[str, str]) -> None
     )
     welcome_bg = send(site, {**RECEIPT, "template": "welcome", "locale": "bg-BG"}, sender, "w")
     assert welcome_bg.status == 202  # bg-BG falls back to bg
+    # accepted, it would have failed when rendered: refused now, naming what it lacks
+    ack = refused({**RECEIPT, "template": "ack"})["/template"]
+    assert ack.startswith("it reads inquiry, reply_expected_by, which only mailer's own")
 
 
 def test_the_key_must_name_the_call_and_hold_the_send_scope(

@@ -117,6 +117,7 @@ def test_names_list_templates_but_not_layouts(shipped: TemplateStore) -> None:
         "followups_digest",
         "meeting_invitation",
         "newsletter",
+        "order_confirmation",
         "reorder",
         "subscribe_confirm",
         "webinar_cancel",

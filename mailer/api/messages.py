@@ -56,6 +56,7 @@ from mailer.core.errors import NotFound, TemplateError
 from mailer.core.fieldtypes import MAX_ID, email_address, locale_tag
 from mailer.customers import profiles
 from mailer.outbound import outbox
+from mailer.outbound.prepare import GIVEN
 from mailer.outbound.templates import TemplateStore
 from mailer.store import db
 
@@ -314,16 +315,29 @@ def _checked(api: ApiState, body: MessageIn) -> tuple[str, list[outbox.Attachmen
     except ValueError as exc:
         locale = None
         errors.append(item_error(None, "locale", str(exc)))
+    store = _templates(api.cfg.templates_dir)
     try:
-        problem = _templates(api.cfg.templates_dir).unsendable(body.template, locale)
+        problem = store.unsendable(body.template, locale)
     except TemplateError as exc:
         errors.append(item_error(None, "template", exc.problem.message))
     else:
         errors += [item_error(None, "locale", problem)] if problem else []
+        if lacking := store.unknown(body.template, GIVEN):
+            errors.append(item_error(None, "template", _not_for_sends(lacking)))
     errors += [item_error(None, f"data.{path}", RESERVED) for path in _reserved(body.data)]
     if errors:
         raise Invalid(errors)
     return address, files.files
+
+
+def _not_for_sends(lacking: frozenset[str]) -> str:
+    """Why a template that reads names only mailer's own messages carry cannot be sent
+    here (an acknowledgement's ``inquiry``): it would be queued and then fail."""
+    names = ", ".join(sorted(lacking))
+    return (
+        f"it reads {names}, which only mailer's own messages carry; a send gives the"
+        " customer, company and params (its data): use a template that reads those"
+    )
 
 
 TOO_LARGE = (

@@ -38,6 +38,13 @@ INVITE_FILE = "invite.ics"
 FROM_NAME = "from_name"
 
 
+# what every message's context holds before what it was queued with (``Preparer._context``):
+# a template reading another name renders only for messages queued with it (mailer's own)
+GIVEN = frozenset(
+    {"customer", "company", "unsubscribe_url", "preferences_url", "params", *facts.NAMES}
+)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Outgoing:
     outbox_id: int
@@ -168,6 +175,7 @@ class Preparer:
     def _context(
         self, claimed: Claimed, token: str | None, purchases: Mapping[str, Any]
     ) -> dict[str, Any]:
+        """The names of GIVEN, and what the message was queued with."""
         customer = claimed.customer
         token = token or "none"
         context: dict[str, Any] = {

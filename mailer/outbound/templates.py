@@ -23,7 +23,7 @@ import re
 import secrets
 import time
 import tomllib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -42,6 +42,7 @@ from jinja2 import (
     meta,
     select_autoescape,
 )
+from jinja2.defaults import DEFAULT_NAMESPACE
 from jinja2.exceptions import SecurityError, TemplateNotFound, TemplateSyntaxError, UndefinedError
 from jinja2.loaders import split_template_path
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -239,6 +240,11 @@ class TemplateStore(_Folders):
                 else:
                     found |= _file_variables(self.root / path, _signature(self.root / path))
         return frozenset(found)
+
+    def unknown(self, name: str, given: Collection[str]) -> frozenset[str]:
+        """The top-level names ``name`` reads that neither ``given`` nor Jinja provides: a
+        message queued with only ``given`` fails on them when it is rendered."""
+        return self.reads(name) - frozenset(given) - DEFAULT_NAMESPACE.keys()
 
     def check(self, *, company: Mapping[str, Any] | None = None) -> list[Problem]:
         """Render every file of every variant against sample data and report every problem.
