@@ -7,6 +7,7 @@ import re
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,23 @@ def test_importing_the_same_file_twice_changes_nothing(
     assert (report.inserted, report.updated, report.unchanged) == (0, 0, 3)
     with engine.connect() as conn:
         assert profiles.find(conn) == before
+
+
+def test_new_tags_alone_count_the_customer_as_updated(
+    engine: Engine, tmp_path: Path, clock: ManualClock
+) -> None:
+    """A tags cell replaces the customer's tags: a row that changes only them changed the
+    customer (the report said "unchanged" while they left the newsletter's audience)."""
+    profiles.import_csv(engine, write(tmp_path, MIXED), clock.now())
+    retagged = "email,tags\nmaria@example.com,webinar\n"
+    clock.advance(timedelta(hours=1))
+    report = profiles.import_csv(engine, write(tmp_path, retagged, "b.csv"), clock.now())
+    assert (report.updated, report.unchanged) == (1, 0)
+    with engine.connect() as conn:
+        maria = profiles.get(conn, "maria@example.com")
+    assert maria.tags == ("webinar",) and maria.updated_at == clock.now()
+    again = profiles.import_csv(engine, write(tmp_path, retagged, "c.csv"), clock.now())
+    assert (again.updated, again.unchanged) == (0, 1)
 
 
 def test_import_updates_by_email_and_never_resubscribes(

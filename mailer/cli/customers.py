@@ -50,7 +50,8 @@ def import_(
 
     Columns: email (required), name, first_name, locale, timezone, birthday, tags,
     marketing_consent, relationship_consent; any other column is kept as a custom field.
-    Rows with errors are reported by line and skipped; the rest are imported.
+    A tags cell replaces the customer's tags; an empty cell keeps what is stored. Rows
+    with errors are reported by line and skipped; the rest are imported.
     """
     app_ = app_of(ctx)
     engine = app_.engine()

@@ -225,10 +225,10 @@ def _upsert(
         after = _merge(before, row, now, source)
         found = _row_changes(before, after, old_tags.get(before["id"], []), row.tags)
         changes += [(before["id"], change) for change in found]
-        if _same(before, after):
+        if _same(before, after) and not _retags(row, existing, old_tags):
             report.unchanged += 1
             continue
-        values.append(after)
+        values.append(after)  # new tags alone change the customer too: counted, and dated
         report.updated += 1
     report.inserted += len(new)
     ids = {email: before["id"] for email, before in existing.items()}
