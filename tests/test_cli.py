@@ -639,6 +639,26 @@ def test_a_new_password_is_set_from_the_command_line_and_checked(with_demo: Mail
     assert nobody.returncode == 1 and "no user named 'zed'" in nobody.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("add", "sam", "--role", "admin"), "error: there is already a user named 'sam'\n"),
+        (("add", "bad name!", "--role", "admin"), "error: user name 'bad name!' is not 1-64"),
+        (("add", "bo", "--role", "admin", "--timezone", "EST"), "error: timezone: 'EST' is not"),
+        (("password", "zed"), "error: no user named 'zed'\n"),
+    ],
+)
+def test_what_would_refuse_a_user_is_said_before_a_password_is_asked_for(
+    with_demo: Mailer, args: tuple[str, ...], message: str
+) -> None:
+    """Typing a password twice to learn that the name is taken wastes the typing: nothing
+    is on standard input here, and the refusal comes without a prompt."""
+    add_user(with_demo, "sam")
+    refused = with_demo("users", *args, check=False, stdin="")
+    assert refused.returncode == 1 and refused.stderr.startswith(message), refused.stderr
+    assert "Password" not in refused.stdout + refused.stderr
+
+
 def test_web_serves_the_app_alone_and_stops_on_sigterm(
     with_demo: Mailer, project: dict[str, str]
 ) -> None:

@@ -41,17 +41,12 @@ def add(
 ) -> None:
     """Add an account; the password is asked for twice (or read from stdin)."""
     app_ = app_of(ctx)
+    details = {"display_name": display_name, "timezone": timezone, "email": email}
+    with app_.engine().connect() as conn:
+        users.check_new(conn, name, **details)  # before anyone types a password twice
+    secret = _password(password_stdin)
     with app_.engine().begin() as conn:
-        users.add(
-            conn,
-            name,
-            role,
-            _password(password_stdin),
-            app_.clock.now(),
-            display_name=display_name,
-            timezone=timezone,
-            email=email,
-        )
+        users.add(conn, name, role, secret, app_.clock.now(), **details)
     out.print(f"{name} can now sign in as {role.value}")
 
 
@@ -76,8 +71,12 @@ def disable(ctx: typer.Context, name: str) -> None:
 @app.command("password")
 def password(ctx: typer.Context, name: str, password_stdin: bool = PASSWORD_STDIN) -> None:
     """Give an account a new password; every session signed in with the old one ends."""
-    with app_of(ctx).engine().begin() as conn:
-        users.set_password(conn, name, _password(password_stdin))
+    engine = app_of(ctx).engine()
+    with engine.connect() as conn:
+        users.check_exists(conn, name)  # before anyone types a password twice
+    secret = _password(password_stdin)
+    with engine.begin() as conn:
+        users.set_password(conn, name, secret)
     out.print(f"{name} has a new password; their sessions have ended")
 
 

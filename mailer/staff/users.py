@@ -47,10 +47,7 @@ def add(
 ) -> int:
     """A new account; ``details`` are display_name, timezone and email (see ``change``).
     The name is what the user types to sign in and what notes and follow-ups are by."""
-    if not USER_NAME.fullmatch(name):
-        raise MailerError(
-            f"user name {name!r} is not 1-64 letters, digits or . _ - @ (it is typed to sign in)"
-        )
+    _check_name(name)
     values = {
         "name": name,
         "role": role.value,
@@ -65,6 +62,27 @@ def add(
         raise MailerError(f"there is already a user named {name!r}") from None
     assert new_id is not None
     return int(new_id[0])
+
+
+def check_new(conn: Connection, name: str, **details: str | None) -> None:
+    """What ``add`` would refuse but the password: asked before a person types one twice."""
+    _check_name(name)
+    _checked(details)
+    if conn.execute(select(USERS.c.id).where(USERS.c.name == name)).first() is not None:
+        raise MailerError(f"there is already a user named {name!r}")
+
+
+def check_exists(conn: Connection, name: str) -> None:
+    """Asked before a new password is typed for ``name``."""
+    if conn.execute(select(USERS.c.id).where(USERS.c.name == name)).first() is None:
+        raise NotFound(f"no user named {name!r}")
+
+
+def _check_name(name: str) -> None:
+    if not USER_NAME.fullmatch(name):
+        raise MailerError(
+            f"user name {name!r} is not 1-64 letters, digits or . _ - @ (it is typed to sign in)"
+        )
 
 
 def change(conn: Connection, name: str, **details: str | None) -> None:
