@@ -179,6 +179,13 @@ def test_supported_database_urls_are_accepted(tmp_path: Path, url: str) -> None:
     assert config.load(path, {}).settings.database.url == url
 
 
+def test_a_config_saved_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
+    """Windows Notepad begins UTF-8 files with one, which TOML does not allow: it was "not
+    valid TOML (at line 1, column 1)"."""
+    path = write(tmp_path, '\ufeff[database]\nurl = "sqlite:///var/x.db"\n')
+    assert config.load(path, {}).settings.database.url == "sqlite:///var/x.db"
+
+
 def test_a_folder_or_a_binary_file_given_as_the_config_is_one_problem(tmp_path: Path) -> None:
     assert problems(tmp_path) == [f"{tmp_path}: is a folder; name the config.toml file inside it"]
     binary = tmp_path / "mailer.db"

@@ -95,6 +95,12 @@ def test_each_kind_has_its_throttling_category() -> None:
     }
 
 
+def test_a_schedule_saved_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
+    """Windows editors begin UTF-8 files with one, which TOML does not allow."""
+    birthday, problems = load_one(tmp_path, "\ufeff" + toml(BIRTHDAY))
+    assert problems == [] and isinstance(birthday, BirthdaySchedule)
+
+
 def test_omitted_keys_take_their_documented_defaults(tmp_path: Path) -> None:
     birthday, problems = load_one(tmp_path, toml(BIRTHDAY))
 

@@ -47,6 +47,7 @@ from mailer.core.fieldtypes import (
     email_address,
     holiday_country,
 )
+from mailer.core.files import read_toml
 from mailer.core.money import currency_code
 
 ENV_PREFIX = "MAILER_"
@@ -611,8 +612,7 @@ def folders(path: Path, env: Mapping[str, str] | None = None) -> tuple[Path, Pat
 
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
+        return read_toml(path)
     except FileNotFoundError:
         raise ConfigError(
             [Problem(str(path), "file not found (set --config or MAILER_CONFIG)")]

@@ -1,13 +1,22 @@
 """Files the app itself writes where the daemon reads them (templates and schedules edited
 in the browser): a reader sees the whole old file or the whole new one, never a part, and
-a power cut loses neither.
+a power cut loses neither. And TOML files as people save them.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+import tomllib
 from pathlib import Path
+from typing import Any
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file (config.toml, a schedule), skipping the byte order mark that Windows
+    editors put before UTF-8 and TOML does not allow. Raises OSError, UnicodeDecodeError
+    and tomllib.TOMLDecodeError as reading and parsing do."""
+    return tomllib.loads(path.read_bytes().decode("utf-8-sig"))
 
 
 def replace(path: Path, text: str) -> None:

@@ -49,6 +49,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from mailer.core.errors import Problem, TemplateError
 from mailer.core.fieldtypes import locale_tag
+from mailer.core.files import read_toml
 from mailer.core.text import one_line
 from mailer.outbound import renderpool
 from mailer.outbound.formatting import DEFAULT_LOCALE, FILTERS, with_reader
@@ -766,7 +767,7 @@ def _sample_params(root: Path, name: str) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = read_toml(path)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         line = re.search(r"at line (\d+)", str(exc))
         raise TemplateError(Problem(f"{where}:{line[1]}" if line else where, str(exc))) from None

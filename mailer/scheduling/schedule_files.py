@@ -53,8 +53,7 @@ def read(directory: Path, name: str) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        with path.open("rb") as file:
-            return tomllib.load(file)
+        return files.read_toml(path)
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"it is not valid TOML ({exc})") from None
     except UnicodeDecodeError:

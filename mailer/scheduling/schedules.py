@@ -46,6 +46,7 @@ from mailer.core.fieldtypes import (
     utc_moment,
     zone,
 )
+from mailer.core.files import read_toml
 from mailer.core.money import currency_code, from_minor, to_minor
 from mailer.insight import rfm
 
@@ -501,8 +502,7 @@ def load_schedule(
     where = str(path)
     problems = [] if _NAME.match(path.stem) else [_bad_name(where)]
     try:
-        with path.open("rb") as file:
-            data = tomllib.load(file)
+        data = read_toml(path)
     except tomllib.TOMLDecodeError as exc:
         return None, [*problems, Problem(where, f"not valid TOML: {exc}")]
     except (OSError, UnicodeDecodeError) as exc:
