@@ -87,11 +87,18 @@ def listening(cfg: config.Config, section: str, key: str) -> Iterator[None]:
         raise ConfigError([Problem(cfg.where(section, key), message)]) from None
 
 
+PLACEHOLDER_FROM = config.SenderSettings.model_fields["from_"].default
+
+
 def warnings(cfg: config.Config) -> list[Problem]:
-    """Settings that work but may surprise: a sender at a special-use domain, whose mail
-    stays inside the network it is sent in (fine for an intranet or a test setup)."""
+    """Settings that work but may surprise: no sender set, so mail would go out from the
+    placeholder; a sender at a special-use domain, whose mail stays inside the network it
+    is sent in (fine for an intranet or a test setup)."""
     sender = cfg.settings.sender
     found: list[Problem] = []
+    if sender.from_ == PLACEHOLDER_FROM:
+        message = f"not set: mail would go out from the placeholder {PLACEHOLDER_FROM}"
+        found.append(Problem(cfg.where("sender", "from"), message, warning=True))
     for key, value in (("from", sender.from_), ("reply_to", sender.reply_to)):
         address = parseaddr(value or "")[1]
         name = special_use_domain(address)

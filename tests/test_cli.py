@@ -324,6 +324,23 @@ def test_check_warns_of_a_sender_at_a_special_use_domain_and_still_passes(
     assert "are fine" in result.stdout
 
 
+def test_check_warns_when_no_sender_is_set_and_mail_would_go_out_from_the_placeholder(
+    mailer: Mailer, project: dict[str, str], tmp_path: Path
+) -> None:
+    config = tmp_path / "config.toml"
+    shipped = config.read_text(encoding="utf-8")
+    without = re.sub(r"(?m)^(from|reply_to) = .*\n", "", shipped)
+    assert without != shipped
+    config.write_text(without, encoding="utf-8")
+    mailer("db", "upgrade")
+    result = mailer("check")
+    assert (
+        f"warning: {config}: [sender] from: not set: mail would go out from the placeholder"
+        " Support <support@example.com>"
+    ) in result.stdout.splitlines()
+    assert "are fine" in result.stdout  # a warning: the placeholder works for a trial
+
+
 def test_a_bug_is_one_line_saying_where_its_traceback_was_saved(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
