@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from mailer import cli
+from mailer.cli import common
 from mailer.inbound import inquiries
 from mailer.inbound.parsing import parse
 from mailer.sandbox import smtp_server
@@ -766,3 +767,17 @@ def test_a_follow_up_for_nobody_or_with_a_bad_due_time_is_one_line(
     assert len(result.stderr.strip().splitlines()) == 1
     done = with_demo("followups", "done", "99", check=False)
     assert done.returncode == 1 and "no open follow-up 99" in done.stderr
+
+
+def test_an_import_stopped_with_ctrl_c_says_how_much_was_saved(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Each batch is saved as it is read; the bar vanishes at Ctrl+C, so the operator is
+    told what is saved and that running the command again finishes it."""
+    with pytest.raises(KeyboardInterrupt), common.progress(300_000, "rows", quiet=False) as saved:
+        saved(91_000)
+        raise KeyboardInterrupt
+    assert capsys.readouterr().err == (
+        "interrupted: 91,000 of about 300,000 rows saved; the same command again adds the"
+        " rest and leaves those as they are\n"
+    )

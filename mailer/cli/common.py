@@ -39,14 +39,29 @@ def group(summary: str) -> typer.Typer:
 @contextmanager
 def progress(total: int, unit: str, *, quiet: bool) -> Iterator[Callable[[int], None]]:
     """A bar on stderr for an import of ``total`` rows or lines, advanced by the callable
-    given; none when ``quiet`` (``--json``) or when stderr is not a terminal, since a bar
-    drawn into a log is noise."""
+    given as each batch is saved; none when ``quiet`` (``--json``) or when stderr is not a
+    terminal, since a bar drawn into a log is noise. Interrupted (Ctrl+C), it says how much
+    was saved: the bar vanishes, and a silent exit left the operator guessing."""
     columns = (TextColumn("importing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(
-        *columns, console=err, transient=True, disable=quiet or not err.is_terminal
-    ) as bar:
-        task = bar.add_task(unit, total=total)
-        yield lambda n: bar.advance(task, n)
+    saved = 0
+
+    def advance(n: int) -> None:
+        nonlocal saved
+        saved += n
+        bar.advance(task, n)
+
+    try:
+        with Progress(
+            *columns, console=err, transient=True, disable=quiet or not err.is_terminal
+        ) as bar:
+            task = bar.add_task(unit, total=total)
+            yield advance
+    except KeyboardInterrupt:
+        err.print(
+            f"interrupted: {saved:,} of about {total:,} {unit} saved;"
+            " the same command again adds the rest and leaves those as they are"
+        )
+        raise
 
 
 def say_error(message: str) -> None:
