@@ -44,6 +44,13 @@ def test_products_import_upserts(mailer: Mailer, tmp_path: Path) -> None:
     result = mailer("products", "import", str(csv), check=False)
     assert result.returncode == 1 and f"{csv}:3: rejected no SKU" in result.stderr
     assert "1 added, 0 updated, 0 unchanged, 1 rejected" in result.stdout
+    twice = tmp_path / "twice.csv"
+    twice.write_text("sku,name\nBEAN-2,Old name\nBEAN-2,New name\n", encoding="utf-8")
+    result = mailer("products", "import", str(twice))
+    assert f"{twice}:3: same SKU as line 2; the later row's values were kept" in result.stderr
+    assert "1 added, 0 updated, 0 unchanged, 0 rejected" in result.stdout
+    listed = json.loads(mailer("products", "import", str(twice), "--json").stdout)
+    assert listed["duplicates"] == [{"line": 3, "first_line": 2}]
 
 
 def test_a_file_without_quantities_is_one_item_a_line_and_insight_needs_orders_first(

@@ -116,9 +116,15 @@ def import_products(
             {
                 **{k: getattr(report, k) for k in ("added", "updated", "unchanged")},
                 "rejected": rejected,
+                "duplicates": [{"line": a, "first_line": b} for a, b in report.duplicates],
             }
         )
     else:
+        for line, first in report.duplicates:
+            err.print(
+                f"{shown(str(file))}:{line}: same SKU as line {first};"
+                " the later row's values were kept"
+            )
         for bad in report.rejected:
             err.print(
                 Text.assemble(

@@ -33,6 +33,7 @@ class ImportReport:
     updated: int = 0
     unchanged: int = 0
     rejected: list[BadLine] = field(default_factory=list)
+    duplicates: list[tuple[int, int]] = field(default_factory=list)  # (line, first line)
 
 
 def _dialect(conn: Connection) -> object:
@@ -75,6 +76,8 @@ def _header(name: str) -> str:
 def _rows(
     rows: Iterator[tuple[int, dict[str, str]] | RejectedRow], report: ImportReport
 ) -> Iterator[tuple[str, dict[str, str]]]:
+    """(SKU, values) of each good row; a SKU named again is noted, and its later row wins."""
+    first_line: dict[str, int] = {}
     for row in rows:
         if isinstance(row, RejectedRow):
             report.rejected.append(BadLine(row.line, row.reason))
@@ -86,6 +89,9 @@ def _rows(
             reason = "no SKU" if not values["sku"] else f"{long[0]} is too long"
             report.rejected.append(BadLine(line, reason))
             continue
+        seen = first_line.setdefault(values["sku"], line)
+        if seen != line:
+            report.duplicates.append((line, seen))
         yield values["sku"], values
 
 
