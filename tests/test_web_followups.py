@@ -77,12 +77,15 @@ async def test_a_follow_up_from_the_customer_page_needs_a_due_time_and_can_be_re
     await page.goto(f"{site.url}/customers/{customer}")
     form = page.get_by_role("form", name="New follow-up")
     await form.get_by_label("Follow up").fill("someday")
+    await form.get_by_label("About").fill("Ask how the grinder works out")
     await form.get_by_role("button", name="Add follow-up").click()
-    await expect(page.get_by_text("due: 'someday' is not a due time")).to_be_visible()
-    await page.goto(f"{site.url}/customers/{customer}")
+    # refused: the form again, saying why, with the note as it was typed
+    await expect(page.get_by_role("alert")).to_contain_text("due: 'someday' is not a due time")
+    await expect(form.get_by_label("About")).to_have_value("Ask how the grinder works out")
+    await expect(form.get_by_label("Follow up")).to_have_value("someday")
     await form.get_by_label("Follow up").fill("2026-11-24 09:00")  # Sofia: already past
     await form.get_by_role("button", name="Add follow-up").click()
-    await page.wait_for_url(f"**/customers/{customer}")
+    await page.wait_for_url(f"**/customers/{customer}")  # back where it was asked for
     nav_count = page.locator("header nav a[href='/followups'] .badge")
     await expect(nav_count).to_have_text("1")
     await page.goto(site.url + "/followups")

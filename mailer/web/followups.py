@@ -90,33 +90,43 @@ async def create(request: Request, form: FormData) -> Response:
     if customer is None:
         raise HTTPException(400, "A follow-up needs a customer.")
     due, note = str(form.get("due", "")), str(form.get("note", ""))
-    await db(request, _create, request, customer, _form_id(form, "inquiry"), due, note, form)
+    inquiry = _form_id(form, "inquiry")
+    try:
+        await db(request, _create, request, customer, inquiry, due, note, form)
+    except MailerError as exc:  # the form again, saying why, with what was typed in it
+        typed = {name: value for name, value in form.items() if isinstance(value, str)}
+        context = {
+            "problem": str(exc),
+            "followup_customer": customer,
+            "followup_inquiry": inquiry,
+            "followup_typed": typed,
+            "followup_back": _back(form),
+        }
+        return render(request, "followup_refused.html", context, status=400)
     return RedirectResponse(_back(form), status_code=303)
 
 
 def _create(
     request: Request, customer: int, inquiry: int | None, due: str, note: str, form: FormData
 ) -> None:
-    """A follow-up, or with "meeting" ticked a meeting whose invitation goes out with it."""
+    """A follow-up, or with "meeting" ticked a meeting whose invitation goes out with it;
+    MailerError says why not."""
     web, user = state(request), _me(request)
     now = web.clock.now()
     with web.engine.begin() as conn:
-        try:
-            new = followups.NewFollowUp(
-                customer_id=customer,
-                due_at=followups.due_for(conn, due, user.name, now, viewer_zone(request)),
-                note=note,
-                created_by=user.name,
-                assignee=user.name,
-                inquiry_id=inquiry,
-                meeting=_plan(form) if form.get("meeting") else None,
-            )
-            if new.meeting is None:
-                followups.add(conn, new, now)
-            else:
-                meetings.schedule(conn, new, meetings.Sender.from_config(web.cfg), now)
-        except MailerError as exc:
-            raise HTTPException(400, str(exc)) from None
+        new = followups.NewFollowUp(
+            customer_id=customer,
+            due_at=followups.due_for(conn, due, user.name, now, viewer_zone(request)),
+            note=note,
+            created_by=user.name,
+            assignee=user.name,
+            inquiry_id=inquiry,
+            meeting=_plan(form) if form.get("meeting") else None,
+        )
+        if new.meeting is None:
+            followups.add(conn, new, now)
+        else:
+            meetings.schedule(conn, new, meetings.Sender.from_config(web.cfg), now)
 
 
 def _plan(form: FormData) -> followups.MeetingPlan:
