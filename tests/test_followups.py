@@ -51,6 +51,16 @@ def test_a_due_time_that_is_neither_says_what_is_accepted(text: str) -> None:
         parse_due(text, NOW, SOFIA)
 
 
+def test_a_time_the_clocks_skip_is_refused_and_one_they_repeat_is_the_first() -> None:
+    """03:30 on 28 March 2027 never shows on Sofia's clocks (03:00 becomes 04:00): taken
+    as 04:30, a meeting's invitation would tell the customer another time than was meant."""
+    with pytest.raises(ValueError, match=r"^'2027-03-28 03:30' is a time Europe/Sofia's clocks"):
+        parse_due("2027-03-28 03:30", NOW, SOFIA)
+    assert parse_due("2027-03-28 04:30", NOW, SOFIA) == datetime(2027, 3, 28, 1, 30, tzinfo=UTC)
+    # 03:30 on 31 October 2027 shows twice (04:00 goes back to 03:00): the first
+    assert parse_due("2027-10-31 03:30", NOW, SOFIA) == datetime(2027, 10, 31, 0, 30, tzinfo=UTC)
+
+
 def _agent(name: str, zone: ZoneInfo, email: str | None = "x@example.com") -> Agent:
     return Agent(name=name, display_name=name.title(), zone=zone, email=email)
 

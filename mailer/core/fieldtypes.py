@@ -199,6 +199,23 @@ def utc_moment(value: datetime) -> datetime:
     return at
 
 
+def wall_moment(value: datetime, zone: ZoneInfo) -> datetime:
+    """A moment in UTC, given as ``zone``'s clocks show it unless it carries an offset (a
+    form's or a command's time). A time those clocks skip, in the hour they go forward, is
+    refused: any instant chosen for it is an hour off what was meant, and a meeting's
+    invitation would say so to the customer. In the hour that repeats, the first."""
+    if value.tzinfo is not None:
+        return utc_moment(value)
+    placed = value.replace(tzinfo=zone, fold=0)
+    try:
+        shown = placed.astimezone(UTC).astimezone(zone)
+    except OverflowError:
+        raise ValueError(OUT_OF_RANGE) from None
+    if shown.replace(tzinfo=None) != value:
+        raise ValueError(f"a time {zone.key}'s clocks skip: they go forward that night")
+    return utc_moment(placed)
+
+
 def bound_moment(value: datetime) -> datetime:
     """A moment that only bounds a search ("since"), in UTC: one before 1900 or after 2999
     is taken as that end of the range, as it selects the same."""

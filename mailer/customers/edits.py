@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 from mailer.core.categories import Category
 from mailer.core.errors import InvalidInput, Problem
-from mailer.core.fieldtypes import utc_moment
+from mailer.core.fieldtypes import wall_moment
 from mailer.customers.csv_rows import (
     KNOWN_COLUMNS,
     Birthday,
@@ -144,12 +144,12 @@ def _pause(form: Mapping[str, str], zone: ZoneInfo) -> datetime | None:
     try:
         if not _LOCAL_TIME.match(text):
             raise ValueError
-        typed = datetime.fromisoformat(text).replace(tzinfo=zone)
+        typed = datetime.fromisoformat(text)
     except ValueError:
         message = f"{text!r} is not a date and time such as 2026-12-24T09:00"
         raise InvalidInput([Problem("pause_until", message)]) from None
     try:
-        return utc_moment(typed)
+        return wall_moment(typed, zone)
     except ValueError as exc:
         raise InvalidInput([Problem("pause_until", f"{text!r} is {exc}")]) from None
 

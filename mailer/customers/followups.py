@@ -63,10 +63,8 @@ def parse_due(text: str, now: datetime, zone: ZoneInfo) -> datetime:
         ) from None
     if len(text) <= len("2026-12-24"):
         when = datetime.combine(when.date(), DAY_STARTS)
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=zone)
     try:
-        return fieldtypes.utc_moment(when).astimezone(now.tzinfo)
+        return fieldtypes.wall_moment(when, zone).astimezone(now.tzinfo)
     except ValueError as exc:
         raise ValueError(f"{text!r} is {exc}") from None
 

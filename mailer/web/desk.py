@@ -27,7 +27,7 @@ from starlette.routing import Route
 
 from mailer.commerce import insights, orders
 from mailer.core.errors import InvalidContact, MailerError, NotFound, TemplateError
-from mailer.core.fieldtypes import utc_moment, whole_number
+from mailer.core.fieldtypes import wall_moment, whole_number
 from mailer.customers import contacts, followups, profiles
 from mailer.inbound import inquiries, plain_words
 from mailer.outbound import outbox
@@ -494,7 +494,7 @@ def _moment(text: str, zone: ZoneInfo) -> datetime | None:
     except ValueError:
         raise InvalidContact(f"the time {text!r} is not a date and time") from None
     try:
-        return utc_moment(at if at.tzinfo else at.replace(tzinfo=zone))
+        return wall_moment(at, zone)
     except ValueError as exc:
         raise InvalidContact(f"the time {text!r} is {exc}") from None
 
