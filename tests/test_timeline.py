@@ -106,7 +106,7 @@ def test_a_cursor_survives_a_link_to_the_microsecond() -> None:
         ("meeting", None, "", "a meeting needs a direction"),
         ("note", "in", "x", "a note has no direction"),
         ("note", None, " ", "a note needs some text"),
-        ("call", "sideways", "", "a call needs a direction"),
+        ("call", "sideways", "", "a call's direction is in .*, not 'sideways'$"),
     ],
 )
 def test_a_contact_that_makes_no_sense_is_refused_before_anything_is_written(

@@ -62,7 +62,10 @@ def _problem(entry: NewContact) -> str | None:
         if entry.direction is not None:
             return "a note has no direction: leave it out"
     elif entry.direction not in DIRECTIONS:
-        return f"a {entry.kind} needs a direction: in (they reached us) or out (we reached them)"
+        ways = "in (they reached us) or out (we reached them)"
+        if entry.direction:
+            return f"a {entry.kind}'s direction is {ways}, not {entry.direction!r}"
+        return f"a {entry.kind} needs a direction: {ways}"
     if entry.at.tzinfo is None:
         return "the time needs a zone or an offset"
     if entry.duration is not None and (
