@@ -29,6 +29,10 @@ def parse(text: str) -> list[CustomerRow | RejectedRow]:
         ("02-29", Birthday(2, 29)),
         ("17.04.1990", Birthday(4, 17, 1990)),
         ("17.04.", Birthday(4, 17)),
+        # address books write a year before 1900 for "no year": 1604 (Apple), 0001
+        ("1604-04-17", Birthday(4, 17)),
+        ("0001-02-29", Birthday(2, 29)),  # leap in the placeholder year: still 29 February
+        ("1900-01-01", Birthday(1, 1, 1900)),
     ],
 )
 def test_birthday_formats_with_and_without_year(text: str, expected: Birthday) -> None:
@@ -39,6 +43,11 @@ def test_birthday_formats_with_and_without_year(text: str, expected: Birthday) -
 def test_impossible_birthdays_are_refused(text: str) -> None:
     with pytest.raises(ValueError, match="is not a date"):
         parse_birthday(text)
+
+
+def test_a_birth_year_to_come_is_refused_as_a_typo() -> None:
+    with pytest.raises(ValueError, match=r"^birthday '2999-04-17' has a year to come"):
+        parse_birthday("2999-04-17")
 
 
 def test_every_problem_of_a_row_is_named_with_its_line() -> None:

@@ -123,14 +123,22 @@ def normalise_email(text: str) -> str:
     return email_address(text).lower()
 
 
+EARLIEST_BIRTH_YEAR, LATEST_BIRTH_YEAR = 1900, 2099
+
+
 def parse_birthday(text: str) -> Birthday:
-    """2001-02-28, --02-29 or 02-29 (year unknown), 28.02.2001 or 28.02."""
+    """2001-02-28, --02-29 or 02-29 (year unknown), 28.02.2001 or 28.02. A year before
+    1900 is what address books write for "no year" (1604, 0001): the year is unknown. One
+    after 2099 is a typo, refused."""
     for pattern, (month_at, day_at, year_at) in _BIRTHDAY_FORMATS:
         match = pattern.match(text)
         if match:
             parts = match.groups()
             month, day = int(parts[month_at]), int(parts[day_at])
             year = None if year_at is None else int(parts[year_at])
+            if year is not None and year > LATEST_BIRTH_YEAR:
+                raise ValueError(f"birthday {text!r} has a year to come; is it a typo?")
+            year = year if year is None or year >= EARLIEST_BIRTH_YEAR else None
             try:  # a leap year stands in for an unknown year, so 29 February is allowed
                 date(year or 2000, month, day)
             except ValueError:
