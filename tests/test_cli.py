@@ -8,6 +8,7 @@ import os
 import re
 import select
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -743,7 +744,11 @@ def test_follow_ups_are_added_in_the_assignees_zone_listed_and_done(with_demo: M
     overdue = json.loads(with_demo("followups", "list", "--overdue", "--json").stdout)
     assert [(f["id"], f["email"], f["assignee"]) for f in overdue] == [(1, maria, "sam")]
     assert len(json.loads(with_demo("followups", "list", "--json").stdout)) == 2
+    assert json.loads(with_demo("followups", "list", "--assignee", "sam", "--json").stdout)
+    assert add_user(with_demo, "bo").returncode == 0
     assert json.loads(with_demo("followups", "list", "--assignee", "bo", "--json").stdout) == []
+    misspelt = with_demo("followups", "list", "--assignee", "sma", check=False)
+    assert (misspelt.returncode, misspelt.stderr) == (1, "error: no user named 'sma'\n")
     assert "follow-up 1 is done" in with_demo("followups", "done", "1").stdout
     assert with_demo("followups", "list", "--overdue", "--json").stdout.strip() == "[]"
 
@@ -780,4 +785,28 @@ def test_an_import_stopped_with_ctrl_c_says_how_much_was_saved(
     assert capsys.readouterr().err == (
         "interrupted: 91,000 of about 300,000 rows saved; the same command again adds the"
         " rest and leaves those as they are\n"
+    )
+
+
+def test_a_database_another_process_keeps_locked_is_said_so_with_what_to_do(
+    on_sqlite: tuple[Mailer, dict[str, str]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """SQLite's one writer: a command that waited out the busy timeout (here 0.2 s, not 10)
+    says who is likely writing, not only "database is locked"."""
+    mailer, env = on_sqlite
+    mailer("db", "upgrade")
+    monkeypatch.setattr(db, "SQLITE_BUSY_TIMEOUT_MS", 200)
+    path = env["MAILER_DATABASE__URL"].removeprefix("sqlite:///")
+    csv = tmp_path / "new.csv"
+    csv.write_text("email\nana@example.com\n", encoding="utf-8")
+    writer = sqlite3.connect(path, isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")  # as an import holds it
+        refused = mailer("customers", "import", str(csv), check=False)
+    finally:
+        writer.close()
+    assert refused.returncode == 1
+    assert refused.stderr == (
+        "error: database: database is locked: another process kept writing to it (mailer run,"
+        " an import); try again\n"
     )

@@ -204,7 +204,10 @@ def main() -> None:
         say_error(str(exc))
         sys.exit(1)
     except OperationalError as exc:  # the database went away or stayed locked mid-command
-        say_error(f"database: {db.reason(exc)}")
+        said = db.reason(exc)
+        if said == "database is locked":  # SQLite's busy timeout ran out
+            said += ": another process kept writing to it (mailer run, an import); try again"
+        say_error(f"database: {said}")
         sys.exit(1)
     except OSError as exc:  # a file or folder named on the command line or in the config
         say_error(f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc))

@@ -16,6 +16,7 @@ from mailer.cli.common import (
 )
 from mailer.customers import followups
 from mailer.relationship import meetings
+from mailer.staff import users
 
 app = group("Follow-ups: when to contact a customer again.")
 
@@ -58,6 +59,8 @@ def list_(
     """Open follow-ups, soonest first."""
     app_ = app_of(ctx)
     with app_.engine().connect() as conn:
+        if assignee:  # a misspelt name would list nothing, as if they had none
+            users.check_exists(conn, assignee)  # a disabled one's are listed, to hand on
         rows = followups.find(
             conn, assignee=assignee, due_before=app_.clock.now() if overdue else None
         )
