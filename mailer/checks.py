@@ -28,13 +28,16 @@ from mailer.store import migrate
 
 def check_all(config_path: Path, clock: Clock) -> list[Problem]:
     """Problems of every kind, warnings among them; with a broken config, the default
-    folders are checked and the database is not (its URL may be what is broken)."""
+    folders are checked and the database is not (its URL may be what is broken); with no
+    config file at all, only that is said."""
     problems: list[Problem] = []
     company, segments = None, None
     try:
         cfg = config.load(config_path)
     except ConfigError as exc:
         problems += exc.problems
+        if not config_path.is_file():  # no config at all: its folders are anyone's guess
+            return problems
         templates_dir, schedules_dir = config.folders(config_path)
     else:
         templates_dir, schedules_dir = cfg.templates_dir, cfg.schedules_dir

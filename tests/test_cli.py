@@ -311,6 +311,10 @@ def test_a_database_that_cannot_be_created_and_a_folder_as_config_are_one_line(
         1,
         f"error: {tmp_path}: is a folder; name the config.toml file inside it\n",
     )
+    # check too says only that: no guesses about folders beside a config that is not there
+    for given in (tmp_path, tmp_path / "missing.toml"):
+        checked = mailer("--config", str(given), "check", check=False)
+        assert checked.returncode == 1 and len(checked.stdout.splitlines()) == 1, checked.stdout
 
 
 def test_check_warns_of_a_sender_at_a_special_use_domain_and_still_passes(
