@@ -312,6 +312,7 @@ def test_a_database_that_cannot_be_created_and_a_folder_as_config_are_one_line(
         f"error: {tmp_path}: is a folder; name the config.toml file inside it\n",
     )
     # check too says only that: no guesses about folders beside a config that is not there
+    del env["MAILER_PATHS__TEMPLATES"], env["MAILER_PATHS__SCHEDULES"]
     for given in (tmp_path, tmp_path / "missing.toml"):
         checked = mailer("--config", str(given), "check", check=False)
         assert checked.returncode == 1 and len(checked.stdout.splitlines()) == 1, checked.stdout
