@@ -220,6 +220,11 @@ def test_keygen_writes_a_private_key_and_prints_the_record_to_publish(
     other = tmp_path / "ed.pem"
     mailer("dkim", "keygen", "--selector", "ed", "--algorithm", "ed25519", "--out", str(other))
     assert dkim.load("ed", DOMAIN, other.read_bytes()).algorithm == "ed25519"
+    folder = mailer("dkim", "keygen", "--selector", "ed", "--out", str(tmp_path), check=False)
+    assert (folder.returncode, folder.stderr) == (
+        1,
+        f"error: --out {tmp_path} is a folder; name the key's file, e.g. {tmp_path}/ed.pem\n",
+    )
 
 
 def test_check_compares_the_key_in_use_with_the_published_record(

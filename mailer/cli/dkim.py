@@ -36,6 +36,8 @@ def keygen(
     except ValueError as exc:
         raise MailerError(f"--selector: {exc}") from None
     path = out_file or dkim.key_path(cfg, name)
+    if path.is_dir():
+        raise MailerError(f"--out {path} is a folder; name the key's file, e.g. {path / name}.pem")
     if path.exists():
         raise MailerError(f"{path} exists; keep it, or choose another --selector or --out")
     private = dkim.generate(_algorithm(algorithm))
