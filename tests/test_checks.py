@@ -14,15 +14,19 @@ from mailer.store import db, migrate
 from tests.configs import ROOT
 from tests.pg import PostgresServer, free_port
 
+SENDER = '[sender]\nfrom = "Support <support@northwind.coffee>"\n'
 
-def project(tmp_path: Path, database_url: str, extra: str = "", data: str = "var") -> Path:
-    """A config.toml with the repository's templates and schedules; relative paths are
-    taken from ``tmp_path``."""
+
+def project(
+    tmp_path: Path, database_url: str, extra: str = "", data: str = "var", sender: str = SENDER
+) -> Path:
+    """A config.toml with the repository's templates and schedules and a sender of its own
+    (the placeholder is warned of); relative paths are taken from ``tmp_path``."""
     path = tmp_path / "config.toml"
     path.write_text(
         f'[database]\nurl = "{database_url}"\n'
         f'[paths]\ntemplates = "{ROOT / "templates"}"\nschedules = "{ROOT / "schedules"}"\n'
-        f'data = "{data}"\n{extra}',
+        f'data = "{data}"\n{sender}{extra}',
         encoding="utf-8",
     )
     return path
@@ -118,7 +122,7 @@ def test_a_sender_at_a_special_use_domain_is_a_warning_not_a_problem(
     tmp_path: Path, upgraded: str, clock: ManualClock
 ) -> None:
     sender = '[sender]\nfrom = "Support <support@intranet.local>"\nreply_to = "help@shop.test"\n'
-    path = project(tmp_path, upgraded, sender)
+    path = project(tmp_path, upgraded, sender=sender)
     assert errors_and_warnings(path, clock) == (
         [],
         [
