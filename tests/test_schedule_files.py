@@ -58,6 +58,17 @@ def test_resuming_records_when_so_nothing_missed_is_sent(tmp_path: Path) -> None
     assert data is not None and data["enabled"] is True and data["resumed_at"] == NOW
 
 
+def test_a_file_saved_with_a_byte_order_mark_is_paused_and_loses_the_mark(tmp_path: Path) -> None:
+    """A Windows editor's byte order mark: the daemon reads such a file, and so must the
+    form that pauses it."""
+    folder = _copy(tmp_path)
+    path = folder / "newsletter.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert schedule_files.pause(folder, "newsletter", KNOWN, NOW) == []
+    assert schedule_files.read(folder, "newsletter")["enabled"] is False  # type: ignore[index]
+    assert not path.read_bytes().startswith(b"\xef\xbb\xbf")
+
+
 def test_the_next_firings_count_a_local_time_once_across_zones() -> None:
     schedule = NewsletterSchedule(template="newsletter", cron="0 9 1 * *")
     zones = ["Pacific/Auckland", "Europe/Sofia"]

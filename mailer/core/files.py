@@ -13,10 +13,15 @@ from typing import Any
 
 
 def read_toml(path: Path) -> dict[str, Any]:
-    """A TOML file (config.toml, a schedule), skipping the byte order mark that Windows
-    editors put before UTF-8 and TOML does not allow. Raises OSError, UnicodeDecodeError
-    and tomllib.TOMLDecodeError as reading and parsing do."""
-    return tomllib.loads(path.read_bytes().decode("utf-8-sig"))
+    """A TOML file (config.toml, a schedule). Raises OSError, UnicodeDecodeError and
+    tomllib.TOMLDecodeError as reading and parsing do."""
+    return tomllib.loads(toml_text(path))
+
+
+def toml_text(path: Path) -> str:
+    """A TOML file's text without the byte order mark that Windows editors put before
+    UTF-8 and TOML does not allow."""
+    return path.read_bytes().decode("utf-8-sig")
 
 
 def replace(path: Path, text: str) -> None:

@@ -77,7 +77,7 @@ def update(
     """Change these keys of an existing file, keeping its comments and every other key."""
     path = path_of(directory, name)
     try:
-        document = tomlkit.parse(path.read_text(encoding="utf-8"))
+        document = tomlkit.parse(files.toml_text(path))
     except FileNotFoundError:
         return [Problem(str(path), "no longer exists")]
     except (tomlkit.exceptions.ParseError, OSError, UnicodeDecodeError) as exc:
