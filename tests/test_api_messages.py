@@ -38,6 +38,9 @@ TEMPLATES = {
     "ack/subject.txt": "We got your message [#{{ inquiry.reference }}]",
     "ack/body.txt": "{% set by = reply_expected_by %}{{ customer.name }}, {{ by }}"
     " {{ range(1) | list }}\n",
+    # names it asks `is defined` of, or gives a default, it does without
+    "coupon/subject.txt": "{% if inquiry is defined %}Re: {{ inquiry.subject }}{% endif %}Hi",
+    "coupon/body.txt": "{{ coupon | default('no code') }} {{ code | d('') }}\n",
 }
 RECEIPT = {"template": "receipt", "to": "ana@example.com", "data": {"order": "A-1", "total": "9 €"}}
 BODY_LIMIT = 4096
@@ -222,7 +225,8 @@ def test_each_invalid_field_is_named(site: Site, sender: dict[str, str]) -> None
     assert welcome_bg.status == 202  # bg-BG falls back to bg
     # accepted, it would have failed when rendered: refused now, naming what it lacks
     ack = refused({**RECEIPT, "template": "ack"})["/template"]
-    assert ack.startswith("it reads inquiry, reply_expected_by, which only mailer's own")
+    assert ack.startswith("it reads inquiry, reply_expected_by, which a send does not give")
+    assert send(site, {**RECEIPT, "template": "coupon"}, sender, "c").status == 202
 
 
 def test_the_key_must_name_the_call_and_hold_the_send_scope(

@@ -331,12 +331,13 @@ def _checked(api: ApiState, body: MessageIn) -> tuple[str, list[outbox.Attachmen
 
 
 def _not_for_sends(lacking: frozenset[str]) -> str:
-    """Why a template that reads names only mailer's own messages carry cannot be sent
-    here (an acknowledgement's ``inquiry``): it would be queued and then fail."""
+    """Why a template that needs names a send does not give cannot be sent here (an
+    acknowledgement's ``inquiry``): it would be queued and then fail."""
     names = ", ".join(sorted(lacking))
     return (
-        f"it reads {names}, which only mailer's own messages carry; a send gives the"
-        " customer, company and params (its data): use a template that reads those"
+        f"it reads {names}, which a send does not give (mailer's own messages carry"
+        " more); a send gives customer, company and params (its data): read it from"
+        " params, or give it a default"
     )
 
 

@@ -40,6 +40,7 @@ from jinja2 import (
     StrictUndefined,
     Template,
     meta,
+    nodes,
     select_autoescape,
 )
 from jinja2.defaults import DEFAULT_NAMESPACE
@@ -231,21 +232,24 @@ class TemplateStore(_Folders):
         """The top-level variables any variant of ``name`` reads, so a send loads costly
         ones (a customer's orders) only for the templates that show them; a file that does
         not parse reads nothing here (rendering reports it)."""
-        found: set[str] = set()
+        return frozenset().union(*(found.names for found in self._reads(name)))
+
+    def unknown(self, name: str, given: Collection[str]) -> frozenset[str]:
+        """The top-level names ``name`` needs that neither ``given`` nor Jinja provides: a
+        message queued with only ``given`` fails on them when it is rendered. A name a file
+        asks ``is defined`` of, or gives a ``default``, it does not need."""
+        needed = frozenset().union(*(found.needed for found in self._reads(name)))
+        return needed - frozenset(given) - DEFAULT_NAMESPACE.keys()
+
+    def _reads(self, name: str) -> Iterator[_Reads]:
         for variant in self.variants(name):
             folder = _folder(name, variant)
             for file in (SUBJECT, HTML, TEXT):
                 path = f"{folder}/{file}"
                 if path in self._drafts:
-                    found |= _variables(self._drafts[path] or "")
+                    yield _variables(self._drafts[path] or "")
                 else:
-                    found |= _file_variables(self.root / path, _signature(self.root / path))
-        return frozenset(found)
-
-    def unknown(self, name: str, given: Collection[str]) -> frozenset[str]:
-        """The top-level names ``name`` reads that neither ``given`` nor Jinja provides: a
-        message queued with only ``given`` fails on them when it is rendered."""
-        return self.reads(name) - frozenset(given) - DEFAULT_NAMESPACE.keys()
+                    yield _file_variables(self.root / path, _signature(self.root / path))
 
     def check(self, *, company: Mapping[str, Any] | None = None) -> list[Problem]:
         """Render every file of every variant against sample data and report every problem.
@@ -502,24 +506,47 @@ class _StatLoader(FileSystemLoader):
 
 
 _PARSER = Environment()
+_GUARDS = (
+    (nodes.Test, frozenset({"defined", "undefined"})),
+    (nodes.Filter, frozenset({"default", "d"})),
+)
 
 
-def _variables(source: str) -> frozenset[str]:
+class _Reads(NamedTuple):
+    """The top-level variables a file reads, and those of them it asks ``is defined`` of
+    or gives a ``default`` (under StrictUndefined, the only reads a missing name passes)."""
+
+    names: frozenset[str] = frozenset()
+    guarded: frozenset[str] = frozenset()
+
+    @property
+    def needed(self) -> frozenset[str]:
+        return self.names - self.guarded
+
+
+def _variables(source: str) -> _Reads:
     try:
-        return frozenset(meta.find_undeclared_variables(_PARSER.parse(source)))
+        tree = _PARSER.parse(source)
     except TemplateSyntaxError:
-        return frozenset()
+        return _Reads()
+    guarded = {
+        found.node.name
+        for kind, names in _GUARDS
+        for found in tree.find_all(kind)
+        if found.name in names and isinstance(found.node, nodes.Name)
+    }
+    return _Reads(frozenset(meta.find_undeclared_variables(tree)), frozenset(guarded))
 
 
 @functools.lru_cache(maxsize=1024)
-def _file_variables(path: Path, signature: tuple[int, int, int] | None) -> frozenset[str]:
+def _file_variables(path: Path, signature: tuple[int, int, int] | None) -> _Reads:
     """A file's variables, once per version of it (``signature``); none when it is absent."""
     if signature is None:
-        return frozenset()
+        return _Reads()
     try:
         return _variables(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError):
-        return frozenset()
+        return _Reads()
 
 
 def _signature(path: Path) -> tuple[int, int, int] | None:
