@@ -324,6 +324,10 @@ def test_bodies_past_the_limit_and_bodies_not_json_are_refused_as_problems(
     connection.close()
     garbled = site.call("POST", "/api/v1/customers", headers=shop, raw=b'{"email": ')
     assert problem_of(garbled, 400)["detail"] == "the request body is not JSON"
+    # nested past what the JSON reader can follow: the same answer as past 32 levels
+    abyss = b"[" * 50_000 + b"]" * 50_000
+    deep = problem_of(site.call("POST", "/api/v1/customers", headers=shop, raw=abyss), 422)
+    assert pointers(deep) == {"": "nested more than 32 levels deep"}
     assert problem_of(site.call("GET", "/api/v1/nowhere", headers=shop), 404)
 
 

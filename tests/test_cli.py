@@ -788,8 +788,8 @@ def test_an_import_stopped_with_ctrl_c_says_how_much_was_saved(
         saved(91_000)
         raise KeyboardInterrupt
     assert capsys.readouterr().err == (
-        "interrupted: 91,000 of about 300,000 rows saved; the same command again adds the"
-        " rest and leaves those as they are\n"
+        "interrupted: the first 91,000 of about 300,000 rows are saved (but for those with"
+        " errors); the same command again adds the rest and leaves those as they are\n"
     )
 
 

@@ -5,6 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from sqlalchemy import select
+
+from mailer.commerce import products
+from mailer.store import db
 from tests.command import Mailer
 
 # the fixtures of the `mailer` command's tests
@@ -37,7 +41,7 @@ def test_orders_import_reports_bad_lines_exits_1_and_shows_on_the_customer(
     assert shown["orders"]["count"] == 1 and shown["orders"]["totals"] == {"EUR": "0.40"}
 
 
-def test_products_import_upserts(mailer: Mailer, tmp_path: Path) -> None:
+def test_products_import_upserts(mailer: Mailer, tmp_path: Path, project: dict[str, str]) -> None:
     mailer("db", "upgrade")
     csv = tmp_path / "products.csv"
     csv.write_text("sku,name,category\nBEAN-1,Beans,coffee\n,Nameless,\n", encoding="utf-8")
@@ -45,12 +49,18 @@ def test_products_import_upserts(mailer: Mailer, tmp_path: Path) -> None:
     assert result.returncode == 1 and f"{csv}:3: rejected no SKU" in result.stderr
     assert "1 added, 0 updated, 0 unchanged, 1 rejected" in result.stdout
     twice = tmp_path / "twice.csv"
-    twice.write_text("sku,name\nBEAN-2,Old name\nBEAN-2,New name\n", encoding="utf-8")
+    rows = "sku,name,category\nBEAN-2,Old name,coffee\nBEAN-2,New name,\n"
+    twice.write_text(rows, encoding="utf-8")
     result = mailer("products", "import", str(twice))
     assert f"{twice}:3: same SKU as line 2; the later row's values were kept" in result.stderr
     assert "1 added, 0 updated, 0 unchanged, 0 rejected" in result.stdout
     listed = json.loads(mailer("products", "import", str(twice), "--json").stdout)
     assert listed["duplicates"] == [{"line": 3, "first_line": 2}]
+    engine = db.connect(project["MAILER_DATABASE__URL"])
+    with engine.connect() as conn:  # the later row's empty category keeps the earlier one's
+        stored = conn.execute(select(products.PRODUCTS).where(products.PRODUCTS.c.sku == "BEAN-2"))
+        assert tuple(stored.one())[1:3] == ("New name", "coffee")
+    engine.dispose()
 
 
 def test_a_file_without_quantities_is_one_item_a_line_and_insight_needs_orders_first(

@@ -76,6 +76,8 @@ async def test_a_follow_up_from_the_customer_page_needs_a_due_time_and_can_be_re
     await sign_in(page, site, "ada")
     await page.goto(f"{site.url}/customers/{customer}")
     form = page.get_by_role("form", name="New follow-up")
+    # where to go back to is a path on this site only: a browser reads "/\" as "//"
+    await form.locator("input[name=back]").evaluate("e => e.value = '/\\\\evil.example'")
     await form.get_by_label("Follow up").fill("someday")
     await form.get_by_label("About").fill("Ask how the grinder works out")
     await form.get_by_role("button", name="Add follow-up").click()
@@ -83,6 +85,9 @@ async def test_a_follow_up_from_the_customer_page_needs_a_due_time_and_can_be_re
     await expect(page.get_by_role("alert")).to_contain_text("due: 'someday' is not a due time")
     await expect(form.get_by_label("About")).to_have_value("Ask how the grinder works out")
     await expect(form.get_by_label("Follow up")).to_have_value("someday")
+    back = page.get_by_role("link", name="Back without adding it")
+    await expect(back).to_have_attribute("href", "/followups")
+    await form.locator("input[name=back]").evaluate(f"e => e.value = '/customers/{customer}'")
     await form.get_by_label("Follow up").fill("2026-11-24 09:00")  # Sofia: already past
     await form.get_by_role("button", name="Add follow-up").click()
     await page.wait_for_url(f"**/customers/{customer}")  # back where it was asked for

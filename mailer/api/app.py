@@ -28,7 +28,9 @@ DESCRIPTION = """What a company's other systems tell mailer and ask of it.
 
 Send a key made with `mailer api-keys create NAME --scope ...` as
 `Authorization: Bearer KEY`. A missing, unknown or revoked key is 401, a key without the
-route's scope 403, a key past its requests for the minute 429 with `Retry-After`. Every
+route's scope 403, a key past its requests for the minute 429 with `Retry-After`. A body
+that cannot be read at all is refused before the key is looked at: not JSON 400, not sent
+as `application/json` 415, half a surrogate pair or nesting past 32 levels 422. Every
 error is an RFC 9457 problem document (`application/problem+json`) whose `errors` name
 each field that was wrong by a JSON pointer into the request body.
 """
@@ -47,7 +49,6 @@ def create_api(cfg: Config, engine: Engine, clock: Clock) -> FastAPI:
             for code, text in {
                 401: "no valid key",
                 403: "the key lacks the scope",
-                415: "a body not sent as application/json",
                 422: "invalid input, each field named",
                 429: "too many requests this minute",
             }.items()

@@ -19,11 +19,12 @@ from fastapi import Request, Response
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
-from mailer.api.problems import FieldError, Invalid, at
+from mailer.api.problems import FieldError, Invalid, ProblemDocument, at
 from mailer.core.text import half_a_character
 
 DEPTH = 32  # objects and lists within each other: far beyond any order, event or context
 _UNSENT = "send the body as JSON, with Content-Type: application/json"
+_NOT_SENT_AS_JSON = {"model": ProblemDocument, "description": "a body not sent as application/json"}
 
 
 def problems(value: Any, path: tuple[str | int, ...] = ()) -> list[FieldError]:
@@ -68,7 +69,10 @@ class _Checked(Request):
 
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
-            value = json.loads(await self.body())
+            try:
+                value = json.loads(await self.body())
+            except RecursionError:  # nested past what the reader can follow, let alone 32
+                raise Invalid([at((), f"nested more than {DEPTH} levels deep")]) from None
             if found := problems(value):
                 raise Invalid(found)
             self._json = value
@@ -77,7 +81,13 @@ class _Checked(Request):
 
 class JsonRoute(APIRoute):
     """A route whose body, when it takes one, must be JSON sent as JSON (415 otherwise: a
-    form-encoded body would be read as a string and refused for its shape) and keepable."""
+    form-encoded body would be read as a string and refused for its shape) and keepable.
+    The 415 is documented on the routes that take a body (every POST here)."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        if {"POST", "PUT", "PATCH"} & set(kwargs.get("methods") or ()):
+            kwargs["responses"] = {**(kwargs.get("responses") or {}), 415: _NOT_SENT_AS_JSON}
+        super().__init__(path, endpoint, **kwargs)
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()

@@ -58,8 +58,9 @@ def progress(total: int, unit: str, *, quiet: bool) -> Iterator[Callable[[int], 
             yield advance
     except KeyboardInterrupt:
         err.print(
-            f"interrupted: {saved:,} of about {total:,} {unit} saved;"
-            " the same command again adds the rest and leaves those as they are"
+            f"interrupted: the first {saved:,} of about {total:,} {unit} are saved (but for"
+            " those with errors); the same command again adds the rest and leaves those as"
+            " they are"
         )
         raise
 

@@ -62,10 +62,20 @@ def import_csv(engine: Engine, path: Path, now: datetime) -> ImportReport:
         try:
             for batch in _batches(_rows(read_rows(stream, _header, "sku"), report), BATCH):
                 with engine.begin() as conn:
-                    _upsert(conn, dict(batch), now, report)
+                    _upsert(conn, _combined(batch), now, report)
         except ImportFileError as exc:
             raise ImportFileError(f"{shown(str(path))}: {shown(str(exc), 500)}") from None
     return report
+
+
+def _combined(batch: list[tuple[str, dict[str, str]]]) -> dict[str, dict[str, str]]:
+    """The batch's rows by SKU; a SKU given again takes the later row's filled cells, and
+    an empty one keeps the earlier row's, as it keeps what is stored."""
+    rows: dict[str, dict[str, str]] = {}
+    for sku, values in batch:
+        earlier = rows.get(sku, {})
+        rows[sku] = {column: text or earlier.get(column, "") for column, text in values.items()}
+    return rows
 
 
 def _header(name: str) -> str:

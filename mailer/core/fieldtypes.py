@@ -201,9 +201,10 @@ def utc_moment(value: datetime) -> datetime:
 
 def wall_moment(value: datetime, zone: ZoneInfo) -> datetime:
     """A moment in UTC, given as ``zone``'s clocks show it unless it carries an offset (a
-    form's or a command's time). A time those clocks skip, in the hour they go forward, is
-    refused: any instant chosen for it is an hour off what was meant, and a meeting's
-    invitation would say so to the customer. In the hour that repeats, the first."""
+    form's or a command's time). A time those clocks skip when they go forward is refused:
+    any instant chosen for it is off by the clocks' jump (an hour, in some zones half of
+    one), and a meeting's invitation would say so to the customer. Of a time they show
+    twice, the first."""
     if value.tzinfo is not None:
         return utc_moment(value)
     placed = value.replace(tzinfo=zone, fold=0)

@@ -318,12 +318,13 @@ class Delivery:
 
     async def _send_all(self, batch: _Batch) -> list[Outcome]:
         """The batch sent, and the next claim sized to about a second of the pace it went at
-        (see ``next_batch``), timed by the worker's clock."""
-        started = self.clock.now()
+        (see ``next_batch``), timed by the clock's monotonic seconds (a wall clock NTP
+        steps forward would make one batch look slow)."""
+        started = self.clock.monotonic()
         by_id = {item.id: item for item in batch.claimed}
         sent = list(await asyncio.gather(*(self._send(m, by_id[m.outbox_id]) for m in batch.ready)))
         if sent:
-            seconds = (self.clock.now() - started).total_seconds()
+            seconds = self.clock.monotonic() - started
             carried = max(target.pool_size for target in self.relays.targets)
             least = min(carried, self.batch_size)
             self._size = next_batch(len(sent), seconds, least, self.batch_size)

@@ -3,19 +3,17 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from mailer.staff import sessions, users
 from mailer.web import sessions as web_sessions
-from mailer.web.common import checked_form, db, render, state
+from mailer.web.common import checked_form, db, local_path, render, state
 
 
 async def login(request: Request) -> Response:
-    target = _safe_next(request.query_params.get("next", "/"))
+    target = local_path(request.query_params.get("next", "/"), "/")
     if request.method == "GET":
         return render(request, "login.html", {"next": target})
     form = await checked_form(request)
@@ -59,14 +57,6 @@ async def logout(request: Request) -> Response:
 def _sign_out(request: Request, session_id: str) -> None:
     with state(request).engine.begin() as conn:
         sessions.end(conn, session_id)
-
-
-def _safe_next(target: str) -> str:
-    """Only a path on this site: never an open redirect to someone else's."""
-    parts = urlsplit(target)
-    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
-        return "/"
-    return target
 
 
 routes = [

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine
@@ -201,3 +201,15 @@ def render(
         **(context or {}),
     }
     return state(request).templates.TemplateResponse(request, name, values, status_code=status)
+
+
+def local_path(target: str, fallback: str) -> str:
+    """``target`` when it is a path on this site, else ``fallback``: a redirect never
+    leads to someone else's. Browsers read a backslash as a slash and drop tabs and line
+    breaks, so a slash and a backslash, or a tab between two slashes, lead off the site as
+    two slashes do."""
+    parts = urlsplit(target)
+    foreign = parts.scheme or parts.netloc or "\\" in target or not target.isprintable()
+    if foreign or not target.startswith("/") or target.startswith("//"):
+        return fallback
+    return target

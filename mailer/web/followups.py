@@ -23,7 +23,15 @@ from mailer.relationship import meetings
 from mailer.staff import users
 from mailer.staff.users import SignedIn
 from mailer.store.models import Role
-from mailer.web.common import current_user, db, render, require, state, viewer_zone
+from mailer.web.common import (
+    current_user,
+    db,
+    local_path,
+    render,
+    require,
+    state,
+    viewer_zone,
+)
 from mailer.web.desk import posted_by_support
 
 SNOOZES = {"1d": timedelta(days=1), "1w": timedelta(weeks=1)}
@@ -80,8 +88,7 @@ def _form_id(form: FormData, name: str) -> int | None:
 
 def _back(form: FormData) -> str:
     """Where the form came from: only a path on this site."""
-    back = str(form.get("back", ""))
-    return back if back.startswith("/") and not back.startswith("//") else "/followups"
+    return local_path(str(form.get("back", "")), "/followups")
 
 
 @posted_by_support
