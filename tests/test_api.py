@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -13,6 +14,7 @@ from openapi_spec_validator import validate
 from playwright.async_api import Page, expect
 from sqlalchemy import Engine
 
+from mailer.api import inquiries as api_inquiries
 from mailer.api import keys
 from mailer.api.keys import Scope
 from mailer.core.clock import ManualClock
@@ -476,3 +478,25 @@ async def test_the_readmes_send_goes_out_with_the_shipped_receipt_in_the_custome
     content = str(html.get_content())  # type: ignore[attr-defined]
     assert "Мария" in content and "42.90 EUR" in content
     assert "unsubscribe" not in content.lower()  # a receipt: no unsubscribe link
+
+
+def test_a_bug_answers_500_with_a_reference_that_its_log_line_carries(
+    site: Site,
+    shop: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A fake fault, the one a real server cannot be asked for: a bug in a route. The shop's
+    developer quotes the reference; the operator finds the line, with method and path."""
+
+    def broken(*args: object, **kwargs: object) -> list[object]:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(api_inquiries.inquiries, "since", broken)
+    with caplog.at_level("ERROR", logger="mailer.api"):
+        failed = problem_of(site.call("GET", "/api/v1/inquiries", headers=shop), 500)
+    found = re.fullmatch(
+        r"mailer failed to answer; the error is in its log as \[(\w{8})\]", str(failed["detail"])
+    )
+    assert found is not None, failed
+    assert f"GET /api/v1/inquiries failed [{found[1]}]: RuntimeError('a bug')" in caplog.text

@@ -8,6 +8,8 @@ and ``errors`` says where.
 
 from __future__ import annotations
 
+import logging
+import secrets
 from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
@@ -23,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from mailer.api import access
 from mailer.core.errors import NotFound
 
+log = logging.getLogger("mailer.api")
 MEDIA_TYPE = "application/problem+json"
 # the union members a body may be (one object or a list): pydantic names them in a location
 SHAPES = frozenset({"one", "batch"})
@@ -173,7 +176,11 @@ async def _not_found(request: Request, exc: Exception) -> Any:
 
 
 async def _bug(request: Request, exc: Exception) -> Any:
-    return problem(500, "mailer failed to answer; the error is in its log")
+    """A bug: the caller gets a reference that the log's line (before the traceback the
+    server writes) carries, with the method and path it lacks."""
+    reference = secrets.token_hex(4)
+    log.error("%s %s failed [%s]: %r", request.method, request.url.path, reference, exc)
+    return problem(500, f"mailer failed to answer; the error is in its log as [{reference}]")
 
 
 class BodyLimit:
