@@ -350,6 +350,24 @@ async def test_a_reorder_reminder_waits_for_the_days_marketing_slot(
     }
 
 
+async def test_the_shipped_thank_you_names_the_order_and_goes_out(
+    shop: Engine, clock: ManualClock, delivering: tuple[Delivery, Sink]
+) -> None:
+    """The shipped after_purchase template reads the customer's orders, insight and
+    recommendations: each is loaded for it (a file using mailer's date filter was read as
+    reading nothing, and the insight it tests was never loaded: the message failed)."""
+    delivery, sink = delivering
+    thanks = AfterPurchaseSchedule(template="after_purchase", after=timedelta(days=3))
+    firing.first_seen(shop, ["thanks"], REFRESHED - timedelta(days=3))
+    clock.set(datetime(2026, 11, 23, 2, tzinfo=UTC))  # 09:00 in Jakarta, three days on
+    fire(shop, clock.now(), thanks=thanks)
+    await delivery.deliver_due()
+    assert states(shop, "siti@example.id") == {"thanks": OutboxStatus.SENT}
+    (mail,) = received(sink, "siti@example.id")
+    text = mail.message.get_body(("plain",)).get_content()
+    assert "pesanan S1" in text and "Mug" in text  # in her language, Indonesian
+
+
 def received(sink: Sink, address: str) -> list[Any]:
     return [r for r in sink.received if r.rcpt_tos == [address]]
 

@@ -505,7 +505,8 @@ class _StatLoader(FileSystemLoader):
         return source, filename, lambda: _signature(path) == before
 
 
-_PARSER = Environment()
+_PARSER = Environment()  # with mailer's filters: compiling for the names checks each filter
+_PARSER.filters.update(FILTERS)
 _GUARDS = (
     (nodes.Test, frozenset({"defined", "undefined"})),
     (nodes.Filter, frozenset({"default", "d"})),
@@ -513,21 +514,24 @@ _GUARDS = (
 
 
 class _Reads(NamedTuple):
-    """The top-level variables a file reads, and those of them it asks ``is defined`` of
-    or gives a ``default`` (under StrictUndefined, the only reads a missing name passes)."""
+    """The top-level variables a file reads, and those of them it does without: asked
+    ``is defined`` of or given a ``default`` (under StrictUndefined, the only reads a
+    missing name passes), or set in the file itself (Jinja's look-up takes a name set
+    inside an ``if`` or a block for one the template reads)."""
 
     names: frozenset[str] = frozenset()
-    guarded: frozenset[str] = frozenset()
+    optional: frozenset[str] = frozenset()
 
     @property
     def needed(self) -> frozenset[str]:
-        return self.names - self.guarded
+        return self.names - self.optional
 
 
 def _variables(source: str) -> _Reads:
     try:
         tree = _PARSER.parse(source)
-    except TemplateSyntaxError:
+        names = meta.find_undeclared_variables(tree)
+    except TemplateSyntaxError:  # a filter no one knows too: rendering reports it
         return _Reads()
     guarded = {
         found.node.name
@@ -535,7 +539,8 @@ def _variables(source: str) -> _Reads:
         for found in tree.find_all(kind)
         if found.name in names and isinstance(found.node, nodes.Name)
     }
-    return _Reads(frozenset(meta.find_undeclared_variables(tree)), frozenset(guarded))
+    set_here = {found.name for found in tree.find_all(nodes.Name) if found.ctx != "load"}
+    return _Reads(frozenset(names), frozenset(guarded | set_here))
 
 
 @functools.lru_cache(maxsize=1024)
