@@ -237,7 +237,7 @@ class TemplateStore(_Folders):
     def unknown(self, name: str, given: Collection[str]) -> frozenset[str]:
         """The top-level names ``name`` needs that neither ``given`` nor Jinja provides: a
         message queued with only ``given`` fails on them when it is rendered. A name a file
-        asks ``is defined`` of, or gives a ``default``, it does not need."""
+        asks ``is defined`` of, gives a ``default`` or sets itself, it does not need."""
         needed = frozenset().union(*(found.needed for found in self._reads(name)))
         return needed - frozenset(given) - DEFAULT_NAMESPACE.keys()
 
@@ -535,9 +535,9 @@ def _variables(source: str) -> _Reads:
         return _Reads()
     guarded = {
         found.node.name
-        for kind, names in _GUARDS
+        for kind, guards in _GUARDS
         for found in tree.find_all(kind)
-        if found.name in names and isinstance(found.node, nodes.Name)
+        if found.name in guards and isinstance(found.node, nodes.Name)
     }
     set_here = {found.name for found in tree.find_all(nodes.Name) if found.ctx != "load"}
     return _Reads(frozenset(names), frozenset(guarded | set_here))
