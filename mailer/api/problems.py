@@ -56,7 +56,6 @@ class Invalid(HTTPException):
 
     def __init__(self, errors: Sequence[FieldError], status: int = 422, detail: str = "") -> None:
         self.errors = list(errors)
-        self.status = status
         super().__init__(status, detail or _counted(len(self.errors)))
 
 
@@ -154,7 +153,7 @@ async def _invalid_request(request: Request, exc: Exception) -> Any:
 
 async def _invalid(request: Request, exc: Exception) -> Any:
     assert isinstance(exc, Invalid)
-    return problem(exc.status, exc.detail, exc.errors)
+    return problem(exc.status_code, exc.detail, exc.errors)
 
 
 async def _http(request: Request, exc: Exception) -> Any:

@@ -216,6 +216,8 @@ def _upsert(
     query = query.order_by(CUSTOMERS.c.id).with_for_update()
     existing: dict[str, Any] = {r.email: r._mapping for r in conn.execute(query)}
     old_tags = _tags_of_retagged(conn, rows, existing)
+    retagged = [row for row in rows if _retags(row, existing, old_tags)]
+    retagging = {row.email for row in retagged}
     values, new, changes = [], [], []
     for row in rows:
         before = existing.get(row.email)
@@ -225,7 +227,7 @@ def _upsert(
         after = _merge(before, row, now, source)
         found = _row_changes(before, after, old_tags.get(before["id"], []), row.tags)
         changes += [(before["id"], change) for change in found]
-        if _same(before, after) and not _retags(row, existing, old_tags):
+        if _same(before, after) and row.email not in retagging:
             report.unchanged += 1
             continue
         values.append(after)  # new tags alone change the customer too: counted, and dated
@@ -235,7 +237,7 @@ def _upsert(
     ids |= _write(conn, values) if values else {}
     added, untagged = _add(conn, new, now, source)
     ids |= added
-    _replace_tags(conn, [r for r in rows if _retags(r, existing, old_tags)], ids, untagged)
+    _replace_tags(conn, retagged, ids, untagged)
     _log(conn, changes, actor, now)
 
 

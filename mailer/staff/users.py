@@ -68,14 +68,18 @@ def check_new(conn: Connection, name: str, **details: str | None) -> None:
     """What ``add`` would refuse but the password: asked before a person types one twice."""
     _check_name(name)
     _checked(details)
-    if conn.execute(select(USERS.c.id).where(USERS.c.name == name)).first() is not None:
+    if _exists(conn, name):
         raise MailerError(f"there is already a user named {name!r}")
 
 
 def check_exists(conn: Connection, name: str) -> None:
     """Asked before a new password is typed for ``name``."""
-    if conn.execute(select(USERS.c.id).where(USERS.c.name == name)).first() is None:
+    if not _exists(conn, name):
         raise NotFound(f"no user named {name!r}")
+
+
+def _exists(conn: Connection, name: str) -> bool:
+    return conn.execute(select(USERS.c.id).where(USERS.c.name == name)).first() is not None
 
 
 def _check_name(name: str) -> None:

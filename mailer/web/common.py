@@ -203,6 +203,11 @@ def render(
     return state(request).templates.TemplateResponse(request, name, values, status_code=status)
 
 
+def typed_fields(form: FormData) -> dict[str, str]:
+    """What was typed in a refused form, to show it again: nothing typed is lost."""
+    return {name: value for name, value in form.items() if isinstance(value, str)}
+
+
 def local_path(target: str, fallback: str) -> str:
     """``target`` when it is a path on this site, else ``fallback``: a redirect never
     leads to someone else's. Browsers read a backslash as a slash and drop tabs and line

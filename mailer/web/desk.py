@@ -48,6 +48,7 @@ from mailer.web.common import (
     rendering,
     require,
     state,
+    typed_fields,
     viewer_zone,
 )
 
@@ -455,7 +456,7 @@ async def log_contact(request: Request, form: FormData) -> Response:
         entry = _new_contact(form, user.name, now, viewer_zone(request))
         found = await db(request, _log_contact, request, customer_id, entry, later, now)
     except (InvalidContact, MailerError) as exc:
-        typed = {name: value for name, value in form.items() if isinstance(value, str)}
+        typed = typed_fields(form)
         return await _profile(request, customer_id, typed, str(exc))
     if not found:
         raise HTTPException(404, "There is no such customer.")

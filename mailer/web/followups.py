@@ -30,6 +30,7 @@ from mailer.web.common import (
     render,
     require,
     state,
+    typed_fields,
     viewer_zone,
 )
 from mailer.web.desk import posted_by_support
@@ -101,12 +102,11 @@ async def create(request: Request, form: FormData) -> Response:
     try:
         await db(request, _create, request, customer, inquiry, due, note, form)
     except MailerError as exc:  # the form again, saying why, with what was typed in it
-        typed = {name: value for name, value in form.items() if isinstance(value, str)}
         context = {
             "problem": str(exc),
             "followup_customer": customer,
             "followup_inquiry": inquiry,
-            "followup_typed": typed,
+            "followup_typed": typed_fields(form),
             "followup_back": _back(form),
         }
         return render(request, "followup_refused.html", context, status=400)
